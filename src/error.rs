@@ -1,0 +1,134 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a child process ended: the code it passed to `exit`, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// The process called `exit(code)` (or returned from `main`).
+    Code(i32),
+    /// The process was killed by this signal (Python reports it as exit code `-signal`).
+    Signal(i32),
+}
+
+impl ExitCause {
+    /// Reads Python's exit code convention: `-N` means killed by signal N.
+    pub fn from_exitcode(code: i32) -> ExitCause {
+        if code < 0 {
+            ExitCause::Signal(-code)
+        } else {
+            ExitCause::Code(code)
+        }
+    }
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Code(c) => write!(f, "exit code {c}"),
+            ExitCause::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
+                Err(_) => write!(f, "signal {s}"),
+            },
+        }
+    }
+}
+
+/// Everything that can go wrong, shaped for matching: callers act on the variant.
+///
+/// The cause of an error is printed by its `Display`; `source()` is only used where the
+/// cause is an error of its own that `Display` does not repeat.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+
+    /// A value could not be encoded for another process.
+    #[error("cannot encode a value of type `{type_name}`: {message}")]
+    Encode {
+        /// The Rust type that failed to encode.
+        type_name: &'static str,
+        /// What the encoder said.
+        message: String,
+    },
+
+    /// Bytes from another process could not be decoded as the expected type.
+    #[error("cannot decode a value of type `{type_name}`: {message}")]
+    Decode {
+        /// The Rust type that was expected.
+        type_name: &'static str,
+        /// What the decoder said.
+        message: String,
+    },
+
+    /// A frame larger than the maximum frame size was sent or announced.
+    #[error("frame of {size} bytes exceeds the maximum frame size of {max} bytes")]
+    FrameTooLarge {
+        /// The size of the frame.
+        size: u64,
+        /// The maximum in force (see [`set_max_frame_size`](crate::set_max_frame_size)).
+        max: usize,
+    },
+
+    /// The peer broke the protocol: garbage, a truncated frame, a wrong magic or version.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// The peer runs a different executable, so functions cannot be named across.
+    #[error(
+        "the other process runs a different binary (its fingerprint {theirs} differs from ours, {ours}); \
+         processes of tokio-multiprocessing must run the very same executable"
+    )]
+    BinaryMismatch {
+        /// Our fingerprint, in hex.
+        ours: String,
+        /// The peer's fingerprint, in hex.
+        theirs: String,
+    },
+
+    /// A child process could not be started or did not complete its bootstrap.
+    #[error("child process {name} (pid {pid}) failed to start: {message}")]
+    Start {
+        /// The process's name.
+        name: String,
+        /// Its pid, or 0 if it never existed.
+        pid: u32,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The other end is gone: every peer closed its end or exited.
+    #[error("the connection is closed")]
+    Closed,
+
+    /// A wait ran out of time.
+    #[error("timed out")]
+    Timeout,
+
+    /// A task panicked; its panic message.
+    #[error("task panicked: {message}")]
+    TaskPanicked {
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+
+    /// The process running a task ended before the task did.
+    #[error("worker process {pid} died ({cause}) before the task finished")]
+    WorkerLost {
+        /// The worker's pid.
+        pid: u32,
+        /// How it ended.
+        cause: ExitCause,
+    },
+}
+
+/// Hex form of a fingerprint, for messages.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

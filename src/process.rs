@@ -1,0 +1,265 @@
+//! `Process`: Python's `multiprocessing.Process`, awaited on tokio.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::start::{self, Child, Launch, StartMethod};
+use crate::sys;
+use crate::task::{Target, process_entry};
+use crate::wire::{Encoded, Hello};
+
+/// How long a child may take from its start to the end of its bootstrap (reaching
+/// [`init`](crate::init) and answering the parent) before the start fails.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(1);
+
+/// A process not started yet: its target, arguments and options. Made by [`Process::new`];
+/// [`start`](ProcessBuilder::start) runs it.
+#[must_use = "a process does nothing until it is started"]
+#[derive(Debug)]
+pub struct ProcessBuilder {
+    launch: Result<Launch>,
+}
+
+/// A child process running a target (Python's `multiprocessing.Process`).
+///
+/// Waiting is a readiness wait on the child's pidfd, registered with tokio's reactor: no
+/// thread is parked, no `SIGCHLD` handler installed, nothing polled.
+///
+/// Dropping a `Process` does not stop the child (as in Python); the child is reaped when it
+/// ends. At normal exit of the program, daemon children are sent SIGTERM and every child is
+/// waited for. Every child dies with its parent, even when the parent is killed by SIGKILL.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    name: String,
+    daemon: bool,
+}
+
+impl Process {
+    /// Describes a process that will run `target(args)`, like
+    /// `multiprocessing.Process(target=target, args=args)`.
+    ///
+    /// `target` is a `fn` item or a closure that captures nothing; `args` is a tuple of 0 to
+    /// 6 values that implement serde's traits (pipe ends, queues and other objects of this
+    /// crate included), passed as Python passes `args=(...)`. An `async fn` target runs on a
+    /// runtime of the child's own. The target's return value is dropped, as in Python; a panic
+    /// prints its message on the child's stderr and gives exit code 1.
+    ///
+    /// Arguments are encoded here; an argument that cannot be encoded makes
+    /// [`start`](ProcessBuilder::start) fail.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> tokio_multiprocessing::Result<()> {
+    /// fn greet(name: String, times: u32) {
+    ///     for _ in 0..times {
+    ///         println!("hello {name}");
+    ///     }
+    /// }
+    /// let mut p = tokio_multiprocessing::Process::new(greet, ("bob".to_string(), 2))
+    ///     .name("greeter")
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(p.join().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<F, A, M>(target: F, args: A) -> ProcessBuilder
+    where
+        F: Target<A, M>,
+        A: Serialize + DeserializeOwned,
+    {
+        let _ = target;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        ProcessBuilder {
+            launch: Encoded::new(&args).map(|args| Launch {
+                name: format!("Process-{n}"),
+                entry: process_entry::<F, A, M>(),
+                args,
+                daemon: false,
+                method: start::get_start_method(),
+                start_timeout: DEFAULT_START_TIMEOUT,
+                inherit_argv: false,
+                hello: Hello::ours(),
+                track_at_exit: true,
+            }),
+        }
+    }
+
+    /// The process's name (`Process-N` unless set).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is a daemon process.
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid() as u32
+    }
+
+    /// The child's pidfd: it becomes readable when the child ends, so it can be waited on
+    /// with any poller (Python's `sentinel`).
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.child.pidfd()
+    }
+
+    /// The exit code if the child has ended: the code it passed to `exit` (0 after its target
+    /// returned, 1 after a panic), or `-N` if signal N killed it. `None` while it runs.
+    ///
+    /// # Errors
+    /// An I/O error from checking the child's state.
+    pub fn exitcode(&mut self) -> Result<Option<i32>> {
+        self.child.try_wait()
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the child to end and returns its exit code (see [`exitcode`](Self::exitcode)).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: it waits for readiness of the pidfd, and a join dropped
+    /// before the child ends leaves the `Process` as it was.
+    pub async fn join(&mut self) -> Result<i32> {
+        self.child.wait().await
+    }
+
+    /// Waits at most `timeout` for the child to end: `Some(exitcode)` if it did, `None` if it
+    /// is still running (Python's `join(timeout)`, which returns either way).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`join`](Self::join).
+    pub async fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends SIGTERM (Python's `terminate()`); does nothing if the child has been joined.
+    ///
+    /// # Errors
+    /// An I/O error from the kernel.
+    pub fn terminate(&self) -> Result<()> {
+        self.child.signal(sys::SIGTERM)
+    }
+
+    /// Sends SIGKILL (Python's `kill()`); does nothing if the child has been joined.
+    ///
+    /// # Errors
+    /// An I/O error from the kernel.
+    pub fn kill(&self) -> Result<()> {
+        self.child.signal(sys::SIGKILL)
+    }
+}
+
+impl AsFd for Process {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sentinel()
+    }
+}
+
+impl AsRawFd for Process {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sentinel().as_raw_fd()
+    }
+}
+
+impl ProcessBuilder {
+    fn with(mut self, f: impl FnOnce(&mut Launch)) -> Self {
+        if let Ok(l) = &mut self.launch {
+            f(l);
+        }
+        self
+    }
+
+    /// Names the process (Python's `name=`); the default is `Process-N`.
+    pub fn name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.with(|l| l.name = name)
+    }
+
+    /// Makes it a daemon (Python's `daemon=True`): at normal exit of the program it is
+    /// terminated (SIGTERM) rather than waited for.
+    pub fn daemon(self, daemon: bool) -> Self {
+        self.with(|l| l.daemon = daemon)
+    }
+
+    /// Chooses the start method for this process; the default is
+    /// [`get_start_method`](crate::get_start_method)'s.
+    pub fn start_method(self, method: StartMethod) -> Self {
+        self.with(|l| l.method = method)
+    }
+
+    /// How long the child may take to complete its bootstrap; the default is
+    /// [`DEFAULT_START_TIMEOUT`].
+    pub fn start_timeout(self, timeout: Duration) -> Self {
+        self.with(|l| l.start_timeout = timeout)
+    }
+
+    /// Gives a `spawn` child the parent's command-line arguments (by default it gets only
+    /// the program name, so that argument parsing before [`init`](crate::init) sees none).
+    pub fn inherit_argv(self, inherit: bool) -> Self {
+        self.with(|l| l.inherit_argv = inherit)
+    }
+
+    /// Sends `fingerprint` in place of this binary's in the handshake, so that tests can see
+    /// the child refuse it.
+    #[doc(hidden)]
+    pub fn __forge_fingerprint(self, fingerprint: Vec<u8>) -> Self {
+        self.with(|l| l.hello = Hello::with_fingerprint(fingerprint))
+    }
+
+    /// Starts the child and waits for it to complete its bootstrap (Python's `start()`).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if an argument could not be encoded; [`Error::BinaryMismatch`] if
+    /// the child runs another binary; [`Error::Start`] if the child died or timed out before
+    /// completing its bootstrap (a `main` that does not call [`init`](crate::init) first is
+    /// the usual cause, and the message says so) or if the `fork` method was refused.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a start dropped midway may leave a child that fails its bootstrap
+    /// and exits.
+    pub async fn start(self) -> Result<Process> {
+        let launch = self.launch?;
+        let (name, daemon) = (launch.name.clone(), launch.daemon);
+        let child = start::launch(launch).await?;
+        tracing::debug!(pid = child.pid(), %name, "process started");
+        Ok(Process {
+            child,
+            name,
+            daemon,
+        })
+    }
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("name", &self.name)
+            .field("daemon", &self.daemon)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+#[allow(dead_code)]
+fn _error_is_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Error>();
+}

@@ -1,0 +1,121 @@
+//! The bootstrap conversation: the parent sends one frame (handshake, name, target and
+//! arguments); the child answers `Started` once it has checked everything, or `Refused`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Child, Launch};
+use crate::error::{Error, ExitCause, Result};
+use crate::sys;
+use crate::task::process_entry_offset;
+use crate::wire::{FrameBuf, Hello, framed, into_stream, max_frame_size};
+
+/// The bootstrap frame's head; the target's encoded arguments follow it in the same frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Boot {
+    pub(crate) hello: Hello,
+    pub(crate) name: String,
+    pub(crate) entry: i64,
+    pub(crate) max_frame: u64,
+}
+
+/// The child's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum BootReply {
+    /// Handshake passed; the target is about to run.
+    Started,
+    /// The child runs another binary (its fingerprint and the one it was sent, in hex).
+    Mismatch { child: String, parent: String },
+    /// The child will not run the target, and why.
+    Refused(String),
+}
+
+/// The advice every "the child never got going" error carries.
+pub(crate) const INIT_ADVICE: &str = "does `main()` call `tokio_multiprocessing::init()` before anything else? \
+     (children run `main` again up to `init()`)";
+
+fn start_error(launch: &Launch, pid: i32, message: String) -> Error {
+    Error::Start {
+        name: launch.name.clone(),
+        pid: pid as u32,
+        message,
+    }
+}
+
+/// Sends the bootstrap frame for `launch` over `sock` and waits for the child's answer,
+/// racing its exit and the start deadline. On success returns a handle on the socket for the
+/// parent to keep: the child sees EOF on it when the parent is gone.
+///
+/// On failure the child is killed if it still runs, and reaped.
+pub(crate) async fn handshake(
+    sock: OwnedFd,
+    child: &mut Child,
+    launch: &mut Launch,
+) -> Result<OwnedFd> {
+    let pid = child.pid();
+    let keepalive = sys::dup_fd(sock.as_fd())?;
+    let mut frame = FrameBuf::of(&Boot {
+        hello: launch.hello.clone(),
+        name: launch.name.clone(),
+        entry: process_entry_offset(launch.entry),
+        max_frame: max_frame_size() as u64,
+    })?;
+    frame.push_encoded(std::mem::take(&mut launch.args));
+    let (mut rd, wr) = framed(into_stream(sock)?);
+    let exchange = async {
+        wr.send(&mut frame).await?;
+        rd.recv().await?.decode::<BootReply>()
+    };
+    let deadline = launch.start_timeout;
+    let outcome = tokio::select! {
+        // Biased: a child that answered and then exited at once has its answer read first.
+        biased;
+        r = tokio::time::timeout(deadline, exchange) => r,
+        code = child.wait() => {
+            return Err(match code {
+                Ok(code) => exited_early(launch, pid, code),
+                Err(e) => start_error(launch, pid, format!("waiting for it failed: {e}")),
+            });
+        }
+    };
+    let err = match outcome {
+        Ok(Ok(BootReply::Started)) => return Ok(keepalive),
+        Ok(Ok(BootReply::Refused(reason))) => start_error(launch, pid, reason),
+        Ok(Ok(BootReply::Mismatch { child, parent })) => Error::BinaryMismatch {
+            ours: parent,
+            theirs: child,
+        },
+        Ok(Err(Error::Closed | Error::Io(_))) => {
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(code)) => return Err(exited_early(launch, pid, code)),
+                _ => start_error(
+                    launch,
+                    pid,
+                    format!("it closed its bootstrap socket without answering: {INIT_ADVICE}"),
+                ),
+            }
+        }
+        Ok(Err(e)) => start_error(launch, pid, format!("its bootstrap failed: {e}")),
+        Err(_elapsed) => start_error(
+            launch,
+            pid,
+            format!("it did not complete its bootstrap within {deadline:?}: {INIT_ADVICE}"),
+        ),
+    };
+    let _ = child.signal(sys::SIGKILL);
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    Err(err)
+}
+
+fn exited_early(launch: &Launch, pid: i32, code: i32) -> Error {
+    start_error(
+        launch,
+        pid,
+        format!(
+            "it exited ({}) before completing its bootstrap: {INIT_ADVICE}",
+            ExitCause::from_exitcode(code)
+        ),
+    )
+}

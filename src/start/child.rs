@@ -1,0 +1,170 @@
+//! The child's side of the bootstrap.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::ENV_BOOT;
+use super::boot::{Boot, BootReply, INIT_ADVICE};
+use crate::error::Error;
+use crate::sys;
+use crate::task::{Failure, Invoked, ProcessEntry};
+use crate::wire::{FrameBuf, RecvBuf, set_max_frame_size};
+
+/// Exit code of a child that could not run its target.
+const BOOT_FAILED: i32 = 1;
+
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!(
+        "tokio-multiprocessing child {}: {message}",
+        sys::current_pid()
+    );
+    std::process::exit(BOOT_FAILED)
+}
+
+/// `init()` in a re-executed child: parse `"<fd>,<parent pid>"`, then bootstrap.
+pub(super) fn run_from_env(value: &OsStr) -> ! {
+    let parsed = value.to_str().and_then(|v| {
+        let (fd, ppid) = v.split_once(',')?;
+        Some((fd.parse::<i32>().ok()?, ppid.parse::<i32>().ok()?))
+    });
+    let Some((fd, ppid)) = parsed else {
+        fail(format!("malformed {ENV_BOOT}={value:?}"))
+    };
+    let sock = match sys::adopt_inherited_socket(fd) {
+        Ok(s) => s,
+        Err(e) => fail(format!("bootstrap descriptor {fd} is unusable: {e}")),
+    };
+    run_boot(sock, ppid)
+}
+
+/// Bootstraps a child from its socket: parent-death signal, handshake, then the target.
+/// Never returns.
+pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
+    die_with_parent(ppid);
+    let mut rb = RecvBuf::new();
+    let mut frame = match rb.recv_blocking(sock.as_fd()) {
+        Ok(f) => f,
+        Err(Error::Closed) => {
+            fail("the parent closed the bootstrap socket before sending anything")
+        }
+        Err(e) => fail(format!("cannot read the bootstrap frame: {e}")),
+    };
+    let boot: Boot = match frame.decode_head() {
+        Ok(b) => b,
+        Err(e) => refuse(
+            &sock,
+            BootReply::Refused(format!("malformed bootstrap frame: {e}")),
+        ),
+    };
+    let same = match boot.hello.check() {
+        Ok(s) => s,
+        Err(Error::BinaryMismatch { ours, theirs }) => refuse(
+            &sock,
+            BootReply::Mismatch {
+                child: ours,
+                parent: theirs,
+            },
+        ),
+        Err(e) => refuse(&sock, BootReply::Refused(e.to_string())),
+    };
+    let entry: ProcessEntry = match sys::resolve_entry(boot.entry, same) {
+        Ok(e) => e,
+        Err(e) => refuse(&sock, BootReply::Refused(e.to_string())),
+    };
+    set_max_frame_size(boot.max_frame as usize);
+    if let Err(e) = reply(sock.as_fd(), &BootReply::Started) {
+        fail(format!("cannot answer the parent: {e}"));
+    }
+    tracing::debug!(name = %boot.name, "child bootstrapped");
+    let fds = std::mem::take(&mut frame.fds);
+    let code = run_entry(entry(frame.body(), fds));
+    drop(sock);
+    std::process::exit(code)
+}
+
+/// Asks for SIGKILL when the parent goes, and checks the parent did not go already.
+pub(super) fn die_with_parent(ppid: i32) {
+    if let Err(e) = sys::set_parent_death_signal() {
+        fail(format!("cannot set the parent-death signal: {e}"));
+    }
+    if sys::parent_pid() != ppid {
+        // The parent died before we could ask to follow it.
+        sys::exit_now(BOOT_FAILED);
+    }
+}
+
+fn reply(sock: BorrowedFd<'_>, r: &BootReply) -> crate::Result<()> {
+    crate::wire::frame::send_blocking(sock, &mut FrameBuf::of(r)?)
+}
+
+fn refuse(sock: &OwnedFd, r: BootReply) -> ! {
+    let msg = match &r {
+        BootReply::Refused(m) => m.clone(),
+        BootReply::Mismatch { child, parent } => {
+            format!("binary mismatch: this binary is {child}, the parent's is {parent}")
+        }
+        BootReply::Started => String::new(),
+    };
+    let _ = reply(sock.as_fd(), &r);
+    fail(format!("refusing to run the target: {msg}"))
+}
+
+/// Runs a target to the end and returns the exit code: 0, or 1 after a panic (whose message
+/// the panic hook has printed) or undecodable arguments.
+///
+/// An `async fn` target runs on a fresh current-thread runtime; if this thread is already
+/// inside a runtime (`#[tokio::main]` called `init()`), on a thread of its own.
+pub(crate) fn run_entry(invoked: Invoked<Result<(), Failure>>) -> i32 {
+    let result = match invoked {
+        Invoked::Ready(r) => r,
+        Invoked::Pending(fut) => {
+            let run = move || match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(fut),
+                Err(e) => Err(Failure::Args(Error::Io(e))),
+            };
+            if tokio::runtime::Handle::try_current().is_ok() {
+                match std::thread::Builder::new().name("target".into()).spawn(run) {
+                    Ok(t) => t.join().unwrap_or_else(|_| {
+                        Err(Failure::Panicked("runtime thread panicked".into()))
+                    }),
+                    Err(e) => Err(Failure::Args(Error::Io(e))),
+                }
+            } else {
+                run()
+            }
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure::Panicked(_)) => 1,
+        Err(Failure::Args(e)) => {
+            eprintln!("tokio-multiprocessing child {}: {e}", sys::current_pid());
+            1
+        }
+    }
+}
+
+/// Called on every start: a process that still has the bootstrap variable is a child whose
+/// `main` never called `init()`. It is a copy of the parent that should not exist; tell the
+/// parent why, and end it before it starts children of its own.
+pub(super) fn refuse_if_uninitialised_child() {
+    let Some(value) = std::env::var_os(ENV_BOOT) else {
+        return;
+    };
+    let message = format!(
+        "this process was started as a child by tokio-multiprocessing, but its `main()` did not \
+         call `tokio_multiprocessing::init()` before starting a process: {INIT_ADVICE}"
+    );
+    let fd = value
+        .to_str()
+        .and_then(|v| v.split_once(','))
+        .and_then(|(fd, _)| fd.parse::<i32>().ok());
+    if let Some(sock) = fd.and_then(|fd| sys::adopt_inherited_socket(fd).ok()) {
+        let _ = reply(sock.as_fd(), &BootReply::Refused(message.clone()));
+    }
+    eprintln!("tokio-multiprocessing: {message}");
+    sys::exit_now(BOOT_FAILED)
+}

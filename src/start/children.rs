@@ -1,0 +1,219 @@
+//! The children of this process: waiting for them on their pidfds, and the table the exit
+//! handler uses to terminate daemons and wait for the rest.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, Once};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Where a child's exit status comes from.
+#[derive(Debug)]
+pub(crate) enum ExitSource {
+    /// Our own child: reaped with `waitid` on its pidfd.
+    Own,
+    /// A child of the fork server, which reaps it and writes its exit code (`i32`, little
+    /// endian) to this pipe.
+    Pipe(AsyncFd<OwnedFd>),
+}
+
+/// A running child, awaited through its pidfd on tokio's reactor.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: i32,
+    pidfd: AsyncFd<Arc<OwnedFd>>,
+    source: Option<ExitSource>,
+    code: Option<i32>,
+}
+
+struct Tracked {
+    pidfd: Arc<OwnedFd>,
+    daemon: bool,
+    own: bool,
+    /// The parent's end of the bootstrap socket: while it is open the child sees no EOF.
+    _keepalive: Option<OwnedFd>,
+}
+
+static CHILDREN: Mutex<Option<HashMap<i32, Tracked>>> = Mutex::new(None);
+static AT_EXIT: Once = Once::new();
+
+fn table<R>(f: impl FnOnce(&mut HashMap<i32, Tracked>) -> R) -> R {
+    let mut guard = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
+    f(guard.get_or_insert_with(HashMap::new))
+}
+
+impl Child {
+    /// Wraps a freshly started child. Must be called inside a tokio runtime.
+    pub(crate) fn new(pid: i32, pidfd: OwnedFd, source: ExitSource) -> Result<Child> {
+        Ok(Child {
+            pid,
+            pidfd: sys::register_shared(Arc::new(pidfd), Interest::READABLE)?,
+            source: Some(source),
+            code: None,
+        })
+    }
+
+    /// Enters the child in the exit handler's table: at normal exit of this process, daemon
+    /// children are sent SIGTERM and every child is waited for, as Python does.
+    pub(crate) fn track(&self, daemon: bool, keepalive: Option<OwnedFd>) {
+        AT_EXIT.call_once(|| {
+            if let Err(e) = sys::at_exit(at_exit) {
+                tracing::warn!("cannot install the exit handler that joins children: {e}");
+            }
+        });
+        let own = matches!(self.source, Some(ExitSource::Own));
+        table(|t| {
+            t.insert(
+                self.pid,
+                Tracked {
+                    pidfd: self.pidfd.get_ref().clone(),
+                    daemon,
+                    own,
+                    _keepalive: keepalive,
+                },
+            )
+        });
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.get_ref().as_fd()
+    }
+
+    /// Sends a signal, unless the child was already reaped (Python's `terminate()` on a
+    /// finished process does nothing).
+    pub(crate) fn signal(&self, signal: i32) -> Result<()> {
+        if self.code.is_some() {
+            return Ok(());
+        }
+        Ok(sys::pidfd_send_signal(self.pidfd(), signal)?)
+    }
+
+    /// The exit code if the child has ended, without waiting.
+    pub(crate) fn try_wait(&mut self) -> Result<Option<i32>> {
+        if self.code.is_some() {
+            return Ok(self.code);
+        }
+        let code = match &self.source {
+            Some(ExitSource::Own) => sys::try_wait_pidfd(self.pidfd())?,
+            Some(ExitSource::Pipe(pipe)) => {
+                if !sys::poll_readable(&[self.pidfd()], Some(std::time::Duration::ZERO))?[0] {
+                    return Ok(None);
+                }
+                read_status(pipe.get_ref())?
+            }
+            None => None,
+        };
+        if let Some(c) = code {
+            self.finished(c);
+        }
+        Ok(code)
+    }
+
+    /// Waits for the child to end and returns its exit code (`-N` for death by signal N).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the wait is a readiness wait on the pidfd; nothing is consumed until the
+    /// child has ended.
+    pub(crate) async fn wait(&mut self) -> Result<i32> {
+        if let Some(c) = self.code {
+            return Ok(c);
+        }
+        let _ready = self.pidfd.readable().await?;
+        let code = match &self.source {
+            Some(ExitSource::Own) => sys::try_wait_pidfd(self.pidfd())?.ok_or_else(|| {
+                Error::Protocol("pidfd readable but the child has not exited".into())
+            })?,
+            Some(ExitSource::Pipe(pipe)) => loop {
+                let mut guard = pipe.readable().await?;
+                match guard.try_io(|p| read_status(p.get_ref())) {
+                    Ok(Ok(Some(code))) => break code,
+                    Ok(Ok(None)) => {
+                        return Err(Error::Protocol(format!(
+                            "the fork server ended before reporting the exit status of process {}",
+                            self.pid
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_would_block) => continue,
+                }
+            },
+            None => return Err(Error::Closed),
+        };
+        self.finished(code);
+        Ok(code)
+    }
+
+    fn finished(&mut self, code: i32) {
+        self.code = Some(code);
+        self.source = None;
+        table(|t| t.remove(&self.pid));
+    }
+}
+
+/// Reads the exit code the fork server wrote: `Some(code)`, or `None` at end of file.
+fn read_status(pipe: &OwnedFd) -> std::io::Result<Option<i32>> {
+    let mut buf = [0u8; 4];
+    let n = sys::read_fd(pipe.as_fd(), &mut buf)?;
+    match n {
+        4 => Ok(Some(i32::from_le_bytes(buf))),
+        0 => Ok(None),
+        n => Err(std::io::Error::other(format!(
+            "short exit status from the fork server ({n} bytes)"
+        ))),
+    }
+}
+
+impl Drop for Child {
+    /// A child whose handle is dropped keeps running, as in Python; it is reaped when it
+    /// ends (by a small task on the current runtime), so it never lingers as a zombie.
+    fn drop(&mut self) {
+        if self.code.is_some() {
+            return;
+        }
+        if let Ok(Some(_)) = self.try_wait() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime: the exit handler still knows the child and waits for it.
+            return;
+        };
+        let pid = self.pid;
+        let pidfd = self.pidfd.get_ref().clone();
+        let source = self.source.take();
+        handle.spawn(async move {
+            let Ok(fd) = sys::register_shared(pidfd, Interest::READABLE) else {
+                return;
+            };
+            if fd.readable().await.is_ok() {
+                if let Some(ExitSource::Own) = source {
+                    let _ = sys::try_wait_pidfd(fd.get_ref().as_fd());
+                }
+                table(|t| t.remove(&pid));
+            }
+        });
+    }
+}
+
+/// Runs at normal exit: SIGTERM to daemon children, then wait for every child, as Python's
+/// `multiprocessing` does at interpreter exit.
+extern "C" fn at_exit() {
+    let tracked: Vec<Tracked> = table(|t| t.drain().map(|(_, v)| v).collect());
+    for t in tracked.iter().filter(|t| t.daemon) {
+        let _ = sys::pidfd_send_signal(t.pidfd.as_fd(), sys::SIGTERM);
+    }
+    for t in &tracked {
+        if t.own {
+            let _ = sys::wait_pidfd_blocking(t.pidfd.as_fd());
+        } else {
+            let _ = sys::poll_readable(&[t.pidfd.as_fd()], None);
+        }
+    }
+}

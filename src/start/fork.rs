@@ -1,0 +1,43 @@
+//! The `fork` start method: the caller forks itself.
+//!
+//! Only a single-threaded process may fork and go on running arbitrary code in the child, so
+//! the method is refused otherwise. The child keeps stdio and the descriptors its arguments
+//! own and closes the rest, just as a re-executed child would have only what it was handed
+//! (the parent's runtime, sockets and pipes stay the parent's). It runs the target from the
+//! arguments encoded before the fork, then exits without running the parent's exit handlers.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::children::{Child, ExitSource};
+use super::{Launch, child};
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Starts a child with the `fork` method.
+pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
+    let mut keep: Vec<RawFd> = launch.args.fds.iter().map(|f| f.as_raw_fd()).collect();
+    keep.sort_unstable();
+    let me = sys::current_pid();
+    sys::flush_std_streams();
+    let forked = sys::fork_process().map_err(|e| Error::Start {
+        name: launch.name.clone(),
+        pid: 0,
+        message: format!("{e}; use the spawn or forkserver start method"),
+    })?;
+    let Some(pid) = forked else {
+        // The child.
+        if let Err(e) = sys::close_all_except(&keep) {
+            eprintln!("tokio-multiprocessing: forked child cannot close descriptors: {e}");
+            sys::exit_now(1);
+        }
+        child::die_with_parent(me);
+        let crate::wire::Encoded { bytes, fds } = launch.args;
+        let code = child::run_entry((launch.entry)(&bytes, fds));
+        sys::exit_now(code)
+    };
+    let child = Child::new(pid, sys::pidfd_open(pid)?, ExitSource::Own)?;
+    if launch.track_at_exit {
+        child.track(launch.daemon, None);
+    }
+    Ok(child)
+}

@@ -1,0 +1,172 @@
+//! Descriptors: socket pairs, `SCM_RIGHTS` passing, duplication and bulk closing.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+
+use super::cvt;
+
+/// The most descriptors one `sendmsg` may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// A connected pair of Unix stream sockets, both close-on-exec and blocking.
+pub(crate) fn socketpair_stream() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Switches `O_NONBLOCK` on or off.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// A close-on-exec duplicate of `fd`.
+pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+/// Sends `data`, with `fds` attached to its first byte. Returns how many bytes went out.
+///
+/// `MSG_NOSIGNAL`: a closed peer is an `EPIPE` error, never a `SIGPIPE`.
+pub(crate) fn send_with_fds(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a message may carry at most {MAX_FDS_PER_MESSAGE} descriptors, this one holds {}",
+                fds.len()
+            ),
+        ));
+    }
+    let iov = [IoSlice::new(data)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    Ok(sendmsg::<()>(
+        fd.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?)
+}
+
+/// Receives into `buf`; descriptors that arrive are appended to `fds`, close-on-exec.
+///
+/// Returns the number of bytes read, 0 at end of stream.
+pub(crate) fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel installed `r` in our table for this message; nothing
+                // else knows of it yet, so we are its only owner.
+                fds.push_back(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    if truncated {
+        return Err(io::Error::other(
+            "descriptors sent with a message were dropped by the kernel (control data truncated)",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+/// Closes every descriptor from 3 up, except those in `keep` (which must be sorted).
+///
+/// Async-signal-safe: it allocates nothing and makes only `close_range` calls, so a freshly
+/// forked child may call it.
+pub(crate) fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut low: libc::c_uint = 3;
+    for &k in keep {
+        let Ok(k) = libc::c_uint::try_from(k) else {
+            continue;
+        };
+        if k < low {
+            continue;
+        }
+        if k > low {
+            close_range(low, k - 1)?;
+        }
+        low = k + 1;
+    }
+    close_range(low, libc::c_uint::MAX)
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes integers by value; closing descriptors is memory safe (the
+    // caller guarantees no live `OwnedFd` in this process will be used after this call).
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}
+
+/// One `read(2)`.
+pub(crate) fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(nix::unistd::read(fd, buf)?)
+}
+
+/// Writes all of `buf` to a blocking descriptor.
+pub(crate) fn write_all_fd(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Registers a descriptor with the current tokio runtime's reactor.
+///
+/// # Panics
+/// Outside a tokio runtime (tokio's own rule).
+pub(crate) fn register_owned(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` keeps its descriptor open, and always returns the same number,
+    // for as long as it lives, which is as long as the `AsyncFd` that owns it.
+    Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
+}
+
+/// Registers a shared descriptor with the current tokio runtime's reactor.
+///
+/// # Panics
+/// Outside a tokio runtime (tokio's own rule).
+pub(crate) fn register_shared(
+    fd: std::sync::Arc<OwnedFd>,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    // SAFETY: the descriptor is closed only when the last `Arc` goes, and the `AsyncFd`
+    // holds one; an `Arc<OwnedFd>` always returns the same number.
+    Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
+}

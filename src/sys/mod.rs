@@ -1,0 +1,37 @@
+//! The only home of system calls and `unsafe`.
+//!
+//! Contract: every descriptor this module creates is close-on-exec (and non-blocking where it
+//! is a socket that tokio will drive), every syscall error becomes an [`std::io::Error`], and
+//! every `unsafe` block names the invariant it relies on. Code above this module never calls
+//! `libc` or `nix` directly. Linux only for now: pidfd, eventfd, memfd and `SCM_RIGHTS` are
+//! the mechanisms the rest of the crate is built on.
+
+mod fd;
+mod ident;
+mod proc;
+
+pub(crate) use fd::{
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, read_fd, recv_with_fds, register_owned,
+    register_shared, send_with_fds, set_nonblocking, socketpair_stream, write_all_fd,
+};
+pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
+pub(crate) use proc::{
+    adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
+    fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open, pidfd_send_signal,
+    pipe_cloexec, poll_readable, set_parent_death_signal, spawn_exe, try_wait_pidfd,
+    wait_pid_blocking, wait_pidfd_blocking,
+};
+
+use std::io;
+
+/// Signal numbers the crate sends.
+pub(crate) use libc::{SIGKILL, SIGTERM};
+
+/// Turns a `-1`-means-errno return value into an [`io::Result`].
+fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}

@@ -1,0 +1,282 @@
+//! Processes: spawning the same executable, forking, pidfds, reaping, parent-death signals.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::cvt;
+
+/// The path that always names the executable this process is running, even if the file
+/// was replaced or removed since.
+const SELF_EXE: &CStr = c"/proc/self/exe";
+
+/// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec
+/// (every other descriptor of ours is close-on-exec). Returns the child's pid.
+///
+/// The parent-death signal of the child refers to the calling thread: call this from a
+/// thread that lives as long as the children should.
+pub(crate) fn spawn_exe(
+    argv: &[CString],
+    env: &[CString],
+    inherit: BorrowedFd<'_>,
+) -> io::Result<i32> {
+    let mut actions = PosixSpawnFileActions::init()?;
+    // A dup2 onto itself clears close-on-exec in the child only (POSIX, glibc >= 2.29).
+    actions.add_dup2(inherit.as_raw_fd(), inherit.as_raw_fd())?;
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&SigSet::empty())?;
+    let mut defaults = SigSet::empty();
+    defaults.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&defaults)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let pid = posix_spawn(SELF_EXE, &actions, &attr, argv, env)?;
+    Ok(pid.as_raw())
+}
+
+/// Forks this process. Refused unless the process has exactly one thread, because a child
+/// forked from a multi-threaded process may only make async-signal-safe calls, and ours runs
+/// arbitrary code.
+///
+/// Returns `Some(pid)` in the parent and `None` in the child.
+pub(crate) fn fork_process() -> io::Result<Option<i32>> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "the fork start method needs a single-threaded process, this one has {threads} threads"
+        )));
+    }
+    // SAFETY: the process has exactly one thread (checked just above, and nothing of ours
+    // can start one in between: the caller holds the only thread), so the child is a
+    // complete copy in which any code may run.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => Ok(Some(child.as_raw())),
+        ForkResult::Child => Ok(None),
+    }
+}
+
+/// Forks the fork server. Unlike [`fork_process`] it accepts a process with threads besides
+/// the caller, because the server's `init()` may run under `#[tokio::main]`, whose runtime
+/// threads exist before `main`'s body runs.
+///
+/// Returns `Some(pid)` in the parent and `None` in the child.
+pub(crate) fn fork_in_server() -> io::Result<Option<i32>> {
+    // SAFETY: called only by the fork server's loop. The server took over the main thread in
+    // `init()` before any user task ran, so any other thread is an idle runtime worker parked
+    // in epoll_wait or on a condition variable, holding no lock; glibc's fork resets malloc's
+    // own locks in the child. The child runs on the forking thread only.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => Ok(Some(child.as_raw())),
+        ForkResult::Child => Ok(None),
+    }
+}
+
+/// Sends SIGKILL to our child `pid`, which has not been reaped (so the pid is still its).
+pub(crate) fn kill_pid(pid: i32) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// The number of threads in this process, from `/proc/self/status`.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads line in /proc/self/status"))
+}
+
+/// A pidfd for `pid`: readable once the process has exited.
+///
+/// Race-free only for our own children that we have not reaped (their pid cannot be reused
+/// until then).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers by value and touches none of our memory.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: on success the kernel handed us a fresh descriptor (close-on-exec by
+    // definition) that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`; a process that already exited is not an
+/// error (it cannot be a recycled pid: the pidfd pins the process).
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: the syscall takes a descriptor, a signal number and a null siginfo pointer
+    // (allowed: the kernel then fills in a default), none of which borrow our memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match cvt(r) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Python's exit code convention: the exit status, or `-N` for death by signal N.
+fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(-(sig as i32)),
+        _ => None,
+    }
+}
+
+/// Reaps our child behind `pidfd` if it has exited; `None` if it is still running.
+pub(crate) fn try_wait_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    let status = waitid(
+        Id::PIDFd(pidfd),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+    )?;
+    Ok(exit_code(status))
+}
+
+/// Waits for our child `pid` to exit and reaps it, blocking the calling thread. For the fork
+/// server (single-threaded, no runtime) and for the exit handler.
+pub(crate) fn wait_pid_blocking(pid: i32) -> io::Result<i32> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(status) => {
+                if let Some(code) = exit_code(status) {
+                    return Ok(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that started it exits.
+pub(crate) fn set_parent_death_signal() -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    Ok(())
+}
+
+/// This process's parent pid.
+pub(crate) fn parent_pid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
+/// Runs `f` when the process exits normally (`exit`, or returning from `main`).
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `f` is a plain function with the C ABI and no arguments, as atexit requires.
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::other("atexit refused the handler"));
+    }
+    Ok(())
+}
+
+/// Flushes Rust's stdout and stderr buffers.
+pub(crate) fn flush_std_streams() {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+}
+
+/// Ends this process at once with `code`, running no exit handlers and no destructors
+/// (what a forked child must do: the handlers belong to its parent). Flushes Rust's standard
+/// streams first.
+pub(crate) fn exit_now(code: i32) -> ! {
+    flush_std_streams();
+    // SAFETY: _exit ends the process; it is async-signal-safe and touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
+
+/// Removes an environment variable.
+///
+/// Called by `init()` in a child before any code of ours starts a thread; the docs of
+/// `init()` ask that it be the first thing `main` does, before the program starts threads.
+pub(crate) fn clear_env_var(name: &OsStr) {
+    // SAFETY: no other thread of this process reads or writes the environment at this point:
+    // a child reaches this line from `init()`, which its `main` calls before starting any
+    // thread (a documented requirement of `init()`).
+    unsafe { std::env::remove_var(name) }
+}
+
+/// This process's pid.
+pub(crate) fn current_pid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// Takes ownership of a descriptor this process inherited from its parent (its number came
+/// in the bootstrap environment variable). Checks that it is an open socket.
+pub(crate) fn adopt_inherited_socket(raw: RawFd) -> io::Result<OwnedFd> {
+    let st = nix::sys::stat::fstat(
+        // SAFETY: fstat only reads `raw`; if it is not open the call fails with EBADF.
+        unsafe { BorrowedFd::borrow_raw(raw) },
+    )?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other(format!(
+            "descriptor {raw} is not a socket"
+        )));
+    }
+    nix::fcntl::fcntl(
+        // SAFETY: checked open just above; we only set a flag on it.
+        unsafe { BorrowedFd::borrow_raw(raw) },
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: the descriptor is open (fstat succeeded) and was handed to this process for it
+    // alone: the parent kept its own end, and no code here has wrapped this number before
+    // (`init()` consumes the environment variable that names it).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Blocks until at least one of `fds` is readable (or hung up); returns a flag per fd.
+/// `timeout` of `None` waits for ever.
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Vec<bool>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+    };
+    loop {
+        match poll(&mut pfds, timeout) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
+}
+
+/// Waits (blocking the thread) for our child behind `pidfd` to exit, and reaps it.
+pub(crate) fn wait_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<i32> {
+    loop {
+        match waitid(Id::PIDFd(pidfd), WaitPidFlag::WEXITED) {
+            Ok(status) => {
+                if let Some(code) = exit_code(status) {
+                    return Ok(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

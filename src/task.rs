@@ -1,0 +1,205 @@
+//! How a function crosses a process boundary.
+//!
+//! A target is a `fn` item or a closure that captures nothing: a zero-sized type whose only
+//! value the child can produce itself. What crosses is the address of a *trampoline*
+//! monomorphised for that function, measured from an anchor symbol; the child, running the
+//! very same binary (checked by fingerprint in the handshake), turns the offset back into the
+//! trampoline, which decodes the arguments, calls the function, and catches its panic.
+
+use std::any::Any;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+
+use futures::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::sys::{self, FnZst};
+use crate::wire::codec;
+
+/// Marks a target that returns its result directly.
+#[doc(hidden)]
+pub struct Blocking<R>(PhantomData<fn() -> R>);
+
+/// Marks an `async fn` target: its future runs on the child's own runtime.
+#[doc(hidden)]
+pub struct Async<Fut>(PhantomData<fn() -> Fut>);
+
+/// A call that finished, or a future that will.
+#[doc(hidden)]
+pub enum Invoked<R> {
+    Ready(R),
+    Pending(Pin<Box<dyn Future<Output = R> + Send>>),
+}
+
+/// A function that can run in another process: a `fn` item or a closure that captures
+/// nothing, taking `Args`, a tuple of 0 to 6 arguments (like Python's `args=(...)`).
+///
+/// Implemented for every such function whose arguments are serde types and whose result is a
+/// serde type (`()` included), and for `async fn`s whose future's output is; the `Marker`
+/// parameter tells the two kinds apart and is always inferred.
+///
+/// A closure that captures variables cannot cross: pass the values as arguments instead.
+///
+/// ```compile_fail
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let name = String::from("bob");
+/// // error: a capturing closure is not a target
+/// tokio_multiprocessing::Process::new(move |()| println!("{name}"), ()).start().await?;
+/// # Ok(()) }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run in another process with arguments `{Args}`",
+    label = "not a `fn` item or non-capturing closure taking these arguments",
+    note = "a target crosses to the other process by address: it must be a `fn` item or a \
+            closure that captures nothing, taking its arguments as a tuple like Python's \
+            `args=(...)`, with arguments and result that implement serde's traits; pass \
+            captured values as arguments instead"
+)]
+pub trait Target<Args, Marker>: Copy + Send + Sync + 'static {
+    /// What the function returns (for an `async fn`, what its future resolves to).
+    type Output: Send + 'static;
+
+    #[doc(hidden)]
+    fn __invoke(self, args: Args) -> Invoked<Self::Output>;
+
+    #[doc(hidden)]
+    fn __conjure() -> Self;
+}
+
+macro_rules! targets {
+    ($($a:ident),*) => {
+        impl<F, R, $($a),*> Target<($($a,)*), Blocking<R>> for F
+        where
+            F: Fn($($a),*) -> R + FnZst<($($a,)*), R> + Send + Sync,
+            R: Serialize + Send + 'static,
+        {
+            type Output = R;
+
+            #[allow(non_snake_case)]
+            fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<R> {
+                Invoked::Ready(self($($a),*))
+            }
+
+            fn __conjure() -> Self {
+                <F as FnZst<($($a,)*), R>>::conjure()
+            }
+        }
+
+        impl<F, Fut, $($a),*> Target<($($a,)*), Async<Fut>> for F
+        where
+            F: Fn($($a),*) -> Fut + FnZst<($($a,)*), Fut> + Send + Sync,
+            Fut: Future + Send + 'static,
+            Fut::Output: Serialize + Send + 'static,
+        {
+            type Output = Fut::Output;
+
+            #[allow(non_snake_case)]
+            fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<Fut::Output> {
+                Invoked::Pending(Box::pin(self($($a),*)))
+            }
+
+            fn __conjure() -> Self {
+                <F as FnZst<($($a,)*), Fut>>::conjure()
+            }
+        }
+    };
+}
+targets!();
+targets!(A);
+targets!(A, B);
+targets!(A, B, C);
+targets!(A, B, C, D);
+targets!(A, B, C, D, E);
+targets!(A, B, C, D, E, G);
+
+/// Why a call produced no result.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The arguments did not decode.
+    Args(Error),
+    /// The function panicked; the panic message.
+    Panicked(String),
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        match f {
+            Failure::Args(e) => e,
+            Failure::Panicked(message) => Error::TaskPanicked { message },
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a payload that is not a string".to_string()
+    }
+}
+
+/// Calls `f(args)`, turning a panic (in the call or in its future) into a [`Failure`].
+pub(crate) fn invoke_caught<F, A, M>(f: F, args: A) -> Invoked<Result<F::Output, Failure>>
+where
+    F: Target<A, M>,
+{
+    match catch_unwind(AssertUnwindSafe(|| f.__invoke(args))) {
+        Ok(Invoked::Ready(r)) => Invoked::Ready(Ok(r)),
+        Ok(Invoked::Pending(fut)) => Invoked::Pending(Box::pin(
+            AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(|r| r.map_err(|p| Failure::Panicked(panic_message(&*p)))),
+        )),
+        Err(p) => Invoked::Ready(Err(Failure::Panicked(panic_message(&*p)))),
+    }
+}
+
+/// The entry point a child calls for a `Process` target: decodes the arguments and runs the
+/// target; its result is dropped, as Python drops a target's return value.
+pub(crate) type ProcessEntry = fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<(), Failure>>;
+
+/// The [`ProcessEntry`] of target `F`.
+pub(crate) fn process_entry<F, A, M>() -> ProcessEntry
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+{
+    run_process::<F, A, M>
+}
+
+/// The [`ProcessEntry`] of `target`, with its type inferred.
+pub(crate) fn process_entry_for<F, A, M>(_target: F) -> ProcessEntry
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+{
+    run_process::<F, A, M>
+}
+
+fn run_process<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<(), Failure>>
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+{
+    let args: A = match codec::decode(bytes, fds) {
+        Ok(a) => a,
+        Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
+    };
+    match invoke_caught(F::__conjure(), args) {
+        Invoked::Ready(r) => Invoked::Ready(r.map(drop)),
+        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(|r| r.map(drop)))),
+    }
+}
+
+/// The offset that names `entry` to a process running the same binary.
+pub(crate) fn process_entry_offset(entry: ProcessEntry) -> i64 {
+    sys::offset_from_anchor(entry as usize)
+}

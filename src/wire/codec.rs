@@ -1,0 +1,294 @@
+//! MessagePack encoding with descriptors on the side.
+//!
+//! A value that owns descriptors (a pipe end, a queue, an event...) serialises each of them
+//! with [`serialize_fd`]: the descriptor is duplicated into a side list that travels beside
+//! the frame by `SCM_RIGHTS`, and the body holds its index in that list. [`deserialize_fd`]
+//! takes it back out on the receiving side. Outside of [`encode_into`] / [`decode`] there is
+//! no side list, so such a value refuses to serialise (to JSON, say) with a clear error.
+
+use std::any::type_name;
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rmp_serde::config::BytesMode;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// A value already encoded: its MessagePack bytes and the descriptors it refers to.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Encoded {
+    /// Encodes `value` on its own.
+    pub(crate) fn new<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
+        let mut e = Encoded::default();
+        encode_into(&mut e.bytes, &mut e.fds, value)?;
+        Ok(e)
+    }
+}
+
+/// Appends the MessagePack encoding of `value` to `buf`, and the descriptors it holds to
+/// `fds`. On error `buf` and `fds` are left as they were.
+///
+/// Byte sequences (`Vec<u8>`, `&[u8]`, `serde_bytes`, `bytes::Bytes`) are written as
+/// MessagePack `bin`, not as arrays of integers.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    value: &T,
+) -> Result<()> {
+    let (len, nfds) = (buf.len(), fds.len());
+    let previous = OUTGOING.with(|o| o.replace(Some(std::mem::take(fds))));
+    let mut ser = rmp_serde::Serializer::new(&mut *buf).with_bytes(BytesMode::ForceIterables);
+    let res = value.serialize(&mut ser);
+    *fds = OUTGOING.with(|o| o.replace(previous)).unwrap_or_default();
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            buf.truncate(len);
+            fds.truncate(nfds);
+            Err(Error::Encode {
+                type_name: type_name::<T>(),
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Decodes one `T` from the front of `bytes`, giving it the descriptors `fds` (in the order
+/// they were sent). Returns the value and the number of bytes it took. Descriptors the value
+/// did not claim are closed.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(T, usize)> {
+    let used = value_len(bytes).ok_or_else(|| Error::Decode {
+        type_name: type_name::<T>(),
+        message: "truncated or malformed MessagePack".into(),
+    })?;
+    Ok((decode_exact(&bytes[..used], fds)?, used))
+}
+
+/// Decodes `bytes`, which must hold exactly one `T`.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    match value_len(bytes) {
+        Some(n) if n == bytes.len() => decode_exact(bytes, fds),
+        Some(n) => Err(Error::Decode {
+            type_name: type_name::<T>(),
+            message: format!("{} bytes left over after the value", bytes.len() - n),
+        }),
+        None => Err(Error::Decode {
+            type_name: type_name::<T>(),
+            message: "truncated or malformed MessagePack".into(),
+        }),
+    }
+}
+
+fn decode_exact<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    let previous = INCOMING.with(|i| i.replace(Some(fds.into_iter().map(Some).collect())));
+    let res = T::deserialize(&mut rmp_serde::Deserializer::from_read_ref(bytes));
+    INCOMING.with(|i| i.replace(previous));
+    res.map_err(|e| Error::Decode {
+        type_name: type_name::<T>(),
+        message: e.to_string(),
+    })
+}
+
+/// The length in bytes of the one MessagePack value at the front of `b`, or `None` if `b`
+/// does not start with a whole, well-formed value. Linear in the number of items; never
+/// allocates, whatever lengths the bytes claim.
+pub(crate) fn value_len(b: &[u8]) -> Option<usize> {
+    let mut pos = 0usize;
+    let mut pending: u64 = 1;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let s = b.get(at..at.checked_add(n)?)?;
+        Some(s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    };
+    while pending > 0 {
+        pending -= 1;
+        let m = *b.get(pos)?;
+        pos += 1;
+        // (bytes of length field, extra fixed bytes, kind): kind 0 = skip `extra` bytes,
+        // 1 = payload of `len` bytes, 2 = `len` items, 3 = `len` pairs.
+        let (lenb, extra, kind): (usize, usize, u8) = match m {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0, 0),
+            0x80..=0x8f => {
+                pending += 2 * u64::from(m & 0x0f);
+                continue;
+            }
+            0x90..=0x9f => {
+                pending += u64::from(m & 0x0f);
+                continue;
+            }
+            0xa0..=0xbf => {
+                pos = pos.checked_add(usize::from(m & 0x1f))?;
+                continue;
+            }
+            0xc1 => return None,
+            0xc4 | 0xd9 => (1, 0, 1),
+            0xc5 | 0xda => (2, 0, 1),
+            0xc6 | 0xdb => (4, 0, 1),
+            0xc7 => (1, 1, 1),
+            0xc8 => (2, 1, 1),
+            0xc9 => (4, 1, 1),
+            0xca => (0, 4, 0),
+            0xcb => (0, 8, 0),
+            0xcc | 0xd0 => (0, 1, 0),
+            0xcd | 0xd1 => (0, 2, 0),
+            0xce | 0xd2 => (0, 4, 0),
+            0xcf | 0xd3 => (0, 8, 0),
+            0xd4 => (0, 2, 0),
+            0xd5 => (0, 3, 0),
+            0xd6 => (0, 5, 0),
+            0xd7 => (0, 9, 0),
+            0xd8 => (0, 17, 0),
+            0xdc => (2, 0, 2),
+            0xdd => (4, 0, 2),
+            0xde => (2, 0, 3),
+            0xdf => (4, 0, 3),
+        };
+        let len = if lenb > 0 { be(pos, lenb)? } else { 0 };
+        pos = pos.checked_add(lenb)?.checked_add(extra)?;
+        match kind {
+            1 => pos = pos.checked_add(usize::try_from(len).ok()?)?,
+            2 => pending += len,
+            3 => pending += 2 * len,
+            _ => {}
+        }
+        if pos > b.len() {
+            return None;
+        }
+    }
+    (pos <= b.len()).then_some(pos)
+}
+
+/// Serialises a descriptor into the side list of the encoding in progress (a duplicate is
+/// taken; `fd` stays with its owner).
+pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let index = OUTGOING.with(|o| -> std::result::Result<u32, String> {
+        let mut o = o.borrow_mut();
+        let list = o.as_mut().ok_or_else(|| {
+            "this value holds an operating-system resource and can only be sent to another \
+             process by tokio-multiprocessing (as a Process, Pool or Queue argument)"
+                .to_string()
+        })?;
+        if list.len() >= sys::MAX_FDS_PER_MESSAGE {
+            return Err(format!(
+                "one message may carry at most {} descriptors",
+                sys::MAX_FDS_PER_MESSAGE
+            ));
+        }
+        list.push(sys::dup_fd(fd).map_err(|e| format!("cannot duplicate a descriptor: {e}"))?);
+        Ok((list.len() - 1) as u32)
+    });
+    match index {
+        Ok(i) => s.serialize_u32(i),
+        Err(m) => Err(S::Error::custom(m)),
+    }
+}
+
+/// Takes a descriptor, sent with [`serialize_fd`], out of the side list of the decoding in
+/// progress.
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(d)? as usize;
+    INCOMING
+        .with(|i| {
+            let mut i = i.borrow_mut();
+            let list = i.as_mut()?;
+            list.get_mut(index)?.take()
+        })
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "descriptor #{index} did not arrive with the message (or was claimed twice)"
+            ))
+        })
+}
+
+/// A descriptor that can be sent as part of a value: serde's view of an [`OwnedFd`].
+#[derive(Debug)]
+pub(crate) struct PassFd(pub(crate) OwnedFd);
+
+impl Serialize for PassFd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::os::fd::AsFd;
+        serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PassFd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(PassFd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_len_agrees_with_the_encoder() {
+        let e = Encoded::new(&(
+            1u8,
+            -70000i64,
+            1.5f64,
+            "s",
+            vec![0u8; 70000],
+            vec![(1u16, 'x')],
+            Some(()),
+        ))
+        .unwrap();
+        assert_eq!(value_len(&e.bytes), Some(e.bytes.len()));
+        for cut in [1, 10, e.bytes.len() - 1] {
+            assert_eq!(value_len(&e.bytes[..cut]), None);
+        }
+    }
+
+    #[test]
+    fn bytes_cross_as_bin() {
+        let e = Encoded::new(&vec![7u8; 300]).unwrap();
+        assert_eq!(e.bytes[0], 0xc5, "bin16 marker");
+        assert_eq!(e.bytes.len(), 3 + 300);
+        let back: Vec<u8> = decode(&e.bytes, vec![]).unwrap();
+        assert_eq!(back, vec![7u8; 300]);
+    }
+
+    #[test]
+    fn descriptors_go_to_the_side_list() {
+        let (a, _b) = sys::socketpair_stream().unwrap();
+        let e = Encoded::new(&(1u8, PassFd(a), "x")).unwrap();
+        assert_eq!(e.fds.len(), 1);
+        let (_, fd, s): (u8, PassFd, String) = decode(&e.bytes, e.fds).unwrap();
+        assert_eq!(s, "x");
+        drop(fd);
+    }
+
+    #[test]
+    fn a_missing_descriptor_is_an_error() {
+        let (a, _b) = sys::socketpair_stream().unwrap();
+        let e = Encoded::new(&PassFd(a)).unwrap();
+        let err = decode::<PassFd>(&e.bytes, vec![]).unwrap_err();
+        assert!(err.to_string().contains("did not arrive"), "{err}");
+    }
+
+    #[test]
+    fn descriptors_refuse_foreign_serializers() {
+        let (a, _b) = sys::socketpair_stream().unwrap();
+        let mut buf = Vec::new();
+        let err = PassFd(a)
+            .serialize(&mut rmp_serde::Serializer::new(&mut buf))
+            .unwrap_err();
+        assert!(err.to_string().contains("tokio-multiprocessing"), "{err}");
+    }
+}

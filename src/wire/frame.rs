@@ -1,0 +1,401 @@
+//! Frames: a 5-byte header (`u32` big-endian body length, `u8` count of descriptors sent
+//! beside the frame) and a MessagePack body.
+//!
+//! Descriptors ride on the `sendmsg` that carries the first byte of their frame, so by the
+//! time a frame is complete in the receive buffer, its descriptors have arrived: they are
+//! queued in arrival order and each frame takes as many as its header announces.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use super::codec::{self, Encoded};
+use super::max_frame_size;
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Bytes of the frame header.
+pub(crate) const HEADER_LEN: usize = 5;
+/// The smallest room a read is given, so that small frames arrive many per system call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Frames at least this large are handed over without a copy when they fill the buffer.
+const HAND_OVER: usize = 64 * 1024;
+
+/// A frame under construction: header room, then one or more encoded values.
+#[derive(Debug)]
+pub(crate) struct FrameBuf {
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        FrameBuf::new()
+    }
+}
+
+impl FrameBuf {
+    pub(crate) fn new() -> FrameBuf {
+        FrameBuf {
+            buf: vec![0; HEADER_LEN],
+            fds: Vec::new(),
+        }
+    }
+
+    /// A frame holding one value.
+    pub(crate) fn of<T: Serialize + ?Sized>(value: &T) -> Result<FrameBuf> {
+        let mut f = FrameBuf::new();
+        f.push(value)?;
+        Ok(f)
+    }
+
+    /// Appends the encoding of `value` to the body.
+    pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        codec::encode_into(&mut self.buf, &mut self.fds, value)
+    }
+
+    /// Appends bytes that are already MessagePack, with their descriptors.
+    pub(crate) fn push_encoded(&mut self, e: Encoded) {
+        self.buf.extend_from_slice(&e.bytes);
+        self.fds.extend(e.fds);
+    }
+
+    /// Fills in the header; fails if the body exceeds the maximum frame size.
+    fn seal(&mut self) -> Result<()> {
+        let body = self.buf.len() - HEADER_LEN;
+        let max = max_frame_size();
+        if body > max {
+            return Err(Error::FrameTooLarge {
+                size: body as u64,
+                max,
+            });
+        }
+        let nfds = u8::try_from(self.fds.len()).map_err(|_| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message may carry at most {} descriptors, this one holds {}",
+                    sys::MAX_FDS_PER_MESSAGE,
+                    self.fds.len()
+                ),
+            ))
+        })?;
+        self.buf[..4].copy_from_slice(&(body as u32).to_be_bytes());
+        self.buf[4] = nfds;
+        Ok(())
+    }
+
+    fn raw_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(|f| f.as_raw_fd()).collect()
+    }
+}
+
+/// A received frame: its body and the descriptors that came with it.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    data: Vec<u8>,
+    offset: usize,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Frame {
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.data[self.offset..]
+    }
+
+    /// Decodes the first value of the body, then hands back the rest.
+    pub(crate) fn decode_head<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
+        let (v, used) = codec::decode_prefix::<T>(self.body(), Vec::new())?;
+        self.offset += used;
+        Ok(v)
+    }
+
+    /// Decodes the (rest of the) body as one value, giving it the frame's descriptors.
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        codec::decode(&self.data[self.offset..], self.fds)
+    }
+}
+
+/// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.
+#[derive(Debug, Default)]
+pub(crate) struct RecvBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl RecvBuf {
+    pub(crate) fn new() -> RecvBuf {
+        RecvBuf::default()
+    }
+
+    /// Takes the next complete frame out of the buffer, if there is one.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        let nfds = usize::from(avail[4]);
+        let max = max_frame_size();
+        if len > max {
+            return Err(Error::FrameTooLarge {
+                size: len as u64,
+                max,
+            });
+        }
+        if avail.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        if self.fds.len() < nfds {
+            return Err(Error::Protocol(format!(
+                "a frame announces {nfds} descriptors but {} arrived",
+                self.fds.len()
+            )));
+        }
+        let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+        let frame_end = self.start + HEADER_LEN + len;
+        let frame = if self.start == 0 && frame_end == self.end && len >= HAND_OVER {
+            let mut data = std::mem::take(&mut self.buf);
+            data.truncate(frame_end);
+            self.start = 0;
+            self.end = 0;
+            Frame {
+                data,
+                offset: HEADER_LEN,
+                fds,
+            }
+        } else {
+            let data = self.buf[self.start + HEADER_LEN..frame_end].to_vec();
+            self.start = frame_end;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            Frame {
+                data,
+                offset: 0,
+                fds,
+            }
+        };
+        Ok(Some(frame))
+    }
+
+    /// Room to read into: at least [`READ_CHUNK`] bytes, or what the frame in progress still
+    /// needs. The buffer grows only as bytes actually arrive (at most doubling), never to a
+    /// length a peer merely claims.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 && self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let pending = self.end - self.start;
+        let wanted = match self.buf.get(self.start..self.start + HEADER_LEN) {
+            Some(h) => {
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                (HEADER_LEN + len).saturating_sub(pending).max(1)
+            }
+            None => READ_CHUNK,
+        };
+        if self.buf.len() - self.end < wanted.min(READ_CHUNK) {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end = pending;
+                self.start = 0;
+            }
+            let room = self.buf.len() - self.end;
+            if room < wanted.min(READ_CHUNK) {
+                let grow = wanted.min(self.buf.len().max(READ_CHUNK));
+                self.buf.resize(self.end + room.max(grow), 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    fn at_eof(&self) -> Result<Frame> {
+        if self.end > self.start {
+            Err(Error::Protocol(format!(
+                "the connection closed in the middle of a frame ({} bytes of it arrived)",
+                self.end - self.start
+            )))
+        } else {
+            Err(Error::Closed)
+        }
+    }
+
+    /// Reads once from `fd` (which must be readable or blocking); 0 at end of stream.
+    pub(crate) fn read_once(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut fds = std::mem::take(&mut self.fds);
+        let res = sys::recv_with_fds(fd, self.spare(), &mut fds);
+        self.fds = fds;
+        if let Ok(n) = res {
+            self.filled(n);
+        }
+        res
+    }
+
+    /// Reads the next frame from a blocking descriptor.
+    pub(crate) fn recv_blocking(&mut self, fd: BorrowedFd<'_>) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.next_frame()? {
+                return Ok(f);
+            }
+            match self.read_once(fd) {
+                Ok(0) => return self.at_eof(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Writes a sealed frame to a blocking descriptor.
+pub(crate) fn send_blocking(fd: BorrowedFd<'_>, frame: &mut FrameBuf) -> Result<()> {
+    frame.seal()?;
+    let raw = frame.raw_fds();
+    let mut off = 0;
+    while off < frame.buf.len() {
+        let fds: &[RawFd] = if off == 0 { &raw } else { &[] };
+        match sys::send_with_fds(fd, &frame.buf[off..], fds) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Makes a tokio stream out of a socket descriptor (switching it to non-blocking).
+pub(crate) fn into_stream(fd: OwnedFd) -> Result<UnixStream> {
+    sys::set_nonblocking(fd.as_fd(), true)?;
+    Ok(UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        fd,
+    ))?)
+}
+
+/// The receiving half of a framed socket.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    io: Arc<UnixStream>,
+    buf: RecvBuf,
+}
+
+/// The sending half of a framed socket.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameWriter {
+    io: Arc<UnixStream>,
+}
+
+/// Splits a socket into its framed halves.
+pub(crate) fn framed(stream: UnixStream) -> (FrameReader, FrameWriter) {
+    let io = Arc::new(stream);
+    (
+        FrameReader {
+            io: io.clone(),
+            buf: RecvBuf::new(),
+        },
+        FrameWriter { io },
+    )
+}
+
+impl FrameReader {
+    /// Receives the next frame.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] at a clean end of stream; [`Error::Protocol`] if the stream ends
+    /// inside a frame or a frame is malformed; [`Error::FrameTooLarge`] for a header that
+    /// announces more than the maximum frame size.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes already read stay in the buffer for the next call.
+    pub(crate) async fn recv(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.buf.next_frame()? {
+                return Ok(f);
+            }
+            let io = self.io.clone();
+            let buf = &mut self.buf;
+            let n = io
+                .async_io(Interest::READABLE, || buf.read_once(io.as_fd()))
+                .await?;
+            if n == 0 {
+                return self.buf.at_eof();
+            }
+        }
+    }
+}
+
+impl FrameWriter {
+    /// Sends a frame, descriptors included.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a send dropped midway leaves part of a frame on the socket, after
+    /// which the stream is unusable. Callers that may be cancelled send from a task of their
+    /// own.
+    pub(crate) async fn send(&self, frame: &mut FrameBuf) -> Result<()> {
+        frame.seal()?;
+        let raw = frame.raw_fds();
+        let mut off = 0;
+        while off < frame.buf.len() {
+            let fds: &[RawFd] = if off == 0 { &raw } else { &[] };
+            let data = &frame.buf[off..];
+            off += self
+                .io
+                .async_io(Interest::WRITABLE, || {
+                    sys::send_with_fds(self.io.as_fd(), data, fds)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(rb: &mut RecvBuf, bytes: &[u8]) {
+        let spare = rb.spare();
+        let n = bytes.len().min(spare.len());
+        spare[..n].copy_from_slice(&bytes[..n]);
+        rb.filled(n);
+    }
+
+    #[test]
+    fn frames_split_and_join() {
+        let mut wire = Vec::new();
+        for i in 0..3u32 {
+            let mut f = FrameBuf::of(&(i, "abc")).unwrap();
+            f.seal().unwrap();
+            wire.extend_from_slice(&f.buf);
+        }
+        let mut rb = RecvBuf::new();
+        let mut got = Vec::new();
+        for b in wire.chunks(3) {
+            feed(&mut rb, b);
+            while let Some(f) = rb.next_frame().unwrap() {
+                got.push(f.decode::<(u32, String)>().unwrap().0);
+            }
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn an_absurd_length_is_refused_without_allocating_it() {
+        let mut rb = RecvBuf::new();
+        feed(&mut rb, &[0xff, 0xff, 0xff, 0xf0, 0]);
+        assert!(matches!(rb.next_frame(), Err(Error::FrameTooLarge { .. })));
+        assert!(rb.buf.len() <= READ_CHUNK);
+    }
+}

@@ -1,0 +1,32 @@
+//! The wire: frames over Unix sockets, MessagePack bodies with descriptors on the side, and
+//! the handshake every connection between our processes starts with.
+
+pub(crate) mod codec;
+pub(crate) mod frame;
+pub(crate) mod handshake;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub(crate) use codec::{Encoded, PassFd};
+pub(crate) use frame::{FrameBuf, FrameReader, FrameWriter, RecvBuf, framed, into_stream};
+pub(crate) use handshake::Hello;
+
+/// The default maximum frame size: 1 GiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 30;
+
+static MAX_FRAME: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_FRAME_SIZE);
+
+/// Sets the largest message body (in bytes) this process will send or accept, and that the
+/// children it starts from now on will use. A larger message fails with
+/// [`Error::FrameTooLarge`](crate::Error::FrameTooLarge) on the side that meets it: the sender
+/// before anything is written, the receiver as soon as the header arrives (nothing of the
+/// announced size is allocated). The default is [`DEFAULT_MAX_FRAME_SIZE`]; the hard ceiling is
+/// `u32::MAX` bytes.
+pub fn set_max_frame_size(bytes: usize) {
+    MAX_FRAME.store(bytes.min(u32::MAX as usize), Ordering::Relaxed);
+}
+
+/// The largest message body this process sends or accepts; see [`set_max_frame_size`].
+pub fn max_frame_size() -> usize {
+    MAX_FRAME.load(Ordering::Relaxed)
+}
