@@ -1,0 +1,107 @@
+//! Shared harness for the process tests (`harness = false`): each test binary's `main` calls
+//! `tokio_multiprocessing::init()` first, then [`run`]. Every test runs on its own runtime and
+//! is bounded by a timeout, so a bug fails the test instead of hanging CI.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// How long any one test may take.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A test body's result: `Err` (or a panic) fails the test.
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// An async test, run on a fresh multi-threaded runtime under [`TEST_TIMEOUT`].
+pub fn test<F, Fut>(name: &'static str, body: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult>,
+{
+    Trial::test(name, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+        match rt.block_on(tokio::time::timeout(TEST_TIMEOUT, body())) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failed::from(e.to_string())),
+            Err(_) => Err(Failed::from(format!("timed out after {TEST_TIMEOUT:?}"))),
+        }
+    })
+}
+
+/// Runs the trials with libtest's command-line arguments (filters, `--list`, `--test-threads`).
+pub fn run(trials: Vec<Trial>) -> ! {
+    let args = Arguments::from_args();
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// The pids of the live (not zombie) children of `pid`.
+pub fn live_children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let path = t.path().join("children");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            for c in s.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                if !is_zombie_or_gone(c) {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` is gone or a zombie.
+pub fn is_zombie_or_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// Whether `pid` exists at all (zombie included).
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The number of descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits (up to `limit`) until `cond` holds, checking every 10 ms. For tests only: observing
+/// another process's state from outside has no event to wait on.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fails with `msg` unless `cond`.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
