@@ -126,6 +126,33 @@ pub enum Error {
         /// How it ended.
         cause: ExitCause,
     },
+
+    /// A queue had no item to give within the time allowed (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
+
+    /// A bounded queue had no room within the time allowed (Python's `queue.Full`).
+    #[error("the queue is full")]
+    Full,
+
+    /// The object was closed by its `close()` in this process and cannot be used any more.
+    #[error("this {object} was closed by close() and cannot be used")]
+    HandleClosed {
+        /// What was closed: `"queue"`, `"connection"`, `"listener"`.
+        object: &'static str,
+    },
+
+    /// `JoinableQueue::task_done` was called more times than items were put.
+    #[error("task_done() called more times than there were items")]
+    TaskDoneTooManyTimes,
+
+    /// The peer of a `Listener`/`Client` connection did not prove it holds the same
+    /// authentication key, or did not follow the challenge exchange.
+    #[error("authentication failed: {message}")]
+    Authentication {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Hex form of a fingerprint, for messages.

@@ -36,15 +36,21 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod connection;
 mod error;
 mod process;
+mod queue;
 mod start;
 mod sys;
 mod task;
+mod wait;
 mod wire;
 
+pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
+pub use queue::{INLINE_MAX, JoinableQueue, PutError, Queue, SEND_BUFFER, SimpleQueue};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
 pub use task::Target;
+pub use wait::{Waitable, wait};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};

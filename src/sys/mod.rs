@@ -8,6 +8,7 @@
 
 mod fd;
 mod ident;
+mod ipc;
 mod proc;
 
 pub(crate) use fd::{
@@ -15,6 +16,10 @@ pub(crate) use fd::{
     register_shared, send_with_fds, set_nonblocking, socketpair_stream, write_all_fd,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
+pub(crate) use ipc::{
+    SharedWords, eventfd, eventfd_add, eventfd_take, grow_send_buffer, read_memfd, recv_packet,
+    sealed_memfd, shutdown_socket, socketpair_seqpacket,
+};
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
     fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open, pidfd_send_signal,

@@ -222,7 +222,7 @@ impl RecvBuf {
         self.end += n;
     }
 
-    fn at_eof(&self) -> Result<Frame> {
+    pub(crate) fn at_eof(&self) -> Result<Frame> {
         if self.end > self.start {
             Err(Error::Protocol(format!(
                 "the connection closed in the middle of a frame ({} bytes of it arrived)",

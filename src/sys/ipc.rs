@@ -1,0 +1,253 @@
+//! Descriptors for messaging between processes: packet sockets, eventfd counters, memfd
+//! spill files, a small shared word array, and random bytes.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType, recvmsg,
+    setsockopt, shutdown, socketpair, sockopt,
+};
+
+use super::cvt;
+use super::fd::MAX_FDS_PER_MESSAGE;
+
+/// A connected pair of Unix `SOCK_SEQPACKET` sockets, close-on-exec and non-blocking.
+///
+/// Each `sendmsg` is one packet and each `recvmsg` takes exactly one whole packet, whatever
+/// the number of processes sending or receiving on the same socket: the kernel keeps packets
+/// whole and in order, so many writers and many readers need no lock.
+pub(crate) fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?)
+}
+
+/// Asks for a send buffer of `bytes`: beyond the administrator's limit when the process may
+/// (`SO_SNDBUFFORCE`, root), else up to it (`SO_SNDBUF`, capped by `net.core.wmem_max`).
+pub(crate) fn grow_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    if setsockopt(&fd, sockopt::SndBufForce, &bytes).is_ok() {
+        return Ok(());
+    }
+    let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(bytes);
+    Ok(setsockopt(&fd, sockopt::SndBuf, &bytes.min(max))?)
+}
+
+/// Shuts one direction of a socket down for every holder of it.
+pub(crate) fn shutdown_socket(fd: BorrowedFd<'_>, read: bool, write: bool) -> io::Result<()> {
+    let how = match (read, write) {
+        (true, true) => Shutdown::Both,
+        (true, false) => Shutdown::Read,
+        (false, true) => Shutdown::Write,
+        (false, false) => return Ok(()),
+    };
+    Ok(shutdown(fd.as_raw_fd(), how)?)
+}
+
+/// Receives one packet into `buf`, descriptors appended to `fds` (close-on-exec).
+///
+/// Returns the packet's length; a packet longer than `buf` or whose descriptors did not all
+/// fit is an error (its excess is lost, so the caller must treat it as a protocol breach).
+/// 0 bytes means end of stream (packets are never empty).
+pub(crate) fn recv_packet(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel installed `r` in our table for this message; nothing
+                // else knows of it yet, so we are its only owner.
+                fds.push_back(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a packet was larger than announced and has been truncated",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+/// An eventfd, close-on-exec and non-blocking; a counting semaphore if `semaphore`.
+pub(crate) fn eventfd(initial: u32, semaphore: bool) -> io::Result<OwnedFd> {
+    let mut flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK;
+    if semaphore {
+        flags |= libc::EFD_SEMAPHORE;
+    }
+    // SAFETY: eventfd takes two integers by value and touches none of our memory.
+    let fd = cvt(unsafe { libc::eventfd(initial, flags) })?;
+    // SAFETY: on success the kernel handed us a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes from an eventfd: 1 for a semaphore, the whole count otherwise. `WouldBlock` at 0.
+pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    let n = nix::unistd::read(fd, &mut b)?;
+    if n != 8 {
+        return Err(io::Error::other("short read from an eventfd"));
+    }
+    Ok(u64::from_ne_bytes(b))
+}
+
+/// Adds `n` to an eventfd's count.
+pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
+    nix::unistd::write(fd, &n.to_ne_bytes())?;
+    Ok(())
+}
+
+/// A memfd holding `parts` back to back, sealed against any further change, so that the
+/// process that receives it reads exactly what was written.
+pub(crate) fn sealed_memfd(parts: &[&[u8]]) -> io::Result<OwnedFd> {
+    let fd = memfd_create(
+        c"tokio-mp-item",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    nix::unistd::ftruncate(&fd, total as libc::off_t)?;
+    let mut off = 0usize;
+    for p in parts {
+        let mut done = 0;
+        while done < p.len() {
+            match nix::sys::uio::pwrite(&fd, &p[done..], (off + done) as libc::off_t) {
+                Ok(n) => done += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        off += p.len();
+    }
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
+}
+
+/// Reads `len` bytes from the start of a memfd made by [`sealed_memfd`]. A file shorter
+/// than `len` is an error.
+pub(crate) fn read_memfd(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    if usize::try_from(size).ok() != Some(len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a spilled item announces {len} bytes but its file holds {size}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match nix::sys::uio::pread(fd, &mut buf[done..], done as libc::off_t) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf)
+}
+
+/// A few 64-bit words of memory shared between processes: a memfd mapped `MAP_SHARED`.
+/// Every process that holds the descriptor (sent by `SCM_RIGHTS`) maps the same words.
+#[derive(Debug)]
+pub(crate) struct SharedWords {
+    fd: OwnedFd,
+    ptr: NonNull<AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only ever accessed through `AtomicU64`, which is Sync, and it lives
+// until `drop`, which needs `&mut self`.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// `len` fresh words, all zero.
+    pub(crate) fn new(len: usize) -> io::Result<SharedWords> {
+        let fd = memfd_create(c"tokio-mp-words", MFdFlags::MFD_CLOEXEC)?;
+        nix::unistd::ftruncate(&fd, (len * 8) as libc::off_t)?;
+        SharedWords::map(fd, len)
+    }
+
+    /// Maps the words of a descriptor received from another process; the file must hold at
+    /// least `len` words.
+    pub(crate) fn map(fd: OwnedFd, len: usize) -> io::Result<SharedWords> {
+        let bytes = NonZeroUsize::new(len * 8)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no words to map"))?;
+        let size = nix::sys::stat::fstat(&fd)?.st_size;
+        if usize::try_from(size).map_or(true, |s| s < bytes.get()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared state of {size} bytes is smaller than the {bytes} expected"),
+            ));
+        }
+        // SAFETY: a fresh shared mapping of a file at least `bytes` long (checked above); it
+        // aliases no Rust object, and is unmapped only in `drop`.
+        let ptr = unsafe {
+            mmap(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        Ok(SharedWords {
+            fd,
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The words.
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `ptr` points to `len` words mapped read-write (page aligned, so aligned for
+        // u64) for the life of `self`; other processes touch them only atomically as well.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The descriptor, to send to another process.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `map` with this address and length, and no
+        // reference into it outlives `self` (`words` borrows `self`).
+        let _ = unsafe { munmap(self.ptr.cast(), self.len * 8) };
+    }
+}

@@ -1,0 +1,168 @@
+//! `wait`: Python's `multiprocessing.connection.wait`, on tokio's reactor.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::Interest;
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::process::Process;
+use crate::queue::{JoinableQueue, Queue, SimpleQueue};
+use crate::sys;
+
+/// The future a [`Waitable`] gives to [`wait`].
+type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// Something [`wait`] can wait on: a [`Connection`] (ready when a message or end of stream
+/// can be received), a [`Queue`] of any kind (ready when an item may be there) or a
+/// [`Process`] (ready when it has ended, Python's `sentinel`).
+pub trait Waitable: Sync {
+    #[doc(hidden)]
+    fn __ready_now(&self) -> bool;
+
+    #[doc(hidden)]
+    fn __ready(&self) -> ReadyFuture<'_>;
+}
+
+impl<T: Serialize + DeserializeOwned> Waitable for Connection<T> {
+    fn __ready_now(&self) -> bool {
+        self.ready_now()
+    }
+
+    fn __ready(&self) -> ReadyFuture<'_> {
+        self.ready_future()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Waitable for Queue<T> {
+    fn __ready_now(&self) -> bool {
+        self.ready_now()
+    }
+
+    fn __ready(&self) -> ReadyFuture<'_> {
+        Box::pin(self.ready())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Waitable for JoinableQueue<T> {
+    fn __ready_now(&self) -> bool {
+        self.ready_now()
+    }
+
+    fn __ready(&self) -> ReadyFuture<'_> {
+        Box::pin(self.ready())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Waitable for SimpleQueue<T> {
+    fn __ready_now(&self) -> bool {
+        self.as_queue().ready_now()
+    }
+
+    fn __ready(&self) -> ReadyFuture<'_> {
+        Box::pin(self.as_queue().ready())
+    }
+}
+
+fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    sys::poll_readable(&[fd], Some(Duration::ZERO))
+        .map(|v| v.first().copied().unwrap_or(false))
+        .unwrap_or(true)
+}
+
+impl Waitable for Process {
+    fn __ready_now(&self) -> bool {
+        readable_now(self.sentinel())
+    }
+
+    fn __ready(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            let fd = sys::register_owned(sys::dup_fd(self.sentinel())?, Interest::READABLE)?;
+            loop {
+                let mut g = fd.readable().await?;
+                if readable_now(fd.get_ref().as_fd()) {
+                    return Ok(());
+                }
+                g.clear_ready();
+            }
+        })
+    }
+}
+
+/// Waits until at least one of `objects` is ready, or `timeout` passes (Python's
+/// `multiprocessing.connection.wait(object_list, timeout)`), and returns the indices of the
+/// ready ones, in order; an empty list after the timeout.
+///
+/// Objects that are ready already are reported at once. Readiness is a hint when several
+/// processes read the same object: another may take the message or item first.
+///
+/// # Errors
+/// An I/O error from the reactor; `InvalidInput` for an empty list without a timeout (it
+/// would wait for ever).
+///
+/// # Panics
+/// Outside a tokio runtime.
+///
+/// # Cancel safety
+/// This function is cancel safe: it takes nothing from any object.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tokio_multiprocessing as mp;
+///
+/// # async fn demo(conn: mp::Connection<String>, q: mp::Queue<u64>, p: mp::Process) -> mp::Result<()> {
+/// let ready = mp::wait(&[&conn, &q, &p], Some(Duration::from_secs(1))).await?;
+/// if ready.contains(&0) {
+///     println!("{}", conn.recv().await?);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>> {
+    let now = |objects: &[&dyn Waitable]| -> Vec<usize> {
+        objects
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.__ready_now())
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let ready = now(objects);
+    if !ready.is_empty() {
+        return Ok(ready);
+    }
+    if objects.is_empty() {
+        return match timeout {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                Ok(Vec::new())
+            }
+            None => Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "wait() on no objects without a timeout would wait for ever",
+            ))),
+        };
+    }
+    let any = futures::future::select_all(objects.iter().map(|o| o.__ready()));
+    let (res, first, _rest) = match timeout {
+        Some(d) => match tokio::time::timeout(d, any).await {
+            Ok(r) => r,
+            Err(_) => return Ok(Vec::new()),
+        },
+        None => any.await,
+    };
+    res?;
+    let mut ready = now(objects);
+    if !ready.contains(&first) {
+        ready.push(first);
+        ready.sort_unstable();
+    }
+    Ok(ready)
+}

@@ -1,0 +1,472 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue` between real processes.
+//!
+//! Ported from CPython's `Lib/test/_test_multiprocessing.py` (`_TestQueue`,
+//! `_TestSimpleQueue`, `_TestJoinableQueue` and the feeder-thread regressions gh-73983 /
+//! bpo-30414); each test names the case it comes from.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::{TestResult, run, test};
+use tokio_multiprocessing as mp;
+
+type Item = Option<(u8, u32)>;
+
+async fn start<A, F, M>(f: F, args: A) -> mp::Result<mp::Process>
+where
+    F: mp::Target<A, M>,
+    A: serde::Serialize + serde::de::DeserializeOwned,
+{
+    mp::Process::new(f, args).start().await
+}
+
+async fn join_ok(p: &mut mp::Process) -> TestResult {
+    let code = p.join_timeout(Duration::from_secs(30)).await?;
+    ensure!(code == Some(0), "child {} ended with {code:?}", p.pid());
+    Ok(())
+}
+
+// ---- child targets ----
+
+async fn put_range(q: mp::Queue<u64>, from: u64, to: u64) {
+    for i in from..to {
+        if let Err(e) = q.put(i).await {
+            eprintln!("put failed: {e}");
+            std::process::exit(3);
+        }
+    }
+}
+
+async fn produce(q: mp::Queue<Item>, id: u8, n: u32) {
+    for seq in 0..n {
+        if q.put(Some((id, seq))).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
+/// Takes items until a `None`; reports a bitset of what it saw (producer-major) and whether
+/// each producer's items came in increasing order.
+async fn consume(q: mp::Queue<Item>, out: mp::Queue<(Vec<u8>, bool)>, producers: u8, n: u32) {
+    let mut seen = vec![0u8; (usize::from(producers) * n as usize).div_ceil(8)];
+    let mut last = vec![-1i64; usize::from(producers)];
+    let mut ordered = true;
+    loop {
+        match q.get().await {
+            Ok(Some((id, seq))) => {
+                let id = usize::from(id);
+                if i64::from(seq) <= last[id] {
+                    ordered = false;
+                }
+                last[id] = i64::from(seq);
+                let bit = id * n as usize + seq as usize;
+                if seen[bit / 8] & (1 << (bit % 8)) != 0 {
+                    ordered = false;
+                }
+                seen[bit / 8] |= 1 << (bit % 8);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("get failed: {e}");
+                std::process::exit(3);
+            }
+        }
+    }
+    if out.put((seen, ordered)).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+fn pattern(i: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| (k as u8).wrapping_mul(31).wrapping_add(i))
+        .collect()
+}
+
+async fn put_big(q: mp::Queue<Vec<u8>>, count: u8, len: u64) {
+    for i in 0..count {
+        if q.put(pattern(i, len as usize)).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+    // Returning ends the process at once: nothing may be left to flush.
+}
+
+async fn put_after_signal(q: mp::Queue<u64>, done: mp::Connection<u8>) {
+    if q.put(7).await.is_err() {
+        std::process::exit(3);
+    }
+    let _ = done.send(&1).await;
+}
+
+async fn put_queue_and_pipe(
+    carrier: mp::Queue<(mp::Queue<u64>, mp::Connection<String>)>,
+    inner: mp::Queue<u64>,
+    conn: mp::Connection<String>,
+) {
+    if carrier.put((inner, conn)).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+async fn use_received(carrier: mp::Queue<(mp::Queue<u64>, mp::Connection<String>)>) {
+    let Ok((q, conn)) = carrier.get().await else {
+        std::process::exit(3)
+    };
+    if q.put(99).await.is_err() || conn.send(&"via a queue".to_string()).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+async fn worker_task_done(q: mp::JoinableQueue<Option<u64>>, out: mp::Queue<u64>) {
+    loop {
+        match q.get().await {
+            Ok(Some(x)) => {
+                if out.put(x * x).await.is_err() || q.task_done().is_err() {
+                    std::process::exit(3);
+                }
+            }
+            Ok(None) => {
+                let _ = q.task_done();
+                break;
+            }
+            Err(_) => std::process::exit(3),
+        }
+    }
+}
+
+async fn simple_put(q: mp::SimpleQueue<String>) {
+    if q.put("simple".to_string()).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+/// Runs in a child so that its descriptor count is not disturbed by other tests: makes
+/// queues, passes them to a grandchild, drops everything, and exits 4 if a descriptor was
+/// left behind.
+fn fd_balance() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => std::process::exit(3),
+    };
+    let round = || async {
+        let q = mp::Queue::<u64>::with_maxsize(4).ok()?;
+        let jq = mp::JoinableQueue::<u64>::new().ok()?;
+        let (a, b) = mp::Pipe::<u64>::new().ok()?;
+        let mut p = mp::Process::new(put_range, (q.clone(), 0u64, 3u64))
+            .start()
+            .await
+            .ok()?;
+        p.join().await.ok()?;
+        for _ in 0..3 {
+            q.get().await.ok()?;
+        }
+        jq.put(1).await.ok()?;
+        jq.get().await.ok()?;
+        jq.task_done().ok()?;
+        jq.join().await.ok()?;
+        let big = mp::Queue::<Vec<u8>>::new().ok()?;
+        big.put(vec![1; 1 << 20]).await.ok()?;
+        big.get().await.ok()?;
+        a.send(&1).await.ok()?;
+        b.recv().await.ok()?;
+        Some(())
+    };
+    let counts = rt.block_on(async {
+        round().await?;
+        let before = support::open_fds();
+        for _ in 0..3 {
+            round().await?;
+        }
+        Some((before, support::open_fds()))
+    });
+    let Some((before, after)) = counts else {
+        std::process::exit(3)
+    };
+    if after != before {
+        eprintln!("descriptors before: {before}, after: {after}");
+        std::process::exit(4);
+    }
+}
+
+// ---- tests ----
+
+/// `_TestQueue.test_put` / `test_get`: FIFO order, qsize, empty, full, and the non-blocking
+/// and timed forms raising `Full` / `Empty`.
+async fn put_get_bounded() -> TestResult {
+    let q = mp::Queue::<u64>::with_maxsize(6)?;
+    ensure!(q.empty() && !q.full() && q.qsize() == 0, "fresh queue");
+    let mut p = start(put_range, (q.clone(), 0u64, 6u64)).await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        q.qsize() == 6 && q.full() && !q.empty(),
+        "qsize {}",
+        q.qsize()
+    );
+    let e = q.put_nowait(100).unwrap_err();
+    ensure!(matches!(e.error(), mp::Error::Full), "put_nowait: {e}");
+    ensure!(e.into_inner() == 100, "the item comes back");
+    let e = q
+        .put_timeout(101, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    ensure!(matches!(e.error(), mp::Error::Full), "put_timeout: {e}");
+    for want in 0..6 {
+        let got = if want % 2 == 0 {
+            q.get().await?
+        } else {
+            q.get_nowait()?
+        };
+        ensure!(got == want, "got {got}, want {want}");
+    }
+    ensure!(q.empty() && q.qsize() == 0, "drained");
+    ensure!(
+        matches!(q.get_nowait(), Err(mp::Error::Empty)),
+        "get_nowait"
+    );
+    ensure!(
+        matches!(
+            q.get_timeout(Duration::from_millis(100)).await,
+            Err(mp::Error::Empty)
+        ),
+        "get_timeout"
+    );
+    q.put_nowait(5).map_err(mp::Error::from)?;
+    ensure!(
+        q.get_timeout(Duration::from_secs(5)).await? == 5,
+        "timed get"
+    );
+    Ok(())
+}
+
+/// `_TestQueue.test_put` (the blocking half): a full bounded queue makes `put` wait in
+/// another process until this one takes an item.
+async fn bounded_put_blocks_across_processes() -> TestResult {
+    let q = mp::Queue::<u64>::with_maxsize(1)?;
+    q.put(1).await?;
+    let (done_rx, done_tx) = mp::Pipe::<u8>::simplex()?;
+    let mut p = start(put_after_signal, (q.clone(), done_tx)).await?;
+    ensure!(
+        !done_rx.poll(Duration::from_millis(300)).await?,
+        "the child's put went through a full queue"
+    );
+    ensure!(q.get().await? == 1, "first item");
+    ensure!(
+        done_rx.recv_timeout(Duration::from_secs(20)).await? == 1,
+        "child finished its put"
+    );
+    ensure!(q.get().await? == 7, "second item");
+    join_ok(&mut p).await
+}
+
+/// Issue 4's load test (after `_TestQueue.test_fork`): 4 producer processes × 100,000 items,
+/// 2 consumer processes; every item is seen exactly once and each producer's order holds.
+async fn many_producers_many_consumers() -> TestResult {
+    const P: u8 = 4;
+    const N: u32 = 100_000;
+    let q = mp::Queue::<Item>::new()?;
+    let out = mp::Queue::<(Vec<u8>, bool)>::new()?;
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        consumers.push(start(consume, (q.clone(), out.clone(), P, N)).await?);
+    }
+    let mut producers = Vec::new();
+    for id in 0..P {
+        producers.push(start(produce, (q.clone(), id, N)).await?);
+    }
+    for p in &mut producers {
+        join_ok(p).await?;
+    }
+    for _ in 0..2 {
+        q.put(None).await?;
+    }
+    let a = out.get_timeout(Duration::from_secs(40)).await?;
+    let b = out.get_timeout(Duration::from_secs(40)).await?;
+    for c in &mut consumers {
+        join_ok(c).await?;
+    }
+    ensure!(
+        a.1 && b.1,
+        "a producer's order was broken or an item came twice"
+    );
+    let total = usize::from(P) * N as usize;
+    for bit in 0..total {
+        let (x, y) = (a.0[bit / 8] >> (bit % 8) & 1, b.0[bit / 8] >> (bit % 8) & 1);
+        ensure!(x + y == 1, "item {bit} seen {} times", x + y);
+    }
+    ensure!(q.empty(), "queue drained");
+    Ok(())
+}
+
+/// gh-73983 / bpo-30414 (`test_queue_feeder_donot_stop_onexc`, `_TestQueue.test_get` after
+/// join): a producer of large items exits right after `put` and is joined before anything is
+/// taken; nothing is lost and the join does not wait for a consumer.
+async fn join_producer_before_draining_large_items() -> TestResult {
+    const LEN: u64 = 16 << 20;
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    let mut p = start(put_big, (q.clone(), 3u8, LEN)).await?;
+    join_ok(&mut p).await?;
+    ensure!(q.qsize() == 3, "qsize {}", q.qsize());
+    for i in 0..3u8 {
+        let v = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(v.len() == LEN as usize, "item {i} has {} bytes", v.len());
+        ensure!(v == pattern(i, LEN as usize), "item {i} changed in transit");
+    }
+    Ok(())
+}
+
+/// gh-73983 again, with many small items: far more than a default socket buffer holds, all
+/// put by a process that has exited before the first `get`.
+async fn join_producer_before_draining_many_items() -> TestResult {
+    const N: u64 = 20_000;
+    let q = mp::Queue::<u64>::new()?;
+    let mut p = start(put_range, (q.clone(), 0u64, N)).await?;
+    join_ok(&mut p).await?;
+    for want in 0..N {
+        let got = q.get_nowait()?;
+        ensure!(got == want, "got {got}, want {want}");
+    }
+    ensure!(matches!(q.get_nowait(), Err(mp::Error::Empty)), "drained");
+    Ok(())
+}
+
+/// A queue and a pipe end sent through a queue keep working in the process that got them.
+async fn queue_carries_queues_and_pipes() -> TestResult {
+    let carrier = mp::Queue::new()?;
+    let inner = mp::Queue::<u64>::new()?;
+    let (mine, theirs) = mp::Pipe::<String>::new()?;
+    let mut a = start(put_queue_and_pipe, (carrier.clone(), inner.clone(), theirs)).await?;
+    join_ok(&mut a).await?;
+    let mut b = start(use_received, (carrier.clone(),)).await?;
+    ensure!(
+        inner.get_timeout(Duration::from_secs(20)).await? == 99,
+        "inner"
+    );
+    ensure!(
+        mine.recv_timeout(Duration::from_secs(20)).await? == "via a queue",
+        "pipe"
+    );
+    join_ok(&mut b).await
+}
+
+/// `_TestJoinableQueue.test_task_done`: workers in other processes mark every item done and
+/// `join` returns; one `task_done` too many is an error (CPython's `ValueError`).
+async fn joinable_task_done_and_join() -> TestResult {
+    let q = mp::JoinableQueue::<Option<u64>>::new()?;
+    let out = mp::Queue::<u64>::new()?;
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(start(worker_task_done, (q.clone(), out.clone())).await?);
+    }
+    for i in 0..10 {
+        q.put(Some(i)).await?;
+    }
+    q.join().await?;
+    ensure!(q.unfinished() == 0, "unfinished {}", q.unfinished());
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(out.get_nowait()?);
+    }
+    got.sort_unstable();
+    ensure!(got == (0..10).map(|i| i * i).collect::<Vec<_>>(), "{got:?}");
+    q.put(None).await?;
+    q.put(None).await?;
+    q.join().await?;
+    for w in &mut workers {
+        join_ok(w).await?;
+    }
+    ensure!(
+        matches!(q.task_done(), Err(mp::Error::TaskDoneTooManyTimes)),
+        "one task_done too many"
+    );
+    Ok(())
+}
+
+/// `_TestSimpleQueue.test_empty`: a `SimpleQueue` crosses processes; `empty` tells.
+async fn simple_queue() -> TestResult {
+    let q = mp::SimpleQueue::<String>::new()?;
+    ensure!(q.empty(), "fresh");
+    let mut p = start(simple_put, (q.clone(),)).await?;
+    join_ok(&mut p).await?;
+    ensure!(!q.empty(), "an item is there");
+    ensure!(q.get().await? == "simple", "item");
+    ensure!(q.empty(), "empty again");
+    Ok(())
+}
+
+/// `_TestQueue.test_closed_queue_put_get_exceptions`: after `close`, `put` and `get` fail
+/// with a clear error, and `put` hands the item back.
+async fn closed_queue_errors() -> TestResult {
+    let q = mp::Queue::<String>::new()?;
+    q.put("kept".into()).await?;
+    q.close();
+    let e = q.put("x".into()).await.unwrap_err();
+    ensure!(
+        matches!(e.error(), mp::Error::HandleClosed { .. }),
+        "put: {e}"
+    );
+    ensure!(e.into_inner() == "x", "item handed back");
+    ensure!(
+        matches!(q.get().await, Err(mp::Error::HandleClosed { .. })),
+        "get"
+    );
+    ensure!(
+        matches!(q.get_nowait(), Err(mp::Error::HandleClosed { .. })),
+        "get_nowait"
+    );
+    let err = mp::Process::new(simple_put_queue, (q.clone(),))
+        .start()
+        .await
+        .unwrap_err();
+    ensure!(
+        err.to_string().contains("close"),
+        "sending a closed queue: {err}"
+    );
+    Ok(())
+}
+
+async fn simple_put_queue(_q: mp::Queue<String>) {}
+
+/// Queues leave no descriptor behind (checked in a child of its own).
+async fn no_descriptor_left_behind() -> TestResult {
+    let mut p = start(fd_balance, ()).await?;
+    let code = p.join_timeout(Duration::from_secs(40)).await?;
+    ensure!(code == Some(0), "fd balance child ended with {code:?}");
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    run(vec![
+        test("put_get_bounded", put_get_bounded),
+        test(
+            "bounded_put_blocks_across_processes",
+            bounded_put_blocks_across_processes,
+        ),
+        test(
+            "many_producers_many_consumers",
+            many_producers_many_consumers,
+        ),
+        test(
+            "join_producer_before_draining_large_items",
+            join_producer_before_draining_large_items,
+        ),
+        test(
+            "join_producer_before_draining_many_items",
+            join_producer_before_draining_many_items,
+        ),
+        test(
+            "queue_carries_queues_and_pipes",
+            queue_carries_queues_and_pipes,
+        ),
+        test("joinable_task_done_and_join", joinable_task_done_and_join),
+        test("simple_queue", simple_queue),
+        test("closed_queue_errors", closed_queue_errors),
+        test("no_descriptor_left_behind", no_descriptor_left_behind),
+    ])
+}
