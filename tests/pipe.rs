@@ -1,0 +1,277 @@
+//! `Pipe` / `Connection` and `wait` between real processes.
+//!
+//! Ported from CPython's `Lib/test/_test_multiprocessing.py` (`_TestConnection`,
+//! `_TestWait`); each test names the case it comes from.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::{TestResult, run, test};
+use tokio_multiprocessing as mp;
+
+async fn start<A, F, M>(f: F, args: A) -> mp::Result<mp::Process>
+where
+    F: mp::Target<A, M>,
+    A: serde::Serialize + serde::de::DeserializeOwned,
+{
+    mp::Process::new(f, args).start().await
+}
+
+async fn join_code(p: &mut mp::Process) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
+    match p.join_timeout(Duration::from_secs(30)).await? {
+        Some(c) => Ok(c),
+        None => Err(format!("child {} did not end", p.pid()).into()),
+    }
+}
+
+// ---- child targets ----
+
+/// Echoes values and byte messages until end of stream.
+async fn echo(conn: mp::Connection<Vec<String>>) {
+    loop {
+        match conn.recv_bytes().await {
+            Ok(b) => {
+                if conn.send_bytes(&b).await.is_err() {
+                    std::process::exit(3);
+                }
+            }
+            Err(mp::Error::Closed) => return,
+            Err(_) => std::process::exit(4),
+        }
+    }
+}
+
+async fn send_and_drop(conn: mp::Connection<u32>, n: u32) {
+    for i in 0..n {
+        if conn.send(&i).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
+/// Holds its end and waits for ever (until killed).
+async fn hold(conn: mp::Connection<u32>, never: mp::Connection<u32>) {
+    let _keep = conn;
+    let _ = never.recv().await;
+    std::future::pending::<()>().await;
+}
+
+async fn send_big(conn: mp::Connection<Vec<u8>>, len: u64) {
+    let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    if conn.send(&v).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+async fn forward_end(carrier: mp::Connection<mp::Connection<String>>) {
+    match carrier.recv().await {
+        Ok(end) => {
+            if end.send(&"through a pipe".to_string()).await.is_err() {
+                std::process::exit(3);
+            }
+        }
+        Err(_) => std::process::exit(4),
+    }
+}
+
+async fn send_after(conn: mp::Connection<u32>, go: mp::Connection<u32>, value: u32) {
+    if go.recv().await.is_err() || conn.send(&value).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+async fn exit_on_signal(go: mp::Connection<u32>) {
+    let _ = go.recv().await;
+}
+
+// ---- tests ----
+
+/// `_TestConnection.test_connection`: values and bytes go both ways through a child; `poll`
+/// says whether something waits; `recv` with a timeout gives up; end of stream once the
+/// child has gone.
+async fn duplex_round_trips() -> TestResult {
+    let (a, b) = mp::Pipe::<Vec<String>>::new()?;
+    let mut p = start(echo, (b,)).await?;
+    ensure!(!a.poll(Duration::ZERO).await?, "nothing to read yet");
+    let v = vec!["hello".to_string(), "world".to_string()];
+    a.send(&v).await?;
+    ensure!(a.poll(Duration::from_secs(20)).await?, "the echo arrives");
+    ensure!(a.recv().await? == v, "value round trip");
+    a.send_bytes(b"raw bytes").await?;
+    ensure!(a.recv_bytes().await? == b"raw bytes", "bytes round trip");
+    a.send_bytes(&[]).await?;
+    ensure!(a.recv_bytes().await?.is_empty(), "empty message");
+    ensure!(
+        matches!(
+            a.recv_timeout(Duration::from_millis(100)).await,
+            Err(mp::Error::Timeout)
+        ),
+        "recv_timeout"
+    );
+    drop(a);
+    ensure!(join_code(&mut p).await? == 0, "echo saw end of stream");
+    Ok(())
+}
+
+/// `_TestConnection.test_connection` (the `EOFError` half): messages sent before the writer
+/// went are all received, then `recv` reports end of stream.
+async fn eof_after_writer_exits() -> TestResult {
+    let (a, b) = mp::Pipe::<u32>::new()?;
+    let mut p = start(send_and_drop, (b, 5u32)).await?;
+    ensure!(join_code(&mut p).await? == 0, "sender");
+    for i in 0..5 {
+        ensure!(a.recv().await? == i, "message {i}");
+    }
+    ensure!(matches!(a.recv().await, Err(mp::Error::Closed)), "EOF");
+    ensure!(
+        a.poll(Duration::ZERO).await?,
+        "poll is true at end of stream"
+    );
+    ensure!(
+        matches!(a.send(&1).await, Err(mp::Error::Closed)),
+        "send to a vanished peer"
+    );
+    Ok(())
+}
+
+/// End of stream when the holder of the other end is killed by SIGKILL (CPython's
+/// `test_sentinel`-style death), not a hang.
+async fn eof_after_holder_is_killed() -> TestResult {
+    let (a, b) = mp::Pipe::<u32>::new()?;
+    let (never_keep, never) = mp::Pipe::<u32>::new()?;
+    let mut p = start(hold, (b, never)).await?;
+    ensure!(
+        matches!(
+            a.recv_timeout(Duration::from_millis(200)).await,
+            Err(mp::Error::Timeout)
+        ),
+        "still held"
+    );
+    p.kill()?;
+    ensure!(
+        matches!(
+            a.recv_timeout(Duration::from_secs(20)).await,
+            Err(mp::Error::Closed)
+        ),
+        "EOF after SIGKILL"
+    );
+    ensure!(join_code(&mut p).await? == -9, "killed by SIGKILL");
+    drop(never_keep);
+    Ok(())
+}
+
+/// `_TestConnection.test_duplex_false`: a simplex pipe receives on one end and sends on the
+/// other only.
+async fn simplex_directions() -> TestResult {
+    let (r, w) = mp::Pipe::<u32>::simplex()?;
+    ensure!(
+        r.readable() && !r.writable() && w.writable() && !w.readable(),
+        "flags"
+    );
+    ensure!(r.send(&1).await.is_err(), "the reader cannot send");
+    ensure!(w.recv().await.is_err(), "the writer cannot receive");
+    let mut p = start(send_and_drop, (w, 3u32)).await?;
+    for i in 0..3 {
+        ensure!(r.recv().await? == i, "message {i}");
+    }
+    ensure!(matches!(r.recv().await, Err(mp::Error::Closed)), "EOF");
+    ensure!(join_code(&mut p).await? == 0, "sender");
+    Ok(())
+}
+
+/// `_TestConnection.test_sendbytes` / garbage: bytes that are not a `T` give a decode error,
+/// and the connection stays usable.
+async fn garbage_is_a_decode_error() -> TestResult {
+    let (a, b) = mp::Pipe::<(u32, String)>::new()?;
+    a.send_bytes(&[0xc1, 0xff, 0x00]).await?;
+    a.send(&(1, "fine".to_string())).await?;
+    ensure!(
+        matches!(b.recv().await, Err(mp::Error::Decode { .. })),
+        "decode error"
+    );
+    ensure!(b.recv().await? == (1, "fine".to_string()), "next message");
+    Ok(())
+}
+
+/// `_TestConnection.test_large_fd_transfer`-style: a 16 MiB message crosses whole.
+async fn large_message() -> TestResult {
+    const LEN: u64 = 16 << 20;
+    let (a, b) = mp::Pipe::<Vec<u8>>::new()?;
+    let mut p = start(send_big, (b, LEN)).await?;
+    let v = a.recv_timeout(Duration::from_secs(20)).await?;
+    ensure!(v.len() == LEN as usize, "length {}", v.len());
+    ensure!(
+        v.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8),
+        "content"
+    );
+    ensure!(join_code(&mut p).await? == 0, "sender");
+    Ok(())
+}
+
+/// `_TestPicklingConnections` / `test_fd_transfer`: a pipe end sent through a pipe works in
+/// the process that received it.
+async fn pipe_end_through_a_pipe() -> TestResult {
+    let (carrier_mine, carrier_theirs) = mp::Pipe::<mp::Connection<String>>::new()?;
+    let (mine, theirs) = mp::Pipe::<String>::new()?;
+    let mut p = start(forward_end, (carrier_theirs,)).await?;
+    carrier_mine.send(&theirs).await?;
+    drop(theirs);
+    ensure!(
+        mine.recv_timeout(Duration::from_secs(20)).await? == "through a pipe",
+        "message"
+    );
+    ensure!(join_code(&mut p).await? == 0, "forwarder");
+    ensure!(
+        matches!(mine.recv().await, Err(mp::Error::Closed)),
+        "EOF: the only other copy was the child's"
+    );
+    Ok(())
+}
+
+/// `_TestWait.test_wait` / `test_wait_timeout` / sentinels: `wait` returns the ready ones
+/// among connections, queues and processes, and an empty list after its timeout.
+async fn wait_on_connections_queues_and_sentinels() -> TestResult {
+    let (c0, c0_child) = mp::Pipe::<u32>::new()?;
+    let (go0, go0_child) = mp::Pipe::<u32>::new()?;
+    let (go1, go1_child) = mp::Pipe::<u32>::new()?;
+    let q = mp::Queue::<u32>::new()?;
+    let mut sender = start(send_after, (c0_child, go0_child, 7u32)).await?;
+    let mut ender = start(exit_on_signal, (go1_child,)).await?;
+    let none = mp::wait(&[&c0, &q, &ender], Some(Duration::from_millis(200))).await?;
+    ensure!(none.is_empty(), "nothing is ready yet: {none:?}");
+    go0.send(&1).await?;
+    let ready = mp::wait(&[&c0, &q, &ender], Some(Duration::from_secs(20))).await?;
+    ensure!(ready == vec![0], "the connection: {ready:?}");
+    ensure!(c0.recv().await? == 7, "value");
+    ensure!(join_code(&mut sender).await? == 0, "sender");
+    let ready = mp::wait(&[&c0, &q, &ender], Some(Duration::from_secs(20))).await?;
+    ensure!(ready == vec![0], "end of stream is ready: {ready:?}");
+    go1.send(&1).await?;
+    let ready = mp::wait(&[&q, &ender], Some(Duration::from_secs(20))).await?;
+    ensure!(ready == vec![1], "the sentinel: {ready:?}");
+    q.put(5).await?;
+    let ready = mp::wait(&[&q], None).await?;
+    ensure!(ready == vec![0], "the queue: {ready:?}");
+    ensure!(q.get().await? == 5, "item");
+    ensure!(join_code(&mut ender).await? == 0, "ender");
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    run(vec![
+        test("duplex_round_trips", duplex_round_trips),
+        test("eof_after_writer_exits", eof_after_writer_exits),
+        test("eof_after_holder_is_killed", eof_after_holder_is_killed),
+        test("simplex_directions", simplex_directions),
+        test("garbage_is_a_decode_error", garbage_is_a_decode_error),
+        test("large_message", large_message),
+        test("pipe_end_through_a_pipe", pipe_end_through_a_pipe),
+        test(
+            "wait_on_connections_queues_and_sentinels",
+            wait_on_connections_queues_and_sentinels,
+        ),
+    ])
+}
