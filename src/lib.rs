@@ -38,6 +38,7 @@
 
 mod connection;
 mod error;
+mod listener;
 mod process;
 mod queue;
 mod start;
@@ -48,6 +49,7 @@ mod wire;
 
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result};
+pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use queue::{INLINE_MAX, JoinableQueue, PutError, Queue, SEND_BUFFER, SimpleQueue};
 pub use start::{StartMethod, get_start_method, init, set_start_method};

@@ -1,0 +1,404 @@
+//! `Listener` and `Client`: connections between processes that did not start each other,
+//! over a Unix socket path or TCP, with Python's authentication exchange.
+//!
+//! # Authentication
+//!
+//! With an authentication key, both sides prove they hold it before any message passes, as
+//! CPython 3.12+ does (`deliver_challenge` / `answer_challenge` in
+//! `multiprocessing/connection.py`):
+//!
+//! 1. the listener sends `#CHALLENGE#{sha256}` followed by 40 random bytes (from
+//!    `getrandom(2)`);
+//! 2. the client answers `{sha256}` followed by HMAC-SHA256(key, `{sha256}` + the random
+//!    bytes), so the digest name is covered by the MAC and cannot be downgraded;
+//! 3. the listener checks it in constant time and answers `#WELCOME#` or `#FAILURE#`;
+//! 4. then the same exchange the other way round: the client challenges the listener.
+//!
+//! Each message is one of the crate's frames (header then raw bytes) of at most 256 bytes; a
+//! larger or malformed one fails the exchange at once. A wrong key, garbage, or a peer that
+//! stays silent for [`AUTH_TIMEOUT`] fails on each side with
+//! [`Error::Authentication`], and the socket is closed. Only MD5-free SHA-256 is spoken (no
+//! legacy HMAC-MD5 mode).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire::frame::HEADER_LEN;
+
+/// How long either side of the authentication exchange waits for the other.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+
+const MESSAGE_LENGTH: usize = 40;
+const MAX_AUTH_MESSAGE: usize = 256;
+const CHALLENGE: &[u8] = b"#CHALLENGE#";
+const WELCOME: &[u8] = b"#WELCOME#";
+const FAILURE: &[u8] = b"#FAILURE#";
+const DIGEST: &[u8] = b"{sha256}";
+
+/// Where a [`Listener`] listens and a [`Client`] connects: a Unix socket path, or a TCP
+/// address (Python's string and `(host, port)` addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A Unix socket at this path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "{}", p.display()),
+            Address::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl From<PathBuf> for Address {
+    fn from(p: PathBuf) -> Address {
+        Address::Unix(p)
+    }
+}
+
+impl From<&Path> for Address {
+    fn from(p: &Path) -> Address {
+        Address::Unix(p.to_path_buf())
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(a: SocketAddr) -> Address {
+        Address::Tcp(a)
+    }
+}
+
+enum Inner {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Accepts connections (Python's `multiprocessing.connection.Listener`).
+///
+/// Dropping it stops listening and removes a Unix socket's file.
+pub struct Listener {
+    inner: Inner,
+    address: Address,
+    authkey: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("address", &self.address)
+            .field("authenticated", &self.authkey.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Listens on `address`; with `authkey`, every connection must pass the mutual challenge
+    /// (see the [module docs](self)) before [`accept`](Self::accept) returns it. A TCP port
+    /// of 0 picks a free port: [`address`](Self::address) tells which.
+    ///
+    /// # Errors
+    /// An I/O error if the address cannot be bound (in use, no permission, bad path).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tokio_multiprocessing as mp;
+    ///
+    /// # async fn demo() -> mp::Result<()> {
+    /// let l = mp::Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;
+    /// let conn: mp::Connection<String> = l.accept().await?;
+    /// conn.send(&"welcome".to_string()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bind(address: impl Into<Address>, authkey: Option<&[u8]>) -> Result<Listener> {
+        let address = address.into();
+        let (inner, address) = match address {
+            Address::Unix(path) => {
+                let l = std::os::unix::net::UnixListener::bind(&path)?;
+                l.set_nonblocking(true)?;
+                (
+                    Inner::Unix(tokio::net::UnixListener::from_std(l)?),
+                    Address::Unix(path),
+                )
+            }
+            Address::Tcp(addr) => {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                let bound = l.local_addr()?;
+                (
+                    Inner::Tcp(tokio::net::TcpListener::from_std(l)?),
+                    Address::Tcp(bound),
+                )
+            }
+        };
+        Ok(Listener {
+            inner,
+            address,
+            authkey: authkey.map(<[u8]>::to_vec),
+        })
+    }
+
+    /// The address listened on (with the port chosen, for TCP port 0).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Accepts the next connection and, with an authentication key, runs the challenge both
+    /// ways (Python's `accept()`).
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] if the peer fails the challenge, sends garbage or stays
+    /// silent for [`AUTH_TIMEOUT`] (the connection is dropped; call `accept` again for the
+    /// next one); an I/O error from the socket.
+    ///
+    /// # Cancel safety
+    /// Cancel safe as to the listener: a connection being authenticated when the future is
+    /// dropped is closed, and the next `accept` takes the next connection.
+    pub async fn accept<T: Serialize + DeserializeOwned>(&self) -> Result<Connection<T>> {
+        let fd: OwnedFd = match &self.inner {
+            Inner::Unix(l) => {
+                let (mut s, _) = l.accept().await?;
+                if let Some(key) = &self.authkey {
+                    authenticate(&mut s, key, true).await?;
+                }
+                s.into_std()?.into()
+            }
+            Inner::Tcp(l) => {
+                let (mut s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                if let Some(key) = &self.authkey {
+                    authenticate(&mut s, key, true).await?;
+                }
+                s.into_std()?.into()
+            }
+        };
+        Connection::from_fd(fd, true, true)
+    }
+
+    /// Stops listening (the same as dropping it).
+    pub fn close(self) {}
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Address::Unix(path) = &self.address {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Connects to a [`Listener`] (Python's `multiprocessing.connection.Client`).
+#[derive(Debug)]
+pub struct Client;
+
+impl Client {
+    /// Connects to `address` and, with `authkey`, answers the listener's challenge and
+    /// challenges it in turn.
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] if the keys differ, the listener sends garbage, or the
+    /// exchange takes longer than [`AUTH_TIMEOUT`]; an I/O error if nothing listens there.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a connection dropped midway is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use tokio_multiprocessing as mp;
+    ///
+    /// # async fn demo() -> mp::Result<()> {
+    /// let addr: std::net::SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    /// let conn = mp::Client::connect::<String>(addr, Some(b"secret")).await?;
+    /// println!("{}", conn.recv().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect<T: Serialize + DeserializeOwned>(
+        address: impl Into<Address>,
+        authkey: Option<&[u8]>,
+    ) -> Result<Connection<T>> {
+        let fd: OwnedFd = match address.into() {
+            Address::Unix(path) => {
+                let mut s = tokio::net::UnixStream::connect(path).await?;
+                if let Some(key) = authkey {
+                    authenticate(&mut s, key, false).await?;
+                }
+                s.into_std()?.into()
+            }
+            Address::Tcp(addr) => {
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                if let Some(key) = authkey {
+                    authenticate(&mut s, key, false).await?;
+                }
+                s.into_std()?.into()
+            }
+        };
+        Connection::from_fd(fd, true, true)
+    }
+}
+
+fn auth_err(message: impl Into<String>) -> Error {
+    Error::Authentication {
+        message: message.into(),
+    }
+}
+
+/// Runs the exchange: the listener challenges first, then answers; the client the reverse.
+async fn authenticate<S>(s: &mut S, key: &[u8], listener: bool) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let run = async {
+        if listener {
+            deliver_challenge(s, key).await?;
+            answer_challenge(s, key).await
+        } else {
+            answer_challenge(s, key).await?;
+            deliver_challenge(s, key).await
+        }
+    };
+    match tokio::time::timeout(AUTH_TIMEOUT, run).await {
+        Ok(r) => r,
+        Err(_) => Err(auth_err(format!(
+            "the peer did not complete the exchange within {AUTH_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn mac(key: &[u8], message: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    m.update(message);
+    m
+}
+
+async fn deliver_challenge<S>(s: &mut S, key: &[u8]) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut random = [0u8; MESSAGE_LENGTH];
+    sys::fill_random(&mut random)?;
+    let mut message = DIGEST.to_vec();
+    message.extend_from_slice(&random);
+    let mut challenge = CHALLENGE.to_vec();
+    challenge.extend_from_slice(&message);
+    write_message(s, &challenge).await?;
+    let response = read_message(s).await?;
+    let verdict = response
+        .strip_prefix(DIGEST)
+        .ok_or_else(|| auth_err("the answer does not name the sha256 digest"))
+        .and_then(|tag| {
+            mac(key, &message)
+                .verify_slice(tag)
+                .map_err(|_| auth_err("digest received was wrong"))
+        });
+    match verdict {
+        Ok(()) => write_message(s, WELCOME).await,
+        Err(e) => {
+            let _ = write_message(s, FAILURE).await;
+            Err(e)
+        }
+    }
+}
+
+async fn answer_challenge<S>(s: &mut S, key: &[u8]) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let message = read_message(s).await?;
+    let message = message
+        .strip_prefix(CHALLENGE)
+        .ok_or_else(|| auth_err("protocol error: expected a challenge"))?;
+    if !message.starts_with(DIGEST) || message.len() < DIGEST.len() + 20 {
+        return Err(auth_err(
+            "the challenge is too short or does not ask for sha256",
+        ));
+    }
+    let mut answer = DIGEST.to_vec();
+    answer.extend_from_slice(&mac(key, message).finalize().into_bytes());
+    write_message(s, &answer).await?;
+    if read_message(s).await? != WELCOME {
+        return Err(auth_err("digest sent was rejected"));
+    }
+    Ok(())
+}
+
+async fn write_message<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<()> {
+    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.push(0);
+    frame.extend_from_slice(body);
+    s.write_all(&frame).await.map_err(closed_is_auth)?;
+    s.flush().await.map_err(closed_is_auth)
+}
+
+async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head).await.map_err(closed_is_auth)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > MAX_AUTH_MESSAGE || head[4] != 0 {
+        return Err(auth_err(format!(
+            "protocol error: a {len}-byte message with {} descriptors where a short challenge \
+             message was expected",
+            head[4]
+        )));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.map_err(closed_is_auth)?;
+    Ok(body)
+}
+
+fn closed_is_auth(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe => {
+            auth_err("the peer closed the connection during the exchange")
+        }
+        _ => Error::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231_case_2() {
+        let tag = mac(b"Jefe", b"what do ya want for nothing?").finalize();
+        let hex: String = tag
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

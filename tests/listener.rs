@@ -1,0 +1,252 @@
+//! `Listener` / `Client` between real processes, with and without an authentication key.
+//!
+//! Ported from CPython's `Lib/test/_test_multiprocessing.py` (`_TestListenerClient`,
+//! `_TestListener`, and `OtherTest`'s challenge failures); each test names the case it
+//! comes from.
+
+#[macro_use]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::{TestResult, run, test};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_multiprocessing as mp;
+
+const KEY: &[u8] = b"a shared secret";
+
+fn socket_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tmp-mp-listener-{}-{tag}", std::process::id()))
+}
+
+async fn join_code(p: &mut mp::Process) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
+    match p.join_timeout(Duration::from_secs(30)).await? {
+        Some(c) => Ok(c),
+        None => Err(format!("child {} did not end", p.pid()).into()),
+    }
+}
+
+// ---- child targets ----
+
+async fn echo_client(address: Option<PathBuf>, tcp: Option<SocketAddr>, key: Option<Vec<u8>>) {
+    let address: mp::Address = match (address, tcp) {
+        (Some(p), _) => p.into(),
+        (None, Some(a)) => a.into(),
+        (None, None) => std::process::exit(5),
+    };
+    let conn = match mp::Client::connect::<String>(address, key.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("connect: {e}");
+            std::process::exit(3)
+        }
+    };
+    match conn.recv().await {
+        Ok(m) => {
+            if conn.send(&format!("echo: {m}")).await.is_err() {
+                std::process::exit(4);
+            }
+        }
+        Err(_) => std::process::exit(4),
+    }
+}
+
+/// Exits 0 if connecting with `key` fails with an authentication error, 1 if it succeeds,
+/// 2 on another error.
+async fn refused_client(address: PathBuf, key: Vec<u8>) {
+    match mp::Client::connect::<String>(address, Some(&key)).await {
+        Ok(_) => std::process::exit(1),
+        Err(mp::Error::Authentication { .. }) => {}
+        Err(e) => {
+            eprintln!("unexpected: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+// ---- tests ----
+
+async fn round_trip(l: &mp::Listener, mut p: mp::Process) -> TestResult {
+    let conn = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
+    conn.send(&"hello".to_string()).await?;
+    ensure!(
+        conn.recv_timeout(Duration::from_secs(20)).await? == "echo: hello",
+        "echo"
+    );
+    ensure!(join_code(&mut p).await? == 0, "client");
+    ensure!(
+        matches!(conn.recv().await, Err(mp::Error::Closed)),
+        "EOF after the client exits"
+    );
+    Ok(())
+}
+
+/// `_TestListenerClient.test_listener_client` on a Unix socket path, with a key: both
+/// sides pass the challenge and messages flow.
+async fn unix_path_with_key() -> TestResult {
+    let path = socket_path("unix");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    let p = mp::Process::new(
+        echo_client,
+        (Some(path.clone()), None::<SocketAddr>, Some(KEY.to_vec())),
+    )
+    .start()
+    .await?;
+    round_trip(&l, p).await?;
+    drop(l);
+    ensure!(
+        !path.exists(),
+        "the socket file is removed with the listener"
+    );
+    Ok(())
+}
+
+/// `_TestListener.test_multiple_bind`-style TCP listener on port 0: the bound port is
+/// reported and a client in another process connects to it.
+async fn tcp_with_key() -> TestResult {
+    let l = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY))?;
+    let mp::Address::Tcp(addr) = l.address().clone() else {
+        return Err("not a TCP address".into());
+    };
+    ensure!(addr.port() != 0, "a port was chosen");
+    let p = mp::Process::new(
+        echo_client,
+        (None::<PathBuf>, Some(addr), Some(KEY.to_vec())),
+    )
+    .start()
+    .await?;
+    round_trip(&l, p).await
+}
+
+/// `_TestListenerClient.test_listener_client` without a key: no exchange at all.
+async fn unix_path_without_key() -> TestResult {
+    let path = socket_path("nokey");
+    let l = mp::Listener::bind(path.clone(), None)?;
+    let p = mp::Process::new(
+        echo_client,
+        (Some(path), None::<SocketAddr>, None::<Vec<u8>>),
+    )
+    .start()
+    .await?;
+    round_trip(&l, p).await
+}
+
+/// `OtherTest.test_deliver_challenge_auth_failure` / `test_answer_challenge_auth_failure`:
+/// a wrong key fails on both sides with an authentication error, before any message.
+async fn wrong_key_fails_on_both_sides() -> TestResult {
+    let path = socket_path("wrongkey");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    let mut p = mp::Process::new(refused_client, (path, b"another key".to_vec()))
+        .start()
+        .await?;
+    let r = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await?;
+    ensure!(
+        matches!(r, Err(mp::Error::Authentication { .. })),
+        "listener side: {r:?}"
+    );
+    ensure!(
+        join_code(&mut p).await? == 0,
+        "client side saw an authentication error"
+    );
+    Ok(())
+}
+
+/// `OtherTest.test_answer_challenge_auth_failure` with garbage: bytes that are not an
+/// answer, sent in place of one, fail the listener's `accept` cleanly; the listener then
+/// accepts the next, honest client.
+async fn garbage_in_place_of_the_answer() -> TestResult {
+    let path = socket_path("garbage");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    let mut raw = tokio::net::UnixStream::connect(&path).await?;
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        .await?;
+    let r = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await?;
+    ensure!(
+        matches!(r, Err(mp::Error::Authentication { .. })),
+        "garbage answer: {r:?}"
+    );
+    // A short, well-framed message that is not the answer.
+    let mut raw2 = tokio::net::UnixStream::connect(&path).await?;
+    raw2.write_all(&[0, 0, 0, 3, 0, b'a', b'b', b'c']).await?;
+    let r = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await?;
+    ensure!(
+        matches!(r, Err(mp::Error::Authentication { .. })),
+        "wrong answer: {r:?}"
+    );
+    let mut failure = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw2.read_to_end(&mut failure)).await;
+    ensure!(
+        failure.windows(9).any(|w| w == b"#FAILURE#"),
+        "the listener told the client it failed"
+    );
+    let p = mp::Process::new(
+        echo_client,
+        (Some(path), None::<SocketAddr>, Some(KEY.to_vec())),
+    )
+    .start()
+    .await?;
+    round_trip(&l, p).await
+}
+
+/// Garbage in place of the challenge: a client facing a server that is not ours fails
+/// cleanly with an authentication error.
+async fn garbage_in_place_of_the_challenge() -> TestResult {
+    let path = socket_path("fakeserver");
+    let _ = std::fs::remove_file(&path);
+    let fake = tokio::net::UnixListener::bind(&path)?;
+    let server = tokio::spawn(async move {
+        if let Ok((mut s, _)) = fake.accept().await {
+            let _ = s
+                .write_all(b"\xff\xff\xff\xff\x00 this is not a challenge")
+                .await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        }
+    });
+    let r = mp::Client::connect::<String>(path.clone(), Some(KEY)).await;
+    ensure!(
+        matches!(r, Err(mp::Error::Authentication { .. })),
+        "client: {r:?}"
+    );
+    let path2 = socket_path("fakeserver2");
+    let _ = std::fs::remove_file(&path2);
+    let fake2 = tokio::net::UnixListener::bind(&path2)?;
+    let server2 = tokio::spawn(async move {
+        if let Ok((mut s, _)) = fake2.accept().await {
+            let _ = s.write_all(&[0, 0, 0, 4, 0, b'n', b'o', b'p', b'e']).await;
+        }
+    });
+    let r = mp::Client::connect::<String>(path2.clone(), Some(KEY)).await;
+    ensure!(
+        matches!(r, Err(mp::Error::Authentication { .. })),
+        "client, short message: {r:?}"
+    );
+    server.abort();
+    server2.abort();
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&path2);
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    run(vec![
+        test("unix_path_with_key", unix_path_with_key),
+        test("tcp_with_key", tcp_with_key),
+        test("unix_path_without_key", unix_path_without_key),
+        test(
+            "wrong_key_fails_on_both_sides",
+            wrong_key_fails_on_both_sides,
+        ),
+        test(
+            "garbage_in_place_of_the_answer",
+            garbage_in_place_of_the_answer,
+        ),
+        test(
+            "garbage_in_place_of_the_challenge",
+            garbage_in_place_of_the_challenge,
+        ),
+    ])
+}
