@@ -51,7 +51,10 @@ pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
-pub use queue::{INLINE_MAX, JoinableQueue, PutError, Queue, SEND_BUFFER, SimpleQueue};
+pub use queue::{
+    INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,
+    UNBOUNDED_CAPACITY,
+};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
 pub use task::Target;
 pub use wait::{Waitable, wait};

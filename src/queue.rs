@@ -3,80 +3,99 @@
 //!
 //! # Mechanism
 //!
-//! A queue is a Unix `SOCK_SEQPACKET` socket pair: every holder sends on one end and
-//! receives on the other. One item is one packet, and the kernel delivers each packet whole
-//! to exactly one `recvmsg`, in the order packets were queued, however many processes send
-//! and receive at once. So many producers and many consumers need no lock: every item is
-//! delivered exactly once, and the items of one producer arrive in the order it put them.
-//! (A stream socket would need a cross-process lock around every multi-part read and write,
-//! since readers could split a frame between them and writers interleave pieces of large
-//! frames.)
+//! A queue is a ring of slots in shared memory (a memfd mapped by every process that holds
+//! the queue), managed as D. Vyukov's bounded many-producer many-consumer queue: a producer
+//! claims the next position with one compare-and-swap, copies its item in and publishes it;
+//! a consumer claims the oldest published position the same way. Positions only grow, so
+//! every item is taken exactly once and the items of one producer come out in the order it
+//! put them, however many processes put and get at once. A small item costs no system call.
 //!
-//! An item's MessagePack encoding travels in its packet up to [`INLINE_MAX`] bytes. A larger
-//! item is written to a memfd, sealed against change, and the packet carries only that
-//! file's descriptor (`SCM_RIGHTS`) and length: a 16 MiB item takes one small packet, and
-//! the receiver reads the file. Descriptors held by the item itself (a pipe end, another
-//! queue) ride in the same packet.
+//! Items that do not fit a slot ([`SLOT_DATA`] bytes of MessagePack) or that hold
+//! descriptors (a pipe end, another queue) travel through a Unix `SOCK_SEQPACKET` socket
+//! pair instead, one packet per item, and the ring gets a *marker* in their place. The packet
+//! is sent before its marker is published, and whoever takes a marker receives one packet:
+//! since the socket is FIFO and every packet precedes its marker, a consumer never meets an
+//! item before an earlier item of the same producer. A packet carries up to 64 KiB; a larger
+//! item is written to a memfd, sealed against change, and the packet carries that file's
+//! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet.
+//!
+//! # Waiting, without polling
+//!
+//! A consumer that finds the ring empty registers as a waiter in the ring's header and awaits
+//! an eventfd on tokio's reactor; a producer that publishes while someone waits writes that
+//! eventfd once (a flag keeps it to one write per wake-up, so a busy producer makes no system
+//! calls). Producers waiting for room in a full ring do the same with a second eventfd. The
+//! waiter count and the item are ordered by sequentially consistent atomics (each side
+//! writes its own, then reads the other's), so no wake-up is lost. No thread is parked and
+//! nothing is polled on a timer.
 //!
 //! # No feeder thread
 //!
 //! Python's `Queue.put` hands the item to a feeder thread that writes it to a pipe later, so
 //! a producer that exits at once may lose it, and a producer whose feeder cannot flush a big
 //! item never exits, so joining it before draining the queue deadlocks (gh-73983,
-//! bpo-30414). Here `put` returns only once the item is in the kernel: in the socket's queue,
-//! or in a memfd whose descriptor is in that queue. The kernel keeps it after the producer
-//! exits, and the producer has nothing left to flush, so it exits at once.
+//! bpo-30414). Here `put` returns only once the item is in shared memory or in the kernel
+//! (the socket's queue, or a memfd whose descriptor is in that queue): it outlives the
+//! producer, and the producer has nothing left to flush, so it exits at once.
 //!
-//! `Queue::new()` is unbounded as far as the kernel lets it be: the send buffer is grown to
-//! [`SEND_BUFFER`] (beyond `net.core.wmem_max` where the process may), which holds tens of
-//! thousands of small items, or as many large ones (each costs one small packet). Past that,
-//! `put` waits for a consumer rather than holding items in the producer's memory.
+//! `Queue::new()` holds [`UNBOUNDED_CAPACITY`] items before `put` waits for a consumer
+//! (Python's is limited only by memory, at the price above). A queue made with a `maxsize`
+//! has exactly that many slots, so `put` waits while it is full, across processes. `qsize`
+//! is the distance between the two positions, approximate while others work on the queue.
+//! A [`JoinableQueue`] keeps its count of unfinished items in the ring's header; the
+//! `task_done` that brings it to zero writes an eventfd, which wakes every process awaiting
+//! [`join`](JoinableQueue::join).
 //!
-//! # Bounded queues, counts, joins
+//! # Caveat
 //!
-//! A queue made with a `maxsize` has a counting semaphore, an `EFD_SEMAPHORE` eventfd
-//! starting at `maxsize`: `put` takes one unit (waiting for readability when there is none),
-//! `get` gives one back. `qsize` reads a counter in a small shared memory page (a mapped
-//! memfd) that `put` raises and `get` lowers; like Python's, it is approximate while others
-//! work on the queue. A [`JoinableQueue`] keeps its count of unfinished items in the same
-//! page; the `task_done` that brings it to zero writes to an eventfd, which wakes every
-//! process awaiting [`join`](JoinableQueue::join).
-//!
-//! All waiting is readiness on tokio's reactor (the sockets and eventfds are registered with
-//! the runtime that first uses the queue): no thread is parked, nothing is polled on a timer.
+//! As in Python, a process killed while it is putting or getting can leave the queue
+//! damaged: a slot claimed and never published stalls the ring at that position.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::sys::{self, Popped, RING_USER_WORDS as USER};
 use crate::wire::codec::{self, deserialize_fd, serialize_fd};
 use crate::wire::max_frame_size;
 
-/// Items whose encoding is at most this many bytes travel inside their packet; larger ones
-/// are spilled to a memfd.
+/// The most bytes of MessagePack an item may take to travel in a ring slot; larger items,
+/// and items holding descriptors, travel through the queue's socket.
+pub const SLOT_DATA: usize = sys::SLOT_DATA;
+
+/// Items whose encoding is at most this many bytes travel inside their socket packet;
+/// larger ones are spilled to a memfd.
 pub const INLINE_MAX: usize = 64 * 1024;
 
-/// The send buffer a queue asks for, in bytes.
-pub const SEND_BUFFER: usize = 32 * 1024 * 1024;
+/// The number of items `Queue::new()` holds before `put` waits for a consumer.
+pub const UNBOUNDED_CAPACITY: usize = 32 * 1024;
+
+/// The largest `maxsize` a queue may have.
+pub const MAX_MAXSIZE: usize = 1 << 22;
+
+/// The send buffer a queue's socket asks for, in bytes.
+const SEND_BUFFER: usize = 32 * 1024 * 1024;
 
 const KIND_INLINE: u8 = 0;
 const KIND_SPILLED: u8 = 1;
-/// Words of shared state: item count, unfinished count.
-const WORDS: usize = 2;
-const W_ITEMS: usize = 0;
-const W_UNFINISHED: usize = 1;
+
+const W_CONS_WAITERS: usize = USER;
+const W_CONS_NOTIFY: usize = USER + 1;
+const W_PROD_WAITERS: usize = USER + 8;
+const W_PROD_NOTIFY: usize = USER + 9;
+const W_UNFINISHED: usize = USER + 16;
 
 /// A `put` that failed, with the item handed back.
 pub struct PutError<T> {
@@ -124,26 +143,29 @@ impl<T> From<PutError<T>> for Error {
     }
 }
 
-/// An encoded item, ready to send.
-struct Packet {
-    bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
+/// An item encoded for the queue.
+enum Item {
+    /// Fits a ring slot.
+    Small(Vec<u8>),
+    /// Goes through the socket: packet bytes and descriptors.
+    Packet(Vec<u8>, Vec<OwnedFd>),
 }
 
 /// The queue's descriptors as registered with one runtime's reactor.
 struct Reactor {
     tx: AsyncFd<Arc<OwnedFd>>,
-    rx: AsyncFd<Arc<OwnedFd>>,
-    slots: Option<AsyncFd<Arc<OwnedFd>>>,
+    items: AsyncFd<Arc<OwnedFd>>,
+    space: AsyncFd<Arc<OwnedFd>>,
     done: Option<AsyncFd<Arc<OwnedFd>>>,
 }
 
 struct Inner {
     tx: Arc<OwnedFd>,
     rx: Arc<OwnedFd>,
-    words: sys::SharedWords,
+    ring: sys::ShmRing,
     maxsize: usize,
-    slots: Option<Arc<OwnedFd>>,
+    items: Arc<OwnedFd>,
+    space: Arc<OwnedFd>,
     done: Option<Arc<OwnedFd>>,
     closed: AtomicBool,
     reactor: Mutex<Option<Arc<Reactor>>>,
@@ -195,23 +217,39 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
+/// Counts this task among the waiters of one side while it lives.
+struct Waiter<'a>(&'a AtomicU64);
+
+impl<'a> Waiter<'a> {
+    fn new(w: &'a AtomicU64) -> Waiter<'a> {
+        w.fetch_add(1, Ordering::SeqCst);
+        Waiter(w)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl<T> Queue<T> {
     fn make(maxsize: usize, joinable: bool) -> Result<Queue<T>> {
+        if maxsize > MAX_MAXSIZE {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("maxsize {maxsize} is larger than {MAX_MAXSIZE}"),
+            )));
+        }
+        let capacity = if maxsize == 0 {
+            UNBOUNDED_CAPACITY
+        } else {
+            maxsize
+        };
         let (tx, rx) = sys::socketpair_seqpacket()?;
         if let Err(e) = sys::grow_send_buffer(tx.as_fd(), SEND_BUFFER) {
             tracing::debug!("cannot grow a queue's send buffer: {e}");
         }
-        let slots = if maxsize > 0 {
-            let n = u32::try_from(maxsize).map_err(|_| {
-                Error::Io(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("maxsize {maxsize} is larger than {}", u32::MAX),
-                ))
-            })?;
-            Some(Arc::new(sys::eventfd(n, true)?))
-        } else {
-            None
-        };
         let done = if joinable {
             Some(Arc::new(sys::eventfd(0, false)?))
         } else {
@@ -220,9 +258,10 @@ impl<T> Queue<T> {
         Ok(Queue::assemble(
             tx,
             rx,
-            sys::SharedWords::new(WORDS)?,
+            sys::ShmRing::new(capacity as u64)?,
             maxsize,
-            slots,
+            sys::eventfd(0, false)?,
+            sys::eventfd(0, false)?,
             done,
         ))
     }
@@ -230,18 +269,20 @@ impl<T> Queue<T> {
     fn assemble(
         tx: OwnedFd,
         rx: OwnedFd,
-        words: sys::SharedWords,
+        ring: sys::ShmRing,
         maxsize: usize,
-        slots: Option<Arc<OwnedFd>>,
+        items: OwnedFd,
+        space: OwnedFd,
         done: Option<Arc<OwnedFd>>,
     ) -> Queue<T> {
         Queue {
             inner: Arc::new(Inner {
                 tx: Arc::new(tx),
                 rx: Arc::new(rx),
-                words,
+                ring,
                 maxsize,
-                slots,
+                items: Arc::new(items),
+                space: Arc::new(space),
                 done,
                 closed: AtomicBool::new(false),
                 reactor: Mutex::new(None),
@@ -251,10 +292,11 @@ impl<T> Queue<T> {
         }
     }
 
-    /// An unbounded queue (Python's `Queue()`).
+    /// An unbounded queue (Python's `Queue()`): see [`UNBOUNDED_CAPACITY`].
     ///
     /// # Errors
-    /// An I/O error if the kernel refuses a socket pair or a memfd (descriptor limit).
+    /// An I/O error if the kernel refuses a socket pair, a memfd or an eventfd (descriptor
+    /// limit).
     pub fn new() -> Result<Queue<T>> {
         Queue::make(0, false)
     }
@@ -263,8 +305,8 @@ impl<T> Queue<T> {
     /// while it is full. A `maxsize` of 0 means unbounded, as in Python.
     ///
     /// # Errors
-    /// An I/O error if the kernel refuses a descriptor; `InvalidInput` if `maxsize` exceeds
-    /// `u32::MAX`.
+    /// An I/O error if the kernel refuses a descriptor; `InvalidInput` above
+    /// [`MAX_MAXSIZE`].
     pub fn with_maxsize(maxsize: usize) -> Result<Queue<T>> {
         Queue::make(maxsize, false)
     }
@@ -276,8 +318,7 @@ impl<T> Queue<T> {
 
     /// The number of items in the queue: approximate while other processes put and get.
     pub fn qsize(&self) -> usize {
-        let n = self.inner.words.words()[W_ITEMS].load(Ordering::Acquire);
-        usize::try_from(n as i64).unwrap_or(0)
+        self.inner.ring.len() as usize
     }
 
     /// Whether the queue is empty (approximate, like [`qsize`](Self::qsize)).
@@ -311,6 +352,10 @@ impl<T> Queue<T> {
         }
     }
 
+    fn word(&self, i: usize) -> &AtomicU64 {
+        self.inner.ring.word(i)
+    }
+
     fn reactor(&self) -> Result<Arc<Reactor>> {
         let mut r = self.inner.reactor.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = &*r {
@@ -320,13 +365,8 @@ impl<T> Queue<T> {
         let reg = |fd: &Arc<OwnedFd>, i| sys::register_shared(fd.clone(), i);
         let new = Arc::new(Reactor {
             tx: reg(&self.inner.tx, Interest::WRITABLE)?,
-            rx: reg(&self.inner.rx, Interest::READABLE)?,
-            slots: self
-                .inner
-                .slots
-                .as_ref()
-                .map(|s| reg(s, Interest::READABLE))
-                .transpose()?,
+            items: reg(&self.inner.items, Interest::READABLE)?,
+            space: reg(&self.inner.space, Interest::READABLE)?,
             done: self
                 .inner
                 .done
@@ -338,59 +378,89 @@ impl<T> Queue<T> {
         Ok(new)
     }
 
-    /// Tries to send a packet now: counts it, sends it, uncounts it if it did not go.
-    fn send_now(&self, p: &Packet, raw: &[RawFd]) -> io::Result<()> {
-        let w = self.inner.words.words();
-        w[W_ITEMS].fetch_add(1, Ordering::AcqRel);
-        if self.inner.done.is_some() {
-            w[W_UNFINISHED].fetch_add(1, Ordering::AcqRel);
-        }
-        match sys::send_with_fds(self.inner.tx.as_fd(), &p.bytes, raw) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                w[W_ITEMS].fetch_sub(1, Ordering::AcqRel);
-                if self.inner.done.is_some() {
-                    w[W_UNFINISHED].fetch_sub(1, Ordering::AcqRel);
-                }
-                Err(e)
+    /// Wakes the other side if someone waits there and no wake-up is pending.
+    fn notify(&self, waiters: usize, flag: usize, fd: &OwnedFd) {
+        if self.word(waiters).load(Ordering::SeqCst) > 0
+            && self.word(flag).swap(1, Ordering::SeqCst) == 0
+        {
+            if let Err(e) = sys::eventfd_add(fd.as_fd(), 1) {
+                tracing::debug!("cannot wake a queue's waiters: {e}");
             }
         }
     }
 
-    /// Takes one unit of room now (bounded queues); `WouldBlock` when full.
-    fn take_slot_now(&self) -> io::Result<Slot<'_>> {
-        match &self.inner.slots {
-            None => Ok(Slot(None)),
-            Some(s) => {
-                sys::eventfd_take(s.as_fd())?;
-                Ok(Slot(Some(s.as_fd())))
+    fn notify_consumers(&self) {
+        self.notify(W_CONS_WAITERS, W_CONS_NOTIFY, &self.inner.items);
+    }
+
+    fn notify_producers(&self) {
+        self.notify(W_PROD_WAITERS, W_PROD_NOTIFY, &self.inner.space);
+    }
+
+    /// Publishes a slot (data or marker) now, counting it as unfinished for a joinable
+    /// queue; `false` if the ring is full.
+    fn try_push(&self, data: Option<&[u8]>) -> bool {
+        let joinable = self.inner.done.is_some();
+        if joinable {
+            self.word(W_UNFINISHED).fetch_add(1, Ordering::SeqCst);
+        }
+        if self.inner.ring.try_push(data) {
+            self.notify_consumers();
+            return true;
+        }
+        if joinable && self.word(W_UNFINISHED).fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.wake_joiners();
+        }
+        false
+    }
+
+    fn wake_joiners(&self) {
+        if let Some(done) = &self.inner.done {
+            if let Err(e) = sys::eventfd_add(done.as_fd(), 1) {
+                tracing::debug!("cannot wake a queue's joiners: {e}");
             }
         }
     }
 
-    /// Puts an encoded packet, waiting for room. Cancel safe: the unit of room taken is
-    /// given back if the packet did not go.
-    async fn put_packet(&self, p: &Packet) -> Result<()> {
-        self.check_open()?;
-        let r = self.reactor()?;
-        let slot = match (&self.inner.slots, &r.slots) {
-            (Some(_), Some(afd)) => loop {
-                let mut g = afd.readable().await?;
-                match g.try_io(|_| self.take_slot_now()) {
-                    Ok(s) => break s?,
-                    Err(_would_block) => continue,
-                }
-            },
-            _ => Slot(None),
-        };
-        let raw: Vec<RawFd> = p.fds.iter().map(|f| f.as_raw_fd()).collect();
+    /// Waits until `ready` holds, as a waiter of one side (see the module docs).
+    async fn wait_until(
+        &self,
+        fd: &AsyncFd<Arc<OwnedFd>>,
+        waiters: usize,
+        flag: usize,
+        mut ready: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let _w = Waiter::new(self.word(waiters));
+        let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
+        loop {
+            self.word(flag).store(0, Ordering::SeqCst);
+            if ready()? {
+                return Ok(());
+            }
+            if let Some(mut g) = guard.take() {
+                g.clear_ready();
+            }
+            guard = Some(fd.readable().await?);
+        }
+    }
+
+    async fn push_waiting(&self, r: &Reactor, data: Option<&[u8]>) -> Result<()> {
+        if self.try_push(data) {
+            return Ok(());
+        }
+        self.wait_until(&r.space, W_PROD_WAITERS, W_PROD_NOTIFY, || {
+            Ok(self.try_push(data))
+        })
+        .await
+    }
+
+    /// Sends a packet on the socket, waiting for room in its buffer.
+    async fn send_packet(&self, r: &Reactor, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         loop {
             let mut g = r.tx.writable().await?;
-            match g.try_io(|_| self.send_now(p, &raw)) {
-                Ok(Ok(())) => {
-                    slot.keep();
-                    return Ok(());
-                }
+            match g.try_io(|a| sys::send_with_fds(a.get_ref().as_fd(), bytes, &raw)) {
+                Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_would_block) => {}
@@ -398,49 +468,102 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Receives one packet now; `WouldBlock` if there is none.
-    fn recv_now(&self) -> io::Result<Option<(Vec<u8>, std::collections::VecDeque<OwnedFd>)>> {
-        let mut buf = self.inner.rbuf.lock().unwrap_or_else(|p| p.into_inner());
+    /// Publishes the marker of a packet already sent. It must happen whatever becomes of the
+    /// caller, so when the ring is full it is finished by a task (or thread) of its own.
+    async fn push_marker(&self) -> Result<()> {
+        if self.try_push(None) {
+            return Ok(());
+        }
+        let q: Queue<()> = Queue {
+            inner: self.inner.clone(),
+            _t: PhantomData,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => h
+                .spawn(async move {
+                    let r = q.reactor()?;
+                    q.push_waiting(&r, None).await
+                })
+                .await
+                .map_err(|e| Error::Io(io::Error::other(e)))?,
+            Err(_) => {
+                std::thread::spawn(move || {
+                    while !q.try_push(None) {
+                        let _w = Waiter::new(q.word(W_PROD_WAITERS));
+                        q.word(W_PROD_NOTIFY).store(0, Ordering::SeqCst);
+                        if q.try_push(None) {
+                            return;
+                        }
+                        // A blocking wait on the eventfd: this thread has nothing else to do.
+                        let _ = sys::poll_readable(&[q.inner.space.as_fd()], None);
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts an encoded item, waiting for room. Cancel safe: a small item is published in one
+    /// step; a packet, once sent, always gets its marker.
+    async fn put_item(&self, item: &Item) -> Result<()> {
+        self.check_open()?;
+        let r = self.reactor()?;
+        match item {
+            Item::Small(b) => self.push_waiting(&r, Some(b)).await,
+            Item::Packet(bytes, fds) => {
+                let cap = self.inner.ring.capacity();
+                if self.inner.ring.len() >= cap {
+                    self.wait_until(&r.space, W_PROD_WAITERS, W_PROD_NOTIFY, || {
+                        Ok(self.inner.ring.len() < cap)
+                    })
+                    .await?;
+                }
+                self.send_packet(&r, bytes, fds).await?;
+                self.push_marker().await
+            }
+        }
+    }
+
+    fn joinable_parts(&self) -> Result<&Arc<OwnedFd>> {
+        self.inner.done.as_ref().ok_or_else(|| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "not a JoinableQueue",
+            ))
+        })
+    }
+
+    /// Takes one packet from the socket now.
+    fn recv_packet_now(&self, buf: &mut Vec<u8>) -> Result<(usize, VecDeque<OwnedFd>)> {
         if buf.len() < INLINE_MAX + 16 {
             buf.resize(INLINE_MAX + 16, 0);
         }
-        let mut fds = std::collections::VecDeque::new();
-        let n = sys::recv_packet(self.inner.rx.as_fd(), &mut buf, &mut fds)?;
-        if n == 0 {
-            // Cannot happen while we hold the sending end; treat as nothing there.
-            return Ok(None);
-        }
-        self.inner.words.words()[W_ITEMS].fetch_sub(1, Ordering::AcqRel);
-        if let Some(s) = &self.inner.slots {
-            sys::eventfd_add(s.as_fd(), 1)?;
-        }
-        Ok(Some((buf[..n].to_vec(), fds)))
-    }
-}
-
-/// A unit of a bounded queue's room, given back on drop unless kept.
-struct Slot<'a>(Option<BorrowedFd<'a>>);
-
-impl Slot<'_> {
-    fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if let Some(fd) = self.0 {
-            let _ = sys::eventfd_add(fd, 1);
+        let mut fds = VecDeque::new();
+        loop {
+            match sys::recv_packet(self.inner.rx.as_fd(), buf, &mut fds) {
+                Ok(n) => return Ok((n, fds)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(Error::Protocol(
+                        "a queue marker was taken but its packet is missing".into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    fn encode(item: &T) -> Result<Packet> {
+    fn encode(item: &T) -> Result<Item> {
         let mut bytes = vec![KIND_INLINE];
         let mut fds = Vec::new();
         codec::encode_into(&mut bytes, &mut fds, item)?;
         let body = bytes.len() - 1;
+        if fds.is_empty() && body <= SLOT_DATA {
+            bytes.remove(0);
+            return Ok(Item::Small(bytes));
+        }
         let max = max_frame_size();
         if body > max {
             return Err(Error::FrameTooLarge {
@@ -459,7 +582,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             )));
         }
         if body <= INLINE_MAX {
-            return Ok(Packet { bytes, fds });
+            return Ok(Item::Packet(bytes, fds));
         }
         let file = sys::sealed_memfd(&[&bytes[1..]])?;
         let mut head = vec![KIND_SPILLED];
@@ -467,13 +590,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let mut all = Vec::with_capacity(fds.len() + 1);
         all.push(file);
         all.extend(fds);
-        Ok(Packet {
-            bytes: head,
-            fds: all,
-        })
+        Ok(Item::Packet(head, all))
     }
 
-    fn decode(bytes: Vec<u8>, mut fds: std::collections::VecDeque<OwnedFd>) -> Result<T> {
+    fn decode_packet(bytes: &[u8], mut fds: VecDeque<OwnedFd>) -> Result<T> {
         match bytes.first() {
             Some(&KIND_INLINE) => codec::decode(&bytes[1..], fds.into()),
             Some(&KIND_SPILLED) if bytes.len() == 9 => {
@@ -496,9 +616,28 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Puts an item, waiting while a bounded queue is full (Python's `put(obj)`).
+    /// Takes the oldest item now, if there is one. Once a slot is taken the item is consumed,
+    /// even if it then fails to decode.
+    fn try_take(&self) -> Result<Option<T>> {
+        let mut buf = self.inner.rbuf.lock().unwrap_or_else(|p| p.into_inner());
+        let popped = self.inner.ring.try_pop(&mut buf);
+        if matches!(popped, Ok(Some(_))) {
+            self.notify_producers();
+        }
+        match popped? {
+            None => Ok(None),
+            Some(Popped::Data(n)) => codec::decode(&buf[..n], Vec::new()).map(Some),
+            Some(Popped::Marker) => {
+                let (n, fds) = self.recv_packet_now(&mut buf)?;
+                Queue::decode_packet(&buf[..n], fds).map(Some)
+            }
+        }
+    }
+
+    /// Puts an item, waiting while the queue is full (Python's `put(obj)`).
     ///
-    /// Returns once the item is in the kernel's keeping: it survives this process's exit.
+    /// Returns once the item is in shared memory or in the kernel's keeping: it survives
+    /// this process's exit.
     ///
     /// # Errors
     /// The item comes back in a [`PutError`] with [`Error::HandleClosed`] after
@@ -510,13 +649,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Cancel safety
     /// This method is cancel safe: if it loses a `select!` race, the item was not put (and
-    /// is dropped with the future).
+    /// is dropped with the future). A large item whose packet was already sent is always
+    /// delivered.
     pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        let p = match Queue::encode(&item) {
-            Ok(p) => p,
+        let e = match Queue::encode(&item) {
+            Ok(e) => e,
             Err(error) => return Err(PutError { error, item }),
         };
-        match self.put_packet(&p).await {
+        match self.put_item(&e).await {
             Ok(()) => Ok(()),
             Err(error) => Err(PutError { error, item }),
         }
@@ -538,11 +678,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         item: T,
         timeout: Duration,
     ) -> std::result::Result<(), PutError<T>> {
-        let p = match Queue::encode(&item) {
-            Ok(p) => p,
+        let e = match Queue::encode(&item) {
+            Ok(e) => e,
             Err(error) => return Err(PutError { error, item }),
         };
-        match tokio::time::timeout(timeout, self.put_packet(&p)).await {
+        match tokio::time::timeout(timeout, self.put_item(&e)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(PutError { error, item }),
             Err(_) => Err(PutError {
@@ -560,22 +700,34 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
         let res = (|| {
             self.check_open()?;
-            let p = Queue::encode(&item)?;
-            let slot = match self.take_slot_now() {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Error::Full),
-                Err(e) => return Err(e.into()),
-            };
-            let raw: Vec<RawFd> = p.fds.iter().map(|f| f.as_raw_fd()).collect();
-            loop {
-                match self.send_now(&p, &raw) {
-                    Ok(()) => {
-                        slot.keep();
-                        return Ok(());
+            match Queue::encode(&item)? {
+                Item::Small(b) => {
+                    if self.try_push(Some(&b)) {
+                        Ok(())
+                    } else {
+                        Err(Error::Full)
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Error::Full),
-                    Err(e) => return Err(e.into()),
+                }
+                Item::Packet(bytes, fds) => {
+                    if self.inner.ring.len() >= self.inner.ring.capacity() {
+                        return Err(Error::Full);
+                    }
+                    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                    loop {
+                        match sys::send_with_fds(self.inner.tx.as_fd(), &bytes, &raw) {
+                            Ok(_) => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                return Err(Error::Full);
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    if !self.try_push(None) {
+                        // The ring filled up since we looked: the marker must still go in.
+                        futures::executor::block_on(self.push_marker())?;
+                    }
+                    Ok(())
                 }
             }
         })();
@@ -595,20 +747,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// This method is cancel safe: if `get` loses a `select!` race, no item was taken.
     pub async fn get(&self) -> Result<T> {
         self.check_open()?;
-        let r = self.reactor()?;
-        loop {
-            let mut g = r.rx.readable().await?;
-            match g.try_io(|_| match self.recv_now() {
-                Ok(Some(p)) => Ok(p),
-                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            }) {
-                Ok(Ok((bytes, fds))) => return Queue::decode(bytes, fds),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_would_block) => {}
-            }
+        if let Some(v) = self.try_take()? {
+            return Ok(v);
         }
+        let r = self.reactor()?;
+        let mut got = None;
+        self.wait_until(&r.items, W_CONS_WAITERS, W_CONS_NOTIFY, || {
+            got = self.try_take()?;
+            Ok(got.is_some())
+        })
+        .await?;
+        got.ok_or_else(|| Error::Protocol("a queue wait ended without an item".into()))
     }
 
     /// [`get`](Self::get), giving up after `timeout` with [`Error::Empty`] (Python's
@@ -636,51 +785,30 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// As [`get`](Self::get), and [`Error::Empty`].
     pub fn get_nowait(&self) -> Result<T> {
         self.check_open()?;
-        loop {
-            match self.recv_now() {
-                Ok(Some((bytes, fds))) => return Queue::decode(bytes, fds),
-                Ok(None) => return Err(Error::Empty),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Error::Empty),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.try_take()?.ok_or(Error::Empty)
     }
 
     pub(crate) fn ready_now(&self) -> bool {
-        sys::poll_readable(&[self.inner.rx.as_fd()], Some(Duration::ZERO))
-            .map(|v| v.first().copied().unwrap_or(false))
-            .unwrap_or(true)
+        !self.empty()
     }
 
     pub(crate) async fn ready(&self) -> Result<()> {
         self.check_open()?;
-        let r = self.reactor()?;
-        loop {
-            let mut g = r.rx.readable().await?;
-            if self.ready_now() {
-                return Ok(());
-            }
-            g.clear_ready();
+        if self.ready_now() {
+            return Ok(());
         }
-    }
-}
-
-impl<T> Queue<T> {
-    fn joinable_parts(&self) -> Result<&Arc<OwnedFd>> {
-        self.inner.done.as_ref().ok_or_else(|| {
-            Error::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "not a JoinableQueue",
-            ))
+        let r = self.reactor()?;
+        self.wait_until(&r.items, W_CONS_WAITERS, W_CONS_NOTIFY, || {
+            Ok(self.ready_now())
         })
+        .await
     }
 }
 
 impl<T> AsFd for Queue<T> {
-    /// The receiving socket: readable when an item may be there.
+    /// The eventfd that wakes consumers waiting for an item.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.rx.as_fd()
+        self.inner.items.as_fd()
     }
 }
 
@@ -712,8 +840,9 @@ impl<T> Serialize for Queue<T> {
             i.maxsize as u64,
             FdRef(i.tx.as_fd()),
             FdRef(i.rx.as_fd()),
-            FdRef(i.words.fd()),
-            i.slots.as_ref().map(|f| FdRef(f.as_fd())),
+            FdRef(i.ring.fd()),
+            FdRef(i.items.as_fd()),
+            FdRef(i.space.as_fd()),
             i.done.as_ref().map(|f| FdRef(f.as_fd())),
         )
             .serialize(s)
@@ -727,23 +856,30 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             FdOwned,
             FdOwned,
             FdOwned,
-            Option<FdOwned>,
+            FdOwned,
+            FdOwned,
             Option<FdOwned>,
         );
-        let (maxsize, tx, rx, words, slots, done) = Parts::deserialize(d)?;
-        let words = sys::SharedWords::map(words.0, WORDS).map_err(serde::de::Error::custom)?;
+        let (maxsize, tx, rx, ring, items, space, done) = Parts::deserialize(d)?;
+        let ring = sys::ShmRing::open(ring.0).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
-        if (maxsize > 0) != slots.is_some() {
+        let expected = if maxsize == 0 {
+            UNBOUNDED_CAPACITY
+        } else {
+            maxsize
+        };
+        if ring.capacity() != expected as u64 {
             return Err(serde::de::Error::custom(
-                "a bounded queue arrived without its semaphore (or the reverse)",
+                "a queue arrived whose ring does not match its maxsize",
             ));
         }
         Ok(Queue::assemble(
             tx.0,
             rx.0,
-            words,
+            ring,
             maxsize,
-            slots.map(|f| Arc::new(f.0)),
+            items.0,
+            space.0,
             done.map(|f| Arc::new(f.0)),
         ))
     }
@@ -882,7 +1018,7 @@ impl<T> JoinableQueue<T> {
     pub fn task_done(&self) -> Result<()> {
         self.0.check_open()?;
         let done = self.0.joinable_parts()?;
-        let w = &self.0.inner.words.words()[W_UNFINISHED];
+        let w = self.0.word(W_UNFINISHED);
         let mut cur = w.load(Ordering::Acquire);
         loop {
             if cur == 0 || (cur as i64) < 0 {
@@ -901,7 +1037,7 @@ impl<T> JoinableQueue<T> {
 
     /// The number of items put and not yet marked done.
     pub fn unfinished(&self) -> usize {
-        let n = self.0.inner.words.words()[W_UNFINISHED].load(Ordering::Acquire);
+        let n = self.0.word(W_UNFINISHED).load(Ordering::Acquire);
         usize::try_from(n as i64).unwrap_or(0)
     }
 

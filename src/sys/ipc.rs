@@ -1,16 +1,12 @@
 //! Descriptors for messaging between processes: packet sockets, eventfd counters, memfd
-//! spill files, a small shared word array, and random bytes.
+//! spill files, and random bytes.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
-use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType, recvmsg,
     setsockopt, shutdown, socketpair, sockopt,
@@ -105,16 +101,6 @@ pub(crate) fn eventfd(initial: u32, semaphore: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Takes from an eventfd: 1 for a semaphore, the whole count otherwise. `WouldBlock` at 0.
-pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    let n = nix::unistd::read(fd, &mut b)?;
-    if n != 8 {
-        return Err(io::Error::other("short read from an eventfd"));
-    }
-    Ok(u64::from_ne_bytes(b))
-}
-
 /// Adds `n` to an eventfd's count.
 pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
     nix::unistd::write(fd, &n.to_ne_bytes())?;
@@ -177,80 +163,6 @@ pub(crate) fn read_memfd(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> 
     Ok(buf)
 }
 
-/// A few 64-bit words of memory shared between processes: a memfd mapped `MAP_SHARED`.
-/// Every process that holds the descriptor (sent by `SCM_RIGHTS`) maps the same words.
-#[derive(Debug)]
-pub(crate) struct SharedWords {
-    fd: OwnedFd,
-    ptr: NonNull<AtomicU64>,
-    len: usize,
-}
-
-// SAFETY: the mapping is only ever accessed through `AtomicU64`, which is Sync, and it lives
-// until `drop`, which needs `&mut self`.
-unsafe impl Send for SharedWords {}
-// SAFETY: as above.
-unsafe impl Sync for SharedWords {}
-
-impl SharedWords {
-    /// `len` fresh words, all zero.
-    pub(crate) fn new(len: usize) -> io::Result<SharedWords> {
-        let fd = memfd_create(c"tokio-mp-words", MFdFlags::MFD_CLOEXEC)?;
-        nix::unistd::ftruncate(&fd, (len * 8) as libc::off_t)?;
-        SharedWords::map(fd, len)
-    }
-
-    /// Maps the words of a descriptor received from another process; the file must hold at
-    /// least `len` words.
-    pub(crate) fn map(fd: OwnedFd, len: usize) -> io::Result<SharedWords> {
-        let bytes = NonZeroUsize::new(len * 8)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no words to map"))?;
-        let size = nix::sys::stat::fstat(&fd)?.st_size;
-        if usize::try_from(size).map_or(true, |s| s < bytes.get()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("shared state of {size} bytes is smaller than the {bytes} expected"),
-            ));
-        }
-        // SAFETY: a fresh shared mapping of a file at least `bytes` long (checked above); it
-        // aliases no Rust object, and is unmapped only in `drop`.
-        let ptr = unsafe {
-            mmap(
-                None,
-                bytes,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                &fd,
-                0,
-            )
-        }?;
-        Ok(SharedWords {
-            fd,
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    /// The words.
-    pub(crate) fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `ptr` points to `len` words mapped read-write (page aligned, so aligned for
-        // u64) for the life of `self`; other processes touch them only atomically as well.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The descriptor, to send to another process.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl Drop for SharedWords {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this address and length, and no
-        // reference into it outlives `self` (`words` borrows `self`).
-        let _ = unsafe { munmap(self.ptr.cast(), self.len * 8) };
-    }
-}
 /// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
 pub(crate) fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;

@@ -10,6 +10,7 @@ mod fd;
 mod ident;
 mod ipc;
 mod proc;
+mod ring;
 
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, read_fd, recv_with_fds, register_owned,
@@ -17,8 +18,8 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
-    SharedWords, eventfd, eventfd_add, eventfd_take, fill_random, grow_send_buffer, read_memfd,
-    recv_packet, sealed_memfd, shutdown_socket, socketpair_seqpacket,
+    eventfd, eventfd_add, fill_random, grow_send_buffer, read_memfd, recv_packet, sealed_memfd,
+    shutdown_socket, socketpair_seqpacket,
 };
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
@@ -26,6 +27,7 @@ pub(crate) use proc::{
     pipe_cloexec, poll_readable, set_parent_death_signal, spawn_exe, try_wait_pidfd,
     wait_pid_blocking, wait_pidfd_blocking,
 };
+pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 
 use std::io;
 

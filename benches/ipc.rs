@@ -1,0 +1,257 @@
+//! Queue and Pipe figures between two processes, each beside its baseline: a raw tokio
+//! socket pair doing the same work inside one process.
+//!
+//! `cargo bench --bench ipc` prints one line per figure; `benches/ipc_cpython.py` runs
+//! CPython's `multiprocessing` counterparts and prints both sides with the ratio.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_multiprocessing as mp;
+
+const SMALL_ITEMS: u64 = 300_000;
+const BIG: usize = 1 << 20;
+const BIG_ITEMS: u64 = 400;
+const ROUND_TRIPS: u64 = 20_000;
+
+fn report(key: &str, label: &str, value: f64, unit: &str) {
+    println!("{label:<52} {value:>12.2} {unit}");
+    println!("RESULT {key} {value:.3}");
+}
+
+// ---- child targets ----
+
+async fn queue_producer(q: mp::Queue<u64>, go: mp::Connection<u8>, n: u64) {
+    if go.recv().await.is_err() {
+        std::process::exit(3);
+    }
+    for i in 0..n {
+        if q.put(i).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
+async fn queue_big_producer(q: mp::Queue<serde_bytes::ByteBuf>, go: mp::Connection<u8>, n: u64) {
+    let item = serde_bytes::ByteBuf::from(vec![7u8; BIG]);
+    if go.recv().await.is_err() {
+        std::process::exit(3);
+    }
+    for _ in 0..n {
+        if q.put(item.clone()).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
+async fn echo_values(conn: mp::Connection<u64>) {
+    while let Ok(v) = conn.recv().await {
+        if conn.send(&v).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn echo_bytes(conn: mp::Connection<u64>) {
+    while let Ok(v) = conn.recv_bytes().await {
+        if conn.send_bytes(&v).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn pipe_big_sender(conn: mp::Connection<serde_bytes::ByteBuf>, n: u64) {
+    let item = serde_bytes::ByteBuf::from(vec![7u8; BIG]);
+    if conn.recv().await.is_err() {
+        std::process::exit(3);
+    }
+    for _ in 0..n {
+        if conn.send(&item).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
+// ---- figures ----
+
+async fn queue_small() -> mp::Result<f64> {
+    let q = mp::Queue::<u64>::new()?;
+    let (go, go_child) = mp::Pipe::<u8>::new()?;
+    let mut p = mp::Process::new(queue_producer, (q.clone(), go_child, SMALL_ITEMS))
+        .start()
+        .await?;
+    let t = Instant::now();
+    go.send(&1).await?;
+    for i in 0..SMALL_ITEMS {
+        let v = q.get().await?;
+        assert_eq!(v, i);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    p.join().await?;
+    Ok(SMALL_ITEMS as f64 / secs)
+}
+
+async fn queue_big() -> mp::Result<f64> {
+    let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
+    let (go, go_child) = mp::Pipe::<u8>::new()?;
+    let mut p = mp::Process::new(queue_big_producer, (q.clone(), go_child, BIG_ITEMS))
+        .start()
+        .await?;
+    let t = Instant::now();
+    go.send(&1).await?;
+    for _ in 0..BIG_ITEMS {
+        let v = q.get().await?;
+        assert_eq!(v.len(), BIG);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    p.join().await?;
+    Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
+}
+
+async fn pipe_ping_pong(bytes: bool) -> mp::Result<f64> {
+    let (a, b) = mp::Pipe::<u64>::new()?;
+    let mut p = if bytes {
+        mp::Process::new(echo_bytes, (b,)).start().await?
+    } else {
+        mp::Process::new(echo_values, (b,)).start().await?
+    };
+    // Warm up.
+    for i in 0..1000u64 {
+        a.send(&i).await?;
+        a.recv().await?;
+    }
+    let t = Instant::now();
+    for i in 0..ROUND_TRIPS {
+        if bytes {
+            a.send_bytes(&i.to_le_bytes()).await?;
+            a.recv_bytes().await?;
+        } else {
+            a.send(&i).await?;
+            a.recv().await?;
+        }
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
+    drop(a);
+    p.join().await?;
+    Ok(us)
+}
+
+async fn pipe_big() -> mp::Result<f64> {
+    let (a, b) = mp::Pipe::<serde_bytes::ByteBuf>::new()?;
+    let mut p = mp::Process::new(pipe_big_sender, (b, BIG_ITEMS))
+        .start()
+        .await?;
+    let t = Instant::now();
+    a.send(&serde_bytes::ByteBuf::new()).await?;
+    for _ in 0..BIG_ITEMS {
+        let v = a.recv().await?;
+        assert_eq!(v.len(), BIG);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    p.join().await?;
+    Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
+}
+
+/// Baseline: the same ping-pong over a raw tokio socket pair, both ends in this process.
+async fn raw_ping_pong() -> std::io::Result<f64> {
+    let (mut a, mut b) = tokio::net::UnixStream::pair()?;
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 8];
+        while b.read_exact(&mut buf).await.is_ok() {
+            if b.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 8];
+    let t = Instant::now();
+    for i in 0..ROUND_TRIPS {
+        a.write_all(&i.to_le_bytes()).await?;
+        a.read_exact(&mut buf).await?;
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
+    drop(a);
+    let _ = echo.await;
+    Ok(us)
+}
+
+/// Baseline: 1 MiB writes streamed over a raw tokio socket pair inside this process.
+async fn raw_stream() -> std::io::Result<f64> {
+    let (mut a, mut b) = tokio::net::UnixStream::pair()?;
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; BIG];
+        for _ in 0..BIG_ITEMS {
+            a.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = vec![0u8; BIG];
+    let t = Instant::now();
+    for _ in 0..BIG_ITEMS {
+        b.read_exact(&mut buf).await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    writer.await.map_err(std::io::Error::other)??;
+    Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    mp::init();
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let timeout = Duration::from_secs(120);
+        let run = async {
+            report(
+                "queue_small_msgs_per_s",
+                "Queue small items, 1 producer process -> consumer",
+                queue_small().await?,
+                "msgs/s",
+            );
+            report(
+                "queue_1mib_mb_per_s",
+                "Queue 1 MiB items",
+                queue_big().await?,
+                "MB/s",
+            );
+            report(
+                "raw_stream_mb_per_s",
+                "  baseline: raw tokio socketpair stream, 1 MiB writes",
+                raw_stream().await?,
+                "MB/s",
+            );
+            report(
+                "pipe_rtt_us",
+                "Pipe ping-pong round trip, small value",
+                pipe_ping_pong(false).await?,
+                "us",
+            );
+            report(
+                "pipe_rtt_bytes_us",
+                "Pipe ping-pong round trip, send_bytes/recv_bytes",
+                pipe_ping_pong(true).await?,
+                "us",
+            );
+            report(
+                "raw_rtt_us",
+                "  baseline: raw tokio socketpair ping-pong",
+                raw_ping_pong().await?,
+                "us",
+            );
+            report(
+                "pipe_1mib_mb_per_s",
+                "Pipe 1 MiB messages",
+                pipe_big().await?,
+                "MB/s",
+            );
+            Ok::<_, Box<dyn std::error::Error>>(())
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| "the benchmark took longer than 120 s")?
+    })
+}
