@@ -14,6 +14,15 @@ const BIG: usize = 1 << 20;
 const BIG_ITEMS: u64 = 400;
 const ROUND_TRIPS: u64 = 20_000;
 
+/// Figures to run: all, or those whose key contains one of the command-line words.
+fn wanted(key: &str) -> bool {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    words.is_empty() || words.iter().any(|w| key.contains(w.as_str()))
+}
+
 fn report(key: &str, label: &str, value: f64, unit: &str) {
     println!("{label:<52} {value:>12.2} {unit}");
     println!("RESULT {key} {value:.3}");
@@ -55,6 +64,24 @@ async fn echo_values(conn: mp::Connection<u64>) {
 async fn echo_bytes(conn: mp::Connection<u64>) {
     while let Ok(v) = conn.recv_bytes().await {
         if conn.send_bytes(&v).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Echoes 8-byte messages on the raw socket under a pipe end, with no framing.
+async fn raw_echo(conn: mp::Connection<u64>) {
+    use std::os::fd::AsFd;
+    let Ok(fd) = conn.as_fd().try_clone_to_owned() else {
+        std::process::exit(3)
+    };
+    let std = std::os::unix::net::UnixStream::from(fd);
+    let Ok(mut s) = tokio::net::UnixStream::from_std(std) else {
+        std::process::exit(3)
+    };
+    let mut buf = [0u8; 8];
+    while s.read_exact(&mut buf).await.is_ok() {
+        if s.write_all(&buf).await.is_err() {
             return;
         }
     }
@@ -175,6 +202,30 @@ async fn raw_ping_pong() -> std::io::Result<f64> {
     Ok(us)
 }
 
+/// Baseline: the same ping-pong over a raw tokio socket pair between two processes.
+async fn raw_ping_pong_processes() -> mp::Result<f64> {
+    use std::os::fd::AsFd;
+    let (a, b) = mp::Pipe::<u64>::new()?;
+    let mut p = mp::Process::new(raw_echo, (b,)).start().await?;
+    let fd = a.as_fd().try_clone_to_owned()?;
+    drop(a);
+    let mut s = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
+    let mut buf = [0u8; 8];
+    for i in 0..1000u64 {
+        s.write_all(&i.to_le_bytes()).await?;
+        s.read_exact(&mut buf).await?;
+    }
+    let t = Instant::now();
+    for i in 0..ROUND_TRIPS {
+        s.write_all(&i.to_le_bytes()).await?;
+        s.read_exact(&mut buf).await?;
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
+    drop(s);
+    p.join().await?;
+    Ok(us)
+}
+
 /// Baseline: 1 MiB writes streamed over a raw tokio socket pair inside this process.
 async fn raw_stream() -> std::io::Result<f64> {
     let (mut a, mut b) = tokio::net::UnixStream::pair()?;
@@ -206,48 +257,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async {
         let timeout = Duration::from_secs(120);
         let run = async {
-            report(
-                "queue_small_msgs_per_s",
-                "Queue small items, 1 producer process -> consumer",
-                queue_small().await?,
-                "msgs/s",
-            );
-            report(
-                "queue_1mib_mb_per_s",
-                "Queue 1 MiB items",
-                queue_big().await?,
-                "MB/s",
-            );
-            report(
-                "raw_stream_mb_per_s",
-                "  baseline: raw tokio socketpair stream, 1 MiB writes",
-                raw_stream().await?,
-                "MB/s",
-            );
-            report(
-                "pipe_rtt_us",
-                "Pipe ping-pong round trip, small value",
-                pipe_ping_pong(false).await?,
-                "us",
-            );
-            report(
-                "pipe_rtt_bytes_us",
-                "Pipe ping-pong round trip, send_bytes/recv_bytes",
-                pipe_ping_pong(true).await?,
-                "us",
-            );
-            report(
-                "raw_rtt_us",
-                "  baseline: raw tokio socketpair ping-pong",
-                raw_ping_pong().await?,
-                "us",
-            );
-            report(
-                "pipe_1mib_mb_per_s",
-                "Pipe 1 MiB messages",
-                pipe_big().await?,
-                "MB/s",
-            );
+            if wanted("queue_small_msgs_per_s") {
+                report(
+                    "queue_small_msgs_per_s",
+                    "Queue small items, 1 producer process -> consumer",
+                    queue_small().await?,
+                    "msgs/s",
+                );
+            }
+            if wanted("queue_1mib_mb_per_s") {
+                report(
+                    "queue_1mib_mb_per_s",
+                    "Queue 1 MiB items",
+                    queue_big().await?,
+                    "MB/s",
+                );
+            }
+            if wanted("raw_stream_mb_per_s") {
+                report(
+                    "raw_stream_mb_per_s",
+                    "  baseline: raw tokio socketpair stream, 1 MiB writes",
+                    raw_stream().await?,
+                    "MB/s",
+                );
+            }
+            if wanted("pipe_rtt_us") {
+                report(
+                    "pipe_rtt_us",
+                    "Pipe ping-pong round trip, small value",
+                    pipe_ping_pong(false).await?,
+                    "us",
+                );
+            }
+            if wanted("pipe_rtt_bytes_us") {
+                report(
+                    "pipe_rtt_bytes_us",
+                    "Pipe ping-pong round trip, send_bytes/recv_bytes",
+                    pipe_ping_pong(true).await?,
+                    "us",
+                );
+            }
+            if wanted("raw_rtt_us") {
+                report(
+                    "raw_rtt_us",
+                    "  baseline: raw tokio socketpair ping-pong",
+                    raw_ping_pong().await?,
+                    "us",
+                );
+            }
+            if wanted("raw_rtt_processes_us") {
+                report(
+                    "raw_rtt_processes_us",
+                    "  baseline: raw tokio socketpair ping-pong, 2 processes",
+                    raw_ping_pong_processes().await?,
+                    "us",
+                );
+            }
+            if wanted("pipe_1mib_mb_per_s") {
+                report(
+                    "pipe_1mib_mb_per_s",
+                    "Pipe 1 MiB messages",
+                    pipe_big().await?,
+                    "MB/s",
+                );
+            }
             Ok::<_, Box<dyn std::error::Error>>(())
         };
         tokio::time::timeout(timeout, run)

@@ -261,24 +261,55 @@ impl<T> Connection<T> {
         }
     }
 
+    /// Whether a frame (or end of stream) is at hand without reading the socket.
+    fn buffered(&self) -> Result<bool> {
+        let mut st = self.state();
+        if !st.stash.is_empty() || st.eof {
+            return Ok(true);
+        }
+        if let Some(f) = st.buf.next_frame()? {
+            st.stash.push_back(f);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Reads the socket once. Returns `None` if it had nothing (would block), else whether a
+    /// frame or end of stream is now at hand and whether the read drained the socket.
+    fn read_some(&self) -> Result<Option<(bool, bool)>> {
+        let mut st = self.state();
+        let (n, short) = loop {
+            match st.buf.read_once_short(self.fd.as_fd()) {
+                Ok(r) => break r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            st.eof = true;
+            return Ok(Some((true, true)));
+        }
+        match st.buf.next_frame()? {
+            Some(f) => {
+                st.stash.push_back(f);
+                Ok(Some((true, short)))
+            }
+            None => Ok(Some((false, short))),
+        }
+    }
+
     /// Reads whatever the socket holds now, without waiting; `Ok(true)` if a frame (or end
     /// of stream) is at hand.
     fn fill_now(&self) -> Result<bool> {
-        let mut st = self.state();
         loop {
-            if !st.stash.is_empty() || st.eof {
+            if self.buffered()? {
                 return Ok(true);
             }
-            if let Some(f) = st.buf.next_frame()? {
-                st.stash.push_back(f);
-                return Ok(true);
-            }
-            match st.buf.read_once(self.fd.as_fd()) {
-                Ok(0) => st.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+            match self.read_some()? {
+                Some((true, _)) => return Ok(true),
+                Some((false, _)) => {}
+                None => return Ok(false),
             }
         }
     }
@@ -298,23 +329,26 @@ impl<T> Connection<T> {
         Ok(None)
     }
 
-    /// Waits until a frame (or end of stream) is at hand.
+    /// Waits until a frame (or end of stream) is at hand. A read that drains the socket
+    /// clears the reactor's readiness at once, so the next wait costs no failed read.
     async fn ready(&self) -> Result<()> {
         self.check_readable()?;
-        if self.fill_now()? {
+        if self.buffered()? {
             return Ok(());
         }
         let io = self.io()?;
         loop {
             let mut guard = io.readable().await?;
-            match guard.try_io(|_| match self.fill_now() {
-                Ok(true) => Ok(Ok(())),
-                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Ok(Err(e)),
-            }) {
-                Ok(Ok(r)) => return r,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_would_block) => continue,
+            match self.read_some()? {
+                Some((frame, short)) => {
+                    if short {
+                        guard.clear_ready();
+                    }
+                    if frame {
+                        return Ok(());
+                    }
+                }
+                None => guard.clear_ready(),
             }
         }
     }

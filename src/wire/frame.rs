@@ -244,6 +244,14 @@ impl RecvBuf {
         res
     }
 
+    /// Like [`read_once`](Self::read_once), and also says whether the read came back short,
+    /// that is, whether the socket had no more bytes at that moment.
+    pub(crate) fn read_once_short(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
+        let room = self.spare().len();
+        let n = self.read_once(fd)?;
+        Ok((n, n < room))
+    }
+
     /// Reads the next frame from a blocking descriptor.
     pub(crate) fn recv_blocking(&mut self, fd: BorrowedFd<'_>) -> Result<Frame> {
         loop {
