@@ -85,6 +85,9 @@ pub const UNBOUNDED_CAPACITY: usize = 32 * 1024;
 /// The largest `maxsize` a queue may have.
 pub const MAX_MAXSIZE: usize = 1 << 22;
 
+/// Encoding buffers up to this size are kept for the next item.
+const KEEP_ENCODE_BUFFER: usize = 64 * 1024 * 1024;
+
 /// The send buffer a queue's socket asks for, in bytes.
 const SEND_BUFFER: usize = 32 * 1024 * 1024;
 
@@ -556,13 +559,30 @@ impl<T> Queue<T> {
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn encode(item: &T) -> Result<Item> {
-        let mut bytes = vec![KIND_INLINE];
+        thread_local! {
+            /// Reused for encoding, so that large items do not fault in fresh pages each time.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => {
+                let r = Queue::encode_with(&mut buf, item);
+                if buf.capacity() > KEEP_ENCODE_BUFFER {
+                    *buf = Vec::new();
+                }
+                r
+            }
+            Err(_) => Queue::encode_with(&mut Vec::new(), item),
+        })
+    }
+
+    fn encode_with(bytes: &mut Vec<u8>, item: &T) -> Result<Item> {
+        bytes.clear();
+        bytes.push(KIND_INLINE);
         let mut fds = Vec::new();
-        codec::encode_into(&mut bytes, &mut fds, item)?;
+        codec::encode_into(bytes, &mut fds, item)?;
         let body = bytes.len() - 1;
         if fds.is_empty() && body <= SLOT_DATA {
-            bytes.remove(0);
-            return Ok(Item::Small(bytes));
+            return Ok(Item::Small(bytes[1..].to_vec()));
         }
         let max = max_frame_size();
         if body > max {
@@ -582,7 +602,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             )));
         }
         if body <= INLINE_MAX {
-            return Ok(Item::Packet(bytes, fds));
+            return Ok(Item::Packet(bytes.clone(), fds));
         }
         let file = sys::sealed_memfd(&[&bytes[1..]])?;
         let mut head = vec![KIND_SPILLED];
@@ -607,8 +627,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 let file = fds.pop_front().ok_or_else(|| {
                     Error::Protocol("a spilled queue item arrived without its file".into())
                 })?;
-                let body = sys::read_memfd(file.as_fd(), len as usize)?;
-                codec::decode(&body, fds.into())
+                let view = sys::SealedView::map(file.as_fd(), len as usize)?;
+                codec::decode(view.bytes(), fds.into())
             }
             _ => Err(Error::Protocol(
                 "a queue packet of an unknown kind arrived".into(),

@@ -140,27 +140,78 @@ pub(crate) fn sealed_memfd(parts: &[&[u8]]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads `len` bytes from the start of a memfd made by [`sealed_memfd`]. A file shorter
-/// than `len` is an error.
-pub(crate) fn read_memfd(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
-    let size = nix::sys::stat::fstat(fd)?.st_size;
-    if usize::try_from(size).ok() != Some(len) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a spilled item announces {len} bytes but its file holds {size}"),
-        ));
+/// A read-only view of a memfd made by [`sealed_memfd`], mapped whole.
+#[derive(Debug)]
+pub(crate) struct SealedView {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl SealedView {
+    /// Maps the `len` bytes of a sealed memfd; a file of another size, or one that is not
+    /// sealed against writing and shrinking, is refused (its bytes could change or vanish
+    /// under us).
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedView> {
+        let size = nix::sys::stat::fstat(fd)?.st_size;
+        if usize::try_from(size).ok() != Some(len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a spilled item announces {len} bytes but its file holds {size}"),
+            ));
+        }
+        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a spilled item's file is not sealed",
+            ));
+        }
+        let Some(nz) = std::num::NonZeroUsize::new(len) else {
+            return Ok(SealedView {
+                ptr: std::ptr::NonNull::dangling(),
+                len: 0,
+            });
+        };
+        // SAFETY: a fresh read-only private mapping of `len` bytes of a file that is exactly
+        // that long and sealed against writes and shrinking (checked above), so the bytes
+        // stay valid and unchanged; it aliases no Rust object and is unmapped in `drop`.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                nz,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_POPULATE,
+                fd,
+                0,
+            )
+        }?;
+        Ok(SealedView {
+            ptr: ptr.cast(),
+            len,
+        })
     }
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match nix::sys::uio::pread(fd, &mut buf[done..], done as libc::off_t) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+
+    /// The file's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes that nobody can change (see `map`) for as
+        // long as `self` lives; for `len == 0` it is a dangling, aligned, non-null pointer.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: the view is read-only memory that no one can write (the file is sealed).
+unsafe impl Send for SealedView {}
+// SAFETY: as above.
+unsafe impl Sync for SealedView {}
+
+impl Drop for SealedView {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping was made in `map` with this address and length, and no
+            // borrow of it outlives `self`.
+            let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
         }
     }
-    Ok(buf)
 }
 
 /// Fills `buf` with random bytes from the kernel (`getrandom(2)`).

@@ -18,7 +18,7 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
-    eventfd, eventfd_add, fill_random, grow_send_buffer, read_memfd, recv_packet, sealed_memfd,
+    SealedView, eventfd, eventfd_add, fill_random, grow_send_buffer, recv_packet, sealed_memfd,
     shutdown_socket, socketpair_seqpacket,
 };
 pub(crate) use proc::{
