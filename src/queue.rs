@@ -12,10 +12,15 @@
 //!
 //! Items that do not fit a slot ([`SLOT_DATA`] bytes of MessagePack) or that hold
 //! descriptors (a pipe end, another queue) travel through a Unix `SOCK_SEQPACKET` socket
-//! pair instead, one packet per item, and the ring gets a *marker* in their place. The packet
-//! is sent before its marker is published, and whoever takes a marker receives one packet:
-//! since the socket is FIFO and every packet precedes its marker, a consumer never meets an
-//! item before an earlier item of the same producer. A packet carries up to 64 KiB; a larger
+//! pair instead, one packet per item, and the ring gets a *marker* in their place: whoever
+//! takes a marker receives one packet. Producers send a packet and publish its marker while
+//! holding the *packet lock*, a cross-process mutex (an `EFD_SEMAPHORE` eventfd holding 1 when
+//! free, awaited on the reactor), so packets sit in the socket in the order of their markers
+//! in the ring and the k-th marker taken gets the k-th packet: a consumer never meets an
+//! item before an earlier item of the same producer. (Without the lock, a packet sent before
+//! ours whose marker lands after ours would be taken in our place, and our later small items
+//! could overtake our large one.) Consumers need no lock: the socket hands each packet to one
+//! of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
 //! item is written to a memfd, sealed against change, and the packet carries that file's
 //! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet.
 //!
@@ -157,6 +162,7 @@ enum Item {
 /// The queue's descriptors as registered with one runtime's reactor.
 struct Reactor {
     tx: AsyncFd<Arc<OwnedFd>>,
+    lock: AsyncFd<Arc<OwnedFd>>,
     items: AsyncFd<Arc<OwnedFd>>,
     space: AsyncFd<Arc<OwnedFd>>,
     done: Option<AsyncFd<Arc<OwnedFd>>>,
@@ -169,6 +175,7 @@ struct Inner {
     maxsize: usize,
     items: Arc<OwnedFd>,
     space: Arc<OwnedFd>,
+    lock: Arc<OwnedFd>,
     done: Option<Arc<OwnedFd>>,
     closed: AtomicBool,
     reactor: Mutex<Option<Arc<Reactor>>>,
@@ -236,6 +243,19 @@ impl Drop for Waiter<'_> {
     }
 }
 
+/// The packet lock: a cross-process mutex (an `EFD_SEMAPHORE` eventfd holding 1 when free)
+/// that keeps packets in the socket in the order of their markers in the ring. Released on
+/// drop.
+struct PacketLock(Arc<OwnedFd>);
+
+impl Drop for PacketLock {
+    fn drop(&mut self) {
+        if let Err(e) = sys::eventfd_add(self.0.as_fd(), 1) {
+            tracing::debug!("cannot release a queue's packet lock: {e}");
+        }
+    }
+}
+
 impl<T> Queue<T> {
     fn make(maxsize: usize, joinable: bool) -> Result<Queue<T>> {
         if maxsize > MAX_MAXSIZE {
@@ -265,6 +285,7 @@ impl<T> Queue<T> {
             maxsize,
             sys::eventfd(0, false)?,
             sys::eventfd(0, false)?,
+            sys::eventfd(1, true)?,
             done,
         ))
     }
@@ -276,6 +297,7 @@ impl<T> Queue<T> {
         maxsize: usize,
         items: OwnedFd,
         space: OwnedFd,
+        lock: OwnedFd,
         done: Option<Arc<OwnedFd>>,
     ) -> Queue<T> {
         Queue {
@@ -286,6 +308,7 @@ impl<T> Queue<T> {
                 maxsize,
                 items: Arc::new(items),
                 space: Arc::new(space),
+                lock: Arc::new(lock),
                 done,
                 closed: AtomicBool::new(false),
                 reactor: Mutex::new(None),
@@ -368,6 +391,7 @@ impl<T> Queue<T> {
         let reg = |fd: &Arc<OwnedFd>, i| sys::register_shared(fd.clone(), i);
         let new = Arc::new(Reactor {
             tx: reg(&self.inner.tx, Interest::WRITABLE)?,
+            lock: reg(&self.inner.lock, Interest::READABLE)?,
             items: reg(&self.inner.items, Interest::READABLE)?,
             space: reg(&self.inner.space, Interest::READABLE)?,
             done: self
@@ -471,49 +495,74 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Publishes the marker of a packet already sent. It must happen whatever becomes of the
-    /// caller, so when the ring is full it is finished by a task (or thread) of its own.
-    async fn push_marker(&self) -> Result<()> {
+    /// Takes the packet lock now, if it is free.
+    fn try_lock(&self) -> Result<Option<PacketLock>> {
+        match sys::eventfd_take(self.inner.lock.as_fd()) {
+            Ok(_) => Ok(Some(PacketLock(self.inner.lock.clone()))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the packet lock, waiting for it on the reactor.
+    async fn lock(&self, r: &Reactor) -> Result<PacketLock> {
+        loop {
+            let mut g = r.lock.readable().await?;
+            match g.try_io(|_| sys::eventfd_take(self.inner.lock.as_fd())) {
+                Ok(Ok(_)) => return Ok(PacketLock(self.inner.lock.clone())),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Publishes the marker of a packet just sent, still under the packet lock. It must
+    /// happen whatever becomes of the caller, so if small items filled the ring meanwhile,
+    /// a task (or, outside a runtime, a thread) of its own finishes it, holding the lock.
+    fn push_marker(&self, lock: PacketLock) -> Option<tokio::task::JoinHandle<Result<()>>> {
         if self.try_push(None) {
-            return Ok(());
+            drop(lock);
+            return None;
         }
         let q: Queue<()> = Queue {
             inner: self.inner.clone(),
             _t: PhantomData,
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => h
-                .spawn(async move {
-                    let r = q.reactor()?;
-                    q.push_waiting(&r, None).await
-                })
-                .await
-                .map_err(|e| Error::Io(io::Error::other(e)))?,
+            Ok(h) => Some(h.spawn(async move {
+                let r = q.reactor()?;
+                let res = q.push_waiting(&r, None).await;
+                drop(lock);
+                res
+            })),
             Err(_) => {
                 std::thread::spawn(move || {
                     while !q.try_push(None) {
                         let _w = Waiter::new(q.word(W_PROD_WAITERS));
                         q.word(W_PROD_NOTIFY).store(0, Ordering::SeqCst);
                         if q.try_push(None) {
-                            return;
+                            break;
                         }
                         // A blocking wait on the eventfd: this thread has nothing else to do.
                         let _ = sys::poll_readable(&[q.inner.space.as_fd()], None);
                     }
+                    drop(lock);
                 });
-                Ok(())
+                None
             }
         }
     }
 
     /// Puts an encoded item, waiting for room. Cancel safe: a small item is published in one
-    /// step; a packet, once sent, always gets its marker.
+    /// step; a packet is sent and its marker published under the packet lock, and once the
+    /// packet is sent its marker always follows.
     async fn put_item(&self, item: &Item) -> Result<()> {
         self.check_open()?;
         let r = self.reactor()?;
         match item {
             Item::Small(b) => self.push_waiting(&r, Some(b)).await,
             Item::Packet(bytes, fds) => {
+                let lock = self.lock(&r).await?;
                 let cap = self.inner.ring.capacity();
                 if self.inner.ring.len() >= cap {
                     self.wait_until(&r.space, W_PROD_WAITERS, W_PROD_NOTIFY, || {
@@ -522,7 +571,10 @@ impl<T> Queue<T> {
                     .await?;
                 }
                 self.send_packet(&r, bytes, fds).await?;
-                self.push_marker().await
+                match self.push_marker(lock) {
+                    None => Ok(()),
+                    Some(task) => task.await.map_err(|e| Error::Io(io::Error::other(e)))?,
+                }
             }
         }
     }
@@ -729,6 +781,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     }
                 }
                 Item::Packet(bytes, fds) => {
+                    // A producer holding the packet lock may be waiting for room: full.
+                    let Some(lock) = self.try_lock()? else {
+                        return Err(Error::Full);
+                    };
                     if self.inner.ring.len() >= self.inner.ring.capacity() {
                         return Err(Error::Full);
                     }
@@ -743,10 +799,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                             Err(e) => return Err(e.into()),
                         }
                     }
-                    if !self.try_push(None) {
-                        // The ring filled up since we looked: the marker must still go in.
-                        futures::executor::block_on(self.push_marker())?;
-                    }
+                    // If the ring filled up since we looked, the marker goes in as soon as
+                    // there is room, from a task of its own.
+                    let _ = self.push_marker(lock);
                     Ok(())
                 }
             }
@@ -863,6 +918,7 @@ impl<T> Serialize for Queue<T> {
             FdRef(i.ring.fd()),
             FdRef(i.items.as_fd()),
             FdRef(i.space.as_fd()),
+            FdRef(i.lock.as_fd()),
             i.done.as_ref().map(|f| FdRef(f.as_fd())),
         )
             .serialize(s)
@@ -878,9 +934,10 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             FdOwned,
             FdOwned,
             FdOwned,
+            FdOwned,
             Option<FdOwned>,
         );
-        let (maxsize, tx, rx, ring, items, space, done) = Parts::deserialize(d)?;
+        let (maxsize, tx, rx, ring, items, space, lock, done) = Parts::deserialize(d)?;
         let ring = sys::ShmRing::open(ring.0).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
         let expected = if maxsize == 0 {
@@ -900,6 +957,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             maxsize,
             items.0,
             space.0,
+            lock.0,
             done.map(|f| Arc::new(f.0)),
         ))
     }

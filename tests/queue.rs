@@ -94,6 +94,26 @@ async fn put_big(q: mp::Queue<Vec<u8>>, count: u8, len: u64) {
     // Returning ends the process at once: nothing may be left to flush.
 }
 
+type Mixed = (u8, u32, Vec<u8>);
+
+/// Item `seq` of a mixed stream: by turns a small item (a ring slot), a medium one (a socket
+/// packet) and a large one (spilled to a memfd).
+fn mixed_len(seq: u32) -> usize {
+    match seq % 3 {
+        0 => 0,
+        1 => 2_000,
+        _ => 100_000,
+    }
+}
+
+async fn produce_mixed(q: mp::Queue<Mixed>, id: u8, n: u32) {
+    for seq in 0..n {
+        if q.put((id, seq, vec![id; mixed_len(seq)])).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
 async fn put_after_signal(q: mp::Queue<u64>, done: mp::Connection<u8>) {
     if q.put(7).await.is_err() {
         std::process::exit(3);
@@ -303,6 +323,37 @@ async fn many_producers_many_consumers() -> TestResult {
     Ok(())
 }
 
+/// Each producer's order holds across the three ways an item travels (ring slot, socket
+/// packet, memfd), with several producers interleaving.
+async fn mixed_sizes_keep_each_producers_order() -> TestResult {
+    const N: u32 = 300;
+    let q = mp::Queue::<Mixed>::new()?;
+    let mut producers = Vec::new();
+    for id in 0..3u8 {
+        producers.push(start(produce_mixed, (q.clone(), id, N)).await?);
+    }
+    let mut next = [0u32; 3];
+    for _ in 0..3 * N {
+        let (id, seq, payload) = q.get_timeout(Duration::from_secs(20)).await?;
+        let i = usize::from(id);
+        ensure!(
+            seq == next[i],
+            "producer {id}: got {seq}, expected {}",
+            next[i]
+        );
+        ensure!(
+            payload.len() == mixed_len(seq) && payload.iter().all(|&b| b == id),
+            "producer {id}, item {seq}: payload damaged"
+        );
+        next[i] += 1;
+    }
+    for p in &mut producers {
+        join_ok(p).await?;
+    }
+    ensure!(q.empty(), "drained");
+    Ok(())
+}
+
 /// gh-73983 / bpo-30414 (`test_queue_feeder_donot_stop_onexc`, `_TestQueue.test_get` after
 /// join): a producer of large items exits right after `put` and is joined before anything is
 /// taken; nothing is lost and the join does not wait for a consumer.
@@ -459,6 +510,10 @@ fn main() {
         test(
             "join_producer_before_draining_many_items",
             join_producer_before_draining_many_items,
+        ),
+        test(
+            "mixed_sizes_keep_each_producers_order",
+            mixed_sizes_keep_each_producers_order,
         ),
         test(
             "queue_carries_queues_and_pipes",

@@ -101,6 +101,16 @@ pub(crate) fn eventfd(initial: u32, semaphore: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Takes from an eventfd: 1 for a semaphore, the whole count otherwise. `WouldBlock` at 0.
+pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    let n = nix::unistd::read(fd, &mut b)?;
+    if n != 8 {
+        return Err(io::Error::other("short read from an eventfd"));
+    }
+    Ok(u64::from_ne_bytes(b))
+}
+
 /// Adds `n` to an eventfd's count.
 pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
     nix::unistd::write(fd, &n.to_ne_bytes())?;

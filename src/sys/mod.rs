@@ -18,8 +18,8 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
-    SealedView, eventfd, eventfd_add, fill_random, grow_send_buffer, recv_packet, sealed_memfd,
-    shutdown_socket, socketpair_seqpacket,
+    SealedView, eventfd, eventfd_add, eventfd_take, fill_random, grow_send_buffer, recv_packet,
+    sealed_memfd, shutdown_socket, socketpair_seqpacket,
 };
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
