@@ -182,6 +182,18 @@ struct Inner {
     rbuf: Mutex<Vec<u8>>,
 }
 
+/// What a queue is made of, new or received.
+struct Parts {
+    tx: OwnedFd,
+    rx: OwnedFd,
+    ring: sys::ShmRing,
+    maxsize: usize,
+    items: OwnedFd,
+    space: OwnedFd,
+    lock: OwnedFd,
+    done: Option<Arc<OwnedFd>>,
+}
+
 /// A process-safe FIFO queue (Python's `multiprocessing.Queue`).
 ///
 /// Clones share one queue within a process; passing it to another process (as a `Process`
@@ -278,28 +290,29 @@ impl<T> Queue<T> {
         } else {
             None
         };
-        Ok(Queue::assemble(
+        Ok(Queue::assemble(Parts {
             tx,
             rx,
-            sys::ShmRing::new(capacity as u64)?,
+            ring: sys::ShmRing::new(capacity as u64)?,
             maxsize,
-            sys::eventfd(0, false)?,
-            sys::eventfd(0, false)?,
-            sys::eventfd(1, true)?,
+            items: sys::eventfd(0, false)?,
+            space: sys::eventfd(0, false)?,
+            lock: sys::eventfd(1, true)?,
             done,
-        ))
+        }))
     }
 
-    fn assemble(
-        tx: OwnedFd,
-        rx: OwnedFd,
-        ring: sys::ShmRing,
-        maxsize: usize,
-        items: OwnedFd,
-        space: OwnedFd,
-        lock: OwnedFd,
-        done: Option<Arc<OwnedFd>>,
-    ) -> Queue<T> {
+    fn assemble(p: Parts) -> Queue<T> {
+        let Parts {
+            tx,
+            rx,
+            ring,
+            maxsize,
+            items,
+            space,
+            lock,
+            done,
+        } = p;
         Queue {
             inner: Arc::new(Inner {
                 tx: Arc::new(tx),
@@ -927,7 +940,7 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        type Parts = (
+        type Wire = (
             u64,
             FdOwned,
             FdOwned,
@@ -937,7 +950,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             FdOwned,
             Option<FdOwned>,
         );
-        let (maxsize, tx, rx, ring, items, space, lock, done) = Parts::deserialize(d)?;
+        let (maxsize, tx, rx, ring, items, space, lock, done) = Wire::deserialize(d)?;
         let ring = sys::ShmRing::open(ring.0).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
         let expected = if maxsize == 0 {
@@ -950,16 +963,16 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 "a queue arrived whose ring does not match its maxsize",
             ));
         }
-        Ok(Queue::assemble(
-            tx.0,
-            rx.0,
+        Ok(Queue::assemble(Parts {
+            tx: tx.0,
+            rx: rx.0,
             ring,
             maxsize,
-            items.0,
-            space.0,
-            lock.0,
-            done.map(|f| Arc::new(f.0)),
-        ))
+            items: items.0,
+            space: space.0,
+            lock: lock.0,
+            done: done.map(|f| Arc::new(f.0)),
+        }))
     }
 }
 
