@@ -392,6 +392,9 @@ impl<T> Connection<T> {
     /// [`Error::Closed`] if the other end is gone; [`Error::FrameTooLarge`] above the
     /// maximum frame size; an I/O error otherwise.
     ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
     /// # Cancel safety
     /// Not cancel safe: a large message dropped midway leaves part of a frame on the socket,
     /// after which the stream is unusable. Send from a task that is not cancelled.
@@ -406,6 +409,9 @@ impl<T> Connection<T> {
     /// [`Error::Closed`] once every holder of the other end has closed it or exited and all
     /// messages have been received; [`Error::Protocol`] if the stream ends inside a message.
     ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
     /// # Cancel safety
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>> {
@@ -418,6 +424,9 @@ impl<T> Connection<T> {
     ///
     /// # Errors
     /// An I/O or protocol error from the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
     /// This method is cancel safe: it takes no message.
@@ -449,6 +458,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// [`Error::Closed`] if the other end is gone; [`Error::Encode`] if the value cannot be
     /// encoded (nothing is sent); [`Error::FrameTooLarge`] above the maximum frame size.
     ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
     /// # Cancel safety
     /// Not cancel safe: a large message dropped midway leaves part of a frame on the socket,
     /// after which the stream is unusable. Send from a task that is not cancelled.
@@ -464,6 +476,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// a `T` (the message is consumed, the connection stays usable); [`Error::Protocol`] if
     /// the stream ends inside a message.
     ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
     /// # Cancel safety
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv(&self) -> Result<T> {
@@ -477,6 +492,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     ///
     /// # Errors
     /// As [`recv`](Self::recv), and [`Error::Timeout`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`recv`](Self::recv).

@@ -157,6 +157,18 @@ async fn worker_task_done(q: mp::JoinableQueue<Option<u64>>, out: mp::Queue<u64>
     }
 }
 
+async fn put_on_signal(q: mp::Queue<u64>, go: mp::Connection<u8>) {
+    if go.recv().await.is_err() || q.put(42).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 async fn simple_put(q: mp::SimpleQueue<String>) {
     if q.put("simple".to_string()).await.is_err() {
         std::process::exit(3);
@@ -386,6 +398,68 @@ async fn join_producer_before_draining_many_items() -> TestResult {
     Ok(())
 }
 
+/// Runs in a child of its own (so that no other test's threads come and go): on a
+/// single-threaded runtime, a pending `get` leaves the thread free to signal the producer,
+/// starts no thread, and gets its item through the reactor. Exits 0 on success.
+fn pending_get_child() {
+    let run = || -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let q = mp::Queue::<u64>::new().map_err(|e| e.to_string())?;
+            let (go, go_child) = mp::Pipe::<u8>::new().map_err(|e| e.to_string())?;
+            let mut p = mp::Process::new(put_on_signal, (q.clone(), go_child))
+                .start()
+                .await
+                .map_err(|e| e.to_string())?;
+            let threads = thread_count();
+            let getter = {
+                let q = q.clone();
+                tokio::spawn(async move { q.get().await })
+            };
+            // The getter runs until it waits; this thread must be free again at once.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            if getter.is_finished() {
+                return Err("get returned before anything was put".into());
+            }
+            if thread_count() != threads {
+                return Err(format!(
+                    "a pending get changed the thread count from {threads} to {}",
+                    thread_count()
+                ));
+            }
+            go.send(&1).await.map_err(|e| e.to_string())?;
+            let got = tokio::time::timeout(Duration::from_secs(20), getter)
+                .await
+                .map_err(|_| "the item never arrived".to_string())?
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            p.join().await.map_err(|e| e.to_string())?;
+            if got == 42 {
+                Ok(())
+            } else {
+                Err(format!("got {got}"))
+            }
+        })
+    };
+    if let Err(e) = run() {
+        eprintln!("{e}");
+        std::process::exit(4);
+    }
+}
+
+/// Awaiting `get` parks no thread and starts none (checked in a child of its own).
+async fn pending_get_parks_no_thread() -> TestResult {
+    let mut p = start(pending_get_child, ()).await?;
+    let code = p.join_timeout(Duration::from_secs(40)).await?;
+    ensure!(code == Some(0), "the check ended with {code:?}");
+    Ok(())
+}
+
 /// A queue and a pipe end sent through a queue keep working in the process that got them.
 async fn queue_carries_queues_and_pipes() -> TestResult {
     let carrier = mp::Queue::new()?;
@@ -519,6 +593,7 @@ fn main() {
             "queue_carries_queues_and_pipes",
             queue_carries_queues_and_pipes,
         ),
+        test("pending_get_parks_no_thread", pending_get_parks_no_thread),
         test("joinable_task_done_and_join", joinable_task_done_and_join),
         test("simple_queue", simple_queue),
         test("closed_queue_errors", closed_queue_errors),
