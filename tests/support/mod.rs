@@ -27,7 +27,7 @@ where
             .enable_all()
             .build()
             .map_err(|e| Failed::from(format!("runtime: {e}")))?;
-        match rt.block_on(async { tokio::time::timeout(TEST_TIMEOUT, body()).await }) {
+        match rt.block_on(async move { tokio::time::timeout(TEST_TIMEOUT, body()).await }) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failed::from(e.to_string())),
             Err(_) => Err(Failed::from(format!("timed out after {TEST_TIMEOUT:?}"))),
