@@ -83,6 +83,7 @@ impl Process {
             launch: Encoded::new(&args).map(|args| Launch {
                 name: format!("Process-{n}"),
                 entry: process_entry::<F, A, M>(),
+                is_async: F::IS_ASYNC,
                 args,
                 daemon: false,
                 method: start::get_start_method(),

@@ -65,6 +65,9 @@ pub trait Target<Args, Marker>: Copy + Send + Sync + 'static {
     type Output: Send + 'static;
 
     #[doc(hidden)]
+    const IS_ASYNC: bool;
+
+    #[doc(hidden)]
     fn __invoke(self, args: Args) -> Invoked<Self::Output>;
 
     #[doc(hidden)]
@@ -79,6 +82,7 @@ macro_rules! targets {
             R: Serialize + Send + 'static,
         {
             type Output = R;
+            const IS_ASYNC: bool = false;
 
             #[allow(non_snake_case)]
             fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<R> {
@@ -97,6 +101,7 @@ macro_rules! targets {
             Fut::Output: Serialize + Send + 'static,
         {
             type Output = Fut::Output;
+            const IS_ASYNC: bool = true;
 
             #[allow(non_snake_case)]
             fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<Fut::Output> {

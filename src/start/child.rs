@@ -77,7 +77,7 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     }
     tracing::debug!(name = %boot.name, "child bootstrapped");
     let fds = std::mem::take(&mut frame.fds);
-    let code = run_entry(entry(frame.body(), fds));
+    let code = run_entry(entry(frame.body(), fds), None);
     drop(sock);
     std::process::exit(code)
 }
@@ -112,18 +112,25 @@ fn refuse(sock: &OwnedFd, r: BootReply) -> ! {
 /// Runs a target to the end and returns the exit code: 0, or 1 after a panic (whose message
 /// the panic hook has printed) or undecodable arguments.
 ///
-/// An `async fn` target runs on a fresh current-thread runtime; if this thread is already
-/// inside a runtime (`#[tokio::main]` called `init()`), on a thread of its own.
-pub(crate) fn run_entry(invoked: Invoked<Result<(), Failure>>) -> i32 {
+/// An `async fn` target runs on `runtime` if given, else on a fresh current-thread runtime;
+/// if this thread is already inside a runtime (`#[tokio::main]` called `init()`, or a forked
+/// child), on a thread of its own.
+pub(crate) fn run_entry(
+    invoked: Invoked<Result<(), Failure>>,
+    runtime: Option<tokio::runtime::Runtime>,
+) -> i32 {
     let result = match invoked {
         Invoked::Ready(r) => r,
         Invoked::Pending(fut) => {
-            let run = move || match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(fut),
-                Err(e) => Err(Failure::Args(Error::Io(e))),
+            let run = move || {
+                let rt = match runtime {
+                    Some(rt) => rt,
+                    None => match fresh_runtime() {
+                        Ok(rt) => rt,
+                        Err(e) => return Err(Failure::Args(Error::Io(e))),
+                    },
+                };
+                rt.block_on(fut)
             };
             if tokio::runtime::Handle::try_current().is_ok() {
                 match std::thread::Builder::new().name("target".into()).spawn(run) {
@@ -145,6 +152,13 @@ pub(crate) fn run_entry(invoked: Invoked<Result<(), Failure>>) -> i32 {
             1
         }
     }
+}
+
+/// The runtime an `async fn` target runs on in a child.
+pub(crate) fn fresh_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Called on every start: a process that still has the bootstrap variable is a child whose

@@ -6,23 +6,29 @@
 //! for `exec` and the program's start-up. The server reaps its children itself and writes
 //! each one's exit code to a pipe whose read end the parent holds.
 //!
-//! The server ends when the parent does: EOF on its control socket, and the parent-death
-//! signal. Its children die with it (their parent-death signal), so none outlives the parent.
+//! The parent talks to the server from the launcher thread, with blocking I/O bounded by
+//! `poll` deadlines, so the server serves every runtime of the program alike and outlives
+//! any of them. The server ends when the parent does: EOF on its control socket, and the
+//! parent-death signal. Its children die with it (their parent-death signal), so none
+//! outlives the parent.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use super::children::{Child, ExitSource};
-use super::{Launch, StartMethod, boot, child, launcher};
+use super::launcher::{on_launcher, spawn_now};
+use super::{Launch, StartMethod, boot, child};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::process_entry_for;
-use crate::wire::{
-    FrameBuf, FrameReader, FrameWriter, Hello, PassFd, RecvBuf, framed, into_stream,
-};
+use crate::wire::frame::send_blocking;
+use crate::wire::{Encoded, FrameBuf, Hello, PassFd, RecvBuf};
+
+/// How long the server may take to answer one request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ForkRequest {
@@ -39,20 +45,29 @@ enum ForkReply {
     Failed(String),
 }
 
+/// The parent's handle on the server. Used on the launcher thread only.
 struct Server {
-    rd: FrameReader,
-    wr: FrameWriter,
-    _child: Child,
+    control: OwnedFd,
+    rb: RecvBuf,
+    pid: i32,
+    pidfd: OwnedFd,
+    _boot: OwnedFd,
 }
 
-static SERVER: Mutex<Option<Server>> = Mutex::const_new(None);
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
-async fn start_server() -> Result<Server> {
-    let (ours, theirs) = sys::socketpair_stream()?;
-    let launch = Launch {
+fn serve_entry(control: PassFd) {
+    serve(control.0)
+}
+
+/// Starts the server: a `spawn` child running [`serve`]. On the launcher thread.
+fn start_server() -> Result<Server> {
+    let (control, control_theirs) = sys::socketpair_stream()?;
+    let mut launch = Launch {
         name: "ForkServer".into(),
         entry: process_entry_for::<_, (PassFd,), _>(serve_entry),
-        args: crate::wire::Encoded::new(&(PassFd(theirs),))?,
+        is_async: false,
+        args: Encoded::new(&(PassFd(control_theirs),))?,
         daemon: true,
         method: StartMethod::Spawn,
         start_timeout: Duration::from_secs(60),
@@ -60,65 +75,69 @@ async fn start_server() -> Result<Server> {
         hello: Hello::ours(),
         track_at_exit: false,
     };
-    let child = launcher::launch_spawn(launch).await?;
-    let (rd, wr) = framed(into_stream(ours)?);
+    let frame = boot::boot_frame(&mut launch)?;
+    let (boot_ours, boot_theirs) = sys::socketpair_stream()?;
+    let (pid, pidfd) = spawn_now(boot_theirs, false)?;
+    boot::handshake_blocking(&boot_ours, pid, &pidfd, &launch, frame)?;
+    tracing::debug!(pid, "fork server started");
     Ok(Server {
-        rd,
-        wr,
-        _child: child,
+        control,
+        rb: RecvBuf::new(),
+        pid,
+        pidfd,
+        _boot: boot_ours,
     })
 }
 
-fn serve_entry(control: PassFd) {
-    serve(control.0)
-}
-
 /// Asks the server (started on first use) to fork a child on `boot`. Returns the child's
-/// pid, its pidfd and the read end of its status pipe.
-async fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
-    // The exchange runs in a task of its own: if the caller is cancelled midway, the request
-    // and its reply still pair up, and the server stays usable.
-    let task = tokio::spawn(async move {
-        let mut guard = SERVER.lock().await;
-        let server = match guard.as_mut() {
-            Some(s) => s,
-            None => guard.insert(start_server().await?),
-        };
-        let exchange = async {
-            server
-                .wr
-                .send(&mut FrameBuf::of(&ForkRequest { boot: PassFd(boot) })?)
-                .await?;
-            server.rd.recv().await?.decode::<ForkReply>()
-        };
-        match exchange.await {
-            Ok(ForkReply::Forked { pid, pidfd, status }) => Ok((pid, pidfd.0, status.0)),
-            Ok(ForkReply::Failed(m)) => Err(Error::Io(std::io::Error::other(format!(
-                "the fork server could not fork: {m}"
-            )))),
-            Err(e) => {
-                *guard = None;
-                Err(Error::Io(std::io::Error::other(format!(
-                    "the fork server is gone ({e}); it will be restarted on the next start"
-                ))))
-            }
+/// pid, its pidfd and the read end of its status pipe. On the launcher thread.
+fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
+    let mut guard = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+    let server = match guard.as_mut() {
+        Some(s) => s,
+        None => guard.insert(start_server()?),
+    };
+    let exchange = |s: &mut Server| -> Result<ForkReply> {
+        send_blocking(
+            s.control.as_fd(),
+            &mut FrameBuf::of(&ForkRequest { boot: PassFd(boot) })?,
+        )?;
+        let ready = sys::poll_readable(&[s.control.as_fd(), s.pidfd.as_fd()], Some(REPLY_TIMEOUT))?;
+        if !ready[0] {
+            return Err(Error::Protocol(if ready[1] {
+                "the fork server died".into()
+            } else {
+                format!("the fork server did not answer within {REPLY_TIMEOUT:?}")
+            }));
         }
-    });
-    task.await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("fork request failed: {e}"))))?
+        s.rb.recv_blocking(s.control.as_fd())?.decode::<ForkReply>()
+    };
+    match exchange(server) {
+        Ok(ForkReply::Forked { pid, pidfd, status }) => Ok((pid, pidfd.0, status.0)),
+        Ok(ForkReply::Failed(m)) => Err(Error::Io(std::io::Error::other(format!(
+            "the fork server could not fork: {m}"
+        )))),
+        Err(e) => {
+            if let Some(s) = guard.take() {
+                sys::kill_pid(s.pid);
+                let _ = sys::wait_pid_blocking(s.pid);
+            }
+            Err(Error::Io(std::io::Error::other(format!(
+                "the fork server failed ({e}); it will be restarted on the next start"
+            ))))
+        }
+    }
 }
 
 /// Starts a child with the `forkserver` method.
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
+    let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let (pid, pidfd, status) = request_fork(theirs).await?;
+    let (pid, pidfd, status) = on_launcher(move || request_fork(theirs)).await??;
     sys::set_nonblocking(status.as_fd(), true)?;
-    let mut child = Child::new(
-        pid,
-        pidfd,
-        ExitSource::Pipe(sys::register_owned(status, tokio::io::Interest::READABLE)?),
-    )?;
-    let keepalive = boot::handshake(ours, &mut child, &mut launch).await?;
+    let status = sys::register_owned(status, tokio::io::Interest::READABLE)?;
+    let mut child = Child::new(pid, pidfd, ExitSource::Pipe(status))?;
+    let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));
     }
@@ -177,7 +196,7 @@ fn serve(control: OwnedFd) {
             };
             match FrameBuf::of(&reply) {
                 Ok(mut f) => {
-                    if crate::wire::frame::send_blocking(control.as_fd(), &mut f).is_err() {
+                    if send_blocking(control.as_fd(), &mut f).is_err() {
                         return;
                     }
                 }

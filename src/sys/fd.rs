@@ -170,3 +170,29 @@ pub(crate) fn register_shared(
     // holds one; an `Arc<OwnedFd>` always returns the same number.
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
 }
+
+/// The descriptors open in this process, from `/proc/self/fd` (without the one used to
+/// read that directory).
+pub(crate) fn open_fds() -> io::Result<Vec<RawFd>> {
+    use nix::dir::Dir;
+    let mut dir = Dir::open(
+        "/proc/self/fd",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let own = dir.as_raw_fd();
+    let mut fds = Vec::new();
+    for entry in dir.iter() {
+        if let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            if fd != own {
+                fds.push(fd);
+            }
+        }
+    }
+    Ok(fds)
+}

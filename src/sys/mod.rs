@@ -11,8 +11,9 @@ mod ident;
 mod proc;
 
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, read_fd, recv_with_fds, register_owned,
-    register_shared, send_with_fds, set_nonblocking, socketpair_stream, write_all_fd,
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, open_fds, read_fd, recv_with_fds,
+    register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
+    write_all_fd,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use proc::{

@@ -65,6 +65,12 @@ impl FrameBuf {
         self.fds.extend(e.fds);
     }
 
+    /// Fails if the frame could not be sent: a body over the maximum frame size, or too
+    /// many descriptors.
+    pub(crate) fn check_size(&mut self) -> Result<()> {
+        self.seal()
+    }
+
     /// Fills in the header; fails if the body exceeds the maximum frame size.
     fn seal(&mut self) -> Result<()> {
         let body = self.buf.len() - HEADER_LEN;

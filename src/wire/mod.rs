@@ -8,6 +8,7 @@ pub(crate) mod handshake;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(crate) use codec::{Encoded, PassFd};
+#[allow(unused_imports)] // the halves are for the pool and connections
 pub(crate) use frame::{FrameBuf, FrameReader, FrameWriter, RecvBuf, framed, into_stream};
 pub(crate) use handshake::Hello;
 
