@@ -45,11 +45,19 @@ pub enum Invoked<R> {
 ///
 /// A closure that captures variables cannot cross: pass the values as arguments instead.
 ///
-/// ```compile_fail
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```compile_fail,E0080
 /// let name = String::from("bob");
-/// // error: a capturing closure is not a target
-/// tokio_multiprocessing::Process::new(move |()| println!("{name}"), ()).start().await?;
+/// // error: "a target must be a `fn` item or a closure that captures nothing: ..."
+/// let process = tokio_multiprocessing::Process::new(move || println!("{name}"), ());
+/// ```
+///
+/// The same closure without the capture is a target:
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// tokio_multiprocessing::Process::new(|name: String| println!("{name}"), ("bob".to_string(),))
+///     .start()
+///     .await?;
 /// # Ok(()) }
 /// ```
 #[diagnostic::on_unimplemented(
@@ -60,7 +68,7 @@ pub enum Invoked<R> {
             `args=(...)`, with arguments and result that implement serde's traits; pass \
             captured values as arguments instead"
 )]
-pub trait Target<Args, Marker>: Copy + Send + Sync + 'static {
+pub trait Target<Args, Marker>: Send + Sync + 'static {
     /// What the function returns (for an `async fn`, what its future resolves to).
     type Output: Send + 'static;
 

@@ -25,7 +25,7 @@ fn anchor_addr() -> usize {
 /// compile when [`FnZst::conjure`] is instantiated for it. On stable Rust only `fn` items,
 /// closures and `fn` pointers implement `Fn`, and only the first two (capturing nothing, or
 /// only zero-sized values) can be zero-sized.
-pub(crate) trait FnZst<Args, R>: Copy + 'static {
+pub(crate) trait FnZst<Args, R>: 'static {
     /// The one value of this type.
     fn conjure() -> Self;
 }
@@ -34,7 +34,7 @@ macro_rules! fn_zst {
     ($($a:ident),*) => {
         impl<F, R, $($a),*> FnZst<($($a,)*), R> for F
         where
-            F: Fn($($a),*) -> R + Copy + 'static,
+            F: Fn($($a),*) -> R + 'static,
         {
             fn conjure() -> Self {
                 const {
@@ -48,8 +48,8 @@ macro_rules! fn_zst {
                 }
                 // SAFETY: `F` is zero-sized (asserted above) and implements `Fn`, so it is a
                 // `fn` item or a closure whose captures are all zero-sized: there are no bytes
-                // to initialise, and the value is `Copy`, so producing one duplicates nothing
-                // that the program could rely on being unique.
+                // to initialise. The value is made in another process than the one that held
+                // the original, so it duplicates nothing within a process.
                 unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
             }
         }
