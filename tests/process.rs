@@ -85,6 +85,14 @@ fn main() {
             "child_returning_before_init_fails_the_start",
             child_returning_before_init_fails_the_start,
         ),
+        test(
+            "descriptors_travel_as_arguments",
+            descriptors_travel_as_arguments,
+        ),
+        test(
+            "argv_is_passed_only_when_asked",
+            argv_is_passed_only_when_asked,
+        ),
         test("example_process_hello", example_process_hello),
         test("example_process_per_cpu", example_process_per_cpu),
     ])
@@ -228,6 +236,20 @@ fn fd_probe() {
         }
     });
     std::process::exit(code)
+}
+
+/// Writes a greeting into a socket it was handed, and keeps the other descriptors it got.
+fn write_into(sock: mp::Fd, file: mp::Fd, greeting: String) {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::from(sock.into_owned());
+    let mut f = std::fs::File::from(file.into_owned());
+    let ok = s.write_all(greeting.as_bytes()).is_ok() && f.write_all(b"file ok").is_ok();
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// Exits with the number of command-line arguments it received.
+fn count_args() {
+    std::process::exit(std::env::args_os().count() as i32)
 }
 
 // ---------------------------------------------------------------- tests
@@ -493,15 +515,75 @@ async fn no_descriptor_leaks() -> TestResult {
     Ok(())
 }
 
+async fn descriptors_travel_as_arguments() -> TestResult {
+    use std::io::Read;
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let path =
+            std::env::temp_dir().join(format!("tkmp-fd-{}-{}", std::process::id(), m.name()));
+        let file = std::fs::File::create(&path)?;
+        let args = (
+            mp::Fd::from(std::os::fd::OwnedFd::from(theirs)),
+            mp::Fd::from(std::os::fd::OwnedFd::from(file)),
+            format!("hello over {}", m.name()),
+        );
+        let mut p = Process::new(write_into, args)
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(
+            p.join().await? == 0,
+            "{m:?}: the child could not use its descriptors"
+        );
+        // Our copy of the child's end went with the arguments: EOF comes once the child exits.
+        let mut got = String::new();
+        ours.set_read_timeout(Some(Duration::from_secs(10)))?;
+        ours.read_to_string(&mut got)?;
+        ensure!(
+            got == format!("hello over {}", m.name()),
+            "{m:?}: read {got:?}"
+        );
+        let written = std::fs::read_to_string(&path)?;
+        let _ = std::fs::remove_file(&path);
+        ensure!(written == "file ok", "{m:?}: file holds {written:?}");
+    }
+    Ok(())
+}
+
+async fn argv_is_passed_only_when_asked() -> TestResult {
+    let (status, out, err) = run_helper_args("argv", &["one", "two"]).await?;
+    ensure!(status.success(), "helper failed: {err}");
+    ensure!(
+        out.trim() == "plain=1 inherited=3",
+        "argument counts: {out}"
+    );
+    Ok(())
+}
+
 // ------------------------------------------- tests that re-execute this binary as a parent
 
-/// Runs this test binary in helper `mode`, with `timeout`, and returns (status, stdout, stderr).
-async fn run_helper(
+type HelperOutput = (std::process::ExitStatus, String, String);
+type Boxed = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs this test binary in helper `mode` with environment `extra`; returns its exit status,
+/// stdout and stderr.
+async fn run_helper(mode: &str, extra: &[(&str, String)]) -> Result<HelperOutput, Boxed> {
+    run_helper_with(mode, extra, &[]).await
+}
+
+async fn run_helper_args(mode: &str, args: &[&str]) -> Result<HelperOutput, Boxed> {
+    run_helper_with(mode, &[], args).await
+}
+
+async fn run_helper_with(
     mode: &str,
     extra: &[(&str, String)],
-) -> Result<(std::process::ExitStatus, String, String), Box<dyn std::error::Error + Send + Sync>> {
+    args: &[&str],
+) -> Result<HelperOutput, Boxed> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-    cmd.env("TKMP_TEST_MODE", mode).kill_on_drop(true);
+    cmd.env("TKMP_TEST_MODE", mode)
+        .args(args)
+        .kill_on_drop(true);
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -647,6 +729,19 @@ fn helper(mode: &str) -> ! {
                     .unwrap();
                 println!("pids={},{},{}", a.pid(), b.pid(), c.pid());
                 std::future::pending::<()>().await;
+            }
+            "argv" => {
+                let mut a = Process::new(count_args, ()).start().await.unwrap();
+                let mut b = Process::new(count_args, ())
+                    .inherit_argv(true)
+                    .start()
+                    .await
+                    .unwrap();
+                println!(
+                    "plain={} inherited={}",
+                    a.join().await.unwrap(),
+                    b.join().await.unwrap()
+                );
             }
             "exit-handler" => {
                 let d = Process::new(sleep_for, (600_000,))
