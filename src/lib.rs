@@ -37,7 +37,6 @@
 #![warn(missing_docs)]
 
 mod error;
-mod fd;
 mod process;
 mod start;
 mod sys;
@@ -45,11 +44,10 @@ mod task;
 mod wire;
 
 pub use error::{Error, ExitCause, Result};
-pub use fd::Fd;
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
 pub use task::Target;
-pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
+pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
 
 /// Hooks for the benchmarks' baselines; not part of the API.
 #[doc(hidden)]

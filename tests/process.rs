@@ -324,6 +324,7 @@ async fn terminate_gives_minus_sigterm() -> TestResult {
     // _TestProcess.test_terminate
     for m in METHODS {
         let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
             .start_method(m)
             .start()
             .await?;
@@ -339,6 +340,7 @@ async fn kill_gives_minus_sigkill() -> TestResult {
     // _TestProcess.test_kill
     for m in METHODS {
         let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
             .start_method(m)
             .start()
             .await?;
@@ -351,6 +353,7 @@ async fn kill_gives_minus_sigkill() -> TestResult {
 async fn join_timeout_leaves_a_running_child() -> TestResult {
     for m in METHODS {
         let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
             .start_method(m)
             .start()
             .await?;
@@ -376,6 +379,7 @@ async fn sentinel_becomes_readable_at_exit() -> TestResult {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     for m in METHODS {
         let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
             .start_method(m)
             .start()
             .await?;

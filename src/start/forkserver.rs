@@ -25,23 +25,19 @@ use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::process_entry_for;
 use crate::wire::frame::send_blocking;
-use crate::wire::{Encoded, FrameBuf, Hello, PassFd, RecvBuf};
+use crate::wire::{Encoded, Fd, FrameBuf, Hello, RecvBuf};
 
 /// How long the server may take to answer one request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ForkRequest {
-    boot: PassFd,
+    boot: Fd,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum ForkReply {
-    Forked {
-        pid: i32,
-        pidfd: PassFd,
-        status: PassFd,
-    },
+    Forked { pid: i32, pidfd: Fd, status: Fd },
     Failed(String),
 }
 
@@ -56,8 +52,8 @@ struct Server {
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
-fn serve_entry(control: PassFd) {
-    serve(control.0)
+fn serve_entry(control: Fd) {
+    serve(control.into_owned())
 }
 
 /// Starts the server: a `spawn` child running [`serve`]. On the launcher thread.
@@ -65,9 +61,9 @@ fn start_server() -> Result<Server> {
     let (control, control_theirs) = sys::socketpair_stream()?;
     let mut launch = Launch {
         name: "ForkServer".into(),
-        entry: process_entry_for::<_, (PassFd,), _>(serve_entry),
+        entry: process_entry_for::<_, (Fd,), _>(serve_entry),
         is_async: false,
-        args: Encoded::new(&(PassFd(control_theirs),))?,
+        args: Encoded::new(&(Fd::from(control_theirs),))?,
         daemon: true,
         method: StartMethod::Spawn,
         start_timeout: Duration::from_secs(60),
@@ -100,7 +96,9 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
     let exchange = |s: &mut Server| -> Result<ForkReply> {
         send_blocking(
             s.control.as_fd(),
-            &mut FrameBuf::of(&ForkRequest { boot: PassFd(boot) })?,
+            &mut FrameBuf::of(&ForkRequest {
+                boot: Fd::from(boot),
+            })?,
         )?;
         let ready = sys::poll_readable(&[s.control.as_fd(), s.pidfd.as_fd()], Some(REPLY_TIMEOUT))?;
         if !ready[0] {
@@ -113,7 +111,9 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
         s.rb.recv_blocking(s.control.as_fd())?.decode::<ForkReply>()
     };
     match exchange(server) {
-        Ok(ForkReply::Forked { pid, pidfd, status }) => Ok((pid, pidfd.0, status.0)),
+        Ok(ForkReply::Forked { pid, pidfd, status }) => {
+            Ok((pid, pidfd.into_owned(), status.into_owned()))
+        }
         Ok(ForkReply::Failed(m)) => Err(Error::Io(std::io::Error::other(format!(
             "the fork server could not fork: {m}"
         )))),
@@ -191,7 +191,7 @@ fn serve(control: OwnedFd) {
                 }
             };
             let reply = match frame.decode::<ForkRequest>() {
-                Ok(req) => fork_one(me, req.boot.0, &mut kids),
+                Ok(req) => fork_one(me, req.boot.into_owned(), &mut kids),
                 Err(e) => ForkReply::Failed(e.to_string()),
             };
             match FrameBuf::of(&reply) {
@@ -229,8 +229,8 @@ fn fork_one(me: i32, boot: OwnedFd, kids: &mut Vec<Forked>) -> ForkReply {
             let reply = match sys::dup_fd(pidfd.as_fd()) {
                 Ok(dup) => ForkReply::Forked {
                     pid,
-                    pidfd: PassFd(dup),
-                    status: PassFd(status_r),
+                    pidfd: Fd::from(dup),
+                    status: Fd::from(status_r),
                 },
                 Err(e) => ForkReply::Failed(e.to_string()),
             };

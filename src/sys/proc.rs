@@ -146,8 +146,14 @@ pub(crate) fn try_wait_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
 /// Waits for our child `pid` to exit and reaps it, blocking the calling thread. For the fork
 /// server (single-threaded, no runtime) and for the exit handler.
 pub(crate) fn wait_pid_blocking(pid: i32) -> io::Result<i32> {
+    wait_until_exited(|| waitpid(Pid::from_raw(pid), None))
+}
+
+/// Repeats a blocking wait until it reports an exit (retrying on `EINTR` and on reports of
+/// stops and continues).
+fn wait_until_exited(mut wait: impl FnMut() -> nix::Result<WaitStatus>) -> io::Result<i32> {
     loop {
-        match waitpid(Pid::from_raw(pid), None) {
+        match wait() {
             Ok(status) => {
                 if let Some(code) = exit_code(status) {
                     return Ok(code);
@@ -268,17 +274,7 @@ pub(crate) fn poll_readable(
 
 /// Waits (blocking the thread) for our child behind `pidfd` to exit, and reaps it.
 pub(crate) fn wait_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<i32> {
-    loop {
-        match waitid(Id::PIDFd(pidfd), WaitPidFlag::WEXITED) {
-            Ok(status) => {
-                if let Some(code) = exit_code(status) {
-                    return Ok(code);
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    wait_until_exited(|| waitid(Id::PIDFd(pidfd), WaitPidFlag::WEXITED))
 }
 
 /// A bare fork whose child exits at once, reaped with `waitpid`: the floor the `fork` start

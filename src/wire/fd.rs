@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::wire::codec::{deserialize_fd, serialize_fd};
+use super::codec::{deserialize_fd, serialize_fd};
 
 /// A file descriptor (a file, a socket, a pipe end...) that can be passed to a child as an
 /// argument, like Python's `multiprocessing.reduction.send_handle` / `DupFd`.
