@@ -18,7 +18,10 @@ const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
 
 fn main() {
     let mode = std::env::var("TKMP_TEST_MODE").ok();
-    if !matches!(mode.as_deref(), Some("no-init" | "no-init-return")) {
+    if !matches!(
+        mode.as_deref(),
+        Some("no-init" | "no-init-return" | "no-init-block")
+    ) {
         mp::init();
     }
     if let Some(mode) = mode {
@@ -92,6 +95,14 @@ fn main() {
         test(
             "argv_is_passed_only_when_asked",
             argv_is_passed_only_when_asked,
+        ),
+        test(
+            "children_read_nothing_from_stdin",
+            children_read_nothing_from_stdin,
+        ),
+        test(
+            "child_stuck_before_init_hits_the_deadline",
+            child_stuck_before_init_hits_the_deadline,
         ),
         test("example_process_hello", example_process_hello),
         test("example_process_per_cpu", example_process_per_cpu),
@@ -245,6 +256,14 @@ fn write_into(sock: mp::Fd, file: mp::Fd, greeting: String) {
     let mut f = std::fs::File::from(file.into_owned());
     let ok = s.write_all(greeting.as_bytes()).is_ok() && f.write_all(b"file ok").is_ok();
     std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// Exits 0 if stdin is at end of file at once, as `/dev/null` is.
+fn read_stdin() {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    let n = std::io::stdin().read(&mut buf).unwrap_or(99);
+    std::process::exit(n as i32)
 }
 
 /// Exits with the number of command-line arguments it received.
@@ -554,6 +573,36 @@ async fn descriptors_travel_as_arguments() -> TestResult {
     Ok(())
 }
 
+async fn children_read_nothing_from_stdin() -> TestResult {
+    // The helper's stdin is a pipe we hold open and never write: a child reading the
+    // helper's stdin would block until the helper is killed.
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.env("TKMP_TEST_MODE", "stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let held_open = child.stdin.take(); // wait_with_output would close it
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await;
+    drop(held_open);
+    let out = out.map_err(|_| "a child blocked reading its parent's stdin")??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.trim() == "spawn=0 forkserver=0",
+        "exit codes of the readers: {text}"
+    );
+    Ok(())
+}
+
+async fn child_stuck_before_init_hits_the_deadline() -> TestResult {
+    let (_, out, err) = run_helper("no-init-block", &[]).await?;
+    ensure!(
+        out.contains("error=") && out.contains("within") && out.contains("init()"),
+        "stdout: {out} stderr: {err}"
+    );
+    Ok(())
+}
+
 async fn argv_is_passed_only_when_asked() -> TestResult {
     let (status, out, err) = run_helper_args("argv", &["one", "two"]).await?;
     ensure!(status.success(), "helper failed: {err}");
@@ -733,6 +782,33 @@ fn helper(mode: &str) -> ! {
                     .unwrap();
                 println!("pids={},{},{}", a.pid(), b.pid(), c.pid());
                 std::future::pending::<()>().await;
+            }
+            "stdin" => {
+                let mut a = Process::new(read_stdin, ()).start().await.unwrap();
+                let mut b = Process::new(read_stdin, ())
+                    .start_method(StartMethod::ForkServer)
+                    .start()
+                    .await
+                    .unwrap();
+                println!(
+                    "spawn={} forkserver={}",
+                    a.join().await.unwrap(),
+                    b.join().await.unwrap()
+                );
+            }
+            "no-init-block" => {
+                if std::env::var_os("TOKIO_MULTIPROCESSING_BOOT").is_some() {
+                    std::thread::sleep(Duration::from_secs(60)); // main busy before init()
+                    std::process::exit(0);
+                }
+                let r = Process::new(nothing, ())
+                    .start_timeout(Duration::from_millis(500))
+                    .start()
+                    .await;
+                match r {
+                    Ok(_) => println!("started?!"),
+                    Err(e) => println!("error={e}"),
+                }
             }
             "argv" => {
                 let mut a = Process::new(count_args, ()).start().await.unwrap();

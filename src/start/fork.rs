@@ -48,6 +48,9 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
             sys::exit_now(1);
         }
         child::die_with_parent(me);
+        if let Err(e) = sys::stdin_from_dev_null() {
+            eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
+        }
         let crate::wire::Encoded { bytes, fds } = launch.args;
         let code = child::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)

@@ -4,8 +4,10 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::fcntl::OFlag;
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::Mode;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
@@ -14,6 +16,7 @@ use super::cvt;
 /// The path that always names the executable this process is running, even if the file
 /// was replaced or removed since.
 const SELF_EXE: &CStr = c"/proc/self/exe";
+const DEV_NULL: &CStr = c"/dev/null";
 
 /// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec
 /// (every other descriptor of ours is close-on-exec). Returns the child's pid.
@@ -28,6 +31,10 @@ pub(crate) fn spawn_exe(
     let mut actions = PosixSpawnFileActions::init()?;
     // A dup2 onto itself clears close-on-exec in the child only (POSIX, glibc >= 2.29).
     actions.add_dup2(inherit.as_raw_fd(), inherit.as_raw_fd())?;
+    if inherit.as_raw_fd() != 0 {
+        // Children read nothing from the parent's stdin, as in Python.
+        actions.add_open(0, DEV_NULL, OFlag::O_RDONLY, Mode::empty())?;
+    }
     let mut attr = PosixSpawnAttr::init()?;
     attr.set_sigmask(&SigSet::empty())?;
     let mut defaults = SigSet::empty();
@@ -284,4 +291,16 @@ pub(crate) fn fork_and_reap() -> io::Result<()> {
         Some(pid) => wait_pid_blocking(pid).map(drop),
         None => exit_now(0),
     }
+}
+
+/// Points stdin at `/dev/null` (a forked child reads nothing of its parent's input).
+pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
+    let null = nix::fcntl::open(DEV_NULL, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut stdin = std::mem::ManuallyDrop::new(
+        // SAFETY: descriptor 0 is only borrowed as the target of dup2, which replaces it
+        // atomically; ManuallyDrop keeps this wrapper from closing it afterwards.
+        unsafe { OwnedFd::from_raw_fd(0) },
+    );
+    nix::unistd::dup2(&null, &mut stdin)?;
+    Ok(())
 }
