@@ -168,6 +168,38 @@ impl Process {
     }
 }
 
+/// Python's repr: `<Process(Process-1, started)>`, `<Process(Process-1, stopped[SIGTERM])>`.
+/// The state is what is known without a system call: call [`Process::is_alive`] or
+/// [`Process::exitcode`] first to refresh it.
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.child.known_exitcode() {
+            None => "started".to_string(),
+            Some(0) => "stopped".to_string(),
+            Some(c) if c < 0 => match sys::signal_name(-c) {
+                Some(name) => format!("stopped[{name}]"),
+                None => format!("stopped[{c}]"),
+            },
+            Some(c) => format!("stopped[{c}]"),
+        };
+        let daemon = if self.daemon { ", daemon" } else { "" };
+        write!(f, "<Process({}, {state}{daemon})>", self.name)
+    }
+}
+
+/// Python's repr of a process not started: `<Process(Process-1, initial)>`.
+impl std::fmt::Display for ProcessBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.launch {
+            Ok(l) => {
+                let daemon = if l.daemon { ", daemon" } else { "" };
+                write!(f, "<Process({}, initial{daemon})>", l.name)
+            }
+            Err(e) => write!(f, "<Process(invalid: {e})>"),
+        }
+    }
+}
+
 impl AsFd for Process {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sentinel()

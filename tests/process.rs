@@ -106,6 +106,8 @@ fn main() {
         ),
         test("example_process_hello", example_process_hello),
         test("example_process_per_cpu", example_process_per_cpu),
+        test("example_process_hello_bob", example_process_hello_bob),
+        test("example_process_methods", example_process_methods),
     ])
 }
 
@@ -924,6 +926,27 @@ async fn example_process_per_cpu() -> TestResult {
     );
     ensure!(
         out.contains("sum of squares below 1000: 332833500"),
+        "output: {out}"
+    );
+    Ok(())
+}
+
+async fn example_process_hello_bob() -> TestResult {
+    let out = run_example("process_hello_bob").await?;
+    ensure!(out == "hello bob\n", "output: {out:?}");
+    Ok(())
+}
+
+async fn example_process_methods() -> TestResult {
+    let out = run_example("process_methods").await?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines.len() == 4
+            && lines[0].starts_with("<Process(Process-")
+            && lines[0].ends_with(", initial)>")
+            && lines[1].ends_with(", started)> true")
+            && lines[2].ends_with(", stopped[SIGTERM])> false")
+            && lines[3] == "true",
         "output: {out}"
     );
     Ok(())

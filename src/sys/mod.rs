@@ -19,8 +19,8 @@ pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resol
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
     fork_and_reap, fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open,
-    pidfd_send_signal, pipe_cloexec, poll_readable, set_parent_death_signal, spawn_exe,
-    stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
+    pidfd_send_signal, pipe_cloexec, poll_readable, set_parent_death_signal, signal_name,
+    spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
 };
 
 use std::io;

@@ -304,3 +304,8 @@ pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
     nix::unistd::dup2(&null, &mut stdin)?;
     Ok(())
 }
+
+/// The name of signal `n` (`"SIGTERM"`), if it is one.
+pub(crate) fn signal_name(n: i32) -> Option<&'static str> {
+    Signal::try_from(n).ok().map(Signal::as_str)
+}
