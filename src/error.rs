@@ -126,6 +126,11 @@ pub enum Error {
         /// How it ended.
         cause: ExitCause,
     },
+
+    /// A manager could not carry out a request (an index out of range, say: Python's
+    /// `IndexError` raised through a proxy).
+    #[error("manager: {0}")]
+    Manager(String),
 }
 
 /// Hex form of a fingerprint, for messages.

@@ -1,6 +1,7 @@
 //! `Process`: Python's `multiprocessing.Process`, awaited on tokio.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::process::Termination;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -49,7 +50,8 @@ impl Process {
     /// `target` is a `fn` item or a closure that captures nothing; `args` is a tuple of 0 to
     /// 6 values that implement serde's traits (pipe ends, queues and other objects of this
     /// crate included), passed as Python passes `args=(...)`. An `async fn` target runs on a
-    /// runtime of the child's own. The target's return value is dropped, as in Python; a panic
+    /// runtime of the child's own. The target returns what `main` may return: `()`, or a
+    /// `Result` whose `Err` is printed on the child's stderr and gives exit code 1. A panic
     /// prints its message on the child's stderr and gives exit code 1.
     ///
     /// Arguments are encoded here; an argument that cannot be encoded makes
@@ -75,6 +77,7 @@ impl Process {
     pub fn new<F, A, M>(target: F, args: A) -> ProcessBuilder
     where
         F: Target<A, M>,
+        F::Output: Termination,
         A: Serialize + DeserializeOwned,
     {
         let _ = target;

@@ -31,6 +31,10 @@ fn main() {
         test("exit_code_zero_after_return", exit_code_zero_after_return),
         test("exit_code_passed_to_exit", exit_code_passed_to_exit),
         test(
+            "results_give_exit_codes_as_main",
+            results_give_exit_codes_as_main,
+        ),
+        test(
             "arguments_of_many_types_arrive",
             arguments_of_many_types_arrive,
         ),
@@ -117,6 +121,14 @@ fn nothing() {}
 
 fn exit_with(code: i32) {
     std::process::exit(code)
+}
+
+fn returns_err(reason: String) -> Result<(), String> {
+    Err(reason)
+}
+
+async fn returns_exit_code(code: u8) -> std::process::ExitCode {
+    std::process::ExitCode::from(code)
 }
 
 fn sleep_for(ms: u64) {
@@ -296,6 +308,22 @@ async fn exit_code_passed_to_exit() -> TestResult {
                 .await?;
             ensure!(p.join().await? == code, "{m:?}: exit({code})");
         }
+    }
+    Ok(())
+}
+
+async fn results_give_exit_codes_as_main() -> TestResult {
+    for m in METHODS {
+        let mut p = Process::new(returns_err, ("expected failure".to_string(),))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.join().await? == 1, "{m:?}: an Err result");
+        let mut p = Process::new(returns_exit_code, (42,))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.join().await? == 42, "{m:?}: an ExitCode result");
     }
     Ok(())
 }

@@ -109,14 +109,15 @@ fn refuse(sock: &OwnedFd, r: BootReply) -> ! {
     fail(format!("refusing to run the target: {msg}"))
 }
 
-/// Runs a target to the end and returns the exit code: 0, or 1 after a panic (whose message
-/// the panic hook has printed) or undecodable arguments.
+/// Runs a target to the end and returns the exit code: what its result reports (0 for `()`
+/// or `Ok`, 1 for an `Err`, which is printed), or 1 after a panic (whose message the panic
+/// hook has printed) or undecodable arguments.
 ///
 /// An `async fn` target runs on `runtime` if given, else on a fresh current-thread runtime;
 /// if this thread is already inside a runtime (`#[tokio::main]` called `init()`, or a forked
 /// child), on a thread of its own.
 pub(crate) fn run_entry(
-    invoked: Invoked<Result<(), Failure>>,
+    invoked: Invoked<Result<i32, Failure>>,
     runtime: Option<tokio::runtime::Runtime>,
 ) -> i32 {
     let result = match invoked {
@@ -145,7 +146,7 @@ pub(crate) fn run_entry(
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(Failure::Panicked(_)) => 1,
         Err(Failure::Args(e)) => {
             eprintln!("tokio-multiprocessing child {}: {e}", sys::current_pid());

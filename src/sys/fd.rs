@@ -196,3 +196,14 @@ pub(crate) fn open_fds() -> io::Result<Vec<RawFd>> {
     }
     Ok(fds)
 }
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec and blocking: each
+/// `sendmsg` arrives whole, as one message, even when many processes send on one end.
+pub(crate) fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}

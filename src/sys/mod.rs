@@ -10,6 +10,7 @@ mod fd;
 mod ident;
 mod proc;
 
+pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, open_fds, read_fd, recv_with_fds,
     register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
