@@ -18,6 +18,25 @@ const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
 
 fn main() {
     let mode = std::env::var("TKMP_TEST_MODE").ok();
+    if mode.as_deref() == Some("runtime-before-init") {
+        // As `#[tokio::main]` does: the runtime (signal driver included) exists before init().
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            mp::init();
+            for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+                let mut p = Process::new(async_exit, (4,))
+                    .start_method(m)
+                    .start()
+                    .await
+                    .unwrap();
+                print!("{}={} ", m.name(), p.join().await.unwrap());
+            }
+        });
+        std::process::exit(0);
+    }
     if !matches!(
         mode.as_deref(),
         Some("no-init" | "no-init-return" | "no-init-block")
@@ -103,6 +122,10 @@ fn main() {
         test(
             "children_read_nothing_from_stdin",
             children_read_nothing_from_stdin,
+        ),
+        test(
+            "async_targets_under_a_runtime_built_before_init",
+            async_targets_under_a_runtime_built_before_init,
         ),
         test(
             "child_stuck_before_init_hits_the_deadline",
@@ -620,6 +643,16 @@ async fn children_read_nothing_from_stdin() -> TestResult {
     ensure!(
         text.trim() == "spawn=0 forkserver=0",
         "exit codes of the readers: {text}"
+    );
+    Ok(())
+}
+
+async fn async_targets_under_a_runtime_built_before_init() -> TestResult {
+    let (status, out, err) = run_helper("runtime-before-init", &[]).await?;
+    ensure!(status.success(), "helper failed: {err}");
+    ensure!(
+        out.trim() == "spawn=5 forkserver=5",
+        "exit codes: {out} stderr: {err}"
     );
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! parent-death signal. Its children die with it (their parent-death signal), so none
 //! outlives the parent.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -155,6 +155,12 @@ struct Forked {
 /// socket and on every child's pidfd; forks on request, reaps and reports on exit.
 fn serve(control: OwnedFd) {
     let me = sys::current_pid();
+    // What the server had before serving (stdio, and the runtime `#[tokio::main]` built
+    // before `init()`, whose process-wide signal pipe a child's own runtime needs) stays open
+    // in its children; what it opened since (this control socket, other children's pidfds
+    // and status pipes) does not.
+    let mut inherited = sys::open_fds().unwrap_or_default();
+    inherited.retain(|&fd| fd != control.as_raw_fd());
     let mut rb = RecvBuf::new();
     let mut kids: Vec<Forked> = Vec::new();
     loop {
@@ -191,7 +197,7 @@ fn serve(control: OwnedFd) {
                 }
             };
             let reply = match frame.decode::<ForkRequest>() {
-                Ok(req) => fork_one(me, req.boot.into_owned(), &mut kids),
+                Ok(req) => fork_one(me, req.boot.into_owned(), &inherited, &mut kids),
                 Err(e) => ForkReply::Failed(e.to_string()),
             };
             match FrameBuf::of(&reply) {
@@ -206,15 +212,18 @@ fn serve(control: OwnedFd) {
     }
 }
 
-fn fork_one(me: i32, boot: OwnedFd, kids: &mut Vec<Forked>) -> ForkReply {
+fn fork_one(me: i32, boot: OwnedFd, inherited: &[RawFd], kids: &mut Vec<Forked>) -> ForkReply {
     let pid = match sys::fork_in_server() {
         Ok(Some(pid)) => pid,
         Ok(None) => {
-            // The child: keep stdio and the bootstrap socket, close everything else (the
-            // server's control socket, other children's pidfds and pipes). The values that
-            // owned those numbers are never dropped: run_boot does not return.
-            let raw = std::os::fd::AsRawFd::as_raw_fd(&boot);
-            if let Err(e) = sys::close_all_except(&[raw]) {
+            // The child: keep what the server inherited and the bootstrap socket, close
+            // everything else (the server's control socket, other children's pidfds and
+            // pipes). The values that owned those numbers are never dropped: run_boot does
+            // not return.
+            let mut keep = inherited.to_vec();
+            keep.push(boot.as_raw_fd());
+            keep.sort_unstable();
+            if let Err(e) = sys::close_all_except(&keep) {
                 eprintln!("tokio-multiprocessing: forked child cannot close descriptors: {e}");
                 sys::exit_now(1);
             }
