@@ -44,9 +44,8 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     let mut rb = RecvBuf::new();
     let mut frame = match rb.recv_blocking(sock.as_fd()) {
         Ok(f) => f,
-        Err(Error::Closed) => {
-            fail("the parent closed the bootstrap socket before sending anything")
-        }
+        // The parent gave up on this start (its future was dropped): nothing to report.
+        Err(Error::Closed) => sys::exit_now(BOOT_FAILED),
         Err(e) => fail(format!("cannot read the bootstrap frame: {e}")),
     };
     let boot: Boot = match frame.decode_head() {
