@@ -17,11 +17,10 @@
 
 use tokio_multiprocessing as mp;
 
-async fn f(conn: mp::Connection<String>) {
-    conn.send(&"hello world".to_string())
-        .await
-        .expect("the parent is listening");
+async fn f(conn: mp::Connection<String>) -> mp::Result<()> {
+    conn.send(&"hello world".to_string()).await?;
     conn.close();
+    Ok(())
 }
 
 #[tokio::main]

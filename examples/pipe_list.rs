@@ -39,10 +39,11 @@ impl fmt::Display for Value {
     }
 }
 
-async fn f(conn: mp::Connection<Vec<Value>>) {
+async fn f(conn: mp::Connection<Vec<Value>>) -> mp::Result<()> {
     let list = vec![Value::Int(42), Value::None, Value::Str("hello".into())];
-    conn.send(&list).await.expect("the parent is listening");
+    conn.send(&list).await?;
     conn.close();
+    Ok(())
 }
 
 #[tokio::main]

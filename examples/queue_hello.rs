@@ -37,16 +37,14 @@
 
 use tokio_multiprocessing as mp;
 
-async fn foo(q: mp::Queue<String>) {
-    q.put("hello world!".to_string())
-        .await
-        .expect("the queue takes the item");
+async fn foo(q: mp::Queue<String>) -> mp::Result<()> {
+    q.put("hello world!".to_string()).await?;
+    Ok(())
 }
 
-async fn foo_ctx(q: mp::Queue<String>) {
-    q.put("hello world".to_string())
-        .await
-        .expect("the queue takes the item");
+async fn foo_ctx(q: mp::Queue<String>) -> mp::Result<()> {
+    q.put("hello world".to_string()).await?;
+    Ok(())
 }
 
 #[tokio::main]

@@ -17,11 +17,10 @@
 
 use tokio_multiprocessing as mp;
 
-async fn multiply(a: i64, b: i64, que: mp::Queue<i64>) {
-    que.put(a * b).await.expect("the queue takes the item");
-    que.put(a * (b - 1))
-        .await
-        .expect("the queue takes the item");
+async fn multiply(a: i64, b: i64, que: mp::Queue<i64>) -> mp::Result<()> {
+    que.put(a * b).await?;
+    que.put(a * (b - 1)).await?;
+    Ok(())
 }
 
 #[tokio::main]

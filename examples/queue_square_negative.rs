@@ -34,18 +34,20 @@ use std::time::Duration;
 
 use tokio_multiprocessing as mp;
 
-async fn square(numbers: Vec<i64>, queue: mp::Queue<i64>) {
+async fn square(numbers: Vec<i64>, queue: mp::Queue<i64>) -> mp::Result<()> {
     for i in numbers {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        queue.put(i * i).await.expect("the queue takes the item");
+        queue.put(i * i).await?;
     }
+    Ok(())
 }
 
-async fn make_negative(numbers: Vec<i64>, queue: mp::Queue<i64>) {
+async fn make_negative(numbers: Vec<i64>, queue: mp::Queue<i64>) -> mp::Result<()> {
     for i in numbers {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        queue.put(-i).await.expect("the queue takes the item");
+        queue.put(-i).await?;
     }
+    Ok(())
 }
 
 #[tokio::main]

@@ -30,9 +30,9 @@ impl fmt::Display for ExitCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitCause::Code(c) => write!(f, "exit code {c}"),
-            ExitCause::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
-                Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
-                Err(_) => write!(f, "signal {s}"),
+            ExitCause::Signal(s) => match crate::sys::signal_name(s) {
+                Some(name) => write!(f, "signal {s} ({name})"),
+                None => write!(f, "signal {s}"),
             },
         }
     }
@@ -126,6 +126,11 @@ pub enum Error {
         /// How it ended.
         cause: ExitCause,
     },
+
+    /// A manager could not carry out a request (an index out of range, say: Python's
+    /// `IndexError` raised through a proxy).
+    #[error("manager: {0}")]
+    Manager(String),
 
     /// A queue had no item to give within the time allowed (Python's `queue.Empty`).
     #[error("the queue is empty")]

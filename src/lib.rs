@@ -39,6 +39,7 @@
 mod connection;
 mod error;
 mod listener;
+mod manager;
 mod process;
 mod queue;
 mod start;
@@ -50,6 +51,7 @@ mod wire;
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
+pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use queue::{
     INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,
@@ -58,4 +60,21 @@ pub use queue::{
 pub use start::{StartMethod, get_start_method, init, set_start_method};
 pub use task::Target;
 pub use wait::{Waitable, wait};
-pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
+pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
+
+/// Hooks for the benchmarks' baselines; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    /// Forks a child that exits at once and reaps it (refused unless single-threaded).
+    pub fn fork_and_reap() -> std::io::Result<()> {
+        crate::sys::fork_and_reap()
+    }
+
+    /// Encodes `value` as it would cross to another process and decodes it back.
+    pub fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(
+        value: &T,
+    ) -> crate::Result<T> {
+        let e = crate::wire::Encoded::new(value)?;
+        crate::wire::codec::decode(&e.bytes, e.fds)
+    }
+}

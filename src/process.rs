@@ -1,6 +1,7 @@
 //! `Process`: Python's `multiprocessing.Process`, awaited on tokio.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::process::Termination;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -49,7 +50,8 @@ impl Process {
     /// `target` is a `fn` item or a closure that captures nothing; `args` is a tuple of 0 to
     /// 6 values that implement serde's traits (pipe ends, queues and other objects of this
     /// crate included), passed as Python passes `args=(...)`. An `async fn` target runs on a
-    /// runtime of the child's own. The target's return value is dropped, as in Python; a panic
+    /// runtime of the child's own. The target returns what `main` may return: `()`, or a
+    /// `Result` whose `Err` is printed on the child's stderr and gives exit code 1. A panic
     /// prints its message on the child's stderr and gives exit code 1.
     ///
     /// Arguments are encoded here; an argument that cannot be encoded makes
@@ -75,6 +77,7 @@ impl Process {
     pub fn new<F, A, M>(target: F, args: A) -> ProcessBuilder
     where
         F: Target<A, M>,
+        F::Output: Termination,
         A: Serialize + DeserializeOwned,
     {
         let _ = target;
@@ -83,6 +86,7 @@ impl Process {
             launch: Encoded::new(&args).map(|args| Launch {
                 name: format!("Process-{n}"),
                 entry: process_entry::<F, A, M>(),
+                is_async: F::IS_ASYNC,
                 args,
                 daemon: false,
                 method: start::get_start_method(),
@@ -164,6 +168,38 @@ impl Process {
     /// An I/O error from the kernel.
     pub fn kill(&self) -> Result<()> {
         self.child.signal(sys::SIGKILL)
+    }
+}
+
+/// Python's repr: `<Process(Process-1, started)>`, `<Process(Process-1, stopped[SIGTERM])>`.
+/// The state is what is known without a system call: call [`Process::is_alive`] or
+/// [`Process::exitcode`] first to refresh it.
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.child.known_exitcode() {
+            None => "started".to_string(),
+            Some(0) => "stopped".to_string(),
+            Some(c) if c < 0 => match sys::signal_name(-c) {
+                Some(name) => format!("stopped[{name}]"),
+                None => format!("stopped[{c}]"),
+            },
+            Some(c) => format!("stopped[{c}]"),
+        };
+        let daemon = if self.daemon { ", daemon" } else { "" };
+        write!(f, "<Process({}, {state}{daemon})>", self.name)
+    }
+}
+
+/// Python's repr of a process not started: `<Process(Process-1, initial)>`.
+impl std::fmt::Display for ProcessBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.launch {
+            Ok(l) => {
+                let daemon = if l.daemon { ", daemon" } else { "" };
+                write!(f, "<Process({}, initial{daemon})>", l.name)
+            }
+            Err(e) => write!(f, "<Process(invalid: {e})>"),
+        }
     }
 }
 

@@ -281,7 +281,11 @@ impl<T> Queue<T> {
         } else {
             maxsize
         };
+        // Each `sendmsg` is one packet and each `recvmsg` takes one whole packet, whatever
+        // the number of processes on either end.
         let (tx, rx) = sys::socketpair_seqpacket()?;
+        sys::set_nonblocking(tx.as_fd(), true)?;
+        sys::set_nonblocking(rx.as_fd(), true)?;
         if let Err(e) = sys::grow_send_buffer(tx.as_fd(), SEND_BUFFER) {
             tracing::debug!("cannot grow a queue's send buffer: {e}");
         }

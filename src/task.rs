@@ -12,9 +12,9 @@ use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::process::{ExitCode, Termination};
 
 use futures::FutureExt;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -39,17 +39,26 @@ pub enum Invoked<R> {
 /// A function that can run in another process: a `fn` item or a closure that captures
 /// nothing, taking `Args`, a tuple of 0 to 6 arguments (like Python's `args=(...)`).
 ///
-/// Implemented for every such function whose arguments are serde types and whose result is a
-/// serde type (`()` included), and for `async fn`s whose future's output is; the `Marker`
-/// parameter tells the two kinds apart and is always inferred.
+/// Implemented for every such function, and for `async fn`s; the `Marker` parameter tells
+/// the two kinds apart and is always inferred. What the result must be depends on the user:
+/// a [`Process`](crate::Process) target returns what `main` may return (`()`, or a `Result`
+/// whose error is printed and gives exit code 1).
 ///
 /// A closure that captures variables cannot cross: pass the values as arguments instead.
 ///
-/// ```compile_fail
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```compile_fail,E0080
 /// let name = String::from("bob");
-/// // error: a capturing closure is not a target
-/// tokio_multiprocessing::Process::new(move |()| println!("{name}"), ()).start().await?;
+/// // error: "a target must be a `fn` item or a closure that captures nothing: ..."
+/// let process = tokio_multiprocessing::Process::new(move || println!("{name}"), ());
+/// ```
+///
+/// The same closure without the capture is a target:
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// tokio_multiprocessing::Process::new(|name: String| println!("{name}"), ("bob".to_string(),))
+///     .start()
+///     .await?;
 /// # Ok(()) }
 /// ```
 #[diagnostic::on_unimplemented(
@@ -57,12 +66,15 @@ pub enum Invoked<R> {
     label = "not a `fn` item or non-capturing closure taking these arguments",
     note = "a target crosses to the other process by address: it must be a `fn` item or a \
             closure that captures nothing, taking its arguments as a tuple like Python's \
-            `args=(...)`, with arguments and result that implement serde's traits; pass \
-            captured values as arguments instead"
+            `args=(...)` whose items implement serde's traits; pass captured values as \
+            arguments instead"
 )]
-pub trait Target<Args, Marker>: Copy + Send + Sync + 'static {
+pub trait Target<Args, Marker>: Send + Sync + 'static {
     /// What the function returns (for an `async fn`, what its future resolves to).
     type Output: Send + 'static;
+
+    #[doc(hidden)]
+    const IS_ASYNC: bool;
 
     #[doc(hidden)]
     fn __invoke(self, args: Args) -> Invoked<Self::Output>;
@@ -76,9 +88,11 @@ macro_rules! targets {
         impl<F, R, $($a),*> Target<($($a,)*), Blocking<R>> for F
         where
             F: Fn($($a),*) -> R + FnZst<($($a,)*), R> + Send + Sync,
-            R: Serialize + Send + 'static,
+            // `Unpin` tells a plain result from an `async fn`'s future, which never is.
+            R: Unpin + Send + 'static,
         {
             type Output = R;
+            const IS_ASYNC: bool = false;
 
             #[allow(non_snake_case)]
             fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<R> {
@@ -94,9 +108,10 @@ macro_rules! targets {
         where
             F: Fn($($a),*) -> Fut + FnZst<($($a,)*), Fut> + Send + Sync,
             Fut: Future + Send + 'static,
-            Fut::Output: Serialize + Send + 'static,
+            Fut::Output: Send + 'static,
         {
             type Output = Fut::Output;
+            const IS_ASYNC: bool = true;
 
             #[allow(non_snake_case)]
             fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<Fut::Output> {
@@ -162,14 +177,24 @@ where
     }
 }
 
-/// The entry point a child calls for a `Process` target: decodes the arguments and runs the
-/// target; its result is dropped, as Python drops a target's return value.
-pub(crate) type ProcessEntry = fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<(), Failure>>;
+/// The entry point a child calls for a `Process` target: decodes the arguments, runs the
+/// target, and turns its result into an exit code as `main`'s would be.
+pub(crate) type ProcessEntry = fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<i32, Failure>>;
+
+/// The exit code `main` would give for `result`: `Termination::report`, which also prints
+/// an `Err` to stderr.
+fn exit_code_of(result: impl Termination) -> i32 {
+    let code = result.report();
+    (0..=255u8)
+        .find(|n| ExitCode::from(*n) == code)
+        .map_or(1, i32::from)
+}
 
 /// The [`ProcessEntry`] of target `F`.
 pub(crate) fn process_entry<F, A, M>() -> ProcessEntry
 where
     F: Target<A, M>,
+    F::Output: Termination,
     A: DeserializeOwned,
 {
     run_process::<F, A, M>
@@ -179,14 +204,16 @@ where
 pub(crate) fn process_entry_for<F, A, M>(_target: F) -> ProcessEntry
 where
     F: Target<A, M>,
+    F::Output: Termination,
     A: DeserializeOwned,
 {
     run_process::<F, A, M>
 }
 
-fn run_process<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<(), Failure>>
+fn run_process<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<i32, Failure>>
 where
     F: Target<A, M>,
+    F::Output: Termination,
     A: DeserializeOwned,
 {
     let args: A = match codec::decode(bytes, fds) {
@@ -194,8 +221,8 @@ where
         Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
     };
     match invoke_caught(F::__conjure(), args) {
-        Invoked::Ready(r) => Invoked::Ready(r.map(drop)),
-        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(|r| r.map(drop)))),
+        Invoked::Ready(r) => Invoked::Ready(r.map(exit_code_of)),
+        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(|r| r.map(exit_code_of)))),
     }
 }
 

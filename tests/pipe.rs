@@ -14,6 +14,7 @@ use tokio_multiprocessing as mp;
 async fn start<A, F, M>(f: F, args: A) -> mp::Result<mp::Process>
 where
     F: mp::Target<A, M>,
+    F::Output: std::process::Termination,
     A: serde::Serialize + serde::de::DeserializeOwned,
 {
     mp::Process::new(f, args).start().await

@@ -17,6 +17,7 @@ type Item = Option<(u8, u32)>;
 async fn start<A, F, M>(f: F, args: A) -> mp::Result<mp::Process>
 where
     F: mp::Target<A, M>,
+    F::Output: std::process::Termination,
     A: serde::Serialize + serde::de::DeserializeOwned,
 {
     mp::Process::new(f, args).start().await

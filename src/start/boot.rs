@@ -44,6 +44,20 @@ fn start_error(launch: &Launch, pid: i32, message: String) -> Error {
     }
 }
 
+/// Builds the bootstrap frame for `launch` (taking its arguments), and checks its size
+/// against the maximum frame size before any child exists.
+pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
+    let mut frame = FrameBuf::of(&Boot {
+        hello: launch.hello.clone(),
+        name: launch.name.clone(),
+        entry: process_entry_offset(launch.entry),
+        max_frame: max_frame_size() as u64,
+    })?;
+    frame.push_encoded(std::mem::take(&mut launch.args));
+    frame.check_size()?;
+    Ok(frame)
+}
+
 /// Sends the bootstrap frame for `launch` over `sock` and waits for the child's answer,
 /// racing its exit and the start deadline. On success returns a handle on the socket for the
 /// parent to keep: the child sees EOF on it when the parent is gone.
@@ -52,17 +66,11 @@ fn start_error(launch: &Launch, pid: i32, message: String) -> Error {
 pub(crate) async fn handshake(
     sock: OwnedFd,
     child: &mut Child,
-    launch: &mut Launch,
+    launch: &Launch,
+    mut frame: FrameBuf,
 ) -> Result<OwnedFd> {
     let pid = child.pid();
     let keepalive = sys::dup_fd(sock.as_fd())?;
-    let mut frame = FrameBuf::of(&Boot {
-        hello: launch.hello.clone(),
-        name: launch.name.clone(),
-        entry: process_entry_offset(launch.entry),
-        max_frame: max_frame_size() as u64,
-    })?;
-    frame.push_encoded(std::mem::take(&mut launch.args));
     let (mut rd, wr) = framed(into_stream(sock)?);
     let exchange = async {
         wr.send(&mut frame).await?;
@@ -107,6 +115,50 @@ pub(crate) async fn handshake(
     let _ = child.signal(sys::SIGKILL);
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     Err(err)
+}
+
+/// [`handshake`] for the launcher thread, which has no runtime: blocking I/O, with the
+/// child's exit and the deadline watched by `poll`. Kills and reaps the child on failure.
+pub(crate) fn handshake_blocking(
+    sock: &OwnedFd,
+    pid: i32,
+    pidfd: &OwnedFd,
+    launch: &Launch,
+    mut frame: FrameBuf,
+) -> Result<()> {
+    let fail = |message: String| {
+        sys::kill_pid(pid);
+        let _ = sys::wait_pid_blocking(pid);
+        start_error(launch, pid, message)
+    };
+    if let Err(e) = crate::wire::frame::send_blocking(sock.as_fd(), &mut frame) {
+        return Err(fail(format!("cannot send the bootstrap frame: {e}")));
+    }
+    let ready = sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], Some(launch.start_timeout))?;
+    if !ready[0] {
+        return Err(fail(match ready[1] {
+            true => format!("it exited before completing its bootstrap: {INIT_ADVICE}"),
+            false => format!(
+                "it did not complete its bootstrap within {:?}: {INIT_ADVICE}",
+                launch.start_timeout
+            ),
+        }));
+    }
+    match crate::wire::RecvBuf::new()
+        .recv_blocking(sock.as_fd())
+        .and_then(|f| f.decode::<BootReply>())
+    {
+        Ok(BootReply::Started) => Ok(()),
+        Ok(BootReply::Refused(reason)) => Err(fail(reason)),
+        Ok(BootReply::Mismatch { child, parent }) => {
+            let _ = fail(String::new());
+            Err(Error::BinaryMismatch {
+                ours: parent,
+                theirs: child,
+            })
+        }
+        Err(e) => Err(fail(format!("its bootstrap failed: {e}: {INIT_ADVICE}"))),
+    }
 }
 
 fn exited_early(launch: &Launch, pid: i32, code: i32) -> Error {

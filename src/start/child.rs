@@ -44,9 +44,8 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     let mut rb = RecvBuf::new();
     let mut frame = match rb.recv_blocking(sock.as_fd()) {
         Ok(f) => f,
-        Err(Error::Closed) => {
-            fail("the parent closed the bootstrap socket before sending anything")
-        }
+        // The parent gave up on this start (its future was dropped): nothing to report.
+        Err(Error::Closed) => sys::exit_now(BOOT_FAILED),
         Err(e) => fail(format!("cannot read the bootstrap frame: {e}")),
     };
     let boot: Boot = match frame.decode_head() {
@@ -77,7 +76,7 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     }
     tracing::debug!(name = %boot.name, "child bootstrapped");
     let fds = std::mem::take(&mut frame.fds);
-    let code = run_entry(entry(frame.body(), fds));
+    let code = run_entry(entry(frame.body(), fds), None);
     drop(sock);
     std::process::exit(code)
 }
@@ -109,21 +108,29 @@ fn refuse(sock: &OwnedFd, r: BootReply) -> ! {
     fail(format!("refusing to run the target: {msg}"))
 }
 
-/// Runs a target to the end and returns the exit code: 0, or 1 after a panic (whose message
-/// the panic hook has printed) or undecodable arguments.
+/// Runs a target to the end and returns the exit code: what its result reports (0 for `()`
+/// or `Ok`, 1 for an `Err`, which is printed), or 1 after a panic (whose message the panic
+/// hook has printed) or undecodable arguments.
 ///
-/// An `async fn` target runs on a fresh current-thread runtime; if this thread is already
-/// inside a runtime (`#[tokio::main]` called `init()`), on a thread of its own.
-pub(crate) fn run_entry(invoked: Invoked<Result<(), Failure>>) -> i32 {
+/// An `async fn` target runs on `runtime` if given, else on a fresh current-thread runtime;
+/// if this thread is already inside a runtime (`#[tokio::main]` called `init()`, or a forked
+/// child), on a thread of its own.
+pub(crate) fn run_entry(
+    invoked: Invoked<Result<i32, Failure>>,
+    runtime: Option<tokio::runtime::Runtime>,
+) -> i32 {
     let result = match invoked {
         Invoked::Ready(r) => r,
         Invoked::Pending(fut) => {
-            let run = move || match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(fut),
-                Err(e) => Err(Failure::Args(Error::Io(e))),
+            let run = move || {
+                let rt = match runtime {
+                    Some(rt) => rt,
+                    None => match fresh_runtime() {
+                        Ok(rt) => rt,
+                        Err(e) => return Err(Failure::Args(Error::Io(e))),
+                    },
+                };
+                rt.block_on(fut)
             };
             if tokio::runtime::Handle::try_current().is_ok() {
                 match std::thread::Builder::new().name("target".into()).spawn(run) {
@@ -138,13 +145,20 @@ pub(crate) fn run_entry(invoked: Invoked<Result<(), Failure>>) -> i32 {
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(Failure::Panicked(_)) => 1,
         Err(Failure::Args(e)) => {
             eprintln!("tokio-multiprocessing child {}: {e}", sys::current_pid());
             1
         }
     }
+}
+
+/// The runtime an `async fn` target runs on in a child.
+pub(crate) fn fresh_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Called on every start: a process that still has the bootstrap variable is a child whose

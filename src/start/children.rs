@@ -87,6 +87,11 @@ impl Child {
         self.pidfd.get_ref().as_fd()
     }
 
+    /// The exit code, if the child is known to have ended (by an earlier wait or check).
+    pub(crate) fn known_exitcode(&self) -> Option<i32> {
+        self.code
+    }
+
     /// Sends a signal, unless the child was already reaped (Python's `terminate()` on a
     /// finished process does nothing).
     pub(crate) fn signal(&self, signal: i32) -> Result<()> {

@@ -25,14 +25,34 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         message: format!("{e}; use the spawn or forkserver start method"),
     })?;
     let Some(pid) = forked else {
-        // The child.
+        // The child. An async target's runtime is built before the parent's descriptors are
+        // closed, because tokio's I/O driver clones a process-wide signal pipe; the
+        // descriptors the new runtime opened are kept. (Signals themselves are not delivered
+        // to that runtime: the pipe's sending end was the parent's.)
+        let runtime = match launch.is_async {
+            false => None,
+            true => {
+                let before = sys::open_fds().unwrap_or_default();
+                let rt = child::fresh_runtime().unwrap_or_else(|e| {
+                    eprintln!("tokio-multiprocessing: forked child cannot build a runtime: {e}");
+                    sys::exit_now(1)
+                });
+                let after = sys::open_fds().unwrap_or_default();
+                keep.extend(after.into_iter().filter(|fd| !before.contains(fd)));
+                keep.sort_unstable();
+                Some(rt)
+            }
+        };
         if let Err(e) = sys::close_all_except(&keep) {
             eprintln!("tokio-multiprocessing: forked child cannot close descriptors: {e}");
             sys::exit_now(1);
         }
         child::die_with_parent(me);
+        if let Err(e) = sys::stdin_from_dev_null() {
+            eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
+        }
         let crate::wire::Encoded { bytes, fds } = launch.args;
-        let code = child::run_entry((launch.entry)(&bytes, fds));
+        let code = child::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
     };
     let child = Child::new(pid, sys::pidfd_open(pid)?, ExitSource::Own)?;

@@ -6,53 +6,64 @@
 //! for `exec` and the program's start-up. The server reaps its children itself and writes
 //! each one's exit code to a pipe whose read end the parent holds.
 //!
-//! The server ends when the parent does: EOF on its control socket, and the parent-death
-//! signal. Its children die with it (their parent-death signal), so none outlives the parent.
+//! The parent talks to the server from the launcher thread, with blocking I/O bounded by
+//! `poll` deadlines, so the server serves every runtime of the program alike and outlives
+//! any of them. The server ends when the parent does: EOF on its control socket, and the
+//! parent-death signal. Its children die with it (their parent-death signal), so none
+//! outlives the parent.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use super::children::{Child, ExitSource};
-use super::{Launch, StartMethod, boot, child, launcher};
+use super::launcher::{on_launcher, spawn_now};
+use super::{Launch, StartMethod, boot, child};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::process_entry_for;
-use crate::wire::{
-    FrameBuf, FrameReader, FrameWriter, Hello, PassFd, RecvBuf, framed, into_stream,
-};
+use crate::wire::frame::send_blocking;
+use crate::wire::{Encoded, Fd, FrameBuf, Hello, RecvBuf};
+
+/// How long the server may take to answer one request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ForkRequest {
-    boot: PassFd,
+    boot: Fd,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum ForkReply {
-    Forked {
-        pid: i32,
-        pidfd: PassFd,
-        status: PassFd,
-    },
+    Forked { pid: i32, pidfd: Fd, status: Fd },
     Failed(String),
 }
 
+/// The parent's handle on the server. Used on the launcher thread only.
 struct Server {
-    rd: FrameReader,
-    wr: FrameWriter,
-    _child: Child,
+    control: OwnedFd,
+    rb: RecvBuf,
+    pid: i32,
+    pidfd: OwnedFd,
+    _boot: OwnedFd,
 }
 
-static SERVER: Mutex<Option<Server>> = Mutex::const_new(None);
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
-async fn start_server() -> Result<Server> {
-    let (ours, theirs) = sys::socketpair_stream()?;
-    let launch = Launch {
+fn serve_entry(control: Fd) {
+    serve(control.into_owned())
+}
+
+/// Starts the server: a `spawn` child running [`serve`]. On the launcher thread.
+fn start_server() -> Result<Server> {
+    let (control, control_theirs) = sys::socketpair_stream()?;
+    let mut launch = Launch {
         name: "ForkServer".into(),
-        entry: process_entry_for::<_, (PassFd,), _>(serve_entry),
-        args: crate::wire::Encoded::new(&(PassFd(theirs),))?,
+        entry: process_entry_for::<_, (Fd,), _>(serve_entry),
+        is_async: false,
+        args: Encoded::new(&(Fd::from(control_theirs),))?,
         daemon: true,
         method: StartMethod::Spawn,
         start_timeout: Duration::from_secs(60),
@@ -60,65 +71,73 @@ async fn start_server() -> Result<Server> {
         hello: Hello::ours(),
         track_at_exit: false,
     };
-    let child = launcher::launch_spawn(launch).await?;
-    let (rd, wr) = framed(into_stream(ours)?);
+    let frame = boot::boot_frame(&mut launch)?;
+    let (boot_ours, boot_theirs) = sys::socketpair_stream()?;
+    let (pid, pidfd) = spawn_now(boot_theirs, false)?;
+    boot::handshake_blocking(&boot_ours, pid, &pidfd, &launch, frame)?;
+    tracing::debug!(pid, "fork server started");
     Ok(Server {
-        rd,
-        wr,
-        _child: child,
+        control,
+        rb: RecvBuf::new(),
+        pid,
+        pidfd,
+        _boot: boot_ours,
     })
 }
 
-fn serve_entry(control: PassFd) {
-    serve(control.0)
-}
-
 /// Asks the server (started on first use) to fork a child on `boot`. Returns the child's
-/// pid, its pidfd and the read end of its status pipe.
-async fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
-    // The exchange runs in a task of its own: if the caller is cancelled midway, the request
-    // and its reply still pair up, and the server stays usable.
-    let task = tokio::spawn(async move {
-        let mut guard = SERVER.lock().await;
-        let server = match guard.as_mut() {
-            Some(s) => s,
-            None => guard.insert(start_server().await?),
-        };
-        let exchange = async {
-            server
-                .wr
-                .send(&mut FrameBuf::of(&ForkRequest { boot: PassFd(boot) })?)
-                .await?;
-            server.rd.recv().await?.decode::<ForkReply>()
-        };
-        match exchange.await {
-            Ok(ForkReply::Forked { pid, pidfd, status }) => Ok((pid, pidfd.0, status.0)),
-            Ok(ForkReply::Failed(m)) => Err(Error::Io(std::io::Error::other(format!(
-                "the fork server could not fork: {m}"
-            )))),
-            Err(e) => {
-                *guard = None;
-                Err(Error::Io(std::io::Error::other(format!(
-                    "the fork server is gone ({e}); it will be restarted on the next start"
-                ))))
-            }
+/// pid, its pidfd and the read end of its status pipe. On the launcher thread.
+fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
+    let mut guard = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+    let server = match guard.as_mut() {
+        Some(s) => s,
+        None => guard.insert(start_server()?),
+    };
+    let exchange = |s: &mut Server| -> Result<ForkReply> {
+        send_blocking(
+            s.control.as_fd(),
+            &mut FrameBuf::of(&ForkRequest {
+                boot: Fd::from(boot),
+            })?,
+        )?;
+        let ready = sys::poll_readable(&[s.control.as_fd(), s.pidfd.as_fd()], Some(REPLY_TIMEOUT))?;
+        if !ready[0] {
+            return Err(Error::Protocol(if ready[1] {
+                "the fork server died".into()
+            } else {
+                format!("the fork server did not answer within {REPLY_TIMEOUT:?}")
+            }));
         }
-    });
-    task.await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("fork request failed: {e}"))))?
+        s.rb.recv_blocking(s.control.as_fd())?.decode::<ForkReply>()
+    };
+    match exchange(server) {
+        Ok(ForkReply::Forked { pid, pidfd, status }) => {
+            Ok((pid, pidfd.into_owned(), status.into_owned()))
+        }
+        Ok(ForkReply::Failed(m)) => Err(Error::Io(std::io::Error::other(format!(
+            "the fork server could not fork: {m}"
+        )))),
+        Err(e) => {
+            if let Some(s) = guard.take() {
+                sys::kill_pid(s.pid);
+                let _ = sys::wait_pid_blocking(s.pid);
+            }
+            Err(Error::Io(std::io::Error::other(format!(
+                "the fork server failed ({e}); it will be restarted on the next start"
+            ))))
+        }
+    }
 }
 
 /// Starts a child with the `forkserver` method.
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
+    let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let (pid, pidfd, status) = request_fork(theirs).await?;
+    let (pid, pidfd, status) = on_launcher(move || request_fork(theirs)).await??;
     sys::set_nonblocking(status.as_fd(), true)?;
-    let mut child = Child::new(
-        pid,
-        pidfd,
-        ExitSource::Pipe(sys::register_owned(status, tokio::io::Interest::READABLE)?),
-    )?;
-    let keepalive = boot::handshake(ours, &mut child, &mut launch).await?;
+    let status = sys::register_owned(status, tokio::io::Interest::READABLE)?;
+    let mut child = Child::new(pid, pidfd, ExitSource::Pipe(status))?;
+    let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));
     }
@@ -136,6 +155,12 @@ struct Forked {
 /// socket and on every child's pidfd; forks on request, reaps and reports on exit.
 fn serve(control: OwnedFd) {
     let me = sys::current_pid();
+    // What the server had before serving (stdio, and the runtime `#[tokio::main]` built
+    // before `init()`, whose process-wide signal pipe a child's own runtime needs) stays open
+    // in its children; what it opened since (this control socket, other children's pidfds
+    // and status pipes) does not.
+    let mut inherited = sys::open_fds().unwrap_or_default();
+    inherited.retain(|&fd| fd != control.as_raw_fd());
     let mut rb = RecvBuf::new();
     let mut kids: Vec<Forked> = Vec::new();
     loop {
@@ -172,12 +197,12 @@ fn serve(control: OwnedFd) {
                 }
             };
             let reply = match frame.decode::<ForkRequest>() {
-                Ok(req) => fork_one(me, req.boot.0, &mut kids),
+                Ok(req) => fork_one(me, req.boot.into_owned(), &inherited, &mut kids),
                 Err(e) => ForkReply::Failed(e.to_string()),
             };
             match FrameBuf::of(&reply) {
                 Ok(mut f) => {
-                    if crate::wire::frame::send_blocking(control.as_fd(), &mut f).is_err() {
+                    if send_blocking(control.as_fd(), &mut f).is_err() {
                         return;
                     }
                 }
@@ -187,15 +212,18 @@ fn serve(control: OwnedFd) {
     }
 }
 
-fn fork_one(me: i32, boot: OwnedFd, kids: &mut Vec<Forked>) -> ForkReply {
+fn fork_one(me: i32, boot: OwnedFd, inherited: &[RawFd], kids: &mut Vec<Forked>) -> ForkReply {
     let pid = match sys::fork_in_server() {
         Ok(Some(pid)) => pid,
         Ok(None) => {
-            // The child: keep stdio and the bootstrap socket, close everything else (the
-            // server's control socket, other children's pidfds and pipes). The values that
-            // owned those numbers are never dropped: run_boot does not return.
-            let raw = std::os::fd::AsRawFd::as_raw_fd(&boot);
-            if let Err(e) = sys::close_all_except(&[raw]) {
+            // The child: keep what the server inherited and the bootstrap socket, close
+            // everything else (the server's control socket, other children's pidfds and
+            // pipes). The values that owned those numbers are never dropped: run_boot does
+            // not return.
+            let mut keep = inherited.to_vec();
+            keep.push(boot.as_raw_fd());
+            keep.sort_unstable();
+            if let Err(e) = sys::close_all_except(&keep) {
                 eprintln!("tokio-multiprocessing: forked child cannot close descriptors: {e}");
                 sys::exit_now(1);
             }
@@ -210,8 +238,8 @@ fn fork_one(me: i32, boot: OwnedFd, kids: &mut Vec<Forked>) -> ForkReply {
             let reply = match sys::dup_fd(pidfd.as_fd()) {
                 Ok(dup) => ForkReply::Forked {
                     pid,
-                    pidfd: PassFd(dup),
-                    status: PassFd(status_r),
+                    pidfd: Fd::from(dup),
+                    status: Fd::from(status_r),
                 },
                 Err(e) => ForkReply::Failed(e.to_string()),
             };

@@ -5,7 +5,7 @@
 //! are started from one thread of ours that lives as long as the process.
 
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::LazyLock;
 use std::sync::mpsc;
@@ -34,7 +34,9 @@ fn launcher() -> Option<&'static mpsc::Sender<Job>> {
 }
 
 /// Runs `f` on the launcher thread and returns its result.
-async fn on_launcher<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+pub(super) async fn on_launcher<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     launcher()
         .ok_or_else(|| Error::Io(std::io::Error::other("cannot start the launcher thread")))?
@@ -49,9 +51,9 @@ async fn on_launcher<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) 
     })
 }
 
-/// Re-executes this program with `child_end` inherited, from the launcher thread. Returns
-/// the pid and its pidfd.
-pub(super) async fn spawn_child(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, OwnedFd)> {
+/// Re-executes this program with `child_end` inherited. Returns the pid and its pidfd.
+/// Runs on the launcher thread (the children's parent-death signal is tied to it).
+pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, OwnedFd)> {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     if !inherit_argv {
         argv.truncate(1);
@@ -59,11 +61,7 @@ pub(super) async fn spawn_child(child_end: OwnedFd, inherit_argv: bool) -> Resul
     if argv.is_empty() {
         argv.push("tokio-multiprocessing-child".into());
     }
-    let boot_value = format!(
-        "{},{}",
-        std::os::fd::AsRawFd::as_raw_fd(&child_end),
-        sys::current_pid()
-    );
+    let boot_value = format!("{},{}", child_end.as_raw_fd(), sys::current_pid());
     let mut env: Vec<CString> = Vec::new();
     for (k, v) in std::env::vars_os() {
         if k == ENV_BOOT {
@@ -79,13 +77,9 @@ pub(super) async fn spawn_child(child_end: OwnedFd, inherit_argv: bool) -> Resul
         .into_iter()
         .map(|a| cstring(a.as_bytes().to_vec()))
         .collect::<Result<Vec<_>>>()?;
-    on_launcher(move || -> std::io::Result<(i32, OwnedFd)> {
-        let pid = sys::spawn_exe(&argv, &env, child_end.as_fd())?;
-        drop(child_end);
-        Ok((pid, sys::pidfd_open(pid)?))
-    })
-    .await?
-    .map_err(Error::Io)
+    let pid = sys::spawn_exe(&argv, &env, child_end.as_fd())?;
+    drop(child_end);
+    Ok((pid, sys::pidfd_open(pid)?))
 }
 
 fn cstring(bytes: Vec<u8>) -> Result<CString> {
@@ -95,10 +89,12 @@ fn cstring(bytes: Vec<u8>) -> Result<CString> {
 
 /// Starts a child with the `spawn` method.
 pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
+    let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let (pid, pidfd) = spawn_child(theirs, launch.inherit_argv).await?;
+    let inherit_argv = launch.inherit_argv;
+    let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
     let mut child = Child::new(pid, pidfd, ExitSource::Own)?;
-    let keepalive = boot::handshake(ours, &mut child, &mut launch).await?;
+    let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));
     }

@@ -149,6 +149,8 @@ pub fn init() {
 pub(crate) struct Launch {
     pub(crate) name: String,
     pub(crate) entry: ProcessEntry,
+    /// Whether the target is an `async fn` (a fork child builds its runtime first).
+    pub(crate) is_async: bool,
     pub(crate) args: Encoded,
     pub(crate) daemon: bool,
     pub(crate) method: StartMethod,

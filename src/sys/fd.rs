@@ -170,3 +170,40 @@ pub(crate) fn register_shared(
     // holds one; an `Arc<OwnedFd>` always returns the same number.
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
 }
+
+/// The descriptors open in this process, from `/proc/self/fd` (without the one used to
+/// read that directory).
+pub(crate) fn open_fds() -> io::Result<Vec<RawFd>> {
+    use nix::dir::Dir;
+    let mut dir = Dir::open(
+        "/proc/self/fd",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let own = dir.as_raw_fd();
+    let mut fds = Vec::new();
+    for entry in dir.iter() {
+        if let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            if fd != own {
+                fds.push(fd);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec and blocking: each
+/// `sendmsg` arrives whole, as one message, even when many processes send on one end.
+pub(crate) fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}

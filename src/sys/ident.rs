@@ -25,7 +25,7 @@ fn anchor_addr() -> usize {
 /// compile when [`FnZst::conjure`] is instantiated for it. On stable Rust only `fn` items,
 /// closures and `fn` pointers implement `Fn`, and only the first two (capturing nothing, or
 /// only zero-sized values) can be zero-sized.
-pub(crate) trait FnZst<Args, R>: Copy + 'static {
+pub(crate) trait FnZst<Args, R>: 'static {
     /// The one value of this type.
     fn conjure() -> Self;
 }
@@ -34,7 +34,7 @@ macro_rules! fn_zst {
     ($($a:ident),*) => {
         impl<F, R, $($a),*> FnZst<($($a,)*), R> for F
         where
-            F: Fn($($a),*) -> R + Copy + 'static,
+            F: Fn($($a),*) -> R + 'static,
         {
             fn conjure() -> Self {
                 const {
@@ -48,8 +48,8 @@ macro_rules! fn_zst {
                 }
                 // SAFETY: `F` is zero-sized (asserted above) and implements `Fn`, so it is a
                 // `fn` item or a closure whose captures are all zero-sized: there are no bytes
-                // to initialise, and the value is `Copy`, so producing one duplicates nothing
-                // that the program could rely on being unique.
+                // to initialise. The value is made in another process than the one that held
+                // the original, so it duplicates nothing within a process.
                 unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
             }
         }
@@ -78,7 +78,12 @@ impl SameBinary {
 /// This executable's fingerprint: its GNU build-id, or else a hash of its bytes.
 pub(crate) fn fingerprint() -> &'static [u8] {
     static FP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    FP.get_or_init(|| build_id().unwrap_or_else(hash_of_executable))
+    FP.get_or_init(|| {
+        main_image()
+            .build_id
+            .clone()
+            .unwrap_or_else(hash_of_executable)
+    })
 }
 
 fn hash_of_executable() -> Vec<u8> {
@@ -111,7 +116,7 @@ pub(crate) fn resolve_entry<E: Copy>(offset: i64, _same: SameBinary) -> std::io:
         assert!(std::mem::size_of::<E>() == std::mem::size_of::<usize>());
     }
     let addr = (anchor_addr() as i64).wrapping_add(offset) as usize;
-    if !text_ranges().iter().any(|r| r.contains(&addr)) {
+    if !main_image().text.iter().any(|r| r.contains(&addr)) {
         return Err(std::io::Error::other(format!(
             "entry offset {offset:#x} does not point into this program's code"
         )));
@@ -123,76 +128,51 @@ pub(crate) fn resolve_entry<E: Copy>(offset: i64, _same: SameBinary) -> std::io:
     Ok(unsafe { std::mem::transmute_copy::<usize, E>(&addr) })
 }
 
-/// Address ranges of the main executable's executable segments.
-fn text_ranges() -> &'static [std::ops::Range<usize>] {
-    static RANGES: std::sync::OnceLock<Vec<std::ops::Range<usize>>> = std::sync::OnceLock::new();
-    RANGES.get_or_init(|| {
-        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
-        // SAFETY: dl_iterate_phdr calls `text_callback` synchronously; `data` points at
-        // `ranges`, which outlives the call.
+/// What this crate needs to know of the main executable's loaded image.
+#[derive(Default)]
+struct MainImage {
+    /// The GNU build-id note, if the linker wrote one.
+    build_id: Option<Vec<u8>>,
+    /// Address ranges of the executable segments.
+    text: Vec<std::ops::Range<usize>>,
+}
+
+fn main_image() -> &'static MainImage {
+    static IMAGE: std::sync::OnceLock<MainImage> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let mut image = MainImage::default();
+        // SAFETY: dl_iterate_phdr calls `image_callback` synchronously, once per loaded
+        // object; `data` points at `image`, which outlives the call.
         unsafe {
             libc::dl_iterate_phdr(
-                Some(text_callback),
-                (&mut ranges as *mut Vec<std::ops::Range<usize>>).cast::<c_void>(),
+                Some(image_callback),
+                (&mut image as *mut MainImage).cast::<c_void>(),
             );
         }
-        ranges
+        image
     })
 }
 
-unsafe extern "C" fn text_callback(
+unsafe extern "C" fn image_callback(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
     data: *mut c_void,
 ) -> libc::c_int {
-    // SAFETY: `data` is the `&mut Vec<Range<usize>>` passed by `text_ranges`; `info` and its
-    // program headers are valid for this call. The first object is the main executable.
+    // SAFETY: `data` is the `&mut MainImage` passed by `main_image`; `info`, its program
+    // headers and the segments they describe are mapped for the duration of this call. The
+    // first object reported is the main executable, so we stop after it (by returning 1).
     unsafe {
-        let ranges = &mut *data.cast::<Vec<std::ops::Range<usize>>>();
+        let image = &mut *data.cast::<MainImage>();
         let info = &*info;
         let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
         for ph in headers {
+            let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
             if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-                let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                ranges.push(start..start + ph.p_memsz as usize);
+                image.text.push(start..start + ph.p_memsz as usize);
             }
-        }
-        1
-    }
-}
-
-/// The GNU build-id of the main executable, if the linker wrote one.
-fn build_id() -> Option<Vec<u8>> {
-    let mut found: Option<Vec<u8>> = None;
-    // SAFETY: dl_iterate_phdr calls `callback` synchronously, once per loaded object, with a
-    // pointer valid for the duration of the call; `data` points at `found`, which outlives it.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(callback),
-            (&mut found as *mut Option<Vec<u8>>).cast::<c_void>(),
-        );
-    }
-    found
-}
-
-unsafe extern "C" fn callback(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the `&mut Option<Vec<u8>>` passed by `build_id`; `info` is valid for
-    // this call. The first object reported is the main executable, so we stop after it (by
-    // returning 1) whatever we find.
-    unsafe {
-        let found = &mut *data.cast::<Option<Vec<u8>>>();
-        let info = &*info;
-        let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
-        for ph in headers.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
-            let start = (info.dlpi_addr as usize + ph.p_vaddr as usize) as *const u8;
-            let notes = std::slice::from_raw_parts(start, ph.p_memsz as usize);
-            if let Some(id) = find_gnu_build_id(notes) {
-                *found = Some(id.to_vec());
-                break;
+            if ph.p_type == libc::PT_NOTE && image.build_id.is_none() {
+                let notes = std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize);
+                image.build_id = find_gnu_build_id(notes).map(<[u8]>::to_vec);
             }
         }
         1

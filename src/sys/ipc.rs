@@ -8,26 +8,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType, recvmsg,
-    setsockopt, shutdown, socketpair, sockopt,
+    ControlMessageOwned, MsgFlags, Shutdown, recvmsg, setsockopt, shutdown, sockopt,
 };
 
 use super::cvt;
 use super::fd::MAX_FDS_PER_MESSAGE;
-
-/// A connected pair of Unix `SOCK_SEQPACKET` sockets, close-on-exec and non-blocking.
-///
-/// Each `sendmsg` is one packet and each `recvmsg` takes exactly one whole packet, whatever
-/// the number of processes sending or receiving on the same socket: the kernel keeps packets
-/// whole and in order, so many writers and many readers need no lock.
-pub(crate) fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-    )?)
-}
 
 /// Asks for a send buffer of `bytes`: beyond the administrator's limit when the process may
 /// (`SO_SNDBUFFORCE`, root), else up to it (`SO_SNDBUF`, capped by `net.core.wmem_max`).

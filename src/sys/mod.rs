@@ -12,20 +12,22 @@ mod ipc;
 mod proc;
 mod ring;
 
+pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, read_fd, recv_with_fds, register_owned,
-    register_shared, send_with_fds, set_nonblocking, socketpair_stream, write_all_fd,
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, open_fds, read_fd, recv_with_fds,
+    register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
+    write_all_fd,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
     SealedView, eventfd, eventfd_add, eventfd_take, fill_random, grow_send_buffer, recv_packet,
-    sealed_memfd, shutdown_socket, socketpair_seqpacket,
+    sealed_memfd, shutdown_socket,
 };
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
-    fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open, pidfd_send_signal,
-    pipe_cloexec, poll_readable, set_parent_death_signal, spawn_exe, try_wait_pidfd,
-    wait_pid_blocking, wait_pidfd_blocking,
+    fork_and_reap, fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open,
+    pidfd_send_signal, pipe_cloexec, poll_readable, set_parent_death_signal, signal_name,
+    spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
 };
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 

@@ -4,8 +4,10 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::fcntl::OFlag;
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::Mode;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
@@ -14,6 +16,7 @@ use super::cvt;
 /// The path that always names the executable this process is running, even if the file
 /// was replaced or removed since.
 const SELF_EXE: &CStr = c"/proc/self/exe";
+const DEV_NULL: &CStr = c"/dev/null";
 
 /// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec
 /// (every other descriptor of ours is close-on-exec). Returns the child's pid.
@@ -28,6 +31,10 @@ pub(crate) fn spawn_exe(
     let mut actions = PosixSpawnFileActions::init()?;
     // A dup2 onto itself clears close-on-exec in the child only (POSIX, glibc >= 2.29).
     actions.add_dup2(inherit.as_raw_fd(), inherit.as_raw_fd())?;
+    if inherit.as_raw_fd() != 0 {
+        // Children read nothing from the parent's stdin, as in Python.
+        actions.add_open(0, DEV_NULL, OFlag::O_RDONLY, Mode::empty())?;
+    }
     let mut attr = PosixSpawnAttr::init()?;
     attr.set_sigmask(&SigSet::empty())?;
     let mut defaults = SigSet::empty();
@@ -146,8 +153,14 @@ pub(crate) fn try_wait_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
 /// Waits for our child `pid` to exit and reaps it, blocking the calling thread. For the fork
 /// server (single-threaded, no runtime) and for the exit handler.
 pub(crate) fn wait_pid_blocking(pid: i32) -> io::Result<i32> {
+    wait_until_exited(|| waitpid(Pid::from_raw(pid), None))
+}
+
+/// Repeats a blocking wait until it reports an exit (retrying on `EINTR` and on reports of
+/// stops and continues).
+fn wait_until_exited(mut wait: impl FnMut() -> nix::Result<WaitStatus>) -> io::Result<i32> {
     loop {
-        match waitpid(Pid::from_raw(pid), None) {
+        match wait() {
             Ok(status) => {
                 if let Some(code) = exit_code(status) {
                     return Ok(code);
@@ -268,15 +281,31 @@ pub(crate) fn poll_readable(
 
 /// Waits (blocking the thread) for our child behind `pidfd` to exit, and reaps it.
 pub(crate) fn wait_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<i32> {
-    loop {
-        match waitid(Id::PIDFd(pidfd), WaitPidFlag::WEXITED) {
-            Ok(status) => {
-                if let Some(code) = exit_code(status) {
-                    return Ok(code);
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    wait_until_exited(|| waitid(Id::PIDFd(pidfd), WaitPidFlag::WEXITED))
+}
+
+/// A bare fork whose child exits at once, reaped with `waitpid`: the floor the `fork` start
+/// method is measured against.
+pub(crate) fn fork_and_reap() -> io::Result<()> {
+    match fork_process()? {
+        Some(pid) => wait_pid_blocking(pid).map(drop),
+        None => exit_now(0),
     }
+}
+
+/// Points stdin at `/dev/null` (a forked child reads nothing of its parent's input).
+pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
+    let null = nix::fcntl::open(DEV_NULL, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut stdin = std::mem::ManuallyDrop::new(
+        // SAFETY: descriptor 0 is only borrowed as the target of dup2, which replaces it
+        // atomically; ManuallyDrop keeps this wrapper from closing it afterwards.
+        unsafe { OwnedFd::from_raw_fd(0) },
+    );
+    nix::unistd::dup2(&null, &mut stdin)?;
+    Ok(())
+}
+
+/// The name of signal `n` (`"SIGTERM"`), if it is one.
+pub(crate) fn signal_name(n: i32) -> Option<&'static str> {
+    Signal::try_from(n).ok().map(Signal::as_str)
 }

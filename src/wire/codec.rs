@@ -216,23 +216,6 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
         })
 }
 
-/// A descriptor that can be sent as part of a value: serde's view of an [`OwnedFd`].
-#[derive(Debug)]
-pub(crate) struct PassFd(pub(crate) OwnedFd);
-
-impl Serialize for PassFd {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use std::os::fd::AsFd;
-        serialize_fd(self.0.as_fd(), s)
-    }
-}
-
-impl<'de> Deserialize<'de> for PassFd {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_fd(d).map(PassFd)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,9 +250,9 @@ mod tests {
     #[test]
     fn descriptors_go_to_the_side_list() {
         let (a, _b) = sys::socketpair_stream().unwrap();
-        let e = Encoded::new(&(1u8, PassFd(a), "x")).unwrap();
+        let e = Encoded::new(&(1u8, crate::wire::Fd::from(a), "x")).unwrap();
         assert_eq!(e.fds.len(), 1);
-        let (_, fd, s): (u8, PassFd, String) = decode(&e.bytes, e.fds).unwrap();
+        let (_, fd, s): (u8, crate::wire::Fd, String) = decode(&e.bytes, e.fds).unwrap();
         assert_eq!(s, "x");
         drop(fd);
     }
@@ -277,8 +260,8 @@ mod tests {
     #[test]
     fn a_missing_descriptor_is_an_error() {
         let (a, _b) = sys::socketpair_stream().unwrap();
-        let e = Encoded::new(&PassFd(a)).unwrap();
-        let err = decode::<PassFd>(&e.bytes, vec![]).unwrap_err();
+        let e = Encoded::new(&crate::wire::Fd::from(a)).unwrap();
+        let err = decode::<crate::wire::Fd>(&e.bytes, vec![]).unwrap_err();
         assert!(err.to_string().contains("did not arrive"), "{err}");
     }
 
@@ -286,7 +269,7 @@ mod tests {
     fn descriptors_refuse_foreign_serializers() {
         let (a, _b) = sys::socketpair_stream().unwrap();
         let mut buf = Vec::new();
-        let err = PassFd(a)
+        let err = crate::wire::Fd::from(a)
             .serialize(&mut rmp_serde::Serializer::new(&mut buf))
             .unwrap_err();
         assert!(err.to_string().contains("tokio-multiprocessing"), "{err}");

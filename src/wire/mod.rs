@@ -2,12 +2,15 @@
 //! the handshake every connection between our processes starts with.
 
 pub(crate) mod codec;
+mod fd;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub(crate) use codec::{Encoded, PassFd};
+pub(crate) use codec::Encoded;
+pub use fd::Fd;
+#[allow(unused_imports)] // the halves are for the pool and connections
 pub(crate) use frame::{FrameBuf, FrameReader, FrameWriter, RecvBuf, framed, into_stream};
 pub(crate) use handshake::Hello;
 

@@ -1,0 +1,627 @@
+//! `Manager`: a server process holding shared objects, reached through proxies (Python's
+//! `multiprocessing.Manager()` and its `DictProxy`, `ListProxy`, `ValueProxy`).
+//!
+//! The server keeps every object as MessagePack bytes; a proxy encodes and decodes its own
+//! types. A proxy is a serde value, so it can be passed to a `Process` or a pool task like
+//! any argument: what travels is the object's id and the manager's *registration socket*
+//! (a `SOCK_SEQPACKET` socket, by `SCM_RIGHTS`). On its first call in a process, a proxy
+//! makes a socket pair and sends one end to the server through the registration socket;
+//! that pair is its connection from then on. Reaching the server thus takes holding the
+//! descriptor: no file-system path, no port, nothing another user could connect to.
+
+mod server;
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_bytes::ByteBuf;
+
+use crate::error::{Error, Result};
+use crate::process::Process;
+use crate::start::StartMethod;
+use crate::sys;
+use crate::wire::codec::{self, deserialize_fd, serialize_fd};
+use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, framed, into_stream};
+use server::{Bytes, DictOp, Initial, ListOp, Reply, Request, ValueOp};
+
+/// A connection to the server, made on first use in each process.
+struct Conn {
+    rd: FrameReader,
+    wr: FrameWriter,
+    next_id: u64,
+    /// Set while a request is being written: a write dropped midway leaves the stream
+    /// unusable, so the next call starts a new connection.
+    writing: bool,
+}
+
+/// A proxy's way to the server: the registration socket, and a connection once made.
+struct Link {
+    registration: OwnedFd,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl Link {
+    fn new(registration: OwnedFd) -> Arc<Link> {
+        Arc::new(Link {
+            registration,
+            conn: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        let (mine, theirs) = sys::socketpair_stream()?;
+        match sys::send_with_fds(self.registration.as_fd(), &[1], &[theirs.as_raw_fd()]) {
+            Ok(_) => {}
+            Err(e) if is_gone(&e) => return Err(Error::Closed),
+            Err(e) => return Err(e.into()),
+        }
+        drop(theirs);
+        let (rd, wr) = framed(into_stream(mine)?);
+        Ok(Conn {
+            rd,
+            wr,
+            next_id: 1,
+            writing: false,
+        })
+    }
+
+    /// Sends `req` and waits for its reply. Replies to requests whose callers gave up
+    /// (cancelled futures) are skipped by id. A server that is gone is [`Error::Closed`].
+    async fn call(&self, req: Request) -> Result<Reply> {
+        match self.exchange(req).await {
+            Err(Error::Io(e)) if is_gone(&e) => Err(Error::Closed),
+            r => r,
+        }
+    }
+
+    async fn exchange(&self, req: Request) -> Result<Reply> {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| c.writing) {
+            *guard = None;
+        }
+        let conn = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(self.connect()?),
+        };
+        let id = conn.next_id;
+        conn.next_id += 1;
+        let mut frame = FrameBuf::of(&(id, req))?;
+        conn.writing = true;
+        conn.wr.send(&mut frame).await?;
+        conn.writing = false;
+        loop {
+            let (rid, reply) = conn.rd.recv().await?.decode::<(u64, Reply)>()?;
+            if rid == id {
+                return match reply {
+                    Reply::Failed(message) => Err(Error::Manager(message)),
+                    r => Ok(r),
+                };
+            }
+        }
+    }
+}
+
+fn is_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), BrokenPipe | ConnectionRefused | ConnectionReset)
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Protocol(format!("unexpected reply from the manager: {reply:?}"))
+}
+
+/// Encodes a value to be stored by the manager (values holding descriptors cannot be).
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    let e = Encoded::new(value)?;
+    if !e.fds.is_empty() {
+        return Err(Error::Encode {
+            type_name: std::any::type_name::<T>(),
+            message: "a manager stores plain data; this value holds descriptors".into(),
+        });
+    }
+    Ok(ByteBuf::from(e.bytes))
+}
+
+fn decode<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
+    codec::decode(&bytes, Vec::new())
+}
+
+/// A server process holding shared objects (Python's `multiprocessing.Manager()`).
+///
+/// Dropping the `Manager` stops the server, as leaving Python's `with Manager() as m:`
+/// block does: proxies still held anywhere then fail with [`Error::Closed`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing::{DictProxy, Manager, Process};
+///
+/// async fn record(d: DictProxy<String, u32>) {
+///     let _ = d.insert("age".to_string(), 38).await;
+/// }
+///
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let manager = Manager::start().await?;
+/// let d = manager.dict::<String, u32>().await?;
+/// let mut p = Process::new(record, (d.clone(),)).start().await?;
+/// p.join().await?;
+/// assert_eq!(d.get(&"age".to_string()).await?, Some(38));
+/// # Ok(()) }
+/// ```
+pub struct Manager {
+    server: Process,
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// Starts the server process with the default start method.
+    ///
+    /// # Errors
+    /// Those of [`ProcessBuilder::start`](crate::ProcessBuilder::start).
+    pub async fn start() -> Result<Manager> {
+        Manager::start_with(crate::get_start_method()).await
+    }
+
+    /// Starts the server process with `method`.
+    ///
+    /// # Errors
+    /// Those of [`ProcessBuilder::start`](crate::ProcessBuilder::start).
+    pub async fn start_with(method: StartMethod) -> Result<Manager> {
+        let (ours, theirs) = sys::socketpair_seqpacket()?;
+        let server = Process::new(server::serve, (Fd::from(theirs),))
+            .name("Manager")
+            .daemon(true)
+            .start_method(method)
+            .start()
+            .await?;
+        Ok(Manager {
+            server,
+            link: Link::new(ours),
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    async fn create(&self, initial: Initial) -> Result<u64> {
+        match self.link.call(Request::Create(initial)).await? {
+            Reply::Id(id) => Ok(id),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn handle(&self) -> Result<Arc<Link>> {
+        Ok(Link::new(sys::dup_fd(self.link.registration.as_fd())?))
+    }
+
+    /// A new, empty shared dict (Python's `manager.dict()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn dict<K, V>(&self) -> Result<DictProxy<K, V>> {
+        let id = self.create(Initial::Dict(Vec::new())).await?;
+        Ok(DictProxy(Proxy::new(self.handle()?, id)))
+    }
+
+    /// A new shared list holding `items` (Python's `manager.list(range(10))`).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if an item cannot be encoded; [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn list<T: Serialize>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<ListProxy<T>> {
+        let items = items
+            .into_iter()
+            .map(|i| encode(&i))
+            .collect::<Result<Vec<_>>>()?;
+        let id = self.create(Initial::List(items)).await?;
+        Ok(ListProxy(Proxy::new(self.handle()?, id)))
+    }
+
+    /// A new shared value (Python's `manager.Value('i', 0)`).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the value cannot be encoded; [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn value<T: Serialize>(&self, value: T) -> Result<ValueProxy<T>> {
+        let id = self.create(Initial::Value(encode(&value)?)).await?;
+        Ok(ValueProxy(Proxy::new(self.handle()?, id)))
+    }
+
+    /// Stops the server and waits for it to exit (Python's `manager.shutdown()`).
+    ///
+    /// # Errors
+    /// An I/O error from signalling or waiting.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.server.terminate()?;
+        self.server.join().await?;
+        Ok(())
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.server.terminate();
+    }
+}
+
+/// What every proxy holds: its way to the server and the object's id.
+struct Proxy<T> {
+    link: Arc<Link>,
+    id: u64,
+    _types: PhantomData<fn() -> T>,
+}
+
+impl<T> Proxy<T> {
+    fn new(link: Arc<Link>, id: u64) -> Proxy<T> {
+        Proxy {
+            link,
+            id,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Proxy<T> {
+    fn clone(&self) -> Self {
+        Proxy::new(self.link.clone(), self.id)
+    }
+}
+
+impl<T> Serialize for Proxy<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Registration<'a>(&'a OwnedFd);
+        impl Serialize for Registration<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize_fd(self.0.as_fd(), s)
+            }
+        }
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&Registration(&self.link.registration))?;
+        t.serialize_element(&self.id)?;
+        t.end()
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Proxy<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Registration(OwnedFd);
+        impl<'de> Deserialize<'de> for Registration {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                deserialize_fd(d).map(Registration)
+            }
+        }
+        let (reg, id) = <(Registration, u64)>::deserialize(d)?;
+        Ok(Proxy::new(Link::new(reg.0), id))
+    }
+}
+
+macro_rules! proxy_traits {
+    ($name:ident < $($p:ident),+ >) => {
+        impl<$($p),+> Clone for $name<$($p),+> {
+            fn clone(&self) -> Self {
+                $name(self.0.clone())
+            }
+        }
+        impl<$($p),+> Serialize for $name<$($p),+> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+        impl<'de, $($p),+> Deserialize<'de> for $name<$($p),+> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Proxy::deserialize(d).map($name)
+            }
+        }
+        impl<$($p),+> std::fmt::Debug for $name<$($p),+> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "<{} object #{}>", stringify!($name), self.0.id)
+            }
+        }
+    };
+}
+
+/// A dict held by a [`Manager`] (Python's `DictProxy`). Keys are equal when their encodings
+/// are; items keep their insertion order. Cloning a proxy refers to the same dict.
+///
+/// Every method is cancel safe in this sense: a dropped call may or may not have been carried
+/// out by the server, and the proxy stays usable.
+pub struct DictProxy<K, V>(Proxy<(K, V)>);
+proxy_traits!(DictProxy<K, V>);
+
+impl<K, V> DictProxy<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    async fn op(&self, op: DictOp) -> Result<Reply> {
+        self.0.link.call(Request::Dict(self.0.id, op)).await
+    }
+
+    async fn item(&self, op: DictOp) -> Result<Option<V>> {
+        match self.op(op).await? {
+            Reply::Item(v) => v.map(decode).transpose(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `d[key] = value`; returns the value it replaced.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], [`Error::Decode`], or [`Error::Closed`] if the server is gone.
+    pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
+        self.item(DictOp::Insert(encode(&key)?, encode(&value)?))
+            .await
+    }
+
+    /// `d.get(key)`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn get(&self, key: &K) -> Result<Option<V>> {
+        self.item(DictOp::Get(encode(key)?)).await
+    }
+
+    /// `d.pop(key, None)`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn remove(&self, key: &K) -> Result<Option<V>> {
+        self.item(DictOp::Remove(encode(key)?)).await
+    }
+
+    /// `key in d`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn contains_key(&self, key: &K) -> Result<bool> {
+        match self.op(DictOp::Contains(encode(key)?)).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(d)`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn len(&self) -> Result<usize> {
+        match self.op(DictOp::Len).await? {
+            Reply::Len(n) => Ok(n as usize),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(d) == 0`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// `list(d.items())`, in insertion order.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn items(&self) -> Result<Vec<(K, V)>> {
+        match self.op(DictOp::Items).await? {
+            Reply::Pairs(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
+                .collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `list(d.keys())`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn keys(&self) -> Result<Vec<K>> {
+        Ok(self.items().await?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// `list(d.values())`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub async fn values(&self) -> Result<Vec<V>> {
+        Ok(self.items().await?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// `d.clear()`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn clear(&self) -> Result<()> {
+        self.op(DictOp::Clear).await.map(drop)
+    }
+}
+
+/// A list held by a [`Manager`] (Python's `ListProxy`). Indices follow Python's rules:
+/// negative ones count from the end. Cloning a proxy refers to the same list.
+///
+/// Every method is cancel safe in this sense: a dropped call may or may not have been carried
+/// out by the server, and the proxy stays usable.
+pub struct ListProxy<T>(Proxy<T>);
+proxy_traits!(ListProxy<T>);
+
+impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+    async fn op(&self, op: ListOp) -> Result<Reply> {
+        self.0.link.call(Request::List(self.0.id, op)).await
+    }
+
+    async fn done(&self, op: ListOp) -> Result<()> {
+        match self.op(op).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn item(&self, op: ListOp) -> Result<Option<T>> {
+        match self.op(op).await? {
+            Reply::Item(v) => v.map(decode).transpose(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `l.append(value)`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], or [`Error::Closed`] if the server is gone.
+    pub async fn append(&self, value: T) -> Result<()> {
+        self.done(ListOp::Append(encode(&value)?)).await
+    }
+
+    /// `l.extend(values)`.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub async fn extend(&self, values: impl IntoIterator<Item = T>) -> Result<()> {
+        let values = values
+            .into_iter()
+            .map(|v| encode(&v))
+            .collect::<Result<_>>()?;
+        self.done(ListOp::Extend(values)).await
+    }
+
+    /// `l[index]`, or `None` out of range.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], or [`Error::Closed`] if the server is gone.
+    pub async fn get(&self, index: i64) -> Result<Option<T>> {
+        self.item(ListOp::Get(index)).await
+    }
+
+    /// `l[index] = value`.
+    ///
+    /// # Errors
+    /// [`Error::Manager`] if `index` is out of range (Python's `IndexError`); as
+    /// [`append`](Self::append) otherwise.
+    pub async fn set(&self, index: i64, value: T) -> Result<()> {
+        self.done(ListOp::Set(index, encode(&value)?)).await
+    }
+
+    /// `l.insert(index, value)` (an index out of range inserts at that end, as in Python).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub async fn insert(&self, index: i64, value: T) -> Result<()> {
+        self.done(ListOp::Insert(index, encode(&value)?)).await
+    }
+
+    /// `l.pop(index)`, or `None` out of range; `-1` is the last item.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn pop(&self, index: i64) -> Result<Option<T>> {
+        self.item(ListOp::Pop(index)).await
+    }
+
+    /// `len(l)`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn len(&self) -> Result<usize> {
+        match self.op(ListOp::Len).await? {
+            Reply::Len(n) => Ok(n as usize),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(l) == 0`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// `l.reverse()`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn reverse(&self) -> Result<()> {
+        self.done(ListOp::Reverse).await
+    }
+
+    /// `l.clear()`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    pub async fn clear(&self) -> Result<()> {
+        self.done(ListOp::Clear).await
+    }
+
+    /// `l[:]`: a copy of the whole list.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn to_vec(&self) -> Result<Vec<T>> {
+        match self.op(ListOp::Items).await? {
+            Reply::Items(items) => items.into_iter().map(decode).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+/// A value held by a [`Manager`] (Python's `ValueProxy`, from `manager.Value(...)`).
+///
+/// Every method is cancel safe in this sense: a dropped call may or may not have been carried
+/// out by the server, and the proxy stays usable.
+pub struct ValueProxy<T>(Proxy<T>);
+proxy_traits!(ValueProxy<T>);
+
+impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
+    /// `v.value`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`], or [`Error::Closed`] if the server is gone.
+    pub async fn get(&self) -> Result<T> {
+        match self
+            .0
+            .link
+            .call(Request::Value(self.0.id, ValueOp::Get))
+            .await?
+        {
+            Reply::Item(Some(v)) => decode(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `v.value = value`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`], or [`Error::Closed`] if the server is gone.
+    pub async fn set(&self, value: T) -> Result<()> {
+        let op = ValueOp::Set(encode(&value)?);
+        match self.0.link.call(Request::Value(self.0.id, op)).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `Fd`: an operating-system descriptor that travels to another process.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::codec::{deserialize_fd, serialize_fd};
+
+/// A file descriptor (a file, a socket, a pipe end...) that can be passed to a child as an
+/// argument, like Python's `multiprocessing.reduction.send_handle` / `DupFd`.
+///
+/// When encoded, a duplicate of the descriptor travels beside the message by `SCM_RIGHTS`;
+/// the receiving process gets a descriptor of its own for the same open file. Encoding it
+/// with any other serde format (JSON, say) is an error.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::io::Write;
+/// use tokio_multiprocessing::{Fd, Process};
+///
+/// fn write_hello(fd: Fd) {
+///     let mut file = std::fs::File::from(fd.into_owned());
+///     let _ = file.write_all(b"hello from the child\n");
+/// }
+///
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let file = std::fs::File::create("/tmp/out.txt")?;
+/// let mut p = Process::new(write_hello, (Fd::from(std::os::fd::OwnedFd::from(file)),)).start().await?;
+/// p.join().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Fd(OwnedFd);
+
+impl Fd {
+    /// The descriptor, owned.
+    pub fn into_owned(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for Fd {
+    fn from(fd: OwnedFd) -> Fd {
+        Fd(fd)
+    }
+}
+
+impl From<Fd> for OwnedFd {
+    fn from(fd: Fd) -> OwnedFd {
+        fd.0
+    }
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Serialize for Fd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Fd, D::Error> {
+        deserialize_fd(d).map(Fd)
+    }
+}

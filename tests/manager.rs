@@ -1,0 +1,331 @@
+//! `Manager` and its proxies across real processes: dicts, lists and values shared with
+//! children, concurrent writers, Python's index rules, a stopped server, cancelled calls.
+//! Cases from CPython's `_TestContainers` name the Python test they come from.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::{TestResult, test};
+use tokio_multiprocessing::{
+    self as mp, DictProxy, Error, ListProxy, Manager, Process, StartMethod, ValueProxy,
+};
+
+fn main() {
+    mp::init();
+    support::run(vec![
+        test("dict_operations", dict_operations),
+        test(
+            "list_operations_follow_python",
+            list_operations_follow_python,
+        ),
+        test("value_get_and_set", value_get_and_set),
+        test("proxies_work_in_children", proxies_work_in_children),
+        test(
+            "concurrent_writers_lose_nothing",
+            concurrent_writers_lose_nothing,
+        ),
+        test(
+            "proxies_travel_onwards_to_grandchildren",
+            proxies_travel_onwards_to_grandchildren,
+        ),
+        test(
+            "a_stopped_server_gives_closed",
+            a_stopped_server_gives_closed,
+        ),
+        test(
+            "cancelled_calls_leave_the_proxy_usable",
+            cancelled_calls_leave_the_proxy_usable,
+        ),
+        test(
+            "values_holding_descriptors_are_refused",
+            values_holding_descriptors_are_refused,
+        ),
+        test(
+            "example_manager_dict_list_value",
+            example_manager_dict_list_value,
+        ),
+        test("example_manager_return_dict", example_manager_return_dict),
+    ])
+}
+
+async fn dict_operations() -> TestResult {
+    // _TestContainers.test_dict
+    let m = Manager::start().await?;
+    let d = m.dict::<String, i64>().await?;
+    ensure!(d.is_empty().await?, "new dict not empty");
+    for (i, k) in ["c", "a", "b"].iter().enumerate() {
+        ensure!(
+            d.insert(k.to_string(), i as i64).await?.is_none(),
+            "fresh key had a value"
+        );
+    }
+    ensure!(
+        d.insert("a".into(), 10).await? == Some(1),
+        "insert returns the old value"
+    );
+    ensure!(d.get(&"a".into()).await? == Some(10), "get");
+    ensure!(d.get(&"zz".into()).await?.is_none(), "get of a missing key");
+    ensure!(
+        d.contains_key(&"b".into()).await? && !d.contains_key(&"q".into()).await?,
+        "contains"
+    );
+    ensure!(
+        d.keys().await? == ["c", "a", "b"],
+        "insertion order: {:?}",
+        d.keys().await?
+    );
+    ensure!(d.remove(&"c".into()).await? == Some(0), "remove");
+    ensure!(
+        d.items().await? == [("a".to_string(), 10), ("b".to_string(), 2)],
+        "items"
+    );
+    ensure!(
+        d.values().await? == [10, 2] && d.len().await? == 2,
+        "values/len"
+    );
+    d.clear().await?;
+    ensure!(d.len().await? == 0, "clear");
+    m.shutdown().await?;
+    Ok(())
+}
+
+async fn list_operations_follow_python() -> TestResult {
+    // _TestContainers.test_list
+    let m = Manager::start().await?;
+    let l = m.list(0..5).await?;
+    ensure!(
+        l.get(-1).await? == Some(4) && l.get(5).await?.is_none(),
+        "negative and out-of-range get"
+    );
+    l.append(5).await?;
+    l.extend([6, 7]).await?;
+    l.set(-2, 60).await?;
+    match l.set(99, 0).await {
+        Err(Error::Manager(msg)) => ensure!(msg.contains("out of range"), "message: {msg}"),
+        other => return Err(format!("set out of range gave {other:?}").into()),
+    }
+    l.insert(-100, -1).await?; // clamped to the front, as in Python
+    l.insert(100, 100).await?; // clamped to the end
+    ensure!(l.pop(-1).await? == Some(100), "pop(-1)");
+    ensure!(l.pop(0).await? == Some(-1), "pop(0)");
+    l.reverse().await?;
+    ensure!(
+        l.to_vec().await? == [7, 60, 5, 4, 3, 2, 1, 0],
+        "after reverse: {:?}",
+        l.to_vec().await?
+    );
+    ensure!(l.len().await? == 8, "len");
+    l.clear().await?;
+    ensure!(l.is_empty().await?, "clear");
+    Ok(())
+}
+
+async fn value_get_and_set() -> TestResult {
+    // _TestValue via a manager
+    let m = Manager::start().await?;
+    let v = m.value((1u8, "x".to_string())).await?;
+    ensure!(v.get().await? == (1, "x".to_string()), "initial value");
+    v.set((2, "y".into())).await?;
+    ensure!(v.get().await? == (2, "y".to_string()), "after set");
+    Ok(())
+}
+
+async fn fill(d: DictProxy<String, u32>, l: ListProxy<u32>, v: ValueProxy<f64>) -> mp::Result<()> {
+    d.insert("from".into(), std::process::id()).await?;
+    l.reverse().await?;
+    l.append(99).await?;
+    v.set(3.5).await?;
+    Ok(())
+}
+
+async fn proxies_work_in_children() -> TestResult {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let m = Manager::start_with(method).await?;
+        let d = m.dict::<String, u32>().await?;
+        let l = m.list([1u32, 2, 3]).await?;
+        let v = m.value(0.0f64).await?;
+        let mut p = Process::new(fill, (d.clone(), l.clone(), v.clone()))
+            .start_method(method)
+            .start()
+            .await?;
+        ensure!(p.join().await? == 0, "{method:?}: the child failed");
+        ensure!(
+            d.get(&"from".into()).await? == Some(p.pid()),
+            "{method:?}: dict"
+        );
+        ensure!(l.to_vec().await? == [3, 2, 1, 99], "{method:?}: list");
+        ensure!(v.get().await? == 3.5, "{method:?}: value");
+    }
+    Ok(())
+}
+
+async fn write_many(d: DictProxy<u32, u32>, worker: u32, n: u32) -> mp::Result<()> {
+    for i in 0..n {
+        d.insert(worker * 1000 + i, worker).await?;
+    }
+    Ok(())
+}
+
+async fn concurrent_writers_lose_nothing() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<u32, u32>().await?;
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        workers.push(
+            Process::new(write_many, (d.clone(), w, 200))
+                .start()
+                .await?,
+        );
+    }
+    for p in &mut workers {
+        ensure!(p.join().await? == 0, "a writer failed");
+    }
+    ensure!(d.len().await? == 1200, "len {}", d.len().await?);
+    for w in 0..6u32 {
+        ensure!(
+            d.get(&(w * 1000 + 199)).await? == Some(w),
+            "worker {w}'s last key"
+        );
+    }
+    Ok(())
+}
+
+async fn relay(d: DictProxy<String, u32>) -> mp::Result<()> {
+    d.insert("depth 1".into(), 1).await?;
+    let mut p = Process::new(record_depth, (d.clone(), 2)).start().await?;
+    p.join().await?;
+    Ok(())
+}
+
+async fn record_depth(d: DictProxy<String, u32>, depth: u32) -> mp::Result<()> {
+    d.insert(format!("depth {depth}"), depth).await?;
+    Ok(())
+}
+
+async fn proxies_travel_onwards_to_grandchildren() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<String, u32>().await?;
+    let mut p = Process::new(relay, (d.clone(),)).start().await?;
+    ensure!(p.join().await? == 0, "relay failed");
+    ensure!(
+        d.keys().await? == ["depth 1", "depth 2"],
+        "keys {:?}",
+        d.keys().await?
+    );
+    Ok(())
+}
+
+async fn a_stopped_server_gives_closed() -> TestResult {
+    let m = Manager::start().await?;
+    let pid = m.pid();
+    let d = m.dict::<u8, u8>().await?;
+    d.insert(1, 1).await?;
+    m.shutdown().await?;
+    ensure!(
+        support::is_zombie_or_gone(pid),
+        "server {pid} still running"
+    );
+    let err = d.get(&1).await;
+    ensure!(matches!(err, Err(Error::Closed)), "after shutdown: {err:?}");
+    // A proxy that had no connection yet fails the same way.
+    let m = Manager::start().await?;
+    let fresh: ListProxy<u8> = m.list([1u8]).await?;
+    drop(m); // Python's `with` block ends: the server stops
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        // The server ends a moment after SIGTERM; until then calls may still succeed.
+        while fresh.len().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
+    ensure!(gone, "the list outlived its manager");
+    Ok(())
+}
+
+async fn cancelled_calls_leave_the_proxy_usable() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<u32, u32>().await?;
+    for i in 0..50 {
+        // Each call may be dropped anywhere: before, during or after its request.
+        let _ =
+            tokio::time::timeout(Duration::from_micros(i * 20), d.insert(i as u32, i as u32)).await;
+    }
+    d.insert(1000, 1).await?;
+    ensure!(
+        d.get(&1000).await? == Some(1),
+        "the proxy answers correctly after cancellations"
+    );
+    ensure!(d.len().await? <= 51, "len {}", d.len().await?);
+    Ok(())
+}
+
+async fn values_holding_descriptors_are_refused() -> TestResult {
+    let m = Manager::start().await?;
+    let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    let r = m.value(mp::Fd::from(std::os::fd::OwnedFd::from(a))).await;
+    ensure!(matches!(r, Err(Error::Encode { .. })), "{r:?}");
+    Ok(())
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.to_path_buf())
+        .unwrap_or_default();
+    dir.join("examples").join(name)
+}
+
+async fn run_example(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(example(name))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    ensure!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+async fn example_manager_dict_list_value() -> TestResult {
+    let out = run_example("manager_dict_list_value").await?;
+    let expected = "(\"name\", \"dfg\")\n(\"age\", 38)\n(\"sex\", \"Male\")\n(\"affiliation\", \"SDIBT\")\n\
+                    [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]\n3\n";
+    ensure!(out == expected, "output:\n{out}");
+    Ok(())
+}
+
+async fn example_manager_return_dict() -> TestResult {
+    let out = run_example("manager_return_dict").await?;
+    let mut lines: Vec<&str> = out.lines().collect();
+    let values = lines.pop().ok_or("no output")?;
+    lines.sort();
+    ensure!(
+        lines
+            == [
+                "0 represent!",
+                "1 represent!",
+                "2 represent!",
+                "3 represent!",
+                "4 represent!"
+            ],
+        "output:\n{out}"
+    );
+    let mut got: Vec<u32> = values
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|v| v.parse())
+        .collect::<Result<_, _>>()?;
+    got.sort();
+    ensure!(got == [0, 1, 2, 3, 4], "values: {values}");
+    Ok(())
+}
