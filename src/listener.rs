@@ -92,6 +92,13 @@ enum Inner {
 
 /// Accepts connections (Python's `multiprocessing.connection.Listener`).
 ///
+/// With an authentication key, both sides prove they hold it before any message passes, as
+/// CPython 3.12+ does: the listener sends `#CHALLENGE#{sha256}` and 40 random bytes, the
+/// client answers `{sha256}` and the HMAC-SHA256 of that whole message under the key, the
+/// listener answers `#WELCOME#` or `#FAILURE#`; then the client challenges the listener the
+/// same way. A wrong key, garbage, or a peer silent for [`AUTH_TIMEOUT`] fails on both sides
+/// with [`Error::Authentication`].
+///
 /// Dropping it stops listening and removes a Unix socket's file.
 pub struct Listener {
     inner: Inner,
@@ -110,7 +117,7 @@ impl fmt::Debug for Listener {
 
 impl Listener {
     /// Listens on `address`; with `authkey`, every connection must pass the mutual challenge
-    /// (see the [module docs](self)) before [`accept`](Self::accept) returns it. A TCP port
+    /// (see [`Listener`]) before [`accept`](Self::accept) returns it. A TCP port
     /// of 0 picks a free port: [`address`](Self::address) tells which.
     ///
     /// # Errors

@@ -198,7 +198,24 @@ struct Parts {
 ///
 /// Clones share one queue within a process; passing it to another process (as a `Process`
 /// argument, inside a message, as a `Pool` argument) gives that process its own handle on
-/// the same queue. See the [module docs](self) for how it works.
+/// the same queue.
+///
+/// # How it works
+///
+/// Small items (up to [`SLOT_DATA`] bytes of MessagePack, holding no descriptors) go through
+/// a ring of slots in shared memory, a many-producer many-consumer queue claimed with one
+/// compare-and-swap per item: no system call. Larger items, and items holding descriptors,
+/// go through a Unix `SOCK_SEQPACKET` socket (spilled to a sealed memfd above
+/// [`INLINE_MAX`]) with a marker in the ring, sent under a cross-process lock so that each
+/// producer's order holds. Each item is delivered exactly once, and the items of one producer
+/// arrive in the order it put them. Waiting is readiness of an eventfd on tokio's reactor.
+///
+/// There is no feeder thread: `put` returns once the item is in shared memory or in the
+/// kernel, so a producer that exits right after `put` loses nothing, and joining a producer
+/// before draining the queue never deadlocks. `Queue::new()` holds [`UNBOUNDED_CAPACITY`]
+/// items before `put` waits for a consumer.
+///
+/// As in Python, a process killed while it puts or gets can leave the queue damaged.
 ///
 /// # Examples
 ///
