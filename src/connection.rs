@@ -115,6 +115,15 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 /// It can be passed to another process as a `Process` argument, inside a message, or as a
 /// `Pool` argument; the receiving process gets its own descriptor for the same socket.
 /// Dropping it (or [`close`](Self::close)) closes this process's descriptor.
+///
+/// When every process that held the other end has closed it or exited (killed included),
+/// [`recv`](Self::recv) returns [`Error::Closed`], Python's `EOFError`. Descriptors are
+/// close-on-exec and reach a child only when passed to it, so, unlike with Python's `fork`, a
+/// child never holds the other end by accident.
+///
+/// Within a process an end may be shared between tasks (`&self` methods). As in Python, two
+/// processes should not write to (or read from) the same end at once: pieces of two large
+/// messages could interleave. Use a [`Queue`](crate::Queue) for many producers or consumers.
 pub struct Connection<T> {
     fd: Arc<OwnedFd>,
     readable: bool,
