@@ -12,7 +12,9 @@ use tokio_multiprocessing as mp;
 const SMALL_ITEMS: u64 = 300_000;
 const BIG: usize = 1 << 20;
 const BIG_ITEMS: u64 = 400;
-const ROUND_TRIPS: u64 = 20_000;
+const ROUND_TRIPS: u64 = 10_000;
+/// Round-trip figures are the best of this many rounds: the machine is shared.
+const ROUNDS: usize = 3;
 
 /// Figures to run: all, or those whose key contains one of the command-line words.
 fn wanted(key: &str) -> bool {
@@ -147,17 +149,20 @@ async fn pipe_ping_pong(bytes: bool) -> mp::Result<f64> {
         a.send(&i).await?;
         a.recv().await?;
     }
-    let t = Instant::now();
-    for i in 0..ROUND_TRIPS {
-        if bytes {
-            a.send_bytes(&i.to_le_bytes()).await?;
-            a.recv_bytes().await?;
-        } else {
-            a.send(&i).await?;
-            a.recv().await?;
+    let mut us = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for i in 0..ROUND_TRIPS {
+            if bytes {
+                a.send_bytes(&i.to_le_bytes()).await?;
+                a.recv_bytes().await?;
+            } else {
+                a.send(&i).await?;
+                a.recv().await?;
+            }
         }
+        us = us.min(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
     drop(a);
     p.join().await?;
     Ok(us)
@@ -191,12 +196,15 @@ async fn raw_ping_pong() -> std::io::Result<f64> {
         }
     });
     let mut buf = [0u8; 8];
-    let t = Instant::now();
-    for i in 0..ROUND_TRIPS {
-        a.write_all(&i.to_le_bytes()).await?;
-        a.read_exact(&mut buf).await?;
+    let mut us = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for i in 0..ROUND_TRIPS {
+            a.write_all(&i.to_le_bytes()).await?;
+            a.read_exact(&mut buf).await?;
+        }
+        us = us.min(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
     drop(a);
     let _ = echo.await;
     Ok(us)
@@ -215,12 +223,15 @@ async fn raw_ping_pong_processes() -> mp::Result<f64> {
         s.write_all(&i.to_le_bytes()).await?;
         s.read_exact(&mut buf).await?;
     }
-    let t = Instant::now();
-    for i in 0..ROUND_TRIPS {
-        s.write_all(&i.to_le_bytes()).await?;
-        s.read_exact(&mut buf).await?;
+    let mut us = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for i in 0..ROUND_TRIPS {
+            s.write_all(&i.to_le_bytes()).await?;
+            s.read_exact(&mut buf).await?;
+        }
+        us = us.min(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
     drop(s);
     p.join().await?;
     Ok(us)

@@ -18,7 +18,8 @@ import time
 SMALL_ITEMS = 200_000
 BIG = 1 << 20
 BIG_ITEMS = 200
-ROUND_TRIPS = 20_000
+ROUND_TRIPS = 10_000
+ROUNDS = 3  # round-trip figures are the best of this many rounds: the machine is shared
 
 
 def queue_producer(q, go, n):
@@ -85,15 +86,17 @@ def pipe_ping_pong(raw):
         else:
             a.send(i)
             a.recv()
-    t = time.perf_counter()
-    for i in range(ROUND_TRIPS):
-        if raw:
-            a.send_bytes(i.to_bytes(8, "little"))
-            a.recv_bytes()
-        else:
-            a.send(i)
-            a.recv()
-    us = (time.perf_counter() - t) * 1e6 / ROUND_TRIPS
+    us = float("inf")
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        for i in range(ROUND_TRIPS):
+            if raw:
+                a.send_bytes(i.to_bytes(8, "little"))
+                a.recv_bytes()
+            else:
+                a.send(i)
+                a.recv()
+        us = min(us, (time.perf_counter() - t) * 1e6 / ROUND_TRIPS)
     if raw:
         a.send_bytes(b"")
     else:
