@@ -180,6 +180,8 @@ struct Inner {
     closed: AtomicBool,
     reactor: Mutex<Option<Arc<Reactor>>>,
     rbuf: Mutex<Vec<u8>>,
+    /// Receives packets; kept at full size, so a large packet costs no fresh zeroed buffer.
+    pbuf: Mutex<Vec<u8>>,
 }
 
 /// What a queue is made of, new or received.
@@ -347,6 +349,7 @@ impl<T> Queue<T> {
                 closed: AtomicBool::new(false),
                 reactor: Mutex::new(None),
                 rbuf: Mutex::new(Vec::new()),
+                pbuf: Mutex::new(Vec::new()),
             }),
             _t: PhantomData,
         }
@@ -734,8 +737,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             None => Ok(None),
             Some(Popped::Data(n)) => codec::decode(&buf[..n], Vec::new()).map(Some),
             Some(Popped::Marker) => {
-                let (n, fds) = self.recv_packet_now(&mut buf)?;
-                Queue::decode_packet(&buf[..n], fds).map(Some)
+                drop(buf);
+                let mut pbuf = self.inner.pbuf.lock().unwrap_or_else(|p| p.into_inner());
+                let (n, fds) = self.recv_packet_now(&mut pbuf)?;
+                Queue::decode_packet(&pbuf[..n], fds).map(Some)
             }
         }
     }
