@@ -21,8 +21,14 @@
 //! ours whose marker lands after ours would be taken in our place, and our later small items
 //! could overtake our large one.) Consumers need no lock: the socket hands each packet to one
 //! of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
-//! item is written to a memfd, sealed against change, and the packet carries that file's
-//! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet.
+//! item is written to a memfd and the packet carries that file's descriptor (`SCM_RIGHTS`):
+//! a 16 MiB item costs one small packet. The consumer maps the file read-only, decodes from
+//! the mapping, unmaps it, and hands files of up to 2 MiB back through a second small socket
+//! pair; a producer writes its next large item into a handed-back file when one waits, so
+//! its pages are not allocated and freed again for every item (that allocation was most of
+//! the cost of 1 MiB items). A producer never touches a file after sending it, and gets it
+//! back only once a consumer is done with it. The recycling socket's buffer is kept small,
+//! so only a few files wait there.
 //!
 //! # Waiting, without polling
 //!
@@ -92,6 +98,9 @@ pub const MAX_MAXSIZE: usize = 1 << 22;
 
 /// Encoding buffers up to this size are kept for the next item.
 const KEEP_ENCODE_BUFFER: usize = 64 * 1024 * 1024;
+
+/// The send buffer of the socket that carries spill files back for reuse: a few of them.
+const RECYCLE_BUFFER: usize = 8 * 1024;
 
 /// The send buffer a queue's socket asks for, in bytes.
 const SEND_BUFFER: usize = 32 * 1024 * 1024;
@@ -171,6 +180,10 @@ struct Reactor {
 struct Inner {
     tx: Arc<OwnedFd>,
     rx: Arc<OwnedFd>,
+    /// Spill files handed back by consumers, for producers to write the next large item
+    /// into without allocating fresh pages.
+    ret_tx: OwnedFd,
+    ret_rx: OwnedFd,
     ring: sys::ShmRing,
     maxsize: usize,
     items: Arc<OwnedFd>,
@@ -188,6 +201,8 @@ struct Inner {
 struct Parts {
     tx: OwnedFd,
     rx: OwnedFd,
+    ret_tx: OwnedFd,
+    ret_rx: OwnedFd,
     ring: sys::ShmRing,
     maxsize: usize,
     items: OwnedFd,
@@ -207,8 +222,8 @@ struct Parts {
 /// Small items (up to [`SLOT_DATA`] bytes of MessagePack, holding no descriptors) go through
 /// a ring of slots in shared memory, a many-producer many-consumer queue claimed with one
 /// compare-and-swap per item: no system call. Larger items, and items holding descriptors,
-/// go through a Unix `SOCK_SEQPACKET` socket (spilled to a sealed memfd above
-/// [`INLINE_MAX`]) with a marker in the ring, sent under a cross-process lock so that each
+/// go through a Unix `SOCK_SEQPACKET` socket (spilled to a memfd above [`INLINE_MAX`],
+/// which consumers hand back for reuse) with a marker in the ring, sent under a cross-process lock so that each
 /// producer's order holds. Each item is delivered exactly once, and the items of one producer
 /// arrive in the order it put them. Waiting is readiness of an eventfd on tokio's reactor.
 ///
@@ -305,6 +320,13 @@ impl<T> Queue<T> {
         let (tx, rx) = sys::socketpair_seqpacket()?;
         sys::set_nonblocking(tx.as_fd(), true)?;
         sys::set_nonblocking(rx.as_fd(), true)?;
+        let (ret_tx, ret_rx) = sys::socketpair_seqpacket()?;
+        sys::set_nonblocking(ret_tx.as_fd(), true)?;
+        sys::set_nonblocking(ret_rx.as_fd(), true)?;
+        // A small buffer bounds how many spill files wait there for reuse.
+        if let Err(e) = sys::grow_send_buffer(ret_tx.as_fd(), RECYCLE_BUFFER) {
+            tracing::debug!("cannot size a queue's recycling socket: {e}");
+        }
         if let Err(e) = sys::grow_send_buffer(tx.as_fd(), SEND_BUFFER) {
             tracing::debug!("cannot grow a queue's send buffer: {e}");
         }
@@ -316,6 +338,8 @@ impl<T> Queue<T> {
         Ok(Queue::assemble(Parts {
             tx,
             rx,
+            ret_tx,
+            ret_rx,
             ring: sys::ShmRing::new(capacity as u64)?,
             maxsize,
             items: sys::eventfd(0, false)?,
@@ -329,6 +353,8 @@ impl<T> Queue<T> {
         let Parts {
             tx,
             rx,
+            ret_tx,
+            ret_rx,
             ring,
             maxsize,
             items,
@@ -340,6 +366,8 @@ impl<T> Queue<T> {
             inner: Arc::new(Inner {
                 tx: Arc::new(tx),
                 rx: Arc::new(rx),
+                ret_tx,
+                ret_rx,
                 ring,
                 maxsize,
                 items: Arc::new(items),
@@ -616,6 +644,24 @@ impl<T> Queue<T> {
         }
     }
 
+    /// A spill file handed back by a consumer, if one waits.
+    fn recycled(&self) -> Option<OwnedFd> {
+        let mut byte = [0u8; 1];
+        let mut fds = VecDeque::new();
+        match sys::recv_packet(self.inner.ret_rx.as_fd(), &mut byte, &mut fds) {
+            Ok(_) => fds.pop_front(),
+            Err(_) => None,
+        }
+    }
+
+    /// Hands a spill file back for a producer to reuse, once it is read and unmapped; drops
+    /// it if it is large or if enough wait already.
+    fn recycle(&self, file: OwnedFd) {
+        if sys::file_size(file.as_fd()).is_ok_and(|n| n <= sys::RECYCLE_MAX) {
+            let _ = sys::send_with_fds(self.inner.ret_tx.as_fd(), &[0], &[file.as_raw_fd()]);
+        }
+    }
+
     fn joinable_parts(&self) -> Result<&Arc<OwnedFd>> {
         self.inner.done.as_ref().ok_or_else(|| {
             Error::Io(io::Error::new(
@@ -647,24 +693,24 @@ impl<T> Queue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    fn encode(item: &T) -> Result<Item> {
+    fn encode(&self, item: &T) -> Result<Item> {
         thread_local! {
             /// Reused for encoding, so that large items do not fault in fresh pages each time.
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         BUF.with(|b| match b.try_borrow_mut() {
             Ok(mut buf) => {
-                let r = Queue::encode_with(&mut buf, item);
+                let r = self.encode_with(&mut buf, item);
                 if buf.capacity() > KEEP_ENCODE_BUFFER {
                     *buf = Vec::new();
                 }
                 r
             }
-            Err(_) => Queue::encode_with(&mut Vec::new(), item),
+            Err(_) => self.encode_with(&mut Vec::new(), item),
         })
     }
 
-    fn encode_with(bytes: &mut Vec<u8>, item: &T) -> Result<Item> {
+    fn encode_with(&self, bytes: &mut Vec<u8>, item: &T) -> Result<Item> {
         bytes.clear();
         bytes.push(KIND_INLINE);
         let mut fds = Vec::new();
@@ -693,7 +739,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if body <= INLINE_MAX {
             return Ok(Item::Packet(bytes.clone(), fds));
         }
-        let file = sys::sealed_memfd(&[&bytes[1..]])?;
+        let file = sys::spill_memfd(self.recycled(), &bytes[1..])?;
         let mut head = vec![KIND_SPILLED];
         head.extend_from_slice(&(body as u64).to_be_bytes());
         let mut all = Vec::with_capacity(fds.len() + 1);
@@ -702,7 +748,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(Item::Packet(head, all))
     }
 
-    fn decode_packet(bytes: &[u8], mut fds: VecDeque<OwnedFd>) -> Result<T> {
+    fn decode_packet(&self, bytes: &[u8], mut fds: VecDeque<OwnedFd>) -> Result<T> {
         match bytes.first() {
             Some(&KIND_INLINE) => codec::decode(&bytes[1..], fds.into()),
             Some(&KIND_SPILLED) if bytes.len() == 9 => {
@@ -716,8 +762,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 let file = fds.pop_front().ok_or_else(|| {
                     Error::Protocol("a spilled queue item arrived without its file".into())
                 })?;
-                let view = sys::SealedView::map(file.as_fd(), len as usize)?;
-                codec::decode(view.bytes(), fds.into())
+                let view = sys::SpillView::map(file.as_fd(), len as usize)?;
+                let value = codec::decode(view.bytes(), fds.into());
+                drop(view);
+                self.recycle(file);
+                value
             }
             _ => Err(Error::Protocol(
                 "a queue packet of an unknown kind arrived".into(),
@@ -740,7 +789,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 drop(buf);
                 let mut pbuf = self.inner.pbuf.lock().unwrap_or_else(|p| p.into_inner());
                 let (n, fds) = self.recv_packet_now(&mut pbuf)?;
-                Queue::decode_packet(&pbuf[..n], fds).map(Some)
+                self.decode_packet(&pbuf[..n], fds).map(Some)
             }
         }
     }
@@ -763,7 +812,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// is dropped with the future). A large item whose packet was already sent is always
     /// delivered.
     pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        let e = match Queue::encode(&item) {
+        let e = match self.encode(&item) {
             Ok(e) => e,
             Err(error) => return Err(PutError { error, item }),
         };
@@ -789,7 +838,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         item: T,
         timeout: Duration,
     ) -> std::result::Result<(), PutError<T>> {
-        let e = match Queue::encode(&item) {
+        let e = match self.encode(&item) {
             Ok(e) => e,
             Err(error) => return Err(PutError { error, item }),
         };
@@ -811,7 +860,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
         let res = (|| {
             self.check_open()?;
-            match Queue::encode(&item)? {
+            match self.encode(&item)? {
                 Item::Small(b) => {
                     if self.try_push(Some(&b)) {
                         Ok(())
@@ -954,6 +1003,7 @@ impl<T> Serialize for Queue<T> {
             i.maxsize as u64,
             FdRef(i.tx.as_fd()),
             FdRef(i.rx.as_fd()),
+            (FdRef(i.ret_tx.as_fd()), FdRef(i.ret_rx.as_fd())),
             FdRef(i.ring.fd()),
             FdRef(i.items.as_fd()),
             FdRef(i.space.as_fd()),
@@ -970,13 +1020,15 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             u64,
             FdOwned,
             FdOwned,
+            (FdOwned, FdOwned),
             FdOwned,
             FdOwned,
             FdOwned,
             FdOwned,
             Option<FdOwned>,
         );
-        let (maxsize, tx, rx, ring, items, space, lock, done) = Wire::deserialize(d)?;
+        let (maxsize, tx, rx, (ret_tx, ret_rx), ring, items, space, lock, done) =
+            Wire::deserialize(d)?;
         let ring = sys::ShmRing::open(ring.0).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
         let expected = if maxsize == 0 {
@@ -992,6 +1044,8 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         Ok(Queue::assemble(Parts {
             tx: tx.0,
             rx: rx.0,
+            ret_tx: ret_tx.0,
+            ret_rx: ret_rx.0,
             ring,
             maxsize,
             items: items.0,

@@ -103,13 +103,24 @@ fn mixed_len(seq: u32) -> usize {
     match seq % 3 {
         0 => 0,
         1 => 2_000,
-        _ => 100_000,
+        // Sizes vary, so a reused spill file is sometimes longer than the item, sometimes
+        // too short to reuse.
+        _ => 70_000 + (seq as usize % 7) * 20_000,
     }
+}
+
+/// The filling of item `seq` of producer `id`: different from one item to the next, so that
+/// a spill file reused with stale bytes would show.
+fn mixed_byte(id: u8, seq: u32) -> u8 {
+    (u32::from(id) * 89 + seq * 7) as u8
 }
 
 async fn produce_mixed(q: mp::Queue<Mixed>, id: u8, n: u32) {
     for seq in 0..n {
-        if q.put((id, seq, vec![id; mixed_len(seq)])).await.is_err() {
+        if q.put((id, seq, vec![mixed_byte(id, seq); mixed_len(seq)]))
+            .await
+            .is_err()
+        {
             std::process::exit(3);
         }
     }
@@ -337,7 +348,8 @@ async fn many_producers_many_consumers() -> TestResult {
 }
 
 /// Each producer's order holds across the three ways an item travels (ring slot, socket
-/// packet, memfd), with several producers interleaving.
+/// packet, memfd), with several producers interleaving; spill files handed back for reuse
+/// never show a previous item's bytes.
 async fn mixed_sizes_keep_each_producers_order() -> TestResult {
     const N: u32 = 300;
     let q = mp::Queue::<Mixed>::new()?;
@@ -355,7 +367,7 @@ async fn mixed_sizes_keep_each_producers_order() -> TestResult {
             next[i]
         );
         ensure!(
-            payload.len() == mixed_len(seq) && payload.iter().all(|&b| b == id),
+            payload.len() == mixed_len(seq) && payload.iter().all(|&b| b == mixed_byte(id, seq)),
             "producer {id}, item {seq}: payload damaged"
         );
         next[i] += 1;

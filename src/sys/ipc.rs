@@ -3,9 +3,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, Shutdown, recvmsg, setsockopt, shutdown, sockopt,
@@ -102,74 +101,67 @@ pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A memfd holding `parts` back to back, sealed against any further change, so that the
-/// process that receives it reads exactly what was written.
-pub(crate) fn sealed_memfd(parts: &[&[u8]]) -> io::Result<OwnedFd> {
-    let fd = memfd_create(
-        c"tokio-mp-item",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    nix::unistd::ftruncate(&fd, total as libc::off_t)?;
-    let mut off = 0usize;
-    for p in parts {
-        let mut done = 0;
-        while done < p.len() {
-            match nix::sys::uio::pwrite(&fd, &p[done..], (off + done) as libc::off_t) {
-                Ok(n) => done += n,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+/// The largest spill file worth handing back for reuse.
+pub(crate) const RECYCLE_MAX: usize = 2 * 1024 * 1024;
+
+/// A memfd holding `data` from offset 0: `reuse`, if it is given and large enough (its pages
+/// already allocated), else a fresh one of exactly that size. The receiver is told the
+/// length; a reused file may be longer.
+pub(crate) fn spill_memfd(reuse: Option<OwnedFd>, data: &[u8]) -> io::Result<OwnedFd> {
+    let fd = match reuse {
+        Some(fd) if file_size(fd.as_fd())? >= data.len() => fd,
+        _ => {
+            let fd = memfd_create(c"tokio-mp-item", MFdFlags::MFD_CLOEXEC)?;
+            nix::unistd::ftruncate(&fd, data.len() as libc::off_t)?;
+            fd
         }
-        off += p.len();
+    };
+    let mut done = 0;
+    while done < data.len() {
+        match nix::sys::uio::pwrite(&fd, &data[done..], done as libc::off_t) {
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    fcntl(
-        &fd,
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SHRINK
-                | SealFlag::F_SEAL_GROW
-                | SealFlag::F_SEAL_WRITE
-                | SealFlag::F_SEAL_SEAL,
-        ),
-    )?;
     Ok(fd)
 }
 
-/// A read-only view of a memfd made by [`sealed_memfd`], mapped whole.
+/// The size of a file.
+pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
+}
+
+/// A read-only view of the first bytes of a spill file made by [`spill_memfd`].
 #[derive(Debug)]
-pub(crate) struct SealedView {
+pub(crate) struct SpillView {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
 
-impl SealedView {
-    /// Maps the `len` bytes of a sealed memfd; a file of another size, or one that is not
-    /// sealed against writing and shrinking, is refused (its bytes could change or vanish
-    /// under us).
-    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedView> {
-        let size = nix::sys::stat::fstat(fd)?.st_size;
-        if usize::try_from(size).ok() != Some(len) {
+impl SpillView {
+    /// Maps the first `len` bytes of a spill file; a shorter file is refused.
+    ///
+    /// The writer hands a spill file over and never touches it again until a reader has
+    /// unmapped it and handed it back, so the bytes do not change under the view.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SpillView> {
+        let size = file_size(fd)?;
+        if size < len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("a spilled item announces {len} bytes but its file holds {size}"),
             ));
         }
-        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
-        if !seals.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a spilled item's file is not sealed",
-            ));
-        }
         let Some(nz) = std::num::NonZeroUsize::new(len) else {
-            return Ok(SealedView {
+            return Ok(SpillView {
                 ptr: std::ptr::NonNull::dangling(),
                 len: 0,
             });
         };
-        // SAFETY: a fresh read-only private mapping of `len` bytes of a file that is exactly
-        // that long and sealed against writes and shrinking (checked above), so the bytes
-        // stay valid and unchanged; it aliases no Rust object and is unmapped in `drop`.
+        // SAFETY: a fresh read-only private mapping of `len` bytes of a file at least that
+        // long (checked above), whose writer no longer touches it (see above); it aliases no
+        // Rust object and is unmapped in `drop`.
         let ptr = unsafe {
             nix::sys::mman::mmap(
                 None,
@@ -180,7 +172,7 @@ impl SealedView {
                 0,
             )
         }?;
-        Ok(SealedView {
+        Ok(SpillView {
             ptr: ptr.cast(),
             len,
         })
@@ -194,12 +186,12 @@ impl SealedView {
     }
 }
 
-// SAFETY: the view is read-only memory that no one can write (the file is sealed).
-unsafe impl Send for SealedView {}
+// SAFETY: the view is read-only memory that no one writes while it lives (see `map`).
+unsafe impl Send for SpillView {}
 // SAFETY: as above.
-unsafe impl Sync for SealedView {}
+unsafe impl Sync for SpillView {}
 
-impl Drop for SealedView {
+impl Drop for SpillView {
     fn drop(&mut self) {
         if self.len > 0 {
             // SAFETY: the mapping was made in `map` with this address and length, and no

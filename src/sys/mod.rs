@@ -20,8 +20,8 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
-    SealedView, eventfd, eventfd_add, eventfd_take, fill_random, grow_send_buffer, recv_packet,
-    sealed_memfd, shutdown_socket,
+    RECYCLE_MAX, SpillView, eventfd, eventfd_add, eventfd_take, file_size, fill_random,
+    grow_send_buffer, recv_packet, shutdown_socket, spill_memfd,
 };
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
