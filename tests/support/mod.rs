@@ -27,6 +27,8 @@ where
             .enable_all()
             .build()
             .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+        // The timeout's timer is made before `block_on` runs: it needs the runtime entered.
+        let _entered = rt.enter();
         match rt.block_on(tokio::time::timeout(TEST_TIMEOUT, body())) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failed::from(e.to_string())),
@@ -78,7 +80,9 @@ pub fn exists(pid: u32) -> bool {
 
 /// The number of descriptors this process has open.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Waits (up to `limit`) until `cond` holds, checking every 10 ms. For tests only: observing
