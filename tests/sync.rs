@@ -63,6 +63,15 @@ async fn wait_event(e: Event, started: Semaphore, passed: Value<i64>) {
     passed.lock().await.expect("lock").update(|x| x + 1);
 }
 
+async fn ponger(ping: Event, pong: Event, count: RawValue<u32>, n: u32) {
+    for i in 1..=n {
+        ping.wait().await.expect("wait");
+        ping.clear();
+        count.set(i);
+        pong.set();
+    }
+}
+
 async fn cond_waiter(c: Condition, sleeping: Semaphore, woken: Semaphore) {
     let g = c.lock().await.expect("lock");
     sleeping.release().expect("release");
@@ -409,6 +418,27 @@ async fn event_wakes_every_process() -> TestResult {
         !e.wait_timeout(Duration::from_millis(20)).await?,
         "wait on cleared event succeeded"
     );
+    Ok(())
+}
+
+/// No Python counterpart: two events bounce between two processes 2000 times; every wait
+/// returns only for the set it waited for, so both sides stay in step (a wait released by a
+/// stale set would run ahead and leave the other side waiting for ever).
+async fn event_ping_pong_in_step() -> TestResult {
+    let ping = Event::new()?;
+    let pong = Event::new()?;
+    let count = RawValue::new(0u32)?;
+    let n = 2000;
+    let mut p = Process::new(ponger, (ping.clone(), pong.clone(), count.clone(), n))
+        .start()
+        .await?;
+    for i in 1..=n {
+        ping.set();
+        ensure!(pong.wait_timeout(LONG).await?, "no pong {i}");
+        pong.clear();
+        ensure!(count.get() == i, "pong {i} came with count {}", count.get());
+    }
+    join_ok(&mut p).await?;
     Ok(())
 }
 
@@ -814,6 +844,7 @@ fn main() {
         ),
         test("semaphore_timeout", semaphore_timeout),
         test("event_wakes_every_process", event_wakes_every_process),
+        test("event_ping_pong_in_step", event_ping_pong_in_step),
         test("condition_notify", condition_notify),
         test("condition_timeout", condition_timeout),
         test("condition_wait_for", condition_wait_for),

@@ -1,11 +1,18 @@
 //! `Event`: a flag in shared memory and an eventfd that every waiter, in every process,
 //! watches.
 //!
-//! `set` raises the flag, counts one more set, and writes the eventfd once: every process
-//! waiting on it gets a readiness event, and every waiting task in it (each wait has its own
-//! registration) wakes and sees the flag, or a set count other than the one it started with.
-//! The count makes a `set` immediately followed by a `clear` still release the waiters that
-//! were waiting when it happened, as `threading.Event` does. `clear` drains the eventfd.
+//! One 32-bit word holds the flag (bit 0) and a count of sets (the other bits), so that both
+//! change in one atomic step. `set` raises the flag, counts one more set, and writes the
+//! eventfd once: every process waiting on it gets a readiness event, and every waiting task in
+//! it (each wait has its own registration) wakes and sees the flag, or a set count other than
+//! the one it started with. The count makes a `set` immediately followed by a `clear` still
+//! release the waiters that were waiting when it happened, as `threading.Event` does. (Were
+//! the flag and the count two words, a waiter could start between a `set`'s two stores, take
+//! the stale count, and be released by the second store of a set that happened before it
+//! began.)
+//!
+//! Waiters act on the eventfd's readiness events, never on its counter, so nobody reads it:
+//! each `set` that raises the flag adds 1 (it would take 2^64 sets to fill).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -20,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
 use crate::wire::PassFd;
 
-const FLAG: usize = 0;
-const SETS: usize = 4;
+/// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
+const STATE: usize = 0;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
@@ -66,23 +73,32 @@ impl Event {
 
     /// Whether the flag is set. No system call.
     pub fn is_set(&self) -> bool {
-        self.inner.region.u32_at(FLAG).load(SeqCst) != 0
+        self.state() & 1 != 0
+    }
+
+    fn state(&self) -> u32 {
+        self.inner.region.u32_at(STATE).load(SeqCst)
     }
 
     /// Sets the flag and wakes every waiter in every process. Setting a set event does
     /// nothing (and makes no system call).
     pub fn set(&self) {
-        if self.inner.region.u32_at(FLAG).swap(1, SeqCst) == 0 {
-            self.inner.region.u32_at(SETS).fetch_add(1, SeqCst);
+        let raised = self
+            .inner
+            .region
+            .u32_at(STATE)
+            .fetch_update(SeqCst, SeqCst, |s| {
+                (s & 1 == 0).then(|| (s & !1).wrapping_add(2) | 1)
+            })
+            .is_ok();
+        if raised {
             self.inner.wake.post(1);
         }
     }
 
     /// Clears the flag: later waits wait for the next [`set`](Self::set).
     pub fn clear(&self) {
-        if self.inner.region.u32_at(FLAG).swap(0, SeqCst) != 0 {
-            self.inner.wake.drain();
-        }
+        self.inner.region.u32_at(STATE).fetch_and(!1, SeqCst);
     }
 
     /// Waits until the flag is set (at once if it is).
@@ -119,15 +135,16 @@ impl Event {
     }
 
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
-        let sets = self.inner.region.u32_at(SETS);
-        let seen = sets.load(SeqCst);
-        if self.is_set() {
+        let seen = self.state();
+        if seen & 1 != 0 {
             return Ok(());
         }
         until(deadline, async {
             let mut listener = self.inner.wake.listen()?;
             loop {
-                if self.is_set() || sets.load(SeqCst) != seen {
+                let now = self.state();
+                // Set now, or set (and maybe cleared again) since the wait began.
+                if now & 1 != 0 || now >> 1 != seen >> 1 {
                     return Ok(());
                 }
                 listener.notified().await?;

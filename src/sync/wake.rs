@@ -10,10 +10,17 @@
 //! event. Each wait therefore registers a duplicate of the descriptor of its own
 //! ([`Wake::listen`]), *before* it checks its condition: any change after the check comes with
 //! an event on that registration, any change before it is seen by the check. No wake-up can be
-//! lost, at the price of a `dup` and two `epoll_ctl` calls per wait that actually sleeps (the
-//! uncontended paths never get here).
+//! lost.
+//!
+//! A registration costs a `dup` and an `epoll_ctl` to make and another `epoll_ctl` and a
+//! `close` to drop, so a finished wait leaves its registration in a one-slot cache of the
+//! handle, for the next wait in the same runtime (tokio's runtime id says which). A
+//! registration in the cache stays registered, so it keeps receiving events while no one
+//! waits; the next wait that takes it may wake once for nothing, re-check, and sleep again.
+//! Waits that run at the same time as the cached one's user make registrations of their own.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -21,23 +28,28 @@ use tokio::io::unix::AsyncFd;
 use crate::error::Result;
 use crate::sys;
 
+type Registration = AsyncFd<OwnedFd>;
+
 /// The eventfd of a primitive.
 #[derive(Debug)]
 pub(crate) struct Wake {
     fd: OwnedFd,
+    /// A registration a finished wait left behind, and the runtime it belongs to.
+    cache: Mutex<Option<(tokio::runtime::Id, Registration)>>,
 }
 
 impl Wake {
     /// A new eventfd; `semaphore` for token counting (each waiter takes one token).
     pub(crate) fn new(semaphore: bool) -> Result<Wake> {
-        Ok(Wake {
-            fd: sys::eventfd(semaphore)?,
-        })
+        Ok(Wake::from_fd(sys::eventfd(semaphore)?))
     }
 
     /// Adopts an eventfd received from another process.
     pub(crate) fn from_fd(fd: OwnedFd) -> Wake {
-        Wake { fd }
+        Wake {
+            fd,
+            cache: Mutex::new(None),
+        }
     }
 
     /// The descriptor, to pass to another process.
@@ -53,36 +65,59 @@ impl Wake {
         }
     }
 
-    /// Takes what the counter holds, if anything (a token in semaphore mode).
-    pub(crate) fn drain(&self) {
-        let _ = sys::eventfd_take(self.fd.as_fd());
-    }
-
     /// Registers a duplicate of the eventfd with the current runtime's reactor, for one wait.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub(crate) fn listen(&self) -> Result<Listener> {
-        let dup = sys::dup_fd(self.fd.as_fd())?;
+    pub(crate) fn listen(&self) -> Result<Listener<'_>> {
+        let runtime = tokio::runtime::Handle::current().id();
+        let cached = self.cache.lock().ok().and_then(|mut c| c.take());
+        let afd = match cached {
+            Some((id, afd)) if id == runtime => afd,
+            _ => {
+                let dup = sys::dup_fd(self.fd.as_fd())?;
+                sys::register_owned(dup, Interest::READABLE)?
+            }
+        };
         Ok(Listener {
-            afd: sys::register_owned(dup, Interest::READABLE)?,
+            afd: Some(afd),
+            runtime,
+            home: self,
         })
     }
 }
 
-/// One wait's registration of a [`Wake`].
+/// One wait's registration of a [`Wake`]; back to the handle's cache when dropped.
 #[derive(Debug)]
-pub(crate) struct Listener {
-    afd: AsyncFd<OwnedFd>,
+pub(crate) struct Listener<'a> {
+    afd: Option<Registration>,
+    runtime: tokio::runtime::Id,
+    home: &'a Wake,
 }
 
-impl Listener {
+impl Drop for Listener<'_> {
+    fn drop(&mut self) {
+        if let (Some(afd), Ok(mut cache)) = (self.afd.take(), self.home.cache.lock()) {
+            if cache.is_none() {
+                *cache = Some((self.runtime, afd));
+            }
+        }
+    }
+}
+
+impl Listener<'_> {
+    fn afd(&self) -> Result<&Registration> {
+        self.afd
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("listener used after drop").into())
+    }
+
     /// Waits for the next event (or, the first time, for a counter that is already above 0).
     /// The caller re-checks its condition after each return.
     ///
     /// Cancel safe: nothing is consumed.
     pub(crate) async fn notified(&mut self) -> Result<()> {
-        let mut g = self.afd.readable().await?;
+        let mut g = self.afd()?.readable().await?;
         g.clear_ready();
         Ok(())
     }
@@ -92,7 +127,7 @@ impl Listener {
     /// Cancel safe: a token is taken only in the poll that returns `Ready`.
     pub(crate) async fn take_token(&mut self) -> Result<()> {
         loop {
-            let mut g = self.afd.readable().await?;
+            let mut g = self.afd()?.readable().await?;
             match g.try_io(|fd| sys::eventfd_take(fd.get_ref().as_fd())) {
                 Ok(r) => return r.map(drop).map_err(Into::into),
                 Err(_would_block) => continue,
