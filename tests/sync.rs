@@ -13,7 +13,7 @@ use libtest_mimic::{Arguments, Trial};
 use support::{TestResult, eventually, open_fds, test};
 use tokio_multiprocessing::{
     Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Process, RLock, RawArray,
-    RawValue, Semaphore, SharedMemory, Value,
+    RawValue, Semaphore, SharedMemory, StartMethod, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -37,6 +37,14 @@ async fn add_under_lock(v: Value<i64>, inside: RawValue<u32>, bad: RawValue<u32>
 /// Takes the lock, reports it, and never lets go.
 async fn hold_forever(l: Lock, ready: Event) {
     l.lock().await.expect("lock").forget();
+    ready.set();
+    std::future::pending::<()>().await;
+}
+
+/// Takes the re-entrant lock twice, reports it, and never lets go.
+async fn hold_rlock_forever(l: RLock, ready: Event) {
+    l.lock().await.expect("lock").forget();
+    l.lock().await.expect("again").forget();
     ready.set();
     std::future::pending::<()>().await;
 }
@@ -77,6 +85,16 @@ async fn cond_waiter(c: Condition, sleeping: Semaphore, woken: Semaphore) {
     sleeping.release().expect("release");
     let g = g.wait().await.expect("wait");
     woken.release().expect("release");
+    drop(g);
+}
+
+async fn cond_late_waiter(c: Condition, out: RawValue<u32>) {
+    let g = c.lock().await.expect("lock");
+    let (g, notified) = g
+        .wait_timeout(Duration::from_millis(100))
+        .await
+        .expect("wait");
+    out.set(if notified { 2 } else { 1 });
     drop(g);
 }
 
@@ -272,6 +290,36 @@ async fn lock_waiter_sees_owner_die() -> TestResult {
         "want LockOwnerDied({pid}), got {r:?}"
     );
     ensure!(!l.is_locked(), "lock not recovered");
+    Ok(())
+}
+
+/// `lock_owner_killed` with children forked by the fork server: each child must record its
+/// own pid as the holder (a pid cached before the fork would name the server), or the death
+/// would go unnoticed.
+async fn lock_owner_killed_forkserver() -> TestResult {
+    let l = RLock::new()?;
+    let ready = Event::new()?;
+    let mut p = Process::new(hold_rlock_forever, (l.clone(), ready.clone()))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .await?;
+    ready.wait_timeout(LONG).await?;
+    let pid = p.pid();
+    ensure!(
+        l.holder().map(|h| h.0) == Some(pid),
+        "holder {:?}, child {pid}",
+        l.holder()
+    );
+    p.kill()?;
+    p.join().await?;
+    let r = l.acquire_timeout(LONG).await;
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "want LockOwnerDied({pid}), got {r:?}"
+    );
+    let g = l.acquire_timeout(LONG).await?;
+    ensure!(l.holder().map(|h| h.1) == Some(1), "count {:?}", l.holder());
+    drop(g);
     Ok(())
 }
 
@@ -479,6 +527,36 @@ async fn condition_notify() -> TestResult {
     Ok(())
 }
 
+/// No Python counterpart (Python's own implementation waits in `notify` to prevent it): a
+/// notification goes to a waiter that was waiting when it was sent, never to one that
+/// arrives after it, even though the late one is the only waiter left when it runs.
+async fn condition_late_waiter_cannot_steal() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut early = Process::new(cond_waiter, (c.clone(), sleeping.clone(), woken.clone()))
+        .start()
+        .await?;
+    sleeping.acquire_timeout(LONG).await?;
+    let g = c.acquire_timeout(LONG).await?;
+    g.notify(1);
+    // The late waiter can only start waiting once the lock is free, after the notify.
+    let out = RawValue::new(0u32)?;
+    let mut late = Process::new(cond_late_waiter, (c.clone(), out.clone()))
+        .start()
+        .await?;
+    drop(g);
+    woken.acquire_timeout(LONG).await?;
+    join_ok(&mut early).await?;
+    join_ok(&mut late).await?;
+    ensure!(
+        out.get() == 1,
+        "the late waiter was notified ({})",
+        out.get()
+    );
+    Ok(())
+}
+
 /// `_TestCondition.test_timeout`: a wait with nobody to notify times out, with the lock held
 /// again afterwards.
 async fn condition_timeout() -> TestResult {
@@ -598,6 +676,19 @@ async fn barrier_timeout_breaks() -> TestResult {
 /// types and squares an array; the parent sees it all.
 #[allow(clippy::approx_constant)]
 async fn value_and_array_cross() -> TestResult {
+    let fds = open_fds();
+    value_and_array_cross_inner().await?;
+    ensure!(
+        eventually(LONG, || open_fds() == fds).await,
+        "descriptors leaked: {} before, {} after",
+        fds,
+        open_fds()
+    );
+    Ok(())
+}
+
+#[allow(clippy::approx_constant)]
+async fn value_and_array_cross_inner() -> TestResult {
     let f = Value::new(0.0f64)?;
     let i = Value::new(0i32)?;
     let c = RawValue::new(b'a')?;
@@ -836,6 +927,7 @@ fn main() {
         test("lock_acquire_timeout", lock_acquire_timeout),
         test("lock_owner_killed", lock_owner_killed),
         test("lock_waiter_sees_owner_die", lock_waiter_sees_owner_die),
+        test("lock_owner_killed_forkserver", lock_owner_killed_forkserver),
         test("rlock_reentrant", rlock_reentrant),
         test("semaphore_counts", semaphore_counts),
         test(
@@ -846,6 +938,10 @@ fn main() {
         test("event_wakes_every_process", event_wakes_every_process),
         test("event_ping_pong_in_step", event_ping_pong_in_step),
         test("condition_notify", condition_notify),
+        test(
+            "condition_late_waiter_cannot_steal",
+            condition_late_waiter_cannot_steal,
+        ),
         test("condition_timeout", condition_timeout),
         test("condition_wait_for", condition_wait_for),
         test("barrier_rounds", barrier_rounds),

@@ -486,8 +486,11 @@ impl RLock {
 
     /// Releases every level held by the calling task; returns the count, for
     /// [`restore`](Self::restore) (a `Condition` wait).
+    ///
+    /// Called through a guard, which proves ownership wherever it has moved, so only the
+    /// process is checked.
     pub(crate) fn release_all(&self) -> Result<u32> {
-        if !self.owned_by_caller() {
+        if self.raw.holder() != sys::cached_pid() {
             return Err(Error::NotOwner);
         }
         let n = self.raw.region.u32_at(COUNT).swap(0, AcqRel);
