@@ -20,7 +20,8 @@ use tokio_multiprocessing as mp;
 
 const LOCK_ITERS: u32 = 5_000_000;
 const INCREMENTS: u64 = 2_000_000;
-const PINGS: u32 = 20_000;
+const PINGS: u32 = 2_000;
+const CHUNKS: u32 = 11;
 
 async fn incrementer(v: mp::Value<u64>, start: mp::Event, done: mp::Semaphore, n: u64) {
     if start.wait().await.is_err() {
@@ -123,78 +124,115 @@ async fn value_increments() -> mp::Result<()> {
     Ok(())
 }
 
+/// The round trips run in chunks, alternating with chunks of the raw baseline, so that both
+/// meet the same machine (load from other processes, idle states of the cores); the figures
+/// are the medians of the chunks.
 async fn event_ping_pong() -> mp::Result<()> {
     let ping = mp::Event::new()?;
     let pong = mp::Event::new()?;
-    let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), PINGS))
+    let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), CHUNKS * PINGS + 1))
         .start()
         .await?;
-    // Warm up with the first round trip (the child's start is not part of the figure).
+    let raw = RawPingPong::start(CHUNKS * PINGS + 1)?;
+    // Warm up with a first round trip each (the child's start is not part of the figure).
     ping.set();
     pong.wait().await?;
     pong.clear();
-    let t = Instant::now();
-    for _ in 1..PINGS {
-        ping.set();
-        pong.wait().await?;
-        pong.clear();
+    raw.round_trip()?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..CHUNKS {
+        let t = Instant::now();
+        for _ in 0..PINGS {
+            ping.set();
+            pong.wait().await?;
+            pong.clear();
+        }
+        ours.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(PINGS));
+        let t = Instant::now();
+        for _ in 0..PINGS {
+            raw.round_trip()?;
+        }
+        theirs.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(PINGS));
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(PINGS - 1);
     p.join().await?;
-    let raw = raw_eventfd_ping_pong()?;
+    raw.finish()?;
+    let (us, base) = (median(&mut ours), median(&mut theirs));
     figure(
         "event_ping_pong_round_trip_us",
         us,
         "us",
-        &format!("baseline: raw eventfd ping-pong, blocking reads, {raw:.1} us"),
+        &format!(
+            "baseline: raw eventfd ping-pong, blocking reads, {base:.1} us (median of {CHUNKS} \
+             chunks; ours {:.1}..{:.1}, raw {:.1}..{:.1})",
+            ours[0],
+            ours[ours.len() - 1],
+            theirs[0],
+            theirs[theirs.len() - 1]
+        ),
     );
+    println!("figure event_ping_pong_raw_eventfd_us {base}");
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Two eventfds and a forked child, each side blocking in `read`: the kernel's floor for a
 /// wake-up in another process and back.
-fn raw_eventfd_ping_pong() -> std::io::Result<f64> {
-    use nix::sys::eventfd::{EfdFlags, EventFd};
-    let ping: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
-    let pong: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
-    let one = 1u64.to_ne_bytes();
-    let mut buf = [0u8; 8];
-    // The fork happens on a thread of our own, with nothing else of ours running in it; the
-    // child touches only its two descriptors and `_exit`s.
-    let child = std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: the child calls only read, write and _exit, all async-signal-safe,
-            // and allocates nothing, as a child of a multi-threaded process must.
-            match unsafe { nix::unistd::fork() }? {
-                nix::unistd::ForkResult::Child => {
-                    let mut b = [0u8; 8];
-                    for _ in 0..PINGS {
-                        if nix::unistd::read(ping.as_fd(), &mut b).is_err()
-                            || nix::unistd::write(pong.as_fd(), &one).is_err()
-                        {
-                            break;
+struct RawPingPong {
+    ping: OwnedFd,
+    pong: OwnedFd,
+    child: nix::unistd::Pid,
+}
+
+impl RawPingPong {
+    fn start(n: u32) -> std::io::Result<RawPingPong> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let ping: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
+        let pong: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
+        let one = 1u64.to_ne_bytes();
+        // The fork happens on a thread of our own; the child touches only its two
+        // descriptors and `_exit`s.
+        let child = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the child calls only read, write and _exit, all async-signal-safe,
+                // and allocates nothing, as a child of a multi-threaded process must.
+                match unsafe { nix::unistd::fork() }? {
+                    nix::unistd::ForkResult::Child => {
+                        let mut b = [0u8; 8];
+                        for _ in 0..n {
+                            if nix::unistd::read(ping.as_fd(), &mut b).is_err()
+                                || nix::unistd::write(pong.as_fd(), &one).is_err()
+                            {
+                                break;
+                            }
                         }
+                        // SAFETY: ends the forked child at once, running none of the
+                        // parent's exit handlers.
+                        unsafe { nix::libc::_exit(0) }
                     }
-                    // SAFETY: ends the forked child at once, running none of the parent's
-                    // exit handlers.
-                    unsafe { nix::libc::_exit(0) }
+                    nix::unistd::ForkResult::Parent { child } => Ok::<_, std::io::Error>(child),
                 }
-                nix::unistd::ForkResult::Parent { child } => Ok::<_, std::io::Error>(child),
-            }
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("fork thread panicked")))
-    })?;
-    nix::unistd::write(ping.as_fd(), &one)?;
-    nix::unistd::read(pong.as_fd(), &mut buf)?;
-    let t = Instant::now();
-    for _ in 1..PINGS {
-        nix::unistd::write(ping.as_fd(), &one)?;
-        nix::unistd::read(pong.as_fd(), &mut buf)?;
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("fork thread panicked")))
+        })?;
+        Ok(RawPingPong { ping, pong, child })
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(PINGS - 1);
-    nix::sys::wait::waitpid(child, None)?;
-    Ok(us)
+
+    fn round_trip(&self) -> std::io::Result<()> {
+        let mut b = [0u8; 8];
+        nix::unistd::write(self.ping.as_fd(), &1u64.to_ne_bytes())?;
+        nix::unistd::read(self.pong.as_fd(), &mut b)?;
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        nix::sys::wait::waitpid(self.child, None)?;
+        Ok(())
+    }
 }
 
 fn main() -> mp::Result<()> {

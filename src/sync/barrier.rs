@@ -119,7 +119,7 @@ impl Inner {
                 return Err(Error::BrokenBarrier);
             }
             if self.cas(s, State { broken: true, ..s }) {
-                self.wake.post(1);
+                self.wake.signal();
                 return Err(Error::BrokenBarrier);
             }
         }
@@ -228,7 +228,7 @@ impl Barrier {
             if s.count + 1 >= parties {
                 if inner.cas(s, s.next(false)) {
                     inner.record(s.generation, false);
-                    inner.wake.post(1);
+                    inner.wake.signal();
                     return Ok(s.count);
                 }
             } else if inner.cas(
@@ -281,7 +281,7 @@ impl Barrier {
                 return;
             }
             if inner.cas(s, State { broken: true, ..s }) {
-                inner.wake.post(1);
+                inner.wake.signal();
                 return;
             }
         }
@@ -296,7 +296,7 @@ impl Barrier {
             let broke = s.broken || s.count > 0;
             if inner.cas(s, s.next(broke)) {
                 inner.record(s.generation, broke);
-                inner.wake.post(1);
+                inner.wake.signal();
                 return;
             }
         }

@@ -212,7 +212,7 @@ impl Condition {
         }
         limit.store(at, SeqCst);
         if woken > 0 {
-            inner.wake.post(1);
+            inner.wake.signal();
         }
     }
 }

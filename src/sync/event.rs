@@ -11,8 +11,8 @@
 //! the stale count, and be released by the second store of a set that happened before it
 //! began.)
 //!
-//! Waiters act on the eventfd's readiness events, never on its counter, so nobody reads it:
-//! each `set` that raises the flag adds 1 (it would take 2^64 sets to fill).
+//! Waiters act on the eventfd's readiness events, never on its counter; `set` signals with
+//! [`Wake::signal`], which keeps the counter near 0 (see there why `clear` must not).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -92,7 +92,7 @@ impl Event {
             })
             .is_ok();
         if raised {
-            self.inner.wake.post(1);
+            self.inner.wake.signal();
         }
     }
 

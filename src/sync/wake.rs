@@ -65,6 +65,22 @@ impl Wake {
         }
     }
 
+    /// Wakes every waiter of an eventfd used for its events only (not tokens): empties the
+    /// counter, then adds 1.
+    ///
+    /// Emptying keeps the counter small; a counter left to grow made every later wake-up
+    /// of a long ping-pong several times slower (measured: 7 µs round trips became 60-80 µs
+    /// after a few thousand). It must happen here, right before the write: epoll re-checks
+    /// readiness when it hands an event to `epoll_wait`, so a read of the counter between a
+    /// write and a waiter's `epoll_wait` swallows that write's event. A read by `clear` or by
+    /// a waiter could so lose a wake-up; a read right before our own write only swallows
+    /// events that our write then delivers again, and every waiter re-checks the shared state
+    /// after any wake-up.
+    pub(crate) fn signal(&self) {
+        let _ = sys::eventfd_take(self.fd.as_fd());
+        self.post(1);
+    }
+
     /// Registers a duplicate of the eventfd with the current runtime's reactor, for one wait.
     ///
     /// # Panics
