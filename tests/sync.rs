@@ -18,6 +18,19 @@ use tokio_multiprocessing::{
 
 const LONG: Duration = Duration::from_secs(20);
 
+/// A user's plain-old-data type (`_TestValue` uses ctypes structures the same way).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Point {
+    x: f64,
+    y: i32,
+    on: bool,
+}
+
+// SAFETY: numbers and a bool written only through the typed API: no pointers, and every
+// value stored is a valid Point.
+unsafe impl tokio_multiprocessing::Pod for Point {}
+
 // ---- child targets -------------------------------------------------------------------------
 
 /// Increments `v` `n` times under its lock, checking that no one else is inside.
@@ -123,7 +136,23 @@ async fn barrier_expect_broken(b: Barrier, out: RawValue<u32>) {
 }
 
 #[allow(clippy::approx_constant)] // the seed's own literal
-async fn set_values(f: Value<f64>, i: Value<i32>, c: RawValue<u8>, a: Array<i32>) {
+async fn set_values(
+    f: Value<f64>,
+    i: Value<i32>,
+    c: RawValue<u8>,
+    a: Array<i32>,
+    pts: Array<Point>,
+) {
+    pts.set(
+        1,
+        Point {
+            x: -1.5,
+            y: 9,
+            on: true,
+        },
+    )
+    .await
+    .expect("set");
     f.set(3.1415927).await.expect("set");
     i.set(-7).await.expect("set");
     c.set(b'x');
@@ -693,15 +722,36 @@ async fn value_and_array_cross_inner() -> TestResult {
     let i = Value::new(0i32)?;
     let c = RawValue::new(b'a')?;
     let a = Array::from_slice(&(0..10).collect::<Vec<i32>>())?;
-    let mut p = Process::new(set_values, (f.clone(), i.clone(), c.clone(), a.clone()))
-        .start()
-        .await?;
+    let zero = Point {
+        x: 0.0,
+        y: 0,
+        on: false,
+    };
+    let pts = Array::from_elem(zero, 2)?;
+    let mut p = Process::new(
+        set_values,
+        (f.clone(), i.clone(), c.clone(), a.clone(), pts.clone()),
+    )
+    .start()
+    .await?;
     join_ok(&mut p).await?;
     ensure!(f.get().await? == 3.1415927, "f64");
     ensure!(i.get().await? == -7, "i32");
     ensure!(c.get() == b'x', "u8");
     let want: Vec<i32> = (0..10).map(|x| x * x).collect();
     ensure!(a.to_vec().await? == want, "array {:?}", a.to_vec().await?);
+    let got = pts.to_vec().await?;
+    ensure!(
+        got == vec![
+            zero,
+            Point {
+                x: -1.5,
+                y: 9,
+                on: true
+            }
+        ],
+        "points {got:?}"
+    );
     Ok(())
 }
 

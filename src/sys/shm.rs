@@ -25,6 +25,26 @@ use nix::sys::stat::Mode;
 /// Implemented for the integer and floating-point types and `bool`. Implement it for your own
 /// `#[repr(C)]` type to put it in a [`Value`](crate::Value) or an [`Array`](crate::Array).
 ///
+/// ```
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+/// }
+/// // SAFETY: two f64s: no pointers, every bit pattern is a valid Point.
+/// unsafe impl tokio_multiprocessing::Pod for Point {}
+/// let p = tokio_multiprocessing::RawValue::new(Point { x: 1.0, y: 2.0 })?;
+/// assert_eq!(p.get().y, 2.0);
+/// # Ok::<(), tokio_multiprocessing::Error>(())
+/// ```
+///
+/// Types that own memory elsewhere are refused:
+///
+/// ```compile_fail
+/// let s = tokio_multiprocessing::RawValue::new(String::from("a pointer into one process"));
+/// ```
+///
 /// # Safety
 /// The implementer promises that `T`:
 /// - holds no pointers, references, descriptors or anything else that means something only
