@@ -221,6 +221,7 @@ async fn lock_basics() -> TestResult {
     let g = l.try_acquire()?.ok_or("free lock not taken")?;
     ensure!(l.is_locked(), "not locked");
     ensure!(l.try_acquire()?.is_none(), "held lock taken twice");
+    ensure!(l.is_locked(), "a failed try_acquire released the lock");
     drop(g);
     ensure!(!l.is_locked(), "still locked");
     ensure!(
@@ -295,6 +296,30 @@ async fn lock_owner_killed() -> TestResult {
     );
     let g = l.acquire_timeout(LONG).await?;
     drop(g);
+
+    // A non-blocking acquire notices a dead holder too.
+    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start()
+        .await?;
+    ready.clear();
+    ensure!(
+        eventually(LONG, || l.holder() == Some(p.pid())).await,
+        "second child never took the lock"
+    );
+    ensure!(l.try_acquire()?.is_none(), "took a lock a live child holds");
+    ensure!(
+        l.holder() == Some(p.pid()),
+        "a failed try_acquire released the child's lock"
+    );
+    let pid = p.pid();
+    p.kill()?;
+    p.join().await?;
+    let r = l.try_acquire();
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "try_acquire: want LockOwnerDied({pid}), got {r:?}"
+    );
+    ensure!(l.try_acquire()?.is_some(), "lock not free after recovery");
     Ok(())
 }
 

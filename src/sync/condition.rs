@@ -155,7 +155,7 @@ impl Condition {
         let inner = &*self.inner;
         let next = inner.region.u64_at(NEXT);
         let ticket = next.load(SeqCst);
-        if ticket - inner.region.u64_at(LIMIT).load(SeqCst) >= SLOTS {
+        if ticket.saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst)) >= SLOTS {
             return Err(Error::Io(std::io::Error::other(format!(
                 "more than {SLOTS} waiters on one condition"
             ))));
@@ -201,8 +201,13 @@ impl Condition {
     fn notify(&self, n: usize) {
         let inner = &*self.inner;
         let limit = inner.region.u64_at(LIMIT);
-        let end = inner.region.u64_at(NEXT).load(SeqCst);
         let mut at = limit.load(SeqCst);
+        // At most SLOTS tickets are outstanding; more can only be a damaged segment.
+        let end = inner
+            .region
+            .u64_at(NEXT)
+            .load(SeqCst)
+            .min(at.saturating_add(SLOTS));
         let mut woken = 0;
         while woken < n && at < end {
             if !inner.take_cancelled(at) {

@@ -124,6 +124,23 @@ impl RawLock {
         }
     }
 
+    /// One attempt that also notices a dead holder (for `try_acquire`): `Ok(true)` if taken,
+    /// `Ok(false)` if a live process holds it, [`Error::LockOwnerDied`] if the holder died
+    /// (the lock is then free).
+    fn try_take_checked(&self, me: u32) -> Result<bool> {
+        if self.try_take(me) {
+            return Ok(true);
+        }
+        let holder = self.holder();
+        if holder == 0 || holder == me || !process_gone(holder)? {
+            return Ok(false);
+        }
+        match self.recover(holder) {
+            Some(e) => Err(e),
+            None => Ok(false),
+        }
+    }
+
     /// Frees the lock of a dead holder; the error for the one caller that did.
     fn recover(&self, dead: u32) -> Option<Error> {
         let freed = self
@@ -168,6 +185,22 @@ impl<'de> Deserialize<'de> for RawLock {
             region: map_received(region, SIZE, "lock")?,
             wake: Wake::from_fd(wake.0),
         })
+    }
+}
+
+/// Whether `pid` has exited (or never existed), without waiting and without a runtime.
+fn process_gone(pid: u32) -> Result<bool> {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Ok(true);
+    };
+    match sys::pidfd_open(raw) {
+        Ok(fd) => {
+            use std::os::fd::AsFd;
+            let ready = sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))?;
+            Ok(ready.first().copied().unwrap_or(false))
+        }
+        Err(e) if e.raw_os_error() == Some(sys::ESRCH) => Ok(true),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -261,16 +294,20 @@ impl Lock {
         Ok(LockGuard { lock: self })
     }
 
-    /// Takes the lock if it is free (Python's `acquire(block=False)`); `None` if it is held.
-    /// Makes no system call.
+    /// Takes the lock if it is free (Python's `acquire(block=False)`); `None` if a live
+    /// process holds it. A free lock costs no system call; a held one, a check that its
+    /// holder is alive.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for reporting a dead holder.
+    /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
+    /// [`Error::Io`] if the holder cannot be checked.
     pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .raw
-            .try_take(sys::cached_pid())
-            .then_some(LockGuard { lock: self }))
+            .try_take_checked(sys::cached_pid())?
+            // `then`, not `then_some`: a guard made for nothing would release the lock
+            // (someone else's) when dropped.
+            .then(|| LockGuard { lock: self }))
     }
 
     /// Releases the lock, whoever holds it (Python's `release()`): for a lock whose guard was
@@ -381,7 +418,7 @@ impl RLock {
 
     fn enter(&self) -> RLockGuard<'_> {
         let count = self.raw.region.u32_at(COUNT);
-        count.store(count.load(Relaxed) + 1, Release);
+        count.store(count.load(Relaxed).saturating_add(1), Release);
         RLockGuard { lock: self }
     }
 
@@ -425,12 +462,13 @@ impl RLock {
     /// Takes the lock if it is free or owned by the calling task; `None` otherwise.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for reporting a dead holder.
+    /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
+    /// [`Error::Io`] if the holder cannot be checked.
     pub fn try_acquire(&self) -> Result<Option<RLockGuard<'_>>> {
         if self.owned_by_caller() {
             return Ok(Some(self.enter()));
         }
-        if self.raw.try_take(sys::cached_pid()) {
+        if self.raw.try_take_checked(sys::cached_pid())? {
             self.take_ownership(1);
             return Ok(Some(RLockGuard { lock: self }));
         }
