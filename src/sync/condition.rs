@@ -151,17 +151,27 @@ impl Condition {
 
     /// Releases the lock, waits for a notification (or the deadline), takes the lock again.
     /// Returns whether it was notified.
+    ///
+    /// Called for a guard that the caller has given up: on `Ok` the lock is held again (the
+    /// caller makes a new guard); on `Err` the guard's level is not held any more.
     async fn wait_inner(&self, deadline: Option<Instant>) -> Result<bool> {
         let inner = &*self.inner;
         let next = inner.region.u64_at(NEXT);
         let ticket = next.load(SeqCst);
         if ticket.saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst)) >= SLOTS {
+            self.lock.release();
             return Err(Error::Io(std::io::Error::other(format!(
                 "more than {SLOTS} waiters on one condition"
             ))));
         }
+        let mut listener = match inner.wake.listen() {
+            Ok(l) => l,
+            Err(e) => {
+                self.lock.release();
+                return Err(e);
+            }
+        };
         inner.take_cancelled(ticket);
-        let mut listener = inner.wake.listen()?;
         next.store(ticket + 1, SeqCst);
         let saved = match self.lock.release_save() {
             Ok(s) => s,
@@ -194,7 +204,10 @@ impl Condition {
         match waited {
             Ok(()) => Ok(true),
             Err(Error::Timeout) => Ok(notified),
-            Err(e) => Err(e),
+            Err(e) => {
+                self.lock.release();
+                Err(e)
+            }
         }
     }
 
@@ -250,8 +263,9 @@ impl<'a> ConditionGuard<'a> {
     /// `wait()`); returns the guard.
     ///
     /// # Errors
-    /// [`Error::LockOwnerDied`] if taking the lock back found its holder dead (the guard is
-    /// then gone and the lock free); [`Error::Io`] if the wait cannot be registered.
+    /// [`Error::LockOwnerDied`] if taking the lock back found its holder dead (the lock is
+    /// then free); [`Error::Io`] if the wait cannot be registered. On an error the guard is
+    /// gone and its level of the lock released.
     ///
     /// # Panics
     /// Outside a tokio runtime.

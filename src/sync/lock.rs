@@ -99,7 +99,7 @@ impl RawLock {
             if holder != me && watch.as_ref().is_none_or(|w| w.pid != holder) {
                 watch = Watch::open(holder)?;
                 if watch.is_none() {
-                    if let Some(e) = self.recover(holder) {
+                    if let Some(e) = self.recover(holder, 1) {
                         return Err(e);
                     }
                     continue;
@@ -117,7 +117,7 @@ impl RawLock {
             };
             if died {
                 watch = None;
-                if let Some(e) = self.recover(holder) {
+                if let Some(e) = self.recover(holder, 1) {
                     return Err(e);
                 }
             }
@@ -135,14 +135,15 @@ impl RawLock {
         if holder == 0 || holder == me || !process_gone(holder)? {
             return Ok(false);
         }
-        match self.recover(holder) {
+        match self.recover(holder, 0) {
             Some(e) => Err(e),
             None => Ok(false),
         }
     }
 
-    /// Frees the lock of a dead holder; the error for the one caller that did.
-    fn recover(&self, dead: u32) -> Option<Error> {
+    /// Frees the lock of a dead holder; the error for the one caller that did. `counted` is
+    /// 1 if the caller is among the sleeping waiters, 0 if not.
+    fn recover(&self, dead: u32, counted: u32) -> Option<Error> {
         let freed = self
             .region
             .u32_at(STATE)
@@ -152,8 +153,8 @@ impl RawLock {
             return None;
         }
         tracing::debug!(pid = dead, "lock holder died; lock recovered");
-        // Others may sleep on the lock too (we count as one waiter ourselves).
-        if self.region.u32_at(WAITERS).load(SeqCst) > 1 {
+        // Others may sleep on the lock too.
+        if self.region.u32_at(WAITERS).load(SeqCst) > counted {
             self.wake.post(1);
         }
         Some(Error::LockOwnerDied { pid: dead })
