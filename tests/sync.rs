@@ -71,6 +71,20 @@ async fn release_after(s: Semaphore, go: Event) {
     s.release().expect("release");
 }
 
+/// Enters a `Semaphore(2)`-guarded section `n` times, counting who is inside.
+async fn bounded_section(s: Semaphore, inside: Value<i64>, bad: RawValue<u32>, n: u32) {
+    for _ in 0..n {
+        s.acquire().await.expect("acquire");
+        let now = inside.lock().await.expect("lock").update(|x| x + 1);
+        if now > 2 {
+            bad.set(bad.get() + 1);
+        }
+        tokio::task::yield_now().await;
+        inside.lock().await.expect("lock").update(|x| x - 1);
+        s.release().expect("release");
+    }
+}
+
 async fn over_release(s: BoundedSemaphore, out: RawValue<u32>) {
     out.set(match s.release() {
         Err(Error::SemaphoreOverRelease { bound: 2 }) => 1,
@@ -447,6 +461,36 @@ async fn semaphore_counts() -> TestResult {
     go.set();
     zero.acquire_timeout(LONG).await?;
     join_ok(&mut p).await?;
+    Ok(())
+}
+
+/// `_TestSemaphore.test_semaphore` under contention: four processes pass a `Semaphore(2)`
+/// 200 times each; never more than two are inside, and every unit comes back.
+async fn semaphore_bounds_concurrency() -> TestResult {
+    let s = Semaphore::new(2)?;
+    let inside = Value::new(0i64)?;
+    let bad = RawValue::new(0u32)?;
+    let mut kids = Vec::new();
+    for _ in 0..3 {
+        kids.push(
+            Process::new(
+                bounded_section,
+                (s.clone(), inside.clone(), bad.clone(), 200),
+            )
+            .start()
+            .await?,
+        );
+    }
+    bounded_section(s.clone(), inside.clone(), bad.clone(), 200).await;
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    ensure!(bad.get() == 0, "{} times more than two inside", bad.get());
+    ensure!(
+        s.get_value() == 2,
+        "value {} after all releases",
+        s.get_value()
+    );
     Ok(())
 }
 
@@ -1005,6 +1049,7 @@ fn main() {
         test("lock_owner_killed_forkserver", lock_owner_killed_forkserver),
         test("rlock_reentrant", rlock_reentrant),
         test("semaphore_counts", semaphore_counts),
+        test("semaphore_bounds_concurrency", semaphore_bounds_concurrency),
         test(
             "bounded_semaphore_over_release",
             bounded_semaphore_over_release,
