@@ -198,6 +198,23 @@ async fn join_ok(p: &mut Process) -> TestResult {
     }
 }
 
+/// How many `/dev/shm` segments this test process has made and not removed (other processes
+/// on the machine make and remove their own at any time, so only ours are counted).
+fn our_segments() -> usize {
+    let suffix = format!("-{}", std::process::id());
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.starts_with("tmp-sync-") && n.ends_with(&suffix)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn shm_exists(name: &str) -> bool {
     std::path::Path::new("/dev/shm").join(name).exists()
 }
@@ -860,6 +877,7 @@ async fn value_lock_and_indices() -> TestResult {
 /// `_TestSharedMemory.test_shared_memory_basics`: create, attach by name (here and in a
 /// child), size and name, unlink; creating a taken name fails; nothing left in `/dev/shm`.
 async fn shared_memory_named() -> TestResult {
+    let segments = our_segments();
     let name = unique("basics");
     ensure!(!shm_exists(&name), "stale segment {name}");
     let mut shm = SharedMemory::create(&name, 4096)?;
@@ -903,6 +921,11 @@ async fn shared_memory_named() -> TestResult {
     shm.read(0, &mut buf)?; // the mapping outlives the name
     drop(shm);
     ensure!(!shm_exists(&name), "segment leaked");
+    ensure!(
+        our_segments() == segments,
+        "segments: {segments} before, {} after",
+        our_segments()
+    );
     Ok(())
 }
 
@@ -911,6 +934,7 @@ async fn shared_memory_named() -> TestResult {
 /// neither leaves a segment or a descriptor behind.
 async fn shared_memory_survives_killed_child() -> TestResult {
     let name = unique("kill");
+    let segments = our_segments();
     let fds = open_fds();
     {
         let named = SharedMemory::create(&name, 64)?;
@@ -929,8 +953,14 @@ async fn shared_memory_survives_killed_child() -> TestResult {
             ensure!(&buf == b"anon", "child's write lost");
         }
         ensure!(shm_exists(&name), "the child's death removed the name");
+        ensure!(our_segments() == segments + 1, "segments while alive");
     }
     ensure!(!shm_exists(&name), "segment leaked");
+    ensure!(
+        our_segments() == segments,
+        "segments: {segments} before, {} after",
+        our_segments()
+    );
     ensure!(
         eventually(LONG, || open_fds() == fds).await,
         "descriptors leaked: {} before, {} after",
