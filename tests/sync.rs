@@ -900,6 +900,17 @@ async fn shared_memory_named() -> TestResult {
         shm.write(4095, b"xy").is_err(),
         "write past the end accepted"
     );
+    // Unaligned starts and lengths, across the word-sized copies.
+    let pattern: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    shm.write(1003, &pattern)?;
+    let mut back = vec![0u8; 1000];
+    other.read(1003, &mut back)?;
+    ensure!(back == pattern, "unaligned round trip differs");
+    let whole = other.to_vec();
+    ensure!(
+        whole.len() == 4096 && whole[1003..2003] == pattern[..] && whole[100..103] == *b"abc",
+        "to_vec differs"
+    );
 
     let mut p = Process::new(shm_attach_write, (name.clone(),))
         .start()

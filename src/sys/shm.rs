@@ -198,8 +198,18 @@ impl SharedRegion {
         if offset.checked_add(buf.len()).is_none_or(|e| e > self.len) {
             return false;
         }
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = self.read::<u8>(offset + i);
+        let mut i = 0;
+        while i < buf.len() {
+            let at = offset + i;
+            if at % 8 == 0 && buf.len() - i >= 8 {
+                // Eight bytes per volatile access where the segment is aligned for it.
+                let word = self.read::<u64>(at).to_ne_bytes();
+                buf[i..i + 8].copy_from_slice(&word);
+                i += 8;
+            } else {
+                buf[i] = self.read::<u8>(at);
+                i += 1;
+            }
         }
         true
     }
@@ -209,8 +219,18 @@ impl SharedRegion {
         if offset.checked_add(data.len()).is_none_or(|e| e > self.len) {
             return false;
         }
-        for (i, b) in data.iter().enumerate() {
-            self.write::<u8>(offset + i, *b);
+        let mut i = 0;
+        while i < data.len() {
+            let at = offset + i;
+            if at % 8 == 0 && data.len() - i >= 8 {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&data[i..i + 8]);
+                self.write::<u64>(at, u64::from_ne_bytes(word));
+                i += 8;
+            } else {
+                self.write::<u8>(at, data[i]);
+                i += 1;
+            }
         }
         true
     }
