@@ -131,6 +131,46 @@ pub enum Error {
     /// `IndexError` raised through a proxy).
     #[error("manager: {0}")]
     Manager(String),
+    /// A lock's holder died while holding it (like a robust mutex's `EOWNERDEAD`).
+    ///
+    /// Python leaves such a lock locked for ever; here the acquirer that notices the death
+    /// gets this error instead of hanging, and the lock is free again: the next `lock()`
+    /// takes it. What the dead holder protected may be half-updated.
+    #[error("the process {pid} that held the lock died without releasing it")]
+    LockOwnerDied {
+        /// The pid of the dead holder.
+        pid: u32,
+    },
+
+    /// A lock that is not held was released (Python's `ValueError` / `AssertionError`).
+    #[error("release of a lock that is not held")]
+    NotHeld,
+
+    /// An `RLock` was released by a task or process that does not own it.
+    #[error("release of a re-entrant lock by a task or process that does not own it")]
+    NotOwner,
+
+    /// A `BoundedSemaphore` was released more times than it was acquired (Python's
+    /// `ValueError`).
+    #[error("semaphore released too many times (its bound is {bound})")]
+    SemaphoreOverRelease {
+        /// The initial value, which the semaphore may not exceed.
+        bound: u32,
+    },
+
+    /// A `Barrier` is broken: it was aborted or reset, or a wait on it timed out (Python's
+    /// `BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+
+    /// An index past the end of a shared array or segment (Python's `IndexError`).
+    #[error("index {index} out of range for length {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The length of the array or segment.
+        len: usize,
+    },
 }
 
 /// Hex form of a fingerprint, for messages.

@@ -39,7 +39,9 @@
 mod error;
 mod manager;
 mod process;
+mod shared;
 mod start;
+mod sync;
 mod sys;
 mod task;
 mod wire;
@@ -47,7 +49,13 @@ mod wire;
 pub use error::{Error, ExitCause, Result};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
+pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
+pub use sync::{
+    Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
+    RLockGuard, Semaphore,
+};
+pub use sys::Pod;
 pub use task::Target;
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
 
