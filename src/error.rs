@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -126,6 +127,41 @@ pub enum Error {
         /// How it ended.
         cause: ExitCause,
     },
+
+    /// A pool task ran past its timeout: its worker was killed (and replaced).
+    #[error("task timed out after {timeout:?}: worker process {pid} was killed and replaced")]
+    TaskTimedOut {
+        /// The pid of the worker that was running the task.
+        pid: u32,
+        /// The timeout in force for the task.
+        timeout: Duration,
+    },
+
+    /// The task was cancelled before it finished (a running task's worker was killed and
+    /// replaced).
+    #[error("task cancelled")]
+    Cancelled,
+
+    /// The pool takes no more tasks: it was closed or terminated (or dropped), or it was
+    /// terminated before this task finished.
+    #[error("the pool is closed")]
+    PoolClosed,
+
+    /// A pool worker's initializer failed (panicked, or could not decode its arguments), so
+    /// the worker never took a task. The pool does not restart a worker whose initializer
+    /// failed.
+    #[error("the pool initializer failed in worker process {pid}: {message}")]
+    InitializerFailed {
+        /// The pid of the worker.
+        pid: u32,
+        /// The initializer's panic message, or what went wrong.
+        message: String,
+    },
+
+    /// [`Pool::join`](crate::Pool::join) was called on a pool that is still running: call
+    /// [`close`](crate::Pool::close) or [`terminate`](crate::Pool::terminate) first.
+    #[error("the pool is still running: call close() or terminate() before join()")]
+    PoolRunning,
 }
 
 /// Hex form of a fingerprint, for messages.

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod pool;
 mod process;
 mod start;
 mod sys;
@@ -44,6 +45,7 @@ mod task;
 mod wire;
 
 pub use error::{Error, ExitCause, Result};
+pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
 pub use task::Target;

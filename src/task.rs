@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::sys::{self, FnZst};
+use crate::wire::Encoded;
 use crate::wire::codec;
 
 /// Marks a target that returns its result directly.
@@ -64,6 +65,10 @@ pub trait Target<Args, Marker>: Copy + Send + Sync + 'static {
     /// What the function returns (for an `async fn`, what its future resolves to).
     type Output: Send + 'static;
 
+    /// Whether the function is an `async fn` (its call returns a future to await).
+    #[doc(hidden)]
+    const __ASYNC: bool;
+
     #[doc(hidden)]
     fn __invoke(self, args: Args) -> Invoked<Self::Output>;
 
@@ -79,6 +84,7 @@ macro_rules! targets {
             R: Serialize + Send + 'static,
         {
             type Output = R;
+            const __ASYNC: bool = false;
 
             #[allow(non_snake_case)]
             fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<R> {
@@ -97,6 +103,7 @@ macro_rules! targets {
             Fut::Output: Serialize + Send + 'static,
         {
             type Output = Fut::Output;
+            const __ASYNC: bool = true;
 
             #[allow(non_snake_case)]
             fn __invoke(self, ($($a,)*): ($($a,)*)) -> Invoked<Fut::Output> {
@@ -202,4 +209,98 @@ where
 /// The offset that names `entry` to a process running the same binary.
 pub(crate) fn process_entry_offset(entry: ProcessEntry) -> i64 {
     sys::offset_from_anchor(entry as usize)
+}
+
+/// The entry point a pool worker calls for one task: decodes the arguments, runs the target
+/// and encodes its result.
+pub(crate) type TaskEntry = fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>;
+
+/// The [`TaskEntry`] that runs target `F` once, on one tuple of arguments `A`.
+pub(crate) fn task_entry<F, A, M>() -> TaskEntry
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    run_task::<F, A, M>
+}
+
+/// The [`TaskEntry`] that runs target `F` on each tuple of a chunk (an encoded `Vec<A>`) in
+/// turn, and encodes a `Vec<Result<F::Output, String>>`: each item's result or its panic
+/// message. One frame carries a whole chunk, so a million trivial calls cost a few thousand
+/// messages.
+pub(crate) fn chunk_entry<F, A, M>() -> TaskEntry
+where
+    F: Target<A, M>,
+    A: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    run_chunk::<F, A, M>
+}
+
+/// The offset that names a task entry to a process running the same binary.
+pub(crate) fn task_entry_offset(entry: TaskEntry) -> i64 {
+    sys::offset_from_anchor(entry as usize)
+}
+
+fn encode_result<R: Serialize>(r: R) -> Result<Encoded, Failure> {
+    Encoded::new(&r).map_err(Failure::Args)
+}
+
+fn run_task<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    let args: A = match codec::decode(bytes, fds) {
+        Ok(a) => a,
+        Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
+    };
+    match invoke_caught(F::__conjure(), args) {
+        Invoked::Ready(r) => Invoked::Ready(r.and_then(encode_result)),
+        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(|r| r.and_then(encode_result)))),
+    }
+}
+
+/// One item of a chunk: its result, or the message of its failure.
+type ItemResult<R> = Result<R, String>;
+
+fn item_result<R>(r: Result<R, Failure>) -> ItemResult<R> {
+    r.map_err(|f| match f {
+        Failure::Panicked(m) => m,
+        Failure::Args(e) => e.to_string(),
+    })
+}
+
+fn run_chunk<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<A, M>,
+    A: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    let items: Vec<A> = match codec::decode(bytes, fds) {
+        Ok(a) => a,
+        Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
+    };
+    if !F::__ASYNC {
+        let mut out: Vec<ItemResult<F::Output>> = Vec::with_capacity(items.len());
+        for args in items {
+            out.push(match invoke_caught(F::__conjure(), args) {
+                Invoked::Ready(r) => item_result(r),
+                Invoked::Pending(_) => Err("a blocking target returned a future".to_string()),
+            });
+        }
+        return Invoked::Ready(encode_result(out));
+    }
+    Invoked::Pending(Box::pin(async move {
+        let mut out: Vec<ItemResult<F::Output>> = Vec::with_capacity(items.len());
+        for args in items {
+            out.push(match invoke_caught(F::__conjure(), args) {
+                Invoked::Ready(r) => item_result(r),
+                Invoked::Pending(fut) => item_result(fut.await),
+            });
+        }
+        encode_result(out)
+    }))
 }

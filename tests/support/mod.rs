@@ -27,7 +27,7 @@ where
             .enable_all()
             .build()
             .map_err(|e| Failed::from(format!("runtime: {e}")))?;
-        match rt.block_on(tokio::time::timeout(TEST_TIMEOUT, body())) {
+        match rt.block_on(async { tokio::time::timeout(TEST_TIMEOUT, body()).await }) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failed::from(e.to_string())),
             Err(_) => Err(Failed::from(format!("timed out after {TEST_TIMEOUT:?}"))),
@@ -78,7 +78,9 @@ pub fn exists(pid: u32) -> bool {
 
 /// The number of descriptors this process has open.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Waits (up to `limit`) until `cond` holds, checking every 10 ms. For tests only: observing
