@@ -226,8 +226,8 @@ where
 }
 
 /// The [`TaskEntry`] that runs target `F` on each tuple of a chunk (an encoded `Vec<A>`) in
-/// turn, and encodes a `Vec<Result<F::Output, String>>`: each item's result or its panic
-/// message. One frame carries a whole chunk, so a million trivial calls cost a few thousand
+/// turn, and encodes a [`ChunkOut`]: the items' results and the panic messages of those that
+/// failed. One frame carries a whole chunk, so a million trivial calls cost a few thousand
 /// messages.
 pub(crate) fn chunk_entry<F, A, M>() -> TaskEntry
 where
@@ -263,14 +263,35 @@ where
     }
 }
 
-/// One item of a chunk: its result, or the message of its failure.
-type ItemResult<R> = Result<R, String>;
+/// A chunk's answer: the results of the items that succeeded, in order, and the index and
+/// panic message of each item that failed (rarely any, so the common case costs nothing per
+/// item beyond its result).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ChunkOut<R> {
+    pub(crate) ok: Vec<R>,
+    pub(crate) failed: Vec<(u32, String)>,
+}
 
-fn item_result<R>(r: Result<R, Failure>) -> ItemResult<R> {
-    r.map_err(|f| match f {
-        Failure::Panicked(m) => m,
-        Failure::Args(e) => e.to_string(),
-    })
+impl<R> ChunkOut<R> {
+    fn with_capacity(n: usize) -> ChunkOut<R> {
+        ChunkOut {
+            ok: Vec::with_capacity(n),
+            failed: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, index: usize, r: Result<R, Failure>) {
+        match r {
+            Ok(v) => self.ok.push(v),
+            Err(f) => self.failed.push((
+                index as u32,
+                match f {
+                    Failure::Panicked(m) => m,
+                    Failure::Args(e) => e.to_string(),
+                },
+            )),
+        }
+    }
 }
 
 fn run_chunk<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
@@ -284,22 +305,26 @@ where
         Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
     };
     if !F::__ASYNC {
-        let mut out: Vec<ItemResult<F::Output>> = Vec::with_capacity(items.len());
-        for args in items {
-            out.push(match invoke_caught(F::__conjure(), args) {
-                Invoked::Ready(r) => item_result(r),
-                Invoked::Pending(_) => Err("a blocking target returned a future".to_string()),
-            });
+        let mut out = ChunkOut::with_capacity(items.len());
+        for (i, args) in items.into_iter().enumerate() {
+            let r = match invoke_caught(F::__conjure(), args) {
+                Invoked::Ready(r) => r,
+                Invoked::Pending(_) => Err(Failure::Panicked(
+                    "a blocking target returned a future".to_string(),
+                )),
+            };
+            out.push(i, r);
         }
         return Invoked::Ready(encode_result(out));
     }
     Invoked::Pending(Box::pin(async move {
-        let mut out: Vec<ItemResult<F::Output>> = Vec::with_capacity(items.len());
-        for args in items {
-            out.push(match invoke_caught(F::__conjure(), args) {
-                Invoked::Ready(r) => item_result(r),
-                Invoked::Pending(fut) => item_result(fut.await),
-            });
+        let mut out = ChunkOut::with_capacity(items.len());
+        for (i, args) in items.into_iter().enumerate() {
+            let r = match invoke_caught(F::__conjure(), args) {
+                Invoked::Ready(r) => r,
+                Invoked::Pending(fut) => fut.await,
+            };
+            out.push(i, r);
         }
         encode_result(out)
     }))

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 pub use result::{AsyncResult, IMap, MapResult};
 
 use self::proto::{Setup, SetupReply};
-use self::result::{ItemResult, NextChunk};
+use self::result::{ChunkOut, NextChunk};
 use self::scheduler::{Cmd, Job, Scheduler};
 use crate::error::{Error, Result};
 use crate::process::Process;
@@ -739,7 +739,7 @@ impl<'p, R: DeserializeOwned> Map<'p, R> {
         let mut from = 0;
         while from < self.len {
             let to = (from + size).min(self.len);
-            chunks.push(self.pool.shared.submit::<Vec<ItemResult<R>>>(
+            chunks.push(self.pool.shared.submit::<ChunkOut<R>>(
                 self.entry.0,
                 self.entry.1,
                 (self.encode)(from, to),

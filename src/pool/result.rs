@@ -21,8 +21,8 @@ use super::scheduler::{Cmd, Outcome};
 use crate::error::{Error, Result};
 use crate::wire::Encoded;
 
-/// One item of a chunk's answer: the result, or the panic message.
-pub(super) type ItemResult<R> = std::result::Result<R, String>;
+/// A chunk's answer.
+pub(super) use crate::task::ChunkOut;
 
 enum State<R> {
     Waiting(oneshot::Receiver<Outcome>),
@@ -209,10 +209,18 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
     }
 }
 
-/// Turns a chunk's items into results, a panic into [`Error::TaskPanicked`].
-fn items<R>(v: Vec<ItemResult<R>>) -> impl Iterator<Item = Result<R>> {
-    v.into_iter()
-        .map(|r| r.map_err(|message| Error::TaskPanicked { message }))
+/// Turns a chunk's answer into one result per item, in order; a panic into
+/// [`Error::TaskPanicked`].
+fn items<R>(c: ChunkOut<R>) -> impl Iterator<Item = Result<R>> {
+    let total = c.ok.len() + c.failed.len();
+    let mut ok = c.ok.into_iter();
+    let mut failed = c.failed.into_iter().peekable();
+    (0..total).filter_map(move |i| match failed.peek() {
+        Some((at, _)) if *at as usize == i => failed
+            .next()
+            .map(|(_, message)| Err(Error::TaskPanicked { message })),
+        _ => ok.next().map(Ok),
+    })
 }
 
 /// The result of [`Pool::map_async`](crate::Pool::map_async) and
@@ -228,7 +236,7 @@ fn items<R>(v: Vec<ItemResult<R>>) -> impl Iterator<Item = Result<R>> {
 /// cancel safe.
 #[must_use = "a MapResult does nothing unless awaited; the tasks run either way"]
 pub struct MapResult<R> {
-    chunks: Vec<AsyncResult<Vec<ItemResult<R>>>>,
+    chunks: Vec<AsyncResult<ChunkOut<R>>>,
     next: usize,
     out: Vec<R>,
     failed: Option<Error>,
@@ -244,7 +252,7 @@ impl<R> std::fmt::Debug for MapResult<R> {
 }
 
 impl<R: DeserializeOwned> MapResult<R> {
-    pub(super) fn new(chunks: Vec<AsyncResult<Vec<ItemResult<R>>>>, len: usize) -> MapResult<R> {
+    pub(super) fn new(chunks: Vec<AsyncResult<ChunkOut<R>>>, len: usize) -> MapResult<R> {
         MapResult {
             chunks,
             next: 0,
@@ -331,8 +339,8 @@ impl<R: DeserializeOwned> Future for MapResult<R> {
 pub(super) type NextChunk = Box<dyn FnMut(usize) -> Option<Result<Encoded>> + Send>;
 
 enum Pending<R: DeserializeOwned> {
-    Ordered(FuturesOrdered<AsyncResult<Vec<ItemResult<R>>>>),
-    Unordered(FuturesUnordered<AsyncResult<Vec<ItemResult<R>>>>),
+    Ordered(FuturesOrdered<AsyncResult<ChunkOut<R>>>),
+    Unordered(FuturesUnordered<AsyncResult<ChunkOut<R>>>),
 }
 
 /// The stream of results of [`Pool::imap`](crate::Pool::imap) (input order) and
@@ -425,7 +433,7 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                         break;
                     }
                     Some(Ok(enc)) => {
-                        let r = this.shared.submit::<Vec<ItemResult<R>>>(
+                        let r = this.shared.submit::<ChunkOut<R>>(
                             this.entry.0,
                             this.entry.1,
                             Ok(enc),

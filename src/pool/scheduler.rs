@@ -611,11 +611,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Sends a worker its frames, all those queued at once in one batch.
 async fn write_worker(writer: FrameWriter, mut rx: UnboundedReceiver<FrameBuf>) {
-    while let Some(mut f) = rx.recv().await {
-        if writer.send(&mut f).await.is_err() {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        if writer.send_batch(&mut batch).await.is_err() {
             return;
         }
+        batch.clear();
     }
 }
 

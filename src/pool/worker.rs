@@ -29,6 +29,9 @@ use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
 use crate::wire::frame::Frame;
 use crate::wire::{Encoded, FrameBuf, PassFd, framed, into_stream};
 
+/// The most answers a worker sends in one write.
+const MAX_BATCH: usize = 64;
+
 /// The target of every pool worker process.
 pub(super) fn worker_main(sock: PassFd) {
     let run = move || -> Result<()> {
@@ -261,6 +264,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         done: done_tx,
         exiting: false,
     };
+    let mut answers: Vec<FrameBuf> = Vec::new();
     loop {
         // Everything that has arrived is taken in before a task starts, so that a cancel
         // sent behind a task reaches the queue first.
@@ -281,10 +285,20 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         {
             if w.async_running == 0 {
                 let out = run_sync(entry, frame);
-                wr.send(&mut reply_frame(id, out)).await?;
+                answers.push(reply_frame(id, out));
+                // Answers go out together while more tasks wait here (a few at most: the
+                // pool's prefetch), and at once when the queue is empty.
+                if w.queue.is_empty() || answers.len() >= MAX_BATCH {
+                    wr.send_batch(&mut answers).await?;
+                    answers.clear();
+                }
                 continue;
             }
             lane.push(id, entry, frame)?;
+        }
+        if !answers.is_empty() {
+            wr.send_batch(&mut answers).await?;
+            answers.clear();
         }
         if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
             return Ok(());

@@ -1,0 +1,230 @@
+//! Pool figures, each beside its baseline. Run with `cargo bench --bench pool`;
+//! `python3 benches/pool_cpython.py` runs CPython's `multiprocessing.Pool` on the same work
+//! and prints both sides with the ratio.
+//!
+//! Every figure line reads `figure <name> <value> <unit> | baseline <what> <value> <unit>`.
+//! `POOL_BENCH_IMAP_N` sets how many inputs the RSS figure streams (default 10,000,000).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_multiprocessing as mp;
+
+fn noop(x: u64) -> u64 {
+    x
+}
+
+fn nothing() {}
+
+/// Sleeps until `at` (nanoseconds since the epoch), then dies by SIGABRT.
+fn abort_at(at: u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    std::thread::sleep(Duration::from_nanos(at.saturating_sub(now)));
+    std::process::abort();
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn figure(name: &str, value: f64, unit: &str, baseline: &str, base: f64, base_unit: &str) {
+    println!("figure {name} {value:.2} {unit} | baseline {baseline} {base:.2} {base_unit}");
+}
+
+async fn socketpair_ping_pong(rounds: u32) -> std::io::Result<Duration> {
+    let (mut a, mut b) = tokio::net::UnixStream::pair()?;
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        for _ in 0..rounds {
+            b.read_exact(&mut buf).await?;
+            b.write_all(&buf).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut buf = [0u8; 16];
+    let t = Instant::now();
+    for _ in 0..rounds {
+        a.write_all(&buf).await?;
+        a.read_exact(&mut buf).await?;
+    }
+    let d = t.elapsed();
+    echo.await.map_err(std::io::Error::other)??;
+    Ok(d)
+}
+
+async fn run() -> mp::Result<()> {
+    // Build → first result, spawn start method.
+    let t = Instant::now();
+    let pool = mp::Pool::builder()
+        .processes(2)
+        .start_method(mp::StartMethod::Spawn)
+        .build()
+        .await?;
+    pool.apply(noop, (1,)).await?;
+    let first = t.elapsed();
+    let t = Instant::now();
+    let mut p = mp::Process::new(nothing, ()).start().await?;
+    p.join().await?;
+    let one = t.elapsed();
+    figure(
+        "pool2_build_to_first_result",
+        first.as_secs_f64() * 1e3,
+        "ms",
+        "one_process_start_join",
+        one.as_secs_f64() * 1e3,
+        "ms",
+    );
+
+    // map, 1,000,000 trivial tasks, default chunksize.
+    let n = 1_000_000u64;
+    let t = Instant::now();
+    let v = pool.map(noop, 0..n).await?;
+    let d = t.elapsed();
+    assert_eq!(v.len() as u64, n);
+    let t = Instant::now();
+    let local: Vec<u64> = (0..n).map(std::hint::black_box(noop)).collect();
+    let dl = t.elapsed();
+    assert_eq!(local.len() as u64, n);
+    figure(
+        "map_1M_default_chunksize",
+        n as f64 / d.as_secs_f64() / 1e6,
+        "Mtasks/s",
+        "same_map_in_process",
+        n as f64 / dl.as_secs_f64() / 1e6,
+        "Mtasks/s",
+    );
+
+    // map, chunksize 1, 20,000 tasks.
+    let n = 20_000u64;
+    let t = Instant::now();
+    let v = pool.map(noop, 0..n).chunksize(1).await?;
+    let d = t.elapsed();
+    assert_eq!(v.len() as u64, n);
+    let pp = socketpair_ping_pong(20_000).await?;
+    figure(
+        "map_20k_chunksize_1",
+        n as f64 / d.as_secs_f64() / 1e3,
+        "ktasks/s",
+        "tokio_socketpair_round_trips",
+        20_000.0 / pp.as_secs_f64() / 1e3,
+        "k/s",
+    );
+
+    // apply round trip, one at a time.
+    for i in 0..1000 {
+        pool.apply(noop, (i,)).await?;
+    }
+    let rounds = 20_000u32;
+    let t = Instant::now();
+    for i in 0..rounds {
+        pool.apply(noop, (u64::from(i),)).await?;
+    }
+    let d = t.elapsed();
+    figure(
+        "apply_round_trip",
+        d.as_secs_f64() * 1e6 / f64::from(rounds),
+        "us",
+        "tokio_socketpair_ping_pong",
+        pp.as_secs_f64() * 1e6 / 20_000.0,
+        "us",
+    );
+
+    // 10,000 concurrent apply_async.
+    let n = 10_000u64;
+    let t = Instant::now();
+    let hs: Vec<_> = (0..n).map(|i| pool.apply_async(noop, (i,))).collect();
+    let v = futures::future::try_join_all(hs).await?;
+    let d = t.elapsed();
+    assert_eq!(v.len() as u64, n);
+    figure(
+        "apply_async_10k_concurrent",
+        n as f64 / d.as_secs_f64() / 1e3,
+        "ktasks/s",
+        "map_20k_chunksize_1_above",
+        0.0,
+        "-",
+    );
+
+    // Worker death → error: the task aborts at a set time; we see the error.
+    let mut lat = Vec::new();
+    for _ in 0..10 {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            + 20_000_000;
+        let r = pool.apply(abort_at, (at,)).await;
+        let seen = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        assert!(matches!(r, Err(mp::Error::WorkerLost { .. })), "{r:?}");
+        lat.push((seen.saturating_sub(at)) as f64 / 1e3);
+        pool.apply(noop, (0,)).await?; // wait for the replacement
+    }
+    lat.sort_by(f64::total_cmp);
+    figure(
+        "worker_death_to_error_median",
+        lat[lat.len() / 2],
+        "us",
+        "apply_round_trip_above",
+        0.0,
+        "-",
+    );
+
+    // Peak parent RSS while imap_unordered streams N inputs.
+    let n: u64 = std::env::var("POOL_BENCH_IMAP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let before = rss_kib();
+    let mut peak = before;
+    let mut s = pool.imap_unordered(noop, 0..n).chunksize(1000);
+    let mut count = 0u64;
+    let t = Instant::now();
+    while let Some(r) = s.next().await {
+        r?;
+        count += 1;
+        if count % 100_000 == 0 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    let d = t.elapsed();
+    assert_eq!(count, n);
+    figure(
+        "imap_unordered_peak_rss",
+        peak as f64 / 1024.0,
+        "MiB",
+        "rss_before_streaming",
+        before as f64 / 1024.0,
+        "MiB",
+    );
+    println!(
+        "note imap_unordered streamed {n} inputs (chunksize 1000) at {:.2} M/s",
+        n as f64 / d.as_secs_f64() / 1e6
+    );
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("pool bench failed: {e}");
+        std::process::exit(1);
+    }
+}
