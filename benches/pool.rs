@@ -62,7 +62,49 @@ async fn socketpair_ping_pong(rounds: u32) -> std::io::Result<Duration> {
     Ok(d)
 }
 
+/// The floor of any cross-process round trip on this machine: 16 bytes to `cat` and back
+/// through pipes, both sides waking from epoll.
+async fn pipe_ping_pong_with_cat(rounds: u32) -> std::io::Result<Duration> {
+    let mut cat = tokio::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let (Some(mut to), Some(mut from)) = (cat.stdin.take(), cat.stdout.take()) else {
+        return Err(std::io::Error::other("no pipes to cat"));
+    };
+    let mut buf = [7u8; 16];
+    for _ in 0..100 {
+        to.write_all(&buf).await?;
+        from.read_exact(&mut buf).await?;
+    }
+    let t = Instant::now();
+    for _ in 0..rounds {
+        to.write_all(&buf).await?;
+        from.read_exact(&mut buf).await?;
+    }
+    let d = t.elapsed();
+    drop(to);
+    cat.wait().await?;
+    Ok(d)
+}
+
 async fn run() -> mp::Result<()> {
+    if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("apply") {
+        let pool = mp::Pool::new(2).await?;
+        for i in 0..1000 {
+            pool.apply(noop, (i,)).await?;
+        }
+        let t = Instant::now();
+        for i in 0..20_000u64 {
+            pool.apply(noop, (i,)).await?;
+        }
+        println!(
+            "apply round trip {:.2} us",
+            t.elapsed().as_secs_f64() * 1e6 / 20_000.0
+        );
+        return Ok(());
+    }
     // Build → first result, spawn start method.
     let t = Instant::now();
     let pool = mp::Pool::builder()
@@ -130,12 +172,44 @@ async fn run() -> mp::Result<()> {
         pool.apply(noop, (u64::from(i),)).await?;
     }
     let d = t.elapsed();
+    let cat = pipe_ping_pong_with_cat(5_000).await?;
     figure(
         "apply_round_trip",
         d.as_secs_f64() * 1e6 / f64::from(rounds),
         "us",
-        "tokio_socketpair_ping_pong",
-        pp.as_secs_f64() * 1e6 / 20_000.0,
+        "pipe_ping_pong_with_a_cat_process",
+        cat.as_secs_f64() * 1e6 / 5_000.0,
+        "us",
+    );
+    println!(
+        "note tokio socketpair ping-pong within this process: {:.2} us",
+        pp.as_secs_f64() * 1e6 / 20_000.0
+    );
+    // The same from a current-thread runtime: no hops between runtime threads.
+    let ct = std::thread::spawn(|| -> mp::Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let pool = mp::Pool::new(1).await?;
+            for i in 0..1000 {
+                pool.apply(noop, (i,)).await?;
+            }
+            let t = Instant::now();
+            for i in 0..20_000u64 {
+                pool.apply(noop, (i,)).await?;
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e6 / 20_000.0)
+        })
+    })
+    .join()
+    .map_err(|_| mp::Error::Protocol("the current-thread bench panicked".into()))??;
+    figure(
+        "apply_round_trip_current_thread_runtime",
+        ct,
+        "us",
+        "pipe_ping_pong_with_a_cat_process",
+        cat.as_secs_f64() * 1e6 / 5_000.0,
         "us",
     );
 
@@ -218,11 +292,17 @@ async fn run() -> mp::Result<()> {
 
 fn main() {
     mp::init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = if std::env::var("POOL_BENCH_RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+    .expect("a tokio runtime");
     if let Err(e) = rt.block_on(run()) {
         eprintln!("pool bench failed: {e}");
         std::process::exit(1);

@@ -3,8 +3,8 @@
 //!
 //! Per worker, a reader task turns its answers and its death (its pidfd, on tokio's reactor)
 //! into [`Event`]s, and a writer task sends it frames. The scheduler sends a task to the
-//! least loaded worker that has room: one running synchronous task plus [`PREFETCH`] waiting
-//! behind it, or up to the per-worker concurrency of `async fn` tasks. It knows which
+//! least loaded worker that has room: one running synchronous task plus a few waiting behind
+//! it (up to [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of `async fn` tasks. It knows which
 //! synchronous task a worker is running (the oldest it has not answered: a worker runs them
 //! in order), so when a worker dies only the tasks it was running fail, with
 //! [`Error::WorkerLost`]; the ones it held but had not started go back to the head of the
@@ -27,8 +27,9 @@ use crate::sys;
 use crate::wire::frame::Frame;
 use crate::wire::{Encoded, FrameBuf, FrameReader, FrameWriter};
 
-/// Synchronous tasks a worker may hold beyond the one it runs, to hide the round trip.
-pub(super) const PREFETCH: usize = 2;
+/// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
+/// trip.
+pub(super) const PREFETCH: usize = 8;
 
 /// A worker's answer as it reaches the caller: its status and the rest of the frame.
 pub(super) type Outcome = Result<(Status, Frame)>;
@@ -494,9 +495,16 @@ impl Scheduler {
     }
 
     /// The least loaded worker with room for a task of this kind.
+    ///
+    /// A worker holds at most one running synchronous task plus a prefetch that grows with
+    /// the backlog (up to [`PREFETCH`]): deep when many tasks wait, so that short tasks
+    /// stream, shallow when few do, so that a long task holds few others up behind it.
     fn pick(&self, is_async: bool) -> Option<u64> {
         let max = self.cfg.maxtasksperchild;
         let conc = self.cfg.concurrency;
+        let prefetch = PREFETCH
+            .min(self.queue.len() / self.workers.len().max(1))
+            .max(1);
         self.workers
             .iter()
             .filter(|(_, s)| !s.draining && max.is_none_or(|m| s.sent < m))
@@ -504,7 +512,7 @@ impl Scheduler {
                 if is_async {
                     s.asyncs.len() < conc
                 } else {
-                    s.sync.len() <= PREFETCH
+                    s.sync.len() <= prefetch
                 }
             })
             .min_by_key(|(_, s)| (s.load(), if is_async { s.sync.len() } else { 0 }))
