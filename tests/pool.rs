@@ -359,6 +359,27 @@ async fn worker_killed_mid_task() -> TestResult {
     Ok(())
 }
 
+// Tasks a worker held behind the one it was running are not lost with it: only the running
+// task fails; the others run on the replacement.
+async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let path = tmp_path("behind");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let behind: Vec<_> = (0..20).map(|i| pool.apply_async(sqr, (i,))).collect();
+    let victim = read_pid(&path).await?;
+    kill9(victim)?;
+    ensure!(
+        matches!(h.await, Err(Error::WorkerLost { pid, .. }) if pid == victim),
+        "the running task fails"
+    );
+    let v = futures::future::try_join_all(behind).await?;
+    ensure!(
+        v == (0..20).map(|x| x * x).collect::<Vec<_>>(),
+        "the others ran: {v:?}"
+    );
+    Ok(())
+}
+
 // abort (SIGABRT) and exit(3) mid-task: the error names the signal or the exit code.
 async fn worker_abort_and_exit_mid_task() -> TestResult {
     let pool = Pool::new(1).await?;
@@ -463,6 +484,47 @@ async fn initializer() -> TestResult {
         other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
     };
     ensure!(gone(&[failed].into()).await, "the failed worker is reaped");
+    Ok(())
+}
+
+/// Succeeds the first time (creating `path`), panics every time after.
+fn init_once(path: String) {
+    let attempts = std::fs::read_to_string(&path).map_or(0, |s| s.len());
+    let _ = std::fs::write(&path, "x".repeat(attempts + 1));
+    if attempts > 0 {
+        panic!("initializer attempt {}", attempts + 1);
+    }
+}
+
+// bpo-43306: a replacement worker whose initializer fails is not restarted in a loop; the
+// tasks get the initializer's failure.
+async fn failing_initializer_of_a_replacement() -> TestResult {
+    let path = tmp_path("init-once");
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(init_once, (path.clone(),))
+        .build()
+        .await?;
+    let e = pool.apply(abort_now, ()).await;
+    ensure!(matches!(e, Err(Error::WorkerLost { .. })), "{e:?}");
+    let e = pool.apply(sqr, (2,)).await;
+    match e {
+        Err(Error::InitializerFailed { message, .. }) => {
+            ensure!(message.contains("initializer attempt 2"), "{message}")
+        }
+        other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
+    }
+    let e = pool.apply(sqr, (2,)).await;
+    ensure!(
+        matches!(e, Err(Error::InitializerFailed { .. })),
+        "again: {e:?}"
+    );
+    let attempts = std::fs::read_to_string(&path)?.len();
+    let _ = std::fs::remove_file(&path);
+    ensure!(
+        attempts == 2,
+        "the initializer ran {attempts} times: a respawn loop"
+    );
     Ok(())
 }
 
@@ -587,7 +649,8 @@ async fn cancel_queued_and_running() -> TestResult {
     let running = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
     let victim = read_pid(&path).await?;
     let marker = tmp_path("never");
-    let queued: Vec<_> = (0..5)
+    // Twenty: some wait in the pool's queue, some were sent ahead to the worker.
+    let queued: Vec<_> = (0..20)
         .map(|_| pool.apply_async(touch, (marker.clone(),)))
         .collect();
     for q in &queued {
@@ -745,6 +808,14 @@ fn main() {
             ),
             test("panic_fails_that_task_only", panic_fails_that_task_only),
             test("worker_killed_mid_task", worker_killed_mid_task),
+            test(
+                "worker_killed_with_tasks_waiting_behind",
+                worker_killed_with_tasks_waiting_behind,
+            ),
+            test(
+                "failing_initializer_of_a_replacement",
+                failing_initializer_of_a_replacement,
+            ),
             test(
                 "worker_abort_and_exit_mid_task",
                 worker_abort_and_exit_mid_task,
