@@ -105,6 +105,16 @@ async fn run() -> mp::Result<()> {
         );
         return Ok(());
     }
+    if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("map") {
+        let pool = mp::Pool::new(2).await?;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let v = pool.map(noop, 0..1_000_000u64).await?;
+            assert_eq!(v.len(), 1_000_000);
+            println!("map 1M: {:.2} M/s", 1.0 / t.elapsed().as_secs_f64());
+        }
+        return Ok(());
+    }
     // Build → first result, spawn start method.
     let t = Instant::now();
     let pool = mp::Pool::builder()

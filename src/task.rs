@@ -300,13 +300,45 @@ where
     A: DeserializeOwned + Send + 'static,
     F::Output: Serialize,
 {
-    let items: Vec<A> = match codec::decode(bytes, fds) {
-        Ok(a) => a,
-        Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
-    };
+    match codec::decode::<Vec<A>>(bytes, fds) {
+        Ok(items) => run_items::<F, A, M, _>(items.into_iter()),
+        Err(e) => Invoked::Ready(Err(Failure::Args(e))),
+    }
+}
+
+/// The [`TaskEntry`] that runs a one-argument target `F` on each item of a chunk, sent as
+/// an encoded `Vec<T>` (each item the argument itself, not a one-element tuple).
+pub(crate) fn chunk_entry1<F, T, M>() -> TaskEntry
+where
+    F: Target<(T,), M>,
+    T: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    run_chunk1::<F, T, M>
+}
+
+fn run_chunk1<F, T, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<(T,), M>,
+    T: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    match codec::decode::<Vec<T>>(bytes, fds) {
+        Ok(items) => run_items::<F, (T,), M, _>(items.into_iter().map(|t| (t,))),
+        Err(e) => Invoked::Ready(Err(Failure::Args(e))),
+    }
+}
+
+fn run_items<F, A, M, I>(items: I) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<A, M>,
+    A: Send + 'static,
+    I: ExactSizeIterator<Item = A> + Send + 'static,
+    F::Output: Serialize,
+{
     if !F::__ASYNC {
         let mut out = ChunkOut::with_capacity(items.len());
-        for (i, args) in items.into_iter().enumerate() {
+        for (i, args) in items.enumerate() {
             let r = match invoke_caught(F::__conjure(), args) {
                 Invoked::Ready(r) => r,
                 Invoked::Pending(_) => Err(Failure::Panicked(
@@ -319,7 +351,7 @@ where
     }
     Invoked::Pending(Box::pin(async move {
         let mut out = ChunkOut::with_capacity(items.len());
-        for (i, args) in items.into_iter().enumerate() {
+        for (i, args) in items.enumerate() {
             let r = match invoke_caught(F::__conjure(), args) {
                 Invoked::Ready(r) => r,
                 Invoked::Pending(fut) => fut.await,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Serialize, Serializer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
@@ -29,7 +29,9 @@ use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
-use crate::task::{ProcessEntry, Target, TaskEntry, chunk_entry, process_entry, task_entry};
+use crate::task::{
+    ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
+};
 use crate::wire::{
     Encoded, FrameBuf, FrameReader, FrameWriter, Hello, PassFd, framed, into_stream,
 };
@@ -333,16 +335,6 @@ impl Shared {
     }
 }
 
-/// Serialises a slice of values as a sequence of one-element tuples, the argument tuples of
-/// a one-argument function, without copying them.
-struct OneTuples<'a, T>(&'a [T]);
-
-impl<T: Serialize> Serialize for OneTuples<'_, T> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|t| (t,)))
-    }
-}
-
 /// Python's default chunk size for `map`: `ceil(len / (4 × workers))`, at least 1.
 pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(4 * processes.max(1)).max(1)
@@ -527,17 +519,13 @@ impl Pool {
         let items: Vec<T> = iterable.into_iter().collect();
         let len = items.len();
         let encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send> =
-            Box::new(move |from, to| Encoded::new(&OneTuples(&items[from..to])));
+            Box::new(move |from, to| Encoded::new(&items[from..to]));
         Map {
             pool: self,
             _result: std::marker::PhantomData,
             len,
             encode,
-            entry: (
-                chunk_entry::<F, (T,), M>(),
-                F::__ASYNC,
-                type_name::<Vec<(T,)>>(),
-            ),
+            entry: (chunk_entry1::<F, T, M>(), F::__ASYNC, type_name::<Vec<T>>()),
             chunksize: None,
         }
     }
@@ -607,16 +595,12 @@ impl Pool {
             if buf.is_empty() {
                 return None;
             }
-            Some(Encoded::new(&OneTuples(&buf)))
+            Some(Encoded::new(&buf))
         });
         IMap::new(
             self.shared.clone(),
             next_chunk,
-            (
-                chunk_entry::<F, (T,), M>(),
-                F::__ASYNC,
-                type_name::<Vec<(T,)>>(),
-            ),
+            (chunk_entry1::<F, T, M>(), F::__ASYNC, type_name::<Vec<T>>()),
             ordered,
         )
     }

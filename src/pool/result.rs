@@ -318,6 +318,10 @@ impl<R: DeserializeOwned> Future for MapResult<R> {
                 }
                 Poll::Ready(Ok(v)) => {
                     this.next += 1;
+                    if v.failed.is_empty() {
+                        this.out.extend(v.ok);
+                        continue;
+                    }
                     for r in items(v) {
                         match r {
                             Ok(r) => this.out.push(r),
