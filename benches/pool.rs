@@ -313,7 +313,14 @@ fn main() {
             .build()
     }
     .expect("a tokio runtime");
-    if let Err(e) = rt.block_on(run()) {
+    // The bench runs as a spawned task, as a server's request handlers do (a future that
+    // `block_on` runs directly sits outside the runtime's worker threads).
+    let outcome = rt.block_on(async {
+        tokio::spawn(run())
+            .await
+            .unwrap_or_else(|e| Err(mp::Error::Protocol(format!("the bench task failed: {e}"))))
+    });
+    if let Err(e) = outcome {
         eprintln!("pool bench failed: {e}");
         std::process::exit(1);
     }

@@ -326,7 +326,7 @@ impl Shared {
             is_async,
             payload,
             timeout: timeout.or(self.task_timeout),
-            reply: tx,
+            reply: Some(tx),
         };
         if self.cmds.send(Cmd::Submit(job)).is_err() {
             return AsyncResult::failed(Error::PoolClosed);

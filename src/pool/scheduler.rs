@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -41,7 +41,21 @@ pub(super) struct Job {
     pub(super) is_async: bool,
     pub(super) payload: Encoded,
     pub(super) timeout: Option<Duration>,
-    pub(super) reply: oneshot::Sender<Outcome>,
+    /// Where the answer goes; `None` once it is in [`Replies`] (a task sent again after
+    /// its worker died).
+    pub(super) reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Where the answers of the tasks in flight go, by task id. A worker's reader task answers
+/// from here directly (one hop less between the worker and the caller); the scheduler
+/// answers from here when it fails a task. Whoever takes the sender answers.
+type Replies = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+
+fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<Outcome>> {
+    replies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id)
 }
 
 /// What the pool's handles ask of the scheduler.
@@ -55,11 +69,10 @@ pub(super) enum Cmd {
 
 /// What the worker tasks tell the scheduler.
 pub(super) enum Event {
+    /// A worker answered task `id` (the answer went to the caller already).
     Reply {
         wid: u64,
         id: u64,
-        status: Status,
-        frame: Frame,
     },
     Exited {
         wid: u64,
@@ -74,7 +87,6 @@ struct Running {
     entry: i64,
     is_async: bool,
     timeout: Option<Duration>,
-    reply: oneshot::Sender<Outcome>,
     /// Whether the worker has (as far as we know) started it.
     started: bool,
     /// The arguments, kept while the task waits in a worker so it can be sent again if
@@ -120,6 +132,7 @@ pub(super) struct Scheduler {
     broken: Option<Error>,
     start_failures: usize,
     waiters: Vec<oneshot::Sender<()>>,
+    replies: Replies,
 }
 
 /// A copy of an error kept by the scheduler, for each task it fails.
@@ -183,6 +196,7 @@ impl Scheduler {
             broken: None,
             start_failures: 0,
             waiters: Vec::new(),
+            replies: Arc::new(Mutex::new(HashMap::new())),
         };
         for w in workers {
             s.add_worker(w);
@@ -221,16 +235,34 @@ impl Scheduler {
             }
             self.dispatch();
         }
-        for job in self.queue.drain(..) {
-            let _ = job.reply.send(Err(Error::PoolClosed));
+        for job in std::mem::take(&mut self.queue) {
+            self.answer_job(job, Err(Error::PoolClosed));
         }
-        for (_, r) in self.in_flight.drain() {
-            let _ = r.reply.send(Err(Error::PoolClosed));
+        for (id, _) in std::mem::take(&mut self.in_flight) {
+            self.answer(id, Err(Error::PoolClosed));
         }
         for w in self.waiters.drain(..) {
             let _ = w.send(());
         }
         tracing::debug!("pool scheduler finished");
+    }
+
+    /// Answers a task that is not in flight.
+    fn answer_job(&self, job: Job, outcome: Outcome) {
+        if let Some(tx) = job.reply.or_else(|| take_reply(&self.replies, job.id)) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Answers a task in flight, unless its worker's answer got there first; says which.
+    fn answer(&self, id: u64, outcome: Outcome) -> bool {
+        match take_reply(&self.replies, id) {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+                true
+            }
+            None => false,
+        }
     }
 
     fn add_worker(&mut self, w: WorkerConn) {
@@ -243,6 +275,7 @@ impl Scheduler {
             w.reader,
             w.process,
             self.events_tx.clone(),
+            self.replies.clone(),
         ));
         self.workers.insert(
             wid,
@@ -262,9 +295,10 @@ impl Scheduler {
         match cmd {
             Cmd::Submit(job) => {
                 if self.closed {
-                    let _ = job.reply.send(Err(Error::PoolClosed));
+                    self.answer_job(job, Err(Error::PoolClosed));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
-                    let _ = job.reply.send(Err(again(e)));
+                    let e = again(e);
+                    self.answer_job(job, Err(e));
                 } else {
                     self.queue.push_back(job);
                 }
@@ -282,11 +316,11 @@ impl Scheduler {
     fn terminate(&mut self) {
         self.closed = true;
         self.terminating = true;
-        for job in self.queue.drain(..) {
-            let _ = job.reply.send(Err(Error::PoolClosed));
+        for job in std::mem::take(&mut self.queue) {
+            self.answer_job(job, Err(Error::PoolClosed));
         }
-        for (_, r) in self.in_flight.drain() {
-            let _ = r.reply.send(Err(Error::PoolClosed));
+        for (id, _) in std::mem::take(&mut self.in_flight) {
+            self.answer(id, Err(Error::PoolClosed));
         }
         self.deadlines.clear();
         for slot in self.workers.values_mut() {
@@ -298,7 +332,7 @@ impl Scheduler {
     fn cancel(&mut self, id: u64) {
         if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
             if let Some(job) = self.queue.remove(pos) {
-                let _ = job.reply.send(Err(Error::Cancelled));
+                self.answer_job(job, Err(Error::Cancelled));
             }
             return;
         }
@@ -308,7 +342,10 @@ impl Scheduler {
         if let Some(d) = run.deadline {
             self.deadlines.remove(&(d, id));
         }
-        let _ = run.reply.send(Err(Error::Cancelled));
+        if !self.answer(id, Err(Error::Cancelled)) {
+            // It finished first: nothing to stop.
+            return;
+        }
         let Some(slot) = self.workers.get_mut(&run.wid) else {
             return;
         };
@@ -335,14 +372,18 @@ impl Scheduler {
             let Some(run) = self.in_flight.remove(&id) else {
                 continue;
             };
+            let Some(pid) = self.workers.get(&run.wid).map(|s| s.pid) else {
+                continue;
+            };
+            let timeout = run.timeout.unwrap_or_default();
+            if !self.answer(id, Err(Error::TaskTimedOut { pid, timeout })) {
+                // Its answer got there first.
+                continue;
+            }
             let Some(slot) = self.workers.get_mut(&run.wid) else {
                 continue;
             };
             tracing::debug!(pid = slot.pid, id, "task timed out: killing its worker");
-            let _ = run.reply.send(Err(Error::TaskTimedOut {
-                pid: slot.pid,
-                timeout: run.timeout.unwrap_or_default(),
-            }));
             slot.draining = true;
             let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
         }
@@ -350,12 +391,7 @@ impl Scheduler {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Reply {
-                wid,
-                id,
-                status,
-                frame,
-            } => {
+            Event::Reply { wid, id } => {
                 if let Some(slot) = self.workers.get_mut(&wid) {
                     if let Some(p) = slot.sync.iter().position(|&x| x == id) {
                         slot.sync.remove(p);
@@ -363,11 +399,10 @@ impl Scheduler {
                         slot.asyncs.swap_remove(p);
                     }
                 }
-                if let Some(run) = self.in_flight.remove(&id) {
-                    if let Some(d) = run.deadline {
-                        self.deadlines.remove(&(d, id));
-                    }
-                    let _ = run.reply.send(Ok((status, frame)));
+                if let Some(run) = self.in_flight.remove(&id)
+                    && let Some(d) = run.deadline
+                {
+                    self.deadlines.remove(&(d, id));
                 }
                 self.mark_started(wid);
             }
@@ -442,13 +477,16 @@ impl Scheduler {
                     is_async: run.is_async,
                     payload,
                     timeout: run.timeout,
-                    reply: run.reply,
+                    reply: None,
                 }),
                 _ => {
-                    let _ = run.reply.send(Err(Error::WorkerLost {
-                        pid: slot.pid,
-                        cause,
-                    }));
+                    self.answer(
+                        *id,
+                        Err(Error::WorkerLost {
+                            pid: slot.pid,
+                            cause,
+                        }),
+                    );
                 }
             }
         }
@@ -460,8 +498,9 @@ impl Scheduler {
             && self.starting == 0
             && let Some(e) = &self.broken
         {
-            for job in self.queue.drain(..) {
-                let _ = job.reply.send(Err(again(e)));
+            let e = again(e);
+            for job in std::mem::take(&mut self.queue) {
+                self.answer_job(job, Err(again(&e)));
             }
         }
     }
@@ -472,8 +511,9 @@ impl Scheduler {
         if self.terminating || self.broken.is_some() {
             if self.workers.is_empty() && self.starting == 0 {
                 if let Some(e) = &self.broken {
-                    for job in self.queue.drain(..) {
-                        let _ = job.reply.send(Err(again(e)));
+                    let e = again(e);
+                    for job in std::mem::take(&mut self.queue) {
+                        self.answer_job(job, Err(again(&e)));
                     }
                 }
             }
@@ -550,18 +590,28 @@ impl Scheduler {
         }) {
             Ok(f) => f,
             Err(e) => {
-                let _ = job.reply.send(Err(e));
+                self.answer_job(job, Err(e));
                 return;
             }
         };
         frame.push_encoded(job.payload);
+        if let Some(tx) = job.reply {
+            self.replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id, tx);
+        }
         if slot.tx.send(frame).is_err() {
             // The writer is gone: the worker is dying, and its exit will be reported.
             slot.draining = true;
-            let _ = job.reply.send(Err(Error::WorkerLost {
-                pid: slot.pid,
-                cause: ExitCause::Signal(sys::SIGKILL),
-            }));
+            let pid = slot.pid;
+            self.answer(
+                job.id,
+                Err(Error::WorkerLost {
+                    pid,
+                    cause: ExitCause::Signal(sys::SIGKILL),
+                }),
+            );
             return;
         }
         slot.sent += 1;
@@ -585,7 +635,6 @@ impl Scheduler {
                 entry: job.entry,
                 is_async: job.is_async,
                 timeout: job.timeout,
-                reply: job.reply,
                 started,
                 copy,
                 deadline,
@@ -636,17 +685,16 @@ async fn read_worker(
     mut rd: FrameReader,
     mut process: Process,
     events: UnboundedSender<Event>,
+    replies: Replies,
 ) {
     let forward = |mut frame: Frame| -> bool {
         match frame.decode_head::<Reply>() {
-            Ok(Reply { id, status }) => events
-                .send(Event::Reply {
-                    wid,
-                    id,
-                    status,
-                    frame,
-                })
-                .is_ok(),
+            Ok(Reply { id, status }) => {
+                if let Some(tx) = take_reply(&replies, id) {
+                    let _ = tx.send(Ok((status, frame)));
+                }
+                events.send(Event::Reply { wid, id }).is_ok()
+            }
             Err(e) => {
                 tracing::warn!("pool worker sent a malformed answer: {e}");
                 false
