@@ -228,9 +228,33 @@ impl PoolBuilder {
     /// initializer failed in a worker; [`Error::Start`] if a worker could not be started.
     /// On error, the workers already started are killed and reaped.
     ///
+    /// # Panics
+    /// Outside a tokio runtime (the pool's task is spawned on the current one).
+    ///
     /// # Cancel safety
     /// Not cancel safe: a build dropped midway leaves the workers it started to be killed
     /// by their handles' drop (they die with this process at the latest).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> tokio_multiprocessing::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// fn connect(url: String) {
+    ///     // open a per-worker connection, say
+    ///     let _ = url;
+    /// }
+    /// let pool = tokio_multiprocessing::Pool::builder()
+    ///     .processes(4)
+    ///     .initializer(connect, ("db://local".to_string(),))
+    ///     .maxtasksperchild(1000)
+    ///     .task_timeout(Duration::from_secs(30))
+    ///     .build()
+    ///     .await?;
+    /// # drop(pool);
+    /// # Ok(()) }
+    /// ```
     pub async fn build(self) -> Result<Pool> {
         let processes = match self.processes {
             Some(0) => {
@@ -356,6 +380,20 @@ pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
 /// Dropping the pool terminates it (Python's `with Pool() as p:`): its workers are killed
 /// and reaped, tasks still pending fail with [`Error::PoolClosed`]. To let queued tasks
 /// finish, [`close`](Self::close) and [`join`](Self::join) it first.
+///
+/// # How workers run tasks
+///
+/// A pool's task (spawned on the runtime that built it) sends each task to the least loaded
+/// worker, a few ahead to hide the round trip when many are queued. In a worker:
+///
+/// - a synchronous task runs on the worker's main thread when no `async fn` task is running
+///   there, and on a task thread of the worker's otherwise, so it never blocks them; they run
+///   one at a time, in order;
+/// - an `async fn` task runs on the worker's own current-thread runtime, up to
+///   [`PoolBuilder::concurrency`] at once.
+///
+/// When a worker dies, only the tasks it had started fail; those it held behind them are
+/// sent to another worker.
 ///
 /// # Examples
 ///
@@ -508,6 +546,19 @@ impl Pool {
     /// Applies `f` to every item, in the workers, and returns the results in input order
     /// (Python's `map`). Await the returned [`Map`]; set its chunk size with
     /// [`Map::chunksize`] first if the default does not suit.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// fn cube(x: i64) -> i64 {
+    ///     x * x * x
+    /// }
+    /// assert_eq!(pool.map(cube, 0..4).await?, vec![0, 1, 8, 27]);
+    /// let many = pool.map(cube, 0..100_000).chunksize(1000).await?;
+    /// assert_eq!(many.len(), 100_000);
+    /// # Ok(()) }
+    /// ```
     pub fn map<F, T, M, I>(&self, f: F, iterable: I) -> Map<'_, F::Output>
     where
         F: Target<(T,), M>,
@@ -621,6 +672,23 @@ impl Pool {
 
     /// Like [`imap`](Self::imap), yielding results as they complete (Python's
     /// `imap_unordered`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// use futures::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// // An endless input: only a bounded window of it is read ahead.
+    /// let mut results = pool.imap_unordered(square, 0u64..).chunksize(100).take(1000);
+    /// while let Some(r) = results.next().await {
+    ///     let _square = r?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn imap_unordered<F, T, M, I>(&self, f: F, iterable: I) -> IMap<F::Output>
     where
         F: Target<(T,), M>,

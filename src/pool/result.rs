@@ -163,6 +163,8 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Errors
     /// [`Error::Timeout`] if the task has not finished in time; otherwise as awaiting the
     /// handle.
+    ///    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
     ///
     /// # Cancel safety
     /// This method is cancel safe: if it loses a `select!` race, the result stays in the
@@ -175,7 +177,8 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     }
 
     /// Cancels the task: a task still queued is removed (it never runs); a running task's
-    /// worker is killed and replaced. The handle then resolves to [`Error::Cancelled`],
+    /// worker is killed and replaced (other `async fn` tasks running on that worker then fail
+    /// with [`Error::WorkerLost`]). The handle then resolves to [`Error::Cancelled`],
     /// unless the task had finished already. A task that had been sent ahead to a worker
     /// but not started is taken back; in the rare race where the worker starts it at that
     /// moment, it runs to its end and its result is discarded.
@@ -283,6 +286,8 @@ impl<R: DeserializeOwned> MapResult<R> {
     ///
     /// # Errors
     /// [`Error::Timeout`] if some task has not finished in time; otherwise as awaiting it.
+    ///    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
     ///
     /// # Cancel safety
     /// This method is cancel safe: results that arrived stay in the handle.
