@@ -55,6 +55,17 @@ fn pid_to_file_then_sleep(path: String, ms: u64) -> u32 {
     std::process::id()
 }
 
+/// Waits (at most 30 s) until `path` exists: a task that ends when the test says so.
+fn wait_for_file(path: String) -> u32 {
+    for _ in 0..6000 {
+        if std::path::Path::new(&path).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::process::id()
+}
+
 fn touch(path: String) {
     let _ = std::fs::write(path, "ran");
 }
@@ -272,7 +283,8 @@ async fn apply_async() -> TestResult {
 // test_async_timeout: a timed-out get leaves the task running; it can be awaited later.
 async fn get_timeout_leaves_task_running() -> TestResult {
     let pool = Pool::new(1).await?;
-    let mut r = pool.apply_async(sleep_ms, (500,));
+    let gate = tmp_path("gate");
+    let mut r = pool.apply_async(wait_for_file, (gate.clone(),));
     let e = r.get_timeout(Duration::from_millis(10)).await;
     ensure!(
         matches!(e, Err(Error::Timeout)),
@@ -283,7 +295,9 @@ async fn get_timeout_leaves_task_running() -> TestResult {
         r.successful().is_none(),
         "successful() is None while running"
     );
+    std::fs::write(&gate, "open")?;
     let worker = r.await?;
+    let _ = std::fs::remove_file(&gate);
     ensure!(worker != std::process::id(), "ran in a worker");
     Ok(())
 }
@@ -413,7 +427,7 @@ async fn worker_abort_and_exit_mid_task() -> TestResult {
 async fn task_timeout_kills_and_replaces() -> TestResult {
     let pool = Pool::builder()
         .processes(2)
-        .task_timeout(Duration::from_millis(500))
+        .task_timeout(Duration::from_secs(1))
         .build()
         .await?;
     let path = tmp_path("timeout");
@@ -423,7 +437,7 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
     match slow.await {
         Err(Error::TaskTimedOut { pid, timeout }) => {
             ensure!(pid == victim, "pid {pid} vs {victim}");
-            ensure!(timeout == Duration::from_millis(500), "{timeout:?}");
+            ensure!(timeout == Duration::from_secs(1), "{timeout:?}");
         }
         other => return Err(format!("expected TaskTimedOut, got {other:?}").into()),
     }
