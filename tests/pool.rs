@@ -770,6 +770,54 @@ async fn async_tasks_and_concurrency() -> TestResult {
     Ok(())
 }
 
+/// Announces it started, waits (on the worker's runtime) for `gate`, then creates `done`.
+async fn async_gate_then_done(started: String, gate: String, done: String) -> bool {
+    let _ = std::fs::write(&started, "1");
+    for _ in 0..6000 {
+        if std::path::Path::new(&gate).exists() {
+            let _ = std::fs::write(&done, "1");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Blocks its thread until `path` exists (at most 30 s); whether it appeared.
+fn block_until_file(path: String) -> bool {
+    for _ in 0..6000 {
+        if std::path::Path::new(&path).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+// A synchronous task that blocks does not hold up the async tasks running in its worker.
+async fn sync_task_does_not_block_async_tasks() -> TestResult {
+    let pool = Pool::builder().processes(1).concurrency(2).build().await?;
+    let (started, gate, done) = (tmp_path("started"), tmp_path("gate"), tmp_path("done"));
+    let a = pool.apply_async(
+        async_gate_then_done,
+        (started.clone(), gate.clone(), done.clone()),
+    );
+    let ok = eventually(Duration::from_secs(20), || {
+        std::path::Path::new(&started).exists()
+    })
+    .await;
+    ensure!(ok, "the async task never started");
+    // Blocks until the async task, which waits for the gate, has finished.
+    let s = pool.apply_async(block_until_file, (done.clone(),));
+    std::fs::write(&gate, "open")?;
+    ensure!(a.await?, "the async task ran to its end");
+    ensure!(s.await?, "the blocking task saw the async task finish");
+    for p in [started, gate, done] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
 // test_make_pool: a pool of 0 processes is an error.
 async fn zero_processes() -> TestResult {
     let e = Pool::builder().processes(0).build().await;
@@ -848,6 +896,10 @@ fn main() {
             test("maxtasksperchild", maxtasksperchild),
             test("maxtasksperchild_early_close", maxtasksperchild_early_close),
             test("async_tasks_and_concurrency", async_tasks_and_concurrency),
+            test(
+                "sync_task_does_not_block_async_tasks",
+                sync_task_does_not_block_async_tasks,
+            ),
             test("zero_processes", zero_processes),
             test("forkserver_workers", forkserver_workers),
         ],
