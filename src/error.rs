@@ -164,6 +164,30 @@ pub enum Error {
     PoolRunning,
 }
 
+/// How a pool task ended without a result, in the shape of tokio's `JoinError`.
+impl Error {
+    /// Whether the task panicked ([`Error::TaskPanicked`]), like `JoinError::is_panic`.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::TaskPanicked { .. })
+    }
+
+    /// Whether the task was cancelled ([`Error::Cancelled`]), like `JoinError::is_cancelled`.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled)
+    }
+
+    /// Whether the process running the task died first ([`Error::WorkerLost`]).
+    pub fn is_worker_lost(&self) -> bool {
+        matches!(self, Error::WorkerLost { .. })
+    }
+
+    /// Whether the task ran past its timeout and its worker was killed
+    /// ([`Error::TaskTimedOut`]; a wait that merely ran out is [`Error::Timeout`]).
+    pub fn is_task_timeout(&self) -> bool {
+        matches!(self, Error::TaskTimedOut { .. })
+    }
+}
+
 /// Hex form of a fingerprint, for messages.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -307,6 +307,7 @@ async fn panic_fails_that_task_only() -> TestResult {
     let pool = Pool::new(2).await?;
     let before = worker_pids(&pool).await?;
     let e = pool.apply(boom, (3,)).await;
+    ensure!(e.as_ref().is_err_and(|e| e.is_panic()), "is_panic: {e:?}");
     match e {
         Err(Error::TaskPanicked { message }) => ensure!(message == "boom at 3", "{message}"),
         other => return Err(format!("expected TaskPanicked, got {other:?}").into()),
@@ -472,7 +473,8 @@ fn init_value() -> usize {
     INIT_VALUE.load(Ordering::SeqCst)
 }
 
-// test_pool_initializer; bpo-43306: a failing initializer is an error, not a respawn loop.
+// _TestInitializers.test_pool_initializer; bpo-43306: a failing initializer is an error,
+// not a respawn loop.
 async fn initializer() -> TestResult {
     let pool = Pool::builder()
         .processes(2)
@@ -578,7 +580,30 @@ fn make_undecodable() -> Undecodable {
     Undecodable
 }
 
-// test_unpickleable_result; an argument that cannot be encoded fails at submission.
+fn make_unencodable() -> Unencodable {
+    Unencodable
+}
+
+// _TestPoolWorkerErrors.test_unpickleable_result: a result the worker cannot encode fails
+// that task (20 times over) and loses no worker.
+async fn unencodable_result() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let before = worker_pids(&pool).await?;
+    for _ in 0..20 {
+        match pool.apply(make_unencodable, ()).await {
+            Err(Error::Encode { type_name, message }) => {
+                ensure!(type_name.contains("Unencodable"), "{type_name}");
+                ensure!(message.contains("refuses"), "{message}");
+            }
+            other => return Err(format!("expected Encode, got {other:?}").into()),
+        }
+    }
+    ensure!(worker_pids(&pool).await? == before, "no worker was lost");
+    Ok(())
+}
+
+// _TestPool.test_map_unplicklable: an argument that cannot be encoded fails that call at
+// submission; a result the parent cannot decode fails that task, naming the type.
 async fn unencodable_argument_and_undecodable_result() -> TestResult {
     let pool = Pool::new(1).await?;
     let before = pool.apply(pid, ()).await?;
@@ -675,7 +700,11 @@ async fn cancel_queued_and_running() -> TestResult {
         ensure!(matches!(e, Err(Error::Cancelled)), "queued: {e:?}");
     }
     running.cancel();
-    ensure!(matches!(running.await, Err(Error::Cancelled)), "running");
+    let e = running.await;
+    ensure!(
+        e.as_ref().is_err_and(|e| e.is_cancelled()),
+        "running: {e:?}"
+    );
     ensure!(gone(&[victim].into()).await, "its worker was killed");
     let after = pool.apply(pid, ()).await?;
     ensure!(after != victim, "replaced");
@@ -900,6 +929,7 @@ fn main() {
                 "sync_task_does_not_block_async_tasks",
                 sync_task_does_not_block_async_tasks,
             ),
+            test("unencodable_result", unencodable_result),
             test("zero_processes", zero_processes),
             test("forkserver_workers", forkserver_workers),
         ],
