@@ -512,6 +512,27 @@ fn init_once(path: String) {
     }
 }
 
+fn exiting_init() {
+    std::process::exit(7);
+}
+
+// An initializer that kills its process is an initializer failure too, naming the cause.
+async fn initializer_that_exits() -> TestResult {
+    let e = Pool::builder()
+        .processes(1)
+        .initializer(exiting_init, ())
+        .build()
+        .await;
+    match e {
+        Err(Error::InitializerFailed { message, pid }) => {
+            ensure!(message.contains("exit code 7"), "{message}");
+            ensure!(gone(&[pid].into()).await, "reaped");
+        }
+        other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
+    }
+    Ok(())
+}
+
 // bpo-43306: a replacement worker whose initializer fails is not restarted in a loop; the
 // tasks get the initializer's failure.
 async fn failing_initializer_of_a_replacement() -> TestResult {
@@ -930,6 +951,7 @@ fn main() {
                 sync_task_does_not_block_async_tasks,
             ),
             test("unencodable_result", unencodable_result),
+            test("initializer_that_exits", initializer_that_exits),
             test("zero_processes", zero_processes),
             test("forkserver_workers", forkserver_workers),
         ],

@@ -84,25 +84,40 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
                 .map(|(e, _)| crate::task::process_entry_offset(*e)),
         })?;
         if let Some((_, args)) = &cfg.init {
-            frame.push_encoded(scheduler_clone(args)?);
+            frame.push_encoded(clone_encoded(args)?);
         }
         writer.send(&mut frame).await?;
         reader.recv().await?.decode::<SetupReply>()
     };
+    let died = |code: i32| {
+        let message = format!(
+            "the worker died ({}) during its setup",
+            crate::ExitCause::from_exitcode(code)
+        );
+        if cfg.init.is_some() {
+            Error::InitializerFailed { pid, message }
+        } else {
+            Error::Start {
+                name: format!("PoolWorker-{n}"),
+                pid,
+                message,
+            }
+        }
+    };
     let reply = tokio::select! {
         biased;
         r = setup => r,
-        code = process.join() => {
-            let code = code?;
-            return Err(Error::Start {
-                name: process.name().to_string(),
-                pid,
-                message: format!(
-                    "the worker exited ({}) during its setup",
-                    crate::ExitCause::from_exitcode(code)
-                ),
-            });
+        code = process.join() => return Err(died(code?)),
+    };
+    // A worker that died in its setup (its initializer aborted, say) closed the socket first.
+    let reply = match reply {
+        Err(Error::Closed | Error::Io(_)) => {
+            match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
+                Ok(Ok(code)) => return Err(died(code)),
+                _ => Err(Error::Closed),
+            }
         }
+        other => other,
     };
     let err = match reply {
         Ok(SetupReply::Ready) => {
@@ -132,7 +147,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
 }
 
 /// A copy of encoded arguments, descriptors duplicated, for one more worker.
-fn scheduler_clone(e: &Encoded) -> Result<Encoded> {
+fn clone_encoded(e: &Encoded) -> Result<Encoded> {
     let fds = e
         .fds
         .iter()

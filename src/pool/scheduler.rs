@@ -1,14 +1,15 @@
 //! The scheduler: one tokio task that owns the workers, the queue of tasks and the table
 //! of tasks in flight.
 //!
-//! Per worker, a reader task turns its answers and its death (its pidfd, on tokio's reactor)
-//! into [`Event`]s, and a writer task sends it frames. The scheduler sends a task to the
-//! least loaded worker that has room: one running synchronous task plus a few waiting behind
-//! it (up to [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of `async fn` tasks. It knows which
-//! synchronous task a worker is running (the oldest it has not answered: a worker runs them
-//! in order), so when a worker dies only the tasks it was running fail, with
-//! [`Error::WorkerLost`]; the ones it held but had not started go back to the head of the
-//! queue. Then the worker is replaced.
+//! Per worker, a reader task hands its answers straight to the callers and tells the
+//! scheduler of them and of the worker's death (its pidfd, on tokio's reactor) as
+//! [`Event`]s; a writer task sends it frames. The scheduler sends a task to the least loaded
+//! worker that has room: one running synchronous task plus a few waiting behind it (up to
+//! [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of
+//! `async fn` tasks. It knows which synchronous task a worker is running (the oldest it has
+//! not answered: a worker runs them in order), so when a worker dies only the tasks it was
+//! running fail, with [`Error::WorkerLost`]; the ones it held but had not started go back to
+//! the head of the queue. Then the worker is replaced.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::proto::{Reply, Status, ToWorker};
-use super::{Config, WorkerConn, start_worker};
+use super::{Config, WorkerConn, clone_encoded, start_worker};
 use crate::Process;
 use crate::error::{Error, ExitCause, Result};
 use crate::sys;
@@ -157,19 +158,6 @@ fn again(e: &Error) -> Error {
             message: other.to_string(),
         },
     }
-}
-
-fn try_clone(e: &Encoded) -> Option<Encoded> {
-    let fds = e
-        .fds
-        .iter()
-        .map(|f| sys::dup_fd(f.as_fd()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .ok()?;
-    Some(Encoded {
-        bytes: e.bytes.clone(),
-        fds,
-    })
 }
 
 impl Scheduler {
@@ -581,7 +569,7 @@ impl Scheduler {
         let copy = if started {
             None
         } else {
-            try_clone(&job.payload)
+            clone_encoded(&job.payload).ok()
         };
         let mut frame = match FrameBuf::of(&ToWorker::Task {
             id: job.id,
