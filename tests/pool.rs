@@ -512,6 +512,48 @@ fn init_once(path: String) {
     }
 }
 
+static INIT_LEN: AtomicUsize = AtomicUsize::new(0);
+
+fn big_init(blob: Vec<u8>) {
+    INIT_LEN.store(blob.len(), Ordering::SeqCst);
+}
+
+fn init_len() -> usize {
+    INIT_LEN.load(Ordering::SeqCst)
+}
+
+// Initializer arguments larger than a socket's buffer reach every worker.
+async fn initializer_with_large_arguments() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(big_init, (vec![7u8; 4 << 20],))
+        .build()
+        .await?;
+    let v = pool.map(|_x: u8| init_len(), 0..8u8).chunksize(1).await?;
+    ensure!(v.iter().all(|&n| n == 4 << 20), "{v:?}");
+    Ok(())
+}
+
+fn reverse(mut v: Vec<u8>) -> Vec<u8> {
+    v.reverse();
+    v
+}
+
+// Arguments and results larger than a socket's buffer, several in flight per worker.
+async fn large_arguments_and_results() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let blobs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 600 << 10]).collect();
+    let hs: Vec<_> = blobs
+        .iter()
+        .map(|b| pool.apply_async(reverse, (b.clone(),)))
+        .collect();
+    let out = futures::future::try_join_all(hs).await?;
+    ensure!(out == blobs, "apply_async echoes");
+    let out = pool.map(reverse, blobs.clone()).chunksize(1).await?;
+    ensure!(out == blobs, "map echoes");
+    Ok(())
+}
+
 fn exiting_init() {
     std::process::exit(7);
 }
@@ -952,6 +994,11 @@ fn main() {
             ),
             test("unencodable_result", unencodable_result),
             test("initializer_that_exits", initializer_that_exits),
+            test("large_arguments_and_results", large_arguments_and_results),
+            test(
+                "initializer_with_large_arguments",
+                initializer_with_large_arguments,
+            ),
             test("zero_processes", zero_processes),
             test("forkserver_workers", forkserver_workers),
         ],

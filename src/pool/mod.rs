@@ -65,6 +65,25 @@ struct WorkerConn {
 async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let (ours, theirs) = sys::socketpair_stream()?;
     let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (mut reader, writer) = framed(into_stream(ours)?);
+    // A small setup goes out first: it waits in the socket while the child starts, so the
+    // child finds it as soon as its bootstrap is done. A large one (big initializer
+    // arguments) could fill the socket before anyone reads it: it goes out after the start.
+    let mut frame = FrameBuf::of(&Setup {
+        hello: Hello::ours(),
+        init: cfg
+            .init
+            .as_ref()
+            .map(|(e, _)| crate::task::process_entry_offset(*e)),
+    })?;
+    let mut early = true;
+    if let Some((_, args)) = &cfg.init {
+        early = args.bytes.len() < 32 * 1024;
+        frame.push_encoded(clone_encoded(args)?);
+    }
+    if early {
+        writer.send(&mut frame).await?;
+    }
     let mut process = Process::new(worker::worker_main, (PassFd(theirs),))
         .name(format!("PoolWorker-{n}"))
         .daemon(true)
@@ -74,19 +93,10 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         .await?;
     let pid = process.pid();
     let pidfd = sys::dup_fd(process.sentinel())?;
-    let (mut reader, writer) = framed(into_stream(ours)?);
     let setup = async {
-        let mut frame = FrameBuf::of(&Setup {
-            hello: Hello::ours(),
-            init: cfg
-                .init
-                .as_ref()
-                .map(|(e, _)| crate::task::process_entry_offset(*e)),
-        })?;
-        if let Some((_, args)) = &cfg.init {
-            frame.push_encoded(clone_encoded(args)?);
+        if !early {
+            writer.send(&mut frame).await?;
         }
-        writer.send(&mut frame).await?;
         reader.recv().await?.decode::<SetupReply>()
     };
     let died = |code: i32| {
