@@ -543,7 +543,9 @@ impl Scheduler {
                     s.sync.len() <= prefetch
                 }
             })
-            .min_by_key(|(_, s)| (s.load(), if is_async { s.sync.len() } else { 0 }))
+            // An async task goes where no synchronous task holds the worker's thread, if it
+            // can (see worker.rs); otherwise, to the least loaded worker.
+            .min_by_key(|(_, s)| (if is_async { s.sync.len() } else { 0 }, s.load()))
             .map(|(w, _)| *w)
     }
 

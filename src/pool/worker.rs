@@ -11,9 +11,9 @@
 //!   common case costs no thread hop. When async tasks are running, a synchronous task goes
 //!   to the worker's task thread (started on first need), so it never blocks them.
 //!   Synchronous tasks run one at a time, in the order they arrived; those waiting their
-//!   turn (the pool sends a small prefetch) can be cancelled. An async task that arrives
+//!   turn (the pool sends a few ahead) can be cancelled. An async task that arrives
 //!   while a synchronous one runs on the runtime's thread starts when that one ends: the
-//!   pool sends async tasks to workers that are not running synchronous ones when it can.
+//!   pool sends async tasks to workers that hold no synchronous ones when it can.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
