@@ -163,7 +163,8 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Errors
     /// [`Error::Timeout`] if the task has not finished in time; otherwise as awaiting the
     /// handle.
-    ///    /// # Panics
+    ///
+    /// # Panics
     /// Outside a tokio runtime with its time driver enabled.
     ///
     /// # Cancel safety
@@ -286,7 +287,8 @@ impl<R: DeserializeOwned> MapResult<R> {
     ///
     /// # Errors
     /// [`Error::Timeout`] if some task has not finished in time; otherwise as awaiting it.
-    ///    /// # Panics
+    ///
+    /// # Panics
     /// Outside a tokio runtime with its time driver enabled.
     ///
     /// # Cancel safety
