@@ -27,10 +27,6 @@ fn pid() -> u32 {
     std::process::id()
 }
 
-fn pid_of(_x: u32) -> u32 {
-    std::process::id()
-}
-
 fn sleep_ms(ms: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
     std::process::id()
@@ -778,6 +774,19 @@ async fn cancel_queued_and_running() -> TestResult {
     Ok(())
 }
 
+/// Appends `id` to the file at `log` (one line per run), returns this worker's pid.
+fn log_run(log: String, id: u32) -> u32 {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{id}");
+    }
+    std::process::id()
+}
+
 // _TestPoolWorkerLifetime.test_pool_worker_lifetime: workers retire after n tasks; every
 // task runs exactly once.
 async fn maxtasksperchild() -> TestResult {
@@ -786,9 +795,20 @@ async fn maxtasksperchild() -> TestResult {
         .maxtasksperchild(3)
         .build()
         .await?;
-    let hs: Vec<_> = (0..30u32).map(|i| pool.apply_async(pid_of, (i,))).collect();
+    let log = tmp_path("runs");
+    let hs: Vec<_> = (0..30u32)
+        .map(|i| pool.apply_async(log_run, (log.clone(), i)))
+        .collect();
     let pids = futures::future::try_join_all(hs).await?;
     ensure!(pids.len() == 30, "every task answered once");
+    let runs = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    let mut ran: Vec<u32> = runs.lines().map(|l| l.parse()).collect::<Result<_, _>>()?;
+    ran.sort();
+    ensure!(
+        ran == (0..30).collect::<Vec<_>>(),
+        "each task ran exactly once: {ran:?}"
+    );
     let distinct: HashSet<u32> = pids.iter().copied().collect();
     ensure!(
         distinct.len() >= 10,
