@@ -70,6 +70,18 @@ fn abort_now() {
     std::process::abort();
 }
 
+/// Dies of SIGSEGV, as a worker that dereferenced a bad pointer does. Rust's runtime
+/// catches the first SIGSEGV (to report stack overflows) and restores the default action;
+/// the next one kills.
+fn segfault_self() {
+    for _ in 0..100 {
+        let _ = std::process::Command::new("kill")
+            .args(["-SEGV", &std::process::id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn exit_with(code: i32) {
     std::process::exit(code);
 }
@@ -391,7 +403,8 @@ async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
     Ok(())
 }
 
-// abort (SIGABRT) and exit(3) mid-task: the error names the signal or the exit code.
+// abort (SIGABRT), a segfault (SIGSEGV) and exit(3) mid-task: the error names the signal or
+// the exit code.
 async fn worker_abort_and_exit_mid_task() -> TestResult {
     let pool = Pool::new(1).await?;
     let e = pool.apply(abort_now, ()).await;
@@ -404,6 +417,17 @@ async fn worker_abort_and_exit_mid_task() -> TestResult {
             })
         ),
         "abort: {e:?}"
+    );
+    let e = pool.apply(segfault_self, ()).await;
+    ensure!(
+        matches!(
+            e,
+            Err(Error::WorkerLost {
+                cause: ExitCause::Signal(11),
+                ..
+            })
+        ),
+        "segfault: {e:?}"
     );
     let e = pool.apply(exit_with, (3,)).await;
     ensure!(
@@ -782,7 +806,8 @@ fn log_run(log: String, id: u32) -> u32 {
         .append(true)
         .open(log)
     {
-        let _ = writeln!(f, "{id}");
+        // One write per line: appends from several workers never interleave within it.
+        let _ = f.write_all(format!("{id}\n").as_bytes());
     }
     std::process::id()
 }
