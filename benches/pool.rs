@@ -106,6 +106,22 @@ async fn run() -> mp::Result<()> {
         );
         return Ok(());
     }
+    if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("async") {
+        let pool = mp::Pool::new(2).await?;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let hs: Vec<_> = (0..10_000u64)
+                .map(|i| pool.apply_async(noop, (i,)))
+                .collect();
+            let v = futures::future::try_join_all(hs).await?;
+            assert_eq!(v.len(), 10_000);
+            println!(
+                "10k apply_async: {:.1} k/s",
+                10.0 / t.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
     if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("map") {
         let pool = mp::Pool::new(2).await?;
         for _ in 0..5 {
