@@ -38,6 +38,7 @@
 
 mod error;
 mod manager;
+mod pool;
 mod process;
 mod shared;
 mod start;
@@ -48,6 +49,7 @@ mod wire;
 
 pub use error::{Error, ExitCause, Result};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
+pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
