@@ -1,9 +1,11 @@
 //! Python's `multiprocessing`, for async Rust.
 //!
 //! A tokio program hands CPU-heavy or crash-prone work to other OS processes and awaits it:
-//! [`Process`] handles joined without blocking a thread, and (as the crate grows) pools,
-//! queues, pipes, locks and shared memory that work between real processes, awaited on
-//! tokio's reactor.
+//! a [`Pool`] whose `apply_async` and `map_async` are futures and whose `imap` is a stream,
+//! [`Process`] handles joined without blocking a thread, and locks ([`Lock`], [`RLock`],
+//! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]), shared memory ([`Value`],
+//! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
+//! awaited on tokio's reactor.
 //!
 //! Children run the same executable, so `main` must call [`init`] before anything else:
 //!
