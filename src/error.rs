@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -131,6 +132,80 @@ pub enum Error {
     /// `IndexError` raised through a proxy).
     #[error("manager: {0}")]
     Manager(String),
+    /// A lock's holder died while holding it (like a robust mutex's `EOWNERDEAD`).
+    ///
+    /// Python leaves such a lock locked for ever; here the acquirer that notices the death
+    /// gets this error instead of hanging, and the lock is free again: the next `lock()`
+    /// takes it. What the dead holder protected may be half-updated.
+    #[error("the process {pid} that held the lock died without releasing it")]
+    LockOwnerDied {
+        /// The pid of the dead holder.
+        pid: u32,
+    },
+
+    /// A lock that is not held was released (Python's `ValueError` / `AssertionError`).
+    #[error("release of a lock that is not held")]
+    NotHeld,
+
+    /// An `RLock` was released by a task or process that does not own it.
+    #[error("release of a re-entrant lock by a task or process that does not own it")]
+    NotOwner,
+
+    /// A `BoundedSemaphore` was released more times than it was acquired (Python's
+    /// `ValueError`).
+    #[error("semaphore released too many times (its bound is {bound})")]
+    SemaphoreOverRelease {
+        /// The initial value, which the semaphore may not exceed.
+        bound: u32,
+    },
+
+    /// A `Barrier` is broken: it was aborted or reset, or a wait on it timed out (Python's
+    /// `BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+
+    /// An index past the end of a shared array or segment (Python's `IndexError`).
+    #[error("index {index} out of range for length {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The length of the array or segment.
+        len: usize,
+    },
+    /// A pool task ran past its timeout: its worker was killed (and replaced).
+    #[error("task timed out after {timeout:?}: worker process {pid} was killed and replaced")]
+    TaskTimedOut {
+        /// The pid of the worker that was running the task.
+        pid: u32,
+        /// The timeout in force for the task.
+        timeout: Duration,
+    },
+
+    /// The task was cancelled before it finished (a running task's worker was killed and
+    /// replaced).
+    #[error("task cancelled")]
+    Cancelled,
+
+    /// The pool takes no more tasks: it was closed or terminated (or dropped), or it was
+    /// terminated before this task finished.
+    #[error("the pool is closed")]
+    PoolClosed,
+
+    /// A pool worker's initializer failed (panicked, or could not decode its arguments), so
+    /// the worker never took a task. The pool does not restart a worker whose initializer
+    /// failed.
+    #[error("the pool initializer failed in worker process {pid}: {message}")]
+    InitializerFailed {
+        /// The pid of the worker.
+        pid: u32,
+        /// The initializer's panic message, or what went wrong.
+        message: String,
+    },
+
+    /// [`Pool::join`](crate::Pool::join) was called on a pool that is still running: call
+    /// [`close`](crate::Pool::close) or [`terminate`](crate::Pool::terminate) first.
+    #[error("the pool is still running: call close() or terminate() before join()")]
+    PoolRunning,
 
     /// A queue had no item to give within the time allowed (Python's `queue.Empty`).
     #[error("the queue is empty")]
@@ -158,6 +233,30 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+}
+
+/// How a pool task ended without a result, in the shape of tokio's `JoinError`.
+impl Error {
+    /// Whether the task panicked ([`Error::TaskPanicked`]), like `JoinError::is_panic`.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::TaskPanicked { .. })
+    }
+
+    /// Whether the task was cancelled ([`Error::Cancelled`]), like `JoinError::is_cancelled`.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled)
+    }
+
+    /// Whether the process running the task died first ([`Error::WorkerLost`]).
+    pub fn is_worker_lost(&self) -> bool {
+        matches!(self, Error::WorkerLost { .. })
+    }
+
+    /// Whether the task ran past its timeout and its worker was killed
+    /// ([`Error::TaskTimedOut`]; a wait that merely ran out is [`Error::Timeout`]).
+    pub fn is_task_timeout(&self) -> bool {
+        matches!(self, Error::TaskTimedOut { .. })
+    }
 }
 
 /// Hex form of a fingerprint, for messages.

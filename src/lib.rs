@@ -1,9 +1,11 @@
 //! Python's `multiprocessing`, for async Rust.
 //!
 //! A tokio program hands CPU-heavy or crash-prone work to other OS processes and awaits it:
-//! [`Process`] handles joined without blocking a thread, and (as the crate grows) pools,
-//! queues, pipes, locks and shared memory that work between real processes, awaited on
-//! tokio's reactor.
+//! a [`Pool`] whose `apply_async` and `map_async` are futures and whose `imap` is a stream,
+//! [`Process`] handles joined without blocking a thread, and locks ([`Lock`], [`RLock`],
+//! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]), shared memory ([`Value`],
+//! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
+//! awaited on tokio's reactor.
 //!
 //! Children run the same executable, so `main` must call [`init`] before anything else:
 //!
@@ -40,9 +42,12 @@ mod connection;
 mod error;
 mod listener;
 mod manager;
+mod pool;
 mod process;
 mod queue;
+mod shared;
 mod start;
+mod sync;
 mod sys;
 mod task;
 mod wait;
@@ -52,12 +57,19 @@ pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
+pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use queue::{
     INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,
     UNBOUNDED_CAPACITY,
 };
+pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, init, set_start_method};
+pub use sync::{
+    Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
+    RLockGuard, Semaphore,
+};
+pub use sys::Pod;
 pub use task::Target;
 pub use wait::{Waitable, wait};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};

@@ -331,7 +331,7 @@ impl<T> Queue<T> {
             tracing::debug!("cannot grow a queue's send buffer: {e}");
         }
         let done = if joinable {
-            Some(Arc::new(sys::eventfd(0, false)?))
+            Some(Arc::new(sys::eventfd(false)?))
         } else {
             None
         };
@@ -342,9 +342,13 @@ impl<T> Queue<T> {
             ret_rx,
             ring: sys::ShmRing::new(capacity as u64)?,
             maxsize,
-            items: sys::eventfd(0, false)?,
-            space: sys::eventfd(0, false)?,
-            lock: sys::eventfd(1, true)?,
+            items: sys::eventfd(false)?,
+            space: sys::eventfd(false)?,
+            lock: {
+                let lock = sys::eventfd(true)?;
+                sys::eventfd_add(lock.as_fd(), 1)?;
+                lock
+            },
             done,
         }))
     }

@@ -15,10 +15,12 @@ use std::pin::Pin;
 use std::process::{ExitCode, Termination};
 
 use futures::FutureExt;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::sys::{self, FnZst};
+use crate::wire::Encoded;
 use crate::wire::codec;
 
 /// Marks a target that returns its result directly.
@@ -73,6 +75,7 @@ pub trait Target<Args, Marker>: Send + Sync + 'static {
     /// What the function returns (for an `async fn`, what its future resolves to).
     type Output: Send + 'static;
 
+    /// Whether the function is an `async fn` (its call returns a future to await).
     #[doc(hidden)]
     const IS_ASYNC: bool;
 
@@ -229,4 +232,155 @@ where
 /// The offset that names `entry` to a process running the same binary.
 pub(crate) fn process_entry_offset(entry: ProcessEntry) -> i64 {
     sys::offset_from_anchor(entry as usize)
+}
+
+/// The entry point a pool worker calls for one task: decodes the arguments, runs the target
+/// and encodes its result.
+pub(crate) type TaskEntry = fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>;
+
+/// The [`TaskEntry`] that runs target `F` once, on one tuple of arguments `A`.
+pub(crate) fn task_entry<F, A, M>() -> TaskEntry
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    run_task::<F, A, M>
+}
+
+/// The [`TaskEntry`] that runs target `F` on each tuple of a chunk (an encoded `Vec<A>`) in
+/// turn, and encodes a [`ChunkOut`]: the items' results and the panic messages of those that
+/// failed. One frame carries a whole chunk, so a million trivial calls cost a few thousand
+/// messages.
+pub(crate) fn chunk_entry<F, A, M>() -> TaskEntry
+where
+    F: Target<A, M>,
+    A: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    run_chunk::<F, A, M>
+}
+
+/// The offset that names a task entry to a process running the same binary.
+pub(crate) fn task_entry_offset(entry: TaskEntry) -> i64 {
+    sys::offset_from_anchor(entry as usize)
+}
+
+fn encode_result<R: Serialize>(r: R) -> Result<Encoded, Failure> {
+    Encoded::new(&r).map_err(Failure::Args)
+}
+
+fn run_task<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    let args: A = match codec::decode(bytes, fds) {
+        Ok(a) => a,
+        Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
+    };
+    match invoke_caught(F::__conjure(), args) {
+        Invoked::Ready(r) => Invoked::Ready(r.and_then(encode_result)),
+        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(|r| r.and_then(encode_result)))),
+    }
+}
+
+/// A chunk's answer: the results of the items that succeeded, in order, and the index and
+/// panic message of each item that failed (rarely any, so the common case costs nothing per
+/// item beyond its result).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ChunkOut<R> {
+    pub(crate) ok: Vec<R>,
+    pub(crate) failed: Vec<(u32, String)>,
+}
+
+impl<R> ChunkOut<R> {
+    fn with_capacity(n: usize) -> ChunkOut<R> {
+        ChunkOut {
+            ok: Vec::with_capacity(n),
+            failed: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, index: usize, r: Result<R, Failure>) {
+        match r {
+            Ok(v) => self.ok.push(v),
+            Err(f) => self.failed.push((
+                index as u32,
+                match f {
+                    Failure::Panicked(m) => m,
+                    Failure::Args(e) => e.to_string(),
+                },
+            )),
+        }
+    }
+}
+
+fn run_chunk<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<A, M>,
+    A: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    match codec::decode::<Vec<A>>(bytes, fds) {
+        Ok(items) => run_items::<F, A, M, _>(items.into_iter()),
+        Err(e) => Invoked::Ready(Err(Failure::Args(e))),
+    }
+}
+
+/// The [`TaskEntry`] that runs a one-argument target `F` on each item of a chunk, sent as
+/// an encoded `Vec<T>` (each item the argument itself, not a one-element tuple).
+pub(crate) fn chunk_entry1<F, T, M>() -> TaskEntry
+where
+    F: Target<(T,), M>,
+    T: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    run_chunk1::<F, T, M>
+}
+
+fn run_chunk1<F, T, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<(T,), M>,
+    T: DeserializeOwned + Send + 'static,
+    F::Output: Serialize,
+{
+    match codec::decode::<Vec<T>>(bytes, fds) {
+        Ok(items) => run_items::<F, (T,), M, _>(items.into_iter().map(|t| (t,))),
+        Err(e) => Invoked::Ready(Err(Failure::Args(e))),
+    }
+}
+
+fn run_items<F, A, M, I>(items: I) -> Invoked<Result<Encoded, Failure>>
+where
+    F: Target<A, M>,
+    A: Send + 'static,
+    I: ExactSizeIterator<Item = A> + Send + 'static,
+    F::Output: Serialize,
+{
+    if !F::IS_ASYNC {
+        let mut out = ChunkOut::with_capacity(items.len());
+        for (i, args) in items.enumerate() {
+            let r = match invoke_caught(F::__conjure(), args) {
+                Invoked::Ready(r) => r,
+                Invoked::Pending(_) => Err(Failure::Panicked(
+                    "a blocking target returned a future".to_string(),
+                )),
+            };
+            out.push(i, r);
+        }
+        return Invoked::Ready(encode_result(out));
+    }
+    Invoked::Pending(Box::pin(async move {
+        let mut out = ChunkOut::with_capacity(items.len());
+        for (i, args) in items.enumerate() {
+            let r = match invoke_caught(F::__conjure(), args) {
+                Invoked::Ready(r) => r,
+                Invoked::Pending(fut) => fut.await,
+            };
+            out.push(i, r);
+        }
+        encode_result(out)
+    }))
 }

@@ -175,6 +175,24 @@ async fn put_on_signal(q: mp::Queue<u64>, go: mp::Connection<u8>) {
     }
 }
 
+/// The queue a pool worker's initializer was given.
+static POOL_QUEUE: std::sync::OnceLock<mp::Queue<u64>> = std::sync::OnceLock::new();
+
+fn pool_init(q: mp::Queue<u64>) {
+    let _ = POOL_QUEUE.set(q);
+}
+
+async fn pool_put_via_initializer(x: u64) -> bool {
+    match POOL_QUEUE.get() {
+        Some(q) => q.put(x * 10).await.is_ok(),
+        None => false,
+    }
+}
+
+async fn pool_put_via_argument(q: mp::Queue<u64>, conn: mp::Connection<u64>, x: u64) -> bool {
+    q.put(x).await.is_ok() && conn.send(&(x + 100)).await.is_ok()
+}
+
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
@@ -465,6 +483,47 @@ fn pending_get_child() {
     }
 }
 
+/// Queues and pipe ends work as `Pool` initializer and task arguments (they cross by the
+/// same codec as `Process` arguments).
+async fn queue_and_pipe_as_pool_arguments() -> TestResult {
+    let via_init = mp::Queue::<u64>::new()?;
+    let via_arg = mp::Queue::<u64>::new()?;
+    let pool = mp::Pool::builder()
+        .processes(2)
+        .initializer(pool_init, (via_init.clone(),))
+        .build()
+        .await?;
+    let mut c = Vec::new();
+    for x in 0..5u64 {
+        let (mine, theirs) = mp::Pipe::<u64>::new()?;
+        ensure!(
+            pool.apply(pool_put_via_argument, (via_arg.clone(), theirs, x))
+                .await?,
+            "task {x} with a queue argument"
+        );
+        c.push(mine.recv_timeout(Duration::from_secs(10)).await?);
+        ensure!(
+            pool.apply(pool_put_via_initializer, (x,)).await?,
+            "task {x} using the initializer's queue"
+        );
+    }
+    let mut a: Vec<u64> = (0..5)
+        .map(|_| via_arg.get_nowait())
+        .collect::<Result<_, _>>()?;
+    let mut b: Vec<u64> = (0..5)
+        .map(|_| via_init.get_nowait())
+        .collect::<Result<_, _>>()?;
+    a.sort_unstable();
+    b.sort_unstable();
+    c.sort_unstable();
+    ensure!(a == vec![0, 1, 2, 3, 4], "{a:?}");
+    ensure!(b == vec![0, 10, 20, 30, 40], "{b:?}");
+    ensure!(c == vec![100, 101, 102, 103, 104], "{c:?}");
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
 /// Awaiting `get` parks no thread and starts none (checked in a child of its own).
 async fn pending_get_parks_no_thread() -> TestResult {
     let mut p = start(pending_get_child, ()).await?;
@@ -607,6 +666,10 @@ fn main() {
             queue_carries_queues_and_pipes,
         ),
         test("pending_get_parks_no_thread", pending_get_parks_no_thread),
+        test(
+            "queue_and_pipe_as_pool_arguments",
+            queue_and_pipe_as_pool_arguments,
+        ),
         test("joinable_task_done_and_join", joinable_task_done_and_join),
         test("simple_queue", simple_queue),
         test("closed_queue_errors", closed_queue_errors),

@@ -191,10 +191,14 @@ impl Drop for Child {
             return;
         };
         let pid = self.pid;
-        let pidfd = self.pidfd.get_ref().clone();
+        // A duplicate: this handle's own registration of the pidfd is still in the reactor
+        // until its fields drop, and epoll refuses a second registration of one number.
+        let Ok(pidfd) = sys::dup_fd(self.pidfd()) else {
+            return; // the exit handler still knows the child
+        };
         let source = self.source.take();
         handle.spawn(async move {
-            let Ok(fd) = sys::register_shared(pidfd, Interest::READABLE) else {
+            let Ok(fd) = sys::register_owned(pidfd, Interest::READABLE) else {
                 return;
             };
             if fd.readable().await.is_ok() {

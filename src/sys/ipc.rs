@@ -73,34 +73,6 @@ pub(crate) fn recv_packet(
     Ok(msg.bytes)
 }
 
-/// An eventfd, close-on-exec and non-blocking; a counting semaphore if `semaphore`.
-pub(crate) fn eventfd(initial: u32, semaphore: bool) -> io::Result<OwnedFd> {
-    let mut flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK;
-    if semaphore {
-        flags |= libc::EFD_SEMAPHORE;
-    }
-    // SAFETY: eventfd takes two integers by value and touches none of our memory.
-    let fd = cvt(unsafe { libc::eventfd(initial, flags) })?;
-    // SAFETY: on success the kernel handed us a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Takes from an eventfd: 1 for a semaphore, the whole count otherwise. `WouldBlock` at 0.
-pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    let n = nix::unistd::read(fd, &mut b)?;
-    if n != 8 {
-        return Err(io::Error::other("short read from an eventfd"));
-    }
-    Ok(u64::from_ne_bytes(b))
-}
-
-/// Adds `n` to an eventfd's count.
-pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
-    nix::unistd::write(fd, &n.to_ne_bytes())?;
-    Ok(())
-}
-
 /// The largest spill file worth handing back for reuse.
 pub(crate) const RECYCLE_MAX: usize = 2 * 1024 * 1024;
 

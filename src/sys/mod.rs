@@ -6,12 +6,16 @@
 //! `libc` or `nix` directly. Linux only for now: pidfd, eventfd, memfd and `SCM_RIGHTS` are
 //! the mechanisms the rest of the crate is built on.
 
+mod eventfd;
 mod fd;
 mod ident;
 mod ipc;
+mod pid;
 mod proc;
 mod ring;
+mod shm;
 
+pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, open_fds, read_fd, recv_with_fds,
@@ -20,9 +24,10 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
-    RECYCLE_MAX, SpillView, eventfd, eventfd_add, eventfd_take, file_size, fill_random,
-    grow_send_buffer, recv_packet, shutdown_socket, spill_memfd,
+    RECYCLE_MAX, SpillView, file_size, fill_random, grow_send_buffer, recv_packet, shutdown_socket,
+    spill_memfd,
 };
+pub(crate) use pid::cached_pid;
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
     fork_and_reap, fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open,
@@ -30,11 +35,16 @@ pub(crate) use proc::{
     spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
 };
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
+pub use shm::Pod;
+pub(crate) use shm::{SharedRegion, shm_attach, shm_create, shm_remove};
 
 use std::io;
 
 /// Signal numbers the crate sends.
 pub(crate) use libc::{SIGKILL, SIGTERM};
+
+/// "No such process", as `pidfd_open` reports a process that is gone.
+pub(crate) use libc::ESRCH;
 
 /// Turns a `-1`-means-errno return value into an [`io::Result`].
 fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {

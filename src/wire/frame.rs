@@ -375,6 +375,45 @@ impl FrameWriter {
     }
 }
 
+impl FrameWriter {
+    /// Sends several frames in order, frames without descriptors written together in as few
+    /// system calls as the socket allows.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, like [`send`](Self::send).
+    pub(crate) async fn send_batch(&self, frames: &mut [FrameBuf]) -> Result<()> {
+        let mut joined: Vec<u8> = Vec::new();
+        for f in frames.iter_mut() {
+            if !f.fds.is_empty() {
+                self.write_all(&joined).await?;
+                joined.clear();
+                self.send(f).await?;
+                continue;
+            }
+            f.seal()?;
+            if joined.is_empty() {
+                joined = std::mem::take(&mut f.buf);
+            } else {
+                joined.extend_from_slice(&f.buf);
+            }
+        }
+        self.write_all(&joined).await
+    }
+
+    async fn write_all(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = self
+                .io
+                .async_io(Interest::WRITABLE, || {
+                    sys::send_with_fds(self.io.as_fd(), data, &[])
+                })
+                .await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

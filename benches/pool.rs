@@ -1,0 +1,352 @@
+//! Pool figures, each beside its baseline. Run with `cargo bench --bench pool`;
+//! `python3 benches/pool_cpython.py` runs CPython's `multiprocessing.Pool` on the same work
+//! and prints both sides with the ratio.
+//!
+//! Every figure line reads `figure <name> <value> <unit> | baseline <what> <value> <unit>`.
+//! `POOL_BENCH_IMAP_N` sets how many inputs the RSS figure streams (default 10,000,000).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_multiprocessing as mp;
+
+fn noop(x: u64) -> u64 {
+    x
+}
+
+fn nothing() {}
+
+/// Sleeps until `at` (nanoseconds since the epoch), then exits at once with code 3 (a
+/// worker dying mid-task; `abort()` would add the kernel's core-dump handling to the figure).
+fn exit_at(at: u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    std::thread::sleep(Duration::from_nanos(at.saturating_sub(now)));
+    std::process::exit(3);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn figure(name: &str, value: f64, unit: &str, baseline: &str, base: f64, base_unit: &str) {
+    println!("figure {name} {value:.2} {unit} | baseline {baseline} {base:.2} {base_unit}");
+}
+
+async fn socketpair_ping_pong(rounds: u32) -> std::io::Result<Duration> {
+    let (mut a, mut b) = tokio::net::UnixStream::pair()?;
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        for _ in 0..rounds {
+            b.read_exact(&mut buf).await?;
+            b.write_all(&buf).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut buf = [0u8; 16];
+    let t = Instant::now();
+    for _ in 0..rounds {
+        a.write_all(&buf).await?;
+        a.read_exact(&mut buf).await?;
+    }
+    let d = t.elapsed();
+    echo.await.map_err(std::io::Error::other)??;
+    Ok(d)
+}
+
+/// The floor of any cross-process round trip on this machine: 16 bytes to `cat` and back
+/// through pipes, both sides waking from epoll.
+async fn pipe_ping_pong_with_cat(rounds: u32) -> std::io::Result<Duration> {
+    let mut cat = tokio::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let (Some(mut to), Some(mut from)) = (cat.stdin.take(), cat.stdout.take()) else {
+        return Err(std::io::Error::other("no pipes to cat"));
+    };
+    let mut buf = [7u8; 16];
+    for _ in 0..100 {
+        to.write_all(&buf).await?;
+        from.read_exact(&mut buf).await?;
+    }
+    let t = Instant::now();
+    for _ in 0..rounds {
+        to.write_all(&buf).await?;
+        from.read_exact(&mut buf).await?;
+    }
+    let d = t.elapsed();
+    drop(to);
+    cat.wait().await?;
+    Ok(d)
+}
+
+async fn run() -> mp::Result<()> {
+    if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("apply") {
+        let pool = mp::Pool::new(2).await?;
+        for i in 0..1000 {
+            pool.apply(noop, (i,)).await?;
+        }
+        let t = Instant::now();
+        for i in 0..20_000u64 {
+            pool.apply(noop, (i,)).await?;
+        }
+        println!(
+            "apply round trip {:.2} us",
+            t.elapsed().as_secs_f64() * 1e6 / 20_000.0
+        );
+        return Ok(());
+    }
+    if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("async") {
+        let pool = mp::Pool::new(2).await?;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let hs: Vec<_> = (0..10_000u64)
+                .map(|i| pool.apply_async(noop, (i,)))
+                .collect();
+            let v = futures::future::try_join_all(hs).await?;
+            assert_eq!(v.len(), 10_000);
+            println!(
+                "10k apply_async: {:.1} k/s",
+                10.0 / t.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
+    if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("map") {
+        let pool = mp::Pool::new(2).await?;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let v = pool.map(noop, 0..1_000_000u64).await?;
+            assert_eq!(v.len(), 1_000_000);
+            println!("map 1M: {:.2} M/s", 1.0 / t.elapsed().as_secs_f64());
+        }
+        return Ok(());
+    }
+    // Build → first result, spawn start method.
+    let t = Instant::now();
+    let pool = mp::Pool::builder()
+        .processes(2)
+        .start_method(mp::StartMethod::Spawn)
+        .build()
+        .await?;
+    pool.apply(noop, (1,)).await?;
+    let first = t.elapsed();
+    let t = Instant::now();
+    let mut p = mp::Process::new(nothing, ()).start().await?;
+    p.join().await?;
+    let one = t.elapsed();
+    figure(
+        "pool2_build_to_first_result",
+        first.as_secs_f64() * 1e3,
+        "ms",
+        "one_process_start_join",
+        one.as_secs_f64() * 1e3,
+        "ms",
+    );
+
+    // map, 1,000,000 trivial tasks, default chunksize.
+    let n = 1_000_000u64;
+    let t = Instant::now();
+    let v = pool.map(noop, 0..n).await?;
+    let d = t.elapsed();
+    assert_eq!(v.len() as u64, n);
+    let t = Instant::now();
+    let local: Vec<u64> = (0..n).map(std::hint::black_box(noop)).collect();
+    let dl = t.elapsed();
+    assert_eq!(local.len() as u64, n);
+    figure(
+        "map_1M_default_chunksize",
+        n as f64 / d.as_secs_f64() / 1e6,
+        "Mtasks/s",
+        "same_map_in_process",
+        n as f64 / dl.as_secs_f64() / 1e6,
+        "Mtasks/s",
+    );
+
+    // map, chunksize 1, 20,000 tasks.
+    let n = 20_000u64;
+    let t = Instant::now();
+    let v = pool.map(noop, 0..n).chunksize(1).await?;
+    let d = t.elapsed();
+    assert_eq!(v.len() as u64, n);
+    let pp = socketpair_ping_pong(20_000).await?;
+    figure(
+        "map_20k_chunksize_1",
+        n as f64 / d.as_secs_f64() / 1e3,
+        "ktasks/s",
+        "tokio_socketpair_round_trips",
+        20_000.0 / pp.as_secs_f64() / 1e3,
+        "k/s",
+    );
+
+    // apply round trip, one at a time.
+    for i in 0..1000 {
+        pool.apply(noop, (i,)).await?;
+    }
+    let rounds = 20_000u32;
+    let t = Instant::now();
+    for i in 0..rounds {
+        pool.apply(noop, (u64::from(i),)).await?;
+    }
+    let d = t.elapsed();
+    let cat = pipe_ping_pong_with_cat(5_000).await?;
+    figure(
+        "apply_round_trip",
+        d.as_secs_f64() * 1e6 / f64::from(rounds),
+        "us",
+        "pipe_ping_pong_with_a_cat_process",
+        cat.as_secs_f64() * 1e6 / 5_000.0,
+        "us",
+    );
+    println!(
+        "note tokio socketpair ping-pong within this process: {:.2} us",
+        pp.as_secs_f64() * 1e6 / 20_000.0
+    );
+    // The same from a current-thread runtime: no hops between runtime threads.
+    let ct = std::thread::spawn(|| -> mp::Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let pool = mp::Pool::new(1).await?;
+            for i in 0..1000 {
+                pool.apply(noop, (i,)).await?;
+            }
+            let t = Instant::now();
+            for i in 0..20_000u64 {
+                pool.apply(noop, (i,)).await?;
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e6 / 20_000.0)
+        })
+    })
+    .join()
+    .map_err(|_| mp::Error::Protocol("the current-thread bench panicked".into()))??;
+    figure(
+        "apply_round_trip_current_thread_runtime",
+        ct,
+        "us",
+        "pipe_ping_pong_with_a_cat_process",
+        cat.as_secs_f64() * 1e6 / 5_000.0,
+        "us",
+    );
+
+    // 10,000 concurrent apply_async.
+    let n = 10_000u64;
+    let t = Instant::now();
+    let hs: Vec<_> = (0..n).map(|i| pool.apply_async(noop, (i,))).collect();
+    let v = futures::future::try_join_all(hs).await?;
+    let d = t.elapsed();
+    assert_eq!(v.len() as u64, n);
+    figure(
+        "apply_async_10k_concurrent",
+        n as f64 / d.as_secs_f64() / 1e3,
+        "ktasks/s",
+        "map_20k_chunksize_1_above",
+        0.0,
+        "-",
+    );
+
+    // Worker death → error: the task exits at a set time; we see the error. Baseline: the
+    // same exit in a plain `Process`, seen by `join()` (the floor: exit, teardown, wake-up).
+    fn now_ns() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+    let mut lat = Vec::new();
+    let mut floor = Vec::new();
+    for _ in 0..10 {
+        let at = now_ns() + 20_000_000;
+        let r = pool.apply(exit_at, (at,)).await;
+        let seen = now_ns();
+        assert!(matches!(r, Err(mp::Error::WorkerLost { .. })), "{r:?}");
+        lat.push((seen.saturating_sub(at)) as f64 / 1e3);
+        pool.apply(noop, (0,)).await?; // wait for the replacement
+
+        let at = now_ns() + 20_000_000;
+        let mut p = mp::Process::new(exit_at, (at,)).start().await?;
+        p.join().await?;
+        floor.push((now_ns().saturating_sub(at)) as f64 / 1e3);
+    }
+    lat.sort_by(f64::total_cmp);
+    floor.sort_by(f64::total_cmp);
+    figure(
+        "worker_death_to_error_median",
+        lat[lat.len() / 2],
+        "us",
+        "process_exit_to_join_median",
+        floor[floor.len() / 2],
+        "us",
+    );
+
+    // Peak parent RSS while imap_unordered streams N inputs.
+    let n: u64 = std::env::var("POOL_BENCH_IMAP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let before = rss_kib();
+    let mut peak = before;
+    let mut s = pool.imap_unordered(noop, 0..n).chunksize(1000);
+    let mut count = 0u64;
+    let t = Instant::now();
+    while let Some(r) = s.next().await {
+        r?;
+        count += 1;
+        if count % 100_000 == 0 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    let d = t.elapsed();
+    assert_eq!(count, n);
+    figure(
+        "imap_unordered_peak_rss",
+        peak as f64 / 1024.0,
+        "MiB",
+        "rss_before_streaming",
+        before as f64 / 1024.0,
+        "MiB",
+    );
+    println!(
+        "note imap_unordered streamed {n} inputs (chunksize 1000) at {:.2} M/s",
+        n as f64 / d.as_secs_f64() / 1e6
+    );
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    let rt = if std::env::var("POOL_BENCH_RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+    .expect("a tokio runtime");
+    // The bench runs as a spawned task, as a server's request handlers do (a future that
+    // `block_on` runs directly sits outside the runtime's worker threads).
+    let outcome = rt.block_on(async {
+        tokio::spawn(run())
+            .await
+            .unwrap_or_else(|e| Err(mp::Error::Protocol(format!("the bench task failed: {e}"))))
+    });
+    if let Err(e) = outcome {
+        eprintln!("pool bench failed: {e}");
+        std::process::exit(1);
+    }
+}

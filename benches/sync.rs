@@ -1,0 +1,250 @@
+//! Figures for the synchronisation primitives and shared values, each beside its baseline:
+//!
+//! - uncontended `lock` + unlock, beside a compare-and-swap + store on ordinary memory;
+//! - `Value` increments under its lock from 2 processes at once (ops/s), beside one process
+//!   doing the same number alone;
+//! - `Event` ping-pong between two processes (one round trip: set → wake → set back → wake),
+//!   beside a raw eventfd ping-pong between two processes with blocking reads, the floor the
+//!   kernel sets on this machine.
+//!
+//! Run with `cargo bench --bench sync`; `python3 benches/sync_cpython.py` runs CPython's
+//! counterparts and prints both sides. Each figure is also printed as a `figure NAME VALUE`
+//! line for that script.
+
+use std::hint::black_box;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_multiprocessing as mp;
+
+const LOCK_ITERS: u32 = 5_000_000;
+const INCREMENTS: u64 = 2_000_000;
+const PINGS: u32 = 2_000;
+const CHUNKS: u32 = 11;
+
+async fn incrementer(v: mp::Value<u64>, start: mp::Event, done: mp::Semaphore, n: u64) {
+    if start.wait().await.is_err() {
+        return;
+    }
+    for _ in 0..n {
+        match v.lock().await {
+            Ok(mut g) => {
+                g.update(|x| x + 1);
+            }
+            Err(e) => {
+                eprintln!("incrementer: {e}");
+                return;
+            }
+        }
+    }
+    let _ = done.release();
+}
+
+async fn ponger(ping: mp::Event, pong: mp::Event, n: u32) {
+    for _ in 0..n {
+        if ping.wait().await.is_err() {
+            return;
+        }
+        ping.clear();
+        pong.set();
+    }
+}
+
+fn figure(name: &str, value: f64, unit: &str, baseline: &str) {
+    println!("{name:<44} {value:>12.1} {unit:<6} | {baseline}");
+    println!("figure {name} {value}");
+}
+
+async fn uncontended() -> mp::Result<()> {
+    let l = mp::Lock::new()?;
+    let t = Instant::now();
+    for _ in 0..LOCK_ITERS {
+        drop(black_box(l.lock().await?));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / f64::from(LOCK_ITERS);
+
+    let word = AtomicU32::new(0);
+    let t = Instant::now();
+    for _ in 0..LOCK_ITERS {
+        let w = black_box(&word);
+        let _ = w.compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed);
+        w.swap(0, Ordering::SeqCst);
+    }
+    let base = t.elapsed().as_nanos() as f64 / f64::from(LOCK_ITERS);
+    figure(
+        "uncontended_lock_unlock_ns",
+        ns,
+        "ns",
+        &format!("baseline: CAS + swap on private memory {base:.1} ns"),
+    );
+    Ok(())
+}
+
+async fn value_increments() -> mp::Result<()> {
+    // Baseline: the same total, one process, no contention.
+    let v = mp::Value::new(0u64)?;
+    let t = Instant::now();
+    for _ in 0..2 * INCREMENTS {
+        v.lock().await?.update(|x| x + 1);
+    }
+    let alone = (2 * INCREMENTS) as f64 / t.elapsed().as_secs_f64();
+
+    let v = mp::Value::new(0u64)?;
+    let start = mp::Event::new()?;
+    let done = mp::Semaphore::new(0)?;
+    let mut kids = Vec::new();
+    for _ in 0..2 {
+        kids.push(
+            mp::Process::new(
+                incrementer,
+                (v.clone(), start.clone(), done.clone(), INCREMENTS),
+            )
+            .start()
+            .await?,
+        );
+    }
+    let t = Instant::now();
+    start.set();
+    done.acquire().await?;
+    done.acquire().await?;
+    let elapsed = t.elapsed();
+    for mut k in kids {
+        k.join().await?;
+    }
+    let total = v.get().await?;
+    assert_eq!(total, 2 * INCREMENTS, "lost increments");
+    let rate = total as f64 / elapsed.as_secs_f64();
+    figure(
+        "value_increments_2_processes_ops_per_s",
+        rate,
+        "ops/s",
+        &format!("baseline: one process alone {alone:.0} ops/s"),
+    );
+    Ok(())
+}
+
+/// The round trips run in chunks, alternating with chunks of the raw baseline, so that both
+/// meet the same machine (load from other processes, idle states of the cores); the figures
+/// are the medians of the chunks.
+async fn event_ping_pong() -> mp::Result<()> {
+    let ping = mp::Event::new()?;
+    let pong = mp::Event::new()?;
+    let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), CHUNKS * PINGS + 1))
+        .start()
+        .await?;
+    let raw = RawPingPong::start(CHUNKS * PINGS + 1)?;
+    // Warm up with a first round trip each (the child's start is not part of the figure).
+    ping.set();
+    pong.wait().await?;
+    pong.clear();
+    raw.round_trip()?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..CHUNKS {
+        let t = Instant::now();
+        for _ in 0..PINGS {
+            ping.set();
+            pong.wait().await?;
+            pong.clear();
+        }
+        ours.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(PINGS));
+        let t = Instant::now();
+        for _ in 0..PINGS {
+            raw.round_trip()?;
+        }
+        theirs.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(PINGS));
+    }
+    p.join().await?;
+    raw.finish()?;
+    let (us, base) = (median(&mut ours), median(&mut theirs));
+    figure(
+        "event_ping_pong_round_trip_us",
+        us,
+        "us",
+        &format!(
+            "baseline: raw eventfd ping-pong, blocking reads, {base:.1} us (median of {CHUNKS} \
+             chunks; ours {:.1}..{:.1}, raw {:.1}..{:.1})",
+            ours[0],
+            ours[ours.len() - 1],
+            theirs[0],
+            theirs[theirs.len() - 1]
+        ),
+    );
+    println!("figure event_ping_pong_raw_eventfd_us {base}");
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Two eventfds and a forked child, each side blocking in `read`: the kernel's floor for a
+/// wake-up in another process and back.
+struct RawPingPong {
+    ping: OwnedFd,
+    pong: OwnedFd,
+    child: nix::unistd::Pid,
+}
+
+impl RawPingPong {
+    fn start(n: u32) -> std::io::Result<RawPingPong> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let ping: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
+        let pong: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
+        let one = 1u64.to_ne_bytes();
+        // The fork happens on a thread of our own; the child touches only its two
+        // descriptors and `_exit`s.
+        let child = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the child calls only read, write and _exit, all async-signal-safe,
+                // and allocates nothing, as a child of a multi-threaded process must.
+                match unsafe { nix::unistd::fork() }? {
+                    nix::unistd::ForkResult::Child => {
+                        let mut b = [0u8; 8];
+                        for _ in 0..n {
+                            if nix::unistd::read(ping.as_fd(), &mut b).is_err()
+                                || nix::unistd::write(pong.as_fd(), &one).is_err()
+                            {
+                                break;
+                            }
+                        }
+                        // SAFETY: ends the forked child at once, running none of the
+                        // parent's exit handlers.
+                        unsafe { nix::libc::_exit(0) }
+                    }
+                    nix::unistd::ForkResult::Parent { child } => Ok::<_, std::io::Error>(child),
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("fork thread panicked")))
+        })?;
+        Ok(RawPingPong { ping, pong, child })
+    }
+
+    fn round_trip(&self) -> std::io::Result<()> {
+        let mut b = [0u8; 8];
+        nix::unistd::write(self.ping.as_fd(), &1u64.to_ne_bytes())?;
+        nix::unistd::read(self.pong.as_fd(), &mut b)?;
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        nix::sys::wait::waitpid(self.child, None)?;
+        Ok(())
+    }
+}
+
+fn main() -> mp::Result<()> {
+    mp::init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        uncontended().await?;
+        value_increments().await?;
+        event_ping_pong().await?;
+        tokio::time::sleep(Duration::ZERO).await;
+        Ok(())
+    })
+}

@@ -1,0 +1,864 @@
+//! `Pool`: Python's `multiprocessing.Pool`, with futures for results and streams for `imap`.
+//!
+//! Files: this one holds the builder and the [`Pool`] handle; `scheduler.rs` the task that
+//! owns the workers; `worker.rs` the worker's side; `result.rs` what submissions give back;
+//! `proto.rs` the messages between pool and workers.
+
+mod proto;
+mod result;
+mod scheduler;
+mod worker;
+
+use std::any::type_name;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+pub use result::{AsyncResult, IMap, MapResult};
+
+use self::proto::{Setup, SetupReply};
+use self::result::{ChunkOut, NextChunk};
+use self::scheduler::{Cmd, Job, Scheduler};
+use crate::error::{Error, Result};
+use crate::process::Process;
+use crate::start::StartMethod;
+use crate::sys;
+use crate::task::{
+    ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
+};
+use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed, into_stream};
+
+static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
+
+/// A chunk entry: the entry, whether the target is async, the type name of its arguments.
+type ChunkEntry = (TaskEntry, bool, &'static str);
+
+/// What every worker of a pool is started with.
+struct Config {
+    processes: usize,
+    method: StartMethod,
+    init: Option<(ProcessEntry, Encoded)>,
+    maxtasksperchild: Option<usize>,
+    concurrency: usize,
+    start_timeout: Duration,
+}
+
+/// A started worker, before the scheduler takes it.
+struct WorkerConn {
+    pid: u32,
+    pidfd: OwnedFd,
+    process: Process,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+/// Starts one worker: a child process running `worker::worker_main` on one end of a socket
+/// pair, set up (handshake and initializer) over it.
+async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
+    let (ours, theirs) = sys::socketpair_stream()?;
+    let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (mut reader, writer) = framed(into_stream(ours)?);
+    // A small setup goes out first: it waits in the socket while the child starts, so the
+    // child finds it as soon as its bootstrap is done. A large one (big initializer
+    // arguments) could fill the socket before anyone reads it: it goes out after the start.
+    let mut frame = FrameBuf::of(&Setup {
+        hello: Hello::ours(),
+        init: cfg
+            .init
+            .as_ref()
+            .map(|(e, _)| crate::task::process_entry_offset(*e)),
+    })?;
+    let mut early = true;
+    if let Some((_, args)) = &cfg.init {
+        early = args.bytes.len() < 32 * 1024;
+        frame.push_encoded(clone_encoded(args)?);
+    }
+    if early {
+        writer.send(&mut frame).await?;
+    }
+    let mut process = Process::new(worker::worker_main, (Fd::from(theirs),))
+        .name(format!("PoolWorker-{n}"))
+        .daemon(true)
+        .start_method(cfg.method)
+        .start_timeout(cfg.start_timeout)
+        .start()
+        .await?;
+    let pid = process.pid();
+    let pidfd = sys::dup_fd(process.sentinel())?;
+    let setup = async {
+        if !early {
+            writer.send(&mut frame).await?;
+        }
+        reader.recv().await?.decode::<SetupReply>()
+    };
+    let died = |code: i32| {
+        let message = format!(
+            "the worker died ({}) during its setup",
+            crate::ExitCause::from_exitcode(code)
+        );
+        if cfg.init.is_some() {
+            Error::InitializerFailed { pid, message }
+        } else {
+            Error::Start {
+                name: format!("PoolWorker-{n}"),
+                pid,
+                message,
+            }
+        }
+    };
+    let reply = tokio::select! {
+        biased;
+        r = setup => r,
+        code = process.join() => return Err(died(code?)),
+    };
+    // A worker that died in its setup (its initializer aborted, say) closed the socket first.
+    let reply = match reply {
+        Err(Error::Closed | Error::Io(_)) => {
+            match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
+                Ok(Ok(code)) => return Err(died(code)),
+                _ => Err(Error::Closed),
+            }
+        }
+        other => other,
+    };
+    let err = match reply {
+        Ok(SetupReply::Ready) => {
+            return Ok(WorkerConn {
+                pid,
+                pidfd,
+                reader,
+                writer,
+                process,
+            });
+        }
+        Ok(SetupReply::InitFailed(message)) => {
+            // The worker exits by itself after reporting.
+            let _ = tokio::time::timeout(Duration::from_secs(5), process.join()).await;
+            return Err(Error::InitializerFailed { pid, message });
+        }
+        Ok(SetupReply::Refused(message)) => Error::Start {
+            name: process.name().to_string(),
+            pid,
+            message,
+        },
+        Err(e) => e,
+    };
+    let _ = process.kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), process.join()).await;
+    Err(err)
+}
+
+/// A copy of encoded arguments, descriptors duplicated, for one more worker.
+fn clone_encoded(e: &Encoded) -> Result<Encoded> {
+    let fds = e
+        .fds
+        .iter()
+        .map(|f| sys::dup_fd(f.as_fd()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(Encoded {
+        bytes: e.bytes.clone(),
+        fds,
+    })
+}
+
+/// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
+#[must_use = "a pool builder does nothing until built"]
+#[derive(Debug)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<Result<(ProcessEntry, Encoded)>>,
+    maxtasksperchild: Option<usize>,
+    method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
+    concurrency: usize,
+    start_timeout: Duration,
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (Python's `processes`); the default is the number of
+    /// cores available to this process. 0 makes [`build`](Self::build) fail.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function every worker runs once, before its first task (Python's `initializer`
+    /// and `initargs`). Like a task, `f` is a `fn` item or a closure that captures nothing,
+    /// and `args` a tuple of serde values (descriptors included: each worker gets its own
+    /// copy). It returns what `main` may return: `()`, or a `Result` whose `Err` counts as a
+    /// failure. If it fails in a worker (a panic, say), [`build`](Self::build) fails with
+    /// [`Error::InitializerFailed`]; a replacement worker whose initializer fails is not
+    /// started again, and once no worker is left, tasks fail with that error.
+    pub fn initializer<F, A, M>(mut self, f: F, args: A) -> Self
+    where
+        F: Target<A, M>,
+        F::Output: std::process::Termination,
+        A: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        self.init = Some(Encoded::new(&args).map(|a| (process_entry::<F, A, M>(), a)));
+        self
+    }
+
+    /// Retires a worker after it has run `n` tasks (a chunk of a map counts as one task, as
+    /// in Python), replacing it with a fresh one. No task is lost or run twice: a retiring
+    /// worker is sent no more than `n` tasks and stops once it has answered them all.
+    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+        self.maxtasksperchild = Some(n.max(1));
+        self
+    }
+
+    /// The start method for the workers; the default is
+    /// [`get_start_method`](crate::get_start_method)'s at build time.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Kills (and replaces) a worker whose task runs longer than `timeout`; that task fails
+    /// with [`Error::TaskTimedOut`]. The clock starts when the worker starts the task. For a
+    /// map, it bounds each chunk. [`Pool::apply_timeout`] sets one per call.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How many `async fn` tasks one worker runs at once (like aiomultiprocess's
+    /// `childconcurrency`); the default is 1. Synchronous tasks run one at a time per worker
+    /// whatever this says.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a worker may take to start; the default is
+    /// [`DEFAULT_START_TIMEOUT`](crate::DEFAULT_START_TIMEOUT).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers, each through its initializer, and returns the pool once all are
+    /// ready.
+    ///
+    /// # Errors
+    /// An `io::Error` of kind `InvalidInput` for `processes(0)`; [`Error::Encode`] if the
+    /// initializer's arguments cannot be encoded; [`Error::InitializerFailed`] if the
+    /// initializer failed in a worker; [`Error::Start`] if a worker could not be started.
+    /// On error, the workers already started are killed and reaped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the pool's task is spawned on the current one).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a build dropped midway leaves the workers it started to be killed
+    /// by their handles' drop (they die with this process at the latest).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> tokio_multiprocessing::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// fn connect(url: String) {
+    ///     // open a per-worker connection, say
+    ///     let _ = url;
+    /// }
+    /// let pool = tokio_multiprocessing::Pool::builder()
+    ///     .processes(4)
+    ///     .initializer(connect, ("db://local".to_string(),))
+    ///     .maxtasksperchild(1000)
+    ///     .task_timeout(Duration::from_secs(30))
+    ///     .build()
+    ///     .await?;
+    /// # drop(pool);
+    /// # Ok(()) }
+    /// ```
+    pub async fn build(self) -> Result<Pool> {
+        let processes = match self.processes {
+            Some(0) => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a pool needs at least one process",
+                )));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let cfg = Arc::new(Config {
+            processes,
+            method: self.method.unwrap_or_else(crate::get_start_method),
+            init: self.init.transpose()?,
+            maxtasksperchild: self.maxtasksperchild,
+            concurrency: self.concurrency,
+            start_timeout: self.start_timeout,
+        });
+        let started = futures::future::join_all((0..processes).map(|_| start_worker(&cfg))).await;
+        let mut workers = Vec::with_capacity(processes);
+        let mut first_err = None;
+        for s in started {
+            match s {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            for mut w in workers {
+                let _ = w.process.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), w.process.join()).await;
+            }
+            return Err(e);
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Scheduler::new(cfg, rx, workers).run());
+        tracing::debug!(processes, "pool started");
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                cmds: tx,
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                processes,
+                task_timeout: self.task_timeout,
+            }),
+        })
+    }
+}
+
+/// What the pool's handles (the pool, its results and streams) share.
+struct Shared {
+    cmds: UnboundedSender<Cmd>,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    processes: usize,
+    task_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Queues one task (or chunk) and returns the handle on its answer.
+    fn submit<R: DeserializeOwned>(
+        &self,
+        entry: TaskEntry,
+        is_async: bool,
+        payload: Result<Encoded>,
+        timeout: Option<Duration>,
+        arg_type: &'static str,
+    ) -> AsyncResult<R> {
+        if self.closed.load(Ordering::Acquire) {
+            return AsyncResult::failed(Error::PoolClosed);
+        }
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => return AsyncResult::failed(e),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            id,
+            entry: crate::task::task_entry_offset(entry),
+            is_async,
+            payload,
+            timeout: timeout.or(self.task_timeout),
+            reply: Some(tx),
+        };
+        if self.cmds.send(Cmd::Submit(job)).is_err() {
+            return AsyncResult::failed(Error::PoolClosed);
+        }
+        AsyncResult::waiting(id, rx, self.cmds.clone(), arg_type)
+    }
+}
+
+/// Python's default chunk size for `map`: `ceil(len / (4 × workers))`, at least 1.
+pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(4 * processes.max(1)).max(1)
+}
+
+/// A process pool (Python's `multiprocessing.Pool`): worker processes that run tasks
+/// submitted from async code, awaited without blocking a thread.
+///
+/// A task is a `fn` item or a closure that captures nothing, with its arguments as a tuple
+/// of serde values (queues, pipes and other objects of this crate included) and a serde
+/// result; `async fn` tasks run on the worker's own runtime (see
+/// [`PoolBuilder::concurrency`]).
+///
+/// A worker that dies (a signal, an abort, the OOM killer) fails only the tasks it was
+/// running, with [`Error::WorkerLost`] naming its pid and the signal or exit code: its death
+/// is seen at once on its pidfd. It is replaced and the pool keeps serving. A task that
+/// panics fails with [`Error::TaskPanicked`], for that task only.
+///
+/// Dropping the pool terminates it (Python's `with Pool() as p:`): its workers are killed
+/// and reaped, tasks still pending fail with [`Error::PoolClosed`]. To let queued tasks
+/// finish, [`close`](Self::close) and [`join`](Self::join) it first.
+///
+/// # How workers run tasks
+///
+/// A pool's task (spawned on the runtime that built it) sends each task to the least loaded
+/// worker, a few ahead to hide the round trip when many are queued. In a worker:
+///
+/// - a synchronous task runs on the worker's main thread when no `async fn` task is running
+///   there, and on a task thread of the worker's otherwise, so it never blocks them; they run
+///   one at a time, in order;
+/// - an `async fn` task runs on the worker's own current-thread runtime, up to
+///   [`PoolBuilder::concurrency`] at once.
+///
+/// When a worker dies, only the tasks it had started fail; those it held behind them are
+/// sent to another worker.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// fn square(x: i64) -> i64 {
+///     x * x
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> mp::Result<()> {
+///     mp::init(); // a worker never gets past this line
+///     let pool = mp::Pool::builder().processes(4).build().await?;
+///     assert_eq!(pool.apply(square, (7,)).await?, 49);
+///     let squares = pool.map(square, 0..1000).chunksize(64).await?;
+///     assert_eq!(squares[999], 998_001);
+///     pool.close();
+///     pool.join().await?;
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// A builder with Python's defaults: one worker per available core, no initializer,
+    /// workers that never retire, no task timeout.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            init: None,
+            maxtasksperchild: None,
+            method: None,
+            task_timeout: None,
+            concurrency: 1,
+            start_timeout: crate::DEFAULT_START_TIMEOUT,
+        }
+    }
+
+    /// Starts a pool of `processes` workers with the other defaults of [`Pool::builder`].
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    ///
+    /// # Cancel safety
+    /// As [`PoolBuilder::build`].
+    pub async fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build().await
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.shared.processes
+    }
+
+    /// Runs `f(args)` in a worker and returns its result (Python's `apply`).
+    ///
+    /// # Errors
+    /// As [`AsyncResult`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not cancel the task: it runs to its end and its result is
+    /// discarded (see [`AsyncResult`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// assert_eq!(pool.apply(add, (2, 3)).await?, 5);
+    /// # Ok(()) }
+    /// ```
+    pub async fn apply<F, A, M>(&self, f: F, args: A) -> Result<F::Output>
+    where
+        F: Target<A, M>,
+        A: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned,
+    {
+        self.apply_async(f, args).await
+    }
+
+    /// Runs `f(args)` in a worker, killing (and replacing) the worker if the task runs longer
+    /// than `timeout`: the task then fails with [`Error::TaskTimedOut`].
+    ///
+    /// # Errors
+    /// As [`AsyncResult`].
+    ///
+    /// # Cancel safety
+    /// As [`apply`](Self::apply).
+    pub async fn apply_timeout<F, A, M>(
+        &self,
+        f: F,
+        args: A,
+        timeout: Duration,
+    ) -> Result<F::Output>
+    where
+        F: Target<A, M>,
+        A: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        self.shared
+            .submit(
+                task_entry::<F, A, M>(),
+                F::IS_ASYNC,
+                Encoded::new(&args),
+                Some(timeout),
+                type_name::<A>(),
+            )
+            .await
+    }
+
+    /// Submits `f(args)` now and returns a handle on its result (Python's `apply_async`);
+    /// the handle is a future. An argument that cannot be encoded fails the handle at once
+    /// and nothing is sent.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// let handles: Vec<_> = (0..100).map(|i| pool.apply_async(square, (i,))).collect();
+    /// let results = futures::future::try_join_all(handles).await?;
+    /// assert_eq!(results[9], 81);
+    /// # Ok(()) }
+    /// ```
+    pub fn apply_async<F, A, M>(&self, f: F, args: A) -> AsyncResult<F::Output>
+    where
+        F: Target<A, M>,
+        A: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        self.shared.submit(
+            task_entry::<F, A, M>(),
+            F::IS_ASYNC,
+            Encoded::new(&args),
+            None,
+            type_name::<A>(),
+        )
+    }
+
+    /// Applies `f` to every item, in the workers, and returns the results in input order
+    /// (Python's `map`). Await the returned [`Map`]; set its chunk size with
+    /// [`Map::chunksize`] first if the default does not suit.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// fn cube(x: i64) -> i64 {
+    ///     x * x * x
+    /// }
+    /// assert_eq!(pool.map(cube, 0..4).await?, vec![0, 1, 8, 27]);
+    /// let many = pool.map(cube, 0..100_000).chunksize(1000).await?;
+    /// assert_eq!(many.len(), 100_000);
+    /// # Ok(()) }
+    /// ```
+    pub fn map<F, T, M, I>(&self, f: F, iterable: I) -> Map<'_, F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let _ = f;
+        let items: Vec<T> = iterable.into_iter().collect();
+        let len = items.len();
+        let encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send> =
+            Box::new(move |from, to| Encoded::new(&items[from..to]));
+        Map {
+            pool: self,
+            _result: std::marker::PhantomData,
+            len,
+            encode,
+            entry: (
+                chunk_entry1::<F, T, M>(),
+                F::IS_ASYNC,
+                type_name::<Vec<T>>(),
+            ),
+            chunksize: None,
+        }
+    }
+
+    /// [`map`](Self::map) submitted now, with the default chunk size (Python's
+    /// `map_async`); for another chunk size, `pool.map(f, it).chunksize(n).submit()`.
+    pub fn map_async<F, T, M, I>(&self, f: F, iterable: I) -> MapResult<F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        self.map(f, iterable).submit()
+    }
+
+    /// Like [`map`](Self::map) for a function of several arguments: each item is a tuple of
+    /// arguments (Python's `starmap`).
+    pub fn starmap<F, A, M, I>(&self, f: F, iterable: I) -> Map<'_, F::Output>
+    where
+        F: Target<A, M>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let items: Vec<A> = iterable.into_iter().collect();
+        let len = items.len();
+        let encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send> =
+            Box::new(move |from, to| Encoded::new(&items[from..to]));
+        Map {
+            pool: self,
+            _result: std::marker::PhantomData,
+            len,
+            encode,
+            entry: (chunk_entry::<F, A, M>(), F::IS_ASYNC, type_name::<Vec<A>>()),
+            chunksize: None,
+        }
+    }
+
+    /// [`starmap`](Self::starmap) submitted now, with the default chunk size (Python's
+    /// `starmap_async`).
+    pub fn starmap_async<F, A, M, I>(&self, f: F, iterable: I) -> MapResult<F::Output>
+    where
+        F: Target<A, M>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.starmap(f, iterable).submit()
+    }
+
+    fn imap_inner<F, T, M, I>(&self, f: F, iterable: I, ordered: bool) -> IMap<F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        let _ = f;
+        let mut it = iterable.into_iter();
+        let mut buf: Vec<T> = Vec::new();
+        let next_chunk: NextChunk = Box::new(move |n| {
+            buf.clear();
+            buf.extend(it.by_ref().take(n));
+            if buf.is_empty() {
+                return None;
+            }
+            Some(Encoded::new(&buf))
+        });
+        IMap::new(
+            self.shared.clone(),
+            next_chunk,
+            (
+                chunk_entry1::<F, T, M>(),
+                F::IS_ASYNC,
+                type_name::<Vec<T>>(),
+            ),
+            ordered,
+        )
+    }
+
+    /// Applies `f` to every item and streams the results in input order (Python's `imap`).
+    /// Input is read lazily, with a bounded window of pending chunks (see [`IMap`]), so the
+    /// iterator may be endless.
+    pub fn imap<F, T, M, I>(&self, f: F, iterable: I) -> IMap<F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_inner(f, iterable, true)
+    }
+
+    /// Like [`imap`](Self::imap), yielding results as they complete (Python's
+    /// `imap_unordered`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// use futures::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// // An endless input: only a bounded window of it is read ahead.
+    /// let mut results = pool.imap_unordered(square, 0u64..).chunksize(100).take(1000);
+    /// while let Some(r) = results.next().await {
+    ///     let _square = r?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_unordered<F, T, M, I>(&self, f: F, iterable: I) -> IMap<F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        self.imap_inner(f, iterable, false)
+    }
+
+    /// Stops taking tasks (Python's `close()`): tasks already submitted run to their end,
+    /// then the workers exit. Later submissions fail with [`Error::PoolClosed`].
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = self.shared.cmds.send(Cmd::Close);
+    }
+
+    /// Waits for every worker to exit (Python's `join()`), after [`close`](Self::close) or
+    /// [`terminate`](Self::terminate).
+    ///
+    /// # Errors
+    /// [`Error::PoolRunning`] if the pool was neither closed nor terminated.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: dropping it changes nothing.
+    pub async fn join(&self) -> Result<()> {
+        if !self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolRunning);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.shared.cmds.send(Cmd::Join(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+
+    /// Kills the workers at once (Python's `terminate()`) and waits until they are reaped.
+    /// Tasks not finished fail with [`Error::PoolClosed`].
+    ///
+    /// # Errors
+    /// None so far; the `Result` leaves room for reporting a worker that could not be reaped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the termination goes on if the future is dropped.
+    pub async fn terminate(&self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self.shared.cmds.send(Cmd::Terminate(Some(tx))).is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool: the workers are killed and reaped by the pool's task.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = self.shared.cmds.send(Cmd::Terminate(None));
+    }
+}
+
+/// A [`Pool::map`] or [`Pool::starmap`] not yet submitted: set [`chunksize`](Self::chunksize)
+/// if needed, then await it (or [`submit`](Self::submit) it for a [`MapResult`]).
+#[must_use = "a map does nothing until awaited or submitted"]
+pub struct Map<'p, R> {
+    pool: &'p Pool,
+    _result: std::marker::PhantomData<fn() -> R>,
+    len: usize,
+    encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send>,
+    entry: ChunkEntry,
+    chunksize: Option<usize>,
+}
+
+impl<R> std::fmt::Debug for Map<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Map")
+            .field("len", &self.len)
+            .field("chunksize", &self.chunksize)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, R: DeserializeOwned> Map<'p, R> {
+    /// Sends the items to the workers `n` at a time (Python's `chunksize`). The default is
+    /// Python's: `ceil(len / (4 × processes))`. 0 counts as 1.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n.max(1));
+        self
+    }
+
+    /// Submits every chunk now and returns the handle on the results (Python's
+    /// `map_async`).
+    pub fn submit(self) -> MapResult<R> {
+        let size = self
+            .chunksize
+            .unwrap_or_else(|| default_chunksize(self.len, self.pool.processes()));
+        let mut chunks = Vec::with_capacity(self.len.div_ceil(size));
+        let mut from = 0;
+        while from < self.len {
+            let to = (from + size).min(self.len);
+            chunks.push(self.pool.shared.submit::<ChunkOut<R>>(
+                self.entry.0,
+                self.entry.1,
+                (self.encode)(from, to),
+                None,
+                self.entry.2,
+            ));
+            from = to;
+        }
+        MapResult::new(chunks, self.len)
+    }
+}
+
+impl<'p, R: DeserializeOwned> std::future::IntoFuture for Map<'p, R> {
+    type Output = Result<Vec<R>>;
+    type IntoFuture = MapResult<R>;
+
+    /// Submits the map; see [`MapResult`] for what dropping it does.
+    fn into_future(self) -> MapResult<R> {
+        self.submit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_chunksize;
+
+    #[test]
+    fn default_chunksize_is_pythons() {
+        // divmod(len, 4 * workers), plus one if there is a remainder.
+        assert_eq!(default_chunksize(1_000_000, 2), 125_000);
+        assert_eq!(default_chunksize(10, 2), 2);
+        assert_eq!(default_chunksize(9, 2), 2);
+        assert_eq!(default_chunksize(8, 2), 1);
+        assert_eq!(default_chunksize(1, 8), 1);
+        assert_eq!(default_chunksize(0, 8), 1);
+    }
+}

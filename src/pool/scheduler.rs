@@ -1,0 +1,728 @@
+//! The scheduler: one tokio task that owns the workers, the queue of tasks and the table
+//! of tasks in flight.
+//!
+//! Per worker, a reader task hands its answers straight to the callers and tells the
+//! scheduler of them and of the worker's death (its pidfd, on tokio's reactor) as
+//! [`Event`]s; a writer task sends it frames. The scheduler sends a task to the least loaded
+//! worker that has room: one running synchronous task plus a few waiting behind it (up to
+//! [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of
+//! `async fn` tasks. It knows which synchronous task a worker is running (the oldest it has
+//! not answered: a worker runs them in order), so when a worker dies only the tasks it was
+//! running fail, with [`Error::WorkerLost`]; the ones it held but had not started go back to
+//! the head of the queue. Then the worker is replaced.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::proto::{Reply, Status, ToWorker};
+use super::{Config, WorkerConn, clone_encoded, start_worker};
+use crate::Process;
+use crate::error::{Error, ExitCause, Result};
+use crate::sys;
+use crate::wire::frame::Frame;
+use crate::wire::{Encoded, FrameBuf, FrameReader, FrameWriter};
+
+/// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
+/// trip.
+pub(super) const PREFETCH: usize = 8;
+
+/// A worker's answer as it reaches the caller: its status and the rest of the frame.
+pub(super) type Outcome = Result<(Status, Frame)>;
+
+/// A task waiting to be sent.
+pub(super) struct Job {
+    pub(super) id: u64,
+    pub(super) entry: i64,
+    pub(super) is_async: bool,
+    pub(super) payload: Encoded,
+    pub(super) timeout: Option<Duration>,
+    /// Where the answer goes; `None` once it is in [`Replies`] (a task sent again after
+    /// its worker died).
+    pub(super) reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Where the answers of the tasks in flight go, by task id. A worker's reader task answers
+/// from here directly (one hop less between the worker and the caller); the scheduler
+/// answers from here when it fails a task. Whoever takes the sender answers.
+type Replies = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+
+fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<Outcome>> {
+    replies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id)
+}
+
+/// What the pool's handles ask of the scheduler.
+pub(super) enum Cmd {
+    Submit(Job),
+    Cancel(u64),
+    Close,
+    Join(oneshot::Sender<()>),
+    Terminate(Option<oneshot::Sender<()>>),
+}
+
+/// What the worker tasks tell the scheduler.
+pub(super) enum Event {
+    /// A worker answered task `id` (the answer went to the caller already).
+    Reply {
+        wid: u64,
+        id: u64,
+    },
+    Exited {
+        wid: u64,
+        code: Result<i32>,
+    },
+    Started(Result<WorkerConn>),
+}
+
+/// A task sent to a worker and not answered.
+struct Running {
+    wid: u64,
+    entry: i64,
+    is_async: bool,
+    timeout: Option<Duration>,
+    /// Whether the worker has (as far as we know) started it.
+    started: bool,
+    /// The arguments, kept while the task waits in a worker so it can be sent again if
+    /// that worker dies before starting it.
+    copy: Option<Encoded>,
+    deadline: Option<Instant>,
+}
+
+struct Slot {
+    pid: u32,
+    pidfd: OwnedFd,
+    tx: UnboundedSender<FrameBuf>,
+    /// Synchronous tasks sent, oldest first: the first one still in flight is running.
+    sync: VecDeque<u64>,
+    asyncs: Vec<u64>,
+    sent: usize,
+    /// No more tasks: it was sent `Exit`, or is being killed.
+    draining: bool,
+}
+
+impl Slot {
+    fn load(&self) -> usize {
+        self.sync.len() + self.asyncs.len()
+    }
+}
+
+pub(super) struct Scheduler {
+    cfg: Arc<Config>,
+    cmds: UnboundedReceiver<Cmd>,
+    cmds_open: bool,
+    events: UnboundedReceiver<Event>,
+    events_tx: UnboundedSender<Event>,
+    queue: VecDeque<Job>,
+    workers: HashMap<u64, Slot>,
+    next_wid: u64,
+    starting: usize,
+    in_flight: HashMap<u64, Running>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    closed: bool,
+    terminating: bool,
+    /// Why no worker can be started any more (a failed initializer, or repeated start
+    /// failures); the pool fails its tasks with it once no worker is left.
+    broken: Option<Error>,
+    start_failures: usize,
+    waiters: Vec<oneshot::Sender<()>>,
+    replies: Replies,
+}
+
+/// A copy of an error kept by the scheduler, for each task it fails.
+fn again(e: &Error) -> Error {
+    match e {
+        Error::InitializerFailed { pid, message } => Error::InitializerFailed {
+            pid: *pid,
+            message: message.clone(),
+        },
+        Error::Start { name, pid, message } => Error::Start {
+            name: name.clone(),
+            pid: *pid,
+            message: message.clone(),
+        },
+        Error::BinaryMismatch { ours, theirs } => Error::BinaryMismatch {
+            ours: ours.clone(),
+            theirs: theirs.clone(),
+        },
+        other => Error::Start {
+            name: "pool worker".into(),
+            pid: 0,
+            message: other.to_string(),
+        },
+    }
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        cfg: Arc<Config>,
+        cmds: UnboundedReceiver<Cmd>,
+        workers: Vec<WorkerConn>,
+    ) -> Scheduler {
+        let (events_tx, events) = unbounded_channel();
+        let mut s = Scheduler {
+            cfg,
+            cmds,
+            cmds_open: true,
+            events,
+            events_tx,
+            queue: VecDeque::new(),
+            workers: HashMap::new(),
+            next_wid: 0,
+            starting: 0,
+            in_flight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            closed: false,
+            terminating: false,
+            broken: None,
+            start_failures: 0,
+            waiters: Vec::new(),
+            replies: Arc::new(Mutex::new(HashMap::new())),
+        };
+        for w in workers {
+            s.add_worker(w);
+        }
+        s
+    }
+
+    /// Runs until the pool is closed (or terminated) and every worker is gone.
+    pub(super) async fn run(mut self) {
+        loop {
+            if self.closed && self.workers.is_empty() && self.starting == 0 {
+                break;
+            }
+            let deadline = self.deadlines.first().map(|(t, _)| *t);
+            tokio::select! {
+                biased;
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                cmd = self.cmds.recv(), if self.cmds_open => match cmd {
+                    Some(c) => self.on_cmd(c),
+                    None => {
+                        self.cmds_open = false;
+                        self.terminate();
+                    }
+                },
+                () = sleep_until(deadline), if deadline.is_some() => self.on_deadlines(),
+            }
+            // Take in everything else that is ready before dispatching.
+            while let Ok(ev) = self.events.try_recv() {
+                self.on_event(ev);
+            }
+            while self.cmds_open {
+                match self.cmds.try_recv() {
+                    Ok(c) => self.on_cmd(c),
+                    Err(_) => break,
+                }
+            }
+            self.dispatch();
+        }
+        for job in std::mem::take(&mut self.queue) {
+            self.answer_job(job, Err(Error::PoolClosed));
+        }
+        for (id, _) in std::mem::take(&mut self.in_flight) {
+            self.answer(id, Err(Error::PoolClosed));
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.send(());
+        }
+        tracing::debug!("pool scheduler finished");
+    }
+
+    /// Answers a task that is not in flight.
+    fn answer_job(&self, job: Job, outcome: Outcome) {
+        if let Some(tx) = job.reply.or_else(|| take_reply(&self.replies, job.id)) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Answers a task in flight, unless its worker's answer got there first; says which.
+    fn answer(&self, id: u64, outcome: Outcome) -> bool {
+        match take_reply(&self.replies, id) {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add_worker(&mut self, w: WorkerConn) {
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        let (tx, rx) = unbounded_channel();
+        tokio::spawn(write_worker(w.writer, rx));
+        tokio::spawn(read_worker(
+            wid,
+            w.reader,
+            w.process,
+            self.events_tx.clone(),
+            self.replies.clone(),
+        ));
+        self.workers.insert(
+            wid,
+            Slot {
+                pid: w.pid,
+                pidfd: w.pidfd,
+                tx,
+                sync: VecDeque::new(),
+                asyncs: Vec::new(),
+                sent: 0,
+                draining: false,
+            },
+        );
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Submit(job) => {
+                if self.closed {
+                    self.answer_job(job, Err(Error::PoolClosed));
+                } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
+                    let e = again(e);
+                    self.answer_job(job, Err(e));
+                } else {
+                    self.queue.push_back(job);
+                }
+            }
+            Cmd::Cancel(id) => self.cancel(id),
+            Cmd::Close => self.closed = true,
+            Cmd::Join(tx) => self.waiters.push(tx),
+            Cmd::Terminate(tx) => {
+                self.waiters.extend(tx);
+                self.terminate();
+            }
+        }
+    }
+
+    fn terminate(&mut self) {
+        self.closed = true;
+        self.terminating = true;
+        for job in std::mem::take(&mut self.queue) {
+            self.answer_job(job, Err(Error::PoolClosed));
+        }
+        for (id, _) in std::mem::take(&mut self.in_flight) {
+            self.answer(id, Err(Error::PoolClosed));
+        }
+        self.deadlines.clear();
+        for slot in self.workers.values_mut() {
+            slot.draining = true;
+            let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
+        }
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
+            if let Some(job) = self.queue.remove(pos) {
+                self.answer_job(job, Err(Error::Cancelled));
+            }
+            return;
+        }
+        let Some(run) = self.in_flight.remove(&id) else {
+            return;
+        };
+        if let Some(d) = run.deadline {
+            self.deadlines.remove(&(d, id));
+        }
+        if !self.answer(id, Err(Error::Cancelled)) {
+            // It finished first: nothing to stop.
+            return;
+        }
+        let Some(slot) = self.workers.get_mut(&run.wid) else {
+            return;
+        };
+        if run.started {
+            tracing::debug!(
+                pid = slot.pid,
+                id,
+                "cancelling a running task: killing its worker"
+            );
+            slot.draining = true;
+            let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
+        } else if let Ok(f) = FrameBuf::of(&ToWorker::Cancel { id }) {
+            let _ = slot.tx.send(f);
+        }
+    }
+
+    fn on_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(&(t, id)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(run) = self.in_flight.remove(&id) else {
+                continue;
+            };
+            let Some(pid) = self.workers.get(&run.wid).map(|s| s.pid) else {
+                continue;
+            };
+            let timeout = run.timeout.unwrap_or_default();
+            if !self.answer(id, Err(Error::TaskTimedOut { pid, timeout })) {
+                // Its answer got there first.
+                continue;
+            }
+            let Some(slot) = self.workers.get_mut(&run.wid) else {
+                continue;
+            };
+            tracing::debug!(pid = slot.pid, id, "task timed out: killing its worker");
+            slot.draining = true;
+            let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Reply { wid, id } => {
+                if let Some(slot) = self.workers.get_mut(&wid) {
+                    if let Some(p) = slot.sync.iter().position(|&x| x == id) {
+                        slot.sync.remove(p);
+                    } else if let Some(p) = slot.asyncs.iter().position(|&x| x == id) {
+                        slot.asyncs.swap_remove(p);
+                    }
+                }
+                if let Some(run) = self.in_flight.remove(&id)
+                    && let Some(d) = run.deadline
+                {
+                    self.deadlines.remove(&(d, id));
+                }
+                self.mark_started(wid);
+            }
+            Event::Exited { wid, code } => self.on_exit(wid, code),
+            Event::Started(Ok(w)) => {
+                self.starting -= 1;
+                self.start_failures = 0;
+                if self.terminating {
+                    let _ = sys::pidfd_send_signal(w.pidfd.as_fd(), sys::SIGKILL);
+                }
+                self.add_worker(w);
+                if self.terminating
+                    && let Some(slot) = self.workers.get_mut(&(self.next_wid - 1))
+                {
+                    slot.draining = true;
+                }
+            }
+            Event::Started(Err(e)) => {
+                self.starting -= 1;
+                self.start_failures += 1;
+                tracing::warn!("cannot start a pool worker: {e}");
+                if matches!(e, Error::InitializerFailed { .. }) || self.start_failures >= 3 {
+                    self.broken = Some(e);
+                }
+                self.replenish();
+            }
+        }
+    }
+
+    /// The first synchronous task a worker holds that is still in flight has started.
+    fn mark_started(&mut self, wid: u64) {
+        let Some(slot) = self.workers.get(&wid) else {
+            return;
+        };
+        for id in &slot.sync {
+            if let Some(run) = self.in_flight.get_mut(id) {
+                if !run.started {
+                    run.started = true;
+                    run.copy = None;
+                    if let Some(t) = run.timeout {
+                        let d = Instant::now() + t;
+                        run.deadline = Some(d);
+                        self.deadlines.insert((d, *id));
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    fn on_exit(&mut self, wid: u64, code: Result<i32>) {
+        let Some(slot) = self.workers.remove(&wid) else {
+            return;
+        };
+        let cause = match code {
+            Ok(c) => ExitCause::from_exitcode(c),
+            Err(_) => ExitCause::Signal(sys::SIGKILL),
+        };
+        tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
+        let mut requeue = Vec::new();
+        for id in slot.sync.iter().chain(slot.asyncs.iter()) {
+            let Some(run) = self.in_flight.remove(id) else {
+                continue;
+            };
+            if let Some(d) = run.deadline {
+                self.deadlines.remove(&(d, *id));
+            }
+            match (run.started, run.copy) {
+                (false, Some(payload)) => requeue.push(Job {
+                    id: *id,
+                    entry: run.entry,
+                    is_async: run.is_async,
+                    payload,
+                    timeout: run.timeout,
+                    reply: None,
+                }),
+                _ => {
+                    self.answer(
+                        *id,
+                        Err(Error::WorkerLost {
+                            pid: slot.pid,
+                            cause,
+                        }),
+                    );
+                }
+            }
+        }
+        for job in requeue.into_iter().rev() {
+            self.queue.push_front(job);
+        }
+        self.replenish();
+        if self.workers.is_empty()
+            && self.starting == 0
+            && let Some(e) = &self.broken
+        {
+            let e = again(e);
+            for job in std::mem::take(&mut self.queue) {
+                self.answer_job(job, Err(again(&e)));
+            }
+        }
+    }
+
+    /// Starts workers until the pool has its size again (none once it is closed and has
+    /// nothing queued, or once starting has proved hopeless).
+    fn replenish(&mut self) {
+        if self.terminating || self.broken.is_some() {
+            if self.workers.is_empty() && self.starting == 0 {
+                if let Some(e) = &self.broken {
+                    let e = again(e);
+                    for job in std::mem::take(&mut self.queue) {
+                        self.answer_job(job, Err(again(&e)));
+                    }
+                }
+            }
+            return;
+        }
+        let live = self.workers.values().filter(|s| !s.draining).count();
+        let wanted = if self.closed && self.queue.is_empty() {
+            0
+        } else {
+            self.cfg.processes
+        };
+        for _ in live + self.starting..wanted {
+            self.starting += 1;
+            let (cfg, ev) = (self.cfg.clone(), self.events_tx.clone());
+            tokio::spawn(async move {
+                let _ = ev.send(Event::Started(start_worker(&cfg).await));
+            });
+        }
+    }
+
+    /// The least loaded worker with room for a task of this kind.
+    ///
+    /// A worker holds at most one running synchronous task plus a prefetch that grows with
+    /// the backlog (up to [`PREFETCH`]): deep when many tasks wait, so that short tasks
+    /// stream, shallow when few do, so that a long task holds few others up behind it.
+    fn pick(&self, is_async: bool) -> Option<u64> {
+        let max = self.cfg.maxtasksperchild;
+        let conc = self.cfg.concurrency;
+        let prefetch = PREFETCH
+            .min(self.queue.len() / self.workers.len().max(1))
+            .max(1);
+        self.workers
+            .iter()
+            .filter(|(_, s)| !s.draining && max.is_none_or(|m| s.sent < m))
+            .filter(|(_, s)| {
+                if is_async {
+                    s.asyncs.len() < conc
+                } else {
+                    s.sync.len() <= prefetch
+                }
+            })
+            // An async task goes where no synchronous task holds the worker's thread, if it
+            // can (see worker.rs); otherwise, to the least loaded worker.
+            .min_by_key(|(_, s)| (if is_async { s.sync.len() } else { 0 }, s.load()))
+            .map(|(w, _)| *w)
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(job) = self.queue.front() {
+            let Some(wid) = self.pick(job.is_async) else {
+                break;
+            };
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
+            self.send_job(wid, job);
+        }
+        self.retire_idle();
+    }
+
+    fn send_job(&mut self, wid: u64, job: Job) {
+        let Some(slot) = self.workers.get_mut(&wid) else {
+            self.queue.push_front(job);
+            return;
+        };
+        let started = job.is_async || slot.sync.is_empty();
+        let copy = if started {
+            None
+        } else {
+            clone_encoded(&job.payload).ok()
+        };
+        let mut frame = match FrameBuf::of(&ToWorker::Task {
+            id: job.id,
+            entry: job.entry,
+            is_async: job.is_async,
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                self.answer_job(job, Err(e));
+                return;
+            }
+        };
+        frame.push_encoded(job.payload);
+        if let Some(tx) = job.reply {
+            self.replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id, tx);
+        }
+        if slot.tx.send(frame).is_err() {
+            // The writer is gone: the worker is dying, and its exit will be reported.
+            slot.draining = true;
+            let pid = slot.pid;
+            self.answer(
+                job.id,
+                Err(Error::WorkerLost {
+                    pid,
+                    cause: ExitCause::Signal(sys::SIGKILL),
+                }),
+            );
+            return;
+        }
+        slot.sent += 1;
+        if job.is_async {
+            slot.asyncs.push(job.id);
+        } else {
+            slot.sync.push_back(job.id);
+        }
+        let deadline = match (started, job.timeout) {
+            (true, Some(t)) => {
+                let d = Instant::now() + t;
+                self.deadlines.insert((d, job.id));
+                Some(d)
+            }
+            _ => None,
+        };
+        self.in_flight.insert(
+            job.id,
+            Running {
+                wid,
+                entry: job.entry,
+                is_async: job.is_async,
+                timeout: job.timeout,
+                started,
+                copy,
+                deadline,
+            },
+        );
+    }
+
+    /// Sends `Exit` to every worker that holds nothing and should stop: it has run its
+    /// `maxtasksperchild`, or the pool is closed and nothing is queued.
+    fn retire_idle(&mut self) {
+        let closing = self.closed && self.queue.is_empty();
+        let max = self.cfg.maxtasksperchild;
+        for slot in self.workers.values_mut() {
+            if slot.draining || slot.load() > 0 {
+                continue;
+            }
+            if closing || max.is_some_and(|m| slot.sent >= m) {
+                slot.draining = true;
+                if let Ok(f) = FrameBuf::of(&ToWorker::Exit) {
+                    let _ = slot.tx.send(f);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a worker its frames, all those queued at once in one batch.
+async fn write_worker(writer: FrameWriter, mut rx: UnboundedReceiver<FrameBuf>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        if writer.send_batch(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Forwards a worker's answers, then its exit (seen at once on its pidfd).
+async fn read_worker(
+    wid: u64,
+    mut rd: FrameReader,
+    mut process: Process,
+    events: UnboundedSender<Event>,
+    replies: Replies,
+) {
+    let forward = |mut frame: Frame| -> bool {
+        match frame.decode_head::<Reply>() {
+            Ok(Reply { id, status }) => {
+                if let Some(tx) = take_reply(&replies, id) {
+                    let _ = tx.send(Ok((status, frame)));
+                }
+                events.send(Event::Reply { wid, id }).is_ok()
+            }
+            Err(e) => {
+                tracing::warn!("pool worker sent a malformed answer: {e}");
+                false
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            r = rd.recv() => match r {
+                Ok(frame) => {
+                    if !forward(frame) {
+                        let _ = process.kill();
+                        break;
+                    }
+                }
+                Err(_) => break,
+            },
+            _ = process.join() => {
+                // Dead: take in what it sent before dying, then report.
+                while let Ok(Ok(frame)) =
+                    tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
+                {
+                    if !forward(frame) {
+                        break;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    let code = match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
+        Ok(r) => r,
+        Err(_) => {
+            // It closed its socket but lives on: it is of no use any more.
+            let _ = process.kill();
+            process.join().await
+        }
+    };
+    let _ = events.send(Event::Exited { wid, code });
+}

@@ -1,0 +1,353 @@
+//! The worker's side: a child process whose target is [`worker_main`].
+//!
+//! # How a worker runs tasks
+//!
+//! The worker's socket is driven by a current-thread tokio runtime on the worker's main
+//! thread (or on a thread of its own when `init()` was called inside `#[tokio::main]`).
+//!
+//! - An `async fn` task is spawned on that runtime as soon as it arrives, so a worker runs
+//!   as many at once as the pool sends it (the pool's per-worker concurrency).
+//! - A synchronous task runs on the runtime's thread when no async task is running: the
+//!   common case costs no thread hop. When async tasks are running, a synchronous task goes
+//!   to the worker's task thread (started on first need), so it never blocks them.
+//!   Synchronous tasks run one at a time, in the order they arrived; those waiting their
+//!   turn (the pool sends a few ahead) can be cancelled. An async task that arrives
+//!   while a synchronous one runs on the runtime's thread starts when that one ends: the
+//!   pool sends async tasks to workers that hold no synchronous ones when it can.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::mpsc;
+
+use futures::FutureExt;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use super::proto::{Reply, Setup, SetupReply, Status, ToWorker};
+use crate::error::{Error, Result};
+use crate::sys::{self, SameBinary};
+use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
+use crate::wire::frame::Frame;
+use crate::wire::{Encoded, Fd, FrameBuf, framed, into_stream};
+
+/// The most answers a worker sends in one write.
+const MAX_BATCH: usize = 64;
+
+/// The target of every pool worker process.
+pub(super) fn worker_main(sock: Fd) {
+    let run = move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(serve(sock.into_owned()))
+    };
+    let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+        match std::thread::Builder::new()
+            .name("pool-worker".into())
+            .spawn(run)
+        {
+            Ok(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(Error::Protocol("the worker thread panicked".into()))),
+            Err(e) => Err(Error::Io(e)),
+        }
+    } else {
+        run()
+    };
+    match outcome {
+        // The pool went away (dropped, or its process died): nothing to report to anyone.
+        Ok(()) | Err(Error::Closed) => {}
+        Err(Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) => {
+            eprintln!(
+                "tokio-multiprocessing pool worker {}: {e}",
+                sys::current_pid()
+            );
+            sys::flush_std_streams();
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A frame that answers task `id`.
+fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>) -> FrameBuf {
+    let (status, body) = match outcome {
+        Ok(enc) => (Status::Done, Ok(enc)),
+        Err(Failure::Panicked(m)) => (Status::Panicked, Err(m)),
+        Err(Failure::Args(Error::Decode { message, .. })) => (Status::BadArgs, Err(message)),
+        Err(Failure::Args(Error::Encode { message, .. })) => (Status::BadResult, Err(message)),
+        Err(Failure::Args(e)) => (Status::Refused, Err(e.to_string())),
+    };
+    let mut frame = FrameBuf::new();
+    let head = frame.push(&Reply { id, status });
+    let pushed = head.and_then(|()| match body {
+        Ok(enc) => {
+            frame.push_encoded(enc);
+            Ok(())
+        }
+        Err(m) => frame.push(&m),
+    });
+    match pushed {
+        Ok(()) => frame,
+        Err(e) => {
+            // Only a broken encoder gets here; answer with its message.
+            let mut f = FrameBuf::new();
+            let _ = f.push(&Reply {
+                id,
+                status: Status::Refused,
+            });
+            let _ = f.push(&e.to_string());
+            f
+        }
+    }
+}
+
+/// The worker's task thread: runs one synchronous task at a time, handed over while async
+/// tasks are running.
+struct Lane {
+    tx: Option<mpsc::Sender<(u64, TaskEntry, Frame)>>,
+    busy: bool,
+    done: UnboundedSender<Done>,
+}
+
+impl Lane {
+    fn push(&mut self, id: u64, entry: TaskEntry, frame: Frame) -> Result<()> {
+        if self.tx.is_none() {
+            let (tx, rx) = mpsc::channel::<(u64, TaskEntry, Frame)>();
+            let done = self.done.clone();
+            std::thread::Builder::new()
+                .name("pool-tasks".into())
+                .spawn(move || {
+                    while let Ok((id, entry, frame)) = rx.recv() {
+                        let out = run_sync(entry, frame);
+                        if done.send(Done::Lane(reply_frame(id, out))).is_err() {
+                            break;
+                        }
+                    }
+                })?;
+            self.tx = Some(tx);
+        }
+        match &self.tx {
+            Some(tx) if tx.send((id, entry, frame)).is_ok() => {
+                self.busy = true;
+                Ok(())
+            }
+            _ => Err(Error::Protocol("the worker's task thread is gone".into())),
+        }
+    }
+}
+
+/// An answer produced away from the main loop.
+enum Done {
+    Lane(FrameBuf),
+    Async(FrameBuf),
+}
+
+/// Runs a synchronous task to its end.
+fn run_sync(entry: TaskEntry, mut frame: Frame) -> std::result::Result<Encoded, Failure> {
+    let fds: Vec<OwnedFd> = std::mem::take(&mut frame.fds);
+    match entry(frame.body(), fds) {
+        Invoked::Ready(r) => r,
+        Invoked::Pending(_) => Err(Failure::Args(Error::Protocol(
+            "a task sent as synchronous returned a future".into(),
+        ))),
+    }
+}
+
+/// The worker's state between frames.
+struct Worker {
+    same: SameBinary,
+    entries: HashMap<i64, TaskEntry>,
+    /// Synchronous tasks received and not started, in arrival order.
+    queue: VecDeque<(u64, TaskEntry, Frame)>,
+    async_running: usize,
+    done: UnboundedSender<Done>,
+    exiting: bool,
+}
+
+impl Worker {
+    fn entry(&mut self, offset: i64) -> std::io::Result<TaskEntry> {
+        if let Some(e) = self.entries.get(&offset) {
+            return Ok(*e);
+        }
+        let e = sys::resolve_entry::<TaskEntry>(offset, self.same)?;
+        self.entries.insert(offset, e);
+        Ok(e)
+    }
+
+    /// Takes in one frame from the pool; returns an answer to send at once, if any.
+    fn take(&mut self, mut frame: Frame) -> Result<Option<FrameBuf>> {
+        let (id, entry, is_async) = match frame.decode_head::<ToWorker>()? {
+            ToWorker::Exit => {
+                self.exiting = true;
+                return Ok(None);
+            }
+            ToWorker::Cancel { id } => {
+                let before = self.queue.len();
+                self.queue.retain(|(queued, _, _)| *queued != id);
+                if self.queue.len() == before {
+                    return Ok(None);
+                }
+                let mut f = FrameBuf::of(&Reply {
+                    id,
+                    status: Status::Cancelled,
+                })?;
+                f.push("")?;
+                return Ok(Some(f));
+            }
+            ToWorker::Task {
+                id,
+                entry,
+                is_async,
+            } => (id, entry, is_async),
+        };
+        let entry = match self.entry(entry) {
+            Ok(e) => e,
+            Err(e) => return Ok(Some(reply_frame(id, Err(Failure::Args(Error::Io(e)))))),
+        };
+        if !is_async {
+            self.queue.push_back((id, entry, frame));
+            return Ok(None);
+        }
+        let fds = std::mem::take(&mut frame.fds);
+        let invoked = entry(frame.body(), fds);
+        drop(frame);
+        self.async_running += 1;
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let out = match invoked {
+                Invoked::Ready(r) => r,
+                Invoked::Pending(fut) => fut.await,
+            };
+            let _ = done.send(Done::Async(reply_frame(id, out)));
+        });
+        Ok(None)
+    }
+}
+
+async fn serve(sock: OwnedFd) -> Result<()> {
+    let (mut rd, wr) = framed(into_stream(sock)?);
+    let mut frame = rd.recv().await?;
+    let setup: Setup = frame.decode_head()?;
+    let same = match setup.hello.check() {
+        Ok(s) => s,
+        Err(e) => {
+            wr.send(&mut FrameBuf::of(&SetupReply::Refused(e.to_string()))?)
+                .await?;
+            return Err(e);
+        }
+    };
+    if let Some(init) = setup.init
+        && let Err(message) = run_initializer(init, same, frame).await
+    {
+        wr.send(&mut FrameBuf::of(&SetupReply::InitFailed(message))?)
+            .await?;
+        return Ok(());
+    }
+    wr.send(&mut FrameBuf::of(&SetupReply::Ready)?).await?;
+    tracing::debug!(pid = sys::current_pid(), "pool worker ready");
+
+    let (done_tx, mut done_rx) = unbounded_channel::<Done>();
+    let mut lane = Lane {
+        tx: None,
+        busy: false,
+        done: done_tx.clone(),
+    };
+    let mut w = Worker {
+        same,
+        entries: HashMap::new(),
+        queue: VecDeque::new(),
+        async_running: 0,
+        done: done_tx,
+        exiting: false,
+    };
+    let mut answers: Vec<FrameBuf> = Vec::new();
+    loop {
+        // Everything that has arrived is taken in before a task starts, so that a cancel
+        // sent behind a task reaches the queue first.
+        while let Some(r) = rd.recv().now_or_never() {
+            match r {
+                Ok(frame) => {
+                    if let Some(mut f) = w.take(frame)? {
+                        wr.send(&mut f).await?;
+                    }
+                }
+                // The pool is gone: nothing more will come, and nobody waits for answers.
+                Err(Error::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if !lane.busy
+            && let Some((id, entry, frame)) = w.queue.pop_front()
+        {
+            if w.async_running == 0 {
+                let out = run_sync(entry, frame);
+                answers.push(reply_frame(id, out));
+                // Answers go out together while more tasks wait here (a few at most: the
+                // pool's prefetch), and at once when the queue is empty.
+                if w.queue.is_empty() || answers.len() >= MAX_BATCH {
+                    wr.send_batch(&mut answers).await?;
+                    answers.clear();
+                }
+                continue;
+            }
+            lane.push(id, entry, frame)?;
+        }
+        if !answers.is_empty() {
+            wr.send_batch(&mut answers).await?;
+            answers.clear();
+        }
+        if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            r = rd.recv() => match r {
+                Ok(frame) => {
+                    if let Some(mut f) = w.take(frame)? {
+                        wr.send(&mut f).await?;
+                    }
+                }
+                Err(Error::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+            Some(done) = done_rx.recv() => {
+                let mut f = match done {
+                    Done::Lane(f) => {
+                        lane.busy = false;
+                        f
+                    }
+                    Done::Async(f) => {
+                        w.async_running -= 1;
+                        f
+                    }
+                };
+                wr.send(&mut f).await?;
+            }
+        }
+    }
+}
+
+/// Runs the initializer; `Err` carries its failure for the pool.
+async fn run_initializer(
+    offset: i64,
+    same: SameBinary,
+    mut frame: Frame,
+) -> std::result::Result<(), String> {
+    let entry: ProcessEntry = sys::resolve_entry(offset, same).map_err(|e| e.to_string())?;
+    let fds = std::mem::take(&mut frame.fds);
+    let out = match entry(frame.body(), fds) {
+        Invoked::Ready(r) => r,
+        Invoked::Pending(fut) => fut.await,
+    };
+    match out {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(format!(
+            "returned a failure (exit code {code}; its error is on the worker's stderr)"
+        )),
+        Err(Failure::Panicked(m)) => Err(format!("panicked: {m}")),
+        Err(Failure::Args(e)) => Err(e.to_string()),
+    }
+}

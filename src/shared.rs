@@ -1,0 +1,818 @@
+//! Shared memory: [`Value`] and [`Array`] of plain-old-data (with a [`Lock`] by default,
+//! [`RawValue`] / [`RawArray`] without), and [`SharedMemory`], named or anonymous segments
+//! of bytes.
+//!
+//! A value or array lives in an anonymous memfd mapped `MAP_SHARED`: it is passed to another
+//! process as a descriptor (by `SCM_RIGHTS`) and freed by the kernel when the last process
+//! that maps it exits, however it exits. Nothing is named, so nothing can leak. The segment
+//! starts with a header (the element size and count) that a receiving process checks against
+//! its own `T` and the segment's real size before it reads anything.
+//!
+//! Reads and writes are volatile copies of whole elements; they never hand out references
+//! into the shared pages, which another process may write at any time. Without the lock (a
+//! `RawValue`, or access that bypasses [`Value::lock`]), updates from several processes race
+//! exactly as Python's `lock=False` values do: `+= 1` from two processes loses increments.
+
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::sync::{FdRef, Lock, LockGuard, map_received};
+use crate::sys::{self, Pod, SharedRegion};
+use crate::wire::Fd;
+
+/// Header: element size (u32), element count (u64); elements start at `DATA`.
+const ELEM_SIZE: usize = 0;
+const COUNT: usize = 8;
+const DATA: usize = 64;
+
+fn invalid(msg: String) -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg))
+}
+
+/// The segment of `len` elements of `T`, shared by the value and array types.
+#[derive(Debug)]
+struct Cells<T> {
+    region: Arc<SharedRegion>,
+    len: usize,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Cells<T> {
+    fn clone(&self) -> Self {
+        Cells {
+            region: self.region.clone(),
+            len: self.len,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> Cells<T> {
+    fn new(items: &[T]) -> Result<Cells<T>> {
+        if align_of::<T>() > DATA {
+            return Err(invalid(format!(
+                "{} is aligned to {} bytes; shared values allow at most {DATA}",
+                std::any::type_name::<T>(),
+                align_of::<T>()
+            )));
+        }
+        let bytes = items
+            .len()
+            .checked_mul(size_of::<T>())
+            .and_then(|b| b.checked_add(DATA))
+            .ok_or_else(|| invalid("shared array too large".into()))?;
+        let region = SharedRegion::anonymous("tokio-multiprocessing-value", bytes)?;
+        region
+            .u32_at(ELEM_SIZE)
+            .store(size_of::<T>() as u32, SeqCst);
+        region.u64_at(COUNT).store(items.len() as u64, SeqCst);
+        let cells = Cells {
+            region: Arc::new(region),
+            len: items.len(),
+            _t: PhantomData,
+        };
+        for (i, v) in items.iter().enumerate() {
+            cells.put(i, *v);
+        }
+        Ok(cells)
+    }
+
+    fn offset(i: usize) -> usize {
+        DATA + i * size_of::<T>()
+    }
+
+    /// Element `i`, which the caller has checked is `< len`.
+    fn at(&self, i: usize) -> T {
+        self.region.read::<T>(Cells::<T>::offset(i))
+    }
+
+    fn put(&self, i: usize, v: T) {
+        self.region.write::<T>(Cells::<T>::offset(i), v);
+    }
+
+    fn get(&self, i: usize) -> Option<T> {
+        (i < self.len).then(|| self.at(i))
+    }
+
+    fn set(&self, i: usize, v: T) -> Result<()> {
+        if i >= self.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: self.len,
+            });
+        }
+        self.put(i, v);
+        Ok(())
+    }
+
+    fn to_vec(&self) -> Vec<T> {
+        (0..self.len).map(|i| self.at(i)).collect()
+    }
+
+    fn copy_from_slice(&self, items: &[T]) -> Result<()> {
+        if items.len() != self.len {
+            return Err(invalid(format!(
+                "a slice of {} elements copied into a shared array of {}",
+                items.len(),
+                self.len
+            )));
+        }
+        for (i, v) in items.iter().enumerate() {
+            self.put(i, *v);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Pod> Serialize for Cells<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FdRef(self.region.fd()).serialize(s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Cells<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let fd = Fd::deserialize(d)?;
+        let region = map_received::<D::Error>(fd, DATA, "shared value")?;
+        let size = region.u32_at(ELEM_SIZE).load(SeqCst) as usize;
+        let len = region.u64_at(COUNT).load(SeqCst);
+        if size != size_of::<T>() {
+            return Err(D::Error::custom(format!(
+                "a shared value of {size}-byte elements received as {} ({} bytes)",
+                std::any::type_name::<T>(),
+                size_of::<T>()
+            )));
+        }
+        let fits = usize::try_from(len)
+            .ok()
+            .and_then(|n| n.checked_mul(size).and_then(|b| b.checked_add(DATA)))
+            .is_some_and(|need| need <= region.len());
+        if !fits {
+            return Err(D::Error::custom(format!(
+                "a shared array of {len} elements does not fit its {}-byte segment",
+                region.len()
+            )));
+        }
+        Ok(Cells {
+            region: Arc::new(region),
+            len: len as usize,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// A `T` in shared memory, without a lock (Python's `RawValue`, or `Value(..., lock=False)`).
+///
+/// `get` and `set` are single volatile copies: safe, but a read-modify-write from several
+/// processes races. Use [`Value`] for that. Clones share the same memory, and so does a
+/// `RawValue` sent to another process.
+///
+/// # Examples
+///
+/// ```no_run
+/// let v = tokio_multiprocessing::RawValue::new(1.5f64)?;
+/// v.set(v.get() * 2.0);
+/// # Ok::<(), tokio_multiprocessing::Error>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct RawValue<T: Pod> {
+    cells: Cells<T>,
+}
+
+impl<T: Pod> Clone for RawValue<T> {
+    fn clone(&self) -> Self {
+        RawValue {
+            cells: self.cells.clone(),
+        }
+    }
+}
+
+impl<T: Pod> RawValue<T> {
+    /// A shared `T` holding `value`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the segment cannot be made, or `T` is aligned to more than 64 bytes.
+    pub fn new(value: T) -> Result<RawValue<T>> {
+        Ok(RawValue {
+            cells: Cells::new(&[value])?,
+        })
+    }
+
+    /// The value now (Python's `.value`).
+    pub fn get(&self) -> T {
+        self.cells.at(0)
+    }
+
+    /// Stores `value` (Python's `.value = ...`).
+    pub fn set(&self, value: T) {
+        self.cells.put(0, value);
+    }
+}
+
+/// A `T` in shared memory guarded by a [`Lock`] (Python's `multiprocessing.Value`).
+///
+/// [`get`](Self::get) and [`set`](Self::set) each take the lock, as Python's `.value` does;
+/// a read-modify-write needs the lock held across it: [`lock`](Self::lock) returns a guard
+/// with `get`, `set` and `update`. Clones share the same memory and lock, and so does a
+/// `Value` sent to another process (a serde type: its segment and the lock travel as
+/// descriptors).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let counter = tokio_multiprocessing::Value::new(0i64)?;
+/// counter.lock().await?.update(|n| n + 1);
+/// assert_eq!(counter.get().await?, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Value<T: Pod> {
+    raw: RawValue<T>,
+    lock: Lock,
+}
+
+impl<T: Pod> Clone for Value<T> {
+    fn clone(&self) -> Self {
+        Value {
+            raw: self.raw.clone(),
+            lock: self.lock.clone(),
+        }
+    }
+}
+
+impl<T: Pod> Value<T> {
+    /// A shared `T` holding `value`, with a lock of its own.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a segment or the lock cannot be made.
+    pub fn new(value: T) -> Result<Value<T>> {
+        Value::with_lock(value, Lock::new()?)
+    }
+
+    /// A shared `T` guarded by an existing `lock` (Python's `Value(..., lock=lock)`).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_lock(value: T, lock: Lock) -> Result<Value<T>> {
+        Ok(Value {
+            raw: RawValue::new(value)?,
+            lock,
+        })
+    }
+
+    /// The lock that guards the value (Python's `get_lock()`).
+    pub fn get_lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// The value without its lock (Python's `get_obj()`).
+    pub fn get_obj(&self) -> &RawValue<T> {
+        &self.raw
+    }
+
+    /// Takes the lock and returns a guard through which the value is read and written.
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
+    pub async fn lock(&self) -> Result<ValueGuard<'_, T>> {
+        Ok(ValueGuard {
+            raw: &self.raw,
+            _guard: self.lock.lock().await?,
+        })
+    }
+
+    /// Reads the value under the lock (Python's `.value`).
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe.
+    pub async fn get(&self) -> Result<T> {
+        Ok(self.lock().await?.get())
+    }
+
+    /// Writes the value under the lock (Python's `.value = ...`).
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, nothing was written.
+    pub async fn set(&self, value: T) -> Result<()> {
+        self.lock().await?.set(value);
+        Ok(())
+    }
+}
+
+/// A [`Value`] with its lock held.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ValueGuard<'a, T: Pod> {
+    raw: &'a RawValue<T>,
+    _guard: LockGuard<'a>,
+}
+
+impl<T: Pod> ValueGuard<'_, T> {
+    /// The value.
+    pub fn get(&self) -> T {
+        self.raw.get()
+    }
+
+    /// Stores `value`.
+    pub fn set(&mut self, value: T) {
+        self.raw.set(value);
+    }
+
+    /// Replaces the value with `f(value)`, and returns the new value.
+    pub fn update(&mut self, f: impl FnOnce(T) -> T) -> T {
+        let v = f(self.raw.get());
+        self.raw.set(v);
+        v
+    }
+}
+
+/// A fixed-length array of `T` in shared memory, without a lock (Python's `RawArray`, or
+/// `Array(..., lock=False)`).
+///
+/// Element reads and writes are volatile copies; read-modify-writes from several processes
+/// race. Clones share the same memory, and so does a `RawArray` sent to another process.
+///
+/// # Examples
+///
+/// ```no_run
+/// let a = tokio_multiprocessing::RawArray::from_slice(&[1i32, 2, 3])?;
+/// a.set(0, 10)?;
+/// assert_eq!(a.to_vec(), vec![10, 2, 3]);
+/// # Ok::<(), tokio_multiprocessing::Error>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct RawArray<T: Pod> {
+    cells: Cells<T>,
+}
+
+impl<T: Pod> Clone for RawArray<T> {
+    fn clone(&self) -> Self {
+        RawArray {
+            cells: self.cells.clone(),
+        }
+    }
+}
+
+impl<T: Pod> RawArray<T> {
+    /// An array holding a copy of `items`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the segment cannot be made, or `T` is aligned to more than 64 bytes.
+    pub fn from_slice(items: &[T]) -> Result<RawArray<T>> {
+        Ok(RawArray {
+            cells: Cells::new(items)?,
+        })
+    }
+
+    /// An array of `len` copies of `value`.
+    ///
+    /// # Errors
+    /// As [`from_slice`](Self::from_slice).
+    pub fn from_elem(value: T, len: usize) -> Result<RawArray<T>> {
+        RawArray::from_slice(&vec![value; len])
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.cells.len
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.cells.len == 0
+    }
+
+    /// Element `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<T> {
+        self.cells.get(i)
+    }
+
+    /// Stores `value` at `i`.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] past the end (Python's `IndexError`).
+    pub fn set(&self, i: usize, value: T) -> Result<()> {
+        self.cells.set(i, value)
+    }
+
+    /// A copy of every element (Python's `arr[:]`).
+    pub fn to_vec(&self) -> Vec<T> {
+        self.cells.to_vec()
+    }
+
+    /// Overwrites every element (Python's `arr[:] = items`).
+    ///
+    /// # Errors
+    /// An `InvalidInput` I/O error if `items` has another length.
+    pub fn copy_from_slice(&self, items: &[T]) -> Result<()> {
+        self.cells.copy_from_slice(items)
+    }
+}
+
+/// A fixed-length array of `T` in shared memory guarded by a [`Lock`] (Python's
+/// `multiprocessing.Array`).
+///
+/// [`to_vec`](Self::to_vec), [`get`](Self::get) and [`set`](Self::set) each take the lock;
+/// [`lock`](Self::lock) holds it across several operations. Clones share the same memory and
+/// lock, and so does an `Array` sent to another process.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let a = tokio_multiprocessing::Array::from_slice(&[0.0f64, 100.0, 200.0])?;
+/// {
+///     let g = a.lock().await?;
+///     for i in 0..g.len() {
+///         g.update(i, |x| x + 1.0)?;
+///     }
+/// }
+/// assert_eq!(a.to_vec().await?, vec![1.0, 101.0, 201.0]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Array<T: Pod> {
+    raw: RawArray<T>,
+    lock: Lock,
+}
+
+impl<T: Pod> Clone for Array<T> {
+    fn clone(&self) -> Self {
+        Array {
+            raw: self.raw.clone(),
+            lock: self.lock.clone(),
+        }
+    }
+}
+
+impl<T: Pod> Array<T> {
+    /// An array holding a copy of `items`, with a lock of its own.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a segment or the lock cannot be made.
+    pub fn from_slice(items: &[T]) -> Result<Array<T>> {
+        Array::with_lock(items, Lock::new()?)
+    }
+
+    /// An array of `len` copies of `value`, with a lock of its own.
+    ///
+    /// # Errors
+    /// As [`from_slice`](Self::from_slice).
+    pub fn from_elem(value: T, len: usize) -> Result<Array<T>> {
+        Array::from_slice(&vec![value; len])
+    }
+
+    /// An array holding a copy of `items`, guarded by an existing `lock`.
+    ///
+    /// # Errors
+    /// As [`from_slice`](Self::from_slice).
+    pub fn with_lock(items: &[T], lock: Lock) -> Result<Array<T>> {
+        Ok(Array {
+            raw: RawArray::from_slice(items)?,
+            lock,
+        })
+    }
+
+    /// The lock that guards the array (Python's `get_lock()`).
+    pub fn get_lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// The array without its lock (Python's `get_obj()`).
+    pub fn get_obj(&self) -> &RawArray<T> {
+        &self.raw
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Takes the lock and returns a guard through which elements are read and written.
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
+    pub async fn lock(&self) -> Result<ArrayGuard<'_, T>> {
+        Ok(ArrayGuard {
+            raw: &self.raw,
+            _guard: self.lock.lock().await?,
+        })
+    }
+
+    /// Element `i` under the lock; `None` past the end.
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe.
+    pub async fn get(&self, i: usize) -> Result<Option<T>> {
+        Ok(self.lock().await?.get(i))
+    }
+
+    /// Stores `value` at `i` under the lock.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] past the end; otherwise as [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, nothing was written.
+    pub async fn set(&self, i: usize, value: T) -> Result<()> {
+        self.lock().await?.set(i, value)
+    }
+
+    /// A copy of every element, taken under the lock (Python's `arr[:]`).
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe.
+    pub async fn to_vec(&self) -> Result<Vec<T>> {
+        Ok(self.lock().await?.to_vec())
+    }
+}
+
+/// An [`Array`] with its lock held.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ArrayGuard<'a, T: Pod> {
+    raw: &'a RawArray<T>,
+    _guard: LockGuard<'a>,
+}
+
+impl<T: Pod> ArrayGuard<'_, T> {
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Element `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<T> {
+        self.raw.get(i)
+    }
+
+    /// Stores `value` at `i`.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] past the end.
+    pub fn set(&self, i: usize, value: T) -> Result<()> {
+        self.raw.set(i, value)
+    }
+
+    /// Replaces element `i` with `f(element)` and returns the new element.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] past the end.
+    pub fn update(&self, i: usize, f: impl FnOnce(T) -> T) -> Result<T> {
+        let old = self.raw.get(i).ok_or(Error::IndexOutOfRange {
+            index: i,
+            len: self.raw.len(),
+        })?;
+        let new = f(old);
+        self.raw.set(i, new)?;
+        Ok(new)
+    }
+
+    /// A copy of every element.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.raw.to_vec()
+    }
+
+    /// Overwrites every element.
+    ///
+    /// # Errors
+    /// An `InvalidInput` I/O error if `items` has another length.
+    pub fn copy_from_slice(&self, items: &[T]) -> Result<()> {
+        self.raw.copy_from_slice(items)
+    }
+}
+
+/// A segment of shared bytes (Python's `multiprocessing.shared_memory.SharedMemory`).
+///
+/// Either *named* (`/dev/shm/NAME`, so unrelated processes can [`attach`](Self::attach) by
+/// name) or *anonymous* (a memfd, reachable only by passing the `SharedMemory` itself to
+/// another process, and freed by the kernel with its last user whatever happens).
+///
+/// The creator owns the name: its handle removes the name when dropped (or at
+/// [`unlink`](Self::unlink)). An attacher, including a copy received by another process,
+/// never removes it. Mappings stay valid after the name is gone. A named segment whose
+/// creator is killed by SIGKILL keeps its name until someone calls `unlink`; use an
+/// anonymous segment where no name is needed.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing::SharedMemory;
+/// let shm = SharedMemory::create("demo-segment", 4096)?;
+/// shm.write(0, b"hello")?;
+/// let other = SharedMemory::attach("demo-segment")?;
+/// let mut buf = [0u8; 5];
+/// other.read(0, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// # Ok::<(), tokio_multiprocessing::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct SharedMemory {
+    region: SharedRegion,
+    name: Option<String>,
+    owns_name: bool,
+}
+
+impl SharedMemory {
+    /// Creates the named segment `name` of `size` bytes, zero-filled (Python's
+    /// `SharedMemory(name, create=True, size=size)`).
+    ///
+    /// # Errors
+    /// [`Error::Io`]: `AlreadyExists` if the name is taken, `InvalidInput` for a size of 0 or
+    /// a name with `/` after its first character.
+    pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
+        Ok(SharedMemory {
+            region: sys::shm_create(name, size)?,
+            name: Some(name.trim_start_matches('/').to_string()),
+            owns_name: true,
+        })
+    }
+
+    /// Creates an anonymous segment of `size` bytes, zero-filled (a memfd: it has no name
+    /// and can never leak).
+    ///
+    /// # Errors
+    /// [`Error::Io`]: `InvalidInput` for a size of 0.
+    pub fn create_anonymous(size: usize) -> Result<SharedMemory> {
+        Ok(SharedMemory {
+            region: SharedRegion::anonymous("tokio-multiprocessing-shm", size)?,
+            name: None,
+            owns_name: false,
+        })
+    }
+
+    /// Attaches to the existing named segment `name` (Python's `SharedMemory(name)`).
+    ///
+    /// # Errors
+    /// [`Error::Io`]: `NotFound` if there is no such segment.
+    pub fn attach(name: &str) -> Result<SharedMemory> {
+        Ok(SharedMemory {
+            region: sys::shm_attach(name)?,
+            name: Some(name.trim_start_matches('/').to_string()),
+            owns_name: false,
+        })
+    }
+
+    /// Another handle to the same memory, which never removes the name (an attacher): for
+    /// example to pass the segment to a child process.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the descriptor cannot be duplicated or mapped.
+    pub fn try_clone(&self) -> Result<SharedMemory> {
+        Ok(SharedMemory {
+            region: SharedRegion::from_fd(sys::dup_fd(self.region.fd())?)?,
+            name: self.name.clone(),
+            owns_name: false,
+        })
+    }
+
+    /// The segment's name (without the leading `/`), `None` for an anonymous one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] if the range passes the end.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        if self.region.read_bytes(offset, buf) {
+            Ok(())
+        } else {
+            Err(self.out_of_range(offset, buf.len()))
+        }
+    }
+
+    /// Copies `data` into the segment at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] if the range passes the end.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if self.region.write_bytes(offset, data) {
+            Ok(())
+        } else {
+            Err(self.out_of_range(offset, data.len()))
+        }
+    }
+
+    /// A copy of the whole segment (Python's `bytes(shm.buf)`).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0; self.region.len()];
+        self.region.read_bytes(0, &mut v);
+        v
+    }
+
+    fn out_of_range(&self, offset: usize, len: usize) -> Error {
+        Error::IndexOutOfRange {
+            index: offset.saturating_add(len),
+            len: self.region.len(),
+        }
+    }
+
+    /// Removes the segment's name, so no one else can attach; the memory stays valid for
+    /// every process that has it (Python's `unlink()`). An anonymous segment has no name:
+    /// nothing to do.
+    ///
+    /// # Errors
+    /// [`Error::Io`]: `NotFound` if the name is already gone.
+    pub fn unlink(&mut self) -> Result<()> {
+        self.owns_name = false;
+        match &self.name {
+            Some(n) => Ok(sys::shm_remove(n)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        if self.owns_name {
+            if let Some(n) = &self.name {
+                let _ = sys::shm_remove(n);
+            }
+        }
+    }
+}
+
+impl Serialize for SharedMemory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (FdRef(self.region.fd()), &self.name).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    /// A received segment is an attacher: it never removes the name.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (fd, name) = <(Fd, Option<String>)>::deserialize(d)?;
+        Ok(SharedMemory {
+            region: map_received(fd, 1, "shared memory segment")?,
+            name,
+            owns_name: false,
+        })
+    }
+}

@@ -1,0 +1,342 @@
+//! `Barrier`: one 64-bit word in shared memory holds the generation, the number of parties
+//! that arrived, whether the barrier is broken, and whether the previous generation ended
+//! broken; every change is a compare-and-swap. The last party to arrive starts the next
+//! generation and writes the eventfd; everyone waiting wakes and sees the generation move.
+//!
+//! A waiter learns how its generation ended from the word itself when the generation moved
+//! on by one (the usual case), or from a 64-entry ring of outcomes if it moved on further
+//! before the waiter looked.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::time::Instant;
+
+use super::wake::Wake;
+use super::{FdRef, deadline, map_received, until};
+use crate::error::{Error, Result};
+use crate::sys::SharedRegion;
+use crate::wire::Fd;
+
+const STATE: usize = 0;
+const PARTIES: usize = 8;
+const RING: usize = 16;
+const RING_LEN: u32 = 64;
+const SIZE: usize = RING + 4 * RING_LEN as usize;
+
+const GEN_MASK: u32 = (1 << 31) - 1;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct State {
+    generation: u32,
+    prev_broken: bool,
+    count: u32,
+    broken: bool,
+}
+
+impl State {
+    fn unpack(w: u64) -> State {
+        State {
+            generation: (w >> 33) as u32 & GEN_MASK,
+            prev_broken: w & (1 << 32) != 0,
+            count: ((w >> 1) & 0x7fff_ffff) as u32,
+            broken: w & 1 != 0,
+        }
+    }
+
+    fn pack(self) -> u64 {
+        (u64::from(self.generation & GEN_MASK) << 33)
+            | (u64::from(self.prev_broken) << 32)
+            | (u64::from(self.count & 0x7fff_ffff) << 1)
+            | u64::from(self.broken)
+    }
+
+    fn next(self, prev_broken: bool) -> State {
+        State {
+            generation: (self.generation + 1) & GEN_MASK,
+            prev_broken,
+            count: 0,
+            broken: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    region: SharedRegion,
+    wake: Wake,
+}
+
+impl Inner {
+    fn word(&self) -> &AtomicU64 {
+        self.region.u64_at(STATE)
+    }
+
+    fn load(&self) -> State {
+        State::unpack(self.word().load(SeqCst))
+    }
+
+    fn cas(&self, old: State, new: State) -> bool {
+        self.word()
+            .compare_exchange(old.pack(), new.pack(), SeqCst, Relaxed)
+            .is_ok()
+    }
+
+    fn record(&self, generation: u32, broken: bool) {
+        self.region
+            .u32_at(RING + 4 * (generation % RING_LEN) as usize)
+            .store(u32::from(broken), SeqCst);
+    }
+
+    /// How generation `g` ended, once the word shows a later one.
+    fn outcome(&self, now: State, g: u32, index: u32) -> Result<u32> {
+        let broken = if now.generation == ((g + 1) & GEN_MASK) {
+            now.prev_broken
+        } else {
+            self.region
+                .u32_at(RING + 4 * (g % RING_LEN) as usize)
+                .load(SeqCst)
+                != 0
+        };
+        if broken {
+            Err(Error::BrokenBarrier)
+        } else {
+            Ok(index)
+        }
+    }
+
+    /// Breaks generation `g` (a timeout or a dropped wait); how it ended if it already had.
+    fn break_generation(&self, g: u32, index: u32) -> Result<u32> {
+        loop {
+            let s = self.load();
+            if s.generation != g {
+                return self.outcome(s, g, index);
+            }
+            if s.broken {
+                return Err(Error::BrokenBarrier);
+            }
+            if self.cas(s, State { broken: true, ..s }) {
+                self.wake.signal();
+                return Err(Error::BrokenBarrier);
+            }
+        }
+    }
+}
+
+/// Breaks the barrier if a wait is dropped after its party arrived.
+struct BreakOnDrop<'a> {
+    inner: &'a Inner,
+    generation: u32,
+    armed: bool,
+}
+
+impl Drop for BreakOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.inner.break_generation(self.generation, 0);
+        }
+    }
+}
+
+/// A barrier for a fixed number of parties, in any processes (Python's
+/// `multiprocessing.Barrier`).
+///
+/// Each [`wait`](Self::wait) returns the party's arrival index, `0..parties`. A timeout, a
+/// dropped wait or [`abort`](Self::abort) breaks the barrier: every waiter, and every later
+/// `wait` until [`reset`](Self::reset), gets [`Error::BrokenBarrier`]. Python's `action`
+/// callable has no counterpart: run it on the party that gets index 0.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let b = tokio_multiprocessing::Barrier::new(1)?;
+/// assert_eq!(b.wait().await?, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Barrier {
+    inner: Arc<Inner>,
+}
+
+impl Barrier {
+    /// A barrier for `parties` parties.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made; an
+    /// `InvalidInput` I/O error if `parties` is 0 or above 2^31 - 1.
+    pub fn new(parties: u32) -> Result<Barrier> {
+        if parties == 0 || parties > 0x7fff_ffff {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a barrier needs 1 to 2^31 - 1 parties",
+            )));
+        }
+        let region = SharedRegion::anonymous("tokio-multiprocessing-barrier", SIZE)?;
+        region.u32_at(PARTIES).store(parties, SeqCst);
+        Ok(Barrier {
+            inner: Arc::new(Inner {
+                region,
+                wake: Wake::new(false)?,
+            }),
+        })
+    }
+
+    /// Waits until all parties have called `wait`; returns this party's arrival index
+    /// (`0` for the first, `parties - 1` for the last, which releases the others).
+    ///
+    /// # Errors
+    /// [`Error::BrokenBarrier`] if the barrier is or becomes broken (an abort, a reset, a
+    /// timed-out or dropped wait); [`Error::Io`] if the wait cannot be registered.
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping a wait after it arrived breaks the barrier, as a timeout
+    /// does (the other parties would otherwise wait for a party that left).
+    pub async fn wait(&self) -> Result<u32> {
+        self.wait_until(None).await
+    }
+
+    /// Like [`wait`](Self::wait), but breaks the barrier after `timeout` (Python's
+    /// `wait(timeout)`).
+    ///
+    /// # Errors
+    /// [`Error::BrokenBarrier`], on timeout too; otherwise as [`wait`](Self::wait).
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// As [`wait`](Self::wait).
+    pub async fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
+        self.wait_until(deadline(timeout)).await
+    }
+
+    async fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
+        let inner = &*self.inner;
+        let parties = self.parties();
+        let (g, index) = loop {
+            let s = inner.load();
+            if s.broken {
+                return Err(Error::BrokenBarrier);
+            }
+            if s.count + 1 >= parties {
+                if inner.cas(s, s.next(false)) {
+                    inner.record(s.generation, false);
+                    inner.wake.signal();
+                    return Ok(s.count);
+                }
+            } else if inner.cas(
+                s,
+                State {
+                    count: s.count + 1,
+                    ..s
+                },
+            ) {
+                break (s.generation, s.count);
+            }
+        };
+        let mut leave = BreakOnDrop {
+            inner,
+            generation: g,
+            armed: true,
+        };
+        let waited = until(deadline, async {
+            let mut listener = inner.wake.listen()?;
+            loop {
+                let s = inner.load();
+                if s.generation != g {
+                    return inner.outcome(s, g, index);
+                }
+                if s.broken {
+                    return Err(Error::BrokenBarrier);
+                }
+                listener.notified().await?;
+            }
+        })
+        .await;
+        leave.armed = false;
+        match waited {
+            Err(Error::Timeout) => inner.break_generation(g, index),
+            Err(e @ Error::Io(_)) => {
+                let _ = inner.break_generation(g, index);
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Breaks the barrier: every waiter, and every `wait` until [`reset`](Self::reset), gets
+    /// [`Error::BrokenBarrier`] (Python's `abort()`).
+    pub fn abort(&self) {
+        let inner = &*self.inner;
+        loop {
+            let s = inner.load();
+            if s.broken {
+                return;
+            }
+            if inner.cas(s, State { broken: true, ..s }) {
+                inner.wake.signal();
+                return;
+            }
+        }
+    }
+
+    /// Returns the barrier to its empty, unbroken state; parties waiting now get
+    /// [`Error::BrokenBarrier`] (Python's `reset()`).
+    pub fn reset(&self) {
+        let inner = &*self.inner;
+        loop {
+            let s = inner.load();
+            let broke = s.broken || s.count > 0;
+            if inner.cas(s, s.next(broke)) {
+                inner.record(s.generation, broke);
+                inner.wake.signal();
+                return;
+            }
+        }
+    }
+
+    /// The number of parties the barrier waits for.
+    pub fn parties(&self) -> u32 {
+        self.inner.region.u32_at(PARTIES).load(SeqCst)
+    }
+
+    /// How many parties wait now (Python's `n_waiting`).
+    pub fn n_waiting(&self) -> u32 {
+        let s = self.inner.load();
+        if s.broken { 0 } else { s.count }
+    }
+
+    /// Whether the barrier is broken (Python's `broken`).
+    pub fn broken(&self) -> bool {
+        self.inner.load().broken
+    }
+}
+
+impl Serialize for Barrier {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (FdRef(self.inner.region.fd()), FdRef(self.inner.wake.fd())).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Barrier {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
+        let region = map_received(region, SIZE, "barrier")?;
+        if region.u32_at(PARTIES).load(SeqCst) == 0 {
+            return Err(serde::de::Error::custom("a barrier segment with 0 parties"));
+        }
+        Ok(Barrier {
+            inner: Arc::new(Inner {
+                region,
+                wake: Wake::from_fd(wake.into_owned()),
+            }),
+        })
+    }
+}

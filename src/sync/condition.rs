@@ -1,0 +1,375 @@
+//! `Condition`: waiters take numbered tickets; `notify(n)` moves a shared limit past the next
+//! `n` live tickets and writes the eventfd; a waiter passes once the limit is past its ticket.
+//!
+//! Tickets and the limit change only under the condition's lock, so they need no locking of
+//! their own. Tickets are served oldest first, and a waiter that arrives after a `notify` can
+//! never take that notification from an older one (the newcomer's ticket is past the limit
+//! the notifier set). A waiter that times out marks its ticket cancelled in a bitmap, and
+//! `notify` skips cancelled tickets without counting them, so a notification is never spent
+//! on a waiter that has left. At most `SLOTS` waiters may wait at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::time::Instant;
+
+use super::lock::Guarded;
+use super::wake::Wake;
+use super::{FdRef, deadline, map_received, until};
+use crate::error::{Error, Result};
+use crate::sync::{Lock, RLock};
+use crate::sys::SharedRegion;
+use crate::wire::Fd;
+
+const NEXT: usize = 0;
+const LIMIT: usize = 8;
+const BITS: usize = 64;
+const SLOTS: u64 = 8192;
+const SIZE: usize = BITS + (SLOTS as usize) / 8;
+
+#[derive(Debug)]
+struct Inner {
+    region: SharedRegion,
+    wake: Wake,
+}
+
+impl Inner {
+    fn bit(&self, ticket: u64) -> (&std::sync::atomic::AtomicU32, u32) {
+        let slot = ticket % SLOTS;
+        (
+            self.region.u32_at(BITS + (slot / 32) as usize * 4),
+            1 << (slot % 32),
+        )
+    }
+
+    fn cancel(&self, ticket: u64) {
+        let (word, mask) = self.bit(ticket);
+        word.fetch_or(mask, SeqCst);
+    }
+
+    /// Clears the ticket's bit; whether it was set.
+    fn take_cancelled(&self, ticket: u64) -> bool {
+        let (word, mask) = self.bit(ticket);
+        word.fetch_and(!mask, SeqCst) & mask != 0
+    }
+
+    fn notified(&self, ticket: u64) -> bool {
+        self.region.u64_at(LIMIT).load(SeqCst) > ticket
+    }
+}
+
+/// A condition variable between processes (Python's `multiprocessing.Condition`), over a
+/// [`Lock`] or an [`RLock`] (the default, as in Python).
+///
+/// Waiting and notifying go through the guard that [`lock`](Self::lock) returns, so the
+/// lock is held, as Python requires, by construction. Clones share the same condition, and
+/// so does one sent to another process.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let c = tokio_multiprocessing::Condition::new()?;
+/// let g = c.lock().await?;
+/// let (g, notified) = g.wait_timeout(std::time::Duration::from_millis(10)).await?;
+/// assert!(!notified);
+/// g.notify_all();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Condition {
+    lock: Guarded,
+    inner: Arc<Inner>,
+}
+
+impl Condition {
+    /// A condition over a new [`RLock`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a shared segment or an eventfd cannot be made.
+    pub fn new() -> Result<Condition> {
+        Condition::make(Guarded::RLock(RLock::new()?))
+    }
+
+    /// A condition over `lock` (Python's `Condition(lock)`).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_lock(lock: Lock) -> Result<Condition> {
+        Condition::make(Guarded::Lock(lock))
+    }
+
+    /// A condition over the re-entrant `lock`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_rlock(lock: RLock) -> Result<Condition> {
+        Condition::make(Guarded::RLock(lock))
+    }
+
+    fn make(lock: Guarded) -> Result<Condition> {
+        Ok(Condition {
+            lock,
+            inner: Arc::new(Inner {
+                region: SharedRegion::anonymous("tokio-multiprocessing-condition", SIZE)?,
+                wake: Wake::new(false)?,
+            }),
+        })
+    }
+
+    /// Acquires the underlying lock (Python's `with cond:`).
+    ///
+    /// # Errors
+    /// As [`Lock::lock`] / [`RLock::lock`].
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
+    pub async fn lock(&self) -> Result<ConditionGuard<'_>> {
+        self.lock.acquire(None).await?;
+        Ok(ConditionGuard { cond: self })
+    }
+
+    /// Like [`lock`](Self::lock), but gives up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe, like [`lock`](Self::lock).
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>> {
+        self.lock.acquire(deadline(timeout)).await?;
+        Ok(ConditionGuard { cond: self })
+    }
+
+    /// Releases the lock, waits for a notification (or the deadline), takes the lock again.
+    /// Returns whether it was notified.
+    ///
+    /// Called for a guard that the caller has given up: on `Ok` the lock is held again (the
+    /// caller makes a new guard); on `Err` the guard's level is not held any more.
+    async fn wait_inner(&self, deadline: Option<Instant>) -> Result<bool> {
+        let inner = &*self.inner;
+        let next = inner.region.u64_at(NEXT);
+        let ticket = next.load(SeqCst);
+        if ticket.saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst)) >= SLOTS {
+            self.lock.release();
+            return Err(Error::Io(std::io::Error::other(format!(
+                "more than {SLOTS} waiters on one condition"
+            ))));
+        }
+        let mut listener = match inner.wake.listen() {
+            Ok(l) => l,
+            Err(e) => {
+                self.lock.release();
+                return Err(e);
+            }
+        };
+        inner.take_cancelled(ticket);
+        next.store(ticket + 1, SeqCst);
+        let saved = match self.lock.release_save() {
+            Ok(s) => s,
+            Err(e) => {
+                inner.cancel(ticket);
+                return Err(e);
+            }
+        };
+        let mut leave = CancelOnDrop {
+            inner,
+            ticket,
+            armed: true,
+        };
+        let waited = until(deadline, async {
+            loop {
+                if inner.notified(ticket) {
+                    return Ok(());
+                }
+                listener.notified().await?;
+            }
+        })
+        .await;
+        let back = self.lock.acquire_restore(saved).await;
+        leave.armed = false;
+        let notified = inner.notified(ticket);
+        if !notified {
+            inner.cancel(ticket);
+        }
+        back?;
+        match waited {
+            Ok(()) => Ok(true),
+            Err(Error::Timeout) => Ok(notified),
+            Err(e) => {
+                self.lock.release();
+                Err(e)
+            }
+        }
+    }
+
+    fn notify(&self, n: usize) {
+        let inner = &*self.inner;
+        let limit = inner.region.u64_at(LIMIT);
+        let mut at = limit.load(SeqCst);
+        // At most SLOTS tickets are outstanding; more can only be a damaged segment.
+        let end = inner
+            .region
+            .u64_at(NEXT)
+            .load(SeqCst)
+            .min(at.saturating_add(SLOTS));
+        let mut woken = 0;
+        while woken < n && at < end {
+            if !inner.take_cancelled(at) {
+                woken += 1;
+            }
+            at += 1;
+        }
+        limit.store(at, SeqCst);
+        if woken > 0 {
+            inner.wake.signal();
+        }
+    }
+}
+
+/// Marks a ticket cancelled if its wait is dropped before it ends.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    ticket: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.inner.notified(self.ticket) {
+            self.inner.cancel(self.ticket);
+        }
+    }
+}
+
+/// Holds a [`Condition`]'s lock; waits and notifications go through it. Dropping it releases
+/// the lock (one level of an `RLock`).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ConditionGuard<'a> {
+    cond: &'a Condition,
+}
+
+impl<'a> ConditionGuard<'a> {
+    /// Releases the lock, waits until notified, and takes the lock again (Python's
+    /// `wait()`); returns the guard.
+    ///
+    /// # Errors
+    /// [`Error::LockOwnerDied`] if taking the lock back found its holder dead (the lock is
+    /// then free); [`Error::Io`] if the wait cannot be registered. On an error the guard is
+    /// gone and its level of the lock released.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future releases the lock for good (the guard is consumed). A drop after
+    /// the notification arrived consumes that notification, as a thread that times out just
+    /// as it is notified does.
+    pub async fn wait(self) -> Result<ConditionGuard<'a>> {
+        let cond = self.cond;
+        std::mem::forget(self);
+        cond.wait_inner(None).await?;
+        Ok(ConditionGuard { cond })
+    }
+
+    /// Like [`wait`](Self::wait), for at most `timeout`; also returns whether it was notified
+    /// (Python's `wait(timeout)`). The lock is held again in both cases.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// As [`wait`](Self::wait).
+    pub async fn wait_timeout(self, timeout: Duration) -> Result<(ConditionGuard<'a>, bool)> {
+        let cond = self.cond;
+        std::mem::forget(self);
+        let notified = cond.wait_inner(deadline(timeout)).await?;
+        Ok((ConditionGuard { cond }, notified))
+    }
+
+    /// Waits until `predicate()` holds, checking it under the lock before each wait
+    /// (Python's `wait_for(predicate, timeout)`); with a `timeout`, gives up after it.
+    /// Returns the guard and the predicate's last value.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// As [`wait`](Self::wait).
+    pub async fn wait_for(
+        self,
+        mut predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<(ConditionGuard<'a>, bool)> {
+        let end = timeout.and_then(deadline);
+        let cond = self.cond;
+        let mut guard = self;
+        loop {
+            if predicate() {
+                return Ok((guard, true));
+            }
+            if end.is_some_and(|e| Instant::now() >= e) {
+                return Ok((guard, false));
+            }
+            std::mem::forget(guard);
+            cond.wait_inner(end).await?;
+            guard = ConditionGuard { cond };
+        }
+    }
+
+    /// Wakes up to `n` of the processes and tasks waiting on the condition, oldest first
+    /// (Python's `notify(n)`).
+    pub fn notify(&self, n: usize) {
+        self.cond.notify(n);
+    }
+
+    /// Wakes every waiter (Python's `notify_all()`).
+    pub fn notify_all(&self) {
+        self.cond.notify(usize::MAX);
+    }
+}
+
+impl Drop for ConditionGuard<'_> {
+    fn drop(&mut self) {
+        self.cond.lock.release();
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.lock,
+            FdRef(self.inner.region.fd()),
+            FdRef(self.inner.wake.fd()),
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (lock, region, wake) = <(Guarded, Fd, Fd)>::deserialize(d)?;
+        Ok(Condition {
+            lock,
+            inner: Arc::new(Inner {
+                region: map_received(region, SIZE, "condition")?,
+                wake: Wake::from_fd(wake.into_owned()),
+            }),
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! `Event`: a flag in shared memory and an eventfd that every waiter, in every process,
+//! watches.
+//!
+//! One 32-bit word holds the flag (bit 0) and a count of sets (the other bits), so that both
+//! change in one atomic step. `set` raises the flag, counts one more set, and writes the
+//! eventfd once: every process waiting on it gets a readiness event, and every waiting task in
+//! it (each wait has its own registration) wakes and sees the flag, or a set count other than
+//! the one it started with. The count makes a `set` immediately followed by a `clear` still
+//! release the waiters that were waiting when it happened, as `threading.Event` does. (Were
+//! the flag and the count two words, a waiter could start between a `set`'s two stores, take
+//! the stale count, and be released by the second store of a set that happened before it
+//! began.)
+//!
+//! Waiters act on the eventfd's readiness events, never on its counter; `set` signals with
+//! [`Wake::signal`], which keeps the counter near 0 (see there why `clear` must not).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::time::Instant;
+
+use super::wake::Wake;
+use super::{FdRef, deadline, map_received, until};
+use crate::error::{Error, Result};
+use crate::sys::SharedRegion;
+use crate::wire::Fd;
+
+/// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
+const STATE: usize = 0;
+const SIZE: usize = 64;
+
+#[derive(Debug)]
+struct Inner {
+    region: SharedRegion,
+    wake: Wake,
+}
+
+/// An event flag between processes (Python's `multiprocessing.Event`).
+///
+/// `set` wakes every waiter in every process. Clones share the same event, and so does one
+/// sent to another process (a serde type whose descriptors travel by `SCM_RIGHTS`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let e = tokio_multiprocessing::Event::new()?;
+/// e.set();
+/// e.wait().await?;
+/// assert!(e.is_set());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Event {
+    inner: Arc<Inner>,
+}
+
+impl Event {
+    /// A new event, not set.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
+    pub fn new() -> Result<Event> {
+        Ok(Event {
+            inner: Arc::new(Inner {
+                region: SharedRegion::anonymous("tokio-multiprocessing-event", SIZE)?,
+                wake: Wake::new(false)?,
+            }),
+        })
+    }
+
+    /// Whether the flag is set. No system call.
+    pub fn is_set(&self) -> bool {
+        self.state() & 1 != 0
+    }
+
+    fn state(&self) -> u32 {
+        self.inner.region.u32_at(STATE).load(SeqCst)
+    }
+
+    /// Sets the flag and wakes every waiter in every process. Setting a set event does
+    /// nothing (and makes no system call).
+    pub fn set(&self) {
+        let raised = self
+            .inner
+            .region
+            .u32_at(STATE)
+            .fetch_update(SeqCst, SeqCst, |s| {
+                (s & 1 == 0).then(|| (s & !1).wrapping_add(2) | 1)
+            })
+            .is_ok();
+        if raised {
+            self.inner.wake.signal();
+        }
+    }
+
+    /// Clears the flag: later waits wait for the next [`set`](Self::set).
+    pub fn clear(&self) {
+        self.inner.region.u32_at(STATE).fetch_and(!1, SeqCst);
+    }
+
+    /// Waits until the flag is set (at once if it is).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the wait cannot be registered with the reactor.
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: waiting consumes nothing.
+    pub async fn wait(&self) -> Result<()> {
+        self.wait_until(None).await
+    }
+
+    /// Waits at most `timeout`; returns whether the flag was set (Python's
+    /// `wait(timeout)`, which returns `False` on timeout rather than raising).
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait); a timeout is `Ok(false)`, not an error.
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe, like [`wait`](Self::wait).
+    pub async fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        match self.wait_until(deadline(timeout)).await {
+            Ok(()) => Ok(true),
+            Err(Error::Timeout) => Ok(self.is_set()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
+        let seen = self.state();
+        if seen & 1 != 0 {
+            return Ok(());
+        }
+        until(deadline, async {
+            let mut listener = self.inner.wake.listen()?;
+            loop {
+                let now = self.state();
+                // Set now, or set (and maybe cleared again) since the wait began.
+                if now & 1 != 0 || now >> 1 != seen >> 1 {
+                    return Ok(());
+                }
+                listener.notified().await?;
+            }
+        })
+        .await
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (FdRef(self.inner.region.fd()), FdRef(self.inner.wake.fd())).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
+        Ok(Event {
+            inner: Arc::new(Inner {
+                region: map_received(region, SIZE, "event")?,
+                wake: Wake::from_fd(wake.into_owned()),
+            }),
+        })
+    }
+}

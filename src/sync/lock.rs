@@ -1,0 +1,614 @@
+//! `Lock` and `RLock`: mutual exclusion between processes, with the holder's pid in shared
+//! memory so that a holder's death is noticed.
+//!
+//! # The owner of an `RLock`
+//!
+//! An `RLock` is owned by a *task in a process*: the pid, plus the tokio task that acquired it
+//! ([`tokio::task::try_id`]). A tokio task may move between threads at every `.await`, so the
+//! thread is the wrong owner; the task is what holds a Python thread's place. Code that runs
+//! outside any task (the future given to `Runtime::block_on`, `#[tokio::main]`'s body) is
+//! owned by its thread, which never changes under it. The same task may acquire again (the
+//! count goes up); another task of the same process waits like any other process.
+//! [`RLock::release`] by anyone but the owner is [`Error::NotOwner`]. A guard, though, is
+//! proof of ownership: it releases its level wherever it is dropped.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::time::Instant;
+
+use super::wake::{Wake, Watch};
+use super::{FdRef, SPIN, deadline, map_received, until};
+use crate::error::{Error, Result};
+use crate::sys::{self, SharedRegion};
+use crate::wire::Fd;
+
+/// Offsets in the segment: the holder's pid (0 when free), the number of sleeping waiters,
+/// and, for an `RLock`, the owning task's token and the recursion count.
+const STATE: usize = 0;
+const WAITERS: usize = 4;
+const TASK: usize = 8;
+const COUNT: usize = 16;
+const SIZE: usize = 64;
+
+/// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.
+#[derive(Debug)]
+pub(super) struct RawLock {
+    region: SharedRegion,
+    wake: Wake,
+}
+
+impl RawLock {
+    fn new() -> Result<RawLock> {
+        Ok(RawLock {
+            region: SharedRegion::anonymous("tokio-multiprocessing-lock", SIZE)?,
+            wake: Wake::new(true)?,
+        })
+    }
+
+    fn holder(&self) -> u32 {
+        self.region.u32_at(STATE).load(SeqCst)
+    }
+
+    /// One attempt, no system call.
+    fn try_take(&self, me: u32) -> bool {
+        self.region
+            .u32_at(STATE)
+            .compare_exchange(0, me, SeqCst, Relaxed)
+            .is_ok()
+    }
+
+    /// Tries, spinning briefly while a holder releases.
+    fn try_spin(&self, me: u32) -> bool {
+        let state = self.region.u32_at(STATE);
+        for _ in 0..SPIN {
+            if state.load(Relaxed) == 0 && self.try_take(me) {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    /// Takes the lock for this process, waiting until `deadline`.
+    async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
+        let me = sys::cached_pid();
+        if self.try_take(me) || self.try_spin(me) {
+            return Ok(());
+        }
+        until(deadline, self.acquire_slow(me)).await
+    }
+
+    async fn acquire_slow(&self, me: u32) -> Result<()> {
+        let waiters = self.region.u32_at(WAITERS);
+        waiters.fetch_add(1, SeqCst);
+        let _counted = Uncount(waiters);
+        let mut listener = self.wake.listen()?;
+        let mut watch: Option<Watch> = None;
+        loop {
+            if self.try_take(me) {
+                return Ok(());
+            }
+            let holder = self.holder();
+            if holder == 0 {
+                continue;
+            }
+            if holder != me && watch.as_ref().is_none_or(|w| w.pid != holder) {
+                watch = Watch::open(holder)?;
+                if watch.is_none() {
+                    if let Some(e) = self.recover(holder, 1) {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            }
+            let died = match watch.as_ref().filter(|w| w.pid == holder) {
+                Some(w) => tokio::select! {
+                    r = listener.take_token() => { r?; false }
+                    r = w.exited() => { r?; true }
+                },
+                None => {
+                    listener.take_token().await?;
+                    false
+                }
+            };
+            if died {
+                watch = None;
+                if let Some(e) = self.recover(holder, 1) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One attempt that also notices a dead holder (for `try_acquire`): `Ok(true)` if taken,
+    /// `Ok(false)` if a live process holds it, [`Error::LockOwnerDied`] if the holder died
+    /// (the lock is then free).
+    fn try_take_checked(&self, me: u32) -> Result<bool> {
+        if self.try_take(me) {
+            return Ok(true);
+        }
+        let holder = self.holder();
+        if holder == 0 || holder == me || !process_gone(holder)? {
+            return Ok(false);
+        }
+        match self.recover(holder, 0) {
+            Some(e) => Err(e),
+            None => Ok(false),
+        }
+    }
+
+    /// Frees the lock of a dead holder; the error for the one caller that did. `counted` is
+    /// 1 if the caller is among the sleeping waiters, 0 if not.
+    fn recover(&self, dead: u32, counted: u32) -> Option<Error> {
+        let freed = self
+            .region
+            .u32_at(STATE)
+            .compare_exchange(dead, 0, SeqCst, Relaxed)
+            .is_ok();
+        if !freed {
+            return None;
+        }
+        tracing::debug!(pid = dead, "lock holder died; lock recovered");
+        // Others may sleep on the lock too.
+        if self.region.u32_at(WAITERS).load(SeqCst) > counted {
+            self.wake.post(1);
+        }
+        Some(Error::LockOwnerDied { pid: dead })
+    }
+
+    /// Frees the lock; `false` if it was not held.
+    fn release(&self) -> bool {
+        let prev = self.region.u32_at(STATE).swap(0, SeqCst);
+        if prev == 0 {
+            return false;
+        }
+        if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
+            self.wake.post(1);
+        }
+        true
+    }
+}
+
+impl Serialize for RawLock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawLock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
+        Ok(RawLock {
+            region: map_received(region, SIZE, "lock")?,
+            wake: Wake::from_fd(wake.into_owned()),
+        })
+    }
+}
+
+/// Whether `pid` has exited (or never existed), without waiting and without a runtime.
+fn process_gone(pid: u32) -> Result<bool> {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Ok(true);
+    };
+    match sys::pidfd_open(raw) {
+        Ok(fd) => {
+            use std::os::fd::AsFd;
+            let ready = sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))?;
+            Ok(ready.first().copied().unwrap_or(false))
+        }
+        Err(e) if e.raw_os_error() == Some(sys::ESRCH) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decrements the waiter count when a wait ends, however it ends (cancellation included).
+struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A lock between processes (Python's `multiprocessing.Lock`).
+///
+/// Not re-entrant: a second `lock()` by its holder waits, as in Python. Any process may
+/// [`release`](Lock::release) it, as in Python; a guard releases it when dropped.
+///
+/// Clones share the same lock, and so does a `Lock` sent to another process (it is a serde
+/// type whose descriptors travel by `SCM_RIGHTS`): pass it as a `Process`, Pool task or Pool
+/// initializer argument.
+///
+/// If the holding process dies, the next acquirer gets [`Error::LockOwnerDied`] instead of
+/// waiting for ever, and the lock is free again.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// async fn f(l: mp::Lock, i: u32) {
+///     if let Ok(_guard) = l.lock().await {
+///         println!("hello world {i}");
+///     }
+/// }
+///
+/// # async fn demo() -> mp::Result<()> {
+/// let lock = mp::Lock::new()?;
+/// let mut p = mp::Process::new(f, (lock.clone(), 1)).start().await?;
+/// p.join().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lock {
+    #[serde(with = "super::arc")]
+    raw: Arc<RawLock>,
+}
+
+impl Lock {
+    /// A new, unlocked lock.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
+    pub fn new() -> Result<Lock> {
+        Ok(Lock {
+            raw: Arc::new(RawLock::new()?),
+        })
+    }
+
+    /// Waits for the lock and returns a guard that releases it when dropped.
+    ///
+    /// The uncontended path is one atomic compare-and-swap in shared memory, with no system
+    /// call; a contended one spins briefly, then sleeps on the reactor.
+    ///
+    /// # Errors
+    /// [`Error::LockOwnerDied`] if the holder died holding the lock (the lock is then free);
+    /// [`Error::Io`] if the wait cannot be registered with the reactor.
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
+    pub async fn lock(&self) -> Result<LockGuard<'_>> {
+        self.raw.acquire(None).await?;
+        Ok(LockGuard { lock: self })
+    }
+
+    /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
+    /// `acquire(timeout=...)`).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe, like [`lock`](Self::lock).
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+        self.raw.acquire(deadline(timeout)).await?;
+        Ok(LockGuard { lock: self })
+    }
+
+    /// Takes the lock if it is free (Python's `acquire(block=False)`); `None` if a live
+    /// process holds it. A free lock costs no system call; a held one, a check that its
+    /// holder is alive.
+    ///
+    /// # Errors
+    /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
+    /// [`Error::Io`] if the holder cannot be checked.
+    pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
+        Ok(self
+            .raw
+            .try_take_checked(sys::cached_pid())?
+            // `then`, not `then_some`: a guard made for nothing would release the lock
+            // (someone else's) when dropped.
+            .then(|| LockGuard { lock: self }))
+    }
+
+    /// Releases the lock, whoever holds it (Python's `release()`): for a lock whose guard was
+    /// [`forget`](LockGuard::forget)-ten, or that another process acquired.
+    ///
+    /// # Errors
+    /// [`Error::NotHeld`] if the lock is not held.
+    pub fn release(&self) -> Result<()> {
+        if self.raw.release() {
+            Ok(())
+        } else {
+            Err(Error::NotHeld)
+        }
+    }
+
+    /// Whether some process holds the lock now.
+    pub fn is_locked(&self) -> bool {
+        self.raw.holder() != 0
+    }
+
+    /// The pid of the process that holds the lock now, if any.
+    pub fn holder(&self) -> Option<u32> {
+        Some(self.raw.holder()).filter(|&p| p != 0)
+    }
+
+    pub(crate) async fn acquire_until(&self, deadline: Option<Instant>) -> Result<()> {
+        self.raw.acquire(deadline).await
+    }
+
+    pub(crate) fn release_raw(&self) -> bool {
+        self.raw.release()
+    }
+}
+
+/// Holds a [`Lock`]; dropping it releases the lock.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+}
+
+impl LockGuard<'_> {
+    /// Keeps the lock held without a guard (Python's bare `acquire()`); release it later
+    /// with [`Lock::release`].
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+
+    /// The lock this guard holds.
+    pub fn lock(&self) -> &Lock {
+        self.lock
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.raw.release();
+    }
+}
+
+/// The identity of the running task (or of the thread, outside any task): never 0.
+fn task_token() -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match tokio::task::try_id() {
+        Some(id) => (1u8, id).hash(&mut h),
+        None => (2u8, std::thread::current().id()).hash(&mut h),
+    }
+    h.finish() | 1
+}
+
+/// A re-entrant lock between processes (Python's `multiprocessing.RLock`).
+///
+/// Owned by a task of a process (see the module docs): the owner may acquire it again, and
+/// must release it as many times. Holder death is detected as for [`Lock`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let l = tokio_multiprocessing::RLock::new()?;
+/// let a = l.lock().await?;
+/// let b = l.lock().await?; // the same task: no wait
+/// drop(b);
+/// drop(a);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RLock {
+    #[serde(with = "super::arc")]
+    raw: Arc<RawLock>,
+}
+
+impl RLock {
+    /// A new, unlocked re-entrant lock.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
+    pub fn new() -> Result<RLock> {
+        Ok(RLock {
+            raw: Arc::new(RawLock::new()?),
+        })
+    }
+
+    fn owned_by_caller(&self) -> bool {
+        self.raw.holder() == sys::cached_pid()
+            && self.raw.region.u64_at(TASK).load(Acquire) == task_token()
+    }
+
+    fn enter(&self) -> RLockGuard<'_> {
+        let count = self.raw.region.u32_at(COUNT);
+        count.store(count.load(Relaxed).saturating_add(1), Release);
+        RLockGuard { lock: self }
+    }
+
+    fn take_ownership(&self, count: u32) {
+        self.raw.region.u64_at(TASK).store(task_token(), Release);
+        self.raw.region.u32_at(COUNT).store(count, Release);
+    }
+
+    /// Waits for the lock (at once if the calling task owns it) and returns a guard that
+    /// releases one level when dropped.
+    ///
+    /// # Errors
+    /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
+    /// [`Error::Io`] if the wait cannot be registered with the reactor.
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
+    pub async fn lock(&self) -> Result<RLockGuard<'_>> {
+        self.acquire_until(None).await?;
+        Ok(RLockGuard { lock: self })
+    }
+
+    /// Like [`lock`](Self::lock), but gives up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
+    ///
+    /// # Panics
+    /// When it has to sleep outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe, like [`lock`](Self::lock).
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
+        self.acquire_until(deadline(timeout)).await?;
+        Ok(RLockGuard { lock: self })
+    }
+
+    /// Takes the lock if it is free or owned by the calling task; `None` otherwise.
+    ///
+    /// # Errors
+    /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
+    /// [`Error::Io`] if the holder cannot be checked.
+    pub fn try_acquire(&self) -> Result<Option<RLockGuard<'_>>> {
+        if self.owned_by_caller() {
+            return Ok(Some(self.enter()));
+        }
+        if self.raw.try_take_checked(sys::cached_pid())? {
+            self.take_ownership(1);
+            return Ok(Some(RLockGuard { lock: self }));
+        }
+        Ok(None)
+    }
+
+    /// Releases one level held by the calling task (Python's `release()`), for a guard that
+    /// was [`forget`](RLockGuard::forget)-ten.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] if the calling task (in this process) does not own the lock.
+    pub fn release(&self) -> Result<()> {
+        if !self.owned_by_caller() {
+            return Err(Error::NotOwner);
+        }
+        self.leave();
+        Ok(())
+    }
+
+    /// Whether the lock is held, and how many times: `(pid of the holder, count)`.
+    pub fn holder(&self) -> Option<(u32, u32)> {
+        let pid = self.raw.holder();
+        (pid != 0).then(|| (pid, self.raw.region.u32_at(COUNT).load(Acquire)))
+    }
+
+    /// Acquires one level for the calling task (no guard).
+    pub(crate) async fn acquire_until(&self, deadline: Option<Instant>) -> Result<()> {
+        if self.owned_by_caller() {
+            std::mem::forget(self.enter());
+            return Ok(());
+        }
+        self.raw.acquire(deadline).await?;
+        self.take_ownership(1);
+        Ok(())
+    }
+
+    /// Releases one level, if this process holds the lock.
+    fn leave(&self) {
+        if self.raw.holder() != sys::cached_pid() {
+            return;
+        }
+        let count = self.raw.region.u32_at(COUNT);
+        match count.load(Acquire) {
+            0 => {}
+            1 => {
+                count.store(0, Release);
+                self.raw.region.u64_at(TASK).store(0, Release);
+                self.raw.release();
+            }
+            n => count.store(n - 1, Release),
+        }
+    }
+
+    /// Releases every level held by the calling task; returns the count, for
+    /// [`restore`](Self::restore) (a `Condition` wait).
+    ///
+    /// Called through a guard, which proves ownership wherever it has moved, so only the
+    /// process is checked.
+    pub(crate) fn release_all(&self) -> Result<u32> {
+        if self.raw.holder() != sys::cached_pid() {
+            return Err(Error::NotOwner);
+        }
+        let n = self.raw.region.u32_at(COUNT).swap(0, AcqRel);
+        self.raw.region.u64_at(TASK).store(0, Release);
+        self.raw.release();
+        Ok(n)
+    }
+
+    /// Acquires again with `count` levels, after [`release_all`](Self::release_all).
+    pub(crate) async fn restore(&self, count: u32) -> Result<()> {
+        self.raw.acquire(None).await?;
+        self.take_ownership(count.max(1));
+        Ok(())
+    }
+}
+
+/// Holds one level of an [`RLock`]; dropping it releases that level.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct RLockGuard<'a> {
+    lock: &'a RLock,
+}
+
+impl RLockGuard<'_> {
+    /// Keeps the level held without a guard; release it later with [`RLock::release`].
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for RLockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.leave();
+    }
+}
+
+/// The lock under a `Condition`: a `Lock` or an `RLock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Guarded {
+    Lock(Lock),
+    RLock(RLock),
+}
+
+impl Guarded {
+    pub(crate) async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
+        match self {
+            Guarded::Lock(l) => l.acquire_until(deadline).await,
+            Guarded::RLock(r) => r.acquire_until(deadline).await,
+        }
+    }
+
+    /// Releases one level (a guard's drop).
+    pub(crate) fn release(&self) {
+        match self {
+            Guarded::Lock(l) => {
+                l.release_raw();
+            }
+            Guarded::RLock(r) => r.leave(),
+        }
+    }
+
+    /// Releases fully for a wait; what to restore afterwards.
+    pub(crate) fn release_save(&self) -> Result<u32> {
+        match self {
+            Guarded::Lock(l) => {
+                if l.release_raw() {
+                    Ok(1)
+                } else {
+                    Err(Error::NotHeld)
+                }
+            }
+            Guarded::RLock(r) => r.release_all(),
+        }
+    }
+
+    pub(crate) async fn acquire_restore(&self, saved: u32) -> Result<()> {
+        match self {
+            Guarded::Lock(l) => l.acquire_until(None).await,
+            Guarded::RLock(r) => r.restore(saved).await,
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Synchronisation primitives between processes: [`Lock`], [`RLock`], [`Semaphore`],
+//! [`BoundedSemaphore`], [`Condition`], [`Event`] and [`Barrier`].
+//!
+//! # Design
+//!
+//! Each primitive is a small shared-memory segment (a memfd mapped `MAP_SHARED`) that holds
+//! its state, plus an eventfd that wakes waiters. Both are descriptors, so a primitive is a
+//! serde type: sending it to another process (as a `Process` argument, or a Pool task or
+//! initializer argument) passes the two descriptors by `SCM_RIGHTS`, and the receiver maps the
+//! same pages. Nothing is named in the file system, so nothing can leak when a process is
+//! killed: the kernel frees the segment with its last descriptor or mapping.
+//!
+//! The state is read and changed only with atomic instructions on the shared pages. The
+//! fast paths (an uncontended `lock`, a `release` with no waiter, `Event::is_set`) make no
+//! system call at all. Before it sleeps, a contended acquirer spins briefly (a holder in
+//! another process usually releases within a few hundred nanoseconds); then it counts itself
+//! in the segment's waiter count and sleeps on the eventfd, awaited on tokio's reactor. No
+//! thread is parked and nothing is polled on a timer.
+//!
+//! # Lost wake-ups
+//!
+//! A waiter increments the waiter count *before* its last attempt to take the lock; a
+//! releaser clears the lock *before* it reads the waiter count. Both use sequentially
+//! consistent operations, so either the waiter's attempt sees the lock free, or the releaser
+//! sees the waiter and writes the eventfd. The eventfd keeps what was written (a counter), so
+//! a write made before the waiter starts to sleep still wakes it. Each wait also registers
+//! its own duplicate of the eventfd before checking its condition (see `wake.rs`), so two
+//! tasks of one process never steal each other's events.
+//!
+//! # Thundering herds
+//!
+//! A write to an eventfd wakes every process that waits on it: epoll offers no exclusive
+//! wake-up through tokio. For `Lock` and `Semaphore` the eventfd is in `EFD_SEMAPHORE` mode and
+//! a release writes one token: every waiting process wakes, but only the one whose `read`
+//! takes the token tries the lock; the others find the counter empty and sleep again at once,
+//! without touching the shared state. A token that a waiter could not use (a newcomer took
+//! the lock first) is not lost: the newcomer sees the waiter count and writes a new token
+//! when it releases. So a contended release costs one `write`, and one `read` per waiting
+//! process. `Event::set`, `Condition::notify_all` and a full `Barrier` wake everyone on
+//! purpose; `Condition::notify(n)` wakes everyone once but only the `n` oldest waiters pass.
+//!
+//! # Owner death
+//!
+//! A `Lock` or `RLock` records its holder's pid in the segment. A waiter that sleeps also
+//! opens a pidfd of the holder and awaits it together with the eventfd; when the holder dies
+//! (even by SIGKILL), the waiter takes the lock back from the dead pid with a
+//! compare-and-swap and returns [`Error::LockOwnerDied`](crate::Error::LockOwnerDied); the
+//! lock is then free. Exactly one acquirer gets the error per death. (A pid can be reused by
+//! a new process; if that happens between the holder's death and a waiter's `pidfd_open`,
+//! the death goes unnoticed. Linux hands out pids in increasing order, so this needs the pid
+//! space to wrap around in between.)
+
+mod barrier;
+mod condition;
+mod event;
+mod lock;
+mod semaphore;
+mod wake;
+
+pub use barrier::Barrier;
+pub use condition::{Condition, ConditionGuard};
+pub use event::Event;
+pub use lock::{Lock, LockGuard, RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore};
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::sys::SharedRegion;
+use crate::wire::Fd;
+use crate::wire::codec::serialize_fd;
+
+/// How many times a contended acquirer retries before it sleeps.
+const SPIN: u32 = 200;
+
+/// A borrowed descriptor, serialised into the side list of the frame being encoded.
+pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, s)
+    }
+}
+
+/// Maps a segment received from another process, checking that it holds at least `need`
+/// bytes, so that every fixed offset the primitive uses is inside it.
+pub(crate) fn map_received<E: serde::de::Error>(
+    fd: Fd,
+    need: usize,
+    what: &str,
+) -> Result<SharedRegion, E> {
+    let region = SharedRegion::from_fd(fd.into_owned())
+        .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
+    if region.len() < need {
+        return Err(E::custom(format!(
+            "the segment of a {what} holds {} bytes, at least {need} are needed",
+            region.len()
+        )));
+    }
+    Ok(region)
+}
+
+/// The deadline `timeout` from now (`None` when it is too far to represent: wait for ever).
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// Runs `fut` until `deadline`, if any; [`Error::Timeout`] after it.
+pub(crate) async fn until<T>(
+    deadline: Option<Instant>,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some(d) => tokio::time::timeout_at(d, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+    }
+}
+
+/// serde for an `Arc<T>` field: the `T` itself (`#[serde(with = "arc")]`).
+pub(crate) mod arc {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<T: Serialize, S: Serializer>(
+        v: &Arc<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        (**v).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<T>, D::Error> {
+        T::deserialize(d).map(Arc::new)
+    }
+}

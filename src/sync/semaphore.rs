@@ -1,0 +1,258 @@
+//! `Semaphore` and `BoundedSemaphore`: a counter in shared memory, with an `EFD_SEMAPHORE`
+//! eventfd whose tokens wake sleepers one release at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::time::Instant;
+
+use super::wake::Wake;
+use super::{FdRef, SPIN, deadline, map_received, until};
+use crate::error::{Error, Result};
+use crate::sys::SharedRegion;
+use crate::wire::Fd;
+
+/// Offsets: the value, the number of sleeping waiters, the bound (0: unbounded).
+const VALUE: usize = 0;
+const WAITERS: usize = 4;
+const BOUND: usize = 8;
+const SIZE: usize = 64;
+
+#[derive(Debug)]
+struct RawSemaphore {
+    region: SharedRegion,
+    wake: Wake,
+}
+
+impl RawSemaphore {
+    fn new(value: u32, bound: u32) -> Result<RawSemaphore> {
+        let region = SharedRegion::anonymous("tokio-multiprocessing-semaphore", SIZE)?;
+        region.u32_at(VALUE).store(value, SeqCst);
+        region.u32_at(BOUND).store(bound, SeqCst);
+        Ok(RawSemaphore {
+            region,
+            wake: Wake::new(true)?,
+        })
+    }
+
+    fn try_take(&self) -> bool {
+        let v = self.region.u32_at(VALUE);
+        let mut cur = v.load(SeqCst);
+        while cur > 0 {
+            match v.compare_exchange_weak(cur, cur - 1, SeqCst, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+
+    async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
+        for _ in 0..SPIN {
+            if self.try_take() {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        until(deadline, self.acquire_slow()).await
+    }
+
+    async fn acquire_slow(&self) -> Result<()> {
+        let waiters = self.region.u32_at(WAITERS);
+        waiters.fetch_add(1, SeqCst);
+        let _counted = Uncount(waiters);
+        let mut listener = self.wake.listen()?;
+        loop {
+            if self.try_take() {
+                return Ok(());
+            }
+            listener.take_token().await?;
+        }
+    }
+
+    fn release(&self, n: u32) -> Result<()> {
+        let v = self.region.u32_at(VALUE);
+        let bound = self.region.u32_at(BOUND).load(Relaxed);
+        let mut cur = v.load(SeqCst);
+        loop {
+            let next = cur.checked_add(n).filter(|&x| bound == 0 || x <= bound);
+            let Some(next) = next else {
+                return Err(Error::SemaphoreOverRelease { bound });
+            };
+            match v.compare_exchange_weak(cur, next, SeqCst, Relaxed) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
+            self.wake.post(u64::from(n));
+        }
+        Ok(())
+    }
+}
+
+struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Serialize for RawSemaphore {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSemaphore {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
+        Ok(RawSemaphore {
+            region: map_received(region, SIZE, "semaphore")?,
+            wake: Wake::from_fd(wake.into_owned()),
+        })
+    }
+}
+
+macro_rules! semaphore_methods {
+    () => {
+        /// Takes one unit, waiting while the value is 0 (Python's `acquire()`).
+        ///
+        /// # Errors
+        /// [`Error::Io`] if the wait cannot be registered with the reactor.
+        ///
+        /// # Panics
+        /// When it has to sleep outside a tokio runtime.
+        ///
+        /// # Cancel safety
+        /// This method is cancel safe: if it loses a `select!` race, no unit was taken.
+        pub async fn acquire(&self) -> Result<()> {
+            self.raw.acquire(None).await
+        }
+
+        /// Like [`acquire`](Self::acquire), but gives up after `timeout`.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`] when the time runs out; otherwise as `acquire`.
+        ///
+        /// # Panics
+        /// When it has to sleep outside a tokio runtime.
+        ///
+        /// # Cancel safety
+        /// This method is cancel safe, like `acquire`.
+        pub async fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
+            self.raw.acquire(deadline(timeout)).await
+        }
+
+        /// Takes one unit if the value is above 0 (Python's `acquire(block=False)`).
+        pub fn try_acquire(&self) -> bool {
+            self.raw.try_take()
+        }
+
+        /// The current value (Python's `get_value()`).
+        pub fn get_value(&self) -> u32 {
+            self.raw.region.u32_at(VALUE).load(SeqCst)
+        }
+    };
+}
+
+/// A counting semaphore between processes (Python's `multiprocessing.Semaphore`).
+///
+/// Clones share the same semaphore, and so does one sent to another process (a serde type
+/// whose descriptors travel by `SCM_RIGHTS`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let s = tokio_multiprocessing::Semaphore::new(2)?;
+/// s.acquire().await?;
+/// s.release()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Semaphore {
+    #[serde(with = "super::arc")]
+    raw: Arc<RawSemaphore>,
+}
+
+impl Semaphore {
+    /// A semaphore with the value `value`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
+    pub fn new(value: u32) -> Result<Semaphore> {
+        Ok(Semaphore {
+            raw: Arc::new(RawSemaphore::new(value, 0)?),
+        })
+    }
+
+    semaphore_methods!();
+
+    /// Adds one unit, waking a waiter if there is one (Python's `release()`).
+    ///
+    /// # Errors
+    /// [`Error::SemaphoreOverRelease`] if the value would pass `u32::MAX`.
+    pub fn release(&self) -> Result<()> {
+        self.raw.release(1)
+    }
+
+    /// Adds `n` units at once (Python's `release(n)` of `threading.Semaphore`).
+    ///
+    /// # Errors
+    /// As [`release`](Self::release).
+    pub fn release_n(&self, n: u32) -> Result<()> {
+        self.raw.release(n)
+    }
+}
+
+/// A semaphore whose value may not exceed its initial value (Python's
+/// `multiprocessing.BoundedSemaphore`): one release too many is an error, not a silent
+/// extra unit.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// let s = tokio_multiprocessing::BoundedSemaphore::new(1)?;
+/// assert!(s.release().is_err()); // already at its bound
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoundedSemaphore {
+    #[serde(with = "super::arc")]
+    raw: Arc<RawSemaphore>,
+}
+
+impl BoundedSemaphore {
+    /// A bounded semaphore with the value and bound `value`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made; an
+    /// `InvalidInput` I/O error for a bound of 0.
+    pub fn new(value: u32) -> Result<BoundedSemaphore> {
+        if value == 0 {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a bounded semaphore needs a bound of at least 1",
+            )));
+        }
+        Ok(BoundedSemaphore {
+            raw: Arc::new(RawSemaphore::new(value, value)?),
+        })
+    }
+
+    semaphore_methods!();
+
+    /// Adds one unit, waking a waiter if there is one.
+    ///
+    /// # Errors
+    /// [`Error::SemaphoreOverRelease`] if the value is already at its bound (Python's
+    /// `ValueError`); the value is left as it was.
+    pub fn release(&self) -> Result<()> {
+        self.raw.release(1)
+    }
+}

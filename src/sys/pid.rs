@@ -1,0 +1,34 @@
+//! This process's pid, cached, so that the uncontended path of a lock makes no system call.
+//!
+//! glibc no longer caches `getpid`, so each call is a system call. The cache is cleared in a
+//! forked child by a `pthread_atfork` handler (registered once, the first time the cache is
+//! filled), so a child made by the fork start method or the fork server reads its own pid.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static PID: AtomicU32 = AtomicU32::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn forget_pid() {
+    // Async-signal-safe: one atomic store.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// This process's pid (never 0).
+pub(crate) fn cached_pid() -> u32 {
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    ATFORK.call_once(|| {
+        // SAFETY: registers a plain C-ABI function with no arguments as the child handler;
+        // it makes one atomic store, which is async-signal-safe as a post-fork handler must be.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forget_pid));
+        }
+    });
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
+}

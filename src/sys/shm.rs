@@ -1,0 +1,298 @@
+//! Shared memory: memfd and POSIX (`/dev/shm`) segments mapped `MAP_SHARED`, with the typed
+//! accessors the synchronisation primitives and shared values are built on.
+//!
+//! A [`SharedRegion`] owns a descriptor and its mapping. Everything above this module sees
+//! only safe views of it: atomics at checked, aligned offsets, and copies of plain-old-data
+//! values in and out. Other processes map the same pages, so a plain (non-atomic) access may
+//! race with a write in another process; such accesses are volatile copies of [`Pod`] values,
+//! for which every bit pattern another process of the same binary can store is a valid value.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{align_of, size_of};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use nix::fcntl::OFlag;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::sys::stat::Mode;
+
+/// Plain old data that may live in memory shared between processes.
+///
+/// Implemented for the integer and floating-point types and `bool`. Implement it for your own
+/// `#[repr(C)]` type to put it in a [`Value`](crate::Value) or an [`Array`](crate::Array).
+///
+/// ```
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+/// }
+/// // SAFETY: two f64s: no pointers, every bit pattern is a valid Point.
+/// unsafe impl tokio_multiprocessing::Pod for Point {}
+/// let p = tokio_multiprocessing::RawValue::new(Point { x: 1.0, y: 2.0 })?;
+/// assert_eq!(p.get().y, 2.0);
+/// # Ok::<(), tokio_multiprocessing::Error>(())
+/// ```
+///
+/// Types that own memory elsewhere are refused:
+///
+/// ```compile_fail
+/// let s = tokio_multiprocessing::RawValue::new(String::from("a pointer into one process"));
+/// ```
+///
+/// # Safety
+/// The implementer promises that `T`:
+/// - holds no pointers, references, descriptors or anything else that means something only
+///   inside one process (the bytes are copied to other processes as they are);
+/// - is valid for every bit pattern that a value of `T` written by the same binary can leave
+///   in memory (no niches that a torn or foreign write could violate, no `Drop`);
+/// - has an alignment of at most 64 bytes.
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        // SAFETY: a primitive number or bool: no pointers, no drop glue, alignment <= 16, and
+        // every value the binary writes is read back as a valid value.
+        unsafe impl Pod for $t {}
+    )*};
+}
+pod!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool
+);
+
+/// A memory segment mapped shared, read-write, together with the descriptor that names it.
+#[derive(Debug)]
+pub(crate) struct SharedRegion {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region is a block of shared memory that every access reaches through atomics or
+// volatile copies (the accessors below); it is owned by no thread, so handing it to another
+// thread or sharing it between threads is as sound as sharing it between processes.
+unsafe impl Send for SharedRegion {}
+// SAFETY: see `Send`: `&SharedRegion` gives only atomics and volatile copies.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// A new anonymous segment of `len` bytes (zero-filled), from `memfd_create`. It lives as
+    /// long as some process holds its descriptor or mapping, and never leaks a name.
+    pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<SharedRegion> {
+        let cname = CString::new(name).map_err(|_| invalid("a segment name holds a NUL byte"))?;
+        let fd = memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC)?;
+        nix::unistd::ftruncate(&fd, to_off(len)?)?;
+        SharedRegion::map(fd, len)
+    }
+
+    /// Maps a segment received from another process; its size comes from `fstat`.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<SharedRegion> {
+        let st = nix::sys::stat::fstat(&fd)?;
+        let len = usize::try_from(st.st_size).map_err(|_| invalid("negative segment size"))?;
+        SharedRegion::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
+        let nz = NonZeroUsize::new(len).ok_or_else(|| invalid("a shared segment of 0 bytes"))?;
+        // SAFETY: a fresh mapping chosen by the kernel (no address hint, so nothing of ours
+        // is replaced), shared, of a descriptor we own; the pointer is kept with its length
+        // and unmapped exactly once, in `Drop`.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        Ok(SharedRegion {
+            fd,
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The segment's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The descriptor behind the mapping (to pass the segment to another process).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn check<T>(&self, offset: usize) {
+        let end = offset.checked_add(size_of::<T>());
+        assert!(
+            end.is_some_and(|e| e <= self.len) && offset % align_of::<T>() == 0,
+            "shared-memory access of {} bytes at offset {offset} outside a {}-byte segment \
+             or misaligned",
+            size_of::<T>(),
+            self.len
+        );
+    }
+
+    /// The `AtomicU32` at `offset`.
+    ///
+    /// # Panics
+    /// If `offset` is misaligned or out of the segment (a layout bug of the caller: callers
+    /// check the segment's size when they receive it).
+    pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        self.check::<AtomicU32>(offset);
+        // SAFETY: in bounds and aligned (checked just above; the mapping is page-aligned);
+        // the memory is initialised (zero-filled by the kernel, then written only through
+        // atomics and volatile copies) and stays mapped as long as `&self` lives.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The `AtomicU64` at `offset`.
+    ///
+    /// # Panics
+    /// As [`u32_at`](Self::u32_at).
+    pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        self.check::<AtomicU64>(offset);
+        // SAFETY: as in `u32_at`.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// A volatile copy of the `T` at `offset`.
+    ///
+    /// # Panics
+    /// As [`u32_at`](Self::u32_at).
+    pub(crate) fn read<T: Pod>(&self, offset: usize) -> T {
+        self.check::<T>(offset);
+        // SAFETY: in bounds and aligned (checked above), initialised memory that stays mapped
+        // while `&self` lives; `T: Pod` is valid for every pattern the binary writes. The
+        // read is volatile because other processes write the same pages.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<T>().read_volatile() }
+    }
+
+    /// A volatile store of `value` at `offset`.
+    ///
+    /// # Panics
+    /// As [`u32_at`](Self::u32_at).
+    pub(crate) fn write<T: Pod>(&self, offset: usize, value: T) {
+        self.check::<T>(offset);
+        // SAFETY: in bounds and aligned (checked above), writable shared memory that stays
+        // mapped while `&self` lives; no Rust reference to these bytes exists (accessors hand
+        // out copies only), so the store aliases nothing.
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(offset)
+                .cast::<T>()
+                .write_volatile(value)
+        }
+    }
+
+    /// Copies `buf.len()` bytes from `offset` into `buf`; `false` if out of range.
+    pub(crate) fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> bool {
+        if offset.checked_add(buf.len()).is_none_or(|e| e > self.len) {
+            return false;
+        }
+        let mut i = 0;
+        while i < buf.len() {
+            let at = offset + i;
+            if at % 8 == 0 && buf.len() - i >= 8 {
+                // Eight bytes per volatile access where the segment is aligned for it.
+                let word = self.read::<u64>(at).to_ne_bytes();
+                buf[i..i + 8].copy_from_slice(&word);
+                i += 8;
+            } else {
+                buf[i] = self.read::<u8>(at);
+                i += 1;
+            }
+        }
+        true
+    }
+
+    /// Copies `data` to `offset`; `false` if out of range.
+    pub(crate) fn write_bytes(&self, offset: usize, data: &[u8]) -> bool {
+        if offset.checked_add(data.len()).is_none_or(|e| e > self.len) {
+            return false;
+        }
+        let mut i = 0;
+        while i < data.len() {
+            let at = offset + i;
+            if at % 8 == 0 && data.len() - i >= 8 {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&data[i..i + 8]);
+                self.write::<u64>(at, u64::from_ne_bytes(word));
+                i += 8;
+            } else {
+                self.write::<u8>(at, data[i]);
+                i += 1;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are the mapping made in `map`, unmapped only here; every
+        // reference handed out borrowed `self`, so none outlives this call.
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+fn to_off(len: usize) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(len).map_err(|_| invalid("segment size too large"))
+}
+
+fn shm_name(name: &str) -> io::Result<CString> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 250 || bare.contains('/') || bare.contains('\0') {
+        return Err(invalid(
+            "a shared-memory name is 1 to 250 characters, without '/' (a leading '/' is allowed) or NUL",
+        ));
+    }
+    CString::new(format!("/{bare}")).map_err(|_| invalid("NUL in a shared-memory name"))
+}
+
+/// Creates the named POSIX segment `name` (`/dev/shm/name`) of `len` bytes; fails if it
+/// exists. The segment is removed again if it cannot be sized.
+pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<SharedRegion> {
+    let cname = shm_name(name)?;
+    let fd = shm_open(
+        cname.as_c_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )?;
+    let region = to_off(len)
+        .and_then(|off| Ok(nix::unistd::ftruncate(&fd, off)?))
+        .and_then(|()| SharedRegion::map(fd, len));
+    if region.is_err() {
+        let _ = shm_unlink(cname.as_c_str());
+    }
+    region
+}
+
+/// Opens and maps the existing named segment `name`.
+pub(crate) fn shm_attach(name: &str) -> io::Result<SharedRegion> {
+    let cname = shm_name(name)?;
+    let fd = shm_open(
+        cname.as_c_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    SharedRegion::from_fd(fd)
+}
+
+/// Removes the name `name` from `/dev/shm`; mappings and descriptors stay valid.
+pub(crate) fn shm_remove(name: &str) -> io::Result<()> {
+    let cname = shm_name(name)?;
+    Ok(shm_unlink(cname.as_c_str())?)
+}

@@ -1,0 +1,201 @@
+//! Runs the pool examples (built by `cargo test` beside this test) and checks what they
+//! print, and drives `axum_offload` with 200 concurrent requests.
+
+#[macro_use]
+mod support;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{TestResult, test};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// target/<profile>/examples/<name>: this test runs from target/<profile>/deps.
+fn example(name: &str) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or("no target directory above the test binary")?;
+    let path = dir.join("examples").join(name);
+    ensure!(
+        path.exists(),
+        "{} is not built (cargo test builds examples)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Runs an example to its end (bounded) and returns its stdout.
+async fn run(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let child = tokio::process::Command::new(example(name)?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output()).await??;
+    ensure!(
+        out.status.success(),
+        "{name} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+async fn pool_mean() -> TestResult {
+    let out = run("pool_mean").await?;
+    ensure!(out == "[4.5, 24.5, 54.5, 84.5]\n", "printed {out:?}");
+    Ok(())
+}
+
+async fn pool_cube() -> TestResult {
+    let out = run("pool_cube").await?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines.iter().filter(|l| **l == "Hi").count() == 10,
+        "ten Hi: {out}"
+    );
+    ensure!(
+        lines.last() == Some(&"[0, 1, 8, 27, 64, 125, 216, 343, 512, 729]"),
+        "cubes: {out}"
+    );
+    Ok(())
+}
+
+async fn pool_getpid() -> TestResult {
+    let out = run("pool_getpid").await?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(lines.len() == 6, "{out}");
+    let list = lines[5].trim_start_matches('[').trim_end_matches(']');
+    let pids: Vec<u32> = list
+        .split(", ")
+        .map(|p| p.parse::<u32>())
+        .collect::<Result<_, _>>()?;
+    ensure!(pids.len() == 5, "{out}");
+    for (n, pid) in pids.iter().enumerate() {
+        let line = format!("i am number {n} in process {pid}");
+        ensure!(
+            lines[..5].contains(&line.as_str()),
+            "missing {line:?} in {out}"
+        );
+    }
+    ensure!(
+        pids.iter().collect::<HashSet<_>>().len() <= 3,
+        "at most 3 workers: {out}"
+    );
+    Ok(())
+}
+
+async fn pool_methods() -> TestResult {
+    let out = run("pool_methods").await?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines.iter().filter(|l| **l == "pool init").count() == 5,
+        "init x5: {out}"
+    );
+    ensure!(
+        lines.contains(&"Starmap: [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]"),
+        "starmap: {out}"
+    );
+    let unordered: HashSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("Unordered: "))
+        .collect();
+    let want: HashSet<String> = (0..10).map(|i| format!("({i}, {i})")).collect();
+    ensure!(
+        unordered.len() == 10 && want.iter().all(|w| unordered.contains(w.as_str())),
+        "unordered: {out}"
+    );
+    ensure!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("worker in process"))
+            .count()
+            == 5,
+        "apply_async x5: {out}"
+    );
+    Ok(())
+}
+
+fn fib(n: u32) -> u64 {
+    let (mut a, mut b) = (0u64, 1u64);
+    for _ in 0..n {
+        (a, b) = (b, a + b);
+    }
+    a
+}
+
+async fn get(addr: &str, path: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await?;
+    ensure!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+    let body = resp.split("\r\n\r\n").nth(1).ok_or("no body")?;
+    Ok(body.to_string())
+}
+
+async fn axum_offload() -> TestResult {
+    let mut server = tokio::process::Command::new(example("axum_offload")?)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = server.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await??;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    let server_pid = get(&addr, "/pid").await?.trim().parse::<u32>()?;
+    let mut reqs = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let addr = addr.clone();
+        reqs.spawn(async move {
+            let n = 15 + i % 15;
+            let body = get(&addr, &format!("/fib/{n}")).await?;
+            ensure!(
+                body == format!("fib({n}) = {}\n", fib(n)),
+                "request {i}: {body:?}"
+            );
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = reqs.join_next().await {
+        r??;
+        ok += 1;
+    }
+    ensure!(ok == 200, "{ok} answers");
+    let workers = support::live_children_of(server_pid);
+    server.kill().await?;
+    let gone = support::eventually(Duration::from_secs(10), || {
+        workers.iter().all(|w| !support::exists(*w))
+    })
+    .await;
+    ensure!(gone, "the server's workers died with it");
+    Ok(())
+}
+
+fn main() {
+    tokio_multiprocessing::init();
+    support::run(vec![
+        test("pool_mean", pool_mean),
+        test("pool_cube", pool_cube),
+        test("pool_getpid", pool_getpid),
+        test("pool_methods", pool_methods),
+        test("axum_offload", axum_offload),
+    ]);
+}
