@@ -132,6 +132,12 @@ async fn pipe_list() -> TestResult {
     Ok(())
 }
 
+async fn queue_list() -> TestResult {
+    let out = output_of("queue_list").await?;
+    ensure!(out == "[42, None, 'hello']\n", "output: {out:?}");
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     run(vec![
@@ -142,5 +148,6 @@ fn main() {
         test("pipe_eof", pipe_eof),
         test("queue_multiply", queue_multiply),
         test("pipe_list", pipe_list),
+        test("queue_list", queue_list),
     ])
 }
