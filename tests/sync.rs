@@ -12,8 +12,8 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Trial};
 use support::{TestResult, eventually, open_fds, test};
 use tokio_multiprocessing::{
-    Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Process, RLock, RawArray,
-    RawValue, Semaphore, SharedMemory, StartMethod, Value,
+    Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Pool, Process, RLock,
+    RawArray, RawValue, Semaphore, SharedMemory, StartMethod, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -1074,12 +1074,67 @@ async fn example_race_lock() -> TestResult {
     Ok(())
 }
 
+/// A pool initializer: counts the workers that started, in shared memory.
+async fn count_worker(started: Value<u32>) -> tokio_multiprocessing::Result<()> {
+    started.lock().await?.update(|n| n + 1);
+    Ok(())
+}
+
+/// A pool task: adds under the value's lock, then sets the event once the total is reached.
+async fn add_and_signal(total: Value<u64>, done: Event, amount: u64, goal: u64) -> u64 {
+    let now = {
+        let Ok(mut g) = total.lock().await else {
+            return u64::MAX;
+        };
+        g.update(|t| t + amount)
+    };
+    if now == goal {
+        done.set();
+    }
+    now
+}
+
+async fn primitives_as_pool_arguments() -> TestResult {
+    let started = Value::new(0u32)?;
+    let total = Value::new(0u64)?;
+    let done = Event::new()?;
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(count_worker, (started.clone(),))
+        .build()
+        .await?;
+    let goal: u64 = (1..=40).sum();
+    let mut calls = Vec::new();
+    for i in 1..=40u64 {
+        calls.push(pool.apply_async(add_and_signal, (total.clone(), done.clone(), i, goal)));
+    }
+    for c in calls {
+        ensure!(
+            c.await? != u64::MAX,
+            "a task could not take the value's lock"
+        );
+    }
+    ensure!(
+        done.wait_timeout(LONG).await?,
+        "the event set in a worker was not seen here"
+    );
+    ensure!(total.get().await? == goal, "total {}", total.get().await?);
+    ensure!(
+        started.get().await? == 2,
+        "initializer ran in {} workers",
+        started.get().await?
+    );
+    pool.terminate().await?;
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
     args.test_threads.get_or_insert(1);
     let trials: Vec<Trial> = vec![
         test("lock_basics", lock_basics),
+        test("primitives_as_pool_arguments", primitives_as_pool_arguments),
         test(
             "lock_excludes_across_processes",
             lock_excludes_across_processes,
