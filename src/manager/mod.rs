@@ -169,6 +169,10 @@ impl Manager {
     ///
     /// # Errors
     /// Those of [`ProcessBuilder::start`](crate::ProcessBuilder::start).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a start dropped midway may leave a server process that exits when it
+    /// finds its parent gone.
     pub async fn start() -> Result<Manager> {
         Manager::start_with(crate::get_start_method()).await
     }
@@ -177,6 +181,10 @@ impl Manager {
     ///
     /// # Errors
     /// Those of [`ProcessBuilder::start`](crate::ProcessBuilder::start).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a start dropped midway may leave a server process that exits when it
+    /// finds its parent gone.
     pub async fn start_with(method: StartMethod) -> Result<Manager> {
         let (ours, theirs) = sys::socketpair_seqpacket()?;
         let server = Process::new(server::serve, (Fd::from(theirs),))
@@ -254,6 +262,10 @@ impl Manager {
     ///
     /// # Errors
     /// An I/O error from signalling or waiting.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the server has been sent SIGTERM before the wait begins, and is reaped
+    /// when it exits even if the wait is dropped.
     pub async fn shutdown(mut self) -> Result<()> {
         self.server.terminate()?;
         self.server.join().await?;
@@ -372,6 +384,10 @@ where
     ///
     /// # Errors
     /// [`Error::Encode`], [`Error::Decode`], or [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
         self.item(DictOp::Insert(encode(&key)?, encode(&value)?))
             .await
@@ -381,6 +397,10 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
         self.item(DictOp::Get(encode(key)?)).await
     }
@@ -389,6 +409,10 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
         self.item(DictOp::Remove(encode(key)?)).await
     }
@@ -397,6 +421,10 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn contains_key(&self, key: &K) -> Result<bool> {
         match self.op(DictOp::Contains(encode(key)?)).await? {
             Reply::Bool(b) => Ok(b),
@@ -408,6 +436,10 @@ where
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn len(&self) -> Result<usize> {
         match self.op(DictOp::Len).await? {
             Reply::Len(n) => Ok(n as usize),
@@ -419,6 +451,10 @@ where
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
@@ -427,6 +463,10 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn items(&self) -> Result<Vec<(K, V)>> {
         match self.op(DictOp::Items).await? {
             Reply::Pairs(pairs) => pairs
@@ -441,6 +481,10 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn keys(&self) -> Result<Vec<K>> {
         Ok(self.items().await?.into_iter().map(|(k, _)| k).collect())
     }
@@ -449,6 +493,10 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn values(&self) -> Result<Vec<V>> {
         Ok(self.items().await?.into_iter().map(|(_, v)| v).collect())
     }
@@ -457,6 +505,10 @@ where
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn clear(&self) -> Result<()> {
         self.op(DictOp::Clear).await.map(drop)
     }
@@ -493,6 +545,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// [`Error::Encode`], or [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn append(&self, value: T) -> Result<()> {
         self.done(ListOp::Append(encode(&value)?)).await
     }
@@ -501,6 +557,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn extend(&self, values: impl IntoIterator<Item = T>) -> Result<()> {
         let values = values
             .into_iter()
@@ -513,6 +573,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// [`Error::Decode`], or [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn get(&self, index: i64) -> Result<Option<T>> {
         self.item(ListOp::Get(index)).await
     }
@@ -522,6 +586,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// # Errors
     /// [`Error::Manager`] if `index` is out of range (Python's `IndexError`); as
     /// [`append`](Self::append) otherwise.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn set(&self, index: i64, value: T) -> Result<()> {
         self.done(ListOp::Set(index, encode(&value)?)).await
     }
@@ -530,6 +598,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn insert(&self, index: i64, value: T) -> Result<()> {
         self.done(ListOp::Insert(index, encode(&value)?)).await
     }
@@ -538,6 +610,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn pop(&self, index: i64) -> Result<Option<T>> {
         self.item(ListOp::Pop(index)).await
     }
@@ -546,6 +622,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn len(&self) -> Result<usize> {
         match self.op(ListOp::Len).await? {
             Reply::Len(n) => Ok(n as usize),
@@ -557,6 +637,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
@@ -565,6 +649,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn reverse(&self) -> Result<()> {
         self.done(ListOp::Reverse).await
     }
@@ -573,6 +661,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn clear(&self) -> Result<()> {
         self.done(ListOp::Clear).await
     }
@@ -581,6 +673,10 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     ///
     /// # Errors
     /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn to_vec(&self) -> Result<Vec<T>> {
         match self.op(ListOp::Items).await? {
             Reply::Items(items) => items.into_iter().map(decode).collect(),
@@ -601,6 +697,10 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     ///
     /// # Errors
     /// [`Error::Decode`], or [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn get(&self) -> Result<T> {
         match self
             .0
@@ -617,6 +717,10 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     ///
     /// # Errors
     /// [`Error::Encode`], or [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn set(&self, value: T) -> Result<()> {
         let op = ValueOp::Set(encode(&value)?);
         match self.0.link.call(Request::Value(self.0.id, op)).await? {
