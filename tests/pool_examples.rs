@@ -189,9 +189,37 @@ async fn axum_offload() -> TestResult {
     Ok(())
 }
 
+async fn tour() -> TestResult {
+    let out = run("tour").await?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(lines.len() == 7, "seven lines: {out}");
+    ensure!(
+        lines[1].starts_with("primes below 50k..80k: [5133, 6057, 6935, 7837]"),
+        "map: {out}"
+    );
+    ensure!(
+        lines[2] == "apply_async: 1229 and 2262",
+        "apply_async: {out}"
+    );
+    ensure!(
+        lines[3].starts_with("crashed task: worker process ") && lines[3].contains("SIGABRT"),
+        "crash: {out}"
+    );
+    ensure!(
+        lines[4] == "after the crash: 100 more tasks ran, all 168",
+        "recovery: {out}"
+    );
+    ensure!(
+        lines[5] == "from the producer process: [1, 4, 9, 16, 25], exit code 0",
+        "queue: {out}"
+    );
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     support::run(vec![
+        test("tour", tour),
         test("pool_mean", pool_mean),
         test("pool_cube", pool_cube),
         test("pool_getpid", pool_getpid),
