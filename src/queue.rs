@@ -652,7 +652,7 @@ impl<T> Queue<T> {
     fn recycled(&self) -> Option<OwnedFd> {
         let mut byte = [0u8; 1];
         let mut fds = VecDeque::new();
-        match sys::recv_packet(self.inner.ret_rx.as_fd(), &mut byte, &mut fds) {
+        match sys::recv_with_fds(self.inner.ret_rx.as_fd(), &mut byte, &mut fds) {
             Ok(_) => fds.pop_front(),
             Err(_) => None,
         }
@@ -682,7 +682,7 @@ impl<T> Queue<T> {
         }
         let mut fds = VecDeque::new();
         loop {
-            match sys::recv_packet(self.inner.rx.as_fd(), buf, &mut fds) {
+            match sys::recv_with_fds(self.inner.rx.as_fd(), buf, &mut fds) {
                 Ok(n) => return Ok((n, fds)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

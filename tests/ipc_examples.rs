@@ -6,56 +6,23 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use support::{TestResult, run, test};
-
-/// The example's binary, beside this test's own `deps` directory.
-fn example(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or("no target directory")?;
-    let path = dir.join("examples").join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!("{} is not built", path.display()))
-    }
-}
-
-/// Runs an example (at most 30 s) and returns its standard output; it must exit with 0.
-async fn output_of(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let mut cmd = tokio::process::Command::new(example(name)?);
-    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .map_err(|_| format!("{name} did not finish within 30 s"))??;
-    ensure!(
-        out.status.success(),
-        "{name} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
+use support::{TestResult, run, run_example, test};
 
 async fn queue_hello() -> TestResult {
-    let out = output_of("queue_hello").await?;
+    let out = run_example("queue_hello").await?;
     ensure!(out == "hello world!\nhello world\n", "output: {out:?}");
     Ok(())
 }
 
 async fn pipe_hello() -> TestResult {
-    let out = output_of("pipe_hello").await?;
+    let out = run_example("pipe_hello").await?;
     ensure!(out == "hello world\n", "output: {out:?}");
     Ok(())
 }
 
 async fn queue_square_negative() -> TestResult {
-    let out = output_of("queue_square_negative").await?;
+    let out = run_example("queue_square_negative").await?;
     let lines: Vec<&str> = out.lines().collect();
     ensure!(lines.last() == Some(&"end main"), "output: {out:?}");
     let got: BTreeSet<i64> = lines[..lines.len() - 1]
@@ -71,7 +38,7 @@ async fn queue_square_negative() -> TestResult {
 }
 
 async fn queue_producers() -> TestResult {
-    let out = output_of("queue_producers").await?;
+    let out = run_example("queue_producers").await?;
     let lines: Vec<&str> = out.lines().collect();
     for i in 0..10 {
         let done = format!("send{i}: put complete");
@@ -103,7 +70,7 @@ async fn queue_producers() -> TestResult {
 }
 
 async fn pipe_eof() -> TestResult {
-    let out = output_of("pipe_eof").await?;
+    let out = run_example("pipe_eof").await?;
     let lines: Vec<&str> = out.lines().collect();
     let recv: Vec<String> = lines
         .iter()
@@ -121,19 +88,19 @@ async fn pipe_eof() -> TestResult {
 }
 
 async fn queue_multiply() -> TestResult {
-    let out = output_of("queue_multiply").await?;
+    let out = run_example("queue_multiply").await?;
     ensure!(out == "20\n16\nok\n", "output: {out:?}");
     Ok(())
 }
 
 async fn pipe_list() -> TestResult {
-    let out = output_of("pipe_list").await?;
+    let out = run_example("pipe_list").await?;
     ensure!(out == "[42, None, 'hello']\n", "output: {out:?}");
     Ok(())
 }
 
 async fn queue_list() -> TestResult {
-    let out = output_of("queue_list").await?;
+    let out = run_example("queue_list").await?;
     ensure!(out == "[42, None, 'hello']\n", "output: {out:?}");
     Ok(())
 }

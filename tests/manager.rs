@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{TestResult, test};
+use support::{TestResult, run_example, test};
 use tokio_multiprocessing::{
     self as mp, DictProxy, Error, ListProxy, Manager, Process, StartMethod, ValueProxy,
 };
@@ -268,32 +268,6 @@ async fn values_holding_descriptors_are_refused() -> TestResult {
     let r = m.value(mp::Fd::from(std::os::fd::OwnedFd::from(a))).await;
     ensure!(matches!(r, Err(Error::Encode { .. })), "{r:?}");
     Ok(())
-}
-
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.to_path_buf())
-        .unwrap_or_default();
-    dir.join("examples").join(name)
-}
-
-async fn run_example(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(example(name))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    ensure!(
-        out.status.success(),
-        "{name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 async fn example_manager_dict_list_value() -> TestResult {

@@ -5,54 +5,20 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{TestResult, test};
+use support::{TestResult, example, run_example, test};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// target/<profile>/examples/<name>: this test runs from target/<profile>/deps.
-fn example(name: &str) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .ok_or("no target directory above the test binary")?;
-    let path = dir.join("examples").join(name);
-    ensure!(
-        path.exists(),
-        "{} is not built (cargo test builds examples)",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// Runs an example to its end (bounded) and returns its stdout.
-async fn run(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let child = tokio::process::Command::new(example(name)?)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output()).await??;
-    ensure!(
-        out.status.success(),
-        "{name} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 async fn pool_mean() -> TestResult {
-    let out = run("pool_mean").await?;
+    let out = run_example("pool_mean").await?;
     ensure!(out == "[4.5, 24.5, 54.5, 84.5]\n", "printed {out:?}");
     Ok(())
 }
 
 async fn pool_cube() -> TestResult {
-    let out = run("pool_cube").await?;
+    let out = run_example("pool_cube").await?;
     let lines: Vec<&str> = out.lines().collect();
     ensure!(
         lines.iter().filter(|l| **l == "Hi").count() == 10,
@@ -66,7 +32,7 @@ async fn pool_cube() -> TestResult {
 }
 
 async fn pool_getpid() -> TestResult {
-    let out = run("pool_getpid").await?;
+    let out = run_example("pool_getpid").await?;
     let lines: Vec<&str> = out.lines().collect();
     ensure!(lines.len() == 6, "{out}");
     let list = lines[5].trim_start_matches('[').trim_end_matches(']');
@@ -90,7 +56,7 @@ async fn pool_getpid() -> TestResult {
 }
 
 async fn pool_methods() -> TestResult {
-    let out = run("pool_methods").await?;
+    let out = run_example("pool_methods").await?;
     let lines: Vec<&str> = out.lines().collect();
     ensure!(
         lines.iter().filter(|l| **l == "pool init").count() == 5,
@@ -190,7 +156,7 @@ async fn axum_offload() -> TestResult {
 }
 
 async fn tour() -> TestResult {
-    let out = run("tour").await?;
+    let out = run_example("tour").await?;
     let lines: Vec<&str> = out.lines().collect();
     ensure!(lines.len() == 7, "seven lines: {out}");
     ensure!(

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use support::{TestResult, test};
+use support::{TestResult, run_example, test};
 use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
@@ -922,32 +922,6 @@ fn helper(mode: &str) -> ! {
 }
 
 // ---------------------------------------------------------------- examples
-
-fn example_path(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.to_path_buf())
-        .unwrap_or_default();
-    dir.join("examples").join(name)
-}
-
-async fn run_example(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(example_path(name))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    ensure!(
-        out.status.success(),
-        "{name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 async fn example_process_hello() -> TestResult {
     let out = run_example("process_hello").await?;

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Trial};
-use support::{TestResult, eventually, open_fds, test};
+use support::{TestResult, eventually, open_fds, run_example, test};
 use tokio_multiprocessing::{
     Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Pool, Process, RLock,
     RawArray, RawValue, Semaphore, SharedMemory, StartMethod, Value,
@@ -221,26 +221,6 @@ fn shm_exists(name: &str) -> bool {
 
 fn unique(tag: &str) -> String {
     format!("tmp-sync-{tag}-{}", std::process::id())
-}
-
-/// Runs an example binary built by `cargo test` and returns its stdout.
-async fn run_example(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .ok_or("no target directory")?;
-    let path = dir.join("examples").join(name);
-    let out = tokio::time::timeout(LONG, tokio::process::Command::new(&path).output())
-        .await
-        .map_err(|_| format!("{name} did not finish"))??;
-    ensure!(
-        out.status.success(),
-        "{name} failed: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 // ---- Lock ----------------------------------------------------------------------------------

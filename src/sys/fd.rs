@@ -69,7 +69,9 @@ pub(crate) fn send_with_fds(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> i
 
 /// Receives into `buf`; descriptors that arrive are appended to `fds`, close-on-exec.
 ///
-/// Returns the number of bytes read, 0 at end of stream.
+/// Returns the number of bytes read, 0 at end of stream. On a packet socket it receives one
+/// packet; a packet longer than `buf`, or whose descriptors did not all fit, is an error (its
+/// excess is lost, so the caller must treat it as a protocol breach).
 pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -84,6 +86,8 @@ pub(crate) fn recv_with_fds(
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
     let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    // Only a datagram or packet socket truncates data: the rest of the packet is lost.
+    let data_truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(raw) = c {
             for r in raw {
@@ -96,6 +100,12 @@ pub(crate) fn recv_with_fds(
     if truncated {
         return Err(io::Error::other(
             "descriptors sent with a message were dropped by the kernel (control data truncated)",
+        ));
+    }
+    if data_truncated {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a packet was larger than announced and has been truncated",
         ));
     }
     Ok(msg.bytes)

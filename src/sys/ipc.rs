@@ -1,17 +1,13 @@
 //! Descriptors for messaging between processes: packet sockets, eventfd counters, memfd
 //! spill files, and random bytes.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, Shutdown, recvmsg, setsockopt, shutdown, sockopt,
-};
+use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
 
 use super::cvt;
-use super::fd::MAX_FDS_PER_MESSAGE;
 
 /// Asks for a send buffer of `bytes`: beyond the administrator's limit when the process may
 /// (`SO_SNDBUFFORCE`, root), else up to it (`SO_SNDBUF`, capped by `net.core.wmem_max`).
@@ -35,42 +31,6 @@ pub(crate) fn shutdown_socket(fd: BorrowedFd<'_>, read: bool, write: bool) -> io
         (false, false) => return Ok(()),
     };
     Ok(shutdown(fd.as_raw_fd(), how)?)
-}
-
-/// Receives one packet into `buf`, descriptors appended to `fds` (close-on-exec).
-///
-/// Returns the packet's length; a packet longer than `buf` or whose descriptors did not all
-/// fit is an error (its excess is lost, so the caller must treat it as a protocol breach).
-/// 0 bytes means end of stream (packets are never empty).
-pub(crate) fn recv_packet(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut VecDeque<OwnedFd>,
-) -> io::Result<usize> {
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                // SAFETY: the kernel installed `r` in our table for this message; nothing
-                // else knows of it yet, so we are its only owner.
-                fds.push_back(unsafe { OwnedFd::from_raw_fd(r) });
-            }
-        }
-    }
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "a packet was larger than announced and has been truncated",
-        ));
-    }
-    Ok(msg.bytes)
 }
 
 /// The largest spill file worth handing back for reuse.

@@ -24,8 +24,7 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
-    RECYCLE_MAX, SpillView, file_size, fill_random, grow_send_buffer, recv_packet, shutdown_socket,
-    spill_memfd,
+    RECYCLE_MAX, SpillView, file_size, fill_random, grow_send_buffer, shutdown_socket, spill_memfd,
 };
 pub(crate) use pid::cached_pid;
 pub(crate) use proc::{

@@ -107,3 +107,37 @@ macro_rules! ensure {
         }
     };
 }
+
+/// The binary of example `name`, which `cargo test` builds beside the test binaries.
+pub fn example(name: &str) -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or("no target directory")?;
+    let path = dir.join("examples").join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} is not built", path.display()))
+    }
+}
+
+/// Runs example `name` (at most 40 s, stdin from `/dev/null`) and returns its standard output;
+/// it must exit with 0.
+pub async fn run_example(name: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let mut cmd = tokio::process::Command::new(example(name)?);
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(40), cmd.output())
+        .await
+        .map_err(|_| format!("{name} did not finish within 40 s"))??;
+    if !out.status.success() {
+        return Err(format!(
+            "{name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
