@@ -22,13 +22,12 @@
 //! also open to the layer above, for its wait flags and counters.
 
 use std::io;
-use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+use super::shm::SharedRegion;
 
 /// Bytes of one slot: sequence word, length word, data.
 pub(crate) const SLOT_BYTES: usize = 128;
@@ -58,17 +57,10 @@ pub(crate) enum Popped {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct ShmRing {
-    fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
+    /// The mapping (its descriptor, address and length, unmapped on drop).
+    region: SharedRegion,
     capacity: u64,
 }
-
-// SAFETY: the mapping is shared memory accessed only through atomics and through byte copies
-// guarded by the slot protocol; it lives until `drop`, which needs `&mut self`.
-unsafe impl Send for ShmRing {}
-// SAFETY: as above.
-unsafe impl Sync for ShmRing {}
 
 fn bytes_for(capacity: u64) -> Option<usize> {
     usize::try_from(capacity)
@@ -111,31 +103,15 @@ impl ShmRing {
     }
 
     fn map(fd: OwnedFd, len: usize, capacity: u64) -> io::Result<ShmRing> {
-        let nz = NonZeroUsize::new(len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty ring"))?;
-        // SAFETY: a fresh shared mapping of a file of exactly `len` bytes (made so, or
-        // measured, by the caller); it aliases no Rust object and is unmapped only in `drop`.
-        let ptr = unsafe {
-            mmap(
-                None,
-                nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                &fd,
-                0,
-            )
-        }?;
         Ok(ShmRing {
-            fd,
-            ptr: ptr.cast(),
-            len,
+            region: SharedRegion::map(fd, len)?,
             capacity,
         })
     }
 
     /// The descriptor, to send to another process.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.region.fd()
     }
 
     /// The number of slots.
@@ -149,18 +125,18 @@ impl ShmRing {
         // SAFETY: the header is the first HEADER_BYTES of a page-aligned mapping that lives
         // as long as `self`; word `i` is in it (checked above) and 8-byte aligned. Every
         // process touches header words only atomically.
-        unsafe { &*self.ptr.as_ptr().cast::<AtomicU64>().add(i) }
+        unsafe { &*self.region.base().as_ptr().cast::<AtomicU64>().add(i) }
     }
 
     fn slot(&self, pos: u64) -> (&AtomicU64, &AtomicU64, *mut u8, u64) {
         let index = pos % self.capacity;
         let off = HEADER_BYTES + index as usize * SLOT_BYTES;
-        debug_assert!(off + SLOT_BYTES <= self.len);
+        debug_assert!(off + SLOT_BYTES <= self.region.len());
         // SAFETY: `index < capacity`, so the slot lies inside the mapping (whose length is
         // HEADER_BYTES + capacity * SLOT_BYTES); slots are 128-byte aligned; the two control
         // words are only ever accessed atomically.
         unsafe {
-            let base = self.ptr.as_ptr().add(off);
+            let base = self.region.base().as_ptr().add(off);
             (
                 &*base.cast::<AtomicU64>(),
                 &*base.add(8).cast::<AtomicU64>(),
@@ -258,14 +234,6 @@ impl ShmRing {
                 pos = deq.load(Ordering::Relaxed);
             }
         }
-    }
-}
-
-impl Drop for ShmRing {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this address and length, and no
-        // reference into it outlives `self` (every accessor borrows `self`).
-        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
     }
 }
 

@@ -97,7 +97,8 @@ impl SharedRegion {
         SharedRegion::map(fd, len)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
+    /// Maps `len` bytes of `fd`, which the caller made (or measured) to be that long.
+    pub(super) fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
         let nz = NonZeroUsize::new(len).ok_or_else(|| invalid("a shared segment of 0 bytes"))?;
         // SAFETY: a fresh mapping chosen by the kernel (no address hint, so nothing of ours
         // is replaced), shared, of a descriptor we own; the pointer is kept with its length
@@ -127,6 +128,12 @@ impl SharedRegion {
     /// The descriptor behind the mapping (to pass the segment to another process).
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The start of the mapping, page-aligned, valid for [`len`](Self::len) bytes as long as
+    /// `self` lives; for layouts in `sys` that manage their own access protocol.
+    pub(super) fn base(&self) -> NonNull<u8> {
+        self.ptr
     }
 
     fn check<T>(&self, offset: usize) {
