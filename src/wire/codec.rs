@@ -81,19 +81,14 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(
     Ok((decode_exact(&bytes[..used], fds)?, used))
 }
 
-/// Decodes `bytes`, which must hold exactly one `T`.
+/// Decodes one `T` from `bytes`, the whole body of a frame (or a part already measured).
+///
+/// Bytes after the value are not looked at: a frame's length prefix delimits it, so they
+/// cannot put a stream out of step, and scanning every body twice would cost a pass over
+/// each large message. Malformed or truncated MessagePack is an error, never a panic or an
+/// allocation of a claimed length (rmp-serde checks every length against the bytes at hand).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
-    match value_len(bytes) {
-        Some(n) if n == bytes.len() => decode_exact(bytes, fds),
-        Some(n) => Err(Error::Decode {
-            type_name: type_name::<T>(),
-            message: format!("{} bytes left over after the value", bytes.len() - n),
-        }),
-        None => Err(Error::Decode {
-            type_name: type_name::<T>(),
-            message: "truncated or malformed MessagePack".into(),
-        }),
-    }
+    decode_exact(bytes, fds)
 }
 
 fn decode_exact<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
