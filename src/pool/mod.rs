@@ -592,22 +592,12 @@ impl Pool {
         I: IntoIterator<Item = T>,
     {
         let _ = f;
-        let items: Vec<T> = iterable.into_iter().collect();
-        let len = items.len();
-        let encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send> =
-            Box::new(move |from, to| Encoded::new(&items[from..to]));
-        Map {
-            pool: self,
-            _result: std::marker::PhantomData,
-            len,
-            encode,
-            entry: (
-                chunk_entry1::<F, T, M>(),
-                F::IS_ASYNC,
-                type_name::<Vec<T>>(),
-            ),
-            chunksize: None,
-        }
+        let entry = (
+            chunk_entry1::<F, T, M>(),
+            F::IS_ASYNC,
+            type_name::<Vec<T>>(),
+        );
+        self.map_items(iterable.into_iter().collect(), entry)
     }
 
     /// [`map`](Self::map) submitted now, with the default chunk size (Python's
@@ -632,16 +622,23 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = iterable.into_iter().collect();
+        let entry = (chunk_entry::<F, A, M>(), F::IS_ASYNC, type_name::<Vec<A>>());
+        self.map_items(iterable.into_iter().collect(), entry)
+    }
+
+    /// A [`Map`] over `items`, each chunk of which is encoded (a slice of `items`) when it is
+    /// sent and run by `entry` in a worker.
+    fn map_items<T, R>(&self, items: Vec<T>, entry: ChunkEntry) -> Map<'_, R>
+    where
+        T: Serialize + Send + 'static,
+    {
         let len = items.len();
-        let encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send> =
-            Box::new(move |from, to| Encoded::new(&items[from..to]));
         Map {
             pool: self,
             _result: std::marker::PhantomData,
             len,
-            encode,
-            entry: (chunk_entry::<F, A, M>(), F::IS_ASYNC, type_name::<Vec<A>>()),
+            encode: Box::new(move |from, to| Encoded::new(&items[from..to])),
+            entry,
             chunksize: None,
         }
     }
