@@ -955,6 +955,33 @@ async fn sync_task_does_not_block_async_tasks() -> TestResult {
     Ok(())
 }
 
+// A finished task's answer is not held back while its worker runs the next task, which may
+// be long: here the next one blocks until the test has seen the first answer.
+async fn answer_not_held_behind_the_next_task() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let (first, second) = (tmp_path("hold-first"), tmp_path("hold-second"));
+    let gate = pool.apply_async(wait_for_file, (first.clone(),));
+    // Queued behind the gate, and sent ahead to the worker while it waits.
+    let quick = pool.apply_async(sqr, (7,));
+    let long = pool.apply_async(block_until_file, (second.clone(),));
+    let rest: Vec<_> = (0..50).map(|i| pool.apply_async(sqr, (i,))).collect();
+    std::fs::write(&first, "go")?;
+    let got = tokio::time::timeout(Duration::from_secs(20), quick).await;
+    std::fs::write(&second, "go")?;
+    ensure!(
+        matches!(got, Ok(Ok(49))),
+        "the answer waited for the next task: {got:?}"
+    );
+    gate.await?;
+    ensure!(long.await?, "the long task saw its file");
+    let v = futures::future::try_join_all(rest).await?;
+    ensure!(v == (0..50).map(|x| x * x).collect::<Vec<_>>(), "{v:?}");
+    for p in [first, second] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
 // test_make_pool: a pool of 0 processes is an error.
 async fn zero_processes() -> TestResult {
     let e = Pool::builder().processes(0).build().await;
@@ -1045,6 +1072,10 @@ fn main() {
                 initializer_with_large_arguments,
             ),
             test("zero_processes", zero_processes),
+            test(
+                "answer_not_held_behind_the_next_task",
+                answer_not_held_behind_the_next_task,
+            ),
             test("forkserver_workers", forkserver_workers),
         ],
     );

@@ -69,4 +69,7 @@ pub(super) enum Status {
 pub(super) struct Reply {
     pub(super) id: u64,
     pub(super) status: Status,
+    /// How long the worker spent on a synchronous task, decoding and encoding included, in
+    /// nanoseconds (0 for other answers): the pool sizes its prefetch by it.
+    pub(super) nanos: u64,
 }

@@ -29,8 +29,16 @@ use crate::wire::frame::Frame;
 use crate::wire::{Encoded, FrameBuf, FrameReader, FrameWriter};
 
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
-/// trip.
-pub(super) const PREFETCH: usize = 8;
+/// trip; the pool holds fewer when its tasks are long (see [`Scheduler::prefetch`]).
+pub(super) const MAX_PREFETCH: usize = 256;
+
+/// The prefetch before any task has been timed.
+const FIRST_PREFETCH: usize = 8;
+
+/// How much work, by the mean run time of the pool's tasks, a worker may hold beyond the
+/// task it runs: the most a task waits behind others in a worker while another worker may be
+/// idle.
+const PREFETCH_BUDGET_NANOS: f64 = 1e6;
 
 /// A worker's answer as it reaches the caller: its status and the rest of the frame.
 pub(super) type Outcome = Result<(Status, Frame)>;
@@ -74,6 +82,8 @@ pub(super) enum Event {
     Reply {
         wid: u64,
         id: u64,
+        /// The worker's run time of a synchronous task (0 for other answers).
+        nanos: u64,
     },
     Exited {
         wid: u64,
@@ -134,6 +144,8 @@ pub(super) struct Scheduler {
     start_failures: usize,
     waiters: Vec<oneshot::Sender<()>>,
     replies: Replies,
+    /// The mean run time of the synchronous tasks answered lately, in nanoseconds.
+    mean_nanos: Option<f64>,
 }
 
 /// A copy of an error kept by the scheduler, for each task it fails.
@@ -185,6 +197,7 @@ impl Scheduler {
             start_failures: 0,
             waiters: Vec::new(),
             replies: Arc::new(Mutex::new(HashMap::new())),
+            mean_nanos: None,
         };
         for w in workers {
             s.add_worker(w);
@@ -379,7 +392,11 @@ impl Scheduler {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Reply { wid, id } => {
+            Event::Reply { wid, id, nanos } => {
+                if nanos > 0 {
+                    let n = nanos as f64;
+                    self.mean_nanos = Some(self.mean_nanos.map_or(n, |m| m + (n - m) / 8.0));
+                }
                 if let Some(slot) = self.workers.get_mut(&wid) {
                     if let Some(p) = slot.sync.iter().position(|&x| x == id) {
                         slot.sync.remove(p);
@@ -522,17 +539,28 @@ impl Scheduler {
         }
     }
 
-    /// The least loaded worker with room for a task of this kind.
-    ///
-    /// A worker holds at most one running synchronous task plus a prefetch that grows with
-    /// the backlog (up to [`PREFETCH`]): deep when many tasks wait, so that short tasks
-    /// stream, shallow when few do, so that a long task holds few others up behind it.
+    /// How many synchronous tasks a worker may hold beyond the one it runs: enough to hide
+    /// the round trip when tasks are short, few when they are long (the mean run time times
+    /// the prefetch stays within [`PREFETCH_BUDGET_NANOS`]), and no more than a fair share of
+    /// the backlog, so that a long task holds few others up behind it.
+    fn prefetch(&self) -> usize {
+        let by_time = match self.mean_nanos {
+            None => FIRST_PREFETCH,
+            Some(m) => (PREFETCH_BUDGET_NANOS / m.max(1.0)) as usize,
+        };
+        by_time
+            .min(MAX_PREFETCH)
+            .min(self.queue.len() / self.workers.len().max(1))
+            .max(1)
+    }
+
+    /// The least loaded worker with room for a task of this kind: for a synchronous task,
+    /// one it runs plus [`prefetch`](Self::prefetch) waiting; for an `async fn` task, the
+    /// pool's per-worker concurrency.
     fn pick(&self, is_async: bool) -> Option<u64> {
         let max = self.cfg.maxtasksperchild;
         let conc = self.cfg.concurrency;
-        let prefetch = PREFETCH
-            .min(self.queue.len() / self.workers.len().max(1))
-            .max(1);
+        let prefetch = self.prefetch();
         self.workers
             .iter()
             .filter(|(_, s)| !s.draining && max.is_none_or(|m| s.sent < m))
@@ -679,11 +707,11 @@ async fn read_worker(
 ) {
     let forward = |mut frame: Frame| -> bool {
         match frame.decode_head::<Reply>() {
-            Ok(Reply { id, status }) => {
+            Ok(Reply { id, status, nanos }) => {
                 if let Some(tx) = take_reply(&replies, id) {
                     let _ = tx.send(Ok((status, frame)));
                 }
-                events.send(Event::Reply { wid, id }).is_ok()
+                events.send(Event::Reply { wid, id, nanos }).is_ok()
             }
             Err(e) => {
                 tracing::warn!("pool worker sent a malformed answer: {e}");

@@ -14,10 +14,21 @@
 //!   turn (the pool sends a few ahead) can be cancelled. An async task that arrives
 //!   while a synchronous one runs on the runtime's thread starts when that one ends: the
 //!   pool sends async tasks to workers that hold no synchronous ones when it can.
+//!
+//! # How a worker answers
+//!
+//! Answers to short synchronous tasks go out together, one write for many, while more of
+//! them follow, for at most [`MAX_HOLD`]; they go out before a task that may be long (one
+//! whose function has not run here yet, or has lately taken [`SHORT_TASK_NANOS`] or more on
+//! average). So only a function whose calls are mostly short but sometimes long can make
+//! the answers before one of its long calls (up to [`MAX_BATCH`] of them) wait for it. Each
+//! answer says how long its task ran, and the pool sizes the number of tasks it sends ahead
+//! by it.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -31,6 +42,13 @@ use crate::wire::{Encoded, Fd, FrameBuf, framed, into_stream};
 
 /// The most answers a worker sends in one write.
 const MAX_BATCH: usize = 64;
+
+/// The longest a worker holds an answer back to send it with the next ones.
+const MAX_HOLD: Duration = Duration::from_micros(200);
+
+/// A function whose calls have lately taken less than this (on average) is short: answers
+/// held back may wait for its next call. Before any other task, held answers go out.
+const SHORT_TASK_NANOS: u64 = 20_000;
 
 /// The target of every pool worker process.
 pub(super) fn worker_main(sock: Fd) {
@@ -72,8 +90,8 @@ pub(super) fn worker_main(sock: Fd) {
     }
 }
 
-/// A frame that answers task `id`.
-fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>) -> FrameBuf {
+/// A frame that answers task `id`, which took `nanos` to run (0 when not measured).
+fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u64) -> FrameBuf {
     let (status, body) = match outcome {
         Ok(enc) => (Status::Done, Ok(enc)),
         Err(Failure::Panicked(m)) => (Status::Panicked, Err(m)),
@@ -82,7 +100,7 @@ fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>) -> Frame
         Err(Failure::Args(e)) => (Status::Refused, Err(e.to_string())),
     };
     let mut frame = FrameBuf::new();
-    let head = frame.push(&Reply { id, status });
+    let head = frame.push(&Reply { id, status, nanos });
     let pushed = head.and_then(|()| match body {
         Ok(enc) => {
             frame.push_encoded(enc);
@@ -98,6 +116,7 @@ fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>) -> Frame
             let _ = f.push(&Reply {
                 id,
                 status: Status::Refused,
+                nanos,
             });
             let _ = f.push(&e.to_string());
             f
@@ -122,8 +141,8 @@ impl Lane {
                 .name("pool-tasks".into())
                 .spawn(move || {
                     while let Ok((id, entry, frame)) = rx.recv() {
-                        let out = run_sync(entry, frame);
-                        if done.send(Done::Lane(reply_frame(id, out))).is_err() {
+                        let (out, nanos) = run_sync(entry, frame);
+                        if done.send(Done::Lane(reply_frame(id, out, nanos))).is_err() {
                             break;
                         }
                     }
@@ -146,23 +165,42 @@ enum Done {
     Async(FrameBuf),
 }
 
-/// Runs a synchronous task to its end.
-fn run_sync(entry: TaskEntry, mut frame: Frame) -> std::result::Result<Encoded, Failure> {
+/// Runs a synchronous task to its end; also says how long it took, in nanoseconds.
+fn run_sync(entry: TaskEntry, mut frame: Frame) -> (std::result::Result<Encoded, Failure>, u64) {
+    let t = Instant::now();
     let fds: Vec<OwnedFd> = std::mem::take(&mut frame.fds);
-    match entry(frame.body(), fds) {
+    let out = match entry(frame.body(), fds) {
         Invoked::Ready(r) => r,
         Invoked::Pending(_) => Err(Failure::Args(Error::Protocol(
             "a task sent as synchronous returned a future".into(),
         ))),
-    }
+    };
+    let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    (out, nanos.max(1))
+}
+
+/// A task function the worker has resolved, and how long it takes.
+struct Known {
+    entry: TaskEntry,
+    /// The mean run time of its synchronous calls lately, in nanoseconds; `None` before
+    /// the first.
+    mean_nanos: Option<u64>,
+}
+
+/// A synchronous task received and not started.
+struct Queued {
+    id: u64,
+    offset: i64,
+    entry: TaskEntry,
+    frame: Frame,
 }
 
 /// The worker's state between frames.
 struct Worker {
     same: SameBinary,
-    entries: HashMap<i64, TaskEntry>,
+    entries: HashMap<i64, Known>,
     /// Synchronous tasks received and not started, in arrival order.
-    queue: VecDeque<(u64, TaskEntry, Frame)>,
+    queue: VecDeque<Queued>,
     async_running: usize,
     done: UnboundedSender<Done>,
     exiting: bool,
@@ -170,12 +208,36 @@ struct Worker {
 
 impl Worker {
     fn entry(&mut self, offset: i64) -> std::io::Result<TaskEntry> {
-        if let Some(e) = self.entries.get(&offset) {
-            return Ok(*e);
+        if let Some(k) = self.entries.get(&offset) {
+            return Ok(k.entry);
         }
-        let e = sys::resolve_entry::<TaskEntry>(offset, self.same)?;
-        self.entries.insert(offset, e);
-        Ok(e)
+        let entry = sys::resolve_entry::<TaskEntry>(offset, self.same)?;
+        self.entries.insert(
+            offset,
+            Known {
+                entry,
+                mean_nanos: None,
+            },
+        );
+        Ok(entry)
+    }
+
+    /// Whether calls of the function at `offset` have lately been short enough that
+    /// answers may wait for them (see [`SHORT_TASK_NANOS`]).
+    fn is_short(&self, offset: i64) -> bool {
+        self.entries
+            .get(&offset)
+            .and_then(|k| k.mean_nanos)
+            .is_some_and(|m| m < SHORT_TASK_NANOS)
+    }
+
+    fn timed(&mut self, offset: i64, nanos: u64) {
+        if let Some(k) = self.entries.get_mut(&offset) {
+            k.mean_nanos = Some(match k.mean_nanos {
+                None => nanos,
+                Some(m) => (m * 3 + nanos) / 4,
+            });
+        }
     }
 
     /// Takes in one frame from the pool; returns an answer to send at once, if any.
@@ -187,13 +249,14 @@ impl Worker {
             }
             ToWorker::Cancel { id } => {
                 let before = self.queue.len();
-                self.queue.retain(|(queued, _, _)| *queued != id);
+                self.queue.retain(|q| q.id != id);
                 if self.queue.len() == before {
                     return Ok(None);
                 }
                 let mut f = FrameBuf::of(&Reply {
                     id,
                     status: Status::Cancelled,
+                    nanos: 0,
                 })?;
                 f.push("")?;
                 return Ok(Some(f));
@@ -204,12 +267,20 @@ impl Worker {
                 is_async,
             } => (id, entry, is_async),
         };
-        let entry = match self.entry(entry) {
+        let offset = entry;
+        let entry = match self.entry(offset) {
             Ok(e) => e,
-            Err(e) => return Ok(Some(reply_frame(id, Err(Failure::Args(Error::Io(e)))))),
+            Err(e) => {
+                return Ok(Some(reply_frame(id, Err(Failure::Args(Error::Io(e))), 0)));
+            }
         };
         if !is_async {
-            self.queue.push_back((id, entry, frame));
+            self.queue.push_back(Queued {
+                id,
+                offset,
+                entry,
+                frame,
+            });
             return Ok(None);
         }
         let fds = std::mem::take(&mut frame.fds);
@@ -222,7 +293,7 @@ impl Worker {
                 Invoked::Ready(r) => r,
                 Invoked::Pending(fut) => fut.await,
             };
-            let _ = done.send(Done::Async(reply_frame(id, out)));
+            let _ = done.send(Done::Async(reply_frame(id, out, 0)));
         });
         Ok(None)
     }
@@ -265,6 +336,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         exiting: false,
     };
     let mut answers: Vec<FrameBuf> = Vec::new();
+    let mut held_since: Option<Instant> = None;
     loop {
         // Everything that has arrived is taken in before a task starts, so that a cancel
         // sent behind a task reaches the queue first.
@@ -281,16 +353,35 @@ async fn serve(sock: OwnedFd) -> Result<()> {
             }
         }
         if !lane.busy
-            && let Some((id, entry, frame)) = w.queue.pop_front()
+            && let Some(Queued {
+                id,
+                offset,
+                entry,
+                frame,
+            }) = w.queue.pop_front()
         {
             if w.async_running == 0 {
-                let out = run_sync(entry, frame);
-                answers.push(reply_frame(id, out));
-                // Answers go out together while more tasks wait here (a few at most: the
-                // pool's prefetch), and at once when the queue is empty.
-                if w.queue.is_empty() || answers.len() >= MAX_BATCH {
+                // Answers go out together while short tasks follow each other here, but
+                // never wait for a task that may be long.
+                if !answers.is_empty() && !w.is_short(offset) {
                     wr.send_batch(&mut answers).await?;
                     answers.clear();
+                    held_since = None;
+                }
+                let (out, nanos) = run_sync(entry, frame);
+                w.timed(offset, nanos);
+                answers.push(reply_frame(id, out, nanos));
+                // Otherwise they go at once when the queue is empty, when the batch is
+                // full, or when its first answer has waited `MAX_HOLD`.
+                let now = Instant::now();
+                let first = *held_since.get_or_insert(now);
+                if w.queue.is_empty()
+                    || answers.len() >= MAX_BATCH
+                    || now.duration_since(first) >= MAX_HOLD
+                {
+                    wr.send_batch(&mut answers).await?;
+                    answers.clear();
+                    held_since = None;
                 }
                 continue;
             }
@@ -299,6 +390,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         if !answers.is_empty() {
             wr.send_batch(&mut answers).await?;
             answers.clear();
+            held_since = None;
         }
         if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
             return Ok(());
