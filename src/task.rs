@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::sys::{self, FnZst};
 use crate::wire::Encoded;
 use crate::wire::codec;
+use crate::wire::plain::{self, ItemsOwned};
 
 /// Marks a target that returns its result directly.
 #[doc(hidden)]
@@ -290,7 +291,13 @@ where
 /// panic message of each item that failed (rarely any, so the common case costs nothing per
 /// item beyond its result).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "R: Serialize + 'static",
+    deserialize = "R: serde::de::DeserializeOwned + 'static"
+))]
 pub(crate) struct ChunkOut<R> {
+    /// Plain numbers travel as one `bin` (see [`plain`]).
+    #[serde(with = "plain::vec")]
     pub(crate) ok: Vec<R>,
     pub(crate) failed: Vec<(u32, String)>,
 }
@@ -323,8 +330,8 @@ where
     A: DeserializeOwned + Send + 'static,
     F::Output: Serialize,
 {
-    match codec::decode::<Vec<A>>(bytes, fds) {
-        Ok(items) => run_items::<F, A, M, _>(items.into_iter()),
+    match codec::decode::<ItemsOwned<A>>(bytes, fds) {
+        Ok(items) => run_items::<F, A, M, _>(items.0.into_iter()),
         Err(e) => Invoked::Ready(Err(Failure::Args(e))),
     }
 }
@@ -346,8 +353,8 @@ where
     T: DeserializeOwned + Send + 'static,
     F::Output: Serialize,
 {
-    match codec::decode::<Vec<T>>(bytes, fds) {
-        Ok(items) => run_items::<F, (T,), M, _>(items.into_iter().map(|t| (t,))),
+    match codec::decode::<ItemsOwned<T>>(bytes, fds) {
+        Ok(items) => run_items::<F, (T,), M, _>(items.0.into_iter().map(|t| (t,))),
         Err(e) => Invoked::Ready(Err(Failure::Args(e))),
     }
 }

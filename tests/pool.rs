@@ -982,6 +982,63 @@ async fn answer_not_held_behind_the_next_task() -> TestResult {
     Ok(())
 }
 
+fn halve(x: f64) -> f32 {
+    (x / 2.0) as f32
+}
+
+fn widen(x: i8) -> i64 {
+    i64::from(x) * 1000
+}
+
+fn label(x: u16) -> String {
+    format!("#{x}")
+}
+
+fn byte_or_boom(x: u8) -> u8 {
+    if x == 77 {
+        panic!("boom at 77");
+    }
+    x ^ 0xff
+}
+
+// Sequences of plain numbers travel as one `bin`, others as arrays: both round-trip through
+// real workers, with each item's failure in its place.
+async fn map_over_number_types() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let xs: Vec<f64> = (0..1000).map(|i| f64::from(i) * 0.5 - 100.0).collect();
+    let got = pool.map(halve, xs.clone()).chunksize(64).await?;
+    ensure!(
+        got == xs.iter().map(|x| halve(*x)).collect::<Vec<_>>(),
+        "f64 → f32"
+    );
+    let got = pool.map(widen, i8::MIN..=i8::MAX).await?;
+    ensure!(
+        got == (i8::MIN..=i8::MAX).map(widen).collect::<Vec<_>>(),
+        "i8 → i64"
+    );
+    let got = pool.map(label, 0u16..300).chunksize(7).await?;
+    ensure!(
+        got == (0u16..300).map(label).collect::<Vec<_>>(),
+        "u16 → String"
+    );
+    let got: Vec<_> = pool
+        .imap(byte_or_boom, 0u8..=255)
+        .chunksize(50)
+        .collect()
+        .await;
+    ensure!(got.len() == 256, "{} results", got.len());
+    for (x, r) in (0u8..=255).zip(&got) {
+        match (x, r) {
+            (77, Err(Error::TaskPanicked { message })) => {
+                ensure!(message.contains("boom at 77"), "{message}");
+            }
+            (x, Ok(y)) => ensure!(*y == x ^ 0xff, "{x} gave {y}"),
+            (x, r) => ensure!(false, "{x} gave {r:?}"),
+        }
+    }
+    Ok(())
+}
+
 // test_make_pool: a pool of 0 processes is an error.
 async fn zero_processes() -> TestResult {
     let e = Pool::builder().processes(0).build().await;
@@ -1072,6 +1129,7 @@ fn main() {
                 initializer_with_large_arguments,
             ),
             test("zero_processes", zero_processes),
+            test("map_over_number_types", map_over_number_types),
             test(
                 "answer_not_held_behind_the_next_task",
                 answer_not_held_behind_the_next_task,

@@ -32,6 +32,7 @@ use crate::sys;
 use crate::task::{
     ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
 };
+use crate::wire::plain::Items;
 use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed, into_stream};
 
 static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
@@ -588,7 +589,7 @@ impl Pool {
     where
         F: Target<(T,), M>,
         T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = T>,
     {
         let _ = f;
@@ -606,7 +607,7 @@ impl Pool {
     where
         F: Target<(T,), M>,
         T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = T>,
     {
         self.map(f, iterable).submit()
@@ -618,7 +619,7 @@ impl Pool {
     where
         F: Target<A, M>,
         A: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
         let _ = f;
@@ -637,7 +638,7 @@ impl Pool {
             pool: self,
             _result: std::marker::PhantomData,
             len,
-            encode: Box::new(move |from, to| Encoded::new(&items[from..to])),
+            encode: Box::new(move |from, to| Encoded::new(&Items::new(&items, from..to))),
             entry,
             chunksize: None,
         }
@@ -649,7 +650,7 @@ impl Pool {
     where
         F: Target<A, M>,
         A: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
         self.starmap(f, iterable).submit()
@@ -659,7 +660,7 @@ impl Pool {
     where
         F: Target<(T,), M>,
         T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
@@ -672,7 +673,7 @@ impl Pool {
             if buf.is_empty() {
                 return None;
             }
-            Some(Encoded::new(&buf))
+            Some(Encoded::new(&Items::all(&buf)))
         });
         IMap::new(
             self.shared.clone(),
@@ -693,7 +694,7 @@ impl Pool {
     where
         F: Target<(T,), M>,
         T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
@@ -723,7 +724,7 @@ impl Pool {
     where
         F: Target<(T,), M>,
         T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
@@ -803,7 +804,7 @@ impl<R> std::fmt::Debug for Map<'_, R> {
     }
 }
 
-impl<'p, R: DeserializeOwned> Map<'p, R> {
+impl<'p, R: DeserializeOwned + 'static> Map<'p, R> {
     /// Sends the items to the workers `n` at a time (Python's `chunksize`). The default is
     /// Python's: `ceil(len / (4 × processes))`. 0 counts as 1.
     pub fn chunksize(mut self, n: usize) -> Self {
@@ -834,7 +835,7 @@ impl<'p, R: DeserializeOwned> Map<'p, R> {
     }
 }
 
-impl<'p, R: DeserializeOwned> std::future::IntoFuture for Map<'p, R> {
+impl<'p, R: DeserializeOwned + 'static> std::future::IntoFuture for Map<'p, R> {
     type Output = Result<Vec<R>>;
     type IntoFuture = MapResult<R>;
 

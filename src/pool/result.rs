@@ -79,7 +79,7 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 // Nothing in these handles is ever pinned in place: the result is only moved out.
 impl<R> Unpin for AsyncResult<R> {}
 impl<R> Unpin for MapResult<R> {}
-impl<R: DeserializeOwned> Unpin for IMap<R> {}
+impl<R: DeserializeOwned + 'static> Unpin for IMap<R> {}
 
 /// Turns a worker's answer into the task's typed result.
 fn decode_outcome<R: DeserializeOwned>(outcome: Outcome, arg_type: &'static str) -> Result<R> {
@@ -255,7 +255,7 @@ impl<R> std::fmt::Debug for MapResult<R> {
     }
 }
 
-impl<R: DeserializeOwned> MapResult<R> {
+impl<R: DeserializeOwned + 'static> MapResult<R> {
     pub(super) fn new(chunks: Vec<AsyncResult<ChunkOut<R>>>, len: usize) -> MapResult<R> {
         MapResult {
             chunks,
@@ -308,7 +308,7 @@ impl<R: DeserializeOwned> MapResult<R> {
     }
 }
 
-impl<R: DeserializeOwned> Future for MapResult<R> {
+impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
     type Output = Result<Vec<R>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Vec<R>>> {
@@ -349,7 +349,7 @@ impl<R: DeserializeOwned> Future for MapResult<R> {
 /// input is exhausted.
 pub(super) type NextChunk = Box<dyn FnMut(usize) -> Option<Result<Encoded>> + Send>;
 
-enum Pending<R: DeserializeOwned> {
+enum Pending<R: DeserializeOwned + 'static> {
     Ordered(FuturesOrdered<AsyncResult<ChunkOut<R>>>),
     Unordered(FuturesUnordered<AsyncResult<ChunkOut<R>>>),
 }
@@ -367,7 +367,7 @@ enum Pending<R: DeserializeOwned> {
 /// stops reading input; chunks already submitted run to their end and their results are
 /// discarded.
 #[must_use = "streams do nothing unless polled"]
-pub struct IMap<R: DeserializeOwned> {
+pub struct IMap<R: DeserializeOwned + 'static> {
     shared: Arc<Shared>,
     next_chunk: NextChunk,
     entry: super::ChunkEntry,
@@ -378,7 +378,7 @@ pub struct IMap<R: DeserializeOwned> {
     ready: VecDeque<Result<R>>,
 }
 
-impl<R: DeserializeOwned> std::fmt::Debug for IMap<R> {
+impl<R: DeserializeOwned + 'static> std::fmt::Debug for IMap<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IMap")
             .field("chunksize", &self.chunksize)

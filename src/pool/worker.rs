@@ -52,6 +52,7 @@ const SHORT_TASK_NANOS: u64 = 20_000;
 
 /// The target of every pool worker process.
 pub(super) fn worker_main(sock: Fd) {
+    sys::keep_freed_memory();
     let run = move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -6,6 +6,7 @@
 //! `libc` or `nix` directly. Linux only for now: pidfd, eventfd, memfd and `SCM_RIGHTS` are
 //! the mechanisms the rest of the crate is built on.
 
+mod bytes;
 mod eventfd;
 mod fd;
 mod ident;
@@ -15,6 +16,7 @@ mod proc;
 mod ring;
 mod shm;
 
+pub(crate) use bytes::number_bytes;
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
@@ -29,9 +31,10 @@ pub(crate) use ipc::{
 pub(crate) use pid::cached_pid;
 pub(crate) use proc::{
     adopt_inherited_socket, at_exit, clear_env_var, current_pid, exit_now, flush_std_streams,
-    fork_and_reap, fork_in_server, fork_process, kill_pid, parent_pid, pidfd_open,
-    pidfd_send_signal, pipe_cloexec, poll_readable, set_parent_death_signal, signal_name,
-    spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
+    fork_and_reap, fork_in_server, fork_process, keep_freed_memory, kill_pid, parent_pid,
+    pidfd_open, pidfd_send_signal, pipe_cloexec, poll_readable, set_parent_death_signal,
+    signal_name, spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking,
+    wait_pidfd_blocking,
 };
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;

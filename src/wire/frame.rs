@@ -27,9 +27,14 @@ const READ_CHUNK: usize = 64 * 1024;
 const HAND_OVER: usize = 64 * 1024;
 
 /// A frame under construction: header room, then one or more encoded values.
+///
+/// A large encoded value pushed whole ([`push_encoded`](Self::push_encoded)) is kept as the
+/// frame's tail rather than copied in after the header; the frame is sent as its two parts.
 #[derive(Debug)]
 pub(crate) struct FrameBuf {
     buf: Vec<u8>,
+    /// The rest of the body, after `buf`.
+    tail: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
@@ -43,6 +48,7 @@ impl FrameBuf {
     pub(crate) fn new() -> FrameBuf {
         FrameBuf {
             buf: vec![0; HEADER_LEN],
+            tail: Vec::new(),
             fds: Vec::new(),
         }
     }
@@ -56,12 +62,24 @@ impl FrameBuf {
 
     /// Appends the encoding of `value` to the body.
     pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        codec::encode_into(&mut self.buf, &mut self.fds, value)
+        let end = if self.tail.is_empty() {
+            &mut self.buf
+        } else {
+            &mut self.tail
+        };
+        codec::encode_into(end, &mut self.fds, value)
     }
 
-    /// Appends bytes that are already MessagePack, with their descriptors.
+    /// Appends bytes that are already MessagePack, with their descriptors. Large ones
+    /// (from [`HAND_OVER`] bytes) become the tail, without a copy.
     pub(crate) fn push_encoded(&mut self, e: Encoded) {
-        self.buf.extend_from_slice(&e.bytes);
+        if !self.tail.is_empty() {
+            self.tail.extend_from_slice(&e.bytes);
+        } else if e.bytes.len() >= HAND_OVER {
+            self.tail = e.bytes;
+        } else {
+            self.buf.extend_from_slice(&e.bytes);
+        }
         self.fds.extend(e.fds);
     }
 
@@ -73,7 +91,7 @@ impl FrameBuf {
 
     /// Fills in the header; fails if the body exceeds the maximum frame size.
     fn seal(&mut self) -> Result<()> {
-        let body = self.buf.len() - HEADER_LEN;
+        let body = self.buf.len() - HEADER_LEN + self.tail.len();
         let max = max_frame_size();
         if body > max {
             return Err(Error::FrameTooLarge {
@@ -278,13 +296,15 @@ impl RecvBuf {
 pub(crate) fn send_blocking(fd: BorrowedFd<'_>, frame: &mut FrameBuf) -> Result<()> {
     frame.seal()?;
     let raw = frame.raw_fds();
-    let mut off = 0;
-    while off < frame.buf.len() {
-        let fds: &[RawFd] = if off == 0 { &raw } else { &[] };
-        match sys::send_with_fds(fd, &frame.buf[off..], fds) {
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+    for (i, part) in [&frame.buf, &frame.tail].into_iter().enumerate() {
+        let mut off = 0;
+        while off < part.len() {
+            let fds: &[RawFd] = if i == 0 && off == 0 { &raw } else { &[] };
+            match sys::send_with_fds(fd, &part[off..], fds) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(())
@@ -371,7 +391,7 @@ impl FrameWriter {
                 })
                 .await?;
         }
-        Ok(())
+        self.write_all(&frame.tail).await
     }
 }
 
@@ -395,6 +415,11 @@ impl FrameWriter {
                 joined = std::mem::take(&mut f.buf);
             } else {
                 joined.extend_from_slice(&f.buf);
+            }
+            if !f.tail.is_empty() {
+                self.write_all(&joined).await?;
+                joined.clear();
+                self.write_all(&f.tail).await?;
             }
         }
         self.write_all(&joined).await
@@ -432,6 +457,7 @@ mod tests {
             let mut f = FrameBuf::of(&(i, "abc")).unwrap();
             f.seal().unwrap();
             wire.extend_from_slice(&f.buf);
+            wire.extend_from_slice(&f.tail);
         }
         let mut rb = RecvBuf::new();
         let mut got = Vec::new();
@@ -484,7 +510,7 @@ mod fuzz {
         let mut out = Vec::new();
         let mut push = |f: &mut FrameBuf| {
             f.seal().unwrap();
-            out.push(f.buf.clone());
+            out.push([f.buf.clone(), f.tail.clone()].concat());
         };
         push(&mut FrameBuf::of(&Hello::ours()).unwrap());
         push(&mut FrameBuf::of(&Reply::Refused("a reason".into())).unwrap());

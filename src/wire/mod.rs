@@ -5,6 +5,7 @@ pub(crate) mod codec;
 mod fd;
 pub(crate) mod frame;
 pub(crate) mod handshake;
+pub(crate) mod plain;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

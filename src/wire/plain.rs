@@ -1,0 +1,246 @@
+//! Sequences of plain numbers as one MessagePack `bin`.
+//!
+//! A `map` over a million integers sends a million items each way. As a MessagePack array,
+//! every item is encoded and decoded on its own (a marker, a width, a visitor call); as a
+//! `bin` of little-endian values it is one copy. [`Items`] chooses by the item type: a
+//! sequence of `u8`–`u64`, `i8`–`i64`, `usize`, `isize`, `f32` or `f64` travels as `bin`,
+//! any other as the usual array. Both ends know the item type (the task entry is compiled for
+//! it), so nothing on the wire says which form was used.
+
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::ser::{Serialize, Serializer};
+
+use crate::sys;
+
+/// Calls `$m!(type)` for each plain number type.
+macro_rules! plain_types {
+    ($m:ident) => {
+        $m!(u8);
+        $m!(u16);
+        $m!(u32);
+        $m!(u64);
+        $m!(usize);
+        $m!(i8);
+        $m!(i16);
+        $m!(i32);
+        $m!(i64);
+        $m!(isize);
+        $m!(f32);
+        $m!(f64);
+    };
+}
+
+/// Whether a sequence of `T` travels as `bin`.
+pub(crate) fn is_plain<T: 'static>() -> bool {
+    let t = TypeId::of::<T>();
+    macro_rules! check {
+        ($t:ty) => {
+            if t == TypeId::of::<$t>() {
+                return true;
+            }
+        };
+    }
+    plain_types!(check);
+    false
+}
+
+/// The little-endian bytes of `items[range]`, if `T` is a plain number type: the items'
+/// own memory on a little-endian machine, a copy on another.
+#[allow(clippy::ptr_arg)] // the `Vec` is what tells a plain item type
+fn le_bytes<T: 'static>(items: &Vec<T>, range: Range<usize>) -> Option<Cow<'_, [u8]>> {
+    macro_rules! encode {
+        ($t:ty) => {
+            if let Some(v) = (items as &dyn Any).downcast_ref::<Vec<$t>>() {
+                let s = v.get(range)?;
+                return Some(if cfg!(target_endian = "little") {
+                    Cow::Borrowed(sys::number_bytes(s))
+                } else {
+                    Cow::Owned(s.iter().flat_map(|x| x.to_le_bytes()).collect())
+                });
+            }
+        };
+    }
+    plain_types!(encode);
+    None
+}
+
+/// The items of a `bin` made by [`to_bytes`], if `T` is a plain number type.
+fn from_bytes<T: 'static>(bytes: &[u8]) -> Option<Result<Vec<T>, String>> {
+    macro_rules! decode {
+        ($t:ty) => {
+            if TypeId::of::<T>() == TypeId::of::<$t>() {
+                const W: usize = std::mem::size_of::<$t>();
+                #[allow(clippy::modulo_one)] // W is 1 for bytes
+                if bytes.len() % W != 0 {
+                    return Some(Err(format!(
+                        "{} bytes are not a whole number of {}",
+                        bytes.len(),
+                        stringify!($t)
+                    )));
+                }
+                let v: Vec<$t> = bytes
+                    .chunks_exact(W)
+                    .map(|c| {
+                        let mut a = [0u8; W];
+                        a.copy_from_slice(c);
+                        <$t>::from_le_bytes(a)
+                    })
+                    .collect();
+                let boxed: Box<dyn Any> = Box::new(v);
+                return Some(
+                    boxed
+                        .downcast::<Vec<T>>()
+                        .map(|b| *b)
+                        .map_err(|_| "a plain sequence of another type".to_string()),
+                );
+            }
+        };
+    }
+    plain_types!(decode);
+    None
+}
+
+/// Items to encode, `items[range]`: as `bin` if they are plain numbers, as an array
+/// otherwise.
+pub(crate) struct Items<'a, T> {
+    items: &'a Vec<T>,
+    range: Range<usize>,
+}
+
+impl<'a, T> Items<'a, T> {
+    /// `items[range]`.
+    pub(crate) fn new(items: &'a Vec<T>, range: Range<usize>) -> Items<'a, T> {
+        Items { items, range }
+    }
+
+    /// All of `items`.
+    pub(crate) fn all(items: &'a Vec<T>) -> Items<'a, T> {
+        Items::new(items, 0..items.len())
+    }
+}
+
+impl<T: Serialize + 'static> Serialize for Items<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(b) = le_bytes(self.items, self.range.clone()) {
+            return s.serialize_bytes(&b);
+        }
+        match self.items.get(self.range.clone()) {
+            Some(slice) => s.collect_seq(slice),
+            None => Err(serde::ser::Error::custom("items out of range")),
+        }
+    }
+}
+
+/// A decoded sequence, sent as [`Items`].
+pub(crate) struct ItemsOwned<T>(pub(crate) Vec<T>);
+
+impl<'de, T: DeserializeOwned + 'static> Deserialize<'de> for ItemsOwned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if is_plain::<T>() {
+            d.deserialize_bytes(PlainVisitor(PhantomData))
+        } else {
+            Vec::<T>::deserialize(d).map(ItemsOwned)
+        }
+    }
+}
+
+struct PlainVisitor<T>(PhantomData<T>);
+
+impl<'de, T: DeserializeOwned + 'static> Visitor<'de> for PlainVisitor<T> {
+    type Value = ItemsOwned<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a bin of plain numbers")
+    }
+
+    fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
+        match from_bytes::<T>(b) {
+            Some(Ok(v)) => Ok(ItemsOwned(v)),
+            Some(Err(m)) => Err(E::custom(m)),
+            None => Err(E::custom("not a plain number type")),
+        }
+    }
+
+    // An array of the same numbers is accepted too.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(x) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(ItemsOwned(v))
+    }
+}
+
+/// `#[serde(with = "plain::vec")]` for a `Vec<T>` field sent as [`Items`].
+pub(crate) mod vec {
+    use super::*;
+
+    #[allow(clippy::ptr_arg)] // the `Vec` is what tells a plain item type
+    pub(crate) fn serialize<T: Serialize + 'static, S: Serializer>(
+        v: &Vec<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        Items::all(v).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, T: DeserializeOwned + 'static, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        ItemsOwned::<T>::deserialize(d).map(|i| i.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec::{Encoded, decode};
+
+    fn round_trip<T>(items: Vec<T>) -> Vec<T>
+    where
+        T: Serialize + DeserializeOwned + 'static,
+    {
+        let enc = Encoded::new(&Items::all(&items)).expect("encodes");
+        decode::<ItemsOwned<T>>(&enc.bytes, Vec::new())
+            .expect("decodes")
+            .0
+    }
+
+    #[test]
+    fn plain_numbers_round_trip_as_bin() {
+        let v: Vec<u64> = vec![0, 1, u64::MAX, 1 << 40];
+        let enc = Encoded::new(&Items::all(&v)).expect("encodes");
+        // bin 8 with a one-byte length (0xc4), then 32 bytes.
+        assert_eq!(&&enc.bytes[..2], &[0xc4, 32]);
+        assert_eq!(round_trip(v.clone()), v);
+        assert_eq!(round_trip(vec![-1i8, 0, 127]), vec![-1i8, 0, 127]);
+        assert_eq!(round_trip(vec![-1.5f64, f64::MAX]), vec![-1.5f64, f64::MAX]);
+        assert_eq!(round_trip(vec![1.25f32]), vec![1.25f32]);
+        assert_eq!(round_trip(Vec::<i32>::new()), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn other_items_round_trip_as_arrays() {
+        let v = vec![(1u8, "a".to_string()), (2, "b".to_string())];
+        let enc = Encoded::new(&Items::all(&v)).expect("encodes");
+        assert_eq!(enc.bytes[0], 0x92); // fixarray of 2
+        assert_eq!(round_trip(v.clone()), v);
+        assert_eq!(round_trip(vec![true, false]), vec![true, false]);
+    }
+
+    #[test]
+    fn a_ragged_bin_is_an_error() {
+        let enc = Encoded::new(&serde_bytes::Bytes::new(&[1, 2, 3])).expect("encodes");
+        let r = decode::<ItemsOwned<u16>>(&enc.bytes, Vec::new());
+        assert!(r.is_err(), "3 bytes are not u16s");
+        // An array of the same numbers is read too.
+        let enc = Encoded::new(&vec![1u16, 2]).expect("encodes");
+        let r = decode::<ItemsOwned<u16>>(&enc.bytes, Vec::new()).expect("decodes");
+        assert_eq!(r.0, vec![1, 2]);
+    }
+}
