@@ -1039,6 +1039,55 @@ async fn map_over_number_types() -> TestResult {
     Ok(())
 }
 
+/// The first worker to claim `claim` returns at once; every other waits (at most 30 s)
+/// until `gate` exists.
+fn init_first_then_gate(claim: String, gate: String) {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&claim)
+        .is_ok()
+    {
+        return;
+    }
+    block_until_file(gate);
+}
+
+// A pool serves as soon as one worker is ready; the others take tasks once they are.
+async fn pool_serves_before_all_workers_are_ready() -> TestResult {
+    let (claim, gate) = (tmp_path("claim"), tmp_path("gate"));
+    let built = tokio::time::timeout(
+        Duration::from_secs(20),
+        Pool::builder()
+            .processes(2)
+            .initializer(init_first_then_gate, (claim.clone(), gate.clone()))
+            .build(),
+    )
+    .await;
+    let Ok(built) = built else {
+        std::fs::write(&gate, "open")?;
+        return Err("build waited for every worker".into());
+    };
+    let pool = built?;
+    let first = pool.apply(pid, ()).await?;
+    std::fs::write(&gate, "open")?;
+    let mut seen = HashSet::new();
+    for _ in 0..100 {
+        seen.extend(worker_pids(&pool).await?);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    ensure!(
+        seen.len() == 2 && seen.contains(&first),
+        "the second worker joined: {seen:?}"
+    );
+    for p in [claim, gate] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
 // test_make_pool: a pool of 0 processes is an error.
 async fn zero_processes() -> TestResult {
     let e = Pool::builder().processes(0).build().await;
@@ -1130,6 +1179,10 @@ fn main() {
             ),
             test("zero_processes", zero_processes),
             test("map_over_number_types", map_over_number_types),
+            test(
+                "pool_serves_before_all_workers_are_ready",
+                pool_serves_before_all_workers_are_ready,
+            ),
             test(
                 "answer_not_held_behind_the_next_task",
                 answer_not_held_behind_the_next_task,

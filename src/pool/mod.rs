@@ -193,9 +193,10 @@ impl PoolBuilder {
     /// and `initargs`). Like a task, `f` is a `fn` item or a closure that captures nothing,
     /// and `args` a tuple of serde values (descriptors included: each worker gets its own
     /// copy). It returns what `main` may return: `()`, or a `Result` whose `Err` counts as a
-    /// failure. If it fails in a worker (a panic, say), [`build`](Self::build) fails with
-    /// [`Error::InitializerFailed`]; a replacement worker whose initializer fails is not
-    /// started again, and once no worker is left, tasks fail with that error.
+    /// failure. If it fails in the first worker to be ready (a panic, say),
+    /// [`build`](Self::build) fails with [`Error::InitializerFailed`]; if it fails in a later
+    /// or a replacement worker, no worker is started again, and once no worker is left,
+    /// tasks fail with that error.
     pub fn initializer<F, A, M>(mut self, f: F, args: A) -> Self
     where
         F: Target<A, M>,
@@ -245,21 +246,23 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers, each through its initializer, and returns the pool once all are
-    /// ready.
+    /// Starts the workers, all at once, each through its initializer, and returns the pool
+    /// as soon as one is ready; the others take tasks as they become ready.
     ///
     /// # Errors
-    /// An `io::Error` of kind `InvalidInput` for `processes(0)`; [`Error::Encode`] if the
-    /// initializer's arguments cannot be encoded; [`Error::InitializerFailed`] if the
-    /// initializer failed in a worker; [`Error::Start`] if a worker could not be started.
-    /// On error, the workers already started are killed and reaped.
+    /// Those of the first worker to finish its start: an `io::Error` of kind
+    /// `InvalidInput` for `processes(0)`; [`Error::Encode`] if the initializer's arguments
+    /// cannot be encoded; [`Error::InitializerFailed`] if the initializer failed;
+    /// [`Error::Start`] if the worker could not be started. On error, the other workers
+    /// find their socket closed and end. A later worker whose start fails is handled like
+    /// a replacement that fails (see [`initializer`](Self::initializer)).
     ///
     /// # Panics
     /// Outside a tokio runtime (the pool's task is spawned on the current one).
     ///
     /// # Cancel safety
-    /// Not cancel safe: a build dropped midway leaves the workers it started to be killed
-    /// by their handles' drop (they die with this process at the latest).
+    /// Cancel safe: a build dropped midway leaves no pool; the workers it started find
+    /// their socket closed and end.
     ///
     /// # Examples
     ///
@@ -300,26 +303,23 @@ impl PoolBuilder {
             concurrency: self.concurrency,
             start_timeout: self.start_timeout,
         });
-        let started = futures::future::join_all((0..processes).map(|_| start_worker(&cfg))).await;
-        let mut workers = Vec::with_capacity(processes);
-        let mut first_err = None;
-        for s in started {
-            match s {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
+        // All the workers start at once; the pool serves as soon as one is ready, and the
+        // others join it as they come (Python's `Pool()` does not wait for its workers).
+        // The first to finish decides: if it failed (a failing initializer, say), so does
+        // `build`, and the others, their socket closed, end by themselves.
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..processes {
+            scheduler::spawn_start(&cfg, &events_tx);
         }
-        if let Some(e) = first_err {
-            for mut w in workers {
-                let _ = w.process.kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), w.process.join()).await;
+        let first = loop {
+            match events.recv().await {
+                Some(scheduler::Event::Started(r)) => break r?,
+                Some(_) => continue,
+                None => return Err(Error::Protocol("the worker starts were lost".into())),
             }
-            return Err(e);
-        }
+        };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(Scheduler::new(cfg, rx, workers).run());
+        tokio::spawn(Scheduler::new(cfg, rx, (events_tx, events), first, processes - 1).run());
         tracing::debug!(processes, "pool started");
         Ok(Pool {
             shared: Arc::new(Shared {

@@ -173,12 +173,15 @@ fn again(e: &Error) -> Error {
 }
 
 impl Scheduler {
+    /// A scheduler that starts with worker `first` and takes in `starting` more as their
+    /// starts (begun with [`spawn_start`] on `events_tx`) are reported on `events`.
     pub(super) fn new(
         cfg: Arc<Config>,
         cmds: UnboundedReceiver<Cmd>,
-        workers: Vec<WorkerConn>,
+        (events_tx, events): (UnboundedSender<Event>, UnboundedReceiver<Event>),
+        first: WorkerConn,
+        starting: usize,
     ) -> Scheduler {
-        let (events_tx, events) = unbounded_channel();
         let mut s = Scheduler {
             cfg,
             cmds,
@@ -188,7 +191,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             workers: HashMap::new(),
             next_wid: 0,
-            starting: 0,
+            starting,
             in_flight: HashMap::new(),
             deadlines: BTreeSet::new(),
             closed: false,
@@ -199,9 +202,7 @@ impl Scheduler {
             replies: Arc::new(Mutex::new(HashMap::new())),
             mean_nanos: None,
         };
-        for w in workers {
-            s.add_worker(w);
-        }
+        s.add_worker(first);
         s
     }
 
@@ -532,10 +533,7 @@ impl Scheduler {
         };
         for _ in live + self.starting..wanted {
             self.starting += 1;
-            let (cfg, ev) = (self.cfg.clone(), self.events_tx.clone());
-            tokio::spawn(async move {
-                let _ = ev.send(Event::Started(start_worker(&cfg).await));
-            });
+            spawn_start(&self.cfg, &self.events_tx);
         }
     }
 
@@ -677,6 +675,14 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Starts a worker in a task of its own, which reports it on `events`.
+pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>) {
+    let (cfg, ev) = (cfg.clone(), events.clone());
+    tokio::spawn(async move {
+        let _ = ev.send(Event::Started(start_worker(&cfg).await));
+    });
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
