@@ -16,13 +16,13 @@ use std::process::{ExitCode, Termination};
 
 use futures::FutureExt;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 use crate::error::Error;
 use crate::sys::{self, FnZst};
 use crate::wire::Encoded;
 use crate::wire::codec;
-use crate::wire::plain::{self, ItemsOwned};
+use crate::wire::plain::{self, AppendItems, ItemsOwned};
 
 /// Marks a target that returns its result directly.
 #[doc(hidden)]
@@ -302,6 +302,34 @@ pub(crate) struct ChunkOut<R> {
     pub(crate) failed: Vec<(u32, String)>,
 }
 
+/// Decodes a [`ChunkOut`] by appending its results to a vector of the caller's; gives back
+/// the failures (index and message).
+pub(crate) struct ChunkInto<'a, R>(pub(crate) &'a mut Vec<R>);
+
+impl<'de, R: DeserializeOwned + 'static> DeserializeSeed<'de> for ChunkInto<'_, R> {
+    type Value = Vec<(u32, String)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        // The fields of a `ChunkOut`, as serde derives them (a struct is a MessagePack array).
+        d.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de, R: DeserializeOwned + 'static> Visitor<'de> for ChunkInto<'_, R> {
+    type Value = Vec<(u32, String)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a chunk's results and failures")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+        let missing = || de::Error::custom("a chunk's answer lacks a field");
+        seq.next_element_seed(AppendItems(self.0))?
+            .ok_or_else(missing)?;
+        seq.next_element()?.ok_or_else(missing)
+    }
+}
+
 impl<R> ChunkOut<R> {
     fn with_capacity(n: usize) -> ChunkOut<R> {
         ChunkOut {
@@ -390,4 +418,43 @@ where
         }
         encode_result(out)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appended<R>(chunk: &ChunkOut<R>, out: &mut Vec<R>) -> Vec<(u32, String)>
+    where
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let enc = Encoded::new(chunk).expect("encodes");
+        codec::decode_with(&enc.bytes, Vec::new(), ChunkInto(out)).expect("decodes")
+    }
+
+    #[test]
+    fn a_chunk_decodes_onto_the_results_so_far() {
+        let mut out = vec![1u64, 2];
+        let chunk = ChunkOut {
+            ok: vec![3u64, 4],
+            failed: Vec::new(),
+        };
+        assert!(appended(&chunk, &mut out).is_empty());
+        assert_eq!(out, vec![1, 2, 3, 4]);
+
+        let mut out = vec!["a".to_string()];
+        let chunk = ChunkOut {
+            ok: vec!["b".to_string()],
+            failed: vec![(1, "boom".to_string())],
+        };
+        assert_eq!(appended(&chunk, &mut out), vec![(1, "boom".to_string())]);
+        assert_eq!(out, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn a_malformed_chunk_is_an_error() {
+        let enc = Encoded::new(&(1u8,)).expect("encodes");
+        let mut out: Vec<u64> = Vec::new();
+        assert!(codec::decode_with(&enc.bytes, Vec::new(), ChunkInto(&mut out)).is_err());
+    }
 }

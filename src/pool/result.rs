@@ -21,8 +21,10 @@ use super::scheduler::{Cmd, Outcome};
 use crate::error::{Error, Result};
 use crate::wire::Encoded;
 
+use crate::task::ChunkInto;
 /// A chunk's answer.
 pub(super) use crate::task::ChunkOut;
+use crate::wire::frame::Frame;
 
 enum State<R> {
     Waiting(oneshot::Receiver<Outcome>),
@@ -87,20 +89,58 @@ fn decode_outcome<R: DeserializeOwned>(outcome: Outcome, arg_type: &'static str)
     if status == Status::Done {
         return frame.decode::<R>();
     }
-    let message: String = frame.decode()?;
-    Err(match status {
+    Err(failure(status, frame, arg_type, type_name::<R>()))
+}
+
+/// The error a worker's answer other than [`Status::Done`] stands for.
+fn failure(
+    status: Status,
+    frame: Frame,
+    arg_type: &'static str,
+    result_type: &'static str,
+) -> Error {
+    let message: String = match frame.decode() {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    match status {
         Status::Panicked => Error::TaskPanicked { message },
         Status::BadArgs => Error::Decode {
             type_name: arg_type,
             message,
         },
         Status::BadResult => Error::Encode {
-            type_name: type_name::<R>(),
+            type_name: result_type,
             message,
         },
         Status::Cancelled => Error::Cancelled,
         Status::Done | Status::Refused => Error::Protocol(message),
-    })
+    }
+}
+
+/// A chunk's answer appended to `out`; the first failure among its items is the error.
+fn chunk_into<R: DeserializeOwned + 'static>(
+    outcome: Outcome,
+    out: &mut Vec<R>,
+    arg_type: &'static str,
+) -> Result<()> {
+    let (status, mut frame) = outcome?;
+    if status != Status::Done {
+        return Err(failure(status, frame, arg_type, type_name::<ChunkOut<R>>()));
+    }
+    let failed = frame.decode_with(ChunkInto(out))?;
+    match failed.into_iter().next() {
+        Some((_, message)) => Err(Error::TaskPanicked { message }),
+        None => Ok(()),
+    }
+}
+
+/// What [`AsyncResult::poll_answer`] gives.
+pub(super) enum Answer<R> {
+    /// The worker's answer, not decoded.
+    Raw(Outcome),
+    /// The result, decoded already (by [`AsyncResult::ready`]), or the pool's failure.
+    Decoded(Result<R>),
 }
 
 impl<R: DeserializeOwned> AsyncResult<R> {
@@ -186,6 +226,33 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     pub fn cancel(&self) {
         if let (State::Waiting(_), Some(cmds)) = (&self.state, &self.cmds) {
             let _ = cmds.send(Cmd::Cancel(self.id));
+        }
+    }
+}
+
+impl<R> AsyncResult<R> {
+    /// Like polling the future, but hands over the worker's answer undecoded when it has not
+    /// been decoded yet, for a caller that decodes it its own way.
+    pub(super) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer<R>> {
+        if let State::Waiting(rx) = &mut self.state {
+            return match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(o)) => {
+                    self.state = State::Taken(matches!(o, Ok((Status::Done, _))));
+                    Poll::Ready(Answer::Raw(o))
+                }
+                Poll::Ready(Err(_)) => {
+                    self.state = State::Taken(false);
+                    Poll::Ready(Answer::Decoded(Err(Error::PoolClosed)))
+                }
+            };
+        }
+        let ok = matches!(self.state, State::Done(Ok(_)));
+        match std::mem::replace(&mut self.state, State::Taken(ok)) {
+            State::Done(r) => Poll::Ready(Answer::Decoded(r)),
+            _ => Poll::Ready(Answer::Decoded(Err(Error::Protocol(
+                "the result of this task was already taken".into(),
+            )))),
         }
     }
 }
@@ -317,13 +384,23 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
             return Poll::Ready(Err(e));
         }
         while this.next < this.chunks.len() {
-            match Pin::new(&mut this.chunks[this.next]).poll(cx) {
+            let chunk = &mut this.chunks[this.next];
+            let arg_type = chunk.arg_type;
+            match chunk.poll_answer(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
+                // Decoded straight onto the results so far.
+                Poll::Ready(Answer::Raw(o)) => {
+                    this.next += 1;
+                    if let Err(e) = chunk_into(o, &mut this.out, arg_type) {
+                        this.next = this.chunks.len();
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Poll::Ready(Answer::Decoded(Err(e))) => {
                     this.next = this.chunks.len();
                     return Poll::Ready(Err(e));
                 }
-                Poll::Ready(Ok(v)) => {
+                Poll::Ready(Answer::Decoded(Ok(v))) => {
                     this.next += 1;
                     if v.failed.is_empty() {
                         this.out.extend(v.ok);

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rmp_serde::config::BytesMode;
+use serde::de::DeserializeSeed;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -92,11 +93,21 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
 }
 
 fn decode_exact<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    decode_with(bytes, fds, std::marker::PhantomData::<T>)
+}
+
+/// Like [`decode`], through a seed (which may, say, append the items it decodes to a
+/// vector of the caller's).
+pub(crate) fn decode_with<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    fds: Vec<OwnedFd>,
+    seed: S,
+) -> Result<S::Value> {
     let previous = INCOMING.with(|i| i.replace(Some(fds.into_iter().map(Some).collect())));
-    let res = T::deserialize(&mut rmp_serde::Deserializer::from_read_ref(bytes));
+    let res = seed.deserialize(&mut rmp_serde::Deserializer::from_read_ref(bytes));
     INCOMING.with(|i| i.replace(previous));
     res.map_err(|e| Error::Decode {
-        type_name: type_name::<T>(),
+        type_name: type_name::<S::Value>(),
         message: e.to_string(),
     })
 }

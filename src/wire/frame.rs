@@ -143,6 +143,16 @@ impl Frame {
     pub(crate) fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T> {
         codec::decode(&self.data[self.offset..], self.fds)
     }
+
+    /// Decodes the (rest of the) body through `seed`, giving it the frame's descriptors.
+    pub(crate) fn decode_with<'a, S: serde::de::DeserializeSeed<'a>>(
+        &'a mut self,
+        seed: S,
+    ) -> Result<S::Value> {
+        let fds = std::mem::take(&mut self.fds);
+        let this: &'a Frame = self;
+        codec::decode_with(&this.data[this.offset..], fds, seed)
+    }
 }
 
 /// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.

@@ -13,7 +13,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor,
+};
 use serde::ser::{Serialize, Serializer};
 
 use crate::sys;
@@ -174,6 +176,64 @@ impl<'de, T: DeserializeOwned + 'static> Visitor<'de> for PlainVisitor<T> {
             v.push(x);
         }
         Ok(ItemsOwned(v))
+    }
+}
+
+/// Decodes a sequence sent as [`Items`] onto the end of a vector, with no vector of its own
+/// in between.
+pub(crate) struct AppendItems<'a, T>(pub(crate) &'a mut Vec<T>);
+
+impl<'de, T: DeserializeOwned + 'static> DeserializeSeed<'de> for AppendItems<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if is_plain::<T>() {
+            d.deserialize_bytes(self)
+        } else {
+            d.deserialize_seq(self)
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned + 'static> Visitor<'de> for AppendItems<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence of items")
+    }
+
+    fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<(), E> {
+        macro_rules! append {
+            ($t:ty) => {
+                if let Some(out) = (&mut *self.0 as &mut dyn Any).downcast_mut::<Vec<$t>>() {
+                    const W: usize = std::mem::size_of::<$t>();
+                    #[allow(clippy::modulo_one)] // W is 1 for bytes
+                    if b.len() % W != 0 {
+                        return Err(E::custom(format!(
+                            "{} bytes are not a whole number of {}",
+                            b.len(),
+                            stringify!($t)
+                        )));
+                    }
+                    out.extend(b.chunks_exact(W).map(|c| {
+                        let mut a = [0u8; W];
+                        a.copy_from_slice(c);
+                        <$t>::from_le_bytes(a)
+                    }));
+                    return Ok(());
+                }
+            };
+        }
+        plain_types!(append);
+        Err(E::custom("not a plain number type"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.reserve(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(x) = seq.next_element()? {
+            self.0.push(x);
+        }
+        Ok(())
     }
 }
 
