@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::sys::{self, SameBinary};
 use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
 use crate::wire::frame::Frame;
-use crate::wire::{Encoded, Fd, FrameBuf, framed, into_stream};
+use crate::wire::{Encoded, Fd, FrameBuf, FrameWriter, framed, into_stream};
 
 /// The most answers a worker sends in one write.
 const MAX_BATCH: usize = 64;
@@ -122,6 +122,38 @@ fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u
             let _ = f.push(&e.to_string());
             f
         }
+    }
+}
+
+/// Answers held back to go out together.
+#[derive(Default)]
+struct Held {
+    frames: Vec<FrameBuf>,
+    /// When the first of them was held.
+    since: Option<Instant>,
+}
+
+impl Held {
+    fn push(&mut self, frame: FrameBuf) {
+        self.since.get_or_insert_with(Instant::now);
+        self.frames.push(frame);
+    }
+
+    /// Whether they must go now: the batch is full, or its first answer has waited
+    /// [`MAX_HOLD`].
+    fn is_due(&self) -> bool {
+        self.frames.len() >= MAX_BATCH || self.since.is_some_and(|t| t.elapsed() >= MAX_HOLD)
+    }
+
+    /// Sends them all, if any, in one batch.
+    async fn flush(&mut self, wr: &FrameWriter) -> Result<()> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        wr.send_batch(&mut self.frames).await?;
+        self.frames.clear();
+        self.since = None;
+        Ok(())
     }
 }
 
@@ -336,8 +368,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         done: done_tx,
         exiting: false,
     };
-    let mut answers: Vec<FrameBuf> = Vec::new();
-    let mut held_since: Option<Instant> = None;
+    let mut held = Held::default();
     loop {
         // Everything that has arrived is taken in before a task starts, so that a cancel
         // sent behind a task reaches the queue first.
@@ -364,35 +395,22 @@ async fn serve(sock: OwnedFd) -> Result<()> {
             if w.async_running == 0 {
                 // Answers go out together while short tasks follow each other here, but
                 // never wait for a task that may be long.
-                if !answers.is_empty() && !w.is_short(offset) {
-                    wr.send_batch(&mut answers).await?;
-                    answers.clear();
-                    held_since = None;
+                if !w.is_short(offset) {
+                    held.flush(&wr).await?;
                 }
                 let (out, nanos) = run_sync(entry, frame);
                 w.timed(offset, nanos);
-                answers.push(reply_frame(id, out, nanos));
+                held.push(reply_frame(id, out, nanos));
                 // Otherwise they go at once when the queue is empty, when the batch is
                 // full, or when its first answer has waited `MAX_HOLD`.
-                let now = Instant::now();
-                let first = *held_since.get_or_insert(now);
-                if w.queue.is_empty()
-                    || answers.len() >= MAX_BATCH
-                    || now.duration_since(first) >= MAX_HOLD
-                {
-                    wr.send_batch(&mut answers).await?;
-                    answers.clear();
-                    held_since = None;
+                if w.queue.is_empty() || held.is_due() {
+                    held.flush(&wr).await?;
                 }
                 continue;
             }
             lane.push(id, entry, frame)?;
         }
-        if !answers.is_empty() {
-            wr.send_batch(&mut answers).await?;
-            answers.clear();
-            held_since = None;
-        }
+        held.flush(&wr).await?;
         if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
             return Ok(());
         }

@@ -79,7 +79,7 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(
         type_name: type_name::<T>(),
         message: "truncated or malformed MessagePack".into(),
     })?;
-    Ok((decode_exact(&bytes[..used], fds)?, used))
+    Ok((decode(&bytes[..used], fds)?, used))
 }
 
 /// Decodes one `T` from `bytes`, the whole body of a frame (or a part already measured).
@@ -89,10 +89,6 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(
 /// each large message. Malformed or truncated MessagePack is an error, never a panic or an
 /// allocation of a claimed length (rmp-serde checks every length against the bytes at hand).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
-    decode_exact(bytes, fds)
-}
-
-fn decode_exact<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
     decode_with(bytes, fds, std::marker::PhantomData::<T>)
 }
 

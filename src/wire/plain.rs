@@ -10,7 +10,6 @@
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::fmt;
-use std::marker::PhantomData;
 use std::ops::Range;
 
 use serde::de::{
@@ -72,42 +71,6 @@ fn le_bytes<T: 'static>(items: &Vec<T>, range: Range<usize>) -> Option<Cow<'_, [
     None
 }
 
-/// The items of a `bin` made by [`to_bytes`], if `T` is a plain number type.
-fn from_bytes<T: 'static>(bytes: &[u8]) -> Option<Result<Vec<T>, String>> {
-    macro_rules! decode {
-        ($t:ty) => {
-            if TypeId::of::<T>() == TypeId::of::<$t>() {
-                const W: usize = std::mem::size_of::<$t>();
-                #[allow(clippy::modulo_one)] // W is 1 for bytes
-                if bytes.len() % W != 0 {
-                    return Some(Err(format!(
-                        "{} bytes are not a whole number of {}",
-                        bytes.len(),
-                        stringify!($t)
-                    )));
-                }
-                let v: Vec<$t> = bytes
-                    .chunks_exact(W)
-                    .map(|c| {
-                        let mut a = [0u8; W];
-                        a.copy_from_slice(c);
-                        <$t>::from_le_bytes(a)
-                    })
-                    .collect();
-                let boxed: Box<dyn Any> = Box::new(v);
-                return Some(
-                    boxed
-                        .downcast::<Vec<T>>()
-                        .map(|b| *b)
-                        .map_err(|_| "a plain sequence of another type".to_string()),
-                );
-            }
-        };
-    }
-    plain_types!(decode);
-    None
-}
-
 /// Items to encode, `items[range]`: as `bin` if they are plain numbers, as an array
 /// otherwise.
 pub(crate) struct Items<'a, T> {
@@ -144,37 +107,8 @@ pub(crate) struct ItemsOwned<T>(pub(crate) Vec<T>);
 
 impl<'de, T: DeserializeOwned + 'static> Deserialize<'de> for ItemsOwned<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if is_plain::<T>() {
-            d.deserialize_bytes(PlainVisitor(PhantomData))
-        } else {
-            Vec::<T>::deserialize(d).map(ItemsOwned)
-        }
-    }
-}
-
-struct PlainVisitor<T>(PhantomData<T>);
-
-impl<'de, T: DeserializeOwned + 'static> Visitor<'de> for PlainVisitor<T> {
-    type Value = ItemsOwned<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a bin of plain numbers")
-    }
-
-    fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
-        match from_bytes::<T>(b) {
-            Some(Ok(v)) => Ok(ItemsOwned(v)),
-            Some(Err(m)) => Err(E::custom(m)),
-            None => Err(E::custom("not a plain number type")),
-        }
-    }
-
-    // An array of the same numbers is accepted too.
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(x) = seq.next_element()? {
-            v.push(x);
-        }
+        let mut v = Vec::new();
+        AppendItems(&mut v).deserialize(d)?;
         Ok(ItemsOwned(v))
     }
 }
