@@ -382,6 +382,65 @@ async fn worker_killed_mid_task() -> TestResult {
     Ok(())
 }
 
+/// A pool that spins for an hour after each short task: longer than any test, so that a
+/// spin that missed what it waits for would show.
+async fn spinning_pool() -> mp::Result<Pool> {
+    Pool::builder()
+        .processes(1)
+        .spin(Duration::from_secs(3600))
+        .build()
+        .await
+}
+
+// While the pool spins for the next answer (short tasks, a spare core), a worker killed
+// mid-task is still noticed at once, and the pool goes on serving.
+async fn spinning_pool_notices_a_dead_worker() -> TestResult {
+    let pool = spinning_pool().await?;
+    for i in 0..50 {
+        ensure!(pool.apply(sqr, (i,)).await? == i * i, "short task {i}");
+    }
+    let path = tmp_path("spin-kill");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let victim = read_pid(&path).await?;
+    kill9(victim)?;
+    match tokio::time::timeout(Duration::from_secs(20), h).await {
+        Ok(Err(Error::WorkerLost { pid, .. })) if pid == victim => {}
+        other => return Err(format!("expected WorkerLost of {victim}, got {other:?}").into()),
+    }
+    ensure!(pool.apply(sqr, (7,)).await? == 49, "serves after");
+    Ok(())
+}
+
+// A pool spinning for its next answer yields to the other tasks of its runtime: on a
+// current-thread runtime, a timer fires and a spawned task runs while it spins.
+async fn spinning_pool_leaves_its_runtime_free() -> TestResult {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let run = || -> TestResult {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let pool = spinning_pool().await?;
+                for i in 0..50 {
+                    ensure!(pool.apply(sqr, (i,)).await? == i * i, "short task {i}");
+                }
+                // The pool now spins for an answer that will not come.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ensure!(tokio::spawn(async { 6 * 7 }).await? == 42, "spawned task");
+                ensure!(pool.apply(sqr, (9,)).await? == 81, "serves after");
+                Ok(())
+            })
+        };
+        let _ = tx.send(run().map_err(|e| e.to_string()));
+    });
+    match tokio::time::timeout(Duration::from_secs(20), rx).await {
+        Ok(Ok(r)) => Ok(r?),
+        Ok(Err(_)) => Err("the runtime's thread panicked".into()),
+        Err(_) => Err("the runtime was held by the spinning pool for 20 s".into()),
+    }
+}
+
 // Tasks a worker held behind the one it was running are not lost with it: only the running
 // task fails; the others run on the replacement.
 async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
@@ -1140,6 +1199,14 @@ fn main() {
             ),
             test("panic_fails_that_task_only", panic_fails_that_task_only),
             test("worker_killed_mid_task", worker_killed_mid_task),
+            test(
+                "spinning_pool_notices_a_dead_worker",
+                spinning_pool_notices_a_dead_worker,
+            ),
+            test(
+                "spinning_pool_leaves_its_runtime_free",
+                spinning_pool_leaves_its_runtime_free,
+            ),
             test(
                 "worker_killed_with_tasks_waiting_behind",
                 worker_killed_with_tasks_waiting_behind,

@@ -17,6 +17,9 @@ pub(super) struct Setup {
     pub(super) hello: Hello,
     /// The initializer's `ProcessEntry`, as an offset from the anchor.
     pub(super) init: Option<i64>,
+    /// How long the worker waits actively for its next task after a short one, in
+    /// nanoseconds (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).
+    pub(super) spin_nanos: u64,
 }
 
 /// The worker's answer to [`Setup`].

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -146,6 +147,8 @@ pub(super) struct Scheduler {
     replies: Replies,
     /// The mean run time of the synchronous tasks answered lately, in nanoseconds.
     mean_nanos: Option<f64>,
+    /// Whether the readers may spin for the next answer (see [`Scheduler::update_spin`]).
+    spin: Arc<AtomicBool>,
 }
 
 /// A copy of an error kept by the scheduler, for each task it fails.
@@ -201,6 +204,7 @@ impl Scheduler {
             waiters: Vec::new(),
             replies: Arc::new(Mutex::new(HashMap::new())),
             mean_nanos: None,
+            spin: Arc::new(AtomicBool::new(false)),
         };
         s.add_worker(first);
         s
@@ -236,6 +240,7 @@ impl Scheduler {
                 }
             }
             self.dispatch();
+            self.update_spin();
         }
         for job in std::mem::take(&mut self.queue) {
             self.answer_job(job, Err(Error::PoolClosed));
@@ -247,6 +252,16 @@ impl Scheduler {
             let _ = w.send(());
         }
         tracing::debug!("pool scheduler finished");
+    }
+
+    /// The readers spin for the next answer (see [`PoolBuilder::spin`]) while the tasks are
+    /// short and a core is spare: fewer workers are busy than there are cores.
+    fn update_spin(&self) {
+        let limit = self.cfg.spin.as_nanos() as f64;
+        let short = self.mean_nanos.is_some_and(|m| m < limit);
+        let busy = self.workers.values().filter(|s| s.load() > 0).count();
+        self.spin
+            .store(short && busy < self.cfg.cores, Ordering::Relaxed);
     }
 
     /// Answers a task that is not in flight.
@@ -278,6 +293,7 @@ impl Scheduler {
             w.process,
             self.events_tx.clone(),
             self.replies.clone(),
+            (self.spin.clone(), self.cfg.spin),
         ));
         self.workers.insert(
             wid,
@@ -703,13 +719,15 @@ async fn write_worker(writer: FrameWriter, mut rx: UnboundedReceiver<FrameBuf>) 
     }
 }
 
-/// Forwards a worker's answers, then its exit (seen at once on its pidfd).
+/// Forwards a worker's answers, then its exit (seen at once on its pidfd). While `spin`
+/// allows, it waits actively, up to `limit` after each answer, for the next one.
 async fn read_worker(
     wid: u64,
     mut rd: FrameReader,
     mut process: Process,
     events: UnboundedSender<Event>,
     replies: Replies,
+    (spin, limit): (Arc<AtomicBool>, Duration),
 ) {
     let forward = |mut frame: Frame| -> bool {
         match frame.decode_head::<Reply>() {
@@ -725,29 +743,41 @@ async fn read_worker(
             }
         }
     };
+    let mut last_answer: Option<std::time::Instant> = None;
     loop {
-        tokio::select! {
-            biased;
-            r = rd.recv() => match r {
-                Ok(frame) => {
-                    if !forward(frame) {
-                        let _ = process.kill();
-                        break;
-                    }
-                }
-                Err(_) => break,
-            },
-            _ = process.join() => {
-                // Dead: take in what it sent before dying, then report.
-                while let Ok(Ok(frame)) =
-                    tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
-                {
-                    if !forward(frame) {
-                        break;
-                    }
-                }
-                break;
+        let r = match rd.try_recv() {
+            Some(r) => r,
+            None if last_answer.is_some_and(|t| t.elapsed() < limit)
+                && spin.load(Ordering::Relaxed) =>
+            {
+                tokio::task::yield_now().await;
+                continue;
             }
+            None => tokio::select! {
+                biased;
+                r = rd.recv() => r,
+                _ = process.join() => {
+                    // Dead: take in what it sent before dying, then report.
+                    while let Ok(Ok(frame)) =
+                        tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
+                    {
+                        if !forward(frame) {
+                            break;
+                        }
+                    }
+                    break;
+                }
+            },
+        };
+        match r {
+            Ok(frame) => {
+                if !forward(frame) {
+                    let _ = process.kill();
+                    break;
+                }
+                last_answer = Some(std::time::Instant::now());
+            }
+            Err(_) => break,
         }
     }
     let code = match tokio::time::timeout(Duration::from_secs(5), process.join()).await {

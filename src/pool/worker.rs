@@ -30,7 +30,6 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::proto::{Reply, Setup, SetupReply, Status, ToWorker};
@@ -369,10 +368,12 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         exiting: false,
     };
     let mut held = Held::default();
+    let spin = Duration::from_nanos(setup.spin_nanos);
+    let mut spin_next = false;
     loop {
         // Everything that has arrived is taken in before a task starts, so that a cancel
         // sent behind a task reaches the queue first.
-        while let Some(r) = rd.recv().now_or_never() {
+        while let Some(r) = rd.try_recv() {
             match r {
                 Ok(frame) => {
                     if let Some(mut f) = w.take(frame)? {
@@ -400,6 +401,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
                 }
                 let (out, nanos) = run_sync(entry, frame);
                 w.timed(offset, nanos);
+                spin_next = u128::from(nanos) < spin.as_nanos();
                 held.push(reply_frame(id, out, nanos));
                 // Otherwise they go at once when the queue is empty, when the batch is
                 // full, or when its first answer has waited `MAX_HOLD`.
@@ -413,6 +415,13 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         held.flush(&wr).await?;
         if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
             return Ok(());
+        }
+        // After a short task, the next one may be just behind: wait for it awake.
+        if spin_next && !lane.busy && w.async_running == 0 {
+            spin_next = false;
+            if rd.spin_for_input(spin) {
+                continue;
+            }
         }
         tokio::select! {
             r = rd.recv() => match r {

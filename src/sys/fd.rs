@@ -111,6 +111,20 @@ pub(crate) fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// Whether a socket has something to read (data, end of stream or an error), checked
+/// without reading and without blocking: a `MSG_PEEK | MSG_DONTWAIT` receive of one byte.
+pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(
+        nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
 /// Closes every descriptor from 3 up, except those in `keep` (which must be sorted).
 ///
 /// Async-signal-safe: it allocates nothing and makes only `close_range` calls, so a freshly

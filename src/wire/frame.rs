@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::Interest;
@@ -376,6 +377,44 @@ impl FrameReader {
             if n == 0 {
                 return self.buf.at_eof();
             }
+        }
+    }
+}
+
+impl FrameReader {
+    /// Waits actively, for at most `limit`, until the socket has input; returns whether it
+    /// has. A process that sleeps in the reactor pays a wake-up when input arrives (tens of
+    /// microseconds on a virtual machine); one that is still spinning here does not.
+    /// Receives the next frame if it is buffered or can be read at once, without waiting and
+    /// without the reactor: `None` when the socket has no complete frame now (bytes of a
+    /// partial one stay buffered for the next call).
+    pub(crate) fn try_recv(&mut self) -> Option<Result<Frame>> {
+        loop {
+            match self.buf.next_frame() {
+                Ok(Some(f)) => return Some(Ok(f)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            match self.buf.read_once(self.io.as_fd()) {
+                Ok(0) => return Some(self.buf.at_eof()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    pub(crate) fn spin_for_input(&self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            if sys::has_input(self.io.as_fd()) {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::hint::spin_loop();
         }
     }
 }
