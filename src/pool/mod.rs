@@ -32,7 +32,8 @@ use crate::sys;
 use crate::task::{
     ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
 };
-use crate::wire::plain::Items;
+use crate::wire::frame::SharedBytes;
+use crate::wire::plain::{Items, SharedItems};
 use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed, into_stream};
 
 static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
@@ -40,6 +41,9 @@ static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
 /// How long a pool's processes wait actively for what is due shortly, unless
 /// [`PoolBuilder::spin`] says otherwise.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// Encodes the chunk of a map's input from one index to another.
+type ChunkEncoder = Box<dyn Fn(usize, usize) -> Result<Payload> + Send>;
 
 /// A chunk entry: the entry, whether the target is async, the type name of its arguments.
 type ChunkEntry = (TaskEntry, bool, &'static str);
@@ -161,6 +165,38 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let _ = process.kill();
     let _ = tokio::time::timeout(Duration::from_secs(5), process.join()).await;
     Err(err)
+}
+
+/// A task's arguments as they are sent: their encoding, then, for a chunk of plain numbers,
+/// the chunk's bytes, shared with the rest of the map's input.
+pub(super) struct Payload {
+    head: Encoded,
+    shared: Option<SharedBytes>,
+}
+
+impl From<Encoded> for Payload {
+    fn from(head: Encoded) -> Payload {
+        Payload { head, shared: None }
+    }
+}
+
+impl Payload {
+    /// A copy for one more worker: the encoding copied, descriptors duplicated, shared
+    /// bytes shared.
+    fn try_clone(&self) -> Result<Payload> {
+        Ok(Payload {
+            head: clone_encoded(&self.head)?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Appends the arguments to a task's frame.
+    fn push_to(self, frame: &mut FrameBuf) {
+        frame.push_encoded(self.head);
+        if let Some(s) = self.shared {
+            frame.push_shared(s);
+        }
+    }
 }
 
 /// A copy of encoded arguments, descriptors duplicated, for one more worker.
@@ -386,7 +422,7 @@ impl Shared {
         &self,
         entry: TaskEntry,
         is_async: bool,
-        payload: Result<Encoded>,
+        payload: Result<impl Into<Payload>>,
         timeout: Option<Duration>,
         arg_type: &'static str,
     ) -> AsyncResult<R> {
@@ -394,7 +430,7 @@ impl Shared {
             return AsyncResult::failed(Error::PoolClosed);
         }
         let payload = match payload {
-            Ok(p) => p,
+            Ok(p) => p.into(),
             Err(e) => return AsyncResult::failed(e),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -412,6 +448,15 @@ impl Shared {
         }
         AsyncResult::waiting(id, rx, self.cmds.clone(), arg_type)
     }
+}
+
+/// A map's input, in a vector whose memory is faulted in by huge pages when it is large.
+fn collect_items<I: IntoIterator>(iterable: I) -> Vec<I::Item> {
+    let it = iterable.into_iter();
+    let mut items = Vec::with_capacity(it.size_hint().0);
+    sys::advise_huge_pages(&mut items);
+    items.extend(it);
+    items
 }
 
 /// Python's default chunk size for `map`: `ceil(len / (4 × workers))`, at least 1.
@@ -628,7 +673,7 @@ impl Pool {
             F::IS_ASYNC,
             type_name::<Vec<T>>(),
         );
-        self.map_items(iterable.into_iter().collect(), entry)
+        self.map_items(collect_items(iterable), entry)
     }
 
     /// [`map`](Self::map) submitted now, with the default chunk size (Python's
@@ -654,7 +699,7 @@ impl Pool {
     {
         let _ = f;
         let entry = (chunk_entry::<F, A, M>(), F::IS_ASYNC, type_name::<Vec<A>>());
-        self.map_items(iterable.into_iter().collect(), entry)
+        self.map_items(collect_items(iterable), entry)
     }
 
     /// A [`Map`] over `items`, each chunk of which is encoded (a slice of `items`) when it is
@@ -664,11 +709,26 @@ impl Pool {
         T: Serialize + Send + 'static,
     {
         let len = items.len();
+        let encode: ChunkEncoder = match SharedItems::new(items) {
+            Ok(shared) => Box::new(move |from, to| {
+                let (head, bytes) = shared.chunk(from..to)?;
+                Ok(Payload {
+                    head: Encoded {
+                        bytes: head,
+                        fds: Vec::new(),
+                    },
+                    shared: Some(bytes),
+                })
+            }),
+            Err(items) => Box::new(move |from, to| {
+                Encoded::new(&Items::new(&items, from..to)).map(Payload::from)
+            }),
+        };
         Map {
             pool: self,
             _result: std::marker::PhantomData,
             len,
-            encode: Box::new(move |from, to| Encoded::new(&Items::new(&items, from..to))),
+            encode,
             entry,
             chunksize: None,
         }
@@ -820,7 +880,7 @@ pub struct Map<'p, R> {
     pool: &'p Pool,
     _result: std::marker::PhantomData<fn() -> R>,
     len: usize,
-    encode: Box<dyn Fn(usize, usize) -> Result<Encoded> + Send>,
+    encode: ChunkEncoder,
     entry: ChunkEntry,
     chunksize: Option<usize>,
 }

@@ -19,6 +19,7 @@ use super::Shared;
 use super::proto::Status;
 use super::scheduler::{Cmd, Outcome};
 use crate::error::{Error, Result};
+use crate::sys;
 use crate::wire::Encoded;
 
 use crate::task::ChunkInto;
@@ -324,10 +325,12 @@ impl<R> std::fmt::Debug for MapResult<R> {
 
 impl<R: DeserializeOwned + 'static> MapResult<R> {
     pub(super) fn new(chunks: Vec<AsyncResult<ChunkOut<R>>>, len: usize) -> MapResult<R> {
+        let mut out = Vec::with_capacity(len);
+        sys::advise_huge_pages(&mut out);
         MapResult {
             chunks,
             next: 0,
-            out: Vec::with_capacity(len),
+            out,
             failed: None,
         }
     }

@@ -22,12 +22,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::proto::{Reply, Status, ToWorker};
-use super::{Config, WorkerConn, clone_encoded, start_worker};
+use super::{Config, Payload, WorkerConn, start_worker};
 use crate::Process;
 use crate::error::{Error, ExitCause, Result};
 use crate::sys;
 use crate::wire::frame::Frame;
-use crate::wire::{Encoded, FrameBuf, FrameReader, FrameWriter};
+use crate::wire::{FrameBuf, FrameReader, FrameWriter};
 
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
 /// trip; the pool holds fewer when its tasks are long (see [`Scheduler::prefetch`]).
@@ -49,7 +49,7 @@ pub(super) struct Job {
     pub(super) id: u64,
     pub(super) entry: i64,
     pub(super) is_async: bool,
-    pub(super) payload: Encoded,
+    pub(super) payload: Payload,
     pub(super) timeout: Option<Duration>,
     /// Where the answer goes; `None` once it is in [`Replies`] (a task sent again after
     /// its worker died).
@@ -103,7 +103,7 @@ struct Running {
     started: bool,
     /// The arguments, kept while the task waits in a worker so it can be sent again if
     /// that worker dies before starting it.
-    copy: Option<Encoded>,
+    copy: Option<Payload>,
     deadline: Option<Instant>,
 }
 
@@ -613,7 +613,7 @@ impl Scheduler {
         let copy = if started {
             None
         } else {
-            clone_encoded(&job.payload).ok()
+            job.payload.try_clone().ok()
         };
         let mut frame = match FrameBuf::of(&ToWorker::Task {
             id: job.id,
@@ -626,7 +626,7 @@ impl Scheduler {
                 return;
             }
         };
-        frame.push_encoded(job.payload);
+        job.payload.push_to(&mut frame);
         if let Some(tx) = job.reply {
             self.replies
                 .lock()

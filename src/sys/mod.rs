@@ -16,7 +16,7 @@ mod proc;
 mod ring;
 mod shm;
 
-pub(crate) use bytes::number_bytes;
+pub(crate) use bytes::{Number, advise_huge_pages, number_bytes};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{

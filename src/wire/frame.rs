@@ -6,9 +6,11 @@
 //! queued in arrival order and each frame takes as many as its header announces.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -27,15 +29,89 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Frames at least this large are handed over without a copy when they fill the buffer.
 const HAND_OVER: usize = 64 * 1024;
 
+/// A range of a buffer that several owners share, sent from where it lies: a map's input of
+/// plain numbers, chunk by chunk, with no copy per chunk and none kept to send it again.
+#[derive(Clone)]
+pub(crate) struct SharedBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl SharedBytes {
+    /// All of `owner`'s bytes.
+    pub(crate) fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>) -> SharedBytes {
+        let len = (*owner).as_ref().len();
+        SharedBytes {
+            owner,
+            range: 0..len,
+        }
+    }
+
+    /// `self[range]`, sharing the same owner; `None` if `range` is out of bounds.
+    pub(crate) fn slice(&self, range: Range<usize>) -> Option<SharedBytes> {
+        let start = self.range.start.checked_add(range.start)?;
+        let end = self.range.start.checked_add(range.end)?;
+        (start <= end && end <= self.range.end).then(|| SharedBytes {
+            owner: self.owner.clone(),
+            range: start..end,
+        })
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBytes")
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The part of a frame's body sent after its head: a large value's own buffer, or shared
+/// bytes.
+#[derive(Debug)]
+enum Tail {
+    Owned(Vec<u8>),
+    Shared(SharedBytes),
+}
+
+impl std::ops::Deref for Tail {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Tail::Owned(v) => v,
+            Tail::Shared(s) => s.as_slice(),
+        }
+    }
+}
+
+impl Tail {
+    /// The tail as a buffer that can grow (shared bytes are copied first).
+    fn owned(&mut self) -> &mut Vec<u8> {
+        if let Tail::Shared(s) = self {
+            *self = Tail::Owned(s.as_slice().to_vec());
+        }
+        match self {
+            Tail::Owned(v) => v,
+            Tail::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+}
+
 /// A frame under construction: header room, then one or more encoded values.
 ///
 /// A large encoded value pushed whole ([`push_encoded`](Self::push_encoded)) is kept as the
-/// frame's tail rather than copied in after the header; the frame is sent as its two parts.
+/// frame's tail rather than copied in after the header, as are shared bytes
+/// ([`push_shared`](Self::push_shared)); the frame is sent as its two parts.
 #[derive(Debug)]
 pub(crate) struct FrameBuf {
     buf: Vec<u8>,
     /// The rest of the body, after `buf`.
-    tail: Vec<u8>,
+    tail: Tail,
     fds: Vec<OwnedFd>,
 }
 
@@ -49,7 +125,7 @@ impl FrameBuf {
     pub(crate) fn new() -> FrameBuf {
         FrameBuf {
             buf: vec![0; HEADER_LEN],
-            tail: Vec::new(),
+            tail: Tail::Owned(Vec::new()),
             fds: Vec::new(),
         }
     }
@@ -66,7 +142,7 @@ impl FrameBuf {
         let end = if self.tail.is_empty() {
             &mut self.buf
         } else {
-            &mut self.tail
+            self.tail.owned()
         };
         codec::encode_into(end, &mut self.fds, value)
     }
@@ -75,13 +151,23 @@ impl FrameBuf {
     /// (from [`HAND_OVER`] bytes) become the tail, without a copy.
     pub(crate) fn push_encoded(&mut self, e: Encoded) {
         if !self.tail.is_empty() {
-            self.tail.extend_from_slice(&e.bytes);
+            self.tail.owned().extend_from_slice(&e.bytes);
         } else if e.bytes.len() >= HAND_OVER {
-            self.tail = e.bytes;
+            self.tail = Tail::Owned(e.bytes);
         } else {
             self.buf.extend_from_slice(&e.bytes);
         }
         self.fds.extend(e.fds);
+    }
+
+    /// Appends bytes that are already MessagePack (or the rest of a value begun with
+    /// [`push_encoded`](Self::push_encoded)), sent from where they lie.
+    pub(crate) fn push_shared(&mut self, s: SharedBytes) {
+        if self.tail.is_empty() {
+            self.tail = Tail::Shared(s);
+        } else {
+            self.tail.owned().extend_from_slice(s.as_slice());
+        }
     }
 
     /// Fails if the frame could not be sent: a body over the maximum frame size, or too
@@ -128,6 +214,54 @@ pub(crate) struct Frame {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+impl Drop for Frame {
+    fn drop(&mut self) {
+        keep_buffer(std::mem::take(&mut self.data));
+    }
+}
+
+/// Buffers of large frames, kept when their frame is dropped for the next large frames to be
+/// read into. A fresh buffer costs a page fault per 4 KiB as it fills (a megabyte costs
+/// about a millisecond on a virtual machine); a kept one is memory already in place.
+static KEPT_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// The most buffers kept, and the most bytes they may hold in all.
+const KEPT_COUNT: usize = 4;
+const KEPT_BYTES: usize = 32 << 20;
+
+/// Keeps `buf` for a later large frame, if it is large and there is room among those kept.
+fn keep_buffer(buf: Vec<u8>) {
+    if buf.len() < HAND_OVER {
+        return;
+    }
+    let mut kept = KEPT_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+    let held: usize = kept.iter().map(Vec::len).sum();
+    if kept.len() < KEPT_COUNT && held + buf.len() <= KEPT_BYTES {
+        kept.push(buf);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Turns kept buffers off on this thread, for tests of how a buffer grows by itself.
+    static NO_KEPT_BUFFERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The smallest kept buffer of at least `len` bytes, taken.
+fn take_kept_buffer(len: usize) -> Option<Vec<u8>> {
+    #[cfg(test)]
+    if NO_KEPT_BUFFERS.with(std::cell::Cell::get) {
+        return None;
+    }
+    let mut kept = KEPT_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+    let (i, _) = kept
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.len() >= len)
+        .min_by_key(|(_, b)| b.len())?;
+    Some(kept.swap_remove(i))
+}
+
 impl Frame {
     pub(crate) fn body(&self) -> &[u8] {
         &self.data[self.offset..]
@@ -141,8 +275,9 @@ impl Frame {
     }
 
     /// Decodes the (rest of the) body as one value, giving it the frame's descriptors.
-    pub(crate) fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T> {
-        codec::decode(&self.data[self.offset..], self.fds)
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(mut self) -> Result<T> {
+        let fds = std::mem::take(&mut self.fds);
+        codec::decode(&self.data[self.offset..], fds)
     }
 
     /// Decodes the (rest of the) body through `seed`, giving it the frame's descriptors.
@@ -224,20 +359,31 @@ impl RecvBuf {
 
     /// Room to read into: at least [`READ_CHUNK`] bytes, or what the frame in progress still
     /// needs. The buffer grows only as bytes actually arrive (at most doubling), never to a
-    /// length a peer merely claims.
+    /// length a peer merely claims; but a large frame goes straight into a kept buffer that
+    /// holds it whole, if there is one (see [`keep_buffer`]).
     fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 && self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
         let pending = self.end - self.start;
-        let wanted = match self.buf.get(self.start..self.start + HEADER_LEN) {
-            Some(h) => {
-                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                (HEADER_LEN + len).saturating_sub(pending).max(1)
+        let frame_len = match self.buf.get(self.start..self.end) {
+            Some(h) if h.len() >= HEADER_LEN => {
+                Some(HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize)
             }
-            None => READ_CHUNK,
+            _ => None,
         };
+        let wanted = frame_len.map_or(READ_CHUNK, |n| n.saturating_sub(pending).max(1));
+        if let Some(n) = frame_len
+            && n >= HAND_OVER
+            && self.buf.len() - self.start < n
+            && let Some(mut kept) = take_kept_buffer(n)
+        {
+            kept[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = kept;
+            self.start = 0;
+            self.end = pending;
+        }
         if self.buf.len() - self.end < wanted.min(READ_CHUNK) {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -250,7 +396,15 @@ impl RecvBuf {
                 self.buf.resize(self.end + room.max(grow), 0);
             }
         }
-        &mut self.buf[self.end..]
+        // A large frame is read up to its end and no further, so that it fills the buffer
+        // and is handed over without a copy.
+        let stop = match frame_len {
+            Some(n) if n >= HAND_OVER && self.start + n > self.end => {
+                (self.start + n).min(self.buf.len())
+            }
+            _ => self.buf.len(),
+        };
+        &mut self.buf[self.end..stop]
     }
 
     fn filled(&mut self, n: usize) {
@@ -307,7 +461,7 @@ impl RecvBuf {
 pub(crate) fn send_blocking(fd: BorrowedFd<'_>, frame: &mut FrameBuf) -> Result<()> {
     frame.seal()?;
     let raw = frame.raw_fds();
-    for (i, part) in [&frame.buf, &frame.tail].into_iter().enumerate() {
+    for (i, part) in [&frame.buf[..], &frame.tail[..]].into_iter().enumerate() {
         let mut off = 0;
         while off < part.len() {
             let fds: &[RawFd] = if i == 0 && off == 0 { &raw } else { &[] };
@@ -500,13 +654,48 @@ mod tests {
     }
 
     #[test]
+    fn large_frames_in_kept_buffers_arrive_whole() {
+        // Large frames of several sizes through one receive buffer, fed in pieces, two of
+        // them back to back: each is read into a buffer a dropped frame left behind (stale
+        // bytes and all) and must come out exactly as sent.
+        let frame_of = |n: usize, seed: usize| {
+            let payload: Vec<u8> = (0..n).map(|j| (j * 7 + seed) as u8).collect();
+            let mut f = FrameBuf::of(&serde_bytes::Bytes::new(&payload)).unwrap();
+            f.seal().unwrap();
+            (payload, [&f.buf[..], &f.tail[..]].concat())
+        };
+        let (a, wire_a) = frame_of(300_000, 1);
+        let (b, wire_b) = frame_of(100_000, 2);
+        let (c, wire_c) = frame_of(200_000, 3);
+        let (d, wire_d) = frame_of(100_000, 4);
+        let wire = [wire_a, wire_b, wire_c, wire_d].concat();
+        let mut rb = RecvBuf::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(70_001) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let spare = rb.spare();
+                let k = rest.len().min(spare.len());
+                spare[..k].copy_from_slice(&rest[..k]);
+                rb.filled(k);
+                rest = &rest[k..];
+                while let Some(f) = rb.next_frame().unwrap() {
+                    // Dropped here: its buffer is kept for the next one.
+                    got.push(f.decode::<serde_bytes::ByteBuf>().unwrap().into_vec());
+                }
+            }
+        }
+        assert!(got == [a, b, c, d], "frames changed on the way");
+    }
+
+    #[test]
     fn frames_split_and_join() {
         let mut wire = Vec::new();
         for i in 0..3u32 {
             let mut f = FrameBuf::of(&(i, "abc")).unwrap();
             f.seal().unwrap();
             wire.extend_from_slice(&f.buf);
-            wire.extend_from_slice(&f.tail);
+            wire.extend_from_slice(&f.tail[..]);
         }
         let mut rb = RecvBuf::new();
         let mut got = Vec::new();
@@ -559,7 +748,7 @@ mod fuzz {
         let mut out = Vec::new();
         let mut push = |f: &mut FrameBuf| {
             f.seal().unwrap();
-            out.push([f.buf.clone(), f.tail.clone()].concat());
+            out.push([&f.buf[..], &f.tail[..]].concat());
         };
         push(&mut FrameBuf::of(&Hello::ours()).unwrap());
         push(&mut FrameBuf::of(&Reply::Refused("a reason".into())).unwrap());
@@ -603,6 +792,9 @@ mod fuzz {
 
     #[test]
     fn ten_thousand_random_and_mutated_frames() {
+        // The buffer's own growth is checked: a kept buffer (memory already held) could be
+        // larger than what arrived.
+        super::NO_KEPT_BUFFERS.with(|c| c.set(true));
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let valid = valid_frames();
         let mut decoded = 0;

@@ -11,12 +11,15 @@ use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::de::{
     self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor,
 };
 use serde::ser::{Serialize, Serializer};
 
+use super::frame::SharedBytes;
+use crate::error::Error;
 use crate::sys;
 
 /// Calls `$m!(type)` for each plain number type.
@@ -69,6 +72,70 @@ fn le_bytes<T: 'static>(items: &Vec<T>, range: Range<usize>) -> Option<Cow<'_, [
     }
     plain_types!(encode);
     None
+}
+
+/// A vector of plain numbers, read as the bytes it lies in.
+struct Numbers<T>(Vec<T>);
+
+impl<T: sys::Number> AsRef<[u8]> for Numbers<T> {
+    fn as_ref(&self) -> &[u8] {
+        sys::number_bytes(&self.0)
+    }
+}
+
+/// Plain numbers shared by the chunks of a map, each chunk sent from where its items lie:
+/// on a little-endian machine the memory of plain numbers is their encoding.
+pub(crate) struct SharedItems {
+    bytes: SharedBytes,
+    width: usize,
+}
+
+impl SharedItems {
+    /// `items` shared, if `T` is a plain number type and the machine little-endian;
+    /// otherwise `items` back.
+    pub(crate) fn new<T: 'static>(mut items: Vec<T>) -> Result<SharedItems, Vec<T>> {
+        if cfg!(target_endian = "little") {
+            macro_rules! share {
+                ($t:ty) => {
+                    if let Some(v) = (&mut items as &mut dyn Any).downcast_mut::<Vec<$t>>() {
+                        return Ok(SharedItems {
+                            bytes: SharedBytes::new(Arc::new(Numbers(std::mem::take(v)))),
+                            width: std::mem::size_of::<$t>(),
+                        });
+                    }
+                };
+            }
+            plain_types!(share);
+        }
+        Err(items)
+    }
+
+    /// `items[range]` encoded as [`Items`] encodes it: the head of a `bin`, and the items'
+    /// bytes to send after it.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] for a chunk over 4 GiB (no `bin` holds it), and
+    /// [`Error::Protocol`] for a range out of bounds.
+    pub(crate) fn chunk(&self, range: Range<usize>) -> crate::Result<(Vec<u8>, SharedBytes)> {
+        let bytes = range.start.saturating_mul(self.width)..range.end.saturating_mul(self.width);
+        let shared = self
+            .bytes
+            .slice(bytes)
+            .ok_or_else(|| Error::Protocol(format!("items {range:?} out of range")))?;
+        let len = shared.as_slice().len();
+        let head = match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
+            (Ok(n), _, _) => vec![0xc4, n],
+            (_, Ok(n), _) => [&[0xc5][..], &n.to_be_bytes()].concat(),
+            (_, _, Ok(n)) => [&[0xc6][..], &n.to_be_bytes()].concat(),
+            _ => {
+                return Err(Error::FrameTooLarge {
+                    size: len as u64,
+                    max: crate::max_frame_size(),
+                });
+            }
+        };
+        Ok((head, shared))
+    }
 }
 
 /// Items to encode, `items[range]`: as `bin` if they are plain numbers, as an array
@@ -216,6 +283,30 @@ mod tests {
         assert_eq!(round_trip(vec![-1.5f64, f64::MAX]), vec![-1.5f64, f64::MAX]);
         assert_eq!(round_trip(vec![1.25f32]), vec![1.25f32]);
         assert_eq!(round_trip(Vec::<i32>::new()), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn shared_chunks_encode_as_items_do() {
+        // Sizes that need each `bin` length width: 1, 2 and 4 bytes.
+        for n in [3usize, 40, 9_000] {
+            let v: Vec<u64> = (0..n as u64).map(|x| x.wrapping_mul(0x9e37_79b9)).collect();
+            let Ok(shared) = SharedItems::new(v.clone()) else {
+                panic!("u64 is plain");
+            };
+            for range in [0..n, 1..n - 1, 2..2, n - 1..n] {
+                let (head, bytes) = shared.chunk(range.clone()).expect("in range");
+                let sent = [&head[..], bytes.as_slice()].concat();
+                let want = Encoded::new(&Items::new(&v, range.clone())).expect("encodes");
+                assert_eq!(sent, want.bytes, "{n} items, chunk {range:?}");
+            }
+            assert!(shared.chunk(n - 1..n + 1).is_err(), "past the end");
+        }
+        let strings = vec!["a".to_string()];
+        assert_eq!(
+            SharedItems::new(strings.clone()).err(),
+            Some(strings),
+            "other types come back whole"
+        );
     }
 
     #[test]
