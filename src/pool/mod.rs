@@ -296,12 +296,13 @@ impl PoolBuilder {
     /// [`DEFAULT_SPIN`](crate::DEFAULT_SPIN), and [`Duration::ZERO`] turns it off.
     ///
     /// A process that sleeps until input arrives pays a wake-up, which on a virtual machine
-    /// can cost tens of microseconds, more than a short task. So after a task that ran
-    /// for less than `spin`, a worker spins up to `spin` for its next task; and while the
-    /// tasks are that short and a core is spare (fewer workers busy than cores), the pool
-    /// spins up to `spin` for the next answer after each one, yielding to the other tasks
-    /// of its runtime as it does. This roughly halves the round trip of one `apply` after
-    /// another, at the cost of up to `spin` of CPU time each time a process goes idle.
+    /// can cost tens of microseconds, more than a short task. So while the tasks are
+    /// shorter than `spin` and a core is spare (fewer workers busy than cores, so that no
+    /// worker at work loses time to it), a worker spins up to `spin` for its next task after
+    /// each one, and the pool spins up to `spin` for the next answer after each one,
+    /// yielding to the other tasks of its runtime as it does. This roughly halves the round
+    /// trip of one `apply` after another, at the cost of up to `spin` of CPU time each time
+    /// a process goes idle. Spinning is off on a machine with a single core.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
         self

@@ -17,8 +17,8 @@ pub(super) struct Setup {
     pub(super) hello: Hello,
     /// The initializer's `ProcessEntry`, as an offset from the anchor.
     pub(super) init: Option<i64>,
-    /// How long the worker waits actively for its next task after a short one, in
-    /// nanoseconds (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).
+    /// How long the worker waits actively for its next task after a short one that allows
+    /// it, in nanoseconds (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).
     pub(super) spin_nanos: u64,
 }
 
@@ -42,6 +42,9 @@ pub(super) enum ToWorker {
         entry: i64,
         /// An `async fn` target: it runs on the worker's runtime, not on its task thread.
         is_async: bool,
+        /// Whether the worker may spin for its next task after this one, if it is short
+        /// (the pool had a core to spare when it sent it).
+        spin: bool,
     },
     /// Drop task `id` if it has not started (the caller cancelled it); the worker answers
     /// [`Status::Cancelled`] if it dropped it, and nothing more if the task had started.

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -254,14 +255,23 @@ impl Scheduler {
         tracing::debug!("pool scheduler finished");
     }
 
-    /// The readers spin for the next answer (see [`PoolBuilder::spin`]) while the tasks are
-    /// short and a core is spare: fewer workers are busy than there are cores.
-    fn update_spin(&self) {
+    /// Whether the pool's processes may spin (see [`PoolBuilder::spin`]) with `busy`
+    /// workers busy: while the tasks are short and a core is spare, so that spinning takes
+    /// no time from a worker at work.
+    fn may_spin(&self, busy: usize) -> bool {
         let limit = self.cfg.spin.as_nanos() as f64;
-        let short = self.mean_nanos.is_some_and(|m| m < limit);
-        let busy = self.workers.values().filter(|s| s.load() > 0).count();
+        self.mean_nanos.is_some_and(|m| m < limit) && busy < self.cfg.cores
+    }
+
+    /// The number of workers with tasks in flight.
+    fn busy(&self) -> usize {
+        self.workers.values().filter(|s| s.load() > 0).count()
+    }
+
+    /// Tells the readers whether they may spin for the next answer.
+    fn update_spin(&self) {
         self.spin
-            .store(short && busy < self.cfg.cores, Ordering::Relaxed);
+            .store(self.may_spin(self.busy()), Ordering::Relaxed);
     }
 
     /// Answers a task that is not in flight.
@@ -605,6 +615,8 @@ impl Scheduler {
     }
 
     fn send_job(&mut self, wid: u64, job: Job) {
+        let idle = self.workers.get(&wid).is_some_and(|s| s.load() == 0);
+        let spin = self.may_spin(self.busy() + usize::from(idle));
         let Some(slot) = self.workers.get_mut(&wid) else {
             self.queue.push_front(job);
             return;
@@ -619,6 +631,7 @@ impl Scheduler {
             id: job.id,
             entry: job.entry,
             is_async: job.is_async,
+            spin,
         }) {
             Ok(f) => f,
             Err(e) => {
@@ -743,16 +756,22 @@ async fn read_worker(
             }
         }
     };
+    let spinning = |last: Option<std::time::Instant>| {
+        last.is_some_and(|t| t.elapsed() < limit) && spin.load(Ordering::Relaxed)
+    };
     let mut last_answer: Option<std::time::Instant> = None;
     loop {
-        let r = match rd.try_recv() {
+        // What the reactor has seen first; while spinning, the socket itself (the reactor
+        // has not seen what arrived since).
+        let r = match rd.recv().now_or_never() {
             Some(r) => r,
-            None if last_answer.is_some_and(|t| t.elapsed() < limit)
-                && spin.load(Ordering::Relaxed) =>
-            {
-                tokio::task::yield_now().await;
-                continue;
-            }
+            None if spinning(last_answer) => match rd.try_recv() {
+                Some(r) => r,
+                None => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            },
             None => tokio::select! {
                 biased;
                 r = rd.recv() => r,

@@ -30,6 +30,7 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::proto::{Reply, Setup, SetupReply, Status, ToWorker};
@@ -225,6 +226,8 @@ struct Queued {
     offset: i64,
     entry: TaskEntry,
     frame: Frame,
+    /// The pool allows a spin for the next task after this one.
+    spin: bool,
 }
 
 /// The worker's state between frames.
@@ -273,8 +276,23 @@ impl Worker {
     }
 
     /// Takes in one frame from the pool; returns an answer to send at once, if any.
+    /// Takes in what the pool sent, answering at once what needs no task; `false` when the
+    /// pool is gone (nothing more will come, and nobody waits for answers).
+    async fn take_in(&mut self, r: Result<Frame>, wr: &FrameWriter) -> Result<bool> {
+        match r {
+            Ok(frame) => {
+                if let Some(mut f) = self.take(frame)? {
+                    wr.send(&mut f).await?;
+                }
+                Ok(true)
+            }
+            Err(Error::Closed) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn take(&mut self, mut frame: Frame) -> Result<Option<FrameBuf>> {
-        let (id, entry, is_async) = match frame.decode_head::<ToWorker>()? {
+        let (id, entry, is_async, spin) = match frame.decode_head::<ToWorker>()? {
             ToWorker::Exit => {
                 self.exiting = true;
                 return Ok(None);
@@ -297,7 +315,8 @@ impl Worker {
                 id,
                 entry,
                 is_async,
-            } => (id, entry, is_async),
+                spin,
+            } => (id, entry, is_async, spin),
         };
         let offset = entry;
         let entry = match self.entry(offset) {
@@ -312,6 +331,7 @@ impl Worker {
                 offset,
                 entry,
                 frame,
+                spin,
             });
             return Ok(None);
         }
@@ -370,27 +390,30 @@ async fn serve(sock: OwnedFd) -> Result<()> {
     let mut held = Held::default();
     let spin = Duration::from_nanos(setup.spin_nanos);
     let mut spin_next = false;
+    // Input seen by a spin, not yet by the reactor: read it directly.
+    let mut seen = false;
     loop {
         // Everything that has arrived is taken in before a task starts, so that a cancel
         // sent behind a task reaches the queue first.
-        while let Some(r) = rd.try_recv() {
-            match r {
-                Ok(frame) => {
-                    if let Some(mut f) = w.take(frame)? {
-                        wr.send(&mut f).await?;
-                    }
-                }
-                // The pool is gone: nothing more will come, and nobody waits for answers.
-                Err(Error::Closed) => return Ok(()),
-                Err(e) => return Err(e),
+        loop {
+            let next = if seen {
+                rd.try_recv()
+            } else {
+                rd.recv().now_or_never()
+            };
+            let Some(r) = next else { break };
+            if !w.take_in(r, &wr).await? {
+                return Ok(());
             }
         }
+        seen = false;
         if !lane.busy
             && let Some(Queued {
                 id,
                 offset,
                 entry,
                 frame,
+                spin: may_spin,
             }) = w.queue.pop_front()
         {
             if w.async_running == 0 {
@@ -401,7 +424,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
                 }
                 let (out, nanos) = run_sync(entry, frame);
                 w.timed(offset, nanos);
-                spin_next = u128::from(nanos) < spin.as_nanos();
+                spin_next = may_spin && u128::from(nanos) < spin.as_nanos();
                 held.push(reply_frame(id, out, nanos));
                 // Otherwise they go at once when the queue is empty, when the batch is
                 // full, or when its first answer has waited `MAX_HOLD`.
@@ -420,18 +443,13 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         if spin_next && !lane.busy && w.async_running == 0 {
             spin_next = false;
             if rd.spin_for_input(spin) {
+                seen = true;
                 continue;
             }
         }
         tokio::select! {
-            r = rd.recv() => match r {
-                Ok(frame) => {
-                    if let Some(mut f) = w.take(frame)? {
-                        wr.send(&mut f).await?;
-                    }
-                }
-                Err(Error::Closed) => return Ok(()),
-                Err(e) => return Err(e),
+            r = rd.recv() => if !w.take_in(r, &wr).await? {
+                return Ok(());
             },
             Some(done) = done_rx.recv() => {
                 let mut f = match done {

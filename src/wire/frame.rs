@@ -161,12 +161,16 @@ impl FrameBuf {
     }
 
     /// Appends bytes that are already MessagePack (or the rest of a value begun with
-    /// [`push_encoded`](Self::push_encoded)), sent from where they lie.
+    /// [`push_encoded`](Self::push_encoded)). Large ones (from [`HAND_OVER`] bytes) are sent
+    /// from where they lie; small ones are copied, so that small frames still go out many
+    /// to a write.
     pub(crate) fn push_shared(&mut self, s: SharedBytes) {
-        if self.tail.is_empty() {
+        if !self.tail.is_empty() {
+            self.tail.owned().extend_from_slice(s.as_slice());
+        } else if s.as_slice().len() >= HAND_OVER {
             self.tail = Tail::Shared(s);
         } else {
-            self.tail.owned().extend_from_slice(s.as_slice());
+            self.buf.extend_from_slice(s.as_slice());
         }
     }
 
