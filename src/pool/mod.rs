@@ -57,7 +57,7 @@ struct Config {
     concurrency: usize,
     start_timeout: Duration,
     spin: Duration,
-    /// The cores this process may use: the pool's own processes spin only on spare ones.
+    /// The CPUs this process may run on: the pool's own processes spin only on spare ones.
     cores: usize,
 }
 
@@ -347,7 +347,8 @@ impl PoolBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn build(self) -> Result<Pool> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The CPUs this process may run on decide whether a core is spare to spin on.
+        let cores = sys::cpus_allowed();
         let processes = match self.processes {
             Some(0) => {
                 return Err(Error::Io(std::io::Error::new(
@@ -356,11 +357,17 @@ impl PoolBuilder {
                 )));
             }
             Some(n) => n,
-            None => cores,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let method = self.method.unwrap_or_else(crate::get_start_method);
+        if method != StartMethod::Fork {
+            // Spawned and fork-server workers are started from the launcher thread: it
+            // starts while the workers' setup is prepared.
+            crate::start::warm_launcher();
+        }
         let cfg = Arc::new(Config {
             processes,
-            method: self.method.unwrap_or_else(crate::get_start_method),
+            method,
             init: self.init.transpose()?,
             maxtasksperchild: self.maxtasksperchild,
             concurrency: self.concurrency,

@@ -26,7 +26,7 @@
 //! by it.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,8 @@ use crate::error::{Error, Result};
 use crate::sys::{self, SameBinary};
 use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
 use crate::wire::frame::Frame;
-use crate::wire::{Encoded, Fd, FrameBuf, FrameWriter, framed, into_stream};
+use crate::wire::frame::send_blocking;
+use crate::wire::{Encoded, Fd, FrameBuf, FrameWriter, RecvBuf, framed_after, into_stream};
 
 /// The most answers a worker sends in one write.
 const MAX_BATCH: usize = 64;
@@ -54,10 +55,11 @@ const SHORT_TASK_NANOS: u64 = 20_000;
 pub(super) fn worker_main(sock: Fd) {
     sys::keep_freed_memory();
     let run = move || -> Result<()> {
+        let start = setup(sock.into_owned())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(serve(sock.into_owned()))
+        rt.block_on(serve(start))
     };
     let outcome = if tokio::runtime::Handle::try_current().is_ok() {
         match std::thread::Builder::new()
@@ -351,27 +353,61 @@ impl Worker {
     }
 }
 
-async fn serve(sock: OwnedFd) -> Result<()> {
-    let (mut rd, wr) = framed(into_stream(sock)?);
-    let mut frame = rd.recv().await?;
+/// A worker after its setup frame, before its runtime.
+struct Start {
+    sock: OwnedFd,
+    /// What was read from the socket beyond the setup frame.
+    rest: RecvBuf,
+    same: SameBinary,
+    /// The initializer (its entry and the frame holding its arguments), still to run;
+    /// `None` when there is none and the pool has been told `Ready`.
+    init: Option<(i64, Frame)>,
+    spin: Duration,
+}
+
+/// Reads the setup frame and checks it, without a runtime (blocking). Without an initializer
+/// the worker answers `Ready` at once: the pool hears it while the runtime is built.
+fn setup(sock: OwnedFd) -> Result<Start> {
+    sys::set_nonblocking(sock.as_fd(), false)?;
+    let mut rest = RecvBuf::new();
+    let mut frame = rest.recv_blocking(sock.as_fd())?;
     let setup: Setup = frame.decode_head()?;
+    let reply = |r: &SetupReply| send_blocking(sock.as_fd(), &mut FrameBuf::of(r)?);
     let same = match setup.hello.check() {
         Ok(s) => s,
         Err(e) => {
-            wr.send(&mut FrameBuf::of(&SetupReply::Refused(e.to_string()))?)
-                .await?;
+            reply(&SetupReply::Refused(e.to_string()))?;
             return Err(e);
         }
     };
-    if let Some(init) = setup.init
-        && let Err(message) = run_initializer(init, same, frame).await
-    {
-        wr.send(&mut FrameBuf::of(&SetupReply::InitFailed(message))?)
-            .await?;
-        return Ok(());
+    let init = match setup.init {
+        Some(offset) => Some((offset, frame)),
+        None => {
+            reply(&SetupReply::Ready)?;
+            None
+        }
+    };
+    Ok(Start {
+        sock,
+        rest,
+        same,
+        init,
+        spin: Duration::from_nanos(setup.spin_nanos),
+    })
+}
+
+async fn serve(start: Start) -> Result<()> {
+    let (mut rd, wr) = framed_after(into_stream(start.sock)?, start.rest);
+    if let Some((offset, frame)) = start.init {
+        if let Err(message) = run_initializer(offset, start.same, frame).await {
+            wr.send(&mut FrameBuf::of(&SetupReply::InitFailed(message))?)
+                .await?;
+            return Ok(());
+        }
+        wr.send(&mut FrameBuf::of(&SetupReply::Ready)?).await?;
     }
-    wr.send(&mut FrameBuf::of(&SetupReply::Ready)?).await?;
     tracing::debug!(pid = sys::current_pid(), "pool worker ready");
+    let same = start.same;
 
     let (done_tx, mut done_rx) = unbounded_channel::<Done>();
     let mut lane = Lane {
@@ -388,7 +424,7 @@ async fn serve(sock: OwnedFd) -> Result<()> {
         exiting: false,
     };
     let mut held = Held::default();
-    let spin = Duration::from_nanos(setup.spin_nanos);
+    let spin = start.spin;
     let mut spin_next = false;
     // Input seen by a spin, not yet by the reactor: read it directly.
     let mut seen = false;

@@ -58,7 +58,23 @@ pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
     Ok(frame)
 }
 
-/// Sends the bootstrap frame for `launch` over `sock` and waits for the child's answer,
+/// The largest bootstrap frame sent before the child exists: far below a socket's buffer, so
+/// the send never blocks.
+const EARLY_MAX: usize = 32 * 1024;
+
+/// Sends a small bootstrap frame at once, before the child is started, so that it waits in
+/// the socket for the child (no wake-up of the parent between the start and the child's
+/// read); gives back a large one, to be sent by [`handshake`].
+pub(crate) fn send_early(sock: &OwnedFd, mut frame: FrameBuf) -> Result<Option<FrameBuf>> {
+    if frame.wire_len() > EARLY_MAX {
+        return Ok(Some(frame));
+    }
+    crate::wire::frame::send_blocking(sock.as_fd(), &mut frame)?;
+    Ok(None)
+}
+
+/// Sends the bootstrap frame for `launch` over `sock` (unless [`send_early`] did) and waits
+/// for the child's answer,
 /// racing its exit and the start deadline. On success returns a handle on the socket for the
 /// parent to keep: the child sees EOF on it when the parent is gone.
 ///
@@ -67,26 +83,37 @@ pub(crate) async fn handshake(
     sock: OwnedFd,
     child: &mut Child,
     launch: &Launch,
-    mut frame: FrameBuf,
+    frame: Option<FrameBuf>,
 ) -> Result<OwnedFd> {
     let pid = child.pid();
     let keepalive = sys::dup_fd(sock.as_fd())?;
     let (mut rd, wr) = framed(into_stream(sock)?);
     let exchange = async {
-        wr.send(&mut frame).await?;
+        if let Some(mut frame) = frame {
+            wr.send(&mut frame).await?;
+        }
         rd.recv().await?.decode::<BootReply>()
     };
     let deadline = launch.start_timeout;
-    let outcome = tokio::select! {
+    let first = tokio::select! {
         // Biased: a child that answered and then exited at once has its answer read first.
         biased;
-        r = tokio::time::timeout(deadline, exchange) => r,
-        code = child.wait() => {
-            return Err(match code {
-                Ok(code) => exited_early(launch, pid, code),
-                Err(e) => start_error(launch, pid, format!("waiting for it failed: {e}")),
-            });
-        }
+        r = tokio::time::timeout(deadline, exchange) => Ok(r),
+        code = child.wait() => Err(code),
+    };
+    let outcome = match first {
+        Ok(r) => r,
+        // Its answer may be in the socket still, unseen by the reactor: a child sent the
+        // bootstrap frame before it started can answer and end before this side looks.
+        Err(code) => match rd.try_recv() {
+            Some(r) => Ok(r.and_then(|f| f.decode::<BootReply>())),
+            None => {
+                return Err(match code {
+                    Ok(code) => exited_early(launch, pid, code),
+                    Err(e) => start_error(launch, pid, format!("waiting for it failed: {e}")),
+                });
+            }
+        },
     };
     let err = match outcome {
         Ok(Ok(BootReply::Started)) => return Ok(keepalive),

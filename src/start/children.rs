@@ -58,8 +58,12 @@ impl Child {
     }
 
     /// Enters the child in the exit handler's table: at normal exit of this process, daemon
-    /// children are sent SIGTERM and every child is waited for, as Python does.
+    /// children are sent SIGTERM and every child is waited for, as Python does. A child
+    /// already reaped (one that answered its bootstrap and ended at once) needs neither.
     pub(crate) fn track(&self, daemon: bool, keepalive: Option<OwnedFd>) {
+        if self.code.is_some() {
+            return;
+        }
         AT_EXIT.call_once(|| {
             if let Err(e) = sys::at_exit(at_exit) {
                 tracing::warn!("cannot install the exit handler that joins children: {e}");

@@ -133,6 +133,7 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
+    let frame = boot::send_early(&ours, frame)?;
     let (pid, pidfd, status) = on_launcher(move || request_fork(theirs)).await??;
     sys::set_nonblocking(status.as_fd(), true)?;
     let status = sys::register_owned(status, tokio::io::Interest::READABLE)?;

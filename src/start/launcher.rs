@@ -33,6 +33,12 @@ fn launcher() -> Option<&'static mpsc::Sender<Job>> {
     LAUNCHER.as_ref()
 }
 
+/// Starts the launcher thread now, if it is not running: its creation overlaps the
+/// preparation of the starts about to come, instead of delaying the first of them.
+pub(crate) fn warm_launcher() {
+    let _ = launcher();
+}
+
 /// Runs `f` on the launcher thread and returns its result.
 pub(super) async fn on_launcher<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
@@ -91,6 +97,7 @@ fn cstring(bytes: Vec<u8>) -> Result<CString> {
 pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
+    let frame = boot::send_early(&ours, frame)?;
     let inherit_argv = launch.inherit_argv;
     let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
     let mut child = Child::new(pid, pidfd, ExitSource::Own)?;

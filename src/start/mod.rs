@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 pub(crate) use children::Child;
+pub(crate) use launcher::warm_launcher;
 
 use crate::error::{Error, Result};
 use crate::task::ProcessEntry;

@@ -310,6 +310,19 @@ pub(crate) fn signal_name(n: i32) -> Option<&'static str> {
     Signal::try_from(n).ok().map(Signal::as_str)
 }
 
+/// The number of CPUs this process may run on (its affinity mask), in one system call; 1 if
+/// the mask cannot be read.
+pub(crate) fn cpus_allowed() -> usize {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .count()
+            .max(1),
+        Err(_) => 1,
+    }
+}
+
 /// Makes this process keep the memory it frees for its next allocations, instead of giving
 /// large blocks back to the kernel at once and faulting fresh zeroed pages in for the next
 /// ones. For a pool worker, which allocates and frees buffers of the same sizes task after

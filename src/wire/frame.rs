@@ -24,8 +24,13 @@ use crate::sys;
 
 /// Bytes of the frame header.
 pub(crate) const HEADER_LEN: usize = 5;
-/// The smallest room a read is given, so that small frames arrive many per system call.
+/// The room a read is given at most (when no large frame is in progress), so that small
+/// frames arrive many per system call.
 const READ_CHUNK: usize = 64 * 1024;
+/// The room a fresh buffer's reads are given; it doubles, up to [`READ_CHUNK`], each time a
+/// read fills it. A socket that carries a few small frames (a child's bootstrap) never
+/// faults in the pages of a large buffer.
+const FIRST_READ_CHUNK: usize = 4 * 1024;
 /// Frames at least this large are handed over without a copy when they fill the buffer.
 const HAND_OVER: usize = 64 * 1024;
 
@@ -174,6 +179,11 @@ impl FrameBuf {
         }
     }
 
+    /// The frame's size on the wire, header included.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.buf.len() + self.tail.len()
+    }
+
     /// Fails if the frame could not be sent: a body over the maximum frame size, or too
     /// many descriptors.
     pub(crate) fn check_size(&mut self) -> Result<()> {
@@ -302,6 +312,10 @@ pub(crate) struct RecvBuf {
     start: usize,
     end: usize,
     fds: VecDeque<OwnedFd>,
+    /// The room reads are given now (0 until the first read: [`FIRST_READ_CHUNK`]).
+    chunk: usize,
+    /// The room the last [`spare`](Self::spare) offered.
+    offered: usize,
 }
 
 impl RecvBuf {
@@ -361,8 +375,8 @@ impl RecvBuf {
         Ok(Some(frame))
     }
 
-    /// Room to read into: at least [`READ_CHUNK`] bytes, or what the frame in progress still
-    /// needs. The buffer grows only as bytes actually arrive (at most doubling), never to a
+    /// Room to read into: the current read chunk (see [`FIRST_READ_CHUNK`]), or what the
+    /// frame in progress still needs. The buffer grows only as bytes actually arrive (at most doubling), never to a
     /// length a peer merely claims; but a large frame goes straight into a kept buffer that
     /// holds it whole, if there is one (see [`keep_buffer`]).
     fn spare(&mut self) -> &mut [u8] {
@@ -377,7 +391,8 @@ impl RecvBuf {
             }
             _ => None,
         };
-        let wanted = frame_len.map_or(READ_CHUNK, |n| n.saturating_sub(pending).max(1));
+        let chunk = self.chunk.max(FIRST_READ_CHUNK);
+        let wanted = frame_len.map_or(chunk, |n| n.saturating_sub(pending).max(1));
         if let Some(n) = frame_len
             && n >= HAND_OVER
             && self.buf.len() - self.start < n
@@ -388,15 +403,15 @@ impl RecvBuf {
             self.start = 0;
             self.end = pending;
         }
-        if self.buf.len() - self.end < wanted.min(READ_CHUNK) {
+        if self.buf.len() - self.end < wanted.min(chunk) {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end = pending;
                 self.start = 0;
             }
             let room = self.buf.len() - self.end;
-            if room < wanted.min(READ_CHUNK) {
-                let grow = wanted.min(self.buf.len().max(READ_CHUNK));
+            if room < wanted.min(chunk) {
+                let grow = wanted.min(self.buf.len().max(chunk));
                 self.buf.resize(self.end + room.max(grow), 0);
             }
         }
@@ -408,11 +423,18 @@ impl RecvBuf {
             }
             _ => self.buf.len(),
         };
+        self.chunk = chunk;
+        self.offered = stop - self.end;
         &mut self.buf[self.end..stop]
     }
 
+    /// Records `n` bytes read into the room [`spare`](Self::spare) gave; a read that filled
+    /// it doubles the read chunk (more was probably waiting).
     fn filled(&mut self, n: usize) {
         self.end += n;
+        if n > 0 && n == self.offered {
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
+        }
     }
 
     pub(crate) fn at_eof(&self) -> Result<Frame> {
@@ -502,11 +524,17 @@ pub(crate) struct FrameWriter {
 
 /// Splits a socket into its framed halves.
 pub(crate) fn framed(stream: UnixStream) -> (FrameReader, FrameWriter) {
+    framed_after(stream, RecvBuf::new())
+}
+
+/// Like [`framed`], for a socket already read from through `buf` (bytes it holds are the
+/// start of what the reader gives).
+pub(crate) fn framed_after(stream: UnixStream, buf: RecvBuf) -> (FrameReader, FrameWriter) {
     let io = Arc::new(stream);
     (
         FrameReader {
             io: io.clone(),
-            buf: RecvBuf::new(),
+            buf,
         },
         FrameWriter { io },
     )

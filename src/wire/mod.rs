@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) use codec::Encoded;
 pub use fd::Fd;
 #[allow(unused_imports)] // the halves are for the pool and connections
-pub(crate) use frame::{FrameBuf, FrameReader, FrameWriter, RecvBuf, framed, into_stream};
+pub(crate) use frame::{
+    FrameBuf, FrameReader, FrameWriter, RecvBuf, framed, framed_after, into_stream,
+};
 pub(crate) use handshake::Hello;
 
 /// The default maximum frame size: 1 GiB.
