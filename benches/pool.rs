@@ -2,7 +2,8 @@
 //! `python3 benches/pool_cpython.py` runs CPython's `multiprocessing.Pool` on the same work
 //! and prints both sides with the ratio.
 //!
-//! Every figure line reads `figure <name> <value> <unit> | baseline <what> <value> <unit>`.
+//! Every figure line reads `figure <name> <value> <unit> | baseline <what> <value> <unit>`;
+//! a figure is the median of `POOL_BENCH_REPEAT` runs (default 5), listed in a note line.
 //! `POOL_BENCH_IMAP_N` sets how many inputs the RSS figure streams (default 10,000,000).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,6 +41,40 @@ fn rss_kib() -> u64 {
 
 fn figure(name: &str, value: f64, unit: &str, baseline: &str, base: f64, base_unit: &str) {
     println!("figure {name} {value:.2} {unit} | baseline {baseline} {base:.2} {base_unit}");
+}
+
+/// How many times each figure is measured (`POOL_BENCH_REPEAT`, default 5): this machine's
+/// timings vary from run to run, so each figure is the median of its runs.
+fn repeats() -> usize {
+    std::env::var("POOL_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// A figure and its baseline as medians of their runs, and a note with every run.
+fn figures(
+    name: &str,
+    runs: &mut [f64],
+    unit: &str,
+    baseline: &str,
+    base: &mut [f64],
+    base_unit: &str,
+) {
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("note {name} runs: {} {unit}", list(runs));
+    figure(name, median(runs), unit, baseline, median(base), base_unit);
 }
 
 async fn socketpair_ping_pong(rounds: u32) -> std::io::Result<Duration> {
@@ -132,60 +167,90 @@ async fn run() -> mp::Result<()> {
         }
         return Ok(());
     }
-    // Build → first result, spawn start method.
-    let t = Instant::now();
-    let pool = mp::Pool::builder()
-        .processes(2)
-        .start_method(mp::StartMethod::Spawn)
-        .build()
-        .await?;
-    pool.apply(noop, (1,)).await?;
-    let first = t.elapsed();
-    let t = Instant::now();
-    let mut p = mp::Process::new(nothing, ()).start().await?;
-    p.join().await?;
-    let one = t.elapsed();
-    figure(
+    let reps = repeats();
+
+    // Build → first result, spawn start method: a fresh pool each time.
+    let mut first = Vec::new();
+    let mut one = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let pool = mp::Pool::builder()
+            .processes(2)
+            .start_method(mp::StartMethod::Spawn)
+            .build()
+            .await?;
+        pool.apply(noop, (1,)).await?;
+        first.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(pool);
+        let t = Instant::now();
+        let mut p = mp::Process::new(nothing, ()).start().await?;
+        p.join().await?;
+        one.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    figures(
         "pool2_build_to_first_result",
-        first.as_secs_f64() * 1e3,
+        &mut first,
         "ms",
         "one_process_start_join",
-        one.as_secs_f64() * 1e3,
+        &mut one,
         "ms",
     );
 
-    // map, 1,000,000 trivial tasks, default chunksize.
+    // map, 1,000,000 trivial tasks, default chunksize: each on a fresh pool (built, then one
+    // apply), as a program's first big map would run.
     let n = 1_000_000u64;
-    let t = Instant::now();
-    let v = pool.map(noop, 0..n).await?;
-    let d = t.elapsed();
-    assert_eq!(v.len() as u64, n);
-    let t = Instant::now();
-    let local: Vec<u64> = (0..n).map(std::hint::black_box(noop)).collect();
-    let dl = t.elapsed();
-    assert_eq!(local.len() as u64, n);
-    figure(
+    let mut rates = Vec::new();
+    let mut local_rates = Vec::new();
+    for _ in 0..reps {
+        let pool = mp::Pool::new(2).await?;
+        pool.apply(noop, (1,)).await?;
+        let t = Instant::now();
+        let v = pool.map(noop, 0..n).await?;
+        let d = t.elapsed();
+        assert_eq!(v.len() as u64, n);
+        drop(v);
+        drop(pool);
+        rates.push(n as f64 / d.as_secs_f64() / 1e6);
+        let t = Instant::now();
+        let local: Vec<u64> = (0..n).map(std::hint::black_box(noop)).collect();
+        let dl = t.elapsed();
+        assert_eq!(local.len() as u64, n);
+        local_rates.push(n as f64 / dl.as_secs_f64() / 1e6);
+    }
+    figures(
         "map_1M_default_chunksize",
-        n as f64 / d.as_secs_f64() / 1e6,
+        &mut rates,
         "Mtasks/s",
         "same_map_in_process",
-        n as f64 / dl.as_secs_f64() / 1e6,
+        &mut local_rates,
         "Mtasks/s",
     );
+
+    // The other figures share one pool.
+    let pool = mp::Pool::new(2).await?;
+    pool.apply(noop, (1,)).await?;
 
     // map, chunksize 1, 20,000 tasks.
     let n = 20_000u64;
-    let t = Instant::now();
-    let v = pool.map(noop, 0..n).chunksize(1).await?;
-    let d = t.elapsed();
-    assert_eq!(v.len() as u64, n);
-    let pp = socketpair_ping_pong(20_000).await?;
-    figure(
+    let mut rates = Vec::new();
+    let mut pp_rates = Vec::new();
+    let mut pp_us = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let v = pool.map(noop, 0..n).chunksize(1).await?;
+        let d = t.elapsed();
+        assert_eq!(v.len() as u64, n);
+        rates.push(n as f64 / d.as_secs_f64() / 1e3);
+        let pp = socketpair_ping_pong(20_000).await?;
+        pp_rates.push(20_000.0 / pp.as_secs_f64() / 1e3);
+        pp_us.push(pp.as_secs_f64() * 1e6 / 20_000.0);
+    }
+    figures(
         "map_20k_chunksize_1",
-        n as f64 / d.as_secs_f64() / 1e3,
+        &mut rates,
         "ktasks/s",
         "tokio_socketpair_round_trips",
-        20_000.0 / pp.as_secs_f64() / 1e3,
+        &mut pp_rates,
         "k/s",
     );
 
@@ -193,27 +258,32 @@ async fn run() -> mp::Result<()> {
     for i in 0..1000 {
         pool.apply(noop, (i,)).await?;
     }
-    let rounds = 20_000u32;
-    let t = Instant::now();
-    for i in 0..rounds {
-        pool.apply(noop, (u64::from(i),)).await?;
+    let rounds = 5_000u32;
+    let mut rtt = Vec::new();
+    let mut cat_us = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        for i in 0..rounds {
+            pool.apply(noop, (u64::from(i),)).await?;
+        }
+        rtt.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds));
+        let cat = pipe_ping_pong_with_cat(2_000).await?;
+        cat_us.push(cat.as_secs_f64() * 1e6 / 2_000.0);
     }
-    let d = t.elapsed();
-    let cat = pipe_ping_pong_with_cat(5_000).await?;
-    figure(
+    figures(
         "apply_round_trip",
-        d.as_secs_f64() * 1e6 / f64::from(rounds),
+        &mut rtt,
         "us",
         "pipe_ping_pong_with_a_cat_process",
-        cat.as_secs_f64() * 1e6 / 5_000.0,
+        &mut cat_us,
         "us",
     );
     println!(
-        "note tokio socketpair ping-pong within this process: {:.2} us",
-        pp.as_secs_f64() * 1e6 / 20_000.0
+        "note tokio socketpair ping-pong within this process: {:.2} us (median)",
+        median(&mut pp_us)
     );
     // The same from a current-thread runtime: no hops between runtime threads.
-    let ct = std::thread::spawn(|| -> mp::Result<f64> {
+    let mut ct = std::thread::spawn(move || -> mp::Result<Vec<f64>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -222,37 +292,46 @@ async fn run() -> mp::Result<()> {
             for i in 0..1000 {
                 pool.apply(noop, (i,)).await?;
             }
-            let t = Instant::now();
-            for i in 0..20_000u64 {
-                pool.apply(noop, (i,)).await?;
+            let mut out = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                for i in 0..5_000u64 {
+                    pool.apply(noop, (i,)).await?;
+                }
+                out.push(t.elapsed().as_secs_f64() * 1e6 / 5_000.0);
             }
-            Ok(t.elapsed().as_secs_f64() * 1e6 / 20_000.0)
+            Ok(out)
         })
     })
     .join()
     .map_err(|_| mp::Error::Protocol("the current-thread bench panicked".into()))??;
-    figure(
+    figures(
         "apply_round_trip_current_thread_runtime",
-        ct,
+        &mut ct,
         "us",
         "pipe_ping_pong_with_a_cat_process",
-        cat.as_secs_f64() * 1e6 / 5_000.0,
+        &mut cat_us,
         "us",
     );
 
     // 10,000 concurrent apply_async.
     let n = 10_000u64;
-    let t = Instant::now();
-    let hs: Vec<_> = (0..n).map(|i| pool.apply_async(noop, (i,))).collect();
-    let v = futures::future::try_join_all(hs).await?;
-    let d = t.elapsed();
-    assert_eq!(v.len() as u64, n);
-    figure(
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let hs: Vec<_> = (0..n).map(|i| pool.apply_async(noop, (i,))).collect();
+        let v = futures::future::try_join_all(hs).await?;
+        let d = t.elapsed();
+        assert_eq!(v.len() as u64, n);
+        rates.push(n as f64 / d.as_secs_f64() / 1e3);
+    }
+    let mut none = Vec::new();
+    figures(
         "apply_async_10k_concurrent",
-        n as f64 / d.as_secs_f64() / 1e3,
+        &mut rates,
         "ktasks/s",
-        "map_20k_chunksize_1_above",
-        0.0,
+        "-",
+        &mut none,
         "-",
     );
 

@@ -3,7 +3,8 @@
 
 Runs the CPython side here, then `cargo bench --bench pool` (release), and prints both
 with the ratio (ours / CPython for throughput, CPython / ours for times: > 1 means we are
-faster). Usage: python3 benches/pool_cpython.py [--imap-n N]
+faster). Each figure is the median of several runs on both sides (the machine's timings vary).
+Usage: python3 benches/pool_cpython.py [--imap-n N] [--repeat R]
 """
 
 import argparse
@@ -24,45 +25,65 @@ def noop0():
     return None
 
 
-def cpython_figures(imap_n):
-    out = {}
-    ctx = mp.get_context("spawn")
-    t = time.perf_counter()
-    pool = ctx.Pool(2)
-    pool.apply(noop, (1,))
-    out["pool2_build_to_first_result"] = (time.perf_counter() - t) * 1e3
-    pool.terminate()
-    pool.join()
+def median(runs):
+    return sorted(runs)[len(runs) // 2]
+
+
+def cpython_figures(imap_n, reps):
+    """Each figure is the median of `reps` runs, as on our side."""
+    runs = {}
+
+    def add(name, value):
+        runs.setdefault(name, []).append(value)
+
+    for _ in range(reps):
+        t = time.perf_counter()
+        pool = mp.get_context("spawn").Pool(2)
+        pool.apply(noop, (1,))
+        add("pool2_build_to_first_result", (time.perf_counter() - t) * 1e3)
+        pool.terminate()
+        pool.join()
+
+    # A fresh pool (one apply first) for each map of a million, as on our side.
+    for _ in range(reps):
+        with mp.get_context("fork").Pool(2) as pool:
+            pool.apply(noop, (1,))
+            n = 1_000_000
+            t = time.perf_counter()
+            r = pool.map(noop, range(n))
+            assert len(r) == n
+            add("map_1M_default_chunksize", n / (time.perf_counter() - t) / 1e6)
 
     with mp.get_context("fork").Pool(2) as pool:
         pool.apply(noop, (1,))
-        n = 1_000_000
-        t = time.perf_counter()
-        r = pool.map(noop, range(n))
-        assert len(r) == n
-        out["map_1M_default_chunksize"] = n / (time.perf_counter() - t) / 1e6
-
-        n = 20_000
-        t = time.perf_counter()
-        r = pool.map(noop, range(n), chunksize=1)
-        assert len(r) == n
-        out["map_20k_chunksize_1"] = n / (time.perf_counter() - t) / 1e3
+        for _ in range(reps):
+            n = 20_000
+            t = time.perf_counter()
+            r = pool.map(noop, range(n), chunksize=1)
+            assert len(r) == n
+            add("map_20k_chunksize_1", n / (time.perf_counter() - t) / 1e3)
 
         for i in range(200):
             pool.apply(noop, (i,))
-        n = 3_000
-        t = time.perf_counter()
-        for i in range(n):
-            pool.apply(noop, (i,))
-        out["apply_round_trip"] = (time.perf_counter() - t) * 1e6 / n
-        out["apply_round_trip_current_thread_runtime"] = out["apply_round_trip"]
+        for _ in range(reps):
+            n = 2_000
+            t = time.perf_counter()
+            for i in range(n):
+                pool.apply(noop, (i,))
+            add("apply_round_trip", (time.perf_counter() - t) * 1e6 / n)
 
-        n = 10_000
-        t = time.perf_counter()
-        hs = [pool.apply_async(noop, (i,)) for i in range(n)]
-        for h in hs:
-            h.get()
-        out["apply_async_10k_concurrent"] = n / (time.perf_counter() - t) / 1e3
+        for _ in range(reps):
+            n = 10_000
+            t = time.perf_counter()
+            hs = [pool.apply_async(noop, (i,)) for i in range(n)]
+            for h in hs:
+                h.get()
+            add("apply_async_10k_concurrent", n / (time.perf_counter() - t) / 1e3)
+
+        out = {name: median(v) for name, v in runs.items()}
+        for name, v in runs.items():
+            print(f"  cpython: note {name} runs: " + " ".join(f"{x:.2f}" for x in v))
+        out["apply_round_trip_current_thread_runtime"] = out["apply_round_trip"]
 
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         count = 0
@@ -87,9 +108,9 @@ FIGURES = [
 ]
 
 
-def ours(imap_n):
+def ours(imap_n, reps):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, POOL_BENCH_IMAP_N=str(imap_n))
+    env = dict(os.environ, POOL_BENCH_IMAP_N=str(imap_n), POOL_BENCH_REPEAT=str(reps))
     run = subprocess.run(
         ["cargo", "bench", "--bench", "pool"],
         cwd=root, env=env, capture_output=True, text=True, check=True,
@@ -106,10 +127,11 @@ def ours(imap_n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--imap-n", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=5, help="runs per figure (the median is shown)")
     a = ap.parse_args()
-    print(f"CPython {sys.version.split()[0]}, Pool(2), {os.cpu_count()} cores")
-    py = cpython_figures(a.imap_n)
-    rs = ours(a.imap_n)
+    print(f"CPython {sys.version.split()[0]}, Pool(2), {os.cpu_count()} cores, median of {a.repeat} runs")
+    py = cpython_figures(a.imap_n, a.repeat)
+    rs = ours(a.imap_n, a.repeat)
     print()
     print(f"| figure | unit | CPython | ours | ratio (>1: ours better) | our baseline |")
     print(f"| --- | --- | --- | --- | --- | --- |")
