@@ -38,6 +38,9 @@ use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed
 
 static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
 
+/// The send buffer each end of a worker's socket asks for, in bytes.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 /// How long a pool's processes wait actively for what is due shortly, unless
 /// [`PoolBuilder::spin`] says otherwise.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
@@ -74,6 +77,15 @@ struct WorkerConn {
 /// pair, set up (handshake and initializer) over it.
 async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let (ours, theirs) = sys::socketpair_stream()?;
+    // A chunk of a large map (a megabyte or more) fits in the socket whole, each way: a
+    // sender does not wait for the reader's wake-ups a few hundred kilobytes at a time, and
+    // the next chunk arrives while a worker runs this one. Memory is taken only for bytes in
+    // flight.
+    for end in [&ours, &theirs] {
+        if let Err(e) = sys::grow_send_buffer(end.as_fd(), SOCKET_BUFFER) {
+            tracing::debug!("cannot grow a pool socket's send buffer: {e}");
+        }
+    }
     let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
     let (mut reader, writer) = framed(into_stream(ours)?);
     // A small setup goes out first: it waits in the socket while the child starts, so the
