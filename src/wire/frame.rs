@@ -741,6 +741,41 @@ mod tests {
     }
 
     #[test]
+    fn reads_start_small_and_grow_while_they_fill() {
+        let mut rb = RecvBuf::new();
+        // A few small frames, one read each: the buffer stays at the first read chunk.
+        for i in 0..3u32 {
+            let mut f = FrameBuf::of(&(i, "small")).unwrap();
+            f.seal().unwrap();
+            feed(&mut rb, &f.buf);
+            assert!(rb.next_frame().unwrap().is_some());
+        }
+        assert_eq!(rb.buf.len(), FIRST_READ_CHUNK);
+        // Reads that fill all the room they get (many small frames waiting) double it, up
+        // to READ_CHUNK.
+        let mut many = Vec::new();
+        for i in 0..20_000u32 {
+            let mut f = FrameBuf::of(&i).unwrap();
+            f.seal().unwrap();
+            many.extend_from_slice(&f.buf);
+        }
+        let mut rest = &many[..];
+        let mut got = 0;
+        while !rest.is_empty() {
+            let spare = rb.spare();
+            let n = rest.len().min(spare.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            rb.filled(n);
+            rest = &rest[n..];
+            while rb.next_frame().unwrap().is_some() {
+                got += 1;
+            }
+        }
+        assert_eq!(got, 20_000);
+        assert_eq!(rb.buf.len(), READ_CHUNK);
+    }
+
+    #[test]
     fn an_absurd_length_is_refused_without_allocating_it() {
         let mut rb = RecvBuf::new();
         feed(&mut rb, &[0xff, 0xff, 0xff, 0xf0, 0]);
