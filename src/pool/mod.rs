@@ -32,7 +32,7 @@ use crate::sys;
 use crate::task::{
     ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
 };
-use crate::wire::frame::SharedBytes;
+use crate::wire::frame::{SharedBytes, send_early};
 use crate::wire::plain::{Items, SharedItems};
 use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed, into_stream};
 
@@ -87,10 +87,6 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         }
     }
     let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let (mut reader, writer) = framed(into_stream(ours)?);
-    // A small setup goes out first: it waits in the socket while the child starts, so the
-    // child finds it as soon as its bootstrap is done. A large one (big initializer
-    // arguments) could fill the socket before anyone reads it: it goes out after the start.
     let mut frame = FrameBuf::of(&Setup {
         hello: Hello::ours(),
         init: cfg
@@ -99,14 +95,14 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
             .map(|(e, _)| crate::task::process_entry_offset(*e)),
         spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
     })?;
-    let mut early = true;
     if let Some((_, args)) = &cfg.init {
-        early = args.bytes.len() < 32 * 1024;
         frame.push_encoded(clone_encoded(args)?);
     }
-    if early {
-        writer.send(&mut frame).await?;
-    }
+    // A small setup goes out first: it waits in the socket while the child starts, so the
+    // child finds it as soon as its bootstrap is done. A large one (big initializer
+    // arguments) could fill the socket before anyone reads it: it goes out after the start.
+    let late = send_early(ours.as_fd(), frame)?;
+    let (mut reader, writer) = framed(into_stream(ours)?);
     let mut process = Process::new(worker::worker_main, (Fd::from(theirs),))
         .name(format!("PoolWorker-{n}"))
         .daemon(true)
@@ -117,7 +113,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let pid = process.pid();
     let pidfd = sys::dup_fd(process.sentinel())?;
     let setup = async {
-        if !early {
+        if let Some(mut frame) = late {
             writer.send(&mut frame).await?;
         }
         reader.recv().await?.decode::<SetupReply>()

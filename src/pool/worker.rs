@@ -277,7 +277,6 @@ impl Worker {
         }
     }
 
-    /// Takes in one frame from the pool; returns an answer to send at once, if any.
     /// Takes in what the pool sent, answering at once what needs no task; `false` when the
     /// pool is gone (nothing more will come, and nobody waits for answers).
     async fn take_in(&mut self, r: Result<Frame>, wr: &FrameWriter) -> Result<bool> {
@@ -293,6 +292,7 @@ impl Worker {
         }
     }
 
+    /// Takes in one frame from the pool; returns an answer to send at once, if any.
     fn take(&mut self, mut frame: Frame) -> Result<Option<FrameBuf>> {
         let (id, entry, is_async, spin) = match frame.decode_head::<ToWorker>()? {
             ToWorker::Exit => {

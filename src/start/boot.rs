@@ -58,24 +58,10 @@ pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
     Ok(frame)
 }
 
-/// The largest bootstrap frame sent before the child exists: far below a socket's buffer, so
-/// the send never blocks.
-const EARLY_MAX: usize = 32 * 1024;
-
-/// Sends a small bootstrap frame at once, before the child is started, so that it waits in
-/// the socket for the child (no wake-up of the parent between the start and the child's
-/// read); gives back a large one, to be sent by [`handshake`].
-pub(crate) fn send_early(sock: &OwnedFd, mut frame: FrameBuf) -> Result<Option<FrameBuf>> {
-    if frame.wire_len() > EARLY_MAX {
-        return Ok(Some(frame));
-    }
-    crate::wire::frame::send_blocking(sock.as_fd(), &mut frame)?;
-    Ok(None)
-}
-
-/// Sends the bootstrap frame for `launch` over `sock` (unless [`send_early`] did) and waits
-/// for the child's answer,
-/// racing its exit and the start deadline. On success returns a handle on the socket for the
+/// Sends the bootstrap frame for `launch` over `sock`, unless it is `None` (a small one goes
+/// before the child starts, with [`send_early`](crate::wire::frame::send_early), so the child
+/// need not wait for this side), and waits for the child's answer, racing its exit and the
+/// start deadline. On success returns a handle on the socket for the
 /// parent to keep: the child sees EOF on it when the parent is gone.
 ///
 /// On failure the child is killed if it still runs, and reaped.

@@ -24,7 +24,7 @@ use super::{Launch, StartMethod, boot, child};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::process_entry_for;
-use crate::wire::frame::send_blocking;
+use crate::wire::frame::{send_blocking, send_early};
 use crate::wire::{Encoded, Fd, FrameBuf, Hello, RecvBuf};
 
 /// How long the server may take to answer one request.
@@ -133,7 +133,7 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let frame = boot::send_early(&ours, frame)?;
+    let frame = send_early(ours.as_fd(), frame)?;
     let (pid, pidfd, status) = on_launcher(move || request_fork(theirs)).await??;
     sys::set_nonblocking(status.as_fd(), true)?;
     let status = sys::register_owned(status, tokio::io::Interest::READABLE)?;

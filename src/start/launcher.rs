@@ -14,6 +14,7 @@ use super::children::{Child, ExitSource};
 use super::{ENV_BOOT, Launch, boot};
 use crate::error::{Error, Result};
 use crate::sys;
+use crate::wire::frame::send_early;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -97,7 +98,7 @@ fn cstring(bytes: Vec<u8>) -> Result<CString> {
 pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let frame = boot::send_early(&ours, frame)?;
+    let frame = send_early(ours.as_fd(), frame)?;
     let inherit_argv = launch.inherit_argv;
     let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
     let mut child = Child::new(pid, pidfd, ExitSource::Own)?;

@@ -21,35 +21,3 @@ pub(crate) fn number_bytes<T: Number>(items: &[T]) -> &[u8] {
     // those bytes is initialised, and `u8` has no alignment requirement.
     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), std::mem::size_of_val(items)) }
 }
-
-/// The size of a transparent huge page on the machines we run on.
-const HUGE_PAGE: usize = 2 << 20;
-
-/// Asks the kernel to back the spare capacity of `v` with huge pages where it covers whole
-/// ones: a vector about to be filled with megabytes faults its memory in 2 MiB at a time,
-/// not 4 KiB. Only a hint: nothing changes where the kernel declines it (or on other
-/// systems), and the vector's contents and validity are untouched either way.
-pub(crate) fn advise_huge_pages<T>(v: &mut Vec<T>) {
-    #[cfg(target_os = "linux")]
-    {
-        let spare = v.spare_capacity_mut();
-        let start = spare.as_mut_ptr() as usize;
-        let end = start + std::mem::size_of_val(spare);
-        let first = start.next_multiple_of(HUGE_PAGE);
-        let last = end - end % HUGE_PAGE;
-        if last > first
-            && let Some(ptr) = std::ptr::NonNull::new(first as *mut libc::c_void)
-        {
-            // SAFETY: `first..last` lies within the vector's allocation, which we hold
-            // mutably; MADV_HUGEPAGE changes only how the kernel backs those pages later,
-            // not their contents or whether they are mapped.
-            let _ = unsafe {
-                nix::sys::mman::madvise(
-                    ptr,
-                    last - first,
-                    nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
-                )
-            };
-        }
-    }
-}

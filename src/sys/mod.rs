@@ -16,7 +16,7 @@ mod proc;
 mod ring;
 mod shm;
 
-pub(crate) use bytes::{Number, advise_huge_pages, number_bytes};
+pub(crate) use bytes::{Number, number_bytes};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
@@ -30,9 +30,9 @@ pub(crate) use ipc::{
 };
 pub(crate) use pid::cached_pid;
 pub(crate) use proc::{
-    adopt_inherited_socket, at_exit, clear_env_var, cpus_allowed, current_pid, exit_now,
-    flush_std_streams, fork_and_reap, fork_in_server, fork_process, keep_freed_memory, kill_pid,
-    parent_pid, pidfd_open, pidfd_send_signal, pipe_cloexec, poll_readable,
+    adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed, current_pid,
+    exit_now, flush_std_streams, fork_and_reap, fork_in_server, fork_process, keep_freed_memory,
+    kill_pid, parent_pid, pidfd_open, pidfd_send_signal, pipe_cloexec, poll_readable,
     set_parent_death_signal, signal_name, spawn_exe, stdin_from_dev_null, try_wait_pidfd,
     wait_pid_blocking, wait_pidfd_blocking,
 };

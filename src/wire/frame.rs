@@ -155,13 +155,7 @@ impl FrameBuf {
     /// Appends bytes that are already MessagePack, with their descriptors. Large ones
     /// (from [`HAND_OVER`] bytes) become the tail, without a copy.
     pub(crate) fn push_encoded(&mut self, e: Encoded) {
-        if !self.tail.is_empty() {
-            self.tail.owned().extend_from_slice(&e.bytes);
-        } else if e.bytes.len() >= HAND_OVER {
-            self.tail = Tail::Owned(e.bytes);
-        } else {
-            self.buf.extend_from_slice(&e.bytes);
-        }
+        self.append(Tail::Owned(e.bytes));
         self.fds.extend(e.fds);
     }
 
@@ -170,12 +164,18 @@ impl FrameBuf {
     /// from where they lie; small ones are copied, so that small frames still go out many
     /// to a write.
     pub(crate) fn push_shared(&mut self, s: SharedBytes) {
+        self.append(Tail::Shared(s));
+    }
+
+    /// Appends encoded bytes to the body: a large part becomes the tail as it is, a small
+    /// one is copied in (behind a tail, any part is copied onto it).
+    fn append(&mut self, part: Tail) {
         if !self.tail.is_empty() {
-            self.tail.owned().extend_from_slice(s.as_slice());
-        } else if s.as_slice().len() >= HAND_OVER {
-            self.tail = Tail::Shared(s);
+            self.tail.owned().extend_from_slice(&part);
+        } else if part.len() >= HAND_OVER {
+            self.tail = part;
         } else {
-            self.buf.extend_from_slice(s.as_slice());
+            self.buf.extend_from_slice(&part);
         }
     }
 
@@ -306,21 +306,35 @@ impl Frame {
 }
 
 /// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RecvBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
     fds: VecDeque<OwnedFd>,
-    /// The room reads are given now (0 until the first read: [`FIRST_READ_CHUNK`]).
+    /// The room reads are given now: [`FIRST_READ_CHUNK`] at first, doubling up to
+    /// [`READ_CHUNK`].
     chunk: usize,
     /// The room the last [`spare`](Self::spare) offered.
     offered: usize,
 }
 
+impl Default for RecvBuf {
+    fn default() -> Self {
+        RecvBuf::new()
+    }
+}
+
 impl RecvBuf {
     pub(crate) fn new() -> RecvBuf {
-        RecvBuf::default()
+        RecvBuf {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            chunk: FIRST_READ_CHUNK,
+            offered: 0,
+        }
     }
 
     /// Takes the next complete frame out of the buffer, if there is one.
@@ -376,9 +390,10 @@ impl RecvBuf {
     }
 
     /// Room to read into: the current read chunk (see [`FIRST_READ_CHUNK`]), or what the
-    /// frame in progress still needs. The buffer grows only as bytes actually arrive (at most doubling), never to a
-    /// length a peer merely claims; but a large frame goes straight into a kept buffer that
-    /// holds it whole, if there is one (see [`keep_buffer`]).
+    /// frame in progress still needs. The buffer grows only as bytes actually arrive (at
+    /// most doubling), never to a length a peer merely claims; but a large frame goes
+    /// straight into a kept buffer that holds it whole, if there is one (see
+    /// [`keep_buffer`]).
     fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 && self.start == self.end {
             self.start = 0;
@@ -391,7 +406,7 @@ impl RecvBuf {
             }
             _ => None,
         };
-        let chunk = self.chunk.max(FIRST_READ_CHUNK);
+        let chunk = self.chunk;
         let wanted = frame_len.map_or(chunk, |n| n.saturating_sub(pending).max(1));
         if let Some(n) = frame_len
             && n >= HAND_OVER
@@ -423,7 +438,6 @@ impl RecvBuf {
             }
             _ => self.buf.len(),
         };
-        self.chunk = chunk;
         self.offered = stop - self.end;
         &mut self.buf[self.end..stop]
     }
@@ -501,6 +515,21 @@ pub(crate) fn send_blocking(fd: BorrowedFd<'_>, frame: &mut FrameBuf) -> Result<
     Ok(())
 }
 
+/// The largest frame [`send_early`] sends: far below a socket's buffer, so the send never
+/// blocks.
+const EARLY_MAX: usize = 32 * 1024;
+
+/// Sends a small frame at once on a blocking socket whose peer is not reading yet (a child
+/// about to be started), so that it waits there for the peer; gives a large one back, to be
+/// sent once the peer reads.
+pub(crate) fn send_early(fd: BorrowedFd<'_>, mut frame: FrameBuf) -> Result<Option<FrameBuf>> {
+    if frame.wire_len() > EARLY_MAX {
+        return Ok(Some(frame));
+    }
+    send_blocking(fd, &mut frame)?;
+    Ok(None)
+}
+
 /// Makes a tokio stream out of a socket descriptor (switching it to non-blocking).
 pub(crate) fn into_stream(fd: OwnedFd) -> Result<UnixStream> {
     sys::set_nonblocking(fd.as_fd(), true)?;
@@ -568,9 +597,6 @@ impl FrameReader {
 }
 
 impl FrameReader {
-    /// Waits actively, for at most `limit`, until the socket has input; returns whether it
-    /// has. A process that sleeps in the reactor pays a wake-up when input arrives (tens of
-    /// microseconds on a virtual machine); one that is still spinning here does not.
     /// Receives the next frame if it is buffered or can be read at once, without waiting and
     /// without the reactor: `None` when the socket has no complete frame now (bytes of a
     /// partial one stay buffered for the next call).
@@ -591,6 +617,9 @@ impl FrameReader {
         }
     }
 
+    /// Waits actively, for at most `limit`, until the socket has input; returns whether it
+    /// has. A process that sleeps in the reactor pays a wake-up when input arrives (tens of
+    /// microseconds on a virtual machine); one that is still spinning here does not.
     pub(crate) fn spin_for_input(&self, limit: Duration) -> bool {
         let start = std::time::Instant::now();
         loop {
@@ -685,6 +714,22 @@ mod tests {
         rb.filled(n);
     }
 
+    /// Feeds all of `bytes` through the buffer's own room, read after read, handing each
+    /// frame that completes to `each` (which drops it, or keeps it).
+    fn feed_through(rb: &mut RecvBuf, bytes: &[u8], mut each: impl FnMut(Frame)) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let spare = rb.spare();
+            let n = rest.len().min(spare.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            rb.filled(n);
+            rest = &rest[n..];
+            while let Some(f) = rb.next_frame().unwrap() {
+                each(f);
+            }
+        }
+    }
+
     #[test]
     fn large_frames_in_kept_buffers_arrive_whole() {
         // Large frames of several sizes through one receive buffer, fed in pieces, two of
@@ -704,18 +749,10 @@ mod tests {
         let mut rb = RecvBuf::new();
         let mut got = Vec::new();
         for piece in wire.chunks(70_001) {
-            let mut rest = piece;
-            while !rest.is_empty() {
-                let spare = rb.spare();
-                let k = rest.len().min(spare.len());
-                spare[..k].copy_from_slice(&rest[..k]);
-                rb.filled(k);
-                rest = &rest[k..];
-                while let Some(f) = rb.next_frame().unwrap() {
-                    // Dropped here: its buffer is kept for the next one.
-                    got.push(f.decode::<serde_bytes::ByteBuf>().unwrap().into_vec());
-                }
-            }
+            feed_through(&mut rb, piece, |f| {
+                // Dropped here: its buffer is kept for the next one.
+                got.push(f.decode::<serde_bytes::ByteBuf>().unwrap().into_vec());
+            });
         }
         assert!(got == [a, b, c, d], "frames changed on the way");
     }
@@ -759,18 +796,8 @@ mod tests {
             f.seal().unwrap();
             many.extend_from_slice(&f.buf);
         }
-        let mut rest = &many[..];
         let mut got = 0;
-        while !rest.is_empty() {
-            let spare = rb.spare();
-            let n = rest.len().min(spare.len());
-            spare[..n].copy_from_slice(&rest[..n]);
-            rb.filled(n);
-            rest = &rest[n..];
-            while rb.next_frame().unwrap().is_some() {
-                got += 1;
-            }
-        }
+        feed_through(&mut rb, &many, |_| got += 1);
         assert_eq!(got, 20_000);
         assert_eq!(rb.buf.len(), READ_CHUNK);
     }
