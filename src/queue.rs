@@ -452,11 +452,17 @@ impl<T> Queue<T> {
     }
 
     fn reactor(&self) -> Result<Arc<Reactor>> {
+        self.check_open()?;
+        self.registered()
+    }
+
+    /// The queue's registrations with the reactor, made on first need. A closed handle gets
+    /// fresh ones, not kept: a packet sent before the close still gets its marker.
+    fn registered(&self) -> Result<Arc<Reactor>> {
         let mut r = self.inner.reactor.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = &*r {
             return Ok(r.clone());
         }
-        self.check_open()?;
         let reg = |fd: &Arc<OwnedFd>, i| sys::register_shared(fd.clone(), i);
         let new = Arc::new(Reactor {
             tx: reg(&self.inner.tx, Interest::WRITABLE)?,
@@ -470,7 +476,9 @@ impl<T> Queue<T> {
                 .map(|s| reg(s, Interest::READABLE))
                 .transpose()?,
         });
-        *r = Some(new.clone());
+        if !self.is_closed() {
+            *r = Some(new.clone());
+        }
         Ok(new)
     }
 
@@ -599,7 +607,7 @@ impl<T> Queue<T> {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => Some(h.spawn(async move {
-                let r = q.reactor()?;
+                let r = q.registered()?;
                 let res = q.push_waiting(&r, None).await;
                 drop(lock);
                 res

@@ -71,6 +71,23 @@ pub(crate) async fn handshake(
     launch: &Launch,
     frame: Option<FrameBuf>,
 ) -> Result<OwnedFd> {
+    let err = match converse(sock, child, launch, frame).await {
+        Ok(keepalive) => return Ok(keepalive),
+        Err(e) => e,
+    };
+    // Whatever failed, the child (which may hold its bootstrap frame already) must not run.
+    let _ = child.signal(sys::SIGKILL);
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    Err(err)
+}
+
+/// [`handshake`]'s exchange; the caller kills the child on `Err`.
+async fn converse(
+    sock: OwnedFd,
+    child: &mut Child,
+    launch: &Launch,
+    frame: Option<FrameBuf>,
+) -> Result<OwnedFd> {
     let pid = child.pid();
     let keepalive = sys::dup_fd(sock.as_fd())?;
     let (mut rd, wr) = framed(into_stream(sock)?);
@@ -125,8 +142,6 @@ pub(crate) async fn handshake(
             format!("it did not complete its bootstrap within {deadline:?}: {INIT_ADVICE}"),
         ),
     };
-    let _ = child.signal(sys::SIGKILL);
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     Err(err)
 }
 
@@ -140,14 +155,14 @@ pub(crate) fn handshake_blocking(
     mut frame: FrameBuf,
 ) -> Result<()> {
     let fail = |message: String| {
-        sys::kill_pid(pid);
-        let _ = sys::wait_pid_blocking(pid);
+        sys::kill_and_reap(pid);
         start_error(launch, pid, message)
     };
     if let Err(e) = crate::wire::frame::send_blocking(sock.as_fd(), &mut frame) {
         return Err(fail(format!("cannot send the bootstrap frame: {e}")));
     }
-    let ready = sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], Some(launch.start_timeout))?;
+    let ready = sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], Some(launch.start_timeout))
+        .map_err(|e| fail(format!("cannot wait for its answer: {e}")))?;
     if !ready[0] {
         return Err(fail(match ready[1] {
             true => format!("it exited before completing its bootstrap: {INIT_ADVICE}"),

@@ -116,7 +116,12 @@ impl Child {
                 if !sys::poll_readable(&[self.pidfd()], Some(std::time::Duration::ZERO))?[0] {
                     return Ok(None);
                 }
-                read_status(pipe.get_ref())?
+                match read_status(pipe.get_ref()) {
+                    Ok(code) => code,
+                    // Ended, but the server has not written its status yet.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
             }
             None => None,
         };

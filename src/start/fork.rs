@@ -55,7 +55,11 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         let code = child::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
     };
-    let child = Child::new(pid, sys::pidfd_open(pid)?, ExitSource::Own)?;
+    // A child we cannot watch must not run on.
+    let child = sys::pidfd_open(pid)
+        .map_err(Error::from)
+        .and_then(|pidfd| Child::new(pid, pidfd, ExitSource::Own))
+        .inspect_err(|_| sys::kill_and_reap(pid))?;
     if launch.track_at_exit {
         child.track(launch.daemon, None);
     }

@@ -119,8 +119,7 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
         )))),
         Err(e) => {
             if let Some(s) = guard.take() {
-                sys::kill_pid(s.pid);
-                let _ = sys::wait_pid_blocking(s.pid);
+                sys::kill_and_reap(s.pid);
             }
             Err(Error::Io(std::io::Error::other(format!(
                 "the fork server failed ({e}); it will be restarted on the next start"
@@ -135,9 +134,19 @@ pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     let (ours, theirs) = sys::socketpair_stream()?;
     let frame = send_early(ours.as_fd(), frame)?;
     let (pid, pidfd, status) = on_launcher(move || request_fork(theirs)).await??;
-    sys::set_nonblocking(status.as_fd(), true)?;
-    let status = sys::register_owned(status, tokio::io::Interest::READABLE)?;
-    let mut child = Child::new(pid, pidfd, ExitSource::Pipe(status))?;
+    // A child we cannot watch must not run (the server reaps it).
+    let kill = |e: &Error| {
+        tracing::debug!("cannot watch fork-server child {pid}: {e}");
+        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
+    };
+    let status = sys::set_nonblocking(status.as_fd(), true)
+        .map_err(Error::from)
+        .and_then(|()| Ok(sys::register_owned(status, tokio::io::Interest::READABLE)?))
+        .inspect_err(kill)?;
+    let watch = sys::dup_fd(pidfd.as_fd())
+        .map_err(Error::from)
+        .inspect_err(kill)?;
+    let mut child = Child::new(pid, watch, ExitSource::Pipe(status)).inspect_err(kill)?;
     let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));
@@ -242,7 +251,11 @@ fn fork_one(me: i32, boot: OwnedFd, inherited: &[RawFd], kids: &mut Vec<Forked>)
                     pidfd: Fd::from(dup),
                     status: Fd::from(status_r),
                 },
-                Err(e) => ForkReply::Failed(e.to_string()),
+                Err(e) => {
+                    // The client will not know of it: it must not run (the loop reaps it).
+                    sys::kill_pid(pid);
+                    ForkReply::Failed(e.to_string())
+                }
             };
             kids.push(Forked {
                 pid,
@@ -252,8 +265,7 @@ fn fork_one(me: i32, boot: OwnedFd, inherited: &[RawFd], kids: &mut Vec<Forked>)
             reply
         }
         Err(e) => {
-            sys::kill_pid(pid);
-            let _ = sys::wait_pid_blocking(pid);
+            sys::kill_and_reap(pid);
             ForkReply::Failed(e.to_string())
         }
     }

@@ -86,7 +86,9 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
         .collect::<Result<Vec<_>>>()?;
     let pid = sys::spawn_exe(&argv, &env, child_end.as_fd())?;
     drop(child_end);
-    Ok((pid, sys::pidfd_open(pid)?))
+    // Its bootstrap frame may be waiting for it already: a child we cannot watch must not run.
+    let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
+    Ok((pid, pidfd))
 }
 
 fn cstring(bytes: Vec<u8>) -> Result<CString> {
@@ -101,7 +103,8 @@ pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let frame = send_early(ours.as_fd(), frame)?;
     let inherit_argv = launch.inherit_argv;
     let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
-    let mut child = Child::new(pid, pidfd, ExitSource::Own)?;
+    let mut child =
+        Child::new(pid, pidfd, ExitSource::Own).inspect_err(|_| sys::kill_and_reap(pid))?;
     let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));

@@ -89,6 +89,13 @@ pub(crate) fn kill_pid(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
+/// Kills our child `pid` (not yet reaped) and reaps it: a start that failed leaves nothing
+/// behind.
+pub(crate) fn kill_and_reap(pid: i32) {
+    kill_pid(pid);
+    let _ = wait_pid_blocking(pid);
+}
+
 /// The number of threads in this process, from `/proc/self/status`.
 pub(crate) fn thread_count() -> io::Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;
