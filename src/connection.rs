@@ -30,11 +30,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -340,7 +338,7 @@ impl<T> Connection<T> {
 
     /// Waits until a frame (or end of stream) is at hand. A read that drains the socket
     /// clears the reactor's readiness at once, so the next wait costs no failed read.
-    async fn ready(&self) -> Result<()> {
+    pub(crate) async fn ready(&self) -> Result<()> {
         self.check_readable()?;
         if self.buffered()? {
             return Ok(());
@@ -425,7 +423,7 @@ impl<T> Connection<T> {
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;
-        Ok(self.recv_frame().await?.body().to_vec())
+        Ok(self.recv_frame().await?.into_body())
     }
 
     /// Whether a message (or end of stream) can be received without waiting, waiting at most
@@ -452,10 +450,6 @@ impl<T> Connection<T> {
 
     pub(crate) fn ready_now(&self) -> bool {
         self.readable && self.fill_now().unwrap_or(true)
-    }
-
-    pub(crate) fn ready_future(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
-        Box::pin(self.ready())
     }
 }
 

@@ -141,12 +141,20 @@ impl Listener {
         let address = address.into();
         let (inner, address) = match address {
             Address::Unix(path) => {
+                // Outside a runtime `from_std` panics: do so before the socket file exists.
+                let _ = tokio::runtime::Handle::current();
                 let l = std::os::unix::net::UnixListener::bind(&path)?;
-                l.set_nonblocking(true)?;
-                (
-                    Inner::Unix(tokio::net::UnixListener::from_std(l)?),
-                    Address::Unix(path),
-                )
+                let listener = l
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::UnixListener::from_std(l));
+                match listener {
+                    Ok(l) => (Inner::Unix(l), Address::Unix(path)),
+                    Err(e) => {
+                        // No `Listener` will remove the file it bound.
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e.into());
+                    }
+                }
             }
             Address::Tcp(addr) => {
                 let l = std::net::TcpListener::bind(addr)?;

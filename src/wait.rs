@@ -36,7 +36,7 @@ impl<T: Serialize + DeserializeOwned> Waitable for Connection<T> {
     }
 
     fn __ready(&self) -> ReadyFuture<'_> {
-        self.ready_future()
+        Box::pin(self.ready())
     }
 }
 

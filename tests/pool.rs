@@ -117,13 +117,21 @@ fn kill9(pid: u32) -> std::io::Result<()> {
     }
 }
 
-/// The workers' pids, as seen from tasks (enough calls to reach each worker).
+/// The workers' pids, as seen from tasks: rounds of calls until every worker has answered
+/// (a pool serves before all its workers are ready), or 100 rounds have passed.
 async fn worker_pids(pool: &Pool) -> mp::Result<HashSet<u32>> {
-    let v = pool
-        .map(sleep_ms, vec![50; 4 * pool.processes()])
-        .chunksize(1)
-        .await?;
-    Ok(v.into_iter().collect())
+    let mut seen = HashSet::new();
+    for _ in 0..100 {
+        let v = pool
+            .map(sleep_ms, vec![50; 4 * pool.processes()])
+            .chunksize(1)
+            .await?;
+        seen.extend(v);
+        if seen.len() >= pool.processes() {
+            break;
+        }
+    }
+    Ok(seen)
 }
 
 async fn gone(pids: &HashSet<u32>) -> bool {
@@ -948,7 +956,8 @@ async fn async_tasks_and_concurrency() -> TestResult {
         "async map"
     );
     let pool = Pool::builder().processes(1).concurrency(4).build().await?;
-    let hs: Vec<_> = (0..4).map(|_| pool.apply_async(overlap, (300,))).collect();
+    // Twice the concurrency: the cap of 4 is put to the test.
+    let hs: Vec<_> = (0..8).map(|_| pool.apply_async(overlap, (300,))).collect();
     let peaks = futures::future::try_join_all(hs).await?;
     ensure!(
         peaks.iter().any(|&p| p >= 2),
@@ -1130,13 +1139,7 @@ async fn pool_serves_before_all_workers_are_ready() -> TestResult {
     let pool = built?;
     let first = pool.apply(pid, ()).await?;
     std::fs::write(&gate, "open")?;
-    let mut seen = HashSet::new();
-    for _ in 0..100 {
-        seen.extend(worker_pids(&pool).await?);
-        if seen.len() == 2 {
-            break;
-        }
-    }
+    let seen = worker_pids(&pool).await?;
     ensure!(
         seen.len() == 2 && seen.contains(&first),
         "the second worker joined: {seen:?}"

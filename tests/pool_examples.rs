@@ -146,6 +146,7 @@ async fn axum_offload() -> TestResult {
     }
     ensure!(ok == 200, "{ok} answers");
     let workers = support::live_children_of(server_pid);
+    ensure!(!workers.is_empty(), "found no workers of {server_pid}");
     server.kill().await?;
     let gone = support::eventually(Duration::from_secs(10), || {
         workers.iter().all(|w| !support::exists(*w))

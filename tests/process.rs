@@ -563,7 +563,8 @@ async fn forged_fingerprint_is_refused() -> TestResult {
 
 async fn dropped_process_is_reaped() -> TestResult {
     // Own children only: a fork-server child is the server's to reap.
-    let p = Process::new(sleep_for, (100,)).start().await?;
+    // Long enough that it is surely running when its handle drops, however slow this side.
+    let p = Process::new(sleep_for, (2_000,)).start().await?;
     let pid = p.pid();
     drop(p);
     ensure!(support::exists(pid), "the child vanished at once");
@@ -749,14 +750,12 @@ async fn children_die_with_a_killed_parent() -> TestResult {
     );
     helper.start_kill()?; // SIGKILL
     helper.wait().await?;
-    let gone = support::eventually(Duration::from_secs(1), || {
+    // 20 s only bounds a hang: the death signal is immediate, but a loaded machine is slow.
+    let gone = support::eventually(Duration::from_secs(20), || {
         pids.iter().all(|&p| support::is_zombie_or_gone(p))
     })
     .await;
-    ensure!(
-        gone,
-        "children {pids:?} outlived their SIGKILLed parent by a second"
-    );
+    ensure!(gone, "children {pids:?} outlived their SIGKILLed parent");
     Ok(())
 }
 

@@ -123,11 +123,10 @@ struct State {
 }
 
 /// Python's index rules: negative counts from the end; `None` if out of range.
-fn position(len: usize, i: i64, inclusive_end: bool) -> Option<usize> {
+fn position(len: usize, i: i64) -> Option<usize> {
     let len = len as i64;
     let i = if i < 0 { i + len } else { i };
-    let limit = if inclusive_end { len } else { len - 1 };
-    (0..=limit).contains(&i).then_some(i as usize)
+    (0..len).contains(&i).then_some(i as usize)
 }
 
 fn missing(id: u64) -> Reply {
@@ -178,10 +177,8 @@ impl State {
                         l.extend(vs);
                         Reply::Done
                     }
-                    ListOp::Get(i) => {
-                        Reply::Item(position(l.len(), i, false).map(|i| l[i].clone()))
-                    }
-                    ListOp::Set(i, v) => match position(l.len(), i, false) {
+                    ListOp::Get(i) => Reply::Item(position(l.len(), i).map(|i| l[i].clone())),
+                    ListOp::Set(i, v) => match position(l.len(), i) {
                         Some(i) => {
                             l[i] = v;
                             Reply::Done
@@ -195,7 +192,7 @@ impl State {
                         l.insert(at as usize, v);
                         Reply::Done
                     }
-                    ListOp::Pop(i) => Reply::Item(position(l.len(), i, false).map(|i| l.remove(i))),
+                    ListOp::Pop(i) => Reply::Item(position(l.len(), i).map(|i| l.remove(i))),
                     ListOp::Len => Reply::Len(l.len() as u64),
                     ListOp::Reverse => {
                         l.reverse();
@@ -298,9 +295,9 @@ mod tests {
 
     #[test]
     fn python_index_rules() {
-        assert_eq!(position(3, -1, false), Some(2));
-        assert_eq!(position(3, 3, false), None);
-        assert_eq!(position(3, -4, false), None);
-        assert_eq!(position(0, 0, false), None);
+        assert_eq!(position(3, -1), Some(2));
+        assert_eq!(position(3, 3), None);
+        assert_eq!(position(3, -4), None);
+        assert_eq!(position(0, 0), None);
     }
 }

@@ -281,6 +281,14 @@ impl Frame {
         &self.data[self.offset..]
     }
 
+    /// The body as a vector of its own: the frame's buffer, with the header moved out if it
+    /// holds one (no new allocation either way).
+    pub(crate) fn into_body(mut self) -> Vec<u8> {
+        let mut data = std::mem::take(&mut self.data);
+        data.drain(..self.offset);
+        data
+    }
+
     /// Decodes the first value of the body, then hands back the rest.
     pub(crate) fn decode_head<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
         let (v, used) = codec::decode_prefix::<T>(self.body(), Vec::new())?;
