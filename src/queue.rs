@@ -302,6 +302,15 @@ impl Drop for PacketLock {
     }
 }
 
+/// The ring's number of slots for a queue of `maxsize` (0: unbounded).
+fn ring_capacity(maxsize: usize) -> usize {
+    if maxsize == 0 {
+        UNBOUNDED_CAPACITY
+    } else {
+        maxsize
+    }
+}
+
 impl<T> Queue<T> {
     fn make(maxsize: usize, joinable: bool) -> Result<Queue<T>> {
         if maxsize > MAX_MAXSIZE {
@@ -310,11 +319,7 @@ impl<T> Queue<T> {
                 format!("maxsize {maxsize} is larger than {MAX_MAXSIZE}"),
             )));
         }
-        let capacity = if maxsize == 0 {
-            UNBOUNDED_CAPACITY
-        } else {
-            maxsize
-        };
+        let capacity = ring_capacity(maxsize);
         // Each `sendmsg` is one packet and each `recvmsg` takes one whole packet, whatever
         // the number of processes on either end.
         let (tx, rx) = sys::socketpair_seqpacket()?;
@@ -1043,12 +1048,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             Wire::deserialize(d)?;
         let ring = sys::ShmRing::open(ring.0).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
-        let expected = if maxsize == 0 {
-            UNBOUNDED_CAPACITY
-        } else {
-            maxsize
-        };
-        if ring.capacity() != expected as u64 {
+        if ring.capacity() != ring_capacity(maxsize) as u64 {
             return Err(serde::de::Error::custom(
                 "a queue arrived whose ring does not match its maxsize",
             ));

@@ -35,21 +35,11 @@ fn invalid(msg: String) -> Error {
 }
 
 /// The segment of `len` elements of `T`, shared by the value and array types.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Cells<T> {
     region: Arc<SharedRegion>,
     len: usize,
     _t: PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for Cells<T> {
-    fn clone(&self) -> Self {
-        Cells {
-            region: self.region.clone(),
-            len: self.len,
-            _t: PhantomData,
-        }
-    }
 }
 
 impl<T: Pod> Cells<T> {
@@ -180,18 +170,10 @@ impl<'de, T: Pod> Deserialize<'de> for Cells<T> {
 /// v.set(v.get() * 2.0);
 /// # Ok::<(), tokio_multiprocessing::Error>(())
 /// ```
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct RawValue<T: Pod> {
     cells: Cells<T>,
-}
-
-impl<T: Pod> Clone for RawValue<T> {
-    fn clone(&self) -> Self {
-        RawValue {
-            cells: self.cells.clone(),
-        }
-    }
 }
 
 impl<T: Pod> RawValue<T> {
@@ -233,20 +215,11 @@ impl<T: Pod> RawValue<T> {
 /// assert_eq!(counter.get().await?, 1);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Value<T: Pod> {
     raw: RawValue<T>,
     lock: Lock,
-}
-
-impl<T: Pod> Clone for Value<T> {
-    fn clone(&self) -> Self {
-        Value {
-            raw: self.raw.clone(),
-            lock: self.lock.clone(),
-        }
-    }
 }
 
 impl<T: Pod> Value<T> {
@@ -367,18 +340,10 @@ impl<T: Pod> ValueGuard<'_, T> {
 /// assert_eq!(a.to_vec(), vec![10, 2, 3]);
 /// # Ok::<(), tokio_multiprocessing::Error>(())
 /// ```
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct RawArray<T: Pod> {
     cells: Cells<T>,
-}
-
-impl<T: Pod> Clone for RawArray<T> {
-    fn clone(&self) -> Self {
-        RawArray {
-            cells: self.cells.clone(),
-        }
-    }
 }
 
 impl<T: Pod> RawArray<T> {
@@ -458,20 +423,11 @@ impl<T: Pod> RawArray<T> {
 /// assert_eq!(a.to_vec().await?, vec![1.0, 101.0, 201.0]);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Array<T: Pod> {
     raw: RawArray<T>,
     lock: Lock,
-}
-
-impl<T: Pod> Clone for Array<T> {
-    fn clone(&self) -> Self {
-        Array {
-            raw: self.raw.clone(),
-            lock: self.lock.clone(),
-        }
-    }
 }
 
 impl<T: Pod> Array<T> {

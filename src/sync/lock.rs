@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
 
 use super::wake::{Wake, Watch};
-use super::{FdRef, SPIN, deadline, map_received, until};
+use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
 use crate::error::{Error, Result};
 use crate::sys::{self, SharedRegion};
 use crate::wire::Fd;
@@ -202,15 +202,6 @@ fn process_gone(pid: u32) -> Result<bool> {
         }
         Err(e) if e.raw_os_error() == Some(sys::ESRCH) => Ok(true),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Decrements the waiter count when a wait ends, however it ends (cancellation included).
-struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl Drop for Uncount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -594,13 +585,7 @@ impl Guarded {
     /// Releases fully for a wait; what to restore afterwards.
     pub(crate) fn release_save(&self) -> Result<u32> {
         match self {
-            Guarded::Lock(l) => {
-                if l.release_raw() {
-                    Ok(1)
-                } else {
-                    Err(Error::NotHeld)
-                }
-            }
+            Guarded::Lock(l) => l.release().map(|()| 1),
             Guarded::RLock(r) => r.release_all(),
         }
     }

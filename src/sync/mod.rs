@@ -74,6 +74,15 @@ use crate::sys::SharedRegion;
 use crate::wire::Fd;
 use crate::wire::codec::serialize_fd;
 
+/// Decrements a waiter count when a wait ends, however it ends (cancellation included).
+struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How many times a contended acquirer retries before it sleeps.
 const SPIN: u32 = 200;
 

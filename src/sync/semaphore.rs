@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
 
 use super::wake::Wake;
-use super::{FdRef, SPIN, deadline, map_received, until};
+use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
 use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
 use crate::wire::Fd;
@@ -90,14 +90,6 @@ impl RawSemaphore {
             self.wake.post(u64::from(n));
         }
         Ok(())
-    }
-}
-
-struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl Drop for Uncount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
     }
 }
 

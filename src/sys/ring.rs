@@ -22,10 +22,8 @@
 //! also open to the layer above, for its wait flags and counters.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::shm::SharedRegion;
 
@@ -75,9 +73,10 @@ impl ShmRing {
         let len = bytes_for(capacity)
             .filter(|_| capacity > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad ring capacity"))?;
-        let fd = memfd_create(c"tokio-mp-ring", MFdFlags::MFD_CLOEXEC)?;
-        nix::unistd::ftruncate(&fd, len as libc::off_t)?;
-        let ring = ShmRing::map(fd, len, capacity)?;
+        let ring = ShmRing {
+            region: SharedRegion::anonymous("tokio-mp-ring", len)?,
+            capacity,
+        };
         ring.word(W_CAPACITY).store(capacity, Ordering::Relaxed);
         ring.word(W_MAGIC).store(MAGIC, Ordering::Release);
         Ok(ring)
@@ -86,13 +85,15 @@ impl ShmRing {
     /// Maps a ring received from another process, checking its header against its size.
     pub(crate) fn open(fd: OwnedFd) -> io::Result<ShmRing> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-        let size = usize::try_from(nix::sys::stat::fstat(&fd)?.st_size)
-            .map_err(|_| bad("negative ring size"))?;
+        let size = super::ipc::file_size(fd.as_fd())?;
         if size < HEADER_BYTES + SLOT_BYTES {
             return Err(bad("the shared ring is too small"));
         }
         let capacity = ((size - HEADER_BYTES) / SLOT_BYTES) as u64;
-        let ring = ShmRing::map(fd, size, capacity)?;
+        let ring = ShmRing {
+            region: SharedRegion::map(fd, size)?,
+            capacity,
+        };
         if ring.word(W_MAGIC).load(Ordering::Acquire) != MAGIC
             || ring.word(W_CAPACITY).load(Ordering::Relaxed) != capacity
             || bytes_for(capacity) != Some(size)
@@ -100,13 +101,6 @@ impl ShmRing {
             return Err(bad("the shared ring's header does not match its size"));
         }
         Ok(ring)
-    }
-
-    fn map(fd: OwnedFd, len: usize, capacity: u64) -> io::Result<ShmRing> {
-        Ok(ShmRing {
-            region: SharedRegion::map(fd, len)?,
-            capacity,
-        })
     }
 
     /// The descriptor, to send to another process.
@@ -122,10 +116,7 @@ impl ShmRing {
     /// Header word `i` (`i < USER + 64`).
     pub(crate) fn word(&self, i: usize) -> &AtomicU64 {
         assert!(i < HEADER_BYTES / 8, "header word {i} out of range");
-        // SAFETY: the header is the first HEADER_BYTES of a page-aligned mapping that lives
-        // as long as `self`; word `i` is in it (checked above) and 8-byte aligned. Every
-        // process touches header words only atomically.
-        unsafe { &*self.region.base().as_ptr().cast::<AtomicU64>().add(i) }
+        self.region.u64_at(8 * i)
     }
 
     fn slot(&self, pos: u64) -> (&AtomicU64, &AtomicU64, *mut u8, u64) {
@@ -240,6 +231,7 @@ impl ShmRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::memfd::{MFdFlags, memfd_create};
 
     #[test]
     fn fifo_full_and_empty() {

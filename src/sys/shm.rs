@@ -92,8 +92,7 @@ impl SharedRegion {
 
     /// Maps a segment received from another process; its size comes from `fstat`.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<SharedRegion> {
-        let st = nix::sys::stat::fstat(&fd)?;
-        let len = usize::try_from(st.st_size).map_err(|_| invalid("negative segment size"))?;
+        let len = super::ipc::file_size(fd.as_fd())?;
         SharedRegion::map(fd, len)
     }
 
