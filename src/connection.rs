@@ -43,9 +43,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::codec::{self, deserialize_fd, serialize_fd};
-use crate::wire::frame::{Frame, HEADER_LEN};
-use crate::wire::{RecvBuf, max_frame_size};
+use crate::wire::codec;
+use crate::wire::frame::{Frame, HEADER_LEN, write_header};
+use crate::wire::{Fd, FdRef, RecvBuf};
 
 /// Makes pipes: Python's `multiprocessing.Pipe`.
 ///
@@ -174,28 +174,7 @@ impl OutFrame {
 
     fn seal(mut bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<OutFrame> {
         let body = bytes.len() - HEADER_LEN;
-        let max = max_frame_size();
-        if body > max {
-            return Err(Error::FrameTooLarge {
-                size: body as u64,
-                max,
-            });
-        }
-        let nfds = u8::try_from(fds.len())
-            .ok()
-            .filter(|&n| usize::from(n) <= sys::MAX_FDS_PER_MESSAGE)
-            .ok_or_else(|| {
-                Error::Io(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "a message may carry at most {} descriptors, this one holds {}",
-                        sys::MAX_FDS_PER_MESSAGE,
-                        fds.len()
-                    ),
-                ))
-            })?;
-        bytes[..4].copy_from_slice(&(body as u32).to_be_bytes());
-        bytes[4] = nfds;
+        write_header(&mut bytes, body, fds.len())?;
         Ok(OutFrame { bytes, fds })
     }
 }
@@ -523,25 +502,13 @@ impl<T> AsRawFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        struct Fd<'a>(BorrowedFd<'a>);
-        impl Serialize for Fd<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                serialize_fd(self.0, s)
-            }
-        }
-        (Fd(self.fd.as_fd()), self.readable, self.writable).serialize(s)
+        (FdRef(self.fd.as_fd()), self.readable, self.writable).serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Fd(OwnedFd);
-        impl<'de> Deserialize<'de> for Fd {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                deserialize_fd(d).map(Fd)
-            }
-        }
         let (fd, readable, writable) = <(Fd, bool, bool)>::deserialize(d)?;
-        Connection::from_fd(fd.0, readable, writable).map_err(serde::de::Error::custom)
+        Connection::from_fd(fd.into_owned(), readable, writable).map_err(serde::de::Error::custom)
     }
 }

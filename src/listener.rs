@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::frame::HEADER_LEN;
+use crate::wire::frame::{HEADER_LEN, write_header};
 
 /// How long either side of the authentication exchange waits for the other.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -364,9 +364,8 @@ where
 }
 
 async fn write_message<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<()> {
-    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.push(0);
+    let mut frame = vec![0; HEADER_LEN];
+    write_header(&mut frame, body.len(), 0)?;
     frame.extend_from_slice(body);
     s.write_all(&frame).await.map_err(closed_is_auth)?;
     s.flush().await.map_err(closed_is_auth)

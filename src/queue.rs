@@ -79,8 +79,9 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use crate::error::{Error, Result};
 use crate::sys::{self, Popped, RING_USER_WORDS as USER};
-use crate::wire::codec::{self, deserialize_fd, serialize_fd};
+use crate::wire::codec;
 use crate::wire::max_frame_size;
+use crate::wire::{Fd, FdRef};
 
 /// The most bytes of MessagePack an item may take to travel in a ring slot; larger items,
 /// and items holding descriptors, travel through the queue's socket.
@@ -992,22 +993,6 @@ impl<T> AsFd for Queue<T> {
     }
 }
 
-struct FdRef<'a>(BorrowedFd<'a>);
-
-impl Serialize for FdRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        serialize_fd(self.0, s)
-    }
-}
-
-struct FdOwned(OwnedFd);
-
-impl<'de> Deserialize<'de> for FdOwned {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        deserialize_fd(d).map(FdOwned)
-    }
-}
-
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         if self.is_closed() {
@@ -1033,20 +1018,10 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        type Wire = (
-            u64,
-            FdOwned,
-            FdOwned,
-            (FdOwned, FdOwned),
-            FdOwned,
-            FdOwned,
-            FdOwned,
-            FdOwned,
-            Option<FdOwned>,
-        );
+        type Wire = (u64, Fd, Fd, (Fd, Fd), Fd, Fd, Fd, Fd, Option<Fd>);
         let (maxsize, tx, rx, (ret_tx, ret_rx), ring, items, space, lock, done) =
             Wire::deserialize(d)?;
-        let ring = sys::ShmRing::open(ring.0).map_err(serde::de::Error::custom)?;
+        let ring = sys::ShmRing::open(ring.into_owned()).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
         if ring.capacity() != ring_capacity(maxsize) as u64 {
             return Err(serde::de::Error::custom(
@@ -1054,16 +1029,16 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             ));
         }
         Ok(Queue::assemble(Parts {
-            tx: tx.0,
-            rx: rx.0,
-            ret_tx: ret_tx.0,
-            ret_rx: ret_rx.0,
+            tx: tx.into_owned(),
+            rx: rx.into_owned(),
+            ret_tx: ret_tx.into_owned(),
+            ret_rx: ret_rx.into_owned(),
             ring,
             maxsize,
-            items: items.0,
-            space: space.0,
-            lock: lock.0,
-            done: done.map(|f| Arc::new(f.0)),
+            items: items.into_owned(),
+            space: space.into_owned(),
+            lock: lock.into_owned(),
+            done: done.map(|f| Arc::new(f.into_owned())),
         }))
     }
 }

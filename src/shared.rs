@@ -21,9 +21,10 @@ use std::sync::atomic::Ordering::SeqCst;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::sync::{FdRef, Lock, LockGuard, map_received};
+use crate::sync::{Lock, LockGuard, map_received};
 use crate::sys::{self, Pod, SharedRegion};
 use crate::wire::Fd;
+use crate::wire::FdRef;
 
 /// Header: element size (u32), element count (u64); elements start at `DATA`.
 const ELEM_SIZE: usize = 0;

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
-use crate::wire::codec::{self, deserialize_fd, serialize_fd};
-use crate::wire::{Encoded, Fd, FrameBuf, FrameReader, FrameWriter, framed, into_stream};
+use crate::wire::codec;
+use crate::wire::{Encoded, Fd, FdRef, FrameBuf, FrameReader, FrameWriter, framed, into_stream};
 use server::{Bytes, DictOp, Initial, ListOp, Reply, Request, ValueOp};
 
 /// A connection to the server, made on first use in each process.
@@ -305,14 +305,8 @@ impl<T> Clone for Proxy<T> {
 impl<T> Serialize for Proxy<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        struct Registration<'a>(&'a OwnedFd);
-        impl Serialize for Registration<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                serialize_fd(self.0.as_fd(), s)
-            }
-        }
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&Registration(&self.link.registration))?;
+        t.serialize_element(&FdRef(self.link.registration.as_fd()))?;
         t.serialize_element(&self.id)?;
         t.end()
     }
@@ -320,14 +314,8 @@ impl<T> Serialize for Proxy<T> {
 
 impl<'de, T> Deserialize<'de> for Proxy<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Registration(OwnedFd);
-        impl<'de> Deserialize<'de> for Registration {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                deserialize_fd(d).map(Registration)
-            }
-        }
-        let (reg, id) = <(Registration, u64)>::deserialize(d)?;
-        Ok(Proxy::new(Link::new(reg.0), id))
+        let (reg, id) = <(Fd, u64)>::deserialize(d)?;
+        Ok(Proxy::new(Link::new(reg.into_owned()), id))
     }
 }
 

@@ -63,16 +63,13 @@ pub use event::Event;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore};
 
-use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
-use crate::wire::Fd;
-use crate::wire::codec::serialize_fd;
+use crate::wire::{Fd, FdRef};
 
 /// Decrements a waiter count when a wait ends, however it ends (cancellation included).
 struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
@@ -85,15 +82,6 @@ impl Drop for Uncount<'_> {
 
 /// How many times a contended acquirer retries before it sleeps.
 const SPIN: u32 = 200;
-
-/// A borrowed descriptor, serialised into the side list of the frame being encoded.
-pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>);
-
-impl Serialize for FdRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_fd(self.0, s)
-    }
-}
 
 /// Maps a segment received from another process, checking that it holds at least `need`
 /// bytes, so that every fixed offset the primitive uses is inside it.

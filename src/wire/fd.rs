@@ -75,3 +75,13 @@ impl<'de> Deserialize<'de> for Fd {
         deserialize_fd(d).map(Fd)
     }
 }
+
+/// A borrowed descriptor, serialised into the side list of the frame being encoded (it
+/// arrives as an [`Fd`]).
+pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, s)
+    }
+}

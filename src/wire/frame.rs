@@ -193,31 +193,39 @@ impl FrameBuf {
     /// Fills in the header; fails if the body exceeds the maximum frame size.
     fn seal(&mut self) -> Result<()> {
         let body = self.buf.len() - HEADER_LEN + self.tail.len();
-        let max = max_frame_size();
-        if body > max {
-            return Err(Error::FrameTooLarge {
-                size: body as u64,
-                max,
-            });
-        }
-        let nfds = u8::try_from(self.fds.len()).map_err(|_| {
-            Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a message may carry at most {} descriptors, this one holds {}",
-                    sys::MAX_FDS_PER_MESSAGE,
-                    self.fds.len()
-                ),
-            ))
-        })?;
-        self.buf[..4].copy_from_slice(&(body as u32).to_be_bytes());
-        self.buf[4] = nfds;
-        Ok(())
+        write_header(&mut self.buf, body, self.fds.len())
     }
 
     fn raw_fds(&self) -> Vec<RawFd> {
         self.fds.iter().map(|f| f.as_raw_fd()).collect()
     }
+}
+
+/// Writes a frame header (body length, descriptor count) into the first [`HEADER_LEN`] bytes
+/// of `head`; fails for a body over the maximum frame size or too many descriptors.
+pub(crate) fn write_header(head: &mut [u8], body: usize, nfds: usize) -> Result<()> {
+    let max = max_frame_size();
+    if body > max {
+        return Err(Error::FrameTooLarge {
+            size: body as u64,
+            max,
+        });
+    }
+    let count = u8::try_from(nfds)
+        .ok()
+        .filter(|&n| usize::from(n) <= sys::MAX_FDS_PER_MESSAGE)
+        .ok_or_else(|| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message may carry at most {} descriptors, this one holds {nfds}",
+                    sys::MAX_FDS_PER_MESSAGE
+                ),
+            ))
+        })?;
+    head[..4].copy_from_slice(&(body as u32).to_be_bytes());
+    head[4] = count;
+    Ok(())
 }
 
 /// A received frame: its body and the descriptors that came with it.

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(crate) use codec::Encoded;
 pub use fd::Fd;
+pub(crate) use fd::FdRef;
 #[allow(unused_imports)] // the halves are for the pool and connections
 pub(crate) use frame::{
     FrameBuf, FrameReader, FrameWriter, RecvBuf, framed, framed_after, into_stream,
