@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{TestResult, run, test};
+use support::{TestResult, join_code, run, test};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
 
@@ -19,13 +19,6 @@ const KEY: &[u8] = b"a shared secret";
 
 fn socket_path(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tmp-mp-listener-{}-{tag}", std::process::id()))
-}
-
-async fn join_code(p: &mut mp::Process) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
-    match p.join_timeout(Duration::from_secs(30)).await? {
-        Some(c) => Ok(c),
-        None => Err(format!("child {} did not end", p.pid()).into()),
-    }
 }
 
 // ---- child targets ----

@@ -8,24 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{TestResult, run, test};
+use support::{TestResult, join_code, run, start, test};
 use tokio_multiprocessing as mp;
-
-async fn start<A, F, M>(f: F, args: A) -> mp::Result<mp::Process>
-where
-    F: mp::Target<A, M>,
-    F::Output: std::process::Termination,
-    A: serde::Serialize + serde::de::DeserializeOwned,
-{
-    mp::Process::new(f, args).start().await
-}
-
-async fn join_code(p: &mut mp::Process) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
-    match p.join_timeout(Duration::from_secs(30)).await? {
-        Some(c) => Ok(c),
-        None => Err(format!("child {} did not end", p.pid()).into()),
-    }
-}
 
 // ---- child targets ----
 

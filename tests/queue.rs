@@ -9,25 +9,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{TestResult, run, test};
+use support::{TestResult, join_ok, run, start, test};
 use tokio_multiprocessing as mp;
 
 type Item = Option<(u8, u32)>;
-
-async fn start<A, F, M>(f: F, args: A) -> mp::Result<mp::Process>
-where
-    F: mp::Target<A, M>,
-    F::Output: std::process::Termination,
-    A: serde::Serialize + serde::de::DeserializeOwned,
-{
-    mp::Process::new(f, args).start().await
-}
-
-async fn join_ok(p: &mut mp::Process) -> TestResult {
-    let code = p.join_timeout(Duration::from_secs(30)).await?;
-    ensure!(code == Some(0), "child {} ended with {code:?}", p.pid());
-    Ok(())
-}
 
 // ---- child targets ----
 

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Trial};
-use support::{TestResult, eventually, open_fds, run_example, test};
+use support::{TestResult, eventually, fds_return_to, join_ok, open_fds, run_example, test};
 use tokio_multiprocessing::{
     Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Pool, Process, RLock,
     RawArray, RawValue, Semaphore, SharedMemory, StartMethod, Value,
@@ -188,15 +188,6 @@ async fn shm_write_then_hang(shm: SharedMemory, ready: Event) {
 }
 
 // ---- helpers -------------------------------------------------------------------------------
-
-async fn join_ok(p: &mut Process) -> TestResult {
-    match tokio::time::timeout(LONG, p.join()).await {
-        Ok(Ok(0)) => Ok(()),
-        Ok(Ok(code)) => Err(format!("child {} ended with {code}", p.pid()).into()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(format!("child {} did not end", p.pid()).into()),
-    }
-}
 
 /// How many `/dev/shm` segments this test process has made and not removed (other processes
 /// on the machine make and remove their own at any time, so only ours are counted).
@@ -773,12 +764,7 @@ async fn barrier_timeout_breaks() -> TestResult {
 async fn value_and_array_cross() -> TestResult {
     let fds = open_fds();
     value_and_array_cross_inner().await?;
-    ensure!(
-        eventually(LONG, || open_fds() == fds).await,
-        "descriptors leaked: {} before, {} after",
-        fds,
-        open_fds()
-    );
+    fds_return_to(fds, LONG).await?;
     Ok(())
 }
 
@@ -952,12 +938,7 @@ async fn shared_memory_survives_killed_child() -> TestResult {
         "segments: {segments} before, {} after",
         our_segments()
     );
-    ensure!(
-        eventually(LONG, || open_fds() == fds).await,
-        "descriptors leaked: {} before, {} after",
-        fds,
-        open_fds()
-    );
+    fds_return_to(fds, LONG).await?;
     Ok(())
 }
 
@@ -1000,12 +981,7 @@ async fn no_descriptor_left_behind() -> TestResult {
         ensure!(e.is_set() && s.get_value() == 0, "child did not run");
         drop(l.acquire_timeout(LONG).await?);
     }
-    ensure!(
-        eventually(LONG, || open_fds() == fds).await,
-        "descriptors leaked: {} before, {} after",
-        fds,
-        open_fds()
-    );
+    fds_return_to(fds, LONG).await?;
     Ok(())
 }
 

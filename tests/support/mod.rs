@@ -141,3 +141,43 @@ pub async fn run_example(name: &str) -> Result<String, Box<dyn std::error::Error
     }
     Ok(String::from_utf8(out.stdout)?)
 }
+
+/// Starts `f(args)` in a child process.
+pub async fn start<A, F, M>(
+    f: F,
+    args: A,
+) -> tokio_multiprocessing::Result<tokio_multiprocessing::Process>
+where
+    F: tokio_multiprocessing::Target<A, M>,
+    F::Output: std::process::Termination,
+    A: serde::Serialize + serde::de::DeserializeOwned,
+{
+    tokio_multiprocessing::Process::new(f, args).start().await
+}
+
+/// A child's exit code; an error if it has not ended within 30 s (a bound on a hang).
+pub async fn join_code(
+    p: &mut tokio_multiprocessing::Process,
+) -> Result<i32, Box<dyn std::error::Error + Send + Sync>> {
+    match p.join_timeout(Duration::from_secs(30)).await? {
+        Some(c) => Ok(c),
+        None => Err(format!("child {} did not end", p.pid()).into()),
+    }
+}
+
+/// Succeeds if the child exits with code 0 (within 30 s).
+pub async fn join_ok(p: &mut tokio_multiprocessing::Process) -> TestResult {
+    let code = join_code(p).await?;
+    ensure!(code == 0, "child {} ended with {code}", p.pid());
+    Ok(())
+}
+
+/// Succeeds once this process has `before` descriptors open again (within `limit`).
+pub async fn fds_return_to(before: usize, limit: Duration) -> TestResult {
+    ensure!(
+        eventually(limit, || open_fds() == before).await,
+        "descriptors leaked: {before} before, {} after",
+        open_fds()
+    );
+    Ok(())
+}
