@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
 
-use super::wake::{Wake, Watch};
+use super::wake::{Wake, Watch, pidfd_of};
 use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
 use crate::error::{Error, Result};
 use crate::sys::{self, SharedRegion};
@@ -191,18 +191,12 @@ impl<'de> Deserialize<'de> for RawLock {
 
 /// Whether `pid` has exited (or never existed), without waiting and without a runtime.
 fn process_gone(pid: u32) -> Result<bool> {
-    let Ok(raw) = i32::try_from(pid) else {
+    let Some(fd) = pidfd_of(pid)? else {
         return Ok(true);
     };
-    match sys::pidfd_open(raw) {
-        Ok(fd) => {
-            use std::os::fd::AsFd;
-            let ready = sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))?;
-            Ok(ready.first().copied().unwrap_or(false))
-        }
-        Err(e) if e.raw_os_error() == Some(sys::ESRCH) => Ok(true),
-        Err(e) => Err(e.into()),
-    }
+    use std::os::fd::AsFd;
+    let ready = sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))?;
+    Ok(ready.first().copied().unwrap_or(false))
 }
 
 /// A lock between processes (Python's `multiprocessing.Lock`).
