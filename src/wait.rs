@@ -70,10 +70,9 @@ impl<T: Serialize + DeserializeOwned> Waitable for SimpleQueue<T> {
     }
 }
 
+/// Whether `fd` is readable now; an error counts as ready (the wait then reports it).
 fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    sys::poll_readable(&[fd], Some(Duration::ZERO))
-        .map(|v| v.first().copied().unwrap_or(false))
-        .unwrap_or(true)
+    sys::readable_now(fd).unwrap_or(true)
 }
 
 impl Waitable for Process {

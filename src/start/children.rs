@@ -113,7 +113,7 @@ impl Child {
         let code = match &self.source {
             Some(ExitSource::Own) => sys::try_wait_pidfd(self.pidfd())?,
             Some(ExitSource::Pipe(pipe)) => {
-                if !sys::poll_readable(&[self.pidfd()], Some(std::time::Duration::ZERO))?[0] {
+                if !sys::readable_now(self.pidfd())? {
                     return Ok(None);
                 }
                 match read_status(pipe.get_ref()) {

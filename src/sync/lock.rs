@@ -195,8 +195,7 @@ fn process_gone(pid: u32) -> Result<bool> {
         return Ok(true);
     };
     use std::os::fd::AsFd;
-    let ready = sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))?;
-    Ok(ready.first().copied().unwrap_or(false))
+    Ok(sys::readable_now(fd.as_fd())?)
 }
 
 /// A lock between processes (Python's `multiprocessing.Lock`).

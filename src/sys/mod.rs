@@ -33,8 +33,8 @@ pub(crate) use proc::{
     adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed, current_pid,
     exit_now, flush_std_streams, fork_and_reap, fork_in_server, fork_process, keep_freed_memory,
     kill_and_reap, kill_pid, parent_pid, pidfd_open, pidfd_send_signal, pipe_cloexec,
-    poll_readable, set_parent_death_signal, signal_name, spawn_exe, stdin_from_dev_null,
-    try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
+    poll_readable, readable_now, set_parent_death_signal, signal_name, spawn_exe,
+    stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
 };
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;

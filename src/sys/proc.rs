@@ -258,6 +258,14 @@ pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
+/// Whether `fd` is readable now, without waiting.
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_readable(&[fd], Some(std::time::Duration::ZERO))?
+        .first()
+        .copied()
+        .unwrap_or(false))
+}
+
 /// Blocks until at least one of `fds` is readable (or hung up); returns a flag per fd.
 /// `timeout` of `None` waits for ever.
 pub(crate) fn poll_readable(
