@@ -50,6 +50,11 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] io::Error),
 
+    /// An argument outside what the function accepts (Python's `ValueError`): a pool of 0
+    /// processes, say.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
     /// A value could not be encoded for another process.
     #[error("cannot encode a value of type `{type_name}`: {message}")]
     Encode {
@@ -226,6 +231,19 @@ pub enum Error {
     #[error("task_done() called more times than there were items")]
     TaskDoneTooManyTimes,
 
+    /// One input of a map stream failed: which one (its index in the input), and why.
+    ///
+    /// [`Pool::imap`](crate::Pool::imap) and [`Pool::imap_unordered`](crate::Pool::imap_unordered)
+    /// yield one item per input; an input whose task failed yields this error. The
+    /// `is_*` methods look through it to the cause.
+    #[error("input {index}: {error}")]
+    Input {
+        /// The input's index in the iterable, counting from 0.
+        index: usize,
+        /// Why its task failed.
+        error: Box<Error>,
+    },
+
     /// The peer of a `Listener`/`Client` connection did not prove it holds the same
     /// authentication key, or did not follow the challenge exchange.
     #[error("authentication failed: {message}")]
@@ -239,23 +257,117 @@ pub enum Error {
 impl Error {
     /// Whether the task panicked ([`Error::TaskPanicked`]), like `JoinError::is_panic`.
     pub fn is_panic(&self) -> bool {
-        matches!(self, Error::TaskPanicked { .. })
+        matches!(self.cause(), Error::TaskPanicked { .. })
     }
 
     /// Whether the task was cancelled ([`Error::Cancelled`]), like `JoinError::is_cancelled`.
     pub fn is_cancelled(&self) -> bool {
-        matches!(self, Error::Cancelled)
+        matches!(self.cause(), Error::Cancelled)
     }
 
     /// Whether the process running the task died first ([`Error::WorkerLost`]).
     pub fn is_worker_lost(&self) -> bool {
-        matches!(self, Error::WorkerLost { .. })
+        matches!(self.cause(), Error::WorkerLost { .. })
     }
 
     /// Whether the task ran past its timeout and its worker was killed
     /// ([`Error::TaskTimedOut`]; a wait that merely ran out is [`Error::Timeout`]).
     pub fn is_task_timeout(&self) -> bool {
-        matches!(self, Error::TaskTimedOut { .. })
+        matches!(self.cause(), Error::TaskTimedOut { .. })
+    }
+
+    /// The input a map stream's error belongs to ([`Error::Input`]); `None` for any other.
+    pub fn input_index(&self) -> Option<usize> {
+        match self {
+            Error::Input { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// The error itself, or for [`Error::Input`] the error of that input.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::Input { error, .. } => error.cause(),
+            other => other,
+        }
+    }
+}
+
+/// A copy of an error, for each of several callers it fails (the items of a failed chunk,
+/// the tasks queued when no worker can start). An [`Error::Io`] keeps its kind and its OS
+/// error code, and its message where it had no code.
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        match self {
+            Error::Io(e) => Error::Io(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Encode { type_name, message } => Error::Encode {
+                type_name,
+                message: message.clone(),
+            },
+            Error::Decode { type_name, message } => Error::Decode {
+                type_name,
+                message: message.clone(),
+            },
+            Error::FrameTooLarge { size, max } => Error::FrameTooLarge {
+                size: *size,
+                max: *max,
+            },
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            Error::BinaryMismatch { ours, theirs } => Error::BinaryMismatch {
+                ours: ours.clone(),
+                theirs: theirs.clone(),
+            },
+            Error::Start { name, pid, message } => Error::Start {
+                name: name.clone(),
+                pid: *pid,
+                message: message.clone(),
+            },
+            Error::Closed => Error::Closed,
+            Error::Timeout => Error::Timeout,
+            Error::TaskPanicked { message } => Error::TaskPanicked {
+                message: message.clone(),
+            },
+            Error::WorkerLost { pid, cause } => Error::WorkerLost {
+                pid: *pid,
+                cause: *cause,
+            },
+            Error::Manager(m) => Error::Manager(m.clone()),
+            Error::LockOwnerDied { pid } => Error::LockOwnerDied { pid: *pid },
+            Error::NotHeld => Error::NotHeld,
+            Error::NotOwner => Error::NotOwner,
+            Error::SemaphoreOverRelease { bound } => Error::SemaphoreOverRelease { bound: *bound },
+            Error::BrokenBarrier => Error::BrokenBarrier,
+            Error::IndexOutOfRange { index, len } => Error::IndexOutOfRange {
+                index: *index,
+                len: *len,
+            },
+            Error::TaskTimedOut { pid, timeout } => Error::TaskTimedOut {
+                pid: *pid,
+                timeout: *timeout,
+            },
+            Error::Cancelled => Error::Cancelled,
+            Error::PoolClosed => Error::PoolClosed,
+            Error::InitializerFailed { pid, message } => Error::InitializerFailed {
+                pid: *pid,
+                message: message.clone(),
+            },
+            Error::PoolRunning => Error::PoolRunning,
+            Error::Empty => Error::Empty,
+            Error::Full => Error::Full,
+            Error::HandleClosed { object } => Error::HandleClosed { object },
+            Error::TaskDoneTooManyTimes => Error::TaskDoneTooManyTimes,
+            Error::Input { index, error } => Error::Input {
+                index: *index,
+                error: error.clone(),
+            },
+            Error::Authentication { message } => Error::Authentication {
+                message: message.clone(),
+            },
+        }
     }
 }
 

@@ -1097,9 +1097,12 @@ async fn map_over_number_types() -> TestResult {
     ensure!(got.len() == 256, "{} results", got.len());
     for (x, r) in (0u8..=255).zip(&got) {
         match (x, r) {
-            (77, Err(Error::TaskPanicked { message })) => {
-                ensure!(message.contains("boom at 77"), "{message}");
-            }
+            (77, Err(Error::Input { index: 77, error })) => match &**error {
+                Error::TaskPanicked { message } => {
+                    ensure!(message.contains("boom at 77"), "{message}");
+                }
+                other => ensure!(false, "77 failed with {other:?}"),
+            },
             (x, Ok(y)) => ensure!(*y == x ^ 0xff, "{x} gave {y}"),
             (x, r) => ensure!(false, "{x} gave {r:?}"),
         }
@@ -1153,7 +1156,7 @@ async fn pool_serves_before_all_workers_are_ready() -> TestResult {
 // test_make_pool: a pool of 0 processes is an error.
 async fn zero_processes() -> TestResult {
     let e = Pool::builder().processes(0).build().await;
-    ensure!(matches!(e, Err(Error::Io(_))), "{e:?}");
+    ensure!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 mod proto;
 mod result;
 mod scheduler;
+mod started;
 mod worker;
 
 use std::any::type_name;
@@ -25,6 +26,7 @@ pub use result::{AsyncResult, IMap, MapResult};
 use self::proto::{Setup, SetupReply};
 use self::result::{ChunkOut, NextChunk};
 use self::scheduler::{Cmd, Job, Scheduler};
+use self::started::StartedMark;
 use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
@@ -71,6 +73,7 @@ struct WorkerConn {
     process: Process,
     reader: FrameReader,
     writer: FrameWriter,
+    started: StartedMark,
 }
 
 /// Starts one worker: a child process running `worker::worker_main` on one end of a socket
@@ -103,7 +106,9 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     // arguments) could fill the socket before anyone reads it: it goes out after the start.
     let late = send_early(ours.as_fd(), frame)?;
     let (mut reader, writer) = framed(into_stream(ours)?);
-    let mut process = Process::new(worker::worker_main, (Fd::from(theirs),))
+    let started = StartedMark::new()?;
+    let mark = Fd::from(sys::dup_fd(started.fd())?);
+    let mut process = Process::new(worker::worker_main, (Fd::from(theirs), mark))
         .name(format!("PoolWorker-{n}"))
         .daemon(true)
         .start_method(cfg.method)
@@ -156,6 +161,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
                 reader,
                 writer,
                 process,
+                started,
             });
         }
         Ok(SetupReply::InitFailed(message)) => {
@@ -196,6 +202,11 @@ impl Payload {
             head: clone_encoded(&self.head)?,
             shared: self.shared.clone(),
         })
+    }
+
+    /// The size of the arguments in a frame, in bytes.
+    fn len(&self) -> usize {
+        self.head.bytes.len() + self.shared.as_ref().map_or(0, |s| s.as_slice().len())
     }
 
     /// Appends the arguments to a task's frame.
@@ -263,9 +274,10 @@ impl PoolBuilder {
 
     /// Retires a worker after it has run `n` tasks (a chunk of a map counts as one task, as
     /// in Python), replacing it with a fresh one. No task is lost or run twice: a retiring
-    /// worker is sent no more than `n` tasks and stops once it has answered them all.
+    /// worker is sent no more than `n` tasks and stops once it has answered them all. 0 makes
+    /// [`build`](Self::build) fail, as Python's `ValueError`.
     pub fn maxtasksperchild(mut self, n: usize) -> Self {
-        self.maxtasksperchild = Some(n.max(1));
+        self.maxtasksperchild = Some(n);
         self
     }
 
@@ -319,13 +331,19 @@ impl PoolBuilder {
     /// Starts the workers, all at once, each through its initializer, and returns the pool
     /// as soon as one is ready; the others take tasks as they become ready.
     ///
+    /// A worker that cannot be started (the system is out of descriptors or processes, say)
+    /// is logged and started again later, with a growing delay (from 10 ms up to 5 s), for as
+    /// long as the pool lives; the pool serves with the workers it has meanwhile. While the
+    /// pool has no worker at all, each failed start fails the tasks waiting with its error.
+    ///
     /// # Errors
-    /// Those of the first worker to finish its start: an `io::Error` of kind
-    /// `InvalidInput` for `processes(0)`; [`Error::Encode`] if the initializer's arguments
-    /// cannot be encoded; [`Error::InitializerFailed`] if the initializer failed;
-    /// [`Error::Start`] if the worker could not be started. On error, the other workers
-    /// find their socket closed and end. A later worker whose start fails is handled like
-    /// a replacement that fails (see [`initializer`](Self::initializer)).
+    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`;
+    /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
+    /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
+    /// its start; otherwise the error of the last worker to fail, when none could be
+    /// started ([`Error::Start`], or the system's error). On error, the workers started
+    /// find their socket closed and end. A later worker whose initializer fails is handled
+    /// like a replacement whose initializer fails (see [`initializer`](Self::initializer)).
     ///
     /// # Panics
     /// Outside a tokio runtime (the pool's task is spawned on the current one).
@@ -359,14 +377,18 @@ impl PoolBuilder {
         let cores = sys::cpus_allowed();
         let processes = match self.processes {
             Some(0) => {
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a pool needs at least one process",
-                )));
+                return Err(Error::InvalidArgument(
+                    "a pool needs at least one process".into(),
+                ));
             }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        if self.maxtasksperchild == Some(0) {
+            return Err(Error::InvalidArgument(
+                "maxtasksperchild must be at least 1 (or not set)".into(),
+            ));
+        }
         let method = self.method.unwrap_or_else(crate::get_start_method);
         if method != StartMethod::Fork {
             // Spawned and fork-server workers are started from the launcher thread: it
@@ -386,21 +408,34 @@ impl PoolBuilder {
         });
         // All the workers start at once; the pool serves as soon as one is ready, and the
         // others join it as they come (Python's `Pool()` does not wait for its workers).
-        // The first to finish decides: if it failed (a failing initializer, say), so does
-        // `build`, and the others, their socket closed, end by themselves.
+        // A failed initializer in the first to finish fails `build`, and the others, their
+        // socket closed, end by themselves; a worker that could not be started is started
+        // again by the pool later, unless none could be.
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..processes {
-            scheduler::spawn_start(&cfg, &events_tx);
+            scheduler::spawn_start(&cfg, &events_tx, Duration::ZERO);
         }
+        let mut failed = 0;
         let first = loop {
             match events.recv().await {
-                Some(scheduler::Event::Started(r)) => break r?,
+                Some(scheduler::Event::Started(Ok(w))) => break w,
+                Some(scheduler::Event::Started(Err(e))) => {
+                    failed += 1;
+                    if failed == processes || matches!(e, Error::InitializerFailed { .. }) {
+                        return Err(e);
+                    }
+                    tracing::warn!("cannot start a pool worker (it will be retried): {e}");
+                }
                 Some(_) => continue,
                 None => return Err(Error::Protocol("the worker starts were lost".into())),
             }
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(Scheduler::new(cfg, rx, (events_tx, events), first, processes - 1).run());
+        let starts = scheduler::Starts {
+            pending: processes - 1 - failed,
+            failed,
+        };
+        tokio::spawn(Scheduler::new(cfg, rx, (events_tx, events), first, starts).run());
         tracing::debug!(processes, "pool started");
         Ok(Pool {
             shared: Arc::new(Shared {
@@ -445,10 +480,19 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return AsyncResult::failed(Error::PoolClosed);
         }
-        let payload = match payload {
+        let payload: Payload = match payload {
             Ok(p) => p.into(),
             Err(e) => return AsyncResult::failed(e),
         };
+        // Arguments that cannot fit in a frame fail here, before anything is queued (the
+        // scheduler checks the whole frame again, head included, before sending it).
+        let max = crate::wire::max_frame_size();
+        if payload.len() > max {
+            return AsyncResult::failed(Error::FrameTooLarge {
+                size: payload.len() as u64,
+                max,
+            });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let job = Job {
@@ -779,7 +823,7 @@ impl Pool {
             if buf.is_empty() {
                 return None;
             }
-            Some(Encoded::new(&Items::all(&buf)))
+            Some((buf.len(), Encoded::new(&Items::all(&buf))))
         });
         IMap::new(
             self.shared.clone(),

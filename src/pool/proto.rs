@@ -68,6 +68,9 @@ pub(super) enum Status {
     Refused,
     /// The task was dropped before it started, as the pool asked; an empty string follows.
     Cancelled,
+    /// The result is larger than a frame may be; its size and the limit follow, as a pair
+    /// of integers.
+    TooLarge,
 }
 
 /// The head of a worker's answer to a task.

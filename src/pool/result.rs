@@ -100,6 +100,15 @@ fn failure(
     arg_type: &'static str,
     result_type: &'static str,
 ) -> Error {
+    if status == Status::TooLarge {
+        return match frame.decode::<(u64, u64)>() {
+            Ok((size, max)) => Error::FrameTooLarge {
+                size,
+                max: usize::try_from(max).unwrap_or(usize::MAX),
+            },
+            Err(e) => e,
+        };
+    }
     let message: String = match frame.decode() {
         Ok(m) => m,
         Err(e) => return e,
@@ -115,7 +124,7 @@ fn failure(
             message,
         },
         Status::Cancelled => Error::Cancelled,
-        Status::Done | Status::Refused => Error::Protocol(message),
+        Status::Done | Status::Refused | Status::TooLarge => Error::Protocol(message),
     }
 }
 
@@ -425,13 +434,57 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
     }
 }
 
-/// Pulls the next chunk of inputs (at most the given number) and encodes it; `None` when the
-/// input is exhausted.
-pub(super) type NextChunk = Box<dyn FnMut(usize) -> Option<Result<Encoded>> + Send>;
+/// Pulls the next chunk of inputs (at most the given number) and encodes it: how many
+/// inputs it holds, and their encoding; `None` when the input is exhausted.
+pub(super) type NextChunk = Box<dyn FnMut(usize) -> Option<(usize, Result<Encoded>)> + Send>;
+
+/// A chunk of an [`IMap`] in flight: where its inputs start, how many they are, and the
+/// handle on its answer.
+struct ChunkAt<R> {
+    start: usize,
+    len: usize,
+    result: AsyncResult<ChunkOut<R>>,
+}
+
+impl<R: DeserializeOwned + 'static> Future for ChunkAt<R> {
+    type Output = (usize, usize, Result<ChunkOut<R>>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        Pin::new(&mut this.result)
+            .poll(cx)
+            .map(|r| (this.start, this.len, r))
+    }
+}
 
 enum Pending<R: DeserializeOwned + 'static> {
-    Ordered(FuturesOrdered<AsyncResult<ChunkOut<R>>>),
-    Unordered(FuturesUnordered<AsyncResult<ChunkOut<R>>>),
+    Ordered(FuturesOrdered<ChunkAt<R>>),
+    Unordered(FuturesUnordered<ChunkAt<R>>),
+}
+
+/// The results of a chunk of an [`IMap`] whose inputs start at `start`: one per input, an
+/// error wrapped in [`Error::Input`] with the index of its input.
+fn indexed_items<R>(
+    start: usize,
+    len: usize,
+    chunk: Result<ChunkOut<R>>,
+) -> Box<dyn Iterator<Item = Result<R>> + Send>
+where
+    R: Send + 'static,
+{
+    let at = move |i: usize, error: Error| Error::Input {
+        index: start + i,
+        error: Box::new(error),
+    };
+    match chunk {
+        Ok(c) => Box::new(
+            items(c)
+                .enumerate()
+                .map(move |(i, r)| r.map_err(|e| at(i, e))),
+        ),
+        // A chunk that failed as a whole: its error for each of its inputs.
+        Err(e) => Box::new((0..len).map(move |i| Err(at(i, e.clone())))),
+    }
 }
 
 /// The stream of results of [`Pool::imap`](crate::Pool::imap) (input order) and
@@ -439,8 +492,11 @@ enum Pending<R: DeserializeOwned + 'static> {
 ///
 /// It reads its input lazily, when polled, and keeps at most a bounded window of chunks
 /// submitted and not yet yielded (four per worker), so an endless iterator is fine and
-/// memory stays flat. Each item is the result of one input; a chunk that failed as a whole
-/// (its worker died, say) yields one error in place of its items.
+/// memory stays flat. It yields exactly one item per input. An input whose task failed
+/// yields [`Error::Input`], which names the input's index (so that failures can be placed in
+/// [`imap_unordered`](crate::Pool::imap_unordered)'s stream too) and wraps the cause; a
+/// chunk that failed as a whole (its worker died, it timed out or was cancelled) yields
+/// that error for each of its inputs.
 ///
 /// # Cancel safety
 /// `next()` is cancel safe: results that arrived stay in the stream. Dropping the stream
@@ -454,6 +510,8 @@ pub struct IMap<R: DeserializeOwned + 'static> {
     chunksize: usize,
     window: usize,
     exhausted: bool,
+    /// The index of the next input to be read.
+    next_index: usize,
     pending: Pending<R>,
     ready: VecDeque<Result<R>>,
 }
@@ -483,6 +541,7 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
             chunksize: 1,
             window,
             exhausted: false,
+            next_index: 0,
             pending: if ordered {
                 Pending::Ordered(FuturesOrdered::new())
             } else {
@@ -517,25 +576,26 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                 return Poll::Ready(Some(r));
             }
             while !this.exhausted && this.in_flight() < this.window {
-                match (this.next_chunk)(this.chunksize) {
-                    None => this.exhausted = true,
-                    Some(Err(e)) => {
-                        this.ready.push_back(Err(e));
-                        break;
-                    }
-                    Some(Ok(enc)) => {
-                        let r = this.shared.submit::<ChunkOut<R>>(
-                            this.entry.0,
-                            this.entry.1,
-                            Ok(enc),
-                            None,
-                            this.entry.2,
-                        );
-                        match &mut this.pending {
-                            Pending::Ordered(p) => p.push_back(r),
-                            Pending::Unordered(p) => p.push(r),
-                        }
-                    }
+                let Some((len, enc)) = (this.next_chunk)(this.chunksize) else {
+                    this.exhausted = true;
+                    break;
+                };
+                // A chunk that cannot be encoded fails in the submission, in its place.
+                let chunk = ChunkAt {
+                    start: this.next_index,
+                    len,
+                    result: this.shared.submit::<ChunkOut<R>>(
+                        this.entry.0,
+                        this.entry.1,
+                        enc,
+                        None,
+                        this.entry.2,
+                    ),
+                };
+                this.next_index += len;
+                match &mut this.pending {
+                    Pending::Ordered(p) => p.push_back(chunk),
+                    Pending::Unordered(p) => p.push(chunk),
                 }
             }
             if !this.ready.is_empty() {
@@ -552,12 +612,11 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                         return Poll::Ready(None);
                     }
                 }
-                Poll::Ready(Some(Ok(v))) => this.ready.extend(items(v)),
-                Poll::Ready(Some(Err(e))) => {
-                    if matches!(e, Error::PoolClosed) {
+                Poll::Ready(Some((start, len, chunk))) => {
+                    if matches!(chunk, Err(Error::PoolClosed)) {
                         this.exhausted = true;
                     }
-                    this.ready.push_back(Err(e));
+                    this.ready.extend(indexed_items(start, len, chunk));
                 }
             }
         }

@@ -6,10 +6,11 @@
 //! [`Event`]s; a writer task sends it frames. The scheduler sends a task to the least loaded
 //! worker that has room: one running synchronous task plus a few waiting behind it (up to
 //! [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of
-//! `async fn` tasks. It knows which synchronous task a worker is running (the oldest it has
-//! not answered: a worker runs them in order), so when a worker dies only the tasks it was
-//! running fail, with [`Error::WorkerLost`]; the ones it held but had not started go back to
-//! the head of the queue. Then the worker is replaced.
+//! `async fn` tasks. When a worker dies, the tasks it may have started fail with
+//! [`Error::WorkerLost`] (those whose answer had arrived were answered already); the ones it
+//! held and provably never started (see [`StartedMark`]) go back to the head of the queue.
+//! Then the worker is replaced. A worker that cannot be started is started again later, with
+//! a growing delay.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::proto::{Reply, Status, ToWorker};
+use super::started::StartedMark;
 use super::{Config, Payload, WorkerConn, start_worker};
 use crate::Process;
 use crate::error::{Error, ExitCause, Result};
@@ -110,8 +112,10 @@ struct Running {
 
 struct Slot {
     pid: u32,
-    pidfd: OwnedFd,
+    pidfd: Arc<OwnedFd>,
     tx: UnboundedSender<FrameBuf>,
+    /// Where the worker marks each synchronous task as it starts it.
+    started: StartedMark,
     /// Synchronous tasks sent, oldest first: the first one still in flight is running.
     sync: VecDeque<u64>,
     asyncs: Vec<u64>,
@@ -124,7 +128,44 @@ impl Slot {
     fn load(&self) -> usize {
         self.sync.len() + self.asyncs.len()
     }
+
+    /// Whether the worker may have started synchronous task `id`: it has marked that task,
+    /// or one sent after it, as started. Exact once the worker is dead; while it lives, a
+    /// `false` may turn `true` at any moment.
+    fn may_have_started(&self, id: u64) -> bool {
+        let last = self.started.last();
+        let pos = |x: u64| self.sync.iter().position(|&y| y == x);
+        match (pos(id), pos(last)) {
+            (Some(i), Some(l)) => i <= l,
+            // Answered (so started), or not a synchronous task of this worker.
+            (None, _) => true,
+            // The last one started was answered, or none has started: every task still
+            // held was sent after it.
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Kills the worker; its exit is reported by its reader, and it is replaced.
+    fn kill(&mut self) {
+        self.draining = true;
+        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGKILL);
+    }
 }
+
+/// Worker starts in progress when the scheduler begins, from [`PoolBuilder::build`](super::PoolBuilder::build).
+pub(super) struct Starts {
+    /// Starts still running, to be reported on the events channel.
+    pub(super) pending: usize,
+    /// Starts that failed, to be tried again.
+    pub(super) failed: usize,
+}
+
+/// The first delay before a failed worker start is tried again; it doubles with each
+/// failure in a row, up to [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(10);
+
+/// The longest delay before a failed worker start is tried again.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 
 pub(super) struct Scheduler {
     cfg: Arc<Config>,
@@ -140,10 +181,11 @@ pub(super) struct Scheduler {
     deadlines: BTreeSet<(Instant, u64)>,
     closed: bool,
     terminating: bool,
-    /// Why no worker can be started any more (a failed initializer, or repeated start
-    /// failures); the pool fails its tasks with it once no worker is left.
+    /// Why no worker can be started any more (a failed initializer); the pool fails its
+    /// tasks with it once no worker is left.
     broken: Option<Error>,
-    start_failures: usize,
+    /// Worker starts that failed in a row; the next start waits longer for each.
+    start_failures: u32,
     waiters: Vec<oneshot::Sender<()>>,
     replies: Replies,
     /// The mean run time of the synchronous tasks answered lately, in nanoseconds.
@@ -152,39 +194,16 @@ pub(super) struct Scheduler {
     spin: Arc<AtomicBool>,
 }
 
-/// A copy of an error kept by the scheduler, for each task it fails.
-fn again(e: &Error) -> Error {
-    match e {
-        Error::InitializerFailed { pid, message } => Error::InitializerFailed {
-            pid: *pid,
-            message: message.clone(),
-        },
-        Error::Start { name, pid, message } => Error::Start {
-            name: name.clone(),
-            pid: *pid,
-            message: message.clone(),
-        },
-        Error::BinaryMismatch { ours, theirs } => Error::BinaryMismatch {
-            ours: ours.clone(),
-            theirs: theirs.clone(),
-        },
-        other => Error::Start {
-            name: "pool worker".into(),
-            pid: 0,
-            message: other.to_string(),
-        },
-    }
-}
-
 impl Scheduler {
-    /// A scheduler that starts with worker `first` and takes in `starting` more as their
-    /// starts (begun with [`spawn_start`] on `events_tx`) are reported on `events`.
+    /// A scheduler that starts with worker `first`, takes in more as the `starts` pending
+    /// (begun with [`spawn_start`] on `events_tx`) are reported on `events`, and starts
+    /// again those that failed.
     pub(super) fn new(
         cfg: Arc<Config>,
         cmds: UnboundedReceiver<Cmd>,
         (events_tx, events): (UnboundedSender<Event>, UnboundedReceiver<Event>),
         first: WorkerConn,
-        starting: usize,
+        starts: Starts,
     ) -> Scheduler {
         let mut s = Scheduler {
             cfg,
@@ -195,19 +214,22 @@ impl Scheduler {
             queue: VecDeque::new(),
             workers: HashMap::new(),
             next_wid: 0,
-            starting,
+            starting: starts.pending,
             in_flight: HashMap::new(),
             deadlines: BTreeSet::new(),
             closed: false,
             terminating: false,
             broken: None,
-            start_failures: 0,
+            start_failures: u32::try_from(starts.failed).unwrap_or(u32::MAX),
             waiters: Vec::new(),
             replies: Arc::new(Mutex::new(HashMap::new())),
             mean_nanos: None,
             spin: Arc::new(AtomicBool::new(false)),
         };
         s.add_worker(first);
+        for _ in 0..starts.failed {
+            s.start_later();
+        }
         s
     }
 
@@ -296,7 +318,8 @@ impl Scheduler {
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = unbounded_channel();
-        tokio::spawn(write_worker(w.writer, rx));
+        let pidfd = Arc::new(w.pidfd);
+        tokio::spawn(write_worker(w.writer, rx, pidfd.clone()));
         tokio::spawn(read_worker(
             wid,
             w.reader,
@@ -309,8 +332,9 @@ impl Scheduler {
             wid,
             Slot {
                 pid: w.pid,
-                pidfd: w.pidfd,
+                pidfd,
                 tx,
+                started: w.started,
                 sync: VecDeque::new(),
                 asyncs: Vec::new(),
                 sent: 0,
@@ -325,7 +349,7 @@ impl Scheduler {
                 if self.closed {
                     self.answer_job(job, Err(Error::PoolClosed));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
-                    let e = again(e);
+                    let e = e.clone();
                     self.answer_job(job, Err(e));
                 } else {
                     self.queue.push_back(job);
@@ -352,8 +376,7 @@ impl Scheduler {
         }
         self.deadlines.clear();
         for slot in self.workers.values_mut() {
-            slot.draining = true;
-            let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
+            slot.kill();
         }
     }
 
@@ -377,14 +400,13 @@ impl Scheduler {
         let Some(slot) = self.workers.get_mut(&run.wid) else {
             return;
         };
-        if run.started {
+        if run.is_async || slot.may_have_started(id) {
             tracing::debug!(
                 pid = slot.pid,
                 id,
                 "cancelling a running task: killing its worker"
             );
-            slot.draining = true;
-            let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
+            slot.kill();
         } else if let Ok(f) = FrameBuf::of(&ToWorker::Cancel { id }) {
             let _ = slot.tx.send(f);
         }
@@ -412,8 +434,7 @@ impl Scheduler {
                 continue;
             };
             tracing::debug!(pid = slot.pid, id, "task timed out: killing its worker");
-            slot.draining = true;
-            let _ = sys::pidfd_send_signal(slot.pidfd.as_fd(), sys::SIGKILL);
+            slot.kill();
         }
     }
 
@@ -442,26 +463,51 @@ impl Scheduler {
             Event::Started(Ok(w)) => {
                 self.starting -= 1;
                 self.start_failures = 0;
-                if self.terminating {
-                    let _ = sys::pidfd_send_signal(w.pidfd.as_fd(), sys::SIGKILL);
-                }
                 self.add_worker(w);
                 if self.terminating
                     && let Some(slot) = self.workers.get_mut(&(self.next_wid - 1))
                 {
-                    slot.draining = true;
+                    slot.kill();
                 }
             }
             Event::Started(Err(e)) => {
                 self.starting -= 1;
-                self.start_failures += 1;
-                tracing::warn!("cannot start a pool worker: {e}");
-                if matches!(e, Error::InitializerFailed { .. }) || self.start_failures >= 3 {
+                if matches!(e, Error::InitializerFailed { .. }) {
+                    tracing::warn!(
+                        "a pool worker's initializer failed; no worker is started again: {e}"
+                    );
                     self.broken = Some(e);
+                    self.replenish();
+                    return;
                 }
-                self.replenish();
+                self.start_failures = self.start_failures.saturating_add(1);
+                tracing::warn!(
+                    failures_in_a_row = self.start_failures,
+                    "cannot start a pool worker (it will be tried again): {e}"
+                );
+                if self.workers.is_empty() {
+                    // Nothing can run the tasks waiting: they fail with the reason, rather
+                    // than wait for a start that may never succeed.
+                    for job in std::mem::take(&mut self.queue) {
+                        self.answer_job(job, Err(e.clone()));
+                    }
+                }
+                let unwanted = self.terminating || (self.closed && self.queue.is_empty());
+                if !unwanted {
+                    self.start_later();
+                }
             }
         }
+    }
+
+    /// Starts a worker after a delay that grows with the failed starts in a row.
+    fn start_later(&mut self) {
+        let doublings = self.start_failures.saturating_sub(1).min(16);
+        let delay = FIRST_RESTART_DELAY
+            .saturating_mul(1 << doublings)
+            .min(MAX_RESTART_DELAY);
+        self.starting += 1;
+        spawn_start(&self.cfg, &self.events_tx, delay);
     }
 
     /// The first synchronous task a worker holds that is still in flight has started.
@@ -502,8 +548,11 @@ impl Scheduler {
             if let Some(d) = run.deadline {
                 self.deadlines.remove(&(d, *id));
             }
-            match (run.started, run.copy) {
-                (false, Some(payload)) => requeue.push(Job {
+            // The worker is dead, so its started mark is final: a task it may have started
+            // is never sent again.
+            let never_started = !run.is_async && !slot.may_have_started(*id);
+            match (never_started, run.copy) {
+                (true, Some(payload)) => requeue.push(Job {
                     id: *id,
                     entry: run.entry,
                     is_async: run.is_async,
@@ -528,11 +577,10 @@ impl Scheduler {
         self.replenish();
         if self.workers.is_empty()
             && self.starting == 0
-            && let Some(e) = &self.broken
+            && let Some(e) = self.broken.clone()
         {
-            let e = again(e);
             for job in std::mem::take(&mut self.queue) {
-                self.answer_job(job, Err(again(&e)));
+                self.answer_job(job, Err(e.clone()));
             }
         }
     }
@@ -541,12 +589,12 @@ impl Scheduler {
     /// nothing queued, or once starting has proved hopeless).
     fn replenish(&mut self) {
         if self.terminating || self.broken.is_some() {
-            if self.workers.is_empty() && self.starting == 0 {
-                if let Some(e) = &self.broken {
-                    let e = again(e);
-                    for job in std::mem::take(&mut self.queue) {
-                        self.answer_job(job, Err(again(&e)));
-                    }
+            if self.workers.is_empty()
+                && self.starting == 0
+                && let Some(e) = self.broken.clone()
+            {
+                for job in std::mem::take(&mut self.queue) {
+                    self.answer_job(job, Err(e.clone()));
                 }
             }
             return;
@@ -559,7 +607,7 @@ impl Scheduler {
         };
         for _ in live + self.starting..wanted {
             self.starting += 1;
-            spawn_start(&self.cfg, &self.events_tx);
+            spawn_start(&self.cfg, &self.events_tx, Duration::ZERO);
         }
     }
 
@@ -640,6 +688,14 @@ impl Scheduler {
             }
         };
         job.payload.push_to(&mut frame);
+        if let Err(e) = frame.check_size() {
+            // Too large with its head: it fails alone, and the worker never sees it.
+            let reply = job.reply;
+            if let Some(tx) = reply.or_else(|| take_reply(&self.replies, job.id)) {
+                let _ = tx.send(Err(e));
+            }
+            return;
+        }
         if let Some(tx) = job.reply {
             self.replies
                 .lock()
@@ -647,8 +703,8 @@ impl Scheduler {
                 .insert(job.id, tx);
         }
         if slot.tx.send(frame).is_err() {
-            // The writer is gone: the worker is dying, and its exit will be reported.
-            slot.draining = true;
+            // The writer is gone (it killed the worker): its exit will be reported.
+            slot.kill();
             let pid = slot.pid;
             self.answer(
                 job.id,
@@ -706,10 +762,13 @@ impl Scheduler {
     }
 }
 
-/// Starts a worker in a task of its own, which reports it on `events`.
-pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>) {
+/// Starts a worker after `delay`, in a task of its own, which reports it on `events`.
+pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>, delay: Duration) {
     let (cfg, ev) = (cfg.clone(), events.clone());
     tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let _ = ev.send(Event::Started(start_worker(&cfg).await));
     });
 }
@@ -721,11 +780,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends a worker its frames, all those queued at once in one batch.
-async fn write_worker(writer: FrameWriter, mut rx: UnboundedReceiver<FrameBuf>) {
+/// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
+/// worker cannot be reached any more: the writer kills it, so that its exit is reported, its
+/// tasks answered and the worker replaced.
+async fn write_worker(
+    writer: FrameWriter,
+    mut rx: UnboundedReceiver<FrameBuf>,
+    pidfd: Arc<OwnedFd>,
+) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
-        if writer.send_batch(&mut batch).await.is_err() {
+        if let Err(e) = writer.send_batch(&mut batch).await {
+            tracing::debug!("cannot send to a pool worker, killing it: {e}");
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
             return;
         }
         batch.clear();

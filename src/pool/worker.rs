@@ -27,13 +27,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::proto::{Reply, Setup, SetupReply, Status, ToWorker};
+use super::started::StartedMark;
 use crate::error::{Error, Result};
 use crate::sys::{self, SameBinary};
 use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
@@ -51,11 +52,12 @@ const MAX_HOLD: Duration = Duration::from_micros(200);
 /// held back may wait for its next call. Before any other task, held answers go out.
 const SHORT_TASK_NANOS: u64 = 20_000;
 
-/// The target of every pool worker process.
-pub(super) fn worker_main(sock: Fd) {
+/// The target of every pool worker process: `sock` is its link to the pool, `started` the
+/// word in which it marks each synchronous task as it starts it (see [`StartedMark`]).
+pub(super) fn worker_main(sock: Fd, started: Fd) {
     sys::keep_freed_memory();
     let run = move || -> Result<()> {
-        let start = setup(sock.into_owned())?;
+        let start = setup(sock.into_owned(), started.into_owned())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -93,7 +95,8 @@ pub(super) fn worker_main(sock: Fd) {
     }
 }
 
-/// A frame that answers task `id`, which took `nanos` to run (0 when not measured).
+/// A frame that answers task `id`, which took `nanos` to run (0 when not measured). A result
+/// too large for a frame is answered with [`Status::TooLarge`], its size and the limit.
 fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u64) -> FrameBuf {
     let (status, body) = match outcome {
         Ok(enc) => (Status::Done, Ok(enc)),
@@ -111,8 +114,18 @@ fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u
         }
         Err(m) => frame.push(&m),
     });
-    match pushed {
+    match pushed.and_then(|()| frame.check_size()) {
         Ok(()) => frame,
+        Err(Error::FrameTooLarge { size, max }) => {
+            let mut f = FrameBuf::new();
+            let _ = f.push(&Reply {
+                id,
+                status: Status::TooLarge,
+                nanos,
+            });
+            let _ = f.push(&(size, max as u64));
+            f
+        }
         Err(e) => {
             // Only a broken encoder gets here; answer with its message.
             let mut f = FrameBuf::new();
@@ -165,6 +178,7 @@ struct Lane {
     tx: Option<mpsc::Sender<(u64, TaskEntry, Frame)>>,
     busy: bool,
     done: UnboundedSender<Done>,
+    started: Arc<StartedMark>,
 }
 
 impl Lane {
@@ -172,10 +186,12 @@ impl Lane {
         if self.tx.is_none() {
             let (tx, rx) = mpsc::channel::<(u64, TaskEntry, Frame)>();
             let done = self.done.clone();
+            let started = self.started.clone();
             std::thread::Builder::new()
                 .name("pool-tasks".into())
                 .spawn(move || {
                     while let Ok((id, entry, frame)) = rx.recv() {
+                        started.mark(id);
                         let (out, nanos) = run_sync(entry, frame);
                         if done.send(Done::Lane(reply_frame(id, out, nanos))).is_err() {
                             break;
@@ -363,11 +379,13 @@ struct Start {
     /// `None` when there is none and the pool has been told `Ready`.
     init: Option<(i64, Frame)>,
     spin: Duration,
+    /// Where synchronous tasks are marked as they start.
+    started: Arc<StartedMark>,
 }
 
 /// Reads the setup frame and checks it, without a runtime (blocking). Without an initializer
 /// the worker answers `Ready` at once: the pool hears it while the runtime is built.
-fn setup(sock: OwnedFd) -> Result<Start> {
+fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
     sys::set_nonblocking(sock.as_fd(), false)?;
     let mut rest = RecvBuf::new();
     let mut frame = rest.recv_blocking(sock.as_fd())?;
@@ -393,6 +411,7 @@ fn setup(sock: OwnedFd) -> Result<Start> {
         same,
         init,
         spin: Duration::from_nanos(setup.spin_nanos),
+        started: Arc::new(StartedMark::from_fd(started)?),
     })
 }
 
@@ -408,12 +427,14 @@ async fn serve(start: Start) -> Result<()> {
     }
     tracing::debug!(pid = sys::current_pid(), "pool worker ready");
     let same = start.same;
+    let started = start.started;
 
     let (done_tx, mut done_rx) = unbounded_channel::<Done>();
     let mut lane = Lane {
         tx: None,
         busy: false,
         done: done_tx.clone(),
+        started: started.clone(),
     };
     let mut w = Worker {
         same,
@@ -458,6 +479,7 @@ async fn serve(start: Start) -> Result<()> {
                 if !w.is_short(offset) {
                     held.flush(&wr).await?;
                 }
+                started.mark(id);
                 let (out, nanos) = run_sync(entry, frame);
                 w.timed(offset, nanos);
                 spin_next = may_spin && u128::from(nanos) < spin.as_nanos();

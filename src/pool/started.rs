@@ -1,0 +1,59 @@
+//! The word in which a worker marks each synchronous task as it starts it.
+//!
+//! A worker holds back answers to short tasks to send many in one write, so the answers the
+//! pool has received do not tell it which tasks the worker has started. When a worker dies,
+//! the pool must know: a task the worker may have started is never sent again (it fails with
+//! [`Error::WorkerLost`](crate::Error::WorkerLost)), and only one it provably never started
+//! is sent to another worker. So each worker shares one word of memory with the pool (a
+//! memfd, mapped by both), and writes into it the id of each synchronous task just before
+//! the task starts. It costs one store per task and no system call. Once the worker is dead,
+//! the pool reads the last id written: the worker runs its synchronous tasks in the order
+//! they were sent, so every task sent up to that one may have started, and every task sent
+//! after it never did.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::sys::SharedRegion;
+
+/// The shared word; 0 means no task has started yet (task ids start at 1).
+#[derive(Debug)]
+pub(super) struct StartedMark(SharedRegion);
+
+impl StartedMark {
+    /// A new word, for a worker about to start.
+    pub(super) fn new() -> Result<StartedMark> {
+        Ok(StartedMark(SharedRegion::anonymous(
+            "tokio-multiprocessing-pool-started",
+            8,
+        )?))
+    }
+
+    /// The word the pool made, in the worker.
+    pub(super) fn from_fd(fd: OwnedFd) -> Result<StartedMark> {
+        let region = SharedRegion::from_fd(fd)?;
+        if region.len() < 8 {
+            return Err(Error::Protocol(format!(
+                "the pool's started mark is {} bytes, not 8",
+                region.len()
+            )));
+        }
+        Ok(StartedMark(region))
+    }
+
+    /// The descriptor to hand the worker.
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.fd()
+    }
+
+    /// In the worker: task `id` starts now.
+    pub(super) fn mark(&self, id: u64) {
+        self.0.u64_at(0).store(id, Ordering::Release);
+    }
+
+    /// In the pool, once the worker is dead: the last task it started, 0 if none.
+    pub(super) fn last(&self) -> u64 {
+        self.0.u64_at(0).load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,402 @@
+//! Pool failures under fire: workers killed while they hold batched tasks, chunks of an
+//! `imap` that fail, worker starts that fail. Every task of these tests writes its input to a
+//! log (an `O_APPEND` file) as it runs, so that a test can tell which inputs ran and how
+//! many times.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use support::{TestResult, eventually, test};
+use tokio_multiprocessing::{self as mp, Error, Pool};
+
+fn main() {
+    mp::init();
+    support::run(vec![
+        test(
+            "a_task_the_worker_started_is_not_sent_again",
+            a_task_the_worker_started_is_not_sent_again,
+        ),
+        test(
+            "kill_storm_runs_no_task_twice_and_resolves_every_call",
+            kill_storm_runs_no_task_twice_and_resolves_every_call,
+        ),
+        test(
+            "imap_yields_one_item_per_input_when_a_chunk_times_out",
+            imap_yields_one_item_per_input_when_a_chunk_times_out,
+        ),
+        test(
+            "imap_unordered_names_the_inputs_of_a_lost_chunk",
+            imap_unordered_names_the_inputs_of_a_lost_chunk,
+        ),
+        test(
+            "build_succeeds_with_the_workers_that_start_and_the_rest_follow",
+            build_succeeds_with_the_workers_that_start_and_the_rest_follow,
+        ),
+        test(
+            "maxtasksperchild_of_zero_is_an_error",
+            maxtasksperchild_of_zero_is_an_error,
+        ),
+    ]);
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn tmp_path(tag: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir()
+        .join(format!("tkmp-poolfail-{}-{tag}-{n}", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The log this worker writes to, kept open so that a logging task stays short (a worker
+/// holds back answers only to tasks that have proved short).
+static LOG: Mutex<Option<(String, std::fs::File)>> = Mutex::new(None);
+
+/// Appends `x` to the log at `path` (one `write` of one line, `O_APPEND`), then sleeps `ms`;
+/// returns `x` and this worker's pid.
+fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
+    let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+    if log.as_ref().is_none_or(|(p, _)| *p != path)
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+    {
+        *log = Some((path, f));
+    }
+    if let Some((_, f)) = log.as_mut() {
+        let _ = f.write_all(format!("{x}\n").as_bytes());
+    }
+    drop(log);
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    (x, std::process::id())
+}
+
+/// How many times each input was logged.
+fn runs(path: &str) -> HashMap<u64, usize> {
+    let mut n = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        if let Ok(x) = line.parse::<u64>() {
+            *n.entry(x).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+// The case of issue 10: ten short calls and a long one in one batch to a Pool(1); the
+// worker is killed while the long one runs. The long one must not run again (it started),
+// and every call that returned `Ok` ran exactly once; the calls sent after the long one,
+// which never started, are run by the replacement.
+async fn a_task_the_worker_started_is_not_sent_again() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let log = tmp_path("started");
+    // The function proves short, so that the worker holds its answers back to send them
+    // together.
+    let mut victim = 0;
+    for x in 0..20 {
+        victim = pool.apply(log_then_sleep, (log.clone(), x, 0)).await?.1;
+    }
+    let mut handles = Vec::new();
+    for x in 100..110 {
+        handles.push(pool.apply_async(log_then_sleep, (log.clone(), x, 0)));
+    }
+    let long = pool.apply_async(log_then_sleep, (log.clone(), 200, 3000));
+    for x in 300..305 {
+        handles.push(pool.apply_async(log_then_sleep, (log.clone(), x, 0)));
+    }
+    let started = eventually(Duration::from_secs(20), || runs(&log).contains_key(&200)).await;
+    ensure!(started, "the long call never started");
+    kill9(victim);
+    let long = long.await;
+    ensure!(
+        long.as_ref().is_err_and(|e| e.is_worker_lost()),
+        "the long call: {long:?}"
+    );
+    let mut ok = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok((x, _)) => ok.push(x),
+            Err(e) if e.is_worker_lost() => {}
+            Err(e) => return Err(format!("unexpected error {e}").into()),
+        }
+    }
+    let n = runs(&log);
+    let _ = std::fs::remove_file(&log);
+    ensure!(
+        n.get(&200) == Some(&1),
+        "the long call ran {:?} times",
+        n.get(&200)
+    );
+    ensure!(n.values().all(|&c| c == 1), "an input ran twice: {n:?}");
+    for x in &ok {
+        ensure!(
+            n.get(x) == Some(&1),
+            "{x} returned Ok but ran {:?} times",
+            n.get(x)
+        );
+    }
+    for x in 300..305 {
+        ensure!(
+            ok.contains(&x),
+            "{x}, sent after the long call, was not run again"
+        );
+    }
+    Ok(())
+}
+
+// Workers SIGKILLed over and over while 100,000 short tasks stream through a pool: every
+// call resolves (a result or `WorkerLost`), no input runs twice, and every `Ok` matches
+// exactly one logged run.
+async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
+    const TASKS: u64 = 100_000;
+    let pool = Arc::new(Pool::new(2).await?);
+    let log = tmp_path("storm");
+    let latest = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let killer = {
+        let (latest, stop) = (latest.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut kills = 0u32;
+            let mut killed = HashSet::new();
+            loop {
+                tokio::select! {
+                    () = stop.notified() => return kills,
+                    () = tokio::time::sleep(Duration::from_millis(7)) => {}
+                }
+                let pid = latest.load(Ordering::Relaxed);
+                if pid != 0 && killed.insert(pid) {
+                    kill9(pid);
+                    kills += 1;
+                }
+            }
+        })
+    };
+    let mut pending = FuturesUnordered::new();
+    for x in 0..TASKS {
+        pending.push(pool.apply_async(log_then_sleep, (log.clone(), x, 0)));
+    }
+    let (mut ok, mut lost) = (Vec::new(), 0usize);
+    while let Some(r) = pending.next().await {
+        match r {
+            Ok((x, pid)) => {
+                latest.store(pid, Ordering::Relaxed);
+                ok.push(x);
+            }
+            Err(e) if e.is_worker_lost() => lost += 1,
+            Err(e) => return Err(format!("a call failed with {e}").into()),
+        }
+    }
+    stop.notify_one();
+    let kills = killer.await?;
+    let n = runs(&log);
+    let _ = std::fs::remove_file(&log);
+    ensure!(
+        ok.len() + lost == TASKS as usize,
+        "{} calls resolved of {TASKS}",
+        ok.len() + lost
+    );
+    ensure!(
+        kills >= 5,
+        "only {kills} workers were killed: the storm did not happen"
+    );
+    let twice: Vec<_> = n.iter().filter(|&(_, &c)| c > 1).collect();
+    ensure!(twice.is_empty(), "inputs that ran twice: {twice:?}");
+    for x in &ok {
+        ensure!(
+            n.get(x) == Some(&1),
+            "{x} returned Ok but ran {:?} times",
+            n.get(x)
+        );
+    }
+    Ok(())
+}
+
+/// `x`, except that input 100 sleeps 30 s first.
+fn slow_at_100(x: u64) -> u64 {
+    if x == 100 {
+        std::thread::sleep(Duration::from_secs(30));
+    }
+    x
+}
+
+/// `x`, except that input 500 aborts its worker.
+fn abort_at_500(x: u64) -> u64 {
+    if x == 500 {
+        std::process::abort();
+    }
+    x
+}
+
+// Issue 10's case: one chunk of 64 times out; the stream still has 1,000 items, each in
+// its place, and the 64 of the failed chunk are errors naming their input.
+async fn imap_yields_one_item_per_input_when_a_chunk_times_out() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .await?;
+    let got: Vec<_> = pool
+        .imap(slow_at_100, 0..1000)
+        .chunksize(64)
+        .collect()
+        .await;
+    ensure!(got.len() == 1000, "{} items for 1000 inputs", got.len());
+    for (i, r) in got.iter().enumerate() {
+        if (64..128).contains(&i) {
+            ensure!(
+                r.as_ref()
+                    .is_err_and(|e| e.is_task_timeout() && e.input_index() == Some(i)),
+                "item {i}: {r:?}"
+            );
+        } else {
+            ensure!(r.as_ref().ok() == Some(&(i as u64)), "item {i}: {r:?}");
+        }
+    }
+    Ok(())
+}
+
+// A chunk whose worker dies yields an error per input in `imap_unordered` too, each naming
+// its input, and the other inputs all arrive.
+async fn imap_unordered_names_the_inputs_of_a_lost_chunk() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let got: Vec<_> = pool
+        .imap_unordered(abort_at_500, 0..1000)
+        .chunksize(64)
+        .collect()
+        .await;
+    ensure!(got.len() == 1000, "{} items for 1000 inputs", got.len());
+    let mut ok = HashSet::new();
+    let mut failed = HashSet::new();
+    for r in got {
+        match r {
+            Ok(x) => {
+                ok.insert(x as usize);
+            }
+            Err(e) if e.is_worker_lost() => {
+                failed.insert(e.input_index().ok_or("an error without its input")?);
+            }
+            Err(e) => return Err(format!("unexpected error {e}").into()),
+        }
+    }
+    ensure!(failed == (448..512).collect(), "failed inputs: {failed:?}");
+    ensure!(
+        ok == (0..1000).filter(|x| !(448..512).contains(x)).collect(),
+        "{} results",
+        ok.len()
+    );
+    Ok(())
+}
+
+/// This worker's pid, after `ms` (so that a map spreads over every worker).
+fn pid_after(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// In a child whose descriptors are limited to 64: a Pool(32) builds with the workers that
+/// fit; once the limit is raised and those workers are killed, the pool starts new ones and
+/// serves. Exits 0 when all held, 1 with a message otherwise.
+async fn pool_under_a_descriptor_limit() -> Result<(), String> {
+    let me = std::process::id().to_string();
+    let limit = |n: &str| {
+        std::process::Command::new("prlimit")
+            .args(["--pid", &me, &format!("--nofile={n}:")])
+            .status()
+            .map_err(|e| format!("prlimit: {e}"))
+            .and_then(|s| {
+                s.success()
+                    .then_some(())
+                    .ok_or("prlimit failed".to_string())
+            })
+    };
+    limit("64")?;
+    let pool = Pool::builder()
+        .processes(32)
+        .build()
+        .await
+        .map_err(|e| format!("build under the limit: {e}"))?;
+    let mut before = HashSet::new();
+    for _ in 0..20 {
+        let v = pool
+            .map(pid_after, vec![20; 64])
+            .chunksize(1)
+            .await
+            .map_err(|e| format!("map under the limit: {e}"))?;
+        before.extend(v);
+    }
+    if before.is_empty() || before.len() >= 32 {
+        return Err(format!(
+            "{} workers under a limit of 64 descriptors",
+            before.len()
+        ));
+    }
+    limit("4096")?;
+    for &p in &before {
+        kill9(p);
+    }
+    let mut after = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while after.len() <= before.len() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "{} workers before the kill, {} after",
+                before.len(),
+                after.len()
+            ));
+        }
+        match pool.map(pid_after, vec![20; 64]).chunksize(1).await {
+            Ok(v) => after.extend(v.into_iter().filter(|p| !before.contains(p))),
+            Err(e) if e.is_worker_lost() => {}
+            Err(e) => return Err(format!("a task failed after the limit was raised: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+// Issue 10: under RLIMIT_NOFILE=64, Pool(32) failed to build although a dozen workers fit,
+// and a pool whose starts had failed three times never started a worker again.
+async fn build_succeeds_with_the_workers_that_start_and_the_rest_follow() -> TestResult {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return Ok(());
+    }
+    let mut p = mp::Process::new(pool_under_a_descriptor_limit, ())
+        .start()
+        .await?;
+    let code = tokio::time::timeout(Duration::from_secs(55), p.join()).await;
+    ensure!(matches!(code, Ok(Ok(0))), "the child ended with {code:?}");
+    Ok(())
+}
+
+// test_pool_maxtasksperchild_invalid: Python raises ValueError for 0.
+async fn maxtasksperchild_of_zero_is_an_error() -> TestResult {
+    let e = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(0)
+        .build()
+        .await;
+    ensure!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    Ok(())
+}
