@@ -552,8 +552,9 @@ pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
 /// - an `async fn` task runs on the worker's own current-thread runtime, up to
 ///   [`PoolBuilder::concurrency`] at once.
 ///
-/// When a worker dies, only the tasks it had started fail; those it held behind them are
-/// sent to another worker.
+/// When a worker dies, only the tasks it may have started fail (a worker marks each task in
+/// memory shared with the pool before it starts it), so no task runs twice; those it held
+/// and never started are sent to another worker.
 ///
 /// # Examples
 ///
