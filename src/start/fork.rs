@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::children::{Child, ExitSource};
+use super::children::Child;
 use super::{Launch, child};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -58,7 +58,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
     // A child we cannot watch must not run on.
     let child = sys::pidfd_open(pid)
         .map_err(Error::from)
-        .and_then(|pidfd| Child::new(pid, pidfd, ExitSource::Own))
+        .and_then(|pidfd| Child::new(pid, pidfd))
         .inspect_err(|_| sys::kill_and_reap(pid))?;
     if launch.track_at_exit {
         child.track(launch.daemon, None);
