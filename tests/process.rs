@@ -141,6 +141,18 @@ fn main() {
             "orphans_of_a_killed_fork_server_die_with_the_program",
             orphans_of_a_killed_fork_server_die_with_the_program,
         ),
+        test(
+            "child_reports_the_method_that_started_it",
+            child_reports_the_method_that_started_it,
+        ),
+        test(
+            "default_method_is_inherited_by_children_and_grandchildren",
+            default_method_is_inherited_by_children_and_grandchildren,
+        ),
+        test(
+            "get_all_start_methods_lists_each_once_default_first",
+            get_all_start_methods_lists_each_once_default_first,
+        ),
         test("example_process_hello", example_process_hello),
         test("example_process_per_cpu", example_process_per_cpu),
         test("example_process_hello_bob", example_process_hello_bob),
@@ -334,6 +346,77 @@ fn echo_until_q(sock: mp::Fd, code: i32) {
             Err(_) => std::process::exit(99),
         }
     }
+}
+
+/// The exit code [`report_start_method`] gives for `m`.
+fn method_code(m: StartMethod) -> i32 {
+    match m {
+        StartMethod::Spawn => 11,
+        StartMethod::ForkServer => 12,
+        StartMethod::Fork => 13,
+        _ => 14,
+    }
+}
+
+/// Exits with [`method_code`] of this process's start method (CPython's `_check_context`).
+fn report_start_method() {
+    std::process::exit(method_code(mp::get_start_method()))
+}
+
+/// Runs in a spawned child, which has a single thread: forks a grandchild that reports its
+/// start method, and exits with the grandchild's code.
+fn fork_method_probe() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(async {
+        let mut p = Process::new(report_start_method, ())
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        p.join().await
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("fork method probe: {e}");
+        3
+    }))
+}
+
+/// Puts `(who, start method)` on `q`.
+fn put_start_method(q: mp::Queue<(String, String)>, who: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let method = mp::get_start_method().name().to_string();
+    if rt.block_on(q.put((who, method))).is_err() {
+        std::process::exit(2);
+    }
+}
+
+/// Puts its start method on `q`, then starts a grandchild with its default method that does
+/// the same (CPython's `_put_two_and_nest_once`).
+fn put_start_method_and_nest(q: mp::Queue<(String, String)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let method = mp::get_start_method().name().to_string();
+    let code = rt.block_on(async move {
+        q.put(("child".into(), method))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut p = Process::new(put_start_method, (q, "grandchild".to_string()))
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        p.join().await.map_err(|e| e.to_string())
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("nested start: {e}");
+        3
+    }))
 }
 
 /// Exits with the number of command-line arguments it received.
@@ -865,6 +948,69 @@ async fn orphans_of_a_killed_fork_server_die_with_the_program() -> TestResult {
     Ok(())
 }
 
+async fn child_reports_the_method_that_started_it() -> TestResult {
+    // TestStartMethod.test_context (check_context): in the child, get_start_method() is the
+    // method that started it.
+    for m in METHODS {
+        let mut p = Process::new(report_start_method, ())
+            .start_method(m)
+            .start()
+            .await?;
+        let code = support::join_code(&mut p).await?;
+        ensure!(
+            code == method_code(m),
+            "{m:?}: the child reported exit code {code}, expected {}",
+            method_code(m)
+        );
+    }
+    // Fork needs a single-threaded parent: a spawned child forks the reporter.
+    let mut p = Process::new(fork_method_probe, ()).start().await?;
+    let code = support::join_code(&mut p).await?;
+    ensure!(
+        code == method_code(StartMethod::Fork),
+        "Fork: the child reported exit code {code}, expected {}",
+        method_code(StartMethod::Fork)
+    );
+    Ok(())
+}
+
+async fn default_method_is_inherited_by_children_and_grandchildren() -> TestResult {
+    // TestStartMethod.test_set_get (check_context after set_start_method) and
+    // _TestProcess.test_nested_startmethod: a child started with the default set in the
+    // parent reports it, and starts its own child (passing it the queue) with it too. Not
+    // with fork: this helper has runtime threads, so fork is refused in it.
+    for m in METHODS {
+        let (status, out, err) =
+            run_helper("nested-startmethod", &[("TKMP_METHOD", m.name().into())]).await?;
+        ensure!(status.success(), "{m:?}: helper failed: {out} {err}");
+        let want = format!("child={0} grandchild={0} exit=0", m.name());
+        ensure!(
+            out.trim() == want,
+            "{m:?}: got {out:?}, expected {want:?}; stderr: {err}"
+        );
+    }
+    Ok(())
+}
+
+async fn get_all_start_methods_lists_each_once_default_first() -> TestResult {
+    // TestStartMethod.test_get_all
+    let methods = mp::get_all_start_methods();
+    ensure!(
+        methods
+            == [
+                StartMethod::Spawn,
+                StartMethod::Fork,
+                StartMethod::ForkServer
+            ],
+        "get_all_start_methods() = {methods:?}"
+    );
+    ensure!(
+        methods[0] == StartMethod::default(),
+        "the default is not first: {methods:?}"
+    );
+    Ok(())
+}
+
 async fn exit_joins_children_and_terminates_daemons() -> TestResult {
     let marker = std::env::temp_dir().join(format!("tkmp-exit-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
@@ -1063,6 +1209,25 @@ fn helper(mode: &str) -> ! {
                 println!("alive={}", echoes(&mut ours));
                 signal(c.pid(), Signal::SIGINT);
                 println!("child={}", c.join().await.unwrap());
+            }
+            "nested-startmethod" => {
+                let method: StartMethod = std::env::var("TKMP_METHOD").unwrap().parse().unwrap();
+                mp::set_start_method(method);
+                let q = mp::Queue::<(String, String)>::new().unwrap();
+                let mut p = Process::new(put_start_method_and_nest, (q.clone(),))
+                    .start()
+                    .await
+                    .unwrap();
+                let code = p.join().await.unwrap();
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    match q.get_timeout(Duration::from_secs(20)).await {
+                        Ok((who, m)) => got.push(format!("{who}={m}")),
+                        Err(e) => got.push(format!("error={e}")),
+                    }
+                }
+                got.sort();
+                println!("{} exit={code}", got.join(" "));
             }
             "no-init" | "no-init-return" => {
                 if mode == "no-init-return"

@@ -51,6 +51,8 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         if let Err(e) = sys::stdin_from_dev_null() {
             eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
         }
+        // Python's children inherit the method that started them as their default.
+        super::set_start_method(launch.method);
         let crate::wire::Encoded { bytes, fds } = launch.args;
         let code = child::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
