@@ -64,7 +64,7 @@ pub use queue::{
     UNBOUNDED_CAPACITY,
 };
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
-pub use start::{StartMethod, get_start_method, init, set_start_method};
+pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
     RLockGuard, Semaphore,

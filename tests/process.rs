@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use support::{TestResult, run_example, test};
 use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
@@ -130,6 +131,27 @@ fn main() {
         test(
             "child_stuck_before_init_hits_the_deadline",
             child_stuck_before_init_hits_the_deadline,
+        ),
+        test(
+            "killed_fork_server_spares_its_children_and_is_replaced",
+            killed_fork_server_spares_its_children_and_is_replaced,
+        ),
+        test("fork_server_ignores_sigint", fork_server_ignores_sigint),
+        test(
+            "orphans_of_a_killed_fork_server_die_with_the_program",
+            orphans_of_a_killed_fork_server_die_with_the_program,
+        ),
+        test(
+            "child_reports_the_method_that_started_it",
+            child_reports_the_method_that_started_it,
+        ),
+        test(
+            "default_method_is_inherited_by_children_and_grandchildren",
+            default_method_is_inherited_by_children_and_grandchildren,
+        ),
+        test(
+            "get_all_start_methods_lists_each_once_default_first",
+            get_all_start_methods_lists_each_once_default_first,
         ),
         test("example_process_hello", example_process_hello),
         test("example_process_per_cpu", example_process_per_cpu),
@@ -301,6 +323,100 @@ fn read_stdin() {
     let mut buf = [0u8; 16];
     let n = std::io::stdin().read(&mut buf).unwrap_or(99);
     std::process::exit(n as i32)
+}
+
+/// Echoes each byte it reads from `sock` until it reads `q`, then exits with `code`; exits 98
+/// at end of file and 99 if nothing comes for 30 s.
+fn echo_until_q(sock: mp::Fd, code: i32) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::from(sock.into_owned());
+    if s.set_read_timeout(Some(Duration::from_secs(30))).is_err() {
+        std::process::exit(97);
+    }
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => std::process::exit(98),
+            Ok(_) if b[0] == b'q' => std::process::exit(code),
+            Ok(_) => {
+                if s.write_all(&b).is_err() {
+                    std::process::exit(96);
+                }
+            }
+            Err(_) => std::process::exit(99),
+        }
+    }
+}
+
+/// The exit code [`report_start_method`] gives for `m`.
+fn method_code(m: StartMethod) -> i32 {
+    match m {
+        StartMethod::Spawn => 11,
+        StartMethod::ForkServer => 12,
+        StartMethod::Fork => 13,
+        _ => 14,
+    }
+}
+
+/// Exits with [`method_code`] of this process's start method (CPython's `_check_context`).
+fn report_start_method() {
+    std::process::exit(method_code(mp::get_start_method()))
+}
+
+/// Runs in a spawned child, which has a single thread: forks a grandchild that reports its
+/// start method, and exits with the grandchild's code.
+fn fork_method_probe() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(async {
+        let mut p = Process::new(report_start_method, ())
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        p.join().await
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("fork method probe: {e}");
+        3
+    }))
+}
+
+/// Puts `(who, start method)` on `q`.
+fn put_start_method(q: mp::Queue<(String, String)>, who: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let method = mp::get_start_method().name().to_string();
+    if rt.block_on(q.put((who, method))).is_err() {
+        std::process::exit(2);
+    }
+}
+
+/// Puts its start method on `q`, then starts a grandchild with its default method that does
+/// the same (CPython's `_put_two_and_nest_once`).
+fn put_start_method_and_nest(q: mp::Queue<(String, String)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let method = mp::get_start_method().name().to_string();
+    let code = rt.block_on(async move {
+        q.put(("child".into(), method))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut p = Process::new(put_start_method, (q, "grandchild".to_string()))
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        p.join().await.map_err(|e| e.to_string())
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("nested start: {e}");
+        3
+    }))
 }
 
 /// Exits with the number of command-line arguments it received.
@@ -562,16 +678,28 @@ async fn forged_fingerprint_is_refused() -> TestResult {
 }
 
 async fn dropped_process_is_reaped() -> TestResult {
-    // Own children only: a fork-server child is the server's to reap.
+    // A fork-server child is this process's child too, reaped here.
     // Long enough that it is surely running when its handle drops, however slow this side.
-    let p = Process::new(sleep_for, (2_000,)).start().await?;
-    let pid = p.pid();
-    drop(p);
-    ensure!(support::exists(pid), "the child vanished at once");
-    let gone = support::eventually(Duration::from_secs(20), || !support::exists(pid)).await;
+    let mut pids = Vec::new();
+    for m in METHODS {
+        let p = Process::new(sleep_for, (2_000,))
+            .start_method(m)
+            .start()
+            .await?;
+        pids.push(p.pid());
+        drop(p);
+    }
+    ensure!(
+        pids.iter().all(|&p| support::exists(p)),
+        "a child vanished at once"
+    );
+    let gone = support::eventually(Duration::from_secs(20), || {
+        pids.iter().all(|&p| !support::exists(p))
+    })
+    .await;
     ensure!(
         gone,
-        "process {pid} was not reaped after its handle was dropped"
+        "processes {pids:?} were not reaped after their handles were dropped"
     );
     Ok(())
 }
@@ -759,6 +887,130 @@ async fn children_die_with_a_killed_parent() -> TestResult {
     Ok(())
 }
 
+async fn killed_fork_server_spares_its_children_and_is_replaced() -> TestResult {
+    // CPython: a fork server's children do not die with it, and the next start succeeds.
+    let (status, out, err) = run_helper("kill-fork-server", &[]).await?;
+    ensure!(status.success(), "helper failed: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines == ["alive=true", "child=7", "next=5"],
+        "a child of the killed fork server should run on and exit with 7, the next start \
+         should succeed: {out} {err}"
+    );
+    Ok(())
+}
+
+async fn fork_server_ignores_sigint() -> TestResult {
+    // CPython's fork server ignores SIGINT (a terminal's Ctrl-C reaches the process group)
+    // and its children take the default disposition back.
+    let (status, out, err) = run_helper("sigint-fork-server", &[]).await?;
+    ensure!(status.success(), "helper failed: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines == ["next=5", "server-survived=true", "alive=true", "child=-2"],
+        "the fork server should outlive SIGINT, its child should not: {out} {err}"
+    );
+    Ok(())
+}
+
+async fn orphans_of_a_killed_fork_server_die_with_the_program() -> TestResult {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.env("TKMP_TEST_MODE", "orphan-of-fork-server")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut helper = cmd.spawn()?;
+    let stdout = helper.stdout.take().ok_or("no stdout")?;
+    let mut lines = Vec::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stdout);
+        for _ in 0..2 {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await??;
+            lines.push(line.trim().to_string());
+        }
+    }
+    ensure!(
+        lines[0] == "alive=true",
+        "the child died with the fork server: {lines:?}"
+    );
+    let pid: u32 = lines[1]
+        .strip_prefix("pid=")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("bad helper line {lines:?}"))?;
+    ensure!(!support::is_zombie_or_gone(pid), "child {pid} not running");
+    helper.start_kill()?; // SIGKILL
+    helper.wait().await?;
+    // 20 s only bounds a hang: the death signal is immediate, but a loaded machine is slow.
+    let gone =
+        support::eventually(Duration::from_secs(20), || support::is_zombie_or_gone(pid)).await;
+    ensure!(gone, "child {pid} outlived its SIGKILLed program");
+    Ok(())
+}
+
+async fn child_reports_the_method_that_started_it() -> TestResult {
+    // TestStartMethod.test_context (check_context): in the child, get_start_method() is the
+    // method that started it.
+    for m in METHODS {
+        let mut p = Process::new(report_start_method, ())
+            .start_method(m)
+            .start()
+            .await?;
+        let code = support::join_code(&mut p).await?;
+        ensure!(
+            code == method_code(m),
+            "{m:?}: the child reported exit code {code}, expected {}",
+            method_code(m)
+        );
+    }
+    // Fork needs a single-threaded parent: a spawned child forks the reporter.
+    let mut p = Process::new(fork_method_probe, ()).start().await?;
+    let code = support::join_code(&mut p).await?;
+    ensure!(
+        code == method_code(StartMethod::Fork),
+        "Fork: the child reported exit code {code}, expected {}",
+        method_code(StartMethod::Fork)
+    );
+    Ok(())
+}
+
+async fn default_method_is_inherited_by_children_and_grandchildren() -> TestResult {
+    // TestStartMethod.test_set_get (check_context after set_start_method) and
+    // _TestProcess.test_nested_startmethod: a child started with the default set in the
+    // parent reports it, and starts its own child (passing it the queue) with it too. Not
+    // with fork: this helper has runtime threads, so fork is refused in it.
+    for m in METHODS {
+        let (status, out, err) =
+            run_helper("nested-startmethod", &[("TKMP_METHOD", m.name().into())]).await?;
+        ensure!(status.success(), "{m:?}: helper failed: {out} {err}");
+        let want = format!("child={0} grandchild={0} exit=0", m.name());
+        ensure!(
+            out.trim() == want,
+            "{m:?}: got {out:?}, expected {want:?}; stderr: {err}"
+        );
+    }
+    Ok(())
+}
+
+async fn get_all_start_methods_lists_each_once_default_first() -> TestResult {
+    // TestStartMethod.test_get_all
+    let methods = mp::get_all_start_methods();
+    ensure!(
+        methods
+            == [
+                StartMethod::Spawn,
+                StartMethod::Fork,
+                StartMethod::ForkServer
+            ],
+        "get_all_start_methods() = {methods:?}"
+    );
+    ensure!(
+        methods[0] == StartMethod::default(),
+        "the default is not first: {methods:?}"
+    );
+    Ok(())
+}
+
 async fn exit_joins_children_and_terminates_daemons() -> TestResult {
     let marker = std::env::temp_dir().join(format!("tkmp-exit-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
@@ -898,6 +1150,85 @@ fn helper(mode: &str) -> ! {
                 println!("daemon={}", d.pid());
                 drop((d, n));
             }
+            "kill-fork-server" | "orphan-of-fork-server" => {
+                // A child of the fork server, and the server itself (our only other child).
+                let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+                let mut c = Process::new(echo_until_q, (fd_of(theirs), 7))
+                    .start_method(StartMethod::ForkServer)
+                    .start()
+                    .await
+                    .unwrap();
+                let server = only_other_child(c.pid());
+                signal(server, Signal::SIGKILL);
+                let dead = support::eventually(Duration::from_secs(20), || {
+                    support::is_zombie_or_gone(server)
+                })
+                .await;
+                assert!(dead, "the fork server {server} did not die");
+                // The server's death is complete: a child dying with it has its SIGKILL
+                // pending already, and cannot echo.
+                println!("alive={}", echoes(&mut ours));
+                if mode == "orphan-of-fork-server" {
+                    println!("pid={}", c.pid());
+                    std::future::pending::<()>().await;
+                }
+                use std::io::Write;
+                ours.write_all(b"q").unwrap();
+                println!("child={}", c.join().await.unwrap());
+                match Process::new(exit_with, (5,))
+                    .start_method(StartMethod::ForkServer)
+                    .start()
+                    .await
+                {
+                    Ok(mut p) => println!("next={}", p.join().await.unwrap()),
+                    Err(e) => println!("next-error={e}"),
+                }
+            }
+            "sigint-fork-server" => {
+                let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+                let mut c = Process::new(echo_until_q, (fd_of(theirs), 7))
+                    .start_method(StartMethod::ForkServer)
+                    .start()
+                    .await
+                    .unwrap();
+                let server = only_other_child(c.pid());
+                signal(server, Signal::SIGINT);
+                // The server answers this start only after the signal was dealt with: it
+                // cannot return to its loop with a pending fatal signal.
+                let mut p = Process::new(exit_with, (5,))
+                    .start_method(StartMethod::ForkServer)
+                    .start()
+                    .await
+                    .unwrap();
+                println!("next={}", p.join().await.unwrap());
+                let same = support::live_children_of(std::process::id())
+                    .into_iter()
+                    .any(|pid| pid == server);
+                println!("server-survived={same}");
+                // Its children get the default disposition back: Ctrl-C ends them.
+                println!("alive={}", echoes(&mut ours));
+                signal(c.pid(), Signal::SIGINT);
+                println!("child={}", c.join().await.unwrap());
+            }
+            "nested-startmethod" => {
+                let method: StartMethod = std::env::var("TKMP_METHOD").unwrap().parse().unwrap();
+                mp::set_start_method(method);
+                let q = mp::Queue::<(String, String)>::new().unwrap();
+                let mut p = Process::new(put_start_method_and_nest, (q.clone(),))
+                    .start()
+                    .await
+                    .unwrap();
+                let code = p.join().await.unwrap();
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    match q.get_timeout(Duration::from_secs(20)).await {
+                        Ok((who, m)) => got.push(format!("{who}={m}")),
+                        Err(e) => got.push(format!("error={e}")),
+                    }
+                }
+                got.sort();
+                println!("{} exit={code}", got.join(" "));
+            }
             "no-init" | "no-init-return" => {
                 if mode == "no-init-return"
                     && std::env::var_os("TOKIO_MULTIPROCESSING_BOOT").is_some()
@@ -918,6 +1249,37 @@ fn helper(mode: &str) -> ! {
     });
     drop(rt);
     std::process::exit(0)
+}
+
+fn fd_of(s: std::os::unix::net::UnixStream) -> mp::Fd {
+    mp::Fd::from(std::os::fd::OwnedFd::from(s))
+}
+
+/// The one live child of this process other than `known`: the fork server.
+fn only_other_child(known: u32) -> u32 {
+    let others: Vec<u32> = support::live_children_of(std::process::id())
+        .into_iter()
+        .filter(|&p| p != known)
+        .collect();
+    assert_eq!(
+        others.len(),
+        1,
+        "expected one other child, found {others:?}"
+    );
+    others[0]
+}
+
+fn signal(pid: u32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// Whether the child behind `s` (running [`echo_until_q`]) echoes a byte back.
+fn echoes(s: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::{Read, Write};
+    let mut b = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_secs(20))).is_ok()
+        && s.write_all(b"x").is_ok()
+        && matches!(s.read(&mut b), Ok(1) if b[0] == b'x')
 }
 
 // ---------------------------------------------------------------- examples

@@ -19,6 +19,8 @@ pub(crate) struct Boot {
     pub(crate) name: String,
     pub(crate) entry: i64,
     pub(crate) max_frame: u64,
+    /// The method that starts the child, which becomes its default start method.
+    pub(crate) method: u8,
 }
 
 /// The child's answer.
@@ -52,6 +54,7 @@ pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
         name: launch.name.clone(),
         entry: process_entry_offset(launch.entry),
         max_frame: max_frame_size() as u64,
+        method: launch.method.to_u8(),
     })?;
     frame.push_encoded(std::mem::take(&mut launch.args));
     frame.check_size()?;

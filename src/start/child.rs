@@ -3,8 +3,8 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::ENV_BOOT;
 use super::boot::{Boot, BootReply, INIT_ADVICE};
+use super::{ENV_BOOT, StartMethod};
 use crate::error::Error;
 use crate::sys;
 use crate::task::{Failure, Invoked, ProcessEntry};
@@ -70,6 +70,14 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
         Ok(e) => e,
         Err(e) => refuse(&sock, BootReply::Refused(e.to_string())),
     };
+    let Some(method) = StartMethod::from_u8(boot.method) else {
+        refuse(
+            &sock,
+            BootReply::Refused(format!("unknown start method {}", boot.method)),
+        )
+    };
+    // Python's children inherit the method that started them as their default.
+    super::set_start_method(method);
     set_max_frame_size(boot.max_frame as usize);
     if let Err(e) = reply(sock.as_fd(), &BootReply::Started) {
         fail(format!("cannot answer the parent: {e}"));

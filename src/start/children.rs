@@ -11,29 +11,17 @@ use tokio::io::unix::AsyncFd;
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// Where a child's exit status comes from.
-#[derive(Debug)]
-pub(crate) enum ExitSource {
-    /// Our own child: reaped with `waitid` on its pidfd.
-    Own,
-    /// A child of the fork server, which reaps it and writes its exit code (`i32`, little
-    /// endian) to this pipe.
-    Pipe(AsyncFd<OwnedFd>),
-}
-
 /// A running child, awaited through its pidfd on tokio's reactor.
 #[derive(Debug)]
 pub(crate) struct Child {
     pid: i32,
     pidfd: AsyncFd<Arc<OwnedFd>>,
-    source: Option<ExitSource>,
     code: Option<i32>,
 }
 
 struct Tracked {
     pidfd: Arc<OwnedFd>,
     daemon: bool,
-    own: bool,
     /// The parent's end of the bootstrap socket: while it is open the child sees no EOF.
     _keepalive: Option<OwnedFd>,
 }
@@ -48,11 +36,10 @@ fn table<R>(f: impl FnOnce(&mut HashMap<i32, Tracked>) -> R) -> R {
 
 impl Child {
     /// Wraps a freshly started child. Must be called inside a tokio runtime.
-    pub(crate) fn new(pid: i32, pidfd: OwnedFd, source: ExitSource) -> Result<Child> {
+    pub(crate) fn new(pid: i32, pidfd: OwnedFd) -> Result<Child> {
         Ok(Child {
             pid,
             pidfd: sys::register_shared(Arc::new(pidfd), Interest::READABLE)?,
-            source: Some(source),
             code: None,
         })
     }
@@ -69,14 +56,12 @@ impl Child {
                 tracing::warn!("cannot install the exit handler that joins children: {e}");
             }
         });
-        let own = matches!(self.source, Some(ExitSource::Own));
         table(|t| {
             t.insert(
                 self.pid,
                 Tracked {
                     pidfd: self.pidfd.get_ref().clone(),
                     daemon,
-                    own,
                     _keepalive: keepalive,
                 },
             )
@@ -110,21 +95,7 @@ impl Child {
         if self.code.is_some() {
             return Ok(self.code);
         }
-        let code = match &self.source {
-            Some(ExitSource::Own) => sys::try_wait_pidfd(self.pidfd())?,
-            Some(ExitSource::Pipe(pipe)) => {
-                if !sys::readable_now(self.pidfd())? {
-                    return Ok(None);
-                }
-                match read_status(pipe.get_ref()) {
-                    Ok(code) => code,
-                    // Ended, but the server has not written its status yet.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            None => None,
-        };
+        let code = sys::try_wait_pidfd(self.pidfd())?;
         if let Some(c) = code {
             self.finished(c);
         }
@@ -141,47 +112,15 @@ impl Child {
             return Ok(c);
         }
         let _ready = self.pidfd.readable().await?;
-        let code = match &self.source {
-            Some(ExitSource::Own) => sys::try_wait_pidfd(self.pidfd())?.ok_or_else(|| {
-                Error::Protocol("pidfd readable but the child has not exited".into())
-            })?,
-            Some(ExitSource::Pipe(pipe)) => loop {
-                let mut guard = pipe.readable().await?;
-                match guard.try_io(|p| read_status(p.get_ref())) {
-                    Ok(Ok(Some(code))) => break code,
-                    Ok(Ok(None)) => {
-                        return Err(Error::Protocol(format!(
-                            "the fork server ended before reporting the exit status of process {}",
-                            self.pid
-                        )));
-                    }
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_would_block) => continue,
-                }
-            },
-            None => return Err(Error::Closed),
-        };
+        let code = sys::try_wait_pidfd(self.pidfd())?
+            .ok_or_else(|| Error::Protocol("pidfd readable but the child has not exited".into()))?;
         self.finished(code);
         Ok(code)
     }
 
     fn finished(&mut self, code: i32) {
         self.code = Some(code);
-        self.source = None;
         table(|t| t.remove(&self.pid));
-    }
-}
-
-/// Reads the exit code the fork server wrote: `Some(code)`, or `None` at end of file.
-fn read_status(pipe: &OwnedFd) -> std::io::Result<Option<i32>> {
-    let mut buf = [0u8; 4];
-    let n = sys::read_fd(pipe.as_fd(), &mut buf)?;
-    match n {
-        4 => Ok(Some(i32::from_le_bytes(buf))),
-        0 => Ok(None),
-        n => Err(std::io::Error::other(format!(
-            "short exit status from the fork server ({n} bytes)"
-        ))),
     }
 }
 
@@ -205,15 +144,12 @@ impl Drop for Child {
         let Ok(pidfd) = sys::dup_fd(self.pidfd()) else {
             return; // the exit handler still knows the child
         };
-        let source = self.source.take();
         handle.spawn(async move {
             let Ok(fd) = sys::register_owned(pidfd, Interest::READABLE) else {
                 return;
             };
             if fd.readable().await.is_ok() {
-                if let Some(ExitSource::Own) = source {
-                    let _ = sys::try_wait_pidfd(fd.get_ref().as_fd());
-                }
+                let _ = sys::try_wait_pidfd(fd.get_ref().as_fd());
                 table(|t| t.remove(&pid));
             }
         });
@@ -228,10 +164,6 @@ extern "C" fn at_exit() {
         let _ = sys::pidfd_send_signal(t.pidfd.as_fd(), sys::SIGTERM);
     }
     for t in &tracked {
-        if t.own {
-            let _ = sys::wait_pidfd_blocking(t.pidfd.as_fd());
-        } else {
-            let _ = sys::poll_readable(&[t.pidfd.as_fd()], None);
-        }
+        let _ = sys::wait_pidfd_blocking(t.pidfd.as_fd());
     }
 }

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::children::{Child, ExitSource};
+use super::children::Child;
 use super::{Launch, child};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -51,6 +51,8 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         if let Err(e) = sys::stdin_from_dev_null() {
             eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
         }
+        // Python's children inherit the method that started them as their default.
+        super::set_start_method(launch.method);
         let crate::wire::Encoded { bytes, fds } = launch.args;
         let code = child::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
@@ -58,7 +60,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
     // A child we cannot watch must not run on.
     let child = sys::pidfd_open(pid)
         .map_err(Error::from)
-        .and_then(|pidfd| Child::new(pid, pidfd, ExitSource::Own))
+        .and_then(|pidfd| Child::new(pid, pidfd))
         .inspect_err(|_| sys::kill_and_reap(pid))?;
     if launch.track_at_exit {
         child.track(launch.daemon, None);

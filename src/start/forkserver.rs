@@ -3,22 +3,56 @@
 //! The server is this program re-executed once (a `spawn` child whose target is [`serve`]).
 //! For each start the parent sends it the child's end of a fresh bootstrap socket; the
 //! server forks, and the fork runs the same bootstrap as a re-executed child, without paying
-//! for `exec` and the program's start-up. The server reaps its children itself and writes
-//! each one's exit code to a pipe whose read end the parent holds.
+//! for `exec` and the program's start-up.
 //!
 //! The parent talks to the server from the launcher thread, with blocking I/O bounded by
 //! `poll` deadlines, so the server serves every runtime of the program alike and outlives
 //! any of them. The server ends when the parent does: EOF on its control socket, and the
-//! parent-death signal. Its children die with it (their parent-death signal), so none
-//! outlives the parent.
+//! parent-death signal. It ignores SIGINT, as CPython's does: a terminal's Ctrl-C goes to the
+//! whole process group, and what the program does about it is the program's business. Its
+//! children get back the disposition the server had before.
+//!
+//! # The program is the parent of the server's children
+//!
+//! The server forks with `CLONE_PARENT` ([`sys::fork_sibling`]): each child's parent is the
+//! program (its launcher thread, the server's own parent), not the server. So
+//!
+//! - the program reaps the children and reads their exit status itself, from their pidfds,
+//!   as for `spawn` children: a child's exit code never depends on the server being alive;
+//! - a child's parent-death signal follows the program's launcher thread, as a `spawn`
+//!   child's does: children die with the program, and live on if only the server dies;
+//! - a server that died (SIGKILL, the OOM killer) is noticed by the next start, which reaps
+//!   it and starts a new one before asking it to fork: that start succeeds, and the children
+//!   of the old server run on and are joined with their exit codes.
+//!
+//! The other way to let children outlive the server is to make the program a child
+//! subreaper (`PR_SET_CHILD_SUBREAPER`), so that they are reparented to it when the server
+//! dies. It was not chosen: the attribute is process-wide, so every orphaned descendant of
+//! the program (a grandchild left behind by a shell the user ran, say) would become a
+//! zombie in the program unless it reaped unknown processes, which would steal exit statuses
+//! from the program's own `std::process` children. And the children still could not use a
+//! parent-death signal while the server is their parent, since it fires at every
+//! reparenting; they would need another link to the program's life.
+//!
+//! The price of `CLONE_PARENT` is a fork that bypasses `fork()`: `pthread_atfork` handlers
+//! registered in the server (which has run nothing but `main` up to `init()`) do not run in
+//! its children, and on kernels that do not report a thread's tid address (no
+//! `CONFIG_CHECKPOINT_RESTORE`) or other C libraries than glibc, the C library's cached
+//! thread id of a child's main thread stays the server's, which only matters to robust or
+//! priority-inheriting pthread mutexes shared between processes.
+//!
+//! If the server dies after it received a request and before it answered, the start fails
+//! (the server may or may not have forked): a child it forked then cannot answer its
+//! bootstrap, whose socket the failed start closed, and ends without running its target,
+//! unless it answered in the microseconds before.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::children::{Child, ExitSource};
+use super::children::Child;
 use super::launcher::{on_launcher, spawn_now};
 use super::{Launch, StartMethod, boot, child};
 use crate::error::{Error, Result};
@@ -37,7 +71,10 @@ struct ForkRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum ForkReply {
-    Forked { pid: i32, pidfd: Fd, status: Fd },
+    /// A child of the program (see the module docs) runs on the bootstrap socket.
+    Forked {
+        pid: i32,
+    },
     Failed(String),
 }
 
@@ -48,6 +85,22 @@ struct Server {
     pid: i32,
     pidfd: OwnedFd,
     _boot: OwnedFd,
+}
+
+impl Server {
+    /// Kills (if need be) and reaps the server.
+    fn retire(self) {
+        sys::kill_and_reap(self.pid);
+        tracing::debug!(pid = self.pid, "fork server retired");
+    }
+}
+
+/// Why one request to a server got no answer.
+enum Unanswered {
+    /// The request never reached the server: no child can exist, asking again is safe.
+    NotSent(Error),
+    /// The request was sent: the server may have forked before it failed.
+    Sent(Error),
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -85,46 +138,85 @@ fn start_server() -> Result<Server> {
     })
 }
 
-/// Asks the server (started on first use) to fork a child on `boot`. Returns the child's
-/// pid, its pidfd and the read end of its status pipe. On the launcher thread.
-fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd, OwnedFd)> {
-    let mut guard = SERVER.lock().unwrap_or_else(|p| p.into_inner());
-    let server = match guard.as_mut() {
-        Some(s) => s,
-        None => guard.insert(start_server()?),
-    };
-    let exchange = |s: &mut Server| -> Result<ForkReply> {
-        send_blocking(
-            s.control.as_fd(),
-            &mut FrameBuf::of(&ForkRequest {
+/// Sends one fork request for `boot` and reads the answer.
+fn exchange(s: &mut Server, boot: &OwnedFd) -> std::result::Result<ForkReply, Unanswered> {
+    let request = sys::dup_fd(boot.as_fd())
+        .map_err(Error::from)
+        .and_then(|boot| {
+            FrameBuf::of(&ForkRequest {
                 boot: Fd::from(boot),
-            })?,
-        )?;
-        let ready = sys::poll_readable(&[s.control.as_fd(), s.pidfd.as_fd()], Some(REPLY_TIMEOUT))?;
-        if !ready[0] {
-            return Err(Error::Protocol(if ready[1] {
-                "the fork server died".into()
-            } else {
-                format!("the fork server did not answer within {REPLY_TIMEOUT:?}")
-            }));
+            })
+        });
+    let mut request = request.map_err(Unanswered::NotSent)?;
+    send_blocking(s.control.as_fd(), &mut request).map_err(Unanswered::NotSent)?;
+    let ready = sys::poll_readable(&[s.control.as_fd(), s.pidfd.as_fd()], Some(REPLY_TIMEOUT))
+        .map_err(|e| Unanswered::Sent(e.into()))?;
+    if !ready[0] {
+        return Err(Unanswered::Sent(Error::Protocol(if ready[1] {
+            "it died".into()
+        } else {
+            format!("it did not answer within {REPLY_TIMEOUT:?}")
+        })));
+    }
+    s.rb.recv_blocking(s.control.as_fd())
+        .and_then(|f| f.decode::<ForkReply>())
+        .map_err(Unanswered::Sent)
+}
+
+/// Asks the server to fork a child on `boot`, and returns the child's pid and pidfd. Starts
+/// the server on first use, and again if it died: a server found dead before the request,
+/// or one that could not be sent the request, is replaced and asked in its stead. On the
+/// launcher thread.
+fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
+    let mut guard = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut attempt = 0;
+    let reply = loop {
+        attempt += 1;
+        if let Some(s) = guard.take_if(|s| !matches!(sys::readable_now(s.pidfd.as_fd()), Ok(false)))
+        {
+            tracing::debug!(pid = s.pid, "the fork server died; starting another");
+            s.retire();
         }
-        s.rb.recv_blocking(s.control.as_fd())?.decode::<ForkReply>()
+        let server = match guard.as_mut() {
+            Some(s) => s,
+            None => guard.insert(start_server()?),
+        };
+        match exchange(server, &boot) {
+            Ok(reply) => break reply,
+            Err(Unanswered::NotSent(e)) if attempt < 2 => {
+                tracing::debug!("cannot reach the fork server ({e}); starting another");
+                if let Some(s) = guard.take() {
+                    s.retire();
+                }
+            }
+            Err(Unanswered::NotSent(e) | Unanswered::Sent(e)) => {
+                if let Some(s) = guard.take() {
+                    s.retire();
+                }
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "the fork server failed ({e}); it will be restarted on the next start"
+                ))));
+            }
+        }
     };
-    match exchange(server) {
-        Ok(ForkReply::Forked { pid, pidfd, status }) => {
-            Ok((pid, pidfd.into_owned(), status.into_owned()))
+    match reply {
+        ForkReply::Forked { pid } if pid > 0 => {
+            // Our child (CLONE_PARENT), unreaped: its pid is its own until we reap it. One we
+            // cannot watch must not run.
+            let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
+            if !sys::is_own_child(pidfd.as_fd())? {
+                return Err(Error::Protocol(format!(
+                    "the fork server reported process {pid}, which is not a child of this process"
+                )));
+            }
+            Ok((pid, pidfd))
         }
-        Ok(ForkReply::Failed(m)) => Err(Error::Io(std::io::Error::other(format!(
+        ForkReply::Forked { pid } => Err(Error::Protocol(format!(
+            "the fork server reported pid {pid}"
+        ))),
+        ForkReply::Failed(m) => Err(Error::Io(std::io::Error::other(format!(
             "the fork server could not fork: {m}"
         )))),
-        Err(e) => {
-            if let Some(s) = guard.take() {
-                sys::kill_and_reap(s.pid);
-            }
-            Err(Error::Io(std::io::Error::other(format!(
-                "the fork server failed ({e}); it will be restarted on the next start"
-            ))))
-        }
     }
 }
 
@@ -133,20 +225,8 @@ pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     let frame = boot::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
     let frame = send_early(ours.as_fd(), frame)?;
-    let (pid, pidfd, status) = on_launcher(move || request_fork(theirs)).await??;
-    // A child we cannot watch must not run (the server reaps it).
-    let kill = |e: &Error| {
-        tracing::debug!("cannot watch fork-server child {pid}: {e}");
-        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
-    };
-    let status = sys::set_nonblocking(status.as_fd(), true)
-        .map_err(Error::from)
-        .and_then(|()| Ok(sys::register_owned(status, tokio::io::Interest::READABLE)?))
-        .inspect_err(kill)?;
-    let watch = sys::dup_fd(pidfd.as_fd())
-        .map_err(Error::from)
-        .inspect_err(kill)?;
-    let mut child = Child::new(pid, watch, ExitSource::Pipe(status)).inspect_err(kill)?;
+    let (pid, pidfd) = on_launcher(move || request_fork(theirs)).await??;
+    let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
     let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));
@@ -154,44 +234,31 @@ pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     Ok(child)
 }
 
-/// A child of the server, not yet reaped.
-struct Forked {
-    pid: i32,
-    pidfd: OwnedFd,
-    status: OwnedFd,
-}
-
 /// The server's loop: single-threaded, blocking, no runtime. Waits (poll) on the control
-/// socket and on every child's pidfd; forks on request, reaps and reports on exit.
+/// socket and forks on request. It has no children to reap: the program is their parent.
 fn serve(control: OwnedFd) {
-    let me = sys::current_pid();
+    // The program: the parent of the server, and of every child it forks.
+    let program = sys::parent_pid();
+    let sigint = match sys::ignore_sigint() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("fork server: cannot ignore SIGINT: {e}");
+            return;
+        }
+    };
     // What the server had before serving (stdio, and the runtime `#[tokio::main]` built
     // before `init()`, whose process-wide signal pipe a child's own runtime needs) stays open
-    // in its children; what it opened since (this control socket, other children's pidfds
-    // and status pipes) does not.
+    // in its children; what it opened since (this control socket) does not.
     let mut inherited = sys::open_fds().unwrap_or_default();
     inherited.retain(|&fd| fd != control.as_raw_fd());
     let mut rb = RecvBuf::new();
-    let mut kids: Vec<Forked> = Vec::new();
     loop {
-        let mut fds: Vec<BorrowedFd<'_>> = vec![control.as_fd()];
-        fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
-        let ready = match sys::poll_readable(&fds, None) {
-            Ok(r) => r,
+        match sys::poll_readable(&[control.as_fd()], None) {
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!("fork server: poll failed: {e}");
                 return;
             }
-        };
-        for i in (0..kids.len()).rev() {
-            if ready[i + 1] {
-                let k = kids.swap_remove(i);
-                let code = sys::wait_pid_blocking(k.pid).unwrap_or(i32::MIN);
-                let _ = sys::write_all_fd(k.status.as_fd(), &code.to_le_bytes());
-            }
-        }
-        if !ready[0] {
-            continue;
         }
         match rb.read_once(control.as_fd()) {
             Ok(0) | Err(_) => return, // the parent is gone
@@ -207,7 +274,7 @@ fn serve(control: OwnedFd) {
                 }
             };
             let reply = match frame.decode::<ForkRequest>() {
-                Ok(req) => fork_one(me, req.boot.into_owned(), &inherited, &mut kids),
+                Ok(req) => fork_one(program, req.boot.into_owned(), &inherited, &sigint),
                 Err(e) => ForkReply::Failed(e.to_string()),
             };
             match FrameBuf::of(&reply) {
@@ -222,14 +289,18 @@ fn serve(control: OwnedFd) {
     }
 }
 
-fn fork_one(me: i32, boot: OwnedFd, inherited: &[RawFd], kids: &mut Vec<Forked>) -> ForkReply {
-    let pid = match sys::fork_in_server() {
-        Ok(Some(pid)) => pid,
+fn fork_one(
+    program: i32,
+    boot: OwnedFd,
+    inherited: &[RawFd],
+    sigint: &sys::SavedSignal,
+) -> ForkReply {
+    match sys::fork_sibling() {
+        Ok(Some(pid)) => ForkReply::Forked { pid },
         Ok(None) => {
             // The child: keep what the server inherited and the bootstrap socket, close
-            // everything else (the server's control socket, other children's pidfds and
-            // pipes). The values that owned those numbers are never dropped: run_boot does
-            // not return.
+            // everything else (the server's control socket). The values that owned those
+            // numbers are never dropped: run_boot does not return.
             let mut keep = inherited.to_vec();
             keep.push(boot.as_raw_fd());
             keep.sort_unstable();
@@ -237,36 +308,12 @@ fn fork_one(me: i32, boot: OwnedFd, inherited: &[RawFd], kids: &mut Vec<Forked>)
                 eprintln!("tokio-multiprocessing: forked child cannot close descriptors: {e}");
                 sys::exit_now(1);
             }
-            child::run_boot(boot, me)
+            if let Err(e) = sys::restore_sigint(sigint) {
+                eprintln!("tokio-multiprocessing: forked child cannot restore SIGINT: {e}");
+                sys::exit_now(1);
+            }
+            child::run_boot(boot, program)
         }
-        Err(e) => return ForkReply::Failed(e.to_string()),
-    };
-    drop(boot);
-    let opened = sys::pidfd_open(pid).and_then(|pidfd| Ok((pidfd, sys::pipe_cloexec()?)));
-    match opened {
-        Ok((pidfd, (status_r, status_w))) => {
-            let reply = match sys::dup_fd(pidfd.as_fd()) {
-                Ok(dup) => ForkReply::Forked {
-                    pid,
-                    pidfd: Fd::from(dup),
-                    status: Fd::from(status_r),
-                },
-                Err(e) => {
-                    // The client will not know of it: it must not run (the loop reaps it).
-                    sys::kill_pid(pid);
-                    ForkReply::Failed(e.to_string())
-                }
-            };
-            kids.push(Forked {
-                pid,
-                pidfd,
-                status: status_w,
-            });
-            reply
-        }
-        Err(e) => {
-            sys::kill_and_reap(pid);
-            ForkReply::Failed(e.to_string())
-        }
+        Err(e) => ForkReply::Failed(e.to_string()),
     }
 }

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::LazyLock;
 use std::sync::mpsc;
 
-use super::children::{Child, ExitSource};
+use super::children::Child;
 use super::{ENV_BOOT, Launch, boot};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -103,8 +103,7 @@ pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let frame = send_early(ours.as_fd(), frame)?;
     let inherit_argv = launch.inherit_argv;
     let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
-    let mut child =
-        Child::new(pid, pidfd, ExitSource::Own).inspect_err(|_| sys::kill_and_reap(pid))?;
+    let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
     let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));

@@ -56,11 +56,12 @@ impl StartMethod {
         }
     }
 
-    fn from_u8(v: u8) -> StartMethod {
+    fn from_u8(v: u8) -> Option<StartMethod> {
         match v {
-            1 => StartMethod::ForkServer,
-            2 => StartMethod::Fork,
-            _ => StartMethod::Spawn,
+            0 => Some(StartMethod::Spawn),
+            1 => Some(StartMethod::ForkServer),
+            2 => Some(StartMethod::Fork),
+            _ => None,
         }
     }
 
@@ -94,14 +95,51 @@ static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
 
 /// Sets the start method used when a [`Process`](crate::Process) or pool does not name one
 /// (Python's `multiprocessing.set_start_method`).
+///
+/// A child inherits the method that started it as its own default, as in Python: a child
+/// started with [`StartMethod::ForkServer`], explicitly or because the parent set it here,
+/// starts its own children with the fork server too.
 pub fn set_start_method(method: StartMethod) {
     DEFAULT_METHOD.store(method.to_u8(), Ordering::Relaxed);
 }
 
-/// The start method used when none is named; [`StartMethod::Spawn`] unless changed by
-/// [`set_start_method`].
+/// The start method used when none is named (Python's `multiprocessing.get_start_method`):
+/// in the program, [`StartMethod::Spawn`] unless changed by [`set_start_method`]; in a
+/// child, the method that started it, unless the child changed it.
 pub fn get_start_method() -> StartMethod {
-    StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed))
+    StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed)).unwrap_or_default()
+}
+
+/// Every start method this platform offers, the default first (Python's
+/// `multiprocessing.get_all_start_methods`).
+///
+/// As in Python, "the default" is the platform's, [`StartMethod::default()`], which
+/// [`get_start_method`] returns until [`set_start_method`] changes it; the list does not
+/// follow [`set_start_method`]. [`StartMethod::Fork`] is listed although it is refused in a
+/// process with more than one thread.
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing::{StartMethod, get_all_start_methods};
+///
+/// let methods = get_all_start_methods();
+/// assert_eq!(methods[0], StartMethod::default());
+/// assert!(methods.contains(&StartMethod::ForkServer));
+/// ```
+pub fn get_all_start_methods() -> Vec<StartMethod> {
+    let default = StartMethod::default();
+    let mut all = vec![default];
+    all.extend(
+        [
+            StartMethod::Fork,
+            StartMethod::Spawn,
+            StartMethod::ForkServer,
+        ]
+        .into_iter()
+        .filter(|&m| m != default),
+    );
+    all
 }
 
 /// Makes this program able to run children: call it first thing in `main`.

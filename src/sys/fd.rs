@@ -152,23 +152,6 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
     cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
 }
 
-/// One `read(2)`.
-pub(crate) fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    Ok(nix::unistd::read(fd, buf)?)
-}
-
-/// Writes all of `buf` to a blocking descriptor.
-pub(crate) fn write_all_fd(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match nix::unistd::write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Registers a descriptor with the current tokio runtime's reactor.
 ///
 /// # Panics

@@ -20,9 +20,8 @@ pub(crate) use bytes::{Number, number_bytes};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, has_input, open_fds, read_fd, recv_with_fds,
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, has_input, open_fds, recv_with_fds,
     register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
-    write_all_fd,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
@@ -30,11 +29,11 @@ pub(crate) use ipc::{
 };
 pub(crate) use pid::cached_pid;
 pub(crate) use proc::{
-    adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed, current_pid,
-    exit_now, flush_std_streams, fork_and_reap, fork_in_server, fork_process, keep_freed_memory,
-    kill_and_reap, kill_pid, parent_pid, pidfd_open, pidfd_send_signal, pipe_cloexec,
-    poll_readable, readable_now, set_parent_death_signal, signal_name, spawn_exe,
-    stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
+    SavedSignal, adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed,
+    current_pid, exit_now, flush_std_streams, fork_and_reap, fork_process, fork_sibling,
+    ignore_sigint, is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_open,
+    pidfd_send_signal, poll_readable, readable_now, restore_sigint, set_parent_death_signal,
+    signal_name, spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
 };
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;

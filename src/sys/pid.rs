@@ -15,6 +15,12 @@ extern "C" fn forget_pid() {
     PID.store(0, Ordering::Relaxed);
 }
 
+/// Forgets the cached pid: for a child made without `fork()` (whose `pthread_atfork`
+/// handlers do not run then), such as the fork server's.
+pub(super) fn forget_cached_pid() {
+    forget_pid()
+}
+
 /// This process's pid (never 0).
 pub(crate) fn cached_pid() -> u32 {
     let p = PID.load(Ordering::Relaxed);

@@ -68,19 +68,163 @@ pub(crate) fn fork_process() -> io::Result<Option<i32>> {
     }
 }
 
-/// Forks the fork server. Unlike [`fork_process`] it accepts a process with threads besides
-/// the caller, because the server's `init()` may run under `#[tokio::main]`, whose runtime
-/// threads exist before `main`'s body runs.
+/// Forks the fork server into a *sibling*: `clone(CLONE_PARENT)`, so that the new process's
+/// parent is the server's own parent (the program's launcher thread), not the server. The
+/// program then reaps it, reads its exit status and is the parent its parent-death signal
+/// follows, exactly as for a re-executed child; the server's death does not touch it.
 ///
-/// Returns `Some(pid)` in the parent and `None` in the child.
-pub(crate) fn fork_in_server() -> io::Result<Option<i32>> {
-    // SAFETY: called only by the fork server's loop. The server took over the main thread in
-    // `init()` before any user task ran, so any other thread is an idle runtime worker parked
-    // in epoll_wait or on a condition variable, holding no lock; glibc's fork resets malloc's
-    // own locks in the child. The child runs on the forking thread only.
-    match unsafe { fork() }? {
-        ForkResult::Parent { child } => Ok(Some(child.as_raw())),
-        ForkResult::Child => Ok(None),
+/// Unlike [`fork_process`] it accepts a process with threads besides the caller, because the
+/// server's `init()` may run under `#[tokio::main]`, whose runtime threads exist before
+/// `main`'s body runs.
+///
+/// It is glibc's `_Fork` with one more flag: the kernel writes the child's thread id where
+/// glibc keeps it for the calling thread (the address the kernel holds for this thread,
+/// `PR_GET_TID_ADDRESS`), and the child registers the thread's robust-futex list again. What
+/// `fork()` adds on top, `pthread_atfork` handlers, does not run; the only one of ours (the
+/// cached pid) is reset here by hand.
+///
+/// Returns `Some(pid)` in the server and `None` in the child.
+pub(crate) fn fork_sibling() -> io::Result<Option<i32>> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    ))]
+    {
+        let tid_at = glibc_tid_address();
+        let robust = robust_list();
+        let mut flags = libc::CLONE_PARENT | libc::SIGCHLD;
+        if tid_at.is_some() {
+            flags |= libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID;
+        }
+        let tid_at = tid_at.unwrap_or(std::ptr::null_mut());
+        // SAFETY: a fork-like clone: no new stack (the child runs on a copy of this one, as
+        // after fork) and no shared memory (no CLONE_VM), so the child is a copy of this
+        // process in which only this thread runs. The argument order (flags, stack, parent
+        // tid, child tid, tls) is the kernel's default one, that of the architectures this
+        // block is compiled for. `tid_at` is null or the address of this thread's own tid
+        // word, which the kernel writes in the child's copy of the memory. Any other thread
+        // is an idle runtime worker (see `serve`'s caller: the server took over the main
+        // thread in `init()` before any user task ran) holding no lock, so the copy's locks
+        // are all free.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags as libc::c_ulong,
+                0 as libc::c_ulong,
+                std::ptr::null_mut::<libc::c_int>(),
+                tid_at,
+                0 as libc::c_ulong,
+            )
+        };
+        match cvt(r)? {
+            0 => {
+                if let Some((head, len)) = robust {
+                    // SAFETY: `head` is this thread's robust-list head as glibc registered
+                    // it (read back from the kernel before the clone); it lies in the
+                    // thread's descriptor, which the child has a copy of at the same
+                    // address. The kernel clears the registration in a new process.
+                    unsafe {
+                        libc::syscall(libc::SYS_set_robust_list, head, len);
+                    }
+                }
+                super::pid::forget_cached_pid();
+                Ok(None)
+            }
+            pid => Ok(Some(pid as i32)),
+        }
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    )))]
+    {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the fork server is not supported on this architecture",
+        ))
+    }
+}
+
+/// Where glibc keeps the calling thread's kernel thread id (its `struct pthread`'s `tid`):
+/// the address glibc gave the kernel with `set_tid_address` when the thread started. `None`
+/// where the kernel does not say (`PR_GET_TID_ADDRESS` needs `CONFIG_CHECKPOINT_RESTORE`) or
+/// the C library is not glibc (musl keeps another word there).
+fn glibc_tid_address() -> Option<*mut libc::c_int> {
+    #[cfg(target_env = "gnu")]
+    {
+        let mut at: *mut libc::c_int = std::ptr::null_mut();
+        // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the address passed, which is that
+        // of a live local of pointer type.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_GET_TID_ADDRESS,
+                &mut at as *mut *mut libc::c_int,
+                0,
+                0,
+                0,
+            )
+        };
+        (r == 0 && !at.is_null()).then_some(at)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
+}
+
+/// The calling thread's robust-futex list registration (head, length), as glibc made it.
+fn robust_list() -> Option<(*mut libc::c_void, libc::size_t)> {
+    let mut head: *mut libc::c_void = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: get_robust_list for pid 0 (this thread) writes one pointer and one size to the
+    // two addresses passed, both of live locals of those types.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0 as libc::c_long,
+            &mut head as *mut *mut libc::c_void,
+            &mut len as *mut libc::size_t,
+        )
+    };
+    (r == 0 && !head.is_null()).then_some((head, len))
+}
+
+/// Makes SIGINT ignored in this process (the fork server: a terminal's Ctrl-C reaches the
+/// whole process group, and the server's life is the program's to decide). Returns the
+/// disposition it replaced, for the server's children to take back.
+pub(crate) fn ignore_sigint() -> io::Result<SavedSignal> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no code in signal context, so no handler of ours can break an
+    // invariant of the interrupted code.
+    let old = unsafe { sigaction(Signal::SIGINT, &ignore) }?;
+    Ok(SavedSignal(old))
+}
+
+/// Puts back the SIGINT disposition [`ignore_sigint`] replaced (in a child forked since).
+pub(crate) fn restore_sigint(saved: &SavedSignal) -> io::Result<()> {
+    // SAFETY: the disposition is the one this very memory image had before `ignore_sigint`
+    // (the child is a copy of the process that saved it): the default, ignore, or a handler
+    // installed then, whose code and data are in the copy as they were.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGINT, &saved.0) }?;
+    Ok(())
+}
+
+/// A signal disposition saved to be restored.
+pub(crate) struct SavedSignal(nix::sys::signal::SigAction);
+
+/// Whether the process behind `pidfd` is a child of this process, not yet reaped (for a
+/// pid another process reported, such as the fork server's children).
+pub(crate) fn is_own_child(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    match waitid(
+        Id::PIDFd(pidfd),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    ) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::ECHILD) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -251,11 +395,6 @@ pub(crate) fn adopt_inherited_socket(raw: RawFd) -> io::Result<OwnedFd> {
     // alone: the parent kept its own end, and no code here has wrapped this number before
     // (`init()` consumes the environment variable that names it).
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// A close-on-exec pipe: (read end, write end).
-pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// Whether `fd` is readable now, without waiting.
