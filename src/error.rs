@@ -4,6 +4,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -117,22 +119,6 @@ pub enum Error {
     #[error("timed out")]
     Timeout,
 
-    /// A task panicked; its panic message.
-    #[error("task panicked: {message}")]
-    TaskPanicked {
-        /// The panic payload, when it was a string.
-        message: String,
-    },
-
-    /// The process running a task ended before the task did.
-    #[error("worker process {pid} died ({cause}) before the task finished")]
-    WorkerLost {
-        /// The worker's pid.
-        pid: u32,
-        /// How it ended.
-        cause: ExitCause,
-    },
-
     /// A manager could not carry out a request (an index out of range, say: Python's
     /// `IndexError` raised through a proxy).
     #[error("manager: {0}")]
@@ -177,24 +163,10 @@ pub enum Error {
         /// The length of the array or segment.
         len: usize,
     },
-    /// A pool task ran past its timeout: its worker was killed (and replaced).
-    #[error("task timed out after {timeout:?}: worker process {pid} was killed and replaced")]
-    TaskTimedOut {
-        /// The pid of the worker that was running the task.
-        pid: u32,
-        /// The timeout in force for the task.
-        timeout: Duration,
-    },
-
-    /// The task was cancelled before it finished (a running task's worker was killed and
-    /// replaced).
-    #[error("task cancelled")]
-    Cancelled,
-
-    /// The pool takes no more tasks: it was closed or terminated (or dropped), or it was
-    /// terminated before this task finished.
-    #[error("the pool is closed")]
-    PoolClosed,
+    /// A pool task gave no result: it panicked, its worker died, it timed out or was
+    /// cancelled, the pool was closed first... (see [`TaskError`]).
+    #[error(transparent)]
+    Task(#[from] TaskError),
 
     /// A pool worker's initializer failed (panicked, or could not decode its arguments), so
     /// the worker never took a task. The pool does not restart a worker whose initializer
@@ -231,19 +203,6 @@ pub enum Error {
     #[error("task_done() called more times than there were items")]
     TaskDoneTooManyTimes,
 
-    /// One input of a map stream failed: which one (its index in the input), and why.
-    ///
-    /// [`Pool::imap`](crate::Pool::imap) and [`Pool::imap_unordered`](crate::Pool::imap_unordered)
-    /// yield one item per input; an input whose task failed yields this error. The
-    /// `is_*` methods look through it to the cause.
-    #[error("input {index}: {error}")]
-    Input {
-        /// The input's index in the iterable, counting from 0.
-        index: usize,
-        /// Why its task failed.
-        error: Box<Error>,
-    },
-
     /// The peer of a `Listener`/`Client` connection did not prove it holds the same
     /// authentication key, or did not follow the challenge exchange.
     #[error("authentication failed: {message}")]
@@ -251,46 +210,6 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-}
-
-/// How a pool task ended without a result, in the shape of tokio's `JoinError`.
-impl Error {
-    /// Whether the task panicked ([`Error::TaskPanicked`]), like `JoinError::is_panic`.
-    pub fn is_panic(&self) -> bool {
-        matches!(self.cause(), Error::TaskPanicked { .. })
-    }
-
-    /// Whether the task was cancelled ([`Error::Cancelled`]), like `JoinError::is_cancelled`.
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self.cause(), Error::Cancelled)
-    }
-
-    /// Whether the process running the task died first ([`Error::WorkerLost`]).
-    pub fn is_worker_lost(&self) -> bool {
-        matches!(self.cause(), Error::WorkerLost { .. })
-    }
-
-    /// Whether the task ran past its timeout and its worker was killed
-    /// ([`Error::TaskTimedOut`]; a wait that merely ran out is [`Error::Timeout`]).
-    pub fn is_task_timeout(&self) -> bool {
-        matches!(self.cause(), Error::TaskTimedOut { .. })
-    }
-
-    /// The input a map stream's error belongs to ([`Error::Input`]); `None` for any other.
-    pub fn input_index(&self) -> Option<usize> {
-        match self {
-            Error::Input { index, .. } => Some(*index),
-            _ => None,
-        }
-    }
-
-    /// The error itself, or for [`Error::Input`] the error of that input.
-    pub fn cause(&self) -> &Error {
-        match self {
-            Error::Input { error, .. } => error.cause(),
-            other => other,
-        }
-    }
 }
 
 /// A copy of an error, for each of several callers it fails (the items of a failed chunk,
@@ -328,13 +247,6 @@ impl Clone for Error {
             },
             Error::Closed => Error::Closed,
             Error::Timeout => Error::Timeout,
-            Error::TaskPanicked { message } => Error::TaskPanicked {
-                message: message.clone(),
-            },
-            Error::WorkerLost { pid, cause } => Error::WorkerLost {
-                pid: *pid,
-                cause: *cause,
-            },
             Error::Manager(m) => Error::Manager(m.clone()),
             Error::LockOwnerDied { pid } => Error::LockOwnerDied { pid: *pid },
             Error::NotHeld => Error::NotHeld,
@@ -345,12 +257,7 @@ impl Clone for Error {
                 index: *index,
                 len: *len,
             },
-            Error::TaskTimedOut { pid, timeout } => Error::TaskTimedOut {
-                pid: *pid,
-                timeout: *timeout,
-            },
-            Error::Cancelled => Error::Cancelled,
-            Error::PoolClosed => Error::PoolClosed,
+            Error::Task(e) => Error::Task(e.clone()),
             Error::InitializerFailed { pid, message } => Error::InitializerFailed {
                 pid: *pid,
                 message: message.clone(),
@@ -360,10 +267,6 @@ impl Clone for Error {
             Error::Full => Error::Full,
             Error::HandleClosed { object } => Error::HandleClosed { object },
             Error::TaskDoneTooManyTimes => Error::TaskDoneTooManyTimes,
-            Error::Input { index, error } => Error::Input {
-                index: *index,
-                error: error.clone(),
-            },
             Error::Authentication { message } => Error::Authentication {
                 message: message.clone(),
             },
@@ -375,3 +278,280 @@ impl Clone for Error {
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Why a pool task gave no result, in the shape of tokio's `JoinError`: it panicked, its
+/// worker died, it ran past its timeout, it was cancelled, the pool was closed first, or its
+/// arguments or result could not cross. [`AsyncResult`](crate::AsyncResult),
+/// [`MapResult`](crate::MapResult) and [`IMap`](crate::IMap) yield it; it converts into
+/// [`Error::Task`], so `?` works in functions returning [`Result`].
+///
+/// Ask it what happened with [`is_panic`](Self::is_panic),
+/// [`is_worker_lost`](Self::is_worker_lost), [`is_timeout`](Self::is_timeout),
+/// [`is_cancelled`](Self::is_cancelled) and [`is_pool_closed`](Self::is_pool_closed); its
+/// details with [`panic_message`](Self::panic_message),
+/// [`panic_location`](Self::panic_location), [`worker_pid`](Self::worker_pid),
+/// [`exit_cause`](Self::exit_cause) and, for the items of a map,
+/// [`input_index`](Self::input_index).
+#[derive(Clone)]
+pub struct TaskError {
+    repr: Box<Repr>,
+    /// The index of the input it belongs to, for the items of a map.
+    input: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Repr {
+    /// What the worker reported.
+    Failed(TaskFailure),
+    /// The worker died before it answered.
+    WorkerLost { pid: u32, cause: ExitCause },
+    /// The task ran past its timeout; its worker was killed.
+    TimedOut { pid: u32, timeout: Duration },
+    /// The caller cancelled it.
+    Cancelled,
+    /// The pool was closed or terminated first.
+    PoolClosed,
+    /// It failed on this side: its arguments could not be encoded or sent, its result not
+    /// decoded, or no worker could be started to run it.
+    Local(Error),
+}
+
+/// How a task failed in its worker, as the worker reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum TaskFailure {
+    /// The function panicked.
+    Panicked {
+        /// The panic's message, when its payload was a string.
+        message: String,
+        /// Where it panicked, as `file:line:column`.
+        location: Option<String>,
+        /// The worker's backtrace, captured when `RUST_BACKTRACE` asks for one.
+        backtrace: Option<String>,
+    },
+    /// The arguments could not be decoded; the decoder's error.
+    BadArgs(String),
+    /// The result could not be encoded; the encoder's error.
+    BadResult(String),
+    /// The result is larger than a frame may be: its size and the limit.
+    TooLarge {
+        /// The encoded result's size in bytes.
+        size: u64,
+        /// The maximum frame size.
+        max: u64,
+    },
+    /// The worker could not run the task at all; why.
+    Refused(String),
+    /// The worker dropped the task before it started, as the pool asked.
+    Cancelled,
+}
+
+impl TaskError {
+    /// A task that failed in its worker.
+    pub(crate) fn failed(f: TaskFailure) -> TaskError {
+        TaskError::new(Repr::Failed(f))
+    }
+
+    /// A task whose worker `pid` died (`cause`) before answering.
+    pub(crate) fn worker_lost(pid: u32, cause: ExitCause) -> TaskError {
+        TaskError::new(Repr::WorkerLost { pid, cause })
+    }
+
+    /// A task that ran past `timeout` in worker `pid`, which was killed.
+    pub(crate) fn timed_out(pid: u32, timeout: Duration) -> TaskError {
+        TaskError::new(Repr::TimedOut { pid, timeout })
+    }
+
+    /// A task its caller cancelled.
+    pub(crate) fn cancelled() -> TaskError {
+        TaskError::new(Repr::Cancelled)
+    }
+
+    /// A task the pool could not run because it was closed or terminated.
+    pub(crate) fn pool_closed() -> TaskError {
+        TaskError::new(Repr::PoolClosed)
+    }
+
+    /// A task that failed on the caller's side.
+    pub(crate) fn local(e: Error) -> TaskError {
+        match e {
+            Error::Task(t) => t,
+            e => TaskError::new(Repr::Local(e)),
+        }
+    }
+
+    fn new(repr: Repr) -> TaskError {
+        TaskError {
+            repr: Box::new(repr),
+            input: None,
+        }
+    }
+
+    /// The same error, for the input at `index` of a map.
+    pub(crate) fn at_input(mut self, index: usize) -> TaskError {
+        self.input = Some(index);
+        self
+    }
+
+    /// Whether the task panicked, like `JoinError::is_panic`.
+    pub fn is_panic(&self) -> bool {
+        matches!(*self.repr, Repr::Failed(TaskFailure::Panicked { .. }))
+    }
+
+    /// Whether the task was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel)),
+    /// like `JoinError::is_cancelled`.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            *self.repr,
+            Repr::Cancelled | Repr::Failed(TaskFailure::Cancelled)
+        )
+    }
+
+    /// Whether the process running the task died before it finished (a signal, an abort,
+    /// the OOM killer, `exit`).
+    pub fn is_worker_lost(&self) -> bool {
+        matches!(*self.repr, Repr::WorkerLost { .. })
+    }
+
+    /// Whether the task ran past its timeout and its worker was killed (a wait that merely
+    /// ran out is [`Error::Timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(*self.repr, Repr::TimedOut { .. })
+    }
+
+    /// Whether the pool was closed or terminated before the task could finish.
+    pub fn is_pool_closed(&self) -> bool {
+        matches!(*self.repr, Repr::PoolClosed)
+    }
+
+    /// The panic's message, if the task panicked (and its payload was a string).
+    pub fn panic_message(&self) -> Option<&str> {
+        match &*self.repr {
+            Repr::Failed(TaskFailure::Panicked { message, .. }) => Some(message),
+            _ => None,
+        }
+    }
+
+    /// Where the task panicked, as `file:line:column`, if it did.
+    pub fn panic_location(&self) -> Option<&str> {
+        match &*self.repr {
+            Repr::Failed(TaskFailure::Panicked { location, .. }) => location.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The worker's backtrace of the panic, if the task panicked while `RUST_BACKTRACE` was
+    /// set in the worker (it inherits the variable from this process).
+    pub fn panic_backtrace(&self) -> Option<&str> {
+        match &*self.repr {
+            Repr::Failed(TaskFailure::Panicked { backtrace, .. }) => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The pid of the worker that died or was killed while running the task.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match *self.repr {
+            Repr::WorkerLost { pid, .. } | Repr::TimedOut { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// How the worker that ran the task ended, if it died first.
+    pub fn exit_cause(&self) -> Option<ExitCause> {
+        match *self.repr {
+            Repr::WorkerLost { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// The size of the value and the maximum frame size, if the task's arguments or its
+    /// result were larger than a frame may be (see
+    /// [`set_max_frame_size`](crate::set_max_frame_size)).
+    pub fn frame_too_large(&self) -> Option<(u64, usize)> {
+        match &*self.repr {
+            Repr::Failed(TaskFailure::TooLarge { size, max }) => {
+                Some((*size, usize::try_from(*max).unwrap_or(usize::MAX)))
+            }
+            Repr::Local(Error::FrameTooLarge { size, max }) => Some((*size, *max)),
+            _ => None,
+        }
+    }
+
+    /// The error met on the caller's side, if that is why the task gave no result: its
+    /// arguments could not be encoded ([`Error::Encode`]), its result could not be decoded
+    /// ([`Error::Decode`]), a frame was too large ([`Error::FrameTooLarge`]), or no worker
+    /// could be started to run it ([`Error::InitializerFailed`], [`Error::Start`], ...).
+    pub fn caller_error(&self) -> Option<&Error> {
+        match &*self.repr {
+            Repr::Local(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The index of the input this error belongs to, for the items of
+    /// [`imap`](crate::Pool::imap) and [`imap_unordered`](crate::Pool::imap_unordered)
+    /// and the first failure of a [`map`](crate::Pool::map).
+    pub fn input_index(&self) -> Option<usize> {
+        self.input
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(i) = self.input {
+            write!(f, "input {i}: ")?;
+        }
+        match &*self.repr {
+            Repr::Failed(TaskFailure::Panicked {
+                message, location, ..
+            }) => match location {
+                Some(at) => write!(f, "task panicked at {at}: {message}"),
+                None => write!(f, "task panicked: {message}"),
+            },
+            Repr::Failed(TaskFailure::BadArgs(m)) => {
+                write!(f, "the worker could not decode the task's arguments: {m}")
+            }
+            Repr::Failed(TaskFailure::BadResult(m)) => {
+                write!(f, "the worker could not encode the task's result: {m}")
+            }
+            Repr::Failed(TaskFailure::TooLarge { size, max }) => write!(
+                f,
+                "the task's result of {size} bytes exceeds the maximum frame size of {max} bytes"
+            ),
+            Repr::Failed(TaskFailure::Refused(m)) => write!(f, "the worker refused the task: {m}"),
+            Repr::Failed(TaskFailure::Cancelled) | Repr::Cancelled => f.write_str("task cancelled"),
+            Repr::WorkerLost { pid, cause } => {
+                write!(
+                    f,
+                    "worker process {pid} died ({cause}) before the task finished"
+                )
+            }
+            Repr::TimedOut { pid, timeout } => write!(
+                f,
+                "task timed out after {timeout:?}: worker process {pid} was killed and replaced"
+            ),
+            Repr::PoolClosed => f.write_str("the pool is closed"),
+            Repr::Local(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("TaskError");
+        if let Some(i) = self.input {
+            d.field("input", &i);
+        }
+        match &*self.repr {
+            Repr::Failed(failure) => d.field("failed", failure),
+            Repr::WorkerLost { pid, cause } => d.field("worker_lost", &(pid, cause)),
+            Repr::TimedOut { pid, timeout } => d.field("timed_out", &(pid, timeout)),
+            Repr::Cancelled => d.field("cancelled", &true),
+            Repr::PoolClosed => d.field("pool_closed", &true),
+            Repr::Local(e) => d.field("local", e),
+        };
+        d.finish()
+    }
+}
+
+impl std::error::Error for TaskError {}

@@ -54,7 +54,7 @@ mod wait;
 mod wire;
 
 pub use connection::{Connection, Pipe};
-pub use error::{Error, ExitCause, Result};
+pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use pool::{AsyncResult, DEFAULT_SPIN, IMap, Map, MapResult, Pool, PoolBuilder};

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
-use crate::error::Error;
+use crate::error::{Error, TaskFailure};
 use crate::sys::{self, FnZst};
 use crate::wire::Encoded;
 use crate::wire::codec;
@@ -141,15 +141,57 @@ targets!(A, B, C, D, E, G);
 pub(crate) enum Failure {
     /// The arguments did not decode.
     Args(Error),
-    /// The function panicked; the panic message.
-    Panicked(String),
+    /// The function panicked.
+    Panicked(Panic),
 }
 
-impl From<Failure> for Error {
-    fn from(f: Failure) -> Error {
-        match f {
-            Failure::Args(e) => e,
-            Failure::Panicked(message) => Error::TaskPanicked { message },
+/// A panic caught in a call: its message, and where it happened when the panic hook of
+/// [`record_panics`] saw it.
+#[derive(Debug, Default)]
+pub(crate) struct Panic {
+    message: String,
+    location: Option<String>,
+    backtrace: Option<String>,
+}
+
+impl std::fmt::Display for Panic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.location {
+            Some(at) => write!(f, "{} (at {at})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl From<&str> for Panic {
+    fn from(message: &str) -> Panic {
+        Panic {
+            message: message.to_string(),
+            ..Panic::default()
+        }
+    }
+}
+
+impl Failure {
+    /// How the failure is reported to the pool.
+    pub(crate) fn into_task_failure(self) -> TaskFailure {
+        match self {
+            Failure::Args(Error::Decode { type_name, message }) => {
+                TaskFailure::BadArgs(format!("`{type_name}`: {message}"))
+            }
+            Failure::Args(Error::Encode { type_name, message }) => {
+                TaskFailure::BadResult(format!("`{type_name}`: {message}"))
+            }
+            Failure::Args(Error::FrameTooLarge { size, max }) => TaskFailure::TooLarge {
+                size,
+                max: max as u64,
+            },
+            Failure::Args(e) => TaskFailure::Refused(e.to_string()),
+            Failure::Panicked(p) => TaskFailure::Panicked {
+                message: p.message,
+                location: p.location,
+                backtrace: p.backtrace,
+            },
         }
     }
 }
@@ -165,6 +207,47 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Where the last panic on this thread happened, and its backtrace, as the hook of
+    /// [`record_panics`] saw it; taken when the panic is caught.
+    static LAST_PANIC: std::cell::RefCell<Option<(String, Option<String>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this process record where each panic happens (and its backtrace, when
+/// `RUST_BACKTRACE` asks for one), for the calls that catch it to report; the panic is
+/// printed on stderr as usual only if `print`. A pool worker calls it: its caller gets the
+/// panic in the task's error, so the worker's stderr (the caller's terminal) stays clean.
+pub(crate) fn record_panics(print: bool) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let bt = std::backtrace::Backtrace::capture();
+        let backtrace =
+            (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string());
+        if let Some(location) = location {
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((location, backtrace)));
+        }
+        if print {
+            previous(info);
+        }
+    }));
+}
+
+/// A caught panic, with where it happened if the hook recorded it.
+fn caught(payload: &(dyn Any + Send)) -> Panic {
+    let (location, backtrace) = LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .map_or((None, None), |(l, b)| (Some(l), b));
+    Panic {
+        message: panic_message(payload),
+        location,
+        backtrace,
+    }
+}
+
 /// Calls `f(args)`, turning a panic (in the call or in its future) into a [`Failure`].
 pub(crate) fn invoke_caught<F, A, M>(f: F, args: A) -> Invoked<Result<F::Output, Failure>>
 where
@@ -175,9 +258,9 @@ where
         Ok(Invoked::Pending(fut)) => Invoked::Pending(Box::pin(
             AssertUnwindSafe(fut)
                 .catch_unwind()
-                .map(|r| r.map_err(|p| Failure::Panicked(panic_message(&*p)))),
+                .map(|r| r.map_err(|p| Failure::Panicked(caught(&*p)))),
         )),
-        Err(p) => Invoked::Ready(Err(Failure::Panicked(panic_message(&*p)))),
+        Err(p) => Invoked::Ready(Err(Failure::Panicked(caught(&*p)))),
     }
 }
 
@@ -288,8 +371,8 @@ where
 }
 
 /// A chunk's answer: the results of the items that succeeded, in order, and the index and
-/// panic message of each item that failed (rarely any, so the common case costs nothing per
-/// item beyond its result).
+/// failure of each item that failed (rarely any, so the common case costs nothing per item
+/// beyond its result).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(bound(
     serialize = "R: Serialize + 'static",
@@ -299,15 +382,15 @@ pub(crate) struct ChunkOut<R> {
     /// Plain numbers travel as one `bin` (see [`plain`]).
     #[serde(with = "plain::vec")]
     pub(crate) ok: Vec<R>,
-    pub(crate) failed: Vec<(u32, String)>,
+    pub(crate) failed: Vec<(u32, TaskFailure)>,
 }
 
 /// Decodes a [`ChunkOut`] by appending its results to a vector of the caller's; gives back
-/// the failures (index and message).
+/// the failures (index and failure).
 pub(crate) struct ChunkInto<'a, R>(pub(crate) &'a mut Vec<R>);
 
 impl<'de, R: DeserializeOwned + 'static> DeserializeSeed<'de> for ChunkInto<'_, R> {
-    type Value = Vec<(u32, String)>;
+    type Value = Vec<(u32, TaskFailure)>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         // The fields of a `ChunkOut`, as serde derives them (a struct is a MessagePack array).
@@ -316,7 +399,7 @@ impl<'de, R: DeserializeOwned + 'static> DeserializeSeed<'de> for ChunkInto<'_, 
 }
 
 impl<'de, R: DeserializeOwned + 'static> Visitor<'de> for ChunkInto<'_, R> {
-    type Value = Vec<(u32, String)>;
+    type Value = Vec<(u32, TaskFailure)>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a chunk's results and failures")
@@ -341,13 +424,7 @@ impl<R> ChunkOut<R> {
     fn push(&mut self, index: usize, r: Result<R, Failure>) {
         match r {
             Ok(v) => self.ok.push(v),
-            Err(f) => self.failed.push((
-                index as u32,
-                match f {
-                    Failure::Panicked(m) => m,
-                    Failure::Args(e) => e.to_string(),
-                },
-            )),
+            Err(f) => self.failed.push((index as u32, f.into_task_failure())),
         }
     }
 }
@@ -400,7 +477,7 @@ where
             let r = match invoke_caught(F::__conjure(), args) {
                 Invoked::Ready(r) => r,
                 Invoked::Pending(_) => Err(Failure::Panicked(
-                    "a blocking target returned a future".to_string(),
+                    "a blocking target returned a future".into(),
                 )),
             };
             out.push(i, r);
@@ -424,7 +501,7 @@ where
 mod tests {
     use super::*;
 
-    fn appended<R>(chunk: &ChunkOut<R>, out: &mut Vec<R>) -> Vec<(u32, String)>
+    fn appended<R>(chunk: &ChunkOut<R>, out: &mut Vec<R>) -> Vec<(u32, TaskFailure)>
     where
         R: Serialize + DeserializeOwned + 'static,
     {
@@ -445,9 +522,13 @@ mod tests {
         let mut out = vec!["a".to_string()];
         let chunk = ChunkOut {
             ok: vec!["b".to_string()],
-            failed: vec![(1, "boom".to_string())],
+            failed: vec![(1, TaskFailure::Refused("boom".to_string()))],
         };
-        assert_eq!(appended(&chunk, &mut out), vec![(1, "boom".to_string())]);
+        let failed = appended(&chunk, &mut out);
+        assert!(
+            matches!(&failed[..], [(1, TaskFailure::Refused(m))] if m == "boom"),
+            "{failed:?}"
+        );
         assert_eq!(out, vec!["a".to_string(), "b".to_string()]);
     }
 

@@ -324,14 +324,20 @@ async fn panic_fails_that_task_only() -> TestResult {
     let before = worker_pids(&pool).await?;
     let e = pool.apply(boom, (3,)).await;
     ensure!(e.as_ref().is_err_and(|e| e.is_panic()), "is_panic: {e:?}");
-    match e {
-        Err(Error::TaskPanicked { message }) => ensure!(message == "boom at 3", "{message}"),
-        other => return Err(format!("expected TaskPanicked, got {other:?}").into()),
-    }
+    let e = e.err().ok_or("boom(3) succeeded")?;
+    ensure!(e.panic_message() == Some("boom at 3"), "{e:?}");
+    ensure!(
+        e.panic_location()
+            .is_some_and(|at| at.contains("tests/pool.rs")),
+        "the panic's location: {:?}",
+        e.panic_location()
+    );
+    ensure!(e.to_string().contains("boom at 3"), "{e}");
     ensure!(pool.apply(boom, (4,)).await? == 4, "next task");
     let e = pool.map(boom, 0..10).chunksize(2).await;
     ensure!(
-        matches!(&e, Err(Error::TaskPanicked { message }) if message == "boom at 3"),
+        e.as_ref()
+            .is_err_and(|e| e.panic_message() == Some("boom at 3") && e.input_index() == Some(3)),
         "map: {e:?}"
     );
     let items: Vec<_> = pool.imap(boom, 0..6).collect().await;
@@ -370,9 +376,9 @@ async fn worker_killed_mid_task() -> TestResult {
     let victim = read_pid(&path).await?;
     kill9(victim)?;
     match h.await {
-        Err(Error::WorkerLost { pid, cause }) => {
-            ensure!(pid == victim, "names pid {pid}, killed {victim}");
-            ensure!(cause == ExitCause::Signal(9), "cause {cause:?}");
+        Err(e) if e.is_worker_lost() => {
+            ensure!(e.worker_pid() == Some(victim), "names {e}, killed {victim}");
+            ensure!(e.exit_cause() == Some(ExitCause::Signal(9)), "cause {e}");
         }
         other => return Err(format!("expected WorkerLost, got {other:?}").into()),
     }
@@ -412,7 +418,7 @@ async fn spinning_pool_notices_a_dead_worker() -> TestResult {
     let victim = read_pid(&path).await?;
     kill9(victim)?;
     match tokio::time::timeout(Duration::from_secs(20), h).await {
-        Ok(Err(Error::WorkerLost { pid, .. })) if pid == victim => {}
+        Ok(Err(e)) if e.is_worker_lost() && e.worker_pid() == Some(victim) => {}
         other => return Err(format!("expected WorkerLost of {victim}, got {other:?}").into()),
     }
     ensure!(pool.apply(sqr, (7,)).await? == 49, "serves after");
@@ -459,7 +465,8 @@ async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
     let victim = read_pid(&path).await?;
     kill9(victim)?;
     ensure!(
-        matches!(h.await, Err(Error::WorkerLost { pid, .. }) if pid == victim),
+        h.await
+            .is_err_and(|e| e.is_worker_lost() && e.worker_pid() == Some(victim)),
         "the running task fails"
     );
     let v = futures::future::try_join_all(behind).await?;
@@ -476,35 +483,20 @@ async fn worker_abort_and_exit_mid_task() -> TestResult {
     let pool = Pool::new(1).await?;
     let e = pool.apply(abort_now, ()).await;
     ensure!(
-        matches!(
-            e,
-            Err(Error::WorkerLost {
-                cause: ExitCause::Signal(6),
-                ..
-            })
-        ),
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Signal(6))),
         "abort: {e:?}"
     );
     let e = pool.apply(segfault_self, ()).await;
     ensure!(
-        matches!(
-            e,
-            Err(Error::WorkerLost {
-                cause: ExitCause::Signal(11),
-                ..
-            })
-        ),
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Signal(11))),
         "segfault: {e:?}"
     );
     let e = pool.apply(exit_with, (3,)).await;
     ensure!(
-        matches!(
-            e,
-            Err(Error::WorkerLost {
-                cause: ExitCause::Code(3),
-                ..
-            })
-        ),
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Code(3))),
         "exit: {e:?}"
     );
     ensure!(pool.apply(sqr, (3,)).await? == 9, "serves after");
@@ -523,11 +515,11 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
     let victim = read_pid(&path).await?;
     let others: Vec<_> = (0..50).map(|i| pool.apply_async(sqr, (i,))).collect();
     match slow.await {
-        Err(Error::TaskTimedOut { pid, timeout }) => {
-            ensure!(pid == victim, "pid {pid} vs {victim}");
-            ensure!(timeout == Duration::from_secs(1), "{timeout:?}");
+        Err(e) if e.is_timeout() => {
+            ensure!(e.worker_pid() == Some(victim), "{e} vs {victim}");
+            ensure!(e.to_string().contains("1s"), "{e}");
         }
-        other => return Err(format!("expected TaskTimedOut, got {other:?}").into()),
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
     let v = futures::future::try_join_all(others).await?;
     ensure!(v.len() == 50, "others done");
@@ -541,7 +533,7 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
     let e = pool
         .apply_timeout(sleep_ms, (60_000,), Duration::from_millis(200))
         .await;
-    ensure!(matches!(e, Err(Error::TaskTimedOut { .. })), "{e:?}");
+    ensure!(e.as_ref().is_err_and(|e| e.is_timeout()), "{e:?}");
     ensure!(pool.apply(sqr, (2,)).await? == 4, "serves after");
     Ok(())
 }
@@ -672,17 +664,20 @@ async fn failing_initializer_of_a_replacement() -> TestResult {
         .build()
         .await?;
     let e = pool.apply(abort_now, ()).await;
-    ensure!(matches!(e, Err(Error::WorkerLost { .. })), "{e:?}");
+    ensure!(e.as_ref().is_err_and(|e| e.is_worker_lost()), "{e:?}");
     let e = pool.apply(sqr, (2,)).await;
-    match e {
-        Err(Error::InitializerFailed { message, .. }) => {
+    match e.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::InitializerFailed { message, .. }) => {
             ensure!(message.contains("initializer attempt 2"), "{message}")
         }
         other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
     }
     let e = pool.apply(sqr, (2,)).await;
     ensure!(
-        matches!(e, Err(Error::InitializerFailed { .. })),
+        matches!(
+            e.as_ref().err().and_then(|e| e.caller_error()),
+            Some(Error::InitializerFailed { .. })
+        ),
         "again: {e:?}"
     );
     let attempts = std::fs::read_to_string(&path)?.len();
@@ -741,9 +736,14 @@ async fn unencodable_result() -> TestResult {
     let before = worker_pids(&pool).await?;
     for _ in 0..20 {
         match pool.apply(make_unencodable, ()).await {
-            Err(Error::Encode { type_name, message }) => {
-                ensure!(type_name.contains("Unencodable"), "{type_name}");
-                ensure!(message.contains("refuses"), "{message}");
+            Err(e) => {
+                let text = e.to_string();
+                ensure!(
+                    text.contains("could not encode the task's result"),
+                    "{text}"
+                );
+                ensure!(text.contains("Unencodable"), "{text}");
+                ensure!(text.contains("refuses"), "{text}");
             }
             other => return Err(format!("expected Encode, got {other:?}").into()),
         }
@@ -759,18 +759,20 @@ async fn unencodable_argument_and_undecodable_result() -> TestResult {
     let before = pool.apply(pid, ()).await?;
     let mut h = pool.apply_async(take_unencodable, (Unencodable,));
     ensure!(h.ready(), "failed at submission, nothing sent");
-    match h.await {
-        Err(Error::Encode { type_name, message }) => {
+    let e = h.await;
+    match e.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::Encode { type_name, message }) => {
             ensure!(type_name.contains("Unencodable"), "{type_name}");
             ensure!(message.contains("refuses"), "{message}");
         }
-        other => return Err(format!("expected Encode, got {other:?}").into()),
+        _ => return Err(format!("expected Encode, got {e:?}").into()),
     }
-    match pool.apply(make_undecodable, ()).await {
-        Err(Error::Decode { type_name, .. }) => {
+    let e = pool.apply(make_undecodable, ()).await;
+    match e.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::Decode { type_name, .. }) => {
             ensure!(type_name.contains("Undecodable"), "{type_name}")
         }
-        other => return Err(format!("expected Decode, got {other:?}").into()),
+        _ => return Err(format!("expected Decode, got {e:?}").into()),
     }
     ensure!(pool.apply(pid, ()).await? == before, "the worker survived");
     Ok(())
@@ -787,7 +789,9 @@ async fn closed_pool() -> TestResult {
     let pending = pool.map_async(sleep_ms, vec![100; 4]);
     pool.close();
     ensure!(
-        matches!(pool.apply(sqr, (1,)).await, Err(Error::PoolClosed)),
+        pool.apply(sqr, (1,))
+            .await
+            .is_err_and(|e| e.is_pool_closed()),
         "apply after close"
     );
     ensure!(
@@ -802,11 +806,13 @@ async fn closed_pool() -> TestResult {
     let long = pool.apply_async(sleep_ms, (60_000,));
     pool.terminate().await?;
     ensure!(
-        matches!(long.await, Err(Error::PoolClosed)),
+        long.await.is_err_and(|e| e.is_pool_closed()),
         "terminated task"
     );
     ensure!(
-        matches!(pool.apply(sqr, (1,)).await, Err(Error::PoolClosed)),
+        pool.apply(sqr, (1,))
+            .await
+            .is_err_and(|e| e.is_pool_closed()),
         "apply after terminate"
     );
     ensure!(gone(&pids).await, "terminate reaps the workers");
@@ -847,7 +853,7 @@ async fn cancel_queued_and_running() -> TestResult {
     }
     for q in queued {
         let e = q.await;
-        ensure!(matches!(e, Err(Error::Cancelled)), "queued: {e:?}");
+        ensure!(e.as_ref().is_err_and(|e| e.is_cancelled()), "queued: {e:?}");
     }
     running.cancel();
     let e = running.await;
@@ -1097,12 +1103,13 @@ async fn map_over_number_types() -> TestResult {
     ensure!(got.len() == 256, "{} results", got.len());
     for (x, r) in (0u8..=255).zip(&got) {
         match (x, r) {
-            (77, Err(Error::Input { index: 77, error })) => match &**error {
-                Error::TaskPanicked { message } => {
-                    ensure!(message.contains("boom at 77"), "{message}");
-                }
-                other => ensure!(false, "77 failed with {other:?}"),
-            },
+            (77, Err(e)) => {
+                ensure!(e.input_index() == Some(77), "{e:?}");
+                ensure!(
+                    e.panic_message().is_some_and(|m| m.contains("boom at 77")),
+                    "{e:?}"
+                );
+            }
             (x, Ok(y)) => ensure!(*y == x ^ 0xff, "{x} gave {y}"),
             (x, r) => ensure!(false, "{x} gave {r:?}"),
         }

@@ -262,7 +262,7 @@ async fn imap_yields_one_item_per_input_when_a_chunk_times_out() -> TestResult {
         if (64..128).contains(&i) {
             ensure!(
                 r.as_ref()
-                    .is_err_and(|e| e.is_task_timeout() && e.input_index() == Some(i)),
+                    .is_err_and(|e| e.is_timeout() && e.input_index() == Some(i)),
                 "item {i}: {r:?}"
             );
         } else {

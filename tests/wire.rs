@@ -141,6 +141,7 @@ fn run_child(feed: Feed) -> Result<Outcome, Box<dyn std::error::Error + Send + S
                 "garbage-test",
                 entry,
                 1u64 << 20,
+                0u8, // the start method: spawn
             ))?)
         }
     };

@@ -1,16 +1,18 @@
 //! `Pool`: Python's `multiprocessing.Pool`, with futures for results and streams for `imap`.
 //!
 //! Files: this one holds the builder and the [`Pool`] handle; `scheduler.rs` the task that
-//! owns the workers; `worker.rs` the worker's side; `result.rs` what submissions give back;
-//! `proto.rs` the messages between pool and workers.
+//! owns the workers; `worker.rs` the worker's side; `started.rs` how the pool knows which
+//! tasks a worker started; `async_result.rs`, `map_result.rs` and `imap.rs` what
+//! submissions give back; `proto.rs` the messages between pool and workers.
 
+mod async_result;
+mod imap;
+mod map_result;
 mod proto;
-mod result;
 mod scheduler;
 mod started;
 mod worker;
 
-use std::any::type_name;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,18 +23,20 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-pub use result::{AsyncResult, IMap, MapResult};
+pub use async_result::AsyncResult;
+pub use imap::IMap;
+pub use map_result::MapResult;
 
+use self::imap::NextChunk;
 use self::proto::{Setup, SetupReply};
-use self::result::{ChunkOut, NextChunk};
 use self::scheduler::{Cmd, Job, Scheduler};
 use self::started::StartedMark;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TaskError};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
 use crate::task::{
-    ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
+    ChunkOut, ProcessEntry, Target, TaskEntry, chunk_entry, chunk_entry1, process_entry, task_entry,
 };
 use crate::wire::frame::{SharedBytes, send_early};
 use crate::wire::plain::{Items, SharedItems};
@@ -50,8 +54,22 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Encodes the chunk of a map's input from one index to another.
 type ChunkEncoder = Box<dyn Fn(usize, usize) -> Result<Payload> + Send>;
 
-/// A chunk entry: the entry, whether the target is async, the type name of its arguments.
-type ChunkEntry = (TaskEntry, bool, &'static str);
+/// What runs a task (or a map's chunks) in a worker.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    entry: TaskEntry,
+    /// Whether the target is an `async fn`.
+    is_async: bool,
+}
+
+impl Entry {
+    fn of<F: Target<A, M>, A, M>(entry: TaskEntry) -> Entry {
+        Entry {
+            entry,
+            is_async: F::IS_ASYNC,
+        }
+    }
+}
 
 /// What every worker of a pool is started with.
 struct Config {
@@ -64,6 +82,7 @@ struct Config {
     spin: Duration,
     /// The CPUs this process may run on: the pool's own processes spin only on spare ones.
     cores: usize,
+    print_panics: bool,
 }
 
 /// A started worker, before the scheduler takes it.
@@ -97,6 +116,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
             .as_ref()
             .map(|(e, _)| crate::task::process_entry_offset(*e)),
         spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
+        print_panics: cfg.print_panics,
     })?;
     if let Some((_, args)) = &cfg.init {
         frame.push_encoded(clone_encoded(args)?);
@@ -243,6 +263,7 @@ pub struct PoolBuilder {
     concurrency: usize,
     start_timeout: Duration,
     spin: Duration,
+    print_panics: bool,
 }
 
 impl PoolBuilder {
@@ -289,7 +310,7 @@ impl PoolBuilder {
     }
 
     /// Kills (and replaces) a worker whose task runs longer than `timeout`; that task fails
-    /// with [`Error::TaskTimedOut`]. The clock starts when the worker starts the task. For a
+    /// with a [`TaskError`] for which [`is_timeout`](TaskError::is_timeout) holds. The clock starts when the worker starts the task. For a
     /// map, it bounds each chunk. [`Pool::apply_timeout`] sets one per call.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
@@ -325,6 +346,17 @@ impl PoolBuilder {
     /// a process goes idle. Spinning is off on a machine with a single core.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self
+    }
+
+    /// Whether a task's panic is also printed on the worker's stderr, as Rust prints a
+    /// panic (the default is no). Either way the panic travels in the task's error, with its
+    /// message, its location and, when `RUST_BACKTRACE` is set, the worker's backtrace (see
+    /// [`TaskError::panic_backtrace`](crate::TaskError::panic_backtrace)), as Python's pool
+    /// carries the remote traceback; so by default a panicking task leaves the terminal
+    /// (a progress bar, say) alone.
+    pub fn print_panics(mut self, print: bool) -> Self {
+        self.print_panics = print;
         self
     }
 
@@ -405,6 +437,7 @@ impl PoolBuilder {
             // On a single core, a process that spins only delays the one it waits for.
             spin: if cores > 1 { self.spin } else { Duration::ZERO },
             cores,
+            print_panics: self.print_panics,
         });
         // All the workers start at once; the pool serves as soon as one is ready, and the
         // others join it as they come (Python's `Pool()` does not wait for its workers).
@@ -471,42 +504,40 @@ impl Shared {
     /// Queues one task (or chunk) and returns the handle on its answer.
     fn submit<R: DeserializeOwned>(
         &self,
-        entry: TaskEntry,
-        is_async: bool,
+        entry: Entry,
         payload: Result<impl Into<Payload>>,
         timeout: Option<Duration>,
-        arg_type: &'static str,
     ) -> AsyncResult<R> {
         if self.closed.load(Ordering::Acquire) {
-            return AsyncResult::failed(Error::PoolClosed);
+            return AsyncResult::failed(TaskError::pool_closed());
         }
         let payload: Payload = match payload {
             Ok(p) => p.into(),
-            Err(e) => return AsyncResult::failed(e),
+            Err(e) => return AsyncResult::failed(TaskError::local(e)),
         };
         // Arguments that cannot fit in a frame fail here, before anything is queued (the
         // scheduler checks the whole frame again, head included, before sending it).
         let max = crate::wire::max_frame_size();
         if payload.len() > max {
-            return AsyncResult::failed(Error::FrameTooLarge {
+            return AsyncResult::failed(TaskError::local(Error::FrameTooLarge {
                 size: payload.len() as u64,
                 max,
-            });
+            }));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let job = Job {
             id,
-            entry: crate::task::task_entry_offset(entry),
-            is_async,
+            entry: crate::task::task_entry_offset(entry.entry),
+            is_async: entry.is_async,
             payload,
             timeout: timeout.or(self.task_timeout),
             reply: Some(tx),
         };
         if self.cmds.send(Cmd::Submit(job)).is_err() {
-            return AsyncResult::failed(Error::PoolClosed);
+            return AsyncResult::failed(TaskError::pool_closed());
         }
-        AsyncResult::waiting(id, rx, self.cmds.clone(), arg_type)
+        AsyncResult::waiting(id, rx, self.cmds.clone())
     }
 }
 
@@ -533,12 +564,14 @@ pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
 /// [`PoolBuilder::concurrency`]).
 ///
 /// A worker that dies (a signal, an abort, the OOM killer) fails only the tasks it was
-/// running, with [`Error::WorkerLost`] naming its pid and the signal or exit code: its death
+/// running, with a [`TaskError`] naming its pid and the signal or exit code
+/// ([`is_worker_lost`](TaskError::is_worker_lost)): its death
 /// is seen at once on its pidfd. It is replaced and the pool keeps serving. A task that
-/// panics fails with [`Error::TaskPanicked`], for that task only.
+/// panics fails with a [`TaskError`] carrying the panic's message and location
+/// ([`is_panic`](TaskError::is_panic)), for that task only.
 ///
 /// Dropping the pool terminates it (Python's `with Pool() as p:`): its workers are killed
-/// and reaped, tasks still pending fail with [`Error::PoolClosed`]. To let queued tasks
+/// and reaped, tasks still pending fail ([`TaskError::is_pool_closed`]). To let queued tasks
 /// finish, [`close`](Self::close) and [`join`](Self::join) it first.
 ///
 /// # How workers run tasks
@@ -595,6 +628,7 @@ impl Pool {
             concurrency: 1,
             start_timeout: crate::DEFAULT_START_TIMEOUT,
             spin: crate::DEFAULT_SPIN,
+            print_panics: false,
         }
     }
 
@@ -633,7 +667,7 @@ impl Pool {
     /// assert_eq!(pool.apply(add, (2, 3)).await?, 5);
     /// # Ok(()) }
     /// ```
-    pub async fn apply<F, A, M>(&self, f: F, args: A) -> Result<F::Output>
+    pub async fn apply<F, A, M>(&self, f: F, args: A) -> std::result::Result<F::Output, TaskError>
     where
         F: Target<A, M>,
         A: Serialize + DeserializeOwned,
@@ -643,7 +677,7 @@ impl Pool {
     }
 
     /// Runs `f(args)` in a worker, killing (and replacing) the worker if the task runs longer
-    /// than `timeout`: the task then fails with [`Error::TaskTimedOut`].
+    /// than `timeout`: the task then fails ([`TaskError::is_timeout`]).
     ///
     /// # Errors
     /// As [`AsyncResult`].
@@ -655,7 +689,7 @@ impl Pool {
         f: F,
         args: A,
         timeout: Duration,
-    ) -> Result<F::Output>
+    ) -> std::result::Result<F::Output, TaskError>
     where
         F: Target<A, M>,
         A: Serialize + DeserializeOwned,
@@ -664,11 +698,9 @@ impl Pool {
         let _ = f;
         self.shared
             .submit(
-                task_entry::<F, A, M>(),
-                F::IS_ASYNC,
+                Entry::of::<F, A, M>(task_entry::<F, A, M>()),
                 Encoded::new(&args),
                 Some(timeout),
-                type_name::<A>(),
             )
             .await
     }
@@ -697,11 +729,9 @@ impl Pool {
     {
         let _ = f;
         self.shared.submit(
-            task_entry::<F, A, M>(),
-            F::IS_ASYNC,
+            Entry::of::<F, A, M>(task_entry::<F, A, M>()),
             Encoded::new(&args),
             None,
-            type_name::<A>(),
         )
     }
 
@@ -729,11 +759,7 @@ impl Pool {
         I: IntoIterator<Item = T>,
     {
         let _ = f;
-        let entry = (
-            chunk_entry1::<F, T, M>(),
-            F::IS_ASYNC,
-            type_name::<Vec<T>>(),
-        );
+        let entry = Entry::of::<F, (T,), M>(chunk_entry1::<F, T, M>());
         self.map_items(collect_items(iterable), entry)
     }
 
@@ -759,13 +785,13 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let entry = (chunk_entry::<F, A, M>(), F::IS_ASYNC, type_name::<Vec<A>>());
+        let entry = Entry::of::<F, A, M>(chunk_entry::<F, A, M>());
         self.map_items(collect_items(iterable), entry)
     }
 
     /// A [`Map`] over `items`, each chunk of which is encoded (a slice of `items`) when it is
     /// sent and run by `entry` in a worker.
-    fn map_items<T, R>(&self, items: Vec<T>, entry: ChunkEntry) -> Map<'_, R>
+    fn map_items<T, R>(&self, items: Vec<T>, entry: Entry) -> Map<'_, R>
     where
         T: Serialize + Send + 'static,
     {
@@ -829,11 +855,7 @@ impl Pool {
         IMap::new(
             self.shared.clone(),
             next_chunk,
-            (
-                chunk_entry1::<F, T, M>(),
-                F::IS_ASYNC,
-                type_name::<Vec<T>>(),
-            ),
+            Entry::of::<F, (T,), M>(chunk_entry1::<F, T, M>()),
             ordered,
         )
     }
@@ -883,7 +905,7 @@ impl Pool {
     }
 
     /// Stops taking tasks (Python's `close()`): tasks already submitted run to their end,
-    /// then the workers exit. Later submissions fail with [`Error::PoolClosed`].
+    /// then the workers exit. Later submissions fail ([`TaskError::is_pool_closed`]).
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         let _ = self.shared.cmds.send(Cmd::Close);
@@ -909,7 +931,7 @@ impl Pool {
     }
 
     /// Kills the workers at once (Python's `terminate()`) and waits until they are reaped.
-    /// Tasks not finished fail with [`Error::PoolClosed`].
+    /// Tasks not finished fail ([`TaskError::is_pool_closed`]).
     ///
     /// # Errors
     /// None so far; the `Result` leaves room for reporting a worker that could not be reaped.
@@ -942,7 +964,7 @@ pub struct Map<'p, R> {
     _result: std::marker::PhantomData<fn() -> R>,
     len: usize,
     encode: ChunkEncoder,
-    entry: ChunkEntry,
+    entry: Entry,
     chunksize: Option<usize>,
 }
 
@@ -974,20 +996,18 @@ impl<'p, R: DeserializeOwned + 'static> Map<'p, R> {
         while from < self.len {
             let to = (from + size).min(self.len);
             chunks.push(self.pool.shared.submit::<ChunkOut<R>>(
-                self.entry.0,
-                self.entry.1,
+                self.entry,
                 (self.encode)(from, to),
                 None,
-                self.entry.2,
             ));
             from = to;
         }
-        MapResult::new(chunks, self.len)
+        MapResult::new(chunks, self.len, size)
     }
 }
 
 impl<'p, R: DeserializeOwned + 'static> std::future::IntoFuture for Map<'p, R> {
-    type Output = Result<Vec<R>>;
+    type Output = std::result::Result<Vec<R>, TaskError>;
     type IntoFuture = MapResult<R>;
 
     /// Submits the map; see [`MapResult`] for what dropping it does.

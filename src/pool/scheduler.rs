@@ -7,7 +7,7 @@
 //! worker that has room: one running synchronous task plus a few waiting behind it (up to
 //! [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of
 //! `async fn` tasks. When a worker dies, the tasks it may have started fail with
-//! [`Error::WorkerLost`] (those whose answer had arrived were answered already); the ones it
+//! a [`TaskError`] that says so (those whose answer had arrived were answered already); the ones it
 //! held and provably never started (see [`StartedMark`]) go back to the head of the queue.
 //! Then the worker is replaced. A worker that cannot be started is started again later, with
 //! a growing delay.
@@ -23,11 +23,11 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::proto::{Reply, Status, ToWorker};
+use super::proto::{Reply, ToWorker};
 use super::started::StartedMark;
 use super::{Config, Payload, WorkerConn, start_worker};
 use crate::Process;
-use crate::error::{Error, ExitCause, Result};
+use crate::error::{Error, ExitCause, Result, TaskError};
 use crate::sys;
 use crate::wire::frame::Frame;
 use crate::wire::{FrameBuf, FrameReader, FrameWriter};
@@ -44,8 +44,9 @@ const FIRST_PREFETCH: usize = 8;
 /// idle.
 const PREFETCH_BUDGET_NANOS: f64 = 1e6;
 
-/// A worker's answer as it reaches the caller: its status and the rest of the frame.
-pub(super) type Outcome = Result<(Status, Frame)>;
+/// A task's answer as it reaches the caller: the frame that holds its result (after the
+/// head), or why there is none.
+pub(super) type Outcome = std::result::Result<Frame, TaskError>;
 
 /// A task waiting to be sent.
 pub(super) struct Job {
@@ -266,10 +267,10 @@ impl Scheduler {
             self.update_spin();
         }
         for job in std::mem::take(&mut self.queue) {
-            self.answer_job(job, Err(Error::PoolClosed));
+            self.answer_job(job, Err(TaskError::pool_closed()));
         }
         for (id, _) in std::mem::take(&mut self.in_flight) {
-            self.answer(id, Err(Error::PoolClosed));
+            self.answer(id, Err(TaskError::pool_closed()));
         }
         for w in self.waiters.drain(..) {
             let _ = w.send(());
@@ -347,9 +348,9 @@ impl Scheduler {
         match cmd {
             Cmd::Submit(job) => {
                 if self.closed {
-                    self.answer_job(job, Err(Error::PoolClosed));
+                    self.answer_job(job, Err(TaskError::pool_closed()));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
-                    let e = e.clone();
+                    let e = TaskError::local(e.clone());
                     self.answer_job(job, Err(e));
                 } else {
                     self.queue.push_back(job);
@@ -369,10 +370,10 @@ impl Scheduler {
         self.closed = true;
         self.terminating = true;
         for job in std::mem::take(&mut self.queue) {
-            self.answer_job(job, Err(Error::PoolClosed));
+            self.answer_job(job, Err(TaskError::pool_closed()));
         }
         for (id, _) in std::mem::take(&mut self.in_flight) {
-            self.answer(id, Err(Error::PoolClosed));
+            self.answer(id, Err(TaskError::pool_closed()));
         }
         self.deadlines.clear();
         for slot in self.workers.values_mut() {
@@ -383,7 +384,7 @@ impl Scheduler {
     fn cancel(&mut self, id: u64) {
         if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
             if let Some(job) = self.queue.remove(pos) {
-                self.answer_job(job, Err(Error::Cancelled));
+                self.answer_job(job, Err(TaskError::cancelled()));
             }
             return;
         }
@@ -393,7 +394,7 @@ impl Scheduler {
         if let Some(d) = run.deadline {
             self.deadlines.remove(&(d, id));
         }
-        if !self.answer(id, Err(Error::Cancelled)) {
+        if !self.answer(id, Err(TaskError::cancelled())) {
             // It finished first: nothing to stop.
             return;
         }
@@ -426,7 +427,7 @@ impl Scheduler {
                 continue;
             };
             let timeout = run.timeout.unwrap_or_default();
-            if !self.answer(id, Err(Error::TaskTimedOut { pid, timeout })) {
+            if !self.answer(id, Err(TaskError::timed_out(pid, timeout))) {
                 // Its answer got there first.
                 continue;
             }
@@ -489,7 +490,7 @@ impl Scheduler {
                     // Nothing can run the tasks waiting: they fail with the reason, rather
                     // than wait for a start that may never succeed.
                     for job in std::mem::take(&mut self.queue) {
-                        self.answer_job(job, Err(e.clone()));
+                        self.answer_job(job, Err(TaskError::local(e.clone())));
                     }
                 }
                 let unwanted = self.terminating || (self.closed && self.queue.is_empty());
@@ -561,13 +562,7 @@ impl Scheduler {
                     reply: None,
                 }),
                 _ => {
-                    self.answer(
-                        *id,
-                        Err(Error::WorkerLost {
-                            pid: slot.pid,
-                            cause,
-                        }),
-                    );
+                    self.answer(*id, Err(TaskError::worker_lost(slot.pid, cause)));
                 }
             }
         }
@@ -580,7 +575,7 @@ impl Scheduler {
             && let Some(e) = self.broken.clone()
         {
             for job in std::mem::take(&mut self.queue) {
-                self.answer_job(job, Err(e.clone()));
+                self.answer_job(job, Err(TaskError::local(e.clone())));
             }
         }
     }
@@ -594,7 +589,7 @@ impl Scheduler {
                 && let Some(e) = self.broken.clone()
             {
                 for job in std::mem::take(&mut self.queue) {
-                    self.answer_job(job, Err(e.clone()));
+                    self.answer_job(job, Err(TaskError::local(e.clone())));
                 }
             }
             return;
@@ -683,7 +678,7 @@ impl Scheduler {
         }) {
             Ok(f) => f,
             Err(e) => {
-                self.answer_job(job, Err(e));
+                self.answer_job(job, Err(TaskError::local(e)));
                 return;
             }
         };
@@ -692,7 +687,7 @@ impl Scheduler {
             // Too large with its head: it fails alone, and the worker never sees it.
             let reply = job.reply;
             if let Some(tx) = reply.or_else(|| take_reply(&self.replies, job.id)) {
-                let _ = tx.send(Err(e));
+                let _ = tx.send(Err(TaskError::local(e)));
             }
             return;
         }
@@ -708,10 +703,7 @@ impl Scheduler {
             let pid = slot.pid;
             self.answer(
                 job.id,
-                Err(Error::WorkerLost {
-                    pid,
-                    cause: ExitCause::Signal(sys::SIGKILL),
-                }),
+                Err(TaskError::worker_lost(pid, ExitCause::Signal(sys::SIGKILL))),
             );
             return;
         }
@@ -811,9 +803,12 @@ async fn read_worker(
 ) {
     let forward = |mut frame: Frame| -> bool {
         match frame.decode_head::<Reply>() {
-            Ok(Reply { id, status, nanos }) => {
+            Ok(Reply { id, nanos, failure }) => {
                 if let Some(tx) = take_reply(&replies, id) {
-                    let _ = tx.send(Ok((status, frame)));
+                    let _ = tx.send(match failure {
+                        None => Ok(frame),
+                        Some(f) => Err(TaskError::failed(f)),
+                    });
                 }
                 events.send(Event::Reply { wid, id, nanos }).is_ok()
             }

@@ -3,7 +3,7 @@
 //! A worker holds back answers to short tasks to send many in one write, so the answers the
 //! pool has received do not tell it which tasks the worker has started. When a worker dies,
 //! the pool must know: a task the worker may have started is never sent again (it fails with
-//! [`Error::WorkerLost`](crate::Error::WorkerLost)), and only one it provably never started
+//! [`TaskError::is_worker_lost`](crate::TaskError::is_worker_lost)), and only one it provably never started
 //! is sent to another worker. So each worker shares one word of memory with the pool (a
 //! memfd, mapped by both), and writes into it the id of each synchronous task just before
 //! the task starts. It costs one store per task and no system call. Once the worker is dead,

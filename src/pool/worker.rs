@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use super::proto::{Reply, Setup, SetupReply, Status, ToWorker};
+use super::proto::{Reply, Setup, SetupReply, ToWorker};
 use super::started::StartedMark;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TaskFailure};
 use crate::sys::{self, SameBinary};
 use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
 use crate::wire::frame::Frame;
@@ -96,48 +96,53 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
 }
 
 /// A frame that answers task `id`, which took `nanos` to run (0 when not measured). A result
-/// too large for a frame is answered with [`Status::TooLarge`], its size and the limit.
+/// too large for a frame is answered with [`TaskFailure::TooLarge`], its size and the limit.
 fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u64) -> FrameBuf {
-    let (status, body) = match outcome {
-        Ok(enc) => (Status::Done, Ok(enc)),
-        Err(Failure::Panicked(m)) => (Status::Panicked, Err(m)),
-        Err(Failure::Args(Error::Decode { message, .. })) => (Status::BadArgs, Err(message)),
-        Err(Failure::Args(Error::Encode { message, .. })) => (Status::BadResult, Err(message)),
-        Err(Failure::Args(e)) => (Status::Refused, Err(e.to_string())),
-    };
-    let mut frame = FrameBuf::new();
-    let head = frame.push(&Reply { id, status, nanos });
-    let pushed = head.and_then(|()| match body {
+    let failure = match outcome {
         Ok(enc) => {
-            frame.push_encoded(enc);
-            Ok(())
+            let mut frame = FrameBuf::new();
+            let sealed = frame
+                .push(&Reply {
+                    id,
+                    nanos,
+                    failure: None,
+                })
+                .and_then(|()| {
+                    frame.push_encoded(enc);
+                    frame.check_size()
+                });
+            match sealed {
+                Ok(()) => return frame,
+                Err(Error::FrameTooLarge { size, max }) => TaskFailure::TooLarge {
+                    size,
+                    max: max as u64,
+                },
+                // Only a broken encoder gets here.
+                Err(e) => TaskFailure::Refused(e.to_string()),
+            }
         }
-        Err(m) => frame.push(&m),
-    });
-    match pushed.and_then(|()| frame.check_size()) {
-        Ok(()) => frame,
-        Err(Error::FrameTooLarge { size, max }) => {
-            let mut f = FrameBuf::new();
-            let _ = f.push(&Reply {
-                id,
-                status: Status::TooLarge,
-                nanos,
-            });
-            let _ = f.push(&(size, max as u64));
-            f
-        }
-        Err(e) => {
-            // Only a broken encoder gets here; answer with its message.
-            let mut f = FrameBuf::new();
-            let _ = f.push(&Reply {
-                id,
-                status: Status::Refused,
-                nanos,
-            });
-            let _ = f.push(&e.to_string());
-            f
-        }
-    }
+        Err(f) => f.into_task_failure(),
+    };
+    failure_frame(id, failure, nanos)
+}
+
+/// A frame that answers task `id` with `failure`.
+fn failure_frame(id: u64, failure: TaskFailure, nanos: u64) -> FrameBuf {
+    let reply = Reply {
+        id,
+        nanos,
+        failure: Some(failure),
+    };
+    FrameBuf::of(&reply).unwrap_or_else(|e| {
+        // A failure's text that cannot be encoded (it cannot happen with MessagePack, which
+        // encodes any string): answer with the encoder's message instead.
+        let reply = Reply {
+            id,
+            nanos,
+            failure: Some(TaskFailure::Refused(e.to_string())),
+        };
+        FrameBuf::of(&reply).unwrap_or_default()
+    })
 }
 
 /// Answers held back to go out together.
@@ -321,13 +326,7 @@ impl Worker {
                 if self.queue.len() == before {
                     return Ok(None);
                 }
-                let mut f = FrameBuf::of(&Reply {
-                    id,
-                    status: Status::Cancelled,
-                    nanos: 0,
-                })?;
-                f.push("")?;
-                return Ok(Some(f));
+                return Ok(Some(failure_frame(id, TaskFailure::Cancelled, 0)));
             }
             ToWorker::Task {
                 id,
@@ -390,6 +389,7 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
     let mut rest = RecvBuf::new();
     let mut frame = rest.recv_blocking(sock.as_fd())?;
     let setup: Setup = frame.decode_head()?;
+    crate::task::record_panics(setup.print_panics);
     let reply = |r: &SetupReply| send_blocking(sock.as_fd(), &mut FrameBuf::of(r)?);
     let same = match setup.hello.check() {
         Ok(s) => s,
@@ -543,7 +543,7 @@ async fn run_initializer(
         Ok(code) => Err(format!(
             "returned a failure (exit code {code}; its error is on the worker's stderr)"
         )),
-        Err(Failure::Panicked(m)) => Err(format!("panicked: {m}")),
+        Err(Failure::Panicked(p)) => Err(format!("panicked: {p}")),
         Err(Failure::Args(e)) => Err(e.to_string()),
     }
 }

@@ -1,0 +1,213 @@
+//! [`AsyncResult`]: the handle on one task's result.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::scheduler::{Cmd, Outcome};
+use crate::error::{Error, Result, TaskError};
+
+enum State<R> {
+    Waiting(oneshot::Receiver<Outcome>),
+    Done(std::result::Result<R, TaskError>),
+    /// The result was handed out; whether it was a success.
+    Taken(bool),
+}
+
+/// The result of a task submitted with [`Pool::apply_async`](crate::Pool::apply_async)
+/// (Python's `AsyncResult`): a future of the task's result.
+///
+/// The task is submitted when the `AsyncResult` is made, not when it is first polled. Await
+/// it for the result, or use [`ready`](Self::ready), [`successful`](Self::successful),
+/// [`get_timeout`](Self::get_timeout) and [`cancel`](Self::cancel) as in Python.
+///
+/// # Errors
+/// The future resolves to a [`TaskError`], shaped like tokio's `JoinError`, when the task
+/// gives no result: it panicked ([`TaskError::is_panic`], with the panic's message and
+/// location), its worker died ([`TaskError::is_worker_lost`], with its pid and the signal or
+/// exit code), it ran past its timeout ([`TaskError::is_timeout`]), it was cancelled
+/// ([`TaskError::is_cancelled`]), the pool was closed or terminated first
+/// ([`TaskError::is_pool_closed`]); or its arguments or result could not cross (they could
+/// not be encoded or decoded, or were larger than a frame may be).
+///
+/// # Cancel safety
+/// Dropping an `AsyncResult` (or losing a `select!` race with it) does not cancel the task:
+/// like a detached tokio task, it runs to its end in its worker and its result is
+/// discarded. Call [`cancel`](Self::cancel) to stop it. Awaiting `&mut AsyncResult` is cancel
+/// safe: the result stays in the handle until it is taken.
+#[must_use = "an AsyncResult does nothing unless awaited; the task runs either way"]
+pub struct AsyncResult<R> {
+    id: u64,
+    state: State<R>,
+    cmds: Option<tokio::sync::mpsc::UnboundedSender<Cmd>>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Waiting(_) => "waiting",
+            State::Done(Ok(_)) => "done",
+            State::Done(Err(_)) => "failed",
+            State::Taken(_) => "taken",
+        };
+        f.debug_struct("AsyncResult")
+            .field("id", &self.id)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+// Nothing in the handle is ever pinned in place: the result is only moved out.
+impl<R> Unpin for AsyncResult<R> {}
+
+/// Turns a worker's answer into the task's typed result.
+fn decode_outcome<R: DeserializeOwned>(outcome: Outcome) -> std::result::Result<R, TaskError> {
+    outcome?.decode::<R>().map_err(TaskError::local)
+}
+
+/// What [`AsyncResult::poll_answer`] gives.
+pub(super) enum Answer<R> {
+    /// The worker's answer, not decoded.
+    Raw(Outcome),
+    /// The result, decoded already (by [`AsyncResult::ready`]), or the pool's failure.
+    Decoded(std::result::Result<R, TaskError>),
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    pub(super) fn waiting(
+        id: u64,
+        rx: oneshot::Receiver<Outcome>,
+        cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    ) -> AsyncResult<R> {
+        AsyncResult {
+            id,
+            state: State::Waiting(rx),
+            cmds: Some(cmds),
+            _result: PhantomData,
+        }
+    }
+
+    pub(super) fn failed(e: TaskError) -> AsyncResult<R> {
+        AsyncResult {
+            id: 0,
+            state: State::Done(Err(e)),
+            cmds: None,
+            _result: PhantomData,
+        }
+    }
+
+    /// Whether the task has finished (successfully or not), without waiting (Python's
+    /// `ready()`).
+    pub fn ready(&mut self) -> bool {
+        if let State::Waiting(rx) = &mut self.state {
+            match rx.try_recv() {
+                Ok(o) => self.state = State::Done(decode_outcome(o)),
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.state = State::Done(Err(TaskError::pool_closed()))
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether the task finished without error; `None` while it runs (Python's
+    /// `successful()`, which raises in that case).
+    pub fn successful(&mut self) -> Option<bool> {
+        if !self.ready() {
+            return None;
+        }
+        match &self.state {
+            State::Done(r) => Some(r.is_ok()),
+            State::Taken(ok) => Some(*ok),
+            State::Waiting(_) => None,
+        }
+    }
+
+    /// Waits at most `timeout` for the result (Python's `get(timeout)`). On timeout the task
+    /// keeps running and this handle stays usable: await it, or call this again.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the task has not finished in time; otherwise the task's
+    /// [`TaskError`], as [`Error::Task`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the result stays in the
+    /// handle.
+    pub async fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        match tokio::time::timeout(timeout, &mut *self).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Cancels the task: a task still queued is removed (it never runs); a running task's
+    /// worker is killed and replaced (other `async fn` tasks running on that worker then
+    /// fail as their worker lost). The handle then resolves to a cancelled [`TaskError`],
+    /// unless the task had finished already. A task that had been sent ahead to a worker
+    /// but not started is taken back; in the rare race where the worker starts it at that
+    /// moment, it runs to its end and its result is discarded.
+    pub fn cancel(&self) {
+        if let (State::Waiting(_), Some(cmds)) = (&self.state, &self.cmds) {
+            let _ = cmds.send(Cmd::Cancel(self.id));
+        }
+    }
+}
+
+impl<R> AsyncResult<R> {
+    /// Like polling the future, but hands over the worker's answer undecoded when it has not
+    /// been decoded yet, for a caller that decodes it its own way.
+    pub(super) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer<R>> {
+        if let State::Waiting(rx) = &mut self.state {
+            return match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(o)) => {
+                    self.state = State::Taken(o.is_ok());
+                    Poll::Ready(Answer::Raw(o))
+                }
+                Poll::Ready(Err(_)) => {
+                    self.state = State::Taken(false);
+                    Poll::Ready(Answer::Decoded(Err(TaskError::pool_closed())))
+                }
+            };
+        }
+        Poll::Ready(Answer::Decoded(self.take_done()))
+    }
+
+    /// The result held in the handle, handed out once.
+    fn take_done(&mut self) -> std::result::Result<R, TaskError> {
+        let ok = matches!(self.state, State::Done(Ok(_)));
+        match std::mem::replace(&mut self.state, State::Taken(ok)) {
+            State::Done(r) => r,
+            _ => Err(TaskError::local(Error::Protocol(
+                "the result of this task was already taken".into(),
+            ))),
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Future for AsyncResult<R> {
+    type Output = std::result::Result<R, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let State::Waiting(rx) = &mut this.state {
+            let outcome = match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(o)) => decode_outcome(o),
+                Poll::Ready(Err(_)) => Err(TaskError::pool_closed()),
+            };
+            this.state = State::Done(outcome);
+        }
+        Poll::Ready(this.take_done())
+    }
+}

@@ -1,0 +1,179 @@
+//! [`MapResult`]: the handle on a map's results, and how a chunk's answer becomes one result
+//! per input.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::async_result::{Answer, AsyncResult};
+use super::scheduler::Outcome;
+use crate::error::{Error, Result, TaskError};
+use crate::sys;
+use crate::task::{ChunkInto, ChunkOut};
+
+/// A chunk's answer appended to `out`; its first failure, if any, is the error. `start` is
+/// the index of the chunk's first input.
+fn chunk_into<R: DeserializeOwned + 'static>(
+    outcome: Outcome,
+    out: &mut Vec<R>,
+    start: usize,
+) -> std::result::Result<(), TaskError> {
+    let mut frame = outcome.map_err(|e| e.at_input(start))?;
+    let failed = frame
+        .decode_with(ChunkInto(out))
+        .map_err(|e| TaskError::local(e).at_input(start))?;
+    match failed.into_iter().next() {
+        Some((i, f)) => Err(TaskError::failed(f).at_input(start + i as usize)),
+        None => Ok(()),
+    }
+}
+
+/// Turns a chunk's answer into one result per item, in order; `start` is the index of the
+/// chunk's first input, which the errors name.
+pub(super) fn items<R>(
+    c: ChunkOut<R>,
+    start: usize,
+) -> impl Iterator<Item = std::result::Result<R, TaskError>> {
+    let total = c.ok.len() + c.failed.len();
+    let mut ok = c.ok.into_iter();
+    let mut failed = c.failed.into_iter().peekable();
+    (0..total).filter_map(move |i| match failed.peek() {
+        Some((at, _)) if *at as usize == i => failed
+            .next()
+            .map(|(_, f)| Err(TaskError::failed(f).at_input(start + i))),
+        _ => ok.next().map(Ok),
+    })
+}
+
+/// The result of [`Pool::map_async`](crate::Pool::map_async) and
+/// [`Pool::starmap_async`](crate::Pool::starmap_async) (Python's `MapResult`): a future of
+/// every result, in input order.
+///
+/// # Errors
+/// The first failure in input order, a [`TaskError`] (see [`AsyncResult`]'s errors) naming
+/// the input it belongs to ([`TaskError::input_index`]); other chunks still run.
+///
+/// # Cancel safety
+/// Dropping a `MapResult` does not cancel its chunks: they run to their end and their results
+/// are discarded. Call [`cancel`](Self::cancel) to stop them. Awaiting `&mut MapResult` is
+/// cancel safe.
+#[must_use = "a MapResult does nothing unless awaited; the tasks run either way"]
+pub struct MapResult<R> {
+    chunks: Vec<AsyncResult<ChunkOut<R>>>,
+    /// The number of inputs in each chunk but the last.
+    chunksize: usize,
+    next: usize,
+    out: Vec<R>,
+    failed: Option<TaskError>,
+}
+
+// Nothing in the handle is ever pinned in place: the results are only moved out.
+impl<R> Unpin for MapResult<R> {}
+
+impl<R> std::fmt::Debug for MapResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapResult")
+            .field("chunks", &self.chunks.len())
+            .field("done", &self.next)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + 'static> MapResult<R> {
+    /// A map of `len` inputs sent as `chunks` of `chunksize` inputs (the last may be
+    /// shorter).
+    pub(super) fn new(
+        chunks: Vec<AsyncResult<ChunkOut<R>>>,
+        len: usize,
+        chunksize: usize,
+    ) -> MapResult<R> {
+        let mut out = Vec::with_capacity(len);
+        sys::advise_huge_pages(&mut out);
+        MapResult {
+            chunks,
+            chunksize,
+            next: 0,
+            out,
+            failed: None,
+        }
+    }
+
+    /// Whether every chunk has finished (Python's `ready()`).
+    pub fn ready(&mut self) -> bool {
+        self.chunks.iter_mut().all(|c| c.ready())
+    }
+
+    /// Whether every task finished without error; `None` while some run.
+    pub fn successful(&mut self) -> Option<bool> {
+        let mut ok = true;
+        for c in &mut self.chunks[self.next..] {
+            match c.successful() {
+                None => return None,
+                Some(s) => ok &= s,
+            }
+        }
+        Some(ok && self.failed.is_none())
+    }
+
+    /// Waits at most `timeout` for every result (Python's `get(timeout)`); on timeout the
+    /// tasks keep running and the handle stays usable.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if some task has not finished in time; otherwise the first
+    /// failure, as [`Error::Task`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: results that arrived stay in the handle.
+    pub async fn get_timeout(&mut self, timeout: Duration) -> Result<Vec<R>> {
+        match tokio::time::timeout(timeout, &mut *self).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Cancels every chunk not finished yet (see [`AsyncResult::cancel`]).
+    pub fn cancel(&self) {
+        for c in &self.chunks[self.next..] {
+            c.cancel();
+        }
+    }
+}
+
+impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
+    type Output = std::result::Result<Vec<R>, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        while this.next < this.chunks.len() {
+            let start = this.next * this.chunksize;
+            let answer = match this.chunks[this.next].poll_answer(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(a) => a,
+            };
+            this.next += 1;
+            let done = match answer {
+                // Decoded straight onto the results so far.
+                Answer::Raw(o) => chunk_into(o, &mut this.out, start),
+                Answer::Decoded(Err(e)) => Err(e.at_input(start)),
+                Answer::Decoded(Ok(v)) => items(v, start).try_for_each(|r| {
+                    this.out.push(r?);
+                    Ok(())
+                }),
+            };
+            if let Err(e) = done {
+                this.next = this.chunks.len();
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(std::mem::take(&mut this.out)))
+    }
+}
