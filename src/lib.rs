@@ -57,7 +57,7 @@ pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
-pub use pool::{AsyncResult, DEFAULT_SPIN, IMap, Map, MapResult, Pool, PoolBuilder};
+pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
 pub use queue::{
     INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,

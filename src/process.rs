@@ -169,6 +169,26 @@ impl Process {
     pub fn kill(&self) -> Result<()> {
         self.child.signal(sys::SIGKILL)
     }
+
+    /// A handle that kills this process from elsewhere (another task that does not own the
+    /// `Process`): a duplicate of its pidfd, so it never reaches another process that
+    /// reused the pid.
+    pub(crate) fn kill_handle(&self) -> Result<KillHandle> {
+        Ok(KillHandle(std::sync::Arc::new(sys::dup_fd(
+            self.sentinel(),
+        )?)))
+    }
+}
+
+/// Kills one process, from any task: see [`Process::kill_handle`].
+#[derive(Debug, Clone)]
+pub(crate) struct KillHandle(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl KillHandle {
+    /// Sends SIGKILL; does nothing once the process is gone.
+    pub(crate) fn kill(&self) {
+        let _ = sys::pidfd_send_signal(self.0.as_fd(), sys::SIGKILL);
+    }
 }
 
 /// Python's repr: `<Process(Process-1, started)>`, `<Process(Process-1, stopped[SIGTERM])>`.

@@ -13,24 +13,25 @@
 //! a growing delay.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::proto::{Reply, ToWorker};
+use super::builder::Config;
+use super::link::{read_worker, write_worker};
+use super::payload::Payload;
+use super::proto::ToWorker;
+use super::spawn::{WorkerConn, spawn_start};
 use super::started::StartedMark;
-use super::{Config, Payload, WorkerConn, start_worker};
-use crate::Process;
 use crate::error::{Error, ExitCause, Result, TaskError};
+use crate::process::KillHandle;
 use crate::sys;
+use crate::wire::FrameBuf;
 use crate::wire::frame::Frame;
-use crate::wire::{FrameBuf, FrameReader, FrameWriter};
 
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
 /// trip; the pool holds fewer when its tasks are long (see [`Scheduler::prefetch`]).
@@ -63,9 +64,9 @@ pub(super) struct Job {
 /// Where the answers of the tasks in flight go, by task id. A worker's reader task answers
 /// from here directly (one hop less between the worker and the caller); the scheduler
 /// answers from here when it fails a task. Whoever takes the sender answers.
-type Replies = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+pub(super) type Replies = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
 
-fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<Outcome>> {
+pub(super) fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<Outcome>> {
     replies
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -113,7 +114,7 @@ struct Running {
 
 struct Slot {
     pid: u32,
-    pidfd: Arc<OwnedFd>,
+    killer: KillHandle,
     tx: UnboundedSender<FrameBuf>,
     /// Where the worker marks each synchronous task as it starts it.
     started: StartedMark,
@@ -149,7 +150,7 @@ impl Slot {
     /// Kills the worker; its exit is reported by its reader, and it is replaced.
     fn kill(&mut self) {
         self.draining = true;
-        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGKILL);
+        self.killer.kill();
     }
 }
 
@@ -168,6 +169,17 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_millis(10);
 /// The longest delay before a failed worker start is tried again.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking tasks.
+    Open,
+    /// Closed: no new tasks; those queued run, then the workers exit.
+    Closed,
+    /// Terminated: every worker is killed, every task not finished fails.
+    Terminating,
+}
+
 pub(super) struct Scheduler {
     cfg: Arc<Config>,
     cmds: UnboundedReceiver<Cmd>,
@@ -180,8 +192,7 @@ pub(super) struct Scheduler {
     starting: usize,
     in_flight: HashMap<u64, Running>,
     deadlines: BTreeSet<(Instant, u64)>,
-    closed: bool,
-    terminating: bool,
+    phase: Phase,
     /// Why no worker can be started any more (a failed initializer); the pool fails its
     /// tasks with it once no worker is left.
     broken: Option<Error>,
@@ -218,8 +229,7 @@ impl Scheduler {
             starting: starts.pending,
             in_flight: HashMap::new(),
             deadlines: BTreeSet::new(),
-            closed: false,
-            terminating: false,
+            phase: Phase::Open,
             broken: None,
             start_failures: u32::try_from(starts.failed).unwrap_or(u32::MAX),
             waiters: Vec::new(),
@@ -237,7 +247,7 @@ impl Scheduler {
     /// Runs until the pool is closed (or terminated) and every worker is gone.
     pub(super) async fn run(mut self) {
         loop {
-            if self.closed && self.workers.is_empty() && self.starting == 0 {
+            if self.phase != Phase::Open && self.workers.is_empty() && self.starting == 0 {
                 break;
             }
             let deadline = self.deadlines.first().map(|(t, _)| *t);
@@ -319,8 +329,7 @@ impl Scheduler {
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = unbounded_channel();
-        let pidfd = Arc::new(w.pidfd);
-        tokio::spawn(write_worker(w.writer, rx, pidfd.clone()));
+        tokio::spawn(write_worker(w.writer, rx, w.killer.clone()));
         tokio::spawn(read_worker(
             wid,
             w.reader,
@@ -333,7 +342,7 @@ impl Scheduler {
             wid,
             Slot {
                 pid: w.pid,
-                pidfd,
+                killer: w.killer,
                 tx,
                 started: w.started,
                 sync: VecDeque::new(),
@@ -347,7 +356,7 @@ impl Scheduler {
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Submit(job) => {
-                if self.closed {
+                if self.phase != Phase::Open {
                     self.answer_job(job, Err(TaskError::pool_closed()));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
                     let e = TaskError::local(e.clone());
@@ -357,7 +366,11 @@ impl Scheduler {
                 }
             }
             Cmd::Cancel(id) => self.cancel(id),
-            Cmd::Close => self.closed = true,
+            Cmd::Close => {
+                if self.phase == Phase::Open {
+                    self.phase = Phase::Closed;
+                }
+            }
             Cmd::Join(tx) => self.waiters.push(tx),
             Cmd::Terminate(tx) => {
                 self.waiters.extend(tx);
@@ -367,8 +380,7 @@ impl Scheduler {
     }
 
     fn terminate(&mut self) {
-        self.closed = true;
-        self.terminating = true;
+        self.phase = Phase::Terminating;
         for job in std::mem::take(&mut self.queue) {
             self.answer_job(job, Err(TaskError::pool_closed()));
         }
@@ -465,7 +477,7 @@ impl Scheduler {
                 self.starting -= 1;
                 self.start_failures = 0;
                 self.add_worker(w);
-                if self.terminating
+                if self.phase == Phase::Terminating
                     && let Some(slot) = self.workers.get_mut(&(self.next_wid - 1))
                 {
                     slot.kill();
@@ -493,7 +505,11 @@ impl Scheduler {
                         self.answer_job(job, Err(TaskError::local(e.clone())));
                     }
                 }
-                let unwanted = self.terminating || (self.closed && self.queue.is_empty());
+                let unwanted = match self.phase {
+                    Phase::Open => false,
+                    Phase::Closed => self.queue.is_empty(),
+                    Phase::Terminating => true,
+                };
                 if !unwanted {
                     self.start_later();
                 }
@@ -583,7 +599,7 @@ impl Scheduler {
     /// Starts workers until the pool has its size again (none once it is closed and has
     /// nothing queued, or once starting has proved hopeless).
     fn replenish(&mut self) {
-        if self.terminating || self.broken.is_some() {
+        if self.phase == Phase::Terminating || self.broken.is_some() {
             if self.workers.is_empty()
                 && self.starting == 0
                 && let Some(e) = self.broken.clone()
@@ -595,7 +611,7 @@ impl Scheduler {
             return;
         }
         let live = self.workers.values().filter(|s| !s.draining).count();
-        let wanted = if self.closed && self.queue.is_empty() {
+        let wanted = if self.phase != Phase::Open && self.queue.is_empty() {
             0
         } else {
             self.cfg.processes
@@ -738,7 +754,7 @@ impl Scheduler {
     /// Sends `Exit` to every worker that holds nothing and should stop: it has run its
     /// `maxtasksperchild`, or the pool is closed and nothing is queued.
     fn retire_idle(&mut self) {
-        let closing = self.closed && self.queue.is_empty();
+        let closing = self.phase != Phase::Open && self.queue.is_empty();
         let max = self.cfg.maxtasksperchild;
         for slot in self.workers.values_mut() {
             if slot.draining || slot.load() > 0 {
@@ -754,120 +770,9 @@ impl Scheduler {
     }
 }
 
-/// Starts a worker after `delay`, in a task of its own, which reports it on `events`.
-pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>, delay: Duration) {
-    let (cfg, ev) = (cfg.clone(), events.clone());
-    tokio::spawn(async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let _ = ev.send(Event::Started(start_worker(&cfg).await));
-    });
-}
-
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
-/// worker cannot be reached any more: the writer kills it, so that its exit is reported, its
-/// tasks answered and the worker replaced.
-async fn write_worker(
-    writer: FrameWriter,
-    mut rx: UnboundedReceiver<FrameBuf>,
-    pidfd: Arc<OwnedFd>,
-) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        if let Err(e) = writer.send_batch(&mut batch).await {
-            tracing::debug!("cannot send to a pool worker, killing it: {e}");
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
-            return;
-        }
-        batch.clear();
-    }
-}
-
-/// Forwards a worker's answers, then its exit (seen at once on its pidfd). While `spin`
-/// allows, it waits actively, up to `limit` after each answer, for the next one.
-async fn read_worker(
-    wid: u64,
-    mut rd: FrameReader,
-    mut process: Process,
-    events: UnboundedSender<Event>,
-    replies: Replies,
-    (spin, limit): (Arc<AtomicBool>, Duration),
-) {
-    let forward = |mut frame: Frame| -> bool {
-        match frame.decode_head::<Reply>() {
-            Ok(Reply { id, nanos, failure }) => {
-                if let Some(tx) = take_reply(&replies, id) {
-                    let _ = tx.send(match failure {
-                        None => Ok(frame),
-                        Some(f) => Err(TaskError::failed(f)),
-                    });
-                }
-                events.send(Event::Reply { wid, id, nanos }).is_ok()
-            }
-            Err(e) => {
-                tracing::warn!("pool worker sent a malformed answer: {e}");
-                false
-            }
-        }
-    };
-    let spinning = |last: Option<std::time::Instant>| {
-        last.is_some_and(|t| t.elapsed() < limit) && spin.load(Ordering::Relaxed)
-    };
-    let mut last_answer: Option<std::time::Instant> = None;
-    loop {
-        // What the reactor has seen first; while spinning, the socket itself (the reactor
-        // has not seen what arrived since).
-        let r = match rd.recv().now_or_never() {
-            Some(r) => r,
-            None if spinning(last_answer) => match rd.try_recv() {
-                Some(r) => r,
-                None => {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-            },
-            None => tokio::select! {
-                biased;
-                r = rd.recv() => r,
-                _ = process.join() => {
-                    // Dead: take in what it sent before dying, then report.
-                    while let Ok(Ok(frame)) =
-                        tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
-                    {
-                        if !forward(frame) {
-                            break;
-                        }
-                    }
-                    break;
-                }
-            },
-        };
-        match r {
-            Ok(frame) => {
-                if !forward(frame) {
-                    let _ = process.kill();
-                    break;
-                }
-                last_answer = Some(std::time::Instant::now());
-            }
-            Err(_) => break,
-        }
-    }
-    let code = match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
-        Ok(r) => r,
-        Err(_) => {
-            // It closed its socket but lives on: it is of no use any more.
-            let _ = process.kill();
-            process.join().await
-        }
-    };
-    let _ = events.send(Event::Exited { wid, code });
 }

@@ -1,0 +1,276 @@
+//! [`PoolBuilder`]: a pool's options, and how a pool is built from them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::scheduler::{self, Scheduler};
+use super::{Pool, Shared, spawn};
+use crate::error::{Error, Result};
+use crate::start::StartMethod;
+use crate::sys;
+use crate::task::{ProcessEntry, Target, process_entry};
+use crate::wire::Encoded;
+
+/// What every worker of a pool is started with.
+pub(super) struct Config {
+    pub(super) processes: usize,
+    pub(super) method: StartMethod,
+    pub(super) init: Option<(ProcessEntry, Encoded)>,
+    pub(super) maxtasksperchild: Option<usize>,
+    pub(super) concurrency: usize,
+    pub(super) start_timeout: Duration,
+    pub(super) spin: Duration,
+    /// The CPUs this process may run on: the pool's own processes spin only on spare ones.
+    pub(super) cores: usize,
+    pub(super) print_panics: bool,
+}
+
+/// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
+#[must_use = "a pool builder does nothing until built"]
+#[derive(Debug)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<Result<(ProcessEntry, Encoded)>>,
+    maxtasksperchild: Option<usize>,
+    method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
+    concurrency: usize,
+    start_timeout: Duration,
+    spin: Duration,
+    print_panics: bool,
+}
+
+impl PoolBuilder {
+    /// Python's defaults (see [`Pool::builder`]).
+    pub(super) fn new() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            init: None,
+            maxtasksperchild: None,
+            method: None,
+            task_timeout: None,
+            concurrency: 1,
+            start_timeout: crate::DEFAULT_START_TIMEOUT,
+            spin: Pool::DEFAULT_SPIN,
+            print_panics: false,
+        }
+    }
+
+    /// The number of worker processes (Python's `processes`); the default is the number of
+    /// cores available to this process. 0 makes [`build`](Self::build) fail.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function every worker runs once, before its first task (Python's `initializer`
+    /// and `initargs`). Like a task, `f` is a `fn` item or a closure that captures nothing,
+    /// and `args` a tuple of serde values (descriptors included: each worker gets its own
+    /// copy). It returns what `main` may return: `()`, or a `Result` whose `Err` counts as a
+    /// failure. If it fails in the first worker to be ready (a panic, say),
+    /// [`build`](Self::build) fails with [`Error::InitializerFailed`]; if it fails in a later
+    /// or a replacement worker, no worker is started again, and once no worker is left,
+    /// tasks fail with that error.
+    pub fn initializer<F, A, M>(mut self, f: F, args: A) -> Self
+    where
+        F: Target<A, M>,
+        F::Output: std::process::Termination,
+        A: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        self.init = Some(Encoded::new(&args).map(|a| (process_entry::<F, A, M>(), a)));
+        self
+    }
+
+    /// Retires a worker after it has run `n` tasks (a chunk of a map counts as one task, as
+    /// in Python), replacing it with a fresh one. No task is lost or run twice: a retiring
+    /// worker is sent no more than `n` tasks and stops once it has answered them all. 0 makes
+    /// [`build`](Self::build) fail, as Python's `ValueError`.
+    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+        self.maxtasksperchild = Some(n);
+        self
+    }
+
+    /// The start method for the workers; the default is
+    /// [`get_start_method`](crate::get_start_method)'s at build time.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Kills (and replaces) a worker whose task runs longer than `timeout`; that task fails
+    /// with a [`TaskError`] for which [`is_timeout`](TaskError::is_timeout) holds. The clock starts when the worker starts the task. For a
+    /// map, it bounds each chunk. [`Pool::apply_timeout`] sets one per call.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How many `async fn` tasks one worker runs at once (like aiomultiprocess's
+    /// `childconcurrency`); the default is 1. Synchronous tasks run one at a time per worker
+    /// whatever this says.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a worker may take to start; the default is
+    /// [`DEFAULT_START_TIMEOUT`](crate::DEFAULT_START_TIMEOUT).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// How long the pool's processes wait actively (spinning on their socket, not sleeping)
+    /// for what is due shortly, when tasks are short; the default is
+    /// [`Pool::DEFAULT_SPIN`], and [`Duration::ZERO`] turns it off.
+    ///
+    /// A process that sleeps until input arrives pays a wake-up, which on a virtual machine
+    /// can cost tens of microseconds, more than a short task. So while the tasks are
+    /// shorter than `spin` and a core is spare (fewer workers busy than cores, so that no
+    /// worker at work loses time to it), a worker spins up to `spin` for its next task after
+    /// each one, and the pool spins up to `spin` for the next answer after each one,
+    /// yielding to the other tasks of its runtime as it does. This roughly halves the round
+    /// trip of one `apply` after another, at the cost of up to `spin` of CPU time each time
+    /// a process goes idle. Spinning is off on a machine with a single core.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Whether a task's panic is also printed on the worker's stderr, as Rust prints a
+    /// panic (the default is no). Either way the panic travels in the task's error, with its
+    /// message, its location and, when `RUST_BACKTRACE` is set, the worker's backtrace (see
+    /// [`TaskError::panic_backtrace`](crate::TaskError::panic_backtrace)), as Python's pool
+    /// carries the remote traceback; so by default a panicking task leaves the terminal
+    /// (a progress bar, say) alone.
+    pub fn print_panics(mut self, print: bool) -> Self {
+        self.print_panics = print;
+        self
+    }
+
+    /// Starts the workers, all at once, each through its initializer, and returns the pool
+    /// as soon as one is ready; the others take tasks as they become ready.
+    ///
+    /// A worker that cannot be started (the system is out of descriptors or processes, say)
+    /// is logged and started again later, with a growing delay (from 10 ms up to 5 s), for as
+    /// long as the pool lives; the pool serves with the workers it has meanwhile. While the
+    /// pool has no worker at all, each failed start fails the tasks waiting with its error.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`;
+    /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
+    /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
+    /// its start; otherwise the error of the last worker to fail, when none could be
+    /// started ([`Error::Start`], or the system's error). On error, the workers started
+    /// find their socket closed and end. A later worker whose initializer fails is handled
+    /// like a replacement whose initializer fails (see [`initializer`](Self::initializer)).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the pool's task is spawned on the current one).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a build dropped midway leaves no pool; the workers it started find
+    /// their socket closed and end.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> tokio_multiprocessing::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// fn connect(url: String) {
+    ///     // open a per-worker connection, say
+    ///     let _ = url;
+    /// }
+    /// let pool = tokio_multiprocessing::Pool::builder()
+    ///     .processes(4)
+    ///     .initializer(connect, ("db://local".to_string(),))
+    ///     .maxtasksperchild(1000)
+    ///     .task_timeout(Duration::from_secs(30))
+    ///     .build()
+    ///     .await?;
+    /// # drop(pool);
+    /// # Ok(()) }
+    /// ```
+    pub async fn build(self) -> Result<Pool> {
+        // The CPUs this process may run on decide whether a core is spare to spin on.
+        let cores = sys::cpus_allowed();
+        let processes = match self.processes {
+            Some(0) => {
+                return Err(Error::InvalidArgument(
+                    "a pool needs at least one process".into(),
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.maxtasksperchild == Some(0) {
+            return Err(Error::InvalidArgument(
+                "maxtasksperchild must be at least 1 (or not set)".into(),
+            ));
+        }
+        let method = self.method.unwrap_or_else(crate::get_start_method);
+        if method != StartMethod::Fork {
+            // Spawned and fork-server workers are started from the launcher thread: it
+            // starts while the workers' setup is prepared.
+            crate::start::warm_launcher();
+        }
+        let cfg = Arc::new(Config {
+            processes,
+            method,
+            init: self.init.transpose()?,
+            maxtasksperchild: self.maxtasksperchild,
+            concurrency: self.concurrency,
+            start_timeout: self.start_timeout,
+            // On a single core, a process that spins only delays the one it waits for.
+            spin: if cores > 1 { self.spin } else { Duration::ZERO },
+            cores,
+            print_panics: self.print_panics,
+        });
+        // All the workers start at once; the pool serves as soon as one is ready, and the
+        // others join it as they come (Python's `Pool()` does not wait for its workers).
+        // A failed initializer in the first to finish fails `build`, and the others, their
+        // socket closed, end by themselves; a worker that could not be started is started
+        // again by the pool later, unless none could be.
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..processes {
+            spawn::spawn_start(&cfg, &events_tx, Duration::ZERO);
+        }
+        let mut failed = 0;
+        let first = loop {
+            match events.recv().await {
+                Some(scheduler::Event::Started(Ok(w))) => break w,
+                Some(scheduler::Event::Started(Err(e))) => {
+                    failed += 1;
+                    if failed == processes || matches!(e, Error::InitializerFailed { .. }) {
+                        return Err(e);
+                    }
+                    tracing::warn!("cannot start a pool worker (it will be retried): {e}");
+                }
+                Some(_) => continue,
+                None => return Err(Error::Protocol("the worker starts were lost".into())),
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let starts = scheduler::Starts {
+            pending: processes - 1 - failed,
+            failed,
+        };
+        tokio::spawn(Scheduler::new(cfg, rx, (events_tx, events), first, starts).run());
+        tracing::debug!(processes, "pool started");
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                cmds: tx,
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                processes,
+                task_timeout: self.task_timeout,
+            }),
+        })
+    }
+}

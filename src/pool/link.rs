@@ -1,0 +1,118 @@
+//! The pool's link to one worker: a writer task that sends it frames, and a reader task that
+//! hands its answers straight to the callers, tells the scheduler of them, and reports the
+//! worker's exit (seen at once on its pidfd). While the pool's tasks are short and a core is
+//! spare, the reader spins for the next answer instead of sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::proto::Reply;
+use super::scheduler::{Event, Replies, take_reply};
+use crate::error::TaskError;
+use crate::process::{KillHandle, Process};
+use crate::wire::frame::Frame;
+use crate::wire::{FrameBuf, FrameReader, FrameWriter};
+
+/// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
+/// worker cannot be reached any more: the writer kills it, so that its exit is reported, its
+/// tasks answered and the worker replaced.
+pub(super) async fn write_worker(
+    writer: FrameWriter,
+    mut rx: UnboundedReceiver<FrameBuf>,
+    killer: KillHandle,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        if let Err(e) = writer.send_batch(&mut batch).await {
+            tracing::debug!("cannot send to a pool worker, killing it: {e}");
+            killer.kill();
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Forwards a worker's answers, then its exit (seen at once on its pidfd). While `spin`
+/// allows, it waits actively, up to `limit` after each answer, for the next one.
+pub(super) async fn read_worker(
+    wid: u64,
+    mut rd: FrameReader,
+    mut process: Process,
+    events: UnboundedSender<Event>,
+    replies: Replies,
+    (spin, limit): (Arc<AtomicBool>, Duration),
+) {
+    let forward = |mut frame: Frame| -> bool {
+        match frame.decode_head::<Reply>() {
+            Ok(Reply { id, nanos, failure }) => {
+                if let Some(tx) = take_reply(&replies, id) {
+                    let _ = tx.send(match failure {
+                        None => Ok(frame),
+                        Some(f) => Err(TaskError::failed(f)),
+                    });
+                }
+                events.send(Event::Reply { wid, id, nanos }).is_ok()
+            }
+            Err(e) => {
+                tracing::warn!("pool worker sent a malformed answer: {e}");
+                false
+            }
+        }
+    };
+    let spinning = |last: Option<std::time::Instant>| {
+        last.is_some_and(|t| t.elapsed() < limit) && spin.load(Ordering::Relaxed)
+    };
+    let mut last_answer: Option<std::time::Instant> = None;
+    loop {
+        // What the reactor has seen first; while spinning, the socket itself (the reactor
+        // has not seen what arrived since).
+        let r = match rd.recv().now_or_never() {
+            Some(r) => r,
+            None if spinning(last_answer) => match rd.try_recv() {
+                Some(r) => r,
+                None => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            },
+            None => tokio::select! {
+                biased;
+                r = rd.recv() => r,
+                _ = process.join() => {
+                    // Dead: take in what it sent before dying, then report.
+                    while let Ok(Ok(frame)) =
+                        tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
+                    {
+                        if !forward(frame) {
+                            break;
+                        }
+                    }
+                    break;
+                }
+            },
+        };
+        match r {
+            Ok(frame) => {
+                if !forward(frame) {
+                    let _ = process.kill();
+                    break;
+                }
+                last_answer = Some(std::time::Instant::now());
+            }
+            Err(_) => break,
+        }
+    }
+    let code = match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
+        Ok(r) => r,
+        Err(_) => {
+            // It closed its socket but lives on: it is of no use any more.
+            let _ = process.kill();
+            process.join().await
+        }
+    };
+    let _ = events.send(Event::Exited { wid, code });
+}

@@ -1,0 +1,153 @@
+//! How the pool starts a worker: a child process running the worker's side on one end of a
+//! socket pair, set up (handshake and initializer) over it.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::builder::Config;
+use super::payload::clone_encoded;
+use super::proto::{Setup, SetupReply};
+use super::scheduler::Event;
+use super::started::StartedMark;
+use super::worker;
+use crate::error::{Error, Result};
+use crate::process::{KillHandle, Process};
+use crate::sys;
+use crate::wire::frame::send_early;
+use crate::wire::{Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed, into_stream};
+
+static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
+
+/// The send buffer each end of a worker's socket asks for, in bytes.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A started worker, before the scheduler takes it.
+pub(super) struct WorkerConn {
+    pub(super) pid: u32,
+    pub(super) killer: KillHandle,
+    pub(super) process: Process,
+    pub(super) reader: FrameReader,
+    pub(super) writer: FrameWriter,
+    pub(super) started: StartedMark,
+}
+
+/// Starts one worker: a child process running `worker::worker_main` on one end of a socket
+/// pair, set up (handshake and initializer) over it.
+async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
+    let (ours, theirs) = sys::socketpair_stream()?;
+    // A chunk of a large map (a megabyte or more) fits in the socket whole, each way: a
+    // sender does not wait for the reader's wake-ups a few hundred kilobytes at a time, and
+    // the next chunk arrives while a worker runs this one. Memory is taken only for bytes in
+    // flight.
+    for end in [&ours, &theirs] {
+        if let Err(e) = sys::grow_send_buffer(end.as_fd(), SOCKET_BUFFER) {
+            tracing::debug!("cannot grow a pool socket's send buffer: {e}");
+        }
+    }
+    let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut frame = FrameBuf::of(&Setup {
+        hello: Hello::ours(),
+        init: cfg
+            .init
+            .as_ref()
+            .map(|(e, _)| crate::task::process_entry_offset(*e)),
+        spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
+        print_panics: cfg.print_panics,
+    })?;
+    if let Some((_, args)) = &cfg.init {
+        frame.push_encoded(clone_encoded(args)?);
+    }
+    // A small setup goes out first: it waits in the socket while the child starts, so the
+    // child finds it as soon as its bootstrap is done. A large one (big initializer
+    // arguments) could fill the socket before anyone reads it: it goes out after the start.
+    let late = send_early(ours.as_fd(), frame)?;
+    let (mut reader, writer) = framed(into_stream(ours)?);
+    let started = StartedMark::new()?;
+    let mark = Fd::from(sys::dup_fd(started.fd())?);
+    let mut process = Process::new(worker::worker_main, (Fd::from(theirs), mark))
+        .name(format!("PoolWorker-{n}"))
+        .daemon(true)
+        .start_method(cfg.method)
+        .start_timeout(cfg.start_timeout)
+        .start()
+        .await?;
+    let pid = process.pid();
+    let killer = process.kill_handle()?;
+    let setup = async {
+        if let Some(mut frame) = late {
+            writer.send(&mut frame).await?;
+        }
+        reader.recv().await?.decode::<SetupReply>()
+    };
+    let died = |code: i32| {
+        let message = format!(
+            "the worker died ({}) during its setup",
+            crate::ExitCause::from_exitcode(code)
+        );
+        if cfg.init.is_some() {
+            Error::InitializerFailed { pid, message }
+        } else {
+            Error::Start {
+                name: format!("PoolWorker-{n}"),
+                pid,
+                message,
+            }
+        }
+    };
+    let reply = tokio::select! {
+        biased;
+        r = setup => r,
+        code = process.join() => return Err(died(code?)),
+    };
+    // A worker that died in its setup (its initializer aborted, say) closed the socket first.
+    let reply = match reply {
+        Err(Error::Closed | Error::Io(_)) => {
+            match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
+                Ok(Ok(code)) => return Err(died(code)),
+                _ => Err(Error::Closed),
+            }
+        }
+        other => other,
+    };
+    let err = match reply {
+        Ok(SetupReply::Ready) => {
+            return Ok(WorkerConn {
+                pid,
+                killer,
+                reader,
+                writer,
+                process,
+                started,
+            });
+        }
+        Ok(SetupReply::InitFailed(message)) => {
+            // The worker exits by itself after reporting.
+            let _ = tokio::time::timeout(Duration::from_secs(5), process.join()).await;
+            return Err(Error::InitializerFailed { pid, message });
+        }
+        Ok(SetupReply::Refused(message)) => Error::Start {
+            name: process.name().to_string(),
+            pid,
+            message,
+        },
+        Err(e) => e,
+    };
+    let _ = process.kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), process.join()).await;
+    Err(err)
+}
+
+/// Starts a worker after `delay`, in a task of its own, which reports it on `events`.
+pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>, delay: Duration) {
+    let (cfg, ev) = (cfg.clone(), events.clone());
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let _ = ev.send(Event::Started(start_worker(&cfg).await));
+    });
+}
