@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wake::{Wake, Watch, pidfd_of};
-use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::wake::{Watch, pidfd_of};
+use super::{OnDrop, SPIN, deadline, until};
 use crate::error::{Error, Result};
-use crate::sys::{self, SharedRegion};
-use crate::wire::Fd;
+use crate::sys;
 
 /// Offsets in the segment: the holder's pid (0 when free), the number of sleeping waiters,
 /// and, for an `RLock`, the owning task's token and the recursion count.
@@ -34,21 +34,19 @@ const TASK: usize = 8;
 const COUNT: usize = 16;
 const SIZE: usize = 64;
 
-/// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.
 #[derive(Debug)]
-pub(super) struct RawLock {
-    region: SharedRegion,
-    wake: Wake,
+pub(super) struct LockLayout;
+
+impl Layout for LockLayout {
+    const WHAT: &'static str = "lock";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = true;
 }
 
-impl RawLock {
-    fn new() -> Result<RawLock> {
-        Ok(RawLock {
-            region: SharedRegion::anonymous("tokio-multiprocessing-lock", SIZE)?,
-            wake: Wake::new(true)?,
-        })
-    }
+/// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.
+pub(super) type RawLock = SharedState<LockLayout>;
 
+impl RawLock {
     fn holder(&self) -> u32 {
         self.region.u32_at(STATE).load(SeqCst)
     }
@@ -85,7 +83,9 @@ impl RawLock {
     async fn acquire_slow(&self, me: u32) -> Result<()> {
         let waiters = self.region.u32_at(WAITERS);
         waiters.fetch_add(1, SeqCst);
-        let _counted = Uncount(waiters);
+        let _counted = OnDrop::new(|| {
+            waiters.fetch_sub(1, SeqCst);
+        });
         let mut listener = self.wake.listen()?;
         let mut watch: Option<Watch> = None;
         loop {
@@ -170,22 +170,6 @@ impl RawLock {
             self.wake.post(1);
         }
         true
-    }
-}
-
-impl Serialize for RawLock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawLock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        Ok(RawLock {
-            region: map_received(region, SIZE, "lock")?,
-            wake: Wake::from_fd(wake.into_owned()),
-        })
     }
 }
 

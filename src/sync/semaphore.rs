@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wake::Wake;
-use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::{OnDrop, SPIN, deadline, until};
 use crate::error::{Error, Result};
-use crate::sys::SharedRegion;
-use crate::wire::Fd;
 
 /// Offsets: the value, the number of sleeping waiters, the bound (0: unbounded).
 const VALUE: usize = 0;
@@ -21,20 +19,23 @@ const BOUND: usize = 8;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
-struct RawSemaphore {
-    region: SharedRegion,
-    wake: Wake,
+struct SemaphoreLayout;
+
+impl Layout for SemaphoreLayout {
+    const WHAT: &'static str = "semaphore";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = true;
 }
 
+/// The counter (and bound) and the eventfd whose tokens wake sleepers.
+type RawSemaphore = SharedState<SemaphoreLayout>;
+
 impl RawSemaphore {
-    fn new(value: u32, bound: u32) -> Result<RawSemaphore> {
-        let region = SharedRegion::anonymous("tokio-multiprocessing-semaphore", SIZE)?;
-        region.u32_at(VALUE).store(value, SeqCst);
-        region.u32_at(BOUND).store(bound, SeqCst);
-        Ok(RawSemaphore {
-            region,
-            wake: Wake::new(true)?,
-        })
+    fn with_value(value: u32, bound: u32) -> Result<RawSemaphore> {
+        let raw = RawSemaphore::new()?;
+        raw.region.u32_at(VALUE).store(value, SeqCst);
+        raw.region.u32_at(BOUND).store(bound, SeqCst);
+        Ok(raw)
     }
 
     fn try_take(&self) -> bool {
@@ -62,7 +63,9 @@ impl RawSemaphore {
     async fn acquire_slow(&self) -> Result<()> {
         let waiters = self.region.u32_at(WAITERS);
         waiters.fetch_add(1, SeqCst);
-        let _counted = Uncount(waiters);
+        let _counted = OnDrop::new(|| {
+            waiters.fetch_sub(1, SeqCst);
+        });
         let mut listener = self.wake.listen()?;
         loop {
             if self.try_take() {
@@ -90,22 +93,6 @@ impl RawSemaphore {
             self.wake.post(u64::from(n));
         }
         Ok(())
-    }
-}
-
-impl Serialize for RawSemaphore {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawSemaphore {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        Ok(RawSemaphore {
-            region: map_received(region, SIZE, "semaphore")?,
-            wake: Wake::from_fd(wake.into_owned()),
-        })
     }
 }
 
@@ -178,7 +165,7 @@ impl Semaphore {
     /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new(value: u32) -> Result<Semaphore> {
         Ok(Semaphore {
-            raw: Arc::new(RawSemaphore::new(value, 0)?),
+            raw: Arc::new(RawSemaphore::with_value(value, 0)?),
         })
     }
 
@@ -233,7 +220,7 @@ impl BoundedSemaphore {
             )));
         }
         Ok(BoundedSemaphore {
-            raw: Arc::new(RawSemaphore::new(value, value)?),
+            raw: Arc::new(RawSemaphore::with_value(value, value)?),
         })
     }
 
