@@ -828,7 +828,10 @@ async fn value_lock_and_indices() -> TestResult {
         ),
         "set past the end"
     );
-    ensure!(a.copy_from_slice(&[1.0]).is_err(), "short copy accepted");
+    ensure!(
+        matches!(a.copy_from_slice(&[1.0]), Err(Error::InvalidArgument(_))),
+        "short copy accepted"
+    );
     let locked = Array::from_elem(true, 3)?;
     ensure!(
         locked.set(3, false).await.is_err(),
@@ -943,6 +946,45 @@ async fn shared_memory_survives_killed_child() -> TestResult {
 }
 
 // ---- descriptors ---------------------------------------------------------------------------
+
+/// Bad arguments are `Error::InvalidArgument`, Python's `ValueError`
+/// (`_TestBarrier` and `_TestSharedMemory` refuse the same values).
+async fn bad_arguments_are_invalid() -> TestResult {
+    ensure!(
+        matches!(Barrier::new(0), Err(Error::InvalidArgument(_))),
+        "Barrier::new(0)"
+    );
+    ensure!(
+        matches!(Barrier::new(u32::MAX), Err(Error::InvalidArgument(_))),
+        "Barrier::new(u32::MAX)"
+    );
+    ensure!(
+        matches!(BoundedSemaphore::new(0), Err(Error::InvalidArgument(_))),
+        "BoundedSemaphore::new(0)"
+    );
+    ensure!(
+        matches!(
+            SharedMemory::create_anonymous(0),
+            Err(Error::InvalidArgument(_))
+        ),
+        "SharedMemory::create_anonymous(0)"
+    );
+    ensure!(
+        matches!(
+            SharedMemory::create(&unique("zero"), 0),
+            Err(Error::InvalidArgument(_))
+        ),
+        "SharedMemory::create(name, 0)"
+    );
+    ensure!(
+        matches!(
+            SharedMemory::create("/a/b", 64),
+            Err(Error::InvalidArgument(_))
+        ),
+        "SharedMemory::create with a `/` inside the name"
+    );
+    Ok(())
+}
 
 async fn take_everything(l: Lock, r: RLock, s: Semaphore, c: Condition, e: Event, b: Barrier) {
     drop(l.lock().await.expect("lock"));
@@ -1126,6 +1168,7 @@ fn main() {
             "shared_memory_survives_killed_child",
             shared_memory_survives_killed_child,
         ),
+        test("bad_arguments_are_invalid", bad_arguments_are_invalid),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
         test("example_shared_value_array", example_shared_value_array),
         test("example_lock_print", example_lock_print),

@@ -51,6 +51,8 @@ impl StartMethod {
     }
 }
 
+/// Parses Python's name of a method (`"spawn"`, `"forkserver"`, `"fork"`); any other name
+/// is [`Error::InvalidArgument`], as Python's `ValueError`.
 impl std::str::FromStr for StartMethod {
     type Err = Error;
 
@@ -59,9 +61,8 @@ impl std::str::FromStr for StartMethod {
             "spawn" => Ok(StartMethod::Spawn),
             "forkserver" => Ok(StartMethod::ForkServer),
             "fork" => Ok(StartMethod::Fork),
-            other => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("unknown start method {other:?} (expected spawn, forkserver or fork)"),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown start method {other:?} (expected spawn, forkserver or fork)"
             ))),
         }
     }

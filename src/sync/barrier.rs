@@ -164,14 +164,13 @@ impl Barrier {
     /// A barrier for `parties` parties.
     ///
     /// # Errors
-    /// [`Error::Io`] if the shared segment or the eventfd cannot be made; an
-    /// `InvalidInput` I/O error if `parties` is 0 or above 2^31 - 1.
+    /// [`Error::InvalidArgument`] if `parties` is 0 or above 2^31 - 1 (Python's
+    /// `ValueError`); [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new(parties: u32) -> Result<Barrier> {
         if parties == 0 || parties > 0x7fff_ffff {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a barrier needs 1 to 2^31 - 1 parties",
-            )));
+            return Err(Error::InvalidArgument(
+                "a barrier needs 1 to 2^31 - 1 parties".into(),
+            ));
         }
         let inner = Inner::new()?;
         inner.region.u32_at(PARTIES).store(parties, SeqCst);

@@ -210,14 +210,13 @@ impl BoundedSemaphore {
     /// A bounded semaphore with the value and bound `value`.
     ///
     /// # Errors
-    /// [`Error::Io`] if the shared segment or the eventfd cannot be made; an
-    /// `InvalidInput` I/O error for a bound of 0.
+    /// [`Error::InvalidArgument`] for a bound of 0; [`Error::Io`] if the shared segment or
+    /// the eventfd cannot be made.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
         if value == 0 {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a bounded semaphore needs a bound of at least 1",
-            )));
+            return Err(Error::InvalidArgument(
+                "a bounded semaphore needs a bound of at least 1".into(),
+            ));
         }
         Ok(BoundedSemaphore {
             raw: Arc::new(RawSemaphore::with_value(value, value)?),
