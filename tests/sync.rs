@@ -63,7 +63,7 @@ async fn hold_rlock_forever(l: RLock, ready: Event) {
 }
 
 async fn rlock_try(l: RLock, got: RawValue<u32>) {
-    got.set(u32::from(l.try_acquire().expect("try").is_some()));
+    got.set(u32::from(l.try_lock().expect("try").is_some()));
 }
 
 async fn release_after(s: Semaphore, go: Event) {
@@ -74,7 +74,7 @@ async fn release_after(s: Semaphore, go: Event) {
 /// Enters a `Semaphore(2)`-guarded section `n` times, counting who is inside.
 async fn bounded_section(s: Semaphore, inside: Value<i64>, bad: RawValue<u32>, n: u32) {
     for _ in 0..n {
-        s.acquire().await.expect("acquire");
+        s.acquire().await.expect("acquire").forget();
         let now = inside.lock().await.expect("lock").update(|x| x + 1);
         if now > 2 {
             bad.set(bad.get() + 1);
@@ -220,10 +220,10 @@ fn unique(tag: &str) -> String {
 /// of an unlocked lock is an error.
 async fn lock_basics() -> TestResult {
     let l = Lock::new()?;
-    let g = l.try_acquire()?.ok_or("free lock not taken")?;
+    let g = l.try_lock()?.ok_or("free lock not taken")?;
     ensure!(l.is_locked(), "not locked");
-    ensure!(l.try_acquire()?.is_none(), "held lock taken twice");
-    ensure!(l.is_locked(), "a failed try_acquire released the lock");
+    ensure!(l.try_lock()?.is_none(), "held lock taken twice");
+    ensure!(l.is_locked(), "a failed try_lock released the lock");
     drop(g);
     ensure!(!l.is_locked(), "still locked");
     ensure!(
@@ -272,7 +272,7 @@ async fn lock_acquire_timeout() -> TestResult {
         .await?;
     ready.wait_timeout(LONG).await?;
     ensure!(l.holder() == Some(p.pid()), "holder is {:?}", l.holder());
-    let r = l.acquire_timeout(Duration::from_millis(50)).await;
+    let r = l.lock_timeout(Duration::from_millis(50)).await;
     ensure!(matches!(r, Err(Error::Timeout)), "want Timeout, got {r:?}");
     p.kill()?;
     p.join().await?;
@@ -291,12 +291,12 @@ async fn lock_owner_killed() -> TestResult {
     let pid = p.pid();
     p.kill()?;
     ensure!(p.join().await? == -9, "not killed by SIGKILL");
-    let r = l.acquire_timeout(LONG).await;
+    let r = l.lock_timeout(LONG).await;
     ensure!(
         matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
         "want LockOwnerDied({pid}), got {r:?}"
     );
-    let g = l.acquire_timeout(LONG).await?;
+    let g = l.lock_timeout(LONG).await?;
     drop(g);
 
     // A non-blocking acquire notices a dead holder too.
@@ -308,20 +308,20 @@ async fn lock_owner_killed() -> TestResult {
         eventually(LONG, || l.holder() == Some(p.pid())).await,
         "second child never took the lock"
     );
-    ensure!(l.try_acquire()?.is_none(), "took a lock a live child holds");
+    ensure!(l.try_lock()?.is_none(), "took a lock a live child holds");
     ensure!(
         l.holder() == Some(p.pid()),
-        "a failed try_acquire released the child's lock"
+        "a failed try_lock released the child's lock"
     );
     let pid = p.pid();
     p.kill()?;
     p.join().await?;
-    let r = l.try_acquire();
+    let r = l.try_lock();
     ensure!(
         matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
-        "try_acquire: want LockOwnerDied({pid}), got {r:?}"
+        "try_lock: want LockOwnerDied({pid}), got {r:?}"
     );
-    ensure!(l.try_acquire()?.is_some(), "lock not free after recovery");
+    ensure!(l.try_lock()?.is_some(), "lock not free after recovery");
     Ok(())
 }
 
@@ -335,7 +335,7 @@ async fn lock_waiter_sees_owner_die() -> TestResult {
         .await?;
     ready.wait_timeout(LONG).await?;
     let pid = p.pid();
-    let (r, k) = tokio::join!(l.acquire_timeout(LONG), async {
+    let (r, k) = tokio::join!(l.lock_timeout(LONG), async {
         tokio::task::yield_now().await;
         p.kill()
     });
@@ -368,12 +368,12 @@ async fn lock_owner_killed_forkserver() -> TestResult {
     );
     p.kill()?;
     p.join().await?;
-    let r = l.acquire_timeout(LONG).await;
+    let r = l.lock_timeout(LONG).await;
     ensure!(
         matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
         "want LockOwnerDied({pid}), got {r:?}"
     );
-    let g = l.acquire_timeout(LONG).await?;
+    let g = l.lock_timeout(LONG).await?;
     ensure!(l.holder().map(|h| h.1) == Some(1), "count {:?}", l.holder());
     drop(g);
     Ok(())
@@ -387,11 +387,11 @@ async fn rlock_reentrant() -> TestResult {
     let l = RLock::new()?;
     let a = l.lock().await?;
     let b = l.lock().await?;
-    let c = l.try_acquire()?.ok_or("owner's try_acquire failed")?;
+    let c = l.try_lock()?.ok_or("owner's try_lock failed")?;
     ensure!(l.holder().map(|h| h.1) == Some(3), "count {:?}", l.holder());
 
     let other = l.clone();
-    let taken = tokio::spawn(async move { other.try_acquire().map(|g| g.is_some()) }).await??;
+    let taken = tokio::spawn(async move { other.try_lock().map(|g| g.is_some()) }).await??;
     ensure!(!taken, "another task took an owned RLock");
     let other = l.clone();
     let r = tokio::spawn(async move { other.release() }).await?;
@@ -432,22 +432,32 @@ async fn rlock_reentrant() -> TestResult {
 /// a release from another process wakes an acquirer.
 async fn semaphore_counts() -> TestResult {
     let s = Semaphore::new(2)?;
-    s.acquire().await?;
+    s.acquire().await?.forget();
     ensure!(s.get_value() == 1, "value {}", s.get_value());
-    ensure!(s.try_acquire(), "second unit");
-    ensure!(!s.try_acquire(), "third unit of two");
+    s.try_acquire().ok_or("second unit")?.forget();
+    ensure!(s.try_acquire().is_none(), "third unit of two");
     s.release()?;
     s.release()?;
     ensure!(s.get_value() == 2, "value {}", s.get_value());
+    {
+        let _a = s.acquire().await?;
+        let _b = s.try_acquire().ok_or("second unit, guarded")?;
+        ensure!(
+            s.get_value() == 0,
+            "value {} under two guards",
+            s.get_value()
+        );
+    }
+    ensure!(s.get_value() == 2, "guards gave back {}", s.get_value());
 
     let zero = Semaphore::new(0)?;
     let go = Event::new()?;
     let mut p = Process::new(release_after, (zero.clone(), go.clone()))
         .start()
         .await?;
-    ensure!(!zero.try_acquire(), "unit out of nothing");
+    ensure!(zero.try_acquire().is_none(), "unit out of nothing");
     go.set();
-    zero.acquire_timeout(LONG).await?;
+    zero.acquire_timeout(LONG).await?.forget();
     join_ok(&mut p).await?;
     Ok(())
 }
@@ -491,7 +501,7 @@ async fn bounded_semaphore_over_release() -> TestResult {
         "over-release accepted"
     );
     ensure!(s.get_value() == 2, "value moved to {}", s.get_value());
-    s.acquire().await?;
+    s.acquire().await?.forget();
     s.release()?;
     let out = RawValue::new(0u32)?;
     let mut p = Process::new(over_release, (s.clone(), out.clone()))
@@ -533,7 +543,7 @@ async fn event_wakes_every_process() -> TestResult {
         );
     }
     for _ in 0..3 {
-        started.acquire_timeout(LONG).await?;
+        started.acquire_timeout(LONG).await?.forget();
     }
     ensure!(passed.get().await? == 0, "a waiter passed a clear event");
     e.set();
@@ -593,20 +603,20 @@ async fn condition_notify() -> TestResult {
         );
     }
     for _ in 0..3 {
-        sleeping.acquire_timeout(LONG).await?;
+        sleeping.acquire_timeout(LONG).await?.forget();
     }
     // Taking the lock proves every waiter has released it inside `wait`.
-    let g = c.acquire_timeout(LONG).await?;
+    let g = c.lock_timeout(LONG).await?;
     ensure!(woken.get_value() == 0, "woken before any notify");
     g.notify(1);
     drop(g);
-    woken.acquire_timeout(LONG).await?;
-    let g = c.acquire_timeout(LONG).await?;
+    woken.acquire_timeout(LONG).await?.forget();
+    let g = c.lock_timeout(LONG).await?;
     ensure!(woken.get_value() == 0, "notify(1) woke more than one");
     g.notify_all();
     drop(g);
-    woken.acquire_timeout(LONG).await?;
-    woken.acquire_timeout(LONG).await?;
+    woken.acquire_timeout(LONG).await?.forget();
+    woken.acquire_timeout(LONG).await?.forget();
     for k in &mut kids {
         join_ok(k).await?;
     }
@@ -623,8 +633,8 @@ async fn condition_late_waiter_cannot_steal() -> TestResult {
     let mut early = Process::new(cond_waiter, (c.clone(), sleeping.clone(), woken.clone()))
         .start()
         .await?;
-    sleeping.acquire_timeout(LONG).await?;
-    let g = c.acquire_timeout(LONG).await?;
+    sleeping.acquire_timeout(LONG).await?.forget();
+    let g = c.lock_timeout(LONG).await?;
     g.notify(1);
     // The late waiter can only start waiting once the lock is free, after the notify.
     let out = RawValue::new(0u32)?;
@@ -632,7 +642,7 @@ async fn condition_late_waiter_cannot_steal() -> TestResult {
         .start()
         .await?;
     drop(g);
-    woken.acquire_timeout(LONG).await?;
+    woken.acquire_timeout(LONG).await?.forget();
     join_ok(&mut early).await?;
     join_ok(&mut late).await?;
     ensure!(
@@ -989,7 +999,7 @@ async fn bad_arguments_are_invalid() -> TestResult {
 async fn take_everything(l: Lock, r: RLock, s: Semaphore, c: Condition, e: Event, b: Barrier) {
     drop(l.lock().await.expect("lock"));
     drop(r.lock().await.expect("rlock"));
-    s.acquire().await.expect("semaphore");
+    s.acquire().await.expect("semaphore").forget();
     drop(c.lock().await.expect("condition"));
     e.set();
     b.wait().await.expect("barrier");
@@ -1021,7 +1031,7 @@ async fn no_descriptor_left_behind() -> TestResult {
         .await?;
         join_ok(&mut p).await?;
         ensure!(e.is_set() && s.get_value() == 0, "child did not run");
-        drop(l.acquire_timeout(LONG).await?);
+        drop(l.lock_timeout(LONG).await?);
     }
     fds_return_to(fds, LONG).await?;
     Ok(())

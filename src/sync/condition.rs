@@ -136,7 +136,8 @@ impl Condition {
         Ok(ConditionGuard { cond: self })
     }
 
-    /// Like [`lock`](Self::lock), but gives up after `timeout`.
+    /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
+    /// `acquire(timeout=...)`).
     ///
     /// # Errors
     /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
@@ -146,9 +147,21 @@ impl Condition {
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`lock`](Self::lock).
-    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>> {
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>> {
         self.lock.acquire(deadline(timeout)).await?;
         Ok(ConditionGuard { cond: self })
+    }
+
+    /// Takes the underlying lock if it is free (or, for an `RLock`, owned by the calling
+    /// task) (Python's `acquire(block=False)`); `None` otherwise.
+    ///
+    /// # Errors
+    /// As [`Lock::try_lock`] / [`RLock::try_lock`].
+    pub fn try_lock(&self) -> Result<Option<ConditionGuard<'_>>> {
+        Ok(self
+            .lock
+            .try_acquire()?
+            .then(|| ConditionGuard { cond: self }))
     }
 
     /// Releases the lock, waits for a notification (or the deadline), takes the lock again.

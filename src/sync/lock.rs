@@ -124,7 +124,7 @@ impl RawLock {
         }
     }
 
-    /// One attempt that also notices a dead holder (for `try_acquire`): `Ok(true)` if taken,
+    /// One attempt that also notices a dead holder (for `try_lock`): `Ok(true)` if taken,
     /// `Ok(false)` if a live process holds it, [`Error::LockOwnerDied`] if the holder died
     /// (the lock is then free).
     fn try_take_checked(&self, me: u32) -> Result<bool> {
@@ -258,7 +258,7 @@ impl Lock {
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`lock`](Self::lock).
-    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
         self.raw.acquire(deadline(timeout)).await?;
         Ok(LockGuard { lock: self })
     }
@@ -270,7 +270,7 @@ impl Lock {
     /// # Errors
     /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
     /// [`Error::Io`] if the holder cannot be checked.
-    pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
+    pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .raw
             .try_take_checked(sys::cached_pid())?
@@ -413,7 +413,8 @@ impl RLock {
         Ok(RLockGuard { lock: self })
     }
 
-    /// Like [`lock`](Self::lock), but gives up after `timeout`.
+    /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
+    /// `acquire(timeout=...)`).
     ///
     /// # Errors
     /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
@@ -423,17 +424,18 @@ impl RLock {
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`lock`](Self::lock).
-    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
         self.acquire_until(deadline(timeout)).await?;
         Ok(RLockGuard { lock: self })
     }
 
-    /// Takes the lock if it is free or owned by the calling task; `None` otherwise.
+    /// Takes the lock if it is free or owned by the calling task (Python's
+    /// `acquire(block=False)`); `None` otherwise.
     ///
     /// # Errors
     /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
     /// [`Error::Io`] if the holder cannot be checked.
-    pub fn try_acquire(&self) -> Result<Option<RLockGuard<'_>>> {
+    pub fn try_lock(&self) -> Result<Option<RLockGuard<'_>>> {
         if self.owned_by_caller() {
             return Ok(Some(self.enter()));
         }
@@ -542,6 +544,14 @@ pub(crate) enum Guarded {
 }
 
 impl Guarded {
+    /// One attempt without waiting; whether one level was taken.
+    pub(crate) fn try_acquire(&self) -> Result<bool> {
+        Ok(match self {
+            Guarded::Lock(l) => l.try_lock()?.map(LockGuard::forget).is_some(),
+            Guarded::RLock(r) => r.try_lock()?.map(RLockGuard::forget).is_some(),
+        })
+    }
+
     pub(crate) async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
         match self {
             Guarded::Lock(l) => l.acquire_until(deadline).await,

@@ -67,7 +67,7 @@ pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
-pub use semaphore::{BoundedSemaphore, Semaphore};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 
 pub(crate) use on_drop::OnDrop;
 pub(crate) use shared_state::map_received;

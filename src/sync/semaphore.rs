@@ -98,7 +98,9 @@ impl RawSemaphore {
 
 macro_rules! semaphore_methods {
     () => {
-        /// Takes one unit, waiting while the value is 0 (Python's `acquire()`).
+        /// Takes one unit, waiting while the value is 0, and returns a guard that gives it
+        /// back when dropped. For Python's bare `acquire()`, whose unit some later
+        /// `release()` gives back, [`forget`](SemaphoreGuard::forget) the guard.
         ///
         /// # Errors
         /// [`Error::Io`] if the wait cannot be registered with the reactor.
@@ -108,11 +110,13 @@ macro_rules! semaphore_methods {
         ///
         /// # Cancel safety
         /// This method is cancel safe: if it loses a `select!` race, no unit was taken.
-        pub async fn acquire(&self) -> Result<()> {
-            self.raw.acquire(None).await
+        pub async fn acquire(&self) -> Result<SemaphoreGuard<'_>> {
+            self.raw.acquire(None).await?;
+            Ok(SemaphoreGuard { raw: &self.raw })
         }
 
-        /// Like [`acquire`](Self::acquire), but gives up after `timeout`.
+        /// Like [`acquire`](Self::acquire), but gives up after `timeout` (Python's
+        /// `acquire(timeout=...)`).
         ///
         /// # Errors
         /// [`Error::Timeout`] when the time runs out; otherwise as `acquire`.
@@ -122,13 +126,18 @@ macro_rules! semaphore_methods {
         ///
         /// # Cancel safety
         /// This method is cancel safe, like `acquire`.
-        pub async fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
-            self.raw.acquire(deadline(timeout)).await
+        pub async fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>> {
+            self.raw.acquire(deadline(timeout)).await?;
+            Ok(SemaphoreGuard { raw: &self.raw })
         }
 
-        /// Takes one unit if the value is above 0 (Python's `acquire(block=False)`).
-        pub fn try_acquire(&self) -> bool {
-            self.raw.try_take()
+        /// Takes one unit if the value is above 0 (Python's `acquire(block=False)`); `None`
+        /// if it is 0. Makes no system call.
+        pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
+            // `then`, not `then_some`: a guard made for nothing would add a unit when dropped.
+            self.raw
+                .try_take()
+                .then(|| SemaphoreGuard { raw: &self.raw })
         }
 
         /// The current value (Python's `get_value()`).
@@ -136,6 +145,30 @@ macro_rules! semaphore_methods {
             self.raw.region.u32_at(VALUE).load(SeqCst)
         }
     };
+}
+
+/// Holds one unit of a [`Semaphore`] or [`BoundedSemaphore`]; dropping it gives the unit
+/// back (a `release()`, waking a waiter if there is one).
+#[must_use = "the unit is given back as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct SemaphoreGuard<'a> {
+    raw: &'a RawSemaphore,
+}
+
+impl SemaphoreGuard<'_> {
+    /// Keeps the unit without a guard (Python's bare `acquire()`); a later `release()` gives
+    /// it back.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        // Within the bound, since this unit was taken from the value, unless a stray
+        // `release()` gave back one that never was; a drop cannot report that error.
+        let _ = self.raw.release(1);
+    }
 }
 
 /// A counting semaphore between processes (Python's `multiprocessing.Semaphore`).
@@ -148,8 +181,11 @@ macro_rules! semaphore_methods {
 /// ```no_run
 /// # async fn demo() -> tokio_multiprocessing::Result<()> {
 /// let s = tokio_multiprocessing::Semaphore::new(2)?;
-/// s.acquire().await?;
-/// s.release()?;
+/// {
+///     let _unit = s.acquire().await?; // given back at the end of the block
+/// }
+/// s.acquire().await?.forget(); // Python's bare acquire() ...
+/// s.release()?; // ... and release()
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
