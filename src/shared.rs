@@ -12,6 +12,11 @@
 //! into the shared pages, which another process may write at any time. Without the lock (a
 //! `RawValue`, or access that bypasses [`Value::lock`]), updates from several processes race
 //! exactly as Python's `lock=False` values do: `+= 1` from two processes loses increments.
+//!
+//! Why one file of about 800 lines: the four typed handles (`Value`, `RawValue`, `Array`,
+//! `RawArray`) are thin views of one private `Cells<T>` core and its serde impl, most of the
+//! file being their documented one-line methods. `SharedMemory` shares only the mapping; it
+//! is the part that would move out first (`shared/memory.rs`) if the file grows.
 
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
