@@ -58,7 +58,7 @@ pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
-pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
+pub use process::{Process, ProcessBuilder};
 pub use queue::{
     INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,
     UNBOUNDED_CAPACITY,
@@ -67,14 +67,16 @@ pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, Val
 pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
-    RLockGuard, Semaphore,
+    RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use sys::Pod;
 pub use task::Target;
 pub use wait::{Waitable, wait};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
 
-/// Hooks for the benchmarks' baselines; not part of the API.
+/// Hooks for the benchmarks' baselines; not part of the API. Built only with the
+/// `test-hooks` feature, which the crate's own tests and benches turn on.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod __private {
     /// Forks a child that exits at once and reaps it (refused unless single-threaded).

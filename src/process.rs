@@ -14,9 +14,8 @@ use crate::sys;
 use crate::task::{Target, process_entry};
 use crate::wire::{Encoded, Hello};
 
-/// How long a child may take from its start to the end of its bootstrap (reaching
-/// [`init`](crate::init) and answering the parent) before the start fails.
-pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`Process::DEFAULT_START_TIMEOUT`], for the crate's own defaults.
+pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(1);
 
@@ -44,6 +43,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// How long a child may take from its start to the end of its bootstrap (reaching
+    /// [`init`](crate::init) and answering the parent) before the start fails, unless
+    /// [`ProcessBuilder::start_timeout`] says otherwise.
+    pub const DEFAULT_START_TIMEOUT: Duration = DEFAULT_START_TIMEOUT;
+
     /// Describes a process that will run `target(args)`, like
     /// `multiprocessing.Process(target=target, args=args)`.
     ///
@@ -262,7 +266,7 @@ impl ProcessBuilder {
     }
 
     /// How long the child may take to complete its bootstrap; the default is
-    /// [`DEFAULT_START_TIMEOUT`].
+    /// [`Process::DEFAULT_START_TIMEOUT`].
     pub fn start_timeout(self, timeout: Duration) -> Self {
         self.with(|l| l.start_timeout = timeout)
     }
@@ -274,7 +278,8 @@ impl ProcessBuilder {
     }
 
     /// Sends `fingerprint` in place of this binary's in the handshake, so that tests can see
-    /// the child refuse it.
+    /// the child refuse it. A test hook only (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn __forge_fingerprint(self, fingerprint: Vec<u8>) -> Self {
         self.with(|l| l.hello = Hello::with_fingerprint(fingerprint))

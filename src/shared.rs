@@ -12,6 +12,11 @@
 //! into the shared pages, which another process may write at any time. Without the lock (a
 //! `RawValue`, or access that bypasses [`Value::lock`]), updates from several processes race
 //! exactly as Python's `lock=False` values do: `+= 1` from two processes loses increments.
+//!
+//! Why one file of about 800 lines: the four typed handles (`Value`, `RawValue`, `Array`,
+//! `RawArray`) are thin views of one private `Cells<T>` core and its serde impl, most of the
+//! file being their documented one-line methods. `SharedMemory` shares only the mapping; it
+//! is the part that would move out first (`shared/memory.rs`) if the file grows.
 
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
@@ -31,10 +36,6 @@ const ELEM_SIZE: usize = 0;
 const COUNT: usize = 8;
 const DATA: usize = 64;
 
-fn invalid(msg: String) -> Error {
-    Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg))
-}
-
 /// The segment of `len` elements of `T`, shared by the value and array types.
 #[derive(Debug, Clone)]
 struct Cells<T> {
@@ -46,7 +47,7 @@ struct Cells<T> {
 impl<T: Pod> Cells<T> {
     fn new(items: &[T]) -> Result<Cells<T>> {
         if align_of::<T>() > DATA {
-            return Err(invalid(format!(
+            return Err(Error::InvalidArgument(format!(
                 "{} is aligned to {} bytes; shared values allow at most {DATA}",
                 std::any::type_name::<T>(),
                 align_of::<T>()
@@ -56,7 +57,7 @@ impl<T: Pod> Cells<T> {
             .len()
             .checked_mul(size_of::<T>())
             .and_then(|b| b.checked_add(DATA))
-            .ok_or_else(|| invalid("shared array too large".into()))?;
+            .ok_or_else(|| Error::InvalidArgument("shared array too large".into()))?;
         let region = SharedRegion::anonymous("tokio-multiprocessing-value", bytes)?;
         region
             .u32_at(ELEM_SIZE)
@@ -107,7 +108,7 @@ impl<T: Pod> Cells<T> {
 
     fn copy_from_slice(&self, items: &[T]) -> Result<()> {
         if items.len() != self.len {
-            return Err(invalid(format!(
+            return Err(Error::InvalidArgument(format!(
                 "a slice of {} elements copied into a shared array of {}",
                 items.len(),
                 self.len
@@ -181,7 +182,8 @@ impl<T: Pod> RawValue<T> {
     /// A shared `T` holding `value`.
     ///
     /// # Errors
-    /// [`Error::Io`] if the segment cannot be made, or `T` is aligned to more than 64 bytes.
+    /// [`Error::InvalidArgument`] if `T` is aligned to more than 64 bytes;
+    /// [`Error::Io`] if the segment cannot be made.
     pub fn new(value: T) -> Result<RawValue<T>> {
         Ok(RawValue {
             cells: Cells::new(&[value])?,
@@ -227,6 +229,7 @@ impl<T: Pod> Value<T> {
     /// A shared `T` holding `value`, with a lock of its own.
     ///
     /// # Errors
+    /// [`Error::InvalidArgument`] if `T` is aligned to more than 64 bytes;
     /// [`Error::Io`] if a segment or the lock cannot be made.
     pub fn new(value: T) -> Result<Value<T>> {
         Value::with_lock(value, Lock::new()?)
@@ -351,7 +354,8 @@ impl<T: Pod> RawArray<T> {
     /// An array holding a copy of `items`.
     ///
     /// # Errors
-    /// [`Error::Io`] if the segment cannot be made, or `T` is aligned to more than 64 bytes.
+    /// [`Error::InvalidArgument`] if `T` is aligned to more than 64 bytes;
+    /// [`Error::Io`] if the segment cannot be made.
     pub fn from_slice(items: &[T]) -> Result<RawArray<T>> {
         Ok(RawArray {
             cells: Cells::new(items)?,
@@ -397,7 +401,7 @@ impl<T: Pod> RawArray<T> {
     /// Overwrites every element (Python's `arr[:] = items`).
     ///
     /// # Errors
-    /// An `InvalidInput` I/O error if `items` has another length.
+    /// [`Error::InvalidArgument`] if `items` has another length (Python's `ValueError`).
     pub fn copy_from_slice(&self, items: &[T]) -> Result<()> {
         self.cells.copy_from_slice(items)
     }
@@ -435,7 +439,8 @@ impl<T: Pod> Array<T> {
     /// An array holding a copy of `items`, with a lock of its own.
     ///
     /// # Errors
-    /// [`Error::Io`] if a segment or the lock cannot be made.
+    /// [`Error::InvalidArgument`] if `T` is aligned to more than 64 bytes or the array
+    /// would pass the address space; [`Error::Io`] if a segment or the lock cannot be made.
     pub fn from_slice(items: &[T]) -> Result<Array<T>> {
         Array::with_lock(items, Lock::new()?)
     }
@@ -593,7 +598,7 @@ impl<T: Pod> ArrayGuard<'_, T> {
     /// Overwrites every element.
     ///
     /// # Errors
-    /// An `InvalidInput` I/O error if `items` has another length.
+    /// [`Error::InvalidArgument`] if `items` has another length (Python's `ValueError`).
     pub fn copy_from_slice(&self, items: &[T]) -> Result<()> {
         self.raw.copy_from_slice(items)
     }
@@ -630,14 +635,30 @@ pub struct SharedMemory {
     owns_name: bool,
 }
 
+/// A segment needs at least one byte, as Python's `SharedMemory(create=True, size=0)` does.
+fn check_size(size: usize) -> Result<()> {
+    match size {
+        0 => Err(Error::InvalidArgument(
+            "a shared memory segment needs a size of at least 1 byte".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl SharedMemory {
     /// Creates the named segment `name` of `size` bytes, zero-filled (Python's
     /// `SharedMemory(name, create=True, size=size)`).
     ///
     /// # Errors
-    /// [`Error::Io`]: `AlreadyExists` if the name is taken, `InvalidInput` for a size of 0 or
-    /// a name with `/` after its first character.
+    /// [`Error::InvalidArgument`] for a size of 0 or a name with `/` after its first
+    /// character (Python's `ValueError`); [`Error::Io`]: `AlreadyExists` if the name is taken.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
+        check_size(size)?;
+        if name.trim_start_matches('/').contains('/') {
+            return Err(Error::InvalidArgument(format!(
+                "a shared memory name may hold `/` only as its first character: {name:?}"
+            )));
+        }
         Ok(SharedMemory {
             region: sys::shm_create(name, size)?,
             name: Some(name.trim_start_matches('/').to_string()),
@@ -649,8 +670,10 @@ impl SharedMemory {
     /// and can never leak).
     ///
     /// # Errors
-    /// [`Error::Io`]: `InvalidInput` for a size of 0.
+    /// [`Error::InvalidArgument`] for a size of 0 (Python's `ValueError`); [`Error::Io`] if
+    /// the segment cannot be made.
     pub fn create_anonymous(size: usize) -> Result<SharedMemory> {
+        check_size(size)?;
         Ok(SharedMemory {
             region: SharedRegion::anonymous("tokio-multiprocessing-shm", size)?,
             name: None,

@@ -153,6 +153,10 @@ fn main() {
             "get_all_start_methods_lists_each_once_default_first",
             get_all_start_methods_lists_each_once_default_first,
         ),
+        test(
+            "unknown_start_method_is_invalid_argument",
+            unknown_start_method_is_invalid_argument,
+        ),
         test("example_process_hello", example_process_hello),
         test("example_process_per_cpu", example_process_per_cpu),
         test("example_process_hello_bob", example_process_hello_bob),
@@ -1008,6 +1012,20 @@ async fn get_all_start_methods_lists_each_once_default_first() -> TestResult {
         methods[0] == StartMethod::default(),
         "the default is not first: {methods:?}"
     );
+    Ok(())
+}
+
+async fn unknown_start_method_is_invalid_argument() -> TestResult {
+    // TestStartMethod.test_set_get: set_start_method('nonexistent') raises ValueError
+    for m in mp::get_all_start_methods() {
+        ensure!(
+            m.name().parse::<StartMethod>()? == m,
+            "{} does not parse back",
+            m.name()
+        );
+    }
+    let bad = "nonexistent".parse::<StartMethod>();
+    ensure!(matches!(bad, Err(mp::Error::InvalidArgument(_))), "{bad:?}");
     Ok(())
 }
 

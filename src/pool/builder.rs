@@ -54,7 +54,7 @@ impl PoolBuilder {
             method: None,
             task_timeout: None,
             concurrency: 1,
-            start_timeout: crate::DEFAULT_START_TIMEOUT,
+            start_timeout: crate::Process::DEFAULT_START_TIMEOUT,
             spin: Pool::DEFAULT_SPIN,
             print_panics: false,
         }
@@ -103,7 +103,7 @@ impl PoolBuilder {
     }
 
     /// Kills (and replaces) a worker whose task runs longer than `timeout`; that task fails
-    /// with a [`TaskError`] for which [`is_timeout`](TaskError::is_timeout) holds. The clock starts when the worker starts the task. For a
+    /// with a [`TaskError`](crate::TaskError) for which [`is_timeout`](crate::TaskError::is_timeout) holds. The clock starts when the worker starts the task. For a
     /// map, it bounds each chunk. [`Pool::apply_timeout`] sets one per call.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
@@ -119,7 +119,7 @@ impl PoolBuilder {
     }
 
     /// How long a worker may take to start; the default is
-    /// [`DEFAULT_START_TIMEOUT`](crate::DEFAULT_START_TIMEOUT).
+    /// [`Process::DEFAULT_START_TIMEOUT`](crate::Process::DEFAULT_START_TIMEOUT).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self

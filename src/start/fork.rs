@@ -8,8 +8,8 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::children::Child;
-use super::{Launch, child};
+use super::handle::Child;
+use super::{Launch, bootstrap};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -33,7 +33,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
             false => None,
             true => {
                 let before = sys::open_fds().unwrap_or_default();
-                let rt = child::fresh_runtime().unwrap_or_else(|e| {
+                let rt = bootstrap::fresh_runtime().unwrap_or_else(|e| {
                     eprintln!("tokio-multiprocessing: forked child cannot build a runtime: {e}");
                     sys::exit_now(1)
                 });
@@ -47,14 +47,14 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
             eprintln!("tokio-multiprocessing: forked child cannot close descriptors: {e}");
             sys::exit_now(1);
         }
-        child::die_with_parent(me);
+        bootstrap::die_with_parent(me);
         if let Err(e) = sys::stdin_from_dev_null() {
             eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
         }
         // Python's children inherit the method that started them as their default.
         super::set_start_method(launch.method);
         let crate::wire::Encoded { bytes, fds } = launch.args;
-        let code = child::run_entry((launch.entry)(&bytes, fds), runtime);
+        let code = bootstrap::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
     };
     // A child we cannot watch must not run on.

@@ -52,9 +52,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::children::Child;
-use super::launcher::{on_launcher, spawn_now};
-use super::{Launch, StartMethod, boot, child};
+use super::handle::Child;
+use super::launcher::on_launcher;
+use super::spawn::spawn_now;
+use super::{Launch, StartMethod, bootstrap, handshake};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::process_entry_for;
@@ -124,10 +125,10 @@ fn start_server() -> Result<Server> {
         hello: Hello::ours(),
         track_at_exit: false,
     };
-    let frame = boot::boot_frame(&mut launch)?;
+    let frame = handshake::boot_frame(&mut launch)?;
     let (boot_ours, boot_theirs) = sys::socketpair_stream()?;
     let (pid, pidfd) = spawn_now(boot_theirs, false)?;
-    boot::handshake_blocking(&boot_ours, pid, &pidfd, &launch, frame)?;
+    handshake::handshake_blocking(&boot_ours, pid, &pidfd, &launch, frame)?;
     tracing::debug!(pid, "fork server started");
     Ok(Server {
         control,
@@ -222,12 +223,12 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
 
 /// Starts a child with the `forkserver` method.
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
-    let frame = boot::boot_frame(&mut launch)?;
+    let frame = handshake::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
     let frame = send_early(ours.as_fd(), frame)?;
     let (pid, pidfd) = on_launcher(move || request_fork(theirs)).await??;
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
-    let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
+    let keepalive = handshake::handshake(ours, &mut child, &launch, frame).await?;
     if launch.track_at_exit {
         child.track(launch.daemon, Some(keepalive));
     }
@@ -312,7 +313,7 @@ fn fork_one(
                 eprintln!("tokio-multiprocessing: forked child cannot restore SIGINT: {e}");
                 sys::exit_now(1);
             }
-            child::run_boot(boot, program)
+            bootstrap::run_boot(boot, program)
         }
         Err(e) => ForkReply::Failed(e.to_string()),
     }

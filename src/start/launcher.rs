@@ -1,20 +1,15 @@
-//! The `spawn` start method, and the launcher thread every re-executed child is started from.
+//! The launcher thread: one thread of ours, living as long as the process, that every
+//! re-executed child (a `spawn` child, the fork server) is started from, and that talks to the
+//! fork server.
 //!
 //! A child's parent-death signal fires when the *thread* that started it exits, not the
 //! process. Tokio's blocking threads and a test harness's threads come and go, so children
-//! are started from one thread of ours that lives as long as the process.
+//! are started from this thread instead.
 
-use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::LazyLock;
 use std::sync::mpsc;
 
-use super::children::Child;
-use super::{ENV_BOOT, Launch, boot};
 use crate::error::{Error, Result};
-use crate::sys;
-use crate::wire::frame::send_early;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -56,57 +51,4 @@ pub(super) async fn on_launcher<R: Send + 'static>(
             "the launcher thread dropped a request",
         ))
     })
-}
-
-/// Re-executes this program with `child_end` inherited. Returns the pid and its pidfd.
-/// Runs on the launcher thread (the children's parent-death signal is tied to it).
-pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, OwnedFd)> {
-    let mut argv: Vec<OsString> = std::env::args_os().collect();
-    if !inherit_argv {
-        argv.truncate(1);
-    }
-    if argv.is_empty() {
-        argv.push("tokio-multiprocessing-child".into());
-    }
-    let boot_value = format!("{},{}", child_end.as_raw_fd(), sys::current_pid());
-    let mut env: Vec<CString> = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if k == ENV_BOOT {
-            continue;
-        }
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        env.push(cstring(kv)?);
-    }
-    env.push(cstring(format!("{ENV_BOOT}={boot_value}").into_bytes())?);
-    let argv = argv
-        .into_iter()
-        .map(|a| cstring(a.as_bytes().to_vec()))
-        .collect::<Result<Vec<_>>>()?;
-    let pid = sys::spawn_exe(&argv, &env, child_end.as_fd())?;
-    drop(child_end);
-    // Its bootstrap frame may be waiting for it already: a child we cannot watch must not run.
-    let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
-    Ok((pid, pidfd))
-}
-
-fn cstring(bytes: Vec<u8>) -> Result<CString> {
-    CString::new(bytes)
-        .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
-}
-
-/// Starts a child with the `spawn` method.
-pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
-    let frame = boot::boot_frame(&mut launch)?;
-    let (ours, theirs) = sys::socketpair_stream()?;
-    let frame = send_early(ours.as_fd(), frame)?;
-    let inherit_argv = launch.inherit_argv;
-    let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
-    let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
-    let keepalive = boot::handshake(ours, &mut child, &launch, frame).await?;
-    if launch.track_at_exit {
-        child.track(launch.daemon, Some(keepalive));
-    }
-    Ok(child)
 }

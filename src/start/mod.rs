@@ -7,140 +7,40 @@
 //! `fork` forks the caller. The parent races every wait on a child's bootstrap against the
 //! child's pidfd and a deadline, so a child that dies or never reaches `init()` fails the start
 //! instead of hanging it.
+//!
+//! # Layout
+//!
+//! - `method.rs`: [`StartMethod`] and the default method (`set_start_method`, ...).
+//! - `spawn.rs`, `forkserver.rs`, `fork.rs`: the three start methods, one per file.
+//! - `launcher.rs`: the long-lived thread re-executed children are started from.
+//! - `handshake.rs`: the bootstrap frame and the parent's side of the conversation.
+//! - `bootstrap.rs`: the child's side: what [`init`] does in a child.
+//! - `handle.rs`: `Child`, the parent's pidfd handle on a running child.
+//! - `registry.rs`: the children the exit handler terminates (daemons) and waits for.
 
-mod boot;
-mod child;
-mod children;
+mod bootstrap;
 mod fork;
 mod forkserver;
+mod handle;
+mod handshake;
 mod launcher;
+mod method;
+mod registry;
+mod spawn;
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-pub(crate) use children::Child;
+pub(crate) use handle::Child;
 pub(crate) use launcher::warm_launcher;
+pub use method::{StartMethod, get_all_start_methods, get_start_method, set_start_method};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::task::ProcessEntry;
 use crate::wire::{Encoded, Hello};
 
 /// The environment variable that tells a re-executed child where its bootstrap socket is:
 /// `"<fd>,<parent pid>"`.
 pub(crate) const ENV_BOOT: &str = "TOKIO_MULTIPROCESSING_BOOT";
-
-/// How a child process comes to life, as in Python's `multiprocessing.set_start_method`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum StartMethod {
-    /// Re-execute this program (`/proc/self/exe`); the child runs `main` up to
-    /// [`init`], which runs the target. Safe whatever threads the parent has. The default.
-    #[default]
-    Spawn,
-    /// Ask a fork server to fork a child: the server is this program re-executed once, which
-    /// forks a copy of itself per child, so starts are fast whatever threads the parent has.
-    ForkServer,
-    /// Fork the calling process directly: the fastest start. Refused with an error unless the
-    /// caller has a single thread (a `current_thread` runtime that has not started blocking
-    /// threads), because forking a multi-threaded process (tokio's default runtime included)
-    /// is unsound.
-    Fork,
-}
-
-impl StartMethod {
-    fn to_u8(self) -> u8 {
-        match self {
-            StartMethod::Spawn => 0,
-            StartMethod::ForkServer => 1,
-            StartMethod::Fork => 2,
-        }
-    }
-
-    fn from_u8(v: u8) -> Option<StartMethod> {
-        match v {
-            0 => Some(StartMethod::Spawn),
-            1 => Some(StartMethod::ForkServer),
-            2 => Some(StartMethod::Fork),
-            _ => None,
-        }
-    }
-
-    /// Python's name for this method: `"spawn"`, `"forkserver"` or `"fork"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            StartMethod::Spawn => "spawn",
-            StartMethod::ForkServer => "forkserver",
-            StartMethod::Fork => "fork",
-        }
-    }
-}
-
-impl std::str::FromStr for StartMethod {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<StartMethod> {
-        match s {
-            "spawn" => Ok(StartMethod::Spawn),
-            "forkserver" => Ok(StartMethod::ForkServer),
-            "fork" => Ok(StartMethod::Fork),
-            other => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("unknown start method {other:?} (expected spawn, forkserver or fork)"),
-            ))),
-        }
-    }
-}
-
-static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the start method used when a [`Process`](crate::Process) or pool does not name one
-/// (Python's `multiprocessing.set_start_method`).
-///
-/// A child inherits the method that started it as its own default, as in Python: a child
-/// started with [`StartMethod::ForkServer`], explicitly or because the parent set it here,
-/// starts its own children with the fork server too.
-pub fn set_start_method(method: StartMethod) {
-    DEFAULT_METHOD.store(method.to_u8(), Ordering::Relaxed);
-}
-
-/// The start method used when none is named (Python's `multiprocessing.get_start_method`):
-/// in the program, [`StartMethod::Spawn`] unless changed by [`set_start_method`]; in a
-/// child, the method that started it, unless the child changed it.
-pub fn get_start_method() -> StartMethod {
-    StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed)).unwrap_or_default()
-}
-
-/// Every start method this platform offers, the default first (Python's
-/// `multiprocessing.get_all_start_methods`).
-///
-/// As in Python, "the default" is the platform's, [`StartMethod::default()`], which
-/// [`get_start_method`] returns until [`set_start_method`] changes it; the list does not
-/// follow [`set_start_method`]. [`StartMethod::Fork`] is listed although it is refused in a
-/// process with more than one thread.
-///
-/// # Examples
-///
-/// ```
-/// use tokio_multiprocessing::{StartMethod, get_all_start_methods};
-///
-/// let methods = get_all_start_methods();
-/// assert_eq!(methods[0], StartMethod::default());
-/// assert!(methods.contains(&StartMethod::ForkServer));
-/// ```
-pub fn get_all_start_methods() -> Vec<StartMethod> {
-    let default = StartMethod::default();
-    let mut all = vec![default];
-    all.extend(
-        [
-            StartMethod::Fork,
-            StartMethod::Spawn,
-            StartMethod::ForkServer,
-        ]
-        .into_iter()
-        .filter(|&m| m != default),
-    );
-    all
-}
 
 /// Makes this program able to run children: call it first thing in `main`.
 ///
@@ -180,7 +80,7 @@ pub fn get_all_start_methods() -> Vec<StartMethod> {
 pub fn init() {
     if let Some(value) = std::env::var_os(ENV_BOOT) {
         crate::sys::clear_env_var(ENV_BOOT.as_ref());
-        child::run_from_env(&value)
+        bootstrap::run_from_env(&value)
     }
 }
 
@@ -202,9 +102,9 @@ pub(crate) struct Launch {
 
 /// Starts a child as `launch` says.
 pub(crate) async fn launch(launch: Launch) -> Result<Child> {
-    child::refuse_if_uninitialised_child();
+    bootstrap::refuse_if_uninitialised_child();
     match launch.method {
-        StartMethod::Spawn => launcher::launch_spawn(launch).await,
+        StartMethod::Spawn => spawn::launch_spawn(launch).await,
         StartMethod::ForkServer => forkserver::launch_forkserver(launch).await,
         StartMethod::Fork => fork::launch_fork(launch),
     }

@@ -12,14 +12,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wake::Wake;
-use super::{FdRef, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::{OnDrop, deadline, until};
 use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
-use crate::wire::Fd;
 
 const STATE: usize = 0;
 const PARTIES: usize = 8;
@@ -65,10 +64,23 @@ impl State {
 }
 
 #[derive(Debug)]
-struct Inner {
-    region: SharedRegion,
-    wake: Wake,
+struct BarrierLayout;
+
+impl Layout for BarrierLayout {
+    const WHAT: &'static str = "barrier";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = false;
+
+    fn check(region: &SharedRegion) -> std::result::Result<(), String> {
+        match region.u32_at(PARTIES).load(SeqCst) {
+            0 => Err("a barrier segment with 0 parties".into()),
+            _ => Ok(()),
+        }
+    }
 }
+
+/// The state word, the party count and the ring of outcomes, and the eventfd.
+type Inner = SharedState<BarrierLayout>;
 
 impl Inner {
     fn word(&self) -> &AtomicU64 {
@@ -126,21 +138,6 @@ impl Inner {
     }
 }
 
-/// Breaks the barrier if a wait is dropped after its party arrived.
-struct BreakOnDrop<'a> {
-    inner: &'a Inner,
-    generation: u32,
-    armed: bool,
-}
-
-impl Drop for BreakOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.inner.break_generation(self.generation, 0);
-        }
-    }
-}
-
 /// A barrier for a fixed number of parties, in any processes (Python's
 /// `multiprocessing.Barrier`).
 ///
@@ -157,8 +154,9 @@ impl Drop for BreakOnDrop<'_> {
 /// assert_eq!(b.wait().await?, 0);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Barrier {
+    #[serde(with = "super::arc")]
     inner: Arc<Inner>,
 }
 
@@ -166,22 +164,18 @@ impl Barrier {
     /// A barrier for `parties` parties.
     ///
     /// # Errors
-    /// [`Error::Io`] if the shared segment or the eventfd cannot be made; an
-    /// `InvalidInput` I/O error if `parties` is 0 or above 2^31 - 1.
+    /// [`Error::InvalidArgument`] if `parties` is 0 or above 2^31 - 1 (Python's
+    /// `ValueError`); [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new(parties: u32) -> Result<Barrier> {
         if parties == 0 || parties > 0x7fff_ffff {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a barrier needs 1 to 2^31 - 1 parties",
-            )));
+            return Err(Error::InvalidArgument(
+                "a barrier needs 1 to 2^31 - 1 parties".into(),
+            ));
         }
-        let region = SharedRegion::anonymous("tokio-multiprocessing-barrier", SIZE)?;
-        region.u32_at(PARTIES).store(parties, SeqCst);
+        let inner = Inner::new()?;
+        inner.region.u32_at(PARTIES).store(parties, SeqCst);
         Ok(Barrier {
-            inner: Arc::new(Inner {
-                region,
-                wake: Wake::new(false)?,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -241,11 +235,10 @@ impl Barrier {
                 break (s.generation, s.count);
             }
         };
-        let mut leave = BreakOnDrop {
-            inner,
-            generation: g,
-            armed: true,
-        };
+        // A wait dropped after its party arrived breaks the barrier.
+        let leave = OnDrop::new(|| {
+            let _ = inner.break_generation(g, 0);
+        });
         let waited = until(deadline, async {
             let mut listener = inner.wake.listen()?;
             loop {
@@ -260,7 +253,7 @@ impl Barrier {
             }
         })
         .await;
-        leave.armed = false;
+        leave.defuse();
         match waited {
             Err(Error::Timeout) => inner.break_generation(g, index),
             Err(e @ Error::Io(_)) => {
@@ -316,27 +309,5 @@ impl Barrier {
     /// Whether the barrier is broken (Python's `broken`).
     pub fn broken(&self) -> bool {
         self.inner.load().broken
-    }
-}
-
-impl Serialize for Barrier {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (FdRef(self.inner.region.fd()), FdRef(self.inner.wake.fd())).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Barrier {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        let region = map_received(region, SIZE, "barrier")?;
-        if region.u32_at(PARTIES).load(SeqCst) == 0 {
-            return Err(serde::de::Error::custom("a barrier segment with 0 parties"));
-        }
-        Ok(Barrier {
-            inner: Arc::new(Inner {
-                region,
-                wake: Wake::from_fd(wake.into_owned()),
-            }),
-        })
     }
 }

@@ -12,16 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::lock::Guarded;
-use super::wake::Wake;
-use super::{FdRef, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::{OnDrop, deadline, until};
 use crate::error::{Error, Result};
 use crate::sync::{Lock, RLock};
-use crate::sys::SharedRegion;
-use crate::wire::Fd;
 
 const NEXT: usize = 0;
 const LIMIT: usize = 8;
@@ -30,10 +28,16 @@ const SLOTS: u64 = 8192;
 const SIZE: usize = BITS + (SLOTS as usize) / 8;
 
 #[derive(Debug)]
-struct Inner {
-    region: SharedRegion,
-    wake: Wake,
+struct ConditionLayout;
+
+impl Layout for ConditionLayout {
+    const WHAT: &'static str = "condition";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = false;
 }
+
+/// The ticket counters and cancelled-ticket bits, and the eventfd.
+type Inner = SharedState<ConditionLayout>;
 
 impl Inner {
     fn bit(&self, ticket: u64) -> (&std::sync::atomic::AtomicU32, u32) {
@@ -78,9 +82,10 @@ impl Inner {
 /// g.notify_all();
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Condition {
     lock: Guarded,
+    #[serde(with = "super::arc")]
     inner: Arc<Inner>,
 }
 
@@ -112,10 +117,7 @@ impl Condition {
     fn make(lock: Guarded) -> Result<Condition> {
         Ok(Condition {
             lock,
-            inner: Arc::new(Inner {
-                region: SharedRegion::anonymous("tokio-multiprocessing-condition", SIZE)?,
-                wake: Wake::new(false)?,
-            }),
+            inner: Arc::new(Inner::new()?),
         })
     }
 
@@ -134,7 +136,8 @@ impl Condition {
         Ok(ConditionGuard { cond: self })
     }
 
-    /// Like [`lock`](Self::lock), but gives up after `timeout`.
+    /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
+    /// `acquire(timeout=...)`).
     ///
     /// # Errors
     /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
@@ -144,9 +147,21 @@ impl Condition {
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`lock`](Self::lock).
-    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>> {
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>> {
         self.lock.acquire(deadline(timeout)).await?;
         Ok(ConditionGuard { cond: self })
+    }
+
+    /// Takes the underlying lock if it is free (or, for an `RLock`, owned by the calling
+    /// task) (Python's `acquire(block=False)`); `None` otherwise.
+    ///
+    /// # Errors
+    /// As [`Lock::try_lock`] / [`RLock::try_lock`].
+    pub fn try_lock(&self) -> Result<Option<ConditionGuard<'_>>> {
+        Ok(self
+            .lock
+            .try_acquire()?
+            .then(|| ConditionGuard { cond: self }))
     }
 
     /// Releases the lock, waits for a notification (or the deadline), takes the lock again.
@@ -180,11 +195,12 @@ impl Condition {
                 return Err(e);
             }
         };
-        let mut leave = CancelOnDrop {
-            inner,
-            ticket,
-            armed: true,
-        };
+        // A wait dropped before it ends gives its ticket up, unless it was notified.
+        let leave = OnDrop::new(|| {
+            if !inner.notified(ticket) {
+                inner.cancel(ticket);
+            }
+        });
         let waited = until(deadline, async {
             loop {
                 if inner.notified(ticket) {
@@ -195,7 +211,7 @@ impl Condition {
         })
         .await;
         let back = self.lock.acquire_restore(saved).await;
-        leave.armed = false;
+        leave.defuse();
         let notified = inner.notified(ticket);
         if !notified {
             inner.cancel(ticket);
@@ -231,21 +247,6 @@ impl Condition {
         limit.store(at, SeqCst);
         if woken > 0 {
             inner.wake.signal();
-        }
-    }
-}
-
-/// Marks a ticket cancelled if its wait is dropped before it ends.
-struct CancelOnDrop<'a> {
-    inner: &'a Inner,
-    ticket: u64,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed && !self.inner.notified(self.ticket) {
-            self.inner.cancel(self.ticket);
         }
     }
 }
@@ -347,29 +348,5 @@ impl<'a> ConditionGuard<'a> {
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
         self.cond.lock.release();
-    }
-}
-
-impl Serialize for Condition {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (
-            &self.lock,
-            FdRef(self.inner.region.fd()),
-            FdRef(self.inner.wake.fd()),
-        )
-            .serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Condition {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (lock, region, wake) = <(Guarded, Fd, Fd)>::deserialize(d)?;
-        Ok(Condition {
-            lock,
-            inner: Arc::new(Inner {
-                region: map_received(region, SIZE, "condition")?,
-                wake: Wake::from_fd(wake.into_owned()),
-            }),
-        })
     }
 }

@@ -18,24 +18,27 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wake::Wake;
-use super::{FdRef, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::{deadline, until};
 use crate::error::{Error, Result};
-use crate::sys::SharedRegion;
-use crate::wire::Fd;
 
 /// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
 const STATE: usize = 0;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
-struct Inner {
-    region: SharedRegion,
-    wake: Wake,
+struct EventLayout;
+
+impl Layout for EventLayout {
+    const WHAT: &'static str = "event";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = false;
 }
+
+type Inner = SharedState<EventLayout>;
 
 /// An event flag between processes (Python's `multiprocessing.Event`).
 ///
@@ -52,8 +55,9 @@ struct Inner {
 /// assert!(e.is_set());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
+    #[serde(with = "super::arc")]
     inner: Arc<Inner>,
 }
 
@@ -64,10 +68,7 @@ impl Event {
     /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new() -> Result<Event> {
         Ok(Event {
-            inner: Arc::new(Inner {
-                region: SharedRegion::anonymous("tokio-multiprocessing-event", SIZE)?,
-                wake: Wake::new(false)?,
-            }),
+            inner: Arc::new(Inner::new()?),
         })
     }
 
@@ -151,23 +152,5 @@ impl Event {
             }
         })
         .await
-    }
-}
-
-impl Serialize for Event {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (FdRef(self.inner.region.fd()), FdRef(self.inner.wake.fd())).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Event {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        Ok(Event {
-            inner: Arc::new(Inner {
-                region: map_received(region, SIZE, "event")?,
-                wake: Wake::from_fd(wake.into_owned()),
-            }),
-        })
     }
 }

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wake::{Wake, Watch, pidfd_of};
-use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::wake::{Watch, pidfd_of};
+use super::{OnDrop, SPIN, deadline, until};
 use crate::error::{Error, Result};
-use crate::sys::{self, SharedRegion};
-use crate::wire::Fd;
+use crate::sys;
 
 /// Offsets in the segment: the holder's pid (0 when free), the number of sleeping waiters,
 /// and, for an `RLock`, the owning task's token and the recursion count.
@@ -34,21 +34,19 @@ const TASK: usize = 8;
 const COUNT: usize = 16;
 const SIZE: usize = 64;
 
-/// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.
 #[derive(Debug)]
-pub(super) struct RawLock {
-    region: SharedRegion,
-    wake: Wake,
+pub(super) struct LockLayout;
+
+impl Layout for LockLayout {
+    const WHAT: &'static str = "lock";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = true;
 }
 
-impl RawLock {
-    fn new() -> Result<RawLock> {
-        Ok(RawLock {
-            region: SharedRegion::anonymous("tokio-multiprocessing-lock", SIZE)?,
-            wake: Wake::new(true)?,
-        })
-    }
+/// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.
+pub(super) type RawLock = SharedState<LockLayout>;
 
+impl RawLock {
     fn holder(&self) -> u32 {
         self.region.u32_at(STATE).load(SeqCst)
     }
@@ -85,7 +83,9 @@ impl RawLock {
     async fn acquire_slow(&self, me: u32) -> Result<()> {
         let waiters = self.region.u32_at(WAITERS);
         waiters.fetch_add(1, SeqCst);
-        let _counted = Uncount(waiters);
+        let _counted = OnDrop::new(|| {
+            waiters.fetch_sub(1, SeqCst);
+        });
         let mut listener = self.wake.listen()?;
         let mut watch: Option<Watch> = None;
         loop {
@@ -124,7 +124,7 @@ impl RawLock {
         }
     }
 
-    /// One attempt that also notices a dead holder (for `try_acquire`): `Ok(true)` if taken,
+    /// One attempt that also notices a dead holder (for `try_lock`): `Ok(true)` if taken,
     /// `Ok(false)` if a live process holds it, [`Error::LockOwnerDied`] if the holder died
     /// (the lock is then free).
     fn try_take_checked(&self, me: u32) -> Result<bool> {
@@ -170,22 +170,6 @@ impl RawLock {
             self.wake.post(1);
         }
         true
-    }
-}
-
-impl Serialize for RawLock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawLock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        Ok(RawLock {
-            region: map_received(region, SIZE, "lock")?,
-            wake: Wake::from_fd(wake.into_owned()),
-        })
     }
 }
 
@@ -274,7 +258,7 @@ impl Lock {
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`lock`](Self::lock).
-    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
         self.raw.acquire(deadline(timeout)).await?;
         Ok(LockGuard { lock: self })
     }
@@ -286,7 +270,7 @@ impl Lock {
     /// # Errors
     /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
     /// [`Error::Io`] if the holder cannot be checked.
-    pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
+    pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .raw
             .try_take_checked(sys::cached_pid())?
@@ -429,7 +413,8 @@ impl RLock {
         Ok(RLockGuard { lock: self })
     }
 
-    /// Like [`lock`](Self::lock), but gives up after `timeout`.
+    /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
+    /// `acquire(timeout=...)`).
     ///
     /// # Errors
     /// [`Error::Timeout`] when the time runs out; otherwise as [`lock`](Self::lock).
@@ -439,17 +424,18 @@ impl RLock {
     ///
     /// # Cancel safety
     /// This method is cancel safe, like [`lock`](Self::lock).
-    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
         self.acquire_until(deadline(timeout)).await?;
         Ok(RLockGuard { lock: self })
     }
 
-    /// Takes the lock if it is free or owned by the calling task; `None` otherwise.
+    /// Takes the lock if it is free or owned by the calling task (Python's
+    /// `acquire(block=False)`); `None` otherwise.
     ///
     /// # Errors
     /// [`Error::LockOwnerDied`] if the holder died holding the lock (it is then free);
     /// [`Error::Io`] if the holder cannot be checked.
-    pub fn try_acquire(&self) -> Result<Option<RLockGuard<'_>>> {
+    pub fn try_lock(&self) -> Result<Option<RLockGuard<'_>>> {
         if self.owned_by_caller() {
             return Ok(Some(self.enter()));
         }
@@ -558,6 +544,14 @@ pub(crate) enum Guarded {
 }
 
 impl Guarded {
+    /// One attempt without waiting; whether one level was taken.
+    pub(crate) fn try_acquire(&self) -> Result<bool> {
+        Ok(match self {
+            Guarded::Lock(l) => l.try_lock()?.map(LockGuard::forget).is_some(),
+            Guarded::RLock(r) => r.try_lock()?.map(RLockGuard::forget).is_some(),
+        })
+    }
+
     pub(crate) async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
         match self {
             Guarded::Lock(l) => l.acquire_until(deadline).await,

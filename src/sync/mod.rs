@@ -9,6 +9,10 @@
 //! initializer argument) passes the two descriptors by `SCM_RIGHTS`, and the receiver maps the
 //! same pages. Nothing is named in the file system, so nothing can leak when a process is
 //! killed: the kernel frees the segment with its last descriptor or mapping.
+//! The pair is one type, `SharedState` (`shared_state.rs`), whose serde impl every primitive
+//! uses; a primitive names its segment's layout (size, eventfd mode) with a small marker type.
+//! A wait that leaves a mark in the segment (a waiter count, an arrived party, a ticket)
+//! undoes it on every way out, cancellation included, through one guard, `OnDrop`.
 //!
 //! The state is read and changed only with atomic instructions on the shared pages. The
 //! fast paths (an uncontended `lock`, a `release` with no waiter, `Event::is_set`) make no
@@ -54,52 +58,28 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
+mod on_drop;
 mod semaphore;
+mod shared_state;
 mod wake;
 
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
-pub use semaphore::{BoundedSemaphore, Semaphore};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
+
+pub(crate) use on_drop::OnDrop;
+pub(crate) use shared_state::map_received;
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::sys::SharedRegion;
-use crate::wire::{Fd, FdRef};
-
-/// Decrements a waiter count when a wait ends, however it ends (cancellation included).
-struct Uncount<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl Drop for Uncount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
 
 /// How many times a contended acquirer retries before it sleeps.
 const SPIN: u32 = 200;
-
-/// Maps a segment received from another process, checking that it holds at least `need`
-/// bytes, so that every fixed offset the primitive uses is inside it.
-pub(crate) fn map_received<E: serde::de::Error>(
-    fd: Fd,
-    need: usize,
-    what: &str,
-) -> Result<SharedRegion, E> {
-    let region = SharedRegion::from_fd(fd.into_owned())
-        .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
-    if region.len() < need {
-        return Err(E::custom(format!(
-            "the segment of a {what} holds {} bytes, at least {need} are needed",
-            region.len()
-        )));
-    }
-    Ok(region)
-}
 
 /// The deadline `timeout` from now (`None` when it is too far to represent: wait for ever).
 pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {

@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wake::Wake;
-use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
+use super::shared_state::{Layout, SharedState};
+use super::{OnDrop, SPIN, deadline, until};
 use crate::error::{Error, Result};
-use crate::sys::SharedRegion;
-use crate::wire::Fd;
 
 /// Offsets: the value, the number of sleeping waiters, the bound (0: unbounded).
 const VALUE: usize = 0;
@@ -21,20 +19,23 @@ const BOUND: usize = 8;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
-struct RawSemaphore {
-    region: SharedRegion,
-    wake: Wake,
+struct SemaphoreLayout;
+
+impl Layout for SemaphoreLayout {
+    const WHAT: &'static str = "semaphore";
+    const SIZE: usize = SIZE;
+    const TOKENS: bool = true;
 }
 
+/// The counter (and bound) and the eventfd whose tokens wake sleepers.
+type RawSemaphore = SharedState<SemaphoreLayout>;
+
 impl RawSemaphore {
-    fn new(value: u32, bound: u32) -> Result<RawSemaphore> {
-        let region = SharedRegion::anonymous("tokio-multiprocessing-semaphore", SIZE)?;
-        region.u32_at(VALUE).store(value, SeqCst);
-        region.u32_at(BOUND).store(bound, SeqCst);
-        Ok(RawSemaphore {
-            region,
-            wake: Wake::new(true)?,
-        })
+    fn with_value(value: u32, bound: u32) -> Result<RawSemaphore> {
+        let raw = RawSemaphore::new()?;
+        raw.region.u32_at(VALUE).store(value, SeqCst);
+        raw.region.u32_at(BOUND).store(bound, SeqCst);
+        Ok(raw)
     }
 
     fn try_take(&self) -> bool {
@@ -62,7 +63,9 @@ impl RawSemaphore {
     async fn acquire_slow(&self) -> Result<()> {
         let waiters = self.region.u32_at(WAITERS);
         waiters.fetch_add(1, SeqCst);
-        let _counted = Uncount(waiters);
+        let _counted = OnDrop::new(|| {
+            waiters.fetch_sub(1, SeqCst);
+        });
         let mut listener = self.wake.listen()?;
         loop {
             if self.try_take() {
@@ -93,25 +96,11 @@ impl RawSemaphore {
     }
 }
 
-impl Serialize for RawSemaphore {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawSemaphore {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        Ok(RawSemaphore {
-            region: map_received(region, SIZE, "semaphore")?,
-            wake: Wake::from_fd(wake.into_owned()),
-        })
-    }
-}
-
 macro_rules! semaphore_methods {
     () => {
-        /// Takes one unit, waiting while the value is 0 (Python's `acquire()`).
+        /// Takes one unit, waiting while the value is 0, and returns a guard that gives it
+        /// back when dropped. For Python's bare `acquire()`, whose unit some later
+        /// `release()` gives back, [`forget`](SemaphoreGuard::forget) the guard.
         ///
         /// # Errors
         /// [`Error::Io`] if the wait cannot be registered with the reactor.
@@ -121,11 +110,13 @@ macro_rules! semaphore_methods {
         ///
         /// # Cancel safety
         /// This method is cancel safe: if it loses a `select!` race, no unit was taken.
-        pub async fn acquire(&self) -> Result<()> {
-            self.raw.acquire(None).await
+        pub async fn acquire(&self) -> Result<SemaphoreGuard<'_>> {
+            self.raw.acquire(None).await?;
+            Ok(SemaphoreGuard { raw: &self.raw })
         }
 
-        /// Like [`acquire`](Self::acquire), but gives up after `timeout`.
+        /// Like [`acquire`](Self::acquire), but gives up after `timeout` (Python's
+        /// `acquire(timeout=...)`).
         ///
         /// # Errors
         /// [`Error::Timeout`] when the time runs out; otherwise as `acquire`.
@@ -135,13 +126,18 @@ macro_rules! semaphore_methods {
         ///
         /// # Cancel safety
         /// This method is cancel safe, like `acquire`.
-        pub async fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
-            self.raw.acquire(deadline(timeout)).await
+        pub async fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>> {
+            self.raw.acquire(deadline(timeout)).await?;
+            Ok(SemaphoreGuard { raw: &self.raw })
         }
 
-        /// Takes one unit if the value is above 0 (Python's `acquire(block=False)`).
-        pub fn try_acquire(&self) -> bool {
-            self.raw.try_take()
+        /// Takes one unit if the value is above 0 (Python's `acquire(block=False)`); `None`
+        /// if it is 0. Makes no system call.
+        pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
+            // `then`, not `then_some`: a guard made for nothing would add a unit when dropped.
+            self.raw
+                .try_take()
+                .then(|| SemaphoreGuard { raw: &self.raw })
         }
 
         /// The current value (Python's `get_value()`).
@@ -149,6 +145,30 @@ macro_rules! semaphore_methods {
             self.raw.region.u32_at(VALUE).load(SeqCst)
         }
     };
+}
+
+/// Holds one unit of a [`Semaphore`] or [`BoundedSemaphore`]; dropping it gives the unit
+/// back (a `release()`, waking a waiter if there is one).
+#[must_use = "the unit is given back as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct SemaphoreGuard<'a> {
+    raw: &'a RawSemaphore,
+}
+
+impl SemaphoreGuard<'_> {
+    /// Keeps the unit without a guard (Python's bare `acquire()`); a later `release()` gives
+    /// it back.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        // Within the bound, since this unit was taken from the value, unless a stray
+        // `release()` gave back one that never was; a drop cannot report that error.
+        let _ = self.raw.release(1);
+    }
 }
 
 /// A counting semaphore between processes (Python's `multiprocessing.Semaphore`).
@@ -161,8 +181,11 @@ macro_rules! semaphore_methods {
 /// ```no_run
 /// # async fn demo() -> tokio_multiprocessing::Result<()> {
 /// let s = tokio_multiprocessing::Semaphore::new(2)?;
-/// s.acquire().await?;
-/// s.release()?;
+/// {
+///     let _unit = s.acquire().await?; // given back at the end of the block
+/// }
+/// s.acquire().await?.forget(); // Python's bare acquire() ...
+/// s.release()?; // ... and release()
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,7 +201,7 @@ impl Semaphore {
     /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new(value: u32) -> Result<Semaphore> {
         Ok(Semaphore {
-            raw: Arc::new(RawSemaphore::new(value, 0)?),
+            raw: Arc::new(RawSemaphore::with_value(value, 0)?),
         })
     }
 
@@ -223,17 +246,16 @@ impl BoundedSemaphore {
     /// A bounded semaphore with the value and bound `value`.
     ///
     /// # Errors
-    /// [`Error::Io`] if the shared segment or the eventfd cannot be made; an
-    /// `InvalidInput` I/O error for a bound of 0.
+    /// [`Error::InvalidArgument`] for a bound of 0; [`Error::Io`] if the shared segment or
+    /// the eventfd cannot be made.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
         if value == 0 {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a bounded semaphore needs a bound of at least 1",
-            )));
+            return Err(Error::InvalidArgument(
+                "a bounded semaphore needs a bound of at least 1".into(),
+            ));
         }
         Ok(BoundedSemaphore {
-            raw: Arc::new(RawSemaphore::new(value, value)?),
+            raw: Arc::new(RawSemaphore::with_value(value, value)?),
         })
     }
 

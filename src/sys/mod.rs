@@ -28,12 +28,14 @@ pub(crate) use ipc::{
     RECYCLE_MAX, SpillView, file_size, fill_random, grow_send_buffer, shutdown_socket, spill_memfd,
 };
 pub(crate) use pid::cached_pid;
+#[cfg(feature = "test-hooks")]
+pub(crate) use proc::fork_and_reap;
 pub(crate) use proc::{
     SavedSignal, adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed,
-    current_pid, exit_now, flush_std_streams, fork_and_reap, fork_process, fork_sibling,
-    ignore_sigint, is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_open,
-    pidfd_send_signal, poll_readable, readable_now, restore_sigint, set_parent_death_signal,
-    signal_name, spawn_exe, stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
+    current_pid, exit_now, flush_std_streams, fork_process, fork_sibling, ignore_sigint,
+    is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_open, pidfd_send_signal,
+    poll_readable, readable_now, restore_sigint, set_parent_death_signal, signal_name, spawn_exe,
+    stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
 };
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;

@@ -439,7 +439,8 @@ pub(crate) fn wait_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<i32> {
 }
 
 /// A bare fork whose child exits at once, reaped with `waitpid`: the floor the `fork` start
-/// method is measured against.
+/// method is measured against. A bench hook only (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 pub(crate) fn fork_and_reap() -> io::Result<()> {
     match fork_process()? {
         Some(pid) => wait_pid_blocking(pid).map(drop),

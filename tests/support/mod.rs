@@ -35,6 +35,15 @@ where
     })
 }
 
+/// The trials for async test functions, each named once: `trials![a, b]` is
+/// `vec![test("a", a), test("b", b)]`.
+#[macro_export]
+macro_rules! trials {
+    ($($name:ident),* $(,)?) => {
+        vec![$($crate::support::test(stringify!($name), $name)),*]
+    };
+}
+
 /// Runs the trials with libtest's command-line arguments (filters, `--list`, `--test-threads`).
 pub fn run(trials: Vec<Trial>) -> ! {
     let args = Arguments::from_args();

@@ -1,13 +1,13 @@
-//! The children of this process: waiting for them on their pidfds, and the table the exit
-//! handler uses to terminate daemons and wait for the rest.
+//! [`Child`]: the parent's handle on one running child, awaited through its pidfd on tokio's
+//! reactor (wait, poll, signal), and reaped in the background when the handle is dropped.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use super::registry;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -17,21 +17,6 @@ pub(crate) struct Child {
     pid: i32,
     pidfd: AsyncFd<Arc<OwnedFd>>,
     code: Option<i32>,
-}
-
-struct Tracked {
-    pidfd: Arc<OwnedFd>,
-    daemon: bool,
-    /// The parent's end of the bootstrap socket: while it is open the child sees no EOF.
-    _keepalive: Option<OwnedFd>,
-}
-
-static CHILDREN: Mutex<Option<HashMap<i32, Tracked>>> = Mutex::new(None);
-static AT_EXIT: Once = Once::new();
-
-fn table<R>(f: impl FnOnce(&mut HashMap<i32, Tracked>) -> R) -> R {
-    let mut guard = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
-    f(guard.get_or_insert_with(HashMap::new))
 }
 
 impl Child {
@@ -51,21 +36,7 @@ impl Child {
         if self.code.is_some() {
             return;
         }
-        AT_EXIT.call_once(|| {
-            if let Err(e) = sys::at_exit(at_exit) {
-                tracing::warn!("cannot install the exit handler that joins children: {e}");
-            }
-        });
-        table(|t| {
-            t.insert(
-                self.pid,
-                Tracked {
-                    pidfd: self.pidfd.get_ref().clone(),
-                    daemon,
-                    _keepalive: keepalive,
-                },
-            )
-        });
+        registry::track(self.pid, self.pidfd.get_ref().clone(), daemon, keepalive);
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -120,7 +91,7 @@ impl Child {
 
     fn finished(&mut self, code: i32) {
         self.code = Some(code);
-        table(|t| t.remove(&self.pid));
+        registry::forget(self.pid);
     }
 }
 
@@ -150,20 +121,8 @@ impl Drop for Child {
             };
             if fd.readable().await.is_ok() {
                 let _ = sys::try_wait_pidfd(fd.get_ref().as_fd());
-                table(|t| t.remove(&pid));
+                registry::forget(pid);
             }
         });
-    }
-}
-
-/// Runs at normal exit: SIGTERM to daemon children, then wait for every child, as Python's
-/// `multiprocessing` does at interpreter exit.
-extern "C" fn at_exit() {
-    let tracked: Vec<Tracked> = table(|t| t.drain().map(|(_, v)| v).collect());
-    for t in tracked.iter().filter(|t| t.daemon) {
-        let _ = sys::pidfd_send_signal(t.pidfd.as_fd(), sys::SIGTERM);
-    }
-    for t in &tracked {
-        let _ = sys::wait_pidfd_blocking(t.pidfd.as_fd());
     }
 }

@@ -1,5 +1,7 @@
-//! The bootstrap conversation: the parent sends one frame (handshake, name, target and
-//! arguments); the child answers `Started` once it has checked everything, or `Refused`.
+//! The bootstrap conversation and the parent's side of it: the parent sends one frame
+//! (handshake, name, target and arguments); the child (see `bootstrap.rs`) answers `Started`
+//! once it has checked everything, or `Refused`. Every wait for the answer is raced against
+//! the child's exit and the start deadline.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;

@@ -1,9 +1,11 @@
-//! The child's side of the bootstrap.
+//! The child's side of the bootstrap: what [`init`](crate::init) does in a child. It reads
+//! the bootstrap frame, checks the binary and the target, answers the parent, runs the target
+//! and exits. Also the guard that ends a child whose `main` never called `init()`.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::boot::{Boot, BootReply, INIT_ADVICE};
+use super::handshake::{Boot, BootReply, INIT_ADVICE};
 use super::{ENV_BOOT, StartMethod};
 use crate::error::Error;
 use crate::sys;

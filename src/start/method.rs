@@ -1,0 +1,120 @@
+//! [`StartMethod`], and the method used when none is named: the program's default, which a
+//! child inherits from the method that started it.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::error::{Error, Result};
+
+/// How a child process comes to life, as in Python's `multiprocessing.set_start_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Re-execute this program (`/proc/self/exe`); the child runs `main` up to
+    /// [`init`](crate::init), which runs the target. Safe whatever threads the parent has. The default.
+    #[default]
+    Spawn,
+    /// Ask a fork server to fork a child: the server is this program re-executed once, which
+    /// forks a copy of itself per child, so starts are fast whatever threads the parent has.
+    ForkServer,
+    /// Fork the calling process directly: the fastest start. Refused with an error unless the
+    /// caller has a single thread (a `current_thread` runtime that has not started blocking
+    /// threads), because forking a multi-threaded process (tokio's default runtime included)
+    /// is unsound.
+    Fork,
+}
+
+impl StartMethod {
+    pub(super) fn to_u8(self) -> u8 {
+        match self {
+            StartMethod::Spawn => 0,
+            StartMethod::ForkServer => 1,
+            StartMethod::Fork => 2,
+        }
+    }
+
+    pub(super) fn from_u8(v: u8) -> Option<StartMethod> {
+        match v {
+            0 => Some(StartMethod::Spawn),
+            1 => Some(StartMethod::ForkServer),
+            2 => Some(StartMethod::Fork),
+            _ => None,
+        }
+    }
+
+    /// Python's name for this method: `"spawn"`, `"forkserver"` or `"fork"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMethod::Spawn => "spawn",
+            StartMethod::ForkServer => "forkserver",
+            StartMethod::Fork => "fork",
+        }
+    }
+}
+
+/// Parses Python's name of a method (`"spawn"`, `"forkserver"`, `"fork"`); any other name
+/// is [`Error::InvalidArgument`], as Python's `ValueError`.
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<StartMethod> {
+        match s {
+            "spawn" => Ok(StartMethod::Spawn),
+            "forkserver" => Ok(StartMethod::ForkServer),
+            "fork" => Ok(StartMethod::Fork),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown start method {other:?} (expected spawn, forkserver or fork)"
+            ))),
+        }
+    }
+}
+
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the start method used when a [`Process`](crate::Process) or pool does not name one
+/// (Python's `multiprocessing.set_start_method`).
+///
+/// A child inherits the method that started it as its own default, as in Python: a child
+/// started with [`StartMethod::ForkServer`], explicitly or because the parent set it here,
+/// starts its own children with the fork server too.
+pub fn set_start_method(method: StartMethod) {
+    DEFAULT_METHOD.store(method.to_u8(), Ordering::Relaxed);
+}
+
+/// The start method used when none is named (Python's `multiprocessing.get_start_method`):
+/// in the program, [`StartMethod::Spawn`] unless changed by [`set_start_method`]; in a
+/// child, the method that started it, unless the child changed it.
+pub fn get_start_method() -> StartMethod {
+    StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed)).unwrap_or_default()
+}
+
+/// Every start method this platform offers, the default first (Python's
+/// `multiprocessing.get_all_start_methods`).
+///
+/// As in Python, "the default" is the platform's, [`StartMethod::default()`], which
+/// [`get_start_method`] returns until [`set_start_method`] changes it; the list does not
+/// follow [`set_start_method`]. [`StartMethod::Fork`] is listed although it is refused in a
+/// process with more than one thread.
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing::{StartMethod, get_all_start_methods};
+///
+/// let methods = get_all_start_methods();
+/// assert_eq!(methods[0], StartMethod::default());
+/// assert!(methods.contains(&StartMethod::ForkServer));
+/// ```
+pub fn get_all_start_methods() -> Vec<StartMethod> {
+    let default = StartMethod::default();
+    let mut all = vec![default];
+    all.extend(
+        [
+            StartMethod::Fork,
+            StartMethod::Spawn,
+            StartMethod::ForkServer,
+        ]
+        .into_iter()
+        .filter(|&m| m != default),
+    );
+    all
+}

@@ -1,0 +1,70 @@
+//! The `spawn` start method: this program re-executed (`/proc/self/exe`) with its bootstrap
+//! socket inherited and named by `ENV_BOOT`; the child runs `main` up to `init()`, which
+//! reads the bootstrap frame (see `handshake.rs`) and runs the target.
+//!
+//! The re-execution itself runs on the launcher thread (`launcher.rs`), so that the
+//! child's parent-death signal follows a thread that lives as long as the program.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use super::handle::Child;
+use super::launcher::on_launcher;
+use super::{ENV_BOOT, Launch, handshake};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire::frame::send_early;
+
+/// Re-executes this program with `child_end` inherited. Returns the pid and its pidfd.
+/// Runs on the launcher thread (the children's parent-death signal is tied to it).
+pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, OwnedFd)> {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    if !inherit_argv {
+        argv.truncate(1);
+    }
+    if argv.is_empty() {
+        argv.push("tokio-multiprocessing-child".into());
+    }
+    let boot_value = format!("{},{}", child_end.as_raw_fd(), sys::current_pid());
+    let mut env: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k == ENV_BOOT {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env.push(cstring(kv)?);
+    }
+    env.push(cstring(format!("{ENV_BOOT}={boot_value}").into_bytes())?);
+    let argv = argv
+        .into_iter()
+        .map(|a| cstring(a.as_bytes().to_vec()))
+        .collect::<Result<Vec<_>>>()?;
+    let pid = sys::spawn_exe(&argv, &env, child_end.as_fd())?;
+    drop(child_end);
+    // Its bootstrap frame may be waiting for it already: a child we cannot watch must not run.
+    let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
+    Ok((pid, pidfd))
+}
+
+fn cstring(bytes: Vec<u8>) -> Result<CString> {
+    CString::new(bytes)
+        .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
+}
+
+/// Starts a child with the `spawn` method.
+pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
+    let frame = handshake::boot_frame(&mut launch)?;
+    let (ours, theirs) = sys::socketpair_stream()?;
+    let frame = send_early(ours.as_fd(), frame)?;
+    let inherit_argv = launch.inherit_argv;
+    let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
+    let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
+    let keepalive = handshake::handshake(ours, &mut child, &launch, frame).await?;
+    if launch.track_at_exit {
+        child.track(launch.daemon, Some(keepalive));
+    }
+    Ok(child)
+}

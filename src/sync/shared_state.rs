@@ -1,0 +1,90 @@
+//! [`SharedState`]: what every primitive is made of. A shared-memory segment that holds the
+//! primitive's words, and the eventfd ([`Wake`]) that wakes its waiters; both descriptors, so
+//! the pair is a serde type that crosses to another process by `SCM_RIGHTS`.
+//!
+//! Each primitive names its segment's layout with a zero-sized [`Layout`] type: the size the
+//! receiver checks before it touches any fixed offset, the eventfd's mode, and any further
+//! check of a received segment. The receiver maps the same pages and adopts the eventfd, so
+//! the two processes share one primitive.
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::wake::Wake;
+use crate::error::Result;
+use crate::sys::SharedRegion;
+use crate::wire::{Fd, FdRef};
+
+/// The segment layout of one primitive.
+pub(crate) trait Layout {
+    /// The primitive's name in error messages ("lock", "barrier", ...).
+    const WHAT: &'static str;
+    /// The segment's size in bytes: every offset the primitive uses is below it.
+    const SIZE: usize;
+    /// Whether the eventfd counts tokens (`EFD_SEMAPHORE`: each waiter takes one) rather
+    /// than waking every waiter.
+    const TOKENS: bool;
+
+    /// Checks a received segment beyond its size (a barrier's party count, say).
+    fn check(_region: &SharedRegion) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A primitive's segment and eventfd.
+#[derive(Debug)]
+pub(crate) struct SharedState<L> {
+    pub(crate) region: SharedRegion,
+    pub(crate) wake: Wake,
+    layout: PhantomData<fn() -> L>,
+}
+
+impl<L: Layout> SharedState<L> {
+    /// A fresh, zeroed segment and a fresh eventfd.
+    pub(crate) fn new() -> Result<SharedState<L>> {
+        let name = format!("tokio-multiprocessing-{}", L::WHAT);
+        Ok(SharedState {
+            region: SharedRegion::anonymous(&name, L::SIZE)?,
+            wake: Wake::new(L::TOKENS)?,
+            layout: PhantomData,
+        })
+    }
+}
+
+impl<L> Serialize for SharedState<L> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        (FdRef(self.region.fd()), FdRef(self.wake.fd())).serialize(s)
+    }
+}
+
+impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
+        let region = map_received(region, L::SIZE, L::WHAT)?;
+        L::check(&region).map_err(serde::de::Error::custom)?;
+        Ok(SharedState {
+            region,
+            wake: Wake::from_fd(wake.into_owned()),
+            layout: PhantomData,
+        })
+    }
+}
+
+/// Maps a segment received from another process, checking that it holds at least `need`
+/// bytes, so that every fixed offset the primitive uses is inside it.
+pub(crate) fn map_received<E: serde::de::Error>(
+    fd: Fd,
+    need: usize,
+    what: &str,
+) -> std::result::Result<SharedRegion, E> {
+    let region = SharedRegion::from_fd(fd.into_owned())
+        .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
+    if region.len() < need {
+        return Err(E::custom(format!(
+            "the segment of a {what} holds {} bytes, at least {need} are needed",
+            region.len()
+        )));
+    }
+    Ok(region)
+}

@@ -1,0 +1,169 @@
+//! `Condition` between real processes: notify, fairness, timeouts, `wait_for` and `try_lock`.
+//!
+//! Each test names the case of CPython's `Lib/test/_test_multiprocessing.py` it comes from,
+//! where there is one. Tests run one at a time (unless `--test-threads` says otherwise),
+//! because several of them count this process's descriptors and `/dev/shm` segments.
+
+mod support;
+
+use std::time::Duration;
+
+use libtest_mimic::Arguments;
+use support::{TestResult, join_ok};
+use tokio_multiprocessing::{Condition, Error, Lock, Process, RawValue, Semaphore};
+
+const LONG: Duration = Duration::from_secs(20);
+
+async fn cond_waiter(c: Condition, sleeping: Semaphore, woken: Semaphore) {
+    let g = c.lock().await.expect("lock");
+    sleeping.release().expect("release");
+    let g = g.wait().await.expect("wait");
+    woken.release().expect("release");
+    drop(g);
+}
+
+async fn cond_late_waiter(c: Condition, out: RawValue<u32>) {
+    let g = c.lock().await.expect("lock");
+    let (g, notified) = g
+        .wait_timeout(Duration::from_millis(100))
+        .await
+        .expect("wait");
+    out.set(if notified { 2 } else { 1 });
+    drop(g);
+}
+
+async fn cond_stepper(c: Condition, state: RawValue<i32>) {
+    for i in 1..=4 {
+        let g = c.lock().await.expect("lock");
+        state.set(i);
+        g.notify_all();
+        drop(g);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `_TestCondition.test_notify` and `test_notify_all`/`test_notify_n`: three waiters in
+/// three processes; `notify(1)` lets exactly one through, `notify_all` the rest.
+async fn condition_notify() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut kids = Vec::new();
+    for _ in 0..3 {
+        kids.push(
+            Process::new(cond_waiter, (c.clone(), sleeping.clone(), woken.clone()))
+                .start()
+                .await?,
+        );
+    }
+    for _ in 0..3 {
+        sleeping.acquire_timeout(LONG).await?.forget();
+    }
+    // Taking the lock proves every waiter has released it inside `wait`.
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "woken before any notify");
+    g.notify(1);
+    drop(g);
+    woken.acquire_timeout(LONG).await?.forget();
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "notify(1) woke more than one");
+    g.notify_all();
+    drop(g);
+    woken.acquire_timeout(LONG).await?.forget();
+    woken.acquire_timeout(LONG).await?.forget();
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    Ok(())
+}
+
+/// No Python counterpart (Python's own implementation waits in `notify` to prevent it): a
+/// notification goes to a waiter that was waiting when it was sent, never to one that
+/// arrives after it, even though the late one is the only waiter left when it runs.
+async fn condition_late_waiter_cannot_steal() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut early = Process::new(cond_waiter, (c.clone(), sleeping.clone(), woken.clone()))
+        .start()
+        .await?;
+    sleeping.acquire_timeout(LONG).await?.forget();
+    let g = c.lock_timeout(LONG).await?;
+    g.notify(1);
+    // The late waiter can only start waiting once the lock is free, after the notify.
+    let out = RawValue::new(0u32)?;
+    let mut late = Process::new(cond_late_waiter, (c.clone(), out.clone()))
+        .start()
+        .await?;
+    drop(g);
+    woken.acquire_timeout(LONG).await?.forget();
+    join_ok(&mut early).await?;
+    join_ok(&mut late).await?;
+    ensure!(
+        out.get() == 1,
+        "the late waiter was notified ({})",
+        out.get()
+    );
+    Ok(())
+}
+
+/// `_TestCondition.test_timeout`: a wait with nobody to notify times out, with the lock held
+/// again afterwards.
+async fn condition_timeout() -> TestResult {
+    let c = Condition::with_lock(Lock::new()?)?;
+    let g = c.lock().await?;
+    let (g, notified) = g.wait_timeout(Duration::from_millis(30)).await?;
+    ensure!(!notified, "notified by nobody");
+    // A notification now must not go to the waiter that left.
+    g.notify(1);
+    let (g, notified) = g.wait_timeout(Duration::from_millis(30)).await?;
+    ensure!(!notified, "an old notify reached a new waiter");
+    // The lock is held: try_lock and lock_timeout give up, as Python's acquire(False) and
+    // acquire(timeout=...) do.
+    ensure!(c.try_lock()?.is_none(), "try_lock took a held lock");
+    let r = c.lock_timeout(Duration::from_millis(30)).await;
+    ensure!(
+        matches!(r, Err(Error::Timeout)),
+        "lock_timeout on a held lock: {r:?}"
+    );
+    drop(g);
+    let g = c.try_lock()?.ok_or("try_lock missed a free lock")?;
+    drop(g);
+    Ok(())
+}
+
+/// `_TestCondition.test_waitfor` and `test_waitfor_timeout`.
+async fn condition_wait_for() -> TestResult {
+    let c = Condition::new()?;
+    let state = RawValue::new(0i32)?;
+    let g = c.lock().await?;
+    let mut p = Process::new(cond_stepper, (c.clone(), state.clone()))
+        .start()
+        .await?;
+    let (g, ok) = g.wait_for(|| state.get() == 4, Some(LONG)).await?;
+    ensure!(
+        ok && state.get() == 4,
+        "wait_for returned {ok} at {}",
+        state.get()
+    );
+    let (g, ok) = g
+        .wait_for(|| state.get() == 5, Some(Duration::from_millis(30)))
+        .await?;
+    ensure!(!ok, "wait_for of a predicate that never holds");
+    drop(g);
+    join_ok(&mut p).await?;
+    Ok(())
+}
+
+fn main() {
+    tokio_multiprocessing::init();
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    let trials = trials![
+        condition_notify,
+        condition_late_waiter_cannot_steal,
+        condition_timeout,
+        condition_wait_for
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}

@@ -1,0 +1,294 @@
+//! `Lock` and `RLock` between real processes: exclusion, timeouts, re-entrancy and a holder's death.
+//!
+//! Each test names the case of CPython's `Lib/test/_test_multiprocessing.py` it comes from,
+//! where there is one. Tests run one at a time (unless `--test-threads` says otherwise),
+//! because several of them count this process's descriptors and `/dev/shm` segments.
+
+mod support;
+
+use std::time::Duration;
+
+use libtest_mimic::Arguments;
+use support::{TestResult, eventually, join_ok, run_example};
+use tokio_multiprocessing::{Error, Event, Lock, Process, RLock, RawValue, StartMethod, Value};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// Increments `v` `n` times under its lock, checking that no one else is inside.
+async fn add_under_lock(v: Value<i64>, inside: RawValue<u32>, bad: RawValue<u32>, n: u32) {
+    for _ in 0..n {
+        let mut g = v.lock().await.expect("lock");
+        if inside.get() != 0 {
+            bad.set(bad.get() + 1);
+        }
+        inside.set(1);
+        tokio::task::yield_now().await;
+        g.update(|x| x + 1);
+        inside.set(0);
+    }
+}
+
+/// Takes the lock, reports it, and never lets go.
+async fn hold_forever(l: Lock, ready: Event) {
+    l.lock().await.expect("lock").forget();
+    ready.set();
+    std::future::pending::<()>().await;
+}
+
+/// Takes the re-entrant lock twice, reports it, and never lets go.
+async fn hold_rlock_forever(l: RLock, ready: Event) {
+    l.lock().await.expect("lock").forget();
+    l.lock().await.expect("again").forget();
+    ready.set();
+    std::future::pending::<()>().await;
+}
+
+async fn rlock_try(l: RLock, got: RawValue<u32>) {
+    got.set(u32::from(l.try_lock().expect("try").is_some()));
+}
+
+/// `_TestLock.test_lock`: acquire, non-blocking acquire of a held lock, release, and release
+/// of an unlocked lock is an error.
+async fn lock_basics() -> TestResult {
+    let l = Lock::new()?;
+    let g = l.try_lock()?.ok_or("free lock not taken")?;
+    ensure!(l.is_locked(), "not locked");
+    ensure!(l.try_lock()?.is_none(), "held lock taken twice");
+    ensure!(l.is_locked(), "a failed try_lock released the lock");
+    drop(g);
+    ensure!(!l.is_locked(), "still locked");
+    ensure!(
+        matches!(l.release(), Err(Error::NotHeld)),
+        "release of an unlocked lock accepted"
+    );
+    l.lock().await?.forget();
+    l.release()?;
+    ensure!(!l.is_locked(), "release() left it locked");
+    Ok(())
+}
+
+/// `_TestLock.test_lock_context` across processes: 3 children and this process increment a
+/// `Value` under its lock; nobody is ever inside together and no increment is lost.
+async fn lock_excludes_across_processes() -> TestResult {
+    let v = Value::new(0i64)?;
+    let inside = RawValue::new(0u32)?;
+    let bad = RawValue::new(0u32)?;
+    let mut kids = Vec::new();
+    for _ in 0..3 {
+        kids.push(
+            Process::new(
+                add_under_lock,
+                (v.clone(), inside.clone(), bad.clone(), 300),
+            )
+            .start()
+            .await?,
+        );
+    }
+    add_under_lock(v.clone(), inside.clone(), bad.clone(), 300).await;
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    ensure!(bad.get() == 0, "{} overlaps inside the lock", bad.get());
+    let n = v.get().await?;
+    ensure!(n == 1200, "counter is {n}, want 1200");
+    Ok(())
+}
+
+/// `_TestLock.test_lock` with a timeout (`acquire(timeout=...)`), across processes.
+async fn lock_acquire_timeout() -> TestResult {
+    let l = Lock::new()?;
+    let ready = Event::new()?;
+    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start()
+        .await?;
+    ready.wait_timeout(LONG).await?;
+    ensure!(l.holder() == Some(p.pid()), "holder is {:?}", l.holder());
+    let r = l.lock_timeout(Duration::from_millis(50)).await;
+    ensure!(matches!(r, Err(Error::Timeout)), "want Timeout, got {r:?}");
+    p.kill()?;
+    p.join().await?;
+    Ok(())
+}
+
+/// No Python counterpart (Python leaves the lock locked for ever): the holder is killed by
+/// SIGKILL; the next acquirer gets `LockOwnerDied`, and the lock is free after that.
+async fn lock_owner_killed() -> TestResult {
+    let l = Lock::new()?;
+    let ready = Event::new()?;
+    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start()
+        .await?;
+    ready.wait_timeout(LONG).await?;
+    let pid = p.pid();
+    p.kill()?;
+    ensure!(p.join().await? == -9, "not killed by SIGKILL");
+    let r = l.lock_timeout(LONG).await;
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "want LockOwnerDied({pid}), got {r:?}"
+    );
+    let g = l.lock_timeout(LONG).await?;
+    drop(g);
+
+    // A non-blocking acquire notices a dead holder too.
+    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start()
+        .await?;
+    ready.clear();
+    ensure!(
+        eventually(LONG, || l.holder() == Some(p.pid())).await,
+        "second child never took the lock"
+    );
+    ensure!(l.try_lock()?.is_none(), "took a lock a live child holds");
+    ensure!(
+        l.holder() == Some(p.pid()),
+        "a failed try_lock released the child's lock"
+    );
+    let pid = p.pid();
+    p.kill()?;
+    p.join().await?;
+    let r = l.try_lock();
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "try_lock: want LockOwnerDied({pid}), got {r:?}"
+    );
+    ensure!(l.try_lock()?.is_some(), "lock not free after recovery");
+    Ok(())
+}
+
+/// As above, but the acquirer is already asleep on the lock when the holder is killed: the
+/// holder's pidfd wakes it.
+async fn lock_waiter_sees_owner_die() -> TestResult {
+    let l = Lock::new()?;
+    let ready = Event::new()?;
+    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start()
+        .await?;
+    ready.wait_timeout(LONG).await?;
+    let pid = p.pid();
+    let (r, k) = tokio::join!(l.lock_timeout(LONG), async {
+        tokio::task::yield_now().await;
+        p.kill()
+    });
+    k?;
+    p.join().await?;
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "want LockOwnerDied({pid}), got {r:?}"
+    );
+    ensure!(!l.is_locked(), "lock not recovered");
+    Ok(())
+}
+
+/// `lock_owner_killed` with children forked by the fork server: each child must record its
+/// own pid as the holder (a pid cached before the fork would name the server), or the death
+/// would go unnoticed.
+async fn lock_owner_killed_forkserver() -> TestResult {
+    let l = RLock::new()?;
+    let ready = Event::new()?;
+    let mut p = Process::new(hold_rlock_forever, (l.clone(), ready.clone()))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .await?;
+    ready.wait_timeout(LONG).await?;
+    let pid = p.pid();
+    ensure!(
+        l.holder().map(|h| h.0) == Some(pid),
+        "holder {:?}, child {pid}",
+        l.holder()
+    );
+    p.kill()?;
+    p.join().await?;
+    let r = l.lock_timeout(LONG).await;
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "want LockOwnerDied({pid}), got {r:?}"
+    );
+    let g = l.lock_timeout(LONG).await?;
+    ensure!(l.holder().map(|h| h.1) == Some(1), "count {:?}", l.holder());
+    drop(g);
+    Ok(())
+}
+
+/// `_TestLock.test_rlock`: the owner acquires three times and releases three times; one
+/// release more is an error. Another task and another process cannot take it meanwhile.
+async fn rlock_reentrant() -> TestResult {
+    let l = RLock::new()?;
+    let a = l.lock().await?;
+    let b = l.lock().await?;
+    let c = l.try_lock()?.ok_or("owner's try_lock failed")?;
+    ensure!(l.holder().map(|h| h.1) == Some(3), "count {:?}", l.holder());
+
+    let other = l.clone();
+    let taken = tokio::spawn(async move { other.try_lock().map(|g| g.is_some()) }).await??;
+    ensure!(!taken, "another task took an owned RLock");
+    let other = l.clone();
+    let r = tokio::spawn(async move { other.release() }).await?;
+    ensure!(
+        matches!(r, Err(Error::NotOwner)),
+        "non-owner release: {r:?}"
+    );
+
+    let got = RawValue::new(7u32)?;
+    let mut p = Process::new(rlock_try, (l.clone(), got.clone()))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(got.get() == 0, "another process took an owned RLock");
+
+    drop(c);
+    drop(b);
+    drop(a);
+    ensure!(l.holder().is_none(), "still held: {:?}", l.holder());
+    ensure!(
+        matches!(l.release(), Err(Error::NotOwner)),
+        "release of a free RLock accepted"
+    );
+    let mut p = Process::new(rlock_try, (l.clone(), got.clone()))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        got.get() == 1,
+        "another process could not take a free RLock"
+    );
+    Ok(())
+}
+
+async fn example_lock_print() -> TestResult {
+    let out = run_example("lock_print").await?;
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    let mut want: Vec<String> = (0..10).map(|i| format!("hello world {i}")).collect();
+    want.sort_unstable();
+    ensure!(lines == want, "output:\n{out}");
+    Ok(())
+}
+
+async fn example_race_lock() -> TestResult {
+    let out = run_example("race_lock").await?;
+    ensure!(
+        out == "Value at beginning: 0\nArray at beginning: [0.0, 100.0, 200.0]\n\
+                Value at end: 200\nArray at end: [200.0, 300.0, 400.0]\nend main\n",
+        "output:\n{out}"
+    );
+    Ok(())
+}
+
+fn main() {
+    tokio_multiprocessing::init();
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    let trials = trials![
+        lock_basics,
+        lock_excludes_across_processes,
+        lock_acquire_timeout,
+        lock_owner_killed,
+        lock_waiter_sees_owner_die,
+        lock_owner_killed_forkserver,
+        rlock_reentrant,
+        example_lock_print,
+        example_race_lock
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}
