@@ -48,6 +48,8 @@ pub enum Invoked<R> {
 /// whose error is printed and gives exit code 1).
 ///
 /// A closure that captures variables cannot cross: pass the values as arguments instead.
+/// The trait is sealed: it is implemented for every such function, and nothing else can
+/// implement it.
 ///
 /// ```compile_fail,E0080
 /// let name = String::from("bob");
@@ -72,7 +74,7 @@ pub enum Invoked<R> {
             `args=(...)` whose items implement serde's traits; pass captured values as \
             arguments instead"
 )]
-pub trait Target<Args, Marker>: Send + Sync + 'static {
+pub trait Target<Args, Marker>: sealed::Sealed<Args, Marker> + Send + Sync + 'static {
     /// What the function returns (for an `async fn`, what its future resolves to).
     type Output: Send + 'static;
 
@@ -87,8 +89,28 @@ pub trait Target<Args, Marker>: Send + Sync + 'static {
     fn __conjure() -> Self;
 }
 
+/// Keeps [`Target`] implemented only here, for the functions the trampolines can call.
+mod sealed {
+    pub trait Sealed<Args, Marker> {}
+}
+
 macro_rules! targets {
     ($($a:ident),*) => {
+        impl<F, R, $($a),*> sealed::Sealed<($($a,)*), Blocking<R>> for F
+        where
+            F: Fn($($a),*) -> R + FnZst<($($a,)*), R> + Send + Sync,
+            R: Unpin + Send + 'static,
+        {
+        }
+
+        impl<F, Fut, $($a),*> sealed::Sealed<($($a,)*), Async<Fut>> for F
+        where
+            F: Fn($($a),*) -> Fut + FnZst<($($a,)*), Fut> + Send + Sync,
+            Fut: Future + Send + 'static,
+            Fut::Output: Send + 'static,
+        {
+        }
+
         impl<F, R, $($a),*> Target<($($a,)*), Blocking<R>> for F
         where
             F: Fn($($a),*) -> R + FnZst<($($a,)*), R> + Send + Sync,

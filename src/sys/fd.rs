@@ -214,3 +214,9 @@ pub(crate) fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
         SockFlag::SOCK_CLOEXEC,
     )?)
 }
+
+/// The size of a file.
+pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
+}

@@ -10,23 +10,22 @@ mod bytes;
 mod eventfd;
 mod fd;
 mod ident;
-mod ipc;
 mod pid;
 mod proc;
+mod random;
 mod ring;
 mod shm;
+mod socket_opts;
+mod spill;
 
 pub(crate) use bytes::{Number, number_bytes};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, has_input, open_fds, recv_with_fds,
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, file_size, has_input, open_fds, recv_with_fds,
     register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
-pub(crate) use ipc::{
-    RECYCLE_MAX, SpillView, file_size, fill_random, grow_send_buffer, shutdown_socket, spill_memfd,
-};
 pub(crate) use pid::cached_pid;
 #[cfg(feature = "test-hooks")]
 pub(crate) use proc::fork_and_reap;
@@ -37,9 +36,12 @@ pub(crate) use proc::{
     poll_readable, readable_now, restore_sigint, set_parent_death_signal, signal_name, spawn_exe,
     stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
 };
+pub(crate) use random::fill_random;
 pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, shm_attach, shm_create, shm_remove};
+pub(crate) use socket_opts::{grow_send_buffer, shutdown_socket};
+pub(crate) use spill::{RECYCLE_MAX, SpillView, spill_memfd};
 
 use std::io;
 

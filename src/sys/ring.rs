@@ -85,7 +85,7 @@ impl ShmRing {
     /// Maps a ring received from another process, checking its header against its size.
     pub(crate) fn open(fd: OwnedFd) -> io::Result<ShmRing> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-        let size = super::ipc::file_size(fd.as_fd())?;
+        let size = super::fd::file_size(fd.as_fd())?;
         if size < HEADER_BYTES + SLOT_BYTES {
             return Err(bad("the shared ring is too small"));
         }

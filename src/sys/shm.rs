@@ -92,7 +92,7 @@ impl SharedRegion {
 
     /// Maps a segment received from another process; its size comes from `fstat`.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<SharedRegion> {
-        let len = super::ipc::file_size(fd.as_fd())?;
+        let len = super::fd::file_size(fd.as_fd())?;
         SharedRegion::map(fd, len)
     }
 

@@ -1,37 +1,12 @@
-//! Descriptors for messaging between processes: packet sockets, eventfd counters, memfd
-//! spill files, and random bytes.
+//! Spill files: memfds that carry a message too large for a queue's shared ring, and a
+//! read-only view of one.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::fd::file_size;
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
-
-use super::cvt;
-
-/// Asks for a send buffer of `bytes`: beyond the administrator's limit when the process may
-/// (`SO_SNDBUFFORCE`, root), else up to it (`SO_SNDBUF`, capped by `net.core.wmem_max`).
-pub(crate) fn grow_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    if setsockopt(&fd, sockopt::SndBufForce, &bytes).is_ok() {
-        return Ok(());
-    }
-    let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .unwrap_or(bytes);
-    Ok(setsockopt(&fd, sockopt::SndBuf, &bytes.min(max))?)
-}
-
-/// Shuts one direction of a socket down for every holder of it.
-pub(crate) fn shutdown_socket(fd: BorrowedFd<'_>, read: bool, write: bool) -> io::Result<()> {
-    let how = match (read, write) {
-        (true, true) => Shutdown::Both,
-        (true, false) => Shutdown::Read,
-        (false, true) => Shutdown::Write,
-        (false, false) => return Ok(()),
-    };
-    Ok(shutdown(fd.as_raw_fd(), how)?)
-}
 
 /// The largest spill file worth handing back for reuse.
 pub(crate) const RECYCLE_MAX: usize = 2 * 1024 * 1024;
@@ -57,12 +32,6 @@ pub(crate) fn spill_memfd(reuse: Option<OwnedFd>, data: &[u8]) -> io::Result<Own
         }
     }
     Ok(fd)
-}
-
-/// The size of a file.
-pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let size = nix::sys::stat::fstat(fd)?.st_size;
-    usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
 }
 
 /// A read-only view of the first bytes of a spill file made by [`spill_memfd`].
@@ -131,21 +100,4 @@ impl Drop for SpillView {
             let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
         }
     }
-}
-
-/// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
-pub(crate) fn fill_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which we borrow
-        // mutably for the call.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        match cvt(n) {
-            Ok(n) => done += n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,31 @@
+//! Options of a socket every holder of it shares: its send buffer, and shutting a direction
+//! down.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
+
+/// Asks for a send buffer of `bytes`: beyond the administrator's limit when the process may
+/// (`SO_SNDBUFFORCE`, root), else up to it (`SO_SNDBUF`, capped by `net.core.wmem_max`).
+pub(crate) fn grow_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    if setsockopt(&fd, sockopt::SndBufForce, &bytes).is_ok() {
+        return Ok(());
+    }
+    let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(bytes);
+    Ok(setsockopt(&fd, sockopt::SndBuf, &bytes.min(max))?)
+}
+
+/// Shuts one direction of a socket down for every holder of it.
+pub(crate) fn shutdown_socket(fd: BorrowedFd<'_>, read: bool, write: bool) -> io::Result<()> {
+    let how = match (read, write) {
+        (true, true) => Shutdown::Both,
+        (true, false) => Shutdown::Read,
+        (false, true) => Shutdown::Write,
+        (false, false) => return Ok(()),
+    };
+    Ok(shutdown(fd.as_raw_fd(), how)?)
+}
