@@ -1,5 +1,5 @@
-//! Pool failures under fire: workers killed while they hold batched tasks, chunks of an
-//! `imap` that fail, worker starts that fail. Every task of these tests writes its input to a
+//! Pool failures under fire: workers killed mid-task and while they hold batched tasks,
+//! tasks that time out, chunks of an `imap` that fail, worker starts that fail. Every task of these tests writes its input to a
 //! log (an `O_APPEND` file) as it runs, so that a test can tell which inputs ran and how
 //! many times.
 
@@ -7,53 +7,31 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use support::{TestResult, eventually, test};
-use tokio_multiprocessing::{self as mp, Error, Pool};
+use support::pool::*;
+use support::{TestResult, eventually};
+use tokio_multiprocessing::{self as mp, Error, ExitCause, Pool};
 
 fn main() {
     mp::init();
-    support::run(vec![
-        test(
-            "a_task_the_worker_started_is_not_sent_again",
-            a_task_the_worker_started_is_not_sent_again,
-        ),
-        test(
-            "kill_storm_runs_no_task_twice_and_resolves_every_call",
-            kill_storm_runs_no_task_twice_and_resolves_every_call,
-        ),
-        test(
-            "imap_yields_one_item_per_input_when_a_chunk_times_out",
-            imap_yields_one_item_per_input_when_a_chunk_times_out,
-        ),
-        test(
-            "imap_unordered_names_the_inputs_of_a_lost_chunk",
-            imap_unordered_names_the_inputs_of_a_lost_chunk,
-        ),
-        test(
-            "build_succeeds_with_the_workers_that_start_and_the_rest_follow",
-            build_succeeds_with_the_workers_that_start_and_the_rest_follow,
-        ),
-        test(
-            "maxtasksperchild_of_zero_is_an_error",
-            maxtasksperchild_of_zero_is_an_error,
-        ),
+    support::run(trials![
+        a_task_the_worker_started_is_not_sent_again,
+        kill_storm_runs_no_task_twice_and_resolves_every_call,
+        imap_yields_one_item_per_input_when_a_chunk_times_out,
+        imap_unordered_names_the_inputs_of_a_lost_chunk,
+        build_succeeds_with_the_workers_that_start_and_the_rest_follow,
+        maxtasksperchild_of_zero_is_an_error,
+        worker_killed_mid_task,
+        spinning_pool_notices_a_dead_worker,
+        worker_killed_with_tasks_waiting_behind,
+        worker_abort_and_exit_mid_task,
+        task_timeout_kills_and_replaces,
     ]);
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn tmp_path(tag: &str) -> String {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir()
-        .join(format!("tkmp-poolfail-{}-{tag}-{n}", std::process::id()))
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// The log this worker writes to, kept open so that a logging task stays short (a worker
@@ -93,13 +71,6 @@ fn runs(path: &str) -> HashMap<u64, usize> {
     n
 }
 
-fn kill9(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
 // The case of issue 10: ten short calls and a long one in one batch to a Pool(1); the
 // worker is killed while the long one runs. The long one must not run again (it started),
 // and every call that returned `Ok` ran exactly once; the calls sent after the long one,
@@ -123,7 +94,7 @@ async fn a_task_the_worker_started_is_not_sent_again() -> TestResult {
     }
     let started = eventually(Duration::from_secs(20), || runs(&log).contains_key(&200)).await;
     ensure!(started, "the long call never started");
-    kill9(victim);
+    kill9(victim)?;
     let long = long.await;
     ensure!(
         long.as_ref().is_err_and(|e| e.is_worker_lost()),
@@ -182,7 +153,7 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
                 }
                 let pid = latest.load(Ordering::Relaxed);
                 if pid != 0 && killed.insert(pid) {
-                    kill9(pid);
+                    let _ = kill9(pid);
                     kills += 1;
                 }
             }
@@ -349,7 +320,7 @@ async fn pool_under_a_descriptor_limit() -> Result<(), String> {
     }
     limit("4096")?;
     for &p in &before {
-        kill9(p);
+        let _ = kill9(p);
     }
     let mut after = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
@@ -398,5 +369,136 @@ async fn maxtasksperchild_of_zero_is_an_error() -> TestResult {
         .build()
         .await;
     ensure!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    Ok(())
+}
+
+// The issue's own (CPython hangs here): SIGKILL mid-task fails that task, names pid and
+// signal; the worker is replaced and the pool serves 1,000 more tasks.
+async fn worker_killed_mid_task() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let path = tmp_path("kill");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let victim = read_pid(&path).await?;
+    kill9(victim)?;
+    match h.await {
+        Err(e) if e.is_worker_lost() => {
+            ensure!(e.worker_pid() == Some(victim), "names {e}, killed {victim}");
+            ensure!(e.exit_cause() == Some(ExitCause::Signal(9)), "cause {e}");
+        }
+        other => return Err(format!("expected WorkerLost, got {other:?}").into()),
+    }
+    let hs: Vec<_> = (0..1000).map(|i| pool.apply_async(sqr, (i,))).collect();
+    let v = futures::future::try_join_all(hs).await?;
+    ensure!(
+        v == (0..1000).map(|x| x * x).collect::<Vec<_>>(),
+        "1000 after"
+    );
+    let pids = worker_pids(&pool).await?;
+    ensure!(
+        pids.len() == 2 && !pids.contains(&victim),
+        "replaced: {pids:?}"
+    );
+    Ok(())
+}
+
+// While the pool spins for the next answer (short tasks, a spare core), a worker killed
+// mid-task is still noticed at once, and the pool goes on serving.
+async fn spinning_pool_notices_a_dead_worker() -> TestResult {
+    let pool = spinning_pool().await?;
+    for i in 0..50 {
+        ensure!(pool.apply(sqr, (i,)).await? == i * i, "short task {i}");
+    }
+    let path = tmp_path("spin-kill");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let victim = read_pid(&path).await?;
+    kill9(victim)?;
+    match tokio::time::timeout(Duration::from_secs(20), h).await {
+        Ok(Err(e)) if e.is_worker_lost() && e.worker_pid() == Some(victim) => {}
+        other => return Err(format!("expected WorkerLost of {victim}, got {other:?}").into()),
+    }
+    ensure!(pool.apply(sqr, (7,)).await? == 49, "serves after");
+    Ok(())
+}
+
+// Tasks a worker held behind the one it was running are not lost with it: only the running
+// task fails; the others run on the replacement.
+async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let path = tmp_path("behind");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let behind: Vec<_> = (0..20).map(|i| pool.apply_async(sqr, (i,))).collect();
+    let victim = read_pid(&path).await?;
+    kill9(victim)?;
+    ensure!(
+        h.await
+            .is_err_and(|e| e.is_worker_lost() && e.worker_pid() == Some(victim)),
+        "the running task fails"
+    );
+    let v = futures::future::try_join_all(behind).await?;
+    ensure!(
+        v == (0..20).map(|x| x * x).collect::<Vec<_>>(),
+        "the others ran: {v:?}"
+    );
+    Ok(())
+}
+
+// abort (SIGABRT), a segfault (SIGSEGV) and exit(3) mid-task: the error names the signal or
+// the exit code.
+async fn worker_abort_and_exit_mid_task() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let e = pool.apply(abort_now, ()).await;
+    ensure!(
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Signal(6))),
+        "abort: {e:?}"
+    );
+    let e = pool.apply(segfault_self, ()).await;
+    ensure!(
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Signal(11))),
+        "segfault: {e:?}"
+    );
+    let e = pool.apply(exit_with, (3,)).await;
+    ensure!(
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Code(3))),
+        "exit: {e:?}"
+    );
+    ensure!(pool.apply(sqr, (3,)).await? == 9, "serves after");
+    Ok(())
+}
+
+// task_timeout kills and replaces the worker; the other tasks are untouched.
+async fn task_timeout_kills_and_replaces() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .await?;
+    let path = tmp_path("timeout");
+    let slow = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let victim = read_pid(&path).await?;
+    let others: Vec<_> = (0..50).map(|i| pool.apply_async(sqr, (i,))).collect();
+    match slow.await {
+        Err(e) if e.is_timeout() => {
+            ensure!(e.worker_pid() == Some(victim), "{e} vs {victim}");
+            ensure!(e.to_string().contains("1s"), "{e}");
+        }
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+    let v = futures::future::try_join_all(others).await?;
+    ensure!(v.len() == 50, "others done");
+    ensure!(
+        gone(&[victim].into()).await,
+        "the timed-out worker is reaped"
+    );
+    ensure!(pool.apply(sqr, (9,)).await? == 81, "serves after");
+    // Per call, on a pool without a default timeout.
+    let pool = Pool::new(1).await?;
+    let e = pool
+        .apply_timeout(sleep_ms, (60_000,), Duration::from_millis(200))
+        .await;
+    ensure!(e.as_ref().is_err_and(|e| e.is_timeout()), "{e:?}");
+    ensure!(pool.apply(sqr, (2,)).await? == 4, "serves after");
     Ok(())
 }

@@ -190,3 +190,5 @@ pub async fn fds_return_to(before: usize, limit: Duration) -> TestResult {
     );
     Ok(())
 }
+
+pub mod pool;

@@ -1,0 +1,527 @@
+//! The pool's API, ported from CPython's `_TestPool` in `Lib/test/_test_multiprocessing.py`
+//! (the Python case each test comes from is named): apply, map, imap, results, close,
+//! terminate, cancel, and values that cannot cross.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use support::pool::*;
+use support::{TestResult, eventually, test};
+use tokio_multiprocessing::{self as mp, Error, Pool};
+
+// test_apply
+async fn apply() -> TestResult {
+    let pool = Pool::new(2).await?;
+    ensure!(pool.apply(sqr, (5,)).await? == 25, "sqr(5)");
+    ensure!(pool.apply(mul, (3, 4)).await? == 12, "mul(3, 4)");
+    ensure!(
+        pool.apply(pid, ()).await? != std::process::id(),
+        "ran in a worker"
+    );
+    Ok(())
+}
+
+// test_map, test_map_chunksize
+async fn map() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let want: Vec<i64> = (0..100).map(|x| x * x).collect();
+    ensure!(pool.map(sqr, 0..100).await? == want, "map");
+    ensure!(
+        pool.map(sqr, 0..100).chunksize(1).await? == want,
+        "chunksize 1"
+    );
+    ensure!(
+        pool.map(sqr, 0..100).chunksize(7).await? == want,
+        "chunksize 7"
+    );
+    ensure!(
+        pool.map(sqr, 0..100).chunksize(1000).await? == want,
+        "one chunk"
+    );
+    let mut r = pool.map_async(sqr, 0..10);
+    ensure!(
+        r.get_timeout(Duration::from_secs(20)).await? == want[..10],
+        "map_async"
+    );
+    Ok(())
+}
+
+// test_empty_iterable
+async fn empty_iterable() -> TestResult {
+    let pool = Pool::new(2).await?;
+    ensure!(
+        pool.map(sqr, Vec::<i64>::new()).await?.is_empty(),
+        "map of nothing"
+    );
+    ensure!(
+        pool.starmap(mul, Vec::<(i64, i64)>::new())
+            .await?
+            .is_empty(),
+        "starmap"
+    );
+    let n = pool.imap(sqr, Vec::<i64>::new()).count().await;
+    ensure!(n == 0, "imap of nothing yielded {n}");
+    Ok(())
+}
+
+// test_starmap, test_starmap_async
+async fn starmap() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let args: Vec<(i64, i64)> = (0..10).map(|i| (i, i + 1)).collect();
+    let want: Vec<i64> = args.iter().map(|(a, b)| a * b).collect();
+    ensure!(pool.starmap(mul, args.clone()).await? == want, "starmap");
+    ensure!(
+        pool.starmap_async(mul, args).await? == want,
+        "starmap_async"
+    );
+    Ok(())
+}
+
+// test_imap, test_imap_unordered
+async fn imap() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let got: Vec<i64> = pool
+        .imap(sqr, 0..100)
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    ensure!(
+        got == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+        "imap order"
+    );
+    let got: Vec<i64> = pool
+        .imap(sqr, 0..100)
+        .chunksize(7)
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    ensure!(
+        got == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+        "imap chunks"
+    );
+    let mut got: Vec<i64> = pool
+        .imap_unordered(sqr, 0..100)
+        .chunksize(3)
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    got.sort();
+    ensure!(
+        got == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+        "imap_unordered set"
+    );
+    Ok(())
+}
+
+// The issue's own: an endless iterator, 1,000 results, a bounded window of inputs read.
+async fn imap_endless_input_is_read_lazily() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = pulled.clone();
+    let input = (0i64..).inspect(move |_| {
+        p.fetch_add(1, Ordering::Relaxed);
+    });
+    let got: Vec<i64> = pool
+        .imap(sqr, input)
+        .chunksize(4)
+        .take(1000)
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    ensure!(
+        got == (0..1000).map(|x| x * x).collect::<Vec<_>>(),
+        "first 1000"
+    );
+    let n = pulled.load(Ordering::Relaxed);
+    // Window: 4 chunks per worker, of 4 inputs each.
+    ensure!(n <= 1000 + 4 * 2 * 4, "read {n} inputs for 1000 results");
+    let mut s = pool.imap_unordered(sqr, 0i64..).take(1000);
+    let mut k = 0;
+    while let Some(r) = s.next().await {
+        r?;
+        k += 1;
+    }
+    ensure!(k == 1000, "imap_unordered took {k}");
+    Ok(())
+}
+
+// test_async
+async fn apply_async() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let mut r = pool.apply_async(sqr, (7,));
+    ensure!(r.get_timeout(Duration::from_secs(20)).await? == 49, "get");
+    let mut r = pool.apply_async(sqr, (8,));
+    let v = (&mut r).await?;
+    ensure!(v == 64, "await");
+    ensure!(r.ready(), "ready after the result came");
+    let hs: Vec<_> = (0..200).map(|i| pool.apply_async(sqr, (i,))).collect();
+    let v = futures::future::try_join_all(hs).await?;
+    ensure!(
+        v == (0..200).map(|x| x * x).collect::<Vec<_>>(),
+        "200 at once"
+    );
+    Ok(())
+}
+
+// test_async_timeout: a timed-out get leaves the task running; it can be awaited later.
+async fn get_timeout_leaves_task_running() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let gate = tmp_path("gate");
+    let mut r = pool.apply_async(wait_for_file, (gate.clone(),));
+    let e = r.get_timeout(Duration::from_millis(10)).await;
+    ensure!(
+        matches!(e, Err(Error::Timeout)),
+        "expected Timeout, got {e:?}"
+    );
+    ensure!(!r.ready(), "not ready yet");
+    ensure!(
+        r.successful().is_none(),
+        "successful() is None while running"
+    );
+    std::fs::write(&gate, "open")?;
+    let worker = r.await?;
+    let _ = std::fs::remove_file(&gate);
+    ensure!(worker != std::process::id(), "ran in a worker");
+    Ok(())
+}
+
+// test_traceback / test_wrapped_exception: a panic fails that task only, with its message.
+async fn panic_fails_that_task_only() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let before = worker_pids(&pool).await?;
+    let e = pool.apply(boom, (3,)).await;
+    ensure!(e.as_ref().is_err_and(|e| e.is_panic()), "is_panic: {e:?}");
+    let e = e.err().ok_or("boom(3) succeeded")?;
+    ensure!(e.panic_message() == Some("boom at 3"), "{e:?}");
+    ensure!(
+        e.panic_location()
+            .is_some_and(|at| at.contains("tests/support/pool.rs:")),
+        "the panic's location: {:?}",
+        e.panic_location()
+    );
+    ensure!(e.to_string().contains("boom at 3"), "{e}");
+    ensure!(pool.apply(boom, (4,)).await? == 4, "next task");
+    let e = pool.map(boom, 0..10).chunksize(2).await;
+    ensure!(
+        e.as_ref()
+            .is_err_and(|e| e.panic_message() == Some("boom at 3") && e.input_index() == Some(3)),
+        "map: {e:?}"
+    );
+    let items: Vec<_> = pool.imap(boom, 0..6).collect().await;
+    ensure!(
+        items.iter().filter(|r| r.is_err()).count() == 1,
+        "one failed item"
+    );
+    ensure!(
+        items[3].is_err() && items[5].as_ref().ok() == Some(&5),
+        "{items:?}"
+    );
+    let mut r = pool.apply_async(boom, (3,));
+    ensure!(
+        tokio::time::timeout(Duration::from_secs(20), &mut r)
+            .await
+            .is_ok(),
+        "finished"
+    );
+    ensure!(
+        r.successful() == Some(false),
+        "successful() is false after a panic"
+    );
+    ensure!(
+        worker_pids(&pool).await? == before,
+        "a panic replaces no worker"
+    );
+    Ok(())
+}
+
+// Arguments and results larger than a socket's buffer, several in flight per worker.
+async fn large_arguments_and_results() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let blobs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 600 << 10]).collect();
+    let hs: Vec<_> = blobs
+        .iter()
+        .map(|b| pool.apply_async(reverse, (b.clone(),)))
+        .collect();
+    let out = futures::future::try_join_all(hs).await?;
+    ensure!(out == blobs, "apply_async echoes");
+    let out = pool.map(reverse, blobs.clone()).chunksize(1).await?;
+    ensure!(out == blobs, "map echoes");
+    Ok(())
+}
+
+// _TestPoolWorkerErrors.test_unpickleable_result: a result the worker cannot encode fails
+// that task (20 times over) and loses no worker.
+async fn unencodable_result() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let before = worker_pids(&pool).await?;
+    for _ in 0..20 {
+        match pool.apply(make_unencodable, ()).await {
+            Err(e) => {
+                let text = e.to_string();
+                ensure!(
+                    text.contains("could not encode the task's result"),
+                    "{text}"
+                );
+                ensure!(text.contains("Unencodable"), "{text}");
+                ensure!(text.contains("refuses"), "{text}");
+            }
+            other => return Err(format!("expected Encode, got {other:?}").into()),
+        }
+    }
+    ensure!(worker_pids(&pool).await? == before, "no worker was lost");
+    Ok(())
+}
+
+// _TestPool.test_map_unplicklable: an argument that cannot be encoded fails that call at
+// submission; a result the parent cannot decode fails that task, naming the type.
+async fn unencodable_argument_and_undecodable_result() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let before = pool.apply(pid, ()).await?;
+    let mut h = pool.apply_async(take_unencodable, (Unencodable,));
+    ensure!(h.ready(), "failed at submission, nothing sent");
+    let e = h.await;
+    match e.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::Encode { type_name, message }) => {
+            ensure!(type_name.contains("Unencodable"), "{type_name}");
+            ensure!(message.contains("refuses"), "{message}");
+        }
+        _ => return Err(format!("expected Encode, got {e:?}").into()),
+    }
+    let e = pool.apply(make_undecodable, ()).await;
+    match e.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::Decode { type_name, .. }) => {
+            ensure!(type_name.contains("Undecodable"), "{type_name}")
+        }
+        _ => return Err(format!("expected Decode, got {e:?}").into()),
+    }
+    ensure!(pool.apply(pid, ()).await? == before, "the worker survived");
+    Ok(())
+}
+
+// test_terminate, test_close / join: calls after close or terminate fail clearly.
+async fn closed_pool() -> TestResult {
+    let pool = Pool::new(2).await?;
+    ensure!(
+        matches!(pool.join().await, Err(Error::PoolRunning)),
+        "join while running"
+    );
+    let pids = worker_pids(&pool).await?;
+    let pending = pool.map_async(sleep_ms, vec![100; 4]);
+    pool.close();
+    ensure!(
+        pool.apply(sqr, (1,))
+            .await
+            .is_err_and(|e| e.is_pool_closed()),
+        "apply after close"
+    );
+    ensure!(
+        pending.await?.len() == 4,
+        "queued work finishes after close"
+    );
+    tokio::time::timeout(Duration::from_secs(20), pool.join()).await??;
+    ensure!(gone(&pids).await, "workers exited after close + join");
+
+    let pool = Pool::new(2).await?;
+    let pids = worker_pids(&pool).await?;
+    let long = pool.apply_async(sleep_ms, (60_000,));
+    pool.terminate().await?;
+    ensure!(
+        long.await.is_err_and(|e| e.is_pool_closed()),
+        "terminated task"
+    );
+    ensure!(
+        pool.apply(sqr, (1,))
+            .await
+            .is_err_and(|e| e.is_pool_closed()),
+        "apply after terminate"
+    );
+    ensure!(gone(&pids).await, "terminate reaps the workers");
+    Ok(())
+}
+
+// test_context: dropping the pool (Python's `with Pool()`) kills its workers, no zombie.
+async fn drop_terminates_workers() -> TestResult {
+    let fds = support::open_fds();
+    let pool = Pool::new(2).await?;
+    let pids = worker_pids(&pool).await?;
+    let _in_flight = pool.apply_async(sleep_ms, (60_000,));
+    drop(pool);
+    ensure!(gone(&pids).await, "no worker left, not even a zombie");
+    drop(_in_flight);
+    ensure!(
+        eventually(Duration::from_secs(10), || support::open_fds() <= fds).await,
+        "descriptors leaked: {} before, {} after",
+        fds,
+        support::open_fds()
+    );
+    Ok(())
+}
+
+// cancel(): a queued task is removed and never runs; a running one's worker is replaced.
+async fn cancel_queued_and_running() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let path = tmp_path("running");
+    let running = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let victim = read_pid(&path).await?;
+    let marker = tmp_path("never");
+    // Twenty: some wait in the pool's queue, some were sent ahead to the worker.
+    let queued: Vec<_> = (0..20)
+        .map(|_| pool.apply_async(touch, (marker.clone(),)))
+        .collect();
+    for q in &queued {
+        q.cancel();
+    }
+    for q in queued {
+        let e = q.await;
+        ensure!(e.as_ref().is_err_and(|e| e.is_cancelled()), "queued: {e:?}");
+    }
+    running.cancel();
+    let e = running.await;
+    ensure!(
+        e.as_ref().is_err_and(|e| e.is_cancelled()),
+        "running: {e:?}"
+    );
+    ensure!(gone(&[victim].into()).await, "its worker was killed");
+    let after = pool.apply(pid, ()).await?;
+    ensure!(after != victim, "replaced");
+    ensure!(
+        !std::path::Path::new(&marker).exists(),
+        "a cancelled task ran"
+    );
+    Ok(())
+}
+
+// Sequences of plain numbers travel as one `bin`, others as arrays: both round-trip through
+// real workers, with each item's failure in its place.
+async fn map_over_number_types() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let xs: Vec<f64> = (0..1000).map(|i| f64::from(i) * 0.5 - 100.0).collect();
+    let got = pool.map(halve, xs.clone()).chunksize(64).await?;
+    ensure!(
+        got == xs.iter().map(|x| halve(*x)).collect::<Vec<_>>(),
+        "f64 → f32"
+    );
+    let got = pool.map(widen, i8::MIN..=i8::MAX).await?;
+    ensure!(
+        got == (i8::MIN..=i8::MAX).map(widen).collect::<Vec<_>>(),
+        "i8 → i64"
+    );
+    let got = pool.map(label, 0u16..300).chunksize(7).await?;
+    ensure!(
+        got == (0u16..300).map(label).collect::<Vec<_>>(),
+        "u16 → String"
+    );
+    let got: Vec<_> = pool
+        .imap(byte_or_boom, 0u8..=255)
+        .chunksize(50)
+        .collect()
+        .await;
+    ensure!(got.len() == 256, "{} results", got.len());
+    for (x, r) in (0u8..=255).zip(&got) {
+        match (x, r) {
+            (77, Err(e)) => {
+                ensure!(e.input_index() == Some(77), "{e:?}");
+                ensure!(
+                    e.panic_message().is_some_and(|m| m.contains("boom at 77")),
+                    "{e:?}"
+                );
+            }
+            (x, Ok(y)) => ensure!(*y == x ^ 0xff, "{x} gave {y}"),
+            (x, r) => ensure!(false, "{x} gave {r:?}"),
+        }
+    }
+    Ok(())
+}
+
+// A pool serves as soon as one worker is ready; the others take tasks once they are.
+async fn pool_serves_before_all_workers_are_ready() -> TestResult {
+    let (claim, gate) = (tmp_path("claim"), tmp_path("gate"));
+    let built = tokio::time::timeout(
+        Duration::from_secs(20),
+        Pool::builder()
+            .processes(2)
+            .initializer(init_first_then_gate, (claim.clone(), gate.clone()))
+            .build(),
+    )
+    .await;
+    let Ok(built) = built else {
+        std::fs::write(&gate, "open")?;
+        return Err("build waited for every worker".into());
+    };
+    let pool = built?;
+    let first = pool.apply(pid, ()).await?;
+    std::fs::write(&gate, "open")?;
+    let seen = worker_pids(&pool).await?;
+    ensure!(
+        seen.len() == 2 && seen.contains(&first),
+        "the second worker joined: {seen:?}"
+    );
+    for p in [claim, gate] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+// test_make_pool: a pool of 0 processes is an error.
+async fn zero_processes() -> TestResult {
+    let e = Pool::builder().processes(0).build().await;
+    ensure!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    Ok(())
+}
+
+// Workers started by the fork server serve like any other.
+async fn forkserver_workers() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(mp::StartMethod::ForkServer)
+        .build()
+        .await?;
+    ensure!(
+        pool.map(sqr, 0..50).await? == (0..50).map(|x| x * x).collect::<Vec<_>>(),
+        "map"
+    );
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    // Descriptor counts are process-wide: that test runs alone, before the others.
+    let args = libtest_mimic::Arguments::from_args();
+    let alone = libtest_mimic::Arguments {
+        test_threads: Some(1),
+        ..args.clone()
+    };
+    let first = libtest_mimic::run(
+        &alone,
+        vec![test("drop_terminates_workers", drop_terminates_workers)],
+    );
+    let rest = libtest_mimic::run(
+        &args,
+        trials![
+            apply,
+            map,
+            empty_iterable,
+            starmap,
+            imap,
+            imap_endless_input_is_read_lazily,
+            apply_async,
+            get_timeout_leaves_task_running,
+            panic_fails_that_task_only,
+            large_arguments_and_results,
+            unencodable_result,
+            unencodable_argument_and_undecodable_result,
+            closed_pool,
+            cancel_queued_and_running,
+            map_over_number_types,
+            pool_serves_before_all_workers_are_ready,
+            zero_processes,
+            forkserver_workers,
+        ],
+    );
+    let failed = first.has_failed() || rest.has_failed();
+    std::process::exit(if failed { 101 } else { 0 });
+}

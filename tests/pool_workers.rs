@@ -1,0 +1,288 @@
+//! The life of a pool's workers, ported from CPython's `_TestPoolWorkerLifetime` and
+//! `_TestPoolWorkerErrors` where they exist: initializers, `maxtasksperchild`, `async fn`
+//! tasks and their concurrency, and how a worker runs and answers its tasks.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use support::pool::*;
+use support::{TestResult, eventually};
+use tokio_multiprocessing::{self as mp, Error, Pool};
+
+// A pool spinning for its next answer yields to the other tasks of its runtime: on a
+// current-thread runtime, a timer fires and a spawned task runs while it spins.
+async fn spinning_pool_leaves_its_runtime_free() -> TestResult {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let run = || -> TestResult {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let pool = spinning_pool().await?;
+                for i in 0..50 {
+                    ensure!(pool.apply(sqr, (i,)).await? == i * i, "short task {i}");
+                }
+                // The pool now spins for an answer that will not come.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ensure!(tokio::spawn(async { 6 * 7 }).await? == 42, "spawned task");
+                ensure!(pool.apply(sqr, (9,)).await? == 81, "serves after");
+                Ok(())
+            })
+        };
+        let _ = tx.send(run().map_err(|e| e.to_string()));
+    });
+    match tokio::time::timeout(Duration::from_secs(20), rx).await {
+        Ok(Ok(r)) => Ok(r?),
+        Ok(Err(_)) => Err("the runtime's thread panicked".into()),
+        Err(_) => Err("the runtime was held by the spinning pool for 20 s".into()),
+    }
+}
+
+// _TestInitializers.test_pool_initializer; bpo-43306: a failing initializer is an error,
+// not a respawn loop.
+async fn initializer() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(good_init, (42usize,))
+        .build()
+        .await?;
+    let v = pool.map(|_x: u8| init_value(), 0..8u8).chunksize(1).await?;
+    ensure!(
+        v.iter().all(|&x| x == 42),
+        "initializer ran in every worker: {v:?}"
+    );
+    drop(pool);
+    let e = Pool::builder()
+        .processes(2)
+        .initializer(failing_init, ())
+        .build()
+        .await;
+    let failed = match e {
+        Err(Error::InitializerFailed { message, pid }) => {
+            ensure!(message.contains("no database"), "{message}");
+            pid
+        }
+        other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
+    };
+    ensure!(gone(&[failed].into()).await, "the failed worker is reaped");
+    Ok(())
+}
+
+// Initializer arguments larger than a socket's buffer reach every worker.
+async fn initializer_with_large_arguments() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(big_init, (vec![7u8; 4 << 20],))
+        .build()
+        .await?;
+    let v = pool.map(|_x: u8| init_len(), 0..8u8).chunksize(1).await?;
+    ensure!(v.iter().all(|&n| n == 4 << 20), "{v:?}");
+    Ok(())
+}
+
+// An initializer that kills its process is an initializer failure too, naming the cause.
+async fn initializer_that_exits() -> TestResult {
+    let e = Pool::builder()
+        .processes(1)
+        .initializer(exiting_init, ())
+        .build()
+        .await;
+    match e {
+        Err(Error::InitializerFailed { message, pid }) => {
+            ensure!(message.contains("exit code 7"), "{message}");
+            ensure!(gone(&[pid].into()).await, "reaped");
+        }
+        other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+// bpo-43306: a replacement worker whose initializer fails is not restarted in a loop; the
+// tasks get the initializer's failure.
+async fn failing_initializer_of_a_replacement() -> TestResult {
+    let path = tmp_path("init-once");
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(init_once, (path.clone(),))
+        .build()
+        .await?;
+    let e = pool.apply(abort_now, ()).await;
+    ensure!(e.as_ref().is_err_and(|e| e.is_worker_lost()), "{e:?}");
+    let e = pool.apply(sqr, (2,)).await;
+    match e.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::InitializerFailed { message, .. }) => {
+            ensure!(message.contains("initializer attempt 2"), "{message}")
+        }
+        other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
+    }
+    let e = pool.apply(sqr, (2,)).await;
+    ensure!(
+        matches!(
+            e.as_ref().err().and_then(|e| e.caller_error()),
+            Some(Error::InitializerFailed { .. })
+        ),
+        "again: {e:?}"
+    );
+    let attempts = std::fs::read_to_string(&path)?.len();
+    let _ = std::fs::remove_file(&path);
+    ensure!(
+        attempts == 2,
+        "the initializer ran {attempts} times: a respawn loop"
+    );
+    Ok(())
+}
+
+// _TestPoolWorkerLifetime.test_pool_worker_lifetime: workers retire after n tasks; every
+// task runs exactly once.
+async fn maxtasksperchild() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .maxtasksperchild(3)
+        .build()
+        .await?;
+    let log = tmp_path("runs");
+    let hs: Vec<_> = (0..30u32)
+        .map(|i| pool.apply_async(log_run, (log.clone(), i)))
+        .collect();
+    let pids = futures::future::try_join_all(hs).await?;
+    ensure!(pids.len() == 30, "every task answered once");
+    let runs = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    let mut ran: Vec<u32> = runs.lines().map(|l| l.parse()).collect::<Result<_, _>>()?;
+    ran.sort();
+    ensure!(
+        ran == (0..30).collect::<Vec<_>>(),
+        "each task ran exactly once: {ran:?}"
+    );
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    ensure!(
+        distinct.len() >= 10,
+        "30 tasks, 3 per worker: {} workers",
+        distinct.len()
+    );
+    for p in &distinct {
+        ensure!(
+            pids.iter().filter(|x| *x == p).count() <= 3,
+            "worker {p} ran more than 3"
+        );
+    }
+    let v = pool.map(sqr, 0..100).chunksize(5).await?;
+    ensure!(
+        v == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+        "map across retirements"
+    );
+    Ok(())
+}
+
+// _TestPoolWorkerLifetime.test_pool_worker_lifetime_early_close
+async fn maxtasksperchild_early_close() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(1)
+        .build()
+        .await?;
+    let hs: Vec<_> = (0..6).map(|i| pool.apply_async(sqr, (i,))).collect();
+    pool.close();
+    tokio::time::timeout(Duration::from_secs(30), pool.join()).await??;
+    let v = futures::future::try_join_all(hs).await?;
+    ensure!(v == vec![0, 1, 4, 9, 16, 25], "{v:?}");
+    Ok(())
+}
+
+// async fn tasks run on the worker's runtime, several at once when asked.
+async fn async_tasks_and_concurrency() -> TestResult {
+    let pool = Pool::new(1).await?;
+    ensure!(pool.apply(async_sqr, (6,)).await? == 36, "async apply");
+    ensure!(
+        pool.map(async_sqr, 0..10).await? == (0..10).map(|x| x * x).collect::<Vec<_>>(),
+        "async map"
+    );
+    let pool = Pool::builder().processes(1).concurrency(4).build().await?;
+    // Twice the concurrency: the cap of 4 is put to the test.
+    let hs: Vec<_> = (0..8).map(|_| pool.apply_async(overlap, (300,))).collect();
+    let peaks = futures::future::try_join_all(hs).await?;
+    ensure!(
+        peaks.iter().any(|&p| p >= 2),
+        "ran one at a time: {peaks:?}"
+    );
+    ensure!(
+        peaks.iter().all(|&p| p <= 4),
+        "more than 4 at once: {peaks:?}"
+    );
+    // A synchronous task beside them runs on the task thread, and all finish.
+    let a = pool.apply_async(overlap, (200,));
+    let s = pool.apply_async(sleep_ms, (100,));
+    a.await?;
+    s.await?;
+    Ok(())
+}
+
+// A synchronous task that blocks does not hold up the async tasks running in its worker.
+async fn sync_task_does_not_block_async_tasks() -> TestResult {
+    let pool = Pool::builder().processes(1).concurrency(2).build().await?;
+    let (started, gate, done) = (tmp_path("started"), tmp_path("gate"), tmp_path("done"));
+    let a = pool.apply_async(
+        async_gate_then_done,
+        (started.clone(), gate.clone(), done.clone()),
+    );
+    let ok = eventually(Duration::from_secs(20), || {
+        std::path::Path::new(&started).exists()
+    })
+    .await;
+    ensure!(ok, "the async task never started");
+    // Blocks until the async task, which waits for the gate, has finished.
+    let s = pool.apply_async(block_until_file, (done.clone(),));
+    std::fs::write(&gate, "open")?;
+    ensure!(a.await?, "the async task ran to its end");
+    ensure!(s.await?, "the blocking task saw the async task finish");
+    for p in [started, gate, done] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+// A finished task's answer is not held back while its worker runs the next task, which may
+// be long: here the next one blocks until the test has seen the first answer.
+async fn answer_not_held_behind_the_next_task() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let (first, second) = (tmp_path("hold-first"), tmp_path("hold-second"));
+    let gate = pool.apply_async(wait_for_file, (first.clone(),));
+    // Queued behind the gate, and sent ahead to the worker while it waits.
+    let quick = pool.apply_async(sqr, (7,));
+    let long = pool.apply_async(block_until_file, (second.clone(),));
+    let rest: Vec<_> = (0..50).map(|i| pool.apply_async(sqr, (i,))).collect();
+    std::fs::write(&first, "go")?;
+    let got = tokio::time::timeout(Duration::from_secs(20), quick).await;
+    std::fs::write(&second, "go")?;
+    ensure!(
+        matches!(got, Ok(Ok(49))),
+        "the answer waited for the next task: {got:?}"
+    );
+    gate.await?;
+    ensure!(long.await?, "the long task saw its file");
+    let v = futures::future::try_join_all(rest).await?;
+    ensure!(v == (0..50).map(|x| x * x).collect::<Vec<_>>(), "{v:?}");
+    for p in [first, second] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    support::run(trials![
+        spinning_pool_leaves_its_runtime_free,
+        initializer,
+        initializer_with_large_arguments,
+        initializer_that_exits,
+        failing_initializer_of_a_replacement,
+        maxtasksperchild,
+        maxtasksperchild_early_close,
+        async_tasks_and_concurrency,
+        sync_task_does_not_block_async_tasks,
+        answer_not_held_behind_the_next_task,
+    ]);
+}
