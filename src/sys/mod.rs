@@ -20,9 +20,9 @@ pub(crate) use bytes::{Number, number_bytes};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, has_input, open_fds, read_fd, recv_with_fds,
-    register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
-    write_all_fd,
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, has_input, open_fds, peek, read_fd,
+    recv_with_fds, register_owned, register_shared, send_with_fds, set_nonblocking,
+    socketpair_stream, write_all_fd,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use ipc::{
