@@ -55,7 +55,7 @@ mod wire;
 
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result};
-pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
+pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use pool::{AsyncResult, DEFAULT_SPIN, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{DEFAULT_START_TIMEOUT, Process, ProcessBuilder};
