@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
 
-use super::wake::{Wake, Watch, pidfd_of};
+use super::wake::{Wake, Watch};
 use super::{FdRef, SPIN, Uncount, deadline, map_received, until};
 use crate::error::{Error, Result};
 use crate::sys::{self, SharedRegion};
@@ -132,7 +132,7 @@ impl RawLock {
             return Ok(true);
         }
         let holder = self.holder();
-        if holder == 0 || holder == me || !process_gone(holder)? {
+        if holder == 0 || holder == me || !sys::process_gone(holder)? {
             return Ok(false);
         }
         match self.recover(holder, 0) {
@@ -187,15 +187,6 @@ impl<'de> Deserialize<'de> for RawLock {
             wake: Wake::from_fd(wake.into_owned()),
         })
     }
-}
-
-/// Whether `pid` has exited (or never existed), without waiting and without a runtime.
-fn process_gone(pid: u32) -> Result<bool> {
-    let Some(fd) = pidfd_of(pid)? else {
-        return Ok(true);
-    };
-    use std::os::fd::AsFd;
-    Ok(sys::readable_now(fd.as_fd())?)
 }
 
 /// A lock between processes (Python's `multiprocessing.Lock`).

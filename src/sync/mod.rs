@@ -57,6 +57,8 @@ mod lock;
 mod semaphore;
 mod wake;
 
+pub(crate) use wake::Watch;
+
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;

@@ -32,11 +32,11 @@ pub(crate) use pid::cached_pid;
 pub(crate) use proc::{
     adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed, current_pid,
     exit_now, flush_std_streams, fork_and_reap, fork_in_server, fork_process, keep_freed_memory,
-    kill_and_reap, kill_pid, parent_pid, pidfd_open, pidfd_send_signal, pipe_cloexec,
-    poll_readable, readable_now, set_parent_death_signal, signal_name, spawn_exe,
+    kill_and_reap, kill_pid, parent_pid, pidfd_of, pidfd_open, pidfd_send_signal, pipe_cloexec,
+    poll_readable, process_gone, readable_now, set_parent_death_signal, signal_name, spawn_exe,
     stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
 };
-pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
+pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, shm_attach, shm_create, shm_remove};
 
@@ -44,9 +44,6 @@ use std::io;
 
 /// Signal numbers the crate sends.
 pub(crate) use libc::{SIGKILL, SIGTERM};
-
-/// "No such process", as `pidfd_open` reports a process that is gone.
-pub(crate) use libc::ESRCH;
 
 /// Turns a `-1`-means-errno return value into an [`io::Result`].
 fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
