@@ -27,8 +27,17 @@
 //! processes should not write to (or read from) the same end at the same time: a large
 //! frame is written in several pieces, and pieces of two writers could interleave. Use a
 //! [`Queue`](crate::Queue) for many producers or consumers.
+//!
+//! # Sharing an end
+//!
+//! Several processes may hold the same end and take turns reading it (one polls, another
+//! receives; one receives a message, another the next). So a process never takes from the
+//! socket more than the message it receives: `poll` and [`wait`](crate::wait) peek
+//! (`MSG_PEEK`) and take nothing, and `recv` peeks at the header, then reads exactly that
+//! frame, header and body in one system call when it has arrived whole. The frames behind
+//! it stay in the kernel for whichever process reads next. Only the part of a frame that a
+//! cancelled `recv` had begun to read stays in this process, for its next `recv`.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -132,10 +141,11 @@ pub struct Connection<T> {
     _t: PhantomData<fn(T) -> T>,
 }
 
+/// The frame this process has begun to read (never more than one), and whether the socket
+/// reported end of stream.
 #[derive(Debug, Default)]
 struct RecvState {
     buf: RecvBuf,
-    stash: VecDeque<Frame>,
     eof: bool,
 }
 
@@ -247,25 +257,13 @@ impl<T> Connection<T> {
         }
     }
 
-    /// Whether a frame (or end of stream) is at hand without reading the socket.
-    fn buffered(&self) -> Result<bool> {
+    /// Reads the socket once, no further than the end of the frame in progress (see
+    /// "Sharing an end" in the module docs). `Ok(None)` if it had nothing (would block),
+    /// else whether the read left the socket empty.
+    fn read_some(&self) -> Result<Option<bool>> {
         let mut st = self.state();
-        if !st.stash.is_empty() || st.eof {
-            return Ok(true);
-        }
-        if let Some(f) = st.buf.next_frame()? {
-            st.stash.push_back(f);
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Reads the socket once. Returns `None` if it had nothing (would block), else whether a
-    /// frame or end of stream is now at hand and whether the read drained the socket.
-    fn read_some(&self) -> Result<Option<(bool, bool)>> {
-        let mut st = self.state();
-        let (n, short) = loop {
-            match st.buf.read_once_short(self.fd.as_fd()) {
+        let (n, drained) = loop {
+            match st.buf.read_frame_once(self.fd.as_fd()) {
                 Ok(r) => break r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -274,38 +272,13 @@ impl<T> Connection<T> {
         };
         if n == 0 {
             st.eof = true;
-            return Ok(Some((true, true)));
         }
-        match st.buf.next_frame()? {
-            Some(f) => {
-                st.stash.push_back(f);
-                Ok(Some((true, short)))
-            }
-            None => Ok(Some((false, short))),
-        }
-    }
-
-    /// Reads whatever the socket holds now, without waiting; `Ok(true)` if a frame (or end
-    /// of stream) is at hand.
-    fn fill_now(&self) -> Result<bool> {
-        loop {
-            if self.buffered()? {
-                return Ok(true);
-            }
-            match self.read_some()? {
-                Some((true, _)) => return Ok(true),
-                Some((false, _)) => {}
-                None => return Ok(false),
-            }
-        }
+        Ok(Some(drained))
     }
 
     /// Takes the next frame if one is at hand; `Err(Closed)` at end of stream.
     fn take_frame(&self) -> Result<Option<Frame>> {
         let mut st = self.state();
-        if let Some(f) = st.stash.pop_front() {
-            return Ok(Some(f));
-        }
         if let Some(f) = st.buf.next_frame()? {
             return Ok(Some(f));
         }
@@ -315,36 +288,42 @@ impl<T> Connection<T> {
         Ok(None)
     }
 
-    /// Waits until a frame (or end of stream) is at hand. A read that drains the socket
-    /// clears the reactor's readiness at once, so the next wait costs no failed read.
+    /// Whether a message (its first bytes at least) or end of stream waits, checked without
+    /// taking anything from the socket.
+    fn input_now(&self) -> bool {
+        self.state().eof || sys::has_input(self.fd.as_fd())
+    }
+
+    /// Waits until a message (its first bytes at least) or end of stream waits, taking
+    /// nothing from the socket.
     pub(crate) async fn ready(&self) -> Result<()> {
         self.check_readable()?;
-        if self.buffered()? {
+        if self.input_now() {
             return Ok(());
         }
         let io = self.io()?;
         loop {
             let mut guard = io.readable().await?;
-            match self.read_some()? {
-                Some((frame, short)) => {
-                    if short {
-                        guard.clear_ready();
-                    }
-                    if frame {
-                        return Ok(());
-                    }
-                }
-                None => guard.clear_ready(),
+            if self.input_now() {
+                return Ok(());
             }
+            guard.clear_ready();
         }
     }
 
+    /// Receives one frame, reading the socket only up to its end. A read that drains the
+    /// socket clears the reactor's readiness at once, so the next wait costs no failed read.
     async fn recv_frame(&self) -> Result<Frame> {
         loop {
             if let Some(f) = self.take_frame()? {
                 return Ok(f);
             }
-            self.ready().await?;
+            let io = self.io()?;
+            let mut guard = io.readable().await?;
+            match self.read_some()? {
+                Some(true) | None => guard.clear_ready(),
+                Some(false) => {}
+            }
         }
     }
 
@@ -405,8 +384,13 @@ impl<T> Connection<T> {
         Ok(self.recv_frame().await?.into_body())
     }
 
-    /// Whether a message (or end of stream) can be received without waiting, waiting at most
-    /// `timeout` for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns).
+    /// Whether a message (or end of stream) waits to be received, waiting at most `timeout`
+    /// for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns).
+    ///
+    /// It looks without taking: nothing is read off the socket, so when another process
+    /// holds the same end, the message is still there for whichever of the two receives
+    /// first. `true` means that a message has begun to arrive: [`recv`](Self::recv) may
+    /// still wait for the rest of a large one.
     ///
     /// # Errors
     /// An I/O or protocol error from the socket.
@@ -418,7 +402,7 @@ impl<T> Connection<T> {
     /// This method is cancel safe: it takes no message.
     pub async fn poll(&self, timeout: Duration) -> Result<bool> {
         self.check_readable()?;
-        if self.fill_now()? {
+        if self.input_now() {
             return Ok(true);
         }
         match tokio::time::timeout(timeout, self.ready()).await {
@@ -428,7 +412,7 @@ impl<T> Connection<T> {
     }
 
     pub(crate) fn ready_now(&self) -> bool {
-        self.readable && self.fill_now().unwrap_or(true)
+        self.readable && self.input_now()
     }
 }
 

@@ -55,7 +55,7 @@ mod wire;
 
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
-pub use listener::{AUTH_TIMEOUT, Address, Client, Listener};
+pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};

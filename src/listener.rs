@@ -19,13 +19,29 @@
 //! stays silent for [`AUTH_TIMEOUT`] fails on each side with
 //! [`Error::Authentication`], and the socket is closed. Only MD5-free SHA-256 is spoken (no
 //! legacy HMAC-MD5 mode).
+//!
+//! # Many clients at once
+//!
+//! The listener runs the exchanges of all the connections it has taken concurrently (up to
+//! [`MAX_HANDSHAKES`] at a time; the kernel's backlog holds the next ones), and `accept`
+//! returns the first connection whose exchange ends. So a client that is slow or silent
+//! costs only itself: it fails after [`AUTH_TIMEOUT`] while the clients behind it are
+//! accepted as soon as they have answered. The exchanges are kept in the listener between
+//! calls to `accept`, and go on whenever some `accept` is awaited.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -40,6 +56,9 @@ use crate::wire::frame::{HEADER_LEN, write_header};
 
 /// How long either side of the authentication exchange waits for the other.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The most connections whose authentication exchange a [`Listener`] runs at once.
+pub const MAX_HANDSHAKES: usize = 256;
 
 const MESSAGE_LENGTH: usize = 40;
 const MAX_AUTH_MESSAGE: usize = 256;
@@ -99,12 +118,21 @@ enum Inner {
 /// same way. A wrong key, garbage, or a peer silent for [`AUTH_TIMEOUT`] fails on both sides
 /// with [`Error::Authentication`].
 ///
-/// Dropping it stops listening and removes a Unix socket's file.
+/// The exchanges run concurrently (see [`MAX_HANDSHAKES`]): a slow or silent client delays
+/// no other, and [`accept`](Self::accept) returns the first connection that is through.
+///
+/// Dropping it stops listening, closes the connections still in their exchange and removes a
+/// Unix socket's file.
 pub struct Listener {
     inner: Inner,
     address: Address,
-    authkey: Option<Vec<u8>>,
+    authkey: Option<Arc<[u8]>>,
+    /// Connections taken from the socket whose exchange has not ended yet.
+    handshakes: tokio::sync::Mutex<FuturesUnordered<Handshake>>,
 }
+
+/// A connection's authentication exchange: its descriptor once the peer has passed.
+type Handshake = Pin<Box<dyn Future<Output = Result<OwnedFd>> + Send>>;
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,7 +197,8 @@ impl Listener {
         Ok(Listener {
             inner,
             address,
-            authkey: authkey.map(<[u8]>::to_vec),
+            authkey: authkey.map(Arc::from),
+            handshakes: tokio::sync::Mutex::new(FuturesUnordered::new()),
         })
     }
 
@@ -181,33 +210,76 @@ impl Listener {
     /// Accepts the next connection and, with an authentication key, runs the challenge both
     /// ways (Python's `accept()`).
     ///
+    /// Every connection waiting is taken from the socket and its exchange started (up to
+    /// [`MAX_HANDSHAKES`] at once); the first whose exchange ends is returned, so a slow or
+    /// silent client holds up no other. The others go on with their exchanges at the next
+    /// call. Calls from several tasks take turns.
+    ///
     /// # Errors
-    /// [`Error::Authentication`] if the peer fails the challenge, sends garbage or stays
-    /// silent for [`AUTH_TIMEOUT`] (the connection is dropped; call `accept` again for the
-    /// next one); an I/O error from the socket.
+    /// [`Error::Authentication`] if the connection whose exchange ended first failed it (a
+    /// wrong key, garbage, or silence for [`AUTH_TIMEOUT`]; that connection is closed: call
+    /// `accept` again for the next one); an I/O error from the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     ///
     /// # Cancel safety
-    /// Cancel safe as to the listener: a connection being authenticated when the future is
-    /// dropped is closed, and the next `accept` takes the next connection.
+    /// This method is cancel safe: if it loses a `select!` race, no connection was lost; those
+    /// in their exchange stay in the listener for the next `accept`.
     pub async fn accept<T: Serialize + DeserializeOwned>(&self) -> Result<Connection<T>> {
-        let fd: OwnedFd = match &self.inner {
-            Inner::Unix(l) => {
-                let (mut s, _) = l.accept().await?;
-                if let Some(key) = &self.authkey {
-                    authenticate(&mut s, key, true).await?;
+        let mut pending = self.handshakes.lock().await;
+        let fd = std::future::poll_fn(|cx| {
+            loop {
+                if !pending.is_empty() {
+                    if let Poll::Ready(Some(done)) = pending.poll_next_unpin(cx) {
+                        return Poll::Ready(done);
+                    }
                 }
-                s.into_std()?.into()
+                if pending.len() >= MAX_HANDSHAKES {
+                    return Poll::Pending;
+                }
+                match self.poll_take(cx) {
+                    Poll::Ready(Ok(h)) => pending.push(h),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await?;
+        Connection::from_fd(fd, true, true)
+    }
+
+    /// Takes a connection from the socket and makes its exchange (not started yet).
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Handshake>> {
+        let key = self.authkey.clone();
+        let h: Handshake = match &self.inner {
+            Inner::Unix(l) => {
+                let (mut s, _) = match l.poll_accept(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Pending,
+                };
+                Box::pin(async move {
+                    if let Some(key) = key {
+                        authenticate(&mut s, &key, true).await?;
+                    }
+                    Ok(s.into_std()?.into())
+                })
             }
             Inner::Tcp(l) => {
-                let (mut s, _) = l.accept().await?;
-                s.set_nodelay(true)?;
-                if let Some(key) = &self.authkey {
-                    authenticate(&mut s, key, true).await?;
-                }
-                s.into_std()?.into()
+                let (mut s, _) = match l.poll_accept(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Pending,
+                };
+                Box::pin(async move {
+                    s.set_nodelay(true)?;
+                    if let Some(key) = key {
+                        authenticate(&mut s, &key, true).await?;
+                    }
+                    Ok(s.into_std()?.into())
+                })
             }
         };
-        Connection::from_fd(fd, true, true)
+        Poll::Ready(Ok(h))
     }
 
     /// Stops listening (the same as dropping it).

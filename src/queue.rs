@@ -57,10 +57,20 @@
 //! `task_done` that brings it to zero writes an eventfd, which wakes every process awaiting
 //! [`join`](JoinableQueue::join).
 //!
-//! # Caveat
+//! # Processes killed midway
 //!
-//! As in Python, a process killed while it is putting or getting can leave the queue
-//! damaged: a slot claimed and never published stalls the ring at that position.
+//! A slot claimed in the ring names the process that claimed it. A consumer killed while
+//! it takes an item (or a producer killed while it puts a small one) leaves its slot claimed;
+//! the next process that needs the slot finds the claimer dead (a pidfd, as for a lock's
+//! holder) and frees it, so the queue keeps working: the item is lost, as it would be with
+//! the process that took it. A producer waiting for room at a slot that a live process still
+//! holds watches that process too, so its death wakes the producer.
+//!
+//! Items that travel through the socket are not covered: a producer killed while it sends
+//! one holds the packet lock for ever (later large puts wait), and a consumer killed between
+//! taking a marker and receiving its packet leaves the packet in the socket, so each later
+//! large item comes out one place late. A [`JoinableQueue`] still counts a lost item as
+//! unfinished.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -78,7 +88,8 @@ use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use crate::error::{Error, Result};
-use crate::sys::{self, Popped, RING_USER_WORDS as USER};
+use crate::sync::Watch;
+use crate::sys::{self, Popped, Pushed, RING_USER_WORDS as USER};
 use crate::wire::codec;
 use crate::wire::max_frame_size;
 use crate::wire::{Fd, FdRef};
@@ -233,7 +244,10 @@ struct Parts {
 /// before draining the queue never deadlocks. `Queue::new()` holds [`UNBOUNDED_CAPACITY`]
 /// items before `put` waits for a consumer.
 ///
-/// As in Python, a process killed while it puts or gets can leave the queue damaged.
+/// Unlike Python's, the queue survives a consumer killed while it gets, or a producer killed
+/// while it puts an item that fits a slot: that item is lost and the queue keeps working. A
+/// producer killed while it puts a larger item (or one holding descriptors) can still make
+/// later such puts wait for ever.
 ///
 /// # Examples
 ///
@@ -508,20 +522,26 @@ impl<T> Queue<T> {
     }
 
     /// Publishes a slot (data or marker) now, counting it as unfinished for a joinable
-    /// queue; `false` if the ring is full.
-    fn try_push(&self, data: Option<&[u8]>) -> bool {
+    /// queue. If the ring is full, says whether a live process holds the slot needed (see
+    /// [`Pushed::Held`]).
+    fn try_push(&self, data: Option<&[u8]>) -> Pushed {
         let joinable = self.inner.done.is_some();
         if joinable {
             self.word(W_UNFINISHED).fetch_add(1, Ordering::SeqCst);
         }
-        if self.inner.ring.try_push(data) {
+        let pushed = self.inner.ring.try_push(data);
+        if pushed == Pushed::Done {
             self.notify_consumers();
-            return true;
+            return pushed;
         }
         if joinable && self.word(W_UNFINISHED).fetch_sub(1, Ordering::SeqCst) == 1 {
             self.wake_joiners();
         }
-        false
+        match pushed {
+            // Our own process (another thread) frees it and wakes us as any consumer does.
+            Pushed::Held(pid) if pid == sys::cached_pid() => Pushed::Full,
+            other => other,
+        }
     }
 
     fn wake_joiners(&self) {
@@ -554,14 +574,45 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Publishes a slot, waiting for room. While the slot it needs is held by a live
+    /// process, it also watches that process: should it die there, its slot is freed by the
+    /// next try (see "Owner death" in the ring's docs), and no consumer would wake us.
     async fn push_waiting(&self, r: &Reactor, data: Option<&[u8]>) -> Result<()> {
-        if self.try_push(data) {
+        if self.try_push(data) == Pushed::Done {
             return Ok(());
         }
-        self.wait_until(&r.space, W_PROD_WAITERS, W_PROD_NOTIFY, || {
-            Ok(self.try_push(data))
-        })
-        .await
+        let _w = Waiter::new(self.word(W_PROD_WAITERS));
+        let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
+        let mut watch: Option<Watch> = None;
+        loop {
+            self.word(W_PROD_NOTIFY).store(0, Ordering::SeqCst);
+            match self.try_push(data) {
+                Pushed::Done => return Ok(()),
+                Pushed::Full => watch = None,
+                Pushed::Held(pid) => {
+                    if watch.as_ref().is_none_or(|w| w.pid != pid) {
+                        watch = Watch::open(pid)?;
+                        if watch.is_none() {
+                            // Gone already: the next try frees its slot.
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Some(mut g) = guard.take() {
+                g.clear_ready();
+            }
+            match &watch {
+                Some(w) => tokio::select! {
+                    g = r.space.readable() => guard = Some(g?),
+                    died = w.exited() => {
+                        died?;
+                        watch = None;
+                    }
+                },
+                None => guard = Some(r.space.readable().await?),
+            }
+        }
     }
 
     /// Sends a packet on the socket, waiting for room in its buffer.
@@ -603,7 +654,7 @@ impl<T> Queue<T> {
     /// happen whatever becomes of the caller, so if small items filled the ring meanwhile,
     /// a task (or, outside a runtime, a thread) of its own finishes it, holding the lock.
     fn push_marker(&self, lock: PacketLock) -> Option<tokio::task::JoinHandle<Result<()>>> {
-        if self.try_push(None) {
+        if self.try_push(None) == Pushed::Done {
             drop(lock);
             return None;
         }
@@ -620,14 +671,26 @@ impl<T> Queue<T> {
             })),
             Err(_) => {
                 std::thread::spawn(move || {
-                    while !q.try_push(None) {
-                        let _w = Waiter::new(q.word(W_PROD_WAITERS));
+                    let _w = Waiter::new(q.word(W_PROD_WAITERS));
+                    loop {
                         q.word(W_PROD_NOTIFY).store(0, Ordering::SeqCst);
-                        if q.try_push(None) {
-                            break;
-                        }
-                        // A blocking wait on the eventfd: this thread has nothing else to do.
-                        let _ = sys::poll_readable(&[q.inner.space.as_fd()], None);
+                        // A blocking wait on the eventfd (and on a live holder of the slot,
+                        // as in `push_waiting`): this thread has nothing else to do.
+                        let holder = match q.try_push(None) {
+                            Pushed::Done => break,
+                            Pushed::Full => None,
+                            Pushed::Held(pid) => match sys::pidfd_of(pid) {
+                                Ok(Some(fd)) => Some(fd),
+                                // Gone: the next try frees its slot.
+                                Ok(None) => continue,
+                                Err(_) => None,
+                            },
+                        };
+                        let space = q.inner.space.as_fd();
+                        let _ = match &holder {
+                            Some(fd) => sys::poll_readable(&[space, fd.as_fd()], None),
+                            None => sys::poll_readable(&[space], None),
+                        };
                     }
                     drop(lock);
                 });
@@ -880,7 +943,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             self.check_open()?;
             match self.encode(&item)? {
                 Item::Small(b) => {
-                    if self.try_push(Some(&b)) {
+                    if self.try_push(Some(&b)) == Pushed::Done {
                         Ok(())
                     } else {
                         Err(Error::Full)

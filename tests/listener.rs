@@ -3,6 +3,9 @@
 //! Ported from CPython's `Lib/test/_test_multiprocessing.py` (`_TestListenerClient`,
 //! `_TestListener`, and `OtherTest`'s challenge failures); each test names the case it
 //! comes from.
+//!
+//! Tests run one at a time (unless `--test-threads` says otherwise), because one of them
+//! counts this process's descriptors before and after.
 
 #[macro_use]
 mod support;
@@ -11,7 +14,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{TestResult, join_code, run, test};
+use libtest_mimic::Arguments;
+use support::{TestResult, fds_return_to, join_code, open_fds, test};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
 
@@ -55,6 +59,26 @@ async fn refused_client(address: PathBuf, key: Vec<u8>) {
         Err(e) => {
             eprintln!("unexpected: {e}");
             std::process::exit(2)
+        }
+    }
+}
+
+/// Connects `times` times, one connection after another; on each, sends its number and
+/// waits for it to come back.
+async fn connect_repeatedly(address: PathBuf, key: Vec<u8>, times: u32) {
+    for i in 0..times {
+        let conn = match mp::Client::connect::<u32>(address.clone(), Some(&key)).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("connect {i}: {e}");
+                std::process::exit(3)
+            }
+        };
+        if conn.send(&i).await.is_err() {
+            std::process::exit(4);
+        }
+        if !matches!(conn.recv().await, Ok(v) if v == i) {
+            std::process::exit(5);
         }
     }
 }
@@ -223,9 +247,48 @@ async fn garbage_in_place_of_the_challenge() -> TestResult {
     Ok(())
 }
 
+/// Connections are authenticated concurrently: with 60 clients connected and silent (they
+/// never answer the challenge), a good client that connects again and again is accepted
+/// each time, long before the silent ones time out; the silent ones cost only themselves.
+/// Every descriptor is closed once the listener and the silent sockets are dropped.
+async fn silent_clients_do_not_stall_accept() -> TestResult {
+    const SILENT: usize = 60;
+    const TIMES: u32 = 5;
+    let before = open_fds();
+    let path = socket_path("silent");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(tokio::net::UnixStream::connect(&path).await?);
+    }
+    let mut p = mp::Process::new(connect_repeatedly, (path.clone(), KEY.to_vec(), TIMES))
+        .start()
+        .await?;
+    for i in 0..TIMES {
+        // A quarter of the authentication timeout: an accept that waited for a silent
+        // client to time out would take the whole of it.
+        let conn = tokio::time::timeout(mp::AUTH_TIMEOUT / 4, l.accept::<u32>())
+            .await
+            .map_err(|_| format!("accept {i} waited behind the silent clients"))??;
+        ensure!(
+            conn.recv_timeout(Duration::from_secs(20)).await? == i,
+            "message {i}"
+        );
+        conn.send(&i).await?;
+    }
+    ensure!(join_code(&mut p).await? == 0, "the good client");
+    drop(p);
+    drop(silent);
+    drop(l);
+    ensure!(!path.exists(), "the socket file is removed");
+    fds_return_to(before, Duration::from_secs(10)).await
+}
+
 fn main() {
     mp::init();
-    run(vec![
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    let trials = vec![
         test("unix_path_with_key", unix_path_with_key),
         test("tcp_with_key", tcp_with_key),
         test("unix_path_without_key", unix_path_without_key),
@@ -241,5 +304,10 @@ fn main() {
             "garbage_in_place_of_the_challenge",
             garbage_in_place_of_the_challenge,
         ),
-    ])
+        test(
+            "silent_clients_do_not_stall_accept",
+            silent_clients_do_not_stall_accept,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit()
 }

@@ -71,6 +71,38 @@ async fn exit_on_signal(go: mp::Connection<u32>) {
     let _ = go.recv().await;
 }
 
+/// Receives a read end `r` through `carrier`, polls it (and waits on it with `wait`) until a
+/// message is there, takes nothing, and exits 0 if both said it was ready.
+async fn only_poll(carrier: mp::Connection<mp::Connection<u32>>) {
+    let Ok(r) = carrier.recv().await else {
+        std::process::exit(4)
+    };
+    let polled = matches!(r.poll(Duration::from_secs(20)).await, Ok(true));
+    let waited = matches!(
+        mp::wait(&[&r], Some(Duration::from_secs(20)))
+            .await
+            .as_deref(),
+        Ok([0])
+    );
+    std::process::exit(if polled && waited { 0 } else { 3 });
+}
+
+/// Receives a read end `r` through `carrier`, receives one message from it and sends that
+/// back on `out`.
+async fn recv_one(carrier: mp::Connection<mp::Connection<u32>>, out: mp::Connection<Vec<u8>>) {
+    let Ok(r) = carrier.recv().await else {
+        std::process::exit(4)
+    };
+    match r.recv_bytes().await {
+        Ok(b) => {
+            if out.send(&b).await.is_err() {
+                std::process::exit(3);
+            }
+        }
+        Err(_) => std::process::exit(4),
+    }
+}
+
 // ---- tests ----
 
 /// `_TestConnection.test_connection`: values and bytes go both ways through a child; `poll`
@@ -244,6 +276,72 @@ async fn wait_on_connections_queues_and_sentinels() -> TestResult {
     Ok(())
 }
 
+/// `_TestConnection.test_boundaries`: a child that only polls a shared read end (with
+/// `poll`, then `wait`) takes nothing from it, so the parent then receives every message,
+/// whole and in order, before end of stream.
+async fn poll_in_another_process_takes_nothing() -> TestResult {
+    let (r, w) = mp::Pipe::<u32>::simplex()?;
+    let (carrier, carrier_child) = mp::Pipe::<mp::Connection<u32>>::new()?;
+    let mut p = start(only_poll, (carrier_child,)).await?;
+    // The child gets its own descriptor for the read end; the parent keeps its own.
+    carrier.send(&r).await?;
+    for m in [&b"first"[..], b"second"] {
+        w.send_bytes(m).await?;
+    }
+    drop(w);
+    ensure!(
+        join_code(&mut p).await? == 0,
+        "the child saw the pipe ready"
+    );
+    for m in [&b"first"[..], b"second"] {
+        let got = r.recv_bytes().await?;
+        ensure!(
+            got == m,
+            "got {:?}, expected {:?}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(m)
+        );
+    }
+    ensure!(
+        matches!(r.recv_bytes().await, Err(mp::Error::Closed)),
+        "then end of stream"
+    );
+    Ok(())
+}
+
+/// A child that receives one message from a shared read end takes that message only: the
+/// messages behind it stay in the socket for the next reader, here the parent.
+async fn recv_in_another_process_takes_one_message() -> TestResult {
+    let (r, w) = mp::Pipe::<u32>::simplex()?;
+    let (back, back_child) = mp::Pipe::<Vec<u8>>::new()?;
+    for m in [&b"one"[..], b"two", b"three"] {
+        w.send_bytes(m).await?;
+    }
+    drop(w);
+    let (carrier, carrier_child) = mp::Pipe::<mp::Connection<u32>>::new()?;
+    let mut p = start(recv_one, (carrier_child, back_child)).await?;
+    carrier.send(&r).await?;
+    ensure!(
+        back.recv_timeout(Duration::from_secs(20)).await? == b"one",
+        "the child's message"
+    );
+    ensure!(join_code(&mut p).await? == 0, "receiver");
+    for m in [&b"two"[..], b"three"] {
+        let got = r.recv_bytes().await?;
+        ensure!(
+            got == m,
+            "got {:?}, expected {:?}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(m)
+        );
+    }
+    ensure!(
+        matches!(r.recv_bytes().await, Err(mp::Error::Closed)),
+        "then end of stream"
+    );
+    Ok(())
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -257,6 +355,14 @@ fn main() {
         test(
             "wait_on_connections_queues_and_sentinels",
             wait_on_connections_queues_and_sentinels,
+        ),
+        test(
+            "poll_in_another_process_takes_nothing",
+            poll_in_another_process_takes_nothing,
+        ),
+        test(
+            "recv_in_another_process_takes_one_message",
+            recv_in_another_process_takes_one_message,
         ),
     ])
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::wake::{Watch, pidfd_of};
+use super::wake::Watch;
 use super::{OnDrop, SPIN, deadline, until};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -132,7 +132,7 @@ impl RawLock {
             return Ok(true);
         }
         let holder = self.holder();
-        if holder == 0 || holder == me || !process_gone(holder)? {
+        if holder == 0 || holder == me || !sys::process_gone(holder)? {
             return Ok(false);
         }
         match self.recover(holder, 0) {
@@ -171,15 +171,6 @@ impl RawLock {
         }
         true
     }
-}
-
-/// Whether `pid` has exited (or never existed), without waiting and without a runtime.
-fn process_gone(pid: u32) -> Result<bool> {
-    let Some(fd) = pidfd_of(pid)? else {
-        return Ok(true);
-    };
-    use std::os::fd::AsFd;
-    Ok(sys::readable_now(fd.as_fd())?)
 }
 
 /// A lock between processes (Python's `multiprocessing.Lock`).

@@ -63,6 +63,8 @@ mod semaphore;
 mod shared_state;
 mod wake;
 
+pub(crate) use wake::Watch;
+
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;

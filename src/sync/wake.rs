@@ -152,18 +152,6 @@ impl Listener<'_> {
     }
 }
 
-/// A pidfd of `pid`; `None` if there is no such process (any more).
-pub(crate) fn pidfd_of(pid: u32) -> Result<Option<OwnedFd>> {
-    let Ok(raw) = i32::try_from(pid) else {
-        return Ok(None);
-    };
-    match sys::pidfd_open(raw) {
-        Ok(fd) => Ok(Some(fd)),
-        Err(e) if e.raw_os_error() == Some(sys::ESRCH) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A pidfd on the reactor: readable once the process has exited.
 #[derive(Debug)]
 pub(crate) struct Watch {
@@ -174,7 +162,7 @@ pub(crate) struct Watch {
 impl Watch {
     /// Watches `pid`; `Ok(None)` if there is no such process any more.
     pub(crate) fn open(pid: u32) -> Result<Option<Watch>> {
-        let Some(fd) = pidfd_of(pid)? else {
+        let Some(fd) = sys::pidfd_of(pid)? else {
             return Ok(None);
         };
         Ok(Some(Watch {

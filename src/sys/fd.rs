@@ -125,6 +125,22 @@ pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {
     )
 }
 
+/// Copies the first bytes waiting on a socket into `buf` without taking them (`MSG_PEEK |
+/// MSG_DONTWAIT`, no room for descriptors, so none are received). Returns how many bytes were
+/// copied, 0 at end of stream; `WouldBlock` when nothing waits.
+pub(crate) fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// Closes every descriptor from 3 up, except those in `keep` (which must be sorted).
 ///
 /// Async-signal-safe: it allocates nothing and makes only `close_range` calls, so a freshly

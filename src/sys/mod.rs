@@ -22,8 +22,9 @@ pub(crate) use bytes::{Number, number_bytes};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
-    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, file_size, has_input, open_fds, recv_with_fds,
-    register_owned, register_shared, send_with_fds, set_nonblocking, socketpair_stream,
+    MAX_FDS_PER_MESSAGE, close_all_except, dup_fd, file_size, has_input, open_fds, peek,
+    recv_with_fds, register_owned, register_shared, send_with_fds, set_nonblocking,
+    socketpair_stream,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use pid::cached_pid;
@@ -32,12 +33,13 @@ pub(crate) use proc::fork_and_reap;
 pub(crate) use proc::{
     SavedSignal, adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed,
     current_pid, exit_now, flush_std_streams, fork_process, fork_sibling, ignore_sigint,
-    is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_open, pidfd_send_signal,
-    poll_readable, readable_now, restore_sigint, set_parent_death_signal, signal_name, spawn_exe,
-    stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
+    is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_of, pidfd_open,
+    pidfd_send_signal, poll_readable, process_gone, readable_now, restore_sigint,
+    set_parent_death_signal, signal_name, spawn_exe, stdin_from_dev_null, try_wait_pidfd,
+    wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
-pub(crate) use ring::{Popped, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
+pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, shm_attach, shm_create, shm_remove};
 pub(crate) use socket_opts::{grow_send_buffer, shutdown_socket};
@@ -47,9 +49,6 @@ use std::io;
 
 /// Signal numbers the crate sends.
 pub(crate) use libc::{SIGKILL, SIGTERM};
-
-/// "No such process", as `pidfd_open` reports a process that is gone.
-pub(crate) use libc::ESRCH;
 
 /// Turns a `-1`-means-errno return value into an [`io::Result`].
 fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {

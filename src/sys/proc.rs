@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
@@ -260,6 +260,27 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: on success the kernel handed us a fresh descriptor (close-on-exec by
     // definition) that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A pidfd of `pid`; `None` if there is no such process (any more).
+pub(crate) fn pidfd_of(pid: u32) -> io::Result<Option<OwnedFd>> {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Ok(None);
+    };
+    match pidfd_open(raw) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `pid` has ended (a zombie not yet reaped included) or never existed, checked
+/// without waiting: a pidfd, and a poll of it with no timeout.
+pub(crate) fn process_gone(pid: u32) -> io::Result<bool> {
+    match pidfd_of(pid)? {
+        Some(fd) => readable_now(fd.as_fd()),
+        None => Ok(true),
+    }
 }
 
 /// Sends `signal` to the process behind `pidfd`; a process that already exited is not an

@@ -1,22 +1,43 @@
-//! A bounded many-producer many-consumer ring of small byte messages in shared memory
-//! (D. Vyukov's bounded MPMC queue), for queues between processes.
+//! A bounded many-producer many-consumer ring of small byte messages in shared memory, for
+//! queues between processes.
 //!
 //! The ring lives in a memfd mapped `MAP_SHARED` by every process holding the descriptor.
-//! Each slot carries a sequence word: a producer claims position `p` by a compare-and-swap on
-//! the enqueue position when the slot's sequence equals `2p` (free for `p`), copies its bytes
-//! in, then publishes with sequence `2p + 1`; a consumer claims `p` when the sequence is
-//! `2p + 1`, copies the bytes out, and frees the slot for lap `p + capacity` (sequence
-//! `2(p + capacity)`). Doubling keeps "published at `p`" and "free for the next lap" apart
-//! even for a ring of one slot. Positions only
-//! grow, so items come out in the order their positions were claimed: the items of one
-//! producer keep their order, and each item is taken exactly once.
+//! Position `p` lives in slot `p % capacity`, on lap `p / capacity`. Each slot carries a
+//! state word: the lap it is on, one of four states, and the pid of the process working on
+//! it:
 //!
-//! Sequences are stored minus twice the slot index, so that fresh (zero) memory is a valid empty
-//! ring and pages are only allocated as slots are first used.
+//! ```text
+//!  FREE(lap) ──producer CAS──► WRITING(lap, pid) ──store──► READY(lap)
+//!      ▲                                                       │ consumer CAS
+//!      └──────────────── store ◄──────────────────── READING(lap, pid)
+//!   FREE(lap + 1)
+//! ```
 //!
-//! A process killed between claiming a position and publishing it leaves that slot claimed
-//! for ever, and the ring stalls at it: like Python's queues, a queue must not be in use by a
-//! process that is killed.
+//! A producer claims position `p` with one compare-and-swap on the slot's word, from
+//! `FREE(lap)` to `WRITING(lap, its pid)`, copies its bytes in, and publishes with
+//! `READY(lap)`; a consumer claims it from `READY(lap)` to `READING(lap, its pid)`, copies
+//! the bytes out, and frees the slot for the next lap. The enqueue and dequeue positions in
+//! the header say where to try next: whoever finds the slot at a position already claimed
+//! moves that position on by one (a compare-and-swap, so it moves once), so a process that
+//! dies right after its claim holds no one up. Positions are claimed in order, so items come
+//! out in the order their positions were claimed: the items of one producer keep their
+//! order, and each item is taken exactly once. (This is D. Vyukov's bounded queue with the
+//! claim moved from the position counter to the slot, where it can name its owner.)
+//!
+//! Fresh (zero) memory is a valid empty ring: every slot is `FREE` on lap 0, and pages are
+//! only allocated as slots are first used.
+//!
+//! # Owner death
+//!
+//! A process killed between its claim and its last store leaves the slot `WRITING` or
+//! `READING` under its pid, and the ring would stall there a lap later. So a process that
+//! finds the slot it needs held under a pid other than its own waits a few spins (a live
+//! owner is done within nanoseconds), then asks the kernel whether that process still
+//! exists (a pidfd, as for a lock's holder). If it has ended, the slot is freed for the next
+//! lap with a compare-and-swap from the very word it saw: the item being put or taken is
+//! lost, as it would be had the dead process finished, and the ring goes on. A producer that
+//! finds the slot held by a live process is told its pid ([`Pushed::Held`]) so that it can
+//! watch for its death while it waits for room.
 //!
 //! Header words (each on its own cache line where producers and consumers would contend) are
 //! also open to the layer above, for its wait flags and counters.
@@ -34,7 +55,25 @@ pub(crate) const SLOT_DATA: usize = SLOT_BYTES - 16;
 /// The length value that marks a slot as standing for a message sent another way.
 const MARKER: u64 = u64::MAX;
 const HEADER_BYTES: usize = 1024;
-const MAGIC: u64 = 0x746d_7072_696e_6701;
+const MAGIC: u64 = 0x746d_7072_696e_6702;
+
+/// Bits of the state word: the owner's pid (low), the state, then the lap (high, modulo
+/// 2^38).
+const PID_BITS: u32 = 24;
+const PID_MASK: u64 = (1 << PID_BITS) - 1;
+const STATE_SHIFT: u32 = PID_BITS;
+const LAP_SHIFT: u32 = PID_BITS + 2;
+/// The pid recorded for a process whose pid does not fit (none on Linux, where pids stay
+/// below 2^22): such a claim is never taken for abandoned.
+const PID_UNKNOWN: u64 = PID_MASK;
+
+const FREE: u64 = 0;
+const WRITING: u64 = 1;
+const READY: u64 = 2;
+const READING: u64 = 3;
+
+/// Spins on a slot held by another process before asking whether that process lives.
+const HELD_SPINS: u32 = 200;
 
 const W_MAGIC: usize = 0;
 const W_CAPACITY: usize = 1;
@@ -42,6 +81,18 @@ const W_ENQ: usize = 16;
 const W_DEQ: usize = 32;
 /// First header word free for the layer above (words `USER..USER + 64`).
 pub(crate) const USER: usize = 48;
+
+/// What [`ShmRing::try_push`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// The message is in the ring.
+    Done,
+    /// The ring is full.
+    Full,
+    /// The ring is full at a slot that the live process `pid` is still putting into or
+    /// taking from: it will free it at once, or, if it dies first, the next try will.
+    Held(u32),
+}
 
 /// What [`ShmRing::try_pop`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,7 +170,8 @@ impl ShmRing {
         self.region.u64_at(8 * i)
     }
 
-    fn slot(&self, pos: u64) -> (&AtomicU64, &AtomicU64, *mut u8, u64) {
+    /// The state word, length word and data of the slot of position `pos`.
+    fn slot(&self, pos: u64) -> (&AtomicU64, &AtomicU64, *mut u8) {
         let index = pos % self.capacity;
         let off = HEADER_BYTES + index as usize * SLOT_BYTES;
         debug_assert!(off + SLOT_BYTES <= self.region.len());
@@ -132,7 +184,6 @@ impl ShmRing {
                 &*base.cast::<AtomicU64>(),
                 &*base.add(8).cast::<AtomicU64>(),
                 base.add(16),
-                index,
             )
         }
     }
@@ -145,37 +196,56 @@ impl ShmRing {
     }
 
     /// Appends `data` (at most [`SLOT_DATA`] bytes), or a marker if `data` is `None`.
-    /// Returns `false` if the ring is full.
-    pub(crate) fn try_push(&self, data: Option<&[u8]>) -> bool {
+    pub(crate) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
+        let me = owner_id();
         let enq = self.word(W_ENQ);
-        let mut pos = enq.load(Ordering::Relaxed);
+        let mut pos = enq.load(Ordering::Acquire);
         loop {
-            let (seq, len, bytes, index) = self.slot(pos);
-            let s = seq.load(Ordering::Acquire).wrapping_add(2 * index);
-            let diff = s.wrapping_sub(2 * pos) as i64;
-            if diff == 0 {
-                match enq.compare_exchange_weak(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed) {
-                    Ok(_) => {
-                        match data {
-                            Some(d) => {
-                                let n = d.len().min(SLOT_DATA);
-                                // SAFETY: we own this slot until we publish it (we won the
-                                // position, and its sequence says it is free); `bytes` has
-                                // SLOT_DATA bytes of room inside the mapping.
-                                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), bytes, n) };
-                                len.store(n as u64, Ordering::Relaxed);
-                            }
-                            None => len.store(MARKER, Ordering::Relaxed),
-                        }
-                        seq.store((2 * pos + 1).wrapping_sub(2 * index), Ordering::SeqCst);
-                        return true;
+            let (state, len, bytes) = self.slot(pos);
+            let lap = pos / self.capacity;
+            let w = state.load(Ordering::Acquire);
+            match lap_order(w, lap) {
+                std::cmp::Ordering::Equal if kind(w) == FREE => {
+                    if state
+                        .compare_exchange(
+                            w,
+                            word(lap, WRITING, me),
+                            Ordering::SeqCst,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                    {
+                        continue;
                     }
-                    Err(now) => pos = now,
+                    let _ = enq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+                    match data {
+                        Some(d) => {
+                            let n = d.len().min(SLOT_DATA);
+                            // SAFETY: we own this slot until we publish it (our compare-and-swap
+                            // moved it from free to ours); `bytes` has SLOT_DATA bytes of room
+                            // inside the mapping.
+                            unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), bytes, n) };
+                            len.store(n as u64, Ordering::Relaxed);
+                        }
+                        None => len.store(MARKER, Ordering::Relaxed),
+                    }
+                    state.store(word(lap, READY, 0), Ordering::SeqCst);
+                    return Pushed::Done;
                 }
-            } else if diff < 0 {
-                return false;
-            } else {
-                pos = enq.load(Ordering::Relaxed);
+                std::cmp::Ordering::Less => match kind(w) {
+                    // Last lap's item is still there: full.
+                    READY | FREE => return Pushed::Full,
+                    _ => match self.release_if_abandoned(state, w) {
+                        Some(pid) => return Pushed::Held(pid),
+                        None => continue,
+                    },
+                },
+                // The position was claimed by another producer (this lap or, if we lag,
+                // an earlier one): move the position on and try the next.
+                _ => {
+                    let _ = enq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+                    pos = enq.load(Ordering::Acquire);
+                }
             }
         }
     }
@@ -183,49 +253,130 @@ impl ShmRing {
     /// Takes the oldest message into `out` (cleared first). `Ok(None)` if the ring is empty;
     /// an error if a slot holds an impossible length (memory written by someone else).
     pub(crate) fn try_pop(&self, out: &mut Vec<u8>) -> io::Result<Option<Popped>> {
+        let me = owner_id();
         let deq = self.word(W_DEQ);
-        let mut pos = deq.load(Ordering::Relaxed);
+        let mut pos = deq.load(Ordering::Acquire);
         loop {
-            let (seq, len, bytes, index) = self.slot(pos);
-            let s = seq.load(Ordering::Acquire).wrapping_add(2 * index);
-            let diff = s.wrapping_sub(2 * pos + 1) as i64;
-            if diff == 0 {
-                match deq.compare_exchange_weak(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed) {
-                    Ok(_) => {
-                        let n = len.load(Ordering::Relaxed);
-                        let got = if n == MARKER {
-                            Ok(Popped::Marker)
-                        } else if n as usize <= SLOT_DATA {
-                            out.clear();
-                            out.resize(n as usize, 0);
-                            // SAFETY: we own this slot until we free it (we won the position
-                            // and its sequence says it is published); it holds `n` bytes
-                            // (n <= SLOT_DATA, checked) inside the mapping.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(bytes, out.as_mut_ptr(), n as usize)
-                            };
-                            Ok(Popped::Data(n as usize))
-                        } else {
-                            Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("a queue slot claims {n} bytes"),
-                            ))
-                        };
-                        seq.store(
-                            (2 * (pos + self.capacity)).wrapping_sub(2 * index),
+            let (state, len, bytes) = self.slot(pos);
+            let lap = pos / self.capacity;
+            let w = state.load(Ordering::Acquire);
+            match lap_order(w, lap) {
+                std::cmp::Ordering::Equal if kind(w) == READY => {
+                    if state
+                        .compare_exchange(
+                            w,
+                            word(lap, READING, me),
                             Ordering::SeqCst,
-                        );
-                        return got.map(Some);
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                    {
+                        continue;
                     }
-                    Err(now) => pos = now,
+                    let _ = deq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+                    let n = len.load(Ordering::Relaxed);
+                    let got = if n == MARKER {
+                        Ok(Popped::Marker)
+                    } else if n as usize <= SLOT_DATA {
+                        out.clear();
+                        out.resize(n as usize, 0);
+                        // SAFETY: we own this slot until we free it (our compare-and-swap
+                        // moved it from published to ours); it holds `n` bytes
+                        // (n <= SLOT_DATA, checked) inside the mapping.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(bytes, out.as_mut_ptr(), n as usize)
+                        };
+                        Ok(Popped::Data(n as usize))
+                    } else {
+                        Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("a queue slot claims {n} bytes"),
+                        ))
+                    };
+                    state.store(word(lap + 1, FREE, 0), Ordering::SeqCst);
+                    return got.map(Some);
                 }
-            } else if diff < 0 {
-                return Ok(None);
-            } else {
-                pos = deq.load(Ordering::Relaxed);
+                // Not put yet, or still being put.
+                std::cmp::Ordering::Equal if kind(w) == FREE => return Ok(None),
+                std::cmp::Ordering::Equal if kind(w) == WRITING => {
+                    if self.release_if_abandoned(state, w).is_some() {
+                        return Ok(None);
+                    }
+                }
+                // Last lap's item is not taken yet: nothing was put here for this lap.
+                std::cmp::Ordering::Less => return Ok(None),
+                // Taken by another consumer (this lap or, if we lag, an earlier one): move
+                // the position on and try the next.
+                _ => {
+                    let _ = deq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+                    pos = deq.load(Ordering::Acquire);
+                }
             }
         }
     }
+
+    /// A slot found `w`, held (writing or reading) by another process: waits a few spins for
+    /// it to move on, then, if the holder has ended, frees the slot for the next lap (see
+    /// "Owner death"). `None` if the slot moved on or was freed (look again), else the live
+    /// holder's pid.
+    fn release_if_abandoned(&self, state: &AtomicU64, w: u64) -> Option<u32> {
+        for _ in 0..HELD_SPINS {
+            if state.load(Ordering::Acquire) != w {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+        let pid = w & PID_MASK;
+        let holder = pid as u32;
+        if pid == PID_UNKNOWN || pid == owner_id() {
+            return Some(holder);
+        }
+        match super::process_gone(holder) {
+            Ok(true) => {
+                let next = word((w >> LAP_SHIFT).wrapping_add(1), FREE, 0);
+                if state
+                    .compare_exchange(w, next, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    tracing::debug!(
+                        pid = holder,
+                        "a queue slot held by a dead process was freed"
+                    );
+                }
+                None
+            }
+            Ok(false) => Some(holder),
+            Err(e) => {
+                tracing::debug!(
+                    pid = holder,
+                    "cannot tell whether a queue slot's holder lives: {e}"
+                );
+                Some(holder)
+            }
+        }
+    }
+}
+
+/// This process's id as recorded in a slot it claims.
+fn owner_id() -> u64 {
+    let pid = u64::from(super::cached_pid());
+    if pid >= PID_UNKNOWN { PID_UNKNOWN } else { pid }
+}
+
+/// A slot's state word.
+fn word(lap: u64, state: u64, pid: u64) -> u64 {
+    (lap << LAP_SHIFT) | (state << STATE_SHIFT) | pid
+}
+
+fn kind(w: u64) -> u64 {
+    (w >> STATE_SHIFT) & 3
+}
+
+/// How the lap of state word `w` compares with `lap`, modulo 2^38 (no process lags by half
+/// of that).
+fn lap_order(w: u64, lap: u64) -> std::cmp::Ordering {
+    let d = ((w >> LAP_SHIFT).wrapping_sub(lap) << LAP_SHIFT) as i64;
+    d.cmp(&0)
 }
 
 #[cfg(test)]
@@ -238,16 +389,16 @@ mod tests {
         let r = ShmRing::new(3).unwrap();
         let mut out = Vec::new();
         assert_eq!(r.try_pop(&mut out).unwrap(), None);
-        assert!(r.try_push(Some(b"a")));
-        assert!(r.try_push(None));
-        assert!(r.try_push(Some(b"ccc")));
-        assert!(!r.try_push(Some(b"d")), "full");
+        assert_eq!(r.try_push(Some(b"a")), Pushed::Done);
+        assert_eq!(r.try_push(None), Pushed::Done);
+        assert_eq!(r.try_push(Some(b"ccc")), Pushed::Done);
+        assert_eq!(r.try_push(Some(b"d")), Pushed::Full);
         assert_eq!(r.len(), 3);
         assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"a");
         assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Marker));
         for i in 0..10u8 {
-            assert!(r.try_push(Some(&[i; 5])));
+            assert_eq!(r.try_push(Some(&[i; 5])), Pushed::Done);
             assert!(r.try_pop(&mut out).unwrap().is_some());
         }
         assert_eq!(r.len(), 1);
@@ -258,8 +409,8 @@ mod tests {
         let r = ShmRing::new(1).unwrap();
         let mut out = Vec::new();
         for i in 0..5u8 {
-            assert!(r.try_push(Some(&[i])));
-            assert!(!r.try_push(Some(&[i])), "full at one item");
+            assert_eq!(r.try_push(Some(&[i])), Pushed::Done);
+            assert_eq!(r.try_push(Some(&[i])), Pushed::Full, "full at one item");
             assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
             assert_eq!(out, [i]);
             assert_eq!(r.try_pop(&mut out).unwrap(), None);
@@ -270,10 +421,72 @@ mod tests {
     fn a_second_mapping_sees_the_same_ring() {
         let r = ShmRing::new(8).unwrap();
         let other = ShmRing::open(r.fd().try_clone_to_owned().unwrap()).unwrap();
-        assert!(r.try_push(Some(b"shared")));
+        assert_eq!(r.try_push(Some(b"shared")), Pushed::Done);
         let mut out = Vec::new();
         assert_eq!(other.try_pop(&mut out).unwrap(), Some(Popped::Data(6)));
         assert_eq!(out, b"shared");
+    }
+
+    /// The pid of a process that has ended and been reaped.
+    fn dead_pid() -> u64 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        u64::from(pid)
+    }
+
+    #[test]
+    fn a_slot_held_by_a_dead_consumer_is_freed() {
+        let r = ShmRing::new(2).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.try_push(Some(b"a")), Pushed::Done);
+        assert_eq!(r.try_push(Some(b"b")), Pushed::Done);
+        // A consumer died right after claiming position 0 (before moving the position on).
+        let (state, _, _) = r.slot(0);
+        state.store(word(0, READING, dead_pid()), Ordering::SeqCst);
+        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(out, b"b");
+        // Position 2 needs slot 0 again: its holder is dead, so it is freed ("a" is lost).
+        assert_eq!(r.try_push(Some(b"c")), Pushed::Done);
+        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(out, b"c");
+        assert_eq!(r.try_pop(&mut out).unwrap(), None);
+    }
+
+    #[test]
+    fn a_slot_held_by_a_dead_producer_is_skipped() {
+        let r = ShmRing::new(4).unwrap();
+        let mut out = Vec::new();
+        // A producer died right after claiming position 0; another put at position 1.
+        let (state, _, _) = r.slot(0);
+        state.store(word(0, WRITING, dead_pid()), Ordering::SeqCst);
+        assert_eq!(r.try_push(Some(b"b")), Pushed::Done);
+        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(out, b"b");
+        assert_eq!(r.try_pop(&mut out).unwrap(), None);
+        for i in 0..12u8 {
+            assert_eq!(r.try_push(Some(&[i])), Pushed::Done);
+            assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+            assert_eq!(out, [i]);
+        }
+    }
+
+    #[test]
+    fn a_slot_held_by_a_live_process_is_waited_for() {
+        let r = ShmRing::new(1).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.try_push(Some(b"a")), Pushed::Done);
+        // Our parent (alive) is taking position 0.
+        let parent = u64::from(nix::unistd::getppid().as_raw() as u32);
+        let (state, _, _) = r.slot(0);
+        state.store(word(0, READING, parent), Ordering::SeqCst);
+        assert_eq!(r.try_push(Some(b"b")), Pushed::Held(parent as u32));
+        assert_eq!(r.try_pop(&mut out).unwrap(), None);
+        // It finishes: the slot is free for the next lap.
+        state.store(word(1, FREE, 0), Ordering::SeqCst);
+        assert_eq!(r.try_push(Some(b"b")), Pushed::Done);
+        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(out, b"b");
     }
 
     #[test]

@@ -331,7 +331,7 @@ pub(crate) struct RecvBuf {
     /// The room reads are given now: [`FIRST_READ_CHUNK`] at first, doubling up to
     /// [`READ_CHUNK`].
     chunk: usize,
-    /// The room the last [`spare`](Self::spare) offered.
+    /// The room the last [`room`](Self::room) offered.
     offered: usize,
 }
 
@@ -409,19 +409,20 @@ impl RecvBuf {
     /// frame in progress still needs. The buffer grows only as bytes actually arrive (at
     /// most doubling), never to a length a peer merely claims; but a large frame goes
     /// straight into a kept buffer that holds it whole, if there is one (see
-    /// [`keep_buffer`]).
-    fn spare(&mut self) -> &mut [u8] {
+    /// [`keep_buffer`]). Given `exact` (the length, header included, of the frame in
+    /// progress), the room ends where that frame ends: not one byte of the next frame.
+    fn room(&mut self, exact: Option<usize>) -> &mut [u8] {
         if self.start > 0 && self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
         let pending = self.end - self.start;
-        let frame_len = match self.buf.get(self.start..self.end) {
+        let frame_len = exact.or_else(|| match self.buf.get(self.start..self.end) {
             Some(h) if h.len() >= HEADER_LEN => {
                 Some(HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize)
             }
             _ => None,
-        };
+        });
         let chunk = self.chunk;
         let wanted = frame_len.map_or(chunk, |n| n.saturating_sub(pending).max(1));
         if let Some(n) = frame_len
@@ -447,9 +448,9 @@ impl RecvBuf {
             }
         }
         // A large frame is read up to its end and no further, so that it fills the buffer
-        // and is handed over without a copy.
+        // and is handed over without a copy; so is every frame when asked to be exact.
         let stop = match frame_len {
-            Some(n) if n >= HAND_OVER && self.start + n > self.end => {
+            Some(n) if (exact.is_some() || n >= HAND_OVER) && self.start + n > self.end => {
                 (self.start + n).min(self.buf.len())
             }
             _ => self.buf.len(),
@@ -458,7 +459,7 @@ impl RecvBuf {
         &mut self.buf[self.end..stop]
     }
 
-    /// Records `n` bytes read into the room [`spare`](Self::spare) gave; a read that filled
+    /// Records `n` bytes read into the room [`room`](Self::room) gave; a read that filled
     /// it doubles the read chunk (more was probably waiting).
     fn filled(&mut self, n: usize) {
         self.end += n;
@@ -480,8 +481,12 @@ impl RecvBuf {
 
     /// Reads once from `fd` (which must be readable or blocking); 0 at end of stream.
     pub(crate) fn read_once(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.read_into_room(fd, None)
+    }
+
+    fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
         let mut fds = std::mem::take(&mut self.fds);
-        let res = sys::recv_with_fds(fd, self.spare(), &mut fds);
+        let res = sys::recv_with_fds(fd, self.room(exact), &mut fds);
         self.fds = fds;
         if let Ok(n) = res {
             self.filled(n);
@@ -489,12 +494,55 @@ impl RecvBuf {
         res
     }
 
-    /// Like [`read_once`](Self::read_once), and also says whether the read came back short,
-    /// that is, whether the socket had no more bytes at that moment.
-    pub(crate) fn read_once_short(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
-        let room = self.spare().len();
-        let n = self.read_once(fd)?;
-        Ok((n, n < room))
+    /// Reads once from a non-blocking socket that other processes may read too, taking no
+    /// byte past the end of the frame in progress: the frames behind it stay in the socket
+    /// for whichever reader comes next. With nothing buffered, the first bytes waiting are
+    /// peeked (`MSG_PEEK`: nothing is taken), and the read asks for the whole frame, header
+    /// included, so that a frame that has arrived whole is taken by one system call.
+    ///
+    /// Returns the bytes read (0 at end of stream) and whether the socket was left empty
+    /// then, as far as this read can tell (a short read, or a peek that saw this frame and
+    /// nothing after it): the caller may then clear its readiness.
+    pub(crate) fn read_frame_once(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
+        /// How far a peek looks: past the end of a small frame, to see whether another
+        /// follows it.
+        const PEEK_LEN: usize = 1024;
+        let pending = self.end - self.start;
+        let mut drained_at = None;
+        let frame_len = if pending == 0 {
+            let mut head = [0u8; PEEK_LEN];
+            let seen = sys::peek(fd, &mut head)?;
+            if seen == 0 {
+                return Ok((0, true));
+            }
+            if seen < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                // A header that claims too much is read alone: `next_frame` refuses it.
+                let n = if len > max_frame_size() {
+                    HEADER_LEN
+                } else {
+                    HEADER_LEN + len
+                };
+                // A peek stops after bytes that carry descriptors, so it sees all that
+                // waits only if this frame carries none.
+                if head[4] == 0 && seen < PEEK_LEN {
+                    drained_at = Some(seen);
+                }
+                n
+            }
+        } else if pending < HEADER_LEN {
+            HEADER_LEN
+        } else {
+            // The room given grows only as bytes arrive, whatever the header claims.
+            let h = &self.buf[self.start..self.end];
+            HEADER_LEN.saturating_add(u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize)
+        };
+        let room = self.room(Some(frame_len)).len();
+        let n = self.read_into_room(fd, Some(frame_len))?;
+        let drained = n < room || drained_at == Some(n);
+        Ok((n, drained))
     }
 
     /// Reads the next frame from a blocking descriptor.
@@ -724,7 +772,7 @@ mod tests {
     use super::*;
 
     fn feed(rb: &mut RecvBuf, bytes: &[u8]) {
-        let spare = rb.spare();
+        let spare = rb.room(None);
         let n = bytes.len().min(spare.len());
         spare[..n].copy_from_slice(&bytes[..n]);
         rb.filled(n);
@@ -735,7 +783,7 @@ mod tests {
     fn feed_through(rb: &mut RecvBuf, bytes: &[u8], mut each: impl FnMut(Frame)) {
         let mut rest = bytes;
         while !rest.is_empty() {
-            let spare = rb.spare();
+            let spare = rb.room(None);
             let n = rest.len().min(spare.len());
             spare[..n].copy_from_slice(&rest[..n]);
             rb.filled(n);
@@ -819,6 +867,45 @@ mod tests {
     }
 
     #[test]
+    fn exact_reads_take_one_frame_and_leave_the_rest() {
+        // Small frames and a large one waiting in a socket: each frame is taken whole by
+        // reads that stop at its end, the next stays in the socket (another process may read
+        // it), and no read of a small frame claims that the socket is empty.
+        let (a, b) = sys::socketpair_stream().unwrap();
+        sys::set_nonblocking(b.as_fd(), true).unwrap();
+        let big = vec![9u8; 100_000];
+        let mut frames = Vec::new();
+        for i in 0..3u32 {
+            frames.push(FrameBuf::of(&(i, "abc")).unwrap());
+        }
+        frames.push(FrameBuf::of(&serde_bytes::Bytes::new(&big)).unwrap());
+        for f in &mut frames {
+            send_blocking(a.as_fd(), f).unwrap();
+        }
+        let mut rb = RecvBuf::new();
+        for i in 0..4u32 {
+            let frame = loop {
+                if let Some(f) = rb.next_frame().unwrap() {
+                    break f;
+                }
+                let (n, drained) = rb.read_frame_once(b.as_fd()).unwrap();
+                assert!(n > 0, "a frame waits");
+                assert!(i == 3 || !drained, "frame {i}: more frames wait behind it");
+            };
+            assert_eq!(rb.end, rb.start, "nothing of the next frame was read");
+            if i < 3 {
+                assert_eq!(frame.decode::<(u32, String)>().unwrap().0, i);
+            } else {
+                assert!(frame.decode::<serde_bytes::ByteBuf>().unwrap().into_vec() == big);
+            }
+        }
+        assert_eq!(
+            rb.read_frame_once(b.as_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
     fn an_absurd_length_is_refused_without_allocating_it() {
         let mut rb = RecvBuf::new();
         feed(&mut rb, &[0xff, 0xff, 0xff, 0xf0, 0]);
@@ -873,7 +960,7 @@ mod fuzz {
         let mut rest = bytes;
         while !rest.is_empty() {
             let n = 1 + rng.below(rest.len().min(700));
-            let spare = rb.spare();
+            let spare = rb.room(None);
             let n = n.min(spare.len());
             spare[..n].copy_from_slice(&rest[..n]);
             rb.filled(n);
