@@ -1,10 +1,18 @@
 //! Queue and Pipe figures between two processes, each beside its baseline: a raw tokio
 //! socket pair doing the same work inside one process.
 //!
-//! `cargo bench --bench ipc` prints one line per figure; `benches/ipc_cpython.py` runs
-//! CPython's `multiprocessing` counterparts and prints both sides with the ratio.
+//! `cargo bench --bench ipc [-- WORD ...]` prints the figures whose names contain one of the
+//! words (all without words); `benches/ipc_cpython.py` runs CPython's `multiprocessing`
+//! counterparts and prints both sides with the ratio. A throughput figure is the median of
+//! 1 run (a fresh child each run), a round-trip figure of 3 rounds on one child
+//! (`TKMP_BENCH_REPEAT` sets another count). Figure lines as described in
+//! `benches/support/mod.rs`.
+
+mod support;
 
 use std::time::{Duration, Instant};
+
+use support::{Figure, Report};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
@@ -13,21 +21,26 @@ const SMALL_ITEMS: u64 = 300_000;
 const BIG: usize = 1 << 20;
 const BIG_ITEMS: u64 = 400;
 const ROUND_TRIPS: u64 = 10_000;
-/// Round-trip figures are the best of this many rounds: the machine is shared.
+/// Round-trip figures are the median of this many rounds, unless `TKMP_BENCH_REPEAT` says
+/// otherwise: the machine is shared.
 const ROUNDS: usize = 3;
+/// Throughput figures are the median of this many runs, unless `TKMP_BENCH_REPEAT` says
+/// otherwise.
+const THROUGHPUT_RUNS: usize = 1;
+/// The most any one figure (all its runs) may take.
+const FIGURE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Figures to run: all, or those whose key contains one of the command-line words.
-fn wanted(key: &str) -> bool {
+/// Figures to run: all, or those whose name or baseline's name contains one of the
+/// command-line words.
+fn wanted(name: &str, baseline: &str) -> bool {
     let words: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    words.is_empty() || words.iter().any(|w| key.contains(w.as_str()))
-}
-
-fn report(key: &str, label: &str, value: f64, unit: &str) {
-    println!("{label:<52} {value:>12.2} {unit}");
-    println!("RESULT {key} {value:.3}");
+    words.is_empty()
+        || words
+            .iter()
+            .any(|w| name.contains(w.as_str()) || baseline.contains(w.as_str()))
 }
 
 // ---- child targets ----
@@ -137,7 +150,7 @@ async fn queue_big() -> mp::Result<f64> {
     Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
 }
 
-async fn pipe_ping_pong(bytes: bool) -> mp::Result<f64> {
+async fn pipe_ping_pong(bytes: bool) -> mp::Result<Vec<f64>> {
     let (a, b) = mp::Pipe::<u64>::new()?;
     let mut p = if bytes {
         mp::Process::new(echo_bytes, (b,)).start().await?
@@ -149,8 +162,8 @@ async fn pipe_ping_pong(bytes: bool) -> mp::Result<f64> {
         a.send(&i).await?;
         a.recv().await?;
     }
-    let mut us = f64::INFINITY;
-    for _ in 0..ROUNDS {
+    let mut us = Vec::new();
+    for _ in 0..support::runs(ROUNDS) {
         let t = Instant::now();
         for i in 0..ROUND_TRIPS {
             if bytes {
@@ -161,7 +174,7 @@ async fn pipe_ping_pong(bytes: bool) -> mp::Result<f64> {
                 a.recv().await?;
             }
         }
-        us = us.min(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
+        us.push(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     }
     drop(a);
     p.join().await?;
@@ -185,7 +198,7 @@ async fn pipe_big() -> mp::Result<f64> {
 }
 
 /// Baseline: the same ping-pong over a raw tokio socket pair, both ends in this process.
-async fn raw_ping_pong() -> std::io::Result<f64> {
+async fn raw_ping_pong() -> std::io::Result<Vec<f64>> {
     let (mut a, mut b) = tokio::net::UnixStream::pair()?;
     let echo = tokio::spawn(async move {
         let mut buf = [0u8; 8];
@@ -196,14 +209,14 @@ async fn raw_ping_pong() -> std::io::Result<f64> {
         }
     });
     let mut buf = [0u8; 8];
-    let mut us = f64::INFINITY;
-    for _ in 0..ROUNDS {
+    let mut us = Vec::new();
+    for _ in 0..support::runs(ROUNDS) {
         let t = Instant::now();
         for i in 0..ROUND_TRIPS {
             a.write_all(&i.to_le_bytes()).await?;
             a.read_exact(&mut buf).await?;
         }
-        us = us.min(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
+        us.push(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     }
     drop(a);
     let _ = echo.await;
@@ -211,7 +224,7 @@ async fn raw_ping_pong() -> std::io::Result<f64> {
 }
 
 /// Baseline: the same ping-pong over a raw tokio socket pair between two processes.
-async fn raw_ping_pong_processes() -> mp::Result<f64> {
+async fn raw_ping_pong_processes() -> mp::Result<Vec<f64>> {
     use std::os::fd::AsFd;
     let (a, b) = mp::Pipe::<u64>::new()?;
     let mut p = mp::Process::new(raw_echo, (b,)).start().await?;
@@ -223,14 +236,14 @@ async fn raw_ping_pong_processes() -> mp::Result<f64> {
         s.write_all(&i.to_le_bytes()).await?;
         s.read_exact(&mut buf).await?;
     }
-    let mut us = f64::INFINITY;
-    for _ in 0..ROUNDS {
+    let mut us = Vec::new();
+    for _ in 0..support::runs(ROUNDS) {
         let t = Instant::now();
         for i in 0..ROUND_TRIPS {
             s.write_all(&i.to_le_bytes()).await?;
             s.read_exact(&mut buf).await?;
         }
-        us = us.min(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
+        us.push(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     }
     drop(s);
     p.join().await?;
@@ -257,7 +270,34 @@ async fn raw_stream() -> std::io::Result<f64> {
     Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type BoxError = Box<dyn std::error::Error>;
+
+/// Runs of a throughput figure: `f` once per run, a fresh child each time.
+async fn throughput<F, Fut, E>(mut f: F) -> Result<Vec<f64>, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<f64, E>>,
+    E: Into<BoxError>,
+{
+    let mut runs = Vec::new();
+    for _ in 0..support::runs(THROUGHPUT_RUNS) {
+        runs.push(f().await.map_err(Into::into)?);
+    }
+    Ok(runs)
+}
+
+/// `f`'s runs, or an error once it has taken longer than [`FIGURE_TIMEOUT`].
+async fn bounded<T, E: Into<BoxError>>(
+    name: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(FIGURE_TIMEOUT, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(format!("{name} took longer than {FIGURE_TIMEOUT:?}").into()),
+    }
+}
+
+fn main() -> Result<(), BoxError> {
     mp::init();
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
@@ -265,77 +305,80 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut report = Report::new("ipc");
     rt.block_on(async {
-        let timeout = Duration::from_secs(120);
-        let run = async {
-            if wanted("queue_small_msgs_per_s") {
-                report(
-                    "queue_small_msgs_per_s",
-                    "Queue small items, 1 producer process -> consumer",
-                    queue_small().await?,
-                    "msgs/s",
-                );
-            }
-            if wanted("queue_1mib_mb_per_s") {
-                report(
-                    "queue_1mib_mb_per_s",
-                    "Queue 1 MiB items",
-                    queue_big().await?,
-                    "MB/s",
-                );
-            }
-            if wanted("raw_stream_mb_per_s") {
-                report(
-                    "raw_stream_mb_per_s",
-                    "  baseline: raw tokio socketpair stream, 1 MiB writes",
-                    raw_stream().await?,
-                    "MB/s",
-                );
-            }
-            if wanted("pipe_rtt_us") {
-                report(
-                    "pipe_rtt_us",
-                    "Pipe ping-pong round trip, small value",
-                    pipe_ping_pong(false).await?,
-                    "us",
-                );
-            }
-            if wanted("pipe_rtt_bytes_us") {
-                report(
-                    "pipe_rtt_bytes_us",
-                    "Pipe ping-pong round trip, send_bytes/recv_bytes",
-                    pipe_ping_pong(true).await?,
-                    "us",
-                );
-            }
-            if wanted("raw_rtt_us") {
-                report(
-                    "raw_rtt_us",
-                    "  baseline: raw tokio socketpair ping-pong",
-                    raw_ping_pong().await?,
-                    "us",
-                );
-            }
-            if wanted("raw_rtt_processes_us") {
-                report(
-                    "raw_rtt_processes_us",
-                    "  baseline: raw tokio socketpair ping-pong, 2 processes",
-                    raw_ping_pong_processes().await?,
-                    "us",
-                );
-            }
-            if wanted("pipe_1mib_mb_per_s") {
-                report(
-                    "pipe_1mib_mb_per_s",
-                    "Pipe 1 MiB messages",
-                    pipe_big().await?,
-                    "MB/s",
-                );
-            }
-            Ok::<_, Box<dyn std::error::Error>>(())
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| "the benchmark took longer than 120 s")?
-    })
+        // Baselines, measured once when a figure needs them.
+        let mut stream_base: Option<Figure> = None;
+        let mut rtt_base: Option<Figure> = None;
+        macro_rules! baseline {
+            ($slot:ident, $name:literal, $unit:literal, $runs:expr) => {{
+                if $slot.is_none() {
+                    $slot = Some(Figure::new($name, $unit, bounded($name, $runs).await?));
+                }
+                $slot.clone().expect("measured just above")
+            }};
+        }
+        if wanted("queue_small_msgs_per_s", "") {
+            let runs = bounded("queue_small_msgs_per_s", throughput(queue_small)).await?;
+            report.add(Figure::new("queue_small_msgs_per_s", "msgs/s", runs));
+        }
+        if wanted("queue_1mib_mb_per_s", "raw_stream_mb_per_s") {
+            let runs = bounded("queue_1mib_mb_per_s", throughput(queue_big)).await?;
+            let base = baseline!(
+                stream_base,
+                "raw_stream_mb_per_s",
+                "MB/s",
+                throughput(raw_stream)
+            );
+            report.add(Figure::new("queue_1mib_mb_per_s", "MB/s", runs).baseline(base));
+        }
+        if wanted("pipe_rtt_us", "raw_rtt_processes_us") {
+            let runs = bounded("pipe_rtt_us", pipe_ping_pong(false)).await?;
+            let base = baseline!(
+                rtt_base,
+                "raw_rtt_processes_us",
+                "us",
+                raw_ping_pong_processes()
+            );
+            report.add(Figure::new("pipe_rtt_us", "us", runs).baseline(base));
+        }
+        if wanted("pipe_rtt_bytes_us", "raw_rtt_processes_us") {
+            let runs = bounded("pipe_rtt_bytes_us", pipe_ping_pong(true)).await?;
+            let base = baseline!(
+                rtt_base,
+                "raw_rtt_processes_us",
+                "us",
+                raw_ping_pong_processes()
+            );
+            report.add(Figure::new("pipe_rtt_bytes_us", "us", runs).baseline(base));
+        }
+        if wanted("raw_rtt_processes_us", "raw_rtt_us") {
+            // The process hop of a raw socket pair: the same ping-pong within one process.
+            let ours = baseline!(
+                rtt_base,
+                "raw_rtt_processes_us",
+                "us",
+                raw_ping_pong_processes()
+            );
+            let base = Figure::new(
+                "raw_rtt_us",
+                "us",
+                bounded("raw_rtt_us", raw_ping_pong()).await?,
+            );
+            report.add(ours.baseline(base));
+        }
+        if wanted("pipe_1mib_mb_per_s", "raw_stream_mb_per_s") {
+            let runs = bounded("pipe_1mib_mb_per_s", throughput(pipe_big)).await?;
+            let base = baseline!(
+                stream_base,
+                "raw_stream_mb_per_s",
+                "MB/s",
+                throughput(raw_stream)
+            );
+            report.add(Figure::new("pipe_1mib_mb_per_s", "MB/s", runs).baseline(base));
+        }
+        Ok::<_, BoxError>(())
+    })?;
+    report.finish();
+    Ok(())
 }

@@ -3,23 +3,24 @@
 
 Runs the CPython counterpart of each figure of `cargo bench --bench ipc` on this machine,
 then that bench itself, and prints both sides with the ratio (higher is better for rates,
-lower for round-trip times).
+lower for round-trip times). A throughput figure is the median of 1 run, a round-trip
+figure of 3 rounds on one child, on both sides; --repeat sets another count for both.
 
-    python3 benches/ipc_cpython.py            # both sides
-    python3 benches/ipc_cpython.py --python   # CPython only
+    python3 benches/ipc_cpython.py [--repeat N]   # both sides
+    python3 benches/ipc_cpython.py --no-rust       # CPython only (also: --python)
 """
 
 import multiprocessing as mp
-import os
-import subprocess
-import sys
 import time
+
+import support
 
 SMALL_ITEMS = 200_000
 BIG = 1 << 20
 BIG_ITEMS = 200
 ROUND_TRIPS = 10_000
-ROUNDS = 3  # round-trip figures are the best of this many rounds: the machine is shared
+ROUNDS = 3  # round-trip figures are the median of this many rounds: the machine is shared
+THROUGHPUT_RUNS = 1
 
 
 def queue_producer(q, go, n):
@@ -86,8 +87,8 @@ def pipe_ping_pong(raw):
         else:
             a.send(i)
             a.recv()
-    us = float("inf")
-    for _ in range(ROUNDS):
+    us = []
+    for _ in range(support.runs(ROUNDS)):
         t = time.perf_counter()
         for i in range(ROUND_TRIPS):
             if raw:
@@ -96,7 +97,7 @@ def pipe_ping_pong(raw):
             else:
                 a.send(i)
                 a.recv()
-        us = min(us, (time.perf_counter() - t) * 1e6 / ROUND_TRIPS)
+        us.append((time.perf_counter() - t) * 1e6 / ROUND_TRIPS)
     if raw:
         a.send_bytes(b"")
     else:
@@ -125,54 +126,31 @@ def pipe_big():
     return BIG_ITEMS * BIG / secs / 1e6
 
 
-# (key in the Rust bench's RESULT lines, label, CPython function, unit, higher is better)
+def throughput(f):
+    return lambda: support.repeat(support.runs(THROUGHPUT_RUNS), f)
+
+
+# (figure name in the Rust bench, CPython's runs, unit, higher is better)
 FIGURES = [
-    ("queue_small_msgs_per_s", "Queue small items, 1 producer -> consumer", queue_small, "msgs/s", True),
-    ("queue_1mib_mb_per_s", "Queue 1 MiB items", queue_big, "MB/s", True),
-    ("pipe_rtt_us", "Pipe ping-pong round trip, small value", lambda: pipe_ping_pong(False), "us", False),
-    ("pipe_rtt_bytes_us", "Pipe ping-pong round trip, bytes", lambda: pipe_ping_pong(True), "us", False),
-    ("pipe_1mib_mb_per_s", "Pipe 1 MiB messages", pipe_big, "MB/s", True),
+    ("queue_small_msgs_per_s", throughput(queue_small), "msgs/s", True),
+    ("queue_1mib_mb_per_s", throughput(queue_big), "MB/s", True),
+    ("pipe_rtt_us", lambda: pipe_ping_pong(False), "us", False),
+    ("pipe_rtt_bytes_us", lambda: pipe_ping_pong(True), "us", False),
+    ("pipe_1mib_mb_per_s", throughput(pipe_big), "MB/s", True),
 ]
 
 
-def rust_figures():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        ["cargo", "bench", "--bench", "ipc"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    figures = {}
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            _, key, value = line.split()
-            figures[key] = float(value)
-    return figures
-
-
 def main():
-    python_only = "--python" in sys.argv
+    args = support.arguments(__doc__).parse_args()
+    support.apply_repeat(args)
     py = {}
-    for key, label, fn, unit, _ in FIGURES:
-        py[key] = fn()
-        print(f"CPython {sys.version.split()[0]:<8} {label:<44} {py[key]:>12.2f} {unit}", flush=True)
-    if python_only:
+    for name, runs, unit, _ in FIGURES:
+        py[name] = support.Figure(name, unit, runs())
+        support.show(py[name])
+    if args.no_rust:
         return
-    rs = rust_figures()
-    print()
-    print(f"{'figure':<44} {'CPython':>12} {'Rust':>12}  ratio (Rust vs CPython)")
-    for key, label, _, unit, higher in FIGURES:
-        r = rs.get(key)
-        if r is None:
-            print(f"{label:<44} {py[key]:>12.2f} {'-':>12}")
-            continue
-        ratio = r / py[key] if higher else py[key] / r
-        print(f"{label:<44} {py[key]:>12.2f} {r:>12.2f}  {ratio:6.2f}x better  ({unit})")
-    for key in ("raw_rtt_us", "raw_rtt_processes_us", "raw_stream_mb_per_s"):
-        if key in rs:
-            print(f"  baseline {key:<35} {rs[key]:>25.2f}")
+    rs = support.cargo_bench("ipc")
+    support.compare(rs, py, [(name, higher) for name, _, _, higher in FIGURES] + [("raw_rtt_processes_us", False)])
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 //! `python3 benches/pool_cpython.py` runs CPython's `multiprocessing.Pool` on the same work
 //! and prints both sides with the ratio.
 //!
-//! Every figure line reads `figure <name> <value> <unit> | baseline <what> <value> <unit>`;
-//! a figure is the median of `POOL_BENCH_REPEAT` runs (default 5), listed in a note line.
-//! `POOL_BENCH_IMAP_N` sets how many inputs the RSS figure streams (default 10,000,000).
+//! Figure lines as described in `benches/support/mod.rs`; a figure is the median of 5 runs
+//! (`TKMP_BENCH_REPEAT` sets another count), the worker-death figure of 10, the RSS figure is
+//! one run. `POOL_BENCH_IMAP_N` sets how many inputs the RSS figure streams (default
+//! 10,000,000).
+
+mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use support::{Figure, Report};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
 
@@ -37,44 +41,6 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn figure(name: &str, value: f64, unit: &str, baseline: &str, base: f64, base_unit: &str) {
-    println!("figure {name} {value:.2} {unit} | baseline {baseline} {base:.2} {base_unit}");
-}
-
-/// How many times each figure is measured (`POOL_BENCH_REPEAT`, default 5): this machine's
-/// timings vary from run to run, so each figure is the median of its runs.
-fn repeats() -> usize {
-    std::env::var("POOL_BENCH_REPEAT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-        .max(1)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-/// A figure and its baseline as medians of their runs, and a note with every run.
-fn figures(
-    name: &str,
-    runs: &mut [f64],
-    unit: &str,
-    baseline: &str,
-    base: &mut [f64],
-    base_unit: &str,
-) {
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!("note {name} runs: {} {unit}", list(runs));
-    figure(name, median(runs), unit, baseline, median(base), base_unit);
 }
 
 async fn socketpair_ping_pong(rounds: u32) -> std::io::Result<Duration> {
@@ -167,7 +133,8 @@ async fn run() -> mp::Result<()> {
         }
         return Ok(());
     }
-    let reps = repeats();
+    let reps = support::runs(5);
+    let mut report = Report::new("pool");
 
     // Build → first result, spawn start method: a fresh pool each time.
     let mut first = Vec::new();
@@ -187,13 +154,12 @@ async fn run() -> mp::Result<()> {
         p.join().await?;
         one.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    figures(
-        "pool2_build_to_first_result",
-        &mut first,
-        "ms",
-        "one_process_start_join",
-        &mut one,
-        "ms",
+    report.add(
+        Figure::new("pool2_build_to_first_result", "ms", first).baseline(Figure::new(
+            "one_process_start_join",
+            "ms",
+            one,
+        )),
     );
 
     // map, 1,000,000 trivial tasks, default chunksize: each on a fresh pool (built, then one
@@ -217,13 +183,12 @@ async fn run() -> mp::Result<()> {
         assert_eq!(local.len() as u64, n);
         local_rates.push(n as f64 / dl.as_secs_f64() / 1e6);
     }
-    figures(
-        "map_1M_default_chunksize",
-        &mut rates,
-        "Mtasks/s",
-        "same_map_in_process",
-        &mut local_rates,
-        "Mtasks/s",
+    report.add(
+        Figure::new("map_1M_default_chunksize", "Mtasks/s", rates).baseline(Figure::new(
+            "same_map_in_process",
+            "Mtasks/s",
+            local_rates,
+        )),
     );
 
     // The other figures share one pool.
@@ -245,13 +210,12 @@ async fn run() -> mp::Result<()> {
         pp_rates.push(20_000.0 / pp.as_secs_f64() / 1e3);
         pp_us.push(pp.as_secs_f64() * 1e6 / 20_000.0);
     }
-    figures(
-        "map_20k_chunksize_1",
-        &mut rates,
-        "ktasks/s",
-        "tokio_socketpair_round_trips",
-        &mut pp_rates,
-        "k/s",
+    report.add(
+        Figure::new("map_20k_chunksize_1", "ktasks/s", rates).baseline(Figure::new(
+            "tokio_socketpair_round_trips",
+            "k/s",
+            pp_rates,
+        )),
     );
 
     // apply round trip, one at a time.
@@ -270,20 +234,14 @@ async fn run() -> mp::Result<()> {
         let cat = pipe_ping_pong_with_cat(2_000).await?;
         cat_us.push(cat.as_secs_f64() * 1e6 / 2_000.0);
     }
-    figures(
-        "apply_round_trip",
-        &mut rtt,
-        "us",
-        "pipe_ping_pong_with_a_cat_process",
-        &mut cat_us,
-        "us",
-    );
-    println!(
-        "note tokio socketpair ping-pong within this process: {:.2} us (median)",
-        median(&mut pp_us)
-    );
+    let cat = Figure::new("pipe_ping_pong_with_a_cat_process", "us", cat_us);
+    report.add(Figure::new("apply_round_trip", "us", rtt).baseline(cat.clone()));
+    report.note(format_args!(
+        "tokio socketpair ping-pong within this process: {:.2} us (median)",
+        support::median(&pp_us)
+    ));
     // The same from a current-thread runtime: no hops between runtime threads.
-    let mut ct = std::thread::spawn(move || -> mp::Result<Vec<f64>> {
+    let ct = std::thread::spawn(move || -> mp::Result<Vec<f64>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -292,48 +250,34 @@ async fn run() -> mp::Result<()> {
             for i in 0..1000 {
                 pool.apply(noop, (i,)).await?;
             }
-            let mut out = Vec::new();
-            for _ in 0..reps {
+            let pool = &pool;
+            support::try_repeat(reps, || async move {
                 let t = Instant::now();
                 for i in 0..5_000u64 {
                     pool.apply(noop, (i,)).await?;
                 }
-                out.push(t.elapsed().as_secs_f64() * 1e6 / 5_000.0);
-            }
-            Ok(out)
+                Ok::<_, mp::Error>(t.elapsed().as_secs_f64() * 1e6 / 5_000.0)
+            })
+            .await
         })
     })
     .join()
     .map_err(|_| mp::Error::Protocol("the current-thread bench panicked".into()))??;
-    figures(
-        "apply_round_trip_current_thread_runtime",
-        &mut ct,
-        "us",
-        "pipe_ping_pong_with_a_cat_process",
-        &mut cat_us,
-        "us",
-    );
+    report.add(Figure::new("apply_round_trip_current_thread_runtime", "us", ct).baseline(cat));
 
     // 10,000 concurrent apply_async.
     let n = 10_000u64;
-    let mut rates = Vec::new();
-    for _ in 0..reps {
+    let pool_ref = &pool;
+    let rates = support::try_repeat(reps, || async move {
         let t = Instant::now();
-        let hs: Vec<_> = (0..n).map(|i| pool.apply_async(noop, (i,))).collect();
+        let hs: Vec<_> = (0..n).map(|i| pool_ref.apply_async(noop, (i,))).collect();
         let v = futures::future::try_join_all(hs).await?;
         let d = t.elapsed();
         assert_eq!(v.len() as u64, n);
-        rates.push(n as f64 / d.as_secs_f64() / 1e3);
-    }
-    let mut none = Vec::new();
-    figures(
-        "apply_async_10k_concurrent",
-        &mut rates,
-        "ktasks/s",
-        "-",
-        &mut none,
-        "-",
-    );
+        Ok::<_, mp::Error>(n as f64 / d.as_secs_f64() / 1e3)
+    })
+    .await?;
+    report.add(Figure::new("apply_async_10k_concurrent", "ktasks/s", rates));
 
     // Worker death → error: the task exits at a set time; we see the error. Baseline: the
     // same exit in a plain `Process`, seen by `join()` (the floor: exit, teardown, wake-up).
@@ -344,7 +288,7 @@ async fn run() -> mp::Result<()> {
     }
     let mut lat = Vec::new();
     let mut floor = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..support::runs(10) {
         let at = now_ns() + 20_000_000;
         let r = pool.apply(exit_at, (at,)).await;
         let seen = now_ns();
@@ -357,18 +301,16 @@ async fn run() -> mp::Result<()> {
         p.join().await?;
         floor.push((now_ns().saturating_sub(at)) as f64 / 1e3);
     }
-    lat.sort_by(f64::total_cmp);
-    floor.sort_by(f64::total_cmp);
-    figure(
-        "worker_death_to_error_median",
-        lat[lat.len() / 2],
-        "us",
-        "process_exit_to_join_median",
-        floor[floor.len() / 2],
-        "us",
+    report.add(
+        Figure::new("worker_death_to_error_median", "us", lat).baseline(Figure::new(
+            "process_exit_to_join_median",
+            "us",
+            floor,
+        )),
     );
 
-    // Peak parent RSS while imap_unordered streams N inputs.
+    // Peak parent RSS while imap_unordered streams N inputs: one run (a second one would
+    // start from the first one's peak).
     let n: u64 = std::env::var("POOL_BENCH_IMAP_N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -387,20 +329,18 @@ async fn run() -> mp::Result<()> {
     }
     let d = t.elapsed();
     assert_eq!(count, n);
-    figure(
-        "imap_unordered_peak_rss",
-        peak as f64 / 1024.0,
-        "MiB",
-        "rss_before_streaming",
-        before as f64 / 1024.0,
-        "MiB",
+    report.add(
+        Figure::new("imap_unordered_peak_rss", "MiB", vec![peak as f64 / 1024.0]).baseline(
+            Figure::new("rss_before_streaming", "MiB", vec![before as f64 / 1024.0]),
+        ),
     );
-    println!(
-        "note imap_unordered streamed {n} inputs (chunksize 1000) at {:.2} M/s",
+    report.note(format_args!(
+        "imap_unordered streamed {n} inputs (chunksize 1000) at {:.2} M/s",
         n as f64 / d.as_secs_f64() / 1e6
-    );
+    ));
     pool.close();
     pool.join().await?;
+    report.finish();
     Ok(())
 }
 

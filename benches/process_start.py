@@ -1,18 +1,17 @@
 #!/usr/bin/env python3
 """CPython's multiprocessing.Process start + join, beside tokio-multiprocessing's.
 
-Runs CPython's Process with the fork, spawn and forkserver start methods, then
-`cargo bench --bench process_start`, and prints both sides with ratios.
+Runs CPython's Process with the fork, forkserver and spawn start methods, then
+`cargo bench --bench process_start`, and prints both sides with ratios. A run is one
+start + join; each figure is the median of its runs (100 for fork and forkserver, a fifth
+as many for CPython's slow spawn; the Rust side's own default is 300).
 
-    python3 benches/process_start.py [ITERATIONS]
+    python3 benches/process_start.py [--repeat N] [--no-rust]
 """
 import multiprocessing as mp
-import os
-import re
-import statistics
-import subprocess
-import sys
 import time
+
+import support
 
 
 def nothing():
@@ -20,45 +19,38 @@ def nothing():
 
 
 def measure(ctx, n):
-    for _ in range(max(1, n // 10)):  # warm-up (starts the fork server)
+    """`n` runs after a tenth as many warm-up runs (which start the fork server), in µs."""
+    for _ in range(max(1, n // 10)):
         p = ctx.Process(target=nothing)
         p.start()
         p.join()
-    samples = []
-    for _ in range(n):
+
+    def run():
         t = time.perf_counter()
         p = ctx.Process(target=nothing)
         p.start()
         p.join()
-        samples.append((time.perf_counter() - t) * 1e6)
-    return statistics.mean(samples), statistics.median(samples)
+        return (time.perf_counter() - t) * 1e6
+
+    return support.repeat(n, run)
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    args = support.arguments(__doc__).parse_args()
+    support.apply_repeat(args)
+    n = support.runs(100)
     py = {}
     for method in ("fork", "forkserver", "spawn"):
-        count = n if method != "spawn" else max(10, n // 5)
-        py[method] = measure(mp.get_context(method), count)
-        print(f"CPython {method:<11} mean {py[method][0]:9.1f} µs  median {py[method][1]:9.1f} µs  ({count} runs)")
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "process_start", "--", str(max(n, 100))],
-        cwd=root, check=True, capture_output=True, text=True,
-    ).stdout
-    rust = {}
-    for line in out.splitlines():
-        m = re.match(r"figure: (.+?)\s+([\d.]+)\s+([\d.]+)$", line)
-        if m:
-            rust[m.group(1).strip()] = float(m.group(2))
-    print(out)
-    print("tokio-multiprocessing vs CPython (mean start + join):")
-    for method, key in (("fork", "mp fork"), ("forkserver", "mp forkserver"), ("spawn", "mp spawn")):
-        if key in rust:
-            print(f"  {method:<11} {rust[key]:9.1f} µs vs {py[method][0]:9.1f} µs  -> {py[method][0] / rust[key]:6.1f}x faster")
-    if "mp forkserver" in rust:
-        print(f"  forkserver vs CPython fork: {py['fork'][0] / rust['mp forkserver']:.1f}x faster")
+        count = n if method != "spawn" else min(n, max(10, n // 5))
+        fig = support.Figure(f"mp_{method}", "us", measure(mp.get_context(method), count))
+        py[fig.name] = fig
+        support.show(fig)
+    if args.no_rust:
+        return
+    rust = support.cargo_bench("process_start")
+    support.compare(rust, py, [("mp_fork", False), ("mp_forkserver", False), ("mp_spawn", False)])
+    if "mp_forkserver" in rust:
+        print(f"\nour forkserver vs CPython's fork: {py['mp_fork'].value / rust['mp_forkserver'].value:.1f}x faster")
 
 
 if __name__ == "__main__":

@@ -1,36 +1,31 @@
-//! Process start + join for each start method, beside three baselines measured in the same
-//! run: a plain `std::process::Command` re-exec of this binary that exits at once, a raw
-//! `fork` + `waitpid`, and (from `benches/process_start.py`) CPython's
-//! `multiprocessing.Process`.
+//! Process start + join for each start method, beside two baselines measured in the same
+//! run: a raw `fork` + `waitpid` (the floor under `fork` and `forkserver`) and a plain
+//! `std::process::Command` re-exec of this binary that exits at once (the floor under
+//! `spawn`). `benches/process_start.py` adds CPython's `multiprocessing.Process`.
 //!
-//! `cargo bench --bench process_start [-- ITERATIONS]`. Prints one `figure:` line per
-//! measurement (name, mean µs, median µs) for the comparison script to read.
+//! `cargo bench --bench process_start`. A run is one start + join; each figure is the median
+//! of 300 runs (`TKMP_BENCH_REPEAT` sets another count), after a tenth as many warm-up runs.
+//! Figure lines as described in `benches/support/mod.rs`.
 
-use std::time::{Duration, Instant};
+mod support;
 
+use std::time::Instant;
+
+use support::{Figure, Report};
 use tokio_multiprocessing::{self as mp, Process, StartMethod};
 
 fn nothing() {}
 
-fn stats(name: &str, mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / samples.len() as f64;
-    let median = samples[samples.len() / 2].as_secs_f64() * 1e6;
-    println!("figure: {name:<28} {mean:>9.1} {median:>9.1}");
-    mean
-}
-
-fn measure(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
+/// `n` runs of `f` after `n / 10 + 1` warm-up runs, each run's time in µs.
+fn measure(n: usize, mut f: impl FnMut()) -> Vec<f64> {
     for _ in 0..n / 10 + 1 {
         f(); // warm-up: page cache, the fork server, the launcher thread
     }
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect()
+    support::repeat(n, || {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1e6
+    })
 }
 
 fn main() {
@@ -38,40 +33,38 @@ fn main() {
         return; // the plain re-exec baseline's child
     }
     mp::init();
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(300);
-    println!(
-        "figure: {:<28} {:>9} {:>9}   ({n} iterations)",
-        "name", "mean µs", "median µs"
-    );
+    let n = support::runs(300);
+    let mut report = Report::new("process_start");
 
     // Single-threaded first: fork is refused once the launcher thread exists.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let raw_fork = stats(
-        "raw fork+waitpid",
+    let start_join = |method: StartMethod| {
+        rt.block_on(async {
+            let mut p = Process::new(nothing, ())
+                .start_method(method)
+                .start()
+                .await
+                .expect("start");
+            p.join().await.expect("join");
+        })
+    };
+    let raw_fork = Figure::new(
+        "raw_fork_waitpid",
+        "us",
         measure(n, || mp::__private::fork_and_reap().expect("fork")),
     );
-    let fork = stats(
-        "mp fork",
-        measure(n, || {
-            rt.block_on(async {
-                let mut p = Process::new(nothing, ())
-                    .start_method(StartMethod::Fork)
-                    .start()
-                    .await
-                    .expect("start");
-                p.join().await.expect("join");
-            })
-        }),
+    let fork = Figure::new(
+        "mp_fork",
+        "us",
+        measure(n, || start_join(StartMethod::Fork)),
     );
     let exe = std::env::current_exe().expect("current_exe");
-    let reexec = stats(
-        "Command re-exec+wait",
+    let reexec = Figure::new(
+        "command_reexec_wait",
+        "us",
         measure(n, || {
             let status = std::process::Command::new(&exe)
                 .env("TKMP_BENCH_EXIT_AT_ONCE", "1")
@@ -80,34 +73,36 @@ fn main() {
             assert!(status.success());
         }),
     );
-    let mut by_method = Vec::new();
-    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
-        let mean = stats(
-            &format!("mp {}", method.name()),
-            measure(n, || {
-                rt.block_on(async {
-                    let mut p = Process::new(nothing, ())
-                        .start_method(method)
-                        .start()
-                        .await
-                        .expect("start");
-                    p.join().await.expect("join");
-                })
-            }),
-        );
-        by_method.push(mean);
+    let spawn = Figure::new(
+        "mp_spawn",
+        "us",
+        measure(n, || start_join(StartMethod::Spawn)),
+    );
+    let forkserver = Figure::new(
+        "mp_forkserver",
+        "us",
+        measure(n, || start_join(StartMethod::ForkServer)),
+    );
+
+    let targets = [
+        format!(
+            "target: spawn / plain re-exec {:.2} (<= 1.5)",
+            spawn.value() / reexec.value()
+        ),
+        format!(
+            "target: forkserver {:.0} us (< 1000 us)",
+            forkserver.value()
+        ),
+        format!(
+            "target: fork / raw fork+waitpid {:.2} (<= 1.5)",
+            fork.value() / raw_fork.value()
+        ),
+    ];
+    report.add(fork.baseline(raw_fork.clone()));
+    report.add(spawn.baseline(reexec));
+    report.add(forkserver.baseline(raw_fork));
+    for t in targets {
+        report.note(t);
     }
-    println!();
-    println!(
-        "ratio: spawn / plain re-exec       {:.2}  (target <= 1.5)",
-        by_method[0] / reexec
-    );
-    println!(
-        "ratio: forkserver mean             {:.0} µs (target < 1000 µs)",
-        by_method[1]
-    );
-    println!(
-        "ratio: fork / raw fork+waitpid     {:.2}  (target <= 1.5)",
-        fork / raw_fork
-    );
+    report.finish();
 }

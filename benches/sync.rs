@@ -8,20 +8,25 @@
 //!   kernel sets on this machine.
 //!
 //! Run with `cargo bench --bench sync`; `python3 benches/sync_cpython.py` runs CPython's
-//! counterparts and prints both sides. Each figure is also printed as a `figure NAME VALUE`
-//! line for that script.
+//! counterparts and prints both sides. Each figure is the median of its runs: one run for the
+//! lock and the increments, 11 chunks of round trips for the ping-pong (`TKMP_BENCH_REPEAT`
+//! sets another count). Figure lines as described in `benches/support/mod.rs`.
+
+mod support;
 
 use std::hint::black_box;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use support::{Figure, Report};
 use tokio_multiprocessing as mp;
 
 const LOCK_ITERS: u32 = 5_000_000;
 const INCREMENTS: u64 = 2_000_000;
 const PINGS: u32 = 2_000;
-const CHUNKS: u32 = 11;
+/// Round-trip chunks for the ping-pong figure, unless `TKMP_BENCH_REPEAT` says otherwise.
+const CHUNKS: usize = 11;
 
 async fn incrementer(v: mp::Value<u64>, start: mp::Event, done: mp::Semaphore, n: u64) {
     if start.wait().await.is_err() {
@@ -51,75 +56,78 @@ async fn ponger(ping: mp::Event, pong: mp::Event, n: u32) {
     }
 }
 
-fn figure(name: &str, value: f64, unit: &str, baseline: &str) {
-    println!("{name:<44} {value:>12.1} {unit:<6} | {baseline}");
-    println!("figure {name} {value}");
-}
-
-async fn uncontended() -> mp::Result<()> {
+async fn uncontended(report: &mut Report) -> mp::Result<()> {
     let l = mp::Lock::new()?;
-    let t = Instant::now();
-    for _ in 0..LOCK_ITERS {
-        drop(black_box(l.lock().await?));
-    }
-    let ns = t.elapsed().as_nanos() as f64 / f64::from(LOCK_ITERS);
-
     let word = AtomicU32::new(0);
-    let t = Instant::now();
-    for _ in 0..LOCK_ITERS {
-        let w = black_box(&word);
-        let _ = w.compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed);
-        w.swap(0, Ordering::SeqCst);
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..support::runs(1) {
+        let t = Instant::now();
+        for _ in 0..LOCK_ITERS {
+            drop(black_box(l.lock().await?));
+        }
+        ours.push(t.elapsed().as_nanos() as f64 / f64::from(LOCK_ITERS));
+
+        let t = Instant::now();
+        for _ in 0..LOCK_ITERS {
+            let w = black_box(&word);
+            let _ = w.compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed);
+            w.swap(0, Ordering::SeqCst);
+        }
+        base.push(t.elapsed().as_nanos() as f64 / f64::from(LOCK_ITERS));
     }
-    let base = t.elapsed().as_nanos() as f64 / f64::from(LOCK_ITERS);
-    figure(
-        "uncontended_lock_unlock_ns",
-        ns,
-        "ns",
-        &format!("baseline: CAS + swap on private memory {base:.1} ns"),
+    report.add(
+        Figure::new("uncontended_lock_unlock_ns", "ns", ours).baseline(Figure::new(
+            "cas_swap_on_private_memory_ns",
+            "ns",
+            base,
+        )),
     );
     Ok(())
 }
 
-async fn value_increments() -> mp::Result<()> {
-    // Baseline: the same total, one process, no contention.
-    let v = mp::Value::new(0u64)?;
-    let t = Instant::now();
-    for _ in 0..2 * INCREMENTS {
-        v.lock().await?.update(|x| x + 1);
-    }
-    let alone = (2 * INCREMENTS) as f64 / t.elapsed().as_secs_f64();
+async fn value_increments(report: &mut Report) -> mp::Result<()> {
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..support::runs(1) {
+        // Baseline: the same total, one process, no contention.
+        let v = mp::Value::new(0u64)?;
+        let t = Instant::now();
+        for _ in 0..2 * INCREMENTS {
+            v.lock().await?.update(|x| x + 1);
+        }
+        base.push((2 * INCREMENTS) as f64 / t.elapsed().as_secs_f64());
 
-    let v = mp::Value::new(0u64)?;
-    let start = mp::Event::new()?;
-    let done = mp::Semaphore::new(0)?;
-    let mut kids = Vec::new();
-    for _ in 0..2 {
-        kids.push(
-            mp::Process::new(
-                incrementer,
-                (v.clone(), start.clone(), done.clone(), INCREMENTS),
-            )
-            .start()
-            .await?,
-        );
+        let v = mp::Value::new(0u64)?;
+        let start = mp::Event::new()?;
+        let done = mp::Semaphore::new(0)?;
+        let mut kids = Vec::new();
+        for _ in 0..2 {
+            kids.push(
+                mp::Process::new(
+                    incrementer,
+                    (v.clone(), start.clone(), done.clone(), INCREMENTS),
+                )
+                .start()
+                .await?,
+            );
+        }
+        let t = Instant::now();
+        start.set();
+        done.acquire().await?.forget();
+        done.acquire().await?.forget();
+        let elapsed = t.elapsed();
+        for mut k in kids {
+            k.join().await?;
+        }
+        let total = v.get().await?;
+        assert_eq!(total, 2 * INCREMENTS, "lost increments");
+        ours.push(total as f64 / elapsed.as_secs_f64());
     }
-    let t = Instant::now();
-    start.set();
-    done.acquire().await?.forget();
-    done.acquire().await?.forget();
-    let elapsed = t.elapsed();
-    for mut k in kids {
-        k.join().await?;
-    }
-    let total = v.get().await?;
-    assert_eq!(total, 2 * INCREMENTS, "lost increments");
-    let rate = total as f64 / elapsed.as_secs_f64();
-    figure(
-        "value_increments_2_processes_ops_per_s",
-        rate,
-        "ops/s",
-        &format!("baseline: one process alone {alone:.0} ops/s"),
+    report.add(
+        Figure::new("value_increments_2_processes_ops_per_s", "ops/s", ours).baseline(Figure::new(
+            "value_increments_one_process_alone_ops_per_s",
+            "ops/s",
+            base,
+        )),
     );
     Ok(())
 }
@@ -127,20 +135,22 @@ async fn value_increments() -> mp::Result<()> {
 /// The round trips run in chunks, alternating with chunks of the raw baseline, so that both
 /// meet the same machine (load from other processes, idle states of the cores); the figures
 /// are the medians of the chunks.
-async fn event_ping_pong() -> mp::Result<()> {
+async fn event_ping_pong(report: &mut Report) -> mp::Result<()> {
+    let chunks = support::runs(CHUNKS);
+    let pings = chunks as u32 * PINGS + 1;
     let ping = mp::Event::new()?;
     let pong = mp::Event::new()?;
-    let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), CHUNKS * PINGS + 1))
+    let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), pings))
         .start()
         .await?;
-    let raw = RawPingPong::start(CHUNKS * PINGS + 1)?;
+    let raw = RawPingPong::start(pings)?;
     // Warm up with a first round trip each (the child's start is not part of the figure).
     ping.set();
     pong.wait().await?;
     pong.clear();
     raw.round_trip()?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..CHUNKS {
+    for _ in 0..chunks {
         let t = Instant::now();
         for _ in 0..PINGS {
             ping.set();
@@ -156,27 +166,15 @@ async fn event_ping_pong() -> mp::Result<()> {
     }
     p.join().await?;
     raw.finish()?;
-    let (us, base) = (median(&mut ours), median(&mut theirs));
-    figure(
-        "event_ping_pong_round_trip_us",
-        us,
-        "us",
-        &format!(
-            "baseline: raw eventfd ping-pong, blocking reads, {base:.1} us (median of {CHUNKS} \
-             chunks; ours {:.1}..{:.1}, raw {:.1}..{:.1})",
-            ours[0],
-            ours[ours.len() - 1],
-            theirs[0],
-            theirs[theirs.len() - 1]
-        ),
+    report.add(
+        Figure::new("event_ping_pong_round_trip_us", "us", ours).baseline(Figure::new(
+            "event_ping_pong_raw_eventfd_us",
+            "us",
+            theirs,
+        )),
     );
-    println!("figure event_ping_pong_raw_eventfd_us {base}");
+    report.note("event_ping_pong_raw_eventfd_us: two eventfds, blocking reads, a forked child");
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Two eventfds and a forked child, each side blocking in `read`: the kernel's floor for a
@@ -240,11 +238,14 @@ fn main() -> mp::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut report = Report::new("sync");
     rt.block_on(async {
-        uncontended().await?;
-        value_increments().await?;
-        event_ping_pong().await?;
+        uncontended(&mut report).await?;
+        value_increments(&mut report).await?;
+        event_ping_pong(&mut report).await?;
         tokio::time::sleep(Duration::ZERO).await;
-        Ok(())
-    })
+        Ok::<_, mp::Error>(())
+    })?;
+    report.finish();
+    Ok(())
 }

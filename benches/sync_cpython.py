@@ -8,13 +8,16 @@ sync` (unless --no-rust), and prints both sides with their ratio:
   - Value increments under its lock from 2 processes at once (ops/s)
   - Event ping-pong between two processes, one round trip (us)
 
-Usage: python3 benches/sync_cpython.py [--no-rust]
+Each figure is the median of its runs, on both sides: one run for the lock and the
+increments, 11 chunks of round trips for the ping-pong; --repeat sets another count.
+
+Usage: python3 benches/sync_cpython.py [--repeat N] [--no-rust]
 """
 
 import multiprocessing as mp
-import subprocess
-import sys
 import time
+
+import support
 
 LOCK_ITERS = 1_000_000
 INCREMENTS = 200_000
@@ -67,62 +70,45 @@ def ponger(ping, pong, n):
 
 
 def event_ping_pong_us():
-    """Median of CHUNKS chunks of PINGS round trips, as the Rust side measures it."""
+    """Chunks of PINGS round trips, as the Rust side measures them, each chunk's µs per trip."""
+    chunks = support.runs(CHUNKS)
     ping, pong = mp.Event(), mp.Event()
-    p = mp.Process(target=ponger, args=(ping, pong, CHUNKS * PINGS + 1))
+    p = mp.Process(target=ponger, args=(ping, pong, chunks * PINGS + 1))
     p.start()
     ping.set()
     pong.wait()
     pong.clear()
-    chunks = []
-    for _ in range(CHUNKS):
+
+    def chunk():
         t = time.perf_counter()
         for _ in range(PINGS):
             ping.set()
             pong.wait()
             pong.clear()
-        chunks.append((time.perf_counter() - t) * 1e6 / PINGS)
+        return (time.perf_counter() - t) * 1e6 / PINGS
+
+    out = support.repeat(chunks, chunk)
     p.join()
-    return sorted(chunks)[CHUNKS // 2]
-
-
-def rust_figures():
-    out = subprocess.run(
-        ["cargo", "bench", "--bench", "sync"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout
-    figures = {}
-    for line in out.splitlines():
-        if line.startswith("figure "):
-            _, name, value = line.split()
-            figures[name] = float(value)
-        else:
-            print("  rust: " + line)
-    return figures
+    return out
 
 
 def main():
+    args = support.arguments(__doc__).parse_args()
+    support.apply_repeat(args)
     mp.set_start_method("fork")
     py = {
-        "uncontended_lock_unlock_ns": uncontended_lock_ns(),
-        "value_increments_2_processes_ops_per_s": value_increments_ops(),
-        "event_ping_pong_round_trip_us": event_ping_pong_us(),
+        "uncontended_lock_unlock_ns": ("ns", support.repeat(support.runs(1), uncontended_lock_ns)),
+        "value_increments_2_processes_ops_per_s": ("ops/s", support.repeat(support.runs(1), value_increments_ops)),
+        "event_ping_pong_round_trip_us": ("us", event_ping_pong_us()),
     }
-    rust = {} if "--no-rust" in sys.argv else rust_figures()
-    print(f"{'figure':<42} {'CPython ' + sys.version.split()[0]:>16} {'tokio-mp':>14} {'ratio':>10}")
-    for name, value in py.items():
-        r = rust.get(name)
-        if r is None:
-            print(f"{name:<42} {value:>16.1f} {'-':>14} {'-':>10}")
-            continue
-        # Higher is better for rates, lower for times: print how many times better Rust is.
-        better = r / value if name.endswith("per_s") else value / r
-        print(f"{name:<42} {value:>16.1f} {r:>14.1f} {better:>9.1f}x")
-    raw = rust.get("event_ping_pong_raw_eventfd_us")
-    if raw is not None:
-        print(f"{'(raw eventfd ping-pong, same run)':<42} {'':>16} {raw:>14.1f}")
+    py = {name: support.Figure(name, unit, runs) for name, (unit, runs) in py.items()}
+    for fig in py.values():
+        support.show(fig)
+    if args.no_rust:
+        return
+    rust = support.cargo_bench("sync")
+    # Higher is better for rates, lower for times.
+    support.compare(rust, py, [(name, name.endswith("per_s")) for name in py])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+pub mod process;
+
 /// How long any one test may take.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 

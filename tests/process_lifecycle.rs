@@ -1,0 +1,386 @@
+//! A `Process` from start to end, with each start method: exit codes, results as exit codes,
+//! signals, joins with and without a timeout, the sentinel, names and pids, dropped handles,
+//! panics, children dying with a killed parent, and what happens to children at exit. Cases
+//! ported from CPython's `_test_multiprocessing.py` (`_TestProcess`) name the Python test
+//! they come from.
+
+#[macro_use]
+mod support;
+
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::TestResult;
+use support::process::{
+    METHODS, async_exit, exit_with, helper_command, helper_mode, nothing, run_as_helper, run_helper,
+};
+use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
+
+fn main() {
+    let mode = helper_mode();
+    mp::init(); // a re-executed child never gets past this line
+    if let Some(mode) = mode {
+        run_as_helper(helper(&mode));
+    }
+    support::run(trials![
+        exit_code_zero_after_return,
+        exit_code_passed_to_exit,
+        results_give_exit_codes_as_main,
+        async_target_runs_on_the_childs_runtime,
+        terminate_gives_minus_sigterm,
+        kill_gives_minus_sigkill,
+        join_timeout_leaves_a_running_child,
+        sentinel_becomes_readable_at_exit,
+        names_pids_and_daemon_flags,
+        many_concurrent_starts,
+        dropped_process_is_reaped,
+        panic_prints_message_and_exits_1,
+        children_die_with_a_killed_parent,
+        exit_joins_children_and_terminates_daemons,
+    ])
+}
+
+// ---------------------------------------------------------------- targets
+
+fn returns_err(reason: String) -> Result<(), String> {
+    Err(reason)
+}
+
+async fn returns_exit_code(code: u8) -> std::process::ExitCode {
+    std::process::ExitCode::from(code)
+}
+
+fn sleep_for(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms))
+}
+
+fn panics(message: String) {
+    panic!("{message}");
+}
+
+fn write_marker_after(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    if let Ok(path) = std::env::var("TKMP_MARKER") {
+        let _ = std::fs::write(path, "joined");
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn exit_code_zero_after_return() -> TestResult {
+    // _TestProcess.test_process
+    for m in METHODS {
+        let mut p = Process::new(nothing, ()).start_method(m).start().await?;
+        ensure!(p.join().await? == 0, "{m:?}: exit code");
+        ensure!(p.exitcode()? == Some(0), "{m:?}: exitcode()");
+        ensure!(!p.is_alive(), "{m:?}: still alive after join");
+    }
+    Ok(())
+}
+
+async fn exit_code_passed_to_exit() -> TestResult {
+    // _TestProcess.test_sys_exit
+    for m in METHODS {
+        for code in [1, 7, 255] {
+            let mut p = Process::new(exit_with, (code,))
+                .start_method(m)
+                .start()
+                .await?;
+            ensure!(p.join().await? == code, "{m:?}: exit({code})");
+        }
+    }
+    Ok(())
+}
+
+async fn results_give_exit_codes_as_main() -> TestResult {
+    for m in METHODS {
+        let mut p = Process::new(returns_err, ("expected failure".to_string(),))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.join().await? == 1, "{m:?}: an Err result");
+        let mut p = Process::new(returns_exit_code, (42,))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.join().await? == 42, "{m:?}: an ExitCode result");
+    }
+    Ok(())
+}
+
+async fn async_target_runs_on_the_childs_runtime() -> TestResult {
+    for m in METHODS {
+        let mut p = Process::new(async_exit, (9,))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.join().await? == 10, "{m:?}: async target");
+    }
+    Ok(())
+}
+
+async fn terminate_gives_minus_sigterm() -> TestResult {
+    // _TestProcess.test_terminate
+    for m in METHODS {
+        let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.is_alive(), "{m:?}: not alive");
+        p.terminate()?;
+        ensure!(p.join().await? == -15, "{m:?}: exit code after SIGTERM");
+        p.terminate()?; // a finished process: no error, as in Python
+    }
+    Ok(())
+}
+
+async fn kill_gives_minus_sigkill() -> TestResult {
+    // _TestProcess.test_kill
+    for m in METHODS {
+        let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        p.kill()?;
+        ensure!(p.join().await? == -9, "{m:?}: exit code after SIGKILL");
+    }
+    Ok(())
+}
+
+async fn join_timeout_leaves_a_running_child() -> TestResult {
+    for m in METHODS {
+        let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(
+            p.join_timeout(Duration::from_millis(50)).await?.is_none(),
+            "{m:?}: join_timeout returned an exit code for a running child"
+        );
+        ensure!(
+            p.is_alive() && p.exitcode()?.is_none(),
+            "{m:?}: child not running"
+        );
+        p.kill()?;
+        ensure!(
+            p.join_timeout(Duration::from_secs(10)).await? == Some(-9),
+            "{m:?}: join_timeout after kill"
+        );
+    }
+    Ok(())
+}
+
+async fn sentinel_becomes_readable_at_exit() -> TestResult {
+    // _TestProcess.test_sentinel
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    for m in METHODS {
+        let mut p = Process::new(sleep_for, (60_000,))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        let readable = |p: &Process, ms: u16| -> Result<bool, nix::Error> {
+            let mut fds = [PollFd::new(p.sentinel(), PollFlags::POLLIN)];
+            Ok(poll(&mut fds, PollTimeout::from(ms))? == 1)
+        };
+        ensure!(!readable(&p, 0)?, "{m:?}: sentinel readable while running");
+        p.kill()?;
+        ensure!(
+            readable(&p, 10_000)?,
+            "{m:?}: sentinel not readable after exit"
+        );
+        ensure!(
+            p.as_raw_fd() == p.sentinel().as_raw_fd(),
+            "AsRawFd is the sentinel"
+        );
+        p.join().await?;
+    }
+    Ok(())
+}
+
+async fn names_pids_and_daemon_flags() -> TestResult {
+    let mut a = Process::new(nothing, ()).start().await?;
+    let mut b = Process::new(nothing, ())
+        .name("worker-b")
+        .daemon(true)
+        .start()
+        .await?;
+    ensure!(
+        a.name().starts_with("Process-"),
+        "default name {}",
+        a.name()
+    );
+    ensure!(
+        b.name() == "worker-b" && b.daemon() && !a.daemon(),
+        "name/daemon"
+    );
+    ensure!(a.pid() != b.pid() && a.pid() != std::process::id(), "pids");
+    a.join().await?;
+    b.join().await?;
+    Ok(())
+}
+
+async fn many_concurrent_starts() -> TestResult {
+    let mut starts = Vec::new();
+    for i in 0..32 {
+        let m = METHODS[i % 2];
+        starts.push(tokio::spawn(async move {
+            let mut p = Process::new(exit_with, ((i % 100) as i32,))
+                .start_method(m)
+                .start()
+                .await?;
+            Ok::<_, Error>((i, p.join().await?))
+        }));
+    }
+    for s in starts {
+        let (i, code) = s.await??;
+        ensure!(code == (i % 100) as i32, "process {i} exited with {code}");
+    }
+    Ok(())
+}
+
+async fn dropped_process_is_reaped() -> TestResult {
+    // A fork-server child is this process's child too, reaped here.
+    // Long enough that it is surely running when its handle drops, however slow this side.
+    let mut pids = Vec::new();
+    for m in METHODS {
+        let p = Process::new(sleep_for, (2_000,))
+            .start_method(m)
+            .start()
+            .await?;
+        pids.push(p.pid());
+        drop(p);
+    }
+    ensure!(
+        pids.iter().all(|&p| support::exists(p)),
+        "a child vanished at once"
+    );
+    let gone = support::eventually(Duration::from_secs(20), || {
+        pids.iter().all(|&p| !support::exists(p))
+    })
+    .await;
+    ensure!(
+        gone,
+        "processes {pids:?} were not reaped after their handles were dropped"
+    );
+    Ok(())
+}
+
+async fn panic_prints_message_and_exits_1() -> TestResult {
+    let (status, out, err) = run_helper("panic", &[]).await?;
+    ensure!(status.success(), "helper failed: {err}");
+    ensure!(out.contains("exitcode=1"), "stdout: {out}");
+    ensure!(
+        err.contains("boom 42"),
+        "the panic message is not on stderr: {err}"
+    );
+    Ok(())
+}
+
+async fn children_die_with_a_killed_parent() -> TestResult {
+    let mut cmd = helper_command("orphans")?;
+    cmd.stdout(Stdio::piped());
+    let mut helper = cmd.spawn()?;
+    let stdout = helper.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stdout);
+        tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await??;
+    }
+    let pids: Vec<u32> = line
+        .trim()
+        .strip_prefix("pids=")
+        .ok_or_else(|| format!("bad helper line {line:?}"))?
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ensure!(pids.len() == 3, "expected 3 pids, got {line:?}");
+    ensure!(
+        pids.iter().all(|&p| !support::is_zombie_or_gone(p)),
+        "children not running"
+    );
+    helper.start_kill()?; // SIGKILL
+    helper.wait().await?;
+    // 20 s only bounds a hang: the death signal is immediate, but a loaded machine is slow.
+    let gone = support::eventually(Duration::from_secs(20), || {
+        pids.iter().all(|&p| support::is_zombie_or_gone(p))
+    })
+    .await;
+    ensure!(gone, "children {pids:?} outlived their SIGKILLed parent");
+    Ok(())
+}
+
+async fn exit_joins_children_and_terminates_daemons() -> TestResult {
+    let marker = std::env::temp_dir().join(format!("tkmp-exit-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let (status, out, err) = run_helper(
+        "exit-handler",
+        &[("TKMP_MARKER", marker.display().to_string())],
+    )
+    .await?;
+    ensure!(status.success(), "helper failed: {err}");
+    let daemon: u32 = out
+        .trim()
+        .strip_prefix("daemon=")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("bad helper output {out:?}"))?;
+    ensure!(
+        marker.exists(),
+        "the non-daemon child was not waited for at exit"
+    );
+    let _ = std::fs::remove_file(&marker);
+    ensure!(
+        support::is_zombie_or_gone(daemon),
+        "the daemon child outlived its parent's exit"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- helper modes
+
+/// This binary as a parent in a mode of its own; prints what the test reads.
+async fn helper(mode: &str) {
+    match mode {
+        "panic" => {
+            let mut p = Process::new(panics, ("boom 42".to_string(),))
+                .start()
+                .await
+                .unwrap();
+            println!("exitcode={}", p.join().await.unwrap());
+        }
+        "orphans" => {
+            let a = Process::new(sleep_for, (600_000,)).start().await.unwrap();
+            let b = Process::new(sleep_for, (600_000,))
+                .start_method(StartMethod::ForkServer)
+                .start()
+                .await
+                .unwrap();
+            let c = Process::new(sleep_for, (600_000,))
+                .daemon(true)
+                .start()
+                .await
+                .unwrap();
+            println!("pids={},{},{}", a.pid(), b.pid(), c.pid());
+            std::future::pending::<()>().await;
+        }
+        "exit-handler" => {
+            let d = Process::new(sleep_for, (600_000,))
+                .daemon(true)
+                .start()
+                .await
+                .unwrap();
+            let n = Process::new(write_marker_after, (300,))
+                .start()
+                .await
+                .unwrap();
+            println!("daemon={}", d.pid());
+            drop((d, n));
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}

@@ -1,0 +1,267 @@
+//! Start methods: `fork` refused in a multi-threaded process and working from a
+//! single-threaded one, `get_start_method()` in a child naming the method that started it,
+//! the default inherited by children and grandchildren, `get_all_start_methods()`, and
+//! parsing method names. Cases ported from CPython's `_test_multiprocessing.py`
+//! (`TestStartMethod`, `_TestProcess`) name the Python test they come from.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::TestResult;
+use support::process::{
+    METHODS, async_exit, exit_with, helper_mode, nothing, run_as_helper, run_helper,
+};
+use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
+
+fn main() {
+    let mode = helper_mode();
+    mp::init(); // a re-executed child never gets past this line
+    if let Some(mode) = mode {
+        run_as_helper(helper(&mode));
+    }
+    support::run(trials![
+        fork_is_refused_with_threads,
+        fork_from_a_single_threaded_process,
+        child_reports_the_method_that_started_it,
+        default_method_is_inherited_by_children_and_grandchildren,
+        get_all_start_methods_lists_each_once_default_first,
+        unknown_start_method_is_invalid_argument,
+    ])
+}
+
+// ---------------------------------------------------------------- targets
+
+/// Runs in a child, which has a single thread: starts a grandchild with the fork method.
+fn fork_probe(code: i32) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async move {
+        let mut p = Process::new(exit_with, (code,))
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        let mut q = Process::new(async_exit, (code,))
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        Ok::<_, Error>((p.join().await?, q.join().await?))
+    });
+    match result {
+        Ok((a, b)) if a == code && b == code + 1 => std::process::exit(0),
+        Ok(other) => {
+            eprintln!("fork probe: exit codes {other:?}");
+            std::process::exit(2)
+        }
+        Err(e) => {
+            eprintln!("fork probe: {e}");
+            std::process::exit(3)
+        }
+    }
+}
+
+/// The exit code [`report_start_method`] gives for `m`.
+fn method_code(m: StartMethod) -> i32 {
+    match m {
+        StartMethod::Spawn => 11,
+        StartMethod::ForkServer => 12,
+        StartMethod::Fork => 13,
+        _ => 14,
+    }
+}
+
+/// Exits with [`method_code`] of this process's start method (CPython's `_check_context`).
+fn report_start_method() {
+    std::process::exit(method_code(mp::get_start_method()))
+}
+
+/// Runs in a spawned child, which has a single thread: forks a grandchild that reports its
+/// start method, and exits with the grandchild's code.
+fn fork_method_probe() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(async {
+        let mut p = Process::new(report_start_method, ())
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        p.join().await
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("fork method probe: {e}");
+        3
+    }))
+}
+
+/// Puts `(who, start method)` on `q`.
+fn put_start_method(q: mp::Queue<(String, String)>, who: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let method = mp::get_start_method().name().to_string();
+    if rt.block_on(q.put((who, method))).is_err() {
+        std::process::exit(2);
+    }
+}
+
+/// Puts its start method on `q`, then starts a grandchild with its default method that does
+/// the same (CPython's `_put_two_and_nest_once`).
+fn put_start_method_and_nest(q: mp::Queue<(String, String)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let method = mp::get_start_method().name().to_string();
+    let code = rt.block_on(async move {
+        q.put(("child".into(), method))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut p = Process::new(put_start_method, (q, "grandchild".to_string()))
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        p.join().await.map_err(|e| e.to_string())
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("nested start: {e}");
+        3
+    }))
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn fork_is_refused_with_threads() -> TestResult {
+    let r = Process::new(nothing, ())
+        .start_method(StartMethod::Fork)
+        .start()
+        .await;
+    match r {
+        Err(Error::Start { message, .. }) => {
+            ensure!(message.contains("single-threaded"), "message: {message}");
+            Ok(())
+        }
+        Err(e) => Err(format!("unexpected error {e}").into()),
+        Ok(_) => Err("fork was allowed in a multi-threaded process".into()),
+    }
+}
+
+async fn fork_from_a_single_threaded_process() -> TestResult {
+    let mut p = Process::new(fork_probe, (21,)).start().await?;
+    let code = p.join().await?;
+    ensure!(
+        code == 0,
+        "the fork probe failed with exit code {code} (see its stderr)"
+    );
+    Ok(())
+}
+
+async fn child_reports_the_method_that_started_it() -> TestResult {
+    // TestStartMethod.test_context (check_context): in the child, get_start_method() is the
+    // method that started it.
+    for m in METHODS {
+        let mut p = Process::new(report_start_method, ())
+            .start_method(m)
+            .start()
+            .await?;
+        let code = support::join_code(&mut p).await?;
+        ensure!(
+            code == method_code(m),
+            "{m:?}: the child reported exit code {code}, expected {}",
+            method_code(m)
+        );
+    }
+    // Fork needs a single-threaded parent: a spawned child forks the reporter.
+    let mut p = Process::new(fork_method_probe, ()).start().await?;
+    let code = support::join_code(&mut p).await?;
+    ensure!(
+        code == method_code(StartMethod::Fork),
+        "Fork: the child reported exit code {code}, expected {}",
+        method_code(StartMethod::Fork)
+    );
+    Ok(())
+}
+
+async fn default_method_is_inherited_by_children_and_grandchildren() -> TestResult {
+    // TestStartMethod.test_set_get (check_context after set_start_method) and
+    // _TestProcess.test_nested_startmethod: a child started with the default set in the
+    // parent reports it, and starts its own child (passing it the queue) with it too. Not
+    // with fork: this helper has runtime threads, so fork is refused in it.
+    for m in METHODS {
+        let (status, out, err) =
+            run_helper("nested-startmethod", &[("TKMP_METHOD", m.name().into())]).await?;
+        ensure!(status.success(), "{m:?}: helper failed: {out} {err}");
+        let want = format!("child={0} grandchild={0} exit=0", m.name());
+        ensure!(
+            out.trim() == want,
+            "{m:?}: got {out:?}, expected {want:?}; stderr: {err}"
+        );
+    }
+    Ok(())
+}
+
+async fn get_all_start_methods_lists_each_once_default_first() -> TestResult {
+    // TestStartMethod.test_get_all
+    let methods = mp::get_all_start_methods();
+    ensure!(
+        methods
+            == [
+                StartMethod::Spawn,
+                StartMethod::Fork,
+                StartMethod::ForkServer
+            ],
+        "get_all_start_methods() = {methods:?}"
+    );
+    ensure!(
+        methods[0] == StartMethod::default(),
+        "the default is not first: {methods:?}"
+    );
+    Ok(())
+}
+
+async fn unknown_start_method_is_invalid_argument() -> TestResult {
+    // TestStartMethod.test_set_get: set_start_method('nonexistent') raises ValueError
+    for m in mp::get_all_start_methods() {
+        ensure!(
+            m.name().parse::<StartMethod>()? == m,
+            "{} does not parse back",
+            m.name()
+        );
+    }
+    let bad = "nonexistent".parse::<StartMethod>();
+    ensure!(matches!(bad, Err(mp::Error::InvalidArgument(_))), "{bad:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- helper modes
+
+/// This binary as a parent in a mode of its own; prints what the test reads.
+async fn helper(mode: &str) {
+    match mode {
+        "nested-startmethod" => {
+            let method: StartMethod = std::env::var("TKMP_METHOD").unwrap().parse().unwrap();
+            mp::set_start_method(method);
+            let q = mp::Queue::<(String, String)>::new().unwrap();
+            let mut p = Process::new(put_start_method_and_nest, (q.clone(),))
+                .start()
+                .await
+                .unwrap();
+            let code = p.join().await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                match q.get_timeout(Duration::from_secs(20)).await {
+                    Ok((who, m)) => got.push(format!("{who}={m}")),
+                    Err(e) => got.push(format!("error={e}")),
+                }
+            }
+            got.sort();
+            println!("{} exit={code}", got.join(" "));
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+}
