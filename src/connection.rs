@@ -239,10 +239,9 @@ impl<T> Connection<T> {
         if self.readable {
             Ok(())
         } else {
-            Err(Error::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this end of a simplex pipe only sends",
-            )))
+            Err(Error::InvalidArgument(
+                "this end of a simplex pipe only sends".into(),
+            ))
         }
     }
 
@@ -250,10 +249,9 @@ impl<T> Connection<T> {
         if self.writable {
             Ok(())
         } else {
-            Err(Error::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this end of a simplex pipe only receives",
-            )))
+            Err(Error::InvalidArgument(
+                "this end of a simplex pipe only receives".into(),
+            ))
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -48,9 +49,9 @@ impl fmt::Display for ExitCause {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system error.
+    /// An operating-system error (shared, so that the error can be cloned).
     #[error(transparent)]
-    Io(#[from] io::Error),
+    Io(Arc<io::Error>),
 
     /// An argument outside what the function accepts (Python's `ValueError`): a pool of 0
     /// processes, say.
@@ -212,16 +213,18 @@ pub enum Error {
     },
 }
 
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(Arc::new(e))
+    }
+}
+
 /// A copy of an error, for each of several callers it fails (the items of a failed chunk,
-/// the tasks queued when no worker can start). An [`Error::Io`] keeps its kind and its OS
-/// error code, and its message where it had no code.
+/// the tasks queued when no worker can start). An [`Error::Io`] shares its `io::Error`.
 impl Clone for Error {
     fn clone(&self) -> Error {
         match self {
-            Error::Io(e) => Error::Io(match e.raw_os_error() {
-                Some(code) => io::Error::from_raw_os_error(code),
-                None => io::Error::new(e.kind(), e.to_string()),
-            }),
+            Error::Io(e) => Error::Io(e.clone()),
             Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
             Error::Encode { type_name, message } => Error::Encode {
                 type_name,

@@ -466,7 +466,7 @@ fn closed_is_auth(e: io::Error) -> Error {
         | io::ErrorKind::BrokenPipe => {
             auth_err("the peer closed the connection during the exchange")
         }
-        _ => Error::Io(e),
+        _ => Error::from(e),
     }
 }
 

@@ -329,9 +329,8 @@ fn ring_capacity(maxsize: usize) -> usize {
 impl<T> Queue<T> {
     fn make(maxsize: usize, joinable: bool) -> Result<Queue<T>> {
         if maxsize > MAX_MAXSIZE {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("maxsize {maxsize} is larger than {MAX_MAXSIZE}"),
+            return Err(Error::InvalidArgument(format!(
+                "maxsize {maxsize} is larger than {MAX_MAXSIZE}"
             )));
         }
         let capacity = ring_capacity(maxsize);
@@ -420,7 +419,7 @@ impl<T> Queue<T> {
     /// while it is full. A `maxsize` of 0 means unbounded, as in Python.
     ///
     /// # Errors
-    /// An I/O error if the kernel refuses a descriptor; `InvalidInput` above
+    /// An I/O error if the kernel refuses a descriptor; [`Error::InvalidArgument`] above
     /// [`MAX_MAXSIZE`].
     pub fn with_maxsize(maxsize: usize) -> Result<Queue<T>> {
         Queue::make(maxsize, false)
@@ -719,7 +718,7 @@ impl<T> Queue<T> {
                 self.send_packet(&r, bytes, fds).await?;
                 match self.push_marker(lock) {
                     None => Ok(()),
-                    Some(task) => task.await.map_err(|e| Error::Io(io::Error::other(e)))?,
+                    Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,
                 }
             }
         }
@@ -744,12 +743,10 @@ impl<T> Queue<T> {
     }
 
     fn joinable_parts(&self) -> Result<&Arc<OwnedFd>> {
-        self.inner.done.as_ref().ok_or_else(|| {
-            Error::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "not a JoinableQueue",
-            ))
-        })
+        self.inner
+            .done
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("not a JoinableQueue".into()))
     }
 
     /// Takes one packet from the socket now.
@@ -808,13 +805,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             });
         }
         if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a queue item may hold at most {} descriptors, this one holds {}",
-                    sys::MAX_FDS_PER_MESSAGE - 1,
-                    fds.len()
-                ),
+            return Err(Error::InvalidArgument(format!(
+                "a queue item may hold at most {} descriptors, this one holds {}",
+                sys::MAX_FDS_PER_MESSAGE - 1,
+                fds.len()
             )));
         }
         if body <= INLINE_MAX {
@@ -1279,15 +1273,12 @@ impl<T> JoinableQueue<T> {
         }
         let r = self.0.reactor()?;
         let Some(done) = &r.done else {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "not a JoinableQueue",
-            )));
+            return Err(Error::InvalidArgument("not a JoinableQueue".into()));
         };
         loop {
             // The eventfd is never drained: every `task_done` that reaches zero writes to
             // it, which is a new readiness edge for every process waiting.
-            let mut g = done.readable().await.map_err(Error::Io)?;
+            let mut g = done.readable().await.map_err(Error::from)?;
             if self.unfinished() == 0 {
                 return Ok(());
             }

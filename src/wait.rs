@@ -1,7 +1,6 @@
 //! `wait`: Python's `multiprocessing.connection.wait`, on tokio's reactor.
 
 use std::future::Future;
-use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::time::Duration;
@@ -102,7 +101,7 @@ impl Waitable for Process {
 /// processes read the same object: another may take the message or item first.
 ///
 /// # Errors
-/// An I/O error from the reactor; `InvalidInput` for an empty list without a timeout (it
+/// An I/O error from the reactor; [`Error::InvalidArgument`] for an empty list without a timeout (it
 /// would wait for ever).
 ///
 /// # Panics
@@ -143,10 +142,9 @@ pub async fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Resul
                 tokio::time::sleep(d).await;
                 Ok(Vec::new())
             }
-            None => Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "wait() on no objects without a timeout would wait for ever",
-            ))),
+            None => Err(Error::InvalidArgument(
+                "wait() on no objects without a timeout would wait for ever".into(),
+            )),
         };
     }
     let any = futures::future::select_all(objects.iter().map(|o| o.__ready()));

@@ -71,7 +71,7 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
             Ok(t) => t
                 .join()
                 .unwrap_or_else(|_| Err(Error::Protocol("the worker thread panicked".into()))),
-            Err(e) => Err(Error::Io(e)),
+            Err(e) => Err(Error::from(e)),
         }
     } else {
         run()
@@ -339,7 +339,7 @@ impl Worker {
         let entry = match self.entry(offset) {
             Ok(e) => e,
             Err(e) => {
-                return Ok(Some(reply_frame(id, Err(Failure::Args(Error::Io(e))), 0)));
+                return Ok(Some(reply_frame(id, Err(Failure::Args(Error::from(e))), 0)));
             }
         };
         if !is_async {

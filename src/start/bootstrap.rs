@@ -137,7 +137,7 @@ pub(crate) fn run_entry(
                     Some(rt) => rt,
                     None => match fresh_runtime() {
                         Ok(rt) => rt,
-                        Err(e) => return Err(Failure::Args(Error::Io(e))),
+                        Err(e) => return Err(Failure::Args(Error::from(e))),
                     },
                 };
                 rt.block_on(fut)
@@ -147,7 +147,7 @@ pub(crate) fn run_entry(
                     Ok(t) => t.join().unwrap_or_else(|_| {
                         Err(Failure::Panicked("runtime thread panicked".into()))
                     }),
-                    Err(e) => Err(Failure::Args(Error::Io(e))),
+                    Err(e) => Err(Failure::Args(Error::from(e))),
                 }
             } else {
                 run()

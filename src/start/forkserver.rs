@@ -194,7 +194,7 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
                 if let Some(s) = guard.take() {
                     s.retire();
                 }
-                return Err(Error::Io(std::io::Error::other(format!(
+                return Err(Error::from(std::io::Error::other(format!(
                     "the fork server failed ({e}); it will be restarted on the next start"
                 ))));
             }
@@ -215,7 +215,7 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
         ForkReply::Forked { pid } => Err(Error::Protocol(format!(
             "the fork server reported pid {pid}"
         ))),
-        ForkReply::Failed(m) => Err(Error::Io(std::io::Error::other(format!(
+        ForkReply::Failed(m) => Err(Error::from(std::io::Error::other(format!(
             "the fork server could not fork: {m}"
         )))),
     }

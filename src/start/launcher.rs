@@ -41,13 +41,13 @@ pub(super) async fn on_launcher<R: Send + 'static>(
 ) -> Result<R> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     launcher()
-        .ok_or_else(|| Error::Io(std::io::Error::other("cannot start the launcher thread")))?
+        .ok_or_else(|| Error::from(std::io::Error::other("cannot start the launcher thread")))?
         .send(Box::new(move || {
             let _ = tx.send(f());
         }))
-        .map_err(|_| Error::Io(std::io::Error::other("the launcher thread is gone")))?;
+        .map_err(|_| Error::from(std::io::Error::other("the launcher thread is gone")))?;
     rx.await.map_err(|_| {
-        Error::Io(std::io::Error::other(
+        Error::from(std::io::Error::other(
             "the launcher thread dropped a request",
         ))
     })

@@ -51,7 +51,7 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
 
 fn cstring(bytes: Vec<u8>) -> Result<CString> {
     CString::new(bytes)
-        .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
+        .map_err(|e| Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
 }
 
 /// Starts a child with the `spawn` method.

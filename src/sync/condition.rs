@@ -175,7 +175,7 @@ impl Condition {
         let ticket = next.load(SeqCst);
         if ticket.saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst)) >= SLOTS {
             self.lock.release();
-            return Err(Error::Io(std::io::Error::other(format!(
+            return Err(Error::from(std::io::Error::other(format!(
                 "more than {SLOTS} waiters on one condition"
             ))));
         }

@@ -215,12 +215,9 @@ pub(crate) fn write_header(head: &mut [u8], body: usize, nfds: usize) -> Result<
         .ok()
         .filter(|&n| usize::from(n) <= sys::MAX_FDS_PER_MESSAGE)
         .ok_or_else(|| {
-            Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a message may carry at most {} descriptors, this one holds {nfds}",
-                    sys::MAX_FDS_PER_MESSAGE
-                ),
+            Error::InvalidArgument(format!(
+                "a message may carry at most {} descriptors, this one holds {nfds}",
+                sys::MAX_FDS_PER_MESSAGE
             ))
         })?;
     head[..4].copy_from_slice(&(body as u32).to_be_bytes());
