@@ -19,7 +19,7 @@ use crate::wire::{FrameBuf, FrameReader, FrameWriter};
 
 /// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
 /// worker cannot be reached any more: the writer kills it, so that its exit is reported, its
-/// tasks answered and the worker replaced.
+/// tasks answered and the worker replaced, and drops the frames that still come.
 pub(super) async fn write_worker(
     writer: FrameWriter,
     mut rx: UnboundedReceiver<FrameBuf>,
@@ -30,6 +30,10 @@ pub(super) async fn write_worker(
         if let Err(e) = writer.send_batch(&mut batch).await {
             tracing::debug!("cannot send to a pool worker, killing it: {e}");
             killer.kill();
+            // The frames the scheduler sends until it hears of the death are dropped here
+            // unsent: it counts them as held by the worker, and as the worker's started
+            // mark shows they never started, it sends them to another worker.
+            while rx.recv().await.is_some() {}
             return;
         }
         batch.clear();
