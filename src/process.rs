@@ -193,6 +193,13 @@ impl KillHandle {
     pub(crate) fn kill(&self) {
         let _ = sys::pidfd_send_signal(self.0.as_fd(), sys::SIGKILL);
     }
+
+    /// A handle that reaches no process (its descriptor is not a pidfd), for unit tests.
+    #[cfg(test)]
+    pub(crate) fn detached() -> KillHandle {
+        let null = std::fs::File::open("/dev/null").expect("/dev/null opens");
+        KillHandle(std::sync::Arc::new(null.into()))
+    }
 }
 
 /// Python's repr: `<Process(Process-1, started)>`, `<Process(Process-1, stopped[SIGTERM])>`.

@@ -2,7 +2,7 @@
 //!
 //! Files: this one holds the [`Pool`] handle; `builder.rs` its options and how it is built;
 //! `spawn.rs` how a worker is started; `scheduler.rs` the task that owns the workers and
-//! decides which runs what; `link.rs` the reader and writer tasks of each worker's socket;
+//! decides which runs what; `slot.rs` one worker as it sees it; `link.rs` the reader and writer tasks of each worker's socket;
 //! `worker.rs` the worker's side; `started.rs` how the pool knows which tasks a worker
 //! started; `payload.rs` a task's arguments as they are sent; `map.rs` a map not yet
 //! submitted; `async_result.rs`, `map_result.rs` and `imap.rs` what submissions give back;
@@ -17,6 +17,7 @@ mod map_result;
 mod payload;
 mod proto;
 mod scheduler;
+mod slot;
 mod spawn;
 mod started;
 mod worker;

@@ -25,10 +25,9 @@ use super::builder::Config;
 use super::link::{read_worker, write_worker};
 use super::payload::Payload;
 use super::proto::ToWorker;
+use super::slot::Slot;
 use super::spawn::{WorkerConn, spawn_start};
-use super::started::StartedMark;
 use crate::error::{Error, ExitCause, Result, TaskError};
-use crate::process::KillHandle;
 use crate::sys;
 use crate::wire::FrameBuf;
 use crate::wire::frame::Frame;
@@ -110,48 +109,6 @@ struct Running {
     /// that worker dies before starting it.
     copy: Option<Payload>,
     deadline: Option<Instant>,
-}
-
-struct Slot {
-    pid: u32,
-    killer: KillHandle,
-    tx: UnboundedSender<FrameBuf>,
-    /// Where the worker marks each synchronous task as it starts it.
-    started: StartedMark,
-    /// Synchronous tasks sent, oldest first: the first one still in flight is running.
-    sync: VecDeque<u64>,
-    asyncs: Vec<u64>,
-    sent: usize,
-    /// No more tasks: it was sent `Exit`, or is being killed.
-    draining: bool,
-}
-
-impl Slot {
-    fn load(&self) -> usize {
-        self.sync.len() + self.asyncs.len()
-    }
-
-    /// Whether the worker may have started synchronous task `id`: it has marked that task,
-    /// or one sent after it, as started. Exact once the worker is dead; while it lives, a
-    /// `false` may turn `true` at any moment.
-    fn may_have_started(&self, id: u64) -> bool {
-        let last = self.started.last();
-        let pos = |x: u64| self.sync.iter().position(|&y| y == x);
-        match (pos(id), pos(last)) {
-            (Some(i), Some(l)) => i <= l,
-            // Answered (so started), or not a synchronous task of this worker.
-            (None, _) => true,
-            // The last one started was answered, or none has started: every task still
-            // held was sent after it.
-            (Some(_), None) => false,
-        }
-    }
-
-    /// Kills the worker; its exit is reported by its reader, and it is replaced.
-    fn kill(&mut self) {
-        self.draining = true;
-        self.killer.kill();
-    }
 }
 
 /// Worker starts in progress when the scheduler begins, from [`PoolBuilder::build`](super::PoolBuilder::build).
