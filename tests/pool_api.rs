@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use support::pool::*;
-use support::{TestResult, eventually, test};
-use tokio_multiprocessing::{self as mp, Error, Pool};
+use support::{TestResult, eventually, exists, test};
+use tokio_multiprocessing::{self as mp, Error, ExitCause, Pool};
 
 // test_apply
 async fn apply() -> TestResult {
@@ -361,6 +361,73 @@ async fn drop_terminates_workers() -> TestResult {
     Ok(())
 }
 
+// A clone shares the pool: dropping the original leaves the clone serving (a task moved into
+// another tokio task included); dropping the last handle terminates the workers.
+async fn clones_share_the_pool_and_the_last_drop_terminates() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let pids = worker_pids(&pool).await?;
+    let clone = pool.clone();
+    drop(pool);
+    let served = tokio::spawn(async move {
+        let r = clone.apply(sqr, (9,)).await;
+        (r, clone)
+    })
+    .await?;
+    ensure!(
+        matches!(served.0, Ok(81)),
+        "the clone served: {:?}",
+        served.0
+    );
+    ensure!(
+        pids.iter().all(|p| exists(*p)),
+        "the workers live while a handle does"
+    );
+    drop(served.1);
+    ensure!(gone(&pids).await, "the last drop terminated the workers");
+    Ok(())
+}
+
+// Pool::stats: tasks done and failed, a worker lost with its cause, and the pool back at
+// full strength.
+async fn stats_count_tasks_and_lost_workers() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let before = pool.stats();
+    ensure!(
+        before.tasks_done == 0 && before.tasks_failed == 0 && before.workers_lost == 0,
+        "{before:?}"
+    );
+    for i in 0..20 {
+        pool.apply(sqr, (i,)).await?;
+    }
+    ensure!(pool.apply(boom, (3,)).await.is_err(), "boom(3) fails");
+    let path = tmp_path("stats");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let victim = read_pid(&path).await?;
+    ensure!(pool.stats().tasks_running >= 1, "{:?}", pool.stats());
+    kill9(victim)?;
+    ensure!(
+        h.await.is_err_and(|e| e.is_worker_lost()),
+        "the killed task"
+    );
+    let full = eventually(Duration::from_secs(20), || {
+        let s = pool.stats();
+        s.workers_alive == 2 && s.workers_lost == 1
+    })
+    .await;
+    let s = pool.stats();
+    ensure!(full, "{s:?}");
+    ensure!(s.tasks_done == 20 && s.tasks_failed == 2, "{s:?}");
+    ensure!(
+        matches!(
+            &s.recent_losses[..],
+            [l] if l.pid == victim && l.cause == ExitCause::Signal(9)
+        ),
+        "{s:?}"
+    );
+    ensure!(s.tasks_queued == 0 && s.tasks_running == 0, "{s:?}");
+    Ok(())
+}
+
 // cancel(): a queued task is removed and never runs; a running one's worker is replaced.
 async fn cancel_queued_and_running() -> TestResult {
     let pool = Pool::new(1).await?;
@@ -502,6 +569,8 @@ fn main() {
     let rest = libtest_mimic::run(
         &args,
         trials![
+            clones_share_the_pool_and_the_last_drop_terminates,
+            stats_count_tasks_and_lost_workers,
             apply,
             map,
             empty_iterable,

@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::scheduler::{self, Scheduler};
-use super::{Pool, Shared, spawn};
+use super::stats::Counters;
+use super::{LastHandle, Pool, Shared, spawn};
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
 use crate::sys;
@@ -261,16 +262,30 @@ impl PoolBuilder {
             pending: processes - 1 - failed,
             failed,
         };
-        tokio::spawn(Scheduler::new(cfg, rx, (events_tx, events), first, starts).run());
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(
+            Scheduler::new(
+                cfg,
+                rx,
+                (events_tx, events),
+                first,
+                starts,
+                counters.clone(),
+            )
+            .run(),
+        );
         tracing::debug!(processes, "pool started");
+        let shared = Arc::new(Shared {
+            cmds: tx,
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            processes,
+            task_timeout: self.task_timeout,
+            counters,
+        });
         Ok(Pool {
-            shared: Arc::new(Shared {
-                cmds: tx,
-                closed: AtomicBool::new(false),
-                next_id: AtomicU64::new(1),
-                processes,
-                task_timeout: self.task_timeout,
-            }),
+            _last: Arc::new(LastHandle(shared.clone())),
+            shared,
         })
     }
 }

@@ -53,13 +53,22 @@ pub(super) async fn read_worker(
     let forward = |mut frame: Frame| -> bool {
         match frame.decode_head::<Reply>() {
             Ok(Reply { id, nanos, failure }) => {
-                if let Some(tx) = take_reply(&replies, id) {
+                let ok = failure.is_none();
+                let answered = take_reply(&replies, id).map(|tx| {
                     let _ = tx.send(match failure {
                         None => Ok(frame),
                         Some(f) => Err(TaskError::failed(f)),
                     });
-                }
-                events.send(Event::Reply { wid, id, nanos }).is_ok()
+                    ok
+                });
+                events
+                    .send(Event::Reply {
+                        wid,
+                        id,
+                        nanos,
+                        answered,
+                    })
+                    .is_ok()
             }
             Err(e) => {
                 tracing::warn!("pool worker sent a malformed answer: {e}");

@@ -20,6 +20,7 @@ mod scheduler;
 mod slot;
 mod spawn;
 mod started;
+mod stats;
 mod worker;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ use self::imap::NextChunk;
 use self::map::collect_items;
 use self::payload::Payload;
 use self::scheduler::{Cmd, Job};
+use self::stats::Counters;
+pub use self::stats::{PoolStats, WorkerLoss};
 use crate::error::{Error, Result, TaskError};
 use crate::task::{Target, TaskEntry, chunk_entry, chunk_entry1, task_entry};
 use crate::wire::Encoded;
@@ -70,6 +73,7 @@ struct Shared {
     next_id: AtomicU64,
     processes: usize,
     task_timeout: Option<Duration>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -137,8 +141,9 @@ impl Shared {
 /// panics fails with a [`TaskError`] carrying the panic's message and location
 /// ([`is_panic`](TaskError::is_panic)), for that task only.
 ///
-/// Dropping the pool terminates it (Python's `with Pool() as p:`): its workers are killed
-/// and reaped, tasks still pending fail ([`TaskError::is_pool_closed`]). To let queued tasks
+/// `Pool` is a cheap handle: clones share the pool (hand one to each task of a service, as
+/// with an `Arc`). Dropping the last handle terminates the pool (Python's
+/// `with Pool() as p:`): its workers are killed and reaped, tasks still pending fail ([`TaskError::is_pool_closed`]). To let queued tasks
 /// finish, [`close`](Self::close) and [`join`](Self::join) it first.
 ///
 /// # How workers run tasks
@@ -177,9 +182,24 @@ impl Shared {
 ///     Ok(())
 /// }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
+    /// Shared by the clones of this handle: the last one dropped terminates the pool.
+    _last: Arc<LastHandle>,
+}
+
+/// Terminates the pool when the last [`Pool`] handle is dropped: the workers are killed and
+/// reaped by the pool's task. (Results and streams hold the pool's [`Shared`] part, not
+/// this: a pool dropped while an `imap` stream is read is terminated.)
+#[derive(Debug)]
+struct LastHandle(Arc<Shared>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        let _ = self.0.cmds.send(Cmd::Terminate(None));
+    }
 }
 
 impl Pool {
@@ -207,6 +227,14 @@ impl Pool {
     /// The number of worker processes.
     pub fn processes(&self) -> usize {
         self.shared.processes
+    }
+
+    /// A snapshot of the pool: its workers alive, starting and lost so far (with the latest
+    /// causes), and its tasks queued, running, done and failed; enough for a progress bar or
+    /// a `/metrics` handler. It reads a few counters and takes no lock the pool's task holds
+    /// for long.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.counters.snapshot()
     }
 
     /// Runs `f(args)` in a worker and returns its result (Python's `apply`).
@@ -474,13 +502,5 @@ impl Pool {
             let _ = rx.await;
         }
         Ok(())
-    }
-}
-
-impl Drop for Pool {
-    /// Terminates the pool: the workers are killed and reaped by the pool's task.
-    fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        let _ = self.shared.cmds.send(Cmd::Terminate(None));
     }
 }

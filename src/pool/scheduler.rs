@@ -11,6 +11,11 @@
 //! held and provably never started (see [`StartedMark`]) go back to the head of the queue.
 //! Then the worker is replaced. A worker that cannot be started is started again later, with
 //! a growing delay.
+//!
+//! This file is the whole state machine: its handlers of commands, events and deadlines,
+//! and the dispatch they share, which all keep one invariant (every task is in exactly one
+//! of the queue, a worker's slot and the table in flight, until it is answered); it is kept
+//! in one file, over 600 lines, so that the invariant is read in one place.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,7 @@ use super::payload::Payload;
 use super::proto::ToWorker;
 use super::slot::Slot;
 use super::spawn::{WorkerConn, spawn_start};
+use super::stats::{Counters, Tally, WorkerLoss};
 use crate::error::{Error, ExitCause, Result, TaskError};
 use crate::sys;
 use crate::wire::FrameBuf;
@@ -89,6 +95,9 @@ pub(super) enum Event {
         id: u64,
         /// The worker's run time of a synchronous task (0 for other answers).
         nanos: u64,
+        /// Whether the answer reached its caller (nobody had answered it first), and if so,
+        /// whether it carried a result.
+        answered: Option<bool>,
     },
     Exited {
         wid: u64,
@@ -161,6 +170,10 @@ pub(super) struct Scheduler {
     mean_nanos: Option<f64>,
     /// Whether the readers may spin for the next answer (see [`Scheduler::update_spin`]).
     spin: Arc<AtomicBool>,
+    /// What [`Pool::stats`](super::Pool::stats) reads.
+    counters: Arc<Counters>,
+    /// What happened since the last publication to `counters`.
+    tally: Tally,
 }
 
 impl Scheduler {
@@ -173,6 +186,7 @@ impl Scheduler {
         (events_tx, events): (UnboundedSender<Event>, UnboundedReceiver<Event>),
         first: WorkerConn,
         starts: Starts,
+        counters: Arc<Counters>,
     ) -> Scheduler {
         let mut s = Scheduler {
             cfg,
@@ -193,6 +207,8 @@ impl Scheduler {
             replies: Arc::new(Mutex::new(HashMap::new())),
             mean_nanos: None,
             spin: Arc::new(AtomicBool::new(false)),
+            counters,
+            tally: Tally::default(),
         };
         s.add_worker(first);
         for _ in 0..starts.failed {
@@ -232,6 +248,9 @@ impl Scheduler {
             }
             self.dispatch();
             self.update_spin();
+            let alive = self.workers.values().filter(|s| !s.draining).count();
+            let now = (alive, self.starting, self.queue.len(), self.in_flight.len());
+            self.counters.publish(now, &mut self.tally);
         }
         for job in std::mem::take(&mut self.queue) {
             self.answer_job(job, Err(TaskError::pool_closed()));
@@ -265,16 +284,18 @@ impl Scheduler {
     }
 
     /// Answers a task that is not in flight.
-    fn answer_job(&self, job: Job, outcome: Outcome) {
+    fn answer_job(&mut self, job: Job, outcome: Outcome) {
         if let Some(tx) = job.reply.or_else(|| take_reply(&self.replies, job.id)) {
+            self.tally.finished(outcome.is_ok());
             let _ = tx.send(outcome);
         }
     }
 
     /// Answers a task in flight, unless its worker's answer got there first; says which.
-    fn answer(&self, id: u64, outcome: Outcome) -> bool {
+    fn answer(&mut self, id: u64, outcome: Outcome) -> bool {
         match take_reply(&self.replies, id) {
             Some(tx) => {
+                self.tally.finished(outcome.is_ok());
                 let _ = tx.send(outcome);
                 true
             }
@@ -410,7 +431,15 @@ impl Scheduler {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Reply { wid, id, nanos } => {
+            Event::Reply {
+                wid,
+                id,
+                nanos,
+                answered,
+            } => {
+                if let Some(ok) = answered {
+                    self.tally.finished(ok);
+                }
                 if nanos > 0 {
                     let n = nanos as f64;
                     self.mean_nanos = Some(self.mean_nanos.map_or(n, |m| m + (n - m) / 8.0));
@@ -513,7 +542,20 @@ impl Scheduler {
             Ok(c) => ExitCause::from_exitcode(c),
             Err(_) => ExitCause::Signal(sys::SIGKILL),
         };
-        tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
+        if slot.draining {
+            tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
+        } else {
+            tracing::warn!(
+                pid = slot.pid,
+                %cause,
+                tasks_held = slot.load(),
+                "pool worker died; it is replaced"
+            );
+            self.tally.losses.push(WorkerLoss {
+                pid: slot.pid,
+                cause,
+            });
+        }
         let mut requeue = Vec::new();
         for id in slot.sync.iter().chain(slot.asyncs.iter()) {
             let Some(run) = self.in_flight.remove(id) else {

@@ -1,0 +1,98 @@
+//! [`PoolStats`]: a snapshot of a pool, for a progress bar or a `/metrics` handler, and the
+//! counters the scheduler keeps it in.
+
+use std::sync::Mutex;
+
+use crate::error::ExitCause;
+
+/// How many of the latest worker losses a snapshot lists.
+const RECENT_LOSSES: usize = 16;
+
+/// A worker that died while the pool still wanted it (killed, crashed, out of memory), not
+/// one that retired or was stopped by the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerLoss {
+    /// The worker's pid.
+    pub pid: u32,
+    /// How it ended: the signal or exit code.
+    pub cause: ExitCause,
+}
+
+/// A snapshot of a pool, from [`Pool::stats`](crate::Pool::stats). A map's chunk counts as
+/// one task, as for `maxtasksperchild`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Workers running and taking tasks.
+    pub workers_alive: usize,
+    /// Workers being started (a start that failed waits here for its retry).
+    pub workers_starting: usize,
+    /// Workers lost so far (see [`WorkerLoss`]).
+    pub workers_lost: u64,
+    /// The latest of those losses, oldest first (at most 16).
+    pub recent_losses: Vec<WorkerLoss>,
+    /// Tasks waiting for a worker.
+    pub tasks_queued: usize,
+    /// Tasks sent to a worker and not answered yet.
+    pub tasks_running: usize,
+    /// Tasks that gave their result.
+    pub tasks_done: u64,
+    /// Tasks that ended without one (a panic, a lost worker, a timeout, a cancel...).
+    pub tasks_failed: u64,
+}
+
+/// What the scheduler publishes after each round of work, all at once, so that a snapshot
+/// is consistent (a task lost with its worker is no longer running once the loss shows).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    stats: Mutex<PoolStats>,
+}
+
+/// The scheduler's tallies between two publications.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub(super) done: u64,
+    pub(super) failed: u64,
+    pub(super) losses: Vec<WorkerLoss>,
+}
+
+impl Tally {
+    /// A task ended, with its result or without.
+    pub(super) fn finished(&mut self, ok: bool) {
+        if ok {
+            self.done += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+impl Counters {
+    /// The scheduler's state after a round of work, and what its tally counted since the
+    /// last one (which it empties).
+    pub(super) fn publish(
+        &self,
+        (alive, starting, queued, running): (usize, usize, usize, usize),
+        tally: &mut Tally,
+    ) {
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.workers_alive = alive;
+        s.workers_starting = starting;
+        s.tasks_queued = queued;
+        s.tasks_running = running;
+        s.tasks_done += std::mem::take(&mut tally.done);
+        s.tasks_failed += std::mem::take(&mut tally.failed);
+        for loss in tally.losses.drain(..) {
+            s.workers_lost += 1;
+            if s.recent_losses.len() == RECENT_LOSSES {
+                s.recent_losses.remove(0);
+            }
+            s.recent_losses.push(loss);
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> PoolStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
