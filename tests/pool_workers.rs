@@ -271,9 +271,68 @@ async fn answer_not_held_behind_the_next_task() -> TestResult {
     Ok(())
 }
 
+/// In a process group of its own: a pool maps 40 tasks of 50 ms; when Ctrl-C's SIGINT
+/// reaches the group (`ready` tells the test when to send it), a `ctrl_c` handler closes
+/// the pool and lets the map drain. Exits 0 when every task completed and no worker was
+/// lost or started again.
+async fn drain_on_ctrl_c(ready: String) -> Result<(), String> {
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+        .map_err(|e| format!("setpgid: {e}"))?;
+    let pool = Pool::new(2).await.map_err(|e| e.to_string())?;
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    // The handler is in place before the test is told to press Ctrl-C.
+    if futures::poll!(&mut ctrl_c).is_ready() {
+        return Err("SIGINT before the map".into());
+    }
+    let map = pool.map(sleep_ms, vec![50u64; 40]).chunksize(1).submit();
+    let _ = std::fs::write(&ready, "mapping");
+    ctrl_c.await.map_err(|e| format!("ctrl_c: {e}"))?;
+    pool.close();
+    let done = map
+        .await
+        .map_err(|e| format!("the map after Ctrl-C: {e}"))?;
+    pool.join().await.map_err(|e| e.to_string())?;
+    let s = pool.stats();
+    if done.len() != 40 || s.workers_lost != 0 || s.tasks_failed != 0 || s.tasks_done != 40 {
+        return Err(format!("{} results, {s:?}", done.len()));
+    }
+    Ok(())
+}
+
+// Issue 12: Ctrl-C reaches the whole foreground process group. The workers ignore it, so a
+// program that drains on Ctrl-C finishes every task, respawns nothing and leaves nothing.
+async fn ctrl_c_to_the_group_lets_the_owner_drain_the_pool() -> TestResult {
+    let ready = tmp_path("ctrl-c");
+    let mut p = mp::Process::new(drain_on_ctrl_c, (ready.clone(),))
+        .start()
+        .await?;
+    let pgid = p.pid() as i32;
+    let started = eventually(Duration::from_secs(20), || {
+        std::path::Path::new(&ready).exists()
+    })
+    .await;
+    let _ = std::fs::remove_file(&ready);
+    ensure!(started, "the map never started");
+    // A terminal sends it to every process of the foreground group: the owner and its
+    // workers alike.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let code = tokio::time::timeout(Duration::from_secs(30), p.join()).await;
+    ensure!(matches!(code, Ok(Ok(0))), "the owner ended with {code:?}");
+    let empty = eventually(Duration::from_secs(10), || {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err()
+    })
+    .await;
+    ensure!(empty, "processes of the group are left");
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
+        ctrl_c_to_the_group_lets_the_owner_drain_the_pool,
         spinning_pool_leaves_its_runtime_free,
         initializer,
         initializer_with_large_arguments,

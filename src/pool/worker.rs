@@ -56,6 +56,12 @@ const SHORT_TASK_NANOS: u64 = 20_000;
 /// word in which it marks each synchronous task as it starts it (see [`StartedMark`]).
 pub(super) fn worker_main(sock: Fd, started: Fd) {
     sys::keep_freed_memory();
+    // A terminal's Ctrl-C (or Ctrl-\, Ctrl-Z) reaches the whole foreground process group:
+    // the pool's owner decides what it means (say, a graceful `close()` and `join()`), and
+    // the worker dies with its owner if the owner dies of it.
+    if let Err(e) = sys::ignore_terminal_signals() {
+        tracing::debug!("a pool worker cannot ignore the terminal's signals: {e}");
+    }
     let run = move || -> Result<()> {
         let start = setup(sock.into_owned(), started.into_owned())?;
         let rt = tokio::runtime::Builder::new_current_thread()

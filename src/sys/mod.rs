@@ -33,8 +33,8 @@ pub(crate) use proc::fork_and_reap;
 pub(crate) use proc::{
     SavedSignal, adopt_inherited_socket, advise_huge_pages, at_exit, clear_env_var, cpus_allowed,
     current_pid, exit_now, flush_std_streams, fork_process, fork_sibling, ignore_sigint,
-    is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_of, pidfd_open,
-    pidfd_send_signal, poll_readable, process_gone, readable_now, restore_sigint,
+    ignore_terminal_signals, is_own_child, keep_freed_memory, kill_and_reap, parent_pid, pidfd_of,
+    pidfd_open, pidfd_send_signal, poll_readable, process_gone, readable_now, restore_sigint,
     set_parent_death_signal, signal_name, spawn_exe, stdin_from_dev_null, try_wait_pidfd,
     wait_pidfd_blocking,
 };

@@ -203,6 +203,19 @@ pub(crate) fn ignore_sigint() -> io::Result<SavedSignal> {
     Ok(SavedSignal(old))
 }
 
+/// Ignores the signals a terminal sends a whole foreground process group (Ctrl-C's SIGINT,
+/// Ctrl-\'s SIGQUIT, Ctrl-Z's SIGTSTP), for a process whose parent decides what they mean.
+pub(crate) fn ignore_terminal_signals() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTSTP] {
+        // SAFETY: SIG_IGN runs no code in signal context, so no handler of ours can break an
+        // invariant of the interrupted code.
+        unsafe { sigaction(sig, &ignore) }?;
+    }
+    Ok(())
+}
+
 /// Puts back the SIGINT disposition [`ignore_sigint`] replaced (in a child forked since).
 pub(crate) fn restore_sigint(saved: &SavedSignal) -> io::Result<()> {
     // SAFETY: the disposition is the one this very memory image had before `ignore_sigint`
