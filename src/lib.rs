@@ -57,7 +57,9 @@ pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
-pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss};
+pub use pool::{
+    AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,
+};
 pub use process::{Process, ProcessBuilder};
 pub use queue::{
     INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,

@@ -462,6 +462,70 @@ async fn cancel_queued_and_running() -> TestResult {
     Ok(())
 }
 
+// cancel_if_queued(): a queued task is removed and never runs; a running one is left to
+// finish, with its result, and no worker is killed.
+async fn cancel_if_queued_never_kills_a_worker() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let started = tmp_path("cq-started");
+    let gate = tmp_path("cq-gate");
+    let running = pool.apply_async(pid_to_file_then_wait_for, (started.clone(), gate.clone()));
+    let worker = read_pid(&started).await?;
+    let marker = tmp_path("cq-never");
+    let queued: Vec<_> = (0..20)
+        .map(|_| pool.apply_async(touch, (marker.clone(),)))
+        .collect();
+    running.cancel_if_queued();
+    for q in &queued {
+        q.cancel_if_queued();
+    }
+    for q in queued {
+        let e = q.await;
+        ensure!(e.as_ref().is_err_and(|e| e.is_cancelled()), "queued: {e:?}");
+    }
+    std::fs::write(&gate, "go")?;
+    let r = running.await;
+    let _ = std::fs::remove_file(&gate);
+    ensure!(
+        matches!(r, Ok(p) if p == worker),
+        "the running task finished: {r:?}"
+    );
+    ensure!(pool.apply(pid, ()).await? == worker, "no worker was killed");
+    ensure!(
+        !std::path::Path::new(&marker).exists(),
+        "a cancelled task ran"
+    );
+    Ok(())
+}
+
+// abort_on_drop(): dropping the guard cancels its task, like tokio-util's
+// AbortOnDropHandle; detach() gives back a handle that does not.
+async fn abort_on_drop_cancels_when_dropped() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let path = tmp_path("aod");
+    let running = pool
+        .apply_async(pid_to_file_then_sleep, (path.clone(), 60_000))
+        .abort_on_drop();
+    let victim = read_pid(&path).await?;
+    let marker = tmp_path("aod-never");
+    let queued = pool.apply_async(touch, (marker.clone(),)).abort_on_drop();
+    let kept = pool.apply_async(sqr, (12,)).abort_on_drop().detach();
+    drop(queued);
+    drop(running);
+    ensure!(
+        gone(&[victim].into()).await,
+        "the running task's worker was killed"
+    );
+    ensure!(
+        matches!(kept.await, Ok(144)),
+        "the detached handle's task ran"
+    );
+    ensure!(
+        !std::path::Path::new(&marker).exists(),
+        "a dropped queued task ran"
+    );
+    Ok(())
+}
+
 // Sequences of plain numbers travel as one `bin`, others as arrays: both round-trip through
 // real workers, with each item's failure in its place.
 async fn map_over_number_types() -> TestResult {
@@ -570,6 +634,8 @@ fn main() {
         &args,
         trials![
             clones_share_the_pool_and_the_last_drop_terminates,
+            cancel_if_queued_never_kills_a_worker,
+            abort_on_drop_cancels_when_dropped,
             stats_count_tasks_and_lost_workers,
             apply,
             map,

@@ -157,8 +157,32 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// but not started is taken back; in the rare race where the worker starts it at that
     /// moment, it runs to its end and its result is discarded.
     pub fn cancel(&self) {
+        self.send_cancel(true);
+    }
+
+    /// Cancels the task only if it has not started: a task still queued (or sent ahead to a
+    /// worker that has not started it) never runs, and the handle resolves to a cancelled
+    /// [`TaskError`]; a task already running is left to finish, no worker is killed, and the
+    /// handle resolves to its result. In the rare race where a worker starts a task it was
+    /// sent ahead at the moment it is taken back, the task runs to its end and its result
+    /// is discarded.
+    pub fn cancel_if_queued(&self) {
+        self.send_cancel(false);
+    }
+
+    /// Makes dropping the handle cancel the task (with [`cancel`](Self::cancel)), like
+    /// tokio-util's `AbortOnDropHandle`: for a task whose result nobody will want once its
+    /// caller is gone (a request handler that was cancelled, say).
+    pub fn abort_on_drop(self) -> AbortOnDrop<R> {
+        AbortOnDrop(self)
+    }
+
+    fn send_cancel(&self, running: bool) {
         if let (State::Waiting(_), Some(cmds)) = (&self.state, &self.cmds) {
-            let _ = cmds.send(Cmd::Cancel(self.id));
+            let _ = cmds.send(Cmd::Cancel {
+                id: self.id,
+                running,
+            });
         }
     }
 }
@@ -209,5 +233,48 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
             this.state = State::Done(outcome);
         }
         Poll::Ready(this.take_done())
+    }
+}
+
+/// An [`AsyncResult`] that cancels its task when dropped unfinished, from
+/// [`AsyncResult::abort_on_drop`]. Await it as the `AsyncResult` itself.
+///
+/// # Cancel safety
+/// Dropping it (or losing a `select!` race with it) cancels the task: a queued task never
+/// runs, a running one's worker is killed and replaced. Awaiting `&mut AbortOnDrop` is
+/// cancel safe until the guard itself is dropped.
+#[must_use = "dropping an AbortOnDrop cancels its task"]
+#[derive(Debug)]
+pub struct AbortOnDrop<R>(AsyncResult<R>);
+
+impl<R: DeserializeOwned> AbortOnDrop<R> {
+    /// The handle inside, which no longer cancels on drop.
+    pub fn detach(mut self) -> AsyncResult<R> {
+        let state = std::mem::replace(&mut self.0.state, State::Taken(false));
+        AsyncResult {
+            id: self.0.id,
+            state,
+            cmds: self.0.cmds.take(),
+            _result: PhantomData,
+        }
+    }
+}
+
+impl<R> Drop for AbortOnDrop<R> {
+    fn drop(&mut self) {
+        if let (State::Waiting(_), Some(cmds)) = (&self.0.state, &self.0.cmds) {
+            let _ = cmds.send(Cmd::Cancel {
+                id: self.0.id,
+                running: true,
+            });
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Future for AbortOnDrop<R> {
+    type Output = std::result::Result<R, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }

@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-pub use async_result::AsyncResult;
+pub use async_result::{AbortOnDrop, AsyncResult};
 pub use builder::PoolBuilder;
 pub use imap::IMap;
 pub use map::Map;

@@ -81,7 +81,11 @@ pub(super) fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<O
 /// What the pool's handles ask of the scheduler.
 pub(super) enum Cmd {
     Submit(Job),
-    Cancel(u64),
+    /// Cancel task `id`; `running` says whether to kill its worker if it may have started.
+    Cancel {
+        id: u64,
+        running: bool,
+    },
     Close,
     Join(oneshot::Sender<()>),
     Terminate(Option<oneshot::Sender<()>>),
@@ -343,7 +347,7 @@ impl Scheduler {
                     self.queue.push_back(job);
                 }
             }
-            Cmd::Cancel(id) => self.cancel(id),
+            Cmd::Cancel { id, running } => self.cancel(id, running),
             Cmd::Close => {
                 if self.phase == Phase::Open {
                     self.phase = Phase::Closed;
@@ -371,27 +375,40 @@ impl Scheduler {
         }
     }
 
-    fn cancel(&mut self, id: u64) {
+    /// Cancels task `id`: a queued one is removed; one its worker may have started is left
+    /// to run unless `running`, in which case its worker is killed; one sent ahead and not
+    /// started is taken back from its worker.
+    fn cancel(&mut self, id: u64, running: bool) {
         if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
             if let Some(job) = self.queue.remove(pos) {
                 self.answer_job(job, Err(TaskError::cancelled()));
             }
             return;
         }
-        let Some(run) = self.in_flight.remove(&id) else {
+        let Some(run) = self.in_flight.get(&id) else {
             return;
         };
-        if let Some(d) = run.deadline {
+        let wid = run.wid;
+        let started = run.is_async
+            || self
+                .workers
+                .get(&wid)
+                .is_none_or(|slot| slot.may_have_started(id));
+        if started && !running {
+            // It runs on, and its caller gets its result.
+            return;
+        }
+        if let Some(d) = self.in_flight.remove(&id).and_then(|run| run.deadline) {
             self.deadlines.remove(&(d, id));
         }
         if !self.answer(id, Err(TaskError::cancelled())) {
             // It finished first: nothing to stop.
             return;
         }
-        let Some(slot) = self.workers.get_mut(&run.wid) else {
+        let Some(slot) = self.workers.get_mut(&wid) else {
             return;
         };
-        if run.is_async || slot.may_have_started(id) {
+        if started {
             tracing::debug!(
                 pid = slot.pid,
                 id,

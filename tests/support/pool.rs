@@ -56,6 +56,12 @@ pub fn wait_for_file(path: String) -> u32 {
     std::process::id()
 }
 
+/// Writes this worker's pid to `path`, then waits (at most 30 s) until `gate` exists.
+pub fn pid_to_file_then_wait_for(path: String, gate: String) -> u32 {
+    let _ = std::fs::write(&path, std::process::id().to_string());
+    wait_for_file(gate)
+}
+
 pub fn touch(path: String) {
     let _ = std::fs::write(path, "ran");
 }
