@@ -526,6 +526,32 @@ async fn abort_on_drop_cancels_when_dropped() -> TestResult {
     Ok(())
 }
 
+// Without a chunk size, imap chooses one (from how fast chunks come back): the results stay
+// whole and in order; an explicit chunk size still wins (a chunk counts as one task).
+async fn imap_chooses_its_chunk_size_unless_told() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let got: Vec<i64> = pool
+        .imap(sqr, 0..20_000)
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        got == (0..20_000).map(|x| x * x).collect::<Vec<_>>(),
+        "auto-sized imap"
+    );
+    let before = pool.stats().tasks_done;
+    let n = pool.imap(sqr, 0..1000).chunksize(100).count().await;
+    ensure!(n == 1000, "{n} results");
+    let chunks = eventually(Duration::from_secs(10), || {
+        pool.stats().tasks_done == before + 10
+    })
+    .await;
+    ensure!(chunks, "1000 inputs by 100: {:?}", pool.stats());
+    Ok(())
+}
+
 // Sequences of plain numbers travel as one `bin`, others as arrays: both round-trip through
 // real workers, with each item's failure in its place.
 async fn map_over_number_types() -> TestResult {
@@ -634,6 +660,7 @@ fn main() {
         &args,
         trials![
             clones_share_the_pool_and_the_last_drop_terminates,
+            imap_chooses_its_chunk_size_unless_told,
             cancel_if_queued_never_kills_a_worker,
             abort_on_drop_cancels_when_dropped,
             stats_count_tasks_and_lost_workers,

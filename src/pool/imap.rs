@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -26,18 +27,46 @@ pub(super) type NextChunk = Box<dyn FnMut(usize) -> Option<(usize, crate::Result
 struct ChunkAt<R> {
     start: usize,
     len: usize,
+    sent: Instant,
     result: AsyncResult<ChunkOut<R>>,
 }
 
+/// A chunk's answer, with where its inputs start, how many they are, and how long it took
+/// from submission to answer.
+type Answered<R> = (
+    usize,
+    usize,
+    Duration,
+    std::result::Result<ChunkOut<R>, TaskError>,
+);
+
 impl<R: DeserializeOwned + 'static> Future for ChunkAt<R> {
-    type Output = (usize, usize, std::result::Result<ChunkOut<R>, TaskError>);
+    type Output = Answered<R>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         Pin::new(&mut this.result)
             .poll(cx)
-            .map(|r| (this.start, this.len, r))
+            .map(|r| (this.start, this.len, this.sent.elapsed(), r))
     }
+}
+
+/// How long a chunk should take when the chunk size is chosen by the stream: long enough
+/// that the round trip to a worker is a small part of it, short enough that results flow.
+const CHUNK_TARGET: Duration = Duration::from_millis(1);
+
+/// The largest chunk size the stream chooses by itself.
+const MAX_AUTO_CHUNK: usize = 4096;
+
+/// The next chunk size, from the last chunk's `len` inputs answered `took` after they were
+/// sent: as many inputs as fill [`CHUNK_TARGET`] at that pace, moving by at most a factor
+/// of 4 from `current`. The time includes the round trip and the wait behind the chunks
+/// sent before it, so it errs towards small chunks.
+fn next_chunksize(current: usize, len: usize, took: Duration) -> usize {
+    let per_input = took.as_secs_f64() / len.max(1) as f64;
+    let fit = (CHUNK_TARGET.as_secs_f64() / per_input.max(1e-9)) as usize;
+    fit.clamp((current / 4).max(1), current.saturating_mul(4))
+        .clamp(1, MAX_AUTO_CHUNK)
 }
 
 enum Pending<R: DeserializeOwned + 'static> {
@@ -81,6 +110,8 @@ pub struct IMap<R: DeserializeOwned + 'static> {
     next_chunk: NextChunk,
     entry: super::Entry,
     chunksize: usize,
+    /// Whether the stream chooses the chunk size (none was given).
+    auto_chunksize: bool,
     window: usize,
     exhausted: bool,
     /// The index of the next input to be read.
@@ -115,6 +146,7 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
             next_chunk,
             entry,
             chunksize: 1,
+            auto_chunksize: true,
             window,
             exhausted: false,
             next_index: 0,
@@ -127,10 +159,16 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
         }
     }
 
-    /// Sends inputs to the workers `n` at a time (Python's `chunksize`; the default is 1).
-    /// Set it before polling the stream. 0 counts as 1.
+    /// Sends inputs to the workers `n` at a time (Python's `chunksize`). Set it before
+    /// polling the stream. 0 counts as 1.
+    ///
+    /// Without it, the stream chooses: it starts with one input per chunk (Python's
+    /// default) and sizes each next chunk by how fast the last ones came back, so that a
+    /// chunk takes about a millisecond (at most 4,096 inputs): tiny tasks travel many to a
+    /// message, long ones one at a time.
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = n.max(1);
+        self.auto_chunksize = false;
         self
     }
 
@@ -160,6 +198,7 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                 let chunk = ChunkAt {
                     start: this.next_index,
                     len,
+                    sent: Instant::now(),
                     result: this.shared.submit::<ChunkOut<R>>(this.entry, enc, None),
                 };
                 this.next_index += len;
@@ -182,7 +221,10 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                         return Poll::Ready(None);
                     }
                 }
-                Poll::Ready(Some((start, len, chunk))) => {
+                Poll::Ready(Some((start, len, took, chunk))) => {
+                    if this.auto_chunksize && chunk.is_ok() {
+                        this.chunksize = next_chunksize(this.chunksize, len, took);
+                    }
                     if chunk.as_ref().is_err_and(|e| e.is_pool_closed()) {
                         this.exhausted = true;
                     }
@@ -190,5 +232,27 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_grow_for_tiny_tasks_and_shrink_for_long_ones() {
+        // 1 input in 50 µs (a round trip): about 20 fit in a millisecond, 4 at most now.
+        assert_eq!(next_chunksize(1, 1, Duration::from_micros(50)), 4);
+        assert_eq!(next_chunksize(4, 4, Duration::from_micros(60)), 16);
+        assert_eq!(next_chunksize(1024, 1024, Duration::from_micros(100)), 4096);
+        assert_eq!(
+            next_chunksize(4096, 4096, Duration::from_micros(100)),
+            MAX_AUTO_CHUNK
+        );
+        // 64 inputs of 10 ms each: back to a quarter, then to one.
+        assert_eq!(next_chunksize(64, 64, Duration::from_millis(640)), 16);
+        assert_eq!(next_chunksize(1, 1, Duration::from_millis(10)), 1);
+        // Steady at the right size.
+        assert_eq!(next_chunksize(100, 100, Duration::from_millis(1)), 100);
     }
 }
