@@ -1,9 +1,13 @@
-//! A tour of tokio-multiprocessing: a pool whose results are futures, a worker that crashes
-//! without taking the pool down, and a queue and an event between real processes.
+//! A tour of tokio-multiprocessing: a pool whose results are futures (beside the same work
+//! done sequentially), a stream of results with progress, a worker that crashes without
+//! taking the pool down, a task that overruns its timeout and is killed, a cancelled task,
+//! and a queue and an event between real processes.
 //!
 //! `cargo run --release --example tour`
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use tokio_multiprocessing as mp;
 
@@ -12,6 +16,13 @@ fn count_primes(below: u64) -> usize {
     (2..below)
         .filter(|n| (2..).take_while(|d| d * d <= *n).all(|d| n % d != 0))
         .count()
+}
+
+/// A task that never ends by itself.
+fn hang() -> u32 {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// A task whose process dies mid-task (an abort: no unwinding, no goodbye).
@@ -35,12 +46,31 @@ async fn main() -> mp::Result<()> {
     let pool = mp::Pool::new(2).await?;
     println!("pool of 2 worker processes started");
 
-    // map: results in input order, the work spread over the workers.
+    // map: results in input order, the work spread over the workers; the same work done
+    // here, one after the other, beside it.
+    let inputs = [50_000u64, 60_000, 70_000, 80_000];
     let t = Instant::now();
-    let counts = pool
-        .map(count_primes, [50_000u64, 60_000, 70_000, 80_000])
-        .await?;
-    println!("primes below 50k..80k: {counts:?} ({:.0?})", t.elapsed());
+    let counts = pool.map(count_primes, inputs).await?;
+    let parallel = t.elapsed();
+    let t = Instant::now();
+    let sequential: Vec<usize> = inputs.iter().map(|&n| count_primes(n)).collect();
+    let sequential_time = t.elapsed();
+    assert_eq!(counts, sequential);
+    println!(
+        "primes below 50k..80k: {counts:?} ({parallel:.0?} on the pool, {sequential_time:.0?} in one process)"
+    );
+
+    // imap_unordered: a stream of results as they complete, with progress.
+    let mut stream = pool.imap_unordered(count_primes, (1..=200u64).map(|i| i * 100));
+    let (mut done, mut total) = (0, 0);
+    while let Some(r) = stream.next().await {
+        total += r?;
+        done += 1;
+        if done % 50 == 0 {
+            println!("imap_unordered: {done}/200 done");
+        }
+    }
+    println!("imap_unordered: {total} primes counted in all");
 
     // apply_async: submitted at once, awaited as futures.
     let a = pool.apply_async(count_primes, (10_000u64,));
@@ -52,9 +82,27 @@ async fn main() -> mp::Result<()> {
         Err(e) if e.is_worker_lost() => println!("crashed task: {e}"),
         other => println!("crashed task: unexpected {other:?}"),
     }
+    // A task that overruns its timeout: its worker is killed and replaced.
+    match pool
+        .apply_timeout(hang, (), Duration::from_millis(200))
+        .await
+    {
+        Err(e) if e.is_timeout() => println!("hung task: {e}"),
+        other => println!("hung task: unexpected {other:?}"),
+    }
+
+    // A cancelled task: a running one's worker is killed; the handle says it was cancelled.
+    let hung = pool.apply_async(hang, ());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hung.cancel();
+    match hung.await {
+        Err(e) if e.is_cancelled() => println!("cancelled task: {e}"),
+        other => println!("cancelled task: unexpected {other:?}"),
+    }
+
     let after = pool.map(count_primes, vec![1_000u64; 100]).await?;
     println!(
-        "after the crash: {} more tasks ran, all {}",
+        "after the crash, the timeout and the cancel: {} more tasks ran, all {}",
         after.len(),
         after[0]
     );

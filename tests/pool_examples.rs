@@ -156,28 +156,56 @@ async fn axum_offload() -> TestResult {
     Ok(())
 }
 
+/// The number of primes below `n`, as the tour counts them, to check its stream's total.
+fn primes_below(n: u64) -> usize {
+    (2..n)
+        .filter(|n| (2..).take_while(|d| d * d <= *n).all(|d| n % d != 0))
+        .count()
+}
+
 async fn tour() -> TestResult {
     let out = run_example("tour").await?;
     let lines: Vec<&str> = out.lines().collect();
-    ensure!(lines.len() == 7, "seven lines: {out}");
+    ensure!(lines.len() == 14, "fourteen lines: {out}");
     ensure!(
-        lines[1].starts_with("primes below 50k..80k: [5133, 6057, 6935, 7837]"),
-        "map: {out}"
+        lines[1].starts_with("primes below 50k..80k: [5133, 6057, 6935, 7837]")
+            && lines[1].contains("on the pool")
+            && lines[1].contains("in one process"),
+        "map beside its sequential baseline: {out}"
+    );
+    for (i, k) in [50, 100, 150, 200].iter().enumerate() {
+        ensure!(
+            lines[2 + i] == format!("imap_unordered: {k}/200 done"),
+            "progress: {out}"
+        );
+    }
+    let all: usize = (1..=200u64).map(|i| primes_below(i * 100)).sum();
+    ensure!(
+        lines[6] == format!("imap_unordered: {all} primes counted in all"),
+        "stream total: {out}"
     );
     ensure!(
-        lines[2] == "apply_async: 1229 and 2262",
+        lines[7] == "apply_async: 1229 and 2262",
         "apply_async: {out}"
     );
     ensure!(
-        lines[3].starts_with("crashed task: worker process ") && lines[3].contains("SIGABRT"),
+        lines[8].starts_with("crashed task: worker process ") && lines[8].contains("SIGABRT"),
         "crash: {out}"
     );
     ensure!(
-        lines[4] == "after the crash: 100 more tasks ran, all 168",
+        lines[9].starts_with("hung task: task timed out after 200ms"),
+        "timeout: {out}"
+    );
+    ensure!(
+        lines[10] == "cancelled task: task cancelled",
+        "cancel: {out}"
+    );
+    ensure!(
+        lines[11] == "after the crash, the timeout and the cancel: 100 more tasks ran, all 168",
         "recovery: {out}"
     );
     ensure!(
-        lines[5] == "from the producer process: [1, 4, 9, 16, 25], exit code 0",
+        lines[12] == "from the producer process: [1, 4, 9, 16, 25], exit code 0",
         "queue: {out}"
     );
     Ok(())
