@@ -42,19 +42,14 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::codec;
-use crate::wire::frame::{Frame, HEADER_LEN, write_header};
-use crate::wire::{Fd, FdRef, RecvBuf};
+use crate::wire::{Fd, FdRef, FrameBuf, Framed, Transport};
 
 /// Makes pipes: Python's `multiprocessing.Pipe`.
 ///
@@ -95,8 +90,8 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     pub fn new() -> Result<(Connection<T>, Connection<T>)> {
         let (a, b) = sys::socketpair_stream()?;
         Ok((
-            Connection::from_fd(a, true, true)?,
-            Connection::from_fd(b, true, true)?,
+            Connection::unix(a, true, true)?,
+            Connection::unix(b, true, true)?,
         ))
     }
 
@@ -110,8 +105,8 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         let (r, w) = sys::socketpair_stream()?;
         sys::shutdown_socket(r.as_fd(), false, true)?;
         Ok((
-            Connection::from_fd(r, true, false)?,
-            Connection::from_fd(w, false, true)?,
+            Connection::unix(r, true, false)?,
+            Connection::unix(w, false, true)?,
         ))
     }
 }
@@ -132,75 +127,40 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 /// processes should not write to (or read from) the same end at once: pieces of two large
 /// messages could interleave. Use a [`Queue`](crate::Queue) for many producers or consumers.
 pub struct Connection<T> {
-    fd: Arc<OwnedFd>,
+    link: Framed,
     readable: bool,
     writable: bool,
-    io: Mutex<Option<Arc<AsyncFd<Arc<OwnedFd>>>>>,
-    rbuf: Mutex<RecvState>,
-    send_turn: tokio::sync::Mutex<()>,
     _t: PhantomData<fn(T) -> T>,
-}
-
-/// The frame this process has begun to read (never more than one), and whether the socket
-/// reported end of stream.
-#[derive(Debug, Default)]
-struct RecvState {
-    buf: RecvBuf,
-    eof: bool,
 }
 
 impl<T> fmt::Debug for Connection<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.link.as_raw_fd())
+            .field("transport", &self.link.transport())
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .finish_non_exhaustive()
     }
 }
 
-/// A frame ready to go: header, body, descriptors.
-pub(crate) struct OutFrame {
-    bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-impl OutFrame {
-    /// Encodes `value` as one frame.
-    pub(crate) fn value<T: Serialize + ?Sized>(value: &T) -> Result<OutFrame> {
-        let mut bytes = vec![0u8; HEADER_LEN];
-        let mut fds = Vec::new();
-        codec::encode_into(&mut bytes, &mut fds, value)?;
-        OutFrame::seal(bytes, fds)
-    }
-
-    /// A frame whose body is `data` as it is (no MessagePack).
-    pub(crate) fn raw(data: &[u8]) -> Result<OutFrame> {
-        let mut bytes = Vec::with_capacity(HEADER_LEN + data.len());
-        bytes.extend_from_slice(&[0; HEADER_LEN]);
-        bytes.extend_from_slice(data);
-        OutFrame::seal(bytes, Vec::new())
-    }
-
-    fn seal(mut bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<OutFrame> {
-        let body = bytes.len() - HEADER_LEN;
-        write_header(&mut bytes, body, fds.len())?;
-        Ok(OutFrame { bytes, fds })
-    }
-}
-
 impl<T> Connection<T> {
-    pub(crate) fn from_fd(fd: OwnedFd, readable: bool, writable: bool) -> Result<Connection<T>> {
-        sys::set_nonblocking(fd.as_fd(), true)?;
-        Ok(Connection {
-            fd: Arc::new(fd),
+    /// An end over a socket already framed (a listener's connection, once authenticated).
+    pub(crate) fn from_framed(link: Framed, readable: bool, writable: bool) -> Connection<T> {
+        Connection {
+            link,
             readable,
             writable,
-            io: Mutex::new(None),
-            rbuf: Mutex::new(RecvState::default()),
-            send_turn: tokio::sync::Mutex::new(()),
             _t: PhantomData,
-        })
+        }
+    }
+
+    fn unix(fd: OwnedFd, readable: bool, writable: bool) -> Result<Connection<T>> {
+        Ok(Connection::from_framed(
+            Framed::unix(fd)?,
+            readable,
+            writable,
+        ))
     }
 
     /// Whether this end can receive (false for the sending end of a simplex pipe).
@@ -216,24 +176,6 @@ impl<T> Connection<T> {
     /// Closes this end in this process (the same as dropping it). The peer sees end of stream
     /// once every process holding this end has closed it.
     pub fn close(self) {}
-
-    /// The socket, registered with the current runtime's reactor on first use.
-    fn io(&self) -> Result<Arc<AsyncFd<Arc<OwnedFd>>>> {
-        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = &*io {
-            return Ok(a.clone());
-        }
-        let a = Arc::new(sys::register_shared(
-            self.fd.clone(),
-            Interest::READABLE | Interest::WRITABLE,
-        )?);
-        *io = Some(a.clone());
-        Ok(a)
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, RecvState> {
-        self.rbuf.lock().unwrap_or_else(|p| p.into_inner())
-    }
 
     fn check_readable(&self) -> Result<()> {
         if self.readable {
@@ -255,97 +197,20 @@ impl<T> Connection<T> {
         }
     }
 
-    /// Reads the socket once, no further than the end of the frame in progress (see
-    /// "Sharing an end" in the module docs). `Ok(None)` if it had nothing (would block),
-    /// else whether the read left the socket empty.
-    fn read_some(&self) -> Result<Option<bool>> {
-        let mut st = self.state();
-        let (n, drained) = loop {
-            match st.buf.read_frame_once(self.fd.as_fd()) {
-                Ok(r) => break r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if n == 0 {
-            st.eof = true;
-        }
-        Ok(Some(drained))
-    }
-
-    /// Takes the next frame if one is at hand; `Err(Closed)` at end of stream.
-    fn take_frame(&self) -> Result<Option<Frame>> {
-        let mut st = self.state();
-        if let Some(f) = st.buf.next_frame()? {
-            return Ok(Some(f));
-        }
-        if st.eof {
-            return st.buf.at_eof().map(Some);
-        }
-        Ok(None)
-    }
-
-    /// Whether a message (its first bytes at least) or end of stream waits, checked without
-    /// taking anything from the socket.
-    fn input_now(&self) -> bool {
-        self.state().eof || sys::has_input(self.fd.as_fd())
-    }
-
     /// Waits until a message (its first bytes at least) or end of stream waits, taking
     /// nothing from the socket.
     pub(crate) async fn ready(&self) -> Result<()> {
         self.check_readable()?;
-        if self.input_now() {
-            return Ok(());
-        }
-        let io = self.io()?;
-        loop {
-            let mut guard = io.readable().await?;
-            if self.input_now() {
-                return Ok(());
-            }
-            guard.clear_ready();
-        }
+        self.link.ready().await
     }
 
-    /// Receives one frame, reading the socket only up to its end. A read that drains the
-    /// socket clears the reactor's readiness at once, so the next wait costs no failed read.
-    async fn recv_frame(&self) -> Result<Frame> {
-        loop {
-            if let Some(f) = self.take_frame()? {
-                return Ok(f);
-            }
-            let io = self.io()?;
-            let mut guard = io.readable().await?;
-            match self.read_some()? {
-                Some(true) | None => guard.clear_ready(),
-                Some(false) => {}
-            }
-        }
-    }
-
-    async fn send_frame(&self, frame: OutFrame) -> Result<()> {
+    /// Sends one frame. A peer that is gone is [`Error::Closed`].
+    async fn send_frame(&self, mut frame: FrameBuf) -> Result<()> {
         self.check_writable()?;
-        let io = self.io()?;
-        let _turn = self.send_turn.lock().await;
-        let raw: Vec<RawFd> = frame.fds.iter().map(|f| f.as_raw_fd()).collect();
-        let mut off = 0;
-        while off < frame.bytes.len() {
-            let fds: &[RawFd] = if off == 0 { &raw } else { &[] };
-            let data = &frame.bytes[off..];
-            let mut guard = io.writable().await?;
-            match guard.try_io(|a| sys::send_with_fds(a.get_ref().as_fd(), data, fds)) {
-                Ok(Ok(n)) => off += n,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    return Err(Error::Closed);
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_would_block) => {}
-            }
+        match self.link.send(&mut frame).await {
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => Err(Error::Closed),
+            r => r,
         }
-        Ok(())
     }
 
     /// Sends `data` as one message, as it is (Python's `send_bytes`): no serde, received by
@@ -362,7 +227,9 @@ impl<T> Connection<T> {
     /// Not cancel safe: a large message dropped midway leaves part of a frame on the socket,
     /// after which the stream is unusable. Send from a task that is not cancelled.
     pub async fn send_bytes(&self, data: &[u8]) -> Result<()> {
-        self.send_frame(OutFrame::raw(data)?).await
+        let mut frame = FrameBuf::raw(data);
+        frame.check_size()?;
+        self.send_frame(frame).await
     }
 
     /// Receives one message sent by [`send_bytes`](Self::send_bytes) (Python's
@@ -379,7 +246,7 @@ impl<T> Connection<T> {
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;
-        Ok(self.recv_frame().await?.into_body())
+        Ok(self.link.recv_one().await?.into_body())
     }
 
     /// Whether a message (or end of stream) waits to be received, waiting at most `timeout`
@@ -400,7 +267,7 @@ impl<T> Connection<T> {
     /// This method is cancel safe: it takes no message.
     pub async fn poll(&self, timeout: Duration) -> Result<bool> {
         self.check_readable()?;
-        if self.input_now() {
+        if self.link.has_input() {
             return Ok(true);
         }
         match tokio::time::timeout(timeout, self.ready()).await {
@@ -410,7 +277,7 @@ impl<T> Connection<T> {
     }
 
     pub(crate) fn ready_now(&self) -> bool {
-        self.readable && self.input_now()
+        self.readable && self.link.has_input()
     }
 }
 
@@ -420,7 +287,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] if the other end is gone; [`Error::Encode`] if the value cannot be
-    /// encoded (nothing is sent); [`Error::FrameTooLarge`] above the maximum frame size.
+    /// encoded (nothing is sent); [`Error::FrameTooLarge`] above the maximum frame size;
+    /// [`Error::InvalidArgument`] if the value owns descriptors and this end is a TCP
+    /// connection (descriptors travel only over Unix sockets; nothing is sent, and the
+    /// connection stays usable).
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
@@ -429,7 +299,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Not cancel safe: a large message dropped midway leaves part of a frame on the socket,
     /// after which the stream is unusable. Send from a task that is not cancelled.
     pub async fn send(&self, value: &T) -> Result<()> {
-        self.send_frame(OutFrame::value(value)?).await
+        let mut frame = FrameBuf::of(value)?;
+        frame.check_size()?;
+        self.send_frame(frame).await
     }
 
     /// Receives the next value (Python's `recv`).
@@ -447,8 +319,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv(&self) -> Result<T> {
         self.check_readable()?;
-        let f = self.recv_frame().await?;
-        f.decode()
+        self.link.recv_one().await?.decode()
     }
 
     /// [`recv`](Self::recv), giving up after `timeout` with [`Error::Timeout`] (nothing is
@@ -472,25 +343,29 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
 impl<T> AsFd for Connection<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.link.as_fd()
     }
 }
 
 impl<T> AsRawFd for Connection<T> {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.link.as_raw_fd()
     }
 }
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        (FdRef(self.fd.as_fd()), self.readable, self.writable).serialize(s)
+        (FdRef(self.link.as_fd()), self.readable, self.writable).serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let (fd, readable, writable) = <(Fd, bool, bool)>::deserialize(d)?;
-        Connection::from_fd(fd.into_owned(), readable, writable).map_err(serde::de::Error::custom)
+        let fd = fd.into_owned();
+        Transport::of(fd.as_fd())
+            .and_then(|transport| Framed::new(fd, transport))
+            .map(|link| Connection::from_framed(link, readable, writable))
+            .map_err(serde::de::Error::custom)
     }
 }

@@ -47,12 +47,11 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::frame::{HEADER_LEN, write_header};
+use crate::wire::{FrameBuf, Framed, Transport};
 
 /// How long either side of the authentication exchange waits for the other.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -131,8 +130,8 @@ pub struct Listener {
     handshakes: tokio::sync::Mutex<FuturesUnordered<Handshake>>,
 }
 
-/// A connection's authentication exchange: its descriptor once the peer has passed.
-type Handshake = Pin<Box<dyn Future<Output = Result<OwnedFd>> + Send>>;
+/// A connection's authentication exchange: its socket once the peer has passed.
+type Handshake = Pin<Box<dyn Future<Output = Result<Framed>> + Send>>;
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -228,7 +227,7 @@ impl Listener {
     /// in their exchange stay in the listener for the next `accept`.
     pub async fn accept<T: Serialize + DeserializeOwned>(&self) -> Result<Connection<T>> {
         let mut pending = self.handshakes.lock().await;
-        let fd = std::future::poll_fn(|cx| {
+        let link = std::future::poll_fn(|cx| {
             loop {
                 if !pending.is_empty() {
                     if let Poll::Ready(Some(done)) = pending.poll_next_unpin(cx) {
@@ -246,7 +245,7 @@ impl Listener {
             }
         })
         .await?;
-        Connection::from_fd(fd, true, true)
+        Ok(Connection::from_framed(link, true, true))
     }
 
     /// Takes a connection from the socket and makes its exchange (not started yet).
@@ -254,28 +253,30 @@ impl Listener {
         let key = self.authkey.clone();
         let h: Handshake = match &self.inner {
             Inner::Unix(l) => {
-                let (mut s, _) = match l.poll_accept(cx) {
+                let (s, _) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
                 };
                 Box::pin(async move {
+                    let link = Framed::new(s.into_std()?.into(), Transport::Unix)?;
                     if let Some(key) = key {
-                        authenticate(&mut s, &key, true).await?;
+                        authenticate(&link, &key, true).await?;
                     }
-                    Ok(s.into_std()?.into())
+                    Ok(link)
                 })
             }
             Inner::Tcp(l) => {
-                let (mut s, _) = match l.poll_accept(cx) {
+                let (s, _) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
                 };
                 Box::pin(async move {
                     s.set_nodelay(true)?;
+                    let link = Framed::new(s.into_std()?.into(), Transport::Tcp)?;
                     if let Some(key) = key {
-                        authenticate(&mut s, &key, true).await?;
+                        authenticate(&link, &key, true).await?;
                     }
-                    Ok(s.into_std()?.into())
+                    Ok(link)
                 })
             }
         };
@@ -327,24 +328,22 @@ impl Client {
         address: impl Into<Address>,
         authkey: Option<&[u8]>,
     ) -> Result<Connection<T>> {
-        let fd: OwnedFd = match address.into() {
+        let (fd, transport): (OwnedFd, _) = match address.into() {
             Address::Unix(path) => {
-                let mut s = tokio::net::UnixStream::connect(path).await?;
-                if let Some(key) = authkey {
-                    authenticate(&mut s, key, false).await?;
-                }
-                s.into_std()?.into()
+                let s = tokio::net::UnixStream::connect(path).await?;
+                (s.into_std()?.into(), Transport::Unix)
             }
             Address::Tcp(addr) => {
-                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                let s = tokio::net::TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
-                if let Some(key) = authkey {
-                    authenticate(&mut s, key, false).await?;
-                }
-                s.into_std()?.into()
+                (s.into_std()?.into(), Transport::Tcp)
             }
         };
-        Connection::from_fd(fd, true, true)
+        let link = Framed::new(fd, transport)?;
+        if let Some(key) = authkey {
+            authenticate(&link, key, false).await?;
+        }
+        Ok(Connection::from_framed(link, true, true))
     }
 }
 
@@ -355,10 +354,9 @@ fn auth_err(message: impl Into<String>) -> Error {
 }
 
 /// Runs the exchange: the listener challenges first, then answers; the client the reverse.
-async fn authenticate<S>(s: &mut S, key: &[u8], listener: bool) -> Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Messages longer than [`MAX_AUTH_MESSAGE`] are refused as soon as their header is in.
+async fn authenticate(s: &Framed, key: &[u8], listener: bool) -> Result<()> {
+    s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
     let run = async {
         if listener {
             deliver_challenge(s, key).await?;
@@ -368,12 +366,14 @@ where
             deliver_challenge(s, key).await
         }
     };
-    match tokio::time::timeout(AUTH_TIMEOUT, run).await {
+    let outcome = match tokio::time::timeout(AUTH_TIMEOUT, run).await {
         Ok(r) => r,
         Err(_) => Err(auth_err(format!(
             "the peer did not complete the exchange within {AUTH_TIMEOUT:?}"
         ))),
-    }
+    };
+    s.set_recv_limit(None);
+    outcome
 }
 
 fn mac(key: &[u8], message: &[u8]) -> Hmac<Sha256> {
@@ -384,10 +384,7 @@ fn mac(key: &[u8], message: &[u8]) -> Hmac<Sha256> {
     m
 }
 
-async fn deliver_challenge<S>(s: &mut S, key: &[u8]) -> Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn deliver_challenge(s: &Framed, key: &[u8]) -> Result<()> {
     let mut random = [0u8; MESSAGE_LENGTH];
     sys::fill_random(&mut random)?;
     let mut message = DIGEST.to_vec();
@@ -413,10 +410,7 @@ where
     }
 }
 
-async fn answer_challenge<S>(s: &mut S, key: &[u8]) -> Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn answer_challenge(s: &Framed, key: &[u8]) -> Result<()> {
     let message = read_message(s).await?;
     let message = message
         .strip_prefix(CHALLENGE)
@@ -435,38 +429,54 @@ where
     Ok(())
 }
 
-async fn write_message<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<()> {
-    let mut frame = vec![0; HEADER_LEN];
-    write_header(&mut frame, body.len(), 0)?;
-    frame.extend_from_slice(body);
-    s.write_all(&frame).await.map_err(closed_is_auth)?;
-    s.flush().await.map_err(closed_is_auth)
+async fn write_message(s: &Framed, body: &[u8]) -> Result<()> {
+    s.send(&mut FrameBuf::raw(body))
+        .await
+        .map_err(closed_is_auth)
 }
 
-async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
-    let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head).await.map_err(closed_is_auth)?;
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > MAX_AUTH_MESSAGE || head[4] != 0 {
+/// Reads one exchange message: a frame of raw bytes, no descriptors, at most
+/// [`MAX_AUTH_MESSAGE`] bytes (the socket's receive limit during the exchange). Reads stop
+/// at its end: what follows the exchange is the connection's.
+async fn read_message(s: &Framed) -> Result<Vec<u8>> {
+    let frame = match s.recv_one().await {
+        Ok(f) => f,
+        Err(Error::FrameTooLarge { size, .. }) => {
+            return Err(auth_err(format!(
+                "protocol error: a {size}-byte message where a short challenge message was \
+                 expected"
+            )));
+        }
+        Err(e) => return Err(closed_is_auth(e)),
+    };
+    if !frame.fds.is_empty() {
         return Err(auth_err(format!(
-            "protocol error: a {len}-byte message with {} descriptors where a short challenge \
-             message was expected",
-            head[4]
+            "protocol error: a message with {} descriptors where a short challenge message \
+             was expected",
+            frame.fds.len()
         )));
     }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.map_err(closed_is_auth)?;
-    Ok(body)
+    Ok(frame.into_body())
 }
 
-fn closed_is_auth(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::BrokenPipe => {
+/// An end of stream or a broken connection during the exchange is an authentication
+/// failure; so is a malformed frame.
+fn closed_is_auth(e: Error) -> Error {
+    match e {
+        Error::Closed | Error::Protocol(_) => {
             auth_err("the peer closed the connection during the exchange")
         }
-        _ => Error::from(e),
+        Error::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            auth_err("the peer closed the connection during the exchange")
+        }
+        e => e,
     }
 }
 

@@ -24,13 +24,12 @@ use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
 use crate::wire::codec;
-use crate::wire::{Encoded, Fd, FdRef, FrameBuf, FrameReader, FrameWriter, framed, into_stream};
+use crate::wire::{Encoded, Fd, FdRef, FrameBuf, Framed};
 use server::{Bytes, DictOp, Initial, ListOp, Reply, Request, ValueOp};
 
 /// A connection to the server, made on first use in each process.
 struct Conn {
-    rd: FrameReader,
-    wr: FrameWriter,
+    link: Framed,
     next_id: u64,
     /// Set while a request is being written: a write dropped midway leaves the stream
     /// unusable, so the next call starts a new connection.
@@ -59,10 +58,8 @@ impl Link {
             Err(e) => return Err(e.into()),
         }
         drop(theirs);
-        let (rd, wr) = framed(into_stream(mine)?);
         Ok(Conn {
-            rd,
-            wr,
+            link: Framed::unix(mine)?,
             next_id: 1,
             writing: false,
         })
@@ -90,10 +87,10 @@ impl Link {
         conn.next_id += 1;
         let mut frame = FrameBuf::of(&(id, req))?;
         conn.writing = true;
-        conn.wr.send(&mut frame).await?;
+        conn.link.send(&mut frame).await?;
         conn.writing = false;
         loop {
-            let (rid, reply) = conn.rd.recv().await?.decode::<(u64, Reply)>()?;
+            let (rid, reply) = conn.link.recv().await?.decode::<(u64, Reply)>()?;
             if rid == id {
                 return match reply {
                     Reply::Failed(message) => Err(Error::Manager(message)),

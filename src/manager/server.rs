@@ -15,7 +15,7 @@ use tokio::io::Interest;
 
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{Fd, FrameBuf, framed, into_stream};
+use crate::wire::{Fd, FrameBuf, Framed};
 
 /// An encoded value.
 pub(super) type Bytes = ByteBuf;
@@ -254,9 +254,9 @@ async fn accept_loop(registration: OwnedFd) -> Result<()> {
 }
 
 async fn serve_connection(conn: OwnedFd, state: Arc<Mutex<State>>) -> Result<()> {
-    let (mut rd, wr) = framed(into_stream(conn)?);
+    let link = Framed::unix(conn)?;
     loop {
-        let frame = match rd.recv().await {
+        let frame = match link.recv().await {
             Ok(f) => f,
             Err(Error::Closed) => return Ok(()),
             Err(e) => return Err(e),
@@ -268,7 +268,7 @@ async fn serve_connection(conn: OwnedFd, state: Arc<Mutex<State>>) -> Result<()>
             ),
             Err(e) => (0, Reply::Failed(format!("malformed request: {e}"))),
         };
-        wr.send(&mut FrameBuf::of(&(id, reply))?).await?;
+        link.send(&mut FrameBuf::of(&(id, reply))?).await?;
     }
 }
 

@@ -14,14 +14,13 @@ use super::proto::Reply;
 use super::scheduler::{Event, Replies, take_reply};
 use crate::error::TaskError;
 use crate::process::{KillHandle, Process};
-use crate::wire::frame::Frame;
-use crate::wire::{FrameBuf, FrameReader, FrameWriter};
+use crate::wire::{Frame, FrameBuf, Framed};
 
 /// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
 /// worker cannot be reached any more: the writer kills it, so that its exit is reported, its
 /// tasks answered and the worker replaced, and drops the frames that still come.
 pub(super) async fn write_worker(
-    writer: FrameWriter,
+    writer: Arc<Framed>,
     mut rx: UnboundedReceiver<FrameBuf>,
     killer: KillHandle,
 ) {
@@ -44,7 +43,7 @@ pub(super) async fn write_worker(
 /// allows, it waits actively, up to `limit` after each answer, for the next one.
 pub(super) async fn read_worker(
     wid: u64,
-    mut rd: FrameReader,
+    rd: Arc<Framed>,
     mut process: Process,
     events: UnboundedSender<Event>,
     replies: Replies,

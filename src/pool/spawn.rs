@@ -17,8 +17,7 @@ use super::worker;
 use crate::error::{Error, Result};
 use crate::process::{KillHandle, Process};
 use crate::sys;
-use crate::wire::frame::send_early;
-use crate::wire::{Fd, FrameBuf, FrameReader, FrameWriter, Hello, framed, into_stream};
+use crate::wire::{Fd, FrameBuf, Framed, Hello};
 
 static WORKER_COUNTER: AtomicUsize = AtomicUsize::new(1);
 
@@ -30,8 +29,9 @@ pub(super) struct WorkerConn {
     pub(super) pid: u32,
     pub(super) killer: KillHandle,
     pub(super) process: Process,
-    pub(super) reader: FrameReader,
-    pub(super) writer: FrameWriter,
+    /// The worker's link, for the reader task and the writer task (the same socket).
+    pub(super) reader: Arc<Framed>,
+    pub(super) writer: Arc<Framed>,
     pub(super) started: StartedMark,
 }
 
@@ -64,8 +64,8 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     // A small setup goes out first: it waits in the socket while the child starts, so the
     // child finds it as soon as its bootstrap is done. A large one (big initializer
     // arguments) could fill the socket before anyone reads it: it goes out after the start.
-    let late = send_early(ours.as_fd(), frame)?;
-    let (mut reader, writer) = framed(into_stream(ours)?);
+    let link = Arc::new(Framed::unix(ours)?);
+    let late = link.send_early(frame)?;
     let started = StartedMark::new()?;
     let mark = Fd::from(sys::dup_fd(started.fd())?);
     let mut process = Process::new(worker::worker_main, (Fd::from(theirs), mark))
@@ -79,9 +79,9 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let killer = process.kill_handle()?;
     let setup = async {
         if let Some(mut frame) = late {
-            writer.send(&mut frame).await?;
+            link.send(&mut frame).await?;
         }
-        reader.recv().await?.decode::<SetupReply>()
+        link.recv().await?.decode::<SetupReply>()
     };
     let died = |code: i32| {
         let message = format!(
@@ -118,8 +118,8 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
             return Ok(WorkerConn {
                 pid,
                 killer,
-                reader,
-                writer,
+                reader: link.clone(),
+                writer: link,
                 process,
                 started,
             });

@@ -26,7 +26,7 @@
 //! by it.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,7 @@ use super::started::StartedMark;
 use crate::error::{Error, Result, TaskFailure};
 use crate::sys::{self, SameBinary};
 use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
-use crate::wire::frame::Frame;
-use crate::wire::frame::send_blocking;
-use crate::wire::{Encoded, Fd, FrameBuf, FrameWriter, RecvBuf, framed_after, into_stream};
+use crate::wire::{Encoded, Fd, Frame, FrameBuf, Framed};
 
 /// The most answers a worker sends in one write.
 const MAX_BATCH: usize = 64;
@@ -172,7 +170,7 @@ impl Held {
     }
 
     /// Sends them all, if any, in one batch.
-    async fn flush(&mut self, wr: &FrameWriter) -> Result<()> {
+    async fn flush(&mut self, wr: &Framed) -> Result<()> {
         if self.frames.is_empty() {
             return Ok(());
         }
@@ -306,7 +304,7 @@ impl Worker {
 
     /// Takes in what the pool sent, answering at once what needs no task; `false` when the
     /// pool is gone (nothing more will come, and nobody waits for answers).
-    async fn take_in(&mut self, r: Result<Frame>, wr: &FrameWriter) -> Result<bool> {
+    async fn take_in(&mut self, r: Result<Frame>, wr: &Framed) -> Result<bool> {
         match r {
             Ok(frame) => {
                 if let Some(mut f) = self.take(frame)? {
@@ -376,9 +374,8 @@ impl Worker {
 
 /// A worker after its setup frame, before its runtime.
 struct Start {
-    sock: OwnedFd,
-    /// What was read from the socket beyond the setup frame.
-    rest: RecvBuf,
+    /// The link to the pool (holding what was read beyond the setup frame).
+    link: Framed,
     same: SameBinary,
     /// The initializer (its entry and the frame holding its arguments), still to run;
     /// `None` when there is none and the pool has been told `Ready`.
@@ -391,12 +388,11 @@ struct Start {
 /// Reads the setup frame and checks it, without a runtime (blocking). Without an initializer
 /// the worker answers `Ready` at once: the pool hears it while the runtime is built.
 fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
-    sys::set_nonblocking(sock.as_fd(), false)?;
-    let mut rest = RecvBuf::new();
-    let mut frame = rest.recv_blocking(sock.as_fd())?;
+    let link = Framed::unix(sock)?;
+    let mut frame = link.recv_blocking()?;
     let setup: Setup = frame.decode_head()?;
     crate::task::record_panics(setup.print_panics);
-    let reply = |r: &SetupReply| send_blocking(sock.as_fd(), &mut FrameBuf::of(r)?);
+    let reply = |r: &SetupReply| link.send_blocking(&mut FrameBuf::of(r)?);
     let same = match setup.hello.check() {
         Ok(s) => s,
         Err(e) => {
@@ -412,8 +408,7 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
         }
     };
     Ok(Start {
-        sock,
-        rest,
+        link,
         same,
         init,
         spin: Duration::from_nanos(setup.spin_nanos),
@@ -422,7 +417,8 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
 }
 
 async fn serve(start: Start) -> Result<()> {
-    let (mut rd, wr) = framed_after(into_stream(start.sock)?, start.rest);
+    let link = start.link;
+    let (rd, wr) = (&link, &link);
     if let Some((offset, frame)) = start.init {
         if let Err(message) = run_initializer(offset, start.same, frame).await {
             wr.send(&mut FrameBuf::of(&SetupReply::InitFailed(message))?)
@@ -465,7 +461,7 @@ async fn serve(start: Start) -> Result<()> {
                 rd.recv().now_or_never()
             };
             let Some(r) = next else { break };
-            if !w.take_in(r, &wr).await? {
+            if !w.take_in(r, wr).await? {
                 return Ok(());
             }
         }
@@ -483,7 +479,7 @@ async fn serve(start: Start) -> Result<()> {
                 // Answers go out together while short tasks follow each other here, but
                 // never wait for a task that may be long.
                 if !w.is_short(offset) {
-                    held.flush(&wr).await?;
+                    held.flush(wr).await?;
                 }
                 started.mark(id);
                 let (out, nanos) = run_sync(entry, frame);
@@ -493,13 +489,13 @@ async fn serve(start: Start) -> Result<()> {
                 // Otherwise they go at once when the queue is empty, when the batch is
                 // full, or when its first answer has waited `MAX_HOLD`.
                 if w.queue.is_empty() || held.is_due() {
-                    held.flush(&wr).await?;
+                    held.flush(wr).await?;
                 }
                 continue;
             }
             lane.push(id, entry, frame)?;
         }
-        held.flush(&wr).await?;
+        held.flush(wr).await?;
         if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
             return Ok(());
         }
@@ -512,7 +508,7 @@ async fn serve(start: Start) -> Result<()> {
             }
         }
         tokio::select! {
-            r = rd.recv() => if !w.take_in(r, &wr).await? {
+            r = rd.recv() => if !w.take_in(r, wr).await? {
                 return Ok(());
             },
             Some(done) = done_rx.recv() => {

@@ -3,14 +3,14 @@
 //! and exits. Also the guard that ends a child whose `main` never called `init()`.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use super::handshake::{Boot, BootReply, INIT_ADVICE};
 use super::{ENV_BOOT, StartMethod};
 use crate::error::Error;
 use crate::sys;
 use crate::task::{Failure, Invoked, ProcessEntry};
-use crate::wire::{FrameBuf, RecvBuf, set_max_frame_size};
+use crate::wire::{FrameBuf, Framed, set_max_frame_size};
 
 /// Exit code of a child that could not run its target.
 const BOOT_FAILED: i32 = 1;
@@ -43,8 +43,11 @@ pub(super) fn run_from_env(value: &OsStr) -> ! {
 /// Never returns.
 pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     die_with_parent(ppid);
-    let mut rb = RecvBuf::new();
-    let mut frame = match rb.recv_blocking(sock.as_fd()) {
+    let sock = match Framed::unix(sock) {
+        Ok(s) => s,
+        Err(e) => fail(format!("bootstrap socket is unusable: {e}")),
+    };
+    let mut frame = match sock.recv_blocking() {
         Ok(f) => f,
         // The parent gave up on this start (its future was dropped): nothing to report.
         Err(Error::Closed) => sys::exit_now(BOOT_FAILED),
@@ -81,7 +84,7 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     // Python's children inherit the method that started them as their default.
     super::set_start_method(method);
     set_max_frame_size(boot.max_frame as usize);
-    if let Err(e) = reply(sock.as_fd(), &BootReply::Started) {
+    if let Err(e) = reply(&sock, &BootReply::Started) {
         fail(format!("cannot answer the parent: {e}"));
     }
     tracing::debug!(name = %boot.name, "child bootstrapped");
@@ -102,11 +105,11 @@ pub(super) fn die_with_parent(ppid: i32) {
     }
 }
 
-fn reply(sock: BorrowedFd<'_>, r: &BootReply) -> crate::Result<()> {
-    crate::wire::frame::send_blocking(sock, &mut FrameBuf::of(r)?)
+fn reply(sock: &Framed, r: &BootReply) -> crate::Result<()> {
+    sock.send_blocking(&mut FrameBuf::of(r)?)
 }
 
-fn refuse(sock: &OwnedFd, r: BootReply) -> ! {
+fn refuse(sock: &Framed, r: BootReply) -> ! {
     let msg = match &r {
         BootReply::Refused(m) => m.clone(),
         BootReply::Mismatch { child, parent } => {
@@ -114,7 +117,7 @@ fn refuse(sock: &OwnedFd, r: BootReply) -> ! {
         }
         BootReply::Started => String::new(),
     };
-    let _ = reply(sock.as_fd(), &r);
+    let _ = reply(sock, &r);
     fail(format!("refusing to run the target: {msg}"))
 }
 
@@ -187,7 +190,7 @@ pub(super) fn refuse_if_uninitialised_child() {
         .and_then(|v| v.split_once(','))
         .and_then(|(fd, _)| fd.parse::<i32>().ok());
     if let Some(sock) = fd.and_then(|fd| sys::adopt_inherited_socket(fd).ok()) {
-        let _ = reply(sock.as_fd(), &BootReply::Refused(message.clone()));
+        let _ = Framed::unix(sock).and_then(|s| reply(&s, &BootReply::Refused(message.clone())));
     }
     eprintln!("tokio-multiprocessing: {message}");
     sys::exit_now(BOOT_FAILED)

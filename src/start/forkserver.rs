@@ -59,8 +59,7 @@ use super::{Launch, StartMethod, bootstrap, handshake};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::process_entry_for;
-use crate::wire::frame::{send_blocking, send_early};
-use crate::wire::{Encoded, Fd, FrameBuf, Hello, RecvBuf};
+use crate::wire::{Encoded, Fd, FrameBuf, Hello, RecvBuf, send_blocking, send_early};
 
 /// How long the server may take to answer one request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,7 +12,7 @@ use super::{Child, Launch};
 use crate::error::{Error, ExitCause, Result};
 use crate::sys;
 use crate::task::process_entry_offset;
-use crate::wire::{FrameBuf, Hello, framed, into_stream, max_frame_size};
+use crate::wire::{FrameBuf, Framed, Hello, RecvBuf, max_frame_size, send_blocking};
 
 /// The bootstrap frame's head; the target's encoded arguments follow it in the same frame.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
 }
 
 /// Sends the bootstrap frame for `launch` over `sock`, unless it is `None` (a small one goes
-/// before the child starts, with [`send_early`](crate::wire::frame::send_early), so the child
+/// before the child starts, with [`send_early`](crate::wire::send_early), so the child
 /// need not wait for this side), and waits for the child's answer, racing its exit and the
 /// start deadline. On success returns a handle on the socket for the
 /// parent to keep: the child sees EOF on it when the parent is gone.
@@ -95,12 +95,12 @@ async fn converse(
 ) -> Result<OwnedFd> {
     let pid = child.pid();
     let keepalive = sys::dup_fd(sock.as_fd())?;
-    let (mut rd, wr) = framed(into_stream(sock)?);
+    let link = Framed::unix(sock)?;
     let exchange = async {
         if let Some(mut frame) = frame {
-            wr.send(&mut frame).await?;
+            link.send(&mut frame).await?;
         }
-        rd.recv().await?.decode::<BootReply>()
+        link.recv().await?.decode::<BootReply>()
     };
     let deadline = launch.start_timeout;
     let first = tokio::select! {
@@ -113,7 +113,7 @@ async fn converse(
         Ok(r) => r,
         // Its answer may be in the socket still, unseen by the reactor: a child sent the
         // bootstrap frame before it started can answer and end before this side looks.
-        Err(code) => match rd.try_recv() {
+        Err(code) => match link.try_recv() {
             Some(r) => Ok(r.and_then(|f| f.decode::<BootReply>())),
             None => {
                 return Err(match code {
@@ -163,7 +163,7 @@ pub(crate) fn handshake_blocking(
         sys::kill_and_reap(pid);
         start_error(launch, pid, message)
     };
-    if let Err(e) = crate::wire::frame::send_blocking(sock.as_fd(), &mut frame) {
+    if let Err(e) = send_blocking(sock.as_fd(), &mut frame) {
         return Err(fail(format!("cannot send the bootstrap frame: {e}")));
     }
     let ready = sys::poll_readable(&[sock.as_fd(), pidfd.as_fd()], Some(launch.start_timeout))
@@ -177,7 +177,7 @@ pub(crate) fn handshake_blocking(
             ),
         }));
     }
-    match crate::wire::RecvBuf::new()
+    match RecvBuf::new()
         .recv_blocking(sock.as_fd())
         .and_then(|f| f.decode::<BootReply>())
     {

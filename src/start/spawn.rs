@@ -14,7 +14,7 @@ use super::launcher::on_launcher;
 use super::{ENV_BOOT, Launch, handshake};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::frame::send_early;
+use crate::wire::send_early;
 
 /// Re-executes this program with `child_end` inherited. Returns the pid and its pidfd.
 /// Runs on the launcher thread (the children's parent-death signal is tied to it).

@@ -125,6 +125,25 @@ pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {
     )
 }
 
+/// Whether a socket is a Unix domain socket (rather than TCP, say).
+pub(crate) fn is_unix_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd())?;
+    Ok(addr.as_unix_addr().is_some())
+}
+
+/// Blocks until a descriptor can be written to (or has failed: the write that follows says
+/// how).
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut pfd = [PollFd::new(fd, PollFlags::POLLOUT)];
+        match poll(&mut pfd, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return r.map(drop).map_err(io::Error::from),
+        }
+    }
+}
+
 /// Copies the first bytes waiting on a socket into `buf` without taking them (`MSG_PEEK |
 /// MSG_DONTWAIT`, no room for descriptors, so none are received). Returns how many bytes were
 /// copied, 0 at end of stream; `WouldBlock` when nothing waits.

@@ -1,0 +1,107 @@
+//! Frames come in: [`Frame`], a received body with its descriptors, and the large buffers
+//! that dropped frames leave for the next ones to be read into.
+
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use super::HAND_OVER;
+use crate::error::Result;
+use crate::wire::codec;
+
+/// A received frame: its body and the descriptors that came with it.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    data: Vec<u8>,
+    offset: usize,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        keep_buffer(std::mem::take(&mut self.data));
+    }
+}
+
+/// Buffers of large frames, kept when their frame is dropped for the next large frames to be
+/// read into. A fresh buffer costs a page fault per 4 KiB as it fills (a megabyte costs
+/// about a millisecond on a virtual machine); a kept one is memory already in place.
+static KEPT_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// The most buffers kept, and the most bytes they may hold in all.
+const KEPT_COUNT: usize = 4;
+const KEPT_BYTES: usize = 32 << 20;
+
+/// Keeps `buf` for a later large frame, if it is large and there is room among those kept.
+fn keep_buffer(buf: Vec<u8>) {
+    if buf.len() < HAND_OVER {
+        return;
+    }
+    let mut kept = KEPT_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+    let held: usize = kept.iter().map(Vec::len).sum();
+    if kept.len() < KEPT_COUNT && held + buf.len() <= KEPT_BYTES {
+        kept.push(buf);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Turns kept buffers off on this thread, for tests of how a buffer grows by itself.
+    pub(super) static NO_KEPT_BUFFERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The smallest kept buffer of at least `len` bytes, taken.
+pub(super) fn take_kept_buffer(len: usize) -> Option<Vec<u8>> {
+    #[cfg(test)]
+    if NO_KEPT_BUFFERS.with(std::cell::Cell::get) {
+        return None;
+    }
+    let mut kept = KEPT_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+    let (i, _) = kept
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.len() >= len)
+        .min_by_key(|(_, b)| b.len())?;
+    Some(kept.swap_remove(i))
+}
+
+impl Frame {
+    /// The frame whose body is `data[offset..]`.
+    pub(super) fn new(data: Vec<u8>, offset: usize, fds: Vec<OwnedFd>) -> Frame {
+        Frame { data, offset, fds }
+    }
+
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.data[self.offset..]
+    }
+
+    /// The body as a vector of its own: the frame's buffer, with the header moved out if it
+    /// holds one (no new allocation either way).
+    pub(crate) fn into_body(mut self) -> Vec<u8> {
+        let mut data = std::mem::take(&mut self.data);
+        data.drain(..self.offset);
+        data
+    }
+
+    /// Decodes the first value of the body, then hands back the rest.
+    pub(crate) fn decode_head<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
+        let (v, used) = codec::decode_prefix::<T>(self.body(), Vec::new())?;
+        self.offset += used;
+        Ok(v)
+    }
+
+    /// Decodes the (rest of the) body as one value, giving it the frame's descriptors.
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(mut self) -> Result<T> {
+        let fds = std::mem::take(&mut self.fds);
+        codec::decode(&self.data[self.offset..], fds)
+    }
+
+    /// Decodes the (rest of the) body through `seed`, giving it the frame's descriptors.
+    pub(crate) fn decode_with<'a, S: serde::de::DeserializeSeed<'a>>(
+        &'a mut self,
+        seed: S,
+    ) -> Result<S::Value> {
+        let fds = std::mem::take(&mut self.fds);
+        let this: &'a Frame = self;
+        codec::decode_with(&this.data[this.offset..], fds, seed)
+    }
+}

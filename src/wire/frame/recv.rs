@@ -1,0 +1,430 @@
+//! [`RecvBuf`]: bytes read from a socket until they make whole frames, and the descriptors
+//! that arrived with them, queued in arrival order (each frame takes as many as its header
+//! announces).
+//!
+//! Reads are sized to what is waiting: small frames arrive many per system call, a large
+//! frame goes straight into a buffer that holds it whole (and is handed over without a
+//! copy), and nothing is allocated for a length a peer merely claims.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use super::HAND_OVER;
+use super::header::{HEADER_LEN, body_len};
+use super::received::{Frame, take_kept_buffer};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire::max_frame_size;
+
+/// The room a read is given at most (when no large frame is in progress), so that small
+/// frames arrive many per system call.
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// The room a fresh buffer's reads are given; it doubles, up to [`READ_CHUNK`], each time a
+/// read fills it. A socket that carries a few small frames (a child's bootstrap) never
+/// faults in the pages of a large buffer.
+const FIRST_READ_CHUNK: usize = 4 * 1024;
+
+/// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.
+#[derive(Debug)]
+pub(crate) struct RecvBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    /// The room reads are given now: [`FIRST_READ_CHUNK`] at first, doubling up to
+    /// [`READ_CHUNK`].
+    chunk: usize,
+    /// The room the last [`room`](Self::room) offered.
+    offered: usize,
+    /// The largest body accepted, when lower than the maximum frame size (an exchange that
+    /// expects only short messages refuses a long one as soon as its header arrives).
+    limit: Option<usize>,
+}
+
+impl Default for RecvBuf {
+    fn default() -> Self {
+        RecvBuf::new()
+    }
+}
+
+impl RecvBuf {
+    pub(crate) fn new() -> RecvBuf {
+        RecvBuf {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            chunk: FIRST_READ_CHUNK,
+            offered: 0,
+            limit: None,
+        }
+    }
+
+    /// Accepts bodies of at most `limit` bytes from now on (`None`: up to the maximum frame
+    /// size); a longer one is refused with [`Error::FrameTooLarge`] once its header is in.
+    pub(crate) fn set_limit(&mut self, limit: Option<usize>) {
+        self.limit = limit;
+    }
+
+    /// The length of the buffer, for tests of how it grows.
+    #[cfg(test)]
+    pub(super) fn buffer_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The largest body accepted now.
+    fn max_body(&self) -> usize {
+        let max = max_frame_size();
+        self.limit.map_or(max, |l| l.min(max))
+    }
+
+    /// Takes the next complete frame out of the buffer, if there is one.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = body_len(avail);
+        let nfds = usize::from(avail[4]);
+        let max = self.max_body();
+        if len > max {
+            return Err(Error::FrameTooLarge {
+                size: len as u64,
+                max,
+            });
+        }
+        if avail.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        if self.fds.len() < nfds {
+            return Err(Error::Protocol(format!(
+                "a frame announces {nfds} descriptors but {} arrived",
+                self.fds.len()
+            )));
+        }
+        let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+        let frame_end = self.start + HEADER_LEN + len;
+        let frame = if self.start == 0 && frame_end == self.end && len >= HAND_OVER {
+            let mut data = std::mem::take(&mut self.buf);
+            data.truncate(frame_end);
+            self.start = 0;
+            self.end = 0;
+            Frame::new(data, HEADER_LEN, fds)
+        } else {
+            let data = self.buf[self.start + HEADER_LEN..frame_end].to_vec();
+            self.start = frame_end;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            Frame::new(data, 0, fds)
+        };
+        Ok(Some(frame))
+    }
+
+    /// Room to read into: the current read chunk (see [`FIRST_READ_CHUNK`]), or what the
+    /// frame in progress still needs. The buffer grows only as bytes actually arrive (at
+    /// most doubling), never to a length a peer merely claims; but a large frame goes
+    /// straight into a kept buffer that holds it whole, if there is one (see
+    /// [`keep_buffer`]). Given `exact` (the length, header included, of the frame in
+    /// progress), the room ends where that frame ends: not one byte of the next frame.
+    pub(super) fn room(&mut self, exact: Option<usize>) -> &mut [u8] {
+        if self.start > 0 && self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let pending = self.end - self.start;
+        let frame_len = exact.or_else(|| match self.buf.get(self.start..self.end) {
+            Some(h) if h.len() >= HEADER_LEN => Some(HEADER_LEN + body_len(h)),
+            _ => None,
+        });
+        let chunk = self.chunk;
+        let wanted = frame_len.map_or(chunk, |n| n.saturating_sub(pending).max(1));
+        if let Some(n) = frame_len
+            && n >= HAND_OVER
+            && self.buf.len() - self.start < n
+            && let Some(mut kept) = take_kept_buffer(n)
+        {
+            kept[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = kept;
+            self.start = 0;
+            self.end = pending;
+        }
+        if self.buf.len() - self.end < wanted.min(chunk) {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end = pending;
+                self.start = 0;
+            }
+            let room = self.buf.len() - self.end;
+            if room < wanted.min(chunk) {
+                let grow = wanted.min(self.buf.len().max(chunk));
+                self.buf.resize(self.end + room.max(grow), 0);
+            }
+        }
+        // A large frame is read up to its end and no further, so that it fills the buffer
+        // and is handed over without a copy; so is every frame when asked to be exact.
+        let stop = match frame_len {
+            Some(n) if (exact.is_some() || n >= HAND_OVER) && self.start + n > self.end => {
+                (self.start + n).min(self.buf.len())
+            }
+            _ => self.buf.len(),
+        };
+        self.offered = stop - self.end;
+        &mut self.buf[self.end..stop]
+    }
+
+    /// Records `n` bytes read into the room [`room`](Self::room) gave; a read that filled
+    /// it doubles the read chunk (more was probably waiting).
+    pub(super) fn filled(&mut self, n: usize) {
+        self.end += n;
+        if n > 0 && n == self.offered {
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
+        }
+    }
+
+    pub(crate) fn at_eof(&self) -> Result<Frame> {
+        if self.end > self.start {
+            Err(Error::Protocol(format!(
+                "the connection closed in the middle of a frame ({} bytes of it arrived)",
+                self.end - self.start
+            )))
+        } else {
+            Err(Error::Closed)
+        }
+    }
+
+    /// Reads once from `fd` (which must be readable or blocking); 0 at end of stream.
+    pub(crate) fn read_once(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.read_into_room(fd, None)
+    }
+
+    fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
+        let mut fds = std::mem::take(&mut self.fds);
+        let res = sys::recv_with_fds(fd, self.room(exact), &mut fds);
+        self.fds = fds;
+        if let Ok(n) = res {
+            self.filled(n);
+        }
+        res
+    }
+
+    /// Reads once from a non-blocking socket that other processes may read too, taking no
+    /// byte past the end of the frame in progress: the frames behind it stay in the socket
+    /// for whichever reader comes next. With nothing buffered, the first bytes waiting are
+    /// peeked (`MSG_PEEK`: nothing is taken), and the read asks for the whole frame, header
+    /// included, so that a frame that has arrived whole is taken by one system call.
+    ///
+    /// Returns the bytes read (0 at end of stream) and whether the socket was left empty
+    /// then, as far as this read can tell (a short read, or a peek that saw this frame and
+    /// nothing after it): the caller may then clear its readiness.
+    pub(crate) fn read_frame_once(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
+        /// How far a peek looks: past the end of a small frame, to see whether another
+        /// follows it.
+        const PEEK_LEN: usize = 1024;
+        let pending = self.end - self.start;
+        let mut drained_at = None;
+        let frame_len = if pending == 0 {
+            let mut head = [0u8; PEEK_LEN];
+            let seen = sys::peek(fd, &mut head)?;
+            if seen == 0 {
+                return Ok((0, true));
+            }
+            if seen < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                let len = body_len(&head);
+                // A header that claims too much is read alone: `next_frame` refuses it.
+                let n = if len > self.max_body() {
+                    HEADER_LEN
+                } else {
+                    HEADER_LEN + len
+                };
+                // A peek stops after bytes that carry descriptors, so it sees all that
+                // waits only if this frame carries none.
+                if head[4] == 0 && seen < PEEK_LEN {
+                    drained_at = Some(seen);
+                }
+                n
+            }
+        } else if pending < HEADER_LEN {
+            HEADER_LEN
+        } else {
+            // The room given grows only as bytes arrive, whatever the header claims.
+            let h = &self.buf[self.start..self.end];
+            HEADER_LEN.saturating_add(body_len(h))
+        };
+        let room = self.room(Some(frame_len)).len();
+        let n = self.read_into_room(fd, Some(frame_len))?;
+        let drained = n < room || drained_at == Some(n);
+        Ok((n, drained))
+    }
+
+    /// Reads the next frame from a descriptor, waiting (without a runtime) until it has
+    /// arrived. Meant for a blocking descriptor; on a non-blocking one it waits in `poll(2)`.
+    pub(crate) fn recv_blocking(&mut self, fd: BorrowedFd<'_>) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.next_frame()? {
+                return Ok(f);
+            }
+            match self.read_once(fd) {
+                Ok(0) => return self.at_eof(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sys::poll_readable(&[fd], None)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::wire::frame::{FrameBuf, send_blocking};
+
+    /// A frame as it goes on the wire.
+    fn wire_of(f: &mut FrameBuf) -> Vec<u8> {
+        f.seal().unwrap();
+        f.parts().concat()
+    }
+
+    fn feed(rb: &mut RecvBuf, bytes: &[u8]) {
+        let spare = rb.room(None);
+        let n = bytes.len().min(spare.len());
+        spare[..n].copy_from_slice(&bytes[..n]);
+        rb.filled(n);
+    }
+
+    /// Feeds all of `bytes` through the buffer's own room, read after read, handing each
+    /// frame that completes to `each` (which drops it, or keeps it).
+    fn feed_through(rb: &mut RecvBuf, bytes: &[u8], mut each: impl FnMut(Frame)) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let spare = rb.room(None);
+            let n = rest.len().min(spare.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            rb.filled(n);
+            rest = &rest[n..];
+            while let Some(f) = rb.next_frame().unwrap() {
+                each(f);
+            }
+        }
+    }
+
+    #[test]
+    fn large_frames_in_kept_buffers_arrive_whole() {
+        // Large frames of several sizes through one receive buffer, fed in pieces, two of
+        // them back to back: each is read into a buffer a dropped frame left behind (stale
+        // bytes and all) and must come out exactly as sent.
+        let frame_of = |n: usize, seed: usize| {
+            let payload: Vec<u8> = (0..n).map(|j| (j * 7 + seed) as u8).collect();
+            let mut f = FrameBuf::of(&serde_bytes::Bytes::new(&payload)).unwrap();
+            (payload, wire_of(&mut f))
+        };
+        let (a, wire_a) = frame_of(300_000, 1);
+        let (b, wire_b) = frame_of(100_000, 2);
+        let (c, wire_c) = frame_of(200_000, 3);
+        let (d, wire_d) = frame_of(100_000, 4);
+        let wire = [wire_a, wire_b, wire_c, wire_d].concat();
+        let mut rb = RecvBuf::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(70_001) {
+            feed_through(&mut rb, piece, |f| {
+                // Dropped here: its buffer is kept for the next one.
+                got.push(f.decode::<serde_bytes::ByteBuf>().unwrap().into_vec());
+            });
+        }
+        assert!(got == [a, b, c, d], "frames changed on the way");
+    }
+
+    #[test]
+    fn frames_split_and_join() {
+        let mut wire = Vec::new();
+        for i in 0..3u32 {
+            wire.extend_from_slice(&wire_of(&mut FrameBuf::of(&(i, "abc")).unwrap()));
+        }
+        let mut rb = RecvBuf::new();
+        let mut got = Vec::new();
+        for b in wire.chunks(3) {
+            feed(&mut rb, b);
+            while let Some(f) = rb.next_frame().unwrap() {
+                got.push(f.decode::<(u32, String)>().unwrap().0);
+            }
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn reads_start_small_and_grow_while_they_fill() {
+        let mut rb = RecvBuf::new();
+        // A few small frames, one read each: the buffer stays at the first read chunk.
+        for i in 0..3u32 {
+            feed(&mut rb, &wire_of(&mut FrameBuf::of(&(i, "small")).unwrap()));
+            assert!(rb.next_frame().unwrap().is_some());
+        }
+        assert_eq!(rb.buf.len(), FIRST_READ_CHUNK);
+        // Reads that fill all the room they get (many small frames waiting) double it, up
+        // to READ_CHUNK.
+        let mut many = Vec::new();
+        for i in 0..20_000u32 {
+            many.extend_from_slice(&wire_of(&mut FrameBuf::of(&i).unwrap()));
+        }
+        let mut got = 0;
+        feed_through(&mut rb, &many, |_| got += 1);
+        assert_eq!(got, 20_000);
+        assert_eq!(rb.buf.len(), READ_CHUNK);
+    }
+
+    #[test]
+    fn exact_reads_take_one_frame_and_leave_the_rest() {
+        // Small frames and a large one waiting in a socket: each frame is taken whole by
+        // reads that stop at its end, the next stays in the socket (another process may read
+        // it), and no read of a small frame claims that the socket is empty.
+        let (a, b) = sys::socketpair_stream().unwrap();
+        sys::set_nonblocking(b.as_fd(), true).unwrap();
+        let big = vec![9u8; 100_000];
+        let mut frames = Vec::new();
+        for i in 0..3u32 {
+            frames.push(FrameBuf::of(&(i, "abc")).unwrap());
+        }
+        frames.push(FrameBuf::of(&serde_bytes::Bytes::new(&big)).unwrap());
+        for f in &mut frames {
+            send_blocking(a.as_fd(), f).unwrap();
+        }
+        let mut rb = RecvBuf::new();
+        for i in 0..4u32 {
+            let frame = loop {
+                if let Some(f) = rb.next_frame().unwrap() {
+                    break f;
+                }
+                let (n, drained) = rb.read_frame_once(b.as_fd()).unwrap();
+                assert!(n > 0, "a frame waits");
+                assert!(i == 3 || !drained, "frame {i}: more frames wait behind it");
+            };
+            assert_eq!(rb.end, rb.start, "nothing of the next frame was read");
+            if i < 3 {
+                assert_eq!(frame.decode::<(u32, String)>().unwrap().0, i);
+            } else {
+                assert!(frame.decode::<serde_bytes::ByteBuf>().unwrap().into_vec() == big);
+            }
+        }
+        assert_eq!(
+            rb.read_frame_once(b.as_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn an_absurd_length_is_refused_without_allocating_it() {
+        let mut rb = RecvBuf::new();
+        feed(&mut rb, &[0xff, 0xff, 0xff, 0xf0, 0]);
+        assert!(matches!(rb.next_frame(), Err(Error::FrameTooLarge { .. })));
+        assert!(rb.buf.len() <= READ_CHUNK);
+    }
+}

@@ -1,0 +1,463 @@
+//! [`Framed`]: the one socket type that carries frames, for every link between our processes
+//! (a pipe's ends, a pool worker's link, a child's bootstrap, a manager's connections, a
+//! listener's connections) and over both transports.
+//!
+//! # Transports
+//!
+//! A Unix stream carries descriptors beside its frames (`SCM_RIGHTS`, on the first byte of
+//! their frame). A TCP stream carries frames only: a frame that holds descriptors is refused
+//! before anything is written, with [`Error::InvalidArgument`] naming them, and the
+//! connection stays usable. Remote processes share state through a remote manager instead.
+//!
+//! # Readiness
+//!
+//! The socket is non-blocking from the start, and registered with the reactor of the tokio
+//! runtime that first awaits it (not when it is made: a child decodes its arguments, and a
+//! worker reads its setup, before any runtime exists). Use it from one runtime only. The
+//! blocking variants ([`send_blocking`](Framed::send_blocking),
+//! [`recv_blocking`](Framed::recv_blocking)) wait in `poll(2)` instead, for the few callers
+//! without a runtime.
+//!
+//! # Two ways to read
+//!
+//! [`recv`](Framed::recv) reads all that is waiting, up to a read chunk, so that small frames
+//! arrive many per system call: for a socket only this process reads (a pool worker's link).
+//! [`recv_one`](Framed::recv_one) takes no byte past the end of the frame it receives: for an
+//! end that other processes may read too (a `Connection`), whose next frame is theirs as much
+//! as ours. Both are cancel safe: bytes read stay buffered here for the next call.
+//!
+//! # Sharing between tasks
+//!
+//! Every method takes `&self`. Each frame is taken by one receiver; senders take turns, so
+//! frames from two tasks never interleave.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// What carries a [`Framed`]'s bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A Unix stream socket: frames, with descriptors beside them.
+    Unix,
+    /// A TCP stream: frames only.
+    Tcp,
+}
+
+impl Transport {
+    /// The transport of a connected stream socket, asked of the kernel.
+    pub(crate) fn of(fd: BorrowedFd<'_>) -> Result<Transport> {
+        Ok(if sys::is_unix_socket(fd)? {
+            Transport::Unix
+        } else {
+            Transport::Tcp
+        })
+    }
+}
+
+/// A stream socket that sends and receives frames (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Framed {
+    fd: Arc<OwnedFd>,
+    transport: Transport,
+    /// The socket on the reactor, once a runtime has used it.
+    io: OnceLock<AsyncFd<Arc<OwnedFd>>>,
+    registering: Mutex<()>,
+    recv: Mutex<RecvState>,
+    send_turn: tokio::sync::Mutex<()>,
+}
+
+/// Bytes read and not yet taken as frames, and whether the socket reported end of stream.
+#[derive(Debug, Default)]
+struct RecvState {
+    buf: RecvBuf,
+    eof: bool,
+}
+
+impl Framed {
+    /// Frames over `fd`, a connected stream socket carried by `transport` (switched to
+    /// non-blocking here).
+    ///
+    /// # Errors
+    /// An I/O error if the descriptor's flags cannot be set.
+    pub(crate) fn new(fd: OwnedFd, transport: Transport) -> Result<Framed> {
+        sys::set_nonblocking(fd.as_fd(), true)?;
+        Ok(Framed {
+            fd: Arc::new(fd),
+            transport,
+            io: OnceLock::new(),
+            registering: Mutex::new(()),
+            recv: Mutex::new(RecvState::default()),
+            send_turn: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Frames over a Unix stream socket.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub(crate) fn unix(fd: OwnedFd) -> Result<Framed> {
+        Framed::new(fd, Transport::Unix)
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Accepts bodies of at most `limit` bytes from now on (`None`: up to the maximum frame
+    /// size): a longer frame fails [`recv`](Self::recv) with [`Error::FrameTooLarge`] as soon
+    /// as its header is in, before its body arrives.
+    pub(crate) fn set_recv_limit(&self, limit: Option<usize>) {
+        self.state().buf.set_limit(limit);
+    }
+
+    /// The socket on the current runtime's reactor, registered on first use.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, on first use.
+    fn io(&self) -> Result<&AsyncFd<Arc<OwnedFd>>> {
+        if let Some(io) = self.io.get() {
+            return Ok(io);
+        }
+        let _one = self.registering.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(io) = self.io.get() {
+            return Ok(io);
+        }
+        let io = sys::register_shared(self.fd.clone(), Interest::READABLE | Interest::WRITABLE)?;
+        Ok(self.io.get_or_init(|| io))
+    }
+
+    fn state(&self) -> MutexGuard<'_, RecvState> {
+        self.recv.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the next frame if one is buffered; at end of stream, the error that says how
+    /// the stream ended.
+    fn take_frame(&self) -> Result<Option<Frame>> {
+        let mut st = self.state();
+        if let Some(f) = st.buf.next_frame()? {
+            return Ok(Some(f));
+        }
+        if st.eof {
+            return st.buf.at_eof().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Reads once into the buffer (`exact`: no further than the end of the frame in
+    /// progress). `Ok(None)` if the socket had nothing; else whether it is empty now, as far
+    /// as the read can tell.
+    fn read_some(&self, exact: bool) -> Result<Option<bool>> {
+        let mut st = self.state();
+        loop {
+            let r = if exact {
+                st.buf.read_frame_once(self.fd.as_fd())
+            } else {
+                st.buf.read_once(self.fd.as_fd()).map(|n| (n, false))
+            };
+            match r {
+                Ok((0, _)) => {
+                    st.eof = true;
+                    return Ok(Some(true));
+                }
+                Ok((_, drained)) => return Ok(Some(drained)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Receives the next frame, reading all that waits (up to a read chunk) at each read:
+    /// for a socket that no other process reads.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] at a clean end of stream; [`Error::Protocol`] if the stream ends
+    /// inside a frame or a frame is malformed; [`Error::FrameTooLarge`] for a header that
+    /// announces more than the maximum frame size; an I/O error from the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: bytes already read stay buffered for the next call.
+    pub(crate) async fn recv(&self) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.take_frame()? {
+                return Ok(f);
+            }
+            let io = self.io()?;
+            let r = io
+                .async_io(Interest::READABLE, |fd| {
+                    let mut st = self.state();
+                    let n = st.buf.read_once(fd.as_fd())?;
+                    st.eof |= n == 0;
+                    Ok(n)
+                })
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Receives one frame, reading the socket no further than its end: the frames behind
+    /// it stay in the kernel for whichever process reads next. With nothing buffered, the
+    /// header is peeked and a frame that has arrived whole is taken by one system call. A
+    /// read that drains the socket clears the reactor's readiness at once, so the next wait
+    /// costs no failed read.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: only the part of a frame it had begun to read stays
+    /// buffered here, for the next call.
+    pub(crate) async fn recv_one(&self) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.take_frame()? {
+                return Ok(f);
+            }
+            let io = self.io()?;
+            let mut guard = io.readable().await?;
+            match self.read_some(true)? {
+                Some(true) | None => guard.clear_ready(),
+                Some(false) => {}
+            }
+        }
+    }
+
+    /// Receives the next frame if it is buffered or can be read at once, without waiting and
+    /// without the reactor: `None` when the socket has no complete frame now (bytes of a
+    /// partial one stay buffered for the next call). Reads as [`recv`](Self::recv) does.
+    pub(crate) fn try_recv(&self) -> Option<Result<Frame>> {
+        loop {
+            match self.take_frame() {
+                Ok(Some(f)) => return Some(Ok(f)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            match self.read_some(false) {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Whether a frame (its first bytes at least) or end of stream waits, checked without
+    /// taking anything from the socket.
+    pub(crate) fn has_input(&self) -> bool {
+        self.state().eof || sys::has_input(self.fd.as_fd())
+    }
+
+    /// Waits actively, for at most `limit`, until the socket has input; returns whether it
+    /// has. A process that sleeps in the reactor pays a wake-up when input arrives (tens of
+    /// microseconds on a virtual machine); one that is still spinning here does not.
+    pub(crate) fn spin_for_input(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if sys::has_input(self.fd.as_fd()) {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Waits until a frame (its first bytes at least) or end of stream waits, taking nothing
+    /// from the socket.
+    ///
+    /// # Errors
+    /// An I/O error from the reactor.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: it takes nothing.
+    pub(crate) async fn ready(&self) -> Result<()> {
+        if self.has_input() {
+            return Ok(());
+        }
+        let io = self.io()?;
+        loop {
+            let mut guard = io.readable().await?;
+            if self.has_input() {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Fails for a frame that holds descriptors on a transport that cannot carry them.
+    fn check_fds(&self, frame: &FrameBuf) -> Result<()> {
+        let n = frame.fd_count();
+        if n > 0 && self.transport == Transport::Tcp {
+            return Err(Error::InvalidArgument(format!(
+                "a value that owns descriptors ({n} of them: a pipe end, a queue, a lock, an \
+                 `Fd`...) cannot be sent over TCP; descriptors travel only over Unix sockets, \
+                 between processes on one machine"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends a frame, descriptors included.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] above the maximum frame size and [`Error::InvalidArgument`]
+    /// for descriptors the transport cannot carry (nothing is sent either way); an I/O error
+    /// from the socket (a closed peer is `BrokenPipe`).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a send dropped midway leaves part of a frame on the socket, after
+    /// which the stream is unusable. Callers that may be cancelled send from a task of their
+    /// own.
+    pub(crate) async fn send(&self, frame: &mut FrameBuf) -> Result<()> {
+        self.check_fds(frame)?;
+        frame.seal()?;
+        let io = self.io()?;
+        let _turn = self.send_turn.lock().await;
+        self.write_frame(io, frame).await
+    }
+
+    /// Sends several frames in order, frames without descriptors written together in as few
+    /// system calls as the socket allows.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); a frame refused before anything was sent refuses the batch.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, like [`send`](Self::send).
+    pub(crate) async fn send_batch(&self, frames: &mut [FrameBuf]) -> Result<()> {
+        for f in frames.iter_mut() {
+            self.check_fds(f)?;
+            f.seal()?;
+        }
+        let io = self.io()?;
+        let _turn = self.send_turn.lock().await;
+        let mut joined: Vec<u8> = Vec::new();
+        for f in frames.iter_mut() {
+            if f.fd_count() > 0 {
+                self.write_all(io, &joined, &[]).await?;
+                joined.clear();
+                self.write_frame(io, f).await?;
+                continue;
+            }
+            if joined.is_empty() {
+                joined = f.take_head();
+            } else {
+                joined.extend_from_slice(f.parts()[0]);
+            }
+            let tail = f.parts()[1];
+            if !tail.is_empty() {
+                self.write_all(io, &joined, &[]).await?;
+                joined.clear();
+                self.write_all(io, tail, &[]).await?;
+            }
+        }
+        self.write_all(io, &joined, &[]).await
+    }
+
+    /// Writes a sealed frame: its head with its descriptors, then its tail.
+    async fn write_frame(&self, io: &AsyncFd<Arc<OwnedFd>>, frame: &FrameBuf) -> Result<()> {
+        let raw = frame.raw_fds();
+        let [head, tail] = frame.parts();
+        self.write_all(io, head, &raw).await?;
+        self.write_all(io, tail, &[]).await
+    }
+
+    /// Writes all of `data`, with `fds` on its first byte.
+    async fn write_all(
+        &self,
+        io: &AsyncFd<Arc<OwnedFd>>,
+        mut data: &[u8],
+        mut fds: &[RawFd],
+    ) -> Result<()> {
+        while !data.is_empty() {
+            let r = io
+                .async_io(Interest::WRITABLE, |fd| {
+                    sys::send_with_fds(fd.as_fd(), data, fds)
+                })
+                .await;
+            match r {
+                Ok(n) => {
+                    data = &data[n..];
+                    fds = &[];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a frame without a runtime, waiting in `poll(2)` while the socket is full. Not
+    /// to be mixed with an async send in flight on the same socket.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub(crate) fn send_blocking(&self, frame: &mut FrameBuf) -> Result<()> {
+        self.check_fds(frame)?;
+        send_blocking(self.fd.as_fd(), frame)
+    }
+
+    /// Sends a small frame at once, to a peer that is not reading yet (a child about to be
+    /// started): it waits in the socket for the peer. A large one is given back, to be sent
+    /// once the peer reads.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub(crate) fn send_early(&self, frame: FrameBuf) -> Result<Option<FrameBuf>> {
+        self.check_fds(&frame)?;
+        super::frame::send_early(self.fd.as_fd(), frame)
+    }
+
+    /// Receives the next frame without a runtime, waiting in `poll(2)` until it has arrived.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub(crate) fn recv_blocking(&self) -> Result<Frame> {
+        if let Some(f) = self.take_frame()? {
+            return Ok(f);
+        }
+        self.state().buf.recv_blocking(self.fd.as_fd())
+    }
+}
+
+impl AsFd for Framed {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Framed {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests;
