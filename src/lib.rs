@@ -42,6 +42,7 @@ mod connection;
 mod error;
 mod listener;
 mod manager;
+mod on_drop;
 mod pool;
 mod process;
 mod queue;
