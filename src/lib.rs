@@ -60,10 +60,7 @@ pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
 pub use pool::{AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};
-pub use queue::{
-    INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,
-    UNBOUNDED_CAPACITY,
-};
+pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
 pub use sync::{

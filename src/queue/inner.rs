@@ -12,10 +12,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::header::Header;
 use super::reactor::Reactor;
 use super::spill::RECYCLE_BUFFER;
-use super::{MAX_MAXSIZE, UNBOUNDED_CAPACITY};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::{Fd, FdRef};
+
+/// The number of items an unbounded queue holds before `put` waits for a consumer.
+pub(super) const UNBOUNDED_CAPACITY: usize = 32 * 1024;
+
+/// The largest `maxsize` a queue may have.
+pub(super) const MAX_MAXSIZE: usize = 1 << 22;
 
 /// The send buffer a queue's socket asks for, in bytes.
 const SEND_BUFFER: usize = 32 * 1024 * 1024;

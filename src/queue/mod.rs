@@ -49,7 +49,7 @@
 //! (the socket's queue, or a memfd whose descriptor is in that queue): it outlives the
 //! producer, and the producer has nothing left to flush, so it exits at once.
 //!
-//! `Queue::new()` holds [`UNBOUNDED_CAPACITY`] items before `put` waits for a consumer
+//! `Queue::new()` holds [`Queue::UNBOUNDED_CAPACITY`] items before `put` waits for a consumer
 //! (Python's is limited only by memory, at the price above). A queue made with a `maxsize`
 //! has exactly that many slots, so `put` waits while it is full, across processes. `qsize`
 //! is the distance between the two positions, approximate while others work on the queue.
@@ -121,17 +121,15 @@ use inner::Inner;
 
 /// The most bytes of MessagePack an item may take to travel in a ring slot; larger items,
 /// and items holding descriptors, travel through the queue's socket.
-pub const SLOT_DATA: usize = sys::SLOT_DATA;
+pub(crate) const SLOT_DATA: usize = sys::SLOT_DATA;
 
 /// Items whose encoding is at most this many bytes travel inside their socket packet;
 /// larger ones are spilled to a memfd.
-pub const INLINE_MAX: usize = 64 * 1024;
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
-/// The number of items `Queue::new()` holds before `put` waits for a consumer.
-pub const UNBOUNDED_CAPACITY: usize = 32 * 1024;
-
-/// The largest `maxsize` a queue may have.
-pub const MAX_MAXSIZE: usize = 1 << 22;
+// The docs of `Queue` and the README give these figures in prose.
+const _: () = assert!(SLOT_DATA == 112 && INLINE_MAX == 64 * 1024);
+const _: () = assert!(inner::UNBOUNDED_CAPACITY == 32_768 && inner::MAX_MAXSIZE == 1 << 22);
 
 /// A process-safe FIFO queue (Python's `multiprocessing.Queue`).
 ///
@@ -141,19 +139,19 @@ pub const MAX_MAXSIZE: usize = 1 << 22;
 ///
 /// # How it works
 ///
-/// Small items (up to [`SLOT_DATA`] bytes of MessagePack, holding no descriptors) go through
-/// a ring of slots in shared memory, a many-producer many-consumer queue claimed with one
+/// Small items (up to 112 bytes of MessagePack, holding no descriptors) go through a ring of
+/// slots in shared memory, a many-producer many-consumer queue claimed with one
 /// compare-and-swap per item: no system call. Larger items, and items holding descriptors,
-/// go through a Unix `SOCK_SEQPACKET` socket (spilled to a memfd above [`INLINE_MAX`],
-/// which consumers hand back for reuse) with a marker in the ring, sent under a
-/// cross-process lock so that each producer's order holds. Each item is delivered exactly
-/// once, and the items of one producer arrive in the order it put them. Waiting is
-/// readiness of an eventfd on tokio's reactor.
+/// go through a Unix `SOCK_SEQPACKET` socket with a marker in the ring, sent under a
+/// cross-process lock so that each producer's order holds; items above 64 KiB of MessagePack
+/// are written to a memfd whose descriptor crosses instead, and consumers hand such files
+/// back for reuse. Each item is delivered exactly once, and the items of one producer arrive
+/// in the order it put them. Waiting is readiness of an eventfd on tokio's reactor.
 ///
 /// There is no feeder thread: `put` returns once the item is in shared memory or in the
 /// kernel, so a producer that exits right after `put` loses nothing, and joining a producer
-/// before draining the queue never deadlocks. `Queue::new()` holds [`UNBOUNDED_CAPACITY`]
-/// items before `put` waits for a consumer.
+/// before draining the queue never deadlocks. `Queue::new()` holds
+/// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY) items before `put` waits for a consumer.
 ///
 /// Unlike Python's, the queue survives a consumer killed while it gets, or a producer killed
 /// while it puts an item that fits a slot: that item is lost and the queue keeps working. A
@@ -197,6 +195,13 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 impl<T> Queue<T> {
+    /// The number of items `Queue::new()` (a `maxsize` of 0) holds before `put` waits for a
+    /// consumer: 32,768. Python's unbounded queue is limited only by memory.
+    pub const UNBOUNDED_CAPACITY: usize = inner::UNBOUNDED_CAPACITY;
+
+    /// The largest `maxsize` a queue may have: 4,194,304 (2^22).
+    pub const MAX_MAXSIZE: usize = inner::MAX_MAXSIZE;
+
     fn from_inner(inner: Arc<Inner>) -> Queue<T> {
         Queue {
             inner,
@@ -208,7 +213,8 @@ impl<T> Queue<T> {
         Inner::create(maxsize, joinable).map(|i| Queue::from_inner(Arc::new(i)))
     }
 
-    /// An unbounded queue (Python's `Queue()`): see [`UNBOUNDED_CAPACITY`].
+    /// An unbounded queue (Python's `Queue()`): see
+    /// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY).
     ///
     /// # Errors
     /// An I/O error if the kernel refuses a socket pair, a memfd or an eventfd (descriptor
@@ -222,7 +228,7 @@ impl<T> Queue<T> {
     ///
     /// # Errors
     /// An I/O error if the kernel refuses a descriptor; [`Error::InvalidArgument`] above
-    /// [`MAX_MAXSIZE`].
+    /// [`MAX_MAXSIZE`](Self::MAX_MAXSIZE).
     pub fn with_maxsize(maxsize: usize) -> Result<Queue<T>> {
         Queue::make(maxsize, false)
     }
