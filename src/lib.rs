@@ -42,6 +42,7 @@ mod connection;
 mod error;
 mod listener;
 mod manager;
+mod on_drop;
 mod pool;
 mod process;
 mod queue;
@@ -61,10 +62,7 @@ pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,
 };
 pub use process::{Process, ProcessBuilder};
-pub use queue::{
-    INLINE_MAX, JoinableQueue, MAX_MAXSIZE, PutError, Queue, SLOT_DATA, SimpleQueue,
-    UNBOUNDED_CAPACITY,
-};
+pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
 pub use sync::{

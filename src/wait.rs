@@ -21,50 +21,75 @@ type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 /// Something [`wait`] can wait on: a [`Connection`] (ready when a message or end of stream
 /// can be received), a [`Queue`] of any kind (ready when an item may be there) or a
 /// [`Process`] (ready when it has ended, Python's `sentinel`).
-pub trait Waitable: Sync {
-    #[doc(hidden)]
-    fn __ready_now(&self) -> bool;
+///
+/// The trait is sealed: the crate's own types implement it, and its hooks are not API.
+///
+/// ```compile_fail
+/// struct Mine;
+/// impl tokio_multiprocessing::Waitable for Mine {}
+/// ```
+pub trait Waitable: Sync + sealed::Ready {}
 
-    #[doc(hidden)]
-    fn __ready(&self) -> ReadyFuture<'_>;
-}
+mod sealed {
+    use super::ReadyFuture;
 
-impl<T: Serialize + DeserializeOwned> Waitable for Connection<T> {
-    fn __ready_now(&self) -> bool {
-        self.ready_now()
-    }
+    /// The hooks [`wait`](super::wait) uses; public in a private module, so that no one
+    /// outside the crate can name, call or implement them.
+    pub trait Ready {
+        /// Whether the object is ready now.
+        fn ready_now(&self) -> bool;
 
-    fn __ready(&self) -> ReadyFuture<'_> {
-        Box::pin(self.ready())
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> Waitable for Queue<T> {
-    fn __ready_now(&self) -> bool {
-        self.ready_now()
-    }
-
-    fn __ready(&self) -> ReadyFuture<'_> {
-        Box::pin(self.ready())
+        /// Resolves once the object may be ready.
+        fn ready(&self) -> ReadyFuture<'_>;
     }
 }
 
-impl<T: Serialize + DeserializeOwned> Waitable for JoinableQueue<T> {
-    fn __ready_now(&self) -> bool {
-        self.ready_now()
+use sealed::Ready;
+
+impl<T: Serialize + DeserializeOwned> Waitable for Connection<T> {}
+
+impl<T: Serialize + DeserializeOwned> Ready for Connection<T> {
+    fn ready_now(&self) -> bool {
+        Connection::ready_now(self)
     }
 
-    fn __ready(&self) -> ReadyFuture<'_> {
-        Box::pin(self.ready())
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(Connection::ready(self))
     }
 }
 
-impl<T: Serialize + DeserializeOwned> Waitable for SimpleQueue<T> {
-    fn __ready_now(&self) -> bool {
+impl<T: Serialize + DeserializeOwned> Waitable for Queue<T> {}
+
+impl<T: Serialize + DeserializeOwned> Ready for Queue<T> {
+    fn ready_now(&self) -> bool {
+        Queue::ready_now(self)
+    }
+
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(Queue::ready(self))
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Waitable for JoinableQueue<T> {}
+
+impl<T: Serialize + DeserializeOwned> Ready for JoinableQueue<T> {
+    fn ready_now(&self) -> bool {
+        Queue::ready_now(self)
+    }
+
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(Queue::ready(self))
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Waitable for SimpleQueue<T> {}
+
+impl<T: Serialize + DeserializeOwned> Ready for SimpleQueue<T> {
+    fn ready_now(&self) -> bool {
         self.as_queue().ready_now()
     }
 
-    fn __ready(&self) -> ReadyFuture<'_> {
+    fn ready(&self) -> ReadyFuture<'_> {
         Box::pin(self.as_queue().ready())
     }
 }
@@ -74,12 +99,14 @@ fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     sys::readable_now(fd).unwrap_or(true)
 }
 
-impl Waitable for Process {
-    fn __ready_now(&self) -> bool {
+impl Waitable for Process {}
+
+impl Ready for Process {
+    fn ready_now(&self) -> bool {
         readable_now(self.sentinel())
     }
 
-    fn __ready(&self) -> ReadyFuture<'_> {
+    fn ready(&self) -> ReadyFuture<'_> {
         Box::pin(async move {
             let fd = sys::register_owned(sys::dup_fd(self.sentinel())?, Interest::READABLE)?;
             loop {
@@ -128,7 +155,7 @@ pub async fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Resul
         objects
             .iter()
             .enumerate()
-            .filter(|(_, o)| o.__ready_now())
+            .filter(|(_, o)| o.ready_now())
             .map(|(i, _)| i)
             .collect()
     };
@@ -147,7 +174,7 @@ pub async fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Resul
             )),
         };
     }
-    let any = futures::future::select_all(objects.iter().map(|o| o.__ready()));
+    let any = futures::future::select_all(objects.iter().map(|o| o.ready()));
     let (res, first, _rest) = match timeout {
         Some(d) => match tokio::time::timeout(d, any).await {
             Ok(r) => r,

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::{OnDrop, deadline, until};
+use super::{deadline, until};
 use crate::error::{Error, Result};
+use crate::on_drop::OnDrop;
 use crate::sys::SharedRegion;
 
 const STATE: usize = 0;

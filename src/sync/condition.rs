@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use super::lock::Guarded;
 use super::shared_state::{Layout, SharedState};
-use super::{OnDrop, deadline, until};
+use super::{deadline, until};
 use crate::error::{Error, Result};
+use crate::on_drop::OnDrop;
 use crate::sync::{Lock, RLock};
 
 const NEXT: usize = 0;

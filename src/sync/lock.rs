@@ -22,8 +22,9 @@ use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
 use super::wake::Watch;
-use super::{OnDrop, SPIN, deadline, until};
+use super::{SPIN, deadline, until};
 use crate::error::{Error, Result};
+use crate::on_drop::OnDrop;
 use crate::sys;
 
 /// Offsets in the segment: the holder's pid (0 when free), the number of sleeping waiters,

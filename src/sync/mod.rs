@@ -12,7 +12,8 @@
 //! The pair is one type, `SharedState` (`shared_state.rs`), whose serde impl every primitive
 //! uses; a primitive names its segment's layout (size, eventfd mode) with a small marker type.
 //! A wait that leaves a mark in the segment (a waiter count, an arrived party, a ticket)
-//! undoes it on every way out, cancellation included, through one guard, `OnDrop`.
+//! undoes it on every way out, cancellation included, through one guard, `OnDrop`
+//! (`crate::on_drop`, shared with the queues).
 //!
 //! The state is read and changed only with atomic instructions on the shared pages. The
 //! fast paths (an uncontended `lock`, a `release` with no waiter, `Event::is_set`) make no
@@ -58,7 +59,6 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
-mod on_drop;
 mod semaphore;
 mod shared_state;
 mod wake;
@@ -71,7 +71,6 @@ pub use event::Event;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 
-pub(crate) use on_drop::OnDrop;
 pub(crate) use shared_state::map_received;
 
 use std::time::Duration;

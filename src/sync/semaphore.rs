@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::{OnDrop, SPIN, deadline, until};
+use super::{SPIN, deadline, until};
 use crate::error::{Error, Result};
+use crate::on_drop::OnDrop;
 
 /// Offsets: the value, the number of sleeping waiters, the bound (0: unbounded).
 const VALUE: usize = 0;

@@ -39,7 +39,7 @@ pub(crate) use proc::{
     wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
-pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing, USER as RING_USER_WORDS};
+pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, shm_attach, shm_create, shm_remove};
 pub(crate) use socket_opts::{grow_send_buffer, shutdown_socket};

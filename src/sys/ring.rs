@@ -39,8 +39,8 @@
 //! finds the slot held by a live process is told its pid ([`Pushed::Held`]) so that it can
 //! watch for its death while it waits for room.
 //!
-//! Header words (each on its own cache line where producers and consumers would contend) are
-//! also open to the layer above, for its wait flags and counters.
+//! [`USER_WORDS`] header words (each on its own cache line where producers and consumers
+//! would contend) are also open to the layer above, for its wait flags and counters.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -79,8 +79,10 @@ const W_MAGIC: usize = 0;
 const W_CAPACITY: usize = 1;
 const W_ENQ: usize = 16;
 const W_DEQ: usize = 32;
-/// First header word free for the layer above (words `USER..USER + 64`).
-pub(crate) const USER: usize = 48;
+/// First header word open to the layer above.
+const USER: usize = 48;
+/// The number of header words open to the layer above (see [`ShmRing::user_word`]).
+const USER_WORDS: usize = 64;
 
 /// What [`ShmRing::try_push`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -164,10 +166,18 @@ impl ShmRing {
         self.capacity
     }
 
-    /// Header word `i` (`i < USER + 64`).
-    pub(crate) fn word(&self, i: usize) -> &AtomicU64 {
+    /// Header word `i`.
+    fn word(&self, i: usize) -> &AtomicU64 {
         assert!(i < HEADER_BYTES / 8, "header word {i} out of range");
         self.region.u64_at(8 * i)
+    }
+
+    /// Header word `i` of those open to the layer above (`i <` [`USER_WORDS`]), zero in a
+    /// fresh ring; words 8 apart lie on different cache lines. The layer above names them
+    /// in a typed view of its own (the queue's `Header`).
+    pub(crate) fn user_word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < USER_WORDS, "user header word {i} out of range");
+        self.word(USER + i)
     }
 
     /// The state word, length word and data of the slot of position `pos`.

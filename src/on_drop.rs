@@ -1,7 +1,10 @@
 //! [`OnDrop`]: runs a closure when a wait ends however it ends, cancellation included, unless
-//! the wait defused it first. Every sync wait that leaves a mark in shared memory (a waiter
-//! count, an arrived party, a condition ticket) undoes it through one of these, so a dropped
-//! future never leaves the shared state claiming a waiter that is gone.
+//! the wait defused it first. Every wait that leaves a mark in shared memory (a lock's waiter
+//! count, an arrived party, a condition ticket, a queue's waiter count) undoes it through one
+//! of these, so a dropped future never leaves the shared state claiming a waiter that is gone;
+//! a queue's packet lock is released through one too.
+//!
+//! Crate-private and below every layer that uses it (`sync`, `queue`): it depends on nothing.
 
 /// Runs `f` when dropped, unless [`defuse`](OnDrop::defuse)d.
 #[must_use = "the closure runs as soon as the guard is dropped"]

@@ -1,0 +1,60 @@
+//! [`Header`]: a typed view of the queue's words in its ring's header (the words the ring
+//! leaves to the layer above, see `ShmRing::user_word`). Each side (consumers waiting for
+//! items, producers waiting for room) has a waiter count and a wake-up flag on a cache line
+//! of its own; a joinable queue keeps its count of unfinished items on a third. This file
+//! is the only place that knows which word is which.
+
+use std::sync::atomic::AtomicU64;
+
+use crate::sys::ShmRing;
+
+/// Word indices among the ring's user words; 8 words apart is a cache line apart.
+const CONSUMER_WAITERS: usize = 0;
+const CONSUMER_NOTIFY: usize = 1;
+const PRODUCER_WAITERS: usize = 8;
+const PRODUCER_NOTIFY: usize = 9;
+const UNFINISHED: usize = 16;
+
+/// See the module docs.
+#[derive(Clone, Copy)]
+pub(super) struct Header<'a> {
+    ring: &'a ShmRing,
+}
+
+/// The two words of one side that waits (see "Waiting, without polling" in the queue's
+/// docs).
+#[derive(Clone, Copy)]
+pub(super) struct Side<'a> {
+    /// How many tasks, in every process, wait on this side now.
+    pub(super) waiters: &'a AtomicU64,
+    /// Set by the waker when it writes the side's eventfd, cleared by a waiter before it
+    /// looks again: at most one write per wake-up.
+    pub(super) notify: &'a AtomicU64,
+}
+
+impl<'a> Header<'a> {
+    pub(super) fn of(ring: &'a ShmRing) -> Header<'a> {
+        Header { ring }
+    }
+
+    /// Consumers waiting for an item.
+    pub(super) fn consumers(self) -> Side<'a> {
+        Side {
+            waiters: self.ring.user_word(CONSUMER_WAITERS),
+            notify: self.ring.user_word(CONSUMER_NOTIFY),
+        }
+    }
+
+    /// Producers waiting for room.
+    pub(super) fn producers(self) -> Side<'a> {
+        Side {
+            waiters: self.ring.user_word(PRODUCER_WAITERS),
+            notify: self.ring.user_word(PRODUCER_NOTIFY),
+        }
+    }
+
+    /// A joinable queue's count of items put and not yet marked done.
+    pub(super) fn unfinished(self) -> &'a AtomicU64 {
+        self.ring.user_word(UNFINISHED)
+    }
+}

@@ -1,0 +1,149 @@
+//! An item as the queue carries it: encoded once, put the way its size calls for (in a
+//! ring slot, in a packet, or spilled to a memfd), and taken and decoded on the other side.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::inner::Inner;
+use super::{INLINE_MAX, SLOT_DATA};
+use crate::error::{Error, Result};
+use crate::sys::{self, Popped, Pushed};
+use crate::wire::codec;
+use crate::wire::max_frame_size;
+
+/// Encoding buffers up to this size are kept for the next item.
+const KEEP_ENCODE_BUFFER: usize = 64 * 1024 * 1024;
+
+/// The first byte of a packet: the item's encoding follows.
+const KIND_INLINE: u8 = 0;
+/// The first byte of a packet: the item's length follows, its encoding is in a memfd.
+pub(super) const KIND_SPILLED: u8 = 1;
+
+/// An item encoded for the queue.
+pub(super) enum Item {
+    /// Fits a ring slot.
+    Small(Vec<u8>),
+    /// Goes through the socket: packet bytes and descriptors.
+    Packet(Vec<u8>, Vec<OwnedFd>),
+}
+
+impl Inner {
+    pub(super) fn encode<T: Serialize>(&self, item: &T) -> Result<Item> {
+        thread_local! {
+            /// Reused for encoding, so that large items do not fault in fresh pages each time.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => {
+                let r = self.encode_with(&mut buf, item);
+                if buf.capacity() > KEEP_ENCODE_BUFFER {
+                    *buf = Vec::new();
+                }
+                r
+            }
+            Err(_) => self.encode_with(&mut Vec::new(), item),
+        })
+    }
+
+    fn encode_with<T: Serialize>(&self, bytes: &mut Vec<u8>, item: &T) -> Result<Item> {
+        bytes.clear();
+        bytes.push(KIND_INLINE);
+        let mut fds = Vec::new();
+        codec::encode_into(bytes, &mut fds, item)?;
+        let body = bytes.len() - 1;
+        if fds.is_empty() && body <= SLOT_DATA {
+            return Ok(Item::Small(bytes[1..].to_vec()));
+        }
+        let max = max_frame_size();
+        if body > max {
+            return Err(Error::FrameTooLarge {
+                size: body as u64,
+                max,
+            });
+        }
+        if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
+            return Err(Error::InvalidArgument(format!(
+                "a queue item may hold at most {} descriptors, this one holds {}",
+                sys::MAX_FDS_PER_MESSAGE - 1,
+                fds.len()
+            )));
+        }
+        if body <= INLINE_MAX {
+            return Ok(Item::Packet(bytes.clone(), fds));
+        }
+        self.spill(&bytes[1..], fds)
+    }
+
+    /// Puts an encoded item, waiting for room. Cancel safe: a small item is published in one
+    /// step; a packet is sent and its marker published under the packet lock, and once the
+    /// packet is sent its marker always follows.
+    pub(super) async fn put_item(self: &Arc<Self>, item: &Item) -> Result<()> {
+        self.check_open()?;
+        let r = self.reactor()?;
+        match item {
+            Item::Small(b) => self.push_waiting(&r, Some(b)).await,
+            Item::Packet(bytes, fds) => self.put_packet(&r, bytes, fds).await,
+        }
+    }
+
+    /// Puts an encoded item if there is room now, else fails with [`Error::Full`].
+    pub(super) fn put_item_now(self: &Arc<Self>, item: Item) -> Result<()> {
+        match item {
+            Item::Small(b) => {
+                if self.try_push(Some(&b)) == Pushed::Done {
+                    Ok(())
+                } else {
+                    Err(Error::Full)
+                }
+            }
+            Item::Packet(bytes, fds) => self.put_packet_now(&bytes, &fds),
+        }
+    }
+
+    /// Takes the oldest item now, if there is one. Once a slot is taken the item is consumed,
+    /// even if it then fails to decode.
+    pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
+        let popped = self.ring.try_pop(&mut buf);
+        if matches!(popped, Ok(Some(_))) {
+            self.notify_producers();
+        }
+        match popped? {
+            None => Ok(None),
+            Some(Popped::Data(n)) => codec::decode(&buf[..n], Vec::new()).map(Some),
+            Some(Popped::Marker) => {
+                drop(buf);
+                let mut pbuf = self.pbuf.lock().unwrap_or_else(|p| p.into_inner());
+                let (n, fds) = self.recv_packet_now(&mut pbuf)?;
+                self.decode_packet(&pbuf[..n], fds).map(Some)
+            }
+        }
+    }
+
+    fn decode_packet<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        fds: VecDeque<OwnedFd>,
+    ) -> Result<T> {
+        match bytes.first() {
+            Some(&KIND_INLINE) => codec::decode(&bytes[1..], fds.into()),
+            Some(&KIND_SPILLED) if bytes.len() == 9 => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&bytes[1..9]);
+                let len = u64::from_be_bytes(len);
+                let max = max_frame_size();
+                if len > max as u64 {
+                    return Err(Error::FrameTooLarge { size: len, max });
+                }
+                self.unspill(len as usize, fds)
+            }
+            _ => Err(Error::Protocol(
+                "a queue packet of an unknown kind arrived".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! [`JoinableQueue`]: Python's `multiprocessing.JoinableQueue`, a [`Queue`] that counts
+//! unfinished items in its ring's header; the `task_done` that brings the count to zero
+//! writes an eventfd, which wakes every process awaiting `join`.
+
+use std::fmt;
+use std::ops::Deref;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::Queue;
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// A [`Queue`] that counts unfinished items (Python's `multiprocessing.JoinableQueue`):
+/// every `put` adds one, every [`task_done`](Self::task_done) takes one away, and
+/// [`join`](Self::join) waits until none is left. It derefs to [`Queue`] for everything
+/// else.
+pub struct JoinableQueue<T>(Queue<T>);
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.0).finish()
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+
+    fn deref(&self) -> &Queue<T> {
+        &self.0
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    ///
+    /// # Errors
+    /// An I/O error if the kernel refuses a descriptor.
+    pub fn new() -> Result<JoinableQueue<T>> {
+        Queue::make(0, true).map(JoinableQueue)
+    }
+
+    /// A joinable queue holding at most `maxsize` items (0: unbounded).
+    ///
+    /// # Errors
+    /// As [`Queue::with_maxsize`].
+    pub fn with_maxsize(maxsize: usize) -> Result<JoinableQueue<T>> {
+        Queue::make(maxsize, true).map(JoinableQueue)
+    }
+
+    /// Says that an item taken by `get` has been processed (Python's `task_done()`).
+    ///
+    /// # Errors
+    /// [`Error::TaskDoneTooManyTimes`] if every item put is already done (nothing changes
+    /// then); [`Error::HandleClosed`] after `close`.
+    pub fn task_done(&self) -> Result<()> {
+        self.0.inner.check_open()?;
+        let done = self.0.inner.done_fd()?;
+        let w = self.0.inner.header().unfinished();
+        let mut cur = w.load(Ordering::Acquire);
+        loop {
+            if cur == 0 || (cur as i64) < 0 {
+                return Err(Error::TaskDoneTooManyTimes);
+            }
+            match w.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if cur == 1 {
+            sys::eventfd_add(done.as_fd(), 1)?;
+        }
+        Ok(())
+    }
+
+    /// The number of items put and not yet marked done.
+    pub fn unfinished(&self) -> usize {
+        let n = self.0.inner.header().unfinished().load(Ordering::Acquire);
+        usize::try_from(n as i64).unwrap_or(0)
+    }
+
+    /// Waits until every item put has been marked done (Python's `join()`), in whichever
+    /// process.
+    ///
+    /// # Errors
+    /// [`Error::HandleClosed`] after `close`; an I/O error.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: it only waits.
+    pub async fn join(&self) -> Result<()> {
+        if self.unfinished() == 0 {
+            return Ok(());
+        }
+        let r = self.0.inner.reactor()?;
+        let Some(done) = &r.done else {
+            return Err(Error::InvalidArgument("not a JoinableQueue".into()));
+        };
+        loop {
+            // The eventfd is never drained: every `task_done` that reaches zero writes to
+            // it, which is a new readiness edge for every process waiting.
+            let mut g = done.readable().await.map_err(Error::from)?;
+            if self.unfinished() == 0 {
+                return Ok(());
+            }
+            g.clear_ready();
+        }
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let q = Queue::deserialize(d)?;
+        if q.inner.done.is_none() {
+            return Err(serde::de::Error::custom(
+                "a plain Queue arrived where a JoinableQueue was expected",
+            ));
+        }
+        Ok(JoinableQueue(q))
+    }
+}

@@ -1,0 +1,429 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue`: Python's process-safe queues, awaited on
+//! tokio's reactor.
+//!
+//! # Mechanism
+//!
+//! A queue is a ring of slots in shared memory (a memfd mapped by every process that holds
+//! the queue), managed as D. Vyukov's bounded many-producer many-consumer queue: a producer
+//! claims the next position with one compare-and-swap, copies its item in and publishes it;
+//! a consumer claims the oldest published position the same way. Positions only grow, so
+//! every item is taken exactly once and the items of one producer come out in the order it
+//! put them, however many processes put and get at once. A small item costs no system call.
+//!
+//! Items that do not fit a slot ([`SLOT_DATA`] bytes of MessagePack) or that hold
+//! descriptors (a pipe end, another queue) travel through a Unix `SOCK_SEQPACKET` socket
+//! pair instead, one packet per item, and the ring gets a *marker* in their place: whoever
+//! takes a marker receives one packet. Producers send a packet and publish its marker while
+//! holding the *packet lock*, a cross-process mutex (an `EFD_SEMAPHORE` eventfd holding 1 when
+//! free, awaited on the reactor), so packets sit in the socket in the order of their markers
+//! in the ring and the k-th marker taken gets the k-th packet: a consumer never meets an
+//! item before an earlier item of the same producer. (Without the lock, a packet sent before
+//! ours whose marker lands after ours would be taken in our place, and our later small items
+//! could overtake our large one.) Consumers need no lock: the socket hands each packet to one
+//! of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
+//! item is written to a memfd and the packet carries that file's descriptor (`SCM_RIGHTS`):
+//! a 16 MiB item costs one small packet. The consumer maps the file read-only, decodes from
+//! the mapping, unmaps it, and hands files of up to 2 MiB back through a second small socket
+//! pair; a producer writes its next large item into a handed-back file when one waits, so
+//! its pages are not allocated and freed again for every item (that allocation was most of
+//! the cost of 1 MiB items). A producer never touches a file after sending it, and gets it
+//! back only once a consumer is done with it. The recycling socket's buffer is kept small,
+//! so only a few files wait there.
+//!
+//! # Waiting, without polling
+//!
+//! A consumer that finds the ring empty registers as a waiter in the ring's header and awaits
+//! an eventfd on tokio's reactor; a producer that publishes while someone waits writes that
+//! eventfd once (a flag keeps it to one write per wake-up, so a busy producer makes no system
+//! calls). Producers waiting for room in a full ring do the same with a second eventfd. The
+//! waiter count and the item are ordered by sequentially consistent atomics (each side
+//! writes its own, then reads the other's), so no wake-up is lost. No thread is parked and
+//! nothing is polled on a timer.
+//!
+//! # No feeder thread
+//!
+//! Python's `Queue.put` hands the item to a feeder thread that writes it to a pipe later, so
+//! a producer that exits at once may lose it, and a producer whose feeder cannot flush a big
+//! item never exits, so joining it before draining the queue deadlocks (gh-73983,
+//! bpo-30414). Here `put` returns only once the item is in shared memory or in the kernel
+//! (the socket's queue, or a memfd whose descriptor is in that queue): it outlives the
+//! producer, and the producer has nothing left to flush, so it exits at once.
+//!
+//! `Queue::new()` holds [`Queue::UNBOUNDED_CAPACITY`] items before `put` waits for a consumer
+//! (Python's is limited only by memory, at the price above). A queue made with a `maxsize`
+//! has exactly that many slots, so `put` waits while it is full, across processes. `qsize`
+//! is the distance between the two positions, approximate while others work on the queue.
+//! A [`JoinableQueue`] keeps its count of unfinished items in the ring's header; the
+//! `task_done` that brings it to zero writes an eventfd, which wakes every process awaiting
+//! [`join`](JoinableQueue::join).
+//!
+//! # Processes killed midway
+//!
+//! A slot claimed in the ring names the process that claimed it. A consumer killed while
+//! it takes an item (or a producer killed while it puts a small one) leaves its slot claimed;
+//! the next process that needs the slot finds the claimer dead (a pidfd, as for a lock's
+//! holder) and frees it, so the queue keeps working: the item is lost, as it would be with
+//! the process that took it. A producer waiting for room at a slot that a live process still
+//! holds watches that process too, so its death wakes the producer.
+//!
+//! Items that travel through the socket are not covered: a producer killed while it sends
+//! one holds the packet lock for ever (later large puts wait), and a consumer killed between
+//! taking a marker and receiving its packet leaves the packet in the socket, so each later
+//! large item comes out one place late. A [`JoinableQueue`] still counts a lost item as
+//! unfinished.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: these docs and [`Queue`], the public handle; its methods encode or decode
+//!   and hand the rest to [`Inner`].
+//! - `inner.rs`: [`Inner`], what every clone of a handle shares: the queue's descriptors,
+//!   its ring and this handle's state; how a queue is made and sent to another process.
+//! - `header.rs`: the typed view of the queue's words in the ring's header.
+//! - `signal.rs`: waiting and waking through those words and the eventfds.
+//! - `reactor.rs`: the descriptors' registrations with tokio's reactor.
+//! - `ring.rs`: the ring side: publishing a slot, waiting for room.
+//! - `packet.rs`: the socket side: the packet lock, sending and receiving packets, markers.
+//! - `spill.rs`: items spilled to a memfd and the files handed back for reuse.
+//! - `item.rs`: an item as the queue carries it: encoded, sent the way its size calls for,
+//!   taken and decoded.
+//! - `simple.rs`, `joinable.rs`: [`SimpleQueue`] and [`JoinableQueue`].
+//! - `error.rs`: [`PutError`].
+
+mod error;
+mod header;
+mod inner;
+mod item;
+mod joinable;
+mod packet;
+mod reactor;
+mod ring;
+mod signal;
+mod simple;
+mod spill;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+pub use error::PutError;
+pub use joinable::JoinableQueue;
+pub use simple::SimpleQueue;
+
+use inner::Inner;
+
+/// The most bytes of MessagePack an item may take to travel in a ring slot; larger items,
+/// and items holding descriptors, travel through the queue's socket.
+pub(crate) const SLOT_DATA: usize = sys::SLOT_DATA;
+
+/// Items whose encoding is at most this many bytes travel inside their socket packet;
+/// larger ones are spilled to a memfd.
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+
+// The docs of `Queue` and the README give these figures in prose.
+const _: () = assert!(SLOT_DATA == 112 && INLINE_MAX == 64 * 1024);
+const _: () = assert!(inner::UNBOUNDED_CAPACITY == 32_768 && inner::MAX_MAXSIZE == 1 << 22);
+
+/// A process-safe FIFO queue (Python's `multiprocessing.Queue`).
+///
+/// Clones share one queue within a process; passing it to another process (as a `Process`
+/// argument, inside a message, as a `Pool` argument) gives that process its own handle on
+/// the same queue.
+///
+/// # How it works
+///
+/// Small items (up to 112 bytes of MessagePack, holding no descriptors) go through a ring of
+/// slots in shared memory, a many-producer many-consumer queue claimed with one
+/// compare-and-swap per item: no system call. Larger items, and items holding descriptors,
+/// go through a Unix `SOCK_SEQPACKET` socket with a marker in the ring, sent under a
+/// cross-process lock so that each producer's order holds; items above 64 KiB of MessagePack
+/// are written to a memfd whose descriptor crosses instead, and consumers hand such files
+/// back for reuse. Each item is delivered exactly once, and the items of one producer arrive
+/// in the order it put them. Waiting is readiness of an eventfd on tokio's reactor.
+///
+/// There is no feeder thread: `put` returns once the item is in shared memory or in the
+/// kernel, so a producer that exits right after `put` loses nothing, and joining a producer
+/// before draining the queue never deadlocks. `Queue::new()` holds
+/// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY) items before `put` waits for a consumer.
+///
+/// Unlike Python's, the queue survives a consumer killed while it gets, or a producer killed
+/// while it puts an item that fits a slot: that item is lost and the queue keeps working. A
+/// producer killed while it puts a larger item (or one holding descriptors) can still make
+/// later such puts wait for ever.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// async fn foo(q: mp::Queue<String>) {
+///     let _ = q.put("hello world!".to_string()).await;
+/// }
+///
+/// # async fn demo() -> mp::Result<()> {
+/// let q = mp::Queue::<String>::new()?;
+/// let mut p = mp::Process::new(foo, (q.clone(),)).start().await?;
+/// p.join().await?;
+/// println!("{}", q.get().await?);
+/// # Ok(()) }
+/// ```
+pub struct Queue<T> {
+    inner: Arc<Inner>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue::from_inner(self.inner.clone())
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("maxsize", &self.inner.maxsize)
+            .field("qsize", &self.qsize())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Queue<T> {
+    /// The number of items `Queue::new()` (a `maxsize` of 0) holds before `put` waits for a
+    /// consumer: 32,768. Python's unbounded queue is limited only by memory.
+    pub const UNBOUNDED_CAPACITY: usize = inner::UNBOUNDED_CAPACITY;
+
+    /// The largest `maxsize` a queue may have: 4,194,304 (2^22).
+    pub const MAX_MAXSIZE: usize = inner::MAX_MAXSIZE;
+
+    fn from_inner(inner: Arc<Inner>) -> Queue<T> {
+        Queue {
+            inner,
+            _t: PhantomData,
+        }
+    }
+
+    fn make(maxsize: usize, joinable: bool) -> Result<Queue<T>> {
+        Inner::create(maxsize, joinable).map(|i| Queue::from_inner(Arc::new(i)))
+    }
+
+    /// An unbounded queue (Python's `Queue()`): see
+    /// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY).
+    ///
+    /// # Errors
+    /// An I/O error if the kernel refuses a socket pair, a memfd or an eventfd (descriptor
+    /// limit).
+    pub fn new() -> Result<Queue<T>> {
+        Queue::make(0, false)
+    }
+
+    /// A queue holding at most `maxsize` items (Python's `Queue(maxsize)`): `put` waits
+    /// while it is full. A `maxsize` of 0 means unbounded, as in Python.
+    ///
+    /// # Errors
+    /// An I/O error if the kernel refuses a descriptor; [`Error::InvalidArgument`] above
+    /// [`MAX_MAXSIZE`](Self::MAX_MAXSIZE).
+    pub fn with_maxsize(maxsize: usize) -> Result<Queue<T>> {
+        Queue::make(maxsize, false)
+    }
+
+    /// The bound given at creation; 0 for an unbounded queue.
+    pub fn maxsize(&self) -> usize {
+        self.inner.maxsize
+    }
+
+    /// The number of items in the queue: approximate while other processes put and get.
+    pub fn qsize(&self) -> usize {
+        self.inner.ring.len() as usize
+    }
+
+    /// Whether the queue is empty (approximate, like [`qsize`](Self::qsize)).
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether a bounded queue is full (approximate); always `false` when unbounded.
+    pub fn full(&self) -> bool {
+        self.inner.maxsize > 0 && self.qsize() >= self.inner.maxsize
+    }
+
+    /// Says this process will use the queue no more (Python's `close()`): later calls on
+    /// this handle (and its clones) fail with [`Error::HandleClosed`]. Items already put
+    /// stay in the queue for others; other processes' handles are unaffected.
+    pub fn close(&self) {
+        self.inner.close()
+    }
+
+    /// Whether [`close`](Self::close) was called on this handle.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// Puts an item, waiting while the queue is full (Python's `put(obj)`).
+    ///
+    /// Returns once the item is in shared memory or in the kernel's keeping: it survives
+    /// this process's exit.
+    ///
+    /// # Errors
+    /// The item comes back in a [`PutError`] with [`Error::HandleClosed`] after
+    /// [`close`](Self::close), [`Error::Encode`] if it cannot be encoded,
+    /// [`Error::FrameTooLarge`] above the maximum frame size, or an I/O error.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the item was not put (and
+    /// is dropped with the future). A large item whose packet was already sent is always
+    /// delivered.
+    pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        let e = match self.inner.encode(&item) {
+            Ok(e) => e,
+            Err(error) => return Err(PutError::new(error, item)),
+        };
+        match self.inner.put_item(&e).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(PutError::new(error, item)),
+        }
+    }
+
+    /// [`put`](Self::put), giving up after `timeout` with [`Error::Full`] (Python's
+    /// `put(obj, timeout=...)`).
+    ///
+    /// # Errors
+    /// As [`put`](Self::put), and [`Error::Full`], each with the item handed back.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`put`](Self::put).
+    pub async fn put_timeout(
+        &self,
+        item: T,
+        timeout: Duration,
+    ) -> std::result::Result<(), PutError<T>> {
+        let e = match self.inner.encode(&item) {
+            Ok(e) => e,
+            Err(error) => return Err(PutError::new(error, item)),
+        };
+        match tokio::time::timeout(timeout, self.inner.put_item(&e)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(PutError::new(error, item)),
+            Err(_) => Err(PutError::new(Error::Full, item)),
+        }
+    }
+
+    /// Puts an item if there is room now, else fails at once with [`Error::Full`] (Python's
+    /// `put_nowait`). Needs no runtime.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put), and [`Error::Full`], each with the item handed back.
+    pub fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        let res = self
+            .inner
+            .check_open()
+            .and_then(|()| self.inner.encode(&item))
+            .and_then(|e| self.inner.put_item_now(e));
+        res.map_err(|error| PutError::new(error, item))
+    }
+
+    /// Removes and returns the next item, waiting until one is available (Python's `get()`).
+    ///
+    /// # Errors
+    /// [`Error::HandleClosed`] after [`close`](Self::close); [`Error::Decode`] if the item
+    /// is not a `T` (it is consumed); an I/O error.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if `get` loses a `select!` race, no item was taken.
+    pub async fn get(&self) -> Result<T> {
+        self.inner.check_open()?;
+        if let Some(v) = self.inner.try_take()? {
+            return Ok(v);
+        }
+        let r = self.inner.reactor()?;
+        let mut got = None;
+        self.inner
+            .wait_until(&r.items, self.inner.header().consumers(), || {
+                got = self.inner.try_take()?;
+                Ok(got.is_some())
+            })
+            .await?;
+        got.ok_or_else(|| Error::Protocol("a queue wait ended without an item".into()))
+    }
+
+    /// [`get`](Self::get), giving up after `timeout` with [`Error::Empty`] (Python's
+    /// `get(timeout=...)`).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), and [`Error::Empty`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`get`](Self::get).
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        match tokio::time::timeout(timeout, self.get()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Empty),
+        }
+    }
+
+    /// Removes and returns an item if one is there now, else fails at once with
+    /// [`Error::Empty`] (Python's `get_nowait`). Needs no runtime.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), and [`Error::Empty`].
+    pub fn get_nowait(&self) -> Result<T> {
+        self.inner.check_open()?;
+        self.inner.try_take()?.ok_or(Error::Empty)
+    }
+
+    pub(crate) fn ready_now(&self) -> bool {
+        !self.empty()
+    }
+
+    pub(crate) async fn ready(&self) -> Result<()> {
+        self.inner.check_open()?;
+        if self.ready_now() {
+            return Ok(());
+        }
+        let r = self.inner.reactor()?;
+        self.inner
+            .wait_until(&r.items, self.inner.header().consumers(), || {
+                Ok(self.ready_now())
+            })
+            .await
+    }
+}
+
+impl<T> AsFd for Queue<T> {
+    /// The eventfd that wakes consumers waiting for an item.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.items.as_fd()
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.inner.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Inner::deserialize(d).map(|i| Queue::from_inner(Arc::new(i)))
+    }
+}

@@ -1,0 +1,54 @@
+//! [`Reactor`]: a queue's descriptors as registered with one runtime's reactor, made on a
+//! handle's first wait and kept until it is closed.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::inner::Inner;
+use crate::error::Result;
+use crate::sys;
+
+/// See the module docs.
+pub(super) struct Reactor {
+    pub(super) tx: AsyncFd<Arc<OwnedFd>>,
+    pub(super) lock: AsyncFd<Arc<OwnedFd>>,
+    pub(super) items: AsyncFd<Arc<OwnedFd>>,
+    pub(super) space: AsyncFd<Arc<OwnedFd>>,
+    pub(super) done: Option<AsyncFd<Arc<OwnedFd>>>,
+}
+
+impl Inner {
+    /// The registrations of an open handle.
+    pub(super) fn reactor(&self) -> Result<Arc<Reactor>> {
+        self.check_open()?;
+        self.registered()
+    }
+
+    /// The queue's registrations with the reactor, made on first need. A closed handle gets
+    /// fresh ones, not kept: a packet sent before the close still gets its marker.
+    pub(super) fn registered(&self) -> Result<Arc<Reactor>> {
+        let mut r = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = &*r {
+            return Ok(r.clone());
+        }
+        let reg = |fd: &Arc<OwnedFd>, i| sys::register_shared(fd.clone(), i);
+        let new = Arc::new(Reactor {
+            tx: reg(&self.tx, Interest::WRITABLE)?,
+            lock: reg(&self.lock, Interest::READABLE)?,
+            items: reg(&self.items, Interest::READABLE)?,
+            space: reg(&self.space, Interest::READABLE)?,
+            done: self
+                .done
+                .as_ref()
+                .map(|s| reg(s, Interest::READABLE))
+                .transpose()?,
+        });
+        if !self.is_closed() {
+            *r = Some(new.clone());
+        }
+        Ok(new)
+    }
+}

@@ -1,0 +1,82 @@
+//! The ring side of a put: publishing a slot (an item's bytes, or the marker of a packet)
+//! in the shared ring, and waiting for room in it, including room held by a process that
+//! may have died (see "Processes killed midway" in the queue's docs).
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::unix::AsyncFdReadyGuard;
+
+use super::inner::Inner;
+use super::reactor::Reactor;
+use crate::error::Result;
+use crate::sync::Watch;
+use crate::sys::{self, Pushed};
+
+impl Inner {
+    /// Publishes a slot (data or marker) now, counting it as unfinished for a joinable
+    /// queue. If the ring is full, says whether a live process holds the slot needed (see
+    /// [`Pushed::Held`]).
+    pub(super) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
+        let joinable = self.done.is_some();
+        if joinable {
+            self.header().unfinished().fetch_add(1, Ordering::SeqCst);
+        }
+        let pushed = self.ring.try_push(data);
+        if pushed == Pushed::Done {
+            self.notify_consumers();
+            return pushed;
+        }
+        if joinable && self.header().unfinished().fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.wake_joiners();
+        }
+        match pushed {
+            // Our own process (another thread) frees it and wakes us as any consumer does.
+            Pushed::Held(pid) if pid == sys::cached_pid() => Pushed::Full,
+            other => other,
+        }
+    }
+
+    /// Publishes a slot, waiting for room. While the slot it needs is held by a live
+    /// process, it also watches that process: should it die there, its slot is freed by the
+    /// next try (see "Owner death" in the ring's docs), and no consumer would wake us.
+    pub(super) async fn push_waiting(&self, r: &Reactor, data: Option<&[u8]>) -> Result<()> {
+        if self.try_push(data) == Pushed::Done {
+            return Ok(());
+        }
+        let producers = self.header().producers();
+        let _counted = producers.count_waiter();
+        let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
+        let mut watch: Option<Watch> = None;
+        loop {
+            producers.rearm();
+            match self.try_push(data) {
+                Pushed::Done => return Ok(()),
+                Pushed::Full => watch = None,
+                Pushed::Held(pid) => {
+                    if watch.as_ref().is_none_or(|w| w.pid != pid) {
+                        watch = Watch::open(pid)?;
+                        if watch.is_none() {
+                            // Gone already: the next try frees its slot.
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Some(mut g) = guard.take() {
+                g.clear_ready();
+            }
+            match &watch {
+                Some(w) => tokio::select! {
+                    g = r.space.readable() => guard = Some(g?),
+                    died = w.exited() => {
+                        died?;
+                        watch = None;
+                    }
+                },
+                None => guard = Some(r.space.readable().await?),
+            }
+        }
+    }
+}

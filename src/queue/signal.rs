@@ -1,0 +1,83 @@
+//! Waiting and waking without polling (see "Waiting, without polling" in the queue's docs):
+//! a waiter counts itself on its side of the [`Header`](super::header::Header) and awaits
+//! the side's eventfd; whoever changes the queue writes that eventfd only if someone waits
+//! and no wake-up is pending.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+
+use super::header::Side;
+use super::inner::Inner;
+use crate::error::Result;
+use crate::on_drop::OnDrop;
+use crate::sys;
+
+impl<'a> Side<'a> {
+    /// Counts this task among the side's waiters until the guard drops, however the wait
+    /// ends.
+    pub(super) fn count_waiter(self) -> OnDrop<impl FnOnce() + Send + 'a> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let waiters = self.waiters;
+        OnDrop::new(move || {
+            waiters.fetch_sub(1, Ordering::SeqCst);
+        })
+    }
+
+    /// Clears the wake-up flag before a waiter looks again, so the next change writes the
+    /// eventfd.
+    pub(super) fn rearm(self) {
+        self.notify.store(0, Ordering::SeqCst);
+    }
+
+    /// Wakes this side if someone waits there and no wake-up is pending.
+    fn wake(self, fd: &OwnedFd) {
+        if self.waiters.load(Ordering::SeqCst) > 0 && self.notify.swap(1, Ordering::SeqCst) == 0 {
+            if let Err(e) = sys::eventfd_add(fd.as_fd(), 1) {
+                tracing::debug!("cannot wake a queue's waiters: {e}");
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn notify_consumers(&self) {
+        self.header().consumers().wake(&self.items);
+    }
+
+    pub(super) fn notify_producers(&self) {
+        self.header().producers().wake(&self.space);
+    }
+
+    /// Wakes every process awaiting a joinable queue's `join`.
+    pub(super) fn wake_joiners(&self) {
+        if let Some(done) = &self.done {
+            if let Err(e) = sys::eventfd_add(done.as_fd(), 1) {
+                tracing::debug!("cannot wake a queue's joiners: {e}");
+            }
+        }
+    }
+
+    /// Waits until `ready` holds, as a waiter of `side` (see the module docs).
+    pub(super) async fn wait_until(
+        &self,
+        fd: &AsyncFd<Arc<OwnedFd>>,
+        side: Side<'_>,
+        mut ready: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let _counted = side.count_waiter();
+        let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
+        loop {
+            side.rearm();
+            if ready()? {
+                return Ok(());
+            }
+            if let Some(mut g) = guard.take() {
+                g.clear_ready();
+            }
+            guard = Some(fd.readable().await?);
+        }
+    }
+}
