@@ -10,9 +10,11 @@ use crate::sys::ShmRing;
 
 /// Word indices among the ring's user words; 8 words apart is a cache line apart.
 const CONSUMER_WAITERS: usize = 0;
-const CONSUMER_NOTIFY: usize = 1;
+const CONSUMER_NOTIFIED: usize = 1;
+const CONSUMER_LOOKS: usize = 2;
 const PRODUCER_WAITERS: usize = 8;
-const PRODUCER_NOTIFY: usize = 9;
+const PRODUCER_NOTIFIED: usize = 9;
+const PRODUCER_LOOKS: usize = 10;
 const UNFINISHED: usize = 16;
 
 /// See the module docs.
@@ -21,15 +23,18 @@ pub(super) struct Header<'a> {
     ring: &'a ShmRing,
 }
 
-/// The two words of one side that waits (see "Waiting, without polling" in the queue's
-/// docs).
+/// The words of one side that waits (see "Waiting, without polling" in the queue's docs).
 #[derive(Clone, Copy)]
 pub(super) struct Side<'a> {
     /// How many tasks, in every process, wait on this side now.
     pub(super) waiters: &'a AtomicU64,
-    /// Set by the waker when it writes the side's eventfd, cleared by a waiter before it
-    /// looks again: at most one write per wake-up.
-    pub(super) notify: &'a AtomicU64,
+    /// Counts the looks waiters took at the queue: each waiter adds one before it looks.
+    pub(super) looks: &'a AtomicU64,
+    /// The count of looks the last wake-up was written for: a waker writes the eventfd only
+    /// when a waiter has looked since, so at most once per look, and it records the count
+    /// only after the write, so a waker that dies between the two leaves the next one to
+    /// write.
+    pub(super) notified: &'a AtomicU64,
 }
 
 impl<'a> Header<'a> {
@@ -41,7 +46,8 @@ impl<'a> Header<'a> {
     pub(super) fn consumers(self) -> Side<'a> {
         Side {
             waiters: self.ring.user_word(CONSUMER_WAITERS),
-            notify: self.ring.user_word(CONSUMER_NOTIFY),
+            looks: self.ring.user_word(CONSUMER_LOOKS),
+            notified: self.ring.user_word(CONSUMER_NOTIFIED),
         }
     }
 
@@ -49,7 +55,8 @@ impl<'a> Header<'a> {
     pub(super) fn producers(self) -> Side<'a> {
         Side {
             waiters: self.ring.user_word(PRODUCER_WAITERS),
-            notify: self.ring.user_word(PRODUCER_NOTIFY),
+            looks: self.ring.user_word(PRODUCER_LOOKS),
+            notified: self.ring.user_word(PRODUCER_NOTIFIED),
         }
     }
 

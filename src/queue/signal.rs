@@ -1,7 +1,11 @@
 //! Waiting and waking without polling (see "Waiting, without polling" in the queue's docs):
 //! a waiter counts itself on its side of the [`Header`](super::header::Header) and awaits
 //! the side's eventfd; whoever changes the queue writes that eventfd only if someone waits
-//! and no wake-up is pending.
+//! and has looked at the queue since the last write.
+//!
+//! A waker may be killed at any point. It records a write only after making it, so a waker
+//! killed before its write leaves the write to the next waker, and one killed after it has
+//! woken the waiters already: no state is left in which every later waker skips the write.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -26,19 +30,25 @@ impl<'a> Side<'a> {
         })
     }
 
-    /// Clears the wake-up flag before a waiter looks again, so the next change writes the
-    /// eventfd.
+    /// Counts a look before a waiter looks at the queue again, so that the next change
+    /// writes the eventfd.
     pub(super) fn rearm(self) {
-        self.notify.store(0, Ordering::SeqCst);
+        self.looks.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Wakes this side if someone waits there and no wake-up is pending.
+    /// Wakes this side if someone waits there and has looked since the last wake-up.
     fn wake(self, fd: &OwnedFd) {
-        if self.waiters.load(Ordering::SeqCst) > 0 && self.notify.swap(1, Ordering::SeqCst) == 0 {
-            if let Err(e) = sys::eventfd_add(fd.as_fd(), 1) {
-                tracing::debug!("cannot wake a queue's waiters: {e}");
-            }
+        if self.waiters.load(Ordering::SeqCst) == 0 {
+            return;
         }
+        let looks = self.looks.load(Ordering::SeqCst);
+        if self.notified.load(Ordering::SeqCst) == looks {
+            return;
+        }
+        if let Err(e) = sys::eventfd_add(fd.as_fd(), 1) {
+            tracing::debug!("cannot wake a queue's waiters: {e}");
+        }
+        self.notified.store(looks, Ordering::SeqCst);
     }
 }
 
