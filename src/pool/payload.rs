@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use crate::error::Result;
 use crate::sys;
-use crate::wire::frame::SharedBytes;
+use crate::wire::SharedBytes;
 use crate::wire::{Encoded, FrameBuf};
 
 /// A task's arguments as they are sent: their encoding, then, for a chunk of plain numbers,

@@ -35,8 +35,8 @@ use super::spawn::{WorkerConn, spawn_start};
 use super::stats::{Counters, Tally, WorkerLoss};
 use crate::error::{Error, ExitCause, Result, TaskError};
 use crate::sys;
+use crate::wire::Frame;
 use crate::wire::FrameBuf;
-use crate::wire::frame::Frame;
 
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
 /// trip; the pool holds fewer when its tasks are long (see [`Scheduler::prefetch`]).

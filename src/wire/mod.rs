@@ -6,13 +6,13 @@
 //! - `codec.rs`: MessagePack with descriptors on the side; `plain.rs`: plain numbers as bytes.
 //! - `fd.rs`: [`Fd`], a descriptor as a value; `handshake.rs`: [`Hello`].
 //!
-//! The rest of the crate reaches these through the re-exports below. `frame` and `codec`
-//! are still named by a path from a few places that have not moved to the re-exports yet
-//! (`pool/scheduler.rs`, `pool/payload.rs`, `queue.rs`); new code uses the re-exports.
+//! The rest of the crate reaches frames and sockets through the re-exports below; `codec`
+//! and `plain` are named by their path where their functions are called (the encoders of
+//! queue items, task arguments and manager requests, and serde's `with` attributes).
 
 pub(crate) mod codec;
 mod fd;
-pub(crate) mod frame;
+mod frame;
 mod framed;
 mod handshake;
 pub(crate) mod plain;
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) use codec::Encoded;
 pub use fd::Fd;
 pub(crate) use fd::FdRef;
-pub(crate) use frame::{Frame, FrameBuf, RecvBuf, send_blocking, send_early};
+pub(crate) use frame::{Frame, FrameBuf, RecvBuf, SharedBytes, send_blocking, send_early};
 pub(crate) use framed::{Framed, Transport};
 pub(crate) use handshake::Hello;
 
