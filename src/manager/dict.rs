@@ -1,0 +1,166 @@
+//! [`DictProxy`]: a shared dict (Python's `Manager().dict()`).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::server::{DictOp, Reply, Request};
+use super::{Proxy, decode, encode, unexpected};
+use crate::error::Result;
+
+/// A dict held by a [`Manager`](crate::Manager) (Python's `DictProxy`). Keys are equal when their encodings
+/// are; items keep their insertion order. Cloning a proxy refers to the same dict.
+///
+/// Every method is cancel safe in this sense: a dropped call may or may not have been carried
+/// out by the server, and the proxy stays usable.
+pub struct DictProxy<K, V>(pub(super) Proxy<(K, V)>);
+proxy_traits!(DictProxy<K, V>);
+
+impl<K, V> DictProxy<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    async fn op(&self, op: DictOp) -> Result<Reply> {
+        self.0.link.call(Request::Dict(self.0.id, op)).await
+    }
+
+    async fn item(&self, op: DictOp) -> Result<Option<V>> {
+        match self.op(op).await? {
+            Reply::Item(v) => v.map(decode).transpose(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `d[key] = value`; returns the value it replaced.
+    ///
+    /// # Errors
+    /// [`Error::Encode`](crate::Error::Encode), [`Error::Decode`](crate::Error::Decode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
+        self.item(DictOp::Insert(encode(&key)?, encode(&value)?))
+            .await
+    }
+
+    /// `d.get(key)`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn get(&self, key: &K) -> Result<Option<V>> {
+        self.item(DictOp::Get(encode(key)?)).await
+    }
+
+    /// `d.pop(key, None)`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn remove(&self, key: &K) -> Result<Option<V>> {
+        self.item(DictOp::Remove(encode(key)?)).await
+    }
+
+    /// `key in d`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn contains_key(&self, key: &K) -> Result<bool> {
+        match self.op(DictOp::Contains(encode(key)?)).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(d)`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn len(&self) -> Result<usize> {
+        match self.op(DictOp::Len).await? {
+            Reply::Len(n) => Ok(n as usize),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(d) == 0`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// `list(d.items())`, in insertion order.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn items(&self) -> Result<Vec<(K, V)>> {
+        match self.op(DictOp::Items).await? {
+            Reply::Pairs(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
+                .collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `list(d.keys())`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn keys(&self) -> Result<Vec<K>> {
+        Ok(self.items().await?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// `list(d.values())`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn values(&self) -> Result<Vec<V>> {
+        Ok(self.items().await?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// `d.clear()`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn clear(&self) -> Result<()> {
+        self.op(DictOp::Clear).await.map(drop)
+    }
+}

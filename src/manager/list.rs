@@ -1,0 +1,179 @@
+//! [`ListProxy`]: a shared list (Python's `Manager().list()`).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::server::{ListOp, Reply, Request};
+use super::{Proxy, decode, encode, unexpected};
+use crate::error::Result;
+
+/// A list held by a [`Manager`](crate::Manager) (Python's `ListProxy`). Indices follow Python's rules:
+/// negative ones count from the end. Cloning a proxy refers to the same list.
+///
+/// Every method is cancel safe in this sense: a dropped call may or may not have been carried
+/// out by the server, and the proxy stays usable.
+pub struct ListProxy<T>(pub(super) Proxy<T>);
+proxy_traits!(ListProxy<T>);
+
+impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+    async fn op(&self, op: ListOp) -> Result<Reply> {
+        self.0.link.call(Request::List(self.0.id, op)).await
+    }
+
+    async fn done(&self, op: ListOp) -> Result<()> {
+        match self.op(op).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn item(&self, op: ListOp) -> Result<Option<T>> {
+        match self.op(op).await? {
+            Reply::Item(v) => v.map(decode).transpose(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `l.append(value)`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`](crate::Error::Encode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn append(&self, value: T) -> Result<()> {
+        self.done(ListOp::Append(encode(&value)?)).await
+    }
+
+    /// `l.extend(values)`.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn extend(&self, values: impl IntoIterator<Item = T>) -> Result<()> {
+        let values = values
+            .into_iter()
+            .map(|v| encode(&v))
+            .collect::<Result<_>>()?;
+        self.done(ListOp::Extend(values)).await
+    }
+
+    /// `l[index]`, or `None` out of range.
+    ///
+    /// # Errors
+    /// [`Error::Decode`](crate::Error::Decode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn get(&self, index: i64) -> Result<Option<T>> {
+        self.item(ListOp::Get(index)).await
+    }
+
+    /// `l[index] = value`.
+    ///
+    /// # Errors
+    /// [`Error::Manager`](crate::Error::Manager) if `index` is out of range (Python's `IndexError`); as
+    /// [`append`](Self::append) otherwise.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn set(&self, index: i64, value: T) -> Result<()> {
+        self.done(ListOp::Set(index, encode(&value)?)).await
+    }
+
+    /// `l.insert(index, value)` (an index out of range inserts at that end, as in Python).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn insert(&self, index: i64, value: T) -> Result<()> {
+        self.done(ListOp::Insert(index, encode(&value)?)).await
+    }
+
+    /// `l.pop(index)`, or `None` out of range; `-1` is the last item.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn pop(&self, index: i64) -> Result<Option<T>> {
+        self.item(ListOp::Pop(index)).await
+    }
+
+    /// `len(l)`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn len(&self) -> Result<usize> {
+        match self.op(ListOp::Len).await? {
+            Reply::Len(n) => Ok(n as usize),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(l) == 0`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// `l.reverse()`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn reverse(&self) -> Result<()> {
+        self.done(ListOp::Reverse).await
+    }
+
+    /// `l.clear()`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn clear(&self) -> Result<()> {
+        self.done(ListOp::Clear).await
+    }
+
+    /// `l[:]`: a copy of the whole list.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn to_vec(&self) -> Result<Vec<T>> {
+        match self.op(ListOp::Items).await? {
+            Reply::Items(items) => items.into_iter().map(decode).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+}
