@@ -72,7 +72,9 @@ pub enum Invoked<R> {
     note = "a target crosses to the other process by address: it must be a `fn` item or a \
             closure that captures nothing, taking its arguments as a tuple like Python's \
             `args=(...)` whose items implement serde's traits; pass captured values as \
-            arguments instead"
+            arguments instead",
+    note = "`map`, `imap` and `imap_unordered` pass each item as the function's one argument: \
+            for a function of several arguments, map over tuples of them with `starmap`"
 )]
 pub trait Target<Args, Marker>: sealed::Sealed<Args, Marker> + Send + Sync + 'static {
     /// What the function returns (for an `async fn`, what its future resolves to).
