@@ -541,13 +541,20 @@ async fn imap_chooses_its_chunk_size_unless_told() -> TestResult {
         got == (0..20_000).map(|x| x * x).collect::<Vec<_>>(),
         "auto-sized imap"
     );
-    let before = pool.stats().tasks_done;
+    // A caller has its answer before the pool's task counts it: wait until nothing runs.
+    let settled = || {
+        let s = pool.stats();
+        (s.tasks_running == 0 && s.tasks_queued == 0).then_some(s.tasks_done)
+    };
+    ensure!(
+        eventually(Duration::from_secs(10), || settled().is_some()).await,
+        "the first imap never settled: {:?}",
+        pool.stats()
+    );
+    let before = settled().ok_or("the pool ran a task between two looks")?;
     let n = pool.imap(sqr, 0..1000).chunksize(100).count().await;
     ensure!(n == 1000, "{n} results");
-    let chunks = eventually(Duration::from_secs(10), || {
-        pool.stats().tasks_done == before + 10
-    })
-    .await;
+    let chunks = eventually(Duration::from_secs(10), || settled() == Some(before + 10)).await;
     ensure!(chunks, "1000 inputs by 100: {:?}", pool.stats());
     Ok(())
 }
