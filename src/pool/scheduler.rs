@@ -289,7 +289,18 @@ impl Scheduler {
 
     /// Answers a task that is not in flight.
     fn answer_job(&mut self, job: Job, outcome: Outcome) {
-        if let Some(tx) = job.reply.or_else(|| take_reply(&self.replies, job.id)) {
+        self.answer_unsent(job.id, job.reply, outcome);
+    }
+
+    /// Answers task `id`, which is not in flight, through `reply` if it still holds its
+    /// sender, else through the table of replies (a task sent again after its worker died).
+    fn answer_unsent(
+        &mut self,
+        id: u64,
+        reply: Option<oneshot::Sender<Outcome>>,
+        outcome: Outcome,
+    ) {
+        if let Some(tx) = reply.or_else(|| take_reply(&self.replies, id)) {
             self.tally.finished(outcome.is_ok());
             let _ = tx.send(outcome);
         }
@@ -717,10 +728,7 @@ impl Scheduler {
         job.payload.push_to(&mut frame);
         if let Err(e) = frame.check_size() {
             // Too large with its head: it fails alone, and the worker never sees it.
-            let reply = job.reply;
-            if let Some(tx) = reply.or_else(|| take_reply(&self.replies, job.id)) {
-                let _ = tx.send(Err(TaskError::local(e)));
-            }
+            self.answer_unsent(job.id, job.reply, Err(TaskError::local(e)));
             return;
         }
         if let Some(tx) = job.reply {
