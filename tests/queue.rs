@@ -702,27 +702,15 @@ async fn consumers_killed_mid_get_do_not_stall_the_queue() -> TestResult {
     for _ in 0..CONSUMERS {
         consumers.push(consumer().await?);
     }
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos() as u64
-        | 1;
+    let mut jitter = Jitter::new()?;
     for kill in 0..KILLS {
         let pid = started
             .get_timeout(Duration::from_secs(20))
             .await
             .map_err(|e| format!("after {kill} kills no consumer gets items: {e}"))?;
         // A little later, at a random point of its loop.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_micros(rng % 2000)).await;
-        let i = consumers
-            .iter()
-            .position(|c| c.pid() == pid)
-            .ok_or("an unknown consumer")?;
-        let mut victim = consumers.swap_remove(i);
-        victim.kill()?;
-        ensure!(join_code(&mut victim).await? == -9, "killed by SIGKILL");
+        jitter.sleep().await;
+        kill_member(&mut consumers, pid).await?;
         consumers.push(consumer().await?);
     }
     // The consumers keep taking while the producers finish their last puts.
@@ -787,26 +775,14 @@ async fn producers_killed_mid_put_do_not_stall_the_queue() -> TestResult {
     for _ in 0..PRODUCERS {
         producers.push(producer().await?);
     }
-    let mut rng = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos() as u64
-        | 1;
+    let mut jitter = Jitter::new()?;
     for kill in 0..KILLS {
         let pid = started
             .get_timeout(Duration::from_secs(20))
             .await
             .map_err(|e| format!("after {kill} kills no producer puts items: {e}"))?;
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_micros(rng % 2000)).await;
-        let i = producers
-            .iter()
-            .position(|p| p.pid() == pid)
-            .ok_or("an unknown producer")?;
-        let mut victim = producers.swap_remove(i);
-        victim.kill()?;
-        ensure!(join_code(&mut victim).await? == -9, "killed by SIGKILL");
+        jitter.sleep().await;
+        kill_member(&mut producers, pid).await?;
         let before = taken.load(std::sync::atomic::Ordering::Relaxed);
         producers.push(producer().await?);
         ensure!(
@@ -838,6 +814,37 @@ async fn producers_killed_mid_put_do_not_stall_the_queue() -> TestResult {
             );
         }
     }
+    Ok(())
+}
+
+/// Random pauses of up to 2 ms (xorshift, seeded from the clock), so that a storm's kills
+/// land at random points of their victims' loops.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Result<Jitter, std::time::SystemTimeError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        Ok(Jitter(u64::from(now.subsec_nanos()) | 1))
+    }
+
+    async fn sleep(&mut self) {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        tokio::time::sleep(Duration::from_micros(self.0 % 2000)).await;
+    }
+}
+
+/// SIGKILLs the member of `members` whose pid is `pid`, takes it out and checks it died of
+/// the signal.
+async fn kill_member(members: &mut Vec<mp::Process>, pid: u32) -> TestResult {
+    let i = members
+        .iter()
+        .position(|m| m.pid() == pid)
+        .ok_or("a process that is not one of the storm's")?;
+    let mut victim = members.swap_remove(i);
+    victim.kill()?;
+    ensure!(join_code(&mut victim).await? == -9, "killed by SIGKILL");
     Ok(())
 }
 
