@@ -5,12 +5,11 @@
 #[macro_use]
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::TestResult;
-use support::process::{exit_with, helper_command, helper_mode, run_as_helper, run_helper};
+use support::process::{exit_with, helper_mode, run_as_helper, run_helper, start_helper_reading};
 use tokio_multiprocessing::{self as mp, Process, StartMethod};
 
 fn main() {
@@ -80,20 +79,7 @@ async fn fork_server_ignores_sigint() -> TestResult {
 }
 
 async fn orphans_of_a_killed_fork_server_die_with_the_program() -> TestResult {
-    let mut cmd = helper_command("orphan-of-fork-server")?;
-    cmd.stdout(Stdio::piped());
-    let mut helper = cmd.spawn()?;
-    let stdout = helper.stdout.take().ok_or("no stdout")?;
-    let mut lines = Vec::new();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let mut reader = tokio::io::BufReader::new(stdout);
-        for _ in 0..2 {
-            let mut line = String::new();
-            tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await??;
-            lines.push(line.trim().to_string());
-        }
-    }
+    let (mut helper, lines) = start_helper_reading("orphan-of-fork-server", 2).await?;
     ensure!(
         lines[0] == "alive=true",
         "the child died with the fork server: {lines:?}"

@@ -8,12 +8,12 @@
 mod support;
 
 use std::os::fd::AsRawFd;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::TestResult;
 use support::process::{
-    METHODS, async_exit, exit_with, helper_command, helper_mode, nothing, run_as_helper, run_helper,
+    METHODS, async_exit, exit_with, helper_mode, nothing, run_as_helper, run_helper,
+    start_helper_reading,
 };
 use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
 
@@ -282,18 +282,9 @@ async fn panic_prints_message_and_exits_1() -> TestResult {
 }
 
 async fn children_die_with_a_killed_parent() -> TestResult {
-    let mut cmd = helper_command("orphans")?;
-    cmd.stdout(Stdio::piped());
-    let mut helper = cmd.spawn()?;
-    let stdout = helper.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let mut reader = tokio::io::BufReader::new(stdout);
-        tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await??;
-    }
+    let (mut helper, lines) = start_helper_reading("orphans", 1).await?;
+    let line = &lines[0];
     let pids: Vec<u32> = line
-        .trim()
         .strip_prefix("pids=")
         .ok_or_else(|| format!("bad helper line {line:?}"))?
         .split(',')

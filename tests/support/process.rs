@@ -66,6 +66,27 @@ pub fn helper_command(mode: &str) -> std::io::Result<tokio::process::Command> {
     Ok(cmd)
 }
 
+/// Starts this test binary in helper `mode` and reads the first `n` lines it prints (each
+/// within 30 s), trimmed; the helper keeps running (and is killed if the handle is dropped).
+pub async fn start_helper_reading(
+    mode: &str,
+    n: usize,
+) -> Result<(tokio::process::Child, Vec<String>), BoxError> {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = helper_command(mode)?;
+    cmd.stdout(std::process::Stdio::piped());
+    let mut helper = cmd.spawn()?;
+    let stdout = helper.stdout.take().ok_or("no stdout")?;
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await??;
+        lines.push(line.trim().to_string());
+    }
+    Ok((helper, lines))
+}
+
 /// Runs this test binary in helper `mode` with environment `extra` (at most 30 s); returns
 /// its exit status, stdout and stderr.
 pub async fn run_helper(mode: &str, extra: &[(&str, String)]) -> Result<HelperOutput, BoxError> {
