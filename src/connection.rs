@@ -72,14 +72,15 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use tokio_multiprocessing as mp;
     ///
     /// async fn f(conn: mp::Connection<String>) {
     ///     let _ = conn.send(&"hello world".to_string()).await;
     /// }
     ///
-    /// # async fn demo() -> mp::Result<()> {
+    /// # #[tokio::main]
+    /// # async fn main() -> mp::Result<()> {
     /// let (parent, child) = mp::Pipe::<String>::new()?;
     /// let mut p = mp::Process::new(f, (child,)).start().await?;
     /// println!("{}", parent.recv().await?);

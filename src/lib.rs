@@ -7,9 +7,10 @@
 //! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
 //! awaited on tokio's reactor.
 //!
-//! Children run the same executable, so `main` must call [`init`] before anything else:
+//! Children run the same executable; each takes its role before `main` (see [`init`]), so
+//! neither a program nor its tests need any set-up line:
 //!
-//! ```no_run
+//! ```
 //! use tokio_multiprocessing as mp;
 //!
 //! fn f(name: String) {
@@ -18,7 +19,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> mp::Result<()> {
-//!     mp::init(); // a child never gets past this line
+//!     mp::init(); // optional: a child takes its role before `main`
 //!     let mut p = mp::Process::new(f, ("bob".to_string(),)).start().await?;
 //!     p.join().await?;
 //!     Ok(())

@@ -155,13 +155,23 @@ impl Listener {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use tokio_multiprocessing as mp;
     ///
-    /// # async fn demo() -> mp::Result<()> {
+    /// async fn client(address: std::net::SocketAddr) -> mp::Result<()> {
+    ///     let conn = mp::Client::connect::<String>(address, Some(b"secret")).await?;
+    ///     assert_eq!(conn.recv().await?, "welcome");
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> mp::Result<()> {
     /// let l = mp::Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;
+    /// let mp::Address::Tcp(address) = l.address().clone() else { unreachable!() };
+    /// let mut p = mp::Process::new(client, (address,)).start().await?;
     /// let conn: mp::Connection<String> = l.accept().await?;
     /// conn.send(&"welcome".to_string()).await?;
+    /// assert_eq!(p.join().await?, 0);
     /// # Ok(()) }
     /// ```
     pub fn bind(address: impl Into<Address>, authkey: Option<&[u8]>) -> Result<Listener> {
@@ -315,13 +325,20 @@ impl Client {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use tokio_multiprocessing as mp;
     ///
-    /// # async fn demo() -> mp::Result<()> {
-    /// let addr: std::net::SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    /// # #[tokio::main]
+    /// # async fn main() -> mp::Result<()> {
+    /// # let l = mp::Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;
+    /// # let mp::Address::Tcp(addr) = l.address().clone() else { unreachable!() };
+    /// # tokio::spawn(async move {
+    /// #     let conn: mp::Connection<String> = l.accept().await?;
+    /// #     conn.send(&"welcome".to_string()).await
+    /// # });
+    /// // A listener (in any process, here at `addr`) waits with the same key.
     /// let conn = mp::Client::connect::<String>(addr, Some(b"secret")).await?;
-    /// println!("{}", conn.recv().await?);
+    /// assert_eq!(conn.recv().await?, "welcome");
     /// # Ok(()) }
     /// ```
     pub async fn connect<T: Serialize + DeserializeOwned>(

@@ -63,8 +63,9 @@ impl Process {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo() -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
     /// fn greet(name: String, times: u32) {
     ///     for _ in 0..times {
     ///         println!("hello {name}");

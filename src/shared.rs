@@ -167,7 +167,7 @@ impl<'de, T: Pod> Deserialize<'de> for Cells<T> {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// let v = tokio_multiprocessing::RawValue::new(1.5f64)?;
 /// v.set(v.get() * 2.0);
 /// # Ok::<(), tokio_multiprocessing::Error>(())
@@ -211,8 +211,9 @@ impl<T: Pod> RawValue<T> {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let counter = tokio_multiprocessing::Value::new(0i64)?;
 /// counter.lock().await?.update(|n| n + 1);
 /// assert_eq!(counter.get().await?, 1);
@@ -338,7 +339,7 @@ impl<T: Pod> ValueGuard<'_, T> {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// let a = tokio_multiprocessing::RawArray::from_slice(&[1i32, 2, 3])?;
 /// a.set(0, 10)?;
 /// assert_eq!(a.to_vec(), vec![10, 2, 3]);
@@ -416,8 +417,9 @@ impl<T: Pod> RawArray<T> {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let a = tokio_multiprocessing::Array::from_slice(&[0.0f64, 100.0, 200.0])?;
 /// {
 ///     let g = a.lock().await?;
@@ -618,7 +620,7 @@ impl<T: Pod> ArrayGuard<'_, T> {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use tokio_multiprocessing::SharedMemory;
 /// let shm = SharedMemory::create("demo-segment", 4096)?;
 /// shm.write(0, b"hello")?;

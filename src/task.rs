@@ -59,8 +59,9 @@ pub enum Invoked<R> {
 ///
 /// The same closure without the capture is a target:
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// tokio_multiprocessing::Process::new(|name: String| println!("{name}"), ("bob".to_string(),))
 ///     .start()
 ///     .await?;

@@ -139,15 +139,25 @@ impl Ready for Process {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use tokio_multiprocessing as mp;
 ///
-/// # async fn demo(conn: mp::Connection<String>, q: mp::Queue<u64>, p: mp::Process) -> mp::Result<()> {
-/// let ready = mp::wait(&[&conn, &q, &p], Some(Duration::from_secs(1))).await?;
-/// if ready.contains(&0) {
-///     println!("{}", conn.recv().await?);
+/// async fn greet(conn: mp::Connection<String>) -> mp::Result<()> {
+///     conn.send(&"hello".to_string()).await
 /// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> mp::Result<()> {
+/// let (conn, theirs) = mp::Pipe::new()?;
+/// let q = mp::Queue::<u64>::new()?;
+/// let mut p = mp::Process::new(greet, (theirs,)).start().await?;
+/// let ready = mp::wait(&[&conn, &q, &p], Some(Duration::from_secs(10))).await?;
+/// assert!(!ready.contains(&1), "nothing was put on the queue");
+/// if ready.contains(&0) {
+///     assert_eq!(conn.recv().await?, "hello");
+/// }
+/// p.join().await?;
 /// # Ok(()) }
 /// ```
 pub async fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>> {

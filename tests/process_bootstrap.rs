@@ -1,12 +1,10 @@
-//! A child's bootstrap and the handshake: a forged binary fingerprint is refused, and a
-//! child that never calls `init()` (forgotten, returned before it, stuck before it) fails the
-//! start with an error naming `init()` within the deadline, never a hang. Also: `init()`
-//! under a runtime built before it, as `#[tokio::main]` builds one.
+//! A child's bootstrap and the handshake: a forged binary fingerprint is refused; a child
+//! takes its role before `main`, so a program that never calls `init()` runs its children
+//! all the same and a child runs none of `main`. Also: `init()` under a runtime built before
+//! it, as `#[tokio::main]` builds one.
 
 #[macro_use]
 mod support;
-
-use std::time::Duration;
 
 use support::TestResult;
 use support::process::{METHODS, async_exit, helper_mode, nothing, run_as_helper, run_helper};
@@ -17,20 +15,18 @@ fn main() {
     if mode.as_deref() == Some("runtime-before-init") {
         runtime_before_init();
     }
-    if !matches!(
-        mode.as_deref(),
-        Some("no-init" | "no-init-return" | "no-init-block")
-    ) {
-        mp::init(); // a re-executed child never gets past this line
+    if mode.as_deref() == Some("no-init") {
+        // What a `main` does first, here and in any process that runs `main`.
+        println!("main ran in {}", std::process::id());
+    } else {
+        mp::init();
     }
     if let Some(mode) = mode {
         run_as_helper(helper(&mode));
     }
     support::run(trials![
         forged_fingerprint_is_refused,
-        forgotten_init_is_named_in_the_error,
-        child_returning_before_init_fails_the_start,
-        child_stuck_before_init_hits_the_deadline,
+        children_run_without_init_and_never_run_main,
         async_targets_under_a_runtime_built_before_init,
     ])
 }
@@ -79,34 +75,17 @@ async fn forged_fingerprint_is_refused() -> TestResult {
     Ok(())
 }
 
-async fn forgotten_init_is_named_in_the_error() -> TestResult {
-    let (_, out, err) = run_helper("no-init", &[]).await?;
-    ensure!(
-        out.contains("error=") && out.contains("init()"),
-        "stdout: {out} stderr: {err}"
-    );
-    Ok(())
-}
-
-async fn child_returning_before_init_fails_the_start() -> TestResult {
-    let (_, out, err) = run_helper("no-init-return", &[]).await?;
-    ensure!(
-        out.contains("error=") && out.contains("init()"),
-        "stdout: {out} stderr: {err}"
-    );
-    ensure!(
-        out.contains("exit code 0"),
-        "the error should say how the child ended: {out}"
-    );
-    Ok(())
-}
-
-async fn child_stuck_before_init_hits_the_deadline() -> TestResult {
-    let (_, out, err) = run_helper("no-init-block", &[]).await?;
-    ensure!(
-        out.contains("error=") && out.contains("within") && out.contains("init()"),
-        "stdout: {out} stderr: {err}"
-    );
+async fn children_run_without_init_and_never_run_main() -> TestResult {
+    let (status, out, err) = run_helper("no-init", &[]).await?;
+    ensure!(status.success(), "helper failed: {out} {err}");
+    let mains = out.lines().filter(|l| l.starts_with("main ran")).count();
+    ensure!(mains == 1, "`main` ran {mains} times, not once: {out}");
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        ensure!(
+            out.contains(&format!("{}=5", m.name())),
+            "{m:?}: the child did not run its target: {out} {err}"
+        );
+    }
     Ok(())
 }
 
@@ -125,32 +104,15 @@ async fn async_targets_under_a_runtime_built_before_init() -> TestResult {
 /// This binary as a parent in a mode of its own; prints what the test reads.
 async fn helper(mode: &str) {
     match mode {
-        "no-init" | "no-init-return" => {
-            if mode == "no-init-return" && std::env::var_os("TOKIO_MULTIPROCESSING_BOOT").is_some()
-            {
-                std::process::exit(0); // a child whose main returns before init()
-            }
-            match Process::new(nothing, ())
-                .start_timeout(Duration::from_secs(20))
-                .start()
-                .await
-            {
-                Ok(mut p) => println!("started?! exit {:?}", p.join().await),
-                Err(e) => println!("error={e}"),
-            }
-        }
-        "no-init-block" => {
-            if std::env::var_os("TOKIO_MULTIPROCESSING_BOOT").is_some() {
-                std::thread::sleep(Duration::from_secs(60)); // main busy before init()
-                std::process::exit(0);
-            }
-            let r = Process::new(nothing, ())
-                .start_timeout(Duration::from_millis(500))
-                .start()
-                .await;
-            match r {
-                Ok(_) => println!("started?!"),
-                Err(e) => println!("error={e}"),
+        "no-init" => {
+            for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+                match Process::new(async_exit, (4,)).start_method(m).start().await {
+                    Ok(mut p) => match p.join().await {
+                        Ok(code) => println!("{}={code}", m.name()),
+                        Err(e) => println!("{}: join failed: {e}", m.name()),
+                    },
+                    Err(e) => println!("{}: start failed: {e}", m.name()),
+                }
             }
         }
         other => panic!("unknown helper mode {other}"),

@@ -180,8 +180,9 @@ impl PoolBuilder {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo() -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
     /// use std::time::Duration;
     ///
     /// fn connect(url: String) {

@@ -21,6 +21,8 @@ mod slot;
 mod spawn;
 mod started;
 mod stats;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::sync::Arc;
@@ -163,7 +165,7 @@ impl Shared {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use tokio_multiprocessing as mp;
 ///
 /// fn square(x: i64) -> i64 {
@@ -172,7 +174,7 @@ impl Shared {
 ///
 /// #[tokio::main]
 /// async fn main() -> mp::Result<()> {
-///     mp::init(); // a worker never gets past this line
+///     mp::init(); // optional: a worker takes its role before `main`
 ///     let pool = mp::Pool::builder().processes(4).build().await?;
 ///     assert_eq!(pool.apply(square, (7,)).await?, 49);
 ///     let squares = pool.map(square, 0..1000).chunksize(64).await?;
@@ -248,8 +250,10 @@ impl Pool {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// # let pool = &tokio_multiprocessing::Pool::new(2).await?;
     /// fn add(a: i32, b: i32) -> i32 {
     ///     a + b
     /// }
@@ -300,8 +304,10 @@ impl Pool {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// # let pool = &tokio_multiprocessing::Pool::new(2).await?;
     /// fn square(x: u64) -> u64 {
     ///     x * x
     /// }
@@ -330,8 +336,10 @@ impl Pool {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// # let pool = &tokio_multiprocessing::Pool::new(2).await?;
     /// fn cube(x: i64) -> i64 {
     ///     x * x * x
     /// }
@@ -436,8 +444,10 @@ impl Pool {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(pool: &tokio_multiprocessing::Pool) -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// # let pool = &tokio_multiprocessing::Pool::new(2).await?;
     /// use futures::StreamExt;
     ///
     /// fn square(x: u64) -> u64 {

@@ -161,14 +161,15 @@ const _: () = assert!(inner::UNBOUNDED_CAPACITY == 32_768 && inner::MAX_MAXSIZE 
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use tokio_multiprocessing as mp;
 ///
 /// async fn foo(q: mp::Queue<String>) {
 ///     let _ = q.put("hello world!".to_string()).await;
 /// }
 ///
-/// # async fn demo() -> mp::Result<()> {
+/// # #[tokio::main]
+/// # async fn main() -> mp::Result<()> {
 /// let q = mp::Queue::<String>::new()?;
 /// let mut p = mp::Process::new(foo, (q.clone(),)).start().await?;
 /// p.join().await?;

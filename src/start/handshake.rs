@@ -37,8 +37,9 @@ pub(crate) enum BootReply {
 }
 
 /// The advice every "the child never got going" error carries.
-pub(crate) const INIT_ADVICE: &str = "does `main()` call `tokio_multiprocessing::init()` before anything else? \
-     (children run `main` again up to `init()`)";
+pub(crate) const INIT_ADVICE: &str = "a child takes its role before `main`, from this crate's \
+     constructor in the executable's `.init_array`; where no constructor runs, it runs `main` \
+     again, so `main()` must call `tokio_multiprocessing::init()` before anything else";
 
 fn start_error(launch: &Launch, pid: i32, message: String) -> Error {
     Error::Start {

@@ -1,9 +1,9 @@
 //! Start methods and the child bootstrap behind [`init`].
 //!
 //! Every child runs the same executable. `spawn` re-executes it with an environment variable
-//! naming an inherited socket; [`init`], called first thing in `main`, finds the variable,
-//! reads the bootstrap frame from the socket (handshake, target, arguments), runs the target
-//! and exits. `forkserver` re-executes once into a server that forks children on request;
+//! naming an inherited socket; before `main`, the executable's constructor (and [`init`], its
+//! fallback) finds the variable, reads the bootstrap frame from the socket (handshake, target,
+//! arguments), runs the target and exits. `forkserver` re-executes once into a server that forks children on request;
 //! `fork` forks the caller. The parent races every wait on a child's bootstrap against the
 //! child's pidfd and a deadline, so a child that dies or never reaches `init()` fails the start
 //! instead of hanging it.
@@ -42,38 +42,39 @@ use crate::wire::{Encoded, Hello};
 /// `"<fd>,<parent pid>"`.
 pub(crate) const ENV_BOOT: &str = "TOKIO_MULTIPROCESSING_BOOT";
 
-/// Makes this program able to run children: call it first thing in `main`.
+/// Runs a child's role in place of `main`: in a process started as a child, this runs the
+/// child's target (a process target, a pool worker, the fork server) and exits; it never
+/// returns. Elsewhere it does nothing.
 ///
-/// In the parent it returns at once. In a child it runs the child's role (a process target,
-/// a pool worker, the fork server) and exits: it never returns. This is Python's
-/// `if __name__ == "__main__":` guard turned around.
+/// **Calling it is optional.** A re-executed child takes its role before `main`, from a
+/// constructor the crate places in the executable's `.init_array`, so a child never runs any
+/// of the program's `main`: not the code a `main` runs first, not a test harness. That is
+/// what lets a plain `#[test]` or `#[tokio::test]` start processes and pools, and doctests
+/// too. `init()` is kept as the explicit spelling of Python's `if __name__ == "__main__":`
+/// guard, and as a fallback where no constructor ran. If a program calls it, it calls it
+/// before starting threads of its own, as the first thing in `main` (a child that reaches
+/// it edits its environment).
 ///
-/// Children started with [`StartMethod::Spawn`] run this very program again, so **code before
-/// `init()` runs again in every child**: keep it to nothing, or to what children need too.
-/// Call it before the program starts threads of its own. It works in a synchronous `main` and
-/// in `#[tokio::main]`; in the latter the runtime exists already when `init()` runs, so a
-/// synchronous `main` that calls `init()` and then builds the runtime is a little lighter.
-/// A child does not receive the parent's command-line arguments (see
+/// Because children do not run `main`, what a program sets up there (a `tracing`
+/// subscriber, a global value) is not set up in its children: do that in a pool's
+/// initializer or at the start of the target. A child does not receive the parent's
+/// command-line arguments either (see
 /// [`ProcessBuilder::inherit_argv`](crate::ProcessBuilder::inherit_argv)).
-///
-/// If a program starts children but never calls `init()`, each child runs `main` from the
-/// top as if it were the parent; the first call it makes into this crate ends it, and the
-/// parent's start fails with an error that names `init()`.
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// fn greet(name: String) {
 ///     println!("hello {name}");
 /// }
 ///
 /// #[tokio::main]
 /// async fn main() -> tokio_multiprocessing::Result<()> {
-///     tokio_multiprocessing::init(); // a child never gets past this line
+///     tokio_multiprocessing::init(); // optional: a child never runs `main`
 ///     let mut p = tokio_multiprocessing::Process::new(greet, ("bob".to_string(),))
 ///         .start()
 ///         .await?;
-///     p.join().await?;
+///     assert_eq!(p.join().await?, 0);
 ///     Ok(())
 /// }
 /// ```
@@ -82,6 +83,20 @@ pub fn init() {
         crate::sys::clear_env_var(ENV_BOOT.as_ref());
         bootstrap::run_from_env(&value)
     }
+}
+
+/// The child's role taken before `main`, from the executable's constructor
+/// (`sys::constructor`): a process started as a child runs its target here and exits.
+/// Any other process returns at once, untouched.
+pub(crate) fn before_main() {
+    if std::env::var_os(ENV_BOOT).is_none() {
+        return;
+    }
+    // Rust's start-up has not ignored SIGPIPE yet, and will not run in this process.
+    if let Err(e) = crate::sys::ignore_sigpipe() {
+        tracing::debug!("cannot ignore SIGPIPE before main: {e}");
+    }
+    init()
 }
 
 /// Everything needed to start one child.
@@ -102,6 +117,7 @@ pub(crate) struct Launch {
 
 /// Starts a child as `launch` says.
 pub(crate) async fn launch(launch: Launch) -> Result<Child> {
+    crate::sys::keep_constructor();
     bootstrap::refuse_if_uninitialised_child();
     match launch.method {
         StartMethod::Spawn => spawn::launch_spawn(launch).await,

@@ -149,8 +149,9 @@ impl Inner {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let b = tokio_multiprocessing::Barrier::new(1)?;
 /// assert_eq!(b.wait().await?, 0);
 /// # Ok(()) }

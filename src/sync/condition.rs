@@ -74,8 +74,9 @@ impl Inner {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let c = tokio_multiprocessing::Condition::new()?;
 /// let g = c.lock().await?;
 /// let (g, notified) = g.wait_timeout(std::time::Duration::from_millis(10)).await?;

@@ -47,8 +47,9 @@ type Inner = SharedState<EventLayout>;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let e = tokio_multiprocessing::Event::new()?;
 /// e.set();
 /// e.wait().await?;

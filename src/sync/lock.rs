@@ -188,7 +188,7 @@ impl RawLock {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use tokio_multiprocessing as mp;
 ///
 /// async fn f(l: mp::Lock, i: u32) {
@@ -197,7 +197,8 @@ impl RawLock {
 ///     }
 /// }
 ///
-/// # async fn demo() -> mp::Result<()> {
+/// # #[tokio::main]
+/// # async fn main() -> mp::Result<()> {
 /// let lock = mp::Lock::new()?;
 /// let mut p = mp::Process::new(f, (lock.clone(), 1)).start().await?;
 /// p.join().await?;
@@ -346,8 +347,9 @@ fn task_token() -> u64 {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let l = tokio_multiprocessing::RLock::new()?;
 /// let a = l.lock().await?;
 /// let b = l.lock().await?; // the same task: no wait

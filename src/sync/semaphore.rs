@@ -179,8 +179,9 @@ impl Drop for SemaphoreGuard<'_> {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let s = tokio_multiprocessing::Semaphore::new(2)?;
 /// {
 ///     let _unit = s.acquire().await?; // given back at the end of the block
@@ -231,8 +232,9 @@ impl Semaphore {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let s = tokio_multiprocessing::BoundedSemaphore::new(1)?;
 /// assert!(s.release().is_err()); // already at its bound
 /// # Ok(()) }

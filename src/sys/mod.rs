@@ -7,6 +7,7 @@
 //! the mechanisms the rest of the crate is built on.
 
 mod bytes;
+mod constructor;
 mod eventfd;
 mod fd;
 mod ident;
@@ -19,6 +20,7 @@ mod socket_opts;
 mod spill;
 
 pub(crate) use bytes::{Number, number_bytes};
+pub(crate) use constructor::{ignore_sigpipe, keep_constructor};
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{

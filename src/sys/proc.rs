@@ -394,12 +394,14 @@ pub(crate) fn exit_now(code: i32) -> ! {
 
 /// Removes an environment variable.
 ///
-/// Called by `init()` in a child before any code of ours starts a thread; the docs of
-/// `init()` ask that it be the first thing `main` does, before the program starts threads.
+/// Called in a child before any code of ours starts a thread: from the executable's
+/// constructor, before `main`, or from `init()`, whose docs ask that it come before the
+/// program starts threads.
 pub(crate) fn clear_env_var(name: &OsStr) {
     // SAFETY: no other thread of this process reads or writes the environment at this point:
-    // a child reaches this line from `init()`, which its `main` calls before starting any
-    // thread (a documented requirement of `init()`).
+    // a child reaches this line before `main` (from the constructor, when the process has
+    // one thread), or from `init()`, which `main` calls before starting any thread (a
+    // documented requirement of `init()`).
     unsafe { std::env::remove_var(name) }
 }
 

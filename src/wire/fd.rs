@@ -15,7 +15,7 @@ use super::codec::{deserialize_fd, serialize_fd};
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::io::Write;
 /// use tokio_multiprocessing::{Fd, Process};
 ///
@@ -24,7 +24,8 @@ use super::codec::{deserialize_fd, serialize_fd};
 ///     let _ = file.write_all(b"hello from the child\n");
 /// }
 ///
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let file = std::fs::File::create("/tmp/out.txt")?;
 /// let mut p = Process::new(write_hello, (Fd::from(std::os::fd::OwnedFd::from(file)),)).start().await?;
 /// p.join().await?;
