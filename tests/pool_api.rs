@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use support::pool::*;
 use support::{TestResult, eventually, exists, test};
 use tokio_multiprocessing::{self as mp, Error, ExitCause, Pool};
@@ -250,6 +251,69 @@ async fn large_arguments_and_results() -> TestResult {
     ensure!(out == blobs, "apply_async echoes");
     let out = pool.map(reverse, blobs.clone()).chunksize(1).await?;
     ensure!(out == blobs, "map echoes");
+    Ok(())
+}
+
+/// A large argument that fails to encode only after its first megabytes.
+#[derive(Serialize, Deserialize)]
+struct LargeThenUnencodable {
+    blob: Vec<u8>,
+    tail: Unencodable,
+}
+
+fn take_large_then_unencodable(v: LargeThenUnencodable) -> usize {
+    v.blob.len()
+}
+
+/// Arguments and results over a MiB are encoded and decoded on blocking threads: they
+/// arrive whole; a `close()` right after submitting one waits for it; a cancel that reaches
+/// the pool before its arguments are encoded still cancels it; an encoding that fails past
+/// its first MiB fails its call alone.
+async fn large_values_cross_off_the_runtime_thread() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let blob = |i: u8| -> Vec<u8> { (0..3u32 << 20).map(|j| (j % 251) as u8 ^ i).collect() };
+    let reversed = |mut v: Vec<u8>| {
+        v.reverse();
+        v
+    };
+    let hs: Vec<_> = (0..4)
+        .map(|i| pool.apply_async(reverse, (blob(i),)))
+        .collect();
+    let out = futures::future::try_join_all(hs).await?;
+    ensure!(
+        out.into_iter().eq((0..4).map(|i| reversed(blob(i)))),
+        "3 MiB values came back changed"
+    );
+
+    let gate = tmp_path("large-gate");
+    let blocker = pool.apply_async(block_until_file, (gate.clone(),));
+    let mut queued = pool.apply_async(reverse, (blob(9),));
+    queued.cancel_if_queued();
+    let r = tokio::time::timeout(Duration::from_secs(20), &mut queued).await;
+    std::fs::write(&gate, b"")?;
+    match r {
+        Ok(Err(e)) if e.is_cancelled() => {}
+        other => return Err(format!("a cancelled large task gave {other:?}").into()),
+    }
+    ensure!(blocker.await?, "the blocking task saw its gate");
+
+    let bad = LargeThenUnencodable {
+        blob: vec![1; 2 << 20],
+        tail: Unencodable,
+    };
+    match pool.apply(take_large_then_unencodable, (bad,)).await {
+        Err(e) if e.to_string().contains("refuses") => {}
+        other => return Err(format!("expected the encoding's error, got {other:?}").into()),
+    }
+
+    let last = pool.apply_async(reverse, (blob(7),));
+    pool.close();
+    pool.join().await?;
+    ensure!(
+        last.await? == reversed(blob(7)),
+        "the task submitted before close ran"
+    );
+    let _ = std::fs::remove_file(&gate);
     Ok(())
 }
 
@@ -681,6 +745,7 @@ fn main() {
             get_timeout_leaves_task_running,
             panic_fails_that_task_only,
             large_arguments_and_results,
+            large_values_cross_off_the_runtime_thread,
             unencodable_result,
             unencodable_argument_and_undecodable_result,
             closed_pool,

@@ -9,11 +9,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
+use super::off_thread::decode_later;
 use super::scheduler::{Cmd, Outcome};
 use crate::error::{Error, Result, TaskError};
 
 enum State<R> {
     Waiting(oneshot::Receiver<Outcome>),
+    /// A large result being decoded on a blocking thread.
+    Decoding(tokio::task::JoinHandle<std::result::Result<R, TaskError>>),
     Done(std::result::Result<R, TaskError>),
     /// The result was handed out; whether it was a success.
     Taken(bool),
@@ -51,7 +54,7 @@ pub struct AsyncResult<R> {
 impl<R> std::fmt::Debug for AsyncResult<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
-            State::Waiting(_) => "waiting",
+            State::Waiting(_) | State::Decoding(_) => "waiting",
             State::Done(Ok(_)) => "done",
             State::Done(Err(_)) => "failed",
             State::Taken(_) => "taken",
@@ -67,7 +70,9 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 impl<R> Unpin for AsyncResult<R> {}
 
 /// Turns a worker's answer into the task's typed result.
-fn decode_outcome<R: DeserializeOwned>(outcome: Outcome) -> std::result::Result<R, TaskError> {
+pub(super) fn decode_outcome<R: DeserializeOwned>(
+    outcome: Outcome,
+) -> std::result::Result<R, TaskError> {
     outcome?.decode::<R>().map_err(TaskError::local)
 }
 
@@ -126,27 +131,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         match &self.state {
             State::Done(r) => Some(r.is_ok()),
             State::Taken(ok) => Some(*ok),
-            State::Waiting(_) => None,
-        }
-    }
-
-    /// Waits at most `timeout` for the result (Python's `get(timeout)`). On timeout the task
-    /// keeps running and this handle stays usable: await it, or call this again.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] if the task has not finished in time; otherwise the task's
-    /// [`TaskError`], as [`Error::Task`].
-    ///
-    /// # Panics
-    /// Outside a tokio runtime with its time driver enabled.
-    ///
-    /// # Cancel safety
-    /// This method is cancel safe: if it loses a `select!` race, the result stays in the
-    /// handle.
-    pub async fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
-        match tokio::time::timeout(timeout, &mut *self).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::Timeout),
+            State::Waiting(_) | State::Decoding(_) => None,
         }
     }
 
@@ -187,6 +172,28 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     }
 }
 
+impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
+    /// Waits at most `timeout` for the result (Python's `get(timeout)`). On timeout the task
+    /// keeps running and this handle stays usable: await it, or call this again.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the task has not finished in time; otherwise the task's
+    /// [`TaskError`], as [`Error::Task`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the result stays in the
+    /// handle.
+    pub async fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        match tokio::time::timeout(timeout, &mut *self).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
 impl<R> AsyncResult<R> {
     /// Like polling the future, but hands over the worker's answer undecoded when it has not
     /// been decoded yet, for a caller that decodes it its own way.
@@ -219,18 +226,31 @@ impl<R> AsyncResult<R> {
     }
 }
 
-impl<R: DeserializeOwned> Future for AsyncResult<R> {
+impl<R: DeserializeOwned + Send + 'static> Future for AsyncResult<R> {
     type Output = std::result::Result<R, TaskError>;
 
+    /// A large result is decoded on a blocking thread (see `off_thread`), not in `poll`.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let State::Waiting(rx) = &mut this.state {
-            let outcome = match Pin::new(rx).poll(cx) {
+            this.state = match Pin::new(rx).poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(o)) => decode_outcome(o),
-                Poll::Ready(Err(_)) => Err(TaskError::pool_closed()),
+                Poll::Ready(Ok(o)) => match decode_later(o) {
+                    Ok(decoding) => State::Decoding(decoding),
+                    Err(o) => State::Done(decode_outcome(o)),
+                },
+                Poll::Ready(Err(_)) => State::Done(Err(TaskError::pool_closed())),
             };
-            this.state = State::Done(outcome);
+        }
+        if let State::Decoding(h) = &mut this.state {
+            let decoded = match Pin::new(h).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(e)) => Err(TaskError::local(Error::Protocol(format!(
+                    "decoding the result failed: {e}"
+                )))),
+            };
+            this.state = State::Done(decoded);
         }
         Poll::Ready(this.take_done())
     }
@@ -247,7 +267,7 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
 #[derive(Debug)]
 pub struct AbortOnDrop<R>(AsyncResult<R>);
 
-impl<R: DeserializeOwned> AbortOnDrop<R> {
+impl<R: DeserializeOwned + Send + 'static> AbortOnDrop<R> {
     /// The handle inside, which no longer cancels on drop.
     pub fn detach(mut self) -> AsyncResult<R> {
         let state = std::mem::replace(&mut self.0.state, State::Taken(false));
@@ -271,7 +291,7 @@ impl<R> Drop for AbortOnDrop<R> {
     }
 }
 
-impl<R: DeserializeOwned> Future for AbortOnDrop<R> {
+impl<R: DeserializeOwned + Send + 'static> Future for AbortOnDrop<R> {
     type Output = std::result::Result<R, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

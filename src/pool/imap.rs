@@ -12,7 +12,7 @@ use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
-use super::async_result::AsyncResult;
+use super::async_result::{Answer, AsyncResult, decode_outcome};
 use super::map_result::items;
 use crate::error::TaskError;
 use crate::task::ChunkOut;
@@ -45,9 +45,14 @@ impl<R: DeserializeOwned + 'static> Future for ChunkAt<R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        Pin::new(&mut this.result)
-            .poll(cx)
-            .map(|r| (this.start, this.len, this.sent.elapsed(), r))
+        // A chunk is decoded in place: it is one of many, each of a bounded size.
+        this.result.poll_answer(cx).map(|answer| {
+            let r = match answer {
+                Answer::Raw(o) => decode_outcome(o),
+                Answer::Decoded(r) => r,
+            };
+            (this.start, this.len, this.sent.elapsed(), r)
+        })
     }
 }
 

@@ -14,6 +14,7 @@ mod imap;
 mod link;
 mod map;
 mod map_result;
+mod off_thread;
 mod payload;
 mod proto;
 mod scheduler;
@@ -98,34 +99,53 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return AsyncResult::failed(TaskError::pool_closed());
         }
-        let payload: Payload = match payload {
-            Ok(p) => p.into(),
-            Err(e) => return AsyncResult::failed(TaskError::local(e)),
-        };
-        // Arguments that cannot fit in a frame fail here, before anything is queued (the
-        // scheduler checks the whole frame again, head included, before sending it).
-        let max = crate::wire::max_frame_size();
-        if payload.len() > max {
-            return AsyncResult::failed(TaskError::local(Error::FrameTooLarge {
-                size: payload.len() as u64,
-                max,
-            }));
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let job = Job {
-            id,
-            entry: crate::task::task_entry_offset(entry.entry),
-            is_async: entry.is_async,
-            payload,
-            timeout: timeout.or(self.task_timeout),
-            reply: Some(tx),
+        let payload = payload.map(Into::into);
+        let job = match checked_job(id, entry, payload, timeout.or(self.task_timeout), tx) {
+            Ok(job) => job,
+            Err((_, e)) => return AsyncResult::failed(e),
         };
         if self.cmds.send(Cmd::Submit(job)).is_err() {
             return AsyncResult::failed(TaskError::pool_closed());
         }
         AsyncResult::waiting(id, rx, self.cmds.clone())
     }
+}
+
+/// Where a task's answer goes.
+type Reply = oneshot::Sender<scheduler::Outcome>;
+
+/// Task `id` with its arguments, checked; arguments that cannot fit in a frame fail here,
+/// before anything is queued (the scheduler checks the whole frame again, head included,
+/// before sending it). On failure, the reply is given back with the error.
+fn checked_job(
+    id: u64,
+    entry: Entry,
+    payload: Result<Payload>,
+    timeout: Option<Duration>,
+    reply: Reply,
+) -> std::result::Result<Job, (Reply, TaskError)> {
+    let payload = match payload {
+        Ok(p) => p,
+        Err(e) => return Err((reply, TaskError::local(e))),
+    };
+    let max = crate::wire::max_frame_size();
+    if payload.len() > max {
+        let e = Error::FrameTooLarge {
+            size: payload.len() as u64,
+            max,
+        };
+        return Err((reply, TaskError::local(e)));
+    }
+    Ok(Job {
+        id,
+        entry: crate::task::task_entry_offset(entry.entry),
+        is_async: entry.is_async,
+        payload,
+        timeout,
+        reply: Some(reply),
+    })
 }
 
 /// A process pool (Python's `multiprocessing.Pool`): worker processes that run tasks
@@ -263,7 +283,7 @@ impl Pool {
     pub async fn apply<F, A, M>(&self, f: F, args: A) -> std::result::Result<F::Output, TaskError>
     where
         F: Target<A, M>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned,
     {
         self.apply_async(f, args).await
@@ -285,14 +305,14 @@ impl Pool {
     ) -> std::result::Result<F::Output, TaskError>
     where
         F: Target<A, M>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned,
     {
         let _ = f;
         self.shared
-            .submit(
+            .submit_args(
                 Entry::of::<F, A, M>(task_entry::<F, A, M>()),
-                Encoded::new(&args),
+                args,
                 Some(timeout),
             )
             .await
@@ -319,15 +339,12 @@ impl Pool {
     pub fn apply_async<F, A, M>(&self, f: F, args: A) -> AsyncResult<F::Output>
     where
         F: Target<A, M>,
-        A: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned,
     {
         let _ = f;
-        self.shared.submit(
-            Entry::of::<F, A, M>(task_entry::<F, A, M>()),
-            Encoded::new(&args),
-            None,
-        )
+        self.shared
+            .submit_args(Entry::of::<F, A, M>(task_entry::<F, A, M>()), args, None)
     }
 
     /// Applies `f` to every item, in the workers, and returns the results in input order

@@ -81,6 +81,15 @@ pub(super) fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<O
 /// What the pool's handles ask of the scheduler.
 pub(super) enum Cmd {
     Submit(Job),
+    /// Task `id` was submitted, and its arguments are being encoded off the caller's
+    /// thread: it counts as queued (a close waits for it) until its [`Cmd::Expected`].
+    Expect(u64),
+    /// The task announced by [`Cmd::Expect`], with its arguments; `None` if they could not
+    /// be encoded or its caller gave up (its handle has its answer already).
+    Expected {
+        id: u64,
+        job: Option<Job>,
+    },
     /// Cancel task `id`; `running` says whether to kill its worker if it may have started.
     Cancel {
         id: u64,
@@ -157,6 +166,9 @@ pub(super) struct Scheduler {
     events: UnboundedReceiver<Event>,
     events_tx: UnboundedSender<Event>,
     queue: VecDeque<Job>,
+    /// Tasks announced by [`Cmd::Expect`] and not yet arrived: whether each was cancelled
+    /// meanwhile.
+    expected: HashMap<u64, bool>,
     workers: HashMap<u64, Slot>,
     next_wid: u64,
     starting: usize,
@@ -199,6 +211,7 @@ impl Scheduler {
             events,
             events_tx,
             queue: VecDeque::new(),
+            expected: HashMap::new(),
             workers: HashMap::new(),
             next_wid: 0,
             starting: starts.pending,
@@ -358,6 +371,27 @@ impl Scheduler {
                     self.queue.push_back(job);
                 }
             }
+            Cmd::Expect(id) => {
+                self.expected.insert(id, false);
+            }
+            Cmd::Expected { id, job } => {
+                let cancelled = self.expected.remove(&id).unwrap_or(false);
+                match job {
+                    None => {}
+                    Some(job) if cancelled => self.answer_job(job, Err(TaskError::cancelled())),
+                    // Submitted before a close: it runs, as the tasks queued then do.
+                    Some(job) if self.phase == Phase::Terminating => {
+                        self.answer_job(job, Err(TaskError::pool_closed()))
+                    }
+                    Some(job) => match (&self.broken, self.workers.is_empty()) {
+                        (Some(e), true) => {
+                            let e = TaskError::local(e.clone());
+                            self.answer_job(job, Err(e));
+                        }
+                        _ => self.queue.push_back(job),
+                    },
+                }
+            }
             Cmd::Cancel { id, running } => self.cancel(id, running),
             Cmd::Close => {
                 if self.phase == Phase::Open {
@@ -370,6 +404,11 @@ impl Scheduler {
                 self.terminate();
             }
         }
+    }
+
+    /// Whether no task is waiting for a worker: none queued, none on its way.
+    fn drained(&self) -> bool {
+        self.queue.is_empty() && self.expected.is_empty()
     }
 
     fn terminate(&mut self) {
@@ -390,6 +429,10 @@ impl Scheduler {
     /// to run unless `running`, in which case its worker is killed; one sent ahead and not
     /// started is taken back from its worker.
     fn cancel(&mut self, id: u64, running: bool) {
+        if let Some(cancelled) = self.expected.get_mut(&id) {
+            *cancelled = true;
+            return;
+        }
         if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
             if let Some(job) = self.queue.remove(pos) {
                 self.answer_job(job, Err(TaskError::cancelled()));
@@ -521,7 +564,7 @@ impl Scheduler {
                 }
                 let unwanted = match self.phase {
                     Phase::Open => false,
-                    Phase::Closed => self.queue.is_empty(),
+                    Phase::Closed => self.drained(),
                     Phase::Terminating => true,
                 };
                 if !unwanted {
@@ -638,7 +681,7 @@ impl Scheduler {
             return;
         }
         let live = self.workers.values().filter(|s| !s.draining).count();
-        let wanted = if self.phase != Phase::Open && self.queue.is_empty() {
+        let wanted = if self.phase != Phase::Open && self.drained() {
             0
         } else {
             self.cfg.processes
@@ -778,7 +821,7 @@ impl Scheduler {
     /// Sends `Exit` to every worker that holds nothing and should stop: it has run its
     /// `maxtasksperchild`, or the pool is closed and nothing is queued.
     fn retire_idle(&mut self) {
-        let closing = self.phase != Phase::Open && self.queue.is_empty();
+        let closing = self.phase != Phase::Open && self.drained();
         let max = self.cfg.maxtasksperchild;
         for slot in self.workers.values_mut() {
             if slot.draining || slot.load() > 0 {

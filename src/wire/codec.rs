@@ -38,6 +38,46 @@ impl Encoded {
         encode_into(&mut e.bytes, &mut e.fds, value)?;
         Ok(e)
     }
+
+    /// Encodes `value` if its encoding takes at most `max` bytes; `None` if it takes more,
+    /// found out after writing at most `max` bytes of it (the caller encodes it elsewhere).
+    pub(crate) fn within<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Option<Encoded>> {
+        let mut e = Encoded::default();
+        let mut capped = Capped {
+            buf: &mut e.bytes,
+            max,
+            over: false,
+        };
+        match encode_to(&mut capped, &mut e.fds, value) {
+            Ok(()) => Ok(Some(e)),
+            Err(_) if capped.over => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A buffer that refuses to grow past `max` bytes, and remembers that it refused.
+struct Capped<'a> {
+    buf: &'a mut Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.max {
+            self.over = true;
+            return Err(std::io::Error::other(
+                "the encoding is larger than its budget",
+            ));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Appends the MessagePack encoding of `value` to `buf`, and the descriptors it holds to
@@ -50,15 +90,28 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     fds: &mut Vec<OwnedFd>,
     value: &T,
 ) -> Result<()> {
-    let (len, nfds) = (buf.len(), fds.len());
+    let len = buf.len();
+    let res = encode_to(&mut *buf, fds, value);
+    if res.is_err() {
+        buf.truncate(len);
+    }
+    res
+}
+
+/// [`encode_into`] to any writer; on error `fds` is left as it was.
+fn encode_to<W: std::io::Write, T: Serialize + ?Sized>(
+    w: W,
+    fds: &mut Vec<OwnedFd>,
+    value: &T,
+) -> Result<()> {
+    let nfds = fds.len();
     let previous = OUTGOING.with(|o| o.replace(Some(std::mem::take(fds))));
-    let mut ser = rmp_serde::Serializer::new(&mut *buf).with_bytes(BytesMode::ForceIterables);
+    let mut ser = rmp_serde::Serializer::new(w).with_bytes(BytesMode::ForceIterables);
     let res = value.serialize(&mut ser);
     *fds = OUTGOING.with(|o| o.replace(previous)).unwrap_or_default();
     match res {
         Ok(()) => Ok(()),
         Err(e) => {
-            buf.truncate(len);
             fds.truncate(nfds);
             Err(Error::Encode {
                 type_name: type_name::<T>(),
