@@ -156,6 +156,10 @@ fn checked_job(
 /// result; `async fn` tasks run on the worker's own runtime (see
 /// [`PoolBuilder::concurrency`]).
 ///
+/// Arguments are owned values: a function taking `&str` (or any borrow) cannot be a task,
+/// and rustc reports it as "implementation of `Deserialize` is not general enough" for the
+/// argument tuple. Take `String` (or the owned type) instead.
+///
 /// A worker that dies (a signal, an abort, the OOM killer) fails only the tasks it was
 /// running, with a [`TaskError`] naming its pid and the signal or exit code
 /// ([`is_worker_lost`](TaskError::is_worker_lost)): its death
