@@ -44,17 +44,19 @@ async fn run() -> mp::Result<()> {
     pool.apply(echo, (payload.clone(),)).await?;
     let (mut stalls, mut idle, mut rates) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
+        let arg = payload.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let (h, worst) = ticker(stop.clone());
         tokio::time::sleep(Duration::from_millis(5)).await;
         worst.store(0, Ordering::Relaxed);
-        let arg = payload.clone();
         let t = Instant::now();
         let back = pool.apply(echo, (arg,)).await?;
         let took = t.elapsed();
         stalls.push(worst.load(Ordering::Relaxed) as f64 / 1e3);
         assert_eq!(back.len(), SIZE);
-        drop(back);
+        tokio::task::spawn_blocking(move || drop(back))
+            .await
+            .map_err(|e| mp::Error::Protocol(e.to_string()))?;
         rates.push(2.0 * SIZE as f64 / took.as_secs_f64() / 1e9);
         worst.store(0, Ordering::Relaxed);
         tokio::time::sleep(took).await;

@@ -190,6 +190,7 @@ impl Framed {
     /// # Cancel safety
     /// This method is cancel safe: bytes already read stay buffered for the next call.
     pub(crate) async fn recv(&self) -> Result<Frame> {
+        let mut turn = Turn::default();
         loop {
             if let Some(f) = self.take_frame()? {
                 return Ok(f);
@@ -204,7 +205,7 @@ impl Framed {
                 })
                 .await;
             match r {
-                Ok(_) => {}
+                Ok(n) => turn.moved(n).await,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
@@ -360,7 +361,9 @@ impl Framed {
         let _turn = self.send_turn.lock().await;
         let mut joined: Vec<u8> = Vec::new();
         for f in frames.iter_mut() {
-            if f.fd_count() > 0 {
+            // A frame with descriptors goes alone, and so does a large one (copying it into
+            // the joined bytes would cost more than a system call saves).
+            if f.fd_count() > 0 || f.parts()[0].len() >= JOIN_MAX {
                 self.write_all(io, &joined, &[]).await?;
                 joined.clear();
                 self.write_frame(io, f).await?;
@@ -396,16 +399,21 @@ impl Framed {
         mut data: &[u8],
         mut fds: &[RawFd],
     ) -> Result<()> {
+        let mut turn = Turn::default();
         while !data.is_empty() {
             let r = io
                 .async_io(Interest::WRITABLE, |fd| {
-                    sys::send_with_fds(fd.as_fd(), data, fds)
+                    // At most a turn's bytes per call: a socket with a large buffer would
+                    // otherwise take tens of megabytes in one copy.
+                    let part = &data[..data.len().min(TURN_BYTES)];
+                    sys::send_with_fds(fd.as_fd(), part, fds)
                 })
                 .await;
             match r {
                 Ok(n) => {
                     data = &data[n..];
                     fds = &[];
+                    turn.moved(n).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -461,3 +469,25 @@ impl AsRawFd for Framed {
 
 #[cfg(test)]
 mod tests;
+
+/// The largest frame head [`Framed::send_batch`] copies to join it with others.
+const JOIN_MAX: usize = 64 * 1024;
+
+/// How many bytes a send or a receive moves before it lets the other tasks of its thread
+/// run: a 64 MiB frame over a socket its peer drains as fast as it fills would otherwise
+/// hold a current-thread runtime for the whole copy.
+const TURN_BYTES: usize = 1 << 20;
+
+/// Counts the bytes a loop moved, and yields to the runtime every [`TURN_BYTES`].
+#[derive(Default)]
+struct Turn(usize);
+
+impl Turn {
+    async fn moved(&mut self, n: usize) {
+        self.0 += n;
+        if self.0 >= TURN_BYTES {
+            self.0 = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// read fills it. A socket that carries a few small frames (a child's bootstrap) never
 /// faults in the pages of a large buffer.
 const FIRST_READ_CHUNK: usize = 4 * 1024;
+/// The most the buffer grows by at once (zeroing it takes well under a millisecond).
+const GROW_STEP: usize = 1 << 20;
 
 /// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.
 #[derive(Debug)]
@@ -159,7 +161,21 @@ impl RecvBuf {
             }
             let room = self.buf.len() - self.end;
             if room < wanted.min(chunk) {
-                let grow = wanted.min(self.buf.len().max(chunk));
+                // A frame whose length is known (and allowed) gets its whole capacity at
+                // once: address space only, whose pages are touched as bytes arrive, so the
+                // buffer never moves (a copy of all it holds) while it grows.
+                if let Some(n) = frame_len
+                    && n <= HEADER_LEN + self.max_body()
+                {
+                    self.buf
+                        .reserve_exact((self.start + n).saturating_sub(self.buf.len()));
+                }
+                // It grows by at most `GROW_STEP` at a time, so that zeroing the new part
+                // never holds the caller for long.
+                let grow = wanted
+                    .min(self.buf.len().max(chunk))
+                    .min(GROW_STEP)
+                    .max(wanted.min(chunk));
                 self.buf.resize(self.end + room.max(grow), 0);
             }
         }
