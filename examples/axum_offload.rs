@@ -37,7 +37,7 @@ async fn fib_handler(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    mp::init(); // a worker never gets past this line
+    mp::init(); // optional: a worker takes its role before `main`
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".into());

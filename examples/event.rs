@@ -36,7 +36,7 @@ async fn f(e: mp::Event, i: u32) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let e = mp::Event::new()?;
     let mut children = Vec::new();
     for num in 0..10 {

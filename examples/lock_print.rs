@@ -31,7 +31,7 @@ async fn f(l: mp::Lock, i: u32) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let lock = mp::Lock::new()?;
     let mut children = Vec::new();
     for num in 0..10 {

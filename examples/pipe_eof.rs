@@ -49,7 +49,7 @@ async fn pipe_proc(out_pipe: mp::Connection<i32>) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let (out_pipe, in_pipe) = mp::Pipe::<i32>::new()?;
     let mut sub = mp::Process::new(pipe_proc, (out_pipe,)).start().await?;
     for x in 0..10 {

@@ -25,7 +25,7 @@ async fn f(conn: mp::Connection<String>) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let (parent_conn, child_conn) = mp::Pipe::<String>::new()?;
     // `child_conn` moves into the arguments: the child gets it, this process keeps no copy.
     let mut p = mp::Process::new(f, (child_conn,)).start().await?;

@@ -48,7 +48,7 @@ async fn f(conn: mp::Connection<Vec<Value>>) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let (parent_conn, child_conn) = mp::Pipe::<Vec<Value>>::new()?;
     let mut p = mp::Process::new(f, (child_conn,)).start().await?;
     let list = parent_conn.recv().await?;

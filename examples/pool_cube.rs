@@ -39,7 +39,7 @@ fn cube(number: i64) -> i64 {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a worker never gets past this line
+    mp::init(); // optional: a worker takes its role before `main`
     let numbers = 0..10;
     // By default one worker per available core, like os.cpu_count().
     let p = mp::Pool::builder().build().await?;

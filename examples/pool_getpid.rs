@@ -25,7 +25,7 @@ fn worker(procnum: u32) -> u32 {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a worker never gets past this line
+    mp::init(); // optional: a worker takes its role before `main`
     let pool = mp::Pool::builder().processes(3).build().await?;
     println!("{:?}", pool.map(worker, 0..5).await?);
     Ok(())

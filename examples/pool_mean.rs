@@ -23,7 +23,7 @@ fn f(x: Vec<i64>) -> f64 {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a worker never gets past this line
+    mp::init(); // optional: a worker takes its role before `main`
     let x: Vec<Vec<i64>> = vec![
         (0..10).collect(),
         (20..30).collect(),

@@ -65,7 +65,7 @@ fn pool_init() {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a worker never gets past this line
+    mp::init(); // optional: a worker takes its role before `main`
     let workers = mp::Pool::builder()
         .processes(5)
         .initializer(pool_init, ())

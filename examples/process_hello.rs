@@ -25,7 +25,7 @@ fn f(name: String) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     println!("main process: {}", std::process::id());
     let mut p = mp::Process::new(f, ("bob".to_string(),)).start().await?;
     p.join().await?;

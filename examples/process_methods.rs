@@ -27,7 +27,7 @@ fn sleep(seconds: u64) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let p = mp::Process::new(sleep, (1000,));
     println!("{p}"); // not started: there is no process to be alive
     let mut p = p.start().await?;

@@ -30,7 +30,7 @@ fn square_numbers() {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let num_processes = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut processes = Vec::new();
     for _ in 0..num_processes {

@@ -49,7 +49,7 @@ async fn foo_ctx(q: mp::Queue<String>) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
 
     mp::set_start_method(mp::StartMethod::Spawn);
     let q = mp::Queue::new()?;

@@ -53,7 +53,7 @@ async fn f(q: mp::Queue<Vec<Value>>) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let q = mp::Queue::<Vec<Value>>::new()?;
     let mut p = mp::Process::new(f, (q.clone(),)).start().await?;
     let list = q.get().await?;

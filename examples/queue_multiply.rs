@@ -25,7 +25,7 @@ async fn multiply(a: i64, b: i64, que: mp::Queue<i64>) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let queue1 = mp::Queue::new()?;
     let mut p = mp::Process::new(multiply, (4, 5, queue1.clone()))
         .start()

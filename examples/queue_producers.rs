@@ -68,7 +68,7 @@ async fn get_element(name: String, qu: mp::Queue<String>) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let qu = mp::Queue::with_maxsize(100)?;
     let mut puts = Vec::new();
     for i in 0..10 {

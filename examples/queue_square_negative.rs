@@ -52,7 +52,7 @@ async fn make_negative(numbers: Vec<i64>, queue: mp::Queue<i64>) -> mp::Result<(
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let numbers: Vec<i64> = (1..6).collect();
     let q = mp::Queue::new()?;
     let mut p1 = mp::Process::new(square, (numbers.clone(), q.clone()))

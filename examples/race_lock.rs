@@ -76,7 +76,7 @@ async fn add_100_array(numbers: mp::RawArray<f64>, lock: mp::Lock) {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let lock1 = mp::Lock::new()?;
     let lock2 = mp::Lock::new()?;
 

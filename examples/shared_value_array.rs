@@ -33,7 +33,7 @@ async fn f(n: mp::Value<f64>, a: mp::Array<i32>) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let num = mp::Value::new(0.0f64)?;
     let arr = mp::Array::from_slice(&(0..10).collect::<Vec<i32>>())?;
     let mut p = mp::Process::new(f, (num.clone(), arr.clone()))

@@ -41,7 +41,7 @@ async fn produce(q: mp::Queue<u64>, done: mp::Event, n: u64) -> mp::Result<()> {
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // children run `main` up to here, then their task, and exit
+    mp::init(); // optional: children take their role before `main` and never run it
 
     let pool = mp::Pool::new(2).await?;
     println!("pool of 2 worker processes started");
