@@ -35,9 +35,17 @@ pub(super) async fn write_worker(
             while rx.recv().await.is_some() {}
             return;
         }
+        // Unmapping the pages of a large frame takes milliseconds: not on this thread.
+        if batch.iter().any(|f| f.wire_len() >= LARGE_FRAME) {
+            let sent = std::mem::take(&mut batch);
+            tokio::task::spawn_blocking(move || drop(sent));
+        }
         batch.clear();
     }
 }
+
+/// A sent frame this large is dropped on a blocking thread.
+const LARGE_FRAME: usize = 1 << 20;
 
 /// Forwards a worker's answers, then its exit (seen at once on its pidfd). While `spin`
 /// allows, it waits actively, up to `limit` after each answer, for the next one.

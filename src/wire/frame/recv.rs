@@ -167,8 +167,12 @@ impl RecvBuf {
                 if let Some(n) = frame_len
                     && n <= HEADER_LEN + self.max_body()
                 {
-                    self.buf
-                        .reserve_exact((self.start + n).saturating_sub(self.buf.len()));
+                    let more = (self.start + n).saturating_sub(self.buf.len());
+                    if more > self.buf.capacity() - self.buf.len() {
+                        self.buf.reserve_exact(more);
+                        // Faulted in 2 MiB at a time where the kernel allows.
+                        sys::advise_huge_pages(&mut self.buf);
+                    }
                 }
                 // It grows by at most `GROW_STEP` at a time, so that zeroing the new part
                 // never holds the caller for long.
