@@ -3,7 +3,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::server::{DictOp, Reply, Request};
+use std::collections::HashMap;
+
+use super::proto::{Bytes, DictOp, Reply, Request};
 use super::{Proxy, decode, encode, unexpected};
 use crate::error::Result;
 
@@ -162,5 +164,72 @@ where
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn clear(&self) -> Result<()> {
         self.op(DictOp::Clear).await.map(drop)
+    }
+}
+
+/// The server's side: a dict that remembers insertion order, as Python's does.
+#[derive(Default)]
+pub(super) struct Dict {
+    pairs: Vec<(Bytes, Bytes)>,
+    index: HashMap<Bytes, usize>,
+}
+
+impl Dict {
+    pub(super) fn insert(&mut self, k: Bytes, v: Bytes) -> Option<Bytes> {
+        match self.index.get(&k) {
+            Some(&i) => Some(std::mem::replace(&mut self.pairs[i].1, v)),
+            None => {
+                self.index.insert(k.clone(), self.pairs.len());
+                self.pairs.push((k, v));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &Bytes) -> Option<Bytes> {
+        let i = self.index.remove(k)?;
+        let (_, v) = self.pairs.remove(i);
+        for (_, j) in self.index.iter_mut().filter(|(_, j)| **j > i) {
+            *j -= 1;
+        }
+        Some(v)
+    }
+
+    pub(super) fn handle(&mut self, op: DictOp) -> Reply {
+        match op {
+            DictOp::Insert(k, v) => Reply::Item(self.insert(k, v)),
+            DictOp::Get(k) => Reply::Item(self.index.get(&k).map(|&i| self.pairs[i].1.clone())),
+            DictOp::Remove(k) => Reply::Item(self.remove(&k)),
+            DictOp::Contains(k) => Reply::Bool(self.index.contains_key(&k)),
+            DictOp::Len => Reply::Len(self.pairs.len() as u64),
+            DictOp::Items => Reply::Pairs(self.pairs.clone()),
+            DictOp::Clear => {
+                *self = Dict::default();
+                Reply::Done
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn b(x: &[u8]) -> Bytes {
+        ByteBuf::from(x.to_vec())
+    }
+
+    #[test]
+    fn dict_keeps_insertion_order_across_removals() {
+        let mut d = Dict::default();
+        for k in [b"a", b"b", b"c", b"d"] {
+            d.insert(b(k), b(k));
+        }
+        assert_eq!(d.remove(&b(b"b")), Some(b(b"b")));
+        d.insert(b(b"b"), b(b"B"));
+        let keys: Vec<_> = d.pairs.iter().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(keys, [b"a", b"c", b"d", b"b"]);
+        assert_eq!(d.index[&b(b"d")], 2);
     }
 }

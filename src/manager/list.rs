@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::server::{ListOp, Reply, Request};
+use super::proto::{ListOp, Reply, Request};
 use super::{Proxy, decode, encode, unexpected};
 use crate::error::Result;
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::server::{Reply, Request, ValueOp};
+use super::proto::{Reply, Request, ValueOp};
 use super::{Proxy, decode, encode, unexpected};
 use crate::error::Result;
 
