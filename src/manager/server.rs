@@ -414,6 +414,9 @@ fn wait_of(req: &Request) -> Wait {
     }
 }
 
+/// Replies a connection may have waiting to be written before its requests stop being read.
+const REPLIES_IN_FLIGHT: usize = 1024;
+
 /// Serves one connection until it ends, then releases what it held.
 pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     let link = Arc::new(link);
@@ -421,7 +424,8 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
         conn: shared.next_conn.fetch_add(1, Ordering::Relaxed),
         pid: 0,
     };
-    let (tx, rx) = mpsc::unbounded_channel::<(u64, Reply)>();
+    // Bounded: a client that sends and never reads is stopped being read, not buffered for.
+    let (tx, rx) = mpsc::channel::<(u64, Reply)>(REPLIES_IN_FLIGHT);
     let mut tasks = JoinSet::new();
     tasks.spawn(write_replies(link.clone(), rx));
     let mut waiting: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
@@ -442,8 +446,11 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
         let (id, req) = match frame.decode::<(u64, Request)>() {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send((0, Reply::message(format!("malformed request: {e}"))));
-                continue;
+                // Garbage: this connection ends (after saying why); no other is affected.
+                let _ = tx
+                    .send((0, Reply::message(format!("malformed request: {e}"))))
+                    .await;
+                break Err(e);
             }
         };
         match req {
@@ -461,12 +468,12 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             let (shared, tx) = (shared.clone(), tx.clone());
             let h = tasks.spawn(async move {
                 let r = shared.wait(caller, req).await;
-                let _ = tx.send((id, r));
+                let _ = tx.send((id, r)).await;
             });
             waiting.insert(id, h);
         } else {
             let r = shared.state().handle(caller, req);
-            if tx.send((id, r)).is_err() {
+            if tx.send((id, r)).await.is_err() {
                 break Ok(()); // the writer ended: the socket is broken
             }
         }
@@ -480,7 +487,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
 
 /// Writes the replies of a connection in order, batching those that are ready together, and
 /// a heartbeat whenever it has been idle for [`HEARTBEAT`].
-async fn write_replies(link: Arc<Framed>, mut rx: mpsc::UnboundedReceiver<(u64, Reply)>) {
+async fn write_replies(link: Arc<Framed>, mut rx: mpsc::Receiver<(u64, Reply)>) {
     let mut batch = Vec::new();
     loop {
         let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
