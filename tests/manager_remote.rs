@@ -342,5 +342,67 @@ async fn bad_input_storm_leaves_the_server_serving() -> TestResult {
 }
 
 async fn example_manager_remote() -> TestResult {
+    use tokio::io::AsyncBufReadExt;
+    // A free port, so the test runs beside anything on 50000.
+    let mut server = tokio::process::Command::new(support::example("manager_remote_server")?)
+        .arg("127.0.0.1:0")
+        .env("TKMP_MANAGER_AUTHKEY", "a test key")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = server.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| "the server printed nothing")??
+        .ok_or("the server ended")?;
+    let address = first
+        .strip_prefix("serving on ")
+        .ok_or_else(|| format!("first line: {first}"))?
+        .to_string();
+    let client = |args: &[&str]| {
+        let mut cmd = match support::example("manager_remote_client") {
+            Ok(path) => tokio::process::Command::new(path),
+            Err(e) => return Err(e),
+        };
+        cmd.args(args)
+            .arg(&address)
+            .env("TKMP_MANAGER_AUTHKEY", "a test key")
+            .kill_on_drop(true);
+        Ok(cmd)
+    };
+    let put = tokio::time::timeout(Duration::from_secs(30), client(&["put", "hello"])?.output())
+        .await
+        .map_err(|_| "the putting client hung")??;
+    ensure!(
+        put.status.success(),
+        "put: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let get = tokio::time::timeout(Duration::from_secs(30), client(&["get"])?.output())
+        .await
+        .map_err(|_| "the getting client hung")??;
+    ensure!(
+        get.status.success(),
+        "get: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    ensure!(
+        get.stdout == b"hello\n",
+        "get printed {:?}",
+        String::from_utf8_lossy(&get.stdout)
+    );
+    // A client with the wrong key fails, and the server serves on.
+    let wrong = tokio::time::timeout(
+        Duration::from_secs(30),
+        client(&["get"])?
+            .env("TKMP_MANAGER_AUTHKEY", "wrong")
+            .output(),
+    )
+    .await
+    .map_err(|_| "the wrong-key client hung")??;
+    ensure!(!wrong.status.success(), "a wrong key was let in");
+    ensure!(server.try_wait()?.is_none(), "the server ended");
+    server.kill().await?;
     Ok(())
 }
