@@ -73,6 +73,19 @@ pub(super) enum Request {
 }
 
 impl Request {
+    /// Whether a request that may wait is answered by one attempt when it need not wait (a
+    /// condition's or a barrier's wait always waits).
+    pub(super) fn tried_at_once(&self) -> bool {
+        matches!(
+            self,
+            Request::Queue(..)
+                | Request::Lock(..)
+                | Request::Semaphore(..)
+                | Request::Event(..)
+                | Request::Condition(_, ConditionOp::Lock(_))
+        )
+    }
+
     /// Whether the request may wait (and so runs beside the connection's other requests).
     pub(super) fn may_wait(&self) -> bool {
         match self {

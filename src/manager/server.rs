@@ -465,6 +465,17 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             _ => {}
         }
         if req.may_wait() {
+            // Tried here first: a request that need not wait is answered in order, at the
+            // cost of no task.
+            if req.tried_at_once() {
+                let step = shared.state().attempt(caller, &req, false);
+                if let Step::Done(r) = step {
+                    if tx.send((id, r)).await.is_err() {
+                        break Ok(());
+                    }
+                    continue;
+                }
+            }
             let (shared, tx) = (shared.clone(), tx.clone());
             let h = tasks.spawn(async move {
                 let r = shared.wait(caller, req).await;
