@@ -273,7 +273,7 @@ impl ManagerBuilder {
     pub async fn serve(self) -> Result<Manager> {
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
-        let shared = Shared::new();
+        let shared = Shared::new(Duration::ZERO);
         let (door, address, socket_file) = match bound {
             Some((listener, address, file)) => (
                 Some(Door {
