@@ -59,8 +59,8 @@ pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
     ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
-    JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerAddress, ManagerBuilder,
-    NamespaceProxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedProxy, ValueProxy,
+    JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerAddress, ManagerBuilder,
+    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedProxy, ValueProxy,
 };
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,

@@ -8,10 +8,11 @@ mod support;
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use support::{TestResult, join_ok};
 use tokio_multiprocessing::{
     self as mp, ArrayProxy, BarrierProxy, ConditionProxy, Error, EventProxy, JoinableQueueProxy,
-    LockProxy, Manager, NamespaceProxy, Process, QueueProxy,
+    LockProxy, Managed, Manager, NamespaceProxy, Process, Proxy, QueueProxy,
 };
 
 fn main() {
@@ -32,6 +33,7 @@ fn main() {
         barrier_timeout_breaks_it,
         array_has_a_fixed_length,
         get_by_name_checks_the_proxy_type,
+        user_types_run_in_the_server,
     ])
 }
 
@@ -470,6 +472,86 @@ async fn get_by_name_checks_the_proxy_type() -> TestResult {
     ensure!(
         matches!(m.register("jobs", &other).await, Err(Error::Manager(_))),
         "a taken name"
+    );
+    Ok(())
+}
+
+/// A user type, as CPython's docs register `Maths`.
+#[derive(Default)]
+struct Counter {
+    count: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum CounterOp {
+    Add(u64),
+    Get,
+    Panic,
+}
+
+impl Managed for Counter {
+    type Request = CounterOp;
+    type Reply = u64;
+    fn call(&mut self, op: CounterOp) -> u64 {
+        match op {
+            CounterOp::Add(n) => {
+                // Read, pause, write: calls that overlapped would lose additions.
+                let before = self.count;
+                std::thread::yield_now();
+                self.count = before + n;
+                self.count
+            }
+            CounterOp::Get => self.count,
+            CounterOp::Panic => panic!("asked to panic"),
+        }
+    }
+}
+
+async fn add_many(c: Proxy<Counter>, n: u64) -> mp::Result<()> {
+    for _ in 0..n {
+        c.call(CounterOp::Add(1)).await?;
+    }
+    Ok(())
+}
+
+async fn user_types_run_in_the_server() -> TestResult {
+    // _TestMyManager: a registered type served from a process, and from this one.
+    for in_process in [false, true] {
+        let b = Manager::builder().register::<Counter>();
+        let m = match in_process {
+            true => b.serve().await?,
+            false => b.start().await?,
+        };
+        let c = m.managed::<Counter>().await?;
+        let mut kids = Vec::new();
+        for _ in 0..3 {
+            kids.push(Process::new(add_many, (c.clone(), 100)).start().await?);
+        }
+        add_many(c.clone(), 100).await?;
+        for p in &mut kids {
+            join_ok(p).await?;
+        }
+        ensure!(
+            c.call(CounterOp::Get).await? == 400,
+            "calls were not serialised"
+        );
+        match c.call(CounterOp::Panic).await {
+            Err(Error::Manager(msg)) => ensure!(msg.contains("asked to panic"), "{msg}"),
+            other => return Err(format!("a panicking call gave {other:?}").into()),
+        }
+        ensure!(
+            c.call(CounterOp::Add(1)).await? == 401,
+            "the server serves on after a panic"
+        );
+        m.register("counter", &c).await?;
+        let again: Proxy<Counter> = m.get("counter").await?;
+        ensure!(again.call(CounterOp::Get).await? == 401, "by name");
+        m.shutdown().await?;
+    }
+    let plain = Manager::start().await?;
+    ensure!(
+        matches!(plain.managed::<Counter>().await, Err(Error::Manager(_))),
+        "an unregistered type was made"
     );
     Ok(())
 }

@@ -4,14 +4,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::proto::{ArrayOp, Reply, Request};
-use super::{Proxy, decode, encode, expect_done, expect_len, unexpected};
+use super::{Handle, decode, encode, expect_done, expect_len, unexpected};
 use crate::error::Result;
 
 /// An array of fixed length held by a [`Manager`](crate::Manager) (Python's `ArrayProxy`,
 /// from `manager.Array(...)`). An index past the end is
 /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange), as with the crate's
 /// [`Array`](crate::Array).
-pub struct ArrayProxy<T>(pub(super) Proxy<T>);
+pub struct ArrayProxy<T>(pub(super) Handle<T>);
 proxy_traits!(ArrayProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {

@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 
 use super::proto::{BarrierOp, Failure, Reply, Request, Wait};
 use super::server::{Shared, Step, deadline, object};
-use super::{Proxy, expect_bool, expect_done, expect_len};
+use super::{Handle, expect_bool, expect_done, expect_len};
 use crate::error::Result;
 
 /// The server's side of a barrier.
@@ -108,7 +108,7 @@ pub(super) async fn wait(shared: &Shared, id: u64, wait: Wait) -> Reply {
 
 /// A barrier held by a [`Manager`](crate::Manager) (Python's `manager.Barrier(parties)`):
 /// the methods and errors of the crate's [`Barrier`](crate::Barrier).
-pub struct BarrierProxy(pub(super) Proxy<()>);
+pub struct BarrierProxy(pub(super) Handle<()>);
 proxy_traits!(BarrierProxy);
 
 impl BarrierProxy {

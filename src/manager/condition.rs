@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::lock::{LockOps, LockState, lock_methods};
 use super::proto::{ConditionOp, LockOp, Reply, Request, Wait};
 use super::server::{Caller, Shared, Step, deadline, object};
-use super::{Proxy, expect_bool, expect_done};
+use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
 use crate::sync::task_token;
 
@@ -118,14 +118,14 @@ pub(super) async fn wait(
 /// `manager.Condition()`), over a re-entrant lock of its own owned by the task that takes
 /// it: `lock`/`release` as [`RLockProxy`](crate::RLockProxy), `wait`, `notify` and
 /// `notify_all` as the crate's [`Condition`](crate::Condition).
-pub struct ConditionProxy(pub(super) Proxy<()>);
+pub struct ConditionProxy(pub(super) Handle<()>);
 proxy_traits!(ConditionProxy);
 
 impl LockOps for ConditionProxy {
     fn lock_request(&self, op: LockOp) -> Request {
         Request::Condition(self.0.id, ConditionOp::Lock(op))
     }
-    fn proxy(&self) -> &Proxy<()> {
+    fn proxy(&self) -> &Handle<()> {
         &self.0
     }
 }

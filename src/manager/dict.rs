@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
 use super::proto::{Bytes, DictOp, Reply, Request};
-use super::{Proxy, decode, encode, unexpected};
+use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
 /// A dict held by a [`Manager`](crate::Manager) (Python's `DictProxy`). Keys are equal when their encodings
@@ -14,7 +14,7 @@ use crate::error::Result;
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.
-pub struct DictProxy<K, V>(pub(super) Proxy<(K, V)>);
+pub struct DictProxy<K, V>(pub(super) Handle<(K, V)>);
 proxy_traits!(DictProxy<K, V>);
 
 impl<K, V> DictProxy<K, V>

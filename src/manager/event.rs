@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 
 use super::proto::{EventOp, Reply, Request, Wait};
 use super::server::Step;
-use super::{Proxy, expect_bool, expect_done};
+use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
 
 /// The server's side of an event.
@@ -45,7 +45,7 @@ impl EventState {
 
 /// An event held by a [`Manager`](crate::Manager) (Python's `manager.Event()`): the methods
 /// of the crate's [`Event`](crate::Event), each a request to the server.
-pub struct EventProxy(pub(super) Proxy<()>);
+pub struct EventProxy(pub(super) Handle<()>);
 proxy_traits!(EventProxy);
 
 impl EventProxy {

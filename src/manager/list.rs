@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::proto::{ListOp, Reply, Request};
-use super::{Proxy, decode, encode, unexpected};
+use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
 /// A list held by a [`Manager`](crate::Manager) (Python's `ListProxy`). Indices follow Python's rules:
@@ -12,7 +12,7 @@ use crate::error::Result;
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.
-pub struct ListProxy<T>(pub(super) Proxy<T>);
+pub struct ListProxy<T>(pub(super) Handle<T>);
 proxy_traits!(ListProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::proto::{Failure, LockOp, Reply, Request, Wait};
 use super::server::{Caller, Step};
-use super::{Proxy, expect_bool, expect_done};
+use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
 use crate::sync::task_token;
 
@@ -158,7 +158,7 @@ impl LockState {
 /// Requests on a lock, whether its own object or a condition's.
 pub(super) trait LockOps {
     fn lock_request(&self, op: LockOp) -> Request;
-    fn proxy(&self) -> &Proxy<()>;
+    fn proxy(&self) -> &Handle<()>;
 }
 
 pub(super) async fn acquire(p: &impl LockOps, owner: u64, wait: Wait) -> Result<bool> {
@@ -247,20 +247,20 @@ pub(super) use lock_methods;
 /// [`release`](Self::release)). See the module notes on owner death: a holder whose
 /// connection closes frees the lock, and the next acquirer gets
 /// [`Error::LockOwnerDied`](crate::Error::LockOwnerDied).
-pub struct LockProxy(pub(super) Proxy<()>);
+pub struct LockProxy(pub(super) Handle<()>);
 proxy_traits!(LockProxy);
 
 /// A re-entrant lock held by a [`Manager`](crate::Manager) (Python's `manager.RLock()`),
 /// owned by the task that took it: the methods and errors of the crate's
 /// [`RLock`](crate::RLock).
-pub struct RLockProxy(pub(super) Proxy<()>);
+pub struct RLockProxy(pub(super) Handle<()>);
 proxy_traits!(RLockProxy);
 
 impl LockOps for LockProxy {
     fn lock_request(&self, op: LockOp) -> Request {
         Request::Lock(self.0.id, op)
     }
-    fn proxy(&self) -> &Proxy<()> {
+    fn proxy(&self) -> &Handle<()> {
         &self.0
     }
 }
@@ -269,7 +269,7 @@ impl LockOps for RLockProxy {
     fn lock_request(&self, op: LockOp) -> Request {
         Request::Lock(self.0.id, op)
     }
-    fn proxy(&self) -> &Proxy<()> {
+    fn proxy(&self) -> &Handle<()> {
         &self.0
     }
 }

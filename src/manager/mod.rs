@@ -31,6 +31,7 @@ pub use dict::DictProxy;
 pub use event::EventProxy;
 pub use list::ListProxy;
 pub use lock::{LockProxy, RLockProxy};
+pub use managed::{Managed, Proxy};
 pub use namespace::NamespaceProxy;
 pub use queue::{JoinableQueueProxy, QueueProxy};
 pub use remote::{ManagerAddress, ManagerBuilder};
@@ -200,8 +201,8 @@ impl Manager {
         self.address.as_ref()
     }
 
-    fn proxy<P>(&self, id: u64) -> Proxy<P> {
-        Proxy::new(self.link.clone(), id)
+    fn proxy<P>(&self, id: u64) -> Handle<P> {
+        Handle::new(self.link.clone(), id)
     }
 
     async fn create<P: ?Sized>(&self, initial: Initial) -> Result<u64> {
@@ -443,6 +444,22 @@ impl Manager {
         Ok(BarrierProxy(self.proxy(id)))
     }
 
+    /// A new value of your own type `M`, made by its `Default` in the server (Python's
+    /// `m.Maths()` for a registered `Maths`). `M` must be registered on the builder
+    /// ([`ManagerBuilder::register`]).
+    ///
+    /// # Errors
+    /// [`Error::Manager`] if the server does not serve `M`; [`Error::Closed`] if the server
+    /// is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn managed<M: Managed>(&self) -> Result<Proxy<M>> {
+        let initial = Initial::User(std::any::type_name::<M>().to_string());
+        let id = self.create::<Proxy<M>>(initial).await?;
+        Ok(Proxy(self.proxy(id)))
+    }
+
     /// Names an object of this manager, so that any client can fetch a proxy to it with
     /// [`get`](Self::get) (Python's `BaseManager.register('get_queue', callable=...)`).
     ///
@@ -555,15 +572,15 @@ mod sealed {
 use sealed::Sealed;
 
 /// What every proxy holds: its way to the server and the object's id.
-struct Proxy<T> {
+struct Handle<T> {
     link: Arc<Link>,
     id: u64,
     _types: PhantomData<fn() -> T>,
 }
 
-impl<T> Proxy<T> {
-    fn new(link: Arc<Link>, id: u64) -> Proxy<T> {
-        Proxy {
+impl<T> Handle<T> {
+    fn new(link: Arc<Link>, id: u64) -> Handle<T> {
+        Handle {
             link,
             id,
             _types: PhantomData,
@@ -575,9 +592,9 @@ impl<T> Proxy<T> {
     }
 }
 
-impl<T> Clone for Proxy<T> {
+impl<T> Clone for Handle<T> {
     fn clone(&self) -> Self {
-        Proxy::new(self.link.clone(), self.id)
+        Handle::new(self.link.clone(), self.id)
     }
 }
 
@@ -602,7 +619,7 @@ enum RouteOwned {
     },
 }
 
-impl<T> Serialize for Proxy<T> {
+impl<T> Serialize for Handle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let address;
@@ -626,7 +643,7 @@ impl<T> Serialize for Proxy<T> {
     }
 }
 
-impl<'de, T> Deserialize<'de> for Proxy<T> {
+impl<'de, T> Deserialize<'de> for Handle<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (route, id) = <(RouteOwned, u64)>::deserialize(d)?;
         let route = match route {
@@ -636,7 +653,7 @@ impl<'de, T> Deserialize<'de> for Proxy<T> {
                 authkey: authkey.map(Arc::from),
             },
         };
-        Ok(Proxy::new(Link::new(route), id))
+        Ok(Handle::new(Link::new(route), id))
     }
 }
 
@@ -654,7 +671,7 @@ macro_rules! proxy_traits {
         }
         impl<'de $($(, $p)+)?> serde::Deserialize<'de> for $name $(<$($p),+>)? {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                <super::Proxy<_> as serde::Deserialize>::deserialize(d).map($name)
+                <super::Handle<_> as serde::Deserialize>::deserialize(d).map($name)
             }
         }
         impl $(<$($p),+>)? std::fmt::Debug for $name $(<$($p),+>)? {
@@ -664,7 +681,7 @@ macro_rules! proxy_traits {
         }
         impl $(<$($p),+>)? super::Sealed for $name $(<$($p),+>)? {
             fn from_link(link: std::sync::Arc<super::Link>, id: u64) -> Self {
-                $name(super::Proxy::new(link, id))
+                $name(super::Handle::new(link, id))
             }
             fn object_id(&self) -> u64 {
                 self.0.id
@@ -682,6 +699,7 @@ mod dict;
 mod event;
 mod list;
 mod lock;
+mod managed;
 mod namespace;
 mod queue;
 mod semaphore;
@@ -689,7 +707,7 @@ mod value;
 
 impl<T> Sealed for JoinableQueueProxy<T> {
     fn from_link(link: Arc<Link>, id: u64) -> Self {
-        JoinableQueueProxy(QueueProxy(Proxy::new(link, id)))
+        JoinableQueueProxy(QueueProxy(Handle::new(link, id)))
     }
     fn object_id(&self) -> u64 {
         self.0.0.id

@@ -7,13 +7,13 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde::{Deserialize, Serialize};
 
 use super::proto::{NamespaceOp, Reply, Request};
-use super::{Proxy, decode, encode, expect_done, unexpected};
+use super::{Handle, decode, encode, expect_done, unexpected};
 use crate::error::{Error, Result};
 
 /// A namespace held by a [`Manager`](crate::Manager) (Python's `manager.Namespace()`):
 /// named attributes, each of its own type. Attributes keep the order they were first set
 /// in. Cloning a proxy refers to the same namespace.
-pub struct NamespaceProxy(pub(super) Proxy<()>);
+pub struct NamespaceProxy(pub(super) Handle<()>);
 proxy_traits!(NamespaceProxy);
 
 impl NamespaceProxy {

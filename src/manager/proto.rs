@@ -70,6 +70,8 @@ pub(super) enum Request {
     Event(u64, EventOp),
     Condition(u64, ConditionOp),
     Barrier(u64, BarrierOp),
+    /// A call on a value of a registered type: its encoded request.
+    User(u64, Bytes),
 }
 
 impl Request {
@@ -93,7 +95,8 @@ impl Request {
                 op,
                 QueueOp::Put { .. } | QueueOp::Get { .. } | QueueOp::Join
             ),
-            Request::Lock(_, LockOp::Acquire { .. })
+            Request::User(..)
+            | Request::Lock(_, LockOp::Acquire { .. })
             | Request::Semaphore(_, SemaphoreOp::Acquire { .. })
             | Request::Event(_, EventOp::Wait { .. })
             | Request::Barrier(_, BarrierOp::Wait { .. }) => true,
@@ -144,6 +147,8 @@ pub(super) enum Initial {
     Barrier {
         parties: u32,
     },
+    /// A value of the registered type of this name, made by its `Default`.
+    User(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::proto::{Bytes, Failure, QueueOp, Reply, Request, Wait};
 use super::server::Step;
-use super::{Proxy, decode, encode, expect_done, expect_len, unexpected};
+use super::{Handle, decode, encode, expect_done, expect_len, unexpected};
 use crate::error::Result;
 use crate::queue::PutError;
 
@@ -113,7 +113,7 @@ impl QueueState {
 ///
 /// A `get` waiting on an empty queue parks a task in the server and nothing else: other
 /// requests of this proxy, and other clients, go on.
-pub struct QueueProxy<T>(pub(super) Proxy<T>);
+pub struct QueueProxy<T>(pub(super) Handle<T>);
 proxy_traits!(QueueProxy<T>);
 
 /// A joinable queue held by a [`Manager`](crate::Manager) (Python's

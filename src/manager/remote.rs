@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
 use super::link::{Link, Route};
+use super::managed::{Maker, Managed, maker};
 use super::server::{self, Door, Shared};
 use super::{Manager, Server};
 use crate::error::{Error, Result};
@@ -149,6 +152,7 @@ pub struct ManagerBuilder {
     authkey: Option<Vec<u8>>,
     start_method: Option<StartMethod>,
     handshake_timeout: Duration,
+    types: HashMap<String, Maker>,
 }
 
 impl Default for ManagerBuilder {
@@ -158,6 +162,7 @@ impl Default for ManagerBuilder {
             authkey: None,
             start_method: None,
             handshake_timeout: crate::AUTH_TIMEOUT,
+            types: HashMap::new(),
         }
     }
 }
@@ -185,6 +190,15 @@ impl ManagerBuilder {
     /// before it is dropped; [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT) by default.
     pub fn handshake_timeout(mut self, timeout: Duration) -> ManagerBuilder {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Lets the server make values of `M` ([`Manager::managed`]), as Python's
+    /// `BaseManager.register('Maths', Maths)` does; `M` is known by its type name.
+    pub fn register<M: Managed>(mut self) -> ManagerBuilder {
+        let make: Maker = maker::<M>;
+        self.types
+            .insert(std::any::type_name::<M>().to_string(), make);
         self
     }
 
@@ -234,7 +248,8 @@ impl ManagerBuilder {
             ),
             None => (None, None, None),
         };
-        let server = Process::new(server::serve_process, (Fd::from(theirs), door))
+        let types = server::UserTypes::new(&self.types);
+        let server = Process::new(server::serve_process, (Fd::from(theirs), door, types))
             .name("Manager")
             .daemon(true)
             .start_method(self.start_method.unwrap_or_else(crate::get_start_method))
@@ -273,7 +288,7 @@ impl ManagerBuilder {
     pub async fn serve(self) -> Result<Manager> {
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
-        let shared = Shared::new(Duration::ZERO);
+        let shared = Shared::new(Duration::ZERO, self.types.clone());
         let (door, address, socket_file) = match bound {
             Some((listener, address, file)) => (
                 Some(Door {

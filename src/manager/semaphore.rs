@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use super::proto::{Failure, Reply, Request, SemaphoreOp, Wait};
 use super::server::Step;
-use super::{Proxy, expect_done, expect_len};
+use super::{Handle, expect_done, expect_len};
 use crate::error::Result;
 
 /// The server's side of a semaphore.
@@ -125,12 +125,12 @@ macro_rules! semaphore_methods {
 
 /// A semaphore held by a [`Manager`](crate::Manager) (Python's `manager.Semaphore(value)`):
 /// the methods and errors of the crate's [`Semaphore`](crate::Semaphore), without a guard.
-pub struct SemaphoreProxy(pub(super) Proxy<()>);
+pub struct SemaphoreProxy(pub(super) Handle<()>);
 proxy_traits!(SemaphoreProxy);
 
 /// A bounded semaphore held by a [`Manager`](crate::Manager) (Python's
 /// `manager.BoundedSemaphore(value)`): releasing it above its initial value is an error.
-pub struct BoundedSemaphoreProxy(pub(super) Proxy<()>);
+pub struct BoundedSemaphoreProxy(pub(super) Handle<()>);
 proxy_traits!(BoundedSemaphoreProxy);
 
 impl SemaphoreProxy {

@@ -34,6 +34,7 @@ use super::condition::ConditionState;
 use super::dict::Dict;
 use super::event::EventState;
 use super::lock::LockState;
+use super::managed::{Maker, UserObject};
 use super::proto::{
     ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, Reply,
     Request, Tag, ValueOp, Wait,
@@ -69,6 +70,7 @@ pub(super) enum Object {
     Event(EventState),
     Condition(ConditionState),
     Barrier(BarrierState),
+    User(UserObject),
 }
 
 struct Entry {
@@ -82,6 +84,8 @@ pub(super) struct State {
     objects: HashMap<u64, Entry>,
     names: HashMap<String, u64>,
     next: u64,
+    /// The user types this server may make, by type name.
+    types: HashMap<String, Maker>,
 }
 
 /// Python's index rules: negative counts from the end; `None` if out of range.
@@ -146,6 +150,14 @@ impl State {
             Initial::Event => Object::Event(EventState::default()),
             Initial::Condition { reentrant } => Object::Condition(ConditionState::new(reentrant)),
             Initial::Barrier { parties } => Object::Barrier(BarrierState::new(parties)),
+            Initial::User(name) => match self.types.get(&name) {
+                Some(make) => Object::User(Arc::new(std::sync::Mutex::new(make()))),
+                None => {
+                    return Reply::message(format!(
+                        "the manager serves no type {name:?} (register it on the builder)"
+                    ));
+                }
+            },
         };
         self.next += 1;
         self.objects.insert(self.next, Entry { object, tag });
@@ -213,6 +225,7 @@ impl State {
                 reply(object!(self, id, Condition).map(|c| c.handle(caller, op)))
             }
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
+            Request::User(..) => Reply::message("a call on a user object runs in its own task"),
         }
     }
 
@@ -333,9 +346,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(spin: Duration) -> Arc<Shared> {
+    pub(super) fn new(spin: Duration, types: HashMap<String, Maker>) -> Arc<Shared> {
         Arc::new(Shared {
-            state: std::sync::Mutex::new(State::default()),
+            state: std::sync::Mutex::new(State {
+                types,
+                ..State::default()
+            }),
             next_conn: AtomicU64::new(1),
             spin,
         })
@@ -356,6 +372,13 @@ impl Shared {
             }
             Request::Barrier(id, BarrierOp::Wait { wait }) => {
                 super::barrier::wait(self, id, wait).await
+            }
+            Request::User(id, request) => {
+                let object = object!(self.state(), id, User).map(|o| o.clone());
+                match object {
+                    Ok(o) => super::managed::run(o, request).await,
+                    Err(f) => Reply::Failed(f),
+                }
             }
             req => {
                 self.wait_on(deadline, |s, timed_out| s.attempt(caller, &req, timed_out))
@@ -660,13 +683,21 @@ impl Listening {
     }
 }
 
-/// What a server process is given: the registration socket, and a listening socket when the
-/// manager has an address.
+/// What a server process is given: the registration socket, a listening socket when the
+/// manager has an address, and the user types it may make.
 pub(super) async fn serve_process(
     registration: crate::wire::Fd,
     door: Option<(crate::wire::Fd, Option<Vec<u8>>, Duration)>,
+    types: UserTypes,
 ) {
-    let shared = Shared::new(SERVER_SPIN);
+    let types = match types.resolve() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tokio-multiprocessing manager: {e}");
+            std::process::exit(1);
+        }
+    };
+    let shared = Shared::new(SERVER_SPIN, types);
     let local = serve_registration(registration.into_owned(), shared.clone());
     let r = match door {
         None => local.await,
@@ -685,6 +716,37 @@ pub(super) async fn serve_process(
     if let Err(e) = r {
         eprintln!("tokio-multiprocessing manager: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The user types of a server process, as they travel to it: each constructor as an offset
+/// into the binary both processes run, with that binary's fingerprint.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct UserTypes {
+    #[serde(with = "serde_bytes")]
+    fingerprint: Vec<u8>,
+    makers: Vec<(String, i64)>,
+}
+
+impl UserTypes {
+    pub(super) fn new(types: &HashMap<String, Maker>) -> UserTypes {
+        UserTypes {
+            fingerprint: sys::fingerprint().to_vec(),
+            makers: types
+                .iter()
+                .map(|(name, &make)| (name.clone(), sys::offset_from_anchor(make as usize)))
+                .collect(),
+        }
+    }
+
+    fn resolve(self) -> Result<HashMap<String, Maker>> {
+        let same = sys::SameBinary::check(&self.fingerprint).ok_or_else(|| {
+            Error::Protocol("the manager's user types come from another binary".into())
+        })?;
+        self.makers
+            .into_iter()
+            .map(|(name, offset)| Ok((name, sys::resolve_entry::<Maker>(offset, same)?)))
+            .collect()
     }
 }
 

@@ -4,14 +4,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::proto::{Reply, Request, ValueOp};
-use super::{Proxy, decode, encode, unexpected};
+use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
 /// A value held by a [`Manager`](crate::Manager) (Python's `ValueProxy`, from `manager.Value(...)`).
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.
-pub struct ValueProxy<T>(pub(super) Proxy<T>);
+pub struct ValueProxy<T>(pub(super) Handle<T>);
 proxy_traits!(ValueProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
