@@ -288,7 +288,7 @@ impl ManagerBuilder {
     pub async fn serve(self) -> Result<Manager> {
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
-        let shared = Shared::new(Duration::ZERO, self.types.clone());
+        let shared = Shared::new(self.types.clone());
         let (door, address, socket_file) = match bound {
             Some((listener, address, file)) => (
                 Some(Door {

@@ -340,20 +340,16 @@ fn namespace(n: &mut Vec<(String, Bytes)>, op: NamespaceOp) -> Reply {
 pub(super) struct Shared {
     state: std::sync::Mutex<State>,
     next_conn: AtomicU64,
-    /// How long a connection waits awake for its next request after a reply (see
-    /// [`reply_now`]); zero for a server that shares its process.
-    spin: Duration,
 }
 
 impl Shared {
-    pub(super) fn new(spin: Duration, types: HashMap<String, Maker>) -> Arc<Shared> {
+    pub(super) fn new(types: HashMap<String, Maker>) -> Arc<Shared> {
         Arc::new(Shared {
             state: std::sync::Mutex::new(State {
                 types,
                 ..State::default()
             }),
             next_conn: AtomicU64::new(1),
-            spin,
         })
     }
 
@@ -441,9 +437,6 @@ fn wait_of(req: &Request) -> Wait {
     }
 }
 
-/// How long a server process's connection waits awake for the next request after a reply.
-const SERVER_SPIN: Duration = Duration::from_micros(50);
-
 /// Replies a connection may have waiting to be written before its requests stop being read.
 const REPLIES_IN_FLIGHT: usize = 1024;
 
@@ -500,7 +493,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             if req.tried_at_once() {
                 let step = shared.state().attempt(caller, &req, false);
                 if let Step::Done(r) = step {
-                    if let Err(e) = reply_now(&link, id, r, shared.spin).await {
+                    if let Err(e) = reply_now(&link, id, r).await {
                         break Err(e);
                     }
                     continue;
@@ -514,7 +507,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             waiting.insert(id, h);
         } else {
             let r = shared.state().handle(caller, req);
-            if let Err(e) = reply_now(&link, id, r, shared.spin).await {
+            if let Err(e) = reply_now(&link, id, r).await {
                 break Err(e);
             }
         }
@@ -526,17 +519,10 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     shared.state().release(caller);
 }
 
-/// Writes a reply from the connection's own loop (its turn to write is shared with the
-/// writer task, so frames never interleave), then, in a server process of its own, waits
-/// awake for up to `spin` for the next request: a client that calls again at once then
-/// finds the server awake instead of paying for its wake-up (tens of microseconds on a
-/// virtual machine).
-async fn reply_now(link: &Framed, id: u64, reply: Reply, spin: Duration) -> Result<()> {
-    link.send(&mut FrameBuf::of(&(id, reply))?).await?;
-    if !spin.is_zero() {
-        link.spin_for_input(spin);
-    }
-    Ok(())
+/// Writes a reply from the connection's own loop, without a hop to the writer task (their
+/// turns to write are shared, so frames never interleave).
+async fn reply_now(link: &Framed, id: u64, reply: Reply) -> Result<()> {
+    link.send(&mut FrameBuf::of(&(id, reply))?).await
 }
 
 /// Writes the replies of a connection in order, batching those that are ready together, and
@@ -697,7 +683,7 @@ pub(super) async fn serve_process(
             std::process::exit(1);
         }
     };
-    let shared = Shared::new(SERVER_SPIN, types);
+    let shared = Shared::new(types);
     let local = serve_registration(registration.into_owned(), shared.clone());
     let r = match door {
         None => local.await,
