@@ -16,7 +16,7 @@
 //! connection for lost. Every call waiting on a lost connection, for whatever reason (the
 //! server died, the network went, the connection broke), fails with [`Error::Closed`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,21 @@ pub enum Route {
 /// one value.
 pub struct Link {
     pub(super) route: Route,
-    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Taken while a connection is being made, so that one is made at a time.
+    connecting: tokio::sync::Mutex<()>,
+    held: Mutex<Held>,
+}
+
+/// The proxies alive on a link, which the server counts as references of its connection.
+#[derive(Default)]
+struct Held {
+    /// Live proxies, by object id.
+    counts: HashMap<u64, usize>,
+    /// Objects received from another process whose loan the first reference settles.
+    borrowed: HashSet<u64>,
+    /// Loans made before this link had a connection, told to the server once it has one.
+    lends: Vec<u64>,
 }
 
 type Waiting = Mutex<HashMap<u64, oneshot::Sender<Result<Reply>>>>;
@@ -73,8 +87,79 @@ impl Link {
     pub(super) fn new(route: Route) -> Arc<Link> {
         Arc::new(Link {
             route,
-            conn: tokio::sync::Mutex::new(None),
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            held: Mutex::default(),
         })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live_conn(&self) -> Option<Arc<Conn>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref()
+            .filter(|c| !c.calls.lost.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// A proxy to `id` now lives on this link (`borrowed`: received from another process).
+    /// The first one is a reference of the connection, told to the server now or when the
+    /// connection is made.
+    pub(super) fn hold(&self, id: u64, borrowed: bool) {
+        let mut held = self.held();
+        if borrowed {
+            held.borrowed.insert(id);
+        }
+        let n = held.counts.entry(id).or_default();
+        *n += 1;
+        if *n == 1 {
+            if let Some(conn) = self.live_conn() {
+                let borrowed = held.borrowed.remove(&id);
+                conn.post(Request::Incref { id, borrowed });
+            }
+        }
+    }
+
+    /// A proxy to `id` on this link is gone; with the last one, the connection's reference.
+    pub(super) fn release(&self, id: u64) {
+        let mut held = self.held();
+        let Some(n) = held.counts.get_mut(&id) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            held.counts.remove(&id);
+            held.borrowed.remove(&id);
+            if let Some(conn) = self.live_conn() {
+                conn.post(Request::Decref(id));
+            }
+        }
+    }
+
+    /// A proxy to `id` is on its way to another process (it is being encoded): the server
+    /// keeps the object until that process holds it.
+    pub(super) fn lend(&self, id: u64) {
+        let mut held = self.held();
+        match self.live_conn() {
+            Some(conn) => conn.post(Request::Lend(id)),
+            None => held.lends.push(id),
+        }
+    }
+
+    /// Puts a new connection in place and tells the server what this link holds.
+    fn install(&self, conn: Arc<Conn>) {
+        let mut held = self.held();
+        let ids: Vec<u64> = held.counts.keys().copied().collect();
+        for id in ids {
+            let borrowed = held.borrowed.remove(&id);
+            conn.post(Request::Incref { id, borrowed });
+        }
+        for id in std::mem::take(&mut held.lends) {
+            conn.post(Request::Lend(id));
+        }
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
     }
 
     /// Sends `req` and waits for its reply; a failure the server reports is its error.
@@ -92,26 +177,29 @@ impl Link {
     /// Makes the connection now, so that its errors (nothing listens, a wrong key) are the
     /// caller's.
     pub(super) async fn open(&self) -> Result<()> {
+        let _turn = self.connecting.lock().await;
         let link = self.connect().await?;
-        *self.conn.lock().await = Some(Arc::new(Conn::start(link)?));
+        self.install(Arc::new(Conn::start(link)?));
         Ok(())
     }
 
-    /// The connection, made now if there is none or it was lost.
+    /// The connection, made now if there is none or it was lost. A connection made again
+    /// after a loss holds this link's references again (the server let them go with the
+    /// lost one).
     async fn conn(&self) -> Result<Arc<Conn>> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard
-            .as_ref()
-            .filter(|c| !c.calls.lost.load(Ordering::Acquire))
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.live_conn() {
+            return Ok(c);
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(c) = self.live_conn() {
+            return Ok(c);
         }
         let link = self.connect().await.map_err(|e| match e {
             Error::Io(io) if is_gone(&io) => Error::Closed,
             e => e,
         })?;
         let conn = Arc::new(Conn::start(link)?);
-        *guard = Some(conn.clone());
+        self.install(conn.clone());
         Ok(conn)
     }
 
@@ -180,6 +268,13 @@ impl Conn {
             calls,
             next: AtomicU64::new(1),
         })
+    }
+
+    /// Sends a request that has no reply, if the connection is still there.
+    fn post(&self, req: Request) {
+        if let Ok(f) = FrameBuf::of(&(0u64, req)) {
+            let _ = self.out.send(f);
+        }
     }
 
     async fn call(self: &Arc<Conn>, req: &Request) -> Result<Reply> {

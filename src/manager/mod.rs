@@ -10,6 +10,15 @@
 //!   `value.rs`, `array.rs`, `namespace.rs`, `queue.rs`, `lock.rs`, `semaphore.rs`,
 //!   `event.rs`, `condition.rs`, `barrier.rs`.
 //!
+//! # Lifetimes
+//! An object lives while a proxy to it exists somewhere, as in Python. A link counts its
+//! live proxies and the server counts each connection's references: the first proxy on a
+//! connection sends `Incref`, the last one's drop `Decref`, and a closed connection drops
+//! all of its references. A proxy being encoded for another process sends `Lend`, which keeps
+//! the object until the receiver's first reference settles the loan (`Incref` with
+//! `borrowed`); a proxy encoded and never decoded keeps its object until the manager stops,
+//! which errs on the side of keeping. A registered name keeps its object for good.
+//!
 //! The server keeps every value as MessagePack bytes; a proxy encodes and decodes its own
 //! types. A proxy is a serde value, so it can be passed to a `Process` or a pool task like
 //! any argument: what travels is the object's id and the way to the server. For a local
@@ -498,6 +507,19 @@ impl Manager {
         }
     }
 
+    /// The number of objects the server holds (Python's `_number_of_objects()`). An object
+    /// lives while a proxy to it exists in some process (or is on its way to one), or while
+    /// it has a name; then the server lets it go.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it changes nothing.
+    pub async fn object_count(&self) -> Result<usize> {
+        expect_len(self.link.call(Request::Count).await?)
+    }
+
     /// Waits until the server ends (Python's `server.serve_forever()`): for a server in this
     /// process, until it fails or the runtime stops; for a server process, until it exits.
     ///
@@ -580,6 +602,12 @@ struct Handle<T> {
 
 impl<T> Handle<T> {
     fn new(link: Arc<Link>, id: u64) -> Handle<T> {
+        Handle::holding(link, id, false)
+    }
+
+    /// A handle, counted by its link (see `Link::hold`).
+    fn holding(link: Arc<Link>, id: u64, borrowed: bool) -> Handle<T> {
+        link.hold(id, borrowed);
         Handle {
             link,
             id,
@@ -595,6 +623,12 @@ impl<T> Handle<T> {
 impl<T> Clone for Handle<T> {
     fn clone(&self) -> Self {
         Handle::new(self.link.clone(), self.id)
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.link.release(self.id);
     }
 }
 
@@ -636,6 +670,7 @@ impl<T> Serialize for Handle<T> {
                 }
             }
         };
+        self.link.lend(self.id);
         let mut t = s.serialize_tuple(2)?;
         t.serialize_element(&route)?;
         t.serialize_element(&self.id)?;
@@ -653,7 +688,7 @@ impl<'de, T> Deserialize<'de> for Handle<T> {
                 authkey: authkey.map(Arc::from),
             },
         };
-        Ok(Handle::new(Link::new(route), id))
+        Ok(Handle::holding(Link::new(route), id, true))
     }
 }
 

@@ -55,6 +55,19 @@ pub(super) enum Request {
     Ping,
     /// Gives up on a request still waiting (a dropped `get`, `lock`, `wait`).
     Cancel(u64),
+    /// A proxy to the object lives on this connection (`borrowed`: one received from
+    /// another process, whose loan it settles). Unanswered, like the next two.
+    Incref {
+        id: u64,
+        borrowed: bool,
+    },
+    /// The last proxy to the object on this connection is gone.
+    Decref(u64),
+    /// A proxy to the object is on its way to another process: keep the object until that
+    /// process says it holds it.
+    Lend(u64),
+    /// The number of objects the server holds.
+    Count,
     Create(Initial, Tag),
     /// Names an object so that other clients can [`Lookup`](Request::Lookup) it.
     Register(String, u64),

@@ -76,6 +76,11 @@ pub(super) enum Object {
 struct Entry {
     object: Object,
     tag: Tag,
+    /// Connections' references, loans to processes not connected yet, and whether a name
+    /// keeps the object: it ends when all three are gone.
+    refs: u64,
+    lent: u64,
+    named: bool,
 }
 
 /// Every object the server holds, by id, and the names some of them are registered under.
@@ -86,6 +91,8 @@ pub(super) struct State {
     next: u64,
     /// The user types this server may make, by type name.
     types: HashMap<String, Maker>,
+    /// The references each connection holds, by object.
+    held: HashMap<u64, HashMap<u64, u64>>,
 }
 
 /// Python's index rules: negative counts from the end; `None` if out of range.
@@ -160,7 +167,14 @@ impl State {
             },
         };
         self.next += 1;
-        self.objects.insert(self.next, Entry { object, tag });
+        let entry = Entry {
+            object,
+            tag,
+            refs: 0,
+            lent: 0,
+            named: false,
+        };
+        self.objects.insert(self.next, entry);
         Reply::Id(self.next)
     }
 
@@ -188,6 +202,21 @@ impl State {
     pub(super) fn handle(&mut self, caller: Caller, req: Request) -> Reply {
         match req {
             Request::Hello { .. } | Request::Ping | Request::Cancel(_) => Reply::Done,
+            Request::Incref { id, borrowed } => {
+                self.incref(caller, id, borrowed);
+                Reply::Done
+            }
+            Request::Decref(id) => {
+                self.decref(caller, id);
+                Reply::Done
+            }
+            Request::Lend(id) => {
+                if let Some(e) = self.objects.get_mut(&id) {
+                    e.lent += 1;
+                }
+                Reply::Done
+            }
+            Request::Count => Reply::Len(self.objects.len() as u64),
             Request::Create(initial, tag) => self.create(initial, tag),
             Request::Register(name, id) => {
                 if !self.objects.contains_key(&id) {
@@ -199,6 +228,9 @@ impl State {
                     }
                     _ => {
                         self.names.insert(name, id);
+                        if let Some(e) = self.objects.get_mut(&id) {
+                            e.named = true;
+                        }
                         Reply::Done
                     }
                 }
@@ -249,8 +281,51 @@ impl State {
         r.unwrap_or_else(|f| Step::Done(Reply::Failed(f)))
     }
 
-    /// Releases what a connection that ended held: its locks, whose next acquirer is told.
+    fn incref(&mut self, caller: Caller, id: u64, borrowed: bool) {
+        let Some(e) = self.objects.get_mut(&id) else {
+            return;
+        };
+        e.refs += 1;
+        if borrowed {
+            e.lent = e.lent.saturating_sub(1);
+        }
+        *self
+            .held
+            .entry(caller.conn)
+            .or_default()
+            .entry(id)
+            .or_default() += 1;
+    }
+
+    fn decref(&mut self, caller: Caller, id: u64) {
+        let Some(n) = self.held.get_mut(&caller.conn).and_then(|h| h.get_mut(&id)) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            if let Some(h) = self.held.get_mut(&caller.conn) {
+                h.remove(&id);
+            }
+        }
+        self.drop_refs(id, 1);
+    }
+
+    /// Takes `n` references off an object, which ends when nothing keeps it.
+    fn drop_refs(&mut self, id: u64, n: u64) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.refs = e.refs.saturating_sub(n);
+            if e.refs == 0 && e.lent == 0 && !e.named {
+                self.objects.remove(&id);
+            }
+        }
+    }
+
+    /// Releases what a connection that ended held: its references, and its locks, whose
+    /// next acquirer is told.
     pub(super) fn release(&mut self, caller: Caller) {
+        for (id, n) in self.held.remove(&caller.conn).unwrap_or_default() {
+            self.drop_refs(id, n);
+        }
         for e in self.objects.values_mut() {
             match &mut e.object {
                 Object::Lock(l) => l.abandon(caller),
@@ -478,6 +553,10 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
         };
         match req {
             Request::Hello { pid } => caller.pid = pid,
+            Request::Incref { .. } | Request::Decref(_) | Request::Lend(_) => {
+                shared.state().handle(caller, req);
+                continue;
+            }
             Request::Cancel(rid) => {
                 if let Some(h) = waiting.remove(&rid) {
                     h.abort();
