@@ -9,7 +9,9 @@ mod support;
 use std::time::Duration;
 
 use support::{TestResult, join_ok};
-use tokio_multiprocessing::{self as mp, DictProxy, EventProxy, Manager, Process};
+use tokio_multiprocessing::{
+    self as mp, DictProxy, Error, EventProxy, ListProxy, Manager, Process,
+};
 
 fn main() {
     mp::init();
@@ -17,6 +19,7 @@ fn main() {
         objects_end_with_their_last_proxy,
         a_proxy_lent_to_a_child_outlives_the_parents,
         a_client_that_dies_lets_its_references_go,
+        nested_proxies_stay_proxies,
     ])
 }
 
@@ -110,4 +113,54 @@ async fn a_client_that_dies_lets_its_references_go() -> TestResult {
     p.kill()?;
     p.join().await?;
     count_becomes(&m, 1).await
+}
+
+type Nested = DictProxy<String, DictProxy<String, u32>>;
+
+async fn mutate_nested(outer: Nested, log: ListProxy<ListProxy<u32>>) -> mp::Result<()> {
+    let inner = outer
+        .get(&"k".into())
+        .await?
+        .ok_or_else(|| mp::Error::Manager("no inner dict".into()))?;
+    inner.insert("pid".into(), std::process::id()).await?;
+    if let Some(l) = log.get(0).await? {
+        l.append(std::process::id()).await?;
+    }
+    Ok(())
+}
+
+async fn nested_proxies_stay_proxies() -> TestResult {
+    // test_dict_proxy_nested, test_list_proxy_in_list
+    let m = Manager::start().await?;
+    let outer: Nested = m.dict().await?;
+    let inner = m.dict::<String, u32>().await?;
+    outer.insert("k".into(), inner).await?;
+    let log = m.list(Vec::<ListProxy<u32>>::new()).await?;
+    log.append(m.list(Vec::<u32>::new()).await?).await?;
+    ensure!(
+        m.object_count().await? == 4,
+        "stored proxies keep their objects"
+    );
+    let mut p = Process::new(mutate_nested, (outer.clone(), log.clone()))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    let inner = outer
+        .get(&"k".into())
+        .await?
+        .ok_or("the inner dict is gone")?;
+    ensure!(
+        inner.get(&"pid".into()).await? == Some(p.pid()),
+        "a change through the nested proxy is seen here"
+    );
+    let l = log.get(0).await?.ok_or("the inner list is gone")?;
+    ensure!(l.to_vec().await? == [p.pid()], "the list in the list");
+    let other = Manager::start().await?;
+    let foreign = other.dict::<String, u32>().await?;
+    let r = outer.insert("foreign".into(), foreign).await;
+    ensure!(
+        matches!(r, Err(Error::Encode { .. })),
+        "a proxy of another manager: {r:?}"
+    );
+    Ok(())
 }

@@ -29,7 +29,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// Cancel safe: it changes nothing.
     pub async fn get(&self, index: usize) -> Result<T> {
         match self.op(ArrayOp::Get(index)).await? {
-            Reply::Item(Some(v)) => decode(v),
+            Reply::Item(Some(v)) => decode(&self.0.link, v),
             r => Err(unexpected(r)),
         }
     }
@@ -43,7 +43,10 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have stored the value.
     pub async fn set(&self, index: usize, value: T) -> Result<()> {
-        expect_done(self.op(ArrayOp::Set(index, encode(&value)?)).await?)
+        expect_done(
+            self.op(ArrayOp::Set(index, encode(&self.0.link, &value)?))
+                .await?,
+        )
     }
 
     /// `len(a)`.
@@ -78,7 +81,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// Cancel safe: it changes nothing.
     pub async fn to_vec(&self) -> Result<Vec<T>> {
         match self.op(ArrayOp::Items).await? {
-            Reply::Items(items) => items.into_iter().map(decode).collect(),
+            Reply::Items(items) => items.into_iter().map(|b| decode(&self.0.link, b)).collect(),
             r => Err(unexpected(r)),
         }
     }

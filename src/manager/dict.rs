@@ -28,7 +28,7 @@ where
 
     async fn item(&self, op: DictOp) -> Result<Option<V>> {
         match self.op(op).await? {
-            Reply::Item(v) => v.map(decode).transpose(),
+            Reply::Item(v) => v.map(|b| decode(&self.0.link, b)).transpose(),
             r => Err(unexpected(r)),
         }
     }
@@ -42,8 +42,11 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.item(DictOp::Insert(encode(&key)?, encode(&value)?))
-            .await
+        self.item(DictOp::Insert(
+            encode(&self.0.link, &key)?,
+            encode(&self.0.link, &value)?,
+        ))
+        .await
     }
 
     /// `d.get(key)`.
@@ -55,7 +58,7 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
-        self.item(DictOp::Get(encode(key)?)).await
+        self.item(DictOp::Get(encode(&self.0.link, key)?)).await
     }
 
     /// `d.pop(key, None)`.
@@ -67,7 +70,7 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        self.item(DictOp::Remove(encode(key)?)).await
+        self.item(DictOp::Remove(encode(&self.0.link, key)?)).await
     }
 
     /// `key in d`.
@@ -79,7 +82,10 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn contains_key(&self, key: &K) -> Result<bool> {
-        match self.op(DictOp::Contains(encode(key)?)).await? {
+        match self
+            .op(DictOp::Contains(encode(&self.0.link, key)?))
+            .await?
+        {
             Reply::Bool(b) => Ok(b),
             r => Err(unexpected(r)),
         }
@@ -124,7 +130,7 @@ where
         match self.op(DictOp::Items).await? {
             Reply::Pairs(pairs) => pairs
                 .into_iter()
-                .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
+                .map(|(k, v)| Ok((decode(&self.0.link, k)?, decode(&self.0.link, v)?)))
                 .collect(),
             r => Err(unexpected(r)),
         }

@@ -93,6 +93,15 @@ impl Link {
         })
     }
 
+    /// Whether `other` leads to the same server: the same link, or the same address.
+    pub(super) fn same_server(&self, other: &Link) -> bool {
+        std::ptr::eq(self, other)
+            || matches!(
+                (&self.route, &other.route),
+                (Route::Address { address: a, .. }, Route::Address { address: b, .. }) if a == b
+            )
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -69,7 +69,7 @@ impl<M: Managed> Erased for M {
         let req: M::Request =
             crate::wire::codec::decode(request, Vec::new()).map_err(|e| e.to_string())?;
         let reply = Managed::call(self, req);
-        encode(&reply).map_err(|e| e.to_string())
+        super::encode_plain(&reply).map_err(|e| e.to_string())
     }
 }
 
@@ -125,9 +125,9 @@ impl<M: Managed> Proxy<M> {
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have run.
     pub async fn call(&self, request: M::Request) -> Result<M::Reply> {
-        let req = Request::User(self.0.id, encode(&request)?);
+        let req = Request::User(self.0.id, encode(&self.0.link, &request)?);
         match self.0.call(req).await? {
-            Reply::Item(Some(bytes)) => decode(bytes),
+            Reply::Item(Some(bytes)) => decode(&self.0.link, bytes),
             r => Err(unexpected(r)),
         }
     }

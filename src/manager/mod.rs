@@ -19,6 +19,11 @@
 //! `borrowed`); a proxy encoded and never decoded keeps its object until the manager stops,
 //! which errs on the side of keeping. A registered name keeps its object for good.
 //!
+//! # Nested proxies
+//! A proxy inside a value stored by its own manager (a dict of dicts) is encoded without its
+//! way to the server, as its id alone; decoded from a value fetched through a link, it uses
+//! that link. Such a stored proxy keeps its object until the manager stops.
+//!
 //! The server keeps every value as MessagePack bytes; a proxy encodes and decodes its own
 //! types. A proxy is a serde value, so it can be passed to a `Process` or a pool task like
 //! any argument: what travels is the object's id and the way to the server. For a local
@@ -89,8 +94,43 @@ fn expect_len(reply: Reply) -> Result<usize> {
     }
 }
 
+thread_local! {
+    /// The link a value is being encoded for or decoded from, while it is: a proxy inside
+    /// the value is then a nested one (see `Handle`'s `Serialize`).
+    static NEST: std::cell::RefCell<Option<Arc<Link>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets [`NEST`] while it lives, and puts back what was there.
+struct Nesting(Option<Arc<Link>>);
+
+impl Nesting {
+    fn enter(link: &Arc<Link>) -> Nesting {
+        Nesting(NEST.with(|n| n.replace(Some(link.clone()))))
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        NEST.with(|n| *n.borrow_mut() = previous);
+    }
+}
+
+/// Encodes a value to be stored by the manager `link` leads to; proxies to that manager's
+/// objects inside it are stored as nested proxies.
+fn encode<T: Serialize + ?Sized>(link: &Arc<Link>, value: &T) -> Result<Bytes> {
+    let _nesting = Nesting::enter(link);
+    encode_plain(value)
+}
+
+/// Decodes a value fetched through `link`; nested proxies inside it use `link`.
+fn decode<T: DeserializeOwned>(link: &Arc<Link>, bytes: Bytes) -> Result<T> {
+    let _nesting = Nesting::enter(link);
+    codec::decode(&bytes, Vec::new())
+}
+
 /// Encodes a value to be stored by the manager (values holding descriptors cannot be).
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+fn encode_plain<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
     let e = Encoded::new(value)?;
     if !e.fds.is_empty() {
         return Err(Error::Encode {
@@ -99,10 +139,6 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
         });
     }
     Ok(ByteBuf::from(e.bytes))
-}
-
-fn decode<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
-    codec::decode(&bytes, Vec::new())
 }
 
 /// Who runs the server of a [`Manager`] handle.
@@ -252,7 +288,7 @@ impl Manager {
     ) -> Result<ListProxy<T>> {
         let items = items
             .into_iter()
-            .map(|i| encode(&i))
+            .map(|i| encode(&self.link, &i))
             .collect::<Result<Vec<_>>>()?;
         let id = self.create::<ListProxy<T>>(Initial::List(items)).await?;
         Ok(ListProxy(self.proxy(id)))
@@ -267,7 +303,7 @@ impl Manager {
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
     pub async fn value<T: Serialize>(&self, value: T) -> Result<ValueProxy<T>> {
         let id = self
-            .create::<ValueProxy<T>>(Initial::Value(encode(&value)?))
+            .create::<ValueProxy<T>>(Initial::Value(encode(&self.link, &value)?))
             .await?;
         Ok(ValueProxy(self.proxy(id)))
     }
@@ -286,7 +322,7 @@ impl Manager {
     ) -> Result<ArrayProxy<T>> {
         let items = items
             .into_iter()
-            .map(|i| encode(&i))
+            .map(|i| encode(&self.link, &i))
             .collect::<Result<Vec<_>>>()?;
         let id = self.create::<ArrayProxy<T>>(Initial::Array(items)).await?;
         Ok(ArrayProxy(self.proxy(id)))
@@ -635,6 +671,8 @@ impl<T> Drop for Handle<T> {
 /// The way to the server, as a proxy carries it to another process.
 #[derive(Serialize)]
 enum RouteRef<'a> {
+    /// Stored inside an object of the same manager: the way is that of whoever fetches it.
+    Nested,
     Local(FdRef<'a>),
     Remote {
         address: &'a remote::WireAddress,
@@ -645,6 +683,7 @@ enum RouteRef<'a> {
 
 #[derive(Deserialize)]
 enum RouteOwned {
+    Nested,
     Local(Fd),
     Remote {
         address: remote::WireAddress,
@@ -655,14 +694,25 @@ enum RouteOwned {
 
 impl<T> Serialize for Handle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
+        use serde::ser::{Error as _, SerializeTuple};
         let address;
-        let route = match &self.link.route {
-            Route::Registration(fd) => RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))),
-            Route::Address {
-                address: a,
-                authkey,
-            } => {
+        let nest = NEST.with(|n| n.borrow().clone());
+        let route = match (&nest, &self.link.route) {
+            (Some(into), _) if self.link.same_server(into) => RouteRef::Nested,
+            (Some(_), _) => {
+                return Err(S::Error::custom(
+                    "a proxy stored in a manager's object must be to an object of that \
+                     manager, reached through the same handle",
+                ));
+            }
+            (None, Route::Registration(fd)) => RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))),
+            (
+                None,
+                Route::Address {
+                    address: a,
+                    authkey,
+                },
+            ) => {
                 address = remote::WireAddress::from(a);
                 RouteRef::Remote {
                     address: &address,
@@ -670,6 +720,7 @@ impl<T> Serialize for Handle<T> {
                 }
             }
         };
+        // A nested proxy's loan is never settled: its object stays while the manager runs.
         self.link.lend(self.id);
         let mut t = s.serialize_tuple(2)?;
         t.serialize_element(&route)?;
@@ -680,8 +731,15 @@ impl<T> Serialize for Handle<T> {
 
 impl<'de, T> Deserialize<'de> for Handle<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
         let (route, id) = <(RouteOwned, u64)>::deserialize(d)?;
         let route = match route {
+            RouteOwned::Nested => {
+                let link = NEST.with(|n| n.borrow().clone()).ok_or_else(|| {
+                    D::Error::custom("a nested proxy outside a value fetched from a manager")
+                })?;
+                return Ok(Handle::holding(link, id, false));
+            }
             RouteOwned::Local(fd) => Route::Registration(fd.into_owned()),
             RouteOwned::Remote { address, authkey } => Route::Address {
                 address: address.into(),

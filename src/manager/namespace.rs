@@ -31,7 +31,7 @@ impl NamespaceProxy {
     /// Cancel safe: it changes nothing.
     pub async fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         match self.op(NamespaceOp::Get(name.to_string())).await? {
-            Reply::Item(Some(v)) => decode(v),
+            Reply::Item(Some(v)) => decode(&self.0.link, v),
             Reply::Item(None) => Err(no_attribute(name)),
             r => Err(unexpected(r)),
         }
@@ -45,7 +45,7 @@ impl NamespaceProxy {
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have set the attribute.
     pub async fn set<T: Serialize>(&self, name: &str, value: T) -> Result<()> {
-        let op = NamespaceOp::Set(name.to_string(), encode(&value)?);
+        let op = NamespaceOp::Set(name.to_string(), encode(&self.0.link, &value)?);
         expect_done(self.op(op).await?)
     }
 

@@ -159,7 +159,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     async fn put_with(&self, item: T, wait: Wait) -> std::result::Result<(), PutError<T>> {
-        let bytes = match encode(&item) {
+        let bytes = match encode(&self.0.link, &item) {
             Ok(b) => b,
             Err(e) => return Err(PutError::new(e, item)),
         };
@@ -171,7 +171,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 
     async fn get_with(&self, wait: Wait) -> Result<T> {
         match self.op(QueueOp::Get { wait }).await? {
-            Reply::Item(Some(b)) => decode(b),
+            Reply::Item(Some(b)) => decode(&self.0.link, b),
             r => Err(unexpected(r)),
         }
     }
