@@ -552,7 +552,10 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             }
         };
         match req {
-            Request::Hello { pid } => caller.pid = pid,
+            Request::Hello { pid } => {
+                caller.pid = pid;
+                continue;
+            }
             Request::Incref { .. } | Request::Decref(_) | Request::Lend(_) => {
                 shared.state().handle(caller, req);
                 continue;
