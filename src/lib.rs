@@ -5,7 +5,10 @@
 //! [`Process`] handles joined without blocking a thread, and locks ([`Lock`], [`RLock`],
 //! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]), shared memory ([`Value`],
 //! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
-//! awaited on tokio's reactor.
+//! awaited on tokio's reactor. A `Manager` serves every shared type of Python's (dicts,
+//! lists, namespaces, queues, locks, events, barriers...) and your own ([`Managed`]), to the
+//! processes it starts or, by address and key, to any process on any machine
+//! ([`Manager::builder`], [`Manager::connect`]).
 //!
 //! Children run the same executable, so `main` must call [`init`] before anything else:
 //!
