@@ -28,6 +28,7 @@ fn main() {
         a_wrong_key_is_refused_before_any_request,
         a_remote_proxy_travels_to_a_child,
         a_dead_server_fails_waiting_calls,
+        a_silent_server_fails_waiting_calls,
         a_client_that_dies_releases_its_lock,
         bad_input_storm_leaves_the_server_serving,
         example_manager_remote,
@@ -186,6 +187,25 @@ async fn a_dead_server_fails_waiting_calls() -> TestResult {
     let r = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
         .map_err(|_| "a get on a dead server still waits")??;
+    ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+async fn a_silent_server_fails_waiting_calls() -> TestResult {
+    // A peer that passes the exchange and then never answers (a server hung, or cut off by
+    // the network with its socket still open): calls fail after three missed heartbeats.
+    let listener = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY.as_bytes()))?;
+    let addr = match listener.address() {
+        Address::Tcp(a) => *a,
+        other => return Err(format!("not TCP: {other:?}").into()),
+    };
+    let (connected, accepted) = tokio::join!(Manager::connect(addr, KEY), async {
+        listener.accept::<Vec<u8>>().await
+    });
+    let (c, _silent) = (connected?, accepted?);
+    let r = tokio::time::timeout(Duration::from_secs(40), c.object_count())
+        .await
+        .map_err(|_| "a call to a silent server still waits")?;
     ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
     Ok(())
 }
