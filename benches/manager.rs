@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use support::{Figure, Report};
-use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy};
+use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy, StartMethod};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -137,14 +137,32 @@ async fn queue_between_processes(pipelined: bool) -> mp::Result<Vec<f64>> {
     Ok(out)
 }
 
+/// How a manager is started for [`start_and_shutdown`].
+#[derive(Clone, Copy)]
+enum How {
+    /// Served by tasks of this process.
+    InProcess,
+    /// A server process started by the default start method.
+    Process,
+    /// A server process forked by the fork server (started once before the runs).
+    ForkServer,
+}
+
 /// Milliseconds to start a manager (until its first object exists) and to shut it down.
-async fn start_and_shutdown(in_process: bool) -> mp::Result<(Vec<f64>, Vec<f64>)> {
+async fn start_and_shutdown(how: How) -> mp::Result<(Vec<f64>, Vec<f64>)> {
+    if let How::ForkServer = how {
+        Manager::start_with(StartMethod::ForkServer)
+            .await?
+            .shutdown()
+            .await?;
+    }
     let (mut starts, mut stops) = (Vec::new(), Vec::new());
     for _ in 0..support::runs(STARTS) {
         let t = Instant::now();
-        let m = match in_process {
-            true => Manager::builder().serve().await?,
-            false => Manager::start().await?,
+        let m = match how {
+            How::InProcess => Manager::builder().serve().await?,
+            How::Process => Manager::start().await?,
+            How::ForkServer => Manager::start_with(StartMethod::ForkServer).await?,
         };
         m.event().await?;
         starts.push(t.elapsed().as_secs_f64() * 1e3);
@@ -197,15 +215,21 @@ fn main() -> Result<(), BoxError> {
         let one = Figure::new("queue_proxy_items_per_s", "items/s", one);
         report.add(one.clone());
         report.add(Figure::new("queue_proxy_pipelined_items_per_s", "items/s", many).baseline(one));
-        let (here_start, here_stop) = bounded("manager_start_ms", start_and_shutdown(true)).await?;
-        let (start, stop) = bounded("manager_start_ms", start_and_shutdown(false)).await?;
+        let (here_start, here_stop) =
+            bounded("manager_start_ms", start_and_shutdown(How::InProcess)).await?;
+        let (start, stop) = bounded("manager_start_ms", start_and_shutdown(How::Process)).await?;
+        let (fs_start, fs_stop) = bounded(
+            "manager_start_forkserver_ms",
+            start_and_shutdown(How::ForkServer),
+        )
+        .await?;
+        let serve_start = Figure::new("manager_serve_start_ms", "ms", here_start);
         report.add(
-            Figure::new("manager_start_ms", "ms", start).baseline(Figure::new(
-                "manager_serve_start_ms",
-                "ms",
-                here_start,
-            )),
+            Figure::new("manager_start_forkserver_ms", "ms", fs_start)
+                .baseline(serve_start.clone()),
         );
+        report.add(Figure::new("manager_shutdown_forkserver_ms", "ms", fs_stop));
+        report.add(Figure::new("manager_start_ms", "ms", start).baseline(serve_start));
         report.add(
             Figure::new("manager_shutdown_ms", "ms", stop).baseline(Figure::new(
                 "manager_serve_shutdown_ms",

@@ -130,9 +130,15 @@ def main():
             ("queue_proxy_items_per_s", True),
             ("queue_proxy_pipelined_items_per_s", True),
             ("manager_start_ms", False),
+            ("manager_start_forkserver_ms", False),
             ("manager_shutdown_ms", False),
+            ("manager_shutdown_forkserver_ms", False),
         ],
-        missing={"queue_proxy_pipelined_items_per_s": "vs queue_proxy: see its row"},
+        missing={
+            "queue_proxy_pipelined_items_per_s": "vs queue_proxy: see its row",
+            "manager_start_forkserver_ms": "vs manager_start: see its row",
+            "manager_shutdown_forkserver_ms": "vs manager_shutdown: see its row",
+        },
     )
 
 
