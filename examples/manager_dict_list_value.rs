@@ -57,7 +57,7 @@ async fn f(d: DictProxy<String, Field>, l: ListProxy<i32>, t: ValueProxy<i32>) -
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let manager = Manager::start().await?;
     let d = manager.dict::<String, Field>().await?;
     let l = manager.list(0..10).await?;

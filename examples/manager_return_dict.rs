@@ -29,7 +29,7 @@ async fn worker(procnum: u32, return_dict: DictProxy<u32, u32>) -> mp::Result<()
 
 #[tokio::main]
 async fn main() -> mp::Result<()> {
-    mp::init(); // a child never gets past this line
+    mp::init(); // optional: a child takes its role before `main`
     let manager = Manager::start().await?;
     let return_dict = manager.dict::<u32, u32>().await?;
     let mut jobs = Vec::new();

@@ -5,7 +5,10 @@
 //! [`Process`] handles joined without blocking a thread, and locks ([`Lock`], [`RLock`],
 //! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]), shared memory ([`Value`],
 //! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
-//! awaited on tokio's reactor.
+//! awaited on tokio's reactor. A `Manager` serves every shared type of Python's (dicts,
+//! lists, namespaces, queues, locks, events, barriers...) and your own ([`Managed`]), to the
+//! processes it starts or, by address and key, to any process on any machine
+//! ([`Manager::builder`], [`Manager::connect`]).
 //!
 //! Children run the same executable; each takes its role before `main` (see [`init`]), so
 //! neither a program nor its tests need any set-up line:
@@ -58,7 +61,11 @@ mod wire;
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
-pub use manager::{DictProxy, ListProxy, Manager, ValueProxy};
+pub use manager::{
+    ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
+    JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerAddress, ManagerBuilder,
+    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedProxy, ValueProxy,
+};
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,
 };

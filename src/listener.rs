@@ -373,6 +373,16 @@ fn auth_err(message: impl Into<String>) -> Error {
 /// Runs the exchange: the listener challenges first, then answers; the client the reverse.
 /// Messages longer than [`MAX_AUTH_MESSAGE`] are refused as soon as their header is in.
 async fn authenticate(s: &Framed, key: &[u8], listener: bool) -> Result<()> {
+    authenticate_within(s, key, listener, AUTH_TIMEOUT).await
+}
+
+/// [`authenticate`] with a time limit of the caller's (a manager's handshake timeout).
+pub(crate) async fn authenticate_within(
+    s: &Framed,
+    key: &[u8],
+    listener: bool,
+    limit: Duration,
+) -> Result<()> {
     s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
     let run = async {
         if listener {
@@ -383,10 +393,10 @@ async fn authenticate(s: &Framed, key: &[u8], listener: bool) -> Result<()> {
             deliver_challenge(s, key).await
         }
     };
-    let outcome = match tokio::time::timeout(AUTH_TIMEOUT, run).await {
+    let outcome = match tokio::time::timeout(limit, run).await {
         Ok(r) => r,
         Err(_) => Err(auth_err(format!(
-            "the peer did not complete the exchange within {AUTH_TIMEOUT:?}"
+            "the peer did not complete the exchange within {limit:?}"
         ))),
     };
     s.set_recv_limit(None);

@@ -219,7 +219,7 @@ async fn proxies_travel_onwards_to_grandchildren() -> TestResult {
 
 async fn a_stopped_server_gives_closed() -> TestResult {
     let m = Manager::start().await?;
-    let pid = m.pid();
+    let pid = m.pid().ok_or("no server process")?;
     let d = m.dict::<u8, u8>().await?;
     d.insert(1, 1).await?;
     m.shutdown().await?;

@@ -3,8 +3,10 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::server::{DictOp, Reply, Request};
-use super::{Proxy, decode, encode, unexpected};
+use std::collections::HashMap;
+
+use super::proto::{Bytes, DictOp, Reply, Request};
+use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
 /// A dict held by a [`Manager`](crate::Manager) (Python's `DictProxy`). Keys are equal when their encodings
@@ -12,7 +14,7 @@ use crate::error::Result;
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.
-pub struct DictProxy<K, V>(pub(super) Proxy<(K, V)>);
+pub struct DictProxy<K, V>(pub(super) Handle<(K, V)>);
 proxy_traits!(DictProxy<K, V>);
 
 impl<K, V> DictProxy<K, V>
@@ -26,7 +28,7 @@ where
 
     async fn item(&self, op: DictOp) -> Result<Option<V>> {
         match self.op(op).await? {
-            Reply::Item(v) => v.map(decode).transpose(),
+            Reply::Item(v) => v.map(|b| decode(&self.0.link, b)).transpose(),
             r => Err(unexpected(r)),
         }
     }
@@ -40,8 +42,11 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.item(DictOp::Insert(encode(&key)?, encode(&value)?))
-            .await
+        self.item(DictOp::Insert(
+            encode(&self.0.link, &key)?,
+            encode(&self.0.link, &value)?,
+        ))
+        .await
     }
 
     /// `d.get(key)`.
@@ -53,7 +58,7 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
-        self.item(DictOp::Get(encode(key)?)).await
+        self.item(DictOp::Get(encode(&self.0.link, key)?)).await
     }
 
     /// `d.pop(key, None)`.
@@ -65,7 +70,7 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        self.item(DictOp::Remove(encode(key)?)).await
+        self.item(DictOp::Remove(encode(&self.0.link, key)?)).await
     }
 
     /// `key in d`.
@@ -77,7 +82,10 @@ where
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn contains_key(&self, key: &K) -> Result<bool> {
-        match self.op(DictOp::Contains(encode(key)?)).await? {
+        match self
+            .op(DictOp::Contains(encode(&self.0.link, key)?))
+            .await?
+        {
             Reply::Bool(b) => Ok(b),
             r => Err(unexpected(r)),
         }
@@ -122,7 +130,7 @@ where
         match self.op(DictOp::Items).await? {
             Reply::Pairs(pairs) => pairs
                 .into_iter()
-                .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
+                .map(|(k, v)| Ok((decode(&self.0.link, k)?, decode(&self.0.link, v)?)))
                 .collect(),
             r => Err(unexpected(r)),
         }
@@ -162,5 +170,72 @@ where
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn clear(&self) -> Result<()> {
         self.op(DictOp::Clear).await.map(drop)
+    }
+}
+
+/// The server's side: a dict that remembers insertion order, as Python's does.
+#[derive(Default)]
+pub(super) struct Dict {
+    pairs: Vec<(Bytes, Bytes)>,
+    index: HashMap<Bytes, usize>,
+}
+
+impl Dict {
+    pub(super) fn insert(&mut self, k: Bytes, v: Bytes) -> Option<Bytes> {
+        match self.index.get(&k) {
+            Some(&i) => Some(std::mem::replace(&mut self.pairs[i].1, v)),
+            None => {
+                self.index.insert(k.clone(), self.pairs.len());
+                self.pairs.push((k, v));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &Bytes) -> Option<Bytes> {
+        let i = self.index.remove(k)?;
+        let (_, v) = self.pairs.remove(i);
+        for (_, j) in self.index.iter_mut().filter(|(_, j)| **j > i) {
+            *j -= 1;
+        }
+        Some(v)
+    }
+
+    pub(super) fn handle(&mut self, op: DictOp) -> Reply {
+        match op {
+            DictOp::Insert(k, v) => Reply::Item(self.insert(k, v)),
+            DictOp::Get(k) => Reply::Item(self.index.get(&k).map(|&i| self.pairs[i].1.clone())),
+            DictOp::Remove(k) => Reply::Item(self.remove(&k)),
+            DictOp::Contains(k) => Reply::Bool(self.index.contains_key(&k)),
+            DictOp::Len => Reply::Len(self.pairs.len() as u64),
+            DictOp::Items => Reply::Pairs(self.pairs.clone()),
+            DictOp::Clear => {
+                *self = Dict::default();
+                Reply::Done
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn b(x: &[u8]) -> Bytes {
+        ByteBuf::from(x.to_vec())
+    }
+
+    #[test]
+    fn dict_keeps_insertion_order_across_removals() {
+        let mut d = Dict::default();
+        for k in [b"a", b"b", b"c", b"d"] {
+            d.insert(b(k), b(k));
+        }
+        assert_eq!(d.remove(&b(b"b")), Some(b(b"b")));
+        d.insert(b(b"b"), b(b"B"));
+        let keys: Vec<_> = d.pairs.iter().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(keys, [b"a", b"c", b"d", b"b"]);
+        assert_eq!(d.index[&b(b"d")], 2);
     }
 }

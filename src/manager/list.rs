@@ -3,8 +3,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::server::{ListOp, Reply, Request};
-use super::{Proxy, decode, encode, unexpected};
+use super::proto::{ListOp, Reply, Request};
+use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
 /// A list held by a [`Manager`](crate::Manager) (Python's `ListProxy`). Indices follow Python's rules:
@@ -12,7 +12,7 @@ use crate::error::Result;
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.
-pub struct ListProxy<T>(pub(super) Proxy<T>);
+pub struct ListProxy<T>(pub(super) Handle<T>);
 proxy_traits!(ListProxy<T>);
 
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
@@ -29,7 +29,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     async fn item(&self, op: ListOp) -> Result<Option<T>> {
         match self.op(op).await? {
-            Reply::Item(v) => v.map(decode).transpose(),
+            Reply::Item(v) => v.map(|b| decode(&self.0.link, b)).transpose(),
             r => Err(unexpected(r)),
         }
     }
@@ -43,7 +43,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn append(&self, value: T) -> Result<()> {
-        self.done(ListOp::Append(encode(&value)?)).await
+        self.done(ListOp::Append(encode(&self.0.link, &value)?))
+            .await
     }
 
     /// `l.extend(values)`.
@@ -57,7 +58,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     pub async fn extend(&self, values: impl IntoIterator<Item = T>) -> Result<()> {
         let values = values
             .into_iter()
-            .map(|v| encode(&v))
+            .map(|v| encode(&self.0.link, &v))
             .collect::<Result<_>>()?;
         self.done(ListOp::Extend(values)).await
     }
@@ -84,7 +85,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn set(&self, index: i64, value: T) -> Result<()> {
-        self.done(ListOp::Set(index, encode(&value)?)).await
+        self.done(ListOp::Set(index, encode(&self.0.link, &value)?))
+            .await
     }
 
     /// `l.insert(index, value)` (an index out of range inserts at that end, as in Python).
@@ -96,7 +98,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn insert(&self, index: i64, value: T) -> Result<()> {
-        self.done(ListOp::Insert(index, encode(&value)?)).await
+        self.done(ListOp::Insert(index, encode(&self.0.link, &value)?))
+            .await
     }
 
     /// `l.pop(index)`, or `None` out of range; `-1` is the last item.
@@ -172,7 +175,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
     pub async fn to_vec(&self) -> Result<Vec<T>> {
         match self.op(ListOp::Items).await? {
-            Reply::Items(items) => items.into_iter().map(decode).collect(),
+            Reply::Items(items) => items.into_iter().map(|b| decode(&self.0.link, b)).collect(),
             r => Err(unexpected(r)),
         }
     }

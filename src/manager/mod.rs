@@ -1,22 +1,59 @@
-//! `Manager`: a server process holding shared objects, reached through proxies (Python's
-//! `multiprocessing.Manager()` and its `DictProxy`, `ListProxy`, `ValueProxy`).
+//! `Manager`: a server holding shared objects, reached through proxies (Python's
+//! `multiprocessing.Manager()` and `BaseManager`), from the processes it started or, by
+//! address and key, from any process on any machine.
 //!
-//! The server keeps every object as MessagePack bytes; a proxy encodes and decodes its own
+//! - `proto.rs`: the protocol as plain data; `server.rs`: the server's state and loops.
+//! - `link.rs`: a client's connection, shared by proxies, many calls at once.
+//! - `remote.rs`: [`ManagerBuilder`]: managers with an address, served in this process or
+//!   in a server process, and [`Manager::connect`].
+//! - one file per shared type, server side and proxy together: `dict.rs`, `list.rs`,
+//!   `value.rs`, `array.rs`, `namespace.rs`, `queue.rs`, `lock.rs`, `semaphore.rs`,
+//!   `event.rs`, `condition.rs`, `barrier.rs`.
+//!
+//! # Lifetimes
+//! An object lives while a proxy to it exists somewhere, as in Python. A link counts its
+//! live proxies and the server counts each connection's references: the first proxy on a
+//! connection sends `Incref`, the last one's drop `Decref`, and a closed connection drops
+//! all of its references. A proxy being encoded for another process sends `Lend`, which keeps
+//! the object until the receiver's first reference settles the loan (`Incref` with
+//! `borrowed`); a proxy encoded and never decoded keeps its object until the manager stops,
+//! which errs on the side of keeping. A registered name keeps its object for good.
+//!
+//! # Nested proxies
+//! A proxy inside a value stored by its own manager (a dict of dicts) is encoded without its
+//! way to the server, as its id alone; decoded from a value fetched through a link, it uses
+//! that link. Such a stored proxy keeps its object until the manager stops.
+//!
+//! The server keeps every value as MessagePack bytes; a proxy encodes and decodes its own
 //! types. A proxy is a serde value, so it can be passed to a `Process` or a pool task like
-//! any argument: what travels is the object's id and the manager's *registration socket*
-//! (a `SOCK_SEQPACKET` socket, by `SCM_RIGHTS`). On its first call in a process, a proxy
-//! makes a socket pair and sends one end to the server through the registration socket;
-//! that pair is its connection from then on. Reaching the server thus takes holding the
-//! descriptor: no file-system path, no port, nothing another user could connect to.
+//! any argument: what travels is the object's id and the way to the server. For a local
+//! manager that is the manager's *registration socket* (a `SOCK_SEQPACKET` socket, sent by
+//! `SCM_RIGHTS`): reaching the server takes holding the descriptor, and no file-system path
+//! or port exists that another user could connect to. For a manager reached by address, it
+//! is the address and the authentication key: hand such a proxy only to a process you would
+//! give the key to.
 
+mod link;
+mod proto;
+mod remote;
 mod server;
 
+pub use array::ArrayProxy;
+pub use barrier::BarrierProxy;
+pub use condition::ConditionProxy;
 pub use dict::DictProxy;
+pub use event::EventProxy;
 pub use list::ListProxy;
+pub use lock::{LockProxy, RLockProxy};
+pub use managed::{Managed, Proxy};
+pub use namespace::NamespaceProxy;
+pub use queue::{JoinableQueueProxy, QueueProxy};
+pub use remote::{ManagerAddress, ManagerBuilder};
+pub use semaphore::{BoundedSemaphoreProxy, SemaphoreProxy};
 pub use value::ValueProxy;
 
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -24,98 +61,76 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Result};
+use crate::listener::Address;
 use crate::process::Process;
 use crate::start::StartMethod;
-use crate::sys;
 use crate::wire::codec;
-use crate::wire::{Encoded, Fd, FdRef, FrameBuf, Framed};
-use server::{Bytes, Initial, Reply, Request};
-
-/// A connection to the server, made on first use in each process.
-struct Conn {
-    link: Framed,
-    next_id: u64,
-    /// Set while a request is being written: a write dropped midway leaves the stream
-    /// unusable, so the next call starts a new connection.
-    writing: bool,
-}
-
-/// A proxy's way to the server: the registration socket, and a connection once made.
-struct Link {
-    registration: OwnedFd,
-    conn: tokio::sync::Mutex<Option<Conn>>,
-}
-
-impl Link {
-    fn new(registration: OwnedFd) -> Arc<Link> {
-        Arc::new(Link {
-            registration,
-            conn: tokio::sync::Mutex::new(None),
-        })
-    }
-
-    fn connect(&self) -> Result<Conn> {
-        let (mine, theirs) = sys::socketpair_stream()?;
-        match sys::send_with_fds(self.registration.as_fd(), &[1], &[theirs.as_raw_fd()]) {
-            Ok(_) => {}
-            Err(e) if is_gone(&e) => return Err(Error::Closed),
-            Err(e) => return Err(e.into()),
-        }
-        drop(theirs);
-        Ok(Conn {
-            link: Framed::unix(mine)?,
-            next_id: 1,
-            writing: false,
-        })
-    }
-
-    /// Sends `req` and waits for its reply. Replies to requests whose callers gave up
-    /// (cancelled futures) are skipped by id. A server that is gone is [`Error::Closed`].
-    async fn call(&self, req: Request) -> Result<Reply> {
-        match self.exchange(req).await {
-            Err(Error::Io(e)) if is_gone(&e) => Err(Error::Closed),
-            r => r,
-        }
-    }
-
-    async fn exchange(&self, req: Request) -> Result<Reply> {
-        let mut guard = self.conn.lock().await;
-        if guard.as_ref().is_some_and(|c| c.writing) {
-            *guard = None;
-        }
-        let conn = match guard.as_mut() {
-            Some(c) => c,
-            None => guard.insert(self.connect()?),
-        };
-        let id = conn.next_id;
-        conn.next_id += 1;
-        let mut frame = FrameBuf::of(&(id, req))?;
-        conn.writing = true;
-        conn.link.send(&mut frame).await?;
-        conn.writing = false;
-        loop {
-            let (rid, reply) = conn.link.recv().await?.decode::<(u64, Reply)>()?;
-            if rid == id {
-                return match reply {
-                    Reply::Failed(message) => Err(Error::Manager(message)),
-                    r => Ok(r),
-                };
-            }
-        }
-    }
-}
-
-fn is_gone(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
-    matches!(e.kind(), BrokenPipe | ConnectionRefused | ConnectionReset)
-}
+use crate::wire::{Encoded, Fd, FdRef};
+use link::{Link, Route};
+use proto::{Bytes, Initial, Reply, Request, Tag};
 
 fn unexpected(reply: Reply) -> Error {
     Error::Protocol(format!("unexpected reply from the manager: {reply:?}"))
 }
 
+fn expect_done(reply: Reply) -> Result<()> {
+    match reply {
+        Reply::Done => Ok(()),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn expect_bool(reply: Reply) -> Result<bool> {
+    match reply {
+        Reply::Bool(b) => Ok(b),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn expect_len(reply: Reply) -> Result<usize> {
+    match reply {
+        Reply::Len(n) => Ok(n as usize),
+        r => Err(unexpected(r)),
+    }
+}
+
+thread_local! {
+    /// The link a value is being encoded for or decoded from, while it is: a proxy inside
+    /// the value is then a nested one (see `Handle`'s `Serialize`).
+    static NEST: std::cell::RefCell<Option<Arc<Link>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets [`NEST`] while it lives, and puts back what was there.
+struct Nesting(Option<Arc<Link>>);
+
+impl Nesting {
+    fn enter(link: &Arc<Link>) -> Nesting {
+        Nesting(NEST.with(|n| n.replace(Some(link.clone()))))
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        NEST.with(|n| *n.borrow_mut() = previous);
+    }
+}
+
+/// Encodes a value to be stored by the manager `link` leads to; proxies to that manager's
+/// objects inside it are stored as nested proxies.
+fn encode<T: Serialize + ?Sized>(link: &Arc<Link>, value: &T) -> Result<Bytes> {
+    let _nesting = Nesting::enter(link);
+    encode_plain(value)
+}
+
+/// Decodes a value fetched through `link`; nested proxies inside it use `link`.
+fn decode<T: DeserializeOwned>(link: &Arc<Link>, bytes: Bytes) -> Result<T> {
+    let _nesting = Nesting::enter(link);
+    codec::decode(&bytes, Vec::new())
+}
+
 /// Encodes a value to be stored by the manager (values holding descriptors cannot be).
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+fn encode_plain<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
     let e = Encoded::new(value)?;
     if !e.fds.is_empty() {
         return Err(Error::Encode {
@@ -126,25 +141,41 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
     Ok(ByteBuf::from(e.bytes))
 }
 
-fn decode<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
-    codec::decode(&bytes, Vec::new())
+/// Who runs the server of a [`Manager`] handle.
+enum Server {
+    /// A server process this handle started.
+    Process(Process),
+    /// A server running as a task of this process's runtime.
+    Task(tokio::task::JoinHandle<()>),
+    /// A server someone else runs ([`Manager::connect`]).
+    Elsewhere,
 }
 
-/// A server process holding shared objects (Python's `multiprocessing.Manager()`).
+/// A server holding shared objects (Python's `multiprocessing.Manager()` and
+/// `BaseManager`): dicts, lists, values, arrays, namespaces, queues, locks, semaphores,
+/// events, conditions and barriers, each reached through a typed proxy.
 ///
-/// Dropping the `Manager` stops the server, as leaving Python's `with Manager() as m:`
-/// block does: proxies still held anywhere then fail with [`Error::Closed`].
+/// [`Manager::start`] starts a local server process; [`Manager::builder`] gives it an
+/// address and key that other processes reach it by, and can serve it in this process
+/// instead; [`Manager::connect`] reaches one from anywhere. Objects can be named
+/// ([`register`](Self::register)) and fetched by name ([`get`](Self::get)), with a check that
+/// both sides agree on the proxy's type.
+///
+/// Dropping a `Manager` that started its server stops the server, as leaving Python's
+/// `with Manager() as m:` block does: proxies still held anywhere then fail with
+/// [`Error::Closed`].
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use tokio_multiprocessing::{DictProxy, Manager, Process};
 ///
 /// async fn record(d: DictProxy<String, u32>) {
 ///     let _ = d.insert("age".to_string(), 38).await;
 /// }
 ///
-/// # async fn demo() -> tokio_multiprocessing::Result<()> {
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
 /// let manager = Manager::start().await?;
 /// let d = manager.dict::<String, u32>().await?;
 /// let mut p = Process::new(record, (d.clone(),)).start().await?;
@@ -153,20 +184,26 @@ fn decode<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
 /// # Ok(()) }
 /// ```
 pub struct Manager {
-    server: Process,
+    server: Server,
     link: Arc<Link>,
+    address: Option<Address>,
+    /// A Unix socket file this handle bound, removed when its server stops.
+    socket_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager")
-            .field("server", &self.server)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Manager");
+        if let Server::Process(p) = &self.server {
+            d.field("server", p);
+        }
+        d.field("address", &self.address).finish_non_exhaustive()
     }
 }
 
 impl Manager {
-    /// Starts the server process with the default start method.
+    /// Starts a local server process with the default start method (Python's
+    /// `Manager()`). Only the processes it hands proxies to can reach it.
     ///
     /// # Errors
     /// Those of [`ProcessBuilder::start`](crate::ProcessBuilder::start).
@@ -178,7 +215,7 @@ impl Manager {
         Manager::start_with(crate::get_start_method()).await
     }
 
-    /// Starts the server process with `method`.
+    /// Starts a local server process with `method`.
     ///
     /// # Errors
     /// Those of [`ProcessBuilder::start`](crate::ProcessBuilder::start).
@@ -187,33 +224,42 @@ impl Manager {
     /// Not cancel safe: a start dropped midway may leave a server process that exits when it
     /// finds its parent gone.
     pub async fn start_with(method: StartMethod) -> Result<Manager> {
-        let (ours, theirs) = sys::socketpair_seqpacket()?;
-        let server = Process::new(server::serve, (Fd::from(theirs),))
-            .name("Manager")
-            .daemon(true)
-            .start_method(method)
-            .start()
-            .await?;
-        Ok(Manager {
-            server,
-            link: Link::new(ours),
-        })
+        Manager::builder().start_method(method).start().await
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.server.pid()
+    /// A builder for a manager with an address and key, served in a process of its own or
+    /// in this one (Python's `BaseManager(address, authkey)`).
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
     }
 
-    async fn create(&self, initial: Initial) -> Result<u64> {
-        match self.link.call(Request::Create(initial)).await? {
-            Reply::Id(id) => Ok(id),
-            r => Err(unexpected(r)),
+    /// The server's process id, if this handle started a server process.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.server {
+            Server::Process(p) => Some(p.pid()),
+            _ => None,
         }
     }
 
-    fn handle(&self) -> Result<Arc<Link>> {
-        Ok(Link::new(sys::dup_fd(self.link.registration.as_fd())?))
+    /// The address other processes reach the manager by, if it has one (with the port
+    /// chosen, for TCP port 0).
+    pub fn address(&self) -> Option<&Address> {
+        self.address.as_ref()
+    }
+
+    fn proxy<P>(&self, id: u64) -> Handle<P> {
+        Handle::new(self.link.clone(), id)
+    }
+
+    async fn create<P: ?Sized>(&self, initial: Initial) -> Result<u64> {
+        match self
+            .link
+            .call(Request::Create(initial, Tag::of::<P>()))
+            .await?
+        {
+            Reply::Id(id) => Ok(id),
+            r => Err(unexpected(r)),
+        }
     }
 
     /// A new, empty shared dict (Python's `manager.dict()`).
@@ -224,8 +270,10 @@ impl Manager {
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
     pub async fn dict<K, V>(&self) -> Result<DictProxy<K, V>> {
-        let id = self.create(Initial::Dict(Vec::new())).await?;
-        Ok(DictProxy(Proxy::new(self.handle()?, id)))
+        let id = self
+            .create::<DictProxy<K, V>>(Initial::Dict(Vec::new()))
+            .await?;
+        Ok(DictProxy(self.proxy(id)))
     }
 
     /// A new shared list holding `items` (Python's `manager.list(range(10))`).
@@ -241,10 +289,10 @@ impl Manager {
     ) -> Result<ListProxy<T>> {
         let items = items
             .into_iter()
-            .map(|i| encode(&i))
+            .map(|i| encode(&self.link, &i))
             .collect::<Result<Vec<_>>>()?;
-        let id = self.create(Initial::List(items)).await?;
-        Ok(ListProxy(Proxy::new(self.handle()?, id)))
+        let id = self.create::<ListProxy<T>>(Initial::List(items)).await?;
+        Ok(ListProxy(self.proxy(id)))
     }
 
     /// A new shared value (Python's `manager.Value('i', 0)`).
@@ -255,97 +303,508 @@ impl Manager {
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
     pub async fn value<T: Serialize>(&self, value: T) -> Result<ValueProxy<T>> {
-        let id = self.create(Initial::Value(encode(&value)?)).await?;
-        Ok(ValueProxy(Proxy::new(self.handle()?, id)))
+        let id = self
+            .create::<ValueProxy<T>>(Initial::Value(encode(&self.link, &value)?))
+            .await?;
+        Ok(ValueProxy(self.proxy(id)))
     }
 
-    /// Stops the server and waits for it to exit (Python's `manager.shutdown()`).
+    /// A new shared array of fixed length holding `items` (Python's
+    /// `manager.Array('i', range(10))`).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if an item cannot be encoded; [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn array<T: Serialize>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<ArrayProxy<T>> {
+        let items = items
+            .into_iter()
+            .map(|i| encode(&self.link, &i))
+            .collect::<Result<Vec<_>>>()?;
+        let id = self.create::<ArrayProxy<T>>(Initial::Array(items)).await?;
+        Ok(ArrayProxy(self.proxy(id)))
+    }
+
+    /// A new, empty namespace (Python's `manager.Namespace()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn namespace(&self) -> Result<NamespaceProxy> {
+        let id = self.create::<NamespaceProxy>(Initial::Namespace).await?;
+        Ok(NamespaceProxy(self.proxy(id)))
+    }
+
+    /// A new unbounded queue (Python's `manager.Queue()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn queue<T>(&self) -> Result<QueueProxy<T>> {
+        self.queue_with_maxsize(0).await
+    }
+
+    /// A new queue of at most `maxsize` items, 0 for no bound (Python's
+    /// `manager.Queue(maxsize)`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn queue_with_maxsize<T>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        let initial = Initial::Queue {
+            maxsize,
+            joinable: false,
+        };
+        let id = self.create::<QueueProxy<T>>(initial).await?;
+        Ok(QueueProxy(self.proxy(id)))
+    }
+
+    /// A new joinable queue of at most `maxsize` items, 0 for no bound (Python's
+    /// `manager.JoinableQueue(maxsize)`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn joinable_queue<T>(&self, maxsize: usize) -> Result<JoinableQueueProxy<T>> {
+        let initial = Initial::Queue {
+            maxsize,
+            joinable: true,
+        };
+        let id = self.create::<JoinableQueueProxy<T>>(initial).await?;
+        Ok(JoinableQueueProxy(QueueProxy(self.proxy(id))))
+    }
+
+    /// A new lock (Python's `manager.Lock()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn lock(&self) -> Result<LockProxy> {
+        let id = self
+            .create::<LockProxy>(Initial::Lock { reentrant: false })
+            .await?;
+        Ok(LockProxy(self.proxy(id)))
+    }
+
+    /// A new re-entrant lock (Python's `manager.RLock()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn rlock(&self) -> Result<RLockProxy> {
+        let id = self
+            .create::<RLockProxy>(Initial::Lock { reentrant: true })
+            .await?;
+        Ok(RLockProxy(self.proxy(id)))
+    }
+
+    /// A new semaphore of `value` (Python's `manager.Semaphore(value)`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
+        let initial = Initial::Semaphore {
+            value,
+            bounded: false,
+        };
+        let id = self.create::<SemaphoreProxy>(initial).await?;
+        Ok(SemaphoreProxy(self.proxy(id)))
+    }
+
+    /// A new bounded semaphore of `value` (Python's `manager.BoundedSemaphore(value)`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphoreProxy> {
+        let initial = Initial::Semaphore {
+            value,
+            bounded: true,
+        };
+        let id = self.create::<BoundedSemaphoreProxy>(initial).await?;
+        Ok(BoundedSemaphoreProxy(self.proxy(id)))
+    }
+
+    /// A new event, not set (Python's `manager.Event()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn event(&self) -> Result<EventProxy> {
+        let id = self.create::<EventProxy>(Initial::Event).await?;
+        Ok(EventProxy(self.proxy(id)))
+    }
+
+    /// A new condition over a re-entrant lock of its own (Python's `manager.Condition()`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn condition(&self) -> Result<ConditionProxy> {
+        let initial = Initial::Condition { reentrant: true };
+        let id = self.create::<ConditionProxy>(initial).await?;
+        Ok(ConditionProxy(self.proxy(id)))
+    }
+
+    /// A new barrier for `parties` callers (Python's `manager.Barrier(parties)`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for 0 parties; [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn barrier(&self, parties: u32) -> Result<BarrierProxy> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument(
+                "a barrier needs at least one party".into(),
+            ));
+        }
+        let id = self
+            .create::<BarrierProxy>(Initial::Barrier { parties })
+            .await?;
+        Ok(BarrierProxy(self.proxy(id)))
+    }
+
+    /// A new value of your own type `M`, made by its `Default` in the server (Python's
+    /// `m.Maths()` for a registered `Maths`). `M` must be registered on the builder
+    /// ([`ManagerBuilder::register`]).
+    ///
+    /// # Errors
+    /// [`Error::Manager`] if the server does not serve `M`; [`Error::Closed`] if the server
+    /// is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn managed<M: Managed>(&self) -> Result<Proxy<M>> {
+        let initial = Initial::User(std::any::type_name::<M>().to_string());
+        let id = self.create::<Proxy<M>>(initial).await?;
+        Ok(Proxy(self.proxy(id)))
+    }
+
+    /// Names an object of this manager, so that any client can fetch a proxy to it with
+    /// [`get`](Self::get) (Python's `BaseManager.register('get_queue', callable=...)`).
+    ///
+    /// # Errors
+    /// [`Error::Manager`] if the name is taken by another object, or the proxy is not of
+    /// this manager's objects; [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call may or may not have named the object.
+    pub async fn register<P: SharedProxy>(&self, name: &str, proxy: &P) -> Result<()> {
+        expect_done(
+            self.link
+                .call(Request::Register(name.to_string(), proxy.object_id()))
+                .await?,
+        )
+    }
+
+    /// A proxy to the object registered as `name`, whose type must be `P` on both sides
+    /// (the same proxy type with the same value types: its type name and a fingerprint of
+    /// it are compared by the server).
+    ///
+    /// # Errors
+    /// [`Error::Manager`] if no object has that name, or it is of another type (the message
+    /// names both types); [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it changes nothing.
+    pub async fn get<P: SharedProxy>(&self, name: &str) -> Result<P> {
+        match self
+            .link
+            .call(Request::Lookup(name.to_string(), Tag::of::<P>()))
+            .await?
+        {
+            Reply::Id(id) => Ok(P::from_link(self.link.clone(), id)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// The number of objects the server holds (Python's `_number_of_objects()`). An object
+    /// lives while a proxy to it exists in some process (or is on its way to one), or while
+    /// it has a name; then the server lets it go.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it changes nothing.
+    pub async fn object_count(&self) -> Result<usize> {
+        expect_len(self.link.call(Request::Count).await?)
+    }
+
+    /// Waits until the server ends (Python's `server.serve_forever()`): for a server in this
+    /// process, until it fails or the runtime stops; for a server process, until it exits.
+    ///
+    /// # Errors
+    /// An I/O error from waiting on the server process.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the wait leaves the server running, held by this handle.
+    pub async fn serve_forever(&mut self) -> Result<()> {
+        match &mut self.server {
+            Server::Process(p) => p.join().await.map(drop),
+            Server::Task(t) => {
+                let _ = t.await;
+                Ok(())
+            }
+            Server::Elsewhere => std::future::pending().await,
+        }
+    }
+
+    /// Stops the server this handle started and waits for it (Python's
+    /// `manager.shutdown()`): every object ends, and every proxy, anywhere, then fails with
+    /// [`Error::Closed`]. On a handle from [`connect`](Self::connect), it closes this
+    /// handle's connection and leaves the server running.
     ///
     /// # Errors
     /// An I/O error from signalling or waiting.
     ///
     /// # Cancel safety
-    /// Cancel safe: the server has been sent SIGTERM before the wait begins, and is reaped
+    /// Cancel safe: the server has been told to stop before the wait begins, and is reaped
     /// when it exits even if the wait is dropped.
     pub async fn shutdown(mut self) -> Result<()> {
-        self.server.terminate()?;
-        self.server.join().await?;
+        match std::mem::replace(&mut self.server, Server::Elsewhere) {
+            Server::Process(mut p) => {
+                p.terminate()?;
+                p.join().await?;
+            }
+            Server::Task(t) => {
+                t.abort();
+                let _ = t.await;
+            }
+            Server::Elsewhere => {}
+        }
         Ok(())
     }
 }
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        let _ = self.server.terminate();
+        match &self.server {
+            Server::Process(p) => {
+                let _ = p.terminate();
+            }
+            Server::Task(t) => t.abort(),
+            Server::Elsewhere => {}
+        }
+        if let Some(path) = &self.socket_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
+/// A proxy type that a [`Manager`] can hand out by name ([`Manager::get`]): every proxy
+/// type of this crate. Sealed: the manager must know how to serve the type.
+pub trait SharedProxy: sealed::Sealed + Sized {}
+
+mod sealed {
+    pub trait Sealed {
+        fn from_link(link: std::sync::Arc<super::Link>, id: u64) -> Self;
+        fn object_id(&self) -> u64;
+    }
+}
+use sealed::Sealed;
+
 /// What every proxy holds: its way to the server and the object's id.
-struct Proxy<T> {
+struct Handle<T> {
     link: Arc<Link>,
     id: u64,
     _types: PhantomData<fn() -> T>,
 }
 
-impl<T> Proxy<T> {
-    fn new(link: Arc<Link>, id: u64) -> Proxy<T> {
-        Proxy {
+impl<T> Handle<T> {
+    fn new(link: Arc<Link>, id: u64) -> Handle<T> {
+        Handle::holding(link, id, false)
+    }
+
+    /// A handle, counted by its link (see `Link::hold`).
+    fn holding(link: Arc<Link>, id: u64, borrowed: bool) -> Handle<T> {
+        link.hold(id, borrowed);
+        Handle {
             link,
             id,
             _types: PhantomData,
         }
     }
-}
 
-impl<T> Clone for Proxy<T> {
-    fn clone(&self) -> Self {
-        Proxy::new(self.link.clone(), self.id)
+    async fn call(&self, req: Request) -> Result<Reply> {
+        self.link.call(req).await
     }
 }
 
-impl<T> Serialize for Proxy<T> {
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Handle::new(self.link.clone(), self.id)
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.link.release(self.id);
+    }
+}
+
+/// The way to the server, as a proxy carries it to another process.
+#[derive(Serialize)]
+enum RouteRef<'a> {
+    /// Stored inside an object of the same manager: the way is that of whoever fetches it.
+    Nested,
+    Local(FdRef<'a>),
+    Remote {
+        address: &'a remote::WireAddress,
+        #[serde(with = "serde_bytes")]
+        authkey: Option<&'a [u8]>,
+    },
+}
+
+#[derive(Deserialize)]
+enum RouteOwned {
+    Nested,
+    Local(Fd),
+    Remote {
+        address: remote::WireAddress,
+        #[serde(with = "serde_bytes")]
+        authkey: Option<Vec<u8>>,
+    },
+}
+
+impl<T> Serialize for Handle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
+        use serde::ser::{Error as _, SerializeTuple};
+        let address;
+        let nest = NEST.with(|n| n.borrow().clone());
+        let route = match (&nest, &self.link.route) {
+            (Some(into), _) if self.link.same_server(into) => RouteRef::Nested,
+            (Some(_), _) => {
+                return Err(S::Error::custom(
+                    "a proxy stored in a manager's object must be to an object of that \
+                     manager, reached through the same handle",
+                ));
+            }
+            (None, Route::Registration(fd)) => RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))),
+            (
+                None,
+                Route::Address {
+                    address: a,
+                    authkey,
+                },
+            ) => {
+                address = remote::WireAddress::from(a);
+                RouteRef::Remote {
+                    address: &address,
+                    authkey: authkey.as_deref(),
+                }
+            }
+        };
+        // A nested proxy's loan is never settled: its object stays while the manager runs.
+        self.link.lend(self.id);
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&FdRef(self.link.registration.as_fd()))?;
+        t.serialize_element(&route)?;
         t.serialize_element(&self.id)?;
         t.end()
     }
 }
 
-impl<'de, T> Deserialize<'de> for Proxy<T> {
+impl<'de, T> Deserialize<'de> for Handle<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (reg, id) = <(Fd, u64)>::deserialize(d)?;
-        Ok(Proxy::new(Link::new(reg.into_owned()), id))
+        use serde::de::Error as _;
+        let (route, id) = <(RouteOwned, u64)>::deserialize(d)?;
+        let route = match route {
+            RouteOwned::Nested => {
+                let link = NEST.with(|n| n.borrow().clone()).ok_or_else(|| {
+                    D::Error::custom("a nested proxy outside a value fetched from a manager")
+                })?;
+                return Ok(Handle::holding(link, id, false));
+            }
+            RouteOwned::Local(fd) => Route::Registration(fd.into_owned()),
+            RouteOwned::Remote { address, authkey } => Route::Address {
+                address: address.into(),
+                authkey: authkey.map(Arc::from),
+            },
+        };
+        Ok(Handle::holding(Link::new(route), id, true))
     }
 }
 
 macro_rules! proxy_traits {
-    ($name:ident < $($p:ident),+ >) => {
-        impl<$($p),+> Clone for $name<$($p),+> {
+    ($name:ident $(< $($p:ident),+ >)?) => {
+        impl $(<$($p),+>)? Clone for $name $(<$($p),+>)? {
             fn clone(&self) -> Self {
                 $name(self.0.clone())
             }
         }
-        impl<$($p),+> serde::Serialize for $name<$($p),+> {
+        impl $(<$($p),+>)? serde::Serialize for $name $(<$($p),+>)? {
             fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
                 self.0.serialize(s)
             }
         }
-        impl<'de, $($p),+> serde::Deserialize<'de> for $name<$($p),+> {
+        impl<'de $($(, $p)+)?> serde::Deserialize<'de> for $name $(<$($p),+>)? {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                <Proxy<_> as serde::Deserialize>::deserialize(d).map($name)
+                <super::Handle<_> as serde::Deserialize>::deserialize(d).map($name)
             }
         }
-        impl<$($p),+> std::fmt::Debug for $name<$($p),+> {
+        impl $(<$($p),+>)? std::fmt::Debug for $name $(<$($p),+>)? {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "<{} object #{}>", stringify!($name), self.0.id)
             }
         }
+        impl $(<$($p),+>)? super::Sealed for $name $(<$($p),+>)? {
+            fn from_link(link: std::sync::Arc<super::Link>, id: u64) -> Self {
+                $name(super::Handle::new(link, id))
+            }
+            fn object_id(&self) -> u64 {
+                self.0.id
+            }
+        }
+        impl $(<$($p),+>)? super::SharedProxy for $name $(<$($p),+>)? {}
     };
 }
 
 // After `proxy_traits!`, which they use.
+mod array;
+mod barrier;
+mod condition;
 mod dict;
+mod event;
 mod list;
+mod lock;
+mod managed;
+mod namespace;
+mod queue;
+mod semaphore;
 mod value;
+
+impl<T> Sealed for JoinableQueueProxy<T> {
+    fn from_link(link: Arc<Link>, id: u64) -> Self {
+        JoinableQueueProxy(QueueProxy(Handle::new(link, id)))
+    }
+    fn object_id(&self) -> u64 {
+        self.0.0.id
+    }
+}
+impl<T> SharedProxy for JoinableQueueProxy<T> {}

@@ -1,241 +1,654 @@
-//! The manager's server process: it holds the shared objects, as encoded bytes, and answers
-//! requests from every connection, one request at a time per connection.
+//! The manager's server: it holds the shared objects and answers every connection.
 //!
-//! Connections arrive on the registration socket: each message carries the server's end of a
-//! fresh socket pair. When every holder of the registration socket (the manager and all
-//! proxies, in every process) is gone, the server has no one left to serve and exits.
+//! # Shape
+//! [`State`] holds the objects; [`State::handle`] answers a request that never waits, as a
+//! pure function (unit-tested below without processes). A request that may wait (a `get` on
+//! an empty queue, a `lock` of a held lock, an event's `wait`) is tried the same way by
+//! [`State::attempt`]; when it cannot be carried out yet, the attempt names the object's
+//! `Notify` to wait on, and the request's own task waits for it (with the state's mutex
+//! released, registered before the release, so that no wake-up is lost) and tries again. A
+//! waiting request thus costs a parked task and nothing else: the server, the connection's
+//! other requests and other clients go on. Nothing polls.
+//!
+//! # Connections
+//! Connections come from the registration socket (a local manager: each message carries the
+//! server's end of a fresh socket pair) and, for a manager with an address, from a TCP or
+//! Unix listener, where each connection first passes the authentication exchange of
+//! [`Listener`](crate::Listener) within the manager's handshake timeout. A connection that
+//! sends garbage, a truncated or oversized frame, or nothing at all ends; it costs no other
+//! connection anything. When a connection ends, the locks it holds are released, and the
+//! next acquirer of each is told ([`Failure::LockOwnerDied`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::io::Interest;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
 
+use super::barrier::BarrierState;
+use super::condition::ConditionState;
+use super::dict::Dict;
+use super::event::EventState;
+use super::lock::LockState;
+use super::managed::{Maker, UserObject};
+use super::proto::{
+    ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, Reply,
+    Request, Tag, ValueOp, Wait,
+};
+use super::queue::QueueState;
+use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{Fd, FrameBuf, Framed};
+use crate::wire::{FrameBuf, Framed, Transport};
 
-/// An encoded value.
-pub(super) type Bytes = ByteBuf;
-
-/// What a connection asks, with the request id its reply carries.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Request {
-    Create(Initial),
-    Dict(u64, DictOp),
-    List(u64, ListOp),
-    Value(u64, ValueOp),
+/// Who is calling: the connection, and the pid it said it runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Caller {
+    pub(super) conn: u64,
+    pub(super) pid: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Initial {
-    Dict(Vec<(Bytes, Bytes)>),
-    List(Vec<Bytes>),
-    Value(Bytes),
+/// One attempt at a request that may wait: its answer, or the notification to wait for.
+pub(super) enum Step {
+    Done(Reply),
+    Wait(Arc<Notify>),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum DictOp {
-    Insert(Bytes, Bytes),
-    Get(Bytes),
-    Remove(Bytes),
-    Contains(Bytes),
-    Len,
-    Items,
-    Clear,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum ListOp {
-    Append(Bytes),
-    Extend(Vec<Bytes>),
-    Get(i64),
-    Set(i64, Bytes),
-    Insert(i64, Bytes),
-    Pop(i64),
-    Len,
-    Reverse,
-    Items,
-    Clear,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum ValueOp {
-    Get,
-    Set(Bytes),
-}
-
-/// The server's answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Reply {
-    Done,
-    Id(u64),
-    Bool(bool),
-    Len(u64),
-    Item(Option<Bytes>),
-    Items(Vec<Bytes>),
-    Pairs(Vec<(Bytes, Bytes)>),
-    /// The request could not be carried out (an index out of range, an unknown object).
-    Failed(String),
-}
-
-/// A dict that remembers insertion order, as Python's does.
-#[derive(Default)]
-struct Dict {
-    pairs: Vec<(Bytes, Bytes)>,
-    index: HashMap<Bytes, usize>,
-}
-
-impl Dict {
-    fn insert(&mut self, k: Bytes, v: Bytes) -> Option<Bytes> {
-        match self.index.get(&k) {
-            Some(&i) => Some(std::mem::replace(&mut self.pairs[i].1, v)),
-            None => {
-                self.index.insert(k.clone(), self.pairs.len());
-                self.pairs.push((k, v));
-                None
-            }
-        }
-    }
-
-    fn remove(&mut self, k: &Bytes) -> Option<Bytes> {
-        let i = self.index.remove(k)?;
-        let (_, v) = self.pairs.remove(i);
-        for (_, j) in self.index.iter_mut().filter(|(_, j)| **j > i) {
-            *j -= 1;
-        }
-        Some(v)
-    }
-}
-
-enum Object {
+pub(super) enum Object {
     Dict(Dict),
     List(Vec<Bytes>),
     Value(Bytes),
+    Array(Vec<Bytes>),
+    Namespace(Vec<(String, Bytes)>),
+    Queue(QueueState),
+    Lock(LockState),
+    Semaphore(SemaphoreState),
+    Event(EventState),
+    Condition(ConditionState),
+    Barrier(BarrierState),
+    User(UserObject),
 }
 
+struct Entry {
+    object: Object,
+    tag: Tag,
+    /// Connections' references, loans to processes not connected yet, and whether a name
+    /// keeps the object: it ends when all three are gone.
+    refs: u64,
+    lent: u64,
+    named: bool,
+}
+
+/// Every object the server holds, by id, and the names some of them are registered under.
 #[derive(Default)]
-struct State {
-    objects: HashMap<u64, Object>,
+pub(super) struct State {
+    objects: HashMap<u64, Entry>,
+    names: HashMap<String, u64>,
     next: u64,
+    /// The user types this server may make, by type name.
+    types: HashMap<String, Maker>,
+    /// The references each connection holds, by object.
+    held: HashMap<u64, HashMap<u64, u64>>,
 }
 
 /// Python's index rules: negative counts from the end; `None` if out of range.
-fn position(len: usize, i: i64) -> Option<usize> {
+pub(super) fn position(len: usize, i: i64) -> Option<usize> {
     let len = len as i64;
     let i = if i < 0 { i + len } else { i };
     (0..len).contains(&i).then_some(i as usize)
 }
 
-fn missing(id: u64) -> Reply {
-    Reply::Failed(format!("the manager holds no such object (#{id})"))
+pub(super) fn missing(id: u64) -> Failure {
+    Failure::Message(format!("the manager holds no such object (#{id})"))
+}
+
+pub(super) fn wrong_type(id: u64, asked: &str) -> Failure {
+    Failure::Message(format!("object #{id} is not a {asked}"))
+}
+
+macro_rules! object {
+    ($state:expr, $id:expr, $variant:ident) => {
+        match $state.object_mut($id) {
+            Some($crate::manager::server::Object::$variant(o)) => Ok(o),
+            Some(_) => Err($crate::manager::server::wrong_type(
+                $id,
+                stringify!($variant),
+            )),
+            None => Err($crate::manager::server::missing($id)),
+        }
+    };
+}
+pub(super) use object;
+
+/// `Reply::Failed` from a `Result`'s error, or the reply itself.
+pub(super) fn reply(r: std::result::Result<Reply, Failure>) -> Reply {
+    r.unwrap_or_else(Reply::Failed)
 }
 
 impl State {
-    fn handle(&mut self, req: Request) -> Reply {
-        match req {
-            Request::Create(initial) => {
-                let object = match initial {
-                    Initial::Dict(pairs) => {
-                        let mut d = Dict::default();
-                        for (k, v) in pairs {
-                            d.insert(k, v);
-                        }
-                        Object::Dict(d)
-                    }
-                    Initial::List(items) => Object::List(items),
-                    Initial::Value(v) => Object::Value(v),
-                };
-                self.next += 1;
-                self.objects.insert(self.next, object);
-                Reply::Id(self.next)
+    pub(super) fn object_mut(&mut self, id: u64) -> Option<&mut Object> {
+        self.objects.get_mut(&id).map(|e| &mut e.object)
+    }
+
+    fn create(&mut self, initial: Initial, tag: Tag) -> Reply {
+        let object = match initial {
+            Initial::Dict(pairs) => {
+                let mut d = Dict::default();
+                for (k, v) in pairs {
+                    d.insert(k, v);
+                }
+                Object::Dict(d)
             }
-            Request::Dict(id, op) => match self.objects.get_mut(&id) {
-                Some(Object::Dict(d)) => match op {
-                    DictOp::Insert(k, v) => Reply::Item(d.insert(k, v)),
-                    DictOp::Get(k) => Reply::Item(d.index.get(&k).map(|&i| d.pairs[i].1.clone())),
-                    DictOp::Remove(k) => Reply::Item(d.remove(&k)),
-                    DictOp::Contains(k) => Reply::Bool(d.index.contains_key(&k)),
-                    DictOp::Len => Reply::Len(d.pairs.len() as u64),
-                    DictOp::Items => Reply::Pairs(d.pairs.clone()),
-                    DictOp::Clear => {
-                        *d = Dict::default();
-                        Reply::Done
-                    }
-                },
-                _ => missing(id),
+            Initial::List(items) => Object::List(items),
+            Initial::Value(v) => Object::Value(v),
+            Initial::Array(items) => Object::Array(items),
+            Initial::Namespace => Object::Namespace(Vec::new()),
+            Initial::Queue { maxsize, joinable } => {
+                Object::Queue(QueueState::new(maxsize, joinable))
+            }
+            Initial::Lock { reentrant } => Object::Lock(LockState::new(reentrant)),
+            Initial::Semaphore { value, bounded } => {
+                Object::Semaphore(SemaphoreState::new(value, bounded))
+            }
+            Initial::Event => Object::Event(EventState::default()),
+            Initial::Condition { reentrant } => Object::Condition(ConditionState::new(reentrant)),
+            Initial::Barrier { parties } => Object::Barrier(BarrierState::new(parties)),
+            Initial::User(name) => match self.types.get(&name) {
+                Some(make) => Object::User(Arc::new(std::sync::Mutex::new(make()))),
+                None => {
+                    return Reply::message(format!(
+                        "the manager serves no type {name:?} (register it on the builder)"
+                    ));
+                }
             },
-            Request::List(id, op) => match self.objects.get_mut(&id) {
-                Some(Object::List(l)) => match op {
-                    ListOp::Append(v) => {
-                        l.push(v);
-                        Reply::Done
+        };
+        self.next += 1;
+        let entry = Entry {
+            object,
+            tag,
+            refs: 0,
+            lent: 0,
+            named: false,
+        };
+        self.objects.insert(self.next, entry);
+        Reply::Id(self.next)
+    }
+
+    fn lookup(&self, name: &str, tag: &Tag) -> Reply {
+        let Some(entry) = self.names.get(name).and_then(|id| {
+            let e = self.objects.get(id)?;
+            Some((*id, e))
+        }) else {
+            return Reply::message(format!("the manager has no object named {name:?}"));
+        };
+        let (id, e) = entry;
+        if e.tag != *tag {
+            return Reply::message(format!(
+                "the object named {name:?} is a {} (fingerprint {:016x}), asked for as a {} \
+                 (fingerprint {:016x})",
+                e.tag.name, e.tag.fingerprint, tag.name, tag.fingerprint
+            ));
+        }
+        Reply::Id(id)
+    }
+
+    /// Answers a request that never waits. Requests that may wait go to [`attempt`].
+    ///
+    /// [`attempt`]: State::attempt
+    pub(super) fn handle(&mut self, caller: Caller, req: Request) -> Reply {
+        match req {
+            Request::Hello { .. } | Request::Ping | Request::Cancel(_) => Reply::Done,
+            Request::Incref { id, borrowed } => {
+                self.incref(caller, id, borrowed);
+                Reply::Done
+            }
+            Request::Decref(id) => {
+                self.decref(caller, id);
+                Reply::Done
+            }
+            Request::Lend(id) => {
+                if let Some(e) = self.objects.get_mut(&id) {
+                    e.lent += 1;
+                }
+                Reply::Done
+            }
+            Request::Count => Reply::Len(self.objects.len() as u64),
+            Request::Create(initial, tag) => self.create(initial, tag),
+            Request::Register(name, id) => {
+                if !self.objects.contains_key(&id) {
+                    return Reply::Failed(missing(id));
+                }
+                match self.names.get(&name) {
+                    Some(&other) if other != id => {
+                        Reply::message(format!("the name {name:?} is taken (by #{other})"))
                     }
-                    ListOp::Extend(vs) => {
-                        l.extend(vs);
-                        Reply::Done
-                    }
-                    ListOp::Get(i) => Reply::Item(position(l.len(), i).map(|i| l[i].clone())),
-                    ListOp::Set(i, v) => match position(l.len(), i) {
-                        Some(i) => {
-                            l[i] = v;
-                            Reply::Done
+                    _ => {
+                        self.names.insert(name, id);
+                        if let Some(e) = self.objects.get_mut(&id) {
+                            e.named = true;
                         }
-                        None => Reply::Failed(format!("list index {i} out of range")),
-                    },
-                    ListOp::Insert(i, v) => {
-                        // Python clamps an insertion index into range.
-                        let len = l.len() as i64;
-                        let at = if i < 0 { (i + len).max(0) } else { i.min(len) };
-                        l.insert(at as usize, v);
                         Reply::Done
                     }
-                    ListOp::Pop(i) => Reply::Item(position(l.len(), i).map(|i| l.remove(i))),
-                    ListOp::Len => Reply::Len(l.len() as u64),
-                    ListOp::Reverse => {
-                        l.reverse();
-                        Reply::Done
-                    }
-                    ListOp::Items => Reply::Items(l.clone()),
-                    ListOp::Clear => {
-                        l.clear();
-                        Reply::Done
-                    }
-                },
-                _ => missing(id),
-            },
-            Request::Value(id, op) => match self.objects.get_mut(&id) {
-                Some(Object::Value(v)) => match op {
-                    ValueOp::Get => Reply::Item(Some(v.clone())),
-                    ValueOp::Set(new) => {
-                        *v = new;
-                        Reply::Done
-                    }
-                },
-                _ => missing(id),
-            },
+                }
+            }
+            Request::Lookup(name, tag) => self.lookup(&name, &tag),
+            Request::Dict(id, op) => reply(object!(self, id, Dict).map(|d| d.handle(op))),
+            Request::List(id, op) => reply(object!(self, id, List).map(|l| list(l, op))),
+            Request::Value(id, op) => reply(object!(self, id, Value).map(|v| match op {
+                ValueOp::Get => Reply::Item(Some(v.clone())),
+                ValueOp::Set(new) => {
+                    *v = new;
+                    Reply::Done
+                }
+            })),
+            Request::Array(id, op) => reply(object!(self, id, Array).map(|a| array(a, op))),
+            Request::Namespace(id, op) => {
+                reply(object!(self, id, Namespace).map(|n| namespace(n, op)))
+            }
+            Request::Queue(id, op) => reply(object!(self, id, Queue).map(|q| q.handle(op))),
+            Request::Lock(id, op) => reply(object!(self, id, Lock).map(|l| l.handle(caller, op))),
+            Request::Semaphore(id, op) => reply(object!(self, id, Semaphore).map(|s| s.handle(op))),
+            Request::Event(id, op) => reply(object!(self, id, Event).map(|e| e.handle(op))),
+            Request::Condition(id, op) => {
+                reply(object!(self, id, Condition).map(|c| c.handle(caller, op)))
+            }
+            Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
+            Request::User(..) => Reply::message("a call on a user object runs in its own task"),
+        }
+    }
+
+    /// Tries a request that may wait; `timed_out` says its time is up, so the attempt must
+    /// answer (with its type's timeout error, say).
+    pub(super) fn attempt(&mut self, caller: Caller, req: &Request, timed_out: bool) -> Step {
+        let r = match req {
+            Request::Queue(id, op) => object!(self, *id, Queue).map(|q| q.attempt(op, timed_out)),
+            Request::Lock(id, op) => {
+                object!(self, *id, Lock).map(|l| l.attempt(caller, op, timed_out))
+            }
+            Request::Semaphore(id, op) => {
+                object!(self, *id, Semaphore).map(|s| s.attempt(op, timed_out))
+            }
+            Request::Event(id, op) => object!(self, *id, Event).map(|e| e.attempt(op, timed_out)),
+            Request::Condition(id, op) => {
+                object!(self, *id, Condition).map(|c| c.attempt(caller, op, timed_out))
+            }
+            _ => Err(Failure::Message("this request does not wait".into())),
+        };
+        r.unwrap_or_else(|f| Step::Done(Reply::Failed(f)))
+    }
+
+    fn incref(&mut self, caller: Caller, id: u64, borrowed: bool) {
+        let Some(e) = self.objects.get_mut(&id) else {
+            return;
+        };
+        e.refs += 1;
+        if borrowed {
+            e.lent = e.lent.saturating_sub(1);
+        }
+        *self
+            .held
+            .entry(caller.conn)
+            .or_default()
+            .entry(id)
+            .or_default() += 1;
+    }
+
+    fn decref(&mut self, caller: Caller, id: u64) {
+        let Some(n) = self.held.get_mut(&caller.conn).and_then(|h| h.get_mut(&id)) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            if let Some(h) = self.held.get_mut(&caller.conn) {
+                h.remove(&id);
+            }
+        }
+        self.drop_refs(id, 1);
+    }
+
+    /// Takes `n` references off an object, which ends when nothing keeps it.
+    fn drop_refs(&mut self, id: u64, n: u64) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.refs = e.refs.saturating_sub(n);
+            if e.refs == 0 && e.lent == 0 && !e.named {
+                self.objects.remove(&id);
+            }
+        }
+    }
+
+    /// Releases what a connection that ended held: its references, and its locks, whose
+    /// next acquirer is told.
+    pub(super) fn release(&mut self, caller: Caller) {
+        for (id, n) in self.held.remove(&caller.conn).unwrap_or_default() {
+            self.drop_refs(id, n);
+        }
+        for e in self.objects.values_mut() {
+            match &mut e.object {
+                Object::Lock(l) => l.abandon(caller),
+                Object::Condition(c) => c.abandon(caller),
+                _ => {}
+            }
         }
     }
 }
 
-/// The server process's target.
-pub(super) async fn serve(registration: Fd) {
-    if let Err(e) = accept_loop(registration.into_owned()).await {
-        eprintln!("tokio-multiprocessing manager: {e}");
-        std::process::exit(1);
+fn list(l: &mut Vec<Bytes>, op: ListOp) -> Reply {
+    match op {
+        ListOp::Append(v) => {
+            l.push(v);
+            Reply::Done
+        }
+        ListOp::Extend(vs) => {
+            l.extend(vs);
+            Reply::Done
+        }
+        ListOp::Get(i) => Reply::Item(position(l.len(), i).map(|i| l[i].clone())),
+        ListOp::Set(i, v) => match position(l.len(), i) {
+            Some(i) => {
+                l[i] = v;
+                Reply::Done
+            }
+            None => Reply::message(format!("list index {i} out of range")),
+        },
+        ListOp::Insert(i, v) => {
+            // Python clamps an insertion index into range.
+            let len = l.len() as i64;
+            let at = if i < 0 { (i + len).max(0) } else { i.min(len) };
+            l.insert(at as usize, v);
+            Reply::Done
+        }
+        ListOp::Pop(i) => Reply::Item(position(l.len(), i).map(|i| l.remove(i))),
+        ListOp::Len => Reply::Len(l.len() as u64),
+        ListOp::Reverse => {
+            l.reverse();
+            Reply::Done
+        }
+        ListOp::Items => Reply::Items(l.clone()),
+        ListOp::Clear => {
+            l.clear();
+            Reply::Done
+        }
     }
 }
 
-async fn accept_loop(registration: OwnedFd) -> Result<()> {
+fn array(a: &mut [Bytes], op: ArrayOp) -> Reply {
+    let out_of_range =
+        |index: usize, len: usize| Reply::Failed(Failure::IndexOutOfRange { index, len });
+    match op {
+        ArrayOp::Get(i) => match a.get(i) {
+            Some(v) => Reply::Item(Some(v.clone())),
+            None => out_of_range(i, a.len()),
+        },
+        ArrayOp::Set(i, v) => match a.get_mut(i) {
+            Some(slot) => {
+                *slot = v;
+                Reply::Done
+            }
+            None => out_of_range(i, a.len()),
+        },
+        ArrayOp::Len => Reply::Len(a.len() as u64),
+        ArrayOp::Items => Reply::Items(a.to_vec()),
+    }
+}
+
+fn namespace(n: &mut Vec<(String, Bytes)>, op: NamespaceOp) -> Reply {
+    let at = |n: &[(String, Bytes)], name: &str| n.iter().position(|(k, _)| k == name);
+    match op {
+        NamespaceOp::Get(name) => Reply::Item(at(n, &name).map(|i| n[i].1.clone())),
+        NamespaceOp::Set(name, v) => {
+            match at(n, &name) {
+                Some(i) => n[i].1 = v,
+                None => n.push((name, v)),
+            }
+            Reply::Done
+        }
+        NamespaceOp::Remove(name) => Reply::Item(at(n, &name).map(|i| n.remove(i).1)),
+        NamespaceOp::Items => Reply::Named(n.clone()),
+    }
+}
+
+/// The server: its state and the connections it has taken.
+pub(super) struct Shared {
+    state: std::sync::Mutex<State>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(types: HashMap<String, Maker>) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: std::sync::Mutex::new(State {
+                types,
+                ..State::default()
+            }),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Carries out a request that may wait, waiting for its object's notifications until it
+    /// can be answered or its time is up.
+    async fn wait(&self, caller: Caller, req: Request) -> Reply {
+        use super::proto::{BarrierOp, ConditionOp};
+        let deadline = deadline(wait_of(&req));
+        match req {
+            Request::Condition(id, ConditionOp::Wait { owner, wait }) => {
+                super::condition::wait(self, caller, id, owner, wait).await
+            }
+            Request::Barrier(id, BarrierOp::Wait { wait }) => {
+                super::barrier::wait(self, id, wait).await
+            }
+            Request::User(id, request) => {
+                let object = object!(self.state(), id, User).map(|o| o.clone());
+                match object {
+                    Ok(o) => super::managed::run(o, request).await,
+                    Err(f) => Reply::Failed(f),
+                }
+            }
+            req => {
+                self.wait_on(deadline, |s, timed_out| s.attempt(caller, &req, timed_out))
+                    .await
+            }
+        }
+    }
+
+    /// Tries `attempt` until it answers, waiting for the notification it names in between
+    /// (registered before the state's mutex is released, so no wake-up is lost). Once
+    /// `deadline` has passed, the attempt is told its time is up and must answer.
+    pub(super) async fn wait_on(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        mut attempt: impl FnMut(&mut State, bool) -> Step,
+    ) -> Reply {
+        let mut timed_out = false;
+        loop {
+            let notified = match attempt(&mut self.state(), timed_out) {
+                Step::Done(r) => return r,
+                Step::Wait(n) => {
+                    let mut notified = Box::pin(n.notified_owned());
+                    notified.as_mut().enable();
+                    notified
+                }
+            };
+            if timed_out {
+                return Reply::message("a wait went on after its time was up");
+            }
+            match deadline {
+                None => notified.await,
+                Some(d) => timed_out = tokio::time::timeout_at(d, notified).await.is_err(),
+            }
+        }
+    }
+}
+
+/// When a wait of this kind ends: at once, never, or after its time.
+pub(super) fn deadline(wait: Wait) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now();
+    match wait {
+        Wait::No => Some(now),
+        Wait::Forever => None,
+        Wait::For(d) => Some(now + d),
+    }
+}
+
+fn wait_of(req: &Request) -> Wait {
+    use super::proto::{BarrierOp, ConditionOp, EventOp, LockOp, QueueOp, SemaphoreOp};
+    match req {
+        Request::Queue(_, QueueOp::Put { wait, .. } | QueueOp::Get { wait })
+        | Request::Lock(_, LockOp::Acquire { wait, .. })
+        | Request::Semaphore(_, SemaphoreOp::Acquire { wait })
+        | Request::Event(_, EventOp::Wait { wait })
+        | Request::Barrier(_, BarrierOp::Wait { wait })
+        | Request::Condition(_, ConditionOp::Lock(LockOp::Acquire { wait, .. })) => *wait,
+        // A condition's wait has two waits (the notification, then the lock): the
+        // condition times the first itself.
+        _ => Wait::Forever,
+    }
+}
+
+/// Replies a connection may have waiting to be written before its requests stop being read.
+const REPLIES_IN_FLIGHT: usize = 1024;
+
+/// Serves one connection until it ends, then releases what it held.
+pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
+    let link = Arc::new(link);
+    let mut caller = Caller {
+        conn: shared.next_conn.fetch_add(1, Ordering::Relaxed),
+        pid: 0,
+    };
+    // Bounded: a client that sends and never reads is stopped being read, not buffered for.
+    let (tx, rx) = mpsc::channel::<(u64, Reply)>(REPLIES_IN_FLIGHT);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(write_replies(link.clone(), rx));
+    let mut waiting: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let silence = HEARTBEAT * HEARTBEAT_MISSES;
+    let outcome: Result<()> = loop {
+        let frame = tokio::select! {
+            r = tokio::time::timeout(silence, link.recv()) => match r {
+                Ok(Ok(f)) => f,
+                Ok(Err(Error::Closed)) => break Ok(()),
+                Ok(Err(e)) => break Err(e),
+                Err(_) => break Err(Error::Protocol(format!("the client was silent for {silence:?}"))),
+            },
+            Some(_) = tasks.join_next(), if tasks.len() > 1 => {
+                waiting.retain(|_, h| !h.is_finished());
+                continue;
+            }
+        };
+        let (id, req) = match frame.decode::<(u64, Request)>() {
+            Ok(r) => r,
+            Err(e) => {
+                // Garbage: this connection ends (after saying why); no other is affected.
+                let _ = tx
+                    .send((0, Reply::message(format!("malformed request: {e}"))))
+                    .await;
+                break Err(e);
+            }
+        };
+        match req {
+            Request::Hello { pid } => {
+                caller.pid = pid;
+                continue;
+            }
+            Request::Incref { .. } | Request::Decref(_) | Request::Lend(_) => {
+                shared.state().handle(caller, req);
+                continue;
+            }
+            Request::Cancel(rid) => {
+                if let Some(h) = waiting.remove(&rid) {
+                    h.abort();
+                }
+                continue;
+            }
+            Request::Ping => continue,
+            _ => {}
+        }
+        if req.may_wait() {
+            // Tried here first: a request that need not wait is answered in order, at the
+            // cost of no task.
+            if req.tried_at_once() {
+                let step = shared.state().attempt(caller, &req, false);
+                if let Step::Done(r) = step {
+                    if let Err(e) = reply_now(&link, id, r).await {
+                        break Err(e);
+                    }
+                    continue;
+                }
+            }
+            let (shared, tx) = (shared.clone(), tx.clone());
+            let h = tasks.spawn(async move {
+                let r = shared.wait(caller, req).await;
+                let _ = tx.send((id, r)).await;
+            });
+            waiting.insert(id, h);
+        } else {
+            let r = shared.state().handle(caller, req);
+            if let Err(e) = reply_now(&link, id, r).await {
+                break Err(e);
+            }
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::debug!("manager connection ended: {e}");
+    }
+    tasks.abort_all();
+    shared.state().release(caller);
+}
+
+/// Writes a reply from the connection's own loop, without a hop to the writer task (their
+/// turns to write are shared, so frames never interleave).
+async fn reply_now(link: &Framed, id: u64, reply: Reply) -> Result<()> {
+    link.send(&mut FrameBuf::of(&(id, reply))?).await
+}
+
+/// Writes the replies of a connection in order, batching those that are ready together, and
+/// a heartbeat whenever it has been idle for [`HEARTBEAT`].
+async fn write_replies(link: Arc<Framed>, mut rx: mpsc::Receiver<(u64, Reply)>) {
+    let mut batch = Vec::new();
+    loop {
+        let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(_) => (0, Reply::Heartbeat),
+        };
+        batch.clear();
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match FrameBuf::of(&r) {
+                Ok(f) => batch.push(f),
+                Err(e) => tracing::debug!("a manager reply could not be encoded: {e}"),
+            }
+            if batch.len() < 64 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if link.send_batch(&mut batch).await.is_err() {
+            // The reader notices the broken socket too, and ends the connection.
+            let _ = sys::shutdown_socket(link.as_fd(), true, true);
+            return;
+        }
+    }
+}
+
+/// Serves the connections that arrive on the registration socket, until every holder of it
+/// is gone.
+pub(super) async fn serve_registration(registration: OwnedFd, shared: Arc<Shared>) -> Result<()> {
     sys::set_nonblocking(registration.as_fd(), true)?;
     let reg = sys::register_owned(registration, Interest::READABLE)?;
-    let state = Arc::new(Mutex::new(State::default()));
+    let mut conns = JoinSet::new();
     let mut fds = std::collections::VecDeque::new();
     loop {
         let mut buf = [0u8; 16];
-        let mut guard = reg.readable().await?;
+        let mut guard = tokio::select! {
+            g = reg.readable() => g?,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
         match guard.try_io(|r| sys::recv_with_fds(r.get_ref().as_fd(), &mut buf, &mut fds)) {
             Ok(Ok(0)) => return Ok(()), // every holder of the registration socket is gone
             Ok(Ok(_)) => {}
@@ -243,54 +656,185 @@ async fn accept_loop(registration: OwnedFd) -> Result<()> {
             Err(_would_block) => continue,
         }
         for conn in fds.drain(..) {
-            let state = state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve_connection(conn, state).await {
-                    tracing::debug!("manager connection ended: {e}");
+            match Framed::unix(conn) {
+                Ok(link) => {
+                    conns.spawn(serve_connection(link, shared.clone()));
                 }
-            });
+                Err(e) => tracing::debug!("a manager connection could not be set up: {e}"),
+            }
         }
     }
 }
 
-async fn serve_connection(conn: OwnedFd, state: Arc<Mutex<State>>) -> Result<()> {
-    let link = Framed::unix(conn)?;
+/// A listening socket of a manager with an address, and what its clients must prove.
+pub(super) struct Door {
+    pub(super) listener: OwnedFd,
+    pub(super) authkey: Option<Arc<[u8]>>,
+    pub(super) handshake_timeout: Duration,
+}
+
+/// Serves the connections that arrive on `door`: each runs the authentication exchange
+/// (bounded by the door's timeout, with at most [`MAX_HANDSHAKES`] at once), then is served.
+///
+/// [`MAX_HANDSHAKES`]: crate::MAX_HANDSHAKES
+pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
+    let transport = Transport::of(door.listener.as_fd())?;
+    let listener = match transport {
+        Transport::Tcp => {
+            let l = std::net::TcpListener::from(door.listener);
+            l.set_nonblocking(true)?;
+            Listening::Tcp(tokio::net::TcpListener::from_std(l)?)
+        }
+        _ => {
+            let l = std::os::unix::net::UnixListener::from(door.listener);
+            l.set_nonblocking(true)?;
+            Listening::Unix(tokio::net::UnixListener::from_std(l)?)
+        }
+    };
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(crate::MAX_HANDSHAKES));
+    let mut conns = JoinSet::new();
     loop {
-        let frame = match link.recv().await {
-            Ok(f) => f,
-            Err(Error::Closed) => return Ok(()),
-            Err(e) => return Err(e),
+        let permit = tokio::select! {
+            p = handshakes.clone().acquire_owned() => p.map_err(|_| Error::Closed)?,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let (id, reply) = match frame.decode::<(u64, Request)>() {
-            Ok((id, req)) => (
-                id,
-                state.lock().unwrap_or_else(|p| p.into_inner()).handle(req),
-            ),
-            Err(e) => (0, Reply::Failed(format!("malformed request: {e}"))),
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        link.send(&mut FrameBuf::of(&(id, reply))?).await?;
+        let (fd, transport) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, say: this connection is lost, the others go on.
+                tracing::debug!("a manager could not accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (shared, key, limit) = (shared.clone(), door.authkey.clone(), door.handshake_timeout);
+        conns.spawn(async move {
+            let link = match Framed::new(fd, transport) {
+                Ok(l) => l,
+                Err(_) => return,
+            };
+            if let Some(key) = key {
+                if let Err(e) = crate::listener::authenticate_within(&link, &key, true, limit).await
+                {
+                    tracing::debug!("a manager client failed authentication: {e}");
+                    return;
+                }
+            }
+            drop(permit);
+            serve_connection(link, shared).await;
+        });
+    }
+}
+
+enum Listening {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listening {
+    async fn accept(&self) -> std::io::Result<(OwnedFd, Transport)> {
+        Ok(match self {
+            Listening::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                (s.into_std()?.into(), Transport::Tcp)
+            }
+            Listening::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                (s.into_std()?.into(), Transport::Unix)
+            }
+        })
+    }
+}
+
+/// What a server process is given: the registration socket, a listening socket when the
+/// manager has an address, and the user types it may make.
+pub(super) async fn serve_process(
+    registration: crate::wire::Fd,
+    door: Option<(crate::wire::Fd, Option<Vec<u8>>, Duration)>,
+    types: UserTypes,
+) {
+    let types = match types.resolve() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tokio-multiprocessing manager: {e}");
+            std::process::exit(1);
+        }
+    };
+    let shared = Shared::new(types);
+    let local = serve_registration(registration.into_owned(), shared.clone());
+    let r = match door {
+        None => local.await,
+        Some((listener, authkey, handshake_timeout)) => {
+            let door = Door {
+                listener: listener.into_owned(),
+                authkey: authkey.map(Arc::from),
+                handshake_timeout,
+            };
+            tokio::select! {
+                r = local => r,
+                r = serve_door(door, shared) => r,
+            }
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("tokio-multiprocessing manager: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The user types of a server process, as they travel to it: each constructor as an offset
+/// into the binary both processes run, with that binary's fingerprint.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct UserTypes {
+    #[serde(with = "serde_bytes")]
+    fingerprint: Vec<u8>,
+    makers: Vec<(String, i64)>,
+}
+
+impl UserTypes {
+    pub(super) fn new(types: &HashMap<String, Maker>) -> UserTypes {
+        UserTypes {
+            fingerprint: sys::fingerprint().to_vec(),
+            makers: types
+                .iter()
+                .map(|(name, &make)| (name.clone(), sys::offset_from_anchor(make as usize)))
+                .collect(),
+        }
+    }
+
+    fn resolve(self) -> Result<HashMap<String, Maker>> {
+        let same = sys::SameBinary::check(&self.fingerprint).ok_or_else(|| {
+            Error::Protocol("the manager's user types come from another binary".into())
+        })?;
+        self.makers
+            .into_iter()
+            .map(|(name, offset)| Ok((name, sys::resolve_entry::<Maker>(offset, same)?)))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::proto::{LockOp, QueueOp};
 
-    fn b(x: &[u8]) -> Bytes {
-        ByteBuf::from(x.to_vec())
+    const ME: Caller = Caller { conn: 1, pid: 100 };
+    const OTHER: Caller = Caller { conn: 2, pid: 200 };
+
+    fn tag() -> Tag {
+        Tag::of::<u8>()
     }
 
-    #[test]
-    fn dict_keeps_insertion_order_across_removals() {
-        let mut d = Dict::default();
-        for k in [b"a", b"b", b"c", b"d"] {
-            d.insert(b(k), b(k));
+    fn id(r: Reply) -> u64 {
+        match r {
+            Reply::Id(id) => id,
+            r => panic!("{r:?}"),
         }
-        assert_eq!(d.remove(&b(b"b")), Some(b(b"b")));
-        d.insert(b(b"b"), b(b"B"));
-        let keys: Vec<_> = d.pairs.iter().map(|(k, _)| k.to_vec()).collect();
-        assert_eq!(keys, [b"a", b"c", b"d", b"b"]);
-        assert_eq!(d.index[&b(b"d")], 2);
     }
 
     #[test]
@@ -299,5 +843,68 @@ mod tests {
         assert_eq!(position(3, 3), None);
         assert_eq!(position(3, -4), None);
         assert_eq!(position(0, 0), None);
+    }
+
+    #[test]
+    fn a_name_is_found_only_with_the_tag_it_was_made_with() {
+        let mut s = State::default();
+        let q = id(s.handle(ME, Request::Create(Initial::Event, tag())));
+        assert!(matches!(
+            s.handle(ME, Request::Register("e".into(), q)),
+            Reply::Done
+        ));
+        assert_eq!(id(s.handle(OTHER, Request::Lookup("e".into(), tag()))), q);
+        match s.handle(OTHER, Request::Lookup("e".into(), Tag::of::<u16>())) {
+            Reply::Failed(Failure::Message(m)) => assert!(m.contains("u16"), "{m}"),
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(
+            s.handle(OTHER, Request::Lookup("nope".into(), tag())),
+            Reply::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_request_on_the_wrong_type_fails() {
+        let mut s = State::default();
+        let e = id(s.handle(ME, Request::Create(Initial::Event, tag())));
+        match s.handle(ME, Request::Queue(e, QueueOp::Len)) {
+            Reply::Failed(Failure::Message(m)) => assert!(m.contains("not a Queue"), "{m}"),
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(
+            s.handle(ME, Request::Queue(99, QueueOp::Len)),
+            Reply::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_lock_left_by_a_closed_connection_is_reported_then_free() {
+        let mut s = State::default();
+        let l = id(s.handle(
+            ME,
+            Request::Create(Initial::Lock { reentrant: false }, tag()),
+        ));
+        let acquire = Request::Lock(
+            l,
+            LockOp::Acquire {
+                owner: 0,
+                wait: Wait::Forever,
+            },
+        );
+        assert!(matches!(
+            s.attempt(ME, &acquire, false),
+            Step::Done(Reply::Done)
+        ));
+        assert!(matches!(s.attempt(OTHER, &acquire, false), Step::Wait(_)));
+        s.release(ME);
+        assert!(matches!(
+            s.attempt(OTHER, &acquire, false),
+            Step::Done(Reply::Failed(Failure::LockOwnerDied { pid: 100 }))
+        ));
+        assert!(matches!(
+            s.attempt(OTHER, &acquire, false),
+            Step::Done(Reply::Done)
+        ));
     }
 }

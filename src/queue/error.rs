@@ -11,7 +11,7 @@ pub struct PutError<T> {
 }
 
 impl<T> PutError<T> {
-    pub(super) fn new(error: Error, item: T) -> PutError<T> {
+    pub(crate) fn new(error: Error, item: T) -> PutError<T> {
         PutError { error, item }
     }
 

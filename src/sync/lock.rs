@@ -331,7 +331,7 @@ impl Drop for LockGuard<'_> {
 }
 
 /// The identity of the running task (or of the thread, outside any task): never 0.
-fn task_token() -> u64 {
+pub(crate) fn task_token() -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match tokio::task::try_id() {
         Some(id) => (1u8, id).hash(&mut h),

@@ -63,6 +63,7 @@ mod semaphore;
 mod shared_state;
 mod wake;
 
+pub(crate) use lock::task_token;
 pub(crate) use wake::Watch;
 
 pub use barrier::Barrier;

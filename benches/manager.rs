@@ -1,0 +1,244 @@
+//! `Manager` figures: a dict call (set or get) to a local server process and over TCP
+//! loopback with a key, queue proxy throughput between two processes, and the time to start
+//! and shut down a manager. Baselines: the same calls to a server in this process (no
+//! process hop), and a server in this process started and stopped. CPython's `Manager`
+//! beside them: `python3 benches/manager_cpython.py`.
+//!
+//! ```text
+//! cargo bench --bench manager
+//! ```
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use support::{Figure, Report};
+use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy, StartMethod};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const CALLS: u32 = 5_000;
+const ITEMS: u32 = 50_000;
+const STARTS: usize = 20;
+const ROUNDS: usize = 3;
+const IN_FLIGHT: usize = 64;
+const KEY: &str = "bench key";
+
+/// Microseconds per dict call: `CALLS` sets and `CALLS` gets, one after the other.
+async fn dict_calls(d: &DictProxy<u32, u32>) -> mp::Result<Vec<f64>> {
+    for i in 0..100 {
+        d.insert(i, i).await?;
+    }
+    let mut out = Vec::new();
+    for _ in 0..support::runs(ROUNDS) {
+        let t = Instant::now();
+        for i in 0..CALLS {
+            d.insert(i, i).await?;
+            if d.get(&i).await? != Some(i) {
+                return Err(mp::Error::Manager(format!("key {i} read back wrong")));
+            }
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(2 * CALLS));
+    }
+    Ok(out)
+}
+
+async fn dict_local() -> mp::Result<Vec<f64>> {
+    let m = Manager::start().await?;
+    let r = dict_calls(&m.dict().await?).await;
+    m.shutdown().await?;
+    r
+}
+
+async fn dict_in_process() -> mp::Result<Vec<f64>> {
+    let m = Manager::builder().serve().await?;
+    let r = dict_calls(&m.dict().await?).await;
+    m.shutdown().await?;
+    r
+}
+
+async fn dict_tcp() -> mp::Result<Vec<f64>> {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await?;
+    m.register("d", &m.dict::<u32, u32>().await?).await?;
+    let address = m.address().cloned().ok_or(mp::Error::Closed)?;
+    let c = Manager::connect(address, KEY).await?;
+    let r = dict_calls(&c.get("d").await?).await;
+    m.shutdown().await?;
+    r
+}
+
+/// Puts `n` items, one call after the other, or `IN_FLIGHT` calls at a time.
+async fn producer(q: QueueProxy<u64>, n: u32, pipelined: bool) -> mp::Result<()> {
+    if !pipelined {
+        for i in 0..n {
+            q.put(u64::from(i)).await?;
+        }
+        return Ok(());
+    }
+    let mut calls = FuturesOrdered::new();
+    for i in 0..n {
+        if calls.len() >= IN_FLIGHT {
+            if let Some(r) = calls.next().await {
+                r?;
+            }
+        }
+        let q = q.clone();
+        calls.push_back(async move { q.put(u64::from(i)).await.map_err(mp::Error::from) });
+    }
+    while let Some(r) = calls.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Items per second from a producer process to this one through a queue proxy.
+async fn queue_between_processes(pipelined: bool) -> mp::Result<Vec<f64>> {
+    let m = Manager::start().await?;
+    let q = m.queue::<u64>().await?;
+    let mut out = Vec::new();
+    for _ in 0..support::runs(1) {
+        let t = Instant::now();
+        let mut p = Process::new(producer, (q.clone(), ITEMS, pipelined))
+            .start()
+            .await?;
+        let mut calls = FuturesOrdered::new();
+        let mut sum = 0u64;
+        for _ in 0..ITEMS {
+            if pipelined {
+                if calls.len() >= IN_FLIGHT {
+                    if let Some(r) = calls.next().await {
+                        sum += r?;
+                    }
+                }
+                let q = q.clone();
+                calls.push_back(async move { q.get().await });
+            } else {
+                sum += q.get().await?;
+            }
+        }
+        while let Some(r) = calls.next().await {
+            sum += r?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        p.join().await?;
+        if sum != u64::from(ITEMS) * u64::from(ITEMS - 1) / 2 {
+            return Err(mp::Error::Manager(format!("items lost: sum {sum}")));
+        }
+        out.push(f64::from(ITEMS) / secs);
+    }
+    m.shutdown().await?;
+    Ok(out)
+}
+
+/// How a manager is started for [`start_and_shutdown`].
+#[derive(Clone, Copy)]
+enum How {
+    /// Served by tasks of this process.
+    InProcess,
+    /// A server process started by the default start method.
+    Process,
+    /// A server process forked by the fork server (started once before the runs).
+    ForkServer,
+}
+
+/// Milliseconds to start a manager (until its first object exists) and to shut it down.
+async fn start_and_shutdown(how: How) -> mp::Result<(Vec<f64>, Vec<f64>)> {
+    if let How::ForkServer = how {
+        Manager::start_with(StartMethod::ForkServer)
+            .await?
+            .shutdown()
+            .await?;
+    }
+    let (mut starts, mut stops) = (Vec::new(), Vec::new());
+    for _ in 0..support::runs(STARTS) {
+        let t = Instant::now();
+        let m = match how {
+            How::InProcess => Manager::builder().serve().await?,
+            How::Process => Manager::start().await?,
+            How::ForkServer => Manager::start_with(StartMethod::ForkServer).await?,
+        };
+        m.event().await?;
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        m.shutdown().await?;
+        stops.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((starts, stops))
+}
+
+async fn bounded<T>(
+    name: &str,
+    f: impl std::future::Future<Output = mp::Result<T>>,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(Duration::from_secs(300), f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(format!("{name} took longer than 300 s").into()),
+    }
+}
+
+fn main() -> Result<(), BoxError> {
+    mp::init();
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut report = Report::new("manager");
+    rt.block_on(async {
+        let here = Figure::new(
+            "dict_call_in_process_us",
+            "us",
+            bounded("dict_call_in_process_us", dict_in_process()).await?,
+        );
+        let local = Figure::new(
+            "dict_call_local_us",
+            "us",
+            bounded("dict_call_local_us", dict_local()).await?,
+        );
+        report.add(local.clone().baseline(here));
+        let tcp = bounded("dict_call_tcp_us", dict_tcp()).await?;
+        report.add(Figure::new("dict_call_tcp_us", "us", tcp).baseline(local));
+        let one = bounded("queue_proxy_items_per_s", queue_between_processes(false)).await?;
+        let many = bounded(
+            "queue_proxy_pipelined_items_per_s",
+            queue_between_processes(true),
+        )
+        .await?;
+        let one = Figure::new("queue_proxy_items_per_s", "items/s", one);
+        report.add(one.clone());
+        report.add(Figure::new("queue_proxy_pipelined_items_per_s", "items/s", many).baseline(one));
+        let (here_start, here_stop) =
+            bounded("manager_start_ms", start_and_shutdown(How::InProcess)).await?;
+        let (start, stop) = bounded("manager_start_ms", start_and_shutdown(How::Process)).await?;
+        let (fs_start, fs_stop) = bounded(
+            "manager_start_forkserver_ms",
+            start_and_shutdown(How::ForkServer),
+        )
+        .await?;
+        let serve_start = Figure::new("manager_serve_start_ms", "ms", here_start);
+        report.add(
+            Figure::new("manager_start_forkserver_ms", "ms", fs_start)
+                .baseline(serve_start.clone()),
+        );
+        report.add(Figure::new("manager_shutdown_forkserver_ms", "ms", fs_stop));
+        report.add(Figure::new("manager_start_ms", "ms", start).baseline(serve_start));
+        report.add(
+            Figure::new("manager_shutdown_ms", "ms", stop).baseline(Figure::new(
+                "manager_serve_shutdown_ms",
+                "ms",
+                here_stop,
+            )),
+        );
+        Ok::<_, BoxError>(())
+    })?;
+    report.finish();
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! A client's way to a manager: where the server is ([`Route`]), and one connection to it
+//! shared by every proxy that holds the same [`Link`], made on first use and made again
+//! after it is lost.
+//!
+//! # One connection, many calls
+//! A connection carries many requests at once: a proxy's call sends its request through
+//! the connection's writer task and waits for the reply that names it, which the reader
+//! task hands over. So a `get` waiting on an empty queue holds up neither the `put` of
+//! another task nor the `release` of a lock. A call dropped before its reply withdraws its
+//! request (the server stops its wait); the connection stays usable, as no call ever
+//! writes to the socket itself.
+//!
+//! # Liveness
+//! The server writes a heartbeat on an idle connection every [`HEARTBEAT`], and so does the
+//! client; a side that hears nothing for [`HEARTBEAT_MISSES`] intervals takes the
+//! connection for lost. Every call waiting on a lost connection, for whatever reason (the
+//! server died, the network went, the connection broke), fails with [`Error::Closed`].
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, Reply, Request};
+use crate::error::{Error, Result};
+use crate::listener::Address;
+use crate::sys;
+use crate::wire::{FrameBuf, Framed, Transport};
+
+/// Where the server is.
+pub enum Route {
+    /// A local manager's registration socket: a connection is a socket pair whose other end
+    /// is sent to the server through it.
+    Registration(OwnedFd),
+    /// A manager with an address, and the key its clients must prove they hold.
+    Address {
+        address: Address,
+        authkey: Option<Arc<[u8]>>,
+    },
+}
+
+/// A way to a manager, shared by the proxies made from one manager handle or received in
+/// one value.
+pub struct Link {
+    pub(super) route: Route,
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Taken while a connection is being made, so that one is made at a time.
+    connecting: tokio::sync::Mutex<()>,
+    held: Mutex<Held>,
+}
+
+/// The proxies alive on a link, which the server counts as references of its connection.
+#[derive(Default)]
+struct Held {
+    /// Live proxies, by object id.
+    counts: HashMap<u64, usize>,
+    /// Objects received from another process whose loan the first reference settles.
+    borrowed: HashSet<u64>,
+    /// Loans made before this link had a connection, told to the server once it has one.
+    lends: Vec<u64>,
+}
+
+type Waiting = Mutex<HashMap<u64, oneshot::Sender<Result<Reply>>>>;
+
+/// What the reader task shares with the callers: the calls waiting for replies.
+struct Calls {
+    waiting: Waiting,
+    lost: AtomicBool,
+}
+
+impl Calls {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Reply>>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One connection: requests go to its writer task; replies come from its reader task.
+struct Conn {
+    out: mpsc::UnboundedSender<FrameBuf>,
+    calls: Arc<Calls>,
+    next: AtomicU64,
+}
+
+impl Link {
+    pub(super) fn new(route: Route) -> Arc<Link> {
+        Arc::new(Link {
+            route,
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            held: Mutex::default(),
+        })
+    }
+
+    /// Whether `other` leads to the same server: the same link, or the same address.
+    pub(super) fn same_server(&self, other: &Link) -> bool {
+        std::ptr::eq(self, other)
+            || matches!(
+                (&self.route, &other.route),
+                (Route::Address { address: a, .. }, Route::Address { address: b, .. }) if a == b
+            )
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live_conn(&self) -> Option<Arc<Conn>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref()
+            .filter(|c| !c.calls.lost.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// A proxy to `id` now lives on this link (`borrowed`: received from another process).
+    /// The first one is a reference of the connection, told to the server now or when the
+    /// connection is made.
+    pub(super) fn hold(&self, id: u64, borrowed: bool) {
+        let mut held = self.held();
+        if borrowed {
+            held.borrowed.insert(id);
+        }
+        let n = held.counts.entry(id).or_default();
+        *n += 1;
+        if *n == 1 {
+            if let Some(conn) = self.live_conn() {
+                let borrowed = held.borrowed.remove(&id);
+                conn.post(Request::Incref { id, borrowed });
+            }
+        }
+    }
+
+    /// A proxy to `id` on this link is gone; with the last one, the connection's reference.
+    pub(super) fn release(&self, id: u64) {
+        let mut held = self.held();
+        let Some(n) = held.counts.get_mut(&id) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            held.counts.remove(&id);
+            held.borrowed.remove(&id);
+            if let Some(conn) = self.live_conn() {
+                conn.post(Request::Decref(id));
+            }
+        }
+    }
+
+    /// A proxy to `id` is on its way to another process (it is being encoded): the server
+    /// keeps the object until that process holds it.
+    pub(super) fn lend(&self, id: u64) {
+        let mut held = self.held();
+        match self.live_conn() {
+            Some(conn) => conn.post(Request::Lend(id)),
+            None => held.lends.push(id),
+        }
+    }
+
+    /// Puts a new connection in place and tells the server what this link holds.
+    fn install(&self, conn: Arc<Conn>) {
+        let mut held = self.held();
+        let ids: Vec<u64> = held.counts.keys().copied().collect();
+        for id in ids {
+            let borrowed = held.borrowed.remove(&id);
+            conn.post(Request::Incref { id, borrowed });
+        }
+        for id in std::mem::take(&mut held.lends) {
+            conn.post(Request::Lend(id));
+        }
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    }
+
+    /// Sends `req` and waits for its reply; a failure the server reports is its error.
+    ///
+    /// # Cancel safety
+    /// Dropping the call withdraws the request (see the module notes).
+    pub(super) async fn call(&self, req: Request) -> Result<Reply> {
+        let conn = self.conn().await?;
+        match conn.call(&req).await? {
+            Reply::Failed(f) => Err(f.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// Makes the connection now, so that its errors (nothing listens, a wrong key) are the
+    /// caller's.
+    pub(super) async fn open(&self) -> Result<()> {
+        let _turn = self.connecting.lock().await;
+        let link = self.connect().await?;
+        self.install(Arc::new(Conn::start(link)?));
+        Ok(())
+    }
+
+    /// The connection, made now if there is none or it was lost. A connection made again
+    /// after a loss holds this link's references again (the server let them go with the
+    /// lost one).
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        if let Some(c) = self.live_conn() {
+            return Ok(c);
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(c) = self.live_conn() {
+            return Ok(c);
+        }
+        let link = self.connect().await.map_err(|e| match e {
+            Error::Io(io) if is_gone(&io) => Error::Closed,
+            e => e,
+        })?;
+        let conn = Arc::new(Conn::start(link)?);
+        self.install(conn.clone());
+        Ok(conn)
+    }
+
+    /// Makes a connection: a socket pair through the registration socket, or a connection
+    /// to the address followed by the authentication exchange.
+    async fn connect(&self) -> Result<Framed> {
+        match &self.route {
+            Route::Registration(reg) => {
+                let (mine, theirs) = sys::socketpair_stream()?;
+                match sys::send_with_fds(reg.as_fd(), &[1], &[theirs.as_raw_fd()]) {
+                    Ok(_) => {}
+                    Err(e) if is_gone(&e) => return Err(Error::Closed),
+                    Err(e) => return Err(e.into()),
+                }
+                Framed::unix(mine)
+            }
+            Route::Address { address, authkey } => {
+                let limit = crate::AUTH_TIMEOUT;
+                let (fd, transport): (OwnedFd, _) = match address {
+                    Address::Unix(path) => {
+                        let s = tokio::net::UnixStream::connect(path).await?;
+                        (s.into_std()?.into(), Transport::Unix)
+                    }
+                    Address::Tcp(addr) => {
+                        let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+                            .await
+                            .map_err(|_| Error::Timeout)??;
+                        s.set_nodelay(true)?;
+                        (s.into_std()?.into(), Transport::Tcp)
+                    }
+                };
+                let link = Framed::new(fd, transport)?;
+                if let Some(key) = authkey {
+                    crate::listener::authenticate_within(&link, key, false, limit).await?;
+                }
+                Ok(link)
+            }
+        }
+    }
+}
+
+fn is_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset, NotFound};
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionRefused | ConnectionReset | NotFound
+    )
+}
+
+impl Conn {
+    fn start(link: Framed) -> Result<Conn> {
+        let link = Arc::new(link);
+        let calls = Arc::new(Calls {
+            waiting: Mutex::new(HashMap::new()),
+            lost: AtomicBool::new(false),
+        });
+        let (out, rx) = mpsc::unbounded_channel();
+        let hello = Request::Hello {
+            pid: std::process::id(),
+        };
+        let _ = out.send(FrameBuf::of(&(0u64, hello))?);
+        tokio::spawn(write_requests(link.clone(), rx));
+        tokio::spawn(read_replies(link, calls.clone()));
+        Ok(Conn {
+            out,
+            calls,
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends a request that has no reply, if the connection is still there.
+    fn post(&self, req: Request) {
+        if let Ok(f) = FrameBuf::of(&(0u64, req)) {
+            let _ = self.out.send(f);
+        }
+    }
+
+    async fn call(self: &Arc<Conn>, req: &Request) -> Result<Reply> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let frame = FrameBuf::of(&(id, req))?;
+        let (tx, rx) = oneshot::channel();
+        self.calls.waiting().insert(id, tx);
+        // Registered before the lost flag is read: the reader drains what it finds after
+        // setting the flag, so a call is failed by it or sees the flag here.
+        if self.calls.lost.load(Ordering::Acquire) || self.out.send(frame).is_err() {
+            self.calls.waiting().remove(&id);
+            return Err(Error::Closed);
+        }
+        let withdraw = Withdraw { conn: self, id };
+        let r = rx.await;
+        std::mem::forget(withdraw);
+        r.unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// Withdraws a call whose caller gave up before its reply.
+struct Withdraw<'a> {
+    conn: &'a Arc<Conn>,
+    id: u64,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if self.conn.calls.waiting().remove(&self.id).is_some() {
+            if let Ok(f) = FrameBuf::of(&(0u64, Request::Cancel(self.id))) {
+                let _ = self.conn.out.send(f);
+            }
+        }
+    }
+}
+
+/// Writes requests in order, those ready together in one batch, and a ping when idle for
+/// [`HEARTBEAT`]. When every handle of the connection is gone, shuts the socket's writing
+/// side: the server then ends the connection, and the reader sees the end.
+async fn write_requests(link: Arc<Framed>, mut rx: mpsc::UnboundedReceiver<FrameBuf>) {
+    let mut batch = Vec::new();
+    loop {
+        let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                let _ = sys::shutdown_socket(link.as_fd(), false, true);
+                return;
+            }
+            Err(_) => match FrameBuf::of(&(0u64, Request::Ping)) {
+                Ok(f) => f,
+                Err(_) => continue,
+            },
+        };
+        batch.clear();
+        batch.push(first);
+        while batch.len() < 64 {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        if link.send_batch(&mut batch).await.is_err() {
+            let _ = sys::shutdown_socket(link.as_fd(), true, true);
+            return;
+        }
+    }
+}
+
+/// Hands each reply to its call; when the connection ends or stays silent too long, fails
+/// every call still waiting with [`Error::Closed`].
+async fn read_replies(link: Arc<Framed>, calls: Arc<Calls>) {
+    let silence = HEARTBEAT * HEARTBEAT_MISSES;
+    loop {
+        let frame = match tokio::time::timeout(silence, link.recv()).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::debug!("manager connection ended: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("the manager was silent for {silence:?}: connection lost");
+                break;
+            }
+        };
+        match frame.decode::<(u64, Reply)>() {
+            Ok((0, Reply::Failed(f))) => tracing::debug!("the manager refused a frame: {f:?}"),
+            Ok((0, _)) => {}
+            Ok((id, reply)) => {
+                if let Some(tx) = calls.waiting().remove(&id) {
+                    let _ = tx.send(Ok(reply));
+                }
+            }
+            Err(e) => {
+                tracing::debug!("a manager reply could not be decoded: {e}");
+                break;
+            }
+        }
+    }
+    calls.lost.store(true, Ordering::Release);
+    let _ = sys::shutdown_socket(link.as_fd(), true, true);
+    for (_, tx) in calls.waiting().drain() {
+        let _ = tx.send(Err(Error::Closed));
+    }
+}

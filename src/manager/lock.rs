@@ -1,0 +1,313 @@
+//! [`LockProxy`] and [`RLockProxy`]: locks held by a manager (Python's `manager.Lock()` and
+//! `manager.RLock()`).
+//!
+//! # Owners
+//! A plain lock is held by the connection that took it, and may be released by anyone (as
+//! Python's `Lock` may). A re-entrant lock is owned by a *task* on a connection: the same
+//! task may take it again, and only it may release it ([`Error::NotOwner`](crate::Error::NotOwner) otherwise), as
+//! the crate's [`RLock`](crate::RLock). Clones of a proxy share one connection; a proxy
+//! passed to another process has its own.
+//!
+//! # Owner death
+//! When the connection of a holder closes (its process died, or dropped every proxy of that
+//! manager), the server releases the lock, and the next acquirer gets
+//! [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) with the holder's pid; the lock is free again and the acquire
+//! after that takes it. This is what the crate's [`Lock`](crate::Lock) does when its holder
+//! dies.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::proto::{Failure, LockOp, Reply, Request, Wait};
+use super::server::{Caller, Step};
+use super::{Handle, expect_bool, expect_done};
+use crate::error::Result;
+use crate::sync::task_token;
+
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    caller: Caller,
+    owner: u64,
+    count: u32,
+}
+
+/// The server's side of a lock (and of a condition's lock).
+pub(super) struct LockState {
+    reentrant: bool,
+    holder: Option<Holder>,
+    /// The pid of a holder whose connection closed, until an acquirer has been told.
+    abandoned: Option<u32>,
+    freed: Arc<Notify>,
+}
+
+impl LockState {
+    pub(super) fn new(reentrant: bool) -> LockState {
+        LockState {
+            reentrant,
+            holder: None,
+            abandoned: None,
+            freed: Arc::default(),
+        }
+    }
+
+    pub(super) fn handle(&mut self, caller: Caller, op: LockOp) -> Reply {
+        match op {
+            LockOp::Release { owner } => match self.release(caller, owner) {
+                Ok(()) => Reply::Done,
+                Err(f) => Reply::Failed(f),
+            },
+            LockOp::Holder => Reply::Len(self.holder.map_or(0, |h| u64::from(h.caller.pid))),
+            op @ LockOp::Acquire { .. } => match self.attempt(caller, &op, true) {
+                Step::Done(r) => r,
+                Step::Wait(_) => Reply::Failed(Failure::Timeout),
+            },
+        }
+    }
+
+    /// One try at `Acquire`; `timed_out` turns a wait into [`Failure::Timeout`].
+    pub(super) fn attempt(&mut self, caller: Caller, op: &LockOp, timed_out: bool) -> Step {
+        let LockOp::Acquire { owner, wait } = op else {
+            return Step::Done(Reply::message("this lock request does not wait"));
+        };
+        if let Some(pid) = self.abandoned.take() {
+            return Step::Done(Reply::Failed(Failure::LockOwnerDied { pid }));
+        }
+        match &mut self.holder {
+            None => {
+                self.holder = Some(Holder {
+                    caller,
+                    owner: *owner,
+                    count: 1,
+                });
+                Step::Done(Reply::Done)
+            }
+            Some(h) if self.reentrant && h.caller.conn == caller.conn && h.owner == *owner => {
+                h.count += 1;
+                Step::Done(Reply::Done)
+            }
+            Some(_) if timed_out => Step::Done(match wait {
+                // `try_lock` answers `false`, a timed lock `Timeout`.
+                Wait::No => Reply::Bool(false),
+                _ => Reply::Failed(Failure::Timeout),
+            }),
+            Some(_) => Step::Wait(self.freed.clone()),
+        }
+    }
+
+    /// Releases one level; a re-entrant lock only for its owner.
+    pub(super) fn release(&mut self, caller: Caller, owner: u64) -> Result<(), Failure> {
+        let Some(h) = &mut self.holder else {
+            return Err(match self.reentrant {
+                true => Failure::NotOwner,
+                false => Failure::NotHeld,
+            });
+        };
+        if self.reentrant {
+            if h.caller.conn != caller.conn || h.owner != owner {
+                return Err(Failure::NotOwner);
+            }
+            h.count -= 1;
+            if h.count > 0 {
+                return Ok(());
+            }
+        }
+        self.holder = None;
+        self.freed.notify_waiters();
+        Ok(())
+    }
+
+    /// Releases the lock wholly if `owner` (a task of `caller`) holds it: a condition's wait.
+    /// Returns the levels released.
+    pub(super) fn release_all(&mut self, caller: Caller, owner: u64) -> Result<u32, Failure> {
+        match self.holder {
+            Some(h) if h.caller.conn == caller.conn && (!self.reentrant || h.owner == owner) => {
+                self.holder = None;
+                self.freed.notify_waiters();
+                Ok(h.count)
+            }
+            _ => Err(Failure::NotHeld),
+        }
+    }
+
+    /// Takes the lock back at `count` levels after a condition's wait; the wait to do
+    /// otherwise.
+    pub(super) fn retake(&mut self, caller: Caller, owner: u64, count: u32) -> Option<Arc<Notify>> {
+        if self.holder.is_some() {
+            return Some(self.freed.clone());
+        }
+        self.abandoned = None;
+        self.holder = Some(Holder {
+            caller,
+            owner,
+            count,
+        });
+        None
+    }
+
+    /// A connection closed: its hold, if any, ends, and the next acquirer is told.
+    pub(super) fn abandon(&mut self, caller: Caller) {
+        if self.holder.is_some_and(|h| h.caller.conn == caller.conn) {
+            self.holder = None;
+            self.abandoned = Some(caller.pid);
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// Requests on a lock, whether its own object or a condition's.
+pub(super) trait LockOps {
+    fn lock_request(&self, op: LockOp) -> Request;
+    fn proxy(&self) -> &Handle<()>;
+}
+
+pub(super) async fn acquire(p: &impl LockOps, owner: u64, wait: Wait) -> Result<bool> {
+    match p
+        .proxy()
+        .call(p.lock_request(LockOp::Acquire { owner, wait }))
+        .await?
+    {
+        Reply::Done => Ok(true),
+        r => expect_bool(r),
+    }
+}
+
+pub(super) async fn release(p: &impl LockOps, owner: u64) -> Result<()> {
+    expect_done(
+        p.proxy()
+            .call(p.lock_request(LockOp::Release { owner }))
+            .await?,
+    )
+}
+
+macro_rules! lock_methods {
+    ($owner:expr) => {
+        /// Takes the lock, waiting while another holds it; it is held until
+        /// [`release`](Self::release) (Python's `acquire()`).
+        ///
+        /// # Errors
+        /// [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) if the previous holder's
+        /// connection closed while it held the lock (the lock is then free, and not held
+        /// by this call); [`Error::Closed`](crate::Error::Closed) if the server is gone.
+        ///
+        /// # Cancel safety
+        /// Not cancel safe: a dropped `lock` is withdrawn from the server, but one the server
+        /// had already granted leaves the lock held by this connection (until it closes).
+        /// Use [`lock_timeout`](Self::lock_timeout) rather than racing `lock`.
+        pub async fn lock(&self) -> Result<()> {
+            super::lock::acquire(self, $owner, Wait::Forever)
+                .await
+                .map(drop)
+        }
+
+        /// [`lock`](Self::lock), giving up after `timeout` with
+        /// [`Error::Timeout`](crate::Error::Timeout). The time is kept by the server.
+        ///
+        /// # Errors
+        /// As [`lock`](Self::lock), and [`Error::Timeout`](crate::Error::Timeout).
+        ///
+        /// # Cancel safety
+        /// As [`lock`](Self::lock).
+        pub async fn lock_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+            super::lock::acquire(self, $owner, Wait::For(timeout))
+                .await
+                .map(drop)
+        }
+
+        /// Takes the lock if it is free now: `Ok(true)` if taken (Python's
+        /// `acquire(blocking=False)`).
+        ///
+        /// # Errors
+        /// As [`lock`](Self::lock).
+        ///
+        /// # Cancel safety
+        /// As [`lock`](Self::lock).
+        pub async fn try_lock(&self) -> Result<bool> {
+            super::lock::acquire(self, $owner, Wait::No).await
+        }
+
+        /// Releases the lock (Python's `release()`).
+        ///
+        /// # Errors
+        /// [`Error::NotHeld`](crate::Error::NotHeld) if the lock is not held (a re-entrant
+        /// lock: [`Error::NotOwner`](crate::Error::NotOwner) unless the calling task owns it);
+        /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+        ///
+        /// # Cancel safety
+        /// Not cancel safe: a dropped call may or may not have released the lock.
+        pub async fn release(&self) -> Result<()> {
+            super::lock::release(self, $owner).await
+        }
+    };
+}
+pub(super) use lock_methods;
+
+/// A lock held by a [`Manager`](crate::Manager) (Python's `manager.Lock()`): the methods and
+/// errors of the crate's [`Lock`](crate::Lock), without a guard (release it with
+/// [`release`](Self::release)). See the module notes on owner death: a holder whose
+/// connection closes frees the lock, and the next acquirer gets
+/// [`Error::LockOwnerDied`](crate::Error::LockOwnerDied).
+pub struct LockProxy(pub(super) Handle<()>);
+proxy_traits!(LockProxy);
+
+/// A re-entrant lock held by a [`Manager`](crate::Manager) (Python's `manager.RLock()`),
+/// owned by the task that took it: the methods and errors of the crate's
+/// [`RLock`](crate::RLock).
+pub struct RLockProxy(pub(super) Handle<()>);
+proxy_traits!(RLockProxy);
+
+impl LockOps for LockProxy {
+    fn lock_request(&self, op: LockOp) -> Request {
+        Request::Lock(self.0.id, op)
+    }
+    fn proxy(&self) -> &Handle<()> {
+        &self.0
+    }
+}
+
+impl LockOps for RLockProxy {
+    fn lock_request(&self, op: LockOp) -> Request {
+        Request::Lock(self.0.id, op)
+    }
+    fn proxy(&self) -> &Handle<()> {
+        &self.0
+    }
+}
+
+impl LockProxy {
+    lock_methods!(0);
+
+    /// The pid of the process holding the lock, if any.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it changes nothing.
+    pub async fn holder(&self) -> Result<Option<u32>> {
+        holder(self).await
+    }
+}
+
+impl RLockProxy {
+    lock_methods!(task_token());
+
+    /// The pid of the process holding the lock, if any.
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it changes nothing.
+    pub async fn holder(&self) -> Result<Option<u32>> {
+        holder(self).await
+    }
+}
+
+async fn holder(p: &impl LockOps) -> Result<Option<u32>> {
+    match p.proxy().call(p.lock_request(LockOp::Holder)).await? {
+        Reply::Len(0) => Ok(None),
+        Reply::Len(pid) => Ok(Some(pid as u32)),
+        r => Err(super::unexpected(r)),
+    }
+}

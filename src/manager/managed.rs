@@ -1,0 +1,134 @@
+//! Your own types, served by a manager: [`Managed`] and [`Proxy`] (Python's
+//! `BaseManager.register('Maths', Maths)` and the proxy `m.Maths()` returns).
+//!
+//! A type is registered on the [`ManagerBuilder`](crate::ManagerBuilder) by its Rust type
+//! name; only registered types can be made, so a client cannot make the server run code its
+//! owner did not offer. The server runs each call on its blocking pool, one call at a time
+//! per object (calls to one object are serialised, calls to different objects run side by
+//! side); a call that panics is an error for that call, the object stays as the panic left
+//! it and the server serves on.
+//!
+//! A server process runs the same binary as the builder that started it, so the type's
+//! constructor travels to it as an offset into that binary (checked against the binary's
+//! fingerprint), as a process target does.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::proto::{Bytes, Failure, Reply, Request};
+use super::{Handle, decode, encode, unexpected};
+use crate::error::Result;
+
+/// A type whose values a manager holds and whose method the server runs for every client
+/// (Python's registered class): requests in, replies out, both serde values.
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tokio_multiprocessing::Managed;
+///
+/// #[derive(Default)]
+/// struct Maths { calls: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Op { Add(i64, i64), Mul(i64, i64), Calls }
+///
+/// impl Managed for Maths {
+///     type Request = Op;
+///     type Reply = i64;
+///     fn call(&mut self, op: Op) -> i64 {
+///         self.calls += 1;
+///         match op {
+///             Op::Add(a, b) => a + b,
+///             Op::Mul(a, b) => a * b,
+///             Op::Calls => self.calls as i64,
+///         }
+///     }
+/// }
+/// ```
+pub trait Managed: Default + Send + 'static {
+    /// What a client asks.
+    type Request: Serialize + DeserializeOwned;
+    /// What the server answers.
+    type Reply: Serialize + DeserializeOwned;
+    /// Carries out one request, in the server. A panic here fails this call only.
+    fn call(&mut self, request: Self::Request) -> Self::Reply;
+}
+
+/// A [`Managed`] value as the server holds it: bytes in, bytes out.
+pub(super) trait Erased: Send {
+    fn call(&mut self, request: &[u8]) -> std::result::Result<Bytes, String>;
+}
+
+impl<M: Managed> Erased for M {
+    fn call(&mut self, request: &[u8]) -> std::result::Result<Bytes, String> {
+        let req: M::Request =
+            crate::wire::codec::decode(request, Vec::new()).map_err(|e| e.to_string())?;
+        let reply = Managed::call(self, req);
+        super::encode_plain(&reply).map_err(|e| e.to_string())
+    }
+}
+
+/// Makes a new value of a registered type.
+pub(super) type Maker = fn() -> Box<dyn Erased>;
+
+pub(super) fn maker<M: Managed>() -> Box<dyn Erased> {
+    Box::new(M::default())
+}
+
+/// The server's side of a user object: the value, behind a lock that serialises its calls.
+pub(super) type UserObject = Arc<Mutex<Box<dyn Erased>>>;
+
+/// Runs one call on the server's blocking pool; a panic is this call's error.
+pub(super) async fn run(object: UserObject, request: Bytes) -> Reply {
+    let r = tokio::task::spawn_blocking(move || {
+        let mut value = object.lock().unwrap_or_else(|p| p.into_inner());
+        catch_unwind(AssertUnwindSafe(|| value.call(&request)))
+    })
+    .await;
+    match r {
+        Ok(Ok(Ok(bytes))) => Reply::Item(Some(bytes)),
+        Ok(Ok(Err(message))) => Reply::Failed(Failure::Message(message)),
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            Reply::Failed(Failure::Message(format!("the method panicked: {message}")))
+        }
+        Err(e) => Reply::Failed(Failure::Message(format!("the call did not run: {e}"))),
+    }
+}
+
+/// A proxy to a value of your own type held by a [`Manager`](crate::Manager): made with
+/// [`Manager::managed`](crate::Manager::managed) for a type registered with
+/// [`ManagerBuilder::register`](crate::ManagerBuilder::register), or fetched by name. Cloning
+/// a proxy refers to the same value.
+pub struct Proxy<M>(pub(super) Handle<M>);
+proxy_traits!(Proxy<M>);
+
+impl<M: Managed> Proxy<M> {
+    /// Sends `request` to the server, which runs [`Managed::call`] on the value, and returns
+    /// its reply.
+    ///
+    /// # Errors
+    /// [`Error::Manager`](crate::Error::Manager) if the method panicked (the message says
+    /// so) or the request could not be decoded by the server; [`Error::Encode`](crate::Error::Encode)
+    /// / [`Error::Decode`](crate::Error::Decode); [`Error::Closed`](crate::Error::Closed) if the
+    /// server is gone.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a dropped call may or may not have run.
+    pub async fn call(&self, request: M::Request) -> Result<M::Reply> {
+        let req = Request::User(self.0.id, encode(&self.0.link, &request)?);
+        match self.0.call(req).await? {
+            Reply::Item(Some(bytes)) => decode(&self.0.link, bytes),
+            r => Err(unexpected(r)),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The manager's protocol as plain data: what a connection asks, what the server answers.
+//!
+//! Every frame a client sends is `(request id, Request)`; every frame the server sends is
+//! `(request id, Reply)`. Requests on one connection may be answered out of order (a `get`
+//! on an empty queue waits while later requests are answered), so a reply names its
+//! request. Id 0 is the connection's own: heartbeats, and the answer to a frame that could
+//! not be decoded. Values travel as MessagePack bytes that only proxies decode, so a client
+//! need not be the same binary as the server: what both sides must agree on is checked per
+//! object by its [`Tag`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::error::Error;
+
+/// An encoded value.
+pub(super) type Bytes = ByteBuf;
+
+/// How often each side writes something on an idle connection; a side that hears nothing
+/// for [`HEARTBEAT_MISSES`] intervals takes the connection for lost.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(5);
+/// See [`HEARTBEAT`].
+pub(super) const HEARTBEAT_MISSES: u32 = 3;
+
+/// What a proxy is: its type's name and a fingerprint of it. A proxy asking for an object
+/// by name must carry the tag the object was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Tag {
+    pub(super) name: String,
+    pub(super) fingerprint: u64,
+}
+
+impl Tag {
+    pub(super) fn of<P: ?Sized>() -> Tag {
+        let name = std::any::type_name::<P>().to_string();
+        // FNV-1a: stable across processes and builds, unlike `DefaultHasher`.
+        let fingerprint = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Tag { name, fingerprint }
+    }
+}
+
+/// What a connection asks.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Request {
+    /// The first request of a connection: who is calling (its pid, for the error a lock
+    /// it leaves behind reports).
+    Hello {
+        pid: u32,
+    },
+    /// Nothing: keeps an idle connection known to be alive.
+    Ping,
+    /// Gives up on a request still waiting (a dropped `get`, `lock`, `wait`).
+    Cancel(u64),
+    /// A proxy to the object lives on this connection (`borrowed`: one received from
+    /// another process, whose loan it settles). Unanswered, like the next two.
+    Incref {
+        id: u64,
+        borrowed: bool,
+    },
+    /// The last proxy to the object on this connection is gone.
+    Decref(u64),
+    /// A proxy to the object is on its way to another process: keep the object until that
+    /// process says it holds it.
+    Lend(u64),
+    /// The number of objects the server holds.
+    Count,
+    Create(Initial, Tag),
+    /// Names an object so that other clients can [`Lookup`](Request::Lookup) it.
+    Register(String, u64),
+    Lookup(String, Tag),
+    Dict(u64, DictOp),
+    List(u64, ListOp),
+    Value(u64, ValueOp),
+    Array(u64, ArrayOp),
+    Namespace(u64, NamespaceOp),
+    Queue(u64, QueueOp),
+    Lock(u64, LockOp),
+    Semaphore(u64, SemaphoreOp),
+    Event(u64, EventOp),
+    Condition(u64, ConditionOp),
+    Barrier(u64, BarrierOp),
+    /// A call on a value of a registered type: its encoded request.
+    User(u64, Bytes),
+}
+
+impl Request {
+    /// Whether a request that may wait is answered by one attempt when it need not wait (a
+    /// condition's or a barrier's wait always waits).
+    pub(super) fn tried_at_once(&self) -> bool {
+        matches!(
+            self,
+            Request::Queue(..)
+                | Request::Lock(..)
+                | Request::Semaphore(..)
+                | Request::Event(..)
+                | Request::Condition(_, ConditionOp::Lock(_))
+        )
+    }
+
+    /// Whether the request may wait (and so runs beside the connection's other requests).
+    pub(super) fn may_wait(&self) -> bool {
+        match self {
+            Request::Queue(_, op) => matches!(
+                op,
+                QueueOp::Put { .. } | QueueOp::Get { .. } | QueueOp::Join
+            ),
+            Request::User(..)
+            | Request::Lock(_, LockOp::Acquire { .. })
+            | Request::Semaphore(_, SemaphoreOp::Acquire { .. })
+            | Request::Event(_, EventOp::Wait { .. })
+            | Request::Barrier(_, BarrierOp::Wait { .. }) => true,
+            Request::Condition(_, op) => matches!(
+                op,
+                ConditionOp::Lock(LockOp::Acquire { .. }) | ConditionOp::Wait { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How long a waiting request waits: not at all, for ever, or this long.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) enum Wait {
+    No,
+    Forever,
+    For(Duration),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Initial {
+    Dict(Vec<(Bytes, Bytes)>),
+    List(Vec<Bytes>),
+    Value(Bytes),
+    /// An array: a list whose length is fixed.
+    Array(Vec<Bytes>),
+    Namespace,
+    /// A queue of at most this many items (0: unbounded); joinable or not.
+    Queue {
+        maxsize: usize,
+        joinable: bool,
+    },
+    /// A lock; re-entrant or not.
+    Lock {
+        reentrant: bool,
+    },
+    /// A semaphore with this value; bounded by it or not.
+    Semaphore {
+        value: u32,
+        bounded: bool,
+    },
+    Event,
+    /// A condition over a lock, re-entrant or not.
+    Condition {
+        reentrant: bool,
+    },
+    Barrier {
+        parties: u32,
+    },
+    /// A value of the registered type of this name, made by its `Default`.
+    User(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum DictOp {
+    Insert(Bytes, Bytes),
+    Get(Bytes),
+    Remove(Bytes),
+    Contains(Bytes),
+    Len,
+    Items,
+    Clear,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum ListOp {
+    Append(Bytes),
+    Extend(Vec<Bytes>),
+    Get(i64),
+    Set(i64, Bytes),
+    Insert(i64, Bytes),
+    Pop(i64),
+    Len,
+    Reverse,
+    Items,
+    Clear,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum ValueOp {
+    Get,
+    Set(Bytes),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum ArrayOp {
+    Get(usize),
+    Set(usize, Bytes),
+    Len,
+    Items,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum NamespaceOp {
+    Get(String),
+    Set(String, Bytes),
+    Remove(String),
+    Items,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum QueueOp {
+    Put { item: Bytes, wait: Wait },
+    Get { wait: Wait },
+    Len,
+    MaxSize,
+    TaskDone,
+    Unfinished,
+    Join,
+}
+
+/// Operations of a lock. The `owner` of a re-entrant lock is the calling task (see
+/// `lock.rs`); a plain lock ignores it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum LockOp {
+    Acquire { owner: u64, wait: Wait },
+    Release { owner: u64 },
+    Holder,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum SemaphoreOp {
+    Acquire { wait: Wait },
+    Release(u32),
+    Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum EventOp {
+    Set,
+    Clear,
+    IsSet,
+    Wait { wait: Wait },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum ConditionOp {
+    Lock(LockOp),
+    /// Releases the lock, waits for a notification, takes the lock again.
+    Wait {
+        owner: u64,
+        wait: Wait,
+    },
+    Notify(u32),
+    NotifyAll,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum BarrierOp {
+    Wait { wait: Wait },
+    Abort,
+    Reset,
+    Parties,
+    NWaiting,
+    Broken,
+}
+
+/// The server's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Reply {
+    Done,
+    Id(u64),
+    Bool(bool),
+    Len(u64),
+    Item(Option<Bytes>),
+    Items(Vec<Bytes>),
+    Pairs(Vec<(Bytes, Bytes)>),
+    Named(Vec<(String, Bytes)>),
+    /// The server is alive (unasked, on an idle connection).
+    Heartbeat,
+    Failed(Failure),
+}
+
+/// Why a request failed: the crate's own errors, so that a proxy fails as the primitive it
+/// stands for does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum Failure {
+    /// Anything else (an index out of range, an unknown object, a wrong type).
+    Message(String),
+    Empty,
+    Full,
+    Timeout,
+    NotHeld,
+    NotOwner,
+    LockOwnerDied {
+        pid: u32,
+    },
+    SemaphoreOverRelease {
+        bound: u32,
+    },
+    BrokenBarrier,
+    TaskDoneTooManyTimes,
+    IndexOutOfRange {
+        index: usize,
+        len: usize,
+    },
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        match f {
+            Failure::Message(m) => Error::Manager(m),
+            Failure::Empty => Error::Empty,
+            Failure::Full => Error::Full,
+            Failure::Timeout => Error::Timeout,
+            Failure::NotHeld => Error::NotHeld,
+            Failure::NotOwner => Error::NotOwner,
+            Failure::LockOwnerDied { pid } => Error::LockOwnerDied { pid },
+            Failure::SemaphoreOverRelease { bound } => Error::SemaphoreOverRelease { bound },
+            Failure::BrokenBarrier => Error::BrokenBarrier,
+            Failure::TaskDoneTooManyTimes => Error::TaskDoneTooManyTimes,
+            Failure::IndexOutOfRange { index, len } => Error::IndexOutOfRange { index, len },
+        }
+    }
+}
+
+impl Reply {
+    pub(super) fn message(m: impl Into<String>) -> Reply {
+        Reply::Failed(Failure::Message(m.into()))
+    }
+}

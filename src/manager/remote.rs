@@ -1,0 +1,363 @@
+//! Managers reached by address: [`ManagerBuilder`] (Python's `BaseManager(address,
+//! authkey)` with `start()` or `get_server().serve_forever()`) and [`Manager::connect`]
+//! (Python's `BaseManager(...).connect()`).
+//!
+//! Every connection to an address starts with the authentication exchange of
+//! [`Listener`](crate::Listener) (HMAC-SHA256 challenge both ways, as CPython 3.12+): a
+//! client with the wrong key is refused before it can send a request, and a client that
+//! stays silent is dropped after the builder's
+//! [`handshake_timeout`](ManagerBuilder::handshake_timeout). Requests carry data only, so
+//! a client need not run the same binary as the server; what must agree is checked per
+//! object when it is fetched by name ([`Manager::get`]).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use std::collections::HashMap;
+
+use super::link::{Link, Route};
+use super::managed::{Maker, Managed, maker};
+use super::server::{self, Door, Shared};
+use super::{Manager, Server};
+use crate::error::{Error, Result};
+use crate::listener::Address;
+use crate::process::Process;
+use crate::start::StartMethod;
+use crate::sys;
+use crate::wire::Fd;
+
+/// What can name a manager's address: a [`SocketAddr`], an [`Address`], a path, or a
+/// string: `"127.0.0.1:50000"` or `"localhost:50000"` for TCP, a path (containing a `/`)
+/// for a Unix socket.
+pub trait ManagerAddress {
+    /// The address.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a string that is neither a path nor a host and port
+    /// that resolves.
+    fn to_address(&self) -> Result<Address>;
+}
+
+impl ManagerAddress for Address {
+    fn to_address(&self) -> Result<Address> {
+        Ok(self.clone())
+    }
+}
+
+impl ManagerAddress for SocketAddr {
+    fn to_address(&self) -> Result<Address> {
+        Ok(Address::Tcp(*self))
+    }
+}
+
+impl ManagerAddress for Path {
+    fn to_address(&self) -> Result<Address> {
+        Ok(Address::Unix(self.to_path_buf()))
+    }
+}
+
+impl ManagerAddress for PathBuf {
+    fn to_address(&self) -> Result<Address> {
+        Ok(Address::Unix(self.clone()))
+    }
+}
+
+impl ManagerAddress for str {
+    fn to_address(&self) -> Result<Address> {
+        if self.contains('/') {
+            return Ok(Address::Unix(PathBuf::from(self)));
+        }
+        if let Ok(a) = self.parse::<SocketAddr>() {
+            return Ok(Address::Tcp(a));
+        }
+        self.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(Address::Tcp)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{self:?} is neither a socket path nor a host:port that resolves"
+                ))
+            })
+    }
+}
+
+impl ManagerAddress for String {
+    fn to_address(&self) -> Result<Address> {
+        self.as_str().to_address()
+    }
+}
+
+impl<A: ManagerAddress + ?Sized> ManagerAddress for &A {
+    fn to_address(&self) -> Result<Address> {
+        (**self).to_address()
+    }
+}
+
+/// An [`Address`] as a proxy carries it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum WireAddress {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl From<&Address> for WireAddress {
+    fn from(a: &Address) -> WireAddress {
+        match a {
+            Address::Unix(p) => WireAddress::Unix(p.clone()),
+            Address::Tcp(a) => WireAddress::Tcp(*a),
+        }
+    }
+}
+
+impl From<WireAddress> for Address {
+    fn from(a: WireAddress) -> Address {
+        match a {
+            WireAddress::Unix(p) => Address::Unix(p),
+            WireAddress::Tcp(a) => Address::Tcp(a),
+        }
+    }
+}
+
+/// Builds a [`Manager`]: where it listens, the key its clients must hold, and whether it is
+/// served by a process of its own ([`start`](Self::start)) or by this one
+/// ([`serve`](Self::serve)).
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing::{Manager, QueueProxy};
+///
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
+/// // The server (Python's `QueueManager(address=('', 50000), authkey=b'abracadabra')`;
+/// // port 0 picks a free port here).
+/// let mut m = Manager::builder().address("127.0.0.1:0").authkey("abracadabra").serve().await?;
+/// let jobs = m.queue::<String>().await?;
+/// m.register("jobs", &jobs).await?;
+/// // m.serve_forever().await?;
+///
+/// // Any client, in any process.
+/// let address = m.address().cloned().expect("a served manager has an address");
+/// let c = Manager::connect(address, "abracadabra").await?;
+/// let remote: QueueProxy<String> = c.get("jobs").await?;
+/// remote.put("hello".to_string()).await.map_err(|e| e.into_parts().0)?;
+/// assert_eq!(jobs.get().await?, "hello");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManagerBuilder {
+    address: Option<Result<Address>>,
+    authkey: Option<Vec<u8>>,
+    start_method: Option<StartMethod>,
+    handshake_timeout: Duration,
+    types: HashMap<String, Maker>,
+}
+
+impl Default for ManagerBuilder {
+    fn default() -> ManagerBuilder {
+        ManagerBuilder {
+            address: None,
+            authkey: None,
+            start_method: None,
+            handshake_timeout: crate::AUTH_TIMEOUT,
+            types: HashMap::new(),
+        }
+    }
+}
+
+impl ManagerBuilder {
+    /// Listens on `address` (TCP port 0 picks a free port: see [`Manager::address`]).
+    pub fn address(mut self, address: impl ManagerAddress) -> ManagerBuilder {
+        self.address = Some(address.to_address());
+        self
+    }
+
+    /// The key every client must prove it holds (required with an address).
+    pub fn authkey(mut self, key: impl AsRef<[u8]>) -> ManagerBuilder {
+        self.authkey = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// How the server process is started by [`start`](Self::start).
+    pub fn start_method(mut self, method: StartMethod) -> ManagerBuilder {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// How long a client connecting by address has to pass the authentication exchange
+    /// before it is dropped; [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT) by default.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> ManagerBuilder {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Lets the server make values of `M` ([`Manager::managed`]), as Python's
+    /// `BaseManager.register('Maths', Maths)` does; `M` is known by its type name.
+    pub fn register<M: Managed>(mut self) -> ManagerBuilder {
+        let make: Maker = maker::<M>;
+        self.types
+            .insert(std::any::type_name::<M>().to_string(), make);
+        self
+    }
+
+    /// Binds the address, if any, here, so that an error (address in use) is this call's.
+    fn bind(&self) -> Result<Option<(OwnedFd, Address, Option<PathBuf>)>> {
+        let Some(address) = &self.address else {
+            return Ok(None);
+        };
+        let address = address.clone()?;
+        if self.authkey.is_none() {
+            return Err(Error::InvalidArgument(
+                "a manager with an address needs an authentication key".into(),
+            ));
+        }
+        Ok(Some(match address {
+            Address::Tcp(a) => {
+                let l = std::net::TcpListener::bind(a)?;
+                let bound = l.local_addr()?;
+                (l.into(), Address::Tcp(bound), None)
+            }
+            Address::Unix(p) => {
+                let l = std::os::unix::net::UnixListener::bind(&p)?;
+                (l.into(), Address::Unix(p.clone()), Some(p))
+            }
+        }))
+    }
+
+    /// Starts the server in a process of its own (Python's `BaseManager.start()`). It
+    /// stops when the returned [`Manager`] is shut down or dropped.
+    ///
+    /// # Errors
+    /// An I/O error if the address cannot be bound; [`Error::InvalidArgument`] for an
+    /// address without a key or that does not resolve; those of
+    /// [`ProcessBuilder::start`](crate::ProcessBuilder::start).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a start dropped midway may leave a server process that exits when it
+    /// finds its parent gone.
+    pub async fn start(self) -> Result<Manager> {
+        let bound = self.bind()?;
+        let (ours, theirs) = sys::socketpair_seqpacket()?;
+        let (door, address, socket_file) = match bound {
+            Some((fd, address, file)) => (
+                Some((Fd::from(fd), self.authkey.clone(), self.handshake_timeout)),
+                Some(address),
+                file,
+            ),
+            None => (None, None, None),
+        };
+        let types = server::UserTypes::new(&self.types);
+        let server = Process::new(server::serve_process, (Fd::from(theirs), door, types))
+            .name("Manager")
+            .daemon(true)
+            .start_method(self.start_method.unwrap_or_else(crate::get_start_method))
+            .start()
+            .await;
+        let server = match server {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(p) = &socket_file {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Manager {
+            server: Server::Process(server),
+            link: Link::new(Route::Registration(ours)),
+            address,
+            socket_file,
+        })
+    }
+
+    /// Serves the manager from this process, as tasks of the current tokio runtime
+    /// (Python's `manager.get_server().serve_forever()`, without blocking: await
+    /// [`Manager::serve_forever`] for that). It stops when the returned [`Manager`] is shut
+    /// down or dropped, or the runtime stops.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start), but for starting a process.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is served until it returns.
+    pub async fn serve(self) -> Result<Manager> {
+        let bound = self.bind()?;
+        let (ours, theirs) = sys::socketpair_seqpacket()?;
+        let shared = Shared::new(self.types.clone());
+        let (door, address, socket_file) = match bound {
+            Some((listener, address, file)) => (
+                Some(Door {
+                    listener,
+                    authkey: self.authkey.clone().map(Arc::from),
+                    handshake_timeout: self.handshake_timeout,
+                }),
+                Some(address),
+                file,
+            ),
+            None => (None, None, None),
+        };
+        let local = server::serve_registration(theirs, shared.clone());
+        let task = tokio::spawn(async move {
+            let r = match door {
+                None => local.await,
+                Some(door) => tokio::select! {
+                    r = local => r,
+                    r = server::serve_door(door, shared) => r,
+                },
+            };
+            if let Err(e) = r {
+                tracing::debug!("the manager's server ended: {e}");
+            }
+        });
+        Ok(Manager {
+            server: Server::Task(task),
+            link: Link::new(Route::Registration(ours)),
+            address,
+            socket_file,
+        })
+    }
+}
+
+impl Manager {
+    /// Connects to the manager at `address` with `authkey` (Python's
+    /// `BaseManager(address, authkey).connect()`), from any process. The connection is
+    /// made and authenticated now; objects are fetched with [`get`](Self::get).
+    ///
+    /// # Errors
+    /// An I/O error if nothing listens there; [`Error::Authentication`] if the keys differ;
+    /// [`Error::InvalidArgument`] for an address that does not resolve;
+    /// [`Error::Timeout`] if a TCP connection is not made within
+    /// [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a connection dropped midway is closed.
+    pub async fn connect(
+        address: impl ManagerAddress,
+        authkey: impl AsRef<[u8]>,
+    ) -> Result<Manager> {
+        let address = address.to_address()?;
+        let link = Link::new(Route::Address {
+            address: address.clone(),
+            authkey: Some(Arc::from(authkey.as_ref())),
+        });
+        link.open().await?;
+        Ok(Manager {
+            server: Server::Elsewhere,
+            link,
+            address: Some(address),
+            socket_file: None,
+        })
+    }
+}

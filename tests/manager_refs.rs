@@ -1,0 +1,166 @@
+//! Objects of a `Manager` live while a proxy to them exists in some process: a dropped
+//! proxy, a closed connection and a dead client let theirs go; a proxy on its way to a child
+//! keeps its object; a name keeps it for good. From CPython's `_TestZZZNumberOfObjects` and
+//! `test_dict_proxy_nested`'s lifetime rules.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::{TestResult, join_ok};
+use tokio_multiprocessing::{
+    self as mp, DictProxy, Error, EventProxy, ListProxy, Manager, Process,
+};
+
+fn main() {
+    mp::init();
+    support::run(trials![
+        objects_end_with_their_last_proxy,
+        a_proxy_lent_to_a_child_outlives_the_parents,
+        a_client_that_dies_lets_its_references_go,
+        nested_proxies_stay_proxies,
+    ])
+}
+
+/// Waits (up to 20 s) until the server holds `n` objects.
+async fn count_becomes(m: &Manager, n: usize) -> TestResult {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = m.object_count().await?;
+        if now == n {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{now} objects, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn objects_end_with_their_last_proxy() -> TestResult {
+    // _TestZZZNumberOfObjects.test_number_of_objects
+    let m = Manager::start().await?;
+    ensure!(m.object_count().await? == 0, "a new manager holds nothing");
+    let d = m.dict::<u8, u8>().await?;
+    let l = m.list([1u8]).await?;
+    ensure!(m.object_count().await? == 2, "two objects");
+    let d2 = d.clone();
+    drop(d);
+    // The release travels on the same connection as the count, ahead of it.
+    ensure!(m.object_count().await? == 2, "a clone keeps the dict");
+    d2.insert(1, 1).await?;
+    drop(d2);
+    ensure!(
+        m.object_count().await? == 1,
+        "the dict ended with its last proxy"
+    );
+    let named = m.queue::<u8>().await?;
+    m.register("kept", &named).await?;
+    drop(named);
+    drop(l);
+    ensure!(m.object_count().await? == 1, "a name keeps its object");
+    Ok(())
+}
+
+async fn fill_when_told(d: DictProxy<String, u32>, go: EventProxy) -> mp::Result<()> {
+    go.wait().await?;
+    d.insert("pid".into(), std::process::id()).await?;
+    if d.get(&"pid".into()).await? != Some(std::process::id()) {
+        return Err(mp::Error::Manager("the dict lost its item".into()));
+    }
+    Ok(())
+}
+
+async fn a_proxy_lent_to_a_child_outlives_the_parents() -> TestResult {
+    let m = Manager::start().await?;
+    let go = m.event().await?;
+    // The parent's only proxy to the dict goes with the arguments.
+    let mut p = Process::new(fill_when_told, (m.dict::<String, u32>().await?, go.clone()))
+        .start()
+        .await?;
+    ensure!(
+        m.object_count().await? == 2,
+        "the dict was let go while on its way to the child"
+    );
+    go.set().await?;
+    join_ok(&mut p).await?;
+    count_becomes(&m, 1).await
+}
+
+async fn hold_until_killed(d: DictProxy<String, u32>, held: EventProxy) -> mp::Result<()> {
+    d.insert("here".into(), 1).await?;
+    held.set().await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn a_client_that_dies_lets_its_references_go() -> TestResult {
+    let m = Manager::start().await?;
+    let held = m.event().await?;
+    let mut p = Process::new(
+        hold_until_killed,
+        (m.dict::<String, u32>().await?, held.clone()),
+    )
+    .start()
+    .await?;
+    ensure!(
+        held.wait_timeout(Duration::from_secs(20)).await?,
+        "the child never used its dict"
+    );
+    ensure!(m.object_count().await? == 2, "the child's dict lives");
+    p.kill()?;
+    p.join().await?;
+    count_becomes(&m, 1).await
+}
+
+type Nested = DictProxy<String, DictProxy<String, u32>>;
+
+async fn mutate_nested(outer: Nested, log: ListProxy<ListProxy<u32>>) -> mp::Result<()> {
+    let inner = outer
+        .get(&"k".into())
+        .await?
+        .ok_or_else(|| mp::Error::Manager("no inner dict".into()))?;
+    inner.insert("pid".into(), std::process::id()).await?;
+    if let Some(l) = log.get(0).await? {
+        l.append(std::process::id()).await?;
+    }
+    Ok(())
+}
+
+async fn nested_proxies_stay_proxies() -> TestResult {
+    // test_dict_proxy_nested, test_list_proxy_in_list
+    let m = Manager::start().await?;
+    let outer: Nested = m.dict().await?;
+    let inner = m.dict::<String, u32>().await?;
+    outer.insert("k".into(), inner).await?;
+    let log = m.list(Vec::<ListProxy<u32>>::new()).await?;
+    log.append(m.list(Vec::<u32>::new()).await?).await?;
+    ensure!(
+        m.object_count().await? == 4,
+        "stored proxies keep their objects"
+    );
+    let mut p = Process::new(mutate_nested, (outer.clone(), log.clone()))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    let inner = outer
+        .get(&"k".into())
+        .await?
+        .ok_or("the inner dict is gone")?;
+    ensure!(
+        inner.get(&"pid".into()).await? == Some(p.pid()),
+        "a change through the nested proxy is seen here"
+    );
+    let l = log.get(0).await?.ok_or("the inner list is gone")?;
+    ensure!(l.to_vec().await? == [p.pid()], "the list in the list");
+    let other = Manager::start().await?;
+    let foreign = other.dict::<String, u32>().await?;
+    let r = outer.insert("foreign".into(), foreign).await;
+    ensure!(
+        matches!(r, Err(Error::Encode { .. })),
+        "a proxy of another manager: {r:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Managers reached by address and key (Python's `BaseManager(address, authkey)`): served
+//! by a process of their own or by this one, over TCP loopback and Unix paths; the
+//! authentication exchange; proxies carried to other processes; a server or a client that
+//! dies; and a storm of bad input that costs the server nothing but those connections.
+
+#[macro_use]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{TestResult, join_ok};
+use tokio_multiprocessing::{
+    self as mp, Address, DictProxy, Error, EventProxy, LockProxy, Manager, NamespaceProxy, Process,
+    QueueProxy,
+};
+
+const KEY: &str = "abracadabra";
+
+fn main() {
+    mp::init();
+    support::run(trials![
+        remote_queue_between_client_processes,
+        served_in_this_process_over_a_unix_path,
+        a_wrong_key_is_refused_before_any_request,
+        a_remote_proxy_travels_to_a_child,
+        a_dead_server_fails_waiting_calls,
+        a_silent_server_fails_waiting_calls,
+        a_client_that_dies_releases_its_lock,
+        bad_input_storm_leaves_the_server_serving,
+        example_manager_remote,
+    ])
+}
+
+fn tcp(m: &Manager) -> Result<SocketAddr, String> {
+    match m.address() {
+        Some(Address::Tcp(a)) => Ok(*a),
+        other => Err(format!("no TCP address: {other:?}")),
+    }
+}
+
+async fn put_round(address: String, n: u32) -> mp::Result<()> {
+    let m = Manager::connect(address.as_str(), KEY).await?;
+    let q: QueueProxy<u32> = m.get("jobs").await?;
+    for i in 0..n {
+        q.put(i).await?;
+    }
+    Ok(())
+}
+
+async fn get_round(address: String, n: u32) -> mp::Result<()> {
+    let m = Manager::connect(address.as_str(), KEY).await?;
+    let q: QueueProxy<u32> = m.get("jobs").await?;
+    let done: DictProxy<String, u32> = m.get("done").await?;
+    let mut sum = 0;
+    for _ in 0..n {
+        sum += q.get_timeout(Duration::from_secs(20)).await?;
+    }
+    done.insert("sum".into(), sum).await?;
+    Ok(())
+}
+
+async fn remote_queue_between_client_processes() -> TestResult {
+    // The remote-manager example of CPython's documentation: one client puts, another gets.
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await?;
+    let q = m.queue::<u32>().await?;
+    let done = m.dict::<String, u32>().await?;
+    m.register("jobs", &q).await?;
+    m.register("done", &done).await?;
+    let address = tcp(&m)?.to_string();
+    let mut getter = Process::new(get_round, (address.clone(), 50))
+        .start()
+        .await?;
+    let mut putter = Process::new(put_round, (address, 50)).start().await?;
+    join_ok(&mut putter).await?;
+    join_ok(&mut getter).await?;
+    ensure!(
+        done.get(&"sum".into()).await? == Some((0..50).sum()),
+        "sum {:?}",
+        done.get(&"sum".into()).await?
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+async fn set_from_afar(path: String) -> mp::Result<()> {
+    let m = Manager::connect(path.as_str(), KEY).await?;
+    let ns: NamespaceProxy = m.get("ns").await?;
+    ns.set("pid", std::process::id()).await
+}
+
+async fn served_in_this_process_over_a_unix_path() -> TestResult {
+    let path = std::env::temp_dir().join(format!("tkmp-manager-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let m = Manager::builder()
+        .address(path.as_path())
+        .authkey(KEY)
+        .serve()
+        .await?;
+    ensure!(m.pid().is_none(), "served here, not by a process");
+    let ns = m.namespace().await?;
+    m.register("ns", &ns).await?;
+    let mut p = Process::new(set_from_afar, (path.display().to_string(),))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        ns.get::<u32>("pid").await? == p.pid(),
+        "the child's attribute"
+    );
+    m.shutdown().await?;
+    ensure!(!path.exists(), "the socket file outlived the manager");
+    Ok(())
+}
+
+async fn a_wrong_key_is_refused_before_any_request() -> TestResult {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .serve()
+        .await?;
+    let addr = tcp(&m)?;
+    let r = Manager::connect(addr, "wrong").await;
+    ensure!(matches!(r, Err(Error::Authentication { .. })), "{r:?}");
+    // A client that skips the exchange and sends a request is cut off, unanswered.
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let _ = s.write_all(&[0, 0, 0, 3, 0, 0x92, 1, 0xc0]).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .map_err(|_| "the server kept a client that skipped the exchange")?
+        .ok();
+    ensure!(
+        got.windows(11).any(|w| w == b"#CHALLENGE#") && !got.windows(9).any(|w| w == b"#WELCOME#"),
+        "the server answered more than its challenge"
+    );
+    let r = Manager::builder().address("127.0.0.1:0").serve().await;
+    ensure!(
+        matches!(r, Err(Error::InvalidArgument(_))),
+        "an address without a key: {r:?}"
+    );
+    Ok(())
+}
+
+async fn use_carried(q: QueueProxy<String>) -> mp::Result<()> {
+    q.put(format!("from {}", std::process::id())).await?;
+    Ok(())
+}
+
+async fn a_remote_proxy_travels_to_a_child() -> TestResult {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .serve()
+        .await?;
+    m.register("q", &m.queue::<String>().await?).await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let q: QueueProxy<String> = c.get("q").await?;
+    let mut p = Process::new(use_carried, (q.clone(),)).start().await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        q.get_timeout(Duration::from_secs(10)).await? == format!("from {}", p.pid()),
+        "the child's item"
+    );
+    Ok(())
+}
+
+async fn a_dead_server_fails_waiting_calls() -> TestResult {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await?;
+    m.register("q", &m.queue::<u8>().await?).await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let q: QueueProxy<u8> = c.get("q").await?;
+    let waiting = tokio::spawn(async move { q.get().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    support::pool::kill9(m.pid().ok_or("no server process")?)?;
+    let r = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .map_err(|_| "a get on a dead server still waits")??;
+    ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+async fn a_silent_server_fails_waiting_calls() -> TestResult {
+    // A peer that passes the exchange and then never answers (a server hung, or cut off by
+    // the network with its socket still open): calls fail after three missed heartbeats.
+    let listener = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY.as_bytes()))?;
+    let addr = match listener.address() {
+        Address::Tcp(a) => *a,
+        other => return Err(format!("not TCP: {other:?}").into()),
+    };
+    let (connected, accepted) = tokio::join!(Manager::connect(addr, KEY), async {
+        listener.accept::<Vec<u8>>().await
+    });
+    let (c, _silent) = (connected?, accepted?);
+    let r = tokio::time::timeout(Duration::from_secs(40), c.object_count())
+        .await
+        .map_err(|_| "a call to a silent server still waits")?;
+    ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+async fn hold_remote_lock(address: String) -> mp::Result<()> {
+    let m = Manager::connect(address.as_str(), KEY).await?;
+    let l: LockProxy = m.get("lock").await?;
+    let held: EventProxy = m.get("held").await?;
+    l.lock().await?;
+    held.set().await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn a_client_that_dies_releases_its_lock() -> TestResult {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await?;
+    let l = m.lock().await?;
+    let held = m.event().await?;
+    m.register("lock", &l).await?;
+    m.register("held", &held).await?;
+    let mut p = Process::new(hold_remote_lock, (tcp(&m)?.to_string(),))
+        .start()
+        .await?;
+    ensure!(
+        held.wait_timeout(Duration::from_secs(20)).await?,
+        "the client never took the lock"
+    );
+    p.kill()?;
+    p.join().await?;
+    match l.lock_timeout(Duration::from_secs(20)).await {
+        Err(Error::LockOwnerDied { pid }) => ensure!(pid == p.pid(), "pid {pid}"),
+        other => return Err(format!("the next acquirer got {other:?}").into()),
+    }
+    ensure!(l.try_lock().await?, "free after the report");
+    Ok(())
+}
+
+fn server_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// One bad connection; `i` picks the kind of bad.
+async fn bad_client(addr: SocketAddr, i: usize) -> Result<(), String> {
+    let garbage: Vec<u8> = (0..48).map(|b| (b * 37 + i * 11) as u8).collect();
+    let raw = |bytes: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = s.write_all(&bytes).await;
+        let _ = s.shutdown().await;
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut sink))
+            .await
+            .map_err(|_| format!("the server kept a bad connection of kind {}", i % 5))?
+            .ok();
+        Ok::<(), String>(())
+    };
+    match i % 5 {
+        0 => raw(garbage).await,
+        // A header announcing a 4 GiB frame.
+        1 => raw(vec![0xff, 0xff, 0xff, 0xff, 0]).await,
+        // A truncated frame: 100 bytes announced, 10 sent.
+        2 => raw([&[0, 0, 0, 100, 0][..], &garbage[..10]].concat()).await,
+        3 => match mp::Client::connect::<Vec<u8>>(addr, Some(b"not the key")).await {
+            Err(Error::Authentication { .. }) => Ok(()),
+            other => Err(format!("a wrong key gave {:?}", other.map(drop))),
+        },
+        // Past the exchange, a request that is garbage: that connection ends.
+        _ => {
+            let c = mp::Client::connect::<Vec<u8>>(addr, Some(KEY.as_bytes()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = c.send_bytes(&garbage).await;
+            let ended = tokio::time::timeout(Duration::from_secs(20), async {
+                while c.recv_bytes().await.is_ok() {}
+            })
+            .await;
+            ended.map_err(|_| "the server kept a connection that sent garbage".to_string())
+        }
+    }
+}
+
+async fn bad_input_storm_leaves_the_server_serving() -> TestResult {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .handshake_timeout(Duration::from_millis(500))
+        .start()
+        .await?;
+    let pid = m.pid().ok_or("no server process")?;
+    let addr = tcp(&m)?;
+    m.register("d", &m.dict::<u32, u32>().await?).await?;
+    let good = Manager::connect(addr, KEY).await?;
+    let d: DictProxy<u32, u32> = good.get("d").await?;
+    d.insert(0, 0).await?;
+    let before = server_fds(pid);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (d, stop) = (d.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                d.insert(n, n * 2).await?;
+                if d.get(&n).await? != Some(n * 2) {
+                    return Err(Error::Manager(format!("key {n} read back wrong")));
+                }
+            }
+            Ok::<u32, Error>(n)
+        })
+    };
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    let failures: Vec<String> = futures::stream::iter(0..10_000)
+        .map(|i| bad_client(addr, i))
+        .buffer_unordered(32)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    ensure!(
+        failures.is_empty(),
+        "{} bad clients: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    for mut s in silent {
+        let mut sink = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut sink)).await;
+        ensure!(r.is_ok(), "a silent client was never dropped");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls = worker.await??;
+    ensure!(calls > 0, "the good client made no call during the storm");
+    ensure!(
+        d.get(&calls).await? == Some(calls * 2),
+        "the good client's last key"
+    );
+    ensure!(
+        support::eventually(Duration::from_secs(20), || server_fds(pid) == before).await,
+        "server descriptors: {before} before, {} after",
+        server_fds(pid)
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+async fn example_manager_remote() -> TestResult {
+    use tokio::io::AsyncBufReadExt;
+    // A free port, so the test runs beside anything on 50000.
+    let mut server = tokio::process::Command::new(support::example("manager_remote_server")?)
+        .arg("127.0.0.1:0")
+        .env("TKMP_MANAGER_AUTHKEY", "a test key")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = server.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| "the server printed nothing")??
+        .ok_or("the server ended")?;
+    let address = first
+        .strip_prefix("serving on ")
+        .ok_or_else(|| format!("first line: {first}"))?
+        .to_string();
+    let client = |args: &[&str]| {
+        let mut cmd = match support::example("manager_remote_client") {
+            Ok(path) => tokio::process::Command::new(path),
+            Err(e) => return Err(e),
+        };
+        cmd.args(args)
+            .arg(&address)
+            .env("TKMP_MANAGER_AUTHKEY", "a test key")
+            .kill_on_drop(true);
+        Ok(cmd)
+    };
+    let put = tokio::time::timeout(Duration::from_secs(30), client(&["put", "hello"])?.output())
+        .await
+        .map_err(|_| "the putting client hung")??;
+    ensure!(
+        put.status.success(),
+        "put: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let get = tokio::time::timeout(Duration::from_secs(30), client(&["get"])?.output())
+        .await
+        .map_err(|_| "the getting client hung")??;
+    ensure!(
+        get.status.success(),
+        "get: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    ensure!(
+        get.stdout == b"hello\n",
+        "get printed {:?}",
+        String::from_utf8_lossy(&get.stdout)
+    );
+    // A client with the wrong key fails, and the server serves on.
+    let wrong = tokio::time::timeout(
+        Duration::from_secs(30),
+        client(&["get"])?
+            .env("TKMP_MANAGER_AUTHKEY", "wrong")
+            .output(),
+    )
+    .await
+    .map_err(|_| "the wrong-key client hung")??;
+    ensure!(!wrong.status.success(), "a wrong key was let in");
+    ensure!(server.try_wait()?.is_none(), "the server ended");
+    server.kill().await?;
+    Ok(())
+}

@@ -1,0 +1,557 @@
+//! The shared types a `Manager` serves beyond dict, list and value: namespaces, queues,
+//! locks, semaphores, events, conditions, barriers and arrays, with the method names and
+//! errors of the crate's own primitives, across real processes. Cases from CPython's
+//! `_test_multiprocessing.py` name the Python test they come from.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use support::{TestResult, join_ok};
+use tokio_multiprocessing::{
+    self as mp, ArrayProxy, BarrierProxy, ConditionProxy, Error, EventProxy, JoinableQueueProxy,
+    LockProxy, Managed, Manager, NamespaceProxy, Process, Proxy, QueueProxy,
+};
+
+fn main() {
+    mp::init();
+    support::run(trials![
+        namespace_attributes_and_repr,
+        queue_between_processes,
+        queue_timeouts_give_empty_and_full,
+        a_waiting_get_holds_up_nothing_else,
+        joinable_queue_join_waits_for_task_done,
+        lock_excludes_and_reports_release_of_a_free_lock,
+        a_lock_whose_holder_dies_is_reported_then_free,
+        rlock_is_reentrant_and_owned_by_its_task,
+        semaphores_count_and_bounded_ones_refuse_over_release,
+        event_wakes_a_waiting_child,
+        condition_wait_and_notify,
+        barrier_lets_parties_through_together,
+        barrier_timeout_breaks_it,
+        array_has_a_fixed_length,
+        get_by_name_checks_the_proxy_type,
+        user_types_run_in_the_server,
+    ])
+}
+
+async fn namespace_attributes_and_repr() -> TestResult {
+    // _TestNamespace.test_namespace
+    let m = Manager::start().await?;
+    let ns = m.namespace().await?;
+    ns.set("a", 1).await?;
+    ns.set("b", "x").await?;
+    ns.set("c", vec![true, false]).await?;
+    ensure!(ns.get::<i32>("a").await? == 1, "a");
+    ensure!(ns.get::<String>("b").await? == "x", "b");
+    let repr = ns.repr().await?;
+    ensure!(
+        repr == "Namespace(a=1, b='x', c=[True, False])",
+        "repr: {repr}"
+    );
+    ns.remove("c").await?;
+    match ns.get::<i32>("c").await {
+        Err(Error::Manager(m)) => ensure!(m.contains("no attribute 'c'"), "{m}"),
+        other => return Err(format!("a removed attribute gave {other:?}").into()),
+    }
+    ensure!(ns.names().await? == ["a", "b"], "names");
+    Ok(())
+}
+
+async fn produce(q: QueueProxy<u32>, n: u32) -> mp::Result<()> {
+    for i in 0..n {
+        q.put(i).await?;
+    }
+    Ok(())
+}
+
+async fn queue_between_processes() -> TestResult {
+    // _TestQueue.test_get via a manager
+    let m = Manager::start().await?;
+    let q = m.queue::<u32>().await?;
+    let mut p = Process::new(produce, (q.clone(), 100)).start().await?;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.push(q.get_timeout(Duration::from_secs(20)).await?);
+    }
+    join_ok(&mut p).await?;
+    ensure!(got == (0..100).collect::<Vec<_>>(), "order: {got:?}");
+    ensure!(q.empty().await?, "empty after draining");
+    Ok(())
+}
+
+async fn queue_timeouts_give_empty_and_full() -> TestResult {
+    // _TestQueue.test_put / test_get: Full and Empty
+    let m = Manager::start().await?;
+    let q = m.queue_with_maxsize::<String>(2).await?;
+    ensure!(
+        matches!(q.get_nowait().await, Err(Error::Empty)),
+        "get_nowait"
+    );
+    ensure!(
+        matches!(
+            q.get_timeout(Duration::from_millis(50)).await,
+            Err(Error::Empty)
+        ),
+        "get_timeout"
+    );
+    q.put("a".into()).await?;
+    q.put_nowait("b".into()).await?;
+    ensure!(q.full().await? && q.qsize().await? == 2, "full, qsize 2");
+    match q.put_nowait("c".into()).await {
+        Err(e) => {
+            let (err, item) = e.into_parts();
+            ensure!(matches!(err, Error::Full) && item == "c", "{err:?} {item}");
+        }
+        Ok(()) => return Err("put_nowait on a full queue succeeded".into()),
+    }
+    let r = q.put_timeout("d".into(), Duration::from_millis(50)).await;
+    ensure!(
+        r.as_ref().is_err_and(|e| matches!(e.error(), Error::Full)),
+        "put_timeout: {r:?}"
+    );
+    ensure!(q.get().await? == "a", "first in, first out");
+    Ok(())
+}
+
+async fn a_waiting_get_holds_up_nothing_else() -> TestResult {
+    let m = Manager::start().await?;
+    let q = m.queue::<u8>().await?;
+    let d = m.dict::<u8, u8>().await?;
+    let getter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.get().await })
+    };
+    // Requests on the same connection, and on the same queue, are answered meanwhile.
+    for i in 0..20 {
+        d.insert(i, i).await?;
+    }
+    ensure!(
+        d.len().await? == 20,
+        "dict calls answered while a get waits"
+    );
+    ensure!(!getter.is_finished(), "get returned on an empty queue");
+    q.put(7).await?;
+    ensure!(getter.await?? == 7, "the waiting get took the item");
+    // A dropped get is withdrawn: it takes no item.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), q.get()).await;
+    ensure!(dropped.is_err(), "get on an empty queue returned");
+    q.put(8).await?;
+    ensure!(
+        q.get().await? == 8,
+        "the withdrawn get did not take the item"
+    );
+    Ok(())
+}
+
+async fn consume(q: JoinableQueueProxy<u32>, n: u32) -> mp::Result<()> {
+    for _ in 0..n {
+        q.get().await?;
+        q.task_done().await?;
+    }
+    Ok(())
+}
+
+async fn joinable_queue_join_waits_for_task_done() -> TestResult {
+    // _TestQueue.test_task_done
+    let m = Manager::start().await?;
+    let q = m.joinable_queue::<u32>(0).await?;
+    for i in 0..10 {
+        q.put(i).await?;
+    }
+    ensure!(q.unfinished().await? == 10, "unfinished");
+    let mut p = Process::new(consume, (q.clone(), 10)).start().await?;
+    tokio::time::timeout(Duration::from_secs(20), q.join()).await??;
+    ensure!(q.unfinished().await? == 0, "all done after join");
+    join_ok(&mut p).await?;
+    ensure!(
+        matches!(q.task_done().await, Err(Error::TaskDoneTooManyTimes)),
+        "one task_done too many"
+    );
+    Ok(())
+}
+
+async fn lock_excludes_and_reports_release_of_a_free_lock() -> TestResult {
+    // _TestLock.test_lock
+    let m = Manager::start().await?;
+    let l = m.lock().await?;
+    ensure!(l.try_lock().await?, "a free lock is taken");
+    ensure!(!l.try_lock().await?, "a held lock is not taken again");
+    ensure!(
+        matches!(
+            l.lock_timeout(Duration::from_millis(50)).await,
+            Err(Error::Timeout)
+        ),
+        "lock_timeout on a held lock"
+    );
+    ensure!(l.holder().await? == Some(std::process::id()), "holder");
+    l.release().await?;
+    ensure!(
+        matches!(l.release().await, Err(Error::NotHeld)),
+        "release of a free lock"
+    );
+    Ok(())
+}
+
+async fn hold_until_killed(l: LockProxy, held: EventProxy) -> mp::Result<()> {
+    l.lock().await?;
+    held.set().await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn a_lock_whose_holder_dies_is_reported_then_free() -> TestResult {
+    let m = Manager::start().await?;
+    let l = m.lock().await?;
+    let held = m.event().await?;
+    let mut p = Process::new(hold_until_killed, (l.clone(), held.clone()))
+        .start()
+        .await?;
+    ensure!(
+        held.wait_timeout(Duration::from_secs(20)).await?,
+        "the child never took the lock"
+    );
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move { l.lock_timeout(Duration::from_secs(20)).await })
+    };
+    p.kill()?;
+    p.join().await?;
+    match waiter.await? {
+        Err(Error::LockOwnerDied { pid }) => ensure!(pid == p.pid(), "pid {pid}"),
+        other => return Err(format!("the waiter got {other:?}").into()),
+    }
+    l.lock_timeout(Duration::from_secs(5)).await?;
+    l.release().await?;
+    Ok(())
+}
+
+async fn rlock_is_reentrant_and_owned_by_its_task() -> TestResult {
+    // _TestLock.test_rlock
+    let m = Manager::start().await?;
+    let r = m.rlock().await?;
+    r.lock().await?;
+    r.lock().await?;
+    ensure!(r.try_lock().await?, "the owner takes it again");
+    let other = {
+        let r = r.clone();
+        tokio::spawn(async move { (r.try_lock().await, r.release().await) })
+    };
+    let (taken, released) = other.await?;
+    ensure!(!taken?, "another task took a held RLock");
+    ensure!(matches!(released, Err(Error::NotOwner)), "{released:?}");
+    for _ in 0..3 {
+        r.release().await?;
+    }
+    ensure!(r.holder().await?.is_none(), "free after three releases");
+    ensure!(
+        matches!(r.release().await, Err(Error::NotOwner)),
+        "release of a free RLock"
+    );
+    Ok(())
+}
+
+async fn semaphores_count_and_bounded_ones_refuse_over_release() -> TestResult {
+    // _TestSemaphore.test_semaphore, test_bounded_semaphore
+    let m = Manager::start().await?;
+    let s = m.semaphore(2).await?;
+    s.acquire().await?;
+    ensure!(s.try_acquire().await?, "second unit");
+    ensure!(!s.try_acquire().await?, "no third unit");
+    ensure!(
+        matches!(
+            s.acquire_timeout(Duration::from_millis(50)).await,
+            Err(Error::Timeout)
+        ),
+        "acquire_timeout"
+    );
+    s.release_n(3).await?;
+    ensure!(
+        s.get_value().await? == 3,
+        "an unbounded semaphore goes above its start"
+    );
+    let b = m.bounded_semaphore(1).await?;
+    b.acquire().await?;
+    b.release().await?;
+    ensure!(
+        matches!(
+            b.release().await,
+            Err(Error::SemaphoreOverRelease { bound: 1 })
+        ),
+        "over-release"
+    );
+    Ok(())
+}
+
+async fn wait_then_record(e: EventProxy, d: mp::DictProxy<String, u32>) -> mp::Result<()> {
+    e.wait().await?;
+    d.insert("woke".into(), std::process::id()).await?;
+    Ok(())
+}
+
+async fn event_wakes_a_waiting_child() -> TestResult {
+    // _TestEvent.test_event
+    let m = Manager::start().await?;
+    let e = m.event().await?;
+    let d = m.dict::<String, u32>().await?;
+    ensure!(!e.is_set().await?, "a new event is clear");
+    ensure!(
+        !e.wait_timeout(Duration::from_millis(50)).await?,
+        "wait_timeout on a clear event"
+    );
+    let mut p = Process::new(wait_then_record, (e.clone(), d.clone()))
+        .start()
+        .await?;
+    e.set().await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        d.get(&"woke".into()).await? == Some(p.pid()),
+        "the child woke"
+    );
+    ensure!(e.wait_timeout(Duration::from_millis(1)).await?, "set");
+    e.clear().await?;
+    ensure!(!e.is_set().await?, "clear");
+    Ok(())
+}
+
+async fn notify_when_ready(c: ConditionProxy, ns: NamespaceProxy) -> mp::Result<()> {
+    c.lock().await?;
+    ns.set("ready", true).await?;
+    c.notify_all().await?;
+    c.release().await
+}
+
+async fn condition_wait_and_notify() -> TestResult {
+    // _TestCondition.test_notify
+    let m = Manager::start().await?;
+    let c = m.condition().await?;
+    let ns = m.namespace().await?;
+    ns.set("ready", false).await?;
+    ensure!(
+        matches!(
+            c.wait_timeout(Duration::from_millis(10)).await,
+            Err(Error::NotHeld)
+        ),
+        "wait without the lock"
+    );
+    c.lock().await?;
+    let mut p = Process::new(notify_when_ready, (c.clone(), ns.clone()))
+        .start()
+        .await?;
+    let mut rounds = 0;
+    while !ns.get::<bool>("ready").await? {
+        rounds += 1;
+        ensure!(rounds < 100, "never notified");
+        c.wait_timeout(Duration::from_secs(5)).await?;
+    }
+    // The lock is held again after a wait: the child, done, cannot have it.
+    join_ok(&mut p).await?;
+    c.release().await?;
+    ensure!(
+        matches!(
+            c.wait_timeout(Duration::from_millis(1)).await,
+            Err(Error::NotHeld)
+        ),
+        "a wait without the lock fails"
+    );
+    c.lock().await?;
+    ensure!(
+        !c.wait_timeout(Duration::from_millis(20)).await?,
+        "nobody notifies: the wait times out"
+    );
+    c.release().await?;
+    Ok(())
+}
+
+async fn arrive(b: BarrierProxy, d: mp::DictProxy<u32, u32>) -> mp::Result<()> {
+    let index = b.wait().await?;
+    d.insert(index, std::process::id()).await?;
+    Ok(())
+}
+
+async fn barrier_lets_parties_through_together() -> TestResult {
+    // _TestBarrier.test_barrier
+    let m = Manager::start().await?;
+    let b = m.barrier(3).await?;
+    let d = m.dict::<u32, u32>().await?;
+    ensure!(b.parties().await? == 3, "parties");
+    let mut kids = Vec::new();
+    for _ in 0..2 {
+        kids.push(Process::new(arrive, (b.clone(), d.clone())).start().await?);
+    }
+    let mine = b.wait().await?;
+    for p in &mut kids {
+        join_ok(p).await?;
+    }
+    let mut indices = d.keys().await?;
+    indices.push(mine);
+    indices.sort();
+    ensure!(indices == [0, 1, 2], "arrival indices {indices:?}");
+    ensure!(b.n_waiting().await? == 0 && !b.broken().await?, "reusable");
+    Ok(())
+}
+
+async fn barrier_timeout_breaks_it() -> TestResult {
+    // _TestBarrier.test_timeout, test_abort, test_reset
+    let m = Manager::start().await?;
+    let b = m.barrier(2).await?;
+    ensure!(
+        matches!(
+            b.wait_timeout(Duration::from_millis(30)).await,
+            Err(Error::BrokenBarrier)
+        ),
+        "a lone wait times out"
+    );
+    ensure!(b.broken().await?, "broken after a timeout");
+    ensure!(
+        matches!(b.wait().await, Err(Error::BrokenBarrier)),
+        "stays broken"
+    );
+    b.reset().await?;
+    ensure!(!b.broken().await?, "reset");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait().await })
+    };
+    while b.n_waiting().await? == 0 {
+        tokio::task::yield_now().await;
+    }
+    b.abort().await?;
+    ensure!(
+        matches!(waiter.await?, Err(Error::BrokenBarrier)),
+        "abort breaks a waiter"
+    );
+    Ok(())
+}
+
+async fn array_has_a_fixed_length() -> TestResult {
+    // _TestContainers via manager.Array
+    let m = Manager::start().await?;
+    let a: ArrayProxy<i32> = m.array(0..4).await?;
+    a.set(3, 30).await?;
+    ensure!(a.get(3).await? == 30 && a.len().await? == 4, "get/len");
+    ensure!(
+        matches!(
+            a.get(4).await,
+            Err(Error::IndexOutOfRange { index: 4, len: 4 })
+        ),
+        "get past the end"
+    );
+    ensure!(
+        matches!(
+            a.set(9, 1).await,
+            Err(Error::IndexOutOfRange { index: 9, len: 4 })
+        ),
+        "set past the end"
+    );
+    ensure!(a.to_vec().await? == [0, 1, 2, 30], "to_vec");
+    Ok(())
+}
+
+async fn get_by_name_checks_the_proxy_type() -> TestResult {
+    let m = Manager::start().await?;
+    let q = m.queue::<String>().await?;
+    m.register("jobs", &q).await?;
+    let same: QueueProxy<String> = m.get("jobs").await?;
+    same.put("x".into()).await.map_err(|e| e.into_parts().0)?;
+    ensure!(q.get().await? == "x", "the named queue is the queue");
+    match m.get::<QueueProxy<u64>>("jobs").await {
+        Err(Error::Manager(msg)) => ensure!(
+            msg.contains("QueueProxy<alloc::string::String>") && msg.contains("QueueProxy<u64>"),
+            "message: {msg}"
+        ),
+        other => return Err(format!("a wrong type gave {other:?}").into()),
+    }
+    match m.get::<LockProxy>("nothing").await {
+        Err(Error::Manager(msg)) => ensure!(msg.contains("no object named"), "{msg}"),
+        other => return Err(format!("an unknown name gave {other:?}").into()),
+    }
+    let other = m.queue::<String>().await?;
+    ensure!(
+        matches!(m.register("jobs", &other).await, Err(Error::Manager(_))),
+        "a taken name"
+    );
+    Ok(())
+}
+
+/// A user type, as CPython's docs register `Maths`.
+#[derive(Default)]
+struct Counter {
+    count: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum CounterOp {
+    Add(u64),
+    Get,
+    Panic,
+}
+
+impl Managed for Counter {
+    type Request = CounterOp;
+    type Reply = u64;
+    fn call(&mut self, op: CounterOp) -> u64 {
+        match op {
+            CounterOp::Add(n) => {
+                // Read, pause, write: calls that overlapped would lose additions.
+                let before = self.count;
+                std::thread::yield_now();
+                self.count = before + n;
+                self.count
+            }
+            CounterOp::Get => self.count,
+            CounterOp::Panic => panic!("asked to panic"),
+        }
+    }
+}
+
+async fn add_many(c: Proxy<Counter>, n: u64) -> mp::Result<()> {
+    for _ in 0..n {
+        c.call(CounterOp::Add(1)).await?;
+    }
+    Ok(())
+}
+
+async fn user_types_run_in_the_server() -> TestResult {
+    // _TestMyManager: a registered type served from a process, and from this one.
+    for in_process in [false, true] {
+        let b = Manager::builder().register::<Counter>();
+        let m = match in_process {
+            true => b.serve().await?,
+            false => b.start().await?,
+        };
+        let c = m.managed::<Counter>().await?;
+        let mut kids = Vec::new();
+        for _ in 0..3 {
+            kids.push(Process::new(add_many, (c.clone(), 100)).start().await?);
+        }
+        add_many(c.clone(), 100).await?;
+        for p in &mut kids {
+            join_ok(p).await?;
+        }
+        ensure!(
+            c.call(CounterOp::Get).await? == 400,
+            "calls were not serialised"
+        );
+        match c.call(CounterOp::Panic).await {
+            Err(Error::Manager(msg)) => ensure!(msg.contains("asked to panic"), "{msg}"),
+            other => return Err(format!("a panicking call gave {other:?}").into()),
+        }
+        ensure!(
+            c.call(CounterOp::Add(1)).await? == 401,
+            "the server serves on after a panic"
+        );
+        m.register("counter", &c).await?;
+        let again: Proxy<Counter> = m.get("counter").await?;
+        ensure!(again.call(CounterOp::Get).await? == 401, "by name");
+        m.shutdown().await?;
+    }
+    let plain = Manager::start().await?;
+    ensure!(
+        matches!(plain.managed::<Counter>().await, Err(Error::Manager(_))),
+        "an unregistered type was made"
+    );
+    Ok(())
+}
