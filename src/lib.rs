@@ -38,8 +38,10 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod connection;
 mod error;
+pub mod launch;
 mod listener;
 mod manager;
 mod on_drop;
@@ -54,6 +56,7 @@ mod task;
 mod wait;
 mod wire;
 
+pub use cluster::{Cluster, ClusterBuilder};
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};

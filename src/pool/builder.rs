@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::scheduler::{self, Scheduler};
 use super::stats::Counters;
 use super::{LastHandle, Pool, Shared, spawn};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
 use crate::sys;
@@ -28,6 +29,8 @@ pub(super) struct Config {
     /// The CPUs this process may run on: the pool's own processes spin only on spare ones.
     pub(super) cores: usize,
     pub(super) print_panics: bool,
+    /// The cluster whose hosts run the workers; `None` for workers on this machine.
+    pub(super) cluster: Option<Cluster>,
 }
 
 /// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
@@ -43,6 +46,7 @@ pub struct PoolBuilder {
     start_timeout: Duration,
     spin: Duration,
     print_panics: bool,
+    cluster: Option<Cluster>,
 }
 
 impl PoolBuilder {
@@ -58,7 +62,24 @@ impl PoolBuilder {
             start_timeout: crate::Process::DEFAULT_START_TIMEOUT,
             spin: Pool::DEFAULT_SPIN,
             print_panics: false,
+            cluster: None,
         }
+    }
+
+    /// Runs the workers on the hosts of `cluster` instead of this machine; the pool's API
+    /// is unchanged. The default number of processes is then the cluster's: its launcher's
+    /// hosts times its workers per host (or the room of the agents connected). The start
+    /// method does not apply (agents start workers with their own default).
+    ///
+    /// A task whose arguments hold descriptors (a local `Queue`, `Event`, `Pipe` or
+    /// [`Fd`](crate::Fd)) fails at submission: descriptors cannot cross to another host
+    /// (share state through a remote [`Manager`](crate::Manager)). A worker lost with its
+    /// host fails the tasks it may have started with a [`TaskError`](crate::TaskError) that
+    /// names the host ([`TaskError::worker_host`](crate::TaskError::worker_host)); the
+    /// tasks it held and never started are sent to another worker.
+    pub fn cluster(mut self, cluster: &Cluster) -> Self {
+        self.cluster = Some(cluster.clone());
+        self
     }
 
     /// The number of worker processes (Python's `processes`); the default is the number of
@@ -208,15 +229,26 @@ impl PoolBuilder {
                 ));
             }
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => match &self.cluster {
+                Some(c) => c.capacity(),
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         };
+        let init = self.init.transpose()?;
+        if self.cluster.is_some() && init.as_ref().is_some_and(|(_, a)| !a.fds.is_empty()) {
+            return Err(Error::InvalidArgument(
+                "the initializer's arguments hold descriptors, which cannot cross to another \
+                 host of a cluster; share state through a remote Manager"
+                    .into(),
+            ));
+        }
         if self.maxtasksperchild == Some(0) {
             return Err(Error::InvalidArgument(
                 "maxtasksperchild must be at least 1 (or not set)".into(),
             ));
         }
         let method = self.method.unwrap_or_else(crate::get_start_method);
-        if method != StartMethod::Fork {
+        if method != StartMethod::Fork && self.cluster.is_none() {
             // Spawned and fork-server workers are started from the launcher thread: it
             // starts while the workers' setup is prepared.
             crate::start::warm_launcher();
@@ -224,7 +256,7 @@ impl PoolBuilder {
         let cfg = Arc::new(Config {
             processes,
             method,
-            init: self.init.transpose()?,
+            init,
             maxtasksperchild: self.maxtasksperchild,
             concurrency: self.concurrency,
             start_timeout: self.start_timeout,
@@ -232,7 +264,9 @@ impl PoolBuilder {
             spin: if cores > 1 { self.spin } else { Duration::ZERO },
             cores,
             print_panics: self.print_panics,
+            cluster: self.cluster,
         });
+        let remote = cfg.cluster.is_some();
         // All the workers start at once; the pool serves as soon as one is ready, and the
         // others join it as they come (Python's `Pool()` does not wait for its workers).
         // A failed initializer in the first to finish fails `build`, and the others, their
@@ -282,6 +316,7 @@ impl PoolBuilder {
             processes,
             task_timeout: self.task_timeout,
             counters,
+            remote,
         });
         Ok(Pool {
             _last: Arc::new(LastHandle(shared.clone())),

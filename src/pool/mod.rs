@@ -16,6 +16,7 @@ mod map;
 mod map_result;
 mod payload;
 mod proto;
+mod remote;
 mod scheduler;
 mod slot;
 mod spawn;
@@ -37,6 +38,7 @@ pub use builder::PoolBuilder;
 pub use imap::IMap;
 pub use map::Map;
 pub use map_result::MapResult;
+pub(crate) use remote::HostWorker;
 
 use self::imap::NextChunk;
 use self::map::collect_items;
@@ -74,6 +76,8 @@ struct Shared {
     processes: usize,
     task_timeout: Option<Duration>,
     counters: Arc<Counters>,
+    /// Whether the workers are on other hosts (arguments may not hold descriptors).
+    remote: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -100,6 +104,14 @@ impl Shared {
             Ok(p) => p.into(),
             Err(e) => return AsyncResult::failed(TaskError::local(e)),
         };
+        if self.remote && payload.has_fds() {
+            return AsyncResult::failed(TaskError::local(Error::InvalidArgument(
+                "the task's arguments hold descriptors (a local Queue, Event, Pipe or Fd), \
+                 which cannot cross to another host of a cluster; share state through a \
+                 remote Manager"
+                    .into(),
+            )));
+        }
         // Arguments that cannot fit in a frame fail here, before anything is queued (the
         // scheduler checks the whole frame again, head included, before sending it).
         let max = crate::wire::max_frame_size();

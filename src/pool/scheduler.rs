@@ -105,7 +105,7 @@ pub(super) enum Event {
     },
     Exited {
         wid: u64,
-        code: Result<i32>,
+        cause: ExitCause,
     },
     Started(Result<WorkerConn>),
 }
@@ -326,7 +326,7 @@ impl Scheduler {
         tokio::spawn(read_worker(
             wid,
             w.reader,
-            w.process,
+            (w.life, w.killer.clone()),
             self.events_tx.clone(),
             self.replies.clone(),
             (self.spin.clone(), self.cfg.spin),
@@ -335,6 +335,7 @@ impl Scheduler {
             wid,
             Slot {
                 pid: w.pid,
+                host: w.host,
                 killer: w.killer,
                 tx,
                 started: w.started,
@@ -486,7 +487,7 @@ impl Scheduler {
                 }
                 self.mark_started(wid);
             }
-            Event::Exited { wid, code } => self.on_exit(wid, code),
+            Event::Exited { wid, cause } => self.on_exit(wid, cause),
             Event::Started(Ok(w)) => {
                 self.starting -= 1;
                 self.start_failures = 0;
@@ -562,19 +563,16 @@ impl Scheduler {
         }
     }
 
-    fn on_exit(&mut self, wid: u64, code: Result<i32>) {
+    fn on_exit(&mut self, wid: u64, cause: ExitCause) {
         let Some(slot) = self.workers.remove(&wid) else {
             return;
-        };
-        let cause = match code {
-            Ok(c) => ExitCause::from_exitcode(c),
-            Err(_) => ExitCause::Signal(sys::SIGKILL),
         };
         if slot.draining {
             tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
         } else {
             tracing::warn!(
                 pid = slot.pid,
+                host = slot.host.as_deref().unwrap_or("local"),
                 %cause,
                 tasks_held = slot.load(),
                 "pool worker died; it is replaced"
@@ -605,7 +603,8 @@ impl Scheduler {
                     reply: None,
                 }),
                 _ => {
-                    self.answer(*id, Err(TaskError::worker_lost(slot.pid, cause)));
+                    let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause);
+                    self.answer(*id, Err(e));
                 }
             }
         }
@@ -740,11 +739,12 @@ impl Scheduler {
         if slot.tx.send(frame).is_err() {
             // The writer is gone (it killed the worker): its exit will be reported.
             slot.kill();
-            let pid = slot.pid;
-            self.answer(
-                job.id,
-                Err(TaskError::worker_lost(pid, ExitCause::Signal(sys::SIGKILL))),
+            let e = TaskError::worker_lost_on(
+                slot.host.clone().as_ref(),
+                slot.pid,
+                ExitCause::Signal(sys::SIGKILL),
             );
+            self.answer(job.id, Err(e));
             return;
         }
         slot.sent += 1;

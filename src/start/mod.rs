@@ -82,6 +82,8 @@ pub fn init() {
         crate::sys::clear_env_var(ENV_BOOT.as_ref());
         bootstrap::run_from_env(&value)
     }
+    // A program a cluster's launcher started as a host agent.
+    crate::cluster::run_if_agent();
 }
 
 /// Everything needed to start one child.
