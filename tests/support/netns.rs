@@ -24,6 +24,8 @@ pub const HEAD_IP: &str = "10.77.0.1";
 pub struct Net {
     prefix: String,
     hosts: usize,
+    /// Whether this value made the namespaces (and deletes them when dropped).
+    owner: bool,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -56,8 +58,11 @@ impl Net {
             std::process::id() % 100_000,
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let net = Net { prefix, hosts: 0 };
-        let mut net = net;
+        let mut net = Net {
+            prefix,
+            hosts: 0,
+            owner: true,
+        };
         match net.make(hosts) {
             Ok(()) => Some(net),
             Err(e) => {
@@ -121,6 +126,22 @@ impl Net {
             ])?;
         }
         Ok(())
+    }
+
+    /// The name that [`attach`](Self::attach) takes, for a helper process.
+    pub fn name(&self) -> String {
+        format!("{} {}", self.prefix, self.hosts)
+    }
+
+    /// The namespaces another process made, by their [`name`](Self::name); this value
+    /// deletes nothing.
+    pub fn attach(name: &str) -> Option<Net> {
+        let (prefix, hosts) = name.split_once(' ')?;
+        Some(Net {
+            prefix: prefix.to_string(),
+            hosts: hosts.parse().ok()?,
+            owner: false,
+        })
     }
 
     fn head_ns(&self) -> String {
@@ -200,6 +221,9 @@ fn pids_in(ns: &str) -> Vec<u32> {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         for i in 0..self.hosts {
             self.signal_host(i, Signal::SIGCONT);
             self.signal_host(i, Signal::SIGKILL);

@@ -1,0 +1,3 @@
+fn main() {
+    tokio_multiprocessing::init();
+}
