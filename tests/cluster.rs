@@ -33,6 +33,7 @@ fn main() {
         killing_the_head_leaves_no_process_on_the_hosts,
         wrong_key_garbage_and_silence_are_refused_without_harm,
         another_build_is_refused_naming_host_and_fingerprints,
+        example_cluster_map_runs_on_two_local_hosts,
     ]);
 }
 
@@ -463,15 +464,12 @@ async fn another_build_is_refused_naming_host_and_fingerprints() -> TestResult {
         return Ok(());
     };
     // An example of this crate: the same library, another executable.
-    let exe = std::env::current_exe()?;
-    let Some(other) = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples").join("cluster_map"))
-        .filter(|p| p.exists())
-    else {
-        println!("skipped: examples/cluster_map is not built (cargo test builds it)");
-        return Ok(());
+    let other = match support::example("cluster_map") {
+        Ok(p) => p,
+        Err(e) => {
+            println!("skipped: {e} (cargo test builds it)");
+            return Ok(());
+        }
     };
     let cluster = Cluster::builder().listener(net.listen()?).build().await?;
     let (address, key) = (cluster.address().to_string(), hex(cluster.authkey()));
@@ -495,5 +493,23 @@ async fn another_build_is_refused_naming_host_and_fingerprints() -> TestResult {
         "its stderr does not name both fingerprints: {stderr}"
     );
     ensure!(cluster.hosts() == 0, "the other build joined");
+    Ok(())
+}
+
+/// The example's own "hosts" are agents on this machine: it needs no root and no namespace.
+async fn example_cluster_map_runs_on_two_local_hosts() -> TestResult {
+    let out = support::run_example("cluster_map").await?;
+    let sum: u64 = (0..100_000u64).map(|x| x * x).sum();
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines[..lines.len().min(4)]
+            == [
+                "hosts: 2",
+                "results: 100000",
+                &format!("sum of squares: {sum}"),
+                "workers used: 4 on 2 hosts",
+            ],
+        "printed {out}"
+    );
     Ok(())
 }

@@ -65,15 +65,29 @@ pub(crate) fn run_if_agent() {
         Ok(k) => k,
         Err(e) => fail(JOIN_FAILED, e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => fail(JOIN_FAILED, format!("cannot build a runtime: {e}")),
+    let run = move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => fail(JOIN_FAILED, format!("cannot build a runtime: {e}")),
+        };
+        rt.block_on(serve(args, key))
     };
-    let code = rt.block_on(serve(args, key));
-    drop(rt);
+    // Inside `#[tokio::main]` a runtime exists already on this thread: the agent's own runs
+    // on a thread of its own.
+    let code = if tokio::runtime::Handle::try_current().is_ok() {
+        match std::thread::Builder::new()
+            .name("host-agent".into())
+            .spawn(run)
+        {
+            Ok(t) => t.join().unwrap_or(JOIN_FAILED),
+            Err(e) => fail(JOIN_FAILED, format!("cannot start the agent's thread: {e}")),
+        }
+    } else {
+        run()
+    };
     sys::flush_std_streams();
     std::process::exit(code)
 }

@@ -232,7 +232,8 @@ pub enum WorkerState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerInfo {
-    /// Its host: the host's own name and the address it dialled from.
+    /// Its host: the host's own name, the address it dialled from and, after `#`, the id
+    /// its launcher gave its agent (`n1/10.0.0.5#0`).
     pub host: String,
     /// Its pid on its host (0 while starting).
     pub pid: u32,

@@ -93,7 +93,13 @@ async fn agent_session(
     hello: AgentHello,
     table: &Arc<Table>,
 ) -> Result<()> {
-    let host: Arc<str> = format!("{}/{}", hello.hostname, peer.ip()).into();
+    // The host's own name, the address it dialled from, and its launcher's id (several
+    // agents may share a machine).
+    let host: Arc<str> = if hello.id.is_empty() {
+        format!("{}/{}", hello.hostname, peer.ip()).into()
+    } else {
+        format!("{}/{}#{}", hello.hostname, peer.ip(), hello.id).into()
+    };
     if let Err(e) = hello.hello.check() {
         let message = match e {
             Error::BinaryMismatch { ours, theirs } => format!(
