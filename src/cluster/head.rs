@@ -353,6 +353,7 @@ impl Cluster {
             id,
             workers,
             authkey_hex: key::to_hex(&self.inner.table.key),
+            fingerprint: crate::error::hex(crate::sys::fingerprint()),
         })
     }
 

@@ -3,17 +3,20 @@
 //! A launcher does not run tasks and does not watch hosts: it only starts, on each host, the
 //! program's own executable as a host agent (see [`Cluster`](crate::Cluster)), which dials
 //! back to the head. So any engine that can run a command can host workers: [`Command`]
-//! takes a template for any of them (`ip netns exec`, `kubectl`, `srun`, `mpirun`, ...).
+//! takes a template for any of them (`ip netns exec`, `kubectl`, `srun`, `mpirun`, ...);
+//! [`Ssh`] runs the system's `ssh` and copies the executable where it is missing.
 //!
 //! The cluster's key reaches each agent through the launcher's own channel (the
 //! environment variable [`AUTHKEY_ENV`](crate::cluster::AUTHKEY_ENV) or the agent's stdin),
 //! never through its command line, which other users of a host can read.
 
 mod command;
+mod ssh;
 
 use std::path::PathBuf;
 
 pub use command::Command;
+pub use ssh::Ssh;
 
 use crate::error::Result;
 
@@ -30,6 +33,8 @@ pub struct AgentSpec {
     pub workers: usize,
     /// The cluster's key, in hex, for the agent's environment or stdin.
     pub authkey_hex: String,
+    /// The executable's fingerprint, in hex (the name of a cache of copies, say).
+    pub fingerprint: String,
 }
 
 impl AgentSpec {

@@ -144,7 +144,8 @@ impl Net {
         })
     }
 
-    fn head_ns(&self) -> String {
+    /// The name of the head's namespace.
+    pub fn head_ns(&self) -> String {
         format!("{}h", self.prefix)
     }
 
