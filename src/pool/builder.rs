@@ -44,7 +44,8 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     concurrency: usize,
     start_timeout: Duration,
-    spin: Duration,
+    /// `None`: the default for where the workers run.
+    spin: Option<Duration>,
     print_panics: bool,
     cluster: Option<Cluster>,
 }
@@ -60,7 +61,7 @@ impl PoolBuilder {
             task_timeout: None,
             concurrency: 1,
             start_timeout: crate::Process::DEFAULT_START_TIMEOUT,
-            spin: Pool::DEFAULT_SPIN,
+            spin: None,
             print_panics: false,
             cluster: None,
         }
@@ -158,9 +159,11 @@ impl PoolBuilder {
     /// each one, and the pool spins up to `spin` for the next answer after each one,
     /// yielding to the other tasks of its runtime as it does. This roughly halves the round
     /// trip of one `apply` after another, at the cost of up to `spin` of CPU time each time
-    /// a process goes idle. Spinning is off on a machine with a single core.
+    /// a process goes idle. Spinning is off on a machine with a single core, and by default
+    /// for a pool on a [`cluster`](Self::cluster): this machine's spare cores say nothing of
+    /// the hosts', and a network round trip is long beside a wake-up.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+        self.spin = Some(spin);
         self
     }
 
@@ -261,7 +264,12 @@ impl PoolBuilder {
             concurrency: self.concurrency,
             start_timeout: self.start_timeout,
             // On a single core, a process that spins only delays the one it waits for.
-            spin: if cores > 1 { self.spin } else { Duration::ZERO },
+            spin: match (self.spin, &self.cluster) {
+                _ if cores <= 1 => Duration::ZERO,
+                (Some(spin), _) => spin,
+                (None, None) => Pool::DEFAULT_SPIN,
+                (None, Some(_)) => Duration::ZERO,
+            },
             cores,
             print_panics: self.print_panics,
             cluster: self.cluster,
