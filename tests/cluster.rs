@@ -34,6 +34,7 @@ fn main() {
         wrong_key_garbage_and_silence_are_refused_without_harm,
         another_build_is_refused_naming_host_and_fingerprints,
         example_cluster_map_runs_on_two_local_hosts,
+        retries_run_again_a_task_whose_worker_died_only_when_asked,
     ]);
 }
 
@@ -511,5 +512,39 @@ async fn example_cluster_map_runs_on_two_local_hosts() -> TestResult {
             ],
         "printed {out}"
     );
+    Ok(())
+}
+
+/// Exits with code 7 the first time (marking `path`); returns 42 once `path` exists.
+fn exit_first_time(path: String) -> u32 {
+    if std::fs::metadata(&path).is_err() {
+        let _ = std::fs::write(&path, "ran");
+        std::process::exit(7);
+    }
+    42
+}
+
+async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let (once, again) = (temp_path("retry"), temp_path("retry"));
+    let strict = Pool::builder().cluster(&cluster).build().await?;
+    let err = strict
+        .apply(exit_first_time, (once.clone(),))
+        .await
+        .err()
+        .ok_or("the task survived its worker's death")?;
+    ensure!(err.exit_cause() == Some(ExitCause::Code(7)), "{err}");
+    drop(strict);
+    let retrying = Pool::builder()
+        .cluster(&cluster)
+        .retries_on_worker_loss(1)
+        .build()
+        .await?;
+    let out = retrying.apply(exit_first_time, (again.clone(),)).await;
+    let _ = (std::fs::remove_file(&once), std::fs::remove_file(&again));
+    ensure!(out? == 42, "the task was not run again");
     Ok(())
 }

@@ -31,6 +31,8 @@ pub(super) struct Config {
     pub(super) print_panics: bool,
     /// The cluster whose hosts run the workers; `None` for workers on this machine.
     pub(super) cluster: Option<Cluster>,
+    /// How many times a task may run again when a worker dies while it may run it.
+    pub(super) retries_on_worker_loss: u32,
 }
 
 /// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
@@ -48,6 +50,7 @@ pub struct PoolBuilder {
     spin: Option<Duration>,
     print_panics: bool,
     cluster: Option<Cluster>,
+    retries_on_worker_loss: u32,
 }
 
 impl PoolBuilder {
@@ -64,7 +67,20 @@ impl PoolBuilder {
             spin: None,
             print_panics: false,
             cluster: None,
+            retries_on_worker_loss: 0,
         }
+    }
+
+    /// Runs a task again, up to `n` times, when the worker running it dies (or its host
+    /// is lost) before it answers, instead of failing it with
+    /// [`TaskError::is_worker_lost`](crate::TaskError::is_worker_lost); the default is 0.
+    ///
+    /// This gives up at-most-once: a task may then run more than once, in part or in full
+    /// (a lost host may even have finished it), so use it only for idempotent tasks. A
+    /// task that times out or is cancelled is never run again.
+    pub fn retries_on_worker_loss(mut self, n: u32) -> Self {
+        self.retries_on_worker_loss = n;
+        self
     }
 
     /// Runs the workers on the hosts of `cluster` instead of this machine; the pool's API
@@ -273,6 +289,7 @@ impl PoolBuilder {
             cores,
             print_panics: self.print_panics,
             cluster: self.cluster,
+            retries_on_worker_loss: self.retries_on_worker_loss,
         });
         let remote = cfg.cluster.is_some();
         // All the workers start at once; the pool serves as soon as one is ready, and the

@@ -129,6 +129,7 @@ impl Shared {
             is_async: entry.is_async,
             payload,
             timeout: timeout.or(self.task_timeout),
+            retries: 0,
             reply: Some(tx),
         };
         if self.cmds.send(Cmd::Submit(job)).is_err() {

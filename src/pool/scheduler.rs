@@ -61,6 +61,9 @@ pub(super) struct Job {
     pub(super) is_async: bool,
     pub(super) payload: Payload,
     pub(super) timeout: Option<Duration>,
+    /// How many more times it may run again if a worker dies while it may be running it
+    /// (see [`PoolBuilder::retries_on_worker_loss`](super::PoolBuilder::retries_on_worker_loss)).
+    pub(super) retries: u32,
     /// Where the answer goes; `None` once it is in [`Replies`] (a task sent again after
     /// its worker died).
     pub(super) reply: Option<oneshot::Sender<Outcome>>,
@@ -119,8 +122,9 @@ struct Running {
     /// Whether the worker has (as far as we know) started it.
     started: bool,
     /// The arguments, kept while the task waits in a worker so it can be sent again if
-    /// that worker dies before starting it.
+    /// that worker dies before starting it (and while it runs, if it may be retried).
     copy: Option<Payload>,
+    retries: u32,
     deadline: Option<Instant>,
 }
 
@@ -349,7 +353,8 @@ impl Scheduler {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Submit(job) => {
+            Cmd::Submit(mut job) => {
+                job.retries = self.cfg.retries_on_worker_loss;
                 if self.phase != Phase::Open {
                     self.answer_job(job, Err(TaskError::pool_closed()));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
@@ -551,7 +556,9 @@ impl Scheduler {
             if let Some(run) = self.in_flight.get_mut(id) {
                 if !run.started {
                     run.started = true;
-                    run.copy = None;
+                    if run.retries == 0 {
+                        run.copy = None;
+                    }
                     if let Some(t) = run.timeout {
                         let d = Instant::now() + t;
                         run.deadline = Some(d);
@@ -591,7 +598,7 @@ impl Scheduler {
                 self.deadlines.remove(&(d, *id));
             }
             // The worker is dead, so its started mark is final: a task it may have started
-            // is never sent again.
+            // is never sent again, unless the caller allowed retries.
             let never_started = !run.is_async && !slot.may_have_started(*id);
             match (never_started, run.copy) {
                 (true, Some(payload)) => requeue.push(Job {
@@ -600,8 +607,21 @@ impl Scheduler {
                     is_async: run.is_async,
                     payload,
                     timeout: run.timeout,
+                    retries: run.retries,
                     reply: None,
                 }),
+                (false, Some(payload)) if run.retries > 0 => {
+                    tracing::debug!(id, pid = slot.pid, "running a lost worker's task again");
+                    requeue.push(Job {
+                        id: *id,
+                        entry: run.entry,
+                        is_async: run.is_async,
+                        payload,
+                        timeout: run.timeout,
+                        retries: run.retries - 1,
+                        reply: None,
+                    });
+                }
                 _ => {
                     let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause);
                     self.answer(*id, Err(e));
@@ -707,7 +727,7 @@ impl Scheduler {
             return;
         };
         let started = job.is_async || slot.sync.is_empty();
-        let copy = if started {
+        let copy = if started && job.retries == 0 {
             None
         } else {
             job.payload.try_clone().ok()
@@ -770,6 +790,7 @@ impl Scheduler {
                 timeout: job.timeout,
                 started,
                 copy,
+                retries: job.retries,
                 deadline,
             },
         );
