@@ -4,18 +4,21 @@
 //! program's own executable as a host agent (see [`Cluster`](crate::Cluster)), which dials
 //! back to the head. So any engine that can run a command can host workers: [`Command`]
 //! takes a template for any of them (`ip netns exec`, `kubectl`, `srun`, `mpirun`, ...);
-//! [`Ssh`] runs the system's `ssh` and copies the executable where it is missing.
+//! [`Ssh`] runs the system's `ssh` and copies the executable where it is missing;
+//! [`Slurm`] runs `srun` inside an allocation and submits `sbatch` jobs outside one.
 //!
 //! The cluster's key reaches each agent through the launcher's own channel (the
 //! environment variable [`AUTHKEY_ENV`](crate::cluster::AUTHKEY_ENV) or the agent's stdin),
 //! never through its command line, which other users of a host can read.
 
 mod command;
+mod slurm;
 mod ssh;
 
 use std::path::PathBuf;
 
 pub use command::Command;
+pub use slurm::Slurm;
 pub use ssh::Ssh;
 
 use crate::error::Result;
@@ -55,17 +58,35 @@ impl AgentSpec {
 #[derive(Debug)]
 pub struct Launched {
     child: Option<std::process::Child>,
+    /// A command that cancels what was started (`scancel <job>`), run when the cluster is
+    /// dropped.
+    cancel: Option<std::process::Command>,
 }
 
 impl Launched {
     /// A launched process to kill and reap with the cluster.
     pub fn process(child: std::process::Child) -> Launched {
-        Launched { child: Some(child) }
+        Launched {
+            child: Some(child),
+            cancel: None,
+        }
     }
 
-    /// Nothing to reap: the engine owns what it started (a batch job, a pod).
+    /// Something an engine runs (a batch job), cancelled with `cancel` when the cluster is
+    /// dropped.
+    pub fn job(cancel: std::process::Command) -> Launched {
+        Launched {
+            child: None,
+            cancel: Some(cancel),
+        }
+    }
+
+    /// Nothing to reap: the engine owns what it started (a pod).
     pub fn detached() -> Launched {
-        Launched { child: None }
+        Launched {
+            child: None,
+            cancel: None,
+        }
     }
 
     /// The launched process's pid on this machine, if there is one.
@@ -77,8 +98,29 @@ impl Launched {
 impl Drop for Launched {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SIGTERM first, so that a wrapper (`srun`, `ssh`) ends its remote side
+            // cleanly; SIGKILL if it is still there after a grace period.
+            // The child is not reaped yet, so its pid is still its own.
+            if let Ok(Ok(fd)) = i32::try_from(c.id()).map(crate::sys::pidfd_open) {
+                let _ = crate::sys::pidfd_send_signal(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    crate::sys::SIGTERM,
+                );
+            }
+            for _ in 0..200 {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(mut cancel) = self.cancel.take() {
+            let _ = cancel
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .status();
         }
     }
 }
