@@ -5,7 +5,8 @@
 //! [`Process`] handles joined without blocking a thread, and locks ([`Lock`], [`RLock`],
 //! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]), shared memory ([`Value`],
 //! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
-//! awaited on tokio's reactor.
+//! awaited on tokio's reactor. A [`Cluster`] gives a pool workers on other machines,
+//! started by ssh, Slurm or any engine (see [`launch`]) and dialling back over TCP.
 //!
 //! Children run the same executable, so `main` must call [`init`] before anything else:
 //!

@@ -21,8 +21,10 @@ const NET_VAR: &str = "TKMP_TEST_NET";
 
 fn main() {
     mp::init();
-    if helper_mode().as_deref() == Some("cluster-head") {
-        run_as_helper(head_helper());
+    match helper_mode().as_deref() {
+        Some("cluster-head") => run_as_helper(head_helper()),
+        Some("cluster-from-env") => run_as_helper(from_env_helper()),
+        _ => {}
     }
     support::run(trials![
         map_of_100_000_items_runs_on_both_hosts,
@@ -35,6 +37,7 @@ fn main() {
         another_build_is_refused_naming_host_and_fingerprints,
         example_cluster_map_runs_on_two_local_hosts,
         retries_run_again_a_task_whose_worker_died_only_when_asked,
+        from_env_and_worker_command_let_an_agent_be_started_by_hand,
     ]);
 }
 
@@ -546,5 +549,57 @@ async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestRes
     let out = retrying.apply(exit_first_time, (again.clone(),)).await;
     let _ = (std::fs::remove_file(&once), std::fs::remove_file(&again));
     ensure!(out? == 42, "the task was not run again");
+    Ok(())
+}
+
+/// A head whose address and key come from the environment, which starts an agent by hand
+/// with the line `worker_command` gives (the key in the agent's environment), then prints
+/// a task's result.
+async fn from_env_helper() {
+    let outcome = async {
+        let cluster = Cluster::from_env()
+            .await?
+            .ok_or("no cluster in the environment")?;
+        let line = cluster.worker_command(1)?;
+        let mut words = line.split(' ');
+        let program = words.next().ok_or("an empty worker command")?;
+        let key = std::env::var(mp::cluster::AUTHKEY_ENV)?;
+        let mut agent = std::process::Command::new(program)
+            .args(words)
+            .env(mp::cluster::AUTHKEY_ENV, key)
+            .env_remove(support::process::MODE_VAR)
+            .spawn()?;
+        let served = async {
+            cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+            let pool = Pool::builder().cluster(&cluster).build().await?;
+            Ok::<i64, BoxError>(pool.apply(sqr, (11,)).await?)
+        }
+        .await;
+        let _ = agent.kill();
+        let _ = agent.wait();
+        Ok::<String, BoxError>(format!("{} {}", cluster.local_addr(), served?))
+    }
+    .await;
+    match outcome {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("error: {e}"),
+    }
+}
+
+async fn from_env_and_worker_command_let_an_agent_be_started_by_hand() -> TestResult {
+    let (status, out, err) = support::process::run_helper(
+        "cluster-from-env",
+        &[
+            (mp::cluster::ADDRESS_ENV, "127.0.0.1:0".to_string()),
+            (mp::cluster::AUTHKEY_ENV, hex(b"a key from the environment")),
+        ],
+    )
+    .await?;
+    ensure!(status.success(), "the helper failed: {err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    ensure!(
+        words.len() == 2 && words[0].starts_with("127.0.0.1:") && words[1] == "121",
+        "the helper printed {out:?} ({err})"
+    );
     Ok(())
 }
