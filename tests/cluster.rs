@@ -38,6 +38,7 @@ fn main() {
         example_cluster_map_runs_on_two_local_hosts,
         retries_run_again_a_task_whose_worker_died_only_when_asked,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
+        garbage_after_the_challenge_is_refused,
     ]);
 }
 
@@ -601,5 +602,18 @@ async fn from_env_and_worker_command_let_an_agent_be_started_by_hand() -> TestRe
         words.len() == 2 && words[0].starts_with("127.0.0.1:") && words[1] == "121",
         "the helper printed {out:?} ({err})"
     );
+    Ok(())
+}
+
+/// A peer that holds the key (it passes the challenge, here through `mp::Client`, which
+/// speaks the same exchange) but then sends garbage instead of a hello: the head closes the
+/// connection and takes in no host.
+async fn garbage_after_the_challenge_is_refused() -> TestResult {
+    let cluster = Cluster::builder().authkey(b"k".to_vec()).build().await?;
+    let conn = mp::Client::connect::<Vec<u8>>(cluster.local_addr(), Some(b"k")).await?;
+    conn.send_bytes(&[0xc1, 0xff, 0x00, 0x13]).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(20), conn.recv_bytes()).await?;
+    ensure!(answer.is_err(), "the head answered garbage with {answer:?}");
+    ensure!(cluster.hosts() == 0, "garbage joined as a host");
     Ok(())
 }
