@@ -21,6 +21,7 @@ const NET_VAR: &str = "TKMP_TEST_NET";
 
 fn main() {
     mp::init();
+    let _ = tracing::subscriber::set_global_default(Capture);
     match helper_mode().as_deref() {
         Some("cluster-head") => run_as_helper(head_helper()),
         Some("cluster-from-env") => run_as_helper(from_env_helper()),
@@ -39,6 +40,7 @@ fn main() {
         retries_run_again_a_task_whose_worker_died_only_when_asked,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         garbage_after_the_challenge_is_refused,
+        worker_output_comes_back_as_tracing_events_naming_host_and_pid,
     ]);
 }
 
@@ -615,5 +617,108 @@ async fn garbage_after_the_challenge_is_refused() -> TestResult {
     let answer = tokio::time::timeout(Duration::from_secs(20), conn.recv_bytes()).await?;
     ensure!(answer.is_err(), "the head answered garbage with {answer:?}");
     ensure!(cluster.hosts() == 0, "garbage joined as a host");
+    Ok(())
+}
+
+/// The worker output events the head logged: (host, pid, stream, line).
+static CAPTURED: std::sync::Mutex<Vec<(String, u64, String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A subscriber that keeps the head's events about worker output.
+struct Capture;
+
+#[derive(Default)]
+struct Fields {
+    host: String,
+    pid: u64,
+    stream: String,
+    message: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "host" => self.host = format!("{value:?}"),
+            "stream" => self.stream = format!("{value:?}").trim_matches('"').to_string(),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "pid" {
+            self.pid = value;
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "tokio_multiprocessing::worker"
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((f.host, f.pid, f.stream, f.message));
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn say(x: u32) -> u32 {
+    println!("hello {x} from a worker");
+    eprintln!("a warning about {x}");
+    std::process::id()
+}
+
+/// The "host" is an agent on this machine (no namespace, no root needed).
+async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> TestResult {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::new("{agent}")
+                .hosts(1)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let pid = u64::from(pool.apply(say, (5,)).await?);
+    let seen = |stream: &str, line: &str| {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(h, p, s, m)| h.contains("127.0.0.1#0") && *p == pid && s == stream && m == line)
+    };
+    ensure!(
+        eventually(Duration::from_secs(20), || seen(
+            "stdout",
+            "hello 5 from a worker"
+        ) && seen(
+            "stderr",
+            "a warning about 5"
+        ))
+        .await,
+        "events seen: {:?}",
+        CAPTURED.lock().unwrap_or_else(|p| p.into_inner())
+    );
     Ok(())
 }

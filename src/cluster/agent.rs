@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -277,6 +277,11 @@ async fn run_worker(
         Err(e) => tracing::warn!("cannot keep a handle to kill worker {pid}: {e}"),
     }
     let _ = out.send(FromAgent::Spawned { token, pid });
+    if let Some((stdout, stderr)) = worker.take_output() {
+        for (fd, is_err) in [(stdout, false), (stderr, true)] {
+            tokio::spawn(forward_output(fd, pid, is_err, out.clone()));
+        }
+    }
     let code = match worker.join().await {
         Ok(c) => c,
         Err(e) => {
@@ -290,6 +295,35 @@ async fn run_worker(
         code,
         last_started: worker.last_started(),
     });
+}
+
+/// Forwards each line a worker writes on one of its output pipes to the head, until the
+/// pipe's end of stream (the worker is gone).
+async fn forward_output(fd: OwnedFd, pid: u32, stderr: bool, out: UnboundedSender<FromAgent>) {
+    use tokio::io::AsyncBufReadExt;
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("cannot read worker {pid}'s output: {e}");
+            return;
+        }
+    };
+    let mut pipe = tokio::io::BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match pipe.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        if out.send(FromAgent::Output { pid, stderr, line }).is_err() {
+            return;
+        }
+    }
 }
 
 /// This host's name.

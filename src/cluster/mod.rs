@@ -21,6 +21,10 @@
 //! another worker) and which may have (failed with
 //! [`TaskError::is_worker_lost`](crate::TaskError::is_worker_lost), naming the host).
 //!
+//! The agent also reads each worker's stdout and stderr (pipes it gives the worker) and
+//! sends them to the head line by line, where they become `tracing` events at INFO level,
+//! target `tokio_multiprocessing::worker`, with the fields `host`, `pid` and `stream`.
+//!
 //! # Liveness
 //!
 //! The head pings each agent; an agent that answers nothing for the cluster's

@@ -78,4 +78,10 @@ pub(crate) enum FromAgent {
     },
     /// Answer to [`ToAgent::Ping`].
     Pong,
+    /// A line the worker `pid` wrote on its stdout (or, if `stderr`, its stderr).
+    Output {
+        pid: u32,
+        stderr: bool,
+        line: String,
+    },
 }

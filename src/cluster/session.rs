@@ -186,6 +186,10 @@ fn on_report(table: &Table, agent: u64, report: FromAgent) {
     };
     match report {
         FromAgent::Pong => {}
+        FromAgent::Output { pid, stderr, line } => {
+            let stream = if stderr { "stderr" } else { "stdout" };
+            tracing::info!(target: "tokio_multiprocessing::worker", host = %a.host, pid, stream, "{line}");
+        }
         FromAgent::Spawned { token, pid } => {
             if let Some(w) = a.workers.get_mut(&token) {
                 w.pid = Some(pid);

@@ -9,7 +9,7 @@
 //! local worker; for a remote one the agent reads it once the worker is dead and reports
 //! it, and while it lives every task it holds may have started).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -198,6 +198,19 @@ pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<Work
 pub(crate) struct HostWorker {
     process: Process,
     mark: StartedMark,
+    /// The read ends of the worker's stdout and stderr, until taken.
+    output: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// The target of a cluster's pool worker: its stdout and stderr go to the pipes its agent
+/// reads (and forwards to the head), then it is a pool worker like any other.
+fn host_worker_main(sock: Fd, started: Fd, stdout: Fd, stderr: Fd) {
+    for (fd, target) in [(stdout, 1), (stderr, 2)] {
+        if let Err(e) = sys::redirect_std(fd.into_owned().as_fd(), target) {
+            tracing::debug!("a cluster worker keeps its descriptor {target}: {e}");
+        }
+    }
+    worker::worker_main(sock, started);
 }
 
 impl HostWorker {
@@ -205,12 +218,26 @@ impl HostWorker {
     pub(crate) async fn start(link: OwnedFd) -> Result<HostWorker> {
         let mark = StartedMark::new()?;
         let theirs = Fd::from(sys::dup_fd(mark.fd())?);
-        let process = Process::new(worker::worker_main, (Fd::from(link), theirs))
-            .name("ClusterWorker")
-            .daemon(true)
-            .start()
-            .await?;
-        Ok(HostWorker { process, mark })
+        let (out_r, out_w) = sys::pipe()?;
+        let (err_r, err_w) = sys::pipe()?;
+        let process = Process::new(
+            host_worker_main,
+            (Fd::from(link), theirs, Fd::from(out_w), Fd::from(err_w)),
+        )
+        .name("ClusterWorker")
+        .daemon(true)
+        .start()
+        .await?;
+        Ok(HostWorker {
+            process,
+            mark,
+            output: Some((out_r, err_r)),
+        })
+    }
+
+    /// The read ends of the worker's stdout and stderr (once).
+    pub(crate) fn take_output(&mut self) -> Option<(OwnedFd, OwnedFd)> {
+        self.output.take()
     }
 
     pub(crate) fn pid(&self) -> u32 {
