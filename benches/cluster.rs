@@ -208,7 +208,13 @@ async fn run() -> Result<(), BoxError> {
     let n = support::runs(5);
     {
         let (_cluster, pool) = cluster_pool(&net, 1, 1).await?;
-        let local = mp::Pool::new(1).await?;
+        // The local pool as it is by default (it spins while a core is spare), or as the
+        // cluster pool is (no spin) with CLUSTER_BENCH_LOCAL_NO_SPIN=1.
+        let mut local = mp::Pool::builder().processes(1);
+        if std::env::var_os("CLUSTER_BENCH_LOCAL_NO_SPIN").is_some() {
+            local = local.spin(Duration::ZERO);
+        }
+        let local = local.build().await?;
         let (mut pool_runs, mut tcp_runs, mut local_runs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
             pool_runs.push(apply_round_trip(&pool, 2000).await?);
