@@ -17,6 +17,10 @@ pub enum ExitCause {
     Code(i32),
     /// The process was killed by this signal (Python reports it as exit code `-signal`).
     Signal(i32),
+    /// The process ran on another host of a [`Cluster`](crate::Cluster) that stopped
+    /// answering (frozen, unplugged, its agent gone): whether the process still runs there
+    /// is unknown, and nothing it sends is taken any more.
+    HostLost,
 }
 
 impl ExitCause {
@@ -38,6 +42,7 @@ impl fmt::Display for ExitCause {
                 Some(name) => write!(f, "signal {s} ({name})"),
                 None => write!(f, "signal {s}"),
             },
+            ExitCause::HostLost => f.write_str("its host stopped answering"),
         }
     }
 }
@@ -306,8 +311,13 @@ pub struct TaskError {
 enum Repr {
     /// What the worker reported.
     Failed(TaskFailure),
-    /// The worker died before it answered.
-    WorkerLost { pid: u32, cause: ExitCause },
+    /// The worker died before it answered; `host` names its host when it ran on another
+    /// host of a cluster.
+    WorkerLost {
+        pid: u32,
+        cause: ExitCause,
+        host: Option<Arc<str>>,
+    },
     /// The task ran past its timeout; its worker was killed.
     TimedOut { pid: u32, timeout: Duration },
     /// The caller cancelled it.
@@ -354,9 +364,14 @@ impl TaskError {
         TaskError::new(Repr::Failed(f))
     }
 
-    /// A task whose worker `pid` died (`cause`) before answering.
-    pub(crate) fn worker_lost(pid: u32, cause: ExitCause) -> TaskError {
-        TaskError::new(Repr::WorkerLost { pid, cause })
+    /// A task whose worker `pid` on `host` (a cluster's host, or `None` for this machine)
+    /// died (`cause`) before answering.
+    pub(crate) fn worker_lost_on(host: Option<&Arc<str>>, pid: u32, cause: ExitCause) -> TaskError {
+        TaskError::new(Repr::WorkerLost {
+            pid,
+            cause,
+            host: host.cloned(),
+        })
     }
 
     /// A task that ran past `timeout` in worker `pid`, which was killed.
@@ -459,6 +474,15 @@ impl TaskError {
         }
     }
 
+    /// The host of the worker that died while running the task, when it ran on another
+    /// host of a [`Cluster`](crate::Cluster) (`None` for a worker on this machine).
+    pub fn worker_host(&self) -> Option<&str> {
+        match &*self.repr {
+            Repr::WorkerLost { host, .. } => host.as_deref(),
+            _ => None,
+        }
+    }
+
     /// How the worker that ran the task ended, if it died first.
     pub fn exit_cause(&self) -> Option<ExitCause> {
         match *self.repr {
@@ -523,10 +547,24 @@ impl fmt::Display for TaskError {
             ),
             Repr::Failed(TaskFailure::Refused(m)) => write!(f, "the worker refused the task: {m}"),
             Repr::Failed(TaskFailure::Cancelled) | Repr::Cancelled => f.write_str("task cancelled"),
-            Repr::WorkerLost { pid, cause } => {
+            Repr::WorkerLost {
+                pid,
+                cause,
+                host: None,
+            } => {
                 write!(
                     f,
                     "worker process {pid} died ({cause}) before the task finished"
+                )
+            }
+            Repr::WorkerLost {
+                pid,
+                cause,
+                host: Some(host),
+            } => {
+                write!(
+                    f,
+                    "worker process {pid} on host {host} was lost ({cause}) before the task finished"
                 )
             }
             Repr::TimedOut { pid, timeout } => write!(
@@ -547,7 +585,7 @@ impl fmt::Debug for TaskError {
         }
         match &*self.repr {
             Repr::Failed(failure) => d.field("failed", failure),
-            Repr::WorkerLost { pid, cause } => d.field("worker_lost", &(pid, cause)),
+            Repr::WorkerLost { pid, cause, host } => d.field("worker_lost", &(pid, cause, host)),
             Repr::TimedOut { pid, timeout } => d.field("timed_out", &(pid, timeout)),
             Repr::Cancelled => d.field("cancelled", &true),
             Repr::PoolClosed => d.field("pool_closed", &true),

@@ -9,6 +9,8 @@
 //! lists, namespaces, queues, locks, events, barriers...) and your own ([`Managed`]), to the
 //! processes it starts or, by address and key, to any process on any machine
 //! ([`Manager::builder`], [`Manager::connect`]).
+//! A [`Cluster`] gives a pool workers on other machines, started by ssh, Slurm or any
+//! engine (see [`launch`]) and dialling back over TCP.
 //!
 //! Children run the same executable; each takes its role before `main` (see [`init`]), so
 //! neither a program nor its tests need any set-up line:
@@ -42,8 +44,10 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod connection;
 mod error;
+pub mod launch;
 mod listener;
 mod manager;
 mod on_drop;
@@ -58,6 +62,7 @@ mod task;
 mod wait;
 mod wire;
 
+pub use cluster::{Cluster, ClusterBuilder};
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};

@@ -372,7 +372,7 @@ fn auth_err(message: impl Into<String>) -> Error {
 
 /// Runs the exchange: the listener challenges first, then answers; the client the reverse.
 /// Messages longer than [`MAX_AUTH_MESSAGE`] are refused as soon as their header is in.
-async fn authenticate(s: &Framed, key: &[u8], listener: bool) -> Result<()> {
+pub(crate) async fn authenticate(s: &Framed, key: &[u8], listener: bool) -> Result<()> {
     authenticate_within(s, key, listener, AUTH_TIMEOUT).await
 }
 

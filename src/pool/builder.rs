@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::scheduler::{self, Scheduler};
 use super::stats::Counters;
 use super::{LastHandle, Pool, Shared, spawn};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
 use crate::sys;
@@ -28,6 +29,10 @@ pub(super) struct Config {
     /// The CPUs this process may run on: the pool's own processes spin only on spare ones.
     pub(super) cores: usize,
     pub(super) print_panics: bool,
+    /// The cluster whose hosts run the workers; `None` for workers on this machine.
+    pub(super) cluster: Option<Cluster>,
+    /// How many times a task may run again when a worker dies while it may run it.
+    pub(super) retries_on_worker_loss: u32,
 }
 
 /// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
@@ -41,8 +46,11 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     concurrency: usize,
     start_timeout: Duration,
-    spin: Duration,
+    /// `None`: the default for where the workers run.
+    spin: Option<Duration>,
     print_panics: bool,
+    cluster: Option<Cluster>,
+    retries_on_worker_loss: u32,
 }
 
 impl PoolBuilder {
@@ -56,9 +64,39 @@ impl PoolBuilder {
             task_timeout: None,
             concurrency: 1,
             start_timeout: crate::Process::DEFAULT_START_TIMEOUT,
-            spin: Pool::DEFAULT_SPIN,
+            spin: None,
             print_panics: false,
+            cluster: None,
+            retries_on_worker_loss: 0,
         }
+    }
+
+    /// Runs a task again, up to `n` times, when the worker running it dies (or its host
+    /// is lost) before it answers, instead of failing it with
+    /// [`TaskError::is_worker_lost`](crate::TaskError::is_worker_lost); the default is 0.
+    ///
+    /// This gives up at-most-once: a task may then run more than once, in part or in full
+    /// (a lost host may even have finished it), so use it only for idempotent tasks. A
+    /// task that times out or is cancelled is never run again.
+    pub fn retries_on_worker_loss(mut self, n: u32) -> Self {
+        self.retries_on_worker_loss = n;
+        self
+    }
+
+    /// Runs the workers on the hosts of `cluster` instead of this machine; the pool's API
+    /// is unchanged. The default number of processes is then the cluster's: its launcher's
+    /// hosts times its workers per host (or the room of the agents connected). The start
+    /// method does not apply (agents start workers with their own default).
+    ///
+    /// A task whose arguments hold descriptors (a local `Queue`, `Event`, `Pipe` or
+    /// [`Fd`](crate::Fd)) fails at submission: descriptors cannot cross to another host
+    /// (share state through a remote [`Manager`](crate::Manager)). A worker lost with its
+    /// host fails the tasks it may have started with a [`TaskError`](crate::TaskError) that
+    /// names the host ([`TaskError::worker_host`](crate::TaskError::worker_host)); the
+    /// tasks it held and never started are sent to another worker.
+    pub fn cluster(mut self, cluster: &Cluster) -> Self {
+        self.cluster = Some(cluster.clone());
+        self
     }
 
     /// The number of worker processes (Python's `processes`); the default is the number of
@@ -137,9 +175,11 @@ impl PoolBuilder {
     /// each one, and the pool spins up to `spin` for the next answer after each one,
     /// yielding to the other tasks of its runtime as it does. This roughly halves the round
     /// trip of one `apply` after another, at the cost of up to `spin` of CPU time each time
-    /// a process goes idle. Spinning is off on a machine with a single core.
+    /// a process goes idle. Spinning is off on a machine with a single core, and by default
+    /// for a pool on a [`cluster`](Self::cluster): this machine's spare cores say nothing of
+    /// the hosts', and a network round trip is long beside a wake-up.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+        self.spin = Some(spin);
         self
     }
 
@@ -209,15 +249,26 @@ impl PoolBuilder {
                 ));
             }
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => match &self.cluster {
+                Some(c) => c.capacity(),
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         };
+        let init = self.init.transpose()?;
+        if self.cluster.is_some() && init.as_ref().is_some_and(|(_, a)| !a.fds.is_empty()) {
+            return Err(Error::InvalidArgument(
+                "the initializer's arguments hold descriptors, which cannot cross to another \
+                 host of a cluster; share state through a remote Manager"
+                    .into(),
+            ));
+        }
         if self.maxtasksperchild == Some(0) {
             return Err(Error::InvalidArgument(
                 "maxtasksperchild must be at least 1 (or not set)".into(),
             ));
         }
         let method = self.method.unwrap_or_else(crate::get_start_method);
-        if method != StartMethod::Fork {
+        if method != StartMethod::Fork && self.cluster.is_none() {
             // Spawned and fork-server workers are started from the launcher thread: it
             // starts while the workers' setup is prepared.
             crate::start::warm_launcher();
@@ -225,15 +276,23 @@ impl PoolBuilder {
         let cfg = Arc::new(Config {
             processes,
             method,
-            init: self.init.transpose()?,
+            init,
             maxtasksperchild: self.maxtasksperchild,
             concurrency: self.concurrency,
             start_timeout: self.start_timeout,
             // On a single core, a process that spins only delays the one it waits for.
-            spin: if cores > 1 { self.spin } else { Duration::ZERO },
+            spin: match (self.spin, &self.cluster) {
+                _ if cores <= 1 => Duration::ZERO,
+                (Some(spin), _) => spin,
+                (None, None) => Pool::DEFAULT_SPIN,
+                (None, Some(_)) => Duration::ZERO,
+            },
             cores,
             print_panics: self.print_panics,
+            cluster: self.cluster,
+            retries_on_worker_loss: self.retries_on_worker_loss,
         });
+        let remote = cfg.cluster.is_some();
         // All the workers start at once; the pool serves as soon as one is ready, and the
         // others join it as they come (Python's `Pool()` does not wait for its workers).
         // A failed initializer in the first to finish fails `build`, and the others, their
@@ -283,6 +342,7 @@ impl PoolBuilder {
             processes,
             task_timeout: self.task_timeout,
             counters,
+            remote,
         });
         Ok(Pool {
             _last: Arc::new(LastHandle(shared.clone())),

@@ -11,9 +11,9 @@ use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::proto::Reply;
+use super::remote::{Ended, Killer, Life};
 use super::scheduler::{Event, Replies, take_reply};
 use crate::error::TaskError;
-use crate::process::{KillHandle, Process};
 use crate::wire::{Frame, FrameBuf, Framed};
 
 /// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
@@ -22,7 +22,7 @@ use crate::wire::{Frame, FrameBuf, Framed};
 pub(super) async fn write_worker(
     writer: Arc<Framed>,
     mut rx: UnboundedReceiver<FrameBuf>,
-    killer: KillHandle,
+    killer: Killer,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
@@ -47,12 +47,14 @@ pub(super) async fn write_worker(
 /// A sent frame this large is dropped on a blocking thread.
 const LARGE_FRAME: usize = 1 << 20;
 
-/// Forwards a worker's answers, then its exit (seen at once on its pidfd). While `spin`
-/// allows, it waits actively, up to `limit` after each answer, for the next one.
+/// Forwards a worker's answers, then its exit (seen at once on its pidfd, or reported by
+/// its host's agent). While `spin` allows, it waits actively, up to `limit` after each
+/// answer, for the next one. Nothing from a worker whose host was declared lost is taken
+/// after that: its tasks are failed by then, and a late answer is dropped.
 pub(super) async fn read_worker(
     wid: u64,
     rd: Arc<Framed>,
-    mut process: Process,
+    (mut life, killer): (Life, Killer),
     events: UnboundedSender<Event>,
     replies: Replies,
     (spin, limit): (Arc<AtomicBool>, Duration),
@@ -102,7 +104,11 @@ pub(super) async fn read_worker(
             None => tokio::select! {
                 biased;
                 r = rd.recv() => r,
-                _ = process.join() => {
+                ended = life.join() => {
+                    if matches!(ended, Ended::HostLost) {
+                        let _ = events.send(Event::Exited { wid, cause: ended.cause() });
+                        return;
+                    }
                     // Dead: take in what it sent before dying, then report.
                     while let Ok(Ok(frame)) =
                         tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
@@ -111,14 +117,15 @@ pub(super) async fn read_worker(
                             break;
                         }
                     }
-                    break;
+                    let _ = events.send(Event::Exited { wid, cause: ended.cause() });
+                    return;
                 }
             },
         };
         match r {
             Ok(frame) => {
                 if !forward(frame) {
-                    let _ = process.kill();
+                    life.kill(&killer);
                     break;
                 }
                 last_answer = Some(std::time::Instant::now());
@@ -126,13 +133,16 @@ pub(super) async fn read_worker(
             Err(_) => break,
         }
     }
-    let code = match tokio::time::timeout(Duration::from_secs(5), process.join()).await {
+    let ended = match tokio::time::timeout(Duration::from_secs(5), life.join()).await {
         Ok(r) => r,
         Err(_) => {
             // It closed its socket but lives on: it is of no use any more.
-            let _ = process.kill();
-            process.join().await
+            life.kill(&killer);
+            life.join().await
         }
     };
-    let _ = events.send(Event::Exited { wid, code });
+    let _ = events.send(Event::Exited {
+        wid,
+        cause: ended.cause(),
+    });
 }

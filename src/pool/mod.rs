@@ -17,6 +17,7 @@ mod map_result;
 mod off_thread;
 mod payload;
 mod proto;
+mod remote;
 mod scheduler;
 mod slot;
 mod spawn;
@@ -40,6 +41,7 @@ pub use builder::PoolBuilder;
 pub use imap::IMap;
 pub use map::Map;
 pub use map_result::MapResult;
+pub(crate) use remote::HostWorker;
 
 use self::imap::NextChunk;
 use self::map::collect_items;
@@ -77,6 +79,8 @@ struct Shared {
     processes: usize,
     task_timeout: Option<Duration>,
     counters: Arc<Counters>,
+    /// Whether the workers are on other hosts (arguments may not hold descriptors).
+    remote: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -102,7 +106,14 @@ impl Shared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let payload = payload.map(Into::into);
-        let job = match checked_job(id, entry, payload, timeout.or(self.task_timeout), tx) {
+        let job = match checked_job(
+            id,
+            entry,
+            payload,
+            timeout.or(self.task_timeout),
+            tx,
+            self.remote,
+        ) {
             Ok(job) => job,
             Err((_, e)) => return AsyncResult::failed(e),
         };
@@ -118,18 +129,28 @@ type Reply = oneshot::Sender<scheduler::Outcome>;
 
 /// Task `id` with its arguments, checked; arguments that cannot fit in a frame fail here,
 /// before anything is queued (the scheduler checks the whole frame again, head included,
-/// before sending it). On failure, the reply is given back with the error.
+/// before sending it), and so do arguments holding descriptors on a pool whose workers may
+/// be on other hosts (`remote`). On failure, the reply is given back with the error.
 fn checked_job(
     id: u64,
     entry: Entry,
     payload: Result<Payload>,
     timeout: Option<Duration>,
     reply: Reply,
+    remote: bool,
 ) -> std::result::Result<Job, (Reply, TaskError)> {
     let payload = match payload {
         Ok(p) => p,
         Err(e) => return Err((reply, TaskError::local(e))),
     };
+    if remote && payload.has_fds() {
+        let e = Error::InvalidArgument(
+            "the task's arguments hold descriptors (a local Queue, Event, Pipe or Fd), which \
+             cannot cross to another host of a cluster; share state through a remote Manager"
+                .into(),
+        );
+        return Err((reply, TaskError::local(e)));
+    }
     let max = crate::wire::max_frame_size();
     if payload.len() > max {
         let e = Error::FrameTooLarge {
@@ -144,6 +165,7 @@ fn checked_job(
         is_async: entry.is_async,
         payload,
         timeout,
+        retries: 0,
         reply: Some(reply),
     })
 }

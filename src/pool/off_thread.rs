@@ -54,10 +54,14 @@ impl Shared {
             return AsyncResult::failed(TaskError::pool_closed());
         }
         let (tx, rx) = oneshot::channel();
-        let (cmds, timeout) = (self.cmds.clone(), timeout.or(self.task_timeout));
+        let (cmds, timeout, remote) = (
+            self.cmds.clone(),
+            timeout.or(self.task_timeout),
+            self.remote,
+        );
         runtime.spawn_blocking(move || {
             let payload = Encoded::new(&args).map(Payload::from);
-            let job = match checked_job(id, entry, payload, timeout, tx) {
+            let job = match checked_job(id, entry, payload, timeout, tx, remote) {
                 Ok(job) => Some(job),
                 Err((tx, e)) => {
                     let _ = tx.send(Err(e));

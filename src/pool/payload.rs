@@ -42,6 +42,11 @@ impl Payload {
         })
     }
 
+    /// Whether the arguments hold descriptors.
+    pub(super) fn has_fds(&self) -> bool {
+        !self.head.fds.is_empty()
+    }
+
     /// The size of the arguments in a frame, in bytes.
     pub(super) fn len(&self) -> usize {
         self.head.bytes.len() + self.shared.as_ref().map_or(0, |s| s.as_slice().len())

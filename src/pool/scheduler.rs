@@ -61,6 +61,9 @@ pub(super) struct Job {
     pub(super) is_async: bool,
     pub(super) payload: Payload,
     pub(super) timeout: Option<Duration>,
+    /// How many more times it may run again if a worker dies while it may be running it
+    /// (see [`PoolBuilder::retries_on_worker_loss`](super::PoolBuilder::retries_on_worker_loss)).
+    pub(super) retries: u32,
     /// Where the answer goes; `None` once it is in [`Replies`] (a task sent again after
     /// its worker died).
     pub(super) reply: Option<oneshot::Sender<Outcome>>,
@@ -114,7 +117,7 @@ pub(super) enum Event {
     },
     Exited {
         wid: u64,
-        code: Result<i32>,
+        cause: ExitCause,
     },
     Started(Result<WorkerConn>),
 }
@@ -128,8 +131,9 @@ struct Running {
     /// Whether the worker has (as far as we know) started it.
     started: bool,
     /// The arguments, kept while the task waits in a worker so it can be sent again if
-    /// that worker dies before starting it.
+    /// that worker dies before starting it (and while it runs, if it may be retried).
     copy: Option<Payload>,
+    retries: u32,
     deadline: Option<Instant>,
 }
 
@@ -339,7 +343,7 @@ impl Scheduler {
         tokio::spawn(read_worker(
             wid,
             w.reader,
-            w.process,
+            (w.life, w.killer.clone()),
             self.events_tx.clone(),
             self.replies.clone(),
             (self.spin.clone(), self.cfg.spin),
@@ -348,6 +352,7 @@ impl Scheduler {
             wid,
             Slot {
                 pid: w.pid,
+                host: w.host,
                 killer: w.killer,
                 tx,
                 started: w.started,
@@ -361,7 +366,8 @@ impl Scheduler {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Submit(job) => {
+            Cmd::Submit(mut job) => {
+                job.retries = self.cfg.retries_on_worker_loss;
                 if self.phase != Phase::Open {
                     self.answer_job(job, Err(TaskError::pool_closed()));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
@@ -374,8 +380,11 @@ impl Scheduler {
             Cmd::Expect(id) => {
                 self.expected.insert(id, false);
             }
-            Cmd::Expected { id, job } => {
+            Cmd::Expected { id, mut job } => {
                 let cancelled = self.expected.remove(&id).unwrap_or(false);
+                if let Some(job) = &mut job {
+                    job.retries = self.cfg.retries_on_worker_loss;
+                }
                 match job {
                     None => {}
                     Some(job) if cancelled => self.answer_job(job, Err(TaskError::cancelled())),
@@ -529,7 +538,7 @@ impl Scheduler {
                 }
                 self.mark_started(wid);
             }
-            Event::Exited { wid, code } => self.on_exit(wid, code),
+            Event::Exited { wid, cause } => self.on_exit(wid, cause),
             Event::Started(Ok(w)) => {
                 self.starting -= 1;
                 self.start_failures = 0;
@@ -593,7 +602,9 @@ impl Scheduler {
             if let Some(run) = self.in_flight.get_mut(id) {
                 if !run.started {
                     run.started = true;
-                    run.copy = None;
+                    if run.retries == 0 {
+                        run.copy = None;
+                    }
                     if let Some(t) = run.timeout {
                         let d = Instant::now() + t;
                         run.deadline = Some(d);
@@ -605,19 +616,16 @@ impl Scheduler {
         }
     }
 
-    fn on_exit(&mut self, wid: u64, code: Result<i32>) {
+    fn on_exit(&mut self, wid: u64, cause: ExitCause) {
         let Some(slot) = self.workers.remove(&wid) else {
             return;
-        };
-        let cause = match code {
-            Ok(c) => ExitCause::from_exitcode(c),
-            Err(_) => ExitCause::Signal(sys::SIGKILL),
         };
         if slot.draining {
             tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
         } else {
             tracing::warn!(
                 pid = slot.pid,
+                host = slot.host.as_deref().unwrap_or("local"),
                 %cause,
                 tasks_held = slot.load(),
                 "pool worker died; it is replaced"
@@ -636,7 +644,7 @@ impl Scheduler {
                 self.deadlines.remove(&(d, *id));
             }
             // The worker is dead, so its started mark is final: a task it may have started
-            // is never sent again.
+            // is never sent again, unless the caller allowed retries.
             let never_started = !run.is_async && !slot.may_have_started(*id);
             match (never_started, run.copy) {
                 (true, Some(payload)) => requeue.push(Job {
@@ -645,10 +653,24 @@ impl Scheduler {
                     is_async: run.is_async,
                     payload,
                     timeout: run.timeout,
+                    retries: run.retries,
                     reply: None,
                 }),
+                (false, Some(payload)) if run.retries > 0 => {
+                    tracing::debug!(id, pid = slot.pid, "running a lost worker's task again");
+                    requeue.push(Job {
+                        id: *id,
+                        entry: run.entry,
+                        is_async: run.is_async,
+                        payload,
+                        timeout: run.timeout,
+                        retries: run.retries - 1,
+                        reply: None,
+                    });
+                }
                 _ => {
-                    self.answer(*id, Err(TaskError::worker_lost(slot.pid, cause)));
+                    let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause);
+                    self.answer(*id, Err(e));
                 }
             }
         }
@@ -751,7 +773,7 @@ impl Scheduler {
             return;
         };
         let started = job.is_async || slot.sync.is_empty();
-        let copy = if started {
+        let copy = if started && job.retries == 0 {
             None
         } else {
             job.payload.try_clone().ok()
@@ -783,11 +805,12 @@ impl Scheduler {
         if slot.tx.send(frame).is_err() {
             // The writer is gone (it killed the worker): its exit will be reported.
             slot.kill();
-            let pid = slot.pid;
-            self.answer(
-                job.id,
-                Err(TaskError::worker_lost(pid, ExitCause::Signal(sys::SIGKILL))),
+            let e = TaskError::worker_lost_on(
+                slot.host.clone().as_ref(),
+                slot.pid,
+                ExitCause::Signal(sys::SIGKILL),
             );
+            self.answer(job.id, Err(e));
             return;
         }
         slot.sent += 1;
@@ -813,6 +836,7 @@ impl Scheduler {
                 timeout: job.timeout,
                 started,
                 copy,
+                retries: job.retries,
                 deadline,
             },
         );

@@ -5,17 +5,20 @@ use std::collections::VecDeque;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::started::StartedMark;
-use crate::process::KillHandle;
+use std::sync::Arc;
+
+use super::remote::{Killer, Mark};
 use crate::wire::FrameBuf;
 
 /// One worker of the pool.
 pub(super) struct Slot {
     pub(super) pid: u32,
-    pub(super) killer: KillHandle,
+    /// Its host, for a worker on another host of a cluster.
+    pub(super) host: Option<Arc<str>>,
+    pub(super) killer: Killer,
     pub(super) tx: UnboundedSender<FrameBuf>,
     /// Where the worker marks each synchronous task as it starts it.
-    pub(super) started: StartedMark,
+    pub(super) started: Mark,
     /// Synchronous tasks sent, oldest first: the first one still in flight is running.
     pub(super) sync: VecDeque<u64>,
     pub(super) asyncs: Vec<u64>,
@@ -31,9 +34,13 @@ impl Slot {
 
     /// Whether the worker may have started synchronous task `id`: it has marked that task,
     /// or one sent after it, as started. Exact once the worker is dead; while it lives, a
-    /// `false` may turn `true` at any moment.
+    /// `false` may turn `true` at any moment. For a remote worker, it is known only once the
+    /// worker's agent has reported its death: until then every task it holds may have
+    /// started.
     pub(super) fn may_have_started(&self, id: u64) -> bool {
-        let last = self.started.last();
+        let Some(last) = self.started.last() else {
+            return true;
+        };
         let pos = |x: u64| self.sync.iter().position(|&y| y == x);
         match (pos(id), pos(last)) {
             (Some(i), Some(l)) => i <= l,
@@ -55,6 +62,8 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::started::StartedMark;
+    use crate::process::KillHandle;
 
     fn slot(sync: &[u64], started: &StartedMark) -> Slot {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -62,9 +71,10 @@ mod tests {
             StartedMark::from_fd(crate::sys::dup_fd(started.fd()).expect("dup")).expect("map");
         Slot {
             pid: 1,
-            killer: KillHandle::detached(),
+            host: None,
+            killer: Killer::Local(KillHandle::detached()),
             tx,
-            started: region,
+            started: Mark::Local(region),
             sync: sync.iter().copied().collect(),
             asyncs: Vec::new(),
             sent: sync.len(),

@@ -11,11 +11,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::builder::Config;
 use super::payload::clone_encoded;
 use super::proto::{Setup, SetupReply};
+use super::remote::{Killer, Life, Mark, start_remote};
 use super::scheduler::Event;
 use super::started::StartedMark;
 use super::worker;
 use crate::error::{Error, Result};
-use crate::process::{KillHandle, Process};
+use crate::process::Process;
 use crate::sys;
 use crate::wire::{Fd, FrameBuf, Framed, Hello};
 
@@ -27,12 +28,31 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// A started worker, before the scheduler takes it.
 pub(super) struct WorkerConn {
     pub(super) pid: u32,
-    pub(super) killer: KillHandle,
-    pub(super) process: Process,
+    /// Its host, for a worker on another host of a cluster.
+    pub(super) host: Option<Arc<str>>,
+    pub(super) killer: Killer,
+    pub(super) life: Life,
     /// The worker's link, for the reader task and the writer task (the same socket).
     pub(super) reader: Arc<Framed>,
     pub(super) writer: Arc<Framed>,
-    pub(super) started: StartedMark,
+    pub(super) started: Mark,
+}
+
+/// The setup frame for a worker of `cfg`: the hello, the initializer and its arguments.
+pub(super) fn setup_frame(cfg: &Config) -> Result<FrameBuf> {
+    let mut frame = FrameBuf::of(&Setup {
+        hello: Hello::ours(),
+        init: cfg
+            .init
+            .as_ref()
+            .map(|(e, _)| crate::task::process_entry_offset(*e)),
+        spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
+        print_panics: cfg.print_panics,
+    })?;
+    if let Some((_, args)) = &cfg.init {
+        frame.push_encoded(clone_encoded(args)?);
+    }
+    Ok(frame)
 }
 
 /// Starts one worker: a child process running `worker::worker_main` on one end of a socket
@@ -49,18 +69,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         }
     }
     let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut frame = FrameBuf::of(&Setup {
-        hello: Hello::ours(),
-        init: cfg
-            .init
-            .as_ref()
-            .map(|(e, _)| crate::task::process_entry_offset(*e)),
-        spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
-        print_panics: cfg.print_panics,
-    })?;
-    if let Some((_, args)) = &cfg.init {
-        frame.push_encoded(clone_encoded(args)?);
-    }
+    let frame = setup_frame(cfg)?;
     // A small setup goes out first: it waits in the socket while the child starts, so the
     // child finds it as soon as its bootstrap is done. A large one (big initializer
     // arguments) could fill the socket before anyone reads it: it goes out after the start.
@@ -117,11 +126,12 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         Ok(SetupReply::Ready) => {
             return Ok(WorkerConn {
                 pid,
-                killer,
+                host: None,
+                killer: Killer::Local(killer),
                 reader: link.clone(),
                 writer: link,
-                process,
-                started,
+                life: Life::Local(process),
+                started: Mark::Local(started),
             });
         }
         Ok(SetupReply::InitFailed(message)) => {
@@ -148,6 +158,10 @@ pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>, de
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let _ = ev.send(Event::Started(start_worker(&cfg).await));
+        let started = match &cfg.cluster {
+            None => start_worker(&cfg).await,
+            Some(cluster) => start_remote(&cfg, cluster).await,
+        };
+        let _ = ev.send(Event::Started(started));
     });
 }

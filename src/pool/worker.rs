@@ -26,7 +26,7 @@
 //! by it.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ use super::started::StartedMark;
 use crate::error::{Error, Result, TaskFailure};
 use crate::sys::{self, SameBinary};
 use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
-use crate::wire::{Encoded, Fd, Frame, FrameBuf, Framed};
+use crate::wire::{Encoded, Fd, Frame, FrameBuf, Framed, Transport};
 
 /// The most answers a worker sends in one write.
 const MAX_BATCH: usize = 64;
@@ -388,7 +388,9 @@ struct Start {
 /// Reads the setup frame and checks it, without a runtime (blocking). Without an initializer
 /// the worker answers `Ready` at once: the pool hears it while the runtime is built.
 fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
-    let link = Framed::unix(sock)?;
+    // A Unix socket from a local pool, or a TCP socket to a cluster's head.
+    let transport = Transport::of(sock.as_fd())?;
+    let link = Framed::new(sock, transport)?;
     let mut frame = link.recv_blocking()?;
     let setup: Setup = frame.decode_head()?;
     crate::task::record_panics(setup.print_panics);

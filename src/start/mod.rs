@@ -83,13 +83,15 @@ pub fn init() {
         crate::sys::clear_env_var(ENV_BOOT.as_ref());
         bootstrap::run_from_env(&value)
     }
+    // A program a cluster's launcher started as a host agent.
+    crate::cluster::run_if_agent();
 }
 
 /// The child's role taken before `main`, from the executable's constructor
-/// (`sys::constructor`): a process started as a child runs its target here and exits.
-/// Any other process returns at once, untouched.
+/// (`sys::constructor`): a process started as a child, or launched as a cluster's host
+/// agent, runs its role here and exits. Any other process returns at once, untouched.
 pub(crate) fn before_main() {
-    if std::env::var_os(ENV_BOOT).is_none() {
+    if std::env::var_os(ENV_BOOT).is_none() && !crate::cluster::launched_as_agent() {
         return;
     }
     // Rust's start-up has not ignored SIGPIPE yet, and will not run in this process.

@@ -496,6 +496,25 @@ pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
     Ok(())
 }
 
+/// Points standard descriptor `target` (1 for stdout, 2 for stderr) at `fd`.
+pub(crate) fn redirect_std(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if !(0..=2).contains(&target) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut std_fd = std::mem::ManuallyDrop::new(
+        // SAFETY: `target` is 0, 1 or 2, only borrowed as the target of dup2, which replaces
+        // it atomically; ManuallyDrop keeps this wrapper from closing it afterwards.
+        unsafe { OwnedFd::from_raw_fd(target) },
+    );
+    nix::unistd::dup2(fd, &mut std_fd)?;
+    Ok(())
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
 /// The name of signal `n` (`"SIGTERM"`), if it is one.
 pub(crate) fn signal_name(n: i32) -> Option<&'static str> {
     Signal::try_from(n).ok().map(Signal::as_str)

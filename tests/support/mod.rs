@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+pub mod netns;
 pub mod process;
 
 /// How long any one test may take.

@@ -1,0 +1,342 @@
+//! The host agent: what [`init`](crate::init) runs when the program was started by a
+//! launcher with [`AGENT_FLAG`](super::AGENT_FLAG).
+//!
+//! It dials the head, answers and makes the challenge, says hello, then does what the head
+//! asks: for each spawn it dials a worker link, starts a pool worker on it with the local
+//! machinery, reports its pid, and once it is dead reports its exit code and the last task
+//! its started mark shows. It kills its workers and exits when the head's connection
+//! closes, when the head is silent for the head deadline, or when told.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use super::key;
+use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
+use crate::error::Result;
+use crate::process::KillHandle;
+use crate::sys;
+use crate::wire::{FrameBuf, Framed, Hello, Transport};
+
+/// How long an agent keeps trying to reach the head when it starts.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The exit code of an agent that could not join the head (refused, wrong key, unreachable).
+const JOIN_FAILED: i32 = 2;
+
+/// The exit code of an agent that lost the head (silent past the deadline).
+const HEAD_LOST: i32 = 3;
+
+/// What the launcher put on the agent's command line.
+struct Args {
+    address: String,
+    workers: usize,
+    id: String,
+}
+
+/// Whether this process was launched as a host agent (its first argument is the agent flag).
+pub(crate) fn launched_as_agent() -> bool {
+    std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == super::AGENT_FLAG)
+}
+
+/// Runs the agent and exits if this process was launched as one; returns otherwise.
+pub(crate) fn run_if_agent() {
+    if !launched_as_agent() {
+        return;
+    }
+    // After the program's name and the flag.
+    let mut argv = std::env::args().skip(2);
+    let (Some(address), Some(workers), id) = (argv.next(), argv.next(), argv.next()) else {
+        fail(
+            JOIN_FAILED,
+            "usage: <exe> --tokio-multiprocessing-agent <address> <workers> [<id>]",
+        )
+    };
+    let Ok(workers) = workers.parse::<usize>() else {
+        fail(
+            JOIN_FAILED,
+            format!("the number of workers {workers:?} is not a number"),
+        )
+    };
+    let args = Args {
+        address,
+        workers,
+        id: id.unwrap_or_default(),
+    };
+    let key = match read_key() {
+        Ok(k) => k,
+        Err(e) => fail(JOIN_FAILED, e),
+    };
+    let run = move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => fail(JOIN_FAILED, format!("cannot build a runtime: {e}")),
+        };
+        rt.block_on(serve(args, key))
+    };
+    // Inside `#[tokio::main]` a runtime exists already on this thread: the agent's own runs
+    // on a thread of its own.
+    let code = if tokio::runtime::Handle::try_current().is_ok() {
+        match std::thread::Builder::new()
+            .name("host-agent".into())
+            .spawn(run)
+        {
+            Ok(t) => t.join().unwrap_or(JOIN_FAILED),
+            Err(e) => fail(JOIN_FAILED, format!("cannot start the agent's thread: {e}")),
+        }
+    } else {
+        run()
+    };
+    sys::flush_std_streams();
+    std::process::exit(code)
+}
+
+fn fail(code: i32, message: impl std::fmt::Display) -> ! {
+    eprintln!(
+        "tokio-multiprocessing host agent {}: {message}",
+        sys::current_pid()
+    );
+    sys::flush_std_streams();
+    std::process::exit(code)
+}
+
+/// The key: from the environment (then removed from it, so the workers do not inherit
+/// it), else the first line of stdin.
+fn read_key() -> Result<Vec<u8>> {
+    if let Some(hex) = std::env::var_os(super::AUTHKEY_ENV) {
+        sys::clear_env_var(super::AUTHKEY_ENV.as_ref());
+        let hex = hex.to_str().map(str::to_string).unwrap_or_default();
+        return key::from_hex(&hex);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    key::from_hex(&line)
+}
+
+/// Dials the head and runs the challenge; a connection refused is tried again until
+/// [`CONNECT_DEADLINE`] (the head may still be starting).
+async fn dial(address: &str, key: &[u8]) -> Result<Framed> {
+    let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+    let s = loop {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("cannot reach the head at {address} yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    s.set_nodelay(true)?;
+    let link = Framed::new(s.into_std()?.into(), Transport::Tcp)?;
+    crate::listener::authenticate(&link, key, false).await?;
+    Ok(link)
+}
+
+/// The agent's life; returns its exit code.
+async fn serve(args: Args, key: Vec<u8>) -> i32 {
+    let ctl = match dial(&args.address, &key).await {
+        Ok(l) => l,
+        Err(e) => fail(
+            JOIN_FAILED,
+            format!("cannot join the head at {}: {e}", args.address),
+        ),
+    };
+    let hello = AgentHello {
+        hello: Hello::ours(),
+        hostname: hostname(),
+        id: args.id.clone(),
+        pid: u32::try_from(sys::current_pid()).unwrap_or(0),
+        workers: args.workers,
+    };
+    let welcome = async {
+        ctl.send(&mut FrameBuf::of(&Dial::Agent(hello))?).await?;
+        ctl.recv().await?.decode_head::<Welcome>()
+    };
+    let (agent, head_deadline) = match tokio::time::timeout(CONNECT_DEADLINE, welcome).await {
+        Ok(Ok(Welcome::Accepted {
+            agent,
+            head_deadline_ms,
+        })) => (agent, Duration::from_millis(head_deadline_ms)),
+        Ok(Ok(Welcome::Refused(message))) => fail(
+            JOIN_FAILED,
+            format!("refused by the head at {}: {message}", args.address),
+        ),
+        Ok(Err(e)) => fail(JOIN_FAILED, format!("no welcome from the head: {e}")),
+        Err(_) => fail(JOIN_FAILED, "no welcome from the head in time"),
+    };
+    tracing::debug!(agent, "host agent joined the head");
+    let ctl = Arc::new(ctl);
+    let (out, mut out_rx) = unbounded_channel::<FromAgent>();
+    let writer = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                let Ok(mut f) = FrameBuf::of(&m) else {
+                    continue;
+                };
+                if ctl.send(&mut f).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let workers: Workers = Arc::default();
+    let key: Arc<[u8]> = key.into();
+    let address: Arc<str> = args.address.into();
+    let code = loop {
+        let mut frame = match tokio::time::timeout(head_deadline, ctl.recv()).await {
+            Ok(Ok(f)) => f,
+            // The head is gone (it exited, or closed the cluster).
+            Ok(Err(_)) => break 0,
+            Err(_) => {
+                eprintln!(
+                    "tokio-multiprocessing host agent {}: heard nothing from the head for {head_deadline:?}; exiting",
+                    sys::current_pid()
+                );
+                break HEAD_LOST;
+            }
+        };
+        match frame.decode_head::<ToAgent>() {
+            Ok(ToAgent::Spawn { token }) => {
+                tokio::spawn(run_worker(
+                    address.clone(),
+                    key.clone(),
+                    agent,
+                    token,
+                    out.clone(),
+                    workers.clone(),
+                ));
+            }
+            Ok(ToAgent::Kill { token }) => {
+                if let Some(k) = lock(&workers).get(&token) {
+                    k.kill();
+                }
+            }
+            Ok(ToAgent::Ping) => {
+                let _ = out.send(FromAgent::Pong);
+            }
+            Ok(ToAgent::Exit) => break 0,
+            Err(e) => {
+                eprintln!(
+                    "tokio-multiprocessing host agent {}: the head sent a malformed frame: {e}",
+                    sys::current_pid()
+                );
+                break HEAD_LOST;
+            }
+        }
+    };
+    for k in lock(&workers).values() {
+        k.kill();
+    }
+    writer.abort();
+    code
+}
+
+type Workers = Arc<Mutex<HashMap<u64, KillHandle>>>;
+
+fn lock(w: &Workers) -> std::sync::MutexGuard<'_, HashMap<u64, KillHandle>> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the worker for spawn `token` and reports its pid, then its end.
+async fn run_worker(
+    address: Arc<str>,
+    key: Arc<[u8]>,
+    agent: u64,
+    token: u64,
+    out: UnboundedSender<FromAgent>,
+    workers: Workers,
+) {
+    let started = async {
+        let link = dial(&address, &key).await?;
+        link.send(&mut FrameBuf::of(&Dial::Worker { agent, token })?)
+            .await?;
+        // The worker takes the socket; this process keeps no end of it, so the head sees
+        // its end of stream when the worker dies.
+        let fd = sys::dup_fd(link.as_fd())?;
+        drop(link);
+        crate::pool::HostWorker::start(fd).await
+    };
+    let mut worker = match started.await {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = out.send(FromAgent::SpawnFailed {
+                token,
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    let pid = worker.pid();
+    match worker.kill_handle() {
+        Ok(k) => {
+            lock(&workers).insert(token, k);
+        }
+        Err(e) => tracing::warn!("cannot keep a handle to kill worker {pid}: {e}"),
+    }
+    let _ = out.send(FromAgent::Spawned { token, pid });
+    if let Some((stdout, stderr)) = worker.take_output() {
+        for (fd, is_err) in [(stdout, false), (stderr, true)] {
+            tokio::spawn(forward_output(fd, pid, is_err, out.clone()));
+        }
+    }
+    let code = match worker.join().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot wait for worker {pid}: {e}");
+            -(sys::SIGKILL)
+        }
+    };
+    lock(&workers).remove(&token);
+    let _ = out.send(FromAgent::Exited {
+        token,
+        code,
+        last_started: worker.last_started(),
+    });
+}
+
+/// Forwards each line a worker writes on one of its output pipes to the head, until the
+/// pipe's end of stream (the worker is gone).
+async fn forward_output(fd: OwnedFd, pid: u32, stderr: bool, out: UnboundedSender<FromAgent>) {
+    use tokio::io::AsyncBufReadExt;
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("cannot read worker {pid}'s output: {e}");
+            return;
+        }
+    };
+    let mut pipe = tokio::io::BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match pipe.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        if out.send(FromAgent::Output { pid, stderr, line }).is_err() {
+            return;
+        }
+    }
+}
+
+/// This host's name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}

@@ -1,0 +1,551 @@
+//! [`Cluster`]: the head's handle, and its table of agents and their workers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc::UnboundedSender, oneshot, watch};
+
+use super::builder::ClusterBuilder;
+use super::key;
+use super::proto::ToAgent;
+use crate::error::{Error, Result};
+use crate::launch::{AgentSpec, Launched, Launcher};
+use crate::wire::Framed;
+
+/// Hosts that run the workers of [`Pool`](crate::Pool)s, each through a host agent that
+/// dialled back to this program (see the [module docs](crate::cluster) for the design).
+///
+/// Build one with [`Cluster::builder`] (or [`Cluster::from_env`]), then a pool on it with
+/// [`PoolBuilder::cluster`](crate::PoolBuilder::cluster): the pool's API is the same as for
+/// local workers. A task's arguments cannot carry descriptors (a local `Queue`, `Event`,
+/// `Pipe` or [`Fd`](crate::Fd)): such a task fails at submission.
+///
+/// `Cluster` is a cheap handle; clones share it. When the last one is dropped (pools hold
+/// one), the head closes every agent's connection and kills the processes its launcher
+/// started: the agents kill their workers and exit.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> mp::Result<()> {
+///     mp::init(); // an agent or a worker never gets past this line
+///     let cluster = mp::Cluster::builder()
+///         .listen("0.0.0.0:0")
+///         .advertise("head.example")
+///         .launcher(mp::launch::Command::new("ssh -o BatchMode=yes n{id} {agent}").hosts(2))
+///         .build()
+///         .await?;
+///     let pool = mp::Pool::builder().cluster(&cluster).build().await?;
+///     assert_eq!(pool.map(square, 0..1000).await?[999], 998_001);
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What the cluster's handles share.
+pub(super) struct Inner {
+    pub(super) table: Arc<Table>,
+    /// The address agents dial.
+    pub(super) address: String,
+    pub(super) local: SocketAddr,
+    pub(super) launcher: Option<Box<dyn Launcher>>,
+    pub(super) launched: Mutex<Vec<Launched>>,
+    /// Dropped with the last handle: the accept loop and every session end.
+    pub(super) _shutdown: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("address", &self.address)
+            .field("launcher", &self.launcher)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state shared by the handles and the sessions.
+pub(super) struct Table {
+    pub(super) key: Arc<[u8]>,
+    pub(super) heartbeat_deadline: Duration,
+    pub(super) head_deadline: Duration,
+    state: Mutex<State>,
+    /// Woken when an agent joins or leaves, or a worker ends: room may have appeared.
+    pub(super) changed: Notify,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    next_agent: u64,
+    next_token: u64,
+    pub(super) agents: HashMap<u64, AgentEntry>,
+}
+
+/// One connected agent.
+pub(super) struct AgentEntry {
+    pub(super) host: Arc<str>,
+    pub(super) capacity: usize,
+    pub(super) tx: UnboundedSender<ToAgent>,
+    pub(super) workers: HashMap<u64, WorkerEntry>,
+}
+
+/// One worker an agent was asked for.
+#[derive(Default)]
+pub(super) struct WorkerEntry {
+    pub(super) pid: Option<u32>,
+    /// Where its link goes when it dials.
+    pub(super) link: Option<oneshot::Sender<Framed>>,
+    /// Where its pid (or why it could not start) goes.
+    pub(super) spawned: Option<oneshot::Sender<std::result::Result<u32, String>>>,
+    /// Where its end goes.
+    pub(super) exit: Option<oneshot::Sender<RemoteExit>>,
+}
+
+/// How a remote worker ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteExit {
+    /// Its exit code (Python's convention), or `None` when its host was lost.
+    pub(crate) code: Option<i32>,
+    /// The last task its started mark showed, once it was dead (0: none, or unknown when
+    /// its host was lost).
+    pub(crate) last_started: u64,
+}
+
+impl RemoteExit {
+    pub(super) const LOST: RemoteExit = RemoteExit {
+        code: None,
+        last_started: 0,
+    };
+}
+
+/// A remote worker started and linked, for the pool to set up.
+pub(crate) struct RemoteStart {
+    pub(crate) host: Arc<str>,
+    pub(crate) pid: u32,
+    pub(crate) link: Framed,
+    pub(crate) exit: oneshot::Receiver<RemoteExit>,
+    pub(crate) kill: RemoteKill,
+}
+
+/// Kills one remote worker, through its agent.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteKill {
+    table: Weak<Table>,
+    agent: u64,
+    token: u64,
+}
+
+impl RemoteKill {
+    /// Asks the worker's agent to kill it; its exit is reported as any other. Does nothing
+    /// once the agent is gone (its workers were then reported lost).
+    pub(crate) fn kill(&self) {
+        if let Some(t) = self.table.upgrade()
+            && let Some(a) = t.lock().agents.get(&self.agent)
+        {
+            let _ = a.tx.send(ToAgent::Kill { token: self.token });
+        }
+    }
+}
+
+impl Table {
+    pub(super) fn new(
+        key: Vec<u8>,
+        heartbeat_deadline: Duration,
+        head_deadline: Duration,
+    ) -> Table {
+        Table {
+            key: key.into(),
+            heartbeat_deadline,
+            head_deadline,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes in an agent; returns its number.
+    pub(super) fn add_agent(
+        &self,
+        host: Arc<str>,
+        capacity: usize,
+        tx: UnboundedSender<ToAgent>,
+    ) -> u64 {
+        let mut s = self.lock();
+        let id = s.next_agent;
+        s.next_agent += 1;
+        s.agents.insert(
+            id,
+            AgentEntry {
+                host,
+                capacity,
+                tx,
+                workers: HashMap::new(),
+            },
+        );
+        drop(s);
+        self.changed.notify_waiters();
+        id
+    }
+
+    /// Removes an agent that left or was lost: each of its workers ends as lost.
+    pub(super) fn remove_agent(&self, agent: u64) {
+        let Some(a) = self.lock().agents.remove(&agent) else {
+            return;
+        };
+        for (_, w) in a.workers {
+            if let Some(tx) = w.exit {
+                let _ = tx.send(RemoteExit::LOST);
+            }
+            if let Some(tx) = w.spawned {
+                let _ = tx.send(Err(format!("host {} was lost", a.host)));
+            }
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// Where a cluster's worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Asked of its agent, not running yet.
+    Starting,
+    /// Running (its pid is known).
+    Running,
+}
+
+/// One worker of a cluster, from [`Cluster::workers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its host: the host's own name, the address it dialled from and, after `#`, the id
+    /// its launcher gave its agent (`n1/10.0.0.5#0`).
+    pub host: String,
+    /// Its pid on its host (0 while starting).
+    pub pid: u32,
+    /// Where it is in its life.
+    pub state: WorkerState,
+}
+
+/// Deregisters a worker start that did not finish (failed, or its future was dropped).
+struct PendingStart<'a> {
+    table: &'a Table,
+    agent: u64,
+    token: u64,
+    done: bool,
+}
+
+impl Drop for PendingStart<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut s = self.table.lock();
+        if let Some(a) = s.agents.get_mut(&self.agent)
+            && let Some(w) = a.workers.get_mut(&self.token)
+        {
+            // Its agent reports the end of what it started; until then it holds its room.
+            w.link = None;
+            w.spawned = None;
+            w.exit = None;
+            let _ = a.tx.send(ToAgent::Kill { token: self.token });
+            if w.pid.is_none() {
+                a.workers.remove(&self.token);
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// How long an agent may stay silent before the head declares its host lost, unless
+    /// [`ClusterBuilder::heartbeat_deadline`] says otherwise.
+    pub const DEFAULT_HEARTBEAT_DEADLINE: Duration = Duration::from_secs(10);
+
+    /// How long an agent waits without hearing from the head before it kills its workers
+    /// and exits, unless [`ClusterBuilder::head_deadline`] says otherwise.
+    pub const DEFAULT_HEAD_DEADLINE: Duration = Duration::from_secs(60);
+
+    /// A builder: listen on `127.0.0.1:0`, a random 32-byte key, no launcher.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::new()
+    }
+
+    /// A cluster whose address and key come from the environment, like `RAY_ADDRESS`:
+    /// listen on [`ADDRESS_ENV`](super::ADDRESS_ENV) (`0.0.0.0:7000`, say) with the key in
+    /// hex in [`AUTHKEY_ENV`](super::AUTHKEY_ENV); agents are started by hand or by an
+    /// engine (see [`worker_command`](Self::worker_command)). `None` when
+    /// [`ADDRESS_ENV`](super::ADDRESS_ENV) is not set, so that a program can fall back to
+    /// a local pool with no code change.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the key is missing or not hex; as
+    /// [`ClusterBuilder::build`].
+    ///
+    /// # Cancel safety
+    /// As [`ClusterBuilder::build`].
+    pub async fn from_env() -> Result<Option<Cluster>> {
+        let Ok(address) = std::env::var(super::ADDRESS_ENV) else {
+            return Ok(None);
+        };
+        let Ok(hex) = std::env::var(super::AUTHKEY_ENV) else {
+            return Err(Error::InvalidArgument(format!(
+                "{} is set but {} (the key, in hex) is not",
+                super::ADDRESS_ENV,
+                super::AUTHKEY_ENV
+            )));
+        };
+        let cluster = Cluster::builder()
+            .listen(address)
+            .authkey(key::from_hex(&hex)?)
+            .build()
+            .await?;
+        Ok(Some(cluster))
+    }
+
+    /// The address agents dial, `host:port`.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The address the head listens on (with the port chosen, for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// The cluster's key.
+    pub fn authkey(&self) -> &[u8] {
+        &self.inner.table.key
+    }
+
+    /// The command line that starts one host agent with `workers` workers by hand (or from
+    /// an engine's job file): this program's executable, [`AGENT_FLAG`](super::AGENT_FLAG),
+    /// the address, the workers and an id. The key is not in it: put it, in hex, in the
+    /// agent's environment as [`AUTHKEY_ENV`](super::AUTHKEY_ENV), or write it on the
+    /// agent's stdin.
+    ///
+    /// # Errors
+    /// An I/O error when this program's executable cannot be found.
+    pub fn worker_command(&self, workers: usize) -> Result<String> {
+        let spec = self.spec(0, workers)?;
+        let mut line = vec![spec.exe.display().to_string()];
+        line.extend(spec.agent_args());
+        Ok(line.join(" "))
+    }
+
+    fn spec(&self, id: usize, workers: usize) -> Result<AgentSpec> {
+        Ok(AgentSpec {
+            exe: std::env::current_exe()?,
+            address: self.inner.address.clone(),
+            id,
+            workers,
+            authkey_hex: key::to_hex(&self.inner.table.key),
+            fingerprint: crate::error::hex(crate::sys::fingerprint()),
+        })
+    }
+
+    /// Starts hosts through the launcher until it has started `hosts` in all (Dask's
+    /// `scale`); does nothing when it has started that many already. Pools built on the
+    /// cluster use the new hosts' room for the workers they start from then on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error.
+    pub fn scale(&self, hosts: usize) -> Result<()> {
+        let Some(launcher) = &self.inner.launcher else {
+            return Err(Error::InvalidArgument(
+                "this cluster has no launcher to start hosts with".into(),
+            ));
+        };
+        let mut launched = self
+            .inner
+            .launched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while launched.len() < hosts {
+            let spec = self.spec(launched.len(), launcher.workers_per_host())?;
+            launched.push(launcher.launch(&spec)?);
+        }
+        Ok(())
+    }
+
+    /// The number of hosts whose agent is connected.
+    pub fn hosts(&self) -> usize {
+        self.inner.table.lock().agents.len()
+    }
+
+    /// Waits until `n` agents are connected.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn wait_for_hosts(&self, n: usize, timeout: Duration) -> Result<()> {
+        let table = &self.inner.table;
+        let wait = async {
+            loop {
+                let changed = table.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if table.lock().agents.len() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout)
+    }
+
+    /// The workers of the cluster: host, pid and state.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let s = self.inner.table.lock();
+        let mut out = Vec::new();
+        for a in s.agents.values() {
+            for w in a.workers.values() {
+                out.push(WorkerInfo {
+                    host: a.host.to_string(),
+                    pid: w.pid.unwrap_or(0),
+                    state: if w.pid.is_some() {
+                        WorkerState::Running
+                    } else {
+                        WorkerState::Starting
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    /// How many workers a pool on this cluster runs unless told: the launcher's hosts times
+    /// its workers per host, or else the room of the agents connected (at least 1).
+    pub(crate) fn capacity(&self) -> usize {
+        let launched = self
+            .inner
+            .launched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        if let (Some(l), true) = (&self.inner.launcher, launched > 0) {
+            return launched * l.workers_per_host();
+        }
+        let s = self.inner.table.lock();
+        s.agents.values().map(|a| a.capacity).sum::<usize>().max(1)
+    }
+
+    /// Starts a worker on the host with the most room, waiting up to `timeout` for room,
+    /// the agent's spawn and the worker's link.
+    pub(crate) async fn start_worker(&self, timeout: Duration) -> Result<RemoteStart> {
+        let table = &*self.inner.table;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = |what: &str| Error::Start {
+            name: "cluster worker".into(),
+            pid: 0,
+            message: format!("{what} within {timeout:?}"),
+        };
+        let (mut pending, host, link_rx, spawned_rx, exit_rx) = loop {
+            let changed = table.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut guard = table.lock();
+                let s = &mut *guard;
+                let best = s
+                    .agents
+                    .iter_mut()
+                    .filter(|(_, a)| a.workers.len() < a.capacity)
+                    .max_by_key(|(id, a)| (a.capacity - a.workers.len(), std::cmp::Reverse(**id)));
+                if let Some((&agent, a)) = best {
+                    let token = s.next_token;
+                    s.next_token += 1;
+                    let (link_tx, link_rx) = oneshot::channel();
+                    let (spawned_tx, spawned_rx) = oneshot::channel();
+                    let (exit_tx, exit_rx) = oneshot::channel();
+                    a.workers.insert(
+                        token,
+                        WorkerEntry {
+                            pid: None,
+                            link: Some(link_tx),
+                            spawned: Some(spawned_tx),
+                            exit: Some(exit_tx),
+                        },
+                    );
+                    let _ = a.tx.send(ToAgent::Spawn { token });
+                    let pending = PendingStart {
+                        table,
+                        agent,
+                        token,
+                        done: false,
+                    };
+                    break (pending, a.host.clone(), link_rx, spawned_rx, exit_rx);
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(timed_out("no host of the cluster had room for a worker"));
+            }
+        };
+        let both = async {
+            let pid = match spawned_rx.await {
+                Ok(Ok(pid)) => pid,
+                Ok(Err(message)) => {
+                    return Err(Error::Start {
+                        name: format!("cluster worker on host {host}"),
+                        pid: 0,
+                        message,
+                    });
+                }
+                Err(_) => {
+                    return Err(Error::Start {
+                        name: format!("cluster worker on host {host}"),
+                        pid: 0,
+                        message: "its host was lost".into(),
+                    });
+                }
+            };
+            let link = link_rx.await.map_err(|_| Error::Start {
+                name: format!("cluster worker on host {host}"),
+                pid,
+                message: "its host was lost before the worker's link came".into(),
+            })?;
+            Ok((pid, link))
+        };
+        let (pid, link) = tokio::time::timeout_at(deadline, both)
+            .await
+            .map_err(|_| timed_out(&format!("the agent on host {host} started no worker")))??;
+        pending.done = true;
+        let kill = RemoteKill {
+            table: Arc::downgrade(&self.inner.table),
+            agent: pending.agent,
+            token: pending.token,
+        };
+        Ok(RemoteStart {
+            host,
+            pid,
+            link,
+            exit: exit_rx,
+            kill,
+        })
+    }
+
+    /// Starts the launcher's hosts.
+    pub(super) fn launch_initial(&self) -> Result<()> {
+        if let Some(l) = &self.inner.launcher {
+            self.scale(l.hosts())?;
+        }
+        Ok(())
+    }
+}

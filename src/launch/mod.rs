@@ -1,0 +1,143 @@
+//! Launchers: how a [`Cluster`](crate::Cluster) gets its host agents started.
+//!
+//! A launcher does not run tasks and does not watch hosts: it only starts, on each host, the
+//! program's own executable as a host agent (see [`Cluster`](crate::Cluster)), which dials
+//! back to the head. So any engine that can run a command can host workers: [`Command`]
+//! takes a template for any of them (`ip netns exec`, `kubectl`, `srun`, `mpirun`, ...);
+//! [`Ssh`] runs the system's `ssh` and copies the executable where it is missing;
+//! [`Slurm`] runs `srun` inside an allocation and submits `sbatch` jobs outside one.
+//!
+//! The cluster's key reaches each agent through the launcher's own channel (the
+//! environment variable [`AUTHKEY_ENV`](crate::cluster::AUTHKEY_ENV) or the agent's stdin),
+//! never through its command line, which other users of a host can read.
+
+mod command;
+mod slurm;
+mod ssh;
+
+use std::path::PathBuf;
+
+pub use command::Command;
+pub use slurm::Slurm;
+pub use ssh::Ssh;
+
+use crate::error::Result;
+
+/// What a launcher needs to start one host agent.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The executable to run (this program's, unless the launcher copied it elsewhere).
+    pub exe: PathBuf,
+    /// The address the agent dials: `host:port`.
+    pub address: String,
+    /// The host's number among the hosts launched, from 0 (`{id}` in a template).
+    pub id: usize,
+    /// How many workers the agent may run at once (`{n}` in a template).
+    pub workers: usize,
+    /// The cluster's key, in hex, for the agent's environment or stdin.
+    pub authkey_hex: String,
+    /// The executable's fingerprint, in hex (the name of a cache of copies, say).
+    pub fingerprint: String,
+}
+
+impl AgentSpec {
+    /// The agent's arguments after the executable: a marker that [`init`](crate::init)
+    /// recognises, the address, the number of workers and the id.
+    pub fn agent_args(&self) -> Vec<String> {
+        vec![
+            crate::cluster::AGENT_FLAG.to_string(),
+            self.address.clone(),
+            self.workers.to_string(),
+            self.id.to_string(),
+        ]
+    }
+}
+
+/// An agent (or whatever runs it: `ssh`, `srun`) started by a launcher; killed and reaped
+/// when the cluster is dropped.
+#[derive(Debug)]
+pub struct Launched {
+    child: Option<std::process::Child>,
+    /// A command that cancels what was started (`scancel <job>`), run when the cluster is
+    /// dropped.
+    cancel: Option<std::process::Command>,
+}
+
+impl Launched {
+    /// A launched process to kill and reap with the cluster.
+    pub fn process(child: std::process::Child) -> Launched {
+        Launched {
+            child: Some(child),
+            cancel: None,
+        }
+    }
+
+    /// Something an engine runs (a batch job), cancelled with `cancel` when the cluster is
+    /// dropped.
+    pub fn job(cancel: std::process::Command) -> Launched {
+        Launched {
+            child: None,
+            cancel: Some(cancel),
+        }
+    }
+
+    /// Nothing to reap: the engine owns what it started (a pod).
+    pub fn detached() -> Launched {
+        Launched {
+            child: None,
+            cancel: None,
+        }
+    }
+
+    /// The launched process's pid on this machine, if there is one.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first, so that a wrapper (`srun`, `ssh`) ends its remote side
+            // cleanly; SIGKILL if it is still there after a grace period.
+            // The child is not reaped yet, so its pid is still its own.
+            if let Ok(Ok(fd)) = i32::try_from(c.id()).map(crate::sys::pidfd_open) {
+                let _ = crate::sys::pidfd_send_signal(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    crate::sys::SIGTERM,
+                );
+            }
+            for _ in 0..200 {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(mut cancel) = self.cancel.take() {
+            let _ = cancel
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Starts host agents for a [`Cluster`](crate::Cluster): one per host, each running
+/// [`AgentSpec::exe`] with [`AgentSpec::agent_args`] and the key in its environment or on
+/// its stdin.
+pub trait Launcher: Send + Sync + std::fmt::Debug + 'static {
+    /// How many hosts to start when the cluster is built.
+    fn hosts(&self) -> usize;
+
+    /// How many workers each host runs.
+    fn workers_per_host(&self) -> usize;
+
+    /// Starts the agent of host `spec.id`.
+    ///
+    /// # Errors
+    /// The engine's error when the agent cannot be started (the command is missing, say).
+    fn launch(&self, spec: &AgentSpec) -> Result<Launched>;
+}

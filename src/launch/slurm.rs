@@ -1,0 +1,135 @@
+//! [`Slurm`]: host agents started by Slurm, with `srun` inside an allocation and `sbatch`
+//! jobs outside one.
+
+use std::process::Stdio;
+
+use super::{AgentSpec, Launched, Launcher};
+use crate::error::{Error, Result};
+
+/// Starts host agents through Slurm (dask-jobqueue's shape): one agent per node.
+///
+/// - **Inside an allocation** (`SLURM_JOB_ID` is set: the program runs under `salloc` or
+///   in a batch script), each host is a job step, `srun --nodes=1 --ntasks=1`, on a node of
+///   the allocation.
+/// - **Outside one**, each host is a batch job of its own, `sbatch --nodes=1
+///   --ntasks=1`, so [`Cluster::scale`](crate::Cluster::scale) asks Slurm for more nodes;
+///   each job is cancelled (`scancel`) when the cluster is dropped, and ends by itself when
+///   the head dies (after the head deadline at most).
+///
+/// The key travels in the step's or job's environment (Slurm exports the submitter's
+/// environment), never on its command line. Options such as `--partition`, `--time` or
+/// `--account` go to every `srun` or `sbatch` through [`option`](Self::option).
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing as mp;
+///
+/// let nodes = mp::launch::Slurm::nodes(4)
+///     .workers_per_host(32)
+///     .option("--partition=compute")
+///     .option("--time=01:00:00");
+/// # let _ = nodes;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Slurm {
+    nodes: usize,
+    workers: usize,
+    options: Vec<String>,
+}
+
+/// Quotes `s` for a POSIX shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Slurm {
+    /// A launcher that starts `n` nodes when the cluster is built (0: none until
+    /// [`Cluster::scale`](crate::Cluster::scale)), one worker per core of this machine each
+    /// unless told otherwise.
+    pub fn nodes(n: usize) -> Slurm {
+        Slurm {
+            nodes: n,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            options: Vec::new(),
+        }
+    }
+
+    /// How many workers each node runs.
+    pub fn workers_per_host(mut self, n: usize) -> Slurm {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// One more argument for every `srun` or `sbatch` (`--partition=...`, say).
+    pub fn option(mut self, arg: impl Into<String>) -> Slurm {
+        self.options.push(arg.into());
+        self
+    }
+
+    fn start_failed(spec: &AgentSpec, message: String) -> Error {
+        Error::Start {
+            name: format!("host agent {} (Slurm)", spec.id),
+            pid: 0,
+            message,
+        }
+    }
+}
+
+impl Launcher for Slurm {
+    fn hosts(&self) -> usize {
+        self.nodes
+    }
+
+    fn workers_per_host(&self) -> usize {
+        self.workers
+    }
+
+    fn launch(&self, spec: &AgentSpec) -> Result<Launched> {
+        let name = format!("tokio-multiprocessing-agent-{}", spec.id);
+        if std::env::var_os("SLURM_JOB_ID").is_some() {
+            let child = std::process::Command::new("srun")
+                .args(["--nodes=1", "--ntasks=1", "--job-name", &name])
+                .args(&self.options)
+                .arg(&spec.exe)
+                .args(spec.agent_args())
+                .env(crate::cluster::AUTHKEY_ENV, &spec.authkey_hex)
+                .stdin(Stdio::null())
+                .spawn()
+                .map_err(|e| Self::start_failed(spec, format!("cannot run srun: {e}")))?;
+            tracing::debug!(
+                id = spec.id,
+                pid = child.id(),
+                "host agent launched with srun"
+            );
+            return Ok(Launched::process(child));
+        }
+        let mut line = vec![quote(&spec.exe.display().to_string())];
+        line.extend(spec.agent_args().iter().map(|a| quote(a)));
+        let out = std::process::Command::new("sbatch")
+            .args(["--parsable", "--nodes=1", "--ntasks=1", "--job-name", &name])
+            .args(&self.options)
+            .arg("--wrap")
+            .arg(format!("exec {}", line.join(" ")))
+            .env(crate::cluster::AUTHKEY_ENV, &spec.authkey_hex)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Self::start_failed(spec, format!("cannot run sbatch: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let job = stdout.trim().split(';').next().unwrap_or("").to_string();
+        if !out.status.success() || job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Self::start_failed(
+                spec,
+                format!(
+                    "sbatch failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        tracing::debug!(id = spec.id, job = %job, "host agent submitted with sbatch");
+        let mut cancel = std::process::Command::new("scancel");
+        cancel.arg(&job);
+        Ok(Launched::job(cancel))
+    }
+}

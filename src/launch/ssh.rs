@@ -1,0 +1,198 @@
+//! [`Ssh`]: host agents started over the system's `ssh`.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use super::{AgentSpec, Launched, Launcher};
+use crate::error::{Error, Result};
+
+/// Starts one host agent per host over the system's `ssh` client, with the user's own
+/// configuration and agent, in batch mode (it never asks for a password): one session per
+/// host, which lives as long as the agent.
+///
+/// The executable must be this very build on every host. If a host lacks it, it is copied
+/// first (over `ssh` too) into a cache directory keyed by the binary's fingerprint
+/// (`<cache>/<fingerprint>/<name>`, the cache being `.cache/tokio-multiprocessing` under
+/// the remote home unless [`cache_dir`](Self::cache_dir) says otherwise), so a rebuilt
+/// program never runs an old copy. The key goes to the agent on its stdin, never on a
+/// command line.
+///
+/// Frames are authenticated, not encrypted: across an untrusted network, let ssh carry the
+/// connection too, with a reverse tunnel (`.option("-R").option("7000:localhost:7000")`,
+/// the cluster listening on `127.0.0.1:7000` and advertising `127.0.0.1`).
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing as mp;
+///
+/// let hosts = mp::launch::Ssh::hosts(["n1", "n2"]).workers_per_host(8);
+/// # let _ = hosts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    hosts: Vec<String>,
+    workers: usize,
+    program: Vec<String>,
+    options: Vec<String>,
+    cache: String,
+}
+
+/// Quotes `s` for a POSIX shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Ssh {
+    /// A launcher for these hosts (`name`, `user@name`, or an alias of the ssh config),
+    /// one agent each; one worker per core of this machine unless told otherwise.
+    pub fn hosts(hosts: impl IntoIterator<Item = impl Into<String>>) -> Ssh {
+        Ssh {
+            hosts: hosts.into_iter().map(Into::into).collect(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            program: vec!["ssh".into()],
+            options: Vec::new(),
+            cache: ".cache/tokio-multiprocessing".into(),
+        }
+    }
+
+    /// How many workers each host runs.
+    pub fn workers_per_host(mut self, n: usize) -> Ssh {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// One more argument for `ssh`, before the host (`-p`, `2222`, `-i`, a path, `-o`,
+    /// `ProxyJump=bastion`...).
+    pub fn option(mut self, arg: impl Into<String>) -> Ssh {
+        self.options.push(arg.into());
+        self
+    }
+
+    /// The ssh client to run, with whatever wraps it (`["ssh"]` by default; say
+    /// `["ip", "netns", "exec", "ns", "ssh"]`).
+    pub fn program(mut self, argv: impl IntoIterator<Item = impl Into<String>>) -> Ssh {
+        self.program = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Where the executable is cached on the hosts (relative to the remote home, or
+    /// absolute).
+    pub fn cache_dir(mut self, dir: impl Into<String>) -> Ssh {
+        self.cache = dir.into();
+        self
+    }
+
+    /// `ssh` with its options in batch mode, for `host`, running `remote`.
+    fn command(&self, host: &str, remote: &str) -> Result<std::process::Command> {
+        let Some((program, wrapper)) = self.program.split_first() else {
+            return Err(Error::InvalidArgument("the ssh program is empty".into()));
+        };
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(wrapper)
+            .args(["-o", "BatchMode=yes"])
+            .args(&self.options)
+            .arg("--")
+            .arg(host)
+            .arg(remote);
+        Ok(cmd)
+    }
+
+    /// The executable's path on the hosts, and its directory.
+    fn remote_exe(&self, spec: &AgentSpec) -> (String, String) {
+        let name = spec
+            .exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "program".into());
+        let dir = format!("{}/{}", self.cache, spec.fingerprint);
+        (format!("{dir}/{name}"), dir)
+    }
+
+    /// Copies the executable to `host` unless it has it already.
+    fn ensure_copied(&self, host: &str, spec: &AgentSpec) -> Result<()> {
+        let (exe, dir) = self.remote_exe(spec);
+        let start_failed = |message: String| Error::Start {
+            name: format!("host agent on {host}"),
+            pid: 0,
+            message,
+        };
+        let present = self
+            .command(host, &format!("test -x {}", quote(&exe)))?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| start_failed(format!("cannot run ssh: {e}")))?;
+        if present.success() {
+            return Ok(());
+        }
+        tracing::debug!(%host, %exe, "copying the executable");
+        // Written under a temporary name, then renamed: an agent never runs half a file.
+        let tmp = format!("{}.part.$$", quote(&exe));
+        let script = format!(
+            "mkdir -p {d} && cat > {tmp} && chmod 755 {tmp} && mv -f {tmp} {e}",
+            d = quote(&dir),
+            e = quote(&exe),
+        );
+        let binary = std::fs::File::open(&spec.exe)?;
+        let out = self
+            .command(host, &script)?
+            .stdin(binary)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| start_failed(format!("cannot run ssh: {e}")))?;
+        if !out.status.success() {
+            return Err(start_failed(format!(
+                "cannot copy the executable to {exe}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where the executable is cached on `host` (the cache directory, the binary's
+    /// fingerprint and its file name), for `spec`.
+    pub fn cached_path(&self, spec: &AgentSpec) -> String {
+        self.remote_exe(spec).0
+    }
+}
+
+impl Launcher for Ssh {
+    fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
+
+    fn workers_per_host(&self) -> usize {
+        self.workers
+    }
+
+    fn launch(&self, spec: &AgentSpec) -> Result<Launched> {
+        let Some(host) = self.hosts.get(spec.id) else {
+            return Err(Error::InvalidArgument(format!(
+                "the ssh launcher has {} hosts, not {}",
+                self.hosts.len(),
+                spec.id + 1
+            )));
+        };
+        self.ensure_copied(host, spec)?;
+        let (exe, _) = self.remote_exe(spec);
+        let mut line = vec![quote(&exe)];
+        line.extend(spec.agent_args().iter().map(|a| quote(a)));
+        let mut child = self
+            .command(host, &format!("exec {}", line.join(" ")))?
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Start {
+                name: format!("host agent on {host}"),
+                pid: 0,
+                message: format!("cannot run ssh: {e}"),
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // The agent reads its key from its first line of input.
+            stdin.write_all(format!("{}\n", spec.authkey_hex).as_bytes())?;
+        }
+        tracing::debug!(%host, pid = child.id(), "host agent launched over ssh");
+        Ok(Launched::process(child))
+    }
+}

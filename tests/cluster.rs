@@ -1,0 +1,724 @@
+//! The same pool on several hosts: hosts are network namespaces this test makes (see
+//! `support/netns.rs`), each running a host agent started by the `Command` launcher
+//! (`ip netns exec <ns> <this test binary> --tokio-multiprocessing-agent ...`). Skipped, with
+//! a message, where namespaces cannot be made (not root).
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::netns::Net;
+use support::pool::{pid, pid_to_file_then_sleep, sqr};
+use support::process::{BoxError, helper_mode, run_as_helper, start_helper_reading};
+use support::{TestResult, eventually};
+use tokio_multiprocessing::{self as mp, Cluster, ExitCause, Pool};
+
+/// The environment variable that names the namespaces for the head helper.
+const NET_VAR: &str = "TKMP_TEST_NET";
+
+fn main() {
+    mp::init();
+    let _ = tracing::subscriber::set_global_default(Capture);
+    match helper_mode().as_deref() {
+        Some("cluster-head") => run_as_helper(head_helper()),
+        Some("cluster-from-env") => run_as_helper(from_env_helper()),
+        _ => {}
+    }
+    support::run(trials![
+        map_of_100_000_items_runs_on_both_hosts,
+        a_task_holding_a_descriptor_fails_at_submission,
+        remote_worker_killed_mid_task,
+        frozen_host_is_declared_lost_and_the_other_serves_on,
+        host_whose_cable_is_pulled_is_lost_and_its_agent_exits,
+        killing_the_head_leaves_no_process_on_the_hosts,
+        wrong_key_garbage_and_silence_are_refused_without_harm,
+        another_build_is_refused_naming_host_and_fingerprints,
+        example_cluster_map_runs_on_two_local_hosts,
+        retries_run_again_a_task_whose_worker_died_only_when_asked,
+        from_env_and_worker_command_let_an_agent_be_started_by_hand,
+        garbage_after_the_challenge_is_refused,
+        worker_output_comes_back_as_tracing_events_naming_host_and_pid,
+    ]);
+}
+
+/// The network namespace this process runs in (each host has its own).
+fn netns() -> String {
+    netns_of("self")
+}
+
+fn netns_of(pid: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn square_where(x: u64) -> (u64, String) {
+    (x * x, netns())
+}
+
+/// A cluster of `hosts` namespaces with `workers` workers each, every agent connected.
+async fn cluster_on(
+    net: &Net,
+    hosts: usize,
+    workers: usize,
+    tune: impl FnOnce(mp::ClusterBuilder) -> mp::ClusterBuilder,
+) -> Result<Cluster, BoxError> {
+    let launcher = mp::launch::Command::new(&net.template())
+        .hosts(hosts)
+        .workers_per_host(workers);
+    let cluster = tune(
+        Cluster::builder()
+            .listener(net.listen()?)
+            .launcher(launcher),
+    )
+    .build()
+    .await?;
+    cluster
+        .wait_for_hosts(hosts, Duration::from_secs(30))
+        .await?;
+    Ok(cluster)
+}
+
+/// Waits until the pool's `n` workers are ready, so that each takes a task.
+async fn all_ready(pool: &Pool, n: usize) -> bool {
+    eventually(Duration::from_secs(20), || pool.stats().workers_alive == n).await
+}
+
+/// A fresh path in /tmp (the hosts share this machine's file system).
+fn temp_path(tag: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "/tmp/tkmp-cluster-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The pid a task wrote to `path`, once it has.
+async fn pid_in(path: &str) -> Result<u32, BoxError> {
+    let mut pid = None;
+    let found = eventually(Duration::from_secs(20), || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.parse().ok());
+        pid.is_some()
+    })
+    .await;
+    let _ = std::fs::remove_file(path);
+    match (found, pid) {
+        (true, Some(p)) => Ok(p),
+        _ => Err(format!("no task wrote its pid to {path}").into()),
+    }
+}
+
+async fn map_of_100_000_items_runs_on_both_hosts() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 2, 2, |b| b).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    ensure!(pool.processes() == 4, "{} processes", pool.processes());
+    let out = pool.map(square_where, 0..100_000u64).await?;
+    ensure!(out.len() == 100_000, "{} results", out.len());
+    for (i, (sq, _)) in out.iter().enumerate() {
+        ensure!(*sq == (i as u64) * (i as u64), "item {i} is {sq}");
+    }
+    let spaces: HashSet<&str> = out.iter().map(|(_, ns)| ns.as_str()).collect();
+    ensure!(spaces.len() == 2, "the items ran in {spaces:?}");
+    ensure!(
+        !spaces.contains(netns().as_str()),
+        "an item ran in the head's namespace"
+    );
+    let workers = cluster.workers();
+    let hosts: HashSet<&str> = workers.iter().map(|w| w.host.as_str()).collect();
+    ensure!(
+        workers.len() == 4 && hosts.len() == 2,
+        "workers {workers:?}"
+    );
+    pool.close();
+    pool.join().await?;
+    drop(cluster);
+    ensure!(
+        eventually(Duration::from_secs(10), || net.pids(0).is_empty()
+            && net.pids(1).is_empty())
+        .await,
+        "processes left in the hosts: {:?} {:?}",
+        net.pids(0),
+        net.pids(1)
+    );
+    Ok(())
+}
+
+fn holds_event(e: mp::Event) -> bool {
+    e.is_set()
+}
+
+async fn a_task_holding_a_descriptor_fails_at_submission() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let err = pool
+        .apply(holds_event, (mp::Event::new()?,))
+        .await
+        .err()
+        .ok_or("a task holding an Event ran on another host")?;
+    ensure!(
+        matches!(err.caller_error(), Some(mp::Error::InvalidArgument(m)) if m.contains("descriptors")),
+        "{err}"
+    );
+    // The pool is unharmed.
+    ensure!(
+        pool.apply(sqr, (9,)).await? == 81,
+        "the pool stopped serving"
+    );
+    Ok(())
+}
+
+async fn remote_worker_killed_mid_task() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let path = temp_path("killed");
+    let long = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 30_000));
+    let victim = pid_in(&path).await?;
+    // Held behind the running task, or queued: none of them has started.
+    let behind: Vec<_> = (0..5).map(|i| pool.apply_async(sqr, (i,))).collect();
+    ensure!(
+        net.pids(0).contains(&victim),
+        "worker {victim} is not on the host"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL)?;
+    let err = long.await.err().ok_or("the killed task succeeded")?;
+    ensure!(err.is_worker_lost(), "{err}");
+    ensure!(err.worker_pid() == Some(victim), "{err}");
+    ensure!(err.exit_cause() == Some(ExitCause::Signal(9)), "{err}");
+    ensure!(
+        err.worker_host().is_some_and(|h| h.contains("10.77.1.2")),
+        "the error does not name the host: {err}"
+    );
+    for (i, h) in behind.into_iter().enumerate() {
+        ensure!(h.await? == (i * i) as i64, "task {i} behind the killed one");
+    }
+    let replacement = pool.apply(pid, ()).await?;
+    ensure!(replacement != victim, "the dead worker answered");
+    ensure!(
+        net.pids(0).contains(&replacement),
+        "the replacement is not on the host"
+    );
+    Ok(())
+}
+
+/// Runs one long task on each of two hosts' single workers, then `lose` host 0; checks
+/// that its task fails as lost with its host named, the other host's task succeeds and the
+/// pool serves on with the other host.
+async fn lose_a_host(
+    net: &Net,
+    tune: impl FnOnce(mp::ClusterBuilder) -> mp::ClusterBuilder,
+    lose: impl FnOnce(&Net) -> Result<(), BoxError>,
+) -> Result<(), BoxError> {
+    let cluster = cluster_on(net, 2, 1, tune).await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(2))
+        .build()
+        .await?;
+    ensure!(all_ready(&pool, 2).await, "workers {:?}", pool.stats());
+    let (p0, p1) = (temp_path("lost"), temp_path("lost"));
+    let a = pool.apply_async(pid_to_file_then_sleep, (p0.clone(), 4_000));
+    let b = pool.apply_async(pid_to_file_then_sleep, (p1.clone(), 4_000));
+    let (pa, pb) = (pid_in(&p0).await?, pid_in(&p1).await?);
+    let on_host0 = net.pids(0);
+    let (lost, kept, kept_pid) = if on_host0.contains(&pa) {
+        (a, b, pb)
+    } else if on_host0.contains(&pb) {
+        (b, a, pa)
+    } else {
+        return Err(format!("neither {pa} nor {pb} runs on host 0 ({on_host0:?})").into());
+    };
+    let kept_ns = netns_of(&kept_pid.to_string());
+    lose(net)?;
+    let err = lost.await.err().ok_or("the lost host's task succeeded")?;
+    ensure!(err.is_worker_lost(), "{err}");
+    ensure!(err.exit_cause() == Some(ExitCause::HostLost), "{err}");
+    ensure!(
+        err.worker_host().is_some_and(|h| h.contains("10.77.1.2")),
+        "the error does not name the host: {err}"
+    );
+    ensure!(kept.await? == kept_pid, "the other host's task");
+    let out = pool.map(square_where, 0..100u64).await?;
+    ensure!(
+        out.iter()
+            .enumerate()
+            .all(|(i, (sq, ns))| *sq == (i * i) as u64 && *ns == kept_ns),
+        "the pool did not serve on from the other host"
+    );
+    ensure!(cluster.hosts() == 1, "{} hosts", cluster.hosts());
+    Ok(())
+}
+
+async fn frozen_host_is_declared_lost_and_the_other_serves_on() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    lose_a_host(
+        &net,
+        |b| b.heartbeat_deadline(Duration::from_millis(500)),
+        |net| {
+            net.signal_host(0, Signal::SIGSTOP);
+            Ok(())
+        },
+    )
+    .await?;
+    // Thawed, the host finds its agent's connection closed: it ends, with its workers; the
+    // answer its worker sends late goes nowhere.
+    net.signal_host(0, Signal::SIGCONT);
+    ensure!(
+        eventually(Duration::from_secs(20), || net.pids(0).is_empty()).await,
+        "processes left on the thawed host: {:?}",
+        net.pids(0)
+    );
+    Ok(())
+}
+
+async fn host_whose_cable_is_pulled_is_lost_and_its_agent_exits() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    lose_a_host(
+        &net,
+        |b| {
+            b.heartbeat_deadline(Duration::from_millis(500))
+                .head_deadline(Duration::from_millis(1500))
+        },
+        |net| Ok(net.cut(0)?),
+    )
+    .await?;
+    // Cut off, the agent hears nothing from the head past its deadline: it kills its
+    // workers and exits.
+    ensure!(
+        eventually(Duration::from_secs(20), || net.pids(0).is_empty()).await,
+        "processes left on the cut-off host: {:?}",
+        net.pids(0)
+    );
+    Ok(())
+}
+
+/// The head helper: a cluster on the namespaces named in [`NET_VAR`], a pool with a long
+/// task running, then "ready" on stdout; it waits to be killed.
+async fn head_helper() {
+    let Some(net) = std::env::var(NET_VAR).ok().and_then(|n| Net::attach(&n)) else {
+        eprintln!("head helper: no namespaces in {NET_VAR}");
+        return;
+    };
+    let cluster = match cluster_on(&net, 2, 2, |b| b).await {
+        Ok(c) => c,
+        Err(e) => return eprintln!("head helper: {e}"),
+    };
+    let pool = match Pool::builder().cluster(&cluster).build().await {
+        Ok(p) => p,
+        Err(e) => return eprintln!("head helper: {e}"),
+    };
+    if !all_ready(&pool, 4).await {
+        return eprintln!("head helper: the workers did not start");
+    }
+    let _busy = pool.apply_async(pid_to_file_then_sleep, ("/dev/null".to_string(), 60_000));
+    if let Err(e) = pool.apply(sqr, (2,)).await {
+        return eprintln!("head helper: {e}");
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+async fn killing_the_head_leaves_no_process_on_the_hosts() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    // SAFETY: no thread of this test binary reads the environment while this one writes it
+    // (the helper is started below, after).
+    unsafe { std::env::set_var(NET_VAR, net.name()) };
+    let (mut head, lines) = start_helper_reading("cluster-head", 1).await?;
+    ensure!(lines == ["ready"], "the head helper said {lines:?}");
+    ensure!(
+        net.pids(0).len() >= 2 && net.pids(1).len() >= 2,
+        "agents and workers: {:?} {:?}",
+        net.pids(0),
+        net.pids(1)
+    );
+    head.start_kill()?;
+    head.wait().await?;
+    ensure!(
+        eventually(Duration::from_secs(20), || net.pids(0).is_empty()
+            && net.pids(1).is_empty())
+        .await,
+        "processes left on the hosts after the head died: {:?} {:?}",
+        net.pids(0),
+        net.pids(1)
+    );
+    Ok(())
+}
+
+/// Runs this test binary as an agent in host `i` of `net`, with `key` (hex) in its
+/// environment; returns its exit code and stderr.
+fn run_agent(
+    exe: &std::path::Path,
+    net: &Net,
+    i: usize,
+    address: &str,
+    key: &str,
+) -> Result<(Option<i32>, String), BoxError> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.host_ns(i)])
+        .arg(exe)
+        .args([mp::cluster::AGENT_FLAG, address, "1", "9"])
+        .env(mp::cluster::AUTHKEY_ENV, key)
+        .output()?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn wrong_key_garbage_and_silence_are_refused_without_harm() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    let cluster = Cluster::builder()
+        .listener(net.listen()?)
+        .authkey(b"the right key".to_vec())
+        .build()
+        .await?;
+    let address = cluster.address().to_string();
+    let port = cluster.local_addr().port();
+    // A connection that says nothing stays open throughout.
+    let _silent = net.connect_from(1, port)?;
+    let exe = std::env::current_exe()?;
+    let wrong = {
+        let (exe, address) = (exe.clone(), address.clone());
+        let net = Net::attach(&net.name()).ok_or("attach")?;
+        tokio::task::spawn_blocking(move || {
+            run_agent(&exe, &net, 0, &address, &hex(b"a wrong key"))
+        })
+        .await??
+    };
+    ensure!(
+        wrong.0 == Some(2),
+        "the agent with a wrong key exited with {:?}",
+        wrong.0
+    );
+    ensure!(
+        wrong.1.contains("authentication failed"),
+        "its stderr: {}",
+        wrong.1
+    );
+    // Garbage instead of the answer to the challenge: the head closes the connection.
+    let closed = {
+        let mut garbage = net.connect_from(1, port)?;
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            garbage
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .map_err(|e| e.to_string())?;
+            let _ = garbage.write_all(&[0xff; 64]);
+            let mut rest = Vec::new();
+            match garbage.read_to_end(&mut rest) {
+                // Closed: at once (unread garbage makes the close a reset), or after the
+                // challenge.
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await?
+    };
+    ensure!(
+        closed.is_ok(),
+        "the head kept a garbage connection open: {closed:?}"
+    );
+    ensure!(cluster.hosts() == 0, "{} hosts joined", cluster.hosts());
+    // A good agent joins all the same, and its workers serve.
+    let mut good = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.host_ns(0)])
+        .arg(&exe)
+        .args([mp::cluster::AGENT_FLAG, &address, "1", "0"])
+        .env(mp::cluster::AUTHKEY_ENV, hex(b"the right key"))
+        .spawn()?;
+    let served = async {
+        cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+        let pool = Pool::builder().cluster(&cluster).build().await?;
+        Ok::<i64, BoxError>(pool.apply(sqr, (12,)).await?)
+    }
+    .await;
+    let _ = good.kill();
+    let _ = good.wait();
+    ensure!(served? == 144, "the good agent's worker");
+    Ok(())
+}
+
+async fn another_build_is_refused_naming_host_and_fingerprints() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    // An example of this crate: the same library, another executable.
+    let other = match support::example("cluster_map") {
+        Ok(p) => p,
+        Err(e) => {
+            println!("skipped: {e} (cargo test builds it)");
+            return Ok(());
+        }
+    };
+    let cluster = Cluster::builder().listener(net.listen()?).build().await?;
+    let (address, key) = (cluster.address().to_string(), hex(cluster.authkey()));
+    let net2 = Net::attach(&net.name()).ok_or("attach")?;
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || run_agent(&other, &net2, 0, &address, &key)).await??;
+    ensure!(
+        code == Some(2),
+        "the other build's agent exited with {code:?}: {stderr}"
+    );
+    ensure!(
+        stderr.contains("another build") && stderr.contains("10.77.1.2"),
+        "its stderr does not name the host: {stderr}"
+    );
+    let prints: Vec<&str> = stderr
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() >= 16)
+        .collect();
+    ensure!(
+        prints.len() == 2 && prints[0] != prints[1],
+        "its stderr does not name both fingerprints: {stderr}"
+    );
+    ensure!(cluster.hosts() == 0, "the other build joined");
+    Ok(())
+}
+
+/// The example's own "hosts" are agents on this machine: it needs no root and no namespace.
+async fn example_cluster_map_runs_on_two_local_hosts() -> TestResult {
+    let out = support::run_example("cluster_map").await?;
+    let sum: u64 = (0..100_000u64).map(|x| x * x).sum();
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines[..lines.len().min(4)]
+            == [
+                "hosts: 2",
+                "results: 100000",
+                &format!("sum of squares: {sum}"),
+                "workers used: 4 on 2 hosts",
+            ],
+        "printed {out}"
+    );
+    Ok(())
+}
+
+/// Exits with code 7 the first time (marking `path`); returns 42 once `path` exists.
+fn exit_first_time(path: String) -> u32 {
+    if std::fs::metadata(&path).is_err() {
+        let _ = std::fs::write(&path, "ran");
+        std::process::exit(7);
+    }
+    42
+}
+
+async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let (once, again) = (temp_path("retry"), temp_path("retry"));
+    let strict = Pool::builder().cluster(&cluster).build().await?;
+    let err = strict
+        .apply(exit_first_time, (once.clone(),))
+        .await
+        .err()
+        .ok_or("the task survived its worker's death")?;
+    ensure!(err.exit_cause() == Some(ExitCause::Code(7)), "{err}");
+    drop(strict);
+    let retrying = Pool::builder()
+        .cluster(&cluster)
+        .retries_on_worker_loss(1)
+        .build()
+        .await?;
+    let out = retrying.apply(exit_first_time, (again.clone(),)).await;
+    let _ = (std::fs::remove_file(&once), std::fs::remove_file(&again));
+    ensure!(out? == 42, "the task was not run again");
+    Ok(())
+}
+
+/// A head whose address and key come from the environment, which starts an agent by hand
+/// with the line `worker_command` gives (the key in the agent's environment), then prints
+/// a task's result.
+async fn from_env_helper() {
+    let outcome = async {
+        let cluster = Cluster::from_env()
+            .await?
+            .ok_or("no cluster in the environment")?;
+        let line = cluster.worker_command(1)?;
+        let mut words = line.split(' ');
+        let program = words.next().ok_or("an empty worker command")?;
+        let key = std::env::var(mp::cluster::AUTHKEY_ENV)?;
+        let mut agent = std::process::Command::new(program)
+            .args(words)
+            .env(mp::cluster::AUTHKEY_ENV, key)
+            .env_remove(support::process::MODE_VAR)
+            .spawn()?;
+        let served = async {
+            cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+            let pool = Pool::builder().cluster(&cluster).build().await?;
+            Ok::<i64, BoxError>(pool.apply(sqr, (11,)).await?)
+        }
+        .await;
+        let _ = agent.kill();
+        let _ = agent.wait();
+        Ok::<String, BoxError>(format!("{} {}", cluster.local_addr(), served?))
+    }
+    .await;
+    match outcome {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("error: {e}"),
+    }
+}
+
+async fn from_env_and_worker_command_let_an_agent_be_started_by_hand() -> TestResult {
+    let (status, out, err) = support::process::run_helper(
+        "cluster-from-env",
+        &[
+            (mp::cluster::ADDRESS_ENV, "127.0.0.1:0".to_string()),
+            (mp::cluster::AUTHKEY_ENV, hex(b"a key from the environment")),
+        ],
+    )
+    .await?;
+    ensure!(status.success(), "the helper failed: {err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    ensure!(
+        words.len() == 2 && words[0].starts_with("127.0.0.1:") && words[1] == "121",
+        "the helper printed {out:?} ({err})"
+    );
+    Ok(())
+}
+
+/// A peer that holds the key (it passes the challenge, here through `mp::Client`, which
+/// speaks the same exchange) but then sends garbage instead of a hello: the head closes the
+/// connection and takes in no host.
+async fn garbage_after_the_challenge_is_refused() -> TestResult {
+    let cluster = Cluster::builder().authkey(b"k".to_vec()).build().await?;
+    let conn = mp::Client::connect::<Vec<u8>>(cluster.local_addr(), Some(b"k")).await?;
+    conn.send_bytes(&[0xc1, 0xff, 0x00, 0x13]).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(20), conn.recv_bytes()).await?;
+    ensure!(answer.is_err(), "the head answered garbage with {answer:?}");
+    ensure!(cluster.hosts() == 0, "garbage joined as a host");
+    Ok(())
+}
+
+/// The worker output events the head logged: (host, pid, stream, line).
+static CAPTURED: std::sync::Mutex<Vec<(String, u64, String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A subscriber that keeps the head's events about worker output.
+struct Capture;
+
+#[derive(Default)]
+struct Fields {
+    host: String,
+    pid: u64,
+    stream: String,
+    message: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "host" => self.host = format!("{value:?}"),
+            "stream" => self.stream = format!("{value:?}").trim_matches('"').to_string(),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "pid" {
+            self.pid = value;
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "tokio_multiprocessing::worker"
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((f.host, f.pid, f.stream, f.message));
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn say(x: u32) -> u32 {
+    println!("hello {x} from a worker");
+    eprintln!("a warning about {x}");
+    std::process::id()
+}
+
+/// The "host" is an agent on this machine (no namespace, no root needed).
+async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> TestResult {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::new("{agent}")
+                .hosts(1)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let pid = u64::from(pool.apply(say, (5,)).await?);
+    let seen = |stream: &str, line: &str| {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(h, p, s, m)| h.contains("127.0.0.1#0") && *p == pid && s == stream && m == line)
+    };
+    ensure!(
+        eventually(Duration::from_secs(20), || seen(
+            "stdout",
+            "hello 5 from a worker"
+        ) && seen(
+            "stderr",
+            "a warning about 5"
+        ))
+        .await,
+        "events seen: {:?}",
+        CAPTURED.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    Ok(())
+}

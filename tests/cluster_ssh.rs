@@ -1,0 +1,167 @@
+//! The `Ssh` launcher end to end against a real `sshd` (Debian's openssh-server) running in
+//! a network namespace this test makes, with a temporary host key and a temporary
+//! authorized key: the executable is copied to the host's cache (it lacks it), the agent
+//! starts over ssh with its key on stdin, and a pool's tasks run in the host's namespace.
+//! Skipped, with a message, where namespaces cannot be made or sshd is not installed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::netns::Net;
+use support::process::BoxError;
+use support::{TestResult, eventually};
+use tokio_multiprocessing::{self as mp, Cluster, Pool};
+
+fn main() {
+    mp::init();
+    support::run(trials![
+        ssh_launcher_copies_the_binary_and_runs_workers_on_the_host
+    ]);
+}
+
+fn netns() -> String {
+    std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn square_where(x: u64) -> (u64, String) {
+    (x * x, netns())
+}
+
+const SSHD: &str = "/usr/sbin/sshd";
+const PORT: &str = "2222";
+
+/// A temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), BoxError> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// Host and client keys, an authorized key and an sshd configuration in `dir`, for sshd
+/// listening on `address`.
+fn configure(dir: &Path, address: &str) -> Result<PathBuf, BoxError> {
+    for key in ["host_key", "client_key"] {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join(key)))?;
+    }
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+    let host_pub = std::fs::read_to_string(dir.join("host_key.pub"))?;
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!("[{address}]:{PORT} {host_pub}"),
+    )?;
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {PORT}\nListenAddress {address}\nHostKey {d}/host_key\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
+            d = dir.display()
+        ),
+    )?;
+    Ok(config)
+}
+
+async fn ssh_launcher_copies_the_binary_and_runs_workers_on_the_host() -> TestResult {
+    if !Path::new(SSHD).exists() {
+        println!("skipped: {SSHD} is not installed (Debian's openssh-server)");
+        return Ok(());
+    }
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let dir = TempDir(PathBuf::from(format!(
+        "/tmp/tkmp-ssh-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0)?;
+    let host = "10.77.1.2";
+    let config = configure(&dir.0, host)?;
+    // sshd's privilege separation directory, which the package's service makes at start.
+    std::fs::create_dir_all("/run/sshd")?;
+    let mut sshd = Command::new("ip")
+        .args(["netns", "exec", &net.host_ns(0), SSHD, "-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let cache = dir.0.join("cache");
+    let d = dir.0.display().to_string();
+    // The client runs in the head's namespace, which routes to the host.
+    let launcher = mp::launch::Ssh::hosts([format!("root@{host}")])
+        .workers_per_host(2)
+        .program(["ip", "netns", "exec", &net.head_ns(), "ssh"])
+        .option("-p")
+        .option(PORT)
+        .option("-i")
+        .option(format!("{d}/client_key"))
+        .option("-o")
+        .option("IdentitiesOnly=yes")
+        .option("-o")
+        .option(format!("UserKnownHostsFile={d}/known_hosts"))
+        .option("-o")
+        .option("ConnectTimeout=10")
+        .cache_dir(cache.display().to_string());
+    let outcome = async {
+        // sshd is up once it listens.
+        ensure!(
+            eventually(Duration::from_secs(20), || {
+                Command::new("ip")
+                    .args(["netns", "exec", &net.host_ns(0), "ss", "-Hltn"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(":2222"))
+            })
+            .await,
+            "sshd did not start"
+        );
+        let cluster = Cluster::builder()
+            .listener(net.listen()?)
+            .launcher(launcher)
+            .build()
+            .await?;
+        cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+        // The binary was copied into the cache, under its fingerprint.
+        let exe = std::env::current_exe()?;
+        let name = exe.file_name().ok_or("no file name")?;
+        let copies: Vec<PathBuf> = std::fs::read_dir(&cache)?
+            .flatten()
+            .map(|e| e.path().join(name))
+            .collect();
+        ensure!(copies.len() == 1, "cache holds {copies:?}");
+        ensure!(
+            std::fs::read(&copies[0])? == std::fs::read(&exe)?,
+            "the copy differs from the executable"
+        );
+        let pool = Pool::builder().cluster(&cluster).build().await?;
+        let out = pool.map(square_where, 0..1000u64).await?;
+        let here = netns();
+        ensure!(
+            out.iter()
+                .enumerate()
+                .all(|(i, (sq, ns))| *sq == (i * i) as u64 && *ns != here),
+            "the tasks did not all run on the ssh host"
+        );
+        Ok::<(), BoxError>(())
+    }
+    .await;
+    let _ = sshd.kill();
+    let _ = sshd.wait();
+    outcome
+}
