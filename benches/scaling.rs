@@ -5,7 +5,7 @@
 //!
 //! - `apply_<size>`: one `apply` round trip of a `ByteBuf` argument and result of that size,
 //!   beside the same bytes written through a socket pair and read back (the kernel's copy).
-//! - `cpu_tasks_<n>_workers`: 400 tasks of about 1 ms of arithmetic each on a pool of `n`
+//! - `cpu_tasks_<n>_workers`: 400 tasks of a few milliseconds of arithmetic each on a pool of `n`
 //!   workers, in tasks per second, beside the same tasks run one after the other in this
 //!   process. On a machine of `c` cores the figure should reach about `c` times its
 //!   baseline and stay there as `n` grows past `c`.
@@ -33,7 +33,7 @@ fn noop(x: u64) -> u64 {
     x
 }
 
-/// About a millisecond of arithmetic that the optimiser cannot skip.
+/// A few milliseconds of arithmetic that the optimiser cannot skip.
 fn burn(seed: u64) -> u64 {
     let mut x = seed | 1;
     for _ in 0..1_500_000 {
