@@ -3,8 +3,9 @@
 //! # Shape
 //!
 //! The head (the user's program) listens on TCP. A launcher (see [`crate::launch`]) starts
-//! one *host agent* per host: the program's own executable, which [`init`](crate::init)
-//! turns into an agent when its arguments begin with [`AGENT_FLAG`]. The agent dials the
+//! one *host agent* per host: the program's own executable, which becomes an agent before
+//! `main` (the crate's constructor, or [`init`](crate::init)) when its arguments begin with
+//! [`AGENT_FLAG`]. The agent dials the
 //! head, both prove they hold the cluster's key (the HMAC-SHA256 challenge both ways, as
 //! [`Listener`](crate::Listener)), and the agent says hello with its binary's fingerprint: a
 //! different build is refused, with a message naming the host and both fingerprints,
@@ -39,6 +40,14 @@
 //! Frames are authenticated at the handshake, not encrypted. Across an untrusted network,
 //! carry the connection through an ssh tunnel (`ssh -R`) or a VPN. The key reaches agents
 //! through their environment ([`AUTHKEY_ENV`]) or stdin, never their command line.
+//!
+//! # Layers
+//!
+//! This module sits beside the pool rather than above it, on purpose: the head's pool asks
+//! the [`Cluster`] for workers (`pool::remote`), the agent starts them with the pool's own
+//! worker code (`pool::HostWorker`), and the start-up (`start::before_main`) asks this
+//! module whether the process was launched as an agent. Each of these crossings is one
+//! function; the wire, the handshake and the worker loop are the local ones.
 //!
 //! # Files
 //!
