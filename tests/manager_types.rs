@@ -34,6 +34,7 @@ fn main() {
         array_has_a_fixed_length,
         get_by_name_checks_the_proxy_type,
         user_types_run_in_the_server,
+        withdrawn_calls_give_back_what_they_took,
     ])
 }
 
@@ -552,6 +553,78 @@ async fn user_types_run_in_the_server() -> TestResult {
     ensure!(
         matches!(plain.managed::<Counter>().await, Err(Error::Manager(_))),
         "an unregistered type was made"
+    );
+    Ok(())
+}
+
+/// Calls dropped at any moment (a `select!` or a timeout racing them) lose nothing: a `get`
+/// withdrawn after the server handed out its item puts the item back, and a `lock`
+/// withdrawn after it was granted releases the lock.
+async fn withdrawn_calls_give_back_what_they_took() -> TestResult {
+    let m = Manager::start().await?;
+    let q = m.queue::<u32>().await?;
+    const N: u32 = 3000;
+    let producer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                q.put(i).await.map_err(|e| e.into_parts().0)?;
+                if i % 8 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Ok::<_, mp::Error>(())
+        })
+    };
+    let mut got = Vec::new();
+    let mut withdrawn = 0u32;
+    while !producer.is_finished() || got.len() < N as usize {
+        match tokio::time::timeout(Duration::from_micros(40), q.get()).await {
+            Ok(item) => got.push(item?),
+            Err(_) => withdrawn += 1,
+        }
+        if producer.is_finished() && withdrawn > 0 && got.len() < N as usize {
+            // The rest without racing: what is left must all be there.
+            while let Ok(item) = q.get_timeout(Duration::from_secs(2)).await {
+                got.push(item);
+            }
+            break;
+        }
+    }
+    producer.await??;
+    got.sort_unstable();
+    let want: Vec<u32> = (0..N).collect();
+    ensure!(
+        got == want,
+        "{} items of {N} came out ({withdrawn} gets withdrawn); first missing: {:?}",
+        got.len(),
+        want.iter().find(|i| got.binary_search(i).is_err())
+    );
+
+    let lock = m.lock().await?;
+    let other = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            for _ in 0..300 {
+                lock.lock().await?;
+                tokio::task::yield_now().await;
+                lock.release().await?;
+            }
+            Ok::<_, mp::Error>(())
+        })
+    };
+    let mut taken = 0;
+    while !other.is_finished() {
+        if let Ok(r) = tokio::time::timeout(Duration::from_micros(30), lock.lock()).await {
+            r?;
+            taken += 1;
+            lock.release().await?;
+        }
+    }
+    other.await??;
+    ensure!(
+        lock.lock_timeout(Duration::from_secs(5)).await.is_ok(),
+        "a withdrawn lock was left held ({taken} taken)"
     );
     Ok(())
 }

@@ -8,7 +8,10 @@
 //! task hands over. So a `get` waiting on an empty queue holds up neither the `put` of
 //! another task nor the `release` of a lock. A call dropped before its reply withdraws its
 //! request (the server stops its wait); the connection stays usable, as no call ever
-//! writes to the socket itself.
+//! writes to the socket itself. What a withdrawn `get` or `acquire` was granted all the same
+//! is given back ([`Undo`]): by the server, if the cancel reaches it before the reply goes
+//! out; by this side, for a reply already on its way, until the server's `Withdrawn` says
+//! none can follow.
 //!
 //! # Liveness
 //! The server writes a heartbeat on an idle connection every [`HEARTBEAT`], and so does the
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, Reply, Request};
+use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, Reply, Request, Undo};
 use crate::error::{Error, Result};
 use crate::listener::Address;
 use crate::sys;
@@ -62,7 +65,18 @@ struct Held {
     lends: Vec<u64>,
 }
 
-type Waiting = Mutex<HashMap<u64, oneshot::Sender<Result<Reply>>>>;
+/// The calls of a connection still to be answered, under one lock.
+#[derive(Default)]
+struct Pending {
+    /// Calls waiting for their reply, with what to give back if the reply finds its
+    /// caller gone.
+    waiting: HashMap<u64, (oneshot::Sender<Result<Reply>>, Option<Undo>)>,
+    /// Calls withdrawn that may still be carried out, until the server's `Withdrawn`: a
+    /// reply that comes meanwhile is undone.
+    withdrawn: HashMap<u64, Undo>,
+}
+
+type Waiting = Mutex<Pending>;
 
 /// What the reader task shares with the callers: the calls waiting for replies.
 struct Calls {
@@ -71,7 +85,7 @@ struct Calls {
 }
 
 impl Calls {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Reply>>>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -262,7 +276,7 @@ impl Conn {
     fn start(link: Framed) -> Result<Conn> {
         let link = Arc::new(link);
         let calls = Arc::new(Calls {
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::default(),
             lost: AtomicBool::new(false),
         });
         let (out, rx) = mpsc::unbounded_channel();
@@ -271,7 +285,7 @@ impl Conn {
         };
         let _ = out.send(FrameBuf::of(&(0u64, hello))?);
         tokio::spawn(write_requests(link.clone(), rx));
-        tokio::spawn(read_replies(link, calls.clone()));
+        tokio::spawn(read_replies(link, calls.clone(), out.downgrade()));
         Ok(Conn {
             out,
             calls,
@@ -290,31 +304,60 @@ impl Conn {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let frame = FrameBuf::of(&(id, req))?;
         let (tx, rx) = oneshot::channel();
-        self.calls.waiting().insert(id, tx);
+        let undo = Undo::of(req);
+        self.calls.waiting().waiting.insert(id, (tx, undo));
         // Registered before the lost flag is read: the reader drains what it finds after
         // setting the flag, so a call is failed by it or sees the flag here.
         if self.calls.lost.load(Ordering::Acquire) || self.out.send(frame).is_err() {
-            self.calls.waiting().remove(&id);
+            self.calls.waiting().waiting.remove(&id);
             return Err(Error::Closed);
         }
-        let withdraw = Withdraw { conn: self, id };
-        let r = rx.await;
-        std::mem::forget(withdraw);
+        let mut withdraw = Withdraw {
+            conn: self,
+            id,
+            rx,
+            undo,
+            answered: false,
+        };
+        let r = (&mut withdraw.rx).await;
+        withdraw.answered = true;
         r.unwrap_or(Err(Error::Closed))
     }
 }
 
-/// Withdraws a call whose caller gave up before its reply.
+/// Withdraws a call whose caller gave up before its reply, and gives back what a reply
+/// that reached it meanwhile granted.
 struct Withdraw<'a> {
     conn: &'a Arc<Conn>,
     id: u64,
+    rx: oneshot::Receiver<Result<Reply>>,
+    undo: Option<Undo>,
+    answered: bool,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        if self.conn.calls.waiting().remove(&self.id).is_some() {
+        if self.answered {
+            return;
+        }
+        let mut pending = self.conn.calls.waiting();
+        if let Some((_, undo)) = pending.waiting.remove(&self.id) {
+            if let Some(undo) = undo {
+                pending.withdrawn.insert(self.id, undo);
+            }
+            drop(pending);
             if let Ok(f) = FrameBuf::of(&(0u64, Request::Cancel(self.id))) {
                 let _ = self.conn.out.send(f);
+            }
+            return;
+        }
+        drop(pending);
+        // The reader has taken the call's reply. Closed now, the receiver either holds it
+        // (undone here) or refuses it (undone by the reader).
+        self.rx.close();
+        if let Ok(Ok(reply)) = self.rx.try_recv() {
+            if let Some(req) = self.undo.and_then(|u| u.request(reply)) {
+                self.conn.post(req);
             }
         }
     }
@@ -354,7 +397,20 @@ async fn write_requests(link: Arc<Framed>, mut rx: mpsc::UnboundedReceiver<Frame
 
 /// Hands each reply to its call; when the connection ends or stays silent too long, fails
 /// every call still waiting with [`Error::Closed`].
-async fn read_replies(link: Arc<Framed>, calls: Arc<Calls>) {
+async fn read_replies(
+    link: Arc<Framed>,
+    calls: Arc<Calls>,
+    out: mpsc::WeakUnboundedSender<FrameBuf>,
+) {
+    // Gives back what a reply granted to a caller that is gone.
+    let undo = |undo: Option<Undo>, reply: Reply| {
+        let (Some(req), Some(out)) = (undo.and_then(|u| u.request(reply)), out.upgrade()) else {
+            return;
+        };
+        if let Ok(f) = FrameBuf::of(&(0u64, req)) {
+            let _ = out.send(f);
+        }
+    };
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
         let frame = match tokio::time::timeout(silence, link.recv()).await {
@@ -371,9 +427,19 @@ async fn read_replies(link: Arc<Framed>, calls: Arc<Calls>) {
         match frame.decode::<(u64, Reply)>() {
             Ok((0, Reply::Failed(f))) => tracing::debug!("the manager refused a frame: {f:?}"),
             Ok((0, _)) => {}
+            Ok((id, Reply::Withdrawn)) => {
+                calls.waiting().withdrawn.remove(&id);
+            }
             Ok((id, reply)) => {
-                if let Some(tx) = calls.waiting().remove(&id) {
-                    let _ = tx.send(Ok(reply));
+                let mut pending = calls.waiting();
+                if let Some((tx, u)) = pending.waiting.remove(&id) {
+                    drop(pending);
+                    if let Err(Ok(reply)) = tx.send(Ok(reply)) {
+                        undo(u, reply);
+                    }
+                } else if let Some(&u) = pending.withdrawn.get(&id) {
+                    drop(pending);
+                    undo(Some(u), reply);
                 }
             }
             Err(e) => {
@@ -384,7 +450,9 @@ async fn read_replies(link: Arc<Framed>, calls: Arc<Calls>) {
     }
     calls.lost.store(true, Ordering::Release);
     let _ = sys::shutdown_socket(link.as_fd(), true, true);
-    for (_, tx) in calls.waiting().drain() {
+    let mut pending = calls.waiting();
+    pending.withdrawn.clear();
+    for (_, (tx, _)) in pending.waiting.drain() {
         let _ = tx.send(Err(Error::Closed));
     }
 }

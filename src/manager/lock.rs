@@ -191,9 +191,8 @@ macro_rules! lock_methods {
         /// by this call); [`Error::Closed`](crate::Error::Closed) if the server is gone.
         ///
         /// # Cancel safety
-        /// Not cancel safe: a dropped `lock` is withdrawn from the server, but one the server
-        /// had already granted leaves the lock held by this connection (until it closes).
-        /// Use [`lock_timeout`](Self::lock_timeout) rather than racing `lock`.
+        /// Cancel safe: a dropped `lock` is withdrawn from the server, and a lock the server
+        /// had already granted to it is released.
         pub async fn lock(&self) -> Result<()> {
             super::lock::acquire(self, $owner, Wait::Forever)
                 .await

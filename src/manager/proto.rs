@@ -213,13 +213,20 @@ pub(super) enum NamespaceOp {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum QueueOp {
-    Put { item: Bytes, wait: Wait },
-    Get { wait: Wait },
+    Put {
+        item: Bytes,
+        wait: Wait,
+    },
+    Get {
+        wait: Wait,
+    },
     Len,
     MaxSize,
     TaskDone,
     Unfinished,
     Join,
+    /// Puts back, at the front, an item a withdrawn `get` took (see [`Undo`]).
+    Unget(Bytes),
 }
 
 /// Operations of a lock. The `owner` of a re-entrant lock is the calling task (see
@@ -281,6 +288,9 @@ pub(super) enum Reply {
     Named(Vec<(String, Bytes)>),
     /// The server is alive (unasked, on an idle connection).
     Heartbeat,
+    /// The answer to a [`Request::Cancel`]: it comes after any reply to the cancelled
+    /// request, so that the client knows no reply of it is still to come.
+    Withdrawn,
     Failed(Failure),
 }
 
@@ -330,5 +340,69 @@ impl From<Failure> for Error {
 impl Reply {
     pub(super) fn message(m: impl Into<String>) -> Reply {
         Reply::Failed(Failure::Message(m.into()))
+    }
+}
+
+/// What a withdrawn request that was carried out all the same must give back: the item a
+/// `get` took, the lock or the unit an `acquire` was granted. The server undoes it when it
+/// sees the cancel before replying; the client, when the reply was already on its way.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Undo {
+    Get(u64),
+    Lock {
+        id: u64,
+        owner: u64,
+        condition: bool,
+    },
+    Semaphore(u64),
+}
+
+impl Undo {
+    /// The undo a request needs if it is withdrawn, if any.
+    pub(super) fn of(req: &Request) -> Option<Undo> {
+        match req {
+            Request::Queue(id, QueueOp::Get { .. }) => Some(Undo::Get(*id)),
+            Request::Lock(id, LockOp::Acquire { owner, .. }) => Some(Undo::Lock {
+                id: *id,
+                owner: *owner,
+                condition: false,
+            }),
+            Request::Condition(id, ConditionOp::Lock(LockOp::Acquire { owner, .. })) => {
+                Some(Undo::Lock {
+                    id: *id,
+                    owner: *owner,
+                    condition: true,
+                })
+            }
+            Request::Semaphore(id, SemaphoreOp::Acquire { .. }) => Some(Undo::Semaphore(*id)),
+            _ => None,
+        }
+    }
+
+    /// The request that gives back what `reply` granted; `None` if it granted nothing.
+    pub(super) fn request(self, reply: Reply) -> Option<Request> {
+        match (self, reply) {
+            (Undo::Get(id), Reply::Item(Some(item))) => {
+                Some(Request::Queue(id, QueueOp::Unget(item)))
+            }
+            (
+                Undo::Lock {
+                    id,
+                    owner,
+                    condition,
+                },
+                Reply::Done,
+            ) => {
+                let op = LockOp::Release { owner };
+                Some(match condition {
+                    true => Request::Condition(id, ConditionOp::Lock(op)),
+                    false => Request::Lock(id, op),
+                })
+            }
+            (Undo::Semaphore(id), Reply::Bool(true)) => {
+                Some(Request::Semaphore(id, SemaphoreOp::Release(1)))
+            }
+            _ => None,
+        }
     }
 }

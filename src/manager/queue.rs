@@ -46,6 +46,12 @@ impl QueueState {
     pub(super) fn handle(&mut self, op: QueueOp) -> Reply {
         match op {
             QueueOp::Len => Reply::Len(self.items.len() as u64),
+            QueueOp::Unget(item) => {
+                // Back where it was taken from; it never stopped counting as unfinished.
+                self.items.push_front(item);
+                self.put.notify_one();
+                Reply::Done
+            }
             QueueOp::MaxSize => Reply::Len(self.maxsize as u64),
             QueueOp::Unfinished => Reply::Len(self.unfinished as u64),
             QueueOp::TaskDone if !self.joinable => {
@@ -223,9 +229,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// server is gone or unreachable (within three heartbeats).
     ///
     /// # Cancel safety
-    /// Not cancel safe: a `get` dropped while it waits is withdrawn from the server, but an
-    /// item the server had already handed out in reply is lost. Use
-    /// [`get_timeout`](Self::get_timeout) rather than racing `get` in a `select!`.
+    /// Cancel safe: a `get` dropped while it waits is withdrawn from the server, and an item
+    /// the server had already handed out to it is put back at the front of the queue.
     pub async fn get(&self) -> Result<T> {
         self.get_with(Wait::Forever).await
     }

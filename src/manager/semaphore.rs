@@ -77,8 +77,8 @@ macro_rules! semaphore_methods {
         /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
         ///
         /// # Cancel safety
-        /// Not cancel safe: a dropped `acquire` is withdrawn from the server, but a unit the
-        /// server had already granted is not given back.
+        /// Cancel safe: a dropped `acquire` is withdrawn from the server, and a unit the
+        /// server had already granted to it is given back.
         pub async fn acquire(&self) -> Result<()> {
             self.acquire_with(Wait::Forever).await.map(drop)
         }

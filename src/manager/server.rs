@@ -37,7 +37,7 @@ use super::lock::LockState;
 use super::managed::{Maker, UserObject};
 use super::proto::{
     ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, Reply,
-    Request, Tag, ValueOp, Wait,
+    Request, Tag, Undo, ValueOp, Wait,
 };
 use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
@@ -512,6 +512,41 @@ fn wait_of(req: &Request) -> Wait {
     }
 }
 
+/// A waiting request's way to be withdrawn: the flag its task and the connection's loop
+/// agree on, under one lock, about which of them answers first.
+#[derive(Default)]
+struct Withdrawal {
+    state: std::sync::Mutex<WithdrawalState>,
+    cancelled: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct WithdrawalState {
+    cancelled: bool,
+    finished: bool,
+}
+
+impl Withdrawal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WithdrawalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    /// Withdraws the request: its task stops waiting, or, if it was carried out and not
+    /// yet answered, gives back what it took. The answer `Withdrawn` goes out after the
+    /// request's reply, if one was sent.
+    fn cancel(&self, permit: mpsc::Permit<'_, (u64, Reply)>, rid: u64) {
+        let mut state = self.lock();
+        state.cancelled = true;
+        self.cancelled.notify_one();
+        permit.send((rid, Reply::Withdrawn));
+        drop(state);
+    }
+}
+
 /// Replies a connection may have waiting to be written before its requests stop being read.
 const REPLIES_IN_FLIGHT: usize = 1024;
 
@@ -526,7 +561,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     let (tx, rx) = mpsc::channel::<(u64, Reply)>(REPLIES_IN_FLIGHT);
     let mut tasks = JoinSet::new();
     tasks.spawn(write_replies(link.clone(), rx));
-    let mut waiting: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let mut waiting: HashMap<u64, Arc<Withdrawal>> = HashMap::new();
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     let outcome: Result<()> = loop {
         let frame = tokio::select! {
@@ -537,7 +572,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 Err(_) => break Err(Error::Protocol(format!("the client was silent for {silence:?}"))),
             },
             Some(_) = tasks.join_next(), if tasks.len() > 1 => {
-                waiting.retain(|_, h| !h.is_finished());
+                waiting.retain(|_, w| !w.finished());
                 continue;
             }
         };
@@ -561,8 +596,14 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 continue;
             }
             Request::Cancel(rid) => {
-                if let Some(h) = waiting.remove(&rid) {
-                    h.abort();
+                // The answer follows any reply of `rid` already queued: the client then
+                // knows that nothing of it is still to come (and undoes what came).
+                let Ok(permit) = tx.reserve().await else {
+                    break Ok(());
+                };
+                match waiting.remove(&rid) {
+                    Some(w) => w.cancel(permit, rid),
+                    None => permit.send((rid, Reply::Withdrawn)),
                 }
                 continue;
             }
@@ -582,11 +623,29 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 }
             }
             let (shared, tx) = (shared.clone(), tx.clone());
-            let h = tasks.spawn(async move {
-                let r = shared.wait(caller, req).await;
-                let _ = tx.send((id, r)).await;
+            let w = Arc::new(Withdrawal::default());
+            waiting.insert(id, w.clone());
+            tasks.spawn(async move {
+                let undo = Undo::of(&req);
+                let r = tokio::select! {
+                    biased;
+                    r = shared.wait(caller, req) => r,
+                    () = w.cancelled.notified() => return,
+                };
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let mut state = w.lock();
+                if state.cancelled {
+                    // Withdrawn while it was being carried out: give back what it took.
+                    if let Some(req) = undo.and_then(|u| u.request(r)) {
+                        shared.state().handle(caller, req);
+                    }
+                } else {
+                    permit.send((id, r));
+                }
+                state.finished = true;
             });
-            waiting.insert(id, h);
         } else {
             let r = shared.state().handle(caller, req);
             if let Err(e) = reply_now(&link, id, r).await {
