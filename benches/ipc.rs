@@ -12,7 +12,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Figure, Report};
+use support::{BoxError, Figure, Report, bounded};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
@@ -270,8 +270,6 @@ async fn raw_stream() -> std::io::Result<f64> {
     Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
 }
 
-type BoxError = Box<dyn std::error::Error>;
-
 /// Runs of a throughput figure: `f` once per run, a fresh child each time.
 async fn throughput<F, Fut, E>(mut f: F) -> Result<Vec<f64>, BoxError>
 where
@@ -284,17 +282,6 @@ where
         runs.push(f().await.map_err(Into::into)?);
     }
     Ok(runs)
-}
-
-/// `f`'s runs, or an error once it has taken longer than [`FIGURE_TIMEOUT`].
-async fn bounded<T, E: Into<BoxError>>(
-    name: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, BoxError> {
-    match tokio::time::timeout(FIGURE_TIMEOUT, f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err(format!("{name} took longer than {FIGURE_TIMEOUT:?}").into()),
-    }
 }
 
 fn main() -> Result<(), BoxError> {
@@ -313,17 +300,27 @@ fn main() -> Result<(), BoxError> {
         macro_rules! baseline {
             ($slot:ident, $name:literal, $unit:literal, $runs:expr) => {{
                 if $slot.is_none() {
-                    $slot = Some(Figure::new($name, $unit, bounded($name, $runs).await?));
+                    $slot = Some(Figure::new(
+                        $name,
+                        $unit,
+                        bounded($name, FIGURE_TIMEOUT, $runs).await?,
+                    ));
                 }
                 $slot.clone().expect("measured just above")
             }};
         }
         if wanted("queue_small_msgs_per_s", "") {
-            let runs = bounded("queue_small_msgs_per_s", throughput(queue_small)).await?;
+            let runs = bounded(
+                "queue_small_msgs_per_s",
+                FIGURE_TIMEOUT,
+                throughput(queue_small),
+            )
+            .await?;
             report.add(Figure::new("queue_small_msgs_per_s", "msgs/s", runs));
         }
         if wanted("queue_1mib_mb_per_s", "raw_stream_mb_per_s") {
-            let runs = bounded("queue_1mib_mb_per_s", throughput(queue_big)).await?;
+            let runs =
+                bounded("queue_1mib_mb_per_s", FIGURE_TIMEOUT, throughput(queue_big)).await?;
             let base = baseline!(
                 stream_base,
                 "raw_stream_mb_per_s",
@@ -333,7 +330,7 @@ fn main() -> Result<(), BoxError> {
             report.add(Figure::new("queue_1mib_mb_per_s", "MB/s", runs).baseline(base));
         }
         if wanted("pipe_rtt_us", "raw_rtt_processes_us") {
-            let runs = bounded("pipe_rtt_us", pipe_ping_pong(false)).await?;
+            let runs = bounded("pipe_rtt_us", FIGURE_TIMEOUT, pipe_ping_pong(false)).await?;
             let base = baseline!(
                 rtt_base,
                 "raw_rtt_processes_us",
@@ -343,7 +340,7 @@ fn main() -> Result<(), BoxError> {
             report.add(Figure::new("pipe_rtt_us", "us", runs).baseline(base));
         }
         if wanted("pipe_rtt_bytes_us", "raw_rtt_processes_us") {
-            let runs = bounded("pipe_rtt_bytes_us", pipe_ping_pong(true)).await?;
+            let runs = bounded("pipe_rtt_bytes_us", FIGURE_TIMEOUT, pipe_ping_pong(true)).await?;
             let base = baseline!(
                 rtt_base,
                 "raw_rtt_processes_us",
@@ -363,12 +360,12 @@ fn main() -> Result<(), BoxError> {
             let base = Figure::new(
                 "raw_rtt_us",
                 "us",
-                bounded("raw_rtt_us", raw_ping_pong()).await?,
+                bounded("raw_rtt_us", FIGURE_TIMEOUT, raw_ping_pong()).await?,
             );
             report.add(ours.baseline(base));
         }
         if wanted("pipe_1mib_mb_per_s", "raw_stream_mb_per_s") {
-            let runs = bounded("pipe_1mib_mb_per_s", throughput(pipe_big)).await?;
+            let runs = bounded("pipe_1mib_mb_per_s", FIGURE_TIMEOUT, throughput(pipe_big)).await?;
             let base = baseline!(
                 stream_base,
                 "raw_stream_mb_per_s",

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use support::{Figure, Report};
+use support::{BoxError, Figure, Report, bounded};
 use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy, StartMethod};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The most any one figure (all its runs) may take.
+const FIGURE_TIMEOUT: Duration = Duration::from_secs(300);
 
 const CALLS: u32 = 5_000;
 const ITEMS: u32 = 50_000;
@@ -173,16 +174,6 @@ async fn start_and_shutdown(how: How) -> mp::Result<(Vec<f64>, Vec<f64>)> {
     Ok((starts, stops))
 }
 
-async fn bounded<T>(
-    name: &str,
-    f: impl std::future::Future<Output = mp::Result<T>>,
-) -> Result<T, BoxError> {
-    match tokio::time::timeout(Duration::from_secs(300), f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err(format!("{name} took longer than 300 s").into()),
-    }
-}
-
 fn main() -> Result<(), BoxError> {
     mp::init();
     if std::env::args().any(|a| a == "--list") {
@@ -196,30 +187,46 @@ fn main() -> Result<(), BoxError> {
         let here = Figure::new(
             "dict_call_in_process_us",
             "us",
-            bounded("dict_call_in_process_us", dict_in_process()).await?,
+            bounded("dict_call_in_process_us", FIGURE_TIMEOUT, dict_in_process()).await?,
         );
         let local = Figure::new(
             "dict_call_local_us",
             "us",
-            bounded("dict_call_local_us", dict_local()).await?,
+            bounded("dict_call_local_us", FIGURE_TIMEOUT, dict_local()).await?,
         );
         report.add(local.clone().baseline(here));
-        let tcp = bounded("dict_call_tcp_us", dict_tcp()).await?;
+        let tcp = bounded("dict_call_tcp_us", FIGURE_TIMEOUT, dict_tcp()).await?;
         report.add(Figure::new("dict_call_tcp_us", "us", tcp).baseline(local));
-        let one = bounded("queue_proxy_items_per_s", queue_between_processes(false)).await?;
+        let one = bounded(
+            "queue_proxy_items_per_s",
+            FIGURE_TIMEOUT,
+            queue_between_processes(false),
+        )
+        .await?;
         let many = bounded(
             "queue_proxy_pipelined_items_per_s",
+            FIGURE_TIMEOUT,
             queue_between_processes(true),
         )
         .await?;
         let one = Figure::new("queue_proxy_items_per_s", "items/s", one);
         report.add(one.clone());
         report.add(Figure::new("queue_proxy_pipelined_items_per_s", "items/s", many).baseline(one));
-        let (here_start, here_stop) =
-            bounded("manager_start_ms", start_and_shutdown(How::InProcess)).await?;
-        let (start, stop) = bounded("manager_start_ms", start_and_shutdown(How::Process)).await?;
+        let (here_start, here_stop) = bounded(
+            "manager_start_ms",
+            FIGURE_TIMEOUT,
+            start_and_shutdown(How::InProcess),
+        )
+        .await?;
+        let (start, stop) = bounded(
+            "manager_start_ms",
+            FIGURE_TIMEOUT,
+            start_and_shutdown(How::Process),
+        )
+        .await?;
         let (fs_start, fs_stop) = bounded(
             "manager_start_forkserver_ms",
+            FIGURE_TIMEOUT,
             start_and_shutdown(How::ForkServer),
         )
         .await?;

@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use support::{Figure, Report};
+use support::{Figure, Report, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
 
@@ -30,17 +30,6 @@ fn exit_at(at: u64) {
         .map_or(0, |d| d.as_nanos() as u64);
     std::thread::sleep(Duration::from_nanos(at.saturating_sub(now)));
     std::process::exit(3);
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn socketpair_ping_pong(rounds: u32) -> std::io::Result<Duration> {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use serde_bytes::ByteBuf;
-use support::{Figure, Report};
+use support::{Figure, Report, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
 
@@ -42,17 +42,6 @@ fn burn(seed: u64) -> u64 {
         x ^= x << 17;
     }
     x
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -27,6 +27,7 @@
 #![allow(dead_code)] // each bench uses part of this module
 
 use std::future::Future;
+use std::time::Duration;
 
 /// The environment variable that sets how many runs every figure takes.
 pub const REPEAT_VAR: &str = "TKMP_BENCH_REPEAT";
@@ -248,4 +249,32 @@ impl Report {
             println!("{}", line.trim_end());
         }
     }
+}
+
+/// The error a bench's `main` reports.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `f` gives, or an error naming the figure `name` once it has taken longer than
+/// `limit` (a figure that hangs fails its bench instead of holding the machine).
+pub async fn bounded<T, E: Into<BoxError>>(
+    name: &str,
+    limit: Duration,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(format!("{name} took longer than {limit:?}").into()),
+    }
+}
+
+/// This process's resident set size in KiB, from `/proc/self/status` (0 if unknown).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -29,14 +29,3 @@ pub(crate) fn keep_constructor() {
 extern "C" fn before_main() {
     crate::start::before_main()
 }
-
-/// Makes SIGPIPE ignored, as Rust's start-up does before `main`: a write to a closed pipe or
-/// socket is then an `EPIPE` error instead of the end of the process.
-pub(crate) fn ignore_sigpipe() -> std::io::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: SIG_IGN runs no code in signal context, so no handler of ours can break an
-    // invariant of the interrupted code.
-    unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
-    Ok(())
-}

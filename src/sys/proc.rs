@@ -195,25 +195,32 @@ fn robust_list() -> Option<(*mut libc::c_void, libc::size_t)> {
 /// whole process group, and the server's life is the program's to decide). Returns the
 /// disposition it replaced, for the server's children to take back.
 pub(crate) fn ignore_sigint() -> io::Result<SavedSignal> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: SIG_IGN runs no code in signal context, so no handler of ours can break an
-    // invariant of the interrupted code.
-    let old = unsafe { sigaction(Signal::SIGINT, &ignore) }?;
-    Ok(SavedSignal(old))
+    ignore_signal(Signal::SIGINT).map(SavedSignal)
 }
 
 /// Ignores the signals a terminal sends a whole foreground process group (Ctrl-C's SIGINT,
 /// Ctrl-\'s SIGQUIT, Ctrl-Z's SIGTSTP), for a process whose parent decides what they mean.
 pub(crate) fn ignore_terminal_signals() -> io::Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTSTP] {
-        // SAFETY: SIG_IGN runs no code in signal context, so no handler of ours can break an
-        // invariant of the interrupted code.
-        unsafe { sigaction(sig, &ignore) }?;
+        ignore_signal(sig)?;
     }
     Ok(())
+}
+
+/// Makes SIGPIPE ignored, as Rust's start-up does before `main` (for a process that takes
+/// its role before it): a write to a closed pipe or socket is then an `EPIPE` error instead
+/// of the end of the process.
+pub(crate) fn ignore_sigpipe() -> io::Result<()> {
+    ignore_signal(Signal::SIGPIPE).map(drop)
+}
+
+/// Sets `sig` to be ignored; returns the disposition it replaced.
+fn ignore_signal(sig: Signal) -> io::Result<nix::sys::signal::SigAction> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no code in signal context, so no handler of ours can break an
+    // invariant of the interrupted code.
+    Ok(unsafe { sigaction(sig, &ignore) }?)
 }
 
 /// Puts back the SIGINT disposition [`ignore_sigint`] replaced (in a child forked since).
