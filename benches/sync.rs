@@ -15,10 +15,10 @@
 mod support;
 
 use std::hint::black_box;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use support::eventfd::EventfdPingPong;
 use support::{Figure, Report};
 use tokio_multiprocessing as mp;
 
@@ -143,7 +143,7 @@ async fn event_ping_pong(report: &mut Report) -> mp::Result<()> {
     let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), pings))
         .start()
         .await?;
-    let raw = RawPingPong::start(pings)?;
+    let raw = EventfdPingPong::start(pings)?;
     // Warm up with a first round trip each (the child's start is not part of the figure).
     ping.set();
     pong.wait().await?;
@@ -175,62 +175,6 @@ async fn event_ping_pong(report: &mut Report) -> mp::Result<()> {
     );
     report.note("event_ping_pong_raw_eventfd_us: two eventfds, blocking reads, a forked child");
     Ok(())
-}
-
-/// Two eventfds and a forked child, each side blocking in `read`: the kernel's floor for a
-/// wake-up in another process and back.
-struct RawPingPong {
-    ping: OwnedFd,
-    pong: OwnedFd,
-    child: nix::unistd::Pid,
-}
-
-impl RawPingPong {
-    fn start(n: u32) -> std::io::Result<RawPingPong> {
-        use nix::sys::eventfd::{EfdFlags, EventFd};
-        let ping: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
-        let pong: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?.into();
-        let one = 1u64.to_ne_bytes();
-        // The fork happens on a thread of our own; the child touches only its two
-        // descriptors and `_exit`s.
-        let child = std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: the child calls only read, write and _exit, all async-signal-safe,
-                // and allocates nothing, as a child of a multi-threaded process must.
-                match unsafe { nix::unistd::fork() }? {
-                    nix::unistd::ForkResult::Child => {
-                        let mut b = [0u8; 8];
-                        for _ in 0..n {
-                            if nix::unistd::read(ping.as_fd(), &mut b).is_err()
-                                || nix::unistd::write(pong.as_fd(), &one).is_err()
-                            {
-                                break;
-                            }
-                        }
-                        // SAFETY: ends the forked child at once, running none of the
-                        // parent's exit handlers.
-                        unsafe { nix::libc::_exit(0) }
-                    }
-                    nix::unistd::ForkResult::Parent { child } => Ok::<_, std::io::Error>(child),
-                }
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("fork thread panicked")))
-        })?;
-        Ok(RawPingPong { ping, pong, child })
-    }
-
-    fn round_trip(&self) -> std::io::Result<()> {
-        let mut b = [0u8; 8];
-        nix::unistd::write(self.ping.as_fd(), &1u64.to_ne_bytes())?;
-        nix::unistd::read(self.pong.as_fd(), &mut b)?;
-        Ok(())
-    }
-
-    fn finish(self) -> std::io::Result<()> {
-        nix::sys::wait::waitpid(self.child, None)?;
-        Ok(())
-    }
 }
 
 fn main() -> mp::Result<()> {

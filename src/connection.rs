@@ -247,7 +247,7 @@ impl<T> Connection<T> {
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;
-        Ok(self.link.recv_one().await?.into_body())
+        Ok(self.link.recv_one_awake().await?.into_body())
     }
 
     /// Whether a message (or end of stream) waits to be received, waiting at most `timeout`
@@ -320,7 +320,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv(&self) -> Result<T> {
         self.check_readable()?;
-        self.link.recv_one().await?.decode()
+        self.link.recv_one_awake().await?.decode()
     }
 
     /// [`recv`](Self::recv), giving up after `timeout` with [`Error::Timeout`] (nothing is

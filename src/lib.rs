@@ -44,6 +44,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod awake;
 pub mod cluster;
 mod connection;
 mod error;

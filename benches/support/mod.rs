@@ -26,6 +26,8 @@
 
 #![allow(dead_code)] // each bench uses part of this module
 
+pub mod eventfd;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -413,7 +413,7 @@ async fn read_replies(
     };
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
-        let frame = match tokio::time::timeout(silence, link.recv()).await {
+        let frame = match tokio::time::timeout(silence, link.recv_awake()).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::debug!("manager connection ended: {e}");

@@ -565,7 +565,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     let outcome: Result<()> = loop {
         let frame = tokio::select! {
-            r = tokio::time::timeout(silence, link.recv()) => match r {
+            r = tokio::time::timeout(silence, link.recv_awake()) => match r {
                 Ok(Ok(f)) => f,
                 Ok(Err(Error::Closed)) => break Ok(()),
                 Ok(Err(e)) => break Err(e),

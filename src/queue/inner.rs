@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::header::Header;
 use super::reactor::Reactor;
 use super::spill::RECYCLE_BUFFER;
+use crate::awake::Recent;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::{Fd, FdRef};
@@ -51,6 +52,8 @@ pub(super) struct Inner {
     pub(super) rbuf: Mutex<Vec<u8>>,
     /// Receives packets; kept at full size, so a large packet costs no fresh zeroed buffer.
     pub(super) pbuf: Mutex<Vec<u8>>,
+    /// When this handle last put or took an item: whether a wait may spin first.
+    pub(super) recent: Recent,
 }
 
 /// The ring's number of slots for a queue of `maxsize` (0: unbounded).
@@ -110,6 +113,7 @@ impl Inner {
             registrations: Mutex::new(None),
             rbuf: Mutex::new(Vec::new()),
             pbuf: Mutex::new(Vec::new()),
+            recent: Recent::default(),
         })
     }
 
@@ -193,6 +197,7 @@ impl<'de> Deserialize<'de> for Inner {
             registrations: Mutex::new(None),
             rbuf: Mutex::new(Vec::new()),
             pbuf: Mutex::new(Vec::new()),
+            recent: Recent::default(),
         })
     }
 }

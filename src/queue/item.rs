@@ -110,6 +110,7 @@ impl Inner {
         let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
         let popped = self.ring.try_pop(&mut buf);
         if matches!(popped, Ok(Some(_))) {
+            self.recent.mark();
             self.notify_producers();
         }
         match popped? {

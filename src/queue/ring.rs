@@ -25,6 +25,7 @@ impl Inner {
         }
         let pushed = self.ring.try_push(data);
         if pushed == Pushed::Done {
+            self.recent.mark();
             self.notify_consumers();
             return pushed;
         }

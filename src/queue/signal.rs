@@ -15,6 +15,7 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use super::header::Side;
 use super::inner::Inner;
+use crate::awake;
 use crate::error::Result;
 use crate::on_drop::OnDrop;
 use crate::sys;
@@ -70,13 +71,18 @@ impl Inner {
         }
     }
 
-    /// Waits until `ready` holds, as a waiter of `side` (see the module docs).
+    /// Waits until `ready` holds, as a waiter of `side` (see the module docs); awake at
+    /// first, without counting as a waiter, when this handle's last item was just now (see
+    /// [`awake`](crate::awake)).
     pub(super) async fn wait_until(
         &self,
         fd: &AsyncFd<Arc<OwnedFd>>,
         side: Side<'_>,
         mut ready: impl FnMut() -> Result<bool>,
     ) -> Result<()> {
+        if self.recent.may_spin() && awake::spin(|| Ok(ready()?.then_some(()))).await?.is_some() {
+            return Ok(());
+        }
         let _counted = side.count_waiter();
         let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
         loop {

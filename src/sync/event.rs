@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
 use super::{deadline, until};
+use crate::awake;
 use crate::error::{Error, Result};
 
 /// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
@@ -94,6 +95,7 @@ impl Event {
             })
             .is_ok();
         if raised {
+            self.inner.recent.mark();
             self.inner.wake.signal();
         }
     }
@@ -141,17 +143,27 @@ impl Event {
         if seen & 1 != 0 {
             return Ok(());
         }
+        // Set now, or set (and maybe cleared again) since the wait began.
+        let raised = || {
+            let now = self.state();
+            now & 1 != 0 || now >> 1 != seen >> 1
+        };
         until(deadline, async {
+            if self.inner.recent.may_spin()
+                && awake::spin(|| Ok(raised().then_some(()))).await?.is_some()
+            {
+                return Ok(());
+            }
             let mut listener = self.inner.wake.listen()?;
             loop {
-                let now = self.state();
-                // Set now, or set (and maybe cleared again) since the wait began.
-                if now & 1 != 0 || now >> 1 != seen >> 1 {
+                if raised() {
                     return Ok(());
                 }
                 listener.notified().await?;
             }
         })
-        .await
+        .await?;
+        self.inner.recent.mark();
+        Ok(())
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::shared_state::{Layout, SharedState};
 use super::wake::Watch;
 use super::{SPIN, deadline, until};
+use crate::awake;
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
 use crate::sys;
@@ -82,6 +83,21 @@ impl RawLock {
     }
 
     async fn acquire_slow(&self, me: u32) -> Result<()> {
+        if self.recent.may_spin()
+            && awake::spin(|| Ok(self.try_take(me).then_some(())))
+                .await?
+                .is_some()
+        {
+            return Ok(());
+        }
+        let r = self.acquire_asleep(me).await;
+        if r.is_ok() {
+            self.recent.mark();
+        }
+        r
+    }
+
+    async fn acquire_asleep(&self, me: u32) -> Result<()> {
         let waiters = self.region.u32_at(WAITERS);
         waiters.fetch_add(1, SeqCst);
         let _counted = OnDrop::new(|| {
@@ -168,6 +184,7 @@ impl RawLock {
             return false;
         }
         if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
+            self.recent.mark();
             self.wake.post(1);
         }
         true

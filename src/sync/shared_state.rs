@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::wake::Wake;
+use crate::awake::Recent;
 use crate::error::Result;
 use crate::sys::SharedRegion;
 use crate::wire::{Fd, FdRef};
@@ -37,6 +38,9 @@ pub(crate) trait Layout {
 pub(crate) struct SharedState<L> {
     pub(crate) region: SharedRegion,
     pub(crate) wake: Wake,
+    /// When this process last handed the primitive over or was handed it after a wait:
+    /// whether a wait may spin first (see [`awake`](crate::awake)).
+    pub(crate) recent: Recent,
     layout: PhantomData<fn() -> L>,
 }
 
@@ -47,6 +51,7 @@ impl<L: Layout> SharedState<L> {
         Ok(SharedState {
             region: SharedRegion::anonymous(&name, L::SIZE)?,
             wake: Wake::new(L::TOKENS)?,
+            recent: Recent::default(),
             layout: PhantomData,
         })
     }
@@ -66,6 +71,7 @@ impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
         Ok(SharedState {
             region,
             wake: Wake::from_fd(wake.into_owned()),
+            recent: Recent::default(),
             layout: PhantomData,
         })
     }

@@ -7,10 +7,12 @@
 //! the mechanisms the rest of the crate is built on.
 
 mod bytes;
+mod clock;
 mod constructor;
 mod eventfd;
 mod fd;
 mod ident;
+mod load;
 mod pid;
 mod proc;
 mod random;
@@ -20,6 +22,7 @@ mod socket_opts;
 mod spill;
 
 pub(crate) use bytes::{Number, number_bytes};
+pub(crate) use clock::monotonic_nanos;
 pub(crate) use constructor::keep_constructor;
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
@@ -29,6 +32,7 @@ pub(crate) use fd::{
     socketpair_stream, wait_writable,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
+pub(crate) use load::core_spare;
 pub(crate) use pid::cached_pid;
 #[cfg(feature = "test-hooks")]
 pub(crate) use proc::fork_and_reap;

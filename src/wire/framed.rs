@@ -40,6 +40,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
+use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -73,6 +74,8 @@ pub(crate) struct Framed {
     registering: Mutex<()>,
     recv: Mutex<RecvState>,
     send_turn: tokio::sync::Mutex<()>,
+    /// When this end last sent or received a frame: whether a wait may spin first.
+    recent: Recent,
 }
 
 /// Bytes read and not yet taken as frames, and whether the socket reported end of stream.
@@ -97,6 +100,7 @@ impl Framed {
             registering: Mutex::new(()),
             recv: Mutex::new(RecvState::default()),
             send_turn: tokio::sync::Mutex::new(()),
+            recent: Recent::default(),
         })
     }
 
@@ -241,6 +245,61 @@ impl Framed {
         }
     }
 
+    /// [`recv`](Self::recv), waiting awake first when a frame is due shortly (see
+    /// [`awake`](crate::awake)): for an end that sends requests and awaits their answers.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe, as [`recv`](Self::recv).
+    pub(crate) async fn recv_awake(&self) -> Result<Frame> {
+        self.awake(|| self.try_recv().transpose(), self.recv())
+            .await
+    }
+
+    /// [`recv_one`](Self::recv_one), waiting awake first when a frame is due shortly (see
+    /// [`awake`](crate::awake)).
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe, as [`recv_one`](Self::recv_one).
+    pub(crate) async fn recv_one_awake(&self) -> Result<Frame> {
+        self.awake(|| self.try_recv_one(), self.recv_one()).await
+    }
+
+    /// Spins with `look` while [`Recent::may_spin`] allows, then sleeps in `sleep`.
+    async fn awake(
+        &self,
+        look: impl FnMut() -> Result<Option<Frame>>,
+        sleep: impl Future<Output = Result<Frame>>,
+    ) -> Result<Frame> {
+        if self.recent.may_spin()
+            && let Some(f) = awake::spin(look).await?
+        {
+            self.recent.mark();
+            return Ok(f);
+        }
+        let f = sleep.await?;
+        self.recent.mark();
+        Ok(f)
+    }
+
+    /// Takes one frame if it is buffered or has arrived, reading no further than its end
+    /// (as [`recv_one`](Self::recv_one)), without waiting and without the reactor.
+    fn try_recv_one(&self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(f) = self.take_frame()? {
+                return Ok(Some(f));
+            }
+            if self.read_some(true)?.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Receives the next frame if it is buffered or can be read at once, without waiting and
     /// without the reactor: `None` when the socket has no complete frame now (bytes of a
     /// partial one stay buffered for the next call). Reads as [`recv`](Self::recv) does.
@@ -338,7 +397,9 @@ impl Framed {
         frame.seal()?;
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
-        self.write_frame(io, frame).await
+        self.write_frame(io, frame).await?;
+        self.recent.mark();
+        Ok(())
     }
 
     /// Sends several frames in order, frames without descriptors written together in as few
@@ -381,7 +442,9 @@ impl Framed {
                 self.write_all(io, tail, &[]).await?;
             }
         }
-        self.write_all(io, &joined, &[]).await
+        self.write_all(io, &joined, &[]).await?;
+        self.recent.mark();
+        Ok(())
     }
 
     /// Writes a sealed frame: its head with its descriptors, then its tail.

@@ -1,0 +1,90 @@
+//! How busy the machine is: whether a core is spare for a process to wait on awake.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How long one look at the machine's load stands for.
+const LOOK_EVERY: Duration = Duration::from_millis(1);
+
+/// Whether a core is spare now: the machine's runnable threads (the caller among them,
+/// since it runs) are no more than the cores this process may run on, so a thread that
+/// keeps running takes no time from another at work. Looks at `/proc/loadavg` at most once
+/// per [`LOOK_EVERY`] (a few microseconds) and answers from that look in between; `false`
+/// on a single core, and where the file cannot be read.
+pub(crate) fn core_spare() -> bool {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    /// When the last look was taken, in nanoseconds after `EPOCH` (0: never).
+    static LOOKED: AtomicU64 = AtomicU64::new(0);
+    static SPARE: AtomicBool = AtomicBool::new(false);
+    let cores = *CORES.get_or_init(super::cpus_allowed);
+    if cores <= 1 {
+        return false;
+    }
+    let now = super::monotonic_nanos();
+    let looked = LOOKED.load(Ordering::Relaxed);
+    if looked != 0 && now.saturating_sub(looked) < LOOK_EVERY.as_nanos() as u64 {
+        return SPARE.load(Ordering::Relaxed);
+    }
+    // One thread looks; the others answer from the previous look meanwhile.
+    if LOOKED
+        .compare_exchange(looked, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return SPARE.load(Ordering::Relaxed);
+    }
+    let spare = runnable_threads().is_some_and(|n| n <= cores);
+    SPARE.store(spare, Ordering::Relaxed);
+    spare
+}
+
+/// The machine's runnable threads now (the fourth field of `/proc/loadavg`,
+/// `running/total`), the caller included.
+fn runnable_threads() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let field = text.split_whitespace().nth(3)?;
+    field.split('/').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runnable_threads_counts_the_caller() {
+        // The calling thread runs while it reads the file, so it is counted.
+        assert!(runnable_threads().is_some_and(|n| n >= 1));
+    }
+
+    #[test]
+    fn a_core_is_not_spare_when_every_core_is_kept_busy() {
+        let cores = crate::sys::cpus_allowed();
+        if cores <= 1 {
+            assert!(!core_spare(), "a single core is never spare");
+            return;
+        }
+        // Keep more threads running than there are cores, then look.
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..cores * 2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let busy = runnable_threads();
+        stop.store(true, Ordering::Relaxed);
+        for s in spinners {
+            let _ = s.join();
+        }
+        assert!(
+            busy.is_some_and(|n| n > cores),
+            "{busy:?} runnable with {} spinning threads on {cores} cores",
+            cores * 2
+        );
+    }
+}
