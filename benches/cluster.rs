@@ -9,6 +9,12 @@
 //!   beside a local pool of two workers in the same run (the target: at least half of it);
 //! - `cluster_map_1m`: a map of 1,000,000 trivial items on the same two hosts, beside the
 //!   same local pool (at least half of it);
+//! - `cluster_map_behind_relay`: a map of short tasks (150 µs of CPU each, one a chunk) on one
+//!   host of one worker whose every connection passes through a relay that holds each chunk
+//!   0.5 ms in each direction (a link of 1 ms round trip), beside the same map on the same
+//!   host with no relay (the target: the worker stays busy, so at least 90% of it). The
+//!   relay's delay is `CLUSTER_BENCH_RELAY_US` microseconds; `CLUSTER_BENCH_ONLY=relay` runs
+//!   this figure alone;
 //! - `cluster_built_to_first_result`: from `Cluster::builder()` (one host of one worker)
 //!   through `Pool::builder().cluster(..).build()` to the first result, beside a local
 //!   one-worker pool's built-to-first-result (the target: at most 100 ms).
@@ -23,7 +29,10 @@ mod support;
 mod netns;
 
 use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netns::Net;
@@ -35,7 +44,192 @@ fn noop(x: u64) -> u64 {
     x
 }
 
+/// A task of `us` microseconds of CPU.
+fn busy(us: u64) -> u64 {
+    let t = Instant::now();
+    let d = Duration::from_micros(us);
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+    us
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A relay in the head's namespace, listening on host 0's side of its link (`10.77.1.1`) on
+/// the port of the head's listener, that forwards each connection to the head and holds every
+/// chunk it reads for `delay` (at least: the sleep is the kernel's) before writing it on, in
+/// each direction, without holding up the chunks behind it. Its threads are plain threads
+/// with blocking sockets, because tokio's timer counts in milliseconds.
+struct Relay {
+    stop: Arc<AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// The address agents dial to go through the relay (with the head's port).
+    const HOST: &'static str = "10.77.1.1";
+
+    fn start(net: &Net, port: u16, delay: Duration) -> Result<Relay, BoxError> {
+        let path = format!("/run/netns/{}", net.head_ns());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopped = Arc::clone(&stop);
+        let accept = std::thread::spawn(move || {
+            let listener = (|| -> Result<TcpListener, String> {
+                let ns = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns: {e}"))?;
+                let l = TcpListener::bind((Relay::HOST, port)).map_err(|e| format!("bind: {e}"))?;
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(l)
+            })();
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((down, _)) => {
+                        // This thread is in the head's namespace: the head is reachable.
+                        let Ok(up) = TcpStream::connect((netns::HEAD_IP, port)) else {
+                            continue;
+                        };
+                        let _ = relay_both_ways(down, up, delay);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))??;
+        Ok(Relay {
+            stop,
+            accept: Some(accept),
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Relays `a` and `b` to each other, each chunk `delay` late; the threads end when both
+/// sides have closed.
+fn relay_both_ways(a: TcpStream, b: TcpStream, delay: Duration) -> std::io::Result<()> {
+    a.set_nonblocking(false)?;
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    let (a2, b2) = (a.try_clone()?, b.try_clone()?);
+    delayed_pipe(a, b, delay);
+    delayed_pipe(b2, a2, delay);
+    Ok(())
+}
+
+/// Copies what `from` sends to `to`, each chunk `delay` after it was read: a reader thread
+/// stamps the chunks, a writer thread sends each when its time comes.
+fn delayed_pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Thousands of tasks per second for a map of `n` tasks of `us` microseconds, one a chunk.
+async fn map_short(pool: &mp::Pool, n: u64, us: u64) -> Result<f64, BoxError> {
+    let t = Instant::now();
+    let out = pool.map(busy, (0..n).map(|_| us)).chunksize(1).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if out.len() as u64 != n {
+        return Err("lost results".into());
+    }
+    Ok(n as f64 / secs / 1e3)
+}
+
+/// A one-host, one-worker cluster pool whose connections go through a [`Relay`] of `delay`.
+async fn relayed_pool(
+    net: &Net,
+    delay: Duration,
+) -> Result<(Relay, mp::Cluster, mp::Pool), BoxError> {
+    let listener = net.listen()?;
+    let relay = Relay::start(net, listener.local_addr()?.port(), delay)?;
+    let cluster = mp::Cluster::builder()
+        .listener(listener)
+        .advertise(Relay::HOST)
+        .launcher(
+            mp::launch::Command::new(&net.template())
+                .hosts(1)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    let pool = mp::Pool::builder().cluster(&cluster).build().await?;
+    ready(&pool, 1).await?;
+    Ok((relay, cluster, pool))
+}
+
+/// The relay figure: a map of short tasks behind the relay, beside the same with none.
+async fn relay_figure(net: &Net, report: &mut Report, n: usize) -> Result<(), BoxError> {
+    let us = std::env::var("CLUSTER_BENCH_RELAY_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let (tasks, task_us) = (4000, 150);
+    let (mut relayed, mut direct) = (Vec::new(), Vec::new());
+    {
+        let (_relay, _cluster, pool) = relayed_pool(net, Duration::from_micros(us)).await?;
+        map_short(&pool, 500, task_us).await?;
+        for _ in 0..n {
+            relayed.push(map_short(&pool, tasks, task_us).await?);
+        }
+    }
+    {
+        let (_cluster, pool) = cluster_pool(net, 1, 1).await?;
+        map_short(&pool, 500, task_us).await?;
+        for _ in 0..n {
+            direct.push(map_short(&pool, tasks, task_us).await?);
+        }
+    }
+    report.add(
+        Figure::new("cluster_map_behind_relay", "ktasks/s", relayed).baseline(Figure::new(
+            "cluster_map_no_relay",
+            "ktasks/s",
+            direct,
+        )),
+    );
+    Ok(())
+}
 
 /// A cluster of `hosts` namespaces of `workers` workers each, all connected, and a pool on
 /// it with every worker ready.
@@ -206,6 +400,11 @@ async fn run() -> Result<(), BoxError> {
         return Ok(());
     };
     let n = support::runs(5);
+    if std::env::var("CLUSTER_BENCH_ONLY").as_deref() == Ok("relay") {
+        relay_figure(&net, &mut report, n).await?;
+        report.finish();
+        return Ok(());
+    }
     {
         let (_cluster, pool) = cluster_pool(&net, 1, 1).await?;
         // The local pool as it is by default (it spins while a core is spare), or as the
@@ -265,6 +464,7 @@ async fn run() -> Result<(), BoxError> {
             )),
         );
     }
+    relay_figure(&net, &mut report, n).await?;
     let (mut c, mut l) = (Vec::new(), Vec::new());
     for _ in 0..n {
         c.push(cluster_first_result(&net).await?);

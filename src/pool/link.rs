@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -59,7 +59,8 @@ pub(super) async fn read_worker(
     replies: Replies,
     (spin, limit): (Arc<AtomicBool>, Duration),
 ) {
-    let forward = |mut frame: Frame| -> bool {
+    // `at`: when the answer arrived, for the scheduler's measure of the round trip.
+    let forward = |mut frame: Frame, at: Instant| -> bool {
         match frame.decode_head::<Reply>() {
             Ok(Reply { id, nanos, failure }) => {
                 let ok = failure.is_none();
@@ -76,6 +77,7 @@ pub(super) async fn read_worker(
                         id,
                         nanos,
                         answered,
+                        at,
                     })
                     .is_ok()
             }
@@ -85,10 +87,10 @@ pub(super) async fn read_worker(
             }
         }
     };
-    let spinning = |last: Option<std::time::Instant>| {
+    let spinning = |last: Option<Instant>| {
         last.is_some_and(|t| t.elapsed() < limit) && spin.load(Ordering::Relaxed)
     };
-    let mut last_answer: Option<std::time::Instant> = None;
+    let mut last_answer: Option<Instant> = None;
     loop {
         // What the reactor has seen first; while spinning, the socket itself (the reactor
         // has not seen what arrived since).
@@ -113,7 +115,7 @@ pub(super) async fn read_worker(
                     while let Ok(Ok(frame)) =
                         tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
                     {
-                        if !forward(frame) {
+                        if !forward(frame, Instant::now()) {
                             break;
                         }
                     }
@@ -124,11 +126,12 @@ pub(super) async fn read_worker(
         };
         match r {
             Ok(frame) => {
-                if !forward(frame) {
+                let at = Instant::now();
+                if !forward(frame, at) {
                     life.kill(&killer);
                     break;
                 }
-                last_answer = Some(std::time::Instant::now());
+                last_answer = Some(at);
             }
             Err(_) => break,
         }

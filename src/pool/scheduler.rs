@@ -4,9 +4,10 @@
 //! Per worker, a reader task hands its answers straight to the callers and tells the
 //! scheduler of them and of the worker's death (its pidfd, on tokio's reactor) as
 //! [`Event`]s; a writer task sends it frames. The scheduler sends a task to the least loaded
-//! worker that has room: one running synchronous task plus a few waiting behind it (up to
-//! [`PREFETCH`], as many as the backlog warrants), or up to the per-worker concurrency of
-//! `async fn` tasks. When a worker dies, the tasks it may have started fail with
+//! worker that has room: one running synchronous task plus a few waiting behind it (enough
+//! to keep it busy across its round trip, up to [`MAX_PREFETCH`], as many as the backlog
+//! warrants: see [`prefetch_for`]), or up to the per-worker concurrency of `async fn`
+//! tasks. When a worker dies, the tasks it may have started fail with
 //! a [`TaskError`] that says so (those whose answer had arrived were answered already); the ones it
 //! held and provably never started (see [`StartedMark`]) go back to the head of the queue.
 //! Then the worker is replaced. A worker that cannot be started is started again later, with
@@ -30,7 +31,7 @@ use super::builder::Config;
 use super::link::{read_worker, write_worker};
 use super::payload::Payload;
 use super::proto::ToWorker;
-use super::slot::Slot;
+use super::slot::{RoundTrip, Slot};
 use super::spawn::{WorkerConn, spawn_start};
 use super::stats::{Counters, Tally, WorkerLoss};
 use crate::error::{Error, ExitCause, Result, TaskError};
@@ -39,16 +40,32 @@ use crate::wire::Frame;
 use crate::wire::FrameBuf;
 
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
-/// trip; the pool holds fewer when its tasks are long (see [`Scheduler::prefetch`]).
+/// trip; the pool holds fewer when its tasks are long (see [`prefetch_for`]).
 pub(super) const MAX_PREFETCH: usize = 256;
 
 /// The prefetch before any task has been timed.
 const FIRST_PREFETCH: usize = 8;
 
 /// How much work, by the mean run time of the pool's tasks, a worker may hold beyond the
-/// task it runs: the most a task waits behind others in a worker while another worker may be
-/// idle.
+/// task it runs and what covers its round trip: the most a task waits behind others in a
+/// worker while another worker may be idle.
 const PREFETCH_BUDGET_NANOS: f64 = 1e6;
+
+/// How many synchronous tasks a worker may hold beyond the one it runs, given the mean run
+/// time of the pool's tasks (`None` before any was timed), the worker's round trip and a
+/// fair share of the backlog: enough to run for [`PREFETCH_BUDGET_NANOS`] plus the round
+/// trip, so that the worker still has work when the answer to its first task has reached
+/// the pool and the pool's next task has reached the worker (a worker across a slow link
+/// stays busy), few when tasks are long; never more than [`MAX_PREFETCH`] nor than the
+/// fair share, so that a long task holds few others up behind it; at least one. A local
+/// worker's round trip, tens of microseconds, changes little next to the budget.
+fn prefetch_for(mean_nanos: Option<f64>, round_trip_nanos: u64, fair_share: usize) -> usize {
+    let by_time = match mean_nanos {
+        None => FIRST_PREFETCH,
+        Some(m) => ((PREFETCH_BUDGET_NANOS + round_trip_nanos as f64) / m.max(1.0)) as usize,
+    };
+    by_time.min(MAX_PREFETCH).min(fair_share).max(1)
+}
 
 /// A task's answer as it reaches the caller: the frame that holds its result (after the
 /// head), or why there is none.
@@ -114,6 +131,8 @@ pub(super) enum Event {
         /// Whether the answer reached its caller (nobody had answered it first), and if so,
         /// whether it carried a result.
         answered: Option<bool>,
+        /// When the answer arrived (the worker's round trip is measured by it).
+        at: std::time::Instant,
     },
     Exited {
         wid: u64,
@@ -135,6 +154,11 @@ struct Running {
     copy: Option<Payload>,
     retries: u32,
     deadline: Option<Instant>,
+    /// When it was sent (in the round of dispatch that sent it).
+    sent_at: std::time::Instant,
+    /// Whether it was sent to a worker that held no other synchronous task, so that it
+    /// waited behind none (see [`RoundTrip`](super::slot::RoundTrip)).
+    alone: bool,
 }
 
 /// Worker starts in progress when the scheduler begins, from [`PoolBuilder::build`](super::PoolBuilder::build).
@@ -360,6 +384,7 @@ impl Scheduler {
                 asyncs: Vec::new(),
                 sent: 0,
                 draining: false,
+                round_trip: RoundTrip::default(),
             },
         );
     }
@@ -516,6 +541,7 @@ impl Scheduler {
                 id,
                 nanos,
                 answered,
+                at,
             } => {
                 if let Some(ok) = answered {
                     self.tally.finished(ok);
@@ -531,10 +557,20 @@ impl Scheduler {
                         slot.asyncs.swap_remove(p);
                     }
                 }
-                if let Some(run) = self.in_flight.remove(&id)
-                    && let Some(d) = run.deadline
-                {
-                    self.deadlines.remove(&(d, id));
+                if let Some(run) = self.in_flight.remove(&id) {
+                    if let Some(d) = run.deadline {
+                        self.deadlines.remove(&(d, id));
+                    }
+                    if nanos > 0
+                        && !run.is_async
+                        && let Some(slot) = self.workers.get_mut(&wid)
+                    {
+                        let total = at.saturating_duration_since(run.sent_at).as_nanos();
+                        let trip = u64::try_from(total)
+                            .unwrap_or(u64::MAX)
+                            .saturating_sub(nanos);
+                        slot.round_trip.sample(trip, run.alone);
+                    }
                 }
                 self.mark_started(wid);
             }
@@ -714,28 +750,14 @@ impl Scheduler {
         }
     }
 
-    /// How many synchronous tasks a worker may hold beyond the one it runs: enough to hide
-    /// the round trip when tasks are short, few when they are long (the mean run time times
-    /// the prefetch stays within [`PREFETCH_BUDGET_NANOS`]), and no more than a fair share of
-    /// the backlog, so that a long task holds few others up behind it.
-    fn prefetch(&self) -> usize {
-        let by_time = match self.mean_nanos {
-            None => FIRST_PREFETCH,
-            Some(m) => (PREFETCH_BUDGET_NANOS / m.max(1.0)) as usize,
-        };
-        by_time
-            .min(MAX_PREFETCH)
-            .min(self.queue.len() / self.workers.len().max(1))
-            .max(1)
-    }
-
     /// The least loaded worker with room for a task of this kind: for a synchronous task,
-    /// one it runs plus [`prefetch`](Self::prefetch) waiting; for an `async fn` task, the
-    /// pool's per-worker concurrency.
+    /// one it runs plus its [`prefetch_for`] waiting; for an `async fn` task, the pool's
+    /// per-worker concurrency.
     fn pick(&self, is_async: bool) -> Option<u64> {
         let max = self.cfg.maxtasksperchild;
         let conc = self.cfg.concurrency;
-        let prefetch = self.prefetch();
+        let fair_share = self.queue.len() / self.workers.len().max(1);
+        let prefetch = |s: &Slot| prefetch_for(self.mean_nanos, s.round_trip.nanos(), fair_share);
         self.workers
             .iter()
             .filter(|(_, s)| !s.draining && max.is_none_or(|m| s.sent < m))
@@ -743,7 +765,7 @@ impl Scheduler {
                 if is_async {
                     s.asyncs.len() < conc
                 } else {
-                    s.sync.len() <= prefetch
+                    s.sync.len() <= prefetch(s)
                 }
             })
             // An async task goes where no synchronous task holds the worker's thread, if it
@@ -753,6 +775,8 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
+        // One clock reading stamps the whole round, taken once something is sent.
+        let mut now = None;
         while let Some(job) = self.queue.front() {
             let Some(wid) = self.pick(job.is_async) else {
                 break;
@@ -760,12 +784,14 @@ impl Scheduler {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            self.send_job(wid, job);
+            let sent_at = *now.get_or_insert_with(std::time::Instant::now);
+            self.send_job(wid, job, sent_at);
         }
         self.retire_idle();
     }
 
-    fn send_job(&mut self, wid: u64, job: Job) {
+    /// Sends `job` to worker `wid`; `sent_at` stamps it for the worker's round trip.
+    fn send_job(&mut self, wid: u64, job: Job, sent_at: std::time::Instant) {
         let idle = self.workers.get(&wid).is_some_and(|s| s.load() == 0);
         let spin = self.may_spin(self.busy() + usize::from(idle));
         let Some(slot) = self.workers.get_mut(&wid) else {
@@ -838,6 +864,8 @@ impl Scheduler {
                 copy,
                 retries: job.retries,
                 deadline,
+                sent_at,
+                alone: started,
             },
         );
     }
@@ -865,5 +893,59 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1000;
+
+    /// The prefetch before round trips counted: the budget over the mean run time.
+    fn budget_only(mean_nanos: f64) -> usize {
+        ((PREFETCH_BUDGET_NANOS / mean_nanos) as usize).clamp(1, MAX_PREFETCH)
+    }
+
+    #[test]
+    fn a_slow_link_gets_enough_prefetch_to_cover_its_round_trip() {
+        // 200 µs tasks behind a 2 ms round trip: the worker needs 10 to run through it.
+        let n = prefetch_for(Some(200_000.0), 2000 * US, usize::MAX);
+        assert!(n >= 10, "{n}");
+        assert_eq!(n, 15);
+        // A 1 ms round trip (0.5 ms each way) doubles today's 5.
+        assert_eq!(prefetch_for(Some(200_000.0), 1000 * US, usize::MAX), 10);
+    }
+
+    #[test]
+    fn a_local_round_trip_keeps_the_budget_figure() {
+        for mean in [5_000.0, 50_000.0, 200_000.0, 2_000_000.0] {
+            let before = budget_only(mean);
+            for trip in [0, 20 * US, 50 * US] {
+                let n = prefetch_for(Some(mean), trip, usize::MAX);
+                assert!(
+                    n >= before && n <= before + before / 20 + 1,
+                    "{mean} {trip}: {n}"
+                );
+            }
+            assert_eq!(prefetch_for(Some(mean), 0, usize::MAX), before);
+        }
+    }
+
+    #[test]
+    fn the_prefetch_stays_within_its_caps() {
+        // Tiny tasks on a slow link: no more than the most.
+        assert_eq!(
+            prefetch_for(Some(100.0), 50_000 * US, usize::MAX),
+            MAX_PREFETCH
+        );
+        // The fair share of the backlog caps it, whatever the round trip.
+        assert_eq!(prefetch_for(Some(200_000.0), 2000 * US, 3), 3);
+        // Long tasks still hold one waiting, as does an empty backlog.
+        assert_eq!(prefetch_for(Some(1e9), 2000 * US, usize::MAX), 1);
+        assert_eq!(prefetch_for(Some(200_000.0), 2000 * US, 0), 1);
+        // Before any task was timed, the first figure, whatever the round trip.
+        assert_eq!(prefetch_for(None, 2000 * US, usize::MAX), FIRST_PREFETCH);
+        assert_eq!(prefetch_for(None, 0, 2), 2);
     }
 }

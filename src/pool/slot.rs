@@ -1,5 +1,5 @@
-//! [`Slot`]: one worker as the scheduler sees it: how to reach and kill it, and the tasks it
-//! holds, in the order they were sent.
+//! [`Slot`]: one worker as the scheduler sees it: how to reach and kill it, the tasks it
+//! holds, in the order they were sent, and the [`RoundTrip`] to it.
 
 use std::collections::VecDeque;
 
@@ -25,6 +25,47 @@ pub(super) struct Slot {
     pub(super) sent: usize,
     /// No more tasks: it was sent `Exit`, or is being killed.
     pub(super) draining: bool,
+    /// The round trip to it, which its prefetch covers.
+    pub(super) round_trip: RoundTrip,
+}
+
+/// The round trip to a worker as the scheduler measures it: from sending a task to its
+/// answer's arrival, less the task's run time and its wait behind other tasks in the worker.
+///
+/// Each timed answer gives a sample: its arrival − its sending − the worker's run time. A
+/// task sent while the worker held no other synchronous task waited behind none, so its
+/// sample is the round trip itself (a *clean* sample); one sent behind others may have
+/// waited for them, so its sample is only an upper bound, by how long is unknown. The
+/// estimate is the least sample seen, except that a clean sample above it raises it by an
+/// eighth of the difference: samples that may hold a wait only ever lower it, so a worker
+/// kept busy (its tasks all queued) cannot inflate it, as TCP's min-RTT filter keeps
+/// queueing out; and a link that became slower shows in the clean samples (a worker that
+/// runs dry because its estimate is low is sent its next task alone).
+///
+/// Updated on the scheduler's thread; a sample costs a few comparisons.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RoundTrip {
+    nanos: Option<u64>,
+}
+
+impl RoundTrip {
+    /// Takes in one sample, in nanoseconds; `alone` says whether the task was sent while
+    /// the worker held no other synchronous task.
+    pub(super) fn sample(&mut self, nanos: u64, alone: bool) {
+        self.nanos = match self.nanos {
+            None if alone => Some(nanos),
+            // A bound with an unknown wait in it says nothing of a link not yet measured.
+            None => None,
+            Some(est) if nanos <= est => Some(nanos),
+            Some(est) if alone => Some(est + (nanos - est) / 8),
+            Some(est) => Some(est),
+        };
+    }
+
+    /// The estimate in nanoseconds; 0 before the first clean sample.
+    pub(super) fn nanos(&self) -> u64 {
+        self.nanos.unwrap_or(0)
+    }
 }
 
 impl Slot {
@@ -79,7 +120,54 @@ mod tests {
             asyncs: Vec::new(),
             sent: sync.len(),
             draining: false,
+            round_trip: RoundTrip::default(),
         }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn queueing_does_not_inflate_the_round_trip() {
+        let mut rt = RoundTrip::default();
+        rt.sample(2 * MS, true);
+        // A worker kept busy: every task waited behind others, up to 10 ms.
+        for i in 0..1000 {
+            rt.sample(2 * MS + (i % 10) * MS, false);
+        }
+        assert_eq!(rt.nanos(), 2 * MS);
+    }
+
+    #[test]
+    fn a_queued_sample_sets_no_first_round_trip() {
+        let mut rt = RoundTrip::default();
+        rt.sample(8 * MS, false);
+        assert_eq!(rt.nanos(), 0);
+        rt.sample(MS, true);
+        assert_eq!(rt.nanos(), MS);
+    }
+
+    #[test]
+    fn any_lower_sample_lowers_the_round_trip() {
+        let mut rt = RoundTrip::default();
+        rt.sample(2 * MS, true);
+        rt.sample(MS, false);
+        assert_eq!(rt.nanos(), MS);
+        rt.sample(MS / 2, true);
+        assert_eq!(rt.nanos(), MS / 2);
+    }
+
+    #[test]
+    fn clean_samples_raise_the_round_trip_gradually() {
+        let mut rt = RoundTrip::default();
+        rt.sample(100_000, true);
+        // One outlier moves it an eighth of the way.
+        rt.sample(8 * MS + 100_000, true);
+        assert_eq!(rt.nanos(), MS + 100_000);
+        // A link that became slower: its clean samples bring the estimate to it.
+        for _ in 0..100 {
+            rt.sample(2 * MS, true);
+        }
+        assert!(rt.nanos() > 2 * MS - 1000 && rt.nanos() <= 2 * MS);
     }
 
     #[test]
