@@ -60,7 +60,7 @@ impl Shared {
             self.remote,
         );
         runtime.spawn_blocking(move || {
-            let payload = Encoded::new(&args).map(Payload::from);
+            let payload = Encoded::large(&args).map(Payload::from);
             let job = match checked_job(id, entry, payload, timeout, tx, remote) {
                 Ok(job) => Some(job),
                 Err((tx, e)) => {

@@ -28,8 +28,13 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
     }
     let boot_value = format!("{},{}", child_end.as_raw_fd(), sys::current_pid());
     let mut env: Vec<CString> = Vec::new();
+    let mut tunables = None;
     for (k, v) in std::env::vars_os() {
         if k == ENV_BOOT {
+            continue;
+        }
+        if k == TUNABLES {
+            tunables = Some(v);
             continue;
         }
         let mut kv = k.as_bytes().to_vec();
@@ -37,6 +42,9 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
         kv.extend_from_slice(v.as_bytes());
         env.push(cstring(kv)?);
     }
+    env.push(cstring(child_tunables(
+        tunables.as_deref().map(OsStrExt::as_bytes),
+    ))?);
     env.push(cstring(format!("{ENV_BOOT}={boot_value}").into_bytes())?);
     let argv = argv
         .into_iter()
@@ -47,6 +55,33 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
     // Its bootstrap frame may be waiting for it already: a child we cannot watch must not run.
     let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
     Ok((pid, pidfd))
+}
+
+/// glibc's settings, read by the allocator as a process starts.
+const TUNABLES: &str = "GLIBC_TUNABLES";
+
+/// The setting that has glibc's allocator ask for transparent huge pages for the large
+/// blocks it maps: a child that receives a value of many megabytes then faults its memory in
+/// 2 MiB at a time rather than 4 KiB (measured: a 64 MiB `apply` round trip 2.5 times
+/// faster on a virtual machine, where each fault is costly).
+const HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
+
+/// The child's `GLIBC_TUNABLES=...` entry: ours added to the program's own, which wins where it
+/// sets the same tunable. Other C libraries ignore it.
+fn child_tunables(own: Option<&[u8]>) -> Vec<u8> {
+    let mut kv = format!("{TUNABLES}=").into_bytes();
+    match own {
+        Some(own) if !own.is_empty() => {
+            kv.extend_from_slice(own);
+            let name = HUGE_PAGES.split('=').next().unwrap_or(HUGE_PAGES);
+            if !own.windows(name.len()).any(|w| w == name.as_bytes()) {
+                kv.push(b':');
+                kv.extend_from_slice(HUGE_PAGES.as_bytes());
+            }
+        }
+        _ => kv.extend_from_slice(HUGE_PAGES.as_bytes()),
+    }
+    kv
 }
 
 fn cstring(bytes: Vec<u8>) -> Result<CString> {
@@ -67,4 +102,25 @@ pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
         child.track(launch.daemon, Some(keepalive));
     }
     Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_child_asks_for_huge_pages_unless_the_program_says_otherwise() {
+        assert_eq!(
+            child_tunables(None),
+            b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
+        );
+        assert_eq!(
+            child_tunables(Some(b"glibc.malloc.arena_max=2")),
+            b"GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+        );
+        assert_eq!(
+            child_tunables(Some(b"glibc.malloc.hugetlb=0")),
+            b"GLIBC_TUNABLES=glibc.malloc.hugetlb=0"
+        );
+    }
 }
