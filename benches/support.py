@@ -1,6 +1,6 @@
-"""What the CPython comparison scripts share: run counts, the median, the figure line of
-benches/support/mod.rs (parsed from `cargo bench` and printed for CPython's side), and the
-comparison table.
+"""What the comparison scripts (CPython's, and Dask's and Ray's) share: run counts, the
+median, the figure line of benches/support/mod.rs (parsed from `cargo bench` and printed for
+the other side), and the comparison table.
 
 A figure line reads
 
@@ -128,6 +128,21 @@ def show(figure: Figure, side: str = "cpython") -> None:
     print(f"  {side}: {figure.line()}", flush=True)
 
 
+def _cell(v: float) -> str:
+    """A value with about four significant digits, as in the Rust side's table (three below
+    1, where a fixed count of decimals would round a small figure to nothing)."""
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 10:
+        return f"{v:.2f}"
+    if a >= 1:
+        return f"{v:.3f}"
+    return f"{v:.3g}"
+
+
 def compare(
     ours: Dict[str, Figure],
     theirs: Dict[str, Figure],
@@ -137,25 +152,47 @@ def compare(
     """The comparison table: for each (figure name, higher is better), CPython's value, ours,
     the ratio (> 1: ours better) and our baseline. `missing` gives the ratio cell's text for a
     figure CPython has no counterpart to."""
-    missing = missing or {}
     version = sys.version.split()[0]
+    compare_sides(ours, [(f"CPython {version}", theirs)], rows, missing)
+
+
+def compare_sides(
+    ours: Dict[str, Figure],
+    sides: Sequence[Tuple[str, Dict[str, Figure]]],
+    rows: Sequence[Tuple[str, bool]],
+    missing: Optional[Dict[str, str]] = None,
+) -> None:
+    """The comparison table against one or more other sides, each a (label, figures by name):
+    for each (figure name, higher is better), every side's value, ours, our ratio to each
+    side (> 1: ours better) and our baseline. `missing` gives the ratio cell's text for a
+    figure a side has no counterpart to."""
+    missing = missing or {}
+    labels = [label for label, _ in sides]
+    if len(sides) == 1:
+        ratios = ["ratio (>1: ours better)"]
+    else:
+        ratios = [f"ours vs {label.split()[0]} (>1: ours better)" for label in labels]
+    header = ["figure", "unit", *labels, "ours", *ratios, "our baseline"]
     print()
-    print(f"| figure | unit | CPython {version} | ours | ratio (>1: ours better) | our baseline |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
     for name, higher in rows:
         r = ours.get(name)
-        p = theirs.get(name)
-        if r is None and p is None:
+        ps = [figures.get(name) for _, figures in sides]
+        known = [f for f in (r, *ps) if f is not None]
+        if not known:
             continue
-        unit = (r or p).unit
-        ps = f"{p.value:.2f}" if p else "-"
-        rs = f"{r.value:.2f}" if r else "-"
-        if p and r and p.value and r.value:
-            ratio = f"{(r.value / p.value) if higher else (p.value / r.value):.2f}x"
-        else:
-            ratio = missing.get(name, "-")
-        base = "-"
+        cells = [name, known[0].unit]
+        cells += [_cell(p.value) if p else "-" for p in ps]
+        cells.append(_cell(r.value) if r else "-")
+        for p in ps:
+            if p and r and p.value and r.value:
+                cells.append(f"{(r.value / p.value) if higher else (p.value / r.value):.2f}x")
+            else:
+                cells.append(missing.get(name, "-"))
         if r and r.baseline:
             b = r.baseline
-            base = f"{b.name} {b.value:.2f} {b.unit}"
-        print(f"| {name} | {unit} | {ps} | {rs} | {ratio} | {base} |")
+            cells.append(f"{b.name} {_cell(b.value)} {b.unit}")
+        else:
+            cells.append("-")
+        print("| " + " | ".join(cells) + " |")
