@@ -171,13 +171,13 @@ impl PoolBuilder {
     /// A process that sleeps until input arrives pays a wake-up, which on a virtual machine
     /// can cost tens of microseconds, more than a short task. So while the tasks are
     /// shorter than `spin` and a core is spare (fewer workers busy than cores, so that no
-    /// worker at work loses time to it), a worker spins up to `spin` for its next task after
-    /// each one, and the pool spins up to `spin` for the next answer after each one,
-    /// yielding to the other tasks of its runtime as it does. This roughly halves the round
-    /// trip of one `apply` after another, at the cost of up to `spin` of CPU time each time
-    /// a process goes idle. Spinning is off on a machine with a single core, and by default
-    /// for a pool on a [`cluster`](Self::cluster): this machine's spare cores say nothing of
-    /// the hosts', and a network round trip is long beside a wake-up.
+    /// worker at work loses time to it, and no more threads runnable on the machine than
+    /// it has cores), a worker spins up to `spin` for its next task after each one, and the
+    /// pool spins up to `spin` for the next answer after each one, yielding to the other
+    /// tasks of its runtime as it does. This roughly halves the round trip of one `apply`
+    /// after another, at the cost of up to `spin` of CPU time each time a process goes idle.
+    /// Spinning is off on a machine with a single core. On a [`cluster`](Self::cluster),
+    /// each host's worker judges by its own host's cores, and the pool by this machine's.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = Some(spin);
         self
@@ -281,11 +281,10 @@ impl PoolBuilder {
             concurrency: self.concurrency,
             start_timeout: self.start_timeout,
             // On a single core, a process that spins only delays the one it waits for.
-            spin: match (self.spin, &self.cluster) {
+            spin: match self.spin {
                 _ if cores <= 1 => Duration::ZERO,
-                (Some(spin), _) => spin,
-                (None, None) => Pool::DEFAULT_SPIN,
-                (None, Some(_)) => Duration::ZERO,
+                Some(spin) => spin,
+                None => Pool::DEFAULT_SPIN,
             },
             cores,
             print_panics: self.print_panics,

@@ -314,7 +314,10 @@ impl Scheduler {
     /// no time from a worker at work.
     fn may_spin(&self, busy: usize) -> bool {
         let limit = self.cfg.spin.as_nanos() as f64;
-        self.mean_nanos.is_some_and(|m| m < limit) && busy < self.cfg.cores
+        // A cluster's workers run on their hosts' cores, not on ours: each host's worker
+        // looks at its own before it spins.
+        let spare = self.cfg.cluster.is_some() || busy < self.cfg.cores;
+        self.mean_nanos.is_some_and(|m| m < limit) && spare
     }
 
     /// The number of workers with tasks in flight.

@@ -450,6 +450,7 @@ async fn serve(start: Start) -> Result<()> {
     };
     let mut held = Held::default();
     let spin = start.spin;
+    let remote = link.transport() == Transport::Tcp;
     let mut spin_next = false;
     // Input seen by a spin, not yet by the reactor: read it directly.
     let mut seen = false;
@@ -501,8 +502,10 @@ async fn serve(start: Start) -> Result<()> {
         if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
             return Ok(());
         }
-        // After a short task, the next one may be just behind: wait for it awake.
-        if spin_next && !lane.busy && w.async_running == 0 {
+        // After a short task, the next one may be just behind: wait for it awake. A worker
+        // on a cluster's host also looks whether a core of its host is spare: the pool,
+        // on another machine, cannot tell.
+        if spin_next && !lane.busy && w.async_running == 0 && (!remote || sys::core_spare()) {
             spin_next = false;
             if rd.spin_for_input(spin) {
                 seen = true;
