@@ -83,8 +83,10 @@ impl RawLock {
     }
 
     async fn acquire_slow(&self, me: u32) -> Result<()> {
+        // Each look reads before it tries: a compare-and-swap on a held lock takes the
+        // cache line from its holder for nothing.
         if self.recent.may_spin()
-            && awake::spin(|| Ok(self.try_take(me).then_some(())))
+            && awake::spin(|| Ok((self.holder() == 0 && self.try_take(me)).then_some(())))
                 .await?
                 .is_some()
         {
