@@ -12,15 +12,20 @@
 //! The pool's processes follow the same rule with their own bookkeeping
 //! ([`PoolBuilder::spin`](crate::PoolBuilder::spin)).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::on_drop::OnDrop;
 use crate::sys;
 
 /// The longest a wait spins before it sleeps, and how soon after an endpoint's last message
 /// a wait may spin at all.
 pub(crate) const SPIN: Duration = Duration::from_micros(50);
+
+/// Whether a wait of this process is spinning now.
+static SPINNING: AtomicBool = AtomicBool::new(false);
 
 /// When an endpoint last moved a message: whether a wait on it may spin.
 #[derive(Debug, Default)]
@@ -37,7 +42,7 @@ impl Recent {
 
     /// Whether a wait beginning now may spin: the last message was within [`SPIN`], and a
     /// core is spare.
-    pub(crate) fn may_spin(&self) -> bool {
+    fn may_spin(&self) -> bool {
         let at = self.at.load(Ordering::Relaxed);
         at != 0
             && sys::monotonic_nanos().saturating_sub(at) < SPIN.as_nanos() as u64
@@ -45,14 +50,44 @@ impl Recent {
     }
 }
 
+/// Waits for what `look` finds: awake with [`spin`] first, if `recent` allows, then asleep
+/// in `sleep`.
+///
+/// # Cancel safety
+/// Cancel safe if `look` and `sleep` are.
+pub(crate) async fn wait<T>(
+    recent: &Recent,
+    look: impl FnMut() -> Result<Option<T>>,
+    sleep: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    if recent.may_spin()
+        && let Some(v) = spin(look).await?
+    {
+        recent.mark();
+        return Ok(v);
+    }
+    let v = sleep.await?;
+    recent.mark();
+    Ok(v)
+}
+
 /// Looks for input with `look` until it finds some or [`SPIN`] has passed, yielding to the
-/// runtime's other tasks between looks. `Ok(None)`: nothing came; the caller sleeps on the
-/// reactor.
+/// runtime's other tasks between looks; looks once only while another wait of this process
+/// spins. `Ok(None)`: nothing came; the caller sleeps on the reactor.
 ///
 /// # Cancel safety
 /// Cancel safe if `look` is: it takes nothing but what `look` returns, which it returns at
 /// once.
-pub(crate) async fn spin<T>(mut look: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
+async fn spin<T>(mut look: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
+    // One wait of this process spins at a time: a server with many connections, or a
+    // program with many waits at once, keeps at most one core awake.
+    if SPINNING
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return look();
+    }
+    let _turn = OnDrop::new(|| SPINNING.store(false, Ordering::Release));
     let until = sys::monotonic_nanos().saturating_add(SPIN.as_nanos() as u64);
     loop {
         if let Some(v) = look()? {

@@ -148,12 +148,7 @@ impl Event {
             let now = self.state();
             now & 1 != 0 || now >> 1 != seen >> 1
         };
-        until(deadline, async {
-            if self.inner.recent.may_spin()
-                && awake::spin(|| Ok(raised().then_some(()))).await?.is_some()
-            {
-                return Ok(());
-            }
+        let sleep = async {
             let mut listener = self.inner.wake.listen()?;
             loop {
                 if raised() {
@@ -161,9 +156,8 @@ impl Event {
                 }
                 listener.notified().await?;
             }
-        })
-        .await?;
-        self.inner.recent.mark();
-        Ok(())
+        };
+        let look = || Ok(raised().then_some(()));
+        until(deadline, awake::wait(&self.inner.recent, look, sleep)).await
     }
 }

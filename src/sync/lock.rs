@@ -85,18 +85,8 @@ impl RawLock {
     async fn acquire_slow(&self, me: u32) -> Result<()> {
         // Each look reads before it tries: a compare-and-swap on a held lock takes the
         // cache line from its holder for nothing.
-        if self.recent.may_spin()
-            && awake::spin(|| Ok((self.holder() == 0 && self.try_take(me)).then_some(())))
-                .await?
-                .is_some()
-        {
-            return Ok(());
-        }
-        let r = self.acquire_asleep(me).await;
-        if r.is_ok() {
-            self.recent.mark();
-        }
-        r
+        let look = || Ok((self.holder() == 0 && self.try_take(me)).then_some(()));
+        awake::wait(&self.recent, look, self.acquire_asleep(me)).await
     }
 
     async fn acquire_asleep(&self, me: u32) -> Result<()> {

@@ -254,8 +254,7 @@ impl Framed {
     /// # Cancel safety
     /// This method is cancel safe, as [`recv`](Self::recv).
     pub(crate) async fn recv_awake(&self) -> Result<Frame> {
-        self.awake(|| self.try_recv().transpose(), self.recv())
-            .await
+        awake::wait(&self.recent, || self.try_recv().transpose(), self.recv()).await
     }
 
     /// [`recv_one`](Self::recv_one), waiting awake first when a frame is due shortly (see
@@ -267,24 +266,7 @@ impl Framed {
     /// # Cancel safety
     /// This method is cancel safe, as [`recv_one`](Self::recv_one).
     pub(crate) async fn recv_one_awake(&self) -> Result<Frame> {
-        self.awake(|| self.try_recv_one(), self.recv_one()).await
-    }
-
-    /// Spins with `look` while [`Recent::may_spin`] allows, then sleeps in `sleep`.
-    async fn awake(
-        &self,
-        look: impl FnMut() -> Result<Option<Frame>>,
-        sleep: impl Future<Output = Result<Frame>>,
-    ) -> Result<Frame> {
-        if self.recent.may_spin()
-            && let Some(f) = awake::spin(look).await?
-        {
-            self.recent.mark();
-            return Ok(f);
-        }
-        let f = sleep.await?;
-        self.recent.mark();
-        Ok(f)
+        awake::wait(&self.recent, || self.try_recv_one(), self.recv_one()).await
     }
 
     /// Takes one frame if it is buffered or has arrived, reading no further than its end
