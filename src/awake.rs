@@ -60,15 +60,32 @@ pub(crate) async fn wait<T>(
     look: impl FnMut() -> Result<Option<T>>,
     sleep: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    if recent.may_spin()
-        && let Some(v) = spin(look).await?
-    {
-        recent.mark();
+    if let Some(v) = spin_first(recent, look).await? {
         return Ok(v);
     }
     let v = sleep.await?;
     recent.mark();
     Ok(v)
+}
+
+/// The awake part of [`wait`]: what `look` finds while `recent` allows a spin; `Ok(None)`
+/// when the caller is to sleep (and then [`Recent::mark`] what it receives), for a wait
+/// whose look and sleep need the same state.
+///
+/// # Cancel safety
+/// Cancel safe if `look` is.
+pub(crate) async fn spin_first<T>(
+    recent: &Recent,
+    look: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    if !recent.may_spin() {
+        return Ok(None);
+    }
+    let found = spin(look).await?;
+    if found.is_some() {
+        recent.mark();
+    }
+    Ok(found)
 }
 
 /// Looks for input with `look` until it finds some or [`SPIN`] has passed, yielding to the

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, Reply, Request, Undo};
+use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::listener::Address;
 use crate::sys;
@@ -95,6 +96,8 @@ struct Conn {
     out: mpsc::UnboundedSender<FrameBuf>,
     calls: Arc<Calls>,
     next: AtomicU64,
+    /// When a call last had its reply: whether the next call's caller may wait awake.
+    recent: Recent,
 }
 
 impl Link {
@@ -290,6 +293,7 @@ impl Conn {
             out,
             calls,
             next: AtomicU64::new(1),
+            recent: Recent::default(),
         })
     }
 
@@ -319,9 +323,25 @@ impl Conn {
             undo,
             answered: false,
         };
-        let r = (&mut withdraw.rx).await;
+        // The caller waits awake for a reply due shortly: the reader hands it over without
+        // a wake-up across threads.
+        let look = || {
+            Ok(match withdraw.rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+            })
+        };
+        let r = match awake::spin_first(&self.recent, look).await? {
+            Some(r) => r,
+            None => {
+                let r = (&mut withdraw.rx).await.unwrap_or(Err(Error::Closed));
+                self.recent.mark();
+                r
+            }
+        };
         withdraw.answered = true;
-        r.unwrap_or(Err(Error::Closed))
+        r
     }
 }
 
@@ -413,7 +433,7 @@ async fn read_replies(
     };
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
-        let frame = match tokio::time::timeout(silence, link.recv_awake()).await {
+        let frame = match tokio::time::timeout(silence, link.recv()).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::debug!("manager connection ended: {e}");
