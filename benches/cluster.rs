@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netns::Net;
-use support::{Figure, Report};
+use support::{BoxError, Figure, Report};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
 
@@ -53,8 +53,6 @@ fn busy(us: u64) -> u64 {
     }
     us
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A relay in the head's namespace, listening on host 0's side of its link (`10.77.1.1`) on
 /// the port of the head's listener, that forwards each connection to the head and holds every
@@ -183,19 +181,10 @@ async fn relayed_pool(
 ) -> Result<(Relay, mp::Cluster, mp::Pool), BoxError> {
     let listener = net.listen()?;
     let relay = Relay::start(net, listener.local_addr()?.port(), delay)?;
-    let cluster = mp::Cluster::builder()
+    let builder = mp::Cluster::builder()
         .listener(listener)
-        .advertise(Relay::HOST)
-        .launcher(
-            mp::launch::Command::new(&net.template())
-                .hosts(1)
-                .workers_per_host(1),
-        )
-        .build()
-        .await?;
-    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
-    let pool = mp::Pool::builder().cluster(&cluster).build().await?;
-    ready(&pool, 1).await?;
+        .advertise(Relay::HOST);
+    let (cluster, pool) = pool_on(net, builder, 1, 1).await?;
     Ok((relay, cluster, pool))
 }
 
@@ -238,8 +227,24 @@ async fn cluster_pool(
     hosts: usize,
     workers: usize,
 ) -> Result<(mp::Cluster, mp::Pool), BoxError> {
-    let cluster = mp::Cluster::builder()
-        .listener(net.listen()?)
+    pool_on(
+        net,
+        mp::Cluster::builder().listener(net.listen()?),
+        hosts,
+        workers,
+    )
+    .await
+}
+
+/// [`cluster_pool`] from a cluster builder that already has its listener (and maybe the
+/// address the agents dial).
+async fn pool_on(
+    net: &Net,
+    builder: mp::ClusterBuilder,
+    hosts: usize,
+    workers: usize,
+) -> Result<(mp::Cluster, mp::Pool), BoxError> {
+    let cluster = builder
         .launcher(
             mp::launch::Command::new(&net.template())
                 .hosts(hosts)

@@ -8,7 +8,9 @@ use std::os::fd::{AsFd, OwnedFd};
 pub struct EventfdPingPong {
     ping: OwnedFd,
     pong: OwnedFd,
-    child: nix::unistd::Pid,
+    /// Until reaped by [`finish`](Self::finish); killed and reaped on drop otherwise (a
+    /// figure that failed midway), since a child blocked in `read` would wait for ever.
+    child: Option<nix::unistd::Pid>,
 }
 
 impl EventfdPingPong {
@@ -44,7 +46,11 @@ impl EventfdPingPong {
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("fork thread panicked")))
         })?;
-        Ok(EventfdPingPong { ping, pong, child })
+        Ok(EventfdPingPong {
+            ping,
+            pong,
+            child: Some(child),
+        })
     }
 
     /// One round trip: wakes the child and sleeps until it wakes us back.
@@ -56,8 +62,19 @@ impl EventfdPingPong {
     }
 
     /// Reaps the child, once it has answered its round trips.
-    pub fn finish(self) -> std::io::Result<()> {
-        nix::sys::wait::waitpid(self.child, None)?;
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if let Some(child) = self.child.take() {
+            nix::sys::wait::waitpid(child, None)?;
+        }
         Ok(())
+    }
+}
+
+impl Drop for EventfdPingPong {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
     }
 }

@@ -78,26 +78,26 @@ impl Inner {
         &self,
         fd: &AsyncFd<Arc<OwnedFd>>,
         side: Side<'_>,
-        ready: impl FnMut() -> Result<bool>,
+        mut ready: impl FnMut() -> Result<bool>,
     ) -> Result<()> {
-        // Both the spin and the sleep look with `ready`, one after the other.
-        let ready = std::sync::Mutex::new(ready);
-        let check = || (ready.lock().unwrap_or_else(|p| p.into_inner()))();
-        let look = || Ok(check()?.then_some(()));
-        let sleep = async {
-            let _counted = side.count_waiter();
-            let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
-            loop {
-                side.rearm();
-                if check()? {
-                    return Ok(());
-                }
-                if let Some(mut g) = guard.take() {
-                    g.clear_ready();
-                }
-                guard = Some(fd.readable().await?);
+        if awake::spin_first(&self.recent, || Ok(ready()?.then_some(())))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let _counted = side.count_waiter();
+        let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
+        loop {
+            side.rearm();
+            if ready()? {
+                self.recent.mark();
+                return Ok(());
             }
-        };
-        awake::wait(&self.recent, look, sleep).await
+            if let Some(mut g) = guard.take() {
+                g.clear_ready();
+            }
+            guard = Some(fd.readable().await?);
+        }
     }
 }
