@@ -39,19 +39,24 @@ fn main() {
 static LOG: Mutex<Option<(String, std::fs::File)>> = Mutex::new(None);
 
 /// Appends `x` to the log at `path` (one `write` of one line, `O_APPEND`), then sleeps `ms`;
-/// returns `x` and this worker's pid.
+/// returns `x` and this worker's pid. A log it cannot open or write panics, so that its call
+/// fails with the cause rather than returning `Ok` for a run the log does not show.
 fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
     let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
-    if log.as_ref().is_none_or(|(p, _)| *p != path)
-        && let Ok(f) = std::fs::OpenOptions::new()
+    if log.as_ref().is_none_or(|(p, _)| *p != path) {
+        match std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(&path)
-    {
-        *log = Some((path, f));
+        {
+            Ok(f) => *log = Some((path.clone(), f)),
+            Err(e) => panic!("cannot open the log {path}: {e}"),
+        }
     }
-    if let Some((_, f)) = log.as_mut() {
-        let _ = f.write_all(format!("{x}\n").as_bytes());
+    if let Some((_, f)) = log.as_mut()
+        && let Err(e) = f.write_all(format!("{x}\n").as_bytes())
+    {
+        panic!("cannot log {x} to {path}: {e}");
     }
     drop(log);
     if ms > 0 {
