@@ -66,11 +66,22 @@ fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
 }
 
 /// How many times each input was logged.
+/// A log that cannot be read, or that holds anything but lines of numbers, panics with what
+/// it holds: an unreadable log must not pass for one in which nothing ran.
 fn runs(path: &str) -> HashMap<u64, usize> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read the log {path}: {e}"));
     let mut n = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        if let Ok(x) = line.parse::<u64>() {
-            *n.entry(x).or_insert(0) += 1;
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.parse::<u64>().ok())
+        {
+            Some(x) => *n.entry(x).or_insert(0) += 1,
+            None => panic!(
+                "the log {path} ({} bytes) holds a line that is not a number: {:?}",
+                bytes.len(),
+                String::from_utf8_lossy(&line[..line.len().min(64)])
+            ),
         }
     }
     n
