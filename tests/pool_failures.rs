@@ -1,7 +1,7 @@
 //! Pool failures under fire: workers killed mid-task and while they hold batched tasks,
-//! tasks that time out, chunks of an `imap` that fail, worker starts that fail. Every task of these tests writes its input to a
-//! log (an `O_APPEND` file) as it runs, so that a test can tell which inputs ran and how
-//! many times.
+//! tasks that time out, chunks of an `imap` that fail, worker starts that fail. Every task
+//! of these tests writes its input to a log (an `O_APPEND` file) as it runs, so that a test
+//! can tell which inputs ran and how many times.
 
 mod support;
 
@@ -38,9 +38,9 @@ fn main() {
 /// holds back answers only to tasks that have proved short).
 static LOG: Mutex<Option<(String, std::fs::File)>> = Mutex::new(None);
 
-/// Appends `x` to the log at `path` (one `write` of one line, `O_APPEND`), then sleeps `ms`;
-/// returns `x` and this worker's pid. A log it cannot open or write panics, so that its call
-/// fails with the cause rather than returning `Ok` for a run the log does not show.
+/// Appends `[x]` and a newline to the log at `path` (one `write`, `O_APPEND`), then sleeps
+/// `ms`; returns `x` and this worker's pid. A log it cannot open or write panics, so that its
+/// call fails with the cause rather than returning `Ok` for a run the log does not show.
 fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
     let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
     if log.as_ref().is_none_or(|(p, _)| *p != path) {
@@ -54,7 +54,7 @@ fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
         }
     }
     if let Some((_, f)) = log.as_mut()
-        && let Err(e) = f.write_all(format!("{x}\n").as_bytes())
+        && let Err(e) = f.write_all(format!("[{x}]\n").as_bytes())
     {
         panic!("cannot log {x} to {path}: {e}");
     }
@@ -66,24 +66,40 @@ fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
 }
 
 /// How many times each input was logged.
-/// A log that cannot be read, or that holds anything but lines of numbers, panics with what
-/// it holds: an unreadable log must not pass for one in which nothing ran.
+///
+/// A worker SIGKILLed in the middle of its write can leave the start of an entry: the
+/// kernel copies a write into the page cache a page at a time and stops at a page boundary
+/// when the writer has a fatal signal, so `[68` may be followed directly by the next
+/// worker's `[69203]`. Entries are therefore bracketed and read by their brackets, not by
+/// lines; a torn one (no closing bracket) is a run that was cut short and is not counted.
+/// A log that cannot be read, or that holds anything else, panics with what it holds: an
+/// unreadable log must not pass for one in which nothing ran.
 fn runs(path: &str) -> HashMap<u64, usize> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read the log {path}: {e}"));
+    let text = String::from_utf8_lossy(&bytes);
     let mut n = HashMap::new();
-    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| l.parse::<u64>().ok())
-        {
+    let mut pieces = text.split('[');
+    let before = pieces.next().unwrap_or_default();
+    for piece in pieces {
+        let whole = piece
+            .strip_suffix("]\n")
+            .or_else(|| piece.strip_suffix(']'))
+            .and_then(|x| x.parse::<u64>().ok());
+        let torn = piece.bytes().all(|b| b.is_ascii_digit());
+        match whole {
             Some(x) => *n.entry(x).or_insert(0) += 1,
+            None if torn => {}
             None => panic!(
-                "the log {path} ({} bytes) holds a line that is not a number: {:?}",
+                "the log {path} ({} bytes) holds an entry that is not `[number]`: {:?}",
                 bytes.len(),
-                String::from_utf8_lossy(&line[..line.len().min(64)])
+                piece.chars().take(64).collect::<String>()
             ),
         }
     }
+    assert!(
+        before.is_empty(),
+        "the log {path} starts with {before:?}, not an entry"
+    );
     n
 }
 
