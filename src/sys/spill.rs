@@ -6,20 +6,30 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::fd::file_size;
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 /// The largest spill file worth handing back for reuse.
 pub(crate) const RECYCLE_MAX: usize = 2 * 1024 * 1024;
 
+/// The seals every spill file carries: it can never shrink (a reader's mapping of it can
+/// never lose its pages, which would kill the reader with `SIGBUS`), and no seal can be
+/// added (none can make a writer's reuse of it fail).
+const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_SEAL);
+
 /// A memfd holding `data` from offset 0: `reuse`, if it is given and large enough (its pages
-/// already allocated), else a fresh one of exactly that size. The receiver is told the
-/// length; a reused file may be longer.
+/// already allocated), else a fresh one of exactly that size, sealed with [`SEALS`]. The
+/// receiver is told the length; a reused file may be longer.
 pub(crate) fn spill_memfd(reuse: Option<OwnedFd>, data: &[u8]) -> io::Result<OwnedFd> {
     let fd = match reuse {
         Some(fd) if file_size(fd.as_fd())? >= data.len() => fd,
         _ => {
-            let fd = memfd_create(c"tokio-mp-item", MFdFlags::MFD_CLOEXEC)?;
+            let fd = memfd_create(
+                c"tokio-mp-item",
+                MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+            )?;
             nix::unistd::ftruncate(&fd, data.len() as libc::off_t)?;
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS))?;
             fd
         }
     };
@@ -42,11 +52,20 @@ pub(crate) struct SpillView {
 }
 
 impl SpillView {
-    /// Maps the first `len` bytes of a spill file; a shorter file is refused.
+    /// Maps the first `len` bytes of a spill file; a shorter file is refused, and so is
+    /// one not sealed against shrinking (a file that could shrink under the mapping would
+    /// kill this process with `SIGBUS` when it reads the lost pages).
     ///
     /// The writer hands a spill file over and never touches it again until a reader has
     /// unmapped it and handed it back, so the bytes do not change under the view.
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SpillView> {
+        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a spilled item came in a file that is not sealed against shrinking",
+            ));
+        }
         let size = file_size(fd)?;
         if size < len {
             return Err(io::Error::new(
@@ -99,5 +118,35 @@ impl Drop for SpillView {
             // borrow of it outlives `self`.
             let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spill_file_reads_back_and_cannot_shrink() {
+        let fd = spill_memfd(None, b"twelve bytes").unwrap();
+        let view = SpillView::map(fd.as_fd(), 12).unwrap();
+        assert_eq!(view.bytes(), b"twelve bytes");
+        // Whoever holds the file (a peer, say) cannot take pages from under the mapping.
+        let e = nix::unistd::ftruncate(&fd, 4).unwrap_err();
+        assert_eq!(e, nix::errno::Errno::EPERM);
+        assert_eq!(view.bytes(), b"twelve bytes");
+        drop(view);
+        // A file too small for the next item is replaced by a sealed one that holds it.
+        let fd = spill_memfd(Some(fd), &[7u8; 5000]).unwrap();
+        let view = SpillView::map(fd.as_fd(), 5000).unwrap();
+        assert!(view.bytes().iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn a_file_not_sealed_against_shrinking_is_refused() {
+        let fd = memfd_create(c"plain", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        let e = SpillView::map(fd.as_fd(), 16).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("sealed"), "{e}");
     }
 }
