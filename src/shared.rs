@@ -131,7 +131,7 @@ impl<'de, T: Pod> Deserialize<'de> for Cells<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let fd = Fd::deserialize(d)?;
-        let region = map_received::<D::Error>(fd, DATA, "shared value")?;
+        let region = map_received::<D::Error>(fd, DATA, "shared value", false)?;
         let size = region.u32_at(ELEM_SIZE).load(SeqCst) as usize;
         let len = region.u64_at(COUNT).load(SeqCst);
         if size != size_of::<T>() {
@@ -701,8 +701,12 @@ impl SharedMemory {
     /// # Errors
     /// [`Error::Io`] if the descriptor cannot be duplicated or mapped.
     pub fn try_clone(&self) -> Result<SharedMemory> {
+        let fd = sys::dup_fd(self.region.fd())?;
         Ok(SharedMemory {
-            region: SharedRegion::from_fd(sys::dup_fd(self.region.fd())?)?,
+            region: match self.name {
+                Some(_) => SharedRegion::from_named_fd(fd)?,
+                None => SharedRegion::from_fd(fd)?,
+            },
             name: self.name.clone(),
             owns_name: false,
         })
@@ -792,7 +796,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (fd, name) = <(Fd, Option<String>)>::deserialize(d)?;
         Ok(SharedMemory {
-            region: map_received(fd, 1, "shared memory segment")?,
+            region: map_received(fd, 1, "shared memory segment", name.is_some())?,
             name,
             owns_name: false,
         })

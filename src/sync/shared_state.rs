@@ -66,7 +66,7 @@ impl<L> Serialize for SharedState<L> {
 impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
-        let region = map_received(region, L::SIZE, L::WHAT)?;
+        let region = map_received(region, L::SIZE, L::WHAT, false)?;
         L::check(&region).map_err(serde::de::Error::custom)?;
         Ok(SharedState {
             region,
@@ -79,13 +79,21 @@ impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
 
 /// Maps a segment received from another process, checking that it holds at least `need`
 /// bytes, so that every fixed offset the primitive uses is inside it.
+///
+/// `named`: the segment may be a named POSIX one, whose size is not sealed; otherwise it must
+/// be an anonymous segment of this crate's, sealed (see [`SharedRegion::anonymous`]).
 pub(crate) fn map_received<E: serde::de::Error>(
     fd: Fd,
     need: usize,
     what: &str,
+    named: bool,
 ) -> std::result::Result<SharedRegion, E> {
-    let region = SharedRegion::from_fd(fd.into_owned())
-        .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
+    let fd = fd.into_owned();
+    let region = match named {
+        true => SharedRegion::from_named_fd(fd),
+        false => SharedRegion::from_fd(fd),
+    }
+    .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
     if region.len() < need {
         return Err(E::custom(format!(
             "the segment of a {what} holds {} bytes, at least {need} are needed",

@@ -143,8 +143,9 @@ impl ShmRing {
             return Err(bad("the shared ring is too small"));
         }
         let capacity = ((size - HEADER_BYTES) / SLOT_BYTES) as u64;
+        // Sealed segments only: one that could shrink would fault under the ring's readers.
         let ring = ShmRing {
-            region: SharedRegion::map(fd, size)?,
+            region: SharedRegion::from_fd(fd)?,
             capacity,
         };
         if ring.word(W_MAGIC).load(Ordering::Acquire) != MAGIC

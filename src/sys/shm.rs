@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
 use nix::sys::stat::Mode;
@@ -65,6 +65,21 @@ pod!(
     u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool
 );
 
+/// The seals of an anonymous segment: its size can change no more, nor its seals.
+const SIZE_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// Whether `fd` is a memfd whose size cannot shrink.
+fn size_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(bits) => Ok(SealFlag::from_bits_truncate(bits).contains(SealFlag::F_SEAL_SHRINK)),
+        // Not a memfd at all (a file, a named segment).
+        Err(nix::errno::Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A memory segment mapped shared, read-write, together with the descriptor that names it.
 #[derive(Debug)]
 pub(crate) struct SharedRegion {
@@ -82,16 +97,37 @@ unsafe impl Sync for SharedRegion {}
 
 impl SharedRegion {
     /// A new anonymous segment of `len` bytes (zero-filled), from `memfd_create`. It lives as
-    /// long as some process holds its descriptor or mapping, and never leaks a name.
+    /// long as some process holds its descriptor or mapping, and never leaks a name. Its
+    /// size is sealed: no holder of the descriptor can shrink it under another's mapping
+    /// (whose next access to a lost page would be a `SIGBUS`).
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<SharedRegion> {
         let cname = CString::new(name).map_err(|_| invalid("a segment name holds a NUL byte"))?;
-        let fd = memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC)?;
+        let fd = memfd_create(
+            cname.as_c_str(),
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
         nix::unistd::ftruncate(&fd, to_off(len)?)?;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(SIZE_SEALS))?;
         SharedRegion::map(fd, len)
     }
 
-    /// Maps a segment received from another process; its size comes from `fstat`.
+    /// Maps an anonymous segment received from another process; its size comes from
+    /// `fstat`. One whose size is not sealed (see [`anonymous`](Self::anonymous)) is
+    /// refused: it could shrink under the mapping.
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<SharedRegion> {
+        if !size_sealed(fd.as_fd())? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a shared segment whose size is not sealed (not made by this crate): it could \
+                 shrink under the mapping",
+            ));
+        }
+        SharedRegion::from_named_fd(fd)
+    }
+
+    /// Maps a segment received from another process or opened by name, which may be a
+    /// named POSIX segment (whose size anyone who can open it may change, as in Python).
+    pub(crate) fn from_named_fd(fd: OwnedFd) -> io::Result<SharedRegion> {
         let len = super::fd::file_size(fd.as_fd())?;
         SharedRegion::map(fd, len)
     }
@@ -294,11 +330,39 @@ pub(crate) fn shm_attach(name: &str) -> io::Result<SharedRegion> {
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    SharedRegion::from_fd(fd)
+    SharedRegion::from_named_fd(fd)
 }
 
 /// Removes the name `name` from `/dev/shm`; mappings and descriptors stay valid.
 pub(crate) fn shm_remove(name: &str) -> io::Result<()> {
     let cname = shm_name(name)?;
     Ok(shm_unlink(cname.as_c_str())?)
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn an_anonymous_segment_keeps_its_size_whoever_holds_it() {
+        let r = SharedRegion::anonymous("seal-test", 4096).unwrap();
+        r.write::<u64>(0, 42);
+        let held = super::super::fd::dup_fd(r.fd()).unwrap();
+        assert_eq!(
+            nix::unistd::ftruncate(&held, 0).unwrap_err(),
+            nix::errno::Errno::EPERM
+        );
+        // Another process's view of it (here: a second mapping) is accepted and sees it.
+        let other = SharedRegion::from_fd(held).unwrap();
+        assert_eq!(other.read::<u64>(0), 42);
+    }
+
+    #[test]
+    fn a_segment_whose_size_is_not_sealed_is_refused() {
+        let fd = memfd_create(c"unsealed", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        let e = SharedRegion::from_fd(fd).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("sealed"), "{e}");
+    }
 }
