@@ -1,41 +1,59 @@
 //! How busy the machine is: whether a core is spare for a process to wait on awake.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long one look at the machine's load stands for.
 const LOOK_EVERY: Duration = Duration::from_millis(1);
 
-/// Whether a core is spare now: the machine's runnable threads (the caller among them,
-/// since it runs) are no more than the cores this process may run on, so a thread that
-/// keeps running takes no time from another at work. Looks at `/proc/loadavg` at most once
-/// per [`LOOK_EVERY`] (a few microseconds) and answers from that look in between; `false`
-/// on a single core, and where the file cannot be read.
+/// How many of the latest looks are weighed: a core is spare if any of them found one.
+const LOOKS_WEIGHED: u32 = 4;
+
+/// Whether a core is spare now: in one of the latest [`LOOKS_WEIGHED`] looks, the machine's
+/// runnable threads (the caller among them, since it runs) were no more than the cores this
+/// process may run on, so a thread that keeps running takes no time from another at work.
+///
+/// One look is a snapshot, and a snapshot catches threads that run for a moment only: the
+/// runtime thread that the reactor wakes for the very message a wait spins for, a kernel
+/// worker. A machine whose cores are all at work finds no spare core in every look; one
+/// that is idle but for a moment finds one in the next. Looks at `/proc/loadavg` at most
+/// once per [`LOOK_EVERY`] (a few microseconds) and answers from the latest looks in
+/// between; `false` on a single core, and where the file cannot be read.
 pub(crate) fn core_spare() -> bool {
     static CORES: OnceLock<usize> = OnceLock::new();
     /// When the last look was taken, in nanoseconds after `EPOCH` (0: never).
     static LOOKED: AtomicU64 = AtomicU64::new(0);
-    static SPARE: AtomicBool = AtomicBool::new(false);
+    /// What the latest looks found, the latest in the lowest bit: 1 for a spare core. Looks
+    /// taken longer ago than [`LOOKS_WEIGHED`] × [`LOOK_EVERY`] before the latest are dropped.
+    static FOUND: AtomicU32 = AtomicU32::new(0);
     let cores = *CORES.get_or_init(super::cpus_allowed);
     if cores <= 1 {
         return false;
     }
     let now = super::monotonic_nanos();
     let looked = LOOKED.load(Ordering::Relaxed);
+    let weighed = |found: u32| found & ((1 << LOOKS_WEIGHED) - 1) != 0;
     if looked != 0 && now.saturating_sub(looked) < LOOK_EVERY.as_nanos() as u64 {
-        return SPARE.load(Ordering::Relaxed);
+        return weighed(FOUND.load(Ordering::Relaxed));
     }
-    // One thread looks; the others answer from the previous look meanwhile.
+    // One thread looks; the others answer from the previous looks meanwhile.
     if LOOKED
         .compare_exchange(looked, now, Ordering::Relaxed, Ordering::Relaxed)
         .is_err()
     {
-        return SPARE.load(Ordering::Relaxed);
+        return weighed(FOUND.load(Ordering::Relaxed));
     }
     let spare = runnable_threads().is_some_and(|n| n <= cores);
-    SPARE.store(spare, Ordering::Relaxed);
-    spare
+    // Looks older than the window no longer say anything about now.
+    let window = u64::from(LOOKS_WEIGHED) * LOOK_EVERY.as_nanos() as u64;
+    let earlier = match now.saturating_sub(looked) <= window {
+        true => FOUND.load(Ordering::Relaxed),
+        false => 0,
+    };
+    let found = (earlier << 1) | u32::from(spare);
+    FOUND.store(found, Ordering::Relaxed);
+    weighed(found)
 }
 
 /// The machine's runnable threads now (the fourth field of `/proc/loadavg`,
@@ -49,6 +67,7 @@ fn runnable_threads() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     #[test]
     fn runnable_threads_counts_the_caller() {
@@ -77,6 +96,13 @@ mod tests {
             .collect();
         std::thread::sleep(Duration::from_millis(20));
         let busy = runnable_threads();
+        // Enough looks for every one weighed to have been taken while all cores were busy.
+        let until = std::time::Instant::now() + LOOK_EVERY * (LOOKS_WEIGHED * 8);
+        while std::time::Instant::now() < until {
+            core_spare();
+            std::thread::sleep(LOOK_EVERY / 2);
+        }
+        let spare = core_spare();
         stop.store(true, Ordering::Relaxed);
         for s in spinners {
             let _ = s.join();
@@ -84,6 +110,11 @@ mod tests {
         assert!(
             busy.is_some_and(|n| n > cores),
             "{busy:?} runnable with {} spinning threads on {cores} cores",
+            cores * 2
+        );
+        assert!(
+            !spare,
+            "a core was found spare with {} spinning threads on {cores} cores",
             cores * 2
         );
     }
