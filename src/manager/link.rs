@@ -3,12 +3,20 @@
 //! after it is lost.
 //!
 //! # One connection, many calls
-//! A connection carries many requests at once: a proxy's call sends its request through
-//! the connection's writer task and waits for the reply that names it, which the reader
-//! task hands over. So a `get` waiting on an empty queue holds up neither the `put` of
-//! another task nor the `release` of a lock. A call dropped before its reply withdraws its
-//! request (the server stops its wait); the connection stays usable, as no call ever
-//! writes to the socket itself. What a withdrawn `get` or `acquire` was granted all the same
+//! A connection carries many requests at once: a proxy's call sends its request and waits
+//! for the reply that names it. So a `get` waiting on an empty queue holds up neither the
+//! `put` of another task nor the `release` of a lock.
+//!
+//! A request goes out from the caller's own thread when the socket takes it whole at once
+//! and nothing queued before it is still to be written; otherwise the connection's writer
+//! task writes it. A reply is taken off the socket by the reader task, or by a caller
+//! waiting awake for its own (see [`awake`](crate::awake)), under one lock so that frames are
+//! handed over in the order they came. On a multi-thread runtime a call thus wakes no other
+//! thread on its way out or back.
+//!
+//! A call dropped before its reply withdraws its request (the server stops its wait); the
+//! connection stays usable, as a call writes only whole frames, in one step that cannot be
+//! cancelled midway. What a withdrawn `get` or `acquire` was granted all the same
 //! is given back ([`Undo`]): by the server, if the cancel reaches it before the reply goes
 //! out; by this side, for a reply already on its way, until the server's `Withdrawn` says
 //! none can follow.
@@ -21,7 +29,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -83,18 +91,32 @@ type Waiting = Mutex<Pending>;
 struct Calls {
     waiting: Waiting,
     lost: AtomicBool,
+    /// Frames handed to the writer task and not yet written: while there are any, a call
+    /// does not write its request itself (it would pass them).
+    queued: AtomicUsize,
 }
 
 impl Calls {
     fn waiting(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Hands `frame` to the writer task; `Err` if the connection is gone.
+    fn queue(&self, out: &mpsc::UnboundedSender<FrameBuf>, frame: FrameBuf) -> Result<()> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        out.send(frame).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Error::Closed
+        })
+    }
 }
 
-/// One connection: requests go to its writer task; replies come from its reader task.
+/// One connection: requests go to its writer task; replies come off the socket through
+/// [`Replies`], taken by the reader task or by a caller waiting awake.
 struct Conn {
     out: mpsc::UnboundedSender<FrameBuf>,
     calls: Arc<Calls>,
+    replies: Arc<Replies>,
     next: AtomicU64,
     /// When a call last had its reply: whether the next call's caller may wait awake.
     recent: Recent,
@@ -281,26 +303,47 @@ impl Conn {
         let calls = Arc::new(Calls {
             waiting: Mutex::default(),
             lost: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
         });
         let (out, rx) = mpsc::unbounded_channel();
         let hello = Request::Hello {
             pid: std::process::id(),
         };
-        let _ = out.send(FrameBuf::of(&(0u64, hello))?);
-        tokio::spawn(write_requests(link.clone(), rx));
-        tokio::spawn(read_replies(link, calls.clone(), out.downgrade()));
+        let _ = calls.queue(&out, FrameBuf::of(&(0u64, hello))?);
+        tokio::spawn(write_requests(link.clone(), rx, calls.clone()));
+        let replies = Arc::new(Replies {
+            link,
+            calls: calls.clone(),
+            out: out.downgrade(),
+            taking: Mutex::new(()),
+            heard: AtomicU64::new(sys::monotonic_nanos()),
+        });
+        tokio::spawn(read_replies(replies.clone()));
         Ok(Conn {
             out,
             calls,
+            replies,
             next: AtomicU64::new(1),
             recent: Recent::default(),
         })
     }
 
+    /// Sends a request frame: written here and now when nothing queued before it waits to
+    /// be written and the socket takes it at once (no hop to the writer task, which may
+    /// sleep on another thread), else handed to the writer task.
+    fn send(&self, mut frame: FrameBuf) -> Result<()> {
+        if self.calls.queued.load(Ordering::Acquire) == 0
+            && self.replies.link.try_send_now(&mut frame)?
+        {
+            return Ok(());
+        }
+        self.calls.queue(&self.out, frame)
+    }
+
     /// Sends a request that has no reply, if the connection is still there.
     fn post(&self, req: Request) {
         if let Ok(f) = FrameBuf::of(&(0u64, req)) {
-            let _ = self.out.send(f);
+            let _ = self.calls.queue(&self.out, f);
         }
     }
 
@@ -312,7 +355,7 @@ impl Conn {
         self.calls.waiting().waiting.insert(id, (tx, undo));
         // Registered before the lost flag is read: the reader drains what it finds after
         // setting the flag, so a call is failed by it or sees the flag here.
-        if self.calls.lost.load(Ordering::Acquire) || self.out.send(frame).is_err() {
+        if self.calls.lost.load(Ordering::Acquire) || self.send(frame).is_err() {
             self.calls.waiting().waiting.remove(&id);
             return Err(Error::Closed);
         }
@@ -323,14 +366,20 @@ impl Conn {
             undo,
             answered: false,
         };
-        // The caller waits awake for a reply due shortly: the reader hands it over without
-        // a wake-up across threads.
+        // The caller waits awake for a reply due shortly, taking what has come off the
+        // socket itself when the reader is not at it: no wake-up of another thread stands
+        // between the reply and its caller.
         let look = || {
-            Ok(match withdraw.rx.try_recv() {
+            let taken = |rx: &mut oneshot::Receiver<Result<Reply>>| match rx.try_recv() {
                 Ok(r) => Some(r),
                 Err(oneshot::error::TryRecvError::Empty) => None,
                 Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
-            })
+            };
+            if let Some(r) = taken(&mut withdraw.rx) {
+                return Ok(Some(r));
+            }
+            self.replies.take_if_free();
+            Ok(taken(&mut withdraw.rx))
         };
         let r = match awake::spin_first(&self.recent, look).await? {
             Some(r) => r,
@@ -367,7 +416,7 @@ impl Drop for Withdraw<'_> {
             }
             drop(pending);
             if let Ok(f) = FrameBuf::of(&(0u64, Request::Cancel(self.id))) {
-                let _ = self.conn.out.send(f);
+                let _ = self.conn.calls.queue(&self.conn.out, f);
             }
             return;
         }
@@ -386,17 +435,21 @@ impl Drop for Withdraw<'_> {
 /// Writes requests in order, those ready together in one batch, and a ping when idle for
 /// [`HEARTBEAT`]. When every handle of the connection is gone, shuts the socket's writing
 /// side: the server then ends the connection, and the reader sees the end.
-async fn write_requests(link: Arc<Framed>, mut rx: mpsc::UnboundedReceiver<FrameBuf>) {
+async fn write_requests(
+    link: Arc<Framed>,
+    mut rx: mpsc::UnboundedReceiver<FrameBuf>,
+    calls: Arc<Calls>,
+) {
     let mut batch = Vec::new();
     loop {
-        let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
-            Ok(Some(f)) => f,
+        let (first, heartbeat) = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+            Ok(Some(f)) => (f, false),
             Ok(None) => {
                 let _ = sys::shutdown_socket(link.as_fd(), false, true);
                 return;
             }
             Err(_) => match FrameBuf::of(&(0u64, Request::Ping)) {
-                Ok(f) => f,
+                Ok(f) => (f, true),
                 Err(_) => continue,
             },
         };
@@ -408,68 +461,129 @@ async fn write_requests(link: Arc<Framed>, mut rx: mpsc::UnboundedReceiver<Frame
                 Err(_) => break,
             }
         }
-        if link.send_batch(&mut batch).await.is_err() {
+        let written = link.send_batch(&mut batch).await;
+        // A ping was never counted in.
+        let counted = batch.len() - usize::from(heartbeat);
+        calls.queued.fetch_sub(counted, Ordering::AcqRel);
+        if written.is_err() {
             let _ = sys::shutdown_socket(link.as_fd(), true, true);
             return;
         }
     }
 }
 
-/// Hands each reply to its call; when the connection ends or stays silent too long, fails
-/// every call still waiting with [`Error::Closed`].
-async fn read_replies(
+/// Replies as they come off the socket, each handed to its call: by the reader task, or by
+/// a caller waiting awake for its own, whichever looks first.
+struct Replies {
     link: Arc<Framed>,
     calls: Arc<Calls>,
+    /// Where a reply that finds its caller gone is undone (see [`Undo`]).
     out: mpsc::WeakUnboundedSender<FrameBuf>,
-) {
-    // Gives back what a reply granted to a caller that is gone.
-    let undo = |undo: Option<Undo>, reply: Reply| {
-        let (Some(req), Some(out)) = (undo.and_then(|u| u.request(reply)), out.upgrade()) else {
+    /// Held while frames are taken and handed over, so that they are handed over in the
+    /// order they came (a call's `Withdrawn` after its reply).
+    taking: Mutex<()>,
+    /// When a frame last came ([`sys::monotonic_nanos`]): how long the server has been
+    /// silent.
+    heard: AtomicU64,
+}
+
+impl Replies {
+    /// Takes every frame that has arrived and hands each to its call, with the turn held;
+    /// `Err` names why the connection ended.
+    fn take_arrived(
+        &self,
+        _turn: &std::sync::MutexGuard<'_, ()>,
+    ) -> std::result::Result<(), String> {
+        while let Some(r) = self.link.try_recv() {
+            let frame = r.map_err(|e| format!("manager connection ended: {e}"))?;
+            self.heard.store(sys::monotonic_nanos(), Ordering::Relaxed);
+            self.hand_over(frame)?;
+        }
+        Ok(())
+    }
+
+    /// [`take_arrived`](Self::take_arrived) for a caller waiting awake, if the reader is not
+    /// at it. A connection found ended is shut, so that the reader sees the end too and
+    /// fails every call.
+    fn take_if_free(&self) {
+        let turn = match self.taking.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if let Err(why) = self.take_arrived(&turn) {
+            tracing::debug!("{why}");
+            let _ = sys::shutdown_socket(self.link.as_fd(), true, true);
+        }
+    }
+
+    /// Hands one frame to its call; `Err` for a frame that is not a reply.
+    fn hand_over(&self, frame: crate::wire::Frame) -> std::result::Result<(), String> {
+        match frame.decode::<(u64, Reply)>() {
+            Ok((0, Reply::Failed(f))) => tracing::debug!("the manager refused a frame: {f:?}"),
+            Ok((0, _)) => {}
+            Ok((id, Reply::Withdrawn)) => {
+                self.calls.waiting().withdrawn.remove(&id);
+            }
+            Ok((id, reply)) => {
+                let mut pending = self.calls.waiting();
+                if let Some((tx, u)) = pending.waiting.remove(&id) {
+                    drop(pending);
+                    if let Err(Ok(reply)) = tx.send(Ok(reply)) {
+                        self.undo(u, reply);
+                    }
+                } else if let Some(&u) = pending.withdrawn.get(&id) {
+                    drop(pending);
+                    self.undo(Some(u), reply);
+                }
+            }
+            Err(e) => return Err(format!("a manager reply could not be decoded: {e}")),
+        }
+        Ok(())
+    }
+
+    /// Gives back what a reply granted to a caller that is gone.
+    fn undo(&self, undo: Option<Undo>, reply: Reply) {
+        let (Some(req), Some(out)) = (undo.and_then(|u| u.request(reply)), self.out.upgrade())
+        else {
             return;
         };
         if let Ok(f) = FrameBuf::of(&(0u64, req)) {
-            let _ = out.send(f);
+            let _ = self.calls.queue(&out, f);
         }
-    };
+    }
+}
+
+/// Takes the replies as they arrive (unless a caller waiting awake took them first); when
+/// the connection ends or stays silent too long, fails every call still waiting with
+/// [`Error::Closed`].
+async fn read_replies(r: Arc<Replies>) {
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
-        let frame = match tokio::time::timeout(silence, link.recv()).await {
-            Ok(Ok(f)) => f,
+        match tokio::time::timeout(silence, r.link.ready()).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!("manager connection ended: {e}");
                 break;
             }
             Err(_) => {
+                let heard = r.heard.load(Ordering::Relaxed);
+                if sys::monotonic_nanos().saturating_sub(heard) < silence.as_nanos() as u64 {
+                    continue;
+                }
                 tracing::debug!("the manager was silent for {silence:?}: connection lost");
                 break;
             }
-        };
-        match frame.decode::<(u64, Reply)>() {
-            Ok((0, Reply::Failed(f))) => tracing::debug!("the manager refused a frame: {f:?}"),
-            Ok((0, _)) => {}
-            Ok((id, Reply::Withdrawn)) => {
-                calls.waiting().withdrawn.remove(&id);
-            }
-            Ok((id, reply)) => {
-                let mut pending = calls.waiting();
-                if let Some((tx, u)) = pending.waiting.remove(&id) {
-                    drop(pending);
-                    if let Err(Ok(reply)) = tx.send(Ok(reply)) {
-                        undo(u, reply);
-                    }
-                } else if let Some(&u) = pending.withdrawn.get(&id) {
-                    drop(pending);
-                    undo(Some(u), reply);
-                }
-            }
-            Err(e) => {
-                tracing::debug!("a manager reply could not be decoded: {e}");
-                break;
-            }
+        }
+        let turn = r.taking.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(why) = r.take_arrived(&turn) {
+            tracing::debug!("{why}");
+            break;
         }
     }
+    let calls = &r.calls;
     calls.lost.store(true, Ordering::Release);
-    let _ = sys::shutdown_socket(link.as_fd(), true, true);
+    let _ = sys::shutdown_socket(r.link.as_fd(), true, true);
     let mut pending = calls.waiting();
     pending.withdrawn.clear();
     for (_, (tx, _)) in pending.waiting.drain() {

@@ -384,6 +384,42 @@ impl Framed {
         Ok(())
     }
 
+    /// Sends a small frame at once, from the caller's thread, when no other send is under
+    /// way and the socket has room for it: `Ok(false)` when it did not (nothing was sent),
+    /// for the caller to send it with [`send`](Self::send). On a Unix socket only, where a
+    /// frame this small ([`NOW_MAX`]) goes into one kernel buffer, whole or not at all; a
+    /// part written all the same would be finished waiting in `poll(2)`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub(crate) fn try_send_now(&self, frame: &mut FrameBuf) -> Result<bool> {
+        if self.transport != Transport::Unix || frame.fd_count() > 0 || frame.wire_len() > NOW_MAX {
+            return Ok(false);
+        }
+        frame.seal()?;
+        let Ok(_turn) = self.send_turn.try_lock() else {
+            return Ok(false);
+        };
+        let [head, tail] = frame.parts();
+        if !tail.is_empty() {
+            return Ok(false);
+        }
+        let mut sent = 0;
+        while sent < head.len() {
+            match sys::send_with_fds(self.fd.as_fd(), &head[sent..], &[]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent == 0 => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sys::wait_writable(self.fd.as_fd())?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.recent.mark();
+        Ok(true)
+    }
+
     /// Sends several frames in order, frames without descriptors written together in as few
     /// system calls as the socket allows.
     ///
@@ -514,6 +550,9 @@ impl AsRawFd for Framed {
 
 #[cfg(test)]
 mod tests;
+
+/// The largest frame [`Framed::try_send_now`] sends.
+const NOW_MAX: usize = 4 * 1024;
 
 /// The largest frame head [`Framed::send_batch`] copies to join it with others.
 const JOIN_MAX: usize = 64 * 1024;

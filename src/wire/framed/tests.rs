@@ -148,3 +148,56 @@ fn unix_carries_descriptors_beside_frames() {
         assert!(matches!(b.try_recv(), Some(Err(Error::Closed))));
     });
 }
+
+/// A connected Unix socket pair.
+fn unix_pair() -> (Framed, Framed) {
+    let (a, b) = crate::sys::socketpair_stream().unwrap();
+    (Framed::unix(a).unwrap(), Framed::unix(b).unwrap())
+}
+
+#[test]
+fn a_small_frame_goes_out_at_once_or_not_at_all() {
+    runtime().block_on(async {
+        let (a, b) = unix_pair();
+        assert!(a.try_send_now(&mut FrameBuf::of(&1u64).unwrap()).unwrap());
+        assert_eq!(b.recv().await.unwrap().decode::<u64>().unwrap(), 1);
+
+        // Fill the socket until a small frame no longer fits: it is refused whole.
+        let filler = vec![0u8; 64 * 1024];
+        let mut queued = 0usize;
+        while a
+            .try_send_now(&mut FrameBuf::of(&serde_bytes::Bytes::new(&filler[..3000])).unwrap())
+            .unwrap()
+        {
+            queued += 1;
+            assert!(queued < 100_000, "the socket never filled");
+        }
+        // Sent later by the async path, it arrives whole behind the others.
+        let reader = async {
+            for _ in 0..queued {
+                let v = b
+                    .recv()
+                    .await
+                    .unwrap()
+                    .decode::<serde_bytes::ByteBuf>()
+                    .unwrap();
+                assert_eq!(v.len(), 3000);
+            }
+            b.recv().await.unwrap().decode::<u64>().unwrap()
+        };
+        let writer = async { a.send(&mut FrameBuf::of(&7u64).unwrap()).await.unwrap() };
+        let (last, ()) = tokio::join!(reader, writer);
+        assert_eq!(last, 7, "the refused frame left no bytes behind");
+
+        // Frames too large, frames with descriptors and TCP always take the async path.
+        let big = vec![1u8; NOW_MAX];
+        assert!(
+            !a.try_send_now(&mut FrameBuf::of(&serde_bytes::Bytes::new(&big)).unwrap())
+                .unwrap()
+        );
+        let fd = Fd::from(crate::sys::dup_fd(std::os::fd::AsFd::as_fd(&a)).unwrap());
+        assert!(!a.try_send_now(&mut FrameBuf::of(&fd).unwrap()).unwrap());
+        let (t, _u) = tcp_pair();
+        assert!(!t.try_send_now(&mut FrameBuf::of(&1u64).unwrap()).unwrap());
+    });
+}
