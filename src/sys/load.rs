@@ -1,7 +1,7 @@
 //! How busy the machine is: whether a core is spare for a process to wait on awake.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long one look at the machine's load stands for.
@@ -57,9 +57,25 @@ pub(crate) fn core_spare() -> bool {
 }
 
 /// The machine's runnable threads now (the fourth field of `/proc/loadavg`,
-/// `running/total`), the caller included.
+/// `running/total`), the caller included. The file is kept open and read from its start each
+/// time: one system call, where opening it again would take five. A forked child opens its
+/// own (the parent's descriptor was closed in it, and its number may name another file).
 fn runnable_threads() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    use std::os::unix::fs::FileExt;
+    static LOADAVG: Mutex<Option<(u32, std::fs::File)>> = Mutex::new(None);
+    let mut open = LOADAVG.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if open.as_ref().is_none_or(|(p, _)| *p != pid) {
+        if let Some((_, inherited)) = open.take() {
+            // Not closed: in a forked child its number is no longer ours.
+            std::mem::forget(inherited);
+        }
+        *open = std::fs::File::open("/proc/loadavg").ok().map(|f| (pid, f));
+    }
+    let (_, file) = open.as_ref()?;
+    let mut buf = [0u8; 128];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(buf.get(..n)?).ok()?;
     let field = text.split_whitespace().nth(3)?;
     field.split('/').next()?.parse().ok()
 }
