@@ -38,6 +38,7 @@ fn main() {
             "cancelled_calls_leave_the_proxy_usable",
             cancelled_calls_leave_the_proxy_usable,
         ),
+        test("cancelled_gets_lose_no_item", cancelled_gets_lose_no_item),
         test(
             "values_holding_descriptors_are_refused",
             values_holding_descriptors_are_refused,
@@ -259,6 +260,36 @@ async fn cancelled_calls_leave_the_proxy_usable() -> TestResult {
         "the proxy answers correctly after cancellations"
     );
     ensure!(d.len().await? <= 51, "len {}", d.len().await?);
+    Ok(())
+}
+
+// A lone call writes its request and takes its reply itself; a `get` dropped at any point
+// (before its request left, while it waited, after its item was on the way) gives its item
+// back. Every item put comes out once, in order, whatever the cancellations.
+async fn cancelled_gets_lose_no_item() -> TestResult {
+    let m = Manager::start().await?;
+    let q = m.queue::<u32>().await?;
+    let mut got = Vec::new();
+    for i in 0..400u32 {
+        q.put(i).await.map_err(mp::Error::from)?;
+        let patience = Duration::from_micros(u64::from(i % 40) * 3);
+        if let Ok(r) = tokio::time::timeout(patience, q.get()).await {
+            got.push(r?);
+        }
+    }
+    loop {
+        match q.get_nowait().await {
+            Ok(v) => got.push(v),
+            Err(Error::Empty) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure!(
+        got == (0..400).collect::<Vec<_>>(),
+        "items lost, doubled or out of order: {} of 400, first wrong at {:?}",
+        got.len(),
+        got.iter().zip(0..).position(|(&v, i)| v != i)
+    );
     Ok(())
 }
 

@@ -7,12 +7,13 @@
 //! for the reply that names it. So a `get` waiting on an empty queue holds up neither the
 //! `put` of another task nor the `release` of a lock.
 //!
-//! A request goes out from the caller's own thread when the socket takes it whole at once
-//! and nothing queued before it is still to be written; otherwise the connection's writer
-//! task writes it. A reply is taken off the socket by the reader task, or by a caller
-//! waiting awake for its own (see [`awake`](crate::awake)), under one lock so that frames are
-//! handed over in the order they came. On a multi-thread runtime a call thus wakes no other
-//! thread on its way out or back.
+//! A call alone on its connection writes its request from its own thread, when the socket
+//! takes it whole at once and nothing queued before it is still to be written, and, waiting
+//! awake for its reply (see [`awake`](crate::awake)), takes it off the socket itself. Frames
+//! are taken under one lock, by that caller or by the reader task, so that they are
+//! handed over in the order they came. On a multi-thread runtime such a call wakes no other
+//! thread on its way out or back. Calls in a crowd leave both to the connection's writer
+//! and reader tasks, which batch them.
 //!
 //! A call dropped before its reply withdraws its request (the server stops its wait); the
 //! connection stays usable, as a call writes only whole frames, in one step that cannot be
@@ -328,11 +329,13 @@ impl Conn {
         })
     }
 
-    /// Sends a request frame: written here and now when nothing queued before it waits to
-    /// be written and the socket takes it at once (no hop to the writer task, which may
-    /// sleep on another thread), else handed to the writer task.
-    fn send(&self, mut frame: FrameBuf) -> Result<()> {
-        if self.calls.queued.load(Ordering::Acquire) == 0
+    /// Sends the request frame of a call: written here and now when the call is `alone`
+    /// (the only one waiting), nothing queued before it waits to be written and the socket
+    /// takes it at once (no hop to the writer task, which may sleep on another thread); else handed to
+    /// the writer task, which writes the requests of many calls together.
+    fn send(&self, mut frame: FrameBuf, alone: bool) -> Result<()> {
+        if alone
+            && self.calls.queued.load(Ordering::Acquire) == 0
             && self.replies.link.try_send_now(&mut frame)?
         {
             return Ok(());
@@ -352,10 +355,16 @@ impl Conn {
         let frame = FrameBuf::of(&(id, req))?;
         let (tx, rx) = oneshot::channel();
         let undo = Undo::of(req);
-        self.calls.waiting().waiting.insert(id, (tx, undo));
+        // A call alone on the connection writes its request and takes its reply itself; calls
+        // in a crowd leave both to the writer and reader tasks, which batch them.
+        let alone = {
+            let mut pending = self.calls.waiting();
+            pending.waiting.insert(id, (tx, undo));
+            pending.waiting.len() == 1
+        };
         // Registered before the lost flag is read: the reader drains what it finds after
         // setting the flag, so a call is failed by it or sees the flag here.
-        if self.calls.lost.load(Ordering::Acquire) || self.send(frame).is_err() {
+        if self.calls.lost.load(Ordering::Acquire) || self.send(frame, alone).is_err() {
             self.calls.waiting().waiting.remove(&id);
             return Err(Error::Closed);
         }
@@ -377,6 +386,9 @@ impl Conn {
             };
             if let Some(r) = taken(&mut withdraw.rx) {
                 return Ok(Some(r));
+            }
+            if !alone {
+                return Ok(None);
             }
             self.replies.take_if_free();
             Ok(taken(&mut withdraw.rx))
@@ -560,8 +572,8 @@ impl Replies {
 async fn read_replies(r: Arc<Replies>) {
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
-        match tokio::time::timeout(silence, r.link.ready()).await {
-            Ok(Ok(())) => {}
+        let mut ready = match tokio::time::timeout(silence, r.link.readable()).await {
+            Ok(Ok(guard)) => guard,
             Ok(Err(e)) => {
                 tracing::debug!("manager connection ended: {e}");
                 break;
@@ -574,12 +586,15 @@ async fn read_replies(r: Arc<Replies>) {
                 tracing::debug!("the manager was silent for {silence:?}: connection lost");
                 break;
             }
-        }
+        };
         let turn = r.taking.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(why) = r.take_arrived(&turn) {
             tracing::debug!("{why}");
             break;
         }
+        drop(turn);
+        // Everything that had arrived is taken (here or by a caller): the socket is drained.
+        ready.clear_ready();
     }
     let calls = &r.calls;
     calls.lost.store(true, Ordering::Release);

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
 use crate::awake::{self, Recent};
@@ -345,6 +345,22 @@ impl Framed {
             }
             guard.clear_ready();
         }
+    }
+
+    /// Waits until the reactor reports the socket readable, taking nothing: for a reader that
+    /// then takes what arrived with [`try_recv`](Self::try_recv) until it returns `None`
+    /// (the socket drained), and then clears the guard's readiness.
+    ///
+    /// # Errors
+    /// An I/O error from the reactor.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: it takes nothing.
+    pub(crate) async fn readable(&self) -> Result<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> {
+        Ok(self.io()?.readable().await?)
     }
 
     /// Fails for a frame that holds descriptors on a transport that cannot carry them.
