@@ -9,6 +9,9 @@
 //!   workers, in tasks per second, beside the same tasks run one after the other in this
 //!   process. On a machine of `c` cores the figure should reach about `c` times its
 //!   baseline and stay there as `n` grows past `c`.
+//! - `copy_64mib_into_fresh_memory`: the floor under `apply_64mib`, whose result lands in
+//!   memory of its own: 64 MiB copied into a fresh allocation (a page fault per 4 KiB),
+//!   beside the same copy into memory already in place.
 //! - `inflight_<n>`: `n` trivial `apply_async` in flight at once, the time per task, and the
 //!   parent's RSS growth per task (after the handles are awaited), beside a tokio `spawn` of
 //!   the same trivial work.
@@ -188,6 +191,30 @@ async fn run() -> mp::Result<()> {
     }
     pool.close();
     pool.join().await?;
+
+    // The floor under the largest round trip: its result must land in memory of its own,
+    // and fresh memory costs a page fault per 4 KiB as it is first written.
+    let len = 64usize << 20;
+    let src = vec![3u8; len];
+    let (mut fresh, mut reused) = (Vec::new(), Vec::new());
+    let mut kept: Vec<u8> = src.clone();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let copy = src.clone();
+        fresh.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(std::hint::black_box(copy));
+        let t = Instant::now();
+        kept.copy_from_slice(&src);
+        reused.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(&kept);
+    }
+    report.add(
+        Figure::new("copy_64mib_into_fresh_memory", "us", fresh).baseline(Figure::new(
+            "copy_64mib_into_memory_in_place",
+            "us",
+            reused,
+        )),
+    );
 
     // CPU-bound throughput by worker count, beside one process doing the same tasks.
     let tasks = 400u64;
