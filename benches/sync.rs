@@ -46,16 +46,6 @@ async fn incrementer(v: mp::Value<u64>, start: mp::Event, done: mp::Semaphore, n
     let _ = done.release();
 }
 
-async fn ponger(ping: mp::Event, pong: mp::Event, n: u32) {
-    for _ in 0..n {
-        if ping.wait().await.is_err() {
-            return;
-        }
-        ping.clear();
-        pong.set();
-    }
-}
-
 async fn uncontended(report: &mut Report) -> mp::Result<()> {
     let l = mp::Lock::new()?;
     let word = AtomicU32::new(0);
@@ -140,9 +130,12 @@ async fn event_ping_pong(report: &mut Report) -> mp::Result<()> {
     let pings = chunks as u32 * PINGS + 1;
     let ping = mp::Event::new()?;
     let pong = mp::Event::new()?;
-    let mut p = mp::Process::new(ponger, (ping.clone(), pong.clone(), pings))
-        .start()
-        .await?;
+    let mut p = mp::Process::new(
+        support::ponger::event_ponger,
+        (ping.clone(), pong.clone(), pings),
+    )
+    .start()
+    .await?;
     let raw = EventfdPingPong::start(pings)?;
     // Warm up with a first round trip each (the child's start is not part of the figure).
     ping.set();

@@ -50,16 +50,6 @@ async fn queue_echo(there: mp::Queue<u64>, back: mp::Queue<u64>, n: u32) {
     }
 }
 
-async fn event_echo(ping: mp::Event, pong: mp::Event, n: u32) {
-    for _ in 0..n {
-        if ping.wait().await.is_err() {
-            return;
-        }
-        ping.clear();
-        pong.set();
-    }
-}
-
 /// Waits for `ping` (released by the parent), then releases `pong` for the parent.
 async fn lock_echo(ping: mp::Lock, pong: mp::Lock, n: u32) {
     for _ in 0..n {
@@ -79,13 +69,14 @@ fn noop(x: u64) -> u64 {
 
 // ---- the runner ----
 
-/// `chunks` chunks of [`ROUND_TRIPS`] of `round_trip`, each followed by as many raw eventfd
-/// round trips; microseconds per round trip, ours and the baseline's.
+/// One warm-up `round_trip`, then `chunks` chunks of [`ROUND_TRIPS`] of it, each followed by
+/// as many raw eventfd round trips; microseconds per round trip, ours and the baseline's.
 async fn beside_floor<F, Fut>(name: &str, mut round_trip: F) -> Result<Figure, BoxError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = mp::Result<()>>,
 {
+    round_trip().await?;
     let chunks = support::runs(CHUNKS);
     let raw = EventfdPingPong::start(chunks as u32 * ROUND_TRIPS + 1)?;
     raw.round_trip()?;
@@ -117,7 +108,7 @@ async fn pipe() -> Result<Figure, BoxError> {
         .start()
         .await?;
     let mut i = 0u64;
-    let mut once = || {
+    let once = || {
         i += 1;
         let (a, i) = (&a, i);
         async move {
@@ -127,7 +118,6 @@ async fn pipe() -> Result<Figure, BoxError> {
             Ok(())
         }
     };
-    once().await?;
     let figure = beside_floor("pipe_round_trip_us", once).await?;
     p.join().await?;
     Ok(figure)
@@ -143,7 +133,6 @@ async fn queue() -> Result<Figure, BoxError> {
         back.get().await?;
         Ok(())
     };
-    once().await?;
     let figure = beside_floor("queue_round_trip_us", once).await?;
     p.join().await?;
     Ok(figure)
@@ -151,16 +140,18 @@ async fn queue() -> Result<Figure, BoxError> {
 
 async fn event() -> Result<Figure, BoxError> {
     let (ping, pong) = (mp::Event::new()?, mp::Event::new()?);
-    let mut p = mp::Process::new(event_echo, (ping.clone(), pong.clone(), child_rounds()))
-        .start()
-        .await?;
+    let mut p = mp::Process::new(
+        support::ponger::event_ponger,
+        (ping.clone(), pong.clone(), child_rounds()),
+    )
+    .start()
+    .await?;
     let once = || async {
         ping.set();
         pong.wait().await?;
         pong.clear();
         Ok(())
     };
-    once().await?;
     let figure = beside_floor("event_round_trip_us", once).await?;
     p.join().await?;
     Ok(figure)
@@ -179,7 +170,6 @@ async fn lock() -> Result<Figure, BoxError> {
         pong.lock().await?.forget();
         Ok(())
     };
-    once().await?;
     let figure = beside_floor("lock_handoff_round_trip_us", once).await?;
     p.join().await?;
     Ok(figure)
@@ -193,7 +183,6 @@ async fn manager() -> Result<Figure, BoxError> {
         assert_eq!(d.get(&1).await?, Some(2));
         Ok(())
     };
-    once().await?;
     let figure = beside_floor("manager_call_us", once).await?;
     m.shutdown().await?;
     Ok(figure)
@@ -205,7 +194,6 @@ async fn apply() -> Result<Figure, BoxError> {
         assert_eq!(pool.apply(noop, (3,)).await?, 3);
         Ok(())
     };
-    once().await?;
     let figure = beside_floor("apply_round_trip_us", once).await?;
     pool.close();
     pool.join().await?;

@@ -703,10 +703,7 @@ impl SharedMemory {
     pub fn try_clone(&self) -> Result<SharedMemory> {
         let fd = sys::dup_fd(self.region.fd())?;
         Ok(SharedMemory {
-            region: match self.name {
-                Some(_) => SharedRegion::from_named_fd(fd)?,
-                None => SharedRegion::from_fd(fd)?,
-            },
+            region: SharedRegion::from_fd_named(fd, self.name.is_some())?,
             name: self.name.clone(),
             owns_name: false,
         })

@@ -27,6 +27,7 @@
 #![allow(dead_code)] // each bench uses part of this module
 
 pub mod eventfd;
+pub mod ponger;
 
 use std::future::Future;
 use std::time::Duration;

@@ -331,8 +331,8 @@ impl Conn {
 
     /// Sends the request frame of a call: written here and now when the call is `alone`
     /// (the only one waiting), nothing queued before it waits to be written and the socket
-    /// takes it at once (no hop to the writer task, which may sleep on another thread); else handed to
-    /// the writer task, which writes the requests of many calls together.
+    /// takes it at once (no hop to the writer task, which may sleep on another thread);
+    /// else handed to the writer task, which writes the requests of many calls together.
     fn send(&self, mut frame: FrameBuf, alone: bool) -> Result<()> {
         if alone
             && self.calls.queued.load(Ordering::Acquire) == 0

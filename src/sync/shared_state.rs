@@ -88,12 +88,8 @@ pub(crate) fn map_received<E: serde::de::Error>(
     what: &str,
     named: bool,
 ) -> std::result::Result<SharedRegion, E> {
-    let fd = fd.into_owned();
-    let region = match named {
-        true => SharedRegion::from_named_fd(fd),
-        false => SharedRegion::from_fd(fd),
-    }
-    .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
+    let region = SharedRegion::from_fd_named(fd.into_owned(), named)
+        .map_err(|e| E::custom(format!("cannot map the segment of a {what}: {e}")))?;
     if region.len() < need {
         return Err(E::custom(format!(
             "the segment of a {what} holds {} bytes, at least {need} are needed",

@@ -64,7 +64,7 @@ fn runnable_threads() -> Option<usize> {
     use std::os::unix::fs::FileExt;
     static LOADAVG: Mutex<Option<(u32, std::fs::File)>> = Mutex::new(None);
     let mut open = LOADAVG.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = std::process::id();
+    let pid = super::cached_pid();
     if open.as_ref().is_none_or(|(p, _)| *p != pid) {
         if let Some((_, inherited)) = open.take() {
             // Not closed: in a forked child its number is no longer ours.

@@ -7,7 +7,7 @@
 //! race with a write in another process; such accesses are volatile copies of [`Pod`] values,
 //! for which every bit pattern another process of the same binary can store is a valid value.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::{align_of, size_of};
 use std::num::NonZeroUsize;
@@ -70,8 +70,16 @@ const SIZE_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
     .union(SealFlag::F_SEAL_GROW)
     .union(SealFlag::F_SEAL_SEAL);
 
+/// A memfd of `len` bytes (zero-filled), close-on-exec, sealed with `seals`.
+pub(super) fn sealed_memfd(name: &CStr, len: usize, seals: SealFlag) -> io::Result<OwnedFd> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    nix::unistd::ftruncate(&fd, to_off(len)?)?;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(fd)
+}
+
 /// Whether `fd` is a memfd whose size cannot shrink.
-fn size_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+pub(super) fn size_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
     match fcntl(fd, FcntlArg::F_GET_SEALS) {
         Ok(bits) => Ok(SealFlag::from_bits_truncate(bits).contains(SealFlag::F_SEAL_SHRINK)),
         // Not a memfd at all (a file, a named segment).
@@ -102,13 +110,7 @@ impl SharedRegion {
     /// (whose next access to a lost page would be a `SIGBUS`).
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<SharedRegion> {
         let cname = CString::new(name).map_err(|_| invalid("a segment name holds a NUL byte"))?;
-        let fd = memfd_create(
-            cname.as_c_str(),
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )?;
-        nix::unistd::ftruncate(&fd, to_off(len)?)?;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(SIZE_SEALS))?;
-        SharedRegion::map(fd, len)
+        SharedRegion::map(sealed_memfd(&cname, len, SIZE_SEALS)?, len)
     }
 
     /// Maps an anonymous segment received from another process; its size comes from
@@ -123,6 +125,15 @@ impl SharedRegion {
             ));
         }
         SharedRegion::from_named_fd(fd)
+    }
+
+    /// [`from_named_fd`](Self::from_named_fd) for a segment that is `named`, else
+    /// [`from_fd`](Self::from_fd).
+    pub(crate) fn from_fd_named(fd: OwnedFd, named: bool) -> io::Result<SharedRegion> {
+        match named {
+            true => SharedRegion::from_named_fd(fd),
+            false => SharedRegion::from_fd(fd),
+        }
     }
 
     /// Maps a segment received from another process or opened by name, which may be a

@@ -5,9 +5,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::fd::file_size;
+use super::shm::{sealed_memfd, size_sealed};
 
-use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::fcntl::SealFlag;
 
 /// The largest spill file worth handing back for reuse.
 pub(crate) const RECYCLE_MAX: usize = 2 * 1024 * 1024;
@@ -23,15 +23,7 @@ const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_SEAL);
 pub(crate) fn spill_memfd(reuse: Option<OwnedFd>, data: &[u8]) -> io::Result<OwnedFd> {
     let fd = match reuse {
         Some(fd) if file_size(fd.as_fd())? >= data.len() => fd,
-        _ => {
-            let fd = memfd_create(
-                c"tokio-mp-item",
-                MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-            )?;
-            nix::unistd::ftruncate(&fd, data.len() as libc::off_t)?;
-            fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS))?;
-            fd
-        }
+        _ => sealed_memfd(c"tokio-mp-item", data.len(), SEALS)?,
     };
     let mut done = 0;
     while done < data.len() {
@@ -59,8 +51,7 @@ impl SpillView {
     /// The writer hands a spill file over and never touches it again until a reader has
     /// unmapped it and handed it back, so the bytes do not change under the view.
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SpillView> {
-        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
-        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+        if !size_sealed(fd)? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "a spilled item came in a file that is not sealed against shrinking",
@@ -124,6 +115,7 @@ impl Drop for SpillView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::memfd::{MFdFlags, memfd_create};
 
     #[test]
     fn a_spill_file_reads_back_and_cannot_shrink() {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
-use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
+use super::frame::{Frame, FrameBuf, RecvBuf, send_all_blocking, send_blocking};
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -420,18 +420,15 @@ impl Framed {
         if !tail.is_empty() {
             return Ok(false);
         }
-        let mut sent = 0;
-        while sent < head.len() {
-            match sys::send_with_fds(self.fd.as_fd(), &head[sent..], &[]) {
-                Ok(n) => sent += n,
+        let sent = loop {
+            match sys::send_with_fds(self.fd.as_fd(), head, &[]) {
+                Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent == 0 => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    sys::wait_writable(self.fd.as_fd())?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
-        }
+        };
+        send_all_blocking(self.fd.as_fd(), &head[sent..], &[])?;
         self.recent.mark();
         Ok(true)
     }

@@ -14,16 +14,22 @@ use crate::sys;
 pub(crate) fn send_blocking(fd: BorrowedFd<'_>, frame: &mut FrameBuf) -> Result<()> {
     frame.seal()?;
     let raw = frame.raw_fds();
-    for (i, part) in frame.parts().into_iter().enumerate() {
-        let mut off = 0;
-        while off < part.len() {
-            let fds: &[RawFd] = if i == 0 && off == 0 { &raw } else { &[] };
-            match sys::send_with_fds(fd, &part[off..], fds) {
-                Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => sys::wait_writable(fd)?,
-                Err(e) => return Err(e.into()),
-            }
+    let [head, tail] = frame.parts();
+    send_all_blocking(fd, head, &raw)?;
+    send_all_blocking(fd, tail, &[])
+}
+
+/// Writes all of `data`, with `fds` on its first byte, waiting in `poll(2)` while the socket
+/// is full.
+pub(crate) fn send_all_blocking(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        let with: &[RawFd] = if off == 0 { fds } else { &[] };
+        match sys::send_with_fds(fd, &data[off..], with) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sys::wait_writable(fd)?,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
