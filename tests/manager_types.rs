@@ -35,6 +35,8 @@ fn main() {
         get_by_name_checks_the_proxy_type,
         user_types_run_in_the_server,
         withdrawn_calls_give_back_what_they_took,
+        a_withdrawn_condition_wait_leaves_the_lock_released,
+        a_barrier_party_that_leaves_breaks_the_barrier,
     ])
 }
 
@@ -626,5 +628,95 @@ async fn withdrawn_calls_give_back_what_they_took() -> TestResult {
         lock.lock_timeout(Duration::from_secs(5)).await.is_ok(),
         "a withdrawn lock was left held ({taken} taken)"
     );
+    Ok(())
+}
+
+/// A condition `wait` dropped at any moment (waiting, notified and taking the lock back, or
+/// answered with its reply still on the way) leaves the lock released, as the crate's own
+/// `Condition` does: another task can then take it.
+async fn a_withdrawn_condition_wait_leaves_the_lock_released() -> TestResult {
+    let m = Manager::start().await?;
+    let c = m.condition().await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notifier = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.notify_all().await?;
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, mp::Error>(())
+        })
+    };
+    let (mut answered, mut withdrawn) = (0u32, 0u32);
+    for i in 0..300u64 {
+        c.lock().await?;
+        let patience = Duration::from_micros(i % 30 * 5);
+        match tokio::time::timeout(patience, c.wait()).await {
+            Ok(r) => {
+                r?;
+                answered += 1;
+                c.release().await?;
+            }
+            Err(_) => withdrawn += 1,
+        }
+        // Another task (another owner of the re-entrant lock) can take it.
+        let other = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.lock_timeout(Duration::from_secs(10)).await?;
+                c.release().await
+            })
+        };
+        ensure!(
+            other.await?.is_ok(),
+            "round {i}: the lock stayed held ({answered} waits answered, {withdrawn} withdrawn)"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    notifier.await??;
+    Ok(())
+}
+
+async fn arrive_and_stay(b: BarrierProxy) -> mp::Result<()> {
+    b.wait().await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A party that arrived at a barrier and then left (its `wait` dropped, or its process
+/// killed) breaks the barrier, as the crate's own `Barrier` does: the parties still waiting
+/// are told, instead of waiting for one that will never come back.
+async fn a_barrier_party_that_leaves_breaks_the_barrier() -> TestResult {
+    let m = Manager::start().await?;
+    let b = m.barrier(3).await?;
+    let dropped = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait().await })
+    };
+    while b.n_waiting().await? == 0 {
+        tokio::task::yield_now().await;
+    }
+    dropped.abort();
+    let _ = dropped.await;
+    // Three parties: the round cannot complete with the one that left.
+    match tokio::time::timeout(Duration::from_secs(20), b.wait()).await {
+        Ok(Err(Error::BrokenBarrier)) => {}
+        Ok(other) => return Err(format!("after a withdrawn wait: {other:?}").into()),
+        Err(_) => return Err("a withdrawn wait left the barrier waiting for it".into()),
+    }
+
+    b.reset().await?;
+    let mut p = Process::new(arrive_and_stay, (b.clone(),)).start().await?;
+    while b.n_waiting().await? == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    p.kill()?;
+    p.join().await?;
+    match tokio::time::timeout(Duration::from_secs(20), b.wait()).await {
+        Ok(Err(Error::BrokenBarrier)) => {}
+        Ok(other) => return Err(format!("after a killed party: {other:?}").into()),
+        Err(_) => return Err("a killed party left the barrier waiting for it".into()),
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ use super::proto::{BarrierOp, Failure, Reply, Request, Wait};
 use super::server::{Shared, Step, deadline, object};
 use super::{Handle, expect_bool, expect_done, expect_len};
 use crate::error::Result;
+use crate::on_drop::OnDrop;
 
 /// The server's side of a barrier.
 pub(super) struct BarrierState {
@@ -84,7 +85,16 @@ pub(super) async fn wait(shared: &Shared, id: u64, wait: Wait) -> Reply {
         (index, b.round, b.resets)
     };
     let (index, round, resets) = arrival;
-    shared
+    // A wait withdrawn (or whose connection closed) after it arrived breaks the barrier, as
+    // the crate's `Barrier` does: the other parties would otherwise go on with one gone.
+    let left = OnDrop::new(|| {
+        if let Ok(b) = object!(shared.state(), id, Barrier) {
+            if b.round == round && b.resets == resets && !b.broken {
+                b.break_it();
+            }
+        }
+    });
+    let reply = shared
         .wait_on(deadline(wait), |state, timed_out| {
             let b = match object!(state, id, Barrier) {
                 Ok(b) => b,
@@ -103,7 +113,9 @@ pub(super) async fn wait(shared: &Shared, id: u64, wait: Wait) -> Reply {
             }
             Step::Wait(b.changed.clone())
         })
-        .await
+        .await;
+    left.defuse();
+    reply
 }
 
 /// A barrier held by a [`Manager`](crate::Manager) (Python's `manager.Barrier(parties)`):
@@ -125,7 +137,9 @@ impl BarrierProxy {
     /// if the server is gone.
     ///
     /// # Cancel safety
-    /// Not cancel safe: a dropped `wait` is withdrawn, but its arrival still counts.
+    /// Not cancel safe: a `wait` dropped after it arrived is withdrawn and breaks the barrier,
+    /// as the crate's [`Barrier`](crate::Barrier) does (the other parties would otherwise
+    /// wait for a party that left); so does the end of the connection of a waiting process.
     pub async fn wait(&self) -> Result<u32> {
         Ok(expect_len(
             self.op(BarrierOp::Wait {

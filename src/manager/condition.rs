@@ -153,8 +153,10 @@ impl ConditionProxy {
     /// lock; [`Error::Closed`](crate::Error::Closed) if the server is gone.
     ///
     /// # Cancel safety
-    /// Not cancel safe: a dropped `wait` is withdrawn from the server, wherever it was; the
-    /// lock may then be released or held by this connection.
+    /// A dropped `wait` is withdrawn from the server and leaves the lock released, wherever
+    /// it was (if it had taken the lock back, that is given back), as the crate's
+    /// [`Condition`](crate::Condition) does. A drop after the notification arrived consumes
+    /// that notification.
     pub async fn wait(&self) -> Result<()> {
         self.wait_with(Wait::Forever).await.map(drop)
     }

@@ -57,6 +57,10 @@ impl LockState {
                 Ok(()) => Reply::Done,
                 Err(f) => Reply::Failed(f),
             },
+            LockOp::ReleaseAll { owner } => match self.release_all(caller, owner) {
+                Ok(_) => Reply::Done,
+                Err(f) => Reply::Failed(f),
+            },
             LockOp::Holder => Reply::Len(self.holder.map_or(0, |h| u64::from(h.caller.pid))),
             op @ LockOp::Acquire { .. } => match self.attempt(caller, &op, true) {
                 Step::Done(r) => r,

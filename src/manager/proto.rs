@@ -233,8 +233,18 @@ pub(super) enum QueueOp {
 /// `lock.rs`); a plain lock ignores it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum LockOp {
-    Acquire { owner: u64, wait: Wait },
-    Release { owner: u64 },
+    Acquire {
+        owner: u64,
+        wait: Wait,
+    },
+    Release {
+        owner: u64,
+    },
+    /// Releases every level `owner` holds: what a withdrawn condition `wait` that took the
+    /// lock back gives back.
+    ReleaseAll {
+        owner: u64,
+    },
     Holder,
 }
 
@@ -344,7 +354,8 @@ impl Reply {
 }
 
 /// What a withdrawn request that was carried out all the same must give back: the item a
-/// `get` took, the lock or the unit an `acquire` was granted. The server undoes it when it
+/// `get` took, the lock or the unit an `acquire` was granted, the lock a condition's `wait`
+/// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does). The server undoes it when it
 /// sees the cancel before replying; the client, when the reply was already on its way.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Undo {
@@ -355,6 +366,10 @@ pub(super) enum Undo {
         condition: bool,
     },
     Semaphore(u64),
+    ConditionWait {
+        id: u64,
+        owner: u64,
+    },
 }
 
 impl Undo {
@@ -375,6 +390,10 @@ impl Undo {
                 })
             }
             Request::Semaphore(id, SemaphoreOp::Acquire { .. }) => Some(Undo::Semaphore(*id)),
+            Request::Condition(id, ConditionOp::Wait { owner, .. }) => Some(Undo::ConditionWait {
+                id: *id,
+                owner: *owner,
+            }),
             _ => None,
         }
     }
@@ -402,6 +421,11 @@ impl Undo {
             (Undo::Semaphore(id), Reply::Bool(true)) => {
                 Some(Request::Semaphore(id, SemaphoreOp::Release(1)))
             }
+            // Notified or timed out, a wait that answered holds the lock again.
+            (Undo::ConditionWait { id, owner }, Reply::Bool(_)) => Some(Request::Condition(
+                id,
+                ConditionOp::Lock(LockOp::ReleaseAll { owner }),
+            )),
             _ => None,
         }
     }
