@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::{TestResult, join_ok};
 use tokio_multiprocessing::{
-    self as mp, Address, DictProxy, Error, EventProxy, LockProxy, Manager, NamespaceProxy, Process,
-    QueueProxy,
+    self as mp, Address, DictProxy, Error, EventProxy, JoinableQueueProxy, LockProxy, Manager,
+    NamespaceProxy, Process, QueueProxy,
 };
 
 const KEY: &str = "abracadabra";
@@ -28,11 +28,23 @@ fn main() {
         a_wrong_key_is_refused_before_any_request,
         a_remote_proxy_travels_to_a_child,
         a_dead_server_fails_waiting_calls,
+        local_and_remote_clients_share_one_queue,
+        a_queue_keeps_its_items_and_counts_when_local_clients_come,
+        a_dead_server_fails_local_waits_on_a_queue,
         a_silent_server_fails_waiting_calls,
         a_client_that_dies_releases_its_lock,
         bad_input_storm_leaves_the_server_serving,
         example_manager_remote,
     ])
+}
+
+/// A manager served by a process of its own on a TCP loopback port, with the key.
+async fn tcp_manager() -> mp::Result<Manager> {
+    Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await
 }
 
 fn tcp(m: &Manager) -> Result<SocketAddr, String> {
@@ -65,11 +77,7 @@ async fn get_round(address: String, n: u32) -> mp::Result<()> {
 
 async fn remote_queue_between_client_processes() -> TestResult {
     // The remote-manager example of CPython's documentation: one client puts, another gets.
-    let m = Manager::builder()
-        .address("127.0.0.1:0")
-        .authkey(KEY)
-        .start()
-        .await?;
+    let m = tcp_manager().await?;
     let q = m.queue::<u32>().await?;
     let done = m.dict::<String, u32>().await?;
     m.register("jobs", &q).await?;
@@ -173,15 +181,20 @@ async fn a_remote_proxy_travels_to_a_child() -> TestResult {
 }
 
 async fn a_dead_server_fails_waiting_calls() -> TestResult {
-    let m = Manager::builder()
-        .address("127.0.0.1:0")
-        .authkey(KEY)
-        .start()
-        .await?;
+    let m = tcp_manager().await?;
     m.register("q", &m.queue::<u8>().await?).await?;
     let c = Manager::connect(tcp(&m)?, KEY).await?;
     let q: QueueProxy<u8> = c.get("q").await?;
-    let waiting = tokio::spawn(async move { q.get().await });
+    a_get_fails_when_the_server_dies(&m, &q).await
+}
+
+/// Kills `m`'s server while a `get` on `q` waits, and expects that get to end with
+/// `Closed`.
+async fn a_get_fails_when_the_server_dies(m: &Manager, q: &QueueProxy<u8>) -> TestResult {
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.get().await })
+    };
     tokio::time::sleep(Duration::from_millis(50)).await;
     support::pool::kill9(m.pid().ok_or("no server process")?)?;
     let r = tokio::time::timeout(Duration::from_secs(20), waiting)
@@ -221,11 +234,7 @@ async fn hold_remote_lock(address: String) -> mp::Result<()> {
 }
 
 async fn a_client_that_dies_releases_its_lock() -> TestResult {
-    let m = Manager::builder()
-        .address("127.0.0.1:0")
-        .authkey(KEY)
-        .start()
-        .await?;
+    let m = tcp_manager().await?;
     let l = m.lock().await?;
     let held = m.event().await?;
     m.register("lock", &l).await?;
@@ -424,5 +433,153 @@ async fn example_manager_remote() -> TestResult {
     ensure!(!wrong.status.success(), "a wrong key was let in");
     ensure!(server.try_wait()?.is_none(), "the server ended");
     server.kill().await?;
+    Ok(())
+}
+
+/// A queue reached by clients on this machine (through its ring) and by a client over TCP
+/// (through the server) is one queue: items cross both ways in order, a get waiting in the
+/// server before the ring was made still gets its item, and sizes and timeouts agree.
+async fn local_and_remote_clients_share_one_queue() -> TestResult {
+    let m = tcp_manager().await?;
+    let q = m.queue::<u32>().await?;
+    m.register("q", &q).await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let rq: QueueProxy<u32> = c.get("q").await?;
+    ensure!(
+        matches!(rq.get_nowait().await, Err(Error::Empty)),
+        "empty over TCP"
+    );
+    let waiting = {
+        let rq = rq.clone();
+        tokio::spawn(async move { rq.get_timeout(Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    q.put(10).await?;
+    let got = waiting.await?;
+    ensure!(matches!(got, Ok(10)), "the waiting remote get: {got:?}");
+    for i in 11..13 {
+        rq.put(i).await?;
+    }
+    for i in 11..13 {
+        ensure!(q.get().await? == i, "remote to local, in order");
+    }
+    for i in 0..1000 {
+        q.put(i).await?;
+    }
+    ensure!(
+        rq.qsize().await? == 1000 && q.qsize().await? == 1000,
+        "sizes: {} over TCP, {} here",
+        rq.qsize().await?,
+        q.qsize().await?
+    );
+    for i in 0..1000 {
+        let got = rq.get().await?;
+        ensure!(got == i, "local to remote: {got} where {i} was due");
+    }
+    ensure!(
+        matches!(
+            rq.get_timeout(Duration::from_millis(10)).await,
+            Err(Error::Empty)
+        ),
+        "remote timeout"
+    );
+    ensure!(
+        matches!(q.get_nowait().await, Err(Error::Empty)),
+        "local, empty"
+    );
+    let bounded = m.queue_with_maxsize::<u32>(1).await?;
+    m.register("bounded", &bounded).await?;
+    bounded.put(1).await?;
+    let rb: QueueProxy<u32> = c.get("bounded").await?;
+    let full = rb.put_timeout(2, Duration::from_millis(10)).await;
+    ensure!(
+        matches!(full.as_ref().map_err(|e| e.error()), Err(Error::Full)),
+        "remote put on a full ring: {full:?}"
+    );
+    ensure!(
+        rb.maxsize().await? == 1 && bounded.maxsize().await? == 1,
+        "maxsize"
+    );
+    m.shutdown().await?;
+    let after = q.put(1).await;
+    ensure!(
+        matches!(after.as_ref().map_err(|e| e.error()), Err(Error::Closed)),
+        "a put after shutdown: {after:?}"
+    );
+    Ok(())
+}
+
+/// Items and counts a queue holds before a client on this machine first uses it move into
+/// its ring: nothing is lost, the order holds, and a joinable queue still counts the items
+/// handed out and not yet done.
+async fn a_queue_keeps_its_items_and_counts_when_local_clients_come() -> TestResult {
+    let m = tcp_manager().await?;
+    let q = m.queue::<String>().await?;
+    let jq = m.joinable_queue::<u32>(0).await?;
+    m.register("q", &q).await?;
+    m.register("jq", &jq).await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let rq: QueueProxy<String> = c.get("q").await?;
+    let rjq: JoinableQueueProxy<u32> = c.get("jq").await?;
+    let big = "x".repeat(4000);
+    for s in ["a", "b", big.as_str(), "c"] {
+        rq.put(s.to_string()).await?;
+    }
+    for i in 0..3 {
+        rjq.put(i).await?;
+    }
+    ensure!(rjq.get().await? == 0, "first");
+    // The queue moves into a ring once it holds no item too large for a slot: all comes,
+    // in order, before and after.
+    for want in ["a", "b", big.as_str(), "c"] {
+        ensure!(q.get().await? == want, "order across the move");
+    }
+    for s in ["d", "e"] {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rq.put(s.to_string()).await?;
+    }
+    for want in ["d", "e"] {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ensure!(q.get().await? == want, "then through the ring");
+    }
+    ensure!(
+        jq.unfinished().await? == 3,
+        "unfinished {}",
+        jq.unfinished().await?
+    );
+    ensure!(
+        jq.get().await? == 1 && jq.get().await? == 2,
+        "joinable order"
+    );
+    jq.task_done().await?;
+    jq.task_done().await?;
+    ensure!(jq.unfinished().await? == 1, "one left: the remote one");
+    let joining = {
+        let jq = jq.clone();
+        tokio::spawn(async move { jq.join().await })
+    };
+    rjq.task_done().await?;
+    tokio::time::timeout(Duration::from_secs(20), joining)
+        .await
+        .map_err(|_| "join still waits")???;
+    rjq.join().await?;
+    ensure!(
+        matches!(jq.task_done().await, Err(Error::TaskDoneTooManyTimes)),
+        "one task_done too many"
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// A client on this machine waiting on a queue's ring is told when the server dies, as a
+/// call waiting in the server is: nothing hangs.
+async fn a_dead_server_fails_local_waits_on_a_queue() -> TestResult {
+    let m = Manager::start().await?;
+    let q = m.queue::<u8>().await?;
+    q.put(1).await?;
+    ensure!(q.get().await? == 1, "the ring works");
+    a_get_fails_when_the_server_dies(&m, &q).await?;
+    let after = q.get_nowait().await;
+    ensure!(matches!(after, Err(Error::Closed)), "after: {after:?}");
     Ok(())
 }

@@ -35,7 +35,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, Reply, Request, Undo};
+use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, QueueOp, Reply, Request, Undo};
+use super::queue::Ring;
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::listener::Address;
@@ -62,7 +63,23 @@ pub struct Link {
     /// Taken while a connection is being made, so that one is made at a time.
     connecting: tokio::sync::Mutex<()>,
     held: Mutex<Held>,
+    /// The rings of queues this process reaches directly, by object id, while a proxy to
+    /// them lives here (see `queue.rs`).
+    rings: Mutex<HashMap<u64, Attached>>,
 }
+
+/// How this process reaches a queue.
+#[derive(Clone)]
+enum Attached {
+    Ring(Ring),
+    /// Through the server, which could not hand out the ring when asked (it held an item
+    /// too large to move into one, say); asked again after this time.
+    Server(std::time::Instant),
+}
+
+/// How long a queue whose ring was refused is reached through the server before the ring
+/// is asked for again.
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The proxies alive on a link, which the server counts as references of its connection.
 #[derive(Default)]
@@ -92,6 +109,8 @@ type Waiting = Mutex<Pending>;
 struct Calls {
     waiting: Waiting,
     lost: AtomicBool,
+    /// Wakes those waiting for the connection's loss (see [`Link::until_lost`]).
+    lost_signal: tokio::sync::Notify,
     /// Frames handed to the writer task and not yet written: while there are any, a call
     /// does not write its request itself (it would pass them).
     queued: AtomicUsize,
@@ -130,6 +149,7 @@ impl Link {
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             held: Mutex::default(),
+            rings: Mutex::default(),
         })
     }
 
@@ -179,12 +199,73 @@ impl Link {
         };
         *n -= 1;
         if *n == 0 {
+            self.rings().remove(&id);
             held.counts.remove(&id);
             held.borrowed.remove(&id);
             if let Some(conn) = self.live_conn() {
                 conn.post(Request::Decref(id));
             }
         }
+    }
+
+    fn rings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Attached>> {
+        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ring of queue `id`, if this process reaches it directly: asked for on a local
+    /// manager's link (a ring's descriptors cross only a Unix socket). `None` while the
+    /// connection is lost, so that the call goes to the server and reports it.
+    pub(super) async fn ring(&self, id: u64) -> Option<Ring> {
+        if !matches!(self.route, Route::Registration(_)) {
+            return None;
+        }
+        match self.rings().get(&id) {
+            Some(Attached::Ring(r)) => return self.live_conn().map(|_| r.clone()),
+            Some(Attached::Server(until)) if std::time::Instant::now() < *until => return None,
+            _ => {}
+        }
+        let attached = match self.call(Request::Queue(id, QueueOp::Attach)).await {
+            Ok(Reply::Ring(r)) => Attached::Ring(r),
+            // The server cannot now: it keeps the queue for a while.
+            Ok(_) | Err(Error::Manager(_)) => {
+                Attached::Server(std::time::Instant::now() + ASK_AGAIN)
+            }
+            // Lost: the server's path says so.
+            Err(_) => return None,
+        };
+        // Only while a proxy to it lives here (`release` forgets it with the last one).
+        let held = self.held();
+        if held.counts.contains_key(&id) {
+            self.rings().insert(id, attached.clone());
+        }
+        match attached {
+            Attached::Ring(r) => Some(r),
+            Attached::Server(_) => None,
+        }
+    }
+
+    /// Returns when the connection there is now is lost (at once if there is none): a wait
+    /// on a ring, which the server does not see, then ends with the calls the server would
+    /// have answered.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub(super) async fn until_lost(&self) {
+        let Some(conn) = self.live_conn() else {
+            return;
+        };
+        let calls = &conn.calls;
+        let lost = calls.lost_signal.notified();
+        tokio::pin!(lost);
+        lost.as_mut().enable();
+        if !calls.lost.load(Ordering::Acquire) {
+            lost.await;
+        }
+    }
+
+    /// Forgets every ring: calls go to the server (which is stopping), and fail as it says.
+    pub(super) fn forget_rings(&self) {
+        self.rings().clear();
     }
 
     /// A proxy to `id` is on its way to another process (it is being encoded): the server
@@ -304,6 +385,7 @@ impl Conn {
         let calls = Arc::new(Calls {
             waiting: Mutex::default(),
             lost: AtomicBool::new(false),
+            lost_signal: tokio::sync::Notify::new(),
             queued: AtomicUsize::new(0),
         });
         let (out, rx) = mpsc::unbounded_channel();
@@ -598,6 +680,7 @@ async fn read_replies(r: Arc<Replies>) {
     }
     let calls = &r.calls;
     calls.lost.store(true, Ordering::Release);
+    calls.lost_signal.notify_waiters();
     let _ = sys::shutdown_socket(r.link.as_fd(), true, true);
     let mut pending = calls.waiting();
     pending.withdrawn.clear();

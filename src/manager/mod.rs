@@ -599,6 +599,7 @@ impl Manager {
             }
             Server::Elsewhere => {}
         }
+        self.link.forget_rings();
         Ok(())
     }
 }

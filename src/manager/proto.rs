@@ -225,8 +225,11 @@ pub(super) enum QueueOp {
     TaskDone,
     Unfinished,
     Join,
-    /// Puts back, at the front, an item a withdrawn `get` took (see [`Undo`]).
+    /// Puts back, at the front, an item a withdrawn `get` took (see [`Undo`]); at the back
+    /// once the queue is a ring.
     Unget(Bytes),
+    /// Asks for the queue's ring, to reach it directly (a client on this machine).
+    Attach,
 }
 
 /// Operations of a lock. The `owner` of a re-entrant lock is the calling task (see
@@ -296,6 +299,8 @@ pub(super) enum Reply {
     Items(Vec<Bytes>),
     Pairs(Vec<(Bytes, Bytes)>),
     Named(Vec<(String, Bytes)>),
+    /// A queue's ring, its descriptors carried with the frame.
+    Ring(super::queue::Ring),
     /// The server is alive (unasked, on an idle connection).
     Heartbeat,
     /// The answer to a [`Request::Cancel`]: it comes after any reply to the cancelled

@@ -1,24 +1,63 @@
 //! [`QueueProxy`] and [`JoinableQueueProxy`]: a queue held by a manager (Python's
 //! `manager.Queue()` and `manager.JoinableQueue()`), the queue that reaches processes on
 //! other machines.
+//!
+//! # Two ways to one queue
+//! The server first keeps a queue's items itself, and every call is a round trip to it.
+//! When a client on this machine (a local manager's link, a Unix socket) first uses the
+//! queue, the server moves it into a [`Ring`], the crate's own [`Queue`] of encoded items,
+//! and sends the client its descriptors: from then on that client puts and gets in shared
+//! memory, with no round trip, while the server carries out the calls of clients on other
+//! machines on the same ring. The move happens under the server's lock: items held so far
+//! go into the ring in order, a joinable queue's count of items handed out and not yet
+//! done goes with them, and calls waiting in the server go on waiting on the ring. A queue
+//! holding an item too large for a ring slot, or more items than its ring holds, is not
+//! moved; the client asks again a little later, reaching the server meanwhile.
+//!
+//! A ring differs from the server's queue in three ways, all the crate's `Queue`'s: an
+//! unbounded queue (a `maxsize` of 0) holds [`Queue::UNBOUNDED_CAPACITY`] items before `put`
+//! waits; an item given back after a withdrawn `get` of a client elsewhere goes to the back
+//! (a ring has no front to put it in); and a client here waiting on the ring learns that the
+//! server died from the loss of its connection (the wait ends with `Closed`), not from the
+//! server.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::proto::{Bytes, Failure, QueueOp, Reply, Request, Wait};
-use super::server::Step;
+use super::server::{Shared, Step, object};
 use super::{Handle, decode, encode, expect_done, expect_len, unexpected};
-use crate::error::Result;
-use crate::queue::PutError;
+use crate::error::{Error, Result};
+use crate::queue::{JoinableQueue, PutError, Queue, SLOT_DATA};
 
-/// The server's side of a queue.
+/// A queue's ring: the crate's own [`Queue`] of encoded items, made when a client on this
+/// machine first asks for it. From then on, clients here put and get through it directly
+/// (shared memory, no server round trip), and the server carries out the calls of clients
+/// elsewhere on it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum Ring {
+    Plain(Queue<Bytes>),
+    Joinable(JoinableQueue<Bytes>),
+}
+
+impl Ring {
+    fn queue(&self) -> &Queue<Bytes> {
+        match self {
+            Ring::Plain(q) => q,
+            Ring::Joinable(q) => q,
+        }
+    }
+}
+
+/// The server's side of a queue: its items, until a ring takes them over.
 pub(super) struct QueueState {
     items: VecDeque<Bytes>,
+    ring: Option<Ring>,
     maxsize: usize,
     joinable: bool,
     unfinished: usize,
@@ -30,10 +69,25 @@ pub(super) struct QueueState {
     done: Arc<Notify>,
 }
 
+fn into_error(e: PutError<Bytes>) -> Error {
+    e.into_parts().0
+}
+
+/// A failure of the crate's queue, as the proxy reports it.
+fn failed(e: Error) -> Reply {
+    Reply::Failed(match e {
+        Error::Full => Failure::Full,
+        Error::Empty => Failure::Empty,
+        Error::TaskDoneTooManyTimes => Failure::TaskDoneTooManyTimes,
+        e => Failure::Message(e.to_string()),
+    })
+}
+
 impl QueueState {
     pub(super) fn new(maxsize: usize, joinable: bool) -> QueueState {
         QueueState {
             items: VecDeque::new(),
+            ring: None,
             maxsize,
             joinable,
             unfinished: 0,
@@ -44,6 +98,12 @@ impl QueueState {
     }
 
     pub(super) fn handle(&mut self, op: QueueOp) -> Reply {
+        if let QueueOp::Attach = op {
+            return self.attach();
+        }
+        if let Some(ring) = &self.ring {
+            return self.handle_ring(ring, op);
+        }
         match op {
             QueueOp::Len => Reply::Len(self.items.len() as u64),
             QueueOp::Unget(item) => {
@@ -54,9 +114,7 @@ impl QueueState {
             }
             QueueOp::MaxSize => Reply::Len(self.maxsize as u64),
             QueueOp::Unfinished => Reply::Len(self.unfinished as u64),
-            QueueOp::TaskDone if !self.joinable => {
-                Reply::message("task_done() on a queue that is not joinable")
-            }
+            QueueOp::TaskDone if !self.joinable => not_joinable("task_done()"),
             QueueOp::TaskDone => match self.unfinished.checked_sub(1) {
                 None => Reply::Failed(Failure::TaskDoneTooManyTimes),
                 Some(n) => {
@@ -71,7 +129,98 @@ impl QueueState {
         }
     }
 
+    fn handle_ring(&self, ring: &Ring, op: QueueOp) -> Reply {
+        match (ring, op) {
+            (_, QueueOp::Len) => Reply::Len(ring.queue().qsize() as u64),
+            (_, QueueOp::MaxSize) => Reply::Len(self.maxsize as u64),
+            (Ring::Joinable(q), QueueOp::Unfinished) => Reply::Len(q.unfinished() as u64),
+            (Ring::Plain(_), QueueOp::Unfinished) => Reply::Len(0),
+            (Ring::Joinable(q), QueueOp::TaskDone) => match q.task_done() {
+                Ok(()) => Reply::Done,
+                Err(e) => failed(e),
+            },
+            (Ring::Plain(_), QueueOp::TaskDone) => not_joinable("task_done()"),
+            (_, QueueOp::Unget(item)) => match ring.queue().put_back_nowait(item) {
+                Ok(()) => Reply::Done,
+                Err(e) => match e.into_parts() {
+                    // A ring cannot put back in front: behind, once there is room.
+                    (Error::Full, item) => {
+                        let ring = ring.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = ring.queue().put_back(item).await {
+                                tracing::debug!(
+                                    "a queue item could not be put back: {}",
+                                    e.error()
+                                );
+                            }
+                        });
+                        Reply::Done
+                    }
+                    (e, _) => failed(e),
+                },
+            },
+            (_, op) => Reply::message(format!("{op:?} waits: it cannot be answered at once")),
+        }
+    }
+
+    /// The queue's ring, made now from the items held so far if there is none. Refused
+    /// (the server keeps the queue) when they cannot all move into a ring at once.
+    fn attach(&mut self) -> Reply {
+        if let Some(ring) = &self.ring {
+            return Reply::Ring(ring.clone());
+        }
+        if self.maxsize > Queue::<Bytes>::MAX_MAXSIZE {
+            return Reply::message("this queue's maxsize is too large for a ring");
+        }
+        let capacity = match self.maxsize {
+            0 => Queue::<Bytes>::UNBOUNDED_CAPACITY,
+            n => n,
+        };
+        // Small items only: they go into the ring's slots, which cannot refuse them.
+        let fits = self.items.len() <= capacity
+            && self
+                .items
+                .iter()
+                .all(|b| b.len() + RING_ITEM_OVERHEAD <= SLOT_DATA);
+        if !fits {
+            return Reply::message("this queue holds too much to move into a ring now");
+        }
+        let made = match self.joinable {
+            true => JoinableQueue::with_maxsize(self.maxsize).map(Ring::Joinable),
+            false => Queue::with_maxsize(self.maxsize).map(Ring::Plain),
+        };
+        let ring = match made {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let moved = self.items.len();
+        for item in std::mem::take(&mut self.items) {
+            if let Err(e) = ring.queue().put_nowait(item) {
+                // Cannot happen (room and size were checked); lose nothing if it does.
+                let (e, item) = e.into_parts();
+                tracing::warn!("a queue item could not move into its ring: {e}");
+                self.items.push_back(item);
+            }
+        }
+        if !self.items.is_empty() {
+            return Reply::message("this queue's items could not move into a ring");
+        }
+        if let Ring::Joinable(q) = &ring {
+            // Items handed out and not yet marked done still count.
+            q.add_unfinished(self.unfinished.saturating_sub(moved) as u64);
+        }
+        self.ring = Some(ring.clone());
+        // Waits parked on the items held so far go on with the ring.
+        self.put.notify_waiters();
+        self.taken.notify_waiters();
+        self.done.notify_waiters();
+        Reply::Ring(ring)
+    }
+
     pub(super) fn attempt(&mut self, op: &QueueOp, timed_out: bool) -> Step {
+        if let Some(ring) = &self.ring {
+            return attempt_ring(ring, op, timed_out, &self.put);
+        }
         match op {
             QueueOp::Put { item, .. } => {
                 if self.maxsize > 0 && self.items.len() >= self.maxsize {
@@ -95,9 +244,7 @@ impl QueueState {
                 None if timed_out => Step::Done(Reply::Failed(Failure::Empty)),
                 None => Step::Wait(self.put.clone()),
             },
-            QueueOp::Join if !self.joinable => {
-                Step::Done(Reply::message("join() on a queue that is not joinable"))
-            }
+            QueueOp::Join if !self.joinable => Step::Done(not_joinable("join()")),
             QueueOp::Join if self.unfinished == 0 => Step::Done(Reply::Done),
             QueueOp::Join => Step::Wait(self.done.clone()),
             op => Step::Done(self.handle_ref(op)),
@@ -112,13 +259,115 @@ impl QueueState {
     }
 }
 
+/// The bytes a ring adds to an encoded item (its MessagePack header as a byte string).
+const RING_ITEM_OVERHEAD: usize = 5;
+
+fn not_joinable(what: &str) -> Reply {
+    Reply::message(format!("{what} on a queue that is not joinable"))
+}
+
+/// One try at a request that may wait, on a ring; `wait` is only a sign that it must
+/// (a ring's waits are its own, see [`wait`]).
+fn attempt_ring(ring: &Ring, op: &QueueOp, timed_out: bool, wait: &Arc<Notify>) -> Step {
+    let must_wait = |e: Failure| match timed_out {
+        true => Step::Done(Reply::Failed(e)),
+        false => Step::Wait(wait.clone()),
+    };
+    match (ring, op) {
+        (_, QueueOp::Put { item, .. }) => match ring.queue().put_nowait(item.clone()) {
+            Ok(()) => Step::Done(Reply::Done),
+            Err(e) => match e.into_parts().0 {
+                Error::Full => must_wait(Failure::Full),
+                e => Step::Done(failed(e)),
+            },
+        },
+        (_, QueueOp::Get { .. }) => match ring.queue().get_nowait() {
+            Ok(item) => Step::Done(Reply::Item(Some(item))),
+            Err(Error::Empty) => must_wait(Failure::Empty),
+            Err(e) => Step::Done(failed(e)),
+        },
+        (Ring::Joinable(q), QueueOp::Join) if q.unfinished() == 0 => Step::Done(Reply::Done),
+        (Ring::Joinable(_), QueueOp::Join) => Step::Wait(wait.clone()),
+        (Ring::Plain(_), QueueOp::Join) => Step::Done(not_joinable("join()")),
+        _ => Step::Done(Reply::message("this request does not wait")),
+    }
+}
+
+/// A queue's `put`, `get` or `join` that may wait, in the server: on the items it holds
+/// (woken by their notifications), or, once the queue is a ring, on the ring.
+pub(super) async fn wait(
+    shared: &Shared,
+    id: u64,
+    op: QueueOp,
+    deadline: Option<tokio::time::Instant>,
+) -> Reply {
+    let mut moved = None;
+    let reply = shared
+        .wait_on(deadline, |state, timed_out| {
+            match object!(state, id, Queue) {
+                Ok(q) => match &q.ring {
+                    Some(ring) => {
+                        moved = Some(ring.clone());
+                        Step::Done(Reply::Done)
+                    }
+                    None => q.attempt(&op, timed_out),
+                },
+                Err(f) => Step::Done(Reply::Failed(f)),
+            }
+        })
+        .await;
+    match moved {
+        Some(ring) => wait_on_ring(&ring, op, deadline).await,
+        None => reply,
+    }
+}
+
+/// Waits on a ring, until `deadline` if there is one.
+async fn wait_on_ring(ring: &Ring, op: QueueOp, deadline: Option<tokio::time::Instant>) -> Reply {
+    async fn until<F: std::future::Future>(
+        deadline: Option<tokio::time::Instant>,
+        f: F,
+    ) -> Option<F::Output> {
+        match deadline {
+            None => Some(f.await),
+            Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        }
+    }
+    match (ring, op) {
+        (_, QueueOp::Put { item, .. }) => match until(deadline, ring.queue().put(item)).await {
+            Some(Ok(())) => Reply::Done,
+            Some(Err(e)) => failed(e.into_parts().0),
+            None => Reply::Failed(Failure::Full),
+        },
+        (_, QueueOp::Get { .. }) => match until(deadline, ring.queue().get()).await {
+            Some(Ok(item)) => Reply::Item(Some(item)),
+            Some(Err(e)) => failed(e),
+            None => Reply::Failed(Failure::Empty),
+        },
+        (Ring::Joinable(q), QueueOp::Join) => match q.join().await {
+            Ok(()) => Reply::Done,
+            Err(e) => failed(e),
+        },
+        (Ring::Plain(_), QueueOp::Join) => not_joinable("join()"),
+        _ => Reply::message("this request does not wait"),
+    }
+}
+
 /// A queue held by a [`Manager`](crate::Manager) (Python's `manager.Queue()`): the same
 /// methods and errors as the crate's [`Queue`](crate::Queue), reaching every process that
 /// can reach the manager, on this machine or another. Items are encoded by the proxy; the
 /// server keeps bytes. Cloning a proxy refers to the same queue.
 ///
-/// A `get` waiting on an empty queue parks a task in the server and nothing else: other
-/// requests of this proxy, and other clients, go on.
+/// A process on the manager's machine (one that reached a local manager, started by
+/// [`Manager::start`](crate::Manager::start) or given a proxy from one) puts and gets
+/// through the queue's ring in shared memory, as the crate's [`Queue`](crate::Queue) does,
+/// with no round trip to the server; the server carries out the calls of processes on other
+/// machines on the same ring. Such a queue, when unbounded, then holds
+/// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY) items before `put` waits,
+/// like the crate's `Queue`, and a ring costs each such process eight descriptors.
+///
+/// A `get` waiting on an empty queue waits on the ring, or parks a task in the server, and
+/// holds up nothing else: other requests of this proxy, and other clients, go on.
 pub struct QueueProxy<T>(pub(super) Handle<T>);
 proxy_traits!(QueueProxy<T>);
 
@@ -164,11 +413,43 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.0.call(Request::Queue(self.0.id, op)).await
     }
 
+    /// The queue's ring, if this process reaches it directly (see [`Ring`]).
+    async fn ring(&self) -> Option<Ring> {
+        self.0.link.ring(self.0.id).await
+    }
+
+    /// A wait on the ring, ended with [`Error::Closed`](crate::Error::Closed) if the
+    /// connection to the server is lost meanwhile (the server is gone: nothing will come).
+    async fn on_ring<R>(&self, wait: impl std::future::Future<Output = Result<R>>) -> Result<R> {
+        tokio::select! {
+            biased;
+            r = wait => r,
+            () = self.0.link.until_lost() => Err(Error::Closed),
+        }
+    }
+
     async fn put_with(&self, item: T, wait: Wait) -> std::result::Result<(), PutError<T>> {
         let bytes = match encode(&self.0.link, &item) {
             Ok(b) => b,
             Err(e) => return Err(PutError::new(e, item)),
         };
+        if let Some(ring) = self.ring().await {
+            let q = ring.queue();
+            let put = match wait {
+                Wait::No => q.put_nowait(bytes).map_err(into_error),
+                wait => {
+                    let put = async {
+                        match wait {
+                            Wait::For(d) => q.put_timeout(bytes, d).await,
+                            _ => q.put(bytes).await,
+                        }
+                        .map_err(into_error)
+                    };
+                    self.on_ring(put).await
+                }
+            };
+            return put.map_err(|e| PutError::new(e, item));
+        }
         match self.op(QueueOp::Put { item: bytes, wait }).await {
             Ok(r) => expect_done(r).map_err(|e| PutError::new(e, item)),
             Err(e) => Err(PutError::new(e, item)),
@@ -176,6 +457,15 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     async fn get_with(&self, wait: Wait) -> Result<T> {
+        if let Some(ring) = self.ring().await {
+            let q = ring.queue();
+            let item = match wait {
+                Wait::Forever => self.on_ring(q.get()).await,
+                Wait::No => q.get_nowait(),
+                Wait::For(d) => self.on_ring(q.get_timeout(d)).await,
+            };
+            return decode(&self.0.link, item?);
+        }
         match self.op(QueueOp::Get { wait }).await? {
             Reply::Item(Some(b)) => decode(&self.0.link, b),
             r => Err(unexpected(r)),
@@ -189,8 +479,10 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// gone. The item is handed back in the [`PutError`].
     ///
     /// # Cancel safety
-    /// Not cancel safe: a `put` dropped while it waits for room is withdrawn, but one
-    /// dropped after the server took the item leaves it in the queue.
+    /// Through a ring (a client on this machine, see the module notes), cancel safe as the
+    /// crate's [`Queue::put`]. Through the server, not cancel safe: a `put` dropped while it
+    /// waits for room is withdrawn, but one dropped after the server took the item leaves it
+    /// in the queue.
     pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
         self.put_with(item, Wait::Forever).await
     }
@@ -267,6 +559,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn qsize(&self) -> Result<usize> {
+        if let Some(ring) = self.ring().await {
+            return Ok(ring.queue().qsize());
+        }
         expect_len(self.op(QueueOp::Len).await?)
     }
 
@@ -301,6 +596,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn maxsize(&self) -> Result<usize> {
+        if let Some(ring) = self.ring().await {
+            return Ok(ring.queue().maxsize());
+        }
         expect_len(self.op(QueueOp::MaxSize).await?)
     }
 }
@@ -315,6 +613,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have counted.
     pub async fn task_done(&self) -> Result<()> {
+        if let Some(Ring::Joinable(q)) = self.0.ring().await {
+            return q.task_done();
+        }
         expect_done(self.0.op(QueueOp::TaskDone).await?)
     }
 
@@ -326,6 +627,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn unfinished(&self) -> Result<usize> {
+        if let Some(Ring::Joinable(q)) = self.0.ring().await {
+            return Ok(q.unfinished());
+        }
         expect_len(self.0.op(QueueOp::Unfinished).await?)
     }
 
@@ -337,6 +641,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: a dropped `join` is withdrawn and changes nothing.
     pub async fn join(&self) -> Result<()> {
+        if let Some(Ring::Joinable(q)) = self.0.ring().await {
+            return self.0.on_ring(q.join()).await;
+        }
         expect_done(self.0.op(QueueOp::Join).await?)
     }
 }

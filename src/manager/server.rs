@@ -36,8 +36,8 @@ use super::event::EventState;
 use super::lock::LockState;
 use super::managed::{Maker, UserObject};
 use super::proto::{
-    ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, Reply,
-    Request, Tag, Undo, ValueOp, Wait,
+    ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, QueueOp,
+    Reply, Request, Tag, Undo, ValueOp, Wait,
 };
 use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
@@ -444,6 +444,7 @@ impl Shared {
             Request::Barrier(id, BarrierOp::Wait { wait }) => {
                 super::barrier::wait(self, id, wait).await
             }
+            Request::Queue(id, op) => super::queue::wait(self, id, op, deadline).await,
             Request::User(id, request) => {
                 let object = object!(self.state(), id, User).map(|o| o.clone());
                 match object {
@@ -608,6 +609,14 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 continue;
             }
             Request::Ping => continue,
+            // A ring's descriptors cross only a Unix socket.
+            Request::Queue(_, QueueOp::Attach) if link.transport() != Transport::Unix => {
+                let r = Reply::message("a queue's ring reaches only clients on this machine");
+                if let Err(e) = reply_now(&link, id, r).await {
+                    break Err(e);
+                }
+                continue;
+            }
             _ => {}
         }
         if req.may_wait() {

@@ -87,6 +87,16 @@ impl<T> JoinableQueue<T> {
         usize::try_from(n as i64).unwrap_or(0)
     }
 
+    /// Counts `n` more items as unfinished: those a queue that moves here from elsewhere
+    /// (a manager's) had handed out and not yet seen marked done.
+    pub(crate) fn add_unfinished(&self, n: u64) {
+        self.0
+            .inner
+            .header()
+            .unfinished()
+            .fetch_add(n, Ordering::SeqCst);
+    }
+
     /// Waits until every item put has been marked done (Python's `join()`), in whichever
     /// process.
     ///

@@ -338,6 +338,32 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         res.map_err(|error| PutError::new(error, item))
     }
 
+    /// [`put`](Self::put) of an item a joinable queue already counts as unfinished (one
+    /// handed back after the get that took it was withdrawn): it is not counted again.
+    pub(crate) async fn put_back(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.put(item).await?;
+        self.uncount_one();
+        Ok(())
+    }
+
+    /// [`put_back`](Self::put_back) if there is room now, else [`Error::Full`].
+    pub(crate) fn put_back_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.put_nowait(item)?;
+        self.uncount_one();
+        Ok(())
+    }
+
+    /// A joinable queue's count of unfinished items less one (never to zero: the item just
+    /// put back counts).
+    fn uncount_one(&self) {
+        if self.inner.done.is_some() {
+            self.inner
+                .header()
+                .unfinished()
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Removes and returns the next item, waiting until one is available (Python's `get()`).
     ///
     /// # Errors
