@@ -37,6 +37,7 @@ fn main() {
         withdrawn_calls_give_back_what_they_took,
         a_withdrawn_condition_wait_leaves_the_lock_released,
         a_barrier_party_that_leaves_breaks_the_barrier,
+        queues_work_when_descriptors_are_few,
     ])
 }
 
@@ -718,5 +719,39 @@ async fn a_barrier_party_that_leaves_breaks_the_barrier() -> TestResult {
         Ok(other) => return Err(format!("after a killed party: {other:?}").into()),
         Err(_) => return Err("a killed party left the barrier waiting for it".into()),
     }
+    Ok(())
+}
+
+/// Many queues, used from this machine, in a process (and a server) allowed few
+/// descriptors: the rings that fit are used, the other queues are kept by the server, and
+/// every item comes out where it went in.
+async fn use_many_queues_with_few_descriptors() -> mp::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let io = |e: nix::Error| mp::Error::from(std::io::Error::from(e));
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io)?;
+    let open = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+    // The server started below inherits the limit.
+    setrlimit(Resource::RLIMIT_NOFILE, open + 200, hard).map_err(io)?;
+    let m = Manager::start().await?;
+    let mut queues = Vec::new();
+    for i in 0..60u32 {
+        let q = m.queue::<u32>().await?;
+        q.put(i).await?;
+        queues.push(q);
+    }
+    for (i, q) in (0..).zip(&queues) {
+        let got = q.get_timeout(Duration::from_secs(10)).await?;
+        if got != i {
+            return Err(mp::Error::Manager(format!("queue {i} gave {got}")));
+        }
+    }
+    m.shutdown().await
+}
+
+async fn queues_work_when_descriptors_are_few() -> TestResult {
+    let mut p = Process::new(use_many_queues_with_few_descriptors, ())
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
     Ok(())
 }

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, QueueOp, Reply, Request, Undo};
-use super::queue::Ring;
+use super::queue::{self, Ring};
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::listener::Address;
@@ -224,9 +224,13 @@ impl Link {
             Some(Attached::Server(until)) if std::time::Instant::now() < *until => return None,
             _ => {}
         }
-        let attached = match self.call(Request::Queue(id, QueueOp::Attach)).await {
+        let reply = match queue::room_for_a_ring() {
+            true => self.call(Request::Queue(id, QueueOp::Attach)).await,
+            false => Err(Error::Manager("short of descriptors".into())),
+        };
+        let attached = match reply {
             Ok(Reply::Ring(r)) => Attached::Ring(r),
-            // The server cannot now: it keeps the queue for a while.
+            // The server cannot now, or this process: the server keeps the queue a while.
             Ok(_) | Err(Error::Manager(_)) => {
                 Attached::Server(std::time::Instant::now() + ASK_AGAIN)
             }

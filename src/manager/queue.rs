@@ -185,6 +185,10 @@ impl QueueState {
         if !fits {
             return Reply::message("this queue holds too much to move into a ring now");
         }
+        // Enough descriptors are kept for connections, whatever rings clients ask for.
+        if !room_for_a_ring() {
+            return Reply::message("the server is short of descriptors for a queue's ring");
+        }
         let made = match self.joinable {
             true => JoinableQueue::with_maxsize(self.maxsize).map(Ring::Joinable),
             false => Queue::with_maxsize(self.maxsize).map(Ring::Plain),
@@ -257,6 +261,16 @@ impl QueueState {
             _ => Reply::message("this request does not wait"),
         }
     }
+}
+
+/// The descriptors a ring holds (a joinable queue's, nine), and those the server keeps
+/// free for connections whatever rings clients ask for.
+const RING_DESCRIPTORS: u64 = 9;
+const SPARE_DESCRIPTORS: u64 = 128;
+
+/// Whether this process can take on a ring's descriptors and keep a margin.
+pub(super) fn room_for_a_ring() -> bool {
+    crate::sys::descriptors_left().is_none_or(|n| n >= RING_DESCRIPTORS + SPARE_DESCRIPTORS)
 }
 
 /// The bytes a ring adds to an encoded item (its MessagePack header as a byte string).

@@ -255,3 +255,12 @@ pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let size = nix::sys::stat::fstat(fd)?.st_size;
     usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
 }
+
+/// How many more descriptors this process may open before it reaches its limit (the soft
+/// `RLIMIT_NOFILE`), counted now; `None` if it cannot tell.
+pub(crate) fn descriptors_left() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let open = open_fds().ok()?.len() as u64;
+    Some(soft.saturating_sub(open))
+}
