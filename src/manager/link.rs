@@ -41,7 +41,7 @@ use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::listener::Address;
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, Transport};
+use crate::wire::{FrameBuf, Framed, Outbox, Transport, written};
 
 /// Where the server is.
 pub enum Route {
@@ -111,30 +111,18 @@ struct Calls {
     lost: AtomicBool,
     /// Wakes those waiting for the connection's loss (see [`Link::until_lost`]).
     lost_signal: tokio::sync::Notify,
-    /// Frames handed to the writer task and not yet written: while there are any, a call
-    /// does not write its request itself (it would pass them).
-    queued: AtomicUsize,
 }
 
 impl Calls {
     fn waiting(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Hands `frame` to the writer task; `Err` if the connection is gone.
-    fn queue(&self, out: &mpsc::UnboundedSender<FrameBuf>, frame: FrameBuf) -> Result<()> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        out.send(frame).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            Error::Closed
-        })
-    }
 }
 
 /// One connection: requests go to its writer task; replies come off the socket through
 /// [`Replies`], taken by the reader task or by a caller waiting awake.
 struct Conn {
-    out: mpsc::UnboundedSender<FrameBuf>,
+    out: Arc<Outbox>,
     calls: Arc<Calls>,
     replies: Arc<Replies>,
     next: AtomicU64,
@@ -390,18 +378,18 @@ impl Conn {
             waiting: Mutex::default(),
             lost: AtomicBool::new(false),
             lost_signal: tokio::sync::Notify::new(),
-            queued: AtomicUsize::new(0),
         });
-        let (out, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = Arc::new(Outbox::new(tx, link.clone()));
         let hello = Request::Hello {
             pid: std::process::id(),
         };
-        let _ = calls.queue(&out, FrameBuf::of(&(0u64, hello))?);
-        tokio::spawn(write_requests(link.clone(), rx, calls.clone()));
+        let _ = out.queue(FrameBuf::of(&(0u64, hello))?);
+        tokio::spawn(write_requests(link.clone(), rx, out.counter()));
         let replies = Arc::new(Replies {
             link,
             calls: calls.clone(),
-            out: out.downgrade(),
+            out: Arc::downgrade(&out),
             taking: Mutex::new(()),
             heard: AtomicU64::new(sys::monotonic_nanos()),
         });
@@ -419,20 +407,17 @@ impl Conn {
     /// (the only one waiting), nothing queued before it waits to be written and the socket
     /// takes it at once (no hop to the writer task, which may sleep on another thread);
     /// else handed to the writer task, which writes the requests of many calls together.
-    fn send(&self, mut frame: FrameBuf, alone: bool) -> Result<()> {
-        if alone
-            && self.calls.queued.load(Ordering::Acquire) == 0
-            && self.replies.link.try_send_now(&mut frame)?
-        {
-            return Ok(());
+    fn send(&self, frame: FrameBuf, alone: bool) -> Result<()> {
+        match alone {
+            true => self.out.send(frame),
+            false => self.out.queue(frame),
         }
-        self.calls.queue(&self.out, frame)
     }
 
     /// Sends a request that has no reply, if the connection is still there.
     fn post(&self, req: Request) {
         if let Ok(f) = FrameBuf::of(&(0u64, req)) {
-            let _ = self.calls.queue(&self.out, f);
+            let _ = self.out.queue(f);
         }
     }
 
@@ -514,7 +499,7 @@ impl Drop for Withdraw<'_> {
             }
             drop(pending);
             if let Ok(f) = FrameBuf::of(&(0u64, Request::Cancel(self.id))) {
-                let _ = self.conn.calls.queue(&self.conn.out, f);
+                let _ = self.conn.out.queue(f);
             }
             return;
         }
@@ -536,7 +521,7 @@ impl Drop for Withdraw<'_> {
 async fn write_requests(
     link: Arc<Framed>,
     mut rx: mpsc::UnboundedReceiver<FrameBuf>,
-    calls: Arc<Calls>,
+    queued: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::new();
     loop {
@@ -559,11 +544,11 @@ async fn write_requests(
                 Err(_) => break,
             }
         }
-        let written = link.send_batch(&mut batch).await;
+        let sent = link.send_batch(&mut batch).await;
         // A ping was never counted in.
         let counted = batch.len() - usize::from(heartbeat);
-        calls.queued.fetch_sub(counted, Ordering::AcqRel);
-        if written.is_err() {
+        written(&queued, counted);
+        if sent.is_err() {
             let _ = sys::shutdown_socket(link.as_fd(), true, true);
             return;
         }
@@ -576,7 +561,7 @@ struct Replies {
     link: Arc<Framed>,
     calls: Arc<Calls>,
     /// Where a reply that finds its caller gone is undone (see [`Undo`]).
-    out: mpsc::WeakUnboundedSender<FrameBuf>,
+    out: std::sync::Weak<Outbox>,
     /// Held while frames are taken and handed over, so that they are handed over in the
     /// order they came (a call's `Withdrawn` after its reply).
     taking: Mutex<()>,
@@ -647,7 +632,7 @@ impl Replies {
             return;
         };
         if let Ok(f) = FrameBuf::of(&(0u64, req)) {
-            let _ = self.calls.queue(&out, f);
+            let _ = out.queue(f);
         }
     }
 }

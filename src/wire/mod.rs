@@ -15,6 +15,7 @@ mod fd;
 mod frame;
 mod framed;
 mod handshake;
+mod outbox;
 pub(crate) mod plain;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ pub(crate) use fd::FdRef;
 pub(crate) use frame::{Frame, FrameBuf, RecvBuf, SharedBytes, send_blocking, send_early};
 pub(crate) use framed::{Framed, Transport};
 pub(crate) use handshake::Hello;
+pub(crate) use outbox::{Outbox, written};
 
 /// The default maximum frame size: 1 GiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 30;
