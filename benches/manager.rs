@@ -1,5 +1,6 @@
 //! `Manager` figures: a dict call (set or get) to a local server process and over TCP
-//! loopback with a key, queue proxy throughput between two processes, and the time to start
+//! loopback with a key, queue proxy throughput between two processes (through the queue's
+//! ring, and through the server over TCP), and the time to start
 //! and shut down a manager. Baselines: the same calls to a server in this process (no
 //! process hop), and a server in this process started and stopped. CPython's `Manager`
 //! beside them: `python3 benches/manager_cpython.py`.
@@ -99,10 +100,33 @@ async fn producer(q: QueueProxy<u64>, n: u32, pipelined: bool) -> mp::Result<()>
     Ok(())
 }
 
-/// Items per second from a producer process to this one through a queue proxy.
-async fn queue_between_processes(pipelined: bool) -> mp::Result<Vec<f64>> {
+/// Items per second from a producer process to this one through a queue of a manager
+/// started here: both processes reach the queue's ring.
+async fn queue_local(pipelined: bool) -> mp::Result<Vec<f64>> {
     let m = Manager::start().await?;
-    let q = m.queue::<u64>().await?;
+    let r = queue_between_processes(&m.queue::<u64>().await?, pipelined).await;
+    m.shutdown().await?;
+    r
+}
+
+/// The same with both processes connected by address (TCP loopback, with a key): every
+/// call goes to the server.
+async fn queue_tcp() -> mp::Result<Vec<f64>> {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await?;
+    m.register("q", &m.queue::<u64>().await?).await?;
+    let address = m.address().cloned().ok_or(mp::Error::Closed)?;
+    let c = Manager::connect(address, KEY).await?;
+    let r = queue_between_processes(&c.get("q").await?, false).await;
+    m.shutdown().await?;
+    r
+}
+
+/// Items per second from a producer process to this one through the queue proxy `q`.
+async fn queue_between_processes(q: &QueueProxy<u64>, pipelined: bool) -> mp::Result<Vec<f64>> {
     let mut out = Vec::new();
     for _ in 0..support::runs(1) {
         let t = Instant::now();
@@ -134,7 +158,6 @@ async fn queue_between_processes(pipelined: bool) -> mp::Result<Vec<f64>> {
         }
         out.push(f64::from(ITEMS) / secs);
     }
-    m.shutdown().await?;
     Ok(out)
 }
 
@@ -200,18 +223,22 @@ fn main() -> Result<(), BoxError> {
         let one = bounded(
             "queue_proxy_items_per_s",
             FIGURE_TIMEOUT,
-            queue_between_processes(false),
+            queue_local(false),
         )
         .await?;
         let many = bounded(
             "queue_proxy_pipelined_items_per_s",
             FIGURE_TIMEOUT,
-            queue_between_processes(true),
+            queue_local(true),
         )
         .await?;
+        let tcp = bounded("queue_proxy_tcp_items_per_s", FIGURE_TIMEOUT, queue_tcp()).await?;
         let one = Figure::new("queue_proxy_items_per_s", "items/s", one);
         report.add(one.clone());
-        report.add(Figure::new("queue_proxy_pipelined_items_per_s", "items/s", many).baseline(one));
+        report.add(
+            Figure::new("queue_proxy_pipelined_items_per_s", "items/s", many).baseline(one.clone()),
+        );
+        report.add(Figure::new("queue_proxy_tcp_items_per_s", "items/s", tcp).baseline(one));
         let (here_start, here_stop) = bounded(
             "manager_start_ms",
             FIGURE_TIMEOUT,

@@ -8,6 +8,9 @@ prints both sides with the ratio (lower is better for times, higher for rates):
 - dict_call_tcp_us: the same to a `BaseManager` served by another process on 127.0.0.1
   with an authkey, reached with `connect()`;
 - queue_proxy_items_per_s: a child puts items on `manager.Queue()`, this process gets them;
+- queue_proxy_tcp_items_per_s: the same through a queue served by a `BaseManager` on
+  127.0.0.1 with an authkey (CPython's documented remote-manager example), both processes
+  connected by address;
 - manager_start_ms / manager_shutdown_ms: `Manager()` until its first object exists, then
   `shutdown()`.
 
@@ -16,6 +19,7 @@ prints both sides with the ratio (lower is better for times, higher for rates):
 """
 
 import multiprocessing as mp
+import queue
 import time
 from multiprocessing.managers import BaseManager, DictProxy
 
@@ -39,6 +43,19 @@ class DictManager(BaseManager):
 
 
 DictManager.register("get_dict", callable=get_dict, proxytype=DictProxy)
+
+SERVED_QUEUE = queue.Queue()
+
+
+def get_queue():
+    return SERVED_QUEUE
+
+
+class QueueManager(BaseManager):
+    pass
+
+
+QueueManager.register("get_queue", callable=get_queue)
 
 
 def dict_calls(d):
@@ -73,6 +90,38 @@ def dict_tcp():
 def producer(q, n):
     for i in range(n):
         q.put(i)
+
+
+def connected_queue(address):
+    client = QueueManager(address=address, authkey=KEY)
+    client.connect()
+    return client.get_queue()
+
+
+def tcp_producer(address, n):
+    producer(connected_queue(address), n)
+
+
+def queue_tcp():
+    server = QueueManager(address=("127.0.0.1", 0), authkey=KEY)
+    server.start()
+    try:
+        q = connected_queue(server.address)
+        out = []
+        for _ in range(support.runs(1)):
+            t = time.perf_counter()
+            p = mp.Process(target=tcp_producer, args=(server.address, ITEMS))
+            p.start()
+            total = 0
+            for _ in range(ITEMS):
+                total += q.get()
+            secs = time.perf_counter() - t
+            p.join()
+            assert total == ITEMS * (ITEMS - 1) // 2
+            out.append(ITEMS / secs)
+        return out
+    finally:
+        server.shutdown()
 
 
 def queue_between_processes():
@@ -113,6 +162,7 @@ def main():
     py["dict_call_local_us"] = support.Figure("dict_call_local_us", "us", dict_local())
     py["dict_call_tcp_us"] = support.Figure("dict_call_tcp_us", "us", dict_tcp())
     py["queue_proxy_items_per_s"] = support.Figure("queue_proxy_items_per_s", "items/s", queue_between_processes())
+    py["queue_proxy_tcp_items_per_s"] = support.Figure("queue_proxy_tcp_items_per_s", "items/s", queue_tcp())
     starts, stops = start_and_shutdown()
     py["manager_start_ms"] = support.Figure("manager_start_ms", "ms", starts)
     py["manager_shutdown_ms"] = support.Figure("manager_shutdown_ms", "ms", stops)
@@ -129,6 +179,7 @@ def main():
             ("dict_call_tcp_us", False),
             ("queue_proxy_items_per_s", True),
             ("queue_proxy_pipelined_items_per_s", True),
+            ("queue_proxy_tcp_items_per_s", True),
             ("manager_start_ms", False),
             ("manager_start_forkserver_ms", False),
             ("manager_shutdown_ms", False),

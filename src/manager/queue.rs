@@ -372,11 +372,11 @@ async fn wait_on_ring(ring: &Ring, op: QueueOp, deadline: Option<tokio::time::In
 /// can reach the manager, on this machine or another. Items are encoded by the proxy; the
 /// server keeps bytes. Cloning a proxy refers to the same queue.
 ///
-/// A process on the manager's machine (one that reached a local manager, started by
-/// [`Manager::start`](crate::Manager::start) or given a proxy from one) puts and gets
-/// through the queue's ring in shared memory, as the crate's [`Queue`](crate::Queue) does,
-/// with no round trip to the server; the server carries out the calls of processes on other
-/// machines on the same ring. Such a queue, when unbounded, then holds
+/// The process that started the manager ([`Manager::start`](crate::Manager::start), a
+/// builder's `start` or `serve`) and the processes it passes proxies to put and get through the
+/// queue's ring in shared memory, as the crate's [`Queue`](crate::Queue) does, with no
+/// round trip to the server; the server carries out, on the same ring, the calls of clients
+/// that [`connect`](crate::Manager::connect) by address. Such a queue, when unbounded, then holds
 /// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY) items before `put` waits,
 /// like the crate's `Queue`, and a ring costs each such process eight descriptors.
 ///
