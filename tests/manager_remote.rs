@@ -31,6 +31,7 @@ fn main() {
         local_and_remote_clients_share_one_queue,
         a_queue_keeps_its_items_and_counts_when_local_clients_come,
         a_dead_server_fails_local_waits_on_a_queue,
+        local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
         a_client_that_dies_releases_its_lock,
         bad_input_storm_leaves_the_server_serving,
@@ -581,5 +582,86 @@ async fn a_dead_server_fails_local_waits_on_a_queue() -> TestResult {
     a_get_fails_when_the_server_dies(&m, &q).await?;
     let after = q.get_nowait().await;
     ensure!(matches!(after, Err(Error::Closed)), "after: {after:?}");
+    Ok(())
+}
+
+async fn put_range(q: QueueProxy<u32>, from: u32, n: u32) -> mp::Result<()> {
+    for i in from..from + n {
+        q.put(i).await?;
+    }
+    Ok(())
+}
+
+/// Takes items until `total` were taken by all takers together, each `get` given
+/// `patience` (a `get` withdrawn when its time is up, after the server may have handed it
+/// an item, which is then given back).
+async fn take_until(
+    q: QueueProxy<u32>,
+    taken: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    total: usize,
+    (patience, pause): (Duration, Duration),
+) -> mp::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while taken.lock().map_or(0, |t| t.len()) < total {
+        if tokio::time::Instant::now() > deadline {
+            return Err(mp::Error::Timeout);
+        }
+        if let Ok(r) = tokio::time::timeout(patience, q.get()).await {
+            let item = r?;
+            if let Ok(mut t) = taken.lock() {
+                t.push(item);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Ok(())
+}
+
+/// Two producer processes put on a queue's ring; this process takes from the ring and, over
+/// TCP, through the server, with gets withdrawn at every point: every item comes out once.
+async fn local_and_remote_consumers_take_every_item_once() -> TestResult {
+    const N: u32 = 2000;
+    let m = tcp_manager().await?;
+    let q = m.queue::<u32>().await?;
+    m.register("q", &q).await?;
+    q.qsize().await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let rq: QueueProxy<u32> = c.get("q").await?;
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let total = 2 * N as usize;
+    // Over TCP, as fast as they can; here, slowly: most items go through the server.
+    let us = Duration::from_micros;
+    let takers = [
+        (rq.clone(), (us(150), Duration::ZERO)),
+        (rq.clone(), (us(700), Duration::ZERO)),
+        (q.clone(), (us(90), us(2000))),
+    ]
+    .map(|(q, times)| tokio::spawn(take_until(q, taken.clone(), total, times)));
+    let mut producers = Vec::new();
+    for from in [0, N] {
+        producers.push(
+            Process::new(put_range, (q.clone(), from, N))
+                .start()
+                .await?,
+        );
+    }
+    for p in &mut producers {
+        join_ok(p).await?;
+    }
+    for t in takers {
+        t.await??;
+    }
+    let mut got = taken.lock().map_err(|_| "poisoned")?.clone();
+    got.sort_unstable();
+    let want: Vec<u32> = (0..2 * N).collect();
+    ensure!(
+        got == want,
+        "{} items taken of {}; first wrong: {:?}",
+        got.len(),
+        want.len(),
+        got.iter().zip(&want).position(|(a, b)| a != b)
+    );
+    ensure!(q.qsize().await? == 0, "left over: {}", q.qsize().await?);
+    m.shutdown().await?;
     Ok(())
 }
