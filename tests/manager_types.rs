@@ -38,6 +38,7 @@ fn main() {
         a_withdrawn_condition_wait_leaves_the_lock_released,
         a_barrier_party_that_leaves_breaks_the_barrier,
         queues_work_when_descriptors_are_few,
+        a_queue_outlives_consumers_killed_while_they_take,
     ])
 }
 
@@ -753,5 +754,48 @@ async fn queues_work_when_descriptors_are_few() -> TestResult {
         .start()
         .await?;
     join_ok(&mut p).await?;
+    Ok(())
+}
+
+async fn take_for_ever(q: QueueProxy<u32>) -> mp::Result<()> {
+    loop {
+        q.get().await?;
+    }
+}
+
+/// Consumers SIGKILLed while they take from a manager's queue (through its ring) leave a
+/// queue that works: what is put afterwards all comes out here.
+async fn a_queue_outlives_consumers_killed_while_they_take() -> TestResult {
+    let m = Manager::start().await?;
+    let q = m.queue::<u32>().await?;
+    let mut kids = Vec::new();
+    for _ in 0..2 {
+        kids.push(Process::new(take_for_ever, (q.clone(),)).start().await?);
+    }
+    for i in 0..20_000 {
+        q.put(i).await.map_err(mp::Error::from)?;
+        if i == 5_000 {
+            for p in &kids {
+                p.kill()?;
+            }
+        }
+    }
+    for p in &mut kids {
+        p.join().await?;
+    }
+    for i in 100_000..100_100 {
+        q.put(i).await.map_err(mp::Error::from)?;
+    }
+    let mut after = Vec::new();
+    while after.len() < 100 {
+        let v = q.get_timeout(Duration::from_secs(10)).await?;
+        if v >= 100_000 {
+            after.push(v);
+        }
+    }
+    ensure!(
+        after == (100_000..100_100).collect::<Vec<_>>(),
+        "after the kills: {after:?}"
+    );
     Ok(())
 }
