@@ -198,16 +198,19 @@ impl QueueState {
             Err(e) => return failed(e),
         };
         let moved = self.items.len();
-        for item in std::mem::take(&mut self.items) {
+        let mut items = std::mem::take(&mut self.items).into_iter();
+        for item in items.by_ref() {
             if let Err(e) = ring.queue().put_nowait(item) {
-                // Cannot happen (room and size were checked); lose nothing if it does.
+                // Room and sizes were checked, so this should not happen; if it does, every
+                // item goes back where it was, in order, and the server keeps the queue.
                 let (e, item) = e.into_parts();
-                tracing::warn!("a queue item could not move into its ring: {e}");
+                while let Ok(b) = ring.queue().get_nowait() {
+                    self.items.push_back(b);
+                }
                 self.items.push_back(item);
+                self.items.extend(items);
+                return Reply::message(format!("this queue could not move into a ring: {e}"));
             }
-        }
-        if !self.items.is_empty() {
-            return Reply::message("this queue's items could not move into a ring");
         }
         if let Ring::Joinable(q) = &ring {
             // Items handed out and not yet marked done still count.
