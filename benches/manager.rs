@@ -62,15 +62,22 @@ async fn dict_in_process() -> mp::Result<Vec<f64>> {
     r
 }
 
-async fn dict_tcp() -> mp::Result<Vec<f64>> {
+/// A manager served by a process of its own on a TCP loopback port with a key, and a
+/// client of it connected by address.
+async fn tcp_manager_and_client() -> mp::Result<(Manager, Manager)> {
     let m = Manager::builder()
         .address("127.0.0.1:0")
         .authkey(KEY)
         .start()
         .await?;
-    m.register("d", &m.dict::<u32, u32>().await?).await?;
     let address = m.address().cloned().ok_or(mp::Error::Closed)?;
     let c = Manager::connect(address, KEY).await?;
+    Ok((m, c))
+}
+
+async fn dict_tcp() -> mp::Result<Vec<f64>> {
+    let (m, c) = tcp_manager_and_client().await?;
+    m.register("d", &m.dict::<u32, u32>().await?).await?;
     let r = dict_calls(&c.get("d").await?).await;
     m.shutdown().await?;
     r
@@ -112,14 +119,8 @@ async fn queue_local(pipelined: bool) -> mp::Result<Vec<f64>> {
 /// The same with both processes connected by address (TCP loopback, with a key): every
 /// call goes to the server.
 async fn queue_tcp() -> mp::Result<Vec<f64>> {
-    let m = Manager::builder()
-        .address("127.0.0.1:0")
-        .authkey(KEY)
-        .start()
-        .await?;
+    let (m, c) = tcp_manager_and_client().await?;
     m.register("q", &m.queue::<u64>().await?).await?;
-    let address = m.address().cloned().ok_or(mp::Error::Closed)?;
-    let c = Manager::connect(address, KEY).await?;
     let r = queue_between_processes(&c.get("q").await?, false).await;
     m.shutdown().await?;
     r

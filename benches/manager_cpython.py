@@ -102,44 +102,38 @@ def tcp_producer(address, n):
     producer(connected_queue(address), n)
 
 
+def items_per_second(q, target, args):
+    """Items per second from a child running `target(*args)`, which puts ITEMS items, to
+    this process taking them from `q`."""
+    out = []
+    for _ in range(support.runs(1)):
+        t = time.perf_counter()
+        p = mp.Process(target=target, args=args)
+        p.start()
+        total = 0
+        for _ in range(ITEMS):
+            total += q.get()
+        secs = time.perf_counter() - t
+        p.join()
+        assert total == ITEMS * (ITEMS - 1) // 2
+        out.append(ITEMS / secs)
+    return out
+
+
 def queue_tcp():
     server = QueueManager(address=("127.0.0.1", 0), authkey=KEY)
     server.start()
     try:
         q = connected_queue(server.address)
-        out = []
-        for _ in range(support.runs(1)):
-            t = time.perf_counter()
-            p = mp.Process(target=tcp_producer, args=(server.address, ITEMS))
-            p.start()
-            total = 0
-            for _ in range(ITEMS):
-                total += q.get()
-            secs = time.perf_counter() - t
-            p.join()
-            assert total == ITEMS * (ITEMS - 1) // 2
-            out.append(ITEMS / secs)
-        return out
+        return items_per_second(q, tcp_producer, (server.address, ITEMS))
     finally:
         server.shutdown()
 
 
 def queue_between_processes():
-    out = []
     with mp.Manager() as m:
         q = m.Queue()
-        for _ in range(support.runs(1)):
-            t = time.perf_counter()
-            p = mp.Process(target=producer, args=(q, ITEMS))
-            p.start()
-            total = 0
-            for _ in range(ITEMS):
-                total += q.get()
-            secs = time.perf_counter() - t
-            p.join()
-            assert total == ITEMS * (ITEMS - 1) // 2
-            out.append(ITEMS / secs)
-    return out
+        return items_per_second(q, producer, (q, ITEMS))
 
 
 def start_and_shutdown():

@@ -212,18 +212,18 @@ impl Link {
             Some(Attached::Server(until)) if std::time::Instant::now() < *until => return None,
             _ => {}
         }
-        let reply = match queue::room_for_a_ring() {
-            true => self.call(Request::Queue(id, QueueOp::Attach)).await,
-            false => Err(Error::Manager("short of descriptors".into())),
-        };
-        let attached = match reply {
-            Ok(Reply::Ring(r)) => Attached::Ring(r),
-            // The server cannot now, or this process: the server keeps the queue a while.
-            Ok(_) | Err(Error::Manager(_)) => {
-                Attached::Server(std::time::Instant::now() + ASK_AGAIN)
+        let later = || Attached::Server(std::time::Instant::now() + ASK_AGAIN);
+        let attached = if !queue::room_for_a_ring() {
+            // This process is short of descriptors: the server keeps the queue a while.
+            later()
+        } else {
+            match self.call(Request::Queue(id, QueueOp::Attach)).await {
+                Ok(Reply::Ring(r)) => Attached::Ring(r),
+                // The server cannot now: it keeps the queue a while.
+                Ok(_) | Err(Error::Manager(_)) => later(),
+                // Lost: the server's path says so.
+                Err(_) => return None,
             }
-            // Lost: the server's path says so.
-            Err(_) => return None,
         };
         // Only while a proxy to it lives here (`release` forgets it with the last one).
         let held = self.held();

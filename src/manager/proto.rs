@@ -352,6 +352,27 @@ impl From<Failure> for Error {
     }
 }
 
+/// The crate's error as a reply reports it: its own kind where a proxy has one, else its
+/// message.
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        match e {
+            Error::Manager(m) => Failure::Message(m),
+            Error::Empty => Failure::Empty,
+            Error::Full => Failure::Full,
+            Error::Timeout => Failure::Timeout,
+            Error::NotHeld => Failure::NotHeld,
+            Error::NotOwner => Failure::NotOwner,
+            Error::LockOwnerDied { pid } => Failure::LockOwnerDied { pid },
+            Error::SemaphoreOverRelease { bound } => Failure::SemaphoreOverRelease { bound },
+            Error::BrokenBarrier => Failure::BrokenBarrier,
+            Error::TaskDoneTooManyTimes => Failure::TaskDoneTooManyTimes,
+            Error::IndexOutOfRange { index, len } => Failure::IndexOutOfRange { index, len },
+            e => Failure::Message(e.to_string()),
+        }
+    }
+}
+
 impl Reply {
     pub(super) fn message(m: impl Into<String>) -> Reply {
         Reply::Failed(Failure::Message(m.into()))
@@ -360,8 +381,9 @@ impl Reply {
 
 /// What a withdrawn request that was carried out all the same must give back: the item a
 /// `get` took, the lock or the unit an `acquire` was granted, the lock a condition's `wait`
-/// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does). The server undoes it when it
-/// sees the cancel before replying; the client, when the reply was already on its way.
+/// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does).
+/// The server undoes it when it sees the cancel before replying; the client, when the reply
+/// was already on its way.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Undo {
     Get(u64),

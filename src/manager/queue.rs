@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use super::proto::{Bytes, Failure, QueueOp, Reply, Request, Wait};
 use super::server::{Shared, Step, object};
@@ -67,6 +68,8 @@ pub(super) struct QueueState {
     taken: Arc<Notify>,
     /// Every item put is done (wakes every joiner).
     done: Arc<Notify>,
+    /// Items given back to a full ring, each waiting for room; they end with the queue.
+    put_backs: JoinSet<()>,
 }
 
 fn into_error(e: PutError<Bytes>) -> Error {
@@ -75,12 +78,7 @@ fn into_error(e: PutError<Bytes>) -> Error {
 
 /// A failure of the crate's queue, as the proxy reports it.
 fn failed(e: Error) -> Reply {
-    Reply::Failed(match e {
-        Error::Full => Failure::Full,
-        Error::Empty => Failure::Empty,
-        Error::TaskDoneTooManyTimes => Failure::TaskDoneTooManyTimes,
-        e => Failure::Message(e.to_string()),
-    })
+    Reply::Failed(e.into())
 }
 
 impl QueueState {
@@ -94,6 +92,7 @@ impl QueueState {
             put: Arc::default(),
             taken: Arc::default(),
             done: Arc::default(),
+            put_backs: JoinSet::new(),
         }
     }
 
@@ -101,8 +100,8 @@ impl QueueState {
         if let QueueOp::Attach = op {
             return self.attach();
         }
-        if let Some(ring) = &self.ring {
-            return self.handle_ring(ring, op);
+        if let Some(ring) = self.ring.clone() {
+            return self.handle_ring(&ring, op);
         }
         match op {
             QueueOp::Len => Reply::Len(self.items.len() as u64),
@@ -129,7 +128,7 @@ impl QueueState {
         }
     }
 
-    fn handle_ring(&self, ring: &Ring, op: QueueOp) -> Reply {
+    fn handle_ring(&mut self, ring: &Ring, op: QueueOp) -> Reply {
         match (ring, op) {
             (_, QueueOp::Len) => Reply::Len(ring.queue().qsize() as u64),
             (_, QueueOp::MaxSize) => Reply::Len(self.maxsize as u64),
@@ -146,7 +145,8 @@ impl QueueState {
                     // A ring cannot put back in front: behind, once there is room.
                     (Error::Full, item) => {
                         let ring = ring.clone();
-                        tokio::spawn(async move {
+                        while self.put_backs.try_join_next().is_some() {}
+                        self.put_backs.spawn(async move {
                             if let Err(e) = ring.queue().put_back(item).await {
                                 tracing::debug!(
                                     "a queue item could not be put back: {}",
@@ -353,7 +353,7 @@ async fn wait_on_ring(ring: &Ring, op: QueueOp, deadline: Option<tokio::time::In
     match (ring, op) {
         (_, QueueOp::Put { item, .. }) => match until(deadline, ring.queue().put(item)).await {
             Some(Ok(())) => Reply::Done,
-            Some(Err(e)) => failed(e.into_parts().0),
+            Some(Err(e)) => failed(into_error(e)),
             None => Reply::Failed(Failure::Full),
         },
         (_, QueueOp::Get { .. }) => match until(deadline, ring.queue().get()).await {

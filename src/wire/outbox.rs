@@ -11,7 +11,7 @@ use super::{FrameBuf, Framed};
 use crate::error::{Error, Result};
 
 /// See the module docs. The writer task takes the frames from the channel's other end and
-/// reports each batch it wrote with [`written`](Outbox::written).
+/// reports each batch it wrote with [`written`] on the [`counter`](Outbox::counter).
 pub(crate) struct Outbox {
     tx: UnboundedSender<FrameBuf>,
     link: Arc<Framed>,
