@@ -14,7 +14,7 @@
 //!   0.5 ms in each direction (a link of 1 ms round trip), beside the same map on the same
 //!   host with no relay (the target: the worker stays busy, so at least 90% of it). The
 //!   relay's delay is `CLUSTER_BENCH_RELAY_US` microseconds; `CLUSTER_BENCH_ONLY=relay` runs
-//!   this figure alone;
+//!   this figure alone (and `CLUSTER_BENCH_ONLY=round_trip` the two round-trip figures);
 //! - `cluster_built_to_first_result`: from `Cluster::builder()` (one host of one worker)
 //!   through `Pool::builder().cluster(..).build()` to the first result, beside a local
 //!   one-worker pool's built-to-first-result (the target: at most 100 ms).
@@ -439,6 +439,10 @@ async fn run() -> Result<(), BoxError> {
                 local_runs,
             )),
         );
+    }
+    if std::env::var("CLUSTER_BENCH_ONLY").as_deref() == Ok("round_trip") {
+        report.finish();
+        return Ok(());
     }
     {
         let (_cluster, pool) = cluster_pool(&net, 2, 1).await?;
