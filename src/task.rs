@@ -483,9 +483,113 @@ where
     T: DeserializeOwned + Send + 'static,
     F::Output: Serialize,
 {
+    if !F::IS_ASYNC
+        && fds.is_empty()
+        && let Some(items) = plain::items_in_place::<T>(bytes)
+    {
+        return Invoked::Ready(run_in_place::<F, T, M>(items));
+    }
     match codec::decode::<ItemsOwned<T>>(bytes, fds) {
         Ok(items) => run_items::<F, (T,), M, _>(items.0.into_iter().map(|t| (t,))),
         Err(e) => Invoked::Ready(Err(Failure::Args(e))),
+    }
+}
+
+/// Calls a blocking target, its panic caught.
+fn call_blocking<F, A, M>(args: A) -> Result<F::Output, Failure>
+where
+    F: Target<A, M>,
+{
+    match invoke_caught(F::__conjure(), args) {
+        Invoked::Ready(r) => r,
+        Invoked::Pending(_) => Err(Failure::Panicked(
+            "a blocking target returned a future".into(),
+        )),
+    }
+}
+
+/// Runs a blocking one-argument target on a chunk of plain numbers read where they lie in
+/// the task's frame, with no vector of them in between; plain-number results are written
+/// straight into the answer's encoding ([`PlainChunkOut`]), others gathered as usual.
+fn run_in_place<F, T, M>(items: impl ExactSizeIterator<Item = T>) -> Result<Encoded, Failure>
+where
+    F: Target<(T,), M>,
+    F::Output: Serialize,
+{
+    let Some(mut out) = PlainChunkOut::new::<F::Output>(items.len()) else {
+        let mut out = ChunkOut::with_capacity(items.len());
+        for (i, t) in items.enumerate() {
+            out.push(i, call_blocking::<F, (T,), M>((t,)));
+        }
+        return encode_result(out);
+    };
+    for (i, t) in items.enumerate() {
+        match call_blocking::<F, (T,), M>((t,)) {
+            Ok(v) => out.push(&v),
+            Err(f) => out.fail(i, f),
+        }
+    }
+    out.finish()
+}
+
+/// A [`ChunkOut`] of plain-number results, encoded as they come: the same bytes as
+/// `ChunkOut`'s encoding (an array of the results, as one `bin`, and the failures), written
+/// without a vector of results in between.
+struct PlainChunkOut {
+    /// The array's head, the `bin`'s head (its length written at the end), the results.
+    bytes: Vec<u8>,
+    failed: Vec<(u32, TaskFailure)>,
+}
+
+impl PlainChunkOut {
+    /// The head: a two-element array, then a `bin` whose 4-byte length is filled in by
+    /// [`finish`](Self::finish).
+    const HEAD: [u8; 6] = [0x92, 0xc6, 0, 0, 0, 0];
+
+    /// Room for `n` results, if `R` is a plain number type on a little-endian machine (the
+    /// wire's order).
+    fn new<R: 'static>(n: usize) -> Option<PlainChunkOut> {
+        if !cfg!(target_endian = "little") || !plain::is_plain::<R>() {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(Self::HEAD.len() + n * std::mem::size_of::<R>() + 1);
+        bytes.extend_from_slice(&Self::HEAD);
+        Some(PlainChunkOut {
+            bytes,
+            failed: Vec::new(),
+        })
+    }
+
+    fn push<R: 'static>(&mut self, r: &R) {
+        if let Some(b) = sys::bytes_of_number(r) {
+            self.bytes.extend_from_slice(b);
+        }
+    }
+
+    fn fail(&mut self, index: usize, f: Failure) {
+        self.failed.push((index as u32, f.into_task_failure()));
+    }
+
+    /// The encoding, its `bin`'s length filled in and the failures after it.
+    ///
+    /// # Errors
+    /// [`Failure::Args`] for results over 4 GiB (no `bin` holds them) or failures that
+    /// cannot be encoded.
+    fn finish(mut self) -> Result<Encoded, Failure> {
+        let len = self.bytes.len() - Self::HEAD.len();
+        let len = u32::try_from(len).map_err(|_| {
+            Failure::Args(Error::FrameTooLarge {
+                size: len as u64,
+                max: crate::max_frame_size(),
+            })
+        })?;
+        self.bytes[2..6].copy_from_slice(&len.to_be_bytes());
+        let failed = Encoded::new(&self.failed).map_err(Failure::Args)?;
+        self.bytes.extend_from_slice(&failed.bytes);
+        Ok(Encoded {
+            bytes: self.bytes,
+            fds: Vec::new(),
+        })
     }
 }
 
@@ -499,13 +603,7 @@ where
     if !F::IS_ASYNC {
         let mut out = ChunkOut::with_capacity(items.len());
         for (i, args) in items.enumerate() {
-            let r = match invoke_caught(F::__conjure(), args) {
-                Invoked::Ready(r) => r,
-                Invoked::Pending(_) => Err(Failure::Panicked(
-                    "a blocking target returned a future".into(),
-                )),
-            };
-            out.push(i, r);
+            out.push(i, call_blocking::<F, A, M>(args));
         }
         return Invoked::Ready(encode_result(out));
     }
@@ -555,6 +653,100 @@ mod tests {
             "{failed:?}"
         );
         assert_eq!(out, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    fn halve_or_panic(x: i64) -> i64 {
+        assert!(x % 7 != 3, "no {x}");
+        x / 2
+    }
+
+    fn tenth(x: u32) -> f64 {
+        f64::from(x) / 10.0
+    }
+
+    fn label(x: u16) -> String {
+        format!("#{x}")
+    }
+
+    /// A chunk's answer as the caller sees it: the results, and each failure's index and
+    /// description.
+    type Seen<R> = (Vec<R>, Vec<(u32, String)>);
+
+    /// A chunk of `items` as a map sends it, run by `f` in place and as a decoded vector:
+    /// both answers, for the two to be compared.
+    fn both_ways_of<F, T, M>(f: F, items: Vec<T>) -> [Seen<F::Output>; 2]
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        let args = Encoded::new(&plain::Items::all(&items)).expect("encodes");
+        let in_place = plain::items_in_place::<T>(&args.bytes).expect("plain");
+        let fast = run_in_place::<F, T, M>(in_place).expect("runs");
+        let slow = match run_chunk::<F, (T,), M>(
+            &Encoded::new(&items.iter().map(|t| (t,)).collect::<Vec<_>>())
+                .expect("encodes")
+                .bytes,
+            Vec::new(),
+        ) {
+            Invoked::Ready(r) => r.expect("runs"),
+            Invoked::Pending(_) => panic!("a blocking target"),
+        };
+        [fast, slow].map(|enc| {
+            let mut out = Vec::new();
+            let failed =
+                codec::decode_with(&enc.bytes, Vec::new(), ChunkInto(&mut out)).expect("decodes");
+            let failed = failed
+                .into_iter()
+                .map(|(i, f)| (i, format!("{f:?}")))
+                .collect();
+            (out, failed)
+        })
+    }
+
+    #[test]
+    fn a_chunk_run_in_place_answers_as_a_decoded_one() {
+        let [fast, slow] = both_ways_of(halve_or_panic, Vec::new());
+        assert_eq!(fast, slow);
+        assert!(fast.0.is_empty() && fast.1.is_empty());
+
+        let items: Vec<i64> = (-40..300).collect();
+        let [fast, slow] = both_ways_of(halve_or_panic, items.clone());
+        assert_eq!(fast, slow);
+        assert_eq!(fast.1.len(), items.iter().filter(|x| *x % 7 == 3).count());
+        assert!(fast.1[0].1.contains("no "), "{:?}", fast.1[0]);
+        let ok: Vec<i64> = items
+            .iter()
+            .filter(|x| *x % 7 != 3)
+            .map(|x| x / 2)
+            .collect();
+        assert_eq!(fast.0, ok);
+
+        // Other plain result types, and results that are not plain numbers.
+        let [fast, slow] = both_ways_of(tenth, (0..1000).collect());
+        assert_eq!(fast, slow);
+        assert_eq!(fast.0[999], 99.9);
+        let [fast, slow] = both_ways_of(label, vec![1, 65535]);
+        assert_eq!(fast, slow);
+        assert_eq!(fast.0, vec!["#1".to_string(), "#65535".to_string()]);
+    }
+
+    #[test]
+    fn only_a_whole_bin_of_plain_numbers_is_read_in_place() {
+        let bin = Encoded::new(&plain::Items::all(&vec![1u32, 2, 3])).expect("encodes");
+        assert_eq!(
+            plain::items_in_place::<u32>(&bin.bytes).map(Iterator::collect::<Vec<_>>),
+            Some(vec![1, 2, 3])
+        );
+        // Not a whole number of items, a truncated or padded bin, another item type.
+        assert!(plain::items_in_place::<u64>(&bin.bytes).is_none());
+        assert!(plain::items_in_place::<u32>(&bin.bytes[..bin.bytes.len() - 1]).is_none());
+        let mut padded = bin.bytes.clone();
+        padded.push(0);
+        assert!(plain::items_in_place::<u32>(&padded).is_none());
+        assert!(plain::items_in_place::<String>(&bin.bytes).is_none());
+        assert!(plain::items_in_place::<u8>(&[0x93, 1, 2, 3]).is_none());
     }
 
     #[test]

@@ -21,3 +21,43 @@ pub(crate) fn number_bytes<T: Number>(items: &[T]) -> &[u8] {
     // those bytes is initialised, and `u8` has no alignment requirement.
     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), std::mem::size_of_val(items)) }
 }
+
+/// Whether `T` is one of the primitive number types [`Number`] is implemented for.
+pub(crate) fn is_number<T: 'static>() -> bool {
+    use std::any::TypeId;
+    let t = TypeId::of::<T>();
+    macro_rules! any_of {
+        ($($n:ty),*) => { false $(|| t == TypeId::of::<$n>())* };
+    }
+    any_of!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64)
+}
+
+/// `bytes` read as values of `T` (in the machine's byte order), if `T` is a primitive
+/// number type and `bytes` holds a whole number of them.
+pub(crate) fn read_numbers<T: 'static>(
+    bytes: &[u8],
+) -> Option<impl ExactSizeIterator<Item = T> + '_> {
+    let width = std::mem::size_of::<T>();
+    if !is_number::<T>() || bytes.len() % width != 0 {
+        return None;
+    }
+    Some(bytes.chunks_exact(width).map(|c| {
+        // SAFETY: `T` is a primitive number type (checked above), for which every pattern
+        // of its `width` bytes is a value; `c` holds exactly `width` bytes, and an
+        // unaligned read needs no alignment.
+        unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) }
+    }))
+}
+
+/// The bytes of `value` as it lies in memory (in the machine's byte order), if `T` is a
+/// primitive number type.
+pub(crate) fn bytes_of_number<T: 'static>(value: &T) -> Option<&[u8]> {
+    if !is_number::<T>() {
+        return None;
+    }
+    // SAFETY: `T` is a primitive number type (checked above): no padding, so all its
+    // `size_of::<T>()` bytes are initialised; they stay borrowed with `value`.
+    Some(unsafe {
+        std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    })
+}

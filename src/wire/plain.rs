@@ -7,7 +7,7 @@
 //! any other as the usual array. Both ends know the item type (the task entry is compiled for
 //! it), so nothing on the wire says which form was used.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
@@ -42,16 +42,28 @@ macro_rules! plain_types {
 
 /// Whether a sequence of `T` travels as `bin`.
 pub(crate) fn is_plain<T: 'static>() -> bool {
-    let t = TypeId::of::<T>();
-    macro_rules! check {
-        ($t:ty) => {
-            if t == TypeId::of::<$t>() {
-                return true;
-            }
-        };
+    sys::is_number::<T>()
+}
+
+/// The items of a sequence of plain numbers sent as [`Items`] (`body` is its encoding, a
+/// `bin` and nothing after it), read where they lie: `None` unless `T` is a plain number
+/// type, the machine little-endian (the wire's order) and `body` such a `bin`, whole.
+pub(crate) fn items_in_place<T: 'static>(
+    body: &[u8],
+) -> Option<impl ExactSizeIterator<Item = T> + '_> {
+    if !cfg!(target_endian = "little") {
+        return None;
     }
-    plain_types!(check);
-    false
+    let (len, data) = match body {
+        [0xc4, n, rest @ ..] => (usize::from(*n), rest),
+        [0xc5, a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+        [0xc6, a, b, c, d, rest @ ..] => (u32::from_be_bytes([*a, *b, *c, *d]) as usize, rest),
+        _ => return None,
+    };
+    if data.len() != len {
+        return None;
+    }
+    sys::read_numbers::<T>(data)
 }
 
 /// The little-endian bytes of `items[range]`, if `T` is a plain number type: the items'
