@@ -34,6 +34,7 @@ fn main() {
         local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
         a_client_that_dies_releases_its_lock,
+        objects_let_go_with_a_lost_connection_are_named_so,
         bad_input_storm_leaves_the_server_serving,
         example_manager_remote,
     ])
@@ -221,6 +222,75 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
         .await
         .map_err(|_| "a call to a silent server still waits")?;
     ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+/// A TCP relay on loopback to `to`: each connection it accepts is carried to `to` until
+/// `cut` is notified, which closes every connection it carries (as a network that drops
+/// them would); it goes on accepting new ones.
+async fn relay(
+    to: SocketAddr,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    _ = cut.notified() => {}
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn objects_let_go_with_a_lost_connection_are_named_so() -> TestResult {
+    // A client whose connection is lost while the server runs on: the server lets go of
+    // what that connection held, so an object only it held is gone when the client's next
+    // call connects again, and the error says why.
+    let m = tcp_manager().await?;
+    let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+    let via = relay(tcp(&m)?, cut.clone()).await?;
+    let c = Manager::connect(via, KEY).await?;
+    let d: DictProxy<String, u32> = c.dict().await?;
+    d.insert("a".into(), 1).await?;
+    let kept: DictProxy<String, u32> = m.dict().await?;
+    c.register("kept", &kept).await?;
+    let kept_there: DictProxy<String, u32> = c.get("kept").await?;
+    kept_there.insert("b".into(), 2).await?;
+
+    cut.notify_waiters();
+    // Calls fail with `Closed` until the client has seen the loss; the next one connects
+    // again.
+    let mut r = d.get(&"a".to_string()).await;
+    for _ in 0..100 {
+        if !matches!(r, Err(Error::Closed)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        r = d.get(&"a".to_string()).await;
+    }
+    match r {
+        Err(Error::Manager(msg)) => ensure!(
+            msg.contains("no such object") && msg.contains("connection to the manager was lost"),
+            "{msg}"
+        ),
+        other => return Err(format!("a call on a let-go object gave {other:?}").into()),
+    }
+    // An object the server still holds (another connection holds it) serves on through the
+    // new connection.
+    ensure!(
+        kept_there.get(&"b".to_string()).await? == Some(2),
+        "a kept object lost its item"
+    );
+    m.shutdown().await?;
     Ok(())
 }
 

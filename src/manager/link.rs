@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::proto::{HEARTBEAT, HEARTBEAT_MISSES, QueueOp, Reply, Request, Undo};
+use super::proto::{Failure, HEARTBEAT, HEARTBEAT_MISSES, QueueOp, Reply, Request, Undo};
 use super::queue::{self, Ring};
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
@@ -90,6 +90,9 @@ struct Held {
     borrowed: HashSet<u64>,
     /// Loans made before this link had a connection, told to the server once it has one.
     lends: Vec<u64>,
+    /// Objects this link held when a connection of its was lost: the server let go of
+    /// them with it, and may have freed them (see [`Link::call`]).
+    across_loss: HashSet<u64>,
 }
 
 /// The calls of a connection still to be answered, under one lock.
@@ -190,6 +193,7 @@ impl Link {
             self.rings().remove(&id);
             held.counts.remove(&id);
             held.borrowed.remove(&id);
+            held.across_loss.remove(&id);
             if let Some(conn) = self.live_conn() {
                 conn.post(Request::Decref(id));
             }
@@ -274,6 +278,15 @@ impl Link {
     fn install(&self, conn: Arc<Conn>) {
         let mut held = self.held();
         let ids: Vec<u64> = held.counts.keys().copied().collect();
+        if self
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            // A connection before this one was lost, and what it held with it.
+            held.across_loss.extend(ids.iter().copied());
+        }
         for id in ids {
             let borrowed = held.borrowed.remove(&id);
             conn.post(Request::Incref { id, borrowed });
@@ -286,11 +299,22 @@ impl Link {
 
     /// Sends `req` and waits for its reply; a failure the server reports is its error.
     ///
+    /// # Errors
+    /// The server's failure; for an object the server no longer holds that this link held
+    /// when a connection of its was lost, an [`Error::Manager`] that says so.
+    ///
     /// # Cancel safety
     /// Dropping the call withdraws the request (see the module notes).
     pub(super) async fn call(&self, req: Request) -> Result<Reply> {
         let conn = self.conn().await?;
         match conn.call(&req).await? {
+            Reply::Failed(Failure::Missing(id)) if self.held().across_loss.contains(&id) => {
+                Err(Error::Manager(format!(
+                    "the manager holds no such object (#{id}): it was let go when this \
+                     process's connection to the manager was lost, as the manager keeps an \
+                     object only while a connection holds it"
+                )))
+            }
             Reply::Failed(f) => Err(f.into()),
             r => Ok(r),
         }

@@ -313,8 +313,10 @@ pub(super) enum Reply {
 /// stands for does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) enum Failure {
-    /// Anything else (an index out of range, an unknown object, a wrong type).
+    /// Anything else (an index out of range, a wrong type).
     Message(String),
+    /// The server holds no object of this id.
+    Missing(u64),
     Empty,
     Full,
     Timeout,
@@ -338,6 +340,9 @@ impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
             Failure::Message(m) => Error::Manager(m),
+            Failure::Missing(id) => {
+                Error::Manager(format!("the manager holds no such object (#{id})"))
+            }
             Failure::Empty => Error::Empty,
             Failure::Full => Error::Full,
             Failure::Timeout => Error::Timeout,

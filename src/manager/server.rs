@@ -103,7 +103,7 @@ pub(super) fn position(len: usize, i: i64) -> Option<usize> {
 }
 
 pub(super) fn missing(id: u64) -> Failure {
-    Failure::Message(format!("the manager holds no such object (#{id})"))
+    Failure::Missing(id)
 }
 
 pub(super) fn wrong_type(id: u64, asked: &str) -> Failure {
