@@ -6,13 +6,20 @@
 /// Only for the primitive integer and float types (implemented here, for those only).
 pub(crate) unsafe trait Number: Copy + 'static {}
 
+/// Calls `$m!` with the primitive number types, the one list of them here.
+macro_rules! with_numbers {
+    ($m:ident) => {
+        $m! { u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64 }
+    };
+}
+
 macro_rules! number {
     ($($t:ty),*) => {$(
         // SAFETY: a primitive number: its size is its width, with no padding bytes.
         unsafe impl Number for $t {}
     )*};
 }
-number!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
+with_numbers!(number);
 
 /// The bytes of `items` as they lie in memory (in the machine's byte order).
 pub(crate) fn number_bytes<T: Number>(items: &[T]) -> &[u8] {
@@ -29,7 +36,7 @@ pub(crate) fn is_number<T: 'static>() -> bool {
     macro_rules! any_of {
         ($($n:ty),*) => { false $(|| t == TypeId::of::<$n>())* };
     }
-    any_of!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64)
+    with_numbers!(any_of)
 }
 
 /// `bytes` read as values of `T` (in the machine's byte order), if `T` is a primitive
