@@ -2,7 +2,8 @@
 //!
 //! Files: this one holds the [`Pool`] handle; `builder.rs` its options and how it is built;
 //! `spawn.rs` how a worker is started; `scheduler.rs` the task that owns the workers and
-//! decides which runs what; `slot.rs` one worker as it sees it; `link.rs` the reader and writer tasks of each worker's socket;
+//! decides which runs what, with its maps by id in `id_map.rs`; `slot.rs` one worker as it
+//! sees it; `link.rs` the reader and writer tasks of each worker's socket;
 //! `worker.rs` the worker's side; `started.rs` how the pool knows which tasks a worker
 //! started; `payload.rs` a task's arguments as they are sent; `map.rs` a map not yet
 //! submitted; `async_result.rs`, `map_result.rs` and `imap.rs` what submissions give back;
@@ -10,6 +11,7 @@
 
 mod async_result;
 mod builder;
+mod id_map;
 mod imap;
 mod link;
 mod map;

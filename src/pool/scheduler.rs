@@ -18,7 +18,7 @@
 //! of the queue, a worker's slot and the table in flight, until it is answered); it is kept
 //! in one file, over 600 lines, so that the invariant is read in one place.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::builder::Config;
+use super::id_map::IdMap;
 use super::link::{read_worker, write_worker};
 use super::payload::Payload;
 use super::proto::ToWorker;
@@ -92,7 +93,7 @@ pub(super) struct Job {
 /// Where the answers of the tasks in flight go, by task id. A worker's reader task answers
 /// from here directly (one hop less between the worker and the caller); the scheduler
 /// answers from here when it fails a task. Whoever takes the sender answers.
-pub(super) type Replies = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+pub(super) type Replies = Arc<Mutex<IdMap<oneshot::Sender<Outcome>>>>;
 
 pub(super) fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<Outcome>> {
     replies
@@ -199,11 +200,11 @@ pub(super) struct Scheduler {
     queue: VecDeque<Job>,
     /// Tasks announced by [`Cmd::Expect`] and not yet arrived: whether each was cancelled
     /// meanwhile.
-    expected: HashMap<u64, bool>,
-    workers: HashMap<u64, Slot>,
+    expected: IdMap<bool>,
+    workers: IdMap<Slot>,
     next_wid: u64,
     starting: usize,
-    in_flight: HashMap<u64, Running>,
+    in_flight: IdMap<Running>,
     deadlines: BTreeSet<(Instant, u64)>,
     phase: Phase,
     /// Why no worker can be started any more (a failed initializer); the pool fails its
@@ -242,17 +243,17 @@ impl Scheduler {
             events,
             events_tx,
             queue: VecDeque::new(),
-            expected: HashMap::new(),
-            workers: HashMap::new(),
+            expected: IdMap::default(),
+            workers: IdMap::default(),
             next_wid: 0,
             starting: starts.pending,
-            in_flight: HashMap::new(),
+            in_flight: IdMap::default(),
             deadlines: BTreeSet::new(),
             phase: Phase::Open,
             broken: None,
             start_failures: u32::try_from(starts.failed).unwrap_or(u32::MAX),
             waiters: Vec::new(),
-            replies: Arc::new(Mutex::new(HashMap::new())),
+            replies: Arc::new(Mutex::new(IdMap::default())),
             mean_nanos: None,
             spin: Arc::new(AtomicBool::new(false)),
             counters,
