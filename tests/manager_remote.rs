@@ -266,7 +266,21 @@ async fn objects_let_go_with_a_lost_connection_are_named_so() -> TestResult {
     let kept_there: DictProxy<String, u32> = c.get("kept").await?;
     kept_there.insert("b".into(), 2).await?;
 
+    let before = m.object_count().await?;
     cut.notify_waiters();
+    // The server lets go of the dict once it sees the connection closed.
+    let mut left = before;
+    for _ in 0..250 {
+        left = m.object_count().await?;
+        if left < before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        left == before - 1,
+        "{before} objects before the cut, {left} after"
+    );
     // Calls fail with `Closed` until the client has seen the loss; the next one connects
     // again.
     let mut r = d.get(&"a".to_string()).await;
