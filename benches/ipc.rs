@@ -84,24 +84,6 @@ async fn echo_bytes(conn: mp::Connection<u64>) {
     }
 }
 
-/// Echoes 8-byte messages on the raw socket under a pipe end, with no framing.
-async fn raw_echo(conn: mp::Connection<u64>) {
-    use std::os::fd::AsFd;
-    let Ok(fd) = conn.as_fd().try_clone_to_owned() else {
-        std::process::exit(3)
-    };
-    let std = std::os::unix::net::UnixStream::from(fd);
-    let Ok(mut s) = tokio::net::UnixStream::from_std(std) else {
-        std::process::exit(3)
-    };
-    let mut buf = [0u8; 8];
-    while s.read_exact(&mut buf).await.is_ok() {
-        if s.write_all(&buf).await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn pipe_big_sender(conn: mp::Connection<serde_bytes::ByteBuf>, n: u64) {
     let item = serde_bytes::ByteBuf::from(vec![7u8; BIG]);
     if conn.recv().await.is_err() {
@@ -225,29 +207,7 @@ async fn raw_ping_pong() -> std::io::Result<Vec<f64>> {
 
 /// Baseline: the same ping-pong over a raw tokio socket pair between two processes.
 async fn raw_ping_pong_processes() -> mp::Result<Vec<f64>> {
-    use std::os::fd::AsFd;
-    let (a, b) = mp::Pipe::<u64>::new()?;
-    let mut p = mp::Process::new(raw_echo, (b,)).start().await?;
-    let fd = a.as_fd().try_clone_to_owned()?;
-    drop(a);
-    let mut s = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
-    let mut buf = [0u8; 8];
-    for i in 0..1000u64 {
-        s.write_all(&i.to_le_bytes()).await?;
-        s.read_exact(&mut buf).await?;
-    }
-    let mut us = Vec::new();
-    for _ in 0..support::runs(ROUNDS) {
-        let t = Instant::now();
-        for i in 0..ROUND_TRIPS {
-            s.write_all(&i.to_le_bytes()).await?;
-            s.read_exact(&mut buf).await?;
-        }
-        us.push(t.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
-    }
-    drop(s);
-    p.join().await?;
-    Ok(us)
+    support::raw_ping_pong::round_trips(false, 1000, ROUND_TRIPS, support::runs(ROUNDS)).await
 }
 
 /// Baseline: 1 MiB writes streamed over a raw tokio socket pair inside this process.

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use support::{BoxError, Figure, Report, bounded};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy, StartMethod};
 
 /// The most any one figure (all its runs) may take.
@@ -65,81 +64,12 @@ async fn dict_in_process() -> mp::Result<Vec<f64>> {
     r
 }
 
-/// The child's end of a raw ping-pong: echoes 8-byte messages on a tokio stream made from
-/// `conn`'s socket, or on a TCP connection to `port` on loopback if `port` is not 0.
-async fn raw_echo(conn: mp::Connection<u64>, port: u16) {
-    use std::os::fd::AsFd;
-    async fn echo<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut s: S) {
-        let mut buf = [0u8; 8];
-        while s.read_exact(&mut buf).await.is_ok() {
-            if s.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    }
-    if port != 0 {
-        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) if s.set_nodelay(true).is_ok() => echo(s).await,
-            _ => std::process::exit(3),
-        }
-        return;
-    }
-    let Ok(fd) = conn.as_fd().try_clone_to_owned() else {
-        std::process::exit(3)
-    };
-    match tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)) {
-        Ok(s) => echo(s).await,
-        Err(_) => std::process::exit(3),
-    }
-}
-
-/// Baseline: microseconds per round trip of 8 bytes between this process and a child, over
-/// a raw tokio Unix socket pair, or over TCP loopback (`tcp`): the floor under a dict call
-/// by the same transport, measured as many times as the dict figures.
+/// Baseline: microseconds per raw 8-byte round trip with a child process, over TCP loopback
+/// if `tcp`, else over a Unix socket pair: the floor under a dict call by the same
+/// transport, measured as many times as the dict figures.
 async fn raw_ping_pong(tcp: bool) -> mp::Result<Vec<f64>> {
-    async fn rounds<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut s: S) -> mp::Result<Vec<f64>> {
-        let mut buf = [0u8; 8];
-        for i in 0..200u64 {
-            s.write_all(&i.to_le_bytes()).await?;
-            s.read_exact(&mut buf).await?;
-        }
-        let mut out = Vec::new();
-        for _ in 0..support::runs(ROUNDS) {
-            let t = Instant::now();
-            for i in 0..2 * u64::from(CALLS) {
-                s.write_all(&i.to_le_bytes()).await?;
-                s.read_exact(&mut buf).await?;
-            }
-            out.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(2 * CALLS));
-        }
-        Ok(out)
-    }
-    use std::os::fd::AsFd;
-    let (a, b) = mp::Pipe::<u64>::new()?;
-    let listener = match tcp {
-        true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
-        false => None,
-    };
-    let port = match &listener {
-        Some(l) => l.local_addr()?.port(),
-        None => 0,
-    };
-    let mut p = Process::new(raw_echo, (b, port)).start().await?;
-    let r = match listener {
-        Some(l) => {
-            let (s, _) = l.accept().await?;
-            s.set_nodelay(true)?;
-            rounds(s).await
-        }
-        None => {
-            let fd = a.as_fd().try_clone_to_owned()?;
-            let std = std::os::unix::net::UnixStream::from(fd);
-            rounds(tokio::net::UnixStream::from_std(std)?).await
-        }
-    };
-    drop(a);
-    p.join().await?;
-    r
+    let trips = 2 * u64::from(CALLS);
+    support::raw_ping_pong::round_trips(tcp, 200, trips, support::runs(ROUNDS)).await
 }
 
 /// A manager served by a process of its own on a TCP loopback port with a key, and a

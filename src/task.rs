@@ -517,11 +517,7 @@ where
     F::Output: Serialize,
 {
     let Some(mut out) = PlainChunkOut::new::<F::Output>(items.len()) else {
-        let mut out = ChunkOut::with_capacity(items.len());
-        for (i, t) in items.enumerate() {
-            out.push(i, call_blocking::<F, (T,), M>((t,)));
-        }
-        return encode_result(out);
+        return run_blocking::<F, (T,), M>(items.map(|t| (t,)));
     };
     for (i, t) in items.enumerate() {
         match call_blocking::<F, (T,), M>((t,)) {
@@ -593,6 +589,19 @@ impl PlainChunkOut {
     }
 }
 
+/// Runs a blocking target on each tuple of a chunk in turn and encodes their [`ChunkOut`].
+fn run_blocking<F, A, M>(items: impl ExactSizeIterator<Item = A>) -> Result<Encoded, Failure>
+where
+    F: Target<A, M>,
+    F::Output: Serialize,
+{
+    let mut out = ChunkOut::with_capacity(items.len());
+    for (i, args) in items.enumerate() {
+        out.push(i, call_blocking::<F, A, M>(args));
+    }
+    encode_result(out)
+}
+
 fn run_items<F, A, M, I>(items: I) -> Invoked<Result<Encoded, Failure>>
 where
     F: Target<A, M>,
@@ -601,11 +610,7 @@ where
     F::Output: Serialize,
 {
     if !F::IS_ASYNC {
-        let mut out = ChunkOut::with_capacity(items.len());
-        for (i, args) in items.enumerate() {
-            out.push(i, call_blocking::<F, A, M>(args));
-        }
-        return Invoked::Ready(encode_result(out));
+        return Invoked::Ready(run_blocking::<F, A, M>(items));
     }
     Invoked::Pending(Box::pin(async move {
         let mut out = ChunkOut::with_capacity(items.len());

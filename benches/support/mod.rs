@@ -28,6 +28,7 @@
 
 pub mod eventfd;
 pub mod ponger;
+pub mod raw_ping_pong;
 
 use std::future::Future;
 use std::time::Duration;

@@ -6,20 +6,32 @@
 /// Only for the primitive integer and float types (implemented here, for those only).
 pub(crate) unsafe trait Number: Copy + 'static {}
 
-/// Calls `$m!` with the primitive number types, the one list of them here.
-macro_rules! with_numbers {
+/// Calls `$m!(type)` for each primitive number type: the one list of them.
+macro_rules! for_each_number {
     ($m:ident) => {
-        $m! { u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64 }
+        $m!(u8);
+        $m!(u16);
+        $m!(u32);
+        $m!(u64);
+        $m!(usize);
+        $m!(i8);
+        $m!(i16);
+        $m!(i32);
+        $m!(i64);
+        $m!(isize);
+        $m!(f32);
+        $m!(f64);
     };
 }
+pub(crate) use for_each_number;
 
 macro_rules! number {
-    ($($t:ty),*) => {$(
+    ($t:ty) => {
         // SAFETY: a primitive number: its size is its width, with no padding bytes.
         unsafe impl Number for $t {}
-    )*};
+    };
 }
-with_numbers!(number);
+for_each_number!(number);
 
 /// The bytes of `items` as they lie in memory (in the machine's byte order).
 pub(crate) fn number_bytes<T: Number>(items: &[T]) -> &[u8] {
@@ -33,10 +45,15 @@ pub(crate) fn number_bytes<T: Number>(items: &[T]) -> &[u8] {
 pub(crate) fn is_number<T: 'static>() -> bool {
     use std::any::TypeId;
     let t = TypeId::of::<T>();
-    macro_rules! any_of {
-        ($($n:ty),*) => { false $(|| t == TypeId::of::<$n>())* };
+    macro_rules! check {
+        ($n:ty) => {
+            if t == TypeId::of::<$n>() {
+                return true;
+            }
+        };
     }
-    with_numbers!(any_of)
+    for_each_number!(check);
+    false
 }
 
 /// `bytes` read as values of `T` (in the machine's byte order), if `T` is a primitive

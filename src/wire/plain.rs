@@ -22,24 +22,6 @@ use super::frame::SharedBytes;
 use crate::error::Error;
 use crate::sys;
 
-/// Calls `$m!(type)` for each plain number type.
-macro_rules! plain_types {
-    ($m:ident) => {
-        $m!(u8);
-        $m!(u16);
-        $m!(u32);
-        $m!(u64);
-        $m!(usize);
-        $m!(i8);
-        $m!(i16);
-        $m!(i32);
-        $m!(i64);
-        $m!(isize);
-        $m!(f32);
-        $m!(f64);
-    };
-}
-
 /// Whether a sequence of `T` travels as `bin`.
 pub(crate) fn is_plain<T: 'static>() -> bool {
     sys::is_number::<T>()
@@ -82,7 +64,7 @@ fn le_bytes<T: 'static>(items: &Vec<T>, range: Range<usize>) -> Option<Cow<'_, [
             }
         };
     }
-    plain_types!(encode);
+    sys::for_each_number!(encode);
     None
 }
 
@@ -117,7 +99,7 @@ impl SharedItems {
                     }
                 };
             }
-            plain_types!(share);
+            sys::for_each_number!(share);
         }
         Err(items)
     }
@@ -237,7 +219,7 @@ impl<'de, T: DeserializeOwned + 'static> Visitor<'de> for AppendItems<'_, T> {
                 }
             };
         }
-        plain_types!(append);
+        sys::for_each_number!(append);
         Err(E::custom("not a plain number type"))
     }
 
