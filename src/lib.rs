@@ -48,6 +48,7 @@ mod awake;
 pub mod cluster;
 mod connection;
 mod error;
+mod family;
 pub mod launch;
 mod listener;
 mod manager;
@@ -66,6 +67,10 @@ mod wire;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
+pub use family::{
+    ActiveChild, MAIN_PROCESS_NAME, ParentProcess, ProcessInfo, active_children, current_process,
+    parent_process,
+};
 pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
     ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,

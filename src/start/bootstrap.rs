@@ -87,7 +87,8 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     if let Err(e) = reply(&sock, &BootReply::Started) {
         fail(format!("cannot answer the parent: {e}"));
     }
-    tracing::debug!(name = %boot.name, "child bootstrapped");
+    tracing::debug!(name = %boot.lineage.name, "child bootstrapped");
+    crate::family::become_child(boot.lineage);
     let fds = std::mem::take(&mut frame.fds);
     let code = run_entry(entry(frame.body(), fds), None);
     drop(sock);

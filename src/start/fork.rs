@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use super::handle::Child;
 use super::{Launch, bootstrap};
 use crate::error::{Error, Result};
+use crate::family::Lineage;
 use crate::sys;
 
 /// Starts a child with the `fork` method.
@@ -18,6 +19,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
     let mut keep: Vec<RawFd> = launch.args.fds.iter().map(|f| f.as_raw_fd()).collect();
     keep.sort_unstable();
     let me = sys::current_pid();
+    let lineage = Lineage::child_of_this(&launch.name, launch.daemon);
     sys::flush_std_streams();
     let forked = sys::fork_process().map_err(|e| Error::Start {
         name: launch.name.clone(),
@@ -53,6 +55,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         }
         // Python's children inherit the method that started them as their default.
         super::set_start_method(launch.method);
+        crate::family::become_child(lineage);
         let crate::wire::Encoded { bytes, fds } = launch.args;
         let code = bootstrap::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
@@ -62,8 +65,6 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         .map_err(Error::from)
         .and_then(|pidfd| Child::new(pid, pidfd))
         .inspect_err(|_| sys::kill_and_reap(pid))?;
-    if launch.track_at_exit {
-        child.track(launch.daemon, None);
-    }
+    child.track(&launch, None);
     Ok(child)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::registry;
+use super::{Launch, registry};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -29,14 +29,22 @@ impl Child {
         })
     }
 
-    /// Enters the child in the exit handler's table: at normal exit of this process, daemon
-    /// children are sent SIGTERM and every child is waited for, as Python does. A child
-    /// already reaped (one that answered its bootstrap and ended at once) needs neither.
-    pub(crate) fn track(&self, daemon: bool, keepalive: Option<OwnedFd>) {
-        if self.code.is_some() {
+    /// Enters the child in the registry of running children, if `launch` asks for it: at
+    /// normal exit of this process, daemon children are sent SIGTERM and every child is
+    /// waited for, as Python does. A child already reaped (one that answered its bootstrap
+    /// and ended at once) needs neither.
+    pub(crate) fn track(&self, launch: &Launch, keepalive: Option<OwnedFd>) {
+        if self.code.is_some() || !launch.track_at_exit {
             return;
         }
-        registry::track(self.pid, self.pidfd.get_ref().clone(), daemon, keepalive);
+        let pidfd = self.pidfd.get_ref().clone();
+        registry::track(
+            self.pid,
+            launch.name.clone(),
+            pidfd,
+            launch.daemon,
+            keepalive,
+        );
     }
 
     pub(crate) fn pid(&self) -> i32 {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Child, Launch};
 use crate::error::{Error, ExitCause, Result};
+use crate::family::Lineage;
 use crate::sys;
 use crate::task::process_entry_offset;
 use crate::wire::{FrameBuf, Framed, Hello, RecvBuf, max_frame_size, send_blocking};
@@ -18,7 +19,8 @@ use crate::wire::{FrameBuf, Framed, Hello, RecvBuf, max_frame_size, send_blockin
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Boot {
     pub(crate) hello: Hello,
-    pub(crate) name: String,
+    /// The child's name and daemon flag, and its parent's pid and name.
+    pub(crate) lineage: Lineage,
     pub(crate) entry: i64,
     pub(crate) max_frame: u64,
     /// The method that starts the child, which becomes its default start method.
@@ -54,7 +56,7 @@ fn start_error(launch: &Launch, pid: i32, message: String) -> Error {
 pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
     let mut frame = FrameBuf::of(&Boot {
         hello: launch.hello.clone(),
-        name: launch.name.clone(),
+        lineage: Lineage::child_of_this(&launch.name, launch.daemon),
         entry: process_entry_offset(launch.entry),
         max_frame: max_frame_size() as u64,
         method: launch.method.to_u8(),

@@ -1,14 +1,21 @@
-//! The registry of this process's children that the exit handler uses: at normal exit,
-//! daemon children are sent SIGTERM and every child is waited for, as Python's
-//! `multiprocessing` does at interpreter exit.
+//! The registry of this process's running children: what [`active_children`] lists, and
+//! what the exit handler uses: at normal exit, daemon children are sent SIGTERM and every
+//! child is waited for, as Python's `multiprocessing` does at interpreter exit.
+//!
+//! [`active_children`]: crate::active_children
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
+use crate::family::ActiveChild;
 use crate::sys;
 
 struct Tracked {
+    /// The order of starts, for [`running_children`].
+    seq: u64,
+    name: String,
     pidfd: Arc<OwnedFd>,
     daemon: bool,
     /// The parent's end of the bootstrap socket: while it is open the child sees no EOF.
@@ -17,6 +24,7 @@ struct Tracked {
 
 static CHILDREN: Mutex<Option<HashMap<i32, Tracked>>> = Mutex::new(None);
 static AT_EXIT: Once = Once::new();
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn table<R>(f: impl FnOnce(&mut HashMap<i32, Tracked>) -> R) -> R {
     let mut guard = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
@@ -24,7 +32,13 @@ fn table<R>(f: impl FnOnce(&mut HashMap<i32, Tracked>) -> R) -> R {
 }
 
 /// Enters a running child, installing the exit handler on first use.
-pub(super) fn track(pid: i32, pidfd: Arc<OwnedFd>, daemon: bool, keepalive: Option<OwnedFd>) {
+pub(super) fn track(
+    pid: i32,
+    name: String,
+    pidfd: Arc<OwnedFd>,
+    daemon: bool,
+    keepalive: Option<OwnedFd>,
+) {
     AT_EXIT.call_once(|| {
         if let Err(e) = sys::at_exit(at_exit) {
             tracing::warn!("cannot install the exit handler that joins children: {e}");
@@ -34,6 +48,8 @@ pub(super) fn track(pid: i32, pidfd: Arc<OwnedFd>, daemon: bool, keepalive: Opti
         t.insert(
             pid,
             Tracked {
+                seq: SEQ.fetch_add(1, Ordering::Relaxed),
+                name,
                 pidfd,
                 daemon,
                 _keepalive: keepalive,
@@ -45,6 +61,22 @@ pub(super) fn track(pid: i32, pidfd: Arc<OwnedFd>, daemon: bool, keepalive: Opti
 /// Removes a child that has been reaped.
 pub(super) fn forget(pid: i32) {
     table(|t| t.remove(&pid));
+}
+
+/// The children entered and not reaped that have not ended, in the order they were started.
+pub(crate) fn running_children() -> Vec<ActiveChild> {
+    let mut running: Vec<(u64, ActiveChild)> = table(|t| {
+        t.iter()
+            .filter(|(_, c)| !sys::readable_now(c.pidfd.as_fd()).unwrap_or(true))
+            .map(|(pid, c)| {
+                let child =
+                    ActiveChild::new(c.name.clone(), *pid as u32, c.daemon, c.pidfd.clone());
+                (c.seq, child)
+            })
+            .collect()
+    });
+    running.sort_unstable_by_key(|(seq, _)| *seq);
+    running.into_iter().map(|(_, c)| c).collect()
 }
 
 /// Runs at normal exit: SIGTERM to daemon children, then wait for every child.

@@ -99,9 +99,7 @@ pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
     let keepalive = handshake::handshake(ours, &mut child, &launch, frame).await?;
-    if launch.track_at_exit {
-        child.track(launch.daemon, Some(keepalive));
-    }
+    child.track(&launch, Some(keepalive));
     Ok(child)
 }
 

@@ -1,0 +1,228 @@
+//! This process, its parent and its children as Python's `multiprocessing` shows them:
+//! [`current_process`], [`parent_process`] and [`active_children`].
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::sys;
+
+/// The name of a process that no process of this crate started (Python's main process).
+pub const MAIN_PROCESS_NAME: &str = "MainProcess";
+
+/// What a child is told of itself and of its parent when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Lineage {
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pub(crate) parent_pid: u32,
+    pub(crate) parent_name: String,
+}
+
+impl Lineage {
+    /// The lineage of a child of this process named `name`.
+    pub(crate) fn child_of_this(name: &str, daemon: bool) -> Lineage {
+        Lineage {
+            name: name.to_string(),
+            daemon,
+            parent_pid: sys::current_pid() as u32,
+            parent_name: current_name(),
+        }
+    }
+}
+
+/// This process's lineage; `None` in a process that no process of this crate started.
+static LINEAGE: Mutex<Option<Lineage>> = Mutex::new(None);
+
+fn lineage() -> Option<Lineage> {
+    LINEAGE.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn current_name() -> String {
+    LINEAGE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map_or_else(|| MAIN_PROCESS_NAME.to_string(), |l| l.name.clone())
+}
+
+/// Takes on the lineage a child was started with, before its target runs (a forked child
+/// replaces the one it inherited from its parent's memory).
+pub(crate) fn become_child(lineage: Lineage) {
+    *LINEAGE.lock().unwrap_or_else(|p| p.into_inner()) = Some(lineage);
+}
+
+/// A process as Python's `multiprocessing.current_process()` shows one: its name, pid and
+/// daemon flag. Made by [`current_process`]; an [`ActiveChild`] derefs to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    name: String,
+    pid: u32,
+    daemon: bool,
+}
+
+impl ProcessInfo {
+    /// The name it was started with ([`ProcessBuilder::name`](crate::ProcessBuilder::name),
+    /// `Process-N` by default, `PoolWorker-N` in a pool's worker), or
+    /// [`MAIN_PROCESS_NAME`] in a process that no process of this crate started.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it was started as a daemon.
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+}
+
+/// Python's repr: `<Process(Process-1, started)>`, `<Process(MainProcess, started)>`.
+impl std::fmt::Display for ProcessInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let daemon = if self.daemon { ", daemon" } else { "" };
+        write!(f, "<Process({}, started{daemon})>", self.name)
+    }
+}
+
+/// This process: its name, pid and daemon flag (Python's
+/// `multiprocessing.current_process()`). In a process that no process of this crate
+/// started, the name is [`MAIN_PROCESS_NAME`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> tokio_multiprocessing::Result<()> {
+/// use tokio_multiprocessing as mp;
+///
+/// fn who() -> String {
+///     mp::current_process().name().to_string()
+/// }
+/// assert_eq!(mp::current_process().name(), "MainProcess");
+/// let pool = mp::Pool::new(1).await?;
+/// assert!(pool.apply(who, ()).await?.starts_with("PoolWorker-"));
+/// # Ok(()) }
+/// ```
+pub fn current_process() -> ProcessInfo {
+    let (name, daemon) = match lineage() {
+        Some(l) => (l.name, l.daemon),
+        None => (MAIN_PROCESS_NAME.to_string(), false),
+    };
+    ProcessInfo {
+        name,
+        pid: sys::current_pid() as u32,
+        daemon,
+    }
+}
+
+/// The process that started this one, as Python's `multiprocessing.parent_process()`
+/// shows it. Made by [`parent_process`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentProcess {
+    name: String,
+    pid: u32,
+}
+
+impl ParentProcess {
+    /// The parent's name, as its own [`current_process`] gave it when it started this
+    /// process.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The parent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the parent still runs. A child of this crate dies with its parent, so a child
+    /// mostly finds it alive; the answer is the kernel's all the same.
+    ///
+    /// # Errors
+    /// An I/O error if the kernel cannot be asked (no pidfd support).
+    pub fn is_alive(&self) -> Result<bool> {
+        Ok(!sys::process_gone(self.pid)?)
+    }
+}
+
+/// Python's repr: `<Process(MainProcess, started)>`.
+impl std::fmt::Display for ParentProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<Process({}, parent)>", self.name)
+    }
+}
+
+/// The process that started this one (its name and pid), or `None` in a process that no
+/// process of this crate started (Python's `multiprocessing.parent_process()`).
+pub fn parent_process() -> Option<ParentProcess> {
+    lineage().map(|l| ParentProcess {
+        name: l.parent_name,
+        pid: l.parent_pid,
+    })
+}
+
+/// A child of this process that runs still, as [`active_children`] lists it: its name, pid
+/// and daemon flag (it derefs to its [`ProcessInfo`]), and signals sent through its pidfd
+/// (which pins the process, so a signal can never reach another process that took its pid
+/// after it was reaped).
+#[derive(Debug, Clone)]
+pub struct ActiveChild {
+    info: ProcessInfo,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl ActiveChild {
+    pub(crate) fn new(name: String, pid: u32, daemon: bool, pidfd: Arc<OwnedFd>) -> ActiveChild {
+        ActiveChild {
+            info: ProcessInfo { name, pid, daemon },
+            pidfd,
+        }
+    }
+
+    /// Sends SIGTERM, as [`Process::terminate`](crate::Process::terminate); a child that
+    /// ended meanwhile is not an error. Its [`Process`](crate::Process) handle (or the
+    /// pool that owns it) sees the exit.
+    ///
+    /// # Errors
+    /// An I/O error from `pidfd_send_signal`.
+    pub fn terminate(&self) -> Result<()> {
+        Ok(sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGTERM)?)
+    }
+
+    /// Sends SIGKILL, as [`Process::kill`](crate::Process::kill).
+    ///
+    /// # Errors
+    /// As [`terminate`](Self::terminate).
+    pub fn kill(&self) -> Result<()> {
+        Ok(sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGKILL)?)
+    }
+}
+
+impl std::ops::Deref for ActiveChild {
+    type Target = ProcessInfo;
+
+    fn deref(&self) -> &ProcessInfo {
+        &self.info
+    }
+}
+
+/// Python's repr: `<Process(Process-1, started)>`.
+impl std::fmt::Display for ActiveChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.info.fmt(f)
+    }
+}
+
+/// The children of this process that run still, in the order they were started (Python's
+/// `multiprocessing.active_children()`): every [`Process`](crate::Process), pool worker and
+/// manager server this process started and that has not ended. Unlike Python's, the call
+/// reaps nothing: a child's handle (or its pool) does that.
+pub fn active_children() -> Vec<ActiveChild> {
+    crate::start::running_children()
+}

@@ -1,0 +1,299 @@
+//! A process's view of itself, its parent and its children: `current_process()`,
+//! `parent_process()` and `active_children()`, in the main process, in children of every
+//! start method, in a grandchild and in a pool's worker. Ported from CPython's
+//! `_test_multiprocessing.py` (`_TestProcess.test_current`, `test_parent_process`,
+//! `test_active_children`), whose test each case names.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::TestResult;
+use support::process::METHODS;
+use tokio_multiprocessing::{self as mp, Process, StartMethod};
+
+fn main() {
+    mp::init(); // a re-executed child never gets past this line
+    support::run(trials![
+        the_main_process_is_named_so_and_has_no_parent,
+        a_child_knows_its_name_daemon_flag_and_parent,
+        a_forked_child_knows_its_name_and_parent,
+        a_grandchild_names_the_child_that_started_it,
+        a_pool_worker_knows_it_is_one,
+        active_children_lists_running_children_until_they_end,
+    ])
+}
+
+/// What a process reports of itself: its name, pid and daemon flag, and its parent's name
+/// and pid with whether it is alive.
+type Family = (String, u32, bool, Option<(String, u32, bool)>);
+
+fn family() -> Family {
+    let me = mp::current_process();
+    let parent = mp::parent_process().map(|p| {
+        let alive = p.is_alive().unwrap_or(false);
+        (p.name().to_string(), p.pid(), alive)
+    });
+    (me.name().to_string(), me.pid(), me.daemon(), parent)
+}
+
+// ---------------------------------------------------------------- targets
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(3)
+        }
+    }
+}
+
+/// Puts what this process knows of its family on `q`.
+fn put_family(q: mp::Queue<Family>) {
+    if current_thread_runtime().block_on(q.put(family())).is_err() {
+        std::process::exit(2);
+    }
+}
+
+/// The same from an `async fn` target, which runs on a runtime the crate builds (a forked
+/// child's own target cannot build one: the parent's runtime descriptors are closed in it).
+async fn put_family_async(q: mp::Queue<Family>) {
+    if q.put(family()).await.is_err() {
+        std::process::exit(2);
+    }
+}
+
+/// Puts its own family on `q`, then starts a child named `child_name` with `method` that
+/// puts its family on `q` too, and exits with that child's exit code.
+fn put_family_and_nest(q: mp::Queue<Family>, child_name: String, method: String) {
+    let code = current_thread_runtime().block_on(async move {
+        q.put(family()).await.map_err(|e| e.to_string())?;
+        let method: StartMethod = method.parse().map_err(|e: mp::Error| e.to_string())?;
+        let mut p = Process::new(put_family_async, (q,))
+            .name(child_name)
+            .start_method(method)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        p.join().await.map_err(|e| e.to_string())
+    });
+    std::process::exit(code.unwrap_or_else(|e| {
+        eprintln!("nested start: {e}");
+        3
+    }))
+}
+
+fn sleep_secs(s: u64) {
+    std::thread::sleep(Duration::from_secs(s));
+}
+
+fn pool_worker_family() -> Family {
+    family()
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn the_main_process_is_named_so_and_has_no_parent() -> TestResult {
+    // _TestProcess.test_current: the main process is "MainProcess", not a daemon;
+    // test_parent_process: it has no parent process.
+    let me = mp::current_process();
+    ensure!(me.name() == "MainProcess", "name {}", me.name());
+    ensure!(me.pid() == std::process::id(), "pid {}", me.pid());
+    ensure!(!me.daemon(), "the main process is a daemon");
+    ensure!(
+        mp::parent_process().is_none(),
+        "the main process has a parent: {:?}",
+        mp::parent_process()
+    );
+    ensure!(me.to_string() == "<Process(MainProcess, started)>", "{me}");
+    Ok(())
+}
+
+async fn a_child_knows_its_name_daemon_flag_and_parent() -> TestResult {
+    // _TestProcess.test_current and test_parent_process, in a child of each method: the
+    // child's name and daemon flag are those it was started with, its parent the main
+    // process.
+    for m in METHODS {
+        for daemon in [false, true] {
+            let q = mp::Queue::<Family>::new()?;
+            let name = format!("reporter-{}-{daemon}", m.name());
+            let mut p = Process::new(put_family, (q.clone(),))
+                .name(name.clone())
+                .daemon(daemon)
+                .start_method(m)
+                .start()
+                .await?;
+            let got = q.get_timeout(Duration::from_secs(30)).await?;
+            support::join_ok(&mut p).await?;
+            let want: Family = (
+                name,
+                p.pid(),
+                daemon,
+                Some(("MainProcess".into(), std::process::id(), true)),
+            );
+            ensure!(
+                got == want,
+                "{m:?}: the child reported {got:?}, not {want:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn a_forked_child_knows_its_name_and_parent() -> TestResult {
+    // The same for the fork method, whose child inherits its parent's memory (and so the
+    // parent's own view of itself, which it must replace): fork needs a single-threaded
+    // parent, so a spawned child forks the reporter.
+    let q = mp::Queue::<Family>::new()?;
+    let mut p = Process::new(
+        put_family_and_nest,
+        (q.clone(), "forked".to_string(), "fork".to_string()),
+    )
+    .name("forker")
+    .start()
+    .await?;
+    let forker = q.get_timeout(Duration::from_secs(30)).await?;
+    let forked = q.get_timeout(Duration::from_secs(30)).await?;
+    support::join_ok(&mut p).await?;
+    ensure!(
+        forker.0 == "forker",
+        "the forking child reported {forker:?}"
+    );
+    ensure!(
+        forked.0 == "forked" && !forked.2 && forked.1 != p.pid(),
+        "the forked child reported {forked:?}"
+    );
+    ensure!(
+        forked.3 == Some(("forker".into(), p.pid(), true)),
+        "the forked child named its parent {:?}, not forker ({})",
+        forked.3,
+        p.pid()
+    );
+    Ok(())
+}
+
+async fn a_grandchild_names_the_child_that_started_it() -> TestResult {
+    // _TestProcess.test_parent_process: a grandchild's parent is the child, by name and pid.
+    for m in METHODS {
+        let q = mp::Queue::<Family>::new()?;
+        let mut p = Process::new(
+            put_family_and_nest,
+            (q.clone(), "grandchild".to_string(), m.name().to_string()),
+        )
+        .name("middle")
+        .start_method(m)
+        .start()
+        .await?;
+        let middle = q.get_timeout(Duration::from_secs(30)).await?;
+        let grandchild = q.get_timeout(Duration::from_secs(30)).await?;
+        support::join_ok(&mut p).await?;
+        ensure!(
+            middle.3 == Some(("MainProcess".into(), std::process::id(), true)),
+            "{m:?}: the child named its parent {:?}",
+            middle.3
+        );
+        ensure!(
+            grandchild.0 == "grandchild" && grandchild.3 == Some(("middle".into(), p.pid(), true)),
+            "{m:?}: the grandchild reported {grandchild:?}; its parent is middle ({})",
+            p.pid()
+        );
+    }
+    Ok(())
+}
+
+async fn a_pool_worker_knows_it_is_one() -> TestResult {
+    let pool = mp::Pool::new(1).await?;
+    let (name, pid, daemon, parent) = pool.apply(pool_worker_family, ()).await?;
+    ensure!(
+        name.starts_with("PoolWorker-"),
+        "a pool worker named {name}"
+    );
+    ensure!(
+        pid != std::process::id(),
+        "the worker reported this process's pid"
+    );
+    ensure!(daemon, "a pool worker is a daemon, as in Python");
+    ensure!(
+        parent == Some(("MainProcess".into(), std::process::id(), true)),
+        "a pool worker named its parent {parent:?}"
+    );
+    Ok(())
+}
+
+async fn active_children_lists_running_children_until_they_end() -> TestResult {
+    // _TestProcess.test_active_children: a child is listed from its start until it ends;
+    // here also in the order of starts, and signalled through its listing.
+    let mine = |pids: &[u32]| -> Vec<(u32, String)> {
+        mp::active_children()
+            .into_iter()
+            .filter(|c| pids.contains(&c.pid()))
+            .map(|c| (c.pid(), c.name().to_string()))
+            .collect()
+    };
+    let mut a = Process::new(sleep_secs, (60,))
+        .name("sleeper-a")
+        .start()
+        .await?;
+    let mut b = Process::new(sleep_secs, (60,))
+        .name("sleeper-b")
+        .daemon(true)
+        .start()
+        .await?;
+    let pids = [a.pid(), b.pid()];
+    let listed = mine(&pids);
+    ensure!(
+        listed == vec![(a.pid(), "sleeper-a".into()), (b.pid(), "sleeper-b".into())],
+        "active_children listed {listed:?}"
+    );
+    let b_listed = mp::active_children()
+        .into_iter()
+        .find(|c| c.pid() == b.pid());
+    ensure!(
+        b_listed.as_ref().is_some_and(|c| c.daemon()),
+        "b listed as {b_listed:?}"
+    );
+
+    // Terminated through its listing: its own handle sees SIGTERM.
+    let Some(a_listed) = mp::active_children()
+        .into_iter()
+        .find(|c| c.pid() == a.pid())
+    else {
+        return Err("sleeper-a is not listed".into());
+    };
+    a_listed.terminate()?;
+    let code = support::join_code(&mut a).await?;
+    ensure!(
+        code == -15,
+        "sleeper-a ended with {code}, not -15 (SIGTERM)"
+    );
+    let listed = mine(&pids);
+    ensure!(
+        listed == vec![(b.pid(), "sleeper-b".into())],
+        "after sleeper-a ended, active_children listed {listed:?}"
+    );
+
+    // A child that ended but was not reaped yet is not listed either.
+    b.kill()?;
+    ensure!(
+        support::eventually(Duration::from_secs(10), || support::is_zombie_or_gone(
+            b.pid()
+        ))
+        .await,
+        "sleeper-b outlived SIGKILL"
+    );
+    let listed = mine(&pids);
+    ensure!(
+        listed.is_empty(),
+        "after both ended, active_children listed {listed:?}"
+    );
+    // Signalling a child that ended is no error (its pidfd pins it).
+    ensure!(a_listed.kill().is_ok(), "killing an ended child failed");
+    let code = support::join_code(&mut b).await?;
+    ensure!(code == -9, "sleeper-b ended with {code}, not -9 (SIGKILL)");
+    Ok(())
+}
