@@ -407,6 +407,106 @@ async fn closed_pool() -> TestResult {
     Ok(())
 }
 
+// test_imap_unordered / Python's `it = pool.imap(f, xs); pool.close(); list(it); pool.join()`:
+// a stream made before the close is a call made before it; every input runs.
+async fn a_stream_made_before_close_runs_every_input() -> TestResult {
+    let want: Vec<i64> = (0..100).map(|x| x * x).collect();
+    let pool = Pool::new(2).await?;
+    let stream = pool.imap(sqr, 0..100).chunksize(1);
+    pool.close();
+    let got: Vec<i64> = futures::TryStreamExt::try_collect(stream).await?;
+    ensure!(
+        got == want,
+        "imap read after close gave {} results",
+        got.len()
+    );
+    tokio::time::timeout(Duration::from_secs(20), pool.join()).await??;
+
+    // Closed after the first result, unordered.
+    let pool = Pool::new(2).await?;
+    let mut stream = pool.imap_unordered(sqr, 0..100).chunksize(1);
+    let mut got = vec![stream.next().await.ok_or("no first result")??];
+    pool.close();
+    while let Some(r) = stream.next().await {
+        got.push(r?);
+    }
+    got.sort_unstable();
+    ensure!(
+        got == want,
+        "imap_unordered closed midway gave {} results",
+        got.len()
+    );
+    tokio::time::timeout(Duration::from_secs(20), pool.join()).await??;
+    Ok(())
+}
+
+// test_terminate, test_imap on a closed pool: the tasks a pool refuses end the stream, after
+// an error for each input read.
+async fn a_refused_stream_ends_with_pool_closed_errors() -> TestResult {
+    let pool = Pool::new(2).await?;
+    pool.close();
+    let after_close: Vec<_> = pool.imap(sqr, 0..50).collect().await;
+    ensure!(
+        !after_close.is_empty()
+            && after_close
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.is_pool_closed())),
+        "a stream made after close gave {after_close:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(20), pool.join()).await??;
+
+    let pool = Pool::new(2).await?;
+    let mut stream = pool.imap(sleep_ms, vec![200u64; 1000]).chunksize(1);
+    ensure!(stream.next().await.is_some_and(|r| r.is_ok()), "first item");
+    pool.terminate().await?;
+    let rest: Vec<_> = stream.collect().await;
+    ensure!(
+        // A task that finished before the workers were killed answers with its result.
+        rest.len() < 999
+            && rest.iter().all(|r| match r {
+                Ok(_) => true,
+                Err(e) => e.is_pool_closed(),
+            }),
+        "after terminate the stream gave {} items: {:?}",
+        rest.len(),
+        rest.iter().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+// A join after close waits for the streams made before it, and a stream dropped unread
+// holds nothing up.
+async fn join_waits_for_a_stream_made_before_close() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let pids = worker_pids(&pool).await?;
+    let mut stream = pool.imap(sqr, 0..10).chunksize(1);
+    ensure!(
+        stream.next().await.is_some_and(|r| r.is_ok_and(|v| v == 0)),
+        "first item"
+    );
+    pool.close();
+    {
+        let join = pool.join();
+        tokio::pin!(join);
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut join).await;
+        ensure!(
+            early.is_err(),
+            "join returned while the stream had inputs to submit"
+        );
+        ensure!(
+            pids.iter().all(|p| exists(*p)),
+            "workers exited while the stream had inputs to submit"
+        );
+        drop(stream);
+        tokio::time::timeout(Duration::from_secs(20), join).await??;
+    }
+    ensure!(
+        gone(&pids).await,
+        "workers exited after the stream was dropped"
+    );
+    Ok(())
+}
+
 // test_context: dropping the pool (Python's `with Pool()`) kills its workers, no zombie.
 async fn drop_terminates_workers() -> TestResult {
     let fds = support::open_fds();
@@ -749,6 +849,9 @@ fn main() {
             unencodable_result,
             unencodable_argument_and_undecodable_result,
             closed_pool,
+            a_stream_made_before_close_runs_every_input,
+            a_refused_stream_ends_with_pool_closed_errors,
+            join_waits_for_a_stream_made_before_close,
             cancel_queued_and_running,
             map_over_number_types,
             pool_serves_before_all_workers_are_ready,

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::Shared;
 use super::async_result::{Answer, AsyncResult, decode_outcome};
 use super::map_result::items;
+use super::scheduler::Cmd;
 use crate::error::TaskError;
 use crate::task::ChunkOut;
 use crate::wire::Encoded;
@@ -98,7 +100,15 @@ fn indexed_items<R: Send + 'static>(
 ///
 /// It reads its input lazily, when polled, and keeps at most a bounded window of chunks
 /// submitted and not yet yielded (four per worker), so an endless iterator is fine and
-/// memory stays flat. It yields exactly one item per input. An input whose task failed
+/// memory stays flat. Its inputs count as submitted when the stream is made: a
+/// [`close`](crate::Pool::close) after that lets it read and submit them all, and
+/// [`join`](crate::Pool::join) waits until it has (so read it to its end, or drop it,
+/// before awaiting `join`).
+///
+/// It yields exactly one item per input, unless the pool refuses its tasks: a stream made
+/// after the pool was closed, or whose pool is terminated (or dropped) while it runs,
+/// yields the error ([`TaskError::is_pool_closed`]) for each input it had read, then ends
+/// without reading more. An input whose task failed
 /// yields its [`TaskError`], which names the input's index ([`TaskError::input_index`], so
 /// that failures can be placed in [`imap_unordered`](crate::Pool::imap_unordered)'s stream
 /// too); a
@@ -112,6 +122,9 @@ fn indexed_items<R: Send + 'static>(
 #[must_use = "streams do nothing unless polled"]
 pub struct IMap<R: DeserializeOwned + 'static> {
     shared: Arc<Shared>,
+    /// Its id for the scheduler, which lets it submit after a close if it was made before
+    /// (see [`Cmd::StreamOpened`]).
+    id: u64,
     next_chunk: NextChunk,
     entry: super::Entry,
     chunksize: usize,
@@ -138,6 +151,23 @@ impl<R: DeserializeOwned + 'static> std::fmt::Debug for IMap<R> {
     }
 }
 
+/// A stream dropped before its end submits nothing more: a close need not wait for it.
+impl<R: DeserializeOwned + 'static> Drop for IMap<R> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl<R: DeserializeOwned + 'static> IMap<R> {
+    /// Reads no more input, and tells the scheduler so (once).
+    fn end(&mut self) {
+        if !self.exhausted {
+            self.exhausted = true;
+            let _ = self.shared.cmds.send(Cmd::StreamEnded(self.id));
+        }
+    }
+}
+
 impl<R: DeserializeOwned + Send + 'static> IMap<R> {
     pub(super) fn new(
         shared: Arc<Shared>,
@@ -146,8 +176,14 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
         ordered: bool,
     ) -> IMap<R> {
         let window = 4 * shared.processes.max(1);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // Made after a close: its tasks are refused, as any others.
+        if !shared.closed.load(Ordering::Acquire) {
+            let _ = shared.cmds.send(Cmd::StreamOpened(id));
+        }
         IMap {
             shared,
+            id,
             next_chunk,
             entry,
             chunksize: 1,
@@ -196,7 +232,7 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
             }
             while !this.exhausted && this.in_flight() < this.window {
                 let Some((len, enc)) = (this.next_chunk)(this.chunksize) else {
-                    this.exhausted = true;
+                    this.end();
                     break;
                 };
                 // A chunk that cannot be encoded fails in the submission, in its place.
@@ -204,7 +240,9 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                     start: this.next_index,
                     len,
                     sent: Instant::now(),
-                    result: this.shared.submit::<ChunkOut<R>>(this.entry, enc, None),
+                    result: this
+                        .shared
+                        .submit_from(Some(this.id), this.entry, enc, None),
                 };
                 this.next_index += len;
                 match &mut this.pending {
@@ -231,7 +269,7 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                         this.chunksize = next_chunksize(this.chunksize, len, took);
                     }
                     if chunk.as_ref().is_err_and(|e| e.is_pool_closed()) {
-                        this.exhausted = true;
+                        this.end();
                     }
                     this.ready.extend(indexed_items(start, len, chunk));
                 }

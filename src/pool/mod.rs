@@ -105,6 +105,19 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return AsyncResult::failed(TaskError::pool_closed());
         }
+        self.submit_from(None, entry, payload, timeout)
+    }
+
+    /// [`submit`](Self::submit) for the `imap` stream `stream` (see [`Cmd::StreamOpened`]),
+    /// if any: the scheduler takes a stream's task after a close if the stream was made
+    /// before it.
+    fn submit_from<R: DeserializeOwned>(
+        &self,
+        stream: Option<u64>,
+        entry: Entry,
+        payload: Result<impl Into<Payload>>,
+        timeout: Option<Duration>,
+    ) -> AsyncResult<R> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let payload = payload.map(Into::into);
@@ -116,7 +129,7 @@ impl Shared {
             tx,
             self.remote,
         ) {
-            Ok(job) => job,
+            Ok(job) => Job { stream, ..job },
             Err((_, e)) => return AsyncResult::failed(e),
         };
         if self.cmds.send(Cmd::Submit(job)).is_err() {
@@ -169,6 +182,7 @@ fn checked_job(
         timeout,
         retries: 0,
         reply: Some(reply),
+        stream: None,
     })
 }
 
@@ -517,14 +531,19 @@ impl Pool {
     }
 
     /// Stops taking tasks (Python's `close()`): tasks already submitted run to their end,
-    /// then the workers exit. Later submissions fail ([`TaskError::is_pool_closed`]).
+    /// then the workers exit. Later submissions fail ([`TaskError::is_pool_closed`]). The
+    /// inputs of an [`imap`](Self::imap) or [`imap_unordered`](Self::imap_unordered)
+    /// stream made before count as submitted: the stream reads and submits them all.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         let _ = self.shared.cmds.send(Cmd::Close);
     }
 
     /// Waits for every worker to exit (Python's `join()`), after [`close`](Self::close) or
-    /// [`terminate`](Self::terminate).
+    /// [`terminate`](Self::terminate). After a close, that is once every task submitted has
+    /// run, those of the `imap` streams made before the close included: such a stream
+    /// submits its inputs as it is read, so read it to its end (or drop it) before awaiting
+    /// `join`, or alongside.
     ///
     /// # Errors
     /// [`Error::PoolRunning`] if the pool was neither closed nor terminated.

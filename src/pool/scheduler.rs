@@ -88,6 +88,8 @@ pub(super) struct Job {
     /// Where the answer goes; `None` once it is in [`Replies`] (a task sent again after
     /// its worker died).
     pub(super) reply: Option<oneshot::Sender<Outcome>>,
+    /// The `imap` stream it comes from (see [`Cmd::StreamOpened`]), if any.
+    pub(super) stream: Option<u64>,
 }
 
 /// Where the answers of the tasks in flight go, by task id. A worker's reader task answers
@@ -119,6 +121,12 @@ pub(super) enum Cmd {
         id: u64,
         running: bool,
     },
+    /// An `imap` stream was made, under this id: its inputs count as submitted, so a close
+    /// lets the stream submit them all (and waits for them) until [`Cmd::StreamEnded`].
+    /// Unless the pool was closed first: then its tasks are refused as any others.
+    StreamOpened(u64),
+    /// The stream has submitted all its inputs, or was dropped.
+    StreamEnded(u64),
     Close,
     Join(oneshot::Sender<()>),
     Terminate(Option<oneshot::Sender<()>>),
@@ -201,6 +209,8 @@ pub(super) struct Scheduler {
     /// Tasks announced by [`Cmd::Expect`] and not yet arrived: whether each was cancelled
     /// meanwhile.
     expected: IdMap<bool>,
+    /// The `imap` streams made while the pool was open that may still submit tasks.
+    streams: BTreeSet<u64>,
     workers: IdMap<Slot>,
     next_wid: u64,
     starting: usize,
@@ -244,6 +254,7 @@ impl Scheduler {
             events_tx,
             queue: VecDeque::new(),
             expected: IdMap::default(),
+            streams: BTreeSet::new(),
             workers: IdMap::default(),
             next_wid: 0,
             starting: starts.pending,
@@ -400,7 +411,10 @@ impl Scheduler {
         match cmd {
             Cmd::Submit(mut job) => {
                 job.retries = self.cfg.retries_on_worker_loss;
-                if self.phase != Phase::Open {
+                let of_open_stream = job.stream.is_some_and(|s| self.streams.contains(&s));
+                if self.phase == Phase::Terminating
+                    || (self.phase == Phase::Closed && !of_open_stream)
+                {
                     self.answer_job(job, Err(TaskError::pool_closed()));
                 } else if let (Some(e), true) = (&self.broken, self.workers.is_empty()) {
                     let e = TaskError::local(e.clone());
@@ -434,6 +448,14 @@ impl Scheduler {
                 }
             }
             Cmd::Cancel { id, running } => self.cancel(id, running),
+            Cmd::StreamOpened(id) => {
+                if self.phase == Phase::Open {
+                    self.streams.insert(id);
+                }
+            }
+            Cmd::StreamEnded(id) => {
+                self.streams.remove(&id);
+            }
             Cmd::Close => {
                 if self.phase == Phase::Open {
                     self.phase = Phase::Closed;
@@ -447,13 +469,15 @@ impl Scheduler {
         }
     }
 
-    /// Whether no task is waiting for a worker: none queued, none on its way.
+    /// Whether no task is waiting for a worker: none queued, none on its way, and no stream
+    /// left that may submit more.
     fn drained(&self) -> bool {
-        self.queue.is_empty() && self.expected.is_empty()
+        self.queue.is_empty() && self.expected.is_empty() && self.streams.is_empty()
     }
 
     fn terminate(&mut self) {
         self.phase = Phase::Terminating;
+        self.streams.clear();
         for job in std::mem::take(&mut self.queue) {
             self.answer_job(job, Err(TaskError::pool_closed()));
         }
@@ -698,6 +722,7 @@ impl Scheduler {
                     timeout: run.timeout,
                     retries: run.retries,
                     reply: None,
+                    stream: None,
                 }),
                 (false, Some(payload)) if run.retries > 0 => {
                     tracing::debug!(id, pid = slot.pid, "running a lost worker's task again");
@@ -709,6 +734,7 @@ impl Scheduler {
                         timeout: run.timeout,
                         retries: run.retries - 1,
                         reply: None,
+                        stream: None,
                     });
                 }
                 _ => {
