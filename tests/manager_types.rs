@@ -19,6 +19,7 @@ fn main() {
     mp::init();
     support::run(trials![
         namespace_attributes_and_repr,
+        a_timeout_too_long_to_represent_is_none,
         queue_between_processes,
         queue_timeouts_give_empty_and_full,
         a_waiting_get_holds_up_nothing_else,
@@ -293,6 +294,38 @@ async fn semaphores_count_and_bounded_ones_refuse_over_release() -> TestResult {
 async fn wait_then_record(e: EventProxy, d: mp::DictProxy<String, u32>) -> mp::Result<()> {
     e.wait().await?;
     d.insert("woke".into(), std::process::id()).await?;
+    Ok(())
+}
+
+// `Duration::MAX` (any time too long to represent) as a proxy's timeout means none: the
+// server waits until the call can be answered.
+async fn a_timeout_too_long_to_represent_is_none() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let e = m.event().await?;
+    let waiter = {
+        let e = e.clone();
+        tokio::spawn(async move { e.wait_timeout(Duration::MAX).await })
+    };
+    let l = m.lock().await?;
+    l.lock().await?;
+    let locker = {
+        let l = l.clone();
+        tokio::spawn(async move { l.lock_timeout(Duration::MAX).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    e.set().await?;
+    l.release().await?;
+    let woke = tokio::time::timeout(Duration::from_secs(20), waiter).await??;
+    ensure!(
+        matches!(woke, Ok(true)),
+        "wait_timeout(MAX) after set: {woke:?}"
+    );
+    let locked = tokio::time::timeout(Duration::from_secs(20), locker).await??;
+    ensure!(
+        locked.is_ok(),
+        "lock_timeout(MAX) after release: {locked:?}"
+    );
+    ensure!(m.dict::<u32, u32>().await.is_ok(), "the server serves on");
     Ok(())
 }
 

@@ -31,6 +31,7 @@ fn main() {
         worker_killed_with_tasks_waiting_behind,
         worker_abort_and_exit_mid_task,
         task_timeout_kills_and_replaces,
+        a_timeout_too_long_to_represent_is_none,
     ]);
 }
 
@@ -532,5 +533,28 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
         .await;
     ensure!(e.as_ref().is_err_and(|e| e.is_timeout()), "{e:?}");
     ensure!(pool.apply(sqr, (2,)).await? == 4, "serves after");
+    Ok(())
+}
+
+// `Duration::MAX` (or any time too long to represent) as a timeout means none: the task runs
+// to its end and the pool serves on.
+async fn a_timeout_too_long_to_represent_is_none() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::MAX)
+        .build()
+        .await?;
+    ensure!(
+        pool.apply(sleep_ms, (50,)).await.is_ok(),
+        "a task under task_timeout(MAX)"
+    );
+    let earlier = pool.apply_async(sleep_ms, (300,));
+    ensure!(
+        pool.apply_timeout(sqr, (3,), Duration::MAX).await? == 9,
+        "apply_timeout(MAX)"
+    );
+    ensure!(earlier.await.is_ok(), "the task submitted before");
+    ensure!(pool.apply(sqr, (4,)).await? == 16, "serves after");
+    ensure!(pool.stats().workers_lost == 0, "{:?}", pool.stats());
     Ok(())
 }

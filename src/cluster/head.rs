@@ -451,7 +451,7 @@ impl Cluster {
     /// the agent's spawn and the worker's link.
     pub(crate) async fn start_worker(&self, timeout: Duration) -> Result<RemoteStart> {
         let table = &*self.inner.table;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::sync::deadline_or_never(timeout);
         let timed_out = |what: &str| Error::Start {
             name: "cluster worker".into(),
             pid: 0,

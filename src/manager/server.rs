@@ -494,7 +494,8 @@ pub(super) fn deadline(wait: Wait) -> Option<tokio::time::Instant> {
     match wait {
         Wait::No => Some(now),
         Wait::Forever => None,
-        Wait::For(d) => Some(now + d),
+        // A time too long to represent is for ever.
+        Wait::For(d) => now.checked_add(d),
     }
 }
 

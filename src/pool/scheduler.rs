@@ -672,8 +672,8 @@ impl Scheduler {
                     if run.retries == 0 {
                         run.copy = None;
                     }
-                    if let Some(t) = run.timeout {
-                        let d = Instant::now() + t;
+                    // A timeout too long to represent is none.
+                    if let Some(d) = run.timeout.and_then(crate::sync::deadline) {
                         run.deadline = Some(d);
                         self.deadlines.insert((d, *id));
                     }
@@ -878,9 +878,9 @@ impl Scheduler {
         } else {
             slot.sync.push_back(job.id);
         }
-        let deadline = match (started, job.timeout) {
-            (true, Some(t)) => {
-                let d = Instant::now() + t;
+        // A timeout too long to represent is none.
+        let deadline = match (started, job.timeout.and_then(crate::sync::deadline)) {
+            (true, Some(d)) => {
                 self.deadlines.insert((d, job.id));
                 Some(d)
             }

@@ -88,6 +88,13 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// The deadline `timeout` from now, where one is needed even for a timeout too long to
+/// represent (`Duration::MAX`, say): then a century from now, which never comes.
+pub(crate) fn deadline_or_never(timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    deadline(timeout.min(CENTURY)).unwrap_or_else(Instant::now)
+}
+
 /// Runs `fut` until `deadline`, if any; [`Error::Timeout`] after it.
 pub(crate) async fn until<T>(
     deadline: Option<Instant>,
