@@ -374,7 +374,28 @@ async fn condition_wait_and_notify() -> TestResult {
         ),
         "wait without the lock"
     );
+    // Python's RuntimeError: cannot notify on un-acquired lock.
+    ensure!(
+        matches!(c.notify(1).await, Err(Error::NotHeld)),
+        "notify without the lock"
+    );
+    ensure!(
+        matches!(c.notify_all().await, Err(Error::NotHeld)),
+        "notify_all without the lock"
+    );
     c.lock().await?;
+    ensure!(
+        c.notify(1).await.is_ok(),
+        "notify with the lock, nobody waiting"
+    );
+    let other_task = {
+        let c = c.clone();
+        tokio::spawn(async move { c.notify_all().await })
+    };
+    ensure!(
+        matches!(other_task.await?, Err(Error::NotHeld)),
+        "notify_all from a task that does not hold the lock"
+    );
     let mut p = Process::new(notify_when_ready, (c.clone(), ns.clone()))
         .start()
         .await?;
@@ -677,7 +698,9 @@ async fn a_withdrawn_condition_wait_leaves_the_lock_released() -> TestResult {
         let (c, stop) = (c.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.lock().await?;
                 c.notify_all().await?;
+                c.release().await?;
                 tokio::task::yield_now().await;
             }
             Ok::<_, mp::Error>(())

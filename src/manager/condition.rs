@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::lock::{LockOps, LockState, lock_methods};
-use super::proto::{ConditionOp, LockOp, Reply, Request, Wait};
+use super::proto::{ConditionOp, Failure, LockOp, Reply, Request, Wait};
 use super::server::{Caller, Shared, Step, deadline, object};
 use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
@@ -35,11 +35,17 @@ impl ConditionState {
     pub(super) fn handle(&mut self, caller: Caller, op: ConditionOp) -> Reply {
         match op {
             ConditionOp::Lock(op) => self.lock.handle(caller, op),
-            ConditionOp::Notify(n) => {
+            // Python's `RuntimeError: cannot notify on un-acquired lock`.
+            ConditionOp::Notify { owner, .. } | ConditionOp::NotifyAll { owner }
+                if !self.lock.held_by(caller, owner) =>
+            {
+                Reply::Failed(Failure::NotHeld)
+            }
+            ConditionOp::Notify { n, .. } => {
                 self.notify(n as usize);
                 Reply::Done
             }
-            ConditionOp::NotifyAll => {
+            ConditionOp::NotifyAll { .. } => {
                 self.notify(usize::MAX);
                 Reply::Done
             }
@@ -173,10 +179,12 @@ impl ConditionProxy {
         self.wait_with(Wait::For(timeout)).await
     }
 
-    /// Wakes up to `n` waiters (Python's `notify(n)`).
+    /// Wakes up to `n` waiters (Python's `notify(n)`). The calling task must hold the lock.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::NotHeld`](crate::Error::NotHeld) if the calling task does not hold the
+    /// lock (Python's `RuntimeError`); [`Error::Closed`](crate::Error::Closed) if the server
+    /// is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have notified.
@@ -184,22 +192,33 @@ impl ConditionProxy {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         let r = self
             .0
-            .call(Request::Condition(self.0.id, ConditionOp::Notify(n)))
+            .call(Request::Condition(
+                self.0.id,
+                ConditionOp::Notify {
+                    n,
+                    owner: task_token(),
+                },
+            ))
             .await?;
         expect_done(r)
     }
 
-    /// Wakes every waiter (Python's `notify_all()`).
+    /// Wakes every waiter (Python's `notify_all()`). The calling task must hold the lock.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// As [`notify`](Self::notify).
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have notified.
     pub async fn notify_all(&self) -> Result<()> {
         let r = self
             .0
-            .call(Request::Condition(self.0.id, ConditionOp::NotifyAll))
+            .call(Request::Condition(
+                self.0.id,
+                ConditionOp::NotifyAll {
+                    owner: task_token(),
+                },
+            ))
             .await?;
         expect_done(r)
     }

@@ -125,13 +125,20 @@ impl LockState {
     /// Returns the levels released.
     pub(super) fn release_all(&mut self, caller: Caller, owner: u64) -> Result<u32, Failure> {
         match self.holder {
-            Some(h) if h.caller.conn == caller.conn && (!self.reentrant || h.owner == owner) => {
+            Some(h) if self.held_by(caller, owner) => {
                 self.holder = None;
                 self.freed.notify_waiters();
                 Ok(h.count)
             }
             _ => Err(Failure::NotHeld),
         }
+    }
+
+    /// Whether `owner` on `caller`'s connection holds the lock (for a plain lock, any task
+    /// of that connection does).
+    pub(super) fn held_by(&self, caller: Caller, owner: u64) -> bool {
+        self.holder
+            .is_some_and(|h| h.caller.conn == caller.conn && (!self.reentrant || h.owner == owner))
     }
 
     /// Takes the lock back at `count` levels after a condition's wait; the wait to do

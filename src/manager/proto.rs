@@ -274,8 +274,14 @@ pub(super) enum ConditionOp {
         owner: u64,
         wait: Wait,
     },
-    Notify(u32),
-    NotifyAll,
+    /// Wakes up to `n` waiters; `owner` (with the connection) must hold the lock.
+    Notify {
+        n: u32,
+        owner: u64,
+    },
+    NotifyAll {
+        owner: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
