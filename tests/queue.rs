@@ -292,6 +292,28 @@ async fn put_until(q: mp::Queue<Vec<u8>>, stop: mp::Event) {
 
 // ---- tests ----
 
+/// An unbounded queue holds `UNBOUNDED_CAPACITY` items: then `full()` says so, as
+/// `put_nowait` does (`Full`), and one `get` makes room again.
+async fn an_unbounded_queue_is_full_at_its_capacity() -> TestResult {
+    let q = mp::Queue::<u8>::new()?;
+    for n in 0..mp::Queue::<u8>::UNBOUNDED_CAPACITY {
+        ensure!(!q.full(), "full() with {n} items");
+        if let Err(e) = q.put_nowait(1) {
+            return Err(format!("put_nowait failed after {n} items: {e}").into());
+        }
+    }
+    ensure!(q.full(), "not full() at capacity (qsize {})", q.qsize());
+    let e = q
+        .put_nowait(2)
+        .err()
+        .ok_or("put_nowait beyond capacity succeeded")?;
+    ensure!(matches!(e.error(), mp::Error::Full), "put_nowait: {e}");
+    q.get_nowait()?;
+    ensure!(!q.full(), "full() after a get");
+    ensure!(q.put_nowait(3).is_ok(), "put_nowait after a get");
+    Ok(())
+}
+
 /// `_TestQueue.test_put` / `test_get`: FIFO order, qsize, empty, full, and the non-blocking
 /// and timed forms raising `Full` / `Empty`.
 async fn put_get_bounded() -> TestResult {
@@ -854,6 +876,10 @@ fn main() {
     args.test_threads.get_or_insert(1);
     let trials = vec![
         test("put_get_bounded", put_get_bounded),
+        test(
+            "an_unbounded_queue_is_full_at_its_capacity",
+            an_unbounded_queue_is_full_at_its_capacity,
+        ),
         test(
             "bounded_put_blocks_across_processes",
             bounded_put_blocks_across_processes,

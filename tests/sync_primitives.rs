@@ -11,8 +11,7 @@ use std::time::Duration;
 use libtest_mimic::Arguments;
 use support::{TestResult, fds_return_to, join_ok, open_fds};
 use tokio_multiprocessing::{
-    Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Pool, Process, RLock, Semaphore,
-    SharedMemory, Value,
+    Barrier, Condition, Error, Event, Lock, Pool, Process, RLock, Semaphore, SharedMemory, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -31,10 +30,6 @@ async fn bad_arguments_are_invalid() -> TestResult {
     ensure!(
         matches!(Barrier::new(u32::MAX), Err(Error::InvalidArgument(_))),
         "Barrier::new(u32::MAX)"
-    );
-    ensure!(
-        matches!(BoundedSemaphore::new(0), Err(Error::InvalidArgument(_))),
-        "BoundedSemaphore::new(0)"
     );
     ensure!(
         matches!(

@@ -124,6 +124,30 @@ async fn bounded_semaphore_over_release() -> TestResult {
     Ok(())
 }
 
+/// Python's `BoundedSemaphore(0)` is valid: it can be neither acquired nor released. A bound
+/// of `u32::MAX` is the counter's own.
+async fn bounded_semaphore_of_the_extreme_bounds() -> TestResult {
+    let s = BoundedSemaphore::new(0)?;
+    ensure!(s.try_acquire().is_none(), "acquired a BoundedSemaphore(0)");
+    ensure!(
+        matches!(s.release(), Err(Error::SemaphoreOverRelease { bound: 0 })),
+        "released a BoundedSemaphore(0)"
+    );
+    ensure!(s.get_value() == 0, "value {}", s.get_value());
+    let s = BoundedSemaphore::new(u32::MAX)?;
+    ensure!(
+        matches!(
+            s.release(),
+            Err(Error::SemaphoreOverRelease { bound: u32::MAX })
+        ),
+        "released past u32::MAX"
+    );
+    s.acquire().await?.forget();
+    s.release()?;
+    ensure!(s.get_value() == u32::MAX, "value {}", s.get_value());
+    Ok(())
+}
+
 /// `_TestSemaphore.test_timeout`: a timed acquire of an empty semaphore gives up.
 async fn semaphore_timeout() -> TestResult {
     let s = Semaphore::new(0)?;
@@ -141,6 +165,7 @@ fn main() {
         semaphore_counts,
         semaphore_bounds_concurrency,
         bounded_semaphore_over_release,
+        bounded_semaphore_of_the_extreme_bounds,
         semaphore_timeout
     ];
     libtest_mimic::run(&args, trials).exit()

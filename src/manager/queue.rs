@@ -593,7 +593,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         Ok(self.qsize().await? == 0)
     }
 
-    /// Whether a bounded queue is full (Python's `full()`).
+    /// Whether the queue is full, so that a `put` would wait (Python's `full()`): it holds
+    /// `maxsize` items, or for an unbounded queue
+    /// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY).
     ///
     /// # Errors
     /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
@@ -601,8 +603,11 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn full(&self) -> Result<bool> {
-        let max = self.maxsize().await?;
-        Ok(max > 0 && self.qsize().await? >= max)
+        let limit = match self.maxsize().await? {
+            0 => Queue::<Bytes>::UNBOUNDED_CAPACITY,
+            m => m,
+        };
+        Ok(self.qsize().await? >= limit)
     }
 
     /// The bound the queue was made with; 0 for none.

@@ -250,9 +250,15 @@ impl<T> Queue<T> {
         self.qsize() == 0
     }
 
-    /// Whether a bounded queue is full (approximate); always `false` when unbounded.
+    /// Whether the queue is full, so that a `put` would wait (approximate, like
+    /// [`qsize`](Self::qsize)): it holds `maxsize` items, or for an unbounded queue
+    /// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY).
     pub fn full(&self) -> bool {
-        self.inner.maxsize > 0 && self.qsize() >= self.inner.maxsize
+        let limit = match self.inner.maxsize {
+            0 => inner::UNBOUNDED_CAPACITY,
+            m => m,
+        };
+        self.qsize() >= limit
     }
 
     /// Says this process will use the queue no more (Python's `close()`): later calls on

@@ -13,7 +13,8 @@ use super::{SPIN, deadline, until};
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
 
-/// Offsets: the value, the number of sleeping waiters, the bound (0: unbounded).
+/// Offsets: the value, the number of sleeping waiters, the bound plus one (0: unbounded;
+/// so that a bound of 0 can be told from none).
 const VALUE: usize = 0;
 const WAITERS: usize = 4;
 const BOUND: usize = 8;
@@ -32,10 +33,13 @@ impl Layout for SemaphoreLayout {
 type RawSemaphore = SharedState<SemaphoreLayout>;
 
 impl RawSemaphore {
-    fn with_value(value: u32, bound: u32) -> Result<RawSemaphore> {
+    /// A semaphore of `value`, bounded by `bound` if given (a bound of `u32::MAX` is the
+    /// counter's own).
+    fn with_value(value: u32, bound: Option<u32>) -> Result<RawSemaphore> {
         let raw = RawSemaphore::new()?;
         raw.region.u32_at(VALUE).store(value, SeqCst);
-        raw.region.u32_at(BOUND).store(bound, SeqCst);
+        let stored = bound.and_then(|b| b.checked_add(1)).unwrap_or(0);
+        raw.region.u32_at(BOUND).store(stored, SeqCst);
         Ok(raw)
     }
 
@@ -78,12 +82,14 @@ impl RawSemaphore {
 
     fn release(&self, n: u32) -> Result<()> {
         let v = self.region.u32_at(VALUE);
-        let bound = self.region.u32_at(BOUND).load(Relaxed);
+        let bound = self.region.u32_at(BOUND).load(Relaxed).checked_sub(1);
         let mut cur = v.load(SeqCst);
         loop {
-            let next = cur.checked_add(n).filter(|&x| bound == 0 || x <= bound);
+            let next = cur.checked_add(n).filter(|&x| bound.is_none_or(|b| x <= b));
             let Some(next) = next else {
-                return Err(Error::SemaphoreOverRelease { bound });
+                return Err(Error::SemaphoreOverRelease {
+                    bound: bound.unwrap_or(u32::MAX),
+                });
             };
             match v.compare_exchange_weak(cur, next, SeqCst, Relaxed) {
                 Ok(_) => break,
@@ -203,7 +209,7 @@ impl Semaphore {
     /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new(value: u32) -> Result<Semaphore> {
         Ok(Semaphore {
-            raw: Arc::new(RawSemaphore::with_value(value, 0)?),
+            raw: Arc::new(RawSemaphore::with_value(value, None)?),
         })
     }
 
@@ -246,19 +252,14 @@ pub struct BoundedSemaphore {
 }
 
 impl BoundedSemaphore {
-    /// A bounded semaphore with the value and bound `value`.
+    /// A bounded semaphore with the value and bound `value` (0 included, as Python's
+    /// `BoundedSemaphore(0)`: it can be neither acquired nor released).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a bound of 0; [`Error::Io`] if the shared segment or
-    /// the eventfd cannot be made.
+    /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
-        if value == 0 {
-            return Err(Error::InvalidArgument(
-                "a bounded semaphore needs a bound of at least 1".into(),
-            ));
-        }
         Ok(BoundedSemaphore {
-            raw: Arc::new(RawSemaphore::with_value(value, value)?),
+            raw: Arc::new(RawSemaphore::with_value(value, Some(value))?),
         })
     }
 
