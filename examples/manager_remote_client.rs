@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let m = Manager::connect(address.as_str(), authkey).await?;
     let queue: QueueProxy<String> = m.get("get_queue").await?;
     match put {
-        Some(message) => queue.put(message).await.map_err(|e| e.into_parts().0)?,
+        Some(message) => queue.put(message).await?,
         None => println!("{}", queue.get_timeout(Duration::from_secs(30)).await?),
     }
     Ok(())

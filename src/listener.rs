@@ -426,7 +426,7 @@ async fn deliver_challenge(s: &Framed, key: &[u8]) -> Result<()> {
         .and_then(|tag| {
             mac(key, &message)
                 .verify_slice(tag)
-                .map_err(|_| auth_err("digest received was wrong"))
+                .map_err(|_| auth_err("the peer's digest was wrong: its authkey is not ours"))
         });
     match verdict {
         Ok(()) => write_message(s, WELCOME).await,
@@ -451,7 +451,9 @@ async fn answer_challenge(s: &Framed, key: &[u8]) -> Result<()> {
     answer.extend_from_slice(&mac(key, message).finalize().into_bytes());
     write_message(s, &answer).await?;
     if read_message(s).await? != WELCOME {
-        return Err(auth_err("digest sent was rejected"));
+        return Err(auth_err(
+            "the peer rejected our digest: its authkey is not ours",
+        ));
     }
     Ok(())
 }

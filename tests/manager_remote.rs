@@ -138,7 +138,20 @@ async fn a_wrong_key_is_refused_before_any_request() -> TestResult {
         .await?;
     let addr = tcp(&m)?;
     let r = Manager::connect(addr, "wrong").await;
-    ensure!(matches!(r, Err(Error::Authentication { .. })), "{r:?}");
+    ensure!(
+        matches!(&r, Err(e @ Error::Authentication { .. }) if e.to_string().contains("authkey")),
+        "a wrong key gave {:?}, which should name the authkey",
+        r.map(drop)
+    );
+    // Nobody listens: the error names the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let r = Manager::connect(closed, KEY).await;
+    ensure!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains(&closed.to_string())),
+        "connecting to a closed port gave {:?}, which should name {closed}",
+        r.map(drop)
+    );
     // A client that skips the exchange and sends a request is cut off, unanswered.
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let _ = s.write_all(&[0, 0, 0, 3, 0, 0x92, 1, 0xc0]).await;

@@ -364,15 +364,20 @@ impl Link {
             }
             Route::Address { address, authkey } => {
                 let limit = crate::AUTH_TIMEOUT;
+                // The error names the address, keeping its kind (refused, not found...).
+                let named = |e: std::io::Error| {
+                    std::io::Error::new(e.kind(), format!("cannot connect to {address}: {e}"))
+                };
                 let (fd, transport): (OwnedFd, _) = match address {
                     Address::Unix(path) => {
-                        let s = tokio::net::UnixStream::connect(path).await?;
+                        let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
                         (s.into_std()?.into(), Transport::Unix)
                     }
                     Address::Tcp(addr) => {
                         let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
                             .await
-                            .map_err(|_| Error::Timeout)??;
+                            .map_err(|_| Error::Timeout)?
+                            .map_err(named)?;
                         s.set_nodelay(true)?;
                         (s.into_std()?.into(), Transport::Tcp)
                     }

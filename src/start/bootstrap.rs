@@ -84,8 +84,15 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     // Python's children inherit the method that started them as their default.
     super::set_start_method(method);
     set_max_frame_size(boot.max_frame as usize);
-    if let Err(e) = reply(&sock, &BootReply::Started) {
-        fail(format!("cannot answer the parent: {e}"));
+    match reply(&sock, &BootReply::Started) {
+        Ok(()) => {}
+        // The parent gave up on this start (its pool was closed meanwhile, say): nothing to
+        // report.
+        Err(Error::Closed) => sys::exit_now(BOOT_FAILED),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            sys::exit_now(BOOT_FAILED)
+        }
+        Err(e) => fail(format!("cannot answer the parent: {e}")),
     }
     tracing::debug!(name = %boot.lineage.name, "child bootstrapped");
     crate::family::become_child(boot.lineage);
