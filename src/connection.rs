@@ -250,6 +250,51 @@ impl<T> Connection<T> {
         Ok(self.link.recv_one_awake().await?.into_body())
     }
 
+    /// [`recv_bytes`](Self::recv_bytes) of a message of at most `maxlength` bytes (Python's
+    /// `recv_bytes(maxlength)`). The message is received whole either way (up to the
+    /// maximum frame size); a longer one comes back inside the error, and the connection
+    /// stays usable (Python's `OSError` leaves it unreadable).
+    ///
+    /// # Errors
+    /// [`Error::BufferTooShort`] with the message if it is longer than `maxlength`; as
+    /// [`recv_bytes`](Self::recv_bytes) otherwise.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub async fn recv_bytes_max(&self, maxlength: usize) -> Result<Vec<u8>> {
+        let message = self.recv_bytes().await?;
+        if message.len() > maxlength {
+            return Err(Error::BufferTooShort {
+                room: maxlength,
+                message,
+            });
+        }
+        Ok(message)
+    }
+
+    /// Receives one message sent by [`send_bytes`](Self::send_bytes) into `buf`, and
+    /// returns its length (Python's `recv_bytes_into(buf)`; for its `offset`, pass
+    /// `&mut buf[offset..]`).
+    ///
+    /// # Errors
+    /// [`Error::BufferTooShort`] with the message if it is longer than `buf` (Python's
+    /// `BufferTooShort`), which is left as it was; as [`recv_bytes`](Self::recv_bytes)
+    /// otherwise.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub async fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        let message = self.recv_bytes_max(buf.len()).await?;
+        buf[..message.len()].copy_from_slice(&message);
+        Ok(message.len())
+    }
+
     /// Whether a message (or end of stream) waits to be received, waiting at most `timeout`
     /// for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns).
     ///

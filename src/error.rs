@@ -216,6 +216,18 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    /// A message received is longer than the room given for it (Python's
+    /// `BufferTooShort`): [`Connection::recv_bytes_into`](crate::Connection::recv_bytes_into)
+    /// and [`Connection::recv_bytes_max`](crate::Connection::recv_bytes_max). The message
+    /// comes with the error, so nothing is lost.
+    #[error("a message of {} bytes does not fit in the {room} bytes given for it", message.len())]
+    BufferTooShort {
+        /// The room there was.
+        room: usize,
+        /// The whole message received.
+        message: Vec<u8>,
+    },
 }
 
 impl From<io::Error> for Error {
@@ -276,6 +288,10 @@ impl Clone for Error {
             Error::HandleClosed { object } => Error::HandleClosed { object },
             Error::TaskDoneTooManyTimes => Error::TaskDoneTooManyTimes,
             Error::Authentication { message } => Error::Authentication {
+                message: message.clone(),
+            },
+            Error::BufferTooShort { room, message } => Error::BufferTooShort {
+                room: *room,
                 message: message.clone(),
             },
         }

@@ -132,6 +132,45 @@ async fn duplex_round_trips() -> TestResult {
     Ok(())
 }
 
+/// `_TestConnection.test_connection`, the `recv_bytes_into` and `maxlength` halves: a
+/// message fits in a buffer (at an offset), or comes back inside `BufferTooShort`; the
+/// connection serves on either way. `send_bytes` of a slice is Python's offset and size.
+async fn recv_bytes_into_a_buffer() -> TestResult {
+    let (a, b) = mp::Pipe::<Vec<String>>::new()?;
+    let mut p = start(echo, (b,)).await?;
+    let msg = b"abcdefghijklmnopqrstuvwxyz";
+    a.send_bytes(&msg[3..3 + 5]).await?;
+    let mut buf = [0u8; 16];
+    let n = a.recv_bytes_into(&mut buf[4..]).await?;
+    ensure!(
+        n == 5 && &buf[4..9] == b"defgh" && buf[..4] == [0; 4],
+        "into an offset: {buf:?}"
+    );
+    a.send_bytes(msg).await?;
+    match a.recv_bytes_into(&mut buf).await {
+        Err(mp::Error::BufferTooShort { room: 16, message }) => {
+            ensure!(message == msg, "the message in the error: {message:?}");
+        }
+        other => return Err(format!("a long message into 16 bytes gave {other:?}").into()),
+    }
+    ensure!(buf[4..9] == *b"defgh", "the buffer was written: {buf:?}");
+    a.send_bytes(msg).await?;
+    match a.recv_bytes_max(10).await {
+        Err(mp::Error::BufferTooShort { room: 10, message }) => {
+            ensure!(message == msg, "the message in the error: {message:?}");
+        }
+        other => return Err(format!("recv_bytes_max(10) gave {other:?}").into()),
+    }
+    a.send_bytes(b"short").await?;
+    ensure!(
+        a.recv_bytes_max(10).await? == b"short",
+        "a message within maxlength"
+    );
+    drop(a);
+    ensure!(join_code(&mut p).await? == 0, "echo saw end of stream");
+    Ok(())
+}
+
 /// `_TestConnection.test_connection` (the `EOFError` half): messages sent before the writer
 /// went are all received, then `recv` reports end of stream.
 async fn eof_after_writer_exits() -> TestResult {
@@ -346,6 +385,7 @@ fn main() {
     mp::init();
     run(vec![
         test("duplex_round_trips", duplex_round_trips),
+        test("recv_bytes_into_a_buffer", recv_bytes_into_a_buffer),
         test("eof_after_writer_exits", eof_after_writer_exits),
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),
         test("simplex_directions", simplex_directions),
