@@ -64,7 +64,7 @@ pub(super) async fn read_worker(
         match frame.decode_head::<Reply>() {
             Ok(Reply { id, nanos, failure }) => {
                 let ok = failure.is_none();
-                let answered = take_reply(&replies, id).map(|tx| {
+                let answered = take_reply(&replies, id, Some(wid)).map(|tx| {
                     let _ = tx.send(match failure {
                         None => Ok(frame),
                         Some(f) => Err(TaskError::failed(f)),

@@ -92,16 +92,25 @@ pub(super) struct Job {
     pub(super) stream: Option<u64>,
 }
 
-/// Where the answers of the tasks in flight go, by task id. A worker's reader task answers
-/// from here directly (one hop less between the worker and the caller); the scheduler
-/// answers from here when it fails a task. Whoever takes the sender answers.
-pub(super) type Replies = Arc<Mutex<IdMap<oneshot::Sender<Outcome>>>>;
+/// Where the answers of the tasks in flight go, by task id, with the worker each was sent
+/// to. A worker's reader task answers from here directly (one hop less between the worker
+/// and the caller); the scheduler answers from here when it fails a task. Whoever takes the
+/// sender answers.
+pub(super) type Replies = Arc<Mutex<IdMap<(u64, oneshot::Sender<Outcome>)>>>;
 
-pub(super) fn take_reply(replies: &Replies, id: u64) -> Option<oneshot::Sender<Outcome>> {
-    replies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id)
+/// Takes the sender of task `id`'s answer, if nobody took it first; for worker `by` (its
+/// reader), only if the task was sent to that worker: an answer to another worker's task is
+/// never delivered.
+pub(super) fn take_reply(
+    replies: &Replies,
+    id: u64,
+    by: Option<u64>,
+) -> Option<oneshot::Sender<Outcome>> {
+    let mut map = replies.lock().unwrap_or_else(|p| p.into_inner());
+    if by.is_some_and(|w| map.get(&id).is_some_and(|(sent_to, _)| *sent_to != w)) {
+        return None;
+    }
+    map.remove(&id).map(|(_, tx)| tx)
 }
 
 /// What the pool's handles ask of the scheduler.
@@ -359,7 +368,7 @@ impl Scheduler {
         reply: Option<oneshot::Sender<Outcome>>,
         outcome: Outcome,
     ) {
-        if let Some(tx) = reply.or_else(|| take_reply(&self.replies, id)) {
+        if let Some(tx) = reply.or_else(|| take_reply(&self.replies, id, None)) {
             self.tally.finished(outcome.is_ok());
             let _ = tx.send(outcome);
         }
@@ -367,7 +376,7 @@ impl Scheduler {
 
     /// Answers a task in flight, unless its worker's answer got there first; says which.
     fn answer(&mut self, id: u64, outcome: Outcome) -> bool {
-        match take_reply(&self.replies, id) {
+        match take_reply(&self.replies, id, None) {
             Some(tx) => {
                 self.tally.finished(outcome.is_ok());
                 let _ = tx.send(outcome);
@@ -580,6 +589,12 @@ impl Scheduler {
                 if nanos > 0 {
                     let n = nanos as f64;
                     self.mean_nanos = Some(self.mean_nanos.map_or(n, |m| m + (n - m) / 8.0));
+                }
+                if self.in_flight.get(&id).is_some_and(|r| r.wid != wid) {
+                    // Not this worker's task: its reader did not deliver the answer either.
+                    let pid = self.workers.get(&wid).map(|s| s.pid);
+                    tracing::warn!(id, ?pid, "a pool worker answered a task it was not given");
+                    return;
                 }
                 if let Some(slot) = self.workers.get_mut(&wid) {
                     if let Some(p) = slot.sync.iter().position(|&x| x == id) {
@@ -855,11 +870,19 @@ impl Scheduler {
             self.answer_unsent(job.id, job.reply, Err(TaskError::local(e)));
             return;
         }
-        if let Some(tx) = job.reply {
-            self.replies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(job.id, tx);
+        {
+            let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+            match job.reply {
+                Some(tx) => {
+                    replies.insert(job.id, (wid, tx));
+                }
+                // Sent again after its worker died: its answer is this worker's now.
+                None => {
+                    if let Some((sent_to, _)) = replies.get_mut(&job.id) {
+                        *sent_to = wid;
+                    }
+                }
+            }
         }
         if slot.tx.send(frame).is_err() {
             // The writer is gone (it killed the worker): its exit will be reported.
@@ -938,6 +961,24 @@ mod tests {
     /// The prefetch before round trips counted: the budget over the mean run time.
     fn budget_only(mean_nanos: f64) -> usize {
         ((PREFETCH_BUDGET_NANOS / mean_nanos) as usize).clamp(1, MAX_PREFETCH)
+    }
+
+    #[test]
+    fn an_answer_reaches_its_caller_only_from_the_worker_it_was_sent_to() {
+        let replies: Replies = Arc::default();
+        let (tx, mut rx) = oneshot::channel();
+        replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(5, (1, tx));
+        assert!(
+            take_reply(&replies, 5, Some(2)).is_none(),
+            "worker 2 took worker 1's task"
+        );
+        assert!(rx.try_recv().is_err(), "answered by the wrong worker");
+        let tx = take_reply(&replies, 5, Some(1)).expect("worker 1's task is its to answer");
+        assert!(tx.send(Err(TaskError::cancelled())).is_ok());
+        assert!(take_reply(&replies, 5, None).is_none(), "answered twice");
     }
 
     #[test]
