@@ -19,7 +19,9 @@ pub enum StartMethod {
     /// Fork the calling process directly: the fastest start. Refused with an error unless the
     /// caller has a single thread (a `current_thread` runtime that has not started blocking
     /// threads), because forking a multi-threaded process (tokio's default runtime included)
-    /// is unsound.
+    /// is unsound. The child keeps only the descriptors its arguments own, so the parent's
+    /// runtime's are closed in it: an `async fn` target runs on a runtime the crate builds
+    /// for it first, but a plain target cannot build a tokio runtime of its own there.
     Fork,
 }
 
