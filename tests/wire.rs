@@ -138,7 +138,8 @@ fn run_child(feed: Feed) -> Result<Outcome, Box<dyn std::error::Error + Send + S
             let hello = (magic, version, serde_bytes::ByteBuf::from(fingerprint));
             frame(&rmp_serde::to_vec(&(
                 hello,
-                "garbage-test",
+                // The child's lineage: its name and daemon flag, its parent's pid and name.
+                ("garbage-test", false, std::process::id(), "MainProcess"),
                 entry,
                 1u64 << 20,
                 0u8, // the start method: spawn
