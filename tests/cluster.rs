@@ -41,6 +41,7 @@ fn main() {
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
+        silent_sockets_lock_no_agent_out,
     ]);
 }
 
@@ -719,6 +720,57 @@ async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> Tes
         .await,
         "events seen: {:?}",
         CAPTURED.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    Ok(())
+}
+
+/// More silent connections than [`mp::MAX_HANDSHAKES`] on the head's port (a child holds 400
+/// that never answer the challenge): an agent started after all of them joins and its worker
+/// serves long before they would time out, the head closes the oldest silent ones rather than
+/// hold a descriptor for each, and it holds none once they are gone. The "host" is an agent
+/// on this machine (no namespace, no root needed).
+async fn silent_sockets_lock_no_agent_out() -> TestResult {
+    let cluster = Cluster::builder().authkey(b"k".to_vec()).build().await?;
+    let addr = cluster.local_addr();
+    let silent = support::SilentSockets::open(addr).await?;
+    let line = cluster.worker_command(1)?;
+    let mut words = line.split(' ');
+    let program = words.next().ok_or("an empty worker command")?;
+    let mut agent = std::process::Command::new(program)
+        .args(words)
+        .env(mp::cluster::AUTHKEY_ENV, hex(cluster.authkey()))
+        .spawn()?;
+    // Half the timeout of the challenge, which waiting behind the silent sockets would take.
+    let joined = cluster.wait_for_hosts(1, Duration::from_secs(10)).await;
+    let bound = mp::MAX_HANDSHAKES + 16;
+    let mut holding = 0;
+    let held = eventually(Duration::from_secs(10), || {
+        holding = support::connections_on_port(addr.port());
+        holding <= bound
+    })
+    .await;
+    let served = async {
+        joined?;
+        let pool = Pool::builder().cluster(&cluster).build().await?;
+        Ok::<i64, BoxError>(pool.apply(sqr, (12,)).await?)
+    }
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let closed = silent.close().await;
+    ensure!(served? == 144, "the agent's worker");
+    ensure!(
+        held,
+        "the head held {holding} connections, more than {bound}"
+    );
+    closed?;
+    ensure!(
+        eventually(Duration::from_secs(20), || support::connections_on_port(
+            addr.port()
+        ) == 0)
+        .await,
+        "the head still holds {} connections",
+        support::connections_on_port(addr.port())
     );
     Ok(())
 }
