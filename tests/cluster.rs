@@ -42,6 +42,7 @@ fn main() {
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
         silent_sockets_lock_no_agent_out,
+        an_agent_asked_for_too_many_workers_refuses_to_start,
     ]);
 }
 
@@ -772,5 +773,40 @@ async fn silent_sockets_lock_no_agent_out() -> TestResult {
         "the head still holds {} connections",
         support::connections_on_port(addr.port())
     );
+    Ok(())
+}
+
+/// An agent asked for more workers than a host may run refuses to start, naming the limit,
+/// and no host joins; one asked for the limit itself is taken in.
+async fn an_agent_asked_for_too_many_workers_refuses_to_start() -> TestResult {
+    let cluster = Cluster::builder().authkey(b"k".to_vec()).build().await?;
+    let start = |workers: usize| -> Result<std::process::Child, BoxError> {
+        let line = cluster.worker_command(workers)?;
+        let mut words = line.split(' ');
+        let program = words.next().ok_or("an empty worker command")?;
+        Ok(std::process::Command::new(program)
+            .args(words)
+            .env(mp::cluster::AUTHKEY_ENV, hex(cluster.authkey()))
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
+    };
+    let too_many = start(mp::cluster::MAX_WORKERS_PER_HOST + 1)?;
+    let out = tokio::task::spawn_blocking(move || too_many.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2),
+        "the agent exited with {:?}: {stderr}",
+        out.status
+    );
+    ensure!(
+        stderr.contains(&mp::cluster::MAX_WORKERS_PER_HOST.to_string()),
+        "its stderr does not name the limit: {stderr}"
+    );
+    ensure!(cluster.hosts() == 0, "the agent joined");
+    let mut most = start(mp::cluster::MAX_WORKERS_PER_HOST)?;
+    let joined = cluster.wait_for_hosts(1, Duration::from_secs(20)).await;
+    let _ = most.kill();
+    let _ = most.wait();
+    joined?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
+use super::MAX_WORKERS_PER_HOST;
 use super::head::{RemoteExit, Table};
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::{Error, Result};
@@ -183,8 +184,15 @@ async fn agent_session(
             .await;
         return Err(Error::Protocol(message));
     }
+    if hello.workers > MAX_WORKERS_PER_HOST {
+        tracing::warn!(
+            %host,
+            "cluster: host claims {} workers; it is given at most {MAX_WORKERS_PER_HOST}",
+            hello.workers
+        );
+    }
     let (tx, mut rx) = unbounded_channel::<ToAgent>();
-    let agent = table.add_agent(host.clone(), hello.workers.max(1), tx);
+    let agent = table.add_agent(host.clone(), hello.workers, tx);
     let head_deadline_ms = u64::try_from(table.head_deadline.as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(%host, agent, pid = hello.pid, id = %hello.id, workers = hello.workers, "cluster: host agent joined");
     let link = Arc::new(link);
