@@ -22,12 +22,15 @@
 //!
 //! # Many clients at once
 //!
-//! The listener runs the exchanges of all the connections it has taken concurrently (up to
-//! [`MAX_HANDSHAKES`] at a time; the kernel's backlog holds the next ones), and `accept`
-//! returns the first connection whose exchange ends. So a client that is slow or silent
-//! costs only itself: it fails after [`AUTH_TIMEOUT`] while the clients behind it are
-//! accepted as soon as they have answered. The exchanges are kept in the listener between
-//! calls to `accept`, and go on whenever some `accept` is awaited.
+//! The listener runs the exchanges of all the connections it has taken concurrently, and
+//! `accept` returns the first connection whose exchange ends. So a client that is slow or
+//! silent costs only itself: it fails after [`AUTH_TIMEOUT`] while the clients behind it are
+//! accepted as soon as they have answered. The listener always takes the next connection: at
+//! most [`MAX_HANDSHAKES`] exchanges are under way, and a connection that arrives while that
+//! many are drops the oldest of them (closes its socket). An honest client ends its exchange
+//! in about a millisecond, so silent sockets neither lock newcomers out nor pile up
+//! descriptors. The exchanges are kept in the listener between calls to `accept`, and go on
+//! whenever some `accept` is awaited.
 
 use std::fmt;
 use std::future::Future;
@@ -51,12 +54,18 @@ use sha2::Sha256;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, Transport};
+use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport};
 
 /// How long either side of the authentication exchange waits for the other.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The most connections whose authentication exchange a [`Listener`] runs at once.
+/// The most connections whose authentication exchange a [`Listener`], a [`Manager`]'s address
+/// or a [`Cluster`]'s head runs at once. A connection that arrives while this many are under
+/// way drops the oldest of them, so that silent sockets can neither lock newcomers out nor
+/// hold more than this many descriptors.
+///
+/// [`Manager`]: crate::Manager
+/// [`Cluster`]: crate::Cluster
 pub const MAX_HANDSHAKES: usize = 256;
 
 const MESSAGE_LENGTH: usize = 40;
@@ -128,10 +137,16 @@ pub struct Listener {
     authkey: Option<Arc<[u8]>>,
     /// Connections taken from the socket whose exchange has not ended yet.
     handshakes: tokio::sync::Mutex<FuturesUnordered<Handshake>>,
+    /// Bounds `handshakes`, dropping the oldest for a newcomer.
+    gate: HandshakeGate,
 }
 
-/// A connection's authentication exchange: its socket once the peer has passed.
-type Handshake = Pin<Box<dyn Future<Output = Result<Framed>> + Send>>;
+/// A connection's authentication exchange: its socket once the peer has passed; `None` if a
+/// newer connection took its place.
+type Handshake = Pin<Box<dyn Future<Output = Option<Result<Framed>>> + Send>>;
+
+/// The exchange itself, before the gate: its socket once the peer has passed.
+type Exchange = Pin<Box<dyn Future<Output = Result<Framed>> + Send>>;
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -208,6 +223,7 @@ impl Listener {
             address,
             authkey: authkey.map(Arc::from),
             handshakes: tokio::sync::Mutex::new(FuturesUnordered::new()),
+            gate: HandshakeGate::new(MAX_HANDSHAKES),
         })
     }
 
@@ -219,10 +235,11 @@ impl Listener {
     /// Accepts the next connection and, with an authentication key, runs the challenge both
     /// ways (Python's `accept()`).
     ///
-    /// Every connection waiting is taken from the socket and its exchange started (up to
-    /// [`MAX_HANDSHAKES`] at once); the first whose exchange ends is returned, so a slow or
-    /// silent client holds up no other. The others go on with their exchanges at the next
-    /// call. Calls from several tasks take turns.
+    /// Every connection waiting is taken from the socket and its exchange started; the first
+    /// whose exchange ends is returned, so a slow or silent client holds up no other. The
+    /// others go on with their exchanges at the next call. Past [`MAX_HANDSHAKES`] exchanges
+    /// under way, each newcomer closes the oldest of them. Calls from several tasks take
+    /// turns.
     ///
     /// # Errors
     /// [`Error::Authentication`] if the connection whose exchange ended first failed it (a
@@ -240,15 +257,17 @@ impl Listener {
         let link = std::future::poll_fn(|cx| {
             loop {
                 if !pending.is_empty() {
-                    if let Poll::Ready(Some(done)) = pending.poll_next_unpin(cx) {
-                        return Poll::Ready(done);
+                    match pending.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Some(done))) => return Poll::Ready(done),
+                        Poll::Ready(Some(None)) => {
+                            tracing::debug!("a listener closed a connection still in its exchange");
+                            continue;
+                        }
+                        _ => {}
                     }
                 }
-                if pending.len() >= MAX_HANDSHAKES {
-                    return Poll::Pending;
-                }
                 match self.poll_take(cx) {
-                    Poll::Ready(Ok(h)) => pending.push(h),
+                    Poll::Ready(Ok(h)) => pending.push(Box::pin(self.gate.admit(h))),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -259,9 +278,9 @@ impl Listener {
     }
 
     /// Takes a connection from the socket and makes its exchange (not started yet).
-    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Handshake>> {
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Exchange>> {
         let key = self.authkey.clone();
-        let h: Handshake = match &self.inner {
+        let h: Exchange = match &self.inner {
             Inner::Unix(l) => {
                 let (s, _) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,

@@ -41,6 +41,8 @@ fn main() {
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
+        silent_sockets_lock_no_agent_out,
+        an_agent_asked_for_too_many_workers_refuses_to_start,
     ]);
 }
 
@@ -720,5 +722,91 @@ async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> Tes
         "events seen: {:?}",
         CAPTURED.lock().unwrap_or_else(|p| p.into_inner())
     );
+    Ok(())
+}
+
+/// More silent connections than [`mp::MAX_HANDSHAKES`] on the head's port (a child holds 400
+/// that never answer the challenge): an agent started after all of them joins and its worker
+/// serves long before they would time out, the head closes the oldest silent ones rather than
+/// hold a descriptor for each, and it holds none once they are gone. The "host" is an agent
+/// on this machine (no namespace, no root needed).
+async fn silent_sockets_lock_no_agent_out() -> TestResult {
+    let cluster = Cluster::builder().authkey(b"k".to_vec()).build().await?;
+    let addr = cluster.local_addr();
+    let silent = support::SilentSockets::open(addr).await?;
+    let line = cluster.worker_command(1)?;
+    let mut words = line.split(' ');
+    let program = words.next().ok_or("an empty worker command")?;
+    let mut agent = std::process::Command::new(program)
+        .args(words)
+        .env(mp::cluster::AUTHKEY_ENV, hex(cluster.authkey()))
+        .spawn()?;
+    // Half the timeout of the challenge, which waiting behind the silent sockets would take.
+    let joined = cluster.wait_for_hosts(1, Duration::from_secs(10)).await;
+    let bound = mp::MAX_HANDSHAKES + 16;
+    let mut holding = 0;
+    let held = eventually(Duration::from_secs(10), || {
+        holding = support::connections_on_port(addr.port());
+        holding <= bound
+    })
+    .await;
+    let served = async {
+        joined?;
+        let pool = Pool::builder().cluster(&cluster).build().await?;
+        Ok::<i64, BoxError>(pool.apply(sqr, (12,)).await?)
+    }
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let closed = silent.close().await;
+    ensure!(served? == 144, "the agent's worker");
+    ensure!(
+        held,
+        "the head held {holding} connections, more than {bound}"
+    );
+    closed?;
+    ensure!(
+        eventually(Duration::from_secs(20), || support::connections_on_port(
+            addr.port()
+        ) == 0)
+        .await,
+        "the head still holds {} connections",
+        support::connections_on_port(addr.port())
+    );
+    Ok(())
+}
+
+/// An agent asked for more workers than a host may run refuses to start, naming the limit,
+/// and no host joins; one asked for the limit itself is taken in.
+async fn an_agent_asked_for_too_many_workers_refuses_to_start() -> TestResult {
+    let cluster = Cluster::builder().authkey(b"k".to_vec()).build().await?;
+    let start = |workers: usize| -> Result<std::process::Child, BoxError> {
+        let line = cluster.worker_command(workers)?;
+        let mut words = line.split(' ');
+        let program = words.next().ok_or("an empty worker command")?;
+        Ok(std::process::Command::new(program)
+            .args(words)
+            .env(mp::cluster::AUTHKEY_ENV, hex(cluster.authkey()))
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
+    };
+    let too_many = start(mp::cluster::MAX_WORKERS_PER_HOST + 1)?;
+    let out = tokio::task::spawn_blocking(move || too_many.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2),
+        "the agent exited with {:?}: {stderr}",
+        out.status
+    );
+    ensure!(
+        stderr.contains(&mp::cluster::MAX_WORKERS_PER_HOST.to_string()),
+        "its stderr does not name the limit: {stderr}"
+    );
+    ensure!(cluster.hosts() == 0, "the agent joined");
+    let mut most = start(mp::cluster::MAX_WORKERS_PER_HOST)?;
+    let joined = cluster.wait_for_hosts(1, Duration::from_secs(20)).await;
+    let _ = most.kill();
+    let _ = most.wait();
+    joined?;
     Ok(())
 }

@@ -284,6 +284,71 @@ async fn silent_clients_do_not_stall_accept() -> TestResult {
     fds_return_to(before, Duration::from_secs(10)).await
 }
 
+/// More silent clients than [`mp::MAX_HANDSHAKES`] (a child holds 400 TCP connections that
+/// never answer the challenge): the listener goes on taking connections and closes the
+/// oldest silent ones, so a good client that comes after all of them is accepted long before
+/// they would time out, and the listener never holds more than `MAX_HANDSHAKES` of them.
+/// Every descriptor is closed once they are gone.
+async fn more_silent_clients_than_max_handshakes_lock_no_one_out() -> TestResult {
+    let l = std::sync::Arc::new(mp::Listener::bind(
+        "127.0.0.1:0".parse::<SocketAddr>()?,
+        Some(KEY),
+    )?);
+    let mp::Address::Tcp(addr) = l.address().clone() else {
+        return Err("the listener has no TCP address".into());
+    };
+    let before = open_fds();
+    // Accepts throughout, as a server does; silent clients that time out are refused.
+    let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            loop {
+                match l.accept::<String>().await {
+                    Ok(c) => {
+                        if tx.send(c).is_err() {
+                            return;
+                        }
+                    }
+                    Err(mp::Error::Authentication { .. }) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    let silent = support::SilentSockets::open(addr).await?;
+    let mut good = mp::Process::new(
+        echo_client,
+        (None::<PathBuf>, Some(addr), Some(KEY.to_vec())),
+    )
+    .start()
+    .await?;
+    // Half the timeout of the challenge, which waiting behind the silent clients would take.
+    let conn = tokio::time::timeout(mp::AUTH_TIMEOUT / 2, accepted.recv())
+        .await
+        .map_err(|_| "the good client waited behind the silent ones")?
+        .ok_or("the accepting task ended")?;
+    conn.send(&"hello".to_string()).await?;
+    ensure!(
+        conn.recv_timeout(Duration::from_secs(20)).await? == "echo: hello",
+        "echo"
+    );
+    ensure!(join_code(&mut good).await? == 0, "the good client");
+    // The good client came after every silent one: all were taken, most closed since.
+    let bound = before + mp::MAX_HANDSHAKES + 24;
+    ensure!(
+        support::eventually(Duration::from_secs(10), || open_fds() <= bound).await,
+        "the listener holds {} descriptors, more than {bound}",
+        open_fds()
+    );
+    silent.close().await?;
+    drop((conn, good));
+    // The silent sockets' exchanges end with them, while the listener goes on.
+    let returned = fds_return_to(before, Duration::from_secs(20)).await;
+    acceptor.abort();
+    returned
+}
+
 fn main() {
     mp::init();
     let mut args = Arguments::from_args();
@@ -307,6 +372,10 @@ fn main() {
         test(
             "silent_clients_do_not_stall_accept",
             silent_clients_do_not_stall_accept,
+        ),
+        test(
+            "more_silent_clients_than_max_handshakes_lock_no_one_out",
+            more_silent_clients_than_max_handshakes_lock_no_one_out,
         ),
     ];
     libtest_mimic::run(&args, trials).exit()

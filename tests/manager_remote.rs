@@ -36,6 +36,7 @@ fn main() {
         a_client_that_dies_releases_its_lock,
         objects_let_go_with_a_lost_connection_are_named_so,
         bad_input_storm_leaves_the_server_serving,
+        silent_sockets_lock_no_client_out,
         example_manager_remote,
     ])
 }
@@ -464,6 +465,50 @@ async fn bad_input_storm_leaves_the_server_serving() -> TestResult {
         "server descriptors: {before} before, {} after",
         server_fds(pid)
     );
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// More silent connections than [`mp::MAX_HANDSHAKES`] on a manager's address (a child holds
+/// 400 that never answer the challenge, under the default handshake timeout): a client with
+/// the key that comes after all of them connects and calls long before they would time out,
+/// the server closes the oldest silent ones rather than hold them all, and its descriptors
+/// come back to where they were once they are gone.
+async fn silent_sockets_lock_no_client_out() -> TestResult {
+    let m = tcp_manager().await?;
+    let pid = m.pid().ok_or("no server process")?;
+    let addr = tcp(&m)?;
+    // A first client and call, so that what the server sets up once is counted before.
+    let first = Manager::connect(addr, KEY).await?;
+    first.dict::<u32, u32>().await?.insert(0, 0).await?;
+    let before = server_fds(pid);
+    let silent = support::SilentSockets::open(addr).await?;
+    // Half the handshake timeout, which waiting behind the silent sockets would take.
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        let c = Manager::connect(addr, KEY).await?;
+        let d = c.dict::<u32, u32>().await?;
+        d.insert(1, 2).await?;
+        let got = d.get(&1).await?;
+        Ok::<_, Error>((c, got))
+    })
+    .await
+    .map_err(|_| "the client waited behind the silent sockets")?;
+    let (client, got) = served?;
+    ensure!(got == Some(2), "the client's dict gave {got:?}");
+    let bound = before + mp::MAX_HANDSHAKES + 16;
+    ensure!(
+        support::eventually(Duration::from_secs(10), || server_fds(pid) <= bound).await,
+        "the server holds {} descriptors, more than {bound}",
+        server_fds(pid)
+    );
+    silent.close().await?;
+    drop(client);
+    ensure!(
+        support::eventually(Duration::from_secs(20), || server_fds(pid) == before).await,
+        "server descriptors: {before} before, {} after",
+        server_fds(pid)
+    );
+    drop(first);
     m.shutdown().await?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
+use super::MAX_WORKERS_PER_HOST;
 use super::key;
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::Result;
@@ -64,6 +65,12 @@ pub(crate) fn run_if_agent() {
             format!("the number of workers {workers:?} is not a number"),
         )
     };
+    if workers > MAX_WORKERS_PER_HOST {
+        fail(
+            JOIN_FAILED,
+            format!("{workers} workers asked, more than a host may run ({MAX_WORKERS_PER_HOST})"),
+        )
+    }
     let args = Args {
         address,
         workers,

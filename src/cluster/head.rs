@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc::UnboundedSender, oneshot, watch};
 
+use super::MAX_WORKERS_PER_HOST;
 use super::builder::ClusterBuilder;
 use super::key;
 use super::proto::ToAgent;
@@ -177,13 +178,15 @@ impl Table {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes in an agent; returns its number.
+    /// Takes in an agent that claims room for `capacity` workers, counted as at least 1 and
+    /// at most [`MAX_WORKERS_PER_HOST`]; returns its number.
     pub(super) fn add_agent(
         &self,
         host: Arc<str>,
         capacity: usize,
         tx: UnboundedSender<ToAgent>,
     ) -> u64 {
+        let capacity = capacity.clamp(1, MAX_WORKERS_PER_HOST);
         let mut s = self.lock();
         let id = s.next_agent;
         s.next_agent += 1;
@@ -199,6 +202,14 @@ impl Table {
         drop(s);
         self.changed.notify_waiters();
         id
+    }
+
+    /// The room of the agents connected: the sum of their capacities.
+    pub(super) fn room(&self) -> usize {
+        let s = self.lock();
+        s.agents
+            .values()
+            .fold(0, |room, a| room.saturating_add(a.capacity))
     }
 
     /// Removes an agent that left or was lost: each of its workers ends as lost.
@@ -441,10 +452,9 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .len();
         if let (Some(l), true) = (&self.inner.launcher, launched > 0) {
-            return launched * l.workers_per_host();
+            return launched.saturating_mul(l.workers_per_host().min(MAX_WORKERS_PER_HOST));
         }
-        let s = self.inner.table.lock();
-        s.agents.values().map(|a| a.capacity).sum::<usize>().max(1)
+        self.inner.table.room().max(1)
     }
 
     /// Starts a worker on the host with the most room, waiting up to `timeout` for room,
@@ -547,5 +557,25 @@ impl Cluster {
             self.scale(l.hosts())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_counts_for_at_most_the_workers_a_host_may_run() {
+        let table = Table::new(
+            b"k".to_vec(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        for host in ["a", "b", "c"] {
+            table.add_agent(host.into(), usize::MAX, tx.clone());
+        }
+        table.add_agent("d".into(), 0, tx);
+        assert_eq!(table.room(), 3 * MAX_WORKERS_PER_HOST + 1);
     }
 }

@@ -71,3 +71,8 @@ pub(crate) use head::{RemoteExit, RemoteKill};
 
 /// The first argument that makes [`init`](crate::init) run the host agent.
 pub const AGENT_FLAG: &str = "--tokio-multiprocessing-agent";
+
+/// The most workers one host agent may run. An agent asked for more refuses to start; the
+/// head counts an agent that claims more (another build, say) as having this many, so one
+/// host cannot make a pool start workers without bound.
+pub const MAX_WORKERS_PER_HOST: usize = 4096;

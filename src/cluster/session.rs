@@ -9,11 +9,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
+use super::MAX_WORKERS_PER_HOST;
 use super::head::{RemoteExit, Table};
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, Transport};
+use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport};
 
 /// How long a connection may take, after the challenge, to say what it is.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,14 +22,25 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest first frame accepted from a connection not known yet.
 const MAX_DIAL: usize = 64 * 1024;
 
+/// How often, at most, a refused connection is logged at `warn`; those in between go to
+/// `debug` and are counted in the next warning, so that whoever reaches the port cannot
+/// flood the log.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts connections until the cluster is dropped; each runs in a task of its own, so a
-/// slow, silent or hostile one costs only itself.
+/// slow, silent or hostile one costs only itself. The loop always accepts: with
+/// [`MAX_HANDSHAKES`] connections still in their challenge or first frame, a newcomer closes
+/// the oldest of them, so silent sockets neither lock agents out nor pile up descriptors.
+///
+/// [`MAX_HANDSHAKES`]: crate::MAX_HANDSHAKES
 pub(super) async fn accept_loop(
     listener: TcpListener,
     table: Arc<Table>,
     shutdown: watch::Receiver<()>,
 ) {
     let mut stop = shutdown.clone();
+    let gate = HandshakeGate::new(crate::MAX_HANDSHAKES);
+    let refusals = Arc::new(Refusals::default());
     loop {
         let (s, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -41,29 +53,88 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        let (table, mut stop) = (table.clone(), shutdown.clone());
+        let greeting = gate.admit(greet(s, table.key.clone()));
+        let (table, mut stop, refusals) = (table.clone(), shutdown.clone(), refusals.clone());
         tokio::spawn(async move {
+            let connection = async {
+                match greeting.await {
+                    Some(Ok((link, dial))) => {
+                        if let Err(e) = dispatch(link, dial, peer, &table).await {
+                            tracing::warn!(%peer, "cluster: refused a connection: {e}");
+                        }
+                    }
+                    Some(Err(e)) => refusals.log(peer, &e, std::time::Instant::now()),
+                    None => tracing::debug!(
+                        %peer,
+                        "cluster: closed a connection still in its challenge, for a newer one"
+                    ),
+                }
+            };
             tokio::select! {
                 _ = stop.changed() => {}
-                r = connection(s, peer, &table) => if let Err(e) = r {
-                    tracing::warn!(%peer, "cluster: refused a connection: {e}");
-                },
+                () = connection => {}
             }
         });
     }
 }
 
-/// One connection: the challenge, its first frame, then what it is.
-async fn connection(s: tokio::net::TcpStream, peer: SocketAddr, table: &Arc<Table>) -> Result<()> {
+/// A connection's first steps: the challenge, then its first frame, which says what it is.
+async fn greet(s: tokio::net::TcpStream, key: Arc<[u8]>) -> Result<(Framed, Dial)> {
     s.set_nodelay(true)?;
     let link = Framed::new(s.into_std()?.into(), Transport::Tcp)?;
-    crate::listener::authenticate(&link, &table.key, true).await?;
+    crate::listener::authenticate(&link, &key, true).await?;
     link.set_recv_limit(Some(MAX_DIAL));
     let mut frame = tokio::time::timeout(DIAL_TIMEOUT, link.recv_one())
         .await
         .map_err(|_| Error::Protocol(format!("said nothing within {DIAL_TIMEOUT:?}")))??;
     link.set_recv_limit(None);
-    match frame.decode_head::<Dial>()? {
+    let dial = frame.decode_head::<Dial>()?;
+    Ok((link, dial))
+}
+
+/// The refusals of connections that did not get through [`greet`]: how many since the last
+/// one logged at `warn`, and when that was.
+#[derive(Default)]
+struct Refusals {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Refusals {
+    /// Logs the refusal of `peer` at `now`: at `warn` if none was for [`REFUSAL_WARN_EVERY`],
+    /// with the number logged at `debug` since; otherwise at `debug`.
+    fn log(&self, peer: SocketAddr, e: &Error, now: std::time::Instant) {
+        match self.note(now) {
+            Some(0) => tracing::warn!(%peer, "cluster: refused a connection: {e}"),
+            Some(quiet) => tracing::warn!(
+                %peer,
+                "cluster: refused a connection: {e} ({quiet} more refused since the last \
+                 warning, logged at debug)"
+            ),
+            None => tracing::debug!(%peer, "cluster: refused a connection: {e}"),
+        }
+    }
+
+    /// Counts a refusal at `now`: `Some(those in between)` if it is to be logged at `warn`.
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, quiet) = &mut *s;
+        match last {
+            Some(t) if now.saturating_duration_since(*t) < REFUSAL_WARN_EVERY => {
+                *quiet += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(quiet))
+            }
+        }
+    }
+}
+
+/// What a connection that passed [`greet`] is: a worker's link handed to whoever waits for
+/// it, or an agent's session.
+async fn dispatch(link: Framed, dial: Dial, peer: SocketAddr, table: &Arc<Table>) -> Result<()> {
+    match dial {
         Dial::Worker { agent, token } => {
             let tx = table
                 .lock()
@@ -113,8 +184,15 @@ async fn agent_session(
             .await;
         return Err(Error::Protocol(message));
     }
+    if hello.workers > MAX_WORKERS_PER_HOST {
+        tracing::warn!(
+            %host,
+            "cluster: host claims {} workers; it is given at most {MAX_WORKERS_PER_HOST}",
+            hello.workers
+        );
+    }
     let (tx, mut rx) = unbounded_channel::<ToAgent>();
-    let agent = table.add_agent(host.clone(), hello.workers.max(1), tx);
+    let agent = table.add_agent(host.clone(), hello.workers, tx);
     let head_deadline_ms = u64::try_from(table.head_deadline.as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(%host, agent, pid = hello.pid, id = %hello.id, workers = hello.workers, "cluster: host agent joined");
     let link = Arc::new(link);
@@ -224,5 +302,27 @@ fn on_report(table: &Table, agent: u64, report: FromAgent) {
             drop(s);
             table.changed.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_warn_once_per_interval_and_count_the_rest() {
+        let r = Refusals::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(r.note(t0), Some(0), "the first is a warning");
+        for i in 1..=5 {
+            assert_eq!(r.note(t0 + Duration::from_millis(i)), None, "then debug");
+        }
+        let later = t0 + REFUSAL_WARN_EVERY + Duration::from_millis(1);
+        assert_eq!(
+            r.note(later),
+            Some(5),
+            "the next warning counts those in between"
+        );
+        assert_eq!(r.note(later), None);
     }
 }

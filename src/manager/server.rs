@@ -43,7 +43,7 @@ use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, Transport};
+use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport};
 
 /// Who is calling: the connection, and the pid it said it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -743,7 +743,9 @@ pub(super) struct Door {
 }
 
 /// Serves the connections that arrive on `door`: each runs the authentication exchange
-/// (bounded by the door's timeout, with at most [`MAX_HANDSHAKES`] at once), then is served.
+/// (bounded by the door's timeout), then is served. The door always accepts: with
+/// [`MAX_HANDSHAKES`] exchanges under way, a newcomer closes the oldest of them, so silent
+/// sockets neither lock clients out nor pile up descriptors.
 ///
 /// [`MAX_HANDSHAKES`]: crate::MAX_HANDSHAKES
 pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
@@ -760,13 +762,9 @@ pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
             Listening::Unix(tokio::net::UnixListener::from_std(l)?)
         }
     };
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(crate::MAX_HANDSHAKES));
+    let gate = HandshakeGate::new(crate::MAX_HANDSHAKES);
     let mut conns = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = handshakes.clone().acquire_owned() => p.map_err(|_| Error::Closed)?,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
@@ -780,21 +778,21 @@ pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
                 continue;
             }
         };
-        let (shared, key, limit) = (shared.clone(), door.authkey.clone(), door.handshake_timeout);
-        conns.spawn(async move {
-            let link = match Framed::new(fd, transport) {
-                Ok(l) => l,
-                Err(_) => return,
-            };
+        let (key, limit) = (door.authkey.clone(), door.handshake_timeout);
+        let handshake = gate.admit(async move {
+            let link = Framed::new(fd, transport)?;
             if let Some(key) = key {
-                if let Err(e) = crate::listener::authenticate_within(&link, &key, true, limit).await
-                {
-                    tracing::debug!("a manager client failed authentication: {e}");
-                    return;
-                }
+                crate::listener::authenticate_within(&link, &key, true, limit).await?;
             }
-            drop(permit);
-            serve_connection(link, shared).await;
+            Ok::<Framed, Error>(link)
+        });
+        let shared = shared.clone();
+        conns.spawn(async move {
+            match handshake.await {
+                Some(Ok(link)) => serve_connection(link, shared).await,
+                Some(Err(e)) => tracing::debug!("a manager refused a connection: {e}"),
+                None => tracing::debug!("a manager closed a connection still in its exchange"),
+            }
         });
     }
 }

@@ -5,6 +5,8 @@
 //! - `framed.rs`: [`Framed`], the one socket type that carries frames, over either transport.
 //! - `codec.rs`: MessagePack with descriptors on the side; `plain.rs`: plain numbers as bytes.
 //! - `fd.rs`: [`Fd`], a descriptor as a value; `handshake.rs`: [`Hello`].
+//! - `gate.rs`: [`HandshakeGate`], the bound on a server's connections still in their
+//!   authentication exchange.
 //!
 //! The rest of the crate reaches frames and sockets through the re-exports below; `codec`
 //! and `plain` are named by their path where their functions are called (the encoders of
@@ -14,6 +16,7 @@ pub(crate) mod codec;
 mod fd;
 mod frame;
 mod framed;
+mod gate;
 mod handshake;
 mod outbox;
 pub(crate) mod plain;
@@ -25,6 +28,7 @@ pub use fd::Fd;
 pub(crate) use fd::FdRef;
 pub(crate) use frame::{Frame, FrameBuf, RecvBuf, SharedBytes, send_blocking, send_early};
 pub(crate) use framed::{Framed, Transport};
+pub(crate) use gate::HandshakeGate;
 pub(crate) use handshake::Hello;
 pub(crate) use outbox::{Outbox, written};
 

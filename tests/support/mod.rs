@@ -95,6 +95,97 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// How many descriptors this process holds for TCP connections whose local port is `port`:
+/// the connections a server listening there has accepted and not closed yet (its listening
+/// socket is not counted). Unlike [`open_fds`], other tests running beside do not change it.
+pub fn connections_on_port(port: u16) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port) && fields.get(3) != Some(&"0A") {
+                if let Some(inode) = fields.get(9) {
+                    inodes.insert(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|target| inodes.contains(&target.display().to_string()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A child that holds TCP connections which never send a byte (see [`SilentSockets::open`]).
+pub struct SilentSockets {
+    holder: tokio_multiprocessing::Process,
+    release: tokio_multiprocessing::Event,
+}
+
+/// How many silent connections the tests of a server open: more than
+/// [`MAX_HANDSHAKES`](tokio_multiprocessing::MAX_HANDSHAKES).
+pub const SILENT: usize = 400;
+
+impl SilentSockets {
+    /// Starts a child that opens [`SILENT`] connections to `address`, and waits until all are
+    /// open. Within 10 s, half the timeout of the challenge: a server that stopped taking
+    /// connections would keep the last ones in its backlog until the first ones timed out.
+    pub async fn open(address: std::net::SocketAddr) -> Result<SilentSockets, process::BoxError> {
+        use tokio_multiprocessing::Event;
+        let (opened, release) = (Event::new()?, Event::new()?);
+        let args = (address, SILENT, opened.clone(), release.clone());
+        let holder = start(hold_silent_sockets, args).await?;
+        if !opened.wait_timeout(Duration::from_secs(10)).await? {
+            return Err("the server stopped taking connections: \
+                        the silent sockets could not all connect"
+                .into());
+        }
+        Ok(SilentSockets { holder, release })
+    }
+
+    /// Closes the connections: the child ends (with 0, within 30 s).
+    pub async fn close(mut self) -> TestResult {
+        self.release.set();
+        join_ok(&mut self.holder).await
+    }
+}
+
+/// The child of [`SilentSockets`]: opens `n` connections to `address`, sets `opened`, then
+/// holds them until `release` is set (at most [`TEST_TIMEOUT`]). Exits with 3 if a
+/// connection cannot be made.
+async fn hold_silent_sockets(
+    address: std::net::SocketAddr,
+    n: usize,
+    opened: tokio_multiprocessing::Event,
+    release: tokio_multiprocessing::Event,
+) {
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                eprintln!("silent socket {i}: {e}");
+                std::process::exit(3)
+            }
+        }
+    }
+    opened.set();
+    let _ = release.wait_timeout(TEST_TIMEOUT).await;
+    drop(held);
+}
+
 /// Waits (up to `limit`) until `cond` holds, checking every 10 ms. For tests only: observing
 /// another process's state from outside has no event to wait on.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {

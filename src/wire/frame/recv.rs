@@ -161,26 +161,27 @@ impl RecvBuf {
             }
             let room = self.buf.len() - self.end;
             if room < wanted.min(chunk) {
-                // A frame whose length is known (and allowed) gets its whole capacity at
-                // once: address space only, whose pages are touched as bytes arrive, so the
-                // buffer never moves (a copy of all it holds) while it grows.
-                if let Some(n) = frame_len
-                    && n <= HEADER_LEN + self.max_body()
-                {
-                    let more = (self.start + n).saturating_sub(self.buf.len());
-                    if more > self.buf.capacity() - self.buf.len() {
-                        self.buf.reserve_exact(more);
-                        // Faulted in 2 MiB at a time where the kernel allows.
-                        sys::advise_huge_pages(&mut self.buf);
-                    }
-                }
                 // It grows by at most `GROW_STEP` at a time, so that zeroing the new part
                 // never holds the caller for long.
                 let grow = wanted
                     .min(self.buf.len().max(chunk))
                     .min(GROW_STEP)
                     .max(wanted.min(chunk));
-                self.buf.resize(self.end + room.max(grow), 0);
+                let len = self.end + room.max(grow);
+                // For a frame whose length is known (and allowed), the capacity doubles up
+                // to the frame's end: it follows the bytes that have arrived, never the
+                // length a peer merely claims, and a large frame moves a few times only (the
+                // allocator remaps a large block's pages rather than copying them).
+                if let Some(n) = frame_len
+                    && n <= HEADER_LEN + self.max_body()
+                    && len > self.buf.capacity()
+                {
+                    let capacity = (2 * self.buf.capacity()).min(self.start + n).max(len);
+                    self.buf.reserve_exact(capacity - self.buf.len());
+                    // Faulted in 2 MiB at a time where the kernel allows.
+                    sys::advise_huge_pages(&mut self.buf);
+                }
+                self.buf.resize(len, 0);
             }
         }
         // A large frame is read up to its end and no further, so that it fills the buffer
@@ -438,6 +439,31 @@ mod tests {
             rb.read_frame_once(b.as_fd()).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
+    }
+
+    #[test]
+    fn a_claimed_length_reserves_only_what_arrives() {
+        // A header that announces a frame of the maximum size, then a few bytes at a time:
+        // the buffer's capacity follows what arrived, not what was announced.
+        super::super::received::NO_KEPT_BUFFERS.with(|off| off.set(true));
+        let max = max_frame_size();
+        let len = u32::try_from(max).unwrap_or(u32::MAX);
+        let mut rb = RecvBuf::new();
+        let mut arrived = 0;
+        let mut header = len.to_be_bytes().to_vec();
+        header.push(0);
+        let piece = vec![7u8; 100_000];
+        for i in 0..40 {
+            let bytes = if i == 0 { &header[..] } else { &piece[..] };
+            feed_through(&mut rb, bytes, |_| panic!("the frame is not whole"));
+            arrived += bytes.len();
+            assert!(
+                rb.buf.capacity() <= 2 * (arrived + GROW_STEP),
+                "{} bytes reserved for {arrived} arrived of {max} announced",
+                rb.buf.capacity()
+            );
+        }
+        assert_eq!(rb.end - rb.start, arrived, "every byte fed was taken in");
     }
 
     #[test]
