@@ -27,6 +27,11 @@ const FIRST_READ_CHUNK: usize = 4 * 1024;
 /// The most the buffer grows by at once (zeroing it takes well under a millisecond).
 const GROW_STEP: usize = 1 << 20;
 
+/// The capacity a frame of known length gets at once (up to its end), before it doubles as
+/// bytes arrive: a frame up to this size is read without a move, and a peer's claim of a
+/// larger one costs this much address space, not the length it claims.
+const RESERVE_AT_ONCE: usize = 4 << 20;
+
 /// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.
 #[derive(Debug)]
 pub(crate) struct RecvBuf {
@@ -126,8 +131,9 @@ impl RecvBuf {
     }
 
     /// Room to read into: the current read chunk (see [`FIRST_READ_CHUNK`]), or what the
-    /// frame in progress still needs. The buffer grows only as bytes actually arrive (at
-    /// most doubling), never to a length a peer merely claims; but a large frame goes
+    /// frame in progress still needs. Past [`RESERVE_AT_ONCE`], the buffer grows only as
+    /// bytes actually arrive (at most doubling), never to a length a peer merely claims;
+    /// but a large frame goes
     /// straight into a kept buffer that holds it whole, if there is one (see
     /// [`keep_buffer`]). Given `exact` (the length, header included, of the frame in
     /// progress), the room ends where that frame ends: not one byte of the next frame.
@@ -168,15 +174,19 @@ impl RecvBuf {
                     .min(GROW_STEP)
                     .max(wanted.min(chunk));
                 let len = self.end + room.max(grow);
-                // For a frame whose length is known (and allowed), the capacity doubles up
-                // to the frame's end: it follows the bytes that have arrived, never the
-                // length a peer merely claims, and a large frame moves a few times only (the
-                // allocator remaps a large block's pages rather than copying them).
+                // For a frame whose length is known (and allowed), the capacity goes to
+                // its end, up to `RESERVE_AT_ONCE`, then doubles as bytes arrive: it follows
+                // what has arrived, never the length a peer merely claims, and a large frame
+                // moves a few times only (the allocator remaps a large block's pages rather
+                // than copying them).
                 if let Some(n) = frame_len
                     && n <= HEADER_LEN + self.max_body()
                     && len > self.buf.capacity()
                 {
-                    let capacity = (2 * self.buf.capacity()).min(self.start + n).max(len);
+                    let capacity = (2 * self.buf.capacity())
+                        .max(RESERVE_AT_ONCE)
+                        .min(self.start + n)
+                        .max(len);
                     self.buf.reserve_exact(capacity - self.buf.len());
                     // Faulted in 2 MiB at a time where the kernel allows.
                     sys::advise_huge_pages(&mut self.buf);
@@ -444,7 +454,8 @@ mod tests {
     #[test]
     fn a_claimed_length_reserves_only_what_arrives() {
         // A header that announces a frame of the maximum size, then a few bytes at a time:
-        // the buffer's capacity follows what arrived, not what was announced.
+        // past what is reserved at once, the buffer's capacity follows what arrived, not
+        // what was announced.
         super::super::received::NO_KEPT_BUFFERS.with(|off| off.set(true));
         let max = max_frame_size();
         let len = u32::try_from(max).unwrap_or(u32::MAX);
@@ -458,7 +469,7 @@ mod tests {
             feed_through(&mut rb, bytes, |_| panic!("the frame is not whole"));
             arrived += bytes.len();
             assert!(
-                rb.buf.capacity() <= 2 * (arrived + GROW_STEP),
+                rb.buf.capacity() <= RESERVE_AT_ONCE.max(2 * (arrived + GROW_STEP)),
                 "{} bytes reserved for {arrived} arrived of {max} announced",
                 rb.buf.capacity()
             );
