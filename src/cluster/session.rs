@@ -14,7 +14,7 @@ use super::head::{RemoteExit, Table};
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport};
+use crate::wire::{AcceptRetry, FrameBuf, Framed, HandshakeGate, Transport};
 
 /// How long a connection may take, after the challenge, to say what it is.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,14 +41,18 @@ pub(super) async fn accept_loop(
     let mut stop = shutdown.clone();
     let gate = HandshakeGate::new(crate::MAX_HANDSHAKES);
     let refusals = Arc::new(Refusals::default());
+    let mut retry = AcceptRetry::default();
     loop {
         let (s, peer) = tokio::select! {
             _ = stop.changed() => return,
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    retry.succeeded();
+                    c
+                }
                 Err(e) => {
-                    tracing::warn!("cluster: cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Out of descriptors, say: the connection waits in the backlog.
+                    tokio::time::sleep(retry.failed("cluster", &e)).await;
                     continue;
                 }
             },

@@ -43,7 +43,7 @@ use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport};
+use crate::wire::{AcceptRetry, FrameBuf, Framed, HandshakeGate, Transport};
 
 /// Who is calling: the connection, and the pid it said it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -763,6 +763,7 @@ pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
         }
     };
     let gate = HandshakeGate::new(crate::MAX_HANDSHAKES);
+    let mut retry = AcceptRetry::default();
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -770,11 +771,13 @@ pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let (fd, transport) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                retry.succeeded();
+                a
+            }
             Err(e) => {
-                // Out of descriptors, say: this connection is lost, the others go on.
-                tracing::debug!("a manager could not accept a connection: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors, say: the connection waits in the backlog.
+                tokio::time::sleep(retry.failed("manager", &e)).await;
                 continue;
             }
         };

@@ -12,6 +12,7 @@
 //! and `plain` are named by their path where their functions are called (the encoders of
 //! queue items, task arguments and manager requests, and serde's `with` attributes).
 
+mod accept_retry;
 pub(crate) mod codec;
 mod fd;
 mod frame;
@@ -23,6 +24,7 @@ pub(crate) mod plain;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub(crate) use accept_retry::AcceptRetry;
 pub(crate) use codec::Encoded;
 pub use fd::Fd;
 pub(crate) use fd::FdRef;
