@@ -28,7 +28,7 @@ impl Lineage {
             name: name.to_string(),
             daemon,
             parent_pid: sys::current_pid() as u32,
-            parent_name: current_name(),
+            parent_name: current_process().name,
         }
     }
 }
@@ -38,14 +38,6 @@ static LINEAGE: Mutex<Option<Lineage>> = Mutex::new(None);
 
 fn lineage() -> Option<Lineage> {
     LINEAGE.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-fn current_name() -> String {
-    LINEAGE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map_or_else(|| MAIN_PROCESS_NAME.to_string(), |l| l.name.clone())
 }
 
 /// Takes on the lineage a child was started with, before its target runs (a forked child
@@ -151,7 +143,7 @@ impl ParentProcess {
     }
 }
 
-/// Python's repr: `<Process(MainProcess, started)>`.
+/// Python's repr, as a parent: `<Process(MainProcess, parent)>`.
 impl std::fmt::Display for ParentProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "<Process({}, parent)>", self.name)

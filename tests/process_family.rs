@@ -40,52 +40,32 @@ fn family() -> Family {
 
 // ---------------------------------------------------------------- targets
 
-fn current_thread_runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            std::process::exit(3)
-        }
-    }
-}
-
-/// Puts what this process knows of its family on `q`.
-fn put_family(q: mp::Queue<Family>) {
-    if current_thread_runtime().block_on(q.put(family())).is_err() {
-        std::process::exit(2);
-    }
-}
-
-/// The same from an `async fn` target, which runs on a runtime the crate builds (a forked
-/// child's own target cannot build one: the parent's runtime descriptors are closed in it).
-async fn put_family_async(q: mp::Queue<Family>) {
-    if q.put(family()).await.is_err() {
-        std::process::exit(2);
-    }
+/// Puts what this process knows of its family on `q`. An `async fn` target runs on a
+/// runtime the crate builds for it (a forked child's own target could not build one: its
+/// parent's runtime descriptors are closed in it).
+async fn put_family(q: mp::Queue<Family>) -> Result<(), String> {
+    q.put(family()).await.map_err(|e| e.to_string())
 }
 
 /// Puts its own family on `q`, then starts a child named `child_name` with `method` that
-/// puts its family on `q` too, and exits with that child's exit code.
-fn put_family_and_nest(q: mp::Queue<Family>, child_name: String, method: String) {
-    let code = current_thread_runtime().block_on(async move {
-        q.put(family()).await.map_err(|e| e.to_string())?;
-        let method: StartMethod = method.parse().map_err(|e: mp::Error| e.to_string())?;
-        let mut p = Process::new(put_family_async, (q,))
-            .name(child_name)
-            .start_method(method)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
-        p.join().await.map_err(|e| e.to_string())
-    });
-    std::process::exit(code.unwrap_or_else(|e| {
-        eprintln!("nested start: {e}");
-        3
-    }))
+/// puts its family on `q` too; fails unless that child exits with 0.
+async fn put_family_and_nest(
+    q: mp::Queue<Family>,
+    child_name: String,
+    method: String,
+) -> Result<(), String> {
+    q.put(family()).await.map_err(|e| e.to_string())?;
+    let method: StartMethod = method.parse().map_err(|e: mp::Error| e.to_string())?;
+    let mut p = Process::new(put_family, (q,))
+        .name(child_name)
+        .start_method(method)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    match p.join().await.map_err(|e| e.to_string())? {
+        0 => Ok(()),
+        code => Err(format!("the nested child exited with {code}")),
+    }
 }
 
 fn sleep_secs(s: u64) {
@@ -228,13 +208,6 @@ async fn a_pool_worker_knows_it_is_one() -> TestResult {
 async fn active_children_lists_running_children_until_they_end() -> TestResult {
     // _TestProcess.test_active_children: a child is listed from its start until it ends;
     // here also in the order of starts, and signalled through its listing.
-    let mine = |pids: &[u32]| -> Vec<(u32, String)> {
-        mp::active_children()
-            .into_iter()
-            .filter(|c| pids.contains(&c.pid()))
-            .map(|c| (c.pid(), c.name().to_string()))
-            .collect()
-    };
     let mut a = Process::new(sleep_secs, (60,))
         .name("sleeper-a")
         .start()
@@ -244,6 +217,20 @@ async fn active_children_lists_running_children_until_they_end() -> TestResult {
         .daemon(true)
         .start()
         .await?;
+    let checked = check_active_children(&mut a, &mut b).await;
+    // A failed check leaves no sleeper behind (signalling one that ended is no error).
+    let _ = (a.kill(), b.kill());
+    checked
+}
+
+async fn check_active_children(a: &mut Process, b: &mut Process) -> TestResult {
+    let mine = |pids: &[u32]| -> Vec<(u32, String)> {
+        mp::active_children()
+            .into_iter()
+            .filter(|c| pids.contains(&c.pid()))
+            .map(|c| (c.pid(), c.name().to_string()))
+            .collect()
+    };
     let pids = [a.pid(), b.pid()];
     let listed = mine(&pids);
     ensure!(
@@ -266,7 +253,7 @@ async fn active_children_lists_running_children_until_they_end() -> TestResult {
         return Err("sleeper-a is not listed".into());
     };
     a_listed.terminate()?;
-    let code = support::join_code(&mut a).await?;
+    let code = support::join_code(a).await?;
     ensure!(
         code == -15,
         "sleeper-a ended with {code}, not -15 (SIGTERM)"
@@ -293,7 +280,7 @@ async fn active_children_lists_running_children_until_they_end() -> TestResult {
     );
     // Signalling a child that ended is no error (its pidfd pins it).
     ensure!(a_listed.kill().is_ok(), "killing an ended child failed");
-    let code = support::join_code(&mut b).await?;
+    let code = support::join_code(b).await?;
     ensure!(code == -9, "sleeper-b ended with {code}, not -9 (SIGKILL)");
     Ok(())
 }

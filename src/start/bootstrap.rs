@@ -88,7 +88,6 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
         Ok(()) => {}
         // The parent gave up on this start (its pool was closed meanwhile, say): nothing to
         // report.
-        Err(Error::Closed) => sys::exit_now(BOOT_FAILED),
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             sys::exit_now(BOOT_FAILED)
         }

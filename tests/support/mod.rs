@@ -146,19 +146,31 @@ impl SilentSockets {
         use tokio_multiprocessing::Event;
         let (opened, release) = (Event::new()?, Event::new()?);
         let args = (address, SILENT, opened.clone(), release.clone());
-        let holder = start(hold_silent_sockets, args).await?;
+        let sockets = SilentSockets {
+            holder: start(hold_silent_sockets, args).await?,
+            release,
+        };
+        // On failure, dropping `sockets` ends the child.
         if !opened.wait_timeout(Duration::from_secs(10)).await? {
             return Err("the server stopped taking connections: \
                         the silent sockets could not all connect"
                 .into());
         }
-        Ok(SilentSockets { holder, release })
+        Ok(sockets)
     }
 
     /// Closes the connections: the child ends (with 0, within 30 s).
     pub async fn close(mut self) -> TestResult {
         self.release.set();
         join_ok(&mut self.holder).await
+    }
+}
+
+/// A test that fails before [`SilentSockets::close`] leaves no child behind.
+impl Drop for SilentSockets {
+    fn drop(&mut self) {
+        // A child already joined is not signalled.
+        let _ = self.holder.kill();
     }
 }
 
