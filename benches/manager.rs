@@ -4,7 +4,8 @@
 //! and shut down a manager. Baselines: the same calls to a server in this process (no
 //! process hop), a raw ping-pong of 8 bytes with a child process over a Unix socket pair and
 //! over TCP loopback (the transports' floors, beside the dict calls as `*_vs_raw`), and a
-//! server in this process started and stopped. CPython's `Manager`
+//! server in this process started and stopped. The dict calls again from a multi-thread
+//! runtime (`*_multi_thread_us`), beside the same from a current-thread one. CPython's `Manager`
 //! beside them: `python3 benches/manager_cpython.py`.
 //!
 //! ```text
@@ -217,7 +218,7 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let mut report = Report::new("manager");
-    rt.block_on(async {
+    let (local, tcp) = rt.block_on(async {
         let here = Figure::new(
             "dict_call_in_process_us",
             "us",
@@ -238,7 +239,8 @@ fn main() -> Result<(), BoxError> {
         );
         report.add(Figure::new("dict_call_local_vs_raw", "us", local_runs).baseline(unix_floor));
         let tcp = bounded("dict_call_tcp_us", FIGURE_TIMEOUT, dict_tcp()).await?;
-        report.add(Figure::new("dict_call_tcp_us", "us", tcp.clone()).baseline(local));
+        let tcp_figure = Figure::new("dict_call_tcp_us", "us", tcp.clone());
+        report.add(tcp_figure.clone().baseline(local.clone()));
         let tcp_floor = Figure::new(
             "raw_tcp_ping_pong_us",
             "us",
@@ -296,6 +298,22 @@ fn main() -> Result<(), BoxError> {
                 here_stop,
             )),
         );
+        Ok::<_, BoxError>((local, tcp_figure))
+    })?;
+    drop(rt);
+    // The same calls from a multi-thread runtime's `block_on` (a `#[tokio::main]` program),
+    // where a reply that the caller does not take itself crosses threads.
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let runs = bounded(
+            "dict_call_local_multi_thread_us",
+            FIGURE_TIMEOUT,
+            dict_local(),
+        )
+        .await?;
+        report.add(Figure::new("dict_call_local_multi_thread_us", "us", runs).baseline(local));
+        let runs = bounded("dict_call_tcp_multi_thread_us", FIGURE_TIMEOUT, dict_tcp()).await?;
+        report.add(Figure::new("dict_call_tcp_multi_thread_us", "us", runs).baseline(tcp));
         Ok::<_, BoxError>(())
     })?;
     report.finish();

@@ -33,6 +33,7 @@ fn main() {
         a_dead_server_fails_local_waits_on_a_queue,
         local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
+        a_stopped_server_gets_every_request_whole,
         a_client_that_dies_releases_its_lock,
         objects_let_go_with_a_lost_connection_are_named_so,
         bad_input_storm_leaves_the_server_serving,
@@ -236,6 +237,64 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
         .await
         .map_err(|_| "a call to a silent server still waits")?;
     ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+async fn a_stopped_server_gets_every_request_whole() -> TestResult {
+    // A server that stops reading (stopped, or slow) while a client goes on calling and
+    // giving up: the client's socket fills, and frames are written in part. Once the server
+    // reads again, it finds every request whole and in order, and the connection serves on.
+    let m = tcp_manager().await?;
+    let pid = m.pid().ok_or("no server process")?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let d: DictProxy<u32, String> = c.dict().await?;
+    let value = |i: u32| format!("{i:>3000}");
+    let stop = |signal| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .map_err(|e| format!("{signal}: {e}"))
+    };
+    stop(nix::sys::signal::Signal::SIGSTOP)?;
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    };
+    let waited = std::time::Instant::now();
+    while !stopped() {
+        ensure!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the server never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    const CALLS: u32 = 3_000;
+    let mut answered = 0;
+    for i in 0..CALLS {
+        // Given up at once: the request stays sent, and the server carries it out.
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), d.insert(i, value(i))).await {
+            r?;
+            answered += 1;
+        }
+    }
+    stop(nix::sys::signal::Signal::SIGCONT)?;
+    ensure!(
+        answered == 0,
+        "{answered} calls were answered by a stopped server"
+    );
+    let len = tokio::time::timeout(Duration::from_secs(30), d.len())
+        .await
+        .map_err(|_| "the connection no longer serves")??;
+    ensure!(
+        len == CALLS as usize,
+        "{len} of {CALLS} requests were carried out"
+    );
+    for i in (0..CALLS).step_by(97) {
+        let v = d.get(&i).await?;
+        ensure!(v.as_deref() == Some(value(i).as_str()), "key {i}: {v:?}");
+    }
+    m.shutdown().await?;
     Ok(())
 }
 

@@ -7,8 +7,9 @@
 //! for the reply that names it. So a `get` waiting on an empty queue holds up neither the
 //! `put` of another task nor the `release` of a lock.
 //!
-//! A call alone on its connection writes its request from its own thread, when the socket
-//! takes it whole at once and nothing queued before it is still to be written, and, waiting
+//! A call alone on its connection writes its request from its own thread, over a Unix
+//! socket or TCP, when nothing queued before it is still to be written (a part the socket
+//! does not take at once is finished by a task, see [`Outbox`]), and, waiting
 //! awake for its reply (see [`awake`](crate::awake)), takes it off the socket itself. Frames
 //! are taken under one lock, by that caller or by the reader task, so that they are
 //! handed over in the order they came. On a multi-thread runtime such a call wakes no other

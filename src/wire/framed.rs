@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
-use super::frame::{Frame, FrameBuf, RecvBuf, send_all_blocking, send_blocking};
+use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -64,6 +64,17 @@ impl Transport {
     }
 }
 
+/// What [`Framed::try_send_now`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Now {
+    /// Sent whole.
+    Sent,
+    /// Not sent at all.
+    Not,
+    /// Begun: the rest waits for the next send, or [`Framed::finish`].
+    Begun,
+}
+
 /// A stream socket that sends and receives frames (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Framed {
@@ -74,6 +85,10 @@ pub(crate) struct Framed {
     registering: Mutex<()>,
     recv: Mutex<RecvState>,
     send_turn: tokio::sync::Mutex<()>,
+    /// The bytes of a frame that [`try_send_now`](Self::try_send_now) began and the socket
+    /// did not take whole: the next holder of the send turn writes them before anything
+    /// else.
+    rest: Mutex<Vec<u8>>,
     /// When this end last sent or received a frame: whether a wait may spin first.
     recent: Recent,
 }
@@ -100,6 +115,7 @@ impl Framed {
             registering: Mutex::new(()),
             recv: Mutex::new(RecvState::default()),
             send_turn: tokio::sync::Mutex::new(()),
+            rest: Mutex::new(Vec::new()),
             recent: Recent::default(),
         })
     }
@@ -395,42 +411,69 @@ impl Framed {
         frame.seal()?;
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
+        self.write_rest(io).await?;
         self.write_frame(io, frame).await?;
         self.recent.mark();
         Ok(())
     }
 
-    /// Sends a small frame at once, from the caller's thread, when no other send is under
-    /// way and the socket has room for it: `Ok(false)` when it did not (nothing was sent),
-    /// for the caller to send it with [`send`](Self::send). On a Unix socket only, where a
-    /// frame this small ([`NOW_MAX`]) goes into one kernel buffer, whole or not at all; a
-    /// part written all the same would be finished waiting in `poll(2)`.
+    /// Sends a small frame ([`NOW_MAX`]) at once, from the caller's thread, when no other
+    /// send is under way: `Ok(Now::Not)` when the socket took none of it (nothing was
+    /// sent), for the caller to send it with [`send`](Self::send). A socket that takes only
+    /// part of it (its buffer is all but full) keeps the rest for the next holder of the
+    /// send turn, which writes it before anything else: `Ok(Now::Begun)`, and the caller
+    /// sees to it that a send follows ([`finish`](Self::finish)). So the caller's thread never
+    /// waits for the peer.
     ///
     /// # Errors
     /// As [`send`](Self::send).
-    pub(crate) fn try_send_now(&self, frame: &mut FrameBuf) -> Result<bool> {
-        if self.transport != Transport::Unix || frame.fd_count() > 0 || frame.wire_len() > NOW_MAX {
-            return Ok(false);
+    pub(crate) fn try_send_now(&self, frame: &mut FrameBuf) -> Result<Now> {
+        if frame.fd_count() > 0 || frame.wire_len() > NOW_MAX {
+            return Ok(Now::Not);
         }
         frame.seal()?;
         let Ok(_turn) = self.send_turn.try_lock() else {
-            return Ok(false);
+            return Ok(Now::Not);
         };
+        let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
         let [head, tail] = frame.parts();
-        if !tail.is_empty() {
-            return Ok(false);
+        if !rest.is_empty() || !tail.is_empty() {
+            return Ok(Now::Not);
         }
         let sent = loop {
             match sys::send_with_fds(self.fd.as_fd(), head, &[]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Now::Not),
                 Err(e) => return Err(e.into()),
             }
         };
-        send_all_blocking(self.fd.as_fd(), &head[sent..], &[])?;
         self.recent.mark();
-        Ok(true)
+        if sent == head.len() {
+            return Ok(Now::Sent);
+        }
+        rest.extend_from_slice(&head[sent..]);
+        Ok(Now::Begun)
+    }
+
+    /// Writes what [`try_send_now`](Self::try_send_now) left over, if a send has not already.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, like [`send`](Self::send).
+    pub(crate) async fn finish(&self) -> Result<()> {
+        let io = self.io()?;
+        let _turn = self.send_turn.lock().await;
+        self.write_rest(io).await
+    }
+
+    /// Writes the rest of a frame begun by [`try_send_now`](Self::try_send_now); the send
+    /// turn is held.
+    async fn write_rest(&self, io: &AsyncFd<Arc<OwnedFd>>) -> Result<()> {
+        let rest = std::mem::take(&mut *self.rest.lock().unwrap_or_else(|p| p.into_inner()));
+        self.write_all(io, &rest, &[]).await
     }
 
     /// Sends several frames in order, frames without descriptors written together in as few
@@ -451,6 +494,7 @@ impl Framed {
         }
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
+        self.write_rest(io).await?;
         let mut joined: Vec<u8> = Vec::new();
         for f in frames.iter_mut() {
             // A frame with descriptors goes alone, and so does a large one (copying it into

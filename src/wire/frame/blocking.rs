@@ -21,7 +21,7 @@ pub(crate) fn send_blocking(fd: BorrowedFd<'_>, frame: &mut FrameBuf) -> Result<
 
 /// Writes all of `data`, with `fds` on its first byte, waiting in `poll(2)` while the socket
 /// is full.
-pub(crate) fn send_all_blocking(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<()> {
+fn send_all_blocking(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<()> {
     let mut off = 0;
     while off < data.len() {
         let with: &[RawFd] = if off == 0 { fds } else { &[] };

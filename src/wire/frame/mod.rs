@@ -22,7 +22,7 @@ mod out;
 mod received;
 mod recv;
 
-pub(crate) use blocking::{send_all_blocking, send_blocking, send_early};
+pub(crate) use blocking::{send_blocking, send_early};
 pub(crate) use out::{FrameBuf, SharedBytes};
 pub(crate) use received::Frame;
 pub(crate) use recv::RecvBuf;

@@ -155,49 +155,114 @@ fn unix_pair() -> (Framed, Framed) {
     (Framed::unix(a).unwrap(), Framed::unix(b).unwrap())
 }
 
-#[test]
-fn a_small_frame_goes_out_at_once_or_not_at_all() {
-    runtime().block_on(async {
-        let (a, b) = unix_pair();
-        assert!(a.try_send_now(&mut FrameBuf::of(&1u64).unwrap()).unwrap());
-        assert_eq!(b.recv().await.unwrap().decode::<u64>().unwrap(), 1);
-
-        // Fill the socket until a small frame no longer fits: it is refused whole.
-        let filler = vec![0u8; 64 * 1024];
-        let mut queued = 0usize;
-        while a
-            .try_send_now(&mut FrameBuf::of(&serde_bytes::Bytes::new(&filler[..3000])).unwrap())
+/// Sends 3000-byte frames with `try_send_now` until the socket no longer takes one whole,
+/// then ends with `last` sent by `finish_with`; `b` must read every frame whole and in
+/// order, `last` at the end. Returns how the first frame not sent whole went.
+async fn fill_then<F: std::future::Future<Output = ()>>(
+    a: &Framed,
+    b: &Framed,
+    finish_with: impl FnOnce() -> F,
+) -> Now {
+    let filler = vec![9u8; 3000];
+    let mut whole = 0usize;
+    let stopped = loop {
+        match a
+            .try_send_now(&mut FrameBuf::of(&serde_bytes::Bytes::new(&filler)).unwrap())
             .unwrap()
         {
-            queued += 1;
-            assert!(queued < 100_000, "the socket never filled");
+            Now::Sent => whole += 1,
+            other => break other,
         }
-        // Sent later by the async path, it arrives whole behind the others.
-        let reader = async {
-            for _ in 0..queued {
-                let v = b
-                    .recv()
+        assert!(whole < 100_000, "the socket never filled");
+    };
+    let expected = whole + usize::from(stopped == Now::Begun);
+    if stopped == Now::Begun {
+        // Nothing passes the rest of a frame begun.
+        assert_eq!(
+            a.try_send_now(&mut FrameBuf::of(&1u64).unwrap()).unwrap(),
+            Now::Not
+        );
+    }
+    let reader = async {
+        for _ in 0..expected {
+            let v = b
+                .recv()
+                .await
+                .unwrap()
+                .decode::<serde_bytes::ByteBuf>()
+                .unwrap();
+            assert_eq!(v, filler, "a frame arrived cut or mixed");
+        }
+        b.recv().await.unwrap().decode::<u64>().unwrap()
+    };
+    let (last, ()) = tokio::join!(reader, finish_with());
+    assert_eq!(last, 7, "the last frame came out of order");
+    stopped
+}
+
+#[test]
+fn a_small_frame_goes_out_at_once_and_a_part_taken_is_finished_first() {
+    runtime().block_on(async {
+        for tcp in [false, true] {
+            let (a, b) = if tcp { tcp_pair() } else { unix_pair() };
+            assert_eq!(
+                a.try_send_now(&mut FrameBuf::of(&1u64).unwrap()).unwrap(),
+                Now::Sent
+            );
+            assert_eq!(b.recv().await.unwrap().decode::<u64>().unwrap(), 1);
+            // The next frame sent by the async path comes after the rest.
+            fill_then(&a, &b, || async {
+                a.send(&mut FrameBuf::of(&7u64).unwrap()).await.unwrap()
+            })
+            .await;
+            // `finish` alone completes a frame begun, and one not begun costs nothing.
+            fill_then(&a, &b, || async {
+                a.finish().await.unwrap();
+                a.send_batch(&mut [FrameBuf::of(&7u64).unwrap()])
                     .await
                     .unwrap()
-                    .decode::<serde_bytes::ByteBuf>()
-                    .unwrap();
-                assert_eq!(v.len(), 3000);
-            }
-            b.recv().await.unwrap().decode::<u64>().unwrap()
-        };
-        let writer = async { a.send(&mut FrameBuf::of(&7u64).unwrap()).await.unwrap() };
-        let (last, ()) = tokio::join!(reader, writer);
-        assert_eq!(last, 7, "the refused frame left no bytes behind");
+            })
+            .await;
+        }
+    });
+}
 
-        // Frames too large, frames with descriptors and TCP always take the async path.
+#[test]
+fn a_frame_begun_on_tcp_is_finished_before_any_other() {
+    // TCP takes part of a frame when its buffer is all but full: seen here at least once
+    // in a few tries, each followed by a check of the stream.
+    runtime().block_on(async {
+        let mut begun = 0;
+        for _ in 0..20 {
+            let (a, b) = tcp_pair();
+            if fill_then(&a, &b, || async {
+                a.finish().await.unwrap();
+                a.send(&mut FrameBuf::of(&7u64).unwrap()).await.unwrap()
+            })
+            .await
+                == Now::Begun
+            {
+                begun += 1;
+            }
+        }
+        assert!(begun > 0, "no TCP send took part of a frame in 20 fills");
+    });
+}
+
+#[test]
+fn large_frames_and_descriptors_are_not_sent_at_once() {
+    runtime().block_on(async {
+        let (a, _b) = unix_pair();
         let big = vec![1u8; NOW_MAX];
-        assert!(
-            !a.try_send_now(&mut FrameBuf::of(&serde_bytes::Bytes::new(&big)).unwrap())
-                .unwrap()
+        assert_eq!(
+            a.try_send_now(&mut FrameBuf::of(&serde_bytes::Bytes::new(&big)).unwrap())
+                .unwrap(),
+            Now::Not
         );
         let fd = Fd::from(crate::sys::dup_fd(std::os::fd::AsFd::as_fd(&a)).unwrap());
-        assert!(!a.try_send_now(&mut FrameBuf::of(&fd).unwrap()).unwrap());
-        let (t, _u) = tcp_pair();
-        assert!(!t.try_send_now(&mut FrameBuf::of(&1u64).unwrap()).unwrap());
+        assert_eq!(
+            a.try_send_now(&mut FrameBuf::of(&fd).unwrap()).unwrap(),
+            Now::Not
+        );
     });
 }
