@@ -24,6 +24,7 @@ fn main() {
     support::run(trials![
         fork_is_refused_with_threads,
         fork_from_a_single_threaded_process,
+        a_forked_child_ends_on_terminate_whatever_its_parent_handles,
         child_reports_the_method_that_started_it,
         default_method_is_inherited_by_children_and_grandchildren,
         get_all_start_methods_lists_each_once_default_first,
@@ -58,6 +59,63 @@ fn fork_probe(code: i32) {
         }
         Err(e) => {
             eprintln!("fork probe: {e}");
+            std::process::exit(3)
+        }
+    }
+}
+
+fn sleep_long() {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+async fn sleep_long_async() {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Runs in a child, which has a single thread: handles SIGTERM and SIGINT itself (as a
+/// service shutting down gracefully does), forks grandchildren that sleep, and terminates
+/// them. Exits 0 if each ended by SIGTERM, as a spawned one would.
+fn fork_terminate_probe() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let _int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut codes = Vec::new();
+        for plain in [true, false] {
+            let p = match plain {
+                true => Process::new(sleep_long, ()),
+                false => Process::new(sleep_long_async, ()),
+            };
+            let mut p = p
+                .start_method(StartMethod::Fork)
+                .start()
+                .await
+                .map_err(|e| e.to_string())?;
+            // Started: past the point where it could still be running the parent's code.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            p.terminate().map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(20), p.join()).await {
+                Ok(r) => codes.push(r.map_err(|e| e.to_string())?),
+                Err(_) => {
+                    let _ = p.kill();
+                    return Err(format!("plain target {plain}: terminate() did not end it"));
+                }
+            }
+        }
+        Ok::<_, String>(codes)
+    });
+    match result {
+        Ok(codes) if codes == [-15, -15] => std::process::exit(0),
+        Ok(codes) => {
+            eprintln!("fork terminate probe: exit codes {codes:?}");
+            std::process::exit(2)
+        }
+        Err(e) => {
+            eprintln!("fork terminate probe: {e}");
             std::process::exit(3)
         }
     }
@@ -235,6 +293,20 @@ async fn unknown_start_method_is_invalid_argument() -> TestResult {
     }
     let bad = "nonexistent".parse::<StartMethod>();
     ensure!(matches!(bad, Err(mp::Error::InvalidArgument(_))), "{bad:?}");
+    Ok(())
+}
+
+async fn a_forked_child_ends_on_terminate_whatever_its_parent_handles() -> TestResult {
+    // A forked child inherits its parent's signal handlers, and tokio's write to a pipe the
+    // child no longer has: SIGTERM must still end it, as it ends a spawned child.
+    let mut p = Process::new(fork_terminate_probe, ()).start().await?;
+    let code = tokio::time::timeout(Duration::from_secs(90), p.join())
+        .await
+        .map_err(|_| "the probe never ended")??;
+    ensure!(
+        code == 0,
+        "the probe failed with exit code {code} (see its stderr)"
+    );
     Ok(())
 }
 

@@ -27,7 +27,10 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         message: format!("{e}; use the spawn or forkserver start method"),
     })?;
     let Some(pid) = forked else {
-        // The child. An async target's runtime is built before the parent's descriptors are
+        // The child. Its parent's signal handlers would not reach the parent's runtime: the
+        // defaults take their place, as in a re-executed child.
+        sys::default_signal_handlers();
+        // An async target's runtime is built before the parent's descriptors are
         // closed, because tokio's I/O driver clones a process-wide signal pipe; the
         // descriptors the new runtime opened are kept. (Signals themselves are not delivered
         // to that runtime: the pipe's sending end was the parent's.)

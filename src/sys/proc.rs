@@ -214,6 +214,35 @@ pub(crate) fn ignore_sigpipe() -> io::Result<()> {
     ignore_signal(Signal::SIGPIPE).map(drop)
 }
 
+/// Puts every signal that has a handler back to its default and keeps those ignored, as
+/// `execve` does: for a forked child, whose handlers are its parent's. Tokio's, for one,
+/// write to a pipe the child no longer has, so they would swallow a SIGTERM or Ctrl-C's
+/// SIGINT. Async-signal-safe: only `sigaction` calls.
+pub(crate) fn default_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a zeroed `sigaction` is a valid value of the plain C struct, and the
+        // first call only reads the disposition into it.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: see above; a signal the C library keeps for itself gives an error, and is
+        // left alone.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0
+            || old.sa_sigaction == libc::SIG_DFL
+            || old.sa_sigaction == libc::SIG_IGN
+        {
+            continue;
+        }
+        // SAFETY: zeroed, with SIG_DFL as its handler: the default disposition, which runs
+        // no code in signal context.
+        let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+        default.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: as above.
+        unsafe { libc::sigaction(sig, &default, std::ptr::null_mut()) };
+    }
+}
+
 /// Sets `sig` to be ignored; returns the disposition it replaced.
 fn ignore_signal(sig: Signal) -> io::Result<nix::sys::signal::SigAction> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
