@@ -22,6 +22,7 @@ fn main() {
         a_grandchild_names_the_child_that_started_it,
         a_pool_worker_knows_it_is_one,
         active_children_lists_running_children_until_they_end,
+        a_forked_child_lists_none_of_its_parents_children,
     ])
 }
 
@@ -153,6 +154,54 @@ async fn a_forked_child_knows_its_name_and_parent() -> TestResult {
         "the forked child named its parent {:?}, not forker ({})",
         forked.3,
         p.pid()
+    );
+    Ok(())
+}
+
+/// Puts the names of this process's running children on `q`, after opening descriptors
+/// that take the lowest free numbers (those its parent's children's handles had, if any).
+async fn put_children(q: mp::Queue<Vec<String>>) -> Result<(), String> {
+    let pipes: Vec<_> = (0..40).filter_map(|_| nix::unistd::pipe().ok()).collect();
+    let names = mp::active_children()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    drop(pipes);
+    q.put(names).await.map_err(|e| e.to_string())
+}
+
+/// Forks a sleeping child, then a second one that reports its own children on `q`.
+async fn fork_two(q: mp::Queue<Vec<String>>) -> Result<(), String> {
+    let fork = |p: mp::ProcessBuilder| p.start_method(StartMethod::Fork).start();
+    let mut sleeper = fork(Process::new(sleep_secs, (60,)).name("sleeper"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let reported = async {
+        let mut reporter = fork(Process::new(put_children, (q,)).name("reporter"))
+            .await
+            .map_err(|e| e.to_string())?;
+        match reporter.join().await.map_err(|e| e.to_string())? {
+            0 => Ok(()),
+            code => Err(format!("the reporter exited with {code}")),
+        }
+    }
+    .await;
+    let _ = sleeper.kill();
+    let _ = sleeper.join().await;
+    reported
+}
+
+async fn a_forked_child_lists_none_of_its_parents_children() -> TestResult {
+    // A forked child inherits its parent's memory, the parent's list of children with it:
+    // its own `active_children()` must not list them (nor signal them at exit).
+    let q = mp::Queue::<Vec<String>>::new()?;
+    let mut p = Process::new(fork_two, (q.clone(),)).start().await?;
+    let listed = q.get_timeout(Duration::from_secs(30)).await;
+    support::join_ok(&mut p).await?;
+    let listed = listed?;
+    ensure!(
+        listed.is_empty(),
+        "a forked child listed {listed:?} as its children"
     );
     Ok(())
 }

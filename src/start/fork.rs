@@ -30,6 +30,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         // The child. Its parent's signal handlers would not reach the parent's runtime: the
         // defaults take their place, as in a re-executed child.
         sys::default_signal_handlers();
+        super::registry::forget_inherited();
         // An async target's runtime is built before the parent's descriptors are
         // closed, because tokio's I/O driver clones a process-wide signal pipe; the
         // descriptors the new runtime opened are kept. (Signals themselves are not delivered

@@ -63,6 +63,14 @@ pub(super) fn forget(pid: i32) {
     table(|t| t.remove(&pid));
 }
 
+/// In a forked child: the table is its parent's copy, which lists the parent's children.
+/// Emptied without closing anything, as the child closes every inherited descriptor
+/// itself; its exit handler (the parent's copy too) then finds nothing to signal or wait for.
+pub(super) fn forget_inherited() {
+    let inherited = table(std::mem::take);
+    std::mem::forget(inherited);
+}
+
 /// The children entered and not reaped that have not ended, in the order they were started.
 pub(crate) fn running_children() -> Vec<ActiveChild> {
     let mut running: Vec<(u64, ActiveChild)> = table(|t| {
