@@ -20,6 +20,7 @@ fn main() {
         a_proxy_lent_to_a_child_outlives_the_parents,
         a_client_that_dies_lets_its_references_go,
         nested_proxies_stay_proxies,
+        a_proxy_of_another_manager_cannot_be_registered,
     ])
 }
 
@@ -61,6 +62,24 @@ async fn objects_end_with_their_last_proxy() -> TestResult {
     drop(named);
     drop(l);
     ensure!(m.object_count().await? == 1, "a name keeps its object");
+    Ok(())
+}
+
+async fn a_proxy_of_another_manager_cannot_be_registered() -> TestResult {
+    // Each manager's first dict: the same kind of object, made first in each server.
+    let (a, b) = (Manager::start().await?, Manager::start().await?);
+    let (ours, theirs) = (a.dict::<u8, u8>().await?, b.dict::<u8, u8>().await?);
+    ours.insert(1, 1).await?;
+    let r = a.register("foreign", &theirs).await;
+    ensure!(matches!(r, Err(Error::Manager(_))), "registered: {r:?}");
+    a.register("ours", &ours).await?;
+    let fetched: DictProxy<u8, u8> = a.get("ours").await?;
+    ensure!(
+        fetched.get(&1).await? == Some(1),
+        "the name fetched another object"
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
     Ok(())
 }
 

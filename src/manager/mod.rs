@@ -578,8 +578,9 @@ impl Manager {
 
     /// Stops the server this handle started and waits for it (Python's
     /// `manager.shutdown()`): every object ends, and every proxy, anywhere, then fails with
-    /// [`Error::Closed`]. On a handle from [`connect`](Self::connect), it closes this
-    /// handle's connection and leaves the server running.
+    /// [`Error::Closed`]. On a handle from [`connect`](Self::connect), it drops this handle
+    /// and leaves the server running; the connection, which the proxies fetched through the
+    /// handle share, closes with the last of them.
     ///
     /// # Errors
     /// An I/O error from signalling or waiting.

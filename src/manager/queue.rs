@@ -539,7 +539,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     ///
     /// # Cancel safety
     /// Cancel safe: a `get` dropped while it waits is withdrawn from the server, and an item
-    /// the server had already handed out to it is put back at the front of the queue.
+    /// the server had already handed out to it is put back: at the front of a queue the
+    /// server holds, at the back of one in a ring (see the type's notes).
     pub async fn get(&self) -> Result<T> {
         self.get_with(Wait::Forever).await
     }
@@ -595,7 +596,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 
     /// Whether the queue is full, so that a `put` would wait (Python's `full()`): it holds
     /// `maxsize` items, or for an unbounded queue
-    /// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY).
+    /// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY), the most its ring
+    /// holds. An unbounded queue that only clients connected by address use has no ring, and
+    /// takes more all the same: `full` is then true while a `put` would not wait.
     ///
     /// # Errors
     /// [`Error::Closed`](crate::Error::Closed) if the server is gone.

@@ -417,11 +417,23 @@ pub(super) struct Shared {
     next_conn: AtomicU64,
 }
 
+/// Where a server's object ids start: at random, below 2^48, so that two servers' ids do
+/// not meet and a proxy shown to the wrong server (registered there, say) names nothing it
+/// holds, rather than another object of the same number.
+fn first_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    match sys::fill_random(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes) >> 16,
+        Err(_) => sys::monotonic_nanos() & ((1 << 48) - 1),
+    }
+}
+
 impl Shared {
     pub(super) fn new(types: HashMap<String, Maker>) -> Arc<Shared> {
         Arc::new(Shared {
             state: std::sync::Mutex::new(State {
                 types,
+                next: first_id(),
                 ..State::default()
             }),
             next_conn: AtomicU64::new(1),

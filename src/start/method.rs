@@ -22,6 +22,9 @@ pub enum StartMethod {
     /// is unsound. The child keeps only the descriptors its arguments own, so the parent's
     /// runtime's are closed in it: an `async fn` target runs on a runtime the crate builds
     /// for it first, but a plain target cannot build a tokio runtime of its own there.
+    /// The first start by `Spawn` or `ForkServer` (a pool's or a manager's included) starts
+    /// the crate's launcher thread, which stays: `Fork` is then refused in that process, so
+    /// a process that mixes methods forks first.
     Fork,
 }
 
