@@ -34,6 +34,7 @@ fn main() {
         local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
         a_stopped_server_gets_every_request_whole,
+        a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
         objects_let_go_with_a_lost_connection_are_named_so,
         bad_input_storm_leaves_the_server_serving,
@@ -237,6 +238,38 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
         .await
         .map_err(|_| "a call to a silent server still waits")?;
     ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+async fn a_queue_the_server_holds_is_full_only_at_its_maxsize() -> TestResult {
+    // Clients connected by address only: the server holds the items, with no ring's limit.
+    let m = tcp_manager().await?;
+    m.register("unbounded", &m.queue::<u32>().await?).await?;
+    m.register("bounded", &m.queue_with_maxsize::<u32>(3).await?)
+        .await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let q: QueueProxy<u32> = c.get("unbounded").await?;
+    let n = mp::Queue::<u32>::UNBOUNDED_CAPACITY as u32 + 1;
+    for i in 0..n {
+        q.put_nowait(i).await?;
+    }
+    ensure!(
+        !q.full().await?,
+        "full() with {n} items, though a put would not wait"
+    );
+    q.put_nowait(n).await?;
+    let b: QueueProxy<u32> = c.get("bounded").await?;
+    for i in 0..3 {
+        ensure!(!b.full().await?, "full() with {i} of 3 items");
+        b.put_nowait(i).await?;
+    }
+    ensure!(b.full().await?, "not full() with 3 of 3 items");
+    let r = b.put_nowait(3).await;
+    ensure!(
+        matches!(r.as_ref().map_err(|e| e.error()), Err(Error::Full)),
+        "{r:?}"
+    );
+    m.shutdown().await?;
     Ok(())
 }
 

@@ -222,6 +222,8 @@ pub(super) enum QueueOp {
     },
     Len,
     MaxSize,
+    /// Whether a `put` would wait now.
+    Full,
     TaskDone,
     Unfinished,
     Join,

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use super::proto::{Bytes, Failure, QueueOp, Reply, Request, Wait};
 use super::server::{Shared, Step, object};
-use super::{Handle, decode, encode, expect_done, expect_len, unexpected};
+use super::{Handle, decode, encode, expect_bool, expect_done, expect_len, unexpected};
 use crate::error::{Error, Result};
 use crate::queue::{JoinableQueue, PutError, Queue, SLOT_DATA};
 
@@ -112,6 +112,8 @@ impl QueueState {
                 Reply::Done
             }
             QueueOp::MaxSize => Reply::Len(self.maxsize as u64),
+            // The server's own items have no limit but `maxsize`.
+            QueueOp::Full => Reply::Bool(self.maxsize > 0 && self.items.len() >= self.maxsize),
             QueueOp::Unfinished => Reply::Len(self.unfinished as u64),
             QueueOp::TaskDone if !self.joinable => not_joinable("task_done()"),
             QueueOp::TaskDone => match self.unfinished.checked_sub(1) {
@@ -132,6 +134,7 @@ impl QueueState {
         match (ring, op) {
             (_, QueueOp::Len) => Reply::Len(ring.queue().qsize() as u64),
             (_, QueueOp::MaxSize) => Reply::Len(self.maxsize as u64),
+            (_, QueueOp::Full) => Reply::Bool(ring.queue().full()),
             (Ring::Joinable(q), QueueOp::Unfinished) => Reply::Len(q.unfinished() as u64),
             (Ring::Plain(_), QueueOp::Unfinished) => Reply::Len(0),
             (Ring::Joinable(q), QueueOp::TaskDone) => match q.task_done() {
@@ -595,10 +598,10 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     /// Whether the queue is full, so that a `put` would wait (Python's `full()`): it holds
-    /// `maxsize` items, or for an unbounded queue
-    /// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY), the most its ring
-    /// holds. An unbounded queue that only clients connected by address use has no ring, and
-    /// takes more all the same: `full` is then true while a `put` would not wait.
+    /// `maxsize` items, or, unbounded and in a ring (see the type's notes),
+    /// [`Queue::UNBOUNDED_CAPACITY`](crate::Queue::UNBOUNDED_CAPACITY), the most a ring
+    /// holds. An unbounded queue that the server holds (one only clients connected by
+    /// address use) is never full.
     ///
     /// # Errors
     /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
@@ -606,11 +609,10 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn full(&self) -> Result<bool> {
-        let limit = match self.maxsize().await? {
-            0 => Queue::<Bytes>::UNBOUNDED_CAPACITY,
-            m => m,
-        };
-        Ok(self.qsize().await? >= limit)
+        if let Some(ring) = self.ring().await {
+            return Ok(ring.queue().full());
+        }
+        expect_bool(self.op(QueueOp::Full).await?)
     }
 
     /// The bound the queue was made with; 0 for none.
