@@ -44,6 +44,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod address;
 mod awake;
 pub mod cluster;
 mod connection;
@@ -64,6 +65,7 @@ mod task;
 mod wait;
 mod wire;
 
+pub use address::{Address, ToAddress};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use connection::{Connection, Pipe};
 pub use error::{Error, ExitCause, Result, TaskError};
@@ -71,11 +73,11 @@ pub use family::{
     ActiveChild, MAIN_PROCESS_NAME, ParentProcess, ProcessInfo, active_children, current_process,
     parent_process,
 };
-pub use listener::{AUTH_TIMEOUT, Address, Client, Listener, MAX_HANDSHAKES};
+pub use listener::{AUTH_TIMEOUT, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
     ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
-    JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerAddress, ManagerBuilder,
-    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedProxy, ValueProxy,
+    JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerBuilder, NamespaceProxy,
+    Proxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedProxy, ValueProxy,
 };
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,

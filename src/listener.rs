@@ -35,9 +35,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -51,6 +49,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::Sha256;
 
+use crate::address::{Address, ToAddress};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -74,43 +73,6 @@ const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
 const FAILURE: &[u8] = b"#FAILURE#";
 const DIGEST: &[u8] = b"{sha256}";
-
-/// Where a [`Listener`] listens and a [`Client`] connects: a Unix socket path, or a TCP
-/// address (Python's string and `(host, port)` addresses).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    /// A Unix socket at this path.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(SocketAddr),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Unix(p) => write!(f, "{}", p.display()),
-            Address::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-impl From<PathBuf> for Address {
-    fn from(p: PathBuf) -> Address {
-        Address::Unix(p)
-    }
-}
-
-impl From<&Path> for Address {
-    fn from(p: &Path) -> Address {
-        Address::Unix(p.to_path_buf())
-    }
-}
-
-impl From<SocketAddr> for Address {
-    fn from(a: SocketAddr) -> Address {
-        Address::Tcp(a)
-    }
-}
 
 enum Inner {
     Unix(tokio::net::UnixListener),
@@ -189,8 +151,8 @@ impl Listener {
     /// assert_eq!(p.join().await?, 0);
     /// # Ok(()) }
     /// ```
-    pub fn bind(address: impl Into<Address>, authkey: Option<&[u8]>) -> Result<Listener> {
-        let address = address.into();
+    pub fn bind(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Listener> {
+        let address = address.to_address()?;
         let (inner, address) = match address {
             Address::Unix(path) => {
                 // Outside a runtime `from_std` panics: do so before the socket file exists.
@@ -361,10 +323,10 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect<T: Serialize + DeserializeOwned>(
-        address: impl Into<Address>,
+        address: impl ToAddress,
         authkey: Option<&[u8]>,
     ) -> Result<Connection<T>> {
-        let (fd, transport): (OwnedFd, _) = match address.into() {
+        let (fd, transport): (OwnedFd, _) = match address.to_address()? {
             Address::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await?;
                 (s.into_std()?.into(), Transport::Unix)

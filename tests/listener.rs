@@ -137,6 +137,40 @@ async fn tcp_with_key() -> TestResult {
     round_trip(&l, p).await
 }
 
+/// Python's address forms: `(host, port)` pairs, `"host:port"` strings, a path string; a
+/// string that is none of them is an invalid argument.
+async fn addresses_as_python_writes_them() -> TestResult {
+    // `localhost` on both sides: the listener and the client take its first address alike.
+    let l = mp::Listener::bind(("localhost", 0), Some(KEY))?;
+    let mp::Address::Tcp(addr) = l.address().clone() else {
+        return Err("not a TCP address".into());
+    };
+    let port = addr.port();
+    let text = format!("localhost:{port}");
+    let pair = ("localhost".to_string(), port);
+    for to in [
+        mp::ToAddress::to_address(&pair)?,
+        mp::ToAddress::to_address(&text)?,
+    ] {
+        let (client, served) = tokio::join!(mp::Client::connect::<u32>(&to, Some(KEY)), async {
+            let c = l.accept::<u32>().await?;
+            c.send(&7).await
+        });
+        served?;
+        ensure!(client?.recv().await? == 7, "no message through {to}");
+    }
+    let path = socket_path("string");
+    let u = mp::Listener::bind(path.to_string_lossy().as_ref(), None)?;
+    ensure!(
+        u.address() == &mp::Address::Unix(path.clone()),
+        "{:?}",
+        u.address()
+    );
+    let r = mp::Client::connect::<u32>("not an address", None).await;
+    ensure!(matches!(r, Err(mp::Error::InvalidArgument(_))), "{r:?}");
+    Ok(())
+}
+
 /// `_TestListenerClient.test_listener_client` without a key: no exchange at all.
 async fn unix_path_without_key() -> TestResult {
     let path = socket_path("nokey");
@@ -356,6 +390,10 @@ fn main() {
     let trials = vec![
         test("unix_path_with_key", unix_path_with_key),
         test("tcp_with_key", tcp_with_key),
+        test(
+            "addresses_as_python_writes_them",
+            addresses_as_python_writes_them,
+        ),
         test("unix_path_without_key", unix_path_without_key),
         test(
             "wrong_key_fails_on_both_sides",

@@ -38,9 +38,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{Failure, HEARTBEAT, HEARTBEAT_MISSES, QueueOp, Reply, Request, Undo};
 use super::queue::{self, Ring};
+use crate::address::Address;
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
-use crate::listener::Address;
 use crate::sys;
 use crate::wire::{FrameBuf, Framed, Outbox, Transport, written};
 

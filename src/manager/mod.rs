@@ -48,7 +48,7 @@ pub use lock::{LockProxy, RLockProxy};
 pub use managed::{Managed, Proxy};
 pub use namespace::NamespaceProxy;
 pub use queue::{JoinableQueueProxy, QueueProxy};
-pub use remote::{ManagerAddress, ManagerBuilder};
+pub use remote::ManagerBuilder;
 pub use semaphore::{BoundedSemaphoreProxy, SemaphoreProxy};
 pub use value::ValueProxy;
 
@@ -60,8 +60,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
+use crate::address::Address;
 use crate::error::{Error, Result};
-use crate::listener::Address;
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::wire::codec;

@@ -10,9 +10,9 @@
 //! a client need not run the same binary as the server; what must agree is checked per
 //! object when it is fetched by name ([`Manager::get`]).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,80 +24,12 @@ use super::link::{Link, Route};
 use super::managed::{Maker, Managed, maker};
 use super::server::{self, Door, Shared};
 use super::{Manager, Server};
+use crate::address::{Address, ToAddress};
 use crate::error::{Error, Result};
-use crate::listener::Address;
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
 use crate::wire::Fd;
-
-/// What can name a manager's address: a [`SocketAddr`], an [`Address`], a path, or a
-/// string: `"127.0.0.1:50000"` or `"localhost:50000"` for TCP, a path (containing a `/`)
-/// for a Unix socket.
-pub trait ManagerAddress {
-    /// The address.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for a string that is neither a path nor a host and port
-    /// that resolves.
-    fn to_address(&self) -> Result<Address>;
-}
-
-impl ManagerAddress for Address {
-    fn to_address(&self) -> Result<Address> {
-        Ok(self.clone())
-    }
-}
-
-impl ManagerAddress for SocketAddr {
-    fn to_address(&self) -> Result<Address> {
-        Ok(Address::Tcp(*self))
-    }
-}
-
-impl ManagerAddress for Path {
-    fn to_address(&self) -> Result<Address> {
-        Ok(Address::Unix(self.to_path_buf()))
-    }
-}
-
-impl ManagerAddress for PathBuf {
-    fn to_address(&self) -> Result<Address> {
-        Ok(Address::Unix(self.clone()))
-    }
-}
-
-impl ManagerAddress for str {
-    fn to_address(&self) -> Result<Address> {
-        if self.contains('/') {
-            return Ok(Address::Unix(PathBuf::from(self)));
-        }
-        if let Ok(a) = self.parse::<SocketAddr>() {
-            return Ok(Address::Tcp(a));
-        }
-        self.to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .map(Address::Tcp)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{self:?} is neither a socket path nor a host:port that resolves"
-                ))
-            })
-    }
-}
-
-impl ManagerAddress for String {
-    fn to_address(&self) -> Result<Address> {
-        self.as_str().to_address()
-    }
-}
-
-impl<A: ManagerAddress + ?Sized> ManagerAddress for &A {
-    fn to_address(&self) -> Result<Address> {
-        (**self).to_address()
-    }
-}
 
 /// An [`Address`] as a proxy carries it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,7 +105,7 @@ impl Default for ManagerBuilder {
 
 impl ManagerBuilder {
     /// Listens on `address` (TCP port 0 picks a free port: see [`Manager::address`]).
-    pub fn address(mut self, address: impl ManagerAddress) -> ManagerBuilder {
+    pub fn address(mut self, address: impl ToAddress) -> ManagerBuilder {
         self.address = Some(address.to_address());
         self
     }
@@ -343,10 +275,7 @@ impl Manager {
     ///
     /// # Cancel safety
     /// Cancel safe: a connection dropped midway is closed.
-    pub async fn connect(
-        address: impl ManagerAddress,
-        authkey: impl AsRef<[u8]>,
-    ) -> Result<Manager> {
+    pub async fn connect(address: impl ToAddress, authkey: impl AsRef<[u8]>) -> Result<Manager> {
         let address = address.to_address()?;
         let link = Link::new(Route::Address {
             address: address.clone(),
