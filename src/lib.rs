@@ -57,6 +57,7 @@ mod on_drop;
 mod pool;
 mod process;
 mod queue;
+mod shareable_list;
 mod shared;
 mod start;
 mod sync;
@@ -84,6 +85,7 @@ pub use pool::{
 };
 pub use process::{Process, ProcessBuilder};
 pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
+pub use shareable_list::{Item, ShareableList};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
 pub use sync::{

@@ -11,7 +11,8 @@ use std::time::Duration;
 use libtest_mimic::Arguments;
 use support::{TestResult, fds_return_to, join_ok, open_fds, run_example};
 use tokio_multiprocessing::{
-    Array, Error, Event, Lock, Process, RawArray, RawValue, SharedMemory, Value,
+    Array, Error, Event, Item, Lock, Process, RawArray, RawValue, ShareableList, SharedMemory,
+    Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -286,6 +287,203 @@ async fn example_shared_value_array() -> TestResult {
     Ok(())
 }
 
+/// The list of `test_shared_memory_ShareableList_basics`.
+fn python_list() -> Vec<Item> {
+    vec![
+        "howdy".into(),
+        b"HoWdY".as_slice().into(),
+        (-273.154).into(),
+        100.into(),
+        ().into(),
+        true.into(),
+        42.into(),
+    ]
+}
+
+/// `_TestSharedMemory.test_shared_memory_ShareableList_basics`, ported.
+async fn shareable_list_basics() -> TestResult {
+    let name = unique("list");
+    let sl = ShareableList::create(Some(&name), python_list())?;
+    ensure!(sl.len()? == 7, "len {}", sl.len()?);
+    ensure!(sl.to_vec()? == python_list(), "{sl:?}");
+    ensure!(
+        sl.format()? == "8s8sdqxxxxxx?xxxxxxxx?q",
+        "format {}",
+        sl.format()?
+    );
+    ensure!(sl.index(&Item::from(42))? == 6, "index of 42");
+    ensure!(sl.count(&Item::from(b"HoWdY".as_slice()))? == 1, "count");
+    let missing = sl.index(&Item::from("missing"));
+    ensure!(
+        matches!(missing, Err(Error::InvalidArgument(_))),
+        "{missing:?}"
+    );
+    // Any type into a number's slot; a string or bytes up to its slot's size.
+    sl.set(2, "hi")?;
+    ensure!(sl.get(2)? == Item::from("hi"), "a string in a float's slot");
+    sl.set(-1, 3.5)?;
+    sl.set(4, false)?;
+    sl.set(0, "12345678")?;
+    sl.set(3, ())?;
+    let too_long = sl.set(0, "123456789");
+    ensure!(
+        matches!(too_long, Err(Error::InvalidArgument(_))),
+        "{too_long:?}"
+    );
+    ensure!(
+        sl.get(0)? == Item::from("12345678"),
+        "a refused set changed the item"
+    );
+    for i in [7, -8] {
+        let r = sl.get(i);
+        ensure!(
+            matches!(r, Err(Error::IndexOutOfRange { .. })),
+            "get({i}): {r:?}"
+        );
+    }
+    let other = ShareableList::attach(&name)?;
+    ensure!(
+        other.to_vec()?
+            == vec![
+                "12345678".into(),
+                b"HoWdY".as_slice().into(),
+                "hi".into(),
+                ().into(),
+                false.into(),
+                true.into(),
+                3.5.into()
+            ],
+        "{other:?}"
+    );
+    let empty = ShareableList::create(None::<&str>, Vec::<Item>::new())?;
+    ensure!(empty.is_empty()? && empty.to_vec()?.is_empty(), "{empty:?}");
+    let generated = empty.shm().name().unwrap_or("").to_string();
+    ensure!(
+        generated.starts_with("psm_") && generated.len() == 12,
+        "name {generated}"
+    );
+    drop((sl, other, empty));
+    ensure!(
+        !shm_exists(&name) && !shm_exists(&generated),
+        "a segment was left"
+    );
+    Ok(())
+}
+
+async fn double_items(sl: ShareableList) -> Result<(), String> {
+    for i in 0..sl.len().map_err(|e| e.to_string())? as i64 {
+        if let Item::Int(v) = sl.get(i).map_err(|e| e.to_string())? {
+            sl.set(i, v * 2).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+async fn shareable_list_reaches_a_child() -> TestResult {
+    // Sent as a value, the list carries its segment (no name lookup).
+    let sl = ShareableList::create(None::<&str>, [1, 2, 3])?;
+    let mut p = Process::new(double_items, (sl.try_clone()?,))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(sl.to_vec()? == vec![2.into(), 4.into(), 6.into()], "{sl:?}");
+    Ok(())
+}
+
+/// Runs `script` with python3, whose multiprocessing.shared_memory it needs; `None` (after
+/// saying why) where the machine has none.
+fn python(script: &str) -> std::io::Result<Option<std::process::Output>> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import multiprocessing.shared_memory"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no python3 with multiprocessing.shared_memory on this machine");
+        return Ok(None);
+    }
+    Ok(Some(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .output()?,
+    ))
+}
+
+async fn shareable_list_shared_with_cpython() -> TestResult {
+    // Made here, read and changed by CPython.
+    let name = unique("pylist");
+    let sl = ShareableList::create(Some(&name), python_list())?;
+    let script = format!(
+        r#"
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import ShareableList
+sl = ShareableList(name="{name}")
+resource_tracker.unregister(sl.shm._name, "shared_memory")  # ours to remove
+assert list(sl) == ['howdy', b'HoWdY', -273.154, 100, None, True, 42], list(sl)
+assert sl.format == "8s8sdqxxxxxx?xxxxxxxx?q", sl.format
+sl[0] = "hi"; sl[2] = 2.5; sl[3] = None; sl[4] = 7; sl[6] = b"x"
+sl.shm.close()
+made = ShareableList(["made", b"by", 3.25, -1, None, False], name="{name}-py")
+resource_tracker.unregister(made.shm._name, "shared_memory")  # ours to remove
+made.shm.close()
+"#
+    );
+    let Some(out) = python(&script)? else {
+        return Ok(());
+    };
+    ensure!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<Item> = vec![
+        "hi".into(),
+        b"HoWdY".as_slice().into(),
+        2.5.into(),
+        ().into(),
+        7.into(),
+        true.into(),
+        b"x".as_slice().into(),
+    ];
+    ensure!(sl.to_vec()? == expected, "after CPython's changes: {sl:?}");
+    // Made by CPython, read here.
+    let mut made = ShareableList::attach(&format!("{name}-py"))?;
+    made.unlink()?;
+    let expected: Vec<Item> = vec![
+        "made".into(),
+        b"by".as_slice().into(),
+        3.25.into(),
+        (-1).into(),
+        ().into(),
+        false.into(),
+    ];
+    ensure!(made.to_vec()? == expected, "CPython's list: {made:?}");
+    Ok(())
+}
+
+async fn shareable_list_refuses_a_segment_that_is_not_one() -> TestResult {
+    let name = unique("notalist");
+    let shm = SharedMemory::create(&name, 64)?;
+    // A length that cannot fit, then offsets that run backwards or past the end.
+    for (at, bytes) in [
+        (0usize, 1_000_000i64.to_le_bytes()),
+        (0, 2i64.to_le_bytes()),
+        (16, 0i64.to_le_bytes()),
+        (16, 900i64.to_le_bytes()),
+    ] {
+        shm.write(at, &bytes)?;
+        let r = ShareableList::attach(&name);
+        ensure!(matches!(r, Err(Error::InvalidArgument(_))), "{at}: {r:?}");
+    }
+    // A valid list whose format bytes are garbage: an error for that item only.
+    let list_name = unique("garbled");
+    let sl = ShareableList::create(Some(&list_name), [1, 2])?;
+    let formats = sl.shm().size() - 2 - 16;
+    sl.shm().write(formats, b"zzzzzzzz")?;
+    let r = sl.get(0);
+    ensure!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    ensure!(sl.get(1)? == Item::from(2), "the other item");
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -295,7 +493,11 @@ fn main() {
         value_lock_and_indices,
         shared_memory_named,
         shared_memory_survives_killed_child,
-        example_shared_value_array
+        example_shared_value_array,
+        shareable_list_basics,
+        shareable_list_reaches_a_child,
+        shareable_list_shared_with_cpython,
+        shareable_list_refuses_a_segment_that_is_not_one
     ];
     libtest_mimic::run(&args, trials).exit()
 }

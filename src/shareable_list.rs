@@ -1,0 +1,556 @@
+//! [`ShareableList`]: Python's `multiprocessing.shared_memory.ShareableList`, a list of a
+//! fixed length whose items (integers, floats, booleans, strings, bytes, `None`) live in a
+//! named [`SharedMemory`] segment, laid out exactly as CPython lays it out, so that a Rust
+//! process and a Python one attach to the same list by name.
+//!
+//! # Layout (CPython 3.8+, native little-endian)
+//! - 8 bytes: the number of items, `n`;
+//! - `(n + 1) × 8` bytes: each item's offset in the data area, the first 0, the last its end;
+//! - the data area: 8 bytes per number, boolean or `None`; a string or bytes gets its
+//!   encoded length rounded up to the next multiple of 8 (always at least one byte more);
+//! - `n × 8` bytes: each item's `struct` format, NUL-padded: `q`, `d`, `xxxxxxx?`,
+//!   `xxxxxx?x` (`None`), `<size>s`;
+//! - `n` bytes: how to read each item back: 0 as it is, 1 a UTF-8 string, 2 bytes, 3 `None`
+//!   (strings and bytes lose trailing NULs, as in Python).
+//!
+//! Everything read from the segment is checked against its size before use: a segment that
+//! is not a list, or that another process wrote garbage into, is an error, never a panic.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::shared::SharedMemory;
+use crate::sys;
+
+/// One item of a [`ShareableList`]: the types Python's `ShareableList` stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Item {
+    /// Python's `None`.
+    None,
+    /// A `bool`.
+    Bool(bool),
+    /// An `int` that fits in 64 bits.
+    Int(i64),
+    /// A `float`.
+    Float(f64),
+    /// A `str` (UTF-8).
+    Str(String),
+    /// A `bytes`.
+    Bytes(Vec<u8>),
+}
+
+impl fmt::Display for Item {
+    /// As Python's `repr`: `None`, `True`, `3`, `2.5`, `'text'`, `b'data'`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Item::None => write!(f, "None"),
+            Item::Bool(true) => write!(f, "True"),
+            Item::Bool(false) => write!(f, "False"),
+            Item::Int(i) => write!(f, "{i}"),
+            Item::Float(x) if x.fract() == 0.0 && x.is_finite() => write!(f, "{x:.1}"),
+            Item::Float(x) => write!(f, "{x}"),
+            Item::Str(s) => write!(f, "{s:?}"),
+            Item::Bytes(b) => write!(f, "b\"{}\"", b.escape_ascii()),
+        }
+    }
+}
+
+macro_rules! item_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$t> for Item {
+            fn from(v: $t) -> Item {
+                Item::$variant(v.into())
+            }
+        }
+    )*};
+}
+item_from!(bool => Bool, i64 => Int, i32 => Int, u32 => Int, i16 => Int, u16 => Int,
+    i8 => Int, u8 => Int, f64 => Float, f32 => Float, String => Str, &str => Str,
+    Vec<u8> => Bytes, &[u8] => Bytes);
+
+impl From<()> for Item {
+    fn from((): ()) -> Item {
+        Item::None
+    }
+}
+
+impl<T: Into<Item>> From<Option<T>> for Item {
+    fn from(v: Option<T>) -> Item {
+        v.map_or(Item::None, Into::into)
+    }
+}
+
+/// How an item is stored: its `struct` format and its read-back code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Float,
+    Bool,
+    None,
+    Str,
+    Bytes,
+}
+
+impl Kind {
+    fn of(item: &Item) -> Kind {
+        match item {
+            Item::None => Kind::None,
+            Item::Bool(_) => Kind::Bool,
+            Item::Int(_) => Kind::Int,
+            Item::Float(_) => Kind::Float,
+            Item::Str(_) => Kind::Str,
+            Item::Bytes(_) => Kind::Bytes,
+        }
+    }
+
+    /// The `struct` format of an item of this kind in a slot of `room` bytes.
+    fn format(self, room: usize) -> String {
+        match self {
+            Kind::Int => "q".into(),
+            Kind::Float => "d".into(),
+            Kind::Bool => "xxxxxxx?".into(),
+            Kind::None => "xxxxxx?x".into(),
+            Kind::Str | Kind::Bytes => format!("{room}s"),
+        }
+    }
+
+    /// CPython's read-back code (`_back_transforms_mapping`).
+    fn code(self) -> u8 {
+        match self {
+            Kind::Int | Kind::Float | Kind::Bool => 0,
+            Kind::Str => 1,
+            Kind::Bytes => 2,
+            Kind::None => 3,
+        }
+    }
+}
+
+/// The bytes a new item's slot takes: 8, or a string's or bytes' length rounded up to the
+/// next multiple of 8, as CPython allots them.
+fn slot_size(item: &Item) -> usize {
+    match item {
+        Item::Str(s) => (s.len() / 8 + 1) * 8,
+        Item::Bytes(b) => (b.len() / 8 + 1) * 8,
+        _ => 8,
+    }
+}
+
+/// A list of a fixed length in shared memory (Python's `ShareableList`): items can be read
+/// and replaced, not added or removed. Named, so that any process, Rust or Python, attaches
+/// to it by name; sent to a child, it carries its segment.
+///
+/// Like Python's, it has no lock: a reader racing a writer of the same item may see a mix
+/// of the two. Guard it with a [`Lock`](crate::Lock) where processes write while others read.
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing::{Item, ShareableList};
+/// let a = ShareableList::create(
+///     Some("demo-list"),
+///     [Item::from("howdy"), b"HoWdY".as_slice().into(), (-273.154).into(), 100.into(),
+///      ().into(), true.into(), 42.into()],
+/// )?;
+/// let b = ShareableList::attach("demo-list")?;
+/// b.set(2, 3.0)?;
+/// assert_eq!(a.get(2)?, Item::Float(3.0));
+/// assert_eq!(a.get(-1)?, Item::Int(42));
+/// assert!(b.set(0, "far too long for the slot").is_err());
+/// # Ok::<(), tokio_multiprocessing::Error>(())
+/// ```
+#[derive(Serialize, Deserialize)]
+pub struct ShareableList {
+    shm: SharedMemory,
+}
+
+/// Where the parts of a list lie, read from (and checked against) its segment.
+struct Layout {
+    len: usize,
+    /// `len + 1` offsets into the data area.
+    offsets: Vec<usize>,
+}
+
+impl Layout {
+    fn data(&self) -> usize {
+        (self.len + 2) * 8
+    }
+
+    fn formats(&self) -> usize {
+        self.data() + self.offsets[self.len]
+    }
+
+    fn codes(&self) -> usize {
+        self.formats() + self.len * 8
+    }
+
+    fn end(&self) -> usize {
+        self.codes() + self.len
+    }
+}
+
+impl ShareableList {
+    /// Creates a list holding `items` in a new segment named `name`, or a generated name
+    /// (`psm_` and 8 hex digits, as CPython's) for `None` (Python's
+    /// `ShareableList(sequence, name=name)`). As with [`SharedMemory::create`], this handle
+    /// removes the name when dropped.
+    ///
+    /// # Errors
+    /// As [`SharedMemory::create`]: [`Error::Io`] `AlreadyExists` if the name is taken.
+    pub fn create<I>(
+        name: Option<&str>,
+        items: impl IntoIterator<Item = I>,
+    ) -> Result<ShareableList>
+    where
+        I: Into<Item>,
+    {
+        let items: Vec<Item> = items.into_iter().map(Into::into).collect();
+        let mut offsets = vec![0usize];
+        for item in &items {
+            let end = offsets[offsets.len() - 1] + slot_size(item);
+            offsets.push(end);
+        }
+        let layout = Layout {
+            len: items.len(),
+            offsets,
+        };
+        let shm = match name {
+            Some(n) => SharedMemory::create(n, layout.end())?,
+            None => create_with_a_generated_name(layout.end())?,
+        };
+        let mut head = Vec::with_capacity(layout.data());
+        head.extend_from_slice(&(layout.len as i64).to_le_bytes());
+        for &o in &layout.offsets {
+            head.extend_from_slice(&(o as i64).to_le_bytes());
+        }
+        shm.write(0, &head)?;
+        let list = ShareableList { shm };
+        for (i, item) in items.iter().enumerate() {
+            list.store(&layout, i, item)?;
+        }
+        Ok(list)
+    }
+
+    /// Attaches to the list in the segment named `name` (Python's
+    /// `ShareableList(name=name)`), made by this crate or by CPython.
+    ///
+    /// # Errors
+    /// [`Error::Io`] `NotFound` if there is no such segment; [`Error::InvalidArgument`] if
+    /// the segment does not hold a list.
+    pub fn attach(name: &str) -> Result<ShareableList> {
+        let list = ShareableList {
+            shm: SharedMemory::attach(name)?,
+        };
+        list.layout()?;
+        Ok(list)
+    }
+
+    /// Another handle to the same list, which never removes the name (an attacher): for
+    /// example to pass the list to a child process.
+    ///
+    /// # Errors
+    /// As [`SharedMemory::try_clone`].
+    pub fn try_clone(&self) -> Result<ShareableList> {
+        Ok(ShareableList {
+            shm: self.shm.try_clone()?,
+        })
+    }
+
+    /// The segment the list lives in (Python's `shm`).
+    pub fn shm(&self) -> &SharedMemory {
+        &self.shm
+    }
+
+    /// Removes the segment's name (Python's `sl.shm.unlink()`): for a list attached by name
+    /// whose maker (a Python process, say) leaves the removal to others. The list stays
+    /// usable here.
+    ///
+    /// # Errors
+    /// As [`SharedMemory::unlink`].
+    pub fn unlink(&mut self) -> Result<()> {
+        self.shm.unlink()
+    }
+
+    /// The number of items.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the segment no longer holds a list.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.layout()?.len)
+    }
+
+    /// Whether the list has no items.
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The item at `i`; negative counts from the end, as in Python.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] (Python's `IndexError`); [`Error::InvalidArgument`] if the
+    /// item's bytes are not what its format says (a string that is not UTF-8, a format this
+    /// list does not know).
+    pub fn get(&self, i: i64) -> Result<Item> {
+        let layout = self.layout()?;
+        let at = self.position(&layout, i)?;
+        self.load(&layout, at)
+    }
+
+    /// Replaces the item at `i` (negative counts from the end). A number, boolean or `None`
+    /// fits any slot; a string or bytes must fit the slot the list was made with.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`]; [`Error::InvalidArgument`] for a string or bytes longer
+    /// than its slot (Python's `ValueError: bytes/str item exceeds available storage`).
+    pub fn set(&self, i: i64, item: impl Into<Item>) -> Result<()> {
+        let layout = self.layout()?;
+        let at = self.position(&layout, i)?;
+        self.store(&layout, at, &item.into())
+    }
+
+    /// Every item, in order (Python's `list(sl)`).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn to_vec(&self) -> Result<Vec<Item>> {
+        let layout = self.layout()?;
+        (0..layout.len).map(|i| self.load(&layout, i)).collect()
+    }
+
+    /// How many items equal `item` (Python's `count`).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn count(&self, item: &Item) -> Result<usize> {
+        Ok(self.to_vec()?.iter().filter(|i| *i == item).count())
+    }
+
+    /// The position of the first item equal to `item` (Python's `index`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if there is none (Python's `ValueError`); as
+    /// [`get`](Self::get).
+    pub fn index(&self, item: &Item) -> Result<usize> {
+        self.to_vec()?
+            .iter()
+            .position(|i| i == item)
+            .ok_or_else(|| Error::InvalidArgument(format!("{item} not in this container")))
+    }
+
+    /// The `struct` formats of the items, joined (Python's `format`).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn format(&self) -> Result<String> {
+        let layout = self.layout()?;
+        (0..layout.len)
+            .map(|i| self.kind(&layout, i).map(|(f, _)| f))
+            .collect()
+    }
+
+    /// Reads the list's length and offsets, checking them against the segment's size.
+    fn layout(&self) -> Result<Layout> {
+        let size = self.shm.size();
+        let not_a_list = |why: &str| {
+            Error::InvalidArgument(format!(
+                "shared memory segment {:?} does not hold a list: {why}",
+                self.shm.name().unwrap_or("(anonymous)")
+            ))
+        };
+        let len = usize::try_from(self.read_i64(0)?)
+            .ok()
+            // The smallest list of n items: its length and offsets, 8 bytes of data, a format
+            // and a code per item.
+            .filter(|&n| {
+                n.checked_mul(25)
+                    .and_then(|m| m.checked_add(16))
+                    .is_some_and(|m| m <= size)
+            })
+            .ok_or_else(|| not_a_list("its length does not fit it"))?;
+        let mut raw = vec![0u8; (len + 1) * 8];
+        self.shm.read(8, &mut raw)?;
+        let mut offsets = Vec::with_capacity(len + 1);
+        for chunk in raw.chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let o = usize::try_from(i64::from_le_bytes(b))
+                .map_err(|_| not_a_list("a negative offset"))?;
+            if offsets.last().is_some_and(|&last| o < last) {
+                return Err(not_a_list("its offsets go backwards"));
+            }
+            offsets.push(o);
+        }
+        if offsets.first() != Some(&0) {
+            return Err(not_a_list("its first offset is not 0"));
+        }
+        let layout = Layout { len, offsets };
+        // The last offset is checked with the rest of the layout against the size.
+        let end = layout.offsets[len]
+            .checked_add((len + 2) * 8 + len * 9)
+            .ok_or_else(|| not_a_list("its offsets pass its end"))?;
+        if end > size {
+            return Err(not_a_list("its offsets pass its end"));
+        }
+        Ok(layout)
+    }
+
+    fn read_i64(&self, at: usize) -> Result<i64> {
+        let mut b = [0u8; 8];
+        self.shm.read(at, &mut b)?;
+        Ok(i64::from_le_bytes(b))
+    }
+
+    fn position(&self, layout: &Layout, i: i64) -> Result<usize> {
+        let len = layout.len as i64;
+        let at = if i < 0 { i + len } else { i };
+        match (0..len).contains(&at) {
+            true => Ok(at as usize),
+            false => Err(Error::IndexOutOfRange {
+                index: i.unsigned_abs() as usize,
+                len: layout.len,
+            }),
+        }
+    }
+
+    /// Item `i`'s format string and kind, as its format and read-back code say.
+    fn kind(&self, layout: &Layout, i: usize) -> Result<(String, Kind)> {
+        let mut raw = [0u8; 8];
+        self.shm.read(layout.formats() + i * 8, &mut raw)?;
+        let mut code = [0u8; 1];
+        self.shm.read(layout.codes() + i, &mut code)?;
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(8);
+        let format = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let kind = match (format.as_str(), code[0]) {
+            ("q", 0) => Kind::Int,
+            ("d", 0) => Kind::Float,
+            ("xxxxxxx?", 0) => Kind::Bool,
+            (_, 3) => Kind::None,
+            (f, 1 | 2) if f.ends_with('s') && f[..f.len() - 1].parse::<usize>().is_ok() => {
+                match code[0] {
+                    1 => Kind::Str,
+                    _ => Kind::Bytes,
+                }
+            }
+            (f, c) => {
+                return Err(Error::InvalidArgument(format!(
+                    "item {i} has the format {f:?} and read-back code {c}, which a list does not use"
+                )));
+            }
+        };
+        Ok((format, kind))
+    }
+
+    fn load(&self, layout: &Layout, i: usize) -> Result<Item> {
+        let (_, kind) = self.kind(layout, i)?;
+        let start = layout.data() + layout.offsets[i];
+        let room = layout.offsets[i + 1] - layout.offsets[i];
+        let mut bytes = vec![0u8; room];
+        self.shm.read(start, &mut bytes)?;
+        let word = || -> Result<[u8; 8]> {
+            bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::InvalidArgument(format!("item {i}'s slot is too small")))
+        };
+        Ok(match kind {
+            Kind::Int => Item::Int(i64::from_le_bytes(word()?)),
+            Kind::Float => Item::Float(f64::from_le_bytes(word()?)),
+            Kind::Bool => Item::Bool(word()?[7] != 0),
+            Kind::None => Item::None,
+            Kind::Str | Kind::Bytes => {
+                let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+                bytes.truncate(used);
+                match kind {
+                    Kind::Bytes => Item::Bytes(bytes),
+                    _ => Item::Str(String::from_utf8(bytes).map_err(|e| {
+                        Error::InvalidArgument(format!("item {i} is not UTF-8: {e}"))
+                    })?),
+                }
+            }
+        })
+    }
+
+    fn store(&self, layout: &Layout, i: usize, item: &Item) -> Result<()> {
+        let start = layout.data() + layout.offsets[i];
+        let room = layout.offsets[i + 1] - layout.offsets[i];
+        let mut bytes = vec![0u8; room];
+        let value: &[u8] = match item {
+            Item::Str(s) => s.as_bytes(),
+            Item::Bytes(b) => b,
+            _ => &[],
+        };
+        match item {
+            Item::Str(_) | Item::Bytes(_) if value.len() > room => {
+                return Err(Error::InvalidArgument(format!(
+                    "bytes/str item exceeds available storage: {} bytes in a slot of {room}",
+                    value.len()
+                )));
+            }
+            Item::Str(_) | Item::Bytes(_) => bytes[..value.len()].copy_from_slice(value),
+            _ if room < 8 => {
+                return Err(Error::InvalidArgument(format!(
+                    "item {i}'s slot of {room} bytes is too small for a number"
+                )));
+            }
+            Item::Int(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
+            Item::Float(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
+            Item::Bool(b) => bytes[7] = u8::from(*b),
+            Item::None => {}
+        }
+        let kind = Kind::of(item);
+        let mut format = [0u8; 8];
+        let f = kind.format(room);
+        format[..f.len().min(8)].copy_from_slice(&f.as_bytes()[..f.len().min(8)]);
+        // A number is 8 bytes at the slot's start; a string or bytes fills its slot.
+        let written = match kind {
+            Kind::Str | Kind::Bytes => room,
+            _ => 8,
+        };
+        self.shm.write(start, &bytes[..written])?;
+        self.shm.write(layout.formats() + i * 8, &format)?;
+        self.shm.write(layout.codes() + i, &[kind.code()])
+    }
+}
+
+/// A new segment of `size` bytes with a name like CPython's (`psm_` and 8 random hex
+/// digits), tried again with another name if one is taken.
+fn create_with_a_generated_name(size: usize) -> Result<SharedMemory> {
+    loop {
+        let mut random = [0u8; 4];
+        sys::fill_random(&mut random)?;
+        let name = format!(
+            "psm_{}",
+            u32::from_le_bytes(random)
+                .to_be_bytes()
+                .map(|b| format!("{b:02x}"))
+                .concat()
+        );
+        match SharedMemory::create(&name, size) {
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            r => return r,
+        }
+    }
+}
+
+impl fmt::Debug for ShareableList {
+    /// As Python's `repr`: `ShareableList([1, 'a'], name='psm_…')`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items = match self.to_vec() {
+            Ok(items) => items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("<{e}>"),
+        };
+        write!(
+            f,
+            "ShareableList([{items}], name={:?})",
+            self.shm.name().unwrap_or("")
+        )
+    }
+}
