@@ -206,11 +206,22 @@ async fn panic_fails_that_task_only() -> TestResult {
     );
     ensure!(e.to_string().contains("boom at 3"), "{e}");
     ensure!(pool.apply(boom, (4,)).await? == 4, "next task");
-    let e = pool.map(boom, 0..10).chunksize(2).await;
+    let mut m = pool.map(boom, 0..10).chunksize(2).submit();
+    let e = (&mut m).await;
     ensure!(
         e.as_ref()
             .is_err_and(|e| e.panic_message() == Some("boom at 3") && e.input_index() == Some(3)),
         "map: {e:?}"
+    );
+    // The failure stays with the map, as Python's `get()` raises again.
+    ensure!(
+        m.successful() == Some(false),
+        "successful() after a failed map"
+    );
+    let again = m.get_timeout(Duration::from_secs(20)).await;
+    ensure!(
+        matches!(&again, Err(mp::Error::Task(e)) if e.input_index() == Some(3)),
+        "the map awaited again: {again:?}"
     );
     let items: Vec<_> = pool.imap(boom, 0..6).collect().await;
     ensure!(

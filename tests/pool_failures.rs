@@ -31,6 +31,7 @@ fn main() {
         worker_killed_with_tasks_waiting_behind,
         worker_abort_and_exit_mid_task,
         task_timeout_kills_and_replaces,
+        a_timeout_blames_the_task_that_overran,
         a_timeout_too_long_to_represent_is_none,
     ]);
 }
@@ -533,6 +534,54 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
         .await;
     ensure!(e.as_ref().is_err_and(|e| e.is_timeout()), "{e:?}");
     ensure!(pool.apply(sqr, (2,)).await? == 4, "serves after");
+    Ok(())
+}
+
+// A worker sends the answers of short tasks together, holding the first back while it runs
+// the next: the timeout must fall on the task that overran, and none of the others' answers
+// may be lost with the worker.
+async fn a_timeout_blames_the_task_that_overran() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .await?;
+    // Known as short: the worker holds their answers back.
+    pool.map(sleep_ms, vec![0; 200]).await?;
+    let calls: Vec<_> = (0..30u64)
+        .map(|i| pool.apply_async(sleep_ms, (if i == 20 { 3_000 } else { 0 },)))
+        .collect();
+    for (i, r) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match (i, r) {
+            (20, Err(e)) if e.is_timeout() => {}
+            (20, other) => return Err(format!("task 20 overran, yet: {other:?}").into()),
+            (_, Ok(_)) => {}
+            (i, Err(e)) => return Err(format!("task {i} finished in time, yet: {e}").into()),
+        }
+    }
+    // A short task with a timeout, then a long one without, among short ones: the first
+    // finished, and its timeout kills nothing while the second runs.
+    let pool = Pool::new(1).await?;
+    pool.map(sleep_ms, vec![0; 200]).await?;
+    let before: Vec<_> = (0..10).map(|_| pool.apply_async(sleep_ms, (0,))).collect();
+    // Submitted at its first poll, in order behind the others.
+    let mut timed = Box::pin(pool.apply_timeout(sleep_ms, (0,), Duration::from_millis(300)));
+    let first = futures::poll!(&mut timed);
+    let long = pool.apply_async(sleep_ms, (1_500,));
+    let after: Vec<_> = (0..18).map(|_| pool.apply_async(sleep_ms, (0,))).collect();
+    let timed = match first {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => timed.await,
+    };
+    ensure!(timed.is_ok(), "the short task with a timeout: {timed:?}");
+    ensure!(long.await.is_ok(), "the long task without one");
+    for r in futures::future::join_all(before.into_iter().chain(after)).await {
+        r?;
+    }
     Ok(())
 }
 

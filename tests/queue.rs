@@ -680,6 +680,13 @@ async fn closed_queue_errors() -> TestResult {
         err.to_string().contains("close"),
         "sending a closed queue: {err}"
     );
+    // A joinable queue's `join` too, whether or not items are unfinished.
+    let j = mp::JoinableQueue::<u8>::new()?;
+    j.close();
+    ensure!(
+        matches!(j.join().await, Err(mp::Error::HandleClosed { .. })),
+        "join after close"
+    );
     Ok(())
 }
 

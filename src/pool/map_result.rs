@@ -150,8 +150,9 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Some(e) = this.failed.take() {
-            return Poll::Ready(Err(e));
+        // A failure stays: awaited again, the map fails the same way.
+        if let Some(e) = &this.failed {
+            return Poll::Ready(Err(e.clone()));
         }
         while this.next < this.chunks.len() {
             let start = this.next * this.chunksize;
@@ -171,6 +172,7 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
             };
             if let Err(e) = done {
                 this.next = this.chunks.len();
+                this.failed = Some(e.clone());
                 return Poll::Ready(Err(e));
             }
         }

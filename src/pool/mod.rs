@@ -332,7 +332,9 @@ impl Pool {
     }
 
     /// Runs `f(args)` in a worker, killing (and replacing) the worker if the task runs longer
-    /// than `timeout`: the task then fails ([`TaskError::is_timeout`]).
+    /// than `timeout`: the task then fails ([`TaskError::is_timeout`]), and so do other
+    /// `async fn` tasks running on that worker, as their worker lost (see
+    /// [`PoolBuilder::task_timeout`](crate::PoolBuilder::task_timeout)).
     ///
     /// # Errors
     /// As [`AsyncResult`].

@@ -49,6 +49,9 @@ pub(super) enum ToWorker {
         /// Whether the worker may spin for its next task after this one, if it is short
         /// (the pool had a core to spare when it sent it).
         spin: bool,
+        /// The task has a timeout: the answers the worker holds back go out before it
+        /// starts, so that a worker killed for running it too long loses none of them.
+        timed: bool,
     },
     /// Drop task `id` if it has not started (the caller cancelled it); the worker answers
     /// [`TaskFailure::Cancelled`] if it dropped it, and nothing more if the task had started.

@@ -555,6 +555,15 @@ impl Scheduler {
                 break;
             }
             self.deadlines.pop_first();
+            if let Some(running) = self.moved_on_from(id) {
+                // The task finished, its answer held back by the worker while it runs a
+                // later one: that one is timed instead, from now.
+                if let Some(run) = self.in_flight.get_mut(&id) {
+                    run.deadline = None;
+                }
+                self.time_from_now(running);
+                continue;
+            }
             let Some(run) = self.in_flight.remove(&id) else {
                 continue;
             };
@@ -675,26 +684,50 @@ impl Scheduler {
         spawn_start(&self.cfg, &self.events_tx, delay);
     }
 
+    /// The synchronous task its worker runs now, if the worker has marked one sent after
+    /// task `id` as started: then `id` has finished, though its answer may not have come (a
+    /// worker holds back short tasks' answers while it runs the next).
+    fn moved_on_from(&self, id: u64) -> Option<u64> {
+        let wid = self.in_flight.get(&id)?.wid;
+        let slot = self.workers.get(&wid)?;
+        let last = slot.started.last()?;
+        let pos = |x: u64| slot.sync.iter().position(|&y| y == x);
+        (pos(last)? > pos(id)?).then_some(last)
+    }
+
+    /// Task `id` counts as started now, and its clock, if it has a timeout, runs from now.
+    fn time_from_now(&mut self, id: u64) {
+        let Some(run) = self.in_flight.get_mut(&id) else {
+            return;
+        };
+        run.started = true;
+        if run.retries == 0 {
+            run.copy = None;
+        }
+        if let Some(d) = run.deadline.take() {
+            self.deadlines.remove(&(d, id));
+        }
+        // A timeout too long to represent is none.
+        if let Some(d) = run.timeout.and_then(crate::sync::deadline) {
+            run.deadline = Some(d);
+            self.deadlines.insert((d, id));
+        }
+    }
+
     /// The first synchronous task a worker holds that is still in flight has started.
     fn mark_started(&mut self, wid: u64) {
         let Some(slot) = self.workers.get(&wid) else {
             return;
         };
-        for id in &slot.sync {
-            if let Some(run) = self.in_flight.get_mut(id) {
-                if !run.started {
-                    run.started = true;
-                    if run.retries == 0 {
-                        run.copy = None;
-                    }
-                    // A timeout too long to represent is none.
-                    if let Some(d) = run.timeout.and_then(crate::sync::deadline) {
-                        run.deadline = Some(d);
-                        self.deadlines.insert((d, *id));
-                    }
-                }
-                return;
-            }
+        let first = slot
+            .sync
+            .iter()
+            .find(|id| self.in_flight.contains_key(id))
+            .copied();
+        if let Some(id) = first
+            && self.in_flight.get(&id).is_some_and(|r| !r.started)
+        {
+            self.time_from_now(id);
         }
     }
 
@@ -857,6 +890,7 @@ impl Scheduler {
             entry: job.entry,
             is_async: job.is_async,
             spin,
+            timed: job.timeout.is_some(),
         }) {
             Ok(f) => f,
             Err(e) => {

@@ -255,6 +255,8 @@ struct Queued {
     frame: Frame,
     /// The pool allows a spin for the next task after this one.
     spin: bool,
+    /// The task has a timeout (see [`ToWorker::Task`]).
+    timed: bool,
 }
 
 /// The worker's state between frames.
@@ -319,7 +321,7 @@ impl Worker {
 
     /// Takes in one frame from the pool; returns an answer to send at once, if any.
     fn take(&mut self, mut frame: Frame) -> Result<Option<FrameBuf>> {
-        let (id, entry, is_async, spin) = match frame.decode_head::<ToWorker>()? {
+        let (id, entry, is_async, spin, timed) = match frame.decode_head::<ToWorker>()? {
             ToWorker::Exit => {
                 self.exiting = true;
                 return Ok(None);
@@ -337,7 +339,8 @@ impl Worker {
                 entry,
                 is_async,
                 spin,
-            } => (id, entry, is_async, spin),
+                timed,
+            } => (id, entry, is_async, spin, timed),
         };
         let offset = entry;
         let entry = match self.entry(offset) {
@@ -353,6 +356,7 @@ impl Worker {
                 entry,
                 frame,
                 spin,
+                timed,
             });
             return Ok(None);
         }
@@ -476,12 +480,13 @@ async fn serve(start: Start) -> Result<()> {
                 entry,
                 frame,
                 spin: may_spin,
+                timed,
             }) = w.queue.pop_front()
         {
             if w.async_running == 0 {
                 // Answers go out together while short tasks follow each other here, but
-                // never wait for a task that may be long.
-                if !w.is_short(offset) {
+                // never wait for a task that may be long, nor for one that may be killed.
+                if timed || !w.is_short(offset) {
                     held.flush(wr).await?;
                 }
                 started.mark(id);

@@ -109,6 +109,7 @@ impl<T> JoinableQueue<T> {
     /// # Cancel safety
     /// This method is cancel safe: it only waits.
     pub async fn join(&self) -> Result<()> {
+        self.0.inner.check_open()?;
         if self.unfinished() == 0 {
             return Ok(());
         }
