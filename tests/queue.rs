@@ -692,6 +692,50 @@ async fn closed_queue_errors() -> TestResult {
 
 async fn simple_put_queue(_q: mp::Queue<String>) {}
 
+/// A `put_timeout` that gives up hands back an item that is not in the queue (else a retry
+/// would put it twice): here a large item's packet goes out while small items fill the
+/// queue, and its put must then wait for the slot, past its timeout.
+async fn a_put_that_times_out_leaves_nothing_in_the_queue() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::with_maxsize(4096)?;
+    let big = |tag: u8| vec![tag; 60_000];
+    // Large items until the socket is full; the queue has room.
+    let mut bigs = 0;
+    while q.put_nowait(big(1)).is_ok() {
+        bigs += 1;
+        ensure!(bigs < 100_000, "large items never filled the socket");
+    }
+    // The put waits for room in the socket...
+    let mut put = Box::pin(q.put_timeout(big(9), Duration::from_millis(300)));
+    ensure!(
+        futures::poll!(&mut put).is_pending(),
+        "the put did not wait"
+    );
+    // ...while small items fill the queue; large ones taken make room in the socket only.
+    while q.put_nowait(vec![2]).is_ok() {}
+    for _ in 0..16 {
+        q.get_timeout(Duration::from_secs(10)).await?;
+    }
+    while q.put_nowait(vec![2]).is_ok() {}
+    // Items are taken only after the put's timeout.
+    let drain = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut found = 0;
+        while let Ok(item) = q.get_timeout(Duration::from_millis(500)).await {
+            found += usize::from(item.first() == Some(&9));
+        }
+        found
+    };
+    let (r, found) = tokio::join!(put, drain);
+    match r {
+        Ok(()) => ensure!(found == 1, "put, and found {found} times"),
+        Err(e) => ensure!(
+            matches!(e.error(), mp::Error::Full) && found == 0,
+            "gave up with {e}, yet found {found} times"
+        ),
+    }
+    Ok(())
+}
+
 /// Queues leave no descriptor behind (checked in a child of its own).
 async fn no_descriptor_left_behind() -> TestResult {
     let mut p = start(fd_balance, ()).await?;
@@ -919,6 +963,10 @@ fn main() {
         test("joinable_task_done_and_join", joinable_task_done_and_join),
         test("simple_queue", simple_queue),
         test("closed_queue_errors", closed_queue_errors),
+        test(
+            "a_put_that_times_out_leaves_nothing_in_the_queue",
+            a_put_that_times_out_leaves_nothing_in_the_queue,
+        ),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
         test(
             "consumers_killed_mid_get_do_not_stall_the_queue",

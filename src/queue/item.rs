@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::inner::Inner;
 use super::{INLINE_MAX, SLOT_DATA};
 use crate::error::{Error, Result};
+use crate::sync::until;
 use crate::sys::{self, Popped, Pushed};
 use crate::wire::codec;
 use crate::wire::max_frame_size;
@@ -81,12 +82,16 @@ impl Inner {
     /// Puts an encoded item, waiting for room. Cancel safe: a small item is published in one
     /// step; a packet is sent and its marker published under the packet lock, and once the
     /// packet is sent its marker always follows.
-    pub(super) async fn put_item(self: &Arc<Self>, item: &Item) -> Result<()> {
+    pub(super) async fn put_item(
+        self: &Arc<Self>,
+        item: &Item,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<()> {
         self.check_open()?;
         let r = self.reactor()?;
         match item {
-            Item::Small(b) => self.push_waiting(&r, Some(b)).await,
-            Item::Packet(bytes, fds) => self.put_packet(&r, bytes, fds).await,
+            Item::Small(b) => until(deadline, self.push_waiting(&r, Some(b))).await,
+            Item::Packet(bytes, fds) => self.put_packet(&r, bytes, fds, deadline).await,
         }
     }
 

@@ -290,21 +290,24 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Cancel safety
     /// This method is cancel safe: if it loses a `select!` race, the item was not put (and
-    /// is dropped with the future). A large item whose packet was already sent is always
-    /// delivered.
+    /// is dropped with the future), except a large item whose packet was already sent, which
+    /// is always delivered. [`put_timeout`](Self::put_timeout) never loses the item that way.
     pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
         let e = match self.inner.encode(&item) {
             Ok(e) => e,
             Err(error) => return Err(PutError::new(error, item)),
         };
-        match self.inner.put_item(&e).await {
+        match self.inner.put_item(&e, None).await {
             Ok(()) => Ok(()),
             Err(error) => Err(PutError::new(error, item)),
         }
     }
 
     /// [`put`](Self::put), giving up after `timeout` with [`Error::Full`] (Python's
-    /// `put(obj, timeout=...)`).
+    /// `put(obj, timeout=...)`). It gives up only while nothing of the item is out: a large
+    /// item whose packet went out just as other producers' small items filled the queue
+    /// waits, past the timeout if need be, for the slot that keeps it in order, so that an
+    /// item handed back is never in the queue too.
     ///
     /// # Errors
     /// As [`put`](Self::put), and [`Error::Full`], each with the item handed back.
@@ -323,10 +326,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Ok(e) => e,
             Err(error) => return Err(PutError::new(error, item)),
         };
-        match tokio::time::timeout(timeout, self.inner.put_item(&e)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(PutError::new(error, item)),
-            Err(_) => Err(PutError::new(Error::Full, item)),
+        // The deadline bounds the waits before the item goes out, never the rest of a
+        // large item's put once its packet is sent: a put that gives up hands back an item
+        // that is not in the queue.
+        let deadline = crate::sync::deadline(timeout);
+        match self.inner.put_item(&e, deadline).await {
+            Ok(()) => Ok(()),
+            Err(Error::Timeout) => Err(PutError::new(Error::Full, item)),
+            Err(error) => Err(PutError::new(error, item)),
         }
     }
 

@@ -15,6 +15,7 @@ use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
+use crate::sync::until;
 use crate::sys::{self, Pushed};
 
 /// The packet lock, just taken: released when the guard drops.
@@ -63,23 +64,25 @@ impl Inner {
         }
     }
 
-    /// Puts a packet, waiting for the packet lock and for room. Cancel safe: once the
-    /// packet is sent its marker always follows.
+    /// Puts a packet, waiting for the packet lock and for room until `deadline`, if any
+    /// ([`Error::Timeout`] after it, with nothing put). Cancel safe: once the packet is sent
+    /// its marker always follows, and the put succeeds, deadline or not.
     pub(super) async fn put_packet(
         self: &Arc<Self>,
         r: &Reactor,
         bytes: &[u8],
         fds: &[OwnedFd],
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<()> {
-        let lock = self.lock(r).await?;
+        let lock = until(deadline, self.lock(r)).await?;
         let cap = self.ring.capacity();
         if self.ring.len() >= cap {
-            self.wait_until(&r.space, self.header().producers(), || {
+            let room = self.wait_until(&r.space, self.header().producers(), || {
                 Ok(self.ring.len() < cap)
-            })
-            .await?;
+            });
+            until(deadline, room).await?;
         }
-        self.send_packet(r, bytes, fds).await?;
+        until(deadline, self.send_packet(r, bytes, fds)).await?;
         match self.push_marker(lock) {
             None => Ok(()),
             Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,

@@ -45,7 +45,8 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// Outside a tokio runtime.
     ///
     /// # Cancel safety
-    /// This method is cancel safe: if it loses a `select!` race, the item was not put.
+    /// As [`Queue::put`]: if it loses a `select!` race, the item was not put, unless it was a
+    /// large item whose packet was already sent, which is always delivered.
     pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
         self.0.put(item).await
     }
