@@ -557,11 +557,13 @@ impl Scheduler {
             self.deadlines.pop_first();
             if let Some(running) = self.moved_on_from(id) {
                 // The task finished, its answer held back by the worker while it runs a
-                // later one: that one is timed instead, from now.
+                // later one: that one is timed instead, from now, unless it already is.
                 if let Some(run) = self.in_flight.get_mut(&id) {
                     run.deadline = None;
                 }
-                self.time_from_now(running);
+                if self.in_flight.get(&running).is_some_and(|r| !r.started) {
+                    self.time_from_now(running);
+                }
                 continue;
             }
             let Some(run) = self.in_flight.remove(&id) else {
