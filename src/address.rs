@@ -47,7 +47,8 @@ impl From<SocketAddr> for Address {
 
 /// What can name an [`Address`]: a [`SocketAddr`], an [`Address`], a path, a string
 /// (`"127.0.0.1:50000"` or `"localhost:50000"` for TCP, a path containing a `/` for a Unix
-/// socket), or Python's `(host, port)` pair, `("localhost", 50000)`.
+/// socket), or Python's `(host, port)` pair, `("localhost", 50000)`. A host name stands for
+/// its first IPv4 address, as in Python's `multiprocessing.connection`.
 pub trait ToAddress {
     /// The address.
     ///
@@ -124,11 +125,45 @@ impl ToAddress for (String, u16) {
     }
 }
 
-/// The first TCP address `host` resolves to; `InvalidArgument` with `why()` if none.
+/// The TCP address `host` resolves to: its first IPv4 address, as Python's
+/// `multiprocessing.connection` takes (its sockets for `(host, port)` are `AF_INET`), else
+/// its first; `InvalidArgument` with `why()` if none.
 fn resolve(host: impl ToSocketAddrs, why: impl FnOnce() -> String) -> Result<Address> {
-    host.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
+    let all: Vec<SocketAddr> = host
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
         .map(Address::Tcp)
         .ok_or_else(|| Error::InvalidArgument(why()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_name_stands_for_its_ipv4_address_as_in_python() {
+        // `localhost` resolves to 127.0.0.1 (and often ::1, sometimes first) on Linux.
+        for a in [
+            ("localhost", 6000).to_address(),
+            "localhost:6000".to_address(),
+        ] {
+            match a {
+                Ok(Address::Tcp(a)) => assert!(a.is_ipv4() && a.port() == 6000, "{a}"),
+                other => panic!("localhost: {other:?}"),
+            }
+        }
+        assert_eq!(
+            "/tmp/x.sock".to_address().ok(),
+            Some(Address::Unix("/tmp/x.sock".into()))
+        );
+        assert!(matches!(
+            "no port here".to_address(),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
 }
