@@ -5,10 +5,11 @@
 //! at all. The same program runs on real hosts by changing only the launcher:
 //!
 //! ```text
-//! // ssh: agents started over the user's own ssh (BatchMode, keys, config)
-//! .launcher(mp::launch::Command::new("ssh -o BatchMode=yes n{id} {agent}").hosts(2))
-//! // Slurm, inside an allocation: one agent per node
-//! .launcher(mp::launch::Command::new("srun --nodes=1 --ntasks=1 {agent}").hosts(2))
+//! // ssh: agents started over the user's own ssh (BatchMode, keys, config); the key
+//! // goes on ssh's stdin, the binary is copied where a host lacks it
+//! .launcher(mp::launch::Ssh::hosts(["n1", "n2"]).workers_per_host(8))
+//! // Slurm: inside an allocation, one `srun` step per node; outside, `sbatch` jobs
+//! .launcher(mp::launch::Slurm::nodes(2).workers_per_host(8))
 //! ```
 //!
 //! with `.listen("0.0.0.0:0").advertise("<this host's name>")`. Or, with

@@ -502,6 +502,18 @@ async fn another_build_is_refused_naming_host_and_fingerprints() -> TestResult {
         "its stderr does not name both fingerprints: {stderr}"
     );
     ensure!(cluster.hosts() == 0, "the other build joined");
+    // A pool waiting for room learns why there is none, not only the log.
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .start_timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    ensure!(
+        pool.as_ref()
+            .is_err_and(|e| e.to_string().contains("another build")),
+        "the pool's error does not say why: {pool:?}"
+    );
     Ok(())
 }
 
@@ -582,7 +594,12 @@ async fn from_env_helper() {
         .await;
         let _ = agent.kill();
         let _ = agent.wait();
-        Ok::<String, BoxError>(format!("{} {}", cluster.local_addr(), served?))
+        Ok::<String, BoxError>(format!(
+            "{} {} {}",
+            cluster.local_addr(),
+            cluster.address(),
+            served?
+        ))
     }
     .await;
     match outcome {
@@ -597,13 +614,18 @@ async fn from_env_and_worker_command_let_an_agent_be_started_by_hand() -> TestRe
         &[
             (mp::cluster::ADDRESS_ENV, "127.0.0.1:0".to_string()),
             (mp::cluster::AUTHKEY_ENV, hex(b"a key from the environment")),
+            // The name agents dial (a Service's, in Kubernetes), here this machine's.
+            (mp::cluster::ADVERTISE_ENV, "localhost".to_string()),
         ],
     )
     .await?;
     ensure!(status.success(), "the helper failed: {err}");
     let words: Vec<&str> = out.split_whitespace().collect();
     ensure!(
-        words.len() == 2 && words[0].starts_with("127.0.0.1:") && words[1] == "121",
+        words.len() == 3
+            && words[0].starts_with("127.0.0.1:")
+            && words[1].starts_with("localhost:")
+            && words[2] == "121",
         "the helper printed {out:?} ({err})"
     );
     Ok(())

@@ -42,7 +42,7 @@ use crate::wire::Framed;
 ///     let cluster = mp::Cluster::builder()
 ///         .listen("0.0.0.0:0")
 ///         .advertise("head.example")
-///         .launcher(mp::launch::Command::new("ssh -o BatchMode=yes n{id} {agent}").hosts(2))
+///         .launcher(mp::launch::Ssh::hosts(["n1", "n2"]).workers_per_host(8))
 ///         .build()
 ///         .await?;
 ///     let pool = mp::Pool::builder().cluster(&cluster).build().await?;
@@ -84,6 +84,10 @@ pub(super) struct Table {
     state: Mutex<State>,
     /// Woken when an agent joins or leaves, or a worker ends: room may have appeared.
     pub(super) changed: Notify,
+    /// Why the last connection the head refused was refused (a wrong key, another build):
+    /// told with a wait for room that found none, so the program learns it, not only the
+    /// log and the agent's stderr.
+    last_refusal: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -171,6 +175,21 @@ impl Table {
             head_deadline,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            last_refusal: Mutex::new(None),
+        }
+    }
+
+    /// Notes why a connection from `peer` was refused.
+    pub(super) fn refused(&self, peer: SocketAddr, why: &Error) {
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("{peer}: {why}"));
+    }
+
+    /// ` (the last connection refused: ...)`, or nothing if none was.
+    fn last_refusal(&self) -> String {
+        match &*self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => format!(" (the last connection the head refused: {why})"),
+            None => String::new(),
         }
     }
 
@@ -297,34 +316,38 @@ impl Cluster {
 
     /// A cluster whose address and key come from the environment, like `RAY_ADDRESS`:
     /// listen on [`ADDRESS_ENV`](super::ADDRESS_ENV) (`0.0.0.0:7000`, say) with the key in
-    /// hex in [`AUTHKEY_ENV`](super::AUTHKEY_ENV); agents are started by hand or by an
-    /// engine (see [`worker_command`](Self::worker_command)). `None` when
+    /// hex in [`AUTHKEY_ENV`](super::AUTHKEY_ENV), and tell agents to dial
+    /// [`ADVERTISE_ENV`](super::ADVERTISE_ENV) if it is set (a name the agents' machines
+    /// or pods resolve; else the listening address, with 127.0.0.1 for a wildcard, as
+    /// [`ClusterBuilder::advertise`] says); agents are started by hand or by an engine
+    /// (see [`worker_command`](Self::worker_command)). `None` when
     /// [`ADDRESS_ENV`](super::ADDRESS_ENV) is not set, so that a program can fall back to
     /// a local pool with no code change.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] when the key is missing or not hex; as
-    /// [`ClusterBuilder::build`].
+    /// [`Error::InvalidArgument`] when the key is missing or not hex, or a variable is not
+    /// UTF-8; as [`ClusterBuilder::build`].
     ///
     /// # Cancel safety
     /// As [`ClusterBuilder::build`].
     pub async fn from_env() -> Result<Option<Cluster>> {
-        let Ok(address) = std::env::var(super::ADDRESS_ENV) else {
+        let Some(address) = env_text(super::ADDRESS_ENV)? else {
             return Ok(None);
         };
-        let Ok(hex) = std::env::var(super::AUTHKEY_ENV) else {
+        let Some(hex) = env_text(super::AUTHKEY_ENV)? else {
             return Err(Error::InvalidArgument(format!(
                 "{} is set but {} (the key, in hex) is not",
                 super::ADDRESS_ENV,
                 super::AUTHKEY_ENV
             )));
         };
-        let cluster = Cluster::builder()
+        let mut builder = Cluster::builder()
             .listen(address)
-            .authkey(key::from_hex(&hex)?)
-            .build()
-            .await?;
-        Ok(Some(cluster))
+            .authkey(key::from_hex(&hex)?);
+        if let Some(advertised) = env_text(super::ADVERTISE_ENV)? {
+            builder = builder.advertise(advertised);
+        }
+        Ok(Some(builder.build().await?))
     }
 
     /// The address agents dial, `host:port`.
@@ -505,7 +528,10 @@ impl Cluster {
                 }
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(timed_out("no host of the cluster had room for a worker"));
+                return Err(timed_out(&format!(
+                    "no host of the cluster had room for a worker{}",
+                    table.last_refusal()
+                )));
             }
         };
         let both = async {
@@ -557,6 +583,17 @@ impl Cluster {
             self.scale(l.hosts())?;
         }
         Ok(())
+    }
+}
+
+/// The environment variable `name`, `None` if unset; an error if it is not UTF-8.
+fn env_text(name: &str) -> Result<Option<String>> {
+    match std::env::var_os(name) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(Some)
+            .map_err(|_| Error::InvalidArgument(format!("{name} is not UTF-8"))),
     }
 }
 

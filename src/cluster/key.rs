@@ -10,6 +10,11 @@ pub const AUTHKEY_ENV: &str = "TOKIO_MULTIPROCESSING_AUTHKEY";
 /// address to listen on from (`0.0.0.0:7000`, say).
 pub const ADDRESS_ENV: &str = "TOKIO_MULTIPROCESSING_CLUSTER";
 
+/// The environment variable that [`Cluster::from_env`](super::Cluster::from_env) reads the
+/// address agents dial from, when it is not the one listened on (a Kubernetes Service's
+/// name, say; see [`ClusterBuilder::advertise`](super::ClusterBuilder::advertise)).
+pub const ADVERTISE_ENV: &str = "TOKIO_MULTIPROCESSING_ADVERTISE";
+
 /// A fresh random key of 32 bytes.
 pub(super) fn random_key() -> Result<Vec<u8>> {
     let mut key = vec![0u8; 32];

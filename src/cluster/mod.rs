@@ -64,7 +64,7 @@ mod session;
 
 pub use builder::ClusterBuilder;
 pub use head::{Cluster, WorkerInfo, WorkerState};
-pub use key::{ADDRESS_ENV, AUTHKEY_ENV};
+pub use key::{ADDRESS_ENV, ADVERTISE_ENV, AUTHKEY_ENV};
 
 pub(crate) use agent::{launched_as_agent, run_if_agent};
 pub(crate) use head::{RemoteExit, RemoteKill};

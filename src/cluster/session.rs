@@ -65,9 +65,13 @@ pub(super) async fn accept_loop(
                     Some(Ok((link, dial))) => {
                         if let Err(e) = dispatch(link, dial, peer, &table).await {
                             tracing::warn!(%peer, "cluster: refused a connection: {e}");
+                            table.refused(peer, &e);
                         }
                     }
-                    Some(Err(e)) => refusals.log(peer, &e, std::time::Instant::now()),
+                    Some(Err(e)) => {
+                        refusals.log(peer, &e, std::time::Instant::now());
+                        table.refused(peer, &e);
+                    }
                     None => tracing::debug!(
                         %peer,
                         "cluster: closed a connection still in its challenge, for a newer one"

@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 /// `sh -c '...'` as one argument with [`Command::argv`] for one), and in each argument
 /// `{exe}` becomes the executable, `{address}` the head's address, `{n}` the workers per
 /// host, `{id}` the host's number and `{agent}` the whole agent line (`{exe}` and
-/// [`AgentSpec::agent_args`]: it must come last and alone). The key is put in the
+/// [`AgentSpec::agent_args`], as arguments of their own: `{agent}` must be an argument by
+/// itself, else the launch fails). Nothing is shell-quoted. The key is put in the
 /// command's environment as [`AUTHKEY_ENV`](crate::cluster::AUTHKEY_ENV) (`ip netns exec`,
-/// `sudo -E` and `env` pass it on).
+/// `sudo -E`, `env` and `srun` pass it on; `docker run` needs `-e`, `mpirun` `-x`).
 ///
 /// # Examples
 ///
@@ -93,6 +94,16 @@ impl Launcher for Command {
     }
 
     fn launch(&self, spec: &AgentSpec) -> Result<Launched> {
+        if let Some(arg) = self
+            .argv
+            .iter()
+            .find(|a| a.contains("{agent}") && a.as_str() != "{agent}")
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{{agent}} must be an argument of its own in the launcher's template, not \
+                 part of {arg:?} (write `sh -c` lines with {{exe}}, {{address}}, {{n}} and {{id}})"
+            )));
+        }
         let line = self.line(spec);
         let Some((program, args)) = line.split_first() else {
             return Err(Error::InvalidArgument(
@@ -111,5 +122,36 @@ impl Launcher for Command {
             })?;
         tracing::debug!(id = spec.id, pid = child.id(), "host agent launched");
         Ok(Launched::process(child))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            exe: "/opt/app".into(),
+            address: "head:7000".into(),
+            id: 3,
+            workers: 8,
+            authkey_hex: "00".into(),
+            fingerprint: "ff".into(),
+        }
+    }
+
+    #[test]
+    fn placeholders_are_replaced_and_agent_stands_for_the_whole_line() {
+        let line = Command::new("ip netns exec ns{id} env N={n} {agent}").line(&spec());
+        assert_eq!(line[..5], ["ip", "netns", "exec", "ns3", "env"]);
+        assert_eq!(line[5], "N=8");
+        assert_eq!(line[6], "/opt/app");
+        assert_eq!(line[7..], spec().agent_args()[..]);
+    }
+
+    #[test]
+    fn agent_inside_another_argument_is_refused() {
+        let c = Command::argv(["sh", "-c", "exec {agent} 2>log"]);
+        assert!(matches!(c.launch(&spec()), Err(Error::InvalidArgument(_))));
     }
 }
