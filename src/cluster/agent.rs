@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use super::MAX_WORKERS_PER_HOST;
 use super::key;
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::process::KillHandle;
 use crate::sys;
 use crate::wire::{FrameBuf, Framed, Hello, Transport};
@@ -121,8 +121,10 @@ fn fail(code: i32, message: impl std::fmt::Display) -> ! {
 fn read_key() -> Result<Vec<u8>> {
     if let Some(hex) = std::env::var_os(super::AUTHKEY_ENV) {
         sys::clear_env_var(super::AUTHKEY_ENV.as_ref());
-        let hex = hex.to_str().map(str::to_string).unwrap_or_default();
-        return key::from_hex(&hex);
+        let hex = hex.to_str().ok_or_else(|| {
+            Error::InvalidArgument(format!("{} is not UTF-8", super::AUTHKEY_ENV))
+        })?;
+        return key::from_hex(hex);
     }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

@@ -75,7 +75,8 @@ impl ClusterBuilder {
     }
 
     /// How long an agent may stay silent before its host is declared lost and its
-    /// workers' tasks fail; the default is [`Cluster::DEFAULT_HEARTBEAT_DEADLINE`].
+    /// workers' tasks fail; the default is [`Cluster::DEFAULT_HEARTBEAT_DEADLINE`], and
+    /// anything under 20 ms counts as 20 ms.
     pub fn heartbeat_deadline(mut self, deadline: Duration) -> Self {
         self.heartbeat_deadline = deadline.max(Duration::from_millis(20));
         self
@@ -83,7 +84,7 @@ impl ClusterBuilder {
 
     /// How long an agent goes on without hearing from the head (the head's process died,
     /// or the network between them) before it kills its workers and exits; the default is
-    /// [`Cluster::DEFAULT_HEAD_DEADLINE`].
+    /// [`Cluster::DEFAULT_HEAD_DEADLINE`], and anything under 20 ms counts as 20 ms.
     pub fn head_deadline(mut self, deadline: Duration) -> Self {
         self.head_deadline = deadline.max(Duration::from_millis(20));
         self

@@ -367,9 +367,10 @@ impl Cluster {
 
     /// The command line that starts one host agent with `workers` workers by hand (or from
     /// an engine's job file): this program's executable, [`AGENT_FLAG`](super::AGENT_FLAG),
-    /// the address, the workers and an id. The key is not in it: put it, in hex, in the
-    /// agent's environment as [`AUTHKEY_ENV`](super::AUTHKEY_ENV), or write it on the
-    /// agent's stdin.
+    /// the address, the workers and an id, 0 (agents that share a machine are told apart
+    /// by their ids: change the last number for each). The key is not in it: put it, in
+    /// hex, in the agent's environment as [`AUTHKEY_ENV`](super::AUTHKEY_ENV), or write it
+    /// on the agent's stdin. The words are joined with spaces, not shell-quoted.
     ///
     /// # Errors
     /// An I/O error when this program's executable cannot be found.

@@ -30,9 +30,18 @@ pub(super) fn to_hex(key: &[u8]) -> String {
 /// A key from its hex form (surrounding whitespace ignored).
 pub(super) fn from_hex(text: &str) -> Result<Vec<u8>> {
     let text = text.trim();
-    let bad =
-        || Error::InvalidArgument("the cluster key is not an even number of hex digits".into());
-    if text.is_empty() || text.len() % 2 != 0 {
+    if text.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no cluster key: set {} to it in hex, or write it on the agent's stdin",
+            super::AUTHKEY_ENV
+        )));
+    }
+    let bad = || {
+        Error::InvalidArgument(
+            "the cluster key is not hex: it must be an even number of digits 0-9, a-f".into(),
+        )
+    };
+    if text.len() % 2 != 0 {
         return Err(bad());
     }
     (0..text.len())
@@ -54,6 +63,14 @@ mod tests {
         let key = random_key().unwrap();
         assert_eq!(from_hex(&to_hex(&key)).unwrap(), key);
         assert!(from_hex("abc").is_err());
+        // No key at all is told apart from a key that is not hex.
+        let none = from_hex(" \n").unwrap_err().to_string();
+        assert!(
+            none.contains(AUTHKEY_ENV) && none.contains("stdin"),
+            "{none}"
+        );
+        let not_hex = from_hex("zz").unwrap_err().to_string();
+        assert!(not_hex.contains("not hex"), "{not_hex}");
         assert!(from_hex("zz").is_err());
         assert!(from_hex("").is_err());
     }

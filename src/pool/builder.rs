@@ -85,8 +85,9 @@ impl PoolBuilder {
 
     /// Runs the workers on the hosts of `cluster` instead of this machine; the pool's API
     /// is unchanged. The default number of processes is then the cluster's: its launcher's
-    /// hosts times its workers per host (or the room of the agents connected). The start
-    /// method does not apply (agents start workers with their own default).
+    /// hosts times its workers per host (or the room of the agents connected). That room is
+    /// shared by every pool on the cluster: a second pool gets what the first leaves. The
+    /// start method does not apply (agents start workers with their own default).
     ///
     /// A task whose arguments hold descriptors (a local `Queue`, `Event`, `Pipe` or
     /// [`Fd`](crate::Fd)) fails at submission: descriptors cannot cross to another host
