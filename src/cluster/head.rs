@@ -67,6 +67,15 @@ pub(super) struct Inner {
     pub(super) _shutdown: watch::Sender<()>,
 }
 
+impl Drop for Inner {
+    /// Ends the launched agents together: each is asked to end at once, and they share one
+    /// grace period, so a cluster of many hosts is dropped in one.
+    fn drop(&mut self) {
+        let launched = std::mem::take(self.launched.get_mut().unwrap_or_else(|p| p.into_inner()));
+        crate::launch::end_all(launched);
+    }
+}
+
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")

@@ -95,23 +95,30 @@ impl Launched {
     }
 }
 
-impl Drop for Launched {
-    fn drop(&mut self) {
+/// How long a launched process has to end after SIGTERM before it is killed.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Launched {
+    /// Asks the launched process to end (SIGTERM), so that a wrapper (`srun`, `ssh`) ends
+    /// its remote side cleanly. Several are asked first and then reaped together
+    /// ([`end_all`]), so that their grace periods run at once.
+    fn terminate(&mut self) -> Option<std::os::fd::OwnedFd> {
+        let c = self.child.as_ref()?;
+        // The child is not reaped yet, so its pid is still its own.
+        let fd = i32::try_from(c.id())
+            .ok()
+            .and_then(|pid| crate::sys::pidfd_open(pid).ok())?;
+        let _ = crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), crate::sys::SIGTERM);
+        Some(fd)
+    }
+
+    /// Waits until `until` for the process asked to end through `pidfd` (readable once it
+    /// has ended: no polling), kills it if it is still there, reaps it, and cancels the job.
+    fn reap(&mut self, pidfd: Option<std::os::fd::OwnedFd>, until: std::time::Instant) {
         if let Some(mut c) = self.child.take() {
-            // SIGTERM first, so that a wrapper (`srun`, `ssh`) ends its remote side
-            // cleanly; SIGKILL if it is still there after a grace period.
-            // The child is not reaped yet, so its pid is still its own.
-            if let Ok(Ok(fd)) = i32::try_from(c.id()).map(crate::sys::pidfd_open) {
-                let _ = crate::sys::pidfd_send_signal(
-                    std::os::fd::AsFd::as_fd(&fd),
-                    crate::sys::SIGTERM,
-                );
-            }
-            for _ in 0..200 {
-                if c.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+            if let Some(fd) = &pidfd {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                let _ = crate::sys::poll_readable(&[std::os::fd::AsFd::as_fd(fd)], Some(left));
             }
             let _ = c.kill();
             let _ = c.wait();
@@ -122,6 +129,29 @@ impl Drop for Launched {
                 .stdout(std::process::Stdio::null())
                 .status();
         }
+    }
+}
+
+/// Ends every launched process: all are asked at once, then each is given what is left of
+/// one grace period before it is killed.
+pub(crate) fn end_all(launched: Vec<Launched>) {
+    let mut launched: Vec<(Launched, Option<std::os::fd::OwnedFd>)> = launched
+        .into_iter()
+        .map(|mut l| {
+            let fd = l.terminate();
+            (l, fd)
+        })
+        .collect();
+    let until = std::time::Instant::now() + GRACE;
+    for (l, fd) in &mut launched {
+        l.reap(fd.take(), until);
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let fd = self.terminate();
+        self.reap(fd, std::time::Instant::now() + GRACE);
     }
 }
 
