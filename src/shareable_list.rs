@@ -127,6 +127,9 @@ impl Kind {
     }
 }
 
+/// The largest slot whose format, `<size>s`, fits its 8 bytes.
+const MAX_SLOT: usize = 9_999_999;
+
 /// The bytes a new item's slot takes: 8, or a string's or bytes' length rounded up to the
 /// next multiple of 8, as CPython allots them.
 fn slot_size(item: &Item) -> usize {
@@ -197,7 +200,9 @@ impl ShareableList {
     /// removes the name when dropped.
     ///
     /// # Errors
-    /// As [`SharedMemory::create`]: [`Error::Io`] `AlreadyExists` if the name is taken.
+    /// As [`SharedMemory::create`]: [`Error::Io`] `AlreadyExists` if the name is taken;
+    /// [`Error::InvalidArgument`] for a string or bytes of 10 MB or more (its slot's size
+    /// would not fit its format, as in CPython).
     pub fn create<I>(
         name: Option<&str>,
         items: impl IntoIterator<Item = I>,
@@ -206,6 +211,14 @@ impl ShareableList {
         I: Into<Item>,
     {
         let items: Vec<Item> = items.into_iter().map(Into::into).collect();
+        // A slot's format (`<size>s`) has 8 bytes, as in CPython, which refuses the same.
+        if let Some(big) = items.iter().find(|i| slot_size(i) > MAX_SLOT) {
+            return Err(Error::InvalidArgument(format!(
+                "a str or bytes item needs a slot of {} bytes, more than a ShareableList's \
+                 format can name ({MAX_SLOT})",
+                slot_size(big)
+            )));
+        }
         let mut offsets = vec![0usize];
         for item in &items {
             let end = offsets[offsets.len() - 1] + slot_size(item);

@@ -355,6 +355,8 @@ async fn shareable_list_basics() -> TestResult {
             ],
         "{other:?}"
     );
+    let huge = ShareableList::create(None::<&str>, [vec![0u8; 10_000_000]]);
+    ensure!(matches!(huge, Err(Error::InvalidArgument(_))), "{huge:?}");
     let empty = ShareableList::create(None::<&str>, Vec::<Item>::new())?;
     ensure!(empty.is_empty()? && empty.to_vec()?.is_empty(), "{empty:?}");
     let generated = empty.shm().name().unwrap_or("").to_string();

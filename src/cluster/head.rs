@@ -194,7 +194,7 @@ impl Table {
             Some(format!("{peer}: {why}"));
     }
 
-    /// ` (the last connection refused: ...)`, or nothing if none was.
+    /// ` (the last connection the head refused: ...)`, or nothing if none was.
     fn last_refusal(&self) -> String {
         match &*self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(why) => format!(" (the last connection the head refused: {why})"),
