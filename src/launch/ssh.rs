@@ -43,6 +43,9 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The exit code of `ssh` itself failing, as opposed to the remote command's.
+const SSH_FAILED: i32 = 255;
+
 impl Ssh {
     /// A launcher for these hosts (`name`, `user@name`, or an alias of the ssh config),
     /// one agent each; one worker per core of this machine unless told otherwise.
@@ -117,14 +120,22 @@ impl Ssh {
             pid: 0,
             message,
         };
-        let present = self
+        let probe = self
             .command(host, &format!("test -x {}", quote(&exe)))?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .status()
+            .stderr(Stdio::piped())
+            .output()
             .map_err(|e| start_failed(format!("cannot run ssh: {e}")))?;
-        if present.success() {
+        if probe.status.success() {
             return Ok(());
+        }
+        // 255 is ssh's own failure (no route, a refused key), not the test's answer.
+        if probe.status.code() == Some(SSH_FAILED) {
+            return Err(start_failed(format!(
+                "ssh cannot reach {host}: {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            )));
         }
         tracing::debug!(%host, %exe, "copying the executable");
         // Written under a temporary name, then renamed: an agent never runs half a file.
@@ -194,5 +205,34 @@ impl Launcher for Ssh {
         }
         tracing::debug!(%host, pid = child.id(), "host agent launched over ssh");
         Ok(Launched::process(child))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_ssh_cannot_reach_is_named_with_ssh_s_reason() {
+        // An `ssh` that fails as ssh does (exit 255, its reason on stderr).
+        let ssh = Ssh::hosts(["n1"]).program([
+            "sh",
+            "-c",
+            "echo 'ssh: connect to host n1 port 22: Connection refused' >&2; exit 255",
+            "ssh",
+        ]);
+        let spec = AgentSpec {
+            exe: std::env::current_exe().unwrap(),
+            address: "head:7000".into(),
+            id: 0,
+            workers: 1,
+            authkey_hex: "00".into(),
+            fingerprint: "ff".into(),
+        };
+        let e = ssh.launch(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot reach n1") && e.contains("Connection refused"),
+            "{e}"
+        );
     }
 }
