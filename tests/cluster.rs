@@ -39,6 +39,7 @@ fn main() {
         example_cluster_map_runs_on_two_local_hosts,
         retries_run_again_a_task_whose_worker_died_only_when_asked,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
+        building_a_cluster_leaves_its_runtime_running_while_launching,
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
         silent_sockets_lock_no_agent_out,
@@ -627,6 +628,45 @@ async fn from_env_and_worker_command_let_an_agent_be_started_by_hand() -> TestRe
             && words[1].starts_with("localhost:")
             && words[2] == "121",
         "the helper printed {out:?} ({err})"
+    );
+    Ok(())
+}
+
+/// A launcher whose commands take a while (an `ssh` that is slow to answer, here one that
+/// waits and fails): the cluster's runtime, a current-thread one, runs its other tasks
+/// meanwhile, and the build fails with the launcher's error.
+async fn building_a_cluster_leaves_its_runtime_running_while_launching() -> TestResult {
+    let outcome = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let ticker = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            let slow_ssh = ["sh", "-c", "sleep 0.5; exit 1", "ssh"];
+            let built = Cluster::builder()
+                .launcher(mp::launch::Ssh::hosts(["n1"]).program(slow_ssh))
+                .build()
+                .await;
+            ticker.abort();
+            let ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, BoxError>((built.is_err(), ticks))
+        })
+    })
+    .join()
+    .map_err(|_| "the runtime's thread panicked")??;
+    ensure!(outcome.0, "a launcher that fails built a cluster");
+    ensure!(
+        outcome.1 > 0,
+        "no other task ran while the launcher's commands ran"
     );
     Ok(())
 }

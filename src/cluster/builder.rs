@@ -101,7 +101,8 @@ impl ClusterBuilder {
     /// Outside a tokio runtime.
     ///
     /// # Cancel safety
-    /// Cancel safe: a build dropped midway leaves nothing listening.
+    /// Cancel safe: a build dropped midway leaves nothing listening, once the launches under
+    /// way (which run on a blocking thread) have returned; what they started is then ended.
     pub async fn build(self) -> Result<Cluster> {
         let key = match self.authkey {
             Some(k) if k.is_empty() => {
@@ -147,7 +148,12 @@ impl ClusterBuilder {
                 _shutdown: shutdown,
             }),
         };
-        cluster.launch_initial()?;
+        // A launcher's commands (an ssh probe and copy, `sbatch`) block: on a thread of
+        // their own, not the runtime's.
+        let launching = cluster.clone();
+        tokio::task::spawn_blocking(move || launching.launch_initial())
+            .await
+            .map_err(|e| Error::from(std::io::Error::other(e)))??;
         tracing::debug!(address = %cluster.address(), "cluster listening");
         Ok(cluster)
     }

@@ -405,6 +405,9 @@ impl Cluster {
     /// `scale`); does nothing when it has started that many already. Pools built on the
     /// cluster use the new hosts' room for the workers they start from then on.
     ///
+    /// The launcher's commands (an ssh probe and copy, `sbatch`) run on the caller's
+    /// thread and may block it: on a runtime, call it from `spawn_blocking`.
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error.
     pub fn scale(&self, hosts: usize) -> Result<()> {
