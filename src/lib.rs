@@ -85,7 +85,7 @@ pub use pool::{
 };
 pub use process::{Process, ProcessBuilder};
 pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
-pub use shareable_list::{Item, ShareableList};
+pub use shareable_list::{ShareableItem, ShareableList};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
 pub use sync::{

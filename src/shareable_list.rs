@@ -26,7 +26,7 @@ use crate::sys;
 
 /// One item of a [`ShareableList`]: the types Python's `ShareableList` stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Item {
+pub enum ShareableItem {
     /// Python's `None`.
     None,
     /// A `bool`.
@@ -41,27 +41,27 @@ pub enum Item {
     Bytes(Vec<u8>),
 }
 
-impl fmt::Display for Item {
+impl fmt::Display for ShareableItem {
     /// As Python's `repr`: `None`, `True`, `3`, `2.5`, `'text'`, `b'data'`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Item::None => write!(f, "None"),
-            Item::Bool(true) => write!(f, "True"),
-            Item::Bool(false) => write!(f, "False"),
-            Item::Int(i) => write!(f, "{i}"),
-            Item::Float(x) if x.fract() == 0.0 && x.is_finite() => write!(f, "{x:.1}"),
-            Item::Float(x) => write!(f, "{x}"),
-            Item::Str(s) => write!(f, "{s:?}"),
-            Item::Bytes(b) => write!(f, "b\"{}\"", b.escape_ascii()),
+            ShareableItem::None => write!(f, "None"),
+            ShareableItem::Bool(true) => write!(f, "True"),
+            ShareableItem::Bool(false) => write!(f, "False"),
+            ShareableItem::Int(i) => write!(f, "{i}"),
+            ShareableItem::Float(x) if x.fract() == 0.0 && x.is_finite() => write!(f, "{x:.1}"),
+            ShareableItem::Float(x) => write!(f, "{x}"),
+            ShareableItem::Str(s) => write!(f, "{s:?}"),
+            ShareableItem::Bytes(b) => write!(f, "b\"{}\"", b.escape_ascii()),
         }
     }
 }
 
 macro_rules! item_from {
     ($($t:ty => $variant:ident),* $(,)?) => {$(
-        impl From<$t> for Item {
-            fn from(v: $t) -> Item {
-                Item::$variant(v.into())
+        impl From<$t> for ShareableItem {
+            fn from(v: $t) -> ShareableItem {
+                ShareableItem::$variant(v.into())
             }
         }
     )*};
@@ -70,15 +70,15 @@ item_from!(bool => Bool, i64 => Int, i32 => Int, u32 => Int, i16 => Int, u16 => 
     i8 => Int, u8 => Int, f64 => Float, f32 => Float, String => Str, &str => Str,
     Vec<u8> => Bytes, &[u8] => Bytes);
 
-impl From<()> for Item {
-    fn from((): ()) -> Item {
-        Item::None
+impl From<()> for ShareableItem {
+    fn from((): ()) -> ShareableItem {
+        ShareableItem::None
     }
 }
 
-impl<T: Into<Item>> From<Option<T>> for Item {
-    fn from(v: Option<T>) -> Item {
-        v.map_or(Item::None, Into::into)
+impl<T: Into<ShareableItem>> From<Option<T>> for ShareableItem {
+    fn from(v: Option<T>) -> ShareableItem {
+        v.map_or(ShareableItem::None, Into::into)
     }
 }
 
@@ -94,14 +94,14 @@ enum Kind {
 }
 
 impl Kind {
-    fn of(item: &Item) -> Kind {
+    fn of(item: &ShareableItem) -> Kind {
         match item {
-            Item::None => Kind::None,
-            Item::Bool(_) => Kind::Bool,
-            Item::Int(_) => Kind::Int,
-            Item::Float(_) => Kind::Float,
-            Item::Str(_) => Kind::Str,
-            Item::Bytes(_) => Kind::Bytes,
+            ShareableItem::None => Kind::None,
+            ShareableItem::Bool(_) => Kind::Bool,
+            ShareableItem::Int(_) => Kind::Int,
+            ShareableItem::Float(_) => Kind::Float,
+            ShareableItem::Str(_) => Kind::Str,
+            ShareableItem::Bytes(_) => Kind::Bytes,
         }
     }
 
@@ -132,10 +132,10 @@ const MAX_SLOT: usize = 9_999_999;
 
 /// The bytes a new item's slot takes: 8, or a string's or bytes' length rounded up to the
 /// next multiple of 8, as CPython allots them.
-fn slot_size(item: &Item) -> usize {
+fn slot_size(item: &ShareableItem) -> usize {
     match item {
-        Item::Str(s) => (s.len() / 8 + 1) * 8,
-        Item::Bytes(b) => (b.len() / 8 + 1) * 8,
+        ShareableItem::Str(s) => (s.len() / 8 + 1) * 8,
+        ShareableItem::Bytes(b) => (b.len() / 8 + 1) * 8,
         _ => 8,
     }
 }
@@ -150,16 +150,16 @@ fn slot_size(item: &Item) -> usize {
 /// # Examples
 ///
 /// ```
-/// use tokio_multiprocessing::{Item, ShareableList};
+/// use tokio_multiprocessing::{ShareableItem, ShareableList};
 /// let a = ShareableList::create(
 ///     Some("demo-list"),
-///     [Item::from("howdy"), b"HoWdY".as_slice().into(), (-273.154).into(), 100.into(),
+///     [ShareableItem::from("howdy"), b"HoWdY".as_slice().into(), (-273.154).into(), 100.into(),
 ///      ().into(), true.into(), 42.into()],
 /// )?;
 /// let b = ShareableList::attach("demo-list")?;
 /// b.set(2, 3.0)?;
-/// assert_eq!(a.get(2)?, Item::Float(3.0));
-/// assert_eq!(a.get(-1)?, Item::Int(42));
+/// assert_eq!(a.get(2)?, ShareableItem::Float(3.0));
+/// assert_eq!(a.get(-1)?, ShareableItem::Int(42));
 /// assert!(b.set(0, "far too long for the slot").is_err());
 /// # Ok::<(), tokio_multiprocessing::Error>(())
 /// ```
@@ -208,9 +208,9 @@ impl ShareableList {
         items: impl IntoIterator<Item = I>,
     ) -> Result<ShareableList>
     where
-        I: Into<Item>,
+        I: Into<ShareableItem>,
     {
-        let items: Vec<Item> = items.into_iter().map(Into::into).collect();
+        let items: Vec<ShareableItem> = items.into_iter().map(Into::into).collect();
         // A slot's format (`<size>s`) has 8 bytes, as in CPython, which refuses the same.
         if let Some(big) = items.iter().find(|i| slot_size(i) > MAX_SLOT) {
             return Err(Error::InvalidArgument(format!(
@@ -307,7 +307,7 @@ impl ShareableList {
     /// [`Error::IndexOutOfRange`] (Python's `IndexError`); [`Error::InvalidArgument`] if the
     /// item's bytes are not what its format says (a string that is not UTF-8, a format this
     /// list does not know).
-    pub fn get(&self, i: i64) -> Result<Item> {
+    pub fn get(&self, i: i64) -> Result<ShareableItem> {
         let layout = self.layout()?;
         let at = self.position(&layout, i)?;
         self.load(&layout, at)
@@ -319,7 +319,7 @@ impl ShareableList {
     /// # Errors
     /// [`Error::IndexOutOfRange`]; [`Error::InvalidArgument`] for a string or bytes longer
     /// than its slot (Python's `ValueError: bytes/str item exceeds available storage`).
-    pub fn set(&self, i: i64, item: impl Into<Item>) -> Result<()> {
+    pub fn set(&self, i: i64, item: impl Into<ShareableItem>) -> Result<()> {
         let layout = self.layout()?;
         let at = self.position(&layout, i)?;
         self.store(&layout, at, &item.into())
@@ -329,7 +329,7 @@ impl ShareableList {
     ///
     /// # Errors
     /// As [`get`](Self::get).
-    pub fn to_vec(&self) -> Result<Vec<Item>> {
+    pub fn to_vec(&self) -> Result<Vec<ShareableItem>> {
         let layout = self.layout()?;
         (0..layout.len).map(|i| self.load(&layout, i)).collect()
     }
@@ -338,7 +338,7 @@ impl ShareableList {
     ///
     /// # Errors
     /// As [`get`](Self::get).
-    pub fn count(&self, item: &Item) -> Result<usize> {
+    pub fn count(&self, item: &ShareableItem) -> Result<usize> {
         Ok(self.to_vec()?.iter().filter(|i| *i == item).count())
     }
 
@@ -347,7 +347,7 @@ impl ShareableList {
     /// # Errors
     /// [`Error::InvalidArgument`] if there is none (Python's `ValueError`); as
     /// [`get`](Self::get).
-    pub fn index(&self, item: &Item) -> Result<usize> {
+    pub fn index(&self, item: &ShareableItem) -> Result<usize> {
         self.to_vec()?
             .iter()
             .position(|i| i == item)
@@ -429,7 +429,7 @@ impl ShareableList {
         }
     }
 
-    /// Item `i`'s format string and kind, as its format and read-back code say.
+    /// ShareableItem `i`'s format string and kind, as its format and read-back code say.
     fn kind(&self, layout: &Layout, i: usize) -> Result<(String, Kind)> {
         let mut raw = [0u8; 8];
         self.shm.read(layout.formats() + i * 8, &mut raw)?;
@@ -457,7 +457,7 @@ impl ShareableList {
         Ok((format, kind))
     }
 
-    fn load(&self, layout: &Layout, i: usize) -> Result<Item> {
+    fn load(&self, layout: &Layout, i: usize) -> Result<ShareableItem> {
         let (_, kind) = self.kind(layout, i)?;
         let start = layout.data() + layout.offsets[i];
         let room = layout.offsets[i + 1] - layout.offsets[i];
@@ -470,16 +470,16 @@ impl ShareableList {
                 .ok_or_else(|| Error::InvalidArgument(format!("item {i}'s slot is too small")))
         };
         Ok(match kind {
-            Kind::Int => Item::Int(i64::from_le_bytes(word()?)),
-            Kind::Float => Item::Float(f64::from_le_bytes(word()?)),
-            Kind::Bool => Item::Bool(word()?[7] != 0),
-            Kind::None => Item::None,
+            Kind::Int => ShareableItem::Int(i64::from_le_bytes(word()?)),
+            Kind::Float => ShareableItem::Float(f64::from_le_bytes(word()?)),
+            Kind::Bool => ShareableItem::Bool(word()?[7] != 0),
+            Kind::None => ShareableItem::None,
             Kind::Str | Kind::Bytes => {
                 let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
                 bytes.truncate(used);
                 match kind {
-                    Kind::Bytes => Item::Bytes(bytes),
-                    _ => Item::Str(String::from_utf8(bytes).map_err(|e| {
+                    Kind::Bytes => ShareableItem::Bytes(bytes),
+                    _ => ShareableItem::Str(String::from_utf8(bytes).map_err(|e| {
                         Error::InvalidArgument(format!("item {i} is not UTF-8: {e}"))
                     })?),
                 }
@@ -487,32 +487,34 @@ impl ShareableList {
         })
     }
 
-    fn store(&self, layout: &Layout, i: usize, item: &Item) -> Result<()> {
+    fn store(&self, layout: &Layout, i: usize, item: &ShareableItem) -> Result<()> {
         let start = layout.data() + layout.offsets[i];
         let room = layout.offsets[i + 1] - layout.offsets[i];
         let mut bytes = vec![0u8; room];
         let value: &[u8] = match item {
-            Item::Str(s) => s.as_bytes(),
-            Item::Bytes(b) => b,
+            ShareableItem::Str(s) => s.as_bytes(),
+            ShareableItem::Bytes(b) => b,
             _ => &[],
         };
         match item {
-            Item::Str(_) | Item::Bytes(_) if value.len() > room => {
+            ShareableItem::Str(_) | ShareableItem::Bytes(_) if value.len() > room => {
                 return Err(Error::InvalidArgument(format!(
                     "bytes/str item exceeds available storage: {} bytes in a slot of {room}",
                     value.len()
                 )));
             }
-            Item::Str(_) | Item::Bytes(_) => bytes[..value.len()].copy_from_slice(value),
+            ShareableItem::Str(_) | ShareableItem::Bytes(_) => {
+                bytes[..value.len()].copy_from_slice(value)
+            }
             _ if room < 8 => {
                 return Err(Error::InvalidArgument(format!(
                     "item {i}'s slot of {room} bytes is too small for a number"
                 )));
             }
-            Item::Int(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
-            Item::Float(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
-            Item::Bool(b) => bytes[7] = u8::from(*b),
-            Item::None => {}
+            ShareableItem::Int(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
+            ShareableItem::Float(v) => bytes[..8].copy_from_slice(&v.to_le_bytes()),
+            ShareableItem::Bool(b) => bytes[7] = u8::from(*b),
+            ShareableItem::None => {}
         }
         let kind = Kind::of(item);
         let mut format = [0u8; 8];

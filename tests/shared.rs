@@ -11,8 +11,8 @@ use std::time::Duration;
 use libtest_mimic::Arguments;
 use support::{TestResult, fds_return_to, join_ok, open_fds, run_example};
 use tokio_multiprocessing::{
-    Array, Error, Event, Item, Lock, Process, RawArray, RawValue, ShareableList, SharedMemory,
-    Value,
+    Array, Error, Event, Lock, Process, RawArray, RawValue, ShareableItem, ShareableList,
+    SharedMemory, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -288,7 +288,7 @@ async fn example_shared_value_array() -> TestResult {
 }
 
 /// The list of `test_shared_memory_ShareableList_basics`.
-fn python_list() -> Vec<Item> {
+fn python_list() -> Vec<ShareableItem> {
     vec![
         "howdy".into(),
         b"HoWdY".as_slice().into(),
@@ -311,16 +311,22 @@ async fn shareable_list_basics() -> TestResult {
         "format {}",
         sl.format()?
     );
-    ensure!(sl.index(&Item::from(42))? == 6, "index of 42");
-    ensure!(sl.count(&Item::from(b"HoWdY".as_slice()))? == 1, "count");
-    let missing = sl.index(&Item::from("missing"));
+    ensure!(sl.index(&ShareableItem::from(42))? == 6, "index of 42");
+    ensure!(
+        sl.count(&ShareableItem::from(b"HoWdY".as_slice()))? == 1,
+        "count"
+    );
+    let missing = sl.index(&ShareableItem::from("missing"));
     ensure!(
         matches!(missing, Err(Error::InvalidArgument(_))),
         "{missing:?}"
     );
     // Any type into a number's slot; a string or bytes up to its slot's size.
     sl.set(2, "hi")?;
-    ensure!(sl.get(2)? == Item::from("hi"), "a string in a float's slot");
+    ensure!(
+        sl.get(2)? == ShareableItem::from("hi"),
+        "a string in a float's slot"
+    );
     sl.set(-1, 3.5)?;
     sl.set(4, false)?;
     sl.set(0, "12345678")?;
@@ -331,7 +337,7 @@ async fn shareable_list_basics() -> TestResult {
         "{too_long:?}"
     );
     ensure!(
-        sl.get(0)? == Item::from("12345678"),
+        sl.get(0)? == ShareableItem::from("12345678"),
         "a refused set changed the item"
     );
     for i in [7, -8] {
@@ -357,7 +363,7 @@ async fn shareable_list_basics() -> TestResult {
     );
     let huge = ShareableList::create(None::<&str>, [vec![0u8; 10_000_000]]);
     ensure!(matches!(huge, Err(Error::InvalidArgument(_))), "{huge:?}");
-    let empty = ShareableList::create(None::<&str>, Vec::<Item>::new())?;
+    let empty = ShareableList::create(None::<&str>, Vec::<ShareableItem>::new())?;
     ensure!(empty.is_empty()? && empty.to_vec()?.is_empty(), "{empty:?}");
     let generated = empty.shm().name().unwrap_or("").to_string();
     ensure!(
@@ -374,7 +380,7 @@ async fn shareable_list_basics() -> TestResult {
 
 async fn double_items(sl: ShareableList) -> Result<(), String> {
     for i in 0..sl.len().map_err(|e| e.to_string())? as i64 {
-        if let Item::Int(v) = sl.get(i).map_err(|e| e.to_string())? {
+        if let ShareableItem::Int(v) = sl.get(i).map_err(|e| e.to_string())? {
             sl.set(i, v * 2).map_err(|e| e.to_string())?;
         }
     }
@@ -436,7 +442,7 @@ made.shm.close()
         "python: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected: Vec<Item> = vec![
+    let expected: Vec<ShareableItem> = vec![
         "hi".into(),
         b"HoWdY".as_slice().into(),
         2.5.into(),
@@ -449,7 +455,7 @@ made.shm.close()
     // Made by CPython, read here.
     let mut made = ShareableList::attach(&format!("{name}-py"))?;
     made.unlink()?;
-    let expected: Vec<Item> = vec![
+    let expected: Vec<ShareableItem> = vec![
         "made".into(),
         b"by".as_slice().into(),
         3.25.into(),
@@ -482,7 +488,7 @@ async fn shareable_list_refuses_a_segment_that_is_not_one() -> TestResult {
     sl.shm().write(formats, b"zzzzzzzz")?;
     let r = sl.get(0);
     ensure!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
-    ensure!(sl.get(1)? == Item::from(2), "the other item");
+    ensure!(sl.get(1)? == ShareableItem::from(2), "the other item");
     Ok(())
 }
 
