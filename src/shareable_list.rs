@@ -163,12 +163,29 @@ fn slot_size(item: &ShareableItem) -> usize {
 /// assert!(b.set(0, "far too long for the slot").is_err());
 /// # Ok::<(), tokio_multiprocessing::Error>(())
 /// ```
-#[derive(Serialize, Deserialize)]
 pub struct ShareableList {
     shm: SharedMemory,
+    /// Read once: a list's length and slots never change after it is made.
+    layout: Layout,
+}
+
+impl Serialize for ShareableList {
+    /// The segment; the receiver reads the layout from it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.shm.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ShareableList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let shm = SharedMemory::deserialize(d)?;
+        let layout = Layout::read(&shm).map_err(serde::de::Error::custom)?;
+        Ok(ShareableList { shm, layout })
+    }
 }
 
 /// Where the parts of a list lie, read from (and checked against) its segment.
+#[derive(Clone)]
 struct Layout {
     len: usize,
     /// `len + 1` offsets into the data area.
@@ -190,6 +207,56 @@ impl Layout {
 
     fn end(&self) -> usize {
         self.codes() + self.len
+    }
+
+    /// Reads the list's length and offsets, checking them against the segment's size.
+    fn read(shm: &SharedMemory) -> Result<Layout> {
+        let size = shm.size();
+        let not_a_list = |why: &str| {
+            Error::InvalidArgument(format!(
+                "shared memory segment {:?} does not hold a list: {why}",
+                shm.name().unwrap_or("(anonymous)")
+            ))
+        };
+        let len = usize::try_from({
+            let mut b = [0u8; 8];
+            shm.read(0, &mut b)?;
+            i64::from_le_bytes(b)
+        })
+        .ok()
+        // The smallest list of n items: its length and offsets, 8 bytes of data, a format
+        // and a code per item.
+        .filter(|&n| {
+            n.checked_mul(25)
+                .and_then(|m| m.checked_add(16))
+                .is_some_and(|m| m <= size)
+        })
+        .ok_or_else(|| not_a_list("its length does not fit it"))?;
+        let mut raw = vec![0u8; (len + 1) * 8];
+        shm.read(8, &mut raw)?;
+        let mut offsets = Vec::with_capacity(len + 1);
+        for chunk in raw.chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let o = usize::try_from(i64::from_le_bytes(b))
+                .map_err(|_| not_a_list("a negative offset"))?;
+            if offsets.last().is_some_and(|&last| o < last) {
+                return Err(not_a_list("its offsets go backwards"));
+            }
+            offsets.push(o);
+        }
+        if offsets.first() != Some(&0) {
+            return Err(not_a_list("its first offset is not 0"));
+        }
+        let layout = Layout { len, offsets };
+        // The last offset is checked with the rest of the layout against the size.
+        let end = layout.offsets[len]
+            .checked_add((len + 2) * 8 + len * 9)
+            .ok_or_else(|| not_a_list("its offsets pass its end"))?;
+        if end > size {
+            return Err(not_a_list("its offsets pass its end"));
+        }
+        Ok(layout)
     }
 }
 
@@ -238,9 +305,9 @@ impl ShareableList {
             head.extend_from_slice(&(o as i64).to_le_bytes());
         }
         shm.write(0, &head)?;
-        let list = ShareableList { shm };
+        let list = ShareableList { shm, layout };
         for (i, item) in items.iter().enumerate() {
-            list.store(&layout, i, item)?;
+            list.store(&list.layout, i, item)?;
         }
         Ok(list)
     }
@@ -252,11 +319,9 @@ impl ShareableList {
     /// [`Error::Io`] `NotFound` if there is no such segment; [`Error::InvalidArgument`] if
     /// the segment does not hold a list.
     pub fn attach(name: &str) -> Result<ShareableList> {
-        let list = ShareableList {
-            shm: SharedMemory::attach(name)?,
-        };
-        list.layout()?;
-        Ok(list)
+        let shm = SharedMemory::attach(name)?;
+        let layout = Layout::read(&shm)?;
+        Ok(ShareableList { shm, layout })
     }
 
     /// Another handle to the same list, which never removes the name (an attacher): for
@@ -267,6 +332,7 @@ impl ShareableList {
     pub fn try_clone(&self) -> Result<ShareableList> {
         Ok(ShareableList {
             shm: self.shm.try_clone()?,
+            layout: self.layout.clone(),
         })
     }
 
@@ -286,19 +352,13 @@ impl ShareableList {
     }
 
     /// The number of items.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if the segment no longer holds a list.
-    pub fn len(&self) -> Result<usize> {
-        Ok(self.layout()?.len)
+    pub fn len(&self) -> usize {
+        self.layout.len
     }
 
     /// Whether the list has no items.
-    ///
-    /// # Errors
-    /// As [`len`](Self::len).
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The item at `i`; negative counts from the end, as in Python.
@@ -308,9 +368,9 @@ impl ShareableList {
     /// item's bytes are not what its format says (a string that is not UTF-8, a format this
     /// list does not know).
     pub fn get(&self, i: i64) -> Result<ShareableItem> {
-        let layout = self.layout()?;
-        let at = self.position(&layout, i)?;
-        self.load(&layout, at)
+        let layout = &self.layout;
+        let at = self.position(layout, i)?;
+        self.load(layout, at)
     }
 
     /// Replaces the item at `i` (negative counts from the end). A number, boolean or `None`
@@ -320,9 +380,9 @@ impl ShareableList {
     /// [`Error::IndexOutOfRange`]; [`Error::InvalidArgument`] for a string or bytes longer
     /// than its slot (Python's `ValueError: bytes/str item exceeds available storage`).
     pub fn set(&self, i: i64, item: impl Into<ShareableItem>) -> Result<()> {
-        let layout = self.layout()?;
-        let at = self.position(&layout, i)?;
-        self.store(&layout, at, &item.into())
+        let layout = &self.layout;
+        let at = self.position(layout, i)?;
+        self.store(layout, at, &item.into())
     }
 
     /// Every item, in order (Python's `list(sl)`).
@@ -330,8 +390,8 @@ impl ShareableList {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn to_vec(&self) -> Result<Vec<ShareableItem>> {
-        let layout = self.layout()?;
-        (0..layout.len).map(|i| self.load(&layout, i)).collect()
+        let layout = &self.layout;
+        (0..layout.len).map(|i| self.load(layout, i)).collect()
     }
 
     /// How many items equal `item` (Python's `count`).
@@ -359,62 +419,10 @@ impl ShareableList {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn format(&self) -> Result<String> {
-        let layout = self.layout()?;
+        let layout = &self.layout;
         (0..layout.len)
-            .map(|i| self.kind(&layout, i).map(|(f, _)| f))
+            .map(|i| self.kind(layout, i).map(|(f, _)| f))
             .collect()
-    }
-
-    /// Reads the list's length and offsets, checking them against the segment's size.
-    fn layout(&self) -> Result<Layout> {
-        let size = self.shm.size();
-        let not_a_list = |why: &str| {
-            Error::InvalidArgument(format!(
-                "shared memory segment {:?} does not hold a list: {why}",
-                self.shm.name().unwrap_or("(anonymous)")
-            ))
-        };
-        let len = usize::try_from(self.read_i64(0)?)
-            .ok()
-            // The smallest list of n items: its length and offsets, 8 bytes of data, a format
-            // and a code per item.
-            .filter(|&n| {
-                n.checked_mul(25)
-                    .and_then(|m| m.checked_add(16))
-                    .is_some_and(|m| m <= size)
-            })
-            .ok_or_else(|| not_a_list("its length does not fit it"))?;
-        let mut raw = vec![0u8; (len + 1) * 8];
-        self.shm.read(8, &mut raw)?;
-        let mut offsets = Vec::with_capacity(len + 1);
-        for chunk in raw.chunks_exact(8) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            let o = usize::try_from(i64::from_le_bytes(b))
-                .map_err(|_| not_a_list("a negative offset"))?;
-            if offsets.last().is_some_and(|&last| o < last) {
-                return Err(not_a_list("its offsets go backwards"));
-            }
-            offsets.push(o);
-        }
-        if offsets.first() != Some(&0) {
-            return Err(not_a_list("its first offset is not 0"));
-        }
-        let layout = Layout { len, offsets };
-        // The last offset is checked with the rest of the layout against the size.
-        let end = layout.offsets[len]
-            .checked_add((len + 2) * 8 + len * 9)
-            .ok_or_else(|| not_a_list("its offsets pass its end"))?;
-        if end > size {
-            return Err(not_a_list("its offsets pass its end"));
-        }
-        Ok(layout)
-    }
-
-    fn read_i64(&self, at: usize) -> Result<i64> {
-        let mut b = [0u8; 8];
-        self.shm.read(at, &mut b)?;
-        Ok(i64::from_le_bytes(b))
     }
 
     fn position(&self, layout: &Layout, i: i64) -> Result<usize> {

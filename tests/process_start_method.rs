@@ -72,53 +72,41 @@ async fn sleep_long_async() {
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
-/// Runs in a child, which has a single thread: handles SIGTERM and SIGINT itself (as a
-/// service shutting down gracefully does), forks grandchildren that sleep, and terminates
-/// them. Exits 0 if each ended by SIGTERM, as a spawned one would.
-fn fork_terminate_probe() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let result = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let _term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let _int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let mut codes = Vec::new();
-        for plain in [true, false] {
-            let p = match plain {
-                true => Process::new(sleep_long, ()),
-                false => Process::new(sleep_long_async, ()),
-            };
-            let mut p = p
-                .start_method(StartMethod::Fork)
-                .start()
-                .await
-                .map_err(|e| e.to_string())?;
-            // Started: past the point where it could still be running the parent's code.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            p.terminate().map_err(|e| e.to_string())?;
-            match tokio::time::timeout(Duration::from_secs(20), p.join()).await {
-                Ok(r) => codes.push(r.map_err(|e| e.to_string())?),
-                Err(_) => {
-                    let _ = p.kill();
-                    return Err(format!("plain target {plain}: terminate() did not end it"));
-                }
+/// Runs in a child, on the single-threaded runtime the crate builds for it: handles
+/// SIGTERM and SIGINT itself (as a service shutting down gracefully does), forks
+/// grandchildren that sleep, and terminates them. Fails unless each ended by SIGTERM, as a
+/// spawned one would.
+async fn fork_terminate_probe() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let _int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    for plain in [true, false] {
+        let p = match plain {
+            true => Process::new(sleep_long, ()),
+            false => Process::new(sleep_long_async, ()),
+        };
+        let mut p = p
+            .start_method(StartMethod::Fork)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        // Started: past the point where it could still be running the parent's code.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.terminate().map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(20), p.join()).await {
+            Ok(Ok(-15)) => {}
+            Ok(r) => {
+                return Err(format!(
+                    "plain target {plain}: ended with {r:?}, not SIGTERM"
+                ));
+            }
+            Err(_) => {
+                let _ = p.kill();
+                return Err(format!("plain target {plain}: terminate() did not end it"));
             }
         }
-        Ok::<_, String>(codes)
-    });
-    match result {
-        Ok(codes) if codes == [-15, -15] => std::process::exit(0),
-        Ok(codes) => {
-            eprintln!("fork terminate probe: exit codes {codes:?}");
-            std::process::exit(2)
-        }
-        Err(e) => {
-            eprintln!("fork terminate probe: {e}");
-            std::process::exit(3)
-        }
     }
+    Ok(())
 }
 
 /// The exit code [`report_start_method`] gives for `m`.
