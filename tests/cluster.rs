@@ -571,19 +571,19 @@ async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestRes
 }
 
 /// A head whose address and key come from the environment, which starts an agent by hand
-/// with the line `worker_command` gives (the key in the agent's environment), then prints
-/// a task's result.
+/// with the line `worker_command` gives, run by a shell (the key in the agent's
+/// environment), then prints a task's result.
 async fn from_env_helper() {
     let outcome = async {
         let cluster = Cluster::from_env()
             .await?
             .ok_or("no cluster in the environment")?;
         let line = cluster.worker_command(1)?;
-        let mut words = line.split(' ');
-        let program = words.next().ok_or("an empty worker command")?;
         let key = std::env::var(mp::cluster::AUTHKEY_ENV)?;
-        let mut agent = std::process::Command::new(program)
-            .args(words)
+        // As a user pastes it into a shell.
+        let mut agent = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {line}"))
             .env(mp::cluster::AUTHKEY_ENV, key)
             .env_remove(support::process::MODE_VAR)
             .spawn()?;
@@ -632,42 +632,81 @@ async fn from_env_and_worker_command_let_an_agent_be_started_by_hand() -> TestRe
     Ok(())
 }
 
-/// A launcher whose commands take a while (an `ssh` that is slow to answer, here one that
-/// waits and fails): the cluster's runtime, a current-thread one, runs its other tasks
-/// meanwhile, and the build fails with the launcher's error.
-async fn building_a_cluster_leaves_its_runtime_running_while_launching() -> TestResult {
-    let outcome = std::thread::spawn(|| {
+/// Runs `make()`'s future on a current-thread runtime of its own thread, beside a task that
+/// ticks every 20 ms; its output and how many times the other task ticked meanwhile.
+fn with_ticker<F, T>(make: impl FnOnce() -> F + Send + 'static) -> Result<(T, u32), BoxError>
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    use std::sync::atomic::{AtomicU32, Ordering};
+    std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async {
-            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let ticks = std::sync::Arc::new(AtomicU32::new(0));
             let ticker = tokio::spawn({
                 let ticks = ticks.clone();
                 async move {
                     loop {
                         tokio::time::sleep(Duration::from_millis(20)).await;
-                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        ticks.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
-            let slow_ssh = ["sh", "-c", "sleep 0.5; exit 1", "ssh"];
-            let built = Cluster::builder()
-                .launcher(mp::launch::Ssh::hosts(["n1"]).program(slow_ssh))
-                .build()
-                .await;
+            let out = make().await;
             ticker.abort();
-            let ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
-            Ok::<_, BoxError>((built.is_err(), ticks))
+            Ok::<_, BoxError>((out, ticks.load(Ordering::Relaxed)))
         })
     })
     .join()
-    .map_err(|_| "the runtime's thread panicked")??;
-    ensure!(outcome.0, "a launcher that fails built a cluster");
+    .map_err(|_| "the runtime's thread panicked")?
+}
+
+/// A launcher of the user's own that starts no host when the cluster is built and is slow
+/// to fail when asked for one.
+#[derive(Debug)]
+struct SlowToFail;
+
+impl mp::launch::Launcher for SlowToFail {
+    fn hosts(&self) -> usize {
+        0
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, _: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        std::thread::sleep(Duration::from_millis(500));
+        Err(mp::Error::InvalidArgument("no such engine".into()))
+    }
+}
+
+/// A launcher whose commands take a while (an `ssh` that is slow to answer, here one that
+/// waits and fails): the cluster's runtime, a current-thread one, runs its other tasks
+/// meanwhile, and the build fails with the launcher's error; and so does `scale`.
+async fn building_a_cluster_leaves_its_runtime_running_while_launching() -> TestResult {
+    let (built, ticks) = with_ticker(|| async {
+        let slow_ssh = ["sh", "-c", "sleep 0.5; exit 1", "ssh"];
+        Cluster::builder()
+            .launcher(mp::launch::Ssh::hosts(["n1"]).program(slow_ssh))
+            .build()
+            .await
+            .is_err()
+    })?;
+    ensure!(built, "a launcher that fails built a cluster");
     ensure!(
-        outcome.1 > 0,
+        ticks > 0,
         "no other task ran while the launcher's commands ran"
     );
+
+    let cluster = Cluster::builder().launcher(SlowToFail).build().await?;
+    let (scaled, ticks) = with_ticker(move || async move { cluster.scale(1).await })?;
+    ensure!(
+        matches!(&scaled, Err(mp::Error::InvalidArgument(m)) if m == "no such engine"),
+        "scale gave {scaled:?}, not the launcher's error"
+    );
+    ensure!(ticks > 0, "no other task ran while scale's launch ran");
     Ok(())
 }
 

@@ -247,7 +247,7 @@ async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
         slurm.jobs()
     );
     ensure!(cluster.hosts() == 0, "a host before scale");
-    cluster.scale(1)?;
+    cluster.scale(1).await?;
     let job = slurm.jobs();
     ensure!(!job.is_empty(), "scale(1) submitted no job");
     cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;

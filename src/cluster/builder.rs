@@ -148,12 +148,9 @@ impl ClusterBuilder {
                 _shutdown: shutdown,
             }),
         };
-        // A launcher's commands (an ssh probe and copy, `sbatch`) block: on a thread of
-        // their own, not the runtime's.
-        let launching = cluster.clone();
-        tokio::task::spawn_blocking(move || launching.launch_initial())
-            .await
-            .map_err(|e| Error::from(std::io::Error::other(e)))??;
+        if let Some(hosts) = cluster.inner.launcher.as_ref().map(|l| l.hosts()) {
+            cluster.scale(hosts).await?;
+        }
         tracing::debug!(address = %cluster.address(), "cluster listening");
         Ok(cluster)
     }

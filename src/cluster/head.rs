@@ -12,7 +12,7 @@ use super::builder::ClusterBuilder;
 use super::key;
 use super::proto::ToAgent;
 use crate::error::{Error, Result};
-use crate::launch::{AgentSpec, Launched, Launcher};
+use crate::launch::{AgentSpec, Launched, Launcher, shell_word};
 use crate::wire::Framed;
 
 /// Hosts that run the workers of [`Pool`](crate::Pool)s, each through a host agent that
@@ -379,14 +379,16 @@ impl Cluster {
     /// the address, the workers and an id, 0 (agents that share a machine are told apart
     /// by their ids: change the last number for each). The key is not in it: put it, in
     /// hex, in the agent's environment as [`AUTHKEY_ENV`](super::AUTHKEY_ENV), or write it
-    /// on the agent's stdin. The words are joined with spaces, not shell-quoted.
+    /// on the agent's stdin. The line is for a POSIX shell: a word that holds a space or
+    /// another character the shell would read (an executable under `My Programs/`) is in
+    /// single quotes.
     ///
     /// # Errors
     /// An I/O error when this program's executable cannot be found.
     pub fn worker_command(&self, workers: usize) -> Result<String> {
         let spec = self.spec(0, workers)?;
-        let mut line = vec![spec.exe.display().to_string()];
-        line.extend(spec.agent_args());
+        let mut line = vec![shell_word(&spec.exe.display().to_string())];
+        line.extend(spec.agent_args().iter().map(|a| shell_word(a)));
         Ok(line.join(" "))
     }
 
@@ -403,14 +405,31 @@ impl Cluster {
 
     /// Starts hosts through the launcher until it has started `hosts` in all (Dask's
     /// `scale`); does nothing when it has started that many already. Pools built on the
-    /// cluster use the new hosts' room for the workers they start from then on.
+    /// cluster use the new hosts' room for the workers they start from then on. It returns
+    /// once the launcher has started them (an ssh session opened, a job submitted), not once
+    /// their agents are connected: see [`wait_for_hosts`](Self::wait_for_hosts).
     ///
-    /// The launcher's commands (an ssh probe and copy, `sbatch`) run on the caller's
-    /// thread and may block it: on a runtime, call it from `spawn_blocking`.
+    /// The launcher's commands (an ssh probe and copy, `sbatch`) run on a blocking thread,
+    /// not on the runtime's.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error.
-    pub fn scale(&self, hosts: usize) -> Result<()> {
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped midway, the launches already under way go on (on their
+    /// blocking thread) and count as started, and those not begun are not started.
+    pub async fn scale(&self, hosts: usize) -> Result<()> {
+        let cluster = self.clone();
+        tokio::task::spawn_blocking(move || cluster.scale_blocking(hosts))
+            .await
+            .map_err(|e| Error::from(std::io::Error::other(e)))?
+    }
+
+    /// [`scale`](Self::scale) on the caller's thread.
+    pub(super) fn scale_blocking(&self, hosts: usize) -> Result<()> {
         let Some(launcher) = &self.inner.launcher else {
             return Err(Error::InvalidArgument(
                 "this cluster has no launcher to start hosts with".into(),
@@ -588,14 +607,6 @@ impl Cluster {
             exit: exit_rx,
             kill,
         })
-    }
-
-    /// Starts the launcher's hosts.
-    pub(super) fn launch_initial(&self) -> Result<()> {
-        if let Some(l) = &self.inner.launcher {
-            self.scale(l.hosts())?;
-        }
-        Ok(())
     }
 }
 

@@ -23,6 +23,19 @@ pub use ssh::Ssh;
 
 use crate::error::Result;
 
+/// `s` as one word of a POSIX shell command line: as it is when no shell gives any of its
+/// characters a meaning, else in single quotes.
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:@%+,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// What a launcher needs to start one host agent.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
@@ -170,4 +183,45 @@ pub trait Launcher: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// The engine's error when the agent cannot be started (the command is missing, say).
     fn launch(&self, spec: &AgentSpec) -> Result<Launched>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn a_shell_reads_back_every_word_as_it_was() {
+        let words = [
+            "/usr/bin/app",
+            "/home/me/My Programs/app",
+            "it's",
+            "$HOME",
+            "`id`",
+            "a;b|c&d",
+            "~",
+            "*",
+            "",
+            "--address=10.0.0.1:5000",
+            "line\nbreak",
+        ];
+        let line: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\0' {}", line.join(" ")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let read: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+        let expected: Vec<&[u8]> = words
+            .iter()
+            .map(|w| w.as_bytes())
+            .chain([&b""[..]])
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(
+            shell_word("/usr/bin/app"),
+            "/usr/bin/app",
+            "quoted a plain word"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 
-use super::{AgentSpec, Launched, Launcher};
+use super::{AgentSpec, Launched, Launcher, shell_word};
 use crate::error::{Error, Result};
 
 /// Starts host agents through Slurm (dask-jobqueue's shape): one agent per node.
@@ -36,11 +36,6 @@ pub struct Slurm {
     nodes: usize,
     workers: usize,
     options: Vec<String>,
-}
-
-/// Quotes `s` for a POSIX shell.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 impl Slurm {
@@ -104,8 +99,8 @@ impl Launcher for Slurm {
             );
             return Ok(Launched::process(child));
         }
-        let mut line = vec![quote(&spec.exe.display().to_string())];
-        line.extend(spec.agent_args().iter().map(|a| quote(a)));
+        let mut line = vec![shell_word(&spec.exe.display().to_string())];
+        line.extend(spec.agent_args().iter().map(|a| shell_word(a)));
         let out = std::process::Command::new("sbatch")
             .args(["--parsable", "--nodes=1", "--ntasks=1", "--job-name", &name])
             .args(&self.options)

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use super::{AgentSpec, Launched, Launcher};
+use super::{AgentSpec, Launched, Launcher, shell_word};
 use crate::error::{Error, Result};
 
 /// Starts one host agent per host over the system's `ssh` client, with the user's own
@@ -36,11 +36,6 @@ pub struct Ssh {
     program: Vec<String>,
     options: Vec<String>,
     cache: String,
-}
-
-/// Quotes `s` for a POSIX shell.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The exit code of `ssh` itself failing, as opposed to the remote command's.
@@ -121,7 +116,7 @@ impl Ssh {
             message,
         };
         let probe = self
-            .command(host, &format!("test -x {}", quote(&exe)))?
+            .command(host, &format!("test -x {}", shell_word(&exe)))?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -139,11 +134,11 @@ impl Ssh {
         }
         tracing::debug!(%host, %exe, "copying the executable");
         // Written under a temporary name, then renamed: an agent never runs half a file.
-        let tmp = format!("{}.part.$$", quote(&exe));
+        let tmp = format!("{}.part.$$", shell_word(&exe));
         let script = format!(
             "mkdir -p {d} && cat > {tmp} && chmod 755 {tmp} && mv -f {tmp} {e}",
-            d = quote(&dir),
-            e = quote(&exe),
+            d = shell_word(&dir),
+            e = shell_word(&exe),
         );
         let binary = std::fs::File::open(&spec.exe)?;
         let out = self
@@ -188,8 +183,8 @@ impl Launcher for Ssh {
         };
         self.ensure_copied(host, spec)?;
         let (exe, _) = self.remote_exe(spec);
-        let mut line = vec![quote(&exe)];
-        line.extend(spec.agent_args().iter().map(|a| quote(a)));
+        let mut line = vec![shell_word(&exe)];
+        line.extend(spec.agent_args().iter().map(|a| shell_word(a)));
         let mut child = self
             .command(host, &format!("exec {}", line.join(" ")))?
             .stdin(Stdio::piped())
