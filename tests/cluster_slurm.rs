@@ -250,6 +250,12 @@ async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
     cluster.scale(1).await?;
     let job = slurm.jobs();
     ensure!(!job.is_empty(), "scale(1) submitted no job");
+    let cpus = slurm
+        .command("squeue")
+        .args(["-h", "-o", "%C", "-j", &job])
+        .output()?;
+    let cpus = String::from_utf8_lossy(&cpus.stdout).trim().to_string();
+    ensure!(cpus == "2", "the job of 2 workers asked for {cpus:?} CPUs");
     cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
     let pool = Pool::builder().cluster(&cluster).build().await?;
     ensure!(pool.processes() == 2, "{} processes", pool.processes());

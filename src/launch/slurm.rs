@@ -11,10 +11,12 @@ use crate::error::{Error, Result};
 /// - **Inside an allocation** (`SLURM_JOB_ID` is set: the program runs under `salloc` or
 ///   in a batch script), each host is a job step, `srun --nodes=1 --ntasks=1`, on a node of
 ///   the allocation.
-/// - **Outside one**, each host is a batch job of its own, `sbatch --nodes=1
-///   --ntasks=1`, so [`Cluster::scale`](crate::Cluster::scale) asks Slurm for more nodes;
-///   each job is cancelled (`scancel`) when the cluster is dropped, and ends by itself when
-///   the head dies (after the head deadline at most).
+/// - **Outside one**, each host is a batch job of its own, `sbatch --nodes=1 --ntasks=1
+///   --cpus-per-task=<workers>` (a CPU for each of its workers; an
+///   [`option`](Self::option) `--cpus-per-task=...` or `--exclusive` overrides it), so
+///   [`Cluster::scale`](crate::Cluster::scale) asks Slurm for more nodes; each job is
+///   cancelled (`scancel`) when the cluster is dropped, and ends by itself when the head
+///   dies (after the head deadline at most).
 ///
 /// The key travels in the step's or job's environment (Slurm exports the submitter's
 /// environment), never on its command line. Options such as `--partition`, `--time` or
@@ -103,6 +105,7 @@ impl Launcher for Slurm {
         line.extend(spec.agent_args().iter().map(|a| shell_word(a)));
         let out = std::process::Command::new("sbatch")
             .args(["--parsable", "--nodes=1", "--ntasks=1", "--job-name", &name])
+            .arg(format!("--cpus-per-task={}", self.workers))
             .args(&self.options)
             .arg("--wrap")
             .arg(format!("exec {}", line.join(" ")))
