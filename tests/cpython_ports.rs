@@ -189,6 +189,55 @@ async fn report_fds(q: Queue<u32>, go: Event) {
     go.wait_timeout(LONG).await.expect("wait");
 }
 
+/// Whether descriptor `fd` is closed here: `fcntl(F_GETFD)` fails with `EBADF`.
+fn fd_closed(fd: i32) -> bool {
+    // SAFETY: only asks the kernel about the number; nothing is closed or owned.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF)
+}
+
+fn exit_7_unless_closed(fd: i32) -> ExitCode {
+    if fd_closed(fd) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(7)
+    }
+}
+
+/// `TestCloseFds.test_closefd`: a descriptor of the parent's that is not close-on-exec (a
+/// careless library's), and that is not passed as an argument, is not open in a child of
+/// any start method, nor in a pool's worker.
+async fn child_does_not_inherit_descriptors() -> TestResult {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::TcpListener::bind("127.0.0.1:0")?;
+    // dup() gives a descriptor without close-on-exec; past 50, so that the child's own
+    // descriptors cannot take its number.
+    let mut high = nix::unistd::dup(&sock)?;
+    let mut low = Vec::new();
+    while high.as_raw_fd() < 50 {
+        let next = nix::unistd::dup(&high)?;
+        low.push(std::mem::replace(&mut high, next));
+    }
+    drop(low);
+    let fd = high.as_raw_fd();
+    for m in support::process::METHODS {
+        let mut p = Process::new(exit_7_unless_closed, (fd,))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(
+            join_code(&mut p).await? == 0,
+            "{m:?}: descriptor {fd} was open in the child"
+        );
+    }
+    let pool = Pool::new(1).await?;
+    ensure!(
+        pool.apply(fd_closed, (fd,)).await?,
+        "descriptor {fd} was open in a pool worker"
+    );
+    Ok(())
+}
+
 /// `_TestProcess.test_child_fd_inflation`: a child's descriptors do not grow with the
 /// number of children running beside it.
 async fn child_fd_inflation() -> TestResult {
@@ -1136,6 +1185,7 @@ fn main() {
         sigint_kills_a_child,
         many_processes,
         child_fd_inflation,
+        child_does_not_inherit_descriptors,
         closed_stdio_in_child,
         pool_and_queue_in_a_child,
         spawn_close,

@@ -18,8 +18,11 @@ use super::cvt;
 const SELF_EXE: &CStr = c"/proc/self/exe";
 const DEV_NULL: &CStr = c"/dev/null";
 
-/// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec
-/// (every other descriptor of ours is close-on-exec). Returns the child's pid.
+/// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec,
+/// and stdin (on `/dev/null`), stdout and stderr; no other descriptor: those of ours are
+/// close-on-exec, and those the program made without that flag (a C library's, a
+/// `pipe()`'s) are closed in the child, as Python's `spawn` closes them, so that a child
+/// never holds a pipe's end that its parent waits to see closed. Returns the child's pid.
 ///
 /// The parent-death signal of the child refers to the calling thread: call this from a
 /// thread that lives as long as the children should.
@@ -31,6 +34,11 @@ pub(crate) fn spawn_exe(
     let mut actions = PosixSpawnFileActions::init()?;
     // A dup2 onto itself clears close-on-exec in the child only (POSIX, glibc >= 2.29).
     actions.add_dup2(inherit.as_raw_fd(), inherit.as_raw_fd())?;
+    for fd in inheritable_fds()? {
+        if fd != inherit.as_raw_fd() {
+            actions.add_close(fd)?;
+        }
+    }
     if inherit.as_raw_fd() != 0 {
         // Children read nothing from the parent's stdin, as in Python.
         actions.add_open(0, DEV_NULL, OFlag::O_RDONLY, Mode::empty())?;
@@ -45,6 +53,27 @@ pub(crate) fn spawn_exe(
     )?;
     let pid = posix_spawn(SELF_EXE, &actions, &attr, argv, env)?;
     Ok(pid.as_raw())
+}
+
+/// The descriptors of this process from 3 up that an exec would leave open: those without
+/// close-on-exec.
+fn inheritable_fds() -> io::Result<Vec<RawFd>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(fd) = entry?.file_name().to_string_lossy().parse::<RawFd>() else {
+            continue;
+        };
+        if fd < 3 {
+            continue;
+        }
+        // SAFETY: F_GETFD reads a descriptor's flags by its number and touches no memory;
+        // a number closed meanwhile (the listing's own) gives EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            fds.push(fd);
+        }
+    }
+    Ok(fds)
 }
 
 /// Forks this process. Refused unless the process has exactly one thread, because a child
