@@ -32,6 +32,9 @@ pub struct ProcessBuilder {
 /// Waiting is a readiness wait on the child's pidfd, registered with tokio's reactor: no
 /// thread is parked, no `SIGCHLD` handler installed, nothing polled.
 ///
+/// The child ends when its target returns, as a program ends when `main` does: threads
+/// the target started are not waited for (Python waits for a child's non-daemon threads).
+///
 /// Dropping a `Process` does not stop the child (as in Python); the child is reaped when it
 /// ends. At normal exit of the program, daemon children are sent SIGTERM and every child is
 /// waited for. Every child dies with its parent, even when the parent is killed by SIGKILL.

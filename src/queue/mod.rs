@@ -261,9 +261,10 @@ impl<T> Queue<T> {
         self.qsize() >= limit
     }
 
-    /// Says this process will use the queue no more (Python's `close()`): later calls on
-    /// this handle (and its clones) fail with [`Error::HandleClosed`]. Items already put
-    /// stay in the queue for others; other processes' handles are unaffected.
+    /// Says this process will use the queue no more (Python's `close()`): later puts and
+    /// gets through this handle (and its clones) fail with [`Error::HandleClosed`]; `qsize`,
+    /// `empty` and `full` still read the queue's count. Items already put stay in the queue
+    /// for others; other processes' handles are unaffected.
     pub fn close(&self) {
         self.inner.close()
     }
