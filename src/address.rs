@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 /// string and `(host, port)` addresses, named with [`ToAddress`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
-    /// A Unix socket at this path.
+    /// A Unix socket at this path; one that starts with a NUL byte (`"\0name"`) is in
+    /// Linux's abstract namespace, as in Python: no file, gone with its last descriptor.
     Unix(PathBuf),
     /// A TCP address.
     Tcp(SocketAddr),
@@ -21,7 +22,10 @@ pub enum Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Address::Unix(p) => write!(f, "{}", p.display()),
+            Address::Unix(p) => match abstract_name(p) {
+                Some(name) => write!(f, "\\0{}", String::from_utf8_lossy(name)),
+                None => write!(f, "{}", p.display()),
+            },
             Address::Tcp(a) => write!(f, "{a}"),
         }
     }
@@ -47,7 +51,8 @@ impl From<SocketAddr> for Address {
 
 /// What can name an [`Address`]: a [`SocketAddr`], an [`Address`], a path, a string
 /// (`"127.0.0.1:50000"` or `"localhost:50000"` for TCP, a path containing a `/` for a Unix
-/// socket), or Python's `(host, port)` pair, `("localhost", 50000)`. A host name stands for
+/// socket, `"\0name"` for an abstract one), or Python's `(host, port)` pair,
+/// `("localhost", 50000)`. A host name stands for
 /// its first IPv4 address, as in Python's `multiprocessing.connection`.
 pub trait ToAddress {
     /// The address.
@@ -84,7 +89,7 @@ impl ToAddress for PathBuf {
 
 impl ToAddress for str {
     fn to_address(&self) -> Result<Address> {
-        if self.contains('/') {
+        if self.contains('/') || self.starts_with('\0') {
             return Ok(Address::Unix(PathBuf::from(self)));
         }
         if let Ok(a) = self.parse::<SocketAddr>() {
@@ -128,6 +133,26 @@ impl ToAddress for (String, u16) {
 /// The TCP address `host` resolves to: its first IPv4 address, as Python's
 /// `multiprocessing.connection` takes (its sockets for `(host, port)` are `AF_INET`), else
 /// its first; `InvalidArgument` with `why()` if none.
+/// The name of an abstract Unix socket address (the bytes after its leading NUL), `None`
+/// for a path in the file system.
+pub(crate) fn abstract_name(path: &Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().strip_prefix(b"\0")
+}
+
+/// A Unix socket listening at `path`: a file, or a name in the abstract namespace.
+///
+/// # Errors
+/// The kernel's: the path is taken, its directory is missing, the name is too long.
+pub(crate) fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    match abstract_name(path) {
+        Some(name) => UnixListener::bind_addr(&UnixAddr::from_abstract_name(name)?),
+        None => UnixListener::bind(path),
+    }
+}
+
 fn resolve(host: impl ToSocketAddrs, why: impl FnOnce() -> String) -> Result<Address> {
     let all: Vec<SocketAddr> = host
         .to_socket_addrs()

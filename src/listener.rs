@@ -157,7 +157,7 @@ impl Listener {
             Address::Unix(path) => {
                 // Outside a runtime `from_std` panics: do so before the socket file exists.
                 let _ = tokio::runtime::Handle::current();
-                let l = std::os::unix::net::UnixListener::bind(&path)?;
+                let l = crate::address::bind_unix(&path)?;
                 let listener = l
                     .set_nonblocking(true)
                     .and_then(|()| tokio::net::UnixListener::from_std(l));
@@ -281,7 +281,9 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Address::Unix(path) = &self.address {
-            let _ = std::fs::remove_file(path);
+            if crate::address::abstract_name(path).is_none() {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }

@@ -461,6 +461,49 @@ async fn multiple_bind_unix() -> TestResult {
     Ok(())
 }
 
+/// `_TestListener.test_abstract_socket`: a listener at `"\0name"` is in Linux's abstract
+/// namespace: a client in a child reaches it by the same string, no file is made, and a
+/// manager serves there too.
+async fn abstract_socket() -> TestResult {
+    let name = format!("\0tkmp-cpy-abstract-{}", std::process::id());
+    let l = Listener::bind(name.as_str(), Some(b"key"))?;
+    ensure!(
+        *l.address() == mp::Address::Unix(name.clone().into()),
+        "bound at {:?}",
+        l.address()
+    );
+    let mut p = start(
+        connect_send_hello,
+        (std::path::PathBuf::from(&name), Some(b"key".to_vec())),
+    )
+    .await?;
+    let conn: Connection<String> = l.accept().await?;
+    ensure!(conn.recv().await? == "hello", "message");
+    join_ok(&mut p).await?;
+    ensure!(
+        !std::path::Path::new(&name[1..]).exists(),
+        "a file was made for an abstract name"
+    );
+    drop(l);
+    // Its name is free again once its listener is gone.
+    drop(Listener::bind(name.as_str(), None)?);
+
+    let manager_name = format!("{name}-manager");
+    let manager = mp::Manager::builder()
+        .address(manager_name.as_str())
+        .authkey(b"key")
+        .start()
+        .await?;
+    let client = mp::Manager::connect(manager_name.as_str(), b"key").await?;
+    let d = client.dict::<String, u32>().await?;
+    d.insert("k".into(), 7).await?;
+    ensure!(d.get(&"k".into()).await? == Some(7), "the manager's dict");
+    drop(d);
+    drop(client);
+    manager.shutdown().await?;
+    Ok(())
+}
+
 /// `_TestListener.test_empty_authkey` (bpo-43952): an empty key is a key.
 async fn empty_authkey() -> TestResult {
     let l = Listener::bind("127.0.0.1:0", Some(b""))?;
@@ -1195,6 +1238,7 @@ fn main() {
         missing_fd_transfer,
         signal_during_recv_and_send,
         multiple_bind_unix,
+        abstract_socket,
         empty_authkey,
         client_gone_before_accept,
         client_polls_accepted_side,

@@ -156,8 +156,12 @@ impl ManagerBuilder {
                 (l.into(), Address::Tcp(bound), None)
             }
             Address::Unix(p) => {
-                let l = std::os::unix::net::UnixListener::bind(&p)?;
-                (l.into(), Address::Unix(p.clone()), Some(p))
+                let l = crate::address::bind_unix(&p)?;
+                // An abstract name has no file to remove.
+                let file = crate::address::abstract_name(&p)
+                    .is_none()
+                    .then(|| p.clone());
+                (l.into(), Address::Unix(p), file)
             }
         }))
     }
