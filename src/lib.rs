@@ -4,11 +4,12 @@
 //! a [`Pool`] whose `apply_async` and `map_async` are futures and whose `imap` is a stream,
 //! [`Process`] handles joined without blocking a thread, and locks ([`Lock`], [`RLock`],
 //! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]), shared memory ([`Value`],
-//! [`Array`], [`SharedMemory`]) and a [`Manager`] that work between real processes and are
-//! awaited on tokio's reactor. A `Manager` serves every shared type of Python's (dicts,
-//! lists, namespaces, queues, locks, events, barriers...) and your own ([`Managed`]), to the
-//! processes it starts or, by address and key, to any process on any machine
-//! ([`Manager::builder`], [`Manager::connect`]).
+//! [`Array`], [`SharedMemory`], and a [`SharedMemoryManager`] that removes the segments made
+//! through it) and a [`Manager`] that work between real processes and are awaited on tokio's
+//! reactor. A `Manager` serves every shared type of Python's (dicts, lists, namespaces,
+//! queues, locks, events, barriers...) and your own ([`Managed`]), to the processes it starts
+//! or, by address and key, to any process on any machine ([`Manager::builder`],
+//! [`Manager::connect`]).
 //! A [`Cluster`] gives a pool workers on other machines, started by ssh, Slurm or any
 //! engine (see [`launch`]) and dialling back over TCP.
 //!
@@ -78,7 +79,8 @@ pub use listener::{AUTH_TIMEOUT, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
     ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
     JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerBuilder, NamespaceProxy,
-    Proxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedProxy, ValueProxy,
+    Proxy, QueueProxy, RLockProxy, SegmentsProxy, SemaphoreProxy, SharedMemoryManager, SharedProxy,
+    ValueProxy,
 };
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,

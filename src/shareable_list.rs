@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::shared::SharedMemory;
-use crate::sys;
 
 /// One item of a [`ShareableList`]: the types Python's `ShareableList` stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,7 +296,7 @@ impl ShareableList {
         };
         let shm = match name {
             Some(n) => SharedMemory::create(n, layout.end())?,
-            None => create_with_a_generated_name(layout.end())?,
+            None => SharedMemory::create_with_a_generated_name(layout.end())?,
         };
         let mut head = Vec::with_capacity(layout.data());
         head.extend_from_slice(&(layout.len as i64).to_le_bytes());
@@ -349,6 +348,11 @@ impl ShareableList {
     /// As [`SharedMemory::unlink`].
     pub fn unlink(&mut self) -> Result<()> {
         self.shm.unlink()
+    }
+
+    /// Hands the name's removal to someone else (see [`SharedMemory::leave_name`]).
+    pub(crate) fn leave_name(&mut self) {
+        self.shm.leave_name();
     }
 
     /// The number of items.
@@ -536,26 +540,6 @@ impl ShareableList {
         self.shm.write(start, &bytes[..written])?;
         self.shm.write(layout.formats() + i * 8, &format)?;
         self.shm.write(layout.codes() + i, &[kind.code()])
-    }
-}
-
-/// A new segment of `size` bytes with a name like CPython's (`psm_` and 8 random hex
-/// digits), tried again with another name if one is taken.
-fn create_with_a_generated_name(size: usize) -> Result<SharedMemory> {
-    loop {
-        let mut random = [0u8; 4];
-        sys::fill_random(&mut random)?;
-        let name = format!(
-            "psm_{}",
-            u32::from_le_bytes(random)
-                .to_be_bytes()
-                .map(|b| format!("{b:02x}"))
-                .concat()
-        );
-        match SharedMemory::create(&name, size) {
-            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            r => return r,
-        }
     }
 }
 

@@ -614,7 +614,8 @@ impl<T: Pod> ArrayGuard<'_, T> {
 ///
 /// The creator owns the name: its handle removes the name when dropped (or at
 /// [`unlink`](Self::unlink)). An attacher, including a copy received by another process,
-/// never removes it. Mappings stay valid after the name is gone. A named segment whose
+/// never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
+/// is owned by the manager's server, which removes it when it stops. Mappings stay valid after the name is gone. A named segment whose
 /// creator is killed by SIGKILL keeps its name until someone calls `unlink`; use an
 /// anonymous segment where no name is needed.
 ///
@@ -681,6 +682,21 @@ impl SharedMemory {
             name: None,
             owns_name: false,
         })
+    }
+
+    /// Creates a named segment of `size` bytes, zero-filled, under a fresh name like
+    /// CPython's (`psm_` and 8 random hex digits), tried again with another name while one
+    /// is taken (Python's `SharedMemory(create=True, size=size)`). This handle owns the name.
+    pub(crate) fn create_with_a_generated_name(size: usize) -> Result<SharedMemory> {
+        loop {
+            let mut random = [0u8; 4];
+            sys::fill_random(&mut random)?;
+            let name = format!("psm_{}", random.map(|b| format!("{b:02x}")).concat());
+            match SharedMemory::create(&name, size) {
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                r => return r,
+            }
+        }
     }
 
     /// Attaches to the existing named segment `name` (Python's `SharedMemory(name)`).
@@ -755,6 +771,13 @@ impl SharedMemory {
             index: offset.saturating_add(len),
             len: self.region.len(),
         }
+    }
+
+    /// Hands the name's removal to someone else (a
+    /// [`SharedMemoryManager`](crate::SharedMemoryManager)'s server): this handle no longer
+    /// removes it when dropped.
+    pub(crate) fn leave_name(&mut self) {
+        self.owns_name = false;
     }
 
     /// Removes the segment's name, so no one else can attach; the memory stays valid for

@@ -92,6 +92,8 @@ fn handles_are_send_sync_unpin() {
     all::<mp::DictProxy<String, i64>>();
     all::<mp::ListProxy<i64>>();
     all::<mp::ValueProxy<i64>>();
+    all::<mp::SharedMemoryManager>();
+    all::<mp::SegmentsProxy>();
 }
 
 /// Every `async fn` of the public API returns a `Send` future, so it can be spawned.
@@ -186,6 +188,16 @@ fn futures_are_send() {
         send_val(&d.get(&String::new()));
         send_val(&v.get());
         send_val(&v.set(0));
+    };
+
+    let _ = |m: &mp::SharedMemoryManager, p: &mp::SegmentsProxy| {
+        send_val(&mp::SharedMemoryManager::start());
+        send_val(&m.shared_memory(1));
+        send_val(&m.shareable_list([1i64, 2]));
+        send_val(&m.segments());
+        send_val(&p.shared_memory(1));
+        send_val(&p.shareable_list(["a"]));
+        send_val(&p.segments());
     };
 }
 

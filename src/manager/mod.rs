@@ -9,6 +9,8 @@
 //! - one file per shared type, server side and proxy together: `dict.rs`, `list.rs`,
 //!   `value.rs`, `array.rs`, `namespace.rs`, `queue.rs`, `lock.rs`, `semaphore.rs`,
 //!   `event.rs`, `condition.rs`, `barrier.rs`.
+//! - `shared_memory.rs`: [`SharedMemoryManager`], whose server keeps the shared memory
+//!   segments made through it and removes them when it stops.
 //!
 //! # Lifetimes
 //! An object lives while a proxy to it exists somewhere, as in Python. A link counts its
@@ -37,6 +39,7 @@ mod link;
 mod proto;
 mod remote;
 mod server;
+mod shared_memory;
 
 pub use array::ArrayProxy;
 pub use barrier::BarrierProxy;
@@ -50,6 +53,7 @@ pub use namespace::NamespaceProxy;
 pub use queue::{JoinableQueueProxy, QueueProxy};
 pub use remote::ManagerBuilder;
 pub use semaphore::{BoundedSemaphoreProxy, SemaphoreProxy};
+pub use shared_memory::{SegmentsProxy, SharedMemoryManager};
 pub use value::ValueProxy;
 
 use std::marker::PhantomData;
@@ -695,38 +699,60 @@ enum RouteOwned {
     },
 }
 
+impl RouteOwned {
+    /// The way to the server; `None` for a nested proxy's, which is that of whoever fetched
+    /// the value it came in.
+    fn into_route(self) -> Option<Route> {
+        match self {
+            RouteOwned::Nested => None,
+            RouteOwned::Local(fd) => Some(Route::Registration(fd.into_owned())),
+            RouteOwned::Remote { address, authkey } => Some(Route::Address {
+                address: address.into(),
+                authkey: authkey.map(Arc::from),
+            }),
+        }
+    }
+}
+
+/// A link's way to its server, as it travels to another process (never nested).
+struct Way<'a>(&'a Link);
+
+impl Serialize for Way<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0.route {
+            Route::Registration(fd) => {
+                RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))).serialize(s)
+            }
+            Route::Address { address, authkey } => RouteRef::Remote {
+                address: &remote::WireAddress::from(address),
+                authkey: authkey.as_deref(),
+            }
+            .serialize(s),
+        }
+    }
+}
+
 impl<T> Serialize for Handle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error as _, SerializeTuple};
-        let address;
         let nest = NEST.with(|n| n.borrow().clone());
-        let route = match (&nest, &self.link.route) {
-            (Some(into), _) if self.link.same_server(into) => RouteRef::Nested,
-            (Some(_), _) => {
+        let nested = match &nest {
+            Some(into) if self.link.same_server(into) => true,
+            Some(_) => {
                 return Err(S::Error::custom(
                     "a proxy stored in a manager's object must be to an object of that \
                      manager, reached through the same handle",
                 ));
             }
-            (None, Route::Registration(fd)) => RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))),
-            (
-                None,
-                Route::Address {
-                    address: a,
-                    authkey,
-                },
-            ) => {
-                address = remote::WireAddress::from(a);
-                RouteRef::Remote {
-                    address: &address,
-                    authkey: authkey.as_deref(),
-                }
-            }
+            None => false,
         };
         // A nested proxy's loan is never settled: its object stays while the manager runs.
         self.link.lend(self.id);
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&route)?;
+        match nested {
+            true => t.serialize_element(&RouteRef::Nested)?,
+            false => t.serialize_element(&Way(&self.link))?,
+        }
         t.serialize_element(&self.id)?;
         t.end()
     }
@@ -736,18 +762,11 @@ impl<'de, T> Deserialize<'de> for Handle<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let (route, id) = <(RouteOwned, u64)>::deserialize(d)?;
-        let route = match route {
-            RouteOwned::Nested => {
-                let link = NEST.with(|n| n.borrow().clone()).ok_or_else(|| {
-                    D::Error::custom("a nested proxy outside a value fetched from a manager")
-                })?;
-                return Ok(Handle::holding(link, id, false));
-            }
-            RouteOwned::Local(fd) => Route::Registration(fd.into_owned()),
-            RouteOwned::Remote { address, authkey } => Route::Address {
-                address: address.into(),
-                authkey: authkey.map(Arc::from),
-            },
+        let Some(route) = route.into_route() else {
+            let link = NEST.with(|n| n.borrow().clone()).ok_or_else(|| {
+                D::Error::custom("a nested proxy outside a value fetched from a manager")
+            })?;
+            return Ok(Handle::holding(link, id, false));
         };
         Ok(Handle::holding(Link::new(route), id, true))
     }

@@ -85,6 +85,11 @@ pub(super) enum Request {
     Barrier(u64, BarrierOp),
     /// A call on a value of a registered type: its encoded request.
     User(u64, Bytes),
+    /// Keep the name of this shared memory segment, and remove the segment when the server
+    /// stops (Python's `track_segment`). Only a `SharedMemoryManager`'s server keeps names.
+    TrackSegment(String),
+    /// The names of the segments kept, in the order they came (Python's `list_segments`).
+    Segments,
 }
 
 impl Request {
@@ -307,6 +312,8 @@ pub(super) enum Reply {
     Items(Vec<Bytes>),
     Pairs(Vec<(Bytes, Bytes)>),
     Named(Vec<(String, Bytes)>),
+    /// Names of shared memory segments.
+    Names(Vec<String>),
     /// A queue's ring, its descriptors carried with the frame.
     Ring(super::queue::Ring),
     /// The server is alive (unasked, on an idle connection).

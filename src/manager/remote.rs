@@ -89,6 +89,8 @@ pub struct ManagerBuilder {
     start_method: Option<StartMethod>,
     handshake_timeout: Duration,
     types: HashMap<String, Maker>,
+    /// Whether the server keeps shared memory segments (a `SharedMemoryManager`'s).
+    pub(super) segments: bool,
 }
 
 impl Default for ManagerBuilder {
@@ -99,6 +101,7 @@ impl Default for ManagerBuilder {
             start_method: None,
             handshake_timeout: crate::AUTH_TIMEOUT,
             types: HashMap::new(),
+            segments: false,
         }
     }
 }
@@ -189,7 +192,8 @@ impl ManagerBuilder {
             None => (None, None, None),
         };
         let types = server::UserTypes::new(&self.types);
-        let server = Process::new(server::serve_process, (Fd::from(theirs), door, types))
+        let args = (Fd::from(theirs), door, types, self.segments);
+        let server = Process::new(server::serve_process, args)
             .name("Manager")
             .daemon(true)
             .start_method(self.start_method.unwrap_or_else(crate::get_start_method))
@@ -228,7 +232,7 @@ impl ManagerBuilder {
     pub async fn serve(self) -> Result<Manager> {
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
-        let shared = Shared::new(self.types.clone());
+        let shared = Shared::new(self.types.clone(), false);
         let (door, address, socket_file) = match bound {
             Some((listener, address, file)) => (
                 Some(Door {

@@ -93,6 +93,9 @@ pub(super) struct State {
     types: HashMap<String, Maker>,
     /// The references each connection holds, by object.
     held: HashMap<u64, HashMap<u64, u64>>,
+    /// The shared memory segments to remove when the server stops, in the order they were
+    /// named; `None` for a server that keeps none (all but a `SharedMemoryManager`'s).
+    segments: Option<Vec<String>>,
 }
 
 /// Python's index rules: negative counts from the end; `None` if out of range.
@@ -258,7 +261,41 @@ impl State {
             }
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
             Request::User(..) => Reply::message("a call on a user object runs in its own task"),
+            Request::TrackSegment(name) => reply(self.track_segment(name)),
+            Request::Segments => reply(self.keeper().map(|names| Reply::Names(names.clone()))),
         }
+    }
+
+    /// The segment names this server keeps, or why it keeps none.
+    fn keeper(&mut self) -> std::result::Result<&mut Vec<String>, Failure> {
+        self.segments.as_mut().ok_or_else(|| {
+            Failure::Message(
+                "this manager keeps no shared memory segments (a SharedMemoryManager's does)"
+                    .into(),
+            )
+        })
+    }
+
+    fn track_segment(&mut self, name: String) -> std::result::Result<Reply, Failure> {
+        let names = self.keeper()?;
+        let name = name.trim_start_matches('/');
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Failure::Message(format!(
+                "{name:?} is not the name of a shared memory segment"
+            )));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Takes the names of every segment kept, which the server then removes.
+    pub(super) fn take_segments(&mut self) -> Vec<String> {
+        self.segments
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Tries a request that may wait; `timed_out` says its time is up, so the attempt must
@@ -429,11 +466,14 @@ fn first_id() -> u64 {
 }
 
 impl Shared {
-    pub(super) fn new(types: HashMap<String, Maker>) -> Arc<Shared> {
+    /// A server's state; `segments`: whether it keeps shared memory segments to remove
+    /// when it stops (a `SharedMemoryManager`'s).
+    pub(super) fn new(types: HashMap<String, Maker>, segments: bool) -> Arc<Shared> {
         Arc::new(Shared {
             state: std::sync::Mutex::new(State {
                 types,
                 next: first_id(),
+                segments: segments.then(Vec::new),
                 ..State::default()
             }),
             next_conn: AtomicU64::new(1),
@@ -442,6 +482,19 @@ impl Shared {
 
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes every shared memory segment the server keeps (a name someone removed
+    /// already is passed over), and forgets them.
+    pub(super) fn remove_segments(&self) {
+        let names = self.state().take_segments();
+        for name in names {
+            match sys::shm_remove(&name) {
+                Ok(()) => tracing::debug!(name, "the manager removed a segment"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::debug!(name, "the manager could not remove a segment: {e}"),
+            }
+        }
     }
 
     /// Carries out a request that may wait, waiting for its object's notifications until it
@@ -834,38 +887,80 @@ impl Listening {
 }
 
 /// What a server process is given: the registration socket, a listening socket when the
-/// manager has an address, and the user types it may make.
+/// manager has an address, the user types it may make, and whether it keeps shared memory
+/// segments (a `SharedMemoryManager`'s server).
+///
+/// # Stopping
+/// A server stops when every holder of the registration socket is gone, or is ended by a
+/// signal: SIGTERM from its manager's `shutdown` or drop, or from this crate's exit
+/// handler. A server that keeps segments catches SIGTERM, and asks for it (instead of
+/// SIGKILL) when its parent dies, so that it removes its segments however it is stopped,
+/// short of SIGKILL.
 pub(super) async fn serve_process(
     registration: crate::wire::Fd,
     door: Option<(crate::wire::Fd, Option<Vec<u8>>, Duration)>,
     types: UserTypes,
+    segments: bool,
 ) {
     let types = match types.resolve() {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("tokio-multiprocessing manager: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(e),
     };
-    let shared = Shared::new(types);
+    let shared = Shared::new(types, segments);
+    // Before the first request is read, so that no segment is kept without it.
+    let terminate = match segments {
+        true => match terminate_signal() {
+            Ok(s) => Some(s),
+            Err(e) => fail(e),
+        },
+        false => None,
+    };
     let local = serve_registration(registration.into_owned(), shared.clone());
-    let r = match door {
-        None => local.await,
-        Some((listener, authkey, handshake_timeout)) => {
-            let door = Door {
-                listener: listener.into_owned(),
-                authkey: authkey.map(Arc::from),
-                handshake_timeout,
-            };
-            tokio::select! {
-                r = local => r,
-                r = serve_door(door, shared) => r,
+    let serving = async {
+        match door {
+            None => local.await,
+            Some((listener, authkey, handshake_timeout)) => {
+                let door = Door {
+                    listener: listener.into_owned(),
+                    authkey: authkey.map(Arc::from),
+                    handshake_timeout,
+                };
+                tokio::select! {
+                    r = local => r,
+                    r = serve_door(door, shared.clone()) => r,
+                }
             }
         }
     };
+    let r = tokio::select! {
+        r = serving => r,
+        () = terminated(terminate) => Ok(()),
+    };
+    shared.remove_segments();
     if let Err(e) = r {
-        eprintln!("tokio-multiprocessing manager: {e}");
-        std::process::exit(1);
+        fail(e);
+    }
+}
+
+fn fail(e: Error) -> ! {
+    eprintln!("tokio-multiprocessing manager: {e}");
+    std::process::exit(1)
+}
+
+/// SIGTERM as a stream, and asked for in place of SIGKILL when the parent dies.
+fn terminate_signal() -> Result<tokio::signal::unix::Signal> {
+    let s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    sys::soften_parent_death_signal()?;
+    Ok(s)
+}
+
+/// Waits for SIGTERM; for ever without a stream of it.
+async fn terminated(signal: Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(mut s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -958,6 +1053,48 @@ mod tests {
             s.handle(ME, Request::Queue(99, QueueOp::Len)),
             Reply::Failed(_)
         ));
+    }
+
+    #[test]
+    fn only_a_segment_keeping_server_keeps_segment_names() {
+        let mut plain = State::default();
+        assert!(matches!(
+            plain.handle(ME, Request::TrackSegment("psm_1".into())),
+            Reply::Failed(Failure::Message(_))
+        ));
+        assert!(matches!(
+            plain.handle(ME, Request::Segments),
+            Reply::Failed(Failure::Message(_))
+        ));
+        assert!(plain.take_segments().is_empty());
+
+        let mut s = State {
+            segments: Some(Vec::new()),
+            ..State::default()
+        };
+        for name in ["psm_b", "/psm_a", "psm_b"] {
+            assert!(matches!(
+                s.handle(ME, Request::TrackSegment(name.into())),
+                Reply::Done
+            ));
+        }
+        for bad in ["", "/", "a/b", ".."] {
+            assert!(
+                matches!(
+                    s.handle(OTHER, Request::TrackSegment(bad.into())),
+                    Reply::Failed(Failure::Message(_))
+                ),
+                "{bad:?} was kept"
+            );
+        }
+        match s.handle(OTHER, Request::Segments) {
+            Reply::Names(n) => assert_eq!(n, ["psm_b", "psm_a"]),
+            r => panic!("{r:?}"),
+        }
+        // A connection's end leaves the names: they belong to the server.
+        s.release(ME);
+        assert_eq!(s.take_segments(), ["psm_b", "psm_a"]);
+        assert!(s.take_segments().is_empty());
     }
 
     #[test]

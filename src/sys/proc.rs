@@ -428,6 +428,15 @@ pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     Ok(())
 }
 
+/// Asks for SIGTERM instead of SIGKILL when the thread that started this process exits, if
+/// a parent-death signal is set: for a process that catches SIGTERM to clean up.
+pub(crate) fn soften_parent_death_signal() -> io::Result<()> {
+    if nix::sys::prctl::get_pdeathsig()?.is_some() {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    }
+    Ok(())
+}
+
 /// This process's parent pid.
 pub(crate) fn parent_pid() -> i32 {
     nix::unistd::getppid().as_raw()

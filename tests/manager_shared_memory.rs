@@ -1,0 +1,321 @@
+//! `SharedMemoryManager` across real processes: segments made through it outlive their
+//! handles and the processes that made them, and are gone from `/dev/shm` once the manager
+//! stops, however it stops. Cases from CPython's `Lib/test/_test_multiprocessing.py`
+//! (`_TestSharedMemory`) name the Python test they come from.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::{TestResult, eventually, is_zombie_or_gone, join_ok, run_example, test};
+use tokio_multiprocessing::{
+    self as mp, Error, Pool, Process, SegmentsProxy, ShareableItem, ShareableList, SharedMemory,
+    SharedMemoryManager, SimpleQueue, StartMethod,
+};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn main() {
+    mp::init();
+    support::run(vec![
+        test(
+            "segments_outlive_their_handles_until_shutdown",
+            segments_outlive_their_handles_until_shutdown,
+        ),
+        test(
+            "a_segment_made_in_a_child_outlives_it",
+            a_segment_made_in_a_child_outlives_it,
+        ),
+        test(
+            "a_killed_makers_segment_goes_at_shutdown",
+            a_killed_makers_segment_goes_at_shutdown,
+        ),
+        test(
+            "pool_tasks_make_segments_the_manager_keeps",
+            pool_tasks_make_segments_the_manager_keeps,
+        ),
+        test(
+            "dropping_the_manager_removes_its_segments",
+            dropping_the_manager_removes_its_segments,
+        ),
+        test(
+            "the_server_removes_its_segments_when_its_parent_dies",
+            the_server_removes_its_segments_when_its_parent_dies,
+        ),
+        test(
+            "a_refused_segment_leaves_nothing",
+            a_refused_segment_leaves_nothing,
+        ),
+        test(
+            "example_shared_memory_manager",
+            example_shared_memory_manager,
+        ),
+    ])
+}
+
+fn shm_exists(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+fn name_of(shm: &SharedMemory) -> Result<String, String> {
+    shm.name()
+        .map(str::to_string)
+        .ok_or_else(|| "a manager's segment has no name".to_string())
+}
+
+/// Fails unless none of `names` is in `/dev/shm`.
+fn all_gone(names: &[String]) -> TestResult {
+    let left: Vec<&String> = names.iter().filter(|n| shm_exists(n)).collect();
+    ensure!(left.is_empty(), "still in /dev/shm: {left:?}");
+    Ok(())
+}
+
+/// `test_shared_memory_SharedMemoryManager_basics`: a segment and a list made through the
+/// manager stay when their handles are dropped, are listed, and are gone after `shutdown`.
+async fn segments_outlive_their_handles_until_shutdown() -> TestResult {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        outlive_handles_until_shutdown(method)
+            .await
+            .map_err(|e| format!("{method:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn outlive_handles_until_shutdown(method: StartMethod) -> TestResult {
+    let smm = SharedMemoryManager::start_with(method).await?;
+    let shm = smm.shared_memory(128).await?;
+    ensure!(shm.size() == 128, "size {}", shm.size());
+    shm.write(0, b"kept by the server")?;
+    let shm_name = name_of(&shm)?;
+    drop(shm);
+    let sl = smm.shareable_list(0..10).await?;
+    let sl_name = name_of(sl.shm())?;
+    drop(sl);
+
+    ensure!(
+        shm_exists(&shm_name) && shm_exists(&sl_name),
+        "a dropped handle removed its segment"
+    );
+    let again = SharedMemory::attach(&shm_name)?;
+    let mut buf = [0u8; 18];
+    again.read(0, &mut buf)?;
+    ensure!(&buf == b"kept by the server", "read back {buf:?}");
+    let list = ShareableList::attach(&sl_name)?;
+    ensure!(
+        list.to_vec()? == (0..10).map(ShareableItem::Int).collect::<Vec<_>>(),
+        "list {list:?}"
+    );
+    ensure!(
+        smm.segments().await? == [shm_name.clone(), sl_name.clone()],
+        "segments {:?}",
+        smm.segments().await?
+    );
+
+    let proxy = smm.proxy();
+    let pid = smm.pid().ok_or("no server pid")?;
+    smm.shutdown().await?;
+    all_gone(&[shm_name, sl_name])?;
+    ensure!(is_zombie_or_gone(pid), "the server {pid} still runs");
+    // The mappings stay usable; the manager does not.
+    again.write(0, b"still mapped")?;
+    ensure!(list.get(3)? == ShareableItem::Int(3), "list after shutdown");
+    match proxy.segments().await {
+        Err(Error::Closed) => {}
+        other => return Err(format!("a proxy after shutdown gave {other:?}").into()),
+    }
+    Ok(())
+}
+
+async fn make_segment(smm: SegmentsProxy) -> mp::Result<()> {
+    let shm = smm.shared_memory(64).await?;
+    shm.write(0, format!("child {}", std::process::id()).as_bytes())?;
+    Ok(())
+}
+
+/// A child makes a segment through a proxy it was passed, drops it and exits: the parent
+/// finds it by the manager's list and attaches.
+async fn a_segment_made_in_a_child_outlives_it() -> TestResult {
+    let smm = SharedMemoryManager::start().await?;
+    let mut p = Process::new(make_segment, (smm.proxy(),)).start().await?;
+    let child = p.pid();
+    join_ok(&mut p).await?;
+    let names = smm.segments().await?;
+    ensure!(names.len() == 1, "segments {names:?}");
+    let shm = SharedMemory::attach(&names[0])?;
+    let want = format!("child {child}");
+    let mut buf = vec![0u8; want.len()];
+    shm.read(0, &mut buf)?;
+    ensure!(
+        buf == want.as_bytes(),
+        "read {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    smm.shutdown().await?;
+    all_gone(&names)
+}
+
+async fn make_segment_and_hang(smm: SegmentsProxy, made: SimpleQueue<String>) {
+    let sl = smm
+        .shareable_list(["made", "then", "killed"])
+        .await
+        .expect("list");
+    let name = sl.shm().name().expect("named").to_string();
+    made.put(name).await.expect("put");
+    std::future::pending::<()>().await;
+}
+
+/// A child that made a list through the manager is killed by SIGKILL: the list stays, and
+/// goes at shutdown.
+async fn a_killed_makers_segment_goes_at_shutdown() -> TestResult {
+    let smm = SharedMemoryManager::start().await?;
+    let made = SimpleQueue::<String>::new()?;
+    let mut p = Process::new(make_segment_and_hang, (smm.proxy(), made.clone()))
+        .start()
+        .await?;
+    let name = tokio::time::timeout(LONG, made.get()).await??;
+    p.kill()?;
+    p.join_timeout(LONG)
+        .await?
+        .ok_or("the killed child did not end")?;
+    let list = ShareableList::attach(&name)?;
+    ensure!(list.get(-1)? == "killed".into(), "list {list:?}");
+    ensure!(smm.segments().await? == [name.clone()], "segments");
+    smm.shutdown().await?;
+    all_gone(&[name])
+}
+
+async fn task_list(smm: SegmentsProxy, i: i64) -> Result<String, String> {
+    let sl = smm
+        .shareable_list([i, i * i])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(sl.shm().name().unwrap_or_default().to_string())
+}
+
+/// Pool tasks make lists through a proxy passed to them and return the names: each list
+/// outlives its task, the manager lists them all, and they go at shutdown.
+async fn pool_tasks_make_segments_the_manager_keeps() -> TestResult {
+    let smm = SharedMemoryManager::start().await?;
+    let pool = Pool::new(2).await?;
+    let mut names = Vec::new();
+    for i in 0..4i64 {
+        let name = pool.apply(task_list, (smm.proxy(), i)).await??;
+        let list = ShareableList::attach(&name)?;
+        ensure!(
+            list.to_vec()? == [ShareableItem::Int(i), ShareableItem::Int(i * i)],
+            "list {i}: {list:?}"
+        );
+        names.push(name);
+    }
+    let mut listed = smm.segments().await?;
+    listed.sort();
+    let mut want = names.clone();
+    want.sort();
+    want.dedup();
+    ensure!(want.len() == 4, "names repeat: {names:?}");
+    ensure!(listed == want, "listed {listed:?}, made {want:?}");
+    pool.close();
+    pool.join().await?;
+    smm.shutdown().await?;
+    all_gone(&names)
+}
+
+/// Dropping the manager without `shutdown` removes its segments too (the server is sent
+/// SIGTERM and removes them before it exits).
+async fn dropping_the_manager_removes_its_segments() -> TestResult {
+    let smm = SharedMemoryManager::start().await?;
+    let pid = smm.pid().ok_or("no server pid")?;
+    let a = name_of(&smm.shared_memory(4096).await?)?;
+    let b = name_of(smm.shareable_list(["x"]).await?.shm())?;
+    ensure!(
+        shm_exists(&a) && shm_exists(&b),
+        "segments missing before the drop"
+    );
+    drop(smm);
+    let names = [a, b];
+    ensure!(
+        eventually(LONG, || names.iter().all(|n| !shm_exists(n))).await,
+        "segments left after the drop"
+    );
+    ensure!(
+        eventually(LONG, || is_zombie_or_gone(pid)).await,
+        "the server {pid} still runs"
+    );
+    all_gone(&names)
+}
+
+async fn own_manager_and_hang(forkserver: bool, made: SimpleQueue<(String, u32)>) {
+    let method = match forkserver {
+        true => StartMethod::ForkServer,
+        false => StartMethod::Spawn,
+    };
+    let smm = SharedMemoryManager::start_with(method)
+        .await
+        .expect("start");
+    let shm = smm.shared_memory(64).await.expect("segment");
+    let name = shm.name().expect("named").to_string();
+    let pid = smm.pid().expect("server pid");
+    made.put((name, pid)).await.expect("put");
+    std::future::pending::<()>().await;
+}
+
+/// A process holding a manager is killed by SIGKILL, so its manager is never dropped: the
+/// server, told by the kernel that its parent died, removes the segments and exits; with
+/// either start method that works from a multi-threaded process.
+async fn the_server_removes_its_segments_when_its_parent_dies() -> TestResult {
+    for forkserver in [false, true] {
+        server_outlives_no_owner(forkserver)
+            .await
+            .map_err(|e| format!("forkserver {forkserver}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn server_outlives_no_owner(forkserver: bool) -> TestResult {
+    let made = SimpleQueue::<(String, u32)>::new()?;
+    let mut p = Process::new(own_manager_and_hang, (forkserver, made.clone()))
+        .start()
+        .await?;
+    let (name, server) = tokio::time::timeout(LONG, made.get()).await??;
+    ensure!(
+        shm_exists(&name),
+        "the segment is missing while its manager runs"
+    );
+    p.kill()?;
+    p.join_timeout(LONG)
+        .await?
+        .ok_or("the killed child did not end")?;
+    ensure!(
+        eventually(LONG, || !shm_exists(&name)).await,
+        "the segment {name} outlived the manager's owner"
+    );
+    ensure!(
+        eventually(LONG, || is_zombie_or_gone(server)).await,
+        "the server {server} outlived its parent"
+    );
+    Ok(())
+}
+
+/// A segment the manager cannot make (size 0) is refused, and the manager keeps nothing.
+async fn a_refused_segment_leaves_nothing() -> TestResult {
+    let smm = SharedMemoryManager::start().await?;
+    match smm.shared_memory(0).await {
+        Err(Error::InvalidArgument(_)) => {}
+        other => return Err(format!("a 0-byte segment gave {other:?}").into()),
+    }
+    ensure!(smm.segments().await?.is_empty(), "segments kept");
+    smm.shutdown().await?;
+    Ok(())
+}
+
+/// The documentation's example: two processes square halves of a manager's list.
+async fn example_shared_memory_manager() -> TestResult {
+    let out = run_example("shared_memory_manager").await?;
+    let want = (0..2000i64).map(|x| x * x).sum::<i64>();
+    ensure!(
+        out == format!("total_result = {want}\nsegments kept by the manager: 1\n"),
+        "output: {out:?}"
+    );
+    Ok(())
+}
