@@ -51,7 +51,39 @@ fn main() {
             "example_shared_memory_manager",
             example_shared_memory_manager,
         ),
+        test(
+            "a_forked_server_removes_its_segments_whatever_its_parent_handles",
+            a_forked_server_removes_its_segments_whatever_its_parent_handles,
+        ),
     ])
+}
+
+/// Runs in a child, on the single-threaded runtime the crate builds for it: handles SIGTERM
+/// with tokio (as a service shutting down gracefully does), then starts a manager with the
+/// fork method, which inherits tokio's signal state, and shuts it down.
+async fn fork_a_manager_after_tokio_took_sigterm() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let smm = SharedMemoryManager::start_with(StartMethod::Fork)
+        .await
+        .map_err(|e| e.to_string())?;
+    let shm = smm.shared_memory(64).await.map_err(|e| e.to_string())?;
+    let name = name_of(&shm)?;
+    drop(shm);
+    smm.shutdown().await.map_err(|e| e.to_string())?;
+    match shm_exists(&name) {
+        true => Err(format!("{name} is still in /dev/shm")),
+        false => Ok(()),
+    }
+}
+
+/// A server forked from a program whose runtime handles SIGTERM still catches the SIGTERM
+/// of `shutdown`, and removes its segments.
+async fn a_forked_server_removes_its_segments_whatever_its_parent_handles() -> TestResult {
+    let mut p = Process::new(fork_a_manager_after_tokio_took_sigterm, ())
+        .start()
+        .await?;
+    join_ok(&mut p).await
 }
 
 fn shm_exists(name: &str) -> bool {

@@ -947,20 +947,20 @@ fn fail(e: Error) -> ! {
     std::process::exit(1)
 }
 
-/// SIGTERM as a stream, and asked for in place of SIGKILL when the parent dies.
-fn terminate_signal() -> Result<tokio::signal::unix::Signal> {
-    let s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+/// SIGTERM as a descriptor readable when it arrives, on the reactor, and asked for in place
+/// of SIGKILL when the parent dies.
+fn terminate_signal() -> Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = sys::sigterm_fd()?;
+    let fd = sys::register_owned(fd, tokio::io::Interest::READABLE)?;
     sys::soften_parent_death_signal()?;
-    Ok(s)
+    Ok(fd)
 }
 
-/// Waits for SIGTERM; for ever without a stream of it.
-async fn terminated(signal: Option<tokio::signal::unix::Signal>) {
+/// Waits for SIGTERM; for ever without a descriptor for it (or if the reactor fails it).
+async fn terminated(signal: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
     match signal {
-        Some(mut s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
+        Some(fd) if fd.readable().await.is_ok() => {}
+        _ => std::future::pending().await,
     }
 }
 

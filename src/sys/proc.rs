@@ -428,6 +428,49 @@ pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     Ok(())
 }
 
+/// The eventfd [`on_sigterm`] counts SIGTERMs on; -1 until [`sigterm_fd`] sets it.
+static SIGTERM_EVENT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The SIGTERM handler of [`sigterm_fd`]: adds one to its eventfd. Async-signal-safe: an
+/// atomic load and `write(2)`, with `errno` kept as it was.
+extern "C" fn on_sigterm(_: libc::c_int) {
+    let fd = SIGTERM_EVENT.load(std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let one: u64 = 1;
+    // SAFETY: `__errno_location` gives this thread's errno, valid for the thread's life; the
+    // write reads 8 bytes from a local `u64`, to a descriptor this process never closes.
+    unsafe {
+        let errno = libc::__errno_location();
+        let saved = *errno;
+        libc::write(fd, (&raw const one).cast(), std::mem::size_of::<u64>());
+        *errno = saved;
+    }
+}
+
+/// SIGTERM as a descriptor that becomes readable when it arrives, for a process that ends
+/// its work before it exits. The handler is this process's own, set here, and writes to a
+/// descriptor made here: no handler state a forked process inherited (a runtime's of its
+/// parent) is involved, and whichever thread takes the signal, the descriptor hears of it.
+/// Call it once per process: the handler's copy of an earlier call's descriptor stays
+/// open.
+pub(crate) fn sigterm_fd() -> io::Result<OwnedFd> {
+    use std::os::fd::IntoRawFd;
+    let fd = super::eventfd::eventfd(false)?;
+    // The handler's own descriptor, open for the rest of the process's life.
+    let handlers = super::dup_fd(fd.as_fd())?.into_raw_fd();
+    SIGTERM_EVENT.store(handlers, std::sync::atomic::Ordering::Relaxed);
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_sigterm),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler is async-signal-safe (see `on_sigterm`).
+    unsafe { nix::sys::signal::sigaction(Signal::SIGTERM, &action) }?;
+    Ok(fd)
+}
+
 /// Asks for SIGTERM instead of SIGKILL when the thread that started this process exits, if
 /// a parent-death signal is set: for a process that catches SIGTERM to clean up.
 pub(crate) fn soften_parent_death_signal() -> io::Result<()> {
