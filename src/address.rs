@@ -5,12 +5,16 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// Where a [`Listener`](crate::Listener) listens and a [`Client`](crate::Client) or a
 /// [`Manager`](crate::Manager) connects: a Unix socket path, or a TCP address (Python's
 /// string and `(host, port)` addresses, named with [`ToAddress`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A serde value, so that it can be passed to a child as Python passes `listener.address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Address {
     /// A Unix socket at this path; one that starts with a NUL byte (`"\0name"`) is in
     /// Linux's abstract namespace, as in Python: no file, gone with its last descriptor.

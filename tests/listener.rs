@@ -27,12 +27,9 @@ fn socket_path(tag: &str) -> PathBuf {
 
 // ---- child targets ----
 
-async fn echo_client(address: Option<PathBuf>, tcp: Option<SocketAddr>, key: Option<Vec<u8>>) {
-    let address: mp::Address = match (address, tcp) {
-        (Some(p), _) => p.into(),
-        (None, Some(a)) => a.into(),
-        (None, None) => std::process::exit(5),
-    };
+/// Connects to `address` (as the listener reported it, passed as it is, as Python passes
+/// `l.address`), and echoes one message.
+async fn echo_client(address: mp::Address, key: Option<Vec<u8>>) {
     let conn = match mp::Client::connect::<String>(address, key.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
@@ -105,12 +102,9 @@ async fn round_trip(l: &mp::Listener, mut p: mp::Process) -> TestResult {
 async fn unix_path_with_key() -> TestResult {
     let path = socket_path("unix");
     let l = mp::Listener::bind(path.clone(), Some(KEY))?;
-    let p = mp::Process::new(
-        echo_client,
-        (Some(path.clone()), None::<SocketAddr>, Some(KEY.to_vec())),
-    )
-    .start()
-    .await?;
+    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
+        .start()
+        .await?;
     round_trip(&l, p).await?;
     drop(l);
     ensure!(
@@ -128,12 +122,9 @@ async fn tcp_with_key() -> TestResult {
         return Err("not a TCP address".into());
     };
     ensure!(addr.port() != 0, "a port was chosen");
-    let p = mp::Process::new(
-        echo_client,
-        (None::<PathBuf>, Some(addr), Some(KEY.to_vec())),
-    )
-    .start()
-    .await?;
+    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
+        .start()
+        .await?;
     round_trip(&l, p).await
 }
 
@@ -175,12 +166,9 @@ async fn addresses_as_python_writes_them() -> TestResult {
 async fn unix_path_without_key() -> TestResult {
     let path = socket_path("nokey");
     let l = mp::Listener::bind(path.clone(), None)?;
-    let p = mp::Process::new(
-        echo_client,
-        (Some(path), None::<SocketAddr>, None::<Vec<u8>>),
-    )
-    .start()
-    .await?;
+    let p = mp::Process::new(echo_client, (mp::Address::Unix(path), None::<Vec<u8>>))
+        .start()
+        .await?;
     round_trip(&l, p).await
 }
 
@@ -232,12 +220,9 @@ async fn garbage_in_place_of_the_answer() -> TestResult {
         failure.windows(9).any(|w| w == b"#FAILURE#"),
         "the listener told the client it failed"
     );
-    let p = mp::Process::new(
-        echo_client,
-        (Some(path), None::<SocketAddr>, Some(KEY.to_vec())),
-    )
-    .start()
-    .await?;
+    let p = mp::Process::new(echo_client, (mp::Address::Unix(path), Some(KEY.to_vec())))
+        .start()
+        .await?;
     round_trip(&l, p).await
 }
 
@@ -351,12 +336,9 @@ async fn more_silent_clients_than_max_handshakes_lock_no_one_out() -> TestResult
         })
     };
     let silent = support::SilentSockets::open(addr).await?;
-    let mut good = mp::Process::new(
-        echo_client,
-        (None::<PathBuf>, Some(addr), Some(KEY.to_vec())),
-    )
-    .start()
-    .await?;
+    let mut good = mp::Process::new(echo_client, (mp::Address::Tcp(addr), Some(KEY.to_vec())))
+        .start()
+        .await?;
     // Half the timeout of the challenge, which waiting behind the silent clients would take.
     let conn = tokio::time::timeout(mp::AUTH_TIMEOUT / 2, accepted.recv())
         .await
