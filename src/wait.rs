@@ -1,7 +1,7 @@
 //! `wait`: Python's `multiprocessing.connection.wait`, on tokio's reactor.
 
 use std::future::Future;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -19,8 +19,9 @@ use crate::sys;
 type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 /// Something [`wait`] can wait on: a [`Connection`] (ready when a message or end of stream
-/// can be received), a [`Queue`] of any kind (ready when an item may be there) or a
-/// [`Process`] (ready when it has ended, Python's `sentinel`).
+/// can be received), a [`Queue`] of any kind (ready when an item may be there), a
+/// [`Process`] (ready when it has ended, Python's `sentinel`) or a descriptor, a
+/// [`BorrowedFd`] (ready when readable: a socket, a pipe).
 ///
 /// The trait is sealed: the crate's own types implement it, and its hooks are not API.
 ///
@@ -99,6 +100,18 @@ fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     sys::readable_now(fd).unwrap_or(true)
 }
 
+/// Resolves once `fd` is readable, through a copy of it on the reactor.
+async fn readable(fd: BorrowedFd<'_>) -> Result<()> {
+    let fd = sys::register_owned(sys::dup_fd(fd)?, Interest::READABLE)?;
+    loop {
+        let mut g = fd.readable().await?;
+        if readable_now(fd.get_ref().as_fd()) {
+            return Ok(());
+        }
+        g.clear_ready();
+    }
+}
+
 impl Waitable for Process {}
 
 impl Ready for Process {
@@ -107,16 +120,22 @@ impl Ready for Process {
     }
 
     fn ready(&self) -> ReadyFuture<'_> {
-        Box::pin(async move {
-            let fd = sys::register_owned(sys::dup_fd(self.sentinel())?, Interest::READABLE)?;
-            loop {
-                let mut g = fd.readable().await?;
-                if readable_now(fd.get_ref().as_fd()) {
-                    return Ok(());
-                }
-                g.clear_ready();
-            }
-        })
+        Box::pin(readable(self.sentinel()))
+    }
+}
+
+/// Any descriptor the reactor can watch (a socket, a pipe, an eventfd: Python's `wait`
+/// takes sockets and file numbers): ready when it is readable, or at its end of stream.
+/// Pass `&stream.as_fd()`.
+impl Waitable for BorrowedFd<'_> {}
+
+impl Ready for BorrowedFd<'_> {
+    fn ready_now(&self) -> bool {
+        readable_now(*self)
+    }
+
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(readable(*self))
     }
 }
 
@@ -128,8 +147,8 @@ impl Ready for Process {
 /// processes read the same object: another may take the message or item first.
 ///
 /// # Errors
-/// An I/O error from the reactor; [`Error::InvalidArgument`] for an empty list without a timeout (it
-/// would wait for ever).
+/// An I/O error from the reactor (a descriptor it cannot watch, such as a regular file's);
+/// [`Error::InvalidArgument`] for an empty list without a timeout (it would wait for ever).
 ///
 /// # Panics
 /// Outside a tokio runtime.

@@ -597,6 +597,56 @@ async fn wait_integer() -> TestResult {
     Ok(())
 }
 
+/// Writes its index on the socket it was given once `go` is set, then ends.
+async fn write_index_on(sock: Fd, i: u8, go: Event) {
+    use std::io::Write;
+    go.wait_timeout(LONG).await.expect("go");
+    let mut s = std::os::unix::net::UnixStream::from(sock.into_owned());
+    s.write_all(&[i]).expect("write");
+}
+
+/// `TestWait.test_wait_socket`: sockets whose other ends children hold become ready, by
+/// their descriptors, as the children write; a socket nobody writes to is never reported.
+async fn wait_socket() -> TestResult {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let go = Event::new()?;
+    let mut ours = Vec::new();
+    let mut children = Vec::new();
+    for i in 0..3u8 {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        ours.push(a);
+        children.push(start(write_index_on, (Fd::from(OwnedFd::from(b)), i, go.clone())).await?);
+    }
+    let (silent, _other) = std::os::unix::net::UnixStream::pair()?;
+    let fds: Vec<_> = ours.iter().map(|s| s.as_fd()).collect();
+    let silent_fd = silent.as_fd();
+    let waitables: Vec<&dyn mp::Waitable> = vec![&fds[0], &fds[1], &fds[2], &silent_fd];
+    let res = mp::wait(&waitables, Some(Duration::from_millis(100))).await?;
+    ensure!(res.is_empty(), "ready before anyone wrote: {res:?}");
+    go.set();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let res = mp::wait(&waitables, Some(LONG)).await?;
+        ensure!(!res.is_empty() && !res.contains(&3), "ready: {res:?}");
+        for i in res {
+            if !seen.contains(&i) {
+                let mut byte = [0u8; 1];
+                (&ours[i]).read_exact(&mut byte)?;
+                ensure!(usize::from(byte[0]) == i, "socket {i} read {byte:?}");
+                seen.push(i);
+            }
+        }
+    }
+    for mut p in children {
+        join_ok(&mut p).await?;
+    }
+    // At end of stream every socket reads as ready, as a closed connection does in Python.
+    let res = mp::wait(&waitables[..3], Some(LONG)).await?;
+    ensure!(res == vec![0, 1, 2], "at end of stream: {res:?}");
+    Ok(())
+}
+
 /// `TestWait.test_neg_timeout`'s Rust reading: a zero timeout returns at once, empty.
 async fn wait_zero_timeout() -> TestResult {
     let (a, _b) = Pipe::<u32>::new()?;
@@ -1244,6 +1294,7 @@ fn main() {
         client_polls_accepted_side,
         wait_timeout,
         wait_integer,
+        wait_socket,
         wait_zero_timeout,
         lock_locked_2processes,
         condition_notify_n,
