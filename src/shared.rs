@@ -615,9 +615,9 @@ impl<T: Pod> ArrayGuard<'_, T> {
 /// The creator owns the name: its handle removes the name when dropped (or at
 /// [`unlink`](Self::unlink)). An attacher, including a copy received by another process,
 /// never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
-/// is owned by the manager's server, which removes it when it stops. Mappings stay valid after the name is gone. A named segment whose
-/// creator is killed by SIGKILL keeps its name until someone calls `unlink`; use an
-/// anonymous segment where no name is needed.
+/// is owned by the manager's server, which removes it when it stops. Mappings stay valid
+/// after the name is gone. A named segment whose creator is killed by SIGKILL keeps its name
+/// until someone calls `unlink`; use an anonymous segment where no name is needed.
 ///
 /// # Examples
 ///
