@@ -100,11 +100,13 @@ fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     sys::readable_now(fd).unwrap_or(true)
 }
 
-/// Resolves once `fd` is readable, through a copy of it on the reactor.
+/// Resolves once `fd` is readable, through a copy of it on the reactor: when `poll` reports
+/// anything for it, as [`readable_now`] reads it, so an error (the write end of a pipe
+/// whose reader went) wakes the wait as it makes a new one return at once.
 async fn readable(fd: BorrowedFd<'_>) -> Result<()> {
     let fd = sys::register_owned(sys::dup_fd(fd)?, Interest::READABLE)?;
     loop {
-        let mut g = fd.readable().await?;
+        let mut g = fd.ready(Interest::READABLE | Interest::ERROR).await?;
         if readable_now(fd.get_ref().as_fd()) {
             return Ok(());
         }
@@ -147,8 +149,7 @@ impl Ready for BorrowedFd<'_> {
 /// processes read the same object: another may take the message or item first.
 ///
 /// # Errors
-/// An I/O error from the reactor (a descriptor it cannot watch, such as a regular file's);
-/// [`Error::InvalidArgument`] for an empty list without a timeout (it would wait for ever).
+/// An I/O error from the reactor (a descriptor it cannot watch); [`Error::InvalidArgument`] for an empty list without a timeout (it would wait for ever).
 ///
 /// # Panics
 /// Outside a tokio runtime.

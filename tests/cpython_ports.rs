@@ -655,6 +655,27 @@ async fn wait_zero_timeout() -> TestResult {
     Ok(())
 }
 
+/// Python's `wait` reports a descriptor as soon as `poll` reports anything for it, an error
+/// included: the write end of a pipe whose reader goes during the wait is ready then, as it
+/// is for a wait begun after the reader went.
+async fn wait_pipe_write_end_whose_reader_goes() -> TestResult {
+    use std::os::fd::AsFd;
+    let (r, w) = nix::unistd::pipe()?;
+    let w = w.as_fd();
+    let res = mp::wait(&[&w], Some(Duration::from_millis(100))).await?;
+    ensure!(res.is_empty(), "ready while its reader lives: {res:?}");
+    let reader_goes = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(r);
+    });
+    let res = mp::wait(&[&w], Some(LONG)).await?;
+    ensure!(res == [0], "the reader went during the wait: {res:?}");
+    reader_goes.await?;
+    let res = mp::wait(&[&w], Some(LONG)).await?;
+    ensure!(res == [0], "the reader went before the wait: {res:?}");
+    Ok(())
+}
+
 // ================================================================ _TestLock
 
 async fn lock_and_report(lock: Lock, event: Event, res: RawValue<u8>) {
@@ -1296,6 +1317,7 @@ fn main() {
         wait_integer,
         wait_socket,
         wait_zero_timeout,
+        wait_pipe_write_end_whose_reader_goes,
         lock_locked_2processes,
         condition_notify_n,
         condition_notify_all,

@@ -44,6 +44,10 @@ fn main() {
             the_server_removes_its_segments_when_its_parent_dies,
         ),
         test(
+            "a_terminals_signals_leave_the_server_to_its_owner",
+            a_terminals_signals_leave_the_server_to_its_owner,
+        ),
+        test(
             "a_refused_segment_leaves_nothing",
             a_refused_segment_leaves_nothing,
         ),
@@ -327,6 +331,29 @@ async fn server_outlives_no_owner(forkserver: bool) -> TestResult {
         "the server {server} outlived its parent"
     );
     Ok(())
+}
+
+/// A terminal's Ctrl-C or hang-up reaches every process of the foreground group, the
+/// server included (bpo-36368, whose fix made Python's manager server ignore SIGINT): the
+/// server stays, keeping its segments for its owner to use and remove.
+async fn a_terminals_signals_leave_the_server_to_its_owner() -> TestResult {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let smm = SharedMemoryManager::start().await?;
+    let pid = smm.pid().ok_or("no server pid")?;
+    let name = name_of(&smm.shared_memory(64).await?)?;
+    for sig in [Signal::SIGINT, Signal::SIGHUP] {
+        kill(Pid::from_raw(pid as i32), sig)?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(
+        !is_zombie_or_gone(pid),
+        "the server {pid} died of a terminal's signal"
+    );
+    ensure!(shm_exists(&name), "{name} went with a terminal's signal");
+    ensure!(smm.segments().await? == [name.clone()], "segments");
+    smm.shutdown().await?;
+    all_gone(&[name])
 }
 
 /// A segment the manager cannot make (size 0) is refused, and the manager keeps nothing.

@@ -893,9 +893,9 @@ impl Listening {
 /// # Stopping
 /// A server stops when every holder of the registration socket is gone, or is ended by a
 /// signal: SIGTERM from its manager's `shutdown` or drop, or from this crate's exit
-/// handler. A server that keeps segments catches SIGTERM, and asks for it (instead of
-/// SIGKILL) when its parent dies, so that it removes its segments however it is stopped,
-/// short of SIGKILL.
+/// handler. A server that keeps segments catches SIGTERM, asks for it (instead of
+/// SIGKILL) when its parent dies, and ignores a terminal's signals (Ctrl-C, a hang-up),
+/// so that it removes its segments however it is stopped, short of SIGKILL.
 pub(super) async fn serve_process(
     registration: crate::wire::Fd,
     door: Option<(crate::wire::Fd, Option<Vec<u8>>, Duration)>,
@@ -949,10 +949,17 @@ fn fail(e: Error) -> ! {
 
 /// SIGTERM as a descriptor readable when it arrives, on the reactor, and asked for in place
 /// of SIGKILL when the parent dies.
+///
+/// The signals a terminal sends a whole process group (Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT,
+/// Ctrl-Z's SIGTSTP, and SIGHUP when it goes) are ignored, as Python's manager server
+/// ignores SIGINT: they would end the server before it removed its segments. The parent
+/// decides what they mean; if it dies of one, its death's SIGTERM reaches the server.
 fn terminate_signal() -> Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     let fd = sys::sigterm_fd()?;
     let fd = sys::register_owned(fd, tokio::io::Interest::READABLE)?;
     sys::soften_parent_death_signal()?;
+    sys::ignore_terminal_signals()?;
+    sys::ignore_hangup()?;
     Ok(fd)
 }
 

@@ -16,7 +16,9 @@
 //! dropped (both send SIGTERM, which this server catches), when this crate's exit handler
 //! ends it, when the process that started it dies (the server asks for SIGTERM then, where
 //! other children of this crate ask for SIGKILL), and when every holder of its registration
-//! socket is gone.
+//! socket is gone. A terminal's Ctrl-C or hang-up, which reaches the server along with the
+//! rest of its process group, does not stop it (Python's server ignores SIGINT too): the
+//! program decides, and if it dies of the signal the server follows, removing the names.
 //!
 //! # In other processes
 //! A [`SegmentsProxy`] is the way to the server that travels: a serde value, passed to a

@@ -236,6 +236,13 @@ pub(crate) fn ignore_terminal_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Ignores SIGHUP, which a shell sends to each of its jobs' process groups when its
+/// terminal goes: for a process that follows its parent's death instead (a
+/// `SharedMemoryManager`'s server, which must outlive the hang-up long enough to clean up).
+pub(crate) fn ignore_hangup() -> io::Result<()> {
+    ignore_signal(Signal::SIGHUP).map(drop)
+}
+
 /// Makes SIGPIPE ignored, as Rust's start-up does before `main` (for a process that takes
 /// its role before it): a write to a closed pipe or socket is then an `EPIPE` error instead
 /// of the end of the process.
