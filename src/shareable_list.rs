@@ -259,23 +259,20 @@ impl Layout {
     }
 }
 
-impl ShareableList {
-    /// Creates a list holding `items` in a new segment named `name`, or a generated name
-    /// (`psm_` and 8 hex digits, as CPython's) for `None` (Python's
-    /// `ShareableList(sequence, name=name)`). As with [`SharedMemory::create`], this handle
-    /// removes the name when dropped.
+/// A list about to be made: its items, checked, and its layout, which sets the size of the
+/// segment it needs.
+pub(crate) struct Plan {
+    items: Vec<ShareableItem>,
+    layout: Layout,
+}
+
+impl Plan {
+    /// The plan of a list holding `items`.
     ///
     /// # Errors
-    /// As [`SharedMemory::create`]: [`Error::Io`] `AlreadyExists` if the name is taken;
     /// [`Error::InvalidArgument`] for a string or bytes of 10 MB or more (its slot's size
     /// would not fit its format, as in CPython).
-    pub fn create<I>(
-        name: Option<&str>,
-        items: impl IntoIterator<Item = I>,
-    ) -> Result<ShareableList>
-    where
-        I: Into<ShareableItem>,
-    {
+    pub(crate) fn of<I: Into<ShareableItem>>(items: impl IntoIterator<Item = I>) -> Result<Plan> {
         let items: Vec<ShareableItem> = items.into_iter().map(Into::into).collect();
         // A slot's format (`<size>s`) has 8 bytes, as in CPython, which refuses the same.
         if let Some(big) = items.iter().find(|i| slot_size(i) > MAX_SLOT) {
@@ -294,10 +291,20 @@ impl ShareableList {
             len: items.len(),
             offsets,
         };
-        let shm = match name {
-            Some(n) => SharedMemory::create(n, layout.end())?,
-            None => SharedMemory::create_with_a_generated_name(layout.end())?,
-        };
+        Ok(Plan { items, layout })
+    }
+
+    /// The size of the segment the list needs, in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.layout.end()
+    }
+
+    /// Writes the list into `shm`, a new segment of [`size`](Self::size) bytes.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] if the segment is smaller.
+    pub(crate) fn fill(self, shm: SharedMemory) -> Result<ShareableList> {
+        let Plan { items, layout } = self;
         let mut head = Vec::with_capacity(layout.data());
         head.extend_from_slice(&(layout.len as i64).to_le_bytes());
         for &o in &layout.offsets {
@@ -309,6 +316,32 @@ impl ShareableList {
             list.store(&list.layout, i, item)?;
         }
         Ok(list)
+    }
+}
+
+impl ShareableList {
+    /// Creates a list holding `items` in a new segment named `name`, or a generated name
+    /// (`psm_` and 8 hex digits, as CPython's) for `None` (Python's
+    /// `ShareableList(sequence, name=name)`). As with [`SharedMemory::create`], this handle
+    /// removes the name when dropped.
+    ///
+    /// # Errors
+    /// As [`SharedMemory::create`]: [`Error::Io`] `AlreadyExists` if the name is taken;
+    /// [`Error::InvalidArgument`] for a string or bytes of 10 MB or more (its slot's size
+    /// would not fit its format, as in CPython).
+    pub fn create<I>(
+        name: Option<&str>,
+        items: impl IntoIterator<Item = I>,
+    ) -> Result<ShareableList>
+    where
+        I: Into<ShareableItem>,
+    {
+        let plan = Plan::of(items)?;
+        let shm = match name {
+            Some(n) => SharedMemory::create(n, plan.size())?,
+            None => SharedMemory::create_with_a_generated_name(plan.size())?,
+        };
+        plan.fill(shm)
     }
 
     /// Attaches to the list in the segment named `name` (Python's
@@ -348,11 +381,6 @@ impl ShareableList {
     /// As [`SharedMemory::unlink`].
     pub fn unlink(&mut self) -> Result<()> {
         self.shm.unlink()
-    }
-
-    /// Hands the name's removal to someone else (see [`SharedMemory::leave_name`]).
-    pub(crate) fn leave_name(&mut self) {
-        self.shm.leave_name();
     }
 
     /// The number of items.

@@ -18,6 +18,9 @@ const LONG: Duration = Duration::from_secs(20);
 
 fn main() {
     mp::init();
+    if support::process::helper_mode().as_deref() == Some(KILL_MID_CALL) {
+        support::process::run_as_helper(kill_makers_mid_call());
+    }
     support::run(vec![
         test(
             "segments_outlive_their_handles_until_shutdown",
@@ -59,7 +62,82 @@ fn main() {
             "a_forked_server_removes_its_segments_whatever_its_parent_handles",
             a_forked_server_removes_its_segments_whatever_its_parent_handles,
         ),
+        test(
+            "a_maker_killed_mid_call_leaks_no_segment",
+            a_maker_killed_mid_call_leaks_no_segment,
+        ),
     ])
+}
+
+/// The helper mode of [`a_maker_killed_mid_call_leaks_no_segment`].
+const KILL_MID_CALL: &str = "smm-kill-mid-call";
+
+/// Asks for segments until it is killed.
+async fn make_segments_until_killed(smm: SegmentsProxy) {
+    loop {
+        let _ = smm.shared_memory(64).await;
+    }
+}
+
+/// The helper, alone with its children in a `/dev/shm` of its own: kills makers of segments
+/// at moments spread over their calls, shuts the manager down, and prints how many segments
+/// the manager kept and every `psm_` name left.
+async fn kill_makers_mid_call() {
+    let outcome = async {
+        let smm = SharedMemoryManager::start().await?;
+        for round in 0..30u64 {
+            let mut p = Process::new(make_segments_until_killed, (smm.proxy(),))
+                .start()
+                .await?;
+            tokio::time::sleep(Duration::from_millis(5 + (round * 7) % 40)).await;
+            p.kill()?;
+            p.join().await?;
+        }
+        let kept = smm.segments().await?.len();
+        smm.shutdown().await?;
+        let left: Vec<String> = std::fs::read_dir("/dev/shm")?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("psm_"))
+            .collect();
+        Ok::<_, Box<dyn std::error::Error>>(format!("kept {kept} left {left:?}"))
+    }
+    .await;
+    match outcome {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("error: {e}"),
+    }
+}
+
+/// A process killed by SIGKILL at any moment of its call for a segment leaves no segment
+/// behind once the manager stops: the server makes each one and keeps it from the start.
+/// Run in a mount namespace with a `/dev/shm` of its own, so that no other test's segments
+/// count; that needs root (and `unshare`), else the test says so and skips.
+async fn a_maker_killed_mid_call_leaks_no_segment() -> TestResult {
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if uid.ok() != Some(0) {
+        println!("skipped: a /dev/shm of the test's own needs root to mount");
+        return Ok(());
+    }
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /dev/shm && exec \"$0\"")
+        .arg(std::env::current_exe()?)
+        .env(support::process::MODE_VAR, KILL_MID_CALL)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && stdout.trim_end().ends_with("left []"),
+        "the helper ({}) printed {stdout:?}; {stderr}",
+        out.status
+    );
+    ensure!(
+        !stdout.contains("kept 0 "),
+        "no segment was made: {stdout:?}"
+    );
+    Ok(())
 }
 
 /// Runs in a child, on the single-threaded runtime the crate builds for it: handles SIGTERM

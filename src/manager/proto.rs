@@ -85,9 +85,11 @@ pub(super) enum Request {
     Barrier(u64, BarrierOp),
     /// A call on a value of a registered type: its encoded request.
     User(u64, Bytes),
-    /// Keep the name of this shared memory segment, and remove the segment when the server
-    /// stops (Python's `track_segment`). Only a `SharedMemoryManager`'s server keeps names.
-    TrackSegment(String),
+    /// Make a named shared memory segment of this many bytes, keep its name, and remove it
+    /// when the server stops (Python's `SharedMemory(create=True)` then `track_segment`, in
+    /// one step: no process can die between them). Only a `SharedMemoryManager`'s server
+    /// keeps segments. Answered with the name, as `Names` of one.
+    CreateSegment(u64),
     /// The names of the segments kept, in the order they came (Python's `list_segments`).
     Segments,
 }

@@ -261,7 +261,7 @@ impl State {
             }
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
             Request::User(..) => Reply::message("a call on a user object runs in its own task"),
-            Request::TrackSegment(name) => reply(self.track_segment(name)),
+            Request::CreateSegment(size) => reply(self.create_segment(size)),
             Request::Segments => reply(self.keeper().map(|names| Reply::Names(names.clone()))),
         }
     }
@@ -276,18 +276,18 @@ impl State {
         })
     }
 
-    fn track_segment(&mut self, name: String) -> std::result::Result<Reply, Failure> {
+    /// Makes a segment of `size` bytes under a fresh name, which the server keeps from the
+    /// moment the segment exists.
+    fn create_segment(&mut self, size: u64) -> std::result::Result<Reply, Failure> {
         let names = self.keeper()?;
-        let name = name.trim_start_matches('/');
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(Failure::Message(format!(
-                "{name:?} is not the name of a shared memory segment"
-            )));
-        }
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
-        }
-        Ok(Reply::Done)
+        let size = usize::try_from(size)
+            .map_err(|_| Failure::Message(format!("a segment of {size} bytes")))?;
+        let mut shm = crate::shared::SharedMemory::create_with_a_generated_name(size)
+            .map_err(|e| Failure::Message(e.to_string()))?;
+        shm.leave_name();
+        let name = shm.name().unwrap_or_default().to_string();
+        names.push(name.clone());
+        Ok(Reply::Names(vec![name]))
     }
 
     /// Takes the names of every segment kept, which the server then removes.
@@ -1063,10 +1063,10 @@ mod tests {
     }
 
     #[test]
-    fn only_a_segment_keeping_server_keeps_segment_names() {
+    fn only_a_segment_keeping_server_makes_and_keeps_segments() {
         let mut plain = State::default();
         assert!(matches!(
-            plain.handle(ME, Request::TrackSegment("psm_1".into())),
+            plain.handle(ME, Request::CreateSegment(64)),
             Reply::Failed(Failure::Message(_))
         ));
         assert!(matches!(
@@ -1079,29 +1079,39 @@ mod tests {
             segments: Some(Vec::new()),
             ..State::default()
         };
-        for name in ["psm_b", "/psm_a", "psm_b"] {
-            assert!(matches!(
-                s.handle(ME, Request::TrackSegment(name.into())),
-                Reply::Done
-            ));
+        let mut made = Vec::new();
+        for size in [64, 4096] {
+            match s.handle(ME, Request::CreateSegment(size)) {
+                Reply::Names(mut n) if n.len() == 1 => made.push(n.remove(0)),
+                r => panic!("{r:?}"),
+            }
         }
-        for bad in ["", "/", "a/b", ".."] {
-            assert!(
-                matches!(
-                    s.handle(OTHER, Request::TrackSegment(bad.into())),
-                    Reply::Failed(Failure::Message(_))
-                ),
-                "{bad:?} was kept"
-            );
+        assert!(matches!(
+            s.handle(OTHER, Request::CreateSegment(0)),
+            Reply::Failed(Failure::Message(_))
+        ));
+        for (name, size) in made.iter().zip([64, 4096]) {
+            let shm = crate::shared::SharedMemory::attach(name).unwrap();
+            assert_eq!(shm.size(), size, "{name}");
         }
         match s.handle(OTHER, Request::Segments) {
-            Reply::Names(n) => assert_eq!(n, ["psm_b", "psm_a"]),
+            Reply::Names(n) => assert_eq!(n, made),
             r => panic!("{r:?}"),
         }
-        // A connection's end leaves the names: they belong to the server.
+        // A connection's end leaves the segments: they belong to the server.
         s.release(ME);
-        assert_eq!(s.take_segments(), ["psm_b", "psm_a"]);
-        assert!(s.take_segments().is_empty());
+        let shared = Shared {
+            state: std::sync::Mutex::new(s),
+            next_conn: AtomicU64::new(1),
+        };
+        shared.remove_segments();
+        for name in &made {
+            assert!(
+                crate::shared::SharedMemory::attach(name).is_err(),
+                "{name} is left"
+            );
+        }
+        assert!(shared.state().take_segments().is_empty());
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! `multiprocessing.managers.SharedMemoryManager`).
 //!
 //! # Who owns a name
-//! A segment is made here, by the caller, under a fresh name; the name is then told to the
-//! server (`TrackSegment`, Python's `track_segment`), and only once the server has answered
-//! is the handle given out, one that never removes the name. From then on the server owns
-//! the name: dropping the handle, or the end of the process that made the segment (a pool
-//! worker, a child killed by SIGKILL), leaves the segment for any process to attach, until
-//! the server stops.
+//! The server makes each segment, under a fresh name, and keeps the name from the moment
+//! the segment exists (`CreateSegment`: Python's `SharedMemory(create=True)` and
+//! `track_segment` in one step, so that no process can die between them); the caller
+//! attaches to it, with a handle that never removes the name. Dropping the handle, or the
+//! end of the process that asked for the segment (a pool worker, a child killed by SIGKILL,
+//! at any moment of the call), leaves the segment for any process to attach, until the
+//! server stops.
 //!
 //! # When the names go
 //! The server removes every name it keeps whenever it stops, short of being killed by
@@ -32,9 +33,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::link::Link;
 use super::proto::{Reply, Request};
-use super::{Manager, RouteOwned, Way, expect_done, unexpected};
-use crate::error::Result;
-use crate::shareable_list::{ShareableItem, ShareableList};
+use super::{Manager, RouteOwned, Way, unexpected};
+use crate::error::{Error, Result};
+use crate::shareable_list::{Plan, ShareableItem, ShareableList};
 use crate::shared::SharedMemory;
 use crate::start::StartMethod;
 
@@ -226,45 +227,42 @@ impl std::fmt::Debug for SegmentsProxy {
 
 impl SegmentsProxy {
     /// A new named segment of `size` bytes, zero-filled, under a fresh name (`psm_` and 8 hex
-    /// digits), which the server removes when it stops (Python's `smm.SharedMemory(size)`).
-    /// The handle never removes the name (its [`unlink`](SharedMemory::unlink) still does,
-    /// and the server then passes over it).
+    /// digits), which the server makes and removes when it stops (Python's
+    /// `smm.SharedMemory(size)`). The handle never removes the name (its
+    /// [`unlink`](SharedMemory::unlink) still does, and the server then passes over it).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a size of 0;
-    /// [`Error::Io`](crate::Error::Io) if the segment cannot be made;
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone (the new segment is
-    /// then removed).
+    /// [`Error::Manager`](crate::Error::Manager) if the server cannot make the segment;
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
     ///
     /// # Cancel safety
-    /// Cancel safe in that a dropped call leaves no segment behind: until the server has
-    /// answered, the segment belongs to the call, which removes it when dropped. The server
-    /// may by then keep the name, which it lists until it stops and then passes over.
+    /// A dropped call may leave a segment the server made: it keeps it, lists it, and
+    /// removes it when it stops, as every other.
     pub async fn shared_memory(&self, size: usize) -> Result<SharedMemory> {
-        let mut shm = SharedMemory::create_with_a_generated_name(size)?;
-        self.track(shm.name().unwrap_or_default()).await?;
-        shm.leave_name();
-        Ok(shm)
+        let name = self.create(size).await?;
+        SharedMemory::attach(&name)
     }
 
-    /// A new [`ShareableList`] holding `items`, under a fresh name, which the server removes
-    /// when it stops (Python's `smm.ShareableList(sequence)`). The list never removes the
-    /// name (its [`unlink`](ShareableList::unlink) still does).
+    /// A new [`ShareableList`] holding `items`, under a fresh name, which the server makes
+    /// and removes when it stops (Python's `smm.ShareableList(sequence)`). The list never
+    /// removes the name (its [`unlink`](ShareableList::unlink) still does).
     ///
     /// # Errors
-    /// As [`ShareableList::create`]; [`Error::Closed`](crate::Error::Closed) if the server
-    /// is gone (the new list is then removed).
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a string or bytes of
+    /// 10 MB or more, as [`ShareableList::create`]; those of
+    /// [`shared_memory`](Self::shared_memory).
     ///
     /// # Cancel safety
-    /// As [`shared_memory`](Self::shared_memory).
+    /// As [`shared_memory`](Self::shared_memory); a list dropped before it is filled holds
+    /// zeros.
     pub async fn shareable_list<I: Into<ShareableItem>>(
         &self,
         items: impl IntoIterator<Item = I>,
     ) -> Result<ShareableList> {
-        let mut list = ShareableList::create(None, items)?;
-        self.track(list.shm().name().unwrap_or_default()).await?;
-        list.leave_name();
-        Ok(list)
+        let plan = Plan::of(items)?;
+        let name = self.create(plan.size()).await?;
+        plan.fill(SharedMemory::attach(&name)?)
     }
 
     /// The names of the segments the server keeps, in the order they were made, from
@@ -282,10 +280,18 @@ impl SegmentsProxy {
         }
     }
 
-    /// Tells the server to keep `name` and remove it when it stops.
-    async fn track(&self, name: &str) -> Result<()> {
-        let req = Request::TrackSegment(name.to_string());
-        expect_done(self.link.call(req).await?)
+    /// Has the server make a segment of `size` bytes, which it keeps; its name.
+    async fn create(&self, size: usize) -> Result<String> {
+        if size == 0 {
+            return Err(Error::InvalidArgument(
+                "a shared memory segment needs a size of at least 1 byte".into(),
+            ));
+        }
+        let size = u64::try_from(size).unwrap_or(u64::MAX);
+        match self.link.call(Request::CreateSegment(size)).await? {
+            Reply::Names(mut names) if names.len() == 1 => Ok(names.remove(0)),
+            r => Err(unexpected(r)),
+        }
     }
 }
 
