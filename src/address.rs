@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 /// [`Manager`](crate::Manager) connects: a Unix socket path, or a TCP address (Python's
 /// string and `(host, port)` addresses, named with [`ToAddress`]).
 ///
-/// A serde value, so that it can be passed to a child as Python passes `listener.address`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A serde value, so that it can be passed to a child as Python passes `listener.address`
+/// (a path as its bytes, whatever they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     /// A Unix socket at this path; one that starts with a NUL byte (`"\0name"`) is in
     /// Linux's abstract namespace, as in Python: no file, gone with its last descriptor.
@@ -32,6 +33,43 @@ impl fmt::Display for Address {
             },
             Address::Tcp(a) => write!(f, "{a}"),
         }
+    }
+}
+
+/// An [`Address`] as it is encoded: a path as bytes, not as UTF-8 text, which a path need
+/// not be (an abstract name, say).
+#[derive(Serialize)]
+enum AddressRef<'a> {
+    Unix(&'a serde_bytes::Bytes),
+    Tcp(SocketAddr),
+}
+
+#[derive(Deserialize)]
+enum AddressOwned {
+    Unix(serde_bytes::ByteBuf),
+    Tcp(SocketAddr),
+}
+
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            Address::Unix(p) => AddressRef::Unix(serde_bytes::Bytes::new(p.as_os_str().as_bytes())),
+            Address::Tcp(a) => AddressRef::Tcp(*a),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use std::os::unix::ffi::OsStringExt;
+        Ok(match AddressOwned::deserialize(d)? {
+            AddressOwned::Unix(b) => {
+                Address::Unix(PathBuf::from(std::ffi::OsString::from_vec(b.into_vec())))
+            }
+            AddressOwned::Tcp(a) => Address::Tcp(a),
+        })
     }
 }
 

@@ -114,6 +114,25 @@ async fn unix_path_with_key() -> TestResult {
     Ok(())
 }
 
+/// An address whose path is not UTF-8 (an abstract name of any bytes, as Linux allows)
+/// travels to a child, which connects by it.
+async fn an_address_of_any_bytes_travels_to_a_child() -> TestResult {
+    use std::os::unix::ffi::OsStringExt;
+    let mut name = format!("\0tkmp-listener-{}-", std::process::id()).into_bytes();
+    name.extend_from_slice(&[0xff, 0xfe]);
+    let path = PathBuf::from(std::ffi::OsString::from_vec(name));
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    ensure!(
+        *l.address() == mp::Address::Unix(path),
+        "bound at {:?}",
+        l.address()
+    );
+    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
+        .start()
+        .await?;
+    round_trip(&l, p).await
+}
+
 /// `_TestListener.test_multiple_bind`-style TCP listener on port 0: the bound port is
 /// reported and a client in another process connects to it.
 async fn tcp_with_key() -> TestResult {
@@ -372,6 +391,10 @@ fn main() {
     let trials = vec![
         test("unix_path_with_key", unix_path_with_key),
         test("tcp_with_key", tcp_with_key),
+        test(
+            "an_address_of_any_bytes_travels_to_a_child",
+            an_address_of_any_bytes_travels_to_a_child,
+        ),
         test(
             "addresses_as_python_writes_them",
             addresses_as_python_writes_them,

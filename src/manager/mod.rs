@@ -682,7 +682,7 @@ enum RouteRef<'a> {
     Nested,
     Local(FdRef<'a>),
     Remote {
-        address: &'a remote::WireAddress,
+        address: &'a Address,
         #[serde(with = "serde_bytes")]
         authkey: Option<&'a [u8]>,
     },
@@ -693,7 +693,7 @@ enum RouteOwned {
     Nested,
     Local(Fd),
     Remote {
-        address: remote::WireAddress,
+        address: Address,
         #[serde(with = "serde_bytes")]
         authkey: Option<Vec<u8>>,
     },
@@ -707,7 +707,7 @@ impl RouteOwned {
             RouteOwned::Nested => None,
             RouteOwned::Local(fd) => Some(Route::Registration(fd.into_owned())),
             RouteOwned::Remote { address, authkey } => Some(Route::Address {
-                address: address.into(),
+                address,
                 authkey: authkey.map(Arc::from),
             }),
         }
@@ -724,7 +724,7 @@ impl Serialize for Way<'_> {
                 RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))).serialize(s)
             }
             Route::Address { address, authkey } => RouteRef::Remote {
-                address: &remote::WireAddress::from(address),
+                address,
                 authkey: authkey.as_deref(),
             }
             .serialize(s),

@@ -10,13 +10,10 @@
 //! a client need not run the same binary as the server; what must agree is checked per
 //! object when it is fetched by name ([`Manager::get`]).
 
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
@@ -30,31 +27,6 @@ use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
 use crate::wire::Fd;
-
-/// An [`Address`] as a proxy carries it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum WireAddress {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-impl From<&Address> for WireAddress {
-    fn from(a: &Address) -> WireAddress {
-        match a {
-            Address::Unix(p) => WireAddress::Unix(p.clone()),
-            Address::Tcp(a) => WireAddress::Tcp(*a),
-        }
-    }
-}
-
-impl From<WireAddress> for Address {
-    fn from(a: WireAddress) -> Address {
-        match a {
-            WireAddress::Unix(p) => Address::Unix(p),
-            WireAddress::Tcp(a) => Address::Tcp(a),
-        }
-    }
-}
 
 /// Builds a [`Manager`]: where it listens, the key its clients must hold, and whether it is
 /// served by a process of its own ([`start`](Self::start)) or by this one
