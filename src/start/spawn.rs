@@ -26,7 +26,8 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
     if argv.is_empty() {
         argv.push("tokio-multiprocessing-child".into());
     }
-    let boot_value = format!("{},{}", child_end.as_raw_fd(), sys::current_pid());
+    let child_fd = sys::spawned_fd(child_end.as_raw_fd());
+    let boot_value = format!("{child_fd},{}", sys::current_pid());
     let mut env: Vec<CString> = Vec::new();
     let mut tunables = None;
     for (k, v) in std::env::vars_os() {

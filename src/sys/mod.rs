@@ -45,7 +45,7 @@ pub(crate) use proc::{
     keep_freed_memory, kill_and_reap, parent_pid, pidfd_of, pidfd_open, pidfd_send_signal, pipe,
     poll_readable, process_gone, readable_now, redirect_std, restore_sigint,
     set_parent_death_signal, signal_name, sigterm_fd, soften_parent_death_signal, spawn_exe,
-    stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
+    spawned_fd, stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
 pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing};

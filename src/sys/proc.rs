@@ -5,7 +5,6 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
@@ -18,11 +17,139 @@ use super::cvt;
 const SELF_EXE: &CStr = c"/proc/self/exe";
 const DEV_NULL: &CStr = c"/dev/null";
 
-/// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec,
-/// and stdin (on `/dev/null`), stdout and stderr; no other descriptor: those of ours are
-/// close-on-exec, and those the program made without that flag (a C library's, a
-/// `pipe()`'s) are closed in the child, as Python's `spawn` closes them, so that a child
-/// never holds a pipe's end that its parent waits to see closed. Returns the child's pid.
+/// The descriptor number a spawned child finds its inherited descriptor at (see
+/// [`spawn_exe`]): 3 where the C library closes every other descriptor in the child in one
+/// step, else `inherit`'s own number.
+pub(crate) fn spawned_fd(inherit: RawFd) -> RawFd {
+    match add_close_from() {
+        Some(_) => SPAWNED_FD,
+        None => inherit,
+    }
+}
+
+/// Where [`spawn_exe`] puts the inherited descriptor when it closes the rest in one step.
+const SPAWNED_FD: RawFd = 3;
+
+/// The type of glibc's `posix_spawn_file_actions_addclosefrom_np`.
+type AddCloseFrom =
+    unsafe extern "C" fn(*mut libc::posix_spawn_file_actions_t, libc::c_int) -> libc::c_int;
+
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), if the C library
+/// this process runs with has it: looked up at run time, so that the program still starts
+/// with an older one.
+fn add_close_from() -> Option<AddCloseFrom> {
+    static FOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let address = *FOUND.get_or_init(|| {
+        // SAFETY: `dlsym` with RTLD_DEFAULT and a NUL-terminated name only looks the symbol
+        // up among the loaded libraries.
+        let sym = unsafe {
+            libc::dlsym(
+                libc::RTLD_DEFAULT,
+                c"posix_spawn_file_actions_addclosefrom_np".as_ptr(),
+            )
+        };
+        sym as usize
+    });
+    // SAFETY: a non-null address under that name is glibc's function, whose C signature
+    // `AddCloseFrom` is.
+    (address != 0).then(|| unsafe { std::mem::transmute::<usize, AddCloseFrom>(address) })
+}
+
+/// `posix_spawn`'s file actions, destroyed when dropped.
+struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new() -> io::Result<FileActions> {
+        let mut fa = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        // SAFETY: init writes a valid, empty set of actions into the space given.
+        check(unsafe { libc::posix_spawn_file_actions_init(fa.as_mut_ptr()) })?;
+        // SAFETY: initialised just above.
+        Ok(FileActions(unsafe { fa.assume_init() }))
+    }
+
+    fn dup2(&mut self, fd: RawFd, to: RawFd) -> io::Result<()> {
+        // SAFETY: `self.0` is an initialised set of actions; integers by value.
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, to) })
+    }
+
+    fn close(&mut self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: as in `dup2`.
+        check(unsafe { libc::posix_spawn_file_actions_addclose(&mut self.0, fd) })
+    }
+
+    fn open(&mut self, fd: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: as in `dup2`; glibc copies the NUL-terminated path.
+        check(unsafe {
+            libc::posix_spawn_file_actions_addopen(&mut self.0, fd, path.as_ptr(), flags, 0)
+        })
+    }
+
+    fn close_from(&mut self, add: AddCloseFrom, from: RawFd) -> io::Result<()> {
+        // SAFETY: as in `dup2`; `add` is glibc's function of that signature.
+        check(unsafe { add(&mut self.0, from) })
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// `posix_spawn`'s attributes, destroyed when dropped.
+struct SpawnAttr(libc::posix_spawnattr_t);
+
+impl SpawnAttr {
+    /// Attributes that start the child with no signal blocked and SIGPIPE at its default.
+    fn new() -> io::Result<SpawnAttr> {
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        // SAFETY: init writes valid default attributes into the space given.
+        check(unsafe { libc::posix_spawnattr_init(attr.as_mut_ptr()) })?;
+        // SAFETY: initialised just above.
+        let mut attr = SpawnAttr(unsafe { attr.assume_init() });
+        let none = SigSet::empty();
+        let mut defaults = SigSet::empty();
+        defaults.add(Signal::SIGPIPE);
+        let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+        // SAFETY: `attr.0` is initialised; the signal sets are valid `sigset_t`s that the
+        // calls copy.
+        unsafe {
+            check(libc::posix_spawnattr_setsigmask(&mut attr.0, none.as_ref()))?;
+            check(libc::posix_spawnattr_setsigdefault(
+                &mut attr.0,
+                defaults.as_ref(),
+            ))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr.0,
+                flags as libc::c_short,
+            ))?;
+        }
+        Ok(attr)
+    }
+}
+
+impl Drop for SpawnAttr {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
+}
+
+/// A `posix_spawn` family return value (an error number, not -1 and errno) as a result.
+fn check(r: libc::c_int) -> io::Result<()> {
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Starts `/proc/self/exe` with `argv` and `env`, keeping `inherit` open across the exec
+/// (at [`spawned_fd`]'s number), and stdin (on `/dev/null`), stdout and stderr; no other
+/// descriptor: those of ours are close-on-exec, and those the program made without that
+/// flag (a C library's, a `pipe()`'s) are closed in the child, as Python's `spawn` closes
+/// them, so that a child never holds a pipe's end that its parent waits to see closed.
+/// Returns the child's pid.
 ///
 /// The parent-death signal of the child refers to the calling thread: call this from a
 /// thread that lives as long as the children should.
@@ -31,28 +158,61 @@ pub(crate) fn spawn_exe(
     env: &[CString],
     inherit: BorrowedFd<'_>,
 ) -> io::Result<i32> {
-    let mut actions = PosixSpawnFileActions::init()?;
-    // A dup2 onto itself clears close-on-exec in the child only (POSIX, glibc >= 2.29).
-    actions.add_dup2(inherit.as_raw_fd(), inherit.as_raw_fd())?;
-    for fd in inheritable_fds()? {
-        if fd != inherit.as_raw_fd() {
-            actions.add_close(fd)?;
+    let fd = inherit.as_raw_fd();
+    let mut actions = FileActions::new()?;
+    let child_fd = match add_close_from() {
+        Some(add) => {
+            // Moved to its number (a dup2 onto itself only clears close-on-exec, POSIX and
+            // glibc >= 2.29), then everything above it closed at once.
+            actions.dup2(fd, SPAWNED_FD)?;
+            actions.close_from(add, SPAWNED_FD + 1)?;
+            SPAWNED_FD
         }
+        None => {
+            actions.dup2(fd, fd)?;
+            for other in inheritable_fds()? {
+                if other != fd {
+                    actions.close(other)?;
+                }
+            }
+            fd
+        }
+    };
+    // Children read nothing from the parent's stdin, as in Python; and a standard stream
+    // the inherited descriptor stood in for (its parent had closed it) is /dev/null.
+    if child_fd != 0 {
+        actions.open(0, DEV_NULL, libc::O_RDONLY)?;
     }
-    if inherit.as_raw_fd() != 0 {
-        // Children read nothing from the parent's stdin, as in Python.
-        actions.add_open(0, DEV_NULL, OFlag::O_RDONLY, Mode::empty())?;
+    if (1..=2).contains(&fd) && child_fd != fd {
+        actions.open(fd, DEV_NULL, libc::O_WRONLY)?;
     }
-    let mut attr = PosixSpawnAttr::init()?;
-    attr.set_sigmask(&SigSet::empty())?;
-    let mut defaults = SigSet::empty();
-    defaults.add(Signal::SIGPIPE);
-    attr.set_sigdefault(&defaults)?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )?;
-    let pid = posix_spawn(SELF_EXE, &actions, &attr, argv, env)?;
-    Ok(pid.as_raw())
+    let attr = SpawnAttr::new()?;
+    let argv = null_terminated(argv);
+    let env = null_terminated(env);
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the path, argv and env are NUL-terminated strings in null-terminated arrays
+    // that outlive the call; the actions and attributes are initialised; posix_spawn
+    // copies what it needs before it returns.
+    check(unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            SELF_EXE.as_ptr(),
+            &actions.0,
+            &attr.0,
+            argv.as_ptr(),
+            env.as_ptr(),
+        )
+    })?;
+    Ok(pid)
+}
+
+/// `strings` as C's null-terminated array of pointers (borrowing them).
+fn null_terminated(strings: &[CString]) -> Vec<*mut libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect()
 }
 
 /// The descriptors of this process from 3 up that an exec would leave open: those without
