@@ -149,7 +149,8 @@ impl Ready for BorrowedFd<'_> {
 /// processes read the same object: another may take the message or item first.
 ///
 /// # Errors
-/// An I/O error from the reactor (a descriptor it cannot watch); [`Error::InvalidArgument`] for an empty list without a timeout (it would wait for ever).
+/// An I/O error from the reactor (a descriptor it cannot watch); [`Error::InvalidArgument`]
+/// for an empty list without a timeout (it would wait for ever).
 ///
 /// # Panics
 /// Outside a tokio runtime.
