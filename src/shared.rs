@@ -639,7 +639,7 @@ pub struct SharedMemory {
 }
 
 /// A segment needs at least one byte, as Python's `SharedMemory(create=True, size=0)` does.
-fn check_size(size: usize) -> Result<()> {
+pub(crate) fn check_size(size: usize) -> Result<()> {
     match size {
         0 => Err(Error::InvalidArgument(
             "a shared memory segment needs a size of at least 1 byte".into(),

@@ -1,5 +1,5 @@
 //! Cases of CPython's `Lib/test/_test_multiprocessing.py` that no other test file ported,
-//! across areas: processes, pipes and polling, listeners, `wait`, locks, conditions,
+//! across areas: processes, pipes and polling, listeners, `wait`, locks,
 //! barriers, shared values and the pool. Each test names the Python case it comes from;
 //! where the crate's API differs (a `Duration` for a float timeout, a guard for a bare
 //! `acquire`), the test keeps the case's meaning, not its spelling.
@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use support::pool::{mul, sqr};
+use support::process::sleep_ms;
 use support::{TestResult, join_code, join_ok, start};
 use tokio_multiprocessing::{
-    self as mp, Barrier, Client, Condition, Connection, Error, Event, Fd, Listener, Lock, Pipe,
-    Pool, Process, Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, Value,
+    self as mp, Barrier, Client, Connection, Error, Event, Fd, Listener, Lock, Pipe, Pool, Process,
+    Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -25,10 +26,6 @@ fn unique(tag: &str) -> std::path::PathBuf {
 }
 
 // ================================================================ _TestProcess
-
-fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms))
-}
 
 /// `_TestProcess._test_recursion`, one level: sends its id, then starts two children that
 /// send theirs, one after the other.
@@ -97,11 +94,7 @@ async fn process_recursion() -> TestResult {
 /// among the active children.
 async fn join_zero_then_terminate() -> TestResult {
     for m in support::process::METHODS {
-        let mut p = Process::new(sleep_ms, (60_000,))
-            .daemon(true)
-            .start_method(m)
-            .start()
-            .await?;
+        let mut p = support::process::start_sleeper(m).await?;
         ensure!(p.is_alive(), "{m:?}: alive");
         ensure!(p.exitcode()?.is_none(), "{m:?}: exitcode while running");
         ensure!(
@@ -129,11 +122,7 @@ async fn join_zero_then_terminate() -> TestResult {
 /// a child that does not handle it, with `-SIGINT`.
 async fn sigint_kills_a_child() -> TestResult {
     for m in support::process::METHODS {
-        let mut p = Process::new(sleep_ms, (60_000,))
-            .daemon(true)
-            .start_method(m)
-            .start()
-            .await?;
+        let mut p = support::process::start_sleeper(m).await?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p.pid() as i32),
             nix::sys::signal::Signal::SIGINT,
@@ -717,128 +706,6 @@ async fn lock_locked_2processes() -> TestResult {
     join_ok(&mut p).await
 }
 
-// ================================================================ _TestCondition
-
-async fn cond_waiter(c: Condition, sleeping: Semaphore, woken: Semaphore) {
-    let g = c.lock().await.expect("lock");
-    sleeping.release().expect("release");
-    let g = g.wait().await.expect("wait");
-    woken.release().expect("release");
-    drop(g);
-}
-
-/// Waits until `sem`'s value is `n` (at most 20 s), as CPython's `assertReachesEventually`.
-async fn reaches(sem: &Semaphore, n: u32) -> bool {
-    support::eventually(LONG, || sem.get_value() == n).await
-}
-
-/// `_TestCondition.test_notify_n`: `notify(2)` wakes two of four waiters, `notify(4)` the
-/// other two (asking for more than wait is fine), `notify(3)` then wakes nobody.
-async fn condition_notify_n() -> TestResult {
-    let c = Condition::new()?;
-    let sleeping = Semaphore::new(0)?;
-    let woken = Semaphore::new(0)?;
-    let mut kids = Vec::new();
-    for _ in 0..4 {
-        kids.push(start(cond_waiter, (c.clone(), sleeping.clone(), woken.clone())).await?);
-    }
-    for _ in 0..4 {
-        sleeping.acquire_timeout(LONG).await?.forget();
-    }
-    // Taking the lock proves every waiter has released it inside `wait`.
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(woken.get_value() == 0, "woken before any notify");
-    g.notify(2);
-    drop(g);
-    ensure!(reaches(&woken, 2).await, "notify(2): {}", woken.get_value());
-    let g = c.lock_timeout(LONG).await?;
-    g.notify(4);
-    drop(g);
-    ensure!(reaches(&woken, 4).await, "notify(4): {}", woken.get_value());
-    let g = c.lock_timeout(LONG).await?;
-    g.notify(3);
-    drop(g);
-    ensure!(woken.get_value() == 4, "notify(3) with nobody waiting");
-    for k in &mut kids {
-        join_ok(k).await?;
-    }
-    Ok(())
-}
-
-async fn cond_timeout_waiter(c: Condition, sleeping: Semaphore, woken: Semaphore) {
-    let g = c.lock().await.expect("lock");
-    sleeping.release().expect("release");
-    let (g, _) = g
-        .wait_timeout(Duration::from_millis(100))
-        .await
-        .expect("wait");
-    woken.release().expect("release");
-    drop(g);
-}
-
-/// `_TestCondition.test_notify_all`: waiters that time out all come back; then `notify_all`
-/// wakes every waiter at once.
-async fn condition_notify_all() -> TestResult {
-    let c = Condition::new()?;
-    let sleeping = Semaphore::new(0)?;
-    let woken = Semaphore::new(0)?;
-    let mut kids = Vec::new();
-    for _ in 0..3 {
-        kids.push(
-            start(
-                cond_timeout_waiter,
-                (c.clone(), sleeping.clone(), woken.clone()),
-            )
-            .await?,
-        );
-    }
-    for _ in 0..3 {
-        sleeping.acquire_timeout(LONG).await?.forget();
-    }
-    for _ in 0..3 {
-        woken.acquire_timeout(LONG).await?.forget();
-    }
-    ensure!(woken.get_value() == 0, "more woke than waited");
-    for _ in 0..4 {
-        kids.push(start(cond_waiter, (c.clone(), sleeping.clone(), woken.clone())).await?);
-    }
-    for _ in 0..4 {
-        sleeping.acquire_timeout(LONG).await?.forget();
-    }
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(woken.get_value() == 0, "woken before notify_all");
-    g.notify_all();
-    drop(g);
-    for _ in 0..4 {
-        woken.acquire_timeout(LONG).await?.forget();
-    }
-    for k in &mut kids {
-        join_ok(k).await?;
-    }
-    Ok(())
-}
-
-async fn notify_once(c: Condition) {
-    let g = c.lock().await.expect("lock");
-    g.notify(1);
-}
-
-/// `_TestCondition.test_wait_result`: `wait(0)` and `wait(0.1)` with nobody to notify give
-/// false; a notification from a child gives true.
-async fn condition_wait_result() -> TestResult {
-    let c = Condition::new()?;
-    let g = c.lock().await?;
-    let (g, notified) = g.wait_timeout(Duration::ZERO).await?;
-    ensure!(!notified, "wait(0)");
-    let (g, notified) = g.wait_timeout(Duration::from_millis(100)).await?;
-    ensure!(!notified, "wait(0.1)");
-    let mut p = start(notify_once, (c.clone(),)).await?;
-    let (g, notified) = g.wait_timeout(Duration::from_secs(60)).await?;
-    ensure!(notified, "wait(60) after a notify");
-    drop(g);
-    join_ok(&mut p).await
-}
-
 // ================================================================ _TestBarrier
 
 const PARTIES: u32 = 5;
@@ -1319,9 +1186,6 @@ fn main() {
         wait_zero_timeout,
         wait_pipe_write_end_whose_reader_goes,
         lock_locked_2processes,
-        condition_notify_n,
-        condition_notify_all,
-        condition_wait_result,
         barrier_10,
         barrier_wait_return,
         barrier_single_thread,

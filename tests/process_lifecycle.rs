@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use support::TestResult;
 use support::process::{
-    METHODS, async_exit, exit_with, helper_mode, nothing, run_as_helper, run_helper,
+    METHODS, async_exit, exit_with, helper_mode, nothing, run_as_helper, run_helper, sleep_ms,
     start_helper_reading,
 };
 use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
@@ -49,10 +49,6 @@ fn returns_err(reason: String) -> Result<(), String> {
 
 async fn returns_exit_code(code: u8) -> std::process::ExitCode {
     std::process::ExitCode::from(code)
-}
-
-fn sleep_for(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms))
 }
 
 fn panics(message: String) {
@@ -123,11 +119,7 @@ async fn async_target_runs_on_the_childs_runtime() -> TestResult {
 async fn terminate_gives_minus_sigterm() -> TestResult {
     // _TestProcess.test_terminate
     for m in METHODS {
-        let mut p = Process::new(sleep_for, (60_000,))
-            .daemon(true)
-            .start_method(m)
-            .start()
-            .await?;
+        let mut p = support::process::start_sleeper(m).await?;
         ensure!(p.is_alive(), "{m:?}: not alive");
         p.terminate()?;
         ensure!(p.join().await? == -15, "{m:?}: exit code after SIGTERM");
@@ -139,11 +131,7 @@ async fn terminate_gives_minus_sigterm() -> TestResult {
 async fn kill_gives_minus_sigkill() -> TestResult {
     // _TestProcess.test_kill
     for m in METHODS {
-        let mut p = Process::new(sleep_for, (60_000,))
-            .daemon(true)
-            .start_method(m)
-            .start()
-            .await?;
+        let mut p = support::process::start_sleeper(m).await?;
         p.kill()?;
         ensure!(p.join().await? == -9, "{m:?}: exit code after SIGKILL");
     }
@@ -152,11 +140,7 @@ async fn kill_gives_minus_sigkill() -> TestResult {
 
 async fn join_timeout_leaves_a_running_child() -> TestResult {
     for m in METHODS {
-        let mut p = Process::new(sleep_for, (60_000,))
-            .daemon(true)
-            .start_method(m)
-            .start()
-            .await?;
+        let mut p = support::process::start_sleeper(m).await?;
         ensure!(
             p.join_timeout(Duration::from_millis(50)).await?.is_none(),
             "{m:?}: join_timeout returned an exit code for a running child"
@@ -178,11 +162,7 @@ async fn sentinel_becomes_readable_at_exit() -> TestResult {
     // _TestProcess.test_sentinel
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     for m in METHODS {
-        let mut p = Process::new(sleep_for, (60_000,))
-            .daemon(true)
-            .start_method(m)
-            .start()
-            .await?;
+        let mut p = support::process::start_sleeper(m).await?;
         let readable = |p: &Process, ms: u16| -> Result<bool, nix::Error> {
             let mut fds = [PollFd::new(p.sentinel(), PollFlags::POLLIN)];
             Ok(poll(&mut fds, PollTimeout::from(ms))? == 1)
@@ -248,7 +228,7 @@ async fn dropped_process_is_reaped() -> TestResult {
     // Long enough that it is surely running when its handle drops, however slow this side.
     let mut pids = Vec::new();
     for m in METHODS {
-        let p = Process::new(sleep_for, (2_000,))
+        let p = Process::new(sleep_ms, (2_000,))
             .start_method(m)
             .start()
             .await?;
@@ -345,13 +325,13 @@ async fn helper(mode: &str) {
             println!("exitcode={}", p.join().await.unwrap());
         }
         "orphans" => {
-            let a = Process::new(sleep_for, (600_000,)).start().await.unwrap();
-            let b = Process::new(sleep_for, (600_000,))
+            let a = Process::new(sleep_ms, (600_000,)).start().await.unwrap();
+            let b = Process::new(sleep_ms, (600_000,))
                 .start_method(StartMethod::ForkServer)
                 .start()
                 .await
                 .unwrap();
-            let c = Process::new(sleep_for, (600_000,))
+            let c = Process::new(sleep_ms, (600_000,))
                 .daemon(true)
                 .start()
                 .await
@@ -360,7 +340,7 @@ async fn helper(mode: &str) {
             std::future::pending::<()>().await;
         }
         "exit-handler" => {
-            let d = Process::new(sleep_for, (600_000,))
+            let d = Process::new(sleep_ms, (600_000,))
                 .daemon(true)
                 .start()
                 .await

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use libtest_mimic::Arguments;
-use support::{TestResult, join_ok};
+use support::{TestResult, join_ok, start};
 use tokio_multiprocessing::{Condition, Error, Lock, Process, RawValue, Semaphore};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -48,17 +48,7 @@ async fn condition_notify() -> TestResult {
     let c = Condition::new()?;
     let sleeping = Semaphore::new(0)?;
     let woken = Semaphore::new(0)?;
-    let mut kids = Vec::new();
-    for _ in 0..3 {
-        kids.push(
-            Process::new(cond_waiter, (c.clone(), sleeping.clone(), woken.clone()))
-                .start()
-                .await?,
-        );
-    }
-    for _ in 0..3 {
-        sleeping.acquire_timeout(LONG).await?.forget();
-    }
+    let mut kids = start_waiting(3, cond_waiter, (&c, &sleeping, &woken)).await?;
     // Taking the lock proves every waiter has released it inside `wait`.
     let g = c.lock_timeout(LONG).await?;
     ensure!(woken.get_value() == 0, "woken before any notify");
@@ -155,6 +145,116 @@ async fn condition_wait_for() -> TestResult {
     Ok(())
 }
 
+/// Starts `n` children running `waiter(c, sleeping, woken)` and waits until each has said,
+/// on `sleeping`, that it is about to wait.
+async fn start_waiting<F, M>(
+    n: usize,
+    waiter: F,
+    (c, sleeping, woken): (&Condition, &Semaphore, &Semaphore),
+) -> Result<Vec<Process>, Error>
+where
+    F: tokio_multiprocessing::Target<(Condition, Semaphore, Semaphore), M> + Copy,
+    F::Output: std::process::Termination,
+{
+    let mut kids = Vec::new();
+    for _ in 0..n {
+        kids.push(start(waiter, (c.clone(), sleeping.clone(), woken.clone())).await?);
+    }
+    for _ in 0..n {
+        sleeping.acquire_timeout(LONG).await?.forget();
+    }
+    Ok(kids)
+}
+
+/// Waits until `sem`'s value is `n` (at most 20 s), as CPython's `assertReachesEventually`.
+async fn reaches(sem: &Semaphore, n: u32) -> bool {
+    support::eventually(LONG, || sem.get_value() == n).await
+}
+
+/// `_TestCondition.test_notify_n`: `notify(2)` wakes two of four waiters, `notify(4)` the
+/// other two (asking for more than wait is fine), `notify(3)` then wakes nobody.
+async fn condition_notify_n() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut kids = start_waiting(4, cond_waiter, (&c, &sleeping, &woken)).await?;
+    // Taking the lock proves every waiter has released it inside `wait`.
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "woken before any notify");
+    g.notify(2);
+    drop(g);
+    ensure!(reaches(&woken, 2).await, "notify(2): {}", woken.get_value());
+    let g = c.lock_timeout(LONG).await?;
+    g.notify(4);
+    drop(g);
+    ensure!(reaches(&woken, 4).await, "notify(4): {}", woken.get_value());
+    let g = c.lock_timeout(LONG).await?;
+    g.notify(3);
+    drop(g);
+    ensure!(woken.get_value() == 4, "notify(3) with nobody waiting");
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    Ok(())
+}
+
+async fn cond_timeout_waiter(c: Condition, sleeping: Semaphore, woken: Semaphore) {
+    let g = c.lock().await.expect("lock");
+    sleeping.release().expect("release");
+    let (g, _) = g
+        .wait_timeout(Duration::from_millis(100))
+        .await
+        .expect("wait");
+    woken.release().expect("release");
+    drop(g);
+}
+
+/// `_TestCondition.test_notify_all`: waiters that time out all come back; then `notify_all`
+/// wakes every waiter at once.
+async fn condition_notify_all() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut kids = start_waiting(3, cond_timeout_waiter, (&c, &sleeping, &woken)).await?;
+    for _ in 0..3 {
+        woken.acquire_timeout(LONG).await?.forget();
+    }
+    ensure!(woken.get_value() == 0, "more woke than waited");
+    kids.extend(start_waiting(4, cond_waiter, (&c, &sleeping, &woken)).await?);
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "woken before notify_all");
+    g.notify_all();
+    drop(g);
+    for _ in 0..4 {
+        woken.acquire_timeout(LONG).await?.forget();
+    }
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    Ok(())
+}
+
+async fn notify_once(c: Condition) {
+    let g = c.lock().await.expect("lock");
+    g.notify(1);
+}
+
+/// `_TestCondition.test_wait_result`: `wait(0)` and `wait(0.1)` with nobody to notify give
+/// false; a notification from a child gives true.
+async fn condition_wait_result() -> TestResult {
+    let c = Condition::new()?;
+    let g = c.lock().await?;
+    let (g, notified) = g.wait_timeout(Duration::ZERO).await?;
+    ensure!(!notified, "wait(0)");
+    let (g, notified) = g.wait_timeout(Duration::from_millis(100)).await?;
+    ensure!(!notified, "wait(0.1)");
+    let mut p = start(notify_once, (c.clone(),)).await?;
+    let (g, notified) = g.wait_timeout(Duration::from_secs(60)).await?;
+    ensure!(notified, "wait(60) after a notify");
+    drop(g);
+    join_ok(&mut p).await
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -163,7 +263,10 @@ fn main() {
         condition_notify,
         condition_late_waiter_cannot_steal,
         condition_timeout,
-        condition_wait_for
+        condition_wait_for,
+        condition_notify_n,
+        condition_notify_all,
+        condition_wait_result
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::link::Link;
 use super::proto::{Reply, Request};
 use super::{Manager, RouteOwned, Way, unexpected};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::shareable_list::{Plan, ShareableItem, ShareableList};
 use crate::shared::SharedMemory;
 use crate::start::StartMethod;
@@ -282,11 +282,7 @@ impl SegmentsProxy {
 
     /// Has the server make a segment of `size` bytes, which it keeps; its name.
     async fn create(&self, size: usize) -> Result<String> {
-        if size == 0 {
-            return Err(Error::InvalidArgument(
-                "a shared memory segment needs a size of at least 1 byte".into(),
-            ));
-        }
+        crate::shared::check_size(size)?;
         let size = u64::try_from(size).unwrap_or(u64::MAX);
         match self.link.call(Request::CreateSegment(size)).await? {
             Reply::Names(mut names) if names.len() == 1 => Ok(names.remove(0)),

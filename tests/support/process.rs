@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio_multiprocessing::StartMethod;
+use tokio_multiprocessing::{Process, StartMethod};
 
 /// The start methods a multi-threaded test process can use.
 pub const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
@@ -27,6 +27,21 @@ pub type HelperOutput = (std::process::ExitStatus, String, String);
 
 /// Returns at once: exit code 0.
 pub fn nothing() {}
+
+/// Sleeps `ms` milliseconds.
+pub fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms))
+}
+
+/// A daemon child, started with `method`, that sleeps for a minute: one to signal,
+/// terminate or kill.
+pub async fn start_sleeper(method: StartMethod) -> tokio_multiprocessing::Result<Process> {
+    Process::new(sleep_ms, (60_000,))
+        .daemon(true)
+        .start_method(method)
+        .start()
+        .await
+}
 
 /// Exits with `code`.
 pub fn exit_with(code: i32) {
