@@ -111,6 +111,34 @@ pub(crate) fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// Receives at most `max` bytes into the spare capacity of `buf` and appends them to it;
+/// descriptors that arrive are appended to `fds`, as [`recv_with_fds`] does.
+///
+/// The spare capacity is not zeroed first: the kernel's copy is the only write to it, so a
+/// large read costs one pass over its memory, not two. Returns the number of bytes read, 0
+/// at end of stream.
+pub(crate) fn recv_appending(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    // SAFETY: `spare[..max]` lies within the vector's allocation, borrowed mutably here.
+    // The byte slice made over it is written by the kernel's copy in `recvmsg` and read by
+    // no one before the `set_len` below covers exactly the bytes written (the way tokio
+    // reads into a `ReadBuf`'s unfilled part).
+    let room = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), max) };
+    let n = recv_with_fds(fd, room, fds)?;
+    let len = buf.len() + n.min(max);
+    // SAFETY: `recvmsg` copied `n` bytes (at most `max`, the room it was given) to the start
+    // of the spare capacity, so the first `len` bytes are initialised, and `len` is within
+    // the capacity.
+    unsafe { buf.set_len(len) };
+    Ok(n)
+}
+
 /// Whether a socket has something to read (data, end of stream or an error), checked
 /// without reading and without blocking: a `MSG_PEEK | MSG_DONTWAIT` receive of one byte.
 pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {

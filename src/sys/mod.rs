@@ -30,8 +30,8 @@ pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, descriptors_left, dup_fd, file_size, has_input,
-    is_unix_socket, open_fds, peek, recv_with_fds, register_owned, register_shared, send_with_fds,
-    set_nonblocking, socketpair_stream, wait_writable,
+    is_unix_socket, open_fds, peek, recv_appending, recv_with_fds, register_owned, register_shared,
+    send_with_fds, set_nonblocking, socketpair_stream, wait_writable,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use load::core_spare;

@@ -3,7 +3,7 @@
 
 use super::header::HEADER_LEN;
 use super::out::FrameBuf;
-use super::recv::{READ_CHUNK, RecvBuf};
+use super::recv::{READ_CHUNK, RESERVE_AT_ONCE, RecvBuf};
 use crate::wire::{Hello, codec};
 
 #[derive(serde::Serialize)]
@@ -44,14 +44,15 @@ fn feed_all(bytes: &[u8], rng: &mut Rng) -> usize {
     let mut rest = bytes;
     while !rest.is_empty() {
         let n = 1 + rng.below(rest.len().min(700));
-        let spare = rb.room(None);
-        let n = n.min(spare.len());
-        spare[..n].copy_from_slice(&rest[..n]);
-        rb.filled(n);
+        let n = rb.feed(&rest[..n]);
         rest = &rest[n..];
+        // What a claimed length may reserve at once, untouched until bytes arrive; past
+        // it, the buffer follows what arrived.
         assert!(
-            rb.buffer_len() <= 2 * (bytes.len() + READ_CHUNK),
-            "buffer grew past what arrived"
+            rb.buffer_len() <= RESERVE_AT_ONCE.max(2 * (bytes.len() + READ_CHUNK)),
+            "buffer grew past what arrived: {} bytes for {}",
+            rb.buffer_len(),
+            bytes.len()
         );
         loop {
             match rb.next_frame() {

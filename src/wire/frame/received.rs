@@ -32,13 +32,14 @@ const KEPT_COUNT: usize = 4;
 const KEPT_BYTES: usize = 32 << 20;
 
 /// Keeps `buf` for a later large frame, if it is large and there is room among those kept.
-fn keep_buffer(buf: Vec<u8>) {
-    if buf.len() < HAND_OVER {
+fn keep_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() < HAND_OVER {
         return;
     }
+    buf.clear();
     let mut kept = KEPT_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
-    let held: usize = kept.iter().map(Vec::len).sum();
-    if kept.len() < KEPT_COUNT && held + buf.len() <= KEPT_BYTES {
+    let held: usize = kept.iter().map(Vec::capacity).sum();
+    if kept.len() < KEPT_COUNT && held + buf.capacity() <= KEPT_BYTES {
         kept.push(buf);
     }
 }
@@ -49,7 +50,7 @@ thread_local! {
     pub(super) static NO_KEPT_BUFFERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The smallest kept buffer of at least `len` bytes, taken.
+/// The smallest kept buffer with room for `len` bytes, taken (empty).
 pub(super) fn take_kept_buffer(len: usize) -> Option<Vec<u8>> {
     #[cfg(test)]
     if NO_KEPT_BUFFERS.with(std::cell::Cell::get) {
@@ -59,8 +60,8 @@ pub(super) fn take_kept_buffer(len: usize) -> Option<Vec<u8>> {
     let (i, _) = kept
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.len() >= len)
-        .min_by_key(|(_, b)| b.len())?;
+        .filter(|(_, b)| b.capacity() >= len)
+        .min_by_key(|(_, b)| b.capacity())?;
     Some(kept.swap_remove(i))
 }
 

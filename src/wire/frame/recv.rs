@@ -24,20 +24,23 @@ pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// read fills it. A socket that carries a few small frames (a child's bootstrap) never
 /// faults in the pages of a large buffer.
 const FIRST_READ_CHUNK: usize = 4 * 1024;
-/// The most the buffer grows by at once (zeroing it takes well under a millisecond).
+/// The most the buffer grows by at once for bytes whose frame is not yet known to be large.
 const GROW_STEP: usize = 1 << 20;
 
 /// The capacity a frame of known length gets at once (up to its end), before it doubles as
 /// bytes arrive: a frame up to this size is read without a move, and a peer's claim of a
 /// larger one costs this much address space, not the length it claims.
-const RESERVE_AT_ONCE: usize = 4 << 20;
+pub(super) const RESERVE_AT_ONCE: usize = 4 << 20;
 
 /// Receive state: bytes read but not yet consumed, and descriptors waiting for their frame.
+///
+/// `buf` holds what has been read: its bytes from `start` on are not yet consumed. Reads
+/// land in its spare capacity, which is never zeroed first (the kernel's copy is the only
+/// write to it), so the capacity is the room reads are given.
 #[derive(Debug)]
 pub(crate) struct RecvBuf {
     buf: Vec<u8>,
     start: usize,
-    end: usize,
     fds: VecDeque<OwnedFd>,
     /// The room reads are given now: [`FIRST_READ_CHUNK`] at first, doubling up to
     /// [`READ_CHUNK`].
@@ -60,7 +63,6 @@ impl RecvBuf {
         RecvBuf {
             buf: Vec::new(),
             start: 0,
-            end: 0,
             fds: VecDeque::new(),
             chunk: FIRST_READ_CHUNK,
             offered: 0,
@@ -74,10 +76,20 @@ impl RecvBuf {
         self.limit = limit;
     }
 
-    /// The length of the buffer, for tests of how it grows.
+    /// The capacity of the buffer, for tests of how it grows.
     #[cfg(test)]
     pub(super) fn buffer_len(&self) -> usize {
-        self.buf.len()
+        self.buf.capacity()
+    }
+
+    /// Takes in as much of `bytes` as the next read would (its room), as if a read had
+    /// brought it; returns how much that was. For tests that feed bytes without a socket.
+    #[cfg(test)]
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.room(None));
+        self.buf.extend_from_slice(&bytes[..n]);
+        self.filled(n);
+        n
     }
 
     /// The largest body accepted now.
@@ -88,7 +100,7 @@ impl RecvBuf {
 
     /// Takes the next complete frame out of the buffer, if there is one.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
-        let avail = &self.buf[self.start..self.end];
+        let avail = &self.buf[self.start..];
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -112,38 +124,36 @@ impl RecvBuf {
         }
         let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
         let frame_end = self.start + HEADER_LEN + len;
-        let frame = if self.start == 0 && frame_end == self.end && len >= HAND_OVER {
-            let mut data = std::mem::take(&mut self.buf);
-            data.truncate(frame_end);
+        let frame = if self.start == 0 && frame_end == self.buf.len() && len >= HAND_OVER {
+            let data = std::mem::take(&mut self.buf);
             self.start = 0;
-            self.end = 0;
             Frame::new(data, HEADER_LEN, fds)
         } else {
             let data = self.buf[self.start + HEADER_LEN..frame_end].to_vec();
             self.start = frame_end;
-            if self.start == self.end {
+            if self.start == self.buf.len() {
                 self.start = 0;
-                self.end = 0;
+                self.buf.clear();
             }
             Frame::new(data, 0, fds)
         };
         Ok(Some(frame))
     }
 
-    /// Room to read into: the current read chunk (see [`FIRST_READ_CHUNK`]), or what the
-    /// frame in progress still needs. Past [`RESERVE_AT_ONCE`], the buffer grows only as
-    /// bytes actually arrive (at most doubling), never to a length a peer merely claims;
-    /// but a large frame goes
-    /// straight into a kept buffer that holds it whole, if there is one (see
-    /// [`keep_buffer`]). Given `exact` (the length, header included, of the frame in
-    /// progress), the room ends where that frame ends: not one byte of the next frame.
-    pub(super) fn room(&mut self, exact: Option<usize>) -> &mut [u8] {
-        if self.start > 0 && self.start == self.end {
+    /// Room to read into, in bytes past the end of the buffer: the current read chunk (see
+    /// [`FIRST_READ_CHUNK`]), or what the frame in progress still needs. Past
+    /// [`RESERVE_AT_ONCE`], the buffer grows only as bytes actually arrive (at most
+    /// doubling), never to a length a peer merely claims; but a large frame goes straight
+    /// into a kept buffer that holds it whole, if there is one (see [`keep_buffer`]). Given
+    /// `exact` (the length, header included, of the frame in progress), the room ends where
+    /// that frame ends: not one byte of the next frame.
+    pub(super) fn room(&mut self, exact: Option<usize>) -> usize {
+        if self.start > 0 && self.start == self.buf.len() {
             self.start = 0;
-            self.end = 0;
+            self.buf.clear();
         }
-        let pending = self.end - self.start;
-        let frame_len = exact.or_else(|| match self.buf.get(self.start..self.end) {
+        let pending = self.buf.len() - self.start;
+        let frame_len = exact.or_else(|| match self.buf.get(self.start..) {
             Some(h) if h.len() >= HEADER_LEN => Some(HEADER_LEN + body_len(h)),
             _ => None,
         });
@@ -151,75 +161,72 @@ impl RecvBuf {
         let wanted = frame_len.map_or(chunk, |n| n.saturating_sub(pending).max(1));
         if let Some(n) = frame_len
             && n >= HAND_OVER
-            && self.buf.len() - self.start < n
+            && self.buf.capacity() - self.start < n
             && let Some(mut kept) = take_kept_buffer(n)
         {
-            kept[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+            kept.clear();
+            kept.extend_from_slice(&self.buf[self.start..]);
             self.buf = kept;
             self.start = 0;
-            self.end = pending;
         }
-        if self.buf.len() - self.end < wanted.min(chunk) {
+        if self.buf.capacity() - self.buf.len() < wanted.min(chunk) {
             if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end = pending;
+                self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let room = self.buf.len() - self.end;
+            let room = self.buf.capacity() - self.buf.len();
             if room < wanted.min(chunk) {
-                // It grows by at most `GROW_STEP` at a time, so that zeroing the new part
-                // never holds the caller for long.
+                // It grows by at most `GROW_STEP` at a time, so that it follows what
+                // arrives.
                 let grow = wanted
-                    .min(self.buf.len().max(chunk))
+                    .min(self.buf.capacity().max(chunk))
                     .min(GROW_STEP)
                     .max(wanted.min(chunk));
-                let len = self.end + room.max(grow);
+                let len = self.buf.len() + room.max(grow);
                 // For a frame whose length is known (and allowed), the capacity goes to
                 // its end, up to `RESERVE_AT_ONCE`, then doubles as bytes arrive: it follows
                 // what has arrived, never the length a peer merely claims, and a large frame
                 // moves a few times only (the allocator remaps a large block's pages rather
                 // than copying them).
-                if let Some(n) = frame_len
-                    && n <= HEADER_LEN + self.max_body()
-                    && len > self.buf.capacity()
-                {
-                    let capacity = (2 * self.buf.capacity())
-                        .max(RESERVE_AT_ONCE)
-                        .min(self.start + n)
-                        .max(len);
-                    self.buf.reserve_exact(capacity - self.buf.len());
-                    // Faulted in 2 MiB at a time where the kernel allows.
-                    sys::advise_huge_pages(&mut self.buf);
+                match frame_len {
+                    Some(n) if n <= HEADER_LEN + self.max_body() && len > self.buf.capacity() => {
+                        let capacity = (2 * self.buf.capacity())
+                            .max(RESERVE_AT_ONCE)
+                            .min(self.start + n)
+                            .max(len);
+                        self.buf.reserve_exact(capacity - self.buf.len());
+                        // Faulted in 2 MiB at a time where the kernel allows.
+                        sys::advise_huge_pages(&mut self.buf);
+                    }
+                    _ => self.buf.reserve_exact(len - self.buf.len()),
                 }
-                self.buf.resize(len, 0);
             }
         }
         // A large frame is read up to its end and no further, so that it fills the buffer
         // and is handed over without a copy; so is every frame when asked to be exact.
         let stop = match frame_len {
-            Some(n) if (exact.is_some() || n >= HAND_OVER) && self.start + n > self.end => {
-                (self.start + n).min(self.buf.len())
+            Some(n) if (exact.is_some() || n >= HAND_OVER) && self.start + n > self.buf.len() => {
+                (self.start + n).min(self.buf.capacity())
             }
-            _ => self.buf.len(),
+            _ => self.buf.capacity(),
         };
-        self.offered = stop - self.end;
-        &mut self.buf[self.end..stop]
+        self.offered = stop - self.buf.len();
+        self.offered
     }
 
     /// Records `n` bytes read into the room [`room`](Self::room) gave; a read that filled
     /// it doubles the read chunk (more was probably waiting).
     pub(super) fn filled(&mut self, n: usize) {
-        self.end += n;
         if n > 0 && n == self.offered {
             self.chunk = (self.chunk * 2).min(READ_CHUNK);
         }
     }
 
     pub(crate) fn at_eof(&self) -> Result<Frame> {
-        if self.end > self.start {
+        if self.buf.len() > self.start {
             Err(Error::Protocol(format!(
                 "the connection closed in the middle of a frame ({} bytes of it arrived)",
-                self.end - self.start
+                self.buf.len() - self.start
             )))
         } else {
             Err(Error::Closed)
@@ -232,9 +239,8 @@ impl RecvBuf {
     }
 
     fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
-        let mut fds = std::mem::take(&mut self.fds);
-        let res = sys::recv_with_fds(fd, self.room(exact), &mut fds);
-        self.fds = fds;
+        let room = self.room(exact);
+        let res = sys::recv_appending(fd, &mut self.buf, room, &mut self.fds);
         if let Ok(n) = res {
             self.filled(n);
         }
@@ -254,7 +260,7 @@ impl RecvBuf {
         /// How far a peek looks: past the end of a small frame, to see whether another
         /// follows it.
         const PEEK_LEN: usize = 1024;
-        let pending = self.end - self.start;
+        let pending = self.buf.len() - self.start;
         let mut drained_at = None;
         let frame_len = if pending == 0 {
             let mut head = [0u8; PEEK_LEN];
@@ -283,10 +289,10 @@ impl RecvBuf {
             HEADER_LEN
         } else {
             // The room given grows only as bytes arrive, whatever the header claims.
-            let h = &self.buf[self.start..self.end];
+            let h = &self.buf[self.start..];
             HEADER_LEN.saturating_add(body_len(h))
         };
-        let room = self.room(Some(frame_len)).len();
+        let room = self.room(Some(frame_len));
         let n = self.read_into_room(fd, Some(frame_len))?;
         let drained = n < room || drained_at == Some(n);
         Ok((n, drained))
@@ -326,10 +332,7 @@ mod tests {
     }
 
     fn feed(rb: &mut RecvBuf, bytes: &[u8]) {
-        let spare = rb.room(None);
-        let n = bytes.len().min(spare.len());
-        spare[..n].copy_from_slice(&bytes[..n]);
-        rb.filled(n);
+        rb.feed(bytes);
     }
 
     /// Feeds all of `bytes` through the buffer's own room, read after read, handing each
@@ -337,10 +340,7 @@ mod tests {
     fn feed_through(rb: &mut RecvBuf, bytes: &[u8], mut each: impl FnMut(Frame)) {
         let mut rest = bytes;
         while !rest.is_empty() {
-            let spare = rb.room(None);
-            let n = rest.len().min(spare.len());
-            spare[..n].copy_from_slice(&rest[..n]);
-            rb.filled(n);
+            let n = rb.feed(rest);
             rest = &rest[n..];
             while let Some(f) = rb.next_frame().unwrap() {
                 each(f);
@@ -399,7 +399,7 @@ mod tests {
             feed(&mut rb, &wire_of(&mut FrameBuf::of(&(i, "small")).unwrap()));
             assert!(rb.next_frame().unwrap().is_some());
         }
-        assert_eq!(rb.buf.len(), FIRST_READ_CHUNK);
+        assert_eq!(rb.buf.capacity(), FIRST_READ_CHUNK);
         // Reads that fill all the room they get (many small frames waiting) double it, up
         // to READ_CHUNK.
         let mut many = Vec::new();
@@ -409,7 +409,7 @@ mod tests {
         let mut got = 0;
         feed_through(&mut rb, &many, |_| got += 1);
         assert_eq!(got, 20_000);
-        assert_eq!(rb.buf.len(), READ_CHUNK);
+        assert_eq!(rb.buf.capacity(), READ_CHUNK);
     }
 
     #[test]
@@ -438,7 +438,7 @@ mod tests {
                 assert!(n > 0, "a frame waits");
                 assert!(i == 3 || !drained, "frame {i}: more frames wait behind it");
             };
-            assert_eq!(rb.end, rb.start, "nothing of the next frame was read");
+            assert_eq!(rb.buf.len(), rb.start, "nothing of the next frame was read");
             if i < 3 {
                 assert_eq!(frame.decode::<(u32, String)>().unwrap().0, i);
             } else {
@@ -474,7 +474,11 @@ mod tests {
                 rb.buf.capacity()
             );
         }
-        assert_eq!(rb.end - rb.start, arrived, "every byte fed was taken in");
+        assert_eq!(
+            rb.buf.len() - rb.start,
+            arrived,
+            "every byte fed was taken in"
+        );
     }
 
     #[test]
@@ -482,6 +486,6 @@ mod tests {
         let mut rb = RecvBuf::new();
         feed(&mut rb, &[0xff, 0xff, 0xff, 0xf0, 0]);
         assert!(matches!(rb.next_frame(), Err(Error::FrameTooLarge { .. })));
-        assert!(rb.buf.len() <= READ_CHUNK);
+        assert!(rb.buf.capacity() <= READ_CHUNK);
     }
 }
