@@ -689,9 +689,7 @@ impl SharedMemory {
     /// is taken (Python's `SharedMemory(create=True, size=size)`). This handle owns the name.
     pub(crate) fn create_with_a_generated_name(size: usize) -> Result<SharedMemory> {
         loop {
-            let mut random = [0u8; 4];
-            sys::fill_random(&mut random)?;
-            let name = format!("psm_{}", random.map(|b| format!("{b:02x}")).concat());
+            let name = generated_name()?;
             match SharedMemory::create(&name, size) {
                 Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 r => return r,
@@ -821,4 +819,17 @@ impl<'de> Deserialize<'de> for SharedMemory {
             owns_name: false,
         })
     }
+}
+
+/// A fresh name for a segment, like CPython's: `psm_` and 8 random hex digits.
+///
+/// # Errors
+/// [`Error::Io`] if the system's random source fails.
+pub(crate) fn generated_name() -> Result<String> {
+    let mut random = [0u8; 4];
+    sys::fill_random(&mut random)?;
+    Ok(format!(
+        "psm_{}",
+        random.map(|b| format!("{b:02x}")).concat()
+    ))
 }

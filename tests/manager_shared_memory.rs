@@ -47,6 +47,10 @@ fn main() {
             the_server_removes_its_segments_when_its_parent_dies,
         ),
         test(
+            "a_killed_servers_segments_go_at_shutdown_or_drop",
+            a_killed_servers_segments_go_at_shutdown_or_drop,
+        ),
+        test(
             "a_terminals_signals_leave_the_server_to_its_owner",
             a_terminals_signals_leave_the_server_to_its_owner,
         ),
@@ -356,6 +360,56 @@ async fn dropping_the_manager_removes_its_segments() -> TestResult {
         eventually(LONG, || is_zombie_or_gone(pid)).await,
         "the server {pid} still runs"
     );
+    all_gone(&names)
+}
+
+/// A server killed by SIGKILL cannot remove its segments; the process that started it does,
+/// at `shutdown` or when it drops the manager (Python's resource tracker removes a killed
+/// process's segments in the same way), whichever start method made the server.
+async fn a_killed_servers_segments_go_at_shutdown_or_drop() -> TestResult {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        for shutdown in [true, false] {
+            killed_server_leaves_nothing(method, shutdown)
+                .await
+                .map_err(|e| format!("{method:?}, shutdown {shutdown}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn killed_server_leaves_nothing(method: StartMethod, shutdown: bool) -> TestResult {
+    let smm = SharedMemoryManager::start_with(method).await?;
+    let pid = smm.pid().ok_or("no server pid")?;
+    let a = name_of(&smm.shared_memory(4096).await?)?;
+    let b = name_of(smm.shareable_list(["x", "y"]).await?.shm())?;
+    let mut p = Process::new(make_segment, (smm.proxy(),)).start().await?;
+    join_ok(&mut p).await?;
+    let mut names = smm.segments().await?;
+    ensure!(names.len() == 3, "segments kept: {names:?}");
+    ensure!(
+        names.contains(&a) && names.contains(&b),
+        "{a} or {b} not among {names:?}"
+    );
+    let server = i32::try_from(pid).map_err(|e| e.to_string())?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| e.to_string())?;
+    ensure!(
+        eventually(LONG, || is_zombie_or_gone(pid)).await,
+        "the server {pid} still runs after SIGKILL"
+    );
+    ensure!(
+        names.iter().all(|n| shm_exists(n)),
+        "a killed server removed its segments"
+    );
+    if shutdown {
+        smm.shutdown().await?;
+    } else {
+        drop(smm);
+    }
+    names.sort();
     all_gone(&names)
 }
 

@@ -10,7 +10,8 @@
 //!   `value.rs`, `array.rs`, `namespace.rs`, `queue.rs`, `lock.rs`, `semaphore.rs`,
 //!   `event.rs`, `condition.rs`, `barrier.rs`.
 //! - `shared_memory.rs`: [`SharedMemoryManager`], whose server keeps the shared memory
-//!   segments made through it and removes them when it stops.
+//!   segments made through it and removes them when it stops; `ledger.rs`: the names it
+//!   writes down for its starting process, which removes them if the server is killed.
 //!
 //! # Lifetimes
 //! An object lives while a proxy to it exists somewhere, as in Python. A link counts its
@@ -35,6 +36,7 @@
 //! is the address and the authentication key: hand such a proxy only to a process you would
 //! give the key to.
 
+mod ledger;
 mod link;
 mod proto;
 mod remote;
@@ -193,6 +195,9 @@ pub struct Manager {
     address: Option<Address>,
     /// A Unix socket file this handle bound, removed when its server stops.
     socket_file: Option<PathBuf>,
+    /// For a `SharedMemoryManager`'s server process: the names of the segments it made,
+    /// removed here once it is gone, if it could not remove them itself.
+    ledger: Option<ledger::Ledger>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -597,6 +602,9 @@ impl Manager {
             Server::Process(mut p) => {
                 p.terminate()?;
                 p.join().await?;
+                if let Some(l) = &self.ledger {
+                    l.sweep();
+                }
             }
             Server::Task(t) => {
                 t.abort();
@@ -611,9 +619,15 @@ impl Manager {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        match &self.server {
+        match &mut self.server {
             Server::Process(p) => {
-                let _ = p.terminate();
+                if p.is_alive() {
+                    // It removes its segments, if it keeps any, when SIGTERM reaches it.
+                    let _ = p.terminate();
+                } else if let Some(l) = &self.ledger {
+                    // Gone already (killed): it left them.
+                    l.sweep();
+                }
             }
             Server::Task(t) => t.abort(),
             Server::Elsewhere => {}

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use super::ledger::Ledger;
 use super::link::{Link, Route};
 use super::managed::{Maker, Managed, maker};
 use super::server::{self, Door, Shared};
@@ -164,7 +165,9 @@ impl ManagerBuilder {
             None => (None, None, None),
         };
         let types = server::UserTypes::new(&self.types);
-        let args = (Fd::from(theirs), door, types, self.segments);
+        let ledger = self.segments.then(Ledger::new).transpose()?;
+        let segments = ledger.as_ref().map(Ledger::for_server).transpose()?;
+        let args = (Fd::from(theirs), door, types, segments);
         let server = Process::new(server::serve_process, args)
             .name("Manager")
             .daemon(true)
@@ -185,6 +188,7 @@ impl ManagerBuilder {
             link: Link::new(Route::Registration(ours)),
             address,
             socket_file,
+            ledger,
         })
     }
 
@@ -204,7 +208,7 @@ impl ManagerBuilder {
     pub async fn serve(self) -> Result<Manager> {
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
-        let shared = Shared::new(self.types.clone(), false);
+        let shared = Shared::new(self.types.clone(), None);
         let (door, address, socket_file) = match bound {
             Some((listener, address, file)) => (
                 Some(Door {
@@ -235,6 +239,7 @@ impl ManagerBuilder {
             link: Link::new(Route::Registration(ours)),
             address,
             socket_file,
+            ledger: None,
         })
     }
 }
@@ -267,6 +272,7 @@ impl Manager {
             link,
             address: Some(address),
             socket_file: None,
+            ledger: None,
         })
     }
 }

@@ -33,6 +33,7 @@ use super::barrier::BarrierState;
 use super::condition::ConditionState;
 use super::dict::Dict;
 use super::event::EventState;
+use super::ledger::Ledger;
 use super::lock::LockState;
 use super::managed::{Maker, UserObject};
 use super::proto::{
@@ -93,9 +94,26 @@ pub(super) struct State {
     types: HashMap<String, Maker>,
     /// The references each connection holds, by object.
     held: HashMap<u64, HashMap<u64, u64>>,
-    /// The shared memory segments to remove when the server stops, in the order they were
-    /// named; `None` for a server that keeps none (all but a `SharedMemoryManager`'s).
-    segments: Option<Vec<String>>,
+    /// The shared memory segments to remove when the server stops; `None` for a server that
+    /// keeps none (all but a `SharedMemoryManager`'s).
+    segments: Option<Segments>,
+}
+
+/// The segments a `SharedMemoryManager`'s server keeps: their names, in the order they were
+/// made, and the ledger where each name is written down before its segment exists, for the
+/// starting process to remove them if the server is killed.
+pub(super) struct Segments {
+    names: Vec<String>,
+    ledger: Ledger,
+}
+
+impl Segments {
+    pub(super) fn new(ledger: Ledger) -> Segments {
+        Segments {
+            names: Vec::new(),
+            ledger,
+        }
+    }
 }
 
 /// Python's index rules: negative counts from the end; `None` if out of range.
@@ -262,12 +280,12 @@ impl State {
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
             Request::User(..) => Reply::message("a call on a user object runs in its own task"),
             Request::CreateSegment(size) => reply(self.create_segment(size)),
-            Request::Segments => reply(self.keeper().map(|names| Reply::Names(names.clone()))),
+            Request::Segments => reply(self.keeper().map(|kept| Reply::Names(kept.names.clone()))),
         }
     }
 
     /// The segment names this server keeps, or why it keeps none.
-    fn keeper(&mut self) -> std::result::Result<&mut Vec<String>, Failure> {
+    fn keeper(&mut self) -> std::result::Result<&mut Segments, Failure> {
         self.segments.as_mut().ok_or_else(|| {
             Failure::Message(
                 "this manager keeps no shared memory segments (a SharedMemoryManager's does)"
@@ -278,15 +296,31 @@ impl State {
 
     /// Makes a segment of `size` bytes under a fresh name, which the server keeps from the
     /// moment the segment exists.
+    ///
+    /// The name is written down in the ledger first, so that a kill at any moment after
+    /// leaves no segment that the starting process does not know of.
     fn create_segment(&mut self, size: u64) -> std::result::Result<Reply, Failure> {
-        let names = self.keeper()?;
+        let kept = self.keeper()?;
         let size = usize::try_from(size)
             .map_err(|_| Failure::Message(format!("a segment of {size} bytes")))?;
-        let mut shm = crate::shared::SharedMemory::create_with_a_generated_name(size)
-            .map_err(|e| Failure::Message(e.to_string()))?;
+        let failed = |e: Error| Failure::Message(e.to_string());
+        let (mut shm, name) = loop {
+            let name = crate::shared::generated_name().map_err(failed)?;
+            kept.ledger.note(&name).map_err(failed)?;
+            match crate::shared::SharedMemory::create(&name, size) {
+                Ok(shm) => break (shm, name),
+                Err(e) => {
+                    // Not made: the name is someone else's, or no one's.
+                    kept.ledger.retract(&name).map_err(failed)?;
+                    if !matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists)
+                    {
+                        return Err(failed(e));
+                    }
+                }
+            }
+        };
         shm.leave_name();
-        let name = shm.name().unwrap_or_default().to_string();
-        names.push(name.clone());
+        kept.names.push(name.clone());
         Ok(Reply::Names(vec![name]))
     }
 
@@ -294,7 +328,7 @@ impl State {
     pub(super) fn take_segments(&mut self) -> Vec<String> {
         self.segments
             .as_mut()
-            .map(std::mem::take)
+            .map(|kept| std::mem::take(&mut kept.names))
             .unwrap_or_default()
     }
 
@@ -466,14 +500,14 @@ fn first_id() -> u64 {
 }
 
 impl Shared {
-    /// A server's state; `segments`: whether it keeps shared memory segments to remove
-    /// when it stops (a `SharedMemoryManager`'s).
-    pub(super) fn new(types: HashMap<String, Maker>, segments: bool) -> Arc<Shared> {
+    /// A server's state; `segments`: for a server that keeps shared memory segments to
+    /// remove when it stops (a `SharedMemoryManager`'s), the ledger it writes their names in.
+    pub(super) fn new(types: HashMap<String, Maker>, segments: Option<Ledger>) -> Arc<Shared> {
         Arc::new(Shared {
             state: std::sync::Mutex::new(State {
                 types,
                 next: first_id(),
-                segments: segments.then(Vec::new),
+                segments: segments.map(Segments::new),
                 ..State::default()
             }),
             next_conn: AtomicU64::new(1),
@@ -900,15 +934,16 @@ pub(super) async fn serve_process(
     registration: crate::wire::Fd,
     door: Option<(crate::wire::Fd, Option<Vec<u8>>, Duration)>,
     types: UserTypes,
-    segments: bool,
+    segments: Option<crate::wire::Fd>,
 ) {
     let types = match types.resolve() {
         Ok(t) => t,
         Err(e) => fail(e),
     };
-    let shared = Shared::new(types, segments);
+    let keeps_segments = segments.is_some();
+    let shared = Shared::new(types, segments.map(|fd| Ledger::from(fd.into_owned())));
     // Before the first request is read, so that no segment is kept without it.
-    let terminate = match segments {
+    let terminate = match keeps_segments {
         true => match terminate_signal() {
             Ok(s) => Some(s),
             Err(e) => fail(e),
@@ -1075,8 +1110,10 @@ mod tests {
         ));
         assert!(plain.take_segments().is_empty());
 
+        let ledger = Ledger::new().unwrap();
+        let starter = ledger.try_clone().unwrap();
         let mut s = State {
-            segments: Some(Vec::new()),
+            segments: Some(Segments::new(ledger)),
             ..State::default()
         };
         let mut made = Vec::new();
@@ -1098,6 +1135,8 @@ mod tests {
             Reply::Names(n) => assert_eq!(n, made),
             r => panic!("{r:?}"),
         }
+        // Each name was written down for the starting process.
+        assert_eq!(starter.names(), made);
         // A connection's end leaves the segments: they belong to the server.
         s.release(ME);
         let shared = Shared {

@@ -21,6 +21,10 @@
 //! rest of its process group, does not stop it (Python's server ignores SIGINT too): the
 //! program decides, and if it dies of the signal the server follows, removing the names.
 //!
+//! A server killed by SIGKILL cannot remove them: it writes each name down before it makes
+//! the segment (see `ledger.rs`), and the process that started it removes what is left at
+//! `shutdown`, or when it drops a `SharedMemoryManager` whose server is gone.
+//!
 //! # In other processes
 //! A [`SegmentsProxy`] is the way to the server that travels: a serde value, passed to a
 //! [`Process`](crate::Process) or a pool task like a proxy, so that the receiver makes
@@ -173,8 +177,9 @@ impl SharedMemoryManager {
     }
 
     /// Stops the server and waits for it (Python's `smm.shutdown()`): it removes every segment
-    /// it keeps, then exits. Handles to the segments stay usable where they are; the names
-    /// are gone. Proxies, anywhere, then fail with [`Error::Closed`](crate::Error::Closed).
+    /// it keeps, then exits; if it was killed by SIGKILL before, this removes what it left.
+    /// Handles to the segments stay usable where they are; the names are gone. Proxies,
+    /// anywhere, then fail with [`Error::Closed`](crate::Error::Closed).
     ///
     /// # Errors
     /// An I/O error from signalling or waiting.

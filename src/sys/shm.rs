@@ -344,6 +344,12 @@ pub(crate) fn shm_attach(name: &str) -> io::Result<SharedRegion> {
     SharedRegion::from_named_fd(fd)
 }
 
+/// An anonymous file in memory (a memfd), close-on-exec, that grows as it is written.
+pub(crate) fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
+    let cname = CString::new(name).map_err(|_| invalid("a file name holds a NUL byte"))?;
+    Ok(memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC)?)
+}
+
 /// Removes the name `name` from `/dev/shm`; mappings and descriptors stay valid.
 pub(crate) fn shm_remove(name: &str) -> io::Result<()> {
     let cname = shm_name(name)?;
