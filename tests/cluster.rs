@@ -40,6 +40,7 @@ fn main() {
         retries_run_again_a_task_whose_worker_died_only_when_asked,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         building_a_cluster_leaves_its_runtime_running_while_launching,
+        ending_a_cluster_leaves_its_runtime_running,
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
         silent_sockets_lock_no_agent_out,
@@ -707,6 +708,78 @@ async fn building_a_cluster_leaves_its_runtime_running_while_launching() -> Test
         "scale gave {scaled:?}, not the launcher's error"
     );
     ensure!(ticks > 0, "no other task ran while scale's launch ran");
+    Ok(())
+}
+
+/// A launcher whose agent ignores SIGTERM (a wrapper slow to end its remote side), so that
+/// ending it takes the whole grace period and then SIGKILL; it tells the agent's pid.
+#[derive(Debug)]
+struct Stubborn(std::sync::mpsc::Sender<u32>);
+
+impl mp::launch::Launcher for Stubborn {
+    fn hosts(&self) -> usize {
+        1
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, _: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        // Told once SIGTERM is ignored, so that the test's SIGTERM never comes before.
+        let mut ready = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut ready)?;
+        }
+        let _ = self.0.send(child.id());
+        Ok(mp::launch::Launched::process(child))
+    }
+}
+
+/// Ending a cluster's agents takes up to their grace period; neither dropping the cluster
+/// nor `shutdown().await` holds up the other tasks of its runtime (a current-thread one
+/// here) meanwhile. The drop returns while the agent still runs, and the agent is killed
+/// and reaped all the same: by the time `shutdown` returns, or, after a drop, by the time
+/// the runtime stops.
+async fn ending_a_cluster_leaves_its_runtime_running() -> TestResult {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cluster = Cluster::builder()
+        .launcher(Stubborn(tx.clone()))
+        .build()
+        .await?;
+    let agent = rx.recv_timeout(Duration::from_secs(20))?;
+    let (after_drop, ticks) = with_ticker(move || async move {
+        drop(cluster);
+        let running = !support::is_zombie_or_gone(agent);
+        // Other tasks run while the agent's grace period passes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running
+    })?;
+    ensure!(
+        after_drop,
+        "dropping the cluster waited for its agent {agent} to end"
+    );
+    ensure!(ticks > 0, "no other task ran after the drop");
+    ensure!(
+        support::is_zombie_or_gone(agent),
+        "the agent {agent} outlived the runtime that dropped its cluster"
+    );
+
+    let cluster = Cluster::builder().launcher(Stubborn(tx)).build().await?;
+    let agent = rx.recv_timeout(Duration::from_secs(20))?;
+    let (shut, ticks) = with_ticker(move || async move { cluster.shutdown().await })?;
+    shut?;
+    ensure!(
+        ticks > 0,
+        "no other task ran while shutdown waited for the agent"
+    );
+    ensure!(
+        support::is_zombie_or_gone(agent),
+        "the agent {agent} outlived shutdown"
+    );
     Ok(())
 }
 

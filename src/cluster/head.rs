@@ -67,12 +67,27 @@ pub(super) struct Inner {
     pub(super) _shutdown: watch::Sender<()>,
 }
 
+impl Inner {
+    /// The agents launched so far, taken: the caller ends them.
+    fn take_launched(&self) -> Vec<Launched> {
+        std::mem::take(&mut *self.launched.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 impl Drop for Inner {
     /// Ends the launched agents together: each is asked to end at once, and they share one
-    /// grace period, so a cluster of many hosts is dropped in one.
+    /// grace period, so a cluster of many hosts is dropped in one. On a runtime's thread,
+    /// the wait is left to a blocking thread, which the runtime waits for when it stops:
+    /// the drop itself holds up no task.
     fn drop(&mut self) {
-        let launched = std::mem::take(self.launched.get_mut().unwrap_or_else(|p| p.into_inner()));
-        crate::launch::end_all(launched);
+        let launched = self.take_launched();
+        if launched.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || crate::launch::end_all(launched))),
+            Err(_) => crate::launch::end_all(launched),
+        }
     }
 }
 
@@ -426,6 +441,33 @@ impl Cluster {
         tokio::task::spawn_blocking(move || cluster.scale_blocking(hosts))
             .await
             .map_err(|e| Error::from(std::io::Error::other(e)))?
+    }
+
+    /// Ends every agent this handle's cluster launched and waits for them (Dask's
+    /// `cluster.close()`): each is sent SIGTERM, and what is left of a grace period of 2 s
+    /// later SIGKILL; a batch job is cancelled (`scancel`). The hosts' workers end with their
+    /// agents, so a pool on this cluster loses them: their started tasks fail with a
+    /// [`TaskError`](crate::TaskError) whose [`is_worker_lost`](crate::TaskError::is_worker_lost)
+    /// holds. Agents started by hand (from
+    /// [`worker_command`](Self::worker_command)) are the user's to end; they exit once the
+    /// head is gone for their head deadline. The head itself stops with its last handle.
+    ///
+    /// Dropping the last handle ends the agents too, without waiting.
+    ///
+    /// # Errors
+    /// An I/O error if the blocking thread that ends them cannot run.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the agents are ended on a blocking thread, which goes on if the wait is
+    /// dropped.
+    pub async fn shutdown(self) -> Result<()> {
+        let launched = self.inner.take_launched();
+        tokio::task::spawn_blocking(move || crate::launch::end_all(launched))
+            .await
+            .map_err(|e| Error::from(std::io::Error::other(e)))
     }
 
     /// [`scale`](Self::scale) on the caller's thread.
