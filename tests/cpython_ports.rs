@@ -1121,36 +1121,51 @@ async fn map_handle_iterable_panic() -> TestResult {
     Ok(())
 }
 
-/// `_TestPool.test_imap_handle_iterable_exception`: an input that fails (a panicking
-/// iterator) fails the caller that polls the stream, rather than leaving it waiting; the
+/// `_TestPool.test_imap_handle_iterable_exception` and
+/// `test_imap_unordered_handle_iterable_exception`: an input that fails (a panicking
+/// iterator) at input `when`, read in chunks of `chunksize`: the stream yields the results of
+/// the chunks before the failing one (the failing chunk's inputs are lost, as in Python),
+/// then its next poll panics with the input's panic, rather than leaving it waiting; the
 /// pool serves on, and `join` after `close` does not wait for the abandoned stream.
-///
-/// CPython yields the results of the inputs before the failing one first; here the stream
-/// reads its input ahead (a window of chunks) in the caller's poll, so the panic comes out
-/// of the first poll that reaches it.
 async fn imap_handle_iterable_panic() -> TestResult {
     let pool = Pool::new(2).await?;
-    for ordered in [true, false] {
-        let p = pool.clone();
-        let r = tokio::spawn(async move {
-            let input = PanicsAt { next: 0, when: 3 };
-            let mut it = if ordered {
-                p.imap(sqr, input)
-            } else {
-                p.imap_unordered(sqr, input)
+    // (when, chunksize, results before the panic), as CPython's cases.
+    for (when, chunksize, before) in [(0, 1, 0), (3, 1, 3), (7, 2, 6), (7, 4, 4)] {
+        for ordered in [true, false] {
+            let p = pool.clone();
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let got = seen.clone();
+            let r = tokio::spawn(async move {
+                let input = PanicsAt { next: 0, when };
+                let mut it = if ordered {
+                    p.imap(sqr, input)
+                } else {
+                    p.imap_unordered(sqr, input)
+                }
+                .chunksize(chunksize);
+                while let Some(r) = tokio::time::timeout(LONG, it.next())
+                    .await
+                    .expect("the stream hung")
+                {
+                    got.lock().unwrap().push(r.expect("a task failed"));
+                }
+            })
+            .await;
+            let case = format!("when={when} chunksize={chunksize} ordered={ordered}");
+            ensure!(
+                r.as_ref().is_err_and(|e| e.is_panic()),
+                "{case}: the stream ended without the input's panic"
+            );
+            let mut seen = seen.lock().map_err(|e| e.to_string())?.clone();
+            if !ordered {
+                seen.sort_unstable();
             }
-            .chunksize(1);
-            while tokio::time::timeout(LONG, it.next())
-                .await
-                .expect("the stream hung")
-                .is_some()
-            {}
-        })
-        .await;
-        ensure!(
-            r.as_ref().is_err_and(|e| e.is_panic()),
-            "ordered={ordered}: the stream ended without the input's panic"
-        );
+            let expected: Vec<i64> = (0..before).map(|i| i * i).collect();
+            ensure!(
+                seen == expected,
+                "{case}: yielded {seen:?} before the panic"
+            );
+        }
     }
     ensure!(pool.map(sqr, 0..5).await? == vec![0, 1, 4, 9, 16], "after");
     pool.close();

@@ -115,6 +115,13 @@ fn indexed_items<R: Send + 'static>(
 /// chunk that failed as a whole (its worker died, it timed out or was cancelled) yields
 /// that error for each of its inputs.
 ///
+/// # Panics
+/// If reading the input panics (the iterator, or an input's `Serialize`), the stream reads
+/// no more and submits nothing more; it yields the results of the chunks read before, then
+/// the poll that would have yielded the failing chunk's results resumes the panic (Python
+/// raises the iterator's exception at the same place; the failing chunk's inputs read
+/// before the panic are lost in both).
+///
 /// # Cancel safety
 /// `next()` is cancel safe: results that arrived stay in the stream. Dropping the stream
 /// stops reading input; chunks already submitted run to their end and their results are
@@ -136,6 +143,9 @@ pub struct IMap<R: DeserializeOwned + 'static> {
     next_index: usize,
     pending: Pending<R>,
     ready: VecDeque<std::result::Result<R, TaskError>>,
+    /// The panic of the input (its iterator, or an input's `Serialize`), caught when the
+    /// stream read it and resumed once the results of the chunks before have been yielded.
+    input_panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 // Nothing in the stream is ever pinned in place.
@@ -197,6 +207,7 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
                 Pending::Unordered(FuturesUnordered::new())
             },
             ready: VecDeque::new(),
+            input_panic: None,
         }
     }
 
@@ -231,7 +242,17 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                 return Poll::Ready(Some(r));
             }
             while !this.exhausted && this.in_flight() < this.window {
-                let Some((len, enc)) = (this.next_chunk)(this.chunksize) else {
+                let chunksize = this.chunksize;
+                let next_chunk = &mut this.next_chunk;
+                let pulled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    next_chunk(chunksize)
+                }));
+                let Ok(Some((len, enc))) = pulled else {
+                    // The chunk the input panicked in is lost, as in Python, where the
+                    // results before the failing chunk come first, then its exception.
+                    if let Err(panic) = pulled {
+                        this.input_panic = Some(panic);
+                    }
                     this.end();
                     break;
                 };
@@ -260,6 +281,9 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
             match next {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
+                    if let Some(panic) = this.input_panic.take() {
+                        std::panic::resume_unwind(panic);
+                    }
                     if this.exhausted {
                         return Poll::Ready(None);
                     }
