@@ -190,6 +190,14 @@ pub enum Error {
     #[error("the pool is still running: call close() or terminate() before join()")]
     PoolRunning,
 
+    /// [`Process::close`](crate::Process::close) was called on a process that is still
+    /// running (Python's `ValueError`): join or terminate it first.
+    #[error("process {pid} is still running: join() or terminate() it before close()")]
+    ProcessRunning {
+        /// The pid of the running process.
+        pid: u32,
+    },
+
     /// A queue had no item to give within the time allowed (Python's `queue.Empty`).
     #[error("the queue is empty")]
     Empty,
@@ -283,6 +291,7 @@ impl Clone for Error {
                 message: message.clone(),
             },
             Error::PoolRunning => Error::PoolRunning,
+            Error::ProcessRunning { pid } => Error::ProcessRunning { pid: *pid },
             Error::Empty => Error::Empty,
             Error::Full => Error::Full,
             Error::HandleClosed { object } => Error::HandleClosed { object },
