@@ -35,6 +35,10 @@ fn main() {
             a_stopped_server_gives_closed,
         ),
         test(
+            "a_terminals_signals_leave_the_server_to_its_owner",
+            a_terminals_signals_leave_the_server_to_its_owner,
+        ),
+        test(
             "cancelled_calls_leave_the_proxy_usable",
             cancelled_calls_leave_the_proxy_usable,
         ),
@@ -243,6 +247,42 @@ async fn a_stopped_server_gives_closed() -> TestResult {
     .await
     .is_ok();
     ensure!(gone, "the list outlived its manager");
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_SharedMemoryServer_ignores_sigint` for a plain
+/// manager (bpo-36368 made every Python manager server ignore SIGINT): a terminal's Ctrl-C,
+/// Ctrl-\ and Ctrl-Z reach the server with the rest of the foreground group, and it serves
+/// on, its objects intact, until its owner shuts it down.
+async fn a_terminals_signals_leave_the_server_to_its_owner() -> TestResult {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let m = Manager::start_with(method).await?;
+        let pid = m.pid().ok_or("no server process")?;
+        // An answer means the server is serving, past the point where it ignores them.
+        let d = m.dict::<u8, u8>().await?;
+        d.insert(1, 1).await?;
+        for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTSTP] {
+            kill(Pid::from_raw(pid as i32), sig)?;
+        }
+        // A signal that ended or stopped the server was acted on before kill() returned,
+        // so these calls would fail or wait.
+        let r = tokio::time::timeout(Duration::from_secs(20), async {
+            d.insert(2, 2).await?;
+            d.get(&1).await
+        })
+        .await;
+        ensure!(
+            matches!(r, Ok(Ok(Some(1)))),
+            "{method:?}: the server after a terminal's signals: {r:?}"
+        );
+        m.shutdown().await?;
+        ensure!(
+            support::is_zombie_or_gone(pid),
+            "{method:?}: server {pid} still running after shutdown"
+        );
+    }
     Ok(())
 }
 

@@ -927,9 +927,12 @@ impl Listening {
 /// # Stopping
 /// A server stops when every holder of the registration socket is gone, or is ended by a
 /// signal: SIGTERM from its manager's `shutdown` or drop, or from this crate's exit
-/// handler. A server that keeps segments catches SIGTERM, asks for it (instead of
-/// SIGKILL) when its parent dies, and ignores a terminal's signals (Ctrl-C, a hang-up),
-/// so that it removes its segments however it is stopped, short of SIGKILL.
+/// handler. Every server ignores a terminal's Ctrl-C, Ctrl-\ and Ctrl-Z, which reach the
+/// whole foreground process group: its owner decides what they mean, as Python's server
+/// ignores SIGINT (bpo-36368), and the server dies with its owner if the owner dies of
+/// one. A server that keeps segments also catches SIGTERM, asks for it (instead of
+/// SIGKILL) when its parent dies, and ignores a hang-up, so that it removes its segments
+/// however it is stopped, short of SIGKILL.
 pub(super) async fn serve_process(
     registration: crate::wire::Fd,
     door: Option<(crate::wire::Fd, Option<Vec<u8>>, Duration)>,
@@ -940,6 +943,9 @@ pub(super) async fn serve_process(
         Ok(t) => t,
         Err(e) => fail(e),
     };
+    if let Err(e) = sys::ignore_terminal_signals() {
+        tracing::debug!("a manager's server cannot ignore the terminal's signals: {e}");
+    }
     let keeps_segments = segments.is_some();
     let shared = Shared::new(types, segments.map(|fd| Ledger::from(fd.into_owned())));
     // Before the first request is read, so that no segment is kept without it.
