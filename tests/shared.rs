@@ -62,6 +62,17 @@ async fn shm_attach_write(name: String) {
     shm.write(0, b"from child").expect("write");
 }
 
+/// Creates the segment `name`, writes to it, and keeps its name when it exits (with `keep`)
+/// or leaves its removal to its handle's drop (without).
+fn shm_create_write_exit(name: String, keep: bool) -> Result<(), String> {
+    let mut shm = SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
+    shm.write(0, b"kept").map_err(|e| e.to_string())?;
+    if keep {
+        shm.keep_name();
+    }
+    Ok(())
+}
+
 async fn shm_write_then_hang(shm: SharedMemory, ready: Event) {
     shm.write(0, b"anon").expect("write");
     ready.set();
@@ -239,6 +250,32 @@ async fn shared_memory_named() -> TestResult {
         "segments: {segments} before, {} after",
         our_segments()
     );
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_untracking` (gh-82300) for a creator: a child
+/// creates a segment with `keep_name` (Python 3.13's `track=False`) and exits; the segment
+/// is still there, with what the child wrote, until the parent unlinks it. Without
+/// `keep_name` the child's handle removes it as the child ends.
+async fn shared_memory_kept_name_outlives_its_creator() -> TestResult {
+    let name = unique("keep");
+    let mut p = Process::new(shm_create_write_exit, (name.clone(), true))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(shm_exists(&name), "the kept name went with its creator");
+    let mut shm = SharedMemory::attach(&name)?;
+    let mut buf = [0u8; 4];
+    shm.read(0, &mut buf)?;
+    ensure!(&buf == b"kept", "the creator's write: {buf:?}");
+    shm.unlink()?;
+    ensure!(!shm_exists(&name), "unlink left the segment");
+
+    let mut p = Process::new(shm_create_write_exit, (name.clone(), false))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(!shm_exists(&name), "a name not kept outlived its creator");
     Ok(())
 }
 
@@ -501,6 +538,7 @@ fn main() {
         value_lock_and_indices,
         shared_memory_named,
         shared_memory_survives_killed_child,
+        shared_memory_kept_name_outlives_its_creator,
         example_shared_value_array,
         shareable_list_basics,
         shareable_list_reaches_a_child,

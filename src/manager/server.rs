@@ -319,7 +319,7 @@ impl State {
                 }
             }
         };
-        shm.leave_name();
+        shm.keep_name();
         kept.names.push(name.clone());
         Ok(Reply::Names(vec![name]))
     }
