@@ -20,6 +20,15 @@ fn main() {
             "list_operations_follow_python",
             list_operations_follow_python,
         ),
+        test(
+            "list_and_dict_methods_in_a_child",
+            list_and_dict_methods_in_a_child,
+        ),
+        test(
+            "dict_setdefault_update_popitem",
+            dict_setdefault_update_popitem,
+        ),
+        test("list_search_and_remove", list_search_and_remove),
         test("value_get_and_set", value_get_and_set),
         test("proxies_work_in_children", proxies_work_in_children),
         test(
@@ -124,6 +133,143 @@ async fn list_operations_follow_python() -> TestResult {
     ensure!(l.len().await? == 8, "len");
     l.clear().await?;
     ensure!(l.is_empty().await?, "clear");
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_list`: the child's checks of a list holding `[5]`.
+async fn check_list(l: ListProxy<i64>) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let got = (
+        l.get(0).await.map_err(e)?,
+        l.count(&5).await.map_err(e)?,
+        l.index(&5).await.map_err(e)?,
+    );
+    if got != (Some(5), 1, Some(0)) {
+        return Err(format!("[0], count(5), index(5): {got:?}"));
+    }
+    l.reverse().await.map_err(e)?;
+    if l.len().await.map_err(e)? != 1 || l.pop(0).await.map_err(e)? != Some(5) {
+        return Err("len() or pop(0)".into());
+    }
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_dict`: the child's checks of a dict holding `{'foo': 5}`.
+async fn check_dict(d: DictProxy<String, i64>) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let key = "foo".to_string();
+    if d.len().await.map_err(e)? != 1 || d.get(&key).await.map_err(e)? != Some(5) {
+        return Err("len() or get('foo')".into());
+    }
+    if d.items().await.map_err(e)? != [(key.clone(), 5)]
+        || d.keys().await.map_err(e)? != [key.clone()]
+        || d.values().await.map_err(e)? != [5]
+    {
+        return Err("items(), keys() or values()".into());
+    }
+    match d.popitem().await.map_err(e)? {
+        Some((k, 5)) if k == key => Ok(()),
+        other => Err(format!("popitem(): {other:?}")),
+    }
+}
+
+/// `TestSyncManagerTypes.test_list` and `test_dict`: a child counts, finds and pops a
+/// list's item and pops a dict's item; the parent then sees both empty.
+async fn list_and_dict_methods_in_a_child() -> TestResult {
+    let m = Manager::start().await?;
+    let l = m.list::<i64>([]).await?;
+    l.append(5).await?;
+    let mut p = Process::new(check_list, (l.clone(),)).start().await?;
+    support::join_ok(&mut p).await?;
+    ensure!(l.len().await? == 0, "the list after the child");
+    let d = m.dict::<String, i64>().await?;
+    d.insert("foo".into(), 5).await?;
+    let mut p = Process::new(check_dict, (d.clone(),)).start().await?;
+    support::join_ok(&mut p).await?;
+    ensure!(d.len().await? == 0, "the dict after the child");
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// Python's `dict.setdefault`, `dict.update` and `dict.popitem` through a proxy: the value
+/// already there wins over the default, an update replaces in place and appends the new
+/// keys, and `popitem` takes the latest pair (LIFO), `None` once empty (Python's
+/// `KeyError`).
+async fn dict_setdefault_update_popitem() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<String, i64>().await?;
+    ensure!(
+        d.setdefault("a".into(), 1).await? == 1,
+        "setdefault of a new key"
+    );
+    ensure!(
+        d.setdefault("a".into(), 2).await? == 1,
+        "setdefault of a present key"
+    );
+    d.update([
+        ("b".to_string(), 2),
+        ("a".to_string(), 10),
+        ("c".to_string(), 3),
+    ])
+    .await?;
+    ensure!(
+        d.items().await?
+            == [
+                ("a".to_string(), 10),
+                ("b".to_string(), 2),
+                ("c".to_string(), 3)
+            ],
+        "after update: {:?}",
+        d.items().await?
+    );
+    ensure!(
+        d.popitem().await? == Some(("c".into(), 3)),
+        "popitem takes the latest"
+    );
+    ensure!(
+        d.popitem().await? == Some(("b".into(), 2)),
+        "then the one before"
+    );
+    ensure!(
+        !d.contains_key(&"b".into()).await?,
+        "a popped key is still found"
+    );
+    d.insert("b".into(), 20).await?;
+    ensure!(
+        d.keys().await? == ["a", "b"],
+        "a key inserted again after popitem"
+    );
+    ensure!(
+        d.popitem().await? == Some(("b".into(), 20)),
+        "popitem after insert"
+    );
+    ensure!(
+        d.popitem().await? == Some(("a".into(), 10)),
+        "the last pair"
+    );
+    ensure!(d.popitem().await?.is_none(), "popitem of an empty dict");
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// Python's `list.index`, `list.count`, `x in list` and `list.remove` through a proxy:
+/// items are found by equal encodings, `remove` takes the first of equal items only, and
+/// a value that is not there is `None` / `false` (Python's `ValueError`).
+async fn list_search_and_remove() -> TestResult {
+    let m = Manager::start().await?;
+    let l = m.list([3, 1, 4, 1, 5]).await?;
+    ensure!(l.index(&1).await? == Some(1), "index of the first 1");
+    ensure!(l.index(&9).await?.is_none(), "index of a missing value");
+    ensure!(l.count(&1).await? == 2 && l.count(&9).await? == 0, "count");
+    ensure!(l.contains(&5).await? && !l.contains(&9).await?, "contains");
+    ensure!(l.remove(&1).await?, "remove(1)");
+    ensure!(l.to_vec().await? == [3, 4, 1, 5], "only the first 1 goes");
+    ensure!(!l.remove(&9).await?, "remove of a missing value");
+    ensure!(
+        l.to_vec().await? == [3, 4, 1, 5],
+        "a failed remove changes nothing"
+    );
+    m.shutdown().await?;
     Ok(())
 }
 

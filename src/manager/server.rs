@@ -443,6 +443,15 @@ fn list(l: &mut Vec<Bytes>, op: ListOp) -> Reply {
             l.clear();
             Reply::Done
         }
+        ListOp::Index(v) => Reply::Position(l.iter().position(|x| *x == v).map(|i| i as u64)),
+        ListOp::Count(v) => Reply::Len(l.iter().filter(|x| **x == v).count() as u64),
+        ListOp::Remove(v) => match l.iter().position(|x| *x == v) {
+            Some(i) => {
+                l.remove(i);
+                Reply::Bool(true)
+            }
+            None => Reply::Bool(false),
+        },
     }
 }
 
