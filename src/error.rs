@@ -175,9 +175,9 @@ pub enum Error {
     Task(#[from] TaskError),
 
     /// A pool worker's initializer failed (panicked, or could not decode its arguments), so
-    /// the worker never took a task. The pool does not restart a worker whose initializer
-    /// failed.
-    #[error("the pool initializer failed in worker process {pid}: {message}")]
+    /// the worker never took a task; the pool does not restart a worker whose initializer
+    /// failed. Or a manager's server initializer failed, so the server never served.
+    #[error("the initializer failed in process {pid}: {message}")]
     InitializerFailed {
         /// The pid of the worker.
         pid: u32,

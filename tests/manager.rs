@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use support::{TestResult, run_example, test};
 use tokio_multiprocessing::{
-    self as mp, DictProxy, Error, ListProxy, Manager, Process, StartMethod, ValueProxy,
+    self as mp, DictProxy, Error, ListProxy, Manager, NamespaceProxy, Process, StartMethod,
+    ValueProxy,
 };
 
 fn main() {
@@ -29,6 +30,10 @@ fn main() {
             dict_setdefault_update_popitem,
         ),
         test("list_search_and_remove", list_search_and_remove),
+        test(
+            "the_servers_initializer_runs_before_it_serves",
+            the_servers_initializer_runs_before_it_serves,
+        ),
         test("value_get_and_set", value_get_and_set),
         test("proxies_work_in_children", proxies_work_in_children),
         test(
@@ -268,6 +273,64 @@ async fn list_search_and_remove() -> TestResult {
     ensure!(
         l.to_vec().await? == [3, 4, 1, 5],
         "a failed remove changes nothing"
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestInitializers`' `initializer`: adds one to `ns.test`.
+async fn count_in(ns: NamespaceProxy) -> Result<(), String> {
+    let n: i64 = ns.get("test").await.map_err(|e| e.to_string())?;
+    ns.set("test", n + 1).await.map_err(|e| e.to_string())
+}
+
+fn refuse(why: String) -> Result<(), String> {
+    Err(why)
+}
+
+/// `TestInitializers.test_manager_initializer`: a manager's server runs its initializer
+/// (here, on another manager's namespace) before `start` returns; an initializer that fails
+/// makes `start` fail, and leaves no server; `serve`, which starts no server process,
+/// refuses one.
+async fn the_servers_initializer_runs_before_it_serves() -> TestResult {
+    let m = Manager::start().await?;
+    let ns = m.namespace().await?;
+    ns.set("test", 0i64).await?;
+    let other = Manager::builder()
+        .initializer(count_in, (ns.clone(),))
+        .start()
+        .await?;
+    ensure!(
+        ns.get::<i64>("test").await? == 1,
+        "the initializer had not run when start returned"
+    );
+    let d = other.dict::<u8, u8>().await?;
+    d.insert(1, 2).await?;
+    ensure!(d.get(&1).await? == Some(2), "the server serves after it");
+    other.shutdown().await?;
+
+    match Manager::builder()
+        .initializer(refuse, ("no thanks".to_string(),))
+        .start()
+        .await
+    {
+        Err(Error::InitializerFailed { pid, message }) => ensure!(
+            support::is_zombie_or_gone(pid) && message.contains("exit code 1"),
+            "server {pid}: {message}"
+        ),
+        other => return Err(format!("a failing initializer gave {other:?}").into()),
+    }
+    match Manager::builder()
+        .initializer(count_in, (ns.clone(),))
+        .serve()
+        .await
+    {
+        Err(Error::InvalidArgument(_)) => {}
+        other => return Err(format!("serve with an initializer gave {other:?}").into()),
+    }
+    ensure!(
+        ns.get::<i64>("test").await? == 1,
+        "an initializer ran again"
     );
     m.shutdown().await?;
     Ok(())
