@@ -247,6 +247,13 @@ impl<T: Pod> Value<T> {
         })
     }
 
+    /// The value of `raw` itself (the same memory, not a copy), guarded from now on by
+    /// `lock` (Python's `sharedctypes.synchronized(raw, lock)`; pass `Lock::new()?` for a
+    /// lock of its own). Writes through `raw` and its clones still take no lock.
+    pub fn from_raw(raw: RawValue<T>, lock: Lock) -> Value<T> {
+        Value { raw, lock }
+    }
+
     /// The lock that guards the value (Python's `get_lock()`).
     pub fn get_lock(&self) -> &Lock {
         &self.lock
@@ -464,6 +471,13 @@ impl<T: Pod> Array<T> {
             raw: RawArray::from_slice(items)?,
             lock,
         })
+    }
+
+    /// The array of `raw` itself (the same memory, not a copy), guarded from now on by
+    /// `lock` (Python's `sharedctypes.synchronized(raw, lock)`; pass `Lock::new()?` for a
+    /// lock of its own). Writes through `raw` and its clones still take no lock.
+    pub fn from_raw(raw: RawArray<T>, lock: Lock) -> Array<T> {
+        Array { raw, lock }
     }
 
     /// The lock that guards the array (Python's `get_lock()`).

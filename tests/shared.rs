@@ -57,6 +57,16 @@ async fn set_values(
     }
 }
 
+/// Adds `n` to the value and to each element, each under its lock.
+async fn add_under_locks(v: Value<i64>, a: Array<i64>, n: i64) -> Result<(), String> {
+    v.lock().await.map_err(|e| e.to_string())?.update(|x| x + n);
+    let g = a.lock().await.map_err(|e| e.to_string())?;
+    for k in 0..g.len() {
+        g.update(k, |x| x + n).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 async fn shm_attach_write(name: String) {
     let shm = SharedMemory::attach(&name).expect("attach");
     shm.write(0, b"from child").expect("write");
@@ -184,6 +194,52 @@ async fn value_lock_and_indices() -> TestResult {
         "locked set past the end"
     );
     ensure!(locked.to_vec().await? == vec![true; 3], "bools");
+    Ok(())
+}
+
+/// `_TestSharedCTypes.test_synchronize` and `test_copy`: `from_raw` (Python's
+/// `synchronized(obj, lock)`) guards the raw object's own memory with the lock given, so
+/// writes through either are seen by the other, here and in a child; a copy (Python's
+/// `copy(obj)`: a new raw object of the same contents) is memory of its own.
+async fn synchronized_raw_objects_share_their_memory() -> TestResult {
+    let raw = RawValue::new(2i64)?;
+    let lock = Lock::new()?;
+    let v = Value::from_raw(raw.clone(), lock.clone());
+    let raw_array = RawArray::from_slice(&[1i64, 2, 3])?;
+    let a = Array::from_raw(raw_array.clone(), Lock::new()?);
+    {
+        let _g = v.lock().await?;
+        ensure!(
+            lock.is_locked(),
+            "the Value does not use the lock it was given"
+        );
+    }
+    v.set(7).await?;
+    ensure!(
+        raw.get() == 7,
+        "a write through the Value is not in the raw value"
+    );
+    raw.set(9);
+    ensure!(
+        v.get().await? == 9,
+        "a write through the raw value is not in the Value"
+    );
+    let mut p = Process::new(add_under_locks, (v.clone(), a.clone(), 10))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(raw.get() == 19, "the child's add: {}", raw.get());
+    ensure!(
+        raw_array.to_vec() == [11, 12, 13],
+        "the child's adds: {:?}",
+        raw_array.to_vec()
+    );
+    let copy = RawArray::from_slice(&raw_array.to_vec())?;
+    raw_array.copy_from_slice(&[0, 0, 0])?;
+    ensure!(
+        copy.to_vec() == [11, 12, 13],
+        "the copy changed with its original"
+    );
     Ok(())
 }
 
@@ -536,6 +592,7 @@ fn main() {
     let trials = trials![
         value_and_array_cross,
         value_lock_and_indices,
+        synchronized_raw_objects_share_their_memory,
         shared_memory_named,
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
