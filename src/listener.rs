@@ -468,7 +468,6 @@ pub(crate) async fn authenticate_within(
     listener: bool,
     limit: Duration,
 ) -> Result<()> {
-    s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
     let run = async {
         if listener {
             deliver_challenge(s, key).await?;
@@ -478,7 +477,30 @@ pub(crate) async fn authenticate_within(
             deliver_challenge(s, key).await
         }
     };
-    let outcome = match tokio::time::timeout(limit, run).await {
+    bounded(s, limit, run).await
+}
+
+/// One half of the exchange on its own, within [`AUTH_TIMEOUT`]: the challenge delivered
+/// (Python's `deliver_challenge`) or answered (`answer_challenge`).
+pub(crate) async fn challenge(s: &Framed, key: &[u8], deliver: bool) -> Result<()> {
+    let run = async {
+        match deliver {
+            true => deliver_challenge(s, key).await,
+            false => answer_challenge(s, key).await,
+        }
+    };
+    bounded(s, AUTH_TIMEOUT, run).await
+}
+
+/// Runs `exchange` on `s` with messages of at most [`MAX_AUTH_MESSAGE`] bytes, failing it
+/// after `limit`.
+async fn bounded(
+    s: &Framed,
+    limit: Duration,
+    exchange: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
+    let outcome = match tokio::time::timeout(limit, exchange).await {
         Ok(r) => r,
         Err(_) => Err(auth_err(format!(
             "the peer did not complete the exchange within {limit:?}"
