@@ -342,7 +342,8 @@ impl<T> Connection<T> {
     }
 
     /// Whether a message (or end of stream) waits to be received, waiting at most `timeout`
-    /// for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns).
+    /// for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns, as Python's
+    /// `poll()`, and `Duration::MAX` waits for ever, as `poll(None)`).
     ///
     /// It looks without taking: nothing is read off the socket, so when another process
     /// holds the same end, the message is still there for whichever of the two receives

@@ -431,6 +431,27 @@ async fn challenges_on_a_pipe() -> TestResult {
     Ok(())
 }
 
+/// No CPython case: Python's `poll(None)`, a poll without a time limit (`Duration::MAX`
+/// here), waits until a message comes, and takes nothing.
+async fn poll_without_a_time_limit_waits_for_a_message() -> TestResult {
+    let (r, w) = mp::Pipe::<u32>::simplex()?;
+    let (go_r, go_w) = mp::Pipe::<u32>::simplex()?;
+    let mut p = start(send_after, (w, go_r, 42)).await?;
+    ensure!(
+        !r.poll(Duration::ZERO).await?,
+        "a message before the child was told"
+    );
+    let (polled, told) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), r.poll(Duration::MAX)),
+        go_w.send(&1)
+    );
+    told?;
+    ensure!(matches!(polled, Ok(Ok(true))), "poll(MAX): {polled:?}");
+    ensure!(r.recv().await? == 42, "the message polled");
+    ensure!(join_code(&mut p).await? == 0, "the child");
+    Ok(())
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -440,6 +461,10 @@ fn main() {
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),
         test("simplex_directions", simplex_directions),
         test("challenges_on_a_pipe", challenges_on_a_pipe),
+        test(
+            "poll_without_a_time_limit_waits_for_a_message",
+            poll_without_a_time_limit_waits_for_a_message,
+        ),
         test("garbage_is_a_decode_error", garbage_is_a_decode_error),
         test("large_message", large_message),
         test("pipe_end_through_a_pipe", pipe_end_through_a_pipe),
