@@ -196,10 +196,10 @@ async fn list_and_dict_methods_in_a_child() -> TestResult {
     Ok(())
 }
 
-/// Python's `dict.setdefault`, `dict.update` and `dict.popitem` through a proxy: the value
-/// already there wins over the default, an update replaces in place and appends the new
-/// keys, and `popitem` takes the latest pair (LIFO), `None` once empty (Python's
-/// `KeyError`).
+/// Python's `dict.setdefault`, `dict.update`, `dict.popitem` and `manager.dict(pairs)`
+/// through a proxy: the value already there wins over the default, an update replaces in
+/// place and appends the new keys, and `popitem` takes the latest pair (LIFO), `None` once
+/// empty (Python's `KeyError`).
 async fn dict_setdefault_update_popitem() -> TestResult {
     let m = Manager::start().await?;
     let d = m.dict::<String, i64>().await?;
@@ -253,6 +253,19 @@ async fn dict_setdefault_update_popitem() -> TestResult {
         "the last pair"
     );
     ensure!(d.popitem().await?.is_none(), "popitem of an empty dict");
+    // `manager.dict(pairs)`: in order, the later value of a repeated key kept in place.
+    let e = m
+        .dict_from([
+            ("x".to_string(), 1i64),
+            ("y".to_string(), 2),
+            ("x".to_string(), 3),
+        ])
+        .await?;
+    ensure!(
+        e.items().await? == [("x".to_string(), 3), ("y".to_string(), 2)],
+        "dict_from: {:?}",
+        e.items().await?
+    );
     m.shutdown().await?;
     Ok(())
 }
