@@ -214,6 +214,52 @@ impl<T> Connection<T> {
         }
     }
 
+    /// Proves to the other end that it holds `authkey` (Python's
+    /// `multiprocessing.connection.deliver_challenge`): sends a random challenge, checks the
+    /// HMAC-SHA256 the other end computes of it with its key (in
+    /// [`answer_challenge`](Self::answer_challenge)), and answers with a welcome or a
+    /// failure. [`Listener`](crate::Listener) and [`Client`](crate::Client) run both halves
+    /// both ways; these are for a connection made otherwise (a [`Pipe`], say).
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] if the other end's answer is wrong (its key differs), is
+    /// not an answer, or does not come within [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT);
+    /// [`Error::InvalidArgument`] on an end of a simplex pipe; an I/O error from the
+    /// socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: an exchange dropped midway leaves its messages half read, after
+    /// which the connection is of no use.
+    pub async fn deliver_challenge(&self, authkey: &[u8]) -> Result<()> {
+        self.check_readable()?;
+        self.check_writable()?;
+        crate::listener::challenge(&self.link, authkey, true).await
+    }
+
+    /// Answers the other end's [`deliver_challenge`](Self::deliver_challenge) with the
+    /// HMAC-SHA256 of its challenge under `authkey` (Python's
+    /// `multiprocessing.connection.answer_challenge`), and waits for its verdict.
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] if the other end finds the answer wrong (its key differs),
+    /// sends something that is not a challenge, or does not within
+    /// [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT); [`Error::InvalidArgument`] on an end of a
+    /// simplex pipe; an I/O error from the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, as [`deliver_challenge`](Self::deliver_challenge).
+    pub async fn answer_challenge(&self, authkey: &[u8]) -> Result<()> {
+        self.check_readable()?;
+        self.check_writable()?;
+        crate::listener::challenge(&self.link, authkey, false).await
+    }
+
     /// Sends `data` as one message, as it is (Python's `send_bytes`): no serde, received by
     /// [`recv_bytes`](Self::recv_bytes).
     ///
@@ -296,7 +342,8 @@ impl<T> Connection<T> {
     }
 
     /// Whether a message (or end of stream) waits to be received, waiting at most `timeout`
-    /// for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns).
+    /// for one (Python's `poll(timeout)`; `Duration::ZERO` checks and returns, as Python's
+    /// `poll()`, and `Duration::MAX` waits for ever, as `poll(None)`).
     ///
     /// It looks without taking: nothing is read off the socket, so when another process
     /// holds the same end, the message is still there for whichever of the two receives

@@ -175,9 +175,9 @@ pub enum Error {
     Task(#[from] TaskError),
 
     /// A pool worker's initializer failed (panicked, or could not decode its arguments), so
-    /// the worker never took a task. The pool does not restart a worker whose initializer
-    /// failed.
-    #[error("the pool initializer failed in worker process {pid}: {message}")]
+    /// the worker never took a task; the pool does not restart a worker whose initializer
+    /// failed. Or a manager's server initializer failed, so the server never served.
+    #[error("the initializer failed in process {pid}: {message}")]
     InitializerFailed {
         /// The pid of the worker.
         pid: u32,
@@ -189,6 +189,14 @@ pub enum Error {
     /// [`close`](crate::Pool::close) or [`terminate`](crate::Pool::terminate) first.
     #[error("the pool is still running: call close() or terminate() before join()")]
     PoolRunning,
+
+    /// [`Process::close`](crate::Process::close) was called on a process that is still
+    /// running (Python's `ValueError`): join or terminate it first.
+    #[error("process {pid} is still running: join() or terminate() it before close()")]
+    ProcessRunning {
+        /// The pid of the running process.
+        pid: u32,
+    },
 
     /// A queue had no item to give within the time allowed (Python's `queue.Empty`).
     #[error("the queue is empty")]
@@ -283,6 +291,7 @@ impl Clone for Error {
                 message: message.clone(),
             },
             Error::PoolRunning => Error::PoolRunning,
+            Error::ProcessRunning { pid } => Error::ProcessRunning { pid: *pid },
             Error::Empty => Error::Empty,
             Error::Full => Error::Full,
             Error::HandleClosed { object } => Error::HandleClosed { object },

@@ -85,7 +85,7 @@ pub use manager::{
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,
 };
-pub use process::{Process, ProcessBuilder};
+pub use process::{CloseError, Process, ProcessBuilder};
 pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shareable_list::{ShareableItem, ShareableList};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};

@@ -36,8 +36,9 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,11 +93,15 @@ enum Inner {
 /// no other, and [`accept`](Self::accept) returns the first connection that is through.
 ///
 /// Dropping it stops listening, closes the connections still in their exchange and removes a
-/// Unix socket's file.
+/// Unix socket's file (and, for [`Listener::new`], the directory made for it).
 pub struct Listener {
     inner: Inner,
     address: Address,
     authkey: Option<Arc<[u8]>>,
+    /// The private directory [`Listener::new`] made for the socket, removed with it.
+    own_dir: Option<PathBuf>,
+    /// The peer address of the connection `accept` returned last.
+    last_accepted: Mutex<Option<Address>>,
     /// Connections taken from the socket whose exchange has not ended yet.
     handshakes: tokio::sync::Mutex<FuturesUnordered<Handshake>>,
     /// Bounds `handshakes`, dropping the oldest for a newcomer.
@@ -105,10 +110,16 @@ pub struct Listener {
 
 /// A connection's authentication exchange: its socket once the peer has passed; `None` if a
 /// newer connection took its place.
-type Handshake = Pin<Box<dyn Future<Output = Option<Result<Framed>>> + Send>>;
+type Handshake = Pin<Box<dyn Future<Output = Option<Result<Accepted>>> + Send>>;
 
 /// The exchange itself, before the gate: its socket once the peer has passed.
-type Exchange = Pin<Box<dyn Future<Output = Result<Framed>> + Send>>;
+type Exchange = Pin<Box<dyn Future<Output = Result<Accepted>> + Send>>;
+
+/// A connection through its exchange, and where it came from.
+struct Accepted {
+    link: Framed,
+    peer: Address,
+}
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,6 +131,55 @@ impl fmt::Debug for Listener {
 }
 
 impl Listener {
+    /// Listens on a free address of the default family, a Unix socket, as Python's
+    /// `Listener()` with no address: the socket is `listener` in a directory of its own,
+    /// made for it in the system's temporary directory (`$TMPDIR` or `/tmp`) and readable by
+    /// this user only; [`address`](Self::address) tells the path, to pass to the
+    /// processes that will connect. Dropping the listener removes the socket and the
+    /// directory. For a free TCP address (Python's `Listener(family='AF_INET')`), bind
+    /// `"127.0.0.1:0"`.
+    ///
+    /// # Errors
+    /// An I/O error if the directory cannot be made or the socket bound.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tokio_multiprocessing as mp;
+    ///
+    /// async fn client(address: mp::Address) -> mp::Result<()> {
+    ///     let conn = mp::Client::connect::<String>(address, Some(b"secret")).await?;
+    ///     conn.send(&"hello".to_string()).await
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> mp::Result<()> {
+    /// let l = mp::Listener::new(Some(b"secret"))?;
+    /// let mut p = mp::Process::new(client, (l.address().clone(),)).start().await?;
+    /// let conn: mp::Connection<String> = l.accept().await?;
+    /// assert_eq!(conn.recv().await?, "hello");
+    /// assert_eq!(p.join().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(authkey: Option<&[u8]>) -> Result<Listener> {
+        // Outside a runtime `bind` panics: do so before the directory exists.
+        let _ = tokio::runtime::Handle::current();
+        let dir = private_dir()?;
+        match Listener::bind(dir.join("listener"), authkey) {
+            Ok(mut l) => {
+                l.own_dir = Some(dir);
+                Ok(l)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
     /// Listens on `address`; with `authkey`, every connection must pass the mutual challenge
     /// (see [`Listener`]) before [`accept`](Self::accept) returns it. A TCP port
     /// of 0 picks a free port: [`address`](Self::address) tells which.
@@ -184,6 +244,8 @@ impl Listener {
             inner,
             address,
             authkey: authkey.map(Arc::from),
+            own_dir: None,
+            last_accepted: Mutex::new(None),
             handshakes: tokio::sync::Mutex::new(FuturesUnordered::new()),
             gate: HandshakeGate::new(MAX_HANDSHAKES),
         })
@@ -192,6 +254,17 @@ impl Listener {
     /// The address listened on (with the port chosen, for TCP port 0).
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// Where the connection [`accept`](Self::accept) returned last came from (Python's
+    /// `last_accepted`): the client's IP address and port over TCP; over a Unix socket the
+    /// client's path, or an empty path for a client that did not bind one (the usual case,
+    /// Python's `''`). `None` before the first connection is accepted.
+    pub fn last_accepted(&self) -> Option<Address> {
+        self.last_accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Accepts the next connection and, with an authentication key, runs the challenge both
@@ -236,7 +309,8 @@ impl Listener {
             }
         })
         .await?;
-        Ok(Connection::from_framed(link, true, true))
+        *self.last_accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.peer);
+        Ok(Connection::from_framed(link.link, true, true))
     }
 
     /// Takes a connection from the socket and makes its exchange (not started yet).
@@ -244,20 +318,25 @@ impl Listener {
         let key = self.authkey.clone();
         let h: Exchange = match &self.inner {
             Inner::Unix(l) => {
-                let (s, _) = match l.poll_accept(cx) {
+                let (s, peer) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
                 };
+                let peer = Address::Unix(
+                    peer.as_pathname()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default(),
+                );
                 Box::pin(async move {
                     let link = Framed::new(s.into_std()?.into(), Transport::Unix)?;
                     if let Some(key) = key {
                         authenticate(&link, &key, true).await?;
                     }
-                    Ok(link)
+                    Ok(Accepted { link, peer })
                 })
             }
             Inner::Tcp(l) => {
-                let (s, _) = match l.poll_accept(cx) {
+                let (s, peer) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
                 };
@@ -267,7 +346,10 @@ impl Listener {
                     if let Some(key) = key {
                         authenticate(&link, &key, true).await?;
                     }
-                    Ok(link)
+                    Ok(Accepted {
+                        link,
+                        peer: Address::Tcp(peer),
+                    })
                 })
             }
         };
@@ -284,6 +366,26 @@ impl Drop for Listener {
             if crate::address::abstract_name(path).is_none() {
                 let _ = std::fs::remove_file(path);
             }
+        }
+        if let Some(dir) = &self.own_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Makes a directory of a fresh random name in the system's temporary directory, readable
+/// by this user only, for [`Listener::new`]'s socket (Python's `util.get_temp_dir()`).
+fn private_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    loop {
+        let mut random = [0u8; 8];
+        sys::fill_random(&mut random)?;
+        let dir = base.join(format!("tkmp-{}", crate::error::hex(&random)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -366,7 +468,6 @@ pub(crate) async fn authenticate_within(
     listener: bool,
     limit: Duration,
 ) -> Result<()> {
-    s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
     let run = async {
         if listener {
             deliver_challenge(s, key).await?;
@@ -376,7 +477,30 @@ pub(crate) async fn authenticate_within(
             deliver_challenge(s, key).await
         }
     };
-    let outcome = match tokio::time::timeout(limit, run).await {
+    bounded(s, limit, run).await
+}
+
+/// One half of the exchange on its own, within [`AUTH_TIMEOUT`]: the challenge delivered
+/// (Python's `deliver_challenge`) or answered (`answer_challenge`).
+pub(crate) async fn challenge(s: &Framed, key: &[u8], deliver: bool) -> Result<()> {
+    let run = async {
+        match deliver {
+            true => deliver_challenge(s, key).await,
+            false => answer_challenge(s, key).await,
+        }
+    };
+    bounded(s, AUTH_TIMEOUT, run).await
+}
+
+/// Runs `exchange` on `s` with messages of at most [`MAX_AUTH_MESSAGE`] bytes, failing it
+/// after `limit`.
+async fn bounded(
+    s: &Framed,
+    limit: Duration,
+    exchange: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
+    let outcome = match tokio::time::timeout(limit, exchange).await {
         Ok(r) => r,
         Err(_) => Err(auth_err(format!(
             "the peer did not complete the exchange within {limit:?}"

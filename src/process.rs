@@ -178,6 +178,49 @@ impl Process {
         self.child.signal(sys::SIGKILL)
     }
 
+    /// Releases what the handle holds, the child's pidfd above all, once the child has ended
+    /// (Python's `close()`). Dropping the handle of an ended child does the same; `close`
+    /// also says whether the child had ended.
+    ///
+    /// It takes the handle, so a use after `close` is a compile error rather than Python's
+    /// `ValueError`. A child still running is handed back in the error, to be joined or
+    /// terminated and closed again.
+    ///
+    /// # Errors
+    /// A [`CloseError`] holding this `Process`: [`Error::ProcessRunning`] if the child is
+    /// still running (Python's `ValueError`), or an I/O error from checking its state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// fn nap() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(50));
+    /// }
+    /// let p = tokio_multiprocessing::Process::new(nap, ()).start().await?;
+    /// let mut p = match p.close() {
+    ///     Ok(()) => return Ok(()), // it had already ended
+    ///     Err(e) => e.into_inner(), // still running: join it first
+    /// };
+    /// p.join().await?;
+    /// p.close()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn close(mut self) -> std::result::Result<(), CloseError> {
+        match self.child.try_wait() {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(CloseError {
+                error: Error::ProcessRunning { pid: self.pid() },
+                process: Box::new(self),
+            }),
+            Err(error) => Err(CloseError {
+                error,
+                process: Box::new(self),
+            }),
+        }
+    }
+
     /// A handle that kills this process from elsewhere (another task that does not own the
     /// `Process`): a duplicate of its pidfd, so it never reaches another process that
     /// reused the pid.
@@ -185,6 +228,52 @@ impl Process {
         Ok(KillHandle(std::sync::Arc::new(sys::dup_fd(
             self.sentinel(),
         )?)))
+    }
+}
+
+/// A [`Process::close`] that failed, with the process handed back.
+pub struct CloseError {
+    error: Error,
+    process: Box<Process>,
+}
+
+impl CloseError {
+    /// Why the close failed: [`Error::ProcessRunning`], or an I/O error.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The process that was not closed.
+    pub fn into_inner(self) -> Process {
+        *self.process
+    }
+
+    /// The error and the process.
+    pub fn into_parts(self) -> (Error, Process) {
+        (self.error, *self.process)
+    }
+}
+
+impl std::fmt::Debug for CloseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloseError")
+            .field("error", &self.error)
+            .field("process", &self.process.name)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for CloseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot close {}: {}", self.process.name, self.error)
+    }
+}
+
+impl std::error::Error for CloseError {}
+
+impl From<CloseError> for Error {
+    fn from(e: CloseError) -> Error {
+        e.error
     }
 }
 

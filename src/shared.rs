@@ -247,6 +247,13 @@ impl<T: Pod> Value<T> {
         })
     }
 
+    /// The value of `raw` itself (the same memory, not a copy), guarded from now on by
+    /// `lock` (Python's `sharedctypes.synchronized(raw, lock)`; pass `Lock::new()?` for a
+    /// lock of its own). Writes through `raw` and its clones still take no lock.
+    pub fn from_raw(raw: RawValue<T>, lock: Lock) -> Value<T> {
+        Value { raw, lock }
+    }
+
     /// The lock that guards the value (Python's `get_lock()`).
     pub fn get_lock(&self) -> &Lock {
         &self.lock
@@ -466,6 +473,13 @@ impl<T: Pod> Array<T> {
         })
     }
 
+    /// The array of `raw` itself (the same memory, not a copy), guarded from now on by
+    /// `lock` (Python's `sharedctypes.synchronized(raw, lock)`; pass `Lock::new()?` for a
+    /// lock of its own). Writes through `raw` and its clones still take no lock.
+    pub fn from_raw(raw: RawArray<T>, lock: Lock) -> Array<T> {
+        Array { raw, lock }
+    }
+
     /// The lock that guards the array (Python's `get_lock()`).
     pub fn get_lock(&self) -> &Lock {
         &self.lock
@@ -613,8 +627,8 @@ impl<T: Pod> ArrayGuard<'_, T> {
 /// another process, and freed by the kernel with its last user whatever happens).
 ///
 /// The creator owns the name: its handle removes the name when dropped (or at
-/// [`unlink`](Self::unlink)). An attacher, including a copy received by another process,
-/// never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
+/// [`unlink`](Self::unlink)), unless told to [`keep_name`](Self::keep_name). An attacher,
+/// including a copy received by another process, never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
 /// is owned by the manager's server, which removes it when it stops. Mappings stay valid
 /// after the name is gone. A named segment whose creator is killed by SIGKILL keeps its name
 /// until someone calls `unlink`; use an anonymous segment where no name is needed.
@@ -771,10 +785,12 @@ impl SharedMemory {
         }
     }
 
-    /// Hands the name's removal to someone else (a
-    /// [`SharedMemoryManager`](crate::SharedMemoryManager)'s server): this handle no longer
-    /// removes it when dropped.
-    pub(crate) fn leave_name(&mut self) {
+    /// Keeps the name when this handle goes (Python 3.13's `SharedMemory(..., track=False)`):
+    /// the creator's handle no longer removes it when dropped, so the segment outlives this
+    /// handle and this process, for processes that attach to it later, until someone calls
+    /// [`unlink`](Self::unlink). Nothing changes for an attacher, which never removes the
+    /// name, or an anonymous segment, which has none.
+    pub fn keep_name(&mut self) {
         self.owns_name = false;
     }
 

@@ -338,6 +338,27 @@ where
     }
 }
 
+/// Runs an initializer (a pool worker's, a manager server's) to its end: `Err` says how it
+/// failed, for the process that asked for it.
+pub(crate) async fn run_initializer(
+    entry: ProcessEntry,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> std::result::Result<(), String> {
+    let out = match entry(args, fds) {
+        Invoked::Ready(r) => r,
+        Invoked::Pending(fut) => fut.await,
+    };
+    match out {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(format!(
+            "returned a failure (exit code {code}; its error is on the process's stderr)"
+        )),
+        Err(Failure::Panicked(p)) => Err(format!("panicked: {p}")),
+        Err(Failure::Args(e)) => Err(e.to_string()),
+    }
+}
+
 /// The offset that names `entry` to a process running the same binary.
 pub(crate) fn process_entry_offset(entry: ProcessEntry) -> i64 {
     sys::offset_from_anchor(entry as usize)

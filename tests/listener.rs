@@ -147,6 +147,104 @@ async fn tcp_with_key() -> TestResult {
     round_trip(&l, p).await
 }
 
+/// `_TestListenerClient.test_listener_client` with `Listener(family='AF_UNIX')` and no
+/// address: the listener picks a Unix socket in a directory of its own that only this user
+/// may enter, a child connects by the address it reports, and dropping the listener removes
+/// the socket and the directory.
+async fn a_listener_with_no_address_picks_a_private_socket() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let l = mp::Listener::new(Some(KEY))?;
+    let mp::Address::Unix(path) = l.address().clone() else {
+        return Err(format!("not a Unix socket: {}", l.address()).into());
+    };
+    let dir = path
+        .parent()
+        .ok_or("the socket has no directory")?
+        .to_path_buf();
+    ensure!(path.exists(), "no socket at {}", path.display());
+    let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o700, "the directory's mode is {mode:o}");
+    let other = mp::Listener::new(None)?;
+    ensure!(
+        other.address() != l.address(),
+        "two listeners picked {}",
+        l.address()
+    );
+    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
+        .start()
+        .await?;
+    round_trip(&l, p).await?;
+    drop(l);
+    ensure!(
+        !path.exists() && !dir.exists(),
+        "{} is left after the listener",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `_TestListener.test_multiple_bind`: binding the address a listener holds fails with an
+/// OS error (a free Unix socket and a free TCP port alike), and leaves the first listener
+/// whole: its socket is still there and a client still reaches it.
+async fn binding_a_held_address_fails() -> TestResult {
+    for l in [
+        mp::Listener::new(None)?,
+        mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, None)?,
+    ] {
+        match mp::Listener::bind(l.address().clone(), None) {
+            Err(mp::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            other => return Err(format!("second bind of {}: {other:?}", l.address()).into()),
+        }
+        let (client, served) = tokio::join!(
+            mp::Client::connect::<u32>(l.address().clone(), None),
+            async {
+                let c = l.accept::<u32>().await?;
+                c.send(&1729).await
+            }
+        );
+        served?;
+        ensure!(
+            client?.recv_timeout(Duration::from_secs(20)).await? == 1729,
+            "no message through {}",
+            l.address()
+        );
+    }
+    Ok(())
+}
+
+/// `last_accepted` (the documentation's `print('connection accepted from',
+/// listener.last_accepted)`): `None` before a connection, then the client's own address:
+/// its IP address and port over TCP, an empty path for a Unix client that bound no path.
+async fn last_accepted_is_the_clients_address() -> TestResult {
+    let l = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, None)?;
+    ensure!(l.last_accepted().is_none(), "{:?}", l.last_accepted());
+    let mp::Address::Tcp(addr) = l.address().clone() else {
+        return Err("not a TCP address".into());
+    };
+    for _ in 0..2 {
+        let (stream, conn) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept::<u32>());
+        let (stream, _conn) = (stream?, conn?);
+        let ours = mp::Address::Tcp(stream.local_addr()?);
+        ensure!(
+            l.last_accepted().as_ref() == Some(&ours),
+            "last_accepted {:?}, the client is at {ours}",
+            l.last_accepted()
+        );
+    }
+    let u = mp::Listener::new(None)?;
+    let (client, conn) = tokio::join!(
+        mp::Client::connect::<u32>(u.address().clone(), None),
+        u.accept::<u32>()
+    );
+    let (_client, _conn) = (client?, conn?);
+    ensure!(
+        u.last_accepted() == Some(mp::Address::Unix(PathBuf::new())),
+        "{:?}",
+        u.last_accepted()
+    );
+    Ok(())
+}
+
 /// Python's address forms: `(host, port)` pairs, `"host:port"` strings, a path string; a
 /// string that is none of them is an invalid argument.
 async fn addresses_as_python_writes_them() -> TestResult {
@@ -400,6 +498,15 @@ fn main() {
             addresses_as_python_writes_them,
         ),
         test("unix_path_without_key", unix_path_without_key),
+        test(
+            "a_listener_with_no_address_picks_a_private_socket",
+            a_listener_with_no_address_picks_a_private_socket,
+        ),
+        test("binding_a_held_address_fails", binding_a_held_address_fails),
+        test(
+            "last_accepted_is_the_clients_address",
+            last_accepted_is_the_clients_address,
+        ),
         test(
             "wrong_key_fails_on_both_sides",
             wrong_key_fails_on_both_sides,

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use support::{TestResult, run_example, test};
 use tokio_multiprocessing::{
-    self as mp, DictProxy, Error, ListProxy, Manager, Process, StartMethod, ValueProxy,
+    self as mp, DictProxy, Error, ListProxy, Manager, NamespaceProxy, Process, StartMethod,
+    ValueProxy,
 };
 
 fn main() {
@@ -19,6 +20,19 @@ fn main() {
         test(
             "list_operations_follow_python",
             list_operations_follow_python,
+        ),
+        test(
+            "list_and_dict_methods_in_a_child",
+            list_and_dict_methods_in_a_child,
+        ),
+        test(
+            "dict_setdefault_update_popitem",
+            dict_setdefault_update_popitem,
+        ),
+        test("list_search_and_remove", list_search_and_remove),
+        test(
+            "the_servers_initializer_runs_before_it_serves",
+            the_servers_initializer_runs_before_it_serves,
         ),
         test("value_get_and_set", value_get_and_set),
         test("proxies_work_in_children", proxies_work_in_children),
@@ -33,6 +47,10 @@ fn main() {
         test(
             "a_stopped_server_gives_closed",
             a_stopped_server_gives_closed,
+        ),
+        test(
+            "a_terminals_signals_leave_the_server_to_its_owner",
+            a_terminals_signals_leave_the_server_to_its_owner,
         ),
         test(
             "cancelled_calls_leave_the_proxy_usable",
@@ -120,6 +138,214 @@ async fn list_operations_follow_python() -> TestResult {
     ensure!(l.len().await? == 8, "len");
     l.clear().await?;
     ensure!(l.is_empty().await?, "clear");
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_list`: the child's checks of a list holding `[5]`.
+async fn check_list(l: ListProxy<i64>) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let got = (
+        l.get(0).await.map_err(e)?,
+        l.count(&5).await.map_err(e)?,
+        l.index(&5).await.map_err(e)?,
+    );
+    if got != (Some(5), 1, Some(0)) {
+        return Err(format!("[0], count(5), index(5): {got:?}"));
+    }
+    l.reverse().await.map_err(e)?;
+    if l.len().await.map_err(e)? != 1 || l.pop(0).await.map_err(e)? != Some(5) {
+        return Err("len() or pop(0)".into());
+    }
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_dict`: the child's checks of a dict holding `{'foo': 5}`.
+async fn check_dict(d: DictProxy<String, i64>) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let key = "foo".to_string();
+    if d.len().await.map_err(e)? != 1 || d.get(&key).await.map_err(e)? != Some(5) {
+        return Err("len() or get('foo')".into());
+    }
+    if d.items().await.map_err(e)? != [(key.clone(), 5)]
+        || d.keys().await.map_err(e)? != [key.clone()]
+        || d.values().await.map_err(e)? != [5]
+    {
+        return Err("items(), keys() or values()".into());
+    }
+    match d.popitem().await.map_err(e)? {
+        Some((k, 5)) if k == key => Ok(()),
+        other => Err(format!("popitem(): {other:?}")),
+    }
+}
+
+/// `TestSyncManagerTypes.test_list` and `test_dict`: a child counts, finds and pops a
+/// list's item and pops a dict's item; the parent then sees both empty.
+async fn list_and_dict_methods_in_a_child() -> TestResult {
+    let m = Manager::start().await?;
+    let l = m.list::<i64>([]).await?;
+    l.append(5).await?;
+    let mut p = Process::new(check_list, (l.clone(),)).start().await?;
+    support::join_ok(&mut p).await?;
+    ensure!(l.len().await? == 0, "the list after the child");
+    let d = m.dict::<String, i64>().await?;
+    d.insert("foo".into(), 5).await?;
+    let mut p = Process::new(check_dict, (d.clone(),)).start().await?;
+    support::join_ok(&mut p).await?;
+    ensure!(d.len().await? == 0, "the dict after the child");
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// Python's `dict.setdefault`, `dict.update`, `dict.popitem` and `manager.dict(pairs)`
+/// through a proxy: the value already there wins over the default, an update replaces in
+/// place and appends the new keys, and `popitem` takes the latest pair (LIFO), `None` once
+/// empty (Python's `KeyError`).
+async fn dict_setdefault_update_popitem() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<String, i64>().await?;
+    ensure!(
+        d.setdefault("a".into(), 1).await? == 1,
+        "setdefault of a new key"
+    );
+    ensure!(
+        d.setdefault("a".into(), 2).await? == 1,
+        "setdefault of a present key"
+    );
+    d.update([
+        ("b".to_string(), 2),
+        ("a".to_string(), 10),
+        ("c".to_string(), 3),
+    ])
+    .await?;
+    ensure!(
+        d.items().await?
+            == [
+                ("a".to_string(), 10),
+                ("b".to_string(), 2),
+                ("c".to_string(), 3)
+            ],
+        "after update: {:?}",
+        d.items().await?
+    );
+    ensure!(
+        d.popitem().await? == Some(("c".into(), 3)),
+        "popitem takes the latest"
+    );
+    ensure!(
+        d.popitem().await? == Some(("b".into(), 2)),
+        "then the one before"
+    );
+    ensure!(
+        !d.contains_key(&"b".into()).await?,
+        "a popped key is still found"
+    );
+    d.insert("b".into(), 20).await?;
+    ensure!(
+        d.keys().await? == ["a", "b"],
+        "a key inserted again after popitem"
+    );
+    ensure!(
+        d.popitem().await? == Some(("b".into(), 20)),
+        "popitem after insert"
+    );
+    ensure!(
+        d.popitem().await? == Some(("a".into(), 10)),
+        "the last pair"
+    );
+    ensure!(d.popitem().await?.is_none(), "popitem of an empty dict");
+    // `manager.dict(pairs)`: in order, the later value of a repeated key kept in place.
+    let e = m
+        .dict_from([
+            ("x".to_string(), 1i64),
+            ("y".to_string(), 2),
+            ("x".to_string(), 3),
+        ])
+        .await?;
+    ensure!(
+        e.items().await? == [("x".to_string(), 3), ("y".to_string(), 2)],
+        "dict_from: {:?}",
+        e.items().await?
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// Python's `list.index`, `list.count`, `x in list` and `list.remove` through a proxy:
+/// items are found by equal encodings, `remove` takes the first of equal items only, and
+/// a value that is not there is `None` / `false` (Python's `ValueError`).
+async fn list_search_and_remove() -> TestResult {
+    let m = Manager::start().await?;
+    let l = m.list([3, 1, 4, 1, 5]).await?;
+    ensure!(l.index(&1).await? == Some(1), "index of the first 1");
+    ensure!(l.index(&9).await?.is_none(), "index of a missing value");
+    ensure!(l.count(&1).await? == 2 && l.count(&9).await? == 0, "count");
+    ensure!(l.contains(&5).await? && !l.contains(&9).await?, "contains");
+    ensure!(l.remove(&1).await?, "remove(1)");
+    ensure!(l.to_vec().await? == [3, 4, 1, 5], "only the first 1 goes");
+    ensure!(!l.remove(&9).await?, "remove of a missing value");
+    ensure!(
+        l.to_vec().await? == [3, 4, 1, 5],
+        "a failed remove changes nothing"
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestInitializers`' `initializer`: adds one to `ns.test`.
+async fn count_in(ns: NamespaceProxy) -> Result<(), String> {
+    let n: i64 = ns.get("test").await.map_err(|e| e.to_string())?;
+    ns.set("test", n + 1).await.map_err(|e| e.to_string())
+}
+
+fn refuse(why: String) -> Result<(), String> {
+    Err(why)
+}
+
+/// `TestInitializers.test_manager_initializer`: a manager's server runs its initializer
+/// (here, on another manager's namespace) before `start` returns; an initializer that fails
+/// makes `start` fail, and leaves no server; `serve`, which starts no server process,
+/// refuses one.
+async fn the_servers_initializer_runs_before_it_serves() -> TestResult {
+    let m = Manager::start().await?;
+    let ns = m.namespace().await?;
+    ns.set("test", 0i64).await?;
+    let other = Manager::builder()
+        .initializer(count_in, (ns.clone(),))
+        .start()
+        .await?;
+    ensure!(
+        ns.get::<i64>("test").await? == 1,
+        "the initializer had not run when start returned"
+    );
+    let d = other.dict::<u8, u8>().await?;
+    d.insert(1, 2).await?;
+    ensure!(d.get(&1).await? == Some(2), "the server serves after it");
+    other.shutdown().await?;
+
+    match Manager::builder()
+        .initializer(refuse, ("no thanks".to_string(),))
+        .start()
+        .await
+    {
+        Err(Error::InitializerFailed { pid, message }) => ensure!(
+            support::is_zombie_or_gone(pid) && message.contains("exit code 1"),
+            "server {pid}: {message}"
+        ),
+        other => return Err(format!("a failing initializer gave {other:?}").into()),
+    }
+    match Manager::builder()
+        .initializer(count_in, (ns.clone(),))
+        .serve()
+        .await
+    {
+        Err(Error::InvalidArgument(_)) => {}
+        other => return Err(format!("serve with an initializer gave {other:?}").into()),
+    }
+    ensure!(
+        ns.get::<i64>("test").await? == 1,
+        "an initializer ran again"
+    );
+    m.shutdown().await?;
     Ok(())
 }
 
@@ -243,6 +469,42 @@ async fn a_stopped_server_gives_closed() -> TestResult {
     .await
     .is_ok();
     ensure!(gone, "the list outlived its manager");
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_SharedMemoryServer_ignores_sigint` for a plain
+/// manager (bpo-36368 made every Python manager server ignore SIGINT): a terminal's Ctrl-C,
+/// Ctrl-\ and Ctrl-Z reach the server with the rest of the foreground group, and it serves
+/// on, its objects intact, until its owner shuts it down.
+async fn a_terminals_signals_leave_the_server_to_its_owner() -> TestResult {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let m = Manager::start_with(method).await?;
+        let pid = m.pid().ok_or("no server process")?;
+        // An answer means the server is serving, past the point where it ignores them.
+        let d = m.dict::<u8, u8>().await?;
+        d.insert(1, 1).await?;
+        for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTSTP] {
+            kill(Pid::from_raw(pid as i32), sig)?;
+        }
+        // A signal that ended or stopped the server was acted on before kill() returned,
+        // so these calls would fail or wait.
+        let r = tokio::time::timeout(Duration::from_secs(20), async {
+            d.insert(2, 2).await?;
+            d.get(&1).await
+        })
+        .await;
+        ensure!(
+            matches!(r, Ok(Ok(Some(1)))),
+            "{method:?}: the server after a terminal's signals: {r:?}"
+        );
+        m.shutdown().await?;
+        ensure!(
+            support::is_zombie_or_gone(pid),
+            "{method:?}: server {pid} still running after shutdown"
+        );
+    }
     Ok(())
 }
 

@@ -67,6 +67,18 @@ async fn send_after(conn: mp::Connection<u32>, go: mp::Connection<u32>, value: u
     }
 }
 
+/// Answers the challenge on `conn` with `key`, then the parent's, then echoes one message;
+/// exits 5 if the exchange fails.
+async fn answer_then_echo(conn: mp::Connection<String>, key: Vec<u8>) {
+    if conn.answer_challenge(&key).await.is_err() || conn.deliver_challenge(&key).await.is_err() {
+        std::process::exit(5);
+    }
+    match conn.recv().await {
+        Ok(m) if conn.send(&format!("echo: {m}")).await.is_ok() => {}
+        _ => std::process::exit(4),
+    }
+}
+
 async fn exit_on_signal(go: mp::Connection<u32>) {
     let _ = go.recv().await;
 }
@@ -381,6 +393,65 @@ async fn recv_in_another_process_takes_one_message() -> TestResult {
     Ok(())
 }
 
+/// `OtherTest.test_deliver_challenge_auth_failure` and `test_answer_challenge_auth_failure`,
+/// on a pipe: with the same key, a child answers the parent's challenge and challenges it
+/// in turn, and messages flow after; with another key, each side fails with an
+/// authentication error, and a simplex end is refused.
+async fn challenges_on_a_pipe() -> TestResult {
+    const KEY: &[u8] = b"a shared secret";
+    let (ours, theirs) = mp::Pipe::<String>::new()?;
+    let mut p = start(answer_then_echo, (theirs, KEY.to_vec())).await?;
+    ours.deliver_challenge(KEY).await?;
+    ours.answer_challenge(KEY).await?;
+    ours.send(&"hello".to_string()).await?;
+    ensure!(
+        ours.recv_timeout(Duration::from_secs(20)).await? == "echo: hello",
+        "no echo after the exchange"
+    );
+    ensure!(join_code(&mut p).await? == 0, "the child's side failed");
+
+    let (a, b) = mp::Pipe::<String>::new()?;
+    let (delivered, answered) =
+        tokio::join!(a.deliver_challenge(KEY), b.answer_challenge(b"another key"));
+    ensure!(
+        matches!(delivered, Err(mp::Error::Authentication { .. }))
+            && matches!(answered, Err(mp::Error::Authentication { .. })),
+        "with another key: {delivered:?}, {answered:?}"
+    );
+    let (r, w) = mp::Pipe::<String>::simplex()?;
+    for end in [&r, &w] {
+        ensure!(
+            matches!(
+                end.deliver_challenge(KEY).await,
+                Err(mp::Error::InvalidArgument(_))
+            ),
+            "a simplex end took part in a challenge"
+        );
+    }
+    Ok(())
+}
+
+/// No CPython case: Python's `poll(None)`, a poll without a time limit (`Duration::MAX`
+/// here), waits until a message comes, and takes nothing.
+async fn poll_without_a_time_limit_waits_for_a_message() -> TestResult {
+    let (r, w) = mp::Pipe::<u32>::simplex()?;
+    let (go_r, go_w) = mp::Pipe::<u32>::simplex()?;
+    let mut p = start(send_after, (w, go_r, 42)).await?;
+    ensure!(
+        !r.poll(Duration::ZERO).await?,
+        "a message before the child was told"
+    );
+    let (polled, told) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), r.poll(Duration::MAX)),
+        go_w.send(&1)
+    );
+    told?;
+    ensure!(matches!(polled, Ok(Ok(true))), "poll(MAX): {polled:?}");
+    ensure!(r.recv().await? == 42, "the message polled");
+    ensure!(join_code(&mut p).await? == 0, "the child");
+    Ok(())
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -389,6 +460,11 @@ fn main() {
         test("eof_after_writer_exits", eof_after_writer_exits),
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),
         test("simplex_directions", simplex_directions),
+        test("challenges_on_a_pipe", challenges_on_a_pipe),
+        test(
+            "poll_without_a_time_limit_waits_for_a_message",
+            poll_without_a_time_limit_waits_for_a_message,
+        ),
         test("garbage_is_a_decode_error", garbage_is_a_decode_error),
         test("large_message", large_message),
         test("pipe_end_through_a_pipe", pipe_end_through_a_pipe),

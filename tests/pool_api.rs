@@ -190,6 +190,54 @@ async fn get_timeout_leaves_task_running() -> TestResult {
     Ok(())
 }
 
+// test_async_timeout's wait: `wait(timeout)` on a task that has not finished says so and
+// leaves it running; once it has finished, `wait` takes nothing: `ready()` and
+// `successful()` tell how it went and the result is still there to await, for one task
+// and for a map, a failed one included.
+async fn wait_leaves_the_result_in_the_handle() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let gate = tmp_path("wait-gate");
+    let mut r = pool.apply_async(wait_for_file, (gate.clone(),));
+    let mut m = pool.map_async(wait_for_file, vec![gate.clone(); 3]);
+    ensure!(
+        !r.wait_timeout(Duration::from_millis(10)).await,
+        "a task waiting for its gate finished"
+    );
+    ensure!(
+        !m.wait_timeout(Duration::from_millis(10)).await,
+        "a map waiting for its gate finished"
+    );
+    ensure!(!r.ready() && !m.ready(), "ready before the gate opened");
+    std::fs::write(&gate, "open")?;
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        r.wait().await;
+        m.wait().await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&gate);
+    ensure!(waited.is_ok(), "wait did not return after the gate opened");
+    ensure!(r.ready() && r.successful() == Some(true), "the task: {r:?}");
+    ensure!(m.ready() && m.successful() == Some(true), "the map: {m:?}");
+    ensure!(r.await? != std::process::id(), "the task's result");
+    ensure!(m.await?.len() == 3, "the map's results");
+
+    let mut f = pool.map_async(boom, 0..6);
+    ensure!(
+        f.wait_timeout(Duration::from_secs(30)).await,
+        "a failing map did not finish"
+    );
+    ensure!(
+        f.successful() == Some(false),
+        "successful() of a failed map"
+    );
+    let e = f.await;
+    ensure!(
+        e.as_ref().is_err_and(|e| e.input_index() == Some(3)),
+        "the failed map: {e:?}"
+    );
+    Ok(())
+}
+
 // test_traceback / test_wrapped_exception: a panic fails that task only, with its message.
 async fn panic_fails_that_task_only() -> TestResult {
     let pool = Pool::new(2).await?;
@@ -854,6 +902,7 @@ fn main() {
             imap_endless_input_is_read_lazily,
             apply_async,
             get_timeout_leaves_task_running,
+            wait_leaves_the_result_in_the_handle,
             panic_fails_that_task_only,
             large_arguments_and_results,
             large_values_cross_off_the_runtime_thread,

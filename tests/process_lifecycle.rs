@@ -38,6 +38,7 @@ fn main() {
         panic_prints_message_and_exits_1,
         children_die_with_a_killed_parent,
         exit_joins_children_and_terminates_daemons,
+        close_refuses_a_running_child_and_releases_an_ended_one,
     ])
 }
 
@@ -60,6 +61,24 @@ fn write_marker_after(ms: u64) {
     if let Ok(path) = std::env::var("TKMP_MARKER") {
         let _ = std::fs::write(path, "joined");
     }
+}
+
+/// Returns once an item arrives on `q` (CPython's `_TestProcess._test_close`).
+async fn wait_for_item(q: mp::Queue<()>) -> Result<(), String> {
+    q.get().await.map_err(|e| e.to_string())
+}
+
+/// How many of this process's descriptors are pidfds of `pid` (their fdinfo's `Pid:` line).
+fn pidfds_of(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    let line = format!("Pid:\t{pid}");
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|info| info.lines().any(|l| l == line))
+        })
+        .count()
 }
 
 // ---------------------------------------------------------------- tests
@@ -354,4 +373,46 @@ async fn helper(mode: &str) {
         }
         other => panic!("unknown helper mode {other}"),
     }
+}
+
+/// _TestProcess.test_close: closing a running child is an error (Python's `ValueError`),
+/// which hands the process back still usable; once the child has ended, `close` succeeds
+/// and no descriptor of the child is left (Python checks that the object is collected; a
+/// use after `close` is a compile error here).
+async fn close_refuses_a_running_child_and_releases_an_ended_one() -> TestResult {
+    for m in METHODS {
+        let q = mp::Queue::<()>::new()?;
+        let p = Process::new(wait_for_item, (q.clone(),))
+            .start_method(m)
+            .daemon(true)
+            .start()
+            .await?;
+        let pid = p.pid();
+        ensure!(
+            pidfds_of(pid) >= 1,
+            "{m:?}: no pidfd of the child to release"
+        );
+        let err = match p.close() {
+            Ok(()) => return Err(format!("{m:?}: closed a running child").into()),
+            Err(e) => e,
+        };
+        ensure!(
+            matches!(err.error(), Error::ProcessRunning { pid: running } if *running == pid),
+            "{m:?}: {err}"
+        );
+        let mut p = err.into_inner();
+        ensure!(p.is_alive(), "{m:?}: the child handed back is not running");
+        q.put(()).await?;
+        ensure!(
+            support::join_code(&mut p).await? == 0,
+            "{m:?}: the child failed"
+        );
+        ensure!(!p.is_alive() && p.exitcode()? == Some(0), "{m:?}: exitcode");
+        p.close()?;
+        ensure!(
+            pidfds_of(pid) == 0,
+            "{m:?}: a pidfd of the closed child is still open"
+        );
+    }
+    Ok(())
 }

@@ -57,9 +57,30 @@ async fn set_values(
     }
 }
 
+/// Adds `n` to the value and to each element, each under its lock.
+async fn add_under_locks(v: Value<i64>, a: Array<i64>, n: i64) -> Result<(), String> {
+    v.lock().await.map_err(|e| e.to_string())?.update(|x| x + n);
+    let g = a.lock().await.map_err(|e| e.to_string())?;
+    for k in 0..g.len() {
+        g.update(k, |x| x + n).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 async fn shm_attach_write(name: String) {
     let shm = SharedMemory::attach(&name).expect("attach");
     shm.write(0, b"from child").expect("write");
+}
+
+/// Creates the segment `name`, writes to it, and keeps its name when it exits (with `keep`)
+/// or leaves its removal to its handle's drop (without).
+fn shm_create_write_exit(name: String, keep: bool) -> Result<(), String> {
+    let mut shm = SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
+    shm.write(0, b"kept").map_err(|e| e.to_string())?;
+    if keep {
+        shm.keep_name();
+    }
+    Ok(())
 }
 
 async fn shm_write_then_hang(shm: SharedMemory, ready: Event) {
@@ -176,6 +197,52 @@ async fn value_lock_and_indices() -> TestResult {
     Ok(())
 }
 
+/// `_TestSharedCTypes.test_synchronize` and `test_copy`: `from_raw` (Python's
+/// `synchronized(obj, lock)`) guards the raw object's own memory with the lock given, so
+/// writes through either are seen by the other, here and in a child; a copy (Python's
+/// `copy(obj)`: a new raw object of the same contents) is memory of its own.
+async fn synchronized_raw_objects_share_their_memory() -> TestResult {
+    let raw = RawValue::new(2i64)?;
+    let lock = Lock::new()?;
+    let v = Value::from_raw(raw.clone(), lock.clone());
+    let raw_array = RawArray::from_slice(&[1i64, 2, 3])?;
+    let a = Array::from_raw(raw_array.clone(), Lock::new()?);
+    {
+        let _g = v.lock().await?;
+        ensure!(
+            lock.is_locked(),
+            "the Value does not use the lock it was given"
+        );
+    }
+    v.set(7).await?;
+    ensure!(
+        raw.get() == 7,
+        "a write through the Value is not in the raw value"
+    );
+    raw.set(9);
+    ensure!(
+        v.get().await? == 9,
+        "a write through the raw value is not in the Value"
+    );
+    let mut p = Process::new(add_under_locks, (v.clone(), a.clone(), 10))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(raw.get() == 19, "the child's add: {}", raw.get());
+    ensure!(
+        raw_array.to_vec() == [11, 12, 13],
+        "the child's adds: {:?}",
+        raw_array.to_vec()
+    );
+    let copy = RawArray::from_slice(&raw_array.to_vec())?;
+    raw_array.copy_from_slice(&[0, 0, 0])?;
+    ensure!(
+        copy.to_vec() == [11, 12, 13],
+        "the copy changed with its original"
+    );
+    Ok(())
+}
+
 /// `_TestSharedMemory.test_shared_memory_basics`: create, attach by name (here and in a
 /// child), size and name, unlink; creating a taken name fails; nothing left in `/dev/shm`.
 async fn shared_memory_named() -> TestResult {
@@ -239,6 +306,32 @@ async fn shared_memory_named() -> TestResult {
         "segments: {segments} before, {} after",
         our_segments()
     );
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_untracking` (gh-82300) for a creator: a child
+/// creates a segment with `keep_name` (Python 3.13's `track=False`) and exits; the segment
+/// is still there, with what the child wrote, until the parent unlinks it. Without
+/// `keep_name` the child's handle removes it as the child ends.
+async fn shared_memory_kept_name_outlives_its_creator() -> TestResult {
+    let name = unique("keep");
+    let mut p = Process::new(shm_create_write_exit, (name.clone(), true))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(shm_exists(&name), "the kept name went with its creator");
+    let mut shm = SharedMemory::attach(&name)?;
+    let mut buf = [0u8; 4];
+    shm.read(0, &mut buf)?;
+    ensure!(&buf == b"kept", "the creator's write: {buf:?}");
+    shm.unlink()?;
+    ensure!(!shm_exists(&name), "unlink left the segment");
+
+    let mut p = Process::new(shm_create_write_exit, (name.clone(), false))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(!shm_exists(&name), "a name not kept outlived its creator");
     Ok(())
 }
 
@@ -499,8 +592,10 @@ fn main() {
     let trials = trials![
         value_and_array_cross,
         value_lock_and_indices,
+        synchronized_raw_objects_share_their_memory,
         shared_memory_named,
         shared_memory_survives_killed_child,
+        shared_memory_kept_name_outlives_its_creator,
         example_shared_value_array,
         shareable_list_basics,
         shareable_list_reaches_a_child,

@@ -160,6 +160,62 @@ where
         Ok(self.items().await?.into_iter().map(|(_, v)| v).collect())
     }
 
+    /// `d.setdefault(key, default)`: the value under `key`, which is `default`, inserted now,
+    /// if there was none.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn setdefault(&self, key: K, default: V) -> Result<V> {
+        let op = DictOp::SetDefault(encode(&self.0.link, &key)?, encode(&self.0.link, &default)?);
+        match self.item(op).await? {
+            Some(v) => Ok(v),
+            None => Err(unexpected(Reply::Item(None))),
+        }
+    }
+
+    /// `d.update(pairs)`: inserts every pair, in one call to the server.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert); nothing is inserted if a pair cannot be encoded.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn update(&self, pairs: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| Ok((encode(&self.0.link, &k)?, encode(&self.0.link, &v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        match self.op(DictOp::Update(pairs)).await? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `d.popitem()`: takes out the pair inserted last; `None` if the dict is empty
+    /// (Python's `KeyError`).
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn popitem(&self) -> Result<Option<(K, V)>> {
+        match self.op(DictOp::PopItem).await? {
+            Reply::Pairs(pairs) => pairs
+                .into_iter()
+                .next()
+                .map(|(k, v)| Ok((decode(&self.0.link, k)?, decode(&self.0.link, v)?)))
+                .transpose(),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// `d.clear()`.
     ///
     /// # Errors
@@ -213,6 +269,26 @@ impl Dict {
                 *self = Dict::default();
                 Reply::Done
             }
+            DictOp::SetDefault(k, v) => Reply::Item(Some(match self.index.get(&k) {
+                Some(&i) => self.pairs[i].1.clone(),
+                None => {
+                    self.insert(k, v.clone());
+                    v
+                }
+            })),
+            DictOp::Update(pairs) => {
+                for (k, v) in pairs {
+                    self.insert(k, v);
+                }
+                Reply::Done
+            }
+            DictOp::PopItem => match self.pairs.pop() {
+                Some((k, v)) => {
+                    self.index.remove(&k);
+                    Reply::Pairs(vec![(k, v)])
+                }
+                None => Reply::Pairs(Vec::new()),
+            },
         }
     }
 }

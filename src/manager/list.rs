@@ -141,6 +141,68 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         Ok(self.len().await? == 0)
     }
 
+    /// `l.index(value)`: the position of the first item equal to `value` (items are equal
+    /// when their encodings are); `None` if there is none (Python's `ValueError`).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn index(&self, value: &T) -> Result<Option<usize>> {
+        match self.op(ListOp::Index(encode(&self.0.link, value)?)).await? {
+            Reply::Position(i) => Ok(i.map(|i| i as usize)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `value in l`.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn contains(&self, value: &T) -> Result<bool> {
+        Ok(self.index(value).await?.is_some())
+    }
+
+    /// `l.count(value)`: how many items equal `value`.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn count(&self, value: &T) -> Result<usize> {
+        match self.op(ListOp::Count(encode(&self.0.link, value)?)).await? {
+            Reply::Len(n) => Ok(n as usize),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `l.remove(value)`: takes out the first item equal to `value`; whether there was one
+    /// (Python raises `ValueError` when there is not).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
+    /// server, and the proxy stays usable (a late reply is recognised by its id and skipped).
+    pub async fn remove(&self, value: &T) -> Result<bool> {
+        match self
+            .op(ListOp::Remove(encode(&self.0.link, value)?))
+            .await?
+        {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// `l.reverse()`.
     ///
     /// # Errors

@@ -285,6 +285,28 @@ impl Manager {
         Ok(DictProxy(self.proxy(id)))
     }
 
+    /// A new shared dict holding `pairs`, in their order, a later pair replacing the value
+    /// of an earlier one of the same key (Python's `manager.dict(mapping)` or
+    /// `manager.dict(pairs)`).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if a key or value cannot be encoded; [`Error::Closed`] if the
+    /// server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    pub async fn dict_from<K: Serialize, V: Serialize>(
+        &self,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<DictProxy<K, V>> {
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| Ok((encode(&self.link, &k)?, encode(&self.link, &v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let id = self.create::<DictProxy<K, V>>(Initial::Dict(pairs)).await?;
+        Ok(DictProxy(self.proxy(id)))
+    }
+
     /// A new shared list holding `items` (Python's `manager.list(range(10))`).
     ///
     /// # Errors

@@ -180,6 +180,12 @@ pub(super) enum DictOp {
     Len,
     Items,
     Clear,
+    /// `d.setdefault(key, default)`: the value now under the key.
+    SetDefault(Bytes, Bytes),
+    /// `d.update(pairs)`.
+    Update(Vec<(Bytes, Bytes)>),
+    /// `d.popitem()`: the latest inserted pair, or none.
+    PopItem,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -194,6 +200,12 @@ pub(super) enum ListOp {
     Reverse,
     Items,
     Clear,
+    /// `l.index(value)`: the first position of an equal encoding, if any.
+    Index(Bytes),
+    /// `l.count(value)`.
+    Count(Bytes),
+    /// `l.remove(value)`: takes out the first equal encoding; whether there was one.
+    Remove(Bytes),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -311,6 +323,8 @@ pub(super) enum Reply {
     Bool(bool),
     Len(u64),
     Item(Option<Bytes>),
+    /// A position in a list, if the value is there.
+    Position(Option<u64>),
     Items(Vec<Bytes>),
     Pairs(Vec<(Bytes, Bytes)>),
     Named(Vec<(String, Bytes)>),

@@ -27,7 +27,10 @@ use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
-use crate::wire::Fd;
+use crate::task::{ProcessEntry, Target, process_entry};
+use crate::wire::{Encoded, Fd};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Builds a [`Manager`]: where it listens, the key its clients must hold, and whether it is
 /// served by a process of its own ([`start`](Self::start)) or by this one
@@ -57,6 +60,8 @@ use crate::wire::Fd;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ManagerBuilder {
+    /// The server process's initializer: its entry and its encoded arguments.
+    init: Option<Result<(ProcessEntry, Arc<Encoded>)>>,
     address: Option<Result<Address>>,
     authkey: Option<Vec<u8>>,
     start_method: Option<StartMethod>,
@@ -69,6 +74,7 @@ pub struct ManagerBuilder {
 impl Default for ManagerBuilder {
     fn default() -> ManagerBuilder {
         ManagerBuilder {
+            init: None,
             address: None,
             authkey: None,
             start_method: None,
@@ -102,6 +108,25 @@ impl ManagerBuilder {
     /// before it is dropped; [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT) by default.
     pub fn handshake_timeout(mut self, timeout: Duration) -> ManagerBuilder {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// A function the server process runs once, before it serves (Python's
+    /// `BaseManager.start(initializer, initargs)`): to set up logging, resources or signal
+    /// handling there. Like a [`Process`](crate::Process) target, `f` is a `fn` item or a
+    /// closure that captures nothing, and `args` a tuple of serde values; it returns what
+    /// `main` may return: `()`, or a `Result` whose `Err` counts as a failure. The server
+    /// runs it after setting itself to ignore a terminal's Ctrl-C, as Python's does, so it
+    /// may change that. [`start`](Self::start) returns once it has returned, and fails if it
+    /// failed; [`serve`](Self::serve), which runs no process, refuses it.
+    pub fn initializer<F, A, M>(mut self, f: F, args: A) -> ManagerBuilder
+    where
+        F: Target<A, M>,
+        F::Output: std::process::Termination,
+        A: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        self.init = Some(Encoded::new(&args).map(|a| (process_entry::<F, A, M>(), Arc::new(a))));
         self
     }
 
@@ -147,13 +172,20 @@ impl ManagerBuilder {
     ///
     /// # Errors
     /// An I/O error if the address cannot be bound; [`Error::InvalidArgument`] for an
-    /// address without a key or that does not resolve; those of
+    /// address without a key or that does not resolve; [`Error::Encode`] if the
+    /// initializer's arguments could not be encoded; [`Error::InitializerFailed`] if the
+    /// initializer failed (its error is on the server's stderr); those of
     /// [`ProcessBuilder::start`](crate::ProcessBuilder::start).
     ///
     /// # Cancel safety
     /// Not cancel safe: a start dropped midway may leave a server process that exits when it
     /// finds its parent gone.
     pub async fn start(self) -> Result<Manager> {
+        let init = self.init.clone().transpose()?;
+        let types = server::UserTypes::new(
+            &self.types,
+            init.as_ref().map(|(entry, args)| (*entry, &**args)),
+        )?;
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
         let (door, address, socket_file) = match bound {
@@ -164,7 +196,6 @@ impl ManagerBuilder {
             ),
             None => (None, None, None),
         };
-        let types = server::UserTypes::new(&self.types);
         let ledger = self.segments.then(Ledger::new).transpose()?;
         let segments = ledger.as_ref().map(Ledger::for_server).transpose()?;
         let args = (Fd::from(theirs), door, types, segments);
@@ -183,13 +214,20 @@ impl ManagerBuilder {
                 return Err(e);
             }
         };
-        Ok(Manager {
+        let mut manager = Manager {
             server: Server::Process(server),
             link: Link::new(Route::Registration(ours)),
             address,
             socket_file,
             ledger,
-        })
+        };
+        if init.is_some() {
+            // The server reads its first request once the initializer has returned.
+            if let Err(e) = manager.object_count().await {
+                return Err(manager.initializer_failed(e).await);
+            }
+        }
+        Ok(manager)
     }
 
     /// Serves the manager from this process, as tasks of the current tokio runtime
@@ -206,6 +244,12 @@ impl ManagerBuilder {
     /// # Cancel safety
     /// Cancel safe: nothing is served until it returns.
     pub async fn serve(self) -> Result<Manager> {
+        if self.init.is_some() {
+            return Err(Error::InvalidArgument(
+                "an initializer runs in a server process of its own: use start(), not serve()"
+                    .into(),
+            ));
+        }
         let bound = self.bind()?;
         let (ours, theirs) = sys::socketpair_seqpacket()?;
         let shared = Shared::new(self.types.clone(), None);
@@ -245,6 +289,26 @@ impl ManagerBuilder {
 }
 
 impl Manager {
+    /// The error of a start whose server ended before it served (`e`, the error of the
+    /// first call): its initializer failed, and the server exited saying so on its stderr.
+    async fn initializer_failed(&mut self, e: Error) -> Error {
+        let Server::Process(p) = &mut self.server else {
+            return e;
+        };
+        let pid = p.pid();
+        match p.join_timeout(crate::process::DEFAULT_START_TIMEOUT).await {
+            Ok(Some(code)) => Error::InitializerFailed {
+                pid,
+                message: format!(
+                    "the manager's server ended ({}) before it served; the initializer's \
+                     error is on its stderr",
+                    crate::ExitCause::from_exitcode(code)
+                ),
+            },
+            _ => e,
+        }
+    }
+
     /// Connects to the manager at `address` with `authkey` (Python's
     /// `BaseManager(address, authkey).connect()`), from any process. The connection is
     /// made and authenticated now; objects are fetched with [`get`](Self::get).

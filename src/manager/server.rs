@@ -44,7 +44,8 @@ use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{AcceptRetry, FrameBuf, Framed, HandshakeGate, Transport};
+use crate::task::ProcessEntry;
+use crate::wire::{AcceptRetry, Encoded, FrameBuf, Framed, HandshakeGate, Transport};
 
 /// Who is calling: the connection, and the pid it said it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +320,7 @@ impl State {
                 }
             }
         };
-        shm.leave_name();
+        shm.keep_name();
         kept.names.push(name.clone());
         Ok(Reply::Names(vec![name]))
     }
@@ -443,6 +444,15 @@ fn list(l: &mut Vec<Bytes>, op: ListOp) -> Reply {
             l.clear();
             Reply::Done
         }
+        ListOp::Index(v) => Reply::Position(l.iter().position(|x| *x == v).map(|i| i as u64)),
+        ListOp::Count(v) => Reply::Len(l.iter().filter(|x| **x == v).count() as u64),
+        ListOp::Remove(v) => match l.iter().position(|x| *x == v) {
+            Some(i) => {
+                l.remove(i);
+                Reply::Bool(true)
+            }
+            None => Reply::Bool(false),
+        },
     }
 }
 
@@ -927,8 +937,12 @@ impl Listening {
 /// # Stopping
 /// A server stops when every holder of the registration socket is gone, or is ended by a
 /// signal: SIGTERM from its manager's `shutdown` or drop, or from this crate's exit
-/// handler. A server that keeps segments catches SIGTERM, asks for it (instead of
-/// SIGKILL) when its parent dies, and ignores a terminal's signals (Ctrl-C, a hang-up),
+/// handler. Every server ignores a terminal's Ctrl-C, Ctrl-\ and Ctrl-Z, which reach the
+/// whole foreground process group: its owner decides what they mean, as Python's server
+/// ignores SIGINT (bpo-36368), and the server dies with its owner if the owner dies of
+/// one. Then it runs the user's initializer, if any, as Python's does; if that fails, the
+/// server exits with code 1 before it serves. A server that keeps segments also catches
+/// SIGTERM, asks for it (instead of SIGKILL) when its parent dies, and ignores a hang-up,
 /// so that it removes its segments however it is stopped, short of SIGKILL.
 pub(super) async fn serve_process(
     registration: crate::wire::Fd,
@@ -936,10 +950,22 @@ pub(super) async fn serve_process(
     types: UserTypes,
     segments: Option<crate::wire::Fd>,
 ) {
-    let types = match types.resolve() {
+    let (types, init) = match types.resolve() {
         Ok(t) => t,
         Err(e) => fail(e),
     };
+    if let Err(e) = sys::ignore_terminal_signals() {
+        tracing::debug!("a manager's server cannot ignore the terminal's signals: {e}");
+    }
+    if let Some(init) = init {
+        let ReadyInitializer { entry, args, fds } = init;
+        if let Err(message) = crate::task::run_initializer(entry, &args, fds).await {
+            fail(Error::InitializerFailed {
+                pid: sys::current_pid() as u32,
+                message,
+            });
+        }
+    }
     let keeps_segments = segments.is_some();
     let shared = Shared::new(types, segments.map(|fd| Ledger::from(fd.into_owned())));
     // Before the first request is read, so that no segment is kept without it.
@@ -1006,34 +1032,81 @@ async fn terminated(signal: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd
     }
 }
 
-/// The user types of a server process, as they travel to it: each constructor as an offset
-/// into the binary both processes run, with that binary's fingerprint.
+/// The user's code a server process runs, as it travels to it: each type's constructor,
+/// and the initializer if there is one, as offsets into the binary both processes run,
+/// with that binary's fingerprint.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct UserTypes {
     #[serde(with = "serde_bytes")]
     fingerprint: Vec<u8>,
     makers: Vec<(String, i64)>,
+    init: Option<Initializer>,
+}
+
+/// A server's initializer as it travels: its entry's offset, and its arguments encoded,
+/// with the descriptors they hold.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Initializer {
+    entry: i64,
+    #[serde(with = "serde_bytes")]
+    args: Vec<u8>,
+    fds: Vec<crate::wire::Fd>,
+}
+
+/// An initializer found in this binary, ready to run.
+struct ReadyInitializer {
+    entry: ProcessEntry,
+    args: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 impl UserTypes {
-    pub(super) fn new(types: &HashMap<String, Maker>) -> UserTypes {
-        UserTypes {
+    /// The types of `types`, and `init` (an initializer's entry and its encoded arguments,
+    /// whose descriptors are duplicated for the journey).
+    pub(super) fn new(
+        types: &HashMap<String, Maker>,
+        init: Option<(ProcessEntry, &Encoded)>,
+    ) -> Result<UserTypes> {
+        let init = match init {
+            Some((entry, args)) => Some(Initializer {
+                entry: crate::task::process_entry_offset(entry),
+                args: args.bytes.clone(),
+                fds: args
+                    .fds
+                    .iter()
+                    .map(|fd| Ok(sys::dup_fd(fd.as_fd())?.into()))
+                    .collect::<Result<_>>()?,
+            }),
+            None => None,
+        };
+        Ok(UserTypes {
             fingerprint: sys::fingerprint().to_vec(),
             makers: types
                 .iter()
                 .map(|(name, &make)| (name.clone(), sys::offset_from_anchor(make as usize)))
                 .collect(),
-        }
+            init,
+        })
     }
 
-    fn resolve(self) -> Result<HashMap<String, Maker>> {
+    fn resolve(self) -> Result<(HashMap<String, Maker>, Option<ReadyInitializer>)> {
         let same = sys::SameBinary::check(&self.fingerprint).ok_or_else(|| {
             Error::Protocol("the manager's user types come from another binary".into())
         })?;
-        self.makers
+        let makers = self
+            .makers
             .into_iter()
             .map(|(name, offset)| Ok((name, sys::resolve_entry::<Maker>(offset, same)?)))
-            .collect()
+            .collect::<Result<_>>()?;
+        let init = match self.init {
+            Some(i) => Some(ReadyInitializer {
+                entry: sys::resolve_entry::<ProcessEntry>(i.entry, same)?,
+                args: i.args,
+                fds: i.fds.into_iter().map(crate::wire::Fd::into_owned).collect(),
+            }),
+            None => None,
+        };
+        Ok((makers, init))
     }
 }
 

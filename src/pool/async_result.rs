@@ -27,7 +27,8 @@ enum State<R> {
 ///
 /// The task is submitted when the `AsyncResult` is made, not when it is first polled. Await
 /// it for the result, or use [`ready`](Self::ready), [`successful`](Self::successful),
-/// [`get_timeout`](Self::get_timeout) and [`cancel`](Self::cancel) as in Python.
+/// [`wait`](Self::wait), [`get_timeout`](Self::get_timeout) and [`cancel`](Self::cancel) as
+/// in Python.
 ///
 /// # Errors
 /// The future resolves to a [`TaskError`], shaped like tokio's `JoinError`, when the task
@@ -135,6 +136,14 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         }
     }
 
+    /// The result in the handle, if it has arrived and was not handed out.
+    pub(super) fn peek(&self) -> Option<&std::result::Result<R, TaskError>> {
+        match &self.state {
+            State::Done(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Cancels the task: a task still queued is removed (it never runs); a running task's
     /// worker is killed and replaced (other `async fn` tasks running on that worker then
     /// fail as their worker lost). The handle then resolves to a cancelled [`TaskError`],
@@ -173,6 +182,29 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
+    /// Waits until the task has finished, without taking its result (Python's `wait()`):
+    /// then [`ready`](Self::ready) holds, [`successful`](Self::successful) tells how it
+    /// went, and awaiting the handle gives the result at once.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the task runs on and its
+    /// result will be in the handle.
+    pub async fn wait(&mut self) {
+        std::future::poll_fn(|cx| self.poll_settled(cx)).await
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout` (Python's `wait(timeout)`): whether the
+    /// task has finished. On timeout the task keeps running.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`wait`](Self::wait).
+    pub async fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.wait()).await.is_ok()
+    }
+
     /// Waits at most `timeout` for the result (Python's `get(timeout)`). On timeout the task
     /// keeps running and this handle stays usable: await it, or call this again.
     ///
@@ -226,12 +258,12 @@ impl<R> AsyncResult<R> {
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> Future for AsyncResult<R> {
-    type Output = std::result::Result<R, TaskError>;
-
-    /// A large result is decoded on a blocking thread (see `off_thread`), not in `poll`.
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
+    /// Ready once the result is in the handle (or was handed out): received and decoded,
+    /// not taken. A large result is decoded on a blocking thread (see `off_thread`), not
+    /// here.
+    fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self;
         if let State::Waiting(rx) = &mut this.state {
             this.state = match Pin::new(rx).poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -252,7 +284,19 @@ impl<R: DeserializeOwned + Send + 'static> Future for AsyncResult<R> {
             };
             this.state = State::Done(decoded);
         }
-        Poll::Ready(this.take_done())
+        Poll::Ready(())
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Future for AsyncResult<R> {
+    type Output = std::result::Result<R, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.poll_settled(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(this.take_done()),
+        }
     }
 }
 

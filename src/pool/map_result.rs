@@ -110,9 +110,14 @@ impl<R: DeserializeOwned + 'static> MapResult<R> {
     pub fn successful(&mut self) -> Option<bool> {
         let mut ok = true;
         for c in &mut self.chunks[self.next..] {
-            match c.successful() {
+            if !c.ready() {
+                return None;
+            }
+            // A chunk that ran answers for each of its inputs: some may have failed.
+            match c.peek() {
+                Some(Ok(out)) => ok &= out.failed.is_empty(),
+                Some(Err(_)) => ok = false,
                 None => return None,
-                Some(s) => ok &= s,
             }
         }
         Some(ok && self.failed.is_none())
@@ -142,6 +147,33 @@ impl<R: DeserializeOwned + 'static> MapResult<R> {
         for c in &self.chunks[self.next..] {
             c.cancel();
         }
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
+    /// Waits until every task has finished, without taking the results (Python's
+    /// `wait()`): then [`ready`](Self::ready) holds, [`successful`](Self::successful) tells
+    /// how they went, and awaiting the handle gives the results at once.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: if it loses a `select!` race, the tasks run on and
+    /// their results will be in the handle.
+    pub async fn wait(&mut self) {
+        for c in &mut self.chunks[self.next..] {
+            c.wait().await;
+        }
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout` (Python's `wait(timeout)`): whether every
+    /// task has finished. On timeout the tasks keep running.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its time driver enabled.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`wait`](Self::wait).
+    pub async fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.wait()).await.is_ok()
     }
 }
 

@@ -546,16 +546,5 @@ async fn run_initializer(
 ) -> std::result::Result<(), String> {
     let entry: ProcessEntry = sys::resolve_entry(offset, same).map_err(|e| e.to_string())?;
     let fds = std::mem::take(&mut frame.fds);
-    let out = match entry(frame.body(), fds) {
-        Invoked::Ready(r) => r,
-        Invoked::Pending(fut) => fut.await,
-    };
-    match out {
-        Ok(0) => Ok(()),
-        Ok(code) => Err(format!(
-            "returned a failure (exit code {code}; its error is on the worker's stderr)"
-        )),
-        Err(Failure::Panicked(p)) => Err(format!("panicked: {p}")),
-        Err(Failure::Args(e)) => Err(e.to_string()),
-    }
+    crate::task::run_initializer(entry, frame.body(), fds).await
 }
