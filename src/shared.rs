@@ -750,7 +750,8 @@ impl SharedMemory {
     /// Copies `buf.len()` bytes starting at `offset` into `buf`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`] if the range passes the end.
+    /// [`Error::IndexOutOfRange`] if the range passes the end, naming its first byte past
+    /// the end; nothing is copied.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         if self.region.read_bytes(offset, buf) {
             Ok(())
@@ -762,7 +763,8 @@ impl SharedMemory {
     /// Copies `data` into the segment at `offset`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`] if the range passes the end.
+    /// [`Error::IndexOutOfRange`] if the range passes the end, naming its first byte past
+    /// the end; nothing is written.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         if self.region.write_bytes(offset, data) {
             Ok(())
@@ -778,10 +780,14 @@ impl SharedMemory {
         v
     }
 
+    /// The error for the `len` bytes at `offset`, a range that passes the end: it names the
+    /// range's first byte past the end (the end of the segment, or `offset` beyond it).
     fn out_of_range(&self, offset: usize, len: usize) -> Error {
+        let size = self.region.len();
+        debug_assert!(offset.saturating_add(len) > size);
         Error::IndexOutOfRange {
-            index: offset.saturating_add(len),
-            len: self.region.len(),
+            index: offset.max(size),
+            len: size,
         }
     }
 

@@ -245,6 +245,36 @@ async fn synchronized_raw_objects_share_their_memory() -> TestResult {
 
 /// `_TestSharedMemory.test_shared_memory_basics`: create, attach by name (here and in a
 /// child), size and name, unlink; creating a taken name fails; nothing left in `/dev/shm`.
+/// A read or write that passes the end fails with the first byte of its range that is past
+/// the end, and touches nothing (Python's `shm.buf[60:65] = data` raises too).
+async fn shared_memory_out_of_range() -> TestResult {
+    let shm = SharedMemory::create_anonymous(64)?;
+    shm.write(0, &[7; 64])?;
+    let mut buf = [0u8; 5];
+    for (offset, first_past) in [(60, 64), (64, 64), (100, 100), (usize::MAX, usize::MAX)] {
+        let r = shm.read(offset, &mut buf);
+        ensure!(
+            matches!(r, Err(Error::IndexOutOfRange { index, len: 64 }) if index == first_past),
+            "read of 5 bytes at {offset}: {r:?}"
+        );
+        let w = shm.write(offset, &[1; 5]);
+        ensure!(
+            matches!(w, Err(Error::IndexOutOfRange { index, len: 64 }) if index == first_past),
+            "write of 5 bytes at {offset}: {w:?}"
+        );
+    }
+    let msg = shm.read(60, &mut buf).map_err(|e| e.to_string());
+    ensure!(
+        msg == Err("index 64 out of range for length 64".to_string()),
+        "message: {msg:?}"
+    );
+    ensure!(
+        shm.to_vec() == [7; 64],
+        "a refused write changed the segment"
+    );
+    Ok(())
+}
+
 async fn shared_memory_named() -> TestResult {
     let segments = our_segments();
     let name = unique("basics");
@@ -594,6 +624,7 @@ fn main() {
         value_lock_and_indices,
         synchronized_raw_objects_share_their_memory,
         shared_memory_named,
+        shared_memory_out_of_range,
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
         example_shared_value_array,
