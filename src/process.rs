@@ -142,6 +142,11 @@ impl Process {
     }
 
     /// Waits for the child to end and returns its exit code (see [`exitcode`](Self::exitcode)).
+    /// Once the child has been joined, each later call returns the same code at once.
+    ///
+    /// # Errors
+    /// An I/O error from the kernel, waiting on the child's pidfd or reading its exit
+    /// status.
     ///
     /// # Cancel safety
     /// This method is cancel safe: it waits for readiness of the pidfd, and a join dropped
@@ -152,6 +157,9 @@ impl Process {
 
     /// Waits at most `timeout` for the child to end: `Some(exitcode)` if it did, `None` if it
     /// is still running (Python's `join(timeout)`, which returns either way).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
     ///
     /// # Cancel safety
     /// Cancel safe, like [`join`](Self::join).
