@@ -349,6 +349,14 @@ pub(crate) async fn run_initializer(
         Invoked::Ready(r) => r,
         Invoked::Pending(fut) => fut.await,
     };
+    initializer_outcome(out)
+}
+
+/// What an initializer's run gives, as [`run_initializer`] reports it: `Err` says how it
+/// failed.
+pub(crate) fn initializer_outcome(
+    out: std::result::Result<i32, Failure>,
+) -> std::result::Result<(), String> {
     match out {
         Ok(0) => Ok(()),
         Ok(code) => Err(format!(

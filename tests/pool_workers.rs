@@ -329,6 +329,40 @@ async fn ctrl_c_to_the_group_lets_the_owner_drain_the_pool() -> TestResult {
     Ok(())
 }
 
+/// A synchronous task that blocks on a tokio runtime of its own (as a plain `Process`
+/// target may, or a library with a blocking API built on tokio).
+fn on_own_runtime(x: i64) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the task");
+    rt.block_on(async move {
+        tokio::task::yield_now().await;
+        x + 1
+    })
+}
+
+/// An initializer that does the same with a multi-thread runtime.
+fn init_on_own_runtime() {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime for the initializer");
+    rt.block_on(tokio::task::yield_now());
+}
+
+// A synchronous task, a map's chunk of them and a synchronous initializer run as plain
+// code: they may block on a runtime of their own, as a plain `Process` target may, instead
+// of panicking with "Cannot start a runtime from within a runtime".
+async fn sync_task_may_block_on_its_own_runtime() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(init_on_own_runtime, ())
+        .build()
+        .await?;
+    ensure!(pool.apply(on_own_runtime, (1,)).await? == 2, "apply");
+    let got = pool.map(on_own_runtime, 0..10).chunksize(5).await?;
+    ensure!(got == (1..11).collect::<Vec<_>>(), "map: {got:?}");
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -342,6 +376,7 @@ fn main() {
         maxtasksperchild_early_close,
         async_tasks_and_concurrency,
         sync_task_does_not_block_async_tasks,
+        sync_task_may_block_on_its_own_runtime,
         answer_not_held_behind_the_next_task,
     ]);
 }
