@@ -95,6 +95,7 @@ impl Process {
                 name: format!("Process-{n}"),
                 entry: process_entry::<F, A, M>(),
                 is_async: F::IS_ASYNC,
+                needs_runtime: F::IS_ASYNC,
                 args,
                 daemon: false,
                 method: start::get_start_method(),
@@ -377,6 +378,13 @@ impl ProcessBuilder {
     /// [`Process::DEFAULT_START_TIMEOUT`].
     pub fn start_timeout(self, timeout: Duration) -> Self {
         self.with(|l| l.start_timeout = timeout)
+    }
+
+    /// Says that the child runs a tokio runtime although its target is a plain function
+    /// that builds it with [`fresh_runtime`](crate::start::fresh_runtime) (a pool
+    /// worker), so that a `fork` child builds it first.
+    pub(crate) fn needs_runtime(self) -> Self {
+        self.with(|l| l.needs_runtime = true)
     }
 
     /// Gives a `spawn` child the parent's command-line arguments (by default it gets only

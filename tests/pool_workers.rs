@@ -348,6 +348,63 @@ fn init_on_own_runtime() {
     rt.block_on(tokio::task::yield_now());
 }
 
+/// Runs in a spawned child, which has a single thread: a pool of forked workers serves an
+/// apply and a map on a current-thread runtime. Exits 0 if they were right.
+fn fork_pool_probe() {
+    let run = || -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(mp::StartMethod::Fork)
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
+            let one = pool.apply(sqr, (7,)).await.map_err(|e| e.to_string())?;
+            let many = pool
+                .map(sqr, 0..100)
+                .chunksize(10)
+                .await
+                .map_err(|e| e.to_string())?;
+            let lost = pool.stats().workers_lost;
+            pool.terminate().await.map_err(|e| e.to_string())?;
+            match (
+                one,
+                many == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+                lost,
+            ) {
+                (49, true, 0) => Ok(()),
+                other => Err(format!("apply, map, workers lost: {other:?}")),
+            }
+        })
+    };
+    if let Err(e) = run() {
+        eprintln!("fork pool probe: {e}");
+        std::process::exit(2);
+    }
+}
+
+// A pool whose workers are forked (from a single-threaded process) serves: its workers build
+// their runtime before they close their parent's descriptors, instead of dying with "Bad
+// file descriptor" on their first task and being replaced, again and again.
+async fn fork_pool_serves() -> TestResult {
+    let mut p = mp::Process::new(fork_pool_probe, ())
+        .start_method(mp::StartMethod::Spawn)
+        .start()
+        .await?;
+    match p.join_timeout(Duration::from_secs(60)).await? {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("the probe exited with {code}").into()),
+        None => {
+            p.kill()?;
+            Err("the probe hung".into())
+        }
+    }
+}
+
 // A synchronous task, a map's chunk of them and a synchronous initializer run as plain
 // code: they may block on a runtime of their own, as a plain `Process` target may, instead
 // of panicking with "Cannot start a runtime from within a runtime".
@@ -377,6 +434,7 @@ fn main() {
         async_tasks_and_concurrency,
         sync_task_does_not_block_async_tasks,
         sync_task_may_block_on_its_own_runtime,
+        fork_pool_serves,
         answer_not_held_behind_the_next_task,
     ]);
 }

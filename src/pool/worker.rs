@@ -64,9 +64,7 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     }
     let run = move || -> Result<()> {
         let start = setup(sock.into_owned(), started.into_owned())?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = crate::start::fresh_runtime()?;
         serve(&rt, start)
     };
     let outcome = if tokio::runtime::Handle::try_current().is_ok() {
