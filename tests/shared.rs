@@ -275,6 +275,46 @@ async fn shared_memory_out_of_range() -> TestResult {
     Ok(())
 }
 
+/// A name that cannot be a segment's is an invalid argument, whatever is wrong with it, and a
+/// missing segment's error names it (Python's `FileNotFoundError: ... '/name'`) and keeps its
+/// kind.
+async fn shared_memory_bad_and_missing_names() -> TestResult {
+    let long = "x".repeat(251);
+    for name in ["", "/", "a/b", "//a", "a\0b", long.as_str()] {
+        for r in [SharedMemory::create(name, 10), SharedMemory::attach(name)] {
+            ensure!(
+                matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("shared memory name")),
+                "name {name:?}: {:?}",
+                r.map(|s| s.size())
+            );
+        }
+    }
+    let missing = unique("missing");
+    match SharedMemory::attach(&missing) {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let shown = e.to_string();
+            ensure!(
+                shown.contains(&missing),
+                "the error names no segment: {shown}"
+            );
+        }
+        r => return Err(format!("attach of a missing segment: {:?}", r.map(|s| s.size())).into()),
+    }
+    let name = unique("twice");
+    let first = SharedMemory::create(&name, 10)?;
+    match SharedMemory::create(&name, 10) {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            ensure!(
+                e.to_string().contains(&name),
+                "the error names no segment: {e}"
+            );
+        }
+        r => return Err(format!("a second create: {:?}", r.map(|s| s.size())).into()),
+    }
+    drop(first);
+    Ok(())
+}
+
 async fn shared_memory_named() -> TestResult {
     let segments = our_segments();
     let name = unique("basics");
@@ -625,6 +665,7 @@ fn main() {
         synchronized_raw_objects_share_their_memory,
         shared_memory_named,
         shared_memory_out_of_range,
+        shared_memory_bad_and_missing_names,
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
         example_shared_value_array,
