@@ -150,14 +150,15 @@ impl ManagerBuilder {
                 "a manager with an address needs an authentication key".into(),
             ));
         }
+        let named = crate::address::naming("bind", &address);
         Ok(Some(match address {
             Address::Tcp(a) => {
-                let l = std::net::TcpListener::bind(a)?;
+                let l = std::net::TcpListener::bind(a).map_err(named)?;
                 let bound = l.local_addr()?;
                 (l.into(), Address::Tcp(bound), None)
             }
             Address::Unix(p) => {
-                let l = crate::address::bind_unix(&p)?;
+                let l = crate::address::bind_unix(&p).map_err(named)?;
                 // An abstract name has no file to remove.
                 let file = crate::address::abstract_name(&p)
                     .is_none()
