@@ -115,7 +115,10 @@ impl ManagerBuilder {
     /// `BaseManager.start(initializer, initargs)`): to set up logging, resources or signal
     /// handling there. Like a [`Process`](crate::Process) target, `f` is a `fn` item or a
     /// closure that captures nothing, and `args` a tuple of serde values; it returns what
-    /// `main` may return: `()`, or a `Result` whose `Err` counts as a failure. The server
+    /// `main` may return: `()`, or a `Result` whose `Err` counts as a failure. A plain `f`
+    /// runs as plain code, on a thread outside the server's runtime (so it may block on a
+    /// runtime of its own; what it sets for its thread only, rather than for the process,
+    /// stays there); an `async fn` runs on the server's runtime. The server
     /// runs it after setting itself to ignore a terminal's Ctrl-C, as Python's does, so it
     /// may change that. [`start`](Self::start) returns once it has returned, and fails if it
     /// failed; [`serve`](Self::serve), which runs no process, refuses it.
