@@ -182,6 +182,17 @@ pub(crate) fn abstract_name(path: &Path) -> Option<&[u8]> {
     path.as_os_str().as_bytes().strip_prefix(b"\0")
 }
 
+/// Turns the system's error about `address` into one that names it ("cannot bind
+/// 127.0.0.1:5000: Address already in use"), of the same kind: what the caller was `doing`
+/// ("bind", "connect to").
+pub(crate) fn naming(
+    doing: &'static str,
+    address: &Address,
+) -> impl Fn(std::io::Error) -> std::io::Error + use<> {
+    let shown = address.to_string();
+    move |e| std::io::Error::new(e.kind(), format!("cannot {doing} {shown}: {e}"))
+}
+
 /// A Unix socket listening at `path`: a file, or a name in the abstract namespace.
 ///
 /// # Errors

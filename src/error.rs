@@ -106,8 +106,9 @@ pub enum Error {
         theirs: String,
     },
 
-    /// A child process could not be started or did not complete its bootstrap.
-    #[error("child process {name} (pid {pid}) failed to start: {message}")]
+    /// A child process could not be started or did not complete its bootstrap. The message
+    /// names the pid only of a child that existed.
+    #[error("child process {name}{} failed to start: {message}", pid_of(*pid))]
     Start {
         /// The process's name.
         name: String,
@@ -304,6 +305,15 @@ impl Clone for Error {
                 message: message.clone(),
             },
         }
+    }
+}
+
+/// " (pid N)" for [`Error::Start`]'s message, or nothing for a child that never existed
+/// (pid 0).
+fn pid_of(pid: u32) -> String {
+    match pid {
+        0 => String::new(),
+        pid => format!(" (pid {pid})"),
     }
 }
 

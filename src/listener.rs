@@ -185,7 +185,8 @@ impl Listener {
     /// of 0 picks a free port: [`address`](Self::address) tells which.
     ///
     /// # Errors
-    /// An I/O error if the address cannot be bound (in use, no permission, bad path).
+    /// An I/O error if the address cannot be bound (in use, no permission, bad path), whose
+    /// message names the address.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -213,11 +214,12 @@ impl Listener {
     /// ```
     pub fn bind(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Listener> {
         let address = address.to_address()?;
+        let named = crate::address::naming("bind", &address);
         let (inner, address) = match address {
             Address::Unix(path) => {
                 // Outside a runtime `from_std` panics: do so before the socket file exists.
                 let _ = tokio::runtime::Handle::current();
-                let l = crate::address::bind_unix(&path)?;
+                let l = crate::address::bind_unix(&path).map_err(named)?;
                 let listener = l
                     .set_nonblocking(true)
                     .and_then(|()| tokio::net::UnixListener::from_std(l));
@@ -231,7 +233,7 @@ impl Listener {
                 }
             }
             Address::Tcp(addr) => {
-                let l = std::net::TcpListener::bind(addr)?;
+                let l = std::net::TcpListener::bind(addr).map_err(named)?;
                 l.set_nonblocking(true)?;
                 let bound = l.local_addr()?;
                 (
@@ -400,7 +402,8 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Authentication`] if the keys differ, the listener sends garbage, or the
-    /// exchange takes longer than [`AUTH_TIMEOUT`]; an I/O error if nothing listens there.
+    /// exchange takes longer than [`AUTH_TIMEOUT`]; an I/O error if nothing listens there,
+    /// whose message names the address.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -430,13 +433,15 @@ impl Client {
         address: impl ToAddress,
         authkey: Option<&[u8]>,
     ) -> Result<Connection<T>> {
-        let (fd, transport): (OwnedFd, _) = match address.to_address()? {
+        let address = address.to_address()?;
+        let named = crate::address::naming("connect to", &address);
+        let (fd, transport): (OwnedFd, _) = match address {
             Address::Unix(path) => {
-                let s = tokio::net::UnixStream::connect(path).await?;
+                let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
                 (s.into_std()?.into(), Transport::Unix)
             }
             Address::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await?;
+                let s = tokio::net::TcpStream::connect(addr).await.map_err(named)?;
                 s.set_nodelay(true)?;
                 (s.into_std()?.into(), Transport::Tcp)
             }

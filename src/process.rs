@@ -95,6 +95,7 @@ impl Process {
                 name: format!("Process-{n}"),
                 entry: process_entry::<F, A, M>(),
                 is_async: F::IS_ASYNC,
+                needs_runtime: F::IS_ASYNC,
                 args,
                 daemon: false,
                 method: start::get_start_method(),
@@ -142,6 +143,11 @@ impl Process {
     }
 
     /// Waits for the child to end and returns its exit code (see [`exitcode`](Self::exitcode)).
+    /// Once the child has been joined, each later call returns the same code at once.
+    ///
+    /// # Errors
+    /// An I/O error from the kernel, waiting on the child's pidfd or reading its exit
+    /// status.
     ///
     /// # Cancel safety
     /// This method is cancel safe: it waits for readiness of the pidfd, and a join dropped
@@ -152,6 +158,9 @@ impl Process {
 
     /// Waits at most `timeout` for the child to end: `Some(exitcode)` if it did, `None` if it
     /// is still running (Python's `join(timeout)`, which returns either way).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
     ///
     /// # Cancel safety
     /// Cancel safe, like [`join`](Self::join).
@@ -369,6 +378,13 @@ impl ProcessBuilder {
     /// [`Process::DEFAULT_START_TIMEOUT`].
     pub fn start_timeout(self, timeout: Duration) -> Self {
         self.with(|l| l.start_timeout = timeout)
+    }
+
+    /// Says that the child runs a tokio runtime although its target is a plain function
+    /// that builds it with [`fresh_runtime`](crate::start::fresh_runtime) (a pool
+    /// worker), so that a `fork` child builds it first.
+    pub(crate) fn needs_runtime(self) -> Self {
+        self.with(|l| l.needs_runtime = true)
     }
 
     /// Gives a `spawn` child the parent's command-line arguments (by default it gets only

@@ -662,23 +662,48 @@ pub(crate) fn check_size(size: usize) -> Result<()> {
     }
 }
 
+/// A segment's name is 1 to 250 bytes after an optional leading `/`, with no other `/` and
+/// no NUL, as POSIX's `shm_open` takes it; returns it without the `/`.
+fn check_name(name: &str) -> Result<&str> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    let wrong = if bare.contains('/') {
+        "may hold `/` only as its first character"
+    } else if bare.contains('\0') {
+        "may not hold NUL"
+    } else if bare.is_empty() || bare.len() > 250 {
+        "needs 1 to 250 bytes after its leading `/`, if any"
+    } else {
+        return Ok(bare);
+    };
+    Err(Error::InvalidArgument(format!(
+        "a shared memory name {wrong}: {name:?}"
+    )))
+}
+
+/// The system's error about segment `name`, naming it (Python's `FileNotFoundError: [Errno
+/// 2] No such file or directory: '/name'`), of the same kind.
+fn about_segment(name: &str, e: std::io::Error) -> Error {
+    Error::from(std::io::Error::new(
+        e.kind(),
+        format!("shared memory segment {name:?}: {e}"),
+    ))
+}
+
 impl SharedMemory {
     /// Creates the named segment `name` of `size` bytes, zero-filled (Python's
     /// `SharedMemory(name, create=True, size=size)`).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a size of 0 or a name with `/` after its first
-    /// character (Python's `ValueError`); [`Error::Io`]: `AlreadyExists` if the name is taken.
+    /// [`Error::InvalidArgument`] for a size of 0 or a name that cannot be a segment's (empty,
+    /// longer than 250 bytes, with `/` after its first character or NUL; Python's
+    /// `ValueError`); [`Error::Io`]: `AlreadyExists` if the name is taken. An I/O error's
+    /// message names the segment.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
         check_size(size)?;
-        if name.trim_start_matches('/').contains('/') {
-            return Err(Error::InvalidArgument(format!(
-                "a shared memory name may hold `/` only as its first character: {name:?}"
-            )));
-        }
+        let bare = check_name(name)?;
         Ok(SharedMemory {
-            region: sys::shm_create(name, size)?,
-            name: Some(name.trim_start_matches('/').to_string()),
+            region: sys::shm_create(name, size).map_err(|e| about_segment(bare, e))?,
+            name: Some(bare.to_string()),
             owns_name: true,
         })
     }
@@ -714,11 +739,14 @@ impl SharedMemory {
     /// Attaches to the existing named segment `name` (Python's `SharedMemory(name)`).
     ///
     /// # Errors
-    /// [`Error::Io`]: `NotFound` if there is no such segment.
+    /// [`Error::InvalidArgument`] for a name that cannot be a segment's (see
+    /// [`create`](Self::create)); [`Error::Io`]: `NotFound` if there is no such segment. An
+    /// I/O error's message names the segment.
     pub fn attach(name: &str) -> Result<SharedMemory> {
+        let bare = check_name(name)?;
         Ok(SharedMemory {
-            region: sys::shm_attach(name)?,
-            name: Some(name.trim_start_matches('/').to_string()),
+            region: sys::shm_attach(name).map_err(|e| about_segment(bare, e))?,
+            name: Some(bare.to_string()),
             owns_name: false,
         })
     }
@@ -750,7 +778,8 @@ impl SharedMemory {
     /// Copies `buf.len()` bytes starting at `offset` into `buf`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`] if the range passes the end.
+    /// [`Error::IndexOutOfRange`] if the range passes the end, naming its first byte past
+    /// the end; nothing is copied.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         if self.region.read_bytes(offset, buf) {
             Ok(())
@@ -762,7 +791,8 @@ impl SharedMemory {
     /// Copies `data` into the segment at `offset`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`] if the range passes the end.
+    /// [`Error::IndexOutOfRange`] if the range passes the end, naming its first byte past
+    /// the end; nothing is written.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         if self.region.write_bytes(offset, data) {
             Ok(())
@@ -778,10 +808,14 @@ impl SharedMemory {
         v
     }
 
+    /// The error for the `len` bytes at `offset`, a range that passes the end: it names the
+    /// range's first byte past the end (the end of the segment, or `offset` beyond it).
     fn out_of_range(&self, offset: usize, len: usize) -> Error {
+        let size = self.region.len();
+        debug_assert!(offset.saturating_add(len) > size);
         Error::IndexOutOfRange {
-            index: offset.saturating_add(len),
-            len: self.region.len(),
+            index: offset.max(size),
+            len: size,
         }
     }
 

@@ -338,17 +338,11 @@ where
     }
 }
 
-/// Runs an initializer (a pool worker's, a manager server's) to its end: `Err` says how it
-/// failed, for the process that asked for it.
-pub(crate) async fn run_initializer(
-    entry: ProcessEntry,
-    args: &[u8],
-    fds: Vec<OwnedFd>,
+/// What an initializer's run gives (a pool worker's, a manager server's), for the process
+/// that asked for it: `Err` says how it failed.
+pub(crate) fn initializer_outcome(
+    out: std::result::Result<i32, Failure>,
 ) -> std::result::Result<(), String> {
-    let out = match entry(args, fds) {
-        Invoked::Ready(r) => r,
-        Invoked::Pending(fut) => fut.await,
-    };
     match out {
         Ok(0) => Ok(()),
         Ok(code) => Err(format!(

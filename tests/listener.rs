@@ -289,6 +289,44 @@ async fn unix_path_without_key() -> TestResult {
     round_trip(&l, p).await
 }
 
+/// A bind or a connect that the system refuses says which address it was, as a manager's
+/// connect does, and keeps the error's kind.
+async fn refused_bind_and_connect_name_the_address() -> TestResult {
+    let path = socket_path("taken");
+    let first = mp::Listener::bind(path.clone(), None)?;
+    let shown = path.display().to_string();
+    let io_error = |r: mp::Result<()>, kind: std::io::ErrorKind, what: &str| -> TestResult {
+        match r {
+            Err(mp::Error::Io(e)) if e.kind() == kind => {
+                ensure!(e.to_string().contains(&shown), "{what}: {e}");
+                Ok(())
+            }
+            r => Err(format!("{what}: {r:?}").into()),
+        }
+    };
+    let again = mp::Listener::bind(path.clone(), None).map(|_| ());
+    io_error(again, std::io::ErrorKind::AddrInUse, "a second bind")?;
+    drop(first);
+    let gone = mp::Client::connect::<u8>(path.clone(), None)
+        .await
+        .map(|_| ());
+    io_error(gone, std::io::ErrorKind::NotFound, "a connect to no socket")?;
+    let tcp = mp::Listener::bind("127.0.0.1:0", None)?;
+    let mp::Address::Tcp(addr) = tcp.address().clone() else {
+        return Err("a TCP listener's address".into());
+    };
+    match mp::Listener::bind(addr, None) {
+        Err(mp::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            ensure!(
+                e.to_string().contains(&addr.to_string()),
+                "a second TCP bind: {e}"
+            );
+        }
+        r => return Err(format!("a second TCP bind: {:?}", r.map(|_| ())).into()),
+    }
+    Ok(())
+}
+
 /// `OtherTest.test_deliver_challenge_auth_failure` / `test_answer_challenge_auth_failure`:
 /// a wrong key fails on both sides with an authentication error, before any message.
 async fn wrong_key_fails_on_both_sides() -> TestResult {
@@ -506,6 +544,10 @@ fn main() {
         test(
             "last_accepted_is_the_clients_address",
             last_accepted_is_the_clients_address,
+        ),
+        test(
+            "refused_bind_and_connect_name_the_address",
+            refused_bind_and_connect_name_the_address,
         ),
         test(
             "wrong_key_fails_on_both_sides",

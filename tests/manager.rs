@@ -34,6 +34,10 @@ fn main() {
             "the_servers_initializer_runs_before_it_serves",
             the_servers_initializer_runs_before_it_serves,
         ),
+        test(
+            "a_plain_initializer_may_block_on_its_own_runtime",
+            a_plain_initializer_may_block_on_its_own_runtime,
+        ),
         test("value_get_and_set", value_get_and_set),
         test("proxies_work_in_children", proxies_work_in_children),
         test(
@@ -299,6 +303,30 @@ async fn count_in(ns: NamespaceProxy) -> Result<(), String> {
 
 fn refuse(why: String) -> Result<(), String> {
     Err(why)
+}
+
+/// A plain initializer that blocks on a tokio runtime of its own, as a `Process` target may.
+fn init_on_own_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the initializer");
+    rt.block_on(tokio::task::yield_now());
+}
+
+/// A plain initializer runs as plain code, as a `Process` target does: it may block on a
+/// runtime of its own instead of panicking with "Cannot start a runtime from within a
+/// runtime" (the server's).
+async fn a_plain_initializer_may_block_on_its_own_runtime() -> TestResult {
+    let m = Manager::builder()
+        .initializer(init_on_own_runtime, ())
+        .start()
+        .await?;
+    let d = m.dict::<u8, u8>().await?;
+    d.insert(1, 2).await?;
+    ensure!(d.get(&1).await? == Some(2), "the server serves after it");
+    m.shutdown().await?;
+    Ok(())
 }
 
 /// `TestInitializers.test_manager_initializer`: a manager's server runs its initializer

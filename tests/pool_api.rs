@@ -648,6 +648,20 @@ async fn stats_count_tasks_and_lost_workers() -> TestResult {
         "{s:?}"
     );
     ensure!(s.tasks_queued == 0 && s.tasks_running == 0, "{s:?}");
+    // A map's chunk that answered counts as done, though one of its inputs panicked: the
+    // failure is in the map's result.
+    let map = pool.map(boom, 0..6).chunksize(6).await;
+    ensure!(
+        map.is_err_and(|e| e.is_panic() && e.input_index() == Some(3)),
+        "the map fails at input 3"
+    );
+    let counted = eventually(Duration::from_secs(20), || {
+        let s = pool.stats();
+        s.tasks_running == 0 && s.tasks_done == 21
+    })
+    .await;
+    let s = pool.stats();
+    ensure!(counted && s.tasks_failed == 2, "{s:?}");
     Ok(())
 }
 

@@ -329,6 +329,97 @@ async fn ctrl_c_to_the_group_lets_the_owner_drain_the_pool() -> TestResult {
     Ok(())
 }
 
+/// A synchronous task that blocks on a tokio runtime of its own (as a plain `Process`
+/// target may, or a library with a blocking API built on tokio).
+fn on_own_runtime(x: i64) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the task");
+    rt.block_on(async move {
+        tokio::task::yield_now().await;
+        x + 1
+    })
+}
+
+/// An initializer that does the same with a multi-thread runtime.
+fn init_on_own_runtime() {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime for the initializer");
+    rt.block_on(tokio::task::yield_now());
+}
+
+/// Runs in a spawned child, which has a single thread: a pool of forked workers serves an
+/// apply and a map on a current-thread runtime. Exits 0 if they were right.
+fn fork_pool_probe() {
+    let run = || -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(mp::StartMethod::Fork)
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
+            let one = pool.apply(sqr, (7,)).await.map_err(|e| e.to_string())?;
+            let many = pool
+                .map(sqr, 0..100)
+                .chunksize(10)
+                .await
+                .map_err(|e| e.to_string())?;
+            let lost = pool.stats().workers_lost;
+            pool.terminate().await.map_err(|e| e.to_string())?;
+            match (
+                one,
+                many == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+                lost,
+            ) {
+                (49, true, 0) => Ok(()),
+                other => Err(format!("apply, map, workers lost: {other:?}")),
+            }
+        })
+    };
+    if let Err(e) = run() {
+        eprintln!("fork pool probe: {e}");
+        std::process::exit(2);
+    }
+}
+
+// A pool whose workers are forked (from a single-threaded process) serves: its workers build
+// their runtime before they close their parent's descriptors, instead of dying with "Bad
+// file descriptor" on their first task and being replaced, again and again.
+async fn fork_pool_serves() -> TestResult {
+    let mut p = mp::Process::new(fork_pool_probe, ())
+        .start_method(mp::StartMethod::Spawn)
+        .start()
+        .await?;
+    match p.join_timeout(Duration::from_secs(60)).await? {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("the probe exited with {code}").into()),
+        None => {
+            p.kill()?;
+            Err("the probe hung".into())
+        }
+    }
+}
+
+// A synchronous task, a map's chunk of them and a synchronous initializer run as plain
+// code: they may block on a runtime of their own, as a plain `Process` target may, instead
+// of panicking with "Cannot start a runtime from within a runtime".
+async fn sync_task_may_block_on_its_own_runtime() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(init_on_own_runtime, ())
+        .build()
+        .await?;
+    ensure!(pool.apply(on_own_runtime, (1,)).await? == 2, "apply");
+    let got = pool.map(on_own_runtime, 0..10).chunksize(5).await?;
+    ensure!(got == (1..11).collect::<Vec<_>>(), "map: {got:?}");
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -342,6 +433,8 @@ fn main() {
         maxtasksperchild_early_close,
         async_tasks_and_concurrency,
         sync_task_does_not_block_async_tasks,
+        sync_task_may_block_on_its_own_runtime,
+        fork_pool_serves,
         answer_not_held_behind_the_next_task,
     ]);
 }

@@ -188,8 +188,15 @@ async fn fork_is_refused_with_threads() -> TestResult {
         .start()
         .await;
     match r {
-        Err(Error::Start { message, .. }) => {
-            ensure!(message.contains("single-threaded"), "message: {message}");
+        Err(e @ Error::Start { pid: 0, .. }) => {
+            // No child existed: the message names none (no "pid 0").
+            let shown = e.to_string();
+            ensure!(
+                shown.starts_with("child process Process-")
+                    && !shown.contains("pid")
+                    && shown.contains("single-threaded"),
+                "message: {shown}"
+            );
             Ok(())
         }
         Err(e) => Err(format!("unexpected error {e}").into()),

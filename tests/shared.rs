@@ -245,6 +245,76 @@ async fn synchronized_raw_objects_share_their_memory() -> TestResult {
 
 /// `_TestSharedMemory.test_shared_memory_basics`: create, attach by name (here and in a
 /// child), size and name, unlink; creating a taken name fails; nothing left in `/dev/shm`.
+/// A read or write that passes the end fails with the first byte of its range that is past
+/// the end, and touches nothing (Python's `shm.buf[60:65] = data` raises too).
+async fn shared_memory_out_of_range() -> TestResult {
+    let shm = SharedMemory::create_anonymous(64)?;
+    shm.write(0, &[7; 64])?;
+    let mut buf = [0u8; 5];
+    for (offset, first_past) in [(60, 64), (64, 64), (100, 100), (usize::MAX, usize::MAX)] {
+        let r = shm.read(offset, &mut buf);
+        ensure!(
+            matches!(r, Err(Error::IndexOutOfRange { index, len: 64 }) if index == first_past),
+            "read of 5 bytes at {offset}: {r:?}"
+        );
+        let w = shm.write(offset, &[1; 5]);
+        ensure!(
+            matches!(w, Err(Error::IndexOutOfRange { index, len: 64 }) if index == first_past),
+            "write of 5 bytes at {offset}: {w:?}"
+        );
+    }
+    let msg = shm.read(60, &mut buf).map_err(|e| e.to_string());
+    ensure!(
+        msg == Err("index 64 out of range for length 64".to_string()),
+        "message: {msg:?}"
+    );
+    ensure!(
+        shm.to_vec() == [7; 64],
+        "a refused write changed the segment"
+    );
+    Ok(())
+}
+
+/// A name that cannot be a segment's is an invalid argument, whatever is wrong with it, and a
+/// missing segment's error names it (Python's `FileNotFoundError: ... '/name'`) and keeps its
+/// kind.
+async fn shared_memory_bad_and_missing_names() -> TestResult {
+    let long = "x".repeat(251);
+    for name in ["", "/", "a/b", "//a", "a\0b", long.as_str()] {
+        for r in [SharedMemory::create(name, 10), SharedMemory::attach(name)] {
+            ensure!(
+                matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("shared memory name")),
+                "name {name:?}: {:?}",
+                r.map(|s| s.size())
+            );
+        }
+    }
+    let missing = unique("missing");
+    match SharedMemory::attach(&missing) {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let shown = e.to_string();
+            ensure!(
+                shown.contains(&missing),
+                "the error names no segment: {shown}"
+            );
+        }
+        r => return Err(format!("attach of a missing segment: {:?}", r.map(|s| s.size())).into()),
+    }
+    let name = unique("twice");
+    let first = SharedMemory::create(&name, 10)?;
+    match SharedMemory::create(&name, 10) {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            ensure!(
+                e.to_string().contains(&name),
+                "the error names no segment: {e}"
+            );
+        }
+        r => return Err(format!("a second create: {:?}", r.map(|s| s.size())).into()),
+    }
+    drop(first);
+    Ok(())
+}
+
 async fn shared_memory_named() -> TestResult {
     let segments = our_segments();
     let name = unique("basics");
@@ -594,6 +664,8 @@ fn main() {
         value_lock_and_indices,
         synchronized_raw_objects_share_their_memory,
         shared_memory_named,
+        shared_memory_out_of_range,
+        shared_memory_bad_and_missing_names,
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
         example_shared_value_array,

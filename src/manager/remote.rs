@@ -115,7 +115,10 @@ impl ManagerBuilder {
     /// `BaseManager.start(initializer, initargs)`): to set up logging, resources or signal
     /// handling there. Like a [`Process`](crate::Process) target, `f` is a `fn` item or a
     /// closure that captures nothing, and `args` a tuple of serde values; it returns what
-    /// `main` may return: `()`, or a `Result` whose `Err` counts as a failure. The server
+    /// `main` may return: `()`, or a `Result` whose `Err` counts as a failure. A plain `f`
+    /// runs as plain code, on a thread outside the server's runtime (so it may block on a
+    /// runtime of its own; what it sets for its thread only, rather than for the process,
+    /// stays there); an `async fn` runs on the server's runtime. The server
     /// runs it after setting itself to ignore a terminal's Ctrl-C, as Python's does, so it
     /// may change that. [`start`](Self::start) returns once it has returned, and fails if it
     /// failed; [`serve`](Self::serve), which runs no process, refuses it.
@@ -150,14 +153,15 @@ impl ManagerBuilder {
                 "a manager with an address needs an authentication key".into(),
             ));
         }
+        let named = crate::address::naming("bind", &address);
         Ok(Some(match address {
             Address::Tcp(a) => {
-                let l = std::net::TcpListener::bind(a)?;
+                let l = std::net::TcpListener::bind(a).map_err(named)?;
                 let bound = l.local_addr()?;
                 (l.into(), Address::Tcp(bound), None)
             }
             Address::Unix(p) => {
-                let l = crate::address::bind_unix(&p)?;
+                let l = crate::address::bind_unix(&p).map_err(named)?;
                 // An abstract name has no file to remove.
                 let file = crate::address::abstract_name(&p)
                     .is_none()

@@ -959,7 +959,18 @@ pub(super) async fn serve_process(
     }
     if let Some(init) = init {
         let ReadyInitializer { entry, args, fds } = init;
-        if let Err(message) = crate::task::run_initializer(entry, &args, fds).await {
+        // A plain initializer runs as plain code, as a `Process` target does: on a thread
+        // outside this server's runtime, so that it may block on a runtime of its own. An
+        // `async fn` one (whose call only makes its future) runs on the runtime.
+        let invoked = std::thread::scope(|s| s.spawn(|| entry(&args, fds)).join());
+        let out = match invoked {
+            Ok(crate::task::Invoked::Ready(r)) => r,
+            Ok(crate::task::Invoked::Pending(fut)) => fut.await,
+            Err(_) => Err(crate::task::Failure::Panicked(
+                "the initializer's thread panicked".into(),
+            )),
+        };
+        if let Err(message) = crate::task::initializer_outcome(out) {
             fail(Error::InitializerFailed {
                 pid: sys::current_pid() as u32,
                 message,

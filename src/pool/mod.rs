@@ -217,7 +217,9 @@ fn checked_job(
 ///
 /// - a synchronous task runs on the worker's main thread when no `async fn` task is running
 ///   there, and on a task thread of the worker's otherwise, so it never blocks them; they run
-///   one at a time, in order;
+///   one at a time, in order, as plain code outside any runtime (so a task, or a
+///   synchronous initializer, may block on a tokio runtime of its own, as a `Process`
+///   target may);
 /// - an `async fn` task runs on the worker's own current-thread runtime, up to
 ///   [`PoolBuilder::concurrency`] at once.
 ///

@@ -80,6 +80,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let mut process = Process::new(worker::worker_main, (Fd::from(theirs), mark))
         .name(format!("PoolWorker-{n}"))
         .daemon(true)
+        .needs_runtime()
         .start_method(cfg.method)
         .start_timeout(cfg.start_timeout)
         .start()

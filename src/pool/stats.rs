@@ -20,7 +20,14 @@ pub struct WorkerLoss {
 }
 
 /// A snapshot of a pool, from [`Pool::stats`](crate::Pool::stats). A map's chunk counts as
-/// one task, as for `maxtasksperchild`.
+/// one task, as for `maxtasksperchild`: a chunk that answered counts as done even if some of
+/// its inputs panicked (those failures are in the map's result, or the `imap` stream's
+/// items), and as failed when it gave no answer at all (its worker died, it timed out or
+/// was cancelled).
+///
+/// The snapshot may lag the results by a moment: a task's result reaches its caller before
+/// the pool's task counts it, so right after an `.await` the task may still show as
+/// running.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -36,9 +43,10 @@ pub struct PoolStats {
     pub tasks_queued: usize,
     /// Tasks sent to a worker and not answered yet.
     pub tasks_running: usize,
-    /// Tasks that gave their result.
+    /// Tasks that gave their result (a map's chunks that answered, see above).
     pub tasks_done: u64,
-    /// Tasks that ended without one (a panic, a lost worker, a timeout, a cancel...).
+    /// Tasks that ended without one (a panic of an `apply`, a lost worker, a timeout, a
+    /// cancel...).
     pub tasks_failed: u64,
 }
 

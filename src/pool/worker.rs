@@ -7,8 +7,10 @@
 //!
 //! - An `async fn` task is spawned on that runtime as soon as it arrives, so a worker runs
 //!   as many at once as the pool sends it (the pool's per-worker concurrency).
-//! - A synchronous task runs on the runtime's thread when no async task is running: the
-//!   common case costs no thread hop. When async tasks are running, a synchronous task goes
+//! - A synchronous task runs on the runtime's thread when no async task is running, with
+//!   the runtime set aside (its `block_on` returns the task to run, and is entered again
+//!   after it): the common case costs no thread hop, and the task runs as plain code, free
+//!   to block on a runtime of its own. When async tasks are running, a synchronous task goes
 //!   to the worker's task thread (started on first need), so it never blocks them.
 //!   Synchronous tasks run one at a time, in the order they arrived; those waiting their
 //!   turn (the pool sends a few ahead) can be cancelled. An async task that arrives
@@ -62,10 +64,8 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     }
     let run = move || -> Result<()> {
         let start = setup(sock.into_owned(), started.into_owned())?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(serve(start))
+        let rt = crate::start::fresh_runtime()?;
+        serve(&rt, start)
     };
     let outcome = if tokio::runtime::Handle::try_current().is_ok() {
         match std::thread::Builder::new()
@@ -422,129 +422,212 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
     })
 }
 
-async fn serve(start: Start) -> Result<()> {
+/// Serves the pool until it is gone or tells the worker to exit. The runtime drives the
+/// socket and the `async fn` tasks; a synchronous task (and a synchronous initializer) runs
+/// on this thread outside it, as plain code, so that it may block on a runtime of its own
+/// as a `Process` target may: [`Serving::step`] returns each one to run here.
+fn serve(rt: &tokio::runtime::Runtime, start: Start) -> Result<()> {
     let link = start.link;
-    let (rd, wr) = (&link, &link);
     if let Some((offset, frame)) = start.init {
-        if let Err(message) = run_initializer(offset, start.same, frame).await {
-            wr.send(&mut FrameBuf::of(&SetupReply::InitFailed(message))?)
-                .await?;
+        let reply = match run_initializer(rt, offset, start.same, frame) {
+            Ok(()) => SetupReply::Ready,
+            Err(message) => SetupReply::InitFailed(message),
+        };
+        rt.block_on(link.send(&mut FrameBuf::of(&reply)?))?;
+        if !matches!(reply, SetupReply::Ready) {
             return Ok(());
         }
-        wr.send(&mut FrameBuf::of(&SetupReply::Ready)?).await?;
     }
     tracing::debug!(pid = sys::current_pid(), "pool worker ready");
-    let same = start.same;
     let started = start.started;
-
-    let (done_tx, mut done_rx) = unbounded_channel::<Done>();
-    let mut lane = Lane {
-        tx: None,
-        busy: false,
-        done: done_tx.clone(),
-        started: started.clone(),
+    let (done_tx, done_rx) = unbounded_channel::<Done>();
+    let mut serving = Serving {
+        remote: link.transport() == Transport::Tcp,
+        link,
+        lane: Lane {
+            tx: None,
+            busy: false,
+            done: done_tx.clone(),
+            started: started.clone(),
+        },
+        w: Worker {
+            same: start.same,
+            entries: HashMap::new(),
+            queue: VecDeque::new(),
+            async_running: 0,
+            done: done_tx,
+            exiting: false,
+        },
+        done_rx,
+        held: Held::default(),
+        spin: start.spin,
+        spin_next: false,
+        seen: false,
     };
-    let mut w = Worker {
-        same,
-        entries: HashMap::new(),
-        queue: VecDeque::new(),
-        async_running: 0,
-        done: done_tx,
-        exiting: false,
-    };
-    let mut held = Held::default();
-    let spin = start.spin;
-    let remote = link.transport() == Transport::Tcp;
-    let mut spin_next = false;
-    // Input seen by a spin, not yet by the reactor: read it directly.
-    let mut seen = false;
+    let mut ran = None;
     loop {
-        // Everything that has arrived is taken in before a task starts, so that a cancel
-        // sent behind a task reaches the queue first.
-        loop {
-            let next = if seen {
-                rd.try_recv()
-            } else {
-                rd.recv().now_or_never()
-            };
-            let Some(r) = next else { break };
-            if !w.take_in(r, wr).await? {
-                return Ok(());
-            }
-        }
-        seen = false;
-        if !lane.busy
-            && let Some(Queued {
-                id,
-                offset,
-                entry,
-                frame,
-                spin: may_spin,
-                timed,
-            }) = w.queue.pop_front()
-        {
-            if w.async_running == 0 {
-                // Answers go out together while short tasks follow each other here, but
-                // never wait for a task that may be long, nor for one that may be killed.
-                if timed || !w.is_short(offset) {
-                    held.flush(wr).await?;
-                }
-                started.mark(id);
-                let (out, nanos) = run_sync(entry, frame);
-                w.timed(offset, nanos);
-                spin_next = may_spin && u128::from(nanos) < spin.as_nanos();
-                held.push(reply_frame(id, out, nanos));
-                // Otherwise they go at once when the queue is empty, when the batch is
-                // full, or when its first answer has waited `MAX_HOLD`.
-                if w.queue.is_empty() || held.is_due() {
-                    held.flush(wr).await?;
-                }
-                continue;
-            }
-            lane.push(id, entry, frame)?;
-        }
-        held.flush(wr).await?;
-        if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
-            return Ok(());
-        }
-        // After a short task, the next one may be just behind: wait for it awake. A worker
-        // on a cluster's host also looks whether a core of its host is spare: the pool,
-        // on another machine, cannot tell.
-        if spin_next && !lane.busy && w.async_running == 0 && (!remote || sys::core_spare()) {
-            spin_next = false;
-            if rd.spin_for_input(spin) {
-                seen = true;
-                continue;
-            }
-        }
-        tokio::select! {
-            r = rd.recv() => if !w.take_in(r, wr).await? {
-                return Ok(());
-            },
-            Some(done) = done_rx.recv() => {
-                let mut f = match done {
-                    Done::Lane(f) => {
-                        lane.busy = false;
-                        f
-                    }
-                    Done::Async(f) => {
-                        w.async_running -= 1;
-                        f
-                    }
-                };
-                wr.send(&mut f).await?;
+        match rt.block_on(serving.step(ran.take()))? {
+            Step::Exit => return Ok(()),
+            Step::Run(q) => {
+                started.mark(q.id);
+                let (out, nanos) = run_sync(q.entry, q.frame);
+                ran = Some(Ran {
+                    id: q.id,
+                    offset: q.offset,
+                    may_spin: q.spin,
+                    out,
+                    nanos,
+                });
             }
         }
     }
 }
 
-/// Runs the initializer; `Err` carries its failure for the pool.
-async fn run_initializer(
+/// What [`Serving::step`] asks of the thread that drives it.
+enum Step {
+    /// Run this synchronous task here, outside the runtime, then step again with its
+    /// [`Ran`].
+    Run(Queued),
+    /// The pool is gone, or told the worker to exit and everything is answered.
+    Exit,
+}
+
+/// A synchronous task run by [`serve`]'s thread, and its outcome.
+struct Ran {
+    id: u64,
+    offset: i64,
+    may_spin: bool,
+    out: std::result::Result<Encoded, Failure>,
+    nanos: u64,
+}
+
+/// The worker's serving state, kept across the steps between synchronous tasks.
+struct Serving {
+    link: Framed,
+    lane: Lane,
+    w: Worker,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
+    held: Held,
+    spin: Duration,
+    remote: bool,
+    /// The last task was short and the pool allows a spin for the next one.
+    spin_next: bool,
+    /// Input seen by a spin, not yet by the reactor: read it directly.
+    seen: bool,
+}
+
+impl Serving {
+    /// Answers the synchronous task that just ran, if any, then serves until the next
+    /// synchronous task is due on this thread (or the worker is done).
+    async fn step(&mut self, ran: Option<Ran>) -> Result<Step> {
+        let Serving {
+            link,
+            lane,
+            w,
+            done_rx,
+            held,
+            spin,
+            remote,
+            spin_next,
+            seen,
+        } = self;
+        let (rd, wr) = (&*link, &*link);
+        if let Some(Ran {
+            id,
+            offset,
+            may_spin,
+            out,
+            nanos,
+        }) = ran
+        {
+            w.timed(offset, nanos);
+            *spin_next = may_spin && u128::from(nanos) < spin.as_nanos();
+            held.push(reply_frame(id, out, nanos));
+            // Otherwise they go at once when the queue is empty, when the batch is full,
+            // or when its first answer has waited `MAX_HOLD`.
+            if w.queue.is_empty() || held.is_due() {
+                held.flush(wr).await?;
+            }
+        }
+        loop {
+            // Everything that has arrived is taken in before a task starts, so that a
+            // cancel sent behind a task reaches the queue first.
+            loop {
+                let next = if *seen {
+                    rd.try_recv()
+                } else {
+                    rd.recv().now_or_never()
+                };
+                let Some(r) = next else { break };
+                if !w.take_in(r, wr).await? {
+                    return Ok(Step::Exit);
+                }
+            }
+            *seen = false;
+            if !lane.busy
+                && let Some(q) = w.queue.pop_front()
+            {
+                if w.async_running == 0 {
+                    // Answers go out together while short tasks follow each other here,
+                    // but never wait for a task that may be long, nor for one that may be
+                    // killed.
+                    if q.timed || !w.is_short(q.offset) {
+                        held.flush(wr).await?;
+                    }
+                    return Ok(Step::Run(q));
+                }
+                lane.push(q.id, q.entry, q.frame)?;
+            }
+            held.flush(wr).await?;
+            if w.exiting && w.queue.is_empty() && !lane.busy && w.async_running == 0 {
+                return Ok(Step::Exit);
+            }
+            // After a short task, the next one may be just behind: wait for it awake. A
+            // worker on a cluster's host also looks whether a core of its host is spare:
+            // the pool, on another machine, cannot tell.
+            if *spin_next && !lane.busy && w.async_running == 0 && (!*remote || sys::core_spare()) {
+                *spin_next = false;
+                if rd.spin_for_input(*spin) {
+                    *seen = true;
+                    continue;
+                }
+            }
+            tokio::select! {
+                r = rd.recv() => if !w.take_in(r, wr).await? {
+                    return Ok(Step::Exit);
+                },
+                Some(done) = done_rx.recv() => {
+                    let mut f = match done {
+                        Done::Lane(f) => {
+                            lane.busy = false;
+                            f
+                        }
+                        Done::Async(f) => {
+                            w.async_running -= 1;
+                            f
+                        }
+                    };
+                    wr.send(&mut f).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the initializer: a synchronous one on this thread outside the runtime (as plain
+/// code, like a synchronous task), an `async fn` one on the runtime. `Err` carries its
+/// failure for the pool.
+fn run_initializer(
+    rt: &tokio::runtime::Runtime,
     offset: i64,
     same: SameBinary,
     mut frame: Frame,
 ) -> std::result::Result<(), String> {
     let entry: ProcessEntry = sys::resolve_entry(offset, same).map_err(|e| e.to_string())?;
     let fds = std::mem::take(&mut frame.fds);
-    crate::task::run_initializer(entry, frame.body(), fds).await
+    let out = match entry(frame.body(), fds) {
+        Invoked::Ready(r) => r,
+        Invoked::Pending(fut) => rt.block_on(fut),
+    };
+    crate::task::initializer_outcome(out)
 }

@@ -174,8 +174,24 @@ pub(crate) fn run_entry(
     }
 }
 
-/// The runtime an `async fn` target runs on in a child.
+/// A runtime a `fork` child built before closing its parent's descriptors, for its plain
+/// target to take with [`fresh_runtime`].
+static PREBUILT: std::sync::Mutex<Option<tokio::runtime::Runtime>> = std::sync::Mutex::new(None);
+
+/// Keeps `rt`, built by a `fork` child while it still had its parent's descriptors, for
+/// [`fresh_runtime`].
+pub(crate) fn keep_prebuilt(rt: tokio::runtime::Runtime) {
+    *PREBUILT.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt);
+}
+
+/// The runtime a child's own work runs on (an `async fn` target, a pool worker): the one
+/// a `fork` child built before closing its parent's descriptors, if any, else a new
+/// current-thread runtime. (After that close, tokio's signal driver could not clone the
+/// parent's signal pipe: a runtime built then fails with "Bad file descriptor".)
 pub(crate) fn fresh_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    if let Some(rt) = PREBUILT.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Ok(rt);
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -31,11 +31,11 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         // defaults take their place, as in a re-executed child.
         sys::default_signal_handlers();
         super::registry::forget_inherited();
-        // An async target's runtime is built before the parent's descriptors are
-        // closed, because tokio's I/O driver clones a process-wide signal pipe; the
-        // descriptors the new runtime opened are kept. (Signals themselves are not delivered
+        // The runtime the child runs (an async target's, a pool worker's) is built before
+        // the parent's descriptors are closed, because tokio's I/O driver clones a
+        // process-wide signal pipe; the descriptors the new runtime opened are kept. (Signals themselves are not delivered
         // to that runtime: the pipe's sending end was the parent's.)
-        let runtime = match launch.is_async {
+        let runtime = match launch.needs_runtime {
             false => None,
             true => {
                 let before = sys::open_fds().unwrap_or_default();
@@ -61,6 +61,14 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         super::set_start_method(launch.method);
         crate::family::become_child(lineage);
         let crate::wire::Encoded { bytes, fds } = launch.args;
+        // A plain target that runs a runtime (a pool worker) takes it from the bootstrap.
+        let runtime = match (launch.is_async, runtime) {
+            (false, Some(rt)) => {
+                bootstrap::keep_prebuilt(rt);
+                None
+            }
+            (_, rt) => rt,
+        };
         let code = bootstrap::run_entry((launch.entry)(&bytes, fds), runtime);
         sys::exit_now(code)
     };

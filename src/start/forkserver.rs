@@ -116,6 +116,7 @@ fn start_server() -> Result<Server> {
         name: "ForkServer".into(),
         entry: process_entry_for::<_, (Fd,), _>(serve_entry),
         is_async: false,
+        needs_runtime: false,
         args: Encoded::new(&(Fd::from(control_theirs),))?,
         daemon: true,
         method: StartMethod::Spawn,

@@ -30,6 +30,7 @@ mod spawn;
 
 use std::time::Duration;
 
+pub(crate) use bootstrap::fresh_runtime;
 pub(crate) use handle::Child;
 pub(crate) use launcher::warm_launcher;
 pub use method::{StartMethod, get_all_start_methods, get_start_method, set_start_method};
@@ -106,8 +107,13 @@ pub(crate) fn before_main() {
 pub(crate) struct Launch {
     pub(crate) name: String,
     pub(crate) entry: ProcessEntry,
-    /// Whether the target is an `async fn` (a fork child builds its runtime first).
+    /// Whether the target is an `async fn` (it runs on the runtime a fork child builds
+    /// first).
     pub(crate) is_async: bool,
+    /// Whether the child runs a tokio runtime: an `async fn` target's, or the one a
+    /// crate's own plain target builds (a pool worker's). A `fork` child builds it before
+    /// it closes its parent's descriptors, which tokio's signal driver needs.
+    pub(crate) needs_runtime: bool,
     pub(crate) args: Encoded,
     pub(crate) daemon: bool,
     pub(crate) method: StartMethod,
