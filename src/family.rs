@@ -211,9 +211,11 @@ impl std::fmt::Display for ActiveChild {
     }
 }
 
-/// The children of this process that run still, in the order they were started (Python's
-/// `multiprocessing.active_children()`): every [`Process`](crate::Process), pool worker and
-/// manager server this process started and that has not ended. Unlike Python's, the call
+/// The children of this process that run still, in the order their processes came to exist
+/// (Python's `multiprocessing.active_children()`, which gives no order): every
+/// [`Process`](crate::Process), pool worker and manager server this process started and that
+/// has not ended. Children started together, such as a pool's workers, may come in any
+/// order of their names (`PoolWorker-2` before `PoolWorker-1`). Unlike Python's, the call
 /// reaps nothing: a child's handle (or its pool) does that.
 pub fn active_children() -> Vec<ActiveChild> {
     crate::start::running_children()

@@ -218,7 +218,16 @@ async fn wait_leaves_the_result_in_the_handle() -> TestResult {
     ensure!(waited.is_ok(), "wait did not return after the gate opened");
     ensure!(r.ready() && r.successful() == Some(true), "the task: {r:?}");
     ensure!(m.ready() && m.successful() == Some(true), "the map: {m:?}");
-    ensure!(r.await? != std::process::id(), "the task's result");
+    ensure!((&mut r).await? != std::process::id(), "the task's result");
+    // Handed out once: awaited again, the handle says so, as a misuse, not a broken pipe.
+    let again = (&mut r).await;
+    ensure!(
+        matches!(
+            again.as_ref().map_err(|e| e.caller_error()),
+            Err(Some(mp::Error::InvalidArgument(_)))
+        ),
+        "a second await: {again:?}"
+    );
     ensure!(m.await?.len() == 3, "the map's results");
 
     let mut f = pool.map_async(boom, 0..6);

@@ -37,7 +37,9 @@ enum State<R> {
 /// exit code), it ran past its timeout ([`TaskError::is_timeout`]), it was cancelled
 /// ([`TaskError::is_cancelled`]), the pool was closed or terminated first
 /// ([`TaskError::is_pool_closed`]); or its arguments or result could not cross (they could
-/// not be encoded or decoded, or were larger than a frame may be).
+/// not be encoded or decoded, or were larger than a frame may be). A handle awaited again
+/// after it handed out its result gives one whose
+/// [`caller_error`](TaskError::caller_error) is [`Error::InvalidArgument`].
 ///
 /// # Cancel safety
 /// Dropping an `AsyncResult` (or losing a `select!` race with it) does not cancel the task:
@@ -251,8 +253,8 @@ impl<R> AsyncResult<R> {
         let ok = matches!(self.state, State::Done(Ok(_)));
         match std::mem::replace(&mut self.state, State::Taken(ok)) {
             State::Done(r) => r,
-            _ => Err(TaskError::local(Error::Protocol(
-                "the result of this task was already taken".into(),
+            _ => Err(TaskError::local(Error::InvalidArgument(
+                "the result of this task was already taken: a handle hands it out once".into(),
             ))),
         }
     }
