@@ -245,3 +245,45 @@ mod tests {
         ));
     }
 }
+
+/// Makes a directory of a fresh random name in the system's temporary directory, readable
+/// by this user only, for a socket bound without an address given (Python's
+/// `util.get_temp_dir()`): [`Listener::new`](crate::Listener::new)'s, a keyed manager's.
+pub(crate) fn private_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    loop {
+        let mut random = [0u8; 8];
+        crate::sys::fill_random(&mut random)?;
+        let dir = base.join(format!("tkmp-{}", crate::error::hex(&random)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A Unix socket's file, removed when this is dropped, with the private directory made for
+/// it (see [`private_dir`]), if any.
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    dir: Option<PathBuf>,
+}
+
+impl SocketFile {
+    /// The file at `path`, and `dir`, the private directory that holds it, if one was made.
+    pub(crate) fn new(path: PathBuf, dir: Option<PathBuf>) -> SocketFile {
+        SocketFile { path, dir }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

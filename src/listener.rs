@@ -167,7 +167,7 @@ impl Listener {
     pub fn new(authkey: Option<&[u8]>) -> Result<Listener> {
         // Outside a runtime `bind` panics: do so before the directory exists.
         let _ = tokio::runtime::Handle::current();
-        let dir = private_dir()?;
+        let dir = crate::address::private_dir()?;
         match Listener::bind(dir.join("listener"), authkey) {
             Ok(mut l) => {
                 l.own_dir = Some(dir);
@@ -371,23 +371,6 @@ impl Drop for Listener {
         }
         if let Some(dir) = &self.own_dir {
             let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-/// Makes a directory of a fresh random name in the system's temporary directory, readable
-/// by this user only, for [`Listener::new`]'s socket (Python's `util.get_temp_dir()`).
-fn private_dir() -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
-    loop {
-        let mut random = [0u8; 8];
-        sys::fill_random(&mut random)?;
-        let dir = base.join(format!("tkmp-{}", crate::error::hex(&random)));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e.into()),
         }
     }
 }

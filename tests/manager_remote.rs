@@ -25,6 +25,7 @@ fn main() {
     support::run(trials![
         remote_queue_between_client_processes,
         served_in_this_process_over_a_unix_path,
+        a_key_without_an_address_listens_on_a_private_socket,
         a_wrong_key_is_refused_before_any_request,
         a_remote_proxy_travels_to_a_child,
         a_dead_server_fails_waiting_calls,
@@ -130,6 +131,52 @@ async fn served_in_this_process_over_a_unix_path() -> TestResult {
     );
     m.shutdown().await?;
     ensure!(!path.exists(), "the socket file outlived the manager");
+    Ok(())
+}
+
+/// A manager given a key and no address listens on a free address of the default family,
+/// as Python's `BaseManager(authkey=key)` does: a Unix socket in a directory only this user
+/// may enter. A child reaches it by the address the manager tells, with the key; a wrong
+/// key is refused; the socket and its directory go with the manager, whether its server is
+/// a process of its own or this one.
+async fn a_key_without_an_address_listens_on_a_private_socket() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    for own_process in [true, false] {
+        let b = Manager::builder().authkey(KEY);
+        let m = if own_process {
+            b.start().await?
+        } else {
+            b.serve().await?
+        };
+        let Some(mp::Address::Unix(path)) = m.address().cloned() else {
+            return Err(format!("no Unix address: {:?}", m.address()).into());
+        };
+        let dir = path.parent().ok_or("a socket path without a directory")?;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o700, "the socket's directory has mode {mode:o}");
+        let ns = m.namespace().await?;
+        m.register("ns", &ns).await?;
+        let mut p = Process::new(set_from_afar, (path.display().to_string(),))
+            .start()
+            .await?;
+        join_ok(&mut p).await?;
+        ensure!(
+            ns.get::<u32>("pid").await? == p.pid(),
+            "the child's attribute"
+        );
+        let wrong = Manager::connect(path.as_path(), "wrong").await;
+        ensure!(
+            matches!(wrong, Err(Error::Authentication { .. })),
+            "a wrong key gave {:?}",
+            wrong.map(drop)
+        );
+        let dir = dir.to_path_buf();
+        m.shutdown().await?;
+        ensure!(
+            !path.exists() && !dir.exists(),
+            "the socket or its directory outlived the manager"
+        );
+    }
     Ok(())
 }
 

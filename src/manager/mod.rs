@@ -59,7 +59,6 @@ pub use shared_memory::{SegmentsProxy, SharedMemoryManager};
 pub use value::ValueProxy;
 
 use std::marker::PhantomData;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -193,8 +192,9 @@ pub struct Manager {
     server: Server,
     link: Arc<Link>,
     address: Option<Address>,
-    /// A Unix socket file this handle bound, removed when its server stops.
-    socket_file: Option<PathBuf>,
+    /// A Unix socket file this handle bound (and the directory made for it), removed when
+    /// the handle goes.
+    _socket_file: Option<crate::address::SocketFile>,
     /// For a `SharedMemoryManager`'s server process: the names of the segments it made,
     /// removed here once it is gone, if it could not remove them itself.
     ledger: Option<ledger::Ledger>,
@@ -653,9 +653,6 @@ impl Drop for Manager {
             }
             Server::Task(t) => t.abort(),
             Server::Elsewhere => {}
-        }
-        if let Some(path) = &self.socket_file {
-            let _ = std::fs::remove_file(path);
         }
     }
 }

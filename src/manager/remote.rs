@@ -11,7 +11,6 @@
 //! object when it is fetched by name ([`Manager::get`]).
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use super::link::{Link, Route};
 use super::managed::{Maker, Managed, maker};
 use super::server::{self, Door, Shared};
 use super::{Manager, Server};
-use crate::address::{Address, ToAddress};
+use crate::address::{Address, SocketFile, ToAddress};
 use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
@@ -92,7 +91,10 @@ impl ManagerBuilder {
         self
     }
 
-    /// The key every client must prove it holds (required with an address).
+    /// The key every client must prove it holds (required with an address). Given without
+    /// an address, the manager listens on a free one, as Python's does: a Unix socket in a
+    /// directory of its own that only this user may enter, both removed with the manager;
+    /// [`Manager::address`] tells its path.
     pub fn authkey(mut self, key: impl AsRef<[u8]>) -> ManagerBuilder {
         self.authkey = Some(key.as_ref().to_vec());
         self
@@ -143,11 +145,22 @@ impl ManagerBuilder {
     }
 
     /// Binds the address, if any, here, so that an error (address in use) is this call's.
-    fn bind(&self) -> Result<Option<(OwnedFd, Address, Option<PathBuf>)>> {
-        let Some(address) = &self.address else {
-            return Ok(None);
+    fn bind(&self) -> Result<Option<(OwnedFd, Address, Option<SocketFile>)>> {
+        let address = match (&self.address, &self.authkey) {
+            (Some(address), _) => address.clone()?,
+            // A key without an address: a free address of the default family, as Python's
+            // manager listens on when given none.
+            (None, Some(_)) => {
+                let dir = crate::address::private_dir()?;
+                let path = dir.join("manager");
+                let bound = crate::address::bind_unix(&path);
+                let file = SocketFile::new(path.clone(), Some(dir));
+                let l =
+                    bound.map_err(crate::address::naming("bind", &Address::Unix(path.clone())))?;
+                return Ok(Some((l.into(), Address::Unix(path), Some(file))));
+            }
+            (None, None) => return Ok(None),
         };
-        let address = address.clone()?;
         if self.authkey.is_none() {
             return Err(Error::InvalidArgument(
                 "a manager with an address needs an authentication key".into(),
@@ -165,7 +178,7 @@ impl ManagerBuilder {
                 // An abstract name has no file to remove.
                 let file = crate::address::abstract_name(&p)
                     .is_none()
-                    .then(|| p.clone());
+                    .then(|| SocketFile::new(p.clone(), None));
                 (l.into(), Address::Unix(p), file)
             }
         }))
@@ -209,20 +222,13 @@ impl ManagerBuilder {
             .start_method(self.start_method.unwrap_or_else(crate::get_start_method))
             .start()
             .await;
-        let server = match server {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(p) = &socket_file {
-                    let _ = std::fs::remove_file(p);
-                }
-                return Err(e);
-            }
-        };
+        // A start that fails drops the socket file with the rest.
+        let server = server?;
         let mut manager = Manager {
             server: Server::Process(server),
             link: Link::new(Route::Registration(ours)),
             address,
-            socket_file,
+            _socket_file: socket_file,
             ledger,
         };
         if init.is_some() {
@@ -286,7 +292,7 @@ impl ManagerBuilder {
             server: Server::Task(task),
             link: Link::new(Route::Registration(ours)),
             address,
-            socket_file,
+            _socket_file: socket_file,
             ledger: None,
         })
     }
@@ -339,7 +345,7 @@ impl Manager {
             server: Server::Elsewhere,
             link,
             address: Some(address),
-            socket_file: None,
+            _socket_file: None,
             ledger: None,
         })
     }
