@@ -403,7 +403,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// [`Error::Closed`] once every holder of the other end has closed it or exited (killed
     /// included) and all messages have been received; [`Error::Decode`] if the message is not
     /// a `T` (the message is consumed, the connection stays usable); [`Error::Protocol`] if
-    /// the stream ends inside a message.
+    /// the stream ends inside a message; [`Error::Authentication`] for a listener's
+    /// authentication challenge, which a [`Client`](crate::Client) connected without a key
+    /// receives from a listener that has one.
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
@@ -412,7 +414,16 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// This method is cancel safe: if it loses a `select!` race, no message was taken.
     pub async fn recv(&self) -> Result<T> {
         self.check_readable()?;
-        self.link.recv_one_awake().await?.decode()
+        let frame = self.link.recv_one_awake().await?;
+        let challenge = crate::listener::is_challenge(frame.body());
+        frame.decode().map_err(|e| match challenge {
+            true => Error::Authentication {
+                message: "the listener asks for an authentication key (it sent its challenge): \
+                          connect with the listener's key"
+                    .into(),
+            },
+            false => e,
+        })
     }
 
     /// [`recv`](Self::recv), giving up after `timeout` with [`Error::Timeout`] (nothing is

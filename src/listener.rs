@@ -71,6 +71,11 @@ pub const MAX_HANDSHAKES: usize = 256;
 const MESSAGE_LENGTH: usize = 40;
 const MAX_AUTH_MESSAGE: usize = 256;
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
+
+/// Whether `body` is a listener's authentication challenge.
+pub(crate) fn is_challenge(body: &[u8]) -> bool {
+    body.starts_with(CHALLENGE)
+}
 const WELCOME: &[u8] = b"#WELCOME#";
 const FAILURE: &[u8] = b"#FAILURE#";
 const DIGEST: &[u8] = b"{sha256}";

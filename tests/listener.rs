@@ -347,6 +347,25 @@ async fn wrong_key_fails_on_both_sides() -> TestResult {
     Ok(())
 }
 
+/// A client connected without a key to a listener that has one receives the listener's
+/// challenge in place of a message: its `recv` says the listener asks for a key, rather
+/// than that a message was not the type it expected.
+async fn a_keyless_client_is_told_the_listener_wants_a_key() -> TestResult {
+    let path = socket_path("keyless");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    // The listener's side of the exchange, which sends the challenge and then waits for
+    // an answer that never comes.
+    let accepting = tokio::spawn(async move { l.accept::<String>().await.map(drop) });
+    let conn = mp::Client::connect::<String>(path.as_path(), None).await?;
+    let r = tokio::time::timeout(Duration::from_secs(20), conn.recv()).await?;
+    accepting.abort();
+    ensure!(
+        matches!(&r, Err(mp::Error::Authentication { message }) if message.contains("key")),
+        "a keyless client's recv gave {r:?}"
+    );
+    Ok(())
+}
+
 /// `OtherTest.test_answer_challenge_auth_failure` with garbage: bytes that are not an
 /// answer, sent in place of one, fail the listener's `accept` cleanly; the listener then
 /// accepts the next, honest client.
@@ -536,6 +555,10 @@ fn main() {
             addresses_as_python_writes_them,
         ),
         test("unix_path_without_key", unix_path_without_key),
+        test(
+            "a_keyless_client_is_told_the_listener_wants_a_key",
+            a_keyless_client_is_told_the_listener_wants_a_key,
+        ),
         test(
             "a_listener_with_no_address_picks_a_private_socket",
             a_listener_with_no_address_picks_a_private_socket,
