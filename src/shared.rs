@@ -883,3 +883,9 @@ pub(crate) fn generated_name() -> Result<String> {
         random.map(|b| format!("{b:02x}")).concat()
     ))
 }
+
+/// Whether `name` is of the form [`generated_name`] gives.
+pub(crate) fn is_generated_name(name: &str) -> bool {
+    name.strip_prefix("psm_")
+        .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}

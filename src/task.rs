@@ -338,6 +338,20 @@ where
     }
 }
 
+/// An initializer as it travels to the process that runs it (a pool worker, a manager
+/// server): the entry point of `F` and its arguments, encoded.
+///
+/// # Errors
+/// [`Error::Encode`](crate::Error::Encode) if the arguments cannot be encoded.
+pub(crate) fn initializer<F, A, M>(args: &A) -> crate::Result<(ProcessEntry, Encoded)>
+where
+    F: Target<A, M>,
+    F::Output: Termination,
+    A: Serialize + DeserializeOwned,
+{
+    Ok((process_entry::<F, A, M>(), Encoded::new(args)?))
+}
+
 /// What an initializer's run gives (a pool worker's, a manager server's), for the process
 /// that asked for it: `Err` says how it failed.
 pub(crate) fn initializer_outcome(

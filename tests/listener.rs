@@ -82,6 +82,15 @@ async fn connect_repeatedly(address: PathBuf, key: Vec<u8>, times: u32) {
 
 // ---- tests ----
 
+/// [`round_trip`] with an echo client started with the key, which connects by the address
+/// the listener reports.
+async fn echo_by_address(l: &mp::Listener) -> TestResult {
+    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
+        .start()
+        .await?;
+    round_trip(l, p).await
+}
+
 async fn round_trip(l: &mp::Listener, mut p: mp::Process) -> TestResult {
     let conn = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
     conn.send(&"hello".to_string()).await?;
@@ -102,10 +111,7 @@ async fn round_trip(l: &mp::Listener, mut p: mp::Process) -> TestResult {
 async fn unix_path_with_key() -> TestResult {
     let path = socket_path("unix");
     let l = mp::Listener::bind(path.clone(), Some(KEY))?;
-    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
-        .start()
-        .await?;
-    round_trip(&l, p).await?;
+    echo_by_address(&l).await?;
     drop(l);
     ensure!(
         !path.exists(),
@@ -127,10 +133,7 @@ async fn an_address_of_any_bytes_travels_to_a_child() -> TestResult {
         "bound at {:?}",
         l.address()
     );
-    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
-        .start()
-        .await?;
-    round_trip(&l, p).await
+    echo_by_address(&l).await
 }
 
 /// `_TestListener.test_multiple_bind`-style TCP listener on port 0: the bound port is
@@ -141,10 +144,7 @@ async fn tcp_with_key() -> TestResult {
         return Err("not a TCP address".into());
     };
     ensure!(addr.port() != 0, "a port was chosen");
-    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
-        .start()
-        .await?;
-    round_trip(&l, p).await
+    echo_by_address(&l).await
 }
 
 /// `_TestListenerClient.test_listener_client` with `Listener(family='AF_UNIX')` and no
@@ -170,10 +170,7 @@ async fn a_listener_with_no_address_picks_a_private_socket() -> TestResult {
         "two listeners picked {}",
         l.address()
     );
-    let p = mp::Process::new(echo_client, (l.address().clone(), Some(KEY.to_vec())))
-        .start()
-        .await?;
-    round_trip(&l, p).await?;
+    echo_by_address(&l).await?;
     drop(l);
     ensure!(
         !path.exists() && !dir.exists(),

@@ -110,15 +110,9 @@ async fn set_from_afar(path: String) -> mp::Result<()> {
     ns.set("pid", std::process::id()).await
 }
 
-async fn served_in_this_process_over_a_unix_path() -> TestResult {
-    let path = std::env::temp_dir().join(format!("tkmp-manager-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let m = Manager::builder()
-        .address(path.as_path())
-        .authkey(KEY)
-        .serve()
-        .await?;
-    ensure!(m.pid().is_none(), "served here, not by a process");
+/// A child connects to `m` by `path` with the key and sets an attribute of a namespace `m`
+/// registered, which `m` then sees.
+async fn a_child_reaches_it_by(m: &Manager, path: &std::path::Path) -> TestResult {
     let ns = m.namespace().await?;
     m.register("ns", &ns).await?;
     let mut p = Process::new(set_from_afar, (path.display().to_string(),))
@@ -129,6 +123,19 @@ async fn served_in_this_process_over_a_unix_path() -> TestResult {
         ns.get::<u32>("pid").await? == p.pid(),
         "the child's attribute"
     );
+    Ok(())
+}
+
+async fn served_in_this_process_over_a_unix_path() -> TestResult {
+    let path = std::env::temp_dir().join(format!("tkmp-manager-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let m = Manager::builder()
+        .address(path.as_path())
+        .authkey(KEY)
+        .serve()
+        .await?;
+    ensure!(m.pid().is_none(), "served here, not by a process");
+    a_child_reaches_it_by(&m, &path).await?;
     m.shutdown().await?;
     ensure!(!path.exists(), "the socket file outlived the manager");
     Ok(())
@@ -154,16 +161,7 @@ async fn a_key_without_an_address_listens_on_a_private_socket() -> TestResult {
         let dir = path.parent().ok_or("a socket path without a directory")?;
         let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
         ensure!(mode == 0o700, "the socket's directory has mode {mode:o}");
-        let ns = m.namespace().await?;
-        m.register("ns", &ns).await?;
-        let mut p = Process::new(set_from_afar, (path.display().to_string(),))
-            .start()
-            .await?;
-        join_ok(&mut p).await?;
-        ensure!(
-            ns.get::<u32>("pid").await? == p.pid(),
-            "the child's attribute"
-        );
+        a_child_reaches_it_by(&m, &path).await?;
         let wrong = Manager::connect(path.as_path(), "wrong").await;
         ensure!(
             matches!(wrong, Err(Error::Authentication { .. })),

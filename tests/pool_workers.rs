@@ -351,40 +351,25 @@ fn init_on_own_runtime() {
 /// Runs in a spawned child, which has a single thread: a pool of forked workers serves an
 /// apply and a map on a current-thread runtime. Exits 0 if they were right.
 fn fork_pool_probe() {
-    let run = || -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    support::process::exit_unless_ok("fork pool probe", || async {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(mp::StartMethod::Fork)
             .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let pool = Pool::builder()
-                .processes(2)
-                .start_method(mp::StartMethod::Fork)
-                .build()
-                .await
-                .map_err(|e| e.to_string())?;
-            let one = pool.apply(sqr, (7,)).await.map_err(|e| e.to_string())?;
-            let many = pool
-                .map(sqr, 0..100)
-                .chunksize(10)
-                .await
-                .map_err(|e| e.to_string())?;
-            let lost = pool.stats().workers_lost;
-            pool.terminate().await.map_err(|e| e.to_string())?;
-            match (
-                one,
-                many == (0..100).map(|x| x * x).collect::<Vec<_>>(),
-                lost,
-            ) {
-                (49, true, 0) => Ok(()),
-                other => Err(format!("apply, map, workers lost: {other:?}")),
-            }
-        })
-    };
-    if let Err(e) = run() {
-        eprintln!("fork pool probe: {e}");
-        std::process::exit(2);
-    }
+            .await?;
+        let one = pool.apply(sqr, (7,)).await?;
+        let many = pool.map(sqr, 0..100).chunksize(10).await?;
+        let lost = pool.stats().workers_lost;
+        pool.terminate().await?;
+        match (
+            one,
+            many == (0..100).map(|x| x * x).collect::<Vec<_>>(),
+            lost,
+        ) {
+            (49, true, 0) => Ok(()),
+            other => Err(format!("apply, map, workers lost: {other:?}").into()),
+        }
+    });
 }
 
 // A pool whose workers are forked (from a single-threaded process) serves: its workers build

@@ -489,54 +489,42 @@ async fn join_producer_before_draining_many_items() -> TestResult {
 /// single-threaded runtime, a pending `get` leaves the thread free to signal the producer,
 /// starts no thread, and gets its item through the reactor. Exits 0 on success.
 fn pending_get_child() {
-    let run = || -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let q = mp::Queue::<u64>::new().map_err(|e| e.to_string())?;
-            let (go, go_child) = mp::Pipe::<u8>::new().map_err(|e| e.to_string())?;
-            let mut p = mp::Process::new(put_on_signal, (q.clone(), go_child))
-                .start()
-                .await
-                .map_err(|e| e.to_string())?;
-            let threads = thread_count();
-            let getter = {
-                let q = q.clone();
-                tokio::spawn(async move { q.get().await })
-            };
-            // The getter runs until it waits; this thread must be free again at once.
-            for _ in 0..10 {
-                tokio::task::yield_now().await;
-            }
-            if getter.is_finished() {
-                return Err("get returned before anything was put".into());
-            }
-            if thread_count() != threads {
-                return Err(format!(
-                    "a pending get changed the thread count from {threads} to {}",
-                    thread_count()
-                ));
-            }
-            go.send(&1).await.map_err(|e| e.to_string())?;
-            let got = tokio::time::timeout(Duration::from_secs(20), getter)
-                .await
-                .map_err(|_| "the item never arrived".to_string())?
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            p.join().await.map_err(|e| e.to_string())?;
-            if got == 42 {
-                Ok(())
-            } else {
-                Err(format!("got {got}"))
-            }
-        })
-    };
-    if let Err(e) = run() {
-        eprintln!("{e}");
-        std::process::exit(4);
-    }
+    support::process::exit_unless_ok("pending get", || async {
+        let q = mp::Queue::<u64>::new()?;
+        let (go, go_child) = mp::Pipe::<u8>::new()?;
+        let mut p = mp::Process::new(put_on_signal, (q.clone(), go_child))
+            .start()
+            .await?;
+        let threads = thread_count();
+        let getter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.get().await })
+        };
+        // The getter runs until it waits; this thread must be free again at once.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        if getter.is_finished() {
+            return Err("get returned before anything was put".into());
+        }
+        if thread_count() != threads {
+            return Err(format!(
+                "a pending get changed the thread count from {threads} to {}",
+                thread_count()
+            )
+            .into());
+        }
+        go.send(&1).await?;
+        let got = tokio::time::timeout(Duration::from_secs(20), getter)
+            .await
+            .map_err(|_| "the item never arrived")???;
+        p.join().await?;
+        if got == 42 {
+            Ok(())
+        } else {
+            Err(format!("got {got}").into())
+        }
+    });
 }
 
 /// Queues and pipe ends work as `Pool` initializer and task arguments (they cross by the

@@ -88,7 +88,9 @@ impl Ledger {
         let mut retracted = HashSet::new();
         for line in whole.lines() {
             match line.split_at_checked(1) {
-                Some(("+", name)) if is_segment_name(name) => noted.push(name.to_string()),
+                Some(("+", name)) if crate::shared::is_generated_name(name) => {
+                    noted.push(name.to_string())
+                }
                 Some(("-", name)) => {
                     retracted.insert(name.to_string());
                 }
@@ -127,12 +129,6 @@ impl From<OwnedFd> for Ledger {
     fn from(fd: OwnedFd) -> Ledger {
         Ledger(File::from(fd))
     }
-}
-
-/// Whether `name` is one the server makes segments under: `psm_` and 8 hex digits.
-fn is_segment_name(name: &str) -> bool {
-    name.strip_prefix("psm_")
-        .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

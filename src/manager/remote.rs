@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
-use crate::task::{ProcessEntry, Target, process_entry};
+use crate::task::{ProcessEntry, Target};
 use crate::wire::{Encoded, Fd};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -131,7 +131,8 @@ impl ManagerBuilder {
         A: Serialize + DeserializeOwned,
     {
         let _ = f;
-        self.init = Some(Encoded::new(&args).map(|a| (process_entry::<F, A, M>(), Arc::new(a))));
+        self.init =
+            Some(crate::task::initializer::<F, A, M>(&args).map(|(entry, a)| (entry, Arc::new(a))));
         self
     }
 

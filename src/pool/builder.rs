@@ -14,7 +14,7 @@ use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
 use crate::sys;
-use crate::task::{ProcessEntry, Target, process_entry};
+use crate::task::{ProcessEntry, Target};
 use crate::wire::Encoded;
 
 /// What every worker of a pool is started with.
@@ -122,7 +122,7 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
     {
         let _ = f;
-        self.init = Some(Encoded::new(&args).map(|a| (process_entry::<F, A, M>(), a)));
+        self.init = Some(crate::task::initializer::<F, A, M>(&args));
         self
     }
 

@@ -43,6 +43,25 @@ pub async fn start_sleeper(method: StartMethod) -> tokio_multiprocessing::Result
         .await
 }
 
+/// Runs `check` on a current-thread runtime of this (child) process and exits non-zero,
+/// after printing why, if it fails: the body of a child that checks something for its
+/// parent, which expects exit code 0.
+pub fn exit_unless_ok<F: Future<Output = Result<(), BoxError>>>(
+    what: &str,
+    check: impl FnOnce() -> F,
+) {
+    let run = || -> Result<(), BoxError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(check())
+    };
+    if let Err(e) = run() {
+        eprintln!("{what}: {e}");
+        std::process::exit(2);
+    }
+}
+
 /// Exits with `code`.
 pub fn exit_with(code: i32) {
     std::process::exit(code)
