@@ -115,6 +115,55 @@ async fn produce_mixed(q: mp::Queue<Mixed>, id: u8, n: u32) {
     }
 }
 
+/// A large item of a shape that spills in pieces: small fields, a long byte string that
+/// starts at an odd offset, thousands of small numbers, another long byte string, a tail.
+type Shaped = (
+    String,
+    serde_bytes::ByteBuf,
+    Vec<u32>,
+    serde_bytes::ByteBuf,
+    u64,
+);
+
+fn shaped(i: u8) -> Shaped {
+    (
+        format!("item {i}"),
+        serde_bytes::ByteBuf::from(pattern(i, 100_003 + usize::from(i))),
+        (0..30_000u32).map(|k| k * 7 + u32::from(i)).collect(),
+        serde_bytes::ByteBuf::from(pattern(i + 1, 70_001)),
+        u64::from(i) << 40,
+    )
+}
+
+async fn put_shaped(q: mp::Queue<Shaped>, n: u8) {
+    for i in 0..n {
+        if q.put(shaped(i)).await.is_err() {
+            std::process::exit(3);
+        }
+    }
+}
+
+/// Puts an item over the frame limit, which must fail with its exact size and leave the
+/// queue working, then a small one.
+async fn put_oversized(q: mp::Queue<Vec<u8>>, limit: u64) {
+    mp::set_max_frame_size(limit as usize);
+    let big = vec![5u8; 3 * limit as usize];
+    let exact = rmp_serde::to_vec(&serde_bytes::Bytes::new(&big)).map_or(0, |b| b.len() as u64);
+    match q.put(big).await {
+        Err(e) if matches!(e.error(), mp::Error::FrameTooLarge { size, .. } if *size == exact) => {}
+        other => {
+            eprintln!(
+                "an oversized put gave {:?}",
+                other.err().map(|e| e.to_string())
+            );
+            std::process::exit(3);
+        }
+    }
+    if q.put(vec![1, 2, 3]).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
 async fn put_after_signal(q: mp::Queue<u64>, done: mp::Connection<u8>) {
     if q.put(7).await.is_err() {
         std::process::exit(3);
@@ -450,6 +499,33 @@ async fn mixed_sizes_keep_each_producers_order() -> TestResult {
         join_ok(p).await?;
     }
     ensure!(q.empty(), "drained");
+    Ok(())
+}
+
+/// Large items whose encoding reaches the spill file in pieces (a long byte string after
+/// small fields, thousands of small writes, a second long string, a tail) arrive whole.
+async fn large_items_of_any_shape_arrive_whole() -> TestResult {
+    const N: u8 = 12;
+    let q = mp::Queue::<Shaped>::new()?;
+    let mut p = start(put_shaped, (q.clone(), N)).await?;
+    for i in 0..N {
+        let got = q.get_timeout(Duration::from_secs(20)).await?;
+        ensure!(got == shaped(i), "item {i} changed in transit");
+    }
+    join_ok(&mut p).await?;
+    Ok(())
+}
+
+/// An item over the frame limit is refused with its size, and the queue serves on.
+async fn an_oversized_item_is_refused_and_the_queue_serves_on() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    let mut p = start(put_oversized, (q.clone(), 256u64 * 1024)).await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        q.get_timeout(Duration::from_secs(10)).await? == vec![1, 2, 3],
+        "the small item"
+    );
+    ensure!(q.empty(), "nothing else was put");
     Ok(())
 }
 
@@ -938,6 +1014,14 @@ fn main() {
         test(
             "mixed_sizes_keep_each_producers_order",
             mixed_sizes_keep_each_producers_order,
+        ),
+        test(
+            "large_items_of_any_shape_arrive_whole",
+            large_items_of_any_shape_arrive_whole,
+        ),
+        test(
+            "an_oversized_item_is_refused_and_the_queue_serves_on",
+            an_oversized_item_is_refused_and_the_queue_serves_on,
         ),
         test(
             "queue_carries_queues_and_pipes",

@@ -54,6 +54,8 @@ pub(super) struct Inner {
     pub(super) pbuf: Mutex<Vec<u8>>,
     /// When this handle last put or took an item: whether a wait may spin first.
     pub(super) recent: Recent,
+    /// Views of spill files kept for their files' next items.
+    pub(super) views: sys::KeptViews,
 }
 
 /// The ring's number of slots for a queue of `maxsize` (0: unbounded).
@@ -114,6 +116,7 @@ impl Inner {
             rbuf: Mutex::new(Vec::new()),
             pbuf: Mutex::new(Vec::new()),
             recent: Recent::default(),
+            views: sys::KeptViews::default(),
         })
     }
 
@@ -198,6 +201,7 @@ impl<'de> Deserialize<'de> for Inner {
             rbuf: Mutex::new(Vec::new()),
             pbuf: Mutex::new(Vec::new()),
             recent: Recent::default(),
+            views: sys::KeptViews::default(),
         })
     }
 }

@@ -8,21 +8,19 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::SLOT_DATA;
 use super::inner::Inner;
-use super::{INLINE_MAX, SLOT_DATA};
+use super::spill::{Spilled, Spilling};
 use crate::error::{Error, Result};
 use crate::sync::until;
 use crate::sys::{self, Popped, Pushed};
 use crate::wire::codec;
 use crate::wire::max_frame_size;
 
-/// Encoding buffers up to this size are kept for the next item.
-const KEEP_ENCODE_BUFFER: usize = 64 * 1024 * 1024;
-
 /// The first byte of a packet: the item's encoding follows.
 const KIND_INLINE: u8 = 0;
 /// The first byte of a packet: the item's length follows, its encoding is in a memfd.
-pub(super) const KIND_SPILLED: u8 = 1;
+const KIND_SPILLED: u8 = 1;
 
 /// An item encoded for the queue.
 pub(super) enum Item {
@@ -35,17 +33,12 @@ pub(super) enum Item {
 impl Inner {
     pub(super) fn encode<T: Serialize>(&self, item: &T) -> Result<Item> {
         thread_local! {
-            /// Reused for encoding, so that large items do not fault in fresh pages each time.
+            /// Reused for encoding: an item's bytes up to a packet's worth, and a large
+            /// item's small pieces on their way to its spill file.
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         BUF.with(|b| match b.try_borrow_mut() {
-            Ok(mut buf) => {
-                let r = self.encode_with(&mut buf, item);
-                if buf.capacity() > KEEP_ENCODE_BUFFER {
-                    *buf = Vec::new();
-                }
-                r
-            }
+            Ok(mut buf) => self.encode_with(&mut buf, item),
             Err(_) => self.encode_with(&mut Vec::new(), item),
         })
     }
@@ -54,18 +47,9 @@ impl Inner {
         bytes.clear();
         bytes.push(KIND_INLINE);
         let mut fds = Vec::new();
-        codec::encode_into(bytes, &mut fds, item)?;
-        let body = bytes.len() - 1;
-        if fds.is_empty() && body <= SLOT_DATA {
-            return Ok(Item::Small(bytes[1..].to_vec()));
-        }
-        let max = max_frame_size();
-        if body > max {
-            return Err(Error::FrameTooLarge {
-                size: body as u64,
-                max,
-            });
-        }
+        let mut out = Spilling::new(self, bytes, max_frame_size());
+        codec::encode_to(&mut out, &mut fds, item)?;
+        let spilled = out.finish()?;
         if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
                 "a queue item may hold at most {} descriptors, this one holds {}",
@@ -73,10 +57,20 @@ impl Inner {
                 fds.len()
             )));
         }
-        if body <= INLINE_MAX {
-            return Ok(Item::Packet(bytes.clone(), fds));
+        match spilled {
+            Spilled::Inline if fds.is_empty() && bytes.len() - 1 <= SLOT_DATA => {
+                Ok(Item::Small(bytes[1..].to_vec()))
+            }
+            Spilled::Inline => Ok(Item::Packet(bytes.clone(), fds)),
+            Spilled::File(file, len) => {
+                let mut head = vec![KIND_SPILLED];
+                head.extend_from_slice(&(len as u64).to_be_bytes());
+                let mut all = Vec::with_capacity(fds.len() + 1);
+                all.push(file);
+                all.extend(fds);
+                Ok(Item::Packet(head, all))
+            }
         }
-        self.spill(&bytes[1..], fds)
     }
 
     /// Puts an encoded item, waiting for room. Cancel safe: a small item is published in one

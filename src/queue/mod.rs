@@ -21,14 +21,18 @@
 //! ours whose marker lands after ours would be taken in our place, and our later small items
 //! could overtake our large one.) Consumers need no lock: the socket hands each packet to one
 //! of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
-//! item is written to a memfd and the packet carries that file's descriptor (`SCM_RIGHTS`):
-//! a 16 MiB item costs one small packet. The consumer maps the file read-only, decodes from
-//! the mapping, unmaps it, and hands files of up to 2 MiB back through a second small socket
-//! pair; a producer writes its next large item into a handed-back file when one waits, so
-//! its pages are not allocated and freed again for every item (that allocation was most of
-//! the cost of 1 MiB items). A producer never touches a file after sending it, and gets it
-//! back only once a consumer is done with it. The recycling socket's buffer is kept small,
-//! so only a few files wait there.
+//! item is written to a memfd as it is encoded (its bulk copied once, straight into the
+//! file, at offsets the kernel copies to fastest) and the packet carries that file's
+//! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet. The consumer maps the
+//! file read-only, decodes from the mapping, and hands files of up to 2 MiB back through a
+//! second small socket pair; a producer writes its next large item into a handed-back file
+//! when one waits, so its pages are not allocated and freed again for every item (that
+//! allocation was most of the cost of 1 MiB items), and a consumer keeps its mapping of a
+//! few such files for when they come round again, so it maps and faults in their pages
+//! once. A producer never touches a file after sending it, and gets it back only once a
+//! consumer is done with it; a consumer reads a kept mapping only once its file has come
+//! back to it in a packet. The recycling socket's buffer is kept small, so only a few files
+//! wait there.
 //!
 //! # Waiting, without polling
 //!

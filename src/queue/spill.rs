@@ -1,16 +1,18 @@
 //! Items spilled to a memfd: a packet carries up to [`INLINE_MAX`](super::INLINE_MAX)
-//! bytes; a larger item is written to a memfd and its packet carries the file's descriptor.
-//! The consumer maps the file read-only, decodes from the mapping, unmaps it, and hands
-//! files of up to 2 MiB back through a second small socket pair, for a producer to write its
-//! next large item into without allocating fresh pages (see "Mechanism" in the queue's docs).
+//! bytes; a larger item is written to a memfd as it is encoded ([`Spilling`]) and its packet
+//! carries the file's descriptor. The consumer maps the file read-only, decodes from the
+//! mapping, and hands files of up to 2 MiB back through a second small socket pair, for a
+//! producer to write its next large item into without allocating fresh pages; it keeps its
+//! mapping of a few of them for when they come round again (see "Mechanism" in the queue's
+//! docs).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use serde::de::DeserializeOwned;
 
+use super::INLINE_MAX;
 use super::inner::Inner;
-use super::item::{Item, KIND_SPILLED};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::codec;
@@ -18,19 +20,147 @@ use crate::wire::codec;
 /// The send buffer of the socket that carries spill files back for reuse: a few of them.
 pub(super) const RECYCLE_BUFFER: usize = 8 * 1024;
 
-impl Inner {
-    /// Writes `body` (an item's encoding) to a spill file, into a handed-back one if one
-    /// waits: the packet holds the kind and length, and the file goes first among `fds`.
-    pub(super) fn spill(&self, body: &[u8], fds: Vec<OwnedFd>) -> Result<Item> {
-        let file = sys::spill_memfd(self.recycled(), body)?;
-        let mut head = vec![KIND_SPILLED];
-        head.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        let mut all = Vec::with_capacity(fds.len() + 1);
-        all.push(file);
-        all.extend(fds);
-        Ok(Item::Packet(head, all))
+/// File offsets that the kernel copies into fastest: writing at an offset that is not a
+/// multiple of this takes several times as long.
+const ALIGN: usize = 64;
+
+/// Where a large item's encoding goes as it is made: into the encoding buffer while the
+/// whole fits a packet, then into a spill file, so that the bulk of a large item is copied
+/// once, into the file, and never into a buffer first. Small writes are gathered in the
+/// buffer and reach the file together; the bulk of a long one goes to the file at once.
+/// The file is written at multiples of [`ALIGN`] only, but for the last bytes.
+///
+/// Past the largest frame allowed, bytes are only counted: [`finish`](Self::finish) fails
+/// with the item's size, and nothing larger than the limit was kept.
+pub(super) struct Spilling<'a> {
+    /// The packet's kind byte, then the bytes not yet in the file.
+    buf: &'a mut Vec<u8>,
+    /// Gives a handed-back file to write into, if one waits.
+    inner: &'a Inner,
+    /// The file, once the encoding outgrew a packet.
+    file: Option<OwnedFd>,
+    /// Bytes of the encoding in the file: a multiple of [`ALIGN`] until `finish`.
+    in_file: usize,
+    /// Bytes of the encoding so far.
+    total: usize,
+    /// The largest encoding allowed.
+    max: usize,
+}
+
+/// Where [`Spilling`] left an item's encoding.
+pub(super) enum Spilled {
+    /// All of it in the buffer, after the kind byte.
+    Inline,
+    /// In this file, this many bytes from its start.
+    File(OwnedFd, usize),
+}
+
+impl<'a> Spilling<'a> {
+    /// Encodes into `buf`, which holds the kind byte only, and into a spill file of `inner`.
+    pub(super) fn new(inner: &'a Inner, buf: &'a mut Vec<u8>, max: usize) -> Spilling<'a> {
+        Spilling {
+            buf,
+            inner,
+            file: None,
+            in_file: 0,
+            total: 0,
+            max,
+        }
     }
 
+    /// Appends `bytes` to the file: the buffer's bytes, then `bytes`, up to the last
+    /// multiple of [`ALIGN`]; what is left stays in the buffer.
+    fn spill(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let fill = (ALIGN - (self.buf.len() - 1) % ALIGN) % ALIGN;
+        let (head, rest) = bytes.split_at(fill.min(bytes.len()));
+        self.buf.extend_from_slice(head);
+        let whole = (self.buf.len() - 1) / ALIGN * ALIGN;
+        self.write_file(1, whole)?;
+        if !rest.is_empty() {
+            // The buffer is empty: the bulk goes to the file from where it lies.
+            let (bulk, tail) = rest.split_at(rest.len() / ALIGN * ALIGN);
+            self.append(bulk)?;
+            self.buf.extend_from_slice(tail);
+        }
+        Ok(())
+    }
+
+    /// Moves `n` bytes of the buffer, from `at`, to the end of the file.
+    fn write_file(&mut self, at: usize, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.open()?;
+        if let Some(file) = &self.file {
+            sys::write_at(file.as_fd(), &self.buf[at..at + n], self.in_file)?;
+        }
+        self.in_file += n;
+        self.buf.drain(at..at + n);
+        Ok(())
+    }
+
+    /// Writes `bytes` at the end of the file.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.open()?;
+        if let Some(file) = &self.file {
+            sys::write_at(file.as_fd(), bytes, self.in_file)?;
+        }
+        self.in_file += bytes.len();
+        Ok(())
+    }
+
+    /// Makes the spill file (or takes one of those handed back) on first need.
+    fn open(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(sys::spill_file(self.inner.recycled())?);
+        }
+        Ok(())
+    }
+
+    /// Where the encoding is, once it is complete.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if it is larger than the largest frame allowed; an I/O
+    /// error if the file could not be written.
+    pub(super) fn finish(mut self) -> Result<Spilled> {
+        if self.total > self.max {
+            return Err(Error::FrameTooLarge {
+                size: self.total as u64,
+                max: self.max,
+            });
+        }
+        if self.file.is_none() {
+            return Ok(Spilled::Inline);
+        }
+        let rest = self.buf.len() - 1;
+        self.write_file(1, rest)?;
+        match self.file.take() {
+            Some(file) => Ok(Spilled::File(file, self.in_file)),
+            None => Ok(Spilled::Inline),
+        }
+    }
+}
+
+impl std::io::Write for Spilling<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.total = self.total.saturating_add(b.len());
+        if self.total > self.max {
+            return Ok(b.len());
+        }
+        if self.buf.len() - 1 + b.len() <= INLINE_MAX {
+            self.buf.extend_from_slice(b);
+        } else {
+            self.spill(b)?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Inner {
     /// Decodes a spilled item of `len` bytes from the file first among `fds`, then hands
     /// the file back.
     pub(super) fn unspill<T: DeserializeOwned>(
@@ -41,15 +171,15 @@ impl Inner {
         let file = fds.pop_front().ok_or_else(|| {
             Error::Protocol("a spilled queue item arrived without its file".into())
         })?;
-        let view = sys::SpillView::map(file.as_fd(), len)?;
+        let view = self.views.view(file.as_fd(), len)?;
         let value = codec::decode(view.bytes(), fds.into());
-        drop(view);
+        self.views.keep(view);
         self.recycle(file);
         value
     }
 
     /// A spill file handed back by a consumer, if one waits.
-    fn recycled(&self) -> Option<OwnedFd> {
+    pub(super) fn recycled(&self) -> Option<OwnedFd> {
         let mut byte = [0u8; 1];
         let mut fds = VecDeque::new();
         match sys::recv_with_fds(self.ret_rx.as_fd(), &mut byte, &mut fds) {

@@ -52,7 +52,7 @@ pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, anonymous_file, shm_attach, shm_create, shm_remove};
 pub(crate) use socket_opts::{grow_send_buffer, shutdown_socket};
-pub(crate) use spill::{RECYCLE_MAX, SpillView, spill_memfd};
+pub(crate) use spill::{KeptViews, RECYCLE_MAX, spill_file, write_at};
 
 use std::io;
 

@@ -134,7 +134,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// [`encode_into`] to any writer; on error `fds` is left as it was.
-fn encode_to<W: std::io::Write, T: Serialize + ?Sized>(
+pub(crate) fn encode_to<W: std::io::Write, T: Serialize + ?Sized>(
     w: W,
     fds: &mut Vec<OwnedFd>,
     value: &T,
