@@ -26,7 +26,7 @@ const ROUND_TRIPS: u64 = 10_000;
 const ROUNDS: usize = 3;
 /// Throughput figures are the median of this many runs, unless `TKMP_BENCH_REPEAT` says
 /// otherwise.
-const THROUGHPUT_RUNS: usize = 1;
+const THROUGHPUT_RUNS: usize = 5;
 /// The most any one figure (all its runs) may take.
 const FIGURE_TIMEOUT: Duration = Duration::from_secs(120);
 
