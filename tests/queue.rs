@@ -290,6 +290,17 @@ async fn put_until(q: mp::Queue<Vec<u8>>, stop: mp::Event) {
     }
 }
 
+/// Says on `started` that it is about to put, then puts an item over a slot's size into
+/// `q`, which the caller keeps full: the put waits for room, holding the packet lock, until
+/// this process is killed.
+async fn put_large_into_full(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
+    if started.put(std::process::id()).await.is_err() {
+        std::process::exit(3);
+    }
+    let _ = q.put(vec![7u8; 1000]).await;
+    std::process::exit(4)
+}
+
 // ---- tests ----
 
 /// An unbounded queue holds `UNBOUNDED_CAPACITY` items: then `full()` says so, as
@@ -724,6 +735,50 @@ async fn a_put_that_times_out_leaves_nothing_in_the_queue() -> TestResult {
     Ok(())
 }
 
+/// A producer SIGKILLed while its item over a slot's size waits for room in a full queue
+/// dies holding the packet lock; the next producer of such an item takes the lock over from
+/// the dead one, so large puts go on working. (The lock stayed taken for ever: every later
+/// put of an item over 112 bytes waited, and `put_timeout` and `put_nowait` said `Full` of a
+/// queue with room.) Several rounds, so that the kill lands while the put waits.
+async fn a_producer_killed_holding_the_packet_lock_leaves_large_puts_working() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::with_maxsize(1)?;
+    let started = mp::Queue::<u32>::new()?;
+    for round in 0..5u8 {
+        q.put(vec![round]).await?;
+        let mut p = start(put_large_into_full, (q.clone(), started.clone())).await?;
+        started.get_timeout(Duration::from_secs(20)).await?;
+        tokio::task::yield_now().await;
+        p.kill()?;
+        ensure!(
+            join_code(&mut p).await? == -9,
+            "the producer was not killed"
+        );
+        let small = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(
+            small == [round],
+            "round {round}: got {small:?} before the large item"
+        );
+        q.put_timeout(vec![round; 1000], Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("round {round}: a large put after the kill: {e}"))?;
+        q.put_nowait(vec![round; 200])
+            .err()
+            .ok_or("a put_nowait into a full queue")?;
+        let large = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(
+            large == vec![round; 1000],
+            "round {round}: got {} bytes of {:?}, want the large item",
+            large.len(),
+            large.first()
+        );
+        q.put_nowait(vec![round; 200])
+            .map_err(|e| format!("round {round}: put_nowait of a large item: {e}"))?;
+        let last = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(last == vec![round; 200], "round {round}: got {last:?}");
+    }
+    Ok(())
+}
+
 /// Queues leave no descriptor behind (checked in a child of its own).
 async fn no_descriptor_left_behind() -> TestResult {
     let mut p = start(fd_balance, ()).await?;
@@ -954,6 +1009,10 @@ fn main() {
         test(
             "a_put_that_times_out_leaves_nothing_in_the_queue",
             a_put_that_times_out_leaves_nothing_in_the_queue,
+        ),
+        test(
+            "a_producer_killed_holding_the_packet_lock_leaves_large_puts_working",
+            a_producer_killed_holding_the_packet_lock_leaves_large_puts_working,
         ),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
         test(

@@ -1,53 +1,118 @@
 //! The socket side: items that do not fit a slot, or that hold descriptors, travel as one
 //! `SOCK_SEQPACKET` packet each, with a marker in the ring in their place (see "Mechanism"
 //! in the queue's docs). Producers send a packet and publish its marker under the *packet
-//! lock*, a cross-process mutex (an `EFD_SEMAPHORE` eventfd holding 1 when free, awaited on
-//! the reactor), so packets sit in the socket in the order of their markers in the ring.
-//! Consumers need no lock: whoever takes a marker receives one packet.
+//! lock*, the crate's own [`Lock`], so packets sit in the socket in the order of their
+//! markers in the ring. Consumers need no lock: whoever takes a marker receives one packet.
+//!
+//! A producer may die holding the lock, most often while its put waits for room. The lock
+//! notices (see its owner death) and the next producer takes it. A holder that died after
+//! sending its packet and before publishing the marker left a packet with no marker; it
+//! recorded so in the ring's header ([`Header::packet_sent`]), and the next holder publishes
+//! that marker before its own packet.
+//!
+//! [`Header::packet_sent`]: super::header::Header::packet_sent
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::INLINE_MAX;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
-use crate::on_drop::OnDrop;
-use crate::sync::until;
+use crate::sync::{Lock, LockGuard, until};
 use crate::sys::{self, Pushed};
 
-/// The packet lock, just taken: released when the guard drops.
-fn held(lock: &Arc<OwnedFd>) -> OnDrop<impl FnOnce() + Send + 'static> {
-    let lock = lock.clone();
-    OnDrop::new(move || {
-        if let Err(e) = sys::eventfd_add(lock.as_fd(), 1) {
-            tracing::debug!("cannot release a queue's packet lock: {e}");
-        }
-    })
+/// The packet lock, taken by this process: released when dropped, wherever that is (a
+/// task that publishes a marker for its put may hold it past the put's return).
+pub(super) struct PacketGuard {
+    lock: Lock,
 }
 
+impl PacketGuard {
+    /// Takes over the lock a [`LockGuard`] holds, without the borrow.
+    fn of(guard: LockGuard<'_>) -> PacketGuard {
+        let lock = guard.lock().clone();
+        guard.forget();
+        PacketGuard { lock }
+    }
+}
+
+impl Drop for PacketGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.lock.release() {
+            tracing::debug!("cannot release a queue's packet lock: {e}");
+        }
+    }
+}
+
+/// The marker of a dead holder's packet, published by whoever took the lock after it: the
+/// task that still waits for room to publish it, if it could not at once.
+type Adopted = Option<tokio::task::JoinHandle<Result<()>>>;
+
 impl Inner {
-    /// Takes the packet lock now, if it is free.
-    fn try_lock(&self) -> Result<Option<OnDrop<impl FnOnce() + Send + 'static>>> {
-        match sys::eventfd_take(self.lock.as_fd()) {
-            Ok(_) => Ok(Some(held(&self.lock))),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e.into()),
+    /// Takes the packet lock now, if it is free or its holder died; `None` if a live process
+    /// holds it, or if a dead holder's marker still waits for room.
+    fn try_lock(self: &Arc<Self>) -> Result<Option<PacketGuard>> {
+        loop {
+            let guard = match self.lock.try_lock() {
+                Ok(Some(g)) => PacketGuard::of(g),
+                Ok(None) => return Ok(None),
+                Err(Error::LockOwnerDied { pid }) => {
+                    tracing::debug!(pid, "a queue's packet lock was freed from its dead holder");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.adopt(guard) {
+                Ok(g) => return Ok(Some(g)),
+                Err(None) => continue,
+                Err(Some(_waiting)) => return Ok(None),
+            }
         }
     }
 
-    /// Takes the packet lock, waiting for it on the reactor.
-    async fn lock(&self, r: &Reactor) -> Result<OnDrop<impl FnOnce() + Send + 'static>> {
+    /// Takes the packet lock, waiting for it; a holder that dies frees it (see
+    /// [`Lock`]'s owner death).
+    async fn lock(self: &Arc<Self>) -> Result<PacketGuard> {
         loop {
-            let mut g = r.lock.readable().await?;
-            match g.try_io(|_| sys::eventfd_take(self.lock.as_fd())) {
-                Ok(Ok(_)) => return Ok(held(&self.lock)),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_would_block) => {}
+            let guard = match self.lock.lock().await {
+                Ok(g) => PacketGuard::of(g),
+                Err(Error::LockOwnerDied { pid }) => {
+                    tracing::debug!(pid, "a queue's packet lock was freed from its dead holder");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.adopt(guard) {
+                Ok(g) => return Ok(g),
+                Err(None) => {}
+                Err(Some(waiting)) => {
+                    waiting
+                        .await
+                        .map_err(|e| Error::from(io::Error::other(e)))??;
+                }
             }
         }
+    }
+
+    /// The packet lock just taken, unless the holder before died after sending its packet
+    /// and before publishing the packet's marker: then that marker is published first, and
+    /// the lock is released with it (`Err`, with the task still publishing it, if any).
+    /// Without it, each later packet would be taken for the marker of the one before.
+    fn adopt(self: &Arc<Self>, guard: PacketGuard) -> std::result::Result<PacketGuard, Adopted> {
+        let dead = self.header().packet_sent().load(Ordering::SeqCst);
+        if dead == 0 {
+            return Ok(guard);
+        }
+        tracing::debug!(
+            pid = dead,
+            "a queue's producer died between sending a packet and publishing its marker; \
+             publishing it"
+        );
+        Err(self.push_marker(guard))
     }
 
     /// Sends a packet on the socket, waiting for room in its buffer.
@@ -74,7 +139,7 @@ impl Inner {
         fds: &[OwnedFd],
         deadline: Option<tokio::time::Instant>,
     ) -> Result<()> {
-        let lock = until(deadline, self.lock(r)).await?;
+        let lock = until(deadline, self.lock()).await?;
         let cap = self.ring.capacity();
         if self.ring.len() >= cap {
             let room = self.wait_until(&r.space, self.header().producers(), || {
@@ -83,6 +148,7 @@ impl Inner {
             until(deadline, room).await?;
         }
         until(deadline, self.send_packet(r, bytes, fds)).await?;
+        self.sent();
         match self.push_marker(lock) {
             None => Ok(()),
             Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,
@@ -110,10 +176,19 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.sent();
         // If the ring filled up since we looked, the marker goes in as soon as there is
         // room, from a task of its own.
         let _ = self.push_marker(lock);
         Ok(())
+    }
+
+    /// Records that the packet lock's holder (this process) has its packet in the socket and
+    /// its marker not yet in the ring, until the marker is published (see
+    /// [`Header::packet_sent`](super::header::Header::packet_sent)).
+    fn sent(&self) {
+        let me = u64::from(sys::cached_pid());
+        self.header().packet_sent().store(me, Ordering::SeqCst);
     }
 
     /// Publishes the marker of a packet just sent, still under the packet lock. It must
@@ -121,7 +196,7 @@ impl Inner {
     /// a task (or, outside a runtime, a thread) of its own finishes it, holding the lock.
     fn push_marker(
         self: &Arc<Self>,
-        lock: OnDrop<impl FnOnce() + Send + 'static>,
+        lock: PacketGuard,
     ) -> Option<tokio::task::JoinHandle<Result<()>>> {
         if self.try_push(None) == Pushed::Done {
             drop(lock);

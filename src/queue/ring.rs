@@ -17,13 +17,23 @@ use crate::sys::{self, Pushed};
 impl Inner {
     /// Publishes a slot (data or marker) now, counting it as unfinished for a joinable
     /// queue. If the ring is full, says whether a live process holds the slot needed (see
-    /// [`Pushed::Held`]).
+    /// [`Pushed::Held`]). A marker is published by the packet lock's holder, which is then
+    /// recorded as having sent a packet whose marker is not in the ring only while the
+    /// marker waits for room (see `packet.rs`).
     pub(super) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
         let joinable = self.done.is_some();
         if joinable {
             self.header().unfinished().fetch_add(1, Ordering::SeqCst);
         }
+        let marker = data.is_none();
+        if marker {
+            self.header().packet_sent().store(0, Ordering::SeqCst);
+        }
         let pushed = self.ring.try_push(data);
+        if marker && pushed != Pushed::Done {
+            let me = u64::from(sys::cached_pid());
+            self.header().packet_sent().store(me, Ordering::SeqCst);
+        }
         if pushed == Pushed::Done {
             self.recent.mark();
             self.notify_consumers();
