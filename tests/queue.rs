@@ -279,6 +279,24 @@ async fn put_forever(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
     }
 }
 
+/// Puts items over a slot's size (each a packet, sent under the packet lock) for ever, until
+/// killed; says once, on `started`, that it is putting them.
+async fn put_large_forever(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
+    let item = vec![7u8; 1000];
+    let mut told = false;
+    loop {
+        if q.put(item.clone()).await.is_err() {
+            std::process::exit(3);
+        }
+        if !told {
+            told = true;
+            if started.put(std::process::id()).await.is_err() {
+                std::process::exit(3);
+            }
+        }
+    }
+}
+
 /// Puts items of nearly a slot's size until `stop` is set; exits 0 only if every put
 /// completed.
 async fn put_until(q: mp::Queue<Vec<u8>>, stop: mp::Event) {
@@ -933,6 +951,100 @@ async fn producers_killed_mid_put_do_not_stall_the_queue() -> TestResult {
     Ok(())
 }
 
+/// The storm above with items over a slot's size, which travel as packets under the packet
+/// lock: 300 SIGKILLs of producers, most of them while their put waits for room holding
+/// the lock, some while they send their packet or publish its marker. After each kill the
+/// items put afterwards are still taken, and after the storm fresh items come out as they
+/// were put: no packet was left in the socket without its marker, which would make each
+/// later large item come out one place late. (The lock stayed with the first producer
+/// killed holding it; once it passed on, a producer killed between sending its packet and
+/// recording so left such a packet.)
+async fn producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue() -> TestResult {
+    const KILLS: usize = 300;
+    const SLOTS: usize = 16;
+    let q = mp::Queue::<Vec<u8>>::with_maxsize(SLOTS)?;
+    let started = mp::Queue::<u32>::new()?;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let consumer = tokio::spawn({
+        let (q, taken) = (q.clone(), taken.clone());
+        async move {
+            while q.get().await.is_ok() {
+                taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let producer = || {
+        mp::Process::new(put_large_forever, (q.clone(), started.clone()))
+            .daemon(true)
+            .start_method(mp::StartMethod::ForkServer)
+            .start()
+    };
+    let mut producers = vec![producer().await?, producer().await?];
+    let mut jitter = Jitter::new()?;
+    for kill in 0..KILLS {
+        let pid = started
+            .get_timeout(Duration::from_secs(20))
+            .await
+            .map_err(|e| format!("after {kill} kills no producer puts items: {e}"))?;
+        jitter.sleep().await;
+        kill_member(&mut producers, pid).await?;
+        let before = taken.load(std::sync::atomic::Ordering::Relaxed);
+        producers.push(producer().await?);
+        ensure!(
+            support::eventually(Duration::from_secs(20), || {
+                taken.load(std::sync::atomic::Ordering::Relaxed) > before + SLOTS as u64
+            })
+            .await,
+            "after {kill} kills the items put are no longer taken"
+        );
+    }
+    consumer.abort();
+    for p in &mut producers {
+        p.kill()?;
+        join_code(p).await?;
+    }
+    // A producer killed after it sent its last packet has that item published by the next
+    // large put: a sentinel put after the kills comes out after every item of theirs.
+    while q.get_nowait().is_ok() {}
+    let sentinel = vec![255u8; 200];
+    q.put_timeout(sentinel.clone(), Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("the sentinel: {e}"))?;
+    loop {
+        let got = q.get_timeout(Duration::from_secs(10)).await?;
+        if got == sentinel {
+            break;
+        }
+        ensure!(
+            got == [7u8; 1000],
+            "before the sentinel, {} bytes that no producer put",
+            got.len()
+        );
+    }
+    // A lap leaves a slot free: a marker published for a producer killed before it sent its
+    // packet takes one until a consumer skips it.
+    for lap in 0..3u8 {
+        for i in 0..SLOTS as u8 - 1 {
+            let mut item = vec![0u8; 200];
+            item[..2].copy_from_slice(&[lap, i]);
+            q.put_timeout(item, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("put {i} of lap {lap}: {e}"))?;
+        }
+        for i in 0..SLOTS as u8 - 1 {
+            let got = q.get_timeout(Duration::from_secs(10)).await?;
+            ensure!(
+                got.get(..2) == Some(&[lap, i][..]) && got.len() == 200,
+                "lap {lap}: got {} bytes starting {:?}, want 200 starting {:?}",
+                got.len(),
+                got.get(..2),
+                [lap, i]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Random pauses of up to 2 ms (xorshift, seeded from the clock), so that a storm's kills
 /// land at random points of their victims' loops.
 struct Jitter(u64);
@@ -1022,6 +1134,10 @@ fn main() {
         test(
             "producers_killed_mid_put_do_not_stall_the_queue",
             producers_killed_mid_put_do_not_stall_the_queue,
+        ),
+        test(
+            "producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue",
+            producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue,
         ),
     ];
     libtest_mimic::run(&args, trials).exit()

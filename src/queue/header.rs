@@ -18,6 +18,10 @@ const PRODUCER_LOOKS: usize = 10;
 const UNFINISHED: usize = 16;
 const PACKET_SENT: usize = 24;
 
+/// Set in [`Header::packet_sent`] beside the holder's pid while its packet may not have
+/// been sent yet.
+pub(super) const SENDING: u64 = 1 << 32;
+
 /// See the module docs.
 #[derive(Clone, Copy)]
 pub(super) struct Header<'a> {
@@ -61,9 +65,10 @@ impl<'a> Header<'a> {
         }
     }
 
-    /// The pid of the packet lock's holder once its packet is in the socket, until the
-    /// packet's marker is in the ring; 0 otherwise. Whoever takes the lock next and finds it
-    /// set publishes the marker of a holder that died in between (see `packet.rs`).
+    /// What the packet lock's holder has sent: its pid with [`SENDING`] from just before it
+    /// sends its packet, its pid alone once the packet is in the socket, until the packet's
+    /// marker is in the ring; 0 otherwise. Whoever takes the lock next and finds it set
+    /// publishes the marker of a holder that died in between (see `packet.rs`).
     pub(super) fn packet_sent(self) -> &'a AtomicU64 {
         self.ring.user_word(PACKET_SENT)
     }

@@ -69,12 +69,14 @@
 //!
 //! A producer killed while it puts an item that travels through the socket (waiting for
 //! room, say) dies holding the packet lock; the next producer that needs the lock finds the
-//! holder dead and takes it, as for any [`Lock`](crate::Lock). If the dead producer had sent
-//! its packet, it had recorded so in the ring's header, and that producer publishes the
-//! packet's marker first, so the item is not lost. Two cases are not covered: a producer
-//! killed in the instant between its packet's send returning and that record, and a
-//! consumer killed between taking a marker and receiving its packet, each leave a packet
-//! without its marker in the socket, so each later large item comes out one place late. A
+//! holder dead and takes it, as for any [`Lock`](crate::Lock). A producer records in the
+//! ring's header that it is sending its packet, and clears that once the packet's marker is
+//! in the ring; the next holder that finds the record publishes the marker, so an item that
+//! was sent is not lost (it comes out once the next large put takes the lock). If the
+//! producer died before its send went out, that marker stands for no packet, and the
+//! consumer that takes it finds none and takes the next item; until then it holds a slot.
+//! Not covered: a consumer killed between taking a marker and receiving its packet leaves
+//! the packet in the socket, so each later large item comes out one place late. A
 //! [`JoinableQueue`] still counts a lost item as unfinished.
 //!
 //! # Layout

@@ -1,14 +1,17 @@
 //! The socket side: items that do not fit a slot, or that hold descriptors, travel as one
 //! `SOCK_SEQPACKET` packet each, with a marker in the ring in their place (see "Mechanism"
 //! in the queue's docs). Producers send a packet and publish its marker under the *packet
-//! lock*, the crate's own [`Lock`], so packets sit in the socket in the order of their
+//! lock*, the crate's own [`Lock`](crate::Lock), so packets sit in the socket in the order of their
 //! markers in the ring. Consumers need no lock: whoever takes a marker receives one packet.
 //!
 //! A producer may die holding the lock, most often while its put waits for room. The lock
 //! notices (see its owner death) and the next producer takes it. A holder that died after
-//! sending its packet and before publishing the marker left a packet with no marker; it
-//! recorded so in the ring's header ([`Header::packet_sent`]), and the next holder publishes
-//! that marker before its own packet.
+//! it began to send its packet and before it published the marker may have left a packet
+//! with no marker; it recorded so in the ring's header ([`Header::packet_sent`]), and the
+//! next holder publishes that marker before its own packet. Whether a packet went out when
+//! its sender died in the send is not known: the marker is published anyway, and a consumer
+//! that takes a marker and finds no packet in the socket skips it, so a marker too many
+//! costs nothing, where a marker too few would shift every later large item by one.
 //!
 //! [`Header::packet_sent`]: super::header::Header::packet_sent
 
@@ -19,30 +22,37 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::INLINE_MAX;
+use super::header::SENDING;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
-use crate::sync::{Lock, LockGuard, until};
+use crate::sync::{LockGuard, until};
 use crate::sys::{self, Pushed};
 
 /// The packet lock, taken by this process: released when dropped, wherever that is (a
 /// task that publishes a marker for its put may hold it past the put's return).
 pub(super) struct PacketGuard {
-    lock: Lock,
+    queue: Arc<Inner>,
 }
 
 impl PacketGuard {
     /// Takes over the lock a [`LockGuard`] holds, without the borrow.
-    fn of(guard: LockGuard<'_>) -> PacketGuard {
-        let lock = guard.lock().clone();
+    fn of(queue: &Arc<Inner>, guard: LockGuard<'_>) -> PacketGuard {
         guard.forget();
-        PacketGuard { lock }
+        PacketGuard {
+            queue: queue.clone(),
+        }
     }
 }
 
 impl Drop for PacketGuard {
+    /// Releases the lock; a put given up before it sent its packet (an error, a timeout, a
+    /// dropped future) first says it sent nothing.
     fn drop(&mut self) {
-        if let Err(e) = self.lock.release() {
+        let sending = u64::from(sys::cached_pid()) | SENDING;
+        let word = self.queue.header().packet_sent();
+        let _ = word.compare_exchange(sending, 0, Ordering::SeqCst, Ordering::SeqCst);
+        if let Err(e) = self.queue.lock.release() {
             tracing::debug!("cannot release a queue's packet lock: {e}");
         }
     }
@@ -58,7 +68,7 @@ impl Inner {
     fn try_lock(self: &Arc<Self>) -> Result<Option<PacketGuard>> {
         loop {
             let guard = match self.lock.try_lock() {
-                Ok(Some(g)) => PacketGuard::of(g),
+                Ok(Some(g)) => PacketGuard::of(self, g),
                 Ok(None) => return Ok(None),
                 Err(Error::LockOwnerDied { pid }) => {
                     tracing::debug!(pid, "a queue's packet lock was freed from its dead holder");
@@ -75,11 +85,11 @@ impl Inner {
     }
 
     /// Takes the packet lock, waiting for it; a holder that dies frees it (see
-    /// [`Lock`]'s owner death).
+    /// [`Lock`](crate::Lock)'s owner death).
     async fn lock(self: &Arc<Self>) -> Result<PacketGuard> {
         loop {
             let guard = match self.lock.lock().await {
-                Ok(g) => PacketGuard::of(g),
+                Ok(g) => PacketGuard::of(self, g),
                 Err(Error::LockOwnerDied { pid }) => {
                     tracing::debug!(pid, "a queue's packet lock was freed from its dead holder");
                     continue;
@@ -98,19 +108,22 @@ impl Inner {
         }
     }
 
-    /// The packet lock just taken, unless the holder before died after sending its packet
-    /// and before publishing the packet's marker: then that marker is published first, and
+    /// The packet lock just taken, unless the holder before died while it sent its packet
+    /// or before it published the packet's marker: then that marker is published first, and
     /// the lock is released with it (`Err`, with the task still publishing it, if any).
-    /// Without it, each later packet would be taken for the marker of the one before.
+    /// Without it, each later packet would be taken for the marker of the one before. A
+    /// holder that died while sending may have sent nothing: its marker then stands for no
+    /// packet, and the consumer that takes it skips it (see `try_take`).
     fn adopt(self: &Arc<Self>, guard: PacketGuard) -> std::result::Result<PacketGuard, Adopted> {
         let dead = self.header().packet_sent().load(Ordering::SeqCst);
         if dead == 0 {
             return Ok(guard);
         }
         tracing::debug!(
-            pid = dead,
-            "a queue's producer died between sending a packet and publishing its marker; \
-             publishing it"
+            pid = dead & u64::from(u32::MAX),
+            sending = dead & SENDING != 0,
+            "a queue's producer died holding its packet lock after it began to send; \
+             publishing its marker"
         );
         Err(self.push_marker(guard))
     }
@@ -147,8 +160,9 @@ impl Inner {
             });
             until(deadline, room).await?;
         }
+        self.record_sent(SENDING);
         until(deadline, self.send_packet(r, bytes, fds)).await?;
-        self.sent();
+        self.record_sent(0);
         match self.push_marker(lock) {
             None => Ok(()),
             Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,
@@ -166,6 +180,7 @@ impl Inner {
             return Err(Error::Full);
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.record_sent(SENDING);
         loop {
             match sys::send_with_fds(self.tx.as_fd(), bytes, &raw) {
                 Ok(_) => break,
@@ -176,19 +191,22 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.sent();
+        self.record_sent(0);
         // If the ring filled up since we looked, the marker goes in as soon as there is
         // room, from a task of its own.
         let _ = self.push_marker(lock);
         Ok(())
     }
 
-    /// Records that the packet lock's holder (this process) has its packet in the socket and
-    /// its marker not yet in the ring, until the marker is published (see
-    /// [`Header::packet_sent`](super::header::Header::packet_sent)).
-    fn sent(&self) {
+    /// Records what the packet lock's holder (this process) has sent: a packet it is about to
+    /// send, or one in the socket whose marker is not in the ring yet, until the marker is
+    /// published (see [`Header::packet_sent`](super::header::Header::packet_sent)).
+    /// `flag` [`SENDING`] just before the send, 0 once it is done.
+    fn record_sent(&self, flag: u64) {
         let me = u64::from(sys::cached_pid());
-        self.header().packet_sent().store(me, Ordering::SeqCst);
+        self.header()
+            .packet_sent()
+            .store(me | flag, Ordering::SeqCst);
     }
 
     /// Publishes the marker of a packet just sent, still under the packet lock. It must
@@ -241,21 +259,22 @@ impl Inner {
         }
     }
 
-    /// Takes one packet from the socket now, for a marker just taken from the ring.
-    pub(super) fn recv_packet_now(&self, buf: &mut Vec<u8>) -> Result<(usize, VecDeque<OwnedFd>)> {
+    /// Takes one packet from the socket now, for a marker just taken from the ring; `None` if
+    /// there is none, for a marker published on behalf of a producer that died before it
+    /// sent its packet (see [`adopt`](Self::adopt)).
+    pub(super) fn recv_packet_now(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<(usize, VecDeque<OwnedFd>)>> {
         if buf.len() < INLINE_MAX + 16 {
             buf.resize(INLINE_MAX + 16, 0);
         }
         let mut fds = VecDeque::new();
         loop {
             match sys::recv_with_fds(self.rx.as_fd(), buf, &mut fds) {
-                Ok(n) => return Ok((n, fds)),
+                Ok(n) => return Ok(Some((n, fds))),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(Error::Protocol(
-                        "a queue marker was taken but its packet is missing".into(),
-                    ));
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }
