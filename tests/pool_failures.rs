@@ -29,6 +29,7 @@ fn main() {
         worker_killed_mid_task,
         spinning_pool_notices_a_dead_worker,
         worker_killed_with_tasks_waiting_behind,
+        a_task_sent_to_a_worker_that_dies_before_starting_it_runs_on_another,
         worker_abort_and_exit_mid_task,
         task_timeout_kills_and_replaces,
         a_timeout_blames_the_task_that_overran,
@@ -472,6 +473,32 @@ async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
     ensure!(
         v == (0..20).map(|x| x * x).collect::<Vec<_>>(),
         "the others ran: {v:?}"
+    );
+    Ok(())
+}
+
+// A task sent to an idle worker that dies before it starts the task (here the worker is
+// stopped, so it never reads it, then SIGKILLed) never ran: it runs on the replacement, as
+// the tasks waiting behind a lost one do. It failed with `WorkerLost`: the first task sent
+// to an idle worker counted as started, whatever the worker had marked.
+async fn a_task_sent_to_a_worker_that_dies_before_starting_it_runs_on_another() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let victim = pool.apply(pid, ()).await?;
+    let stopped = i32::try_from(victim)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stopped),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
+    let h = pool.apply_async(pid, ());
+    ensure!(
+        eventually(Duration::from_secs(20), || pool.stats().tasks_running == 1).await,
+        "the task was not sent to the stopped worker"
+    );
+    kill9(victim)?;
+    let ran_on = h.await?;
+    ensure!(
+        ran_on != victim,
+        "the task answered from the dead worker {victim}"
     );
     Ok(())
 }

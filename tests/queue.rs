@@ -328,6 +328,24 @@ async fn put_forever(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
     }
 }
 
+/// Puts items over a slot's size (each a packet, sent under the packet lock) for ever, until
+/// killed; says once, on `started`, that it is putting them.
+async fn put_large_forever(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
+    let item = vec![7u8; 1000];
+    let mut told = false;
+    loop {
+        if q.put(item.clone()).await.is_err() {
+            std::process::exit(3);
+        }
+        if !told {
+            told = true;
+            if started.put(std::process::id()).await.is_err() {
+                std::process::exit(3);
+            }
+        }
+    }
+}
+
 /// Puts items of nearly a slot's size until `stop` is set; exits 0 only if every put
 /// completed.
 async fn put_until(q: mp::Queue<Vec<u8>>, stop: mp::Event) {
@@ -337,6 +355,17 @@ async fn put_until(q: mp::Queue<Vec<u8>>, stop: mp::Event) {
             std::process::exit(3);
         }
     }
+}
+
+/// Says on `started` that it is about to put, then puts an item over a slot's size into
+/// `q`, which the caller keeps full: the put waits for room, holding the packet lock, until
+/// this process is killed.
+async fn put_large_into_full(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
+    if started.put(std::process::id()).await.is_err() {
+        std::process::exit(3);
+    }
+    let _ = q.put(vec![7u8; 1000]).await;
+    std::process::exit(4)
 }
 
 // ---- tests ----
@@ -800,6 +829,50 @@ async fn a_put_that_times_out_leaves_nothing_in_the_queue() -> TestResult {
     Ok(())
 }
 
+/// A producer SIGKILLed while its item over a slot's size waits for room in a full queue
+/// dies holding the packet lock; the next producer of such an item takes the lock over from
+/// the dead one, so large puts go on working. (The lock stayed taken for ever: every later
+/// put of an item over 112 bytes waited, and `put_timeout` and `put_nowait` said `Full` of a
+/// queue with room.) Several rounds, so that the kill lands while the put waits.
+async fn a_producer_killed_holding_the_packet_lock_leaves_large_puts_working() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::with_maxsize(1)?;
+    let started = mp::Queue::<u32>::new()?;
+    for round in 0..5u8 {
+        q.put(vec![round]).await?;
+        let mut p = start(put_large_into_full, (q.clone(), started.clone())).await?;
+        started.get_timeout(Duration::from_secs(20)).await?;
+        tokio::task::yield_now().await;
+        p.kill()?;
+        ensure!(
+            join_code(&mut p).await? == -9,
+            "the producer was not killed"
+        );
+        let small = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(
+            small == [round],
+            "round {round}: got {small:?} before the large item"
+        );
+        q.put_timeout(vec![round; 1000], Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("round {round}: a large put after the kill: {e}"))?;
+        q.put_nowait(vec![round; 200])
+            .err()
+            .ok_or("a put_nowait into a full queue")?;
+        let large = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(
+            large == vec![round; 1000],
+            "round {round}: got {} bytes of {:?}, want the large item",
+            large.len(),
+            large.first()
+        );
+        q.put_nowait(vec![round; 200])
+            .map_err(|e| format!("round {round}: put_nowait of a large item: {e}"))?;
+        let last = q.get_timeout(Duration::from_secs(10)).await?;
+        ensure!(last == vec![round; 200], "round {round}: got {last:?}");
+    }
+    Ok(())
+}
+
 /// Queues leave no descriptor behind (checked in a child of its own).
 async fn no_descriptor_left_behind() -> TestResult {
     let mut p = start(fd_balance, ()).await?;
@@ -954,6 +1027,100 @@ async fn producers_killed_mid_put_do_not_stall_the_queue() -> TestResult {
     Ok(())
 }
 
+/// The storm above with items over a slot's size, which travel as packets under the packet
+/// lock: 300 SIGKILLs of producers, most of them while their put waits for room holding
+/// the lock, some while they send their packet or publish its marker. After each kill the
+/// items put afterwards are still taken, and after the storm fresh items come out as they
+/// were put: no packet was left in the socket without its marker, which would make each
+/// later large item come out one place late. (The lock stayed with the first producer
+/// killed holding it; once it passed on, a producer killed between sending its packet and
+/// recording so left such a packet.)
+async fn producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue() -> TestResult {
+    const KILLS: usize = 300;
+    const SLOTS: usize = 16;
+    let q = mp::Queue::<Vec<u8>>::with_maxsize(SLOTS)?;
+    let started = mp::Queue::<u32>::new()?;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let consumer = tokio::spawn({
+        let (q, taken) = (q.clone(), taken.clone());
+        async move {
+            while q.get().await.is_ok() {
+                taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let producer = || {
+        mp::Process::new(put_large_forever, (q.clone(), started.clone()))
+            .daemon(true)
+            .start_method(mp::StartMethod::ForkServer)
+            .start()
+    };
+    let mut producers = vec![producer().await?, producer().await?];
+    let mut jitter = Jitter::new()?;
+    for kill in 0..KILLS {
+        let pid = started
+            .get_timeout(Duration::from_secs(20))
+            .await
+            .map_err(|e| format!("after {kill} kills no producer puts items: {e}"))?;
+        jitter.sleep().await;
+        kill_member(&mut producers, pid).await?;
+        let before = taken.load(std::sync::atomic::Ordering::Relaxed);
+        producers.push(producer().await?);
+        ensure!(
+            support::eventually(Duration::from_secs(20), || {
+                taken.load(std::sync::atomic::Ordering::Relaxed) > before + SLOTS as u64
+            })
+            .await,
+            "after {kill} kills the items put are no longer taken"
+        );
+    }
+    consumer.abort();
+    for p in &mut producers {
+        p.kill()?;
+        join_code(p).await?;
+    }
+    // A producer killed after it sent its last packet has that item published by the next
+    // large put: a sentinel put after the kills comes out after every item of theirs.
+    while q.get_nowait().is_ok() {}
+    let sentinel = vec![255u8; 200];
+    q.put_timeout(sentinel.clone(), Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("the sentinel: {e}"))?;
+    loop {
+        let got = q.get_timeout(Duration::from_secs(10)).await?;
+        if got == sentinel {
+            break;
+        }
+        ensure!(
+            got == [7u8; 1000],
+            "before the sentinel, {} bytes that no producer put",
+            got.len()
+        );
+    }
+    // A lap leaves a slot free: a marker published for a producer killed before it sent its
+    // packet takes one until a consumer skips it.
+    for lap in 0..3u8 {
+        for i in 0..SLOTS as u8 - 1 {
+            let mut item = vec![0u8; 200];
+            item[..2].copy_from_slice(&[lap, i]);
+            q.put_timeout(item, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("put {i} of lap {lap}: {e}"))?;
+        }
+        for i in 0..SLOTS as u8 - 1 {
+            let got = q.get_timeout(Duration::from_secs(10)).await?;
+            ensure!(
+                got.get(..2) == Some(&[lap, i][..]) && got.len() == 200,
+                "lap {lap}: got {} bytes starting {:?}, want 200 starting {:?}",
+                got.len(),
+                got.get(..2),
+                [lap, i]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Random pauses of up to 2 ms (xorshift, seeded from the clock), so that a storm's kills
 /// land at random points of their victims' loops.
 struct Jitter(u64);
@@ -1039,6 +1206,10 @@ fn main() {
             "a_put_that_times_out_leaves_nothing_in_the_queue",
             a_put_that_times_out_leaves_nothing_in_the_queue,
         ),
+        test(
+            "a_producer_killed_holding_the_packet_lock_leaves_large_puts_working",
+            a_producer_killed_holding_the_packet_lock_leaves_large_puts_working,
+        ),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
         test(
             "consumers_killed_mid_get_do_not_stall_the_queue",
@@ -1047,6 +1218,10 @@ fn main() {
         test(
             "producers_killed_mid_put_do_not_stall_the_queue",
             producers_killed_mid_put_do_not_stall_the_queue,
+        ),
+        test(
+            "producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue",
+            producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue,
         ),
     ];
     libtest_mimic::run(&args, trials).exit()

@@ -225,7 +225,8 @@ fn checked_job(
 ///
 /// When a worker dies, only the tasks it may have started fail (a worker marks each task in
 /// memory shared with the pool before it starts it), so no task runs twice; those it held
-/// and never started are sent to another worker.
+/// and never started are sent to another worker, even the one it was sent while idle (if
+/// its arguments take at most 1 MiB; an `async fn` task is not marked, and fails).
 ///
 /// # Examples
 ///

@@ -171,7 +171,8 @@ struct Running {
     /// Whether the worker has (as far as we know) started it.
     started: bool,
     /// The arguments, kept while the task waits in a worker so it can be sent again if
-    /// that worker dies before starting it (and while it runs, if it may be retried).
+    /// that worker dies before starting it (and while it runs, if it may be retried, or if
+    /// [`kept_while_running`]).
     copy: Option<Payload>,
     retries: u32,
     deadline: Option<Instant>,
@@ -188,6 +189,19 @@ pub(super) struct Starts {
     pub(super) pending: usize,
     /// Starts that failed, to be tried again.
     pub(super) failed: usize,
+}
+
+/// The largest arguments kept while their synchronous task runs (see [`kept_while_running`]).
+const KEEP_WHILE_RUNNING: usize = 1 << 20;
+
+/// Whether a task's arguments are kept while it runs, not only while it waits in a worker:
+/// a synchronous task's, up to [`KEEP_WHILE_RUNNING`] bytes. A worker marks each
+/// synchronous task as it starts it, so one whose worker died before that mark is sent
+/// again, even the task it was taken to be running (a worker may die between receiving a
+/// task and starting it); an `async fn` task is not marked, and whether it started is not
+/// known.
+fn kept_while_running(is_async: bool, payload: &Payload) -> bool {
+    !is_async && payload.len() <= KEEP_WHILE_RUNNING
 }
 
 /// The first delay before a failed worker start is tried again; it doubles with each
@@ -703,7 +717,11 @@ impl Scheduler {
             return;
         };
         run.started = true;
-        if run.retries == 0 {
+        let kept = run
+            .copy
+            .as_ref()
+            .is_some_and(|p| kept_while_running(run.is_async, p));
+        if run.retries == 0 && !kept {
             run.copy = None;
         }
         if let Some(d) = run.deadline.take() {
@@ -882,7 +900,8 @@ impl Scheduler {
             return;
         };
         let started = job.is_async || slot.sync.is_empty();
-        let copy = if started && job.retries == 0 {
+        let copy = if started && job.retries == 0 && !kept_while_running(job.is_async, &job.payload)
+        {
             None
         } else {
             job.payload.try_clone().ok()

@@ -16,6 +16,11 @@ const PRODUCER_WAITERS: usize = 8;
 const PRODUCER_NOTIFIED: usize = 9;
 const PRODUCER_LOOKS: usize = 10;
 const UNFINISHED: usize = 16;
+const PACKET_SENT: usize = 24;
+
+/// Set in [`Header::packet_sent`] beside the holder's pid while its packet may not have
+/// been sent yet.
+pub(super) const SENDING: u64 = 1 << 32;
 
 /// See the module docs.
 #[derive(Clone, Copy)]
@@ -58,6 +63,14 @@ impl<'a> Header<'a> {
             looks: self.ring.user_word(PRODUCER_LOOKS),
             notified: self.ring.user_word(PRODUCER_NOTIFIED),
         }
+    }
+
+    /// What the packet lock's holder has sent: its pid with [`SENDING`] from just before it
+    /// sends its packet, its pid alone once the packet is in the socket, until the packet's
+    /// marker is in the ring; 0 otherwise. Whoever takes the lock next and finds it set
+    /// publishes the marker of a holder that died in between (see `packet.rs`).
+    pub(super) fn packet_sent(self) -> &'a AtomicU64 {
+        self.ring.user_word(PACKET_SENT)
     }
 
     /// A joinable queue's count of items put and not yet marked done.

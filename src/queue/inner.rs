@@ -14,6 +14,7 @@ use super::reactor::Reactor;
 use super::spill::RECYCLE_BUFFER;
 use crate::awake::Recent;
 use crate::error::{Error, Result};
+use crate::sync::Lock;
 use crate::sys;
 use crate::wire::{Fd, FdRef};
 
@@ -41,8 +42,9 @@ pub(super) struct Inner {
     pub(super) items: Arc<OwnedFd>,
     /// Wakes producers waiting for room.
     pub(super) space: Arc<OwnedFd>,
-    /// The packet lock (see `packet.rs`).
-    pub(super) lock: Arc<OwnedFd>,
+    /// The packet lock (see `packet.rs`): the crate's own [`Lock`], so that a holder's death
+    /// is noticed.
+    pub(super) lock: Lock,
     /// Wakes joiners when no item is left unfinished; only in a joinable queue.
     pub(super) done: Option<Arc<OwnedFd>>,
     closed: AtomicBool,
@@ -105,11 +107,7 @@ impl Inner {
             maxsize,
             items: Arc::new(sys::eventfd(false)?),
             space: Arc::new(sys::eventfd(false)?),
-            lock: {
-                let lock = sys::eventfd(true)?;
-                sys::eventfd_add(lock.as_fd(), 1)?;
-                Arc::new(lock)
-            },
+            lock: Lock::new()?,
             done,
             closed: AtomicBool::new(false),
             registrations: Mutex::new(None),
@@ -166,7 +164,7 @@ impl Serialize for Inner {
             FdRef(self.ring.fd()),
             FdRef(self.items.as_fd()),
             FdRef(self.space.as_fd()),
-            FdRef(self.lock.as_fd()),
+            &self.lock,
             self.done.as_ref().map(|f| FdRef(f.as_fd())),
         )
             .serialize(s)
@@ -175,7 +173,7 @@ impl Serialize for Inner {
 
 impl<'de> Deserialize<'de> for Inner {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        type Wire = (u64, Fd, Fd, (Fd, Fd), Fd, Fd, Fd, Fd, Option<Fd>);
+        type Wire = (u64, Fd, Fd, (Fd, Fd), Fd, Fd, Fd, Lock, Option<Fd>);
         let (maxsize, tx, rx, (ret_tx, ret_rx), ring, items, space, lock, done) =
             Wire::deserialize(d)?;
         let ring = sys::ShmRing::open(ring.into_owned()).map_err(serde::de::Error::custom)?;
@@ -194,7 +192,7 @@ impl<'de> Deserialize<'de> for Inner {
             maxsize,
             items: Arc::new(items.into_owned()),
             space: Arc::new(space.into_owned()),
-            lock: Arc::new(lock.into_owned()),
+            lock,
             done: done.map(|f| Arc::new(f.into_owned())),
             closed: AtomicBool::new(false),
             registrations: Mutex::new(None),

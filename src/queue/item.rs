@@ -104,22 +104,28 @@ impl Inner {
     }
 
     /// Takes the oldest item now, if there is one. Once a slot is taken the item is consumed,
-    /// even if it then fails to decode.
+    /// even if it then fails to decode. A marker whose packet is not in the socket is one
+    /// published for a producer that died before it could send its packet (see
+    /// `packet.rs`): it stands for no item, and the next slot is taken instead.
     pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
-        let popped = self.ring.try_pop(&mut buf);
-        if matches!(popped, Ok(Some(_))) {
-            self.recent.mark();
-            self.notify_producers();
-        }
-        match popped? {
-            None => Ok(None),
-            Some(Popped::Data(n)) => codec::decode(&buf[..n], Vec::new()).map(Some),
-            Some(Popped::Marker) => {
-                drop(buf);
-                let mut pbuf = self.pbuf.lock().unwrap_or_else(|p| p.into_inner());
-                let (n, fds) = self.recv_packet_now(&mut pbuf)?;
-                self.decode_packet(&pbuf[..n], fds).map(Some)
+        loop {
+            let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
+            let popped = self.ring.try_pop(&mut buf);
+            if matches!(popped, Ok(Some(_))) {
+                self.recent.mark();
+                self.notify_producers();
+            }
+            match popped? {
+                None => return Ok(None),
+                Some(Popped::Data(n)) => return codec::decode(&buf[..n], Vec::new()).map(Some),
+                Some(Popped::Marker) => {
+                    drop(buf);
+                    let mut pbuf = self.pbuf.lock().unwrap_or_else(|p| p.into_inner());
+                    match self.recv_packet_now(&mut pbuf)? {
+                        Some((n, fds)) => return self.decode_packet(&pbuf[..n], fds).map(Some),
+                        None => self.forget_marker(),
+                    }
+                }
             }
         }
     }

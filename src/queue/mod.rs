@@ -14,8 +14,8 @@
 //! descriptors (a pipe end, another queue) travel through a Unix `SOCK_SEQPACKET` socket
 //! pair instead, one packet per item, and the ring gets a *marker* in their place: whoever
 //! takes a marker receives one packet. Producers send a packet and publish its marker while
-//! holding the *packet lock*, a cross-process mutex (an `EFD_SEMAPHORE` eventfd holding 1 when
-//! free, awaited on the reactor), so packets sit in the socket in the order of their markers
+//! holding the *packet lock*, a cross-process [`Lock`](crate::Lock) (its holder's pid in
+//! shared memory, awaited on the reactor), so packets sit in the socket in the order of their markers
 //! in the ring and the k-th marker taken gets the k-th packet: a consumer never meets an
 //! item before an earlier item of the same producer. (Without the lock, a packet sent before
 //! ours whose marker lands after ours would be taken in our place, and our later small items
@@ -71,11 +71,17 @@
 //! the process that took it. A producer waiting for room at a slot that a live process still
 //! holds watches that process too, so its death wakes the producer.
 //!
-//! Items that travel through the socket are not covered: a producer killed while it sends
-//! one holds the packet lock for ever (later large puts wait), and a consumer killed between
-//! taking a marker and receiving its packet leaves the packet in the socket, so each later
-//! large item comes out one place late. A [`JoinableQueue`] still counts a lost item as
-//! unfinished.
+//! A producer killed while it puts an item that travels through the socket (waiting for
+//! room, say) dies holding the packet lock; the next producer that needs the lock finds the
+//! holder dead and takes it, as for any [`Lock`](crate::Lock). A producer records in the
+//! ring's header that it is sending its packet, and clears that once the packet's marker is
+//! in the ring; the next holder that finds the record publishes the marker, so an item that
+//! was sent is not lost (it comes out once the next large put takes the lock). If the
+//! producer died before its send went out, that marker stands for no packet, and the
+//! consumer that takes it finds none and takes the next item; until then it holds a slot.
+//! Not covered: a consumer killed between taking a marker and receiving its packet leaves
+//! the packet in the socket, so each later large item comes out one place late. A
+//! [`JoinableQueue`] still counts a lost item as unfinished.
 //!
 //! # Layout
 //!

@@ -1,53 +1,131 @@
 //! The socket side: items that do not fit a slot, or that hold descriptors, travel as one
 //! `SOCK_SEQPACKET` packet each, with a marker in the ring in their place (see "Mechanism"
 //! in the queue's docs). Producers send a packet and publish its marker under the *packet
-//! lock*, a cross-process mutex (an `EFD_SEMAPHORE` eventfd holding 1 when free, awaited on
-//! the reactor), so packets sit in the socket in the order of their markers in the ring.
-//! Consumers need no lock: whoever takes a marker receives one packet.
+//! lock*, the crate's own [`Lock`](crate::Lock), so packets sit in the socket in the order of their
+//! markers in the ring. Consumers need no lock: whoever takes a marker receives one packet.
+//!
+//! A producer may die holding the lock, most often while its put waits for room. The lock
+//! notices (see its owner death) and the next producer takes it. A holder that died after
+//! it began to send its packet and before it published the marker may have left a packet
+//! with no marker; it recorded so in the ring's header ([`Header::packet_sent`]), and the
+//! next holder publishes that marker before its own packet. Whether a packet went out when
+//! its sender died in the send is not known: the marker is published anyway, and a consumer
+//! that takes a marker and finds no packet in the socket skips it, so a marker too many
+//! costs nothing, where a marker too few would shift every later large item by one.
+//!
+//! [`Header::packet_sent`]: super::header::Header::packet_sent
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::INLINE_MAX;
+use super::header::SENDING;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
-use crate::on_drop::OnDrop;
-use crate::sync::until;
+use crate::sync::{LockGuard, until};
 use crate::sys::{self, Pushed};
 
-/// The packet lock, just taken: released when the guard drops.
-fn held(lock: &Arc<OwnedFd>) -> OnDrop<impl FnOnce() + Send + 'static> {
-    let lock = lock.clone();
-    OnDrop::new(move || {
-        if let Err(e) = sys::eventfd_add(lock.as_fd(), 1) {
-            tracing::debug!("cannot release a queue's packet lock: {e}");
-        }
-    })
+/// The packet lock, taken by this process: released when dropped, wherever that is (a
+/// task that publishes a marker for its put may hold it past the put's return).
+pub(super) struct PacketGuard {
+    queue: Arc<Inner>,
 }
 
+impl PacketGuard {
+    /// Takes over the lock a [`LockGuard`] holds, without the borrow.
+    fn of(queue: &Arc<Inner>, guard: LockGuard<'_>) -> PacketGuard {
+        guard.forget();
+        PacketGuard {
+            queue: queue.clone(),
+        }
+    }
+}
+
+impl Drop for PacketGuard {
+    /// Releases the lock; a put given up before it sent its packet (an error, a timeout, a
+    /// dropped future) first says it sent nothing.
+    fn drop(&mut self) {
+        let sending = u64::from(sys::cached_pid()) | SENDING;
+        let word = self.queue.header().packet_sent();
+        let _ = word.compare_exchange(sending, 0, Ordering::SeqCst, Ordering::SeqCst);
+        if let Err(e) = self.queue.lock.release() {
+            tracing::debug!("cannot release a queue's packet lock: {e}");
+        }
+    }
+}
+
+/// The marker of a dead holder's packet, published by whoever took the lock after it: the
+/// task that still waits for room to publish it, if it could not at once.
+type Adopted = Option<tokio::task::JoinHandle<Result<()>>>;
+
 impl Inner {
-    /// Takes the packet lock now, if it is free.
-    fn try_lock(&self) -> Result<Option<OnDrop<impl FnOnce() + Send + 'static>>> {
-        match sys::eventfd_take(self.lock.as_fd()) {
-            Ok(_) => Ok(Some(held(&self.lock))),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e.into()),
+    /// Takes the packet lock now, if it is free or its holder died; `None` if a live process
+    /// holds it, or if a dead holder's marker still waits for room.
+    fn try_lock(self: &Arc<Self>) -> Result<Option<PacketGuard>> {
+        loop {
+            let guard = match self.lock.try_lock() {
+                Ok(Some(g)) => PacketGuard::of(self, g),
+                Ok(None) => return Ok(None),
+                Err(Error::LockOwnerDied { pid }) => {
+                    tracing::debug!(pid, "a queue's packet lock was freed from its dead holder");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.adopt(guard) {
+                Ok(g) => return Ok(Some(g)),
+                Err(None) => continue,
+                Err(Some(_waiting)) => return Ok(None),
+            }
         }
     }
 
-    /// Takes the packet lock, waiting for it on the reactor.
-    async fn lock(&self, r: &Reactor) -> Result<OnDrop<impl FnOnce() + Send + 'static>> {
+    /// Takes the packet lock, waiting for it; a holder that dies frees it (see
+    /// [`Lock`](crate::Lock)'s owner death).
+    async fn lock(self: &Arc<Self>) -> Result<PacketGuard> {
         loop {
-            let mut g = r.lock.readable().await?;
-            match g.try_io(|_| sys::eventfd_take(self.lock.as_fd())) {
-                Ok(Ok(_)) => return Ok(held(&self.lock)),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_would_block) => {}
+            let guard = match self.lock.lock().await {
+                Ok(g) => PacketGuard::of(self, g),
+                Err(Error::LockOwnerDied { pid }) => {
+                    tracing::debug!(pid, "a queue's packet lock was freed from its dead holder");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.adopt(guard) {
+                Ok(g) => return Ok(g),
+                Err(None) => {}
+                Err(Some(waiting)) => {
+                    waiting
+                        .await
+                        .map_err(|e| Error::from(io::Error::other(e)))??;
+                }
             }
         }
+    }
+
+    /// The packet lock just taken, unless the holder before died while it sent its packet
+    /// or before it published the packet's marker: then that marker is published first, and
+    /// the lock is released with it (`Err`, with the task still publishing it, if any).
+    /// Without it, each later packet would be taken for the marker of the one before. A
+    /// holder that died while sending may have sent nothing: its marker then stands for no
+    /// packet, and the consumer that takes it skips it (see `try_take`).
+    fn adopt(self: &Arc<Self>, guard: PacketGuard) -> std::result::Result<PacketGuard, Adopted> {
+        let dead = self.header().packet_sent().load(Ordering::SeqCst);
+        if dead == 0 {
+            return Ok(guard);
+        }
+        tracing::debug!(
+            pid = dead & u64::from(u32::MAX),
+            sending = dead & SENDING != 0,
+            "a queue's producer died holding its packet lock after it began to send; \
+             publishing its marker"
+        );
+        Err(self.push_marker(guard))
     }
 
     /// Sends a packet on the socket, waiting for room in its buffer.
@@ -74,7 +152,7 @@ impl Inner {
         fds: &[OwnedFd],
         deadline: Option<tokio::time::Instant>,
     ) -> Result<()> {
-        let lock = until(deadline, self.lock(r)).await?;
+        let lock = until(deadline, self.lock()).await?;
         let cap = self.ring.capacity();
         if self.ring.len() >= cap {
             let room = self.wait_until(&r.space, self.header().producers(), || {
@@ -82,7 +160,9 @@ impl Inner {
             });
             until(deadline, room).await?;
         }
+        self.record_sent(SENDING);
         until(deadline, self.send_packet(r, bytes, fds)).await?;
+        self.record_sent(0);
         match self.push_marker(lock) {
             None => Ok(()),
             Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,
@@ -100,6 +180,7 @@ impl Inner {
             return Err(Error::Full);
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.record_sent(SENDING);
         loop {
             match sys::send_with_fds(self.tx.as_fd(), bytes, &raw) {
                 Ok(_) => break,
@@ -110,10 +191,22 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.record_sent(0);
         // If the ring filled up since we looked, the marker goes in as soon as there is
         // room, from a task of its own.
         let _ = self.push_marker(lock);
         Ok(())
+    }
+
+    /// Records what the packet lock's holder (this process) has sent: a packet it is about to
+    /// send, or one in the socket whose marker is not in the ring yet, until the marker is
+    /// published (see [`Header::packet_sent`](super::header::Header::packet_sent)).
+    /// `flag` [`SENDING`] just before the send, 0 once it is done.
+    fn record_sent(&self, flag: u64) {
+        let me = u64::from(sys::cached_pid());
+        self.header()
+            .packet_sent()
+            .store(me | flag, Ordering::SeqCst);
     }
 
     /// Publishes the marker of a packet just sent, still under the packet lock. It must
@@ -121,7 +214,7 @@ impl Inner {
     /// a task (or, outside a runtime, a thread) of its own finishes it, holding the lock.
     fn push_marker(
         self: &Arc<Self>,
-        lock: OnDrop<impl FnOnce() + Send + 'static>,
+        lock: PacketGuard,
     ) -> Option<tokio::task::JoinHandle<Result<()>>> {
         if self.try_push(None) == Pushed::Done {
             drop(lock);
@@ -166,21 +259,22 @@ impl Inner {
         }
     }
 
-    /// Takes one packet from the socket now, for a marker just taken from the ring.
-    pub(super) fn recv_packet_now(&self, buf: &mut Vec<u8>) -> Result<(usize, VecDeque<OwnedFd>)> {
+    /// Takes one packet from the socket now, for a marker just taken from the ring; `None` if
+    /// there is none, for a marker published on behalf of a producer that died before it
+    /// sent its packet (see [`adopt`](Self::adopt)).
+    pub(super) fn recv_packet_now(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<(usize, VecDeque<OwnedFd>)>> {
         if buf.len() < INLINE_MAX + 16 {
             buf.resize(INLINE_MAX + 16, 0);
         }
         let mut fds = VecDeque::new();
         loop {
             match sys::recv_with_fds(self.rx.as_fd(), buf, &mut fds) {
-                Ok(n) => return Ok((n, fds)),
+                Ok(n) => return Ok(Some((n, fds))),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(Error::Protocol(
-                        "a queue marker was taken but its packet is missing".into(),
-                    ));
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -14,7 +14,6 @@ use crate::sys;
 /// See the module docs.
 pub(super) struct Reactor {
     pub(super) tx: AsyncFd<Arc<OwnedFd>>,
-    pub(super) lock: AsyncFd<Arc<OwnedFd>>,
     pub(super) items: AsyncFd<Arc<OwnedFd>>,
     pub(super) space: AsyncFd<Arc<OwnedFd>>,
     pub(super) done: Option<AsyncFd<Arc<OwnedFd>>>,
@@ -37,7 +36,6 @@ impl Inner {
         let reg = |fd: &Arc<OwnedFd>, i| sys::register_shared(fd.clone(), i);
         let new = Arc::new(Reactor {
             tx: reg(&self.tx, Interest::WRITABLE)?,
-            lock: reg(&self.lock, Interest::READABLE)?,
             items: reg(&self.items, Interest::READABLE)?,
             space: reg(&self.space, Interest::READABLE)?,
             done: self

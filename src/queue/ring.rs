@@ -17,13 +17,19 @@ use crate::sys::{self, Pushed};
 impl Inner {
     /// Publishes a slot (data or marker) now, counting it as unfinished for a joinable
     /// queue. If the ring is full, says whether a live process holds the slot needed (see
-    /// [`Pushed::Held`]).
+    /// [`Pushed::Held`]). A marker is published by the packet lock's holder, whose record of
+    /// a packet sent is cleared once the marker is in the ring (see `packet.rs`): a holder
+    /// that dies in between leaves a marker too many, which costs nothing, rather than one
+    /// too few.
     pub(super) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
         let joinable = self.done.is_some();
         if joinable {
             self.header().unfinished().fetch_add(1, Ordering::SeqCst);
         }
         let pushed = self.ring.try_push(data);
+        if data.is_none() && pushed == Pushed::Done {
+            self.header().packet_sent().store(0, Ordering::SeqCst);
+        }
         if pushed == Pushed::Done {
             self.recent.mark();
             self.notify_consumers();
@@ -36,6 +42,15 @@ impl Inner {
             // Our own process (another thread) frees it and wakes us as any consumer does.
             Pushed::Held(pid) if pid == sys::cached_pid() => Pushed::Full,
             other => other,
+        }
+    }
+
+    /// Forgets a marker that stood for no packet (see [`try_take`](Self::try_take)): a
+    /// joinable queue counted it as unfinished.
+    pub(super) fn forget_marker(&self) {
+        tracing::debug!("a queue marker stood for a packet its dead producer never sent");
+        if self.done.is_some() && self.header().unfinished().fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.wake_joiners();
         }
     }
 
