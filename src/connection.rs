@@ -284,7 +284,10 @@ impl<T> Connection<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] once every holder of the other end has closed it or exited and all
-    /// messages have been received; [`Error::Protocol`] if the stream ends inside a message.
+    /// messages have been received; [`Error::Protocol`] if the stream ends inside a message;
+    /// [`Error::FrameTooLarge`] for a message over the maximum frame size (see
+    /// [`set_max_frame_size`](crate::set_max_frame_size)), which is not read: every later
+    /// receive fails the same way, so the connection is of no further use.
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
@@ -403,7 +406,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// [`Error::Closed`] once every holder of the other end has closed it or exited (killed
     /// included) and all messages have been received; [`Error::Decode`] if the message is not
     /// a `T` (the message is consumed, the connection stays usable); [`Error::Protocol`] if
-    /// the stream ends inside a message; [`Error::Authentication`] for a listener's
+    /// the stream ends inside a message; [`Error::FrameTooLarge`] as
+    /// [`recv_bytes`](Self::recv_bytes); [`Error::Authentication`] for a listener's
     /// authentication challenge, which a [`Client`](crate::Client) connected without a key
     /// receives from a listener that has one.
     ///
