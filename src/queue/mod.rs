@@ -15,12 +15,12 @@
 //! pair instead, one packet per item, and the ring gets a *marker* in their place: whoever
 //! takes a marker receives one packet. Producers send a packet and publish its marker while
 //! holding the *packet lock*, a cross-process [`Lock`](crate::Lock) (its holder's pid in
-//! shared memory, awaited on the reactor), so packets sit in the socket in the order of their markers
-//! in the ring and the k-th marker taken gets the k-th packet: a consumer never meets an
-//! item before an earlier item of the same producer. (Without the lock, a packet sent before
-//! ours whose marker lands after ours would be taken in our place, and our later small items
-//! could overtake our large one.) Consumers need no lock: the socket hands each packet to one
-//! of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
+//! shared memory, awaited on the reactor), so packets sit in the socket in the order of
+//! their markers in the ring and the k-th marker taken gets the k-th packet: a consumer
+//! never meets an item before an earlier item of the same producer. (Without the lock, a
+//! packet sent before ours whose marker lands after ours would be taken in our place, and
+//! our later small items could overtake our large one.) Consumers need no lock: the socket
+//! hands each packet to one of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
 //! item is written to a memfd as it is encoded (its bulk copied once, straight into the
 //! file, at offsets the kernel copies to fastest) and the packet carries that file's
 //! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet. The consumer maps the
