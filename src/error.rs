@@ -347,11 +347,12 @@ enum Repr {
     /// What the worker reported.
     Failed(TaskFailure),
     /// The worker died before it answered; `host` names its host when it ran on another
-    /// host of a cluster.
+    /// host of a cluster; `killed_because` says why the pool killed it, if it did.
     WorkerLost {
         pid: u32,
         cause: ExitCause,
         host: Option<Arc<str>>,
+        killed_because: Option<Arc<str>>,
     },
     /// The task ran past its timeout; its worker was killed.
     TimedOut { pid: u32, timeout: Duration },
@@ -406,7 +407,17 @@ impl TaskError {
             pid,
             cause,
             host: host.cloned(),
+            killed_because: None,
         })
+    }
+
+    /// This error of a lost worker, saying why the pool killed the worker (`None`: it did
+    /// not).
+    pub(crate) fn killed_because(mut self, why: Option<&Arc<str>>) -> TaskError {
+        if let Repr::WorkerLost { killed_because, .. } = &mut *self.repr {
+            *killed_because = why.cloned();
+        }
+        self
     }
 
     /// A task that ran past `timeout` in worker `pid`, which was killed.
@@ -585,22 +596,20 @@ impl fmt::Display for TaskError {
             Repr::WorkerLost {
                 pid,
                 cause,
-                host: None,
+                host,
+                killed_because,
             } => {
-                write!(
-                    f,
-                    "worker process {pid} died ({cause}) before the task finished"
-                )
-            }
-            Repr::WorkerLost {
-                pid,
-                cause,
-                host: Some(host),
-            } => {
-                write!(
-                    f,
-                    "worker process {pid} on host {host} was lost ({cause}) before the task finished"
-                )
+                match host {
+                    None => write!(f, "worker process {pid} died ({cause})")?,
+                    Some(host) => {
+                        write!(f, "worker process {pid} on host {host} was lost ({cause})")?
+                    }
+                }
+                f.write_str(" before the task finished")?;
+                match killed_because {
+                    Some(why) => write!(f, ": the pool killed it, as {why}"),
+                    None => Ok(()),
+                }
             }
             Repr::TimedOut { pid, timeout } => write!(
                 f,
@@ -620,7 +629,12 @@ impl fmt::Debug for TaskError {
         }
         match &*self.repr {
             Repr::Failed(failure) => d.field("failed", failure),
-            Repr::WorkerLost { pid, cause, host } => d.field("worker_lost", &(pid, cause, host)),
+            Repr::WorkerLost {
+                pid,
+                cause,
+                host,
+                killed_because,
+            } => d.field("worker_lost", &(pid, cause, host, killed_because)),
             Repr::TimedOut { pid, timeout } => d.field("timed_out", &(pid, timeout)),
             Repr::Cancelled => d.field("cancelled", &true),
             Repr::PoolClosed => d.field("pool_closed", &true),

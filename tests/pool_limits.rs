@@ -27,6 +27,10 @@ fn main() {
             "an_oversized_result_fails_its_task_and_the_worker_lives",
             an_oversized_result_fails_its_task_and_the_worker_lives,
         ),
+        test(
+            "an_answer_the_pool_cannot_read_fails_its_tasks_saying_why",
+            an_answer_the_pool_cannot_read_fails_its_tasks_saying_why,
+        ),
     ]);
 }
 
@@ -132,4 +136,50 @@ async fn an_oversized_result_fails_its_task_and_the_worker_lives() -> TestResult
         "the worker was replaced by the map"
     );
     Ok(())
+}
+
+/// Runs in a spawned child (the frame limit is the whole process's): a pool's worker answers
+/// with a result the pool can no longer read, its limit lowered after the worker started.
+/// The task fails as the worker's loss, saying why the pool killed it, and a new worker
+/// serves. Exits 0 if so.
+fn unreadable_answer_probe() {
+    support::process::exit_unless_ok("unreadable answer probe", || async {
+        let pool = Pool::new(1).await?;
+        let worker = pool.apply(pid, ()).await?;
+        mp::set_max_frame_size(64 * 1024);
+        let e = match pool.apply(bytes, (200_000,)).await {
+            Err(e) => e,
+            Ok(b) => return Err(format!("a result of {} bytes was read", b.len()).into()),
+        };
+        let text = e.to_string();
+        let named = text.contains("the pool killed it")
+            && text.contains("could not be read")
+            && text.contains("exceeds the maximum frame size");
+        if !e.is_worker_lost() || !named {
+            return Err(format!("the task failed with: {text}").into());
+        }
+        let next = pool.apply(pid, ()).await?;
+        if next == worker {
+            return Err("the worker that sent it still serves".into());
+        }
+        Ok(())
+    });
+}
+
+/// The pool reads no further from a worker whose answer it cannot read (a frame over the
+/// limit, lowered after the worker started): it kills the worker at once, and the tasks
+/// that worker held fail saying why, where they failed only after the pool had waited 5 s
+/// for the worker to exit, as killed by SIGKILL, the cause unsaid.
+async fn an_answer_the_pool_cannot_read_fails_its_tasks_saying_why() -> TestResult {
+    let mut p = mp::Process::new(unreadable_answer_probe, ())
+        .start()
+        .await?;
+    match p.join_timeout(Duration::from_secs(60)).await? {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("the probe exited with {code}").into()),
+        None => {
+            p.kill()?;
+            Err("the probe hung".into())
+        }
+    }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use super::proto::Reply;
 use super::remote::{Ended, Killer, Life};
 use super::scheduler::{Event, Replies, take_reply};
-use crate::error::TaskError;
+use crate::error::{Error, ExitCause, TaskError};
 use crate::wire::{Frame, FrameBuf, Framed};
 
 /// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
@@ -60,7 +60,8 @@ pub(super) async fn read_worker(
     (spin, limit): (Arc<AtomicBool>, Duration),
 ) {
     // `at`: when the answer arrived, for the scheduler's measure of the round trip.
-    let forward = |mut frame: Frame, at: Instant| -> bool {
+    // `Ok(false)`: the scheduler is gone; `Err`: the answer cannot be read, and why.
+    let forward = |mut frame: Frame, at: Instant| -> Result<bool, String> {
         match frame.decode_head::<Reply>() {
             Ok(Reply { id, nanos, failure }) => {
                 let ok = failure.is_none();
@@ -71,7 +72,7 @@ pub(super) async fn read_worker(
                     });
                     ok
                 });
-                events
+                Ok(events
                     .send(Event::Reply {
                         wid,
                         id,
@@ -79,13 +80,17 @@ pub(super) async fn read_worker(
                         answered,
                         at,
                     })
-                    .is_ok()
+                    .is_ok())
             }
-            Err(e) => {
-                tracing::warn!("pool worker sent a malformed answer: {e}");
-                false
-            }
+            Err(e) => Err(format!("it sent an answer that does not decode: {e}")),
         }
+    };
+    let exited = |cause: ExitCause, killed_because: Option<Arc<str>>| {
+        let _ = events.send(Event::Exited {
+            wid,
+            cause,
+            killed_because,
+        });
     };
     let spinning = |last: Option<Instant>| {
         last.is_some_and(|t| t.elapsed() < limit) && spin.load(Ordering::Relaxed)
@@ -108,33 +113,46 @@ pub(super) async fn read_worker(
                 r = rd.recv() => r,
                 ended = life.join() => {
                     if matches!(ended, Ended::HostLost) {
-                        let _ = events.send(Event::Exited { wid, cause: ended.cause() });
+                        exited(ended.cause(), None);
                         return;
                     }
                     // Dead: take in what it sent before dying, then report.
                     while let Ok(Ok(frame)) =
                         tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
                     {
-                        if !forward(frame, Instant::now()) {
+                        if !matches!(forward(frame, Instant::now()), Ok(true)) {
                             break;
                         }
                     }
-                    let _ = events.send(Event::Exited { wid, cause: ended.cause() });
+                    exited(ended.cause(), None);
                     return;
                 }
             },
         };
-        match r {
+        let why = match r {
             Ok(frame) => {
                 let at = Instant::now();
-                if !forward(frame, at) {
-                    life.kill(&killer);
-                    break;
+                match forward(frame, at) {
+                    Ok(true) => {
+                        last_answer = Some(at);
+                        continue;
+                    }
+                    Ok(false) => {
+                        life.kill(&killer);
+                        break;
+                    }
+                    Err(why) => why,
                 }
-                last_answer = Some(at);
             }
-            Err(_) => break,
-        }
+            Err(Error::Closed) => break,
+            Err(e) => format!("what it sent could not be read: {e}"),
+        };
+        // What it sends cannot be read, so neither can anything after it: the worker is of
+        // no use any more, and its tasks fail saying why.
+        tracing::debug!("killing a pool worker: {why}");
+        life.kill(&killer);
+        exited(life.join().await.cause(), Some(why.into()));
+        return;
     }
     let ended = match tokio::time::timeout(Duration::from_secs(5), life.join()).await {
         Ok(r) => r,
@@ -144,8 +162,5 @@ pub(super) async fn read_worker(
             life.join().await
         }
     };
-    let _ = events.send(Event::Exited {
-        wid,
-        cause: ended.cause(),
-    });
+    exited(ended.cause(), None);
 }

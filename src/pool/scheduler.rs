@@ -158,6 +158,8 @@ pub(super) enum Event {
     Exited {
         wid: u64,
         cause: ExitCause,
+        /// Why the pool killed it, if it did: what it sent could not be read.
+        killed_because: Option<Arc<str>>,
     },
     Started(Result<WorkerConn>),
 }
@@ -645,7 +647,11 @@ impl Scheduler {
                 }
                 self.mark_started(wid);
             }
-            Event::Exited { wid, cause } => self.on_exit(wid, cause),
+            Event::Exited {
+                wid,
+                cause,
+                killed_because,
+            } => self.on_exit(wid, cause, killed_because),
             Event::Started(Ok(w)) => {
                 self.starting -= 1;
                 self.start_failures = 0;
@@ -751,7 +757,7 @@ impl Scheduler {
         }
     }
 
-    fn on_exit(&mut self, wid: u64, cause: ExitCause) {
+    fn on_exit(&mut self, wid: u64, cause: ExitCause, killed_because: Option<Arc<str>>) {
         let Some(slot) = self.workers.remove(&wid) else {
             return;
         };
@@ -762,6 +768,7 @@ impl Scheduler {
                 pid = slot.pid,
                 host = slot.host.as_deref().unwrap_or("local"),
                 %cause,
+                killed_because = killed_because.as_deref().unwrap_or("-"),
                 tasks_held = slot.load(),
                 "pool worker died; it is replaced"
             );
@@ -806,7 +813,8 @@ impl Scheduler {
                     });
                 }
                 _ => {
-                    let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause);
+                    let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause)
+                        .killed_because(killed_because.as_ref());
                     self.answer(*id, Err(e));
                 }
             }
