@@ -34,6 +34,7 @@ fn main() {
         a_dead_server_fails_local_waits_on_a_queue,
         local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
+        a_server_that_answers_garbage_fails_calls_saying_so,
         a_stopped_server_gets_every_request_whole,
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
@@ -283,6 +284,38 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
         .await
         .map_err(|_| "a call to a silent server still waits")?;
     ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    Ok(())
+}
+
+/// A peer that passes the key exchange and then answers with a frame that is no reply: the
+/// waiting call fails with a protocol error that says the manager sent a reply that does
+/// not decode (it failed with a bare `Closed`, which said nothing of the peer's fault).
+async fn a_server_that_answers_garbage_fails_calls_saying_so() -> TestResult {
+    let listener = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY.as_bytes()))?;
+    let addr = match listener.address() {
+        Address::Tcp(a) => *a,
+        other => return Err(format!("not TCP: {other:?}").into()),
+    };
+    let (connected, accepted) = tokio::join!(Manager::connect(addr, KEY), async {
+        listener.accept::<Vec<u8>>().await
+    });
+    let (c, peer) = (connected?, accepted?);
+    let garbage = async {
+        // The client's first request arrives; the answer is a frame of garbage.
+        peer.recv_bytes().await?;
+        peer.send_bytes(b"\xc1 not a reply").await?;
+        Ok::<_, mp::Error>(peer)
+    };
+    let (r, peer) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), c.object_count()),
+        garbage
+    );
+    let _peer = peer?;
+    let r = r.map_err(|_| "a call answered with garbage still waits")?;
+    ensure!(
+        matches!(&r, Err(Error::Protocol(m)) if m.contains("does not decode")),
+        "the call gave {r:?}"
+    );
     Ok(())
 }
 

@@ -26,8 +26,9 @@
 //! # Liveness
 //! The server writes a heartbeat on an idle connection every [`HEARTBEAT`], and so does the
 //! client; a side that hears nothing for [`HEARTBEAT_MISSES`] intervals takes the
-//! connection for lost. Every call waiting on a lost connection, for whatever reason (the
-//! server died, the network went, the connection broke), fails with [`Error::Closed`].
+//! connection for lost. Every call waiting on a lost connection fails with
+//! [`Error::Closed`] (the server died, the network went, the connection broke), or with
+//! [`Error::Protocol`] saying what the server sent that could not be read.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -115,11 +116,28 @@ struct Calls {
     lost: AtomicBool,
     /// Wakes those waiting for the connection's loss (see [`Link::until_lost`]).
     lost_signal: tokio::sync::Notify,
+    /// What the server sent that could not be read, if that ended the connection.
+    unreadable: Mutex<Option<String>>,
 }
 
 impl Calls {
     fn waiting(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that the connection ends because of something the server sent: `why`.
+    fn unreadable(&self, why: &str) {
+        let mut u = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        u.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// The error of a call on the ended connection: [`Error::Protocol`] saying what could
+    /// not be read, if that ended it; else [`Error::Closed`].
+    fn ended(&self) -> Error {
+        match &*self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Error::Protocol(why.clone()),
+            None => Error::Closed,
+        }
     }
 }
 
@@ -408,6 +426,7 @@ impl Conn {
             waiting: Mutex::default(),
             lost: AtomicBool::new(false),
             lost_signal: tokio::sync::Notify::new(),
+            unreadable: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let out = Arc::new(Outbox::new(tx, link.clone()));
@@ -467,7 +486,7 @@ impl Conn {
         // setting the flag, so a call is failed by it or sees the flag here.
         if self.calls.lost.load(Ordering::Acquire) || self.send(frame, alone).is_err() {
             self.calls.waiting().waiting.remove(&id);
-            return Err(Error::Closed);
+            return Err(self.calls.ended());
         }
         let mut withdraw = Withdraw {
             conn: self,
@@ -608,9 +627,20 @@ impl Replies {
         _turn: &std::sync::MutexGuard<'_, ()>,
     ) -> std::result::Result<(), String> {
         while let Some(r) = self.link.try_recv() {
-            let frame = r.map_err(|e| format!("manager connection ended: {e}"))?;
+            let frame = match r {
+                Ok(frame) => frame,
+                Err(Error::Closed) => return Err("the manager closed the connection".into()),
+                Err(e) => {
+                    let why = format!("the manager sent what cannot be read: {e}");
+                    self.calls.unreadable(&why);
+                    return Err(why);
+                }
+            };
             self.heard.store(sys::monotonic_nanos(), Ordering::Relaxed);
-            self.hand_over(frame)?;
+            if let Err(why) = self.hand_over(frame) {
+                self.calls.unreadable(&why);
+                return Err(why);
+            }
         }
         Ok(())
     }
@@ -650,7 +680,11 @@ impl Replies {
                     self.undo(Some(u), reply);
                 }
             }
-            Err(e) => return Err(format!("a manager reply could not be decoded: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "the manager sent a reply that does not decode: {e}"
+                ));
+            }
         }
         Ok(())
     }
@@ -669,7 +703,7 @@ impl Replies {
 
 /// Takes the replies as they arrive (unless a caller waiting awake took them first); when
 /// the connection ends or stays silent too long, fails every call still waiting with
-/// [`Error::Closed`].
+/// [`Error::Closed`], or with [`Error::Protocol`] if the server sent what cannot be read.
 async fn read_replies(r: Arc<Replies>) {
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
@@ -704,6 +738,6 @@ async fn read_replies(r: Arc<Replies>) {
     let mut pending = calls.waiting();
     pending.withdrawn.clear();
     for (_, (tx, _)) in pending.waiting.drain() {
-        let _ = tx.send(Err(Error::Closed));
+        let _ = tx.send(Err(calls.ended()));
     }
 }
