@@ -268,9 +268,10 @@ async fn a_get_fails_when_the_server_dies(m: &Manager, q: &QueueProxy<u8>) -> Te
     Ok(())
 }
 
-async fn a_silent_server_fails_waiting_calls() -> TestResult {
-    // A peer that passes the exchange and then never answers (a server hung, or cut off by
-    // the network with its socket still open): calls fail after three missed heartbeats.
+/// A client connected by address to a peer that is no manager: a keyed `Listener`, which
+/// passes the key exchange and leaves the rest to the test (its end of the connection).
+async fn connected_to_a_fake_server()
+-> Result<(Manager, mp::Connection<Vec<u8>>), support::process::BoxError> {
     let listener = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY.as_bytes()))?;
     let addr = match listener.address() {
         Address::Tcp(a) => *a,
@@ -279,7 +280,13 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
     let (connected, accepted) = tokio::join!(Manager::connect(addr, KEY), async {
         listener.accept::<Vec<u8>>().await
     });
-    let (c, _silent) = (connected?, accepted?);
+    Ok((connected?, accepted?))
+}
+
+async fn a_silent_server_fails_waiting_calls() -> TestResult {
+    // A peer that passes the exchange and then never answers (a server hung, or cut off by
+    // the network with its socket still open): calls fail after three missed heartbeats.
+    let (c, _silent) = connected_to_a_fake_server().await?;
     let r = tokio::time::timeout(Duration::from_secs(40), c.object_count())
         .await
         .map_err(|_| "a call to a silent server still waits")?;
@@ -291,15 +298,7 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
 /// waiting call fails with a protocol error that says the manager sent a reply that does
 /// not decode (it failed with a bare `Closed`, which said nothing of the peer's fault).
 async fn a_server_that_answers_garbage_fails_calls_saying_so() -> TestResult {
-    let listener = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY.as_bytes()))?;
-    let addr = match listener.address() {
-        Address::Tcp(a) => *a,
-        other => return Err(format!("not TCP: {other:?}").into()),
-    };
-    let (connected, accepted) = tokio::join!(Manager::connect(addr, KEY), async {
-        listener.accept::<Vec<u8>>().await
-    });
-    let (c, peer) = (connected?, accepted?);
+    let (c, peer) = connected_to_a_fake_server().await?;
     let garbage = async {
         // The client's first request arrives; the answer is a frame of garbage.
         peer.recv_bytes().await?;

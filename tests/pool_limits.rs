@@ -174,12 +174,5 @@ async fn an_answer_the_pool_cannot_read_fails_its_tasks_saying_why() -> TestResu
     let mut p = mp::Process::new(unreadable_answer_probe, ())
         .start()
         .await?;
-    match p.join_timeout(Duration::from_secs(60)).await? {
-        Some(0) => Ok(()),
-        Some(code) => Err(format!("the probe exited with {code}").into()),
-        None => {
-            p.kill()?;
-            Err("the probe hung".into())
-        }
-    }
+    support::process::probe_passed(&mut p).await
 }

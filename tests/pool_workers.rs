@@ -380,14 +380,7 @@ async fn fork_pool_serves() -> TestResult {
         .start_method(mp::StartMethod::Spawn)
         .start()
         .await?;
-    match p.join_timeout(Duration::from_secs(60)).await? {
-        Some(0) => Ok(()),
-        Some(code) => Err(format!("the probe exited with {code}").into()),
-        None => {
-            p.kill()?;
-            Err("the probe hung".into())
-        }
-    }
+    support::process::probe_passed(&mut p).await
 }
 
 // A synchronous task, a map's chunk of them and a synchronous initializer run as plain

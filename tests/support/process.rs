@@ -62,6 +62,19 @@ pub fn exit_unless_ok<F: Future<Output = Result<(), BoxError>>>(
     }
 }
 
+/// Waits up to 60 s for a started probe (a child running [`exit_unless_ok`]) and fails
+/// unless it exited 0; a probe that hangs is killed.
+pub async fn probe_passed(p: &mut Process) -> Result<(), BoxError> {
+    match p.join_timeout(Duration::from_secs(60)).await? {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("the probe exited with {code}").into()),
+        None => {
+            p.kill()?;
+            Err("the probe hung".into())
+        }
+    }
+}
+
 /// Exits with `code`.
 pub fn exit_with(code: i32) {
     std::process::exit(code)
