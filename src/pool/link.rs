@@ -1,10 +1,11 @@
-//! The pool's link to one worker: a writer task that sends it frames, and a reader task that
+//! The pool's link to one worker: a writer task that sends it the frames the scheduler
+//! does not write at once itself (see [`Slot::flush`](super::slot::Slot::flush)), and a reader task that
 //! hands its answers straight to the callers, tells the scheduler of them, and reports the
 //! worker's exit (seen at once on its pidfd). While the pool's tasks are short and a core is
 //! spare, the reader spins for the next answer instead of sleeping.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -14,7 +15,7 @@ use super::proto::Reply;
 use super::remote::{Ended, Killer, Life};
 use super::scheduler::{Event, Replies, take_reply};
 use crate::error::{Error, ExitCause, TaskError};
-use crate::wire::{Frame, FrameBuf, Framed};
+use crate::wire::{Frame, FrameBuf, Framed, written};
 
 /// Sends a worker its frames, all those queued at once in one batch. If a send fails, the
 /// worker cannot be reached any more: the writer kills it, so that its exit is reported, its
@@ -22,17 +23,22 @@ use crate::wire::{Frame, FrameBuf, Framed};
 pub(super) async fn write_worker(
     writer: Arc<Framed>,
     mut rx: UnboundedReceiver<FrameBuf>,
+    queued: Arc<AtomicUsize>,
     killer: Killer,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
-        if let Err(e) = writer.send_batch(&mut batch).await {
+        let sent = writer.send_batch(&mut batch).await;
+        written(&queued, batch.len());
+        if let Err(e) = sent {
             tracing::debug!("cannot send to a pool worker, killing it: {e}");
             killer.kill();
             // The frames the scheduler sends until it hears of the death are dropped here
             // unsent: it counts them as held by the worker, and as the worker's started
             // mark shows they never started, it sends them to another worker.
-            while rx.recv().await.is_some() {}
+            while rx.recv().await.is_some() {
+                written(&queued, 1);
+            }
             return;
         }
         // Unmapping the pages of a large frame takes milliseconds: not on this thread.

@@ -36,9 +36,8 @@ use super::slot::{RoundTrip, Slot};
 use super::spawn::{WorkerConn, spawn_start};
 use super::stats::{Counters, Tally, WorkerLoss};
 use crate::error::{Error, ExitCause, Result, TaskError};
-use crate::sys;
 use crate::wire::Frame;
-use crate::wire::FrameBuf;
+use crate::wire::{FrameBuf, Outbox};
 
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
 /// trip; the pool holds fewer when its tasks are long (see [`prefetch_for`]).
@@ -406,7 +405,8 @@ impl Scheduler {
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = unbounded_channel();
-        tokio::spawn(write_worker(w.writer, rx, w.killer.clone()));
+        let out = Outbox::new(tx, w.writer.clone());
+        tokio::spawn(write_worker(w.writer, rx, out.counter(), w.killer.clone()));
         tokio::spawn(read_worker(
             wid,
             w.reader,
@@ -421,7 +421,8 @@ impl Scheduler {
                 pid: w.pid,
                 host: w.host,
                 killer: w.killer,
-                tx,
+                out,
+                unsent: Vec::new(),
                 started: w.started,
                 sync: VecDeque::new(),
                 asyncs: Vec::new(),
@@ -560,7 +561,7 @@ impl Scheduler {
             );
             slot.kill();
         } else if let Ok(f) = FrameBuf::of(&ToWorker::Cancel { id }) {
-            let _ = slot.tx.send(f);
+            slot.send_now(f);
         }
     }
 
@@ -896,6 +897,9 @@ impl Scheduler {
             let sent_at = *now.get_or_insert_with(std::time::Instant::now);
             self.send_job(wid, job, sent_at);
         }
+        if now.is_some() {
+            self.workers.values_mut().for_each(Slot::flush);
+        }
         self.retire_idle();
     }
 
@@ -947,17 +951,7 @@ impl Scheduler {
                 }
             }
         }
-        if slot.tx.send(frame).is_err() {
-            // The writer is gone (it killed the worker): its exit will be reported.
-            slot.kill();
-            let e = TaskError::worker_lost_on(
-                slot.host.clone().as_ref(),
-                slot.pid,
-                ExitCause::Signal(sys::SIGKILL),
-            );
-            self.answer(job.id, Err(e));
-            return;
-        }
+        slot.unsent.push(frame);
         slot.sent += 1;
         if job.is_async {
             slot.asyncs.push(job.id);
@@ -1001,7 +995,7 @@ impl Scheduler {
             if closing || max.is_some_and(|m| slot.sent >= m) {
                 slot.draining = true;
                 if let Ok(f) = FrameBuf::of(&ToWorker::Exit) {
-                    let _ = slot.tx.send(f);
+                    slot.send_now(f);
                 }
             }
         }

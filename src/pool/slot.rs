@@ -3,12 +3,10 @@
 
 use std::collections::VecDeque;
 
-use tokio::sync::mpsc::UnboundedSender;
-
 use std::sync::Arc;
 
 use super::remote::{Killer, Mark};
-use crate::wire::FrameBuf;
+use crate::wire::{FrameBuf, Outbox};
 
 /// One worker of the pool.
 pub(super) struct Slot {
@@ -16,7 +14,11 @@ pub(super) struct Slot {
     /// Its host, for a worker on another host of a cluster.
     pub(super) host: Option<Arc<str>>,
     pub(super) killer: Killer,
-    pub(super) tx: UnboundedSender<FrameBuf>,
+    /// How its frames reach it: written at once when its writer task has none waiting.
+    pub(super) out: Outbox,
+    /// The frames of the scheduler's current round, sent together when the round ends
+    /// (see [`Slot::flush`]).
+    pub(super) unsent: Vec<FrameBuf>,
     /// Where the worker marks each synchronous task as it starts it.
     pub(super) started: Mark,
     /// Synchronous tasks sent, oldest first: the first one still in flight is running.
@@ -93,6 +95,34 @@ impl Slot {
         }
     }
 
+    /// Sends the frames of this round: a lone one at once from this thread if the socket
+    /// takes it (no wake-up of the writer task stands before it), several to the writer
+    /// task, which writes them in one batch. If they cannot be sent (the writer task is gone,
+    /// the socket failed), the worker is killed: its exit is reported, and its tasks are
+    /// dealt with as on any death (those its started mark shows it never started, as these,
+    /// go to another worker).
+    pub(super) fn flush(&mut self) {
+        let sent = match self.unsent.len() {
+            0 => return,
+            1 => self.unsent.pop().map_or(Ok(()), |f| self.out.send(f)),
+            _ => self.unsent.drain(..).try_for_each(|f| self.out.queue(f)),
+        };
+        self.unsent.clear();
+        if let Err(e) = sent {
+            tracing::debug!(
+                pid = self.pid,
+                "cannot send to a pool worker, killing it: {e}"
+            );
+            self.kill();
+        }
+    }
+
+    /// Sends one frame outside a round (a cancel, an exit), after the round's.
+    pub(super) fn send_now(&mut self, frame: FrameBuf) {
+        self.unsent.push(frame);
+        self.flush();
+    }
+
     /// Kills the worker; its exit is reported by its reader, and it is replaced.
     pub(super) fn kill(&mut self) {
         self.draining = true;
@@ -108,13 +138,16 @@ mod tests {
 
     fn slot(sync: &[u64], started: &StartedMark) -> Slot {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ours, _theirs) = crate::sys::socketpair_stream().expect("socketpair");
+        let link = Arc::new(crate::wire::Framed::unix(ours).expect("framed"));
         let region =
             StartedMark::from_fd(crate::sys::dup_fd(started.fd()).expect("dup")).expect("map");
         Slot {
             pid: 1,
             host: None,
             killer: Killer::Local(KillHandle::detached()),
-            tx,
+            out: Outbox::new(tx, link),
+            unsent: Vec::new(),
             started: Mark::Local(region),
             sync: sync.iter().copied().collect(),
             asyncs: Vec::new(),
