@@ -132,17 +132,20 @@ fn read_key() -> Result<Vec<u8>> {
 }
 
 /// Dials the head and runs the challenge; a connection refused is tried again until
-/// [`CONNECT_DEADLINE`] (the head may still be starting).
+/// [`CONNECT_DEADLINE`] (the head may still be starting), and no attempt outlasts it (an
+/// address that drops what is sent to it would hold a connect for minutes).
 async fn dial(address: &str, key: &[u8]) -> Result<Framed> {
     let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
     let s = loop {
-        match tokio::net::TcpStream::connect(address).await {
-            Ok(s) => break s,
-            Err(e) if tokio::time::Instant::now() < deadline => {
+        let attempt = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(address));
+        match attempt.await {
+            Ok(Ok(s)) => break s,
+            Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!("cannot reach the head at {address} yet: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e.into()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(Error::Timeout),
         }
     };
     s.set_nodelay(true)?;
