@@ -674,6 +674,23 @@ async fn stats_count_tasks_and_lost_workers() -> TestResult {
     Ok(())
 }
 
+// Pool::stats after a caller awaited one task after another, then nothing else happened:
+// the pool may take the answers in after their callers had them (see `PoolBuilder::spin`),
+// but every one of them counts soon.
+async fn stats_catch_up_once_the_pool_falls_quiet() -> TestResult {
+    let pool = Pool::new(1).await?;
+    for i in 0..50i64 {
+        ensure!(pool.apply(sqr, (i,)).await? == i * i, "sqr({i})");
+    }
+    let counted = eventually(Duration::from_secs(20), || {
+        let s = pool.stats();
+        s.tasks_done == 50 && s.tasks_running == 0
+    })
+    .await;
+    ensure!(counted, "{:?}", pool.stats());
+    Ok(())
+}
+
 // cancel(): a queued task is removed and never runs; a running one's worker is replaced.
 async fn cancel_queued_and_running() -> TestResult {
     let pool = Pool::new(1).await?;
@@ -917,6 +934,7 @@ fn main() {
             cancel_if_queued_never_kills_a_worker,
             abort_on_drop_cancels_when_dropped,
             stats_count_tasks_and_lost_workers,
+            stats_catch_up_once_the_pool_falls_quiet,
             apply,
             map,
             empty_iterable,

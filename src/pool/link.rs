@@ -1,8 +1,9 @@
 //! The pool's link to one worker: a writer task that sends it the frames the scheduler
-//! does not write at once itself (see [`Slot::flush`](super::slot::Slot::flush)), and a reader task that
-//! hands its answers straight to the callers, tells the scheduler of them, and reports the
-//! worker's exit (seen at once on its pidfd). While the pool's tasks are short and a core is
-//! spare, the reader spins for the next answer instead of sleeping.
+//! does not write at once itself (see [`Slot::flush`](super::slot::Slot::flush)), and a
+//! reader task that hands its answers straight to the callers, logs them for the scheduler
+//! (see [`Answered`]), and reports the worker's exit (seen at once on its pidfd). While the
+//! pool's tasks are short and a core is spare, the reader spins for the next answer instead
+//! of sleeping.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::answered::{Answer, Answered};
 use super::proto::Reply;
 use super::remote::{Ended, Killer, Life};
 use super::scheduler::{Event, Replies, take_reply};
@@ -61,7 +63,7 @@ pub(super) async fn read_worker(
     wid: u64,
     rd: Arc<Framed>,
     (mut life, killer): (Life, Killer),
-    events: UnboundedSender<Event>,
+    (events, answers): (UnboundedSender<Event>, Arc<Answered>),
     replies: Replies,
     (spin, limit): (Arc<AtomicBool>, Duration),
 ) {
@@ -78,15 +80,16 @@ pub(super) async fn read_worker(
                     });
                     ok
                 });
-                Ok(events
-                    .send(Event::Reply {
-                        wid,
-                        id,
-                        nanos,
-                        answered,
-                        at,
-                    })
-                    .is_ok())
+                let answer = Answer {
+                    wid,
+                    id,
+                    nanos,
+                    answered,
+                    at,
+                };
+                // After an answer, the reader spins for the next one if `spin` allows.
+                let wake = answers.add(answer, spin.load(Ordering::Relaxed));
+                Ok(!wake || events.send(Event::Answered).is_ok())
             }
             Err(e) => Err(format!("it sent an answer that does not decode: {e}")),
         }
@@ -114,26 +117,33 @@ pub(super) async fn read_worker(
                     continue;
                 }
             },
-            None => tokio::select! {
-                biased;
-                r = rd.recv() => r,
-                ended = life.join() => {
-                    if matches!(ended, Ended::HostLost) {
+            None => {
+                // About to sleep: the scheduler takes in the answers that waited for it.
+                if answers.unseen() && events.send(Event::Answered).is_err() {
+                    life.kill(&killer);
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    r = rd.recv() => r,
+                    ended = life.join() => {
+                        if matches!(ended, Ended::HostLost) {
+                            exited(ended.cause(), None);
+                            return;
+                        }
+                        // Dead: take in what it sent before dying, then report.
+                        while let Ok(Ok(frame)) =
+                            tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
+                        {
+                            if !matches!(forward(frame, Instant::now()), Ok(true)) {
+                                break;
+                            }
+                        }
                         exited(ended.cause(), None);
                         return;
                     }
-                    // Dead: take in what it sent before dying, then report.
-                    while let Ok(Ok(frame)) =
-                        tokio::time::timeout(Duration::from_secs(1), rd.recv()).await
-                    {
-                        if !matches!(forward(frame, Instant::now()), Ok(true)) {
-                            break;
-                        }
-                    }
-                    exited(ended.cause(), None);
-                    return;
                 }
-            },
+            }
         };
         let why = match r {
             Ok(frame) => {

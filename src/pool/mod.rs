@@ -3,12 +3,14 @@
 //! Files: this one holds the [`Pool`] handle; `builder.rs` its options and how it is built;
 //! `spawn.rs` how a worker is started; `scheduler.rs` the task that owns the workers and
 //! decides which runs what, with its maps by id in `id_map.rs`; `slot.rs` one worker as it
-//! sees it; `link.rs` the reader and writer tasks of each worker's socket;
+//! sees it; `link.rs` the reader and writer tasks of each worker's socket; `answered.rs`
+//! the answers the readers log for the scheduler;
 //! `worker.rs` the worker's side; `started.rs` how the pool knows which tasks a worker
 //! started; `payload.rs` a task's arguments as they are sent; `map.rs` a map not yet
 //! submitted; `async_result.rs`, `map_result.rs` and `imap.rs` what submissions give back;
 //! `proto.rs` the messages between pool and workers.
 
+mod answered;
 mod async_result;
 mod builder;
 mod id_map;
@@ -299,7 +301,9 @@ impl Pool {
     /// A snapshot of the pool: its workers alive, starting and lost so far (with the latest
     /// causes), and its tasks queued, running, done and failed; enough for a progress bar or
     /// a `/metrics` handler. It reads a few counters and takes no lock the pool's task holds
-    /// for long.
+    /// for long. The counts follow the callers: a task's result may reach its caller before
+    /// it counts as done, by at most the pool's [`spin`](PoolBuilder::spin) when nothing
+    /// else happens in the pool.
     pub fn stats(&self) -> PoolStats {
         self.shared.counters.snapshot()
     }

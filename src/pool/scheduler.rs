@@ -1,9 +1,10 @@
 //! The scheduler: one tokio task that owns the workers, the queue of tasks and the table
 //! of tasks in flight.
 //!
-//! Per worker, a reader task hands its answers straight to the callers and tells the
-//! scheduler of them and of the worker's death (its pidfd, on tokio's reactor) as
-//! [`Event`]s; a writer task sends it frames. The scheduler sends a task to the least loaded
+//! Per worker, a reader task hands its answers straight to the callers and logs them for
+//! the scheduler ([`Answered`]: it wakes the scheduler for them unless they may wait), and
+//! tells it of the worker's death (its pidfd, on tokio's reactor) as an [`Event`]; the
+//! scheduler writes the worker's frames itself or through a writer task. The scheduler sends a task to the least loaded
 //! worker that has room: one running synchronous task plus a few waiting behind it (enough
 //! to keep it busy across its round trip, up to [`MAX_PREFETCH`], as many as the backlog
 //! warrants: see [`prefetch_for`]), or up to the per-worker concurrency of `async fn`
@@ -27,6 +28,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::answered::{Answer, Answered};
 use super::builder::Config;
 use super::id_map::IdMap;
 use super::link::{read_worker, write_worker};
@@ -142,18 +144,9 @@ pub(super) enum Cmd {
 
 /// What the worker tasks tell the scheduler.
 pub(super) enum Event {
-    /// A worker answered task `id` (the answer went to the caller already).
-    Reply {
-        wid: u64,
-        id: u64,
-        /// The worker's run time of a synchronous task (0 for other answers).
-        nanos: u64,
-        /// Whether the answer reached its caller (nobody had answered it first), and if so,
-        /// whether it carried a result.
-        answered: Option<bool>,
-        /// When the answer arrived (the worker's round trip is measured by it).
-        at: std::time::Instant,
-    },
+    /// Workers answered tasks: their answers wait in [`Answered`], which the scheduler
+    /// takes in before anything else at every wake-up.
+    Answered,
     Exited {
         wid: u64,
         cause: ExitCause,
@@ -161,6 +154,13 @@ pub(super) enum Event {
         killed_because: Option<Arc<str>>,
     },
     Started(Result<WorkerConn>),
+}
+
+/// What woke the scheduler.
+enum Woke {
+    Event(Event),
+    Cmd(Option<Cmd>),
+    Deadline,
 }
 
 /// A task sent to a worker and not answered.
@@ -252,6 +252,10 @@ pub(super) struct Scheduler {
     mean_nanos: Option<f64>,
     /// Whether the readers may spin for the next answer (see [`Scheduler::update_spin`]).
     spin: Arc<AtomicBool>,
+    /// The answers the readers logged, not yet taken in.
+    answered: Arc<Answered>,
+    /// Where they are taken to (kept, so as not to allocate at each wake-up).
+    taken: Vec<Answer>,
     /// What [`Pool::stats`](super::Pool::stats) reads.
     counters: Arc<Counters>,
     /// What happened since the last publication to `counters`.
@@ -291,6 +295,8 @@ impl Scheduler {
             replies: Arc::new(Mutex::new(IdMap::default())),
             mean_nanos: None,
             spin: Arc::new(AtomicBool::new(false)),
+            answered: Arc::default(),
+            taken: Vec::new(),
             counters,
             tally: Tally::default(),
         };
@@ -308,20 +314,27 @@ impl Scheduler {
                 break;
             }
             let deadline = self.deadlines.first().map(|(t, _)| *t);
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                Some(ev) = self.events.recv() => self.on_event(ev),
-                cmd = self.cmds.recv(), if self.cmds_open => match cmd {
-                    Some(c) => self.on_cmd(c),
-                    None => {
-                        self.cmds_open = false;
-                        self.terminate();
-                    }
-                },
-                () = sleep_until(deadline), if deadline.is_some() => self.on_deadlines(),
+                Some(ev) = self.events.recv() => Woke::Event(ev),
+                cmd = self.cmds.recv(), if self.cmds_open => Woke::Cmd(cmd),
+                () = sleep_until(deadline), if deadline.is_some() => Woke::Deadline,
+            };
+            // The answers logged before what woke it come first: a worker's exit is
+            // reported after its last answers, a cancel finds an answered task answered.
+            self.take_answers();
+            match woke {
+                Woke::Event(ev) => self.on_event(ev),
+                Woke::Cmd(Some(c)) => self.on_cmd(c),
+                Woke::Cmd(None) => {
+                    self.cmds_open = false;
+                    self.terminate();
+                }
+                Woke::Deadline => self.on_deadlines(),
             }
             // Take in everything else that is ready before dispatching.
             while let Ok(ev) = self.events.try_recv() {
+                self.take_answers();
                 self.on_event(ev);
             }
             while self.cmds_open {
@@ -331,6 +344,11 @@ impl Scheduler {
                 }
             }
             self.dispatch();
+            // Answers logged meanwhile, while they could not wait, are taken in now.
+            while self.answered.allow_waiting(self.may_defer()) {
+                self.take_answers();
+                self.dispatch();
+            }
             self.update_spin();
             let alive = self.workers.values().filter(|s| !s.draining).count();
             let now = (alive, self.starting, self.queue.len(), self.in_flight.len());
@@ -411,7 +429,7 @@ impl Scheduler {
             wid,
             w.reader,
             (w.life, w.killer.clone()),
-            self.events_tx.clone(),
+            (self.events_tx.clone(), self.answered.clone()),
             self.replies.clone(),
             (self.spin.clone(), self.cfg.spin),
         ));
@@ -602,52 +620,82 @@ impl Scheduler {
         }
     }
 
+    /// Takes in the answers the readers logged (see [`Answered`]).
+    fn take_answers(&mut self) {
+        let mut taken = std::mem::take(&mut self.taken);
+        self.answered.take(&mut taken);
+        for a in taken.drain(..) {
+            self.on_answer(a);
+        }
+        self.taken = taken;
+    }
+
+    /// Whether answers may wait in [`Answered`] until the scheduler's next wake-up: nothing
+    /// waits for what taking one in does. No task is queued for the room it frees, no worker
+    /// holds a task behind the one answered (whose clock would start at the answer), no
+    /// task's timeout runs, no worker is to be retired after a number of tasks, and the pool
+    /// is open with nobody waiting for it to drain. What an answer changes beyond these (the
+    /// counts of [`Pool::stats`](super::Pool::stats), the measures of run time and round
+    /// trip) lags by at most the readers' spin (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).
+    fn may_defer(&self) -> bool {
+        self.phase == Phase::Open
+            && self.queue.is_empty()
+            && self.expected.is_empty()
+            && self.deadlines.is_empty()
+            && self.waiters.is_empty()
+            && self.cfg.maxtasksperchild.is_none()
+            && self.workers.values().all(|s| s.load() <= 1 && !s.draining)
+    }
+
+    fn on_answer(&mut self, answer: Answer) {
+        let Answer {
+            wid,
+            id,
+            nanos,
+            answered,
+            at,
+        } = answer;
+        if let Some(ok) = answered {
+            self.tally.finished(ok);
+        }
+        if nanos > 0 {
+            let n = nanos as f64;
+            self.mean_nanos = Some(self.mean_nanos.map_or(n, |m| m + (n - m) / 8.0));
+        }
+        if self.in_flight.get(&id).is_some_and(|r| r.wid != wid) {
+            // Not this worker's task: its reader did not deliver the answer either.
+            let pid = self.workers.get(&wid).map(|s| s.pid);
+            tracing::warn!(id, ?pid, "a pool worker answered a task it was not given");
+            return;
+        }
+        if let Some(slot) = self.workers.get_mut(&wid) {
+            if let Some(p) = slot.sync.iter().position(|&x| x == id) {
+                slot.sync.remove(p);
+            } else if let Some(p) = slot.asyncs.iter().position(|&x| x == id) {
+                slot.asyncs.swap_remove(p);
+            }
+        }
+        if let Some(run) = self.in_flight.remove(&id) {
+            if let Some(d) = run.deadline {
+                self.deadlines.remove(&(d, id));
+            }
+            if nanos > 0
+                && !run.is_async
+                && let Some(slot) = self.workers.get_mut(&wid)
+            {
+                let total = at.saturating_duration_since(run.sent_at).as_nanos();
+                let trip = u64::try_from(total)
+                    .unwrap_or(u64::MAX)
+                    .saturating_sub(nanos);
+                slot.round_trip.sample(trip, run.alone);
+            }
+        }
+        self.mark_started(wid);
+    }
+
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Reply {
-                wid,
-                id,
-                nanos,
-                answered,
-                at,
-            } => {
-                if let Some(ok) = answered {
-                    self.tally.finished(ok);
-                }
-                if nanos > 0 {
-                    let n = nanos as f64;
-                    self.mean_nanos = Some(self.mean_nanos.map_or(n, |m| m + (n - m) / 8.0));
-                }
-                if self.in_flight.get(&id).is_some_and(|r| r.wid != wid) {
-                    // Not this worker's task: its reader did not deliver the answer either.
-                    let pid = self.workers.get(&wid).map(|s| s.pid);
-                    tracing::warn!(id, ?pid, "a pool worker answered a task it was not given");
-                    return;
-                }
-                if let Some(slot) = self.workers.get_mut(&wid) {
-                    if let Some(p) = slot.sync.iter().position(|&x| x == id) {
-                        slot.sync.remove(p);
-                    } else if let Some(p) = slot.asyncs.iter().position(|&x| x == id) {
-                        slot.asyncs.swap_remove(p);
-                    }
-                }
-                if let Some(run) = self.in_flight.remove(&id) {
-                    if let Some(d) = run.deadline {
-                        self.deadlines.remove(&(d, id));
-                    }
-                    if nanos > 0
-                        && !run.is_async
-                        && let Some(slot) = self.workers.get_mut(&wid)
-                    {
-                        let total = at.saturating_duration_since(run.sent_at).as_nanos();
-                        let trip = u64::try_from(total)
-                            .unwrap_or(u64::MAX)
-                            .saturating_sub(nanos);
-                        slot.round_trip.sample(trip, run.alone);
-                    }
-                }
-                self.mark_started(wid);
-            }
+            Event::Answered => {}
             Event::Exited {
                 wid,
                 cause,
