@@ -35,6 +35,7 @@ fn main() {
         local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
         a_server_that_answers_garbage_fails_calls_saying_so,
+        a_server_that_dies_with_requests_unread_fails_calls_as_closed,
         a_stopped_server_gets_every_request_whole,
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
@@ -315,6 +316,27 @@ async fn a_server_that_answers_garbage_fails_calls_saying_so() -> TestResult {
         matches!(&r, Err(Error::Protocol(m)) if m.contains("does not decode")),
         "the call gave {r:?}"
     );
+    Ok(())
+}
+
+/// A peer that passes the key exchange, then dies with the client's request unread: the
+/// kernel resets the connection, and the waiting call fails with `Closed`, as for any server
+/// that died (it failed with a protocol error that took the reset for garbage).
+async fn a_server_that_dies_with_requests_unread_fails_calls_as_closed() -> TestResult {
+    let (c, peer) = connected_to_a_fake_server().await?;
+    let dies = async {
+        // The request is in; the peer closes without reading it, so the kernel resets.
+        let arrived = peer.poll(Duration::from_secs(20)).await?;
+        drop(peer);
+        Ok::<_, mp::Error>(arrived)
+    };
+    let (r, arrived) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), c.object_count()),
+        dies
+    );
+    ensure!(arrived?, "no request reached the peer");
+    let r = r.map_err(|_| "a call to a server that died still waits")?;
+    ensure!(matches!(r, Err(Error::Closed)), "the call gave {r:?}");
     Ok(())
 }
 

@@ -630,6 +630,11 @@ impl Replies {
             let frame = match r {
                 Ok(frame) => frame,
                 Err(Error::Closed) => return Err("the manager closed the connection".into()),
+                // The connection broke (a server that died with requests unread resets
+                // it): the server is gone, as at a clean end.
+                Err(Error::Io(e)) => {
+                    return Err(format!("the connection to the manager broke: {e}"));
+                }
                 Err(e) => {
                     let why = format!("the manager sent what cannot be read: {e}");
                     self.calls.unreadable(&why);

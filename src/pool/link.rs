@@ -160,7 +160,8 @@ pub(super) async fn read_worker(
                     Err(why) => why,
                 }
             }
-            Err(Error::Closed) => break,
+            // A worker that died with frames unread resets its socket: an end, as a close.
+            Err(Error::Closed | Error::Io(_)) => break,
             Err(e) => format!("what it sent could not be read: {e}"),
         };
         // What it sends cannot be read, so neither can anything after it: the worker is of
