@@ -89,7 +89,10 @@ pub use process::{CloseError, Process, ProcessBuilder};
 pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shareable_list::{ShareableItem, ShareableList};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
-pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
+pub use start::{
+    StartMethod, get_all_start_methods, get_start_method, init, set_start_method,
+    try_set_start_method,
+};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
     RLockGuard, Semaphore, SemaphoreGuard,
