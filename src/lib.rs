@@ -98,7 +98,7 @@ pub use sync::{
     RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use sys::Pod;
-pub use task::Target;
+pub use task::{InitializerOutput, Target};
 pub use wait::{Waitable, wait};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
 

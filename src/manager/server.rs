@@ -44,7 +44,7 @@ use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::task::ProcessEntry;
+use crate::task::InitializerEntry;
 use crate::wire::{AcceptRetry, Encoded, FrameBuf, Framed, HandshakeGate, Transport};
 
 /// Who is calling: the connection, and the pid it said it runs in.
@@ -1066,7 +1066,7 @@ struct Initializer {
 
 /// An initializer found in this binary, ready to run.
 struct ReadyInitializer {
-    entry: ProcessEntry,
+    entry: InitializerEntry,
     args: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
@@ -1076,11 +1076,11 @@ impl UserTypes {
     /// whose descriptors are duplicated for the journey).
     pub(super) fn new(
         types: &HashMap<String, Maker>,
-        init: Option<(ProcessEntry, &Encoded)>,
+        init: Option<(InitializerEntry, &Encoded)>,
     ) -> Result<UserTypes> {
         let init = match init {
             Some((entry, args)) => Some(Initializer {
-                entry: crate::task::process_entry_offset(entry),
+                entry: crate::task::initializer_entry_offset(entry),
                 args: args.bytes.clone(),
                 fds: args
                     .fds
@@ -1111,7 +1111,7 @@ impl UserTypes {
             .collect::<Result<_>>()?;
         let init = match self.init {
             Some(i) => Some(ReadyInitializer {
-                entry: sys::resolve_entry::<ProcessEntry>(i.entry, same)?,
+                entry: sys::resolve_entry::<InitializerEntry>(i.entry, same)?,
                 args: i.args,
                 fds: i.fds.into_iter().map(crate::wire::Fd::into_owned).collect(),
             }),

@@ -45,7 +45,7 @@ pub(super) fn setup_frame(cfg: &Config) -> Result<FrameBuf> {
         init: cfg
             .init
             .as_ref()
-            .map(|(e, _)| crate::task::process_entry_offset(*e)),
+            .map(|(e, _)| crate::task::initializer_entry_offset(*e)),
         spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
         print_panics: cfg.print_panics,
     })?;
