@@ -77,10 +77,10 @@ pub use family::{
 };
 pub use listener::{AUTH_TIMEOUT, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
-    ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
-    JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerBuilder, NamespaceProxy,
-    Proxy, QueueProxy, RLockProxy, SegmentsProxy, SemaphoreProxy, SharedMemoryManager, SharedProxy,
-    ValueProxy,
+    ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionLock, ConditionProxy, DictProxy,
+    EventProxy, JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerBuilder,
+    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SegmentsProxy, SemaphoreProxy,
+    SharedMemoryManager, SharedProxy, ValueProxy,
 };
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,

@@ -160,9 +160,14 @@ pub(super) enum Initial {
         bounded: bool,
     },
     Event,
-    /// A condition over a lock, re-entrant or not.
+    /// A condition over a lock of its own, re-entrant or not.
     Condition {
         reentrant: bool,
+    },
+    /// A condition over the lock object `lock`, which the two share (Python's
+    /// `manager.Condition(lock)`).
+    ConditionOver {
+        lock: u64,
     },
     Barrier {
         parties: u32,

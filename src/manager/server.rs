@@ -78,8 +78,9 @@ pub(super) enum Object {
 struct Entry {
     object: Object,
     tag: Tag,
-    /// Connections' references, loans to processes not connected yet, and whether a name
-    /// keeps the object: it ends when all three are gone.
+    /// Connections' references (and, for a lock, those of the conditions made over it),
+    /// loans to processes not connected yet, and whether a name keeps the object: it ends
+    /// when all three are gone.
     refs: u64,
     lent: u64,
     named: bool,
@@ -178,6 +179,15 @@ impl State {
             }
             Initial::Event => Object::Event(EventState::default()),
             Initial::Condition { reentrant } => Object::Condition(ConditionState::new(reentrant)),
+            Initial::ConditionOver { lock } => match self.objects.get_mut(&lock) {
+                // The condition's reference keeps the lock while the condition lives.
+                Some(e) if matches!(e.object, Object::Lock(_)) => {
+                    e.refs += 1;
+                    Object::Condition(ConditionState::over(lock))
+                }
+                Some(_) => return Reply::Failed(wrong_type(lock, "Lock")),
+                None => return Reply::Failed(missing(lock)),
+            },
             Initial::Barrier { parties } => Object::Barrier(BarrierState::new(parties)),
             Initial::User(name) => match self.types.get(&name) {
                 Some(make) => Object::User(Arc::new(std::sync::Mutex::new(make()))),
@@ -275,9 +285,7 @@ impl State {
             Request::Lock(id, op) => reply(object!(self, id, Lock).map(|l| l.handle(caller, op))),
             Request::Semaphore(id, op) => reply(object!(self, id, Semaphore).map(|s| s.handle(op))),
             Request::Event(id, op) => reply(object!(self, id, Event).map(|e| e.handle(op))),
-            Request::Condition(id, op) => {
-                reply(object!(self, id, Condition).map(|c| c.handle(caller, op)))
-            }
+            Request::Condition(id, op) => super::condition::handle(self, caller, id, op),
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
             Request::User(..) => Reply::message("a call on a user object runs in its own task"),
             Request::CreateSegment(size) => reply(self.create_segment(size)),
@@ -346,7 +354,7 @@ impl State {
             }
             Request::Event(id, op) => object!(self, *id, Event).map(|e| e.attempt(op, timed_out)),
             Request::Condition(id, op) => {
-                object!(self, *id, Condition).map(|c| c.attempt(caller, op, timed_out))
+                return super::condition::attempt(self, caller, *id, op, timed_out);
             }
             _ => Err(Failure::Message("this request does not wait".into())),
         };
@@ -382,12 +390,17 @@ impl State {
         self.drop_refs(id, 1);
     }
 
-    /// Takes `n` references off an object, which ends when nothing keeps it.
+    /// Takes `n` references off an object, which ends when nothing keeps it (and lets go
+    /// of the lock it shares, for a condition made over one).
     fn drop_refs(&mut self, id: u64, n: u64) {
         if let Some(e) = self.objects.get_mut(&id) {
             e.refs = e.refs.saturating_sub(n);
             if e.refs == 0 && e.lent == 0 && !e.named {
-                self.objects.remove(&id);
+                if let Some(Object::Condition(c)) = self.objects.remove(&id).map(|e| e.object) {
+                    if let Some(lock) = c.shared_lock() {
+                        self.drop_refs(lock, 1);
+                    }
+                }
             }
         }
     }
@@ -1140,6 +1153,32 @@ mod tests {
         }
     }
 
+    /// Makes an object as `ME`, and returns its id.
+    fn create(s: &mut State, initial: Initial) -> u64 {
+        id(s.handle(ME, Request::Create(initial, tag())))
+    }
+
+    /// Makes an object as `ME`, holding a reference to it as a proxy does.
+    fn create_held(s: &mut State, initial: Initial) -> u64 {
+        let made = create(s, initial);
+        s.handle(
+            ME,
+            Request::Incref {
+                id: made,
+                borrowed: false,
+            },
+        );
+        made
+    }
+
+    /// A lock's acquire for `owner` that waits for ever.
+    fn acquire(owner: u64) -> LockOp {
+        LockOp::Acquire {
+            owner,
+            wait: Wait::Forever,
+        }
+    }
+
     #[test]
     fn python_index_rules() {
         assert_eq!(position(3, -1), Some(2));
@@ -1240,30 +1279,66 @@ mod tests {
     #[test]
     fn a_lock_left_by_a_closed_connection_is_reported_then_free() {
         let mut s = State::default();
-        let l = id(s.handle(
-            ME,
-            Request::Create(Initial::Lock { reentrant: false }, tag()),
-        ));
-        let acquire = Request::Lock(
-            l,
-            LockOp::Acquire {
-                owner: 0,
-                wait: Wait::Forever,
-            },
-        );
+        let l = create(&mut s, Initial::Lock { reentrant: false });
+        let take = Request::Lock(l, acquire(0));
         assert!(matches!(
-            s.attempt(ME, &acquire, false),
+            s.attempt(ME, &take, false),
             Step::Done(Reply::Done)
         ));
-        assert!(matches!(s.attempt(OTHER, &acquire, false), Step::Wait(_)));
+        assert!(matches!(s.attempt(OTHER, &take, false), Step::Wait(_)));
         s.release(ME);
         assert!(matches!(
-            s.attempt(OTHER, &acquire, false),
+            s.attempt(OTHER, &take, false),
             Step::Done(Reply::Failed(Failure::LockOwnerDied { pid: 100 }))
         ));
         assert!(matches!(
-            s.attempt(OTHER, &acquire, false),
+            s.attempt(OTHER, &take, false),
             Step::Done(Reply::Done)
+        ));
+    }
+
+    #[test]
+    fn a_condition_over_a_lock_shares_it_and_keeps_it() {
+        use crate::manager::proto::ConditionOp;
+        let mut s = State::default();
+        let l = create_held(&mut s, Initial::Lock { reentrant: false });
+        let c = create_held(&mut s, Initial::ConditionOver { lock: l });
+        // Taken through the lock, the condition's lock waits, and the reverse.
+        assert!(matches!(
+            s.attempt(ME, &Request::Lock(l, acquire(0)), false),
+            Step::Done(Reply::Done)
+        ));
+        let through_condition = Request::Condition(c, ConditionOp::Lock(acquire(7)));
+        assert!(matches!(
+            s.attempt(OTHER, &through_condition, false),
+            Step::Wait(_)
+        ));
+        // Held through the lock is held for the condition: notify is allowed.
+        let notify = Request::Condition(c, ConditionOp::NotifyAll { owner: 7 });
+        assert!(matches!(s.handle(ME, notify), Reply::Done));
+        let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 7 }));
+        assert!(matches!(s.handle(OTHER, release), Reply::Done));
+        assert!(matches!(
+            s.attempt(OTHER, &through_condition, false),
+            Step::Done(Reply::Done)
+        ));
+        assert!(matches!(
+            s.attempt(ME, &Request::Lock(l, acquire(0)), true),
+            Step::Done(Reply::Failed(Failure::Timeout))
+        ));
+        // The lock's last proxy goes: the condition keeps it; with the condition, it goes.
+        s.handle(ME, Request::Decref(l));
+        assert!(matches!(s.object_mut(l), Some(Object::Lock(_))));
+        s.handle(ME, Request::Decref(c));
+        assert!(s.object_mut(c).is_none() && s.object_mut(l).is_none());
+        // Over what is not a lock: refused.
+        let e = create(&mut s, Initial::Event);
+        assert!(matches!(
+            s.handle(
+                ME,
+                Request::Create(Initial::ConditionOver { lock: e }, tag())
+            ),
+            Reply::Failed(Failure::Message(_))
         ));
     }
 }
