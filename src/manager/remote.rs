@@ -193,7 +193,8 @@ impl ManagerBuilder {
     /// An I/O error if the address cannot be bound; [`Error::InvalidArgument`] for an
     /// address without a key or that does not resolve; [`Error::Encode`] if the
     /// initializer's arguments could not be encoded; [`Error::InitializerFailed`] if the
-    /// initializer failed (its error is on the server's stderr); those of
+    /// initializer failed, with its panic message or the text of the error it returned;
+    /// those of
     /// [`ProcessBuilder::start`](crate::ProcessBuilder::start).
     ///
     /// # Cancel safety
@@ -302,13 +303,18 @@ impl ManagerBuilder {
 
 impl Manager {
     /// The error of a start whose server ended before it served (`e`, the error of the
-    /// first call): its initializer failed, and the server exited saying so on its stderr.
+    /// first call): its initializer failed, as the server answered, or it exited before it
+    /// could answer (and said why on its stderr, if it could).
     async fn initializer_failed(&mut self, e: Error) -> Error {
         let Server::Process(p) = &mut self.server else {
             return e;
         };
         let pid = p.pid();
-        match p.join_timeout(crate::process::DEFAULT_START_TIMEOUT).await {
+        let joined = p.join_timeout(crate::process::DEFAULT_START_TIMEOUT).await;
+        if matches!(e, Error::InitializerFailed { .. }) {
+            return e;
+        }
+        match joined {
             Ok(Some(code)) => Error::InitializerFailed {
                 pid,
                 message: format!(

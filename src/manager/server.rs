@@ -19,7 +19,7 @@
 //! connection anything. When a connection ends, the locks it holds are released, and the
 //! next acquirer of each is told ([`Failure::LockOwnerDied`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -833,18 +833,14 @@ pub(super) async fn serve_registration(registration: OwnedFd, shared: Arc<Shared
     sys::set_nonblocking(registration.as_fd(), true)?;
     let reg = sys::register_owned(registration, Interest::READABLE)?;
     let mut conns = JoinSet::new();
-    let mut fds = std::collections::VecDeque::new();
+    let mut fds = VecDeque::new();
     loop {
-        let mut buf = [0u8; 16];
-        let mut guard = tokio::select! {
-            g = reg.readable() => g?,
+        let more = tokio::select! {
+            r = take_connections(&reg, &mut fds) => r?,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        match guard.try_io(|r| sys::recv_with_fds(r.get_ref().as_fd(), &mut buf, &mut fds)) {
-            Ok(Ok(0)) => return Ok(()), // every holder of the registration socket is gone
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_would_block) => continue,
+        if !more {
+            return Ok(());
         }
         for conn in fds.drain(..) {
             match Framed::unix(conn) {
@@ -853,6 +849,65 @@ pub(super) async fn serve_registration(registration: OwnedFd, shared: Arc<Shared
                 }
                 Err(e) => tracing::debug!("a manager connection could not be set up: {e}"),
             }
+        }
+    }
+}
+
+/// Reads the registration socket once: the connections that message carried go to `fds`.
+/// `false` once every holder of the socket is gone.
+///
+/// # Cancel safety
+/// Cancel safe: a message read is in `fds` by the time the read returns.
+async fn take_connections(
+    reg: &tokio::io::unix::AsyncFd<OwnedFd>,
+    fds: &mut VecDeque<OwnedFd>,
+) -> Result<bool> {
+    loop {
+        let mut buf = [0u8; 16];
+        let mut guard = reg.readable().await?;
+        match guard.try_io(|r| sys::recv_with_fds(r.get_ref().as_fd(), &mut buf, fds)) {
+            Ok(Ok(0)) => return Ok(false),
+            Ok(Ok(_)) => return Ok(true),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Tells the process that started this server that its initializer failed: the first
+/// request of the first connection on the registration socket (the starting process's,
+/// whose `start` asks for the object count once the initializer has returned) is answered
+/// with `failure`.
+///
+/// # Errors
+/// [`Error::Closed`] if every holder of the registration socket is gone first; an I/O or
+/// protocol error from the connection.
+async fn refuse_the_starter(registration: OwnedFd, failure: Failure) -> Result<()> {
+    sys::set_nonblocking(registration.as_fd(), true)?;
+    let reg = sys::register_owned(registration, Interest::READABLE)?;
+    let mut fds = VecDeque::new();
+    let conn = loop {
+        if !take_connections(&reg, &mut fds).await? {
+            return Err(Error::Closed);
+        }
+        if let Some(conn) = fds.pop_front() {
+            break conn;
+        }
+    };
+    let link = Framed::unix(conn)?;
+    loop {
+        let (id, req) = link.recv_awake().await?.decode::<(u64, Request)>()?;
+        // What a connection says of itself is not answered, as when it is served.
+        let unanswered = matches!(
+            req,
+            Request::Hello { .. }
+                | Request::Ping
+                | Request::Incref { .. }
+                | Request::Decref(_)
+                | Request::Lend(_)
+        );
+        if !unanswered {
+            return reply_now(&link, id, Reply::Failed(failure)).await;
         }
     }
 }
@@ -984,10 +1039,16 @@ pub(super) async fn serve_process(
             )),
         };
         if let Err(message) = crate::task::initializer_outcome(out) {
-            fail(Error::InitializerFailed {
+            let e = Error::InitializerFailed {
                 pid: sys::current_pid() as u32,
                 message,
-            });
+            };
+            // The starting process fails its start with it; only if it cannot be told, the
+            // error goes to stderr.
+            match refuse_the_starter(registration.into_owned(), Failure::from(e.clone())).await {
+                Ok(()) => std::process::exit(1),
+                Err(_) => fail(e),
+            }
         }
     }
     let keeps_segments = segments.is_some();
