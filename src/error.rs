@@ -175,6 +175,15 @@ pub enum Error {
     #[error(transparent)]
     Task(#[from] TaskError),
 
+    /// [`try_set_start_method`](crate::try_set_start_method) was called once the default
+    /// start method had been set or used (Python's `RuntimeError: context has already been
+    /// set`).
+    #[error("the start method has already been set (to {method})")]
+    StartMethodSet {
+        /// Python's name of the method in force (`"spawn"`, `"forkserver"` or `"fork"`).
+        method: &'static str,
+    },
+
     /// A pool worker's initializer failed (panicked, or could not decode its arguments), so
     /// the worker never took a task; the pool does not restart a worker whose initializer
     /// failed. Or a manager's server initializer failed, so the server never served.
@@ -287,6 +296,7 @@ impl Clone for Error {
                 len: *len,
             },
             Error::Task(e) => Error::Task(e.clone()),
+            Error::StartMethodSet { method } => Error::StartMethodSet { method },
             Error::InitializerFailed { pid, message } => Error::InitializerFailed {
                 pid: *pid,
                 message: message.clone(),

@@ -68,6 +68,12 @@ impl ProcessInfo {
         self.pid
     }
 
+    /// Its process id, as [`pid`](Self::pid) (Python's `current_process().ident`, an alias
+    /// of `pid`).
+    pub fn ident(&self) -> u32 {
+        self.pid
+    }
+
     /// Whether it was started as a daemon.
     pub fn daemon(&self) -> bool {
         self.daemon

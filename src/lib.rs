@@ -77,10 +77,10 @@ pub use family::{
 };
 pub use listener::{AUTH_TIMEOUT, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
-    ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
-    JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerBuilder, NamespaceProxy,
-    Proxy, QueueProxy, RLockProxy, SegmentsProxy, SemaphoreProxy, SharedMemoryManager, SharedProxy,
-    ValueProxy,
+    ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionLock, ConditionProxy, DictProxy,
+    EventProxy, JoinableQueueProxy, ListProxy, LockProxy, Managed, Manager, ManagerBuilder,
+    NamespaceProxy, Proxy, QueueProxy, RLockProxy, SegmentsProxy, SemaphoreProxy,
+    SharedMemoryManager, SharedProxy, ValueProxy,
 };
 pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,
@@ -89,13 +89,16 @@ pub use process::{CloseError, Process, ProcessBuilder};
 pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shareable_list::{ShareableItem, ShareableList};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
-pub use start::{StartMethod, get_all_start_methods, get_start_method, init, set_start_method};
+pub use start::{
+    StartMethod, get_all_start_methods, get_start_method, init, set_start_method,
+    try_set_start_method,
+};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
     RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use sys::Pod;
-pub use task::Target;
+pub use task::{InitializerOutput, Target};
 pub use wait::{Waitable, wait};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
 

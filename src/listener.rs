@@ -35,7 +35,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -218,15 +218,51 @@ impl Listener {
     /// # Ok(()) }
     /// ```
     pub fn bind(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Listener> {
+        Listener::bind_as(address, authkey, None)
+    }
+
+    /// [`bind`](Self::bind), queueing at most about `backlog` connections that are not
+    /// accepted yet (Python's `Listener(address, backlog=backlog)`); the kernel caps it at
+    /// `net.core.somaxconn`.
+    ///
+    /// [`bind`](Self::bind) leaves the standard library's backlog (the kernel's most, where
+    /// Python's default is 1): a client that connects while the queue is full waits for room
+    /// (over a Unix socket a non-blocking connect fails at once with `WouldBlock`; over TCP
+    /// the kernel drops or refuses its handshake). The listener takes connections off the
+    /// queue only in [`accept`](Self::accept).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind), and an I/O error if the backlog cannot be set.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn bind_with_backlog(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+        backlog: u32,
+    ) -> Result<Listener> {
+        Listener::bind_as(address, authkey, Some(backlog))
+    }
+
+    /// [`bind`](Self::bind), with the listen backlog set if `backlog` is given.
+    fn bind_as(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+        backlog: Option<u32>,
+    ) -> Result<Listener> {
         let address = address.to_address()?;
+        let queued = |fd: BorrowedFd<'_>| match backlog {
+            Some(b) => sys::set_listen_backlog(fd, b),
+            None => Ok(()),
+        };
         let named = crate::address::naming("bind", &address);
         let (inner, address) = match address {
             Address::Unix(path) => {
                 // Outside a runtime `from_std` panics: do so before the socket file exists.
                 let _ = tokio::runtime::Handle::current();
                 let l = crate::address::bind_unix(&path).map_err(named)?;
-                let listener = l
-                    .set_nonblocking(true)
+                let listener = queued(l.as_fd())
+                    .and_then(|()| l.set_nonblocking(true))
                     .and_then(|()| tokio::net::UnixListener::from_std(l));
                 match listener {
                     Ok(l) => (Inner::Unix(l), Address::Unix(path)),
@@ -239,6 +275,7 @@ impl Listener {
             }
             Address::Tcp(addr) => {
                 let l = std::net::TcpListener::bind(addr).map_err(named)?;
+                queued(l.as_fd())?;
                 l.set_nonblocking(true)?;
                 let bound = l.local_addr()?;
                 (

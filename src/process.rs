@@ -122,6 +122,15 @@ impl Process {
         self.child.pid() as u32
     }
 
+    /// The child's process id, as [`pid`](Self::pid) (Python's `ident`, an alias of `pid`).
+    ///
+    /// Python's `ident` is `None` before `start()`; here a `Process` exists only once started
+    /// (before, it is a [`ProcessBuilder`], which has neither method), so there is always
+    /// one.
+    pub fn ident(&self) -> u32 {
+        self.pid()
+    }
+
     /// The child's pidfd: it becomes readable when the child ends, so it can be waited on
     /// with any poller (Python's `sentinel`).
     pub fn sentinel(&self) -> BorrowedFd<'_> {

@@ -328,14 +328,91 @@ where
     F::Output: Termination,
     A: DeserializeOwned,
 {
+    run_then::<F, A, M, _>(bytes, fds, exit_code_of)
+}
+
+/// Decodes the arguments, runs target `F` on them, and turns its result by `then`.
+fn run_then<F, A, M, T>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    then: fn(F::Output) -> T,
+) -> Invoked<Result<T, Failure>>
+where
+    F: Target<A, M>,
+    A: DeserializeOwned,
+    T: 'static,
+{
     let args: A = match codec::decode(bytes, fds) {
         Ok(a) => a,
         Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
     };
     match invoke_caught(F::__conjure(), args) {
-        Invoked::Ready(r) => Invoked::Ready(r.map(exit_code_of)),
-        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(|r| r.map(exit_code_of)))),
+        Invoked::Ready(r) => Invoked::Ready(r.map(then)),
+        Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(move |r| r.map(then)))),
     }
+}
+
+/// What a pool's or a manager's initializer may return: what `main` may return (`()`, an
+/// [`ExitCode`], or a `Result` of one of these whose error implements `Debug`), read so that
+/// a failure's text reaches the caller, in [`Error::InitializerFailed`](crate::Error::InitializerFailed),
+/// rather than the initializer's stderr.
+///
+/// Implement it for a [`Termination`] type of your own to return that from an initializer:
+/// [`failure`](Self::failure) says what went wrong, or `None`.
+pub trait InitializerOutput: Termination {
+    /// `None` for a success; for a failure, what the caller is told. An `Err(e)` is told as
+    /// `main` prints it: `returned an error: {e:?}`.
+    fn failure(self) -> Option<String>;
+}
+
+impl InitializerOutput for () {
+    fn failure(self) -> Option<String> {
+        None
+    }
+}
+
+impl InitializerOutput for ExitCode {
+    fn failure(self) -> Option<String> {
+        match exit_code_of(self) {
+            0 => None,
+            code => Some(format!("returned exit code {code}")),
+        }
+    }
+}
+
+impl InitializerOutput for std::convert::Infallible {
+    fn failure(self) -> Option<String> {
+        match self {}
+    }
+}
+
+impl<T: InitializerOutput, E: std::fmt::Debug> InitializerOutput for Result<T, E> {
+    fn failure(self) -> Option<String> {
+        match self {
+            Ok(t) => t.failure(),
+            Err(e) => Some(format!("returned an error: {e:?}")),
+        }
+    }
+}
+
+/// The entry point of an initializer (a pool worker's, a manager server's): decodes the
+/// arguments, runs it, and gives `Err` with what its failure says.
+pub(crate) type InitializerEntry =
+    fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<Result<(), String>, Failure>>;
+
+fn run_initializer<F, A, M>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Invoked<Result<Result<(), String>, Failure>>
+where
+    F: Target<A, M>,
+    F::Output: InitializerOutput,
+    A: DeserializeOwned,
+{
+    run_then::<F, A, M, _>(bytes, fds, |out: F::Output| match out.failure() {
+        None => Ok(()),
+        Some(message) => Err(message),
+    })
 }
 
 /// An initializer as it travels to the process that runs it (a pool worker, a manager
@@ -343,28 +420,30 @@ where
 ///
 /// # Errors
 /// [`Error::Encode`](crate::Error::Encode) if the arguments cannot be encoded.
-pub(crate) fn initializer<F, A, M>(args: &A) -> crate::Result<(ProcessEntry, Encoded)>
+pub(crate) fn initializer<F, A, M>(args: &A) -> crate::Result<(InitializerEntry, Encoded)>
 where
     F: Target<A, M>,
-    F::Output: Termination,
+    F::Output: InitializerOutput,
     A: Serialize + DeserializeOwned,
 {
-    Ok((process_entry::<F, A, M>(), Encoded::new(args)?))
+    Ok((run_initializer::<F, A, M>, Encoded::new(args)?))
 }
 
 /// What an initializer's run gives (a pool worker's, a manager server's), for the process
 /// that asked for it: `Err` says how it failed.
 pub(crate) fn initializer_outcome(
-    out: std::result::Result<i32, Failure>,
+    out: std::result::Result<std::result::Result<(), String>, Failure>,
 ) -> std::result::Result<(), String> {
     match out {
-        Ok(0) => Ok(()),
-        Ok(code) => Err(format!(
-            "returned a failure (exit code {code}; its error is on the process's stderr)"
-        )),
+        Ok(r) => r,
         Err(Failure::Panicked(p)) => Err(format!("panicked: {p}")),
         Err(Failure::Args(e)) => Err(e.to_string()),
     }
+}
+
+/// The offset that names an initializer's entry to a process running the same binary.
+pub(crate) fn initializer_entry_offset(entry: InitializerEntry) -> i64 {
+    sys::offset_from_anchor(entry as usize)
 }
 
 /// The offset that names `entry` to a process running the same binary.

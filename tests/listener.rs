@@ -286,6 +286,40 @@ async fn unix_path_without_key() -> TestResult {
     round_trip(&l, p).await
 }
 
+/// Python's `Listener(address, backlog=1)`: connections the listener has not accepted queue
+/// up to the backlog (Linux counts a Unix socket's queue full once it holds more than the
+/// backlog), and a non-blocking connect past that fails at once with `WouldBlock`; `bind`'s
+/// own backlog queues them all. An `accept` takes the queue off the socket, making room.
+async fn the_backlog_bounds_the_connections_not_accepted() -> TestResult {
+    use std::io::ErrorKind::WouldBlock;
+    let path = socket_path("backlog");
+    let l = mp::Listener::bind_with_backlog(path.clone(), None, 1)?;
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(tokio::net::UnixStream::connect(&path).await?);
+    }
+    match tokio::net::UnixStream::connect(&path).await {
+        Err(e) if e.kind() == WouldBlock => {}
+        other => return Err(format!("a third connect with a backlog of 1: {other:?}").into()),
+    }
+    let _first: mp::Connection<u8> = l.accept().await?;
+    queued.push(tokio::net::UnixStream::connect(&path).await?);
+
+    let roomy_path = socket_path("default-backlog");
+    let _roomy = mp::Listener::bind(roomy_path.clone(), None)?;
+    for _ in 0..3 {
+        queued.push(tokio::net::UnixStream::connect(&roomy_path).await?);
+    }
+    // A backlog over the kernel's most is capped, not refused.
+    let tcp = mp::Listener::bind_with_backlog("127.0.0.1:0", None, u32::MAX)?;
+    ensure!(
+        matches!(tcp.address(), mp::Address::Tcp(_)),
+        "{:?}",
+        tcp.address()
+    );
+    Ok(())
+}
+
 /// A bind or a connect that the system refuses says which address it was, as a manager's
 /// connect does, and keeps the error's kind.
 async fn refused_bind_and_connect_name_the_address() -> TestResult {
@@ -561,6 +595,10 @@ fn main() {
             a_listener_with_no_address_picks_a_private_socket,
         ),
         test("binding_a_held_address_fails", binding_a_held_address_fails),
+        test(
+            "the_backlog_bounds_the_connections_not_accepted",
+            the_backlog_bounds_the_connections_not_accepted,
+        ),
         test(
             "last_accepted_is_the_clients_address",
             last_accepted_is_the_clients_address,

@@ -331,8 +331,8 @@ async fn a_plain_initializer_may_block_on_its_own_runtime() -> TestResult {
 
 /// `TestInitializers.test_manager_initializer`: a manager's server runs its initializer
 /// (here, on another manager's namespace) before `start` returns; an initializer that fails
-/// makes `start` fail, and leaves no server; `serve`, which starts no server process,
-/// refuses one.
+/// makes `start` fail with the initializer's error (Python's exception from it), and leaves
+/// no server; `serve`, which starts no server process, refuses one.
 async fn the_servers_initializer_runs_before_it_serves() -> TestResult {
     let m = Manager::start().await?;
     let ns = m.namespace().await?;
@@ -356,7 +356,7 @@ async fn the_servers_initializer_runs_before_it_serves() -> TestResult {
         .await
     {
         Err(Error::InitializerFailed { pid, message }) => ensure!(
-            support::is_zombie_or_gone(pid) && message.contains("exit code 1"),
+            support::is_zombie_or_gone(pid) && message == r#"returned an error: "no thanks""#,
             "server {pid}: {message}"
         ),
         other => return Err(format!("a failing initializer gave {other:?}").into()),

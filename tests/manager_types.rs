@@ -30,6 +30,7 @@ fn main() {
         semaphores_count_and_bounded_ones_refuse_over_release,
         event_wakes_a_waiting_child,
         condition_wait_and_notify,
+        condition_over_a_given_lock_shares_it,
         barrier_lets_parties_through_together,
         barrier_timeout_breaks_it,
         array_has_a_fixed_length,
@@ -359,6 +360,93 @@ async fn notify_when_ready(c: ConditionProxy, ns: NamespaceProxy) -> mp::Result<
     ns.set("ready", true).await?;
     c.notify_all().await?;
     c.release().await
+}
+
+/// Takes the lock through its own proxy (free once the parent's condition wait released
+/// it), says so, and notifies the waiter through the condition.
+async fn notify_through_the_lock(
+    l: LockProxy,
+    c: ConditionProxy,
+    ns: NamespaceProxy,
+) -> mp::Result<()> {
+    l.lock().await?;
+    ns.set("done", true).await?;
+    c.notify(1).await?;
+    l.release().await
+}
+
+async fn condition_over_a_given_lock_shares_it() -> TestResult {
+    // Python's `manager.Condition(lock)`: the condition and the lock's proxy share one lock
+    // in the server, across processes.
+    let m = Manager::start().await?;
+    let l = m.lock().await?;
+    let c = m.condition_with(&l).await?;
+    let ns = m.namespace().await?;
+    ns.set("done", false).await?;
+    l.lock().await?;
+    ensure!(
+        !c.try_lock().await?,
+        "the condition's lock was free while the lock was held"
+    );
+    // Held through the lock, it is held for the condition (over a lock of its own, the
+    // condition would answer NotHeld).
+    c.notify(1).await?;
+    let mut p = Process::new(notify_through_the_lock, (l.clone(), c.clone(), ns.clone()))
+        .start()
+        .await?;
+    // The wait releases the lock the child waits for, and takes it back.
+    let notified = c.wait_timeout(Duration::from_secs(20)).await?;
+    ensure!(
+        notified && ns.get::<bool>("done").await?,
+        "not notified by the child that took the lock"
+    );
+    ensure!(!l.try_lock().await?, "the wait did not take the lock back");
+    ensure!(l.holder().await? == Some(std::process::id()), "holder");
+    join_ok(&mut p).await?;
+    c.release().await?;
+    ensure!(
+        l.try_lock().await?,
+        "released through the condition, still held"
+    );
+    l.release().await?;
+    // The condition keeps the lock it shares.
+    drop(l);
+    c.lock().await?;
+    c.release().await?;
+
+    // Over a re-entrant lock: levels taken through either proxy, all released by a wait
+    // and taken back.
+    let r = m.rlock().await?;
+    let rc = m.condition_with(&r).await?;
+    r.lock().await?;
+    rc.lock().await?;
+    ensure!(
+        !rc.wait_timeout(Duration::from_millis(10)).await?,
+        "nobody notifies: the wait times out"
+    );
+    let other_task = {
+        let r = r.clone();
+        tokio::spawn(async move { r.try_lock().await })
+    };
+    ensure!(
+        !other_task.await??,
+        "another task took the held re-entrant lock"
+    );
+    r.release().await?;
+    rc.release().await?;
+    ensure!(
+        matches!(r.release().await, Err(Error::NotOwner)),
+        "two levels were taken, and released twice"
+    );
+
+    // Python's proxy of another manager: not an object of this one.
+    let other = Manager::start().await?;
+    let foreign = other.lock().await?;
+    ensure!(
+        matches!(m.condition_with(&foreign).await, Err(Error::Manager(_))),
+        "a condition over another manager's lock"
+    );
+    Ok(())
 }
 
 async fn condition_wait_and_notify() -> TestResult {

@@ -71,6 +71,27 @@ async fn initializer() -> TestResult {
     Ok(())
 }
 
+// An initializer that returns `Err` fails the pool's build with the error's text, as
+// Python's initializer exception reaches the caller (it is not left on the worker's stderr).
+async fn initializer_error_text_reaches_the_caller() -> TestResult {
+    let e = Pool::builder()
+        .processes(1)
+        .initializer(erring_init, ("no database".to_string(),))
+        .build()
+        .await;
+    match e {
+        Err(Error::InitializerFailed { message, pid }) => {
+            ensure!(
+                message == r#"returned an error: "no database""#,
+                "{message}"
+            );
+            ensure!(gone(&[pid].into()).await, "reaped");
+        }
+        other => return Err(format!("expected InitializerFailed, got {other:?}").into()),
+    }
+    Ok(())
+}
+
 // Initializer arguments larger than a socket's buffer reach every worker.
 async fn initializer_with_large_arguments() -> TestResult {
     let pool = Pool::builder()
@@ -406,6 +427,7 @@ fn main() {
         initializer,
         initializer_with_large_arguments,
         initializer_that_exits,
+        initializer_error_text_reaches_the_caller,
         failing_initializer_of_a_replacement,
         maxtasksperchild,
         maxtasksperchild_early_close,

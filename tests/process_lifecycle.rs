@@ -33,6 +33,7 @@ fn main() {
         join_timeout_leaves_a_running_child,
         sentinel_becomes_readable_at_exit,
         names_pids_and_daemon_flags,
+        ident_is_the_pid_the_child_sees,
         many_concurrent_starts,
         dropped_process_is_reaped,
         panic_prints_message_and_exits_1,
@@ -220,6 +221,32 @@ async fn names_pids_and_daemon_flags() -> TestResult {
     ensure!(a.pid() != b.pid() && a.pid() != std::process::id(), "pids");
     a.join().await?;
     b.join().await?;
+    Ok(())
+}
+
+async fn put_own_ident(q: mp::Queue<(u32, u32)>) {
+    let me = mp::current_process();
+    let _ = q.put((me.ident(), std::process::id())).await;
+}
+
+async fn ident_is_the_pid_the_child_sees() -> TestResult {
+    // _TestProcess.test_process: `p.ident == p.pid`, and a child's
+    // `current_process().ident` is its own pid.
+    let q = mp::Queue::<(u32, u32)>::new()?;
+    let mut p = Process::new(put_own_ident, (q.clone(),)).start().await?;
+    let (ident, pid) = q.get_timeout(Duration::from_secs(20)).await?;
+    ensure!(
+        p.ident() == p.pid() && p.ident() == pid,
+        "ident {} pid {} the child's pid {pid}",
+        p.ident(),
+        p.pid()
+    );
+    ensure!(ident == pid, "current_process().ident {ident}, pid {pid}");
+    ensure!(
+        mp::current_process().ident() == std::process::id(),
+        "the main process's ident"
+    );
+    support::join_ok(&mut p).await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Start methods: `fork` refused in a multi-threaded process and working from a
 //! single-threaded one, `get_start_method()` in a child naming the method that started it,
-//! the default inherited by children and grandchildren, `get_all_start_methods()`, and
-//! parsing method names. Cases ported from CPython's `_test_multiprocessing.py`
+//! the default inherited by children and grandchildren, `try_set_start_method` refusing a
+//! default already set or used, `get_all_start_methods()`, and parsing method names. Cases ported from CPython's `_test_multiprocessing.py`
 //! (`TestStartMethod`, `_TestProcess`) name the Python test they come from.
 
 #[macro_use]
@@ -29,6 +29,8 @@ fn main() {
         default_method_is_inherited_by_children_and_grandchildren,
         get_all_start_methods_lists_each_once_default_first,
         unknown_start_method_is_invalid_argument,
+        try_set_start_method_refuses_once_set_or_used,
+        try_set_start_method_is_refused_in_a_child,
     ])
 }
 
@@ -291,6 +293,63 @@ async fn unknown_start_method_is_invalid_argument() -> TestResult {
     Ok(())
 }
 
+/// What `try_set_start_method(method)` gave, as the helper prints it.
+fn tried(method: StartMethod) -> String {
+    match mp::try_set_start_method(method) {
+        Ok(()) => "ok".into(),
+        Err(Error::StartMethodSet { method }) => format!("set:{method}"),
+        Err(e) => format!("error:{e}"),
+    }
+}
+
+async fn try_set_start_method_refuses_once_set_or_used() -> TestResult {
+    // TestStartMethod.test_set_get: set_start_method(method) without force raises
+    // RuntimeError once the context is set, and leaves it; force=True sets it. Each case in
+    // a fresh process, whose default is neither set nor used yet.
+    let cases = [
+        ("try-set-twice", "ok set:forkserver forkserver spawn"),
+        ("try-set-after-get", "set:spawn spawn"),
+        ("try-set-after-set", "set:fork fork"),
+    ];
+    for (mode, want) in cases {
+        let (status, out, err) = run_helper(mode, &[]).await?;
+        ensure!(status.success(), "{mode}: helper failed: {out} {err}");
+        ensure!(
+            out.trim() == want,
+            "{mode}: got {out:?}, expected {want:?}; stderr: {err}"
+        );
+    }
+    Ok(())
+}
+
+/// Exit code 0 if the child's default counts as set already (its parent's method).
+fn try_set_in_child() -> std::process::ExitCode {
+    let refused = matches!(
+        mp::try_set_start_method(StartMethod::Fork),
+        Err(Error::StartMethodSet {
+            method: "forkserver"
+        })
+    );
+    match refused && mp::get_start_method() == StartMethod::ForkServer {
+        true => std::process::ExitCode::SUCCESS,
+        false => std::process::ExitCode::from(3),
+    }
+}
+
+async fn try_set_start_method_is_refused_in_a_child() -> TestResult {
+    // A child's context is set by its bootstrap (Python's spawn sets it with force=True).
+    let mut p = Process::new(try_set_in_child, ())
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .await?;
+    let code = support::join_code(&mut p).await?;
+    ensure!(
+        code == 0,
+        "the child's try_set_start_method: exit code {code}"
+    );
+    Ok(())
+}
+
 async fn a_forked_child_ends_on_terminate_whatever_its_parent_handles() -> TestResult {
     // A forked child inherits its parent's signal handlers, and tokio's write to a pipe the
     // child no longer has: SIGTERM must still end it, as it ends a spawned child.
@@ -328,6 +387,24 @@ async fn helper(mode: &str) {
             }
             got.sort();
             println!("{} exit={code}", got.join(" "));
+        }
+        "try-set-twice" => {
+            let first = tried(StartMethod::ForkServer);
+            let second = tried(StartMethod::Spawn);
+            let kept = mp::get_start_method().name();
+            mp::set_start_method(StartMethod::Spawn);
+            let forced = mp::get_start_method().name();
+            println!("{first} {second} {kept} {forced}");
+        }
+        "try-set-after-get" => {
+            let _ = mp::get_start_method();
+            let refused = tried(StartMethod::ForkServer);
+            println!("{refused} {}", mp::get_start_method().name());
+        }
+        "try-set-after-set" => {
+            mp::set_start_method(StartMethod::Fork);
+            let refused = tried(StartMethod::Spawn);
+            println!("{refused} {}", mp::get_start_method().name());
         }
         other => panic!("unknown helper mode {other}"),
     }

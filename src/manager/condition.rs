@@ -1,5 +1,7 @@
 //! [`ConditionProxy`]: a condition variable held by a manager (Python's
-//! `manager.Condition()`), over a lock of its own.
+//! `manager.Condition()`), over a lock of its own, or over one of the manager's locks that
+//! it shares (Python's `manager.Condition(lock)`): every request on the condition's lock
+//! then goes to that lock object, which keeps it while the condition lives.
 //!
 //! A `wait` releases the lock (every level of a re-entrant one), waits for a notification
 //! (or its time), then takes the lock back at the same level before it answers, as
@@ -13,43 +15,44 @@ use tokio::sync::oneshot;
 
 use super::lock::{LockOps, LockState, lock_methods};
 use super::proto::{ConditionOp, Failure, LockOp, Reply, Request, Wait};
-use super::server::{Caller, Shared, Step, deadline, object};
+use super::server::{Caller, Shared, State, Step, deadline, object, reply, wrong_type};
 use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
 use crate::sync::task_token;
 
 /// The server's side of a condition: its lock, and the waiters in the order they came.
 pub(super) struct ConditionState {
-    lock: LockState,
+    lock: ConditionLock,
     waiters: VecDeque<oneshot::Sender<()>>,
+}
+
+/// A condition's lock: its own, or the lock object of this id, which it shares.
+enum ConditionLock {
+    Own(LockState),
+    Over(u64),
 }
 
 impl ConditionState {
     pub(super) fn new(reentrant: bool) -> ConditionState {
         ConditionState {
-            lock: LockState::new(reentrant),
+            lock: ConditionLock::Own(LockState::new(reentrant)),
             waiters: VecDeque::new(),
         }
     }
 
-    pub(super) fn handle(&mut self, caller: Caller, op: ConditionOp) -> Reply {
-        match op {
-            ConditionOp::Lock(op) => self.lock.handle(caller, op),
-            // Python's `RuntimeError: cannot notify on un-acquired lock`.
-            ConditionOp::Notify { owner, .. } | ConditionOp::NotifyAll { owner }
-                if !self.lock.held_by(caller, owner) =>
-            {
-                Reply::Failed(Failure::NotHeld)
-            }
-            ConditionOp::Notify { n, .. } => {
-                self.notify(n as usize);
-                Reply::Done
-            }
-            ConditionOp::NotifyAll { .. } => {
-                self.notify(usize::MAX);
-                Reply::Done
-            }
-            ConditionOp::Wait { .. } => Reply::message("this request waits"),
+    /// A condition over the lock object `lock` (whose reference the caller counts).
+    pub(super) fn over(lock: u64) -> ConditionState {
+        ConditionState {
+            lock: ConditionLock::Over(lock),
+            waiters: VecDeque::new(),
+        }
+    }
+
+    /// The lock object this condition shares, if it has no lock of its own.
+    pub(super) fn shared_lock(&self) -> Option<u64> {
+        match self.lock {
+            ConditionLock::Own(_) => None,
+            ConditionLock::Over(id) => Some(id),
         }
     }
 
@@ -65,16 +68,63 @@ impl ConditionState {
         }
     }
 
-    pub(super) fn attempt(&mut self, caller: Caller, op: &ConditionOp, timed_out: bool) -> Step {
-        match op {
-            ConditionOp::Lock(op) => self.lock.attempt(caller, op, timed_out),
-            _ => Step::Done(Reply::message("this request does not wait this way")),
+    /// A connection closed: its hold of the condition's own lock, if any, ends. A shared
+    /// lock is abandoned as the object it is.
+    pub(super) fn abandon(&mut self, caller: Caller) {
+        if let ConditionLock::Own(l) = &mut self.lock {
+            l.abandon(caller);
         }
     }
+}
 
-    pub(super) fn abandon(&mut self, caller: Caller) {
-        self.lock.abandon(caller);
+/// The lock of condition `id`: its own, or the lock object it shares.
+pub(super) fn lock_of(state: &mut State, id: u64) -> Result<&mut LockState, Failure> {
+    let shared = object!(state, id, Condition)?.shared_lock();
+    match shared {
+        Some(lock) => object!(state, lock, Lock),
+        None => match &mut object!(state, id, Condition)?.lock {
+            ConditionLock::Own(l) => Ok(l),
+            // Not so: `shared_lock` said it has a lock of its own.
+            ConditionLock::Over(_) => Err(wrong_type(id, "Condition with a lock of its own")),
+        },
     }
+}
+
+/// Answers a request on condition `id` that never waits.
+pub(super) fn handle(state: &mut State, caller: Caller, id: u64, op: ConditionOp) -> Reply {
+    let (n, owner) = match op {
+        ConditionOp::Lock(op) => return reply(lock_of(state, id).map(|l| l.handle(caller, op))),
+        ConditionOp::Wait { .. } => return Reply::message("this request waits"),
+        ConditionOp::Notify { n, owner } => (n as usize, owner),
+        ConditionOp::NotifyAll { owner } => (usize::MAX, owner),
+    };
+    match lock_of(state, id) {
+        Ok(l) if l.held_by(caller, owner) => {}
+        // Python's `RuntimeError: cannot notify on un-acquired lock`.
+        Ok(_) => return Reply::Failed(Failure::NotHeld),
+        Err(f) => return Reply::Failed(f),
+    }
+    reply(object!(state, id, Condition).map(|c| {
+        c.notify(n);
+        Reply::Done
+    }))
+}
+
+/// One try at taking condition `id`'s lock.
+pub(super) fn attempt(
+    state: &mut State,
+    caller: Caller,
+    id: u64,
+    op: &ConditionOp,
+    timed_out: bool,
+) -> Step {
+    let step = match op {
+        ConditionOp::Lock(op) => lock_of(state, id).map(|l| l.attempt(caller, op, timed_out)),
+        _ => Err(Failure::Message(
+            "this request does not wait this way".into(),
+        )),
+    };
+    step.unwrap_or_else(|f| Step::Done(Reply::Failed(f)))
 }
 
 /// A condition's `wait`, in the server: release, wait for a notification, retake.
@@ -89,25 +139,23 @@ pub(super) async fn wait(
     // Queued in the same turn as the release, so no notify in between is missed.
     let levels = {
         let mut state = shared.state();
-        let c = match object!(state, id, Condition) {
-            Ok(c) => c,
+        let levels = match lock_of(&mut state, id).and_then(|l| l.release_all(caller, owner)) {
+            Ok(levels) => levels,
             Err(f) => return Reply::Failed(f),
         };
-        match c.lock.release_all(caller, owner) {
-            Ok(levels) => {
-                c.waiters.push_back(tx);
-                levels
-            }
+        match object!(state, id, Condition) {
+            Ok(c) => c.waiters.push_back(tx),
             Err(f) => return Reply::Failed(f),
         }
+        levels
     };
     let notified = match deadline(wait) {
         None => rx.await.is_ok(),
         Some(d) => matches!(tokio::time::timeout_at(d, rx).await, Ok(Ok(()))),
     };
     let retaken = shared
-        .wait_on(None, |state, _| match object!(state, id, Condition) {
-            Ok(c) => match c.lock.retake(caller, owner, levels) {
+        .wait_on(None, |state, _| match lock_of(state, id) {
+            Ok(l) => match l.retake(caller, owner, levels) {
                 None => Step::Done(Reply::Done),
                 Some(n) => Step::Wait(n),
             },
@@ -124,6 +172,11 @@ pub(super) async fn wait(
 /// `manager.Condition()`), over a re-entrant lock of its own owned by the task that takes
 /// it: `lock`/`release` as [`RLockProxy`](crate::RLockProxy), `wait`, `notify` and
 /// `notify_all` as the crate's [`Condition`](crate::Condition).
+///
+/// Made by [`Manager::condition_with`](crate::Manager::condition_with), it is over a lock
+/// of the manager instead, which it shares: `lock`/`release` take and give back that lock,
+/// with its rules (a plain lock is taken by a connection and may be released by anyone; a
+/// re-entrant one is owned by a task on a connection).
 pub struct ConditionProxy(pub(super) Handle<()>);
 proxy_traits!(ConditionProxy);
 

@@ -3,8 +3,9 @@
 //!
 //! # Owners
 //! A plain lock is held by the connection that took it, and may be released by anyone (as
-//! Python's `Lock` may). A re-entrant lock is owned by a *task* on a connection: the same
-//! task may take it again, and only it may release it ([`Error::NotOwner`](crate::Error::NotOwner) otherwise), as
+//! Python's `Lock` may); a condition made over it counts it as held while anyone holds it.
+//! A re-entrant lock is owned by a *task* on a connection: the same task may take it again,
+//! and only it may release it ([`Error::NotOwner`](crate::Error::NotOwner) otherwise), as
 //! the crate's [`RLock`](crate::RLock). Clones of a proxy share one connection; a proxy
 //! passed to another process has its own.
 //!
@@ -134,11 +135,12 @@ impl LockState {
         }
     }
 
-    /// Whether `owner` on `caller`'s connection holds the lock (for a plain lock, any task
-    /// of that connection does).
+    /// Whether `owner` on `caller`'s connection holds the lock. A plain lock, which anyone
+    /// may release, counts as held by whoever asks while anyone holds it (Python's
+    /// `Condition._is_owned` over a `Lock`).
     pub(super) fn held_by(&self, caller: Caller, owner: u64) -> bool {
         self.holder
-            .is_some_and(|h| h.caller.conn == caller.conn && (!self.reentrant || h.owner == owner))
+            .is_some_and(|h| !self.reentrant || (h.caller.conn == caller.conn && h.owner == owner))
     }
 
     /// Takes the lock back at `count` levels after a condition's wait; the wait to do
@@ -265,6 +267,13 @@ proxy_traits!(LockProxy);
 /// [`RLock`](crate::RLock).
 pub struct RLockProxy(pub(super) Handle<()>);
 proxy_traits!(RLockProxy);
+
+/// A manager's lock that a condition can be made over, so that the two share it
+/// ([`Manager::condition_with`](crate::Manager::condition_with), Python's
+/// `manager.Condition(lock)`): a [`LockProxy`] or an [`RLockProxy`].
+pub trait ConditionLock: super::SharedProxy {}
+impl ConditionLock for LockProxy {}
+impl ConditionLock for RLockProxy {}
 
 impl LockOps for LockProxy {
     fn lock_request(&self, op: LockOp) -> Request {

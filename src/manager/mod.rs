@@ -20,7 +20,8 @@
 //! all of its references. A proxy being encoded for another process sends `Lend`, which keeps
 //! the object until the receiver's first reference settles the loan (`Incref` with
 //! `borrowed`); a proxy encoded and never decoded keeps its object until the manager stops,
-//! which errs on the side of keeping. A registered name keeps its object for good.
+//! which errs on the side of keeping. A registered name keeps its object for good, and a
+//! condition made over a lock keeps the lock while it lives.
 //!
 //! # Nested proxies
 //! A proxy inside a value stored by its own manager (a dict of dicts) is encoded without its
@@ -49,7 +50,7 @@ pub use condition::ConditionProxy;
 pub use dict::DictProxy;
 pub use event::EventProxy;
 pub use list::ListProxy;
-pub use lock::{LockProxy, RLockProxy};
+pub use lock::{ConditionLock, LockProxy, RLockProxy};
 pub use managed::{Managed, Proxy};
 pub use namespace::NamespaceProxy;
 pub use queue::{JoinableQueueProxy, QueueProxy};
@@ -498,6 +499,48 @@ impl Manager {
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
     pub async fn condition(&self) -> Result<ConditionProxy> {
         let initial = Initial::Condition { reentrant: true };
+        let id = self.create::<ConditionProxy>(initial).await?;
+        Ok(ConditionProxy(self.proxy(id)))
+    }
+
+    /// A new condition over `lock`, a [`LockProxy`] or [`RLockProxy`] of this manager,
+    /// which the two share (Python's `manager.Condition(lock)`): while the lock is held
+    /// through either proxy, a `lock` through the other waits; a [`wait`](ConditionProxy::wait)
+    /// releases it and takes it back. The condition keeps the lock object while it lives.
+    ///
+    /// The condition's lock follows `lock`'s rules. A plain lock is held by a connection,
+    /// may be released by anyone, and counts as held for `wait` and `notify` while anyone
+    /// holds it, as Python's `Condition` over a `Lock`. A re-entrant one is owned by a task
+    /// on a connection: proxies made by one [`Manager`] handle share its connection, but
+    /// proxies passed to another process each have their own, so there take and wait
+    /// through the same proxy.
+    ///
+    /// # Errors
+    /// [`Error::Manager`] if `lock` is not an object of this manager (Python's proxy of
+    /// another manager); [`Error::Closed`] if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call leaves at most an unused object in the server.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// let m = tokio_multiprocessing::Manager::start().await?;
+    /// let lock = m.lock().await?;
+    /// let cond = m.condition_with(&lock).await?;
+    /// lock.lock().await?;
+    /// // Held through the lock: the condition's lock is that lock.
+    /// assert!(!cond.try_lock().await?);
+    /// cond.notify_all().await?;
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn condition_with<L: ConditionLock>(&self, lock: &L) -> Result<ConditionProxy> {
+        let initial = Initial::ConditionOver {
+            lock: lock.object_id(),
+        };
         let id = self.create::<ConditionProxy>(initial).await?;
         Ok(ConditionProxy(self.proxy(id)))
     }

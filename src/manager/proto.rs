@@ -160,9 +160,14 @@ pub(super) enum Initial {
         bounded: bool,
     },
     Event,
-    /// A condition over a lock, re-entrant or not.
+    /// A condition over a lock of its own, re-entrant or not.
     Condition {
         reentrant: bool,
+    },
+    /// A condition over the lock object `lock`, which the two share (Python's
+    /// `manager.Condition(lock)`).
+    ConditionOver {
+        lock: u64,
     },
     Barrier {
         parties: u32,
@@ -365,6 +370,11 @@ pub(super) enum Failure {
         index: usize,
         len: usize,
     },
+    /// The server's initializer failed: the only answer its starting process gets.
+    InitializerFailed {
+        pid: u32,
+        message: String,
+    },
 }
 
 impl From<Failure> for Error {
@@ -384,6 +394,9 @@ impl From<Failure> for Error {
             Failure::BrokenBarrier => Error::BrokenBarrier,
             Failure::TaskDoneTooManyTimes => Error::TaskDoneTooManyTimes,
             Failure::IndexOutOfRange { index, len } => Error::IndexOutOfRange { index, len },
+            Failure::InitializerFailed { pid, message } => {
+                Error::InitializerFailed { pid, message }
+            }
         }
     }
 }
@@ -404,6 +417,9 @@ impl From<Error> for Failure {
             Error::BrokenBarrier => Failure::BrokenBarrier,
             Error::TaskDoneTooManyTimes => Failure::TaskDoneTooManyTimes,
             Error::IndexOutOfRange { index, len } => Failure::IndexOutOfRange { index, len },
+            Error::InitializerFailed { pid, message } => {
+                Failure::InitializerFailed { pid, message }
+            }
             e => Failure::Message(e.to_string()),
         }
     }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::sys;
-use crate::task::{ProcessEntry, Target};
+use crate::task::{InitializerEntry, InitializerOutput, Target};
 use crate::wire::{Encoded, Fd};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,7 +60,7 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone)]
 pub struct ManagerBuilder {
     /// The server process's initializer: its entry and its encoded arguments.
-    init: Option<Result<(ProcessEntry, Arc<Encoded>)>>,
+    init: Option<Result<(InitializerEntry, Arc<Encoded>)>>,
     address: Option<Result<Address>>,
     authkey: Option<Vec<u8>>,
     start_method: Option<StartMethod>,
@@ -117,7 +117,8 @@ impl ManagerBuilder {
     /// `BaseManager.start(initializer, initargs)`): to set up logging, resources or signal
     /// handling there. Like a [`Process`](crate::Process) target, `f` is a `fn` item or a
     /// closure that captures nothing, and `args` a tuple of serde values; it returns what
-    /// `main` may return: `()`, or a `Result` whose `Err` counts as a failure. A plain `f`
+    /// `main` may return ([`InitializerOutput`]): `()`, or a `Result` whose `Err` counts as a
+    /// failure, its `Debug` text carried in [`Error::InitializerFailed`]. A plain `f`
     /// runs as plain code, on a thread outside the server's runtime (so it may block on a
     /// runtime of its own; what it sets for its thread only, rather than for the process,
     /// stays there); an `async fn` runs on the server's runtime. The server
@@ -127,7 +128,7 @@ impl ManagerBuilder {
     pub fn initializer<F, A, M>(mut self, f: F, args: A) -> ManagerBuilder
     where
         F: Target<A, M>,
-        F::Output: std::process::Termination,
+        F::Output: InitializerOutput,
         A: Serialize + DeserializeOwned,
     {
         let _ = f;
@@ -192,7 +193,8 @@ impl ManagerBuilder {
     /// An I/O error if the address cannot be bound; [`Error::InvalidArgument`] for an
     /// address without a key or that does not resolve; [`Error::Encode`] if the
     /// initializer's arguments could not be encoded; [`Error::InitializerFailed`] if the
-    /// initializer failed (its error is on the server's stderr); those of
+    /// initializer failed, with its panic message or the text of the error it returned;
+    /// those of
     /// [`ProcessBuilder::start`](crate::ProcessBuilder::start).
     ///
     /// # Cancel safety
@@ -301,13 +303,18 @@ impl ManagerBuilder {
 
 impl Manager {
     /// The error of a start whose server ended before it served (`e`, the error of the
-    /// first call): its initializer failed, and the server exited saying so on its stderr.
+    /// first call): its initializer failed, as the server answered, or it exited before it
+    /// could answer (and said why on its stderr, if it could).
     async fn initializer_failed(&mut self, e: Error) -> Error {
         let Server::Process(p) = &mut self.server else {
             return e;
         };
         let pid = p.pid();
-        match p.join_timeout(crate::process::DEFAULT_START_TIMEOUT).await {
+        let joined = p.join_timeout(crate::process::DEFAULT_START_TIMEOUT).await;
+        if matches!(e, Error::InitializerFailed { .. }) {
+            return e;
+        }
+        match joined {
             Ok(Some(code)) => Error::InitializerFailed {
                 pid,
                 message: format!(

@@ -19,7 +19,7 @@
 //! connection anything. When a connection ends, the locks it holds are released, and the
 //! next acquirer of each is told ([`Failure::LockOwnerDied`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +44,7 @@ use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::task::ProcessEntry;
+use crate::task::InitializerEntry;
 use crate::wire::{AcceptRetry, Encoded, FrameBuf, Framed, HandshakeGate, Transport};
 
 /// Who is calling: the connection, and the pid it said it runs in.
@@ -78,8 +78,9 @@ pub(super) enum Object {
 struct Entry {
     object: Object,
     tag: Tag,
-    /// Connections' references, loans to processes not connected yet, and whether a name
-    /// keeps the object: it ends when all three are gone.
+    /// Connections' references (and, for a lock, those of the conditions made over it),
+    /// loans to processes not connected yet, and whether a name keeps the object: it ends
+    /// when all three are gone.
     refs: u64,
     lent: u64,
     named: bool,
@@ -178,6 +179,15 @@ impl State {
             }
             Initial::Event => Object::Event(EventState::default()),
             Initial::Condition { reentrant } => Object::Condition(ConditionState::new(reentrant)),
+            Initial::ConditionOver { lock } => match self.objects.get_mut(&lock) {
+                // The condition's reference keeps the lock while the condition lives.
+                Some(e) if matches!(e.object, Object::Lock(_)) => {
+                    e.refs += 1;
+                    Object::Condition(ConditionState::over(lock))
+                }
+                Some(_) => return Reply::Failed(wrong_type(lock, "Lock")),
+                None => return Reply::Failed(missing(lock)),
+            },
             Initial::Barrier { parties } => Object::Barrier(BarrierState::new(parties)),
             Initial::User(name) => match self.types.get(&name) {
                 Some(make) => Object::User(Arc::new(std::sync::Mutex::new(make()))),
@@ -275,9 +285,7 @@ impl State {
             Request::Lock(id, op) => reply(object!(self, id, Lock).map(|l| l.handle(caller, op))),
             Request::Semaphore(id, op) => reply(object!(self, id, Semaphore).map(|s| s.handle(op))),
             Request::Event(id, op) => reply(object!(self, id, Event).map(|e| e.handle(op))),
-            Request::Condition(id, op) => {
-                reply(object!(self, id, Condition).map(|c| c.handle(caller, op)))
-            }
+            Request::Condition(id, op) => super::condition::handle(self, caller, id, op),
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
             Request::User(..) => Reply::message("a call on a user object runs in its own task"),
             Request::CreateSegment(size) => reply(self.create_segment(size)),
@@ -346,7 +354,7 @@ impl State {
             }
             Request::Event(id, op) => object!(self, *id, Event).map(|e| e.attempt(op, timed_out)),
             Request::Condition(id, op) => {
-                object!(self, *id, Condition).map(|c| c.attempt(caller, op, timed_out))
+                return super::condition::attempt(self, caller, *id, op, timed_out);
             }
             _ => Err(Failure::Message("this request does not wait".into())),
         };
@@ -382,12 +390,17 @@ impl State {
         self.drop_refs(id, 1);
     }
 
-    /// Takes `n` references off an object, which ends when nothing keeps it.
+    /// Takes `n` references off an object, which ends when nothing keeps it (and lets go
+    /// of the lock it shares, for a condition made over one).
     fn drop_refs(&mut self, id: u64, n: u64) {
         if let Some(e) = self.objects.get_mut(&id) {
             e.refs = e.refs.saturating_sub(n);
             if e.refs == 0 && e.lent == 0 && !e.named {
-                self.objects.remove(&id);
+                if let Some(Object::Condition(c)) = self.objects.remove(&id).map(|e| e.object) {
+                    if let Some(lock) = c.shared_lock() {
+                        self.drop_refs(lock, 1);
+                    }
+                }
             }
         }
     }
@@ -820,18 +833,14 @@ pub(super) async fn serve_registration(registration: OwnedFd, shared: Arc<Shared
     sys::set_nonblocking(registration.as_fd(), true)?;
     let reg = sys::register_owned(registration, Interest::READABLE)?;
     let mut conns = JoinSet::new();
-    let mut fds = std::collections::VecDeque::new();
+    let mut fds = VecDeque::new();
     loop {
-        let mut buf = [0u8; 16];
-        let mut guard = tokio::select! {
-            g = reg.readable() => g?,
+        let more = tokio::select! {
+            r = take_connections(&reg, &mut fds) => r?,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        match guard.try_io(|r| sys::recv_with_fds(r.get_ref().as_fd(), &mut buf, &mut fds)) {
-            Ok(Ok(0)) => return Ok(()), // every holder of the registration socket is gone
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_would_block) => continue,
+        if !more {
+            return Ok(());
         }
         for conn in fds.drain(..) {
             match Framed::unix(conn) {
@@ -840,6 +849,65 @@ pub(super) async fn serve_registration(registration: OwnedFd, shared: Arc<Shared
                 }
                 Err(e) => tracing::debug!("a manager connection could not be set up: {e}"),
             }
+        }
+    }
+}
+
+/// Reads the registration socket once: the connections that message carried go to `fds`.
+/// `false` once every holder of the socket is gone.
+///
+/// # Cancel safety
+/// Cancel safe: a message read is in `fds` by the time the read returns.
+async fn take_connections(
+    reg: &tokio::io::unix::AsyncFd<OwnedFd>,
+    fds: &mut VecDeque<OwnedFd>,
+) -> Result<bool> {
+    loop {
+        let mut buf = [0u8; 16];
+        let mut guard = reg.readable().await?;
+        match guard.try_io(|r| sys::recv_with_fds(r.get_ref().as_fd(), &mut buf, fds)) {
+            Ok(Ok(0)) => return Ok(false),
+            Ok(Ok(_)) => return Ok(true),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Tells the process that started this server that its initializer failed: the first
+/// request of the first connection on the registration socket (the starting process's,
+/// whose `start` asks for the object count once the initializer has returned) is answered
+/// with `failure`.
+///
+/// # Errors
+/// [`Error::Closed`] if every holder of the registration socket is gone first; an I/O or
+/// protocol error from the connection.
+async fn refuse_the_starter(registration: OwnedFd, failure: Failure) -> Result<()> {
+    sys::set_nonblocking(registration.as_fd(), true)?;
+    let reg = sys::register_owned(registration, Interest::READABLE)?;
+    let mut fds = VecDeque::new();
+    let conn = loop {
+        if !take_connections(&reg, &mut fds).await? {
+            return Err(Error::Closed);
+        }
+        if let Some(conn) = fds.pop_front() {
+            break conn;
+        }
+    };
+    let link = Framed::unix(conn)?;
+    loop {
+        let (id, req) = link.recv_awake().await?.decode::<(u64, Request)>()?;
+        // What a connection says of itself is not answered, as when it is served.
+        let unanswered = matches!(
+            req,
+            Request::Hello { .. }
+                | Request::Ping
+                | Request::Incref { .. }
+                | Request::Decref(_)
+                | Request::Lend(_)
+        );
+        if !unanswered {
+            return reply_now(&link, id, Reply::Failed(failure)).await;
         }
     }
 }
@@ -971,10 +1039,16 @@ pub(super) async fn serve_process(
             )),
         };
         if let Err(message) = crate::task::initializer_outcome(out) {
-            fail(Error::InitializerFailed {
+            let e = Error::InitializerFailed {
                 pid: sys::current_pid() as u32,
                 message,
-            });
+            };
+            // The starting process fails its start with it; only if it cannot be told, the
+            // error goes to stderr.
+            match refuse_the_starter(registration.into_owned(), Failure::from(e.clone())).await {
+                Ok(()) => std::process::exit(1),
+                Err(_) => fail(e),
+            }
         }
     }
     let keeps_segments = segments.is_some();
@@ -1066,7 +1140,7 @@ struct Initializer {
 
 /// An initializer found in this binary, ready to run.
 struct ReadyInitializer {
-    entry: ProcessEntry,
+    entry: InitializerEntry,
     args: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
@@ -1076,11 +1150,11 @@ impl UserTypes {
     /// whose descriptors are duplicated for the journey).
     pub(super) fn new(
         types: &HashMap<String, Maker>,
-        init: Option<(ProcessEntry, &Encoded)>,
+        init: Option<(InitializerEntry, &Encoded)>,
     ) -> Result<UserTypes> {
         let init = match init {
             Some((entry, args)) => Some(Initializer {
-                entry: crate::task::process_entry_offset(entry),
+                entry: crate::task::initializer_entry_offset(entry),
                 args: args.bytes.clone(),
                 fds: args
                     .fds
@@ -1111,7 +1185,7 @@ impl UserTypes {
             .collect::<Result<_>>()?;
         let init = match self.init {
             Some(i) => Some(ReadyInitializer {
-                entry: sys::resolve_entry::<ProcessEntry>(i.entry, same)?,
+                entry: sys::resolve_entry::<InitializerEntry>(i.entry, same)?,
                 args: i.args,
                 fds: i.fds.into_iter().map(crate::wire::Fd::into_owned).collect(),
             }),
@@ -1137,6 +1211,32 @@ mod tests {
         match r {
             Reply::Id(id) => id,
             r => panic!("{r:?}"),
+        }
+    }
+
+    /// Makes an object as `ME`, and returns its id.
+    fn create(s: &mut State, initial: Initial) -> u64 {
+        id(s.handle(ME, Request::Create(initial, tag())))
+    }
+
+    /// Makes an object as `ME`, holding a reference to it as a proxy does.
+    fn create_held(s: &mut State, initial: Initial) -> u64 {
+        let made = create(s, initial);
+        s.handle(
+            ME,
+            Request::Incref {
+                id: made,
+                borrowed: false,
+            },
+        );
+        made
+    }
+
+    /// A lock's acquire for `owner` that waits for ever.
+    fn acquire(owner: u64) -> LockOp {
+        LockOp::Acquire {
+            owner,
+            wait: Wait::Forever,
         }
     }
 
@@ -1240,30 +1340,66 @@ mod tests {
     #[test]
     fn a_lock_left_by_a_closed_connection_is_reported_then_free() {
         let mut s = State::default();
-        let l = id(s.handle(
-            ME,
-            Request::Create(Initial::Lock { reentrant: false }, tag()),
-        ));
-        let acquire = Request::Lock(
-            l,
-            LockOp::Acquire {
-                owner: 0,
-                wait: Wait::Forever,
-            },
-        );
+        let l = create(&mut s, Initial::Lock { reentrant: false });
+        let take = Request::Lock(l, acquire(0));
         assert!(matches!(
-            s.attempt(ME, &acquire, false),
+            s.attempt(ME, &take, false),
             Step::Done(Reply::Done)
         ));
-        assert!(matches!(s.attempt(OTHER, &acquire, false), Step::Wait(_)));
+        assert!(matches!(s.attempt(OTHER, &take, false), Step::Wait(_)));
         s.release(ME);
         assert!(matches!(
-            s.attempt(OTHER, &acquire, false),
+            s.attempt(OTHER, &take, false),
             Step::Done(Reply::Failed(Failure::LockOwnerDied { pid: 100 }))
         ));
         assert!(matches!(
-            s.attempt(OTHER, &acquire, false),
+            s.attempt(OTHER, &take, false),
             Step::Done(Reply::Done)
+        ));
+    }
+
+    #[test]
+    fn a_condition_over_a_lock_shares_it_and_keeps_it() {
+        use crate::manager::proto::ConditionOp;
+        let mut s = State::default();
+        let l = create_held(&mut s, Initial::Lock { reentrant: false });
+        let c = create_held(&mut s, Initial::ConditionOver { lock: l });
+        // Taken through the lock, the condition's lock waits, and the reverse.
+        assert!(matches!(
+            s.attempt(ME, &Request::Lock(l, acquire(0)), false),
+            Step::Done(Reply::Done)
+        ));
+        let through_condition = Request::Condition(c, ConditionOp::Lock(acquire(7)));
+        assert!(matches!(
+            s.attempt(OTHER, &through_condition, false),
+            Step::Wait(_)
+        ));
+        // Held through the lock is held for the condition: notify is allowed.
+        let notify = Request::Condition(c, ConditionOp::NotifyAll { owner: 7 });
+        assert!(matches!(s.handle(ME, notify), Reply::Done));
+        let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 7 }));
+        assert!(matches!(s.handle(OTHER, release), Reply::Done));
+        assert!(matches!(
+            s.attempt(OTHER, &through_condition, false),
+            Step::Done(Reply::Done)
+        ));
+        assert!(matches!(
+            s.attempt(ME, &Request::Lock(l, acquire(0)), true),
+            Step::Done(Reply::Failed(Failure::Timeout))
+        ));
+        // The lock's last proxy goes: the condition keeps it; with the condition, it goes.
+        s.handle(ME, Request::Decref(l));
+        assert!(matches!(s.object_mut(l), Some(Object::Lock(_))));
+        s.handle(ME, Request::Decref(c));
+        assert!(s.object_mut(c).is_none() && s.object_mut(l).is_none());
+        // Over what is not a lock: refused.
+        let e = create(&mut s, Initial::Event);
+        assert!(matches!(
+            s.handle(
+                ME,
+                Request::Create(Initial::ConditionOver { lock: e }, tag())
+            ),
+            Reply::Failed(Failure::Message(_))
         ));
     }
 }

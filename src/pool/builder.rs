@@ -14,14 +14,14 @@ use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
 use crate::sys;
-use crate::task::{ProcessEntry, Target};
+use crate::task::{InitializerEntry, InitializerOutput, Target};
 use crate::wire::Encoded;
 
 /// What every worker of a pool is started with.
 pub(super) struct Config {
     pub(super) processes: usize,
     pub(super) method: StartMethod,
-    pub(super) init: Option<(ProcessEntry, Encoded)>,
+    pub(super) init: Option<(InitializerEntry, Encoded)>,
     pub(super) maxtasksperchild: Option<usize>,
     pub(super) concurrency: usize,
     pub(super) start_timeout: Duration,
@@ -40,7 +40,7 @@ pub(super) struct Config {
 #[derive(Debug)]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    init: Option<Result<(ProcessEntry, Encoded)>>,
+    init: Option<Result<(InitializerEntry, Encoded)>>,
     maxtasksperchild: Option<usize>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
@@ -110,15 +110,17 @@ impl PoolBuilder {
     /// A function every worker runs once, before its first task (Python's `initializer`
     /// and `initargs`). Like a task, `f` is a `fn` item or a closure that captures nothing,
     /// and `args` a tuple of serde values (descriptors included: each worker gets its own
-    /// copy). It returns what `main` may return: `()`, or a `Result` whose `Err` counts as a
-    /// failure. If it fails in the first worker to be ready (a panic, say),
-    /// [`build`](Self::build) fails with [`Error::InitializerFailed`]; if it fails in a later
+    /// copy). It returns what `main` may return ([`InitializerOutput`]): `()`, or a `Result`
+    /// whose `Err` counts as a failure, its `Debug` text carried in the error (Python's
+    /// exception from the initializer). If it fails in the first worker to be ready (an
+    /// `Err` or a panic), [`build`](Self::build) fails with [`Error::InitializerFailed`],
+    /// whose message says how; if it fails in a later
     /// or a replacement worker, no worker is started again, and once no worker is left,
     /// tasks fail with that error.
     pub fn initializer<F, A, M>(mut self, f: F, args: A) -> Self
     where
         F: Target<A, M>,
-        F::Output: std::process::Termination,
+        F::Output: InitializerOutput,
         A: Serialize + DeserializeOwned,
     {
         let _ = f;

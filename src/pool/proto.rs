@@ -16,7 +16,7 @@ use crate::wire::Hello;
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Setup {
     pub(super) hello: Hello,
-    /// The initializer's `ProcessEntry`, as an offset from the anchor.
+    /// The initializer's `InitializerEntry`, as an offset from the anchor.
     pub(super) init: Option<i64>,
     /// How long the worker waits actively for its next task after a short one that allows
     /// it, in nanoseconds (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).

@@ -45,7 +45,7 @@ pub(super) fn setup_frame(cfg: &Config) -> Result<FrameBuf> {
         init: cfg
             .init
             .as_ref()
-            .map(|(e, _)| crate::task::process_entry_offset(*e)),
+            .map(|(e, _)| crate::task::initializer_entry_offset(*e)),
         spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
         print_panics: cfg.print_panics,
     })?;
@@ -87,12 +87,6 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         .await?;
     let pid = process.pid();
     let killer = process.kill_handle()?;
-    let setup = async {
-        if let Some(mut frame) = late {
-            link.send(&mut frame).await?;
-        }
-        link.recv().await?.decode::<SetupReply>()
-    };
     let died = |code: i32| {
         let message = format!(
             "the worker died ({}) during its setup",
@@ -108,10 +102,32 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
             }
         }
     };
-    let reply = tokio::select! {
-        biased;
-        r = setup => r,
-        code = process.join() => return Err(died(code?)),
+    let answered = {
+        let setup = async {
+            if let Some(mut frame) = late {
+                link.send(&mut frame).await?;
+            }
+            link.recv().await?.decode::<SetupReply>()
+        };
+        tokio::select! {
+            biased;
+            r = setup => Ok(r),
+            code = process.join() => Err(code?),
+        }
+    };
+    let reply = match answered {
+        Ok(reply) => reply,
+        // The worker answers, then exits: its exit may be seen before its answer is. Gone, it
+        // has written all it will, so what the socket holds is read before the death is
+        // taken for the cause (an initializer's failure keeps its own text). Bounded, for a
+        // socket that a child of the worker still holds.
+        Err(code) => {
+            let left = tokio::time::timeout(Duration::from_secs(5), link.recv()).await;
+            match left.map(|r| r.and_then(|f| f.decode::<SetupReply>())) {
+                Ok(Ok(reply)) => Ok(reply),
+                _ => return Err(died(code)),
+            }
+        }
     };
     // A worker that died in its setup (its initializer aborted, say) closed the socket first.
     let reply = match reply {

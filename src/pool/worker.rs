@@ -39,7 +39,7 @@ use super::proto::{Reply, Setup, SetupReply, ToWorker};
 use super::started::StartedMark;
 use crate::error::{Error, Result, TaskFailure};
 use crate::sys::{self, SameBinary};
-use crate::task::{Failure, Invoked, ProcessEntry, TaskEntry};
+use crate::task::{Failure, InitializerEntry, Invoked, TaskEntry};
 use crate::wire::{Encoded, Fd, Frame, FrameBuf, Framed, Transport};
 
 /// The most answers a worker sends in one write.
@@ -623,7 +623,7 @@ fn run_initializer(
     same: SameBinary,
     mut frame: Frame,
 ) -> std::result::Result<(), String> {
-    let entry: ProcessEntry = sys::resolve_entry(offset, same).map_err(|e| e.to_string())?;
+    let entry: InitializerEntry = sys::resolve_entry(offset, same).map_err(|e| e.to_string())?;
     let fds = std::mem::take(&mut frame.fds);
     let out = match entry(frame.body(), fds) {
         Invoked::Ready(r) => r,

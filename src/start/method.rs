@@ -73,23 +73,83 @@ impl std::str::FromStr for StartMethod {
     }
 }
 
+/// The default method (its [`StartMethod::to_u8`]), with [`FIXED`] once it has been set or
+/// read: one atomic, so that a [`try_set_start_method`] racing a read or another set either
+/// wins whole or fails.
 static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
 
+/// The bit of [`DEFAULT_METHOD`] that says the default was set or used (Python's
+/// `_actual_context` once it is not `None`).
+const FIXED: u8 = 0x80;
+
 /// Sets the start method used when a [`Process`](crate::Process) or pool does not name one
-/// (Python's `multiprocessing.set_start_method`).
+/// (Python's `multiprocessing.set_start_method(method, force=True)`).
+///
+/// It always sets it, whether or not it had been set or used before; a library that must
+/// not override a choice the program made uses [`try_set_start_method`], which refuses as
+/// Python's default `force=False` does.
 ///
 /// A child inherits the method that started it as its own default, as in Python: a child
 /// started with [`StartMethod::ForkServer`], explicitly or because the parent set it here,
 /// starts its own children with the fork server too.
 pub fn set_start_method(method: StartMethod) {
-    DEFAULT_METHOD.store(method.to_u8(), Ordering::Relaxed);
+    DEFAULT_METHOD.store(method.to_u8() | FIXED, Ordering::SeqCst);
+}
+
+/// Sets the start method used when none is named, unless it has already been set or used
+/// (Python's `multiprocessing.set_start_method(method)`, whose `force` is `False`).
+///
+/// As in Python, the default counts as set once [`set_start_method`] or this function set
+/// it, and once something read it: [`get_start_method`], or a [`Process`](crate::Process),
+/// pool or manager started with the default. A child started by this crate has its
+/// parent's method set, so there it always fails, as Python's does.
+///
+/// # Errors
+/// [`Error::StartMethodSet`] naming the method in force, if the default was set or used
+/// already (Python's `RuntimeError: context has already been set`); the default is then
+/// left as it was.
+///
+/// # Examples
+///
+/// ```
+/// use tokio_multiprocessing::{self as mp, StartMethod};
+///
+/// # fn main() {
+/// # mp::init();
+/// mp::try_set_start_method(StartMethod::ForkServer).unwrap();
+/// // A second choice is refused, and the first stays.
+/// assert!(matches!(
+///     mp::try_set_start_method(StartMethod::Spawn),
+///     Err(mp::Error::StartMethodSet { method: "forkserver" })
+/// ));
+/// assert_eq!(mp::get_start_method(), StartMethod::ForkServer);
+/// # }
+/// ```
+pub fn try_set_start_method(method: StartMethod) -> Result<()> {
+    let unset = DEFAULT_METHOD.load(Ordering::SeqCst);
+    let set = method.to_u8() | FIXED;
+    // A set or a read in between makes the exchange fail: refused as if it came first.
+    if unset & FIXED == 0
+        && DEFAULT_METHOD
+            .compare_exchange(unset, set, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    {
+        return Ok(());
+    }
+    Err(Error::StartMethodSet {
+        method: get_start_method().name(),
+    })
 }
 
 /// The start method used when none is named (Python's `multiprocessing.get_start_method`):
 /// in the program, [`StartMethod::Spawn`] unless changed by [`set_start_method`]; in a
 /// child, the method that started it, unless the child changed it.
+///
+/// As Python's, reading it fixes it: [`try_set_start_method`] fails from then on
+/// ([`set_start_method`] still sets it).
 pub fn get_start_method() -> StartMethod {
-    StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed)).unwrap_or_default()
+    let v = DEFAULT_METHOD.fetch_or(FIXED, Ordering::SeqCst);
+    StartMethod::from_u8(v & !FIXED).unwrap_or_default()
 }
 
 /// Every start method this platform offers, the default first (Python's

@@ -33,7 +33,9 @@ use std::time::Duration;
 pub(crate) use bootstrap::fresh_runtime;
 pub(crate) use handle::Child;
 pub(crate) use launcher::warm_launcher;
-pub use method::{StartMethod, get_all_start_methods, get_start_method, set_start_method};
+pub use method::{
+    StartMethod, get_all_start_methods, get_start_method, set_start_method, try_set_start_method,
+};
 pub(crate) use registry::running_children;
 
 use crate::error::Result;

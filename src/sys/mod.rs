@@ -51,7 +51,7 @@ pub(crate) use random::fill_random;
 pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, anonymous_file, shm_attach, shm_create, shm_remove};
-pub(crate) use socket_opts::{grow_send_buffer, shutdown_socket};
+pub(crate) use socket_opts::{grow_send_buffer, set_listen_backlog, shutdown_socket};
 pub(crate) use spill::{KeptViews, RECYCLE_MAX, spill_file, write_at};
 
 use std::io;

@@ -1,10 +1,10 @@
-//! Options of a socket every holder of it shares: its send buffer, and shutting a direction
-//! down.
+//! Options of a socket every holder of it shares: its send buffer, its listen backlog, and
+//! shutting a direction down.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
+use nix::sys::socket::{Backlog, Shutdown, listen, setsockopt, shutdown, sockopt};
 
 /// Asks for a send buffer of `bytes`: beyond the administrator's limit when the process may
 /// (`SO_SNDBUFFORCE`, root), else up to it (`SO_SNDBUF`, capped by `net.core.wmem_max`).
@@ -17,6 +17,15 @@ pub(crate) fn grow_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<(
         .and_then(|s| s.trim().parse::<usize>().ok())
         .unwrap_or(bytes);
     Ok(setsockopt(&fd, sockopt::SndBuf, &bytes.min(max))?)
+}
+
+/// Sets how many connections a listening socket queues before they are accepted (a second
+/// `listen` on a listening socket changes its backlog). A value over `SOMAXCONN` is capped
+/// to it, as the kernel caps any to `net.core.somaxconn`.
+pub(crate) fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: u32) -> io::Result<()> {
+    let most = i32::from(Backlog::MAXCONN);
+    let backlog = i32::try_from(backlog).map_or(most, |b| b.min(most));
+    Ok(listen(&fd, Backlog::new(backlog)?)?)
 }
 
 /// Shuts one direction of a socket down for every holder of it.

@@ -155,6 +155,10 @@ pub fn failing_init() {
     panic!("no database");
 }
 
+pub fn erring_init(why: String) -> Result<(), String> {
+    Err(why)
+}
+
 pub static INIT_VALUE: AtomicUsize = AtomicUsize::new(0);
 
 pub fn good_init(v: usize) {
