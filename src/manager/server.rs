@@ -82,7 +82,11 @@ struct Entry {
     /// loans to processes not connected yet, and whether a name keeps the object: it ends
     /// when all three are gone.
     refs: u64,
-    lent: u64,
+    /// Loans made less loans settled. A loan (`Lend`, from the lender's connection) and its
+    /// settling (the borrower's `Incref` with `borrowed`, from another connection) may be
+    /// read in either order, so a settling read first counts below zero, and the loan that
+    /// follows brings it back: a loan keeps the object only while it is positive.
+    lent: i64,
     named: bool,
 }
 
@@ -395,7 +399,7 @@ impl State {
     fn drop_refs(&mut self, id: u64, n: u64) {
         if let Some(e) = self.objects.get_mut(&id) {
             e.refs = e.refs.saturating_sub(n);
-            if e.refs == 0 && e.lent == 0 && !e.named {
+            if e.refs == 0 && e.lent <= 0 && !e.named {
                 if let Some(Object::Condition(c)) = self.objects.remove(&id).map(|e| e.object) {
                     if let Some(lock) = c.shared_lock() {
                         self.drop_refs(lock, 1);
@@ -1335,6 +1339,36 @@ mod tests {
             );
         }
         assert!(shared.state().take_segments().is_empty());
+    }
+
+    /// A proxy lent by `ME` to a process that connects as `OTHER` and dies: whichever of the
+    /// loan and its settling the server reads first, the object ends with the last
+    /// reference (the settling read first left the loan standing for ever).
+    #[test]
+    fn a_loan_ends_with_its_borrower_in_either_order() {
+        for settled_first in [false, true] {
+            let mut s = State::default();
+            let d = create_held(&mut s, Initial::Event);
+            let lend = Request::Lend(d);
+            let settle = Request::Incref {
+                id: d,
+                borrowed: true,
+            };
+            if settled_first {
+                s.handle(OTHER, settle);
+                s.handle(ME, lend);
+            } else {
+                s.handle(ME, lend);
+                s.handle(OTHER, settle);
+            }
+            s.handle(ME, Request::Decref(d));
+            assert!(s.objects.contains_key(&d), "the borrower holds it");
+            s.release(OTHER);
+            assert!(
+                !s.objects.contains_key(&d),
+                "settled first: {settled_first}: the object outlived its borrower"
+            );
+        }
     }
 
     #[test]
