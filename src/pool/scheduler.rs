@@ -4,15 +4,15 @@
 //! Per worker, a reader task hands its answers straight to the callers and logs them for
 //! the scheduler ([`Answered`]: it wakes the scheduler for them unless they may wait), and
 //! tells it of the worker's death (its pidfd, on tokio's reactor) as an [`Event`]; the
-//! scheduler writes the worker's frames itself or through a writer task. The scheduler sends a task to the least loaded
-//! worker that has room: one running synchronous task plus a few waiting behind it (enough
-//! to keep it busy across its round trip, up to [`MAX_PREFETCH`], as many as the backlog
-//! warrants: see [`prefetch_for`]), or up to the per-worker concurrency of `async fn`
-//! tasks. When a worker dies, the tasks it may have started fail with
-//! a [`TaskError`] that says so (those whose answer had arrived were answered already); the ones it
-//! held and provably never started (see [`StartedMark`]) go back to the head of the queue.
-//! Then the worker is replaced. A worker that cannot be started is started again later, with
-//! a growing delay.
+//! scheduler writes the worker's frames itself or through a writer task. The scheduler
+//! sends a task to the least loaded worker that has room: one running synchronous task plus
+//! a few waiting behind it (enough to keep it busy across its round trip, up to
+//! [`MAX_PREFETCH`], as many as the backlog warrants: see [`prefetch_for`]), or up to the
+//! per-worker concurrency of `async fn` tasks. When a worker dies, the tasks it may have
+//! started fail with a [`TaskError`] that says so (those whose answer had arrived were
+//! answered already); the ones it held and provably never started (see [`StartedMark`]) go
+//! back to the head of the queue. Then the worker is replaced. A worker that cannot be
+//! started is started again later, with a growing delay.
 //!
 //! This file is the whole state machine: its handlers of commands, events and deadlines,
 //! and the dispatch they share, which all keep one invariant (every task is in exactly one
@@ -344,8 +344,9 @@ impl Scheduler {
                 }
             }
             self.dispatch();
-            // Answers logged meanwhile, while they could not wait, are taken in now.
-            while self.answered.allow_waiting(self.may_defer()) {
+            // Answers logged as deferred meanwhile, which may not wait any more, are taken in
+            // now; those logged from here on wake the scheduler unless they may wait.
+            if self.answered.allow_waiting(self.may_defer()) {
                 self.take_answers();
                 self.dispatch();
             }
@@ -636,7 +637,8 @@ impl Scheduler {
     /// task's timeout runs, no worker is to be retired after a number of tasks, and the pool
     /// is open with nobody waiting for it to drain. What an answer changes beyond these (the
     /// counts of [`Pool::stats`](super::Pool::stats), the measures of run time and round
-    /// trip) lags by at most the readers' spin (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).
+    /// trip) lags by at most the readers' spin
+    /// (see [`PoolBuilder::spin`](super::PoolBuilder::spin)).
     fn may_defer(&self) -> bool {
         self.phase == Phase::Open
             && self.queue.is_empty()
