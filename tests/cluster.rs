@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::netns::Net;
-use support::pool::{pid, pid_to_file_then_sleep, sqr};
+use support::pool::{erring_init, pid, pid_to_file_then_sleep, sqr};
 use support::process::{BoxError, helper_mode, run_as_helper, start_helper_reading};
 use support::{TestResult, eventually};
 use tokio_multiprocessing::{self as mp, Cluster, ExitCause, Pool};
@@ -45,6 +45,7 @@ fn main() {
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
+        a_remote_initializer_error_reaches_the_caller,
     ]);
 }
 
@@ -534,6 +535,31 @@ async fn example_cluster_map_runs_on_two_local_hosts() -> TestResult {
             ],
         "printed {out}"
     );
+    Ok(())
+}
+
+/// A remote worker whose initializer returns an error: the pool's build fails with that
+/// error's text, whether the head hears the worker's answer first or its agent's report of
+/// its exit (the exit first gave only "the worker died (exit code 1) during its setup").
+async fn a_remote_initializer_error_reaches_the_caller() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    for round in 0..10 {
+        let e = Pool::builder()
+            .cluster(&cluster)
+            .initializer(erring_init, ("no database".to_string(),))
+            .build()
+            .await;
+        match e {
+            Err(mp::Error::InitializerFailed { message, .. }) => ensure!(
+                message == r#"returned an error: "no database""#,
+                "round {round}: {message}"
+            ),
+            other => return Err(format!("round {round}: got {:?}", other.map(drop)).into()),
+        }
+    }
     Ok(())
 }
 

@@ -37,6 +37,10 @@ pub(super) enum Life {
     },
 }
 
+/// How long the head reads what a remote worker sent before its exit was reported, once
+/// the exit is: its connection has the bytes or their end soon after.
+const LEFT_AFTER_EXIT: Duration = Duration::from_secs(5);
+
 /// How a worker ended.
 pub(super) enum Ended {
     /// It exited with this code (Python's convention); `Err` if it could not be waited for.
@@ -161,12 +165,25 @@ pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<Work
             }),
         },
         ended = life.join() => {
-            let message = format!("the worker died ({}) during its setup", ended.cause());
-            return Err(if cfg.init.is_some() {
-                Error::InitializerFailed { pid, message }
-            } else {
-                Error::Start { name: name(), pid, message }
-            });
+            // The worker answers, then exits, and its agent's report of the exit may come
+            // first: what the worker sent before is read before the exit is taken for the
+            // cause (an initializer's failure keeps its own text). Not from a host declared
+            // lost, whose words are no longer taken.
+            let left = match ended {
+                Ended::HostLost => None,
+                Ended::Exited(_) => tokio::time::timeout(LEFT_AFTER_EXIT, link.recv()).await.ok(),
+            };
+            match left.map(|r| r.and_then(|f| f.decode::<SetupReply>())) {
+                Some(Ok(reply)) => Ok(reply),
+                _ => {
+                    let message = format!("the worker died ({}) during its setup", ended.cause());
+                    return Err(if cfg.init.is_some() {
+                        Error::InitializerFailed { pid, message }
+                    } else {
+                        Error::Start { name: name(), pid, message }
+                    });
+                }
+            }
         }
     };
     let err = match reply {
