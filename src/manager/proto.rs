@@ -108,6 +108,19 @@ impl Request {
         )
     }
 
+    /// Whether the server replies to it: not to what a connection says of itself (who it
+    /// is, that it lives, the references it takes, drops and lends).
+    pub(super) fn is_answered(&self) -> bool {
+        !matches!(
+            self,
+            Request::Hello { .. }
+                | Request::Ping
+                | Request::Incref { .. }
+                | Request::Decref(_)
+                | Request::Lend(_)
+        )
+    }
+
     /// Whether the request may wait (and so runs beside the connection's other requests).
     pub(super) fn may_wait(&self) -> bool {
         match self {

@@ -902,15 +902,7 @@ async fn refuse_the_starter(registration: OwnedFd, failure: Failure) -> Result<(
     loop {
         let (id, req) = link.recv_awake().await?.decode::<(u64, Request)>()?;
         // What a connection says of itself is not answered, as when it is served.
-        let unanswered = matches!(
-            req,
-            Request::Hello { .. }
-                | Request::Ping
-                | Request::Incref { .. }
-                | Request::Decref(_)
-                | Request::Lend(_)
-        );
-        if !unanswered {
+        if req.is_answered() {
             return reply_now(&link, id, Reply::Failed(failure)).await;
         }
     }

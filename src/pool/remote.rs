@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::builder::Config;
 use super::proto::SetupReply;
-use super::spawn::{WorkerConn, setup_frame};
+use super::spawn::{WorkerConn, answer_left, died_in_setup, setup_frame};
 use super::started::StartedMark;
 use super::worker;
 use crate::cluster::{Cluster, RemoteExit, RemoteKill};
@@ -36,10 +36,6 @@ pub(super) enum Life {
         last: Arc<AtomicU64>,
     },
 }
-
-/// How long the head reads what a remote worker sent before its exit was reported, once
-/// the exit is: its connection has the bytes or their end soon after.
-const LEFT_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// How a worker ended.
 pub(super) enum Ended {
@@ -165,24 +161,14 @@ pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<Work
             }),
         },
         ended = life.join() => {
-            // The worker answers, then exits, and its agent's report of the exit may come
-            // first: what the worker sent before is read before the exit is taken for the
-            // cause (an initializer's failure keeps its own text). Not from a host declared
-            // lost, whose words are no longer taken.
+            // Nothing is taken from a host declared lost.
             let left = match ended {
                 Ended::HostLost => None,
-                Ended::Exited(_) => tokio::time::timeout(LEFT_AFTER_EXIT, link.recv()).await.ok(),
+                Ended::Exited(_) => answer_left(&link).await,
             };
-            match left.map(|r| r.and_then(|f| f.decode::<SetupReply>())) {
-                Some(Ok(reply)) => Ok(reply),
-                _ => {
-                    let message = format!("the worker died ({}) during its setup", ended.cause());
-                    return Err(if cfg.init.is_some() {
-                        Error::InitializerFailed { pid, message }
-                    } else {
-                        Error::Start { name: name(), pid, message }
-                    });
-                }
+            match left {
+                Some(reply) => Ok(reply),
+                None => return Err(died_in_setup(cfg, name(), pid, ended.cause())),
             }
         }
     };

@@ -15,7 +15,7 @@ use super::remote::{Killer, Life, Mark, start_remote};
 use super::scheduler::Event;
 use super::started::StartedMark;
 use super::worker;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitCause, Result};
 use crate::process::Process;
 use crate::sys;
 use crate::wire::{Fd, FrameBuf, Framed, Hello};
@@ -88,19 +88,8 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let pid = process.pid();
     let killer = process.kill_handle()?;
     let died = |code: i32| {
-        let message = format!(
-            "the worker died ({}) during its setup",
-            crate::ExitCause::from_exitcode(code)
-        );
-        if cfg.init.is_some() {
-            Error::InitializerFailed { pid, message }
-        } else {
-            Error::Start {
-                name: format!("PoolWorker-{n}"),
-                pid,
-                message,
-            }
-        }
+        let name = format!("PoolWorker-{n}");
+        died_in_setup(cfg, name, pid, ExitCause::from_exitcode(code))
     };
     let answered = {
         let setup = async {
@@ -117,17 +106,10 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     };
     let reply = match answered {
         Ok(reply) => reply,
-        // The worker answers, then exits: its exit may be seen before its answer is. Gone, it
-        // has written all it will, so what the socket holds is read before the death is
-        // taken for the cause (an initializer's failure keeps its own text). Bounded, for a
-        // socket that a child of the worker still holds.
-        Err(code) => {
-            let left = tokio::time::timeout(Duration::from_secs(5), link.recv()).await;
-            match left.map(|r| r.and_then(|f| f.decode::<SetupReply>())) {
-                Ok(Ok(reply)) => Ok(reply),
-                _ => return Err(died(code)),
-            }
-        }
+        Err(code) => match answer_left(&link).await {
+            Some(reply) => Ok(reply),
+            None => return Err(died(code)),
+        },
     };
     // A worker that died in its setup (its initializer aborted, say) closed the socket first.
     let reply = match reply {
@@ -166,6 +148,33 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     let _ = process.kill();
     let _ = tokio::time::timeout(Duration::from_secs(5), process.join()).await;
     Err(err)
+}
+
+/// What a worker whose exit was seen during its setup had answered: a worker answers,
+/// then exits, and its exit may be seen first (a local worker's on its pidfd, a remote one's
+/// in its agent's report). Gone, it has written all it will, so what its connection holds
+/// is read before the exit is taken for the cause (an initializer's failure keeps its own
+/// text); bounded by [`ANSWER_AFTER_EXIT`], for a connection that a child of the worker
+/// still holds.
+pub(super) async fn answer_left(link: &Framed) -> Option<SetupReply> {
+    match tokio::time::timeout(ANSWER_AFTER_EXIT, link.recv()).await {
+        Ok(Ok(frame)) => frame.decode::<SetupReply>().ok(),
+        _ => None,
+    }
+}
+
+/// How long [`answer_left`] reads.
+const ANSWER_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// The error of worker `name` (`pid`) that ended by `cause` before it answered its setup:
+/// the initializer's failure if the pool has one (it is what runs then).
+pub(super) fn died_in_setup(cfg: &Config, name: String, pid: u32, cause: ExitCause) -> Error {
+    let message = format!("the worker died ({cause}) during its setup");
+    if cfg.init.is_some() {
+        Error::InitializerFailed { pid, message }
+    } else {
+        Error::Start { name, pid, message }
+    }
 }
 
 /// Starts a worker after `delay`, in a task of its own, which reports it on `events`.
