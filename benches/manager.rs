@@ -4,7 +4,9 @@
 //! and shut down a manager. Baselines: the same calls to a server in this process (no
 //! process hop), a raw ping-pong of 8 bytes with a child process over a Unix socket pair and
 //! over TCP loopback (the transports' floors, beside the dict calls as `*_vs_raw`), and a
-//! server in this process started and stopped. The dict calls again from a multi-thread
+//! server in this process started and stopped, and for the server process's start, the floor
+//! under any `spawn` start: this executable started again by a plain `std::process::Command`
+//! until its `main` runs (`manager_start_vs_reexec`). The dict calls again from a multi-thread
 //! runtime (`*_multi_thread_us`), beside the same from a current-thread one. CPython's `Manager`
 //! beside them: `python3 benches/manager_cpython.py`.
 //!
@@ -210,6 +212,7 @@ async fn start_and_shutdown(how: How) -> mp::Result<(Vec<f64>, Vec<f64>)> {
 }
 
 fn main() -> Result<(), BoxError> {
+    support::reexec::exit_if_child();
     mp::init();
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
@@ -272,6 +275,11 @@ fn main() -> Result<(), BoxError> {
             start_and_shutdown(How::InProcess),
         )
         .await?;
+        let reexec = Figure::new(
+            "reexec_to_main_ms",
+            "ms",
+            support::reexec::to_main_ms(support::runs(STARTS))?,
+        );
         let (start, stop) = bounded(
             "manager_start_ms",
             FIGURE_TIMEOUT,
@@ -290,7 +298,8 @@ fn main() -> Result<(), BoxError> {
                 .baseline(serve_start.clone()),
         );
         report.add(Figure::new("manager_shutdown_forkserver_ms", "ms", fs_stop));
-        report.add(Figure::new("manager_start_ms", "ms", start).baseline(serve_start));
+        report.add(Figure::new("manager_start_ms", "ms", start.clone()).baseline(serve_start));
+        report.add(Figure::new("manager_start_vs_reexec", "ms", start).baseline(reexec));
         report.add(
             Figure::new("manager_shutdown_ms", "ms", stop).baseline(Figure::new(
                 "manager_serve_shutdown_ms",

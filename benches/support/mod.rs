@@ -29,6 +29,7 @@
 pub mod eventfd;
 pub mod ponger;
 pub mod raw_ping_pong;
+pub mod reexec;
 
 use std::future::Future;
 use std::time::Duration;
