@@ -17,6 +17,7 @@ const PRODUCER_NOTIFIED: usize = 9;
 const PRODUCER_LOOKS: usize = 10;
 const UNFINISHED: usize = 16;
 const PACKET_SENT: usize = 24;
+const NEXT_TAG: usize = 25;
 
 /// Set in [`Header::packet_sent`] beside the holder's pid while its packet may not have
 /// been sent yet.
@@ -71,6 +72,13 @@ impl<'a> Header<'a> {
     /// publishes the marker of a holder that died in between (see `packet.rs`).
     pub(super) fn packet_sent(self) -> &'a AtomicU64 {
         self.ring.user_word(PACKET_SENT)
+    }
+
+    /// The tag of the next packet: the count of packet markers published. Producers read
+    /// and advance it under the packet lock; a packet and its marker carry the same tag, so
+    /// a consumer knows its marker's packet from another's (see `packet.rs`).
+    pub(super) fn next_tag(self) -> &'a AtomicU64 {
+        self.ring.user_word(NEXT_TAG)
     }
 
     /// A joinable queue's count of items put and not yet marked done.

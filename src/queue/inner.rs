@@ -45,6 +45,9 @@ pub(super) struct Inner {
     /// The packet lock (see `packet.rs`): the crate's own [`Lock`], so that a holder's death
     /// is noticed.
     pub(super) lock: Lock,
+    /// The take lock: held by a consumer from taking a marker to receiving its packet (see
+    /// `packet.rs`).
+    pub(super) take: Lock,
     /// Wakes joiners when no item is left unfinished; only in a joinable queue.
     pub(super) done: Option<Arc<OwnedFd>>,
     closed: AtomicBool,
@@ -108,6 +111,7 @@ impl Inner {
             items: Arc::new(sys::eventfd(false)?),
             space: Arc::new(sys::eventfd(false)?),
             lock: Lock::new()?,
+            take: Lock::new()?,
             done,
             closed: AtomicBool::new(false),
             registrations: Mutex::new(None),
@@ -164,7 +168,7 @@ impl Serialize for Inner {
             FdRef(self.ring.fd()),
             FdRef(self.items.as_fd()),
             FdRef(self.space.as_fd()),
-            &self.lock,
+            (&self.lock, &self.take),
             self.done.as_ref().map(|f| FdRef(f.as_fd())),
         )
             .serialize(s)
@@ -173,8 +177,8 @@ impl Serialize for Inner {
 
 impl<'de> Deserialize<'de> for Inner {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        type Wire = (u64, Fd, Fd, (Fd, Fd), Fd, Fd, Fd, Lock, Option<Fd>);
-        let (maxsize, tx, rx, (ret_tx, ret_rx), ring, items, space, lock, done) =
+        type Wire = (u64, Fd, Fd, (Fd, Fd), Fd, Fd, Fd, (Lock, Lock), Option<Fd>);
+        let (maxsize, tx, rx, (ret_tx, ret_rx), ring, items, space, (lock, take), done) =
             Wire::deserialize(d)?;
         let ring = sys::ShmRing::open(ring.into_owned()).map_err(serde::de::Error::custom)?;
         let maxsize = usize::try_from(maxsize).map_err(serde::de::Error::custom)?;
@@ -193,6 +197,7 @@ impl<'de> Deserialize<'de> for Inner {
             items: Arc::new(items.into_owned()),
             space: Arc::new(space.into_owned()),
             lock,
+            take,
             done: done.map(|f| Arc::new(f.into_owned())),
             closed: AtomicBool::new(false),
             registrations: Mutex::new(None),

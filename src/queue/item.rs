@@ -10,9 +10,10 @@ use serde::de::DeserializeOwned;
 
 use super::SLOT_DATA;
 use super::inner::Inner;
+use super::packet::TAG_LEN;
 use super::spill::{Spilled, Spilling};
 use crate::error::{Error, Result};
-use crate::sync::until;
+use crate::sync::{LockGuard, until};
 use crate::sys::{self, Popped, Pushed};
 use crate::wire::codec;
 use crate::wire::max_frame_size;
@@ -21,6 +22,16 @@ use crate::wire::max_frame_size;
 const KIND_INLINE: u8 = 0;
 /// The first byte of a packet: the item's length follows, its encoding is in a memfd.
 const KIND_SPILLED: u8 = 1;
+
+/// What a look for an item found.
+pub(super) enum Taken<T> {
+    /// The oldest item, taken.
+    Item(T),
+    /// No item now.
+    Empty,
+    /// A packet's marker is the oldest item, and another consumer holds the take lock.
+    Busy,
+}
 
 /// An item encoded for the queue.
 pub(super) enum Item {
@@ -104,28 +115,113 @@ impl Inner {
     }
 
     /// Takes the oldest item now, if there is one. Once a slot is taken the item is consumed,
-    /// even if it then fails to decode. A marker whose packet is not in the socket is one
-    /// published for a producer that died before it could send its packet (see
-    /// `packet.rs`): it stands for no item, and the next slot is taken instead.
-    pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+    /// even if it then fails to decode. A packet's marker is taken under the take lock
+    /// (see [`take_locked`](Self::take_locked)); [`Taken::Busy`] if another consumer holds
+    /// it now.
+    pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
         loop {
             let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
-            let popped = self.ring.try_pop(&mut buf);
-            if matches!(popped, Ok(Some(_))) {
+            let popped = self.ring.try_pop(&mut buf, false);
+            if matches!(popped, Ok(Some(Popped::Data(_)))) {
                 self.recent.mark();
                 self.notify_producers();
             }
             match popped? {
-                None => return Ok(None),
-                Some(Popped::Data(n)) => return codec::decode(&buf[..n], Vec::new()).map(Some),
-                Some(Popped::Marker) => {
-                    drop(buf);
-                    let mut pbuf = self.pbuf.lock().unwrap_or_else(|p| p.into_inner());
-                    match self.recv_packet_now(&mut pbuf)? {
-                        Some((n, fds)) => return self.decode_packet(&pbuf[..n], fds).map(Some),
-                        None => self.forget_marker(),
-                    }
+                None => return Ok(Taken::Empty),
+                Some(Popped::Data(n)) => {
+                    return codec::decode(&buf[..n], Vec::new()).map(Taken::Item);
                 }
+                Some(Popped::MarkerAhead | Popped::Marker(_)) => {}
+            }
+            drop(buf);
+            match self.take.try_lock() {
+                Ok(Some(guard)) => return self.take_locked(guard),
+                Ok(None) => return Ok(Taken::Busy),
+                Err(Error::LockOwnerDied { pid }) => {
+                    tracing::debug!(pid, "a queue's take lock was freed from its dead holder");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes the oldest item, holding the take lock (`guard`) while it takes a packet's
+    /// marker and receives the packet, so that a consumer that dies in between is the only
+    /// one to leave its packet in the socket: the next consumer to receive a packet knows it
+    /// by its tag and drops it (see [`recv_packet_for`](Self::recv_packet_for)). A marker
+    /// whose packet is not in the socket stands for no item (its producer died before it
+    /// sent it), and the next slot is taken instead.
+    pub(super) fn take_locked<T: DeserializeOwned>(
+        &self,
+        guard: LockGuard<'_>,
+    ) -> Result<Taken<T>> {
+        loop {
+            let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
+            let popped = self.ring.try_pop(&mut buf, true);
+            if matches!(popped, Ok(Some(_))) {
+                self.recent.mark();
+                self.notify_producers();
+            }
+            let tag = match popped? {
+                None => return Ok(Taken::Empty),
+                Some(Popped::Data(n)) => {
+                    drop(guard);
+                    return codec::decode(&buf[..n], Vec::new()).map(Taken::Item);
+                }
+                Some(Popped::Marker(tag)) => tag,
+                Some(Popped::MarkerAhead) => {
+                    return Err(Error::Protocol(
+                        "a queue's ring left a marker that was asked for".into(),
+                    ));
+                }
+            };
+            drop(buf);
+            let mut pbuf = self.pbuf.lock().unwrap_or_else(|p| p.into_inner());
+            match self.recv_packet_for(tag, &mut pbuf)? {
+                Some((n, fds)) => {
+                    drop(guard);
+                    let item = pbuf.get(TAG_LEN..n).ok_or_else(|| {
+                        Error::Protocol("a queue packet shorter than its tag arrived".into())
+                    })?;
+                    return self.decode_packet(item, fds).map(Taken::Item);
+                }
+                None => self.forget_marker(),
+            }
+        }
+    }
+
+    /// Takes the oldest item, waiting until one is there: the body of every `get`. Cancel
+    /// safe: an item is only taken by a step that does not wait.
+    pub(super) async fn take_waiting<T: DeserializeOwned>(&self) -> Result<T> {
+        let mut r = None;
+        loop {
+            let mut got = self.try_take()?;
+            if let Taken::Empty = got {
+                let reactor = match &r {
+                    Some(reactor) => reactor,
+                    None => r.insert(self.reactor()?),
+                };
+                self.wait_until(&reactor.items, self.header().consumers(), || {
+                    got = self.try_take()?;
+                    Ok(!matches!(got, Taken::Empty))
+                })
+                .await?;
+            }
+            match got {
+                Taken::Item(v) => return Ok(v),
+                Taken::Empty => {}
+                // Another consumer receives a packet: the next marker waits for the lock.
+                Taken::Busy => match self.take.lock().await {
+                    Ok(guard) => {
+                        if let Taken::Item(v) = self.take_locked(guard)? {
+                            return Ok(v);
+                        }
+                    }
+                    Err(Error::LockOwnerDied { pid }) => {
+                        tracing::debug!(pid, "a queue's take lock was freed from its dead holder");
+                    }
+                    Err(e) => return Err(e),
+                },
             }
         }
     }

@@ -13,14 +13,18 @@
 //! Items that do not fit a slot ([`SLOT_DATA`] bytes of MessagePack) or that hold
 //! descriptors (a pipe end, another queue) travel through a Unix `SOCK_SEQPACKET` socket
 //! pair instead, one packet per item, and the ring gets a *marker* in their place: whoever
-//! takes a marker receives one packet. Producers send a packet and publish its marker while
+//! takes a marker receives its packet. Producers send a packet and publish its marker while
 //! holding the *packet lock*, a cross-process [`Lock`](crate::Lock) (its holder's pid in
 //! shared memory, awaited on the reactor), so packets sit in the socket in the order of
 //! their markers in the ring and the k-th marker taken gets the k-th packet: a consumer
 //! never meets an item before an earlier item of the same producer. (Without the lock, a
 //! packet sent before ours whose marker lands after ours would be taken in our place, and
-//! our later small items could overtake our large one.) Consumers need no lock: the socket
-//! hands each packet to one of them. Small items bypass the lock entirely. A packet carries up to 64 KiB; a larger
+//! our later small items could overtake our large one.) A packet and its marker carry the
+//! same *tag*, the count of markers before it. A consumer takes a marker and receives its
+//! packet while holding the *take lock*, a second such lock, so consumers receive packets in
+//! the order they took the markers. Small items bypass both locks entirely: a consumer looks
+//! at the ring without the take lock and takes it only when the oldest item is a marker. A
+//! packet carries up to 64 KiB; a larger
 //! item is written to a memfd as it is encoded (its bulk copied once, straight into the
 //! file, at offsets the kernel copies to fastest) and the packet carries that file's
 //! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet. The consumer maps the
@@ -78,10 +82,15 @@
 //! in the ring; the next holder that finds the record publishes the marker, so an item that
 //! was sent is not lost (it comes out once the next large put takes the lock). If the
 //! producer died before its send went out, that marker stands for no packet, and the
-//! consumer that takes it finds none and takes the next item; until then it holds a slot.
-//! Not covered: a consumer killed between taking a marker and receiving its packet leaves
-//! the packet in the socket, so each later large item comes out one place late. A
-//! [`JoinableQueue`] still counts a lost item as unfinished.
+//! consumer that takes it finds no packet of its tag (none, or a later one) and takes the
+//! next item; until then it holds a slot.
+//!
+//! A consumer killed between taking a marker and receiving its packet dies holding the take
+//! lock, and leaves its packet in the socket. The next consumer takes the lock over, and
+//! the first packet it meets is of an earlier tag than its marker's: the dead consumer's
+//! item, which went with it as a small one would. It drops that packet and receives its
+//! own, so no later item comes out a place late. A [`JoinableQueue`] still counts a lost
+//! item as unfinished.
 //!
 //! # Layout
 //!
@@ -129,6 +138,7 @@ pub use joinable::JoinableQueue;
 pub use simple::SimpleQueue;
 
 use inner::Inner;
+use item::Taken;
 
 /// The most bytes of MessagePack an item may take to travel in a ring slot; larger items,
 /// and items holding descriptors, travel through the queue's socket.
@@ -401,18 +411,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// This method is cancel safe: if `get` loses a `select!` race, no item was taken.
     pub async fn get(&self) -> Result<T> {
         self.inner.check_open()?;
-        if let Some(v) = self.inner.try_take()? {
-            return Ok(v);
-        }
-        let r = self.inner.reactor()?;
-        let mut got = None;
-        self.inner
-            .wait_until(&r.items, self.inner.header().consumers(), || {
-                got = self.inner.try_take()?;
-                Ok(got.is_some())
-            })
-            .await?;
-        got.ok_or_else(|| Error::Protocol("a queue wait ended without an item".into()))
+        self.inner.take_waiting().await
     }
 
     /// [`get`](Self::get), giving up after `timeout` with [`Error::Empty`] (Python's
@@ -434,13 +433,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Removes and returns an item if one is there now, else fails at once with
-    /// [`Error::Empty`] (Python's `get_nowait`). Needs no runtime.
+    /// [`Error::Empty`] (Python's `get_nowait`). Needs no runtime. Also [`Error::Empty`]
+    /// while another consumer receives an item that travels through the socket and the
+    /// next item does too, as Python's fails when its read lock is held.
     ///
     /// # Errors
     /// As [`get`](Self::get), and [`Error::Empty`].
     pub fn get_nowait(&self) -> Result<T> {
         self.inner.check_open()?;
-        self.inner.try_take()?.ok_or(Error::Empty)
+        match self.inner.try_take()? {
+            Taken::Item(v) => Ok(v),
+            Taken::Empty | Taken::Busy => Err(Error::Empty),
+        }
     }
 
     pub(crate) fn ready_now(&self) -> bool {

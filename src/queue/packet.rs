@@ -1,17 +1,25 @@
 //! The socket side: items that do not fit a slot, or that hold descriptors, travel as one
 //! `SOCK_SEQPACKET` packet each, with a marker in the ring in their place (see "Mechanism"
 //! in the queue's docs). Producers send a packet and publish its marker under the *packet
-//! lock*, the crate's own [`Lock`](crate::Lock), so packets sit in the socket in the order of their
-//! markers in the ring. Consumers need no lock: whoever takes a marker receives one packet.
+//! lock*, the crate's own [`Lock`](crate::Lock), so packets sit in the socket in the order of
+//! their markers in the ring; a packet begins with its marker's tag ([`TAG_LEN`] bytes, the
+//! count of markers published before it). Consumers take a marker and receive its packet
+//! under the *take lock*, so every consumer but one that died receives the packet of the
+//! marker it took before the next marker is taken.
 //!
-//! A producer may die holding the lock, most often while its put waits for room. The lock
-//! notices (see its owner death) and the next producer takes it. A holder that died after
-//! it began to send its packet and before it published the marker may have left a packet
-//! with no marker; it recorded so in the ring's header ([`Header::packet_sent`]), and the
-//! next holder publishes that marker before its own packet. Whether a packet went out when
-//! its sender died in the send is not known: the marker is published anyway, and a consumer
-//! that takes a marker and finds no packet in the socket skips it, so a marker too many
-//! costs nothing, where a marker too few would shift every later large item by one.
+//! A producer may die holding the packet lock, most often while its put waits for room. The
+//! lock notices (see its owner death) and the next producer takes it. A holder that died
+//! after it began to send its packet and before it published the marker may have left a
+//! packet with no marker; it recorded so in the ring's header ([`Header::packet_sent`]), and
+//! the next holder publishes that marker before its own packet. Whether a packet went out
+//! when its sender died in the send is not known: the marker is published anyway, and a
+//! consumer that takes a marker and finds no packet of its tag first in the socket skips it,
+//! so a marker too many costs nothing, where a marker too few would shift every later large
+//! item by one.
+//!
+//! A consumer may die holding the take lock, between taking a marker and receiving its
+//! packet; the next consumer takes the lock over and drops the packets of earlier tags it
+//! meets before its own (see [`Inner::recv_packet_for`]).
 //!
 //! [`Header::packet_sent`]: super::header::Header::packet_sent
 
@@ -22,6 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::INLINE_MAX;
+
+/// The bytes of a packet's tag, before its item: the tag of its marker (see
+/// [`Header::next_tag`](super::header::Header::next_tag)).
+pub(super) const TAG_LEN: usize = 8;
 use super::header::SENDING;
 use super::inner::Inner;
 use super::reactor::Reactor;
@@ -113,7 +125,7 @@ impl Inner {
     /// the lock is released with it (`Err`, with the task still publishing it, if any).
     /// Without it, each later packet would be taken for the marker of the one before. A
     /// holder that died while sending may have sent nothing: its marker then stands for no
-    /// packet, and the consumer that takes it skips it (see `try_take`).
+    /// packet, and the consumer that takes it skips it (see `take_locked`).
     fn adopt(self: &Arc<Self>, guard: PacketGuard) -> std::result::Result<PacketGuard, Adopted> {
         let dead = self.header().packet_sent().load(Ordering::SeqCst);
         if dead == 0 {
@@ -128,12 +140,21 @@ impl Inner {
         Err(self.push_marker(guard))
     }
 
-    /// Sends a packet on the socket, waiting for room in its buffer.
+    /// The tag the packet sent now carries: the packet lock's holder's.
+    fn tag(&self) -> [u8; TAG_LEN] {
+        self.header()
+            .next_tag()
+            .load(Ordering::SeqCst)
+            .to_le_bytes()
+    }
+
+    /// Sends a packet on the socket, tagged, waiting for room in its buffer.
     async fn send_packet(&self, r: &Reactor, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let tag = self.tag();
         loop {
             let mut g = r.tx.writable().await?;
-            match g.try_io(|a| sys::send_with_fds(a.get_ref().as_fd(), bytes, &raw)) {
+            match g.try_io(|a| sys::send_headed_with_fds(a.get_ref().as_fd(), &tag, bytes, &raw)) {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e.into()),
@@ -180,9 +201,10 @@ impl Inner {
             return Err(Error::Full);
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let tag = self.tag();
         self.record_sent(SENDING);
         loop {
-            match sys::send_with_fds(self.tx.as_fd(), bytes, &raw) {
+            match sys::send_headed_with_fds(self.tx.as_fd(), &tag, bytes, &raw) {
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -259,24 +281,54 @@ impl Inner {
         }
     }
 
-    /// Takes one packet from the socket now, for a marker just taken from the ring; `None` if
-    /// there is none, for a marker published on behalf of a producer that died before it
-    /// sent its packet (see [`adopt`](Self::adopt)).
-    pub(super) fn recv_packet_now(
+    /// Takes the packet of the marker tagged `tag`, just taken from the ring under the take
+    /// lock, from the socket now: the item's bytes are `buf[TAG_LEN..n]`. Packets of earlier
+    /// tags met first were taken for markers by consumers that died before they received
+    /// them (every other consumer received its packet before it let the take lock go):
+    /// their items went with them, and they are dropped. `None` if the packet first in the
+    /// socket is of a later tag, or there is none: the marker was published for a producer
+    /// that died before it sent its packet (see [`adopt`](Self::adopt)).
+    pub(super) fn recv_packet_for(
         &self,
+        tag: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Option<(usize, VecDeque<OwnedFd>)>> {
         if buf.len() < INLINE_MAX + 16 {
             buf.resize(INLINE_MAX + 16, 0);
         }
-        let mut fds = VecDeque::new();
         loop {
-            match sys::recv_with_fds(self.rx.as_fd(), buf, &mut fds) {
-                Ok(n) => return Ok(Some((n, fds))),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            let mut head = [0u8; TAG_LEN];
+            match sys::peek(self.rx.as_fd(), &mut head) {
+                Ok(TAG_LEN) => {}
+                Ok(0) => return Ok(None),
+                Ok(_) => {
+                    return Err(Error::Protocol(
+                        "a queue packet shorter than its tag arrived".into(),
+                    ));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
+            let found = u64::from_le_bytes(head);
+            if found > tag {
+                return Ok(None);
+            }
+            let mut fds = VecDeque::new();
+            let n = loop {
+                match sys::recv_with_fds(self.rx.as_fd(), buf, &mut fds) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if found == tag {
+                return Ok(Some((n, fds)));
+            }
+            tracing::debug!(
+                tag = found,
+                "dropping a queue packet whose consumer died before it received it"
+            );
         }
     }
 }

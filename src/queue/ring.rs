@@ -12,22 +12,32 @@ use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::Result;
 use crate::sync::Watch;
-use crate::sys::{self, Pushed};
+use crate::sys::{self, Message, Pushed};
 
 impl Inner {
-    /// Publishes a slot (data or marker) now, counting it as unfinished for a joinable
-    /// queue. If the ring is full, says whether a live process holds the slot needed (see
-    /// [`Pushed::Held`]). A marker is published by the packet lock's holder, whose record of
-    /// a packet sent is cleared once the marker is in the ring (see `packet.rs`): a holder
-    /// that dies in between leaves a marker too many, which costs nothing, rather than one
-    /// too few.
+    /// Publishes a slot now, counting it as unfinished for a joinable queue: `data`, or
+    /// (`None`) the marker of the packet tagged [`next_tag`](super::header::Header::next_tag).
+    /// If the ring is full, says whether a live process holds the slot needed (see
+    /// [`Pushed::Held`]).
+    ///
+    /// A marker is published by the packet lock's holder, which then advances the tag and
+    /// clears its record of a packet sent (see `packet.rs`). A holder that dies before the
+    /// tag advances leaves the next holder to publish the same marker again, and one that
+    /// dies after leaves it to publish a marker for the next tag: a marker too many, whose
+    /// consumer finds no packet of its tag and skips it, rather than one too few.
     pub(super) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
         let joinable = self.done.is_some();
         if joinable {
             self.header().unfinished().fetch_add(1, Ordering::SeqCst);
         }
-        let pushed = self.ring.try_push(data);
+        let tag = self.header().next_tag().load(Ordering::SeqCst);
+        let message = match data {
+            Some(d) => Message::Data(d),
+            None => Message::Marker(tag),
+        };
+        let pushed = self.ring.try_push(message);
         if data.is_none() && pushed == Pushed::Done {
+            self.header().next_tag().store(tag + 1, Ordering::SeqCst);
             self.header().packet_sent().store(0, Ordering::SeqCst);
         }
         if pushed == Pushed::Done {
@@ -45,10 +55,10 @@ impl Inner {
         }
     }
 
-    /// Forgets a marker that stood for no packet (see [`try_take`](Self::try_take)): a
+    /// Forgets a marker that stood for no packet (see [`take_locked`](Self::take_locked)): a
     /// joinable queue counted it as unfinished.
     pub(super) fn forget_marker(&self) {
-        tracing::debug!("a queue marker stood for a packet its dead producer never sent");
+        tracing::debug!("a queue marker stood for no packet: its dead producer never sent it");
         if self.done.is_some() && self.header().unfinished().fetch_sub(1, Ordering::SeqCst) == 1 {
             self.wake_joiners();
         }

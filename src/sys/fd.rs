@@ -46,6 +46,20 @@ pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 ///
 /// `MSG_NOSIGNAL`: a closed peer is an `EPIPE` error, never a `SIGPIPE`.
 pub(crate) fn send_with_fds(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    send_slices(fd, &[IoSlice::new(data)], fds)
+}
+
+/// [`send_with_fds`] of `head` followed by `data`, in one message.
+pub(crate) fn send_headed_with_fds(
+    fd: BorrowedFd<'_>,
+    head: &[u8],
+    data: &[u8],
+    fds: &[RawFd],
+) -> io::Result<usize> {
+    send_slices(fd, &[IoSlice::new(head), IoSlice::new(data)], fds)
+}
+
+fn send_slices(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -55,12 +69,11 @@ pub(crate) fn send_with_fds(fd: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> i
             ),
         ));
     }
-    let iov = [IoSlice::new(data)];
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     Ok(sendmsg::<()>(
         fd.as_raw_fd(),
-        &iov,
+        iov,
         cmsgs,
         MsgFlags::MSG_NOSIGNAL,
         None,

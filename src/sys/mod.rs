@@ -31,7 +31,7 @@ pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, descriptors_left, dup_fd, file_size, has_input,
     is_unix_socket, open_fds, peek, recv_appending, recv_with_fds, register_owned, register_shared,
-    send_with_fds, set_nonblocking, socketpair_stream, wait_writable,
+    send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream, wait_writable,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use load::core_spare;
@@ -48,7 +48,7 @@ pub(crate) use proc::{
     spawned_fd, stdin_from_dev_null, try_wait_pidfd, wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
-pub(crate) use ring::{Popped, Pushed, SLOT_DATA, ShmRing};
+pub(crate) use ring::{Message, Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{SharedRegion, anonymous_file, shm_attach, shm_create, shm_remove};
 pub(crate) use socket_opts::{grow_send_buffer, set_listen_backlog, shutdown_socket};

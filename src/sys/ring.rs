@@ -54,6 +54,8 @@ pub(crate) const SLOT_BYTES: usize = 128;
 pub(crate) const SLOT_DATA: usize = SLOT_BYTES - 16;
 /// The length value that marks a slot as standing for a message sent another way.
 const MARKER: u64 = u64::MAX;
+/// The bytes of a marker's tag, in its slot's data.
+const TAG_BYTES: usize = 8;
 const HEADER_BYTES: usize = 1024;
 const MAGIC: u64 = 0x746d_7072_696e_6702;
 
@@ -96,13 +98,25 @@ pub(crate) enum Pushed {
     Held(u32),
 }
 
+/// What [`ShmRing::try_push`] publishes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Message<'a> {
+    /// These bytes (at most [`SLOT_DATA`]).
+    Data(&'a [u8]),
+    /// A marker with this tag: the message travels another way, and the tag tells which.
+    Marker(u64),
+}
+
 /// What [`ShmRing::try_pop`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Popped {
     /// A message of this many bytes, copied into the caller's buffer.
     Data(usize),
-    /// A marker: the message travels another way.
-    Marker,
+    /// A marker, with its tag: the message travels another way.
+    Marker(u64),
+    /// A marker is the oldest message, and was left in the ring: the caller did not ask for
+    /// markers.
+    MarkerAhead,
 }
 
 /// See the module docs.
@@ -206,8 +220,8 @@ impl ShmRing {
         enq.saturating_sub(deq)
     }
 
-    /// Appends `data` (at most [`SLOT_DATA`] bytes), or a marker if `data` is `None`.
-    pub(crate) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
+    /// Appends a message: bytes (at most [`SLOT_DATA`]) or a marker.
+    pub(crate) fn try_push(&self, message: Message<'_>) -> Pushed {
         let me = owner_id();
         let enq = self.word(W_ENQ);
         let mut pos = enq.load(Ordering::Acquire);
@@ -229,17 +243,19 @@ impl ShmRing {
                         continue;
                     }
                     let _ = enq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
-                    match data {
-                        Some(d) => {
-                            let n = d.len().min(SLOT_DATA);
-                            // SAFETY: we own this slot until we publish it (our compare-and-swap
-                            // moved it from free to ours); `bytes` has SLOT_DATA bytes of room
-                            // inside the mapping.
-                            unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), bytes, n) };
-                            len.store(n as u64, Ordering::Relaxed);
-                        }
-                        None => len.store(MARKER, Ordering::Relaxed),
-                    }
+                    let (d, n) = match &message {
+                        Message::Data(d) => (*d, d.len().min(SLOT_DATA)),
+                        Message::Marker(tag) => (&tag.to_le_bytes()[..], TAG_BYTES),
+                    };
+                    // SAFETY: we own this slot until we publish it (our compare-and-swap
+                    // moved it from free to ours); `bytes` has SLOT_DATA bytes of room inside
+                    // the mapping, and `n` is at most that (TAG_BYTES < SLOT_DATA).
+                    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), bytes, n) };
+                    let n = match message {
+                        Message::Data(_) => n as u64,
+                        Message::Marker(_) => MARKER,
+                    };
+                    len.store(n, Ordering::Relaxed);
                     state.store(word(lap, READY, 0), Ordering::SeqCst);
                     return Pushed::Done;
                 }
@@ -262,8 +278,9 @@ impl ShmRing {
     }
 
     /// Takes the oldest message into `out` (cleared first). `Ok(None)` if the ring is empty;
-    /// an error if a slot holds an impossible length (memory written by someone else).
-    pub(crate) fn try_pop(&self, out: &mut Vec<u8>) -> io::Result<Option<Popped>> {
+    /// [`Popped::MarkerAhead`] if it is a marker and `markers` is false (it stays); an error
+    /// if a slot holds an impossible length (memory written by someone else).
+    pub(crate) fn try_pop(&self, out: &mut Vec<u8>, markers: bool) -> io::Result<Option<Popped>> {
         let me = owner_id();
         let deq = self.word(W_DEQ);
         let mut pos = deq.load(Ordering::Acquire);
@@ -273,6 +290,10 @@ impl ShmRing {
             let w = state.load(Ordering::Acquire);
             match lap_order(w, lap) {
                 std::cmp::Ordering::Equal if kind(w) == READY => {
+                    // Written before the slot was published, which our load of `w` saw.
+                    if !markers && len.load(Ordering::Relaxed) == MARKER {
+                        return Ok(Some(Popped::MarkerAhead));
+                    }
                     if state
                         .compare_exchange(
                             w,
@@ -287,7 +308,13 @@ impl ShmRing {
                     let _ = deq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
                     let n = len.load(Ordering::Relaxed);
                     let got = if n == MARKER {
-                        Ok(Popped::Marker)
+                        let mut tag = [0u8; TAG_BYTES];
+                        // SAFETY: we own this slot until we free it; its data holds the
+                        // marker's tag, TAG_BYTES bytes inside the mapping.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(bytes, tag.as_mut_ptr(), TAG_BYTES)
+                        };
+                        Ok(Popped::Marker(u64::from_le_bytes(tag)))
                     } else if n as usize <= SLOT_DATA {
                         out.clear();
                         out.resize(n as usize, 0);
@@ -399,20 +426,39 @@ mod tests {
     fn fifo_full_and_empty() {
         let r = ShmRing::new(3).unwrap();
         let mut out = Vec::new();
-        assert_eq!(r.try_pop(&mut out).unwrap(), None);
-        assert_eq!(r.try_push(Some(b"a")), Pushed::Done);
-        assert_eq!(r.try_push(None), Pushed::Done);
-        assert_eq!(r.try_push(Some(b"ccc")), Pushed::Done);
-        assert_eq!(r.try_push(Some(b"d")), Pushed::Full);
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
+        assert_eq!(r.try_push(Message::Data(b"a")), Pushed::Done);
+        assert_eq!(r.try_push(Message::Marker(7)), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"ccc")), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"d")), Pushed::Full);
         assert_eq!(r.len(), 3);
-        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"a");
-        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Marker));
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Marker(7)));
         for i in 0..10u8 {
-            assert_eq!(r.try_push(Some(&[i; 5])), Pushed::Done);
-            assert!(r.try_pop(&mut out).unwrap().is_some());
+            assert_eq!(r.try_push(Message::Data(&[i; 5])), Pushed::Done);
+            assert!(r.try_pop(&mut out, true).unwrap().is_some());
         }
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_marker_stays_unless_asked_for() {
+        let r = ShmRing::new(4).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.try_push(Message::Marker(u64::MAX - 1)), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"b")), Pushed::Done);
+        assert_eq!(
+            r.try_pop(&mut out, false).unwrap(),
+            Some(Popped::MarkerAhead)
+        );
+        assert_eq!(r.len(), 2, "a marker not asked for stays");
+        assert_eq!(
+            r.try_pop(&mut out, true).unwrap(),
+            Some(Popped::Marker(u64::MAX - 1))
+        );
+        assert_eq!(r.try_pop(&mut out, false).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(out, b"b");
     }
 
     #[test]
@@ -420,11 +466,15 @@ mod tests {
         let r = ShmRing::new(1).unwrap();
         let mut out = Vec::new();
         for i in 0..5u8 {
-            assert_eq!(r.try_push(Some(&[i])), Pushed::Done);
-            assert_eq!(r.try_push(Some(&[i])), Pushed::Full, "full at one item");
-            assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+            assert_eq!(r.try_push(Message::Data(&[i])), Pushed::Done);
+            assert_eq!(
+                r.try_push(Message::Data(&[i])),
+                Pushed::Full,
+                "full at one item"
+            );
+            assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
             assert_eq!(out, [i]);
-            assert_eq!(r.try_pop(&mut out).unwrap(), None);
+            assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
         }
     }
 
@@ -432,9 +482,12 @@ mod tests {
     fn a_second_mapping_sees_the_same_ring() {
         let r = ShmRing::new(8).unwrap();
         let other = ShmRing::open(r.fd().try_clone_to_owned().unwrap()).unwrap();
-        assert_eq!(r.try_push(Some(b"shared")), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"shared")), Pushed::Done);
         let mut out = Vec::new();
-        assert_eq!(other.try_pop(&mut out).unwrap(), Some(Popped::Data(6)));
+        assert_eq!(
+            other.try_pop(&mut out, true).unwrap(),
+            Some(Popped::Data(6))
+        );
         assert_eq!(out, b"shared");
     }
 
@@ -450,18 +503,18 @@ mod tests {
     fn a_slot_held_by_a_dead_consumer_is_freed() {
         let r = ShmRing::new(2).unwrap();
         let mut out = Vec::new();
-        assert_eq!(r.try_push(Some(b"a")), Pushed::Done);
-        assert_eq!(r.try_push(Some(b"b")), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"a")), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"b")), Pushed::Done);
         // A consumer died right after claiming position 0 (before moving the position on).
         let (state, _, _) = r.slot(0);
         state.store(word(0, READING, dead_pid()), Ordering::SeqCst);
-        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"b");
         // Position 2 needs slot 0 again: its holder is dead, so it is freed ("a" is lost).
-        assert_eq!(r.try_push(Some(b"c")), Pushed::Done);
-        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(r.try_push(Message::Data(b"c")), Pushed::Done);
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"c");
-        assert_eq!(r.try_pop(&mut out).unwrap(), None);
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
     }
 
     #[test]
@@ -471,13 +524,13 @@ mod tests {
         // A producer died right after claiming position 0; another put at position 1.
         let (state, _, _) = r.slot(0);
         state.store(word(0, WRITING, dead_pid()), Ordering::SeqCst);
-        assert_eq!(r.try_push(Some(b"b")), Pushed::Done);
-        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(r.try_push(Message::Data(b"b")), Pushed::Done);
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"b");
-        assert_eq!(r.try_pop(&mut out).unwrap(), None);
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
         for i in 0..12u8 {
-            assert_eq!(r.try_push(Some(&[i])), Pushed::Done);
-            assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+            assert_eq!(r.try_push(Message::Data(&[i])), Pushed::Done);
+            assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
             assert_eq!(out, [i]);
         }
     }
@@ -486,17 +539,17 @@ mod tests {
     fn a_slot_held_by_a_live_process_is_waited_for() {
         let r = ShmRing::new(1).unwrap();
         let mut out = Vec::new();
-        assert_eq!(r.try_push(Some(b"a")), Pushed::Done);
+        assert_eq!(r.try_push(Message::Data(b"a")), Pushed::Done);
         // Our parent (alive) is taking position 0.
         let parent = u64::from(nix::unistd::getppid().as_raw() as u32);
         let (state, _, _) = r.slot(0);
         state.store(word(0, READING, parent), Ordering::SeqCst);
-        assert_eq!(r.try_push(Some(b"b")), Pushed::Held(parent as u32));
-        assert_eq!(r.try_pop(&mut out).unwrap(), None);
+        assert_eq!(r.try_push(Message::Data(b"b")), Pushed::Held(parent as u32));
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
         // It finishes: the slot is free for the next lap.
         state.store(word(1, FREE, 0), Ordering::SeqCst);
-        assert_eq!(r.try_push(Some(b"b")), Pushed::Done);
-        assert_eq!(r.try_pop(&mut out).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(r.try_push(Message::Data(b"b")), Pushed::Done);
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"b");
     }
 
