@@ -1,5 +1,6 @@
 //! Queue and Pipe figures between two processes, each beside its baseline: a raw tokio
-//! socket pair doing the same work inside one process.
+//! socket pair doing the same work inside one process; and 16 KiB queue items as `Vec<u8>`
+//! (which serde hands over byte by byte) beside the same as `serde_bytes::ByteBuf`.
 //!
 //! `cargo bench --bench ipc [-- WORD ...]` prints the figures whose names contain one of the
 //! words (all without words); `benches/ipc_cpython.py` runs CPython's `multiprocessing`
@@ -20,6 +21,9 @@ use tokio_multiprocessing as mp;
 const SMALL_ITEMS: u64 = 300_000;
 const BIG: usize = 1 << 20;
 const BIG_ITEMS: u64 = 400;
+/// Items of 16 KiB: a packet each, encoded in the producer and decoded in the consumer.
+const MID: usize = 16 * 1024;
+const MID_ITEMS: u64 = 10_000;
 const ROUND_TRIPS: u64 = 10_000;
 /// Round-trip figures are the median of this many rounds, unless `TKMP_BENCH_REPEAT` says
 /// otherwise: the machine is shared.
@@ -56,8 +60,13 @@ async fn queue_producer(q: mp::Queue<u64>, go: mp::Connection<u8>, n: u64) {
     }
 }
 
-async fn queue_big_producer(q: mp::Queue<serde_bytes::ByteBuf>, go: mp::Connection<u8>, n: u64) {
-    let item = serde_bytes::ByteBuf::from(vec![7u8; BIG]);
+/// Waits for the word on `go`, then puts `item` into `q` `n` times; exits 3 on an error.
+async fn put_after_go<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
+    q: mp::Queue<T>,
+    go: mp::Connection<u8>,
+    item: T,
+    n: u64,
+) {
     if go.recv().await.is_err() {
         std::process::exit(3);
     }
@@ -66,6 +75,24 @@ async fn queue_big_producer(q: mp::Queue<serde_bytes::ByteBuf>, go: mp::Connecti
             std::process::exit(3);
         }
     }
+}
+
+async fn queue_big_producer(q: mp::Queue<serde_bytes::ByteBuf>, go: mp::Connection<u8>, n: u64) {
+    put_after_go(q, go, serde_bytes::ByteBuf::from(vec![7u8; BIG]), n).await
+}
+
+/// Puts `n` items of [`MID`] bytes, `Vec<u8>`s: serde hands each over byte by byte.
+async fn queue_mid_vec_producer(q: mp::Queue<Vec<u8>>, go: mp::Connection<u8>, n: u64) {
+    put_after_go(q, go, vec![7u8; MID], n).await
+}
+
+/// Puts `n` items of [`MID`] bytes, `ByteBuf`s: each is one copy.
+async fn queue_mid_bytebuf_producer(
+    q: mp::Queue<serde_bytes::ByteBuf>,
+    go: mp::Connection<u8>,
+    n: u64,
+) {
+    put_after_go(q, go, serde_bytes::ByteBuf::from(vec![7u8; MID]), n).await
 }
 
 async fn echo_values(conn: mp::Connection<u64>) {
@@ -118,18 +145,49 @@ async fn queue_small() -> mp::Result<f64> {
 async fn queue_big() -> mp::Result<f64> {
     let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
     let (go, go_child) = mp::Pipe::<u8>::new()?;
-    let mut p = mp::Process::new(queue_big_producer, (q.clone(), go_child, BIG_ITEMS))
+    let p = mp::Process::new(queue_big_producer, (q.clone(), go_child, BIG_ITEMS))
         .start()
         .await?;
+    take_after_go(q, go, p, BIG_ITEMS, BIG, |v| v.len()).await
+}
+
+/// [`MID_ITEMS`] items of [`MID`] bytes through a queue from a child, in MB/s: `Vec<u8>`s
+/// if `vec`, else `ByteBuf`s.
+async fn queue_mid(vec: bool) -> mp::Result<f64> {
+    let (go, go_child) = mp::Pipe::<u8>::new()?;
+    if vec {
+        let q = mp::Queue::<Vec<u8>>::new()?;
+        let p = mp::Process::new(queue_mid_vec_producer, (q.clone(), go_child, MID_ITEMS))
+            .start()
+            .await?;
+        take_after_go(q, go, p, MID_ITEMS, MID, |v| v.len()).await
+    } else {
+        let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
+        let p = mp::Process::new(queue_mid_bytebuf_producer, (q.clone(), go_child, MID_ITEMS))
+            .start()
+            .await?;
+        take_after_go(q, go, p, MID_ITEMS, MID, |v| v.len()).await
+    }
+}
+
+/// Says go on `go` to the producer `p`, takes its `n` items of `size` bytes (as `len` tells)
+/// from `q` and joins it: MB/s from the word to the last item.
+async fn take_after_go<T: serde::Serialize + serde::de::DeserializeOwned>(
+    q: mp::Queue<T>,
+    go: mp::Connection<u8>,
+    mut p: mp::Process,
+    n: u64,
+    size: usize,
+    len: impl Fn(&T) -> usize,
+) -> mp::Result<f64> {
     let t = Instant::now();
     go.send(&1).await?;
-    for _ in 0..BIG_ITEMS {
-        let v = q.get().await?;
-        assert_eq!(v.len(), BIG);
+    for _ in 0..n {
+        assert_eq!(len(&q.get().await?), size);
     }
     let secs = t.elapsed().as_secs_f64();
     p.join().await?;
-    Ok((BIG_ITEMS as f64 * BIG as f64) / secs / 1e6)
+    Ok((n as f64 * size as f64) / secs / 1e6)
 }
 
 async fn pipe_ping_pong(bytes: bool) -> mp::Result<Vec<f64>> {
@@ -288,6 +346,27 @@ fn main() -> Result<(), BoxError> {
                 throughput(raw_stream)
             );
             report.add(Figure::new("queue_1mib_mb_per_s", "MB/s", runs).baseline(base));
+        }
+        if wanted("queue_16kib_vec_mb_per_s", "queue_16kib_bytebuf_mb_per_s") {
+            let vec = bounded(
+                "queue_16kib_vec_mb_per_s",
+                FIGURE_TIMEOUT,
+                throughput(|| queue_mid(true)),
+            )
+            .await?;
+            let bytebuf = bounded(
+                "queue_16kib_bytebuf_mb_per_s",
+                FIGURE_TIMEOUT,
+                throughput(|| queue_mid(false)),
+            )
+            .await?;
+            report.add(
+                Figure::new("queue_16kib_vec_mb_per_s", "MB/s", vec).baseline(Figure::new(
+                    "queue_16kib_bytebuf_mb_per_s",
+                    "MB/s",
+                    bytebuf,
+                )),
+            );
         }
         if wanted("pipe_rtt_us", "raw_rtt_processes_us") {
             let runs = bounded("pipe_rtt_us", FIGURE_TIMEOUT, pipe_ping_pong(false)).await?;

@@ -142,6 +142,8 @@ impl<'a> Spilling<'a> {
 }
 
 impl std::io::Write for Spilling<'_> {
+    // Inlined into the encoder: serde hands a `Vec<u8>` over one byte per call.
+    #[inline]
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.total = self.total.saturating_add(b.len());
         if self.total > self.max {

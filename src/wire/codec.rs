@@ -81,6 +81,8 @@ impl Encoded {
 struct Counted(usize);
 
 impl std::io::Write for Counted {
+    // Inlined into the encoder, as `Capped::write`.
+    #[inline]
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0 += b.len();
         Ok(b.len())
@@ -99,6 +101,8 @@ struct Capped<'a> {
 }
 
 impl std::io::Write for Capped<'_> {
+    // Inlined into the encoder: serde hands a `Vec<u8>` over one byte per call.
+    #[inline]
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         if self.buf.len() + b.len() > self.max {
             self.over = true;
