@@ -18,6 +18,7 @@ const PRODUCER_LOOKS: usize = 10;
 const UNFINISHED: usize = 16;
 const PACKET_SENT: usize = 24;
 const NEXT_TAG: usize = 25;
+const SKIP_THROUGH: usize = 32;
 
 /// Set in [`Header::packet_sent`] beside the holder's pid while its packet may not have
 /// been sent yet.
@@ -79,6 +80,13 @@ impl<'a> Header<'a> {
     /// a consumer knows its marker's packet from another's (see `packet.rs`).
     pub(super) fn next_tag(self) -> &'a AtomicU64 {
         self.ring.user_word(NEXT_TAG)
+    }
+
+    /// The markers to skip, read and written under the take lock: 0 for none, else one more
+    /// than the tag of a packet received early (for an earlier marker that had none), whose
+    /// own marker and those before it stand for no packet (see `packet.rs`).
+    pub(super) fn skip_through(self) -> &'a AtomicU64 {
+        self.ring.user_word(SKIP_THROUGH)
     }
 
     /// A joinable queue's count of items put and not yet marked done.

@@ -81,9 +81,10 @@
 //! ring's header that it is sending its packet, and clears that once the packet's marker is
 //! in the ring; the next holder that finds the record publishes the marker, so an item that
 //! was sent is not lost (it comes out once the next large put takes the lock). If the
-//! producer died before its send went out, that marker stands for no packet, and the
-//! consumer that takes it finds no packet of its tag (none, or a later one) and takes the
-//! next item; until then it holds a slot.
+//! producer died before its send went out, that marker stands for no packet: the consumer
+//! that takes it finds none and takes the next item, or finds the next packet and takes
+//! that, and the next packet's own marker is skipped when its turn comes. Until then the
+//! marker holds a slot.
 //!
 //! A consumer killed between taking a marker and receiving its packet dies holding the take
 //! lock, and leaves its packet in the socket. The next consumer takes the lock over, and

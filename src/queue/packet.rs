@@ -13,13 +13,15 @@
 //! packet with no marker; it recorded so in the ring's header ([`Header::packet_sent`]), and
 //! the next holder publishes that marker before its own packet. Whether a packet went out
 //! when its sender died in the send is not known: the marker is published anyway, and a
-//! consumer that takes a marker and finds no packet of its tag first in the socket skips it,
-//! so a marker too many costs nothing, where a marker too few would shift every later large
-//! item by one.
+//! consumer that takes a marker and finds no packet, or one of a later tag, first in the
+//! socket treats the marker as one too many, so a marker too many costs nothing, where a
+//! marker too few would shift every later large item by one.
 //!
 //! A consumer may die holding the take lock, between taking a marker and receiving its
 //! packet; the next consumer takes the lock over and drops the packets of earlier tags it
-//! meets before its own (see [`Inner::recv_packet_for`]).
+//! meets before its own (see [`Inner::recv_packet_for`]). The tag is checked after the
+//! receive, which costs no system call more: a packet of a later tag (the marker's own was
+//! never sent) is taken for the marker, and the later marker skipped.
 //!
 //! [`Header::packet_sent`]: super::header::Header::packet_sent
 
@@ -281,54 +283,141 @@ impl Inner {
         }
     }
 
-    /// Takes the packet of the marker tagged `tag`, just taken from the ring under the take
-    /// lock, from the socket now: the item's bytes are `buf[TAG_LEN..n]`. Packets of earlier
-    /// tags met first were taken for markers by consumers that died before they received
-    /// them (every other consumer received its packet before it let the take lock go):
-    /// their items went with them, and they are dropped. `None` if the packet first in the
-    /// socket is of a later tag, or there is none: the marker was published for a producer
-    /// that died before it sent its packet (see [`adopt`](Self::adopt)).
+    /// Takes the packet for the marker tagged `tag`, just taken from the ring under the take
+    /// lock, from the socket now: the item's bytes are `buf[TAG_LEN..n]`. `None` if the
+    /// marker stands for no packet.
+    ///
+    /// The packet first in the socket is usually the marker's own. One of an earlier tag was
+    /// taken for a marker by a consumer that died before it received it (every other
+    /// consumer received its packet before it let the take lock go): its item went with
+    /// that consumer, and it is dropped. One of a later tag means this marker's packet was
+    /// never sent (its producer died first, see [`adopt`](Self::adopt)): that packet is
+    /// taken for this marker all the same, and its own marker, with any before it, is
+    /// skipped when its turn comes ([`Header::skip_through`]). No packet at all: the
+    /// marker's producer died before it sent it.
+    ///
+    /// [`Header::skip_through`]: super::header::Header::skip_through
     pub(super) fn recv_packet_for(
         &self,
         tag: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Option<(usize, VecDeque<OwnedFd>)>> {
+        let skip = self.header().skip_through();
+        let through = skip.load(Ordering::SeqCst);
+        if tag < through {
+            if tag + 1 == through {
+                skip.store(0, Ordering::SeqCst);
+            }
+            return Ok(None);
+        }
         if buf.len() < INLINE_MAX + 16 {
             buf.resize(INLINE_MAX + 16, 0);
         }
         loop {
-            let mut head = [0u8; TAG_LEN];
-            match sys::peek(self.rx.as_fd(), &mut head) {
-                Ok(TAG_LEN) => {}
-                Ok(0) => return Ok(None),
-                Ok(_) => {
+            let mut fds = VecDeque::new();
+            let n = match sys::recv_with_fds(self.rx.as_fd(), buf, &mut fds) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let found = match buf.get(..TAG_LEN) {
+                Some(head) if n >= TAG_LEN => {
+                    let mut t = [0u8; TAG_LEN];
+                    t.copy_from_slice(head);
+                    u64::from_le_bytes(t)
+                }
+                _ if n == 0 => return Ok(None),
+                _ => {
                     return Err(Error::Protocol(
                         "a queue packet shorter than its tag arrived".into(),
                     ));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-            let found = u64::from_le_bytes(head);
-            if found > tag {
-                return Ok(None);
-            }
-            let mut fds = VecDeque::new();
-            let n = loop {
-                match sys::recv_with_fds(self.rx.as_fd(), buf, &mut fds) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
             };
-            if found == tag {
-                return Ok(Some((n, fds)));
+            if found < tag {
+                tracing::debug!(
+                    tag = found,
+                    "dropping a queue packet whose consumer died before it received it"
+                );
+                continue;
             }
-            tracing::debug!(
-                tag = found,
-                "dropping a queue packet whose consumer died before it received it"
-            );
+            if found > tag {
+                tracing::debug!(
+                    tag,
+                    found,
+                    "a queue marker's producer died before it sent its packet; the next \
+                     packet is taken for it, and its own marker will be skipped"
+                );
+                skip.store(found + 1, Ordering::SeqCst);
+            }
+            return Ok(Some((n, fds)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Queue;
+    use crate::error::Error;
+    use crate::sys::{Message, Popped, Pushed};
+
+    fn large(byte: u8) -> Vec<u8> {
+        vec![byte; 1000]
+    }
+
+    /// A consumer that took a marker and died before it received its packet left that
+    /// packet first in the socket: the next consumer drops it and takes its own, so no later
+    /// item comes out a place late.
+    #[test]
+    fn a_packet_left_by_a_dead_consumer_is_dropped() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        q.put_nowait(large(1)).unwrap();
+        q.put_nowait(large(2)).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            q.inner.ring.try_pop(&mut buf, true).unwrap(),
+            Some(Popped::Marker(0)),
+            "the dead consumer's marker"
+        );
+        assert_eq!(q.get_nowait().unwrap(), large(2));
+        assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+        q.put_nowait(large(3)).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), large(3));
+    }
+
+    /// A marker published for a producer that died before it sent its packet takes the next
+    /// packet, whose own marker is then skipped.
+    #[test]
+    fn a_marker_without_its_packet_takes_the_next_and_skips_that_ones_marker() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        assert_eq!(
+            q.inner.try_push(None),
+            Pushed::Done,
+            "the dead producer's marker"
+        );
+        q.put_nowait(large(1)).unwrap();
+        q.put_nowait(vec![2]).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), large(1));
+        assert_eq!(q.get_nowait().unwrap(), vec![2]);
+        assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+        q.put_nowait(large(3)).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), large(3));
+        assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+    }
+
+    /// A producer that died after it published its marker and before the tag moved on left
+    /// the next producer to publish the same marker again: the second finds no packet of
+    /// its own and stands for none.
+    #[test]
+    fn a_marker_published_twice_stands_for_one_packet() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        q.put_nowait(large(1)).unwrap();
+        assert_eq!(q.inner.ring.try_push(Message::Marker(0)), Pushed::Done);
+        q.put_nowait(large(2)).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), large(1));
+        assert_eq!(q.get_nowait().unwrap(), large(2));
+        assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+        q.put_nowait(large(3)).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), large(3));
     }
 }
