@@ -131,7 +131,12 @@ impl Inner {
                 Some(Popped::Data(n)) => {
                     return codec::decode(&buf[..n], Vec::new()).map(Taken::Item);
                 }
-                Some(Popped::MarkerAhead | Popped::Marker(_)) => {}
+                Some(Popped::MarkerAhead) => {}
+                Some(Popped::Marker(_)) => {
+                    return Err(Error::Protocol(
+                        "a queue's ring gave a marker that was not asked for".into(),
+                    ));
+                }
             }
             drop(buf);
             match self.take.try_lock() {
