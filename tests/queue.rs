@@ -294,6 +294,19 @@ fn fd_balance() {
     }
 }
 
+/// Sends an item over a slot's size into `q` without publishing its marker, holding the
+/// packet lock, says so on `sent`, and exits once told on `die`: a producer killed between
+/// sending its packet and publishing the marker.
+async fn send_then_die(q: mp::Queue<Vec<u8>>, sent: mp::Queue<u8>, die: mp::Queue<u8>) {
+    if q.__send_without_marker(vec![9u8; 1000]).await.is_err() {
+        std::process::exit(4);
+    }
+    if sent.put(1).await.is_err() || die.get().await.is_err() {
+        std::process::exit(3);
+    }
+    std::process::exit(0)
+}
+
 /// Takes items for ever (until killed); says once, on `started`, that it is taking them.
 async fn get_forever(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
     let mut told = false;
@@ -1086,6 +1099,36 @@ async fn producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue
     laps_in_order(&q, 3, SLOTS as u8 - 1, 200).await
 }
 
+/// A producer killed after it sent a large item and before it published its marker left
+/// the item in the socket with the packet lock held: a consumer that waits while it dies,
+/// and one that comes after, each get such an item without another large put, and later
+/// items keep their order.
+async fn a_producer_dead_before_its_marker_leaves_its_item_to_consumers() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    for waiting in [true, false] {
+        let (sent, die) = (mp::Queue::<u8>::new()?, mp::Queue::<u8>::new()?);
+        let mut p = start(send_then_die, (q.clone(), sent.clone(), die.clone())).await?;
+        sent.get_timeout(Duration::from_secs(20)).await?;
+        // The waiting consumer is given time to fall asleep before the producer dies; the
+        // other comes only after the death.
+        let getter = waiting.then(|| {
+            let q = q.clone();
+            tokio::spawn(async move { q.get_timeout(Duration::from_secs(20)).await })
+        });
+        if waiting {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        die.put(1).await?;
+        ensure!(join_code(&mut p).await? == 0, "the producer sent its item");
+        let got = match getter {
+            Some(g) => g.await??,
+            None => q.get_timeout(Duration::from_secs(20)).await?,
+        };
+        ensure!(got == [9u8; 1000], "got {} bytes, not the item", got.len());
+    }
+    laps_in_order(&q, 1, 4, 1000).await
+}
+
 /// Random pauses of up to 2 ms (xorshift, seeded from the clock), so that a storm's kills
 /// land at random points of their victims' loops.
 struct Jitter(u64);
@@ -1183,6 +1226,10 @@ fn main() {
         test(
             "consumers_killed_mid_get_of_large_items_do_not_shift_the_queue",
             consumers_killed_mid_get_of_large_items_do_not_shift_the_queue,
+        ),
+        test(
+            "a_producer_dead_before_its_marker_leaves_its_item_to_consumers",
+            a_producer_dead_before_its_marker_leaves_its_item_to_consumers,
         ),
         test(
             "producers_killed_mid_put_do_not_stall_the_queue",

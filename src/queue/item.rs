@@ -196,8 +196,10 @@ impl Inner {
     }
 
     /// Takes the oldest item, waiting until one is there: the body of every `get`. Cancel
-    /// safe: an item is only taken by a step that does not wait.
-    pub(super) async fn take_waiting<T: DeserializeOwned>(&self) -> Result<T> {
+    /// safe: an item is only taken by a step that does not wait. A wait also ends when a
+    /// producer that sent a packet without its marker yet dies (see
+    /// [`sender_to_watch`](Self::sender_to_watch)).
+    pub(super) async fn take_waiting<T: DeserializeOwned>(self: &Arc<Self>) -> Result<T> {
         let mut r = None;
         loop {
             let mut got = self.try_take()?;
@@ -206,10 +208,16 @@ impl Inner {
                     Some(reactor) => reactor,
                     None => r.insert(self.reactor()?),
                 };
-                self.wait_until(&reactor.items, self.header().consumers(), || {
-                    got = self.try_take()?;
-                    Ok(!matches!(got, Taken::Empty))
-                })
+                let sender = self.sender_to_watch(reactor)?;
+                self.wait_until_or_exit(
+                    &reactor.items,
+                    self.header().consumers(),
+                    || {
+                        got = self.try_take()?;
+                        Ok(!matches!(got, Taken::Empty))
+                    },
+                    sender.as_deref(),
+                )
                 .await?;
             }
             match got {

@@ -80,7 +80,12 @@
 //! holder dead and takes it, as for any [`Lock`](crate::Lock). A producer records in the
 //! ring's header that it is sending its packet, and clears that once the packet's marker is
 //! in the ring; the next holder that finds the record publishes the marker, so an item that
-//! was sent is not lost (it comes out once the next large put takes the lock). If the
+//! was sent is not lost. A consumer about to sleep for want of items does the same if the
+//! recorded sender is dead, and watches it (a pidfd) if it lives, so that its death wakes
+//! the consumer to publish the marker: the item comes out without waiting for the next
+//! large put. (A consumer asleep since before the sender began its send is not woken by
+//! that death: the item then comes out with the next put, or to the next consumer that
+//! looks.) If the
 //! producer died before its send went out, that marker stands for no packet: the consumer
 //! that takes it finds none and takes the next item, or finds the next packet and takes
 //! that, and the next packet's own marker is skipped when its turn comes. Until then the
@@ -396,6 +401,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 .header()
                 .unfinished()
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Sends `item`, which must travel through the socket, then leaves its marker
+    /// unpublished and the packet lock held, as a producer killed between the two does; the
+    /// caller exits next. A test hook only (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn __send_without_marker(&self, item: T) -> Result<()> {
+        let r = self.inner.reactor()?;
+        match self.inner.encode(&item)? {
+            item::Item::Packet(bytes, fds) => self.inner.send_unmarked(&r, &bytes, &fds).await,
+            item::Item::Small(_) => Err(Error::InvalidArgument(
+                "the item fits a slot: it has no marker to leave out".into(),
+            )),
         }
     }
 

@@ -40,7 +40,7 @@ use super::header::SENDING;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
-use crate::sync::{LockGuard, until};
+use crate::sync::{LockGuard, Watch, until};
 use crate::sys::{self, Pushed};
 
 /// The packet lock, taken by this process: released when dropped, wherever that is (a
@@ -142,6 +142,42 @@ impl Inner {
         Err(self.push_marker(guard))
     }
 
+    /// Before a consumer sleeps for want of items: a producer that sent its packet and has
+    /// not published its marker yet ([`Header::packet_sent`]) either publishes it soon or
+    /// has died. If it died, this publishes the marker (taking the packet lock over from
+    /// it, see [`adopt`](Self::adopt)), so that its item does not wait for the next large
+    /// put; if it lives, this returns a watch on it, for the consumer to wake and look
+    /// again should it die first. The watch is kept in `r` while the same process sends.
+    ///
+    /// [`Header::packet_sent`]: super::header::Header::packet_sent
+    pub(super) fn sender_to_watch(self: &Arc<Self>, r: &Reactor) -> Result<Option<Arc<Watch>>> {
+        let sent = self.header().packet_sent().load(Ordering::SeqCst);
+        let pid = (sent & u64::from(u32::MAX)) as u32;
+        // None, or this process's own put, which ends with its marker or with us.
+        if sent == 0 || pid == sys::cached_pid() {
+            return Ok(None);
+        }
+        let mut kept = r.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let watch = match kept.take().filter(|w| w.pid == pid) {
+            Some(w) => Some(w),
+            None => Watch::open(pid)?.map(Arc::new),
+        };
+        match watch {
+            Some(w) if !w.has_exited()? => {
+                *kept = Some(w.clone());
+                Ok(Some(w))
+            }
+            _ => {
+                drop(kept);
+                // Taking the lock publishes the dead holder's marker first.
+                if let Some(guard) = self.try_lock()? {
+                    drop(guard);
+                }
+                Ok(None)
+            }
+        }
+    }
+
     /// The tag the packet sent now carries: the packet lock's holder's.
     fn tag(&self) -> [u8; TAG_LEN] {
         self.header()
@@ -190,6 +226,24 @@ impl Inner {
             None => Ok(()),
             Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,
         }
+    }
+
+    /// Sends a packet as [`put_packet`](Self::put_packet) does, then leaves the packet lock
+    /// held and the marker unpublished, as a producer killed between the two does. A test
+    /// hook (feature `test-hooks`): the caller exits next.
+    #[cfg(feature = "test-hooks")]
+    pub(super) async fn send_unmarked(
+        self: &Arc<Self>,
+        r: &Reactor,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<()> {
+        let lock = self.lock().await?;
+        self.record_sent(SENDING);
+        self.send_packet(r, bytes, fds).await?;
+        self.record_sent(0);
+        std::mem::forget(lock);
+        Ok(())
     }
 
     /// Puts a packet if the packet lock is free and there is room now, else fails with

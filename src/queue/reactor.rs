@@ -2,13 +2,14 @@
 //! handle's first wait and kept until it is closed.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::inner::Inner;
 use crate::error::Result;
+use crate::sync::Watch;
 use crate::sys;
 
 /// See the module docs.
@@ -17,6 +18,9 @@ pub(super) struct Reactor {
     pub(super) items: AsyncFd<Arc<OwnedFd>>,
     pub(super) space: AsyncFd<Arc<OwnedFd>>,
     pub(super) done: Option<AsyncFd<Arc<OwnedFd>>>,
+    /// The last sender of a packet whose marker a consumer went to sleep without, watched
+    /// (see `Inner::sender_to_watch`): kept while the same process sends.
+    pub(super) sender: Mutex<Option<Arc<Watch>>>,
 }
 
 impl Inner {
@@ -43,6 +47,7 @@ impl Inner {
                 .as_ref()
                 .map(|s| reg(s, Interest::READABLE))
                 .transpose()?,
+            sender: Mutex::new(None),
         });
         if !self.is_closed() {
             *r = Some(new.clone());

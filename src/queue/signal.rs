@@ -18,6 +18,7 @@ use super::inner::Inner;
 use crate::awake;
 use crate::error::Result;
 use crate::on_drop::OnDrop;
+use crate::sync::Watch;
 use crate::sys;
 
 impl<'a> Side<'a> {
@@ -78,7 +79,19 @@ impl Inner {
         &self,
         fd: &AsyncFd<Arc<OwnedFd>>,
         side: Side<'_>,
+        ready: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        self.wait_until_or_exit(fd, side, ready, None).await
+    }
+
+    /// [`wait_until`](Self::wait_until), which also returns once the process `watch`
+    /// watches has exited, whether `ready` holds or not.
+    pub(super) async fn wait_until_or_exit(
+        &self,
+        fd: &AsyncFd<Arc<OwnedFd>>,
+        side: Side<'_>,
         mut ready: impl FnMut() -> Result<bool>,
+        watch: Option<&Watch>,
     ) -> Result<()> {
         if awake::spin_first(&self.recent, || Ok(ready()?.then_some(())))
             .await?
@@ -97,7 +110,13 @@ impl Inner {
             if let Some(mut g) = guard.take() {
                 g.clear_ready();
             }
-            guard = Some(fd.readable().await?);
+            guard = Some(match watch {
+                None => fd.readable().await?,
+                Some(w) => tokio::select! {
+                    g = fd.readable() => g?,
+                    exited = w.exited() => return exited,
+                },
+            });
         }
     }
 }

@@ -176,4 +176,9 @@ impl Watch {
         let _g = self.afd.readable().await?;
         Ok(())
     }
+
+    /// Whether the process has exited by now.
+    pub(crate) fn has_exited(&self) -> Result<bool> {
+        Ok(sys::readable_now(self.afd.get_ref().as_fd())?)
+    }
 }
