@@ -1,6 +1,7 @@
 //! Queue and Pipe figures between two processes, each beside its baseline: a raw tokio
-//! socket pair doing the same work inside one process; and 16 KiB queue items as `Vec<u8>`
-//! (which serde hands over byte by byte) beside the same as `serde_bytes::ByteBuf`.
+//! socket pair doing the same work inside one process; 1 KiB queue items (a packet each);
+//! and 16 KiB queue items as `Vec<u8>` (which serde hands over byte by byte) beside the same
+//! as `serde_bytes::ByteBuf`.
 //!
 //! `cargo bench --bench ipc [-- WORD ...]` prints the figures whose names contain one of the
 //! words (all without words); `benches/ipc_cpython.py` runs CPython's `multiprocessing`
@@ -24,6 +25,9 @@ const BIG_ITEMS: u64 = 400;
 /// Items of 16 KiB: a packet each, encoded in the producer and decoded in the consumer.
 const MID: usize = 16 * 1024;
 const MID_ITEMS: u64 = 10_000;
+/// Items of 1 KiB: a packet each, the bytes a small part of the cost.
+const KIB: usize = 1024;
+const KIB_ITEMS: u64 = 100_000;
 const ROUND_TRIPS: u64 = 10_000;
 /// Round-trip figures are the median of this many rounds, unless `TKMP_BENCH_REPEAT` says
 /// otherwise: the machine is shared.
@@ -77,22 +81,25 @@ async fn put_after_go<T: serde::Serialize + serde::de::DeserializeOwned + Clone>
     }
 }
 
-async fn queue_big_producer(q: mp::Queue<serde_bytes::ByteBuf>, go: mp::Connection<u8>, n: u64) {
-    put_after_go(q, go, serde_bytes::ByteBuf::from(vec![7u8; BIG]), n).await
-}
-
 /// Puts `n` items of [`MID`] bytes, `Vec<u8>`s: serde hands each over byte by byte.
 async fn queue_mid_vec_producer(q: mp::Queue<Vec<u8>>, go: mp::Connection<u8>, n: u64) {
     put_after_go(q, go, vec![7u8; MID], n).await
 }
 
-/// Puts `n` items of [`MID`] bytes, `ByteBuf`s: each is one copy.
-async fn queue_mid_bytebuf_producer(
+/// Puts `n` items of `size` bytes, `ByteBuf`s: each is one copy.
+async fn queue_bytebuf_producer(
     q: mp::Queue<serde_bytes::ByteBuf>,
     go: mp::Connection<u8>,
+    size: u64,
     n: u64,
 ) {
-    put_after_go(q, go, serde_bytes::ByteBuf::from(vec![7u8; MID]), n).await
+    put_after_go(
+        q,
+        go,
+        serde_bytes::ByteBuf::from(vec![7u8; size as usize]),
+        n,
+    )
+    .await
 }
 
 async fn echo_values(conn: mp::Connection<u64>) {
@@ -142,32 +149,28 @@ async fn queue_small() -> mp::Result<f64> {
     Ok(SMALL_ITEMS as f64 / secs)
 }
 
-async fn queue_big() -> mp::Result<f64> {
-    let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
+/// [`MID_ITEMS`] items of [`MID`] bytes through a queue from a child, as `Vec<u8>`s, in
+/// MB/s.
+async fn queue_mid_vec() -> mp::Result<f64> {
     let (go, go_child) = mp::Pipe::<u8>::new()?;
-    let p = mp::Process::new(queue_big_producer, (q.clone(), go_child, BIG_ITEMS))
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    let p = mp::Process::new(queue_mid_vec_producer, (q.clone(), go_child, MID_ITEMS))
         .start()
         .await?;
-    take_after_go(q, go, p, BIG_ITEMS, BIG, |v| v.len()).await
+    take_after_go(q, go, p, MID_ITEMS, MID, |v| v.len()).await
 }
 
-/// [`MID_ITEMS`] items of [`MID`] bytes through a queue from a child, in MB/s: `Vec<u8>`s
-/// if `vec`, else `ByteBuf`s.
-async fn queue_mid(vec: bool) -> mp::Result<f64> {
+/// `n` items of `size` bytes through a queue from a child, as `ByteBuf`s, in MB/s.
+async fn queue_bytebuf(size: usize, n: u64) -> mp::Result<f64> {
     let (go, go_child) = mp::Pipe::<u8>::new()?;
-    if vec {
-        let q = mp::Queue::<Vec<u8>>::new()?;
-        let p = mp::Process::new(queue_mid_vec_producer, (q.clone(), go_child, MID_ITEMS))
-            .start()
-            .await?;
-        take_after_go(q, go, p, MID_ITEMS, MID, |v| v.len()).await
-    } else {
-        let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
-        let p = mp::Process::new(queue_mid_bytebuf_producer, (q.clone(), go_child, MID_ITEMS))
-            .start()
-            .await?;
-        take_after_go(q, go, p, MID_ITEMS, MID, |v| v.len()).await
-    }
+    let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
+    let p = mp::Process::new(
+        queue_bytebuf_producer,
+        (q.clone(), go_child, size as u64, n),
+    )
+    .start()
+    .await?;
+    take_after_go(q, go, p, n, size, |v| v.len()).await
 }
 
 /// Says go on `go` to the producer `p`, takes its `n` items of `size` bytes (as `len` tells)
@@ -337,8 +340,12 @@ fn main() -> Result<(), BoxError> {
             report.add(Figure::new("queue_small_msgs_per_s", "msgs/s", runs));
         }
         if wanted("queue_1mib_mb_per_s", "raw_stream_mb_per_s") {
-            let runs =
-                bounded("queue_1mib_mb_per_s", FIGURE_TIMEOUT, throughput(queue_big)).await?;
+            let runs = bounded(
+                "queue_1mib_mb_per_s",
+                FIGURE_TIMEOUT,
+                throughput(|| queue_bytebuf(BIG, BIG_ITEMS)),
+            )
+            .await?;
             let base = baseline!(
                 stream_base,
                 "raw_stream_mb_per_s",
@@ -351,13 +358,13 @@ fn main() -> Result<(), BoxError> {
             let vec = bounded(
                 "queue_16kib_vec_mb_per_s",
                 FIGURE_TIMEOUT,
-                throughput(|| queue_mid(true)),
+                throughput(queue_mid_vec),
             )
             .await?;
             let bytebuf = bounded(
                 "queue_16kib_bytebuf_mb_per_s",
                 FIGURE_TIMEOUT,
-                throughput(|| queue_mid(false)),
+                throughput(|| queue_bytebuf(MID, MID_ITEMS)),
             )
             .await?;
             report.add(
@@ -367,6 +374,21 @@ fn main() -> Result<(), BoxError> {
                     bytebuf,
                 )),
             );
+        }
+        if wanted("queue_1kib_msgs_per_s", "") {
+            // Items over a slot's size but under a spill file's: a packet each, taken under
+            // the take lock.
+            let runs = bounded(
+                "queue_1kib_msgs_per_s",
+                FIGURE_TIMEOUT,
+                throughput(|| async {
+                    queue_bytebuf(KIB, KIB_ITEMS)
+                        .await
+                        .map(|mb| mb * 1e6 / KIB as f64)
+                }),
+            )
+            .await?;
+            report.add(Figure::new("queue_1kib_msgs_per_s", "msgs/s", runs));
         }
         if wanted("pipe_rtt_us", "raw_rtt_processes_us") {
             let runs = bounded("pipe_rtt_us", FIGURE_TIMEOUT, pipe_ping_pong(false)).await?;

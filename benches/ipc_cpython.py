@@ -137,6 +137,7 @@ def throughput(f):
 FIGURES = [
     ("queue_small_msgs_per_s", throughput(queue_small), "msgs/s", True),
     ("queue_1mib_mb_per_s", throughput(lambda: queue_bytes(BIG, BIG_ITEMS)), "MB/s", True),
+    ("queue_1kib_msgs_per_s", throughput(lambda: queue_bytes(1024, 100_000) * 1e6 / 1024), "msgs/s", True),
     # `bytes` here; the Rust figure is for `Vec<u8>` (its `ByteBuf` twin is its baseline).
     ("queue_16kib_vec_mb_per_s", throughput(lambda: queue_bytes(MID, MID_ITEMS)), "MB/s", True),
     ("pipe_rtt_us", lambda: pipe_ping_pong(False), "us", False),
