@@ -32,16 +32,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::INLINE_MAX;
-
-/// The bytes of a packet's tag, before its item: the tag of its marker (see
-/// [`Header::next_tag`](super::header::Header::next_tag)).
-pub(super) const TAG_LEN: usize = 8;
 use super::header::SENDING;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
 use crate::sync::{LockGuard, Watch, until};
 use crate::sys::{self, Pushed};
+
+/// The bytes of a packet's tag, before its item: the tag of its marker (see
+/// [`Header::next_tag`](super::header::Header::next_tag)).
+pub(super) const TAG_LEN: usize = 8;
 
 /// The packet lock, taken by this process: released when dropped, wherever that is (a
 /// task that publishes a marker for its put may hold it past the put's return).
