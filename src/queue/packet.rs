@@ -348,7 +348,8 @@ impl Inner {
     /// never sent (its producer died first, see [`adopt`](Self::adopt)): that packet is
     /// taken for this marker all the same, and its own marker, with any before it, is
     /// skipped when its turn comes ([`Header::skip_through`]). No packet at all: the
-    /// marker's producer died before it sent it.
+    /// marker's producer died before it sent it. A packet of a tag no producer has reached
+    /// was written by something else: an error, and nothing is skipped for it.
     ///
     /// [`Header::skip_through`]: super::header::Header::skip_through
     pub(super) fn recv_packet_for(
@@ -394,6 +395,13 @@ impl Inner {
                     "dropping a queue packet whose consumer died before it received it"
                 );
                 continue;
+            }
+            if found > self.header().next_tag().load(Ordering::SeqCst) {
+                // No producer has sent it: written by something else. Skipping up to it
+                // would drop the markers of items yet to come.
+                return Err(Error::Protocol(format!(
+                    "a queue packet tagged {found} arrived, a tag no producer has reached"
+                )));
             }
             if found > tag {
                 tracing::debug!(
@@ -457,6 +465,19 @@ mod tests {
         q.put_nowait(large(3)).unwrap();
         assert_eq!(q.get_nowait().unwrap(), large(3));
         assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+    }
+
+    /// A packet no producer sent (its tag is past every producer's) fails the get that
+    /// meets it, and later markers are not skipped for it.
+    #[test]
+    fn a_packet_with_a_tag_no_producer_reached_is_refused() {
+        use std::os::fd::AsFd;
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        crate::sys::send_with_fds(q.inner.tx.as_fd(), &[0xff; 16], &[]).unwrap();
+        assert_eq!(q.inner.try_push(None), Pushed::Done, "a marker for it");
+        assert!(matches!(q.get_nowait(), Err(Error::Protocol(_))));
+        q.put_nowait(large(1)).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), large(1));
     }
 
     /// A producer that died after it published its marker and before the tag moved on left
