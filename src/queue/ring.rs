@@ -30,13 +30,14 @@ impl Inner {
         if joinable {
             self.header().unfinished().fetch_add(1, Ordering::SeqCst);
         }
-        let tag = self.header().next_tag().load(Ordering::SeqCst);
+        // Only a marker reads the tag: the word shares its cache line with the packet lock's
+        // record, which small items leave alone.
         let message = match data {
             Some(d) => Message::Data(d),
-            None => Message::Marker(tag),
+            None => Message::Marker(self.header().next_tag().load(Ordering::SeqCst)),
         };
         let pushed = self.ring.try_push(message);
-        if data.is_none() && pushed == Pushed::Done {
+        if let (Message::Marker(tag), Pushed::Done) = (message, &pushed) {
             self.header().next_tag().store(tag + 1, Ordering::SeqCst);
             self.header().packet_sent().store(0, Ordering::SeqCst);
         }
