@@ -21,22 +21,21 @@
 //! packet sent before ours whose marker lands after ours would be taken in our place, and
 //! our later small items could overtake our large one.) A packet and its marker carry the
 //! same *tag*, the count of markers before it. A consumer takes a marker and receives its
-//! packet while holding the *take lock*, a second such lock, so consumers receive packets in
-//! the order they took the markers. Small items bypass both locks entirely: a consumer looks
-//! at the ring without the take lock and takes it only when the oldest item is a marker. A
-//! packet carries up to 64 KiB; a larger
-//! item is written to a memfd as it is encoded (its bulk copied once, straight into the
-//! file, at offsets the kernel copies to fastest) and the packet carries that file's
-//! descriptor (`SCM_RIGHTS`): a 16 MiB item costs one small packet. The consumer maps the
-//! file read-only, decodes from the mapping, and hands files of up to 2 MiB back through a
-//! second small socket pair; a producer writes its next large item into a handed-back file
-//! when one waits, so its pages are not allocated and freed again for every item (that
-//! allocation was most of the cost of 1 MiB items), and a consumer keeps its mapping of a
-//! few such files for when they come round again, so it maps and faults in their pages
-//! once. A producer never touches a file after sending it, and gets it back only once a
-//! consumer is done with it; a consumer reads a kept mapping only once its file has come
-//! back to it in a packet. The recycling socket's buffer is kept small, so only a few files
-//! wait there.
+//! packet while holding the *take lock*, a second such lock, so consumers receive packets
+//! in the order they took the markers. Small items bypass both locks entirely: a consumer
+//! looks at the ring without the take lock and takes it only when the oldest item is a
+//! marker. A packet carries up to 64 KiB; a larger item is written to a memfd as it is
+//! encoded (its bulk copied once, straight into the file, at offsets the kernel copies to
+//! fastest) and the packet carries that file's descriptor (`SCM_RIGHTS`): a 16 MiB item
+//! costs one small packet. The consumer maps the file read-only, decodes from the mapping,
+//! and hands files of up to 2 MiB back through a second small socket pair; a producer
+//! writes its next large item into a handed-back file when one waits, so its pages are not
+//! allocated and freed again for every item (that allocation was most of the cost of 1 MiB
+//! items), and a consumer keeps its mapping of a few such files for when they come round
+//! again, so it maps and faults in their pages once. A producer never touches a file after
+//! sending it, and gets it back only once a consumer is done with it; a consumer reads a
+//! kept mapping only once its file has come back to it in a packet. The recycling socket's
+//! buffer is kept small, so only a few files wait there.
 //!
 //! # Waiting, without polling
 //!
@@ -85,11 +84,10 @@
 //! the consumer to publish the marker: the item comes out without waiting for the next
 //! large put. (A consumer asleep since before the sender began its send is not woken by
 //! that death: the item then comes out with the next put, or to the next consumer that
-//! looks.) If the
-//! producer died before its send went out, that marker stands for no packet: the consumer
-//! that takes it finds none and takes the next item, or finds the next packet and takes
-//! that, and the next packet's own marker is skipped when its turn comes. Until then the
-//! marker holds a slot.
+//! looks.) If the producer died before its send went out, that marker stands for no packet:
+//! the consumer that takes it finds none and takes the next item, or finds the next packet
+//! and takes that, and the next packet's own marker is skipped when its turn comes. Until
+//! then the marker holds a slot.
 //!
 //! A consumer killed between taking a marker and receiving its packet dies holding the take
 //! lock, and leaves its packet in the socket. The next consumer takes the lock over, and
