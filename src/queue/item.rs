@@ -33,6 +33,16 @@ pub(super) enum Taken<T> {
     Busy,
 }
 
+/// The oldest slot of the ring, taken (see `take_slot`).
+enum Slot<T> {
+    /// A small item.
+    Item(T),
+    /// A marker, with its tag: its packet is in the socket.
+    Marker(u64),
+    /// A marker, left in the ring.
+    MarkerAhead,
+}
+
 /// An item encoded for the queue.
 pub(super) enum Item {
     /// Fits a ring slot.
@@ -114,31 +124,40 @@ impl Inner {
         }
     }
 
-    /// Takes the oldest item now, if there is one. Once a slot is taken the item is consumed,
-    /// even if it then fails to decode. A packet's marker is taken under the take lock
-    /// (see [`take_locked`](Self::take_locked)); [`Taken::Busy`] if another consumer holds
-    /// it now.
+    /// Takes the oldest slot of the ring: a small item, decoded (once taken it is consumed,
+    /// even if it fails to decode), or a marker's tag; with `markers` false a marker is
+    /// left in place ([`Slot::MarkerAhead`]). `None` if the ring is empty.
+    fn take_slot<T: DeserializeOwned>(&self, markers: bool) -> Result<Option<Slot<T>>> {
+        let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
+        let popped = self.ring.try_pop(&mut buf, markers)?;
+        if matches!(popped, Some(Popped::Data(_) | Popped::Marker(_))) {
+            self.recent.mark();
+            self.notify_producers();
+        }
+        Ok(match popped {
+            None => None,
+            Some(Popped::Data(n)) => Some(Slot::Item(codec::decode(&buf[..n], Vec::new())?)),
+            Some(Popped::Marker(tag)) if markers => Some(Slot::Marker(tag)),
+            Some(Popped::MarkerAhead) if !markers => Some(Slot::MarkerAhead),
+            Some(other) => {
+                return Err(Error::Protocol(format!(
+                    "a queue's ring answered {other:?} where markers were{} asked for",
+                    if markers { "" } else { " not" }
+                )));
+            }
+        })
+    }
+
+    /// Takes the oldest item now, if there is one. A packet's marker is taken under the
+    /// take lock (see [`take_locked`](Self::take_locked)); [`Taken::Busy`] if another
+    /// consumer holds it now.
     pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
         loop {
-            let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
-            let popped = self.ring.try_pop(&mut buf, false);
-            if matches!(popped, Ok(Some(Popped::Data(_)))) {
-                self.recent.mark();
-                self.notify_producers();
-            }
-            match popped? {
+            match self.take_slot(false)? {
                 None => return Ok(Taken::Empty),
-                Some(Popped::Data(n)) => {
-                    return codec::decode(&buf[..n], Vec::new()).map(Taken::Item);
-                }
-                Some(Popped::MarkerAhead) => {}
-                Some(Popped::Marker(_)) => {
-                    return Err(Error::Protocol(
-                        "a queue's ring gave a marker that was not asked for".into(),
-                    ));
-                }
+                Some(Slot::Item(v)) => return Ok(Taken::Item(v)),
+                Some(Slot::Marker(_) | Slot::MarkerAhead) => {}
             }
-            drop(buf);
             match self.take.try_lock() {
                 Ok(Some(guard)) => return self.take_locked(guard),
                 Ok(None) => return Ok(Taken::Busy),
@@ -161,26 +180,13 @@ impl Inner {
         guard: LockGuard<'_>,
     ) -> Result<Taken<T>> {
         loop {
-            let mut buf = self.rbuf.lock().unwrap_or_else(|p| p.into_inner());
-            let popped = self.ring.try_pop(&mut buf, true);
-            if matches!(popped, Ok(Some(_))) {
-                self.recent.mark();
-                self.notify_producers();
-            }
-            let tag = match popped? {
+            let tag = match self.take_slot(true)? {
                 None => return Ok(Taken::Empty),
-                Some(Popped::Data(n)) => {
-                    drop(guard);
-                    return codec::decode(&buf[..n], Vec::new()).map(Taken::Item);
-                }
-                Some(Popped::Marker(tag)) => tag,
-                Some(Popped::MarkerAhead) => {
-                    return Err(Error::Protocol(
-                        "a queue's ring left a marker that was asked for".into(),
-                    ));
-                }
+                Some(Slot::Item(v)) => return Ok(Taken::Item(v)),
+                Some(Slot::Marker(tag)) => tag,
+                // `take_slot` answers it only when markers are not asked for.
+                Some(Slot::MarkerAhead) => continue,
             };
-            drop(buf);
             let mut pbuf = self.pbuf.lock().unwrap_or_else(|p| p.into_inner());
             match self.recv_packet_for(tag, &mut pbuf)? {
                 Some((n, fds)) => {

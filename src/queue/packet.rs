@@ -396,14 +396,15 @@ impl Inner {
                 );
                 continue;
             }
-            if found > self.header().next_tag().load(Ordering::SeqCst) {
-                // No producer has sent it: written by something else. Skipping up to it
-                // would drop the markers of items yet to come.
-                return Err(Error::Protocol(format!(
-                    "a queue packet tagged {found} arrived, a tag no producer has reached"
-                )));
-            }
             if found > tag {
+                // Read only here: the producers' cache line stays theirs on the usual path.
+                if found > self.header().next_tag().load(Ordering::SeqCst) {
+                    // No producer has sent it: written by something else. Skipping up to it
+                    // would drop the markers of items yet to come.
+                    return Err(Error::Protocol(format!(
+                        "a queue packet tagged {found} arrived, a tag no producer has reached"
+                    )));
+                }
                 tracing::debug!(
                     tag,
                     found,
