@@ -1099,32 +1099,55 @@ async fn producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue
     laps_in_order(&q, 3, SLOTS as u8 - 1, 200).await
 }
 
+/// When a consumer of [`a_producer_dead_before_its_marker_leaves_its_item_to_consumers`]
+/// begins to wait, beside its producer's send and death.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Waits {
+    BeforeTheSend,
+    BeforeTheDeath,
+    AfterTheDeath,
+}
+
 /// A producer killed after it sent a large item and before it published its marker left
-/// the item in the socket with the packet lock held: a consumer that waits while it dies,
-/// and one that comes after, each get such an item without another large put, and later
-/// items keep their order.
+/// the item in the socket with the packet lock held: a consumer asleep before the send, one
+/// that falls asleep before the death, and one that comes after, each get such an item
+/// without another large put, and later items keep their order.
 async fn a_producer_dead_before_its_marker_leaves_its_item_to_consumers() -> TestResult {
     let q = mp::Queue::<Vec<u8>>::new()?;
-    for waiting in [true, false] {
+    let getter = || {
+        let q = q.clone();
+        tokio::spawn(async move { q.get_timeout(Duration::from_secs(20)).await })
+    };
+    for waits in [
+        Waits::BeforeTheSend,
+        Waits::BeforeTheDeath,
+        Waits::AfterTheDeath,
+    ] {
+        // A waiting consumer is given time to fall asleep.
+        let asleep = Duration::from_millis(100);
+        let early = (waits == Waits::BeforeTheSend).then(getter);
+        if early.is_some() {
+            tokio::time::sleep(asleep).await;
+        }
         let (sent, die) = (mp::Queue::<u8>::new()?, mp::Queue::<u8>::new()?);
         let mut p = start(send_then_die, (q.clone(), sent.clone(), die.clone())).await?;
         sent.get_timeout(Duration::from_secs(20)).await?;
-        // The waiting consumer is given time to fall asleep before the producer dies; the
-        // other comes only after the death.
-        let getter = waiting.then(|| {
-            let q = q.clone();
-            tokio::spawn(async move { q.get_timeout(Duration::from_secs(20)).await })
-        });
-        if waiting {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let getter = early.or_else(|| (waits == Waits::BeforeTheDeath).then(getter));
+        if waits == Waits::BeforeTheDeath {
+            tokio::time::sleep(asleep).await;
         }
         die.put(1).await?;
         ensure!(join_code(&mut p).await? == 0, "the producer sent its item");
         let got = match getter {
-            Some(g) => g.await??,
-            None => q.get_timeout(Duration::from_secs(20)).await?,
+            Some(g) => g.await?,
+            None => q.get_timeout(Duration::from_secs(20)).await,
         };
-        ensure!(got == [9u8; 1000], "got {} bytes, not the item", got.len());
+        let got = got.map_err(|e| format!("a consumer that waits {waits:?}: {e}"))?;
+        ensure!(
+            got == [9u8; 1000],
+            "a consumer that waits {waits:?} got {} bytes, not the item",
+            got.len()
+        );
     }
     laps_in_order(&q, 1, 4, 1000).await
 }

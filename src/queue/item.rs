@@ -202,9 +202,10 @@ impl Inner {
     }
 
     /// Takes the oldest item, waiting until one is there: the body of every `get`. Cancel
-    /// safe: an item is only taken by a step that does not wait. A wait also ends when a
-    /// producer that sent a packet without its marker yet dies (see
-    /// [`sender_to_watch`](Self::sender_to_watch)).
+    /// safe: an item is only taken by a step that does not wait. A wait also watches a
+    /// producer that sent a packet without its marker yet, to publish the marker should it
+    /// die (see [`sender_to_watch`](Self::sender_to_watch)); a producer about to send wakes
+    /// the waiters to look at it.
     pub(super) async fn take_waiting<T: DeserializeOwned>(self: &Arc<Self>) -> Result<T> {
         let mut r = None;
         loop {
@@ -214,15 +215,14 @@ impl Inner {
                     Some(reactor) => reactor,
                     None => r.insert(self.reactor()?),
                 };
-                let sender = self.sender_to_watch(reactor)?;
-                self.wait_until_or_exit(
+                self.wait_until_watching(
                     &reactor.items,
                     self.header().consumers(),
                     || {
                         got = self.try_take()?;
                         Ok(!matches!(got, Taken::Empty))
                     },
-                    sender.as_deref(),
+                    || self.sender_to_watch(reactor),
                 )
                 .await?;
             }

@@ -82,12 +82,11 @@
 //! was sent is not lost. A consumer about to sleep for want of items does the same if the
 //! recorded sender is dead, and watches it (a pidfd) if it lives, so that its death wakes
 //! the consumer to publish the marker: the item comes out without waiting for the next
-//! large put. (A consumer asleep since before the sender began its send is not woken by
-//! that death: the item then comes out with the next put, or to the next consumer that
-//! looks.) If the producer died before its send went out, that marker stands for no packet:
-//! the consumer that takes it finds none and takes the next item, or finds the next packet
-//! and takes that, and the next packet's own marker is skipped when its turn comes. Until
-//! then the marker holds a slot.
+//! large put. A sender wakes the consumers asleep already as it records its send, so they
+//! look at the record too. If the producer died before its send went out, that marker
+//! stands for no packet: the consumer that takes it finds none and takes the next item, or
+//! finds the next packet and takes that, and the next packet's own marker is skipped when
+//! its turn comes. Until then the marker holds a slot.
 //!
 //! A consumer killed between taking a marker and receiving its packet dies holding the take
 //! lock, and leaves its packet in the socket. The next consumer takes the lock over, and

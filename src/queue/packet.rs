@@ -280,11 +280,19 @@ impl Inner {
     /// send, or one in the socket whose marker is not in the ring yet, until the marker is
     /// published (see [`Header::packet_sent`](super::header::Header::packet_sent)).
     /// `flag` [`SENDING`] just before the send, 0 once it is done.
+    ///
+    /// Before a send, consumers asleep for want of items are woken, to watch this process
+    /// until its marker is out (see [`sender_to_watch`](Self::sender_to_watch)): if it dies
+    /// in between, its item does not wait for the next large put. A consumer that falls
+    /// asleep later reads the record before it sleeps.
     fn record_sent(&self, flag: u64) {
         let me = u64::from(sys::cached_pid());
         self.header()
             .packet_sent()
             .store(me | flag, Ordering::SeqCst);
+        if flag == SENDING {
+            self.notify_consumers();
+        }
     }
 
     /// Publishes the marker of a packet just sent, still under the packet lock. It must

@@ -81,17 +81,17 @@ impl Inner {
         side: Side<'_>,
         ready: impl FnMut() -> Result<bool>,
     ) -> Result<()> {
-        self.wait_until_or_exit(fd, side, ready, None).await
+        self.wait_until_watching(fd, side, ready, || Ok(None)).await
     }
 
-    /// [`wait_until`](Self::wait_until), which also returns once the process `watch`
-    /// watches has exited, whether `ready` holds or not.
-    pub(super) async fn wait_until_or_exit(
+    /// [`wait_until`](Self::wait_until), which before each sleep also asks `watch` for a
+    /// process whose exit should wake it to look again.
+    pub(super) async fn wait_until_watching(
         &self,
         fd: &AsyncFd<Arc<OwnedFd>>,
         side: Side<'_>,
         mut ready: impl FnMut() -> Result<bool>,
-        watch: Option<&Watch>,
+        mut watch: impl FnMut() -> Result<Option<Arc<Watch>>>,
     ) -> Result<()> {
         if awake::spin_first(&self.recent, || Ok(ready()?.then_some(())))
             .await?
@@ -103,6 +103,7 @@ impl Inner {
         let mut guard: Option<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> = None;
         loop {
             side.rearm();
+            let watched = watch()?;
             if ready()? {
                 self.recent.mark();
                 return Ok(());
@@ -110,13 +111,13 @@ impl Inner {
             if let Some(mut g) = guard.take() {
                 g.clear_ready();
             }
-            guard = Some(match watch {
-                None => fd.readable().await?,
+            guard = match &watched {
+                None => Some(fd.readable().await?),
                 Some(w) => tokio::select! {
-                    g = fd.readable() => g?,
-                    exited = w.exited() => return exited,
+                    g = fd.readable() => Some(g?),
+                    exited = w.exited() => exited.map(|()| None)?,
                 },
-            });
+            };
         }
     }
 }
