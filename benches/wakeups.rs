@@ -5,6 +5,8 @@
 //!
 //! - `pipe_round_trip_us`: a `Pipe` message there and back (an echoing child);
 //! - `queue_round_trip_us`: an item through one `Queue` and back through another;
+//!   `queue_1kib_round_trip_us` the same with 1 KiB items, which travel through the queue's
+//!   socket, not its ring;
 //! - `event_round_trip_us`: `Event` set → wake → set back → wake;
 //! - `lock_handoff_round_trip_us`: two `Lock`s handed over and back (each side releases the
 //!   lock the other waits for: two contended hand-offs);
@@ -43,7 +45,10 @@ async fn pipe_echo(conn: mp::Connection<u64>, n: u32) {
     }
 }
 
-async fn queue_echo(there: mp::Queue<u64>, back: mp::Queue<u64>, n: u32) {
+async fn queue_echo<T>(there: mp::Queue<T>, back: mp::Queue<T>, n: u32)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
     for _ in 0..n {
         let Ok(v) = there.get().await else { return };
         if back.put(v).await.is_err() {
@@ -125,17 +130,24 @@ async fn pipe() -> Result<Figure, BoxError> {
     Ok(figure)
 }
 
-async fn queue() -> Result<Figure, BoxError> {
-    let (there, back) = (mp::Queue::<u64>::new()?, mp::Queue::<u64>::new()?);
-    let mut p = mp::Process::new(queue_echo, (there.clone(), back.clone(), child_rounds()))
-        .start()
-        .await?;
+/// `item` through one queue to an echoing child and back through another.
+async fn queue<T>(name: &str, item: T) -> Result<Figure, BoxError>
+where
+    T: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (there, back) = (mp::Queue::<T>::new()?, mp::Queue::<T>::new()?);
+    let mut p = mp::Process::new(
+        queue_echo::<T>,
+        (there.clone(), back.clone(), child_rounds()),
+    )
+    .start()
+    .await?;
     let once = || async {
-        there.put(7).await.map_err(mp::Error::from)?;
+        there.put(item.clone()).await.map_err(mp::Error::from)?;
         back.get().await?;
         Ok(())
     };
-    let figure = beside_floor("queue_round_trip_us", once).await?;
+    let figure = beside_floor(name, once).await?;
     p.join().await?;
     Ok(figure)
 }
@@ -225,7 +237,11 @@ fn main() -> Result<(), BoxError> {
             report.add(pipe().await?);
         }
         if wanted("queue_round_trip_us") {
-            report.add(queue().await?);
+            report.add(queue("queue_round_trip_us", 7u64).await?);
+        }
+        if wanted("queue_1kib_round_trip_us") {
+            let item = serde_bytes::ByteBuf::from(vec![7u8; 1024]);
+            report.add(queue("queue_1kib_round_trip_us", item).await?);
         }
         if wanted("event_round_trip_us") {
             report.add(event().await?);
