@@ -1,6 +1,6 @@
 //! Cases of CPython's `Lib/test/_test_multiprocessing.py` that no other test file ported,
-//! across areas: processes, pipes and polling, listeners, `wait`, locks,
-//! barriers, shared values and the pool. Each test names the Python case it comes from;
+//! across areas: processes, pipes and polling, listeners, `wait`, locks, barriers, shared
+//! values, queues, the pool and managers. Each test names the Python case it comes from;
 //! where the crate's API differs (a `Duration` for a float timeout, a guard for a bare
 //! `acquire`), the test keeps the case's meaning, not its spelling.
 
@@ -816,22 +816,32 @@ async fn reset_party(b: Barrier, counts: RawArray<u32>, lock: Lock) -> ExitCode 
     ExitCode::SUCCESS
 }
 
+/// Runs `party` with `args` in each of `PARTIES` children, and checks that every one ended
+/// with success.
+async fn every_party<A, F, M>(party: F, args: A) -> TestResult
+where
+    A: Clone + serde::Serialize + serde::de::DeserializeOwned,
+    F: mp::Target<A, M> + Copy,
+    F::Output: std::process::Termination,
+{
+    let mut kids = Vec::new();
+    for _ in 0..PARTIES {
+        kids.push(start(party, args.clone()).await?);
+    }
+    for k in &mut kids {
+        let code = join_code(k).await?;
+        ensure!(code == 0, "a party ended with {code}");
+    }
+    Ok(())
+}
+
 /// `_TestBarrier.test_reset`: a reset frees the waiting parties with `BrokenBarrier`, and the
 /// barrier then serves the next round.
 async fn barrier_reset() -> TestResult {
     let b = Barrier::new(PARTIES)?;
     let counts = RawArray::from_elem(0u32, 3)?;
     let lock = Lock::new()?;
-    let mut kids = Vec::new();
-    for _ in 0..PARTIES - 1 {
-        kids.push(start(reset_party, (b.clone(), counts.clone(), lock.clone())).await?);
-    }
-    let mine = reset_party(b.clone(), counts.clone(), lock.clone()).await;
-    ensure!(mine == ExitCode::SUCCESS, "this process's party: {mine:?}");
-    for k in &mut kids {
-        let code = join_code(k).await?;
-        ensure!(code == 0, "a party ended with {code}");
-    }
+    every_party(reset_party, (b, counts.clone(), lock)).await?;
     let c = counts.to_vec();
     ensure!(
         c == vec![0, PARTIES - 1, PARTIES],
@@ -1173,6 +1183,1019 @@ async fn imap_handle_iterable_panic() -> TestResult {
     Ok(())
 }
 
+// ================================================================ _TestQueue (more)
+
+/// `_TestQueue._test_put`: waits for the go, then takes six items.
+async fn take_six(q: Queue<u32>, child_can_start: Event, parent_can_continue: Event) {
+    assert!(child_can_start.wait_timeout(LONG).await.expect("wait"));
+    for _ in 0..6 {
+        q.get_timeout(LONG).await.expect("get");
+    }
+    parent_can_continue.set();
+}
+
+/// Whether `r` is a failed put of `item` that says `Full`.
+fn is_full<T: PartialEq>(r: Result<(), mp::PutError<T>>, item: T) -> bool {
+    r.is_err_and(|e| matches!(e.error(), Error::Full) && e.into_inner() == item)
+}
+
+/// `_TestQueue.test_put`: a bounded queue of six fills with every form of `put`; then each
+/// non-blocking or timed put fails with `Full` (handing its item back); a child takes the
+/// six, and the queue reads empty and not full here as soon as the child says so.
+async fn queue_put() -> TestResult {
+    let q = Queue::<u32>::with_maxsize(6)?;
+    let (child_can_start, parent_can_continue) = (Event::new()?, Event::new()?);
+    let events = (child_can_start.clone(), parent_can_continue.clone());
+    let mut p = start(take_six, (q.clone(), events.0, events.1)).await?;
+    ensure!(q.empty() && !q.full(), "a fresh queue");
+    q.put(1).await?; // put(1)
+    q.put(2).await?; // put(2, True)
+    q.put_timeout(3, LONG).await?; // put(3, True, None), bounded here
+    q.put_nowait(4)?; // put(4, False)
+    q.put_nowait(5)?; // put(5, False, None)
+    q.put_nowait(6)?;
+    ensure!(!q.empty() && q.full(), "six items: qsize {}", q.qsize());
+    ensure!(is_full(q.put_nowait(7), 7), "put(7, False)");
+    ensure!(is_full(q.put_nowait(7), 7), "put(7, False, None)");
+    ensure!(is_full(q.put_nowait(7), 7), "put_nowait(7)");
+    let t = Duration::from_millis(100);
+    ensure!(is_full(q.put_timeout(7, t).await, 7), "put(7, True, T1)");
+    ensure!(is_full(q.put_nowait(7), 7), "put(7, False, T2)");
+    ensure!(is_full(q.put_timeout(7, t).await, 7), "put(7, timeout=T3)");
+    child_can_start.set();
+    ensure!(
+        parent_can_continue.wait_timeout(LONG).await?,
+        "the child did not take the six"
+    );
+    ensure!(
+        q.empty() && !q.full(),
+        "after the child: qsize {}",
+        q.qsize()
+    );
+    join_ok(&mut p).await
+}
+
+/// `_TestQueue._test_get`: waits for the go, then puts 2, 3, 4, 5.
+async fn put_four(q: Queue<u32>, child_can_start: Event, parent_can_continue: Event) {
+    assert!(child_can_start.wait_timeout(LONG).await.expect("wait"));
+    for i in 2..6 {
+        q.put(i).await.expect("put");
+    }
+    parent_can_continue.set();
+}
+
+/// `_TestQueue.test_get`: a child's items come in its order through every form of `get`;
+/// then each non-blocking or timed get of the empty queue fails with `Empty`. (No sleep
+/// after the child's signal: a returned `put` has its item in the queue, the README says.)
+async fn queue_get() -> TestResult {
+    let q = Queue::<u32>::new()?;
+    let (child_can_start, parent_can_continue) = (Event::new()?, Event::new()?);
+    let events = (child_can_start.clone(), parent_can_continue.clone());
+    let mut p = start(put_four, (q.clone(), events.0, events.1)).await?;
+    ensure!(q.empty(), "a fresh queue");
+    child_can_start.set();
+    ensure!(
+        parent_can_continue.wait_timeout(LONG).await?,
+        "the child did not put"
+    );
+    ensure!(!q.empty(), "empty after the child's puts");
+    ensure!(q.get().await? == 2, "get(True, None)");
+    ensure!(q.get().await? == 3, "get(True)");
+    ensure!(q.get_timeout(LONG).await? == 4, "get(timeout=1)");
+    ensure!(q.get_nowait()? == 5, "get_nowait()");
+    ensure!(q.empty(), "drained");
+    let empty = |r: mp::Result<u32>| matches!(r, Err(Error::Empty));
+    let t = Duration::from_millis(100);
+    ensure!(empty(q.get_nowait()), "get(False)");
+    ensure!(empty(q.get_nowait()), "get(False, None)");
+    ensure!(empty(q.get_nowait()), "get_nowait()");
+    ensure!(empty(q.get_timeout(t).await), "get(True, T1)");
+    ensure!(empty(q.get_nowait()), "get(False, T2)");
+    ensure!(empty(q.get_timeout(t).await), "get(timeout=T3)");
+    join_ok(&mut p).await
+}
+
+/// `_TestQueue._test_fork`: puts 10..20.
+async fn put_ten_to_twenty(q: Queue<u32>) {
+    for i in 10..20 {
+        q.put(i).await.expect("put");
+    }
+}
+
+/// `_TestQueue.test_fork`: a queue that this process already put to, passed to a child
+/// (of each start method) that puts to it too: all twenty items come, in order, then none.
+async fn queue_used_before_the_child() -> TestResult {
+    for m in support::process::METHODS {
+        let q = Queue::<u32>::new()?;
+        for i in 0..10 {
+            q.put(i).await?;
+        }
+        let mut p = Process::new(put_ten_to_twenty, (q.clone(),))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        for i in 0..20 {
+            let got = q.get_timeout(LONG).await?;
+            ensure!(got == i, "{m:?}: item {i} was {got}");
+        }
+        ensure!(
+            matches!(q.get_nowait(), Err(Error::Empty)),
+            "{m:?}: an item too many"
+        );
+        join_ok(&mut p).await?;
+    }
+    Ok(())
+}
+
+/// An item whose encoding fails, as CPython's `NotSerializable`, whose `__reduce__` raises.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+enum Picky<T> {
+    Fine(T),
+    NotSerializable,
+}
+
+impl<T: serde::Serialize> serde::Serialize for Picky<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Picky::Fine(v) => s.serialize_newtype_variant("Picky", 0, "Fine", v),
+            Picky::NotSerializable => Err(serde::ser::Error::custom("NotSerializable")),
+        }
+    }
+}
+
+/// `_TestQueue.test_queue_feeder_donot_stop_onexc` (bpo-30414, bpo-33078): an item that
+/// cannot be encoded fails its own put (with `Error::Encode`, the item handed back; Python's
+/// feeder thread prints the error instead) and the queue serves on: the next put arrives,
+/// and in a queue of one the failed put took no room.
+async fn queue_serves_on_after_an_unencodable_item() -> TestResult {
+    let q = Queue::<Picky<bool>>::new()?;
+    let e = q
+        .put(Picky::NotSerializable)
+        .await
+        .err()
+        .ok_or("an unencodable put succeeded")?;
+    ensure!(
+        matches!(e.error(), Error::Encode { .. }) && e.into_inner() == Picky::NotSerializable,
+        "the failed put"
+    );
+    q.put(Picky::Fine(true)).await?;
+    ensure!(
+        q.get_timeout(LONG).await? == Picky::Fine(true),
+        "the next put"
+    );
+
+    let q = Queue::<Picky<bool>>::with_maxsize(1)?;
+    ensure!(
+        q.put(Picky::NotSerializable).await.is_err(),
+        "an unencodable put succeeded"
+    );
+    // Python's blocking put would hang had the failed one taken the only slot.
+    q.put_nowait(Picky::Fine(true))?;
+    ensure!(q.qsize() == 1, "qsize {}", q.qsize());
+    ensure!(q.get_timeout(LONG).await? == Picky::Fine(true), "the item");
+    ensure!(q.empty(), "not empty after the get");
+    Ok(())
+}
+
+/// `_TestQueue.test_closed_queue_empty_exceptions`, and the `JoinableQueue` half of
+/// `test_closed_queue_put_get_exceptions`: a closed unused queue reads empty; a closed used
+/// one reads its count (documented difference: Python raises `OSError` there); put and get
+/// through a closed `JoinableQueue` fail with `HandleClosed`.
+async fn closed_queue_empty_and_joinable_put_get() -> TestResult {
+    let q = Queue::<String>::new()?;
+    q.close();
+    ensure!(q.empty(), "a closed unused queue");
+    let j = mp::JoinableQueue::<String>::new()?;
+    j.close();
+    ensure!(j.empty(), "a closed unused joinable queue");
+
+    let q = Queue::<String>::new()?;
+    q.put("foo".into()).await?;
+    q.close();
+    ensure!(!q.empty() && q.qsize() == 1, "a closed used queue");
+    let j = mp::JoinableQueue::<String>::new()?;
+    j.put("foo".into()).await?;
+    j.close();
+    ensure!(!j.empty() && j.qsize() == 1, "a closed used joinable queue");
+
+    let j = mp::JoinableQueue::<String>::new()?;
+    j.close();
+    let e = j.put("foo".into()).await.err().ok_or("put after close")?;
+    ensure!(matches!(e.error(), Error::HandleClosed { .. }), "put: {e}");
+    ensure!(
+        matches!(j.get().await, Err(Error::HandleClosed { .. })),
+        "get after close"
+    );
+    Ok(())
+}
+
+// ================================================================ _TestBarrier (more)
+
+/// `_TestBarrier._test_abort_and_reset_f`: the party with index `PARTIES / 2` aborts where
+/// the others wait again (they count as broken); all meet at a second barrier, whose middle
+/// party resets the first; then all pass the first once more.
+async fn abort_and_reset_party(
+    b: Barrier,
+    b2: Barrier,
+    counts: RawArray<u32>,
+    lock: Lock,
+) -> ExitCode {
+    let bump = |i: usize| bump(&lock, &counts, i);
+    match b.wait_timeout(LONG).await {
+        Ok(i) if i == PARTIES / 2 => b.abort(),
+        Ok(_) => match b.wait_timeout(LONG).await {
+            Ok(_) => bump(0).await,
+            Err(Error::BrokenBarrier) => bump(1).await,
+            Err(_) => return ExitCode::from(3),
+        },
+        Err(Error::BrokenBarrier) => bump(1).await,
+        Err(_) => return ExitCode::from(4),
+    }
+    match b2.wait_timeout(LONG).await {
+        Ok(i) if i == PARTIES / 2 => b.reset(),
+        Ok(_) => {}
+        Err(_) => return ExitCode::from(5),
+    }
+    if b2.wait_timeout(LONG).await.is_err() {
+        return ExitCode::from(6);
+    }
+    if b.wait_timeout(LONG).await.is_err() {
+        return ExitCode::from(7);
+    }
+    bump(2).await;
+    ExitCode::SUCCESS
+}
+
+/// `_TestBarrier.test_abort_and_reset`: a barrier broken by an abort serves again after a
+/// reset: none passed the aborted round, the other four were broken, all five pass after.
+async fn barrier_abort_and_reset() -> TestResult {
+    let (b, b2) = (Barrier::new(PARTIES)?, Barrier::new(PARTIES)?);
+    let counts = RawArray::from_elem(0u32, 3)?;
+    let lock = Lock::new()?;
+    every_party(abort_and_reset_party, (b, b2, counts.clone(), lock)).await?;
+    let c = counts.to_vec();
+    ensure!(
+        c == vec![0, PARTIES - 1, PARTIES],
+        "passed/broken/after: {c:?}"
+    );
+    Ok(())
+}
+
+/// `_TestBarrier._test_timeout_f`: after a first round, the party with index `PARTIES / 2`
+/// is late; the others' timed waits break the barrier, and every party, the late one
+/// included, counts a `BrokenBarrier`.
+async fn timeout_party(b: Barrier, counts: RawArray<u32>, lock: Lock) -> ExitCode {
+    let Ok(i) = b.wait_timeout(LONG).await else {
+        return ExitCode::from(3);
+    };
+    if i == PARTIES / 2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    match b.wait_timeout(Duration::from_millis(500)).await {
+        Err(Error::BrokenBarrier) => bump(&lock, &counts, 0).await,
+        Ok(_) => {}
+        Err(_) => return ExitCode::from(4),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `_TestBarrier.test_timeout`, across processes: a wait that times out breaks the barrier
+/// for every party, those waiting and the one that comes late.
+async fn barrier_timeout_across_processes() -> TestResult {
+    let b = Barrier::new(PARTIES)?;
+    let counts = RawArray::from_elem(0u32, 1)?;
+    let lock = Lock::new()?;
+    every_party(timeout_party, (b, counts.clone(), lock)).await?;
+    ensure!(
+        counts.get(0) == Some(PARTIES),
+        "broken: {:?}",
+        counts.get(0)
+    );
+    Ok(())
+}
+
+// ================================================================ TestWait (more)
+
+/// A pause of 0 to 99 ms that differs from call to call, as CPython's
+/// `random.random() * 0.1`.
+fn jitter(i: u32) -> Duration {
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503);
+    Duration::from_millis(u64::from(seed % 100))
+}
+
+/// `TestWait._child_test_wait`: sends `(i, pid)` for `i` in `0..10`, then ends.
+async fn send_ten(w: Connection<(u32, u32)>, slow: bool) {
+    for i in 0..10 {
+        if slow {
+            tokio::time::sleep(jitter(i)).await;
+        }
+        w.send(&(i, std::process::id())).await.expect("send");
+    }
+}
+
+/// `TestWait.test_wait` and `test_wait_slow`: four children write ten messages each on
+/// pipes of their own; `wait` on the read ends, receiving from each ready one until its end
+/// of stream, collects all forty.
+async fn wait_on_pipes_until_eof() -> TestResult {
+    for slow in [false, true] {
+        let mut readers = Vec::new();
+        let mut procs = Vec::new();
+        for _ in 0..4 {
+            let (r, w) = Pipe::<(u32, u32)>::simplex()?;
+            procs.push(
+                Process::new(send_ten, (w, slow))
+                    .daemon(true)
+                    .start()
+                    .await?,
+            );
+            readers.push(r);
+        }
+        let mut messages = Vec::new();
+        while !readers.is_empty() {
+            let ready = {
+                let ws: Vec<&dyn mp::Waitable> =
+                    readers.iter().map(|r| r as &dyn mp::Waitable).collect();
+                mp::wait(&ws, Some(LONG)).await?
+            };
+            ensure!(!ready.is_empty(), "slow={slow}: nothing became ready");
+            let mut done = Vec::new();
+            for i in ready {
+                match readers[i].recv().await {
+                    Ok(m) => messages.push(m),
+                    Err(Error::Closed) => done.push(i),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for i in done.into_iter().rev() {
+                readers.remove(i);
+            }
+        }
+        for p in &mut procs {
+            join_ok(p).await?;
+        }
+        messages.sort_unstable();
+        let mut expected: Vec<(u32, u32)> = (0..10)
+            .flat_map(|i| procs.iter().map(move |p| (i, p.pid())))
+            .collect();
+        expected.sort_unstable();
+        ensure!(messages == expected, "slow={slow}: {messages:?}");
+    }
+    Ok(())
+}
+
+/// `TestWait._child_test_wait_socket`: connects to `address` and writes `"0\n"` to
+/// `"9\n"`, then closes.
+async fn write_lines_to(address: std::net::SocketAddr, slow: bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    for i in 0..10 {
+        if slow {
+            tokio::time::sleep(jitter(i)).await;
+        }
+        s.write_all(format!("{i}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+}
+
+/// `TestWait.test_wait_socket` and `test_wait_socket_slow`: four children write lines on
+/// TCP connections this process accepted; `wait` on the sockets, reading from each ready
+/// one until end of stream, gets every connection's lines whole and in order.
+async fn wait_on_tcp_sockets_until_eof() -> TestResult {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    for slow in [false, true] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let mut procs = Vec::new();
+        for _ in 0..4 {
+            procs.push(
+                Process::new(write_lines_to, (addr, slow))
+                    .daemon(true)
+                    .start()
+                    .await?,
+            );
+        }
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            readers.push((l.accept()?.0, Vec::new()));
+        }
+        drop(l);
+        let mut finished = Vec::new();
+        while !readers.is_empty() {
+            let ready = {
+                let fds: Vec<_> = readers.iter().map(|(s, _)| s.as_fd()).collect();
+                let ws: Vec<&dyn mp::Waitable> =
+                    fds.iter().map(|f| f as &dyn mp::Waitable).collect();
+                mp::wait(&ws, Some(LONG)).await?
+            };
+            ensure!(!ready.is_empty(), "slow={slow}: nothing became ready");
+            let mut done = Vec::new();
+            for i in ready {
+                let (s, got) = &mut readers[i];
+                let mut buf = [0u8; 32];
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    done.push(i);
+                } else {
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            for i in done.into_iter().rev() {
+                finished.push(readers.remove(i).1);
+            }
+        }
+        for p in &mut procs {
+            join_ok(p).await?;
+        }
+        let expected: String = (0..10).map(|i| format!("{i}\n")).collect();
+        for got in &finished {
+            ensure!(
+                got == expected.as_bytes(),
+                "slow={slow}: {:?}",
+                String::from_utf8_lossy(got)
+            );
+        }
+        ensure!(
+            finished.len() == 4,
+            "slow={slow}: {} sockets",
+            finished.len()
+        );
+    }
+    Ok(())
+}
+
+// ================================================================ _TestPicklingConnections
+
+/// What `_TestPicklingConnections._listener` sends its parent.
+#[allow(clippy::large_enum_variant)] // a few values, each sent once
+#[derive(serde::Serialize, serde::Deserialize)]
+enum FromListener {
+    Address(mp::Address),
+    Accepted(Connection<String>),
+    SocketAddress(std::net::SocketAddr),
+    Socket(Fd),
+}
+
+/// What `_TestPicklingConnections._remote` is told: a listener's address and a message for
+/// it, the end of those, then a plain socket's address and bytes for it.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ToRemote {
+    Client(mp::Address, String),
+    NoMore,
+    Socket(std::net::SocketAddr, Vec<u8>),
+}
+
+/// `_TestPicklingConnections._listener`: for each family, a listener whose address it
+/// sends, and whose accepted connection it sends on; then a plain TCP socket's accepted
+/// connection; then it waits for the word to end.
+async fn listener_child(conn: Connection<FromListener>) {
+    let unix = Listener::new(None).expect("unix listener");
+    let tcp = Listener::bind("127.0.0.1:0", None).expect("tcp listener");
+    for l in [unix, tcp] {
+        conn.send(&FromListener::Address(l.address().clone()))
+            .await
+            .expect("send address");
+        let new_conn: Connection<String> = l.accept().await.expect("accept");
+        conn.send(&FromListener::Accepted(new_conn))
+            .await
+            .expect("send connection");
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("socket");
+    conn.send(&FromListener::SocketAddress(
+        l.local_addr().expect("address"),
+    ))
+    .await
+    .expect("send address");
+    let (s, _) = l.accept().expect("accept");
+    conn.send(&FromListener::Socket(Fd::from(OwnedFd::from(s))))
+        .await
+        .expect("send socket");
+    drop(l);
+    let _ = conn.recv_timeout(LONG).await;
+}
+
+/// `_TestPicklingConnections._remote`: connects where it is told, sending its message in
+/// capitals.
+async fn remote_child(conn: Connection<ToRemote>) {
+    use std::io::Write;
+    loop {
+        match conn.recv().await.expect("recv") {
+            ToRemote::Client(address, msg) => {
+                let c = Client::connect::<String>(&address, None)
+                    .await
+                    .expect("connect");
+                c.send(&msg.to_uppercase()).await.expect("send");
+            }
+            ToRemote::NoMore => break,
+            ToRemote::Socket(..) => panic!("a socket before the end of the clients"),
+        }
+    }
+    let ToRemote::Socket(address, msg) = conn.recv().await.expect("recv") else {
+        panic!("expected a socket's address");
+    };
+    let mut s = std::net::TcpStream::connect(address).expect("connect");
+    s.write_all(&msg.to_ascii_uppercase()).expect("write");
+}
+
+/// `_TestPicklingConnections.test_pickling`: connections a child's listener accepted (on
+/// a Unix socket and on TCP), and a plain accepted TCP socket, sent to this process through
+/// a pipe, carry what a third process sent to them.
+async fn accepted_connections_through_a_pipe() -> TestResult {
+    use std::io::Read;
+    let (lconn, lconn0) = Pipe::<FromListener>::new()?;
+    let mut lp = start(listener_child, (lconn0,)).await?;
+    let (rconn, rconn0) = Pipe::<ToRemote>::new()?;
+    let mut rp = start(remote_child, (rconn0,)).await?;
+    for (family, msg) in [
+        ("unix", "This connection uses family unix"),
+        ("tcp", "This connection uses family tcp"),
+    ] {
+        let FromListener::Address(address) = lconn.recv_timeout(LONG).await? else {
+            return Err(format!("{family}: expected an address").into());
+        };
+        rconn
+            .send(&ToRemote::Client(address, msg.to_string()))
+            .await?;
+        let FromListener::Accepted(new_conn) = lconn.recv_timeout(LONG).await? else {
+            return Err(format!("{family}: expected a connection").into());
+        };
+        let got = new_conn.recv_timeout(LONG).await?;
+        ensure!(got == msg.to_uppercase(), "{family}: {got:?}");
+    }
+    rconn.send(&ToRemote::NoMore).await?;
+    let msg = b"This connection uses a normal socket".to_vec();
+    let FromListener::SocketAddress(address) = lconn.recv_timeout(LONG).await? else {
+        return Err("expected a socket's address".into());
+    };
+    rconn.send(&ToRemote::Socket(address, msg.clone())).await?;
+    let FromListener::Socket(fd) = lconn.recv_timeout(LONG).await? else {
+        return Err("expected a socket".into());
+    };
+    let mut s = std::net::TcpStream::from(fd.into_owned());
+    s.set_read_timeout(Some(LONG))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    ensure!(
+        buf == msg.to_ascii_uppercase(),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    lconn.send_bytes(b"").await?;
+    drop(rconn);
+    join_ok(&mut lp).await?;
+    join_ok(&mut rp).await
+}
+
+/// What `_TestPicklingConnections.child_access` is sent and sends back.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Access {
+    Writer(Connection<String>),
+    Reader(Connection<String>),
+    Text(String),
+}
+
+/// `_TestPicklingConnections.child_access`: writes on the write end it is sent; reads from
+/// the read end it is sent, and sends what it read twice over.
+async fn child_access(conn: Connection<Access>) {
+    let Access::Writer(w) = conn.recv().await.expect("recv") else {
+        panic!("expected a write end");
+    };
+    w.send(&"all is well".to_string()).await.expect("send");
+    drop(w);
+    let Access::Reader(r) = conn.recv().await.expect("recv") else {
+        panic!("expected a read end");
+    };
+    let msg = r.recv().await.expect("recv");
+    conn.send(&Access::Text(msg.repeat(2))).await.expect("send");
+}
+
+/// `_TestPicklingConnections.test_access`: the write end and the read end of simplex
+/// pipes, sent to a child, write and read there.
+async fn pipe_ends_sent_to_a_child() -> TestResult {
+    let (conn, child_conn) = Pipe::<Access>::new()?;
+    let mut p = Process::new(child_access, (child_conn,))
+        .daemon(true)
+        .start()
+        .await?;
+    let (r, w) = Pipe::<String>::simplex()?;
+    conn.send(&Access::Writer(w)).await?;
+    ensure!(
+        r.recv_timeout(LONG).await? == "all is well",
+        "via the writer"
+    );
+    drop(r);
+    let (r, w) = Pipe::<String>::simplex()?;
+    conn.send(&Access::Reader(r)).await?;
+    w.send(&"foobar".to_string()).await?;
+    drop(w);
+    match conn.recv_timeout(LONG).await? {
+        Access::Text(t) => ensure!(t == "foobarfoobar", "{t:?}"),
+        _ => return Err("expected text".into()),
+    }
+    join_ok(&mut p).await
+}
+
+// ================================================================ signals (more)
+
+/// `TestIgnoreEINTR._test_ignore_listener`: handles SIGUSR1, sends a listener's address,
+/// accepts, and welcomes.
+async fn welcome_after_signal(conn: Connection<mp::Address>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _usr1 = signal(SignalKind::user_defined1()).expect("handler");
+    let l = Listener::new(None).expect("listener");
+    conn.send(l.address()).await.expect("send");
+    let a: Connection<String> = l.accept().await.expect("accept");
+    a.send(&"welcome".to_string()).await.expect("send");
+}
+
+/// `TestIgnoreEINTR.test_ignore_listener`: a signal the child handles, arriving while its
+/// listener waits in `accept`, does not interrupt it.
+async fn signal_during_accept() -> TestResult {
+    let (conn, child_conn) = Pipe::<mp::Address>::new()?;
+    let mut p = Process::new(welcome_after_signal, (child_conn,))
+        .daemon(true)
+        .start()
+        .await?;
+    let address = conn.recv_timeout(LONG).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.pid() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = Client::connect::<String>(&address, None).await?;
+    ensure!(client.recv_timeout(LONG).await? == "welcome", "welcome");
+    join_ok(&mut p).await
+}
+
+/// `_TestPollEintr._killer`: sends SIGUSR1 to `pid` after 100 ms.
+fn killer(pid: u32) {
+    std::thread::sleep(Duration::from_millis(100));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .expect("kill");
+}
+
+/// `_TestPollEintr.test_poll_eintr`: a signal this process handles, arriving while it joins
+/// a child, interrupts neither the join nor its exit code.
+async fn signal_during_join() -> TestResult {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut k = start(killer, (std::process::id(),)).await?;
+    let mut p = start(sleep_ms, (1000,)).await?;
+    let code = join_code(&mut p).await?;
+    join_ok(&mut k).await?;
+    ensure!(code == 0, "the sleeper's exit code: {code}");
+    ensure!(
+        tokio::time::timeout(LONG, usr1.recv()).await.is_ok(),
+        "the signal never came"
+    );
+    Ok(())
+}
+
+// ================================================================ _TestContainers
+
+/// A list item of either kind, as CPython's test mixes ints and `'hello'`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Elem {
+    I(i64),
+    S(String),
+}
+
+fn ints(r: std::ops::Range<i64>) -> Vec<Elem> {
+    r.map(Elem::I).collect()
+}
+
+/// `_TestContainers.test_list`: a list proxy from a range and an empty one; `extend`,
+/// index, `b *= 2`, `b + [5, 6]`; lists of list proxies read through, and see later
+/// changes. (Slices are read with `to_vec`.)
+async fn manager_list() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let a = m.list(ints(0..10)).await?;
+    ensure!(a.to_vec().await? == ints(0..10), "a[:]");
+    let b = m.list(Vec::<Elem>::new()).await?;
+    ensure!(b.to_vec().await?.is_empty(), "b[:]");
+    b.extend(ints(0..5)).await?;
+    ensure!(b.to_vec().await? == ints(0..5), "after extend");
+    ensure!(b.get(2).await? == Some(Elem::I(2)), "b[2]");
+    ensure!(b.to_vec().await?[2..] == ints(2..5), "b[2:10]");
+    b.extend(b.to_vec().await?).await?; // b *= 2
+    let twice: Vec<Elem> = ints(0..5).into_iter().chain(ints(0..5)).collect();
+    ensure!(b.to_vec().await? == twice, "b *= 2");
+    let mut plus = b.to_vec().await?;
+    plus.extend(ints(5..7));
+    ensure!(plus.len() == 12 && plus[10..] == ints(5..7), "b + [5, 6]");
+    ensure!(a.to_vec().await? == ints(0..10), "a unchanged");
+
+    let e = m.list([a.clone(), b.clone()]).await?;
+    let mut inner = Vec::new();
+    for x in e.to_vec().await? {
+        inner.push(x.to_vec().await?);
+    }
+    ensure!(inner == vec![ints(0..10), twice], "e's elements: {inner:?}");
+
+    let f = m.list([a.clone()]).await?;
+    a.append(Elem::S("hello".into())).await?;
+    let mut want = ints(0..10);
+    want.push(Elem::S("hello".into()));
+    let f0 = f.get(0).await?.ok_or("f[0]")?;
+    ensure!(f0.to_vec().await? == want, "f[0][:]");
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `_TestContainers.test_list_proxy_in_list`: a list of three list proxies; a change through
+/// one is seen through it alone. (CPython's last lines, a list appended to itself, have no
+/// Rust counterpart: a `ListProxy<T>` cannot be its own `T`.)
+async fn manager_list_proxy_in_list() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let mut inners = Vec::new();
+    for _ in 0..3 {
+        inners.push(m.list(0..3i64).await?);
+    }
+    let a = m.list(inners).await?;
+    for inner in a.to_vec().await? {
+        ensure!(inner.to_vec().await? == [0, 1, 2], "an inner list");
+    }
+    let at = |i: i64| {
+        let a = a.clone();
+        async move {
+            a.get(i)
+                .await?
+                .ok_or_else(|| Error::Manager(format!("a[{i}]")))
+        }
+    };
+    at(0).await?.set(-1, 55).await?;
+    ensure!(at(0).await?.to_vec().await? == [0, 1, 55], "a[0][:]");
+    for i in 1..3 {
+        ensure!(at(i).await?.to_vec().await? == [0, 1, 2], "a[{i}][:]");
+    }
+    ensure!(at(1).await?.pop(-1).await? == Some(2), "a[1].pop()");
+    ensure!(at(1).await?.len().await? == 2, "len(a[1])");
+    for i in [0, 2] {
+        ensure!(at(i).await?.len().await? == 3, "len(a[{i}])");
+    }
+    m.shutdown().await?;
+    Ok(())
+}
+
+type Pets = mp::DictProxy<String, i64>;
+
+/// `d[k]` of a dict of dict proxies, failing if there is none.
+async fn entry(d: &mp::DictProxy<String, Pets>, k: &str) -> mp::Result<Pets> {
+    d.get(&k.to_string())
+        .await?
+        .ok_or_else(|| Error::Manager(format!("no {k}")))
+}
+
+/// A list item that is a plain list or a proxy, as CPython's `[[88, 99], l]`.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Entry {
+    Plain(Vec<i64>),
+    Proxy(mp::ListProxy<Pets>),
+}
+
+/// `_TestContainers.test_dict_proxy_nested`: dict proxies stored in a dict stay proxies to
+/// the same objects; they outlive the proxies they were stored from, and `clear` of the
+/// outer dict leaves them whole; the same through a list, and a plain list beside a proxy
+/// stays a plain list.
+async fn manager_dict_proxy_nested() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let s = |k: &str| k.to_string();
+    let pets: Pets = m.dict_from([(s("ferrets"), 2), (s("hamsters"), 4)]).await?;
+    let supplies: Pets = m.dict_from([(s("water"), 10), (s("feed"), 3)]).await?;
+    let d = m
+        .dict_from([(s("pets"), pets.clone()), (s("supplies"), supplies.clone())])
+        .await?;
+
+    ensure!(
+        supplies.get(&s("water")).await? == Some(10),
+        "supplies['water']"
+    );
+    let water = entry(&d, "supplies").await?.get(&s("water")).await?;
+    ensure!(water == Some(10), "d['supplies']['water']");
+
+    entry(&d, "supplies")
+        .await?
+        .insert(s("blankets"), 5)
+        .await?;
+    ensure!(
+        supplies.get(&s("blankets")).await? == Some(5),
+        "supplies['blankets']"
+    );
+    let got = entry(&d, "supplies").await?.get(&s("blankets")).await?;
+    ensure!(got == Some(5), "d['supplies']['blankets']");
+
+    entry(&d, "supplies").await?.insert(s("water"), 7).await?;
+    ensure!(
+        supplies.get(&s("water")).await? == Some(7),
+        "supplies['water'] = 7"
+    );
+    let got = entry(&d, "supplies").await?.get(&s("water")).await?;
+    ensure!(got == Some(7), "d['supplies']['water'] = 7");
+
+    drop(pets);
+    drop(supplies);
+    let got = entry(&d, "pets").await?.get(&s("ferrets")).await?;
+    ensure!(got == Some(2), "d['pets']['ferrets'] after del");
+    entry(&d, "supplies")
+        .await?
+        .insert(s("blankets"), 11)
+        .await?;
+    let got = entry(&d, "supplies").await?.get(&s("blankets")).await?;
+    ensure!(got == Some(11), "d['supplies']['blankets'] = 11");
+
+    let pets = entry(&d, "pets").await?;
+    let supplies = entry(&d, "supplies").await?;
+    d.clear().await?;
+    ensure!(d.len().await? == 0, "len(d) after clear");
+    ensure!(
+        supplies.get(&s("water")).await? == Some(7),
+        "supplies after clear"
+    );
+    ensure!(
+        pets.get(&s("hamsters")).await? == Some(4),
+        "pets after clear"
+    );
+
+    let l = m.list([pets.clone(), supplies.clone()]).await?;
+    let l0 = || async { l.get(0).await?.ok_or_else(|| Error::Manager("l[0]".into())) };
+    l0().await?.insert(s("marmots"), 1).await?;
+    ensure!(pets.get(&s("marmots")).await? == Some(1), "pets['marmots']");
+    ensure!(
+        l0().await?.get(&s("marmots")).await? == Some(1),
+        "l[0]['marmots']"
+    );
+    drop(pets);
+    drop(supplies);
+    ensure!(
+        l0().await?.get(&s("marmots")).await? == Some(1),
+        "l[0]['marmots'] after del"
+    );
+
+    let outer = m
+        .list([Entry::Plain(vec![88, 99]), Entry::Proxy(l.clone())])
+        .await?;
+    ensure!(
+        matches!(outer.get(0).await?, Some(Entry::Plain(v)) if v == [88, 99]),
+        "outer[0] is a plain list"
+    );
+    let Some(Entry::Proxy(last)) = outer.get(-1).await? else {
+        return Err("outer[-1] is not a list proxy".into());
+    };
+    let feed = last.get(-1).await?.ok_or("outer[-1][-1]")?;
+    ensure!(
+        feed.get(&s("feed")).await? == Some(3),
+        "outer[-1][-1]['feed']"
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
+// ================================================================ managers
+
+/// `_TestRemoteManager.values`: text in several scripts, nothing, a flag, a number, bytes.
+type RemoteValues = (String, Option<()>, bool, f64, String, String, Vec<u8>);
+
+fn remote_values() -> RemoteValues {
+    (
+        "hello world".into(),
+        None,
+        true,
+        2.25,
+        "hall\u{e5} v\u{e4}rlden".into(),
+        "\u{43f}\u{440}\u{438}\u{432}\u{456}\u{442} \u{441}\u{432}\u{456}\u{442}".into(),
+        b"hall\xe5 v\xe4rlden".to_vec(),
+    )
+}
+
+/// `_TestRemoteManager._putter`: connects to the manager by address and key and puts the
+/// values on its queue.
+async fn remote_putter(address: String, key: Vec<u8>) -> mp::Result<()> {
+    let m = mp::Manager::connect(address.as_str(), &key).await?;
+    let q: mp::QueueProxy<Picky<RemoteValues>> = m.get("get_queue").await?;
+    q.put(Picky::Fine(remote_values()))
+        .await
+        .map_err(Error::from)
+}
+
+fn tcp_address(m: &mp::Manager) -> Result<std::net::SocketAddr, String> {
+    match m.address() {
+        Some(mp::Address::Tcp(a)) => Ok(*a),
+        other => Err(format!("no TCP address: {other:?}")),
+    }
+}
+
+/// `_TestRemoteManager.test_remote`: a child connects to a TCP manager by address and key
+/// and puts a tuple of values; a second client of the manager gets them whole; a value that
+/// cannot be encoded fails its put.
+async fn remote_manager_values() -> TestResult {
+    let key: Vec<u8> = (0..32).map(|i| (i * 7 + 3) as u8).collect();
+    let m = mp::Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(&key)
+        .start()
+        .await?;
+    let q = m.queue::<Picky<RemoteValues>>().await?;
+    m.register("get_queue", &q).await?;
+    let address = tcp_address(&m)?.to_string();
+    let mut p = Process::new(remote_putter, (address.clone(), key.clone()))
+        .daemon(true)
+        .start()
+        .await?;
+    let manager2 = mp::Manager::connect(address.as_str(), &key).await?;
+    let queue: mp::QueueProxy<Picky<RemoteValues>> = manager2.get("get_queue").await?;
+    let got = queue.get_timeout(LONG).await?;
+    ensure!(got == Picky::Fine(remote_values()), "got {got:?}");
+    ensure!(
+        queue.put(Picky::NotSerializable).await.is_err(),
+        "an unencodable put succeeded"
+    );
+    join_ok(&mut p).await?;
+    drop(queue);
+    drop(manager2);
+    drop(q);
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `_TestManagerRestart._putter`: puts `"hello world"` on the manager's queue.
+async fn restart_putter(address: String, key: Vec<u8>) -> mp::Result<()> {
+    let m = mp::Manager::connect(address.as_str(), &key).await?;
+    let q: mp::QueueProxy<String> = m.get("get_queue").await?;
+    q.put("hello world".into()).await.map_err(Error::from)
+}
+
+/// `_TestManagerRestart.test_rapid_restart`: a TCP manager that served a client is shut
+/// down, and a new one starts at the same address at once (as CPython's test, one retry
+/// after a second is allowed for a lingering socket) and serves.
+async fn manager_rapid_restart() -> TestResult {
+    let key: Vec<u8> = (0..32).map(|i| (i * 11 + 5) as u8).collect();
+    let m = mp::Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(&key)
+        .start()
+        .await?;
+    let addr = tcp_address(&m)?;
+    let q = m.queue::<String>().await?;
+    m.register("get_queue", &q).await?;
+    let mut p = start(restart_putter, (addr.to_string(), key.clone())).await?;
+    join_ok(&mut p).await?;
+    ensure!(q.get_timeout(LONG).await? == "hello world", "the item");
+    drop(q);
+    m.shutdown().await?;
+
+    // CPython retries once for a socket left in TIME_WAIT; a manager's listener reuses the
+    // address (SO_REUSEADDR), so the first start must succeed.
+    let m = mp::Manager::builder()
+        .address(addr.to_string().as_str())
+        .authkey(&key)
+        .start()
+        .await?;
+    ensure!(tcp_address(&m)? == addr, "restarted at {:?}", m.address());
+    let client = mp::Manager::connect(addr.to_string().as_str(), &key).await?;
+    let d = client.dict::<String, u32>().await?;
+    d.insert("k".into(), 1).await?;
+    ensure!(
+        d.get(&"k".into()).await? == Some(1),
+        "the new manager serves"
+    );
+    drop(d);
+    drop(client);
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestInitializers`' `initializer`: adds one to `ns.test`.
+async fn add_one_to_test(ns: mp::NamespaceProxy) -> Result<(), String> {
+    let n: i64 = ns.get("test").await.map_err(|e| e.to_string())?;
+    ns.set("test", n + 1).await.map_err(|e| e.to_string())
+}
+
+/// `TestInitializers.test_pool_initializer`: a pool of one runs its initializer, on a
+/// manager's namespace, once; after `close` and `join` the namespace says so.
+async fn pool_initializer_on_a_namespace() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let ns = m.namespace().await?;
+    ns.set("test", 0i64).await?;
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(add_one_to_test, (ns.clone(),))
+        .build()
+        .await?;
+    pool.close();
+    pool.join().await?;
+    ensure!(ns.get::<i64>("test").await? == 1, "ns.test");
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -1217,5 +2240,24 @@ fn main() {
         starmap_chunksize,
         map_handle_iterable_panic,
         imap_handle_iterable_panic,
+        queue_put,
+        queue_get,
+        queue_used_before_the_child,
+        queue_serves_on_after_an_unencodable_item,
+        closed_queue_empty_and_joinable_put_get,
+        barrier_abort_and_reset,
+        barrier_timeout_across_processes,
+        wait_on_pipes_until_eof,
+        wait_on_tcp_sockets_until_eof,
+        accepted_connections_through_a_pipe,
+        pipe_ends_sent_to_a_child,
+        signal_during_accept,
+        signal_during_join,
+        manager_list,
+        manager_list_proxy_in_list,
+        manager_dict_proxy_nested,
+        remote_manager_values,
+        manager_rapid_restart,
+        pool_initializer_on_a_namespace,
     ])
 }
