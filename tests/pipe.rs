@@ -115,6 +115,46 @@ async fn recv_one(carrier: mp::Connection<mp::Connection<u32>>, out: mp::Connect
     }
 }
 
+/// This process's open descriptors, counted with one more.
+fn open_descriptors() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64)
+}
+
+/// Lowers this process's descriptor limit to leave 4 free, receives a queue (11
+/// descriptors) through `carrier`, drops `carrier`, and sends back on `out` the error that
+/// came instead of the queue (empty if the queue came), then its open descriptors before
+/// and after, a line each.
+async fn recv_queue_near_the_limit(
+    carrier: mp::Connection<mp::Queue<u8>>,
+    out: mp::Connection<String>,
+) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Some(before) = open_descriptors() else {
+        std::process::exit(5)
+    };
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        std::process::exit(5)
+    };
+    if setrlimit(Resource::RLIMIT_NOFILE, before + 4, hard).is_err() {
+        std::process::exit(5);
+    }
+    let said = match carrier.recv().await {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+    drop(carrier);
+    let after = open_descriptors().unwrap_or(u64::MAX);
+    if out
+        .send(&format!("{said}\n{before}\n{after}"))
+        .await
+        .is_err()
+    {
+        std::process::exit(3);
+    }
+}
+
 // ---- tests ----
 
 /// `_TestConnection.test_connection`: values and bytes go both ways through a child; `poll`
@@ -452,6 +492,32 @@ async fn poll_without_a_time_limit_waits_for_a_message() -> TestResult {
     Ok(())
 }
 
+/// A process sent more descriptors than its limit lets it open (a queue, past `ulimit -n`)
+/// gets an error that names the limit, and the descriptors the kernel did install for it
+/// are closed with the connection, not leaked.
+async fn descriptors_past_the_limit_are_an_error_naming_it() -> TestResult {
+    let (carrier_mine, carrier_theirs) = mp::Pipe::<mp::Queue<u8>>::new()?;
+    let (out_mine, out_theirs) = mp::Pipe::<String>::new()?;
+    let mut p = start(recv_queue_near_the_limit, (carrier_theirs, out_theirs)).await?;
+    carrier_mine.send(&mp::Queue::<u8>::new()?).await?;
+    let report = out_mine.recv_timeout(Duration::from_secs(20)).await?;
+    let lines: Vec<&str> = report.lines().collect();
+    let [said, before, after] = lines[..] else {
+        return Err(format!("the child's report: {report:?}").into());
+    };
+    ensure!(
+        said.contains("descriptors") && said.contains("RLIMIT_NOFILE"),
+        "the child's error: {said:?}"
+    );
+    let (before, after): (u64, u64) = (before.parse()?, after.parse()?);
+    ensure!(
+        after < before,
+        "{before} descriptors open before, {after} after the connection was dropped"
+    );
+    ensure!(join_code(&mut p).await? == 0, "the child");
+    Ok(())
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -479,6 +545,10 @@ fn main() {
         test(
             "recv_in_another_process_takes_one_message",
             recv_in_another_process_takes_one_message,
+        ),
+        test(
+            "descriptors_past_the_limit_are_an_error_naming_it",
+            descriptors_past_the_limit_are_an_error_naming_it,
         ),
     ])
 }

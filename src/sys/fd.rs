@@ -1,13 +1,12 @@
 //! Descriptors: socket pairs, `SCM_RIGHTS` passing, duplication and bulk closing.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
 
 use super::cvt;
@@ -91,29 +90,57 @@ pub(crate) fn recv_with_fds(
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    // Only a datagram or packet socket truncates data: the rest of the packet is lost.
-    let data_truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                // SAFETY: the kernel installed `r` in our table for this message; nothing
-                // else knows of it yet, so we are its only owner.
-                fds.push_back(unsafe { OwnedFd::from_raw_fd(r) });
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero `msghdr` is a valid empty one (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.capacity() as _;
+    // SAFETY: `msg` points at one iovec covering `buf`, borrowed mutably here, and at the
+    // control buffer's `capacity` bytes, allocated and aligned for `cmsghdr` by
+    // `cmsg_space!`; the kernel writes within those lengths only.
+    let n = cvt(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
+    // The descriptors the kernel installed are taken even when it could not install them
+    // all (`MSG_CTRUNC`: this process at its limit, or more than the buffer holds): the
+    // headers it wrote are whole and cover those only, and left unowned they would leak.
+    // SAFETY: `msg` is as the kernel left it: `msg_control` holds `msg_controllen` bytes of
+    // whole control messages, which the CMSG_* walk stays within.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: a non-null header from the walk lies whole within the control data.
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: the data of a header within the control data, of `len` bytes counted
+            // from the header's start.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            // `cmsg_len` is a `size_t` with glibc, a `socklen_t` with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let bytes = (len as usize).saturating_sub(data as usize - c as usize);
+            for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                // SAFETY: the `i`-th descriptor within the message's data, read unaligned;
+                // the kernel installed it in our table for this message, so nothing else
+                // owns it yet.
+                fds.push_back(unsafe {
+                    OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.cast::<RawFd>().add(i)))
+                });
             }
         }
+        // SAFETY: as for the first header.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
     }
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    // Only a datagram or packet socket truncates data: the rest of the packet is lost.
+    let data_truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
     if truncated {
-        return Err(io::Error::other(
-            "descriptors sent with a message were dropped by the kernel (control data truncated)",
-        ));
+        return Err(io::Error::other(format!(
+            "descriptors sent with a message were dropped by the kernel (control data \
+             truncated){}",
+            out_of_descriptors()
+        )));
     }
     if data_truncated {
         return Err(io::Error::new(
@@ -121,7 +148,7 @@ pub(crate) fn recv_with_fds(
             "a packet was larger than announced and has been truncated",
         ));
     }
-    Ok(msg.bytes)
+    Ok(n as usize)
 }
 
 /// Receives at most `max` bytes into the spare capacity of `buf` and appends them to it;
@@ -295,6 +322,28 @@ pub(crate) fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let size = nix::sys::stat::fstat(fd)?.st_size;
     usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
+}
+
+/// Why the kernel may have dropped descriptors sent to this process: `": this process ..."`
+/// when it has (nearly) as many open as its limit allows, as the kernel then installs no
+/// more; empty otherwise.
+fn out_of_descriptors() -> String {
+    use nix::sys::resource::{Resource, getrlimit};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return String::new();
+    };
+    // Counting them takes a descriptor too: failing for want of one says as much.
+    let at_limit = match open_fds() {
+        Ok(open) => open.len() as u64 + 8 > soft,
+        Err(e) => e.raw_os_error() == Some(libc::EMFILE),
+    };
+    match at_limit {
+        true => format!(
+            ": this process is at its limit of open descriptors ({soft}, RLIMIT_NOFILE, \
+             `ulimit -n`)"
+        ),
+        false => String::new(),
+    }
 }
 
 /// How many more descriptors this process may open before it reaches its limit (the soft
