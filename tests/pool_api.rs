@@ -628,6 +628,12 @@ async fn stats_count_tasks_and_lost_workers() -> TestResult {
         before.tasks_done == 0 && before.tasks_failed == 0 && before.workers_lost == 0,
         "{before:?}"
     );
+    // `new` returns once a worker is ready: the snapshot counts it, and the other as alive or
+    // starting.
+    ensure!(
+        before.workers_alive >= 1 && before.workers_alive + before.workers_starting == 2,
+        "right after new: {before:?}"
+    );
     for i in 0..20 {
         pool.apply(sqr, (i,)).await?;
     }

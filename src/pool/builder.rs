@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::scheduler::{self, Scheduler};
-use super::stats::Counters;
+use super::stats::{Counters, Tally};
 use super::{LastHandle, Pool, Shared, spawn};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
@@ -328,6 +328,8 @@ impl PoolBuilder {
             failed,
         };
         let counters = Arc::new(Counters::default());
+        // Until the scheduler's first round: the worker that is ready and those starting.
+        counters.publish((1, starts.pending, 0, 0), &mut Tally::default());
         tokio::spawn(
             Scheduler::new(
                 cfg,
