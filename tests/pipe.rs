@@ -518,6 +518,30 @@ async fn descriptors_past_the_limit_are_an_error_naming_it() -> TestResult {
     Ok(())
 }
 
+/// A message that holds a descriptor and many bytes arrives whole, however the kernel splits
+/// it: a read stops after the bytes that carry the descriptor, which does not mean the rest
+/// is not there.
+async fn a_large_message_with_a_descriptor_arrives() -> TestResult {
+    type Msg = (mp::Fd, serde_bytes::ByteBuf);
+    let (a, b) = mp::Pipe::<Msg>::new()?;
+    for len in [1_000, 60_000, 150_000, 4 << 20] {
+        let file = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null")?);
+        let msg = (
+            mp::Fd::from(file),
+            serde_bytes::ByteBuf::from(vec![7u8; len]),
+        );
+        // Sent and received at once: the larger messages do not fit the socket's buffer.
+        let (sent, got) = tokio::join!(a.send(&msg), b.recv_timeout(Duration::from_secs(20)));
+        sent?;
+        let (_, got) = got.map_err(|e| format!("{len} bytes with a descriptor: {e}"))?;
+        ensure!(
+            got.len() == len && got.iter().all(|&x| x == 7),
+            "{len} bytes"
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -545,6 +569,10 @@ fn main() {
         test(
             "recv_in_another_process_takes_one_message",
             recv_in_another_process_takes_one_message,
+        ),
+        test(
+            "a_large_message_with_a_descriptor_arrives",
+            a_large_message_with_a_descriptor_arrives,
         ),
         test(
             "descriptors_past_the_limit_are_an_error_naming_it",

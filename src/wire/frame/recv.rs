@@ -293,8 +293,12 @@ impl RecvBuf {
             HEADER_LEN.saturating_add(body_len(h))
         };
         let room = self.room(Some(frame_len));
+        let fds_before = self.fds.len();
         let n = self.read_into_room(fd, Some(frame_len))?;
-        let drained = n < room || drained_at == Some(n);
+        // A read stops after bytes that carry descriptors, however much follows them: a
+        // short read says the socket is empty only if it brought none.
+        let short = n < room && self.fds.len() == fds_before;
+        let drained = short || drained_at == Some(n);
         Ok((n, drained))
     }
 
