@@ -18,6 +18,10 @@ fn main() {
     support::run(vec![
         test("dict_operations", dict_operations),
         test(
+            "a_call_over_the_frame_limit_fails_alone",
+            a_call_over_the_frame_limit_fails_alone,
+        ),
+        test(
             "list_operations_follow_python",
             list_operations_follow_python,
         ),
@@ -588,6 +592,47 @@ async fn values_holding_descriptors_are_refused() -> TestResult {
     let (a, _b) = std::os::unix::net::UnixStream::pair()?;
     let r = m.value(mp::Fd::from(std::os::fd::OwnedFd::from(a))).await;
     ensure!(matches!(r, Err(Error::Encode { .. })), "{r:?}");
+    Ok(())
+}
+
+/// In a process of its own (the frame limit is process-wide, and its manager inherits it):
+/// with frames limited to 1 MiB, a request over it and a reply over it each fail their call
+/// with `FrameTooLarge`, and the connection lives on with every object it holds.
+async fn oversized_calls_fail_alone() -> Result<(), String> {
+    use serde_bytes::ByteBuf;
+    let step = |what: &'static str| move |e: Error| format!("{what}: {e}");
+    mp::set_max_frame_size(1 << 20);
+    let m = Manager::start().await.map_err(step("start"))?;
+    let d = m.dict::<String, ByteBuf>().await.map_err(step("dict"))?;
+    let big = ByteBuf::from(vec![1u8; 2 << 20]);
+    match d.insert("big".into(), big).await {
+        Err(Error::FrameTooLarge { .. }) => {}
+        r => return Err(format!("a request over the limit: {r:?}")),
+    }
+    d.insert("small".into(), ByteBuf::from(vec![2u8; 1000]))
+        .await
+        .map_err(step("a request after it"))?;
+    let l = m.list(Vec::<ByteBuf>::new()).await.map_err(step("list"))?;
+    for _ in 0..3 {
+        l.append(ByteBuf::from(vec![3u8; 400_000]))
+            .await
+            .map_err(step("append"))?;
+    }
+    match l.to_vec().await {
+        Err(Error::FrameTooLarge { .. }) => {}
+        r => return Err(format!("a reply over the limit: {:?}", r.map(|v| v.len()))),
+    }
+    let (n, len) = (l.len().await, d.len().await);
+    match (n, len) {
+        (Ok(3), Ok(1)) => Ok(()),
+        other => Err(format!("after both: list and dict lengths {other:?}")),
+    }
+}
+
+async fn a_call_over_the_frame_limit_fails_alone() -> TestResult {
+    let mut p = Process::new(oversized_calls_fail_alone, ()).start().await?;
+    let code = p.join().await?;
+    ensure!(code == 0, "the child failed (its stderr says how): {code}");
     Ok(())
 }
 

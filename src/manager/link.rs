@@ -472,7 +472,9 @@ impl Conn {
 
     async fn call(self: &Arc<Conn>, req: &Request) -> Result<Reply> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let frame = FrameBuf::of(&(id, req))?;
+        let mut frame = FrameBuf::of(&(id, req))?;
+        // Refused here, not by the writer, which would have to give up the connection.
+        frame.check_size()?;
         let (tx, rx) = oneshot::channel();
         let undo = Undo::of(req);
         // A call alone on the connection writes its request and takes its reply itself; calls

@@ -388,6 +388,11 @@ pub(super) enum Failure {
         pid: u32,
         message: String,
     },
+    /// The reply would have been a frame over the maximum frame size.
+    FrameTooLarge {
+        size: u64,
+        max: usize,
+    },
 }
 
 impl From<Failure> for Error {
@@ -410,6 +415,7 @@ impl From<Failure> for Error {
             Failure::InitializerFailed { pid, message } => {
                 Error::InitializerFailed { pid, message }
             }
+            Failure::FrameTooLarge { size, max } => Error::FrameTooLarge { size, max },
         }
     }
 }
@@ -433,6 +439,7 @@ impl From<Error> for Failure {
             Error::InitializerFailed { pid, message } => {
                 Failure::InitializerFailed { pid, message }
             }
+            Error::FrameTooLarge { size, max } => Failure::FrameTooLarge { size, max },
             e => Failure::Message(e.to_string()),
         }
     }

@@ -799,7 +799,15 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
 /// Writes a reply from the connection's own loop, without a hop to the writer task (their
 /// turns to write are shared, so frames never interleave).
 async fn reply_now(link: &Framed, id: u64, reply: Reply) -> Result<()> {
-    link.send(&mut FrameBuf::of(&(id, reply))?).await
+    link.send(&mut reply_frame(id, reply)?).await
+}
+
+/// The frame of a reply; a reply that cannot be encoded, or would be a frame over the
+/// maximum size, is answered with that error instead, so that the call fails and the
+/// connection, with everything it holds, lives on.
+fn reply_frame(id: u64, reply: Reply) -> Result<FrameBuf> {
+    let encoded = FrameBuf::of(&(id, reply)).and_then(|mut f| f.check_size().map(|()| f));
+    encoded.or_else(|e| FrameBuf::of(&(id, Reply::Failed(Failure::from(e)))))
 }
 
 /// Writes the replies of a connection in order, batching those that are ready together, and
@@ -815,7 +823,7 @@ async fn write_replies(link: Arc<Framed>, mut rx: mpsc::Receiver<(u64, Reply)>) 
         batch.clear();
         let mut next = Some(first);
         while let Some(r) = next.take() {
-            match FrameBuf::of(&r) {
+            match reply_frame(r.0, r.1) {
                 Ok(f) => batch.push(f),
                 Err(e) => tracing::debug!("a manager reply could not be encoded: {e}"),
             }
