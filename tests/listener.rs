@@ -508,6 +508,59 @@ async fn silent_clients_do_not_stall_accept() -> TestResult {
     fds_return_to(before, Duration::from_secs(10)).await
 }
 
+/// A client that sends descriptors during the authentication exchange, whose messages
+/// carry none (a byte at a time, each with 200 descriptors, never finishing a message), is
+/// refused as its first ones arrive: the accept fails saying so, the listener holds none of
+/// them, and it still accepts a good client.
+async fn descriptors_during_the_exchange_are_refused_at_once() -> TestResult {
+    use std::os::fd::AsRawFd;
+    let before = open_fds();
+    let path = socket_path("fds-in-exchange");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    let attacker = std::os::unix::net::UnixStream::connect(&path)?;
+    let sending = std::thread::spawn(move || -> std::io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let files: Vec<std::fs::File> = (0..200)
+            .map(|_| std::fs::File::open("/dev/null"))
+            .collect::<std::io::Result<_>>()?;
+        let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        // A header that announces 200 bytes and no descriptors, then its body.
+        let mut bytes = 200u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 61]);
+        for b in bytes.chunks(1) {
+            let iov = [std::io::IoSlice::new(b)];
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            // An error: the listener closed the connection.
+            if sendmsg::<()>(attacker.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    });
+    let r = l.accept::<u32>().await;
+    let said = match r {
+        Err(e) => e.to_string(),
+        Ok(_) => return Err("the attacker's connection was accepted".into()),
+    };
+    ensure!(said.contains("descriptors"), "the accept's error: {said}");
+    sending
+        .join()
+        .map_err(|_| "the attacking thread panicked")??;
+    let mut p = mp::Process::new(connect_repeatedly, (path.clone(), KEY.to_vec(), 1))
+        .start()
+        .await?;
+    let conn = l.accept::<u32>().await?;
+    ensure!(
+        conn.recv_timeout(Duration::from_secs(20)).await? == 0,
+        "the good client"
+    );
+    conn.send(&0).await?;
+    ensure!(join_code(&mut p).await? == 0, "the good client's end");
+    drop((p, conn, l));
+    fds_return_to(before, Duration::from_secs(10)).await
+}
+
 /// More silent clients than [`mp::MAX_HANDSHAKES`] (a child holds 400 TCP connections that
 /// never answer the challenge): the listener goes on taking connections and closes the
 /// oldest silent ones, so a good client that comes after all of them is accepted long before
@@ -576,6 +629,10 @@ fn main() {
     args.test_threads.get_or_insert(1);
     let trials = vec![
         test("unix_path_with_key", unix_path_with_key),
+        test(
+            "descriptors_during_the_exchange_are_refused_at_once",
+            descriptors_during_the_exchange_are_refused_at_once,
+        ),
         test("tcp_with_key", tcp_with_key),
         test(
             "an_address_of_any_bytes_travels_to_a_child",

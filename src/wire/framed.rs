@@ -132,9 +132,10 @@ impl Framed {
         self.transport
     }
 
-    /// Accepts bodies of at most `limit` bytes from now on (`None`: up to the maximum frame
-    /// size): a longer frame fails [`recv`](Self::recv) with [`Error::FrameTooLarge`] as soon
-    /// as its header is in, before its body arrives.
+    /// Accepts bodies of at most `limit` bytes, and no descriptors, from now on (`None`: up to
+    /// the maximum frame size, with descriptors): a longer frame fails [`recv`](Self::recv)
+    /// with [`Error::FrameTooLarge`] as soon as its header is in, before its body arrives,
+    /// and a descriptor fails it as soon as it arrives.
     pub(crate) fn set_recv_limit(&self, limit: Option<usize>) {
         self.state().buf.set_limit(limit);
     }

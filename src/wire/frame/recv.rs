@@ -70,8 +70,9 @@ impl RecvBuf {
         }
     }
 
-    /// Accepts bodies of at most `limit` bytes from now on (`None`: up to the maximum frame
-    /// size); a longer one is refused with [`Error::FrameTooLarge`] once its header is in.
+    /// Accepts bodies of at most `limit` bytes, and no descriptors, from now on (`None`: up to
+    /// the maximum frame size, with descriptors); a longer one is refused with
+    /// [`Error::FrameTooLarge`] once its header is in.
     pub(crate) fn set_limit(&mut self, limit: Option<usize>) {
         self.limit = limit;
     }
@@ -240,11 +241,33 @@ impl RecvBuf {
 
     fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
         let room = self.room(exact);
-        let res = sys::recv_appending(fd, &mut self.buf, room, &mut self.fds);
-        if let Ok(n) = res {
-            self.filled(n);
+        let n = sys::recv_appending(fd, &mut self.buf, room, &mut self.fds)?;
+        self.filled(n);
+        self.check_fds()?;
+        Ok(n)
+    }
+
+    /// Refuses, and closes at once, descriptors beyond what the frames being read may carry,
+    /// so that a peer cannot make this process hold descriptors without frames that claim
+    /// them: none under a receive limit (the messages read under one carry none), else at
+    /// most those of two messages (a read stops after the bytes that carry descriptors, and
+    /// the frames read are taken before the next read).
+    fn check_fds(&mut self) -> io::Result<()> {
+        let allowed = match self.limit {
+            Some(_) => 0,
+            None => 2 * sys::MAX_FDS_PER_MESSAGE,
+        };
+        if self.fds.len() <= allowed {
+            return Ok(());
         }
-        res
+        let n = std::mem::take(&mut self.fds).len();
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            match self.limit {
+                Some(_) => format!("{n} descriptors arrived where messages carry none"),
+                None => format!("{n} descriptors arrived, more than the frames read can carry"),
+            },
+        ))
     }
 
     /// Reads once from a non-blocking socket that other processes may read too, taking no
