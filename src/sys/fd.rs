@@ -101,8 +101,9 @@ pub(crate) fn recv_with_fds(
     msg.msg_control = cmsg.as_mut_ptr().cast();
     msg.msg_controllen = cmsg.capacity() as _;
     // SAFETY: `msg` points at one iovec covering `buf`, borrowed mutably here, and at the
-    // control buffer's `capacity` bytes, allocated and aligned for `cmsghdr` by
-    // `cmsg_space!`; the kernel writes within those lengths only.
+    // `capacity` bytes of the control buffer `cmsg_space!` allocated (as nix's own `recvmsg`
+    // uses it: a heap block, aligned for `cmsghdr` by the allocator); the kernel writes
+    // within those lengths only.
     let n = cvt(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
     // The descriptors the kernel installed are taken even when it could not install them
     // all (`MSG_CTRUNC`: this process at its limit, or more than the buffer holds): the
