@@ -115,7 +115,10 @@ impl Inner {
                 None => Some(fd.readable().await?),
                 Some(w) => tokio::select! {
                     g = fd.readable() => Some(g?),
-                    exited = w.exited() => exited.map(|()| None)?,
+                    exited = w.exited() => {
+                        exited?;
+                        None
+                    }
                 },
             };
         }

@@ -329,29 +329,31 @@ pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// when it has (nearly) as many open as its limit allows, as the kernel then installs no
 /// more; empty otherwise.
 fn out_of_descriptors() -> String {
-    use nix::sys::resource::{Resource, getrlimit};
-    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return String::new();
-    };
-    // Counting them takes a descriptor too: failing for want of one says as much.
-    let at_limit = match open_fds() {
-        Ok(open) => open.len() as u64 + 8 > soft,
-        Err(e) => e.raw_os_error() == Some(libc::EMFILE),
-    };
-    match at_limit {
-        true => format!(
+    match (descriptors_left(), descriptor_limit()) {
+        (Some(left), Some(soft)) if left < 8 => format!(
             ": this process is at its limit of open descriptors ({soft}, RLIMIT_NOFILE, \
              `ulimit -n`)"
         ),
-        false => String::new(),
+        _ => String::new(),
     }
+}
+
+/// This process's limit of open descriptors (the soft `RLIMIT_NOFILE`).
+fn descriptor_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
 }
 
 /// How many more descriptors this process may open before it reaches its limit (the soft
 /// `RLIMIT_NOFILE`), counted now; `None` if it cannot tell.
 pub(crate) fn descriptors_left() -> Option<u64> {
-    use nix::sys::resource::{Resource, getrlimit};
-    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    let open = open_fds().ok()?.len() as u64;
-    Some(soft.saturating_sub(open))
+    let soft = descriptor_limit()?;
+    match open_fds() {
+        Ok(open) => Some(soft.saturating_sub(open.len() as u64)),
+        // Counting them takes a descriptor too: failing for want of one, none is left.
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Some(0),
+        Err(_) => None,
+    }
 }
