@@ -1,8 +1,8 @@
 //! Cases of CPython's `Lib/test/_test_multiprocessing.py` that no other test file ported,
 //! across areas: processes, pipes and polling, listeners, `wait`, locks, barriers, shared
-//! values, queues, the pool and managers. Each test names the Python case it comes from;
-//! where the crate's API differs (a `Duration` for a float timeout, a guard for a bare
-//! `acquire`), the test keeps the case's meaning, not its spelling.
+//! values and shared memory, queues, the pool and managers. Each test names the Python case
+//! it comes from; where the crate's API differs (a `Duration` for a float timeout, a guard
+//! for a bare `acquire`), the test keeps the case's meaning, not its spelling.
 
 mod support;
 
@@ -16,7 +16,8 @@ use support::process::sleep_ms;
 use support::{TestResult, join_code, join_ok, start};
 use tokio_multiprocessing::{
     self as mp, Barrier, Client, Connection, Error, Event, Fd, Listener, Lock, Pipe, Pool, Process,
-    Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, Value,
+    Queue, RLock, RawArray, RawValue, Semaphore, ShareableItem, ShareableList, SharedMemory,
+    SimpleQueue, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -2196,6 +2197,636 @@ async fn pool_initializer_on_a_namespace() -> TestResult {
     Ok(())
 }
 
+// ================================================================ processes (more)
+
+/// `_UpperCaser.run`: answers each string with it in capitals, until `None`.
+async fn upper_caser(conn: Connection<Option<String>>) {
+    while let Some(s) = conn.recv().await.expect("recv") {
+        conn.send(&Some(s.to_uppercase())).await.expect("send");
+    }
+}
+
+/// `_TestSubclassingProcess.test_subclassing`: a process that serves requests over its pipe
+/// (Python's `Process` subclass with a `run` of its own) answers each string in capitals;
+/// `None` ends it, and its end of the pipe closes with it.
+async fn process_serving_a_pipe() -> TestResult {
+    let (conn, child_conn) = Pipe::<Option<String>>::new()?;
+    let mut p = Process::new(upper_caser, (child_conn,))
+        .daemon(true)
+        .start()
+        .await?;
+    for (s, want) in [("hello", "HELLO"), ("world", "WORLD")] {
+        conn.send(&Some(s.to_string())).await?;
+        let got = conn.recv_timeout(LONG).await?;
+        ensure!(got.as_deref() == Some(want), "submit({s:?}) gave {got:?}");
+    }
+    conn.send(&None).await?;
+    join_ok(&mut p).await?;
+    let after = conn.recv_timeout(LONG).await;
+    ensure!(
+        matches!(after, Err(Error::Closed)),
+        "after the child ended: {after:?}"
+    );
+    Ok(())
+}
+
+/// `_TestSubclassingProcess._test_stderr_flush`: makes a new file at `path` its stderr,
+/// then fails (Python's `1/0 # MARKER`).
+fn panic_with_stderr_in(path: std::path::PathBuf) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("open");
+    nix::unistd::dup2_stderr(&file).expect("dup2");
+    panic!("1/0 # MARKER");
+}
+
+/// `_TestSubclassingProcess.test_stderr_flush` (issue #13812): a child that fails ends with
+/// exit code 1, and what it wrote on its stderr is all there: the message and where it
+/// failed (Python's whole traceback).
+async fn stderr_of_a_failed_child_is_whole() -> TestResult {
+    let path = unique("stderr");
+    let _ = std::fs::remove_file(&path);
+    let mut p = start(panic_with_stderr_in, (path.clone(),)).await?;
+    let code = join_code(&mut p).await?;
+    let err = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    let err = err?;
+    ensure!(code == 1, "exit code {code}");
+    ensure!(err.contains("1/0 # MARKER"), "no message in {err:?}");
+    ensure!(err.contains("cpython_ports.rs"), "no location in {err:?}");
+    Ok(())
+}
+
+/// `_TestProcess._test_error_on_stdio_flush`, in a grandchild: writes on its stdout (left
+/// in its buffer, to be flushed at exit) or its stderr, as `which` says, then reports
+/// through `w` and `e`.
+async fn write_then_report(which: i32, w: Connection<String>, e: Event) {
+    use std::io::Write;
+    if which == 1 {
+        print!("no newline: flushed at exit");
+    } else {
+        let _ = write!(std::io::stderr(), "a line on stderr");
+    }
+    w.send(&"hello".to_string()).await.expect("send");
+    e.set();
+}
+
+/// Makes its descriptor `which` (stdout or stderr) one whose writes fail: `/dev/full`
+/// (`ENOSPC`) or a pipe with no reader (`EPIPE`), as `how` says; then starts a grandchild
+/// by `method` and checks that it ran whole. Exit codes 3 to 6 say what went wrong (its
+/// stderr may be the broken one).
+async fn start_with_broken_stdio(which: i32, how: String, method: String) -> ExitCode {
+    let broken = match how.as_str() {
+        "full" => std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .map(OwnedFd::from),
+        _ => nix::unistd::pipe()
+            .map(|(_reader, writer)| writer)
+            .map_err(std::io::Error::from),
+    };
+    let Ok(broken) = broken else {
+        return ExitCode::from(3);
+    };
+    let replaced = match which {
+        1 => nix::unistd::dup2_stdout(&broken),
+        _ => nix::unistd::dup2_stderr(&broken),
+    };
+    let (Ok(()), Ok(method)) = (replaced, method.parse::<mp::StartMethod>()) else {
+        return ExitCode::from(3);
+    };
+    let (Ok((r, w)), Ok(e)) = (Pipe::<String>::simplex(), Event::new()) else {
+        return ExitCode::from(3);
+    };
+    let started = Process::new(write_then_report, (which, w, e.clone()))
+        .start_method(method)
+        .start()
+        .await;
+    let Ok(mut p) = started else {
+        return ExitCode::from(4);
+    };
+    if !matches!(p.join_timeout(LONG).await, Ok(Some(0))) {
+        return ExitCode::from(5);
+    }
+    match r.recv_timeout(LONG).await {
+        Ok(s) if s == "hello" && e.is_set() => ExitCode::SUCCESS,
+        _ => ExitCode::from(6),
+    }
+}
+
+/// `_TestProcess.test_error_on_stdio_flush_1`: a process whose stdout or stderr fails every
+/// write starts children of each method, which inherit it; they run, write on it, and end
+/// with 0 (a failed flush at exit is not an error).
+async fn children_of_a_parent_with_broken_stdio() -> TestResult {
+    for m in support::process::METHODS {
+        for which in [1, 2] {
+            for how in ["full", "no reader"] {
+                let args = (which, how.to_string(), m.name().to_string());
+                let mut p = start(start_with_broken_stdio, args).await?;
+                let code = join_code(&mut p).await?;
+                ensure!(
+                    code == 0,
+                    "{m:?}, descriptor {which} {how}: exit code {code}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `TestForkAwareThreadLock.child`: sends how many descriptors it has open, then starts the
+/// next generation (the last starts none). A plain target with a runtime of its own, so
+/// that it can start itself.
+fn generation(n: u32, conn: Connection<u32>) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(3);
+    };
+    rt.block_on(async move {
+        if conn.send(&fd_count()).await.is_err() {
+            return ExitCode::from(4);
+        }
+        if n <= 1 {
+            return ExitCode::SUCCESS;
+        }
+        let Ok(mut p) = Process::new(generation, (n - 1, conn)).start().await else {
+            return ExitCode::from(5);
+        };
+        match p.join_timeout(LONG).await {
+            Ok(Some(0)) => ExitCode::SUCCESS,
+            _ => ExitCode::from(6),
+        }
+    })
+}
+
+/// `TestForkAwareThreadLock.test_lock` (issue #17555, where each generation's registry
+/// doubled): five generations of processes, each started by the one before; the
+/// descriptors a generation holds do not grow down the line.
+async fn generations_do_not_accumulate() -> TestResult {
+    let (r, w) = Pipe::<u32>::simplex()?;
+    let mut p = start(generation, (5, w)).await?;
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        counts.push(r.recv_timeout(LONG).await?);
+    }
+    join_ok(&mut p).await?;
+    ensure!(
+        counts.iter().all(|&c| c <= counts[0]),
+        "descriptors by generation: {counts:?}"
+    );
+    Ok(())
+}
+
+// ================================================================ _TestPool (more)
+
+/// `MiscTestCase.test_large_pool`'s script: a pool of 200 maps `f` over `range(1000)`, and
+/// the sum of the squares goes into `sum`.
+async fn large_pool(sum: RawValue<i64>) -> Result<(), String> {
+    let pool = Pool::new(200).await.map_err(|e| e.to_string())?;
+    let squares = pool.map(sqr, 0..1000).await.map_err(|e| e.to_string())?;
+    sum.set(squares.iter().sum());
+    pool.close();
+    pool.join().await.map_err(|e| e.to_string())
+}
+
+/// `MiscTestCase.test_large_pool` (gh-89240): a pool of 200 workers maps and joins. In a
+/// child, as CPython runs a script, so that its descriptors are not this process's.
+async fn large_pool_of_200() -> TestResult {
+    let sum = RawValue::new(0i64)?;
+    let mut p = start(large_pool, (sum.clone(),)).await?;
+    join_ok(&mut p).await?;
+    ensure!(sum.get() == 332_833_500, "sum {}", sum.get());
+    Ok(())
+}
+
+/// The script's global `problem`: a pool that lives as long as the program.
+static PROBLEM: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+
+fn as_float(x: i64) -> f64 {
+    x as f64
+}
+
+/// The script of `_TestPoolWorkerLifetime`'s
+/// `test_worker_finalization_via_atexit_handler_of_multiprocessing`: a pool held in a
+/// global, never closed, maps; its workers' pids go on `pids`; then the program returns.
+async fn map_on_a_global_pool(pids: Queue<u32>) -> Result<(), String> {
+    let pool = Pool::new(1).await.map_err(|e| e.to_string())?;
+    let floats = pool.map(as_float, 0..10).await.map_err(|e| e.to_string())?;
+    if floats != (0..10).map(as_float).collect::<Vec<_>>() {
+        return Err(format!("map gave {floats:?}"));
+    }
+    for c in mp::active_children() {
+        pids.put(c.pid()).await.map_err(|e| e.to_string())?;
+    }
+    PROBLEM.set(pool).map_err(|_| "set twice".to_string())
+}
+
+/// `_TestPoolWorkerLifetime.test_worker_finalization_via_atexit_handler_of_multiprocessing`
+/// (bpo-38744, bpo-39360): a program whose pool is never closed nor dropped ends with 0,
+/// and takes its workers with it.
+async fn program_ends_with_a_pool_never_closed() -> TestResult {
+    let pids = Queue::<u32>::new()?;
+    let mut p = start(map_on_a_global_pool, (pids.clone(),)).await?;
+    join_ok(&mut p).await?;
+    let mut workers = Vec::new();
+    while let Ok(pid) = pids.get_nowait() {
+        workers.push(pid);
+    }
+    ensure!(!workers.is_empty(), "the child had no pool worker");
+    for w in workers {
+        ensure!(
+            support::eventually(LONG, || support::is_zombie_or_gone(w)).await,
+            "worker {w} outlived its program"
+        );
+    }
+    Ok(())
+}
+
+// ================================================================ _TestSharedCTypes
+
+/// CPython's `_Foo`: a C structure of an int, a double and a long long.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Foo {
+    x: i32,
+    y: f64,
+    z: i64,
+}
+
+// SAFETY: three numbers, written only through the typed API: no pointers, and every bit
+// pattern is a valid Foo.
+unsafe impl mp::Pod for Foo {}
+
+/// The shared objects of `test_sharedctypes`, each without a lock (`lock=False`).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct CTypes {
+    x: RawValue<i32>,
+    y: RawValue<f64>,
+    z: RawValue<i64>,
+    foo: RawValue<Foo>,
+    arr: RawArray<f64>,
+    string: RawArray<u8>,
+}
+
+/// A `c_char` array's `value`: the bytes before the first NUL.
+fn c_string(a: &RawArray<u8>) -> Vec<u8> {
+    a.to_vec().into_iter().take_while(|&b| b != 0).collect()
+}
+
+/// Sets a `c_char` array's `value`: the bytes, then a NUL if there is room.
+fn set_c_string(a: &RawArray<u8>, s: &[u8]) -> mp::Result<()> {
+    let mut all = vec![0; a.len()];
+    all[..s.len()].copy_from_slice(s);
+    a.copy_from_slice(&all)
+}
+
+/// `_TestSharedCTypes._double`: doubles every number, and the string.
+fn double(c: CTypes) -> Result<(), String> {
+    c.x.set(c.x.get() * 2);
+    c.y.set(c.y.get() * 2.0);
+    c.z.set(c.z.get() * 2);
+    let f = c.foo.get();
+    c.foo.set(Foo {
+        x: f.x * 2,
+        y: f.y * 2.0,
+        ..f
+    });
+    set_c_string(&c.string, &c_string(&c.string).repeat(2)).map_err(|e| e.to_string())?;
+    for i in 0..c.arr.len() {
+        let v = c.arr.get(i).ok_or("index")?;
+        c.arr.set(i, v * 2.0).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `_TestSharedCTypes.test_sharedctypes`: raw values of several C types, a structure, an
+/// array of doubles and a `c_char` string, doubled by a child, read here.
+async fn sharedctypes_doubled_by_a_child() -> TestResult {
+    let c = CTypes {
+        x: RawValue::new(7)?,
+        y: RawValue::new(1.0 / 3.0)?,
+        z: RawValue::new(1 << 33)?,
+        foo: RawValue::new(Foo { x: 3, y: 2.0, z: 0 })?,
+        arr: RawArray::from_slice(&(0..10).map(f64::from).collect::<Vec<_>>())?,
+        string: RawArray::from_elem(0u8, 20)?,
+    };
+    set_c_string(&c.string, b"hello")?;
+    let mut p = Process::new(double, (c.clone(),))
+        .daemon(true)
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    // Each doubling is exact: the values compare equal, not only close.
+    ensure!(c.x.get() == 14, "x {}", c.x.get());
+    ensure!(c.y.get() == 2.0 / 3.0, "y {}", c.y.get());
+    ensure!(c.z.get() == 1 << 34, "z {}", c.z.get());
+    let got = c.foo.get();
+    ensure!(got == Foo { x: 6, y: 4.0, z: 0 }, "foo {got:?}");
+    let doubled: Vec<f64> = (0..10).map(|i| f64::from(2 * i)).collect();
+    ensure!(c.arr.to_vec() == doubled, "arr {:?}", c.arr.to_vec());
+    let s = c_string(&c.string);
+    ensure!(
+        s == b"hellohello",
+        "string {:?}",
+        String::from_utf8_lossy(&s)
+    );
+    Ok(())
+}
+
+// ================================================================ _TestSharedMemory (more)
+
+/// `test_shared_memory_pickle_unpickle`'s other side: the segment it was sent is the one
+/// named `name`, holding `pickle`; after the go, it reads `newval` and writes `oldval`.
+async fn shm_other_side(shm: SharedMemory, name: String, conn: Connection<()>) -> TestResult {
+    ensure!(shm.name() == Some(name.as_str()), "name {:?}", shm.name());
+    let mut buf = [0u8; 6];
+    shm.read(0, &mut buf)?;
+    ensure!(&buf == b"pickle", "first read {buf:?}");
+    conn.send(&()).await?;
+    conn.recv().await?;
+    shm.read(0, &mut buf)?;
+    ensure!(&buf == b"newval", "after the parent's write {buf:?}");
+    shm.write(0, b"oldval")?;
+    conn.send(&()).await?;
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_pickle_unpickle`: a named segment sent to a child
+/// is the same segment there (its name, its bytes), and a write on either side is seen on
+/// the other.
+async fn shared_memory_sent_is_the_same_segment() -> TestResult {
+    let name = format!("tkmp-cpy-pickle-{}", std::process::id());
+    let shm = SharedMemory::create(&name, 512)?;
+    shm.write(0, b"pickle")?;
+    let (conn, child_conn) = Pipe::<()>::new()?;
+    let mut p = start(shm_other_side, (shm.try_clone()?, name.clone(), child_conn)).await?;
+    conn.recv_timeout(LONG).await?;
+    shm.write(0, b"newval")?;
+    conn.send(&()).await?;
+    conn.recv_timeout(LONG).await?;
+    let mut buf = [0u8; 6];
+    shm.read(0, &mut buf)?;
+    ensure!(&buf == b"oldval", "after the child's write {buf:?}");
+    join_ok(&mut p).await
+}
+
+/// `test_shared_memory_ShareableList_pickling`'s other side: reads the list it was sent and
+/// sets `sl[4]`; after the go, reads the parent's `sl[3]`.
+async fn sl_other_side(sl: ShareableList, conn: Connection<()>) -> TestResult {
+    ensure!(
+        sl.get(-1)? == ShareableItem::Int(9),
+        "sl[-1] {:?}",
+        sl.get(-1)
+    );
+    sl.set(4, "changed")?;
+    conn.send(&()).await?;
+    conn.recv().await?;
+    let got = sl.get(3)?;
+    ensure!(got == ShareableItem::from("newvalue"), "sl[3] {got:?}");
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_ShareableList_pickling`: a list sent to a child is
+/// the same list: a change made there is seen here, and one made here is seen there.
+async fn shareable_list_sent_is_the_same_list() -> TestResult {
+    let sl = ShareableList::create(None::<&str>, 0..10i64)?;
+    let (conn, child_conn) = Pipe::<()>::new()?;
+    let mut p = start(sl_other_side, (sl.try_clone()?, child_conn)).await?;
+    conn.recv_timeout(LONG).await?;
+    let got = sl.get(4)?;
+    ensure!(got == ShareableItem::from("changed"), "sl[4] {got:?}");
+    sl.set(3, "newvalue")?;
+    conn.send(&()).await?;
+    join_ok(&mut p).await
+}
+
+// ================================================================ _TestContainers (more)
+
+/// Gets one item from the queue at `a[0]`, and puts 456 on the queue at `b[0]`.
+async fn through_nested_queues(
+    a: mp::ListProxy<mp::QueueProxy<i64>>,
+    b: mp::DictProxy<i64, mp::QueueProxy<i64>>,
+) -> TestResult {
+    let q = a.get(0).await?.ok_or("a[0]")?;
+    let got = q.get_timeout(LONG).await?;
+    ensure!(got == 123, "a[0].get() {got}");
+    let q = b.get(&0).await?.ok_or("b[0]")?;
+    q.put(456).await?;
+    Ok(())
+}
+
+/// `_TestContainers.test_nested_queue`: a queue proxy stored in a list proxy and in a dict
+/// proxy comes back as a proxy to the same queue, here and in a child.
+async fn manager_nested_queue() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let a = m.list(Vec::<mp::QueueProxy<i64>>::new()).await?;
+    a.append(m.queue().await?).await?;
+    a.get(0).await?.ok_or("a[0]")?.put(123).await?;
+    let b = m.dict::<i64, mp::QueueProxy<i64>>().await?;
+    b.insert(0, m.queue().await?).await?;
+    b.get(&0).await?.ok_or("b[0]")?.put(7).await?;
+    ensure!(
+        b.get(&0).await?.ok_or("b[0]")?.get_timeout(LONG).await? == 7,
+        "b[0].get() here"
+    );
+    let mut p = start(through_nested_queues, (a.clone(), b.clone())).await?;
+    join_ok(&mut p).await?;
+    let q = b.get(&0).await?.ok_or("b[0]")?;
+    ensure!(q.get_timeout(LONG).await? == 456, "b[0].get()");
+    ensure!(
+        a.get(0).await?.ok_or("a[0]")?.empty().await?,
+        "a[0] after the child's get"
+    );
+    drop((a, b, q));
+    m.shutdown().await?;
+    Ok(())
+}
+
+// ================================================================ TestSyncManagerTypes
+
+/// `TestSyncManagerTypes._test_queue`: the two items of a full queue of two, taken here.
+async fn take_two_of_two(q: mp::QueueProxy<i64>) -> TestResult {
+    ensure!(q.qsize().await? == 2, "qsize {}", q.qsize().await?);
+    ensure!(q.full().await? && !q.empty().await?, "full, not empty");
+    ensure!(q.get().await? == 5, "first item");
+    ensure!(!q.empty().await?, "empty after one get");
+    ensure!(q.get().await? == 6, "second item");
+    ensure!(q.empty().await?, "not empty after two gets");
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_queue` and `test_joinable_queue`: a queue of two that this
+/// process filled reads full in a child, which takes both items; it then reads empty and
+/// not full here.
+async fn manager_queue_taken_by_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let q = m.queue_with_maxsize::<i64>(2).await?;
+    let j = m.joinable_queue::<i64>(2).await?;
+    for (kind, q) in [("Queue", q), ("JoinableQueue", (*j).clone())] {
+        q.put(5).await?;
+        q.put(6).await?;
+        let mut p = Process::new(take_two_of_two, (q.clone(),))
+            .daemon(true)
+            .start()
+            .await?;
+        join_ok(&mut p).await?;
+        ensure!(
+            q.empty().await? && !q.full().await?,
+            "{kind}: after the child"
+        );
+    }
+    drop(j);
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_event`: the event is set; waits, clears, and a short wait
+/// then times out.
+async fn see_set_then_clear(e: mp::EventProxy) -> TestResult {
+    ensure!(e.is_set().await?, "not set");
+    e.wait().await?;
+    e.clear().await?;
+    ensure!(
+        !e.wait_timeout(Duration::from_millis(1)).await?,
+        "a wait after clear returned true"
+    );
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_event`: an event set here, cleared by a child, is clear here.
+async fn manager_event_cleared_by_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let e = m.event().await?;
+    e.set().await?;
+    let mut p = Process::new(see_set_then_clear, (e.clone(),))
+        .daemon(true)
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(!e.is_set().await?, "set after the child cleared it");
+    ensure!(
+        !e.wait_timeout(Duration::from_millis(1)).await?,
+        "a wait returned true"
+    );
+    drop(e);
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_semaphore`: takes a unit of each and ends, keeping them.
+async fn acquire_and_end(s: mp::SemaphoreProxy, b: mp::BoundedSemaphoreProxy) -> TestResult {
+    s.acquire().await?;
+    b.acquire().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_semaphore` and `test_bounded_semaphore`: a unit a child took
+/// (and ended with) stays taken, and this process gives it back; a bounded semaphore then
+/// refuses one release more.
+async fn manager_semaphores_taken_by_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let s = m.semaphore(1).await?;
+    let b = m.bounded_semaphore(1).await?;
+    let mut p = Process::new(acquire_and_end, (s.clone(), b.clone()))
+        .daemon(true)
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        s.get_value().await? == 0 && b.get_value().await? == 0,
+        "values after the child: {} {}",
+        s.get_value().await?,
+        b.get_value().await?
+    );
+    s.release().await?;
+    b.release().await?;
+    ensure!(
+        s.get_value().await? == 1 && b.get_value().await? == 1,
+        "values after the releases"
+    );
+    ensure!(
+        matches!(b.release().await, Err(Error::SemaphoreOverRelease { .. })),
+        "a bounded semaphore took one release too many"
+    );
+    drop((s, b));
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_barrier`: the barrier has five parties; resets it.
+async fn check_parties_and_reset(b: mp::BarrierProxy) -> TestResult {
+    ensure!(b.parties().await? == 5, "parties {}", b.parties().await?);
+    b.reset().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_barrier`: a child reads a barrier's parties and resets it; it
+/// is then whole, with none waiting.
+async fn manager_barrier_reset_by_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let b = m.barrier(5).await?;
+    let mut p = Process::new(check_parties_and_reset, (b.clone(),))
+        .daemon(true)
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        !b.broken().await? && b.n_waiting().await? == 0,
+        "after the reset"
+    );
+    drop(b);
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_value`, `_test_array` and `_test_namespace`: reads what the
+/// parent stored, and sets the value to 2.
+async fn read_value_array_namespace(
+    v: mp::ValueProxy<i32>,
+    a: mp::ArrayProxy<i32>,
+    ns: mp::NamespaceProxy,
+) -> TestResult {
+    ensure!(v.get().await? == 1, "value {}", v.get().await?);
+    v.set(2).await?;
+    ensure!(
+        a.get(0).await? == 0 && a.get(1).await? == 1 && a.len().await? == 2,
+        "array items"
+    );
+    ensure!(a.to_vec().await? == [0, 1], "list(array)");
+    ensure!(
+        ns.get::<i32>("x").await? == 0 && ns.get::<i32>("y").await? == 1,
+        "namespace x and y"
+    );
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_value`, `test_array` and `test_namespace`: a child reads a
+/// value, an array and a namespace this process filled, and sets the value, seen here.
+async fn manager_value_array_namespace_in_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let v = m.value(1i32).await?;
+    let a = m.array([0i32, 1]).await?;
+    let ns = m.namespace().await?;
+    ns.set("x", 0i32).await?;
+    ns.set("y", 1i32).await?;
+    let mut p = Process::new(
+        read_value_array_namespace,
+        (v.clone(), a.clone(), ns.clone()),
+    )
+    .daemon(true)
+    .start()
+    .await?;
+    join_ok(&mut p).await?;
+    ensure!(v.get().await? == 2, "value {}", v.get().await?);
+    drop((v, a, ns));
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -2259,5 +2890,20 @@ fn main() {
         remote_manager_values,
         manager_rapid_restart,
         pool_initializer_on_a_namespace,
+        process_serving_a_pipe,
+        stderr_of_a_failed_child_is_whole,
+        children_of_a_parent_with_broken_stdio,
+        generations_do_not_accumulate,
+        large_pool_of_200,
+        program_ends_with_a_pool_never_closed,
+        sharedctypes_doubled_by_a_child,
+        shared_memory_sent_is_the_same_segment,
+        shareable_list_sent_is_the_same_list,
+        manager_nested_queue,
+        manager_queue_taken_by_a_child,
+        manager_event_cleared_by_a_child,
+        manager_semaphores_taken_by_a_child,
+        manager_barrier_reset_by_a_child,
+        manager_value_array_namespace_in_a_child,
     ])
 }
