@@ -40,6 +40,7 @@ fn main() {
         children_die_with_a_killed_parent,
         exit_joins_children_and_terminates_daemons,
         close_refuses_a_running_child_and_releases_an_ended_one,
+        a_parent_without_stdio_gives_its_children_dev_null,
     ])
 }
 
@@ -440,6 +441,66 @@ async fn close_refuses_a_running_child_and_releases_an_ended_one() -> TestResult
             pidfds_of(pid) == 0,
             "{m:?}: a pidfd of the closed child is still open"
         );
+    }
+    Ok(())
+}
+
+/// What a child's standard descriptors lead to (`/proc/self/fd`), after it printed a line on
+/// stdout and one on stderr.
+async fn report_stdio(q: mp::Queue<Vec<String>>) {
+    println!("a line on stdout");
+    eprintln!("a line on stderr");
+    let names = (0..=2)
+        .map(
+            |fd| match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+                Ok(to) => to.display().to_string(),
+                Err(e) => format!("descriptor {fd}: {e}"),
+            },
+        )
+        .collect();
+    let _ = q.put(names).await;
+}
+
+/// Closes its stdin, stdout and stderr, then starts a child by `method` that reports its own
+/// (or says why it could not).
+async fn close_stdio_then_start(method: String, q: mp::Queue<Vec<String>>) {
+    for fd in 0..=2 {
+        // Closed by number: nothing of this process uses them after.
+        let _ = nix::unistd::close(fd);
+    }
+    let outcome = async {
+        let mut p = Process::new(report_stdio, (q.clone(),))
+            .start_method(method.parse()?)
+            .start()
+            .await?;
+        p.join().await
+    };
+    match outcome.await {
+        Ok(0) => {}
+        other => {
+            let _ = q.put(vec![format!("the child ended with {other:?}")]).await;
+        }
+    }
+}
+
+async fn a_parent_without_stdio_gives_its_children_dev_null() -> TestResult {
+    // Rust's start-up opens /dev/null on a closed standard descriptor before `main`; a child
+    // starts before that start-up would run, and must do the same, or the first descriptors
+    // it opens (a runtime's, a queue's) take those numbers and what it prints goes into them.
+    for method in METHODS {
+        let q = mp::Queue::<Vec<String>>::new()?;
+        let mut p = Process::new(
+            close_stdio_then_start,
+            (method.name().to_string(), q.clone()),
+        )
+        .start()
+        .await?;
+        let names = q.get_timeout(Duration::from_secs(20)).await?;
+        ensure!(
+            names == ["/dev/null", "/dev/null", "/dev/null"],
+            "{method:?}: a child of a parent without stdio has {names:?}"
+        );
+        support::join_ok(&mut p).await?;
     }
     Ok(())
 }

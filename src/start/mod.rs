@@ -98,7 +98,11 @@ pub(crate) fn before_main() {
     if std::env::var_os(ENV_BOOT).is_none() && !crate::cluster::launched_as_agent() {
         return;
     }
-    // Rust's start-up has not ignored SIGPIPE yet, and will not run in this process.
+    // Rust's start-up has not given closed standard descriptors /dev/null, nor ignored
+    // SIGPIPE, and will not run in this process.
+    if let Err(e) = crate::sys::open_closed_standard_fds() {
+        tracing::debug!("cannot open /dev/null on a closed standard descriptor: {e}");
+    }
     if let Err(e) = crate::sys::ignore_sigpipe() {
         tracing::debug!("cannot ignore SIGPIPE before main: {e}");
     }

@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, Signal};
@@ -777,6 +777,31 @@ pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
         unsafe { OwnedFd::from_raw_fd(0) },
     );
     nix::unistd::dup2(&null, &mut stdin)?;
+    Ok(())
+}
+
+/// Opens `/dev/null` on each standard descriptor (0, 1, 2) that is closed, as Rust's own
+/// start-up does before `main`. A child takes its role before that start-up runs, so without
+/// this the first descriptors it opened (its runtime's, its connections') would take those
+/// numbers, and what it prints would go into them.
+pub(crate) fn open_closed_standard_fds() -> io::Result<()> {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only reads the descriptor's flags; a closed one fails with EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBADF) {
+            return Err(err);
+        }
+        // The lowest free number, which is `fd`: those below it are open by now.
+        let null = nix::fcntl::open(DEV_NULL, OFlag::O_RDWR, Mode::empty())?;
+        if null.as_raw_fd() == fd {
+            let _ = null.into_raw_fd();
+        } else {
+            redirect_std(null.as_fd(), fd)?;
+        }
+    }
     Ok(())
 }
 
