@@ -97,7 +97,8 @@ impl Process {
                 is_async: F::IS_ASYNC,
                 needs_runtime: F::IS_ASYNC,
                 args,
-                daemon: false,
+                // Python's rule: the flag is inherited from the creating process.
+                daemon: crate::family::current_process().daemon(),
                 method: start::get_start_method(),
                 start_timeout: DEFAULT_START_TIMEOUT,
                 inherit_argv: false,
@@ -372,7 +373,10 @@ impl ProcessBuilder {
     }
 
     /// Makes it a daemon (Python's `daemon=True`): at normal exit of the program it is
-    /// terminated (SIGTERM) rather than waited for.
+    /// terminated (SIGTERM) rather than waited for. The default is the creating process's
+    /// own flag, as in Python: a daemon's children are daemons unless told otherwise (Python
+    /// refuses to start them at all; here every child dies with its parent, so a terminated
+    /// daemon leaves none behind).
     pub fn daemon(self, daemon: bool) -> Self {
         self.with(|l| l.daemon = daemon)
     }

@@ -41,6 +41,7 @@ fn main() {
         exit_joins_children_and_terminates_daemons,
         close_refuses_a_running_child_and_releases_an_ended_one,
         a_parent_without_stdio_gives_its_children_dev_null,
+        a_daemon_starts_daemons_unless_told_otherwise,
     ])
 }
 
@@ -499,6 +500,43 @@ async fn a_parent_without_stdio_gives_its_children_dev_null() -> TestResult {
         ensure!(
             names == ["/dev/null", "/dev/null", "/dev/null"],
             "{method:?}: a child of a parent without stdio has {names:?}"
+        );
+        support::join_ok(&mut p).await?;
+    }
+    Ok(())
+}
+
+/// Starts a child with the default daemon flag and one with `daemon(false)`, and reports
+/// this process's flag and those two children's, or why it could not.
+async fn report_children_daemon_flags(q: mp::Queue<Result<[bool; 3], String>>) {
+    let outcome = async {
+        let mut default = Process::new(nothing, ()).start().await?;
+        let mut not = Process::new(nothing, ()).daemon(false).start().await?;
+        default.join().await?;
+        not.join().await?;
+        let me = mp::current_process().daemon();
+        mp::Result::Ok([me, default.daemon(), not.daemon()])
+    };
+    let _ = q
+        .put(outcome.await.map_err(|e: mp::Error| e.to_string()))
+        .await;
+}
+
+async fn a_daemon_starts_daemons_unless_told_otherwise() -> TestResult {
+    // _TestProcess.test_daemon_argument: the flag's initial value is inherited from the
+    // creating process. Python then refuses a daemon's `start()`; here a daemon's children
+    // start (they die with it, so none is orphaned).
+    for daemon in [true, false] {
+        let q = mp::Queue::<Result<[bool; 3], String>>::new()?;
+        let mut p = Process::new(report_children_daemon_flags, (q.clone(),))
+            .daemon(daemon)
+            .start()
+            .await?;
+        let flags = q.get_timeout(Duration::from_secs(20)).await??;
+        ensure!(
+            flags == [daemon, daemon, false],
+            "a child with daemon={daemon}: its own flag, its default child's and its \
+             daemon(false) child's are {flags:?}"
         );
         support::join_ok(&mut p).await?;
     }
