@@ -630,8 +630,11 @@ impl<T: Pod> ArrayGuard<'_, T> {
 /// [`unlink`](Self::unlink)), unless told to [`keep_name`](Self::keep_name). An attacher,
 /// including a copy received by another process, never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
 /// is owned by the manager's server, which removes it when it stops. Mappings stay valid
-/// after the name is gone. A named segment whose creator is killed by SIGKILL keeps its name
-/// until someone calls `unlink`; use an anonymous segment where no name is needed.
+/// after the name is gone. A named segment whose creator is killed by a signal (SIGTERM from
+/// [`Process::terminate`](crate::Process::terminate), SIGKILL) keeps its name until someone
+/// calls `unlink` (Python's resource tracker removes it when the program ends): use an
+/// anonymous segment where no name is needed, or a `SharedMemoryManager`'s, which its server
+/// removes however the process that asked for it ends.
 ///
 /// # Examples
 ///
