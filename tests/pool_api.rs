@@ -228,7 +228,24 @@ async fn wait_leaves_the_result_in_the_handle() -> TestResult {
         ),
         "a second await: {again:?}"
     );
-    ensure!(m.await?.len() == 3, "the map's results");
+    ensure!(
+        r.successful() == Some(true),
+        "successful() after a second await: {r:?}"
+    );
+    ensure!((&mut m).await?.len() == 3, "the map's results");
+    // The map's handle too: awaited again, an error, not an empty list.
+    let again = (&mut m).await;
+    ensure!(
+        matches!(
+            again.as_ref().map_err(|e| e.caller_error()),
+            Err(Some(mp::Error::InvalidArgument(_)))
+        ),
+        "a map's second await: {again:?}"
+    );
+    ensure!(
+        m.successful() == Some(true),
+        "a map's successful() after a second await: {m:?}"
+    );
 
     let mut f = pool.map_async(boom, 0..6);
     ensure!(

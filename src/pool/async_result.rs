@@ -250,7 +250,12 @@ impl<R> AsyncResult<R> {
 
     /// The result held in the handle, handed out once.
     fn take_done(&mut self) -> std::result::Result<R, TaskError> {
-        let ok = matches!(self.state, State::Done(Ok(_)));
+        // Taken again, it stays as successful as it was.
+        let ok = match self.state {
+            State::Done(ref r) => r.is_ok(),
+            State::Taken(ok) => ok,
+            _ => false,
+        };
         match std::mem::replace(&mut self.state, State::Taken(ok)) {
             State::Done(r) => r,
             _ => Err(TaskError::local(Error::InvalidArgument(

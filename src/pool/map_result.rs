@@ -54,7 +54,9 @@ pub(super) fn items<R>(
 ///
 /// # Errors
 /// The first failure in input order, a [`TaskError`] (see [`AsyncResult`]'s errors) naming
-/// the input it belongs to ([`TaskError::input_index`]); other chunks still run.
+/// the input it belongs to ([`TaskError::input_index`]); other chunks still run. A failed
+/// map awaited again fails the same way; one that handed out its results gives an error
+/// whose [`caller_error`](TaskError::caller_error) is [`Error::InvalidArgument`].
 ///
 /// # Cancel safety
 /// Dropping a `MapResult` does not cancel its chunks: they run to their end and their results
@@ -68,6 +70,8 @@ pub struct MapResult<R> {
     next: usize,
     out: Vec<R>,
     failed: Option<TaskError>,
+    /// Whether the results were handed out: a handle hands them out once.
+    taken: bool,
 }
 
 // Nothing in the handle is ever pinned in place: the results are only moved out.
@@ -98,6 +102,7 @@ impl<R: DeserializeOwned + 'static> MapResult<R> {
             next: 0,
             out,
             failed: None,
+            taken: false,
         }
     }
 
@@ -186,6 +191,11 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
         if let Some(e) = &this.failed {
             return Poll::Ready(Err(e.clone()));
         }
+        if this.taken {
+            return Poll::Ready(Err(TaskError::local(Error::InvalidArgument(
+                "the results of this map were already taken: a handle hands them out once".into(),
+            ))));
+        }
         while this.next < this.chunks.len() {
             let start = this.next * this.chunksize;
             let answer = match this.chunks[this.next].poll_answer(cx) {
@@ -208,6 +218,7 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
                 return Poll::Ready(Err(e));
             }
         }
+        this.taken = true;
         Poll::Ready(Ok(std::mem::take(&mut this.out)))
     }
 }
