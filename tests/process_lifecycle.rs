@@ -42,6 +42,7 @@ fn main() {
         close_refuses_a_running_child_and_releases_an_ended_one,
         a_parent_without_stdio_gives_its_children_dev_null,
         a_daemon_starts_daemons_unless_told_otherwise,
+        children_dropped_as_their_runtime_stops_are_reaped,
     ])
 }
 
@@ -540,5 +541,84 @@ async fn a_daemon_starts_daemons_unless_told_otherwise() -> TestResult {
         );
         support::join_ok(&mut p).await?;
     }
+    Ok(())
+}
+
+/// This process's children, zombies included.
+fn all_children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// A runtime that starts a pool and a `Process`, and stops right after its body drops them
+/// (as a `#[tokio::test]` does).
+fn pool_and_process_dropped_with_their_runtime() -> mp::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pool = mp::Pool::new(2).await?;
+        pool.apply(nothing, ()).await?;
+        let _p = Process::new(sleep_ms, (100,)).start().await?;
+        Ok(())
+    })
+}
+
+/// Five rounds of [`pool_and_process_dropped_with_their_runtime`] after a first, then
+/// reports whether this process is left with no child, zombies included, and no more
+/// descriptors than after the first round (or what it is left with).
+fn rounds_of_dropped_runtimes(q: mp::Queue<String>) -> mp::Result<()> {
+    let settled = |fds: Option<usize>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (children, now) = (all_children(), support::open_fds());
+            if children.is_empty() && fds.is_none_or(|f| now <= f) {
+                return Ok(now);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "children left (zombies included): {children:?}; descriptors {now}, \
+                     {fds:?} after the first round"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    pool_and_process_dropped_with_their_runtime()?;
+    let report = match settled(None) {
+        Ok(fds) => (0..5)
+            .try_for_each(|_| pool_and_process_dropped_with_their_runtime())
+            .map_err(|e| e.to_string())
+            .and_then(|()| settled(Some(fds)))
+            .map(|_| "none left".to_string()),
+        Err(e) => Err(format!("after the first round: {e}")),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(q.put(report.unwrap_or_else(|e| e)))?)
+}
+
+async fn children_dropped_as_their_runtime_stops_are_reaped() -> TestResult {
+    // A pool or a `Process` dropped by a body whose runtime stops right after: the children
+    // end (a pool's workers when their sockets close, the process when its target returns)
+    // and are reaped, with no task of that runtime left to do it.
+    let q = mp::Queue::<String>::new()?;
+    let mut p = Process::new(rounds_of_dropped_runtimes, (q.clone(),))
+        .start()
+        .await?;
+    let report = q.get_timeout(Duration::from_secs(60)).await?;
+    ensure!(report == "none left", "{report}");
+    support::join_ok(&mut p).await?;
     Ok(())
 }

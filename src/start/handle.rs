@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::{Launch, registry};
+use super::{Launch, launcher, reaper, registry};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -105,12 +105,18 @@ impl Child {
 
 impl Drop for Child {
     /// A child whose handle is dropped keeps running, as in Python; it is reaped when it
-    /// ends (by a small task on the current runtime), so it never lingers as a zombie.
+    /// ends, so it never lingers as a zombie: by the reaper thread where the launcher thread
+    /// runs (a thread more changes nothing there), else (a `fork` child's parent, which must
+    /// stay single-threaded to fork again) by a small task on the current runtime.
     fn drop(&mut self) {
         if self.code.is_some() {
             return;
         }
         if let Ok(Some(_)) = self.try_wait() {
+            return;
+        }
+        if launcher::is_running() {
+            reaper::reap_when_ended(self.pid, self.pidfd.get_ref().clone());
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {

@@ -7,11 +7,16 @@
 //! are started from this thread instead.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use crate::error::{Error, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Whether the launcher thread runs (then this process has more than one thread for good,
+/// and `fork` is refused in it).
+static RUNNING: AtomicBool = AtomicBool::new(false);
 
 fn launcher() -> Option<&'static mpsc::Sender<Job>> {
     static LAUNCHER: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(|| {
@@ -24,9 +29,16 @@ fn launcher() -> Option<&'static mpsc::Sender<Job>> {
                 }
             })
             .ok()?;
+        RUNNING.store(true, Ordering::Release);
         Some(tx)
     });
     LAUNCHER.as_ref()
+}
+
+/// Whether the launcher thread runs: a thread of ours more does not change what this
+/// process may do.
+pub(super) fn is_running() -> bool {
+    RUNNING.load(Ordering::Acquire)
 }
 
 /// Starts the launcher thread now, if it is not running: its creation overlaps the

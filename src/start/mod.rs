@@ -17,6 +17,7 @@
 //! - `bootstrap.rs`: the child's side: what [`init`] does in a child.
 //! - `handle.rs`: `Child`, the parent's pidfd handle on a running child.
 //! - `registry.rs`: the children the exit handler terminates (daemons) and waits for.
+//! - `reaper.rs`: the thread that reaps children whose handles were dropped while they ran.
 
 mod bootstrap;
 mod fork;
@@ -25,6 +26,7 @@ mod handle;
 mod handshake;
 mod launcher;
 mod method;
+mod reaper;
 mod registry;
 mod spawn;
 
