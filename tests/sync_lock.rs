@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use libtest_mimic::Arguments;
 use support::{TestResult, eventually, join_ok, run_example};
-use tokio_multiprocessing::{Error, Event, Lock, Process, RLock, RawValue, StartMethod, Value};
+use tokio_multiprocessing::{
+    Error, Event, Lock, Process, RLock, RawArray, RawValue, StartMethod, Value,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -275,6 +277,64 @@ async fn example_race_lock() -> TestResult {
     Ok(())
 }
 
+/// Waits for the lock (again after a dead holder's), writes its pid at `holders[i]`, and
+/// never lets go.
+async fn wait_then_hold(l: Lock, holders: RawArray<u32>, i: usize) {
+    loop {
+        match l.lock().await {
+            Ok(g) => {
+                g.forget();
+                break;
+            }
+            Err(Error::LockOwnerDied { .. }) => continue,
+            Err(_) => return,
+        }
+    }
+    let _ = holders.set(i, std::process::id());
+    std::future::pending::<()>().await;
+}
+
+async fn lock_passed_to_a_waiter_that_dies() -> TestResult {
+    // Two processes asleep on a lock; it passes to one, which dies holding it: the other
+    // must learn of that death, though the holder it saw as it fell asleep (this process)
+    // lives on.
+    let l = Lock::new()?;
+    l.lock().await?.forget();
+    let holders = RawArray::from_elem(0u32, 2)?;
+    let mut waiters = Vec::new();
+    for i in 0..2 {
+        let args = (l.clone(), holders.clone(), i);
+        waiters.push(
+            Process::new(wait_then_hold, args)
+                .daemon(true)
+                .start()
+                .await?,
+        );
+    }
+    // Asleep by then (a wait spins for 50 µs at most); were one still awake, it would see
+    // every holder anyway, and the test would pass for want of the case, never fail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    l.release()?;
+    let read = |i: usize| holders.get(i).unwrap_or(0);
+    ensure!(
+        eventually(LONG, || read(0) != 0 || read(1) != 0).await,
+        "no waiter took the released lock"
+    );
+    let first = usize::from(read(0) == 0);
+    waiters[first].kill()?;
+    waiters[first].join().await?;
+    let other = 1 - first;
+    ensure!(
+        eventually(LONG, || read(other) != 0).await,
+        "the other waiter still waits, {LONG:?} after the holder it was passed to died; \
+         the lock names {:?}",
+        l.holder()
+    );
+    waiters[other].kill()?;
+    waiters[other].join().await?;
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -286,6 +346,7 @@ fn main() {
         lock_owner_killed,
         lock_waiter_sees_owner_die,
         lock_owner_killed_forkserver,
+        lock_passed_to_a_waiter_that_dies,
         rlock_reentrant,
         example_lock_print,
         example_race_lock

@@ -179,8 +179,9 @@ const _: () = assert!(inner::UNBOUNDED_CAPACITY == 32_768 && inner::MAX_MAXSIZE 
 ///
 /// Unlike Python's, the queue survives a consumer killed while it gets, or a producer killed
 /// while it puts an item that fits a slot: that item is lost and the queue keeps working. A
-/// producer killed while it puts a larger item (or one holding descriptors) can still make
-/// later such puts wait for ever.
+/// producer killed while it puts a larger item (or one holding descriptors) frees the lock
+/// that orders such items for the next producer of one, which also publishes the dead
+/// one's item if it had been sent.
 ///
 /// # Examples
 ///

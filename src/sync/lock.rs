@@ -39,10 +39,16 @@ const SIZE: usize = 64;
 #[derive(Debug)]
 pub(super) struct LockLayout;
 
+/// The wake-up is an event for every sleeping waiter, not a token for one: each must look
+/// again whenever the lock changes hands, since the holder whose death it watches for is
+/// the one holding it now. With tokens, a waiter slept on until a token of its own while
+/// the lock passed to another waiter, still watching the holder it first saw; if the new
+/// holder died, nothing woke it. A waiter killed after it had taken the one token and
+/// before it took the lock likewise left the lock free and the others asleep.
 impl Layout for LockLayout {
     const WHAT: &'static str = "lock";
     const SIZE: usize = SIZE;
-    const TOKENS: bool = true;
+    const TOKENS: bool = false;
 }
 
 /// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.
@@ -116,11 +122,11 @@ impl RawLock {
             }
             let died = match watch.as_ref().filter(|w| w.pid == holder) {
                 Some(w) => tokio::select! {
-                    r = listener.take_token() => { r?; false }
+                    r = listener.notified() => { r?; false }
                     r = w.exited() => { r?; true }
                 },
                 None => {
-                    listener.take_token().await?;
+                    listener.notified().await?;
                     false
                 }
             };
@@ -164,7 +170,7 @@ impl RawLock {
         tracing::debug!(pid = dead, "lock holder died; lock recovered");
         // Others may sleep on the lock too.
         if self.region.u32_at(WAITERS).load(SeqCst) > counted {
-            self.wake.post(1);
+            self.wake.signal();
         }
         Some(Error::LockOwnerDied { pid: dead })
     }
@@ -177,7 +183,7 @@ impl RawLock {
         }
         if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
             self.recent.mark();
-            self.wake.post(1);
+            self.wake.signal();
         }
         true
     }
