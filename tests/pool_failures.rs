@@ -25,6 +25,7 @@ fn main() {
         imap_yields_one_item_per_input_when_a_chunk_times_out,
         imap_unordered_names_the_inputs_of_a_lost_chunk,
         build_succeeds_with_the_workers_that_start_and_the_rest_follow,
+        a_build_dropped_while_initializers_hang_kills_its_workers,
         maxtasksperchild_of_zero_is_an_error,
         worker_killed_mid_task,
         spinning_pool_notices_a_dead_worker,
@@ -397,6 +398,46 @@ async fn build_succeeds_with_the_workers_that_start_and_the_rest_follow() -> Tes
 }
 
 // test_pool_maxtasksperchild_invalid: Python raises ValueError for 0.
+/// An initializer that says which worker runs it, then never returns.
+fn report_then_hang(pids: mp::Queue<u32>) {
+    let _ = pids.put_nowait(std::process::id());
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+async fn a_build_dropped_while_initializers_hang_kills_its_workers() -> TestResult {
+    // The builder's cancel safety: a build dropped midway leaves no pool, and no worker.
+    // Here every initializer hangs, so the build never ends by itself.
+    let pids = mp::Queue::<u32>::new()?;
+    let build = Pool::builder()
+        .processes(2)
+        .initializer(report_then_hang, (pids.clone(),))
+        .build();
+    let both = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::pin!(build);
+        let mut both = Vec::new();
+        while both.len() < 2 {
+            tokio::select! {
+                r = &mut build => return Err(format!("the build ended: {:?}", r.map(drop))),
+                pid = pids.get() => both.push(pid.map_err(|e| e.to_string())?),
+            }
+        }
+        Ok(both)
+    })
+    .await;
+    let both = match both {
+        Ok(Ok(both)) => both,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err("the initializers did not both start".into()),
+    };
+    for pid in both {
+        ensure!(
+            eventually(Duration::from_secs(20), || support::is_zombie_or_gone(pid)).await,
+            "worker {pid} lives on after its pool's build was dropped"
+        );
+    }
+    Ok(())
+}
+
 async fn maxtasksperchild_of_zero_is_an_error() -> TestResult {
     let e = Pool::builder()
         .processes(1)

@@ -163,8 +163,11 @@ impl PoolBuilder {
         self
     }
 
-    /// How long a worker may take to start; the default is
-    /// [`Process::DEFAULT_START_TIMEOUT`](crate::Process::DEFAULT_START_TIMEOUT).
+    /// How long a worker may take to start, up to its initializer; the default is
+    /// [`Process::DEFAULT_START_TIMEOUT`](crate::Process::DEFAULT_START_TIMEOUT). The
+    /// initializer itself has no time limit, as in Python: where it may hang, bound
+    /// [`build`](Self::build) with `tokio::time::timeout` (a build dropped kills the workers
+    /// it started).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
@@ -221,8 +224,8 @@ impl PoolBuilder {
     /// Outside a tokio runtime (the pool's task is spawned on the current one).
     ///
     /// # Cancel safety
-    /// Cancel safe: a build dropped midway leaves no pool; the workers it started find
-    /// their socket closed and end.
+    /// Cancel safe: a build dropped midway leaves no pool, and kills the workers it
+    /// started (an initializer that hangs would keep them for ever).
     ///
     /// # Examples
     ///

@@ -16,6 +16,7 @@ use super::scheduler::Event;
 use super::started::StartedMark;
 use super::worker;
 use crate::error::{Error, ExitCause, Result};
+use crate::on_drop::OnDrop;
 use crate::process::Process;
 use crate::sys;
 use crate::wire::{Fd, FrameBuf, Framed, Hello};
@@ -87,6 +88,13 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         .await?;
     let pid = process.pid();
     let killer = process.kill_handle()?;
+    // Until it is handed over, a worker dies with its start: a start dropped (its pool, or
+    // the build, gone) would otherwise leave it to live as long as its initializer runs,
+    // which may be for ever, and only then to find its socket closed.
+    let unclaimed = OnDrop::new({
+        let killer = killer.clone();
+        move || killer.kill()
+    });
     let died = |code: i32| {
         let name = format!("PoolWorker-{n}");
         died_in_setup(cfg, name, pid, ExitCause::from_exitcode(code))
@@ -123,6 +131,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     };
     let err = match reply {
         Ok(SetupReply::Ready) => {
+            unclaimed.defuse();
             return Ok(WorkerConn {
                 pid,
                 host: None,
@@ -184,9 +193,17 @@ pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>, de
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let started = match &cfg.cluster {
-            None => start_worker(&cfg).await,
-            Some(cluster) => start_remote(&cfg, cluster).await,
+        let start = async {
+            match &cfg.cluster {
+                None => start_worker(&cfg).await,
+                Some(cluster) => start_remote(&cfg, cluster).await,
+            }
+        };
+        let started = tokio::select! {
+            started = start => started,
+            // Nobody waits for it any more (the pool, or its build, is gone): the start is
+            // dropped, and a local worker with it.
+            () = ev.closed() => return,
         };
         let _ = ev.send(Event::Started(started));
     });
