@@ -847,10 +847,12 @@ impl SharedMemory {
 }
 
 impl Drop for SharedMemory {
+    /// Removes the name it created, unless the name now belongs to another segment (someone
+    /// unlinked this one and made another of the same name).
     fn drop(&mut self) {
         if self.owns_name {
             if let Some(n) = &self.name {
-                let _ = sys::shm_remove(n);
+                let _ = sys::shm_remove_own(n, self.region.fd());
             }
         }
     }

@@ -441,6 +441,30 @@ async fn shared_memory_survives_killed_child() -> TestResult {
     Ok(())
 }
 
+async fn a_dropped_creator_leaves_a_name_made_again_by_another() -> TestResult {
+    // The creator's handle removes the name it made; once that name was removed and made
+    // again for another segment, it is the new segment's, which its dropped first creator
+    // must not remove.
+    let name = unique("remade");
+    let first = SharedMemory::create(&name, 64)?;
+    SharedMemory::attach(&name)?.unlink()?;
+    let second = SharedMemory::create(&name, 64)?;
+    second.write(0, &[7])?;
+    drop(first);
+    let attached = SharedMemory::attach(&name);
+    ensure!(
+        attached.as_ref().is_ok_and(|a| a.to_vec()[0] == 7),
+        "the second segment's name, after its first creator's drop: {:?}",
+        attached.map(|a| a.to_vec()[0])
+    );
+    drop(second);
+    ensure!(
+        !shm_exists(&name),
+        "the second creator's drop left its name"
+    );
+    Ok(())
+}
+
 async fn example_shared_value_array() -> TestResult {
     let out = run_example("shared_value_array").await?;
     ensure!(
@@ -668,6 +692,7 @@ fn main() {
         shared_memory_bad_and_missing_names,
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
+        a_dropped_creator_leaves_a_name_made_again_by_another,
         example_shared_value_array,
         shareable_list_basics,
         shareable_list_reaches_a_child,

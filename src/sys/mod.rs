@@ -50,7 +50,9 @@ pub(crate) use proc::{
 pub(crate) use random::fill_random;
 pub(crate) use ring::{Message, Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
-pub(crate) use shm::{SharedRegion, anonymous_file, shm_attach, shm_create, shm_remove};
+pub(crate) use shm::{
+    SharedRegion, anonymous_file, shm_attach, shm_create, shm_remove, shm_remove_own,
+};
 pub(crate) use socket_opts::{grow_send_buffer, set_listen_backlog, shutdown_socket};
 pub(crate) use spill::{KeptViews, RECYCLE_MAX, spill_file, write_at};
 

@@ -350,6 +350,28 @@ pub(crate) fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
     Ok(memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC)?)
 }
 
+/// Removes the name `name` from `/dev/shm` if it still names the segment behind `ours` (the
+/// same file): once another process has removed it and made a segment of that name, the
+/// name is that segment's. `Ok(false)` if the name is gone or names another segment.
+pub(crate) fn shm_remove_own(name: &str, ours: BorrowedFd<'_>) -> io::Result<bool> {
+    let cname = shm_name(name)?;
+    let named = match shm_open(
+        cname.as_c_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let (a, b) = (nix::sys::stat::fstat(&named)?, nix::sys::stat::fstat(ours)?);
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return Ok(false);
+    }
+    shm_unlink(cname.as_c_str())?;
+    Ok(true)
+}
+
 /// Removes the name `name` from `/dev/shm`; mappings and descriptors stay valid.
 pub(crate) fn shm_remove(name: &str) -> io::Result<()> {
     let cname = shm_name(name)?;
