@@ -46,6 +46,12 @@ struct Cells<T> {
 
 impl<T: Pod> Cells<T> {
     fn new(items: &[T]) -> Result<Cells<T>> {
+        Cells::with_len(items.len(), |i| items[i])
+    }
+
+    /// `len` cells in a new segment, cell `i` holding `item(i)`, with no copy of them made
+    /// on the heap first.
+    fn with_len(len: usize, item: impl Fn(usize) -> T) -> Result<Cells<T>> {
         if align_of::<T>() > DATA {
             return Err(Error::InvalidArgument(format!(
                 "{} is aligned to {} bytes; shared values allow at most {DATA}",
@@ -53,8 +59,7 @@ impl<T: Pod> Cells<T> {
                 align_of::<T>()
             )));
         }
-        let bytes = items
-            .len()
+        let bytes = len
             .checked_mul(size_of::<T>())
             .and_then(|b| b.checked_add(DATA))
             .ok_or_else(|| Error::InvalidArgument("shared array too large".into()))?;
@@ -62,14 +67,14 @@ impl<T: Pod> Cells<T> {
         region
             .u32_at(ELEM_SIZE)
             .store(size_of::<T>() as u32, SeqCst);
-        region.u64_at(COUNT).store(items.len() as u64, SeqCst);
+        region.u64_at(COUNT).store(len as u64, SeqCst);
         let cells = Cells {
             region: Arc::new(region),
-            len: items.len(),
+            len,
             _t: PhantomData,
         };
-        for (i, v) in items.iter().enumerate() {
-            cells.put(i, *v);
+        for i in 0..len {
+            cells.put(i, item(i));
         }
         Ok(cells)
     }
@@ -373,9 +378,12 @@ impl<T: Pod> RawArray<T> {
     /// An array of `len` copies of `value`.
     ///
     /// # Errors
-    /// As [`from_slice`](Self::from_slice).
+    /// As [`from_slice`](Self::from_slice), and [`Error::InvalidArgument`] if `len` elements
+    /// are more bytes than an address can count.
     pub fn from_elem(value: T, len: usize) -> Result<RawArray<T>> {
-        RawArray::from_slice(&vec![value; len])
+        Ok(RawArray {
+            cells: Cells::with_len(len, |_| value)?,
+        })
     }
 
     /// The number of elements.
@@ -459,7 +467,10 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// As [`from_slice`](Self::from_slice).
     pub fn from_elem(value: T, len: usize) -> Result<Array<T>> {
-        Array::from_slice(&vec![value; len])
+        Ok(Array {
+            raw: RawArray::from_elem(value, len)?,
+            lock: Lock::new()?,
+        })
     }
 
     /// An array holding a copy of `items`, guarded by an existing `lock`.

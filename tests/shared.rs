@@ -441,6 +441,27 @@ async fn shared_memory_survives_killed_child() -> TestResult {
     Ok(())
 }
 
+async fn arrays_of_copies_and_too_many_elements() -> TestResult {
+    // `Array('q', [3] * 5)`, and more elements than an address can count: an error, where
+    // building the copies on the heap first panicked.
+    let a = tokio_multiprocessing::Array::<i64>::from_elem(3, 5)?;
+    let items = a.to_vec().await?;
+    ensure!(items == [3; 5], "from_elem: {items:?}");
+    let huge = RawArray::<u64>::from_elem(0, usize::MAX / 4);
+    ensure!(
+        matches!(huge, Err(Error::InvalidArgument(_))),
+        "{:?}",
+        huge.map(|a| a.len())
+    );
+    let huge = tokio_multiprocessing::Array::<u64>::from_elem(1, usize::MAX / 4);
+    ensure!(
+        matches!(huge, Err(Error::InvalidArgument(_))),
+        "{:?}",
+        huge.map(|a| a.len())
+    );
+    Ok(())
+}
+
 async fn a_dropped_creator_leaves_a_name_made_again_by_another() -> TestResult {
     // The creator's handle removes the name it made; once that name was removed and made
     // again for another segment, it is the new segment's, which its dropped first creator
@@ -689,6 +710,7 @@ fn main() {
         synchronized_raw_objects_share_their_memory,
         shared_memory_named,
         shared_memory_out_of_range,
+        arrays_of_copies_and_too_many_elements,
         shared_memory_bad_and_missing_names,
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
