@@ -255,6 +255,34 @@ async fn condition_wait_result() -> TestResult {
     join_ok(&mut p).await
 }
 
+/// No Python counterpart: a waiter killed while it waits takes no notification, so that
+/// `notify(1)` wakes the live waiter behind it (Python's semaphore-based condition does too).
+async fn a_notification_skips_a_killed_waiter() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    // One at a time, so that the one killed holds the older ticket.
+    let mut first = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    let mut second = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    // Taking the lock proves both have released it inside `wait`.
+    drop(c.lock_timeout(LONG).await?);
+    first[0].kill()?;
+    first[0].join().await?;
+    let g = c.lock_timeout(LONG).await?;
+    g.notify(1);
+    drop(g);
+    ensure!(
+        woken
+            .acquire_timeout(LONG)
+            .await
+            .map(|g| g.forget())
+            .is_ok(),
+        "notify(1) woke no one: it went to the killed waiter"
+    );
+    join_ok(&mut second[0]).await?;
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -266,7 +294,8 @@ fn main() {
         condition_wait_for,
         condition_notify_n,
         condition_notify_all,
-        condition_wait_result
+        condition_wait_result,
+        a_notification_skips_a_killed_waiter
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -5,8 +5,9 @@
 //! their own. Tickets are served oldest first, and a waiter that arrives after a `notify` can
 //! never take that notification from an older one (the newcomer's ticket is past the limit
 //! the notifier set). A waiter that times out marks its ticket cancelled in a bitmap, and
-//! `notify` skips cancelled tickets without counting them, so a notification is never spent
-//! on a waiter that has left. At most `SLOTS` waiters may wait at once.
+//! each ticket notes its waiter's pid; `notify` skips cancelled tickets and those of waiters
+//! whose process is gone without counting them, so a notification is never spent on a
+//! waiter that has left, or was killed. At most `SLOTS` waiters may wait at once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -21,12 +22,15 @@ use super::{deadline, until};
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
 use crate::sync::{Lock, RLock};
+use crate::sys;
 
 const NEXT: usize = 0;
 const LIMIT: usize = 8;
 const BITS: usize = 64;
 const SLOTS: u64 = 8192;
-const SIZE: usize = BITS + (SLOTS as usize) / 8;
+/// The pid of each ticket's waiter, by slot.
+const PIDS: usize = BITS + (SLOTS as usize) / 8;
+const SIZE: usize = PIDS + (SLOTS as usize) * 4;
 
 #[derive(Debug)]
 struct ConditionLayout;
@@ -58,6 +62,17 @@ impl Inner {
     fn take_cancelled(&self, ticket: u64) -> bool {
         let (word, mask) = self.bit(ticket);
         word.fetch_and(!mask, SeqCst) & mask != 0
+    }
+
+    fn pid(&self, ticket: u64) -> &std::sync::atomic::AtomicU32 {
+        self.region.u32_at(PIDS + (ticket % SLOTS) as usize * 4)
+    }
+
+    /// Whether the process that took `ticket` is gone: a notification spent on it would
+    /// wake no one.
+    fn waiter_gone(&self, ticket: u64) -> bool {
+        let pid = self.pid(ticket).load(SeqCst);
+        pid != 0 && pid != sys::cached_pid() && sys::process_gone(pid).unwrap_or(false)
     }
 
     fn notified(&self, ticket: u64) -> bool {
@@ -189,6 +204,7 @@ impl Condition {
             }
         };
         inner.take_cancelled(ticket);
+        inner.pid(ticket).store(sys::cached_pid(), SeqCst);
         next.store(ticket + 1, SeqCst);
         let saved = match self.lock.release_save() {
             Ok(s) => s,
@@ -241,7 +257,8 @@ impl Condition {
             .min(at.saturating_add(SLOTS));
         let mut woken = 0;
         while woken < n && at < end {
-            if !inner.take_cancelled(at) {
+            // A ticket given up, or whose process died waiting, takes no notification.
+            if !inner.take_cancelled(at) && !inner.waiter_gone(at) {
                 woken += 1;
             }
             at += 1;
