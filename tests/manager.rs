@@ -597,7 +597,8 @@ async fn values_holding_descriptors_are_refused() -> TestResult {
 
 /// In a process of its own (the frame limit is process-wide, and its manager inherits it):
 /// with frames limited to 1 MiB, a request over it and a reply over it each fail their call
-/// with `FrameTooLarge`, and the connection lives on with every object it holds.
+/// with `FrameTooLarge`, and the connection lives on with every object it holds; so does a
+/// reply over the limit of a client whose limit is below its server's.
 async fn oversized_calls_fail_alone() -> Result<(), String> {
     use serde_bytes::ByteBuf;
     let step = |what: &'static str| move |e: Error| format!("{what}: {e}");
@@ -623,9 +624,32 @@ async fn oversized_calls_fail_alone() -> Result<(), String> {
         r => return Err(format!("a reply over the limit: {:?}", r.map(|v| v.len()))),
     }
     let (n, len) = (l.len().await, d.len().await);
-    match (n, len) {
-        (Ok(3), Ok(1)) => Ok(()),
-        other => Err(format!("after both: list and dict lengths {other:?}")),
+    if !matches!((&n, &len), (Ok(3), Ok(1))) {
+        return Err(format!("after both: list and dict lengths {n:?} {len:?}"));
+    }
+    // A client whose limit is below its server's, lowered after it connected: the server
+    // measures the reply by the client's limit, and the call fails alone.
+    mp::set_max_frame_size(mp::DEFAULT_MAX_FRAME_SIZE);
+    let m = Manager::start().await.map_err(step("second start"))?;
+    let l = m.list(Vec::<ByteBuf>::new()).await.map_err(step("list"))?;
+    for _ in 0..3 {
+        l.append(ByteBuf::from(vec![4u8; 400_000]))
+            .await
+            .map_err(step("append"))?;
+    }
+    mp::set_max_frame_size(1 << 20);
+    match l.to_vec().await {
+        Err(Error::FrameTooLarge { .. }) => {}
+        r => {
+            return Err(format!(
+                "a reply over the client's limit: {:?}",
+                r.map(|v| v.len())
+            ));
+        }
+    }
+    match l.len().await {
+        Ok(3) => Ok(()),
+        other => Err(format!("after a reply over the client's limit: {other:?}")),
     }
 }
 

@@ -150,6 +150,8 @@ struct Conn {
     next: AtomicU64,
     /// When a call last had its reply: whether the next call's caller may wait awake.
     recent: Recent,
+    /// The maximum frame size the server was last told (see [`Request::Hello`]).
+    announced: AtomicUsize,
 }
 
 impl Link {
@@ -430,8 +432,10 @@ impl Conn {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let out = Arc::new(Outbox::new(tx, link.clone()));
+        let announced = crate::max_frame_size();
         let hello = Request::Hello {
             pid: std::process::id(),
+            max_frame: Some(announced as u64),
         };
         let _ = out.queue(FrameBuf::of(&(0u64, hello))?);
         tokio::spawn(write_requests(link.clone(), rx, out.counter()));
@@ -449,6 +453,7 @@ impl Conn {
             replies,
             next: AtomicU64::new(1),
             recent: Recent::default(),
+            announced: AtomicUsize::new(announced),
         })
     }
 
@@ -475,6 +480,16 @@ impl Conn {
         let mut frame = FrameBuf::of(&(id, req))?;
         // Refused here, not by the writer, which would have to give up the connection.
         frame.check_size()?;
+        let max = crate::max_frame_size();
+        if self.announced.swap(max, Ordering::Relaxed) != max {
+            // This process's limit changed since the server was told: it is told first, so
+            // that it measures this call's reply by the new one (a reply over it would end
+            // the connection).
+            self.post(Request::Hello {
+                pid: std::process::id(),
+                max_frame: Some(max as u64),
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let undo = Undo::of(req);
         // A call alone on the connection writes its request and takes its reply itself; calls

@@ -47,9 +47,12 @@ impl Tag {
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Request {
     /// The first request of a connection: who is calling (its pid, for the error a lock
-    /// it leaves behind reports).
+    /// it leaves behind reports), and the largest frame it reads (its maximum frame size,
+    /// by which the server measures its replies). Sent again when that size changes.
     Hello {
         pid: u32,
+        #[serde(default)]
+        max_frame: Option<u64>,
     },
     /// Nothing: keeps an idle connection known to be alive.
     Ping,

@@ -687,8 +687,9 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     };
     // Bounded: a client that sends and never reads is stopped being read, not buffered for.
     let (tx, rx) = mpsc::channel::<(u64, Reply)>(REPLIES_IN_FLIGHT);
+    let peer_max = Arc::new(PeerMax::default());
     let mut tasks = JoinSet::new();
-    tasks.spawn(write_replies(link.clone(), rx));
+    tasks.spawn(write_replies(link.clone(), rx, peer_max.clone()));
     let mut waiting: HashMap<u64, Arc<Withdrawal>> = HashMap::new();
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     let outcome: Result<()> = loop {
@@ -715,8 +716,9 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             }
         };
         match req {
-            Request::Hello { pid } => {
+            Request::Hello { pid, max_frame } => {
                 caller.pid = pid;
+                peer_max.set(max_frame);
                 continue;
             }
             Request::Incref { .. } | Request::Decref(_) | Request::Lend(_) => {
@@ -739,7 +741,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             // A ring's descriptors cross only a Unix socket.
             Request::Queue(_, QueueOp::Attach) if link.transport() != Transport::Unix => {
                 let r = Reply::message("a queue's ring reaches only clients on this machine");
-                if let Err(e) = reply_now(&link, id, r).await {
+                if let Err(e) = reply_now(&link, id, r, &peer_max).await {
                     break Err(e);
                 }
                 continue;
@@ -752,7 +754,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             if req.tried_at_once() {
                 let step = shared.state().attempt(caller, &req, false);
                 if let Step::Done(r) = step {
-                    if let Err(e) = reply_now(&link, id, r).await {
+                    if let Err(e) = reply_now(&link, id, r, &peer_max).await {
                         break Err(e);
                     }
                     continue;
@@ -784,7 +786,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             });
         } else {
             let r = shared.state().handle(caller, req);
-            if let Err(e) = reply_now(&link, id, r).await {
+            if let Err(e) = reply_now(&link, id, r, &peer_max).await {
                 break Err(e);
             }
         }
@@ -798,21 +800,51 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
 
 /// Writes a reply from the connection's own loop, without a hop to the writer task (their
 /// turns to write are shared, so frames never interleave).
-async fn reply_now(link: &Framed, id: u64, reply: Reply) -> Result<()> {
-    link.send(&mut reply_frame(id, reply)?).await
+async fn reply_now(link: &Framed, id: u64, reply: Reply, peer_max: &PeerMax) -> Result<()> {
+    link.send(&mut reply_frame(id, reply, peer_max)?).await
+}
+
+/// The largest frame a connection's client reads, as its [`Request::Hello`] said (0: not
+/// said; a client that does not say is measured by this process's limit alone).
+#[derive(Debug, Default)]
+struct PeerMax(AtomicU64);
+
+impl PeerMax {
+    fn set(&self, max: Option<u64>) {
+        self.0.store(max.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Fails for a frame over what the client reads.
+    fn check(&self, frame: &FrameBuf) -> Result<()> {
+        let max = self.0.load(Ordering::Relaxed);
+        let size = frame.body_len() as u64;
+        match max {
+            0 => Ok(()),
+            max if size > max => Err(Error::FrameTooLarge {
+                size,
+                max: usize::try_from(max).unwrap_or(usize::MAX),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The frame of a reply; a reply that cannot be encoded, or would be a frame over the
-/// maximum size, is answered with that error instead, so that the call fails and the
-/// connection, with everything it holds, lives on.
-fn reply_frame(id: u64, reply: Reply) -> Result<FrameBuf> {
-    let encoded = FrameBuf::of(&(id, reply)).and_then(|mut f| f.check_size().map(|()| f));
+/// maximum size (this process's or its client's), is answered with that error instead, so
+/// that the call fails and the connection, with everything it holds, lives on.
+fn reply_frame(id: u64, reply: Reply, peer_max: &PeerMax) -> Result<FrameBuf> {
+    let encoded = FrameBuf::of(&(id, reply))
+        .and_then(|mut f| f.check_size().and_then(|()| peer_max.check(&f)).map(|()| f));
     encoded.or_else(|e| FrameBuf::of(&(id, Reply::Failed(Failure::from(e)))))
 }
 
 /// Writes the replies of a connection in order, batching those that are ready together, and
 /// a heartbeat whenever it has been idle for [`HEARTBEAT`].
-async fn write_replies(link: Arc<Framed>, mut rx: mpsc::Receiver<(u64, Reply)>) {
+async fn write_replies(
+    link: Arc<Framed>,
+    mut rx: mpsc::Receiver<(u64, Reply)>,
+    peer_max: Arc<PeerMax>,
+) {
     let mut batch = Vec::new();
     loop {
         let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
@@ -823,7 +855,7 @@ async fn write_replies(link: Arc<Framed>, mut rx: mpsc::Receiver<(u64, Reply)>) 
         batch.clear();
         let mut next = Some(first);
         while let Some(r) = next.take() {
-            match reply_frame(r.0, r.1) {
+            match reply_frame(r.0, r.1, &peer_max) {
                 Ok(f) => batch.push(f),
                 Err(e) => tracing::debug!("a manager reply could not be encoded: {e}"),
             }
@@ -911,7 +943,7 @@ async fn refuse_the_starter(registration: OwnedFd, failure: Failure) -> Result<(
         let (id, req) = link.recv_awake().await?.decode::<(u64, Request)>()?;
         // What a connection says of itself is not answered, as when it is served.
         if req.is_answered() {
-            return reply_now(&link, id, Reply::Failed(failure)).await;
+            return reply_now(&link, id, Reply::Failed(failure), &PeerMax::default()).await;
         }
     }
 }

@@ -163,6 +163,12 @@ impl FrameBuf {
         self.buf.len() + self.tail.len()
     }
 
+    /// The size of the frame's body: what a receiver's maximum frame size is measured
+    /// against.
+    pub(crate) fn body_len(&self) -> usize {
+        self.wire_len().saturating_sub(HEADER_LEN)
+    }
+
     /// Fails if the frame could not be sent: a body over the maximum frame size, or too
     /// many descriptors.
     pub(crate) fn check_size(&mut self) -> Result<()> {
