@@ -45,6 +45,11 @@ static MAX_FRAME: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_FRAME_SIZE);
 /// before anything is written, the receiver as soon as the header arrives (nothing of the
 /// announced size is allocated). The default is [`DEFAULT_MAX_FRAME_SIZE`]; the hard ceiling is
 /// `u32::MAX` bytes.
+///
+/// Set it before starting pools: a running worker keeps the limit it started with, so a
+/// result between a lowered limit and the worker's own reaches a pool that cannot read it,
+/// and the pool kills that worker (its tasks fail with the cause). A manager's server is
+/// told its clients' limits, and measures its replies by them.
 pub fn set_max_frame_size(bytes: usize) {
     MAX_FRAME.store(bytes.min(u32::MAX as usize), Ordering::Relaxed);
 }
