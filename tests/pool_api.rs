@@ -440,6 +440,13 @@ async fn unencodable_argument_and_undecodable_result() -> TestResult {
         }
         _ => return Err(format!("expected Encode, got {e:?}").into()),
     }
+    // Through map, too: the error names the item type, not the sequence that carried it.
+    let e = pool.map(take_unencodable, vec![Unencodable]).await;
+    let said = format!("{e:?}");
+    ensure!(
+        e.is_err() && said.contains("Unencodable") && !said.contains("Items"),
+        "a map of an unencodable item: {said}"
+    );
     let e = pool.apply(make_undecodable, ()).await;
     match e.as_ref().err().and_then(|e| e.caller_error()) {
         Some(Error::Decode { type_name, .. }) => {

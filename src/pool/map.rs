@@ -9,7 +9,6 @@ use super::{Entry, Pool};
 use crate::error::{Result, TaskError};
 use crate::sys;
 use crate::task::ChunkOut;
-use crate::wire::Encoded;
 use crate::wire::plain::{Items, SharedItems};
 
 /// Encodes the chunk of a map's input from one index to another.
@@ -63,9 +62,9 @@ impl<'p, R: DeserializeOwned + 'static> Map<'p, R> {
                 let (head, bytes) = shared.chunk(from..to)?;
                 Ok(Payload::plain_chunk(head, bytes))
             }),
-            Err(items) => Box::new(move |from, to| {
-                Encoded::new(&Items::new(&items, from..to)).map(Payload::from)
-            }),
+            Err(items) => {
+                Box::new(move |from, to| Items::new(&items, from..to).encode().map(Payload::from))
+            }
         };
         Map {
             pool,

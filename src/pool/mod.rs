@@ -55,7 +55,6 @@ use self::stats::Counters;
 pub use self::stats::{PoolStats, WorkerLoss};
 use crate::error::{Error, Result, TaskError};
 use crate::task::{Target, TaskEntry, chunk_entry, chunk_entry1, task_entry};
-use crate::wire::Encoded;
 use crate::wire::plain::Items;
 
 /// What runs a task (or a map's chunks) in a worker.
@@ -483,7 +482,7 @@ impl Pool {
             if buf.is_empty() {
                 return None;
             }
-            Some((buf.len(), Encoded::new(&Items::all(&buf))))
+            Some((buf.len(), Items::all(&buf).encode()))
         });
         IMap::new(
             self.shared.clone(),

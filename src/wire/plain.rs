@@ -151,6 +151,19 @@ impl<'a, T> Items<'a, T> {
     }
 }
 
+impl<T: Serialize + 'static> Items<'_, T> {
+    /// The items encoded; an error names the item type, not this wrapper.
+    pub(crate) fn encode(&self) -> crate::Result<super::Encoded> {
+        super::Encoded::new(self).map_err(|e| match e {
+            Error::Encode { message, .. } => Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                message,
+            },
+            e => e,
+        })
+    }
+}
+
 impl<T: Serialize + 'static> Serialize for Items<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if let Some(b) = le_bytes(self.items, self.range.clone()) {
