@@ -279,6 +279,12 @@ async fn semaphores_count_and_bounded_ones_refuse_over_release() -> TestResult {
         s.get_value().await? == 3,
         "an unbounded semaphore goes above its start"
     );
+    // Past `u32::MAX`: an error, as the crate's own `Semaphore` gives, and nothing changes.
+    let over = s.release_n(u32::MAX).await;
+    ensure!(
+        matches!(over, Err(Error::SemaphoreOverRelease { .. })) && s.get_value().await? == 3,
+        "a release past u32::MAX: {over:?}"
+    );
     let b = m.bounded_semaphore(1).await?;
     b.acquire().await?;
     b.release().await?;

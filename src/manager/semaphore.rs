@@ -32,10 +32,12 @@ impl SemaphoreState {
         match op {
             SemaphoreOp::Value => Reply::Len(u64::from(self.value)),
             SemaphoreOp::Release(n) => {
-                let value = self.value.saturating_add(n);
-                if let Some(bound) = self.bound.filter(|&b| value > b) {
+                // Past its bound, or past `u32::MAX` for an unbounded one: an error, as the
+                // crate's own `Semaphore` gives.
+                let bound = self.bound.unwrap_or(u32::MAX);
+                let Some(value) = self.value.checked_add(n).filter(|&v| v <= bound) else {
                     return Reply::Failed(Failure::SemaphoreOverRelease { bound });
-                }
+                };
                 self.value = value;
                 self.released.notify_waiters();
                 Reply::Done
@@ -139,6 +141,8 @@ impl SemaphoreProxy {
     /// Gives one unit back, waking a waiter (Python's `release()`).
     ///
     /// # Errors
+    /// [`Error::SemaphoreOverRelease`](crate::Error::SemaphoreOverRelease) if the value
+    /// would pass `u32::MAX`, as the crate's own [`Semaphore`](crate::Semaphore) says;
     /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
     ///
     /// # Cancel safety
