@@ -43,6 +43,7 @@ fn main() {
         a_parent_without_stdio_gives_its_children_dev_null,
         a_daemon_starts_daemons_unless_told_otherwise,
         children_dropped_as_their_runtime_stops_are_reaped,
+        fork_children_dropped_as_their_runtime_stops_are_reaped_later,
     ])
 }
 
@@ -620,5 +621,58 @@ async fn children_dropped_as_their_runtime_stops_are_reaped() -> TestResult {
     let report = q.get_timeout(Duration::from_secs(60)).await?;
     ensure!(report == "none left", "{report}");
     support::join_ok(&mut p).await?;
+    Ok(())
+}
+
+/// Runs in a spawned child, which has a single thread, so that it may fork: three rounds of
+/// a runtime that forks a child and stops right after its body drops it; once the three
+/// have ended, `active_children()` reaps them (Python's `_cleanup()`). Exits 0 if no child
+/// is left, zombies included, else says what is left and exits 2.
+fn fork_children_dropped_with_their_runtimes() {
+    let round = || -> mp::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let _p = Process::new(sleep_ms, (20,))
+                .start_method(StartMethod::Fork)
+                .start()
+                .await?;
+            Ok(())
+        })
+    };
+    if let Err(e) = (0..3).try_for_each(|_| round()) {
+        eprintln!("a round failed: {e}");
+        std::process::exit(3);
+    }
+    // Until the three have ended (zombies, as nothing reaped them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !all_children()
+        .iter()
+        .all(|&c| support::is_zombie_or_gone(c))
+    {
+        if std::time::Instant::now() >= deadline {
+            eprintln!("the children did not end: {:?}", all_children());
+            std::process::exit(4);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let active = mp::active_children();
+    let left = all_children();
+    if !active.is_empty() || !left.is_empty() {
+        eprintln!("active {active:?}; left (zombies included): {left:?}");
+        std::process::exit(2);
+    }
+}
+
+async fn fork_children_dropped_as_their_runtime_stops_are_reaped_later() -> TestResult {
+    // Where there is no reaper thread (a process that forks must keep a single thread),
+    // children whose runtime stopped before it reaped them are reaped by the next start or
+    // `active_children()`, as Python's `_cleanup()` does.
+    let mut p = Process::new(fork_children_dropped_with_their_runtimes, ())
+        .start()
+        .await?;
+    let code = p.join().await?;
+    ensure!(code == 0, "the child failed (its stderr says how): {code}");
     Ok(())
 }

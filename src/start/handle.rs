@@ -107,7 +107,9 @@ impl Drop for Child {
     /// A child whose handle is dropped keeps running, as in Python; it is reaped when it
     /// ends, so it never lingers as a zombie: by the reaper thread where the launcher thread
     /// runs (a thread more changes nothing there), else (a `fork` child's parent, which must
-    /// stay single-threaded to fork again) by a small task on the current runtime.
+    /// stay single-threaded to fork again) by a small task on the current runtime, or, if
+    /// that runtime stops first, at the next start or `active_children()` (as Python's
+    /// `_cleanup()`).
     fn drop(&mut self) {
         if self.code.is_some() {
             return;
@@ -119,6 +121,9 @@ impl Drop for Child {
             reaper::reap_when_ended(self.pid, self.pidfd.get_ref().clone());
             return;
         }
+        // Should the task below die with its runtime first, the next start or
+        // `active_children()` reaps it.
+        registry::reap_later(self.pid, self.pidfd.get_ref().clone());
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             // No runtime: the exit handler still knows the child and waits for it.
             return;

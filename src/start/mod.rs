@@ -135,6 +135,7 @@ pub(crate) struct Launch {
 /// Starts a child as `launch` says.
 pub(crate) async fn launch(launch: Launch) -> Result<Child> {
     crate::sys::keep_constructor();
+    registry::reap_ended();
     bootstrap::refuse_if_uninitialised_child();
     match launch.method {
         StartMethod::Spawn => spawn::launch_spawn(launch).await,

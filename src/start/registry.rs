@@ -23,6 +23,11 @@ struct Tracked {
 }
 
 static CHILDREN: Mutex<Option<HashMap<i32, Tracked>>> = Mutex::new(None);
+
+/// Children whose handles were dropped while they ran, in a process without the reaper
+/// thread (see `reaper.rs`): reaped by [`reap_ended`] once they end, as Python's
+/// `_cleanup()` reaps at each start and at `active_children()`.
+static DROPPED: Mutex<Vec<(i32, Arc<OwnedFd>)>> = Mutex::new(Vec::new());
 static AT_EXIT: Once = Once::new();
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -63,16 +68,41 @@ pub(super) fn forget(pid: i32) {
     table(|t| t.remove(&pid));
 }
 
+/// Notes child `pid` (behind `pidfd`), whose handle was dropped while it ran, for
+/// [`reap_ended`].
+pub(super) fn reap_later(pid: i32, pidfd: Arc<OwnedFd>) {
+    DROPPED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((pid, pidfd));
+}
+
+/// Reaps the children noted by [`reap_later`] that have ended, and forgets them.
+pub(super) fn reap_ended() {
+    let mut dropped = DROPPED.lock().unwrap_or_else(|p| p.into_inner());
+    dropped.retain(|(pid, pidfd)| {
+        // An error says there is nothing left to reap (reaped elsewhere).
+        let ended = !matches!(sys::try_wait_pidfd(pidfd.as_fd()), Ok(None));
+        if ended {
+            forget(*pid);
+        }
+        !ended
+    });
+}
+
 /// In a forked child: the table is its parent's copy, which lists the parent's children.
 /// Emptied without closing anything, as the child closes every inherited descriptor
 /// itself; its exit handler (the parent's copy too) then finds nothing to signal or wait for.
 pub(super) fn forget_inherited() {
     let inherited = table(std::mem::take);
     std::mem::forget(inherited);
+    let dropped = std::mem::take(&mut *DROPPED.lock().unwrap_or_else(|p| p.into_inner()));
+    std::mem::forget(dropped);
 }
 
 /// The children entered and not reaped that have not ended, in the order they were started.
 pub(crate) fn running_children() -> Vec<ActiveChild> {
+    reap_ended();
     let mut running: Vec<(u64, ActiveChild)> = table(|t| {
         t.iter()
             .filter(|(_, c)| !sys::readable_now(c.pidfd.as_fd()).unwrap_or(true))
