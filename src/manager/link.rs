@@ -481,7 +481,10 @@ impl Conn {
         // Refused here, not by the writer, which would have to give up the connection.
         frame.check_size()?;
         let max = crate::max_frame_size();
-        if self.announced.swap(max, Ordering::Relaxed) != max {
+        // Read first: a call writes the shared word only when the limit changed.
+        if self.announced.load(Ordering::Relaxed) != max
+            && self.announced.swap(max, Ordering::Relaxed) != max
+        {
             // This process's limit changed since the server was told: it is told first, so
             // that it measures this call's reply by the new one (a reply over it would end
             // the connection).

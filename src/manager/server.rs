@@ -818,14 +818,13 @@ impl PeerMax {
     fn check(&self, frame: &FrameBuf) -> Result<()> {
         let max = self.0.load(Ordering::Relaxed);
         let size = frame.body_len() as u64;
-        match max {
-            0 => Ok(()),
-            max if size > max => Err(Error::FrameTooLarge {
-                size,
-                max: usize::try_from(max).unwrap_or(usize::MAX),
-            }),
-            _ => Ok(()),
+        if max == 0 || size <= max {
+            return Ok(());
         }
+        Err(Error::FrameTooLarge {
+            size,
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        })
     }
 }
 

@@ -43,10 +43,8 @@ impl Reaper {
                 let _ = sys::eventfd_take(self.added.as_fd());
             }
             for ((pid, fd), _) in watched.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
-                // An error says there is nothing left to reap (reaped elsewhere).
-                if !matches!(sys::try_wait_pidfd(fd.as_fd()), Ok(None)) {
+                if registry::reap_if_ended(*pid, fd) {
                     self.children().retain(|(p, _)| p != pid);
-                    registry::forget(*pid);
                 }
             }
         }

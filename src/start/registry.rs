@@ -77,17 +77,20 @@ pub(super) fn reap_later(pid: i32, pidfd: Arc<OwnedFd>) {
         .push((pid, pidfd));
 }
 
+/// Reaps child `pid` if it has ended, and forgets it; whether it had (an error says there is
+/// nothing left to reap: it was reaped elsewhere).
+pub(super) fn reap_if_ended(pid: i32, pidfd: &OwnedFd) -> bool {
+    let ended = !matches!(sys::try_wait_pidfd(pidfd.as_fd()), Ok(None));
+    if ended {
+        forget(pid);
+    }
+    ended
+}
+
 /// Reaps the children noted by [`reap_later`] that have ended, and forgets them.
 pub(super) fn reap_ended() {
     let mut dropped = DROPPED.lock().unwrap_or_else(|p| p.into_inner());
-    dropped.retain(|(pid, pidfd)| {
-        // An error says there is nothing left to reap (reaped elsewhere).
-        let ended = !matches!(sys::try_wait_pidfd(pidfd.as_fd()), Ok(None));
-        if ended {
-            forget(*pid);
-        }
-        !ended
-    });
+    dropped.retain(|(pid, pidfd)| !reap_if_ended(*pid, pidfd));
 }
 
 /// In a forked child: the table is its parent's copy, which lists the parent's children.
