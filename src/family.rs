@@ -17,7 +17,8 @@ pub const MAIN_PROCESS_NAME: &str = "MainProcess";
 pub(crate) struct Lineage {
     pub(crate) name: String,
     pub(crate) daemon: bool,
-    pub(crate) parent_pid: u32,
+    /// The parent's owner word (its pid and start time, see [`sys::cached_owner`]).
+    pub(crate) parent: u64,
     pub(crate) parent_name: String,
 }
 
@@ -27,7 +28,7 @@ impl Lineage {
         Lineage {
             name: name.to_string(),
             daemon,
-            parent_pid: sys::current_pid() as u32,
+            parent: sys::cached_owner(),
             parent_name: current_process().name,
         }
     }
@@ -124,7 +125,8 @@ pub fn current_process() -> ProcessInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParentProcess {
     name: String,
-    pid: u32,
+    /// Its owner word: a later process that takes its pid is not it.
+    owner: u64,
 }
 
 impl ParentProcess {
@@ -136,16 +138,17 @@ impl ParentProcess {
 
     /// The parent's process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        sys::owner_pid(self.owner)
     }
 
     /// Whether the parent still runs. A child of this crate dies with its parent, so a child
-    /// mostly finds it alive; the answer is the kernel's all the same.
+    /// mostly finds it alive; the answer is the kernel's all the same, and a later process
+    /// that took the parent's pid is not taken for it.
     ///
     /// # Errors
     /// An I/O error if the kernel cannot be asked (no pidfd support).
     pub fn is_alive(&self) -> Result<bool> {
-        Ok(!sys::process_gone(self.pid)?)
+        Ok(!sys::owner_gone(self.owner)?)
     }
 }
 
@@ -161,7 +164,7 @@ impl std::fmt::Display for ParentProcess {
 pub fn parent_process() -> Option<ParentProcess> {
     lineage().map(|l| ParentProcess {
         name: l.parent_name,
-        pid: l.parent_pid,
+        owner: l.parent,
     })
 }
 

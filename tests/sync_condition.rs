@@ -258,6 +258,16 @@ async fn condition_wait_result() -> TestResult {
 /// No Python counterpart: a waiter killed while it waits takes no notification, so that
 /// `notify(1)` wakes the live waiter behind it (Python's semaphore-based condition does too).
 async fn a_notification_skips_a_killed_waiter() -> TestResult {
+    notification_skips_killed_waiter(false).await
+}
+
+/// As above, when a later process has taken the killed waiter's pid: it is not taken for
+/// the waiter.
+async fn a_notification_skips_a_killed_waiter_whose_pid_was_taken() -> TestResult {
+    notification_skips_killed_waiter(true).await
+}
+
+async fn notification_skips_killed_waiter(pid_taken: bool) -> TestResult {
     let c = Condition::new()?;
     let sleeping = Semaphore::new(0)?;
     let woken = Semaphore::new(0)?;
@@ -268,9 +278,21 @@ async fn a_notification_skips_a_killed_waiter() -> TestResult {
     drop(c.lock_timeout(LONG).await?);
     first[0].kill()?;
     first[0].join().await?;
+    let mut stranger = None;
+    if pid_taken {
+        match support::process_with_pid(first[0].pid()) {
+            Ok(child) => stranger = Some(child),
+            Err(why) => {
+                let _ = second[0].kill();
+                println!("skipped: {why}");
+                return Ok(());
+            }
+        }
+    }
     let g = c.lock_timeout(LONG).await?;
     g.notify(1);
     drop(g);
+    drop(stranger);
     if woken
         .acquire_timeout(LONG)
         .await
@@ -297,7 +319,8 @@ fn main() {
         condition_notify_n,
         condition_notify_all,
         condition_wait_result,
-        a_notification_skips_a_killed_waiter
+        a_notification_skips_a_killed_waiter,
+        a_notification_skips_a_killed_waiter_whose_pid_was_taken
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -9,9 +9,10 @@ mod support;
 use std::time::Duration;
 
 use libtest_mimic::Arguments;
+use support::process::BoxError;
 use support::{TestResult, eventually, join_ok, run_example};
 use tokio_multiprocessing::{
-    Error, Event, Lock, Process, RLock, RawArray, RawValue, StartMethod, Value,
+    Error, Event, Lock, LockGuard, Process, RLock, RawArray, RawValue, StartMethod, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -117,13 +118,7 @@ async fn lock_acquire_timeout() -> TestResult {
 async fn lock_owner_killed() -> TestResult {
     let l = Lock::new()?;
     let ready = Event::new()?;
-    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
-        .start()
-        .await?;
-    ready.wait_timeout(LONG).await?;
-    let pid = p.pid();
-    p.kill()?;
-    ensure!(p.join().await? == -9, "not killed by SIGKILL");
+    let pid = kill_a_holder(&l).await?;
     let r = l.lock_timeout(LONG).await;
     ensure!(
         matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
@@ -162,11 +157,7 @@ async fn lock_owner_killed() -> TestResult {
 /// holder's pidfd wakes it.
 async fn lock_waiter_sees_owner_die() -> TestResult {
     let l = Lock::new()?;
-    let ready = Event::new()?;
-    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
-        .start()
-        .await?;
-    ready.wait_timeout(LONG).await?;
+    let mut p = start_holder(&l).await?;
     let pid = p.pid();
     let (r, k) = tokio::join!(l.lock_timeout(LONG), async {
         tokio::task::yield_now().await;
@@ -180,6 +171,64 @@ async fn lock_waiter_sees_owner_die() -> TestResult {
     );
     ensure!(!l.is_locked(), "lock not recovered");
     Ok(())
+}
+
+/// No Python counterpart: the holder is killed and reaped, and a later process takes its pid,
+/// as happens soon where `pid_max` is 32768. The lock still counts its holder as dead: a
+/// lock that kept the bare pid took the stranger for its holder, and its next acquirer
+/// waited for the stranger's end.
+async fn lock_owner_whose_pid_another_process_took() -> TestResult {
+    let l = Lock::new()?;
+    let pid = kill_a_holder(&l).await?;
+    let stranger = match support::process_with_pid(pid) {
+        Ok(c) => c,
+        Err(why) => {
+            println!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    let tried = l.try_lock().map(|g| g.map(LockGuard::forget));
+    let waited = l.lock_timeout(Duration::from_secs(5)).await.map(drop);
+    drop(stranger);
+    ensure!(
+        matches!(tried, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "try_lock: want LockOwnerDied({pid}), got {tried:?}"
+    );
+    ensure!(
+        waited.is_ok(),
+        "the lock freed by try_lock was not taken: {waited:?}"
+    );
+
+    // A waiter that comes after the pid was taken, with no try_lock before it.
+    let pid = kill_a_holder(&l).await?;
+    let stranger = support::process_with_pid(pid)?;
+    let waited = l.lock_timeout(Duration::from_secs(5)).await.map(drop);
+    drop(stranger);
+    ensure!(
+        matches!(waited, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "lock: want LockOwnerDied({pid}), got {waited:?}"
+    );
+    Ok(())
+}
+
+/// Starts a child that takes `l` and holds it, then kills it with SIGKILL and reaps it; its
+/// pid.
+async fn kill_a_holder(l: &Lock) -> Result<u32, BoxError> {
+    let mut p = start_holder(l).await?;
+    let pid = p.pid();
+    p.kill()?;
+    ensure!(p.join().await? == -9, "not killed by SIGKILL");
+    Ok(pid)
+}
+
+/// A child that has taken `l` and holds it for ever.
+async fn start_holder(l: &Lock) -> Result<Process, BoxError> {
+    let ready = Event::new()?;
+    let p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start()
+        .await?;
+    ready.wait_timeout(LONG).await?;
+    Ok(p)
 }
 
 /// `lock_owner_killed` with children forked by the fork server: each child must record its
@@ -345,6 +394,7 @@ fn main() {
         lock_acquire_timeout,
         lock_owner_killed,
         lock_waiter_sees_owner_die,
+        lock_owner_whose_pid_another_process_took,
         lock_owner_killed_forkserver,
         lock_passed_to_a_waiter_that_dies,
         rlock_reentrant,

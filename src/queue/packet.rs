@@ -158,9 +158,17 @@ impl Inner {
             return Ok(None);
         }
         let mut kept = r.sender.lock().unwrap_or_else(|p| p.into_inner());
-        let watch = match kept.take().filter(|w| w.pid == pid) {
+        // The packet lock's word names the sender with its start time, while it holds the
+        // lock or lies dead holding it.
+        let held = self.lock.holder_word();
+        let owner = if sys::owner_pid(held) == pid {
+            held
+        } else {
+            u64::from(pid)
+        };
+        let watch = match kept.take().filter(|w| w.owner == owner) {
             Some(w) => Some(w),
-            None => Watch::open(pid)?.map(Arc::new),
+            None => Watch::open(owner)?.map(Arc::new),
         };
         match watch {
             Some(w) if !w.has_exited()? => {

@@ -82,8 +82,10 @@ impl Inner {
                 Pushed::Done => return Ok(()),
                 Pushed::Full => watch = None,
                 Pushed::Held(pid) => {
-                    if watch.as_ref().is_none_or(|w| w.pid != pid) {
-                        watch = Watch::open(pid)?;
+                    // A slot's word has room for a bare pid only (see the ring's docs).
+                    let owner = u64::from(pid);
+                    if watch.as_ref().is_none_or(|w| w.owner != owner) {
+                        watch = Watch::open(owner)?;
                         if watch.is_none() {
                             // Gone already: the next try frees its slot.
                             continue;

@@ -5,8 +5,8 @@
 //! their own. Tickets are served oldest first, and a waiter that arrives after a `notify` can
 //! never take that notification from an older one (the newcomer's ticket is past the limit
 //! the notifier set). A waiter that times out marks its ticket cancelled in a bitmap, and
-//! each ticket notes its waiter's pid; `notify` skips cancelled tickets and those of waiters
-//! whose process is gone without counting them, so a notification is never spent on a
+//! each ticket notes its waiter's owner word (pid and start time); `notify` skips cancelled
+//! tickets and those of waiters whose process is gone without counting them, so a notification is never spent on a
 //! waiter that has left, or was killed. At most `SLOTS` waiters may wait at once.
 
 use std::sync::Arc;
@@ -28,9 +28,9 @@ const NEXT: usize = 0;
 const LIMIT: usize = 8;
 const BITS: usize = 64;
 const SLOTS: u64 = 8192;
-/// The pid of each ticket's waiter, by slot.
-const PIDS: usize = BITS + (SLOTS as usize) / 8;
-const SIZE: usize = PIDS + (SLOTS as usize) * 4;
+/// The owner word of each ticket's waiter (see [`sys::cached_owner`]), by slot.
+const OWNERS: usize = BITS + (SLOTS as usize) / 8;
+const SIZE: usize = OWNERS + (SLOTS as usize) * 8;
 
 #[derive(Debug)]
 struct ConditionLayout;
@@ -64,15 +64,15 @@ impl Inner {
         word.fetch_and(!mask, SeqCst) & mask != 0
     }
 
-    fn pid(&self, ticket: u64) -> &std::sync::atomic::AtomicU32 {
-        self.region.u32_at(PIDS + (ticket % SLOTS) as usize * 4)
+    fn owner(&self, ticket: u64) -> &std::sync::atomic::AtomicU64 {
+        self.region.u64_at(OWNERS + (ticket % SLOTS) as usize * 8)
     }
 
     /// Whether the process that took `ticket` is gone: a notification spent on it would
     /// wake no one.
     fn waiter_gone(&self, ticket: u64) -> bool {
-        let pid = self.pid(ticket).load(SeqCst);
-        pid != 0 && pid != sys::cached_pid() && sys::process_gone(pid).unwrap_or(false)
+        let owner = self.owner(ticket).load(SeqCst);
+        owner != 0 && owner != sys::cached_owner() && sys::owner_gone(owner).unwrap_or(false)
     }
 
     fn notified(&self, ticket: u64) -> bool {
@@ -204,7 +204,7 @@ impl Condition {
             }
         };
         inner.take_cancelled(ticket);
-        inner.pid(ticket).store(sys::cached_pid(), SeqCst);
+        inner.owner(ticket).store(sys::cached_owner(), SeqCst);
         next.store(ticket + 1, SeqCst);
         let saved = match self.lock.release_save() {
             Ok(s) => s,

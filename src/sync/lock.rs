@@ -28,12 +28,14 @@ use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
 use crate::sys;
 
-/// Offsets in the segment: the holder's pid (0 when free), the number of sleeping waiters,
-/// and, for an `RLock`, the owning task's token and the recursion count.
+/// Offsets in the segment: the holder's owner word (its pid and start time, see
+/// [`sys::cached_owner`]; 0 when free), the number of sleeping waiters, and, for an `RLock`,
+/// the owning task's token and the recursion count. The start time tells a dead holder from
+/// a later process that took its pid.
 const STATE: usize = 0;
-const WAITERS: usize = 4;
-const TASK: usize = 8;
-const COUNT: usize = 16;
+const WAITERS: usize = 8;
+const TASK: usize = 16;
+const COUNT: usize = 24;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
@@ -55,21 +57,22 @@ impl Layout for LockLayout {
 pub(super) type RawLock = SharedState<LockLayout>;
 
 impl RawLock {
-    fn holder(&self) -> u32 {
-        self.region.u32_at(STATE).load(SeqCst)
+    /// The holder's owner word; 0 when free.
+    fn holder(&self) -> u64 {
+        self.region.u64_at(STATE).load(SeqCst)
     }
 
     /// One attempt, no system call.
-    fn try_take(&self, me: u32) -> bool {
+    fn try_take(&self, me: u64) -> bool {
         self.region
-            .u32_at(STATE)
+            .u64_at(STATE)
             .compare_exchange(0, me, SeqCst, Relaxed)
             .is_ok()
     }
 
     /// Tries, spinning briefly while a holder releases.
-    fn try_spin(&self, me: u32) -> bool {
-        let state = self.region.u32_at(STATE);
+    fn try_spin(&self, me: u64) -> bool {
+        let state = self.region.u64_at(STATE);
         for _ in 0..SPIN {
             if state.load(Relaxed) == 0 && self.try_take(me) {
                 return true;
@@ -81,21 +84,21 @@ impl RawLock {
 
     /// Takes the lock for this process, waiting until `deadline`.
     async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
-        let me = sys::cached_pid();
+        let me = sys::cached_owner();
         if self.try_take(me) || self.try_spin(me) {
             return Ok(());
         }
         until(deadline, self.acquire_slow(me)).await
     }
 
-    async fn acquire_slow(&self, me: u32) -> Result<()> {
+    async fn acquire_slow(&self, me: u64) -> Result<()> {
         // Each look reads before it tries: a compare-and-swap on a held lock takes the
         // cache line from its holder for nothing.
         let look = || Ok((self.holder() == 0 && self.try_take(me)).then_some(()));
         awake::wait(&self.recent, look, self.acquire_asleep(me)).await
     }
 
-    async fn acquire_asleep(&self, me: u32) -> Result<()> {
+    async fn acquire_asleep(&self, me: u64) -> Result<()> {
         let waiters = self.region.u32_at(WAITERS);
         waiters.fetch_add(1, SeqCst);
         let _counted = OnDrop::new(|| {
@@ -111,7 +114,7 @@ impl RawLock {
             if holder == 0 {
                 continue;
             }
-            if holder != me && watch.as_ref().is_none_or(|w| w.pid != holder) {
+            if holder != me && watch.as_ref().is_none_or(|w| w.owner != holder) {
                 watch = Watch::open(holder)?;
                 if watch.is_none() {
                     if let Some(e) = self.recover(holder, 1) {
@@ -120,7 +123,7 @@ impl RawLock {
                     continue;
                 }
             }
-            let died = match watch.as_ref().filter(|w| w.pid == holder) {
+            let died = match watch.as_ref().filter(|w| w.owner == holder) {
                 Some(w) => tokio::select! {
                     r = listener.notified() => { r?; false }
                     r = w.exited() => { r?; true }
@@ -142,12 +145,12 @@ impl RawLock {
     /// One attempt that also notices a dead holder (for `try_lock`): `Ok(true)` if taken,
     /// `Ok(false)` if a live process holds it, [`Error::LockOwnerDied`] if the holder died
     /// (the lock is then free).
-    fn try_take_checked(&self, me: u32) -> Result<bool> {
+    fn try_take_checked(&self, me: u64) -> Result<bool> {
         if self.try_take(me) {
             return Ok(true);
         }
         let holder = self.holder();
-        if holder == 0 || holder == me || !sys::process_gone(holder)? {
+        if holder == 0 || holder == me || !sys::owner_gone(holder)? {
             return Ok(false);
         }
         match self.recover(holder, 0) {
@@ -158,26 +161,27 @@ impl RawLock {
 
     /// Frees the lock of a dead holder; the error for the one caller that did. `counted` is
     /// 1 if the caller is among the sleeping waiters, 0 if not.
-    fn recover(&self, dead: u32, counted: u32) -> Option<Error> {
+    fn recover(&self, dead: u64, counted: u32) -> Option<Error> {
         let freed = self
             .region
-            .u32_at(STATE)
+            .u64_at(STATE)
             .compare_exchange(dead, 0, SeqCst, Relaxed)
             .is_ok();
         if !freed {
             return None;
         }
-        tracing::debug!(pid = dead, "lock holder died; lock recovered");
+        let pid = sys::owner_pid(dead);
+        tracing::debug!(pid, "lock holder died; lock recovered");
         // Others may sleep on the lock too.
         if self.region.u32_at(WAITERS).load(SeqCst) > counted {
             self.wake.signal();
         }
-        Some(Error::LockOwnerDied { pid: dead })
+        Some(Error::LockOwnerDied { pid })
     }
 
     /// Frees the lock; `false` if it was not held.
     fn release(&self) -> bool {
-        let prev = self.region.u32_at(STATE).swap(0, SeqCst);
+        let prev = self.region.u64_at(STATE).swap(0, SeqCst);
         if prev == 0 {
             return false;
         }
@@ -281,7 +285,7 @@ impl Lock {
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         Ok(self
             .raw
-            .try_take_checked(sys::cached_pid())?
+            .try_take_checked(sys::cached_owner())?
             // `then`, not `then_some`: a guard made for nothing would release the lock
             // (someone else's) when dropped.
             .then(|| LockGuard { lock: self }))
@@ -307,7 +311,12 @@ impl Lock {
 
     /// The pid of the process that holds the lock now, if any.
     pub fn holder(&self) -> Option<u32> {
-        Some(self.raw.holder()).filter(|&p| p != 0)
+        Some(sys::owner_pid(self.raw.holder())).filter(|&p| p != 0)
+    }
+
+    /// The holder's owner word (see [`sys::cached_owner`]); 0 when free.
+    pub(crate) fn holder_word(&self) -> u64 {
+        self.raw.holder()
     }
 
     pub(crate) async fn acquire_until(&self, deadline: Option<Instant>) -> Result<()> {
@@ -390,7 +399,7 @@ impl RLock {
     }
 
     fn owned_by_caller(&self) -> bool {
-        self.raw.holder() == sys::cached_pid()
+        self.raw.holder() == sys::cached_owner()
             && self.raw.region.u64_at(TASK).load(Acquire) == task_token()
     }
 
@@ -448,7 +457,7 @@ impl RLock {
         if self.owned_by_caller() {
             return Ok(Some(self.enter()));
         }
-        if self.raw.try_take_checked(sys::cached_pid())? {
+        if self.raw.try_take_checked(sys::cached_owner())? {
             self.take_ownership(1);
             return Ok(Some(RLockGuard { lock: self }));
         }
@@ -470,7 +479,7 @@ impl RLock {
 
     /// Whether the lock is held, and how many times: `(pid of the holder, count)`.
     pub fn holder(&self) -> Option<(u32, u32)> {
-        let pid = self.raw.holder();
+        let pid = sys::owner_pid(self.raw.holder());
         (pid != 0).then(|| (pid, self.raw.region.u32_at(COUNT).load(Acquire)))
     }
 
@@ -487,7 +496,7 @@ impl RLock {
 
     /// Releases one level, if this process holds the lock.
     fn leave(&self) {
-        if self.raw.holder() != sys::cached_pid() {
+        if self.raw.holder() != sys::cached_owner() {
             return;
         }
         let count = self.raw.region.u32_at(COUNT);
@@ -508,7 +517,7 @@ impl RLock {
     /// Called through a guard, which proves ownership wherever it has moved, so only the
     /// process is checked.
     pub(crate) fn release_all(&self) -> Result<u32> {
-        if self.raw.holder() != sys::cached_pid() {
+        if self.raw.holder() != sys::cached_owner() {
             return Err(Error::NotOwner);
         }
         let n = self.raw.region.u32_at(COUNT).swap(0, AcqRel);

@@ -155,18 +155,19 @@ impl Listener<'_> {
 /// A pidfd on the reactor: readable once the process has exited.
 #[derive(Debug)]
 pub(crate) struct Watch {
-    pub(crate) pid: u32,
+    /// The process's owner word (see [`sys::cached_owner`]), or a bare pid.
+    pub(crate) owner: u64,
     afd: AsyncFd<OwnedFd>,
 }
 
 impl Watch {
-    /// Watches `pid`; `Ok(None)` if there is no such process any more.
-    pub(crate) fn open(pid: u32) -> Result<Option<Watch>> {
-        let Some(fd) = sys::pidfd_of(pid)? else {
+    /// Watches the process that `owner` names; `Ok(None)` if it has ended and been reaped.
+    pub(crate) fn open(owner: u64) -> Result<Option<Watch>> {
+        let Some(fd) = sys::owner_pidfd(owner)? else {
             return Ok(None);
         };
         Ok(Some(Watch {
-            pid,
+            owner,
             afd: sys::register_owned(fd, Interest::READABLE)?,
         }))
     }

@@ -13,6 +13,7 @@ mod eventfd;
 mod fd;
 mod ident;
 mod load;
+mod owner;
 mod pid;
 mod proc;
 mod random;
@@ -35,7 +36,8 @@ pub(crate) use fd::{
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use load::core_spare;
-pub(crate) use pid::cached_pid;
+pub(crate) use owner::{owner_gone, owner_pid, owner_pidfd};
+pub(crate) use pid::{cached_owner, cached_pid};
 #[cfg(feature = "test-hooks")]
 pub(crate) use proc::fork_and_reap;
 pub(crate) use proc::{

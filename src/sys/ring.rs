@@ -39,6 +39,11 @@
 //! finds the slot held by a live process is told its pid ([`Pushed::Held`]) so that it can
 //! watch for its death while it waits for room.
 //!
+//! A slot's word has room for a bare pid, not for the start time that an owner word (see
+//! [`owner`](super::owner)) adds: should the dead owner's pid be taken by a later process
+//! before anyone finds the slot, the slot waits for that process's end. It takes a death
+//! within the few instructions between a claim and its last store.
+//!
 //! [`USER_WORDS`] header words (each on its own cache line where producers and consumers
 //! would contend) are also open to the layer above, for its wait flags and counters.
 

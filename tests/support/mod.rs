@@ -83,6 +83,42 @@ pub fn is_zombie_or_gone(pid: u32) -> bool {
     }
 }
 
+/// A `sleep 60` that took `pid`, a pid that is free now, as a later process takes a dead
+/// one's on a busy machine: the kernel's next pid is set through
+/// `/proc/sys/kernel/ns_last_pid`. `Err` with the reason if this machine does not let us
+/// (not root), or if other processes kept taking the pid first.
+///
+/// It starts two clock ticks (20 ms) after the call at least, so that its start time differs
+/// from that of a process that had the pid and started just before the call: the kernel,
+/// which hands pids out in turn, never gives a pid again so soon.
+pub fn process_with_pid(pid: u32) -> Result<KilledOnDrop, String> {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .map_err(|e| format!("cannot choose the next pid ({e}); it needs root"))?;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .map_err(|e| format!("cannot start sleep: {e}"))?;
+        if child.id() == pid {
+            return Ok(KilledOnDrop(child));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Err(format!("other processes took pid {pid} first 200 times"))
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether `pid` exists at all (zombie included).
 pub fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
