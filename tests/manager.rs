@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use support::{TestResult, run_example, test};
 use tokio_multiprocessing::{
-    self as mp, DictProxy, Error, ListProxy, Manager, NamespaceProxy, Process, StartMethod,
-    ValueProxy,
+    self as mp, DictProxy, Error, ListProxy, Manager, NamespaceProxy, Process, QueueProxy,
+    StartMethod, ValueProxy,
 };
 
 fn main() {
@@ -599,6 +599,15 @@ async fn values_holding_descriptors_are_refused() -> TestResult {
 /// with frames limited to 1 MiB, a request over it and a reply over it each fail their call
 /// with `FrameTooLarge`, and the connection lives on with every object it holds; so does a
 /// reply over the limit of a client whose limit is below its server's.
+/// Puts an item of 2 MiB of sevens, a moment after it starts.
+async fn put_after_a_while(q: QueueProxy<serde_bytes::ByteBuf>) -> Result<(), String> {
+    mp::set_max_frame_size(mp::DEFAULT_MAX_FRAME_SIZE);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.put(serde_bytes::ByteBuf::from(vec![7u8; 2 << 20]))
+        .await
+        .map_err(|e| format!("put: {e}"))
+}
+
 async fn oversized_calls_fail_alone() -> Result<(), String> {
     use serde_bytes::ByteBuf;
     let step = |what: &'static str| move |e: Error| format!("{what}: {e}");
@@ -648,8 +657,51 @@ async fn oversized_calls_fail_alone() -> Result<(), String> {
         }
     }
     match l.len().await {
-        Ok(3) => Ok(()),
-        other => Err(format!("after a reply over the client's limit: {other:?}")),
+        Ok(3) => {}
+        other => return Err(format!("after a reply over the client's limit: {other:?}")),
+    }
+    // A queue's item over the client's limit stays in the queue, at its head, for a get
+    // that can take it: one there already, and one put while the get waited
+    // (A maxsize that no ring takes keeps each queue in the server.)
+    mp::set_max_frame_size(mp::DEFAULT_MAX_FRAME_SIZE);
+    let server_queue = || m.queue_with_maxsize::<ByteBuf>(1 << 30);
+    let q = server_queue().await.map_err(step("queue"))?;
+    let item = |b: u8| ByteBuf::from(vec![b; 2 << 20]);
+    q.put(item(5)).await.map_err(|e| format!("put: {e}"))?;
+    q.put(item(6)).await.map_err(|e| format!("put: {e}"))?;
+    let waiting = server_queue().await.map_err(step("queue"))?;
+    mp::set_max_frame_size(1 << 20);
+    // Put by another process, whose limit is the default (a child starts with its parent's).
+    let putter = Process::new(put_after_a_while, (waiting.clone(),)).start();
+    let (got, putter) = tokio::join!(waiting.get(), putter);
+    let mut putter = putter.map_err(step("start the putter"))?;
+    match putter.join().await {
+        Ok(0) => {}
+        other => return Err(format!("the putter: {other:?}")),
+    }
+    let taken = q.get().await;
+    if !matches!(
+        (&taken, &got),
+        (
+            Err(Error::FrameTooLarge { .. }),
+            Err(Error::FrameTooLarge { .. })
+        )
+    ) {
+        return Err(format!(
+            "gets of items over the client's limit: {:?} {:?}",
+            taken.map(|v| v.len()),
+            got.map(|v| v.len())
+        ));
+    }
+    mp::set_max_frame_size(mp::DEFAULT_MAX_FRAME_SIZE);
+    let firsts = (q.get().await, waiting.get().await, q.qsize().await);
+    match firsts {
+        (Ok(a), Ok(b), Ok(1)) if a[0] == 5 && b[0] == 7 => Ok(()),
+        (a, b, n) => Err(format!(
+            "after gets over the client's limit: first items {:?} {:?}, {n:?} left",
+            a.map(|v| v.first().copied()),
+            b.map(|v| v.first().copied())
+        )),
     }
 }
 

@@ -143,6 +143,18 @@ async fn put_shaped(q: mp::Queue<Shaped>, n: u8) {
     }
 }
 
+/// Lowers its frame limit below `len`, then takes an item of `len` sixes.
+async fn get_under_a_lower_limit(q: mp::Queue<Vec<u8>>, len: u64) {
+    mp::set_max_frame_size(len as usize / 4);
+    match q.get_timeout(Duration::from_secs(20)).await {
+        Ok(v) if v.len() as u64 == len && v.iter().all(|&b| b == 6) => {}
+        other => {
+            eprintln!("the get gave {:?}", other.map(|v| v.len()));
+            std::process::exit(3);
+        }
+    }
+}
+
 /// Puts an item over the frame limit, which must fail with its exact size and leave the
 /// queue working, then a small one.
 async fn put_oversized(q: mp::Queue<Vec<u8>>, limit: u64) {
@@ -550,6 +562,18 @@ async fn an_oversized_item_is_refused_and_the_queue_serves_on() -> TestResult {
         "the small item"
     );
     ensure!(q.empty(), "nothing else was put");
+    Ok(())
+}
+
+/// No Python counterpart: a consumer whose frame limit is below the item's size still takes
+/// the item its producer put under a higher limit. A refusal would lose it: it was taken off
+/// the ring, which has no front to give it back to.
+async fn an_item_over_the_consumers_limit_is_taken_whole() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    q.put(vec![6u8; 1 << 20]).await.map_err(|e| e.to_string())?;
+    let mut p = start(get_under_a_lower_limit, (q.clone(), 1u64 << 20)).await?;
+    join_ok(&mut p).await?;
+    ensure!(q.empty(), "the item is still in the queue");
     Ok(())
 }
 
@@ -1220,6 +1244,10 @@ fn main() {
         test(
             "an_oversized_item_is_refused_and_the_queue_serves_on",
             an_oversized_item_is_refused_and_the_queue_serves_on,
+        ),
+        test(
+            "an_item_over_the_consumers_limit_is_taken_whole",
+            an_item_over_the_consumers_limit_is_taken_whole,
         ),
         test(
             "queue_carries_queues_and_pipes",

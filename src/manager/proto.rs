@@ -457,8 +457,9 @@ impl Reply {
 /// What a withdrawn request that was carried out all the same must give back: the item a
 /// `get` took, the lock or the unit an `acquire` was granted, the lock a condition's `wait`
 /// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does).
-/// The server undoes it when it sees the cancel before replying; the client, when the reply
-/// was already on its way.
+/// The server undoes it when it sees the cancel before replying, and when the reply cannot
+/// be sent (over the client's frame limit); the client, when the reply was already on its
+/// way.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Undo {
     Get(u64),

@@ -666,17 +666,42 @@ impl Withdrawal {
     /// Withdraws the request: its task stops waiting, or, if it was carried out and not
     /// yet answered, gives back what it took. The answer `Withdrawn` goes out after the
     /// request's reply, if one was sent.
-    fn cancel(&self, permit: mpsc::Permit<'_, (u64, Reply)>, rid: u64) {
+    fn cancel(&self, permit: mpsc::Permit<'_, Outgoing>, rid: u64) {
         let mut state = self.lock();
         state.cancelled = true;
         self.cancelled.notify_one();
-        permit.send((rid, Reply::Withdrawn));
+        permit.send((rid, Reply::Withdrawn, None));
         drop(state);
     }
 }
 
 /// Replies a connection may have waiting to be written before its requests stop being read.
 const REPLIES_IN_FLIGHT: usize = 1024;
+
+/// A reply for a connection's writer: the request's id, the reply, and what gives back what
+/// the reply granted should it not go out (see [`reply_frame`]).
+type Outgoing = (u64, Reply, Option<GiveBack>);
+
+/// What gives back what a reply granted (an item taken from a queue), for a reply that does
+/// not reach its client: withdrawn, or too large to send.
+#[derive(Debug, Clone, Copy)]
+struct GiveBack {
+    undo: Undo,
+    caller: Caller,
+}
+
+impl GiveBack {
+    /// For request `req` of `caller`, if what it may grant can be given back.
+    fn of(req: &Request, caller: Caller) -> Option<GiveBack> {
+        Undo::of(req).map(|undo| GiveBack { undo, caller })
+    }
+
+    fn give_back(self, shared: &Shared, reply: Reply) {
+        if let Some(req) = self.undo.request(reply) {
+            shared.state().handle(self.caller, req);
+        }
+    }
+}
 
 /// Serves one connection until it ends, then releases what it held.
 pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
@@ -686,10 +711,15 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
         pid: 0,
     };
     // Bounded: a client that sends and never reads is stopped being read, not buffered for.
-    let (tx, rx) = mpsc::channel::<(u64, Reply)>(REPLIES_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<Outgoing>(REPLIES_IN_FLIGHT);
     let peer_max = Arc::new(PeerMax::default());
     let mut tasks = JoinSet::new();
-    tasks.spawn(write_replies(link.clone(), rx, peer_max.clone()));
+    tasks.spawn(write_replies(
+        link.clone(),
+        rx,
+        peer_max.clone(),
+        shared.clone(),
+    ));
     let mut waiting: HashMap<u64, Arc<Withdrawal>> = HashMap::new();
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     let outcome: Result<()> = loop {
@@ -710,7 +740,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             Err(e) => {
                 // Garbage: this connection ends (after saying why); no other is affected.
                 let _ = tx
-                    .send((0, Reply::message(format!("malformed request: {e}"))))
+                    .send((0, Reply::message(format!("malformed request: {e}")), None))
                     .await;
                 break Err(e);
             }
@@ -733,7 +763,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 };
                 match waiting.remove(&rid) {
                     Some(w) => w.cancel(permit, rid),
-                    None => permit.send((rid, Reply::Withdrawn)),
+                    None => permit.send((rid, Reply::Withdrawn, None)),
                 }
                 continue;
             }
@@ -741,7 +771,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             // A ring's descriptors cross only a Unix socket.
             Request::Queue(_, QueueOp::Attach) if link.transport() != Transport::Unix => {
                 let r = Reply::message("a queue's ring reaches only clients on this machine");
-                if let Err(e) = reply_now(&link, id, r, &peer_max).await {
+                if let Err(e) = reply_now(&link, (id, r, None), &peer_max, &shared).await {
                     break Err(e);
                 }
                 continue;
@@ -754,7 +784,8 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             if req.tried_at_once() {
                 let step = shared.state().attempt(caller, &req, false);
                 if let Step::Done(r) = step {
-                    if let Err(e) = reply_now(&link, id, r, &peer_max).await {
+                    let out = (id, r, GiveBack::of(&req, caller));
+                    if let Err(e) = reply_now(&link, out, &peer_max, &shared).await {
                         break Err(e);
                     }
                     continue;
@@ -764,7 +795,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             let w = Arc::new(Withdrawal::default());
             waiting.insert(id, w.clone());
             tasks.spawn(async move {
-                let undo = Undo::of(&req);
+                let give_back = GiveBack::of(&req, caller);
                 let r = tokio::select! {
                     biased;
                     r = shared.wait(caller, req) => r,
@@ -776,17 +807,17 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 let mut state = w.lock();
                 if state.cancelled {
                     // Withdrawn while it was being carried out: give back what it took.
-                    if let Some(req) = undo.and_then(|u| u.request(r)) {
-                        shared.state().handle(caller, req);
+                    if let Some(g) = give_back {
+                        g.give_back(&shared, r);
                     }
                 } else {
-                    permit.send((id, r));
+                    permit.send((id, r, give_back));
                 }
                 state.finished = true;
             });
         } else {
             let r = shared.state().handle(caller, req);
-            if let Err(e) = reply_now(&link, id, r, &peer_max).await {
+            if let Err(e) = reply_now(&link, (id, r, None), &peer_max, &shared).await {
                 break Err(e);
             }
         }
@@ -800,8 +831,13 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
 
 /// Writes a reply from the connection's own loop, without a hop to the writer task (their
 /// turns to write are shared, so frames never interleave).
-async fn reply_now(link: &Framed, id: u64, reply: Reply, peer_max: &PeerMax) -> Result<()> {
-    link.send(&mut reply_frame(id, reply, peer_max)?).await
+async fn reply_now(
+    link: &Framed,
+    out: Outgoing,
+    peer_max: &PeerMax,
+    shared: &Shared,
+) -> Result<()> {
+    link.send(&mut reply_frame(out, peer_max, shared)?).await
 }
 
 /// The largest frame a connection's client reads, as its [`Request::Hello`] said (0: not
@@ -830,31 +866,42 @@ impl PeerMax {
 
 /// The frame of a reply; a reply that cannot be encoded, or would be a frame over the
 /// maximum size (this process's or its client's), is answered with that error instead, so
-/// that the call fails and the connection, with everything it holds, lives on.
-fn reply_frame(id: u64, reply: Reply, peer_max: &PeerMax) -> Result<FrameBuf> {
-    let encoded = FrameBuf::of(&(id, reply))
+/// that the call fails and the connection, with everything it holds, lives on. What such a
+/// reply granted is given back first: an item taken from a queue goes back to its head.
+fn reply_frame(
+    (id, reply, give_back): Outgoing,
+    peer_max: &PeerMax,
+    shared: &Shared,
+) -> Result<FrameBuf> {
+    let encoded = FrameBuf::of(&(id, &reply))
         .and_then(|mut f| f.check_size().and_then(|()| peer_max.check(&f)).map(|()| f));
-    encoded.or_else(|e| FrameBuf::of(&(id, Reply::Failed(Failure::from(e)))))
+    encoded.or_else(|e| {
+        if let Some(g) = give_back {
+            g.give_back(shared, reply);
+        }
+        FrameBuf::of(&(id, Reply::Failed(Failure::from(e))))
+    })
 }
 
 /// Writes the replies of a connection in order, batching those that are ready together, and
 /// a heartbeat whenever it has been idle for [`HEARTBEAT`].
 async fn write_replies(
     link: Arc<Framed>,
-    mut rx: mpsc::Receiver<(u64, Reply)>,
+    mut rx: mpsc::Receiver<Outgoing>,
     peer_max: Arc<PeerMax>,
+    shared: Arc<Shared>,
 ) {
     let mut batch = Vec::new();
     loop {
         let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
-            Err(_) => (0, Reply::Heartbeat),
+            Err(_) => (0, Reply::Heartbeat, None),
         };
         batch.clear();
         let mut next = Some(first);
         while let Some(r) = next.take() {
-            match reply_frame(r.0, r.1, &peer_max) {
+            match reply_frame(r, &peer_max, &shared) {
                 Ok(f) => batch.push(f),
                 Err(e) => tracing::debug!("a manager reply could not be encoded: {e}"),
             }
@@ -942,7 +989,9 @@ async fn refuse_the_starter(registration: OwnedFd, failure: Failure) -> Result<(
         let (id, req) = link.recv_awake().await?.decode::<(u64, Request)>()?;
         // What a connection says of itself is not answered, as when it is served.
         if req.is_answered() {
-            return reply_now(&link, id, Reply::Failed(failure), &PeerMax::default()).await;
+            return link
+                .send(&mut FrameBuf::of(&(id, Reply::Failed(failure)))?)
+                .await;
         }
     }
 }
