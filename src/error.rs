@@ -357,12 +357,14 @@ enum Repr {
     /// What the worker reported.
     Failed(TaskFailure),
     /// The worker died before it answered; `host` names its host when it ran on another
-    /// host of a cluster; `killed_because` says why the pool killed it, if it did.
+    /// host of a cluster; `killed_because` says why the pool killed it, if it did;
+    /// `answer_lost` says the task had finished, and only its answer was lost.
     WorkerLost {
         pid: u32,
         cause: ExitCause,
         host: Option<Arc<str>>,
         killed_because: Option<Arc<str>>,
+        answer_lost: bool,
     },
     /// The task ran past its timeout; its worker was killed.
     TimedOut { pid: u32, timeout: Duration },
@@ -418,7 +420,17 @@ impl TaskError {
             cause,
             host: host.cloned(),
             killed_because: None,
+            answer_lost: false,
         })
+    }
+
+    /// This error of a lost worker, for a task that had finished: only its answer, held
+    /// back to go out with others, was lost.
+    pub(crate) fn answer_lost(mut self) -> TaskError {
+        if let Repr::WorkerLost { answer_lost, .. } = &mut *self.repr {
+            *answer_lost = true;
+        }
+        self
     }
 
     /// This error of a lost worker, saying why the pool killed the worker (`None`: it did
@@ -480,10 +492,26 @@ impl TaskError {
         )
     }
 
-    /// Whether the process running the task died before it finished (a signal, an abort,
-    /// the OOM killer, `exit`).
+    /// Whether the process that ran the task died before its answer reached the pool (a
+    /// signal, an abort, the OOM killer, `exit`): while the task ran, or, if
+    /// [`is_answer_lost`](Self::is_answer_lost), after it finished.
     pub fn is_worker_lost(&self) -> bool {
         matches!(*self.repr, Repr::WorkerLost { .. })
+    }
+
+    /// Whether the task had finished when its worker died, and only its answer was lost: a
+    /// worker holds the answers of short tasks back to send several in one write, and a
+    /// task that kills its worker takes with it the answers of the tasks it ran before.
+    /// The task that was running then is the one whose error is
+    /// [`is_worker_lost`](Self::is_worker_lost) and not this.
+    pub fn is_answer_lost(&self) -> bool {
+        matches!(
+            *self.repr,
+            Repr::WorkerLost {
+                answer_lost: true,
+                ..
+            }
+        )
     }
 
     /// Whether the task ran past its timeout and its worker was killed (a wait that merely
@@ -608,6 +636,7 @@ impl fmt::Display for TaskError {
                 cause,
                 host,
                 killed_because,
+                answer_lost,
             } => {
                 match host {
                     None => write!(f, "worker process {pid} died ({cause})")?,
@@ -615,7 +644,10 @@ impl fmt::Display for TaskError {
                         write!(f, "worker process {pid} on host {host} was lost ({cause})")?
                     }
                 }
-                f.write_str(" before the task finished")?;
+                f.write_str(match answer_lost {
+                    false => " before the task finished",
+                    true => " after the task finished, before it sent the task's answer",
+                })?;
                 match killed_because {
                     Some(why) => write!(f, ": the pool killed it, as {why}"),
                     None => Ok(()),
@@ -644,7 +676,11 @@ impl fmt::Debug for TaskError {
                 cause,
                 host,
                 killed_because,
-            } => d.field("worker_lost", &(pid, cause, host, killed_because)),
+                answer_lost,
+            } => d.field(
+                "worker_lost",
+                &(pid, cause, host, killed_because, answer_lost),
+            ),
             Repr::TimedOut { pid, timeout } => d.field("timed_out", &(pid, timeout)),
             Repr::Cancelled => d.field("cancelled", &true),
             Repr::PoolClosed => d.field("pool_closed", &true),

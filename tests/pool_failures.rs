@@ -24,6 +24,7 @@ fn main() {
         kill_storm_runs_no_task_twice_and_resolves_every_call,
         imap_yields_one_item_per_input_when_a_chunk_times_out,
         imap_unordered_names_the_inputs_of_a_lost_chunk,
+        a_worker_death_names_the_task_that_was_running,
         build_succeeds_with_the_workers_that_start_and_the_rest_follow,
         a_build_dropped_while_initializers_hang_kills_its_workers,
         maxtasksperchild_of_zero_is_an_error,
@@ -308,6 +309,49 @@ async fn imap_unordered_names_the_inputs_of_a_lost_chunk() -> TestResult {
         "{} results",
         ok.len()
     );
+    Ok(())
+}
+
+/// `x`, except that input 150 kills its worker.
+fn abort_at_150(x: u64) -> u64 {
+    if x == 150 {
+        std::process::abort();
+    }
+    x
+}
+
+// A worker holds back the answers of short tasks to send several together; one killed by
+// a task loses the answers of those it ran before. Those fail saying their answer was lost,
+// and a map names the input that killed the worker, not the first of those.
+async fn a_worker_death_names_the_task_that_was_running() -> TestResult {
+    let pool = Pool::new(1).await?;
+    for round in 0..3 {
+        let e = match pool.map(abort_at_150, 0..200).chunksize(1).await {
+            Ok(_) => return Err("a map with an aborting input succeeded".into()),
+            Err(e) => e,
+        };
+        ensure!(
+            e.input_index() == Some(150) && e.is_worker_lost() && !e.is_answer_lost(),
+            "round {round}: the map failed with {e} for input {:?}",
+            e.input_index()
+        );
+        let got: Vec<_> = pool.imap(abort_at_150, 0..200).chunksize(1).collect().await;
+        for (i, r) in got.iter().enumerate() {
+            match r {
+                Ok(x) => ensure!(*x == i as u64 && i != 150, "item {i}: {x}"),
+                Err(e) if i == 150 => ensure!(
+                    e.is_worker_lost() && !e.is_answer_lost(),
+                    "the aborting item: {e}"
+                ),
+                Err(e) => ensure!(
+                    i < 150
+                        && e.is_answer_lost()
+                        && e.to_string().contains("after the task finished"),
+                    "item {i}: {e}"
+                ),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -54,7 +54,10 @@ pub(super) fn items<R>(
 ///
 /// # Errors
 /// The first failure in input order, a [`TaskError`] (see [`AsyncResult`]'s errors) naming
-/// the input it belongs to ([`TaskError::input_index`]); other chunks still run. A failed
+/// the input it belongs to ([`TaskError::input_index`]); other chunks still run. A worker's
+/// death fails the chunk it was running and also those it had finished and not answered
+/// yet ([`TaskError::is_answer_lost`]): the map then fails with the running chunk's error,
+/// which names the input that was running when the worker died. A failed
 /// map awaited again fails the same way; one that handed out its results gives an error
 /// whose [`caller_error`](TaskError::caller_error) is [`Error::InvalidArgument`].
 ///
@@ -182,6 +185,31 @@ impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
     }
 }
 
+impl<R: DeserializeOwned + 'static> MapResult<R> {
+    /// The error to fail with, given the first failure in input order, `e`: if `e` is only
+    /// an answer lost with its worker ([`TaskError::is_answer_lost`]), the error of the
+    /// later chunk that was running when that worker died, if there is one (it is answered
+    /// first, so it is there already), since that names the input that killed the worker.
+    fn cause_of(&mut self, e: TaskError) -> TaskError {
+        if !e.is_answer_lost() {
+            return e;
+        }
+        for (i, c) in self.chunks.iter_mut().enumerate().skip(self.next) {
+            if !c.ready() {
+                continue;
+            }
+            if let Some(Err(cause)) = c.peek()
+                && cause.is_worker_lost()
+                && !cause.is_answer_lost()
+                && cause.worker_pid() == e.worker_pid()
+            {
+                return cause.clone().at_input(i * self.chunksize);
+            }
+        }
+        e
+    }
+}
+
 impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
     type Output = std::result::Result<Vec<R>, TaskError>;
 
@@ -213,6 +241,7 @@ impl<R: DeserializeOwned + 'static> Future for MapResult<R> {
                 }),
             };
             if let Err(e) = done {
+                let e = this.cause_of(e);
                 this.next = this.chunks.len();
                 this.failed = Some(e.clone());
                 return Poll::Ready(Err(e));

@@ -199,10 +199,12 @@ fn checked_job(
 /// and rustc reports it as "implementation of `Deserialize` is not general enough" for the
 /// argument tuple. Take `String` (or the owned type) instead.
 ///
-/// A worker that dies (a signal, an abort, the OOM killer) fails only the tasks it was
-/// running, with a [`TaskError`] naming its pid and the signal or exit code
-/// ([`is_worker_lost`](TaskError::is_worker_lost)): its death
-/// is seen at once on its pidfd. It is replaced and the pool keeps serving. A task that
+/// A worker that dies (a signal, an abort, the OOM killer) fails the task it was running,
+/// with a [`TaskError`] naming its pid and the signal or exit code
+/// ([`is_worker_lost`](TaskError::is_worker_lost)), and the tasks it had finished whose
+/// answers it still held back to send together, saying so
+/// ([`is_answer_lost`](TaskError::is_answer_lost)); tasks it never started go to another
+/// worker. Its death is seen at once on its pidfd. It is replaced and the pool keeps serving. A task that
 /// panics fails with a [`TaskError`] carrying the panic's message and location
 /// ([`is_panic`](TaskError::is_panic)), for that task only.
 ///

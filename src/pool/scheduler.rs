@@ -829,6 +829,10 @@ impl Scheduler {
             });
         }
         let mut requeue = Vec::new();
+        // Tasks that had finished, whose answers the worker held back and lost: answered
+        // after the task that was running, so that a map that meets one of them first finds
+        // that task's error already there (see `MapResult`).
+        let mut answers_lost = Vec::new();
         for id in slot.sync.iter().chain(slot.asyncs.iter()) {
             let Some(run) = self.in_flight.remove(id) else {
                 continue;
@@ -866,9 +870,16 @@ impl Scheduler {
                 _ => {
                     let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause)
                         .killed_because(killed_because.as_ref());
-                    self.answer(*id, Err(e));
+                    if !run.is_async && slot.finished_before_death(*id) {
+                        answers_lost.push((*id, e.answer_lost()));
+                    } else {
+                        self.answer(*id, Err(e));
+                    }
                 }
             }
+        }
+        for (id, e) in answers_lost {
+            self.answer(id, Err(e));
         }
         for job in requeue.into_iter().rev() {
             self.queue.push_front(job);

@@ -95,6 +95,20 @@ impl Slot {
         }
     }
 
+    /// Whether synchronous task `id` had finished when the worker died: it was sent before
+    /// the last task the worker marked as started, and the worker runs its synchronous
+    /// tasks one at a time, in the order they were sent. Its answer, unanswered still, was
+    /// held back and lost. `false` when it is not known (a remote worker whose mark its
+    /// agent did not report), and for the marked task itself, which may have finished or
+    /// not.
+    pub(super) fn finished_before_death(&self, id: u64) -> bool {
+        let Some(last) = self.started.last() else {
+            return false;
+        };
+        let pos = |x: u64| self.sync.iter().position(|&y| y == x);
+        matches!((pos(id), pos(last)), (Some(i), Some(l)) if i < l)
+    }
+
     /// Sends the frames of this round: a lone one at once from this thread if the socket
     /// takes it (no wake-up of the writer task stands before it), several to the writer
     /// task, which writes them in one batch. If they cannot be sent (the writer task is gone,
@@ -217,5 +231,16 @@ mod tests {
         assert!(!s.may_have_started(12));
         // A task no longer held was answered, so it started.
         assert!(s.may_have_started(10));
+    }
+
+    #[test]
+    fn tasks_sent_before_the_marked_one_finished() {
+        let mark = StartedMark::new().expect("memfd");
+        let s = slot(&[10, 11, 12], &mark);
+        assert!(!s.finished_before_death(10));
+        mark.mark(11);
+        assert!(s.finished_before_death(10));
+        // The marked one may have finished or not; those after it never started.
+        assert!(!s.finished_before_death(11) && !s.finished_before_death(12));
     }
 }
