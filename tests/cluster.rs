@@ -43,6 +43,7 @@ fn main() {
         ending_a_cluster_leaves_its_runtime_running,
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
+        a_task_cancelled_behind_a_running_one_on_a_remote_worker_never_runs,
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
         a_remote_initializer_error_reaches_the_caller,
@@ -887,16 +888,22 @@ fn say(x: u32) -> u32 {
     std::process::id()
 }
 
-/// The "host" is an agent on this machine (no namespace, no root needed).
-async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> TestResult {
-    let cluster = Cluster::builder()
+/// A cluster of one "host", an agent on this machine (no namespace, no root needed), for one
+/// worker.
+async fn one_host_here() -> Result<Cluster, BoxError> {
+    Ok(Cluster::builder()
         .launcher(
             mp::launch::Command::new("{agent}")
                 .hosts(1)
                 .workers_per_host(1),
         )
         .build()
-        .await?;
+        .await?)
+}
+
+/// The "host" is an agent on this machine (no namespace, no root needed).
+async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> TestResult {
+    let cluster = one_host_here().await?;
     let pool = Pool::builder().cluster(&cluster).build().await?;
     let pid = u64::from(pool.apply(say, (5,)).await?);
     let seen = |stream: &str, line: &str| {
@@ -919,6 +926,20 @@ async fn worker_output_comes_back_as_tracing_events_naming_host_and_pid() -> Tes
         CAPTURED.lock().unwrap_or_else(|p| p.into_inner())
     );
     Ok(())
+}
+
+/// A task sent ahead to a remote worker behind a running one, then cancelled, never runs,
+/// and the running one finishes: the pool, which does not see what a remote worker
+/// started, asks the worker to drop the task rather than kill it. The "host" is an agent
+/// on this machine (no namespace, no root needed).
+async fn a_task_cancelled_behind_a_running_one_on_a_remote_worker_never_runs() -> TestResult {
+    let cluster = one_host_here().await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .build()
+        .await?;
+    support::pool::cancel_behind_a_running_task(&pool).await
 }
 
 /// More silent connections than [`mp::MAX_HANDSHAKES`] on the head's port (a child holds 400

@@ -790,6 +790,13 @@ async fn cancel_if_queued_never_kills_a_worker() -> TestResult {
     Ok(())
 }
 
+// A task sent ahead to a worker while another runs there, then cancelled, never runs: the
+// worker takes the cancel in before it starts its next task, though its reactor, idle
+// while the task before ran, has not seen the cancel arrive. No worker is killed for it.
+async fn a_task_cancelled_behind_a_running_one_never_runs() -> TestResult {
+    support::pool::cancel_behind_a_running_task(&Pool::new(1).await?).await
+}
+
 // abort_on_drop(): dropping the guard cancels its task, like tokio-util's
 // AbortOnDropHandle; detach() gives back a handle that does not.
 async fn abort_on_drop_cancels_when_dropped() -> TestResult {
@@ -962,6 +969,7 @@ fn main() {
             clones_share_the_pool_and_the_last_drop_terminates,
             imap_chooses_its_chunk_size_unless_told,
             cancel_if_queued_never_kills_a_worker,
+            a_task_cancelled_behind_a_running_one_never_runs,
             abort_on_drop_cancels_when_dropped,
             stats_count_tasks_and_lost_workers,
             stats_catch_up_once_the_pool_falls_quiet,

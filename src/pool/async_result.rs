@@ -152,6 +152,12 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// unless the task had finished already. A task that had been sent ahead to a worker
     /// but not started is taken back; in the rare race where the worker starts it at that
     /// moment, it runs to its end and its result is discarded.
+    ///
+    /// On a worker on another host of a [`Cluster`](crate::Cluster), whose started tasks
+    /// the pool does not see while it lives, the worker is killed only for a task that may
+    /// be the one it runs (none sent before it is unanswered); a task behind another is
+    /// taken back by the worker, which answers that it dropped it, or, had it started it,
+    /// with its result.
     pub fn cancel(&self) {
         self.send_cancel(true);
     }
@@ -161,7 +167,9 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// [`TaskError`]; a task already running is left to finish, no worker is killed, and the
     /// handle resolves to its result. In the rare race where a worker starts a task it was
     /// sent ahead at the moment it is taken back, the task runs to its end and its result
-    /// is discarded.
+    /// is discarded; on a cluster's worker (see [`cancel`](Self::cancel)), the worker
+    /// answers whether it dropped the task, and the handle resolves to the task's result if
+    /// it had started it.
     pub fn cancel_if_queued(&self) {
         self.send_cancel(false);
     }

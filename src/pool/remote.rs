@@ -132,6 +132,15 @@ impl Mark {
             },
         }
     }
+
+    /// Tells a local worker that one more cancel was sent to it (see
+    /// [`StartedMark`](super::started::StartedMark)); a remote worker shares no memory with
+    /// the pool.
+    pub(super) fn count_cancel(&self) {
+        if let Mark::Local(m) = self {
+            m.count_cancel();
+        }
+    }
 }
 
 /// Starts a worker on a host of `cluster` and sets it up as a local one is.

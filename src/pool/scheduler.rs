@@ -553,6 +553,19 @@ impl Scheduler {
             return;
         };
         let wid = run.wid;
+        if !run.is_async
+            && let Some(slot) = self.workers.get_mut(&wid)
+            && slot.started.last().is_none()
+            && !(running && slot.sync.front() == Some(&id))
+        {
+            // A live remote worker, whose started mark is not known here, and a task that
+            // cannot be the one it is running (another is ahead of it), or that may run on:
+            // the worker is asked to drop it, and answers either that it did or with the
+            // task's result, had it started. No worker is killed for a task it may never
+            // start, which would fail the one it is running.
+            slot.send_cancel(id);
+            return;
+        }
         let started = run.is_async
             || self
                 .workers
@@ -579,8 +592,8 @@ impl Scheduler {
                 "cancelling a running task: killing its worker"
             );
             slot.kill();
-        } else if let Ok(f) = FrameBuf::of(&ToWorker::Cancel { id }) {
-            slot.send_now(f);
+        } else {
+            slot.send_cancel(id);
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use std::sync::Arc;
 
+use super::proto::ToWorker;
 use super::remote::{Killer, Mark};
 use crate::wire::{FrameBuf, Outbox};
 
@@ -135,6 +136,16 @@ impl Slot {
     pub(super) fn send_now(&mut self, frame: FrameBuf) {
         self.unsent.push(frame);
         self.flush();
+    }
+
+    /// Asks the worker to drop task `id` if it has not started it; it answers that it did
+    /// ([`TaskFailure::Cancelled`](crate::error::TaskFailure::Cancelled)), or, had the task
+    /// started, nothing more than the task's own answer.
+    pub(super) fn send_cancel(&mut self, id: u64) {
+        if let Ok(f) = FrameBuf::of(&ToWorker::Cancel { id }) {
+            self.send_now(f);
+            self.started.count_cancel();
+        }
     }
 
     /// Kills the worker; its exit is reported by its reader, and it is replaced.

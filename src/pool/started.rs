@@ -10,6 +10,12 @@
 //! the pool reads the last id written: the worker runs its synchronous tasks in the order
 //! they were sent, so every task sent up to that one may have started, and every task sent
 //! after it never did.
+//!
+//! A second word counts the cancels the pool has sent the worker. A worker that ran a task
+//! outside its runtime has not had its reactor look at its socket since: before it starts
+//! the next task, it reads the socket directly if this count is above the cancels it has
+//! taken in, so that a cancel sent while a task ran reaches the queue before the next task
+//! starts. It costs one load per task, and a system call only when a cancel was sent.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -17,25 +23,30 @@ use std::sync::atomic::Ordering;
 use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
 
-/// The shared word; 0 means no task has started yet (task ids start at 1).
+/// The shared words: the last task started (0: none yet, task ids start at 1), and the
+/// cancels sent.
 #[derive(Debug)]
 pub(super) struct StartedMark(SharedRegion);
+
+const STARTED: usize = 0;
+const CANCELS: usize = 8;
+const SIZE: usize = 16;
 
 impl StartedMark {
     /// A new word, for a worker about to start.
     pub(super) fn new() -> Result<StartedMark> {
         Ok(StartedMark(SharedRegion::anonymous(
             "tokio-multiprocessing-pool-started",
-            8,
+            SIZE,
         )?))
     }
 
     /// The word the pool made, in the worker.
     pub(super) fn from_fd(fd: OwnedFd) -> Result<StartedMark> {
         let region = SharedRegion::from_fd(fd)?;
-        if region.len() < 8 {
+        if region.len() < SIZE {
             return Err(Error::Protocol(format!(
-                "the pool's started mark is {} bytes, not 8",
+                "the pool's started mark is {} bytes, not {SIZE}",
                 region.len()
             )));
         }
@@ -49,11 +60,21 @@ impl StartedMark {
 
     /// In the worker: task `id` starts now.
     pub(super) fn mark(&self, id: u64) {
-        self.0.u64_at(0).store(id, Ordering::Release);
+        self.0.u64_at(STARTED).store(id, Ordering::Release);
     }
 
     /// In the pool, once the worker is dead: the last task it started, 0 if none.
     pub(super) fn last(&self) -> u64 {
-        self.0.u64_at(0).load(Ordering::Acquire)
+        self.0.u64_at(STARTED).load(Ordering::Acquire)
+    }
+
+    /// In the pool: one more cancel was sent to the worker.
+    pub(super) fn count_cancel(&self) {
+        self.0.u64_at(CANCELS).fetch_add(1, Ordering::Release);
+    }
+
+    /// In the worker: the cancels sent so far.
+    pub(super) fn cancels(&self) -> u64 {
+        self.0.u64_at(CANCELS).load(Ordering::Acquire)
     }
 }

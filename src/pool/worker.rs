@@ -268,6 +268,8 @@ struct Worker {
     async_running: usize,
     done: UnboundedSender<Done>,
     exiting: bool,
+    /// The cancels received, to compare with those the pool sent (see [`StartedMark`]).
+    cancels_taken: u64,
 }
 
 impl Worker {
@@ -327,6 +329,7 @@ impl Worker {
                 return Ok(None);
             }
             ToWorker::Cancel { id } => {
+                self.cancels_taken += 1;
                 let before = self.queue.len();
                 self.queue.retain(|q| q.id != id);
                 if self.queue.len() == before {
@@ -457,6 +460,7 @@ fn serve(rt: &tokio::runtime::Runtime, start: Start) -> Result<()> {
             async_running: 0,
             done: done_tx,
             exiting: false,
+            cancels_taken: 0,
         },
         done_rx,
         held: Held::default(),
@@ -551,9 +555,14 @@ impl Serving {
         }
         loop {
             // Everything that has arrived is taken in before a task starts, so that a
-            // cancel sent behind a task reaches the queue first.
+            // cancel sent behind a task reaches the queue first. After a task ran outside
+            // the runtime, the reactor has not looked at the socket since: a cancel the
+            // pool says it sent is read from the socket directly, and so is everything on
+            // a cluster's host, whose pool shares no memory to say it (a system call per
+            // task beside a network round trip).
             loop {
-                let next = if *seen {
+                let direct = *seen || *remote || lane.started.cancels() > w.cancels_taken;
+                let next = if direct {
                     rd.try_recv()
                 } else {
                     rd.recv().now_or_never()

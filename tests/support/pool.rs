@@ -319,3 +319,44 @@ pub fn init_first_then_gate(claim: String, gate: String) {
     }
     block_until_file(gate);
 }
+
+/// On `pool`, of one worker: a task sent ahead to the worker while another runs there, then
+/// cancelled, never runs, and no worker is killed for it (either kind of cancel).
+pub async fn cancel_behind_a_running_task(pool: &Pool) -> super::TestResult {
+    // Short runs of the same function first: the pool then sends a task ahead to a
+    // worker that runs one.
+    let warm_path = tmp_path("behind-warm");
+    let warm: Vec<_> = (0..100)
+        .map(|_| pool.apply_async(pid_to_file_then_sleep, (warm_path.clone(), 0)))
+        .collect();
+    for w in warm {
+        w.await?;
+    }
+    for (round, kill_if_running) in [false, true, false, true].into_iter().enumerate() {
+        let path = tmp_path(&format!("behind-{round}"));
+        let marker = tmp_path(&format!("behind-never-{round}"));
+        let first = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 1_500));
+        let behind = pool.apply_async(pid_to_file_then_sleep, (marker.clone(), 0));
+        let worker = read_pid(&path).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match kill_if_running {
+            true => behind.cancel(),
+            false => behind.cancel_if_queued(),
+        }
+        let e = behind.await;
+        ensure!(
+            e.as_ref().is_err_and(|e| e.is_cancelled()),
+            "round {round}: {e:?}"
+        );
+        ensure!(first.await? == worker, "round {round}: the first task");
+        ensure!(
+            pool.apply(pid, ()).await? == worker,
+            "round {round}: a worker was killed"
+        );
+        ensure!(
+            !std::path::Path::new(&marker).exists(),
+            "round {round}: the cancelled task ran"
+        );
+    }
+    Ok(())
+}
