@@ -33,6 +33,7 @@ fn main() {
         remote_worker_killed_mid_task,
         frozen_host_is_declared_lost_and_the_other_serves_on,
         host_whose_cable_is_pulled_is_lost_and_its_agent_exits,
+        a_worker_link_gone_dead_fails_its_task_while_its_agent_answers,
         killing_the_head_leaves_no_process_on_the_hosts,
         wrong_key_garbage_and_silence_are_refused_without_harm,
         another_build_is_refused_naming_host_and_fingerprints,
@@ -314,6 +315,42 @@ async fn host_whose_cable_is_pulled_is_lost_and_its_agent_exits() -> TestResult 
         "processes left on the cut-off host: {:?}",
         net.pids(0)
     );
+    Ok(())
+}
+
+/// The packets of a worker's link are dropped, both ways, while its agent's connection
+/// carries on: the task it runs fails as lost, saying why, well before the task would end,
+/// and the host stays; the kernel alone would wait for the worker's answer for ever.
+async fn a_worker_link_gone_dead_fails_its_task_while_its_agent_answers() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    if std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: no iptables to drop a link's packets with");
+        return Ok(());
+    }
+    let cluster = cluster_on(&net, 1, 1, |b| b.heartbeat_deadline(Duration::from_secs(2))).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let path = temp_path("silent");
+    let call = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 120_000));
+    let worker = pid_in(&path).await?;
+    let port = net
+        .port_of(0, worker, cluster.local_addr().port())
+        .ok_or("the worker's link is not to be found")?;
+    net.drop_port(0, port)?;
+    let err = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .map_err(|_| "the task still waits on its worker's dead link")?
+        .err()
+        .ok_or("the cut-off worker's task succeeded")?;
+    ensure!(err.is_worker_lost(), "{err}");
+    ensure!(err.worker_pid() == Some(worker), "{err}");
+    ensure!(err.to_string().contains("went silent"), "{err}");
+    ensure!(cluster.hosts() == 1, "the host was lost with the link");
     Ok(())
 }
 

@@ -221,8 +221,7 @@ async fn serve(args: Args, key: Vec<u8>) -> i32 {
         match frame.decode_head::<ToAgent>() {
             Ok(ToAgent::Spawn { token }) => {
                 tokio::spawn(run_worker(
-                    address.clone(),
-                    key.clone(),
+                    (address.clone(), key.clone(), head_deadline),
                     agent,
                     token,
                     out.clone(),
@@ -260,10 +259,10 @@ fn lock(w: &Workers) -> std::sync::MutexGuard<'_, HashMap<u64, KillHandle>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts the worker for spawn `token` and reports its pid, then its end.
+/// Starts the worker for spawn `token` and reports its pid, then its end. Its link fails
+/// once the head has been unreachable on it for the head deadline, as the agent's own does.
 async fn run_worker(
-    address: Arc<str>,
-    key: Arc<[u8]>,
+    (address, key, head_deadline): (Arc<str>, Arc<[u8]>, Duration),
     agent: u64,
     token: u64,
     out: UnboundedSender<FromAgent>,
@@ -271,6 +270,7 @@ async fn run_worker(
 ) {
     let started = async {
         let link = dial(&address, &key).await?;
+        sys::fail_when_silent(link.as_fd(), head_deadline)?;
         link.send(&mut FrameBuf::of(&Dial::Worker { agent, token })?)
             .await?;
         // The worker takes the socket; this process keeps no end of it, so the head sees

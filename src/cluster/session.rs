@@ -152,6 +152,9 @@ async fn dispatch(link: Framed, dial: Dial, peer: SocketAddr, table: &Arc<Table>
                 .and_then(|w| w.link.take());
             match tx {
                 Some(tx) => {
+                    // A link that goes dead while its agent answers fails within about
+                    // the heartbeat deadline, so that the worker's tasks fail as lost.
+                    sys::fail_when_silent(link.as_fd(), table.heartbeat_deadline)?;
                     let _ = tx.send(link);
                     Ok(())
                 }

@@ -160,6 +160,11 @@ pub(super) async fn read_worker(
                     Err(why) => why,
                 }
             }
+            // A remote worker's link whose other end stopped answering (see
+            // `sys::fail_when_silent`): the worker may live on, cut off; it is killed.
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                format!("its link to the pool went silent ({e})")
+            }
             // A worker that died with frames unread resets its socket: an end, as a close.
             Err(Error::Closed | Error::Io(_)) => break,
             Err(e) => format!("what it sent could not be read: {e}"),

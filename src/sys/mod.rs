@@ -55,7 +55,9 @@ pub use shm::Pod;
 pub(crate) use shm::{
     SharedRegion, anonymous_file, shm_attach, shm_create, shm_remove, shm_remove_own,
 };
-pub(crate) use socket_opts::{grow_send_buffer, set_listen_backlog, shutdown_socket};
+pub(crate) use socket_opts::{
+    fail_when_silent, grow_send_buffer, set_listen_backlog, shutdown_socket,
+};
 pub(crate) use spill::{KeptViews, RECYCLE_MAX, spill_file, write_at};
 
 use std::io;

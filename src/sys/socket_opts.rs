@@ -1,8 +1,9 @@
-//! Options of a socket every holder of it shares: its send buffer, its listen backlog, and
-//! shutting a direction down.
+//! Options of a socket every holder of it shares: its send buffer, its listen backlog, how
+//! soon a silent TCP peer counts as gone, and shutting a direction down.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
 
 use nix::sys::socket::{Backlog, Shutdown, listen, setsockopt, shutdown, sockopt};
 
@@ -26,6 +27,26 @@ pub(crate) fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: u32) -> io::Result
     let most = i32::from(Backlog::MAXCONN);
     let backlog = i32::try_from(backlog).map_or(most, |b| b.min(most));
     Ok(listen(&fd, Backlog::new(backlog)?)?)
+}
+
+/// Makes a TCP connection fail, with `ETIMEDOUT`, once its peer has answered nothing for
+/// `deadline`, where the kernel waits some 15 minutes (for data it sent) or for ever (for
+/// data it waits for): idle, it probes the peer (`SO_KEEPALIVE`) after a quarter of the
+/// deadline (at least 1 s) and every quarter from then on, and it gives up once neither a
+/// probe nor its data has been answered for the deadline (`TCP_USER_TIMEOUT`, which rules
+/// both).
+pub(crate) fn fail_when_silent(fd: BorrowedFd<'_>, deadline: Duration) -> io::Result<()> {
+    let quarter = u32::try_from(deadline.as_secs() / 4)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let millis = u32::try_from(deadline.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    setsockopt(&fd, sockopt::TcpKeepIdle, &quarter)?;
+    setsockopt(&fd, sockopt::TcpKeepInterval, &quarter)?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
+    setsockopt(&fd, sockopt::TcpUserTimeout, &millis)?;
+    Ok(setsockopt(&fd, sockopt::KeepAlive, &true)?)
 }
 
 /// Shuts one direction of a socket down for every holder of it.

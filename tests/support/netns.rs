@@ -207,6 +207,51 @@ impl Net {
     }
 }
 
+impl Net {
+    /// The local port of process `pid`'s TCP connection to the head's `port`, in host `i`.
+    pub fn port_of(&self, i: usize, pid: u32, port: u16) -> Option<u16> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.host_ns(i),
+                "ss",
+                "-Htnp",
+                "state",
+                "established",
+            ])
+            .output()
+            .ok()?;
+        let (peer, owner) = (format!(" {HEAD_IP}:{port} "), format!("pid={pid},"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&peer) && l.contains(&owner))?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("10.77.{}.2:", i + 1))?.parse().ok())
+    }
+
+    /// Drops every packet of host `i`'s TCP connections on its local `port`, both ways,
+    /// with no word to either side (`iptables` in the host's namespace; its rules go with
+    /// it). An error where `iptables` is missing.
+    pub fn drop_port(&self, i: usize, port: u16) -> Result<(), String> {
+        let port = port.to_string();
+        for (chain, dir) in [("INPUT", "--dport"), ("OUTPUT", "--sport")] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.host_ns(i), "iptables", "-A", chain])
+                .args(["-p", "tcp", dir, &port, "-j", "DROP"])
+                .output()
+                .map_err(|e| format!("iptables: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "iptables: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn pids_in(ns: &str) -> Vec<u32> {
     Command::new("ip")
         .args(["netns", "pids", ns])
