@@ -41,6 +41,7 @@ fn main() {
         retries_run_again_a_task_whose_worker_died_only_when_asked,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         building_a_cluster_leaves_its_runtime_running_while_launching,
+        a_pool_and_shutdown_wait_for_no_launch,
         ending_a_cluster_leaves_its_runtime_running,
         garbage_after_the_challenge_is_refused,
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
@@ -772,6 +773,85 @@ async fn building_a_cluster_leaves_its_runtime_running_while_launching() -> Test
         "scale gave {scaled:?}, not the launcher's error"
     );
     ensure!(ticks > 0, "no other task ran while scale's launch ran");
+    Ok(())
+}
+
+/// A launcher of the user's own whose launch (an ssh probe to a dead host, say) lasts until
+/// the test lets it end, or 30 s; `launching` holds while it runs.
+#[derive(Debug)]
+struct Gated {
+    launching: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl mp::launch::Launcher for Gated {
+    fn hosts(&self) -> usize {
+        0
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, _: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        use std::sync::atomic::Ordering;
+        self.launching.store(true, Ordering::SeqCst);
+        let released = self
+            .release
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(Duration::from_secs(30));
+        self.launching.store(false, Ordering::SeqCst);
+        match released {
+            Ok(()) => Ok(mp::launch::Launched::detached()),
+            Err(_) => Err(mp::Error::InvalidArgument("never released".into())),
+        }
+    }
+}
+
+/// While `scale` launches a host, slowly, a pool built on the cluster (which asks the
+/// cluster how many workers it runs) fails for want of room, and `shutdown` returns, both
+/// on a current-thread runtime and before the launch ends; the code before held the
+/// runtime's only thread until the launch was over.
+async fn a_pool_and_shutdown_wait_for_no_launch() -> TestResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let launching = std::sync::Arc::new(AtomicBool::new(false));
+    let (release, rx) = std::sync::mpsc::channel();
+    let gated = Gated {
+        launching: launching.clone(),
+        release: std::sync::Mutex::new(rx),
+    };
+    let watch = launching.clone();
+    let (outcome, _): (TestResult, u32) = with_ticker(move || async move {
+        let cluster = Cluster::builder().launcher(gated).build().await?;
+        let scaling = tokio::spawn({
+            let cluster = cluster.clone();
+            async move { cluster.scale(1).await }
+        });
+        ensure!(
+            eventually(Duration::from_secs(20), || watch.load(Ordering::SeqCst)).await,
+            "the launch never began"
+        );
+        let pool = Pool::builder()
+            .cluster(&cluster)
+            .start_timeout(Duration::from_millis(100))
+            .build()
+            .await;
+        ensure!(pool.is_err(), "a pool started with no host");
+        ensure!(
+            watch.load(Ordering::SeqCst),
+            "the pool's build waited for the launch to end"
+        );
+        cluster.clone().shutdown().await?;
+        ensure!(
+            watch.load(Ordering::SeqCst),
+            "shutdown waited for the launch to end"
+        );
+        let _ = release.send(());
+        scaling.await??;
+        ensure!(cluster.hosts() == 0, "a host joined");
+        Ok(())
+    })?;
+    outcome?;
+    ensure!(!launching.load(Ordering::SeqCst), "the launch never ended");
     Ok(())
 }
 

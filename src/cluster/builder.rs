@@ -145,6 +145,7 @@ impl ClusterBuilder {
                 local,
                 launcher: self.launcher,
                 launched: Mutex::new(Vec::new()),
+                scaling: Mutex::new(()),
                 _shutdown: shutdown,
             }),
         };

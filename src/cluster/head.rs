@@ -62,15 +62,23 @@ pub(super) struct Inner {
     pub(super) address: String,
     pub(super) local: SocketAddr,
     pub(super) launcher: Option<Box<dyn Launcher>>,
+    /// Held only for a moment, so that a runtime's thread may take it.
     pub(super) launched: Mutex<Vec<Launched>>,
+    /// Held by a scale for as long as it launches, on its blocking thread: scales take
+    /// turns, and nothing else waits for a launch.
+    pub(super) scaling: Mutex<()>,
     /// Dropped with the last handle: the accept loop and every session end.
     pub(super) _shutdown: watch::Sender<()>,
 }
 
 impl Inner {
+    fn launched(&self) -> MutexGuard<'_, Vec<Launched>> {
+        self.launched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The agents launched so far, taken: the caller ends them.
     fn take_launched(&self) -> Vec<Launched> {
-        std::mem::take(&mut *self.launched.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.launched())
     }
 }
 
@@ -425,7 +433,10 @@ impl Cluster {
     /// their agents are connected: see [`wait_for_hosts`](Self::wait_for_hosts).
     ///
     /// The launcher's commands (an ssh probe and copy, `sbatch`) run on a blocking thread,
-    /// not on the runtime's.
+    /// not on the runtime's, and nothing on a runtime's thread waits for them: meanwhile a
+    /// pool built on the cluster counts the hosts launched so far, and
+    /// [`shutdown`](Self::shutdown) ends those (one launched after it is ended with the
+    /// cluster's last handle). Scales take turns.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error.
@@ -477,16 +488,16 @@ impl Cluster {
                 "this cluster has no launcher to start hosts with".into(),
             ));
         };
-        let mut launched = self
-            .inner
-            .launched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while launched.len() < hosts {
-            let spec = self.spec(launched.len(), launcher.workers_per_host())?;
-            launched.push(launcher.launch(&spec)?);
+        let _turn = self.inner.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let started = self.inner.launched().len();
+            if started >= hosts {
+                return Ok(());
+            }
+            let spec = self.spec(started, launcher.workers_per_host())?;
+            let agent = launcher.launch(&spec)?;
+            self.inner.launched().push(agent);
         }
-        Ok(())
     }
 
     /// The number of hosts whose agent is connected.
@@ -542,12 +553,7 @@ impl Cluster {
     /// How many workers a pool on this cluster runs unless told: the launcher's hosts times
     /// its workers per host, or else the room of the agents connected (at least 1).
     pub(crate) fn capacity(&self) -> usize {
-        let launched = self
-            .inner
-            .launched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
+        let launched = self.inner.launched().len();
         if let (Some(l), true) = (&self.inner.launcher, launched > 0) {
             return launched.saturating_mul(l.workers_per_host().min(MAX_WORKERS_PER_HOST));
         }
