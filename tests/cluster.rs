@@ -49,6 +49,8 @@ fn main() {
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
         a_remote_initializer_error_reaches_the_caller,
+        a_dropped_build_ends_its_remote_worker_and_frees_its_room,
+        a_remote_initializer_outlasts_the_start_timeout,
     ]);
 }
 
@@ -599,6 +601,68 @@ async fn a_remote_initializer_error_reaches_the_caller() -> TestResult {
             other => return Err(format!("round {round}: got {:?}", other.map(drop)).into()),
         }
     }
+    Ok(())
+}
+
+/// An initializer that writes its worker's pid to `path`, then hangs.
+fn pid_to_file_then_hang(path: String) {
+    let _ = std::fs::write(&path, std::process::id().to_string());
+    std::thread::sleep(Duration::from_secs(300));
+}
+
+/// A build dropped while its remote worker's initializer hangs kills that worker, as a
+/// local build does, so that its host's room is free for the next pool (the code before
+/// left the worker running, and the next pool found no room).
+async fn a_dropped_build_ends_its_remote_worker_and_frees_its_room() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let path = temp_path("hang");
+    let build = Pool::builder()
+        .cluster(&cluster)
+        .initializer(pid_to_file_then_hang, (path.clone(),))
+        .build();
+    // Dropped once its worker runs the initializer.
+    let worker = tokio::select! {
+        pid = pid_in(&path) => pid?,
+        built = build => return Err(format!("the build ended: {:?}", built.map(drop)).into()),
+    };
+    ensure!(
+        eventually(Duration::from_secs(20), || !net.pids(0).contains(&worker)).await,
+        "the worker {worker} of the dropped build lives on"
+    );
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(20))
+        .build()
+        .await?;
+    ensure!(pool.apply(sqr, (3,)).await? == 9, "the next pool's worker");
+    Ok(())
+}
+
+fn sleepy_init(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// A remote initializer, like a local one, has no time limit: one that runs past the
+/// start timeout sets its worker up all the same (the code before failed the build with
+/// "no answer to its setup").
+async fn a_remote_initializer_outlasts_the_start_timeout() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(4))
+        .initializer(sleepy_init, (6_000,))
+        .build()
+        .await?;
+    ensure!(
+        pool.apply(sqr, (4,)).await? == 16,
+        "the slowly set up worker"
+    );
     Ok(())
 }
 

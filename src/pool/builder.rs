@@ -163,7 +163,8 @@ impl PoolBuilder {
         self
     }
 
-    /// How long a worker may take to start, up to its initializer; the default is
+    /// How long a worker may take to start, up to its initializer (for a cluster's worker:
+    /// to find room on a host, be spawned by its agent and dial its link); the default is
     /// [`Process::DEFAULT_START_TIMEOUT`](crate::Process::DEFAULT_START_TIMEOUT). The
     /// initializer itself has no time limit, as in Python: where it may hang, bound
     /// [`build`](Self::build) with `tokio::time::timeout` (a build dropped kills the workers

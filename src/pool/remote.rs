@@ -23,6 +23,7 @@ use super::started::StartedMark;
 use super::worker;
 use crate::cluster::{Cluster, RemoteExit, RemoteKill};
 use crate::error::{Error, ExitCause, Result};
+use crate::on_drop::OnDrop;
 use crate::process::{KillHandle, Process};
 use crate::sys;
 use crate::wire::Fd;
@@ -154,21 +155,23 @@ pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<Work
         exit: Some(w.exit),
         last: last.clone(),
     };
+    // Until it is handed over, the worker dies with its start, as a local one does: a start
+    // dropped (its pool, or the build, gone) would otherwise leave it, and the room it
+    // takes on its host, for as long as its initializer runs.
+    let unclaimed = OnDrop::new({
+        let killer = killer.clone();
+        move || killer.kill()
+    });
     let name = || format!("cluster worker {pid} on host {host}");
+    // No time limit: the initializer has none, as locally. A host lost or a link gone
+    // silent ends the wait.
     let setup = async {
         let mut frame = setup_frame(cfg)?;
         link.send(&mut frame).await?;
         link.recv().await?.decode::<SetupReply>()
     };
     let reply = tokio::select! {
-        r = tokio::time::timeout(cfg.start_timeout, setup) => match r {
-            Ok(r) => r,
-            Err(_) => Err(Error::Start {
-                name: name(),
-                pid,
-                message: format!("no answer to its setup within {:?}", cfg.start_timeout),
-            }),
-        },
+        r = setup => r,
         ended = life.join() => {
             // Nothing is taken from a host declared lost.
             let left = match ended {
@@ -183,6 +186,7 @@ pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<Work
     };
     let err = match reply {
         Ok(SetupReply::Ready) => {
+            unclaimed.defuse();
             return Ok(WorkerConn {
                 pid,
                 host: Some(host),
