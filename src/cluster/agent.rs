@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{self, UnboundedSender, unbounded_channel};
 
 use super::MAX_WORKERS_PER_HOST;
 use super::key;
@@ -188,11 +188,20 @@ async fn serve(args: Args, key: Vec<u8>) -> i32 {
     };
     tracing::debug!(agent, "host agent joined the head");
     let ctl = Arc::new(ctl);
-    let (out, mut out_rx) = unbounded_channel::<FromAgent>();
+    let (control, mut control_rx) = unbounded_channel::<FromAgent>();
+    let (output, mut output_rx) = mpsc::channel::<FromAgent>(OUTPUT_LINES_QUEUED);
+    let out = Outbound { control, output };
     let writer = {
         let ctl = ctl.clone();
         tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
+            loop {
+                // Answers to the head first: a backlog of output never delays a `Pong`.
+                let m = tokio::select! {
+                    biased;
+                    m = control_rx.recv() => m,
+                    Some(m) = output_rx.recv() => Some(m),
+                };
+                let Some(m) = m else { return };
                 let Ok(mut f) = FrameBuf::of(&m) else {
                     continue;
                 };
@@ -234,7 +243,7 @@ async fn serve(args: Args, key: Vec<u8>) -> i32 {
                 }
             }
             Ok(ToAgent::Ping) => {
-                let _ = out.send(FromAgent::Pong);
+                let _ = out.control.send(FromAgent::Pong);
             }
             Ok(ToAgent::Exit) => break 0,
             Err(e) => {
@@ -255,6 +264,21 @@ async fn serve(args: Args, key: Vec<u8>) -> i32 {
 
 type Workers = Arc<Mutex<HashMap<u64, KillHandle>>>;
 
+/// The lines of worker output an agent holds for the head at most, before its workers wait
+/// in their writes.
+const OUTPUT_LINES_QUEUED: usize = 1024;
+
+/// The longest piece of a line of worker output sent as one message.
+const OUTPUT_LINE_MAX: usize = 64 * 1024;
+
+/// What an agent sends the head: its answers and reports, never held back, and its workers'
+/// output, of which a bounded backlog waits (see [`forward_output`]).
+#[derive(Clone)]
+struct Outbound {
+    control: UnboundedSender<FromAgent>,
+    output: mpsc::Sender<FromAgent>,
+}
+
 fn lock(w: &Workers) -> std::sync::MutexGuard<'_, HashMap<u64, KillHandle>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -265,7 +289,7 @@ async fn run_worker(
     (address, key, head_deadline): (Arc<str>, Arc<[u8]>, Duration),
     agent: u64,
     token: u64,
-    out: UnboundedSender<FromAgent>,
+    out: Outbound,
     workers: Workers,
 ) {
     let started = async {
@@ -282,7 +306,7 @@ async fn run_worker(
     let mut worker = match started.await {
         Ok(w) => w,
         Err(e) => {
-            let _ = out.send(FromAgent::SpawnFailed {
+            let _ = out.control.send(FromAgent::SpawnFailed {
                 token,
                 message: e.to_string(),
             });
@@ -296,10 +320,10 @@ async fn run_worker(
         }
         Err(e) => tracing::warn!("cannot keep a handle to kill worker {pid}: {e}"),
     }
-    let _ = out.send(FromAgent::Spawned { token, pid });
+    let _ = out.control.send(FromAgent::Spawned { token, pid });
     if let Some((stdout, stderr)) = worker.take_output() {
         for (fd, is_err) in [(stdout, false), (stderr, true)] {
-            tokio::spawn(forward_output(fd, pid, is_err, out.clone()));
+            tokio::spawn(forward_output(fd, pid, is_err, out.output.clone()));
         }
     }
     let code = match worker.join().await {
@@ -310,7 +334,7 @@ async fn run_worker(
         }
     };
     lock(&workers).remove(&token);
-    let _ = out.send(FromAgent::Exited {
+    let _ = out.control.send(FromAgent::Exited {
         token,
         code,
         last_started: worker.last_started(),
@@ -318,9 +342,12 @@ async fn run_worker(
 }
 
 /// Forwards each line a worker writes on one of its output pipes to the head, until the
-/// pipe's end of stream (the worker is gone).
-async fn forward_output(fd: OwnedFd, pid: u32, stderr: bool, out: UnboundedSender<FromAgent>) {
-    use tokio::io::AsyncBufReadExt;
+/// pipe's end of stream (the worker is gone). It waits while [`OUTPUT_LINES_QUEUED`] lines
+/// wait for the head, and the worker then waits in its writes once its pipe is full, as a
+/// program writing to a slow terminal does: the agent holds a bounded backlog, however much
+/// its workers print. A line longer than [`OUTPUT_LINE_MAX`] goes in pieces of that size.
+async fn forward_output(fd: OwnedFd, pid: u32, stderr: bool, out: mpsc::Sender<FromAgent>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(p) => p,
         Err(e) => {
@@ -332,7 +359,8 @@ async fn forward_output(fd: OwnedFd, pid: u32, stderr: bool, out: UnboundedSende
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match pipe.read_until(b'\n', &mut buf).await {
+        let mut piece = (&mut pipe).take(OUTPUT_LINE_MAX as u64);
+        match piece.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -340,7 +368,11 @@ async fn forward_output(fd: OwnedFd, pid: u32, stderr: bool, out: UnboundedSende
             buf.pop();
         }
         let line = String::from_utf8_lossy(&buf).into_owned();
-        if out.send(FromAgent::Output { pid, stderr, line }).is_err() {
+        if out
+            .send(FromAgent::Output { pid, stderr, line })
+            .await
+            .is_err()
+        {
             return;
         }
     }
