@@ -47,6 +47,7 @@ fn main() {
         worker_output_comes_back_as_tracing_events_naming_host_and_pid,
         a_task_cancelled_behind_a_running_one_on_a_remote_worker_never_runs,
         a_worker_printing_much_grows_its_agent_little,
+        terminate_waits_for_no_start_once_the_only_host_is_lost,
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
         a_remote_initializer_error_reaches_the_caller,
@@ -1130,6 +1131,37 @@ fn print_lines(n: u32) -> (u32, u32) {
         println!("line {i} of a worker that prints far more than anyone reads at once");
     }
     (std::process::id(), std::os::unix::process::parent_id())
+}
+
+/// A pool whose only host is lost terminates at once, though the start of the worker that
+/// replaces its lost one waits for a host's room until a long start timeout: that start is
+/// dropped, where `terminate` waited for it to give up. The "host" is an agent on this
+/// machine (no namespace, no root needed).
+async fn terminate_waits_for_no_start_once_the_only_host_is_lost() -> TestResult {
+    let cluster = one_host_here().await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(600))
+        .build()
+        .await?;
+    let (_, agent) = pool.apply(print_lines, (0,)).await?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), Signal::SIGKILL)?;
+    ensure!(
+        eventually(Duration::from_secs(30), || cluster.hosts() == 0).await,
+        "the killed agent's host is still counted"
+    );
+    // Its worker's replacement now waits for room.
+    ensure!(
+        eventually(Duration::from_secs(30), || pool.stats().workers_starting
+            > 0)
+        .await,
+        "no replacement is starting: {:?}",
+        pool.stats()
+    );
+    match tokio::time::timeout(Duration::from_secs(60), pool.terminate()).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err("terminate waited for a start that waits for room".into()),
+    }
 }
 
 /// The peak resident memory of process `pid` in KiB (`VmHWM`).

@@ -310,7 +310,11 @@ impl Scheduler {
     /// Runs until the pool is closed (or terminated) and every worker is gone.
     pub(super) async fn run(mut self) {
         loop {
-            if self.phase != Phase::Open && self.workers.is_empty() && self.starting == 0 {
+            // A terminated pool does not wait for the workers still starting (on a cluster,
+            // a start may wait for a host's room for long): its end drops their starts,
+            // which kills what they started (see `spawn_start`).
+            let starts_done = self.starting == 0 || self.phase == Phase::Terminating;
+            if self.phase != Phase::Open && self.workers.is_empty() && starts_done {
                 break;
             }
             let deadline = self.deadlines.first().map(|(t, _)| *t);
