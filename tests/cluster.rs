@@ -48,6 +48,7 @@ fn main() {
         a_task_cancelled_behind_a_running_one_on_a_remote_worker_never_runs,
         a_worker_printing_much_grows_its_agent_little,
         terminate_waits_for_no_start_once_the_only_host_is_lost,
+        a_launch_that_ended_at_once_is_named_when_no_host_has_room,
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
         a_remote_initializer_error_reaches_the_caller,
@@ -1162,6 +1163,36 @@ async fn terminate_waits_for_no_start_once_the_only_host_is_lost() -> TestResult
         Ok(r) => Ok(r?),
         Err(_) => Err("terminate waited for a start that waits for room".into()),
     }
+}
+
+/// A launched command that exits at once (an engine that refused the job, say): a pool's
+/// start that finds no host's room says so, with its exit status, where it said only that
+/// no host had room.
+async fn a_launch_that_ended_at_once_is_named_when_no_host_has_room() -> TestResult {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::new("false")
+                .hosts(1)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    let built = Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(2))
+        .build()
+        .await;
+    let e = built
+        .err()
+        .ok_or("a pool was built on no host")?
+        .to_string();
+    ensure!(
+        e.contains("no host of the cluster had room")
+            && e.contains("launched processes that ended")
+            && e.contains("exit status: 1"),
+        "{e}"
+    );
+    Ok(())
 }
 
 /// The peak resident memory of process `pid` in KiB (`VmHWM`).

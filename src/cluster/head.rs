@@ -76,6 +76,25 @@ impl Inner {
         self.launched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the error of a start that found no room adds about the agents launched on this
+    /// machine that have ended already (a launcher command that failed at once, say): their
+    /// pids and exit statuses; empty if none has.
+    fn launches_ended(&self) -> String {
+        let ended: Vec<String> = self
+            .launched()
+            .iter_mut()
+            .filter_map(Launched::ended)
+            .map(|(pid, status)| format!("{pid} ({status})"))
+            .collect();
+        match ended.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; launched processes that ended: {} (their stderr is this program's)",
+                ended.join(", ")
+            ),
+        }
+    }
+
     /// The agents launched so far, taken: the caller ends them.
     fn take_launched(&self) -> Vec<Launched> {
         std::mem::take(&mut *self.launched())
@@ -608,10 +627,14 @@ impl Cluster {
                 }
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(timed_out(&format!(
+                let mut e = timed_out(&format!(
                     "no host of the cluster had room for a worker{}",
                     table.last_refusal()
-                )));
+                ));
+                if let Error::Start { message, .. } = &mut e {
+                    message.push_str(&self.inner.launches_ended());
+                }
+                return Err(e);
             }
         };
         let both = async {

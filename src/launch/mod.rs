@@ -71,6 +71,9 @@ impl AgentSpec {
 #[derive(Debug)]
 pub struct Launched {
     child: Option<std::process::Child>,
+    /// How the launched process ended (its pid and exit status), once it was seen to have
+    /// ended: it is then reaped, and `child` is gone.
+    ended: Option<(u32, std::process::ExitStatus)>,
     /// A command that cancels what was started (`scancel <job>`), run when the cluster is
     /// dropped.
     cancel: Option<std::process::Command>,
@@ -81,6 +84,7 @@ impl Launched {
     pub fn process(child: std::process::Child) -> Launched {
         Launched {
             child: Some(child),
+            ended: None,
             cancel: None,
         }
     }
@@ -90,6 +94,7 @@ impl Launched {
     pub fn job(cancel: std::process::Command) -> Launched {
         Launched {
             child: None,
+            ended: None,
             cancel: Some(cancel),
         }
     }
@@ -98,6 +103,7 @@ impl Launched {
     pub fn detached() -> Launched {
         Launched {
             child: None,
+            ended: None,
             cancel: None,
         }
     }
@@ -105,6 +111,19 @@ impl Launched {
     /// The launched process's pid on this machine, if there is one.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// How the launched process ended (its pid and exit status), if it has: it is then
+    /// reaped, so that nothing is sent later to a process that took its pid. `None` while
+    /// it runs, or when there is no process on this machine.
+    pub(crate) fn ended(&mut self) -> Option<(u32, std::process::ExitStatus)> {
+        if self.ended.is_none() {
+            let c = self.child.as_mut()?;
+            let status = c.try_wait().ok().flatten()?;
+            self.ended = Some((c.id(), status));
+            self.child = None;
+        }
+        self.ended
     }
 }
 
