@@ -25,12 +25,13 @@
 //! The listener runs the exchanges of all the connections it has taken concurrently, and
 //! `accept` returns the first connection whose exchange ends. So a client that is slow or
 //! silent costs only itself: it fails after [`AUTH_TIMEOUT`] while the clients behind it are
-//! accepted as soon as they have answered. The listener always takes the next connection: at
-//! most [`MAX_HANDSHAKES`] exchanges are under way, and a connection that arrives while that
-//! many are drops the oldest of them (closes its socket). An honest client ends its exchange
-//! in about a millisecond, so silent sockets neither lock newcomers out nor pile up
-//! descriptors. The exchanges are kept in the listener between calls to `accept`, and go on
-//! whenever some `accept` is awaited.
+//! accepted as soon as they have answered. At most [`MAX_HANDSHAKES`] exchanges are under
+//! way: while that many are, the listener leaves further connections in the kernel's backlog
+//! until an exchange ends, or until the oldest whose client has not proved the key has taken
+//! a second, which is then closed to make room. An honest client proves it in about a
+//! millisecond, so a burst of any size gets through whole, and silent sockets neither lock
+//! newcomers out nor pile up descriptors. The exchanges are kept in the listener between
+//! calls to `accept`, and go on whenever some `accept` is awaited.
 
 use std::fmt;
 use std::future::Future;
@@ -54,15 +55,17 @@ use crate::address::{Address, ToAddress};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport};
+use crate::wire::{FrameBuf, Framed, HandshakeGate, Transport, Vouch};
 
 /// How long either side of the authentication exchange waits for the other.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The most connections whose authentication exchange a [`Listener`], a [`Manager`]'s address
-/// or a [`Cluster`]'s head runs at once. A connection that arrives while this many are under
-/// way drops the oldest of them, so that silent sockets can neither lock newcomers out nor
-/// hold more than this many descriptors.
+/// or a [`Cluster`]'s head runs at once. While this many are under way, connections wait in
+/// the kernel's backlog until one ends, or until the oldest whose client has not proved the
+/// key has taken a second: that one is closed to make room. So honest clients all get
+/// through however many arrive at once, while silent sockets can neither lock newcomers out
+/// nor hold more than this many descriptors.
 ///
 /// [`Manager`]: crate::Manager
 /// [`Cluster`]: crate::Cluster
@@ -109,16 +112,13 @@ pub struct Listener {
     last_accepted: Mutex<Option<Address>>,
     /// Connections taken from the socket whose exchange has not ended yet.
     handshakes: tokio::sync::Mutex<FuturesUnordered<Handshake>>,
-    /// Bounds `handshakes`, dropping the oldest for a newcomer.
+    /// Bounds `handshakes` (see [`HandshakeGate`]).
     gate: HandshakeGate,
 }
 
 /// A connection's authentication exchange: its socket once the peer has passed; `None` if a
 /// newer connection took its place.
 type Handshake = Pin<Box<dyn Future<Output = Option<Result<Accepted>>> + Send>>;
-
-/// The exchange itself, before the gate: its socket once the peer has passed.
-type Exchange = Pin<Box<dyn Future<Output = Result<Accepted>> + Send>>;
 
 /// A connection through its exchange, and where it came from.
 struct Accepted {
@@ -316,8 +316,9 @@ impl Listener {
     ///
     /// Every connection waiting is taken from the socket and its exchange started; the first
     /// whose exchange ends is returned, so a slow or silent client holds up no other. The
-    /// others go on with their exchanges at the next call. Past [`MAX_HANDSHAKES`] exchanges
-    /// under way, each newcomer closes the oldest of them. Calls from several tasks take
+    /// others go on with their exchanges at the next call. With [`MAX_HANDSHAKES`] exchanges
+    /// under way, the next connection is taken once one ends, or once the oldest whose client
+    /// has not proved the key has taken a second (it is closed). Calls from several tasks take
     /// turns.
     ///
     /// # Errors
@@ -345,8 +346,20 @@ impl Listener {
                         _ => {}
                     }
                 }
+                if self.gate.poll_room(cx).is_pending() {
+                    return Poll::Pending;
+                }
                 match self.poll_take(cx) {
-                    Poll::Ready(Ok(h)) => pending.push(Box::pin(self.gate.admit(h))),
+                    Poll::Ready(Ok((fd, transport, peer))) => {
+                        let key = self.authkey.clone();
+                        pending.push(Box::pin(self.gate.admit(move |vouch| async move {
+                            let link = Framed::new(fd, transport)?;
+                            if let Some(key) = key {
+                                authenticate_peer(&link, &key, AUTH_TIMEOUT, vouch).await?;
+                            }
+                            Ok(Accepted { link, peer })
+                        })));
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -357,47 +370,31 @@ impl Listener {
         Ok(Connection::from_framed(link.link, true, true))
     }
 
-    /// Takes a connection from the socket and makes its exchange (not started yet).
-    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Exchange>> {
-        let key = self.authkey.clone();
-        let h: Exchange = match &self.inner {
+    /// Takes a connection from the socket: its descriptor, transport and peer.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<(OwnedFd, Transport, Address)>> {
+        let taken = match &self.inner {
             Inner::Unix(l) => {
                 let (s, peer) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
                 };
-                let peer = Address::Unix(
-                    peer.as_pathname()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_default(),
-                );
-                Box::pin(async move {
-                    let link = Framed::new(s.into_std()?.into(), Transport::Unix)?;
-                    if let Some(key) = key {
-                        authenticate(&link, &key, true).await?;
-                    }
-                    Ok(Accepted { link, peer })
-                })
+                let peer = peer.as_pathname().map(Path::to_path_buf);
+                (
+                    s.into_std()?.into(),
+                    Transport::Unix,
+                    Address::Unix(peer.unwrap_or_default()),
+                )
             }
             Inner::Tcp(l) => {
                 let (s, peer) = match l.poll_accept(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
                 };
-                Box::pin(async move {
-                    s.set_nodelay(true)?;
-                    let link = Framed::new(s.into_std()?.into(), Transport::Tcp)?;
-                    if let Some(key) = key {
-                        authenticate(&link, &key, true).await?;
-                    }
-                    Ok(Accepted {
-                        link,
-                        peer: Address::Tcp(peer),
-                    })
-                })
+                s.set_nodelay(true)?;
+                (s.into_std()?.into(), Transport::Tcp, Address::Tcp(peer))
             }
         };
-        Poll::Ready(Ok(h))
+        Poll::Ready(Ok(taken))
     }
 
     /// Stops listening (the same as dropping it).
@@ -473,7 +470,7 @@ impl Client {
         };
         let link = Framed::new(fd, transport)?;
         if let Some(key) = authkey {
-            authenticate(&link, key, false).await?;
+            authenticate(&link, key).await?;
         }
         Ok(Connection::from_framed(link, true, true))
     }
@@ -485,27 +482,35 @@ fn auth_err(message: impl Into<String>) -> Error {
     }
 }
 
-/// Runs the exchange: the listener challenges first, then answers; the client the reverse.
-/// Messages longer than [`MAX_AUTH_MESSAGE`] are refused as soon as their header is in.
-pub(crate) async fn authenticate(s: &Framed, key: &[u8], listener: bool) -> Result<()> {
-    authenticate_within(s, key, listener, AUTH_TIMEOUT).await
+/// Runs the client's side of the exchange: it answers the listener's challenge, then
+/// challenges it. Messages longer than [`MAX_AUTH_MESSAGE`] are refused as soon as their
+/// header is in.
+pub(crate) async fn authenticate(s: &Framed, key: &[u8]) -> Result<()> {
+    authenticate_within(s, key, AUTH_TIMEOUT).await
 }
 
 /// [`authenticate`] with a time limit of the caller's (a manager's handshake timeout).
-pub(crate) async fn authenticate_within(
+pub(crate) async fn authenticate_within(s: &Framed, key: &[u8], limit: Duration) -> Result<()> {
+    let run = async {
+        answer_challenge(s, key).await?;
+        deliver_challenge(s, key).await
+    };
+    bounded(s, limit, run).await
+}
+
+/// Runs the listener's side of the exchange, within `limit`: it challenges the peer, then
+/// answers the peer's challenge. Once the peer has proved it holds the key, `vouch` tells
+/// the server's [`HandshakeGate`], which then never closes the connection for a newer one.
+pub(crate) async fn authenticate_peer(
     s: &Framed,
     key: &[u8],
-    listener: bool,
     limit: Duration,
+    vouch: Vouch,
 ) -> Result<()> {
     let run = async {
-        if listener {
-            deliver_challenge(s, key).await?;
-            answer_challenge(s, key).await
-        } else {
-            answer_challenge(s, key).await?;
-            deliver_challenge(s, key).await
-        }
+        deliver_challenge(s, key).await?;
+        vouch.key_proven();
+        answer_challenge(s, key).await
     };
     bounded(s, limit, run).await
 }

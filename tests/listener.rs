@@ -80,6 +80,105 @@ async fn connect_repeatedly(address: PathBuf, key: Vec<u8>, times: u32) {
     }
 }
 
+/// Connects `n` clients to `address` with `key` at once, each on a task of its own; each
+/// sends its number and waits for it to come back. Exits 3, saying which failed and how, if
+/// any of them fails.
+async fn connect_at_once(address: mp::Address, key: Vec<u8>, n: u32) {
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (address, key) = (address.clone(), key.clone());
+        clients.spawn(async move {
+            let conn = mp::Client::connect::<u32>(address, Some(&key))
+                .await
+                .map_err(|e| format!("connect {i}: {e}"))?;
+            conn.send(&i).await.map_err(|e| format!("send {i}: {e}"))?;
+            match conn.recv().await {
+                Ok(v) if v == i => Ok(()),
+                other => Err(format!("recv {i}: {other:?}")),
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        let first: Vec<_> = failed.iter().take(3).cloned().collect();
+        eprintln!(
+            "{} of {n} clients failed: {} ...",
+            failed.len(),
+            first.join("; ")
+        );
+        std::process::exit(3)
+    }
+}
+
+/// Writes `body` as one frame of the crate's (a 5-byte header: the length, big-endian, and
+/// no descriptors).
+async fn write_frame<S: AsyncWriteExt + Unpin>(s: &mut S, body: &[u8]) -> std::io::Result<()> {
+    let mut frame = u32::try_from(body.len())
+        .map_err(std::io::Error::other)?
+        .to_be_bytes()
+        .to_vec();
+    frame.push(0);
+    frame.extend_from_slice(body);
+    s.write_all(&frame).await
+}
+
+/// Reads one frame without descriptors, of at most 256 bytes, and returns its body.
+async fn read_frame<S: AsyncReadExt + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > 256 || head[4] != 0 {
+        return Err(std::io::Error::other(format!("a frame header {head:?}")));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// HMAC-SHA256 of `message` under `key`, as the exchange computes it.
+fn mac(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    m.update(message);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// The client's side of the exchange on a plain socket, as [`mp::Client::connect`] runs it
+/// (written out here so that a test can hold the client back before it answers): answers
+/// the listener's challenge, then challenges it.
+async fn answer_then_challenge<S>(s: &mut S, key: &[u8]) -> Result<(), String>
+where
+    S: AsyncReadExt + AsyncWriteExt + Unpin,
+{
+    let io = |e: std::io::Error| e.to_string();
+    let challenge = read_frame(s).await.map_err(io)?;
+    let message = challenge
+        .strip_prefix(b"#CHALLENGE#")
+        .ok_or("not a challenge")?;
+    let answer = [b"{sha256}".as_slice(), &mac(key, message)].concat();
+    write_frame(s, &answer).await.map_err(io)?;
+    if read_frame(s).await.map_err(io)? != b"#WELCOME#" {
+        return Err("not welcomed".into());
+    }
+    let message = [b"{sha256}".as_slice(), &[7; 40]].concat();
+    write_frame(s, &[b"#CHALLENGE#".as_slice(), &message].concat())
+        .await
+        .map_err(io)?;
+    let expected = [b"{sha256}".as_slice(), &mac(key, &message)].concat();
+    if read_frame(s).await.map_err(io)? != expected {
+        return Err("the listener's answer is wrong".into());
+    }
+    write_frame(s, b"#WELCOME#").await.map_err(io)
+}
+
 // ---- tests ----
 
 /// [`round_trip`] with an echo client started with the key, which connects by the address
@@ -563,9 +662,9 @@ async fn descriptors_during_the_exchange_are_refused_at_once() -> TestResult {
 
 /// More silent clients than [`mp::MAX_HANDSHAKES`] (a child holds 400 TCP connections that
 /// never answer the challenge): the listener goes on taking connections and closes the
-/// oldest silent ones, so a good client that comes after all of them is accepted long before
-/// they would time out, and the listener never holds more than `MAX_HANDSHAKES` of them.
-/// Every descriptor is closed once they are gone.
+/// silent ones that have waited a while, so a good client that comes after all of them is
+/// accepted long before they would time out, and the listener never holds more than
+/// `MAX_HANDSHAKES` of them. Every one of their descriptors is closed once they are gone.
 async fn more_silent_clients_than_max_handshakes_lock_no_one_out() -> TestResult {
     let l = std::sync::Arc::new(mp::Listener::bind(
         "127.0.0.1:0".parse::<SocketAddr>()?,
@@ -574,7 +673,6 @@ async fn more_silent_clients_than_max_handshakes_lock_no_one_out() -> TestResult
     let mp::Address::Tcp(addr) = l.address().clone() else {
         return Err("the listener has no TCP address".into());
     };
-    let before = open_fds();
     // Accepts throughout, as a server does; silent clients that time out are refused.
     let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
     let acceptor = {
@@ -609,18 +707,180 @@ async fn more_silent_clients_than_max_handshakes_lock_no_one_out() -> TestResult
     );
     ensure!(join_code(&mut good).await? == 0, "the good client");
     // The good client came after every silent one: all were taken, most closed since.
-    let bound = before + mp::MAX_HANDSHAKES + 24;
+    // Those in their exchange, and the good client's.
+    let bound = mp::MAX_HANDSHAKES + 1;
+    let held = || support::connections_on_port(addr.port());
     ensure!(
-        support::eventually(Duration::from_secs(10), || open_fds() <= bound).await,
-        "the listener holds {} descriptors, more than {bound}",
-        open_fds()
+        support::eventually(Duration::from_secs(10), || held() <= bound).await,
+        "the listener holds {} connections, more than {bound}",
+        held()
     );
     silent.close().await?;
     drop((conn, good));
     // The silent sockets' exchanges end with them, while the listener goes on.
-    let returned = fds_return_to(before, Duration::from_secs(20)).await;
+    let closed = support::eventually(Duration::from_secs(20), || held() == 0).await;
     acceptor.abort();
-    returned
+    ensure!(closed, "the listener still holds {} connections", held());
+    Ok(())
+}
+
+/// A burst of more honest clients than [`mp::MAX_HANDSHAKES`] (a child connects 300 with
+/// the key at once, over a Unix socket and over TCP, and all are in the listener's backlog
+/// before it accepts): every one is accepted and its connection carries a message both ways,
+/// as Python's `accept` serves them one by one. The listener's bound on exchanges under way
+/// closes none of them: they are all answering.
+async fn a_burst_of_more_clients_than_max_handshakes_is_accepted_whole() -> TestResult {
+    const CLIENTS: u32 = 300;
+    let addresses = [
+        mp::Address::Unix(socket_path("burst")),
+        mp::Address::Tcp("127.0.0.1:0".parse()?),
+    ];
+    for address in addresses {
+        let l = mp::Listener::bind_with_backlog(address, Some(KEY), 2 * CLIENTS)?;
+        let mut p = mp::Process::new(
+            connect_at_once,
+            (l.address().clone(), KEY.to_vec(), CLIENTS),
+        )
+        .start()
+        .await?;
+        let queued = || support::not_accepted(l.address()) == CLIENTS as usize;
+        if !support::eventually(Duration::from_secs(20), queued).await {
+            let _ = p.kill();
+            let n = support::not_accepted(l.address());
+            return Err(format!("{n} of {CLIENTS} clients queued").into());
+        }
+        let mut served = tokio::task::JoinSet::new();
+        // Accepts until the child ends: it ends once each of its clients is through or failed.
+        let code = loop {
+            tokio::select! {
+                conn = l.accept::<u32>() => {
+                    let conn = conn?;
+                    served.spawn(async move {
+                        let i = conn.recv_timeout(Duration::from_secs(20)).await?;
+                        conn.send(&i).await
+                    });
+                }
+                code = join_code(&mut p) => break code?,
+            }
+        };
+        ensure!(
+            code == 0,
+            "some of {CLIENTS} clients failed over {} (the child's stderr says which)",
+            l.address()
+        );
+        ensure!(
+            served.len() == CLIENTS as usize,
+            "{} accepted",
+            served.len()
+        );
+        while let Some(r) = served.join_next().await {
+            r??;
+        }
+    }
+    Ok(())
+}
+
+/// More honest clients than [`mp::MAX_HANDSHAKES`] that all connect, then all wait until
+/// the listener has taken what it will before they answer (as a burst of clients does whose
+/// process is slower than the listener's): every exchange ends, every connection carries a
+/// message both ways, over a Unix socket and over TCP. The listener takes `MAX_HANDSHAKES`
+/// of them and the rest once those are through, where it closed the oldest to take the rest.
+async fn answering_clients_beyond_max_handshakes_are_not_closed() -> TestResult {
+    const CLIENTS: usize = mp::MAX_HANDSHAKES + 44;
+    let addresses = [
+        mp::Address::Unix(socket_path("held-burst")),
+        mp::Address::Tcp("127.0.0.1:0".parse()?),
+    ];
+    for address in addresses {
+        let l = std::sync::Arc::new(mp::Listener::bind_with_backlog(
+            address,
+            Some(KEY),
+            2 * CLIENTS as u32,
+        )?);
+        let acceptor = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut served = tokio::task::JoinSet::new();
+                for _ in 0..CLIENTS {
+                    let conn = l.accept::<u32>().await?;
+                    served.spawn(async move {
+                        conn.send_bytes(b"hello").await?;
+                        conn.recv_bytes().await
+                    });
+                }
+                served
+                    .join_all()
+                    .await
+                    .into_iter()
+                    .collect::<mp::Result<Vec<_>>>()
+            })
+        };
+        let (go, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..CLIENTS {
+            let mut wait = go.subscribe();
+            let address = l.address().clone();
+            clients.spawn(async move {
+                let client = async {
+                    // Waits for the word before it reads or answers anything.
+                    match address {
+                        mp::Address::Unix(path) => {
+                            let mut s = tokio::net::UnixStream::connect(path).await?;
+                            let _ = wait.recv().await;
+                            exchange_and_echo(&mut s).await
+                        }
+                        mp::Address::Tcp(addr) => {
+                            let mut s = tokio::net::TcpStream::connect(addr).await?;
+                            let _ = wait.recv().await;
+                            exchange_and_echo(&mut s).await
+                        }
+                    }
+                };
+                client
+                    .await
+                    .map_err(|e: Box<dyn std::error::Error + Send + Sync>| {
+                        format!("client {i}: {e}")
+                    })
+            });
+        }
+        // The listener has taken every connection it will before the clients answer.
+        let taken = || support::not_accepted(l.address()) <= CLIENTS - mp::MAX_HANDSHAKES;
+        ensure!(
+            support::eventually(Duration::from_secs(20), taken).await,
+            "the listener took no connection"
+        );
+        let _ = go.send(());
+        let mut failed = Vec::new();
+        while let Some(r) = clients.join_next().await {
+            if let Err(e) = r? {
+                failed.push(e);
+            }
+        }
+        ensure!(
+            failed.is_empty(),
+            "{} of {CLIENTS} clients failed over {}, the first: {}",
+            failed.len(),
+            l.address(),
+            failed[0]
+        );
+        let echoed = tokio::time::timeout(Duration::from_secs(20), acceptor).await???;
+        ensure!(
+            echoed.len() == CLIENTS && echoed.iter().all(|b| b == b"hello"),
+            "the connections' messages"
+        );
+    }
+    Ok(())
+}
+
+/// [`answer_then_challenge`] on `s`, then one message back the way it came.
+async fn exchange_and_echo<S>(s: &mut S) -> TestResult
+where
+    S: AsyncReadExt + AsyncWriteExt + Unpin,
+{
+    answer_then_challenge(s, KEY).await?;
+    let hello = read_frame(s).await?;
+    write_frame(s, &hello).await?;
+    Ok(())
 }
 
 fn main() {
@@ -679,6 +939,14 @@ fn main() {
         test(
             "silent_clients_do_not_stall_accept",
             silent_clients_do_not_stall_accept,
+        ),
+        test(
+            "a_burst_of_more_clients_than_max_handshakes_is_accepted_whole",
+            a_burst_of_more_clients_than_max_handshakes_is_accepted_whole,
+        ),
+        test(
+            "answering_clients_beyond_max_handshakes_are_not_closed",
+            answering_clients_beyond_max_handshakes_are_not_closed,
         ),
         test(
             "more_silent_clients_than_max_handshakes_lock_no_one_out",

@@ -150,7 +150,7 @@ async fn dial(address: &str, key: &[u8]) -> Result<Framed> {
     };
     s.set_nodelay(true)?;
     let link = Framed::new(s.into_std()?.into(), Transport::Tcp)?;
-    crate::listener::authenticate(&link, key, false).await?;
+    crate::listener::authenticate(&link, key).await?;
     Ok(link)
 }
 

@@ -14,7 +14,7 @@ use super::head::{RemoteExit, Table};
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{AcceptRetry, FrameBuf, Framed, HandshakeGate, Transport};
+use crate::wire::{AcceptRetry, FrameBuf, Framed, HandshakeGate, Transport, Vouch};
 
 /// How long a connection may take, after the challenge, to say what it is.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,9 +28,10 @@ const MAX_DIAL: usize = 64 * 1024;
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the cluster is dropped; each runs in a task of its own, so a
-/// slow, silent or hostile one costs only itself. The loop always accepts: with
-/// [`MAX_HANDSHAKES`] connections still in their challenge or first frame, a newcomer closes
-/// the oldest of them, so silent sockets neither lock agents out nor pile up descriptors.
+/// slow, silent or hostile one costs only itself. With [`MAX_HANDSHAKES`] connections still
+/// in their challenge or first frame, the loop takes the next one once one ends or the oldest
+/// not proven goes stale (see [`HandshakeGate`]), so a burst of agents and workers all get
+/// through while silent sockets neither lock them out nor pile up descriptors.
 ///
 /// [`MAX_HANDSHAKES`]: crate::MAX_HANDSHAKES
 pub(super) async fn accept_loop(
@@ -45,7 +46,10 @@ pub(super) async fn accept_loop(
     loop {
         let (s, peer) = tokio::select! {
             _ = stop.changed() => return,
-            r = listener.accept() => match r {
+            r = async {
+                gate.room().await;
+                listener.accept().await
+            } => match r {
                 Ok(c) => {
                     retry.succeeded();
                     c
@@ -57,7 +61,8 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        let greeting = gate.admit(greet(s, table.key.clone()));
+        let key = table.key.clone();
+        let greeting = gate.admit(move |vouch| greet(s, key, vouch));
         let (table, mut stop, refusals) = (table.clone(), shutdown.clone(), refusals.clone());
         tokio::spawn(async move {
             let connection = async {
@@ -74,7 +79,7 @@ pub(super) async fn accept_loop(
                     }
                     None => tracing::debug!(
                         %peer,
-                        "cluster: closed a connection still in its challenge, for a newer one"
+                        "cluster: closed a connection silent in its challenge, for a newer one"
                     ),
                 }
             };
@@ -87,10 +92,11 @@ pub(super) async fn accept_loop(
 }
 
 /// A connection's first steps: the challenge, then its first frame, which says what it is.
-async fn greet(s: tokio::net::TcpStream, key: Arc<[u8]>) -> Result<(Framed, Dial)> {
+/// `vouch` tells the gate once the peer has proved the key.
+async fn greet(s: tokio::net::TcpStream, key: Arc<[u8]>, vouch: Vouch) -> Result<(Framed, Dial)> {
     s.set_nodelay(true)?;
     let link = Framed::new(s.into_std()?.into(), Transport::Tcp)?;
-    crate::listener::authenticate(&link, &key, true).await?;
+    crate::listener::authenticate_peer(&link, &key, crate::AUTH_TIMEOUT, vouch).await?;
     link.set_recv_limit(Some(MAX_DIAL));
     let mut frame = tokio::time::timeout(DIAL_TIMEOUT, link.recv_one())
         .await

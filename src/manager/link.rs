@@ -405,7 +405,7 @@ impl Link {
                 };
                 let link = Framed::new(fd, transport)?;
                 if let Some(key) = authkey {
-                    crate::listener::authenticate_within(&link, key, false, limit).await?;
+                    crate::listener::authenticate_within(&link, key, limit).await?;
                 }
                 Ok(link)
             }

@@ -1004,9 +1004,10 @@ pub(super) struct Door {
 }
 
 /// Serves the connections that arrive on `door`: each runs the authentication exchange
-/// (bounded by the door's timeout), then is served. The door always accepts: with
-/// [`MAX_HANDSHAKES`] exchanges under way, a newcomer closes the oldest of them, so silent
-/// sockets neither lock clients out nor pile up descriptors.
+/// (bounded by the door's timeout), then is served. With [`MAX_HANDSHAKES`] exchanges under
+/// way, the door takes the next connection once one ends or the oldest not proven goes stale
+/// (see [`HandshakeGate`]), so a burst of clients all get through while silent sockets
+/// neither lock clients out nor pile up descriptors.
 ///
 /// [`MAX_HANDSHAKES`]: crate::MAX_HANDSHAKES
 pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
@@ -1028,7 +1029,10 @@ pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = async {
+                gate.room().await;
+                listener.accept().await
+            } => a,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let (fd, transport) = match accepted {
@@ -1043,10 +1047,10 @@ pub(super) async fn serve_door(door: Door, shared: Arc<Shared>) -> Result<()> {
             }
         };
         let (key, limit) = (door.authkey.clone(), door.handshake_timeout);
-        let handshake = gate.admit(async move {
+        let handshake = gate.admit(move |vouch| async move {
             let link = Framed::new(fd, transport)?;
             if let Some(key) = key {
-                crate::listener::authenticate_within(&link, &key, true, limit).await?;
+                crate::listener::authenticate_peer(&link, &key, limit, vouch).await?;
             }
             Ok::<Framed, Error>(link)
         });

@@ -30,7 +30,7 @@ pub use fd::Fd;
 pub(crate) use fd::FdRef;
 pub(crate) use frame::{Frame, FrameBuf, RecvBuf, SharedBytes, send_blocking, send_early};
 pub(crate) use framed::{Framed, Now, Transport};
-pub(crate) use gate::HandshakeGate;
+pub(crate) use gate::{HandshakeGate, Vouch};
 pub(crate) use handshake::Hello;
 pub(crate) use outbox::{Outbox, written};
 

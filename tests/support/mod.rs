@@ -131,6 +131,46 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// How many connections wait in the backlog of the listening socket at `address` (a TCP
+/// port on this machine, or a Unix socket path), not accepted yet: the kernel's sockets of
+/// their server side, which no process holds a descriptor of (their inode is 0).
+pub fn not_accepted(address: &tokio_multiprocessing::Address) -> usize {
+    match address {
+        tokio_multiprocessing::Address::Tcp(a) => {
+            let port = a.port();
+            // State 01 is ESTABLISHED; the inode is the tenth field.
+            proc_net_lines(&["/proc/net/tcp", "/proc/net/tcp6"], |f| {
+                let local = f.get(1).and_then(|a| a.rsplit_once(':'));
+                local.and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
+                    && f.get(3) == Some(&"01")
+                    && f.get(9) == Some(&"0")
+            })
+        }
+        tokio_multiprocessing::Address::Unix(path) => {
+            let path = path.display().to_string();
+            // Num RefCount Protocol Flags Type St Inode Path.
+            proc_net_lines(&["/proc/net/unix"], |f| {
+                f.get(6) == Some(&"0") && f.get(7) == Some(&path.as_str())
+            })
+        }
+    }
+}
+
+/// How many lines of the `/proc/net` `tables` (past their heading) `wanted` keeps, given
+/// each line's fields.
+fn proc_net_lines(tables: &[&str], wanted: impl Fn(&[&str]) -> bool) -> usize {
+    tables
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| wanted(&l.split_whitespace().collect::<Vec<_>>()))
+                .count()
+        })
+        .sum()
+}
+
 /// How many descriptors this process holds for TCP connections whose local port is `port`:
 /// the connections a server listening there has accepted and not closed yet (its listening
 /// socket is not counted). Unlike [`open_fds`], other tests running beside do not change it.
