@@ -225,8 +225,8 @@ impl Listener {
     /// accepted yet (Python's `Listener(address, backlog=backlog)`); the kernel caps it at
     /// `net.core.somaxconn`.
     ///
-    /// [`bind`](Self::bind) leaves the standard library's backlog (the kernel's most, where
-    /// Python's default is 1): a client that connects while the queue is full waits for room
+    /// [`bind`](Self::bind) asks for the kernel's most, `net.core.somaxconn` (where Python's
+    /// default is 1), for a Unix socket and TCP alike: a client that connects while the queue is full waits for room
     /// (over a Unix socket a non-blocking connect fails at once with `WouldBlock`; over TCP
     /// the kernel drops or refuses its handshake). The listener takes connections off the
     /// queue only in [`accept`](Self::accept).
@@ -244,17 +244,14 @@ impl Listener {
         Listener::bind_as(address, authkey, Some(backlog))
     }
 
-    /// [`bind`](Self::bind), with the listen backlog set if `backlog` is given.
+    /// [`bind`](Self::bind), with the listen backlog `backlog`, or the kernel's most.
     fn bind_as(
         address: impl ToAddress,
         authkey: Option<&[u8]>,
         backlog: Option<u32>,
     ) -> Result<Listener> {
         let address = address.to_address()?;
-        let queued = |fd: BorrowedFd<'_>| match backlog {
-            Some(b) => sys::set_listen_backlog(fd, b),
-            None => Ok(()),
-        };
+        let queued = |fd: BorrowedFd<'_>| sys::set_listen_backlog(fd, backlog);
         let named = crate::address::naming("bind", &address);
         let (inner, address) = match address {
             Address::Unix(path) => {

@@ -419,6 +419,32 @@ async fn the_backlog_bounds_the_connections_not_accepted() -> TestResult {
     Ok(())
 }
 
+/// `bind`'s backlog over TCP is the kernel's most (`net.core.somaxconn`), as over a Unix
+/// socket: 300 connections that the listener has not accepted are all queued, where a
+/// backlog of 128 queues 129 and leaves the rest retrying their handshake.
+async fn bind_queues_as_many_tcp_connections_as_the_kernel_allows() -> TestResult {
+    let most = std::fs::read_to_string("/proc/sys/net/core/somaxconn")?
+        .trim()
+        .parse::<usize>()?;
+    let n = 300.min(most);
+    let l = mp::Listener::bind("127.0.0.1:0", None)?;
+    let mp::Address::Tcp(addr) = l.address().clone() else {
+        return Err("not a TCP address".into());
+    };
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        connects.spawn(tokio::net::TcpStream::connect(addr));
+    }
+    let queued = support::eventually(Duration::from_secs(10), || {
+        support::not_accepted(l.address()) == n
+    })
+    .await;
+    let count = support::not_accepted(l.address());
+    connects.abort_all();
+    ensure!(queued, "{count} of {n} connections queued");
+    Ok(())
+}
+
 /// A bind or a connect that the system refuses says which address it was, as a manager's
 /// connect does, and keeps the error's kind.
 async fn refused_bind_and_connect_name_the_address() -> TestResult {
@@ -919,6 +945,10 @@ fn main() {
         test(
             "last_accepted_is_the_clients_address",
             last_accepted_is_the_clients_address,
+        ),
+        test(
+            "bind_queues_as_many_tcp_connections_as_the_kernel_allows",
+            bind_queues_as_many_tcp_connections_as_the_kernel_allows,
         ),
         test(
             "refused_bind_and_connect_name_the_address",

@@ -2,6 +2,7 @@
 //! the deadlines.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,7 +120,9 @@ impl ClusterBuilder {
                     .to_socket_addrs()
                     .map_err(|e| Error::InvalidArgument(format!("cannot resolve {listen:?}: {e}")))?
                     .collect();
-                std::net::TcpListener::bind(&addrs[..])?
+                let l = std::net::TcpListener::bind(&addrs[..])?;
+                crate::sys::set_listen_backlog(l.as_fd(), None)?;
+                l
             }
         };
         std_listener.set_nonblocking(true)?;

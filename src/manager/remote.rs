@@ -10,7 +10,7 @@
 //! a client need not run the same binary as the server; what must agree is checked per
 //! object when it is fetched by name ([`Manager::get`]).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,6 +172,7 @@ impl ManagerBuilder {
         Ok(Some(match address {
             Address::Tcp(a) => {
                 let l = std::net::TcpListener::bind(a).map_err(named)?;
+                sys::set_listen_backlog(l.as_fd(), None)?;
                 let bound = l.local_addr()?;
                 (l.into(), Address::Tcp(bound), None)
             }

@@ -22,11 +22,17 @@ pub(crate) fn grow_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<(
 
 /// Sets how many connections a listening socket queues before they are accepted (a second
 /// `listen` on a listening socket changes its backlog). A value over `SOMAXCONN` is capped
-/// to it, as the kernel caps any to `net.core.somaxconn`.
-pub(crate) fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: u32) -> io::Result<()> {
-    let most = i32::from(Backlog::MAXCONN);
-    let backlog = i32::try_from(backlog).map_or(most, |b| b.min(most));
-    Ok(listen(&fd, Backlog::new(backlog)?)?)
+/// to it, as the kernel caps any to `net.core.somaxconn`; `None` asks for the kernel's most,
+/// `net.core.somaxconn` itself (the standard library's TCP listener asks for 128).
+pub(crate) fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: Option<u32>) -> io::Result<()> {
+    let backlog = match backlog {
+        Some(b) => {
+            let most = i32::from(Backlog::MAXCONN);
+            Backlog::new(i32::try_from(b).map_or(most, |b| b.min(most)))?
+        }
+        None => Backlog::MAXALLOWABLE,
+    };
+    Ok(listen(&fd, backlog)?)
 }
 
 /// Makes a TCP connection fail, with `ETIMEDOUT`, once its peer has answered nothing for
