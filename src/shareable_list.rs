@@ -217,6 +217,10 @@ impl Layout {
                 shm.name().unwrap_or("(anonymous)")
             ))
         };
+        // The smallest list, an empty one: its length and its one offset.
+        if size < 16 {
+            return Err(not_a_list("it is smaller than an empty list"));
+        }
         let len = usize::try_from({
             let mut b = [0u8; 8];
             shm.read(0, &mut b)?;

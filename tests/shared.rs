@@ -689,6 +689,16 @@ async fn shareable_list_refuses_a_segment_that_is_not_one() -> TestResult {
         let r = ShareableList::attach(&name);
         ensure!(matches!(r, Err(Error::InvalidArgument(_))), "{at}: {r:?}");
     }
+    // Segments too small to hold a length, or a length and the first offset.
+    for size in [1, 8, 15] {
+        let small = unique("tiny");
+        let _shm = SharedMemory::create(&small, size)?;
+        let r = ShareableList::attach(&small);
+        ensure!(
+            matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("does not hold a list")),
+            "a segment of {size} bytes: {r:?}"
+        );
+    }
     // A valid list whose format bytes are garbage: an error for that item only.
     let list_name = unique("garbled");
     let sl = ShareableList::create(Some(&list_name), [1, 2])?;
