@@ -284,16 +284,21 @@ impl<T> Connection<T> {
     ///
     /// # Errors
     /// [`Error::Closed`] once every holder of the other end has closed it or exited and all
-    /// messages have been received; [`Error::Protocol`] if the stream ends inside a message;
-    /// [`Error::FrameTooLarge`] for a message over the maximum frame size (see
-    /// [`set_max_frame_size`](crate::set_max_frame_size)), which is not read: every later
-    /// receive fails the same way, so the connection is of no further use.
+    /// messages have been received; [`Error::Protocol`] if the stream ends inside a message,
+    /// or if a message's header announces descriptors that did not arrive with it (the
+    /// message is not taken: every later receive fails the same way, so the connection is of
+    /// no further use); [`Error::FrameTooLarge`] for a message over the maximum frame size
+    /// (see [`set_max_frame_size`](crate::set_max_frame_size)), which is not read: every
+    /// later receive fails the same way too.
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// This method is cancel safe: if it loses a `select!` race, no message was taken.
+    /// This method is cancel safe: if it loses a `select!` race, no message was taken. A
+    /// message it had not begun to read stays on the socket, for whichever process holding
+    /// this end reads next; one it had begun to read (a message still arriving in pieces)
+    /// stays in this process's end, so that only this process's next receive gets it.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;
         Ok(self.link.recv_one_awake().await?.into_body())
@@ -406,7 +411,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// [`Error::Closed`] once every holder of the other end has closed it or exited (killed
     /// included) and all messages have been received; [`Error::Decode`] if the message is not
     /// a `T` (the message is consumed, the connection stays usable); [`Error::Protocol`] if
-    /// the stream ends inside a message; [`Error::FrameTooLarge`] as
+    /// the stream ends inside a message, or if a message's header announces descriptors that
+    /// did not arrive with it (the message is not taken: every later `recv` fails the same
+    /// way, so the connection is of no further use); [`Error::FrameTooLarge`] as
     /// [`recv_bytes`](Self::recv_bytes); [`Error::Authentication`] for a listener's
     /// authentication challenge, which a [`Client`](crate::Client) connected without a key
     /// receives from a listener that has one.
@@ -415,7 +422,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// This method is cancel safe: if it loses a `select!` race, no message was taken.
+    /// This method is cancel safe: if it loses a `select!` race, no message was taken. A
+    /// message it had not begun to read stays on the socket, for whichever process holding
+    /// this end reads next; one it had begun to read (a message still arriving in pieces)
+    /// stays in this process's end, so that only this process's next `recv` gets it.
     pub async fn recv(&self) -> Result<T> {
         self.check_readable()?;
         let frame = self.link.recv_one_awake().await?;
