@@ -50,10 +50,66 @@ impl fmt::Display for ShareableItem {
             ShareableItem::Int(i) => write!(f, "{i}"),
             ShareableItem::Float(x) if x.fract() == 0.0 && x.is_finite() => write!(f, "{x:.1}"),
             ShareableItem::Float(x) => write!(f, "{x}"),
-            ShareableItem::Str(s) => write!(f, "{s:?}"),
-            ShareableItem::Bytes(b) => write!(f, "b\"{}\"", b.escape_ascii()),
+            ShareableItem::Str(s) => f.write_str(&python_str_repr(s)),
+            ShareableItem::Bytes(b) => write!(
+                f,
+                "b{}",
+                python_quoted(b.iter().map(|&b| char::from(b)), true)
+            ),
         }
     }
+}
+
+/// Python's `repr` of a `str`: in single quotes, or in double quotes if it holds a single
+/// quote and no double quote; a backslash, the quote, `\t`, `\n`, `\r` and characters
+/// Python does not print escaped. Of those, this knows the controls, the separators other
+/// than the space, and the formatting characters of the common ranges (soft hyphen,
+/// zero-width and direction marks, the byte-order mark); any other character is printed.
+fn python_str_repr(s: &str) -> String {
+    python_quoted(s.chars(), false)
+}
+
+/// The repr of `chars`, quoted as Python quotes a `str` or, for `bytes`, a `bytes` (every
+/// character below 256, and those from 128 escaped).
+fn python_quoted(chars: impl Iterator<Item = char> + Clone, bytes: bool) -> String {
+    let (single, double) = chars
+        .clone()
+        .fold((false, false), |(s, d), c| (s || c == '\'', d || c == '"'));
+    let quote = if single && !double { '"' } else { '\'' };
+    let mut out = String::new();
+    out.push(quote);
+    for c in chars {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (bytes && !c.is_ascii()) || !python_prints(c) => {
+                let n = u32::from(c);
+                out.push_str(&match n {
+                    0..=0xff => format!("\\x{n:02x}"),
+                    0x100..=0xffff => format!("\\u{n:04x}"),
+                    _ => format!("\\U{n:08x}"),
+                });
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Whether Python's `str.isprintable` holds for `c`, as far as [`python_str_repr`] says.
+fn python_prints(c: char) -> bool {
+    let formatting = matches!(
+        c,
+        '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
+    );
+    c == ' ' || !(c.is_control() || c.is_whitespace() || formatting)
 }
 
 macro_rules! item_from {
@@ -588,8 +644,45 @@ impl fmt::Debug for ShareableList {
         };
         write!(
             f,
-            "ShareableList([{items}], name={:?})",
-            self.shm.name().unwrap_or("")
+            "ShareableList([{items}], name={})",
+            python_str_repr(self.shm.name().unwrap_or(""))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_print_as_python_prints_them() {
+        // Each beside CPython 3.11's `repr` of the same value.
+        let strs = [
+            ("xy", "'xy'"),
+            ("it's", "\"it's\""),
+            ("say \"hi\"", "'say \"hi\"'"),
+            ("both ' and \"", "'both \\' and \"'"),
+            ("tab\there\nnl\\", "'tab\\there\\nnl\\\\'"),
+            ("\u{0}\u{7f}\u{80}\u{9f}", "'\\x00\\x7f\\x80\\x9f'"),
+            ("é ñ 日本", "'é ñ 日本'"),
+            (
+                "\u{a0}\u{200b}\u{2028}\u{feff}",
+                "'\\xa0\\u200b\\u2028\\ufeff'",
+            ),
+            ("😀", "'😀'"),
+        ];
+        for (s, python) in strs {
+            assert_eq!(ShareableItem::Str(s.into()).to_string(), python);
+        }
+        let bytes: [(&[u8], &str); 5] = [
+            (b"\x00\x01", "b'\\x00\\x01'"),
+            (b"it's", "b\"it's\""),
+            (b"q\"", "b'q\"'"),
+            (b"\\\t\n\r\x7f\xff abc", "b'\\\\\\t\\n\\r\\x7f\\xff abc'"),
+            (b"both ' and \"", "b'both \\' and \"'"),
+        ];
+        for (b, python) in bytes {
+            assert_eq!(ShareableItem::Bytes(b.to_vec()).to_string(), python);
+        }
     }
 }
