@@ -331,11 +331,7 @@ async fn a_worker_link_gone_dead_fails_its_task_while_its_agent_answers() -> Tes
     let Some(net) = Net::new(1) else {
         return Ok(());
     };
-    if std::process::Command::new("iptables")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !support::installed("iptables") {
         println!("skipped: no iptables to drop a link's packets with");
         return Ok(());
     }

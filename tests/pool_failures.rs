@@ -425,11 +425,7 @@ async fn pool_under_a_descriptor_limit() -> Result<(), String> {
 // Issue 10: under RLIMIT_NOFILE=64, Pool(32) failed to build although a dozen workers fit,
 // and a pool whose starts had failed three times never started a worker again.
 async fn build_succeeds_with_the_workers_that_start_and_the_rest_follow() -> TestResult {
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !support::installed("prlimit") {
         eprintln!("skipped: prlimit (util-linux) is not installed");
         return Ok(());
     }

@@ -775,14 +775,10 @@ impl Scheduler {
     }
 
     /// The synchronous task its worker runs now, if the worker has marked one sent after
-    /// task `id` as started: then `id` has finished, though its answer may not have come (a
-    /// worker holds back short tasks' answers while it runs the next).
+    /// task `id` as started (see [`Slot::started_after`]).
     fn moved_on_from(&self, id: u64) -> Option<u64> {
         let wid = self.in_flight.get(&id)?.wid;
-        let slot = self.workers.get(&wid)?;
-        let last = slot.started.last()?;
-        let pos = |x: u64| slot.sync.iter().position(|&y| y == x);
-        (pos(last)? > pos(id)?).then_some(last)
+        self.workers.get(&wid)?.started_after(id)
     }
 
     /// Task `id` counts as started now, and its clock, if it has a timeout, runs from now.
@@ -887,7 +883,7 @@ impl Scheduler {
                 _ => {
                     let e = TaskError::worker_lost_on(slot.host.as_ref(), slot.pid, cause)
                         .killed_because(killed_because.as_ref());
-                    if !run.is_async && slot.finished_before_death(*id) {
+                    if !run.is_async && slot.started_after(*id).is_some() {
                         answers_lost.push((*id, e.answer_lost()));
                     } else {
                         self.answer(*id, Err(e));

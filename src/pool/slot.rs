@@ -96,18 +96,15 @@ impl Slot {
         }
     }
 
-    /// Whether synchronous task `id` had finished when the worker died: it was sent before
-    /// the last task the worker marked as started, and the worker runs its synchronous
-    /// tasks one at a time, in the order they were sent. Its answer, unanswered still, was
-    /// held back and lost. `false` when it is not known (a remote worker whose mark its
-    /// agent did not report), and for the marked task itself, which may have finished or
-    /// not.
-    pub(super) fn finished_before_death(&self, id: u64) -> bool {
-        let Some(last) = self.started.last() else {
-            return false;
-        };
+    /// The synchronous task the worker marked as started last, if it was sent after task
+    /// `id`: then `id` has finished (the worker runs its synchronous tasks one at a time, in
+    /// the order they were sent), though its answer may not have come, held back while the
+    /// worker runs the later one, or lost with a worker that died. `None` when that is not
+    /// known (a live remote worker), and for the marked task itself.
+    pub(super) fn started_after(&self, id: u64) -> Option<u64> {
+        let last = self.started.last()?;
         let pos = |x: u64| self.sync.iter().position(|&y| y == x);
-        matches!((pos(id), pos(last)), (Some(i), Some(l)) if i < l)
+        (pos(last)? > pos(id)?).then_some(last)
     }
 
     /// Sends the frames of this round: a lone one at once from this thread if the socket
@@ -248,10 +245,11 @@ mod tests {
     fn tasks_sent_before_the_marked_one_finished() {
         let mark = StartedMark::new().expect("memfd");
         let s = slot(&[10, 11, 12], &mark);
-        assert!(!s.finished_before_death(10));
+        assert_eq!(s.started_after(10), None);
         mark.mark(11);
-        assert!(s.finished_before_death(10));
+        assert_eq!(s.started_after(10), Some(11));
         // The marked one may have finished or not; those after it never started.
-        assert!(!s.finished_before_death(11) && !s.finished_before_death(12));
+        assert_eq!(s.started_after(11), None);
+        assert_eq!(s.started_after(12), None);
     }
 }

@@ -77,8 +77,8 @@ pub(crate) fn owner_pidfd(word: u64) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// Whether the process that `word` names has ended (a zombie not yet reaped included),
-/// checked without waiting.
+/// Whether the process that `word` names has ended (a zombie not yet reaped included) or
+/// never existed, checked without waiting: a pidfd, and a poll of it with no timeout.
 pub(crate) fn owner_gone(word: u64) -> io::Result<bool> {
     match owner_pidfd(word)? {
         Some(fd) => readable_now(std::os::fd::AsFd::as_fd(&fd)),

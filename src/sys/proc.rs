@@ -519,15 +519,6 @@ pub(crate) fn pidfd_of(pid: u32) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// Whether `pid` has ended (a zombie not yet reaped included) or never existed, checked
-/// without waiting: a pidfd, and a poll of it with no timeout.
-pub(crate) fn process_gone(pid: u32) -> io::Result<bool> {
-    match pidfd_of(pid)? {
-        Some(fd) => readable_now(fd.as_fd()),
-        None => Ok(true),
-    }
-}
-
 /// Sends `signal` to the process behind `pidfd`; a process that already exited is not an
 /// error (it cannot be a recycled pid: the pidfd pins the process).
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {

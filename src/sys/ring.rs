@@ -374,7 +374,8 @@ impl ShmRing {
         if pid == PID_UNKNOWN || pid == owner_id() {
             return Some(holder);
         }
-        match super::process_gone(holder) {
+        // A bare pid: the slot's word has no room for a start time (see "Owner death").
+        match super::owner_gone(u64::from(holder)) {
             Ok(true) => {
                 let next = word((w >> LAP_SHIFT).wrapping_add(1), FREE, 0);
                 if state

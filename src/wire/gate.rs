@@ -176,10 +176,10 @@ impl Pending {
         if self.by_age.len() < self.limit {
             return Ok(());
         }
-        let Some((&id, oldest)) = self.by_age.iter().find(|(_, h)| !h.proven) else {
+        let Some((id, since)) = self.oldest_not_proven() else {
             return Err(None);
         };
-        let stale_at = oldest.since + STALE;
+        let stale_at = since + STALE;
         if stale_at > now {
             return Err(Some(stale_at));
         }
@@ -190,14 +190,17 @@ impl Pending {
 
     /// Closes the oldest handshake whose peer has not proved the key, if any.
     fn close_oldest_not_proven(&mut self) {
-        if let Some(&id) = self
-            .by_age
-            .iter()
-            .find(|(_, h)| !h.proven)
-            .map(|(id, _)| id)
-        {
+        if let Some((id, _)) = self.oldest_not_proven() {
             self.by_age.remove(&id);
         }
+    }
+
+    /// The oldest handshake whose peer has not proved the key, and since when it is pending.
+    fn oldest_not_proven(&self) -> Option<(u64, Instant)> {
+        self.by_age
+            .iter()
+            .find(|(_, h)| !h.proven)
+            .map(|(&id, h)| (id, h.since))
     }
 }
 

@@ -119,6 +119,14 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// Whether the program `tool` can be run (its `--version` starts), for a test that needs it.
+pub fn installed(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
 /// Whether `pid` exists at all (zombie included).
 pub fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
