@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::start::tracker::{self, Tracked};
 use crate::sync::{Lock, LockGuard, map_received};
 use crate::sys::{self, Pod, SharedRegion};
 use crate::wire::Fd;
@@ -641,11 +642,15 @@ impl<T: Pod> ArrayGuard<'_, T> {
 /// [`unlink`](Self::unlink)), unless told to [`keep_name`](Self::keep_name). An attacher,
 /// including a copy received by another process, never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
 /// is owned by the manager's server, which removes it when it stops. Mappings stay valid
-/// after the name is gone. A named segment whose creator is killed by a signal (SIGTERM from
-/// [`Process::terminate`](crate::Process::terminate), SIGKILL) keeps its name until someone
-/// calls `unlink` (Python's resource tracker removes it when the program ends): use an
-/// anonymous segment where no name is needed, or a `SharedMemoryManager`'s, which its server
-/// removes however the process that asked for it ends.
+/// after the name is gone.
+///
+/// A creator killed by a signal (SIGTERM from [`Process::terminate`](crate::Process::terminate),
+/// SIGKILL), or that ends without dropping the handle, runs no drop: its *tracker* removes
+/// the name once it has ended, and says so on standard error, as Python's resource tracker
+/// does. A process's first named segment starts its tracker (this program re-executed, in a
+/// session of its own, about a millisecond once per process); it ends once its creator has,
+/// and removes a name only while it still names the creator's segment. Where no name is
+/// needed, an anonymous segment cannot leak even if every process is killed.
 ///
 /// # Examples
 ///
@@ -664,6 +669,8 @@ pub struct SharedMemory {
     region: SharedRegion,
     name: Option<String>,
     owns_name: bool,
+    /// The creator's segment as this process's tracker holds it (see `owns_name`).
+    tracked: Option<Tracked>,
 }
 
 /// A segment needs at least one byte, as Python's `SharedMemory(create=True, size=0)` does.
@@ -705,7 +712,9 @@ fn about_segment(name: &str, e: std::io::Error) -> Error {
 
 impl SharedMemory {
     /// Creates the named segment `name` of `size` bytes, zero-filled (Python's
-    /// `SharedMemory(name, create=True, size=size)`).
+    /// `SharedMemory(name, create=True, size=size)`). The first in a process starts its
+    /// tracker (see the type's docs); if the tracker cannot start, a `tracing` warning says
+    /// so once, and the segment is made untracked.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a size of 0 or a name that cannot be a segment's (empty,
@@ -715,10 +724,13 @@ impl SharedMemory {
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
         check_size(size)?;
         let bare = check_name(name)?;
+        let region = sys::shm_create(name, size).map_err(|e| about_segment(bare, e))?;
+        let tracked = tracker::track(bare, region.fd());
         Ok(SharedMemory {
-            region: sys::shm_create(name, size).map_err(|e| about_segment(bare, e))?,
+            region,
             name: Some(bare.to_string()),
             owns_name: true,
+            tracked,
         })
     }
 
@@ -734,6 +746,7 @@ impl SharedMemory {
             region: SharedRegion::anonymous("tokio-multiprocessing-shm", size)?,
             name: None,
             owns_name: false,
+            tracked: None,
         })
     }
 
@@ -762,6 +775,7 @@ impl SharedMemory {
             region: sys::shm_attach(name).map_err(|e| about_segment(bare, e))?,
             name: Some(bare.to_string()),
             owns_name: false,
+            tracked: None,
         })
     }
 
@@ -776,6 +790,7 @@ impl SharedMemory {
             region: SharedRegion::from_fd_named(fd, self.name.is_some())?,
             name: self.name.clone(),
             owns_name: false,
+            tracked: None,
         })
     }
 
@@ -834,12 +849,13 @@ impl SharedMemory {
     }
 
     /// Keeps the name when this handle goes (Python 3.13's `SharedMemory(..., track=False)`):
-    /// the creator's handle no longer removes it when dropped, so the segment outlives this
+    /// neither the creator's handle, when dropped, nor its tracker removes it, so the segment outlives this
     /// handle and this process, for processes that attach to it later, until someone calls
     /// [`unlink`](Self::unlink). Nothing changes for an attacher, which never removes the
     /// name, or an anonymous segment, which has none.
     pub fn keep_name(&mut self) {
         self.owns_name = false;
+        self.tracked = None;
     }
 
     /// Removes the segment's name, so no one else can attach; the memory stays valid for
@@ -850,10 +866,12 @@ impl SharedMemory {
     /// [`Error::Io`]: `NotFound` if the name is already gone.
     pub fn unlink(&mut self) -> Result<()> {
         self.owns_name = false;
-        match &self.name {
-            Some(n) => Ok(sys::shm_remove(n)?),
+        let removed = match &self.name {
+            Some(n) => sys::shm_remove(n),
             None => Ok(()),
-        }
+        };
+        self.tracked = None;
+        Ok(removed?)
     }
 }
 
@@ -883,6 +901,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
             region: map_received(fd, 1, "shared memory segment", name.is_some())?,
             name,
             owns_name: false,
+            tracked: None,
         })
     }
 }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use libtest_mimic::Arguments;
-use support::{TestResult, fds_return_to, join_ok, open_fds, run_example};
+use support::{TestResult, eventually, fds_return_to, join_ok, open_fds, run_example};
 use tokio_multiprocessing::{
     Array, Error, Event, Lock, Process, RawArray, RawValue, ShareableItem, ShareableList,
     SharedMemory, Value,
@@ -81,6 +81,62 @@ fn shm_create_write_exit(name: String, keep: bool) -> Result<(), String> {
         shm.keep_name();
     }
     Ok(())
+}
+
+/// Creates the segment `name` (keeping its name with `keep`), says so, and waits to be killed.
+async fn shm_create_then_hang(name: String, keep: bool, ready: Event) -> Result<(), String> {
+    let mut shm = SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
+    if keep {
+        shm.keep_name();
+    }
+    ready.set();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Creates the segment `name` and ends without dropping its handle.
+fn shm_create_and_forget(name: String) -> Result<(), String> {
+    let shm = SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
+    std::mem::forget(shm);
+    Ok(())
+}
+
+/// The segment tracker of process `creator`: the process started with the tracker's
+/// variable naming it (`/proc/<pid>/environ` keeps a process's first environment).
+fn tracker_of(creator: u32) -> Option<u32> {
+    let wanted = format!(",{creator}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        env.split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .filter_map(|kv| kv.strip_prefix("TOKIO_MULTIPROCESSING_TRACKER="))
+            .any(|v| v.ends_with(&wanted))
+            .then_some(pid)
+    })
+}
+
+/// Starts a child that creates the segment `name` and waits; returns it with its tracker.
+async fn creator_of(
+    name: &str,
+    keep: bool,
+) -> Result<(Process, u32), Box<dyn std::error::Error + Send + Sync>> {
+    let ready = Event::new()?;
+    let p = Process::new(
+        shm_create_then_hang,
+        (name.to_string(), keep, ready.clone()),
+    )
+    .start()
+    .await?;
+    ensure!(
+        ready.wait_timeout(LONG).await?,
+        "the child did not create its segment"
+    );
+    let Some(tracker) = tracker_of(p.pid()) else {
+        return Err(format!("no tracker of the child {}", p.pid()).into());
+    };
+    ensure!(shm_exists(name), "the segment is not there");
+    Ok((p, tracker))
 }
 
 async fn shm_write_then_hang(shm: SharedMemory, ready: Event) {
@@ -410,6 +466,8 @@ async fn shared_memory_kept_name_outlives_its_creator() -> TestResult {
 /// neither leaves a segment or a descriptor behind.
 async fn shared_memory_survives_killed_child() -> TestResult {
     let name = unique("kill");
+    // The first named segment starts this process's tracker, whose socket stays open.
+    drop(SharedMemory::create(&unique("first"), 1)?);
     let segments = our_segments();
     let fds = open_fds();
     {
@@ -438,6 +496,74 @@ async fn shared_memory_survives_killed_child() -> TestResult {
         our_segments()
     );
     fds_return_to(fds, LONG).await?;
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_cleaned_after_process_termination`: a creator
+/// killed by SIGKILL or ended by SIGTERM (`terminate()`) runs no drop; its tracker removes
+/// the name once it has gone, as Python's resource tracker does. So it does for a creator
+/// that ended without dropping its handle.
+async fn a_creator_killed_leaves_no_segment() -> TestResult {
+    for how in ["kill", "terminate"] {
+        let name = unique(how);
+        let (mut p, tracker) = creator_of(&name, false).await?;
+        match how {
+            "kill" => p.kill()?,
+            _ => p.terminate()?,
+        }
+        p.join().await?;
+        ensure!(
+            eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
+            "the tracker {tracker} outlived its creator"
+        );
+        ensure!(
+            !shm_exists(&name),
+            "the segment of a creator ended by {how} is left"
+        );
+    }
+    let name = unique("forget");
+    let mut p = Process::new(shm_create_and_forget, (name.clone(),))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        eventually(LONG, || !shm_exists(&name)).await,
+        "the segment of a creator that forgot its handle is left"
+    );
+    Ok(())
+}
+
+/// The tracker leaves what its creator did not own when it went: a kept name
+/// (`keep_name`, Python 3.13's `track=False`), and a name that someone else unlinked and made
+/// again for another segment.
+async fn a_killed_creators_tracker_leaves_names_not_its_own() -> TestResult {
+    let kept = unique("tracker-kept");
+    let (mut p, tracker) = creator_of(&kept, true).await?;
+    p.kill()?;
+    p.join().await?;
+    ensure!(
+        eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
+        "the tracker {tracker} outlived its creator"
+    );
+    ensure!(shm_exists(&kept), "the tracker removed a kept name");
+    SharedMemory::attach(&kept)?.unlink()?;
+
+    let remade = unique("tracker-remade");
+    let (mut p, tracker) = creator_of(&remade, false).await?;
+    SharedMemory::attach(&remade)?.unlink()?;
+    let ours = SharedMemory::create(&remade, 64)?;
+    p.kill()?;
+    p.join().await?;
+    ensure!(
+        eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
+        "the tracker {tracker} outlived its creator"
+    );
+    ensure!(
+        shm_exists(&remade),
+        "the tracker removed a name made again by another process"
+    );
+    drop(ours);
+    ensure!(!shm_exists(&remade), "our own segment's name is left");
     Ok(())
 }
 
@@ -725,6 +851,8 @@ fn main() {
         shared_memory_survives_killed_child,
         shared_memory_kept_name_outlives_its_creator,
         a_dropped_creator_leaves_a_name_made_again_by_another,
+        a_creator_killed_leaves_no_segment,
+        a_killed_creators_tracker_leaves_names_not_its_own,
         example_shared_value_array,
         shareable_list_basics,
         shareable_list_reaches_a_child,

@@ -29,6 +29,7 @@ mod method;
 mod reaper;
 mod registry;
 mod spawn;
+pub(crate) mod tracker;
 
 use std::time::Duration;
 
@@ -85,6 +86,9 @@ pub(crate) const ENV_BOOT: &str = "TOKIO_MULTIPROCESSING_BOOT";
 /// }
 /// ```
 pub fn init() {
+    if tracker::launched_as_tracker() {
+        tracker::run_from_env()
+    }
     if let Some(value) = std::env::var_os(ENV_BOOT) {
         crate::sys::clear_env_var(ENV_BOOT.as_ref());
         bootstrap::run_from_env(&value)
@@ -94,10 +98,13 @@ pub fn init() {
 }
 
 /// The child's role taken before `main`, from the executable's constructor
-/// (`sys::constructor`): a process started as a child, or launched as a cluster's host
-/// agent, runs its role here and exits. Any other process returns at once, untouched.
+/// (`sys::constructor`): a process started as a child, as a segment tracker, or launched as
+/// a cluster's host agent, runs its role here and exits. Any other process returns at once, untouched.
 pub(crate) fn before_main() {
-    if std::env::var_os(ENV_BOOT).is_none() && !crate::cluster::launched_as_agent() {
+    if std::env::var_os(ENV_BOOT).is_none()
+        && !tracker::launched_as_tracker()
+        && !crate::cluster::launched_as_agent()
+    {
         return;
     }
     // Rust's start-up has not given closed standard descriptors /dev/null, nor ignored

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::handle::Child;
 use super::launcher::on_launcher;
-use super::{ENV_BOOT, Launch, handshake};
+use super::{ENV_BOOT, Launch, handshake, tracker};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::send_early;
@@ -28,21 +28,8 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
     }
     let child_fd = sys::spawned_fd(child_end.as_raw_fd());
     let boot_value = format!("{child_fd},{}", sys::current_pid());
-    let mut env: Vec<CString> = Vec::new();
-    let mut tunables = None;
-    for (k, v) in std::env::vars_os() {
-        if k == ENV_BOOT {
-            continue;
-        }
-        if k == TUNABLES {
-            tunables = Some(v);
-            continue;
-        }
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        env.push(cstring(kv)?);
-    }
+    let mut env = environment_for_exec(&[TUNABLES])?;
+    let tunables = std::env::var_os(TUNABLES);
     env.push(cstring(child_tunables(
         tunables.as_deref().map(OsStrExt::as_bytes),
     ))?);
@@ -86,7 +73,23 @@ fn child_tunables(own: Option<&[u8]>) -> Vec<u8> {
     kv
 }
 
-fn cstring(bytes: Vec<u8>) -> Result<CString> {
+/// This program's environment for a process it re-executes, as `NAME=value` strings: every
+/// variable but `except` and those that give a re-executed process its role.
+pub(super) fn environment_for_exec(except: &[&str]) -> Result<Vec<CString>> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            k != ENV_BOOT && k != tracker::ENV_TRACKER && !except.iter().any(|e| k == e)
+        })
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstring(kv)
+        })
+        .collect()
+}
+
+pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString> {
     CString::new(bytes)
         .map_err(|e| Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
 }

@@ -403,6 +403,19 @@ pub(crate) fn ignore_hangup() -> io::Result<()> {
     ignore_signal(Signal::SIGHUP).map(drop)
 }
 
+/// Ignores SIGTERM, for a process that must outlive the others long enough to clean up after
+/// them (the segment tracker: a `kill` of every process of a program, as a service manager
+/// sends, ends the program, whose end then ends the tracker).
+pub(crate) fn ignore_sigterm() -> io::Result<()> {
+    ignore_signal(Signal::SIGTERM).map(drop)
+}
+
+/// Makes this process the leader of a new session, with no controlling terminal: signals a
+/// terminal or a shell sends to the program's process group no longer reach it.
+pub(crate) fn start_own_session() -> io::Result<()> {
+    nix::unistd::setsid().map(drop).map_err(io::Error::from)
+}
+
 /// Makes SIGPIPE ignored, as Rust's start-up does before `main` (for a process that takes
 /// its role before it): a write to a closed pipe or socket is then an `EPIPE` error instead
 /// of the end of the process.
