@@ -94,6 +94,18 @@ async fn shm_create_then_hang(name: String, keep: bool, ready: Event) -> Result<
     Ok(())
 }
 
+/// Creates the segment `first`, says so, and once told, `second`; then waits to be killed.
+async fn shm_create_two(first: String, second: String, events: [Event; 3]) -> Result<(), String> {
+    let [made_first, go, made_second] = events;
+    let _first = SharedMemory::create(&first, 64).map_err(|e| e.to_string())?;
+    made_first.set();
+    go.wait().await.map_err(|e| e.to_string())?;
+    let _second = SharedMemory::create(&second, 64).map_err(|e| e.to_string())?;
+    made_second.set();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
 /// Creates the segment `name` and ends without dropping its handle.
 fn shm_create_and_forget(name: String) -> Result<(), String> {
     let shm = SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
@@ -567,6 +579,45 @@ async fn a_killed_creators_tracker_leaves_names_not_its_own() -> TestResult {
     Ok(())
 }
 
+/// A tracker someone killed is replaced at the next segment, which the new one removes once
+/// the creator is killed (the first is lost with the tracker that held it).
+async fn a_killed_tracker_is_replaced() -> TestResult {
+    let (first, second) = (unique("tracker-first"), unique("tracker-second"));
+    let events = [Event::new()?, Event::new()?, Event::new()?];
+    let mut p = Process::new(
+        shm_create_two,
+        (first.clone(), second.clone(), events.clone()),
+    )
+    .start()
+    .await?;
+    ensure!(events[0].wait_timeout(LONG).await?, "no first segment");
+    let Some(killed) = tracker_of(p.pid()) else {
+        return Err("no tracker of the child".into());
+    };
+    support::pool::kill9(killed)?;
+    ensure!(
+        eventually(LONG, || support::is_zombie_or_gone(killed)).await,
+        "the tracker {killed} survived SIGKILL"
+    );
+    events[1].set();
+    ensure!(events[2].wait_timeout(LONG).await?, "no second segment");
+    let replaced = tracker_of(p.pid()).filter(|t| *t != killed);
+    let Some(tracker) = replaced else {
+        return Err("the killed tracker was not replaced".into());
+    };
+    p.kill()?;
+    p.join().await?;
+    ensure!(
+        eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
+        "the tracker {tracker} outlived its creator"
+    );
+    ensure!(!shm_exists(&second), "the second segment is left");
+    if shm_exists(&first) {
+        SharedMemory::attach(&first)?.unlink()?;
+    }
+    Ok(())
+}
+
 async fn arrays_of_copies_and_too_many_elements() -> TestResult {
     // `Array('q', [3] * 5)`, and more elements than an address can count: an error, where
     // building the copies on the heap first panicked.
@@ -853,6 +904,7 @@ fn main() {
         a_dropped_creator_leaves_a_name_made_again_by_another,
         a_creator_killed_leaves_no_segment,
         a_killed_creators_tracker_leaves_names_not_its_own,
+        a_killed_tracker_is_replaced,
         example_shared_value_array,
         shareable_list_basics,
         shareable_list_reaches_a_child,

@@ -167,11 +167,15 @@ fn start(me: i32) -> Result<OwnedFd> {
     )?];
     let pid = sys::spawn_exe(&argv, &env, theirs.as_fd())?;
     drop(theirs);
-    match sys::wait_pid_blocking(pid)? {
-        0 => Ok(ours),
-        code => Err(crate::Error::from(std::io::Error::other(format!(
+    match sys::wait_pid_blocking(pid) {
+        Ok(0) => Ok(ours),
+        Ok(code) => Err(crate::Error::from(std::io::Error::other(format!(
             "its first process exited with {code}"
         )))),
+        // A program that ignores SIGCHLD has its children reaped by the kernel: whether the
+        // tracker started shows only in the socket, which the first message tries.
+        Err(e) if sys::is_no_child(&e) => Ok(ours),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -231,6 +235,14 @@ fn track_until_end(sock: BorrowedFd<'_>, creator: i32) {
         let n = match sys::recv_with_fds(sock, &mut buf, &mut fds) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // One message came whole but its descriptor did not (this process at its
+            // descriptor limit): that segment alone goes untracked.
+            Err(e) if e.raw_os_error().is_none() => {
+                eprintln!(
+                    "tokio-multiprocessing segment tracker: a segment of process {creator} goes untracked: {e}"
+                );
+                continue;
+            }
             Err(e) => {
                 // The creator may still be running: removing its names now would take them
                 // from under it, so they are left.

@@ -577,6 +577,12 @@ pub(crate) fn wait_pid_blocking(pid: i32) -> io::Result<i32> {
     wait_until_exited(|| waitpid(Pid::from_raw(pid), None))
 }
 
+/// Whether `e` says the process waited for is no child of ours (`ECHILD`): in a program
+/// that ignores SIGCHLD, the kernel reaps its children itself.
+pub(crate) fn is_no_child(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECHILD)
+}
+
 /// Repeats a blocking wait until it reports an exit (retrying on `EINTR` and on reports of
 /// stops and continues).
 fn wait_until_exited(mut wait: impl FnMut() -> nix::Result<WaitStatus>) -> io::Result<i32> {
