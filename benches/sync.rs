@@ -1,8 +1,9 @@
 //! Figures for the synchronisation primitives and shared values, each beside its baseline:
 //!
 //! - uncontended `lock` + unlock, beside a compare-and-swap + store on ordinary memory;
-//! - `Value` increments under its lock from 2 processes at once (ops/s), beside one process
-//!   doing the same number alone;
+//! - `Value` increments under its lock from 2 processes at once, and from 16 (every release
+//!   then has many waiters to wake), in ops/s, beside one process doing the same number
+//!   alone;
 //! - `Event` ping-pong between two processes (one round trip: set → wake → set back → wake),
 //!   beside a raw eventfd ping-pong between two processes with blocking reads, the floor the
 //!   kernel sets on this machine.
@@ -75,7 +76,8 @@ async fn uncontended(report: &mut Report) -> mp::Result<()> {
     Ok(())
 }
 
-async fn value_increments(report: &mut Report) -> mp::Result<()> {
+/// `processes` processes increment one `Value` under its lock, `INCREMENTS * 2` in all.
+async fn value_increments(report: &mut Report, processes: u64) -> mp::Result<()> {
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for _ in 0..support::runs(1) {
         // Baseline: the same total, one process, no contention.
@@ -90,11 +92,16 @@ async fn value_increments(report: &mut Report) -> mp::Result<()> {
         let start = mp::Event::new()?;
         let done = mp::Semaphore::new(0)?;
         let mut kids = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..processes {
             kids.push(
                 mp::Process::new(
                     incrementer,
-                    (v.clone(), start.clone(), done.clone(), INCREMENTS),
+                    (
+                        v.clone(),
+                        start.clone(),
+                        done.clone(),
+                        2 * INCREMENTS / processes,
+                    ),
                 )
                 .start()
                 .await?,
@@ -102,8 +109,9 @@ async fn value_increments(report: &mut Report) -> mp::Result<()> {
         }
         let t = Instant::now();
         start.set();
-        done.acquire().await?.forget();
-        done.acquire().await?.forget();
+        for _ in 0..processes {
+            done.acquire().await?.forget();
+        }
         let elapsed = t.elapsed();
         for mut k in kids {
             k.join().await?;
@@ -113,7 +121,12 @@ async fn value_increments(report: &mut Report) -> mp::Result<()> {
         ours.push(total as f64 / elapsed.as_secs_f64());
     }
     report.add(
-        Figure::new("value_increments_2_processes_ops_per_s", "ops/s", ours).baseline(Figure::new(
+        Figure::new(
+            format!("value_increments_{processes}_processes_ops_per_s"),
+            "ops/s",
+            ours,
+        )
+        .baseline(Figure::new(
             "value_increments_one_process_alone_ops_per_s",
             "ops/s",
             base,
@@ -178,7 +191,8 @@ fn main() -> mp::Result<()> {
     let mut report = Report::new("sync");
     rt.block_on(async {
         uncontended(&mut report).await?;
-        value_increments(&mut report).await?;
+        value_increments(&mut report, 2).await?;
+        value_increments(&mut report, 16).await?;
         event_ping_pong(&mut report).await?;
         tokio::time::sleep(Duration::ZERO).await;
         Ok::<_, mp::Error>(())

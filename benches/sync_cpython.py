@@ -5,7 +5,7 @@ Runs the CPython counterparts of the figures in benches/sync.rs, then `cargo ben
 sync` (unless --no-rust), and prints both sides with their ratio:
 
   - uncontended Lock acquire + release (ns)
-  - Value increments under its lock from 2 processes at once (ops/s)
+  - Value increments under its lock from 2 processes at once, and from 16 (ops/s)
   - Event ping-pong between two processes, one round trip (us)
 
 Each figure is the median of its runs, on both sides: one run for the lock and the
@@ -44,17 +44,18 @@ def incrementer(v, start, done, n):
     done.release()
 
 
-def value_increments_ops():
+def value_increments_ops(processes):
     v = mp.Value("q", 0)
     start = mp.Event()
     done = mp.Semaphore(0)
-    kids = [mp.Process(target=incrementer, args=(v, start, done, INCREMENTS)) for _ in range(2)]
+    share = 2 * INCREMENTS // processes
+    kids = [mp.Process(target=incrementer, args=(v, start, done, share)) for _ in range(processes)]
     for k in kids:
         k.start()
     t = time.perf_counter()
     start.set()
-    done.acquire()
-    done.acquire()
+    for _ in range(processes):
+        done.acquire()
     elapsed = time.perf_counter() - t
     for k in kids:
         k.join()
@@ -98,7 +99,8 @@ def main():
     mp.set_start_method("fork")
     py = {
         "uncontended_lock_unlock_ns": ("ns", support.repeat(support.runs(1), uncontended_lock_ns)),
-        "value_increments_2_processes_ops_per_s": ("ops/s", support.repeat(support.runs(1), value_increments_ops)),
+        "value_increments_2_processes_ops_per_s": ("ops/s", support.repeat(support.runs(1), lambda: value_increments_ops(2))),
+        "value_increments_16_processes_ops_per_s": ("ops/s", support.repeat(support.runs(1), lambda: value_increments_ops(16))),
         "event_ping_pong_round_trip_us": ("us", event_ping_pong_us()),
     }
     py = {name: support.Figure(name, unit, runs) for name, (unit, runs) in py.items()}
