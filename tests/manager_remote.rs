@@ -36,6 +36,7 @@ fn main() {
         a_silent_server_fails_waiting_calls,
         a_server_that_answers_garbage_fails_calls_saying_so,
         a_server_that_dies_with_requests_unread_fails_calls_as_closed,
+        calls_to_a_server_that_stopped_answering_share_one_reconnection,
         a_stopped_server_gets_every_request_whole,
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
@@ -337,6 +338,43 @@ async fn a_server_that_dies_with_requests_unread_fails_calls_as_closed() -> Test
     ensure!(arrived?, "no request reached the peer");
     let r = r.map_err(|_| "a call to a server that died still waits")?;
     ensure!(matches!(r, Err(Error::Closed)), "the call gave {r:?}");
+    Ok(())
+}
+
+/// A server that stopped answering while it still takes connections (hung, or its host
+/// cut off behind a proxy): its client's calls, each needing the connection made again,
+/// wait for one key exchange that never comes, and all fail with `Closed` when it gives
+/// up. (Each call made its own attempt in turn, so the third of three waited three
+/// exchange timeouts, 60 s, and each failed with an `Authentication` error, though the key
+/// was right.)
+async fn calls_to_a_server_that_stopped_answering_share_one_reconnection() -> TestResult {
+    let listener = mp::Listener::bind("127.0.0.1:0".parse::<SocketAddr>()?, Some(KEY.as_bytes()))?;
+    let addr = listener.address().clone();
+    let (c, peer) = tokio::join!(Manager::connect(addr, KEY), async {
+        listener.accept::<Vec<u8>>().await
+    });
+    let (c, peer) = (c?, peer?);
+    // The connection ends under a call (polled first, so its request is out), which then
+    // fails as the client sees the loss; the listener stays, accepting no more: the kernel
+    // makes the next connections, and their exchange never begins.
+    let (first, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(40), c.object_count()),
+        async { drop(peer) }
+    );
+    let first = first.map_err(|_| "a call on a lost connection still waits")?;
+    ensure!(
+        matches!(first, Err(Error::Closed)),
+        "the first call gave {first:?}"
+    );
+    let calls = futures::future::join_all((0..3).map(|_| c.object_count()));
+    // One exchange's timeout (20 s) and a margin; not three.
+    let r = tokio::time::timeout(Duration::from_secs(45), calls)
+        .await
+        .map_err(|_| "calls waiting for a reconnection still wait")?;
+    for r in r {
+        ensure!(matches!(r, Err(Error::Closed)), "a call gave {r:?}");
+    }
+    drop(listener);
     Ok(())
 }
 

@@ -64,6 +64,9 @@ pub struct Link {
     conn: Mutex<Option<Arc<Conn>>>,
     /// Taken while a connection is being made, so that one is made at a time.
     connecting: tokio::sync::Mutex<()>,
+    /// The attempts to connect that failed, and the last one's error: the calls that waited
+    /// for an attempt take its failure rather than make one each in turn.
+    failed: Mutex<(u64, Option<Error>)>,
     held: Mutex<Held>,
     /// The rings of queues this process reaches directly, by object id, while a proxy to
     /// them lives here (see `queue.rs`).
@@ -160,6 +163,7 @@ impl Link {
             route,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            failed: Mutex::new((0, None)),
             held: Mutex::default(),
             rings: Mutex::default(),
         })
@@ -353,21 +357,47 @@ impl Link {
     /// The connection, made now if there is none or it was lost. A connection made again
     /// after a loss holds this link's references again (the server let them go with the
     /// lost one).
+    ///
+    /// One attempt is made at a time, and the calls that waited for it share its outcome:
+    /// a server that does not answer costs every call one attempt's time, not one each in
+    /// turn. A server gone or not answering within [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT)
+    /// (hung, or cut off by the network) is [`Error::Closed`], as for a connection lost.
     async fn conn(&self) -> Result<Arc<Conn>> {
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
+        let seen = self.failures().0;
         let _turn = self.connecting.lock().await;
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
-        let link = self.connect().await.map_err(|e| match e {
-            Error::Io(io) if is_gone(&io) => Error::Closed,
-            e => e,
-        })?;
-        let conn = Arc::new(Conn::start(link)?);
+        if let (n, Some(e)) = &*self.failures() {
+            if *n != seen {
+                // An attempt made while this call waited for its turn failed.
+                return Err(e.clone());
+            }
+        }
+        let made = self.connect().await;
+        let made = made.and_then(|link| Conn::start(link).map(Arc::new));
+        let conn = match made {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = match e {
+                    Error::Io(io) if is_gone(&io) => Error::Closed,
+                    Error::Timeout => Error::Closed,
+                    e => e,
+                };
+                let mut failures = self.failures();
+                *failures = (failures.0 + 1, Some(e.clone()));
+                return Err(e);
+            }
+        };
         self.install(conn.clone());
         Ok(conn)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, (u64, Option<Error>)> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a connection: a socket pair through the registration socket, or a connection
@@ -389,25 +419,30 @@ impl Link {
                 let named = |e: std::io::Error| {
                     std::io::Error::new(e.kind(), format!("cannot connect to {address}: {e}"))
                 };
-                let (fd, transport): (OwnedFd, _) = match address {
-                    Address::Unix(path) => {
-                        let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
-                        (s.into_std()?.into(), Transport::Unix)
+                let reach = async {
+                    let (fd, transport): (OwnedFd, _) = match address {
+                        Address::Unix(path) => {
+                            let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
+                            (s.into_std()?.into(), Transport::Unix)
+                        }
+                        Address::Tcp(addr) => {
+                            let s = tokio::net::TcpStream::connect(addr).await.map_err(named)?;
+                            s.set_nodelay(true)?;
+                            (s.into_std()?.into(), Transport::Tcp)
+                        }
+                    };
+                    let link = Framed::new(fd, transport)?;
+                    if let Some(key) = authkey {
+                        // Bounded by the whole attempt's limit, which ends first.
+                        crate::listener::authenticate_within(&link, key, limit * 2).await?;
                     }
-                    Address::Tcp(addr) => {
-                        let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
-                            .await
-                            .map_err(|_| Error::Timeout)?
-                            .map_err(named)?;
-                        s.set_nodelay(true)?;
-                        (s.into_std()?.into(), Transport::Tcp)
-                    }
+                    Ok(link)
                 };
-                let link = Framed::new(fd, transport)?;
-                if let Some(key) = authkey {
-                    crate::listener::authenticate_within(&link, key, limit).await?;
-                }
-                Ok(link)
+                // A server that does not answer in time (hung, or out of the network's
+                // reach): the connection is not made, whichever step it waits in.
+                tokio::time::timeout(limit, reach)
+                    .await
+                    .map_err(|_| Error::Timeout)?
             }
         }
     }

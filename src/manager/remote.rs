@@ -335,8 +335,9 @@ impl Manager {
     /// # Errors
     /// An I/O error if nothing listens there; [`Error::Authentication`] if the keys differ;
     /// [`Error::InvalidArgument`] for an address that does not resolve;
-    /// [`Error::Timeout`] if a TCP connection is not made within
-    /// [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT).
+    /// [`Error::Timeout`] if the connection is not made and authenticated within
+    /// [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT) (a server that takes it and never answers, or
+    /// out of the network's reach).
     ///
     /// # Panics
     /// Outside a tokio runtime.
