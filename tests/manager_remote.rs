@@ -40,6 +40,7 @@ fn main() {
         a_stopped_server_gets_every_request_whole,
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
+        a_client_that_stops_reading_a_large_reply_releases_its_lock,
         objects_let_go_with_a_lost_connection_are_named_so,
         bad_input_storm_leaves_the_server_serving,
         silent_sockets_lock_no_client_out,
@@ -581,6 +582,79 @@ async fn a_client_that_dies_releases_its_lock() -> TestResult {
         other => return Err(format!("the next acquirer got {other:?}").into()),
     }
     ensure!(l.try_lock().await?, "free after the report");
+    Ok(())
+}
+
+/// A client on a thread of its own that takes the lock named `lock`, asks for the value
+/// named `big`, and stops before the reply is in: its thread blocks (and its runtime with
+/// it) until `resume` says, or two minutes pass, so it neither reads nor sends a heartbeat,
+/// as a client hung or cut off by the network. `ready` says when it has stopped.
+fn stalled_client(
+    addr: SocketAddr,
+    resume: std::sync::mpsc::Receiver<()>,
+    ready: tokio::sync::oneshot::Sender<mp::Result<()>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        let mut ready = Some(ready);
+        let stalled = rt.block_on(async {
+            let c = Manager::connect(addr, KEY).await?;
+            let l: LockProxy = c.get("lock").await?;
+            let big: mp::ValueProxy<bytes::Bytes> = c.get("big").await?;
+            l.lock().await?;
+            let mut get = Box::pin(big.get());
+            // Polled once: the request is written, and nothing waits for the reply.
+            let _ = futures::poll!(get.as_mut());
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Ok(()));
+            }
+            let _ = resume.recv_timeout(Duration::from_secs(120));
+            Ok::<_, mp::Error>(())
+        });
+        if let (Err(e), Some(ready)) = (stalled, ready) {
+            let _ = ready.send(Err(e));
+        }
+    })
+}
+
+async fn a_client_that_stops_reading_a_large_reply_releases_its_lock() -> TestResult {
+    // A client that stops (hung, or cut off by the network) while the server writes it a
+    // reply larger than the sockets hold: the server stops hearing its heartbeats and lets
+    // its connection go, releasing its lock. (The server's loop for the connection waited
+    // in that write, reading nothing, so it never saw the silence: the lock stayed held
+    // while the client was stopped, for ever for a client that never reads again.)
+    let m = tcp_manager().await?;
+    let l = m.lock().await?;
+    m.register("lock", &l).await?;
+    let big = m.value(bytes::Bytes::from(vec![7u8; 16 << 20])).await?;
+    m.register("big", &big).await?;
+    let (resume, stalled) = std::sync::mpsc::channel();
+    let (ready, stopped) = tokio::sync::oneshot::channel();
+    let client = stalled_client(tcp(&m)?, stalled, ready);
+    stopped.await.map_err(|_| "the client's thread ended")??;
+    ensure!(l.holder().await?.is_some(), "the client holds no lock");
+    let r = tokio::time::timeout(Duration::from_secs(35), l.lock()).await;
+    let _ = resume.send(());
+    let joined = tokio::task::spawn_blocking(move || client.join()).await?;
+    ensure!(joined.is_ok(), "the client's thread panicked");
+    match r {
+        Ok(Err(Error::LockOwnerDied { pid })) => {
+            ensure!(pid == std::process::id(), "pid {pid}")
+        }
+        Ok(other) => return Err(format!("the next acquirer got {other:?}").into()),
+        Err(_) => return Err("the lock of a stopped client is still held after 35 s".into()),
+    }
+    ensure!(l.try_lock().await?, "free after the report");
+    m.shutdown().await?;
     Ok(())
 }
 

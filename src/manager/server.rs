@@ -45,7 +45,7 @@ use super::semaphore::SemaphoreState;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task::InitializerEntry;
-use crate::wire::{AcceptRetry, Encoded, FrameBuf, Framed, HandshakeGate, Transport};
+use crate::wire::{AcceptRetry, Encoded, FrameBuf, Framed, HandshakeGate, Now, Transport};
 
 /// Who is calling: the connection, and the pid it said it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -666,11 +666,11 @@ impl Withdrawal {
     /// Withdraws the request: its task stops waiting, or, if it was carried out and not
     /// yet answered, gives back what it took. The answer `Withdrawn` goes out after the
     /// request's reply, if one was sent.
-    fn cancel(&self, permit: mpsc::Permit<'_, Outgoing>, rid: u64) {
+    fn cancel(&self, permit: mpsc::Permit<'_, Out>, rid: u64) {
         let mut state = self.lock();
         state.cancelled = true;
         self.cancelled.notify_one();
-        permit.send((rid, Reply::Withdrawn, None));
+        permit.send(Out::Reply((rid, Reply::Withdrawn, None)));
         drop(state);
     }
 }
@@ -681,6 +681,13 @@ const REPLIES_IN_FLIGHT: usize = 1024;
 /// A reply for a connection's writer: the request's id, the reply, and what gives back what
 /// the reply granted should it not go out (see [`reply_frame`]).
 type Outgoing = (u64, Reply, Option<GiveBack>);
+
+/// What a connection's writer task writes: a reply, or the frame of one that the
+/// connection's loop could not write at once (see [`reply_now`]).
+enum Out {
+    Reply(Outgoing),
+    Frame(FrameBuf),
+}
 
 /// What gives back what a reply granted (an item taken from a queue), for a reply that does
 /// not reach its client: withdrawn, or too large to send.
@@ -711,7 +718,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
         pid: 0,
     };
     // Bounded: a client that sends and never reads is stopped being read, not buffered for.
-    let (tx, rx) = mpsc::channel::<Outgoing>(REPLIES_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<Out>(REPLIES_IN_FLIGHT);
     let peer_max = Arc::new(PeerMax::default());
     let mut tasks = JoinSet::new();
     tasks.spawn(write_replies(
@@ -739,9 +746,8 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             Ok(r) => r,
             Err(e) => {
                 // Garbage: this connection ends (after saying why); no other is affected.
-                let _ = tx
-                    .send((0, Reply::message(format!("malformed request: {e}")), None))
-                    .await;
+                let r = Reply::message(format!("malformed request: {e}"));
+                let _ = tx.send(Out::Reply((0, r, None))).await;
                 break Err(e);
             }
         };
@@ -763,7 +769,7 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 };
                 match waiting.remove(&rid) {
                     Some(w) => w.cancel(permit, rid),
-                    None => permit.send((rid, Reply::Withdrawn, None)),
+                    None => permit.send(Out::Reply((rid, Reply::Withdrawn, None))),
                 }
                 continue;
             }
@@ -771,7 +777,9 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             // A ring's descriptors cross only a Unix socket.
             Request::Queue(_, QueueOp::Attach) if link.transport() != Transport::Unix => {
                 let r = Reply::message("a queue's ring reaches only clients on this machine");
-                if let Err(e) = reply_now(&link, (id, r, None), &peer_max, &shared).await {
+                if let Err(e) =
+                    reply_now(&link, (id, r, None), &tx, &mut tasks, &peer_max, &shared).await
+                {
                     break Err(e);
                 }
                 continue;
@@ -785,7 +793,8 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 let step = shared.state().attempt(caller, &req, false);
                 if let Step::Done(r) = step {
                     let out = (id, r, GiveBack::of(&req, caller));
-                    if let Err(e) = reply_now(&link, out, &peer_max, &shared).await {
+                    if let Err(e) = reply_now(&link, out, &tx, &mut tasks, &peer_max, &shared).await
+                    {
                         break Err(e);
                     }
                     continue;
@@ -811,13 +820,15 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                         g.give_back(&shared, r);
                     }
                 } else {
-                    permit.send((id, r, give_back));
+                    permit.send(Out::Reply((id, r, give_back)));
                 }
                 state.finished = true;
             });
         } else {
             let r = shared.state().handle(caller, req);
-            if let Err(e) = reply_now(&link, (id, r, None), &peer_max, &shared).await {
+            if let Err(e) =
+                reply_now(&link, (id, r, None), &tx, &mut tasks, &peer_max, &shared).await
+            {
                 break Err(e);
             }
         }
@@ -829,15 +840,40 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     shared.state().release(caller);
 }
 
-/// Writes a reply from the connection's own loop, without a hop to the writer task (their
-/// turns to write are shared, so frames never interleave).
+/// Writes a reply from the connection's own loop, without a hop to the writer task, when
+/// the socket takes it at once (their turns to write are shared, so frames never
+/// interleave); else hands its frame to the writer task (a frame the socket took part of is
+/// finished by a task of the connection's). The loop never waits for its client to read:
+/// it goes on reading, and so hears the client's heartbeats, or their silence.
+///
+/// # Errors
+/// The error of a write that failed; [`Error::Closed`] if the writer task is gone.
 async fn reply_now(
-    link: &Framed,
+    link: &Arc<Framed>,
     out: Outgoing,
+    tx: &mpsc::Sender<Out>,
+    tasks: &mut JoinSet<()>,
     peer_max: &PeerMax,
     shared: &Shared,
 ) -> Result<()> {
-    link.send(&mut reply_frame(out, peer_max, shared)?).await
+    let mut frame = reply_frame(out, peer_max, shared)?;
+    match link.try_send_now(&mut frame)? {
+        Now::Sent => {}
+        Now::Not => tx
+            .send(Out::Frame(frame))
+            .await
+            .map_err(|_| Error::Closed)?,
+        Now::Begun => {
+            let link = link.clone();
+            tasks.spawn(async move {
+                if link.finish().await.is_err() {
+                    // The loop notices the broken socket too, and ends the connection.
+                    let _ = sys::shutdown_socket(link.as_fd(), true, true);
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The largest frame a connection's client reads, as its [`Request::Hello`] said (0: not
@@ -887,7 +923,7 @@ fn reply_frame(
 /// a heartbeat whenever it has been idle for [`HEARTBEAT`].
 async fn write_replies(
     link: Arc<Framed>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Out>,
     peer_max: Arc<PeerMax>,
     shared: Arc<Shared>,
 ) {
@@ -896,14 +932,17 @@ async fn write_replies(
         let first = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
-            Err(_) => (0, Reply::Heartbeat, None),
+            Err(_) => Out::Reply((0, Reply::Heartbeat, None)),
         };
         batch.clear();
         let mut next = Some(first);
-        while let Some(r) = next.take() {
-            match reply_frame(r, &peer_max, &shared) {
-                Ok(f) => batch.push(f),
-                Err(e) => tracing::debug!("a manager reply could not be encoded: {e}"),
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(f) => batch.push(f),
+                Out::Reply(r) => match reply_frame(r, &peer_max, &shared) {
+                    Ok(f) => batch.push(f),
+                    Err(e) => tracing::debug!("a manager reply could not be encoded: {e}"),
+                },
             }
             if batch.len() < 64 {
                 next = rx.try_recv().ok();
