@@ -41,6 +41,8 @@ fn main() {
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
         a_client_that_stops_reading_a_large_reply_releases_its_lock,
+        a_request_slower_to_arrive_than_the_heartbeat_deadline_is_served,
+        a_reply_slower_to_arrive_than_the_heartbeat_deadline_is_taken,
         objects_let_go_with_a_lost_connection_are_named_so,
         bad_input_storm_leaves_the_server_serving,
         silent_sockets_lock_no_client_out,
@@ -654,6 +656,89 @@ async fn a_client_that_stops_reading_a_large_reply_releases_its_lock() -> TestRe
         Err(_) => return Err("the lock of a stopped client is still held after 35 s".into()),
     }
     ensure!(l.try_lock().await?, "free after the report");
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// Copies `from` to `to` at `rate` bytes a second (`None`: at once).
+async fn pass<R, W>(mut from: R, mut to: W, rate: Option<usize>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; rate.map_or(64 << 10, |r| r / 10)];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if rate.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A TCP relay to `to` that passes what its clients send at `up` bytes a second and what
+/// comes back at `down` (a slow network; `None`: at once); returns where it listens.
+async fn slow_relay(
+    to: SocketAddr,
+    up: Option<usize>,
+    down: Option<usize>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pass(server_read, client_write, down));
+            tokio::spawn(pass(client_read, server_write, up));
+        }
+    });
+    Ok(addr)
+}
+
+async fn a_request_slower_to_arrive_than_the_heartbeat_deadline_is_served() -> TestResult {
+    // A request that takes longer than three heartbeats to arrive (a large value over a
+    // slow network), while its bytes keep coming: the server waits for it. (The server took
+    // the client for silent when no whole frame had come for 15 s, and closed the
+    // connection under the request, which failed with `Closed`.)
+    let m = tcp_manager().await?;
+    let via = slow_relay(tcp(&m)?, Some(200 << 10), None).await?;
+    let c = Manager::connect(via, KEY).await?;
+    let value = bytes::Bytes::from(vec![7u8; 4 << 20]);
+    let r = tokio::time::timeout(Duration::from_secs(45), c.value(value.clone()))
+        .await
+        .map_err(|_| "a slow request still waits")?;
+    let v = r?;
+    ensure!(v.get().await? == value, "the value that arrived differs");
+    drop((v, c));
+    m.shutdown().await?;
+    Ok(())
+}
+
+async fn a_reply_slower_to_arrive_than_the_heartbeat_deadline_is_taken() -> TestResult {
+    // The other way: a reply that takes longer than three heartbeats to arrive, its bytes
+    // coming all along, is no silence of the server's.
+    let m = tcp_manager().await?;
+    let value = bytes::Bytes::from(vec![7u8; 4 << 20]);
+    let v = m.value(value.clone()).await?;
+    m.register("v", &v).await?;
+    let via = slow_relay(tcp(&m)?, None, Some(200 << 10)).await?;
+    let c = Manager::connect(via, KEY).await?;
+    let there: mp::ValueProxy<bytes::Bytes> = c.get("v").await?;
+    let r = tokio::time::timeout(Duration::from_secs(45), there.get())
+        .await
+        .map_err(|_| "a slow reply still waits")?;
+    ensure!(r? == value, "the value that arrived differs");
+    drop((there, c));
     m.shutdown().await?;
     Ok(())
 }

@@ -729,19 +729,31 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     ));
     let mut waiting: HashMap<u64, Arc<Withdrawal>> = HashMap::new();
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
+    // The bytes of a frame still arriving when the client was last heard from: a frame
+    // that takes longer than `silence` to arrive (large, over a slow network) is no silence
+    // while its bytes keep coming.
+    let mut arriving = 0;
     let outcome: Result<()> = loop {
         let frame = tokio::select! {
             r = tokio::time::timeout(silence, link.recv_awake()) => match r {
                 Ok(Ok(f)) => f,
                 Ok(Err(Error::Closed)) => break Ok(()),
                 Ok(Err(e)) => break Err(e),
-                Err(_) => break Err(Error::Protocol(format!("the client was silent for {silence:?}"))),
+                Err(_) => {
+                    let partial = link.partial_len();
+                    if partial > arriving {
+                        arriving = partial;
+                        continue;
+                    }
+                    break Err(Error::Protocol(format!("the client was silent for {silence:?}")));
+                }
             },
             Some(_) = tasks.join_next(), if tasks.len() > 1 => {
                 waiting.retain(|_, w| !w.finished());
                 continue;
             }
         };
+        arriving = link.partial_len();
         let (id, req) = match frame.decode::<(u64, Request)>() {
             Ok(r) => r,
             Err(e) => {

@@ -317,6 +317,12 @@ impl Framed {
         }
     }
 
+    /// The bytes of a frame still arriving that are read already: a peer whose frame takes
+    /// long to arrive shows it is there by their growth.
+    pub(crate) fn partial_len(&self) -> usize {
+        self.state().buf.pending()
+    }
+
     /// Whether a frame (its first bytes at least) or end of stream waits, checked without
     /// taking anything from the socket.
     pub(crate) fn has_input(&self) -> bool {

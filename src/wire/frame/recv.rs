@@ -77,6 +77,12 @@ impl RecvBuf {
         self.limit = limit;
     }
 
+    /// The bytes read and not yet taken as frames: those of a frame still arriving, once
+    /// the whole frames before it are taken.
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// The capacity of the buffer, for tests of how it grows.
     #[cfg(test)]
     pub(super) fn buffer_len(&self) -> usize {
