@@ -24,6 +24,8 @@ fn main() {
     mp::init();
     support::run(trials![
         remote_queue_between_client_processes,
+        remote_queue_carries_python_values,
+        rapid_restart_on_the_same_address,
         served_in_this_process_over_a_unix_path,
         a_key_without_an_address_listens_on_a_private_socket,
         a_wrong_key_is_refused_before_any_request,
@@ -129,6 +131,119 @@ async fn a_child_reaches_it_by(m: &Manager, path: &std::path::Path) -> TestResul
         ns.get::<u32>("pid").await? == p.pid(),
         "the child's attribute"
     );
+    Ok(())
+}
+
+/// The tuple `_TestRemoteManager._putter` puts: a str, None, a bool, a float, Latin-1 and
+/// Cyrillic text, and bytes.
+type PythonValues = (
+    String,
+    Option<u8>,
+    bool,
+    f64,
+    String,
+    String,
+    serde_bytes::ByteBuf,
+);
+
+fn python_values() -> PythonValues {
+    (
+        "hello world".into(),
+        None,
+        true,
+        2.25,
+        "hall\u{e5} v\u{e4}rld".into(),
+        "\u{43f}\u{440}\u{438}\u{432}\u{456}\u{442} \u{441}\u{432}\u{456}\u{442}".into(),
+        serde_bytes::ByteBuf::from(b"hall\xe5 v\xe4rld".to_vec()),
+    )
+}
+
+async fn put_python_values(address: String) -> mp::Result<()> {
+    let m = Manager::connect(address.as_str(), KEY).await?;
+    let q: QueueProxy<PythonValues> = m.get("queue").await?;
+    q.put(python_values()).await.map_err(|e| e.into_parts().0)
+}
+
+/// CPython's `_TestRemoteManager.test_remote`: a child connects by address and puts a tuple
+/// of mixed values; a second manager handle, connected by address too, gets it whole.
+async fn remote_queue_carries_python_values() -> TestResult {
+    let m = tcp_manager().await?;
+    m.register("queue", &m.queue::<PythonValues>().await?)
+        .await?;
+    let address = tcp(&m)?.to_string();
+    let mut p = Process::new(put_python_values, (address.clone(),))
+        .daemon(true)
+        .start()
+        .await?;
+    let m2 = Manager::connect(address.as_str(), KEY).await?;
+    let q: QueueProxy<PythonValues> = m2.get("queue").await?;
+    let got = q.get_timeout(Duration::from_secs(20)).await?;
+    ensure!(got == python_values(), "{got:?}");
+    join_ok(&mut p).await?;
+    drop((q, m2));
+    m.shutdown().await?;
+    Ok(())
+}
+
+async fn put_hello(address: String) -> mp::Result<()> {
+    let m = Manager::connect(address.as_str(), KEY).await?;
+    let q: QueueProxy<String> = m.get("queue").await?;
+    q.put("hello world".into())
+        .await
+        .map_err(|e| e.into_parts().0)
+}
+
+/// CPython's `_TestManagerRestart.test_rapid_restart`: a manager on an address, used by a
+/// child and shut down, and a new one started on the same address at once (CPython retries
+/// once after a second on EADDRINUSE; none is needed here). A client still connected when
+/// the first stopped reaches the second through its next call.
+async fn rapid_restart_on_the_same_address() -> TestResult {
+    let m = tcp_manager().await?;
+    let addr = tcp(&m)?;
+    let q = m.queue::<String>().await?;
+    m.register("queue", &q).await?;
+    let mut p = Process::new(put_hello, (addr.to_string(),)).start().await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        q.get_timeout(Duration::from_secs(20)).await? == "hello world",
+        "the child's item"
+    );
+    drop(q);
+    // Still connected when the server stops: the server's side closes first.
+    let c = Manager::connect(addr, KEY).await?;
+    let old: QueueProxy<String> = c.get("queue").await?;
+    m.shutdown().await?;
+    let m = Manager::builder()
+        .address(addr)
+        .authkey(KEY)
+        .start()
+        .await?;
+    m.register("queue", &m.queue::<String>().await?).await?;
+    let mut p = Process::new(put_hello, (addr.to_string(),)).start().await?;
+    join_ok(&mut p).await?;
+    // The client's calls fail with `Closed` until it has seen the loss; then it connects
+    // to the new server.
+    let mut fetched = c.get::<QueueProxy<String>>("queue").await;
+    for _ in 0..100 {
+        if !matches!(fetched, Err(Error::Closed)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fetched = c.get("queue").await;
+    }
+    let q = fetched?;
+    ensure!(
+        q.get_timeout(Duration::from_secs(20)).await? == "hello world",
+        "the new server's item"
+    );
+    // The old server's queue is no object of the new one.
+    let r = old.qsize().await;
+    ensure!(
+        matches!(r, Err(Error::Manager(_))),
+        "the old queue gave {r:?}"
+    );
+    drop((q, old, c));
+    m.shutdown().await?;
     Ok(())
 }
 
