@@ -19,7 +19,10 @@ fn main() {
     if helper_mode().as_deref() == Some("slurm-head") {
         run_as_helper(head_in_allocation());
     }
-    support::run(trials![srun_inside_salloc_and_sbatch_through_scale]);
+    support::run(trials![
+        srun_inside_salloc_and_sbatch_through_scale,
+        a_pool_without_room_names_the_pending_job_and_its_state,
+    ]);
 }
 
 /// The Slurm job and step this worker runs in, from its environment.
@@ -29,17 +32,25 @@ fn slurm_job(x: u64) -> (u64, String, String) {
 }
 
 /// A munge daemon, slurmctld and slurmd for one node (this machine, at 127.0.0.1),
-/// stopped and their directory removed when dropped.
+/// stopped and their directory removed when dropped. One at a time: the node is this
+/// machine, and the tests point the launcher at theirs through the environment.
 struct MiniSlurm {
     dir: PathBuf,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Taken by each [`MiniSlurm`] while it runs.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How many [`MiniSlurm`]s this process has started.
+static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl MiniSlurm {
     fn conf(&self) -> PathBuf {
         self.dir.join("slurm.conf")
     }
 
-    fn start() -> Result<Option<MiniSlurm>, BoxError> {
+    async fn start() -> Result<Option<MiniSlurm>, BoxError> {
         let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
         if uid.ok() != Some(0) {
             println!("skipped: the Slurm test runs slurmd, which needs root");
@@ -56,9 +67,14 @@ impl MiniSlurm {
                 return Ok(None);
             }
         }
+        let turn = TURN.lock().await;
         let pid = std::process::id();
-        let dir = PathBuf::from(format!("/tmp/tkmp-slurm-{pid}"));
-        let slurm = MiniSlurm { dir: dir.clone() };
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/tkmp-slurm-{pid}-{n}"));
+        let slurm = MiniSlurm {
+            dir: dir.clone(),
+            _turn: turn,
+        };
         for sub in ["state", "spool", "munge"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -85,7 +101,7 @@ impl MiniSlurm {
             .trim()
             .to_string();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let port = 20_000 + (pid % 20_000) * 2;
+        let port = 20_000 + (pid % 10_000) * 4 + (n % 2) * 2;
         let d = dir.display();
         std::fs::write(
             slurm.conf(),
@@ -108,7 +124,25 @@ impl MiniSlurm {
         let conf = slurm.conf();
         run(Command::new("slurmctld").arg("-i").arg("-f").arg(&conf))?;
         run(Command::new("slurmd").arg("-f").arg(&conf))?;
+        ensure!(
+            eventually(Duration::from_secs(30), || slurm.idle()).await,
+            "the node did not come up: {}",
+            std::fs::read_to_string(slurm.dir.join("d.log")).unwrap_or_default()
+        );
+        // SAFETY: the launcher's commands, which read the environment when they start, run
+        // only in the test that holds this instance, one at a time.
+        unsafe {
+            std::env::set_var("SLURM_CONF", slurm.conf());
+            std::env::remove_var("SLURM_JOB_ID");
+        }
         Ok(Some(slurm))
+    }
+
+    /// This machine's name, the node's.
+    fn node() -> Result<String, BoxError> {
+        Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_string())
     }
 
     /// A Slurm command with this instance's configuration.
@@ -196,14 +230,9 @@ async fn head_in_allocation() {
 }
 
 async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
-    let Some(slurm) = MiniSlurm::start()? else {
+    let Some(slurm) = MiniSlurm::start().await? else {
         return Ok(());
     };
-    ensure!(
-        eventually(Duration::from_secs(30), || slurm.idle()).await,
-        "the node did not come up: {}",
-        std::fs::read_to_string(slurm.dir.join("d.log")).unwrap_or_default()
-    );
     // srun inside salloc: the head runs in the allocation.
     let exe = std::env::current_exe()?;
     let out = tokio::time::timeout(
@@ -227,12 +256,6 @@ async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
         String::from_utf8_lossy(&out.stderr)
     );
     // sbatch outside an allocation: scale(1) submits a job whose agent joins.
-    // SAFETY: set before any thread of this test reads the environment for Slurm (the
-    // launcher's commands read it when they start).
-    unsafe {
-        std::env::set_var("SLURM_CONF", slurm.conf());
-        std::env::remove_var("SLURM_JOB_ID");
-    }
     let cluster = Cluster::builder()
         .launcher(
             mp::launch::Slurm::nodes(0)
@@ -267,6 +290,50 @@ async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
         "the tasks did not run in job {job}"
     );
     drop(pool);
+    drop(cluster);
+    ensure!(
+        eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,
+        "jobs left after the cluster was dropped: {}",
+        slurm.jobs()
+    );
+    Ok(())
+}
+
+async fn a_pool_without_room_names_the_pending_job_and_its_state() -> TestResult {
+    let Some(slurm) = MiniSlurm::start().await? else {
+        return Ok(());
+    };
+    // A drained node takes no job: the agent's job waits.
+    run(slurm.command("scontrol").args([
+        "update",
+        &format!("NodeName={}", MiniSlurm::node()?),
+        "State=DRAIN",
+        "Reason=tkmp-test",
+    ]))?;
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Slurm::nodes(1)
+                .workers_per_host(1)
+                .option("--output=/dev/null"),
+        )
+        .build()
+        .await?;
+    let job = slurm.jobs();
+    ensure!(!job.is_empty(), "no job submitted");
+    let e = match Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(2))
+        .build()
+        .await
+    {
+        Ok(_) => return Err("a pool started with its only job pending".into()),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        e.contains("no host of the cluster had room")
+            && e.contains(&format!("job {job}: PENDING (")),
+        "the error does not name the pending job {job}: {e}"
+    );
     drop(cluster);
     ensure!(
         eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,

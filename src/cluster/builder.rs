@@ -149,6 +149,7 @@ impl ClusterBuilder {
                 launcher: self.launcher,
                 launched: Mutex::new(Vec::new()),
                 scaling: Mutex::new(()),
+                job_states: tokio::sync::Mutex::new(None),
                 _shutdown: shutdown,
             }),
         };

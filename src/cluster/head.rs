@@ -67,6 +67,9 @@ pub(super) struct Inner {
     /// Held by a scale for as long as it launches, on its blocking thread: scales take
     /// turns, and nothing else waits for a launch.
     pub(super) scaling: Mutex<()>,
+    /// What [`Inner::launched_jobs`] told last, and when: the starts that find no room at
+    /// once (a pool's every worker) ask the engine once.
+    pub(super) job_states: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// Dropped with the last handle: the accept loop and every session end.
     pub(super) _shutdown: watch::Sender<()>,
 }
@@ -95,11 +98,45 @@ impl Inner {
         }
     }
 
+    /// What the error of a start that found no room adds about the batch jobs launched (see
+    /// [`Launched::state`]): how each stands, as its engine tells (a job pending for want of
+    /// nodes, one that failed); empty if none was launched. The engine is asked at most
+    /// once in [`JOB_STATES_FRESH`], and for [`JOB_STATES_WAIT`] at most.
+    async fn launched_jobs(&self) -> String {
+        let mut told = self.job_states.lock().await;
+        if let Some((at, text)) = &*told
+            && at.elapsed() < JOB_STATES_FRESH
+        {
+            return text.clone();
+        }
+        let jobs: Vec<(String, Vec<String>)> = self
+            .launched()
+            .iter()
+            .filter_map(Launched::state_command)
+            .collect();
+        if jobs.is_empty() {
+            return String::new();
+        }
+        let ask = tokio::task::spawn_blocking(move || crate::launch::job_states(&jobs));
+        let text = match tokio::time::timeout(JOB_STATES_WAIT, ask).await {
+            Ok(Ok(text)) => text,
+            _ => format!("; the launched jobs' engine told nothing within {JOB_STATES_WAIT:?}"),
+        };
+        *told = Some((std::time::Instant::now(), text.clone()));
+        text
+    }
+
     /// The agents launched so far, taken: the caller ends them.
     fn take_launched(&self) -> Vec<Launched> {
         std::mem::take(&mut *self.launched())
     }
 }
+
+/// How long what the engine told of the launched jobs is told again without asking.
+const JOB_STATES_FRESH: Duration = Duration::from_secs(2);
+
+/// How long the engine is given to tell how the launched jobs stand.
+const JOB_STATES_WAIT: Duration = Duration::from_secs(15);
 
 impl Drop for Inner {
     /// Ends the launched agents together: each is asked to end at once, and they share one
@@ -633,6 +670,7 @@ impl Cluster {
                 ));
                 if let Error::Start { message, .. } = &mut e {
                     message.push_str(&self.inner.launches_ended());
+                    message.push_str(&self.inner.launched_jobs().await);
                 }
                 return Err(e);
             }

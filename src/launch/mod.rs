@@ -77,6 +77,8 @@ pub struct Launched {
     /// A command that cancels what was started (`scancel <job>`), run when the cluster is
     /// dropped.
     cancel: Option<std::process::Command>,
+    /// What the engine calls the job (`job 12`), and the command that prints how it stands.
+    state: Option<(String, Vec<String>)>,
 }
 
 impl Launched {
@@ -86,6 +88,7 @@ impl Launched {
             child: Some(child),
             ended: None,
             cancel: None,
+            state: None,
         }
     }
 
@@ -96,6 +99,7 @@ impl Launched {
             child: None,
             ended: None,
             cancel: Some(cancel),
+            state: None,
         }
     }
 
@@ -105,7 +109,27 @@ impl Launched {
             child: None,
             ended: None,
             cancel: None,
+            state: None,
         }
+    }
+
+    /// How to learn how the job stands: `argv` prints it (Slurm's `squeue --jobs <job>`),
+    /// and `name` is what the engine calls the job (`job 12`). A pool's start that finds no
+    /// host's room within its start timeout runs it and tells the output in its error, so
+    /// that a job that waits for resources, or one that failed before its agent joined, is
+    /// named with its state.
+    pub fn state(
+        mut self,
+        name: impl Into<String>,
+        argv: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Launched {
+        self.state = Some((name.into(), argv.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// The job's name and the command that prints how it stands, if it has one.
+    pub(crate) fn state_command(&self) -> Option<(String, Vec<String>)> {
+        self.state.clone()
     }
 
     /// The launched process's pid on this machine, if there is one.
@@ -185,6 +209,54 @@ impl Drop for Launched {
         let fd = self.terminate();
         self.reap(fd, std::time::Instant::now() + GRACE);
     }
+}
+
+/// The most jobs whose state [`job_states`] asks, so that a large cluster does not flood
+/// its engine.
+const STATES_ASKED: usize = 8;
+
+/// How the jobs stand, from the commands of [`Launched::state`] (each job's name and
+/// command), as the end of an error: `; the launched jobs, as their engine tells: job 12:
+/// PENDING (Resources)`; empty if there are none. Each command's output, or its error, is
+/// told as it is, in one line.
+pub(crate) fn job_states(jobs: &[(String, Vec<String>)]) -> String {
+    if jobs.is_empty() {
+        return String::new();
+    }
+    let mut told: Vec<String> = jobs
+        .iter()
+        .take(STATES_ASKED)
+        .map(|(name, argv)| {
+            let Some((program, args)) = argv.split_first() else {
+                return format!("{name}: no command to ask");
+            };
+            let out = std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output();
+            let text = match out {
+                Ok(o) => {
+                    let text = match String::from_utf8_lossy(&o.stdout).trim() {
+                        "" => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                        t => t.to_string(),
+                    };
+                    match text.is_empty() {
+                        true => format!("`{program}` told nothing ({})", o.status),
+                        false => text.split_whitespace().collect::<Vec<_>>().join(" "),
+                    }
+                }
+                Err(e) => format!("cannot run `{program}`: {e}"),
+            };
+            format!("{name}: {text}")
+        })
+        .collect();
+    if jobs.len() > STATES_ASKED {
+        told.push(format!("{} more not asked", jobs.len() - STATES_ASKED));
+    }
+    format!(
+        "; the launched jobs, as their engine tells: {}",
+        told.join("; ")
+    )
 }
 
 /// Starts host agents for a [`Cluster`](crate::Cluster): one per host, each running

@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 ///   [`option`](Self::option) `--cpus-per-task=...` or `--exclusive` overrides it), so
 ///   [`Cluster::scale`](crate::Cluster::scale) asks Slurm for more nodes; each job is
 ///   cancelled (`scancel`) when the cluster is dropped, and ends by itself when the head
-///   dies (after the head deadline at most).
+///   dies (after the head deadline at most). A pool's start that finds no host's room
+///   within its start timeout tells how each job stands, as `squeue` says (`job 12: PENDING
+///   (Resources)`, or `FAILED` for one whose agent never joined).
 ///
 /// The key travels in the step's or job's environment (Slurm exports the submitter's
 /// environment), never on its command line. Options such as `--partition`, `--time` or
@@ -128,6 +130,14 @@ impl Launcher for Slurm {
         tracing::debug!(id = spec.id, job = %job, "host agent submitted with sbatch");
         let mut cancel = std::process::Command::new("scancel");
         cancel.arg(&job);
-        Ok(Launched::job(cancel))
+        let state = [
+            "squeue",
+            "--noheader",
+            "--states=all",
+            "--jobs",
+            &job,
+            "--format=%T (%r)",
+        ];
+        Ok(Launched::job(cancel).state(format!("job {job}"), state))
     }
 }
