@@ -22,6 +22,7 @@ fn main() {
     support::run(trials![
         srun_inside_salloc_and_sbatch_through_scale,
         a_pool_without_room_names_the_pending_job_and_its_state,
+        shutdown_says_which_job_it_could_not_cancel,
     ]);
 }
 
@@ -157,6 +158,16 @@ impl MiniSlurm {
             .args(["-h", "-o", "%t"])
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) slurmctld, as a controller that does not
+    /// answer.
+    fn signal_controller(&self, signal: nix::sys::signal::Signal) -> Result<(), BoxError> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("ctld.pid"))?
+            .trim()
+            .parse()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        Ok(())
     }
 
     fn jobs(&self) -> String {
@@ -334,6 +345,50 @@ async fn a_pool_without_room_names_the_pending_job_and_its_state() -> TestResult
             && e.contains(&format!("job {job}: PENDING (")),
         "the error does not name the pending job {job}: {e}"
     );
+    drop(cluster);
+    ensure!(
+        eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,
+        "jobs left after the cluster was dropped: {}",
+        slurm.jobs()
+    );
+    Ok(())
+}
+
+async fn shutdown_says_which_job_it_could_not_cancel() -> TestResult {
+    use nix::sys::signal::Signal;
+    let Some(slurm) = MiniSlurm::start().await? else {
+        return Ok(());
+    };
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Slurm::nodes(1)
+                .workers_per_host(1)
+                .option("--output=/dev/null"),
+        )
+        .build()
+        .await?;
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    let job = slurm.jobs();
+    // scancel cannot reach a controller that does not answer.
+    slurm.signal_controller(Signal::SIGSTOP)?;
+    let ended = cluster.clone().shutdown().await;
+    slurm.signal_controller(Signal::SIGCONT)?;
+    match ended {
+        Ok(()) => return Err(format!("shutdown said it ended job {job}, which runs on").into()),
+        Err(e) => {
+            let e = e.to_string();
+            ensure!(
+                e.contains(&format!("\"scancel\" \"{job}\" failed")),
+                "the error does not name the cancel of job {job}: {e}"
+            );
+        }
+    }
+    ensure!(
+        slurm.jobs() == job,
+        "job {job} is not running: {}",
+        slurm.jobs()
+    );
+    // Its agent exits once the head is gone, which ends the job.
     drop(cluster);
     ensure!(
         eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,

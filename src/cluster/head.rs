@@ -148,9 +148,10 @@ impl Drop for Inner {
         if launched.is_empty() {
             return;
         }
+        let end = move || crate::launch::warn_failed(&crate::launch::end_all(launched));
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(move || crate::launch::end_all(launched))),
-            Err(_) => crate::launch::end_all(launched),
+            Ok(rt) => drop(rt.spawn_blocking(end)),
+            Err(_) => end(),
         }
     }
 }
@@ -522,7 +523,10 @@ impl Cluster {
     /// Dropping the last handle ends the agents too, without waiting.
     ///
     /// # Errors
-    /// An I/O error if the blocking thread that ends them cannot run.
+    /// An I/O error if the blocking thread that ends them cannot run, or one that names each
+    /// job whose cancel failed, with what the engine said (`scancel` could not reach
+    /// Slurm's controller, say): such a job's agent runs on, serving pools on this cluster,
+    /// until the cluster's last handle is dropped, and then exits, which ends its job.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -532,9 +536,16 @@ impl Cluster {
     /// dropped.
     pub async fn shutdown(self) -> Result<()> {
         let launched = self.inner.take_launched();
-        tokio::task::spawn_blocking(move || crate::launch::end_all(launched))
+        let failed = tokio::task::spawn_blocking(move || crate::launch::end_all(launched))
             .await
-            .map_err(|e| Error::from(std::io::Error::other(e)))
+            .map_err(|e| Error::from(std::io::Error::other(e)))?;
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(Error::from(std::io::Error::other(format!(
+                "not every launched job was cancelled: {}",
+                failed.join("; ")
+            )))),
+        }
     }
 
     /// [`scale`](Self::scale) on the caller's thread.

@@ -170,7 +170,13 @@ impl Launched {
 
     /// Waits until `until` for the process asked to end through `pidfd` (readable once it
     /// has ended: no polling), kills it if it is still there, reaps it, and cancels the job.
-    fn reap(&mut self, pidfd: Option<std::os::fd::OwnedFd>, until: std::time::Instant) {
+    /// Returns why the cancel failed (the command and what it said), if it did: the job then
+    /// runs on, until its agent sees the head gone.
+    fn reap(
+        &mut self,
+        pidfd: Option<std::os::fd::OwnedFd>,
+        until: std::time::Instant,
+    ) -> Option<String> {
         if let Some(mut c) = self.child.take() {
             if let Some(fd) = &pidfd {
                 let left = until.saturating_duration_since(std::time::Instant::now());
@@ -179,18 +185,25 @@ impl Launched {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(mut cancel) = self.cancel.take() {
-            let _ = cancel
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .status();
+        let mut cancel = self.cancel.take()?;
+        let line = format!("{cancel:?}");
+        let failed = |why: String| Some(format!("{line} failed: {why}"));
+        match cancel.stdin(std::process::Stdio::null()).output() {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => failed(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => failed(e.to_string()),
         }
     }
 }
 
 /// Ends every launched process: all are asked at once, then each is given what is left of
-/// one grace period before it is killed.
-pub(crate) fn end_all(launched: Vec<Launched>) {
+/// one grace period before it is killed; and cancels every job. Returns why each cancel
+/// that failed did (see [`Launched::reap`]).
+pub(crate) fn end_all(launched: Vec<Launched>) -> Vec<String> {
     let mut launched: Vec<(Launched, Option<std::os::fd::OwnedFd>)> = launched
         .into_iter()
         .map(|mut l| {
@@ -199,15 +212,25 @@ pub(crate) fn end_all(launched: Vec<Launched>) {
         })
         .collect();
     let until = std::time::Instant::now() + GRACE;
-    for (l, fd) in &mut launched {
-        l.reap(fd.take(), until);
+    launched
+        .iter_mut()
+        .filter_map(|(l, fd)| l.reap(fd.take(), until))
+        .collect()
+}
+
+/// Logs the cancels that failed when a cluster's agents were ended without anyone to tell.
+pub(crate) fn warn_failed(failed: &[String]) {
+    for why in failed {
+        tracing::warn!("cluster: a launched job was not cancelled: {why}");
     }
 }
 
 impl Drop for Launched {
     fn drop(&mut self) {
         let fd = self.terminate();
-        self.reap(fd, std::time::Instant::now() + GRACE);
+        if let Some(why) = self.reap(fd, std::time::Instant::now() + GRACE) {
+            warn_failed(&[why]);
+        }
     }
 }
 
