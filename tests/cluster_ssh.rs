@@ -18,7 +18,8 @@ use tokio_multiprocessing::{self as mp, Cluster, Pool};
 fn main() {
     mp::init();
     support::run(trials![
-        ssh_launcher_copies_the_binary_and_runs_workers_on_the_host
+        ssh_launcher_copies_the_binary_and_runs_workers_on_the_host,
+        a_frozen_host_fails_the_build_instead_of_holding_it,
     ]);
 }
 
@@ -80,88 +81,140 @@ fn configure(dir: &Path, address: &str) -> Result<PathBuf, BoxError> {
     Ok(config)
 }
 
-async fn ssh_launcher_copies_the_binary_and_runs_workers_on_the_host() -> TestResult {
-    if !Path::new(SSHD).exists() {
-        println!("skipped: {SSHD} is not installed (Debian's openssh-server)");
-        return Ok(());
-    }
-    let Some(net) = Net::new(1) else {
-        return Ok(());
-    };
-    let dir = TempDir(PathBuf::from(format!(
-        "/tmp/tkmp-ssh-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0)?;
-    let host = "10.77.1.2";
-    let config = configure(&dir.0, host)?;
-    // sshd's privilege separation directory, which the package's service makes at start.
-    std::fs::create_dir_all("/run/sshd")?;
-    let mut sshd = Command::new("ip")
-        .args(["netns", "exec", &net.host_ns(0), SSHD, "-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let cache = dir.0.join("cache");
-    let d = dir.0.display().to_string();
-    // The client runs in the head's namespace, which routes to the host.
-    let launcher = mp::launch::Ssh::hosts([format!("root@{host}")])
-        .workers_per_host(2)
-        .program(["ip", "netns", "exec", &net.head_ns(), "ssh"])
-        .option("-p")
-        .option(PORT)
-        .option("-i")
-        .option(format!("{d}/client_key"))
-        .option("-o")
-        .option("IdentitiesOnly=yes")
-        .option("-o")
-        .option(format!("UserKnownHostsFile={d}/known_hosts"))
-        .option("-o")
-        .option("ConnectTimeout=10")
-        .cache_dir(cache.display().to_string());
-    let outcome = async {
+/// A real sshd in host 0 of a [`Net`], with its keys in a temporary directory; killed
+/// when dropped.
+struct Sshd {
+    sshd: std::process::Child,
+    dir: TempDir,
+    net: Net,
+}
+
+/// The host's address, in its namespace.
+const HOST: &str = "10.77.1.2";
+
+impl Sshd {
+    /// `None` (with the reason printed) where sshd or namespaces are missing.
+    async fn start(tag: &str) -> Result<Option<Sshd>, BoxError> {
+        if !Path::new(SSHD).exists() {
+            println!("skipped: {SSHD} is not installed (Debian's openssh-server)");
+            return Ok(None);
+        }
+        let Some(net) = Net::new(1) else {
+            return Ok(None);
+        };
+        let dir = TempDir(PathBuf::from(format!(
+            "/tmp/tkmp-ssh-{}-{tag}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&dir.0)?;
+        let config = configure(&dir.0, HOST)?;
+        // sshd's privilege separation directory, which the package's service makes at start.
+        std::fs::create_dir_all("/run/sshd")?;
+        let sshd = Command::new("ip")
+            .args(["netns", "exec", &net.host_ns(0), SSHD, "-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let sshd = Sshd { sshd, dir, net };
         // sshd is up once it listens.
         ensure!(
             eventually(Duration::from_secs(20), || {
                 Command::new("ip")
-                    .args(["netns", "exec", &net.host_ns(0), "ss", "-Hltn"])
+                    .args(["netns", "exec", &sshd.net.host_ns(0), "ss", "-Hltn"])
                     .output()
                     .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(":2222"))
             })
             .await,
             "sshd did not start"
         );
-        let cluster = Cluster::builder()
-            .listener(net.listen()?)
-            .launcher(launcher)
-            .build()
-            .await?;
-        cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
-        // The binary was copied into the cache, under its fingerprint.
-        let exe = std::env::current_exe()?;
-        let name = exe.file_name().ok_or("no file name")?;
-        let copies: Vec<PathBuf> = std::fs::read_dir(&cache)?
-            .flatten()
-            .map(|e| e.path().join(name))
-            .collect();
-        ensure!(copies.len() == 1, "cache holds {copies:?}");
-        ensure!(
-            std::fs::read(&copies[0])? == std::fs::read(&exe)?,
-            "the copy differs from the executable"
-        );
-        let pool = Pool::builder().cluster(&cluster).build().await?;
-        let out = pool.map(square_where, 0..1000u64).await?;
-        let here = netns();
-        ensure!(
-            out.iter()
-                .enumerate()
-                .all(|(i, (sq, ns))| *sq == (i * i) as u64 && *ns != here),
-            "the tasks did not all run on the ssh host"
-        );
-        Ok::<(), BoxError>(())
+        Ok(Some(sshd))
     }
-    .await;
-    let _ = sshd.kill();
-    let _ = sshd.wait();
-    outcome
+
+    fn cache(&self) -> PathBuf {
+        self.dir.0.join("cache")
+    }
+
+    /// A launcher for the host, its client in the head's namespace, which routes to it.
+    fn launcher(&self) -> mp::launch::Ssh {
+        let d = self.dir.0.display().to_string();
+        mp::launch::Ssh::hosts([format!("root@{HOST}")])
+            .workers_per_host(2)
+            .program(["ip", "netns", "exec", &self.net.head_ns(), "ssh"])
+            .option("-p")
+            .option(PORT)
+            .option("-i")
+            .option(format!("{d}/client_key"))
+            .option("-o")
+            .option("IdentitiesOnly=yes")
+            .option("-o")
+            .option(format!("UserKnownHostsFile={d}/known_hosts"))
+            .cache_dir(self.cache().display().to_string())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped sshd too.
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        self.net.signal_host(0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+async fn ssh_launcher_copies_the_binary_and_runs_workers_on_the_host() -> TestResult {
+    let Some(sshd) = Sshd::start("copies").await? else {
+        return Ok(());
+    };
+    let cache = sshd.cache();
+    let cluster = Cluster::builder()
+        .listener(sshd.net.listen()?)
+        .launcher(sshd.launcher().option("-o").option("ConnectTimeout=10"))
+        .build()
+        .await?;
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    // The binary was copied into the cache, under its fingerprint.
+    let exe = std::env::current_exe()?;
+    let name = exe.file_name().ok_or("no file name")?;
+    let copies: Vec<PathBuf> = std::fs::read_dir(&cache)?
+        .flatten()
+        .map(|e| e.path().join(name))
+        .collect();
+    ensure!(copies.len() == 1, "cache holds {copies:?}");
+    ensure!(
+        std::fs::read(&copies[0])? == std::fs::read(&exe)?,
+        "the copy differs from the executable"
+    );
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let out = pool.map(square_where, 0..1000u64).await?;
+    let here = netns();
+    ensure!(
+        out.iter()
+            .enumerate()
+            .all(|(i, (sq, ns))| *sq == (i * i) as u64 && *ns != here),
+        "the tasks did not all run on the ssh host"
+    );
+    Ok(())
+}
+
+async fn a_frozen_host_fails_the_build_instead_of_holding_it() -> TestResult {
+    let Some(sshd) = Sshd::start("frozen").await? else {
+        return Ok(());
+    };
+    // The host's kernel still takes the connection; nothing answers on it.
+    sshd.net.signal_host(0, nix::sys::signal::Signal::SIGSTOP);
+    let built = Cluster::builder()
+        .listener(sshd.net.listen()?)
+        .launcher(sshd.launcher())
+        .build()
+        .await;
+    sshd.net.signal_host(0, nix::sys::signal::Signal::SIGCONT);
+    let e = match built {
+        Ok(_) => return Err("a cluster was built on a frozen host".into()),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        e.contains(&format!("root@{HOST}")) && e.contains("answered nothing"),
+        "the error does not say that the host answered nothing: {e}"
+    );
+    Ok(())
 }

@@ -36,6 +36,40 @@ pub(crate) fn shell_word(s: &str) -> String {
     }
 }
 
+/// Runs `cmd`, its stdin and stdout `/dev/null` and its stderr kept, for `limit` at most:
+/// its exit status and what it wrote on stderr, or `None` if it had not ended by then (it
+/// is then killed and reaped). Its stderr goes to a file in memory, read once it has ended,
+/// so that a descendant that keeps it open (an ssh connection master) holds nothing up.
+pub(crate) fn run_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::io::Result<Option<(std::process::ExitStatus, String)>> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let mut stderr = std::fs::File::from(crate::sys::anonymous_file("tokio-mp-stderr")?);
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.try_clone()?)
+        .spawn()?;
+    // The child is not reaped yet, so its pid is still its own.
+    let ended = i32::try_from(child.id())
+        .map_err(std::io::Error::other)
+        .and_then(crate::sys::pidfd_open)
+        .and_then(|fd| crate::sys::poll_readable(&[fd.as_fd()], Some(limit)))
+        .map(|r| r.first().copied().unwrap_or(false));
+    if !matches!(ended, Ok(true)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return ended.map(|_| None);
+    }
+    let status = child.wait()?;
+    let mut said = String::new();
+    stderr.rewind()?;
+    stderr.take(64 * 1024).read_to_string(&mut said)?;
+    Ok(Some((status, said)))
+}
+
 /// What a launcher needs to start one host agent.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {

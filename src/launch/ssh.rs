@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
 use super::{AgentSpec, Launched, Launcher, shell_word};
 use crate::error::{Error, Result};
@@ -36,12 +37,17 @@ pub struct Ssh {
     program: Vec<String>,
     options: Vec<String>,
     cache: String,
+    probe_timeout: Duration,
 }
 
 /// The exit code of `ssh` itself failing, as opposed to the remote command's.
 const SSH_FAILED: i32 = 255;
 
 impl Ssh {
+    /// How long `ssh` has to reach a host, log in and answer whether the host holds the
+    /// executable, unless [`probe_timeout`](Self::probe_timeout) says otherwise.
+    pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// A launcher for these hosts (`name`, `user@name`, or an alias of the ssh config),
     /// one agent each; one worker per core of this machine unless told otherwise.
     pub fn hosts(hosts: impl IntoIterator<Item = impl Into<String>>) -> Ssh {
@@ -51,6 +57,7 @@ impl Ssh {
             program: vec!["ssh".into()],
             options: Vec::new(),
             cache: ".cache/tokio-multiprocessing".into(),
+            probe_timeout: Ssh::DEFAULT_PROBE_TIMEOUT,
         }
     }
 
@@ -71,6 +78,17 @@ impl Ssh {
     /// `["ip", "netns", "exec", "ns", "ssh"]`).
     pub fn program(mut self, argv: impl IntoIterator<Item = impl Into<String>>) -> Ssh {
         self.program = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long `ssh` has to reach a host, log in and answer whether the host holds the
+    /// executable, the first thing a launch asks; past it, the `ssh` is killed and the
+    /// launch fails, naming the host. A host that takes the connection and answers nothing
+    /// (frozen, or its login hung on a home directory that does not answer) would otherwise
+    /// hold the launch, and so the cluster's build or scale, for ever: ssh has no such
+    /// limit of its own. The copy that may follow has none.
+    pub fn probe_timeout(mut self, limit: Duration) -> Ssh {
+        self.probe_timeout = limit;
         self
     }
 
@@ -115,21 +133,26 @@ impl Ssh {
             pid: 0,
             message,
         };
-        let probe = self
-            .command(host, &format!("test -x {}", shell_word(&exe)))?
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| start_failed(format!("cannot run ssh: {e}")))?;
-        if probe.status.success() {
+        let probe = super::run_within(
+            &mut self.command(host, &format!("test -x {}", shell_word(&exe)))?,
+            self.probe_timeout,
+        )
+        .map_err(|e| start_failed(format!("cannot run ssh: {e}")))?;
+        let Some((status, said)) = probe else {
+            return Err(start_failed(format!(
+                "ssh to {host} answered nothing within {:?}: the host, its sshd or its login \
+                 hangs",
+                self.probe_timeout
+            )));
+        };
+        if status.success() {
             return Ok(());
         }
         // 255 is ssh's own failure (no route, a refused key), not the test's answer.
-        if probe.status.code() == Some(SSH_FAILED) {
+        if status.code() == Some(SSH_FAILED) {
             return Err(start_failed(format!(
                 "ssh cannot reach {host}: {}",
-                String::from_utf8_lossy(&probe.stderr).trim()
+                said.trim()
             )));
         }
         tracing::debug!(%host, %exe, "copying the executable");
