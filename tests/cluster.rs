@@ -54,6 +54,8 @@ fn main() {
         a_remote_initializer_error_reaches_the_caller,
         a_dropped_build_ends_its_remote_worker_and_frees_its_room,
         a_remote_initializer_outlasts_the_start_timeout,
+        a_dropped_scale_launches_no_host_it_had_not_begun,
+        shutdown_stops_a_scale_under_way,
     ]);
 }
 
@@ -915,6 +917,104 @@ async fn a_pool_and_shutdown_wait_for_no_launch() -> TestResult {
     })?;
     outcome?;
     ensure!(!launching.load(Ordering::SeqCst), "the launch never ended");
+    Ok(())
+}
+
+/// A launcher of the user's own that counts its launches, each lasting until the test lets
+/// it end (or 30 s), and starting nothing.
+#[derive(Debug)]
+struct Counted {
+    launches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Counted {
+    fn new() -> (Counted, std::sync::mpsc::Sender<()>) {
+        let (release, rx) = std::sync::mpsc::channel();
+        let counted = Counted {
+            launches: std::sync::Arc::default(),
+            release: std::sync::Mutex::new(rx),
+        };
+        (counted, release)
+    }
+}
+
+impl mp::launch::Launcher for Counted {
+    fn hosts(&self) -> usize {
+        0
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, _: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self
+            .release
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(Duration::from_secs(30));
+        Ok(mp::launch::Launched::detached())
+    }
+}
+
+/// A scale of 3 hosts dropped while its first launch runs launches no other host, as its
+/// docs say; the code before went on to launch all 3.
+async fn a_dropped_scale_launches_no_host_it_had_not_begun() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let (counted, release) = Counted::new();
+    let launches = counted.launches.clone();
+    let cluster = Cluster::builder().launcher(counted).build().await?;
+    {
+        let scale = cluster.scale(3);
+        tokio::pin!(scale);
+        let began = tokio::select! {
+            r = &mut scale => return Err(format!("the scale ended first: {r:?}").into()),
+            began = eventually(Duration::from_secs(20), || launches.load(Ordering::SeqCst) == 1) => began,
+        };
+        ensure!(began, "the launch never began");
+    }
+    for _ in 0..3 {
+        let _ = release.send(());
+    }
+    // Scales take turns: this one runs once the dropped one has stopped launching.
+    cluster.scale(0).await?;
+    let n = launches.load(Ordering::SeqCst);
+    ensure!(
+        n == 1,
+        "a dropped scale made {n} launches, where one had begun"
+    );
+    Ok(())
+}
+
+/// `shutdown` while a scale of 3 hosts runs its first launch: the scale launches no more
+/// and says why; the code before went on to launch the others.
+async fn shutdown_stops_a_scale_under_way() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let (counted, release) = Counted::new();
+    let launches = counted.launches.clone();
+    let cluster = Cluster::builder().launcher(counted).build().await?;
+    let scaling = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.scale(3).await }
+    });
+    ensure!(
+        eventually(Duration::from_secs(20), || launches.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the launch never began"
+    );
+    cluster.clone().shutdown().await?;
+    for _ in 0..3 {
+        let _ = release.send(());
+    }
+    let scaled = scaling.await?;
+    let n = launches.load(Ordering::SeqCst);
+    ensure!(n == 1, "a scale went on after shutdown: {n} launches");
+    ensure!(
+        matches!(&scaled, Err(mp::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted),
+        "the scale stopped by shutdown gave {scaled:?}"
+    );
     Ok(())
 }
 

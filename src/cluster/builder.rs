@@ -149,6 +149,7 @@ impl ClusterBuilder {
                 launcher: self.launcher,
                 launched: Mutex::new(Vec::new()),
                 scaling: Mutex::new(()),
+                shutdowns: std::sync::atomic::AtomicU64::new(0),
                 job_states: tokio::sync::Mutex::new(None),
                 _shutdown: shutdown,
             }),

@@ -67,6 +67,9 @@ pub(super) struct Inner {
     /// Held by a scale for as long as it launches, on its blocking thread: scales take
     /// turns, and nothing else waits for a launch.
     pub(super) scaling: Mutex<()>,
+    /// How many times [`Cluster::shutdown`] was called: a scale asked before the last one
+    /// launches no more hosts.
+    pub(super) shutdowns: std::sync::atomic::AtomicU64,
     /// What [`Inner::launched_jobs`] told last, and when: the starts that find no room at
     /// once (a pool's every worker) ask the engine once.
     pub(super) job_states: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -493,10 +496,13 @@ impl Cluster {
     /// not on the runtime's, and nothing on a runtime's thread waits for them: meanwhile a
     /// pool built on the cluster counts the hosts launched so far, and
     /// [`shutdown`](Self::shutdown) ends those (one launched after it is ended with the
-    /// cluster's last handle). Scales take turns.
+    /// cluster's last handle) and stops the scale: it launches no more hosts. Scales take
+    /// turns.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error.
+    /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error; an
+    /// I/O error of kind [`Interrupted`](std::io::ErrorKind::Interrupted) when
+    /// [`shutdown`](Self::shutdown) was called while it scaled.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -505,8 +511,16 @@ impl Cluster {
     /// Not cancel safe: dropped midway, the launches already under way go on (on their
     /// blocking thread) and count as started, and those not begun are not started.
     pub async fn scale(&self, hosts: usize) -> Result<()> {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let cluster = self.clone();
-        tokio::task::spawn_blocking(move || cluster.scale_blocking(hosts))
+        let epoch = self.inner.shutdowns.load(Ordering::Acquire);
+        // Cleared when this future ends, dropped or not: a launch not begun by then is not.
+        let wanted = Arc::new(AtomicBool::new(true));
+        let _gone = crate::on_drop::OnDrop::new({
+            let wanted = wanted.clone();
+            move || wanted.store(false, Ordering::Release)
+        });
+        tokio::task::spawn_blocking(move || cluster.scale_blocking(hosts, epoch, &wanted))
             .await
             .map_err(|e| Error::from(std::io::Error::other(e)))?
     }
@@ -535,6 +549,9 @@ impl Cluster {
     /// Cancel safe: the agents are ended on a blocking thread, which goes on if the wait is
     /// dropped.
     pub async fn shutdown(self) -> Result<()> {
+        self.inner
+            .shutdowns
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let launched = self.inner.take_launched();
         let failed = tokio::task::spawn_blocking(move || crate::launch::end_all(launched))
             .await
@@ -548,8 +565,16 @@ impl Cluster {
         }
     }
 
-    /// [`scale`](Self::scale) on the caller's thread.
-    pub(super) fn scale_blocking(&self, hosts: usize) -> Result<()> {
+    /// [`scale`](Self::scale) on the caller's thread, asked when [`shutdown`](Self::shutdown)
+    /// had been called `epoch` times; it launches no more once `wanted` is cleared (its
+    /// caller is gone) or a shutdown came since.
+    fn scale_blocking(
+        &self,
+        hosts: usize,
+        epoch: u64,
+        wanted: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let Some(launcher) = &self.inner.launcher else {
             return Err(Error::InvalidArgument(
                 "this cluster has no launcher to start hosts with".into(),
@@ -558,8 +583,14 @@ impl Cluster {
         let _turn = self.inner.scaling.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let started = self.inner.launched().len();
-            if started >= hosts {
+            if started >= hosts || !wanted.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if self.inner.shutdowns.load(Ordering::Acquire) != epoch {
+                return Err(Error::from(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "the cluster was shut down while it scaled: no more hosts are launched",
+                )));
             }
             let spec = self.spec(started, launcher.workers_per_host())?;
             let agent = launcher.launch(&spec)?;
