@@ -20,6 +20,7 @@ fn main() {
     support::run(trials![
         ssh_launcher_copies_the_binary_and_runs_workers_on_the_host,
         a_frozen_host_fails_the_build_instead_of_holding_it,
+        a_copy_cut_short_leaves_no_file_to_run,
     ]);
 }
 
@@ -215,6 +216,45 @@ async fn a_frozen_host_fails_the_build_instead_of_holding_it() -> TestResult {
     ensure!(
         e.contains(&format!("root@{HOST}")) && e.contains("answered nothing"),
         "the error does not say that the host answered nothing: {e}"
+    );
+    Ok(())
+}
+
+async fn a_copy_cut_short_leaves_no_file_to_run() -> TestResult {
+    let Some(sshd) = Sshd::start("cut").await? else {
+        return Ok(());
+    };
+    // An ssh whose copy ends after 1,000 bytes of the executable, as when the connection
+    // or the client ends midway: the remote side sees an end of input.
+    let cut_short = r#"case "$*" in *"cat >"*) head -c 1000 | ssh "$@";; *) exec ssh "$@";; esac"#;
+    let launcher = sshd.launcher().program([
+        "ip",
+        "netns",
+        "exec",
+        &sshd.net.head_ns(),
+        "sh",
+        "-c",
+        cut_short,
+        "ssh",
+    ]);
+    let built = Cluster::builder()
+        .listener(sshd.net.listen()?)
+        .launcher(launcher)
+        .build()
+        .await;
+    let left: Vec<PathBuf> = std::fs::read_dir(sshd.cache())?
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect();
+    ensure!(left.is_empty(), "the cut copy left {left:?} in the cache");
+    let e = match built {
+        Ok(_) => return Err("a cluster was built on a host whose copy was cut short".into()),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        e.contains("cannot copy the executable") && e.contains("1000 of "),
+        "the error does not say the copy failed: {e}"
     );
     Ok(())
 }

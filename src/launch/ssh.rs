@@ -156,14 +156,21 @@ impl Ssh {
             )));
         }
         tracing::debug!(%host, %exe, "copying the executable");
-        // Written under a temporary name, then renamed: an agent never runs half a file.
+        // Written under a temporary name, then renamed once whole: an agent never runs half
+        // a file. The input ends early, for `cat` as for the end of the file, when the
+        // connection or the client ends midway: the size tells them apart, and a part is
+        // removed. In `sh`, whatever the login shell.
+        let binary = std::fs::File::open(&spec.exe)?;
+        let size = binary.metadata()?.len();
         let tmp = format!("{}.part.$$", shell_word(&exe));
         let script = format!(
-            "mkdir -p {d} && cat > {tmp} && chmod 755 {tmp} && mv -f {tmp} {e}",
+            "mkdir -p {d} && cat > {tmp} && test $(wc -c < {tmp}) -eq {size} && \
+             chmod 755 {tmp} && mv -f {tmp} {e} || {{ n=$(wc -c < {tmp}); rm -f {tmp}; \
+             echo \"$n of {size} bytes written\" >&2; exit 1; }}",
             d = shell_word(&dir),
             e = shell_word(&exe),
         );
-        let binary = std::fs::File::open(&spec.exe)?;
+        let script = format!("sh -c {}", shell_word(&script));
         let out = self
             .command(host, &script)?
             .stdin(binary)
