@@ -324,31 +324,35 @@ impl Inner {
             })),
             Err(_) => {
                 std::thread::spawn(move || {
-                    let producers = q.header().producers();
-                    let _counted = producers.count_waiter();
-                    loop {
-                        producers.rearm();
-                        // A blocking wait on the eventfd (and on a live holder of the slot,
-                        // as in `push_waiting`): this thread has nothing else to do.
-                        let holder = match q.try_push(None) {
-                            Pushed::Done => break,
-                            Pushed::Full => None,
-                            Pushed::Held(pid) => match sys::pidfd_of(pid) {
-                                Ok(Some(fd)) => Some(fd),
-                                // Gone: the next try frees its slot.
-                                Ok(None) => continue,
-                                Err(_) => None,
-                            },
-                        };
-                        let space = q.space.as_fd();
-                        let _ = match &holder {
-                            Some(fd) => sys::poll_readable(&[space, fd.as_fd()], None),
-                            None => sys::poll_readable(&[space], None),
-                        };
-                    }
+                    q.push_marker_blocking();
                     drop(lock);
                 });
                 None
+            }
+        }
+    }
+
+    /// Publishes a marker, waiting for room, on a thread outside any runtime (see
+    /// [`push_marker`](Self::push_marker)): on a runtime of the thread's own, since the
+    /// eventfd that wakes producers is never drained (a read would take a wake-up from a
+    /// waiter in another process), so only an edge-triggered wait, the reactor's, sleeps on
+    /// it; a `poll` would find it readable at once, for ever. Should no runtime be had (no
+    /// descriptor left), it looks again every few milliseconds.
+    fn push_marker_blocking(&self) {
+        let waited = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(Error::from)
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let r = self.register()?;
+                    self.push_waiting(&r, None).await
+                })
+            });
+        if let Err(e) = waited {
+            tracing::debug!("a queue marker waits for room without a reactor: {e}");
+            while self.try_push(None) != Pushed::Done {
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
     }
@@ -482,6 +486,61 @@ mod tests {
         q.put_nowait(large(3)).unwrap();
         assert_eq!(q.get_nowait().unwrap(), large(3));
         assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+    }
+
+    /// A marker that finds the ring full outside a runtime (a `put_nowait` whose item's
+    /// packet went out as small items took the last slot) waits for room asleep, though the
+    /// eventfd that wakes producers stays readable once any wake-up was written to it (it is
+    /// never drained): the waiting thread looks again only when woken, and publishes the
+    /// marker once a slot is free.
+    #[test]
+    fn a_marker_waiting_for_room_outside_a_runtime_sleeps() {
+        use super::super::item::Item;
+        use crate::sys;
+        use std::os::fd::AsFd;
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+
+        let q = Queue::<Vec<u8>>::with_maxsize(1).unwrap();
+        q.put_nowait(vec![1]).unwrap();
+        // A wake-up written to producers before: the eventfd stays readable.
+        sys::eventfd_add(q.inner.space.as_fd(), 1).unwrap();
+        let Item::Packet(bytes, fds) = q.inner.encode(&large(2)).unwrap() else {
+            panic!("a large item travels in a packet");
+        };
+        let guard = q
+            .inner
+            .try_lock()
+            .unwrap()
+            .expect("the packet lock is free");
+        sys::send_headed_with_fds(q.inner.tx.as_fd(), &q.inner.tag(), &bytes, &[]).unwrap();
+        drop(fds);
+        assert!(q.inner.push_marker(guard).is_none(), "outside a runtime");
+        let looks = || q.inner.header().producers().looks.load(Ordering::SeqCst);
+        let start = looks();
+        std::thread::sleep(Duration::from_millis(500));
+        let taken = looks() - start;
+        assert!(
+            taken < 10,
+            "the waiting thread looked at the full ring {taken} times with nothing changed"
+        );
+        assert_eq!(q.get_nowait().unwrap(), vec![1]);
+        let mut got = None;
+        for _ in 0..1000 {
+            match q.get_nowait() {
+                Ok(v) => {
+                    got = Some(v);
+                    break;
+                }
+                Err(Error::Empty) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            got,
+            Some(large(2)),
+            "the marker was published once there was room"
+        );
     }
 
     /// A packet no producer sent (its tag is past every producer's) fails the get that

@@ -37,8 +37,17 @@ impl Inner {
         if let Some(r) = &*r {
             return Ok(r.clone());
         }
+        let new = Arc::new(self.register()?);
+        if !self.is_closed() {
+            *r = Some(new.clone());
+        }
+        Ok(new)
+    }
+
+    /// Fresh registrations with the reactor of the runtime this runs on, kept by no one.
+    pub(super) fn register(&self) -> Result<Reactor> {
         let reg = |fd: &Arc<OwnedFd>, i| sys::register_shared(fd.clone(), i);
-        let new = Arc::new(Reactor {
+        Ok(Reactor {
             tx: reg(&self.tx, Interest::WRITABLE)?,
             items: reg(&self.items, Interest::READABLE)?,
             space: reg(&self.space, Interest::READABLE)?,
@@ -48,10 +57,6 @@ impl Inner {
                 .map(|s| reg(s, Interest::READABLE))
                 .transpose()?,
             sender: Mutex::new(None),
-        });
-        if !self.is_closed() {
-            *r = Some(new.clone());
-        }
-        Ok(new)
+        })
     }
 }
