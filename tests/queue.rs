@@ -375,6 +375,87 @@ async fn put_large_into_full(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
     std::process::exit(4)
 }
 
+/// Runs in a child that may have few descriptors in flight (the kernel holds at most a
+/// user's limit of open descriptors in sockets' queues, unless it has `CAP_SYS_RESOURCE`):
+/// it lowers its limit to 64 and, as root, becomes `nobody`. Puts items spilled to a memfd
+/// (each one descriptor in flight) into an unbounded queue with no consumer until a put
+/// gives up with `Full`, then lets a consumer take 200 of them in order while the rest are
+/// put. Exits 2 if it cannot drop its privileges, 3 if a put fails with another error, 4 if
+/// the queue takes 200 items before any `Full` (the limit never met), 5 if an item comes
+/// out wrong, 6 if the consumer or producer do not finish.
+fn in_flight_limit() -> std::process::ExitCode {
+    use nix::sys::resource::{Resource, setrlimit};
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    use std::process::ExitCode;
+    const N: u32 = 200;
+    let item = |i: u32| vec![i as u8; 70_000];
+    if setrlimit(Resource::RLIMIT_NOFILE, 64, 64).is_err() {
+        return ExitCode::from(2);
+    }
+    if Uid::effective().is_root()
+        && (setgroups(&[]).is_err()
+            || setgid(Gid::from_raw(65534)).is_err()
+            || setuid(Uid::from_raw(65534)).is_err())
+    {
+        return ExitCode::from(2);
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(6);
+    };
+    let code = rt.block_on(async {
+        let Ok(q) = mp::Queue::<Vec<u8>>::new() else {
+            return 6;
+        };
+        let mut put = 0;
+        while put < N {
+            match q.put_timeout(item(put), Duration::from_millis(300)).await {
+                Ok(()) => put += 1,
+                Err(e) if matches!(e.error(), mp::Error::Full) => {
+                    if e.into_inner() != item(put) {
+                        return 5;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("put {put}: {e}");
+                    return 3;
+                }
+            }
+        }
+        if put == N {
+            return 4;
+        }
+        let consumer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for i in 0..N {
+                    match q.get().await {
+                        Ok(v) if v == item(i) => {}
+                        _ => return false,
+                    }
+                }
+                true
+            })
+        };
+        while put < N {
+            if let Err(e) = q.put(item(put)).await {
+                eprintln!("put {put}: {e}");
+                return 3;
+            }
+            put += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), consumer).await {
+            Ok(Ok(true)) => 0,
+            Ok(Ok(false)) => 5,
+            _ => 6,
+        }
+    });
+    ExitCode::from(code)
+}
+
 // ---- tests ----
 
 /// An unbounded queue holds `UNBOUNDED_CAPACITY` items: then `full()` says so, as
@@ -892,6 +973,17 @@ async fn a_producer_killed_holding_the_packet_lock_leaves_large_puts_working() -
     Ok(())
 }
 
+/// A put whose item holds descriptors (here a memfd, for an item over 64 KiB) waits while
+/// its user has as many descriptors in flight as the kernel allows, as it waits for room in
+/// the socket's buffer: `put_timeout` gives up with `Full`, handing the item back, and `put`
+/// goes on once a consumer takes items (checked in a child with a limit of 64 descriptors).
+async fn large_puts_wait_while_too_many_descriptors_are_in_flight() -> TestResult {
+    let mut p = start(in_flight_limit, ()).await?;
+    let code = p.join_timeout(Duration::from_secs(50)).await?;
+    ensure!(code == Some(0), "in-flight limit child ended with {code:?}");
+    Ok(())
+}
+
 /// Queues leave no descriptor behind (checked in a child of its own).
 async fn no_descriptor_left_behind() -> TestResult {
     let mut p = start(fd_balance, ()).await?;
@@ -1270,6 +1362,10 @@ fn main() {
             a_producer_killed_holding_the_packet_lock_leaves_large_puts_working,
         ),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
+        test(
+            "large_puts_wait_while_too_many_descriptors_are_in_flight",
+            large_puts_wait_while_too_many_descriptors_are_in_flight,
+        ),
         test(
             "consumers_killed_mid_get_do_not_stall_the_queue",
             consumers_killed_mid_get_do_not_stall_the_queue,

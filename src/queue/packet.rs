@@ -194,7 +194,10 @@ impl Inner {
             .to_le_bytes()
     }
 
-    /// Sends a packet on the socket, tagged, waiting for room in its buffer.
+    /// Sends a packet on the socket, tagged, waiting for room in its buffer, and, for a
+    /// packet holding descriptors, for room among the descriptors its user may have in
+    /// flight (see [`sys::too_many_in_flight`]): the packets before it hold theirs until
+    /// consumers take them, as a full buffer holds its bytes.
     async fn send_packet(&self, r: &Reactor, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let tag = self.tag();
@@ -203,6 +206,8 @@ impl Inner {
             match g.try_io(|a| sys::send_headed_with_fds(a.get_ref().as_fd(), &tag, bytes, &raw)) {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A consumer's receive makes the socket writable anew.
+                Ok(Err(e)) if sys::too_many_in_flight(&e) => g.clear_ready(),
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_would_block) => {}
             }
@@ -271,7 +276,7 @@ impl Inner {
             match sys::send_headed_with_fds(self.tx.as_fd(), &tag, bytes, &raw) {
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || sys::too_many_in_flight(&e) => {
                     return Err(Error::Full);
                 }
                 Err(e) => return Err(e.into()),

@@ -338,6 +338,14 @@ fn out_of_descriptors() -> String {
     }
 }
 
+/// Whether a send failed because its user has too many descriptors in flight
+/// (`ETOOMANYREFS`): without `CAP_SYS_RESOURCE`, the kernel holds at most the sender's limit
+/// of open descriptors (the soft `RLIMIT_NOFILE`) in sockets' queues for its user, sent and
+/// not yet received. A receive takes some out, and makes the sending socket writable anew.
+pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ETOOMANYREFS)
+}
+
 /// This process's limit of open descriptors (the soft `RLIMIT_NOFILE`).
 fn descriptor_limit() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit};

@@ -32,7 +32,8 @@ pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, descriptors_left, dup_fd, file_size, has_input,
     is_unix_socket, open_fds, peek, recv_appending, recv_with_fds, register_owned, register_shared,
-    send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream, wait_writable,
+    send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream, too_many_in_flight,
+    wait_writable,
 };
 pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
 pub(crate) use load::core_spare;
