@@ -456,6 +456,80 @@ fn in_flight_limit() -> std::process::ExitCode {
     ExitCode::from(code)
 }
 
+/// Uses `q` and `jq` on a current-thread runtime of its own, as a program that makes a
+/// runtime for a few calls does: a large and a small item put and taken, an empty queue's
+/// `get_timeout`, and a `join` that a thread's `task_done` ends; another thread puts the
+/// item the last `get` waits for. `Err` names the first step that went wrong.
+fn queues_on_a_runtime(
+    rt: &tokio::runtime::Runtime,
+    q: &mp::Queue<Vec<u8>>,
+    jq: &mp::JoinableQueue<u8>,
+) -> Result<(), String> {
+    rt.block_on(async {
+        let step = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        for len in [10, 100_000] {
+            q.put(vec![1; len]).await.map_err(|e| step("put", &e))?;
+            let got = q.get().await.map_err(|e| step("get", &e))?;
+            if got != vec![1; len] {
+                return Err(format!("got {} bytes for {len}", got.len()));
+            }
+        }
+        match q.get_timeout(Duration::from_millis(20)).await {
+            Err(mp::Error::Empty) => {}
+            other => return Err(format!("get_timeout of an empty queue: {other:?}")),
+        }
+        jq.put(1).await.map_err(|e| step("joinable put", &e))?;
+        jq.get().await.map_err(|e| step("joinable get", &e))?;
+        let done = jq.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            done.task_done()
+        });
+        match tokio::time::timeout(Duration::from_secs(10), jq.join()).await {
+            Ok(Ok(())) => {}
+            other => return Err(format!("join: {other:?}")),
+        }
+        t.join()
+            .map_err(|_| "task_done panicked".to_string())?
+            .map_err(|e| step("task_done", &e))?;
+        let later = q.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            later.put_nowait(vec![2])
+        });
+        match q.get_timeout(Duration::from_secs(10)).await {
+            Ok(v) if v == vec![2] => {}
+            other => return Err(format!("get of an item put later: {other:?}")),
+        }
+        t.join()
+            .map_err(|_| "put_nowait panicked".to_string())?
+            .map_err(|e| step("put_nowait", &e))
+    })
+}
+
+/// A queue used on one runtime, then on a second while the first is alive and idle, then
+/// on a third once both are gone: each runtime's waits are woken, and none fails.
+fn queues_on_runtimes_in_turn() -> Result<(), String> {
+    let q = mp::Queue::<Vec<u8>>::new().map_err(|e| e.to_string())?;
+    let jq = mp::JoinableQueue::<u8>::new().map_err(|e| e.to_string())?;
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let first = runtime()?;
+    queues_on_a_runtime(&first, &q, &jq).map_err(|e| format!("first runtime: {e}"))?;
+    let second = runtime()?;
+    queues_on_a_runtime(&second, &q, &jq)
+        .map_err(|e| format!("second runtime, beside the first: {e}"))?;
+    drop(first);
+    drop(second);
+    let third = runtime()?;
+    queues_on_a_runtime(&third, &q, &jq)
+        .map_err(|e| format!("third runtime, after the others: {e}"))
+}
+
 // ---- tests ----
 
 /// An unbounded queue holds `UNBOUNDED_CAPACITY` items: then `full()` says so, as
@@ -984,6 +1058,13 @@ async fn large_puts_wait_while_too_many_descriptors_are_in_flight() -> TestResul
     Ok(())
 }
 
+/// A queue serves each runtime that uses it in turn, as Python's serves each thread: its
+/// registrations with a runtime's reactor are that runtime's alone.
+async fn a_queue_serves_one_runtime_after_another() -> TestResult {
+    tokio::task::spawn_blocking(queues_on_runtimes_in_turn).await??;
+    Ok(())
+}
+
 /// Queues leave no descriptor behind (checked in a child of its own).
 async fn no_descriptor_left_behind() -> TestResult {
     let mut p = start(fd_balance, ()).await?;
@@ -1362,6 +1443,10 @@ fn main() {
             a_producer_killed_holding_the_packet_lock_leaves_large_puts_working,
         ),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
+        test(
+            "a_queue_serves_one_runtime_after_another",
+            a_queue_serves_one_runtime_after_another,
+        ),
         test(
             "large_puts_wait_while_too_many_descriptors_are_in_flight",
             large_puts_wait_while_too_many_descriptors_are_in_flight,

@@ -51,8 +51,9 @@ pub(super) struct Inner {
     /// Wakes joiners when no item is left unfinished; only in a joinable queue.
     pub(super) done: Option<Arc<OwnedFd>>,
     closed: AtomicBool,
-    /// The registrations with the reactor, made on first need (see `reactor.rs`).
-    pub(super) registrations: Mutex<Option<Arc<Reactor>>>,
+    /// The registrations with the reactor of the runtime (by its id) that last needed them
+    /// (see `reactor.rs`).
+    pub(super) registrations: Mutex<Option<(tokio::runtime::Id, Arc<Reactor>)>>,
     /// Receives slots.
     pub(super) rbuf: Mutex<Vec<u8>>,
     /// Receives packets; kept at full size, so a large packet costs no fresh zeroed buffer.

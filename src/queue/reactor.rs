@@ -1,5 +1,6 @@
 //! [`Reactor`]: a queue's descriptors as registered with one runtime's reactor, made on a
-//! handle's first wait and kept until it is closed.
+//! handle's first wait in that runtime and kept until it is closed or another runtime
+//! needs its own.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -30,16 +31,25 @@ impl Inner {
         self.registered()
     }
 
-    /// The queue's registrations with the reactor, made on first need. A closed handle gets
-    /// fresh ones, not kept: a packet sent before the close still gets its marker.
+    /// The queue's registrations with the reactor of the runtime this runs on, made on
+    /// first need there, and kept until another runtime needs its own: a registration
+    /// wakes only a task of its runtime, whose reactor must run (and live) to deliver its
+    /// events. A closed handle gets fresh ones, not kept: a packet sent before the close
+    /// still gets its marker.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub(super) fn registered(&self) -> Result<Arc<Reactor>> {
+        let runtime = tokio::runtime::Handle::current().id();
         let mut r = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = &*r {
-            return Ok(r.clone());
+        if let Some((id, r)) = &*r {
+            if *id == runtime {
+                return Ok(r.clone());
+            }
         }
         let new = Arc::new(self.register()?);
         if !self.is_closed() {
-            *r = Some(new.clone());
+            *r = Some((runtime, new.clone()));
         }
         Ok(new)
     }
