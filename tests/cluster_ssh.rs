@@ -21,6 +21,7 @@ fn main() {
         ssh_launcher_copies_the_binary_and_runs_workers_on_the_host,
         a_frozen_host_fails_the_build_instead_of_holding_it,
         a_copy_cut_short_leaves_no_file_to_run,
+        shutdown_ends_the_agents_on_the_host,
     ]);
 }
 
@@ -255,6 +256,36 @@ async fn a_copy_cut_short_leaves_no_file_to_run() -> TestResult {
     ensure!(
         e.contains("cannot copy the executable") && e.contains("1000 of "),
         "the error does not say the copy failed: {e}"
+    );
+    Ok(())
+}
+
+/// `shutdown` ends what it launched: over ssh, the agent on the host (and its workers), not
+/// only the ssh client on this machine, and the pool loses them.
+async fn shutdown_ends_the_agents_on_the_host() -> TestResult {
+    let Some(sshd) = Sshd::start("shutdown").await? else {
+        return Ok(());
+    };
+    let cluster = Cluster::builder()
+        .listener(sshd.net.listen()?)
+        .launcher(sshd.launcher())
+        .build()
+        .await?;
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    ensure!(
+        pool.map(square_where, 0..4u64).await?.len() == 4,
+        "the pool did not serve"
+    );
+    cluster.clone().shutdown().await?;
+    let listener = sshd.sshd.id();
+    ensure!(
+        eventually(Duration::from_secs(20), || cluster.hosts() == 0
+            && sshd.net.pids(0) == [listener])
+        .await,
+        "after shutdown, {} host(s) still joined, and the host runs {:?} beside sshd {listener}",
+        cluster.hosts(),
+        sshd.net.pids(0)
     );
     Ok(())
 }

@@ -76,10 +76,11 @@ pub(crate) fn run_if_agent() {
         workers,
         id: id.unwrap_or_default(),
     };
-    let key = match read_key() {
+    let (key, from_input) = match read_key() {
         Ok(k) => k,
         Err(e) => fail(JOIN_FAILED, e),
     };
+    let input_ended = from_input.then(watch_input);
     let run = move || {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -88,7 +89,7 @@ pub(crate) fn run_if_agent() {
             Ok(rt) => rt,
             Err(e) => fail(JOIN_FAILED, format!("cannot build a runtime: {e}")),
         };
-        rt.block_on(serve(args, key))
+        rt.block_on(serve(args, key, input_ended))
     };
     // Inside `#[tokio::main]` a runtime exists already on this thread: the agent's own runs
     // on a thread of its own.
@@ -117,18 +118,51 @@ fn fail(code: i32, message: impl std::fmt::Display) -> ! {
 }
 
 /// The key: from the environment (then removed from it, so the workers do not inherit
-/// it), else the first line of stdin.
-fn read_key() -> Result<Vec<u8>> {
+/// it), else the first line of stdin; and whether it came from stdin.
+fn read_key() -> Result<(Vec<u8>, bool)> {
     if let Some(hex) = std::env::var_os(super::AUTHKEY_ENV) {
         sys::clear_env_var(super::AUTHKEY_ENV.as_ref());
         let hex = hex.to_str().ok_or_else(|| {
             Error::InvalidArgument(format!("{} is not UTF-8", super::AUTHKEY_ENV))
         })?;
-        return key::from_hex(hex);
+        return Ok((key::from_hex(hex)?, false));
     }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
-    key::from_hex(&line)
+    Ok((key::from_hex(&line)?, true))
+}
+
+/// Reads the agent's input after its key, on a thread of its own: when the next line is
+/// [`END_WITH_INPUT`], the returned channel is told once the input ends (the launcher's
+/// session is over: an `ssh` ended), and the agent then exits; anything else, or the end of
+/// the input first (an agent started by hand with `echo <key> | ...`), and it is never told.
+fn watch_input() -> tokio::sync::oneshot::Receiver<()> {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let watch = move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut line = String::new();
+        if !matches!(stdin.read_line(&mut line), Ok(n) if n > 0 && line.trim_end() == END_WITH_INPUT)
+        {
+            return;
+        }
+        let mut sink = [0u8; 512];
+        loop {
+            match stdin.read(&mut sink) {
+                Ok(0) => break,
+                Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+                _ => {}
+            }
+        }
+        let _ = tx.send(());
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("agent-input".into())
+        .spawn(watch)
+    {
+        tracing::warn!("cannot watch the agent's input: {e}");
+    }
+    rx
 }
 
 /// Dials the head and runs the challenge; a connection refused is tried again until
@@ -154,8 +188,17 @@ async fn dial(address: &str, key: &[u8]) -> Result<Framed> {
     Ok(link)
 }
 
-/// The agent's life; returns its exit code.
-async fn serve(args: Args, key: Vec<u8>) -> i32 {
+/// The line after the key on an agent's input that makes it exit once its input ends
+/// (written by [`Ssh`](crate::launch::Ssh), whose session is the agent's input).
+pub(crate) const END_WITH_INPUT: &str = "end-with-input";
+
+/// The agent's life; returns its exit code. It exits when `input_ended` is told (see
+/// [`watch_input`]).
+async fn serve(
+    args: Args,
+    key: Vec<u8>,
+    input_ended: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> i32 {
     let ctl = match dial(&args.address, &key).await {
         Ok(l) => l,
         Err(e) => fail(
@@ -214,8 +257,28 @@ async fn serve(args: Args, key: Vec<u8>) -> i32 {
     let workers: Workers = Arc::default();
     let key: Arc<[u8]> = key.into();
     let address: Arc<str> = args.address.into();
+    // Done only when told: a watcher that stopped watching drops its sender.
+    let input_ended = async move {
+        if let Some(rx) = input_ended
+            && rx.await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    };
+    tokio::pin!(input_ended);
     let code = loop {
-        let mut frame = match tokio::time::timeout(head_deadline, ctl.recv()).await {
+        let received = tokio::select! {
+            r = tokio::time::timeout(head_deadline, ctl.recv()) => r,
+            () = &mut input_ended => {
+                eprintln!(
+                    "tokio-multiprocessing host agent {}: its launcher's session ended; exiting",
+                    sys::current_pid()
+                );
+                break 0;
+            }
+        };
+        let mut frame = match received {
             Ok(Ok(f)) => f,
             // The head is gone (it exited, or closed the cluster).
             Ok(Err(_)) => break 0,

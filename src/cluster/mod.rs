@@ -71,7 +71,7 @@ pub use builder::ClusterBuilder;
 pub use head::{Cluster, WorkerInfo, WorkerState};
 pub use key::{ADDRESS_ENV, ADVERTISE_ENV, AUTHKEY_ENV};
 
-pub(crate) use agent::{launched_as_agent, run_if_agent};
+pub(crate) use agent::{END_WITH_INPUT, launched_as_agent, run_if_agent};
 pub(crate) use head::{RemoteExit, RemoteKill};
 
 /// The first argument that makes [`init`](crate::init) run the host agent.

@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 /// (`<cache>/<fingerprint>/<name>`, the cache being `.cache/tokio-multiprocessing` under
 /// the remote home unless [`cache_dir`](Self::cache_dir) says otherwise), so a rebuilt
 /// program never runs an old copy. The key goes to the agent on its stdin, never on a
-/// command line.
+/// command line; the agent exits once that input ends, so that the end of its session
+/// ([`Cluster::shutdown`](crate::Cluster::shutdown), or the cluster dropped) ends it.
 ///
 /// Frames are authenticated, not encrypted: across an untrusted network, let ssh carry the
 /// connection too, with a reverse tunnel (`.option("-R").option("7000:localhost:7000")`,
@@ -224,12 +225,25 @@ impl Launcher for Ssh {
                 pid: 0,
                 message: format!("cannot run ssh: {e}"),
             })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // The agent reads its key from its first line of input.
-            stdin.write_all(format!("{}\n", spec.authkey_hex).as_bytes())?;
+        // The agent reads its key from its first line of input; the next tells it to exit
+        // once its input ends, which is when this ssh ends: the write end stays open with
+        // the process, so that ending the session (a shutdown) ends the remote agent.
+        let told = match child.stdin.as_mut() {
+            Some(stdin) => stdin.write_all(
+                format!("{}\n{}\n", spec.authkey_hex, crate::cluster::END_WITH_INPUT).as_bytes(),
+            ),
+            None => Ok(()),
+        };
+        let launched = Launched::process(child);
+        if let Err(e) = told {
+            return Err(Error::Start {
+                name: format!("host agent on {host}"),
+                pid: launched.pid().unwrap_or(0),
+                message: format!("cannot write the key to ssh: {e}"),
+            });
         }
-        tracing::debug!(%host, pid = child.id(), "host agent launched over ssh");
-        Ok(Launched::process(child))
+        tracing::debug!(%host, pid = ?launched.pid(), "host agent launched over ssh");
+        Ok(launched)
     }
 }
 
