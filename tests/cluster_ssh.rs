@@ -15,13 +15,21 @@ use support::process::BoxError;
 use support::{TestResult, eventually};
 use tokio_multiprocessing::{self as mp, Cluster, Pool};
 
+/// The environment variables that tell the head helper its namespaces and ssh directory.
+const NET_VAR: &str = "TKMP_TEST_NET";
+const DIR_VAR: &str = "TKMP_SSH_DIR";
+
 fn main() {
     mp::init();
+    if support::process::helper_mode().as_deref() == Some("rebuilt-head") {
+        support::process::run_as_helper(rebuilt_head());
+    }
     support::run(trials![
         ssh_launcher_copies_the_binary_and_runs_workers_on_the_host,
         a_frozen_host_fails_the_build_instead_of_holding_it,
         a_copy_cut_short_leaves_no_file_to_run,
         shutdown_ends_the_agents_on_the_host,
+        a_head_rebuilt_while_it_runs_copies_the_build_it_runs,
     ]);
 }
 
@@ -138,20 +146,25 @@ impl Sshd {
 
     /// A launcher for the host, its client in the head's namespace, which routes to it.
     fn launcher(&self) -> mp::launch::Ssh {
-        let d = self.dir.0.display().to_string();
-        mp::launch::Ssh::hosts([format!("root@{HOST}")])
-            .workers_per_host(2)
-            .program(["ip", "netns", "exec", &self.net.head_ns(), "ssh"])
-            .option("-p")
-            .option(PORT)
-            .option("-i")
-            .option(format!("{d}/client_key"))
-            .option("-o")
-            .option("IdentitiesOnly=yes")
-            .option("-o")
-            .option(format!("UserKnownHostsFile={d}/known_hosts"))
-            .cache_dir(self.cache().display().to_string())
+        launcher_in(&self.net, &self.dir.0)
     }
+}
+
+/// A launcher for the host of `net` whose sshd's keys are in `dir` (see [`Sshd`]).
+fn launcher_in(net: &Net, dir: &Path) -> mp::launch::Ssh {
+    let d = dir.display().to_string();
+    mp::launch::Ssh::hosts([format!("root@{HOST}")])
+        .workers_per_host(2)
+        .program(["ip", "netns", "exec", &net.head_ns(), "ssh"])
+        .option("-p")
+        .option(PORT)
+        .option("-i")
+        .option(format!("{d}/client_key"))
+        .option("-o")
+        .option("IdentitiesOnly=yes")
+        .option("-o")
+        .option(format!("UserKnownHostsFile={d}/known_hosts"))
+        .cache_dir(format!("{d}/cache"))
 }
 
 impl Drop for Sshd {
@@ -286,6 +299,63 @@ async fn shutdown_ends_the_agents_on_the_host() -> TestResult {
         "after shutdown, {} host(s) still joined, and the host runs {:?} beside sshd {listener}",
         cluster.hosts(),
         sshd.net.pids(0)
+    );
+    Ok(())
+}
+
+/// A head whose executable is replaced once it runs, as a rebuild does (another file
+/// renamed over its path), then runs a map on the ssh host; prints `map ok` or the error.
+async fn rebuilt_head() {
+    let outcome = async {
+        let exe = std::env::current_exe()?;
+        let other = exe.with_extension("new");
+        std::fs::write(&other, "#!/bin/sh\nexit 1\n")?;
+        std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::rename(&other, &exe)?;
+        let net = Net::attach(&std::env::var(NET_VAR)?).ok_or("no namespaces")?;
+        let dir = PathBuf::from(std::env::var(DIR_VAR)?);
+        let cluster = Cluster::builder()
+            .listener(net.listen()?)
+            .launcher(launcher_in(&net, &dir))
+            .build()
+            .await?;
+        cluster.wait_for_hosts(1, Duration::from_secs(20)).await?;
+        let pool = Pool::builder().cluster(&cluster).build().await?;
+        let out = pool.map(square_where, 0..10u64).await?;
+        ensure!(out[9].0 == 81, "the map gave {out:?}");
+        Ok::<(), BoxError>(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => println!("map ok"),
+        Err(e) => println!("error: {e}"),
+    }
+}
+
+/// A head whose executable was replaced by a rebuild while it runs still starts its own
+/// build on the host: the copy is read from the running process, where the code before
+/// opened the replaced path and failed.
+async fn a_head_rebuilt_while_it_runs_copies_the_build_it_runs() -> TestResult {
+    let Some(sshd) = Sshd::start("rebuilt").await? else {
+        return Ok(());
+    };
+    let head = sshd.dir.0.join("head");
+    std::fs::copy(std::env::current_exe()?, &head)?;
+    let out = tokio::time::timeout(
+        Duration::from_secs(50),
+        tokio::process::Command::new(&head)
+            .env(support::process::MODE_VAR, "rebuilt-head")
+            .env(NET_VAR, sshd.net.name())
+            .env(DIR_VAR, &sshd.dir.0)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        printed.trim() == "map ok",
+        "the rebuilt head printed {printed:?} ({})",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

@@ -477,7 +477,7 @@ impl Cluster {
 
     fn spec(&self, id: usize, workers: usize) -> Result<AgentSpec> {
         Ok(AgentSpec {
-            exe: std::env::current_exe()?,
+            exe: crate::sys::executable_path()?,
             address: self.inner.address.clone(),
             id,
             workers,

@@ -73,7 +73,9 @@ pub(crate) fn run_within(
 /// What a launcher needs to start one host agent.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
-    /// The executable to run (this program's, unless the launcher copied it elsewhere).
+    /// The executable to run (the path this program was started from, unless the launcher
+    /// copied it elsewhere; after a rebuild while the program runs, that path holds another
+    /// build, which the head refuses, naming both fingerprints).
     pub exe: PathBuf,
     /// The address the agent dials: `host:port`.
     pub address: String,

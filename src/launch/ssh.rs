@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 /// host, which lives as long as the agent.
 ///
 /// The executable must be this very build on every host. If a host lacks it, it is copied
-/// first (over `ssh` too) into a cache directory keyed by the binary's fingerprint
+/// first (over `ssh` too, read from the running process, so that a rebuild while the
+/// program runs changes nothing) into a cache directory keyed by the binary's fingerprint
 /// (`<cache>/<fingerprint>/<name>`, the cache being `.cache/tokio-multiprocessing` under
 /// the remote home unless [`cache_dir`](Self::cache_dir) says otherwise), so a rebuilt
 /// program never runs an old copy. The key goes to the agent on its stdin, never on a
@@ -161,7 +162,13 @@ impl Ssh {
         // a file. The input ends early, for `cat` as for the end of the file, when the
         // connection or the client ends midway: the size tells them apart, and a part is
         // removed. In `sh`, whatever the login shell.
-        let binary = std::fs::File::open(&spec.exe)?;
+        // This program's own copy is read from the running process: its path may hold
+        // another build by now (a rebuild while it runs).
+        let binary = match spec.fingerprint == crate::error::hex(crate::sys::fingerprint()) {
+            true => crate::sys::open_executable(),
+            false => std::fs::File::open(&spec.exe),
+        }
+        .map_err(|e| start_failed(format!("cannot read {}: {e}", spec.exe.display())))?;
         let size = binary.metadata()?.len();
         let tmp = format!("{}.part.$$", shell_word(&exe));
         let script = format!(

@@ -75,6 +75,25 @@ impl SameBinary {
     }
 }
 
+/// The path this executable was started from. The kernel names a file replaced or removed
+/// since (a rebuild while the program runs) with ` (deleted)` after the path; that mark is
+/// left out, so that the path names whatever is there now (another build, after a rebuild).
+pub(crate) fn executable_path() -> std::io::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?;
+    Ok(
+        match path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+            Some(started_from) if !path.exists() => started_from.into(),
+            _ => path,
+        },
+    )
+}
+
+/// This very executable, to read: the file the process runs, even if its path was since
+/// replaced or removed.
+pub(crate) fn open_executable() -> std::io::Result<std::fs::File> {
+    std::fs::File::open("/proc/self/exe")
+}
+
 /// This executable's fingerprint: its GNU build-id, or else a hash of its bytes.
 pub(crate) fn fingerprint() -> &'static [u8] {
     static FP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();

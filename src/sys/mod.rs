@@ -35,7 +35,10 @@ pub(crate) use fd::{
     send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream, too_many_in_flight,
     wait_writable,
 };
-pub(crate) use ident::{FnZst, SameBinary, fingerprint, offset_from_anchor, resolve_entry};
+pub(crate) use ident::{
+    FnZst, SameBinary, executable_path, fingerprint, offset_from_anchor, open_executable,
+    resolve_entry,
+};
 pub(crate) use load::core_spare;
 pub(crate) use owner::{owner_gone, owner_pid, owner_pidfd};
 pub(crate) use pid::{cached_owner, cached_pid};
