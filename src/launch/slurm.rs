@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 ///   --cpus-per-task=<workers>` (a CPU for each of its workers; an
 ///   [`option`](Self::option) `--cpus-per-task=...` or `--exclusive` overrides it), so
 ///   [`Cluster::scale`](crate::Cluster::scale) asks Slurm for more nodes; each job is
-///   cancelled (`scancel`) when the cluster is dropped, and ends by itself when the head
-///   dies (after the head deadline at most). A pool's start that finds no host's room
+///   cancelled (`scancel`) when the cluster is dropped, and a running one ends by itself
+///   when the head dies (after the head deadline at most); one still pending when the head
+///   dies without dropping the cluster (killed) waits in the queue until Slurm starts it,
+///   and its agent then exits within 30 s, finding no head (`--time` bounds what such a job
+///   may hold). A pool's start that finds no host's room
 ///   within its start timeout tells how each job stands, as `squeue` says (`job 12: PENDING
 ///   (Resources)`, or `FAILED` for one whose agent never joined).
 ///
