@@ -138,8 +138,10 @@ impl Inner {
 /// How long what the engine told of the launched jobs is told again without asking.
 const JOB_STATES_FRESH: Duration = Duration::from_secs(2);
 
-/// How long the engine is given to tell how the launched jobs stand.
-const JOB_STATES_WAIT: Duration = Duration::from_secs(15);
+/// How long the engine is given to tell how the launched jobs stand: a start's error comes
+/// this much after its start timeout at most (Slurm's controller answers at once, or after
+/// its message timeout of 10 s when it is down).
+const JOB_STATES_WAIT: Duration = Duration::from_secs(3);
 
 impl Drop for Inner {
     /// Ends the launched agents together: each is asked to end at once, and they share one

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 ///   and its agent then exits within 30 s, finding no head (`--time` bounds what such a job
 ///   may hold). A pool's start that finds no host's room
 ///   within its start timeout tells how each job stands, as `squeue` says (`job 12: PENDING
-///   (Resources)`, or `FAILED` for one whose agent never joined).
+///   (Resources)`, or `FAILED` for one whose agent never joined), asking for 3 s at most.
 ///
 /// The key travels in the step's or job's environment (Slurm exports the submitter's
 /// environment), never on its command line. Options such as `--partition`, `--time` or
