@@ -31,6 +31,7 @@ fn main() {
         terminate_gives_minus_sigterm,
         kill_gives_minus_sigkill,
         join_timeout_leaves_a_running_child,
+        a_process_is_joined_on_another_runtime,
         sentinel_becomes_readable_at_exit,
         names_pids_and_daemon_flags,
         ident_is_the_pid_the_child_sees,
@@ -159,6 +160,71 @@ async fn kill_gives_minus_sigkill() -> TestResult {
         p.kill()?;
         ensure!(p.join().await? == -9, "{m:?}: exit code after SIGKILL");
     }
+    Ok(())
+}
+
+/// Starts a child that sleeps `ms` then exits with `code`, on `rt`.
+fn start_on(
+    rt: &tokio::runtime::Runtime,
+    method: StartMethod,
+    ms: u64,
+    code: i32,
+) -> Result<Process, String> {
+    rt.block_on(
+        Process::new(sleep_then_exit, (ms, code))
+            .start_method(method)
+            .start(),
+    )
+    .map_err(|e| format!("{method:?} start: {e}"))
+}
+
+fn sleep_then_exit(ms: u64, code: i32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::exit(code)
+}
+
+/// Joins `p` on `rt`, bounded by 30 s; its exit code.
+fn join_on(rt: &tokio::runtime::Runtime, p: &mut Process) -> Result<i32, String> {
+    rt.block_on(p.join_timeout(Duration::from_secs(30)))
+        .map_err(|e| format!("join: {e}"))?
+        .ok_or_else(|| format!("child {} not joined within 30 s", p.pid()))
+}
+
+/// Processes started on one runtime and joined on another: while the first is alive and
+/// idle, and once it is gone.
+fn join_on_other_runtimes() -> Result<(), String> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    for method in support::process::METHODS {
+        let first = runtime()?;
+        let mut a = start_on(&first, method, 100, 5)?;
+        let mut b = start_on(&first, method, 100, 6)?;
+        let second = runtime()?;
+        let code = join_on(&second, &mut a)?;
+        if code != 5 {
+            return Err(format!(
+                "{method:?}: joined beside the first runtime: {code}"
+            ));
+        }
+        drop(first);
+        let code = join_on(&second, &mut b)?;
+        if code != 6 {
+            return Err(format!(
+                "{method:?}: joined after the first runtime: {code}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `Process` is joined on any runtime, not only the one that started it (a program that
+/// makes a runtime for a few calls, as a synchronous caller of this crate does).
+async fn a_process_is_joined_on_another_runtime() -> TestResult {
+    tokio::task::spawn_blocking(join_on_other_runtimes).await??;
     Ok(())
 }
 

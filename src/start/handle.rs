@@ -16,6 +16,10 @@ use crate::sys;
 pub(crate) struct Child {
     pid: i32,
     pidfd: AsyncFd<Arc<OwnedFd>>,
+    /// The runtime whose reactor `pidfd` is registered with: its events wake only that
+    /// runtime's tasks, and none once it is gone, so a wait on another runtime registers
+    /// the pidfd there.
+    runtime: tokio::runtime::Id,
     code: Option<i32>,
 }
 
@@ -25,6 +29,7 @@ impl Child {
         Ok(Child {
             pid,
             pidfd: sys::register_shared(Arc::new(pidfd), Interest::READABLE)?,
+            runtime: tokio::runtime::Handle::current().id(),
             code: None,
         })
     }
@@ -81,7 +86,8 @@ impl Child {
         Ok(code)
     }
 
-    /// Waits for the child to end and returns its exit code (`-N` for death by signal N).
+    /// Waits for the child to end and returns its exit code (`-N` for death by signal N), on
+    /// whichever runtime it is awaited.
     ///
     /// # Cancel safety
     /// Cancel safe: the wait is a readiness wait on the pidfd; nothing is consumed until the
@@ -89,6 +95,12 @@ impl Child {
     pub(crate) async fn wait(&mut self) -> Result<i32> {
         if let Some(c) = self.code {
             return Ok(c);
+        }
+        let here = tokio::runtime::Handle::current().id();
+        if here != self.runtime {
+            let pidfd = self.pidfd.get_ref().clone();
+            self.pidfd = sys::register_shared(pidfd, Interest::READABLE)?;
+            self.runtime = here;
         }
         let _ready = self.pidfd.readable().await?;
         let code = sys::try_wait_pidfd(self.pidfd())?
