@@ -1065,6 +1065,35 @@ async fn a_queue_serves_one_runtime_after_another() -> TestResult {
     Ok(())
 }
 
+/// Large items fill an unbounded queue's socket before its slots (see
+/// `Queue::UNBOUNDED_CAPACITY`): a `put_timeout` past that gives up with `Full` and hands
+/// the item back, and every item put comes out, in order.
+async fn large_items_fill_an_unbounded_queue_before_its_slots() -> TestResult {
+    let q = mp::Queue::<bytes::Bytes>::new()?;
+    let item = |i: usize| bytes::Bytes::from(vec![i as u8; 60_000]);
+    let mut put = 0;
+    loop {
+        ensure!(
+            put < mp::Queue::<bytes::Bytes>::UNBOUNDED_CAPACITY,
+            "{put} items of 60 KB taken"
+        );
+        match q.put_timeout(item(put), Duration::from_millis(100)).await {
+            Ok(()) => put += 1,
+            Err(e) => {
+                ensure!(matches!(e.error(), mp::Error::Full), "put {put}: {e}");
+                ensure!(e.into_inner() == item(put), "the item handed back");
+                break;
+            }
+        }
+    }
+    ensure!(!q.full(), "full() counts slots only");
+    for i in 0..put {
+        ensure!(q.get_nowait()? == item(i), "item {i} of {put}");
+    }
+    ensure!(q.empty(), "{} items left", q.qsize());
+    Ok(())
+}
+
 /// Queues leave no descriptor behind (checked in a child of its own).
 async fn no_descriptor_left_behind() -> TestResult {
     let mut p = start(fd_balance, ()).await?;
@@ -1443,6 +1472,10 @@ fn main() {
             a_producer_killed_holding_the_packet_lock_leaves_large_puts_working,
         ),
         test("no_descriptor_left_behind", no_descriptor_left_behind),
+        test(
+            "large_items_fill_an_unbounded_queue_before_its_slots",
+            large_items_fill_an_unbounded_queue_before_its_slots,
+        ),
         test(
             "a_queue_serves_one_runtime_after_another",
             a_queue_serves_one_runtime_after_another,

@@ -58,7 +58,11 @@
 //! producer, and the producer has nothing left to flush, so it exits at once.
 //!
 //! `Queue::new()` holds [`Queue::UNBOUNDED_CAPACITY`] items before `put` waits for a consumer
-//! (Python's is limited only by memory, at the price above). A queue made with a `maxsize`
+//! (Python's is limited only by memory, at the price above). Items that travel through the
+//! socket are held in its buffer too, which bounds them first when they are large: the
+//! queue asks for 32 MiB, and a process without `CAP_NET_ADMIN` gets at most
+//! `net.core.wmem_max` (208 KiB by default); `put` waits for room there as for a slot. A
+//! queue made with a `maxsize`
 //! has exactly that many slots, so `put` waits while it is full, across processes. `qsize`
 //! is the distance between the two positions, approximate while others work on the queue.
 //! A [`JoinableQueue`] keeps its count of unfinished items in the ring's header; the
@@ -175,7 +179,8 @@ const _: () = assert!(inner::UNBOUNDED_CAPACITY == 32_768 && inner::MAX_MAXSIZE 
 /// There is no feeder thread: `put` returns once the item is in shared memory or in the
 /// kernel, so a producer that exits right after `put` loses nothing, and joining a producer
 /// before draining the queue never deadlocks. `Queue::new()` holds
-/// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY) items before `put` waits for a consumer.
+/// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY) items before `put` waits for a consumer,
+/// and fewer large ones: see there.
 ///
 /// Unlike Python's, the queue survives a consumer killed while it gets, or a producer killed
 /// while it puts an item that fits a slot: that item is lost and the queue keeps working. A
@@ -223,6 +228,20 @@ impl<T> fmt::Debug for Queue<T> {
 impl<T> Queue<T> {
     /// The number of items `Queue::new()` (a `maxsize` of 0) holds before `put` waits for a
     /// consumer: 32,768. Python's unbounded queue is limited only by memory.
+    ///
+    /// Items over 112 bytes of MessagePack, or holding descriptors, travel through the
+    /// queue's socket, whose buffer holds them until consumers take them, and is bounded:
+    /// the queue asks for 32 MiB, which the kernel counts twice and grants a process
+    /// without `CAP_NET_ADMIN` only up to `net.core.wmem_max` (208 KiB on most systems). An
+    /// item of up to 64 KiB takes about its size in it, rounded up to a power of two or to
+    /// pages, and one over 64 KiB (spilled to a memfd) some hundreds of bytes. So such items
+    /// fill a queue before this many: measured with the 32 MiB, items of 1 KB at 29,128,
+    /// of 4 KB at 7,944 and of 60 KB at 1,088; with 208 KiB, about 180 items of 1 KB. A
+    /// `put` then waits for a consumer as in a full queue: a program that puts more large
+    /// items than that before it takes any waits for ever, where Python's `put` returns
+    /// (its feeder thread waits instead). Take them from another task or process, or use
+    /// [`put_timeout`](Self::put_timeout), which gives the item back with
+    /// [`Error::Full`]. [`full`](Self::full) counts slots only.
     pub const UNBOUNDED_CAPACITY: usize = inner::UNBOUNDED_CAPACITY;
 
     /// The largest `maxsize` a queue may have: 4,194,304 (2^22).
@@ -276,7 +295,9 @@ impl<T> Queue<T> {
 
     /// Whether the queue is full, so that a `put` would wait (approximate, like
     /// [`qsize`](Self::qsize)): it holds `maxsize` items, or for an unbounded queue
-    /// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY).
+    /// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY). A large item's `put` may also wait
+    /// for room in the queue's socket, which this does not see (see
+    /// [`UNBOUNDED_CAPACITY`](Self::UNBOUNDED_CAPACITY)).
     pub fn full(&self) -> bool {
         let limit = match self.inner.maxsize {
             0 => inner::UNBOUNDED_CAPACITY,
