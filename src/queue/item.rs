@@ -105,7 +105,7 @@ impl Inner {
         self.check_open()?;
         let r = self.reactor()?;
         match item {
-            Item::Small(b) => until(deadline, self.push_waiting(&r, Some(b))).await,
+            Item::Small(b) => until(deadline, self.push_waiting(&r, Some(b), false)).await,
             Item::Packet(bytes, fds) => self.put_packet(&r, bytes, fds, deadline).await,
         }
     }

@@ -311,6 +311,9 @@ impl Inner {
     /// Publishes the marker of a packet just sent, still under the packet lock. It must
     /// happen whatever becomes of the caller, so if small items filled the ring meanwhile,
     /// a task (or, outside a runtime, a thread) of its own finishes it, holding the lock.
+    /// The item is put then, for a joinable queue too, which counts it as unfinished at
+    /// once: a `join` after a put that returned waits for it (and a marker that cannot be
+    /// published, for an error, is not counted).
     fn push_marker(
         self: &Arc<Self>,
         lock: PacketGuard,
@@ -319,11 +322,17 @@ impl Inner {
             drop(lock);
             return None;
         }
+        self.count();
         let q = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(h) => Some(h.spawn(async move {
-                let r = q.registered()?;
-                let res = q.push_waiting(&r, None).await;
+                let res = match q.registered() {
+                    Ok(r) => q.push_waiting(&r, None, true).await,
+                    Err(e) => Err(e),
+                };
+                if res.is_err() {
+                    q.uncount();
+                }
                 drop(lock);
                 res
             })),
@@ -351,12 +360,12 @@ impl Inner {
             .and_then(|rt| {
                 rt.block_on(async {
                     let r = self.register()?;
-                    self.push_waiting(&r, None).await
+                    self.push_waiting(&r, None, true).await
                 })
             });
         if let Err(e) = waited {
             tracing::debug!("a queue marker waits for room without a reactor: {e}");
-            while self.try_push(None) != Pushed::Done {
+            while self.try_push_counted(None, true) != Pushed::Done {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
@@ -546,6 +555,54 @@ mod tests {
             Some(large(2)),
             "the marker was published once there was room"
         );
+    }
+
+    /// A joinable queue counts an item as unfinished once its put returns, also when its
+    /// marker still waits for room (a `put_nowait` whose packet went out as small items took
+    /// the last slot): a `join` after the put waits for the item's `task_done`.
+    #[test]
+    fn a_joinable_queue_counts_an_item_whose_marker_waits_for_room() {
+        use super::super::JoinableQueue;
+        use super::super::item::Item;
+        use crate::sys;
+        use std::os::fd::AsFd;
+        use std::time::Duration;
+
+        let q = JoinableQueue::<Vec<u8>>::with_maxsize(1).unwrap();
+        q.put_nowait(vec![1]).unwrap();
+        let Item::Packet(bytes, _) = q.inner.encode(&large(2)).unwrap() else {
+            panic!("a large item travels in a packet");
+        };
+        let guard = q
+            .inner
+            .try_lock()
+            .unwrap()
+            .expect("the packet lock is free");
+        sys::send_headed_with_fds(q.inner.tx.as_fd(), &q.inner.tag(), &bytes, &[]).unwrap();
+        assert!(q.inner.push_marker(guard).is_none(), "outside a runtime");
+        assert_eq!(
+            q.unfinished(),
+            2,
+            "the large item counts once its put returns"
+        );
+        assert_eq!(q.get_nowait().unwrap(), vec![1]);
+        q.task_done().unwrap();
+        assert_eq!(q.unfinished(), 1, "a join still waits for the large item");
+        let mut got = None;
+        for _ in 0..1000 {
+            match q.get_nowait() {
+                Ok(v) => {
+                    got = Some(v);
+                    break;
+                }
+                Err(Error::Empty) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, Some(large(2)));
+        q.task_done().unwrap();
+        assert_eq!(q.unfinished(), 0);
+        assert!(matches!(q.task_done(), Err(Error::TaskDoneTooManyTimes)));
     }
 
     /// A packet no producer sent (its tag is past every producer's) fails the get that

@@ -26,7 +26,14 @@ impl Inner {
     /// dies after leaves it to publish a marker for the next tag: a marker too many, whose
     /// consumer finds no packet of its tag and skips it, rather than one too few.
     pub(super) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
-        let joinable = self.done.is_some();
+        self.try_push_counted(data, false)
+    }
+
+    /// [`try_push`](Self::try_push) of a slot that a joinable queue counts as unfinished
+    /// already (`counted`): a marker whose put returned before it was published (see
+    /// `push_marker`).
+    pub(super) fn try_push_counted(&self, data: Option<&[u8]>, counted: bool) -> Pushed {
+        let joinable = self.done.is_some() && !counted;
         if joinable {
             self.header().unfinished().fetch_add(1, Ordering::SeqCst);
         }
@@ -60,6 +67,19 @@ impl Inner {
     /// joinable queue counted it as unfinished.
     pub(super) fn forget_marker(&self) {
         tracing::debug!("a queue marker stood for no packet: its dead producer never sent it");
+        self.uncount();
+    }
+
+    /// Counts one more item as unfinished, in a joinable queue.
+    pub(super) fn count(&self) {
+        if self.done.is_some() {
+            self.header().unfinished().fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts one item fewer as unfinished, in a joinable queue, waking the joiners if none
+    /// is left.
+    pub(super) fn uncount(&self) {
         if self.done.is_some() && self.header().unfinished().fetch_sub(1, Ordering::SeqCst) == 1 {
             self.wake_joiners();
         }
@@ -68,8 +88,16 @@ impl Inner {
     /// Publishes a slot, waiting for room. While the slot it needs is held by a live
     /// process, it also watches that process: should it die there, its slot is freed by the
     /// next try (see "Owner death" in the ring's docs), and no consumer would wake us.
-    pub(super) async fn push_waiting(&self, r: &Reactor, data: Option<&[u8]>) -> Result<()> {
-        if self.try_push(data) == Pushed::Done {
+    ///
+    /// `counted`: a joinable queue counts the slot as unfinished already (see
+    /// [`try_push_counted`](Self::try_push_counted)).
+    pub(super) async fn push_waiting(
+        &self,
+        r: &Reactor,
+        data: Option<&[u8]>,
+        counted: bool,
+    ) -> Result<()> {
+        if self.try_push_counted(data, counted) == Pushed::Done {
             return Ok(());
         }
         let producers = self.header().producers();
@@ -78,7 +106,7 @@ impl Inner {
         let mut watch: Option<Watch> = None;
         loop {
             producers.rearm();
-            match self.try_push(data) {
+            match self.try_push_counted(data, counted) {
                 Pushed::Done => return Ok(()),
                 Pushed::Full => watch = None,
                 Pushed::Held(pid) => {
