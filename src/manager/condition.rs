@@ -20,10 +20,11 @@ use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
 use crate::sync::task_token;
 
-/// The server's side of a condition: its lock, and the waiters in the order they came.
+/// The server's side of a condition: its lock, and the waiters in the order they came,
+/// each with its connection.
 pub(super) struct ConditionState {
     lock: ConditionLock,
-    waiters: VecDeque<oneshot::Sender<()>>,
+    waiters: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
 /// A condition's lock: its own, or the lock object of this id, which it shares.
@@ -59,7 +60,7 @@ impl ConditionState {
     /// Wakes up to `n` waiters still waiting (those that gave up do not count).
     fn notify(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(w) = self.waiters.pop_front() else {
+            let Some((_, w)) = self.waiters.pop_front() else {
                 return;
             };
             if w.send(()).is_ok() {
@@ -68,9 +69,11 @@ impl ConditionState {
         }
     }
 
-    /// A connection closed: its hold of the condition's own lock, if any, ends. A shared
-    /// lock is abandoned as the object it is.
+    /// A connection closed: its waits end, so that no notification is spent on them (their
+    /// tasks, stopped, may not have let go of them yet), and its hold of the condition's own
+    /// lock, if any, ends. A shared lock is abandoned as the object it is.
     pub(super) fn abandon(&mut self, caller: Caller) {
+        self.waiters.retain(|(conn, _)| *conn != caller.conn);
         if let ConditionLock::Own(l) = &mut self.lock {
             l.abandon(caller);
         }
@@ -144,7 +147,7 @@ pub(super) async fn wait(
             Err(f) => return Reply::Failed(f),
         };
         match object!(state, id, Condition) {
-            Ok(c) => c.waiters.push_back(tx),
+            Ok(c) => c.waiters.push_back((caller.conn, tx)),
             Err(f) => return Reply::Failed(f),
         }
         levels

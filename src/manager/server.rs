@@ -850,6 +850,11 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
     }
     tasks.abort_all();
     shared.state().release(caller);
+    // A task that was running on another thread as it was stopped may have taken a lock for
+    // the connection since (a condition's wait whose waiter was let go above, retaking its
+    // lock): once every task has stopped, that is let go too.
+    while tasks.join_next().await.is_some() {}
+    shared.state().release(caller);
 }
 
 /// Writes a reply from the connection's own loop, without a hop to the writer task, when
@@ -1504,6 +1509,103 @@ mod tests {
                 "settled first: {settled_first}: the object outlived its borrower"
             );
         }
+    }
+
+    /// A client's end of a connection served by `serve_connection` over a socket pair.
+    fn connect(shared: &Arc<Shared>) -> Framed {
+        let (mine, theirs) = sys::socketpair_stream().unwrap();
+        tokio::spawn(serve_connection(
+            Framed::unix(theirs).unwrap(),
+            shared.clone(),
+        ));
+        Framed::unix(mine).unwrap()
+    }
+
+    async fn send(link: &Framed, id: u64, req: Request) {
+        link.send(&mut FrameBuf::of(&(id, req)).unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// The next reply that answers a request (heartbeats passed over), within 5 s.
+    async fn reply_to(link: &Framed) -> Option<(u64, Reply)> {
+        let next = async {
+            loop {
+                let r = link.recv().await.unwrap().decode::<(u64, Reply)>().unwrap();
+                if r.0 != 0 {
+                    return r;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .ok()
+    }
+
+    async fn call(link: &Framed, id: u64, req: Request) -> Reply {
+        send(link, id, req).await;
+        match reply_to(link).await {
+            Some((got, r)) if got == id => r,
+            other => panic!("request {id}: {other:?}"),
+        }
+    }
+
+    /// A condition's waiter whose connection ends as a `notify(1)` comes (the server reads
+    /// both in one turn, the end first) is not the one notified: the waiter after it is.
+    /// (The dead waiter's task, aborted but not yet dropped, took the notification.)
+    #[test]
+    fn a_notify_passes_over_a_waiter_whose_connection_ended() {
+        use crate::manager::proto::ConditionOp;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Shared::new(HashMap::new(), None);
+            let (dead, live, notifier) = (connect(&shared), connect(&shared), connect(&shared));
+            let c = id(call(
+                &notifier,
+                1,
+                Request::Create(Initial::Condition { reentrant: true }, tag()),
+            )
+            .await);
+            send(
+                &notifier,
+                0,
+                Request::Incref {
+                    id: c,
+                    borrowed: false,
+                },
+            )
+            .await;
+            let lock = |owner| Request::Condition(c, ConditionOp::Lock(acquire(owner)));
+            let wait = |owner| {
+                Request::Condition(
+                    c,
+                    ConditionOp::Wait {
+                        owner,
+                        wait: Wait::Forever,
+                    },
+                )
+            };
+            assert!(matches!(call(&dead, 1, lock(1)).await, Reply::Done));
+            send(&dead, 2, wait(1)).await;
+            assert!(matches!(call(&live, 1, lock(2)).await, Reply::Done));
+            send(&live, 2, wait(2)).await;
+            // Taken once both waits have released it: both wait, the dead one first.
+            assert!(matches!(call(&notifier, 2, lock(3)).await, Reply::Done));
+            // Past the time a wait spins: the server sleeps on the reactor.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(dead);
+            let notify = Request::Condition(c, ConditionOp::Notify { n: 1, owner: 3 });
+            assert!(matches!(call(&notifier, 3, notify).await, Reply::Done));
+            let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 3 }));
+            assert!(matches!(call(&notifier, 4, release).await, Reply::Done));
+            match reply_to(&live).await {
+                Some((2, Reply::Bool(true))) => {}
+                other => panic!("the live waiter's wait gave {other:?}"),
+            }
+        });
     }
 
     #[test]
