@@ -26,6 +26,7 @@ fn main() {
         joinable_queue_join_waits_for_task_done,
         lock_excludes_and_reports_release_of_a_free_lock,
         a_lock_whose_holder_dies_is_reported_then_free,
+        a_condition_wait_that_retakes_a_dead_holders_lock_says_so,
         rlock_is_reentrant_and_owned_by_its_task,
         semaphores_count_and_bounded_ones_refuse_over_release,
         event_wakes_a_waiting_child,
@@ -232,6 +233,54 @@ async fn a_lock_whose_holder_dies_is_reported_then_free() -> TestResult {
     }
     l.lock_timeout(Duration::from_secs(5)).await?;
     l.release().await?;
+    Ok(())
+}
+
+async fn notify_and_hold_until_killed(c: ConditionProxy, held: EventProxy) -> mp::Result<()> {
+    c.lock().await?;
+    c.notify(1).await?;
+    held.set().await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn a_condition_wait_that_retakes_a_dead_holders_lock_says_so() -> TestResult {
+    // A waiter notified by a process that dies holding the condition's lock: its wait,
+    // taking the lock back, gets `LockOwnerDied` (the lock is then free and not held by
+    // it), as the crate's `Condition` and every other acquirer of a dead holder's lock do.
+    // (The wait took the lock and answered as if nothing had happened.)
+    let m = Manager::start().await?;
+    let c = m.condition().await?;
+    let held = m.event().await?;
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.lock().await?;
+            let _ = locked.send(());
+            let r = c.wait_timeout(Duration::from_secs(30)).await;
+            if r.is_ok() {
+                c.release().await?;
+            }
+            r
+        })
+    };
+    is_locked.await?;
+    let mut p = Process::new(notify_and_hold_until_killed, (c.clone(), held.clone()))
+        .start()
+        .await?;
+    ensure!(
+        held.wait_timeout(Duration::from_secs(20)).await?,
+        "the child never notified"
+    );
+    p.kill()?;
+    p.join().await?;
+    match waiter.await? {
+        Err(Error::LockOwnerDied { pid }) => ensure!(pid == p.pid(), "pid {pid}"),
+        other => return Err(format!("the wait gave {other:?}").into()),
+    }
+    ensure!(c.try_lock().await?, "the lock is not free");
+    c.release().await?;
     Ok(())
 }
 

@@ -158,10 +158,7 @@ pub(super) async fn wait(
     };
     let retaken = shared
         .wait_on(None, |state, _| match lock_of(state, id) {
-            Ok(l) => match l.retake(caller, owner, levels) {
-                None => Step::Done(Reply::Done),
-                Some(n) => Step::Wait(n),
-            },
+            Ok(l) => l.retake(caller, owner, levels),
             Err(f) => Step::Done(Reply::Failed(f)),
         })
         .await;
@@ -212,7 +209,10 @@ impl ConditionProxy {
     ///
     /// # Errors
     /// [`Error::NotHeld`](crate::Error::NotHeld) if the calling task does not hold the
-    /// lock; [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// lock; [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) if taking the lock back
+    /// found that its holder's connection had closed while it held it (the lock is then
+    /// free, and not held by this call), as the crate's [`Condition`](crate::Condition);
+    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
     ///
     /// # Cancel safety
     /// A dropped `wait` is withdrawn from the server and leaves the lock released, wherever

@@ -143,19 +143,22 @@ impl LockState {
             .is_some_and(|h| !self.reentrant || (h.caller.conn == caller.conn && h.owner == owner))
     }
 
-    /// Takes the lock back at `count` levels after a condition's wait; the wait to do
-    /// otherwise.
-    pub(super) fn retake(&mut self, caller: Caller, owner: u64, count: u32) -> Option<Arc<Notify>> {
+    /// Takes the lock back at `count` levels after a condition's wait (answering `Done`), or
+    /// names the wait to do first. A lock whose holder's connection closed is reported
+    /// ([`Failure::LockOwnerDied`]) and left free, as to any acquirer.
+    pub(super) fn retake(&mut self, caller: Caller, owner: u64, count: u32) -> Step {
         if self.holder.is_some() {
-            return Some(self.freed.clone());
+            return Step::Wait(self.freed.clone());
         }
-        self.abandoned = None;
+        if let Some(pid) = self.abandoned.take() {
+            return Step::Done(Reply::Failed(Failure::LockOwnerDied { pid }));
+        }
         self.holder = Some(Holder {
             caller,
             owner,
             count,
         });
-        None
+        Step::Done(Reply::Done)
     }
 
     /// A connection closed: its hold, if any, ends, and the next acquirer is told.
