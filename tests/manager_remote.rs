@@ -42,6 +42,7 @@ fn main() {
         a_stopped_server_gets_every_request_whole,
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
         a_client_that_dies_releases_its_lock,
+        a_partitioned_client_fails_its_waits_and_loses_its_lock,
         a_client_that_stops_reading_a_large_reply_releases_its_lock,
         a_request_slower_to_arrive_than_the_heartbeat_deadline_is_served,
         a_reply_slower_to_arrive_than_the_heartbeat_deadline_is_taken,
@@ -855,6 +856,115 @@ async fn a_reply_slower_to_arrive_than_the_heartbeat_deadline_is_taken() -> Test
     ensure!(r? == value, "the value that arrived differs");
     drop((there, c));
     m.shutdown().await?;
+    Ok(())
+}
+
+/// The local ports of the TCP connections to `port` in network namespace `ns`.
+fn client_ports(ns: &str, port: u16) -> Result<Vec<u16>, String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-Htn", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .map_err(|e| format!("ss: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse::<SocketAddr>().ok())
+        .map(|a| a.port())
+        .filter(|&p| p != port)
+        .collect())
+}
+
+/// Runs `body` on a runtime of its own, on a thread in network namespace `ns`: the sockets it
+/// makes are that namespace's.
+async fn in_namespace<F, Fut>(ns: String, body: F) -> TestResult
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = TestResult>,
+{
+    let run = move || -> TestResult {
+        let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(body())
+    };
+    tokio::task::spawn_blocking(run).await?
+}
+
+async fn a_partitioned_client_fails_its_waits_and_loses_its_lock() -> TestResult {
+    // A client cut off by the network (iptables drops its connection's packets both ways,
+    // in a namespace of the test's own), holding a lock and waiting on a queue: its wait
+    // fails with `Closed`, the server lets its lock go (the next acquirer is told), and
+    // its next call, on a connection the network carries, serves.
+    if !support::installed("iptables") {
+        println!("skipped: no iptables to drop a connection's packets with");
+        return Ok(());
+    }
+    let Some(net) = support::netns::Net::new(1) else {
+        return Ok(());
+    };
+    let (ns, name) = (net.host_ns(0), net.name());
+    let body_ns = ns.clone();
+    in_namespace(ns, move || async move {
+        let m = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(KEY)
+            .serve()
+            .await?;
+        let addr = tcp(&m)?;
+        m.register("lock", &m.lock().await?).await?;
+        m.register("queue", &m.queue::<u8>().await?).await?;
+        let cut = Manager::connect(addr, KEY).await?;
+        let lock: LockProxy = cut.get("lock").await?;
+        let queue: QueueProxy<u8> = cut.get("queue").await?;
+        lock.lock().await?;
+        let waiting = tokio::spawn(async move { queue.get().await });
+        let ports = client_ports(&body_ns, addr.port())?;
+        ensure!(ports.len() == 1, "the client's connections: {ports:?}");
+        support::netns::Net::attach(&name)
+            .ok_or("no namespaces")?
+            .drop_port(0, ports[0])?;
+        let other = Manager::connect(addr, KEY).await?;
+        let next: LockProxy = other.get("lock").await?;
+        let (got, waited) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(40), next.lock()),
+            tokio::time::timeout(Duration::from_secs(40), waiting)
+        );
+        match got {
+            Ok(Err(Error::LockOwnerDied { pid })) => {
+                ensure!(pid == std::process::id(), "pid {pid}")
+            }
+            Ok(other) => return Err(format!("the next acquirer got {other:?}").into()),
+            Err(_) => return Err("the cut-off client's lock is still held after 40 s".into()),
+        }
+        match waited {
+            Ok(r) => ensure!(
+                matches!(r?, Err(Error::Closed)),
+                "the cut-off get gave another end"
+            ),
+            Err(_) => return Err("the cut-off client's get still waits after 40 s".into()),
+        }
+        // The cut-off client's next calls connect again, from another port, and serve; the
+        // lock, free after the report, is there by its name.
+        ensure!(
+            lock.holder().await?.is_none(),
+            "the lock is held after the report"
+        );
+        ensure!(
+            lock.try_lock().await?,
+            "the cut-off client cannot take the lock"
+        );
+        lock.release().await?;
+        drop((lock, next, other, cut));
+        m.shutdown().await?;
+        Ok(())
+    })
+    .await?;
+    drop(net);
     Ok(())
 }
 
