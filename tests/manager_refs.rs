@@ -19,6 +19,7 @@ fn main() {
         objects_end_with_their_last_proxy,
         a_proxy_lent_to_a_child_outlives_the_parents,
         a_client_that_dies_lets_its_references_go,
+        a_proxy_a_child_drops_unused_lets_its_object_go,
         nested_proxies_stay_proxies,
         a_proxy_of_another_manager_cannot_be_registered,
     ])
@@ -106,6 +107,25 @@ async fn a_proxy_lent_to_a_child_outlives_the_parents() -> TestResult {
     go.set().await?;
     join_ok(&mut p).await?;
     count_becomes(&m, 1).await
+}
+
+async fn ignore(_d: DictProxy<String, u32>) {}
+
+fn ignore_plainly(_d: DictProxy<String, u32>) {}
+
+async fn a_proxy_a_child_drops_unused_lets_its_object_go() -> TestResult {
+    // A proxy passed to a child that drops it without a call (an async target and a plain
+    // one): the loan that kept the object on its way is settled, and the object ends with
+    // the parent's last proxy. (The child never connected, so its loan stood, and the
+    // object stayed until the manager stopped.)
+    let m = Manager::start().await?;
+    let d = m.dict::<String, u32>().await?;
+    let mut p = Process::new(ignore, (d.clone(),)).start().await?;
+    join_ok(&mut p).await?;
+    let mut p = Process::new(ignore_plainly, (d.clone(),)).start().await?;
+    join_ok(&mut p).await?;
+    drop(d);
+    count_becomes(&m, 0).await
 }
 
 async fn hold_until_killed(d: DictProxy<String, u32>, held: EventProxy) -> mp::Result<()> {

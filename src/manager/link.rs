@@ -217,11 +217,36 @@ impl Link {
         if *n == 0 {
             self.rings().remove(&id);
             held.counts.remove(&id);
-            held.borrowed.remove(&id);
+            let unsettled = held.borrowed.remove(&id);
             held.across_loss.remove(&id);
-            if let Some(conn) = self.live_conn() {
-                conn.post(Request::Decref(id));
+            match self.live_conn() {
+                Some(conn) => conn.post(Request::Decref(id)),
+                None if unsettled => self.settle(id),
+                None => {}
             }
+        }
+    }
+
+    /// Settles the loan of `id`, received from another process and let go here before
+    /// this link ever connected: the server, told on a connection of its own that this
+    /// process took the object and let it go, may then end it, where the loan would keep it
+    /// until the manager stops. Done here and now, without a runtime (a plain target's
+    /// arguments are dropped outside one), for a local manager; a manager reached by address
+    /// keeps the object (a connection to it is not made in a drop).
+    fn settle(&self, id: u64) {
+        let Route::Registration(reg) = &self.route else {
+            return;
+        };
+        let settled = || -> Result<()> {
+            let (mine, theirs) = sys::socketpair_stream()?;
+            sys::send_with_fds(reg.as_fd(), &[1], &[theirs.as_raw_fd()])?;
+            for req in [Request::Incref { id, borrowed: true }, Request::Decref(id)] {
+                crate::wire::send_blocking(mine.as_fd(), &mut FrameBuf::of(&(0u64, req))?)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = settled() {
+            tracing::debug!("the loan of a manager's object #{id} could not be settled: {e}");
         }
     }
 

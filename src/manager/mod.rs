@@ -19,9 +19,12 @@
 //! connection sends `Incref`, the last one's drop `Decref`, and a closed connection drops
 //! all of its references. A proxy being encoded for another process sends `Lend`, which keeps
 //! the object until the receiver's first reference settles the loan (`Incref` with
-//! `borrowed`); a proxy encoded and never decoded keeps its object until the manager stops,
-//! which errs on the side of keeping. A registered name keeps its object for good, and a
-//! condition made over a lock keeps the lock while it lives.
+//! `borrowed`); a proxy received and let go before its process made a call settles the
+//! loan then, on a connection made for that (a local manager's; a proxy of a manager reached
+//! by address makes none in a drop, and keeps its object until the manager stops, as one
+//! encoded and never decoded does, which errs on the side of keeping). A registered name
+//! keeps its object for good, and a condition made over a lock keeps the lock while it
+//! lives.
 //!
 //! # Nested proxies
 //! A proxy inside a value stored by its own manager (a dict of dicts) is encoded without its
