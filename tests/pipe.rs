@@ -542,10 +542,61 @@ async fn a_large_message_with_a_descriptor_arrives() -> TestResult {
     Ok(())
 }
 
+/// Round trips over a pipe on `rt`, one with a message large enough to fill the socket, and
+/// a `poll` that must wait for a send that comes later.
+fn pipe_round_trips_on(
+    rt: &tokio::runtime::Runtime,
+    a: &mp::Connection<Vec<u8>>,
+    b: &mp::Connection<Vec<u8>>,
+) -> Result<(), String> {
+    let trips = async {
+        let step = |what: &str, e: &mp::Error| format!("{what}: {e}");
+        for len in [10, 4_000_000] {
+            let big = vec![3; len];
+            let (sent, got) = tokio::join!(a.send(&big), b.recv());
+            sent.map_err(|e| step("send", &e))?;
+            if got.map_err(|e| step("recv", &e))? != big {
+                return Err(format!("a message of {len} bytes came back altered"));
+            }
+        }
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            b.send(&vec![7]).await
+        };
+        let (sent, polled) = tokio::join!(later, a.poll(Duration::from_secs(10)));
+        sent.map_err(|e| step("send", &e))?;
+        match polled {
+            Ok(true) => {}
+            other => return Err(format!("poll for a message sent later: {other:?}")),
+        }
+        match a.recv().await {
+            Ok(v) if v == [7] => Ok(()),
+            other => Err(format!("recv of a message sent later: {other:?}")),
+        }
+    };
+    rt.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(20), trips).await {
+            Ok(r) => r,
+            Err(_) => Err("still waiting after 20 s".to_string()),
+        }
+    })
+}
+
+/// A pipe used on one runtime, then on a second while the first is alive and idle, then on
+/// a third once both are gone: each runtime's waits are woken, and none fails.
+async fn a_pipe_serves_one_runtime_after_another() -> TestResult {
+    let (a, b) = mp::Pipe::<Vec<u8>>::new()?;
+    support::on_runtimes_in_turn(move |rt| pipe_round_trips_on(rt, &a, &b)).await
+}
+
 fn main() {
     mp::init();
     run(vec![
         test("duplex_round_trips", duplex_round_trips),
+        test(
+            "a_pipe_serves_one_runtime_after_another",
+            a_pipe_serves_one_runtime_after_another,
+        ),
         test("recv_bytes_into_a_buffer", recv_bytes_into_a_buffer),
         test("eof_after_writer_exits", eof_after_writer_exits),
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),

@@ -507,29 +507,6 @@ fn queues_on_a_runtime(
     })
 }
 
-/// A queue used on one runtime, then on a second while the first is alive and idle, then
-/// on a third once both are gone: each runtime's waits are woken, and none fails.
-fn queues_on_runtimes_in_turn() -> Result<(), String> {
-    let q = mp::Queue::<Vec<u8>>::new().map_err(|e| e.to_string())?;
-    let jq = mp::JoinableQueue::<u8>::new().map_err(|e| e.to_string())?;
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let first = runtime()?;
-    queues_on_a_runtime(&first, &q, &jq).map_err(|e| format!("first runtime: {e}"))?;
-    let second = runtime()?;
-    queues_on_a_runtime(&second, &q, &jq)
-        .map_err(|e| format!("second runtime, beside the first: {e}"))?;
-    drop(first);
-    drop(second);
-    let third = runtime()?;
-    queues_on_a_runtime(&third, &q, &jq)
-        .map_err(|e| format!("third runtime, after the others: {e}"))
-}
-
 // ---- tests ----
 
 /// An unbounded queue holds `UNBOUNDED_CAPACITY` items: then `full()` says so, as
@@ -1060,9 +1037,12 @@ async fn large_puts_wait_while_too_many_descriptors_are_in_flight() -> TestResul
 
 /// A queue serves each runtime that uses it in turn, as Python's serves each thread: its
 /// registrations with a runtime's reactor are that runtime's alone.
+/// A queue used on one runtime, then on a second while the first is alive and idle, then
+/// on a third once both are gone: each runtime's waits are woken, and none fails.
 async fn a_queue_serves_one_runtime_after_another() -> TestResult {
-    tokio::task::spawn_blocking(queues_on_runtimes_in_turn).await??;
-    Ok(())
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    let jq = mp::JoinableQueue::<u8>::new()?;
+    support::on_runtimes_in_turn(move |rt| queues_on_a_runtime(rt, &q, &jq)).await
 }
 
 /// Large items fill an unbounded queue's socket before its slots (see

@@ -792,8 +792,18 @@ impl Replies {
 async fn read_replies(r: Arc<Replies>) {
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
-        let mut ready = match tokio::time::timeout(silence, r.link.readable()).await {
-            Ok(Ok(guard)) => guard,
+        // Everything that had arrived is taken (here or by a caller): the socket is
+        // drained, and its readiness cleared.
+        let taken = r.link.when_readable(|| {
+            let turn = r.taking.lock().unwrap_or_else(|p| p.into_inner());
+            r.take_arrived(&turn)
+        });
+        match tokio::time::timeout(silence, taken).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(why))) => {
+                tracing::debug!("{why}");
+                break;
+            }
             Ok(Err(e)) => {
                 tracing::debug!("manager connection ended: {e}");
                 break;
@@ -806,15 +816,7 @@ async fn read_replies(r: Arc<Replies>) {
                 tracing::debug!("the manager was silent for {silence:?}: connection lost");
                 break;
             }
-        };
-        let turn = r.taking.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(why) = r.take_arrived(&turn) {
-            tracing::debug!("{why}");
-            break;
         }
-        drop(turn);
-        // Everything that had arrived is taken (here or by a caller): the socket is drained.
-        ready.clear_ready();
     }
     let calls = &r.calls;
     calls.lost.store(true, Ordering::Release);

@@ -33,11 +33,11 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::unix::AsyncFd;
 
 use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
 use crate::awake::{self, Recent};
@@ -64,6 +64,9 @@ impl Transport {
     }
 }
 
+/// A socket registered with one runtime's reactor.
+type Registration = AsyncFd<Arc<OwnedFd>>;
+
 /// What [`Framed::try_send_now`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Now {
@@ -80,9 +83,8 @@ pub(crate) enum Now {
 pub(crate) struct Framed {
     fd: Arc<OwnedFd>,
     transport: Transport,
-    /// The socket on the reactor, once a runtime has used it.
-    io: OnceLock<AsyncFd<Arc<OwnedFd>>>,
-    registering: Mutex<()>,
+    /// The socket on the reactor of the runtime that used it last, and that runtime.
+    io: Mutex<Option<(tokio::runtime::Id, Arc<Registration>)>>,
     recv: Mutex<RecvState>,
     send_turn: tokio::sync::Mutex<()>,
     /// The bytes of a frame that [`try_send_now`](Self::try_send_now) began and the socket
@@ -111,8 +113,7 @@ impl Framed {
         Ok(Framed {
             fd: Arc::new(fd),
             transport,
-            io: OnceLock::new(),
-            registering: Mutex::new(()),
+            io: Mutex::new(None),
             recv: Mutex::new(RecvState::default()),
             send_turn: tokio::sync::Mutex::new(()),
             rest: Mutex::new(Vec::new()),
@@ -140,20 +141,28 @@ impl Framed {
         self.state().buf.set_limit(limit);
     }
 
-    /// The socket on the current runtime's reactor, registered on first use.
+    /// The socket on the current runtime's reactor, registered on the first use by each
+    /// runtime in turn: an end serves whichever runtime awaits it, as a process's handles
+    /// may be used by one runtime after another (a registration lives on the reactor that
+    /// made it, which another runtime does not drive, and which may be gone). A wait that
+    /// holds the registration it began with keeps it.
     ///
     /// # Panics
-    /// Outside a tokio runtime, on first use.
-    fn io(&self) -> Result<&AsyncFd<Arc<OwnedFd>>> {
-        if let Some(io) = self.io.get() {
-            return Ok(io);
+    /// Outside a tokio runtime.
+    fn io(&self) -> Result<Arc<Registration>> {
+        let runtime = tokio::runtime::Handle::current().id();
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        match &*io {
+            Some((id, reg)) if *id == runtime => Ok(reg.clone()),
+            _ => {
+                let reg = Arc::new(sys::register_shared(
+                    self.fd.clone(),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?);
+                *io = Some((runtime, reg.clone()));
+                Ok(reg)
+            }
         }
-        let _one = self.registering.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(io) = self.io.get() {
-            return Ok(io);
-        }
-        let io = sys::register_shared(self.fd.clone(), Interest::READABLE | Interest::WRITABLE)?;
-        Ok(self.io.get_or_init(|| io))
     }
 
     fn state(&self) -> MutexGuard<'_, RecvState> {
@@ -370,9 +379,9 @@ impl Framed {
         }
     }
 
-    /// Waits until the reactor reports the socket readable, taking nothing: for a reader that
-    /// then takes what arrived with [`try_recv`](Self::try_recv) until it returns `None`
-    /// (the socket drained), and then clears the guard's readiness.
+    /// Waits until the reactor reports the socket readable, then runs `take`, which takes
+    /// what arrived with [`try_recv`](Self::try_recv) until it returns `None` (the socket
+    /// drained), and clears the readiness; returns what `take` returned.
     ///
     /// # Errors
     /// An I/O error from the reactor.
@@ -381,9 +390,14 @@ impl Framed {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// This method is cancel safe: it takes nothing.
-    pub(crate) async fn readable(&self) -> Result<AsyncFdReadyGuard<'_, Arc<OwnedFd>>> {
-        Ok(self.io()?.readable().await?)
+    /// This method is cancel safe: dropped while it waits, it took nothing; `take` runs
+    /// whole once the wait ended.
+    pub(crate) async fn when_readable<R>(&self, take: impl FnOnce() -> R) -> Result<R> {
+        let io = self.io()?;
+        let mut guard = io.readable().await?;
+        let taken = take();
+        guard.clear_ready();
+        Ok(taken)
     }
 
     /// Fails for a frame that holds descriptors on a transport that cannot carry them.
@@ -418,8 +432,8 @@ impl Framed {
         frame.seal()?;
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
-        self.write_rest(io).await?;
-        self.write_frame(io, frame).await?;
+        self.write_rest(&io).await?;
+        self.write_frame(&io, frame).await?;
         self.recent.mark();
         Ok(())
     }
@@ -473,12 +487,12 @@ impl Framed {
     pub(crate) async fn finish(&self) -> Result<()> {
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
-        self.write_rest(io).await
+        self.write_rest(&io).await
     }
 
     /// Writes the rest of a frame begun by [`try_send_now`](Self::try_send_now); the send
     /// turn is held.
-    async fn write_rest(&self, io: &AsyncFd<Arc<OwnedFd>>) -> Result<()> {
+    async fn write_rest(&self, io: &Registration) -> Result<()> {
         let rest = std::mem::take(&mut *self.rest.lock().unwrap_or_else(|p| p.into_inner()));
         self.write_all(io, &rest, &[]).await
     }
@@ -501,15 +515,15 @@ impl Framed {
         }
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
-        self.write_rest(io).await?;
+        self.write_rest(&io).await?;
         let mut joined: Vec<u8> = Vec::new();
         for f in frames.iter_mut() {
             // A frame with descriptors goes alone, and so does a large one (copying it into
             // the joined bytes would cost more than a system call saves).
             if f.fd_count() > 0 || f.parts()[0].len() >= JOIN_MAX {
-                self.write_all(io, &joined, &[]).await?;
+                self.write_all(&io, &joined, &[]).await?;
                 joined.clear();
-                self.write_frame(io, f).await?;
+                self.write_frame(&io, f).await?;
                 continue;
             }
             if joined.is_empty() {
@@ -519,18 +533,18 @@ impl Framed {
             }
             let tail = f.parts()[1];
             if !tail.is_empty() {
-                self.write_all(io, &joined, &[]).await?;
+                self.write_all(&io, &joined, &[]).await?;
                 joined.clear();
-                self.write_all(io, tail, &[]).await?;
+                self.write_all(&io, tail, &[]).await?;
             }
         }
-        self.write_all(io, &joined, &[]).await?;
+        self.write_all(&io, &joined, &[]).await?;
         self.recent.mark();
         Ok(())
     }
 
     /// Writes a sealed frame: its head with its descriptors, then its tail.
-    async fn write_frame(&self, io: &AsyncFd<Arc<OwnedFd>>, frame: &FrameBuf) -> Result<()> {
+    async fn write_frame(&self, io: &Registration, frame: &FrameBuf) -> Result<()> {
         let raw = frame.raw_fds();
         let [head, tail] = frame.parts();
         self.write_all(io, head, &raw).await?;
@@ -538,12 +552,7 @@ impl Framed {
     }
 
     /// Writes all of `data`, with `fds` on its first byte.
-    async fn write_all(
-        &self,
-        io: &AsyncFd<Arc<OwnedFd>>,
-        mut data: &[u8],
-        mut fds: &[RawFd],
-    ) -> Result<()> {
+    async fn write_all(&self, io: &Registration, mut data: &[u8], mut fds: &[RawFd]) -> Result<()> {
         let mut turn = Turn::default();
         while !data.is_empty() {
             let r = io
