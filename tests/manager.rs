@@ -18,6 +18,10 @@ fn main() {
     support::run(vec![
         test("dict_operations", dict_operations),
         test(
+            "a_proxy_serves_every_runtime_that_awaits_it",
+            a_proxy_serves_every_runtime_that_awaits_it,
+        ),
+        test(
             "a_call_over_the_frame_limit_fails_alone",
             a_call_over_the_frame_limit_fails_alone,
         ),
@@ -75,6 +79,16 @@ fn main() {
         ),
         test("example_manager_return_dict", example_manager_return_dict),
     ])
+}
+
+/// A proxy serves whichever runtime awaits it, as a manager shared by several
+/// `#[tokio::test]`s through a static is: used on runtime B while runtime A, where it was
+/// first used, is not driven, then once A is dropped, with the values and the object kept
+/// (see `support::runtimes`).
+async fn a_proxy_serves_every_runtime_that_awaits_it() -> TestResult {
+    tokio::task::spawn_blocking(|| support::runtimes::a_proxy_across_runtimes(Manager::start))
+        .await??;
+    Ok(())
 }
 
 async fn dict_operations() -> TestResult {

@@ -28,6 +28,7 @@ fn main() {
         rapid_restart_on_the_same_address,
         served_in_this_process_over_a_unix_path,
         a_key_without_an_address_listens_on_a_private_socket,
+        a_remote_proxy_serves_every_runtime_that_awaits_it,
         a_wrong_key_is_refused_before_any_request,
         a_remote_proxy_travels_to_a_child,
         a_dead_server_fails_waiting_calls,
@@ -260,6 +261,20 @@ async fn served_in_this_process_over_a_unix_path() -> TestResult {
     a_child_reaches_it_by(&m, &path).await?;
     m.shutdown().await?;
     ensure!(!path.exists(), "the socket file outlived the manager");
+    Ok(())
+}
+
+/// A proxy of a manager reached by address serves whichever runtime awaits it: used on
+/// runtime B while runtime A, where the handle connected, is not driven, then once A is
+/// dropped, with the values and the object kept (see `support::runtimes`).
+async fn a_remote_proxy_serves_every_runtime_that_awaits_it() -> TestResult {
+    let m = tcp_manager().await?;
+    let addr = tcp(&m)?;
+    tokio::task::spawn_blocking(move || {
+        support::runtimes::a_proxy_across_runtimes(|| Manager::connect(addr, KEY))
+    })
+    .await??;
+    m.shutdown().await?;
     Ok(())
 }
 

@@ -1,6 +1,16 @@
-//! A client's way to a manager: where the server is ([`Route`]), and one connection to it
+//! A client's way to a manager: where the server is ([`Route`]), and a connection to it
 //! shared by every proxy that holds the same [`Link`], made on first use and made again
 //! after it is lost.
+//!
+//! # One connection per runtime
+//! A connection's reader and writer tasks run on the runtime that made it, so a call is
+//! made on a connection of the runtime that awaits it, made for it on its first call there:
+//! a runtime that sits idle (its thread blocked, or a current-thread runtime no one drives)
+//! holds up no call of another, and a runtime dropped takes only its own connection with it
+//! (the calls it was running went with it). Each connection holds the link's references,
+//! so an object outlives the runtimes that used it; the connection of a dropped runtime is
+//! closed once the next one made holds them (see [`Link::conn`]). The server sees one
+//! client per connection: a lock's owner, say, is the connection that took it.
 //!
 //! # One connection, many calls
 //! A connection carries many requests at once: a proxy's call sends its request and waits
@@ -61,7 +71,8 @@ pub enum Route {
 /// one value.
 pub struct Link {
     pub(super) route: Route,
-    conn: Mutex<Option<Arc<Conn>>>,
+    /// The connections made, at most one per runtime.
+    conns: Mutex<Vec<Arc<Conn>>>,
     /// Taken while a connection is being made, so that one is made at a time.
     connecting: tokio::sync::Mutex<()>,
     /// The attempts to connect that failed, and the last one's error: the calls that waited
@@ -117,6 +128,9 @@ type Waiting = Mutex<Pending>;
 struct Calls {
     waiting: Waiting,
     lost: AtomicBool,
+    /// Whether the connection was lost with its runtime, dropped with the reader task: its
+    /// socket is still open, and the server holds its references until it is closed.
+    orphaned: AtomicBool,
     /// Wakes those waiting for the connection's loss (see [`Link::until_lost`]).
     lost_signal: tokio::sync::Notify,
     /// What the server sent that could not be read, if that ended the connection.
@@ -147,6 +161,8 @@ impl Calls {
 /// One connection: requests go to its writer task; replies come off the socket through
 /// [`Replies`], taken by the reader task or by a caller waiting awake.
 struct Conn {
+    /// The runtime its tasks run on.
+    runtime: tokio::runtime::Id,
     out: Arc<Outbox>,
     calls: Arc<Calls>,
     replies: Arc<Replies>,
@@ -161,7 +177,7 @@ impl Link {
     pub(super) fn new(route: Route) -> Arc<Link> {
         Arc::new(Link {
             route,
-            conn: Mutex::new(None),
+            conns: Mutex::default(),
             connecting: tokio::sync::Mutex::new(()),
             failed: Mutex::new((0, None)),
             held: Mutex::default(),
@@ -182,15 +198,30 @@ impl Link {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection of the current runtime, if it has one not lost.
     fn live_conn(&self) -> Option<Arc<Conn>> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.as_ref()
-            .filter(|c| !c.calls.lost.load(Ordering::Acquire))
+        let here = tokio::runtime::Handle::try_current().ok()?.id();
+        self.conns()
+            .iter()
+            .find(|c| c.runtime == here && !c.calls.lost.load(Ordering::Acquire))
             .cloned()
     }
 
+    /// Every connection not lost, whatever its runtime.
+    fn live_conns(&self) -> Vec<Arc<Conn>> {
+        self.conns()
+            .iter()
+            .filter(|c| !c.calls.lost.load(Ordering::Acquire))
+            .cloned()
+            .collect()
+    }
+
     /// A proxy to `id` now lives on this link (`borrowed`: received from another process).
-    /// The first one is a reference of the connection, told to the server now or when the
+    /// The first one is a reference of each connection, told to the server now or when the
     /// connection is made.
     pub(super) fn hold(&self, id: u64, borrowed: bool) {
         let mut held = self.held();
@@ -200,7 +231,8 @@ impl Link {
         let n = held.counts.entry(id).or_default();
         *n += 1;
         if *n == 1 {
-            if let Some(conn) = self.live_conn() {
+            for conn in self.live_conns() {
+                // The first reference settles the loan; the others are plain.
                 let borrowed = held.borrowed.remove(&id);
                 conn.post(Request::Incref { id, borrowed });
             }
@@ -219,10 +251,12 @@ impl Link {
             held.counts.remove(&id);
             let unsettled = held.borrowed.remove(&id);
             held.across_loss.remove(&id);
-            match self.live_conn() {
-                Some(conn) => conn.post(Request::Decref(id)),
-                None if unsettled => self.settle(id),
-                None => {}
+            let conns = self.live_conns();
+            for conn in &conns {
+                conn.post(Request::Decref(id));
+            }
+            if conns.is_empty() && unsettled {
+                self.settle(id);
             }
         }
     }
@@ -318,23 +352,25 @@ impl Link {
     /// keeps the object until that process holds it.
     pub(super) fn lend(&self, id: u64) {
         let mut held = self.held();
-        match self.live_conn() {
+        match self.live_conn().or_else(|| self.live_conns().pop()) {
             Some(conn) => conn.post(Request::Lend(id)),
             None => held.lends.push(id),
         }
     }
 
-    /// Puts a new connection in place and tells the server what this link holds.
-    fn install(&self, conn: Arc<Conn>) {
+    /// Puts a new connection in place and tells the server what this link holds. Returns
+    /// the lost connections it takes the place of: those lost with their runtime still hold
+    /// their references at the server, until they are dropped.
+    fn install(&self, conn: Arc<Conn>) -> Vec<Arc<Conn>> {
         let mut held = self.held();
         let ids: Vec<u64> = held.counts.keys().copied().collect();
-        if self
-            .conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
-            // A connection before this one was lost, and what it held with it.
+        let mut conns = self.conns();
+        let (lost, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *conns)
+            .into_iter()
+            .partition(|c| c.calls.lost.load(Ordering::Acquire));
+        let really_lost = |c: &Arc<Conn>| !c.calls.orphaned.load(Ordering::Acquire);
+        if live.is_empty() && lost.iter().any(really_lost) {
+            // The connections before this one were lost, and what they held with them.
             held.across_loss.extend(ids.iter().copied());
         }
         for id in ids {
@@ -344,7 +380,23 @@ impl Link {
         for id in std::mem::take(&mut held.lends) {
             conn.post(Request::Lend(id));
         }
-        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        *conns = live;
+        conns.push(conn);
+        lost
+    }
+
+    /// Puts `conn` in place; the connections it takes the place of are closed once the
+    /// server has read what it holds (a round trip on it), so that an object they held is
+    /// held throughout.
+    async fn take_over(&self, conn: &Arc<Conn>) {
+        let retired = self.install(conn.clone());
+        if retired
+            .iter()
+            .any(|c| c.calls.orphaned.load(Ordering::Acquire))
+        {
+            let _ = conn.call(&Request::Count).await;
+        }
+        drop(retired);
     }
 
     /// Sends `req` and waits for its reply; a failure the server reports is its error.
@@ -375,13 +427,13 @@ impl Link {
     pub(super) async fn open(&self) -> Result<()> {
         let _turn = self.connecting.lock().await;
         let link = self.connect().await?;
-        self.install(Arc::new(Conn::start(link)?));
+        self.take_over(&Arc::new(Conn::start(link)?)).await;
         Ok(())
     }
 
-    /// The connection, made now if there is none or it was lost. A connection made again
-    /// after a loss holds this link's references again (the server let them go with the
-    /// lost one).
+    /// The connection of the current runtime, made now if there is none or it was lost. A
+    /// connection made holds this link's references (the server let them go with a lost
+    /// one).
     ///
     /// One attempt is made at a time, and the calls that waited for it share its outcome:
     /// a server that does not answer costs every call one attempt's time, not one each in
@@ -417,7 +469,7 @@ impl Link {
                 return Err(e);
             }
         };
-        self.install(conn.clone());
+        self.take_over(&conn).await;
         Ok(conn)
     }
 
@@ -487,6 +539,7 @@ impl Conn {
         let calls = Arc::new(Calls {
             waiting: Mutex::default(),
             lost: AtomicBool::new(false),
+            orphaned: AtomicBool::new(false),
             lost_signal: tokio::sync::Notify::new(),
             unreadable: Mutex::new(None),
         });
@@ -508,6 +561,7 @@ impl Conn {
         });
         tokio::spawn(read_replies(replies.clone()));
         Ok(Conn {
+            runtime: tokio::runtime::Handle::current().id(),
             out,
             calls,
             replies,
@@ -790,6 +844,10 @@ impl Replies {
 /// the connection ends or stays silent too long, fails every call still waiting with
 /// [`Error::Closed`], or with [`Error::Protocol`] if the server sent what cannot be read.
 async fn read_replies(r: Arc<Replies>) {
+    let mut end = End {
+        r: r.clone(),
+        orphaned: true,
+    };
     let silence = HEARTBEAT * HEARTBEAT_MISSES;
     loop {
         // Everything that had arrived is taken (here or by a caller): the socket is
@@ -818,13 +876,30 @@ async fn read_replies(r: Arc<Replies>) {
             }
         }
     }
-    let calls = &r.calls;
-    calls.lost.store(true, Ordering::Release);
-    calls.lost_signal.notify_waiters();
-    let _ = sys::shutdown_socket(r.link.as_fd(), true, true);
-    let mut pending = calls.waiting();
-    pending.withdrawn.clear();
-    for (_, (tx, _)) in pending.waiting.drain() {
-        let _ = tx.send(Err(calls.ended()));
+    end.orphaned = false;
+}
+
+/// Ends the connection when the reader task ends: at the end of its loop, or when it is
+/// dropped with its runtime (`orphaned`), where the socket is left open, its references
+/// held at the server until the link closes it (see [`Link::take_over`]).
+struct End {
+    r: Arc<Replies>,
+    orphaned: bool,
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        let calls = &self.r.calls;
+        calls.orphaned.store(self.orphaned, Ordering::Release);
+        calls.lost.store(true, Ordering::Release);
+        calls.lost_signal.notify_waiters();
+        if !self.orphaned {
+            let _ = sys::shutdown_socket(self.r.link.as_fd(), true, true);
+        }
+        let mut pending = calls.waiting();
+        pending.withdrawn.clear();
+        for (_, (tx, _)) in pending.waiting.drain() {
+            let _ = tx.send(Err(calls.ended()));
+        }
     }
 }

@@ -408,3 +408,4 @@ pub async fn fds_return_to(before: usize, limit: Duration) -> TestResult {
 }
 
 pub mod pool;
+pub mod runtimes;
