@@ -29,6 +29,7 @@ fn main() {
         served_in_this_process_over_a_unix_path,
         a_key_without_an_address_listens_on_a_private_socket,
         a_remote_proxy_serves_every_runtime_that_awaits_it,
+        a_connection_begun_on_an_idle_runtime_holds_up_no_other,
         a_wrong_key_is_refused_before_any_request,
         a_remote_proxy_travels_to_a_child,
         a_dead_server_fails_waiting_calls,
@@ -272,6 +273,21 @@ async fn a_remote_proxy_serves_every_runtime_that_awaits_it() -> TestResult {
     let addr = tcp(&m)?;
     tokio::task::spawn_blocking(move || {
         support::runtimes::a_proxy_across_runtimes(|| Manager::connect(addr, KEY))
+    })
+    .await??;
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// A connection to a manager by address begun by a call on a runtime that then sits idle
+/// (its attempt waits on that runtime) holds up no call on another runtime, which makes a
+/// connection of its own; the idle one's call is answered once it is driven again (see
+/// `support::runtimes`).
+async fn a_connection_begun_on_an_idle_runtime_holds_up_no_other() -> TestResult {
+    let m = tcp_manager().await?;
+    let addr = tcp(&m)?;
+    tokio::task::spawn_blocking(move || {
+        support::runtimes::a_connection_begun_on_an_idle_runtime(|| Manager::connect(addr, KEY))
     })
     .await??;
     m.shutdown().await?;

@@ -73,8 +73,9 @@ pub struct Link {
     pub(super) route: Route,
     /// The connections made, at most one per runtime.
     conns: Mutex<Vec<Arc<Conn>>>,
-    /// Taken while a connection is being made, so that one is made at a time.
-    connecting: tokio::sync::Mutex<()>,
+    /// Taken while a connection is being made, so that one is made at a time on a runtime:
+    /// by runtime, so that a runtime that sits idle midway holds up no other's.
+    connecting: Mutex<Vec<(Option<tokio::runtime::Id>, Turn)>>,
     /// The attempts to connect that failed, and the last one's error: the calls that waited
     /// for an attempt take its failure rather than make one each in turn.
     failed: Mutex<(u64, Option<Error>)>,
@@ -83,6 +84,9 @@ pub struct Link {
     /// them lives here (see `queue.rs`).
     rings: Mutex<HashMap<u64, Attached>>,
 }
+
+/// A runtime's turn to make a connection (see [`Link::conn`]).
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 /// How this process reaches a queue.
 #[derive(Clone)]
@@ -178,7 +182,7 @@ impl Link {
         Arc::new(Link {
             route,
             conns: Mutex::default(),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: Mutex::default(),
             failed: Mutex::new((0, None)),
             held: Mutex::default(),
             rings: Mutex::default(),
@@ -422,10 +426,25 @@ impl Link {
         }
     }
 
+    /// The current runtime's turn to make a connection. The turns of runtimes that have no
+    /// connection and that no one takes are forgotten.
+    fn turn(&self) -> Turn {
+        let here = tokio::runtime::Handle::try_current().ok().map(|h| h.id());
+        let with_conn: Vec<_> = self.conns().iter().map(|c| Some(c.runtime)).collect();
+        let mut turns = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+        turns.retain(|(rt, t)| *rt == here || with_conn.contains(rt) || Arc::strong_count(t) > 1);
+        if let Some((_, t)) = turns.iter().find(|(rt, _)| *rt == here) {
+            return t.clone();
+        }
+        let t = Arc::new(tokio::sync::Mutex::new(()));
+        turns.push((here, t.clone()));
+        t
+    }
+
     /// Makes the connection now, so that its errors (nothing listens, a wrong key) are the
     /// caller's.
     pub(super) async fn open(&self) -> Result<()> {
-        let _turn = self.connecting.lock().await;
+        let _turn = self.turn().lock_owned().await;
         let link = self.connect().await?;
         self.take_over(&Arc::new(Conn::start(link)?)).await;
         Ok(())
@@ -435,16 +454,16 @@ impl Link {
     /// connection made holds this link's references (the server let them go with a lost
     /// one).
     ///
-    /// One attempt is made at a time, and the calls that waited for it share its outcome:
-    /// a server that does not answer costs every call one attempt's time, not one each in
-    /// turn. A server gone or not answering within [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT)
+    /// One attempt is made at a time on a runtime, and the calls that waited for it (or for
+    /// one on another runtime) share its outcome: a server that does not answer costs every
+    /// call one attempt's time, not one each in turn. A server gone or not answering within [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT)
     /// (hung, or cut off by the network) is [`Error::Closed`], as for a connection lost.
     async fn conn(&self) -> Result<Arc<Conn>> {
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
         let seen = self.failures().0;
-        let _turn = self.connecting.lock().await;
+        let _turn = self.turn().lock_owned().await;
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }

@@ -27,10 +27,11 @@ fn on<T>(rt: &Runtime, what: &str, f: impl Future<Output = mp::Result<T>>) -> Re
 }
 
 /// Plain code (each runtime here is a current-thread one, driven only inside its
-/// `block_on`): a manager handle made by `manager` on runtime A, and a dict of it used on A;
-/// then used on B while A is not driven, on B once A is dropped, and on C while B is not
-/// driven. The dict keeps every value written on each runtime (it is the same object), the
-/// server holds as many objects throughout, and the handle shuts down from C.
+/// `block_on`): a manager handle made by `manager` on runtime A, and a dict and a queue of it
+/// used on A; then used on B while A is not driven, on B once A is dropped, and on C while B
+/// is not driven. The dict keeps every value written on each runtime and the queue hands out
+/// every item once, in order (they are the same objects), the server holds as many objects
+/// throughout, and the handle shuts down from C.
 pub fn a_proxy_across_runtimes<F, Fut>(manager: F) -> Result<(), String>
 where
     F: FnOnce() -> Fut,
@@ -40,6 +41,8 @@ where
     let m = on(&a, "the manager on A", manager())?;
     let d = on(&a, "a dict on A", m.dict::<u32, u32>())?;
     on(&a, "an insert on A", d.insert(1, 10))?;
+    let q = on(&a, "a queue on A", m.queue::<u32>())?;
+    on(&a, "a put on A", async { Ok(q.put(1).await?) })?;
     let objects = on(&a, "the object count on A", m.object_count())?;
 
     let b = runtime()?;
@@ -48,6 +51,10 @@ where
     if one != Some(10) {
         return Err(format!("B reads {one:?} for the key A wrote"));
     }
+    let first = on(&b, "a get on B while A is idle", q.get())?;
+    on(&b, "a put on B while A is idle", async {
+        Ok(q.put(2).await?)
+    })?;
 
     drop(a);
     let mut items = on(&b, "the items on B once A is gone", d.items())?;
@@ -56,6 +63,10 @@ where
         return Err(format!("B reads {items:?} once A is gone"));
     }
     on(&b, "an insert on B once A is gone", d.insert(3, 30))?;
+    let second = on(&b, "a get on B once A is gone", q.get())?;
+    on(&b, "a put on B once A is gone", async {
+        Ok(q.put(3).await?)
+    })?;
     let count = on(&b, "the object count on B", m.object_count())?;
     if count != objects {
         return Err(format!(
@@ -73,6 +84,47 @@ where
     if three != Some(30) {
         return Err(format!("C reads {three:?} for the key B wrote"));
     }
-    drop(d);
+    let third = on(&c, "a get on C once B is gone", q.get())?;
+    if [first, second, third] != [1, 2, 3] {
+        return Err(format!("the queue gave {:?}", [first, second, third]));
+    }
+    drop((d, q));
     on(&c, "the shutdown on C", m.shutdown())
+}
+
+/// Plain code: a manager handle made by `manager` on a runtime then dropped (its link has
+/// no connection left); on runtime A, a call polled once, which begins to connect and
+/// waits for the server, then A not driven; on B, a call of the same link is answered;
+/// then A, driven again, answers its call, and the handle shuts down from B.
+pub fn a_connection_begun_on_an_idle_runtime<F, Fut>(manager: F) -> Result<(), String>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = mp::Result<Manager>>,
+{
+    let first = runtime()?;
+    let m = on(&first, "the manager", manager())?;
+    let d = on(&first, "a dict", m.dict::<u32, u32>())?;
+    on(&first, "an insert", d.insert(1, 10))?;
+    drop(first);
+
+    let a = runtime()?;
+    let mut begun = Box::pin(d.len());
+    let polled = a.block_on(std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(begun.as_mut().poll(cx))
+    }));
+    if polled.is_ready() {
+        return Err("the call on A was answered before A was idle".into());
+    }
+
+    let b = runtime()?;
+    let one = on(&b, "a get on B while A's call connects", d.get(&1))?;
+    if one != Some(10) {
+        return Err(format!("B reads {one:?}"));
+    }
+    let len = on(&a, "the call begun on A", begun)?;
+    if len != 1 {
+        return Err(format!("A counts {len} keys, not 1"));
+    }
+    drop(d);
+    on(&b, "the shutdown on B", m.shutdown())
 }
