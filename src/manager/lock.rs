@@ -6,14 +6,14 @@
 //! Python's `Lock` may); a condition made over it counts it as held while anyone holds it.
 //! A re-entrant lock is owned by a *task* on a connection: the same task may take it again,
 //! and only it may release it ([`Error::NotOwner`](crate::Error::NotOwner) otherwise), as
-//! the crate's [`RLock`](crate::RLock). Clones of a proxy share one connection; a proxy
-//! passed to another process has its own.
+//! the crate's [`RLock`](crate::RLock). Clones of a proxy share one connection on each
+//! runtime that calls them; a proxy passed to another process has its own.
 //!
 //! # Owner death
-//! When the connection of a holder closes (its process died, or dropped every proxy of that
-//! manager), the server releases the lock, and the next acquirer gets
-//! [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) with the holder's pid; the lock is free again and the acquire
-//! after that takes it. This is what the crate's [`Lock`](crate::Lock) does when its holder
+//! When the connection of a holder closes (its process died, dropped every proxy of that
+//! manager, or dropped the runtime it took the lock on), the server releases the lock, and
+//! the next acquirer gets [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) with the
+//! holder's pid; the lock is free again and the acquire after that takes it. This is what the crate's [`Lock`](crate::Lock) does when its holder
 //! dies.
 
 use std::sync::Arc;

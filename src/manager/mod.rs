@@ -514,9 +514,9 @@ impl Manager {
     /// The condition's lock follows `lock`'s rules. A plain lock is held by a connection,
     /// may be released by anyone, and counts as held for `wait` and `notify` while anyone
     /// holds it, as Python's `Condition` over a `Lock`. A re-entrant one is owned by a task
-    /// on a connection: proxies made by one [`Manager`] handle share its connection, but
-    /// proxies passed to another process each have their own, so there take and wait
-    /// through the same proxy.
+    /// on a connection: proxies made by one [`Manager`] handle share its connection (one
+    /// per runtime that calls them), but proxies passed to another process each have their
+    /// own, so there take and wait through the same proxy.
     ///
     /// # Errors
     /// [`Error::Manager`] if `lock` is not an object of this manager (Python's proxy of
