@@ -586,7 +586,7 @@ fn pipe_round_trips_on(
 /// a third once both are gone: each runtime's waits are woken, and none fails.
 async fn a_pipe_serves_one_runtime_after_another() -> TestResult {
     let (a, b) = mp::Pipe::<Vec<u8>>::new()?;
-    support::on_runtimes_in_turn(move |rt| pipe_round_trips_on(rt, &a, &b)).await
+    support::runtimes::on_runtimes_in_turn(move |rt| pipe_round_trips_on(rt, &a, &b)).await
 }
 
 fn main() {

@@ -1042,7 +1042,7 @@ async fn large_puts_wait_while_too_many_descriptors_are_in_flight() -> TestResul
 async fn a_queue_serves_one_runtime_after_another() -> TestResult {
     let q = mp::Queue::<Vec<u8>>::new()?;
     let jq = mp::JoinableQueue::<u8>::new()?;
-    support::on_runtimes_in_turn(move |rt| queues_on_a_runtime(rt, &q, &jq)).await
+    support::runtimes::on_runtimes_in_turn(move |rt| queues_on_a_runtime(rt, &q, &jq)).await
 }
 
 /// Large items fill an unbounded queue's socket before its slots (see

@@ -297,32 +297,6 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
-/// Runs `each` on one current-thread runtime, then on a second while the first is alive and
-/// idle, then on a third once both are gone (in a blocking thread of the test's runtime): for
-/// handles that must serve whichever runtime awaits them.
-pub async fn on_runtimes_in_turn(
-    each: impl Fn(&tokio::runtime::Runtime) -> Result<(), String> + Send + 'static,
-) -> TestResult {
-    let turns = move || {
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-        };
-        let first = runtime()?;
-        each(&first).map_err(|e| format!("first runtime: {e}"))?;
-        let second = runtime()?;
-        each(&second).map_err(|e| format!("second runtime, beside the first: {e}"))?;
-        drop(first);
-        drop(second);
-        let third = runtime()?;
-        each(&third).map_err(|e| format!("third runtime, after the others: {e}"))
-    };
-    tokio::task::spawn_blocking(turns).await??;
-    Ok(())
-}
-
 /// Fails with `msg` unless `cond`.
 #[macro_export]
 macro_rules! ensure {

@@ -1,5 +1,5 @@
-//! A manager's proxy used from one runtime, then from another: while the first sits idle,
-//! and once it is gone.
+//! Handles used from one runtime, then from another: while the first sits idle, and once
+//! it is gone.
 
 use std::future::Future;
 use std::time::Duration;
@@ -127,4 +127,24 @@ where
     }
     drop(d);
     on(&b, "the shutdown on B", m.shutdown())
+}
+
+/// Runs `each` on one current-thread runtime, then on a second while the first is alive and
+/// idle, then on a third once both are gone (in a blocking thread of the test's runtime): for
+/// handles that must serve whichever runtime awaits them.
+pub async fn on_runtimes_in_turn(
+    each: impl Fn(&Runtime) -> Result<(), String> + Send + 'static,
+) -> super::TestResult {
+    let turns = move || {
+        let first = runtime()?;
+        each(&first).map_err(|e| format!("first runtime: {e}"))?;
+        let second = runtime()?;
+        each(&second).map_err(|e| format!("second runtime, beside the first: {e}"))?;
+        drop(first);
+        drop(second);
+        let third = runtime()?;
+        each(&third).map_err(|e| format!("third runtime, after the others: {e}"))
+    };
+    tokio::task::spawn_blocking(turns).await??;
+    Ok(())
 }
