@@ -134,10 +134,12 @@ async fn creator_of(
     keep: bool,
 ) -> Result<(Process, u32), Box<dyn std::error::Error + Send + Sync>> {
     let ready = Event::new()?;
+    // A daemon: should the test fail, it is ended with the test rather than waited for.
     let p = Process::new(
         shm_create_then_hang,
         (name.to_string(), keep, ready.clone()),
     )
+    .daemon(true)
     .start()
     .await?;
     ensure!(
@@ -519,6 +521,13 @@ async fn a_creator_killed_leaves_no_segment() -> TestResult {
     for how in ["kill", "terminate"] {
         let name = unique(how);
         let (mut p, tracker) = creator_of(&name, false).await?;
+        for fd in [0, 1] {
+            let to = std::fs::read_link(format!("/proc/{tracker}/fd/{fd}"))?;
+            ensure!(
+                to == std::path::Path::new("/dev/null"),
+                "the tracker's descriptor {fd} is {to:?}, which a reader of the program's may wait on"
+            );
+        }
         match how {
             "kill" => p.kill()?,
             _ => p.terminate()?,
@@ -588,6 +597,7 @@ async fn a_killed_tracker_is_replaced() -> TestResult {
         shm_create_two,
         (first.clone(), second.clone(), events.clone()),
     )
+    .daemon(true)
     .start()
     .await?;
     ensure!(events[0].wait_timeout(LONG).await?, "no first segment");

@@ -215,13 +215,17 @@ fn fail(message: String) -> ! {
     sys::exit_now(1)
 }
 
-/// Out of the program's session and deaf to the signals sent to all of a program.
+/// Out of the program's session and deaf to the signals sent to all of a program; holding
+/// none of its standard streams but stderr (a reader of the program's stdout waits for no
+/// tracker).
 fn detach() -> std::io::Result<()> {
     sys::start_own_session()?;
     sys::ignore_terminal_signals()?;
     sys::ignore_hangup()?;
     sys::ignore_sigterm()?;
-    sys::stdin_from_dev_null()
+    sys::stdin_from_dev_null()?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    sys::redirect_std(null.as_fd(), 1)
 }
 
 /// Holds the segments the creator tells of until the end of its socket, then removes the
