@@ -452,20 +452,7 @@ impl Client {
         address: impl ToAddress,
         authkey: Option<&[u8]>,
     ) -> Result<Connection<T>> {
-        let address = address.to_address()?;
-        let named = crate::address::naming("connect to", &address);
-        let (fd, transport): (OwnedFd, _) = match address {
-            Address::Unix(path) => {
-                let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
-                (s.into_std()?.into(), Transport::Unix)
-            }
-            Address::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await.map_err(named)?;
-                s.set_nodelay(true)?;
-                (s.into_std()?.into(), Transport::Tcp)
-            }
-        };
-        let link = Framed::new(fd, transport)?;
+        let link = dial(&address.to_address()?).await?;
         if let Some(key) = authkey {
             authenticate(&link, key).await?;
         }
@@ -484,6 +471,27 @@ fn auth_err(message: impl Into<String>) -> Error {
 /// header is in.
 pub(crate) async fn authenticate(s: &Framed, key: &[u8]) -> Result<()> {
     authenticate_within(s, key, AUTH_TIMEOUT).await
+}
+
+/// A connection to `address` (TCP with `TCP_NODELAY`), framed; an error names the address
+/// and keeps the kind of the system's (refused, not found...).
+///
+/// # Errors
+/// An I/O error if the connection cannot be made.
+pub(crate) async fn dial(address: &Address) -> Result<Framed> {
+    let named = crate::address::naming("connect to", address);
+    let (fd, transport): (OwnedFd, _) = match address {
+        Address::Unix(path) => {
+            let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
+            (s.into_std()?.into(), Transport::Unix)
+        }
+        Address::Tcp(addr) => {
+            let s = tokio::net::TcpStream::connect(addr).await.map_err(named)?;
+            s.set_nodelay(true)?;
+            (s.into_std()?.into(), Transport::Tcp)
+        }
+    };
+    Framed::new(fd, transport)
 }
 
 /// [`authenticate`] with a time limit of the caller's (a manager's handshake timeout).

@@ -53,7 +53,7 @@ use crate::address::Address;
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{FrameBuf, Framed, Outbox, Transport, written};
+use crate::wire::{FrameBuf, Framed, Outbox, written};
 
 /// Where the server is.
 pub enum Route {
@@ -511,23 +511,8 @@ impl Link {
             }
             Route::Address { address, authkey } => {
                 let limit = crate::AUTH_TIMEOUT;
-                // The error names the address, keeping its kind (refused, not found...).
-                let named = |e: std::io::Error| {
-                    std::io::Error::new(e.kind(), format!("cannot connect to {address}: {e}"))
-                };
                 let reach = async {
-                    let (fd, transport): (OwnedFd, _) = match address {
-                        Address::Unix(path) => {
-                            let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
-                            (s.into_std()?.into(), Transport::Unix)
-                        }
-                        Address::Tcp(addr) => {
-                            let s = tokio::net::TcpStream::connect(addr).await.map_err(named)?;
-                            s.set_nodelay(true)?;
-                            (s.into_std()?.into(), Transport::Tcp)
-                        }
-                    };
-                    let link = Framed::new(fd, transport)?;
+                    let link = crate::listener::dial(address).await?;
                     if let Some(key) = authkey {
                         // Bounded by the whole attempt's limit, which ends first.
                         crate::listener::authenticate_within(&link, key, limit * 2).await?;

@@ -462,6 +462,21 @@ mod tests {
         vec![byte; 1000]
     }
 
+    /// Sends `large(2)`'s packet and hands its marker to a thread, outside a runtime, in a
+    /// queue whose one slot is taken: the marker waits for room.
+    fn a_large_item_whose_marker_waits(inner: &std::sync::Arc<super::super::inner::Inner>) {
+        use super::super::item::Item;
+        use crate::sys;
+        use std::os::fd::AsFd;
+
+        let Item::Packet(bytes, _fds) = inner.encode(&large(2)).unwrap() else {
+            panic!("a large item travels in a packet");
+        };
+        let guard = inner.try_lock().unwrap().expect("the packet lock is free");
+        sys::send_headed_with_fds(inner.tx.as_fd(), &inner.tag(), &bytes, &[]).unwrap();
+        assert!(inner.push_marker(guard).is_none(), "outside a runtime");
+    }
+
     /// A consumer that took a marker and died before it received its packet left that
     /// packet first in the socket: the next consumer drops it and takes its own, so no later
     /// item comes out a place late.
@@ -509,7 +524,6 @@ mod tests {
     /// marker once a slot is free.
     #[test]
     fn a_marker_waiting_for_room_outside_a_runtime_sleeps() {
-        use super::super::item::Item;
         use crate::sys;
         use std::os::fd::AsFd;
         use std::sync::atomic::Ordering;
@@ -519,17 +533,7 @@ mod tests {
         q.put_nowait(vec![1]).unwrap();
         // A wake-up written to producers before: the eventfd stays readable.
         sys::eventfd_add(q.inner.space.as_fd(), 1).unwrap();
-        let Item::Packet(bytes, fds) = q.inner.encode(&large(2)).unwrap() else {
-            panic!("a large item travels in a packet");
-        };
-        let guard = q
-            .inner
-            .try_lock()
-            .unwrap()
-            .expect("the packet lock is free");
-        sys::send_headed_with_fds(q.inner.tx.as_fd(), &q.inner.tag(), &bytes, &[]).unwrap();
-        drop(fds);
-        assert!(q.inner.push_marker(guard).is_none(), "outside a runtime");
+        a_large_item_whose_marker_waits(&q.inner);
         let looks = || q.inner.header().producers().looks.load(Ordering::SeqCst);
         let start = looks();
         std::thread::sleep(Duration::from_millis(500));
@@ -563,23 +567,11 @@ mod tests {
     #[test]
     fn a_joinable_queue_counts_an_item_whose_marker_waits_for_room() {
         use super::super::JoinableQueue;
-        use super::super::item::Item;
-        use crate::sys;
-        use std::os::fd::AsFd;
         use std::time::Duration;
 
         let q = JoinableQueue::<Vec<u8>>::with_maxsize(1).unwrap();
         q.put_nowait(vec![1]).unwrap();
-        let Item::Packet(bytes, _) = q.inner.encode(&large(2)).unwrap() else {
-            panic!("a large item travels in a packet");
-        };
-        let guard = q
-            .inner
-            .try_lock()
-            .unwrap()
-            .expect("the packet lock is free");
-        sys::send_headed_with_fds(q.inner.tx.as_fd(), &q.inner.tag(), &bytes, &[]).unwrap();
-        assert!(q.inner.push_marker(guard).is_none(), "outside a runtime");
+        a_large_item_whose_marker_waits(&q.inner);
         assert_eq!(
             q.unfinished(),
             2,
