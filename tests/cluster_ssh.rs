@@ -28,6 +28,7 @@ fn main() {
         ssh_launcher_copies_the_binary_and_runs_workers_on_the_host,
         a_frozen_host_fails_the_build_instead_of_holding_it,
         a_copy_cut_short_leaves_no_file_to_run,
+        a_host_frozen_midway_through_the_copy_fails_the_build,
         shutdown_ends_the_agents_on_the_host,
         a_head_rebuilt_while_it_runs_copies_the_build_it_runs,
     ]);
@@ -148,6 +149,23 @@ impl Sshd {
     fn launcher(&self) -> mp::launch::Ssh {
         launcher_in(&self.net, &self.dir.0)
     }
+
+    /// [`launcher`](Self::launcher), whose copy of the executable goes through the shell
+    /// command `filter` (`head -c 1000`) on its way to ssh.
+    fn launcher_copying_through(&self, filter: &str) -> mp::launch::Ssh {
+        let ssh =
+            format!(r#"case "$*" in *"cat >"*) {filter} | ssh "$@";; *) exec ssh "$@";; esac"#);
+        self.launcher().program([
+            "ip",
+            "netns",
+            "exec",
+            &self.net.head_ns(),
+            "sh",
+            "-c",
+            &ssh,
+            "ssh",
+        ])
+    }
 }
 
 /// A launcher for the host of `net` whose sshd's keys are in `dir` (see [`Sshd`]).
@@ -240,17 +258,7 @@ async fn a_copy_cut_short_leaves_no_file_to_run() -> TestResult {
     };
     // An ssh whose copy ends after 1,000 bytes of the executable, as when the connection
     // or the client ends midway: the remote side sees an end of input.
-    let cut_short = r#"case "$*" in *"cat >"*) head -c 1000 | ssh "$@";; *) exec ssh "$@";; esac"#;
-    let launcher = sshd.launcher().program([
-        "ip",
-        "netns",
-        "exec",
-        &sshd.net.head_ns(),
-        "sh",
-        "-c",
-        cut_short,
-        "ssh",
-    ]);
+    let launcher = sshd.launcher_copying_through("head -c 1000");
     let built = Cluster::builder()
         .listener(sshd.net.listen()?)
         .launcher(launcher)
@@ -269,6 +277,41 @@ async fn a_copy_cut_short_leaves_no_file_to_run() -> TestResult {
     ensure!(
         e.contains("cannot copy the executable") && e.contains("1000 of "),
         "the error does not say the copy failed: {e}"
+    );
+    Ok(())
+}
+
+/// A host that freezes once the copy is under way (every process of its namespace
+/// stopped after the first megabyte) fails the build within a few probe timeouts, naming
+/// the copy; the code before waited on the copy for ever.
+async fn a_host_frozen_midway_through_the_copy_fails_the_build() -> TestResult {
+    let Some(sshd) = Sshd::start("frozen-copy").await? else {
+        return Ok(());
+    };
+    let freeze = format!(
+        "{{ head -c 1000000; ip netns pids {} | xargs kill -STOP; cat; }}",
+        sshd.net.host_ns(0)
+    );
+    let launcher = sshd
+        .launcher_copying_through(&freeze)
+        .probe_timeout(Duration::from_secs(3));
+    let built = tokio::time::timeout(
+        Duration::from_secs(60),
+        Cluster::builder()
+            .listener(sshd.net.listen()?)
+            .launcher(launcher)
+            .build(),
+    )
+    .await;
+    sshd.net.signal_host(0, nix::sys::signal::Signal::SIGCONT);
+    let e = match built {
+        Err(_) => return Err("the build still waits on the frozen copy after 60 s".into()),
+        Ok(Ok(_)) => return Err("a cluster was built on a host frozen midway".into()),
+        Ok(Err(e)) => e.to_string(),
+    };
+    ensure!(
+        e.contains("cannot copy the executable") && e.contains(&format!("root@{HOST}")),
+        "the error does not name the host and the copy: {e}"
     );
     Ok(())
 }

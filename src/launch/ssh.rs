@@ -88,7 +88,9 @@ impl Ssh {
     /// launch fails, naming the host. A host that takes the connection and answers nothing
     /// (frozen, or its login hung on a home directory that does not answer) would otherwise
     /// hold the launch, and so the cluster's build or scale, for ever: ssh has no such
-    /// limit of its own. The copy that may follow has none.
+    /// limit of its own. The copy that may follow takes as long as the executable needs to
+    /// cross, but a host that answers nothing for this long midway through it (ssh's
+    /// keepalives, `ServerAliveInterval` a third of it, go unanswered) fails the launch too.
     pub fn probe_timeout(mut self, limit: Duration) -> Ssh {
         self.probe_timeout = limit;
         self
@@ -103,6 +105,17 @@ impl Ssh {
 
     /// `ssh` with its options in batch mode, for `host`, running `remote`.
     fn command(&self, host: &str, remote: &str) -> Result<std::process::Command> {
+        self.command_with(host, remote, &[])
+    }
+
+    /// [`command`](Self::command), with `extra` options after the user's (ssh takes the
+    /// first value it is given for an option, so the user's win).
+    fn command_with(
+        &self,
+        host: &str,
+        remote: &str,
+        extra: &[String],
+    ) -> Result<std::process::Command> {
         let Some((program, wrapper)) = self.program.split_first() else {
             return Err(Error::InvalidArgument("the ssh program is empty".into()));
         };
@@ -110,6 +123,7 @@ impl Ssh {
         cmd.args(wrapper)
             .args(["-o", "BatchMode=yes"])
             .args(&self.options)
+            .args(extra)
             .arg("--")
             .arg(host)
             .arg(remote);
@@ -180,7 +194,7 @@ impl Ssh {
         );
         let script = format!("sh -c {}", shell_word(&script));
         let out = self
-            .command(host, &script)?
+            .command_with(host, &script, &self.silence_limit())?
             .stdin(binary)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -193,6 +207,21 @@ impl Ssh {
             )));
         }
         Ok(())
+    }
+
+    /// The options that end an `ssh` whose host answers nothing for the probe timeout:
+    /// the connection's set-up is bounded by it, and once logged in, three keepalives a
+    /// third of it apart that go unanswered end the session.
+    fn silence_limit(&self) -> Vec<String> {
+        let secs = self.probe_timeout.as_secs().max(3);
+        vec![
+            "-o".into(),
+            format!("ConnectTimeout={secs}"),
+            "-o".into(),
+            format!("ServerAliveInterval={}", secs / 3),
+            "-o".into(),
+            "ServerAliveCountMax=3".into(),
+        ]
     }
 
     /// Where the executable is cached on `host` (the cache directory, the binary's
