@@ -56,6 +56,7 @@ fn main() {
         a_remote_initializer_outlasts_the_start_timeout,
         a_dropped_scale_launches_no_host_it_had_not_begun,
         shutdown_stops_a_scale_under_way,
+        a_scale_launches_its_hosts_together_and_keeps_those_that_started,
     ]);
 }
 
@@ -958,37 +959,40 @@ impl mp::launch::Launcher for Counted {
     }
 }
 
-/// A scale of 3 hosts dropped while its first launch runs launches no other host, as its
-/// docs say; the code before went on to launch all 3.
+/// How many launches a scale runs at once.
+const LAUNCHES_AT_ONCE: usize = 16;
+
+/// A scale of 20 hosts dropped while its first 16 launches run (a scale runs 16 at once)
+/// launches no other host, as its docs say; the code before went on to launch them all.
 async fn a_dropped_scale_launches_no_host_it_had_not_begun() -> TestResult {
     use std::sync::atomic::Ordering;
     let (counted, release) = Counted::new();
     let launches = counted.launches.clone();
     let cluster = Cluster::builder().launcher(counted).build().await?;
     {
-        let scale = cluster.scale(3);
+        let scale = cluster.scale(LAUNCHES_AT_ONCE + 4);
         tokio::pin!(scale);
         let began = tokio::select! {
             r = &mut scale => return Err(format!("the scale ended first: {r:?}").into()),
-            began = eventually(Duration::from_secs(20), || launches.load(Ordering::SeqCst) == 1) => began,
+            began = eventually(Duration::from_secs(20), || launches.load(Ordering::SeqCst) == LAUNCHES_AT_ONCE) => began,
         };
-        ensure!(began, "the launch never began");
+        ensure!(began, "the launches never began");
     }
-    for _ in 0..3 {
+    for _ in 0..LAUNCHES_AT_ONCE + 4 {
         let _ = release.send(());
     }
     // Scales take turns: this one runs once the dropped one has stopped launching.
     cluster.scale(0).await?;
     let n = launches.load(Ordering::SeqCst);
     ensure!(
-        n == 1,
-        "a dropped scale made {n} launches, where one had begun"
+        n == LAUNCHES_AT_ONCE,
+        "a dropped scale made {n} launches, where {LAUNCHES_AT_ONCE} had begun"
     );
     Ok(())
 }
 
-/// `shutdown` while a scale of 3 hosts runs its first launch: the scale launches no more
-/// and says why; the code before went on to launch the others.
+/// `shutdown` while a scale of 20 hosts runs its first 16 launches: the scale launches no
+/// more and says why; the code before went on to launch the others.
 async fn shutdown_stops_a_scale_under_way() -> TestResult {
     use std::sync::atomic::Ordering;
     let (counted, release) = Counted::new();
@@ -996,24 +1000,145 @@ async fn shutdown_stops_a_scale_under_way() -> TestResult {
     let cluster = Cluster::builder().launcher(counted).build().await?;
     let scaling = tokio::spawn({
         let cluster = cluster.clone();
-        async move { cluster.scale(3).await }
+        async move { cluster.scale(LAUNCHES_AT_ONCE + 4).await }
     });
     ensure!(
         eventually(Duration::from_secs(20), || launches.load(Ordering::SeqCst)
-            == 1)
+            == LAUNCHES_AT_ONCE)
         .await,
         "the launch never began"
     );
     cluster.clone().shutdown().await?;
-    for _ in 0..3 {
+    for _ in 0..LAUNCHES_AT_ONCE + 4 {
         let _ = release.send(());
     }
     let scaled = scaling.await?;
     let n = launches.load(Ordering::SeqCst);
-    ensure!(n == 1, "a scale went on after shutdown: {n} launches");
+    ensure!(
+        n == LAUNCHES_AT_ONCE,
+        "a scale went on after shutdown: {n} launches"
+    );
     ensure!(
         matches!(&scaled, Err(mp::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted),
         "the scale stopped by shutdown gave {scaled:?}"
+    );
+    Ok(())
+}
+
+/// What a [`Gathering`] launcher has seen and is told.
+#[derive(Debug, Default)]
+struct Gathered {
+    /// The hosts launched, in the order their launches began.
+    ids: Vec<usize>,
+    /// How many launches have begun since `together` was last set.
+    begun: usize,
+    /// How many launches each waits for before it goes on.
+    together: usize,
+    /// Hosts whose next launch fails.
+    refused: HashSet<usize>,
+}
+
+/// A launcher of the user's own whose launches wait for one another: each goes on once
+/// `together` of them have begun, or fails after 20 s alone; it then fails for a refused
+/// host (once), and starts the others' agents on this machine.
+#[derive(Debug, Clone)]
+struct Gathering(std::sync::Arc<(std::sync::Mutex<Gathered>, std::sync::Condvar)>);
+
+impl Gathering {
+    fn new(together: usize, refused: impl IntoIterator<Item = usize>) -> Gathering {
+        let gathered = Gathered {
+            together,
+            refused: refused.into_iter().collect(),
+            ..Gathered::default()
+        };
+        Gathering(std::sync::Arc::new((
+            std::sync::Mutex::new(gathered),
+            std::sync::Condvar::new(),
+        )))
+    }
+
+    fn gathered(&self) -> std::sync::MutexGuard<'_, Gathered> {
+        self.0.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl mp::launch::Launcher for Gathering {
+    fn hosts(&self) -> usize {
+        0
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, spec: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        let mut g = self.gathered();
+        g.ids.push(spec.id);
+        g.begun += 1;
+        self.0.1.notify_all();
+        let (mut g, waited) = self
+            .0
+            .1
+            .wait_timeout_while(g, Duration::from_secs(20), |g| g.begun < g.together)
+            .unwrap_or_else(|p| p.into_inner());
+        if waited.timed_out() {
+            return Err(mp::Error::InvalidArgument(format!(
+                "host {} launched alone: {} of {} launches began",
+                spec.id, g.begun, g.together
+            )));
+        }
+        if g.refused.remove(&spec.id) {
+            return Err(mp::Error::InvalidArgument(format!(
+                "host {} refused",
+                spec.id
+            )));
+        }
+        drop(g);
+        mp::launch::Command::new("{agent}").launch(spec)
+    }
+}
+
+/// A scale launches its hosts at once (each launch here waits until all have begun), tries
+/// every host when some fail, names each that failed, keeps those that started, and a
+/// later scale launches only the missing ones. The code before launched one host after
+/// another: its first launch, alone, failed the scale.
+async fn a_scale_launches_its_hosts_together_and_keeps_those_that_started() -> TestResult {
+    use mp::launch::Launcher;
+    let gathering = Gathering::new(3, [0, 2]);
+    ensure!(gathering.hosts() == 0, "the build would launch hosts");
+    let cluster = Cluster::builder()
+        .launcher(gathering.clone())
+        .build()
+        .await?;
+    let e = match cluster.scale(3).await {
+        Ok(()) => return Err("the scale with two refused hosts succeeded".into()),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        e.contains("host 0 refused") && e.contains("host 2 refused") && !e.contains("alone"),
+        "the scale's error does not name both refused hosts: {e}"
+    );
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    {
+        let mut g = gathering.gathered();
+        g.together = 2;
+        g.begun = 0;
+    }
+    cluster.scale(3).await?;
+    cluster.wait_for_hosts(3, Duration::from_secs(30)).await?;
+    let ids = gathering.gathered().ids.clone();
+    let (first, again) = ids.split_at(3.min(ids.len()));
+    let sorted = |ids: &[usize]| {
+        let mut v = ids.to_vec();
+        v.sort_unstable();
+        v
+    };
+    ensure!(
+        sorted(first) == [0, 1, 2] && sorted(again) == [0, 2],
+        "the launches were of hosts {ids:?}"
+    );
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    ensure!(
+        all_ready(&pool, 3).await,
+        "the pool's 3 workers were not all ready"
     );
     Ok(())
 }

@@ -135,6 +135,9 @@ impl Inner {
     }
 }
 
+/// The most launches a scale runs at once (see [`Cluster::scale`]).
+const LAUNCHES_AT_ONCE: usize = 16;
+
 /// How long what the engine told of the launched jobs is told again without asking.
 const JOB_STATES_FRESH: Duration = Duration::from_secs(2);
 
@@ -499,10 +502,14 @@ impl Cluster {
     /// pool built on the cluster counts the hosts launched so far, and
     /// [`shutdown`](Self::shutdown) ends those (one launched after it is ended with the
     /// cluster's last handle) and stops the scale: it launches no more hosts. Scales take
-    /// turns.
+    /// turns. The hosts are launched up to 16 at a time, so that a hundred ssh probes and
+    /// copies, or `sbatch` calls, take about as long as a few.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error; an
+    /// [`Error::InvalidArgument`] for a cluster without a launcher; the launcher's error,
+    /// or, when several launches failed, an [`Error::Start`] naming each host with its
+    /// error. The others are tried all the same; those that started stay launched, and a
+    /// later scale launches only the hosts still missing. An
     /// I/O error of kind [`Interrupted`](std::io::ErrorKind::Interrupted) when
     /// [`shutdown`](Self::shutdown) was called while it scaled.
     ///
@@ -570,34 +577,90 @@ impl Cluster {
     /// [`scale`](Self::scale) on the caller's thread, asked when [`shutdown`](Self::shutdown)
     /// had been called `epoch` times; it launches no more once `wanted` is cleared (its
     /// caller is gone) or a shutdown came since.
+    ///
+    /// The hosts missing (the numbers below `hosts` that no launched agent has) are launched
+    /// [`LAUNCHES_AT_ONCE`] at a time, each on a thread of its own: an ssh probe and copy,
+    /// or an `sbatch`, takes as long for a hundred hosts as for a few. A launch that fails
+    /// fails the scale, after the others have been tried, naming each host that failed;
+    /// those that started stay launched, and a later scale tries again only the ones
+    /// missing.
     fn scale_blocking(
         &self,
         hosts: usize,
         epoch: u64,
         wanted: &std::sync::atomic::AtomicBool,
     ) -> Result<()> {
-        use std::sync::atomic::Ordering;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let Some(launcher) = &self.inner.launcher else {
             return Err(Error::InvalidArgument(
                 "this cluster has no launcher to start hosts with".into(),
             ));
         };
         let _turn = self.inner.scaling.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let started = self.inner.launched().len();
-            if started >= hosts || !wanted.load(Ordering::Acquire) {
-                return Ok(());
+        let interrupted = || self.inner.shutdowns.load(Ordering::Acquire) != epoch;
+        let missing: Vec<usize> = {
+            let launched = self.inner.launched();
+            let have: std::collections::HashSet<usize> = launched.iter().map(|l| l.host).collect();
+            (0..hosts).filter(|id| !have.contains(id)).collect()
+        };
+        let next = AtomicUsize::new(0);
+        // Set once a shutdown has stopped a launch from beginning.
+        let stopped = AtomicBool::new(false);
+        let failed = Mutex::new(Vec::new());
+        let launch_next = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::AcqRel);
+                let Some(&id) = missing.get(i) else { return };
+                if interrupted() {
+                    stopped.store(true, Ordering::Release);
+                }
+                if !wanted.load(Ordering::Acquire) || stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let launched = self
+                    .spec(id, launcher.workers_per_host())
+                    .and_then(|spec| launcher.launch(&spec));
+                match launched {
+                    Ok(mut agent) => {
+                        agent.host = id;
+                        self.inner.launched().push(agent);
+                    }
+                    Err(e) => failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((id, e)),
+                }
             }
-            if self.inner.shutdowns.load(Ordering::Acquire) != epoch {
-                return Err(Error::from(std::io::Error::new(
-                    std::io::ErrorKind::Interrupted,
-                    "the cluster was shut down while it scaled: no more hosts are launched",
-                )));
+        };
+        std::thread::scope(|s| {
+            for _ in 1..missing.len().min(LAUNCHES_AT_ONCE) {
+                s.spawn(launch_next);
             }
-            let spec = self.spec(started, launcher.workers_per_host())?;
-            let agent = launcher.launch(&spec)?;
-            self.inner.launched().push(agent);
+            launch_next();
+        });
+        let mut failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
+        failed.sort_by_key(|(id, _)| *id);
+        if failed.len() == 1 {
+            return Err(failed.remove(0).1);
         }
+        if !failed.is_empty() {
+            let each: Vec<String> = failed
+                .iter()
+                .map(|(id, e)| format!("host {id}: {e}"))
+                .collect();
+            return Err(Error::Start {
+                name: format!("{} of {} host agents", failed.len(), missing.len()),
+                pid: 0,
+                message: each.join("; "),
+            });
+        }
+        if stopped.into_inner() {
+            return Err(Error::from(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the cluster was shut down while it scaled: no more hosts are launched",
+            )));
+        }
+        Ok(())
     }
 
     /// The number of hosts whose agent is connected.

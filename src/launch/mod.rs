@@ -115,6 +115,8 @@ pub struct Launched {
     cancel: Option<std::process::Command>,
     /// What the engine calls the job (`job 12`), and the command that prints how it stands.
     state: Option<(String, Vec<String>)>,
+    /// The host's number ([`AgentSpec::id`]), set by the cluster that launched it.
+    pub(crate) host: usize,
 }
 
 impl Launched {
@@ -125,6 +127,7 @@ impl Launched {
             ended: None,
             cancel: None,
             state: None,
+            host: 0,
         }
     }
 
@@ -136,6 +139,7 @@ impl Launched {
             ended: None,
             cancel: Some(cancel),
             state: None,
+            host: 0,
         }
     }
 
@@ -146,6 +150,7 @@ impl Launched {
             ended: None,
             cancel: None,
             state: None,
+            host: 0,
         }
     }
 
@@ -328,7 +333,9 @@ pub trait Launcher: Send + Sync + std::fmt::Debug + 'static {
     /// How many workers each host runs.
     fn workers_per_host(&self) -> usize;
 
-    /// Starts the agent of host `spec.id`.
+    /// Starts the agent of host `spec.id`. A cluster calls it for several hosts at once,
+    /// each on a thread of its own, and again for a host whose launch failed when it is
+    /// scaled again.
     ///
     /// # Errors
     /// The engine's error when the agent cannot be started (the command is missing, say).
