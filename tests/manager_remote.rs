@@ -46,6 +46,7 @@ fn main() {
         a_client_that_dies_releases_its_lock,
         a_partitioned_client_fails_its_waits_and_loses_its_lock,
         a_client_that_stops_reading_a_large_reply_releases_its_lock,
+        a_client_that_stops_reading_behind_many_replies_releases_its_lock,
         a_request_slower_to_arrive_than_the_heartbeat_deadline_is_served,
         a_reply_slower_to_arrive_than_the_heartbeat_deadline_is_taken,
         objects_let_go_with_a_lost_connection_are_named_so,
@@ -735,11 +736,13 @@ async fn a_client_that_dies_releases_its_lock() -> TestResult {
 }
 
 /// A client on a thread of its own that takes the lock named `lock`, asks for the value
-/// named `big`, and stops before the reply is in: its thread blocks (and its runtime with
-/// it) until `resume` says, or two minutes pass, so it neither reads nor sends a heartbeat,
-/// as a client hung or cut off by the network. `ready` says when it has stopped.
+/// named `big`, then `behind` times who holds the lock, and stops before the replies are
+/// in: its thread blocks (and its runtime with it) until `resume` says, or two minutes
+/// pass, so it neither reads nor sends a heartbeat, as a client hung or cut off by the
+/// network. `ready` says when it has stopped.
 fn stalled_client(
     addr: SocketAddr,
+    behind: usize,
     resume: std::sync::mpsc::Receiver<()>,
     ready: tokio::sync::oneshot::Sender<mp::Result<()>>,
 ) -> std::thread::JoinHandle<()> {
@@ -763,6 +766,14 @@ fn stalled_client(
             let mut get = Box::pin(big.get());
             // Polled once: the request is written, and nothing waits for the reply.
             let _ = futures::poll!(get.as_mut());
+            let mut asks: Vec<_> = (0..behind).map(|_| Box::pin(l.holder())).collect();
+            for ask in &mut asks {
+                let _ = futures::poll!(ask.as_mut());
+            }
+            // Calls in a crowd are written by the connection's writer task: its turn comes.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
             if let Some(ready) = ready.take() {
                 let _ = ready.send(Ok(()));
             }
@@ -776,6 +787,21 @@ fn stalled_client(
 }
 
 async fn a_client_that_stops_reading_a_large_reply_releases_its_lock() -> TestResult {
+    a_stopped_client_releases_its_lock(0).await
+}
+
+/// The same, the client having asked 3,000 more small questions behind the large reply:
+/// their replies wait for the large one, and the server's loop for the connection, with
+/// more replies than it hands its writer, waited for the writer, reading nothing and so
+/// never seeing the silence. The writer now fails a send the client takes nothing of for
+/// as long as a silent client is given.
+async fn a_client_that_stops_reading_behind_many_replies_releases_its_lock() -> TestResult {
+    a_stopped_client_releases_its_lock(3000).await
+}
+
+/// A client that stops after asking `behind` small questions behind a large reply
+/// ([`stalled_client`]) has its lock released, the next acquirer told.
+async fn a_stopped_client_releases_its_lock(behind: usize) -> TestResult {
     // A client that stops (hung, or cut off by the network) while the server writes it a
     // reply larger than the sockets hold: the server stops hearing its heartbeats and lets
     // its connection go, releasing its lock. (The server's loop for the connection waited
@@ -788,7 +814,7 @@ async fn a_client_that_stops_reading_a_large_reply_releases_its_lock() -> TestRe
     m.register("big", &big).await?;
     let (resume, stalled) = std::sync::mpsc::channel();
     let (ready, stopped) = tokio::sync::oneshot::channel();
-    let client = stalled_client(tcp(&m)?, stalled, ready);
+    let client = stalled_client(tcp(&m)?, behind, stalled, ready);
     stopped.await.map_err(|_| "the client's thread ended")??;
     ensure!(l.holder().await?.is_some(), "the client holds no lock");
     let r = tokio::time::timeout(Duration::from_secs(35), l.lock()).await;

@@ -965,10 +965,40 @@ async fn write_replies(
                 next = rx.try_recv().ok();
             }
         }
-        if link.send_batch(&mut batch).await.is_err() {
-            // The reader notices the broken socket too, and ends the connection.
+        if let Err(e) = send_while_read(&link, &mut batch).await {
+            tracing::debug!("a manager connection's replies cannot be written: {e}");
+            // The reader notices the broken socket too, and ends the connection; and a
+            // reader waiting to hand this writer a reply sees it gone.
             let _ = sys::shutdown_socket(link.as_fd(), true, true);
             return;
+        }
+    }
+}
+
+/// Sends `batch`, as long as the client reads: a send during which the socket takes
+/// nothing for as long as a silent client is given fails. A client that stopped (hung, or
+/// cut off by the network) behind many replies would otherwise hold this writer, and so
+/// the connection's loop once it has handed over [`REPLIES_IN_FLIGHT`] of them, for ever:
+/// the loop would not read, never see the silence, and the client's locks would stay held.
+///
+/// # Errors
+/// The send's error; [`Error::Timeout`] for a client that read nothing for the silence.
+async fn send_while_read(link: &Framed, batch: &mut [FrameBuf]) -> Result<()> {
+    let silence = HEARTBEAT * HEARTBEAT_MISSES;
+    let send = link.send_batch(batch);
+    tokio::pin!(send);
+    let (mut sent, mut since) = (link.sent_bytes(), tokio::time::Instant::now());
+    loop {
+        tokio::select! {
+            r = &mut send => return r,
+            () = tokio::time::sleep(HEARTBEAT) => {
+                let now = link.sent_bytes();
+                if now != sent {
+                    (sent, since) = (now, tokio::time::Instant::now());
+                } else if since.elapsed() >= silence {
+                    return Err(Error::Timeout);
+                }
+            }
         }
     }
 }

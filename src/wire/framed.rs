@@ -33,6 +33,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,8 @@ pub(crate) struct Framed {
     rest: Mutex<Vec<u8>>,
     /// When this end last sent or received a frame: whether a wait may spin first.
     recent: Recent,
+    /// The bytes the socket has taken so far: a peer that reads shows it by their growth.
+    sent: AtomicU64,
 }
 
 /// Bytes read and not yet taken as frames, and whether the socket reported end of stream.
@@ -118,6 +121,7 @@ impl Framed {
             send_turn: tokio::sync::Mutex::new(()),
             rest: Mutex::new(Vec::new()),
             recent: Recent::default(),
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -332,6 +336,12 @@ impl Framed {
         self.state().buf.pending()
     }
 
+    /// The bytes the socket has taken so far: a send that waits while this stays still
+    /// waits for a peer that reads nothing.
+    pub(crate) fn sent_bytes(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Whether a frame (its first bytes at least) or end of stream waits, checked without
     /// taking anything from the socket.
     pub(crate) fn has_input(&self) -> bool {
@@ -470,6 +480,7 @@ impl Framed {
             }
         };
         self.recent.mark();
+        self.sent.fetch_add(sent as u64, Ordering::Relaxed);
         if sent == head.len() {
             return Ok(Now::Sent);
         }
@@ -567,6 +578,7 @@ impl Framed {
                 Ok(n) => {
                     data = &data[n..];
                     fds = &[];
+                    self.sent.fetch_add(n as u64, Ordering::Relaxed);
                     turn.moved(n).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
