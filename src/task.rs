@@ -503,6 +503,27 @@ where
     }
 }
 
+/// Calls a pool task's entry, turning a panic anywhere in it into a [`Failure`]: in the
+/// target (as [`invoke_caught`] does), and also in decoding its arguments or encoding its
+/// result (a `Deserialize` or `Serialize` of the user's that panics), in the call or in its
+/// future. So such a panic fails its task alone, as the target's own does: the worker lives
+/// on, and an `async fn` task is answered rather than lost with its runtime's task.
+pub(crate) fn call_task(
+    entry: TaskEntry,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Invoked<Result<Encoded, Failure>> {
+    match catch_unwind(AssertUnwindSafe(|| entry(bytes, fds))) {
+        Ok(Invoked::Ready(r)) => Invoked::Ready(r),
+        Ok(Invoked::Pending(fut)) => Invoked::Pending(Box::pin(
+            AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(|r| r.unwrap_or_else(|p| Err(Failure::Panicked(caught(&*p))))),
+        )),
+        Err(p) => Invoked::Ready(Err(Failure::Panicked(caught(&*p)))),
+    }
+}
+
 /// A chunk's answer: the results of the items that succeeded, in order, and the index and
 /// failure of each item that failed (rarely any, so the common case costs nothing per item
 /// beyond its result).

@@ -425,6 +425,92 @@ async fn unencodable_result() -> TestResult {
     Ok(())
 }
 
+/// Panics when it is encoded: a result whose `Serialize` panics.
+#[derive(Debug, Deserialize)]
+struct PanicsEncoded;
+
+impl Serialize for PanicsEncoded {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        panic!("PanicsEncoded will not be encoded");
+    }
+}
+
+/// Panics when it is decoded: an argument whose `Deserialize` panics in the worker.
+#[derive(Debug, Serialize)]
+struct PanicsDecoded(u8);
+
+impl<'de> Deserialize<'de> for PanicsDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u8::deserialize(d)?;
+        panic!("PanicsDecoded will not be decoded");
+    }
+}
+
+fn make_panics_encoded(_x: u8) -> PanicsEncoded {
+    PanicsEncoded
+}
+
+async fn make_panics_encoded_async(_x: u8) -> PanicsEncoded {
+    tokio::task::yield_now().await;
+    PanicsEncoded
+}
+
+fn take_panics_decoded(_p: PanicsDecoded) -> u8 {
+    1
+}
+
+async fn take_panics_decoded_async(_p: PanicsDecoded) -> u8 {
+    1
+}
+
+// A result whose `Serialize` panics in the worker, or an argument whose `Deserialize` panics
+// there, fails that task alone with the panic's message, as a panic of the task does, for a
+// synchronous task, an `async fn` task and a map's chunk; the worker lives on. (The code
+// before caught only the call: a synchronous task's panic killed the worker, failing the
+// task as its worker lost, and an `async fn` task's was never answered.)
+async fn a_panic_crossing_a_value_fails_its_task_alone() -> TestResult {
+    let pool = Pool::builder().processes(1).concurrency(2).build().await?;
+    let worker = pool.apply(pid, ()).await?;
+    let encoded = "PanicsEncoded will not be encoded";
+    let decoded = "PanicsDecoded will not be decoded";
+    let r = pool.apply(make_panics_encoded, (1,));
+    panicked_with("a synchronous result", r, encoded).await?;
+    let r = pool.apply(make_panics_encoded_async, (1,));
+    panicked_with("an async result", r, encoded).await?;
+    let r = pool.map(make_panics_encoded, 0..4u8).chunksize(4).submit();
+    panicked_with("a chunk's results", r, encoded).await?;
+    let r = pool.apply(take_panics_decoded, (PanicsDecoded(1),));
+    panicked_with("a synchronous argument", r, decoded).await?;
+    let r = pool.apply(take_panics_decoded_async, (PanicsDecoded(1),));
+    panicked_with("an async argument", r, decoded).await?;
+    let after = tokio::time::timeout(Duration::from_secs(20), pool.map(sqr, 0..10)).await?;
+    ensure!(
+        after? == (0..10).map(sqr).collect::<Vec<_>>(),
+        "a map after"
+    );
+    ensure!(
+        pool.apply(pid, ()).await? == worker,
+        "the worker was replaced"
+    );
+    ensure!(pool.stats().workers_lost == 0, "{:?}", pool.stats());
+    Ok(())
+}
+
+/// Succeeds if `call` fails (within 20 s) as a panic whose message holds `says`.
+async fn panicked_with<T: std::fmt::Debug>(
+    case: &str,
+    call: impl std::future::Future<Output = Result<T, mp::TaskError>>,
+    says: &str,
+) -> TestResult {
+    let r = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .map_err(|_| format!("{case}: never answered"))?;
+    match r {
+        Err(e) if e.is_panic() && e.panic_message().is_some_and(|m| m.contains(says)) => Ok(()),
+        other => Err(format!("{case}: {other:?}").into()),
+    }
+}
+
 // _TestPool.test_map_unplicklable: an argument that cannot be encoded fails that call at
 // submission; a result the parent cannot decode fails that task, naming the type.
 async fn unencodable_argument_and_undecodable_result() -> TestResult {
@@ -986,6 +1072,7 @@ fn main() {
             large_arguments_and_results,
             large_values_cross_off_the_runtime_thread,
             unencodable_result,
+            a_panic_crossing_a_value_fails_its_task_alone,
             unencodable_argument_and_undecodable_result,
             closed_pool,
             a_stream_made_before_close_runs_every_input,

@@ -229,7 +229,7 @@ enum Done {
 fn run_sync(entry: TaskEntry, mut frame: Frame) -> (std::result::Result<Encoded, Failure>, u64) {
     let t = Instant::now();
     let fds: Vec<OwnedFd> = std::mem::take(&mut frame.fds);
-    let out = match entry(frame.body(), fds) {
+    let out = match crate::task::call_task(entry, frame.body(), fds) {
         Invoked::Ready(r) => r,
         Invoked::Pending(_) => Err(Failure::Args(Error::Protocol(
             "a task sent as synchronous returned a future".into(),
@@ -364,7 +364,7 @@ impl Worker {
             return Ok(None);
         }
         let fds = std::mem::take(&mut frame.fds);
-        let invoked = entry(frame.body(), fds);
+        let invoked = crate::task::call_task(entry, frame.body(), fds);
         drop(frame);
         self.async_running += 1;
         let done = self.done.clone();
