@@ -511,6 +511,56 @@ async fn panicked_with<T: std::fmt::Debug>(
     }
 }
 
+/// A large argument whose `Serialize` panics only after its first megabytes.
+#[derive(Serialize, Deserialize)]
+struct LargeThenPanics {
+    blob: Vec<u8>,
+    tail: PanicsEncoded,
+}
+
+fn take_large_then_panics(v: LargeThenPanics) -> usize {
+    v.blob.len()
+}
+
+/// Whether `r` failed as an argument of `LargeThenPanics` whose encoding panicked.
+fn failed_encoding_large_then_panics(r: &Result<usize, mp::TaskError>) -> bool {
+    match r.as_ref().err().and_then(|e| e.caller_error()) {
+        Some(Error::Encode { type_name, message }) => {
+            type_name.contains("LargeThenPanics")
+                && message.contains("PanicsEncoded will not be encoded")
+        }
+        _ => false,
+    }
+}
+
+// An argument over a MiB (encoded on a blocking thread) whose `Serialize` panics past its
+// first MiB fails its call with `Error::Encode` carrying the panic's message, and the pool
+// serves on; a `close()` right after submitting one ends. (The code before lost the task
+// on the blocking thread: the call failed as if the pool had closed, and a `join()` after
+// `close()` waited for it for ever.)
+async fn a_large_argument_whose_serialize_panics_fails_its_call_alone() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let bad = || LargeThenPanics {
+        blob: vec![1; 2 << 20],
+        tail: PanicsEncoded,
+    };
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        pool.apply(take_large_then_panics, (bad(),)),
+    )
+    .await?;
+    ensure!(failed_encoding_large_then_panics(&r), "{r:?}");
+    ensure!(pool.apply(sqr, (3,)).await? == 9, "the pool serves on");
+    let h = pool.apply_async(take_large_then_panics, (bad(),));
+    pool.close();
+    let joined = tokio::time::timeout(Duration::from_secs(20), pool.join()).await;
+    ensure!(joined.is_ok(), "join after close never ended");
+    joined??;
+    let r = tokio::time::timeout(Duration::from_secs(20), h).await?;
+    ensure!(failed_encoding_large_then_panics(&r), "{r:?}");
+    Ok(())
+}
+
 // _TestPool.test_map_unplicklable: an argument that cannot be encoded fails that call at
 // submission; a result the parent cannot decode fails that task, naming the type.
 async fn unencodable_argument_and_undecodable_result() -> TestResult {
@@ -1073,6 +1123,7 @@ fn main() {
             large_values_cross_off_the_runtime_thread,
             unencodable_result,
             a_panic_crossing_a_value_fails_its_task_alone,
+            a_large_argument_whose_serialize_panics_fails_its_call_alone,
             unencodable_argument_and_undecodable_result,
             closed_pool,
             a_stream_made_before_close_runs_every_input,

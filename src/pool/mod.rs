@@ -374,6 +374,11 @@ impl Pool {
     /// the handle is a future. An argument that cannot be encoded fails the handle at once
     /// and nothing is sent.
     ///
+    /// # Panics
+    /// If the arguments' `Serialize` panics while they are encoded in place (their first
+    /// MiB). Arguments larger than that are encoded on a blocking thread of the runtime:
+    /// a panic there fails the handle with [`Error::Encode`] carrying the panic's message.
+    ///
     /// # Examples
     ///
     /// ```

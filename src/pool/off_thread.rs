@@ -8,6 +8,7 @@
 //! submitted ([`Cmd::Expect`]), so a `close()` right after it still waits for it. A result
 //! larger than [`OFF_THREAD_MIN`] is decoded on a blocking thread when its handle is awaited.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use tokio::sync::oneshot;
 use super::payload::Payload;
 use super::scheduler::{Cmd, Outcome};
 use super::{AsyncResult, Entry, Shared, checked_job};
-use crate::error::TaskError;
+use crate::error::{Error, TaskError};
+use crate::task::panic_message;
 use crate::wire::Encoded;
 
 /// Encodings larger than this are made and read on a blocking thread. Below it, copying
@@ -60,7 +62,16 @@ impl Shared {
             self.remote,
         );
         runtime.spawn_blocking(move || {
-            let payload = Encoded::large(&args).map(Payload::from);
+            // A `Serialize` that panics here fails the call as one that errs, and the task
+            // is still accounted for: a close waits for the expected task until it arrives.
+            let payload = std::panic::catch_unwind(AssertUnwindSafe(|| Encoded::large(&args)))
+                .unwrap_or_else(|p| {
+                    Err(Error::Encode {
+                        type_name: std::any::type_name::<A>(),
+                        message: format!("its Serialize panicked: {}", panic_message(&*p)),
+                    })
+                })
+                .map(Payload::from);
             let job = match checked_job(id, entry, payload, timeout, tx, remote) {
                 Ok(job) => Some(job),
                 Err((tx, e)) => {
