@@ -1184,6 +1184,162 @@ async fn imap_handle_iterable_panic() -> TestResult {
     Ok(())
 }
 
+/// Python's `int` of a string: panics on one that is not a number, as `int('a')` raises.
+fn int_of(s: String) -> i64 {
+    match s.parse() {
+        Ok(n) => n,
+        Err(e) => panic!("invalid literal for int(): {s:?} ({e})"),
+    }
+}
+
+/// `_TestPool.test_map_async_callbacks`: Python's `callback` and `error_callback` are a
+/// future's continuation here (`FutureExt::then`): a map that succeeds hands its results to
+/// it, one that fails its error, and each runs once.
+async fn map_async_callbacks() -> TestResult {
+    use futures::FutureExt;
+    let pool = Pool::new(2).await?;
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = |calls: std::sync::Arc<std::sync::Mutex<Vec<_>>>| {
+        move |r: Result<Vec<i64>, mp::TaskError>| async move {
+            calls.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        }
+    };
+    pool.map_async(int_of, vec!["1".to_string()])
+        .then(record(calls.clone()))
+        .await;
+    pool.map_async(int_of, vec!["a".to_string()])
+        .then(record(calls.clone()))
+        .await;
+    let calls = std::mem::take(&mut *calls.lock().map_err(|e| e.to_string())?);
+    ensure!(calls.len() == 2, "{} calls", calls.len());
+    ensure!(
+        matches!(&calls[0], Ok(v) if v == &[1]),
+        "the callback got {:?}",
+        calls[0]
+    );
+    match &calls[1] {
+        Err(e) => ensure!(
+            e.is_panic()
+                && e.input_index() == Some(0)
+                && e.panic_message()
+                    .is_some_and(|m| m.contains("invalid literal")),
+            "the error callback got {e:?}"
+        ),
+        Ok(v) => return Err(format!("the failing map gave {v:?}").into()),
+    }
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
+/// `_TestPool.test_imap` and `test_imap_unordered`: a thousand inputs, one at a time and in
+/// chunks of 100 (`imap`) or 53 (`imap_unordered`); `imap` yields each in order, then ends,
+/// and stays ended when polled again (Python's repeated `StopIteration`).
+async fn imap_a_thousand() -> TestResult {
+    let pool = Pool::new(4).await?;
+    let squares: Vec<i64> = (0..1000).map(sqr).collect();
+    for chunksize in [None, Some(100)] {
+        let it = pool.imap(sqr, 0..1000);
+        let mut it = match chunksize {
+            Some(n) => it.chunksize(n),
+            None => it,
+        };
+        for (i, want) in squares.iter().enumerate() {
+            let got = it.next().await;
+            ensure!(
+                matches!(got, Some(Ok(v)) if v == *want),
+                "chunksize {chunksize:?}: item {i} was {got:?}"
+            );
+        }
+        ensure!(it.next().await.is_none(), "imap did not end");
+        ensure!(it.next().await.is_none(), "imap did not stay ended");
+    }
+    for chunksize in [None, Some(53)] {
+        let it = pool.imap_unordered(sqr, 0..1000);
+        let it = match chunksize {
+            Some(n) => it.chunksize(n),
+            None => it,
+        };
+        let mut got = it
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        got.sort_unstable();
+        ensure!(got == squares, "imap_unordered, chunksize {chunksize:?}");
+    }
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
+/// The live [`Counted`] values of this process.
+static COUNTED: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+/// CPython's `CountedObject`: counts its live instances (made, decoded, or dropped).
+#[derive(Debug, serde::Serialize)]
+struct Counted(u32);
+
+impl Counted {
+    fn new(n: u32) -> Counted {
+        COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(n)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(Counted::new)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        COUNTED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn identity(c: Counted) -> Counted {
+    c
+}
+
+/// `_TestPool.test_release_task_refs` (issue #29861): a map's arguments and results are not
+/// kept once the caller is done with them: once the results are dropped, no `Counted` is
+/// alive in this process, through `map`, `imap` and `apply_async` alike.
+async fn release_task_refs() -> TestResult {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pool = Pool::new(2).await?;
+    let objs: Vec<Counted> = (0..10).map(Counted::new).collect();
+    let back = pool.map(identity, objs).await?;
+    ensure!(back.iter().map(|c| c.0).eq(0..10), "map gave back {back:?}");
+    drop(back);
+    ensure!(
+        COUNTED.load(SeqCst) == 0,
+        "after map: {}",
+        COUNTED.load(SeqCst)
+    );
+    let back: Vec<_> = pool
+        .imap(identity, (0..10).map(Counted::new).collect::<Vec<_>>())
+        .collect()
+        .await;
+    ensure!(back.len() == 10, "imap gave {} items", back.len());
+    drop(back);
+    ensure!(
+        COUNTED.load(SeqCst) == 0,
+        "after imap: {}",
+        COUNTED.load(SeqCst)
+    );
+    let one = pool.apply(identity, (Counted::new(7),)).await?;
+    ensure!(one.0 == 7, "apply gave back {one:?}");
+    drop(one);
+    ensure!(
+        COUNTED.load(SeqCst) == 0,
+        "after apply: {}",
+        COUNTED.load(SeqCst)
+    );
+    Ok(())
+}
+
 // ================================================================ _TestQueue (more)
 
 /// `_TestQueue._test_put`: waits for the go, then takes six items.
@@ -2871,6 +3027,9 @@ fn main() {
         starmap_chunksize,
         map_handle_iterable_panic,
         imap_handle_iterable_panic,
+        map_async_callbacks,
+        imap_a_thousand,
+        release_task_refs,
         queue_put,
         queue_get,
         queue_used_before_the_child,
