@@ -753,6 +753,65 @@ async fn drop_terminates_workers() -> TestResult {
     Ok(())
 }
 
+/// On a runtime of its own (current-thread or multi-thread, on a thread of its own): a
+/// Pool(1) whose worker runs a task of 60 s, then the pool's last handle dropped (or kept,
+/// and handed back, if `keep`) and the runtime dropped at once. The worker's pid, and the
+/// pool if kept.
+fn pool_busy_when_its_runtime_ends(multi: bool, keep: bool) -> Result<(u32, Option<Pool>), String> {
+    let path = tmp_path("runtime-ends");
+    std::thread::spawn(move || {
+        let rt = match multi {
+            true => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+            false => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        }
+        .map_err(|e| e.to_string())?;
+        let out = rt.block_on(async {
+            let pool = Pool::new(1).await.map_err(|e| e.to_string())?;
+            let _busy = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+            let pid = read_pid(&path).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((pid, keep.then_some(pool)))
+        });
+        drop(rt);
+        out
+    })
+    .join()
+    .map_err(|_| "the runtime's thread panicked".to_string())?
+}
+
+// A pool whose runtime ends while its worker runs a long task kills that worker, whether
+// its last handle was dropped just before (the terminate it sent is never read) or is kept
+// (its calls then fail as closed): the worker does not live on until its task ends. (The
+// code before left it running its 60 s task.)
+async fn a_pool_whose_runtime_ends_kills_its_busy_workers() -> TestResult {
+    for multi in [false, true] {
+        for keep in [false, true] {
+            let case = format!("multi-thread {multi}, handle kept {keep}");
+            let (worker, pool) = pool_busy_when_its_runtime_ends(multi, keep)?;
+            let gone = eventually(Duration::from_secs(10), || {
+                support::is_zombie_or_gone(worker)
+            })
+            .await;
+            if !gone {
+                let _ = kill9(worker);
+            }
+            ensure!(gone, "{case}: worker {worker} still runs its task");
+            if let Some(pool) = pool {
+                let r = pool.apply(sqr, (2,)).await;
+                ensure!(
+                    r.as_ref().is_err_and(|e| e.is_pool_closed()),
+                    "{case}: {r:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 // A clone shares the pool: dropping the original leaves the clone serving (a task moved into
 // another tokio task included); dropping the last handle terminates the workers.
 async fn clones_share_the_pool_and_the_last_drop_terminates() -> TestResult {
@@ -1103,6 +1162,7 @@ fn main() {
         &args,
         trials![
             clones_share_the_pool_and_the_last_drop_terminates,
+            a_pool_whose_runtime_ends_kills_its_busy_workers,
             imap_chooses_its_chunk_size_unless_told,
             cancel_if_queued_never_kills_a_worker,
             a_task_cancelled_behind_a_running_one_never_runs,

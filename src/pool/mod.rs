@@ -213,6 +213,11 @@ fn checked_job(
 /// `with Pool() as p:`): its workers are killed and reaped, tasks still pending fail ([`TaskError::is_pool_closed`]). To let queued tasks
 /// finish, [`close`](Self::close) and [`join`](Self::join) it first.
 ///
+/// The pool's task runs on the runtime that built it, which must be driven for the pool to
+/// serve. When that runtime ends (a `#[tokio::test]`'s, or one made for a few calls), the
+/// pool ends with it, as terminated: its workers are killed, even one amid a long task, and
+/// its calls fail ([`TaskError::is_pool_closed`]).
+///
 /// # How workers run tasks
 ///
 /// A pool's task (spawned on the runtime that built it) sends each task to the least loaded

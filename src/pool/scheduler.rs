@@ -1076,6 +1076,18 @@ impl Scheduler {
     }
 }
 
+/// A scheduler dropped before its end (its runtime shut down, which drops its task) kills
+/// the workers it still holds: nothing serves them any more, and one running a long task
+/// would otherwise live on until that task ends, though its pool was dropped (or is of no
+/// use without its runtime). At its end it holds none.
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        for slot in self.workers.values_mut() {
+            slot.kill();
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
