@@ -561,6 +561,50 @@ async fn a_large_argument_whose_serialize_panics_fails_its_call_alone() -> TestR
     Ok(())
 }
 
+/// A large result whose `Deserialize` panics only after its first megabytes.
+#[derive(Serialize, Deserialize)]
+struct LargeThenPanicsDecoded {
+    blob: Vec<u8>,
+    tail: PanicsDecoded,
+}
+
+fn make_large_then_panics_decoded() -> LargeThenPanicsDecoded {
+    LargeThenPanicsDecoded {
+        blob: vec![1; 2 << 20],
+        tail: PanicsDecoded(1),
+    }
+}
+
+// A result over a MiB (decoded on a blocking thread) whose `Deserialize` panics: the panic
+// reaches the caller that awaits it, as one of a small result's (decoded in place) does.
+// (The code before turned it into a protocol error, as if the worker had sent garbage.)
+async fn a_large_result_whose_deserialize_panics_panics_its_caller() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let p = pool.clone();
+    let call = tokio::spawn(async move {
+        p.apply(make_large_then_panics_decoded, ())
+            .await
+            .map(|v| v.blob.len())
+    });
+    match tokio::time::timeout(Duration::from_secs(20), call).await? {
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            ensure!(
+                message.contains("PanicsDecoded will not be decoded"),
+                "the caller's panic says {message:?}"
+            );
+        }
+        other => return Err(format!("the call gave {other:?}").into()),
+    }
+    ensure!(pool.apply(sqr, (3,)).await? == 9, "the pool serves on");
+    Ok(())
+}
+
 // _TestPool.test_map_unplicklable: an argument that cannot be encoded fails that call at
 // submission; a result the parent cannot decode fails that task, naming the type.
 async fn unencodable_argument_and_undecodable_result() -> TestResult {
@@ -1184,6 +1228,7 @@ fn main() {
             unencodable_result,
             a_panic_crossing_a_value_fails_its_task_alone,
             a_large_argument_whose_serialize_panics_fails_its_call_alone,
+            a_large_result_whose_deserialize_panics_panics_its_caller,
             unencodable_argument_and_undecodable_result,
             closed_pool,
             a_stream_made_before_close_runs_every_input,

@@ -41,6 +41,11 @@ enum State<R> {
 /// after it handed out its result gives one whose
 /// [`caller_error`](TaskError::caller_error) is [`Error::InvalidArgument`].
 ///
+/// # Panics
+/// With the panic of the result's `Deserialize`, if it panics: the result is decoded for the
+/// caller (a large one on a blocking thread), and its panic reaches the caller that awaits
+/// it (or calls [`wait`](Self::wait), [`ready`](Self::ready)), as decoding it there would.
+///
 /// # Cancel safety
 /// Dropping an `AsyncResult` (or losing a `select!` race with it) does not cancel the task:
 /// like a detached tokio task, it runs to its end in its worker and its result is
@@ -293,6 +298,12 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
             let decoded = match Pin::new(h).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(r)) => r,
+                // The result's `Deserialize` panicked: the panic is the caller's, as when a
+                // small result is decoded in place.
+                Poll::Ready(Err(e)) if e.is_panic() => {
+                    this.state = State::Taken(false);
+                    std::panic::resume_unwind(e.into_panic())
+                }
                 Poll::Ready(Err(e)) => Err(TaskError::local(Error::Protocol(format!(
                     "decoding the result failed: {e}"
                 )))),
