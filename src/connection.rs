@@ -271,8 +271,13 @@ impl<T> Connection<T> {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// Not cancel safe: a large message dropped midway leaves part of a frame on the socket,
-    /// after which the stream is unusable. Send from a task that is not cancelled.
+    /// The connection stays usable, but a dropped send may still deliver its message.
+    /// Dropped (in a `select!`, a timeout) before the socket took any of the message, it
+    /// sent nothing; dropped once the socket took part of it (a large message to a peer that
+    /// is slow to read), the rest stays in this end, and the next send from this process
+    /// writes it before its own message: the peer receives the whole message then, never a
+    /// mix of two. Until then the peer's `recv` waits for the rest; if this end is dropped
+    /// first, the peer's `recv` fails with [`Error::Protocol`].
     pub async fn send_bytes(&self, data: &[u8]) -> Result<()> {
         let mut frame = FrameBuf::raw(data);
         frame.check_size()?;
@@ -397,8 +402,13 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// Not cancel safe: a large message dropped midway leaves part of a frame on the socket,
-    /// after which the stream is unusable. Send from a task that is not cancelled.
+    /// The connection stays usable, but a dropped send may still deliver its message.
+    /// Dropped (in a `select!`, a timeout) before the socket took any of the message, it
+    /// sent nothing; dropped once the socket took part of it (a large message to a peer that
+    /// is slow to read), the rest stays in this end, and the next send from this process
+    /// writes it before its own message: the peer receives the whole message then, never a
+    /// mix of two. Until then the peer's `recv` waits for the rest; if this end is dropped
+    /// first, the peer's `recv` fails with [`Error::Protocol`].
     pub async fn send(&self, value: &T) -> Result<()> {
         let mut frame = FrameBuf::of(value)?;
         frame.check_size()?;

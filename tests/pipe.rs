@@ -303,6 +303,36 @@ async fn garbage_is_a_decode_error() -> TestResult {
     Ok(())
 }
 
+/// A send dropped midway (a timeout around the send of a message larger than the socket
+/// holds, to a peer that is not reading yet) leaves the stream whole: the next send writes
+/// the rest of that message before its own, and the peer receives both, each whole.
+async fn a_send_dropped_midway_leaves_the_stream_whole() -> TestResult {
+    const LEN: usize = 16 << 20;
+    let (a, b) = mp::Pipe::<Vec<u8>>::new()?;
+    let big: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    // A zero timeout polls the send once: it writes what the socket takes, then is dropped.
+    ensure!(
+        tokio::time::timeout(Duration::ZERO, a.send(&big))
+            .await
+            .is_err(),
+        "a 16 MiB send went through a socket no one reads"
+    );
+    let receiving = async {
+        let first = b.recv_timeout(Duration::from_secs(20)).await;
+        let second = b.recv_timeout(Duration::from_secs(20)).await;
+        (first, second)
+    };
+    let small = vec![1, 2, 3];
+    let (sent, (first, second)) = tokio::join!(a.send(&small), receiving);
+    sent?;
+    match first {
+        Ok(v) => ensure!(v == big, "the dropped send's message came altered"),
+        Err(e) => return Err(format!("the first message: {e}").into()),
+    }
+    ensure!(second? == small, "the next message");
+    Ok(())
+}
+
 /// `_TestConnection.test_large_fd_transfer`-style: a 16 MiB message crosses whole.
 async fn large_message() -> TestResult {
     const LEN: u64 = 16 << 20;
@@ -608,6 +638,10 @@ fn main() {
         ),
         test("garbage_is_a_decode_error", garbage_is_a_decode_error),
         test("large_message", large_message),
+        test(
+            "a_send_dropped_midway_leaves_the_stream_whole",
+            a_send_dropped_midway_leaves_the_stream_whole,
+        ),
         test("pipe_end_through_a_pipe", pipe_end_through_a_pipe),
         test(
             "wait_on_connections_queues_and_sentinels",

@@ -29,7 +29,9 @@
 //! # Sharing between tasks
 //!
 //! Every method takes `&self`. Each frame is taken by one receiver; senders take turns, so
-//! frames from two tasks never interleave.
+//! frames from two tasks never interleave. A send dropped midway (a `select!`, a timeout)
+//! leaves the part of its frame the socket has not taken for the next send to write first,
+//! so that a frame is never followed by another's bytes before its end.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -88,9 +90,9 @@ pub(crate) struct Framed {
     io: Mutex<Option<(tokio::runtime::Id, Arc<Registration>)>>,
     recv: Mutex<RecvState>,
     send_turn: tokio::sync::Mutex<()>,
-    /// The bytes of a frame that [`try_send_now`](Self::try_send_now) began and the socket
-    /// did not take whole: the next holder of the send turn writes them before anything
-    /// else.
+    /// The bytes of a frame that the socket did not take whole, begun by
+    /// [`try_send_now`](Self::try_send_now) or by a send dropped midway: the next holder of
+    /// the send turn writes them before anything else.
     rest: Mutex<Vec<u8>>,
     /// When this end last sent or received a frame: whether a wait may spin first.
     recent: Recent,
@@ -434,9 +436,10 @@ impl Framed {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// Not cancel safe: a send dropped midway leaves part of a frame on the socket, after
-    /// which the stream is unusable. Callers that may be cancelled send from a task of their
-    /// own.
+    /// The stream stays whole, but the frame's fate is the peer's to see: dropped before the
+    /// socket took any of it, nothing was sent; dropped midway, the part the socket has not
+    /// taken stays here and the next send (or [`finish`](Self::finish)) writes it first, so
+    /// the frame arrives whole once another send follows.
     pub(crate) async fn send(&self, frame: &mut FrameBuf) -> Result<()> {
         self.check_fds(frame)?;
         frame.seal()?;
@@ -494,7 +497,8 @@ impl Framed {
     /// As [`send`](Self::send).
     ///
     /// # Cancel safety
-    /// Not cancel safe, like [`send`](Self::send).
+    /// As [`send`](Self::send): dropped midway, what it did not write stays for the next
+    /// send.
     pub(crate) async fn finish(&self) -> Result<()> {
         let io = self.io()?;
         let _turn = self.send_turn.lock().await;
@@ -505,7 +509,7 @@ impl Framed {
     /// turn is held.
     async fn write_rest(&self, io: &Registration) -> Result<()> {
         let rest = std::mem::take(&mut *self.rest.lock().unwrap_or_else(|p| p.into_inner()));
-        self.write_all(io, &rest, &[]).await
+        self.write_all(io, [&rest, &[]], &[], true).await
     }
 
     /// Sends several frames in order, frames without descriptors written together in as few
@@ -518,7 +522,9 @@ impl Framed {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// Not cancel safe, like [`send`](Self::send).
+    /// As [`send`](Self::send): dropped midway, the frames before the one under way were
+    /// sent, the one under way goes out whole with the next send, and the others were not
+    /// sent.
     pub(crate) async fn send_batch(&self, frames: &mut [FrameBuf]) -> Result<()> {
         for f in frames.iter_mut() {
             self.check_fds(f)?;
@@ -532,7 +538,7 @@ impl Framed {
             // A frame with descriptors goes alone, and so does a large one (copying it into
             // the joined bytes would cost more than a system call saves).
             if f.fd_count() > 0 || f.parts()[0].len() >= JOIN_MAX {
-                self.write_all(&io, &joined, &[]).await?;
+                self.write_all(&io, [&joined, &[]], &[], false).await?;
                 joined.clear();
                 self.write_frame(&io, f).await?;
                 continue;
@@ -544,12 +550,13 @@ impl Framed {
             }
             let tail = f.parts()[1];
             if !tail.is_empty() {
-                self.write_all(&io, &joined, &[]).await?;
+                // One write for the frame's head and tail, so that a drop between them
+                // keeps the tail (see `write_all`).
+                self.write_all(&io, [&joined, tail], &[], false).await?;
                 joined.clear();
-                self.write_all(&io, tail, &[]).await?;
             }
         }
-        self.write_all(&io, &joined, &[]).await?;
+        self.write_all(&io, [&joined, &[]], &[], false).await?;
         self.recent.mark();
         Ok(())
     }
@@ -558,14 +565,26 @@ impl Framed {
     async fn write_frame(&self, io: &Registration, frame: &FrameBuf) -> Result<()> {
         let raw = frame.raw_fds();
         let [head, tail] = frame.parts();
-        self.write_all(io, head, &raw).await?;
-        self.write_all(io, tail, &[]).await
+        self.write_all(io, [head, tail], &raw, false).await
     }
 
-    /// Writes all of `data`, with `fds` on its first byte.
-    async fn write_all(&self, io: &Registration, mut data: &[u8], mut fds: &[RawFd]) -> Result<()> {
+    /// Writes all of `parts`, one after the other, with `fds` on the first byte; `begun` if
+    /// the socket has part of their frame already (the rest of a frame).
+    ///
+    /// A write dropped once the socket has part of the frame (a `select!`, a timeout) keeps
+    /// what it did not write as the frame's rest, which the next holder of the send turn
+    /// writes before anything else: the peer never reads another frame's bytes as this
+    /// one's, and the stream stays whole.
+    async fn write_all(
+        &self,
+        io: &Registration,
+        parts: [&[u8]; 2],
+        mut fds: &[RawFd],
+        begun: bool,
+    ) -> Result<()> {
+        let mut unsent = Unsent::new(&self.rest, parts, begun);
         let mut turn = Turn::default();
-        while !data.is_empty() {
+        while let Some(data) = unsent.next() {
             let r = io
                 .async_io(Interest::WRITABLE, |fd| {
                     // At most a turn's bytes per call: a socket with a large buffer would
@@ -576,13 +595,17 @@ impl Framed {
                 .await;
             match r {
                 Ok(n) => {
-                    data = &data[n..];
+                    unsent.written(n);
                     fds = &[];
                     self.sent.fetch_add(n as u64, Ordering::Relaxed);
                     turn.moved(n).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // The socket is broken: nothing more goes through it.
+                    unsent.forget();
+                    return Err(e.into());
+                }
             }
         }
         Ok(())
@@ -646,6 +669,53 @@ const JOIN_MAX: usize = 64 * 1024;
 /// run: a 64 MiB frame over a socket its peer drains as fast as it fills would otherwise
 /// hold a current-thread runtime for the whole copy.
 const TURN_BYTES: usize = 1 << 20;
+
+/// The bytes of a write under way that the socket has not taken yet: dropped while the
+/// socket has part of their frame, they become the frame's rest (see [`Framed::write_all`]).
+struct Unsent<'a> {
+    rest: &'a Mutex<Vec<u8>>,
+    /// What is left to write, the first part empty only once both are.
+    parts: [&'a [u8]; 2],
+    /// Whether the socket has part of the frame.
+    begun: bool,
+}
+
+impl<'a> Unsent<'a> {
+    fn new(rest: &'a Mutex<Vec<u8>>, parts: [&'a [u8]; 2], begun: bool) -> Unsent<'a> {
+        let mut unsent = Unsent { rest, parts, begun };
+        unsent.written(0);
+        unsent
+    }
+
+    /// The bytes to write next, if any are left.
+    fn next(&self) -> Option<&'a [u8]> {
+        Some(self.parts[0]).filter(|p| !p.is_empty())
+    }
+
+    /// The socket took `n` bytes of [`next`](Self::next).
+    fn written(&mut self, n: usize) {
+        self.parts[0] = &self.parts[0][n..];
+        if self.parts[0].is_empty() {
+            self.parts = [self.parts[1], &[]];
+        }
+        self.begun |= n > 0;
+    }
+
+    /// Keeps nothing when dropped.
+    fn forget(&mut self) {
+        self.begun = false;
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if self.begun && self.next().is_some() {
+            let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+            rest.extend_from_slice(self.parts[0]);
+            rest.extend_from_slice(self.parts[1]);
+        }
+    }
+}
 
 /// Counts the bytes a loop moved, and yields to the runtime every [`TURN_BYTES`].
 #[derive(Default)]
