@@ -30,26 +30,27 @@
 //! until an exchange ends, or until the oldest whose client has not proved the key has taken
 //! a second, which is then closed to make room. An honest client proves it in about a
 //! millisecond, so a burst of any size gets through whole, and silent sockets neither lock
-//! newcomers out nor pile up descriptors. The exchanges are kept in the listener between
-//! calls to `accept`, and go on whenever some `accept` is awaited.
+//! newcomers out nor pile up descriptors. Each exchange runs as a task of the runtime whose
+//! `accept` took its connection, so it goes on between calls to `accept`: a program that
+//! serves one connection at a time, as Python's examples do, finds the clients taken
+//! meanwhile through their exchange at its next `accept`, rather than failed by its own
+//! silence. Connections are taken off the kernel's backlog only in `accept`, though: a
+//! client whose connection waits there for longer than [`AUTH_TIMEOUT`] fails.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::Sha256;
+use tokio::task::JoinSet;
 
 use crate::address::{Address, ToAddress};
 use crate::connection::Connection;
@@ -110,15 +111,13 @@ pub struct Listener {
     own_dir: Option<PathBuf>,
     /// The peer address of the connection `accept` returned last.
     last_accepted: Mutex<Option<Address>>,
-    /// Connections taken from the socket whose exchange has not ended yet.
-    handshakes: tokio::sync::Mutex<FuturesUnordered<Handshake>>,
+    /// The exchanges of the connections taken from the socket and not yet returned by
+    /// `accept`, each a task of its own, so that it goes on while no `accept` is awaited;
+    /// dropped with the listener, which aborts them.
+    handshakes: tokio::sync::Mutex<JoinSet<Option<Result<Accepted>>>>,
     /// Bounds `handshakes` (see [`HandshakeGate`]).
     gate: HandshakeGate,
 }
-
-/// A connection's authentication exchange: its socket once the peer has passed; `None` if a
-/// newer connection took its place.
-type Handshake = Pin<Box<dyn Future<Output = Option<Result<Accepted>>> + Send>>;
 
 /// A connection through its exchange, and where it came from.
 struct Accepted {
@@ -287,7 +286,7 @@ impl Listener {
             authkey: authkey.map(Arc::from),
             own_dir: None,
             last_accepted: Mutex::new(None),
-            handshakes: tokio::sync::Mutex::new(FuturesUnordered::new()),
+            handshakes: tokio::sync::Mutex::new(JoinSet::new()),
             gate: HandshakeGate::new(MAX_HANDSHAKES),
         })
     }
@@ -313,7 +312,8 @@ impl Listener {
     ///
     /// Every connection waiting is taken from the socket and its exchange started; the first
     /// whose exchange ends is returned, so a slow or silent client holds up no other. The
-    /// others go on with their exchanges at the next call. With [`MAX_HANDSHAKES`] exchanges
+    /// others go on with their exchanges meanwhile (each is a task of this runtime), and wait
+    /// in the listener for the next call. With [`MAX_HANDSHAKES`] exchanges
     /// under way, the next connection is taken once one ends, or once the oldest whose client
     /// has not proved the key has taken a second (it is closed). Calls from several tasks take
     /// turns.
@@ -334,10 +334,15 @@ impl Listener {
         let link = std::future::poll_fn(|cx| {
             loop {
                 if !pending.is_empty() {
-                    match pending.poll_next_unpin(cx) {
-                        Poll::Ready(Some(Some(done))) => return Poll::Ready(done),
-                        Poll::Ready(Some(None)) => {
+                    match pending.poll_join_next(cx) {
+                        Poll::Ready(Some(Ok(Some(done)))) => return Poll::Ready(done),
+                        Poll::Ready(Some(Ok(None))) => {
                             tracing::debug!("a listener closed a connection still in its exchange");
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            // Its runtime was shut down: the connection went with it.
+                            tracing::debug!("a listener's exchange ended: {e}");
                             continue;
                         }
                         _ => {}
@@ -349,13 +354,13 @@ impl Listener {
                 match self.poll_take(cx) {
                     Poll::Ready(Ok((fd, transport, peer))) => {
                         let key = self.authkey.clone();
-                        pending.push(Box::pin(self.gate.admit(move |vouch| async move {
+                        pending.spawn(self.gate.admit(move |vouch| async move {
                             let link = Framed::new(fd, transport)?;
                             if let Some(key) = key {
                                 authenticate_peer(&link, &key, AUTH_TIMEOUT, vouch).await?;
                             }
                             Ok(Accepted { link, peer })
-                        })));
+                        }));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
@@ -421,8 +426,11 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Authentication`] if the keys differ, the listener sends garbage, or the
-    /// exchange takes longer than [`AUTH_TIMEOUT`]; an I/O error if nothing listens there,
-    /// whose message names the address.
+    /// exchange takes longer than [`AUTH_TIMEOUT`] (which counts the time the connection
+    /// waits in the listener's backlog: a listener that is in no `accept` for that long, busy
+    /// with an earlier client, fails it too; accept in a loop and serve each connection in a
+    /// task of its own); an I/O error if nothing listens there, whose message names the
+    /// address.
     ///
     /// # Panics
     /// Outside a tokio runtime.

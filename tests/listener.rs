@@ -898,6 +898,45 @@ async fn answering_clients_beyond_max_handshakes_are_not_closed() -> TestResult 
     Ok(())
 }
 
+/// A server that serves one connection at a time, as Python's examples do: two clients
+/// connect at once, the first `accept` takes both and returns one, and while the server
+/// serves that one (no `accept` awaited) the other's exchange goes on to its end; the next
+/// `accept` returns it, and both connections carry a message.
+async fn exchanges_go_on_while_the_server_serves_another() -> TestResult {
+    let path = socket_path("one-at-a-time");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    // Both connections wait in the backlog before the first accept.
+    let mut exchanges = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::UnixStream::connect(&path).await?;
+        exchanges.push(tokio::spawn(async move {
+            answer_then_challenge(&mut s, KEY).await.map(|()| s)
+        }));
+    }
+    let first = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
+    // Serving the first: the other's exchange ends without another accept.
+    let mut clients = Vec::new();
+    for exchange in exchanges {
+        let done = tokio::time::timeout(mp::AUTH_TIMEOUT / 2, exchange)
+            .await
+            .map_err(|_| "a client's exchange stood still while the server served another")?;
+        clients.push(done??);
+    }
+    let second = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
+    first.send_bytes(b"first").await?;
+    second.send_bytes(b"second").await?;
+    let mut got = Vec::new();
+    for s in &mut clients {
+        got.push(tokio::time::timeout(Duration::from_secs(20), read_frame(s)).await??);
+    }
+    got.sort();
+    ensure!(
+        got == [b"first".to_vec(), b"second".to_vec()],
+        "the clients received {got:?}"
+    );
+    Ok(())
+}
+
 /// [`answer_then_challenge`] on `s`, then one message back the way it came.
 async fn exchange_and_echo<S>(s: &mut S) -> TestResult
 where
@@ -969,6 +1008,10 @@ fn main() {
         test(
             "silent_clients_do_not_stall_accept",
             silent_clients_do_not_stall_accept,
+        ),
+        test(
+            "exchanges_go_on_while_the_server_serves_another",
+            exchanges_go_on_while_the_server_serves_another,
         ),
         test(
             "a_burst_of_more_clients_than_max_handshakes_is_accepted_whole",
