@@ -42,6 +42,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -425,7 +426,8 @@ impl Client {
     /// challenges it in turn.
     ///
     /// # Errors
-    /// [`Error::Authentication`] if the keys differ, the listener sends garbage, or the
+    /// [`Error::Authentication`] if the keys differ, the listener sends garbage or no
+    /// challenge (a listener bound without a key sends none; the error says so), or the
     /// exchange takes longer than [`AUTH_TIMEOUT`] (which counts the time the connection
     /// waits in the listener's backlog: a listener that is in no `accept` for that long, busy
     /// with an earlier client, fails it too; accept in a loop and serve each connection in a
@@ -503,12 +505,29 @@ pub(crate) async fn dial(address: &Address) -> Result<Framed> {
 }
 
 /// [`authenticate`] with a time limit of the caller's (a manager's handshake timeout).
+///
+/// A peer that asks for no key (a listener bound without one) sends no challenge: its first
+/// message, or its silence until `limit`, fails the exchange with an error that says so.
 pub(crate) async fn authenticate_within(s: &Framed, key: &[u8], limit: Duration) -> Result<()> {
+    const KEYLESS: &str = "(a listener without a key sends none: connect with the key it was \
+                           bound with, or with None if it has none)";
+    let challenged = AtomicBool::new(false);
     let run = async {
-        answer_challenge(s, key).await?;
+        let challenge = read_message(s).await?;
+        if !is_challenge(&challenge) {
+            return Err(auth_err(format!(
+                "the peer's first message is not an authentication challenge {KEYLESS}"
+            )));
+        }
+        challenged.store(true, Ordering::Relaxed);
+        answer(s, key, &challenge).await?;
         deliver_challenge(s, key).await
     };
-    bounded(s, limit, run).await
+    bounded(s, limit, run, || match challenged.load(Ordering::Relaxed) {
+        true => silent(limit),
+        false => format!("the peer sent no authentication challenge within {limit:?} {KEYLESS}"),
+    })
+    .await
 }
 
 /// Runs the listener's side of the exchange, within `limit`: it challenges the peer, then
@@ -525,7 +544,7 @@ pub(crate) async fn authenticate_peer(
         vouch.key_proven();
         answer_challenge(s, key).await
     };
-    bounded(s, limit, run).await
+    bounded(s, limit, run, || silent(limit)).await
 }
 
 /// One half of the exchange on its own, within [`AUTH_TIMEOUT`]: the challenge delivered
@@ -537,22 +556,21 @@ pub(crate) async fn challenge(s: &Framed, key: &[u8], deliver: bool) -> Result<(
             false => answer_challenge(s, key).await,
         }
     };
-    bounded(s, AUTH_TIMEOUT, run).await
+    bounded(s, AUTH_TIMEOUT, run, || silent(AUTH_TIMEOUT)).await
 }
 
 /// Runs `exchange` on `s` with messages of at most [`MAX_AUTH_MESSAGE`] bytes, failing it
-/// after `limit`.
+/// after `limit` with the message `late` makes.
 async fn bounded(
     s: &Framed,
     limit: Duration,
     exchange: impl Future<Output = Result<()>>,
+    late: impl FnOnce() -> String,
 ) -> Result<()> {
     s.set_recv_limit(Some(MAX_AUTH_MESSAGE));
     let outcome = match tokio::time::timeout(limit, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(auth_err(format!(
-            "the peer did not complete the exchange within {limit:?}"
-        ))),
+        Err(_) => Err(auth_err(late())),
     };
     s.set_recv_limit(None);
     outcome
@@ -592,8 +610,18 @@ async fn deliver_challenge(s: &Framed, key: &[u8]) -> Result<()> {
     }
 }
 
+/// What an exchange that ran out of time fails with.
+fn silent(limit: Duration) -> String {
+    format!("the peer did not complete the exchange within {limit:?}")
+}
+
 async fn answer_challenge(s: &Framed, key: &[u8]) -> Result<()> {
     let message = read_message(s).await?;
+    answer(s, key, &message).await
+}
+
+/// Answers the challenge `message`, and waits for the peer's verdict.
+async fn answer(s: &Framed, key: &[u8], message: &[u8]) -> Result<()> {
     let message = message
         .strip_prefix(CHALLENGE)
         .ok_or_else(|| auth_err("protocol error: expected a challenge"))?;

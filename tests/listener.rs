@@ -522,6 +522,37 @@ async fn a_keyless_client_is_told_the_listener_wants_a_key() -> TestResult {
     Ok(())
 }
 
+/// A client connected with a key to a listener bound without one gets no challenge: when the
+/// listener's program sends first, the client's connect fails at once, and when it waits
+/// for the client, after [`mp::AUTH_TIMEOUT`]; both errors say the listener may have no key.
+async fn a_keyed_client_is_told_the_listener_asks_for_no_key() -> TestResult {
+    let path = socket_path("keyed-to-keyless");
+    let l = mp::Listener::bind(path.clone(), None)?;
+    let serving = tokio::spawn(async move {
+        let speaks: mp::Connection<String> = l.accept().await?;
+        speaks.send(&"welcome".to_string()).await?;
+        let waits: mp::Connection<String> = l.accept().await?;
+        // The keyed client gives up and closes; the message it never sent is not read.
+        let _ = waits.recv().await;
+        Ok::<(), mp::Error>(())
+    });
+    let told = |r: mp::Result<mp::Connection<String>>| match r {
+        Err(mp::Error::Authentication { message }) if message.contains("without a key") => Ok(()),
+        other => Err(format!("a keyed client of a keyless listener: {other:?}")),
+    };
+    told(mp::Client::connect::<String>(path.as_path(), Some(KEY)).await)?;
+    let limit = mp::AUTH_TIMEOUT + Duration::from_secs(20);
+    told(
+        tokio::time::timeout(
+            limit,
+            mp::Client::connect::<String>(path.as_path(), Some(KEY)),
+        )
+        .await?,
+    )?;
+    tokio::time::timeout(Duration::from_secs(20), serving).await???;
+    Ok(())
+}
+
 /// `OtherTest.test_answer_challenge_auth_failure` with garbage: bytes that are not an
 /// answer, sent in place of one, fail the listener's `accept` cleanly; the listener then
 /// accepts the next, honest client.
@@ -996,6 +1027,10 @@ fn main() {
         test(
             "wrong_key_fails_on_both_sides",
             wrong_key_fails_on_both_sides,
+        ),
+        test(
+            "a_keyed_client_is_told_the_listener_asks_for_no_key",
+            a_keyed_client_is_told_the_listener_asks_for_no_key,
         ),
         test(
             "garbage_in_place_of_the_answer",
