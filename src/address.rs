@@ -138,7 +138,11 @@ impl ToAddress for str {
             return Ok(Address::Tcp(a));
         }
         resolve(self, || {
-            format!("{self:?} is neither a socket path nor a host:port that resolves")
+            format!(
+                "{self:?} is neither a socket path nor a host:port that resolves (a string is \
+                 a socket path when it holds a '/': write one in the current directory as \
+                 \"./{self}\")"
+            )
         })
     }
 }
