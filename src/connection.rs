@@ -15,10 +15,11 @@
 //!
 //! # Readiness
 //!
-//! A socket is registered with the reactor of the tokio runtime that first uses it (not when
-//! it is made or received, since a child decodes its arguments before its runtime exists).
-//! `recv` waits for readability and reads without blocking: no thread is parked and nothing
-//! is polled on a timer. Use an end from one runtime only.
+//! A socket is registered with the reactor of each tokio runtime that uses it, on its first
+//! use there (not when it is made or received, since a child decodes its arguments before
+//! its runtime exists), so an end serves whichever runtime awaits it: one after another, or
+//! a second while the first sits idle. `recv` waits for readability and reads without
+//! blocking: no thread is parked and nothing is polled on a timer.
 //!
 //! # Concurrency
 //!

@@ -104,6 +104,11 @@ enum Inner {
 ///
 /// Dropping it stops listening, closes the connections still in their exchange and removes a
 /// Unix socket's file (and, for [`Listener::new`], the directory made for it).
+///
+/// The listening socket is registered with the reactor of the runtime it was bound in, so
+/// `accept` is awaited on that runtime (on another it waits for that one to be driven, and
+/// fails once it is gone); the connections it returns serve any runtime, as every
+/// [`Connection`] does.
 pub struct Listener {
     inner: Inner,
     address: Address,

@@ -11,9 +11,10 @@
 //!
 //! # Readiness
 //!
-//! The socket is non-blocking from the start, and registered with the reactor of the tokio
-//! runtime that first awaits it (not when it is made: a child decodes its arguments, and a
-//! worker reads its setup, before any runtime exists). Use it from one runtime only. The
+//! The socket is non-blocking from the start, and registered with the reactor of each tokio
+//! runtime that awaits it, on its first use there (not when it is made: a child decodes its
+//! arguments, and a worker reads its setup, before any runtime exists), so it serves
+//! whichever runtime awaits it (see `Framed::io`). The
 //! blocking variants ([`send_blocking`](Framed::send_blocking),
 //! [`recv_blocking`](Framed::recv_blocking)) wait in `poll(2)` instead, for the few callers
 //! without a runtime.
