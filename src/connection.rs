@@ -210,7 +210,14 @@ impl<T> Connection<T> {
     async fn send_frame(&self, mut frame: FrameBuf) -> Result<()> {
         self.check_writable()?;
         match self.link.send(&mut frame).await {
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => Err(Error::Closed),
+            Err(Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Err(Error::Closed)
+            }
             r => r,
         }
     }

@@ -270,6 +270,28 @@ async fn eof_after_holder_is_killed() -> TestResult {
     Ok(())
 }
 
+/// End of stream, too, when the holder of the other end is killed with messages it never
+/// read (the kernel then reports the connection reset, not its end): `recv` and `send` give
+/// `Closed`, as for a holder that read everything.
+async fn eof_after_holder_is_killed_with_messages_unread() -> TestResult {
+    let (a, b) = mp::Pipe::<u32>::new()?;
+    let (never_keep, never) = mp::Pipe::<u32>::new()?;
+    let mut p = start(hold, (b, never)).await?;
+    a.send(&1).await?;
+    p.kill()?;
+    ensure!(join_code(&mut p).await? == -9, "killed by SIGKILL");
+    let r = a.recv_timeout(Duration::from_secs(20)).await;
+    ensure!(matches!(r, Err(mp::Error::Closed)), "recv: {r:?}");
+    ensure!(
+        a.poll(Duration::ZERO).await?,
+        "poll is true at end of stream"
+    );
+    let r = a.send(&2).await;
+    ensure!(matches!(r, Err(mp::Error::Closed)), "send: {r:?}");
+    drop(never_keep);
+    Ok(())
+}
+
 /// `_TestConnection.test_duplex_false`: a simplex pipe receives on one end and sends on the
 /// other only.
 async fn simplex_directions() -> TestResult {
@@ -630,6 +652,10 @@ fn main() {
         test("recv_bytes_into_a_buffer", recv_bytes_into_a_buffer),
         test("eof_after_writer_exits", eof_after_writer_exits),
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),
+        test(
+            "eof_after_holder_is_killed_with_messages_unread",
+            eof_after_holder_is_killed_with_messages_unread,
+        ),
         test("simplex_directions", simplex_directions),
         test("challenges_on_a_pipe", challenges_on_a_pipe),
         test(

@@ -217,9 +217,10 @@ impl Framed {
     /// for a socket that no other process reads.
     ///
     /// # Errors
-    /// [`Error::Closed`] at a clean end of stream; [`Error::Protocol`] if the stream ends
-    /// inside a frame or a frame is malformed; [`Error::FrameTooLarge`] for a header that
-    /// announces more than the maximum frame size; an I/O error from the socket.
+    /// [`Error::Closed`] at a clean end of stream, or a reset (a peer gone with bytes it had
+    /// not read); [`Error::Protocol`] if the stream ends inside a frame or a frame is
+    /// malformed; [`Error::FrameTooLarge`] for a header that announces more than the maximum
+    /// frame size; an I/O error from the socket.
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).

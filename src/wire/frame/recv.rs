@@ -247,7 +247,7 @@ impl RecvBuf {
 
     fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
         let room = self.room(exact);
-        let n = sys::recv_appending(fd, &mut self.buf, room, &mut self.fds)?;
+        let n = reset_is_end(sys::recv_appending(fd, &mut self.buf, room, &mut self.fds))?;
         self.filled(n);
         self.check_fds()?;
         Ok(n)
@@ -293,7 +293,7 @@ impl RecvBuf {
         let mut drained_at = None;
         let frame_len = if pending == 0 {
             let mut head = [0u8; PEEK_LEN];
-            let seen = sys::peek(fd, &mut head)?;
+            let seen = reset_is_end(sys::peek(fd, &mut head))?;
             if seen == 0 {
                 return Ok((0, true));
             }
@@ -348,6 +348,17 @@ impl RecvBuf {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// A read's outcome, with a connection reset taken for the end of the stream: the kernel
+/// reports one (once) in place of the end when the peer closed with bytes it had not read
+/// (a process killed before it read what was sent to it, over a Unix socket or TCP), and
+/// the peer is gone either way.
+fn reset_is_end(r: io::Result<usize>) -> io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(0),
+        r => r,
     }
 }
 
