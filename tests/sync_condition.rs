@@ -307,6 +307,50 @@ async fn notification_skips_killed_waiter(pid_taken: bool) -> TestResult {
     Ok(())
 }
 
+/// No Python counterpart: waits that time out or are dropped with nobody to notify leave
+/// the condition as they found it, however many: 9,000 of them (past the condition's 8192
+/// slots of waiters) behind a waiter in a child, which `notify(1)` then wakes.
+async fn waits_that_leave_do_not_fill_the_condition() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut kids = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    let r = leave_9000_times_then_notify(&c, &woken).await;
+    if r.is_err() {
+        // Not left waiting for ever, which would hold this program at its exit.
+        let _ = kids[0].kill();
+        return r;
+    }
+    join_ok(&mut kids[0]).await
+}
+
+async fn leave_9000_times_then_notify(c: &Condition, woken: &Semaphore) -> TestResult {
+    let mut g = c.lock_timeout(LONG).await?;
+    for i in 0..9_000u32 {
+        if i % 4 == 0 {
+            // A wait dropped while it waits gives the lock up with its ticket.
+            let dropped = tokio::time::timeout(Duration::ZERO, g.wait()).await;
+            ensure!(dropped.is_err(), "wait {i} ended with nobody to notify");
+            g = c.lock_timeout(LONG).await?;
+            continue;
+        }
+        let (back, notified) = g
+            .wait_timeout(Duration::ZERO)
+            .await
+            .map_err(|e| format!("wait {i}: {e}"))?;
+        ensure!(!notified, "wait {i} notified by nobody");
+        g = back;
+    }
+    ensure!(woken.get_value() == 0, "the child was woken by nobody");
+    g.notify(1);
+    drop(g);
+    woken
+        .acquire_timeout(LONG)
+        .await
+        .map(|g| g.forget())
+        .map_err(|e| format!("notify(1) woke no one: {e}").into())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -320,7 +364,8 @@ fn main() {
         condition_notify_all,
         condition_wait_result,
         a_notification_skips_a_killed_waiter,
-        a_notification_skips_a_killed_waiter_whose_pid_was_taken
+        a_notification_skips_a_killed_waiter_whose_pid_was_taken,
+        waits_that_leave_do_not_fill_the_condition
     ];
     libtest_mimic::run(&args, trials).exit()
 }

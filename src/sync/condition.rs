@@ -6,8 +6,11 @@
 //! never take that notification from an older one (the newcomer's ticket is past the limit
 //! the notifier set). A waiter that times out marks its ticket cancelled in a bitmap, and
 //! each ticket notes its waiter's owner word (pid and start time); `notify` skips cancelled
-//! tickets and those of waiters whose process is gone without counting them, so a notification is never spent on a
-//! waiter that has left, or was killed. At most `SLOTS` waiters may wait at once.
+//! tickets and those of waiters whose process is gone without counting them, so a
+//! notification is never spent on a waiter that has left, or was killed. Each wait first
+//! gives back the cancelled tickets at both ends of the outstanding ones (`trim`), so that
+//! waits that time out with nobody to notify do not use up the slots. At most `SLOTS`
+//! waiters may wait at once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -77,6 +80,33 @@ impl Inner {
 
     fn notified(&self, ticket: u64) -> bool {
         self.region.u64_at(LIMIT).load(SeqCst) > ticket
+    }
+
+    /// Gives back the tickets of waiters that have left, at both ends of the outstanding
+    /// ones: the oldest (the limit moves past them, as a `notify` would, counting none) and
+    /// the newest (the next waiter takes the first of them again). `gone`: those of waiters
+    /// whose process is gone too, which costs a look at each process.
+    ///
+    /// Called under the lock, as tickets and the limit only change there. Without it, waits
+    /// that time out with nobody to notify would use up the slots one by one: the limit
+    /// moves only in `notify`, and a wait is refused once `SLOTS` tickets are past it.
+    fn trim(&self, gone: bool) {
+        let left = |t: u64| self.take_cancelled(t) || (gone && self.waiter_gone(t));
+        let limit = self.region.u64_at(LIMIT);
+        let next = self.region.u64_at(NEXT);
+        let mut lo = limit.load(SeqCst);
+        let mut hi = next.load(SeqCst);
+        // At most SLOTS tickets are outstanding; more can only be a damaged segment.
+        let floor = hi.saturating_sub(SLOTS).max(lo);
+        while hi > floor && left(hi - 1) {
+            hi -= 1;
+        }
+        let ceiling = lo.saturating_add(SLOTS).min(hi);
+        while lo < ceiling && left(lo) {
+            lo += 1;
+        }
+        next.store(hi, SeqCst);
+        limit.store(lo, SeqCst);
     }
 }
 
@@ -189,8 +219,17 @@ impl Condition {
     async fn wait_inner(&self, deadline: Option<Instant>) -> Result<bool> {
         let inner = &*self.inner;
         let next = inner.region.u64_at(NEXT);
+        let full = || {
+            next.load(SeqCst)
+                .saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst))
+                >= SLOTS
+        };
+        inner.trim(false);
+        if full() {
+            inner.trim(true);
+        }
         let ticket = next.load(SeqCst);
-        if ticket.saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst)) >= SLOTS {
+        if full() {
             self.lock.release();
             return Err(Error::from(std::io::Error::other(format!(
                 "more than {SLOTS} waiters on one condition"
