@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::time::Duration;
 
 use libtest_mimic::Arguments;
@@ -150,6 +151,132 @@ async fn primitives_as_pool_arguments() -> TestResult {
     Ok(())
 }
 
+/// Runs `f` on a thread of its own, driven by a runtime of its own, after a pause: a wait
+/// begun on the caller's runtime meanwhile sleeps until `f` ends it.
+fn later<F>(f: impl FnOnce() -> F + Send + 'static) -> std::thread::JoinHandle<Result<(), String>>
+where
+    F: Future<Output = tokio_multiprocessing::Result<()>>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(50));
+        rt.block_on(async { tokio::time::timeout(LONG, f()).await })
+            .map_err(|_| "no end in time".to_string())?
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The primitives one test uses on one runtime after another.
+#[derive(Clone)]
+struct All {
+    l: Lock,
+    r: RLock,
+    s: Semaphore,
+    c: Condition,
+    e: Event,
+    b: Barrier,
+}
+
+/// `f`, driven by `rt` alone; one that does not end is an error, not a hang.
+fn on<T>(
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    f: impl Future<Output = tokio_multiprocessing::Result<T>>,
+) -> Result<T, String> {
+    rt.block_on(async { tokio::time::timeout(LONG, f).await })
+        .map_err(|_| format!("{what}: no end in {LONG:?}"))?
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// On `rt` alone: a wait on each primitive that sleeps until a thread with a runtime of its
+/// own ends it (a release, a set, a notify, the other party).
+fn waits_on_a_runtime(rt: &tokio::runtime::Runtime, all: &All) -> Result<(), String> {
+    let joined = |h: std::thread::JoinHandle<Result<(), String>>, what: &str| {
+        h.join()
+            .map_err(|_| format!("{what}: the thread panicked"))?
+            .map_err(|e| format!("{what}: {e}"))
+    };
+
+    all.l
+        .try_lock()
+        .map_err(|e| e.to_string())?
+        .ok_or("the lock is held")?
+        .forget();
+    let l = all.l.clone();
+    let h = later(move || async move { l.release() });
+    on(rt, "lock", async { all.l.lock().await.map(drop) })?;
+    joined(h, "release")?;
+
+    let r = all.r.clone();
+    let (held, hold) = std::sync::mpsc::channel();
+    let h = later(move || async move {
+        let g = r.lock().await?;
+        let _ = held.send(());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(g);
+        Ok(())
+    });
+    hold.recv_timeout(LONG)
+        .map_err(|_| "the rlock was never taken")?;
+    on(rt, "rlock", async { all.r.lock().await.map(drop) })?;
+    joined(h, "rlock holder")?;
+
+    let s = all.s.clone();
+    let h = later(move || async move { s.release() });
+    on(rt, "semaphore", async {
+        all.s.acquire().await.map(|g| g.forget())
+    })?;
+    joined(h, "semaphore release")?;
+
+    let e = all.e.clone();
+    let h = later(move || async move {
+        e.set();
+        Ok(())
+    });
+    on(rt, "event", all.e.wait())?;
+    joined(h, "set")?;
+    all.e.clear();
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, stop) = (all.c.clone(), done.clone());
+    let h = later(move || async move {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            c.lock().await?.notify_all();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    });
+    let waited = on(rt, "condition", async {
+        all.c.lock().await?.wait().await.map(drop)
+    });
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    joined(h, "notifier")?;
+    waited?;
+
+    let b = all.b.clone();
+    let h = later(move || async move { b.wait().await.map(drop) });
+    on(rt, "barrier", async { all.b.wait().await.map(drop) })?;
+    joined(h, "the other party")
+}
+
+/// Each primitive serves whichever runtime awaits it: waits that sleep on a current-thread
+/// runtime, then on a second while the first is alive and idle, then on a third once both
+/// are gone.
+async fn primitives_serve_one_runtime_after_another() -> TestResult {
+    let all = All {
+        l: Lock::new()?,
+        r: RLock::new()?,
+        s: Semaphore::new(0)?,
+        c: Condition::new()?,
+        e: Event::new()?,
+        b: Barrier::new(2)?,
+    };
+    support::runtimes::on_runtimes_in_turn(move |rt| waits_on_a_runtime(rt, &all)).await
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -157,7 +284,8 @@ fn main() {
     let trials = trials![
         primitives_as_pool_arguments,
         bad_arguments_are_invalid,
-        no_descriptor_left_behind
+        no_descriptor_left_behind,
+        primitives_serve_one_runtime_after_another
     ];
     libtest_mimic::run(&args, trials).exit()
 }
