@@ -5,8 +5,8 @@
 //! A value or array lives in an anonymous memfd mapped `MAP_SHARED`: it is passed to another
 //! process as a descriptor (by `SCM_RIGHTS`) and freed by the kernel when the last process
 //! that maps it exits, however it exits. Nothing is named, so nothing can leak. The segment
-//! starts with a header (the element size and count) that a receiving process checks against
-//! its own `T` and the segment's real size before it reads anything.
+//! starts with a header (the element size, count and type) that a receiving process checks
+//! against its own `T` and the segment's real size before it reads anything.
 //!
 //! Reads and writes are volatile copies of whole elements; they never hand out references
 //! into the shared pages, which another process may write at any time. Without the lock (a
@@ -32,10 +32,25 @@ use crate::sys::{self, Pod, SharedRegion};
 use crate::wire::Fd;
 use crate::wire::FdRef;
 
-/// Header: element size (u32), element count (u64); elements start at `DATA`.
+/// Header: element size (u32), element count (u64), element type (u64, see [`type_tag`]);
+/// elements start at `DATA`.
 const ELEM_SIZE: usize = 0;
 const COUNT: usize = 8;
+const TYPE: usize = 16;
 const DATA: usize = 64;
+
+/// The element type `T` as a word in the header (an FNV-1a hash of its name), which a
+/// receiver checks against its own `T`: a `Pod` is valid for the bit patterns that *its own*
+/// writes leave, so cells of `u8` read as `bool`, or of a `u32` as a struct with a `bool`
+/// field, would make values that cannot exist. The same type in the same binary always has
+/// the same name.
+fn type_tag<T>() -> u64 {
+    std::any::type_name::<T>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
 
 /// The segment of `len` elements of `T`, shared by the value and array types.
 #[derive(Debug, Clone)]
@@ -69,6 +84,7 @@ impl<T: Pod> Cells<T> {
             .u32_at(ELEM_SIZE)
             .store(size_of::<T>() as u32, SeqCst);
         region.u64_at(COUNT).store(len as u64, SeqCst);
+        region.u64_at(TYPE).store(type_tag::<T>(), SeqCst);
         let cells = Cells {
             region: Arc::new(region),
             len,
@@ -145,6 +161,12 @@ impl<'de, T: Pod> Deserialize<'de> for Cells<T> {
                 "a shared value of {size}-byte elements received as {} ({} bytes)",
                 std::any::type_name::<T>(),
                 size_of::<T>()
+            )));
+        }
+        if region.u64_at(TYPE).load(SeqCst) != type_tag::<T>() {
+            return Err(D::Error::custom(format!(
+                "a shared value of another element type received as {}",
+                std::any::type_name::<T>()
             )));
         }
         let fits = usize::try_from(len)

@@ -897,6 +897,50 @@ async fn shareable_list_refuses_a_segment_that_is_not_one() -> TestResult {
     Ok(())
 }
 
+/// Sends `value` as a `Connection<S>` and receives it as a `Connection<R>` (a listener and
+/// a client whose types differ, as two programs' may).
+async fn send_as<S, R>(value: S) -> Result<tokio_multiprocessing::Result<R>, Error>
+where
+    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let l = tokio_multiprocessing::Listener::new(None)?;
+    let address = l.address().clone();
+    let sender = tokio::spawn(async move {
+        let conn = tokio_multiprocessing::Client::connect::<S>(address, None).await?;
+        conn.send(&value).await?;
+        // Held until the receiver has read the message.
+        conn.recv_bytes().await.map(drop)
+    });
+    let conn = l.accept::<R>().await?;
+    let got = conn.recv().await;
+    drop(conn);
+    let _ = sender.await;
+    Ok(got)
+}
+
+/// No Python counterpart (Python's values carry their ctype with them): shared cells received
+/// as another element type of the same size are refused, as cells of another size are, rather
+/// than read as values their type cannot hold (a byte of 2 as a `bool`); the same type is
+/// received.
+async fn shared_values_received_as_another_type_are_refused() -> TestResult {
+    let bytes = RawArray::from_slice(&[2u8, 0, 1])?;
+    let r = send_as::<_, RawArray<bool>>(bytes.clone()).await?;
+    ensure!(r.is_err(), "cells of u8 received as bool");
+    let r = send_as::<_, Value<f32>>(Value::new(7u32)?).await?;
+    ensure!(r.is_err(), "a Value<u32> received as Value<f32>");
+    let r = send_as::<_, RawValue<Point>>(RawValue::new(u128::MAX)?).await?;
+    ensure!(r.is_err(), "a RawValue<u128> received as RawValue<Point>");
+    let same = send_as::<_, RawArray<u8>>(bytes.clone()).await??;
+    same.set(0, 9)?;
+    ensure!(
+        bytes.to_vec() == [9, 0, 1],
+        "the same type: {:?}",
+        bytes.to_vec()
+    );
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -919,7 +963,8 @@ fn main() {
         shareable_list_basics,
         shareable_list_reaches_a_child,
         shareable_list_shared_with_cpython,
-        shareable_list_refuses_a_segment_that_is_not_one
+        shareable_list_refuses_a_segment_that_is_not_one,
+        shared_values_received_as_another_type_are_refused
     ];
     libtest_mimic::run(&args, trials).exit()
 }
