@@ -707,6 +707,50 @@ async fn lock_locked_2processes() -> TestResult {
     join_ok(&mut p).await
 }
 
+// ================================================================ _TestCondition
+
+async fn waitfor_timeout_f(
+    cond: mp::Condition,
+    state: RawValue<i32>,
+    result: RawValue<u8>,
+    sem: Semaphore,
+) {
+    let g = cond.lock().await.expect("lock");
+    sem.release().expect("release");
+    let (g, ok) = g
+        .wait_for(|| state.get() == 4, Some(Duration::from_millis(100)))
+        .await
+        .expect("wait_for");
+    result.set(if ok { 2 } else { 1 });
+    drop(g);
+}
+
+/// `_TestCondition.test_waitfor_timeout`: a child's `wait_for` of a predicate that the
+/// parent's three notifications never make true gives false once its timeout passes (each
+/// notification wakes it to look again).
+async fn waitfor_timeout() -> TestResult {
+    let cond = mp::Condition::new()?;
+    let state = RawValue::new(0i32)?;
+    let result = RawValue::new(0u8)?;
+    let sem = Semaphore::new(0)?;
+    let mut p = start(
+        waitfor_timeout_f,
+        (cond.clone(), state.clone(), result.clone(), sem.clone()),
+    )
+    .await?;
+    sem.acquire_timeout(LONG).await?.forget();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let g = cond.lock_timeout(LONG).await?;
+        state.set(state.get() + 1);
+        g.notify(1);
+    }
+    join_ok(&mut p).await?;
+    ensure!(result.get() == 1, "wait_for gave {}", result.get());
+    ensure!(state.get() == 3, "state {}", state.get());
+    Ok(())
+}
+
 // ================================================================ _TestBarrier
 
 const PARTIES: u32 = 5;
@@ -3011,6 +3055,7 @@ fn main() {
         wait_zero_timeout,
         wait_pipe_write_end_whose_reader_goes,
         lock_locked_2processes,
+        waitfor_timeout,
         barrier_10,
         barrier_wait_return,
         barrier_single_thread,
