@@ -12,7 +12,8 @@ use std::time::Duration;
 use libtest_mimic::Arguments;
 use support::{TestResult, fds_return_to, join_ok, open_fds};
 use tokio_multiprocessing::{
-    Barrier, Condition, Error, Event, Lock, Pool, Process, RLock, Semaphore, SharedMemory, Value,
+    Barrier, Condition, Error, Event, Fd, Lock, Pool, Process, RLock, Semaphore, SharedMemory,
+    Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -277,6 +278,63 @@ async fn primitives_serve_one_runtime_after_another() -> TestResult {
     support::runtimes::on_runtimes_in_turn(move |rt| waits_on_a_runtime(rt, &all)).await
 }
 
+/// Sends `value` as a `Connection<S>` and receives it as a `Connection<R>` (a listener and
+/// a client whose types differ, as two programs' may).
+async fn send_as<S, R>(value: S) -> Result<tokio_multiprocessing::Result<R>, Error>
+where
+    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let l = tokio_multiprocessing::Listener::new(None)?;
+    let address = l.address().clone();
+    let sender = tokio::spawn(async move {
+        let conn = tokio_multiprocessing::Client::connect::<S>(address, None).await?;
+        conn.send(&value).await?;
+        // Held until the receiver has read the message.
+        conn.recv_bytes().await.map(drop)
+    });
+    let conn = l.accept::<R>().await?;
+    let got = conn.recv().await;
+    drop(conn);
+    let _ = sender.await;
+    Ok(got)
+}
+
+/// A primitive's two descriptors as they cross: its segment's and its eventfd.
+type Pair = ((Fd, Fd),);
+
+/// No Python counterpart: a lock, an event or a semaphore received with another descriptor
+/// where its eventfd belongs (a socket, here) is refused, where it was adopted and its
+/// wake-ups written into (and its waits read out of) whatever that was; the pair of the
+/// primitive's own descriptors is received.
+async fn a_primitive_whose_wake_up_is_not_an_eventfd_is_refused() -> TestResult {
+    let socket = || -> std::io::Result<Fd> {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair()?;
+        Ok(Fd::from(std::os::fd::OwnedFd::from(ours)))
+    };
+    let ((region, _),) = send_as::<_, Pair>(Lock::new()?).await??;
+    let r = send_as::<_, Lock>(((region, socket()?),)).await?;
+    ensure!(r.is_err(), "a lock received with a socket for its eventfd");
+    let ((region, _),) = send_as::<_, Pair>(Event::new()?).await??;
+    let r = send_as::<_, Event>(((region, socket()?),)).await?;
+    ensure!(
+        r.is_err(),
+        "an event received with a socket for its eventfd"
+    );
+    let ((region, _),) = send_as::<_, Pair>(Semaphore::new(1)?).await??;
+    let r = send_as::<_, Semaphore>(((region, socket()?),)).await?;
+    ensure!(
+        r.is_err(),
+        "a semaphore received with a socket for its eventfd"
+    );
+    let e = Event::new()?;
+    let pair = send_as::<_, Pair>(e.clone()).await??;
+    let back = send_as::<_, Event>(pair).await??;
+    back.set();
+    ensure!(e.wait_timeout(LONG).await?, "the event received is another");
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -285,7 +343,8 @@ fn main() {
         primitives_as_pool_arguments,
         bad_arguments_are_invalid,
         no_descriptor_left_behind,
-        primitives_serve_one_runtime_after_another
+        primitives_serve_one_runtime_after_another,
+        a_primitive_whose_wake_up_is_not_an_eventfd_is_refused
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -4,17 +4,18 @@
 //!
 //! Each primitive names its segment's layout with a zero-sized [`Layout`] type: the size the
 //! receiver checks before it touches any fixed offset, the eventfd's mode, and any further
-//! check of a received segment. The receiver maps the same pages and adopts the eventfd, so
-//! the two processes share one primitive.
+//! check of a received segment. The receiver maps the same pages and adopts the eventfd
+//! (refusing a descriptor that is not one), so the two processes share one primitive.
 
 use std::marker::PhantomData;
+use std::os::fd::AsFd;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::wake::Wake;
 use crate::awake::Recent;
 use crate::error::Result;
-use crate::sys::SharedRegion;
+use crate::sys::{self, SharedRegion};
 use crate::wire::{Fd, FdRef};
 
 /// The segment layout of one primitive.
@@ -68,6 +69,14 @@ impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
         let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
         let region = map_received(region, L::SIZE, L::WHAT, false)?;
         L::check(&region).map_err(serde::de::Error::custom)?;
+        // Any other descriptor would be written and read as one: a socket's peer would get
+        // the wake-ups' bytes, and the waits would lose its data.
+        if !sys::is_eventfd(wake.as_fd()) {
+            return Err(serde::de::Error::custom(format!(
+                "the wake-up descriptor of a {} is not an eventfd",
+                L::WHAT
+            )));
+        }
         Ok(SharedState {
             region,
             wake: Wake::from_fd(wake.into_owned()),

@@ -27,7 +27,7 @@ pub(crate) use bytes::{
 };
 pub(crate) use clock::monotonic_nanos;
 pub(crate) use constructor::keep_constructor;
-pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take};
+pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take, is_eventfd};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     MAX_FDS_PER_MESSAGE, close_all_except, descriptors_left, dup_fd, file_size, has_input,
