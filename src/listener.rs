@@ -231,8 +231,9 @@ impl Listener {
     /// `net.core.somaxconn`.
     ///
     /// [`bind`](Self::bind) asks for the kernel's most, `net.core.somaxconn` (where Python's
-    /// default is 1), for a Unix socket and TCP alike: a client that connects while the queue is full waits for room
-    /// (over a Unix socket a non-blocking connect fails at once with `WouldBlock`; over TCP
+    /// default is 1), for a Unix socket and TCP alike: a client that connects while the queue is
+    /// full waits for room ([`Client::connect`] for up to [`AUTH_TIMEOUT`]; over a Unix socket
+    /// another program's non-blocking connect fails at once with `WouldBlock`, and over TCP
     /// the kernel drops or refuses its handshake). The listener takes connections off the
     /// queue only in [`accept`](Self::accept).
     ///
@@ -437,7 +438,8 @@ impl Client {
     /// waits in the listener's backlog: a listener that is in no `accept` for that long, busy
     /// with an earlier client, fails it too; accept in a loop and serve each connection in a
     /// task of its own); an I/O error if nothing listens there, whose message names the
-    /// address.
+    /// address, or if a Unix socket's backlog stays full for [`AUTH_TIMEOUT`] (the connect
+    /// waits for room until then, as Python's does).
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -489,7 +491,8 @@ pub(crate) async fn authenticate(s: &Framed, key: &[u8]) -> Result<()> {
 }
 
 /// A connection to `address` (TCP with `TCP_NODELAY`), framed; an error names the address
-/// and keeps the kind of the system's (refused, not found...).
+/// and keeps the kind of the system's (refused, not found...). A Unix socket whose
+/// listener's backlog is full is waited for (see [`connect_unix`]).
 ///
 /// # Errors
 /// An I/O error if the connection cannot be made.
@@ -497,7 +500,7 @@ pub(crate) async fn dial(address: &Address) -> Result<Framed> {
     let named = crate::address::naming("connect to", address);
     let (fd, transport): (OwnedFd, _) = match address {
         Address::Unix(path) => {
-            let s = tokio::net::UnixStream::connect(path).await.map_err(named)?;
+            let s = connect_unix(path).await.map_err(named)?;
             (s.into_std()?.into(), Transport::Unix)
         }
         Address::Tcp(addr) => {
@@ -507,6 +510,34 @@ pub(crate) async fn dial(address: &Address) -> Result<Framed> {
         }
     };
     Framed::new(fd, transport)
+}
+
+/// Connects to the Unix socket at `path`, waiting while its listener's queue of connections
+/// not yet accepted (its backlog) is full, for up to [`AUTH_TIMEOUT`], as a blocking connect
+/// (Python's `Client`) waits for room: a non-blocking connect fails at once with
+/// `WouldBlock` then, and the kernel tells no one when room is made, so the connect is tried
+/// again after a pause that grows from 1 ms to 100 ms.
+async fn connect_unix(path: &Path) -> io::Result<tokio::net::UnixStream> {
+    let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the listener's backlog (its connections not yet accepted) stayed \
+                             full for {AUTH_TIMEOUT:?}: {e}"
+                        ),
+                    ));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// [`authenticate`] with a time limit of the caller's (a manager's handshake timeout).

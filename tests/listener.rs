@@ -419,6 +419,51 @@ async fn the_backlog_bounds_the_connections_not_accepted() -> TestResult {
     Ok(())
 }
 
+/// Python's `Client` waits while the listener's backlog is full: a `Client::connect` to a
+/// Unix socket bound with a backlog of 1 that already queues two connections waits until
+/// an `accept` makes room, then connects, and its message arrives.
+async fn a_client_waits_for_room_in_a_full_backlog() -> TestResult {
+    let path = socket_path("full-backlog");
+    let l = mp::Listener::bind_with_backlog(path.clone(), None, 1)?;
+    let queued = [
+        tokio::net::UnixStream::connect(&path).await?,
+        tokio::net::UnixStream::connect(&path).await?,
+    ];
+    let connecting = async {
+        let conn = mp::Client::connect::<u32>(path.clone(), None).await?;
+        conn.send(&42).await?;
+        Ok::<_, mp::Error>(conn)
+    };
+    tokio::pin!(connecting);
+    // Its first try, with the backlog full.
+    if let Ok(r) = tokio::time::timeout(Duration::ZERO, connecting.as_mut()).await {
+        return Err(format!(
+            "a connect to a full backlog ended at once: {:?}",
+            r.map(drop)
+        )
+        .into());
+    }
+    let accepting = async {
+        let mut accepted = Vec::new();
+        for _ in 0..3 {
+            accepted.push(l.accept::<u32>().await?);
+        }
+        Ok::<_, mp::Error>(accepted)
+    };
+    let both = async { tokio::join!(connecting, accepting) };
+    let (client, accepted) = tokio::time::timeout(Duration::from_secs(30), both).await?;
+    let (_client, accepted) = (client?, accepted?);
+    let waitables: Vec<&dyn mp::Waitable> = accepted.iter().map(|c| c as _).collect();
+    let ready = mp::wait(&waitables, Some(Duration::from_secs(20))).await?;
+    ensure!(ready.len() == 1, "connections with a message: {ready:?}");
+    ensure!(
+        accepted[ready[0]].recv().await? == 42,
+        "the client's message"
+    );
+    drop(queued);
+    Ok(())
+}
+
 /// `bind`'s backlog over TCP is the kernel's most (`net.core.somaxconn`), as over a Unix
 /// socket: 300 connections that the listener has not accepted are all queued, where a
 /// backlog of 128 queues 129 and leaves the rest retrying their handshake.
@@ -1011,6 +1056,10 @@ fn main() {
         test(
             "the_backlog_bounds_the_connections_not_accepted",
             the_backlog_bounds_the_connections_not_accepted,
+        ),
+        test(
+            "a_client_waits_for_room_in_a_full_backlog",
+            a_client_waits_for_room_in_a_full_backlog,
         ),
         test(
             "last_accepted_is_the_clients_address",
