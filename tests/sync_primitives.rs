@@ -335,6 +335,41 @@ async fn a_primitive_whose_wake_up_is_not_an_eventfd_is_refused() -> TestResult 
     Ok(())
 }
 
+/// A primitive received with the segment of another kind is refused, naming both: a lock's
+/// segment taken for a semaphore's would read its owner word as a count. The code before
+/// took each as the other.
+async fn a_primitive_received_as_another_kind_is_refused() -> TestResult {
+    let r = send_as::<_, Semaphore>(Lock::new()?).await?;
+    match r {
+        Err(e) => ensure!(
+            e.to_string()
+                .contains("semaphore was received with the segment of something else")
+                && e.to_string().contains("lock"),
+            "the error does not name both kinds: {e}"
+        ),
+        Ok(_) => return Err("a lock was received as a semaphore".into()),
+    }
+    ensure!(
+        send_as::<_, Lock>(Semaphore::new(1)?).await?.is_err(),
+        "a semaphore was received as a lock"
+    );
+    ensure!(
+        send_as::<_, Condition>(Event::new()?).await?.is_err(),
+        "an event was received as a condition"
+    );
+    ensure!(
+        send_as::<_, Event>(Barrier::new(2)?).await?.is_err(),
+        "a barrier was received as an event"
+    );
+    // The same kind still crosses.
+    let s = Semaphore::new(0)?;
+    let back = send_as::<_, Semaphore>(s.clone()).await??;
+    back.release()?;
+    // The permit released through the one received is the one taken here.
+    let _permit = s.acquire_timeout(LONG).await?;
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -344,7 +379,8 @@ fn main() {
         bad_arguments_are_invalid,
         no_descriptor_left_behind,
         primitives_serve_one_runtime_after_another,
-        a_primitive_whose_wake_up_is_not_an_eventfd_is_refused
+        a_primitive_whose_wake_up_is_not_an_eventfd_is_refused,
+        a_primitive_received_as_another_kind_is_refused
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -5,7 +5,8 @@
 //! Each primitive names its segment's layout with a zero-sized [`Layout`] type: the size the
 //! receiver checks before it touches any fixed offset, the eventfd's mode, and any further
 //! check of a received segment. The receiver maps the same pages and adopts the eventfd
-//! (refusing a descriptor that is not one), so the two processes share one primitive.
+//! (refusing a segment of another kind, by the name it was made with, and a descriptor that
+//! is not an eventfd), so the two processes share one primitive.
 
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
@@ -45,12 +46,16 @@ pub(crate) struct SharedState<L> {
     layout: PhantomData<fn() -> L>,
 }
 
+/// The name of a primitive's segment: what a receiver checks that it is of its kind.
+fn segment_name<L: Layout>() -> String {
+    format!("tokio-multiprocessing-{}", L::WHAT)
+}
+
 impl<L: Layout> SharedState<L> {
     /// A fresh, zeroed segment and a fresh eventfd.
     pub(crate) fn new() -> Result<SharedState<L>> {
-        let name = format!("tokio-multiprocessing-{}", L::WHAT);
         Ok(SharedState {
-            region: SharedRegion::anonymous(&name, L::SIZE)?,
+            region: SharedRegion::anonymous(&segment_name::<L>(), L::SIZE)?,
             wake: Wake::new(L::TOKENS)?,
             recent: Recent::default(),
             layout: PhantomData,
@@ -67,6 +72,16 @@ impl<L> Serialize for SharedState<L> {
 impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let (region, wake) = <(Fd, Fd)>::deserialize(d)?;
+        // Another kind's segment of the same size would be taken for this one's words: a
+        // lock's owner word read as a semaphore's count, its events as tokens.
+        if let Some(name) = sys::segment_name(region.as_fd())
+            && name != segment_name::<L>()
+        {
+            return Err(serde::de::Error::custom(format!(
+                "a {} was received with the segment of something else ({name})",
+                L::WHAT
+            )));
+        }
         let region = map_received(region, L::SIZE, L::WHAT, false)?;
         L::check(&region).map_err(serde::de::Error::custom)?;
         // Any other descriptor would be written and read as one: a socket's peer would get

@@ -350,6 +350,20 @@ pub(crate) fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
     Ok(memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC)?)
 }
 
+/// The name a segment received from another process was made with, as `/proc/self/fd`
+/// tells it: an anonymous segment's ([`SharedRegion::anonymous`]), or what else the
+/// descriptor is; `None` if that cannot be read (no `/proc`).
+pub(crate) fn segment_name(fd: BorrowedFd<'_>) -> Option<String> {
+    let target = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .ok()?;
+    let target = target.to_string_lossy();
+    let name = target.strip_prefix("/memfd:").unwrap_or(&target);
+    Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
+}
+
 /// Removes the name `name` from `/dev/shm` if it still names the segment behind `ours` (the
 /// same file): once another process has removed it and made a segment of that name, the
 /// name is that segment's. `Ok(false)` if the name is gone or names another segment.
