@@ -524,9 +524,9 @@ impl Framed {
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
     ///
     /// # Cancel safety
-    /// As [`send`](Self::send): dropped midway, the frames before the one under way were
-    /// sent, the one under way goes out whole with the next send, and the others were not
-    /// sent.
+    /// As [`send`](Self::send): dropped midway, the frames before the write under way were
+    /// sent, those of the write under way (one frame, or several small ones joined) go out
+    /// whole with the next send, and the others were not sent.
     pub(crate) async fn send_batch(&self, frames: &mut [FrameBuf]) -> Result<()> {
         for f in frames.iter_mut() {
             self.check_fds(f)?;
