@@ -292,6 +292,65 @@ async fn answer_not_held_behind_the_next_task() -> TestResult {
     Ok(())
 }
 
+// A short task sent ahead to a worker busy with a long one is taken back when the other
+// worker goes idle, and runs there, as CPython's shared queue serves it: its answer comes
+// while the long task still runs (it ends only when the test opens its gate).
+async fn a_task_sent_ahead_runs_on_the_worker_that_goes_idle() -> TestResult {
+    let pool = Pool::new(2).await?;
+    ensure!(worker_pids(&pool).await?.len() == 2, "both workers serve");
+    let gate = tmp_path("steal-gate");
+    // To the first worker; then the medium task to the second, and the short one, both
+    // workers busy, is sent ahead to one of them.
+    let mut long = pool.apply_async(wait_for_file, (gate.clone(),));
+    let medium = pool.apply_async(sleep_ms, (300,));
+    let short = pool.apply_async(pid, ());
+    let got = tokio::time::timeout(Duration::from_secs(20), short).await;
+    let long_done = long.ready();
+    std::fs::write(&gate, "go")?;
+    let long_pid = long.await?;
+    medium.await?;
+    let _ = std::fs::remove_file(&gate);
+    let short_pid = match got {
+        Ok(r) => r?,
+        Err(_) => return Err("the short task waited behind the long one".into()),
+    };
+    ensure!(!long_done, "the long task ended before its gate opened");
+    ensure!(
+        short_pid != long_pid,
+        "the short task ran on the long one's worker"
+    );
+    Ok(())
+}
+
+// Right after build, a short task sent behind a long one, to the only worker ready then,
+// is taken back by the second worker once it has started: its answer comes while the long
+// task still runs (it ends only when the test opens its gate).
+async fn a_task_sent_ahead_before_the_other_worker_started_runs_there() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(mp::StartMethod::Spawn)
+        .build()
+        .await?;
+    let gate = tmp_path("steal-start-gate");
+    let mut long = pool.apply_async(wait_for_file, (gate.clone(),));
+    let short = pool.apply_async(pid, ());
+    let got = tokio::time::timeout(Duration::from_secs(20), short).await;
+    let long_done = long.ready();
+    std::fs::write(&gate, "go")?;
+    let long_pid = long.await?;
+    let _ = std::fs::remove_file(&gate);
+    let short_pid = match got {
+        Ok(r) => r?,
+        Err(_) => return Err("the short task waited behind the long one".into()),
+    };
+    ensure!(!long_done, "the long task ended before its gate opened");
+    ensure!(
+        short_pid != long_pid,
+        "the short task ran on the long one's worker"
+    );
+    Ok(())
+}
+
 /// In a process group of its own: a pool maps 40 tasks of 50 ms; when Ctrl-C's SIGINT
 /// reaches the group (`ready` tells the test when to send it), a `ctrl_c` handler closes
 /// the pool and lets the map drain. Exits 0 when every task completed and no worker was
@@ -436,5 +495,7 @@ fn main() {
         sync_task_may_block_on_its_own_runtime,
         fork_pool_serves,
         answer_not_held_behind_the_next_task,
+        a_task_sent_ahead_runs_on_the_worker_that_goes_idle,
+        a_task_sent_ahead_before_the_other_worker_started_runs_there,
     ]);
 }
