@@ -214,11 +214,18 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
     }
     stop.notify_one();
     let kills = killer.await?;
-    let n = runs(&log);
-    let _ = std::fs::remove_file(&log);
+    storm_verdict(&log, &ok, lost, TASKS, kills)
+}
+
+/// What a storm of kills must leave: every one of `calls` resolved (`ok` with results, the
+/// `lost` others with `WorkerLost`), at least five kills, no input in the run log at `log`
+/// (removed here) twice, and every `Ok` matching exactly one logged run.
+fn storm_verdict(log: &str, ok: &[u64], lost: usize, calls: u64, kills: u32) -> TestResult {
+    let n = runs(log);
+    let _ = std::fs::remove_file(log);
     ensure!(
-        ok.len() + lost == TASKS as usize,
-        "{} calls resolved of {TASKS}",
+        ok.len() + lost == calls as usize,
+        "{} calls resolved of {calls}",
         ok.len() + lost
     );
     ensure!(
@@ -227,7 +234,7 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
     );
     let twice: Vec<_> = n.iter().filter(|&(_, &c)| c > 1).collect();
     ensure!(twice.is_empty(), "inputs that ran twice: {twice:?}");
-    for x in &ok {
+    for x in ok {
         ensure!(
             n.get(x) == Some(&1),
             "{x} returned Ok but ran {:?} times",
@@ -315,27 +322,7 @@ async fn kill_storm_while_tasks_are_taken_back_runs_none_twice() -> TestResult {
     }
     stop.notify_one();
     let kills = killer.await?;
-    let n = runs(&log);
-    let _ = std::fs::remove_file(&log);
-    ensure!(
-        ok.len() + lost == next as usize,
-        "{} calls resolved of {next}",
-        ok.len() + lost
-    );
-    ensure!(
-        kills >= 5,
-        "only {kills} workers were killed: the storm did not happen"
-    );
-    let twice: Vec<_> = n.iter().filter(|&(_, &c)| c > 1).collect();
-    ensure!(twice.is_empty(), "inputs that ran twice: {twice:?}");
-    for x in &ok {
-        ensure!(
-            n.get(x) == Some(&1),
-            "{x} returned Ok but ran {:?} times",
-            n.get(x)
-        );
-    }
-    Ok(())
+    storm_verdict(&log, &ok, lost, next, kills)
 }
 
 /// `x`, except that input 100 sleeps 30 s first.

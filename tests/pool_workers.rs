@@ -298,28 +298,9 @@ async fn answer_not_held_behind_the_next_task() -> TestResult {
 async fn a_task_sent_ahead_runs_on_the_worker_that_goes_idle() -> TestResult {
     let pool = Pool::new(2).await?;
     ensure!(worker_pids(&pool).await?.len() == 2, "both workers serve");
-    let gate = tmp_path("steal-gate");
-    // To the first worker; then the medium task to the second, and the short one, both
-    // workers busy, is sent ahead to one of them.
-    let mut long = pool.apply_async(wait_for_file, (gate.clone(),));
-    let medium = pool.apply_async(sleep_ms, (300,));
-    let short = pool.apply_async(pid, ());
-    let got = tokio::time::timeout(Duration::from_secs(20), short).await;
-    let long_done = long.ready();
-    std::fs::write(&gate, "go")?;
-    let long_pid = long.await?;
-    medium.await?;
-    let _ = std::fs::remove_file(&gate);
-    let short_pid = match got {
-        Ok(r) => r?,
-        Err(_) => return Err("the short task waited behind the long one".into()),
-    };
-    ensure!(!long_done, "the long task ended before its gate opened");
-    ensure!(
-        short_pid != long_pid,
-        "the short task ran on the long one's worker"
-    );
-    Ok(())
+    // The medium task goes to the second worker; the short one, both workers busy, is sent
+    // ahead to one of them.
+    short_task_passes_a_gated_one(&pool, "steal-gate", Some(300)).await
 }
 
 // Right after build, a short task sent behind a long one, to the only worker ready then,
@@ -331,13 +312,28 @@ async fn a_task_sent_ahead_before_the_other_worker_started_runs_there() -> TestR
         .start_method(mp::StartMethod::Spawn)
         .build()
         .await?;
-    let gate = tmp_path("steal-start-gate");
+    short_task_passes_a_gated_one(&pool, "steal-start-gate", None).await
+}
+
+/// Sends `pool` a task that ends only once the test opens its gate (a file named for
+/// `tag`), then a task of `medium_ms` if given, then a short one: the short one's answer
+/// must come before the gate opens, from another worker than the gated task's.
+async fn short_task_passes_a_gated_one(
+    pool: &Pool,
+    tag: &str,
+    medium_ms: Option<u64>,
+) -> TestResult {
+    let gate = tmp_path(tag);
     let mut long = pool.apply_async(wait_for_file, (gate.clone(),));
+    let medium = medium_ms.map(|ms| pool.apply_async(sleep_ms, (ms,)));
     let short = pool.apply_async(pid, ());
     let got = tokio::time::timeout(Duration::from_secs(20), short).await;
     let long_done = long.ready();
     std::fs::write(&gate, "go")?;
     let long_pid = long.await?;
+    if let Some(medium) = medium {
+        medium.await?;
+    }
     let _ = std::fs::remove_file(&gate);
     let short_pid = match got {
         Ok(r) => r?,

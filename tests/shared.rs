@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use libtest_mimic::Arguments;
-use support::{TestResult, eventually, fds_return_to, join_ok, open_fds, run_example};
+use support::{TestResult, eventually, fds_return_to, join_ok, open_fds, run_example, send_as};
 use tokio_multiprocessing::{
     Array, Error, Event, Lock, Process, RawArray, RawValue, ShareableItem, ShareableList,
     SharedMemory, Value,
@@ -898,28 +898,6 @@ async fn shareable_list_refuses_a_segment_that_is_not_one() -> TestResult {
     ensure!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     ensure!(sl.get(1)? == ShareableItem::from(2), "the other item");
     Ok(())
-}
-
-/// Sends `value` as a `Connection<S>` and receives it as a `Connection<R>` (a listener and
-/// a client whose types differ, as two programs' may).
-async fn send_as<S, R>(value: S) -> Result<tokio_multiprocessing::Result<R>, Error>
-where
-    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-    R: serde::Serialize + serde::de::DeserializeOwned,
-{
-    let l = tokio_multiprocessing::Listener::new(None)?;
-    let address = l.address().clone();
-    let sender = tokio::spawn(async move {
-        let conn = tokio_multiprocessing::Client::connect::<S>(address, None).await?;
-        conn.send(&value).await?;
-        // Held until the receiver has read the message.
-        conn.recv_bytes().await.map(drop)
-    });
-    let conn = l.accept::<R>().await?;
-    let got = conn.recv().await;
-    drop(conn);
-    let _ = sender.await;
-    Ok(got)
 }
 
 /// No Python counterpart (Python's values carry their ctype with them): shared cells received

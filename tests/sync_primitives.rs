@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use libtest_mimic::Arguments;
-use support::{TestResult, fds_return_to, join_ok, open_fds};
+use support::{TestResult, fds_return_to, join_ok, open_fds, send_as};
 use tokio_multiprocessing::{
     Barrier, Condition, Error, Event, Fd, Lock, Pool, Process, RLock, Semaphore, SharedMemory,
     Value,
@@ -276,28 +276,6 @@ async fn primitives_serve_one_runtime_after_another() -> TestResult {
         b: Barrier::new(2)?,
     };
     support::runtimes::on_runtimes_in_turn(move |rt| waits_on_a_runtime(rt, &all)).await
-}
-
-/// Sends `value` as a `Connection<S>` and receives it as a `Connection<R>` (a listener and
-/// a client whose types differ, as two programs' may).
-async fn send_as<S, R>(value: S) -> Result<tokio_multiprocessing::Result<R>, Error>
-where
-    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-    R: serde::Serialize + serde::de::DeserializeOwned,
-{
-    let l = tokio_multiprocessing::Listener::new(None)?;
-    let address = l.address().clone();
-    let sender = tokio::spawn(async move {
-        let conn = tokio_multiprocessing::Client::connect::<S>(address, None).await?;
-        conn.send(&value).await?;
-        // Held until the receiver has read the message.
-        conn.recv_bytes().await.map(drop)
-    });
-    let conn = l.accept::<R>().await?;
-    let got = conn.recv().await;
-    drop(conn);
-    let _ = sender.await;
-    Ok(got)
 }
 
 /// A primitive's two descriptors as they cross: its segment's and its eventfd.

@@ -383,3 +383,27 @@ pub async fn fds_return_to(before: usize, limit: Duration) -> TestResult {
 
 pub mod pool;
 pub mod runtimes;
+
+/// Sends `value` as a `Connection<S>` and receives it as a `Connection<R>` (a listener and
+/// a client whose types differ, as two programs' may).
+pub async fn send_as<S, R>(
+    value: S,
+) -> Result<tokio_multiprocessing::Result<R>, tokio_multiprocessing::Error>
+where
+    S: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let l = tokio_multiprocessing::Listener::new(None)?;
+    let address = l.address().clone();
+    let sender = tokio::spawn(async move {
+        let conn = tokio_multiprocessing::Client::connect::<S>(address, None).await?;
+        conn.send(&value).await?;
+        // Held until the receiver has read the message.
+        conn.recv_bytes().await.map(drop)
+    });
+    let conn = l.accept::<R>().await?;
+    let got = conn.recv().await;
+    drop(conn);
+    let _ = sender.await;
+    Ok(got)
+}
