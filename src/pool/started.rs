@@ -16,15 +16,6 @@
 //! the next task, it reads the socket directly if this count is above the cancels it has
 //! taken in, so that a cancel sent while a task ran reaches the queue before the next task
 //! starts. It costs one load per task, and a system call only when a cancel was sent.
-//!
-//! A third word lets the pool take back a task it sent ahead to a busy worker, for a worker
-//! left idle, with no message: a worker reads its socket only between tasks, so one that
-//! runs a long task would answer a message only when that task ends. The pool writes the id
-//! of the task it takes back there, if the worker has not claimed it; the worker claims each
-//! synchronous task before it starts it by writing the task's id there, flagged, and drops
-//! a task whose id it finds written by the pool. Each side changes the word in one atomic
-//! step that sees what the other wrote, so exactly one of them has the task: a task taken
-//! back never starts in the worker it was sent to (see [`StartedMark::take_back`]).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -32,19 +23,14 @@ use std::sync::atomic::Ordering;
 use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
 
-/// The shared words: the last task started (0: none yet, task ids start at 1), the cancels
-/// sent, and the claim word (see the module docs).
+/// The shared words: the last task started (0: none yet, task ids start at 1), and the
+/// cancels sent.
 #[derive(Debug)]
 pub(super) struct StartedMark(SharedRegion);
 
 const STARTED: usize = 0;
 const CANCELS: usize = 8;
-const CLAIM: usize = 16;
-const SIZE: usize = 24;
-
-/// In the claim word, the flag of a task the worker claimed; a value without it, other than
-/// 0, is a task the pool took back and the worker has not seen yet.
-const CLAIMED: u64 = 1 << 63;
+const SIZE: usize = 16;
 
 impl StartedMark {
     /// A new word, for a worker about to start.
@@ -90,54 +76,5 @@ impl StartedMark {
     /// In the worker: the cancels sent so far.
     pub(super) fn cancels(&self) -> u64 {
         self.0.u64_at(CANCELS).load(Ordering::Acquire)
-    }
-
-    /// In the pool: takes synchronous task `id` back from the worker, the last one sent to
-    /// it, if the worker has not claimed it; says whether it did. Once it did, the worker
-    /// never starts the task. It does not while another task taken back waits for the
-    /// worker to see it (one at a time), nor once the worker has claimed `id`.
-    pub(super) fn take_back(&self, id: u64) -> bool {
-        let word = self.0.u64_at(CLAIM);
-        let mut seen = word.load(Ordering::Acquire);
-        loop {
-            // The worker claims its tasks in the order they were sent, and `id` was sent
-            // last: unless it holds `id`, the word holds none of its claims on `id`.
-            if seen == id | CLAIMED || (seen != 0 && seen & CLAIMED == 0) {
-                return false;
-            }
-            match word.compare_exchange(seen, id, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => seen = now,
-            }
-        }
-    }
-
-    /// In the worker: claims synchronous task `id`, about to start. Returns the task the pool
-    /// took back since the last claim, if any: `id` itself (it must not start), or a task
-    /// behind it, to drop when its turn comes.
-    pub(super) fn claim(&self, id: u64) -> Option<u64> {
-        let was = self.0.u64_at(CLAIM).swap(id | CLAIMED, Ordering::AcqRel);
-        (was != 0 && was & CLAIMED == 0).then_some(was)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_task_taken_back_is_never_claimed_and_a_claimed_one_never_taken() {
-        let m = StartedMark::new().expect("memfd");
-        // Taken back before its turn: the worker, claiming it, is told to drop it.
-        assert!(m.take_back(5));
-        assert_eq!(m.claim(5), Some(5));
-        // Claimed: no longer taken back.
-        assert_eq!(m.claim(6), None);
-        assert!(!m.take_back(6));
-        // Taken back behind the task claimed next: that claim reports it, to drop later.
-        assert!(m.take_back(8));
-        assert!(!m.take_back(9), "one taken back at a time");
-        assert_eq!(m.claim(7), Some(8));
-        assert!(m.take_back(9), "seen: the next may be taken");
     }
 }

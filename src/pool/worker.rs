@@ -270,9 +270,6 @@ struct Worker {
     exiting: bool,
     /// The cancels received, to compare with those the pool sent (see [`StartedMark`]).
     cancels_taken: u64,
-    /// Tasks the pool took back (see [`StartedMark::take_back`]), seen in the started mark
-    /// before their turn came: dropped when it comes.
-    given_back: Vec<u64>,
 }
 
 impl Worker {
@@ -307,24 +304,6 @@ impl Worker {
                 Some(m) => (m * 3 + nanos) / 4,
             });
         }
-    }
-
-    /// The next synchronous task to start, claimed in the started mark; the tasks the pool
-    /// took back are dropped, unanswered (the pool sent them to another worker).
-    fn next_task(&mut self, mark: &StartedMark) -> Option<Queued> {
-        while let Some(q) = self.queue.pop_front() {
-            if let Some(i) = self.given_back.iter().position(|&id| id == q.id) {
-                self.given_back.swap_remove(i);
-                continue;
-            }
-            match mark.claim(q.id) {
-                Some(id) if id == q.id => continue,
-                Some(id) => self.given_back.push(id),
-                None => {}
-            }
-            return Some(q);
-        }
-        None
     }
 
     /// Takes in what the pool sent, answering at once what needs no task; `false` when the
@@ -482,7 +461,6 @@ fn serve(rt: &tokio::runtime::Runtime, start: Start) -> Result<()> {
             done: done_tx,
             exiting: false,
             cancels_taken: 0,
-            given_back: Vec::new(),
         },
         done_rx,
         held: Held::default(),
@@ -596,7 +574,7 @@ impl Serving {
             }
             *seen = false;
             if !lane.busy
-                && let Some(q) = w.next_task(&lane.started)
+                && let Some(q) = w.queue.pop_front()
             {
                 if w.async_running == 0 {
                     // Answers go out together while short tasks follow each other here,
