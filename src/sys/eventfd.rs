@@ -3,7 +3,7 @@
 //! readiness event for every epoll instance that watches it, in every process.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::eventfd::EfdFlags;
@@ -44,8 +44,5 @@ pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// Whether `fd` is an eventfd, as `/proc/self/fd` names it (`anon_inode:[eventfd]`); `true`
 /// where that cannot be read (no `/proc`), so that nothing is refused for want of a look.
 pub(crate) fn is_eventfd(fd: BorrowedFd<'_>) -> bool {
-    match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-        Ok(target) => target.as_os_str() == "anon_inode:[eventfd]",
-        Err(_) => true,
-    }
+    super::fd_target(fd).is_none_or(|t| t == "anon_inode:[eventfd]")
 }

@@ -282,6 +282,14 @@ pub(crate) fn register_shared(
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
 }
 
+/// What `fd` is, as `/proc/self/fd` names it (`anon_inode:[eventfd]`, `/memfd:name
+/// (deleted)`, a path); `None` where that cannot be read (no `/proc`).
+pub(crate) fn fd_target(fd: BorrowedFd<'_>) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
 /// The descriptors open in this process, from `/proc/self/fd` (without the one used to
 /// read that directory).
 pub(crate) fn open_fds() -> io::Result<Vec<RawFd>> {

@@ -354,12 +354,7 @@ pub(crate) fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
 /// tells it: an anonymous segment's ([`SharedRegion::anonymous`]), or what else the
 /// descriptor is; `None` if that cannot be read (no `/proc`).
 pub(crate) fn segment_name(fd: BorrowedFd<'_>) -> Option<String> {
-    let target = std::fs::read_link(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    ))
-    .ok()?;
-    let target = target.to_string_lossy();
+    let target = super::fd_target(fd)?;
     let name = target.strip_prefix("/memfd:").unwrap_or(&target);
     Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
 }
