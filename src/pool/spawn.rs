@@ -70,12 +70,12 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         }
     }
     let n = WORKER_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let frame = setup_frame(cfg)?;
-    // A small setup goes out first: it waits in the socket while the child starts, so the
-    // child finds it as soon as its bootstrap is done. A large one (big initializer
-    // arguments) could fill the socket before anyone reads it: it goes out after the start.
+    let mut frame = setup_frame(cfg)?;
+    // The setup goes out once the child is started and covered by `unclaimed` below: sent
+    // before, it let the child run its initializer while the start was still under way, and
+    // a start dropped then (its build gone) left a worker whose initializer never ends
+    // running for ever, as nothing had its pid yet to kill it.
     let link = Arc::new(Framed::unix(ours)?);
-    let late = link.send_early(frame)?;
     let started = StartedMark::new()?;
     let mark = Fd::from(sys::dup_fd(started.fd())?);
     let mut process = Process::new(worker::worker_main, (Fd::from(theirs), mark))
@@ -101,9 +101,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
     };
     let answered = {
         let setup = async {
-            if let Some(mut frame) = late {
-                link.send(&mut frame).await?;
-            }
+            link.send(&mut frame).await?;
             link.recv().await?.decode::<SetupReply>()
         };
         tokio::select! {

@@ -623,17 +623,6 @@ impl Framed {
         send_blocking(self.fd.as_fd(), frame)
     }
 
-    /// Sends a small frame at once, to a peer that is not reading yet (a child about to be
-    /// started): it waits in the socket for the peer. A large one is given back, to be sent
-    /// once the peer reads.
-    ///
-    /// # Errors
-    /// As [`send`](Self::send).
-    pub(crate) fn send_early(&self, frame: FrameBuf) -> Result<Option<FrameBuf>> {
-        self.check_fds(&frame)?;
-        super::frame::send_early(self.fd.as_fd(), frame)
-    }
-
     /// Receives the next frame without a runtime, waiting in `poll(2)` until it has arrived.
     ///
     /// # Errors
