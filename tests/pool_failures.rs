@@ -22,6 +22,7 @@ fn main() {
     support::run(trials![
         a_task_the_worker_started_is_not_sent_again,
         kill_storm_runs_no_task_twice_and_resolves_every_call,
+        kill_storm_while_tasks_are_taken_back_runs_none_twice,
         imap_yields_one_item_per_input_when_a_chunk_times_out,
         imap_unordered_names_the_inputs_of_a_lost_chunk,
         a_worker_death_names_the_task_that_was_running,
@@ -213,11 +214,18 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
     }
     stop.notify_one();
     let kills = killer.await?;
-    let n = runs(&log);
-    let _ = std::fs::remove_file(&log);
+    storm_verdict(&log, &ok, lost, TASKS, kills)
+}
+
+/// What a storm of kills must leave: every one of `calls` resolved (`ok` with results, the
+/// `lost` others with `WorkerLost`), at least five kills, no input in the run log at `log`
+/// (removed here) twice, and every `Ok` matching exactly one logged run.
+fn storm_verdict(log: &str, ok: &[u64], lost: usize, calls: u64, kills: u32) -> TestResult {
+    let n = runs(log);
+    let _ = std::fs::remove_file(log);
     ensure!(
-        ok.len() + lost == TASKS as usize,
-        "{} calls resolved of {TASKS}",
+        ok.len() + lost == calls as usize,
+        "{} calls resolved of {calls}",
         ok.len() + lost
     );
     ensure!(
@@ -226,7 +234,7 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
     );
     let twice: Vec<_> = n.iter().filter(|&(_, &c)| c > 1).collect();
     ensure!(twice.is_empty(), "inputs that ran twice: {twice:?}");
-    for x in &ok {
+    for x in ok {
         ensure!(
             n.get(x) == Some(&1),
             "{x} returned Ok but ran {:?} times",
@@ -234,6 +242,87 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
         );
     }
     Ok(())
+}
+
+// Workers SIGKILLed at random while waves of one long task and several short ones go
+// through a pool, each wave submitted while the last runs, so that tasks sent ahead behind
+// long ones are taken back for the workers that go idle: every call resolves (a result or
+// `WorkerLost`), no input runs twice, and every `Ok` matches exactly one logged run.
+async fn kill_storm_while_tasks_are_taken_back_runs_none_twice() -> TestResult {
+    const WAVES: u64 = 60;
+    const SHORT: u64 = 24;
+    let pool = Pool::new(3).await?;
+    let log = tmp_path("steal-storm");
+    let pids = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let killer = {
+        let (pids, stop) = (pids.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut kills = 0u32;
+            let mut killed = HashSet::new();
+            let mut turn = 0usize;
+            loop {
+                tokio::select! {
+                    () = stop.notified() => return kills,
+                    () = tokio::time::sleep(Duration::from_millis(45)) => {}
+                }
+                turn += 7;
+                let pid = {
+                    let seen = pids.lock().unwrap_or_else(|p| p.into_inner());
+                    let live: Vec<u32> = seen
+                        .iter()
+                        .copied()
+                        .filter(|p| !killed.contains(p))
+                        .collect();
+                    live.get(turn % live.len().max(1)).copied()
+                };
+                if let Some(pid) = pid {
+                    killed.insert(pid);
+                    let _ = kill9(pid);
+                    kills += 1;
+                }
+            }
+        })
+    };
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0u64;
+    let (mut ok, mut lost) = (Vec::new(), 0usize);
+    let mut record = |r: Result<(u64, u32), mp::TaskError>, ok: &mut Vec<u64>| -> TestResult {
+        match r {
+            Ok((x, pid)) => {
+                let mut seen = pids.lock().unwrap_or_else(|p| p.into_inner());
+                if !seen.contains(&pid) {
+                    seen.push(pid);
+                }
+                ok.push(x);
+            }
+            Err(e) if e.is_worker_lost() => lost += 1,
+            Err(e) => return Err(format!("a call failed with {e}").into()),
+        }
+        Ok(())
+    };
+    for _ in 0..WAVES {
+        pending.push(pool.apply_async(log_then_sleep, (log.clone(), next, 120)));
+        next += 1;
+        for _ in 0..SHORT {
+            pending.push(pool.apply_async(log_then_sleep, (log.clone(), next, 0)));
+            next += 1;
+        }
+        // Until as many answers as the wave has short tasks: the next wave is sent while
+        // its long task (or an earlier one) runs.
+        for _ in 0..SHORT {
+            match pending.next().await {
+                Some(r) => record(r, &mut ok)?,
+                None => break,
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        record(r, &mut ok)?;
+    }
+    stop.notify_one();
+    let kills = killer.await?;
+    storm_verdict(&log, &ok, lost, next, kills)
 }
 
 /// `x`, except that input 100 sleeps 30 s first.

@@ -292,6 +292,61 @@ async fn answer_not_held_behind_the_next_task() -> TestResult {
     Ok(())
 }
 
+// A short task sent ahead to a worker busy with a long one is taken back when the other
+// worker goes idle, and runs there, as CPython's shared queue serves it: its answer comes
+// while the long task still runs (it ends only when the test opens its gate).
+async fn a_task_sent_ahead_runs_on_the_worker_that_goes_idle() -> TestResult {
+    let pool = Pool::new(2).await?;
+    ensure!(worker_pids(&pool).await?.len() == 2, "both workers serve");
+    // The medium task goes to the second worker; the short one, both workers busy, is sent
+    // ahead to one of them.
+    short_task_passes_a_gated_one(&pool, "steal-gate", Some(300)).await
+}
+
+// Right after build, a short task sent behind a long one, to the only worker ready then,
+// is taken back by the second worker once it has started: its answer comes while the long
+// task still runs (it ends only when the test opens its gate).
+async fn a_task_sent_ahead_before_the_other_worker_started_runs_there() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(mp::StartMethod::Spawn)
+        .build()
+        .await?;
+    short_task_passes_a_gated_one(&pool, "steal-start-gate", None).await
+}
+
+/// Sends `pool` a task that ends only once the test opens its gate (a file named for
+/// `tag`), then a task of `medium_ms` if given, then a short one: the short one's answer
+/// must come before the gate opens, from another worker than the gated task's.
+async fn short_task_passes_a_gated_one(
+    pool: &Pool,
+    tag: &str,
+    medium_ms: Option<u64>,
+) -> TestResult {
+    let gate = tmp_path(tag);
+    let mut long = pool.apply_async(wait_for_file, (gate.clone(),));
+    let medium = medium_ms.map(|ms| pool.apply_async(sleep_ms, (ms,)));
+    let short = pool.apply_async(pid, ());
+    let got = tokio::time::timeout(Duration::from_secs(20), short).await;
+    let long_done = long.ready();
+    std::fs::write(&gate, "go")?;
+    let long_pid = long.await?;
+    if let Some(medium) = medium {
+        medium.await?;
+    }
+    let _ = std::fs::remove_file(&gate);
+    let short_pid = match got {
+        Ok(r) => r?,
+        Err(_) => return Err("the short task waited behind the long one".into()),
+    };
+    ensure!(!long_done, "the long task ended before its gate opened");
+    ensure!(
+        short_pid != long_pid,
+        "the short task ran on the long one's worker"
+    );
+    Ok(())
+}
+
 /// In a process group of its own: a pool maps 40 tasks of 50 ms; when Ctrl-C's SIGINT
 /// reaches the group (`ready` tells the test when to send it), a `ctrl_c` handler closes
 /// the pool and lets the map drain. Exits 0 when every task completed and no worker was
@@ -436,5 +491,7 @@ fn main() {
         sync_task_may_block_on_its_own_runtime,
         fork_pool_serves,
         answer_not_held_behind_the_next_task,
+        a_task_sent_ahead_runs_on_the_worker_that_goes_idle,
+        a_task_sent_ahead_before_the_other_worker_started_runs_there,
     ]);
 }

@@ -52,6 +52,10 @@ pub(super) enum ToWorker {
         /// The task has a timeout: the answers the worker holds back go out before it
         /// starts, so that a worker killed for running it too long loses none of them.
         timed: bool,
+        /// For a synchronous task, its number among those sent to this worker, from 1, by
+        /// which it is claimed and taken back (see
+        /// [`StartedMark`](super::started::StartedMark)); 0 for an `async fn` task.
+        seq: u64,
     },
     /// Drop task `id` if it has not started (the caller cancelled it); the worker answers
     /// [`TaskFailure::Cancelled`] if it dropped it, and nothing more if the task had started.

@@ -134,6 +134,16 @@ impl Mark {
         }
     }
 
+    /// Takes the synchronous task numbered `seq` back from a local worker that has not
+    /// claimed it (see [`StartedMark::take_back`](super::started::StartedMark::take_back));
+    /// a remote worker shares no memory with the pool, and gives nothing back.
+    pub(super) fn take_back(&self, seq: u64) -> bool {
+        match self {
+            Mark::Local(m) => m.take_back(seq),
+            Mark::Remote(_) => false,
+        }
+    }
+
     /// Tells a local worker that one more cancel was sent to it (see
     /// [`StartedMark`](super::started::StartedMark)); a remote worker shares no memory with
     /// the pool.

@@ -8,11 +8,14 @@
 //! sends a task to the least loaded worker that has room: one running synchronous task plus
 //! a few waiting behind it (enough to keep it busy across its round trip, up to
 //! [`MAX_PREFETCH`], as many as the backlog warrants: see [`prefetch_for`]), or up to the
-//! per-worker concurrency of `async fn` tasks. When a worker dies, the tasks it may have
-//! started fail with a [`TaskError`] that says so (those whose answer had arrived were
-//! answered already); the ones it held and provably never started (see [`StartedMark`]) go
-//! back to the head of the queue. Then the worker is replaced. A worker that cannot be
-//! started is started again later, with a growing delay.
+//! per-worker concurrency of `async fn` tasks. A worker left idle with nothing queued takes
+//! over a synchronous task sent ahead to a busy local worker, if that worker has not claimed
+//! it (see [`Scheduler::take_back_for_idle`]), so a short task does not wait behind a long
+//! one while a worker idles. When a worker dies, the tasks it may have started fail with a
+//! [`TaskError`] that says so (those whose answer had arrived were answered already); the
+//! ones it held and provably never started (see [`StartedMark`]) go back to the head of the
+//! queue. Then the worker is replaced. A worker that cannot be started is started again
+//! later, with a growing delay.
 //!
 //! This file is the whole state machine: its handlers of commands, events and deadlines,
 //! and the dispatch they share, which all keep one invariant (every task is in exactly one
@@ -182,6 +185,9 @@ struct Running {
     /// Whether it was sent to a worker that held no other synchronous task, so that it
     /// waited behind none (see [`RoundTrip`](super::slot::RoundTrip)).
     alone: bool,
+    /// A synchronous task's number among those sent to its worker, by which it is taken
+    /// back (see [`StartedMark`](super::started::StartedMark)); 0 for an `async fn` task.
+    seq: u64,
 }
 
 /// Worker starts in progress when the scheduler begins, from [`PoolBuilder::build`](super::PoolBuilder::build).
@@ -450,6 +456,7 @@ impl Scheduler {
                 sync: VecDeque::new(),
                 asyncs: Vec::new(),
                 sent: 0,
+                sync_sent: 0,
                 draining: false,
                 round_trip: RoundTrip::default(),
             },
@@ -974,7 +981,91 @@ impl Scheduler {
         if now.is_some() {
             self.workers.values_mut().for_each(Slot::flush);
         }
+        if self.take_back_for_idle() {
+            let sent_at = std::time::Instant::now();
+            while let Some(job) = self.queue.front() {
+                let Some(wid) = self.pick(job.is_async) else {
+                    break;
+                };
+                let Some(job) = self.queue.pop_front() else {
+                    break;
+                };
+                self.send_job(wid, job, sent_at);
+            }
+            self.workers.values_mut().for_each(Slot::flush);
+        }
         self.retire_idle();
+    }
+
+    /// With nothing queued, takes back for each idle worker a synchronous task sent ahead
+    /// to another, one that waits there behind a task that may be long, and queues it
+    /// again; says whether it took any. A task is taken back only if its worker has not
+    /// claimed it (see [`StartedMark::take_back`](super::started::StartedMark::take_back)),
+    /// so it runs once; its caller's reply stays where it is, and follows it. Only the last
+    /// task sent to a worker is taken, and only from local workers (a remote one shares no
+    /// memory with the pool); never an `async fn` task.
+    fn take_back_for_idle(&mut self) -> bool {
+        if !self.queue.is_empty() || self.phase == Phase::Terminating {
+            return false;
+        }
+        let max = self.cfg.maxtasksperchild;
+        let mut idle = self
+            .workers
+            .values()
+            .filter(|s| !s.draining && s.load() == 0 && max.is_none_or(|m| s.sent < m))
+            .count();
+        let mut tried = Vec::new();
+        while idle > 0 {
+            let from = self
+                .workers
+                .iter()
+                .filter(|(w, s)| !s.draining && s.sync.len() >= 2 && !tried.contains(*w))
+                .max_by_key(|(_, s)| s.sync.len())
+                .map(|(w, _)| *w);
+            let Some(wid) = from else {
+                break;
+            };
+            match self.take_back(wid) {
+                Some(job) => {
+                    self.queue.push_back(job);
+                    idle -= 1;
+                }
+                None => tried.push(wid),
+            }
+        }
+        !self.queue.is_empty()
+    }
+
+    /// Takes back the last synchronous task sent to worker `wid`, if it is one sent ahead
+    /// (behind another) that the worker has not claimed, and its arguments were kept.
+    fn take_back(&mut self, wid: u64) -> Option<Job> {
+        let slot = self.workers.get_mut(&wid)?;
+        let id = *slot.sync.back()?;
+        let run = self.in_flight.get(&id)?;
+        if run.is_async || run.started || run.copy.is_none() || !slot.started.take_back(run.seq) {
+            return None;
+        }
+        slot.sync.pop_back();
+        slot.sent = slot.sent.saturating_sub(1);
+        let run = self.in_flight.remove(&id)?;
+        if let Some(d) = run.deadline {
+            self.deadlines.remove(&(d, id));
+        }
+        tracing::debug!(
+            id,
+            pid = slot.pid,
+            "took a task sent ahead back for an idle worker"
+        );
+        Some(Job {
+            id,
+            entry: run.entry,
+            is_async: false,
+            payload: run.copy?,
+            timeout: run.timeout,
+            retries: run.retries,
+            reply: None,
+            stream: None,
+        })
     }
 
     /// Sends `job` to worker `wid`; `sent_at` stamps it for the worker's round trip.
@@ -992,12 +1083,14 @@ impl Scheduler {
         } else {
             job.payload.try_clone().ok()
         };
+        let seq = if job.is_async { 0 } else { slot.sync_sent + 1 };
         let mut frame = match FrameBuf::of(&ToWorker::Task {
             id: job.id,
             entry: job.entry,
             is_async: job.is_async,
             spin,
             timed: job.timeout.is_some(),
+            seq,
         }) {
             Ok(f) => f,
             Err(e) => {
@@ -1030,6 +1123,7 @@ impl Scheduler {
         if job.is_async {
             slot.asyncs.push(job.id);
         } else {
+            slot.sync_sent = seq;
             slot.sync.push_back(job.id);
         }
         // A timeout too long to represent is none.
@@ -1053,6 +1147,7 @@ impl Scheduler {
                 deadline,
                 sent_at,
                 alone: started,
+                seq,
             },
         );
     }

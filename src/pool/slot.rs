@@ -26,6 +26,9 @@ pub(super) struct Slot {
     pub(super) sync: VecDeque<u64>,
     pub(super) asyncs: Vec<u64>,
     pub(super) sent: usize,
+    /// The synchronous tasks sent, counted from the first: the number of the last one sent
+    /// (see [`StartedMark`](super::started::StartedMark)).
+    pub(super) sync_sent: u64,
     /// No more tasks: it was sent `Exit`, or is being killed.
     pub(super) draining: bool,
     /// The round trip to it, which its prefetch covers.
@@ -174,6 +177,7 @@ mod tests {
             sync: sync.iter().copied().collect(),
             asyncs: Vec::new(),
             sent: sync.len(),
+            sync_sent: sync.len() as u64,
             draining: false,
             round_trip: RoundTrip::default(),
         }

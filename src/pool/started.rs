@@ -16,6 +16,19 @@
 //! the next task, it reads the socket directly if this count is above the cancels it has
 //! taken in, so that a cancel sent while a task ran reaches the queue before the next task
 //! starts. It costs one load per task, and a system call only when a cancel was sent.
+//!
+//! A third word lets the pool take back a task it sent ahead to a busy worker, for a worker
+//! left idle, with no message: a worker reads its socket only between tasks, so one that
+//! runs a long task would answer a message only when that task ends. The pool numbers the
+//! synchronous tasks it sends each worker 1, 2, 3, ... in the order it sends them (the
+//! task's `seq`), and the worker claims each one before it starts it by writing its number
+//! there, flagged. The pool takes task `seq` back by writing `seq` there, unflagged, only if
+//! the number claimed last is below it; the worker drops a task whose number it finds
+//! written by the pool. Numbers, unlike task ids (a task sent again keeps its id), only grow
+//! along a worker's queue, so a claim of a later task, even one the worker then drops,
+//! proves the worker has passed `seq`. Each side changes the word in one atomic step that
+//! sees what the other wrote, so exactly one of them has the task: a task taken back never
+//! starts in the worker it was sent to (see [`StartedMark::take_back`]).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -23,14 +36,19 @@ use std::sync::atomic::Ordering;
 use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
 
-/// The shared words: the last task started (0: none yet, task ids start at 1), and the
-/// cancels sent.
+/// The shared words: the last task started (0: none yet, task ids start at 1), the cancels
+/// sent, and the claim word (see the module docs).
 #[derive(Debug)]
 pub(super) struct StartedMark(SharedRegion);
 
 const STARTED: usize = 0;
 const CANCELS: usize = 8;
-const SIZE: usize = 16;
+const CLAIM: usize = 16;
+const SIZE: usize = 24;
+
+/// In the claim word, the flag of the number of a task the worker claimed; a number without
+/// it, other than 0, is that of a task the pool took back and the worker has not seen yet.
+const CLAIMED: u64 = 1 << 63;
 
 impl StartedMark {
     /// A new word, for a worker about to start.
@@ -76,5 +94,71 @@ impl StartedMark {
     /// In the worker: the cancels sent so far.
     pub(super) fn cancels(&self) -> u64 {
         self.0.u64_at(CANCELS).load(Ordering::Acquire)
+    }
+
+    /// In the pool: takes back the synchronous task the pool numbered `seq` for this worker
+    /// (see the module docs), if the worker has not claimed it; says whether it did. Once it
+    /// did, the worker never starts the task. It does not while another task taken back
+    /// waits for the worker to see it (one at a time), nor once the worker has claimed `seq`
+    /// or any task after it.
+    pub(super) fn take_back(&self, seq: u64) -> bool {
+        let word = self.0.u64_at(CLAIM);
+        let mut seen = word.load(Ordering::Acquire);
+        loop {
+            let unseen = seen != 0 && seen & CLAIMED == 0;
+            if unseen || seen & !CLAIMED >= seq {
+                return false;
+            }
+            match word.compare_exchange(seen, seq, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// In the worker: claims the synchronous task numbered `seq`, next in its queue. Returns
+    /// the number of the task the pool took back since the last claim, if any: `seq` itself
+    /// (the task must not start), or that of a task behind it, to drop when its turn comes.
+    pub(super) fn claim(&self, seq: u64) -> Option<u64> {
+        let was = self.0.u64_at(CLAIM).swap(seq | CLAIMED, Ordering::AcqRel);
+        (was != 0 && was & CLAIMED == 0).then_some(was)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_taken_back_is_never_claimed_and_a_claimed_one_never_taken() {
+        let m = StartedMark::new().expect("memfd");
+        // Taken back before its turn: the worker, claiming it, is told to drop it.
+        assert!(m.take_back(1));
+        assert_eq!(m.claim(1), Some(1));
+        // Claimed: no longer taken back.
+        assert_eq!(m.claim(2), None);
+        assert!(!m.take_back(2));
+        // Taken back behind the task claimed next: that claim reports it, to drop later.
+        assert!(m.take_back(4));
+        assert!(!m.take_back(5), "one taken back at a time");
+        assert_eq!(m.claim(3), Some(4));
+        assert!(m.take_back(5), "seen: the next may be taken");
+    }
+
+    #[test]
+    fn a_claim_of_a_task_dropped_after_another_proves_that_one_claimed() {
+        // Task 2 claimed (it runs), task 3 behind it taken back; the worker, done with 2,
+        // claims 3 and drops it. Task 2 must not be taken back now: the word shows 3.
+        let m = StartedMark::new().expect("memfd");
+        assert_eq!(m.claim(1), None);
+        assert_eq!(m.claim(2), None);
+        assert!(m.take_back(3));
+        assert_eq!(m.claim(3), Some(3));
+        assert!(
+            !m.take_back(2),
+            "task 2 ran; taking it back would run it twice"
+        );
+        assert!(!m.take_back(3));
+        assert!(m.take_back(4));
     }
 }

@@ -257,6 +257,8 @@ struct Queued {
     spin: bool,
     /// The task has a timeout (see [`ToWorker::Task`]).
     timed: bool,
+    /// Its number among the synchronous tasks sent to this worker (see [`ToWorker::Task`]).
+    seq: u64,
 }
 
 /// The worker's state between frames.
@@ -270,6 +272,9 @@ struct Worker {
     exiting: bool,
     /// The cancels received, to compare with those the pool sent (see [`StartedMark`]).
     cancels_taken: u64,
+    /// The numbers of tasks the pool took back (see [`StartedMark::take_back`]), seen in the
+    /// started mark before their turn came: dropped when it comes.
+    given_back: Vec<u64>,
 }
 
 impl Worker {
@@ -306,6 +311,28 @@ impl Worker {
         }
     }
 
+    /// The next synchronous task to start, claimed in the started mark; the tasks the pool
+    /// took back are dropped, unanswered (the pool sent them to another worker).
+    fn next_task(&mut self, mark: &StartedMark) -> Option<Queued> {
+        while let Some(q) = self.queue.pop_front() {
+            if !self.given_back.is_empty() {
+                // Numbers below this task's are of tasks cancelled before their turn.
+                self.given_back.retain(|&seq| seq >= q.seq);
+            }
+            if let Some(i) = self.given_back.iter().position(|&seq| seq == q.seq) {
+                self.given_back.swap_remove(i);
+                continue;
+            }
+            match mark.claim(q.seq) {
+                Some(seq) if seq == q.seq => continue,
+                Some(seq) => self.given_back.push(seq),
+                None => {}
+            }
+            return Some(q);
+        }
+        None
+    }
+
     /// Takes in what the pool sent, answering at once what needs no task; `false` when the
     /// pool is gone (nothing more will come, and nobody waits for answers).
     async fn take_in(&mut self, r: Result<Frame>, wr: &Framed) -> Result<bool> {
@@ -323,7 +350,7 @@ impl Worker {
 
     /// Takes in one frame from the pool; returns an answer to send at once, if any.
     fn take(&mut self, mut frame: Frame) -> Result<Option<FrameBuf>> {
-        let (id, entry, is_async, spin, timed) = match frame.decode_head::<ToWorker>()? {
+        let (id, entry, is_async, spin, timed, seq) = match frame.decode_head::<ToWorker>()? {
             ToWorker::Exit => {
                 self.exiting = true;
                 return Ok(None);
@@ -343,7 +370,8 @@ impl Worker {
                 is_async,
                 spin,
                 timed,
-            } => (id, entry, is_async, spin, timed),
+                seq,
+            } => (id, entry, is_async, spin, timed, seq),
         };
         let offset = entry;
         let entry = match self.entry(offset) {
@@ -360,6 +388,7 @@ impl Worker {
                 frame,
                 spin,
                 timed,
+                seq,
             });
             return Ok(None);
         }
@@ -461,6 +490,7 @@ fn serve(rt: &tokio::runtime::Runtime, start: Start) -> Result<()> {
             done: done_tx,
             exiting: false,
             cancels_taken: 0,
+            given_back: Vec::new(),
         },
         done_rx,
         held: Held::default(),
@@ -574,7 +604,7 @@ impl Serving {
             }
             *seen = false;
             if !lane.busy
-                && let Some(q) = w.queue.pop_front()
+                && let Some(q) = w.next_task(&lane.started)
             {
                 if w.async_running == 0 {
                     // Answers go out together while short tasks follow each other here,
