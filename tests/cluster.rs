@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::netns::Net;
@@ -49,6 +49,7 @@ fn main() {
         a_worker_printing_much_grows_its_agent_little,
         terminate_waits_for_no_start_once_the_only_host_is_lost,
         a_launch_that_ended_at_once_is_named_when_no_host_has_room,
+        a_launch_command_that_exits_is_reaped_while_the_cluster_lives,
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
         a_remote_initializer_error_reaches_the_caller,
@@ -1414,6 +1415,56 @@ async fn a_launch_that_ended_at_once_is_named_when_no_host_has_room() -> TestRes
         "{e}"
     );
     Ok(())
+}
+
+// A launch command that exits while the cluster lives (one that starts its agent in the
+// background, or asks an engine to, as `kubectl run` does) is reaped when it ends, rather
+// than left a zombie until the cluster is dropped.
+async fn a_launch_command_that_exits_is_reaped_while_the_cluster_lives() -> TestResult {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::new("true")
+                .hosts(3)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = children_named("true");
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = children_named("true");
+    }
+    let zombies: Vec<u32> = left
+        .iter()
+        .copied()
+        .filter(|&c| support::is_zombie_or_gone(c))
+        .collect();
+    drop(cluster);
+    ensure!(
+        left.is_empty(),
+        "launch processes {left:?} still there 10 s after they exited (zombies: {zombies:?})"
+    );
+    Ok(())
+}
+
+/// The children of this process, zombies included, whose command name is `name`.
+fn children_named(name: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == name)
+        })
+        .collect()
 }
 
 /// The peak resident memory of process `pid` in KiB (`VmHWM`).

@@ -135,6 +135,24 @@ impl Inner {
     }
 }
 
+/// Reaps launched process `pid` once it ends (`pidfd` turns readable), so that a launch
+/// command that exits while its agent runs on (one that starts the agent in the background,
+/// or asks an engine to, as `kubectl run` does) leaves no zombie for the cluster's life. Its
+/// exit status stays, for the errors that name launches that ended.
+async fn reap_when_ended(inner: Weak<Inner>, pidfd: std::os::fd::OwnedFd, pid: u32) {
+    let Ok(fd) = crate::sys::register_owned(pidfd, tokio::io::Interest::READABLE) else {
+        return;
+    };
+    if fd.readable().await.is_err() {
+        return;
+    }
+    if let Some(inner) = inner.upgrade() {
+        for l in inner.launched().iter_mut().filter(|l| l.pid() == Some(pid)) {
+            l.ended();
+        }
+    }
+}
+
 /// The most launches a scale runs at once (see [`Cluster::scale`]).
 const LAUNCHES_AT_ONCE: usize = 16;
 
@@ -597,6 +615,8 @@ impl Cluster {
             ));
         };
         let _turn = self.inner.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        // This blocking thread's runtime, which watches each launched process for its end.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let interrupted = || self.inner.shutdowns.load(Ordering::Acquire) != epoch;
         let missing: Vec<usize> = {
             let launched = self.inner.launched();
@@ -623,7 +643,11 @@ impl Cluster {
                 match launched {
                     Ok(mut agent) => {
                         agent.host = id;
+                        let watch = agent.end_signal().zip(agent.pid());
                         self.inner.launched().push(agent);
+                        if let (Some(rt), Some((pidfd, pid))) = (&runtime, watch) {
+                            rt.spawn(reap_when_ended(Arc::downgrade(&self.inner), pidfd, pid));
+                        }
                     }
                     Err(e) => failed
                         .lock()

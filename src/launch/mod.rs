@@ -120,7 +120,8 @@ pub struct Launched {
 }
 
 impl Launched {
-    /// A launched process to kill and reap with the cluster.
+    /// A launched process: reaped as soon as it ends (a launch command may exit while its
+    /// agent runs on), or else killed and reaped with the cluster.
     pub fn process(child: std::process::Child) -> Launched {
         Launched {
             child: Some(child),
@@ -176,6 +177,14 @@ impl Launched {
     /// The launched process's pid on this machine, if there is one.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// A descriptor of the launched process that turns readable once it ends (a pidfd),
+    /// while it is not reaped; `None` when there is no process on this machine, or once it
+    /// was reaped.
+    pub(crate) fn end_signal(&self) -> Option<std::os::fd::OwnedFd> {
+        let pid = i32::try_from(self.child.as_ref()?.id()).ok()?;
+        crate::sys::pidfd_open(pid).ok()
     }
 
     /// How the launched process ended (its pid and exit status), if it has: it is then
