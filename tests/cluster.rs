@@ -1450,17 +1450,8 @@ async fn a_launch_command_that_exits_is_reaped_while_the_cluster_lives() -> Test
 
 /// The children of this process, zombies included, whose command name is `name`.
 fn children_named(name: &str) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
+    support::all_children()
+        .into_iter()
         .filter(|c| {
             std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == name)
         })

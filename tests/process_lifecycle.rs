@@ -611,22 +611,6 @@ async fn a_daemon_starts_daemons_unless_told_otherwise() -> TestResult {
     Ok(())
 }
 
-/// This process's children, zombies included.
-fn all_children() -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|c| c.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
 /// A runtime that starts a pool and a `Process`, and stops right after its body drops them
 /// (as a `#[tokio::test]` does).
 fn pool_and_process_dropped_with_their_runtime() -> mp::Result<()> {
@@ -648,7 +632,7 @@ fn rounds_of_dropped_runtimes(q: mp::Queue<String>) -> mp::Result<()> {
     let settled = |fds: Option<usize>| {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let (children, now) = (all_children(), support::open_fds());
+            let (children, now) = (support::all_children(), support::open_fds());
             if children.is_empty() && fds.is_none_or(|f| now <= f) {
                 return Ok(now);
             }
@@ -713,18 +697,18 @@ fn fork_children_dropped_with_their_runtimes() {
     }
     // Until the three have ended (zombies, as nothing reaped them).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !all_children()
+    while !support::all_children()
         .iter()
         .all(|&c| support::is_zombie_or_gone(c))
     {
         if std::time::Instant::now() >= deadline {
-            eprintln!("the children did not end: {:?}", all_children());
+            eprintln!("the children did not end: {:?}", support::all_children());
             std::process::exit(4);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let active = mp::active_children();
-    let left = all_children();
+    let left = support::all_children();
     if !active.is_empty() || !left.is_empty() {
         eprintln!("active {active:?}; left (zombies included): {left:?}");
         std::process::exit(2);
