@@ -23,6 +23,7 @@ fn main() {
         a_task_the_worker_started_is_not_sent_again,
         kill_storm_runs_no_task_twice_and_resolves_every_call,
         kill_storm_while_tasks_are_taken_back_runs_none_twice,
+        a_task_cancelled_if_queued_either_never_runs_or_gives_its_result,
         imap_yields_one_item_per_input_when_a_chunk_times_out,
         imap_unordered_names_the_inputs_of_a_lost_chunk,
         a_worker_death_names_the_task_that_was_running,
@@ -323,6 +324,66 @@ async fn kill_storm_while_tasks_are_taken_back_runs_none_twice() -> TestResult {
     stop.notify_one();
     let kills = killer.await?;
     storm_verdict(&log, &ok, lost, next, kills)
+}
+
+// `cancel_if_queued` on tasks sent ahead to a worker that is starting them, rounds on
+// end: a task whose handle says it was cancelled never ran, and one that ran resolves to
+// its result (the run log decides), whichever way each race between the cancel and the
+// worker's start went.
+async fn a_task_cancelled_if_queued_either_never_runs_or_gives_its_result() -> TestResult {
+    const ROUNDS: u64 = 1500;
+    const BATCH: u64 = 8;
+    let pool = Pool::new(1).await?;
+    let log = tmp_path("cancel-race");
+    let (mut ok, mut cancelled) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let handles: Vec<_> = (0..BATCH)
+            .map(|i| {
+                let x = round * BATCH + i;
+                (x, pool.apply_async(log_then_sleep, (log.clone(), x, 0)))
+            })
+            .collect();
+        for (_, h) in handles.iter().rev() {
+            h.cancel_if_queued();
+        }
+        for (x, h) in handles {
+            match h.await {
+                Ok((got, _)) => {
+                    ensure!(got == x, "task {x} answered {got}");
+                    ok.push(x);
+                }
+                Err(e) if e.is_cancelled() => cancelled.push(x),
+                Err(e) => return Err(format!("task {x} failed with {e}").into()),
+            }
+        }
+    }
+    let n = runs(&log);
+    let _ = std::fs::remove_file(&log);
+    ensure!(
+        !ok.is_empty() && !cancelled.is_empty(),
+        "{} ran and {} were cancelled: the races did not happen",
+        ok.len(),
+        cancelled.len()
+    );
+    let ran_though_cancelled: Vec<u64> = cancelled
+        .iter()
+        .copied()
+        .filter(|x| n.contains_key(x))
+        .collect();
+    ensure!(
+        ran_though_cancelled.is_empty(),
+        "{} tasks said cancelled ran: {:?}",
+        ran_though_cancelled.len(),
+        &ran_though_cancelled[..ran_though_cancelled.len().min(10)]
+    );
+    for x in &ok {
+        ensure!(
+            n.get(x) == Some(&1),
+            "{x} returned Ok but ran {:?} times",
+            n.get(x)
+        );
+    }
+    Ok(())
 }
 
 /// `x`, except that input 100 sleeps 30 s first.

@@ -154,9 +154,12 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Cancels the task: a task still queued is removed (it never runs); a running task's
     /// worker is killed and replaced (other `async fn` tasks running on that worker then
     /// fail as their worker lost). The handle then resolves to a cancelled [`TaskError`],
-    /// unless the task had finished already. A task that had been sent ahead to a worker
-    /// but not started is taken back; in the rare race where the worker starts it at that
-    /// moment, it runs to its end and its result is discarded.
+    /// unless the task had finished already. A task sent ahead to a worker on this machine
+    /// is taken back if the worker has not claimed it: the pool and the worker settle which
+    /// of them has it in one atomic step on memory they share, so the task either never
+    /// starts or counts as running. While that worker has yet to see another task taken
+    /// back from it (until it takes up its next task), it is dealt with as a cluster's
+    /// worker is (below).
     ///
     /// On a worker on another host of a [`Cluster`](crate::Cluster), whose started tasks
     /// the pool does not see while it lives, the worker is killed only for a task that may
@@ -170,9 +173,8 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Cancels the task only if it has not started: a task still queued (or sent ahead to a
     /// worker that has not started it) never runs, and the handle resolves to a cancelled
     /// [`TaskError`]; a task already running is left to finish, no worker is killed, and the
-    /// handle resolves to its result. In the rare race where a worker starts a task it was
-    /// sent ahead at the moment it is taken back, the task runs to its end and its result
-    /// is discarded; on a cluster's worker (see [`cancel`](Self::cancel)), the worker
+    /// handle resolves to its result. A task sent ahead to a worker is settled as
+    /// [`cancel`](Self::cancel) says; where the worker is asked to drop it, the worker
     /// answers whether it dropped the task, and the handle resolves to the task's result if
     /// it had started it.
     pub fn cancel_if_queued(&self) {

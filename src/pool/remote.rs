@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::builder::Config;
 use super::proto::SetupReply;
 use super::spawn::{WorkerConn, answer_left, died_in_setup, setup_frame};
-use super::started::StartedMark;
+use super::started::{StartedMark, TakeBack};
 use super::worker;
 use crate::cluster::{Cluster, RemoteExit, RemoteKill};
 use crate::error::{Error, ExitCause, Result};
@@ -136,11 +136,12 @@ impl Mark {
 
     /// Takes the synchronous task numbered `seq` back from a local worker that has not
     /// claimed it (see [`StartedMark::take_back`](super::started::StartedMark::take_back));
-    /// a remote worker shares no memory with the pool, and gives nothing back.
-    pub(super) fn take_back(&self, seq: u64) -> bool {
+    /// a remote worker shares no memory with the pool, and gives nothing back
+    /// ([`TakeBack::Later`]).
+    pub(super) fn take_back(&self, seq: u64) -> TakeBack {
         match self {
             Mark::Local(m) => m.take_back(seq),
-            Mark::Remote(_) => false,
+            Mark::Remote(_) => TakeBack::Later,
         }
     }
 

@@ -39,6 +39,7 @@ use super::payload::Payload;
 use super::proto::ToWorker;
 use super::slot::{RoundTrip, Slot};
 use super::spawn::{WorkerConn, spawn_start};
+use super::started::TakeBack;
 use super::stats::{Counters, Tally, WorkerLoss};
 use crate::error::{Error, ExitCause, Result, TaskError};
 use crate::wire::Frame;
@@ -546,9 +547,13 @@ impl Scheduler {
         }
     }
 
-    /// Cancels task `id`: a queued one is removed; one its worker may have started is left
-    /// to run unless `running`, in which case its worker is killed; one sent ahead and not
-    /// started is taken back from its worker.
+    /// Cancels task `id`: a queued one is removed. A synchronous one sent to a worker on
+    /// this machine is settled in the worker's claim word (see [`Scheduler::take_back`]):
+    /// taken back, it never starts; claimed, it runs. Where that cannot settle it (a worker
+    /// on another host, or one yet to see another task taken back), the worker is asked to
+    /// drop it, and answers either that it did or with the task's result. A task that runs
+    /// (or may be the one running) runs on unless `running`, in which case its worker is
+    /// killed.
     fn cancel(&mut self, id: u64, running: bool) {
         if let Some(cancelled) = self.expected.get_mut(&id) {
             *cancelled = true;
@@ -563,26 +568,28 @@ impl Scheduler {
         let Some(run) = self.in_flight.get(&id) else {
             return;
         };
-        let wid = run.wid;
-        if !run.is_async
-            && let Some(slot) = self.workers.get_mut(&wid)
-            && slot.started.last().is_none()
-            && !(running && slot.sync.front() == Some(&id))
-        {
-            // A live remote worker, whose started mark is not known here, and a task that
-            // cannot be the one it is running (another is ahead of it), or that may run on:
-            // the worker is asked to drop it, and answers either that it did or with the
-            // task's result, had it started. No worker is killed for a task it may never
-            // start, which would fail the one it is running.
-            slot.send_cancel(id);
-            return;
+        let (wid, is_async) = (run.wid, run.is_async);
+        match self.take_back(id) {
+            TakeBack::Taken => {
+                if let Some(d) = self.in_flight.remove(&id).and_then(|run| run.deadline) {
+                    self.deadlines.remove(&(d, id));
+                }
+                self.answer(id, Err(TaskError::cancelled()));
+                return;
+            }
+            TakeBack::Later if !is_async => {
+                // No worker is killed for a task it may never start, which would fail the
+                // one it is running: only the first one it holds may be running.
+                if let Some(slot) = self.workers.get_mut(&wid)
+                    && !(running && slot.sync.front() == Some(&id))
+                {
+                    slot.send_cancel(id);
+                    return;
+                }
+            }
+            TakeBack::Later | TakeBack::Claimed => {}
         }
-        let started = run.is_async
-            || self
-                .workers
-                .get(&wid)
-                .is_none_or(|slot| slot.may_have_started(id));
-        if started && !running {
+        if !running {
             // It runs on, and its caller gets its result.
             return;
         }
@@ -593,18 +600,13 @@ impl Scheduler {
             // It finished first: nothing to stop.
             return;
         }
-        let Some(slot) = self.workers.get_mut(&wid) else {
-            return;
-        };
-        if started {
+        if let Some(slot) = self.workers.get_mut(&wid) {
             tracing::debug!(
                 pid = slot.pid,
                 id,
                 "cancelling a running task: killing its worker"
             );
             slot.kill();
-        } else {
-            slot.send_cancel(id);
         }
     }
 
@@ -1025,7 +1027,7 @@ impl Scheduler {
             let Some(wid) = from else {
                 break;
             };
-            match self.take_back(wid) {
+            match self.take_back_last(wid) {
                 Some(job) => {
                     self.queue.push_back(job);
                     idle -= 1;
@@ -1038,24 +1040,17 @@ impl Scheduler {
 
     /// Takes back the last synchronous task sent to worker `wid`, if it is one sent ahead
     /// (behind another) that the worker has not claimed, and its arguments were kept.
-    fn take_back(&mut self, wid: u64) -> Option<Job> {
-        let slot = self.workers.get_mut(&wid)?;
-        let id = *slot.sync.back()?;
+    fn take_back_last(&mut self, wid: u64) -> Option<Job> {
+        let id = *self.workers.get(&wid)?.sync.back()?;
         let run = self.in_flight.get(&id)?;
-        if run.is_async || run.started || run.copy.is_none() || !slot.started.take_back(run.seq) {
+        if run.started || run.copy.is_none() || self.take_back(id) != TakeBack::Taken {
             return None;
         }
-        slot.sync.pop_back();
-        slot.sent = slot.sent.saturating_sub(1);
         let run = self.in_flight.remove(&id)?;
         if let Some(d) = run.deadline {
             self.deadlines.remove(&(d, id));
         }
-        tracing::debug!(
-            id,
-            pid = slot.pid,
-            "took a task sent ahead back for an idle worker"
-        );
+        tracing::debug!(id, wid, "took a task sent ahead back for an idle worker");
         Some(Job {
             id,
             entry: run.entry,
@@ -1066,6 +1061,30 @@ impl Scheduler {
             reply: None,
             stream: None,
         })
+    }
+
+    /// Takes synchronous task `id` back from its local worker, if the worker has not
+    /// claimed it (see [`StartedMark::take_back`](super::started::StartedMark::take_back)):
+    /// once [`TakeBack::Taken`], the worker never starts it and no longer holds it, and the
+    /// task stays in flight for the caller to end or send again.
+    fn take_back(&mut self, id: u64) -> TakeBack {
+        let Some(run) = self.in_flight.get(&id) else {
+            return TakeBack::Later;
+        };
+        let Some(slot) = self.workers.get_mut(&run.wid) else {
+            return TakeBack::Later;
+        };
+        if run.is_async {
+            return TakeBack::Later;
+        }
+        let took = slot.started.take_back(run.seq);
+        if took == TakeBack::Taken {
+            if let Some(p) = slot.sync.iter().position(|&x| x == id) {
+                slot.sync.remove(p);
+            }
+            slot.sent = slot.sent.saturating_sub(1);
+        }
+        took
     }
 
     /// Sends `job` to worker `wid`; `sent_at` stamps it for the worker's round trip.

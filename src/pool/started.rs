@@ -97,20 +97,22 @@ impl StartedMark {
     }
 
     /// In the pool: takes back the synchronous task the pool numbered `seq` for this worker
-    /// (see the module docs), if the worker has not claimed it; says whether it did. Once it
-    /// did, the worker never starts the task. It does not while another task taken back
-    /// waits for the worker to see it (one at a time), nor once the worker has claimed `seq`
-    /// or any task after it.
-    pub(super) fn take_back(&self, seq: u64) -> bool {
+    /// (see the module docs), if the worker has not claimed it. Once [`TakeBack::Taken`],
+    /// the worker never starts the task; [`TakeBack::Claimed`] once the worker has claimed
+    /// `seq` or any task after it (it runs `seq`, or has run it); [`TakeBack::Later`] while
+    /// another task taken back waits for the worker to see it (one at a time).
+    pub(super) fn take_back(&self, seq: u64) -> TakeBack {
         let word = self.0.u64_at(CLAIM);
         let mut seen = word.load(Ordering::Acquire);
         loop {
-            let unseen = seen != 0 && seen & CLAIMED == 0;
-            if unseen || seen & !CLAIMED >= seq {
-                return false;
+            if seen != 0 && seen & CLAIMED == 0 {
+                return TakeBack::Later;
+            }
+            if seen & !CLAIMED >= seq {
+                return TakeBack::Claimed;
             }
             match word.compare_exchange(seen, seq, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
+                Ok(_) => return TakeBack::Taken,
                 Err(now) => seen = now,
             }
         }
@@ -125,6 +127,18 @@ impl StartedMark {
     }
 }
 
+/// What [`StartedMark::take_back`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TakeBack {
+    /// The task is the pool's again: its worker never starts it.
+    Taken,
+    /// The worker has claimed the task: it runs it, or has run it.
+    Claimed,
+    /// Not known now: the worker has not seen another task taken back, or (a worker on
+    /// another host) shares no memory with the pool.
+    Later,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,16 +147,20 @@ mod tests {
     fn a_task_taken_back_is_never_claimed_and_a_claimed_one_never_taken() {
         let m = StartedMark::new().expect("memfd");
         // Taken back before its turn: the worker, claiming it, is told to drop it.
-        assert!(m.take_back(1));
+        assert_eq!(m.take_back(1), TakeBack::Taken);
         assert_eq!(m.claim(1), Some(1));
         // Claimed: no longer taken back.
         assert_eq!(m.claim(2), None);
-        assert!(!m.take_back(2));
+        assert_eq!(m.take_back(2), TakeBack::Claimed);
         // Taken back behind the task claimed next: that claim reports it, to drop later.
-        assert!(m.take_back(4));
-        assert!(!m.take_back(5), "one taken back at a time");
+        assert_eq!(m.take_back(4), TakeBack::Taken);
+        assert_eq!(m.take_back(5), TakeBack::Later, "one taken back at a time");
         assert_eq!(m.claim(3), Some(4));
-        assert!(m.take_back(5), "seen: the next may be taken");
+        assert_eq!(
+            m.take_back(5),
+            TakeBack::Taken,
+            "seen: the next may be taken"
+        );
     }
 
     #[test]
@@ -152,13 +170,14 @@ mod tests {
         let m = StartedMark::new().expect("memfd");
         assert_eq!(m.claim(1), None);
         assert_eq!(m.claim(2), None);
-        assert!(m.take_back(3));
+        assert_eq!(m.take_back(3), TakeBack::Taken);
         assert_eq!(m.claim(3), Some(3));
-        assert!(
-            !m.take_back(2),
+        assert_eq!(
+            m.take_back(2),
+            TakeBack::Claimed,
             "task 2 ran; taking it back would run it twice"
         );
-        assert!(!m.take_back(3));
-        assert!(m.take_back(4));
+        assert_eq!(m.take_back(3), TakeBack::Claimed);
+        assert_eq!(m.take_back(4), TakeBack::Taken);
     }
 }
