@@ -45,6 +45,7 @@ fn main() {
         a_daemon_starts_daemons_unless_told_otherwise,
         children_dropped_as_their_runtime_stops_are_reaped,
         fork_children_dropped_as_their_runtime_stops_are_reaped_later,
+        a_start_dropped_midway_leaves_no_child,
     ])
 }
 
@@ -468,8 +469,61 @@ async fn helper(mode: &str) {
             println!("daemon={}", d.pid());
             drop((d, n));
         }
+        "dropped-starts" => {
+            // The fork server, started first, is the one child that may stay.
+            let mut warm = Process::new(nothing, ())
+                .start_method(StartMethod::ForkServer)
+                .start()
+                .await
+                .unwrap();
+            warm.join().await.unwrap();
+            let server = support::all_children();
+            let mut won = Vec::new();
+            for m in METHODS {
+                // Dropped while it waits for the launcher thread to start the child.
+                for _ in 0..4 {
+                    poll_once(Process::new(sleep_ms, (60_000,)).start_method(m).start()).await;
+                }
+                // Dropped at some point of its start, from before the child exists to the
+                // end of its bootstrap; a start that completes keeps its child.
+                for us in (0..4_000).step_by(250) {
+                    let start = Process::new(sleep_ms, (60_000,)).start_method(m).start();
+                    if let Ok(started) =
+                        tokio::time::timeout(Duration::from_micros(us), start).await
+                    {
+                        won.push(started.unwrap());
+                    }
+                }
+            }
+            for p in &mut won {
+                p.kill().unwrap();
+                p.join().await.unwrap();
+            }
+            let left = || {
+                let mut c = support::all_children();
+                c.retain(|p| !server.contains(p));
+                c
+            };
+            support::eventually(Duration::from_secs(10), || left().is_empty()).await;
+            println!("left={:?}", left());
+        }
         other => panic!("unknown helper mode {other}"),
     }
+}
+
+/// A start is not cancel safe, but one dropped midway (a `select!` or a timeout it lost)
+/// leaves no child behind, neither running its target with nobody holding it nor a zombie.
+/// Python's `start()` is synchronous and cannot be dropped. Before, a start dropped while it
+/// waited for the launcher thread left its child unreaped for good (a zombie), and one
+/// dropped during the bootstrap could leave it running the target.
+async fn a_start_dropped_midway_leaves_no_child() -> TestResult {
+    let (status, out, err) = run_helper("dropped-starts", &[]).await?;
+    ensure!(status.success(), "helper failed: {err}");
+    ensure!(
+        out.trim() == "left=[]",
+        "children left by dropped starts: {out}"
+    );
+    Ok(())
 }
 
 /// _TestProcess.test_close: closing a running child is an error (Python's `ValueError`),
@@ -609,6 +663,16 @@ async fn a_daemon_starts_daemons_unless_told_otherwise() -> TestResult {
         support::join_ok(&mut p).await?;
     }
     Ok(())
+}
+
+/// Polls `f` once, then drops it.
+async fn poll_once<F: std::future::Future>(f: F) {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        let _ = f.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
 }
 
 /// A runtime that starts a pool and a `Process`, and stops right after its body drops them

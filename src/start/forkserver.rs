@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::handle::Child;
+use super::handle::{Child, Unclaimed};
 use super::launcher::on_launcher;
 use super::spawn::spawn_now;
 use super::{Launch, StartMethod, bootstrap, handshake};
@@ -226,9 +226,12 @@ pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     let frame = handshake::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
     let frame = send_early(ours.as_fd(), frame)?;
-    let (pid, pidfd) = on_launcher(move || request_fork(theirs)).await??;
+    let started = on_launcher(move || request_fork(theirs).map(Unclaimed::new)).await??;
+    let (pid, pidfd) = started.claim();
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
+    let unstarted = child.kill_unless_started();
     let keepalive = handshake::handshake(ours, &mut child, &launch, frame).await?;
+    unstarted.defuse();
     child.track(&launch, Some(keepalive));
     Ok(child)
 }

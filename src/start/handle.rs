@@ -9,7 +9,37 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Launch, launcher, reaper, registry};
 use crate::error::{Error, Result};
+use crate::on_drop::OnDrop;
 use crate::sys;
+
+/// A child just started on the launcher thread, on its way to the start that asked for it.
+/// Should that start be dropped before it [`claim`](Unclaimed::claim)s the child (while it
+/// awaits the launcher's answer), the child is killed and reaped: it would otherwise run,
+/// or fail its bootstrap, with nothing holding its pid, and end as a zombie.
+pub(super) struct Unclaimed(Option<(i32, OwnedFd)>);
+
+impl Unclaimed {
+    pub(super) fn new((pid, pidfd): (i32, OwnedFd)) -> Unclaimed {
+        Unclaimed(Some((pid, pidfd)))
+    }
+
+    /// The child's pid and pidfd, for the start to watch.
+    pub(super) fn claim(mut self) -> (i32, OwnedFd) {
+        match self.0.take() {
+            Some(child) => child,
+            None => unreachable!("an Unclaimed is claimed once, as claim takes it"),
+        }
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some((pid, pidfd)) = self.0.take() {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
+            reaper::reap_when_ended(pid, Arc::new(pidfd));
+        }
+    }
+}
 
 /// A running child, awaited through its pidfd on tokio's reactor.
 #[derive(Debug)]
@@ -54,6 +84,17 @@ impl Child {
 
     pub(crate) fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// A guard that kills the child when dropped, unless defused: it covers a start from the
+    /// moment the child exists to the end of its bootstrap, so that a start dropped midway
+    /// leaves no child running a target that nobody holds (the handle, dropped with it,
+    /// then reaps the child).
+    pub(super) fn kill_unless_started(&self) -> OnDrop<impl FnOnce() + use<>> {
+        let pidfd = self.pidfd.get_ref().clone();
+        OnDrop::new(move || {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
+        })
     }
 
     pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {

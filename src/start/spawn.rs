@@ -9,7 +9,7 @@ use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::handle::Child;
+use super::handle::{Child, Unclaimed};
 use super::launcher::on_launcher;
 use super::{ENV_BOOT, Launch, handshake, tracker};
 use crate::error::{Error, Result};
@@ -100,9 +100,13 @@ pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let (ours, theirs) = sys::socketpair_stream()?;
     let frame = send_early(ours.as_fd(), frame)?;
     let inherit_argv = launch.inherit_argv;
-    let (pid, pidfd) = on_launcher(move || spawn_now(theirs, inherit_argv)).await??;
+    let started =
+        on_launcher(move || spawn_now(theirs, inherit_argv).map(Unclaimed::new)).await??;
+    let (pid, pidfd) = started.claim();
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
+    let unstarted = child.kill_unless_started();
     let keepalive = handshake::handshake(ours, &mut child, &launch, frame).await?;
+    unstarted.defuse();
     child.track(&launch, Some(keepalive));
     Ok(child)
 }
