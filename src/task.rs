@@ -513,6 +513,31 @@ pub(crate) fn call_task(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Invoked<Result<Encoded, Failure>> {
+    call_caught(entry, bytes, fds)
+}
+
+/// Calls a `Process` target's entry as [`call_task`] calls a task's: a panic in decoding
+/// its arguments (a `Deserialize` of the user's) or in reporting its result (a `Debug` of
+/// the error it returned) is a panic of the target, exit code 1. Uncaught, it reached the
+/// child's bootstrap, which cannot unwind (abort, exit code -6), or, in a `fork` child, the
+/// copy of its parent's stack, which then ran on as if it were the parent.
+pub(crate) fn call_process(
+    entry: ProcessEntry,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Invoked<Result<i32, Failure>> {
+    call_caught(entry, bytes, fds)
+}
+
+/// An entry point whose call yields a `T` or a [`Failure`]: a [`TaskEntry`] or a
+/// [`ProcessEntry`].
+type Entry<T> = fn(&[u8], Vec<OwnedFd>) -> Invoked<Result<T, Failure>>;
+
+fn call_caught<T: 'static>(
+    entry: Entry<T>,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Invoked<Result<T, Failure>> {
     match catch_unwind(AssertUnwindSafe(|| entry(bytes, fds))) {
         Ok(Invoked::Ready(r)) => Invoked::Ready(r),
         Ok(Invoked::Pending(fut)) => Invoked::Pending(Box::pin(

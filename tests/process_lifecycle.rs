@@ -46,6 +46,7 @@ fn main() {
         children_dropped_as_their_runtime_stops_are_reaped,
         fork_children_dropped_as_their_runtime_stops_are_reaped_later,
         a_start_dropped_midway_leaves_no_child,
+        a_panic_decoding_the_arguments_exits_1,
     ])
 }
 
@@ -526,6 +527,30 @@ async fn a_start_dropped_midway_leaves_no_child() -> TestResult {
     Ok(())
 }
 
+/// A panic in decoding a target's arguments (a `Deserialize` of the user's) is a panic of
+/// the target: exit code 1, as Python's child exits 1 when unpickling its arguments raises.
+/// Before, it reached the child's bootstrap, which cannot unwind, and aborted it (-6); in a
+/// `fork` child it unwound into the copy of its parent's stack, out of the parent's
+/// `start()`.
+async fn a_panic_decoding_the_arguments_exits_1() -> TestResult {
+    for m in METHODS {
+        let mut p = Process::new(takes_panicking, (PanicsWhenDecoded,))
+            .start_method(m)
+            .start()
+            .await?;
+        let code = support::join_code(&mut p).await?;
+        ensure!(code == 1, "{m:?}: exit code {code}, not 1");
+    }
+    // Fork needs a single-threaded parent: a spawned child forks.
+    let mut p = Process::new(fork_decode_probe, ()).start().await?;
+    let code = support::join_code(&mut p).await?;
+    ensure!(
+        code == 0,
+        "Fork: the probe exited with {code} (see its stderr)"
+    );
+    Ok(())
+}
+
 /// _TestProcess.test_close: closing a running child is an error (Python's `ValueError`),
 /// which hands the process back still usable; once the child has ended, `close` succeeds
 /// and no descriptor of the child is left (Python checks that the object is collected; a
@@ -663,6 +688,50 @@ async fn a_daemon_starts_daemons_unless_told_otherwise() -> TestResult {
         support::join_ok(&mut p).await?;
     }
     Ok(())
+}
+
+/// An argument that encodes, and whose decoding in the child panics.
+struct PanicsWhenDecoded;
+
+impl serde::Serialize for PanicsWhenDecoded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PanicsWhenDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("decoding panics")
+    }
+}
+
+fn takes_panicking(_: PanicsWhenDecoded) {}
+
+/// Forks a child whose argument panics as it is decoded, and exits 0 if the child exited 1,
+/// else 2. A panic that comes out of `start` is in the forked child, running on as a copy
+/// of this probe: it exits 7.
+fn fork_decode_probe() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let mut p = Process::new(takes_panicking, (PanicsWhenDecoded,))
+                .start_method(StartMethod::Fork)
+                .start()
+                .await?;
+            p.join().await
+        })
+    }));
+    match joined {
+        Ok(Ok(1)) => std::process::exit(0),
+        Ok(other) => {
+            eprintln!("fork decode probe: {other:?}");
+            std::process::exit(2)
+        }
+        Err(_) => std::process::exit(7),
+    }
 }
 
 /// Polls `f` once, then drops it.

@@ -9,7 +9,7 @@ use super::handshake::{Boot, BootReply, INIT_ADVICE};
 use super::{ENV_BOOT, StartMethod};
 use crate::error::Error;
 use crate::sys;
-use crate::task::{Failure, Invoked, ProcessEntry};
+use crate::task::{Failure, Invoked, ProcessEntry, call_process};
 use crate::wire::{FrameBuf, Framed, set_max_frame_size};
 
 /// Exit code of a child that could not run its target.
@@ -96,7 +96,7 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     tracing::debug!(name = %boot.lineage.name, "child bootstrapped");
     crate::family::become_child(boot.lineage);
     let fds = std::mem::take(&mut frame.fds);
-    let code = run_entry(entry(frame.body(), fds), None);
+    let code = run_entry(call_process(entry, frame.body(), fds), None);
     drop(sock);
     std::process::exit(code)
 }

@@ -13,6 +13,7 @@ use super::{Launch, bootstrap};
 use crate::error::{Error, Result};
 use crate::family::Lineage;
 use crate::sys;
+use crate::task::call_process;
 
 /// Starts a child with the `fork` method.
 pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
@@ -69,7 +70,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
             }
             (_, rt) => rt,
         };
-        let code = bootstrap::run_entry((launch.entry)(&bytes, fds), runtime);
+        let code = bootstrap::run_entry(call_process(launch.entry, &bytes, fds), runtime);
         sys::exit_now(code)
     };
     // A child we cannot watch must not run on.
