@@ -423,8 +423,8 @@ impl ProcessBuilder {
     /// the usual cause, and the message says so) or if the `fork` method was refused.
     ///
     /// # Cancel safety
-    /// Not cancel safe: a start dropped midway may leave a child that fails its bootstrap
-    /// and exits.
+    /// Not cancel safe: a start dropped midway kills the child it may have started, which
+    /// is reaped in the background; its target may have begun to run.
     pub async fn start(self) -> Result<Process> {
         let launch = self.launch?;
         let (name, daemon) = (launch.name.clone(), launch.daemon);
