@@ -47,6 +47,7 @@ fn main() {
         fork_children_dropped_as_their_runtime_stops_are_reaped_later,
         a_start_dropped_midway_leaves_no_child,
         a_panic_decoding_the_arguments_exits_1,
+        a_forked_child_joins_its_own_children_at_exit,
     ])
 }
 
@@ -551,6 +552,25 @@ async fn a_panic_decoding_the_arguments_exits_1() -> TestResult {
     Ok(())
 }
 
+/// A child ends as the main program does: it waits for its own non-daemon children (and
+/// terminates its daemons), as Python's child does in `_bootstrap` (`util._exit_function`).
+/// Before, a `fork` child ended with `_exit` at once, skipping that, so its children were
+/// killed by their parent-death signal with their work undone.
+async fn a_forked_child_joins_its_own_children_at_exit() -> TestResult {
+    let path = std::env::temp_dir().join(format!("tkmp-fork-joins-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let path = path.display().to_string();
+    // Fork needs a single-threaded parent: a spawned child forks.
+    let mut p = Process::new(fork_a_parent, (path.clone(),)).start().await?;
+    let code = support::join_code(&mut p).await?;
+    let _ = std::fs::remove_file(&path);
+    ensure!(
+        code == 0,
+        "the forked child's own child was not waited for at its exit (exit code {code}, 1: its file is missing)"
+    );
+    Ok(())
+}
+
 /// _TestProcess.test_close: closing a running child is an error (Python's `ValueError`),
 /// which hands the process back still usable; once the child has ended, `close` succeeds
 /// and no descriptor of the child is left (Python checks that the object is collected; a
@@ -731,6 +751,48 @@ fn fork_decode_probe() {
             std::process::exit(2)
         }
         Err(_) => std::process::exit(7),
+    }
+}
+
+/// Writes "joined" to `path` after `ms` milliseconds.
+fn write_to_after(path: String, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    let _ = std::fs::write(path, "joined");
+}
+
+/// Starts a child that writes to `path` after a while, and returns without joining it.
+async fn leave_a_child(path: String) {
+    let started = Process::new(write_to_after, (path, 300))
+        .start_method(StartMethod::Spawn)
+        .start()
+        .await;
+    if let Err(e) = started {
+        eprintln!("cannot start a child: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Forks a child that runs [`leave_a_child`]; exits 0 once it has joined it, and 1 if the
+/// file its child writes is not there by then.
+fn fork_a_parent(path: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(async {
+        let mut p = Process::new(leave_a_child, (path.clone(),))
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        p.join().await
+    });
+    match code {
+        Ok(0) if std::path::Path::new(&path).exists() => std::process::exit(0),
+        Ok(0) => std::process::exit(1),
+        other => {
+            eprintln!("fork a parent: {other:?}");
+            std::process::exit(2)
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! the method is refused otherwise. The child keeps stdio and the descriptors its arguments
 //! own and closes the rest, just as a re-executed child would have only what it was handed
 //! (the parent's runtime, sockets and pipes stay the parent's). It runs the target from the
-//! arguments encoded before the fork, then exits without running the parent's exit handlers.
+//! arguments encoded before the fork, then exits without running the parent's exit handlers,
+//! after doing what its own would: wait for its children and terminate its daemons.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -71,6 +72,8 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
             (_, rt) => rt,
         };
         let code = bootstrap::run_entry(call_process(launch.entry, &bytes, fds), runtime);
+        // As any child ends: its own children are waited for, its daemons terminated.
+        super::registry::end_children();
         sys::exit_now(code)
     };
     // A child we cannot watch must not run on.

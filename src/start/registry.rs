@@ -122,6 +122,13 @@ pub(crate) fn running_children() -> Vec<ActiveChild> {
 
 /// Runs at normal exit: SIGTERM to daemon children, then wait for every child.
 extern "C" fn at_exit() {
+    end_children()
+}
+
+/// What a process does with its children as it ends normally: SIGTERM to daemon children,
+/// then wait for every child. The exit handler does it; a `fork` child, which ends without
+/// running exit handlers (they are its parent's), calls it itself.
+pub(super) fn end_children() {
     let tracked: Vec<Tracked> = table(|t| t.drain().map(|(_, v)| v).collect());
     for t in tracked.iter().filter(|t| t.daemon) {
         let _ = sys::pidfd_send_signal(t.pidfd.as_fd(), sys::SIGTERM);
