@@ -22,6 +22,7 @@ fn main() {
         a_proxy_a_child_drops_unused_lets_its_object_go,
         nested_proxies_stay_proxies,
         a_proxy_of_another_manager_cannot_be_registered,
+        a_proxy_sent_in_a_large_value_ends_with_its_last_proxy,
     ])
 }
 
@@ -152,6 +153,49 @@ async fn a_client_that_dies_lets_its_references_go() -> TestResult {
     p.kill()?;
     p.join().await?;
     count_becomes(&m, 1).await
+}
+
+async fn note_length(d: DictProxy<String, u32>, big: serde_bytes::ByteBuf) -> mp::Result<()> {
+    d.insert("len".into(), big.len() as u32).await?;
+    Ok(())
+}
+
+/// A proxy sent beside a large value (over 1 MiB encoded, which is measured before it is
+/// encoded) to a child and through a pipe: its object ends with the last proxy once each
+/// copy is let go. (The code before lent the object once for each pass of the encoding,
+/// and the extra loans kept it until the manager stopped.)
+async fn a_proxy_sent_in_a_large_value_ends_with_its_last_proxy() -> TestResult {
+    let m = Manager::start().await?;
+    let big = || serde_bytes::ByteBuf::from(vec![1u8; 2 << 20]);
+    let d = m.dict::<String, u32>().await?;
+    let mut p = Process::new(note_length, (d.clone(), big()))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        d.get(&"len".into()).await? == Some(2 << 20),
+        "the child's length"
+    );
+    drop(d);
+    count_becomes(&m, 0).await?;
+
+    let d = m.dict::<String, u32>().await?;
+    let (tx, rx) = mp::Pipe::<(DictProxy<String, u32>, serde_bytes::ByteBuf)>::new()?;
+    let sent = {
+        let d = d.clone();
+        tokio::spawn(async move { tx.send(&(d, big())).await })
+    };
+    let (received, _) = rx.recv().await?;
+    sent.await??;
+    received.insert("through".into(), 1).await?;
+    ensure!(
+        d.get(&"through".into()).await? == Some(1),
+        "the received proxy's write"
+    );
+    drop((d, received));
+    count_becomes(&m, 0).await?;
+    m.shutdown().await?;
+    Ok(())
 }
 
 type Nested = DictProxy<String, DictProxy<String, u32>>;

@@ -17,14 +17,15 @@
 //! An object lives while a proxy to it exists somewhere, as in Python. A link counts its
 //! live proxies and the server counts each connection's references: the first proxy on a
 //! connection sends `Incref`, the last one's drop `Decref`, and a closed connection drops
-//! all of its references. A proxy being encoded for another process sends `Lend`, which keeps
-//! the object until the receiver's first reference settles the loan (`Incref` with
-//! `borrowed`); a proxy received and let go before its process made a call settles the
-//! loan then, on a connection made for that (a local manager's; a proxy of a manager reached
-//! by address makes none in a drop, and keeps its object until the manager stops, as one
-//! encoded and never decoded does, which errs on the side of keeping). A registered name
-//! keeps its object for good, and a condition made over a lock keeps the lock while it
-//! lives.
+//! all of its references. A proxy encoded for another process sends `Lend` once the encoding
+//! is kept (one that fails, or that only measures a large value before it is encoded again,
+//! lends nothing), which keeps the object until the receiver's first reference settles the
+//! loan (`Incref` with `borrowed`); a proxy received and let go before its process made a
+//! call settles the loan then, on a connection made for that (a local manager's; a proxy of
+//! a manager reached by address makes none in a drop, and keeps its object until the
+//! manager stops, as one encoded and never decoded does, which errs on the side of
+//! keeping). A registered name keeps its object for good, and a condition made over a lock
+//! keeps the lock while it lives.
 //!
 //! # Nested proxies
 //! A proxy inside a value stored by its own manager (a dict of dicts) is encoded without its
@@ -826,7 +827,10 @@ impl<T> Serialize for Handle<T> {
             None => false,
         };
         // A nested proxy's loan is never settled: its object stays while the manager runs.
-        self.link.lend(self.id);
+        // Lent once the encoding is kept: one that fails, or that only measures the value
+        // before it is encoded again (a large one), lends nothing.
+        let (link, id) = (self.link.clone(), self.id);
+        crate::wire::codec::when_kept(move || link.lend(id));
         let mut t = s.serialize_tuple(2)?;
         match nested {
             true => t.serialize_element(&RouteRef::Nested)?,

@@ -22,6 +22,30 @@ use crate::sys;
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static KEPT: RefCell<Option<Vec<OnKept>>> = const { RefCell::new(None) };
+}
+
+/// What a value being encoded asked to be done once its encoding is kept ([`when_kept`]).
+type OnKept = Box<dyn FnOnce()>;
+
+/// Runs `f` once the encoding under way on this thread is kept: when its [`encode_to`] (or
+/// [`encode_into`], [`Encoded`]'s constructors) returns `Ok`, not when it fails, and not for
+/// a pass that only measures the value; at once outside an encoding. A value whose encoding
+/// must tell someone that a copy of it exists (a manager's proxy lends its object) says so
+/// here, so that an encoding that is thrown away (failed, or measured and done again) tells
+/// no one.
+pub(crate) fn when_kept(f: impl FnOnce() + 'static) {
+    let f = Box::new(f);
+    let unscoped = KEPT.with(|k| match k.borrow_mut().as_mut() {
+        Some(pending) => {
+            pending.push(f);
+            None
+        }
+        None => Some(f),
+    });
+    if let Some(f) = unscoped {
+        f();
+    }
 }
 
 /// The size from which an encoding goes into a buffer sized for it beforehand: a growing
@@ -50,7 +74,7 @@ impl Encoded {
     /// none; descriptors it duplicates are closed again), so the buffer never grows, and it faults in 2 MiB at a time rather than 4 KiB.
     pub(crate) fn large<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         let mut counted = Counted(0);
-        encode_to(&mut counted, &mut Vec::new(), value)?;
+        encode_pass(&mut counted, &mut Vec::new(), value, false)?;
         let mut e = Encoded {
             bytes: Vec::with_capacity(counted.0),
             fds: Vec::new(),
@@ -143,13 +167,31 @@ pub(crate) fn encode_to<W: std::io::Write, T: Serialize + ?Sized>(
     fds: &mut Vec<OwnedFd>,
     value: &T,
 ) -> Result<()> {
+    encode_pass(w, fds, value, true)
+}
+
+/// [`encode_to`]; what the value asked to be done once its encoding is kept
+/// ([`when_kept`]) is done if `keep` and the encoding succeeded, and never else.
+fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
+    w: W,
+    fds: &mut Vec<OwnedFd>,
+    value: &T,
+    keep: bool,
+) -> Result<()> {
     let nfds = fds.len();
     let previous = OUTGOING.with(|o| o.replace(Some(std::mem::take(fds))));
+    let previous_kept = KEPT.with(|k| k.replace(Some(Vec::new())));
     let mut ser = rmp_serde::Serializer::new(w).with_bytes(BytesMode::ForceIterables);
     let res = value.serialize(&mut ser);
     *fds = OUTGOING.with(|o| o.replace(previous)).unwrap_or_default();
+    let kept = KEPT.with(|k| k.replace(previous_kept)).unwrap_or_default();
     match res {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if keep {
+                kept.into_iter().for_each(|f| f());
+            }
+            Ok(())
+        }
         Err(e) => {
             fds.truncate(nfds);
             Err(Error::Encode {
