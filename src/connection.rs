@@ -50,7 +50,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::{Fd, FdRef, FrameBuf, Framed, Transport};
+use crate::wire::{Fd, FdRef, FrameBuf, Framed, Transport, codec};
 
 /// Makes pipes: Python's `multiprocessing.Pipe`.
 ///
@@ -418,8 +418,13 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// mix of two. Until then the peer's `recv` waits for the rest; if this end is dropped
     /// first, the peer's `recv` fails with [`Error::Protocol`].
     pub async fn send(&self, value: &T) -> Result<()> {
-        let mut frame = FrameBuf::of(value)?;
+        // What the encoding would tell others (a manager proxy's loan) waits until the frame
+        // is known to be one this end sends.
+        let (frame, kept) = codec::held_back(|| FrameBuf::of(value));
+        let mut frame = frame?;
         frame.check_size()?;
+        self.link.check_fds(&frame)?;
+        kept.done();
         self.send_frame(frame).await
     }
 

@@ -23,6 +23,7 @@ fn main() {
         nested_proxies_stay_proxies,
         a_proxy_of_another_manager_cannot_be_registered,
         a_proxy_sent_in_a_large_value_ends_with_its_last_proxy,
+        a_proxy_whose_send_is_refused_lends_nothing,
     ])
 }
 
@@ -193,6 +194,44 @@ async fn a_proxy_sent_in_a_large_value_ends_with_its_last_proxy() -> TestResult 
         "the received proxy's write"
     );
     drop((d, received));
+    count_becomes(&m, 0).await?;
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// A value that fails to encode.
+#[derive(serde::Deserialize)]
+struct Refuses;
+
+impl serde::Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("refuses"))
+    }
+}
+
+/// Sends of a proxy that fail before anything goes out: over TCP, which carries no
+/// descriptors (a local manager's proxy holds one), and beside a value that fails to encode.
+/// The object ends with its last proxy. (The code before lent it for each, and the loans
+/// kept it until the manager stopped.)
+async fn a_proxy_whose_send_is_refused_lends_nothing() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<String, u32>().await?;
+    let listener = mp::Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>()?, None)?;
+    let tcp =
+        mp::Client::connect::<DictProxy<String, u32>>(listener.address().clone(), None).await?;
+    let _accepted = listener.accept::<DictProxy<String, u32>>().await?;
+    let r = tcp.send(&d).await;
+    ensure!(
+        matches!(r, Err(Error::InvalidArgument(_))),
+        "over TCP: {r:?}"
+    );
+    let (tx, _rx) = mp::Pipe::<(DictProxy<String, u32>, Refuses)>::new()?;
+    let r = tx.send(&(d.clone(), Refuses)).await;
+    ensure!(
+        matches!(r, Err(Error::Encode { .. })),
+        "beside a refusal: {r:?}"
+    );
+    drop(d);
     count_becomes(&m, 0).await?;
     m.shutdown().await?;
     Ok(())

@@ -23,10 +23,32 @@ thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
     static KEPT: RefCell<Option<Vec<OnKept>>> = const { RefCell::new(None) };
+    static HELD_BACK: RefCell<Option<Vec<OnKept>>> = const { RefCell::new(None) };
 }
 
 /// What a value being encoded asked to be done once its encoding is kept ([`when_kept`]).
 type OnKept = Box<dyn FnOnce()>;
+
+/// What encodings kept under [`held_back`] asked to be done, for its caller to do once what
+/// it encoded is sure to go out ([`Kept::done`]); dropped, nothing is done.
+#[must_use]
+pub(crate) struct Kept(Vec<OnKept>);
+
+impl Kept {
+    /// Does what the encodings asked.
+    pub(crate) fn done(self) {
+        self.0.into_iter().for_each(|f| f());
+    }
+}
+
+/// Runs `f`, holding back what the encodings it keeps ask to be done ([`when_kept`]), for a
+/// caller that may still refuse to send what it encoded (too large, or descriptors on TCP).
+pub(crate) fn held_back<R>(f: impl FnOnce() -> R) -> (R, Kept) {
+    let previous = HELD_BACK.with(|h| h.replace(Some(Vec::new())));
+    let r = f();
+    let held = HELD_BACK.with(|h| h.replace(previous)).unwrap_or_default();
+    (r, Kept(held))
+}
 
 /// Runs `f` once the encoding under way on this thread is kept: when its [`encode_to`] (or
 /// [`encode_into`], [`Encoded`]'s constructors) returns `Ok`, not when it fails, and not for
@@ -188,7 +210,14 @@ fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
     match res {
         Ok(()) => {
             if keep {
-                kept.into_iter().for_each(|f| f());
+                let now = HELD_BACK.with(|h| match h.borrow_mut().as_mut() {
+                    Some(held) => {
+                        held.extend(kept);
+                        Vec::new()
+                    }
+                    None => kept,
+                });
+                now.into_iter().for_each(|f| f());
             }
             Ok(())
         }

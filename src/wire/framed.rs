@@ -415,7 +415,7 @@ impl Framed {
     }
 
     /// Fails for a frame that holds descriptors on a transport that cannot carry them.
-    fn check_fds(&self, frame: &FrameBuf) -> Result<()> {
+    pub(crate) fn check_fds(&self, frame: &FrameBuf) -> Result<()> {
         let n = frame.fd_count();
         if n > 0 && self.transport == Transport::Tcp {
             return Err(Error::InvalidArgument(format!(
