@@ -22,12 +22,15 @@ use crate::sys;
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
-    static KEPT: RefCell<Option<Vec<OnKept>>> = const { RefCell::new(None) };
-    static HELD_BACK: RefCell<Option<Vec<OnKept>>> = const { RefCell::new(None) };
+    static KEPT: OnKeptList = const { RefCell::new(None) };
+    static HELD_BACK: OnKeptList = const { RefCell::new(None) };
 }
 
 /// What a value being encoded asked to be done once its encoding is kept ([`when_kept`]).
 type OnKept = Box<dyn FnOnce()>;
+
+/// A thread's list of [`OnKept`], there while an encoding (or a [`held_back`]) is under way.
+type OnKeptList = RefCell<Option<Vec<OnKept>>>;
 
 /// What encodings kept under [`held_back`] asked to be done, for its caller to do once what
 /// it encoded is sure to go out ([`Kept::done`]); dropped, nothing is done.
@@ -44,10 +47,40 @@ impl Kept {
 /// Runs `f`, holding back what the encodings it keeps ask to be done ([`when_kept`]), for a
 /// caller that may still refuse to send what it encoded (too large, or descriptors on TCP).
 pub(crate) fn held_back<R>(f: impl FnOnce() -> R) -> (R, Kept) {
-    let previous = HELD_BACK.with(|h| h.replace(Some(Vec::new())));
+    let scope = Scope::open(&HELD_BACK);
     let r = f();
-    let held = HELD_BACK.with(|h| h.replace(previous)).unwrap_or_default();
-    (r, Kept(held))
+    (r, Kept(scope.close()))
+}
+
+/// A list of [`OnKept`] on this thread for as long as it lives: [`close`](Self::close)
+/// takes it and puts back the list before (none, outside an encoding); dropped unclosed (a
+/// panic in a value's `Serialize`), it puts that back as well and what it held is not done.
+struct Scope {
+    key: &'static std::thread::LocalKey<OnKeptList>,
+    previous: Option<Option<Vec<OnKept>>>,
+}
+
+impl Scope {
+    fn open(key: &'static std::thread::LocalKey<OnKeptList>) -> Scope {
+        let previous = key.with(|k| k.replace(Some(Vec::new())));
+        Scope {
+            key,
+            previous: Some(previous),
+        }
+    }
+
+    fn close(mut self) -> Vec<OnKept> {
+        let previous = self.previous.take().flatten();
+        self.key.with(|k| k.replace(previous)).unwrap_or_default()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            self.key.with(|k| k.replace(previous));
+        }
+    }
 }
 
 /// Runs `f` once the encoding under way on this thread is kept: when its [`encode_to`] (or
@@ -202,11 +235,11 @@ fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
 ) -> Result<()> {
     let nfds = fds.len();
     let previous = OUTGOING.with(|o| o.replace(Some(std::mem::take(fds))));
-    let previous_kept = KEPT.with(|k| k.replace(Some(Vec::new())));
+    let kept = Scope::open(&KEPT);
     let mut ser = rmp_serde::Serializer::new(w).with_bytes(BytesMode::ForceIterables);
     let res = value.serialize(&mut ser);
     *fds = OUTGOING.with(|o| o.replace(previous)).unwrap_or_default();
-    let kept = KEPT.with(|k| k.replace(previous_kept)).unwrap_or_default();
+    let kept = kept.close();
     match res {
         Ok(()) => {
             if keep {
@@ -384,6 +417,52 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// Asks, while encoded, for a count to go up once the encoding is kept; panics after
+    /// asking if told to.
+    struct Asks(std::rc::Rc<std::cell::Cell<u32>>, bool);
+
+    impl Serialize for Asks {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let count = self.0.clone();
+            when_kept(move || count.set(count.get() + 1));
+            assert!(!self.1, "asked to panic");
+            s.serialize_unit()
+        }
+    }
+
+    #[test]
+    fn what_an_encoding_asks_is_done_once_it_is_kept() {
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        let asks = |panics| Asks(count.clone(), panics);
+        // A large value: measured, then encoded; kept once.
+        Encoded::new(&(asks(false), vec![0u8; 2 * LARGE])).expect("encodes");
+        assert_eq!(count.get(), 1);
+        // Failed, or held back and dropped: not done.
+        let refused = Encoded::new(&(
+            asks(false),
+            std::path::Path::new(OsStr::from_bytes(b"\xff")),
+        ));
+        assert!(refused.is_err());
+        let (held, kept) = held_back(|| Encoded::new(&asks(false)));
+        held.expect("encodes");
+        drop(kept);
+        assert_eq!(count.get(), 1);
+        let (_, kept) = held_back(|| Encoded::new(&asks(false)));
+        kept.done();
+        assert_eq!(count.get(), 2);
+        // A panic in an encoding leaves no scope behind: outside one, it is done at once.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            held_back(|| Encoded::new(&asks(true)))
+        }));
+        assert!(panicked.is_err());
+        asks(false)
+            .serialize(&mut rmp_serde::Serializer::new(Vec::new()))
+            .expect("encodes");
+        assert_eq!(count.get(), 3);
+    }
 
     #[test]
     fn a_large_value_is_encoded_into_a_buffer_of_its_exact_size() {
