@@ -210,7 +210,8 @@ impl serde::Serialize for Refuses {
 }
 
 /// Sends of a proxy that fail before anything goes out: over TCP, which carries no
-/// descriptors (a local manager's proxy holds one), and beside a value that fails to encode.
+/// descriptors (a local manager's proxy holds one), beside a value that fails to encode, and
+/// 253 of them on a queue, more descriptors than its item holds.
 /// The object ends with its last proxy. (The code before lent it for each, and the loans
 /// kept it until the manager stopped.)
 async fn a_proxy_whose_send_is_refused_lends_nothing() -> TestResult {
@@ -230,6 +231,17 @@ async fn a_proxy_whose_send_is_refused_lends_nothing() -> TestResult {
     ensure!(
         matches!(r, Err(Error::Encode { .. })),
         "beside a refusal: {r:?}"
+    );
+    // A queue item of as many descriptors as a message carries, one more than an item
+    // may hold (the queue's own packet takes one): each proxy holds its manager's socket.
+    let q = mp::Queue::<Vec<DictProxy<String, u32>>>::new()?;
+    let r = q
+        .put(vec![d.clone(); 253])
+        .await
+        .map_err(|e| e.into_parts().0);
+    ensure!(
+        matches!(r, Err(Error::InvalidArgument(_))),
+        "253 on a queue: {r:?}"
     );
     drop(d);
     count_becomes(&m, 0).await?;

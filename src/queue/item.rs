@@ -69,7 +69,10 @@ impl Inner {
         bytes.push(KIND_INLINE);
         let mut fds = Vec::new();
         let mut out = Spilling::new(self, bytes, max_frame_size());
-        codec::encode_to(&mut out, &mut fds, item)?;
+        // What the encoding would tell others (a manager proxy's loan) waits until the item
+        // is known to be one that can be put.
+        let (encoded, kept) = codec::held_back(|| codec::encode_to(&mut out, &mut fds, item));
+        encoded?;
         let spilled = out.finish()?;
         if fds.len() >= sys::MAX_FDS_PER_MESSAGE {
             return Err(Error::InvalidArgument(format!(
@@ -78,6 +81,7 @@ impl Inner {
                 fds.len()
             )));
         }
+        kept.done();
         match spilled {
             Spilled::Inline if fds.is_empty() && bytes.len() - 1 <= SLOT_DATA => {
                 Ok(Item::Small(bytes[1..].to_vec()))
