@@ -571,9 +571,7 @@ impl Scheduler {
         let (wid, is_async) = (run.wid, run.is_async);
         match self.take_back(id) {
             TakeBack::Taken => {
-                if let Some(d) = self.in_flight.remove(&id).and_then(|run| run.deadline) {
-                    self.deadlines.remove(&(d, id));
-                }
+                self.out_of_flight(id);
                 self.answer(id, Err(TaskError::cancelled()));
                 return;
             }
@@ -593,9 +591,7 @@ impl Scheduler {
             // It runs on, and its caller gets its result.
             return;
         }
-        if let Some(d) = self.in_flight.remove(&id).and_then(|run| run.deadline) {
-            self.deadlines.remove(&(d, id));
-        }
+        self.out_of_flight(id);
         if !self.answer(id, Err(TaskError::cancelled())) {
             // It finished first: nothing to stop.
             return;
@@ -703,10 +699,7 @@ impl Scheduler {
                 slot.asyncs.swap_remove(p);
             }
         }
-        if let Some(run) = self.in_flight.remove(&id) {
-            if let Some(d) = run.deadline {
-                self.deadlines.remove(&(d, id));
-            }
+        if let Some(run) = self.out_of_flight(id) {
             if nanos > 0
                 && !run.is_async
                 && let Some(slot) = self.workers.get_mut(&wid)
@@ -856,12 +849,9 @@ impl Scheduler {
         // that task's error already there (see `MapResult`).
         let mut answers_lost = Vec::new();
         for id in slot.sync.iter().chain(slot.asyncs.iter()) {
-            let Some(run) = self.in_flight.remove(id) else {
+            let Some(run) = self.out_of_flight(*id) else {
                 continue;
             };
-            if let Some(d) = run.deadline {
-                self.deadlines.remove(&(d, *id));
-            }
             // The worker is dead, so its started mark is final: a task it may have started
             // is never sent again, unless the caller allowed retries.
             let never_started = !run.is_async && !slot.may_have_started(*id);
@@ -1046,10 +1036,7 @@ impl Scheduler {
         if run.started || run.copy.is_none() || self.take_back(id) != TakeBack::Taken {
             return None;
         }
-        let run = self.in_flight.remove(&id)?;
-        if let Some(d) = run.deadline {
-            self.deadlines.remove(&(d, id));
-        }
+        let run = self.out_of_flight(id)?;
         tracing::debug!(id, wid, "took a task sent ahead back for an idle worker");
         Some(Job {
             id,
@@ -1061,6 +1048,15 @@ impl Scheduler {
             reply: None,
             stream: None,
         })
+    }
+
+    /// Takes task `id` out of flight, its deadline with it; what the pool held of it.
+    fn out_of_flight(&mut self, id: u64) -> Option<Running> {
+        let run = self.in_flight.remove(&id)?;
+        if let Some(d) = run.deadline {
+            self.deadlines.remove(&(d, id));
+        }
+        Some(run)
     }
 
     /// Takes synchronous task `id` back from its local worker, if the worker has not
