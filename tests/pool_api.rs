@@ -1036,6 +1036,54 @@ async fn a_task_cancelled_behind_a_running_one_never_runs() -> TestResult {
     support::pool::cancel_behind_a_running_task(&Pool::new(1).await?).await
 }
 
+// Every task sent ahead to a worker that runs a long task is cancelled at once, each settled
+// with the worker on the memory they share: none waits for the running task to end, none
+// runs, and no worker is killed.
+async fn tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once() -> TestResult {
+    let pool = Pool::new(1).await?;
+    // Short runs first: the pool then sends many tasks ahead to a busy worker.
+    let warm_path = tmp_path("ahead-warm");
+    let warm: Vec<_> = (0..100)
+        .map(|_| pool.apply_async(pid_to_file_then_sleep, (warm_path.clone(), 0)))
+        .collect();
+    for w in warm {
+        w.await?;
+    }
+    let started = tmp_path("ahead-started");
+    let gate = tmp_path("ahead-gate");
+    let running = pool.apply_async(pid_to_file_then_wait_for, (started.clone(), gate.clone()));
+    let worker = read_pid(&started).await?;
+    let marker = tmp_path("ahead-never");
+    let queued: Vec<_> = (0..20)
+        .map(|_| pool.apply_async(touch, (marker.clone(),)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, q) in queued.iter().enumerate() {
+        match i % 2 {
+            0 => q.cancel(),
+            _ => q.cancel_if_queued(),
+        }
+    }
+    let mut waited = 0;
+    for q in queued {
+        match tokio::time::timeout(Duration::from_secs(20), q).await {
+            Ok(e) => ensure!(e.as_ref().is_err_and(|e| e.is_cancelled()), "queued: {e:?}"),
+            Err(_) => waited += 1,
+        }
+    }
+    std::fs::write(&gate, "go")?;
+    let r = running.await;
+    let _ = std::fs::remove_file(&gate);
+    ensure!(waited == 0, "{waited} cancels waited for the running task");
+    ensure!(matches!(r, Ok(p) if p == worker), "the running task: {r:?}");
+    ensure!(pool.apply(pid, ()).await? == worker, "no worker was killed");
+    ensure!(
+        !std::path::Path::new(&marker).exists(),
+        "a cancelled task ran"
+    );
+    Ok(())
+}
+
 // abort_on_drop(): dropping the guard cancels its task, like tokio-util's
 // AbortOnDropHandle; detach() gives back a handle that does not.
 async fn abort_on_drop_cancels_when_dropped() -> TestResult {
@@ -1210,6 +1258,7 @@ fn main() {
             imap_chooses_its_chunk_size_unless_told,
             cancel_if_queued_never_kills_a_worker,
             a_task_cancelled_behind_a_running_one_never_runs,
+            tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once,
             abort_on_drop_cancels_when_dropped,
             stats_count_tasks_and_lost_workers,
             stats_catch_up_once_the_pool_falls_quiet,

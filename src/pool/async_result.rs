@@ -157,15 +157,14 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// unless the task had finished already. A task sent ahead to a worker on this machine
     /// is taken back if the worker has not claimed it: the pool and the worker settle which
     /// of them has it in one atomic step on memory they share, so the task either never
-    /// starts or counts as running. While that worker has yet to see another task taken
-    /// back from it (until it takes up its next task), it is dealt with as a cluster's
-    /// worker is (below).
+    /// starts or counts as running, and the handle resolves at once.
     ///
     /// On a worker on another host of a [`Cluster`](crate::Cluster), whose started tasks
     /// the pool does not see while it lives, the worker is killed only for a task that may
     /// be the one it runs (none sent before it is unanswered); a task behind another is
     /// taken back by the worker, which answers that it dropped it, or, had it started it,
-    /// with its result.
+    /// with its result. The worker reads the cancel between tasks, so the handle resolves
+    /// once the task it runs ends.
     pub fn cancel(&self) {
         self.send_cancel(true);
     }

@@ -39,7 +39,7 @@ use super::payload::Payload;
 use super::proto::ToWorker;
 use super::slot::{RoundTrip, Slot};
 use super::spawn::{WorkerConn, spawn_start};
-use super::started::TakeBack;
+use super::started::{RING, TakeBack};
 use super::stats::{Counters, Tally, WorkerLoss};
 use crate::error::{Error, ExitCause, Result, TaskError};
 use crate::wire::Frame;
@@ -48,6 +48,10 @@ use crate::wire::{FrameBuf, Outbox};
 /// The most synchronous tasks a worker may hold beyond the one it runs, to hide the round
 /// trip; the pool holds fewer when its tasks are long (see [`prefetch_for`]).
 pub(super) const MAX_PREFETCH: usize = 256;
+
+// A worker holds at most the task it runs and its prefetch: the claim ring has a word for each
+// number it may hold unsettled (see `started`).
+const _: () = assert!(MAX_PREFETCH + 1 < RING);
 
 /// The prefetch before any task has been timed.
 const FIRST_PREFETCH: usize = 8;
@@ -550,8 +554,9 @@ impl Scheduler {
     /// Cancels task `id`: a queued one is removed. A synchronous one sent to a worker on
     /// this machine is settled in the worker's claim word (see [`Scheduler::take_back`]):
     /// taken back, it never starts; claimed, it runs. Where that cannot settle it (a worker
-    /// on another host, or one yet to see another task taken back), the worker is asked to
-    /// drop it, and answers either that it did or with the task's result. A task that runs
+    /// on another host, or, rarely, one that was sent [`RING`] tasks since the one it
+    /// runs), the worker is asked to drop it, and answers either that it did or with the
+    /// task's result. A task that runs
     /// (or may be the one running) runs on unless `running`, in which case its worker is
     /// killed.
     fn cancel(&mut self, id: u64, running: bool) {
@@ -1071,6 +1076,12 @@ impl Scheduler {
             return TakeBack::Later;
         };
         if run.is_async {
+            return TakeBack::Later;
+        }
+        // A claim word serves numbers RING apart: with a task that old still unsettled, the
+        // word of `run.seq` may be that task's too (see `started`).
+        let oldest = slot.sync.front().and_then(|o| self.in_flight.get(o));
+        if oldest.is_some_and(|o| slot.sync_sent.saturating_sub(o.seq) >= RING as u64) {
             return TakeBack::Later;
         }
         let took = slot.started.take_back(run.seq);

@@ -17,18 +17,20 @@
 //! taken in, so that a cancel sent while a task ran reaches the queue before the next task
 //! starts. It costs one load per task, and a system call only when a cancel was sent.
 //!
-//! A third word lets the pool take back a task it sent ahead to a busy worker, for a worker
-//! left idle, with no message: a worker reads its socket only between tasks, so one that
-//! runs a long task would answer a message only when that task ends. The pool numbers the
-//! synchronous tasks it sends each worker 1, 2, 3, ... in the order it sends them (the
-//! task's `seq`), and the worker claims each one before it starts it by writing its number
-//! there, flagged. The pool takes task `seq` back by writing `seq` there, unflagged, only if
-//! the number claimed last is below it; the worker drops a task whose number it finds
-//! written by the pool. Numbers, unlike task ids (a task sent again keeps its id), only grow
-//! along a worker's queue, so a claim of a later task, even one the worker then drops,
-//! proves the worker has passed `seq`. Each side changes the word in one atomic step that
-//! sees what the other wrote, so exactly one of them has the task: a task taken back never
-//! starts in the worker it was sent to (see [`StartedMark::take_back`]).
+//! A ring of words lets the pool take back a task it sent ahead to a busy worker, with no
+//! message: for a worker left idle, or for a caller that cancels it. A worker reads its
+//! socket only between tasks, so one that runs a long task would answer a message only when
+//! that task ends. The pool numbers the synchronous tasks it sends each worker 1, 2, 3, ...
+//! in the order it sends them (the task's `seq`), and each number has its word in the ring,
+//! at `seq` modulo the ring's length. The worker claims each task before it starts it by
+//! writing its number there, flagged; the pool takes the task back by writing its number
+//! there, unflagged, unless the worker has claimed it; the worker drops a task whose number
+//! it finds written by the pool. Each side changes the word in one atomic step that sees
+//! what the other wrote, so exactly one of them has the task: a task taken back never starts
+//! in the worker it was sent to (see [`StartedMark::take_back`]). Numbers, unlike task ids
+//! (a task sent again keeps its id), are never reused for a worker, and a word is used again
+//! only for a number [`RING`] later: a worker holds far fewer tasks than that (the pool's
+//! prefetch is capped below it), so the task that had the word before was settled long ago.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -37,17 +39,21 @@ use crate::error::{Error, Result};
 use crate::sys::SharedRegion;
 
 /// The shared words: the last task started (0: none yet, task ids start at 1), the cancels
-/// sent, and the claim word (see the module docs).
+/// sent, and the claim ring (see the module docs).
 #[derive(Debug)]
 pub(super) struct StartedMark(SharedRegion);
 
 const STARTED: usize = 0;
 const CANCELS: usize = 8;
-const CLAIM: usize = 16;
-const SIZE: usize = 24;
+const CLAIMS: usize = 16;
 
-/// In the claim word, the flag of the number of a task the worker claimed; a number without
-/// it, other than 0, is that of a task the pool took back and the worker has not seen yet.
+/// The words of the claim ring: more than the synchronous tasks a worker may hold at once.
+pub(super) const RING: usize = 512;
+
+const SIZE: usize = CLAIMS + 8 * RING;
+
+/// In a claim word, the flag of the number of a task the worker claimed; a number without
+/// it is that of a task the pool took back (or of none yet: 0).
 const CLAIMED: u64 = 1 << 63;
 
 impl StartedMark {
@@ -96,34 +102,38 @@ impl StartedMark {
         self.0.u64_at(CANCELS).load(Ordering::Acquire)
     }
 
+    /// The claim word of the task numbered `seq`.
+    fn claim_word(&self, seq: u64) -> &std::sync::atomic::AtomicU64 {
+        // The remainder is below RING, which fits in usize.
+        let slot = (seq % RING as u64) as usize;
+        self.0.u64_at(CLAIMS + 8 * slot)
+    }
+
     /// In the pool: takes back the synchronous task the pool numbered `seq` for this worker
     /// (see the module docs), if the worker has not claimed it. Once [`TakeBack::Taken`],
     /// the worker never starts the task; [`TakeBack::Claimed`] once the worker has claimed
-    /// `seq` or any task after it (it runs `seq`, or has run it); [`TakeBack::Later`] while
-    /// another task taken back waits for the worker to see it (one at a time).
+    /// it (it runs it, or has run it).
     pub(super) fn take_back(&self, seq: u64) -> TakeBack {
-        let word = self.0.u64_at(CLAIM);
-        let mut seen = word.load(Ordering::Acquire);
-        loop {
-            if seen != 0 && seen & CLAIMED == 0 {
-                return TakeBack::Later;
-            }
-            if seen & !CLAIMED >= seq {
-                return TakeBack::Claimed;
-            }
-            match word.compare_exchange(seen, seq, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return TakeBack::Taken,
-                Err(now) => seen = now,
-            }
+        let word = self.claim_word(seq);
+        let seen = word.load(Ordering::Acquire);
+        if seen == seq | CLAIMED {
+            return TakeBack::Claimed;
+        }
+        if seen == seq {
+            return TakeBack::Taken;
+        }
+        // The word holds a task RING numbers earlier (or nothing): only the worker's claim
+        // of `seq` can change it meanwhile.
+        match word.compare_exchange(seen, seq, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => TakeBack::Taken,
+            Err(_) => TakeBack::Claimed,
         }
     }
 
-    /// In the worker: claims the synchronous task numbered `seq`, next in its queue. Returns
-    /// the number of the task the pool took back since the last claim, if any: `seq` itself
-    /// (the task must not start), or that of a task behind it, to drop when its turn comes.
-    pub(super) fn claim(&self, seq: u64) -> Option<u64> {
-        let was = self.0.u64_at(CLAIM).swap(seq | CLAIMED, Ordering::AcqRel);
-        (was != 0 && was & CLAIMED == 0).then_some(was)
+    /// In the worker: claims the synchronous task numbered `seq`, next in its queue; `false`
+    /// if the pool took it back (it must not start).
+    pub(super) fn claim(&self, seq: u64) -> bool {
+        self.claim_word(seq).swap(seq | CLAIMED, Ordering::AcqRel) != seq
     }
 }
 
@@ -134,8 +144,7 @@ pub(super) enum TakeBack {
     Taken,
     /// The worker has claimed the task: it runs it, or has run it.
     Claimed,
-    /// Not known now: the worker has not seen another task taken back, or (a worker on
-    /// another host) shares no memory with the pool.
+    /// Not known now: the worker (on another host) shares no memory with the pool.
     Later,
 }
 
@@ -148,36 +157,49 @@ mod tests {
         let m = StartedMark::new().expect("memfd");
         // Taken back before its turn: the worker, claiming it, is told to drop it.
         assert_eq!(m.take_back(1), TakeBack::Taken);
-        assert_eq!(m.claim(1), Some(1));
+        assert!(!m.claim(1));
         // Claimed: no longer taken back.
-        assert_eq!(m.claim(2), None);
+        assert!(m.claim(2));
         assert_eq!(m.take_back(2), TakeBack::Claimed);
-        // Taken back behind the task claimed next: that claim reports it, to drop later.
-        assert_eq!(m.take_back(4), TakeBack::Taken);
-        assert_eq!(m.take_back(5), TakeBack::Later, "one taken back at a time");
-        assert_eq!(m.claim(3), Some(4));
-        assert_eq!(
-            m.take_back(5),
-            TakeBack::Taken,
-            "seen: the next may be taken"
-        );
+        // Several behind the one running are taken back at once, each dropped in its turn.
+        for seq in 4..20 {
+            assert_eq!(m.take_back(seq), TakeBack::Taken);
+        }
+        assert!(m.claim(3));
+        for seq in 4..20 {
+            assert!(!m.claim(seq), "task {seq} was taken back");
+        }
+        assert!(m.claim(20));
     }
 
     #[test]
-    fn a_claim_of_a_task_dropped_after_another_proves_that_one_claimed() {
-        // Task 2 claimed (it runs), task 3 behind it taken back; the worker, done with 2,
-        // claims 3 and drops it. Task 2 must not be taken back now: the word shows 3.
+    fn a_word_used_again_settles_the_new_number_alone() {
+        // Task 3 claimed and task 3 + RING taken back share a word: neither answer leaks
+        // into the other.
         let m = StartedMark::new().expect("memfd");
-        assert_eq!(m.claim(1), None);
-        assert_eq!(m.claim(2), None);
+        let later = 3 + RING as u64;
+        assert!(m.claim(3));
+        assert_eq!(m.take_back(later), TakeBack::Taken);
+        assert!(!m.claim(later));
+        let after = later + RING as u64;
+        assert!(m.claim(after), "a number not taken back is claimed");
+        assert_eq!(m.take_back(after), TakeBack::Claimed);
+    }
+
+    #[test]
+    fn a_claim_of_a_task_dropped_after_another_leaves_that_one_claimed() {
+        // Task 2 claimed (it runs), task 3 behind it taken back; the worker, done with 2,
+        // claims 3 and drops it. Task 2 must not be taken back now.
+        let m = StartedMark::new().expect("memfd");
+        assert!(m.claim(1));
+        assert!(m.claim(2));
         assert_eq!(m.take_back(3), TakeBack::Taken);
-        assert_eq!(m.claim(3), Some(3));
+        assert!(!m.claim(3));
         assert_eq!(
             m.take_back(2),
             TakeBack::Claimed,
             "task 2 ran; taking it back would run it twice"
         );
-        assert_eq!(m.take_back(3), TakeBack::Claimed);
         assert_eq!(m.take_back(4), TakeBack::Taken);
     }
 }

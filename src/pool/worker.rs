@@ -272,9 +272,6 @@ struct Worker {
     exiting: bool,
     /// The cancels received, to compare with those the pool sent (see [`StartedMark`]).
     cancels_taken: u64,
-    /// The numbers of tasks the pool took back (see [`StartedMark::take_back`]), seen in the
-    /// started mark before their turn came: dropped when it comes.
-    given_back: Vec<u64>,
 }
 
 impl Worker {
@@ -312,23 +309,13 @@ impl Worker {
     }
 
     /// The next synchronous task to start, claimed in the started mark; the tasks the pool
-    /// took back are dropped, unanswered (the pool sent them to another worker).
+    /// took back are dropped, unanswered (the pool sent them to another worker, or answered
+    /// them cancelled).
     fn next_task(&mut self, mark: &StartedMark) -> Option<Queued> {
         while let Some(q) = self.queue.pop_front() {
-            if !self.given_back.is_empty() {
-                // Numbers below this task's are of tasks cancelled before their turn.
-                self.given_back.retain(|&seq| seq >= q.seq);
+            if mark.claim(q.seq) {
+                return Some(q);
             }
-            if let Some(i) = self.given_back.iter().position(|&seq| seq == q.seq) {
-                self.given_back.swap_remove(i);
-                continue;
-            }
-            match mark.claim(q.seq) {
-                Some(seq) if seq == q.seq => continue,
-                Some(seq) => self.given_back.push(seq),
-                None => {}
-            }
-            return Some(q);
         }
         None
     }
@@ -490,7 +477,6 @@ fn serve(rt: &tokio::runtime::Runtime, start: Start) -> Result<()> {
             done: done_tx,
             exiting: false,
             cancels_taken: 0,
-            given_back: Vec::new(),
         },
         done_rx,
         held: Held::default(),
