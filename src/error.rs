@@ -663,6 +663,9 @@ impl fmt::Display for TaskError {
     }
 }
 
+/// Named fields, as a `main` returning [`Result`] prints an error it ends with: what
+/// happened (`panicked`, `worker_lost`, `timed_out`...) and its details, those that are
+/// absent left out.
 impl fmt::Debug for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("TaskError");
@@ -670,24 +673,94 @@ impl fmt::Debug for TaskError {
             d.field("input", &i);
         }
         match &*self.repr {
-            Repr::Failed(failure) => d.field("failed", failure),
+            Repr::Failed(TaskFailure::Panicked {
+                message,
+                location,
+                backtrace,
+            }) => {
+                d.field("panicked", message);
+                if let Some(at) = location {
+                    d.field("location", at);
+                }
+                if let Some(bt) = backtrace {
+                    d.field("backtrace", bt);
+                }
+            }
+            Repr::Failed(failure) => {
+                d.field("failed", failure);
+            }
             Repr::WorkerLost {
                 pid,
                 cause,
                 host,
                 killed_because,
                 answer_lost,
-            } => d.field(
-                "worker_lost",
-                &(pid, cause, host, killed_because, answer_lost),
-            ),
-            Repr::TimedOut { pid, timeout } => d.field("timed_out", &(pid, timeout)),
-            Repr::Cancelled => d.field("cancelled", &true),
-            Repr::PoolClosed => d.field("pool_closed", &true),
-            Repr::Local(e) => d.field("local", e),
-        };
+            } => {
+                d.field("worker_lost", cause).field("pid", pid);
+                if let Some(host) = host {
+                    d.field("host", host);
+                }
+                if let Some(why) = killed_because {
+                    d.field("killed_because", why);
+                }
+                if *answer_lost {
+                    d.field("answer_lost", answer_lost);
+                }
+            }
+            Repr::TimedOut { pid, timeout } => {
+                d.field("timed_out", timeout).field("pid", pid);
+            }
+            Repr::Cancelled => {
+                d.field("cancelled", &true);
+            }
+            Repr::PoolClosed => {
+                d.field("pool_closed", &true);
+            }
+            Repr::Local(e) => {
+                d.field("local", e);
+            }
+        }
         d.finish()
     }
 }
 
 impl std::error::Error for TaskError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_errors_debug_names_its_fields() {
+        let lost = TaskError::worker_lost_on(None, 4242, ExitCause::Signal(9)).at_input(3);
+        assert_eq!(
+            format!("{lost:?}"),
+            "TaskError { input: 3, worker_lost: Signal(9), pid: 4242 }"
+        );
+        let host: Arc<str> = "n1".into();
+        let why: Arc<str> = "its answer did not decode".into();
+        let lost = TaskError::worker_lost_on(Some(&host), 7, ExitCause::HostLost)
+            .killed_because(Some(&why))
+            .answer_lost();
+        assert_eq!(
+            format!("{lost:?}"),
+            "TaskError { worker_lost: HostLost, pid: 7, host: \"n1\", \
+             killed_because: \"its answer did not decode\", answer_lost: true }"
+        );
+        // What `fn main() -> mp::Result<()>` prints when it ends with a task's error.
+        let timed_out = Error::from(TaskError::timed_out(7, Duration::from_millis(100)));
+        assert_eq!(
+            format!("{timed_out:?}"),
+            "Task(TaskError { timed_out: 100ms, pid: 7 })"
+        );
+        let panicked = TaskError::failed(TaskFailure::Panicked {
+            message: "three is bad".into(),
+            location: Some("src/main.rs:4:5".into()),
+            backtrace: None,
+        });
+        assert_eq!(
+            format!("{panicked:?}"),
+            "TaskError { panicked: \"three is bad\", location: \"src/main.rs:4:5\" }"
+        );
+    }
+}
