@@ -340,37 +340,37 @@ impl Listener {
         let mut pending = self.handshakes.lock().await;
         let link = std::future::poll_fn(|cx| {
             loop {
-                if !pending.is_empty() {
-                    match pending.poll_join_next(cx) {
-                        Poll::Ready(Some(Ok(Some(done)))) => return Poll::Ready(done),
-                        Poll::Ready(Some(Ok(None))) => {
-                            tracing::debug!("a listener closed a connection still in its exchange");
-                            continue;
+                // Every connection waiting is taken before an ended exchange is returned, so
+                // that none that waited is left in the backlog, its client's time running,
+                // by an exchange that ended while this task was not running (a thread
+                // preempted, a budget spent).
+                while self.gate.poll_room(cx).is_ready() {
+                    match self.poll_take(cx) {
+                        Poll::Ready(Ok((fd, transport, peer))) => {
+                            let key = self.authkey.clone();
+                            pending.spawn(self.gate.admit(move |vouch| async move {
+                                let link = Framed::new(fd, transport)?;
+                                if let Some(key) = key {
+                                    authenticate_peer(&link, &key, AUTH_TIMEOUT, vouch).await?;
+                                }
+                                Ok(Accepted { link, peer })
+                            }));
                         }
-                        Poll::Ready(Some(Err(e))) => {
-                            // Its runtime was shut down: the connection went with it.
-                            tracing::debug!("a listener's exchange ended: {e}");
-                            continue;
-                        }
-                        _ => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
                     }
                 }
-                if self.gate.poll_room(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                match self.poll_take(cx) {
-                    Poll::Ready(Ok((fd, transport, peer))) => {
-                        let key = self.authkey.clone();
-                        pending.spawn(self.gate.admit(move |vouch| async move {
-                            let link = Framed::new(fd, transport)?;
-                            if let Some(key) = key {
-                                authenticate_peer(&link, &key, AUTH_TIMEOUT, vouch).await?;
-                            }
-                            Ok(Accepted { link, peer })
-                        }));
+                match pending.poll_join_next(cx) {
+                    Poll::Ready(Some(Ok(Some(done)))) => return Poll::Ready(done),
+                    Poll::Ready(Some(Ok(None))) => {
+                        tracing::debug!("a listener closed a connection still in its exchange");
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(e))) => {
+                        // Its runtime was shut down: the connection went with it.
+                        tracing::debug!("a listener's exchange ended: {e}");
+                    }
+                    // None under way, or none ended: the socket or the gate wakes this task.
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
             }
         })

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libtest_mimic::Arguments;
+use libtest_mimic::{Arguments, Trial};
 use support::{TestResult, fds_return_to, join_code, open_fds, test};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_multiprocessing as mp;
@@ -1013,6 +1013,42 @@ async fn exchanges_go_on_while_the_server_serves_another() -> TestResult {
     Ok(())
 }
 
+/// Every connection that waits in the backlog when `accept` is called is taken by that call,
+/// even when the first one's exchange ends before `accept` looks at the socket again: a
+/// keyed client left behind would count its time in the backlog in its `AUTH_TIMEOUT`
+/// while the server serves the connection it got. Here the calling task's tokio budget runs
+/// out right after the first connection is taken, so its exchange (a keyless one, which
+/// ends at once) runs before `accept` is polled again; the test tries each small budget
+/// left, so whichever step of `accept` spends the last unit, one try meets that moment.
+async fn accept_takes_every_connection_waiting() -> TestResult {
+    for left in 1..=8 {
+        let path = socket_path(&format!("budget-{left}"));
+        let l = mp::Listener::bind(path.clone(), None)?;
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(tokio::net::UnixStream::connect(&path).await?);
+        }
+        ensure!(
+            support::not_accepted(l.address()) == 3,
+            "the three connections wait in the backlog"
+        );
+        // A fresh budget (tokio's is 128 units per poll), then all but `left` spent.
+        tokio::task::yield_now().await;
+        for _ in 0..128 - left {
+            tokio::task::consume_budget().await;
+        }
+        let first = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
+        let behind = support::not_accepted(l.address());
+        ensure!(
+            behind == 0,
+            "with {left} units of budget left, accept returned a connection and left {behind} \
+             that waited before it in the backlog"
+        );
+        drop((first, clients));
+    }
+    Ok(())
+}
+
 /// [`answer_then_challenge`] on `s`, then one message back the way it came.
 async fn exchange_and_echo<S>(s: &mut S) -> TestResult
 where
@@ -1097,6 +1133,21 @@ fn main() {
             "exchanges_go_on_while_the_server_serves_another",
             exchanges_go_on_while_the_server_serves_another,
         ),
+        Trial::test("accept_takes_every_connection_waiting", || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("runtime: {e}"))?;
+            rt.block_on(async {
+                tokio::time::timeout(
+                    support::TEST_TIMEOUT,
+                    accept_takes_every_connection_waiting(),
+                )
+                .await
+            })
+            .map_err(|_| "timed out")?
+            .map_err(|e| e.to_string().into())
+        }),
         test(
             "a_burst_of_more_clients_than_max_handshakes_is_accepted_whole",
             a_burst_of_more_clients_than_max_handshakes_is_accepted_whole,
