@@ -199,6 +199,12 @@ fn checked_job(
 /// and rustc reports it as "implementation of `Deserialize` is not general enough" for the
 /// argument tuple. Take `String` (or the owned type) instead.
 ///
+/// The result crosses back the same way, so it is a serde value too. [`Error`] is not one
+/// (it may hold an `io::Error`): a task that uses this crate's objects (a proxy, a queue)
+/// and fails with its errors returns them as text, `Result<T, String>` by
+/// `.map_err(|e| e.to_string())`; rustc's complaint otherwise is that `Error` does not
+/// implement `Serialize`.
+///
 /// A worker that dies (a signal, an abort, the OOM killer) fails the task it was running,
 /// with a [`TaskError`] naming its pid and the signal or exit code
 /// ([`is_worker_lost`](TaskError::is_worker_lost)), and the tasks it had finished whose
