@@ -102,6 +102,11 @@ pub use task::{InitializerOutput, Target};
 pub use wait::{Waitable, wait};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, Fd, max_frame_size, set_max_frame_size};
 
+/// The README's examples, compiled (and the runnable ones run) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Hooks for the benchmarks' baselines; not part of the API. Built only with the
 /// `test-hooks` feature, which the crate's own tests and benches turn on.
 #[cfg(feature = "test-hooks")]
