@@ -220,12 +220,12 @@ impl std::fmt::Display for ActiveChild {
     }
 }
 
-/// The children of this process that run still, in the order their processes came to exist
-/// (Python's `multiprocessing.active_children()`, which gives no order): every
-/// [`Process`](crate::Process), pool worker and manager server this process started and that
-/// has not ended. Children started together, such as a pool's workers, may come in any
-/// order of their names (`PoolWorker-2` before `PoolWorker-1`). Unlike Python's, the call
-/// reaps nothing: a child's handle (or its pool) does that.
+/// The children of this process that run still, in the order their starts completed (their
+/// handshake with this process ended; Python's `multiprocessing.active_children()` gives no
+/// order): every [`Process`](crate::Process), pool worker and manager server this process
+/// started and that has not ended. Children started together, such as a pool's workers, may
+/// come in any order of their names or pids (`PoolWorker-2` before `PoolWorker-1`). Unlike
+/// Python's, the call reaps nothing: a child's handle (or its pool) does that.
 pub fn active_children() -> Vec<ActiveChild> {
     crate::start::running_children()
 }
