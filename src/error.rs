@@ -366,8 +366,13 @@ enum Repr {
         killed_because: Option<Arc<str>>,
         answer_lost: bool,
     },
-    /// The task ran past its timeout; its worker was killed.
-    TimedOut { pid: u32, timeout: Duration },
+    /// The task ran past its timeout; its worker was killed. `host` names the worker's
+    /// host when it ran on another host of a cluster.
+    TimedOut {
+        pid: u32,
+        timeout: Duration,
+        host: Option<Arc<str>>,
+    },
     /// The caller cancelled it.
     Cancelled,
     /// The pool was closed or terminated first.
@@ -442,9 +447,14 @@ impl TaskError {
         self
     }
 
-    /// A task that ran past `timeout` in worker `pid`, which was killed.
-    pub(crate) fn timed_out(pid: u32, timeout: Duration) -> TaskError {
-        TaskError::new(Repr::TimedOut { pid, timeout })
+    /// A task that ran past `timeout` in worker `pid` (on `host`, for a cluster's worker),
+    /// which was killed.
+    pub(crate) fn timed_out(host: Option<&Arc<str>>, pid: u32, timeout: Duration) -> TaskError {
+        TaskError::new(Repr::TimedOut {
+            pid,
+            timeout,
+            host: host.cloned(),
+        })
     }
 
     /// A task its caller cancelled.
@@ -558,11 +568,12 @@ impl TaskError {
         }
     }
 
-    /// The host of the worker that died while running the task, when it ran on another
-    /// host of a [`Cluster`](crate::Cluster) (`None` for a worker on this machine).
+    /// The host of the worker that died while running the task, or was killed because the
+    /// task timed out, when it ran on another host of a [`Cluster`](crate::Cluster) (`None`
+    /// for a worker on this machine).
     pub fn worker_host(&self) -> Option<&str> {
         match &*self.repr {
-            Repr::WorkerLost { host, .. } => host.as_deref(),
+            Repr::WorkerLost { host, .. } | Repr::TimedOut { host, .. } => host.as_deref(),
             _ => None,
         }
     }
@@ -653,10 +664,18 @@ impl fmt::Display for TaskError {
                     None => Ok(()),
                 }
             }
-            Repr::TimedOut { pid, timeout } => write!(
-                f,
-                "task timed out after {timeout:?}: worker process {pid} was killed and replaced"
-            ),
+            Repr::TimedOut { pid, timeout, host } => match host {
+                None => write!(
+                    f,
+                    "task timed out after {timeout:?}: worker process {pid} was killed and \
+                     replaced"
+                ),
+                Some(host) => write!(
+                    f,
+                    "task timed out after {timeout:?}: worker process {pid} on host {host} \
+                     was killed and replaced"
+                ),
+            },
             Repr::PoolClosed => f.write_str("the pool is closed"),
             Repr::Local(e) => write!(f, "{e}"),
         }
@@ -707,8 +726,11 @@ impl fmt::Debug for TaskError {
                     d.field("answer_lost", answer_lost);
                 }
             }
-            Repr::TimedOut { pid, timeout } => {
+            Repr::TimedOut { pid, timeout, host } => {
                 d.field("timed_out", timeout).field("pid", pid);
+                if let Some(host) = host {
+                    d.field("host", host);
+                }
             }
             Repr::Cancelled => {
                 d.field("cancelled", &true);

@@ -58,6 +58,7 @@ fn main() {
         a_dropped_scale_launches_no_host_it_had_not_begun,
         shutdown_stops_a_scale_under_way,
         a_scale_launches_its_hosts_together_and_keeps_those_that_started,
+        a_remote_task_that_times_out_names_its_host,
     ]);
 }
 
@@ -1589,5 +1590,33 @@ async fn an_agent_asked_for_too_many_workers_refuses_to_start() -> TestResult {
     let _ = most.kill();
     let _ = most.wait();
     joined?;
+    Ok(())
+}
+
+/// A task that runs past the pool's task timeout on a remote worker fails naming the
+/// worker's host beside its pid, as a task whose remote worker died does: the pid alone
+/// is a number on a machine the caller cannot tell. The "host" is an agent on this machine
+/// (no namespace, no root needed).
+async fn a_remote_task_that_times_out_names_its_host() -> TestResult {
+    let cluster = one_host_here().await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .await?;
+    let worker = pool.apply(pid, ()).await?;
+    let err = pool
+        .apply(pid_to_file_then_sleep, ("/dev/null".to_string(), 30_000))
+        .await
+        .err()
+        .ok_or("the task outlived its timeout")?;
+    ensure!(err.is_timeout(), "{err}");
+    ensure!(err.worker_pid() == Some(worker), "{err}");
+    ensure!(
+        err.worker_host().is_some_and(|h| h.contains("127.0.0.1#0")),
+        "the error does not name the host: {err:?}"
+    );
+    ensure!(err.to_string().contains("127.0.0.1#0"), "{err}");
+    ensure!(pool.apply(sqr, (5,)).await? == 25, "the pool serves on");
     Ok(())
 }

@@ -632,11 +632,12 @@ impl Scheduler {
             let Some(run) = self.in_flight.remove(&id) else {
                 continue;
             };
-            let Some(pid) = self.workers.get(&run.wid).map(|s| s.pid) else {
+            let Some((pid, host)) = self.workers.get(&run.wid).map(|s| (s.pid, s.host.clone()))
+            else {
                 continue;
             };
             let timeout = run.timeout.unwrap_or_default();
-            if !self.answer(id, Err(TaskError::timed_out(pid, timeout))) {
+            if !self.answer(id, Err(TaskError::timed_out(host.as_ref(), pid, timeout))) {
                 // Its answer got there first.
                 continue;
             }
