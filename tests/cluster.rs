@@ -49,6 +49,7 @@ fn main() {
         a_worker_printing_much_grows_its_agent_little,
         terminate_waits_for_no_start_once_the_only_host_is_lost,
         a_launch_that_ended_at_once_is_named_when_no_host_has_room,
+        a_launch_that_hangs_is_named_when_no_host_has_room,
         a_launch_command_that_exits_is_reaped_while_the_cluster_lives,
         silent_sockets_lock_no_agent_out,
         an_agent_asked_for_too_many_workers_refuses_to_start,
@@ -1411,9 +1412,67 @@ async fn a_launch_that_ended_at_once_is_named_when_no_host_has_room() -> TestRes
         .to_string();
     ensure!(
         e.contains("no host of the cluster had room")
-            && e.contains("launched processes that ended")
+            && e.contains("launched processes that ended: host 0: pid")
             && e.contains("exit status: 1"),
         "{e}"
+    );
+    Ok(())
+}
+
+/// Launched commands that hang and never start their agent (an engine that waits, a
+/// wrong template): a pool's start that finds no host's room names each host whose
+/// command still runs with no agent joined, with its pid, where it said only that no
+/// host had room; dropping the cluster ends the commands, leaving no child.
+async fn a_launch_that_hangs_is_named_when_no_host_has_room() -> TestResult {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::new("sleep 600")
+                .hosts(2)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    let built = Pool::builder()
+        .cluster(&cluster)
+        .start_timeout(Duration::from_secs(2))
+        .build()
+        .await;
+    let e = built
+        .err()
+        .ok_or("a pool was built on no host")?
+        .to_string();
+    ensure!(
+        e.contains("no host of the cluster had room")
+            && e.contains("launched processes that still run, their agent not connected")
+            && e.contains("host 0: pid")
+            && e.contains("host 1: pid"),
+        "{e}"
+    );
+    // The pids named are this process's children running `sleep`.
+    let sleepers: Vec<u32> = e
+        .split("pid ")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let running = children_named("sleep");
+    drop(cluster);
+    ensure!(
+        sleepers.len() == 2 && sleepers.iter().all(|p| running.contains(p)),
+        "the pids named ({sleepers:?}) are not the hanging commands ({running:?}): {e}"
+    );
+    ensure!(
+        eventually(Duration::from_secs(20), || {
+            let left = support::all_children();
+            sleepers.iter().all(|p| !left.contains(p))
+        })
+        .await,
+        "the hanging commands outlived the cluster: {:?}",
+        support::all_children()
     );
     Ok(())
 }

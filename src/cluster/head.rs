@@ -82,23 +82,40 @@ impl Inner {
         self.launched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What the error of a start that found no room adds about the agents launched on this
-    /// machine that have ended already (a launcher command that failed at once, say): their
-    /// pids and exit statuses; empty if none has.
-    fn launches_ended(&self) -> String {
-        let ended: Vec<String> = self
-            .launched()
-            .iter_mut()
-            .filter_map(Launched::ended)
-            .map(|(pid, status)| format!("{pid} ({status})"))
-            .collect();
-        match ended.is_empty() {
-            true => String::new(),
-            false => format!(
+    /// What the error of a start that found no room adds about the processes launched on
+    /// this machine whose host's agent is not connected: those that ended (a launcher
+    /// command that failed at once, say), with their host's number, pid and exit status,
+    /// and those that still run though their agent is not connected (a command that hangs,
+    /// or waits for an engine that does not start the agent); empty if there are none.
+    fn launches_not_joined(&self) -> String {
+        let joined = self.table.launch_ids();
+        let (mut ended, mut running) = (Vec::new(), Vec::new());
+        for l in self.launched().iter_mut() {
+            if joined.contains(&l.host.to_string()) {
+                continue;
+            }
+            match (l.ended(), l.pid()) {
+                (Some((pid, status)), _) => {
+                    ended.push(format!("host {}: pid {pid} ({status})", l.host));
+                }
+                (None, Some(pid)) => running.push(format!("host {}: pid {pid}", l.host)),
+                (None, None) => {}
+            }
+        }
+        let mut told = String::new();
+        if !ended.is_empty() {
+            told.push_str(&format!(
                 "; launched processes that ended: {} (their stderr is this program's)",
                 ended.join(", ")
-            ),
+            ));
         }
+        if !running.is_empty() {
+            told.push_str(&format!(
+                "; launched processes that still run, their agent not connected: {}",
+                running.join(", ")
+            ));
+        }
+        told
     }
 
     /// What the error of a start that found no room adds about the batch jobs launched (see
@@ -215,6 +232,8 @@ pub(super) struct State {
 /// One connected agent.
 pub(super) struct AgentEntry {
     pub(super) host: Arc<str>,
+    /// The id its launcher gave it (the host's number, for an agent a cluster launched).
+    pub(super) launch_id: String,
     pub(super) capacity: usize,
     pub(super) tx: UnboundedSender<ToAgent>,
     pub(super) workers: HashMap<u64, WorkerEntry>,
@@ -312,11 +331,12 @@ impl Table {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes in an agent that claims room for `capacity` workers, counted as at least 1 and
-    /// at most [`MAX_WORKERS_PER_HOST`]; returns its number.
+    /// Takes in an agent that its launcher called `launch_id` and that claims room for
+    /// `capacity` workers, counted as at least 1 and at most [`MAX_WORKERS_PER_HOST`];
+    /// returns its number.
     pub(super) fn add_agent(
         &self,
-        host: Arc<str>,
+        (host, launch_id): (Arc<str>, String),
         capacity: usize,
         tx: UnboundedSender<ToAgent>,
     ) -> u64 {
@@ -328,6 +348,7 @@ impl Table {
             id,
             AgentEntry {
                 host,
+                launch_id,
                 capacity,
                 tx,
                 workers: HashMap::new(),
@@ -336,6 +357,12 @@ impl Table {
         drop(s);
         self.changed.notify_waiters();
         id
+    }
+
+    /// The ids their launchers gave the agents connected.
+    fn launch_ids(&self) -> std::collections::HashSet<String> {
+        let s = self.lock();
+        s.agents.values().map(|a| a.launch_id.clone()).collect()
     }
 
     /// The room of the agents connected: the sum of their capacities.
@@ -800,7 +827,7 @@ impl Cluster {
                     table.last_refusal()
                 ));
                 if let Error::Start { message, .. } = &mut e {
-                    message.push_str(&self.inner.launches_ended());
+                    message.push_str(&self.inner.launches_not_joined());
                     message.push_str(&self.inner.launched_jobs().await);
                 }
                 return Err(e);
@@ -874,9 +901,9 @@ mod tests {
         );
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         for host in ["a", "b", "c"] {
-            table.add_agent(host.into(), usize::MAX, tx.clone());
+            table.add_agent((host.into(), String::new()), usize::MAX, tx.clone());
         }
-        table.add_agent("d".into(), 0, tx);
+        table.add_agent(("d".into(), String::new()), 0, tx);
         assert_eq!(table.room(), 3 * MAX_WORKERS_PER_HOST + 1);
     }
 }
