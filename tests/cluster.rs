@@ -60,6 +60,7 @@ fn main() {
         shutdown_stops_a_scale_under_way,
         a_scale_launches_its_hosts_together_and_keeps_those_that_started,
         a_remote_task_that_times_out_names_its_host,
+        shutdown_ends_an_agent_launched_under_a_wrapper,
     ]);
 }
 
@@ -1677,5 +1678,44 @@ async fn a_remote_task_that_times_out_names_its_host() -> TestResult {
     );
     ensure!(err.to_string().contains("127.0.0.1#0"), "{err}");
     ensure!(pool.apply(sqr, (5,)).await? == 25, "the pool serves on");
+    Ok(())
+}
+
+/// An agent launched under a wrapper that does not pass signals on (`sh -c '<agent> | cat'`,
+/// as a template that keeps a log would be) is ended by `Cluster::shutdown`, as its docs
+/// say: the wrapper alone was sent SIGTERM, and the agent under it, still connected,
+/// served the cluster's pools on. The "host" is an agent on this machine (no namespace, no
+/// root needed).
+async fn shutdown_ends_an_agent_launched_under_a_wrapper() -> TestResult {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::argv([
+                "sh",
+                "-c",
+                "{exe} --tokio-multiprocessing-agent {address} {n} {id} 2>&1 | cat",
+            ])
+            .hosts(1)
+            .workers_per_host(1),
+        )
+        .build()
+        .await?;
+    cluster.wait_for_hosts(1, Duration::from_secs(20)).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let (worker, agent) = pool.apply(print_lines, (0,)).await?;
+    let head = cluster.clone();
+    cluster.shutdown().await?;
+    ensure!(
+        eventually(Duration::from_secs(20), || head.hosts() == 0).await,
+        "the agent under the wrapper still serves the cluster"
+    );
+    ensure!(
+        eventually(Duration::from_secs(20), || support::is_zombie_or_gone(
+            agent
+        ) && support::is_zombie_or_gone(
+            worker
+        ))
+        .await,
+        "the agent {agent} or its worker {worker} outlived shutdown"
+    );
     Ok(())
 }

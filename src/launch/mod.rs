@@ -117,6 +117,9 @@ pub struct Launched {
     state: Option<(String, Vec<String>)>,
     /// The host's number ([`AgentSpec::id`]), set by the cluster that launched it.
     pub(crate) host: usize,
+    /// The launched process's descendants as it was asked to end, ended with it (see
+    /// [`Launched::terminate`]).
+    descendants: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Launched {
@@ -129,6 +132,7 @@ impl Launched {
             cancel: None,
             state: None,
             host: 0,
+            descendants: Vec::new(),
         }
     }
 
@@ -141,6 +145,7 @@ impl Launched {
             cancel: Some(cancel),
             state: None,
             host: 0,
+            descendants: Vec::new(),
         }
     }
 
@@ -152,6 +157,7 @@ impl Launched {
             cancel: None,
             state: None,
             host: 0,
+            descendants: Vec::new(),
         }
     }
 
@@ -206,20 +212,52 @@ const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Launched {
     /// Asks the launched process to end (SIGTERM), so that a wrapper (`srun`, `ssh`) ends
-    /// its remote side cleanly. Several are asked first and then reaped together
-    /// ([`end_all`]), so that their grace periods run at once.
+    /// its remote side cleanly, and its descendants with it: a wrapper that does not pass
+    /// the signal on (`sh -c '<agent> | tee log'`) would otherwise leave the agent under it
+    /// serving on, and, once it is gone, leave its children to init. Several are asked first
+    /// and then reaped together ([`end_all`]), so that their grace periods run at once.
     fn terminate(&mut self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
         let c = self.child.as_ref()?;
         // The child is not reaped yet, so its pid is still its own.
         let fd = i32::try_from(c.id())
             .ok()
             .and_then(|pid| crate::sys::pidfd_open(pid).ok())?;
-        let _ = crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), crate::sys::SIGTERM);
+        // Listed before the signal, while they are still the launched process's.
+        self.descendants = crate::sys::descendants_of(c.id());
+        for p in std::iter::once(&fd).chain(&self.descendants) {
+            let _ = crate::sys::pidfd_send_signal(p.as_fd(), crate::sys::SIGTERM);
+        }
         Some(fd)
     }
 
+    /// Waits until `until` for the descendants asked to end by [`Launched::terminate`]
+    /// (each pidfd turns readable once its process has ended), then kills those left. They
+    /// are not this process's children: whoever is their parent by then reaps them.
+    fn end_descendants(&mut self, until: std::time::Instant) {
+        use std::os::fd::AsFd;
+        let mut left = std::mem::take(&mut self.descendants);
+        while !left.is_empty() {
+            let wait = until.saturating_duration_since(std::time::Instant::now());
+            let fds: Vec<_> = left.iter().map(AsFd::as_fd).collect();
+            let Ok(ended) = crate::sys::poll_readable(&fds, Some(wait)) else {
+                break;
+            };
+            drop(fds);
+            let mut ended = ended.into_iter();
+            left.retain(|_| !ended.next().unwrap_or(false));
+            if wait.is_zero() {
+                break;
+            }
+        }
+        for p in &left {
+            let _ = crate::sys::pidfd_send_signal(p.as_fd(), crate::sys::SIGKILL);
+        }
+    }
+
     /// Waits until `until` for the process asked to end through `pidfd` (readable once it
-    /// has ended: no polling), kills it if it is still there, reaps it, and cancels the job.
+    /// has ended: no polling), kills it if it is still there, reaps it, ends its descendants
+    /// ([`Launched::end_descendants`]) and cancels the job.
     /// Returns why the cancel failed (the command and what it said), if it did: the job then
     /// runs on, until its agent sees the head gone.
     fn reap(
@@ -235,6 +273,7 @@ impl Launched {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.end_descendants(until);
         let mut cancel = self.cancel.take()?;
         let line = format!("{cancel:?}");
         let failed = |why: String| Some(format!("{line} failed: {why}"));

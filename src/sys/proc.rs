@@ -532,6 +532,57 @@ pub(crate) fn pidfd_of(pid: u32) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// The most descendants [`descendants_of`] gives pidfds of.
+const MAX_DESCENDANTS: usize = 16 * 1024;
+
+/// Pidfds of the live descendants of `pid` (its children, theirs, and so on), as
+/// `/proc/<pid>/task/<tid>/children` lists them. A process that forks or exits meanwhile may
+/// be missed; a pidfd is kept only if its process still has the parent it was listed under
+/// once the pidfd pins it, so that a pid reused in between is never taken for a descendant.
+pub(crate) fn descendants_of(pid: u32) -> Vec<OwnedFd> {
+    let mut found = Vec::new();
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for child in children_of(parent) {
+            if found.len() >= MAX_DESCENDANTS {
+                return found;
+            }
+            let Ok(Some(fd)) = pidfd_of(child) else {
+                continue;
+            };
+            if parent_of(child) == Some(parent) {
+                found.push(fd);
+                parents.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The children of `pid`, from each of its threads' `children` list in `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid ...`, where the
+/// command's name may hold spaces and parentheses: the fields after the last `)` are read).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Sends `signal` to the process behind `pidfd`; a process that already exited is not an
 /// error (it cannot be a recycled pid: the pidfd pins the process).
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
