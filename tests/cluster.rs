@@ -60,6 +60,7 @@ fn main() {
         shutdown_stops_a_scale_under_way,
         a_scale_launches_its_hosts_together_and_keeps_those_that_started,
         a_remote_task_that_times_out_names_its_host,
+        a_cluster_with_deadlines_of_days_starts_workers,
         shutdown_ends_an_agent_launched_under_a_wrapper,
     ]);
 }
@@ -1717,5 +1718,49 @@ async fn shutdown_ends_an_agent_launched_under_a_wrapper() -> TestResult {
         .await,
         "the agent {agent} or its worker {worker} outlived shutdown"
     );
+    Ok(())
+}
+
+/// A cluster whose heartbeat and head deadlines are days long (or `Duration::MAX`) starts
+/// workers and serves: each worker link's silence deadline was handed to the kernel as is,
+/// which refuses a keep-alive interval over 32,767 s and a user timeout over `i32::MAX` ms,
+/// so every worker's start failed ("Invalid argument (os error 22)", or "its host was lost
+/// before the worker's link came"). The "host" is an agent on this machine (no namespace,
+/// no root needed).
+async fn a_cluster_with_deadlines_of_days_starts_workers() -> TestResult {
+    let days = Duration::from_secs(3 * 86_400);
+    for (heartbeat, head) in [
+        (days, Cluster::DEFAULT_HEAD_DEADLINE),
+        (Cluster::DEFAULT_HEARTBEAT_DEADLINE, days),
+        (Duration::MAX, Duration::MAX),
+    ] {
+        let cluster = Cluster::builder()
+            .heartbeat_deadline(heartbeat)
+            .head_deadline(head)
+            .launcher(
+                mp::launch::Command::new("{agent}")
+                    .hosts(1)
+                    .workers_per_host(1),
+            )
+            .build()
+            .await?;
+        let served = async {
+            let pool = Pool::builder()
+                .cluster(&cluster)
+                .start_timeout(Duration::from_secs(20))
+                .build()
+                .await?;
+            Ok::<i64, BoxError>(pool.apply(sqr, (9,)).await?)
+        }
+        .await;
+        match served {
+            Ok(81) => {}
+            other => {
+                return Err(
+                    format!("heartbeat {heartbeat:?}, head deadline {head:?}: {other:?}").into(),
+                );
+            }
+        }
+    }
     Ok(())
 }

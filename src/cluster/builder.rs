@@ -77,7 +77,9 @@ impl ClusterBuilder {
 
     /// How long an agent may stay silent before its host is declared lost and its
     /// workers' tasks fail; the default is [`Cluster::DEFAULT_HEARTBEAT_DEADLINE`], and
-    /// anything under 20 ms counts as 20 ms.
+    /// anything under 20 ms counts as 20 ms. Any longer deadline is taken, up to
+    /// `Duration::MAX`; a worker's link that goes silent fails after some 24.8 days at
+    /// most, the longest the kernel waits for a TCP peer.
     pub fn heartbeat_deadline(mut self, deadline: Duration) -> Self {
         self.heartbeat_deadline = deadline.max(Duration::from_millis(20));
         self
@@ -85,7 +87,9 @@ impl ClusterBuilder {
 
     /// How long an agent goes on without hearing from the head (the head's process died,
     /// or the network between them) before it kills its workers and exits; the default is
-    /// [`Cluster::DEFAULT_HEAD_DEADLINE`], and anything under 20 ms counts as 20 ms.
+    /// [`Cluster::DEFAULT_HEAD_DEADLINE`], and anything under 20 ms counts as 20 ms. Any
+    /// longer deadline is taken, up to `Duration::MAX`; a worker whose link to the head
+    /// goes silent ends after some 24.8 days at most.
     pub fn head_deadline(mut self, deadline: Duration) -> Self {
         self.head_deadline = deadline.max(Duration::from_millis(20));
         self

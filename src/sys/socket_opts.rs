@@ -41,19 +41,42 @@ pub(crate) fn set_listen_backlog(fd: BorrowedFd<'_>, backlog: Option<u32>) -> io
 /// deadline (at least 1 s) and every quarter from then on, and it gives up once neither a
 /// probe nor its data has been answered for the deadline (`TCP_USER_TIMEOUT`, which rules
 /// both).
+///
+/// The kernel takes a probe interval of at most [`MAX_KEEPALIVE_INTERVAL`] seconds,
+/// [`MAX_KEEPALIVE_PROBES`] probes and a user timeout of at most `i32::MAX` milliseconds
+/// (some 24.8 days), and refuses more with `EINVAL`: a longer deadline (up to
+/// `Duration::MAX`) is asked for with more probes at the longest interval, and counts as
+/// some 24.8 days at most.
 pub(crate) fn fail_when_silent(fd: BorrowedFd<'_>, deadline: Duration) -> io::Result<()> {
-    let quarter = u32::try_from(deadline.as_secs() / 4)
-        .unwrap_or(u32::MAX)
-        .max(1);
-    let millis = u32::try_from(deadline.as_millis())
-        .unwrap_or(u32::MAX)
-        .max(1);
+    let secs = deadline.as_secs();
+    // Four quarters (the idle time and three probes) cover the deadline; at the longest
+    // interval, as many probes as the deadline holds, within the kernel's most.
+    let (quarter, probes) = match secs / 4 {
+        q if q > MAX_KEEPALIVE_INTERVAL => (
+            MAX_KEEPALIVE_INTERVAL,
+            (secs / MAX_KEEPALIVE_INTERVAL - 1).min(MAX_KEEPALIVE_PROBES),
+        ),
+        q => (q.max(1), 3),
+    };
+    let quarter = u32::try_from(quarter).unwrap_or(u32::MAX);
+    let probes = u32::try_from(probes).unwrap_or(u32::MAX);
+    let millis = i32::try_from(deadline.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1)
+        .unsigned_abs();
     setsockopt(&fd, sockopt::TcpKeepIdle, &quarter)?;
     setsockopt(&fd, sockopt::TcpKeepInterval, &quarter)?;
-    setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &probes)?;
     setsockopt(&fd, sockopt::TcpUserTimeout, &millis)?;
     Ok(setsockopt(&fd, sockopt::KeepAlive, &true)?)
 }
+
+/// The longest idle time and probe interval, in seconds, the kernel takes for TCP
+/// keep-alive (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`).
+const MAX_KEEPALIVE_INTERVAL: u64 = 32_767;
+
+/// The most keep-alive probes the kernel sends before it gives up (`MAX_TCP_KEEPCNT`).
+const MAX_KEEPALIVE_PROBES: u64 = 127;
 
 /// Shuts one direction of a socket down for every holder of it.
 pub(crate) fn shutdown_socket(fd: BorrowedFd<'_>, read: bool, write: bool) -> io::Result<()> {
@@ -64,4 +87,34 @@ pub(crate) fn shutdown_socket(fd: BorrowedFd<'_>, read: bool, write: bool) -> io
         (false, false) => return Ok(()),
     };
     Ok(shutdown(fd.as_raw_fd(), how)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::getsockopt;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn any_deadline_is_taken_within_the_kernel_s_limits() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        for (deadline, idle, probes) in [
+            (Duration::from_millis(20), 1, 3),
+            (Duration::from_secs(10), 2, 3),
+            (Duration::from_secs(4 * 32_767), 32_767, 3),
+            (Duration::from_secs(200_000), 32_767, 5),
+            (Duration::from_secs(100 * 86_400), 32_767, 127),
+            (Duration::MAX, 32_767, 127),
+        ] {
+            fail_when_silent(s.as_fd(), deadline).unwrap();
+            assert_eq!(getsockopt(&s, sockopt::TcpKeepIdle).unwrap(), idle);
+            assert_eq!(getsockopt(&s, sockopt::TcpKeepCount).unwrap(), probes);
+            let millis = u32::try_from(deadline.as_millis().min(i32::MAX as u128)).unwrap();
+            assert_eq!(
+                getsockopt(&s, sockopt::TcpUserTimeout).unwrap(),
+                millis.max(1)
+            );
+        }
+    }
 }
