@@ -91,6 +91,8 @@ impl Ssh {
     /// limit of its own. The copy that may follow takes as long as the executable needs to
     /// cross, but a host that answers nothing for this long midway through it (ssh's
     /// keepalives, `ServerAliveInterval` a third of it, go unanswered) fails the launch too.
+    /// Any limit is taken, up to `Duration::MAX`; the copy's silence counts as some 24.8
+    /// days at most, the longest ssh's options hold.
     pub fn probe_timeout(mut self, limit: Duration) -> Ssh {
         self.probe_timeout = limit;
         self
@@ -211,9 +213,12 @@ impl Ssh {
 
     /// The options that end an `ssh` whose host answers nothing for the probe timeout:
     /// the connection's set-up is bounded by it, and once logged in, three keepalives a
-    /// third of it apart that go unanswered end the session.
+    /// third of it apart that go unanswered end the session. ssh refuses a time over
+    /// `i32::MAX` seconds ("invalid time value") and counts a connection timeout in
+    /// milliseconds in an `int`: a longer probe timeout (up to `Duration::MAX`) counts as
+    /// [`MOST_SILENCE_SECS`] here.
     fn silence_limit(&self) -> Vec<String> {
-        let secs = self.probe_timeout.as_secs().max(3);
+        let secs = self.probe_timeout.as_secs().clamp(3, MOST_SILENCE_SECS);
         vec![
             "-o".into(),
             format!("ConnectTimeout={secs}"),
@@ -230,6 +235,10 @@ impl Ssh {
         self.remote_exe(spec).0
     }
 }
+
+/// The longest silence, in seconds, ssh's options are given (some 24.8 days: the most whose
+/// milliseconds fit ssh's `int`).
+const MOST_SILENCE_SECS: u64 = i32::MAX as u64 / 1000;
 
 impl Launcher for Ssh {
     fn hosts(&self) -> usize {
@@ -286,6 +295,38 @@ impl Launcher for Ssh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_takes_the_silence_limit_of_any_probe_timeout() {
+        if std::process::Command::new("ssh")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            println!("skipped: no ssh");
+            return;
+        }
+        for timeout in [
+            Duration::ZERO,
+            Ssh::DEFAULT_PROBE_TIMEOUT,
+            Duration::from_secs(40 * 86_400),
+            Duration::MAX,
+        ] {
+            let options = Ssh::hosts(["n1"]).probe_timeout(timeout).silence_limit();
+            // `-G` prints the configuration ssh would use, and connects nowhere.
+            let out = std::process::Command::new("ssh")
+                .arg("-G")
+                .args(&options)
+                .arg("n1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{timeout:?}: {options:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 
     #[test]
     fn a_host_ssh_cannot_reach_is_named_with_ssh_s_reason() {
