@@ -974,6 +974,52 @@ async fn answering_clients_beyond_max_handshakes_are_not_closed() -> TestResult 
     Ok(())
 }
 
+/// A connection that waits in the backlog is taken, and its exchange started, by an
+/// `accept` that returns another whose exchange had ended already (begun by an earlier
+/// `accept` that lost a `select!` race): it was left in the backlog, its client waiting for
+/// the challenge until the next `accept`, so a server serving one connection at a time
+/// stalled it (and, under load, `exchanges_go_on_while_the_server_serves_another` failed
+/// the same way when the first exchange ended before `accept` looked at the backlog again).
+async fn an_accept_that_returns_a_finished_exchange_starts_the_waiting_ones() -> TestResult {
+    let path = socket_path("finished-first");
+    let l = mp::Listener::bind(path.clone(), Some(KEY))?;
+    let mut first = tokio::net::UnixStream::connect(&path).await?;
+    let first_done =
+        tokio::spawn(async move { answer_then_challenge(&mut first, KEY).await.map(|()| first) });
+    // An accept polled once, which takes the first connection and starts its exchange,
+    // then is dropped.
+    if let Some(r) = futures::FutureExt::now_or_never(l.accept::<String>()) {
+        return Err(format!("the exchange ended within one poll: {:?}", r.map(|_| ())).into());
+    }
+    let mut first = tokio::time::timeout(Duration::from_secs(20), first_done).await???;
+    // The first connection's exchange has ended; a second connection waits in the backlog.
+    let mut second = tokio::net::UnixStream::connect(&path).await?;
+    let second_done = tokio::spawn(async move {
+        answer_then_challenge(&mut second, KEY)
+            .await
+            .map(|()| second)
+    });
+    let served = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
+    // Serving the first: the second's exchange ends without another accept.
+    let mut second = tokio::time::timeout(mp::AUTH_TIMEOUT / 2, second_done)
+        .await
+        .map_err(
+            |_| "the waiting connection's exchange stood still while the server served another",
+        )???;
+    let other = tokio::time::timeout(Duration::from_secs(20), l.accept::<String>()).await??;
+    served.send_bytes(b"first").await?;
+    other.send_bytes(b"second").await?;
+    let got = (
+        tokio::time::timeout(Duration::from_secs(20), read_frame(&mut first)).await??,
+        tokio::time::timeout(Duration::from_secs(20), read_frame(&mut second)).await??,
+    );
+    ensure!(
+        got == (b"first".to_vec(), b"second".to_vec()),
+        "the clients received {got:?}"
+    );
+    Ok(())
+}
+
 /// A server that serves one connection at a time, as Python's examples do: two clients
 /// connect at once, the first `accept` takes both and returns one, and while the server
 /// serves that one (no `accept` awaited) the other's exchange goes on to its end; the next
@@ -1128,6 +1174,10 @@ fn main() {
         test(
             "silent_clients_do_not_stall_accept",
             silent_clients_do_not_stall_accept,
+        ),
+        test(
+            "an_accept_that_returns_a_finished_exchange_starts_the_waiting_ones",
+            an_accept_that_returns_a_finished_exchange_starts_the_waiting_ones,
         ),
         test(
             "exchanges_go_on_while_the_server_serves_another",
