@@ -101,11 +101,18 @@ impl Inner {
     /// Puts an encoded item, waiting for room. Cancel safe: a small item is published in one
     /// step; a packet is sent and its marker published under the packet lock, and once the
     /// packet is sent its marker always follows.
+    ///
+    /// It first spends a unit of the task's budget with tokio's scheduler (see
+    /// [`coop`](tokio::task::coop)), as tokio's channels do: a small item's put finds room
+    /// without touching the reactor, so a task that loops on puts to a queue with room would
+    /// otherwise never yield, and starve every other task of its worker (all of them, and
+    /// the timers, on a current-thread runtime).
     pub(super) async fn put_item(
         self: &Arc<Self>,
         item: &Item,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         self.check_open()?;
         let r = self.reactor()?;
         match item {
@@ -210,7 +217,12 @@ impl Inner {
     /// producer that sent a packet without its marker yet, to publish the marker should it
     /// die (see [`sender_to_watch`](Self::sender_to_watch)); a producer about to send wakes
     /// the waiters to look at it.
+    ///
+    /// It first spends a unit of the task's budget with tokio's scheduler, as
+    /// [`put_item`](Self::put_item) does: a small item is taken without touching the
+    /// reactor, so a loop of gets from a queue that always holds one would never yield.
     pub(super) async fn take_waiting<T: DeserializeOwned>(self: &Arc<Self>) -> Result<T> {
+        tokio::task::coop::consume_budget().await;
         let mut r = None;
         loop {
             let mut got = self.try_take()?;

@@ -46,7 +46,9 @@
 //! producer killed between the two leaves no waiter asleep). Producers waiting for room in a full ring do the same with a second eventfd. The
 //! waiter count and the item are ordered by sequentially consistent atomics (each side
 //! writes its own, then reads the other's), so no wake-up is lost. No thread is parked and
-//! nothing is polled on a timer.
+//! nothing is polled on a timer. A `put` or `get` that needs no wait still spends a unit of
+//! its task's budget with tokio's scheduler, as tokio's channels do, so a task that loops on
+//! a queue that never runs dry yields now and then to the other tasks of its worker.
 //!
 //! # No feeder thread
 //!
