@@ -100,6 +100,12 @@ impl<T> JoinableQueue<T> {
     /// Waits until every item put has been marked done (Python's `join()`), in whichever
     /// process.
     ///
+    /// An item stays unfinished until a `task_done` for it, whatever became of it: one whose
+    /// consumer was killed before its `task_done` (during its `get`, say), or whose `get`
+    /// failed with [`Error::Decode`] and was not followed by a `task_done`, keeps `join`
+    /// waiting for ever, as in Python. Where consumers may die, bound the wait (with
+    /// `tokio::time::timeout`) and read [`unfinished`](Self::unfinished).
+    ///
     /// # Errors
     /// [`Error::HandleClosed`] after `close`; an I/O error.
     ///
