@@ -770,10 +770,15 @@ mod tests {
              killed_because: \"its answer did not decode\", answer_lost: true }"
         );
         // What `fn main() -> mp::Result<()>` prints when it ends with a task's error.
-        let timed_out = Error::from(TaskError::timed_out(7, Duration::from_millis(100)));
+        let timed_out = Error::from(TaskError::timed_out(None, 7, Duration::from_millis(100)));
         assert_eq!(
             format!("{timed_out:?}"),
             "Task(TaskError { timed_out: 100ms, pid: 7 })"
+        );
+        let remote = TaskError::timed_out(Some(&"n1".into()), 7, Duration::from_millis(100));
+        assert_eq!(
+            format!("{remote:?}"),
+            "TaskError { timed_out: 100ms, pid: 7, host: \"n1\" }"
         );
         let panicked = TaskError::failed(TaskFailure::Panicked {
             message: "three is bad".into(),
