@@ -157,6 +157,76 @@ async fn semaphore_timeout() -> TestResult {
     Ok(())
 }
 
+/// Reports that it is about to acquire, then waits for a unit (and keeps it).
+async fn acquire_one(s: Semaphore, started: Event) {
+    started.set();
+    s.acquire().await.expect("acquire").forget();
+}
+
+/// The CPU time (user and system, in clock ticks) that process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; the slice starts at field 3.
+    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+    field(14)
+        .zip(field(15))
+        .map(|(u, s)| u + s)
+        .ok_or_else(|| format!("no CPU times in /proc/{pid}/stat"))
+}
+
+/// No Python counterpart (a POSIX semaphore has no waiters to count): a waiter killed while it
+/// slept stays counted as asleep, so every later release wakes it, and so did a burst of
+/// releases that came while a waiter slept. Wake-ups kept as tokens in the eventfd then
+/// piled up, one per release, and the next process to sleep on the semaphore read them one
+/// by one, spinning at full CPU for as long as they had taken to pile up. An idle waiter now
+/// uses no CPU whatever came before it.
+async fn a_waiter_after_a_killed_one_stays_idle() -> TestResult {
+    let s = Semaphore::new(0)?;
+    let started = Event::new()?;
+    let mut p = Process::new(acquire_one, (s.clone(), started.clone()))
+        .start()
+        .await?;
+    started.wait_timeout(LONG).await?;
+    // Let it go to sleep in `acquire`, then kill it there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.kill()?;
+    p.join().await?;
+    // Many releases, taken again at once; one call to stay quick.
+    const N: u32 = 3_000_000;
+    s.release_n(N)?;
+    for _ in 0..N {
+        s.try_acquire()
+            .ok_or("a unit released is missing")?
+            .forget();
+    }
+    ensure!(s.get_value() == 0, "value {}", s.get_value());
+
+    let started = Event::new()?;
+    let mut p = Process::new(acquire_one, (s.clone(), started.clone()))
+        .start()
+        .await?;
+    started.wait_timeout(LONG).await?;
+    let before = cpu_ticks(p.pid())?;
+    let wall = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(p.pid())? - before;
+    let elapsed = wall.elapsed();
+    p.kill()?;
+    p.join().await?;
+    // Clock ticks are 10 ms: a waiter asleep uses none; one in a loop uses about all.
+    let wall_ticks = elapsed.as_millis() as u64 / 10;
+    ensure!(
+        used * 4 < wall_ticks,
+        "an idle waiter used {used} ticks of CPU in {wall_ticks} ticks"
+    );
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -166,7 +236,8 @@ fn main() {
         semaphore_bounds_concurrency,
         bounded_semaphore_over_release,
         bounded_semaphore_of_the_extreme_bounds,
-        semaphore_timeout
+        semaphore_timeout,
+        a_waiter_after_a_killed_one_stays_idle
     ];
     libtest_mimic::run(&args, trials).exit()
 }

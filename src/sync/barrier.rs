@@ -70,7 +70,6 @@ struct BarrierLayout;
 impl Layout for BarrierLayout {
     const WHAT: &'static str = "barrier";
     const SIZE: usize = SIZE;
-    const TOKENS: bool = false;
 
     fn check(region: &SharedRegion) -> std::result::Result<(), String> {
         match region.u32_at(PARTIES).load(SeqCst) {

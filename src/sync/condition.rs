@@ -41,7 +41,6 @@ struct ConditionLayout;
 impl Layout for ConditionLayout {
     const WHAT: &'static str = "condition";
     const SIZE: usize = SIZE;
-    const TOKENS: bool = false;
 }
 
 /// The ticket counters and cancelled-ticket bits, and the eventfd.

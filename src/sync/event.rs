@@ -36,7 +36,6 @@ struct EventLayout;
 impl Layout for EventLayout {
     const WHAT: &'static str = "event";
     const SIZE: usize = SIZE;
-    const TOKENS: bool = false;
 }
 
 type Inner = SharedState<EventLayout>;

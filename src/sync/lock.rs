@@ -50,7 +50,6 @@ pub(super) struct LockLayout;
 impl Layout for LockLayout {
     const WHAT: &'static str = "lock";
     const SIZE: usize = SIZE;
-    const TOKENS: bool = false;
 }
 
 /// The lock word and its wake-up eventfd, shared by `Lock` and `RLock`.

@@ -10,7 +10,7 @@
 //! same pages. Nothing is named in the file system, so nothing can leak when a process is
 //! killed: the kernel frees the segment with its last descriptor or mapping.
 //! The pair is one type, `SharedState` (`shared_state.rs`), whose serde impl every primitive
-//! uses; a primitive names its segment's layout (size, eventfd mode) with a small marker type.
+//! uses; a primitive names its segment's layout (size, checks) with a small marker type.
 //! A wait that leaves a mark in the segment (a waiter count, an arrived party, a ticket)
 //! undoes it on every way out, cancellation included, through one guard, `OnDrop`
 //! (`crate::on_drop`, shared with the queues).
@@ -35,14 +35,17 @@
 //! # Thundering herds
 //!
 //! A write to an eventfd wakes every process that waits on it: epoll offers no exclusive
-//! wake-up through tokio. For `Lock` and `Semaphore` the eventfd is in `EFD_SEMAPHORE` mode and
-//! a release writes one token: every waiting process wakes, but only the one whose `read`
-//! takes the token tries the lock; the others find the counter empty and sleep again at once,
-//! without touching the shared state. A token that a waiter could not use (a newcomer took
-//! the lock first) is not lost: the newcomer sees the waiter count and writes a new token
-//! when it releases. So a contended release costs one `write`, and one `read` per waiting
-//! process. `Event::set`, `Condition::notify_all` and a full `Barrier` wake everyone on
-//! purpose; `Condition::notify(n)` wakes everyone once but only the `n` oldest waiters pass.
+//! wake-up through tokio. Every primitive's eventfd carries events, not tokens: a contended
+//! release of a `Lock` or `Semaphore` wakes every sleeping waiter, each tries the shared
+//! state once, and those that lose sleep again. Tokens (`EFD_SEMAPHORE`, one read per
+//! waiter) would wake one process per unit, but they outlive the waits they were written
+//! for: a waiter that left, or was killed, after a release wrote its token leaves it in the
+//! counter, and they pile up until a later sleeper reads them all, one read each, at full
+//! CPU. An event leaves the counter at 1 (see [`Wake::signal`](wake::Wake::signal)), so a
+//! sleeper wakes at most once for what came before it. A `Lock`'s waiters must all look
+//! anyway, for the holder's death (see `LockLayout`). `Event::set`,
+//! `Condition::notify_all` and a full `Barrier` wake everyone on purpose;
+//! `Condition::notify(n)` wakes everyone once but only the `n` oldest waiters pass.
 //!
 //! # Owner death
 //!

@@ -1,5 +1,9 @@
-//! `Semaphore` and `BoundedSemaphore`: a counter in shared memory, with an `EFD_SEMAPHORE`
-//! eventfd whose tokens wake sleepers one release at a time.
+//! `Semaphore` and `BoundedSemaphore`: a counter in shared memory, and an eventfd that a
+//! release writes when some waiter sleeps: every sleeper wakes and tries the counter again.
+//!
+//! Events, not tokens: a token per unit, read by one sleeper each, outlived the waits it
+//! was written for and piled up until the next sleeper read them all at full CPU (see
+//! "Thundering herds" in the module docs of `sync`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -26,10 +30,9 @@ struct SemaphoreLayout;
 impl Layout for SemaphoreLayout {
     const WHAT: &'static str = "semaphore";
     const SIZE: usize = SIZE;
-    const TOKENS: bool = true;
 }
 
-/// The counter (and bound) and the eventfd whose tokens wake sleepers.
+/// The counter (and bound) and the eventfd that wakes sleepers.
 type RawSemaphore = SharedState<SemaphoreLayout>;
 
 impl RawSemaphore {
@@ -76,7 +79,7 @@ impl RawSemaphore {
             if self.try_take() {
                 return Ok(());
             }
-            listener.take_token().await?;
+            listener.notified().await?;
         }
     }
 
@@ -97,7 +100,7 @@ impl RawSemaphore {
             }
         }
         if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
-            self.wake.post(u64::from(n));
+            self.wake.signal();
         }
         Ok(())
     }

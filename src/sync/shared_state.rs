@@ -3,8 +3,8 @@
 //! the pair is a serde type that crosses to another process by `SCM_RIGHTS`.
 //!
 //! Each primitive names its segment's layout with a zero-sized [`Layout`] type: the size the
-//! receiver checks before it touches any fixed offset, the eventfd's mode, and any further
-//! check of a received segment. The receiver maps the same pages and adopts the eventfd
+//! receiver checks before it touches any fixed offset, and any further check of a received
+//! segment. The receiver maps the same pages and adopts the eventfd
 //! (refusing a segment of another kind, by the name it was made with, and a descriptor that
 //! is not an eventfd), so the two processes share one primitive.
 
@@ -25,9 +25,6 @@ pub(crate) trait Layout {
     const WHAT: &'static str;
     /// The segment's size in bytes: every offset the primitive uses is below it.
     const SIZE: usize;
-    /// Whether the eventfd counts tokens (`EFD_SEMAPHORE`: each waiter takes one) rather
-    /// than waking every waiter.
-    const TOKENS: bool;
 
     /// Checks a received segment beyond its size (a barrier's party count, say).
     fn check(_region: &SharedRegion) -> std::result::Result<(), String> {
@@ -56,7 +53,7 @@ impl<L: Layout> SharedState<L> {
     pub(crate) fn new() -> Result<SharedState<L>> {
         Ok(SharedState {
             region: SharedRegion::anonymous(&segment_name::<L>(), L::SIZE)?,
-            wake: Wake::new(L::TOKENS)?,
+            wake: Wake::new()?,
             recent: Recent::default(),
             layout: PhantomData,
         })

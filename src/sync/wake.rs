@@ -39,9 +39,9 @@ pub(crate) struct Wake {
 }
 
 impl Wake {
-    /// A new eventfd; `semaphore` for token counting (each waiter takes one token).
-    pub(crate) fn new(semaphore: bool) -> Result<Wake> {
-        Ok(Wake::from_fd(sys::eventfd(semaphore)?))
+    /// A new eventfd.
+    pub(crate) fn new() -> Result<Wake> {
+        Ok(Wake::from_fd(sys::eventfd(false)?))
     }
 
     /// Adopts an eventfd received from another process.
@@ -57,8 +57,8 @@ impl Wake {
         self.fd.as_fd()
     }
 
-    /// Posts `n` (tokens, or just an event): every process watching it wakes.
-    pub(crate) fn post(&self, n: u64) {
+    /// Adds `n` to the counter: every process watching it wakes.
+    fn post(&self, n: u64) {
         if let Err(e) = sys::eventfd_add(self.fd.as_fd(), n) {
             // Only possible if the counter would overflow 2^64 - 2: waiters are awake anyway.
             tracing::debug!("eventfd write failed: {e}");
@@ -136,19 +136,6 @@ impl Listener<'_> {
         let mut g = self.afd()?.readable().await?;
         g.clear_ready();
         Ok(())
-    }
-
-    /// Waits until it has taken one token off a semaphore-mode eventfd.
-    ///
-    /// Cancel safe: a token is taken only in the poll that returns `Ready`.
-    pub(crate) async fn take_token(&mut self) -> Result<()> {
-        loop {
-            let mut g = self.afd()?.readable().await?;
-            match g.try_io(|fd| sys::eventfd_take(fd.get_ref().as_fd())) {
-                Ok(r) => return r.map(drop).map_err(Into::into),
-                Err(_would_block) => continue,
-            }
-        }
     }
 }
 
