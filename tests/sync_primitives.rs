@@ -348,6 +348,97 @@ async fn a_primitive_received_as_another_kind_is_refused() -> TestResult {
     Ok(())
 }
 
+/// Takes the lock, reports it, and holds it until `go` is set.
+async fn hold_until(l: Lock, holding: Event, go: Event) {
+    let g = l.lock().await.expect("lock");
+    holding.set();
+    go.wait().await.expect("wait");
+    drop(g);
+}
+
+/// No Python counterpart (a thread waiting on a lock holds no descriptor): many tasks of one
+/// process wait at once on each primitive (a lock held by another process, an event, a
+/// semaphore, a condition, a barrier), as the handlers of a server that share one `Value`
+/// would. Each waiting task used to hold descriptors of its own, a duplicate of the
+/// primitive's eventfd and, for a lock, a pidfd of its holder: past the limit of open
+/// descriptors (often 1024), waits failed with "Too many open files". They now share one
+/// registration per primitive, and one watch of the lock's holder; all wake and finish.
+async fn many_waiting_tasks_share_their_descriptors() -> TestResult {
+    let l = Lock::new()?;
+    let (holding, go) = (Event::new()?, Event::new()?);
+    let mut holder = Process::new(hold_until, (l.clone(), holding.clone(), go.clone()))
+        .start()
+        .await?;
+    let r = tasks_waiting_on_everything(l, holding, go.clone()).await;
+    // However the test went, the child lets go and ends.
+    go.set();
+    if tokio::time::timeout(LONG, holder.join()).await.is_err() {
+        holder.kill()?;
+        holder.join().await?;
+    }
+    r
+}
+
+async fn tasks_waiting_on_everything(l: Lock, holding: Event, go: Event) -> TestResult {
+    const TASKS: u32 = 300;
+    let e = Event::new()?;
+    let s = Semaphore::new(0)?;
+    let c = Condition::new()?;
+    let b = Barrier::new(TASKS + 1)?;
+    holding.wait_timeout(LONG).await?;
+    let fds = open_fds();
+    let started = Semaphore::new(0)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (l, e, s, c, b) = (l.clone(), e.clone(), s.clone(), c.clone(), b.clone());
+        let started = started.clone();
+        tasks.spawn(async move {
+            let g = c.lock().await?;
+            started.release()?;
+            drop(g.wait().await?);
+            drop(l.lock().await?);
+            e.wait().await?;
+            s.acquire().await?.forget();
+            b.wait().await?;
+            Ok::<_, Error>(())
+        });
+    }
+    for _ in 0..TASKS {
+        started.acquire_timeout(LONG).await?.forget();
+    }
+    let grew = |what: &str| {
+        let now = open_fds();
+        ensure!(
+            now < fds + 20,
+            "{TASKS} tasks waiting on {what} hold {} descriptors",
+            now.saturating_sub(fds)
+        );
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    // Taking the lock proves that every task has released it inside `wait`.
+    let g = c.lock_timeout(LONG).await?;
+    grew("a condition")?;
+    g.notify_all();
+    drop(g);
+    // The tasks wake, then wait for the lock that the child holds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    grew("a lock held by another process")?;
+    go.set();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    grew("an event")?;
+    e.set();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    grew("a semaphore")?;
+    s.release_n(TASKS)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    grew("a barrier")?;
+    b.wait_timeout(LONG).await?;
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -358,7 +449,8 @@ fn main() {
         no_descriptor_left_behind,
         primitives_serve_one_runtime_after_another,
         a_primitive_whose_wake_up_is_not_an_eventfd_is_refused,
-        a_primitive_received_as_another_kind_is_refused
+        a_primitive_received_as_another_kind_is_refused,
+        many_waiting_tasks_share_their_descriptors
     ];
     libtest_mimic::run(&args, trials).exit()
 }

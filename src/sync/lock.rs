@@ -104,7 +104,7 @@ impl RawLock {
             waiters.fetch_sub(1, SeqCst);
         });
         let mut listener = self.wake.listen()?;
-        let mut watch: Option<Watch> = None;
+        let mut watch: Option<Arc<Watch>> = None;
         loop {
             if self.try_take(me) {
                 return Ok(());
@@ -114,7 +114,7 @@ impl RawLock {
                 continue;
             }
             if holder != me && watch.as_ref().is_none_or(|w| w.owner != holder) {
-                watch = Watch::open(holder)?;
+                watch = Watch::shared(holder)?;
                 if watch.is_none() {
                     if let Some(e) = self.recover(holder, 1) {
                         return Err(e);

@@ -28,9 +28,10 @@
 //! releaser clears the lock *before* it reads the waiter count. Both use sequentially
 //! consistent operations, so either the waiter's attempt sees the lock free, or the releaser
 //! sees the waiter and writes the eventfd. The eventfd keeps what was written (a counter), so
-//! a write made before the waiter starts to sleep still wakes it. Each wait also registers
-//! its own duplicate of the eventfd before checking its condition (see `wake.rs`), so two
-//! tasks of one process never steal each other's events.
+//! a write made before the waiter starts to sleep still wakes it. Each wait also notes the
+//! events its process's registration of the eventfd has taken before checking its
+//! condition (see `wake.rs`), so two tasks of one process never steal each other's events,
+//! and a thousand waiting tasks share one descriptor.
 //!
 //! # Thundering herds
 //!

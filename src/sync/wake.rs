@@ -1,41 +1,61 @@
-//! Waking waiters in other processes: an eventfd per primitive, and a private registration of
-//! it with tokio's reactor for each wait.
+//! Waking waiters in other processes: an eventfd per primitive, registered once with each
+//! tokio runtime that waits on it, and shared by the waits of that runtime.
 //!
-//! # Why a registration per wait
+//! # One registration, many waits
 //!
 //! tokio's reactor is edge-triggered: a write to the eventfd is one readiness event for every
-//! epoll that watches it. If all tasks of a process shared one registration, one task that
-//! found nothing for itself would clear the shared readiness, and a second task, whose
-//! condition *had* changed but which had not yet started waiting, would sleep through the
-//! event. Each wait therefore registers a duplicate of the descriptor of its own
-//! ([`Wake::listen`]), *before* it checks its condition: any change after the check comes with
-//! an event on that registration, any change before it is seen by the check. No wake-up can be
-//! lost.
+//! epoll that watches it, and the readiness stays set until a task clears it. Were that all,
+//! the tasks of a process could not share one registration: one task that found nothing for
+//! itself would clear the readiness, and a second task, whose condition *had* changed but
+//! which had not yet started waiting, would sleep through the event. So the registration
+//! ([`Registered`]) counts the events its waits have taken: the task that clears the
+//! readiness adds one to the count and wakes the others through a [`Notify`]. A wait notes
+//! the count when it begins ([`Wake::listen`]), *before* it checks its condition, and each
+//! [`Listener::notified`] returns once the count has moved past what it last saw, or on the
+//! readiness itself: any change after the check comes with an event that either is still
+//! pending on the registration or moved the count; any change before it is seen by the
+//! check. No wake-up can be lost.
+//!
+//! A registration per wait did the same with a `dup` of the eventfd per waiting task: a
+//! process with a thousand tasks waiting on one lock held a thousand descriptors, and past
+//! the limit of open descriptors (often 1024) the waits failed with "Too many open files".
+//! Now a process holds one per primitive and runtime, however many tasks wait.
 //!
 //! A registration costs a `dup` and an `epoll_ctl` to make and another `epoll_ctl` and a
-//! `close` to drop, so a finished wait leaves its registration in a one-slot cache of the
-//! handle, for the next wait in the same runtime (tokio's runtime id says which). A
-//! registration in the cache stays registered, so it keeps receiving events while no one
-//! waits; the next wait that takes it may wake once for nothing, re-check, and sleep again.
-//! Waits that run at the same time as the cached one's user make registrations of their own.
+//! `close` to drop, so the handle keeps the one of the runtime that waited last, for the next
+//! waits in that runtime (tokio's runtime id says which). It stays registered, so it keeps
+//! receiving events while no one waits; the next wait may wake once for nothing, re-check,
+//! and sleep again. Waits in another runtime make a registration of their own, which the
+//! handle keeps in its place; waits still using the one it replaced keep it until they end.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 
 use crate::error::Result;
 use crate::sys;
-
-type Registration = AsyncFd<OwnedFd>;
 
 /// The eventfd of a primitive.
 #[derive(Debug)]
 pub(crate) struct Wake {
     fd: OwnedFd,
-    /// A registration a finished wait left behind, and the runtime it belongs to.
-    cache: Mutex<Option<(tokio::runtime::Id, Registration)>>,
+    /// The registration of the runtime that waited last.
+    cache: Mutex<Option<Arc<Registered>>>,
+}
+
+/// A duplicate of the eventfd on one runtime's reactor, shared by the waits of that runtime.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    runtime: tokio::runtime::Id,
+    afd: AsyncFd<OwnedFd>,
+    /// How many times a wait has taken (cleared) the readiness.
+    taken: AtomicU64,
+    /// Wakes the other waits when one takes the readiness.
+    taken_notify: Notify,
 }
 
 impl Wake {
@@ -81,61 +101,73 @@ impl Wake {
         self.post(1);
     }
 
-    /// Registers a duplicate of the eventfd with the current runtime's reactor, for one wait.
+    /// Starts a wait: the registration of the current runtime (made if there is none yet),
+    /// and the count of events taken so far. Call it before checking the condition waited for.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub(crate) fn listen(&self) -> Result<Listener<'_>> {
+    pub(crate) fn listen(&self) -> Result<Listener> {
         let runtime = tokio::runtime::Handle::current().id();
-        let cached = self.cache.lock().ok().and_then(|mut c| c.take());
-        let afd = match cached {
-            Some((id, afd)) if id == runtime => afd,
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| std::io::Error::other("a wake-up registration's lock is poisoned"))?;
+        let reg = match cache.as_ref() {
+            Some(r) if r.runtime == runtime => Arc::clone(r),
             _ => {
                 let dup = sys::dup_fd(self.fd.as_fd())?;
-                sys::register_owned(dup, Interest::READABLE)?
+                let r = Arc::new(Registered {
+                    runtime,
+                    afd: sys::register_owned(dup, Interest::READABLE)?,
+                    taken: AtomicU64::new(0),
+                    taken_notify: Notify::new(),
+                });
+                *cache = Some(Arc::clone(&r));
+                r
             }
         };
-        Ok(Listener {
-            afd: Some(afd),
-            runtime,
-            home: self,
-        })
+        drop(cache);
+        let seen = reg.taken.load(SeqCst);
+        Ok(Listener { reg, seen })
     }
 }
 
-/// One wait's registration of a [`Wake`]; back to the handle's cache when dropped.
+/// One wait on a [`Wake`]: the shared registration and the count of events it last saw.
 #[derive(Debug)]
-pub(crate) struct Listener<'a> {
-    afd: Option<Registration>,
-    runtime: tokio::runtime::Id,
-    home: &'a Wake,
+pub(crate) struct Listener {
+    reg: Arc<Registered>,
+    seen: u64,
 }
 
-impl Drop for Listener<'_> {
-    fn drop(&mut self) {
-        if let (Some(afd), Ok(mut cache)) = (self.afd.take(), self.home.cache.lock()) {
-            if cache.is_none() {
-                *cache = Some((self.runtime, afd));
+impl Listener {
+    /// Waits for an event after the last one this wait saw (after [`Wake::listen`], the first
+    /// time). The caller re-checks its condition after each return; a return may be for
+    /// nothing.
+    ///
+    /// Cancel safe: an event this wait takes is counted for the others before it returns.
+    pub(crate) async fn notified(&mut self) -> Result<()> {
+        let reg = &*self.reg;
+        loop {
+            let other = reg.taken_notify.notified();
+            tokio::pin!(other);
+            // Enabled before the count is read: a take after the read wakes it.
+            other.as_mut().enable();
+            let now = reg.taken.load(SeqCst);
+            if now != self.seen {
+                self.seen = now;
+                return Ok(());
+            }
+            tokio::select! {
+                r = reg.afd.readable() => {
+                    let mut g = r?;
+                    g.clear_ready();
+                    self.seen = reg.taken.fetch_add(1, SeqCst).wrapping_add(1);
+                    reg.taken_notify.notify_waiters();
+                    return Ok(());
+                }
+                () = &mut other => {}
             }
         }
-    }
-}
-
-impl Listener<'_> {
-    fn afd(&self) -> Result<&Registration> {
-        self.afd
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("listener used after drop").into())
-    }
-
-    /// Waits for the next event (or, the first time, for a counter that is already above 0).
-    /// The caller re-checks its condition after each return.
-    ///
-    /// Cancel safe: nothing is consumed.
-    pub(crate) async fn notified(&mut self) -> Result<()> {
-        let mut g = self.afd()?.readable().await?;
-        g.clear_ready();
-        Ok(())
     }
 }
 
@@ -157,6 +189,35 @@ impl Watch {
             owner,
             afd: sys::register_owned(fd, Interest::READABLE)?,
         }))
+    }
+
+    /// Watches the process that `owner` names, with a watch shared by every wait of this
+    /// runtime that watches it now: a thousand tasks waiting on one lock holder hold one
+    /// pidfd, not a thousand. `Ok(None)` if the process has ended and been reaped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub(crate) fn shared(owner: u64) -> Result<Option<Arc<Watch>>> {
+        type Shared = Vec<(tokio::runtime::Id, Weak<Watch>)>;
+        static SHARED: Mutex<Shared> = Mutex::new(Vec::new());
+        let runtime = tokio::runtime::Handle::current().id();
+        let mut shared = SHARED
+            .lock()
+            .map_err(|_| std::io::Error::other("the shared watches' lock is poisoned"))?;
+        shared.retain(|(_, w)| w.strong_count() > 0);
+        let found = shared
+            .iter()
+            .filter(|(id, _)| *id == runtime)
+            .filter_map(|(_, w)| w.upgrade())
+            .find(|w| w.owner == owner);
+        if let Some(w) = found {
+            return Ok(Some(w));
+        }
+        let Some(w) = Watch::open(owner)?.map(Arc::new) else {
+            return Ok(None);
+        };
+        shared.push((runtime, Arc::downgrade(&w)));
+        Ok(Some(w))
     }
 
     /// Resolves once the process has exited.
