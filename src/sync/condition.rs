@@ -114,7 +114,8 @@ impl Inner {
 ///
 /// Waiting and notifying go through the guard that [`lock`](Self::lock) returns, so the
 /// lock is held, as Python requires, by construction. Clones share the same condition, and
-/// so does one sent to another process.
+/// so does one sent to another process. At most 8192 waits, in all processes together, may
+/// wait on one condition at a time (Python has no such bound); one more fails.
 ///
 /// # Examples
 ///
@@ -322,8 +323,9 @@ impl<'a> ConditionGuard<'a> {
     ///
     /// # Errors
     /// [`Error::LockOwnerDied`] if taking the lock back found its holder dead (the lock is
-    /// then free); [`Error::Io`] if the wait cannot be registered. On an error the guard is
-    /// gone and its level of the lock released.
+    /// then free); [`Error::Io`] if the wait cannot be registered, or if 8192 waits wait on
+    /// the condition already. On an error the guard is gone and its level of the lock
+    /// released.
     ///
     /// # Panics
     /// Outside a tokio runtime.
