@@ -12,8 +12,8 @@ use std::time::Duration;
 use libtest_mimic::Arguments;
 use support::{TestResult, fds_return_to, join_ok, open_fds, send_as};
 use tokio_multiprocessing::{
-    Barrier, Condition, Error, Event, Fd, Lock, Pool, Process, RLock, Semaphore, SharedMemory,
-    Value,
+    Barrier, Condition, Error, Event, Fd, Lock, LockGuard, Pool, Process, RLock, Semaphore,
+    SharedMemory, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -439,6 +439,84 @@ async fn tasks_waiting_on_everything(l: Lock, holding: Event, go: Event) -> Test
     Ok(())
 }
 
+/// Reports that it is about to wait, then waits on `what` for ever.
+async fn wait_idle(what: Waited, started: Event) {
+    started.set();
+    let _ = match what {
+        Waited::Lock(l) => l.lock().await.map(LockGuard::forget),
+        Waited::RLock(l) => l.lock().await.map(drop),
+        Waited::Semaphore(s) => s.acquire().await.map(drop),
+        Waited::Condition(c) => match c.lock().await {
+            Ok(g) => g.wait().await.map(drop),
+            Err(e) => Err(e),
+        },
+        Waited::Event(e) => e.wait().await,
+        Waited::Barrier(b) => b.wait().await.map(drop),
+    };
+    std::future::pending::<()>().await;
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Waited {
+    Lock(Lock),
+    RLock(RLock),
+    Semaphore(Semaphore),
+    Condition(Condition),
+    Event(Event),
+    Barrier(Barrier),
+}
+
+/// No Python counterpart: a process that waits on a primitive sleeps on the reactor and uses
+/// no CPU, however long it waits (a lock held by another process, each kind of wait).
+async fn idle_waiters_use_no_cpu() -> TestResult {
+    let held = Lock::new()?;
+    let held_r = RLock::new()?;
+    let _g = held.lock().await?;
+    let _r = held_r.lock().await?;
+    let waits = [
+        ("a lock", Waited::Lock(held.clone())),
+        ("a re-entrant lock", Waited::RLock(held_r.clone())),
+        ("a semaphore", Waited::Semaphore(Semaphore::new(0)?)),
+        ("a condition", Waited::Condition(Condition::new()?)),
+        ("an event", Waited::Event(Event::new()?)),
+        ("a barrier", Waited::Barrier(Barrier::new(2)?)),
+    ];
+    let mut kids = Vec::new();
+    for (name, what) in waits {
+        let started = Event::new()?;
+        let p = Process::new(wait_idle, (what, started.clone()))
+            .start()
+            .await;
+        kids.push((name, started, p?));
+    }
+    let r = measure_idle(&kids).await;
+    for (_, _, p) in &mut kids {
+        p.kill()?;
+        p.join().await?;
+    }
+    r
+}
+
+async fn measure_idle(kids: &[(&str, Event, Process)]) -> TestResult {
+    let mut before = Vec::new();
+    for (_, started, p) in kids {
+        started.wait_timeout(LONG).await?;
+        before.push(support::cpu_ticks(p.pid())?);
+    }
+    let wall = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Clock ticks are 10 ms: a waiter asleep uses none; one in a loop uses about all.
+    let wall_ticks = wall.elapsed().as_millis() as u64 / 10;
+    for ((name, _, p), before) in kids.iter().zip(before) {
+        let used = support::cpu_ticks(p.pid())? - before;
+        ensure!(
+            used * 4 < wall_ticks,
+            "a process waiting on {name} used {used} ticks of CPU in {wall_ticks} ticks"
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -450,7 +528,8 @@ fn main() {
         primitives_serve_one_runtime_after_another,
         a_primitive_whose_wake_up_is_not_an_eventfd_is_refused,
         a_primitive_received_as_another_kind_is_refused,
-        many_waiting_tasks_share_their_descriptors
+        many_waiting_tasks_share_their_descriptors,
+        idle_waiters_use_no_cpu
     ];
     libtest_mimic::run(&args, trials).exit()
 }

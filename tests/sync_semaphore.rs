@@ -163,22 +163,6 @@ async fn acquire_one(s: Semaphore, started: Event) {
     s.acquire().await.expect("acquire").forget();
 }
 
-/// The CPU time (user and system, in clock ticks) that process `pid` has used so far.
-fn cpu_ticks(pid: u32) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15; the slice starts at field 3.
-    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
-    field(14)
-        .zip(field(15))
-        .map(|(u, s)| u + s)
-        .ok_or_else(|| format!("no CPU times in /proc/{pid}/stat"))
-}
-
 /// No Python counterpart (a POSIX semaphore has no waiters to count): a waiter killed while it
 /// slept stays counted as asleep, so every later release wakes it, and so did a burst of
 /// releases that came while a waiter slept. Wake-ups kept as tokens in the eventfd then
@@ -211,10 +195,10 @@ async fn a_waiter_after_a_killed_one_stays_idle() -> TestResult {
         .start()
         .await?;
     started.wait_timeout(LONG).await?;
-    let before = cpu_ticks(p.pid())?;
+    let before = support::cpu_ticks(p.pid())?;
     let wall = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let used = cpu_ticks(p.pid())? - before;
+    let used = support::cpu_ticks(p.pid())? - before;
     let elapsed = wall.elapsed();
     p.kill()?;
     p.join().await?;

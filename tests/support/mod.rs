@@ -155,6 +155,22 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// The CPU time (user and system, in clock ticks) that process `pid` has used so far.
+pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; the slice starts at field 3.
+    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+    field(14)
+        .zip(field(15))
+        .map(|(u, s)| u + s)
+        .ok_or_else(|| format!("no CPU times in /proc/{pid}/stat"))
+}
+
 /// How many connections wait in the backlog of the listening socket at `address` (a TCP
 /// port on this machine, or a Unix socket path), not accepted yet: the kernel's sockets of
 /// their server side, which no process holds a descriptor of (their inode is 0).
