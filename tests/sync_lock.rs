@@ -12,7 +12,8 @@ use libtest_mimic::Arguments;
 use support::process::BoxError;
 use support::{TestResult, eventually, join_ok, run_example};
 use tokio_multiprocessing::{
-    Error, Event, Lock, LockGuard, Process, RLock, RawArray, RawValue, StartMethod, Value,
+    Error, Event, Lock, LockGuard, Process, RLock, RLockGuard, RawArray, RawValue, StartMethod,
+    Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -384,6 +385,83 @@ async fn lock_passed_to_a_waiter_that_dies() -> TestResult {
     Ok(())
 }
 
+/// The number of the running task (`tokio::task::id()`).
+fn task_number() -> u64 {
+    tokio::task::id().to_string().parse().unwrap_or(0)
+}
+
+/// Takes the re-entrant lock in a task numbered `at` or more (spawning tasks until one is),
+/// reports that task's number, and never lets go.
+async fn hold_rlock_in_a_task_numbered(l: RLock, at: u64, held_by: RawValue<u64>, ready: Event) {
+    loop {
+        let l = l.clone();
+        let taken = tokio::spawn(async move {
+            let n = task_number();
+            if n < at {
+                return None;
+            }
+            l.lock().await.expect("lock").forget();
+            Some(n)
+        });
+        if let Some(n) = taken.await.expect("task") {
+            held_by.set(n);
+            ready.set();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// No Python counterpart: a task of a dead holder and a task of the next holder's process
+/// share a number (tasks are numbered within each process). The dead holder's task stays
+/// recorded as the owner until the next holder records its own, right after it takes the
+/// lock; a task of that process with the dead task's number, trying the lock in between,
+/// took itself for the owner and entered beside the holder. Now it waits, as any task but
+/// the owner does.
+async fn rlock_task_of_a_dead_holder_is_nobody_here() -> TestResult {
+    let l = RLock::new()?;
+    let here = tokio::spawn(async { task_number() }).await?;
+    let (held_by, ready) = (RawValue::new(0u64)?, Event::new()?);
+    let mut p = Process::new(
+        hold_rlock_in_a_task_numbered,
+        (l.clone(), here + 1000, held_by.clone(), ready.clone()),
+    )
+    .start()
+    .await?;
+    ready.wait_timeout(LONG).await?;
+    p.kill()?;
+    p.join().await?;
+    let r = l.try_lock().map(|g| g.map(RLockGuard::forget));
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { .. })),
+        "want LockOwnerDied, got {r:?}"
+    );
+    // A task of this process is between its compare-and-swap and the store of its task.
+    let taking = l.clone();
+    tokio::spawn(async move { taking.__take_word_only().await }).await??;
+    let dead = held_by.get();
+    loop {
+        let l = l.clone();
+        let (n, entered) = tokio::spawn(async move {
+            let n = task_number();
+            let entered = if n == dead {
+                Some(l.try_lock().map(|g| g.map(RLockGuard::forget).is_some()))
+            } else {
+                None
+            };
+            (n, entered)
+        })
+        .await?;
+        if let Some(entered) = entered {
+            ensure!(
+                !entered?,
+                "task {n} of this process entered a lock that another task of it holds"
+            );
+            return Ok(());
+        }
+        ensure!(n < dead, "task numbers went past {dead}");
+    }
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -398,6 +476,7 @@ fn main() {
         lock_owner_killed_forkserver,
         lock_passed_to_a_waiter_that_dies,
         rlock_reentrant,
+        rlock_task_of_a_dead_holder_is_nobody_here,
         example_lock_print,
         example_race_lock
     ];

@@ -353,9 +353,17 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// The identity of the running task (or of the thread, outside any task): never 0.
+/// The identity of the running task (or of the thread, outside any task) in this process:
+/// never 0.
+///
+/// The process's owner word is part of it: task ids and thread ids are numbered within each
+/// process, so the same task id runs in every process. An `RLock` whose holder died keeps
+/// the dead task's token in its segment; without the owner word, a task of the next holder's
+/// process with the same id took itself for the owner between that holder's
+/// compare-and-swap and its store of its own token, and entered the lock beside it.
 pub(crate) fn task_token() -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    sys::cached_owner().hash(&mut h);
     match tokio::task::try_id() {
         Some(id) => (1u8, id).hash(&mut h),
         None => (2u8, std::thread::current().id()).hash(&mut h),
@@ -491,6 +499,18 @@ impl RLock {
         self.raw.acquire(deadline).await?;
         self.take_ownership(1);
         Ok(())
+    }
+
+    /// Takes the lock's word for this process and leaves the owning task unrecorded, as an
+    /// acquirer is between its compare-and-swap and its store of its task. A test hook only
+    /// (feature `test-hooks`).
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn __take_word_only(&self) -> Result<()> {
+        self.raw.acquire(None).await
     }
 
     /// Releases one level, if this process holds the lock.
