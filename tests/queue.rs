@@ -516,65 +516,53 @@ fn queues_on_a_runtime(
 /// hundred rounds; before, such a loop never yielded (the ring needs no wait), so the
 /// spawned task, and every timer of the runtime, waited for the loop to end, for ever with
 /// a producer in another process that keeps up.
-fn a_loop_of_puts_and_gets_lets_other_tasks_run() -> Result<(), libtest_mimic::Failed> {
+async fn a_loop_of_puts_and_gets_lets_other_tasks_run() -> TestResult {
     const ROUNDS: u32 = 10_000;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("a runtime: {e}"))?;
-    let run = async {
-        let q = mp::Queue::<u32>::new()?;
-        let jq = mp::JoinableQueue::<u32>::with_maxsize(4)?;
-        let sq = mp::SimpleQueue::<u32>::new()?;
-        for what in [
-            "put and get",
-            "put_timeout and get_timeout",
-            "joinable",
-            "simple",
-        ] {
-            let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let other = tokio::spawn({
-                let ran = ran.clone();
-                async move { ran.store(true, std::sync::atomic::Ordering::SeqCst) }
-            });
-            let mut rounds = 0;
-            while !ran.load(std::sync::atomic::Ordering::SeqCst) {
-                ensure!(
-                    rounds < ROUNDS,
-                    "{what}: a task spawned before {ROUNDS} rounds never ran"
-                );
-                let got = match what {
-                    "put and get" => {
-                        q.put(rounds).await?;
-                        q.get().await?
-                    }
-                    "put_timeout and get_timeout" => {
-                        q.put_timeout(rounds, Duration::from_secs(10)).await?;
-                        q.get_timeout(Duration::from_secs(10)).await?
-                    }
-                    "joinable" => {
-                        jq.put(rounds).await?;
-                        let got = jq.get().await?;
-                        jq.task_done()?;
-                        got
-                    }
-                    _ => {
-                        sq.put(rounds).await?;
-                        sq.get().await?
-                    }
-                };
-                ensure!(got == rounds, "{what}: round {rounds} got {got}");
-                rounds += 1;
-            }
-            other.await?;
+    let q = &mp::Queue::<u32>::new()?;
+    let jq = &mp::JoinableQueue::<u32>::with_maxsize(4)?;
+    let sq = &mp::SimpleQueue::<u32>::new()?;
+    let mut starved = Vec::new();
+    for what in [
+        "put and get",
+        "put_timeout and get_timeout",
+        "joinable",
+        "simple",
+    ] {
+        let ran = support::lets_others_run(ROUNDS, |n| async move {
+            let got = match what {
+                "put and get" => {
+                    q.put(n).await?;
+                    q.get().await?
+                }
+                "put_timeout and get_timeout" => {
+                    q.put_timeout(n, Duration::from_secs(10)).await?;
+                    q.get_timeout(Duration::from_secs(10)).await?
+                }
+                "joinable" => {
+                    jq.put(n).await?;
+                    let got = jq.get().await?;
+                    jq.task_done()?;
+                    got
+                }
+                _ => {
+                    sq.put(n).await?;
+                    sq.get().await?
+                }
+            };
+            ensure!(got == n, "{what}: round {n} got {got}");
+            Ok(())
+        })
+        .await?;
+        if !ran {
+            starved.push(what);
         }
-        jq.join().await?;
-        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-    };
-    match rt.block_on(async { tokio::time::timeout(support::TEST_TIMEOUT, run).await }) {
-        Ok(r) => r.map_err(|e| e.to_string().into()),
-        Err(_) => Err("timed out".into()),
     }
+    jq.join().await?;
+    ensure!(
+        starved.is_empty(),
+        "a task spawned before {ROUNDS} rounds of these never ran: {starved:?}"
+    );
+    Ok(())
 }
 
 /// An unbounded queue holds `UNBOUNDED_CAPACITY` items: then `full()` says so, as
@@ -1463,7 +1451,7 @@ fn main() {
     args.test_threads.get_or_insert(1);
     let trials = vec![
         test("put_get_bounded", put_get_bounded),
-        libtest_mimic::Trial::test(
+        support::test_current_thread(
             "a_loop_of_puts_and_gets_lets_other_tasks_run",
             a_loop_of_puts_and_gets_lets_other_tasks_run,
         ),

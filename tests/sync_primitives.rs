@@ -517,11 +517,60 @@ async fn measure_idle(kids: &[(&str, Event, Process)]) -> TestResult {
     Ok(())
 }
 
+// A task that loops on waits that find their way free (an uncontended lock, a semaphore
+// with a permit, a set event, a barrier of one, a condition's predicate already true) lets
+// the other tasks of its runtime run, as it would on tokio's own `Mutex`: on a
+// current-thread runtime, a task spawned before the loop runs within a few rounds.
+async fn a_loop_of_waits_that_find_their_way_free_lets_other_tasks_run() -> TestResult {
+    const ROUNDS: u32 = 10_000;
+    let lock = &Lock::new()?;
+    let rlock = &RLock::new()?;
+    let sem = &Semaphore::new(1)?;
+    let event = &Event::new()?;
+    event.set();
+    let barrier = &Barrier::new(1)?;
+    let cond = &Condition::new()?;
+    let mut starved = Vec::new();
+    for what in [
+        "lock",
+        "rlock",
+        "semaphore",
+        "event",
+        "barrier",
+        "condition",
+    ] {
+        let ran = support::lets_others_run(ROUNDS, |_| async move {
+            match what {
+                "lock" => drop(lock.lock().await?),
+                "rlock" => drop(rlock.lock().await?),
+                "semaphore" => drop(sem.acquire().await?),
+                "event" => event.wait().await?,
+                "barrier" => drop(barrier.wait().await?),
+                _ => {
+                    let (g, passed) = cond.lock().await?.wait_for(|| true, None).await?;
+                    ensure!(passed, "wait_for with a true predicate");
+                    drop(g);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        if !ran {
+            starved.push(what);
+        }
+    }
+    ensure!(
+        starved.is_empty(),
+        "a task spawned before {ROUNDS} rounds of these never ran: {starved:?}"
+    );
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
     args.test_threads.get_or_insert(1);
-    let trials = trials![
+    let mut trials = trials![
         primitives_as_pool_arguments,
         bad_arguments_are_invalid,
         no_descriptor_left_behind,
@@ -529,7 +578,11 @@ fn main() {
         a_primitive_whose_wake_up_is_not_an_eventfd_is_refused,
         a_primitive_received_as_another_kind_is_refused,
         many_waiting_tasks_share_their_descriptors,
-        idle_waiters_use_no_cpu
+        idle_waiters_use_no_cpu,
     ];
+    trials.push(support::test_current_thread(
+        "a_loop_of_waits_that_find_their_way_free_lets_other_tasks_run",
+        a_loop_of_waits_that_find_their_way_free_lets_other_tasks_run,
+    ));
     libtest_mimic::run(&args, trials).exit()
 }

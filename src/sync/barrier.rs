@@ -213,6 +213,7 @@ impl Barrier {
     }
 
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
+        tokio::task::coop::consume_budget().await;
         let inner = &*self.inner;
         let parties = self.parties();
         let (g, index) = loop {

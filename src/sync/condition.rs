@@ -376,6 +376,7 @@ impl<'a> ConditionGuard<'a> {
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<(ConditionGuard<'a>, bool)> {
+        tokio::task::coop::consume_budget().await;
         let end = timeout.and_then(deadline);
         let cond = self.cond;
         let mut guard = self;

@@ -138,6 +138,7 @@ impl Event {
     }
 
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         let seen = self.state();
         if seen & 1 != 0 {
             return Ok(());

@@ -81,8 +81,10 @@ impl RawLock {
         false
     }
 
-    /// Takes the lock for this process, waiting until `deadline`.
+    /// Takes the lock for this process, waiting until `deadline`. It first spends a unit of
+    /// the task's budget (see the module docs).
     async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         let me = sys::cached_owner();
         if self.try_take(me) || self.try_spin(me) {
             return Ok(());
@@ -492,6 +494,7 @@ impl RLock {
 
     /// Acquires one level for the calling task (no guard).
     pub(crate) async fn acquire_until(&self, deadline: Option<Instant>) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         if self.owned_by_caller() {
             std::mem::forget(self.enter());
             return Ok(());

@@ -22,6 +22,12 @@
 //! in the segment's waiter count and sleeps on the eventfd, awaited on tokio's reactor. No
 //! thread is parked and nothing is polled on a timer.
 //!
+//! A wait that finds what it waits for returns without touching the reactor, so each
+//! `lock`, `acquire` and `wait` first spends a unit of its task's budget with tokio's
+//! scheduler, as tokio's own `Mutex` and `Semaphore` do: a task that loops on an uncontended
+//! lock or a set event yields now and then, and never starves the other tasks of its
+//! runtime. The spend comes before anything is taken, so cancel safety is unchanged.
+//!
 //! # Lost wake-ups
 //!
 //! A waiter increments the waiter count *before* its last attempt to take the lock; a

@@ -59,6 +59,7 @@ impl RawSemaphore {
     }
 
     async fn acquire(&self, deadline: Option<Instant>) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         for _ in 0..SPIN {
             if self.try_take() {
                 return Ok(());

@@ -25,17 +25,68 @@ where
     Fut: Future<Output = TestResult>,
 {
     Trial::test(name, move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| Failed::from(format!("runtime: {e}")))?;
-        match rt.block_on(async move { tokio::time::timeout(TEST_TIMEOUT, body()).await }) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Failed::from(e.to_string())),
-            Err(_) => Err(Failed::from(format!("timed out after {TEST_TIMEOUT:?}"))),
-        }
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(2);
+        run_on(rt, body)
     })
+}
+
+/// An async test, run on a fresh current-thread runtime under [`TEST_TIMEOUT`].
+pub fn test_current_thread<F, Fut>(name: &'static str, body: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult>,
+{
+    Trial::test(name, move || {
+        run_on(tokio::runtime::Builder::new_current_thread(), body)
+    })
+}
+
+fn run_on<F, Fut>(mut rt: tokio::runtime::Builder, body: F) -> Result<(), Failed>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    let rt = rt
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    match rt.block_on(async move { tokio::time::timeout(TEST_TIMEOUT, body()).await }) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failed::from(e.to_string())),
+        Err(_) => Err(Failed::from(format!("timed out after {TEST_TIMEOUT:?}"))),
+    }
+}
+
+/// Whether a task spawned before a loop of `round` runs within `rounds` rounds: on a
+/// current-thread runtime, a loop whose futures are always ready and never spend the task's
+/// budget with tokio's scheduler starves every other task (and timer) of the runtime.
+/// `round` gets the round's number.
+pub async fn lets_others_run<F, Fut>(
+    rounds: u32,
+    mut round: F,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let ran = std::sync::Arc::new(AtomicBool::new(false));
+    let other = tokio::spawn({
+        let ran = ran.clone();
+        async move { ran.store(true, SeqCst) }
+    });
+    let mut n = 0;
+    while !ran.load(SeqCst) {
+        if n == rounds {
+            other.await?;
+            return Ok(false);
+        }
+        round(n).await?;
+        n += 1;
+    }
+    other.await?;
+    Ok(true)
 }
 
 /// The trials for async test functions, each named once: `trials![a, b]` is
