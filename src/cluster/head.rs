@@ -580,14 +580,14 @@ impl Cluster {
     }
 
     /// Ends every agent this handle's cluster launched and waits for them (Dask's
-    /// `cluster.close()`): each launched process is sent SIGTERM, with its descendants (an
-    /// agent under a wrapper such as `sh -c '... | tee log'`), and what is left of them a
-    /// grace period of 2 s later SIGKILL; a batch job is cancelled (`scancel`). The hosts' workers end with their
+    /// `cluster.close()`): each launched process is sent SIGTERM, with its descendants (an agent
+    /// under a wrapper such as `sh -c '... | tee log'`), and what is left of them a grace period of
+    /// 2 s later SIGKILL; a batch job is cancelled (`scancel`). The hosts' workers end with their
     /// agents, so a pool on this cluster loses them: their started tasks fail with a
     /// [`TaskError`](crate::TaskError) whose [`is_worker_lost`](crate::TaskError::is_worker_lost)
-    /// holds. Agents started by hand (from
-    /// [`worker_command`](Self::worker_command)) are the user's to end; they exit once the
-    /// head is gone for their head deadline. The head itself stops with its last handle.
+    /// holds. Agents started by hand (from [`worker_command`](Self::worker_command)) are the user's
+    /// to end; they exit once the head is gone for their head deadline. The head itself stops with
+    /// its last handle.
     ///
     /// Dropping the last handle ends the agents too, without waiting.
     ///

@@ -1,12 +1,12 @@
 //! `Event`: a flag in shared memory and an eventfd that every waiter, in every process,
 //! watches.
 //!
-//! One 32-bit word holds the flag (bit 0) and a count of sets (the other bits), so that both
-//! change in one atomic step. `set` raises the flag, counts one more set, and writes the
-//! eventfd once: every process waiting on it gets a readiness event, and every waiting task in
-//! it (each wait notes the events taken when it begins, see `wake.rs`) wakes and sees the flag, or a set count other than
-//! the one it started with. The count makes a `set` immediately followed by a `clear` still
-//! release the waiters that were waiting when it happened, as `threading.Event` does. (Were
+//! One 32-bit word holds the flag (bit 0) and a count of sets (the other bits), so that both change
+//! in one atomic step. `set` raises the flag, counts one more set, and writes the eventfd once:
+//! every process waiting on it gets a readiness event, and every waiting task in it (each wait
+//! notes the events taken when it begins, see `wake.rs`) wakes and sees the flag, or a set count
+//! other than the one it started with. The count makes a `set` immediately followed by a `clear`
+//! still release the waiters that were waiting when it happened, as `threading.Event` does. (Were
 //! the flag and the count two words, a waiter could start between a `set`'s two stores, take
 //! the stale count, and be released by the second store of a set that happened before it
 //! began.)
