@@ -1391,6 +1391,21 @@ async fn terminate_waits_for_no_start_once_the_only_host_is_lost() -> TestResult
     }
 }
 
+/// The error of a pool's start on `cluster`, none of whose hosts has room within 2 s.
+async fn start_error_with_no_room(
+    cluster: &Cluster,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let built = Pool::builder()
+        .cluster(cluster)
+        .start_timeout(Duration::from_secs(2))
+        .build()
+        .await;
+    Ok(built
+        .err()
+        .ok_or("a pool was built on no host")?
+        .to_string())
+}
+
 /// A launched command that exits at once (an engine that refused the job, say): a pool's
 /// start that finds no host's room says so, with its exit status, where it said only that
 /// no host had room.
@@ -1403,15 +1418,7 @@ async fn a_launch_that_ended_at_once_is_named_when_no_host_has_room() -> TestRes
         )
         .build()
         .await?;
-    let built = Pool::builder()
-        .cluster(&cluster)
-        .start_timeout(Duration::from_secs(2))
-        .build()
-        .await;
-    let e = built
-        .err()
-        .ok_or("a pool was built on no host")?
-        .to_string();
+    let e = start_error_with_no_room(&cluster).await?;
     ensure!(
         e.contains("no host of the cluster had room")
             && e.contains("launched processes that ended: host 0: pid")
@@ -1434,15 +1441,7 @@ async fn a_launch_that_hangs_is_named_when_no_host_has_room() -> TestResult {
         )
         .build()
         .await?;
-    let built = Pool::builder()
-        .cluster(&cluster)
-        .start_timeout(Duration::from_secs(2))
-        .build()
-        .await;
-    let e = built
-        .err()
-        .ok_or("a pool was built on no host")?
-        .to_string();
+    let e = start_error_with_no_room(&cluster).await?;
     ensure!(
         e.contains("no host of the cluster had room")
             && e.contains("launched processes that still run, their agent not connected")

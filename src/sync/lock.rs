@@ -494,8 +494,9 @@ impl RLock {
 
     /// Acquires one level for the calling task (no guard).
     pub(crate) async fn acquire_until(&self, deadline: Option<Instant>) -> Result<()> {
-        tokio::task::coop::consume_budget().await;
         if self.owned_by_caller() {
+            // The raw lock's acquire spends the budget on the other path.
+            tokio::task::coop::consume_budget().await;
             std::mem::forget(self.enter());
             return Ok(());
         }
