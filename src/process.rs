@@ -155,9 +155,12 @@ impl Process {
     /// Waits for the child to end and returns its exit code (see [`exitcode`](Self::exitcode)).
     /// Once the child has been joined, each later call returns the same code at once.
     ///
+    /// In a program that ignores SIGCHLD, where the kernel reaps each child itself, the
+    /// exit code is the one the kernel keeps for the child's pidfd (Linux 6.15 and later).
+    ///
     /// # Errors
     /// An I/O error from the kernel, waiting on the child's pidfd or reading its exit
-    /// status.
+    /// status (one that says the status is lost on an older kernel that reaped the child).
     ///
     /// # Cancel safety
     /// This method is cancel safe: it waits for readiness of the pidfd, and a join dropped

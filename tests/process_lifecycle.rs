@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use support::TestResult;
 use support::process::{
-    METHODS, async_exit, exit_with, helper_mode, nothing, run_as_helper, run_helper, sleep_ms,
-    start_helper_reading,
+    METHODS, async_exit, exit_unless_ok, exit_with, helper_mode, nothing, run_as_helper,
+    run_helper, sleep_ms, start_helper_reading,
 };
 use tokio_multiprocessing::{self as mp, Error, Process, StartMethod};
 
@@ -48,6 +48,7 @@ fn main() {
         a_start_dropped_midway_leaves_no_child,
         a_panic_decoding_the_arguments_exits_1,
         a_forked_child_joins_its_own_children_at_exit,
+        a_program_that_ignores_sigchld_gets_its_childrens_exit_codes,
     ])
 }
 
@@ -431,6 +432,63 @@ async fn exit_joins_children_and_terminates_daemons() -> TestResult {
     Ok(())
 }
 
+/// In a program that ignores SIGCHLD (`signal(SIGCHLD, SIG_IGN)`, inherited here from
+/// bash's `trap '' CHLD`, which dash does not pass on), the kernel reaps each child itself
+/// as it ends; `join` still returns the child's exit code, which the kernel keeps for its
+/// pidfd. Python's `join` returns with `exitcode` left `None` there, and `is_alive()` true
+/// for ever. Before, `join` failed with "No child processes (os error 10)", and
+/// `exitcode()` too.
+async fn a_program_that_ignores_sigchld_gets_its_childrens_exit_codes() -> TestResult {
+    let out = tokio::process::Command::new("bash")
+        .args(["-c", "trap '' CHLD; exec \"$0\""])
+        .arg(std::env::current_exe()?)
+        .env(support::process::MODE_VAR, "sigchld-ignored")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out).await??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(out.status.success(), "helper failed: {stderr}");
+    if !kernel_keeps_exit_status() {
+        // An older kernel keeps nothing: the error says the status is lost.
+        for m in METHODS {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{m:?}: join=Err(")));
+            ensure!(
+                line.is_some_and(|l| l.contains("exit status is lost")),
+                "{m:?}: {stdout:?}"
+            );
+        }
+        return Ok(());
+    }
+    for m in METHODS {
+        let want = format!("{m:?}: join=Ok(7) exitcode=Ok(Some(7)) alive=false killed=Ok(-9)");
+        ensure!(
+            stdout.lines().any(|l| l == want),
+            "wanted {want:?} in {stdout:?}"
+        );
+    }
+    ensure!(
+        stdout.lines().any(|l| l == "Fork: probe=Ok(0)"),
+        "the fork probe failed: {stdout:?}, {stderr:?}"
+    );
+    Ok(())
+}
+
+/// Whether this kernel keeps a reaped child's exit status for its pidfd (Linux 6.15 and
+/// later).
+fn kernel_keeps_exit_status() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (6, 15)
+}
+
 // ---------------------------------------------------------------- helper modes
 
 /// This binary as a parent in a mode of its own; prints what the test reads.
@@ -508,6 +566,34 @@ async fn helper(mode: &str) {
             };
             support::eventually(Duration::from_secs(10), || left().is_empty()).await;
             println!("left={:?}", left());
+        }
+        "sigchld-ignored" => {
+            for m in METHODS {
+                let mut p = Process::new(exit_with, (7,))
+                    .start_method(m)
+                    .start()
+                    .await
+                    .unwrap();
+                let joined = p.join().await;
+                let mut q = Process::new(sleep_ms, (600_000,))
+                    .start_method(m)
+                    .start()
+                    .await
+                    .unwrap();
+                q.kill().unwrap();
+                println!(
+                    "{m:?}: join={joined:?} exitcode={:?} alive={} killed={:?}",
+                    p.exitcode(),
+                    p.is_alive(),
+                    q.join().await
+                );
+            }
+            // Fork needs a single-threaded parent: a spawned child forks.
+            let mut probe = Process::new(fork_exit_codes_probe, ())
+                .start()
+                .await
+                .unwrap();
+            println!("Fork: probe={:?}", probe.join().await);
         }
         other => panic!("unknown helper mode {other}"),
     }
@@ -752,6 +838,26 @@ fn fork_decode_probe() {
         }
         Err(_) => std::process::exit(7),
     }
+}
+
+/// In a process that ignores SIGCHLD, forks a child that exits with 7 and one that is
+/// killed, and joins them: exits 0 if their codes are 7 and -9, else says why and exits 2.
+fn fork_exit_codes_probe() {
+    exit_unless_ok("fork probe", || async {
+        let mut p = Process::new(exit_with, (7,))
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        let joined = p.join().await?;
+        let mut q = Process::new(sleep_ms, (600_000,))
+            .start_method(StartMethod::Fork)
+            .start()
+            .await?;
+        q.kill()?;
+        let killed = q.join().await?;
+        ensure!((joined, killed) == (7, -9), "codes {joined} and {killed}");
+        Ok(())
+    })
 }
 
 /// Writes "joined" to `path` after `ms` milliseconds.

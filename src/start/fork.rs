@@ -7,7 +7,7 @@
 //! arguments encoded before the fork, then exits without running the parent's exit handlers,
 //! after doing what its own would: wait for its children and terminate its daemons.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use super::handle::Child;
 use super::{Launch, bootstrap};
@@ -19,6 +19,13 @@ use crate::task::call_process;
 /// Starts a child with the `fork` method.
 pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
     let mut keep: Vec<RawFd> = launch.args.fds.iter().map(|f| f.as_raw_fd()).collect();
+    // Where the kernel reaps children itself, a child that ended before this side held its
+    // pidfd would be gone, pid and exit status: the child waits for this gate until then.
+    let gate = match sys::children_reaped_by_kernel() {
+        true => Some(sys::eventfd(false)?),
+        false => None,
+    };
+    keep.extend(gate.iter().map(|g| g.as_raw_fd()));
     keep.sort_unstable();
     let me = sys::current_pid();
     let lineage = Lineage::child_of_this(&launch.name, launch.daemon);
@@ -56,6 +63,9 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
             sys::exit_now(1);
         }
         bootstrap::die_with_parent(me);
+        if let Some(gate) = gate {
+            wait_for_gate(gate);
+        }
         if let Err(e) = sys::stdin_from_dev_null() {
             eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
         }
@@ -80,7 +90,27 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
     let child = sys::pidfd_open(pid)
         .map_err(Error::from)
         .and_then(|pidfd| Child::new(pid, pidfd))
+        .and_then(|child| match &gate {
+            Some(gate) => Ok(sys::eventfd_add(gate.as_fd(), 1).map(|()| child)?),
+            None => Ok(child),
+        })
         .inspect_err(|_| sys::kill_and_reap(pid))?;
     child.track(&launch, None);
     Ok(child)
+}
+
+/// In a forked child: waits until the parent opens the gate (it holds the child's pidfd).
+/// Should the parent die first, the parent-death signal ends the child.
+fn wait_for_gate(gate: std::os::fd::OwnedFd) {
+    loop {
+        match sys::poll_readable(&[gate.as_fd()], None) {
+            Ok(ready) if ready.first() == Some(&true) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("tokio-multiprocessing: forked child cannot wait for its parent: {e}");
+                sys::exit_now(1);
+            }
+        }
+    }
 }

@@ -225,7 +225,12 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
     let frame = handshake::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let frame = send_early(ours.as_fd(), frame)?;
+    // A child whose frame waits for it could run its target and end before this side holds
+    // its pidfd; where the kernel reaps children itself, it would then be gone.
+    let frame = match sys::children_reaped_by_kernel() {
+        true => Some(frame),
+        false => send_early(ours.as_fd(), frame)?,
+    };
     let started = on_launcher(move || request_fork(theirs).map(Unclaimed::new)).await??;
     let (pid, pidfd) = started.claim();
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;

@@ -98,7 +98,12 @@ pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString> {
 pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
     let frame = handshake::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
-    let frame = send_early(ours.as_fd(), frame)?;
+    // A child whose frame waits for it could run its target and end before this side holds
+    // its pidfd; where the kernel reaps children itself, it would then be gone.
+    let frame = match sys::children_reaped_by_kernel() {
+        true => Some(frame),
+        false => send_early(ours.as_fd(), frame)?,
+    };
     let inherit_argv = launch.inherit_argv;
     let started =
         on_launcher(move || spawn_now(theirs, inherit_argv).map(Unclaimed::new)).await??;

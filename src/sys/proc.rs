@@ -486,6 +486,20 @@ pub(crate) fn is_own_child(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Whether the kernel reaps this process's children itself as they end (SIGCHLD ignored, or
+/// handled with `SA_NOCLDWAIT`): a child that ends before its parent holds its pidfd is then
+/// gone, pid and exit status, so a start must not let a child run that far before.
+pub(crate) fn children_reaped_by_kernel() -> bool {
+    // SAFETY: a zeroed `sigaction` is a valid value of the plain C struct; the call only
+    // reads the disposition into it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; no disposition is changed.
+    if unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } != 0 {
+        return false;
+    }
+    old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
+}
+
 /// Sends SIGKILL to our child `pid`, which has not been reaped (so the pid is still its).
 pub(crate) fn kill_pid(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -614,12 +628,45 @@ fn exit_code(status: WaitStatus) -> Option<i32> {
 }
 
 /// Reaps our child behind `pidfd` if it has exited; `None` if it is still running.
+///
+/// A child the kernel reaped itself, as it does in a program that ignores SIGCHLD, is no
+/// child to wait for any more (`ECHILD`): its exit code is then the one the kernel kept for
+/// its pidfd, and an error says why where the kernel keeps none.
 pub(crate) fn try_wait_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
-    let status = waitid(
+    match waitid(
         Id::PIDFd(pidfd),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
-    )?;
-    Ok(exit_code(status))
+    ) {
+        Ok(status) => Ok(exit_code(status)),
+        Err(nix::errno::Errno::ECHILD) => reaped_exit_code(pidfd).map(Some),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The exit code of the process behind `pidfd`, which ended and was reaped by someone else
+/// (the kernel, in a program that ignores SIGCHLD): Linux keeps it for the pidfd from 6.15
+/// on (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`).
+fn reaped_exit_code(pidfd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: `pidfd_info` is a plain C struct of integers, for which zero is a valid value.
+    let mut info: libc::pidfd_info = unsafe { std::mem::zeroed() };
+    info.mask = u64::from(libc::PIDFD_INFO_EXIT);
+    // SAFETY: PIDFD_GET_INFO writes at most `size_of::<pidfd_info>()` bytes (the size its
+    // request number encodes) into `info`, which lives for the call; `pidfd` is open.
+    let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), libc::PIDFD_GET_INFO, &mut info) };
+    if r == 0 && info.mask & u64::from(libc::PIDFD_INFO_EXIT) != 0 {
+        let status = info.exit_code;
+        return Ok(if libc::WIFSIGNALED(status) {
+            -libc::WTERMSIG(status)
+        } else {
+            libc::WEXITSTATUS(status)
+        });
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "the child's exit status is lost: it was reaped by another wait, or by the kernel \
+         because this program ignores SIGCHLD (SIG_IGN), and this kernel (before Linux 6.15) \
+         keeps no exit status for pidfds",
+    ))
 }
 
 /// Waits for our child `pid` to exit and reaps it, blocking the calling thread. For the fork
