@@ -21,6 +21,12 @@
 //! a second while the first sits idle. `recv` waits for readability and reads without
 //! blocking: no thread is parked and nothing is polled on a timer.
 //!
+//! Each `recv`, `recv_bytes` and `poll` first spends a unit of its task's budget with tokio's
+//! scheduler ([`coop`](tokio::task::coop)), as tokio's channels do: a message already waiting
+//! is taken without touching the reactor, so a loop on an end whose peer keeps up would
+//! otherwise never hand its thread back, and on a current-thread runtime no other task would
+//! run, nor any timer fire, until the loop ended.
+//!
 //! # Concurrency
 //!
 //! Within a process, an end may be shared between tasks (`&self` methods): each frame is
@@ -314,6 +320,7 @@ impl<T> Connection<T> {
     /// stays in this process's end, so that only this process's next receive gets it.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_readable()?;
+        tokio::task::coop::consume_budget().await;
         Ok(self.link.recv_one_awake().await?.into_body())
     }
 
@@ -381,6 +388,7 @@ impl<T> Connection<T> {
     /// This method is cancel safe: it takes no message.
     pub async fn poll(&self, timeout: Duration) -> Result<bool> {
         self.check_readable()?;
+        tokio::task::coop::consume_budget().await;
         if self.link.has_input() {
             return Ok(true);
         }
@@ -451,6 +459,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// stays in this process's end, so that only this process's next `recv` gets it.
     pub async fn recv(&self) -> Result<T> {
         self.check_readable()?;
+        tokio::task::coop::consume_budget().await;
         let frame = self.link.recv_one_awake().await?;
         let challenge = crate::listener::is_challenge(frame.body());
         frame.decode().map_err(|e| match challenge {

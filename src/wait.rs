@@ -145,7 +145,9 @@ impl Ready for BorrowedFd<'_> {
 /// `multiprocessing.connection.wait(object_list, timeout)`), and returns the indices of the
 /// ready ones, in order; an empty list after the timeout.
 ///
-/// Objects that are ready already are reported at once. Readiness is a hint when several
+/// Objects that are ready already are reported at once, once the call has spent a unit of
+/// its task's budget with tokio's scheduler ([`coop`](tokio::task::coop)), so that a loop of
+/// waits lets the runtime's other tasks run. Readiness is a hint when several
 /// processes read the same object: another may take the message or item first.
 ///
 /// # Errors
@@ -182,6 +184,9 @@ impl Ready for BorrowedFd<'_> {
 /// # Ok(()) }
 /// ```
 pub async fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>> {
+    // Objects ready at once are reported without the reactor: a loop of waits would never
+    // hand its thread back to the scheduler (see `connection`'s module docs).
+    tokio::task::coop::consume_budget().await;
     let now = |objects: &[&dyn Waitable]| -> Vec<usize> {
         objects
             .iter()

@@ -641,6 +641,42 @@ async fn a_pipe_serves_one_runtime_after_another() -> TestResult {
     support::runtimes::on_runtimes_in_turn(move |rt| pipe_round_trips_on(rt, &a, &b)).await
 }
 
+/// A loop of receives from an end that always has a message waiting (a producer that keeps
+/// up), of polls and of `wait`s on it, lets the runtime's other tasks run: on a
+/// current-thread runtime, a task spawned before the loop runs while the loop goes on, as it
+/// would beside a loop on one of tokio's channels.
+async fn a_loop_on_an_end_with_messages_waiting_lets_other_tasks_run() -> TestResult {
+    // More than tokio's budget of 128 a turn, and few enough for a socket's buffer to hold
+    // (some 270 small messages, at the default send buffer size).
+    const ROUNDS: u32 = 200;
+    const KINDS: [&str; 5] = ["recv", "recv_bytes", "recv_timeout", "poll", "wait"];
+    let mut pipes = Vec::new();
+    for _ in KINDS {
+        let (a, b) = mp::Pipe::<u32>::new()?;
+        for i in 0..ROUNDS {
+            a.send(&i).await?;
+        }
+        pipes.push((a, b));
+    }
+    let pipes = &pipes;
+    support::none_starve(&KINDS, ROUNDS, |what, n| async move {
+        let i = KINDS.iter().position(|k| *k == what).unwrap_or(0);
+        let b = &pipes[i].1;
+        match what {
+            "recv" => ensure!(b.recv().await? == n, "recv: round {n}"),
+            "recv_bytes" => ensure!(!b.recv_bytes().await?.is_empty(), "recv_bytes"),
+            "recv_timeout" => {
+                let got = b.recv_timeout(Duration::from_secs(10)).await?;
+                ensure!(got == n, "recv_timeout: round {n} got {got}")
+            }
+            "poll" => ensure!(b.poll(Duration::ZERO).await?, "poll: no message"),
+            _ => ensure!(mp::wait(&[b], None).await? == [0], "wait: not ready"),
+        }
+        Ok(())
+    })
+    .await
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -657,6 +693,10 @@ fn main() {
             eof_after_holder_is_killed_with_messages_unread,
         ),
         test("simplex_directions", simplex_directions),
+        support::test_current_thread(
+            "a_loop_on_an_end_with_messages_waiting_lets_other_tasks_run",
+            a_loop_on_an_end_with_messages_waiting_lets_other_tasks_run,
+        ),
         test("challenges_on_a_pipe", challenges_on_a_pipe),
         test(
             "poll_without_a_time_limit_waits_for_a_message",

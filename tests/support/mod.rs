@@ -89,6 +89,29 @@ where
     Ok(true)
 }
 
+/// Fails unless a loop of `round` (given the kind and the round's number) lets a task
+/// spawned before it run, for each kind of `kinds`: each kind's loop runs as
+/// [`lets_others_run`] runs it, and the error names the kinds that starved it.
+pub async fn none_starve<F, Fut>(kinds: &[&'static str], rounds: u32, round: F) -> TestResult
+where
+    F: Fn(&'static str, u32) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    let mut starved = Vec::new();
+    for &what in kinds {
+        if !lets_others_run(rounds, |n| round(what, n)).await? {
+            starved.push(what);
+        }
+    }
+    match starved.is_empty() {
+        true => Ok(()),
+        false => Err(format!(
+            "a task spawned before {rounds} rounds of these never ran: {starved:?}"
+        )
+        .into()),
+    }
+}
+
 /// The trials for async test functions, each named once: `trials![a, b]` is
 /// `vec![test("a", a), test("b", b)]`.
 #[macro_export]
