@@ -51,7 +51,7 @@ impl fmt::Display for ExitCause {
 ///
 /// The cause of an error is printed by its `Display`; `source()` is only used where the
 /// cause is an error of its own that `Display` does not repeat.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system error (shared, so that the error can be cloned).
@@ -246,6 +246,57 @@ pub enum Error {
         /// The whole message received.
         message: Vec<u8>,
     },
+}
+
+/// `f.debug_struct(name)` with each of `fields` (variables named as the fields), finished.
+macro_rules! fields {
+    ($f:expr, $name:literal, $($field:ident),+) => {
+        $f.debug_struct($name)$(.field(stringify!($field), $field))+.finish()
+    };
+}
+
+/// As a derived `Debug` would print, but for [`Error::BufferTooShort`]'s message, which is
+/// printed by its length: a message of megabytes unwrapped in a test or returned from `main`
+/// would otherwise fill the terminal with its bytes.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => f.debug_tuple("Io").field(e).finish(),
+            Error::InvalidArgument(e) => f.debug_tuple("InvalidArgument").field(e).finish(),
+            Error::Encode { type_name, message } => fields!(f, "Encode", type_name, message),
+            Error::Decode { type_name, message } => fields!(f, "Decode", type_name, message),
+            Error::FrameTooLarge { size, max } => fields!(f, "FrameTooLarge", size, max),
+            Error::Protocol(e) => f.debug_tuple("Protocol").field(e).finish(),
+            Error::BinaryMismatch { ours, theirs } => fields!(f, "BinaryMismatch", ours, theirs),
+            Error::Start { name, pid, message } => fields!(f, "Start", name, pid, message),
+            Error::Closed => f.write_str("Closed"),
+            Error::Timeout => f.write_str("Timeout"),
+            Error::Manager(e) => f.debug_tuple("Manager").field(e).finish(),
+            Error::LockOwnerDied { pid } => fields!(f, "LockOwnerDied", pid),
+            Error::NotHeld => f.write_str("NotHeld"),
+            Error::NotOwner => f.write_str("NotOwner"),
+            Error::SemaphoreOverRelease { bound } => fields!(f, "SemaphoreOverRelease", bound),
+            Error::BrokenBarrier => f.write_str("BrokenBarrier"),
+            Error::IndexOutOfRange { index, len } => fields!(f, "IndexOutOfRange", index, len),
+            Error::Task(e) => f.debug_tuple("Task").field(e).finish(),
+            Error::StartMethodSet { method } => fields!(f, "StartMethodSet", method),
+            Error::InitializerFailed { pid, message } => {
+                fields!(f, "InitializerFailed", pid, message)
+            }
+            Error::PoolRunning => f.write_str("PoolRunning"),
+            Error::ProcessRunning { pid } => fields!(f, "ProcessRunning", pid),
+            Error::Empty => f.write_str("Empty"),
+            Error::Full => f.write_str("Full"),
+            Error::HandleClosed { object } => fields!(f, "HandleClosed", object),
+            Error::TaskDoneTooManyTimes => f.write_str("TaskDoneTooManyTimes"),
+            Error::Authentication { message } => fields!(f, "Authentication", message),
+            Error::BufferTooShort { room, message } => f
+                .debug_struct("BufferTooShort")
+                .field("room", room)
+                .field("message", &format_args!("<{} bytes>", message.len()))
+                .finish(),
+        }
+    }
 }
 
 impl From<io::Error> for Error {
@@ -751,6 +802,37 @@ impl std::error::Error for TaskError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_too_long_messages_debug_gives_its_length_not_its_bytes() {
+        let e = Error::BufferTooShort {
+            room: 16,
+            message: vec![7; 1 << 20],
+        };
+        assert_eq!(
+            format!("{e:?}"),
+            "BufferTooShort { room: 16, message: <1048576 bytes> }"
+        );
+        // The other variants print as a derived `Debug` does.
+        let e = Error::Start {
+            name: "Process-1".into(),
+            pid: 7,
+            message: "boom".into(),
+        };
+        assert_eq!(
+            format!("{e:?}"),
+            "Start { name: \"Process-1\", pid: 7, message: \"boom\" }"
+        );
+        assert_eq!(format!("{:?}", Error::Closed), "Closed");
+        assert_eq!(
+            format!("{:?}", Error::Protocol("x".into())),
+            "Protocol(\"x\")"
+        );
+        assert_eq!(
+            format!("{:#?}", Error::LockOwnerDied { pid: 3 }),
+            "LockOwnerDied {\n    pid: 3,\n}"
+        );
+    }
 
     #[test]
     fn a_task_errors_debug_names_its_fields() {
