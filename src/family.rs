@@ -2,6 +2,7 @@
 //! [`current_process`], [`parent_process`] and [`active_children`].
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -20,18 +21,33 @@ pub(crate) struct Lineage {
     /// The parent's owner word (its pid and start time, see [`sys::cached_owner`]).
     pub(crate) parent: u64,
     pub(crate) parent_name: String,
+    /// Python's `_identity`: the child's number among its parent's children, after its
+    /// parent's own identity (empty in the main process).
+    pub(crate) identity: Vec<usize>,
 }
 
 impl Lineage {
-    /// The lineage of a child of this process named `name`.
-    pub(crate) fn child_of_this(name: &str, daemon: bool) -> Lineage {
+    /// The lineage of a child of this process named `name`, whose identity is `identity`.
+    pub(crate) fn child_of_this(name: &str, daemon: bool, identity: &[usize]) -> Lineage {
         Lineage {
             name: name.to_string(),
             daemon,
             parent: sys::cached_owner(),
             parent_name: current_process().name,
+            identity: identity.to_vec(),
         }
     }
+}
+
+/// How many children this process has numbered, plus one: the number of the next one.
+static COUNTER: AtomicUsize = AtomicUsize::new(1);
+
+/// The identity of this process's next child: this process's own, with the next number
+/// after it (Python's `_identity`, which its default name `Process-1:2` spells).
+pub(crate) fn next_child_identity() -> Vec<usize> {
+    let mut identity = lineage().map(|l| l.identity).unwrap_or_default();
+    identity.push(COUNTER.fetch_add(1, Ordering::Relaxed));
+    identity
 }
 
 /// This process's lineage; `None` in a process that no process of this crate started.
@@ -44,6 +60,8 @@ fn lineage() -> Option<Lineage> {
 /// Takes on the lineage a child was started with, before its target runs (a forked child
 /// replaces the one it inherited from its parent's memory).
 pub(crate) fn become_child(lineage: Lineage) {
+    // A forked child numbers its own children from 1, as Python's does.
+    COUNTER.store(1, Ordering::Relaxed);
     *LINEAGE.lock().unwrap_or_else(|p| p.into_inner()) = Some(lineage);
 }
 

@@ -2,7 +2,6 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::process::Termination;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,8 +15,6 @@ use crate::wire::{Encoded, Hello};
 
 /// [`Process::DEFAULT_START_TIMEOUT`], for the crate's own defaults.
 pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
-
-static COUNTER: AtomicUsize = AtomicUsize::new(1);
 
 /// A process not started yet: its target, arguments and options. Made by [`Process::new`];
 /// [`start`](ProcessBuilder::start) runs it.
@@ -89,10 +86,12 @@ impl Process {
         A: Serialize + DeserializeOwned,
     {
         let _ = target;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let identity = crate::family::next_child_identity();
+        let numbers: Vec<String> = identity.iter().map(|n| n.to_string()).collect();
         ProcessBuilder {
             launch: Encoded::new(&args).map(|args| Launch {
-                name: format!("Process-{n}"),
+                name: format!("Process-{}", numbers.join(":")),
+                identity,
                 entry: process_entry::<F, A, M>(),
                 is_async: F::IS_ASYNC,
                 needs_runtime: F::IS_ASYNC,
@@ -108,7 +107,8 @@ impl Process {
         }
     }
 
-    /// The process's name (`Process-N` unless set).
+    /// The process's name (`Process-N`, or `Process-1:N` for a child's child, unless set:
+    /// see [`ProcessBuilder::name`]).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -369,7 +369,10 @@ impl ProcessBuilder {
         self
     }
 
-    /// Names the process (Python's `name=`); the default is `Process-N`.
+    /// Names the process (Python's `name=`). The default is Python's: `Process-N` for the
+    /// N-th process the main process describes, and in a child `Process-1:N` for the N-th
+    /// its parent `Process-1` describes (a pool's worker numbers its own children after its
+    /// place among its parent's processes, not after its `PoolWorker-N` name).
     pub fn name(self, name: impl Into<String>) -> Self {
         let name = name.into();
         self.with(|l| l.name = name)

@@ -19,6 +19,7 @@ fn main() {
         the_main_process_is_named_so_and_has_no_parent,
         a_child_knows_its_name_daemon_flag_and_parent,
         a_forked_child_knows_its_name_and_parent,
+        default_names_of_nested_processes_spell_their_lineage,
         a_grandchild_names_the_child_that_started_it,
         a_pool_worker_knows_it_is_one,
         active_children_lists_running_children_until_they_end,
@@ -57,16 +58,41 @@ async fn put_family_and_nest(
 ) -> Result<(), String> {
     q.put(family()).await.map_err(|e| e.to_string())?;
     let method: StartMethod = method.parse().map_err(|e: mp::Error| e.to_string())?;
-    let mut p = Process::new(put_family, (q,))
-        .name(child_name)
-        .start_method(method)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+    start_and_join(
+        Process::new(put_family, (q,))
+            .name(child_name)
+            .start_method(method),
+    )
+    .await
+}
+
+/// Starts the process `builder` describes; fails unless it exits with 0.
+async fn start_and_join(builder: mp::ProcessBuilder) -> Result<(), String> {
+    let mut p = builder.start().await.map_err(|e| e.to_string())?;
     match p.join().await.map_err(|e| e.to_string())? {
         0 => Ok(()),
-        code => Err(format!("the nested child exited with {code}")),
+        code => Err(format!("the child {} exited with {code}", p.name())),
     }
+}
+
+/// Puts its family on `q`, then starts a child with a default name that does the same.
+async fn put_family_then_a_child(q: mp::Queue<Family>) -> Result<(), String> {
+    q.put(family()).await.map_err(|e| e.to_string())?;
+    // Not fork, which it would take from its parent by default: it runs a runtime.
+    start_and_join(Process::new(put_family, (q,)).start_method(StartMethod::Spawn)).await
+}
+
+/// Puts its family on `q`, then starts children with default names, one after the other:
+/// with fork one that puts its family and starts a child of its own, and with spawn and
+/// forkserver a child that puts its family.
+async fn put_family_then_children(q: mp::Queue<Family>) -> Result<(), String> {
+    q.put(family()).await.map_err(|e| e.to_string())?;
+    // Fork first, while this process has a single thread.
+    let fork = StartMethod::Fork;
+    start_and_join(Process::new(put_family_then_a_child, (q.clone(),)).start_method(fork)).await?;
+    let spawn = Process::new(put_family, (q.clone(),)).start_method(StartMethod::Spawn);
+    start_and_join(spawn).await?;
+    start_and_join(Process::new(put_family, (q,)).start_method(StartMethod::ForkServer)).await
 }
 
 fn sleep_secs(s: u64) {
@@ -123,6 +149,37 @@ async fn a_child_knows_its_name_daemon_flag_and_parent() -> TestResult {
             );
         }
     }
+    Ok(())
+}
+
+/// Default names spell Python's `_identity`: the N-th process a child `Process-K` starts is
+/// `Process-K:N`, whatever its start method, and a forked child numbers its own children
+/// from 1 (`Process-K:1:1`), as Python's children do. Before, every child numbered its
+/// children as the main process does, so a child's child was `Process-1`, and a forked one
+/// went on from its parent's count.
+async fn default_names_of_nested_processes_spell_their_lineage() -> TestResult {
+    let q = mp::Queue::<Family>::new()?;
+    let mut p = Process::new(put_family_then_children, (q.clone(),))
+        .start()
+        .await?;
+    let k = p.name().to_string();
+    let mut names = Vec::new();
+    for _ in 0..5 {
+        let (name, _, _, parent) = q.get_timeout(Duration::from_secs(30)).await?;
+        names.push((name, parent.map(|(n, _, _)| n)));
+    }
+    support::join_ok(&mut p).await?;
+    let want = [
+        (k.clone(), Some("MainProcess".to_string())),
+        (format!("{k}:1"), Some(k.clone())),
+        (format!("{k}:1:1"), Some(format!("{k}:1"))),
+        (format!("{k}:2"), Some(k.clone())),
+        (format!("{k}:3"), Some(k.clone())),
+    ];
+    ensure!(
+        names == want,
+        "names and parents' names {names:?}, not {want:?}"
+    );
     Ok(())
 }
 

@@ -28,7 +28,7 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
     keep.extend(gate.iter().map(|g| g.as_raw_fd()));
     keep.sort_unstable();
     let me = sys::current_pid();
-    let lineage = Lineage::child_of_this(&launch.name, launch.daemon);
+    let lineage = Lineage::child_of_this(&launch.name, launch.daemon, &launch.identity);
     sys::flush_std_streams();
     let forked = sys::fork_process().map_err(|e| Error::Start {
         name: launch.name.clone(),

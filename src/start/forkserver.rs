@@ -114,6 +114,7 @@ fn start_server() -> Result<Server> {
     let (control, control_theirs) = sys::socketpair_stream()?;
     let mut launch = Launch {
         name: "ForkServer".into(),
+        identity: Vec::new(),
         entry: process_entry_for::<_, (Fd,), _>(serve_entry),
         is_async: false,
         needs_runtime: false,

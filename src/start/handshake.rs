@@ -56,7 +56,7 @@ fn start_error(launch: &Launch, pid: i32, message: String) -> Error {
 pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
     let mut frame = FrameBuf::of(&Boot {
         hello: launch.hello.clone(),
-        lineage: Lineage::child_of_this(&launch.name, launch.daemon),
+        lineage: Lineage::child_of_this(&launch.name, launch.daemon, &launch.identity),
         entry: process_entry_offset(launch.entry),
         max_frame: max_frame_size() as u64,
         method: launch.method.to_u8(),

@@ -121,6 +121,8 @@ pub(crate) fn before_main() {
 /// Everything needed to start one child.
 pub(crate) struct Launch {
     pub(crate) name: String,
+    /// Python's `_identity` (see [`Lineage`](crate::family::Lineage)).
+    pub(crate) identity: Vec<usize>,
     pub(crate) entry: ProcessEntry,
     /// Whether the target is an `async fn` (it runs on the runtime a fork child builds
     /// first).
