@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use support::{TestResult, join_code, run, start, test};
@@ -390,6 +391,40 @@ async fn pipe_end_through_a_pipe() -> TestResult {
     Ok(())
 }
 
+/// Receives a file's descriptor on `conn` and writes "bar" to the file
+/// (`_TestConnection._writefd`).
+async fn write_bar_to_sent_fd(conn: mp::Connection<mp::Fd>) -> Result<(), String> {
+    use std::io::Write;
+    let fd = conn.recv().await.map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::from(fd.into_owned());
+    file.write_all(b"bar").map_err(|e| e.to_string())
+}
+
+/// `_TestConnection.test_large_fd_transfer` and `test_fd_transfer`: a descriptor numbered
+/// above 256 crosses a pipe to a child, which writes through it to the parent's file.
+async fn a_descriptor_numbered_past_256_travels_through_a_pipe() -> TestResult {
+    let path = std::env::temp_dir().join(format!("tkmp-large-fd-{}", std::process::id()));
+    // Open descriptors until the next is numbered past 256, as Python's test dup2()s to one.
+    let mut held = Vec::new();
+    let file = loop {
+        let file = std::fs::File::create(&path)?;
+        if file.as_raw_fd() > 256 {
+            break file;
+        }
+        held.push(file);
+    };
+    drop(held);
+    let (mine, theirs) = mp::Pipe::<mp::Fd>::new()?;
+    let mut p = start(write_bar_to_sent_fd, (theirs,)).await?;
+    mine.send(&mp::Fd::from(std::os::fd::OwnedFd::from(file)))
+        .await?;
+    ensure!(join_code(&mut p).await? == 0, "the child failed");
+    let written = std::fs::read_to_string(&path)?;
+    std::fs::remove_file(&path)?;
+    ensure!(written == "bar", "the file holds {written:?}");
+    Ok(())
+}
+
 /// `_TestWait.test_wait` / `test_wait_timeout` / sentinels: `wait` returns the ready ones
 /// among connections, queues and processes, and an empty list after its timeout.
 async fn wait_on_connections_queues_and_sentinels() -> TestResult {
@@ -709,6 +744,10 @@ fn main() {
             a_send_dropped_midway_leaves_the_stream_whole,
         ),
         test("pipe_end_through_a_pipe", pipe_end_through_a_pipe),
+        test(
+            "a_descriptor_numbered_past_256_travels_through_a_pipe",
+            a_descriptor_numbered_past_256_travels_through_a_pipe,
+        ),
         test(
             "wait_on_connections_queues_and_sentinels",
             wait_on_connections_queues_and_sentinels,
