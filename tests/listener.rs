@@ -984,13 +984,15 @@ async fn an_accept_that_returns_a_finished_exchange_starts_the_waiting_ones() ->
     let path = socket_path("finished-first");
     let l = mp::Listener::bind(path.clone(), Some(KEY))?;
     let mut first = tokio::net::UnixStream::connect(&path).await?;
-    let first_done =
-        tokio::spawn(async move { answer_then_challenge(&mut first, KEY).await.map(|()| first) });
     // An accept polled once, which takes the first connection and starts its exchange,
-    // then is dropped.
+    // then is dropped. The client answers only after, so that the exchange cannot end
+    // within that poll (on a loaded machine, it did when the client answered at once: the
+    // exchange ran to its end on another worker thread before the poll looked at it).
     if let Some(r) = futures::FutureExt::now_or_never(l.accept::<String>()) {
         return Err(format!("the exchange ended within one poll: {:?}", r.map(|_| ())).into());
     }
+    let first_done =
+        tokio::spawn(async move { answer_then_challenge(&mut first, KEY).await.map(|()| first) });
     let mut first = tokio::time::timeout(Duration::from_secs(20), first_done).await???;
     // The first connection's exchange has ended; a second connection waits in the backlog.
     let mut second = tokio::net::UnixStream::connect(&path).await?;
