@@ -24,6 +24,7 @@ fn main() {
         kill_storm_runs_no_task_twice_and_resolves_every_call,
         kill_storm_while_tasks_are_taken_back_runs_none_twice,
         a_task_cancelled_if_queued_either_never_runs_or_gives_its_result,
+        tasks_taken_back_from_a_stalled_worker_never_run,
         imap_yields_one_item_per_input_when_a_chunk_times_out,
         imap_unordered_names_the_inputs_of_a_lost_chunk,
         a_worker_death_names_the_task_that_was_running,
@@ -356,25 +357,42 @@ async fn a_task_cancelled_if_queued_either_never_runs_or_gives_its_result() -> T
         for (_, h) in handles.iter().rev() {
             h.cancel_if_queued();
         }
-        for (x, h) in handles {
-            match h.await {
-                Ok((got, _)) => {
-                    ensure!(got == x, "task {x} answered {got}");
-                    ok.push(x);
-                }
-                Err(e) if e.is_cancelled() => cancelled.push(x),
-                Err(e) => return Err(format!("task {x} failed with {e}").into()),
-            }
-        }
+        settle(handles, &mut ok, &mut cancelled).await?;
     }
-    let n = runs(&log);
-    let _ = std::fs::remove_file(&log);
     ensure!(
         !ok.is_empty() && !cancelled.is_empty(),
         "{} ran and {} were cancelled: the races did not happen",
         ok.len(),
         cancelled.len()
     );
+    cancel_verdict(&log, &ok, &cancelled)
+}
+
+/// Awaits the handles of `log_then_sleep` calls, each with its input: the inputs of those
+/// that returned go to `ok`, those cancelled to `cancelled`; any other failure fails.
+async fn settle(
+    handles: Vec<(u64, mp::AsyncResult<(u64, u32)>)>,
+    ok: &mut Vec<u64>,
+    cancelled: &mut Vec<u64>,
+) -> TestResult {
+    for (x, h) in handles {
+        match h.await {
+            Ok((got, _)) => {
+                ensure!(got == x, "task {x} answered {got}");
+                ok.push(x);
+            }
+            Err(e) if e.is_cancelled() => cancelled.push(x),
+            Err(e) => return Err(format!("task {x} failed with {e}").into()),
+        }
+    }
+    Ok(())
+}
+
+/// What cancels must leave in the run log at `log` (removed here): no input `cancelled`
+/// ran, and every `ok` one ran exactly once.
+fn cancel_verdict(log: &str, ok: &[u64], cancelled: &[u64]) -> TestResult {
+    let n = runs(log);
+    let _ = std::fs::remove_file(log);
     let ran_though_cancelled: Vec<u64> = cancelled
         .iter()
         .copied()
@@ -382,11 +400,12 @@ async fn a_task_cancelled_if_queued_either_never_runs_or_gives_its_result() -> T
         .collect();
     ensure!(
         ran_though_cancelled.is_empty(),
-        "{} tasks said cancelled ran: {:?}",
+        "{} of {} tasks said cancelled ran: {:?}",
         ran_though_cancelled.len(),
+        cancelled.len(),
         &ran_though_cancelled[..ran_though_cancelled.len().min(10)]
     );
-    for x in &ok {
+    for x in ok {
         ensure!(
             n.get(x) == Some(&1),
             "{x} returned Ok but ran {:?} times",
@@ -394,6 +413,75 @@ async fn a_task_cancelled_if_queued_either_never_runs_or_gives_its_result() -> T
         );
     }
     Ok(())
+}
+
+/// Creates `started`, then blocks its worker's runtime until `gate` exists (at most 30 s):
+/// an `async fn` task that never yields, so that its worker reads nothing meanwhile.
+async fn block_the_worker_until(started: String, gate: String) -> bool {
+    let _ = std::fs::write(&started, "1");
+    block_until_file(gate)
+}
+
+// A worker stalled (by an `async fn` task that blocks its runtime) while three times as many
+// tasks as its claim ring has words are sent to it and cancelled one by one: a task whose
+// handle says it was cancelled never runs, one that ran resolves to its result, and every
+// call resolves. A claim word serves numbers 512 apart; the worker has not yet come to the
+// task taken back with a word when the pool's cancels reach the number 512 later.
+async fn tasks_taken_back_from_a_stalled_worker_never_run() -> TestResult {
+    const TASKS: u64 = 1536;
+    let pool = Pool::builder().processes(1).concurrency(2).build().await?;
+    let (started, gate, log) = (
+        tmp_path("stall-started"),
+        tmp_path("stall-gate"),
+        tmp_path("stall-log"),
+    );
+    let stall = pool.apply_async(block_the_worker_until, (started.clone(), gate.clone()));
+    ensure!(
+        eventually(Duration::from_secs(20), || std::path::Path::new(&started)
+            .exists())
+        .await,
+        "the stalling task never started"
+    );
+    let mut handles = Vec::new();
+    for x in 0..TASKS {
+        // Taken in by the pool (sent, or queued once the worker holds all it may), then
+        // cancelled: each task counts in one of these until the end.
+        let seen = |s: mp::PoolStats| {
+            s.tasks_running as u64 + s.tasks_queued as u64 + s.tasks_done + s.tasks_failed
+        };
+        let before = seen(pool.stats());
+        let h = pool.apply_async(log_then_sleep, (log.clone(), x, 0));
+        let taken_in = async {
+            while seen(pool.stats()) <= before {
+                tokio::task::yield_now().await;
+            }
+        };
+        ensure!(
+            tokio::time::timeout(Duration::from_secs(20), taken_in)
+                .await
+                .is_ok(),
+            "the pool never took task {x} in"
+        );
+        h.cancel_if_queued();
+        handles.push((x, h));
+    }
+    std::fs::write(&gate, "1")?;
+    ensure!(stall.await?, "the stalling task never saw its gate");
+    // The worker runs its tasks in turn: once a task sent after them all has run, it has
+    // run or dropped every one of them.
+    let (last, _) = pool.apply(log_then_sleep, (log.clone(), TASKS, 0)).await?;
+    let mut ok = vec![last];
+    let mut cancelled = Vec::new();
+    settle(handles, &mut ok, &mut cancelled).await?;
+    for p in [&started, &gate] {
+        let _ = std::fs::remove_file(p);
+    }
+    ensure!(
+        cancelled.len() >= 512,
+        "only {} tasks were cancelled: the claim ring was not used up",
+        cancelled.len()
+    );
+    cancel_verdict(&log, &ok, &cancelled)
 }
 
 /// `x`, except that input 100 sleeps 30 s first.

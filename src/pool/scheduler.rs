@@ -462,6 +462,7 @@ impl Scheduler {
                 asyncs: Vec::new(),
                 sent: 0,
                 sync_sent: 0,
+                taken_back: BTreeSet::new(),
                 draining: false,
                 round_trip: RoundTrip::default(),
             },
@@ -554,8 +555,8 @@ impl Scheduler {
     /// Cancels task `id`: a queued one is removed. A synchronous one sent to a worker on
     /// this machine is settled in the worker's claim word (see [`Scheduler::take_back`]):
     /// taken back, it never starts; claimed, it runs. Where that cannot settle it (a worker
-    /// on another host, or, rarely, one that was sent [`RING`] tasks since the one it
-    /// runs), the worker is asked to drop it, and answers either that it did or with the
+    /// on another host, or, rarely, one that was sent [`RING`] tasks since the oldest it may
+    /// not have come to), the worker is asked to drop it, and answers either that it did or with the
     /// task's result. A task that runs
     /// (or may be the one running) runs on unless `running`, in which case its worker is
     /// killed.
@@ -710,6 +711,9 @@ impl Scheduler {
                 && !run.is_async
                 && let Some(slot) = self.workers.get_mut(&wid)
             {
+                // It ran (a task dropped on a cancel answers with no run time): the worker
+                // has passed every task sent before it, those taken back included.
+                slot.taken_back = slot.taken_back.split_off(&run.seq);
                 let total = at.saturating_duration_since(run.sent_at).as_nanos();
                 let trip = u64::try_from(total)
                     .unwrap_or(u64::MAX)
@@ -1080,13 +1084,19 @@ impl Scheduler {
             return TakeBack::Later;
         }
         // A claim word serves numbers RING apart: with a task that old still unsettled, the
-        // word of `run.seq` may be that task's too (see `started`).
+        // word of `run.seq` may be that task's too (see `started`). Unsettled are the tasks
+        // the worker holds and those taken back that it may not have dropped yet.
         let oldest = slot.sync.front().and_then(|o| self.in_flight.get(o));
-        if oldest.is_some_and(|o| slot.sync_sent.saturating_sub(o.seq) >= RING as u64) {
+        let oldest = [oldest.map(|o| o.seq), slot.taken_back.first().copied()]
+            .into_iter()
+            .flatten()
+            .min();
+        if oldest.is_some_and(|o| slot.sync_sent.saturating_sub(o) >= RING as u64) {
             return TakeBack::Later;
         }
         let took = slot.started.take_back(run.seq);
         if took == TakeBack::Taken {
+            slot.taken_back.insert(run.seq);
             if let Some(p) = slot.sync.iter().position(|&x| x == id) {
                 slot.sync.remove(p);
             }

@@ -1,7 +1,7 @@
 //! [`Slot`]: one worker as the scheduler sees it: how to reach and kill it, the tasks it
 //! holds, in the order they were sent, and the [`RoundTrip`] to it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use std::sync::Arc;
 
@@ -29,6 +29,12 @@ pub(super) struct Slot {
     /// The synchronous tasks sent, counted from the first: the number of the last one sent
     /// (see [`StartedMark`](super::started::StartedMark)).
     pub(super) sync_sent: u64,
+    /// The numbers of the synchronous tasks taken back from it (see
+    /// [`StartedMark::take_back`](super::started::StartedMark::take_back)) that it may not
+    /// have come to yet: each holds its claim word until the worker drops its task, which it
+    /// does in turn, unseen by the pool. Once a task sent after one has run, the worker has
+    /// passed it.
+    pub(super) taken_back: BTreeSet<u64>,
     /// No more tasks: it was sent `Exit`, or is being killed.
     pub(super) draining: bool,
     /// The round trip to it, which its prefetch covers.
@@ -178,6 +184,7 @@ mod tests {
             asyncs: Vec::new(),
             sent: sync.len(),
             sync_sent: sync.len() as u64,
+            taken_back: BTreeSet::new(),
             draining: false,
             round_trip: RoundTrip::default(),
         }

@@ -29,8 +29,12 @@
 //! what the other wrote, so exactly one of them has the task: a task taken back never starts
 //! in the worker it was sent to (see [`StartedMark::take_back`]). Numbers, unlike task ids
 //! (a task sent again keeps its id), are never reused for a worker, and a word is used again
-//! only for a number [`RING`] later: a worker holds far fewer tasks than that (the pool's
-//! prefetch is capped below it), so the task that had the word before was settled long ago.
+//! only for a number [`RING`] later, once the worker has passed the task that had it: the
+//! pool takes a task back only while every task it sent the worker and does not know the
+//! worker passed (one it holds, or one taken back that the worker may not have come to and
+//! dropped yet) is less than [`RING`] numbers old. A worker holds far fewer tasks than that
+//! (the pool's prefetch is capped below it); a worker stalled while many tasks are taken back
+//! from it is asked to drop the next ones by a message instead.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
