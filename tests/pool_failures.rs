@@ -25,6 +25,7 @@ fn main() {
         kill_storm_while_tasks_are_taken_back_runs_none_twice,
         a_task_cancelled_if_queued_either_never_runs_or_gives_its_result,
         tasks_taken_back_from_a_stalled_worker_never_run,
+        tasks_cancelled_on_a_stalled_worker_that_dies_never_run,
         imap_yields_one_item_per_input_when_a_chunk_times_out,
         imap_unordered_names_the_inputs_of_a_lost_chunk,
         a_worker_death_names_the_task_that_was_running,
@@ -415,10 +416,11 @@ fn cancel_verdict(log: &str, ok: &[u64], cancelled: &[u64]) -> TestResult {
     Ok(())
 }
 
-/// Creates `started`, then blocks its worker's runtime until `gate` exists (at most 30 s):
-/// an `async fn` task that never yields, so that its worker reads nothing meanwhile.
+/// Writes its worker's pid to `started`, then blocks its worker's runtime until `gate`
+/// exists (at most 30 s): an `async fn` task that never yields, so that its worker reads
+/// nothing meanwhile.
 async fn block_the_worker_until(started: String, gate: String) -> bool {
-    let _ = std::fs::write(&started, "1");
+    let _ = std::fs::write(&started, std::process::id().to_string());
     block_until_file(gate)
 }
 
@@ -428,6 +430,20 @@ async fn block_the_worker_until(started: String, gate: String) -> bool {
 // call resolves. A claim word serves numbers 512 apart; the worker has not yet come to the
 // task taken back with a word when the pool's cancels reach the number 512 later.
 async fn tasks_taken_back_from_a_stalled_worker_never_run() -> TestResult {
+    cancels_on_a_stalled_worker(false).await
+}
+
+// As above, but the stalled worker is killed instead of going on: none of its tasks had
+// started, so every one resolves as cancelled, and none runs on the worker that replaces
+// it, not even those the worker was only asked (by a message it never read) to drop.
+async fn tasks_cancelled_on_a_stalled_worker_that_dies_never_run() -> TestResult {
+    cancels_on_a_stalled_worker(true).await
+}
+
+/// On a Pool(1) whose worker is stalled, 1536 tasks sent to it and cancelled one by one
+/// ([`cancel_if_queued`](mp::AsyncResult::cancel_if_queued)); then the worker goes on, or
+/// is killed if `kill`.
+async fn cancels_on_a_stalled_worker(kill: bool) -> TestResult {
     const TASKS: u64 = 1536;
     let pool = Pool::builder().processes(1).concurrency(2).build().await?;
     let (started, gate, log) = (
@@ -436,12 +452,7 @@ async fn tasks_taken_back_from_a_stalled_worker_never_run() -> TestResult {
         tmp_path("stall-log"),
     );
     let stall = pool.apply_async(block_the_worker_until, (started.clone(), gate.clone()));
-    ensure!(
-        eventually(Duration::from_secs(20), || std::path::Path::new(&started)
-            .exists())
-        .await,
-        "the stalling task never started"
-    );
+    let worker = read_pid(&started).await?;
     let mut handles = Vec::new();
     for x in 0..TASKS {
         // Taken in by the pool (sent, or queued once the worker holds all it may), then
@@ -465,10 +476,19 @@ async fn tasks_taken_back_from_a_stalled_worker_never_run() -> TestResult {
         h.cancel_if_queued();
         handles.push((x, h));
     }
-    std::fs::write(&gate, "1")?;
-    ensure!(stall.await?, "the stalling task never saw its gate");
-    // The worker runs its tasks in turn: once a task sent after them all has run, it has
-    // run or dropped every one of them.
+    if kill {
+        kill9(worker)?;
+        let lost = stall.await;
+        ensure!(
+            lost.as_ref().is_err_and(|e| e.is_worker_lost()),
+            "the stalling task of a killed worker gave {lost:?}"
+        );
+    } else {
+        std::fs::write(&gate, "1")?;
+        ensure!(stall.await?, "the stalling task never saw its gate");
+    }
+    // A worker runs its tasks in turn: once a task sent after them all has run, every one
+    // of them has run or been dropped.
     let (last, _) = pool.apply(log_then_sleep, (log.clone(), TASKS, 0)).await?;
     let mut ok = vec![last];
     let mut cancelled = Vec::new();
@@ -476,10 +496,12 @@ async fn tasks_taken_back_from_a_stalled_worker_never_run() -> TestResult {
     for p in [&started, &gate] {
         let _ = std::fs::remove_file(p);
     }
+    let least = if kill { TASKS as usize } else { 512 };
     ensure!(
-        cancelled.len() >= 512,
-        "only {} tasks were cancelled: the claim ring was not used up",
-        cancelled.len()
+        cancelled.len() >= least,
+        "{} tasks of {TASKS} were cancelled, not {least}: {:?} ran",
+        cancelled.len(),
+        &ok[..ok.len().min(10)]
     );
     cancel_verdict(&log, &ok, &cancelled)
 }

@@ -210,7 +210,8 @@ fn checked_job(
 /// ([`is_worker_lost`](TaskError::is_worker_lost)), and the tasks it had finished whose
 /// answers it still held back to send together, saying so
 /// ([`is_answer_lost`](TaskError::is_answer_lost)); tasks it never started go to another
-/// worker. Its death is seen at once on its pidfd. It is replaced and the pool keeps serving. A task that
+/// worker, but for those their callers cancelled, which fail as cancelled. Its death is
+/// seen at once on its pidfd. It is replaced and the pool keeps serving. A task that
 /// panics fails with a [`TaskError`] carrying the panic's message and location
 /// ([`is_panic`](TaskError::is_panic)), for that task only.
 ///

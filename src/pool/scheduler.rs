@@ -193,6 +193,9 @@ struct Running {
     /// A synchronous task's number among those sent to its worker, by which it is taken
     /// back (see [`StartedMark`](super::started::StartedMark)); 0 for an `async fn` task.
     seq: u64,
+    /// Its worker was asked to drop it (see [`Slot::send_cancel`]): it is never sent again,
+    /// to another worker or the same.
+    cancel_sent: bool,
 }
 
 /// Worker starts in progress when the scheduler begins, from [`PoolBuilder::build`](super::PoolBuilder::build).
@@ -556,10 +559,10 @@ impl Scheduler {
     /// this machine is settled in the worker's claim word (see [`Scheduler::take_back`]):
     /// taken back, it never starts; claimed, it runs. Where that cannot settle it (a worker
     /// on another host, or, rarely, one that was sent [`RING`] tasks since the oldest it may
-    /// not have come to), the worker is asked to drop it, and answers either that it did or with the
-    /// task's result. A task that runs
-    /// (or may be the one running) runs on unless `running`, in which case its worker is
-    /// killed.
+    /// not have come to), the worker is asked to drop it, and answers either that it did or
+    /// with the task's result; should it die first, the task fails as cancelled if it never
+    /// started. A task that runs (or may be the one running) runs on unless `running`, in
+    /// which case its worker is killed.
     fn cancel(&mut self, id: u64, running: bool) {
         if let Some(cancelled) = self.expected.get_mut(&id) {
             *cancelled = true;
@@ -588,6 +591,9 @@ impl Scheduler {
                     && !(running && slot.sync.front() == Some(&id))
                 {
                     slot.send_cancel(id);
+                    if let Some(run) = self.in_flight.get_mut(&id) {
+                        run.cancel_sent = true;
+                    }
                     return;
                 }
             }
@@ -865,6 +871,11 @@ impl Scheduler {
             // The worker is dead, so its started mark is final: a task it may have started
             // is never sent again, unless the caller allowed retries.
             let never_started = !run.is_async && !slot.may_have_started(*id);
+            if never_started && run.cancel_sent {
+                // Its caller cancelled it, and it never started: it is cancelled.
+                self.answer(*id, Err(TaskError::cancelled()));
+                continue;
+            }
             match (never_started, run.copy) {
                 (true, Some(payload)) => requeue.push(Job {
                     id: *id,
@@ -1039,11 +1050,16 @@ impl Scheduler {
     }
 
     /// Takes back the last synchronous task sent to worker `wid`, if it is one sent ahead
-    /// (behind another) that the worker has not claimed, and its arguments were kept.
+    /// (behind another) that the worker has not claimed, its arguments were kept, and its
+    /// caller has not cancelled it.
     fn take_back_last(&mut self, wid: u64) -> Option<Job> {
         let id = *self.workers.get(&wid)?.sync.back()?;
         let run = self.in_flight.get(&id)?;
-        if run.started || run.copy.is_none() || self.take_back(id) != TakeBack::Taken {
+        if run.started
+            || run.copy.is_none()
+            || run.cancel_sent
+            || self.take_back(id) != TakeBack::Taken
+        {
             return None;
         }
         let run = self.out_of_flight(id)?;
@@ -1185,6 +1201,7 @@ impl Scheduler {
                 sent_at,
                 alone: started,
                 seq,
+                cancel_sent: false,
             },
         );
     }
