@@ -39,6 +39,7 @@ fn main() {
         worker_abort_and_exit_mid_task,
         task_timeout_kills_and_replaces,
         a_timeout_blames_the_task_that_overran,
+        a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started,
         a_timeout_too_long_to_represent_is_none,
     ]);
 }
@@ -431,6 +432,13 @@ async fn block_the_worker_until(started: String, gate: String) -> bool {
 // task taken back with a word when the pool's cancels reach the number 512 later.
 async fn tasks_taken_back_from_a_stalled_worker_never_run() -> TestResult {
     cancels_on_a_stalled_worker(false).await
+}
+
+/// [`block_the_worker_until`], then stays 30 s on the worker's runtime, without blocking it.
+async fn block_the_worker_then_stay(started: String, gate: String) -> bool {
+    let opened = block_the_worker_until(started, gate).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    opened
 }
 
 // As above, but the stalled worker is killed instead of going on: none of its tasks had
@@ -922,6 +930,52 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
         .await;
     ensure!(e.as_ref().is_err_and(|e| e.is_timeout()), "{e:?}");
     ensure!(pool.apply(sqr, (2,)).await? == 4, "serves after");
+    Ok(())
+}
+
+// A task sent behind another, on a stalled worker, with a timeout: the one before it is
+// cancelled before the worker starts it. The task behind starts in its place when the worker
+// goes on, and its timeout falls (its worker killed), rather than it running unbounded.
+async fn a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started() -> TestResult {
+    let pool = Pool::builder().processes(1).concurrency(2).build().await?;
+    let (started, gate) = (tmp_path("untimed-started"), tmp_path("untimed-gate"));
+    // It stays, without blocking the worker once the gate is open: no answer comes until
+    // the task behind has run long past its timeout.
+    let _stall = pool.apply_async(block_the_worker_then_stay, (started.clone(), gate.clone()));
+    read_pid(&started).await?;
+    let first = pool.apply_async(sleep_ms, (0,));
+    ensure!(
+        eventually(Duration::from_secs(10), || pool.stats().tasks_running == 2).await,
+        "the first task was not sent"
+    );
+    let behind = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.apply_timeout(sleep_ms, (20_000,), Duration::from_millis(300))
+                .await
+        })
+    };
+    ensure!(
+        eventually(Duration::from_secs(10), || pool.stats().tasks_running == 3).await,
+        "the task behind was not sent"
+    );
+    first.cancel();
+    let cancelled = first.await;
+    ensure!(
+        cancelled.as_ref().is_err_and(|e| e.is_cancelled()),
+        "the first task gave {cancelled:?}"
+    );
+    std::fs::write(&gate, "1")?;
+    let timed = tokio::time::timeout(Duration::from_secs(10), behind)
+        .await
+        .map_err(|_| "the task behind ran on past its timeout")??;
+    for p in [&started, &gate] {
+        let _ = std::fs::remove_file(p);
+    }
+    ensure!(
+        timed.as_ref().is_err_and(|e| e.is_timeout()),
+        "the task behind gave {timed:?}"
+    );
     Ok(())
 }
 

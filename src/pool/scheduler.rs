@@ -582,6 +582,9 @@ impl Scheduler {
             TakeBack::Taken => {
                 self.out_of_flight(id);
                 self.answer(id, Err(TaskError::cancelled()));
+                // Taken back before it started, it may have been the task the worker was
+                // taken to run: the one behind it is that now, and its clock runs.
+                self.mark_started(wid);
                 return;
             }
             TakeBack::Later if !is_async => {
