@@ -82,6 +82,37 @@ async fn starmap() -> TestResult {
     Ok(())
 }
 
+// On a current-thread runtime, a loop that takes the results an `imap` stream already holds
+// (a chunk's many results arrive at once) lets the runtime's other tasks run, as a loop of
+// receives on a tokio channel does: the stream spends the task's budget.
+async fn a_loop_over_results_an_imap_holds_lets_other_tasks_run() -> TestResult {
+    const CHUNK: i64 = 10_000;
+    let pool = Pool::new(1).await?;
+    let mut s = pool.imap(sqr, 0..CHUNK).chunksize(CHUNK as usize);
+    ensure!(matches!(s.next().await, Some(Ok(0))), "the first result");
+    // Locked only within each poll, so that the lock spends nothing.
+    let s = &std::sync::Mutex::new(s);
+    let ran = support::lets_others_run(CHUNK as u32 - 1, |n| async move {
+        let x = i64::from(n) + 1;
+        let next = std::future::poll_fn(|cx| {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .poll_next_unpin(cx)
+        });
+        match next.await {
+            Some(Ok(got)) => ensure!(got == x * x, "result {x} was {got}"),
+            other => return Err(format!("result {x}: {other:?}").into()),
+        }
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        ran,
+        "the other task waited for the stream's results to run out"
+    );
+    Ok(())
+}
+
 // test_imap, test_imap_unordered
 async fn imap() -> TestResult {
     let pool = Pool::new(2).await?;
@@ -1250,46 +1281,48 @@ fn main() {
         &alone,
         vec![test("drop_terminates_workers", drop_terminates_workers)],
     );
-    let rest = libtest_mimic::run(
-        &args,
-        trials![
-            clones_share_the_pool_and_the_last_drop_terminates,
-            a_pool_whose_runtime_ends_kills_its_busy_workers,
-            imap_chooses_its_chunk_size_unless_told,
-            cancel_if_queued_never_kills_a_worker,
-            a_task_cancelled_behind_a_running_one_never_runs,
-            tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once,
-            abort_on_drop_cancels_when_dropped,
-            stats_count_tasks_and_lost_workers,
-            stats_catch_up_once_the_pool_falls_quiet,
-            apply,
-            map,
-            empty_iterable,
-            starmap,
-            imap,
-            imap_endless_input_is_read_lazily,
-            apply_async,
-            get_timeout_leaves_task_running,
-            wait_leaves_the_result_in_the_handle,
-            panic_fails_that_task_only,
-            large_arguments_and_results,
-            large_values_cross_off_the_runtime_thread,
-            unencodable_result,
-            a_panic_crossing_a_value_fails_its_task_alone,
-            a_large_argument_whose_serialize_panics_fails_its_call_alone,
-            a_large_result_whose_deserialize_panics_panics_its_caller,
-            unencodable_argument_and_undecodable_result,
-            closed_pool,
-            a_stream_made_before_close_runs_every_input,
-            a_refused_stream_ends_with_pool_closed_errors,
-            join_waits_for_a_stream_made_before_close,
-            cancel_queued_and_running,
-            map_over_number_types,
-            pool_serves_before_all_workers_are_ready,
-            zero_processes,
-            forkserver_workers,
-        ],
-    );
+    let mut trials = trials![
+        clones_share_the_pool_and_the_last_drop_terminates,
+        a_pool_whose_runtime_ends_kills_its_busy_workers,
+        imap_chooses_its_chunk_size_unless_told,
+        cancel_if_queued_never_kills_a_worker,
+        a_task_cancelled_behind_a_running_one_never_runs,
+        tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once,
+        abort_on_drop_cancels_when_dropped,
+        stats_count_tasks_and_lost_workers,
+        stats_catch_up_once_the_pool_falls_quiet,
+        apply,
+        map,
+        empty_iterable,
+        starmap,
+        imap,
+        imap_endless_input_is_read_lazily,
+        apply_async,
+        get_timeout_leaves_task_running,
+        wait_leaves_the_result_in_the_handle,
+        panic_fails_that_task_only,
+        large_arguments_and_results,
+        large_values_cross_off_the_runtime_thread,
+        unencodable_result,
+        a_panic_crossing_a_value_fails_its_task_alone,
+        a_large_argument_whose_serialize_panics_fails_its_call_alone,
+        a_large_result_whose_deserialize_panics_panics_its_caller,
+        unencodable_argument_and_undecodable_result,
+        closed_pool,
+        a_stream_made_before_close_runs_every_input,
+        a_refused_stream_ends_with_pool_closed_errors,
+        join_waits_for_a_stream_made_before_close,
+        cancel_queued_and_running,
+        map_over_number_types,
+        pool_serves_before_all_workers_are_ready,
+        zero_processes,
+        forkserver_workers,
+    ];
+    trials.push(support::test_current_thread(
+        "a_loop_over_results_an_imap_holds_lets_other_tasks_run",
+        a_loop_over_results_an_imap_holds_lets_other_tasks_run,
+    ));
+    let rest = libtest_mimic::run(&args, trials);
     let failed = first.has_failed() || rest.has_failed();
     std::process::exit(if failed { 101 } else { 0 });
 }

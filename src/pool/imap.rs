@@ -115,6 +115,10 @@ fn indexed_items<R: Send + 'static>(
 /// chunk that failed as a whole (its worker died, it timed out or was cancelled) yields
 /// that error for each of its inputs.
 ///
+/// A chunk's results arrive together and wait in the stream; taking one spends a unit of the
+/// task's budget with tokio's scheduler, as a receive from a tokio channel does, so that a
+/// loop over them lets the runtime's other tasks run.
+///
 /// # Panics
 /// If reading the input panics (the iterator, or an input's `Serialize`), the stream reads
 /// no more and submits nothing more; it yields the results of the chunks read before, then
@@ -237,6 +241,14 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if !this.ready.is_empty() {
+            // A result already here spends a unit of the task's budget, as a receive from a
+            // tokio channel does: a loop over a chunk's many results lets the runtime's other
+            // tasks run. (A result that comes with its chunk spends the unit the chunk's
+            // answer spent.)
+            std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+            return Poll::Ready(this.ready.pop_front());
+        }
         loop {
             if let Some(r) = this.ready.pop_front() {
                 return Poll::Ready(Some(r));
