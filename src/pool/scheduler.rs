@@ -722,7 +722,9 @@ impl Scheduler {
             {
                 // It ran (a task dropped on a cancel answers with no run time): the worker
                 // has passed every task sent before it, those taken back included.
-                slot.taken_back = slot.taken_back.split_off(&run.seq);
+                while slot.taken_back.first().is_some_and(|&s| s < run.seq) {
+                    slot.taken_back.pop_first();
+                }
                 let total = at.saturating_duration_since(run.sent_at).as_nanos();
                 let trip = u64::try_from(total)
                     .unwrap_or(u64::MAX)
