@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::netns::Net;
-use support::pool::{erring_init, pid, pid_to_file_then_sleep, sqr};
+use support::pool::{erring_init, pid, pid_to_file_then_sleep, sqr, touch, wait_for_file};
 use support::process::{BoxError, helper_mode, run_as_helper, start_helper_reading};
 use support::{TestResult, eventually};
 use tokio_multiprocessing::{self as mp, Cluster, ExitCause, Pool};
@@ -39,6 +39,7 @@ fn main() {
         another_build_is_refused_naming_host_and_fingerprints,
         example_cluster_map_runs_on_two_local_hosts,
         retries_run_again_a_task_whose_worker_died_only_when_asked,
+        a_task_cancelled_on_a_host_is_not_run_elsewhere_when_its_worker_dies,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         building_a_cluster_leaves_its_runtime_running_while_launching,
         a_pool_and_shutdown_wait_for_no_launch,
@@ -704,6 +705,50 @@ async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestRes
     let out = retrying.apply(exit_first_time, (again.clone(),)).await;
     let _ = (std::fs::remove_file(&once), std::fs::remove_file(&again));
     ensure!(out? == 42, "the task was not run again");
+    Ok(())
+}
+
+/// Exits with code 7 once `gate` exists (or after 30 s).
+fn exit_at(gate: String) -> u32 {
+    wait_for_file(gate);
+    std::process::exit(7);
+}
+
+// A task sent ahead to a worker on another host, behind a running one, and cancelled: the
+// worker is asked to drop it by a message it reads between tasks; it dies first, having
+// never started the task (its agent reports what it started). The task resolves as
+// cancelled and runs on no other worker.
+async fn a_task_cancelled_on_a_host_is_not_run_elsewhere_when_its_worker_dies() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    let (gate, marker) = (temp_path("gate"), temp_path("never"));
+    let first = pool.apply_async(exit_at, (gate.clone(),));
+    let behind = pool.apply_async(touch, (marker.clone(),));
+    ensure!(
+        eventually(Duration::from_secs(20), || pool.stats().tasks_running == 2).await,
+        "the task behind was not sent ahead"
+    );
+    behind.cancel_if_queued();
+    std::fs::write(&gate, "1")?;
+    let lost = first.await;
+    let cancelled = behind.await;
+    // What a task sent after the cancel finds: the replacement ran whatever it was given.
+    let after = pool.apply(sqr, (3,)).await;
+    let ran = std::path::Path::new(&marker).exists();
+    let _ = (std::fs::remove_file(&gate), std::fs::remove_file(&marker));
+    ensure!(
+        lost.as_ref().is_err_and(|e| e.is_worker_lost()),
+        "the first task gave {lost:?}"
+    );
+    ensure!(
+        cancelled.as_ref().is_err_and(|e| e.is_cancelled()),
+        "the cancelled task gave {cancelled:?}"
+    );
+    ensure!(after? == 9, "the replacement does not serve");
+    ensure!(!ran, "the cancelled task ran");
     Ok(())
 }
 
