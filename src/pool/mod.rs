@@ -327,8 +327,10 @@ impl Pool {
     /// As [`AsyncResult`].
     ///
     /// # Cancel safety
-    /// Dropping the future does not cancel the task: it runs to its end and its result is
-    /// discarded (see [`AsyncResult`]).
+    /// The task is submitted when the future is first polled: a future dropped before that
+    /// submits nothing. Dropping it later does not cancel the task: it runs to its end and
+    /// its result is discarded (see [`AsyncResult`]). To submit at once, use
+    /// [`apply_async`](Self::apply_async).
     ///
     /// # Examples
     ///
