@@ -51,6 +51,9 @@ fn main() {
                 "binary mismatch",
             )
         }),
+        test("another_layout_with_a_wrong_fingerprint", || {
+            garbage(Feed::OtherLayout(vec![9; 20]), "binary mismatch")
+        }),
         test("entry_outside_the_program", || {
             garbage(
                 Feed::Boot(MAGIC, 1, None, i64::MIN / 2),
@@ -71,6 +74,9 @@ enum Feed {
     /// A bootstrap message with this magic, version, fingerprint (None: the real one, read
     /// from a child's refusal) and entry offset.
     Boot(u32, u16, Option<Vec<u8>>, i64),
+    /// A bootstrap message of another binary, with this fingerprint, whose head after the
+    /// hello is laid out otherwise than this binary's.
+    OtherLayout(Vec<u8>),
 }
 
 fn noise(n: usize) -> Vec<u8> {
@@ -138,11 +144,26 @@ fn run_child(feed: Feed) -> Result<Outcome, Box<dyn std::error::Error + Send + S
             let hello = (magic, version, serde_bytes::ByteBuf::from(fingerprint));
             frame(&rmp_serde::to_vec(&(
                 hello,
-                // The child's lineage: its name and daemon flag, its parent's pid and name.
-                ("garbage-test", false, std::process::id(), "MainProcess"),
+                // The child's lineage: its name and daemon flag, its parent's pid and name,
+                // and its number among its parent's children.
+                (
+                    "garbage-test",
+                    false,
+                    std::process::id(),
+                    "MainProcess",
+                    [1usize],
+                ),
                 entry,
                 1u64 << 20,
                 0u8, // the start method: spawn
+            ))?)
+        }
+        Feed::OtherLayout(fingerprint) => {
+            let hello = (MAGIC, 1u16, serde_bytes::ByteBuf::from(fingerprint));
+            frame(&rmp_serde::to_vec(&(
+                hello,
+                "a head of another shape",
+                7u8,
             ))?)
         }
     };

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 
-use super::handshake::{Boot, BootReply, INIT_ADVICE};
+use super::handshake::{Boot, BootReply, HelloFirst, INIT_ADVICE};
 use super::{ENV_BOOT, StartMethod};
 use crate::error::Error;
 use crate::sys;
@@ -55,21 +55,23 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
     };
     let boot: Boot = match frame.decode_head() {
         Ok(b) => b,
-        Err(e) => refuse(
-            &sock,
-            BootReply::Refused(format!("malformed bootstrap frame: {e}")),
-        ),
+        Err(e) => {
+            // A parent of another version or binary may lay out its head otherwise: its
+            // hello, first, says so.
+            if let Ok(HelloFirst(hello)) = frame.decode_head()
+                && let Err(e) = hello.check()
+            {
+                refuse(&sock, mismatch(e));
+            }
+            refuse(
+                &sock,
+                BootReply::Refused(format!("malformed bootstrap frame: {e}")),
+            )
+        }
     };
     let same = match boot.hello.check() {
         Ok(s) => s,
-        Err(Error::BinaryMismatch { ours, theirs }) => refuse(
-            &sock,
-            BootReply::Mismatch {
-                child: ours,
-                parent: theirs,
-            },
-        ),
-        Err(e) => refuse(&sock, BootReply::Refused(e.to_string())),
+        Err(e) => refuse(&sock, mismatch(e)),
     };
     let entry: ProcessEntry = match sys::resolve_entry(boot.entry, same) {
         Ok(e) => e,
@@ -114,6 +116,17 @@ pub(super) fn die_with_parent(ppid: i32) {
 
 fn reply(sock: &Framed, r: &BootReply) -> crate::Result<()> {
     sock.send_blocking(&mut FrameBuf::of(r)?)
+}
+
+/// The refusal for a parent whose hello does not pass.
+fn mismatch(e: Error) -> BootReply {
+    match e {
+        Error::BinaryMismatch { ours, theirs } => BootReply::Mismatch {
+            child: ours,
+            parent: theirs,
+        },
+        e => BootReply::Refused(e.to_string()),
+    }
 }
 
 fn refuse(sock: &Framed, r: BootReply) -> ! {

@@ -27,6 +27,34 @@ pub(crate) struct Boot {
     pub(crate) method: u8,
 }
 
+/// The hello alone of a bootstrap frame's head, the rest skipped: the head of a parent of
+/// another version or binary, which may lay out the rest otherwise, so that the child tells
+/// it of the mismatch rather than of a malformed frame.
+pub(crate) struct HelloFirst(pub(crate) Hello);
+
+impl<'de> Deserialize<'de> for HelloFirst {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Head;
+        impl<'de> serde::de::Visitor<'de> for Head {
+            type Value = HelloFirst;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a bootstrap frame's head, its hello first")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<HelloFirst, A::Error> {
+                let hello = seq
+                    .next_element()?
+                    .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(HelloFirst(hello))
+            }
+        }
+        d.deserialize_seq(Head)
+    }
+}
+
 /// The child's answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum BootReply {
