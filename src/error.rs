@@ -130,6 +130,23 @@ pub enum Error {
     /// `IndexError` raised through a proxy).
     #[error("manager: {0}")]
     Manager(String),
+
+    /// The manager server that a proxy calls is gone: stopped (its [`Manager`] shut down or
+    /// dropped), killed, or out of reach (the connection broke, or the server was silent past
+    /// the heartbeat deadline). Every call waiting on it fails with this error, and so does
+    /// a later call while the server stays gone; one made once it is back connects again.
+    ///
+    /// [`Manager`]: crate::Manager
+    #[error("the manager server{} is gone: {cause}", server_name(address.as_deref(), *pid))]
+    ManagerLost {
+        /// The address the server was reached by, if it has one (a local manager's proxies
+        /// reach it through a socket they carry).
+        address: Option<String>,
+        /// The server's pid, if a connection to it heard it.
+        pid: Option<u32>,
+        /// What ended the connection, or why a new one could not be made.
+        cause: String,
+    },
     /// A lock's holder died while holding it (like a robust mutex's `EOWNERDEAD`).
     ///
     /// Python leaves such a lock locked for ever; here the acquirer that notices the death
@@ -272,6 +289,11 @@ impl fmt::Debug for Error {
             Error::Closed => f.write_str("Closed"),
             Error::Timeout => f.write_str("Timeout"),
             Error::Manager(e) => f.debug_tuple("Manager").field(e).finish(),
+            Error::ManagerLost {
+                address,
+                pid,
+                cause,
+            } => fields!(f, "ManagerLost", address, pid, cause),
             Error::LockOwnerDied { pid } => fields!(f, "LockOwnerDied", pid),
             Error::NotHeld => f.write_str("NotHeld"),
             Error::NotOwner => f.write_str("NotOwner"),
@@ -337,6 +359,15 @@ impl Clone for Error {
             Error::Closed => Error::Closed,
             Error::Timeout => Error::Timeout,
             Error::Manager(m) => Error::Manager(m.clone()),
+            Error::ManagerLost {
+                address,
+                pid,
+                cause,
+            } => Error::ManagerLost {
+                address: address.clone(),
+                pid: *pid,
+                cause: cause.clone(),
+            },
             Error::LockOwnerDied { pid } => Error::LockOwnerDied { pid: *pid },
             Error::NotHeld => Error::NotHeld,
             Error::NotOwner => Error::NotOwner,
@@ -375,6 +406,17 @@ fn pid_of(pid: u32) -> String {
     match pid {
         0 => String::new(),
         pid => format!(" (pid {pid})"),
+    }
+}
+
+/// How a manager server is named in [`Error::ManagerLost`]: by its address and pid, those
+/// known.
+fn server_name(address: Option<&str>, pid: Option<u32>) -> String {
+    match (address, pid) {
+        (Some(a), Some(p)) => format!(" at {a} (pid {p})"),
+        (Some(a), None) => format!(" at {a}"),
+        (None, Some(p)) => format!(" (pid {p})"),
+        (None, None) => String::new(),
     }
 }
 

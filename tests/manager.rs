@@ -57,8 +57,8 @@ fn main() {
             proxies_travel_onwards_to_grandchildren,
         ),
         test(
-            "a_stopped_server_gives_closed",
-            a_stopped_server_gives_closed,
+            "a_stopped_server_fails_calls_naming_it",
+            a_stopped_server_fails_calls_naming_it,
         ),
         test(
             "a_terminals_signals_leave_the_server_to_its_owner",
@@ -490,7 +490,7 @@ async fn proxies_travel_onwards_to_grandchildren() -> TestResult {
     Ok(())
 }
 
-async fn a_stopped_server_gives_closed() -> TestResult {
+async fn a_stopped_server_fails_calls_naming_it() -> TestResult {
     let m = Manager::start().await?;
     let pid = m.pid().ok_or("no server process")?;
     let d = m.dict::<u8, u8>().await?;
@@ -500,8 +500,15 @@ async fn a_stopped_server_gives_closed() -> TestResult {
         support::is_zombie_or_gone(pid),
         "server {pid} still running"
     );
-    let err = d.get(&1).await;
-    ensure!(matches!(err, Err(Error::Closed)), "after shutdown: {err:?}");
+    // The error names the server, by its pid (a local manager has no address).
+    match d.get(&1).await {
+        Err(e @ Error::ManagerLost { .. }) => ensure!(
+            e.to_string()
+                .starts_with(&format!("the manager server (pid {pid}) is gone: ")),
+            "after shutdown: {e}"
+        ),
+        other => return Err(format!("after shutdown: {other:?}").into()),
+    }
     // A proxy that had no connection yet fails the same way.
     let m = Manager::start().await?;
     let fresh: ListProxy<u8> = m.list([1u8]).await?;

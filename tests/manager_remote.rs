@@ -39,7 +39,7 @@ fn main() {
         local_and_remote_consumers_take_every_item_once,
         a_silent_server_fails_waiting_calls,
         a_server_that_answers_garbage_fails_calls_saying_so,
-        a_server_that_dies_with_requests_unread_fails_calls_as_closed,
+        a_server_that_dies_with_requests_unread_fails_calls_as_lost,
         calls_to_a_server_that_stopped_answering_share_one_reconnection,
         a_stopped_server_gets_every_request_whole,
         a_queue_the_server_holds_is_full_only_at_its_maxsize,
@@ -225,11 +225,11 @@ async fn rapid_restart_on_the_same_address() -> TestResult {
     m.register("queue", &m.queue::<String>().await?).await?;
     let mut p = Process::new(put_hello, (addr.to_string(),)).start().await?;
     join_ok(&mut p).await?;
-    // The client's calls fail with `Closed` until it has seen the loss; then it connects
+    // The client's calls fail with `ManagerLost` until it has seen the loss; then it connects
     // to the new server.
     let mut fetched = c.get::<QueueProxy<String>>("queue").await;
     for _ in 0..100 {
-        if !matches!(fetched, Err(Error::Closed)) {
+        if !matches!(fetched, Err(Error::ManagerLost { .. })) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -402,22 +402,43 @@ async fn a_dead_server_fails_waiting_calls() -> TestResult {
     m.register("q", &m.queue::<u8>().await?).await?;
     let c = Manager::connect(tcp(&m)?, KEY).await?;
     let q: QueueProxy<u8> = c.get("q").await?;
-    a_get_fails_when_the_server_dies(&m, &q).await
+    a_get_fails_when_the_server_dies(&m, &q, Some(tcp(&m)?)).await
 }
 
-/// Kills `m`'s server while a `get` on `q` waits, and expects that get to end with
-/// `Closed`.
-async fn a_get_fails_when_the_server_dies(m: &Manager, q: &QueueProxy<u8>) -> TestResult {
+/// Kills `m`'s server while a `get` on `q` (reached by `address`, if it has one) waits, and
+/// expects that get to end with `ManagerLost`, naming the server by its address and pid, and
+/// what ended the connection. (It ended with a bare `Closed`, "the connection is closed",
+/// which named neither the manager nor its server.)
+async fn a_get_fails_when_the_server_dies(
+    m: &Manager,
+    q: &QueueProxy<u8>,
+    address: Option<SocketAddr>,
+) -> TestResult {
     let waiting = {
         let q = q.clone();
         tokio::spawn(async move { q.get().await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    support::pool::kill9(m.pid().ok_or("no server process")?)?;
+    let server = m.pid().ok_or("no server process")?;
+    support::pool::kill9(server)?;
     let r = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
         .map_err(|_| "a get on a dead server still waits")??;
-    ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    let e = match r {
+        Err(e) => e,
+        Ok(item) => return Err(format!("a get on a dead server gave {item}").into()),
+    };
+    let Error::ManagerLost {
+        address: at, pid, ..
+    } = &e
+    else {
+        return Err(format!("the get gave {e:?}").into());
+    };
+    let address = address.map(|a| a.to_string());
+    ensure!(*at == address && *pid == Some(server), "{e:?}");
+    let at = address.map(|a| format!(" at {a}")).unwrap_or_default();
+    let named = format!("the manager server{at} (pid {server}) is gone: ");
+    ensure!(e.to_string().starts_with(&named), "{e}");
     Ok(())
 }
 
@@ -443,7 +464,7 @@ async fn a_silent_server_fails_waiting_calls() -> TestResult {
     let r = tokio::time::timeout(Duration::from_secs(40), c.object_count())
         .await
         .map_err(|_| "a call to a silent server still waits")?;
-    ensure!(matches!(r, Err(Error::Closed)), "{r:?}");
+    ensure!(matches!(r, Err(Error::ManagerLost { .. })), "{r:?}");
     Ok(())
 }
 
@@ -472,9 +493,9 @@ async fn a_server_that_answers_garbage_fails_calls_saying_so() -> TestResult {
 }
 
 /// A peer that passes the key exchange, then dies with the client's request unread: the
-/// kernel resets the connection, and the waiting call fails with `Closed`, as for any server
+/// kernel resets the connection, and the waiting call fails with `ManagerLost`, as for any server
 /// that died (it failed with a protocol error that took the reset for garbage).
-async fn a_server_that_dies_with_requests_unread_fails_calls_as_closed() -> TestResult {
+async fn a_server_that_dies_with_requests_unread_fails_calls_as_lost() -> TestResult {
     let (c, peer) = connected_to_a_fake_server().await?;
     let dies = async {
         // The request is in; the peer closes without reading it, so the kernel resets.
@@ -488,13 +509,16 @@ async fn a_server_that_dies_with_requests_unread_fails_calls_as_closed() -> Test
     );
     ensure!(arrived?, "no request reached the peer");
     let r = r.map_err(|_| "a call to a server that died still waits")?;
-    ensure!(matches!(r, Err(Error::Closed)), "the call gave {r:?}");
+    ensure!(
+        matches!(r, Err(Error::ManagerLost { .. })),
+        "the call gave {r:?}"
+    );
     Ok(())
 }
 
 /// A server that stopped answering while it still takes connections (hung, or its host
 /// cut off behind a proxy): its client's calls, each needing the connection made again,
-/// wait for one key exchange that never comes, and all fail with `Closed` when it gives
+/// wait for one key exchange that never comes, and all fail with `ManagerLost` when it gives
 /// up. (Each call made its own attempt in turn, so the third of three waited three
 /// exchange timeouts, 60 s, and each failed with an `Authentication` error, though the key
 /// was right.)
@@ -514,7 +538,7 @@ async fn calls_to_a_server_that_stopped_answering_share_one_reconnection() -> Te
     );
     let first = first.map_err(|_| "a call on a lost connection still waits")?;
     ensure!(
-        matches!(first, Err(Error::Closed)),
+        matches!(first, Err(Error::ManagerLost { .. })),
         "the first call gave {first:?}"
     );
     let calls = futures::future::join_all((0..3).map(|_| c.object_count()));
@@ -523,7 +547,10 @@ async fn calls_to_a_server_that_stopped_answering_share_one_reconnection() -> Te
         .await
         .map_err(|_| "calls waiting for a reconnection still wait")?;
     for r in r {
-        ensure!(matches!(r, Err(Error::Closed)), "a call gave {r:?}");
+        ensure!(
+            matches!(r, Err(Error::ManagerLost { .. })),
+            "a call gave {r:?}"
+        );
     }
     drop(listener);
     Ok(())
@@ -675,11 +702,11 @@ async fn objects_let_go_with_a_lost_connection_are_named_so() -> TestResult {
         left == before - 1,
         "{before} objects before the cut, {left} after"
     );
-    // Calls fail with `Closed` until the client has seen the loss; the next one connects
+    // Calls fail with `ManagerLost` until the client has seen the loss; the next one connects
     // again.
     let mut r = d.get(&"a".to_string()).await;
     for _ in 0..100 {
-        if !matches!(r, Err(Error::Closed)) {
+        if !matches!(r, Err(Error::ManagerLost { .. })) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -882,7 +909,7 @@ async fn a_request_slower_to_arrive_than_the_heartbeat_deadline_is_served() -> T
     // A request that takes longer than three heartbeats to arrive (a large value over a
     // slow network), while its bytes keep coming: the server waits for it. (The server took
     // the client for silent when no whole frame had come for 15 s, and closed the
-    // connection under the request, which failed with `Closed`.)
+    // connection under the request, which failed with `ManagerLost`.)
     let m = tcp_manager().await?;
     let via = slow_relay(tcp(&m)?, Some(200 << 10), None).await?;
     let c = Manager::connect(via, KEY).await?;
@@ -955,7 +982,7 @@ where
 async fn a_partitioned_client_fails_its_waits_and_loses_its_lock() -> TestResult {
     // A client cut off by the network (iptables drops its connection's packets both ways,
     // in a namespace of the test's own), holding a lock and waiting on a queue: its wait
-    // fails with `Closed`, the server lets its lock go (the next acquirer is told), and
+    // fails with `ManagerLost`, the server lets its lock go (the next acquirer is told), and
     // its next call, on a connection the network carries, serves.
     if !support::installed("iptables") {
         println!("skipped: no iptables to drop a connection's packets with");
@@ -1000,7 +1027,7 @@ async fn a_partitioned_client_fails_its_waits_and_loses_its_lock() -> TestResult
         }
         match waited {
             Ok(r) => ensure!(
-                matches!(r?, Err(Error::Closed)),
+                matches!(r?, Err(Error::ManagerLost { .. })),
                 "the cut-off get gave another end"
             ),
             Err(_) => return Err("the cut-off client's get still waits after 40 s".into()),
@@ -1316,7 +1343,10 @@ async fn local_and_remote_clients_share_one_queue() -> TestResult {
     m.shutdown().await?;
     let after = q.put(1).await;
     ensure!(
-        matches!(after.as_ref().map_err(|e| e.error()), Err(Error::Closed)),
+        matches!(
+            after.as_ref().map_err(|e| e.error()),
+            Err(Error::ManagerLost { .. })
+        ),
         "a put after shutdown: {after:?}"
     );
     Ok(())
@@ -1391,9 +1421,12 @@ async fn a_dead_server_fails_local_waits_on_a_queue() -> TestResult {
     let q = m.queue::<u8>().await?;
     q.put(1).await?;
     ensure!(q.get().await? == 1, "the ring works");
-    a_get_fails_when_the_server_dies(&m, &q).await?;
+    a_get_fails_when_the_server_dies(&m, &q, None).await?;
     let after = q.get_nowait().await;
-    ensure!(matches!(after, Err(Error::Closed)), "after: {after:?}");
+    ensure!(
+        matches!(after, Err(Error::ManagerLost { .. })),
+        "after: {after:?}"
+    );
     Ok(())
 }
 

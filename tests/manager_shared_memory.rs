@@ -239,7 +239,7 @@ async fn outlive_handles_until_shutdown(method: StartMethod) -> TestResult {
     again.write(0, b"still mapped")?;
     ensure!(list.get(3)? == ShareableItem::Int(3), "list after shutdown");
     match proxy.segments().await {
-        Err(Error::Closed) => {}
+        Err(Error::ManagerLost { .. }) => {}
         other => return Err(format!("a proxy after shutdown gave {other:?}").into()),
     }
     Ok(())

@@ -22,8 +22,9 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// `a[index]`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange); [`Error::Decode`](crate::Error::Decode);
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange);
+    /// [`Error::Decode`](crate::Error::Decode); [`Error::ManagerLost`](crate::Error::ManagerLost)
+    /// if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -37,8 +38,9 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// `a[index] = value`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange); [`Error::Encode`](crate::Error::Encode);
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange);
+    /// [`Error::Encode`](crate::Error::Encode); [`Error::ManagerLost`](crate::Error::ManagerLost)
+    /// if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have stored the value.
@@ -52,7 +54,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// `len(a)`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -63,7 +65,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// `len(a) == 0`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -74,8 +76,8 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// `a[:]`: every item.
     ///
     /// # Errors
-    /// [`Error::Decode`](crate::Error::Decode); [`Error::Closed`](crate::Error::Closed) if the
-    /// server is gone.
+    /// [`Error::Decode`](crate::Error::Decode); [`Error::ManagerLost`](crate::Error::ManagerLost)
+    /// if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.

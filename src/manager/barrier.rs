@@ -132,9 +132,9 @@ impl BarrierProxy {
     /// caller's arrival index, from 0 to `parties - 1` (Python's `wait()`).
     ///
     /// # Errors
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) if the barrier is or becomes
-    /// broken (aborted, reset, or another wait timed out); [`Error::Closed`](crate::Error::Closed)
-    /// if the server is gone.
+    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) if the barrier is or becomes broken
+    /// (aborted, reset, or another wait timed out);
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a `wait` dropped after it arrived is withdrawn and breaks the barrier,
@@ -166,7 +166,7 @@ impl BarrierProxy {
     /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) (Python's `abort()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have aborted.
@@ -178,7 +178,7 @@ impl BarrierProxy {
     /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) (Python's `reset()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have reset.
@@ -189,7 +189,7 @@ impl BarrierProxy {
     /// The number of parties (Python's `parties`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -200,7 +200,7 @@ impl BarrierProxy {
     /// The number waiting now (Python's `n_waiting`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -211,7 +211,7 @@ impl BarrierProxy {
     /// Whether the barrier is broken (Python's `broken`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.

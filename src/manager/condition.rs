@@ -212,7 +212,7 @@ impl ConditionProxy {
     /// lock; [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) if taking the lock back
     /// found that its holder's connection had closed while it held it (the lock is then
     /// free, and not held by this call), as the crate's [`Condition`](crate::Condition);
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// A dropped `wait` is withdrawn from the server and leaves the lock released, wherever
@@ -238,8 +238,8 @@ impl ConditionProxy {
     /// Wakes up to `n` waiters (Python's `notify(n)`). The calling task must hold the lock.
     ///
     /// # Errors
-    /// [`Error::NotHeld`](crate::Error::NotHeld) if the calling task does not hold the
-    /// lock (Python's `RuntimeError`); [`Error::Closed`](crate::Error::Closed) if the server
+    /// [`Error::NotHeld`](crate::Error::NotHeld) if the calling task does not hold the lock
+    /// (Python's `RuntimeError`); [`Error::ManagerLost`](crate::Error::ManagerLost) if the server
     /// is gone.
     ///
     /// # Cancel safety

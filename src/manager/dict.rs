@@ -36,7 +36,8 @@ where
     /// `d[key] = value`; returns the value it replaced.
     ///
     /// # Errors
-    /// [`Error::Encode`](crate::Error::Encode), [`Error::Decode`](crate::Error::Decode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::Encode`](crate::Error::Encode), [`Error::Decode`](crate::Error::Decode), or
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -94,7 +95,7 @@ where
     /// `len(d)`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -109,7 +110,7 @@ where
     /// `len(d) == 0`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -219,7 +220,7 @@ where
     /// `d.clear()`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the

@@ -56,7 +56,7 @@ impl EventProxy {
     /// Whether the flag is set (Python's `is_set()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -67,7 +67,7 @@ impl EventProxy {
     /// Sets the flag and wakes every waiter (Python's `set()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have set the flag.
@@ -78,7 +78,7 @@ impl EventProxy {
     /// Clears the flag (Python's `clear()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have cleared the flag.
@@ -89,7 +89,7 @@ impl EventProxy {
     /// Waits until the flag is set (Python's `wait()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped `wait` is withdrawn and changes nothing.
@@ -105,7 +105,7 @@ impl EventProxy {
     /// `wait(timeout)`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped `wait` is withdrawn and changes nothing.

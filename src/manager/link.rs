@@ -37,12 +37,14 @@
 //! The server writes a heartbeat on an idle connection every [`HEARTBEAT`], and so does the
 //! client; a side that hears nothing for [`HEARTBEAT_MISSES`] intervals takes the
 //! connection for lost. Every call waiting on a lost connection fails with
-//! [`Error::Closed`] (the server died, the network went, the connection broke), or with
-//! [`Error::Protocol`] saying what the server sent that could not be read.
+//! [`Error::ManagerLost`], which names the server (its address and pid, as far as they are
+//! known: the server tells its pid when a connection begins) and what ended the connection
+//! (the server closed it, it broke, the server fell silent), or with [`Error::Protocol`]
+//! saying what the server sent that could not be read.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -67,10 +69,44 @@ pub enum Route {
     },
 }
 
+/// Who a link's server is, as [`Error::ManagerLost`] names it.
+struct ServerName {
+    address: Option<String>,
+    /// Its pid, as the last connection that heard it was told (0: none was).
+    pid: AtomicU32,
+}
+
+impl ServerName {
+    fn of(route: &Route) -> ServerName {
+        let address = match route {
+            Route::Registration(_) => None,
+            Route::Address { address, .. } => Some(address.to_string()),
+        };
+        ServerName {
+            address,
+            pid: AtomicU32::new(0),
+        }
+    }
+
+    /// The error of a call that the server is gone for, for `cause`.
+    fn lost(&self, cause: impl Into<String>) -> Error {
+        Error::ManagerLost {
+            address: self.address.clone(),
+            pid: match self.pid.load(Ordering::Relaxed) {
+                0 => None,
+                pid => Some(pid),
+            },
+            cause: cause.into(),
+        }
+    }
+}
+
 /// A way to a manager, shared by the proxies made from one manager handle or received in
 /// one value.
 pub struct Link {
     pub(super) route: Route,
+    /// Who the server is, shared with each connection.
+    server: Arc<ServerName>,
     /// The connections made, at most one per runtime.
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Taken while a connection is being made, so that one is made at a time on a runtime:
@@ -130,6 +166,7 @@ type Waiting = Mutex<Pending>;
 
 /// What the reader task shares with the callers: the calls waiting for replies.
 struct Calls {
+    server: Arc<ServerName>,
     waiting: Waiting,
     lost: AtomicBool,
     /// Whether the connection was lost with its runtime, dropped with the reader task: its
@@ -137,8 +174,9 @@ struct Calls {
     orphaned: AtomicBool,
     /// Wakes those waiting for the connection's loss (see [`Link::until_lost`]).
     lost_signal: tokio::sync::Notify,
-    /// What the server sent that could not be read, if that ended the connection.
-    unreadable: Mutex<Option<String>>,
+    /// What ended the connection, and whether it was something the server sent that could
+    /// not be read.
+    ended: Mutex<Option<(String, bool)>>,
 }
 
 impl Calls {
@@ -146,18 +184,20 @@ impl Calls {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes that the connection ends because of something the server sent: `why`.
-    fn unreadable(&self, why: &str) {
-        let mut u = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
-        u.get_or_insert_with(|| why.to_owned());
+    /// Notes why the connection ends (the first reason told is kept): `unreadable`, for
+    /// something the server sent that could not be read.
+    fn ends(&self, why: &str, unreadable: bool) {
+        let mut e = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        e.get_or_insert_with(|| (why.to_owned(), unreadable));
     }
 
     /// The error of a call on the ended connection: [`Error::Protocol`] saying what could
-    /// not be read, if that ended it; else [`Error::Closed`].
+    /// not be read, if that ended it; else [`Error::ManagerLost`] saying what did.
     fn ended(&self) -> Error {
-        match &*self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(why) => Error::Protocol(why.clone()),
-            None => Error::Closed,
+        match &*self.ended.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((why, true)) => Error::Protocol(why.clone()),
+            Some((why, false)) => self.server.lost(why.as_str()),
+            None => self.server.lost("the connection to it was lost"),
         }
     }
 }
@@ -180,6 +220,7 @@ struct Conn {
 impl Link {
     pub(super) fn new(route: Route) -> Arc<Link> {
         Arc::new(Link {
+            server: Arc::new(ServerName::of(&route)),
             route,
             conns: Mutex::default(),
             connecting: Mutex::default(),
@@ -328,15 +369,15 @@ impl Link {
         }
     }
 
-    /// Returns when the connection there is now is lost (at once if there is none): a wait
-    /// on a ring, which the server does not see, then ends with the calls the server would
-    /// have answered.
+    /// Returns when the connection there is now is lost (at once if there is none), with
+    /// the error of the calls it failed: a wait on a ring, which the server does not see,
+    /// then ends with the calls the server would have answered.
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub(super) async fn until_lost(&self) {
+    pub(super) async fn until_lost(&self) -> Error {
         let Some(conn) = self.live_conn() else {
-            return;
+            return self.server.lost("the connection to it was lost");
         };
         let calls = &conn.calls;
         let lost = calls.lost_signal.notified();
@@ -345,6 +386,7 @@ impl Link {
         if !calls.lost.load(Ordering::Acquire) {
             lost.await;
         }
+        calls.ended()
     }
 
     /// Forgets every ring: calls go to the server (which is stopping), and fail as it says.
@@ -446,7 +488,8 @@ impl Link {
     pub(super) async fn open(&self) -> Result<()> {
         let _turn = self.turn().lock_owned().await;
         let link = self.connect().await?;
-        self.take_over(&Arc::new(Conn::start(link)?)).await;
+        self.take_over(&Arc::new(Conn::start(link, &self.server)?))
+            .await;
         Ok(())
     }
 
@@ -456,8 +499,9 @@ impl Link {
     ///
     /// One attempt is made at a time on a runtime, and the calls that waited for it (or for
     /// one on another runtime) share its outcome: a server that does not answer costs every
-    /// call one attempt's time, not one each in turn. A server gone or not answering within [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT)
-    /// (hung, or cut off by the network) is [`Error::Closed`], as for a connection lost.
+    /// call one attempt's time, not one each in turn. A server gone or not answering within
+    /// [`AUTH_TIMEOUT`](crate::AUTH_TIMEOUT) (hung, or cut off by the network) is
+    /// [`Error::ManagerLost`], as for a connection lost.
     async fn conn(&self) -> Result<Arc<Conn>> {
         if let Some(c) = self.live_conn() {
             return Ok(c);
@@ -474,13 +518,18 @@ impl Link {
             }
         }
         let made = self.connect().await;
-        let made = made.and_then(|link| Conn::start(link).map(Arc::new));
+        let made = made.and_then(|link| Conn::start(link, &self.server).map(Arc::new));
         let conn = match made {
             Ok(conn) => conn,
             Err(e) => {
                 let e = match e {
-                    Error::Io(io) if is_gone(&io) => Error::Closed,
-                    Error::Timeout => Error::Closed,
+                    Error::Io(io) if is_gone(&io) => {
+                        self.server.lost(format!("it cannot be reached: {io}"))
+                    }
+                    Error::Timeout => self.server.lost(format!(
+                        "it did not answer a new connection within {:?}",
+                        crate::AUTH_TIMEOUT
+                    )),
                     e => e,
                 };
                 let mut failures = self.failures();
@@ -504,7 +553,10 @@ impl Link {
                 let (mine, theirs) = sys::socketpair_stream()?;
                 match sys::send_with_fds(reg.as_fd(), &[1], &[theirs.as_raw_fd()]) {
                     Ok(_) => {}
-                    Err(e) if is_gone(&e) => return Err(Error::Closed),
+                    Err(e) if is_gone(&e) => {
+                        let why = format!("its registration socket is closed: {e}");
+                        return Err(self.server.lost(why));
+                    }
                     Err(e) => return Err(e.into()),
                 }
                 Framed::unix(mine)
@@ -538,14 +590,15 @@ fn is_gone(e: &std::io::Error) -> bool {
 }
 
 impl Conn {
-    fn start(link: Framed) -> Result<Conn> {
+    fn start(link: Framed, server: &Arc<ServerName>) -> Result<Conn> {
         let link = Arc::new(link);
         let calls = Arc::new(Calls {
+            server: server.clone(),
             waiting: Mutex::default(),
             lost: AtomicBool::new(false),
             orphaned: AtomicBool::new(false),
             lost_signal: tokio::sync::Notify::new(),
-            unreadable: Mutex::new(None),
+            ended: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let out = Arc::new(Outbox::new(tx, link.clone()));
@@ -640,7 +693,7 @@ impl Conn {
             let taken = |rx: &mut oneshot::Receiver<Result<Reply>>| match rx.try_recv() {
                 Ok(r) => Some(r),
                 Err(oneshot::error::TryRecvError::Empty) => None,
-                Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(self.calls.ended())),
             };
             if let Some(r) = taken(&mut withdraw.rx) {
                 return Ok(Some(r));
@@ -654,7 +707,9 @@ impl Conn {
         let r = match awake::spin_first(&self.recent, look).await? {
             Some(r) => r,
             None => {
-                let r = (&mut withdraw.rx).await.unwrap_or(Err(Error::Closed));
+                let r = (&mut withdraw.rx)
+                    .await
+                    .unwrap_or_else(|_| Err(self.calls.ended()));
                 self.recent.mark();
                 r
             }
@@ -767,21 +822,27 @@ impl Replies {
         while let Some(r) = self.link.try_recv() {
             let frame = match r {
                 Ok(frame) => frame,
-                Err(Error::Closed) => return Err("the manager closed the connection".into()),
+                Err(Error::Closed) => {
+                    let why = "it closed the connection (it stopped, or its process ended)";
+                    self.calls.ends(why, false);
+                    return Err(why.into());
+                }
                 // The connection broke (a server that died with requests unread resets
                 // it): the server is gone, as at a clean end.
                 Err(Error::Io(e)) => {
-                    return Err(format!("the connection to the manager broke: {e}"));
+                    let why = format!("the connection to it broke: {e}");
+                    self.calls.ends(&why, false);
+                    return Err(why);
                 }
                 Err(e) => {
                     let why = format!("the manager sent what cannot be read: {e}");
-                    self.calls.unreadable(&why);
+                    self.calls.ends(&why, true);
                     return Err(why);
                 }
             };
             self.heard.store(sys::monotonic_nanos(), Ordering::Relaxed);
             if let Err(why) = self.hand_over(frame) {
-                self.calls.unreadable(&why);
+                self.calls.ends(&why, true);
                 return Err(why);
             }
         }
@@ -807,6 +868,7 @@ impl Replies {
     fn hand_over(&self, frame: crate::wire::Frame) -> std::result::Result<(), String> {
         match frame.decode::<(u64, Reply)>() {
             Ok((0, Reply::Failed(f))) => tracing::debug!("the manager refused a frame: {f:?}"),
+            Ok((0, Reply::Server { pid })) => self.calls.server.pid.store(pid, Ordering::Relaxed),
             Ok((0, _)) => {}
             Ok((id, Reply::Withdrawn)) => {
                 self.calls.waiting().withdrawn.remove(&id);
@@ -846,7 +908,8 @@ impl Replies {
 
 /// Takes the replies as they arrive (unless a caller waiting awake took them first); when
 /// the connection ends or stays silent too long, fails every call still waiting with
-/// [`Error::Closed`], or with [`Error::Protocol`] if the server sent what cannot be read.
+/// [`Error::ManagerLost`], or with [`Error::Protocol`] if the server sent what cannot be
+/// read.
 async fn read_replies(r: Arc<Replies>) {
     let mut end = End {
         r: r.clone(),
@@ -868,6 +931,8 @@ async fn read_replies(r: Arc<Replies>) {
             }
             Ok(Err(e)) => {
                 tracing::debug!("manager connection ended: {e}");
+                r.calls
+                    .ends(&format!("the connection to it broke: {e}"), false);
                 break;
             }
             Err(_) => {
@@ -875,7 +940,9 @@ async fn read_replies(r: Arc<Replies>) {
                 if sys::monotonic_nanos().saturating_sub(heard) < silence.as_nanos() as u64 {
                     continue;
                 }
-                tracing::debug!("the manager was silent for {silence:?}: connection lost");
+                let why = format!("it was silent for {silence:?}");
+                tracing::debug!("{why}: connection lost");
+                r.calls.ends(&why, false);
                 break;
             }
         }

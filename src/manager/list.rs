@@ -37,7 +37,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l.append(value)`.
     ///
     /// # Errors
-    /// [`Error::Encode`](crate::Error::Encode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::Encode`](crate::Error::Encode), or
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -66,7 +67,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l[index]`, or `None` out of range.
     ///
     /// # Errors
-    /// [`Error::Decode`](crate::Error::Decode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::Decode`](crate::Error::Decode), or
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -117,7 +119,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `len(l)`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -132,7 +134,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `len(l) == 0`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -206,7 +208,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l.reverse()`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -218,7 +220,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l.clear()`.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the

@@ -204,7 +204,7 @@ macro_rules! lock_methods {
         /// # Errors
         /// [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) if the previous holder's
         /// connection closed while it held the lock (the lock is then free, and not held
-        /// by this call); [`Error::Closed`](crate::Error::Closed) if the server is gone.
+        /// by this call); [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
         ///
         /// # Cancel safety
         /// Cancel safe: a dropped `lock` is withdrawn from the server, and a lock the server
@@ -246,7 +246,7 @@ macro_rules! lock_methods {
         /// # Errors
         /// [`Error::NotHeld`](crate::Error::NotHeld) if the lock is not held (a re-entrant
         /// lock: [`Error::NotOwner`](crate::Error::NotOwner) unless the calling task owns it);
-        /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+        /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
         ///
         /// # Cancel safety
         /// Not cancel safe: a dropped call may or may not have released the lock.
@@ -302,7 +302,7 @@ impl LockProxy {
     /// The pid of the process holding the lock, if any.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -317,7 +317,7 @@ impl RLockProxy {
     /// The pid of the process holding the lock, if any.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.

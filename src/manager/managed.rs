@@ -117,10 +117,10 @@ impl<M: Managed> Proxy<M> {
     /// its reply.
     ///
     /// # Errors
-    /// [`Error::Manager`](crate::Error::Manager) if the method panicked (the message says
-    /// so) or the request could not be decoded by the server; [`Error::Encode`](crate::Error::Encode)
-    /// / [`Error::Decode`](crate::Error::Decode); [`Error::Closed`](crate::Error::Closed) if the
-    /// server is gone.
+    /// [`Error::Manager`](crate::Error::Manager) if the method panicked (the message says so) or
+    /// the request could not be decoded by the server; [`Error::Encode`](crate::Error::Encode) /
+    /// [`Error::Decode`](crate::Error::Decode); [`Error::ManagerLost`](crate::Error::ManagerLost)
+    /// if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have run.

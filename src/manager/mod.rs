@@ -173,7 +173,7 @@ enum Server {
 ///
 /// Dropping a `Manager` that started its server stops the server, as leaving Python's
 /// `with Manager() as m:` block does: proxies still held anywhere then fail with
-/// [`Error::Closed`].
+/// [`Error::ManagerLost`].
 ///
 /// # Examples
 ///
@@ -279,7 +279,7 @@ impl Manager {
     /// A new, empty shared dict (Python's `manager.dict()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -295,7 +295,7 @@ impl Manager {
     /// `manager.dict(pairs)`).
     ///
     /// # Errors
-    /// [`Error::Encode`] if a key or value cannot be encoded; [`Error::Closed`] if the
+    /// [`Error::Encode`] if a key or value cannot be encoded; [`Error::ManagerLost`] if the
     /// server is gone.
     ///
     /// # Cancel safety
@@ -315,7 +315,8 @@ impl Manager {
     /// A new shared list holding `items` (Python's `manager.list(range(10))`).
     ///
     /// # Errors
-    /// [`Error::Encode`] if an item cannot be encoded; [`Error::Closed`] if the server is gone.
+    /// [`Error::Encode`] if an item cannot be encoded; [`Error::ManagerLost`] if the server is
+    /// gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -334,7 +335,8 @@ impl Manager {
     /// A new shared value (Python's `manager.Value('i', 0)`).
     ///
     /// # Errors
-    /// [`Error::Encode`] if the value cannot be encoded; [`Error::Closed`] if the server is gone.
+    /// [`Error::Encode`] if the value cannot be encoded; [`Error::ManagerLost`] if the server is
+    /// gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -349,7 +351,8 @@ impl Manager {
     /// `manager.Array('i', range(10))`).
     ///
     /// # Errors
-    /// [`Error::Encode`] if an item cannot be encoded; [`Error::Closed`] if the server is gone.
+    /// [`Error::Encode`] if an item cannot be encoded; [`Error::ManagerLost`] if the server is
+    /// gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -368,7 +371,7 @@ impl Manager {
     /// A new, empty namespace (Python's `manager.Namespace()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -380,7 +383,7 @@ impl Manager {
     /// A new unbounded queue (Python's `manager.Queue()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -392,7 +395,7 @@ impl Manager {
     /// `manager.Queue(maxsize)`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -409,7 +412,7 @@ impl Manager {
     /// `manager.JoinableQueue(maxsize)`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -425,7 +428,7 @@ impl Manager {
     /// A new lock (Python's `manager.Lock()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -439,7 +442,7 @@ impl Manager {
     /// A new re-entrant lock (Python's `manager.RLock()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -453,7 +456,7 @@ impl Manager {
     /// A new semaphore of `value` (Python's `manager.Semaphore(value)`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -469,7 +472,7 @@ impl Manager {
     /// A new bounded semaphore of `value` (Python's `manager.BoundedSemaphore(value)`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -485,7 +488,7 @@ impl Manager {
     /// A new event, not set (Python's `manager.Event()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -497,7 +500,7 @@ impl Manager {
     /// A new condition over a re-entrant lock of its own (Python's `manager.Condition()`).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -521,7 +524,7 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Manager`] if `lock` is not an object of this manager (Python's proxy of
-    /// another manager); [`Error::Closed`] if the server is gone.
+    /// another manager); [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -552,7 +555,7 @@ impl Manager {
     /// A new barrier for `parties` callers (Python's `manager.Barrier(parties)`).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for 0 parties; [`Error::Closed`] if the server is gone.
+    /// [`Error::InvalidArgument`] for 0 parties; [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.
@@ -573,7 +576,7 @@ impl Manager {
     /// ([`ManagerBuilder::register`]).
     ///
     /// # Errors
-    /// [`Error::Manager`] if the server does not serve `M`; [`Error::Closed`] if the server
+    /// [`Error::Manager`] if the server does not serve `M`; [`Error::ManagerLost`] if the server
     /// is gone.
     ///
     /// # Cancel safety
@@ -589,7 +592,7 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Manager`] if the name is taken by another object, or the proxy is not of
-    /// this manager's objects; [`Error::Closed`] if the server is gone.
+    /// this manager's objects; [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call may or may not have named the object.
@@ -607,7 +610,7 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Manager`] if no object has that name, or it is of another type (the message
-    /// names both types); [`Error::Closed`] if the server is gone.
+    /// names both types); [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -627,7 +630,7 @@ impl Manager {
     /// it has a name; then the server lets it go.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -656,7 +659,7 @@ impl Manager {
 
     /// Stops the server this handle started and waits for it (Python's
     /// `manager.shutdown()`): every object ends, and every proxy, anywhere, then fails with
-    /// [`Error::Closed`]. On a handle from [`connect`](Self::connect), it drops this handle
+    /// [`Error::ManagerLost`]. On a handle from [`connect`](Self::connect), it drops this handle
     /// and leaves the server running; the connection, which the proxies fetched through the
     /// handle share, closes with the last of them.
     ///

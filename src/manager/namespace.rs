@@ -25,7 +25,7 @@ impl NamespaceProxy {
     ///
     /// # Errors
     /// [`Error::Manager`] if there is no such attribute (Python's `AttributeError`);
-    /// [`Error::Decode`] if it is not a `T`; [`Error::Closed`] if the server is gone.
+    /// [`Error::Decode`] if it is not a `T`; [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -40,7 +40,7 @@ impl NamespaceProxy {
     /// `ns.name = value`.
     ///
     /// # Errors
-    /// [`Error::Encode`]; [`Error::Closed`] if the server is gone.
+    /// [`Error::Encode`]; [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have set the attribute.
@@ -52,7 +52,7 @@ impl NamespaceProxy {
     /// `del ns.name`.
     ///
     /// # Errors
-    /// [`Error::Manager`] if there is no such attribute; [`Error::Closed`] if the server is
+    /// [`Error::Manager`] if there is no such attribute; [`Error::ManagerLost`] if the server is
     /// gone.
     ///
     /// # Cancel safety
@@ -68,7 +68,7 @@ impl NamespaceProxy {
     /// The attribute names, in the order they were first set.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -83,7 +83,7 @@ impl NamespaceProxy {
     /// (strings quoted, `True`, `None`, lists and dicts).
     ///
     /// # Errors
-    /// [`Error::Closed`] if the server is gone.
+    /// [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.

@@ -49,6 +49,7 @@ pub(super) enum Request {
     /// The first request of a connection: who is calling (its pid, for the error a lock
     /// it leaves behind reports), and the largest frame it reads (its maximum frame size,
     /// by which the server measures its replies). Sent again when that size changes.
+    /// Answered, under id 0, with [`Reply::Server`].
     Hello {
         pid: u32,
         #[serde(default)]
@@ -359,6 +360,11 @@ pub(super) enum Reply {
     /// request, so that the client knows no reply of it is still to come.
     Withdrawn,
     Failed(Failure),
+    /// Who the server is (its pid), for the errors of a client that loses it: the answer
+    /// to [`Request::Hello`], under id 0.
+    Server {
+        pid: u32,
+    },
 }
 
 /// Why a request failed: the crate's own errors, so that a proxy fails as the primitive it

@@ -18,7 +18,7 @@
 //! unbounded queue (a `maxsize` of 0) holds [`Queue::UNBOUNDED_CAPACITY`] items before `put`
 //! waits; an item given back after a withdrawn `get` of a client elsewhere goes to the back
 //! (a ring has no front to put it in); and a client here waiting on the ring learns that the
-//! server died from the loss of its connection (the wait ends with `Closed`), not from the
+//! server died from the loss of its connection (the wait ends with `ManagerLost`), not from the
 //! server.
 
 use std::collections::VecDeque;
@@ -438,13 +438,13 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.0.link.ring(self.0.id).await
     }
 
-    /// A wait on the ring, ended with [`Error::Closed`](crate::Error::Closed) if the
-    /// connection to the server is lost meanwhile (the server is gone: nothing will come).
+    /// A wait on the ring, ended with [`Error::ManagerLost`](crate::Error::ManagerLost) if
+    /// the connection to the server is lost meanwhile (the server is gone: nothing will come).
     async fn on_ring<R>(&self, wait: impl std::future::Future<Output = Result<R>>) -> Result<R> {
         tokio::select! {
             biased;
             r = wait => r,
-            () = self.0.link.until_lost() => Err(Error::Closed),
+            e = self.0.link.until_lost() => Err(e),
         }
     }
 
@@ -495,8 +495,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Puts `item`, waiting while a bounded queue is full (Python's `put()`).
     ///
     /// # Errors
-    /// [`Error::Encode`](crate::Error::Encode) if the item cannot be encoded; [`Error::Closed`](crate::Error::Closed) if the server is
-    /// gone. The item is handed back in the [`PutError`].
+    /// [`Error::Encode`](crate::Error::Encode) if the item cannot be encoded;
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone. The item is handed
+    /// back in the [`PutError`].
     ///
     /// # Cancel safety
     /// Through a ring (a client on this machine, see the module notes), cancel safe as the
@@ -537,8 +538,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Removes and returns the next item, waiting until one is there (Python's `get()`).
     ///
     /// # Errors
-    /// [`Error::Decode`](crate::Error::Decode) if the item is not a `T` (it is consumed); [`Error::Closed`](crate::Error::Closed) if the
-    /// server is gone or unreachable (within three heartbeats).
+    /// [`Error::Decode`](crate::Error::Decode) if the item is not a `T` (it is consumed);
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone or unreachable
+    /// (within three heartbeats).
     ///
     /// # Cancel safety
     /// Cancel safe: a `get` dropped while it waits is withdrawn from the server, and an item
@@ -575,7 +577,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// The number of items in the queue (Python's `qsize()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -589,7 +591,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Whether the queue is empty (Python's `empty()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -604,7 +606,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// address use) is never full.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -618,7 +620,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// The bound the queue was made with; 0 for none.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -634,8 +636,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// Says that an item taken with `get` is dealt with (Python's `task_done()`).
     ///
     /// # Errors
-    /// [`Error::TaskDoneTooManyTimes`](crate::Error::TaskDoneTooManyTimes) if called more times than items were put;
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::TaskDoneTooManyTimes`](crate::Error::TaskDoneTooManyTimes) if called more times
+    /// than items were put; [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is
+    /// gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have counted.
@@ -649,7 +652,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// The number of items put and not yet marked done.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
@@ -663,7 +666,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// Waits until every item put has been marked done (Python's `join()`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped `join` is withdrawn and changes nothing.

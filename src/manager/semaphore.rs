@@ -76,7 +76,7 @@ macro_rules! semaphore_methods {
         /// back with [`release`](Self::release).
         ///
         /// # Errors
-        /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+        /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
         ///
         /// # Cancel safety
         /// Cancel safe: a dropped `acquire` is withdrawn from the server, and a unit the
@@ -111,7 +111,7 @@ macro_rules! semaphore_methods {
         /// The current value (Python's `get_value()`).
         ///
         /// # Errors
-        /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+        /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
         ///
         /// # Cancel safety
         /// Cancel safe: it changes nothing.
@@ -143,7 +143,7 @@ impl SemaphoreProxy {
     /// # Errors
     /// [`Error::SemaphoreOverRelease`](crate::Error::SemaphoreOverRelease) if the value
     /// would pass `u32::MAX`, as the crate's own [`Semaphore`](crate::Semaphore) says;
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have released.
@@ -173,9 +173,9 @@ impl BoundedSemaphoreProxy {
     /// Gives one unit back (Python's `release()`).
     ///
     /// # Errors
-    /// [`Error::SemaphoreOverRelease`](crate::Error::SemaphoreOverRelease) if that would
-    /// raise the value above its initial one; [`Error::Closed`](crate::Error::Closed) if the
-    /// server is gone.
+    /// [`Error::SemaphoreOverRelease`](crate::Error::SemaphoreOverRelease) if that would raise the
+    /// value above its initial one; [`Error::ManagerLost`](crate::Error::ManagerLost) if the server
+    /// is gone.
     ///
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have released.

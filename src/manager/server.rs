@@ -767,6 +767,17 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             Request::Hello { pid, max_frame } => {
                 caller.pid = pid;
                 peer_max.set(max_frame);
+                // Who this server is, for the errors of a client that loses it.
+                let me = (
+                    0,
+                    Reply::Server {
+                        pid: std::process::id(),
+                    },
+                    None,
+                );
+                if let Err(e) = reply_now(&link, me, &tx, &mut tasks, &peer_max, &shared).await {
+                    break Err(e);
+                }
                 continue;
             }
             Request::Incref { .. } | Request::Decref(_) | Request::Lend(_) => {

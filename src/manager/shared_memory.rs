@@ -179,7 +179,7 @@ impl SharedMemoryManager {
     /// Stops the server and waits for it (Python's `smm.shutdown()`): it removes every segment
     /// it keeps, then exits; if it was killed by SIGKILL before, this removes what it left.
     /// Handles to the segments stay usable where they are; the names are gone. Proxies,
-    /// anywhere, then fail with [`Error::Closed`](crate::Error::Closed).
+    /// anywhere, then fail with [`Error::ManagerLost`](crate::Error::ManagerLost).
     ///
     /// # Errors
     /// An I/O error from signalling or waiting.
@@ -196,7 +196,7 @@ impl SharedMemoryManager {
 /// the proxy is passed to (a serde value, like every proxy).
 ///
 /// Clones share one connection. A proxy that outlives the server fails with
-/// [`Error::Closed`](crate::Error::Closed).
+/// [`Error::ManagerLost`](crate::Error::ManagerLost).
 ///
 /// # Examples
 ///
@@ -239,7 +239,7 @@ impl SegmentsProxy {
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a size of 0;
     /// [`Error::Manager`](crate::Error::Manager) if the server cannot make the segment;
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// A dropped call may leave a segment the server made: it keeps it, lists it, and
@@ -274,7 +274,7 @@ impl SegmentsProxy {
     /// whichever process (Python's `list_segments`).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: it changes nothing.

@@ -18,7 +18,8 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     /// `v.value`.
     ///
     /// # Errors
-    /// [`Error::Decode`](crate::Error::Decode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::Decode`](crate::Error::Decode), or
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
@@ -38,7 +39,8 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     /// `v.value = value`.
     ///
     /// # Errors
-    /// [`Error::Encode`](crate::Error::Encode), or [`Error::Closed`](crate::Error::Closed) if the server is gone.
+    /// [`Error::Encode`](crate::Error::Encode), or
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the
