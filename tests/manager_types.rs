@@ -17,7 +17,7 @@ use tokio_multiprocessing::{
 
 fn main() {
     mp::init();
-    support::run(trials![
+    let mut trials = trials![
         namespace_attributes_and_repr,
         a_timeout_too_long_to_represent_is_none,
         queue_between_processes,
@@ -42,7 +42,12 @@ fn main() {
         a_barrier_party_that_leaves_breaks_the_barrier,
         queues_work_when_descriptors_are_few,
         a_queue_outlives_consumers_killed_while_they_take,
-    ])
+    ];
+    trials.push(support::test_current_thread(
+        "a_loop_of_queue_calls_that_need_no_wait_lets_other_tasks_run",
+        a_loop_of_queue_calls_that_need_no_wait_lets_other_tasks_run,
+    ));
+    support::run(trials)
 }
 
 async fn namespace_attributes_and_repr() -> TestResult {
@@ -995,6 +1000,74 @@ async fn a_queue_outlives_consumers_killed_while_they_take() -> TestResult {
     ensure!(
         after == (100_000..100_100).collect::<Vec<_>>(),
         "after the kills: {after:?}"
+    );
+    Ok(())
+}
+
+// A task that loops on queue calls that need no wait (`get_nowait` on an empty queue, a
+// `put_nowait` with room, `qsize`, `full`, `task_done`, a `join` with nothing unfinished, a
+// dict's `len`...) lets the other tasks of its runtime run, as a loop on the crate's own
+// queue does: on a current-thread runtime, a task spawned before the loop runs within a few
+// rounds. (A local manager's queue is reached through its ring, in this process: those
+// calls on it returned without touching the reactor or spending the task's budget, so a
+// loop polling `get_nowait` for an item that a task of the same runtime was to put spun
+// for ever.)
+async fn a_loop_of_queue_calls_that_need_no_wait_lets_other_tasks_run() -> TestResult {
+    const ROUNDS: u32 = 10_000;
+    let m = Manager::start().await?;
+    let q = &m.joinable_queue::<u32>(0).await?;
+    let d = &m.dict::<u8, u8>().await?;
+    q.put(1).await.map_err(|e| e.into_parts().0)?;
+    ensure!(q.get().await? == 1, "the ring works");
+    q.task_done().await?;
+    let mut starved = Vec::new();
+    for what in [
+        "get_nowait",
+        "put_nowait",
+        "qsize",
+        "full",
+        "maxsize",
+        "task_done",
+        "unfinished",
+        "join",
+        "dict len",
+    ] {
+        if what == "task_done" {
+            // Room for a task_done in every round.
+            for _ in 0..ROUNDS {
+                q.put_nowait(0).await.map_err(|e| e.into_parts().0)?;
+            }
+        }
+        let ran = support::lets_others_run(ROUNDS, |_| async move {
+            match what {
+                "get_nowait" => match q.get_nowait().await {
+                    Ok(_) | Err(Error::Empty) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                "put_nowait" => q.put_nowait(0).await.map_err(|e| e.into_parts().0)?,
+                "qsize" => drop(q.qsize().await?),
+                "full" => drop(q.full().await?),
+                "maxsize" => drop(q.maxsize().await?),
+                "task_done" => q.task_done().await?,
+                "unfinished" => drop(q.unfinished().await?),
+                "join" => q.join().await?,
+                _ => drop(d.len().await?),
+            }
+            Ok(())
+        })
+        .await?;
+        if !ran {
+            starved.push(what);
+        }
+        // Empty and all done again for the next kind.
+        while q.get_nowait().await.is_ok() {}
+        while q.unfinished().await? > 0 {
+            q.task_done().await?;
+        }
+    }
+    ensure!(
+        starved.is_empty(),
+        "a task spawned before {ROUNDS} rounds of these never ran: {starved:?}"
     );
     Ok(())
 }

@@ -454,6 +454,10 @@ impl Link {
     /// # Cancel safety
     /// Dropping the call withdraws the request (see the module notes).
     pub(super) async fn call(&self, req: Request) -> Result<Reply> {
+        // A reply that comes while its caller spins for it (see `Conn::call`) is taken
+        // without touching the reactor: the call spends a unit of the task's budget first,
+        // so that a task that loops on calls lets the others of its runtime run.
+        tokio::task::coop::consume_budget().await;
         let conn = self.conn().await?;
         match conn.call(&req).await? {
             Reply::Failed(Failure::Missing(id)) if self.held().across_loss.contains(&id) => {

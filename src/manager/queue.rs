@@ -438,6 +438,17 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.0.link.ring(self.0.id).await
     }
 
+    /// The queue's ring, for a call that takes no wait on it (a `qsize`, a `task_done`):
+    /// first spends a unit of the task's budget with tokio's scheduler, as the crate's queue
+    /// does for a `put` or a `get`. Such a call on a ring returns without touching the
+    /// reactor, so a task that loops on it would otherwise never yield, and starve every
+    /// other task of its runtime (a task that polls `get_nowait` for the item another task
+    /// of a current-thread runtime is to put, say, would poll for ever).
+    async fn ring_at_once(&self) -> Option<Ring> {
+        tokio::task::coop::consume_budget().await;
+        self.ring().await
+    }
+
     /// A wait on the ring, ended with [`Error::ManagerLost`](crate::Error::ManagerLost) if
     /// the connection to the server is lost meanwhile (the server is gone: nothing will come).
     async fn on_ring<R>(&self, wait: impl std::future::Future<Output = Result<R>>) -> Result<R> {
@@ -453,7 +464,11 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
             Ok(b) => b,
             Err(e) => return Err(PutError::new(e, item)),
         };
-        if let Some(ring) = self.ring().await {
+        let ring = match wait {
+            Wait::No => self.ring_at_once().await,
+            _ => self.ring().await,
+        };
+        if let Some(ring) = ring {
             let q = ring.queue();
             let put = match wait {
                 Wait::No => q.put_nowait(bytes).map_err(into_error),
@@ -477,7 +492,11 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     async fn get_with(&self, wait: Wait) -> Result<T> {
-        if let Some(ring) = self.ring().await {
+        let ring = match wait {
+            Wait::No => self.ring_at_once().await,
+            _ => self.ring().await,
+        };
+        if let Some(ring) = ring {
             let q = ring.queue();
             let item = match wait {
                 Wait::Forever => self.on_ring(q.get()).await,
@@ -582,7 +601,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn qsize(&self) -> Result<usize> {
-        if let Some(ring) = self.ring().await {
+        if let Some(ring) = self.ring_at_once().await {
             return Ok(ring.queue().qsize());
         }
         expect_len(self.op(QueueOp::Len).await?)
@@ -611,7 +630,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn full(&self) -> Result<bool> {
-        if let Some(ring) = self.ring().await {
+        if let Some(ring) = self.ring_at_once().await {
             return Ok(ring.queue().full());
         }
         expect_bool(self.op(QueueOp::Full).await?)
@@ -625,7 +644,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn maxsize(&self) -> Result<usize> {
-        if let Some(ring) = self.ring().await {
+        if let Some(ring) = self.ring_at_once().await {
             return Ok(ring.queue().maxsize());
         }
         expect_len(self.op(QueueOp::MaxSize).await?)
@@ -643,7 +662,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// # Cancel safety
     /// Not cancel safe: a dropped call may or may not have counted.
     pub async fn task_done(&self) -> Result<()> {
-        if let Some(Ring::Joinable(q)) = self.0.ring().await {
+        if let Some(Ring::Joinable(q)) = self.0.ring_at_once().await {
             return q.task_done();
         }
         expect_done(self.0.op(QueueOp::TaskDone).await?)
@@ -657,7 +676,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: it changes nothing.
     pub async fn unfinished(&self) -> Result<usize> {
-        if let Some(Ring::Joinable(q)) = self.0.ring().await {
+        if let Some(Ring::Joinable(q)) = self.0.ring_at_once().await {
             return Ok(q.unfinished());
         }
         expect_len(self.0.op(QueueOp::Unfinished).await?)
@@ -671,7 +690,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// # Cancel safety
     /// Cancel safe: a dropped `join` is withdrawn and changes nothing.
     pub async fn join(&self) -> Result<()> {
-        if let Some(Ring::Joinable(q)) = self.0.ring().await {
+        // The ring's `join` returns at once, touching nothing, when nothing is unfinished.
+        if let Some(Ring::Joinable(q)) = self.0.ring_at_once().await {
             return self.0.on_ring(q.join()).await;
         }
         expect_done(self.0.op(QueueOp::Join).await?)
