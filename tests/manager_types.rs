@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use support::{TestResult, join_ok};
 use tokio_multiprocessing::{
     self as mp, ArrayProxy, BarrierProxy, ConditionProxy, Error, EventProxy, JoinableQueueProxy,
-    LockProxy, Managed, Manager, NamespaceProxy, Process, Proxy, QueueProxy,
+    LockProxy, Managed, Manager, NamespaceProxy, Process, Proxy, QueueProxy, ValueProxy,
 };
 
 fn main() {
@@ -31,6 +31,7 @@ fn main() {
         semaphores_count_and_bounded_ones_refuse_over_release,
         event_wakes_a_waiting_child,
         condition_wait_and_notify,
+        condition_wait_for_waits_until_its_predicate_holds,
         condition_over_a_given_lock_shares_it,
         barrier_lets_parties_through_together,
         barrier_timeout_breaks_it,
@@ -506,6 +507,108 @@ async fn condition_over_a_given_lock_shares_it() -> TestResult {
         matches!(m.condition_with(&foreign).await, Err(Error::Manager(_))),
         "a condition over another manager's lock"
     );
+    Ok(())
+}
+
+/// `c.wait_for(lambda: state.value == want, timeout)`.
+async fn state_reaches(
+    c: &ConditionProxy,
+    state: &ValueProxy<i32>,
+    want: i32,
+    timeout: Option<Duration>,
+) -> mp::Result<bool> {
+    c.wait_for(|| async move { Ok(state.get().await? == want) }, timeout)
+        .await
+}
+
+/// `_TestCondition._test_waitfor_f`: sets the state to 0 and notifies, then waits, without
+/// a timeout, for the parent to count it up to 4.
+async fn wait_for_four(c: ConditionProxy, state: ValueProxy<i32>) -> mp::Result<()> {
+    c.lock().await?;
+    state.set(0).await?;
+    c.notify(1).await?;
+    let reached = state_reaches(&c, &state, 4, None).await?;
+    let value = state.get().await?;
+    c.release().await?;
+    match reached && value == 4 {
+        true => Ok(()),
+        false => Err(Error::Manager(format!(
+            "wait_for gave {reached} at {value}"
+        ))),
+    }
+}
+
+/// `_TestCondition._test_waitfor_timeout_f`: waits at most 100 ms for a state of 4 that
+/// never comes; records whether the wait gave up saying so.
+async fn wait_for_four_in_time(
+    c: ConditionProxy,
+    state: ValueProxy<i32>,
+    gave_up: ValueProxy<bool>,
+    started: EventProxy,
+) -> mp::Result<()> {
+    started.set().await?;
+    c.lock().await?;
+    let reached = state_reaches(&c, &state, 4, Some(Duration::from_millis(100))).await?;
+    // The lock is held again: a notify from here is allowed.
+    c.notify(1).await?;
+    c.release().await?;
+    gave_up.set(!reached).await
+}
+
+/// Adds 1 to `state` `n` times, each under `c`'s lock and followed by a notify, a moment
+/// apart (Python's test counts so).
+async fn count_up(c: &ConditionProxy, state: &ValueProxy<i32>, n: u32) -> mp::Result<()> {
+    for _ in 0..n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.lock().await?;
+        state.set(state.get().await? + 1).await?;
+        c.notify(1).await?;
+        c.release().await?;
+    }
+    Ok(())
+}
+
+async fn condition_wait_for_waits_until_its_predicate_holds() -> TestResult {
+    // _TestCondition.test_waitfor, with a manager's Condition (Python's `wait_for` of its
+    // ConditionProxy), which this proxy lacked.
+    let m = Manager::start().await?;
+    let c = m.condition().await?;
+    let state = &m.value(-1i32).await?;
+    let mut p = Process::new(wait_for_four, (c.clone(), state.clone()))
+        .start()
+        .await?;
+    c.lock().await?;
+    let at_zero = state_reaches(&c, state, 0, Some(Duration::from_secs(20))).await?;
+    ensure!(at_zero && state.get().await? == 0, "the child never set 0");
+    c.release().await?;
+    count_up(&c, state, 4).await?;
+    join_ok(&mut p).await?;
+    // Python's RuntimeError: cannot wait on un-acquired lock.
+    let unheld = c
+        .wait_for(|| async { Ok(false) }, Some(Duration::from_secs(20)))
+        .await;
+    ensure!(
+        matches!(unheld, Err(Error::NotHeld)),
+        "wait_for without the lock: {unheld:?}"
+    );
+
+    // _TestCondition.test_waitfor_timeout: the state reaches 3, never 4.
+    let state = &m.value(0i32).await?;
+    let gave_up = m.value(false).await?;
+    let started = m.event().await?;
+    let mut p = Process::new(
+        wait_for_four_in_time,
+        (c.clone(), state.clone(), gave_up.clone(), started.clone()),
+    )
+    .start()
+    .await?;
+    ensure!(
+        started.wait_timeout(Duration::from_secs(20)).await?,
+        "the child never started"
+    );
+    count_up(&c, state, 3).await?;
+    join_ok(&mut p).await?;
+    ensure!(gave_up.get().await?, "the wait for 4 did not give up");
     Ok(())
 }
 

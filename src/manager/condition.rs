@@ -235,6 +235,62 @@ impl ConditionProxy {
         self.wait_with(Wait::For(timeout)).await
     }
 
+    /// Waits until `predicate` holds, checking it with the lock held before each
+    /// [`wait`](Self::wait) (Python's `wait_for(predicate, timeout)`); with a `timeout`,
+    /// gives up once it has passed. Returns the predicate's last value. The calling task must
+    /// hold the lock, and holds it again when this returns.
+    ///
+    /// The predicate is async, so that it may read the manager's other objects (a
+    /// [`ValueProxy`](crate::ValueProxy) another process changes before it notifies, say).
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait), and the predicate's own error, which ends the call (the
+    /// lock still held).
+    ///
+    /// # Cancel safety
+    /// As [`wait`](Self::wait) if dropped in a wait, which leaves the lock released; a drop
+    /// while the predicate runs leaves the lock held, as it was when the call began.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(m: tokio_multiprocessing::Manager) -> tokio_multiprocessing::Result<()> {
+    /// let cond = m.condition().await?;
+    /// let state = m.value(0i32).await?;
+    /// cond.lock().await?;
+    /// // Another process sets the value to 4 and notifies, holding the lock.
+    /// let state = &state;
+    /// let reached = cond.wait_for(|| async move { Ok(state.get().await? == 4) }, None).await?;
+    /// assert!(reached);
+    /// cond.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for<F, Fut>(
+        &self,
+        mut predicate: F,
+        timeout: Option<Duration>,
+    ) -> Result<bool>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        // A timeout too long to represent is none.
+        let end = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+        loop {
+            if predicate().await? {
+                return Ok(true);
+            }
+            let wait = match end {
+                None => Wait::Forever,
+                Some(end) => match end.saturating_duration_since(tokio::time::Instant::now()) {
+                    left if left.is_zero() => return Ok(false),
+                    left => Wait::For(left),
+                },
+            };
+            self.wait_with(wait).await?;
+        }
+    }
+
     /// Wakes up to `n` waiters (Python's `notify(n)`). The calling task must hold the lock.
     ///
     /// # Errors
