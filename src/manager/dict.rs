@@ -231,47 +231,79 @@ where
 }
 
 /// The server's side: a dict that remembers insertion order, as Python's does.
+///
+/// A removal leaves a hole where its pair was, so that it costs the same whatever the size
+/// of the dict, as Python's `del d[k]` does (closing the gap moved every later pair and
+/// renumbered their keys: emptying a dict of n keys one by one took n² steps, and held
+/// every other client of the server up meanwhile). The holes are squeezed out once they are
+/// as many as the pairs, a cost that the removals that made them pay for.
 #[derive(Default)]
 pub(super) struct Dict {
-    pairs: Vec<(Bytes, Bytes)>,
+    /// The pairs in insertion order; `None` where one was removed.
+    pairs: Vec<Option<(Bytes, Bytes)>>,
+    /// Each key's place in `pairs`.
     index: HashMap<Bytes, usize>,
 }
 
 impl Dict {
     pub(super) fn insert(&mut self, k: Bytes, v: Bytes) -> Option<Bytes> {
-        match self.index.get(&k) {
-            Some(&i) => Some(std::mem::replace(&mut self.pairs[i].1, v)),
-            None => {
-                self.index.insert(k.clone(), self.pairs.len());
-                self.pairs.push((k, v));
-                None
+        if let Some(&i) = self.index.get(&k) {
+            if let Some((_, old)) = &mut self.pairs[i] {
+                return Some(std::mem::replace(old, v));
             }
         }
+        self.index.insert(k.clone(), self.pairs.len());
+        self.pairs.push(Some((k, v)));
+        None
+    }
+
+    fn get(&self, k: &Bytes) -> Option<&Bytes> {
+        let &i = self.index.get(k)?;
+        self.pairs[i].as_ref().map(|(_, v)| v)
     }
 
     fn remove(&mut self, k: &Bytes) -> Option<Bytes> {
         let i = self.index.remove(k)?;
-        let (_, v) = self.pairs.remove(i);
-        for (_, j) in self.index.iter_mut().filter(|(_, j)| **j > i) {
-            *j -= 1;
-        }
+        let (_, v) = self.pairs[i].take()?;
+        self.tidy();
         Some(v)
+    }
+
+    /// Drops the holes at the end (so that the last slot holds the latest pair), and
+    /// squeezes out the others once they are as many as the pairs.
+    fn tidy(&mut self) {
+        while matches!(self.pairs.last(), Some(None)) {
+            self.pairs.pop();
+        }
+        if self.pairs.len() - self.index.len() > self.index.len() {
+            self.pairs.retain(Option::is_some);
+            for (i, (k, _)) in self.pairs.iter().flatten().enumerate() {
+                if let Some(at) = self.index.get_mut(k) {
+                    *at = i;
+                }
+            }
+        }
+    }
+
+    /// The pairs, in insertion order.
+    fn items(&self) -> Vec<(Bytes, Bytes)> {
+        self.pairs.iter().flatten().cloned().collect()
     }
 
     pub(super) fn handle(&mut self, op: DictOp) -> Reply {
         match op {
             DictOp::Insert(k, v) => Reply::Item(self.insert(k, v)),
-            DictOp::Get(k) => Reply::Item(self.index.get(&k).map(|&i| self.pairs[i].1.clone())),
+            DictOp::Get(k) => Reply::Item(self.get(&k).cloned()),
             DictOp::Remove(k) => Reply::Item(self.remove(&k)),
             DictOp::Contains(k) => Reply::Bool(self.index.contains_key(&k)),
-            DictOp::Len => Reply::Len(self.pairs.len() as u64),
-            DictOp::Items => Reply::Pairs(self.pairs.clone()),
+            DictOp::Len => Reply::Len(self.index.len() as u64),
+            DictOp::Items => Reply::Pairs(self.items()),
             DictOp::Clear => {
                 *self = Dict::default();
                 Reply::Done
             }
-            DictOp::SetDefault(k, v) => Reply::Item(Some(match self.index.get(&k) {
-                Some(&i) => self.pairs[i].1.clone(),
+            DictOp::SetDefault(k, v) => Reply::Item(Some(match self.get(&k) {
+                Some(old) => old.clone(),
                 None => {
                     self.insert(k, v.clone());
                     v
@@ -283,9 +315,10 @@ impl Dict {
                 }
                 Reply::Done
             }
-            DictOp::PopItem => match self.pairs.pop() {
+            DictOp::PopItem => match self.pairs.pop().flatten() {
                 Some((k, v)) => {
                     self.index.remove(&k);
+                    self.tidy();
                     Reply::Pairs(vec![(k, v)])
                 }
                 None => Reply::Pairs(Vec::new()),
@@ -303,6 +336,14 @@ mod tests {
         ByteBuf::from(x.to_vec())
     }
 
+    fn key(i: u32) -> Bytes {
+        b(&i.to_be_bytes())
+    }
+
+    fn keys(d: &Dict) -> Vec<Bytes> {
+        d.items().into_iter().map(|(k, _)| k).collect()
+    }
+
     #[test]
     fn dict_keeps_insertion_order_across_removals() {
         let mut d = Dict::default();
@@ -311,8 +352,54 @@ mod tests {
         }
         assert_eq!(d.remove(&b(b"b")), Some(b(b"b")));
         d.insert(b(b"b"), b(b"B"));
-        let keys: Vec<_> = d.pairs.iter().map(|(k, _)| k.to_vec()).collect();
-        assert_eq!(keys, [b"a", b"c", b"d", b"b"]);
-        assert_eq!(d.index[&b(b"d")], 2);
+        assert_eq!(keys(&d), [b(b"a"), b(b"c"), b(b"d"), b(b"b")]);
+        assert_eq!(d.get(&b(b"d")), Some(&b(b"d")));
+    }
+
+    #[test]
+    fn a_removal_moves_no_other_pair() {
+        // Closing the gap renumbered every later key: emptying a dict of n keys one by
+        // one took n² steps.
+        let mut d = Dict::default();
+        for i in 0..100 {
+            d.insert(key(i), key(i));
+        }
+        let places = |d: &Dict| (50..100).map(|i| d.index[&key(i)]).collect::<Vec<_>>();
+        let before = places(&d);
+        d.remove(&key(10));
+        assert_eq!(places(&d), before);
+    }
+
+    #[test]
+    fn order_and_popitem_hold_across_holes_and_their_squeezing() {
+        let mut d = Dict::default();
+        let mut model: Vec<(u32, u32)> = Vec::new();
+        for step in 0..5000u32 {
+            let k = step.wrapping_mul(7919) % 97;
+            match step % 5 {
+                0 | 1 => {
+                    d.insert(key(k), key(step));
+                    match model.iter_mut().find(|(mk, _)| *mk == k) {
+                        Some(pair) => pair.1 = step,
+                        None => model.push((k, step)),
+                    }
+                }
+                2 | 3 => {
+                    let had = model.iter().position(|(mk, _)| *mk == k);
+                    let gone = had.map(|i| key(model.remove(i).1));
+                    assert_eq!(d.remove(&key(k)), gone);
+                }
+                _ => {
+                    let want = model.pop().map(|(k, v)| (key(k), key(v)));
+                    let Reply::Pairs(got) = d.handle(DictOp::PopItem) else {
+                        panic!("popitem gave no pairs");
+                    };
+                    assert_eq!(got.into_iter().next(), want);
+                }
+            }
+            let want: Vec<_> = model.iter().map(|(k, _)| key(*k)).collect();
+            assert_eq!(keys(&d), want, "step {step}");
+            assert!(d.pairs.len() <= 2 * d.index.len(), "holes pile up");
+        }
     }
 }
