@@ -585,11 +585,23 @@ impl Link {
     }
 }
 
+/// Whether a failure to connect says that the server is gone or out of reach: nothing
+/// listens, the socket file or the registration socket is gone, or no route leads to its
+/// host.
 fn is_gone(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset, NotFound};
+    use std::io::ErrorKind::{
+        BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, HostUnreachable,
+        NetworkUnreachable, NotFound,
+    };
     matches!(
         e.kind(),
-        BrokenPipe | ConnectionRefused | ConnectionReset | NotFound
+        BrokenPipe
+            | ConnectionAborted
+            | ConnectionRefused
+            | ConnectionReset
+            | HostUnreachable
+            | NetworkUnreachable
+            | NotFound
     )
 }
 
@@ -976,5 +988,25 @@ impl Drop for End {
         for (_, (tx, _)) in pending.waiting.drain() {
             let _ = tx.send(Err(calls.ended()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose host no route leads to is out of reach, as one that refuses: a call
+    /// fails with `ManagerLost`, naming it. (It failed with a bare I/O error.)
+    #[test]
+    fn a_host_out_of_reach_is_a_server_gone() {
+        use std::io::{Error as IoError, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::HostUnreachable,
+            ErrorKind::NetworkUnreachable,
+        ] {
+            assert!(is_gone(&IoError::from(kind)), "{kind:?}");
+        }
+        assert!(!is_gone(&IoError::from(ErrorKind::PermissionDenied)));
     }
 }
