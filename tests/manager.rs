@@ -726,10 +726,58 @@ async fn oversized_calls_fail_alone() -> Result<(), String> {
     }
 }
 
+/// A client whose limit is above its server's (the server started while the limit was
+/// lower): a request over the server's limit fails alone with `FrameTooLarge`, on a
+/// connection that has served before and on one whose first request it is, and the objects
+/// the client holds live on. (The server refused the frame and closed the connection: the
+/// client lost every object it held, and was told that the server was gone.)
+async fn requests_over_the_servers_limit_fail_alone() -> Result<(), String> {
+    use serde_bytes::ByteBuf;
+    let step = |what: &'static str| move |e: Error| format!("{what}: {e}");
+    mp::set_max_frame_size(1 << 20);
+    let m = Manager::start().await.map_err(step("start"))?;
+    mp::set_max_frame_size(mp::DEFAULT_MAX_FRAME_SIZE);
+    let d = m.dict::<u8, ByteBuf>().await.map_err(step("dict"))?;
+    let big = || ByteBuf::from(vec![1u8; 2 << 20]);
+    let small = ByteBuf::from(vec![2u8; 1000]);
+    d.insert(0, small.clone()).await.map_err(step("small"))?;
+    let over = d.insert(1, big()).await;
+    if !matches!(over, Err(Error::FrameTooLarge { max, .. }) if max == 1 << 20) {
+        return Err(format!("a request over the server's limit: {over:?}"));
+    }
+    // The first request of another runtime's connection.
+    let fresh = {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(rt.block_on(d.insert(2, big())))
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    if !matches!(fresh, Err(Error::FrameTooLarge { .. })) {
+        return Err(format!(
+            "a connection's first request over the limit: {fresh:?}"
+        ));
+    }
+    match d.items().await {
+        Ok(items) if items == [(0, small)] => Ok(()),
+        other => Err(format!("after: {:?}", other.map(|i| i.len()))),
+    }
+}
+
 async fn a_call_over_the_frame_limit_fails_alone() -> TestResult {
-    let mut p = Process::new(oversized_calls_fail_alone, ()).start().await?;
-    let code = p.join().await?;
-    ensure!(code == 0, "the child failed (its stderr says how): {code}");
+    let mut first = Process::new(oversized_calls_fail_alone, ()).start().await?;
+    let mut second = Process::new(requests_over_the_servers_limit_fail_alone, ())
+        .start()
+        .await?;
+    for p in [&mut first, &mut second] {
+        let code = p.join().await?;
+        ensure!(code == 0, "a child failed (its stderr says how): {code}");
+    }
     Ok(())
 }
 

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::proto::{Failure, HEARTBEAT, HEARTBEAT_MISSES, QueueOp, Reply, Request, Undo};
+use super::proto::{Failure, HEARTBEAT, HEARTBEAT_MISSES, PeerMax, QueueOp, Reply, Request, Undo};
 use super::queue::{self, Ring};
 use crate::address::Address;
 use crate::awake::{self, Recent};
@@ -133,6 +133,12 @@ enum Attached {
     Server(std::time::Instant),
 }
 
+/// The largest request a connection sends before it has heard the server's limit (see
+/// [`Reply::Server`]); a larger one waits for it, so that the first requests of a new
+/// connection are measured too, at no cost to small ones (only a server whose limit is
+/// below this size could meet one over it).
+const UNHEARD_MAX: usize = 64 << 10;
+
 /// How long a queue whose ring was refused is reached through the server before the ring
 /// is asked for again.
 const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(10);
@@ -174,6 +180,10 @@ struct Calls {
     orphaned: AtomicBool,
     /// Wakes those waiting for the connection's loss (see [`Link::until_lost`]).
     lost_signal: tokio::sync::Notify,
+    /// The largest frame the server reads, once its [`Reply::Server`] said.
+    server_max: PeerMax,
+    /// Wakes those waiting for the server's limit (see [`Calls::hear_server`]).
+    heard: tokio::sync::Notify,
     /// What ended the connection, and whether it was something the server sent that could
     /// not be read.
     ended: Mutex<Option<(String, bool)>>,
@@ -189,6 +199,23 @@ impl Calls {
     fn ends(&self, why: &str, unreadable: bool) {
         let mut e = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         e.get_or_insert_with(|| (why.to_owned(), unreadable));
+    }
+
+    /// Returns once the server has said how large a frame it reads, or the connection is
+    /// lost.
+    async fn hear_server(&self) {
+        let heard = self.heard.notified();
+        let lost = self.lost_signal.notified();
+        tokio::pin!(heard, lost);
+        heard.as_mut().enable();
+        lost.as_mut().enable();
+        if self.server_max.said() || self.lost.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::select! {
+            () = heard => {}
+            () = lost => {}
+        }
     }
 
     /// The error of a call on the ended connection: [`Error::Protocol`] saying what could
@@ -614,6 +641,8 @@ impl Conn {
             lost: AtomicBool::new(false),
             orphaned: AtomicBool::new(false),
             lost_signal: tokio::sync::Notify::new(),
+            server_max: PeerMax::default(),
+            heard: tokio::sync::Notify::new(),
             ended: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -667,6 +696,13 @@ impl Conn {
         let mut frame = FrameBuf::of(&(id, req))?;
         // Refused here, not by the writer, which would have to give up the connection.
         frame.check_size()?;
+        // And by the server's limit, which may be lower: the server ends a connection that
+        // sends it a frame over it. A large request on a connection that has not heard it
+        // yet (it comes in answer to the connection's Hello) waits for it.
+        if frame.body_len() > UNHEARD_MAX && !self.calls.server_max.said() {
+            self.calls.hear_server().await;
+        }
+        self.calls.server_max.check(&frame)?;
         let max = crate::max_frame_size();
         // Read first: a call writes the shared word only when the limit changed.
         if self.announced.load(Ordering::Relaxed) != max
@@ -884,7 +920,11 @@ impl Replies {
     fn hand_over(&self, frame: crate::wire::Frame) -> std::result::Result<(), String> {
         match frame.decode::<(u64, Reply)>() {
             Ok((0, Reply::Failed(f))) => tracing::debug!("the manager refused a frame: {f:?}"),
-            Ok((0, Reply::Server { pid })) => self.calls.server.pid.store(pid, Ordering::Relaxed),
+            Ok((0, Reply::Server { pid, max_frame })) => {
+                self.calls.server.pid.store(pid, Ordering::Relaxed);
+                self.calls.server_max.set(max_frame);
+                self.calls.heard.notify_waiters();
+            }
             Ok((0, _)) => {}
             Ok((id, Reply::Withdrawn)) => {
                 self.calls.waiting().withdrawn.remove(&id);

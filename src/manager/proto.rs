@@ -8,12 +8,14 @@
 //! need not be the same binary as the server: what both sides must agree on is checked per
 //! object by its [`Tag`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::wire::FrameBuf;
 
 /// An encoded value.
 pub(super) type Bytes = ByteBuf;
@@ -360,10 +362,14 @@ pub(super) enum Reply {
     /// request, so that the client knows no reply of it is still to come.
     Withdrawn,
     Failed(Failure),
-    /// Who the server is (its pid), for the errors of a client that loses it: the answer
-    /// to [`Request::Hello`], under id 0.
+    /// Who the server is (its pid), for the errors of a client that loses it, and the
+    /// largest frame it reads, by which the client measures its requests (the server ends a
+    /// connection that sends it a frame over it): the answer to [`Request::Hello`], under id
+    /// 0.
     Server {
         pid: u32,
+        #[serde(default)]
+        max_frame: Option<u64>,
     },
 }
 
@@ -457,6 +463,45 @@ impl From<Error> for Failure {
 impl Reply {
     pub(super) fn message(m: impl Into<String>) -> Reply {
         Reply::Failed(Failure::Message(m.into()))
+    }
+
+    /// This process, as a server tells its clients: [`Reply::Server`].
+    pub(super) fn server() -> Reply {
+        Reply::Server {
+            pid: std::process::id(),
+            max_frame: Some(crate::max_frame_size() as u64),
+        }
+    }
+}
+
+/// The largest frame the other side of a connection reads, as it said (0: not said; a side
+/// that does not say is measured by this process's limit alone): a client's, as its
+/// [`Request::Hello`] said, by which the server measures its replies; a server's, as its
+/// [`Reply::Server`] said, by which the client measures its requests.
+#[derive(Debug, Default)]
+pub(super) struct PeerMax(AtomicU64);
+
+impl PeerMax {
+    pub(super) fn set(&self, max: Option<u64>) {
+        self.0.store(max.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Whether the other side has said.
+    pub(super) fn said(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// Fails for a frame over what the other side reads.
+    pub(super) fn check(&self, frame: &FrameBuf) -> Result<()> {
+        let max = self.0.load(Ordering::Relaxed);
+        let size = frame.body_len() as u64;
+        if max == 0 || size <= max {
+            return Ok(());
+        }
+        Err(Error::FrameTooLarge {
+            size,
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        })
     }
 }
 

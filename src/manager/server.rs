@@ -37,8 +37,8 @@ use super::ledger::Ledger;
 use super::lock::LockState;
 use super::managed::{Maker, UserObject};
 use super::proto::{
-    ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, QueueOp,
-    Reply, Request, Tag, Undo, ValueOp, Wait,
+    ArrayOp, Bytes, Failure, HEARTBEAT, HEARTBEAT_MISSES, Initial, ListOp, NamespaceOp, PeerMax,
+    QueueOp, Reply, Request, Tag, Undo, ValueOp, Wait,
 };
 use super::queue::QueueState;
 use super::semaphore::SemaphoreState;
@@ -767,14 +767,8 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
             Request::Hello { pid, max_frame } => {
                 caller.pid = pid;
                 peer_max.set(max_frame);
-                // Who this server is, for the errors of a client that loses it.
-                let me = (
-                    0,
-                    Reply::Server {
-                        pid: std::process::id(),
-                    },
-                    None,
-                );
+                // Who this server is, and the largest frame it reads.
+                let me = (0, Reply::server(), None);
                 if let Err(e) = reply_now(&link, me, &tx, &mut tasks, &peer_max, &shared).await {
                     break Err(e);
                 }
@@ -902,30 +896,6 @@ async fn reply_now(
         }
     }
     Ok(())
-}
-
-/// The largest frame a connection's client reads, as its [`Request::Hello`] said (0: not
-/// said; a client that does not say is measured by this process's limit alone).
-#[derive(Debug, Default)]
-struct PeerMax(AtomicU64);
-
-impl PeerMax {
-    fn set(&self, max: Option<u64>) {
-        self.0.store(max.unwrap_or(0), Ordering::Relaxed);
-    }
-
-    /// Fails for a frame over what the client reads.
-    fn check(&self, frame: &FrameBuf) -> Result<()> {
-        let max = self.0.load(Ordering::Relaxed);
-        let size = frame.body_len() as u64;
-        if max == 0 || size <= max {
-            return Ok(());
-        }
-        Err(Error::FrameTooLarge {
-            size,
-            max: usize::try_from(max).unwrap_or(usize::MAX),
-        })
-    }
 }
 
 /// The frame of a reply; a reply that cannot be encoded, or would be a frame over the
@@ -1084,7 +1054,12 @@ async fn refuse_the_starter(registration: OwnedFd, failure: Failure) -> Result<(
     let link = Framed::unix(conn)?;
     loop {
         let (id, req) = link.recv_awake().await?.decode::<(u64, Request)>()?;
-        // What a connection says of itself is not answered, as when it is served.
+        // What a connection says of itself is not answered, as when it is served; its
+        // Hello is, with who this server is.
+        if let Request::Hello { .. } = req {
+            link.send(&mut FrameBuf::of(&(0u64, Reply::server()))?)
+                .await?;
+        }
         if req.is_answered() {
             return link
                 .send(&mut FrameBuf::of(&(id, Reply::Failed(failure)))?)

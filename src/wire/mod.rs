@@ -49,7 +49,8 @@ static MAX_FRAME: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_FRAME_SIZE);
 /// Set it before starting pools: a running worker keeps the limit it started with, so a
 /// result between a lowered limit and the worker's own reaches a pool that cannot read it,
 /// and the pool kills that worker (its tasks fail with the cause). A manager's server is
-/// told its clients' limits, and measures its replies by them. A [`Queue`](crate::Queue)'s
+/// told its clients' limits, and measures its replies by them; its clients are told the
+/// limit it started with, and measure their requests by it. A [`Queue`](crate::Queue)'s
 /// item is measured by its producer's limit alone: when a consumer takes it, it exists
 /// already, and refusing it would lose it.
 pub fn set_max_frame_size(bytes: usize) {
