@@ -112,6 +112,32 @@ fn python_prints(c: char) -> bool {
     c == ' ' || !(c.is_control() || c.is_whitespace() || formatting)
 }
 
+/// Whether Python's `==` holds between `a` and `b`: booleans, integers and floats compare
+/// by value across their types, exactly (`2**53 + 1` equals no float); a string, bytes or
+/// `None` equals only an equal item of its own type.
+fn python_eq(a: &ShareableItem, b: &ShareableItem) -> bool {
+    use ShareableItem as I;
+    /// 2⁶³, the first float past `i64`'s range.
+    const PAST_I64: f64 = 9_223_372_036_854_775_808.0;
+    let int = |i: &ShareableItem| match *i {
+        I::Bool(b) => Some(i64::from(b)),
+        I::Int(n) => Some(n),
+        _ => None,
+    };
+    let int_is_float =
+        |n: i64, x: f64| (-PAST_I64..PAST_I64).contains(&x) && x.fract() == 0.0 && x as i64 == n;
+    match (a, b) {
+        (I::Float(x), I::Float(y)) => x == y,
+        (I::Float(x), other) | (other, I::Float(x)) => {
+            int(other).is_some_and(|n| int_is_float(n, *x))
+        }
+        _ => match (int(a), int(b)) {
+            (Some(m), Some(n)) => m == n,
+            _ => a == b,
+        },
+    }
+}
+
 macro_rules! item_from {
     ($($t:ty => $variant:ident),* $(,)?) => {$(
         impl From<$t> for ShareableItem {
@@ -486,15 +512,18 @@ impl ShareableList {
         (0..layout.len).map(|i| self.load(layout, i)).collect()
     }
 
-    /// How many items equal `item` (Python's `count`).
+    /// How many items equal `item` (Python's `count`), as Python's `==` compares them: a
+    /// number equals a number of another type of the same value (`1`, `1.0` and `True`), a
+    /// NaN equals nothing.
     ///
     /// # Errors
     /// As [`get`](Self::get).
     pub fn count(&self, item: &ShareableItem) -> Result<usize> {
-        Ok(self.to_vec()?.iter().filter(|i| *i == item).count())
+        Ok(self.to_vec()?.iter().filter(|i| python_eq(i, item)).count())
     }
 
-    /// The position of the first item equal to `item` (Python's `index`).
+    /// The position of the first item equal to `item` (Python's `index`), as
+    /// [`count`](Self::count) compares them.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if there is none (Python's `ValueError`); as
@@ -502,7 +531,7 @@ impl ShareableList {
     pub fn index(&self, item: &ShareableItem) -> Result<usize> {
         self.to_vec()?
             .iter()
-            .position(|i| i == item)
+            .position(|i| python_eq(i, item))
             .ok_or_else(|| Error::InvalidArgument(format!("{item} not in this container")))
     }
 

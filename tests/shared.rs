@@ -776,6 +776,60 @@ async fn shareable_list_basics() -> TestResult {
     Ok(())
 }
 
+/// `ShareableList.count` and `index` compare as Python's `==` does: CPython 3.11 gives these
+/// counts and positions for the same list, where `1`, `1.0` and `True` are equal.
+async fn shareable_list_counts_as_python_compares() -> TestResult {
+    let sl = ShareableList::create(
+        None::<&str>,
+        [
+            ShareableItem::from(0.0),
+            true.into(),
+            1.into(),
+            1.0.into(),
+            ().into(),
+            "a".into(),
+            b"a".as_slice().into(),
+            (1i64 << 53).into(),
+            0.into(),
+            f64::NAN.into(),
+        ],
+    )?;
+    for (item, count) in [
+        (ShareableItem::from(1), 3),
+        (true.into(), 3),
+        (false.into(), 2),
+        (0.0.into(), 2),
+        (((1i64 << 53) + 1).into(), 0),
+        (f64::NAN.into(), 0),
+        ("a".into(), 1),
+        (().into(), 1),
+    ] {
+        ensure!(
+            sl.count(&item)? == count,
+            "count({item}): {}",
+            sl.count(&item)?
+        );
+    }
+    for (item, at) in [
+        (ShareableItem::from(1), 1),
+        (0.into(), 0),
+        (9_007_199_254_740_992.0.into(), 7),
+        (b"a".as_slice().into(), 6),
+    ] {
+        ensure!(
+            sl.index(&item)? == at,
+            "index({item}): {}",
+            sl.index(&item)?
+        );
+    }
+    let missing = sl.index(&ShareableItem::from(2.5));
+    ensure!(
+        matches!(missing, Err(Error::InvalidArgument(_))),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
 async fn double_items(sl: ShareableList) -> Result<(), String> {
     for i in 0..sl.len() as i64 {
         if let ShareableItem::Int(v) = sl.get(i).map_err(|e| e.to_string())? {
@@ -942,6 +996,7 @@ fn main() {
         a_killed_tracker_is_replaced,
         example_shared_value_array,
         shareable_list_basics,
+        shareable_list_counts_as_python_compares,
         shareable_list_reaches_a_child,
         shareable_list_shared_with_cpython,
         shareable_list_refuses_a_segment_that_is_not_one,
