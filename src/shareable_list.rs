@@ -48,8 +48,7 @@ impl fmt::Display for ShareableItem {
             ShareableItem::Bool(true) => write!(f, "True"),
             ShareableItem::Bool(false) => write!(f, "False"),
             ShareableItem::Int(i) => write!(f, "{i}"),
-            ShareableItem::Float(x) if x.fract() == 0.0 && x.is_finite() => write!(f, "{x:.1}"),
-            ShareableItem::Float(x) => write!(f, "{x}"),
+            ShareableItem::Float(x) => f.write_str(&python_float_repr(*x)),
             ShareableItem::Str(s) => f.write_str(&python_str_repr(s)),
             ShareableItem::Bytes(b) => write!(
                 f,
@@ -57,6 +56,32 @@ impl fmt::Display for ShareableItem {
                 python_quoted(b.iter().map(|&b| char::from(b)), true)
             ),
         }
+    }
+}
+
+/// Python's `repr` of a `float`: the shortest digits that read back as `x`, in positional
+/// notation (with `.0` if integral) for exponents -4 to 15, else in scientific notation
+/// with a signed exponent of at least two digits (`1e+16`, `1.5e-07`); `nan`, `inf`.
+fn python_float_repr(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    // Rust's `{:e}` gives the same shortest digits, as `1.5e-7`.
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let fixed = format!("{x}");
+        match fixed.contains('.') {
+            true => fixed,
+            false => fixed + ".0",
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
     }
 }
 
@@ -712,6 +737,29 @@ mod tests {
         ];
         for (b, python) in bytes {
             assert_eq!(ShareableItem::Bytes(b.to_vec()).to_string(), python);
+        }
+        let floats = [
+            (f64::NAN, "nan"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (-0.0, "-0.0"),
+            (0.0, "0.0"),
+            (100.0, "100.0"),
+            (-273.154, "-273.154"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (123_456_789_012_345_678.0, "1.2345678901234568e+17"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (1e100, "1e+100"),
+        ];
+        for (x, python) in floats {
+            assert_eq!(ShareableItem::Float(x).to_string(), python);
         }
     }
 }
