@@ -705,16 +705,17 @@ pub(crate) fn check_size(size: usize) -> Result<()> {
     }
 }
 
-/// A segment's name is 1 to 250 bytes after an optional leading `/`, with no other `/` and
-/// no NUL, as POSIX's `shm_open` takes it; returns it without the `/`.
+/// A segment's name is 1 to 255 bytes (Linux's longest file name, as CPython allows) after
+/// an optional leading `/`, with no other `/` and no NUL, as POSIX's `shm_open` takes it;
+/// returns it without the `/`.
 fn check_name(name: &str) -> Result<&str> {
     let bare = name.strip_prefix('/').unwrap_or(name);
     let wrong = if bare.contains('/') {
         "may hold `/` only as its first character"
     } else if bare.contains('\0') {
         "may not hold NUL"
-    } else if bare.is_empty() || bare.len() > 250 {
-        "needs 1 to 250 bytes after its leading `/`, if any"
+    } else if bare.is_empty() || bare.len() > sys::SHM_NAME_MAX {
+        "needs 1 to 255 bytes after its leading `/`, if any"
     } else {
         return Ok(bare);
     };
@@ -740,7 +741,7 @@ impl SharedMemory {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a size of 0 or a name that cannot be a segment's (empty,
-    /// longer than 250 bytes, with `/` after its first character or NUL; Python's
+    /// longer than 255 bytes, with `/` after its first character or NUL; Python's
     /// `ValueError`); [`Error::Io`]: `AlreadyExists` if the name is taken. An I/O error's
     /// message names the segment.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {

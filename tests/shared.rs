@@ -349,7 +349,7 @@ async fn shared_memory_out_of_range() -> TestResult {
 /// missing segment's error names it (Python's `FileNotFoundError: ... '/name'`) and keeps its
 /// kind.
 async fn shared_memory_bad_and_missing_names() -> TestResult {
-    let long = "x".repeat(251);
+    let long = "x".repeat(256);
     for name in ["", "/", "a/b", "//a", "a\0b", long.as_str()] {
         for r in [SharedMemory::create(name, 10), SharedMemory::attach(name)] {
             ensure!(
@@ -850,21 +850,24 @@ async fn shareable_list_reaches_a_child() -> TestResult {
     Ok(())
 }
 
-/// Runs `script` with python3, whose multiprocessing.shared_memory it needs; `None` (after
-/// saying why) where the machine has none.
-fn python(script: &str) -> std::io::Result<Option<std::process::Output>> {
+/// Runs `script` with python3, whose multiprocessing.shared_memory it needs: `false` (after
+/// saying why) where the machine has none; an error if the script fails.
+fn python(script: &str) -> Result<bool, String> {
     let probe = std::process::Command::new("python3")
         .args(["-c", "import multiprocessing.shared_memory"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("skipped: no python3 with multiprocessing.shared_memory on this machine");
-        return Ok(None);
+        return Ok(false);
     }
-    Ok(Some(
-        std::process::Command::new("python3")
-            .args(["-c", script])
-            .output()?,
-    ))
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    match out.status.success() {
+        true => Ok(true),
+        false => Err(format!("python: {}", String::from_utf8_lossy(&out.stderr))),
+    }
 }
 
 async fn shareable_list_shared_with_cpython() -> TestResult {
@@ -886,14 +889,9 @@ resource_tracker.unregister(made.shm._name, "shared_memory")  # ours to remove
 made.shm.close()
 "#
     );
-    let Some(out) = python(&script)? else {
+    if !python(&script)? {
         return Ok(());
-    };
-    ensure!(
-        out.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    }
     let expected: Vec<ShareableItem> = vec![
         "hi".into(),
         b"HoWdY".as_slice().into(),
@@ -916,6 +914,44 @@ made.shm.close()
         false.into(),
     ];
     ensure!(made.to_vec()? == expected, "CPython's list: {made:?}");
+    Ok(())
+}
+
+/// The longest name a segment can have is the longest file name in `/dev/shm`, 255 bytes,
+/// as CPython takes it: a list CPython made under such a name is attached here.
+async fn names_of_255_bytes_as_cpython_allows() -> TestResult {
+    let longest = |tag: &str| {
+        let mut name = unique(tag);
+        name.push_str(&"x".repeat(255 - name.len()));
+        name
+    };
+    let ours = longest("ours");
+    let shm = SharedMemory::create(&ours, 10)?;
+    shm.write(0, b"hi")?;
+    let mut buf = [0u8; 2];
+    SharedMemory::attach(&format!("/{ours}"))?.read(0, &mut buf)?;
+    ensure!(&buf == b"hi", "read back {buf:?}");
+    let name = longest("py");
+    let script = format!(
+        r#"
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import ShareableList
+made = ShareableList(["long", 255], name="{name}")
+resource_tracker.unregister(made.shm._name, "shared_memory")  # ours to remove
+made.shm.close()
+"#
+    );
+    if !python(&script)? {
+        return Ok(());
+    }
+    let mut made = ShareableList::attach(&name)?;
+    made.unlink()?;
+    ensure!(
+        made.to_vec()? == vec!["long".into(), 255.into()],
+        "CPython's list: {made:?}"
+    );
+    drop(shm);
+    ensure!(!shm_exists(&ours), "a segment was left");
     Ok(())
 }
 
@@ -999,6 +1035,7 @@ fn main() {
         shareable_list_counts_as_python_compares,
         shareable_list_reaches_a_child,
         shareable_list_shared_with_cpython,
+        names_of_255_bytes_as_cpython_allows,
         shareable_list_refuses_a_segment_that_is_not_one,
         shared_values_received_as_another_type_are_refused
     ];

@@ -305,11 +305,15 @@ fn to_off(len: usize) -> io::Result<libc::off_t> {
     libc::off_t::try_from(len).map_err(|_| invalid("segment size too large"))
 }
 
+/// The longest name a segment can have, after its leading `/`: a file name's longest on
+/// Linux (`NAME_MAX`), as `/dev/shm` holds the segments.
+pub(crate) const SHM_NAME_MAX: usize = 255;
+
 fn shm_name(name: &str) -> io::Result<CString> {
     let bare = name.strip_prefix('/').unwrap_or(name);
-    if bare.is_empty() || bare.len() > 250 || bare.contains('/') || bare.contains('\0') {
+    if bare.is_empty() || bare.len() > SHM_NAME_MAX || bare.contains('/') || bare.contains('\0') {
         return Err(invalid(
-            "a shared-memory name is 1 to 250 characters, without '/' (a leading '/' is allowed) or NUL",
+            "a shared-memory name is 1 to 255 bytes, without '/' (a leading '/' is allowed) or NUL",
         ));
     }
     CString::new(format!("/{bare}")).map_err(|_| invalid("NUL in a shared-memory name"))
