@@ -707,7 +707,7 @@ pub(crate) fn check_size(size: usize) -> Result<()> {
 
 /// A segment's name is 1 to 255 bytes (Linux's longest file name, as CPython allows) after
 /// an optional leading `/`, with no other `/` and no NUL, as POSIX's `shm_open` takes it;
-/// returns it without the `/`.
+/// returns it without the `/`; `.` and `..` name `/dev/shm` and its parent, no segment.
 fn check_name(name: &str) -> Result<&str> {
     let bare = name.strip_prefix('/').unwrap_or(name);
     let wrong = if bare.contains('/') {
@@ -716,6 +716,8 @@ fn check_name(name: &str) -> Result<&str> {
         "may not hold NUL"
     } else if bare.is_empty() || bare.len() > sys::SHM_NAME_MAX {
         "needs 1 to 255 bytes after its leading `/`, if any"
+    } else if bare == "." || bare == ".." {
+        "may not be `.` or `..`, which name directories"
     } else {
         return Ok(bare);
     };
@@ -741,7 +743,7 @@ impl SharedMemory {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a size of 0 or a name that cannot be a segment's (empty,
-    /// longer than 255 bytes, with `/` after its first character or NUL; Python's
+    /// longer than 255 bytes, `.` or `..`, with `/` after its first character or NUL; Python's
     /// `ValueError`); [`Error::Io`]: `AlreadyExists` if the name is taken. An I/O error's
     /// message names the segment.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {

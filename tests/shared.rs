@@ -350,7 +350,7 @@ async fn shared_memory_out_of_range() -> TestResult {
 /// kind.
 async fn shared_memory_bad_and_missing_names() -> TestResult {
     let long = "x".repeat(256);
-    for name in ["", "/", "a/b", "//a", "a\0b", long.as_str()] {
+    for name in ["", "/", "a/b", "//a", "a\0b", ".", "/..", long.as_str()] {
         for r in [SharedMemory::create(name, 10), SharedMemory::attach(name)] {
             ensure!(
                 matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("shared memory name")),
