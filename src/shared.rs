@@ -662,9 +662,9 @@ impl<T: Pod> ArrayGuard<'_, T> {
 ///
 /// The creator owns the name: its handle removes the name when dropped (or at
 /// [`unlink`](Self::unlink)), unless told to [`keep_name`](Self::keep_name). An attacher,
-/// including a copy received by another process, never removes it. A segment made by a [`SharedMemoryManager`](crate::SharedMemoryManager)
-/// is owned by the manager's server, which removes it when it stops. Mappings stay valid
-/// after the name is gone.
+/// including a copy received by another process, never removes it. A segment made by a
+/// [`SharedMemoryManager`](crate::SharedMemoryManager) is owned by the manager's server,
+/// which removes it when it stops. Mappings stay valid after the name is gone.
 ///
 /// A creator killed by a signal (SIGTERM from [`Process::terminate`](crate::Process::terminate),
 /// SIGKILL), or that ends without dropping the handle, runs no drop: its *tracker* removes
@@ -874,10 +874,10 @@ impl SharedMemory {
     }
 
     /// Keeps the name when this handle goes (Python 3.13's `SharedMemory(..., track=False)`):
-    /// neither the creator's handle, when dropped, nor its tracker removes it, so the segment outlives this
-    /// handle and this process, for processes that attach to it later, until someone calls
-    /// [`unlink`](Self::unlink). Nothing changes for an attacher, which never removes the
-    /// name, or an anonymous segment, which has none.
+    /// neither the creator's handle, when dropped, nor its tracker removes it, so the segment
+    /// outlives this handle and this process, for processes that attach to it later, until
+    /// someone calls [`unlink`](Self::unlink). Nothing changes for an attacher, which never
+    /// removes the name, or an anonymous segment, which has none.
     pub fn keep_name(&mut self) {
         self.owns_name = false;
         self.tracked = None;
