@@ -749,6 +749,7 @@ impl SharedMemory {
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
         check_size(size)?;
         let bare = check_name(name)?;
+        tracker::start_before_a_segment();
         let region = sys::shm_create(name, size).map_err(|e| about_segment(bare, e))?;
         let tracked = tracker::track(bare, region.fd());
         Ok(SharedMemory {

@@ -69,6 +69,15 @@ pub(crate) struct Tracked {
     owner: i32,
 }
 
+/// Starts this process's tracker if it has none, before the process makes a segment: a
+/// creator killed while it makes its first segment then leaves no name behind unless the
+/// kill falls between the few system calls that make the segment and tell the tracker
+/// (starting a tracker takes a process start, a millisecond or more). If it cannot start, a
+/// warning says so once, and [`track`] finds it failed.
+pub(crate) fn start_before_a_segment() {
+    let _ = running_link(&mut state(), sys::current_pid());
+}
+
 /// Tells this process's tracker (started now if it has none) of the segment named `name`,
 /// behind `segment`, which this process just made. `None` if there is no tracker to tell
 /// (it could not start: a warning said so once).
