@@ -20,11 +20,18 @@ use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
 use crate::sync::task_token;
 
-/// The server's side of a condition: its lock, and the waiters in the order they came,
-/// each with its connection.
+/// The server's side of a condition: its lock, the waiters in the order they came, each
+/// with its connection and a number of its own, and the waiters notified whose waits have
+/// not ended yet.
 pub(super) struct ConditionState {
     lock: ConditionLock,
-    waiters: VecDeque<(u64, oneshot::Sender<()>)>,
+    waiters: VecDeque<(u64, u64, oneshot::Sender<()>)>,
+    /// The connection and number of each waiter notified whose wait has not ended: should
+    /// its connection end first, its client never hears of the notification, which goes on
+    /// to the next waiter.
+    woken: Vec<(u64, u64)>,
+    /// The number the next waiter gets.
+    next: u64,
 }
 
 /// A condition's lock: its own, or the lock object of this id, which it shares.
@@ -38,6 +45,8 @@ impl ConditionState {
         ConditionState {
             lock: ConditionLock::Own(LockState::new(reentrant)),
             waiters: VecDeque::new(),
+            woken: Vec::new(),
+            next: 0,
         }
     }
 
@@ -46,6 +55,8 @@ impl ConditionState {
         ConditionState {
             lock: ConditionLock::Over(lock),
             waiters: VecDeque::new(),
+            woken: Vec::new(),
+            next: 0,
         }
     }
 
@@ -60,20 +71,45 @@ impl ConditionState {
     /// Wakes up to `n` waiters still waiting (those that gave up do not count).
     fn notify(&mut self, mut n: usize) {
         while n > 0 {
-            let Some((_, w)) = self.waiters.pop_front() else {
+            let Some((conn, number, w)) = self.waiters.pop_front() else {
                 return;
             };
             if w.send(()).is_ok() {
+                self.woken.push((conn, number));
                 n -= 1;
             }
         }
     }
 
+    /// Queues a waiter of connection `conn`; returns its number.
+    fn enqueue(&mut self, conn: u64, tx: oneshot::Sender<()>) -> u64 {
+        let number = self.next;
+        self.next += 1;
+        self.waiters.push_back((conn, number, tx));
+        number
+    }
+
+    /// The wait of waiter `number` ended: `finished`, its reply on its way, or dropped
+    /// before that (its request withdrawn, or its connection ended), in which case a
+    /// notification spent on it goes on to the next waiter.
+    fn ended(&mut self, number: u64, finished: bool) {
+        let before = self.woken.len();
+        self.woken.retain(|&(_, n)| n != number);
+        if !finished && self.woken.len() < before {
+            self.notify(1);
+        }
+    }
+
     /// A connection closed: its waits end, so that no notification is spent on them (their
-    /// tasks, stopped, may not have let go of them yet), and its hold of the condition's own
-    /// lock, if any, ends. A shared lock is abandoned as the object it is.
+    /// tasks, stopped, may not have let go of them yet), a notification spent on one of them
+    /// whose wait had not ended goes on to the next waiter (its client never heard of it),
+    /// and its hold of the condition's own lock, if any, ends. A shared lock is abandoned as
+    /// the object it is.
     pub(super) fn abandon(&mut self, caller: Caller) {
-        self.waiters.retain(|(conn, _)| *conn != caller.conn);
+        self.waiters.retain(|(conn, _, _)| *conn != caller.conn);
+        let before = self.woken.len();
+        self.woken.retain(|&(conn, _)| conn != caller.conn);
+        self.notify(before - self.woken.len());
         if let ConditionLock::Own(l) = &mut self.lock {
             l.abandon(caller);
         }
@@ -140,17 +176,23 @@ pub(super) async fn wait(
 ) -> Reply {
     let (tx, rx) = oneshot::channel();
     // Queued in the same turn as the release, so no notify in between is missed.
-    let levels = {
+    let (levels, number) = {
         let mut state = shared.state();
         let levels = match lock_of(&mut state, id).and_then(|l| l.release_all(caller, owner)) {
             Ok(levels) => levels,
             Err(f) => return Reply::Failed(f),
         };
-        match object!(state, id, Condition) {
-            Ok(c) => c.waiters.push_back((caller.conn, tx)),
+        let number = match object!(state, id, Condition) {
+            Ok(c) => c.enqueue(caller.conn, tx),
             Err(f) => return Reply::Failed(f),
-        }
-        levels
+        };
+        (levels, number)
+    };
+    let mut ending = Ending {
+        shared,
+        id,
+        number,
+        finished: false,
     };
     let notified = match deadline(wait) {
         None => rx.await.is_ok(),
@@ -162,9 +204,28 @@ pub(super) async fn wait(
             Err(f) => Step::Done(Reply::Failed(f)),
         })
         .await;
+    ending.finished = true;
+    drop(ending);
     match retaken {
         Reply::Done => Reply::Bool(notified),
         r => r,
+    }
+}
+
+/// Tells condition `id` that the wait of waiter `number` ended, however it ends (see
+/// [`ConditionState::ended`]).
+struct Ending<'a> {
+    shared: &'a Shared,
+    id: u64,
+    number: u64,
+    finished: bool,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        if let Ok(c) = object!(self.shared.state(), self.id, Condition) {
+            c.ended(self.number, self.finished);
+        }
     }
 }
 

@@ -1566,19 +1566,27 @@ mod tests {
         }
     }
 
-    /// A condition's waiter whose connection ends as a `notify(1)` comes (the server reads
-    /// both in one turn, the end first) is not the one notified: the waiter after it is.
-    /// (The dead waiter's task, aborted but not yet dropped, took the notification.)
-    #[test]
-    fn a_notify_passes_over_a_waiter_whose_connection_ended() {
-        use crate::manager::proto::ConditionOp;
+    /// Runs `test` on a current-thread runtime with three connections to one server.
+    fn on_three_connections<F: std::future::Future<Output = ()>>(
+        test: impl FnOnce(Framed, Framed, Framed) -> F,
+    ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
             let shared = Shared::new(HashMap::new(), None);
-            let (dead, live, notifier) = (connect(&shared), connect(&shared), connect(&shared));
+            test(connect(&shared), connect(&shared), connect(&shared)).await;
+        });
+    }
+
+    /// A condition's waiter whose connection ends as a `notify(1)` comes (the server reads
+    /// both in one turn, the end first) is not the one notified: the waiter after it is.
+    /// (The dead waiter's task, aborted but not yet dropped, took the notification.)
+    #[test]
+    fn a_notify_passes_over_a_waiter_whose_connection_ended() {
+        use crate::manager::proto::ConditionOp;
+        on_three_connections(|dead, live, notifier| async move {
             let c = id(call(
                 &notifier,
                 1,
@@ -1617,6 +1625,59 @@ mod tests {
             assert!(matches!(call(&notifier, 3, notify).await, Reply::Done));
             let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 3 }));
             assert!(matches!(call(&notifier, 4, release).await, Reply::Done));
+            match reply_to(&live).await {
+                Some((2, Reply::Bool(true))) => {}
+                other => panic!("the live waiter's wait gave {other:?}"),
+            }
+        });
+    }
+
+    /// A condition's waiter notified, whose connection then ends before its wait does (it
+    /// waits to retake the lock the notifier holds): its client never hears of the
+    /// notification, which goes on to the waiter after it.
+    #[test]
+    fn a_notification_spent_on_a_waiter_whose_connection_then_ends_goes_on() {
+        use crate::manager::proto::ConditionOp;
+        on_three_connections(|dead, live, notifier| async move {
+            async fn made(n: &Framed, rid: u64, initial: Initial) -> u64 {
+                id(call(n, rid, Request::Create(initial, tag())).await)
+            }
+            let c = made(&notifier, 1, Initial::Condition { reentrant: true }).await;
+            // A lock the dead waiter holds, so that its end can be seen.
+            let marker = made(&notifier, 2, Initial::Lock { reentrant: false }).await;
+            for object in [c, marker] {
+                let incref = Request::Incref {
+                    id: object,
+                    borrowed: false,
+                };
+                send(&notifier, 0, incref).await;
+            }
+            let lock = |owner| Request::Condition(c, ConditionOp::Lock(acquire(owner)));
+            let wait = |owner| {
+                let wait = Wait::Forever;
+                Request::Condition(c, ConditionOp::Wait { owner, wait })
+            };
+            assert!(matches!(
+                call(&dead, 1, Request::Lock(marker, acquire(1))).await,
+                Reply::Done
+            ));
+            assert!(matches!(call(&dead, 2, lock(1)).await, Reply::Done));
+            send(&dead, 3, wait(1)).await;
+            assert!(matches!(call(&live, 1, lock(2)).await, Reply::Done));
+            send(&live, 2, wait(2)).await;
+            assert!(matches!(call(&notifier, 3, lock(3)).await, Reply::Done));
+            let notify = Request::Condition(c, ConditionOp::Notify { n: 1, owner: 3 });
+            assert!(matches!(call(&notifier, 4, notify).await, Reply::Done));
+            drop(dead);
+            // The marker is free once the server has ended the dead connection.
+            let take = Request::Lock(marker, acquire(3));
+            let taken = call(&notifier, 5, take).await;
+            assert!(
+                matches!(taken, Reply::Failed(Failure::LockOwnerDied { .. })),
+                "{taken:?}"
+            );
+            let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 3 }));
+            assert!(matches!(call(&notifier, 6, release).await, Reply::Done));
             match reply_to(&live).await {
                 Some((2, Reply::Bool(true))) => {}
                 other => panic!("the live waiter's wait gave {other:?}"),
