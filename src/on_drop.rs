@@ -4,7 +4,8 @@
 //! of these, so a dropped future never leaves the shared state claiming a waiter that is gone;
 //! a queue's packet lock is released through one too.
 //!
-//! Crate-private and below every layer that uses it (`sync`, `queue`): it depends on nothing.
+//! Crate-private and below every layer that uses it (`sync`, `queue`, `manager`): it depends on
+//! nothing.
 
 /// Runs `f` when dropped, unless [`defuse`](OnDrop::defuse)d.
 #[must_use = "the closure runs as soon as the guard is dropped"]

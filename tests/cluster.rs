@@ -1436,34 +1436,34 @@ async fn terminate_waits_for_no_start_once_the_only_host_is_lost() -> TestResult
     }
 }
 
-/// The error of a pool's start on `cluster`, none of whose hosts has room within 2 s.
+/// A cluster that launches `hosts` hosts with `command`, none of which gets an agent
+/// connected, and the error of a pool's start on it, which finds no room within 2 s.
 async fn start_error_with_no_room(
-    cluster: &Cluster,
-) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    command: &str,
+    hosts: usize,
+) -> Result<(Cluster, String), Box<dyn std::error::Error + Send + Sync>> {
+    let cluster = Cluster::builder()
+        .launcher(
+            mp::launch::Command::new(command)
+                .hosts(hosts)
+                .workers_per_host(1),
+        )
+        .build()
+        .await?;
     let built = Pool::builder()
-        .cluster(cluster)
+        .cluster(&cluster)
         .start_timeout(Duration::from_secs(2))
         .build()
         .await;
-    Ok(built
-        .err()
-        .ok_or("a pool was built on no host")?
-        .to_string())
+    let e = built.err().ok_or("a pool was built on no host")?;
+    Ok((cluster, e.to_string()))
 }
 
 /// A launched command that exits at once (an engine that refused the job, say): a pool's
 /// start that finds no host's room says so, with its exit status, where it said only that
 /// no host had room.
 async fn a_launch_that_ended_at_once_is_named_when_no_host_has_room() -> TestResult {
-    let cluster = Cluster::builder()
-        .launcher(
-            mp::launch::Command::new("false")
-                .hosts(1)
-                .workers_per_host(1),
-        )
-        .build()
-        .await?;
-    let e = start_error_with_no_room(&cluster).await?;
+    let (_cluster, e) = start_error_with_no_room("false", 1).await?;
     ensure!(
         e.contains("no host of the cluster had room")
             && e.contains("launched processes that ended: host 0: pid")
@@ -1478,15 +1478,7 @@ async fn a_launch_that_ended_at_once_is_named_when_no_host_has_room() -> TestRes
 /// command still runs with no agent joined, with its pid, where it said only that no
 /// host had room; dropping the cluster ends the commands, leaving no child.
 async fn a_launch_that_hangs_is_named_when_no_host_has_room() -> TestResult {
-    let cluster = Cluster::builder()
-        .launcher(
-            mp::launch::Command::new("sleep 600")
-                .hosts(2)
-                .workers_per_host(1),
-        )
-        .build()
-        .await?;
-    let e = start_error_with_no_room(&cluster).await?;
+    let (cluster, e) = start_error_with_no_room("sleep 600", 2).await?;
     ensure!(
         e.contains("no host of the cluster had room")
             && e.contains("launched processes that still run, their agent not connected")

@@ -1072,14 +1072,7 @@ async fn a_task_cancelled_behind_a_running_one_never_runs() -> TestResult {
 // runs, and no worker is killed.
 async fn tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once() -> TestResult {
     let pool = Pool::new(1).await?;
-    // Short runs first: the pool then sends many tasks ahead to a busy worker.
-    let warm_path = tmp_path("ahead-warm");
-    let warm: Vec<_> = (0..100)
-        .map(|_| pool.apply_async(pid_to_file_then_sleep, (warm_path.clone(), 0)))
-        .collect();
-    for w in warm {
-        w.await?;
-    }
+    support::pool::send_ahead_from_now_on(&pool, "ahead").await?;
     let started = tmp_path("ahead-started");
     let gate = tmp_path("ahead-gate");
     let running = pool.apply_async(pid_to_file_then_wait_for, (started.clone(), gate.clone()));

@@ -18,6 +18,7 @@ use super::proto::{ConditionOp, Failure, LockOp, Reply, Request, Wait};
 use super::server::{Caller, Shared, State, Step, deadline, object, reply, wrong_type};
 use super::{Handle, expect_bool, expect_done};
 use crate::error::Result;
+use crate::on_drop::OnDrop;
 use crate::sync::task_token;
 
 /// The server's side of a condition: its lock, the waiters in the order they came, each
@@ -188,12 +189,13 @@ pub(super) async fn wait(
         };
         (levels, number)
     };
-    let mut ending = Ending {
-        shared,
-        id,
-        number,
-        finished: false,
+    // However the wait ends, the condition is told (see [`ConditionState::ended`]).
+    let end = move |finished: bool| {
+        if let Ok(c) = object!(shared.state(), id, Condition) {
+            c.ended(number, finished);
+        }
     };
+    let unfinished = OnDrop::new(move || end(false));
     let notified = match deadline(wait) {
         None => rx.await.is_ok(),
         Some(d) => matches!(tokio::time::timeout_at(d, rx).await, Ok(Ok(()))),
@@ -204,28 +206,11 @@ pub(super) async fn wait(
             Err(f) => Step::Done(Reply::Failed(f)),
         })
         .await;
-    ending.finished = true;
-    drop(ending);
+    unfinished.defuse();
+    end(true);
     match retaken {
         Reply::Done => Reply::Bool(notified),
         r => r,
-    }
-}
-
-/// Tells condition `id` that the wait of waiter `number` ended, however it ends (see
-/// [`ConditionState::ended`]).
-struct Ending<'a> {
-    shared: &'a Shared,
-    id: u64,
-    number: u64,
-    finished: bool,
-}
-
-impl Drop for Ending<'_> {
-    fn drop(&mut self) {
-        if let Ok(c) = object!(self.shared.state(), self.id, Condition) {
-            c.ended(self.number, self.finished);
-        }
     }
 }
 

@@ -320,18 +320,23 @@ pub fn init_first_then_gate(claim: String, gate: String) {
     block_until_file(gate);
 }
 
-/// On `pool`, of one worker: a task sent ahead to the worker while another runs there, then
-/// cancelled, never runs, and no worker is killed for it (either kind of cancel).
-pub async fn cancel_behind_a_running_task(pool: &Pool) -> super::TestResult {
-    // Short runs of the same function first: the pool then sends a task ahead to a
-    // worker that runs one.
-    let warm_path = tmp_path("behind-warm");
+/// Runs 100 short tasks on `pool` (files named after `tag`): having seen runs that short,
+/// the pool then sends tasks ahead to a worker that runs one.
+pub async fn send_ahead_from_now_on(pool: &Pool, tag: &str) -> super::TestResult {
+    let path = tmp_path(&format!("{tag}-warm"));
     let warm: Vec<_> = (0..100)
-        .map(|_| pool.apply_async(pid_to_file_then_sleep, (warm_path.clone(), 0)))
+        .map(|_| pool.apply_async(pid_to_file_then_sleep, (path.clone(), 0)))
         .collect();
     for w in warm {
         w.await?;
     }
+    Ok(())
+}
+
+/// On `pool`, of one worker: a task sent ahead to the worker while another runs there, then
+/// cancelled, never runs, and no worker is killed for it (either kind of cancel).
+pub async fn cancel_behind_a_running_task(pool: &Pool) -> super::TestResult {
+    send_ahead_from_now_on(pool, "behind").await?;
     for (round, kill_if_running) in [false, true, false, true].into_iter().enumerate() {
         let path = tmp_path(&format!("behind-{round}"));
         let marker = tmp_path(&format!("behind-never-{round}"));
