@@ -40,6 +40,7 @@ fn main() {
         example_cluster_map_runs_on_two_local_hosts,
         retries_run_again_a_task_whose_worker_died_only_when_asked,
         a_task_cancelled_on_a_host_is_not_run_elsewhere_when_its_worker_dies,
+        a_task_cancelled_while_it_runs_is_not_run_again_when_its_worker_dies,
         from_env_and_worker_command_let_an_agent_be_started_by_hand,
         building_a_cluster_leaves_its_runtime_running_while_launching,
         a_pool_and_shutdown_wait_for_no_launch,
@@ -749,6 +750,58 @@ async fn a_task_cancelled_on_a_host_is_not_run_elsewhere_when_its_worker_dies() 
     );
     ensure!(after? == 9, "the replacement does not serve");
     ensure!(!ran, "the cancelled task ran");
+    Ok(())
+}
+
+/// Appends a line to `log`, then exits with code 7 once `gate` exists.
+fn log_then_exit_at(log: String, gate: String) -> u32 {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+    {
+        let _ = f.write_all(b"ran\n");
+    }
+    exit_at(gate)
+}
+
+// A task cancelled (if queued) while it runs on a host's worker runs on, so its worker is
+// asked to drop it and cannot; that worker then dies. The pool allows retries, but its caller
+// asked that the task not run again once queued: it fails as its worker's loss, having run
+// once.
+async fn a_task_cancelled_while_it_runs_is_not_run_again_when_its_worker_dies() -> TestResult {
+    let Some(net) = Net::new(1) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 1, 1, |b| b).await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .retries_on_worker_loss(1)
+        .build()
+        .await?;
+    let (log, gate) = (temp_path("log"), temp_path("gate"));
+    let task = pool.apply_async(log_then_exit_at, (log.clone(), gate.clone()));
+    let started = eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| !s.is_empty())
+    })
+    .await;
+    task.cancel_if_queued();
+    std::fs::write(&gate, "1")?;
+    let out = task.await;
+    let runs = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let after = pool.apply(sqr, (3,)).await;
+    let _ = (std::fs::remove_file(&log), std::fs::remove_file(&gate));
+    ensure!(started, "the task did not start");
+    ensure!(
+        out.as_ref().is_err_and(|e| e.is_worker_lost()),
+        "the task gave {out:?}"
+    );
+    ensure!(runs == 1, "the task ran {runs} times");
+    ensure!(after? == 9, "the replacement does not serve");
     Ok(())
 }
 

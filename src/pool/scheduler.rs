@@ -874,7 +874,8 @@ impl Scheduler {
                 continue;
             };
             // The worker is dead, so its started mark is final: a task it may have started
-            // is never sent again, unless the caller allowed retries.
+            // is never sent again, unless the caller allowed retries and has not since
+            // cancelled it (a retry would be a queued task, which a cancel drops).
             let never_started = !run.is_async && !slot.may_have_started(*id);
             if never_started && run.cancel_sent {
                 // Its caller cancelled it, and it never started: it is cancelled.
@@ -892,7 +893,7 @@ impl Scheduler {
                     reply: None,
                     stream: None,
                 }),
-                (false, Some(payload)) if run.retries > 0 => {
+                (false, Some(payload)) if run.retries > 0 && !run.cancel_sent => {
                     tracing::debug!(id, pid = slot.pid, "running a lost worker's task again");
                     requeue.push(Job {
                         id: *id,
