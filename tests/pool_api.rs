@@ -94,11 +94,7 @@ async fn a_loop_over_results_an_imap_holds_lets_other_tasks_run() -> TestResult 
     let s = &std::sync::Mutex::new(s);
     let ran = support::lets_others_run(CHUNK as u32 - 1, |n| async move {
         let x = i64::from(n) + 1;
-        let next = std::future::poll_fn(|cx| {
-            s.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .poll_next_unpin(cx)
-        });
+        let next = std::future::poll_fn(|cx| support::locked(s).poll_next_unpin(cx));
         match next.await {
             Some(Ok(got)) => ensure!(got == x * x, "result {x} was {got}"),
             other => return Err(format!("result {x}: {other:?}").into()),
@@ -111,6 +107,36 @@ async fn a_loop_over_results_an_imap_holds_lets_other_tasks_run() -> TestResult 
         "the other task waited for the stream's results to run out"
     );
     Ok(())
+}
+
+// A loop that waits on finished handles (`wait`, `wait_timeout`, `ready`), as one that polls
+// for another task's flag would, lets the runtime's other tasks run.
+async fn a_loop_of_waits_on_finished_results_lets_other_tasks_run() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let (mut one, mut many) = (pool.apply_async(sqr, (3,)), pool.map_async(sqr, 0..4));
+    one.wait().await;
+    many.wait().await;
+    // Locked only within each poll, so that the lock spends nothing.
+    let (one, many) = (&std::sync::Mutex::new(one), &std::sync::Mutex::new(many));
+    support::none_starve(
+        &["wait", "wait_timeout", "map wait"],
+        10_000,
+        |what, _| async move {
+            let finished = std::future::poll_fn(|cx| {
+                let (mut one, mut many) = (support::locked(one), support::locked(many));
+                match what {
+                    "wait" => Box::pin(one.wait()).as_mut().poll(cx).map(|()| true),
+                    "wait_timeout" => Box::pin(one.wait_timeout(Duration::from_secs(1)))
+                        .as_mut()
+                        .poll(cx),
+                    _ => Box::pin(many.wait()).as_mut().poll(cx).map(|()| true),
+                }
+            });
+            ensure!(finished.await, "{what}: a finished task timed out");
+            Ok(())
+        },
+    )
+    .await
 }
 
 // test_imap, test_imap_unordered
@@ -1311,6 +1337,10 @@ fn main() {
         zero_processes,
         forkserver_workers,
     ];
+    trials.push(support::test_current_thread(
+        "a_loop_of_waits_on_finished_results_lets_other_tasks_run",
+        a_loop_of_waits_on_finished_results_lets_other_tasks_run,
+    ));
     trials.push(support::test_current_thread(
         "a_loop_over_results_an_imap_holds_lets_other_tasks_run",
         a_loop_over_results_an_imap_holds_lets_other_tasks_run,

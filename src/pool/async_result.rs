@@ -285,6 +285,12 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
     /// here.
     fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let this = self;
+        if matches!(this.state, State::Done(_) | State::Taken(_)) {
+            // Settled already: a loop of waits spends tokio's budget, as one on a tokio
+            // channel does, so that it lets the runtime's other tasks run.
+            std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+            return Poll::Ready(());
+        }
         if let State::Waiting(rx) = &mut this.state {
             this.state = match Pin::new(rx).poll(cx) {
                 Poll::Pending => return Poll::Pending,

@@ -89,6 +89,12 @@ where
     Ok(true)
 }
 
+/// `m` locked, poisoned or not: for tests that lock only within one poll, so that the lock
+/// spends nothing of tokio's budget.
+pub fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Fails unless a loop of `round` (given the kind and the round's number) lets a task
 /// spawned before it run, for each kind of `kinds`: each kind's loop runs as
 /// [`lets_others_run`] runs it, and the error names the kinds that starved it.
