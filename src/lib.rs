@@ -117,6 +117,12 @@ pub mod __private {
         crate::sys::fork_and_reap()
     }
 
+    /// Runs `hook` in each `SharedMemory::create` of this process once the segment is made
+    /// and before its tracker is told of it (set once).
+    pub fn on_segment_made(hook: fn()) {
+        let _ = crate::shared::SEGMENT_MADE.set(hook);
+    }
+
     /// Encodes `value` as it would cross to another process and decodes it back.
     pub fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(
         value: &T,

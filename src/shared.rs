@@ -671,8 +671,10 @@ impl<T: Pod> ArrayGuard<'_, T> {
 /// the name once it has ended, and says so on standard error, as Python's resource tracker
 /// does. A process's first named segment starts its tracker (this program re-executed, in a
 /// session of its own, about a millisecond once per process); it ends once its creator has,
-/// and removes a name only while it still names the creator's segment. Where no name is
-/// needed, an anonymous segment cannot leak even if every process is killed.
+/// and removes a name only while it still names the creator's segment. A segment is given
+/// its name only once the tracker holds it (where `/dev/shm` can make a file without a name,
+/// as Linux's tmpfs can), so a creator killed at any moment leaves no name behind. Where no
+/// name is needed, an anonymous segment cannot leak even if every process is killed.
 ///
 /// # Examples
 ///
@@ -702,6 +704,18 @@ pub(crate) fn check_size(size: usize) -> Result<()> {
             "a shared memory segment needs a size of at least 1 byte".into(),
         )),
         _ => Ok(()),
+    }
+}
+
+/// What [`SharedMemory::create`] runs once it has made a segment and before it tells the
+/// tracker of it: a test hook only (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
+pub(crate) static SEGMENT_MADE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+fn segment_made() {
+    #[cfg(feature = "test-hooks")]
+    if let Some(hook) = SEGMENT_MADE.get() {
+        hook();
     }
 }
 
@@ -750,14 +764,33 @@ impl SharedMemory {
         check_size(size)?;
         let bare = check_name(name)?;
         tracker::start_before_a_segment();
-        let region = sys::shm_create(name, size).map_err(|e| about_segment(bare, e))?;
-        let tracked = tracker::track(bare, region.fd());
-        Ok(SharedMemory {
+        let named = |region, tracked| SharedMemory {
             region,
             name: Some(bare.to_string()),
             owns_name: true,
             tracked,
-        })
+        };
+        // Made without a name, told to the tracker, then named: a creator killed at any
+        // point between leaves no name that no tracker holds.
+        if let Some(made) = sys::shm_create_unnamed(size) {
+            let region = made.map_err(|e| about_segment(bare, e))?;
+            segment_made();
+            let tracked = tracker::track(bare, region.fd());
+            match sys::shm_name_segment(region.fd(), name) {
+                Ok(()) => return Ok(named(region, tracked)),
+                // The tracker forgets it as `tracked` goes.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(about_segment(bare, e));
+                }
+                // Not to be named so (no `/proc`, and no right to name a descriptor):
+                // made with its name, as `shm_open` makes it.
+                Err(_) => {}
+            }
+        }
+        let region = sys::shm_create(name, size).map_err(|e| about_segment(bare, e))?;
+        segment_made();
+        let tracked = tracker::track(bare, region.fd());
+        Ok(named(region, tracked))
     }
 
     /// Creates an anonymous segment of `size` bytes, zero-filled (a memfd: it has no name

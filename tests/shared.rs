@@ -613,6 +613,50 @@ async fn kill_creator(p: &mut Process, tracker: u32) -> TestResult {
     Ok(())
 }
 
+/// Set in a child that stops in `SharedMemory::create` (see [`stop_once_made`]).
+static MADE: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+
+/// Says the segment is made, then waits to be killed: what a creator killed at that point
+/// leaves is what any kill between the segment's making and its tracking leaves.
+fn stop_once_made() {
+    if let Some(made) = MADE.get() {
+        made.set();
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+async fn shm_create_stopping_once_made(name: String, made: Event) -> Result<(), String> {
+    let _ = MADE.set(made);
+    tokio_multiprocessing::__private::on_segment_made(stop_once_made);
+    SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A creator killed after it made a segment and before its tracker knew of it leaves no name:
+/// the segment has none until the tracker holds it.
+async fn a_creator_killed_between_making_a_segment_and_telling_its_tracker_leaves_no_name()
+-> TestResult {
+    let name = unique("tracker-between");
+    let made = Event::new()?;
+    let mut p = Process::new(shm_create_stopping_once_made, (name.clone(), made.clone()))
+        .daemon(true)
+        .start()
+        .await?;
+    ensure!(made.wait_timeout(LONG).await?, "the child made no segment");
+    let Some(tracker) = tracker_of(p.pid()) else {
+        return Err(format!("no tracker of the child {}", p.pid()).into());
+    };
+    kill_creator(&mut p, tracker).await?;
+    let left = shm_exists(&name);
+    if left {
+        SharedMemory::attach(&name)?.unlink()?;
+    }
+    ensure!(!left, "the killed creator left its segment's name");
+    Ok(())
+}
+
 /// A tracker someone killed is replaced at the next segment, which the new one removes once
 /// the creator is killed (the first is lost with the tracker that held it).
 async fn a_killed_tracker_is_replaced() -> TestResult {
@@ -1052,6 +1096,7 @@ fn main() {
         a_creator_killed_leaves_no_segment,
         a_killed_creators_tracker_leaves_names_not_its_own,
         a_killed_tracker_is_replaced,
+        a_creator_killed_between_making_a_segment_and_telling_its_tracker_leaves_no_name,
         example_shared_value_array,
         shareable_list_basics,
         shareable_list_counts_as_python_compares,

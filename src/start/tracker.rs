@@ -70,10 +70,10 @@ pub(crate) struct Tracked {
 }
 
 /// Starts this process's tracker if it has none, before the process makes a segment: a
-/// creator killed while it makes its first segment then leaves no name behind unless the
-/// kill falls between the few system calls that make the segment and tell the tracker
-/// (starting a tracker takes a process start, a millisecond or more). If it cannot start, a
-/// warning says so once, and [`track`] finds it failed.
+/// creator killed while it makes its first segment then leaves no name behind (starting a
+/// tracker takes a process start, a millisecond or more, and the segment is named only once
+/// the tracker holds it, where the system can name a segment after making it). If it cannot
+/// start, a warning says so once, and [`track`] finds it failed.
 pub(crate) fn start_before_a_segment() {
     let _ = running_link(&mut state(), sys::current_pid());
 }

@@ -337,6 +337,55 @@ pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<SharedRegion> {
     region
 }
 
+/// Where glibc's `shm_open` keeps the named segments.
+const SHM_DIR: &str = "/dev/shm";
+
+/// Makes a segment of `len` bytes that has no name yet (an `O_TMPFILE` in `/dev/shm`):
+/// [`shm_name_segment`] gives it one. `None` if the system cannot make one (no `O_TMPFILE` on
+/// that file system, or no `/dev/shm`).
+pub(crate) fn shm_create_unnamed(len: usize) -> Option<io::Result<SharedRegion>> {
+    let fd = match nix::fcntl::open(
+        SHM_DIR,
+        OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return None,
+    };
+    Some(
+        to_off(len)
+            .and_then(|off| Ok(nix::unistd::ftruncate(&fd, off)?))
+            .and_then(|()| SharedRegion::map(fd, len)),
+    )
+}
+
+/// Gives `segment`, made by [`shm_create_unnamed`], the name `name`, as `shm_open` would find
+/// it; fails with `AlreadyExists` if the name is taken.
+pub(crate) fn shm_name_segment(segment: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let cname = shm_name(name)?;
+    let path = format!("{SHM_DIR}{}", cname.to_string_lossy());
+    let by_proc = format!("/proc/self/fd/{}", segment.as_raw_fd());
+    let linked = nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        by_proc.as_str(),
+        nix::fcntl::AT_FDCWD,
+        path.as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    );
+    match linked {
+        // No `/proc`: linking the descriptor itself needs the capability to read any file.
+        Err(nix::errno::Errno::ENOENT) => Ok(nix::unistd::linkat(
+            segment,
+            "",
+            nix::fcntl::AT_FDCWD,
+            path.as_str(),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )?),
+        r => Ok(r?),
+    }
+}
+
 /// Opens and maps the existing named segment `name`.
 pub(crate) fn shm_attach(name: &str) -> io::Result<SharedRegion> {
     let cname = shm_name(name)?;
