@@ -515,7 +515,8 @@ fn queues_on_a_runtime(
 /// spent. On a current-thread runtime a task spawned before the loop runs within a few
 /// hundred rounds; before, such a loop never yielded (the ring needs no wait), so the
 /// spawned task, and every timer of the runtime, waited for the loop to end, for ever with
-/// a producer in another process that keeps up.
+/// a producer in another process that keeps up. So does a loop of `join`s of a joinable
+/// queue whose items are all done, which return without waiting.
 async fn a_loop_of_puts_and_gets_lets_other_tasks_run() -> TestResult {
     const ROUNDS: u32 = 10_000;
     let q = &mp::Queue::<u32>::new()?;
@@ -526,6 +527,7 @@ async fn a_loop_of_puts_and_gets_lets_other_tasks_run() -> TestResult {
         "put and get",
         "put_timeout and get_timeout",
         "joinable",
+        "join",
         "simple",
     ] {
         let ran = support::lets_others_run(ROUNDS, |n| async move {
@@ -543,6 +545,11 @@ async fn a_loop_of_puts_and_gets_lets_other_tasks_run() -> TestResult {
                     let got = jq.get().await?;
                     jq.task_done()?;
                     got
+                }
+                // Every item is done: each `join` returns without waiting.
+                "join" => {
+                    jq.join().await?;
+                    n
                 }
                 _ => {
                     sq.put(n).await?;

@@ -106,6 +106,10 @@ impl<T> JoinableQueue<T> {
     /// waiting for ever, as in Python. Where consumers may die, bound the wait (with
     /// `tokio::time::timeout`) and read [`unfinished`](Self::unfinished).
     ///
+    /// It first spends a unit of the task's budget with tokio's scheduler, as `get` and an
+    /// [`Event`](crate::Event)'s `wait` do: a `join` with nothing unfinished returns without
+    /// waiting, so a loop of them would otherwise never yield to the other tasks.
+    ///
     /// # Errors
     /// [`Error::HandleClosed`] after `close`; an I/O error.
     ///
@@ -115,6 +119,7 @@ impl<T> JoinableQueue<T> {
     /// # Cancel safety
     /// This method is cancel safe: it only waits.
     pub async fn join(&self) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         self.0.inner.check_open()?;
         if self.unfinished() == 0 {
             return Ok(());
