@@ -24,6 +24,11 @@ const SKIP_THROUGH: usize = 32;
 /// been sent yet.
 pub(super) const SENDING: u64 = 1 << 32;
 
+/// Set in [`Header::packet_sent`] beside the holder's pid once a joinable queue counts its
+/// packet's item as unfinished, before its marker is published: a holder that dies then
+/// leaves its marker to the next holder, which must not count the item again.
+pub(super) const COUNTED: u64 = 1 << 33;
+
 /// See the module docs.
 #[derive(Clone, Copy)]
 pub(super) struct Header<'a> {
@@ -68,8 +73,9 @@ impl<'a> Header<'a> {
     }
 
     /// What the packet lock's holder has sent: its pid with [`SENDING`] from just before it
-    /// sends its packet, its pid alone once the packet is in the socket, until the packet's
-    /// marker is in the ring; 0 otherwise. Whoever takes the lock next and finds it set
+    /// sends its packet, its pid alone once the packet is in the socket (with [`COUNTED`]
+    /// once its item is counted as unfinished), until the packet's marker is in the ring; 0
+    /// otherwise. Whoever takes the lock next and finds it set
     /// publishes the marker of a holder that died in between (see `packet.rs`).
     pub(super) fn packet_sent(self) -> &'a AtomicU64 {
         self.ring.user_word(PACKET_SENT)

@@ -104,7 +104,12 @@ impl<T> JoinableQueue<T> {
     /// consumer was killed before its `task_done` (during its `get`, say), or whose `get`
     /// failed with [`Error::Decode`] and was not followed by a `task_done`, keeps `join`
     /// waiting for ever, as in Python. Where consumers may die, bound the wait (with
-    /// `tokio::time::timeout`) and read [`unfinished`](Self::unfinished).
+    /// `tokio::time::timeout`) and read [`unfinished`](Self::unfinished). An item counts
+    /// once it is in the queue, so a producer killed while its `put` waits for room counts
+    /// nothing, and the large item of one killed after sending it is published by another
+    /// process and counted once; only a producer killed in the few instructions between
+    /// counting its item and publishing it leaves it counted (in Python, any producer
+    /// killed between its `put` and its feeder's write).
     ///
     /// It first spends a unit of the task's budget with tokio's scheduler, as `get` and an
     /// [`Event`](crate::Event)'s `wait` do: a `join` with nothing unfinished returns without

@@ -99,7 +99,10 @@
 //! the first packet it meets is of an earlier tag than its marker's: the dead consumer's
 //! item, which went with it as a small one would. It drops that packet and receives its
 //! own, so no later item comes out a place late. A [`JoinableQueue`] still counts a lost
-//! item as unfinished.
+//! item as unfinished. It counts an item only once the item is in the ring (just before
+//! its slot is published), so a producer killed while it waits for room leaves no count;
+//! one that counted its large item before its marker found room records so beside its
+//! packet, so that the process that publishes the marker for it does not count it again.
 //!
 //! # Layout
 //!

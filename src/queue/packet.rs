@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::INLINE_MAX;
-use super::header::SENDING;
+use super::header::{COUNTED, SENDING};
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::{Error, Result};
@@ -139,7 +139,7 @@ impl Inner {
             "a queue's producer died holding its packet lock after it began to send; \
              publishing its marker"
         );
-        Err(self.push_marker(guard))
+        Err(self.push_marker(guard, dead & COUNTED != 0))
     }
 
     /// Before a consumer sleeps for want of items: a producer that sent its packet and has
@@ -235,7 +235,7 @@ impl Inner {
         self.record_sent(SENDING);
         until(deadline, self.send_packet(r, bytes, fds)).await?;
         self.record_sent(0);
-        match self.push_marker(lock) {
+        match self.push_marker(lock, false) {
             None => Ok(()),
             Some(task) => task.await.map_err(|e| Error::from(io::Error::other(e)))?,
         }
@@ -285,7 +285,7 @@ impl Inner {
         self.record_sent(0);
         // If the ring filled up since we looked, the marker goes in as soon as there is
         // room, from a task of its own.
-        let _ = self.push_marker(lock);
+        let _ = self.push_marker(lock, false);
         Ok(())
     }
 
@@ -313,16 +313,25 @@ impl Inner {
     /// a task (or, outside a runtime, a thread) of its own finishes it, holding the lock.
     /// The item is put then, for a joinable queue too, which counts it as unfinished at
     /// once: a `join` after a put that returned waits for it (and a marker that cannot be
-    /// published, for an error, is not counted).
+    /// published, for an error, is not counted). It records so ([`COUNTED`]), so that a
+    /// holder that takes the lock over from it, should it die first, publishes the marker
+    /// without counting the item again (`counted`), which would leave `join` waiting for
+    /// ever.
     fn push_marker(
         self: &Arc<Self>,
         lock: PacketGuard,
+        counted: bool,
     ) -> Option<tokio::task::JoinHandle<Result<()>>> {
-        if self.try_push(None) == Pushed::Done {
+        if self.try_push_counted(None, counted) == Pushed::Done {
             drop(lock);
             return None;
         }
-        self.count();
+        if !counted {
+            self.count();
+            self.header()
+                .packet_sent()
+                .fetch_or(COUNTED, Ordering::SeqCst);
+        }
         let q = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(h) => Some(h.spawn(async move {
@@ -331,6 +340,10 @@ impl Inner {
                     Err(e) => Err(e),
                 };
                 if res.is_err() {
+                    // The next holder publishes the marker, and counts the item then.
+                    q.header()
+                        .packet_sent()
+                        .fetch_and(!COUNTED, Ordering::SeqCst);
                     q.uncount();
                 }
                 drop(lock);
@@ -474,7 +487,10 @@ mod tests {
         };
         let guard = inner.try_lock().unwrap().expect("the packet lock is free");
         sys::send_headed_with_fds(inner.tx.as_fd(), &inner.tag(), &bytes, &[]).unwrap();
-        assert!(inner.push_marker(guard).is_none(), "outside a runtime");
+        assert!(
+            inner.push_marker(guard, false).is_none(),
+            "outside a runtime"
+        );
     }
 
     /// A consumer that took a marker and died before it received its packet left that

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::unix::AsyncFdReadyGuard;
 
+use super::header::COUNTED;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use crate::error::Result;
@@ -32,29 +33,38 @@ impl Inner {
     /// [`try_push`](Self::try_push) of a slot that a joinable queue counts as unfinished
     /// already (`counted`): a marker whose put returned before it was published (see
     /// `push_marker`).
+    ///
+    /// The slot is counted once it is ours, just before it is published, so that no
+    /// consumer's `task_done` for it comes first, and a try that finds no room counts
+    /// nothing: a producer killed while it waits for room leaves no count behind, for
+    /// `join` to wait on for ever. A marker counted already clears its record of that
+    /// ([`COUNTED`]) at the same point instead: a holder killed after the marker is out and
+    /// before its record is cleared leaves the next holder to publish a marker too many,
+    /// which it counts, as the consumer that skips it uncounts it.
     pub(super) fn try_push_counted(&self, data: Option<&[u8]>, counted: bool) -> Pushed {
-        let joinable = self.done.is_some() && !counted;
-        if joinable {
-            self.header().unfinished().fetch_add(1, Ordering::SeqCst);
-        }
+        let header = self.header();
+        let joinable = self.done.is_some();
         // Only a marker reads the tag: the word shares its cache line with the packet lock's
         // record, which small items leave alone.
         let message = match data {
             Some(d) => Message::Data(d),
-            None => Message::Marker(self.header().next_tag().load(Ordering::SeqCst)),
+            None => Message::Marker(header.next_tag().load(Ordering::SeqCst)),
         };
-        let pushed = self.ring.try_push(message);
+        let pushed = self.ring.try_push_then(message, || {
+            if counted {
+                header.packet_sent().fetch_and(!COUNTED, Ordering::SeqCst);
+            } else if joinable {
+                header.unfinished().fetch_add(1, Ordering::SeqCst);
+            }
+        });
         if let (Message::Marker(tag), Pushed::Done) = (message, &pushed) {
-            self.header().next_tag().store(tag + 1, Ordering::SeqCst);
-            self.header().packet_sent().store(0, Ordering::SeqCst);
+            header.next_tag().store(tag + 1, Ordering::SeqCst);
+            header.packet_sent().store(0, Ordering::SeqCst);
         }
         if pushed == Pushed::Done {
             self.recent.mark();
             self.notify_consumers();
             return pushed;
-        }
-        if joinable && self.header().unfinished().fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.wake_joiners();
         }
         match pushed {
             // Our own process (another thread) frees it and wakes us as any consumer does.

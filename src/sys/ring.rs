@@ -226,7 +226,17 @@ impl ShmRing {
     }
 
     /// Appends a message: bytes (at most [`SLOT_DATA`]) or a marker.
+    #[cfg(test)]
     pub(crate) fn try_push(&self, message: Message<'_>) -> Pushed {
+        self.try_push_then(message, || {})
+    }
+
+    /// Appends a message: bytes (at most [`SLOT_DATA`]) or a marker; calls `claimed` once
+    /// the slot is ours and written, just before the message is published, and only then:
+    /// what it does happens before any consumer can take the message, and not at all when
+    /// there is no room. (A process killed between the two leaves it done for a message
+    /// that is lost.)
+    pub(crate) fn try_push_then(&self, message: Message<'_>, claimed: impl FnOnce()) -> Pushed {
         let me = owner_id();
         let enq = self.word(W_ENQ);
         let mut pos = enq.load(Ordering::Acquire);
@@ -261,6 +271,7 @@ impl ShmRing {
                         Message::Marker(_) => MARKER,
                     };
                     len.store(n, Ordering::Relaxed);
+                    claimed();
                     state.store(word(lap, READY, 0), Ordering::SeqCst);
                     return Pushed::Done;
                 }
