@@ -1591,6 +1591,51 @@ async fn closed_queue_empty_and_joinable_put_get() -> TestResult {
     Ok(())
 }
 
+/// `_TestQueue.test_timeout`: a `get` with a timeout on an empty queue gives up with
+/// `Empty` (Python's `queue.Empty`), a timeout of zero too, and takes nothing: the items a
+/// child puts afterwards come out whole, in order.
+async fn queue_get_timeout() -> TestResult {
+    let q = Queue::<u32>::new()?;
+    ensure!(
+        matches!(
+            q.get_timeout(Duration::from_millis(200)).await,
+            Err(Error::Empty)
+        ),
+        "get(timeout=0.2) of an empty queue"
+    );
+    ensure!(
+        matches!(q.get_timeout(Duration::ZERO).await, Err(Error::Empty)),
+        "get(timeout=0) of an empty queue"
+    );
+    let mut p = start(put_ten_to_twenty, (q.clone(),)).await?;
+    for i in 10..20 {
+        let got = q.get_timeout(LONG).await?;
+        ensure!(got == i, "item {i} was {got}");
+    }
+    join_ok(&mut p).await
+}
+
+/// `_TestSimpleQueue.test_empty_exceptions`: a closed `SimpleQueue`, used or not, still
+/// reads its count (a documented difference: Python raises `OSError`, where its `Queue`
+/// reads empty), and its `put` and `get` fail with `HandleClosed`, the item handed back.
+async fn closed_simple_queue_empty_and_put_get() -> TestResult {
+    let q = SimpleQueue::<u32>::new()?;
+    q.close();
+    ensure!(q.empty(), "a closed unused simple queue");
+    let q = SimpleQueue::<u32>::new()?;
+    q.put(1).await?;
+    q.close();
+    ensure!(!q.empty(), "a closed used simple queue");
+    let e = q.put(2).await.err().ok_or("put after close")?;
+    ensure!(matches!(e.error(), Error::HandleClosed { .. }), "put: {e}");
+    ensure!(e.into_inner() == 2, "the item handed back");
+    ensure!(
+        matches!(q.get().await, Err(Error::HandleClosed { .. })),
+        "get after close"
+    );
+    Ok(())
+}
+
 // ================================================================ _TestBarrier (more)
 
 /// `_TestBarrier._test_abort_and_reset_f`: the party with index `PARTIES / 2` aborts where
@@ -3080,6 +3125,8 @@ fn main() {
         queue_used_before_the_child,
         queue_serves_on_after_an_unencodable_item,
         closed_queue_empty_and_joinable_put_get,
+        queue_get_timeout,
+        closed_simple_queue_empty_and_put_get,
         barrier_abort_and_reset,
         barrier_timeout_across_processes,
         wait_on_pipes_until_eof,
