@@ -517,6 +517,48 @@ async fn measure_idle(kids: &[(&str, Event, Process)]) -> TestResult {
     Ok(())
 }
 
+/// No Python counterpart (a POSIX semaphore keeps no count of its sleepers): a process
+/// killed while it slept on a lock or a semaphore stayed counted as a sleeper for ever, so
+/// every later release, even with nobody waiting, wrote the eventfd (and woke every process
+/// that had waited on it). Now the next release pays that once; the thousand after it write
+/// nothing.
+async fn a_waiter_killed_asleep_costs_later_releases_nothing() -> TestResult {
+    let lock = Lock::new()?;
+    let sem = Semaphore::new(0)?;
+    let held = lock.lock().await?;
+    for what in [Waited::Lock(lock.clone()), Waited::Semaphore(sem.clone())] {
+        let started = Event::new()?;
+        let mut p = Process::new(wait_idle, (what, started.clone()))
+            .start()
+            .await?;
+        support::kill_once_asleep(&mut p, &started).await?;
+    }
+    drop(held);
+    sem.release()?;
+    sem.try_acquire()
+        .ok_or("the unit released is missing")?
+        .forget();
+    for kind in ["lock", "semaphore"] {
+        let before = support::writes_made()?;
+        for _ in 0..1000 {
+            if kind == "lock" {
+                drop(lock.lock().await?);
+            } else {
+                sem.release()?;
+                sem.try_acquire()
+                    .ok_or("a unit released is missing")?
+                    .forget();
+            }
+        }
+        let writes = support::writes_made()? - before;
+        ensure!(
+            writes < 100,
+            "1000 releases of a {kind} nobody waits on made {writes} writes"
+        );
+    }
+    Ok(())
+}
+
 // A task that loops on waits that find their way free (an uncontended lock, a semaphore
 // with a permit, a set event, a barrier of one, a condition's predicate already true) lets
 // the other tasks of its runtime run, as it would on tokio's own `Mutex`: on a
@@ -569,6 +611,7 @@ fn main() {
         a_primitive_received_as_another_kind_is_refused,
         many_waiting_tasks_share_their_descriptors,
         idle_waiters_use_no_cpu,
+        a_waiter_killed_asleep_costs_later_releases_nothing,
     ];
     trials.push(support::test_current_thread(
         "a_loop_of_waits_that_find_their_way_free_lets_other_tasks_run",

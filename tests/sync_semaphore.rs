@@ -175,11 +175,7 @@ async fn a_waiter_after_a_killed_one_stays_idle() -> TestResult {
     let mut p = Process::new(acquire_one, (s.clone(), started.clone()))
         .start()
         .await?;
-    started.wait_timeout(LONG).await?;
-    // Let it go to sleep in `acquire`, then kill it there.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    p.kill()?;
-    p.join().await?;
+    support::kill_once_asleep(&mut p, &started).await?;
     // Many releases, taken again at once; one call to stay quick.
     const N: u32 = 3_000_000;
     s.release_n(N)?;
@@ -211,6 +207,32 @@ async fn a_waiter_after_a_killed_one_stays_idle() -> TestResult {
     Ok(())
 }
 
+/// No Python counterpart: a releaser killed after it added its unit and before it woke the
+/// sleepers (here, a test hook that stops there) leaves the next release to wake them: a
+/// process asleep in `acquire` gets a unit once another release comes, as it would have
+/// from the first.
+async fn a_release_killed_before_its_wake_up_leaves_it_to_the_next() -> TestResult {
+    let s = Semaphore::new(0)?;
+    let started = Event::new()?;
+    let mut p = Process::new(acquire_one, (s.clone(), started.clone()))
+        .start()
+        .await?;
+    started.wait_timeout(LONG).await?;
+    // Let it go to sleep in `acquire`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.__release_unwoken()?;
+    s.release()?;
+    let joined = tokio::time::timeout(LONG, p.join()).await;
+    if joined.is_err() {
+        let _ = p.kill();
+        let _ = p.join().await;
+        return Err("the sleeper never took a unit".into());
+    }
+    ensure!(joined?? == 0, "the sleeper failed");
+    ensure!(s.get_value() == 1, "value {}", s.get_value());
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -221,7 +243,8 @@ fn main() {
         bounded_semaphore_over_release,
         bounded_semaphore_of_the_extreme_bounds,
         semaphore_timeout,
-        a_waiter_after_a_killed_one_stays_idle
+        a_waiter_after_a_killed_one_stays_idle,
+        a_release_killed_before_its_wake_up_leaves_it_to_the_next
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -21,21 +21,21 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::wake::Watch;
+use super::wake::{Sleepers, Watch};
 use super::{SPIN, deadline, until};
 use crate::awake;
 use crate::error::{Error, Result};
-use crate::on_drop::OnDrop;
 use crate::sys;
 
 /// Offsets in the segment: the holder's owner word (its pid and start time, see
-/// [`sys::cached_owner`]; 0 when free), the number of sleeping waiters, and, for an `RLock`,
-/// the owning task's token and the recursion count. The start time tells a dead holder from
-/// a later process that took its pid.
+/// [`sys::cached_owner`]; 0 when free), for an `RLock` the owning task's token and the
+/// recursion count, and the sleepers' counters ([`Sleepers`]). The start time tells a dead
+/// holder from a later process that took its pid.
 const STATE: usize = 0;
-const WAITERS: usize = 8;
 const TASK: usize = 16;
 const COUNT: usize = 24;
+const RAISED: usize = 32;
+const WOKEN: usize = 40;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
@@ -56,6 +56,24 @@ impl Layout for LockLayout {
 pub(super) type RawLock = SharedState<LockLayout>;
 
 impl RawLock {
+    fn sleepers(&self) -> Sleepers<'_> {
+        Sleepers {
+            raised: self.region.u64_at(RAISED),
+            woken: self.region.u64_at(WOKEN),
+        }
+    }
+
+    /// Wakes the sleepers, if any, after the lock was freed; whether it did.
+    fn wake_sleepers(&self) -> bool {
+        let sleepers = self.sleepers();
+        let Some(raised) = sleepers.due() else {
+            return false;
+        };
+        self.wake.signal();
+        sleepers.woke(raised);
+        true
+    }
+
     /// The holder's owner word; 0 when free.
     fn holder(&self) -> u64 {
         self.region.u64_at(STATE).load(SeqCst)
@@ -100,14 +118,10 @@ impl RawLock {
     }
 
     async fn acquire_asleep(&self, me: u64) -> Result<()> {
-        let waiters = self.region.u32_at(WAITERS);
-        waiters.fetch_add(1, SeqCst);
-        let _counted = OnDrop::new(|| {
-            waiters.fetch_sub(1, SeqCst);
-        });
         let mut listener = self.wake.listen()?;
         let mut watch: Option<Arc<Watch>> = None;
         loop {
+            self.sleepers().raise();
             if self.try_take(me) {
                 return Ok(());
             }
@@ -118,7 +132,7 @@ impl RawLock {
             if holder != me && watch.as_ref().is_none_or(|w| w.owner != holder) {
                 watch = Watch::shared(holder)?;
                 if watch.is_none() {
-                    if let Some(e) = self.recover(holder, 1) {
+                    if let Some(e) = self.recover(holder) {
                         return Err(e);
                     }
                     continue;
@@ -136,7 +150,7 @@ impl RawLock {
             };
             if died {
                 watch = None;
-                if let Some(e) = self.recover(holder, 1) {
+                if let Some(e) = self.recover(holder) {
                     return Err(e);
                 }
             }
@@ -154,15 +168,14 @@ impl RawLock {
         if holder == 0 || holder == me || !sys::owner_gone(holder)? {
             return Ok(false);
         }
-        match self.recover(holder, 0) {
+        match self.recover(holder) {
             Some(e) => Err(e),
             None => Ok(false),
         }
     }
 
-    /// Frees the lock of a dead holder; the error for the one caller that did. `counted` is
-    /// 1 if the caller is among the sleeping waiters, 0 if not.
-    fn recover(&self, dead: u64, counted: u32) -> Option<Error> {
+    /// Frees the lock of a dead holder; the error for the one caller that did.
+    fn recover(&self, dead: u64) -> Option<Error> {
         let freed = self
             .region
             .u64_at(STATE)
@@ -174,9 +187,7 @@ impl RawLock {
         let pid = sys::owner_pid(dead);
         tracing::debug!(pid, "lock holder died; lock recovered");
         // Others may sleep on the lock too.
-        if self.region.u32_at(WAITERS).load(SeqCst) > counted {
-            self.wake.signal();
-        }
+        self.wake_sleepers();
         Some(Error::LockOwnerDied { pid })
     }
 
@@ -186,10 +197,12 @@ impl RawLock {
         if prev == 0 {
             return false;
         }
-        if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
+        // Marked first: a waiter woken looks at it to spin.
+        let sleepers = self.sleepers();
+        if sleepers.due().is_some() {
             self.recent.mark();
-            self.wake.signal();
         }
+        self.wake_sleepers();
         true
     }
 }

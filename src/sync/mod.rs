@@ -18,8 +18,8 @@
 //! The state is read and changed only with atomic instructions on the shared pages. The
 //! fast paths (an uncontended `lock`, a `release` with no waiter, `Event::is_set`) make no
 //! system call at all. Before it sleeps, a contended acquirer spins briefly (a holder in
-//! another process usually releases within a few hundred nanoseconds); then it counts itself
-//! in the segment's waiter count and sleeps on the eventfd, awaited on tokio's reactor. No
+//! another process usually releases within a few hundred nanoseconds); then it raises the
+//! segment's sleepers' counter and sleeps on the eventfd, awaited on tokio's reactor. No
 //! thread is parked and nothing is polled on a timer.
 //!
 //! A wait that finds what it waits for returns without touching the reactor, so each
@@ -30,14 +30,17 @@
 //!
 //! # Lost wake-ups
 //!
-//! A waiter increments the waiter count *before* its last attempt to take the lock; a
-//! releaser clears the lock *before* it reads the waiter count. Both use sequentially
-//! consistent operations, so either the waiter's attempt sees the lock free, or the releaser
-//! sees the waiter and writes the eventfd. The eventfd keeps what was written (a counter), so
-//! a write made before the waiter starts to sleep still wakes it. Each wait also notes the
-//! events its process's registration of the eventfd has taken before checking its
-//! condition (see `wake.rs`), so two tasks of one process never steal each other's events,
-//! and a thousand waiting tasks share one descriptor.
+//! A `Lock`'s or `Semaphore`'s waiter counts a raise of its sleepers' counter *before* each
+//! last attempt to take the lock (or a unit) and sleep; a releaser frees the lock *before*
+//! it reads the raises, and writes the eventfd if some came since the last write (see
+//! `Sleepers` in `wake.rs`). Both use sequentially consistent operations, so either the
+//! waiter's attempt sees the lock free, or the releaser sees the raise and writes the
+//! eventfd (or, killed before it could, leaves the raise for the next release). The eventfd
+//! keeps what was written (a counter), so a write made before the waiter starts to sleep
+//! still wakes it. Every waiter it wakes raises again before it looks and sleeps again.
+//! Each wait also notes the events its process's registration of the eventfd has taken
+//! before checking its condition (see `wake.rs`), so two tasks of one process never steal
+//! each other's events, and a thousand waiting tasks share one descriptor.
 //!
 //! # Thundering herds
 //!

@@ -13,15 +13,16 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
+use super::wake::Sleepers;
 use super::{SPIN, deadline, until};
 use crate::error::{Error, Result};
-use crate::on_drop::OnDrop;
 
-/// Offsets: the value, the number of sleeping waiters, the bound plus one (0: unbounded;
-/// so that a bound of 0 can be told from none).
+/// Offsets: the value, the bound plus one (0: unbounded; so that a bound of 0 can be told
+/// from none), and the sleepers' counters ([`Sleepers`]).
 const VALUE: usize = 0;
-const WAITERS: usize = 4;
 const BOUND: usize = 8;
+const RAISED: usize = 16;
+const WOKEN: usize = 24;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
@@ -70,13 +71,9 @@ impl RawSemaphore {
     }
 
     async fn acquire_slow(&self) -> Result<()> {
-        let waiters = self.region.u32_at(WAITERS);
-        waiters.fetch_add(1, SeqCst);
-        let _counted = OnDrop::new(|| {
-            waiters.fetch_sub(1, SeqCst);
-        });
         let mut listener = self.wake.listen()?;
         loop {
+            self.sleepers().raise();
             if self.try_take() {
                 return Ok(());
             }
@@ -85,6 +82,17 @@ impl RawSemaphore {
     }
 
     fn release(&self, n: u32) -> Result<()> {
+        self.add(n)?;
+        let sleepers = self.sleepers();
+        if let Some(raised) = sleepers.due() {
+            self.wake.signal();
+            sleepers.woke(raised);
+        }
+        Ok(())
+    }
+
+    /// Adds `n` units, within the bound.
+    fn add(&self, n: u32) -> Result<()> {
         let v = self.region.u32_at(VALUE);
         let bound = self.region.u32_at(BOUND).load(Relaxed).checked_sub(1);
         let mut cur = v.load(SeqCst);
@@ -100,10 +108,14 @@ impl RawSemaphore {
                 Err(now) => cur = now,
             }
         }
-        if self.region.u32_at(WAITERS).load(SeqCst) > 0 {
-            self.wake.signal();
-        }
         Ok(())
+    }
+
+    fn sleepers(&self) -> Sleepers<'_> {
+        Sleepers {
+            raised: self.region.u64_at(RAISED),
+            woken: self.region.u64_at(WOKEN),
+        }
     }
 }
 
@@ -233,6 +245,19 @@ impl Semaphore {
     /// As [`release`](Self::release).
     pub fn release_n(&self, n: u32) -> Result<()> {
         self.raw.release(n)
+    }
+
+    /// Adds a unit and stops short of waking anyone, as a releaser killed before its write to
+    /// the eventfd does. A test hook only (feature `test-hooks`).
+    ///
+    /// # Errors
+    /// As [`release`](Self::release).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __release_unwoken(&self) -> Result<()> {
+        self.raw.add(1)?;
+        let _ = self.raw.sleepers().due();
+        Ok(())
     }
 }
 

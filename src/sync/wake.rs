@@ -132,6 +132,44 @@ impl Wake {
     }
 }
 
+/// The sleepers of a `Lock` or a `Semaphore`, whose releases write the eventfd only when
+/// someone sleeps: two counters in the primitive's segment, of the times waiters were about
+/// to sleep (`raised`) and of those a release has woken (`woken`).
+///
+/// A waiter [`raise`](Self::raise)s before each last look and sleep; a release, after it has
+/// freed what it releases, wakes the sleepers if any raised since the last wake-up
+/// ([`due`](Self::due)), then notes that it did ([`woke`](Self::woke)). Counters, not a count
+/// of sleepers that each waiter takes back as it leaves: a waiter killed while it slept
+/// stayed counted for ever, and every later release wrote the eventfd. A killed waiter's
+/// raise now costs one write, by the next release. Not a flag that a release lowers either:
+/// a releaser killed after it lowered the flag and before it wrote left the sleepers asleep
+/// for good (no later release saw the flag up). The counters are noted only after the write,
+/// so a releaser killed before it leaves the next release to write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sleepers<'a> {
+    pub(crate) raised: &'a AtomicU64,
+    pub(crate) woken: &'a AtomicU64,
+}
+
+impl Sleepers<'_> {
+    /// A waiter is about to look once more, and sleep if it finds nothing.
+    pub(crate) fn raise(&self) {
+        self.raised.fetch_add(1, SeqCst);
+    }
+
+    /// After a release: the count to pass to [`woke`](Self::woke) once the eventfd is
+    /// written, if some waiter raised since the last wake-up.
+    pub(crate) fn due(&self) -> Option<u64> {
+        let raised = self.raised.load(SeqCst);
+        (self.woken.load(SeqCst) < raised).then_some(raised)
+    }
+
+    /// The sleepers that raised up to `raised` were woken.
+    pub(crate) fn woke(&self, raised: u64) {
+        self.woken.fetch_max(raised, SeqCst);
+    }
+}
+
 /// One wait on a [`Wake`]: the shared registration and the count of events it last saw.
 #[derive(Debug)]
 pub(crate) struct Listener {

@@ -251,6 +251,28 @@ pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no CPU times in /proc/{pid}/stat"))
 }
 
+/// Waits for `p` to say on `started` that it is about to wait, lets it go to sleep in its
+/// wait, then kills it there and reaps it.
+pub async fn kill_once_asleep(
+    p: &mut tokio_multiprocessing::Process,
+    started: &tokio_multiprocessing::Event,
+) -> TestResult {
+    started.wait_timeout(Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.kill()?;
+    p.join().await?;
+    Ok(())
+}
+
+/// How many `write` system calls this process (all its threads) has made so far.
+pub fn writes_made() -> Result<u64, String> {
+    let io = std::fs::read_to_string("/proc/self/io").map_err(|e| e.to_string())?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| "no syscw in /proc/self/io".to_string())
+}
+
 /// How many connections wait in the backlog of the listening socket at `address` (a TCP
 /// port on this machine, or a Unix socket path), not accepted yet: the kernel's sockets of
 /// their server side, which no process holds a descriptor of (their inode is 0).
