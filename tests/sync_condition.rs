@@ -166,6 +166,22 @@ where
     Ok(kids)
 }
 
+/// Waits for a waiter to say it woke, then for the child `kid` to end; `lost` is the error
+/// if none does (`kid` is then killed, not left waiting for ever, which would hold this
+/// program at its exit).
+async fn woken_then_joined(woken: &Semaphore, kid: &mut Process, lost: &str) -> TestResult {
+    if woken
+        .acquire_timeout(LONG)
+        .await
+        .map(|g| g.forget())
+        .is_err()
+    {
+        let _ = kid.kill();
+        return Err(lost.into());
+    }
+    join_ok(kid).await
+}
+
 /// Waits until `sem`'s value is `n` (at most 20 s), as CPython's `assertReachesEventually`.
 async fn reaches(sem: &Semaphore, n: u32) -> bool {
     support::eventually(LONG, || sem.get_value() == n).await
@@ -293,18 +309,100 @@ async fn notification_skips_killed_waiter(pid_taken: bool) -> TestResult {
     g.notify(1);
     drop(g);
     drop(stranger);
-    if woken
-        .acquire_timeout(LONG)
-        .await
-        .map(|g| g.forget())
-        .is_err()
-    {
-        // Not left waiting for ever, which would hold this program at its exit.
-        let _ = second[0].kill();
-        return Err("notify(1) woke no one: it went to the killed waiter".into());
+    let lost = "notify(1) woke no one: it went to the killed waiter";
+    woken_then_joined(&woken, &mut second[0], lost).await
+}
+
+/// How the older of two waiters misses the notification that `notify(1)` spent on it.
+#[derive(Clone, Copy)]
+enum Missed {
+    /// Stopped (SIGSTOP) before the notify, so that it never wakes, then killed.
+    KilledAsleep,
+    /// Killed while it waits to take the lock back, which the notifier still holds.
+    KilledRetaking,
+}
+
+/// No Python counterpart (Python's `notify` waits for each waiter it wakes, and would hang
+/// on a killed one): `notify(1)` was spent on the older of two waiters, which was killed
+/// before its wait returned, while it slept or while it took the lock back; the live
+/// waiter behind it slept on, although a notification had been sent while it waited. It
+/// now goes on to the live waiter.
+async fn a_notification_spent_on_a_waiter_killed_asleep_goes_on() -> TestResult {
+    notification_missed_by_a_waiter(Missed::KilledAsleep).await
+}
+
+/// As above, the older waiter killed while it takes the lock back.
+async fn a_notification_spent_on_a_waiter_killed_retaking_the_lock_goes_on() -> TestResult {
+    notification_missed_by_a_waiter(Missed::KilledRetaking).await
+}
+
+async fn notification_missed_by_a_waiter(how: Missed) -> TestResult {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    // One at a time, so that the one killed holds the older ticket.
+    let mut first = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    let mut second = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    let first = &mut first[0];
+    // Taking the lock proves both have released it inside `wait`.
+    let g = c.lock_timeout(LONG).await?;
+    let pid = Pid::from_raw(i32::try_from(first.pid())?);
+    let code;
+    match how {
+        Missed::KilledAsleep => {
+            kill(pid, Signal::SIGSTOP)?;
+            g.notify(1);
+            drop(g);
+            first.kill()?;
+            code = first.join().await?;
+        }
+        Missed::KilledRetaking => {
+            g.notify(1);
+            // It wakes and waits for the lock, or is killed before it wakes: both lose it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            first.kill()?;
+            code = first.join().await?;
+            drop(g);
+        }
     }
-    join_ok(&mut second[0]).await?;
-    Ok(())
+    // Killed in its wait: it never got as far as saying it woke.
+    ensure!(code == -9, "the older waiter ended with {code}");
+    let lost = "the live waiter never got the notification the killed one lost";
+    woken_then_joined(&woken, &mut second[0], lost).await
+}
+
+/// No Python counterpart (a thread's wait cannot be dropped): a wait in this process is
+/// notified, then dropped before it takes the lock back; the notification goes on to the
+/// waiter behind it, in a child, where it was lost.
+async fn a_notification_spent_on_a_dropped_wait_goes_on() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let waiting = tokio::spawn({
+        let (c, sleeping) = (c.clone(), sleeping.clone());
+        async move {
+            let g = c.lock().await?;
+            sleeping.release()?;
+            drop(g.wait().await?);
+            Ok::<_, Error>(())
+        }
+    });
+    sleeping.acquire_timeout(LONG).await?.forget();
+    let mut kids = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    let g = c.lock_timeout(LONG).await?;
+    g.notify(1);
+    // The task is notified; it is dropped while it waits for the lock this holds.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    waiting.abort();
+    ensure!(
+        waiting.await.is_err_and(|e| e.is_cancelled()),
+        "the wait ended though the lock is held"
+    );
+    drop(g);
+    let lost = "the waiter in the child never got the dropped wait's notification";
+    woken_then_joined(&woken, &mut kids[0], lost).await
 }
 
 /// No Python counterpart: waits that time out or are dropped with nobody to notify leave
@@ -365,7 +463,10 @@ fn main() {
         condition_wait_result,
         a_notification_skips_a_killed_waiter,
         a_notification_skips_a_killed_waiter_whose_pid_was_taken,
-        waits_that_leave_do_not_fill_the_condition
+        waits_that_leave_do_not_fill_the_condition,
+        a_notification_spent_on_a_waiter_killed_asleep_goes_on,
+        a_notification_spent_on_a_waiter_killed_retaking_the_lock_goes_on,
+        a_notification_spent_on_a_dropped_wait_goes_on
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -11,6 +11,15 @@
 //! gives back the cancelled tickets at both ends of the outstanding ones (`trim`), so that
 //! waits that time out with nobody to notify do not use up the slots. At most `SLOTS`
 //! waiters may wait at once.
+//!
+//! A wait clears its ticket's owner word as it ends, so a notified ticket whose word is
+//! still set belongs to a wait that has not ended yet. Should that wait end without its
+//! notification (its process killed while it slept or took the lock back, or its future
+//! dropped), the notification is left in a count (`PASS`) for the next holder of the lock
+//! to pass on, as a `notify` would. A dropped wait leaves it itself; a killed one cannot,
+//! so the waiters not yet notified watch (by pidfd) the processes of the notified waits
+//! that have not ended, those sent since they began waiting, and the one that finds such a
+//! process gone takes the lock to pass the notification on.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -24,14 +33,19 @@ use super::shared_state::{Layout, SharedState};
 use super::{deadline, until};
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
+use crate::sync::wake::{Listener, Watch};
 use crate::sync::{Lock, RLock};
 use crate::sys;
 
 const NEXT: usize = 0;
 const LIMIT: usize = 8;
+/// Notifications spent on waits that then ended without them (their process killed, their
+/// future dropped), for the next holder of the lock to pass on.
+const PASS: usize = 16;
 const BITS: usize = 64;
 const SLOTS: u64 = 8192;
-/// The owner word of each ticket's waiter (see [`sys::cached_owner`]), by slot.
+/// The owner word of each ticket's waiter (see [`sys::cached_owner`]), by slot; 0 once its
+/// wait has ended.
 const OWNERS: usize = BITS + (SLOTS as usize) / 8;
 const SIZE: usize = OWNERS + (SLOTS as usize) * 8;
 
@@ -70,11 +84,104 @@ impl Inner {
         self.region.u64_at(OWNERS + (ticket % SLOTS) as usize * 8)
     }
 
-    /// Whether the process that took `ticket` is gone: a notification spent on it would
-    /// wake no one.
-    fn waiter_gone(&self, ticket: u64) -> bool {
-        let owner = self.owner(ticket).load(SeqCst);
-        owner != 0 && owner != sys::cached_owner() && sys::owner_gone(owner).unwrap_or(false)
+    /// Whether the process that took `ticket` is gone (a notification spent on it would
+    /// wake no one); if so, its owner word is cleared, as its wait would have on its way out.
+    fn take_gone(&self, ticket: u64) -> bool {
+        let owner = self.owner(ticket);
+        let word = owner.load(SeqCst);
+        word != 0
+            && word != sys::cached_owner()
+            && sys::owner_gone(word).unwrap_or(false)
+            && owner.compare_exchange(word, 0, SeqCst, SeqCst).is_ok()
+    }
+
+    /// The wait of `ticket`, taken by this process, ends.
+    fn ended(&self, ticket: u64) {
+        let _ = self
+            .owner(ticket)
+            .compare_exchange(sys::cached_owner(), 0, SeqCst, SeqCst);
+    }
+
+    /// The wait of `ticket` ends without its notification, if any, under the lock: it gives
+    /// its ticket up.
+    fn ended_unnotified(&self, ticket: u64) {
+        if !self.notified(ticket) {
+            self.cancel(ticket);
+        }
+        self.ended(ticket);
+    }
+
+    /// The wait of `ticket` is dropped, not under the lock: it gives its ticket up, and a
+    /// notification already spent on it goes on to the next waiter.
+    fn dropped(&self, ticket: u64) {
+        if self.notified(ticket) {
+            self.pass_on(1);
+        } else {
+            self.cancel(ticket);
+            // A notify that counted the ticket just before the bit was set left the bit
+            // (one that came after took it, and skipped the ticket).
+            if self.notified(ticket) && self.take_cancelled(ticket) {
+                self.pass_on(1);
+            }
+        }
+        self.ended(ticket);
+    }
+
+    /// Leaves `n` notifications for the next holder of the lock to pass on, and wakes the
+    /// waiters so that one of them takes the lock to do so.
+    fn pass_on(&self, n: u64) {
+        self.region.u64_at(PASS).fetch_add(n, SeqCst);
+        self.wake.signal();
+    }
+
+    /// Whether notifications wait to be passed on.
+    fn passes(&self) -> bool {
+        self.region.u64_at(PASS).load(SeqCst) != 0
+    }
+
+    /// Looks at the tickets in `from..` below the limit (notified) whose waits have not
+    /// ended: those of processes that are gone hold notifications that were lost, which are
+    /// left to pass on; the processes of the others are watched, since each may yet die
+    /// before its wait ends. Moves `from` past the tickets whose waits have ended.
+    fn lost_notifications(&self, from: &mut u64) -> Result<Vec<Arc<Watch>>> {
+        let me = sys::cached_owner();
+        let limit = self.region.u64_at(LIMIT).load(SeqCst);
+        let next = self.region.u64_at(NEXT).load(SeqCst);
+        // Below this, a ticket's slot may hold a newer ticket's waiter.
+        let reused = next.saturating_sub(SLOTS);
+        let mut watches: Vec<Arc<Watch>> = Vec::new();
+        let mut lost = 0;
+        let mut low = true;
+        for t in (*from).max(reused)..limit {
+            let owner = self.owner(t);
+            let word = owner.load(SeqCst);
+            if word == 0 || word == me {
+                if low && word == 0 {
+                    *from = t + 1;
+                }
+                continue;
+            }
+            low = false;
+            if watches.iter().any(|w| w.owner == word) {
+                continue;
+            }
+            let live = match Watch::shared(word)? {
+                Some(w) if !w.has_exited()? => Some(w),
+                _ => None,
+            };
+            match live {
+                Some(w) => watches.push(w),
+                None => {
+                    if owner.compare_exchange(word, 0, SeqCst, SeqCst).is_ok() {
+                        lost += 1;
+                    }
+                }
+            }
+        }
+        if lost > 0 {
+            self.region.u64_at(PASS).fetch_add(lost, SeqCst);
+        }
+        Ok(watches)
     }
 
     fn notified(&self, ticket: u64) -> bool {
@@ -90,7 +197,7 @@ impl Inner {
     /// that time out with nobody to notify would use up the slots one by one: the limit
     /// moves only in `notify`, and a wait is refused once `SLOTS` tickets are past it.
     fn trim(&self, gone: bool) {
-        let left = |t: u64| self.take_cancelled(t) || (gone && self.waiter_gone(t));
+        let left = |t: u64| self.take_cancelled(t) || (gone && self.take_gone(t));
         let limit = self.region.u64_at(LIMIT);
         let next = self.region.u64_at(NEXT);
         let mut lo = limit.load(SeqCst);
@@ -224,6 +331,11 @@ impl Condition {
                 .saturating_sub(inner.region.u64_at(LIMIT).load(SeqCst))
                 >= SLOTS
         };
+        // Notifications lost by waits that ended without them go to the waiters before
+        // this one.
+        if inner.passes() {
+            self.notify(0);
+        }
         inner.trim(false);
         if full() {
             inner.trim(true);
@@ -245,37 +357,40 @@ impl Condition {
         inner.take_cancelled(ticket);
         inner.owner(ticket).store(sys::cached_owner(), SeqCst);
         next.store(ticket + 1, SeqCst);
+        // Read under the lock: notifications from here on are sent while this wait waits.
+        let arrived = inner.region.u64_at(LIMIT).load(SeqCst);
         let saved = match self.lock.release_save() {
             Ok(s) => s,
             Err(e) => {
                 inner.cancel(ticket);
+                inner.ended(ticket);
                 return Err(e);
             }
         };
-        // A wait dropped before it ends gives its ticket up, unless it was notified.
-        let leave = OnDrop::new(|| {
-            if !inner.notified(ticket) {
-                inner.cancel(ticket);
+        // A wait dropped before it ends gives its ticket up, and passes on a notification
+        // spent on it.
+        let leave = OnDrop::new(|| inner.dropped(ticket));
+        let waited = until(deadline, self.sleep(ticket, arrived, saved, &mut listener)).await;
+        let back = match waited {
+            Ok(Woke::Holding) => Ok(()),
+            Ok(Woke::Failed(e)) => {
+                leave.defuse();
+                inner.dropped(ticket);
+                return Err(e);
             }
-        });
-        let waited = until(deadline, async {
-            loop {
-                if inner.notified(ticket) {
-                    return Ok(());
-                }
-                listener.notified().await?;
-            }
-        })
-        .await;
-        let back = self.lock.acquire_restore(saved).await;
+            _ => self.lock.acquire_restore(saved).await,
+        };
         leave.defuse();
         let notified = inner.notified(ticket);
-        if !notified {
-            inner.cancel(ticket);
+        if back.is_ok() && matches!(waited, Ok(_) | Err(Error::Timeout)) {
+            inner.ended_unnotified(ticket);
+        } else {
+            // The wait fails: a notification spent on it goes on.
+            inner.dropped(ticket);
         }
         back?;
         match waited {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(Error::Timeout) => Ok(notified),
             Err(e) => {
                 self.lock.release();
@@ -284,8 +399,68 @@ impl Condition {
         }
     }
 
+    /// The sleep of [`wait_inner`](Self::wait_inner) until `ticket` is notified, with the
+    /// lock released (`saved` levels of it). `arrived`: the limit when the ticket was taken.
+    ///
+    /// A notification spent on a waiter that then dies before its wait ends (killed while it
+    /// slept or while it took the lock back) would wake no one: the waiters not notified yet
+    /// watch the processes of those notified whose waits have not ended, and when one is
+    /// found gone, take the lock and pass its notification on, as `notify` would (to the
+    /// oldest live waiter: this one, or one before it, which was waiting when the lost
+    /// notification was sent). Only notifications sent while this wait waited are looked
+    /// at, so a wait is never woken by one sent before it began.
+    async fn sleep(
+        &self,
+        ticket: u64,
+        arrived: u64,
+        saved: u32,
+        listener: &mut Listener,
+    ) -> Result<Woke> {
+        let inner = &*self.inner;
+        let mut from = arrived;
+        let mut watches: Vec<Arc<Watch>>;
+        loop {
+            if inner.notified(ticket) {
+                return Ok(Woke::Notified);
+            }
+            // The watches of the last look are kept until this one is made, which shares
+            // those it needs again.
+            watches = inner.lost_notifications(&mut from)?;
+            if inner.passes() {
+                if let Err(e) = self.lock.acquire_restore(saved).await {
+                    // The lock is free (its holder died) but not taken: another waiter
+                    // passes the notifications on.
+                    inner.wake.signal();
+                    return Ok(Woke::Failed(e));
+                }
+                self.notify(0);
+                if inner.notified(ticket) {
+                    return Ok(Woke::Holding);
+                }
+                if let Err(e) = self.lock.release_save() {
+                    return Ok(Woke::Failed(e));
+                }
+                continue;
+            }
+            if watches.is_empty() {
+                listener.notified().await?;
+            } else {
+                let died =
+                    futures::future::select_all(watches.iter().map(|w| Box::pin(w.exited())));
+                tokio::select! {
+                    r = listener.notified() => r?,
+                    (r, _, _) = died => r?,
+                }
+            }
+        }
+    }
+
+    /// Moves the limit past the next `n` live tickets, and past as many more as there are
+    /// notifications left to pass on; wakes the waiters if it moved past any.
     fn notify(&self, n: usize) {
         let inner = &*self.inner;
+        let passed = inner.region.u64_at(PASS).swap(0, SeqCst);
+        let n = n.saturating_add(usize::try_from(passed).unwrap_or(usize::MAX));
         let limit = inner.region.u64_at(LIMIT);
         let mut at = limit.load(SeqCst);
         // At most SLOTS tickets are outstanding; more can only be a damaged segment.
@@ -297,7 +472,7 @@ impl Condition {
         let mut woken = 0;
         while woken < n && at < end {
             // A ticket given up, or whose process died waiting, takes no notification.
-            if !inner.take_cancelled(at) && !inner.waiter_gone(at) {
+            if !inner.take_cancelled(at) && !inner.take_gone(at) {
                 woken += 1;
             }
             at += 1;
@@ -307,6 +482,16 @@ impl Condition {
             inner.wake.signal();
         }
     }
+}
+
+/// How the sleep of a wait ended.
+enum Woke {
+    /// Notified; the lock is to be taken back.
+    Notified,
+    /// Notified while it held the lock to pass notifications on: it holds it still.
+    Holding,
+    /// Taking the lock to pass notifications on failed: the lock is not held.
+    Failed(Error),
 }
 
 /// Holds a [`Condition`]'s lock; waits and notifications go through it. Dropping it releases
@@ -331,9 +516,9 @@ impl<'a> ConditionGuard<'a> {
     /// Outside a tokio runtime.
     ///
     /// # Cancel safety
-    /// Dropping the future releases the lock for good (the guard is consumed). A drop after
-    /// the notification arrived consumes that notification, as a thread that times out just
-    /// as it is notified does.
+    /// Dropping the future releases the lock for good (the guard is consumed). A notification
+    /// that arrived before the drop goes on to the next waiter, as one spent on a waiter that
+    /// is killed before its wait returns does.
     pub async fn wait(self) -> Result<ConditionGuard<'a>> {
         let cond = self.cond;
         std::mem::forget(self);
