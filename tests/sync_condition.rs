@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use libtest_mimic::Arguments;
 use support::{TestResult, join_ok, start};
-use tokio_multiprocessing::{Condition, Error, Lock, Process, RawValue, Semaphore};
+use tokio_multiprocessing::{Condition, ConditionGuard, Error, Lock, Process, RawValue, Semaphore};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -405,6 +405,84 @@ async fn a_notification_spent_on_a_dropped_wait_goes_on() -> TestResult {
     woken_then_joined(&woken, &mut kids[0], lost).await
 }
 
+/// Says it waits, then waits and says it woke, for ever.
+async fn cond_waiter_loop(c: Condition, sleeping: Semaphore, woken: Semaphore) {
+    let mut g = lock_past_the_dead(&c).await.expect("lock");
+    sleeping.release().expect("release");
+    loop {
+        g = match g.wait().await {
+            Ok(g) => {
+                woken.release().expect("release");
+                g
+            }
+            // A waiter killed holding the lock it took back: the lock is free again.
+            Err(Error::LockOwnerDied { .. }) => lock_past_the_dead(&c).await.expect("lock"),
+            Err(e) => panic!("wait: {e}"),
+        };
+    }
+}
+
+/// Takes the condition's lock, past the deaths of holders (each of which is told once).
+async fn lock_past_the_dead(c: &Condition) -> Result<ConditionGuard<'_>, Error> {
+    loop {
+        match c.lock_timeout(LONG).await {
+            Err(Error::LockOwnerDied { .. }) => {}
+            r => return r,
+        }
+    }
+}
+
+/// No Python counterpart: four processes wait on a condition in a loop; each of 60 rounds
+/// sends `notify(1)`, and every other round kills a waiter (in turn, so at times the one
+/// notified) while the notifier holds the lock or just after it let go, and starts another
+/// in its place. Each round's notification wakes a live waiter.
+async fn notifications_reach_live_waiters_through_a_kill_storm() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut kids = start_waiting(4, cond_waiter_loop, (&c, &sleeping, &woken)).await?;
+    let r = kill_storm(&c, &sleeping, &woken, &mut kids).await;
+    for k in &mut kids {
+        let _ = k.kill();
+        let _ = k.join().await;
+    }
+    r
+}
+
+async fn kill_storm(
+    c: &Condition,
+    sleeping: &Semaphore,
+    woken: &Semaphore,
+    kids: &mut [Process],
+) -> TestResult {
+    for round in 0..60usize {
+        let g = lock_past_the_dead(c).await?;
+        g.notify(1);
+        if round % 2 == 0 {
+            let k = &mut kids[(round / 2) % 4];
+            if round % 4 == 0 {
+                drop(g);
+                k.kill()?;
+            } else {
+                k.kill()?;
+                drop(g);
+            }
+            k.join().await?;
+            *k = start_waiting(1, cond_waiter_loop, (c, sleeping, woken))
+                .await?
+                .remove(0);
+        } else {
+            drop(g);
+        }
+        woken
+            .acquire_timeout(LONG)
+            .await
+            .map_err(|e| format!("round {round}: nobody woke ({e})"))?
+            .forget();
+    }
+    Ok(())
+}
+
 /// No Python counterpart: waits that time out or are dropped with nobody to notify leave
 /// the condition as they found it, however many: 9,000 of them (past the condition's 8192
 /// slots of waiters) behind a waiter in a child, which `notify(1)` then wakes.
@@ -466,7 +544,8 @@ fn main() {
         waits_that_leave_do_not_fill_the_condition,
         a_notification_spent_on_a_waiter_killed_asleep_goes_on,
         a_notification_spent_on_a_waiter_killed_retaking_the_lock_goes_on,
-        a_notification_spent_on_a_dropped_wait_goes_on
+        a_notification_spent_on_a_dropped_wait_goes_on,
+        notifications_reach_live_waiters_through_a_kill_storm
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -262,6 +262,45 @@ async fn lock_owner_killed_forkserver() -> TestResult {
     Ok(())
 }
 
+/// `lock_owner_killed` with a holder started by the `fork` method, from a spawned child (a
+/// forking parent must be single-threaded) that took the lock before the fork, so that its
+/// own identity was cached: the forked holder must record its own, or its death would go
+/// unnoticed (and the parent would take itself for the holder).
+async fn lock_owner_killed_fork() -> TestResult {
+    let mut p = Process::new(fork_a_holder_and_kill_it, (Lock::new()?,))
+        .start()
+        .await?;
+    join_ok(&mut p).await
+}
+
+/// Runs in a child: takes and releases `l`, forks a holder of it, kills the holder, and
+/// checks that the next acquirer is told.
+async fn fork_a_holder_and_kill_it(l: Lock) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    drop(l.lock_timeout(LONG).await.map_err(e)?);
+    let ready = Event::new().map_err(e)?;
+    let mut p = Process::new(hold_forever, (l.clone(), ready.clone()))
+        .start_method(StartMethod::Fork)
+        .start()
+        .await
+        .map_err(e)?;
+    ready.wait_timeout(LONG).await.map_err(e)?;
+    let pid = p.pid();
+    let holder = l.holder();
+    let free = l.try_lock().map_err(e)?.is_some();
+    p.kill().map_err(e)?;
+    p.join().await.map_err(e)?;
+    ensure!(holder == Some(pid), "holder {holder:?}, forked child {pid}");
+    ensure!(!free, "took a lock that a live forked child holds");
+    let r = l.lock_timeout(LONG).await;
+    ensure!(
+        matches!(r, Err(Error::LockOwnerDied { pid: d }) if d == pid),
+        "want LockOwnerDied({pid}), got {r:?}"
+    );
+    drop(l.lock_timeout(LONG).await.map_err(e)?);
+    Ok(())
+}
+
 /// `_TestLock.test_rlock`: the owner acquires three times and releases three times; one
 /// release more is an error. Another task and another process cannot take it meanwhile.
 async fn rlock_reentrant() -> TestResult {
@@ -478,7 +517,8 @@ fn main() {
         rlock_reentrant,
         rlock_task_of_a_dead_holder_is_nobody_here,
         example_lock_print,
-        example_race_lock
+        example_race_lock,
+        lock_owner_killed_fork
     ];
     libtest_mimic::run(&args, trials).exit()
 }
