@@ -106,6 +106,45 @@ async fn example_event() -> TestResult {
     Ok(())
 }
 
+/// Says it waits, waits for `e`, then says it passed.
+async fn wait_then_say(e: Event, started: Event, passed: Event) {
+    started.set();
+    e.wait().await.expect("wait");
+    passed.set();
+}
+
+/// No Python counterpart (a setter killed holding the event's lock leaves Python's event
+/// deadlocked): a setter killed after it raised the flag and before it woke the waiters
+/// (here, a test hook that stops there) left a process asleep in `wait` for good, however
+/// often the event was set again (a set of a set event did nothing). A later `set` wakes
+/// it now, and so does a later wait that finds the event set.
+async fn a_set_killed_before_its_wake_up_leaves_it_to_the_next() -> TestResult {
+    for later in ["set", "wait"] {
+        let e = Event::new()?;
+        let started = Event::new()?;
+        let passed = Event::new()?;
+        let mut p = Process::new(wait_then_say, (e.clone(), started.clone(), passed.clone()))
+            .start()
+            .await?;
+        started.wait_timeout(LONG).await?;
+        // Let it go to sleep in `wait`.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        e.__raise_unwoken();
+        if later == "set" {
+            e.set();
+        } else {
+            e.wait_timeout(LONG).await?;
+        }
+        if !passed.wait_timeout(LONG).await? {
+            let _ = p.kill();
+            let _ = p.join().await;
+            return Err(format!("a later {later} left the waiter asleep on a set event").into());
+        }
+        join_ok(&mut p).await?;
+    }
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -113,7 +152,8 @@ fn main() {
     let trials = trials![
         event_wakes_every_process,
         event_ping_pong_in_step,
-        example_event
+        example_event,
+        a_set_killed_before_its_wake_up_leaves_it_to_the_next
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -13,6 +13,12 @@
 //!
 //! Waiters act on the eventfd's readiness events, never on its counter; `set` signals with
 //! [`Wake::signal`], which keeps the counter near 0 (see there why `clear` must not).
+//!
+//! A second word holds the set count whose wake-up was written, stored after the write. A
+//! setter killed between raising the flag and writing left every waiter asleep on a set
+//! event for good: a later `set` found the flag up and did nothing, and only waits begun
+//! after it saw the flag. Now a `set` of a set event, and a wait that finds it set, write
+//! the wake-up that the count says is missing.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -28,6 +34,8 @@ use crate::error::{Error, Result};
 
 /// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
 const STATE: usize = 0;
+/// The number of sets (as in the word, bits 1..) whose wake-up was last written.
+const WOKEN: usize = 4;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
@@ -83,20 +91,49 @@ impl Event {
     }
 
     /// Sets the flag and wakes every waiter in every process. Setting a set event does
-    /// nothing (and makes no system call).
+    /// nothing (and makes no system call), unless the setter that set it died before it
+    /// woke the waiters: then this one wakes them.
     pub fn set(&self) {
-        let raised = self
-            .inner
+        if self.raise() {
+            self.inner.recent.mark();
+            self.wake(self.state());
+        } else {
+            self.wake_if_missed();
+        }
+    }
+
+    /// Raises the flag and counts a set; whether it was down.
+    fn raise(&self) -> bool {
+        self.inner
             .region
             .u32_at(STATE)
             .fetch_update(SeqCst, SeqCst, |s| {
                 (s & 1 == 0).then(|| (s & !1).wrapping_add(2) | 1)
             })
-            .is_ok();
-        if raised {
-            self.inner.recent.mark();
-            self.inner.wake.signal();
+            .is_ok()
+    }
+
+    /// Writes the wake-up of the sets counted in `state`, then notes it.
+    fn wake(&self, state: u32) {
+        self.inner.wake.signal();
+        self.inner.region.u32_at(WOKEN).store(state >> 1, SeqCst);
+    }
+
+    /// With the flag up: writes the wake-up of the last set if its setter died before it
+    /// did (no system call otherwise).
+    fn wake_if_missed(&self) {
+        let now = self.state();
+        if now & 1 != 0 && self.inner.region.u32_at(WOKEN).load(SeqCst) != now >> 1 {
+            self.wake(now);
         }
+    }
+
+    /// Raises the flag and stops short of waking anyone, as a setter killed before its write
+    /// to the eventfd does. A test hook only (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __raise_unwoken(&self) {
+        self.raise();
     }
 
     /// Clears the flag: later waits wait for the next [`set`](Self::set).
@@ -141,6 +178,7 @@ impl Event {
         tokio::task::coop::consume_budget().await;
         let seen = self.state();
         if seen & 1 != 0 {
+            self.wake_if_missed();
             return Ok(());
         }
         // Set now, or set (and maybe cleared again) since the wait began.
