@@ -64,6 +64,7 @@ fn main() {
         a_remote_task_that_times_out_names_its_host,
         a_cluster_with_deadlines_of_days_starts_workers,
         shutdown_ends_an_agent_launched_under_a_wrapper,
+        shutdown_ends_an_agent_its_launch_command_left_in_the_background,
     ]);
 }
 
@@ -1777,16 +1778,25 @@ async fn a_remote_task_that_times_out_names_its_host() -> TestResult {
 /// served the cluster's pools on. The "host" is an agent on this machine (no namespace, no
 /// root needed).
 async fn shutdown_ends_an_agent_launched_under_a_wrapper() -> TestResult {
+    let head = shutdown_after_a_task(mp::launch::Command::argv([
+        "sh",
+        "-c",
+        "{exe} --tokio-multiprocessing-agent {address} {n} {id} 2>&1 | cat",
+    ]))
+    .await?;
+    ensure!(
+        eventually(Duration::from_secs(20), || head.hosts() == 0).await,
+        "the agent under the wrapper still serves the cluster"
+    );
+    Ok(())
+}
+
+/// Builds a cluster on `launcher` (one worker per host), runs a task on the first host
+/// that joins, shuts the cluster down, and checks that the agent and the worker that ran the
+/// task end; returns a handle of the cluster.
+async fn shutdown_after_a_task(launcher: mp::launch::Command) -> Result<Cluster, BoxError> {
     let cluster = Cluster::builder()
-        .launcher(
-            mp::launch::Command::argv([
-                "sh",
-                "-c",
-                "{exe} --tokio-multiprocessing-agent {address} {n} {id} 2>&1 | cat",
-            ])
-            .hosts(1)
-            .workers_per_host(1),
-        )
+        .launcher(launcher.workers_per_host(1))
         .build()
         .await?;
     cluster.wait_for_hosts(1, Duration::from_secs(20)).await?;
@@ -1794,10 +1804,6 @@ async fn shutdown_ends_an_agent_launched_under_a_wrapper() -> TestResult {
     let (worker, agent) = pool.apply(print_lines, (0,)).await?;
     let head = cluster.clone();
     cluster.shutdown().await?;
-    ensure!(
-        eventually(Duration::from_secs(20), || head.hosts() == 0).await,
-        "the agent under the wrapper still serves the cluster"
-    );
     ensure!(
         eventually(Duration::from_secs(20), || support::is_zombie_or_gone(
             agent
@@ -1807,7 +1813,7 @@ async fn shutdown_ends_an_agent_launched_under_a_wrapper() -> TestResult {
         .await,
         "the agent {agent} or its worker {worker} outlived shutdown"
     );
-    Ok(())
+    Ok(head)
 }
 
 /// A cluster whose heartbeat and head deadlines are days long (or `Duration::MAX`) starts
@@ -1852,4 +1858,56 @@ async fn a_cluster_with_deadlines_of_days_starts_workers() -> TestResult {
         }
     }
     Ok(())
+}
+
+/// Agents whose launch command started them in the background and exited (`setsid -f`
+/// here; `hq submit`, `docker run -d` and `kubectl run` do the same): `shutdown` ends the one
+/// joined (it is told to exit), and one that joins only afterwards is refused and exits.
+/// The code before had nothing left to signal: both agents stayed joined, serving the
+/// cluster's pools, for as long as the head lived.
+async fn shutdown_ends_an_agent_its_launch_command_left_in_the_background() -> TestResult {
+    // Host 1's agent waits 3 s before it starts: it joins after the shutdown.
+    let head = shutdown_after_a_task(
+        mp::launch::Command::argv([
+            "setsid",
+            "-f",
+            "sh",
+            "-c",
+            r#"sleep $(({id} * 3)); exec "$0" "$@""#,
+            "{agent}",
+        ])
+        .hosts(2),
+    )
+    .await?;
+    // Host 1's agent, still asleep at the shutdown, is refused when it joins.
+    let address = head.address().to_string();
+    ensure!(
+        eventually(Duration::from_secs(20), || agents_dialling(&address)
+            .is_empty())
+        .await,
+        "agents {:?} run on after shutdown",
+        agents_dialling(&address)
+    );
+    ensure!(
+        head.hosts() == 0,
+        "{} host(s) joined after shutdown",
+        head.hosts()
+    );
+    Ok(())
+}
+
+/// The processes whose command line names `address` (the agents that dial it, and their
+/// launch commands).
+fn agents_dialling(address: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(address))
+        })
+        .collect()
 }

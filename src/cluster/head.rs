@@ -227,6 +227,10 @@ pub(super) struct State {
     next_agent: u64,
     next_token: u64,
     pub(super) agents: HashMap<u64, AgentEntry>,
+    /// The ids of the hosts a [`Cluster::shutdown`] ended and no scale launched since: an
+    /// agent that joins with one of them (one that a launch command started in the
+    /// background, late) is refused, and exits.
+    retired: std::collections::HashSet<String>,
 }
 
 /// One connected agent.
@@ -333,15 +337,18 @@ impl Table {
 
     /// Takes in an agent that its launcher called `launch_id` and that claims room for
     /// `capacity` workers, counted as at least 1 and at most [`MAX_WORKERS_PER_HOST`];
-    /// returns its number.
+    /// returns its number, or `None` if a shutdown ended its host (see [`Table::retire`]).
     pub(super) fn add_agent(
         &self,
         (host, launch_id): (Arc<str>, String),
         capacity: usize,
         tx: UnboundedSender<ToAgent>,
-    ) -> u64 {
+    ) -> Option<u64> {
         let capacity = capacity.clamp(1, MAX_WORKERS_PER_HOST);
         let mut s = self.lock();
+        if s.retired.contains(&launch_id) {
+            return None;
+        }
         let id = s.next_agent;
         s.next_agent += 1;
         s.agents.insert(
@@ -356,7 +363,32 @@ impl Table {
         );
         drop(s);
         self.changed.notify_waiters();
-        id
+        Some(id)
+    }
+
+    /// Ends the agents of the launched hosts `ids`, whatever runs them: each connected one
+    /// is told to exit (it kills its workers first) and given no more workers meanwhile,
+    /// and one that joins later is refused, until a scale launches its host again
+    /// ([`Table::unretire`]). A launch command that started its agent in the background
+    /// and exited (`setsid -f`, `hq submit`, `docker run -d`) left nothing to signal here.
+    fn retire(&self, ids: impl IntoIterator<Item = String>) {
+        let mut s = self.lock();
+        s.retired.extend(ids);
+        let State {
+            agents, retired, ..
+        } = &mut *s;
+        for a in agents
+            .values_mut()
+            .filter(|a| retired.contains(&a.launch_id))
+        {
+            a.capacity = 0;
+            let _ = a.tx.send(ToAgent::Exit);
+        }
+    }
+
+    /// Lets the agent of host `id` join again: a scale launches it anew.
+    fn unretire(&self, id: usize) {
+        self.lock().retired.remove(&id.to_string());
     }
 
     /// The ids their launchers gave the agents connected.
@@ -582,12 +614,15 @@ impl Cluster {
     /// Ends every agent this handle's cluster launched and waits for them (Dask's
     /// `cluster.close()`): each launched process is sent SIGTERM, with its descendants (an agent
     /// under a wrapper such as `sh -c '... | tee log'`), and what is left of them a grace period of
-    /// 2 s later SIGKILL; a batch job is cancelled (`scancel`). The hosts' workers end with their
-    /// agents, so a pool on this cluster loses them: their started tasks fail with a
+    /// 2 s later SIGKILL; a batch job is cancelled (`scancel`). The joined agent of each launched
+    /// host is also told to exit, so that one a launch command started in the background and
+    /// left (`setsid -f`, `hq submit`, `docker run -d`) ends too; one that joins afterwards is
+    /// refused, until a [`scale`](Self::scale) launches its host again. The hosts' workers end
+    /// with their agents, so a pool on this cluster loses them: their started tasks fail with a
     /// [`TaskError`](crate::TaskError) whose [`is_worker_lost`](crate::TaskError::is_worker_lost)
-    /// holds. Agents started by hand (from [`worker_command`](Self::worker_command)) are the user's
-    /// to end; they exit once the head is gone for their head deadline. The head itself stops with
-    /// its last handle.
+    /// holds. Agents started by hand (from [`worker_command`](Self::worker_command)) are the
+    /// user's to end, unless they took the id of a launched host; they exit once the head is gone
+    /// for their head deadline. The head itself stops with its last handle.
     ///
     /// Dropping the last handle ends the agents too, without waiting.
     ///
@@ -608,6 +643,9 @@ impl Cluster {
             .shutdowns
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let launched = self.inner.take_launched();
+        self.inner
+            .table
+            .retire(launched.iter().map(|l| l.host.to_string()));
         let failed = tokio::task::spawn_blocking(move || crate::launch::end_all(launched))
             .await
             .map_err(|e| Error::from(std::io::Error::other(e)))?;
@@ -665,6 +703,7 @@ impl Cluster {
                 if !wanted.load(Ordering::Acquire) || stopped.load(Ordering::Acquire) {
                     return;
                 }
+                self.inner.table.unretire(id);
                 let launched = self
                     .spec(id, launcher.workers_per_host())
                     .and_then(|spec| launcher.launch(&spec));

@@ -209,7 +209,16 @@ async fn agent_session(
         );
     }
     let (tx, mut rx) = unbounded_channel::<ToAgent>();
-    let agent = table.add_agent((host.clone(), hello.id.clone()), hello.workers, tx);
+    let Some(agent) = table.add_agent((host.clone(), hello.id.clone()), hello.workers, tx) else {
+        let message = format!(
+            "host {host} was ended by the cluster's shutdown; it joins again once a scale \
+             launches it"
+        );
+        let _ = link
+            .send(&mut FrameBuf::of(&Welcome::Refused(message.clone()))?)
+            .await;
+        return Err(Error::Protocol(message));
+    };
     let head_deadline_ms = u64::try_from(table.head_deadline.as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(%host, agent, pid = hello.pid, id = %hello.id, workers = hello.workers, "cluster: host agent joined");
     let link = Arc::new(link);
