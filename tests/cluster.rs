@@ -59,6 +59,7 @@ fn main() {
         a_dropped_build_ends_its_remote_worker_and_frees_its_room,
         a_remote_initializer_outlasts_the_start_timeout,
         a_dropped_scale_launches_no_host_it_had_not_begun,
+        a_dropped_build_ends_the_agents_it_started_while_a_launch_hangs,
         shutdown_stops_a_scale_under_way,
         a_scale_launches_its_hosts_together_and_keeps_those_that_started,
         a_remote_task_that_times_out_names_its_host,
@@ -1092,6 +1093,69 @@ async fn a_dropped_scale_launches_no_host_it_had_not_begun() -> TestResult {
         n == LAUNCHES_AT_ONCE,
         "a dropped scale made {n} launches, where {LAUNCHES_AT_ONCE} had begun"
     );
+    Ok(())
+}
+
+/// A launcher of the user's own for two hosts: host 0's agent starts on this machine at once
+/// (its pid is told), host 1's launch hangs until the test lets it fail (or 30 s), as an ssh
+/// probe of a frozen host does.
+#[derive(Debug)]
+struct SecondHangs {
+    started: std::sync::mpsc::Sender<u32>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl mp::launch::Launcher for SecondHangs {
+    fn hosts(&self) -> usize {
+        2
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, spec: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        if spec.id == 0 {
+            let agent = mp::launch::Command::new("{agent}").launch(spec)?;
+            let _ = self.started.send(agent.pid().unwrap_or(0));
+            return Ok(agent);
+        }
+        let _ = self
+            .release
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(Duration::from_secs(30));
+        Err(mp::Error::InvalidArgument("host 1 answered nothing".into()))
+    }
+}
+
+/// A build dropped while one host's launch hangs ends at once the agent another launch
+/// started: nobody can hold that cluster any more. The code before left the agent running,
+/// joined to a head nobody held, until the hanging launch returned (an ssh probe's 30 s, or
+/// a copy's minutes).
+async fn a_dropped_build_ends_the_agents_it_started_while_a_launch_hangs() -> TestResult {
+    let (started, agent) = std::sync::mpsc::channel();
+    let (release, hang) = std::sync::mpsc::channel();
+    let launcher = SecondHangs {
+        started,
+        release: std::sync::Mutex::new(hang),
+    };
+    {
+        let mut build = Box::pin(Cluster::builder().launcher(launcher).build());
+        let told = tokio::task::spawn_blocking(move || agent.recv_timeout(Duration::from_secs(20)));
+        let agent = tokio::select! {
+            r = &mut build => return Err(format!("the build ended: {:?}", r.map(drop)).into()),
+            pid = told => pid??,
+        };
+        drop(build);
+        let gone = eventually(Duration::from_secs(10), || {
+            support::is_zombie_or_gone(agent)
+        })
+        .await;
+        let _ = release.send(());
+        ensure!(
+            gone,
+            "the agent {agent} of a dropped build runs on while another launch hangs"
+        );
+    }
     Ok(())
 }
 

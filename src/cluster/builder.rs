@@ -106,8 +106,9 @@ impl ClusterBuilder {
     /// Outside a tokio runtime.
     ///
     /// # Cancel safety
-    /// Cancel safe: a build dropped midway leaves nothing listening, once the launches under
-    /// way (which run on a blocking thread) have returned; what they started is then ended.
+    /// Cancel safe: a build dropped midway ends at once the agents already launched, and
+    /// each that a launch under way (on a blocking thread) starts as soon as it returns;
+    /// nothing is left listening once those launches have returned.
     pub async fn build(self) -> Result<Cluster> {
         let key = match self.authkey {
             Some(k) if k.is_empty() => {
@@ -155,12 +156,22 @@ impl ClusterBuilder {
                 scaling: Mutex::new(()),
                 shutdowns: std::sync::atomic::AtomicU64::new(0),
                 job_states: tokio::sync::Mutex::new(None),
+                abandoned: std::sync::atomic::AtomicBool::new(false),
                 _shutdown: shutdown,
             }),
         };
+        // A build that fails, or is dropped, while launches are under way (an ssh probe of
+        // a frozen host takes its probe timeout) ends at once the agents started already,
+        // and each that a launch under way starts as soon as it has: nobody will ever hold
+        // this cluster.
+        let started = crate::on_drop::OnDrop::new({
+            let inner = cluster.inner.clone();
+            move || inner.abandon()
+        });
         if let Some(hosts) = cluster.inner.launcher.as_ref().map(|l| l.hosts()) {
             cluster.scale(hosts).await?;
         }
+        started.defuse();
         tracing::debug!(address = %cluster.address(), "cluster listening");
         Ok(cluster)
     }

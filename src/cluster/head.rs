@@ -73,6 +73,9 @@ pub(super) struct Inner {
     /// What [`Inner::launched_jobs`] told last, and when: the starts that find no room at
     /// once (a pool's every worker) ask the engine once.
     pub(super) job_states: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Set once [`Inner::abandon`] was called: a launch that returns afterwards ends what it
+    /// started at once.
+    pub(super) abandoned: std::sync::atomic::AtomicBool,
     /// Dropped with the last handle: the accept loop and every session end.
     pub(super) _shutdown: watch::Sender<()>,
 }
@@ -146,9 +149,33 @@ impl Inner {
         text
     }
 
+    /// Ends the agents launched so far, and each that a launch under way starts from now
+    /// on as soon as it is started: nobody will hold this cluster (its build failed, or was
+    /// dropped).
+    pub(super) fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.end_launched();
+    }
+
     /// The agents launched so far, taken: the caller ends them.
     fn take_launched(&self) -> Vec<Launched> {
         std::mem::take(&mut *self.launched())
+    }
+
+    /// Ends the agents launched so far without waiting for them: each is asked to end at
+    /// once, and they share one grace period. On a runtime's thread, the wait is left to a
+    /// blocking thread, which the runtime waits for when it stops: no task is held up.
+    fn end_launched(&self) {
+        let launched = self.take_launched();
+        if launched.is_empty() {
+            return;
+        }
+        let end = move || crate::launch::warn_failed(&crate::launch::end_all(launched));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(end)),
+            Err(_) => end(),
+        }
     }
 }
 
@@ -182,20 +209,10 @@ const JOB_STATES_FRESH: Duration = Duration::from_secs(2);
 const JOB_STATES_WAIT: Duration = Duration::from_secs(3);
 
 impl Drop for Inner {
-    /// Ends the launched agents together: each is asked to end at once, and they share one
-    /// grace period, so a cluster of many hosts is dropped in one. On a runtime's thread,
-    /// the wait is left to a blocking thread, which the runtime waits for when it stops:
-    /// the drop itself holds up no task.
+    /// Ends the launched agents together ([`Inner::end_launched`]), so a cluster of many
+    /// hosts is dropped in one grace period, and the drop itself holds up no task.
     fn drop(&mut self) {
-        let launched = self.take_launched();
-        if launched.is_empty() {
-            return;
-        }
-        let end = move || crate::launch::warn_failed(&crate::launch::end_all(launched));
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(end)),
-            Err(_) => end(),
-        }
+        self.end_launched();
     }
 }
 
@@ -711,7 +728,17 @@ impl Cluster {
                     Ok(mut agent) => {
                         agent.host = id;
                         let watch = agent.end_signal().zip(agent.pid());
-                        self.inner.launched().push(agent);
+                        let mut launched = self.inner.launched();
+                        // Read under the lock that `abandon` takes after setting it: an
+                        // agent is either taken by it, or ended here.
+                        if self.inner.abandoned.load(Ordering::Acquire) {
+                            drop(launched);
+                            // Dropped, a launched agent is ended (and waited for).
+                            drop(agent);
+                            continue;
+                        }
+                        launched.push(agent);
+                        drop(launched);
                         if let (Some(rt), Some((pidfd, pid))) = (&runtime, watch) {
                             rt.spawn(reap_when_ended(Arc::downgrade(&self.inner), pidfd, pid));
                         }
