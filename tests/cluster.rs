@@ -66,6 +66,7 @@ fn main() {
         a_cluster_with_deadlines_of_days_starts_workers,
         shutdown_ends_an_agent_launched_under_a_wrapper,
         shutdown_ends_an_agent_its_launch_command_left_in_the_background,
+        shutdown_cancels_its_jobs_together,
     ]);
 }
 
@@ -1974,4 +1975,53 @@ fn agents_dialling(address: &str) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(address))
         })
         .collect()
+}
+
+/// A launcher of the user's own for three batch jobs of an engine (as `hq submit` or
+/// `condor_submit` make) that run nothing here; each job's cancel waits until all three
+/// cancels have begun, and fails after 5 s alone, as a cancel waits for an engine that does
+/// not answer (`scancel` while Slurm's controller is down).
+#[derive(Debug)]
+struct CancelsTogether {
+    /// A directory where each cancel marks that it has begun.
+    gate: String,
+}
+
+impl mp::launch::Launcher for CancelsTogether {
+    fn hosts(&self) -> usize {
+        3
+    }
+    fn workers_per_host(&self) -> usize {
+        1
+    }
+    fn launch(&self, spec: &mp::launch::AgentSpec) -> mp::Result<mp::launch::Launched> {
+        let mut cancel = std::process::Command::new("sh");
+        cancel.args([
+            "-c",
+            r#"mkdir -p "$0" && touch "$0/$1" && i=0 &&
+               while [ "$(ls "$0" | wc -l)" -lt 3 ]; do
+                   i=$((i + 1)); [ $i -gt 100 ] && { echo "cancel $1 waited alone" >&2; exit 1; }
+                   sleep 0.05
+               done"#,
+            &self.gate,
+            &spec.id.to_string(),
+        ]);
+        Ok(mp::launch::Launched::job(cancel))
+    }
+}
+
+/// `shutdown` cancels its jobs together, so that an engine slow to answer each cancel
+/// delays the shutdown once, not once per job; the code before ran one cancel after the
+/// other (a hundred jobs whose engine does not answer took a hundred of its timeouts), and
+/// fails here, each cancel waiting alone.
+async fn shutdown_cancels_its_jobs_together() -> TestResult {
+    let gate = temp_path("cancels");
+    let cluster = Cluster::builder()
+        .launcher(CancelsTogether { gate: gate.clone() })
+        .build()
+        .await?;
+    let shut = cluster.shutdown().await;
+    let _ = std::fs::remove_dir_all(&gate);
+    shut?;
+    Ok(())
 }

@@ -289,22 +289,43 @@ impl Launched {
     }
 }
 
+/// How many launched processes [`end_all`] reaps, and jobs it cancels, at once.
+const ENDS_AT_ONCE: usize = 16;
+
 /// Ends every launched process: all are asked at once, then each is given what is left of
-/// one grace period before it is killed; and cancels every job. Returns why each cancel
-/// that failed did (see [`Launched::reap`]).
+/// one grace period before it is killed; and cancels every job, [`ENDS_AT_ONCE`] at a time,
+/// each on a thread of its own: a cancel that waits for its engine (`scancel` while Slurm's
+/// controller does not answer) holds up no other. Returns why each cancel that failed did
+/// (see [`Launched::reap`]).
 pub(crate) fn end_all(launched: Vec<Launched>) -> Vec<String> {
-    let mut launched: Vec<(Launched, Option<std::os::fd::OwnedFd>)> = launched
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let launched: Vec<Mutex<(Launched, Option<std::os::fd::OwnedFd>)>> = launched
         .into_iter()
         .map(|mut l| {
             let fd = l.terminate();
-            (l, fd)
+            Mutex::new((l, fd))
         })
         .collect();
     let until = std::time::Instant::now() + GRACE;
-    launched
-        .iter_mut()
-        .filter_map(|(l, fd)| l.reap(fd.take(), until))
-        .collect()
+    let next = AtomicUsize::new(0);
+    let failed = Mutex::new(Vec::new());
+    let reap_next = || {
+        while let Some(one) = launched.get(next.fetch_add(1, Ordering::AcqRel)) {
+            let mut one = one.lock().unwrap_or_else(|p| p.into_inner());
+            let (l, fd) = &mut *one;
+            if let Some(why) = l.reap(fd.take(), until) {
+                failed.lock().unwrap_or_else(|p| p.into_inner()).push(why);
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..launched.len().min(ENDS_AT_ONCE) {
+            s.spawn(reap_next);
+        }
+        reap_next();
+    });
+    failed.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Logs the cancels that failed when a cluster's agents were ended without anyone to tell.
