@@ -383,17 +383,12 @@ async fn shutdown_says_which_job_it_could_not_cancel() -> TestResult {
             );
         }
     }
-    ensure!(
-        slurm.jobs() == job,
-        "job {job} is not running: {}",
-        slurm.jobs()
-    );
-    // Its agent exits once the head is gone, which ends the job.
-    drop(cluster);
+    // Its agent, told to exit, ends the job all the same, while the cluster lives.
     ensure!(
         eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,
-        "jobs left after the cluster was dropped: {}",
+        "jobs left after shutdown: {}",
         slurm.jobs()
     );
+    drop(cluster);
     Ok(())
 }

@@ -646,8 +646,9 @@ impl Cluster {
     /// # Errors
     /// An I/O error if the blocking thread that ends them cannot run, or one that names each
     /// job whose cancel failed, with what the engine said (`scancel` could not reach
-    /// Slurm's controller, say): such a job's agent runs on, serving pools on this cluster,
-    /// until the cluster's last handle is dropped, and then exits, which ends its job.
+    /// Slurm's controller, say): such a job's agent, if it had joined, exits all the same
+    /// (told to), which ends its job; one not joined yet (a job still pending) is refused
+    /// when it joins, or exits once the cluster's last handle is dropped.
     ///
     /// # Panics
     /// Outside a tokio runtime.
