@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::netns::Net;
-use support::pool::{erring_init, pid, pid_to_file_then_sleep, sqr, touch, wait_for_file};
+use support::pool::{
+    erring_init, pid, pid_to_file_then_sleep, read_pid, sqr, touch, wait_for_file,
+};
 use support::process::{BoxError, helper_mode, run_as_helper, start_helper_reading};
-use support::{TestResult, eventually};
+use support::{TestResult, eventually, temp_path};
 use tokio_multiprocessing::{self as mp, Cluster, ExitCause, Pool};
 
 /// The environment variable that names the namespaces for the head helper.
@@ -113,34 +115,6 @@ async fn all_ready(pool: &Pool, n: usize) -> bool {
     eventually(Duration::from_secs(20), || pool.stats().workers_alive == n).await
 }
 
-/// A fresh path in /tmp (the hosts share this machine's file system).
-fn temp_path(tag: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "/tmp/tkmp-cluster-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The pid a task wrote to `path`, once it has.
-async fn pid_in(path: &str) -> Result<u32, BoxError> {
-    let mut pid = None;
-    let found = eventually(Duration::from_secs(20), || {
-        pid = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.parse().ok());
-        pid.is_some()
-    })
-    .await;
-    let _ = std::fs::remove_file(path);
-    match (found, pid) {
-        (true, Some(p)) => Ok(p),
-        _ => Err(format!("no task wrote its pid to {path}").into()),
-    }
-}
-
 async fn map_of_100_000_items_runs_on_both_hosts() -> TestResult {
     let Some(net) = Net::new(2) else {
         return Ok(());
@@ -213,8 +187,8 @@ async fn remote_worker_killed_mid_task() -> TestResult {
     let cluster = cluster_on(&net, 1, 1, |b| b).await?;
     let pool = Pool::builder().cluster(&cluster).build().await?;
     let path = temp_path("killed");
-    let long = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 30_000));
-    let victim = pid_in(&path).await?;
+    let long = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 30_000));
+    let victim = read_pid(&path).await?;
     // Held behind the running task, or queued: none of them has started.
     let behind: Vec<_> = (0..5).map(|i| pool.apply_async(sqr, (i,))).collect();
     ensure!(
@@ -258,9 +232,9 @@ async fn lose_a_host(
         .await?;
     ensure!(all_ready(&pool, 2).await, "workers {:?}", pool.stats());
     let (p0, p1) = (temp_path("lost"), temp_path("lost"));
-    let a = pool.apply_async(pid_to_file_then_sleep, (p0.clone(), 4_000));
-    let b = pool.apply_async(pid_to_file_then_sleep, (p1.clone(), 4_000));
-    let (pa, pb) = (pid_in(&p0).await?, pid_in(&p1).await?);
+    let a = pool.apply_async(pid_to_file_then_sleep, (p0.to_string(), 4_000));
+    let b = pool.apply_async(pid_to_file_then_sleep, (p1.to_string(), 4_000));
+    let (pa, pb) = (read_pid(&p0).await?, read_pid(&p1).await?);
     let on_host0 = net.pids(0);
     let (lost, kept, kept_pid) = if on_host0.contains(&pa) {
         (a, b, pb)
@@ -351,8 +325,8 @@ async fn a_worker_link_gone_dead_fails_its_task_while_its_agent_answers() -> Tes
     let cluster = cluster_on(&net, 1, 1, |b| b.heartbeat_deadline(Duration::from_secs(2))).await?;
     let pool = Pool::builder().cluster(&cluster).build().await?;
     let path = temp_path("silent");
-    let call = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 120_000));
-    let worker = pid_in(&path).await?;
+    let call = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 120_000));
+    let worker = read_pid(&path).await?;
     let port = net
         .port_of(0, worker, cluster.local_addr().port())
         .ok_or("the worker's link is not to be found")?;
@@ -633,11 +607,11 @@ async fn a_dropped_build_ends_its_remote_worker_and_frees_its_room() -> TestResu
     let path = temp_path("hang");
     let build = Pool::builder()
         .cluster(&cluster)
-        .initializer(pid_to_file_then_hang, (path.clone(),))
+        .initializer(pid_to_file_then_hang, (path.to_string(),))
         .build();
     // Dropped once its worker runs the initializer.
     let worker = tokio::select! {
-        pid = pid_in(&path) => pid?,
+        pid = read_pid(&path) => pid?,
         built = build => return Err(format!("the build ended: {:?}", built.map(drop)).into()),
     };
     ensure!(
@@ -695,7 +669,7 @@ async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestRes
     let (once, again) = (temp_path("retry"), temp_path("retry"));
     let strict = Pool::builder().cluster(&cluster).build().await?;
     let err = strict
-        .apply(exit_first_time, (once.clone(),))
+        .apply(exit_first_time, (once.to_string(),))
         .await
         .err()
         .ok_or("the task survived its worker's death")?;
@@ -706,8 +680,7 @@ async fn retries_run_again_a_task_whose_worker_died_only_when_asked() -> TestRes
         .retries_on_worker_loss(1)
         .build()
         .await?;
-    let out = retrying.apply(exit_first_time, (again.clone(),)).await;
-    let _ = (std::fs::remove_file(&once), std::fs::remove_file(&again));
+    let out = retrying.apply(exit_first_time, (again.to_string(),)).await;
     ensure!(out? == 42, "the task was not run again");
     Ok(())
 }
@@ -729,8 +702,8 @@ async fn a_task_cancelled_on_a_host_is_not_run_elsewhere_when_its_worker_dies() 
     let cluster = cluster_on(&net, 1, 1, |b| b).await?;
     let pool = Pool::builder().cluster(&cluster).build().await?;
     let (gate, marker) = (temp_path("gate"), temp_path("never"));
-    let first = pool.apply_async(exit_at, (gate.clone(),));
-    let behind = pool.apply_async(touch, (marker.clone(),));
+    let first = pool.apply_async(exit_at, (gate.to_string(),));
+    let behind = pool.apply_async(touch, (marker.to_string(),));
     ensure!(
         eventually(Duration::from_secs(20), || pool.stats().tasks_running == 2).await,
         "the task behind was not sent ahead"
@@ -741,8 +714,7 @@ async fn a_task_cancelled_on_a_host_is_not_run_elsewhere_when_its_worker_dies() 
     let cancelled = behind.await;
     // What a task sent after the cancel finds: the replacement ran whatever it was given.
     let after = pool.apply(sqr, (3,)).await;
-    let ran = std::path::Path::new(&marker).exists();
-    let _ = (std::fs::remove_file(&gate), std::fs::remove_file(&marker));
+    let ran = marker.exists();
     ensure!(
         lost.as_ref().is_err_and(|e| e.is_worker_lost()),
         "the first task gave {lost:?}"

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use support::netns::Net;
 use support::process::BoxError;
-use support::{TestResult, eventually};
+use support::{TempPath, TestResult, eventually, temp_path};
 use tokio_multiprocessing::{self as mp, Cluster, Pool};
 
 /// The environment variables that tell the head helper its namespaces and ssh directory.
@@ -48,14 +48,6 @@ const SSHD: &str = "/usr/sbin/sshd";
 const PORT: &str = "2222";
 
 /// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn run(cmd: &mut Command) -> Result<(), BoxError> {
     let out = cmd.output()?;
     if !out.status.success() {
@@ -96,7 +88,7 @@ fn configure(dir: &Path, address: &str) -> Result<PathBuf, BoxError> {
 /// when dropped.
 struct Sshd {
     sshd: std::process::Child,
-    dir: TempDir,
+    dir: TempPath,
     net: Net,
 }
 
@@ -113,12 +105,9 @@ impl Sshd {
         let Some(net) = Net::new(1) else {
             return Ok(None);
         };
-        let dir = TempDir(PathBuf::from(format!(
-            "/tmp/tkmp-ssh-{}-{tag}",
-            std::process::id()
-        )));
-        std::fs::create_dir_all(&dir.0)?;
-        let config = configure(&dir.0, HOST)?;
+        let dir = temp_path(&format!("ssh-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let config = configure(&dir, HOST)?;
         // sshd's privilege separation directory, which the package's service makes at start.
         std::fs::create_dir_all("/run/sshd")?;
         let sshd = Command::new("ip")
@@ -142,12 +131,12 @@ impl Sshd {
     }
 
     fn cache(&self) -> PathBuf {
-        self.dir.0.join("cache")
+        self.dir.join("cache")
     }
 
     /// A launcher for the host, its client in the head's namespace, which routes to it.
     fn launcher(&self) -> mp::launch::Ssh {
-        launcher_in(&self.net, &self.dir.0)
+        launcher_in(&self.net, &self.dir)
     }
 
     /// [`launcher`](Self::launcher), whose copy of the executable goes through the shell
@@ -382,14 +371,14 @@ async fn a_head_rebuilt_while_it_runs_copies_the_build_it_runs() -> TestResult {
     let Some(sshd) = Sshd::start("rebuilt").await? else {
         return Ok(());
     };
-    let head = sshd.dir.0.join("head");
+    let head = sshd.dir.join("head");
     std::fs::copy(std::env::current_exe()?, &head)?;
     let out = tokio::time::timeout(
         Duration::from_secs(50),
         tokio::process::Command::new(&head)
             .env(support::process::MODE_VAR, "rebuilt-head")
             .env(NET_VAR, sshd.net.name())
-            .env(DIR_VAR, &sshd.dir.0)
+            .env(DIR_VAR, &sshd.dir)
             .kill_on_drop(true)
             .output(),
     )

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use support::pool::{mul, sqr};
 use support::process::sleep_ms;
-use support::{TestResult, join_code, join_ok, start};
+use support::{TestResult, join_code, join_ok, start, temp_path};
 use tokio_multiprocessing::{
     self as mp, Barrier, Client, Connection, Error, Event, Fd, Listener, Lock, Pipe, Pool, Process,
     Queue, RLock, RawArray, RawValue, Semaphore, ShareableItem, ShareableList, SharedMemory,
@@ -2491,13 +2491,10 @@ fn panic_with_stderr_in(path: std::path::PathBuf) {
 /// exit code 1, and what it wrote on its stderr is all there: the message and where it
 /// failed (Python's whole traceback).
 async fn stderr_of_a_failed_child_is_whole() -> TestResult {
-    let path = unique("stderr");
-    let _ = std::fs::remove_file(&path);
-    let mut p = start(panic_with_stderr_in, (path.clone(),)).await?;
+    let path = temp_path("stderr");
+    let mut p = start(panic_with_stderr_in, (path.to_path_buf(),)).await?;
     let code = join_code(&mut p).await?;
-    let err = std::fs::read_to_string(&path);
-    let _ = std::fs::remove_file(&path);
-    let err = err?;
+    let err = std::fs::read_to_string(&path)?;
     ensure!(code == 1, "exit code {code}");
     ensure!(err.contains("1/0 # MARKER"), "no message in {err:?}");
     ensure!(err.contains("cpython_ports.rs"), "no location in {err:?}");

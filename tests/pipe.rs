@@ -403,7 +403,7 @@ async fn write_bar_to_sent_fd(conn: mp::Connection<mp::Fd>) -> Result<(), String
 /// `_TestConnection.test_large_fd_transfer` and `test_fd_transfer`: a descriptor numbered
 /// above 256 crosses a pipe to a child, which writes through it to the parent's file.
 async fn a_descriptor_numbered_past_256_travels_through_a_pipe() -> TestResult {
-    let path = std::env::temp_dir().join(format!("tkmp-large-fd-{}", std::process::id()));
+    let path = support::temp_path("large-fd");
     // Open descriptors until the next is numbered past 256, as Python's test dup2()s to one.
     let mut held = Vec::new();
     let file = loop {
@@ -420,7 +420,6 @@ async fn a_descriptor_numbered_past_256_travels_through_a_pipe() -> TestResult {
         .await?;
     ensure!(join_code(&mut p).await? == 0, "the child failed");
     let written = std::fs::read_to_string(&path)?;
-    std::fs::remove_file(&path)?;
     ensure!(written == "bar", "the file holds {written:?}");
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use support::pool::*;
-use support::{TestResult, eventually, exists, test};
+use support::{TestResult, eventually, exists, temp_path, test};
 use tokio_multiprocessing::{self as mp, Error, ExitCause, Pool};
 
 // test_apply
@@ -228,8 +228,8 @@ async fn apply_async() -> TestResult {
 // test_async_timeout: a timed-out get leaves the task running; it can be awaited later.
 async fn get_timeout_leaves_task_running() -> TestResult {
     let pool = Pool::new(1).await?;
-    let gate = tmp_path("gate");
-    let mut r = pool.apply_async(wait_for_file, (gate.clone(),));
+    let gate = temp_path("gate");
+    let mut r = pool.apply_async(wait_for_file, (gate.to_string(),));
     let e = r.get_timeout(Duration::from_millis(10)).await;
     ensure!(
         matches!(e, Err(Error::Timeout)),
@@ -242,7 +242,6 @@ async fn get_timeout_leaves_task_running() -> TestResult {
     );
     std::fs::write(&gate, "open")?;
     let worker = r.await?;
-    let _ = std::fs::remove_file(&gate);
     ensure!(worker != std::process::id(), "ran in a worker");
     Ok(())
 }
@@ -262,9 +261,9 @@ fn handed_out_already<T>(r: &Result<T, mp::TaskError>) -> bool {
 
 async fn wait_leaves_the_result_in_the_handle() -> TestResult {
     let pool = Pool::new(2).await?;
-    let gate = tmp_path("wait-gate");
-    let mut r = pool.apply_async(wait_for_file, (gate.clone(),));
-    let mut m = pool.map_async(wait_for_file, vec![gate.clone(); 3]);
+    let gate = temp_path("wait-gate");
+    let mut r = pool.apply_async(wait_for_file, (gate.to_string(),));
+    let mut m = pool.map_async(wait_for_file, vec![gate.to_string(); 3]);
     ensure!(
         !r.wait_timeout(Duration::from_millis(10)).await,
         "a task waiting for its gate finished"
@@ -280,7 +279,6 @@ async fn wait_leaves_the_result_in_the_handle() -> TestResult {
         m.wait().await;
     })
     .await;
-    let _ = std::fs::remove_file(&gate);
     ensure!(waited.is_ok(), "wait did not return after the gate opened");
     ensure!(r.ready() && r.successful() == Some(true), "the task: {r:?}");
     ensure!(m.ready() && m.successful() == Some(true), "the map: {m:?}");
@@ -427,8 +425,8 @@ async fn large_values_cross_off_the_runtime_thread() -> TestResult {
         "3 MiB values came back changed"
     );
 
-    let gate = tmp_path("large-gate");
-    let blocker = pool.apply_async(block_until_file, (gate.clone(),));
+    let gate = temp_path("large-gate");
+    let blocker = pool.apply_async(block_until_file, (gate.to_string(),));
     let mut queued = pool.apply_async(reverse, (blob(9),));
     queued.cancel_if_queued();
     let r = tokio::time::timeout(Duration::from_secs(20), &mut queued).await;
@@ -455,7 +453,6 @@ async fn large_values_cross_off_the_runtime_thread() -> TestResult {
         last.await? == reversed(blob(7)),
         "the task submitted before close ran"
     );
-    let _ = std::fs::remove_file(&gate);
     Ok(())
 }
 
@@ -859,7 +856,7 @@ async fn drop_terminates_workers() -> TestResult {
 /// and handed back, if `keep`) and the runtime dropped at once. The worker's pid, and the
 /// pool if kept.
 fn pool_busy_when_its_runtime_ends(multi: bool, keep: bool) -> Result<(u32, Option<Pool>), String> {
-    let path = tmp_path("runtime-ends");
+    let path = temp_path("runtime-ends");
     std::thread::spawn(move || {
         let rt = match multi {
             true => tokio::runtime::Builder::new_multi_thread()
@@ -873,7 +870,7 @@ fn pool_busy_when_its_runtime_ends(multi: bool, keep: bool) -> Result<(u32, Opti
         .map_err(|e| e.to_string())?;
         let out = rt.block_on(async {
             let pool = Pool::new(1).await.map_err(|e| e.to_string())?;
-            let _busy = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+            let _busy = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
             let pid = read_pid(&path).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((pid, keep.then_some(pool)))
         });
@@ -958,8 +955,8 @@ async fn stats_count_tasks_and_lost_workers() -> TestResult {
         pool.apply(sqr, (i,)).await?;
     }
     ensure!(pool.apply(boom, (3,)).await.is_err(), "boom(3) fails");
-    let path = tmp_path("stats");
-    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let path = temp_path("stats");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
     let victim = read_pid(&path).await?;
     ensure!(pool.stats().tasks_running >= 1, "{:?}", pool.stats());
     kill9(victim)?;
@@ -1020,13 +1017,13 @@ async fn stats_catch_up_once_the_pool_falls_quiet() -> TestResult {
 // cancel(): a queued task is removed and never runs; a running one's worker is replaced.
 async fn cancel_queued_and_running() -> TestResult {
     let pool = Pool::new(1).await?;
-    let path = tmp_path("running");
-    let running = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let path = temp_path("running");
+    let running = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
     let victim = read_pid(&path).await?;
-    let marker = tmp_path("never");
+    let marker = temp_path("never");
     // Twenty: some wait in the pool's queue, some were sent ahead to the worker.
     let queued: Vec<_> = (0..20)
-        .map(|_| pool.apply_async(touch, (marker.clone(),)))
+        .map(|_| pool.apply_async(touch, (marker.to_string(),)))
         .collect();
     for q in &queued {
         q.cancel();
@@ -1044,10 +1041,7 @@ async fn cancel_queued_and_running() -> TestResult {
     ensure!(gone(&[victim].into()).await, "its worker was killed");
     let after = pool.apply(pid, ()).await?;
     ensure!(after != victim, "replaced");
-    ensure!(
-        !std::path::Path::new(&marker).exists(),
-        "a cancelled task ran"
-    );
+    ensure!(!marker.exists(), "a cancelled task ran");
     Ok(())
 }
 
@@ -1055,13 +1049,16 @@ async fn cancel_queued_and_running() -> TestResult {
 // finish, with its result, and no worker is killed.
 async fn cancel_if_queued_never_kills_a_worker() -> TestResult {
     let pool = Pool::new(1).await?;
-    let started = tmp_path("cq-started");
-    let gate = tmp_path("cq-gate");
-    let running = pool.apply_async(pid_to_file_then_wait_for, (started.clone(), gate.clone()));
+    let started = temp_path("cq-started");
+    let gate = temp_path("cq-gate");
+    let running = pool.apply_async(
+        pid_to_file_then_wait_for,
+        (started.to_string(), gate.to_string()),
+    );
     let worker = read_pid(&started).await?;
-    let marker = tmp_path("cq-never");
+    let marker = temp_path("cq-never");
     let queued: Vec<_> = (0..20)
-        .map(|_| pool.apply_async(touch, (marker.clone(),)))
+        .map(|_| pool.apply_async(touch, (marker.to_string(),)))
         .collect();
     running.cancel_if_queued();
     for q in &queued {
@@ -1073,16 +1070,12 @@ async fn cancel_if_queued_never_kills_a_worker() -> TestResult {
     }
     std::fs::write(&gate, "go")?;
     let r = running.await;
-    let _ = std::fs::remove_file(&gate);
     ensure!(
         matches!(r, Ok(p) if p == worker),
         "the running task finished: {r:?}"
     );
     ensure!(pool.apply(pid, ()).await? == worker, "no worker was killed");
-    ensure!(
-        !std::path::Path::new(&marker).exists(),
-        "a cancelled task ran"
-    );
+    ensure!(!marker.exists(), "a cancelled task ran");
     Ok(())
 }
 
@@ -1099,13 +1092,16 @@ async fn a_task_cancelled_behind_a_running_one_never_runs() -> TestResult {
 async fn tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once() -> TestResult {
     let pool = Pool::new(1).await?;
     support::pool::send_ahead_from_now_on(&pool, "ahead").await?;
-    let started = tmp_path("ahead-started");
-    let gate = tmp_path("ahead-gate");
-    let running = pool.apply_async(pid_to_file_then_wait_for, (started.clone(), gate.clone()));
+    let started = temp_path("ahead-started");
+    let gate = temp_path("ahead-gate");
+    let running = pool.apply_async(
+        pid_to_file_then_wait_for,
+        (started.to_string(), gate.to_string()),
+    );
     let worker = read_pid(&started).await?;
-    let marker = tmp_path("ahead-never");
+    let marker = temp_path("ahead-never");
     let queued: Vec<_> = (0..20)
-        .map(|_| pool.apply_async(touch, (marker.clone(),)))
+        .map(|_| pool.apply_async(touch, (marker.to_string(),)))
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (i, q) in queued.iter().enumerate() {
@@ -1123,14 +1119,10 @@ async fn tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once() -> TestResult
     }
     std::fs::write(&gate, "go")?;
     let r = running.await;
-    let _ = std::fs::remove_file(&gate);
     ensure!(waited == 0, "{waited} cancels waited for the running task");
     ensure!(matches!(r, Ok(p) if p == worker), "the running task: {r:?}");
     ensure!(pool.apply(pid, ()).await? == worker, "no worker was killed");
-    ensure!(
-        !std::path::Path::new(&marker).exists(),
-        "a cancelled task ran"
-    );
+    ensure!(!marker.exists(), "a cancelled task ran");
     Ok(())
 }
 
@@ -1138,13 +1130,15 @@ async fn tasks_sent_ahead_to_a_busy_worker_are_cancelled_at_once() -> TestResult
 // AbortOnDropHandle; detach() gives back a handle that does not.
 async fn abort_on_drop_cancels_when_dropped() -> TestResult {
     let pool = Pool::new(1).await?;
-    let path = tmp_path("aod");
+    let path = temp_path("aod");
     let running = pool
-        .apply_async(pid_to_file_then_sleep, (path.clone(), 60_000))
+        .apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000))
         .abort_on_drop();
     let victim = read_pid(&path).await?;
-    let marker = tmp_path("aod-never");
-    let queued = pool.apply_async(touch, (marker.clone(),)).abort_on_drop();
+    let marker = temp_path("aod-never");
+    let queued = pool
+        .apply_async(touch, (marker.to_string(),))
+        .abort_on_drop();
     let kept = pool.apply_async(sqr, (12,)).abort_on_drop().detach();
     drop(queued);
     drop(running);
@@ -1156,10 +1150,7 @@ async fn abort_on_drop_cancels_when_dropped() -> TestResult {
         matches!(kept.await, Ok(144)),
         "the detached handle's task ran"
     );
-    ensure!(
-        !std::path::Path::new(&marker).exists(),
-        "a dropped queued task ran"
-    );
+    ensure!(!marker.exists(), "a dropped queued task ran");
     Ok(())
 }
 
@@ -1240,12 +1231,12 @@ async fn map_over_number_types() -> TestResult {
 
 // A pool serves as soon as one worker is ready; the others take tasks once they are.
 async fn pool_serves_before_all_workers_are_ready() -> TestResult {
-    let (claim, gate) = (tmp_path("claim"), tmp_path("gate"));
+    let (claim, gate) = (temp_path("claim"), temp_path("gate"));
     let built = tokio::time::timeout(
         Duration::from_secs(20),
         Pool::builder()
             .processes(2)
-            .initializer(init_first_then_gate, (claim.clone(), gate.clone()))
+            .initializer(init_first_then_gate, (claim.to_string(), gate.to_string()))
             .build(),
     )
     .await;
@@ -1261,9 +1252,6 @@ async fn pool_serves_before_all_workers_are_ready() -> TestResult {
         seen.len() == 2 && seen.contains(&first),
         "the second worker joined: {seen:?}"
     );
-    for p in [claim, gate] {
-        let _ = std::fs::remove_file(p);
-    }
     Ok(())
 }
 

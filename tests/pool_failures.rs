@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use support::pool::*;
-use support::{TestResult, eventually};
+use support::{TestResult, eventually, temp_path};
 use tokio_multiprocessing::{self as mp, Error, ExitCause, Pool};
 
 fn main() {
@@ -59,7 +60,7 @@ fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
             .create(true)
             .open(&path)
         {
-            Ok(f) => *log = Some((path.clone(), f)),
+            Ok(f) => *log = Some((path.to_string(), f)),
             Err(e) => panic!("cannot open the log {path}: {e}"),
         }
     }
@@ -84,8 +85,10 @@ fn log_then_sleep(path: String, x: u64, ms: u64) -> (u64, u32) {
 /// lines; a torn one (no closing bracket) is a run that was cut short and is not counted.
 /// A log that cannot be read, or that holds anything else, panics with what it holds: an
 /// unreadable log must not pass for one in which nothing ran.
-fn runs(path: &str) -> HashMap<u64, usize> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read the log {path}: {e}"));
+fn runs(path: &Path) -> HashMap<u64, usize> {
+    let bytes = std::fs::read(path);
+    let path = path.display();
+    let bytes = bytes.unwrap_or_else(|e| panic!("cannot read the log {path}: {e}"));
     let text = String::from_utf8_lossy(&bytes);
     let mut n = HashMap::new();
     let mut pieces = text.split('[');
@@ -119,20 +122,20 @@ fn runs(path: &str) -> HashMap<u64, usize> {
 // which never started, are run by the replacement.
 async fn a_task_the_worker_started_is_not_sent_again() -> TestResult {
     let pool = Pool::new(1).await?;
-    let log = tmp_path("started");
+    let log = temp_path("started");
     // The function proves short, so that the worker holds its answers back to send them
     // together.
     let mut victim = 0;
     for x in 0..20 {
-        victim = pool.apply(log_then_sleep, (log.clone(), x, 0)).await?.1;
+        victim = pool.apply(log_then_sleep, (log.to_string(), x, 0)).await?.1;
     }
     let mut handles = Vec::new();
     for x in 100..110 {
-        handles.push(pool.apply_async(log_then_sleep, (log.clone(), x, 0)));
+        handles.push(pool.apply_async(log_then_sleep, (log.to_string(), x, 0)));
     }
-    let long = pool.apply_async(log_then_sleep, (log.clone(), 200, 3000));
+    let long = pool.apply_async(log_then_sleep, (log.to_string(), 200, 3000));
     for x in 300..305 {
-        handles.push(pool.apply_async(log_then_sleep, (log.clone(), x, 0)));
+        handles.push(pool.apply_async(log_then_sleep, (log.to_string(), x, 0)));
     }
     let started = eventually(Duration::from_secs(20), || runs(&log).contains_key(&200)).await;
     ensure!(started, "the long call never started");
@@ -151,7 +154,6 @@ async fn a_task_the_worker_started_is_not_sent_again() -> TestResult {
         }
     }
     let n = runs(&log);
-    let _ = std::fs::remove_file(&log);
     ensure!(
         n.get(&200) == Some(&1),
         "the long call ran {:?} times",
@@ -180,7 +182,7 @@ async fn a_task_the_worker_started_is_not_sent_again() -> TestResult {
 async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
     const TASKS: u64 = 100_000;
     let pool = Arc::new(Pool::new(2).await?);
-    let log = tmp_path("storm");
+    let log = temp_path("storm");
     let latest = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(tokio::sync::Notify::new());
     let killer = {
@@ -203,7 +205,7 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
     };
     let mut pending = FuturesUnordered::new();
     for x in 0..TASKS {
-        pending.push(pool.apply_async(log_then_sleep, (log.clone(), x, 0)));
+        pending.push(pool.apply_async(log_then_sleep, (log.to_string(), x, 0)));
     }
     let (mut ok, mut lost) = (Vec::new(), 0usize);
     while let Some(r) = pending.next().await {
@@ -223,10 +225,9 @@ async fn kill_storm_runs_no_task_twice_and_resolves_every_call() -> TestResult {
 
 /// What a storm of kills must leave: every one of `calls` resolved (`ok` with results, the
 /// `lost` others with `WorkerLost`), at least five kills, no input in the run log at `log`
-/// (removed here) twice, and every `Ok` matching exactly one logged run.
-fn storm_verdict(log: &str, ok: &[u64], lost: usize, calls: u64, kills: u32) -> TestResult {
+/// twice, and every `Ok` matching exactly one logged run.
+fn storm_verdict(log: &Path, ok: &[u64], lost: usize, calls: u64, kills: u32) -> TestResult {
     let n = runs(log);
-    let _ = std::fs::remove_file(log);
     ensure!(
         ok.len() + lost == calls as usize,
         "{} calls resolved of {calls}",
@@ -256,7 +257,7 @@ async fn kill_storm_while_tasks_are_taken_back_runs_none_twice() -> TestResult {
     const WAVES: u64 = 60;
     const SHORT: u64 = 24;
     let pool = Pool::new(3).await?;
-    let log = tmp_path("steal-storm");
+    let log = temp_path("steal-storm");
     let pids = Arc::new(Mutex::new(Vec::<u32>::new()));
     let stop = Arc::new(tokio::sync::Notify::new());
     let killer = {
@@ -306,10 +307,10 @@ async fn kill_storm_while_tasks_are_taken_back_runs_none_twice() -> TestResult {
         Ok(())
     };
     for _ in 0..WAVES {
-        pending.push(pool.apply_async(log_then_sleep, (log.clone(), next, 120)));
+        pending.push(pool.apply_async(log_then_sleep, (log.to_string(), next, 120)));
         next += 1;
         for _ in 0..SHORT {
-            pending.push(pool.apply_async(log_then_sleep, (log.clone(), next, 0)));
+            pending.push(pool.apply_async(log_then_sleep, (log.to_string(), next, 0)));
             next += 1;
         }
         // Until as many answers as the wave has short tasks: the next wave is sent while
@@ -338,13 +339,13 @@ async fn a_task_cancelled_if_queued_either_never_runs_or_gives_its_result() -> T
     const ROUNDS: u64 = 1500;
     const BATCH: u64 = 8;
     let pool = Pool::new(1).await?;
-    let log = tmp_path("cancel-race");
+    let log = temp_path("cancel-race");
     let (mut ok, mut cancelled) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let handles: Vec<_> = (0..BATCH)
             .map(|i| {
                 let x = round * BATCH + i;
-                (x, pool.apply_async(log_then_sleep, (log.clone(), x, 0)))
+                (x, pool.apply_async(log_then_sleep, (log.to_string(), x, 0)))
             })
             .collect();
         let mut handles = handles.into_iter();
@@ -390,11 +391,10 @@ async fn settle(
     Ok(())
 }
 
-/// What cancels must leave in the run log at `log` (removed here): no input `cancelled`
-/// ran, and every `ok` one ran exactly once.
-fn cancel_verdict(log: &str, ok: &[u64], cancelled: &[u64]) -> TestResult {
+/// What cancels must leave in the run log at `log`: no input `cancelled` ran, and every
+/// `ok` one ran exactly once.
+fn cancel_verdict(log: &Path, ok: &[u64], cancelled: &[u64]) -> TestResult {
     let n = runs(log);
-    let _ = std::fs::remove_file(log);
     let ran_though_cancelled: Vec<u64> = cancelled
         .iter()
         .copied()
@@ -455,11 +455,14 @@ async fn cancels_on_a_stalled_worker(kill: bool) -> TestResult {
     const TASKS: u64 = 1536;
     let pool = Pool::builder().processes(1).concurrency(2).build().await?;
     let (started, gate, log) = (
-        tmp_path("stall-started"),
-        tmp_path("stall-gate"),
-        tmp_path("stall-log"),
+        temp_path("stall-started"),
+        temp_path("stall-gate"),
+        temp_path("stall-log"),
     );
-    let stall = pool.apply_async(block_the_worker_until, (started.clone(), gate.clone()));
+    let stall = pool.apply_async(
+        block_the_worker_until,
+        (started.to_string(), gate.to_string()),
+    );
     let worker = read_pid(&started).await?;
     let mut handles = Vec::new();
     for x in 0..TASKS {
@@ -469,7 +472,7 @@ async fn cancels_on_a_stalled_worker(kill: bool) -> TestResult {
             s.tasks_running as u64 + s.tasks_queued as u64 + s.tasks_done + s.tasks_failed
         };
         let before = seen(pool.stats());
-        let h = pool.apply_async(log_then_sleep, (log.clone(), x, 0));
+        let h = pool.apply_async(log_then_sleep, (log.to_string(), x, 0));
         let taken_in = async {
             while seen(pool.stats()) <= before {
                 tokio::task::yield_now().await;
@@ -497,13 +500,12 @@ async fn cancels_on_a_stalled_worker(kill: bool) -> TestResult {
     }
     // A worker runs its tasks in turn: once a task sent after them all has run, every one
     // of them has run or been dropped.
-    let (last, _) = pool.apply(log_then_sleep, (log.clone(), TASKS, 0)).await?;
+    let (last, _) = pool
+        .apply(log_then_sleep, (log.to_string(), TASKS, 0))
+        .await?;
     let mut ok = vec![last];
     let mut cancelled = Vec::new();
     settle(handles, &mut ok, &mut cancelled).await?;
-    for p in [&started, &gate] {
-        let _ = std::fs::remove_file(p);
-    }
     let least = if kill { TASKS as usize } else { 512 };
     ensure!(
         cancelled.len() >= least,
@@ -780,8 +782,8 @@ async fn maxtasksperchild_of_zero_is_an_error() -> TestResult {
 // signal; the worker is replaced and the pool serves 1,000 more tasks.
 async fn worker_killed_mid_task() -> TestResult {
     let pool = Pool::new(2).await?;
-    let path = tmp_path("kill");
-    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let path = temp_path("kill");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
     let victim = read_pid(&path).await?;
     kill9(victim)?;
     match h.await {
@@ -812,8 +814,8 @@ async fn spinning_pool_notices_a_dead_worker() -> TestResult {
     for i in 0..50 {
         ensure!(pool.apply(sqr, (i,)).await? == i * i, "short task {i}");
     }
-    let path = tmp_path("spin-kill");
-    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let path = temp_path("spin-kill");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
     let victim = read_pid(&path).await?;
     kill9(victim)?;
     match tokio::time::timeout(Duration::from_secs(20), h).await {
@@ -828,8 +830,8 @@ async fn spinning_pool_notices_a_dead_worker() -> TestResult {
 // task fails; the others run on the replacement.
 async fn worker_killed_with_tasks_waiting_behind() -> TestResult {
     let pool = Pool::new(1).await?;
-    let path = tmp_path("behind");
-    let h = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let path = temp_path("behind");
+    let h = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
     let behind: Vec<_> = (0..20).map(|i| pool.apply_async(sqr, (i,))).collect();
     let victim = read_pid(&path).await?;
     kill9(victim)?;
@@ -905,8 +907,8 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
         .task_timeout(Duration::from_secs(1))
         .build()
         .await?;
-    let path = tmp_path("timeout");
-    let slow = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 60_000));
+    let path = temp_path("timeout");
+    let slow = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 60_000));
     let victim = read_pid(&path).await?;
     let others: Vec<_> = (0..50).map(|i| pool.apply_async(sqr, (i,))).collect();
     match slow.await {
@@ -938,10 +940,13 @@ async fn task_timeout_kills_and_replaces() -> TestResult {
 // goes on, and its timeout falls (its worker killed), rather than it running unbounded.
 async fn a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started() -> TestResult {
     let pool = Pool::builder().processes(1).concurrency(2).build().await?;
-    let (started, gate) = (tmp_path("untimed-started"), tmp_path("untimed-gate"));
+    let (started, gate) = (temp_path("untimed-started"), temp_path("untimed-gate"));
     // It stays, without blocking the worker once the gate is open: no answer comes until
     // the task behind has run long past its timeout.
-    let _stall = pool.apply_async(block_the_worker_then_stay, (started.clone(), gate.clone()));
+    let _stall = pool.apply_async(
+        block_the_worker_then_stay,
+        (started.to_string(), gate.to_string()),
+    );
     read_pid(&started).await?;
     let first = pool.apply_async(sleep_ms, (0,));
     ensure!(
@@ -969,9 +974,6 @@ async fn a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started() ->
     let timed = tokio::time::timeout(Duration::from_secs(10), behind)
         .await
         .map_err(|_| "the task behind ran on past its timeout")??;
-    for p in [&started, &gate] {
-        let _ = std::fs::remove_file(p);
-    }
     ensure!(
         timed.as_ref().is_err_and(|e| e.is_timeout()),
         "the task behind gave {timed:?}"

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use support::pool::*;
-use support::{TestResult, eventually};
+use support::{TestResult, eventually, temp_path};
 use tokio_multiprocessing::{self as mp, Error, Pool};
 
 // A pool spinning for its next answer yields to the other tasks of its runtime: on a
@@ -124,10 +124,10 @@ async fn initializer_that_exits() -> TestResult {
 // bpo-43306: a replacement worker whose initializer fails is not restarted in a loop; the
 // tasks get the initializer's failure.
 async fn failing_initializer_of_a_replacement() -> TestResult {
-    let path = tmp_path("init-once");
+    let path = temp_path("init-once");
     let pool = Pool::builder()
         .processes(1)
-        .initializer(init_once, (path.clone(),))
+        .initializer(init_once, (path.to_string(),))
         .build()
         .await?;
     let e = pool.apply(abort_now, ()).await;
@@ -148,7 +148,6 @@ async fn failing_initializer_of_a_replacement() -> TestResult {
         "again: {e:?}"
     );
     let attempts = std::fs::read_to_string(&path)?.len();
-    let _ = std::fs::remove_file(&path);
     ensure!(
         attempts == 2,
         "the initializer ran {attempts} times: a respawn loop"
@@ -164,14 +163,13 @@ async fn maxtasksperchild() -> TestResult {
         .maxtasksperchild(3)
         .build()
         .await?;
-    let log = tmp_path("runs");
+    let log = temp_path("runs");
     let hs: Vec<_> = (0..30u32)
-        .map(|i| pool.apply_async(log_run, (log.clone(), i)))
+        .map(|i| pool.apply_async(log_run, (log.to_string(), i)))
         .collect();
     let pids = futures::future::try_join_all(hs).await?;
     ensure!(pids.len() == 30, "every task answered once");
     let runs = std::fs::read_to_string(&log)?;
-    let _ = std::fs::remove_file(&log);
     let mut ran: Vec<u32> = runs.lines().map(|l| l.parse()).collect::<Result<_, _>>()?;
     ran.sort();
     ensure!(
@@ -244,24 +242,18 @@ async fn async_tasks_and_concurrency() -> TestResult {
 // A synchronous task that blocks does not hold up the async tasks running in its worker.
 async fn sync_task_does_not_block_async_tasks() -> TestResult {
     let pool = Pool::builder().processes(1).concurrency(2).build().await?;
-    let (started, gate, done) = (tmp_path("started"), tmp_path("gate"), tmp_path("done"));
+    let (started, gate, done) = (temp_path("started"), temp_path("gate"), temp_path("done"));
     let a = pool.apply_async(
         async_gate_then_done,
-        (started.clone(), gate.clone(), done.clone()),
+        (started.to_string(), gate.to_string(), done.to_string()),
     );
-    let ok = eventually(Duration::from_secs(20), || {
-        std::path::Path::new(&started).exists()
-    })
-    .await;
+    let ok = eventually(Duration::from_secs(20), || started.exists()).await;
     ensure!(ok, "the async task never started");
     // Blocks until the async task, which waits for the gate, has finished.
-    let s = pool.apply_async(block_until_file, (done.clone(),));
+    let s = pool.apply_async(block_until_file, (done.to_string(),));
     std::fs::write(&gate, "open")?;
     ensure!(a.await?, "the async task ran to its end");
     ensure!(s.await?, "the blocking task saw the async task finish");
-    for p in [started, gate, done] {
-        let _ = std::fs::remove_file(p);
-    }
     Ok(())
 }
 
@@ -269,11 +261,11 @@ async fn sync_task_does_not_block_async_tasks() -> TestResult {
 // be long: here the next one blocks until the test has seen the first answer.
 async fn answer_not_held_behind_the_next_task() -> TestResult {
     let pool = Pool::new(1).await?;
-    let (first, second) = (tmp_path("hold-first"), tmp_path("hold-second"));
-    let gate = pool.apply_async(wait_for_file, (first.clone(),));
+    let (first, second) = (temp_path("hold-first"), temp_path("hold-second"));
+    let gate = pool.apply_async(wait_for_file, (first.to_string(),));
     // Queued behind the gate, and sent ahead to the worker while it waits.
     let quick = pool.apply_async(sqr, (7,));
-    let long = pool.apply_async(block_until_file, (second.clone(),));
+    let long = pool.apply_async(block_until_file, (second.to_string(),));
     let rest: Vec<_> = (0..50).map(|i| pool.apply_async(sqr, (i,))).collect();
     std::fs::write(&first, "go")?;
     let got = tokio::time::timeout(Duration::from_secs(20), quick).await;
@@ -286,9 +278,6 @@ async fn answer_not_held_behind_the_next_task() -> TestResult {
     ensure!(long.await?, "the long task saw its file");
     let v = futures::future::try_join_all(rest).await?;
     ensure!(v == (0..50).map(|x| x * x).collect::<Vec<_>>(), "{v:?}");
-    for p in [first, second] {
-        let _ = std::fs::remove_file(p);
-    }
     Ok(())
 }
 
@@ -323,8 +312,8 @@ async fn short_task_passes_a_gated_one(
     tag: &str,
     medium_ms: Option<u64>,
 ) -> TestResult {
-    let gate = tmp_path(tag);
-    let mut long = pool.apply_async(wait_for_file, (gate.clone(),));
+    let gate = temp_path(tag);
+    let mut long = pool.apply_async(wait_for_file, (gate.to_string(),));
     let medium = medium_ms.map(|ms| pool.apply_async(sleep_ms, (ms,)));
     let short = pool.apply_async(pid, ());
     let got = tokio::time::timeout(Duration::from_secs(20), short).await;
@@ -334,7 +323,6 @@ async fn short_task_passes_a_gated_one(
     if let Some(medium) = medium {
         medium.await?;
     }
-    let _ = std::fs::remove_file(&gate);
     let short_pid = match got {
         Ok(r) => r?,
         Err(_) => return Err("the short task waited behind the long one".into()),
@@ -378,16 +366,12 @@ async fn drain_on_ctrl_c(ready: String) -> Result<(), String> {
 // Issue 12: Ctrl-C reaches the whole foreground process group. The workers ignore it, so a
 // program that drains on Ctrl-C finishes every task, respawns nothing and leaves nothing.
 async fn ctrl_c_to_the_group_lets_the_owner_drain_the_pool() -> TestResult {
-    let ready = tmp_path("ctrl-c");
-    let mut p = mp::Process::new(drain_on_ctrl_c, (ready.clone(),))
+    let ready = temp_path("ctrl-c");
+    let mut p = mp::Process::new(drain_on_ctrl_c, (ready.to_string(),))
         .start()
         .await?;
     let pgid = p.pid() as i32;
-    let started = eventually(Duration::from_secs(20), || {
-        std::path::Path::new(&ready).exists()
-    })
-    .await;
-    let _ = std::fs::remove_file(&ready);
+    let started = eventually(Duration::from_secs(20), || ready.exists()).await;
     ensure!(started, "the map never started");
     // A terminal sends it to every process of the foreground group: the owner and its
     // workers alike.

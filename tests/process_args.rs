@@ -196,8 +196,7 @@ async fn descriptors_travel_as_arguments() -> TestResult {
     use std::io::Read;
     for m in [StartMethod::Spawn, StartMethod::ForkServer] {
         let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let path =
-            std::env::temp_dir().join(format!("tkmp-fd-{}-{}", std::process::id(), m.name()));
+        let path = support::temp_path(&format!("fd-{}", m.name()));
         let file = std::fs::File::create(&path)?;
         let args = (
             mp::Fd::from(std::os::fd::OwnedFd::from(theirs)),
@@ -221,7 +220,6 @@ async fn descriptors_travel_as_arguments() -> TestResult {
             "{m:?}: read {got:?}"
         );
         let written = std::fs::read_to_string(&path)?;
-        let _ = std::fs::remove_file(&path);
         ensure!(written == "file ok", "{m:?}: file holds {written:?}");
     }
     Ok(())

@@ -407,13 +407,9 @@ async fn children_die_with_a_killed_parent() -> TestResult {
 }
 
 async fn exit_joins_children_and_terminates_daemons() -> TestResult {
-    let marker = std::env::temp_dir().join(format!("tkmp-exit-{}", std::process::id()));
-    let _ = std::fs::remove_file(&marker);
-    let (status, out, err) = run_helper(
-        "exit-handler",
-        &[("TKMP_MARKER", marker.display().to_string())],
-    )
-    .await?;
+    let marker = support::temp_path("exit");
+    let (status, out, err) =
+        run_helper("exit-handler", &[("TKMP_MARKER", marker.to_string())]).await?;
     ensure!(status.success(), "helper failed: {err}");
     let daemon: u32 = out
         .trim()
@@ -424,7 +420,6 @@ async fn exit_joins_children_and_terminates_daemons() -> TestResult {
         marker.exists(),
         "the non-daemon child was not waited for at exit"
     );
-    let _ = std::fs::remove_file(&marker);
     ensure!(
         support::is_zombie_or_gone(daemon),
         "the daemon child outlived its parent's exit"
@@ -643,13 +638,12 @@ async fn a_panic_decoding_the_arguments_exits_1() -> TestResult {
 /// Before, a `fork` child ended with `_exit` at once, skipping that, so its children were
 /// killed by their parent-death signal with their work undone.
 async fn a_forked_child_joins_its_own_children_at_exit() -> TestResult {
-    let path = std::env::temp_dir().join(format!("tkmp-fork-joins-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let path = path.display().to_string();
+    let path = support::temp_path("fork-joins");
     // Fork needs a single-threaded parent: a spawned child forks.
-    let mut p = Process::new(fork_a_parent, (path.clone(),)).start().await?;
+    let mut p = Process::new(fork_a_parent, (path.to_string(),))
+        .start()
+        .await?;
     let code = support::join_code(&mut p).await?;
-    let _ = std::fs::remove_file(&path);
     ensure!(
         code == 0,
         "the forked child's own child was not waited for at its exit (exit code {code}, 1: its file is missing)"

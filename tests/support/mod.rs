@@ -215,6 +215,62 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// A fresh path in the temporary directory, unique to this test process (its pid, `tag` and a
+/// counter), that nothing exists at yet. Whatever is made there (a file, a socket, a
+/// directory and its contents) is removed when the `TempPath` is dropped, so a test that
+/// fails midway leaves nothing behind either. It derefs to a [`Path`](std::path::Path);
+/// `to_string()` gives the path as a task's `String` argument.
+pub fn temp_path(tag: &str) -> TempPath {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    TempPath(std::env::temp_dir().join(format!("tkmp-{}-{tag}-{n}", std::process::id())))
+}
+
+/// A path that [`temp_path`] gave, removed with what is there when dropped.
+#[derive(Debug)]
+pub struct TempPath(std::path::PathBuf);
+
+impl std::ops::Deref for TempPath {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempPath {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempPath {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl std::fmt::Display for TempPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.0) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&self.0);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Whether the program `tool` can be run (its `--version` starts), for a test that needs it.
 pub fn installed(tool: &str) -> bool {
     std::process::Command::new(tool)

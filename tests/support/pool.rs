@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_multiprocessing::{self as mp, Pool};
 
-use super::{eventually, exists};
+use super::{eventually, exists, temp_path};
 
 pub fn sqr(x: i64) -> i64 {
     x * x
@@ -86,17 +86,9 @@ pub fn exit_with(code: i32) {
     std::process::exit(code);
 }
 
-pub fn tmp_path(tag: &str) -> String {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir()
-        .join(format!("tkmp-pool-{}-{tag}-{n}", std::process::id()))
-        .to_string_lossy()
-        .into_owned()
-}
-
-pub static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-pub async fn read_pid(path: &str) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn read_pid(
+    path: &std::path::Path,
+) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
     let ok = eventually(Duration::from_secs(20), || {
         std::fs::read_to_string(path).is_ok_and(|s| s.parse::<u32>().is_ok())
     })
@@ -323,9 +315,9 @@ pub fn init_first_then_gate(claim: String, gate: String) {
 /// Runs 100 short tasks on `pool` (files named after `tag`): having seen runs that short,
 /// the pool then sends tasks ahead to a worker that runs one.
 pub async fn send_ahead_from_now_on(pool: &Pool, tag: &str) -> super::TestResult {
-    let path = tmp_path(&format!("{tag}-warm"));
+    let path = temp_path(&format!("{tag}-warm"));
     let warm: Vec<_> = (0..100)
-        .map(|_| pool.apply_async(pid_to_file_then_sleep, (path.clone(), 0)))
+        .map(|_| pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 0)))
         .collect();
     for w in warm {
         w.await?;
@@ -338,10 +330,10 @@ pub async fn send_ahead_from_now_on(pool: &Pool, tag: &str) -> super::TestResult
 pub async fn cancel_behind_a_running_task(pool: &Pool) -> super::TestResult {
     send_ahead_from_now_on(pool, "behind").await?;
     for (round, kill_if_running) in [false, true, false, true].into_iter().enumerate() {
-        let path = tmp_path(&format!("behind-{round}"));
-        let marker = tmp_path(&format!("behind-never-{round}"));
-        let first = pool.apply_async(pid_to_file_then_sleep, (path.clone(), 1_500));
-        let behind = pool.apply_async(pid_to_file_then_sleep, (marker.clone(), 0));
+        let path = temp_path(&format!("behind-{round}"));
+        let marker = temp_path(&format!("behind-never-{round}"));
+        let first = pool.apply_async(pid_to_file_then_sleep, (path.to_string(), 1_500));
+        let behind = pool.apply_async(pid_to_file_then_sleep, (marker.to_string(), 0));
         let worker = read_pid(&path).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         match kill_if_running {
@@ -358,10 +350,7 @@ pub async fn cancel_behind_a_running_task(pool: &Pool) -> super::TestResult {
             pool.apply(pid, ()).await? == worker,
             "round {round}: a worker was killed"
         );
-        ensure!(
-            !std::path::Path::new(&marker).exists(),
-            "round {round}: the cancelled task ran"
-        );
+        ensure!(!marker.exists(), "round {round}: the cancelled task ran");
     }
     Ok(())
 }
