@@ -16,19 +16,25 @@ use super::codec::{deserialize_fd, serialize_fd};
 /// # Examples
 ///
 /// ```
-/// use std::io::Write;
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
 /// use tokio_multiprocessing::{Fd, Process};
 ///
 /// fn write_hello(fd: Fd) {
-///     let mut file = std::fs::File::from(fd.into_owned());
-///     let _ = file.write_all(b"hello from the child\n");
+///     let mut stream = UnixStream::from(fd.into_owned());
+///     let _ = stream.write_all(b"hello from the child\n");
 /// }
 ///
 /// # #[tokio::main]
 /// # async fn main() -> tokio_multiprocessing::Result<()> {
-/// let file = std::fs::File::create("/tmp/out.txt")?;
-/// let mut p = Process::new(write_hello, (Fd::from(std::os::fd::OwnedFd::from(file)),)).start().await?;
+/// let (mut ours, theirs) = UnixStream::pair()?;
+/// let fd = Fd::from(std::os::fd::OwnedFd::from(theirs));
+/// let mut p = Process::new(write_hello, (fd,)).start().await?;
 /// p.join().await?;
+/// // The child's end went with the arguments: the read ends once the child has exited.
+/// let mut got = String::new();
+/// ours.read_to_string(&mut got)?;
+/// assert_eq!(got, "hello from the child\n");
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
