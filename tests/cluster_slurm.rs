@@ -23,7 +23,15 @@ fn main() {
         srun_inside_salloc_and_sbatch_through_scale,
         a_pool_without_room_names_the_pending_job_and_its_state,
         shutdown_says_which_job_it_could_not_cancel,
+        an_sbatch_that_prints_a_banner_first_still_launches_its_job,
     ]);
+}
+
+/// A launcher of `nodes` batch jobs of `workers` workers each, their output discarded.
+fn batch_jobs(nodes: usize, workers: usize) -> mp::launch::Slurm {
+    mp::launch::Slurm::nodes(nodes)
+        .workers_per_host(workers)
+        .option("--output=/dev/null")
 }
 
 /// The Slurm job and step this worker runs in, from its environment.
@@ -170,6 +178,16 @@ impl MiniSlurm {
         Ok(())
     }
 
+    /// Succeeds once no job is listed (within 30 s); else names those left `after` what.
+    async fn no_job_left(&self, after: &str) -> TestResult {
+        ensure!(
+            eventually(Duration::from_secs(30), || self.jobs().is_empty()).await,
+            "jobs left after {after}: {}",
+            self.jobs()
+        );
+        Ok(())
+    }
+
     fn jobs(&self) -> String {
         self.command("squeue")
             .args(["-h", "-o", "%i"])
@@ -268,11 +286,7 @@ async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
     );
     // sbatch outside an allocation: scale(1) submits a job whose agent joins.
     let cluster = Cluster::builder()
-        .launcher(
-            mp::launch::Slurm::nodes(0)
-                .workers_per_host(2)
-                .option("--output=/dev/null"),
-        )
+        .launcher(batch_jobs(0, 2))
         .build()
         .await?;
     ensure!(
@@ -302,11 +316,7 @@ async fn srun_inside_salloc_and_sbatch_through_scale() -> TestResult {
     );
     drop(pool);
     drop(cluster);
-    ensure!(
-        eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,
-        "jobs left after the cluster was dropped: {}",
-        slurm.jobs()
-    );
+    slurm.no_job_left("the cluster was dropped").await?;
     Ok(())
 }
 
@@ -322,11 +332,7 @@ async fn a_pool_without_room_names_the_pending_job_and_its_state() -> TestResult
         "Reason=tkmp-test",
     ]))?;
     let cluster = Cluster::builder()
-        .launcher(
-            mp::launch::Slurm::nodes(1)
-                .workers_per_host(1)
-                .option("--output=/dev/null"),
-        )
+        .launcher(batch_jobs(1, 1))
         .build()
         .await?;
     let job = slurm.jobs();
@@ -346,11 +352,7 @@ async fn a_pool_without_room_names_the_pending_job_and_its_state() -> TestResult
         "the error does not name the pending job {job}: {e}"
     );
     drop(cluster);
-    ensure!(
-        eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,
-        "jobs left after the cluster was dropped: {}",
-        slurm.jobs()
-    );
+    slurm.no_job_left("the cluster was dropped").await?;
     Ok(())
 }
 
@@ -360,11 +362,7 @@ async fn shutdown_says_which_job_it_could_not_cancel() -> TestResult {
         return Ok(());
     };
     let cluster = Cluster::builder()
-        .launcher(
-            mp::launch::Slurm::nodes(1)
-                .workers_per_host(1)
-                .option("--output=/dev/null"),
-        )
+        .launcher(batch_jobs(1, 1))
         .build()
         .await?;
     cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
@@ -384,11 +382,54 @@ async fn shutdown_says_which_job_it_could_not_cancel() -> TestResult {
         }
     }
     // Its agent, told to exit, ends the job all the same, while the cluster lives.
-    ensure!(
-        eventually(Duration::from_secs(30), || slurm.jobs().is_empty()).await,
-        "jobs left after shutdown: {}",
-        slurm.jobs()
-    );
+    slurm.no_job_left("shutdown").await?;
     drop(cluster);
+    Ok(())
+}
+
+/// An `sbatch` that prints a line before the job id (a site's wrapper, or a filter plugin,
+/// that greets): the job it submitted is the cluster's, whose agent joins and serves, and
+/// which is cancelled with the cluster. The code before took the greeting for the id and
+/// failed the build ("sbatch failed (exit status: 0)"), leaving the job it had submitted
+/// running, never cancelled.
+async fn an_sbatch_that_prints_a_banner_first_still_launches_its_job() -> TestResult {
+    let Some(slurm) = MiniSlurm::start().await? else {
+        return Ok(());
+    };
+    let bin = slurm.dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let sbatch = bin.join("sbatch");
+    std::fs::write(
+        &sbatch,
+        "#!/bin/sh\necho 'Welcome: jobs go to partition debug'\nexec /usr/bin/sbatch \"$@\"\n",
+    )?;
+    std::fs::set_permissions(&sbatch, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut wrapped = std::ffi::OsString::from(bin.as_os_str());
+    wrapped.push(":");
+    wrapped.push(&path);
+    // SAFETY: as in `MiniSlurm::start`: the launcher's commands run only in the test that
+    // holds the Slurm instance, one at a time.
+    unsafe { std::env::set_var("PATH", &wrapped) };
+    let built = Cluster::builder().launcher(batch_jobs(1, 1)).build().await;
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PATH", &path) };
+    let cluster = match built {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(
+                format!("the build failed ({e}), with jobs {:?} left", slurm.jobs()).into(),
+            );
+        }
+    };
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    ensure!(
+        pool.apply(slurm_job, (7,)).await?.0 == 49,
+        "the job's worker"
+    );
+    drop(pool);
+    drop(cluster);
+    slurm.no_job_left("the cluster was dropped").await?;
     Ok(())
 }

@@ -78,6 +78,16 @@ impl Slurm {
     }
 }
 
+/// The job id in what `sbatch --parsable` printed (`<id>` or `<id>;<cluster>`), on its last
+/// line that holds one: a wrapper of the site's, or a filter plugin, may print other lines
+/// first, and the job is submitted all the same.
+fn parsable_job_id(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|line| {
+        let id = line.trim().split(';').next()?;
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then(|| id.to_string())
+    })
+}
+
 impl Launcher for Slurm {
     fn hosts(&self) -> usize {
         self.nodes
@@ -119,8 +129,7 @@ impl Launcher for Slurm {
             .output()
             .map_err(|e| Self::start_failed(spec, format!("cannot run sbatch: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let job = stdout.trim().split(';').next().unwrap_or("").to_string();
-        if !out.status.success() || job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
+        if !out.status.success() {
             return Err(Self::start_failed(
                 spec,
                 format!(
@@ -130,6 +139,17 @@ impl Launcher for Slurm {
                 ),
             ));
         }
+        let Some(job) = parsable_job_id(&stdout) else {
+            return Err(Self::start_failed(
+                spec,
+                format!(
+                    "sbatch succeeded but printed no job id ({:?}; {}): a job it submitted is \
+                     not cancelled with the cluster",
+                    stdout.trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        };
         tracing::debug!(id = spec.id, job = %job, "host agent submitted with sbatch");
         let mut cancel = std::process::Command::new("scancel");
         cancel.arg(&job);
