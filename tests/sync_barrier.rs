@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use libtest_mimic::Arguments;
 use support::{TestResult, eventually, join_ok};
-use tokio_multiprocessing::{Barrier, Error, Process, RawArray, RawValue};
+use tokio_multiprocessing::{Barrier, Error, Event, Process, RawArray, RawValue};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -101,6 +101,38 @@ async fn barrier_timeout_breaks() -> TestResult {
     Ok(())
 }
 
+/// Says it waits, waits at `b` for a generation, and again for the next.
+async fn barrier_twice(b: Barrier, started: Event) -> Result<(), String> {
+    started.set();
+    b.wait()
+        .await
+        .map_err(|e| format!("first generation: {e}"))?;
+    b.wait()
+        .await
+        .map_err(|e| format!("second generation: {e}"))?;
+    Ok(())
+}
+
+/// No Python counterpart: the last party of a generation killed after it started the next
+/// generation and before it woke the waiters (here, a test hook that stops there) left them
+/// asleep for good, their generation over. The next wait now wakes them: the child passes
+/// its first generation and meets this process at the second.
+async fn a_last_arrival_killed_before_its_wake_up_leaves_it_to_the_next_wait() -> TestResult {
+    let b = Barrier::new(2)?;
+    let started = Event::new()?;
+    let mut p = Process::new(barrier_twice, (b.clone(), started.clone()))
+        .start()
+        .await?;
+    support::once_asleep(&started).await?;
+    b.__arrive_last_unwoken();
+    if let Err(e) = b.wait_timeout(LONG).await {
+        let _ = p.kill();
+        let _ = p.join().await;
+        return Err(format!("the child never came to the second generation: {e}").into());
+    }
+    join_ok(&mut p).await
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -108,7 +140,8 @@ fn main() {
     let trials = trials![
         barrier_rounds,
         barrier_abort_and_reset,
-        barrier_timeout_breaks
+        barrier_timeout_breaks,
+        a_last_arrival_killed_before_its_wake_up_leaves_it_to_the_next_wait
     ];
     libtest_mimic::run(&args, trials).exit()
 }

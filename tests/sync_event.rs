@@ -126,9 +126,7 @@ async fn a_set_killed_before_its_wake_up_leaves_it_to_the_next() -> TestResult {
         let mut p = Process::new(wait_then_say, (e.clone(), started.clone(), passed.clone()))
             .start()
             .await?;
-        started.wait_timeout(LONG).await?;
-        // Let it go to sleep in `wait`.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        support::once_asleep(&started).await?;
         e.__raise_unwoken();
         if later == "set" {
             e.set();

@@ -217,9 +217,7 @@ async fn a_release_killed_before_its_wake_up_leaves_it_to_the_next() -> TestResu
     let mut p = Process::new(acquire_one, (s.clone(), started.clone()))
         .start()
         .await?;
-    started.wait_timeout(LONG).await?;
-    // Let it go to sleep in `acquire`.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::once_asleep(&started).await?;
     s.__release_unwoken()?;
     s.release()?;
     let joined = tokio::time::timeout(LONG, p.join()).await;

@@ -6,6 +6,11 @@
 //! A waiter learns how its generation ended from the word itself when the generation moved
 //! on by one (the usual case), or from a 64-entry ring of outcomes if it moved on further
 //! before the waiter looked.
+//!
+//! A second word holds the generation and broken bit whose wake-up was last written, stored
+//! after the write. A party killed between its change of the word (as the last to arrive,
+//! or breaking the barrier) and its write left the waiters asleep for good, their generation
+//! over; now every wait, `abort` and `reset` writes a wake-up that the word says is missing.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,6 +28,8 @@ use crate::sys::SharedRegion;
 
 const STATE: usize = 0;
 const PARTIES: usize = 8;
+/// The generation and broken bit (`State::woken_mark`) whose wake-up was last written.
+const WOKEN: usize = 12;
 const RING: usize = 16;
 const RING_LEN: u32 = 64;
 const SIZE: usize = RING + 4 * RING_LEN as usize;
@@ -52,6 +59,12 @@ impl State {
             | (u64::from(self.prev_broken) << 32)
             | (u64::from(self.count & 0x7fff_ffff) << 1)
             | u64::from(self.broken)
+    }
+
+    /// What a wake-up written for this state marks in the `WOKEN` word: its generation and
+    /// whether it is broken.
+    fn woken_mark(self) -> u32 {
+        (self.generation << 1) | u32::from(self.broken)
     }
 
     fn next(self, prev_broken: bool) -> State {
@@ -97,6 +110,20 @@ impl Inner {
             .is_ok()
     }
 
+    /// Wakes every waiter for the change to `now`, and notes it.
+    fn signal(&self, now: State) {
+        self.wake.signal();
+        self.region.u32_at(WOKEN).store(now.woken_mark(), SeqCst);
+    }
+
+    /// Writes the wake-up of the last change of the word if its maker died before it did.
+    fn signal_if_missed(&self) {
+        let now = self.load();
+        if self.region.u32_at(WOKEN).load(SeqCst) != now.woken_mark() {
+            self.signal(now);
+        }
+    }
+
     fn record(&self, generation: u32, broken: bool) {
         self.region
             .u32_at(RING + 4 * (generation % RING_LEN) as usize)
@@ -130,8 +157,9 @@ impl Inner {
             if s.broken {
                 return Err(Error::BrokenBarrier);
             }
-            if self.cas(s, State { broken: true, ..s }) {
-                self.wake.signal();
+            let broken = State { broken: true, ..s };
+            if self.cas(s, broken) {
+                self.signal(broken);
                 return Err(Error::BrokenBarrier);
             }
         }
@@ -215,6 +243,7 @@ impl Barrier {
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         tokio::task::coop::consume_budget().await;
         let inner = &*self.inner;
+        inner.signal_if_missed();
         let parties = self.parties();
         let (g, index) = loop {
             let s = inner.load();
@@ -222,9 +251,10 @@ impl Barrier {
                 return Err(Error::BrokenBarrier);
             }
             if s.count + 1 >= parties {
-                if inner.cas(s, s.next(false)) {
+                let next = s.next(false);
+                if inner.cas(s, next) {
                     inner.record(s.generation, false);
-                    inner.wake.signal();
+                    inner.signal(next);
                     return Ok(s.count);
                 }
             } else if inner.cas(
@@ -273,10 +303,27 @@ impl Barrier {
         loop {
             let s = inner.load();
             if s.broken {
+                inner.signal_if_missed();
                 return;
             }
-            if inner.cas(s, State { broken: true, ..s }) {
-                inner.wake.signal();
+            let broken = State { broken: true, ..s };
+            if inner.cas(s, broken) {
+                inner.signal(broken);
+                return;
+            }
+        }
+    }
+
+    /// Arrives as the last party and stops short of waking the others, as a party killed
+    /// before its write to the eventfd does. A test hook only (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __arrive_last_unwoken(&self) {
+        let inner = &*self.inner;
+        loop {
+            let s = inner.load();
+            if inner.cas(s, s.next(false)) {
+                inner.record(s.generation, false);
                 return;
             }
         }
@@ -289,9 +336,10 @@ impl Barrier {
         loop {
             let s = inner.load();
             let broke = s.broken || s.count > 0;
-            if inner.cas(s, s.next(broke)) {
+            let next = s.next(broke);
+            if inner.cas(s, next) {
                 inner.record(s.generation, broke);
-                inner.wake.signal();
+                inner.signal(next);
                 return;
             }
         }

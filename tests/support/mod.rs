@@ -307,14 +307,21 @@ pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no CPU times in /proc/{pid}/stat"))
 }
 
+/// Waits for a child to say on `started` that it is about to wait, and lets it go to sleep
+/// in its wait.
+pub async fn once_asleep(started: &tokio_multiprocessing::Event) -> TestResult {
+    started.wait_timeout(Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
 /// Waits for `p` to say on `started` that it is about to wait, lets it go to sleep in its
 /// wait, then kills it there and reaps it.
 pub async fn kill_once_asleep(
     p: &mut tokio_multiprocessing::Process,
     started: &tokio_multiprocessing::Event,
 ) -> TestResult {
-    started.wait_timeout(Duration::from_secs(20)).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    once_asleep(started).await?;
     p.kill()?;
     p.join().await?;
     Ok(())
