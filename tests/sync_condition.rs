@@ -405,6 +405,30 @@ async fn a_notification_spent_on_a_dropped_wait_goes_on() -> TestResult {
     woken_then_joined(&woken, &mut kids[0], lost).await
 }
 
+/// No Python counterpart (Python's notifier killed holding the lock leaves it deadlocked):
+/// a notifier killed after it notified a waiter and before it woke it (here, a test hook
+/// that stops there) left the waiter asleep until some later `notify`. The next wait on the
+/// condition now wakes it.
+async fn a_notify_killed_before_its_wake_up_leaves_it_to_the_next_wait() -> TestResult {
+    let c = Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let mut kids = start_waiting(1, cond_waiter, (&c, &sleeping, &woken)).await?;
+    // Let it go to sleep in `wait` (where a notification needs its wake-up).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let g = c.lock_timeout(LONG).await?;
+    g.__notify_unwoken(1);
+    drop(g);
+    let (g, _) = c
+        .lock_timeout(LONG)
+        .await?
+        .wait_timeout(Duration::from_millis(50))
+        .await?;
+    drop(g);
+    let lost = "the notified waiter slept on";
+    woken_then_joined(&woken, &mut kids[0], lost).await
+}
+
 /// Says it waits, then waits and says it woke, for ever.
 async fn cond_waiter_loop(c: Condition, sleeping: Semaphore, woken: Semaphore) {
     let mut g = lock_past_the_dead(&c).await.expect("lock");
@@ -545,7 +569,8 @@ fn main() {
         a_notification_spent_on_a_waiter_killed_asleep_goes_on,
         a_notification_spent_on_a_waiter_killed_retaking_the_lock_goes_on,
         a_notification_spent_on_a_dropped_wait_goes_on,
-        notifications_reach_live_waiters_through_a_kill_storm
+        notifications_reach_live_waiters_through_a_kill_storm,
+        a_notify_killed_before_its_wake_up_leaves_it_to_the_next_wait
     ];
     libtest_mimic::run(&args, trials).exit()
 }

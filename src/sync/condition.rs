@@ -20,6 +20,11 @@
 //! so the waiters not yet notified watch (by pidfd) the processes of the notified waits
 //! that have not ended, those sent since they began waiting, and the one that finds such a
 //! process gone takes the lock to pass the notification on.
+//!
+//! A `notify` that moves the limit past a waiter marks it (`UNWOKEN`) before, and clears the
+//! mark after, its write to the eventfd. A notifier killed between the two left the waiters
+//! asleep, notified or not, until some later `notify` wrote; now the next `notify` or wait
+//! (both under the lock) writes the wake-up the mark says is missing.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -42,6 +47,8 @@ const LIMIT: usize = 8;
 /// Notifications spent on waits that then ended without them (their process killed, their
 /// future dropped), for the next holder of the lock to pass on.
 const PASS: usize = 16;
+/// 1 from the moment a `notify` moves the limit past a waiter until its wake-up is written.
+const UNWOKEN: usize = 24;
 const BITS: usize = 64;
 const SLOTS: u64 = 8192;
 /// The owner word of each ticket's waiter (see [`sys::cached_owner`]), by slot; 0 once its
@@ -132,6 +139,20 @@ impl Inner {
     fn pass_on(&self, n: u64) {
         self.region.u64_at(PASS).fetch_add(n, SeqCst);
         self.wake.signal();
+    }
+
+    /// Writes the wake-up of the last `notify`, and notes it.
+    fn wake_notified(&self) {
+        self.wake.signal();
+        self.region.u32_at(UNWOKEN).store(0, SeqCst);
+    }
+
+    /// Writes the wake-up of the last `notify` if its notifier died before it did (under
+    /// the lock, which such a notifier held: no system call otherwise).
+    fn wake_if_missed(&self) {
+        if self.region.u32_at(UNWOKEN).load(SeqCst) != 0 {
+            self.wake_notified();
+        }
     }
 
     /// Whether notifications wait to be passed on.
@@ -332,9 +353,11 @@ impl Condition {
                 >= SLOTS
         };
         // Notifications lost by waits that ended without them go to the waiters before
-        // this one.
+        // this one; a notifier killed before it woke the waiters leaves that to this wait.
         if inner.passes() {
             self.notify(0);
+        } else {
+            inner.wake_if_missed();
         }
         inner.trim(false);
         if full() {
@@ -456,8 +479,18 @@ impl Condition {
     }
 
     /// Moves the limit past the next `n` live tickets, and past as many more as there are
-    /// notifications left to pass on; wakes the waiters if it moved past any.
+    /// notifications left to pass on; wakes the waiters if it moved past any (or if the
+    /// last notify's notifier died before it woke them).
     fn notify(&self, n: usize) {
+        if self.move_limit(n) {
+            self.inner.wake_notified();
+        } else {
+            self.inner.wake_if_missed();
+        }
+    }
+
+    /// The limit's move of [`notify`](Self::notify); whether it moved past a live ticket.
+    fn move_limit(&self, n: usize) -> bool {
         let inner = &*self.inner;
         let passed = inner.region.u64_at(PASS).swap(0, SeqCst);
         let n = n.saturating_add(usize::try_from(passed).unwrap_or(usize::MAX));
@@ -477,10 +510,11 @@ impl Condition {
             }
             at += 1;
         }
-        limit.store(at, SeqCst);
         if woken > 0 {
-            inner.wake.signal();
+            inner.region.u32_at(UNWOKEN).store(1, SeqCst);
         }
+        limit.store(at, SeqCst);
+        woken > 0
     }
 }
 
@@ -587,6 +621,14 @@ impl<'a> ConditionGuard<'a> {
     /// Wakes every waiter (Python's `notify_all()`).
     pub fn notify_all(&self) {
         self.cond.notify(usize::MAX);
+    }
+
+    /// Notifies `n` waiters and stops short of waking them, as a notifier killed before its
+    /// write to the eventfd does. A test hook only (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __notify_unwoken(&self, n: usize) {
+        self.cond.move_limit(n);
     }
 }
 
