@@ -375,6 +375,50 @@ async fn put_large_into_full(q: mp::Queue<Vec<u8>>, started: mp::Queue<u32>) {
     std::process::exit(4)
 }
 
+/// Says it is ready (an empty report), waits for the go, then takes an item from `q` with
+/// no descriptor free (its limit lowered to the lowest free number), and two more with
+/// its limit restored; reports each item's first byte or its error. Exits 3 if it cannot
+/// set its limit.
+async fn get_at_the_descriptor_limit(
+    q: mp::Queue<Vec<u8>>,
+    report: mp::Queue<Vec<Result<u8, String>>>,
+    go: mp::Queue<u8>,
+) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use std::os::fd::AsRawFd;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        std::process::exit(3)
+    };
+    // The queue's descriptors are registered with the reactor before the limit falls.
+    let _ = q.get_timeout(Duration::from_millis(10)).await;
+    if report.put(Vec::new()).await.is_err() || go.get().await.is_err() {
+        std::process::exit(3);
+    }
+    let Ok(lowest_free) = std::fs::File::open("/dev/null").map(|f| f.as_raw_fd() as u64) else {
+        std::process::exit(3)
+    };
+    if setrlimit(Resource::RLIMIT_NOFILE, lowest_free, hard).is_err() {
+        std::process::exit(3);
+    }
+    let mut got = vec![q.get_timeout(Duration::from_secs(10)).await];
+    if setrlimit(Resource::RLIMIT_NOFILE, soft, hard).is_err() {
+        std::process::exit(3);
+    }
+    for _ in 0..2 {
+        got.push(q.get_timeout(Duration::from_secs(10)).await);
+    }
+    let got = got
+        .into_iter()
+        .map(|r| {
+            r.map(|v| v.first().copied().unwrap_or(0))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    if report.put(got).await.is_err() {
+        std::process::exit(3);
+    }
+}
+
 /// Runs in a child that may have few descriptors in flight (the kernel holds at most a
 /// user's limit of open descriptors in sockets' queues, unless it has `CAP_SYS_RESOURCE`):
 /// it lowers its limit to 64 and, as root, becomes `nobody`. Puts items spilled to a memfd
@@ -1412,6 +1456,33 @@ async fn a_joinable_queue_outlives_producers_killed_mid_put() -> TestResult {
     Ok(())
 }
 
+/// A consumer with no descriptor free cannot receive an item spilled to a file (its packet
+/// carries the file's descriptor, which the kernel would drop): its `get` fails with an
+/// error that names the limit, and the item stays in the queue, for the same consumer once
+/// it has a descriptor free, before the next. Before, the failed `get` had consumed the
+/// item (a `Vec<u8>` of 100 KB, holding no descriptor), and the next `get` returned the
+/// next one.
+async fn a_get_with_no_descriptor_free_leaves_the_item() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    let report = mp::Queue::<Vec<Result<u8, String>>>::new()?;
+    let go = mp::Queue::<u8>::new()?;
+    let mut p = start(
+        get_at_the_descriptor_limit,
+        (q.clone(), report.clone(), go.clone()),
+    )
+    .await?;
+    report.get_timeout(Duration::from_secs(20)).await?;
+    q.put(vec![1; 100_000]).await?;
+    q.put(vec![2; 100_000]).await?;
+    go.put(1).await?;
+    let got = report.get_timeout(Duration::from_secs(30)).await?;
+    join_ok(&mut p).await?;
+    match got.as_slice() {
+        [Err(e), Ok(1), Ok(2)] if e.contains("limit") && e.contains("stays") => Ok(()),
+        other => Err(format!("at the limit, then with it restored: {other:?}").into()),
+    }
+}
+
 /// When a consumer of [`a_producer_dead_before_its_marker_leaves_its_item_to_consumers`]
 /// begins to wait, beside its producer's send and death.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1598,6 +1669,10 @@ fn main() {
         test(
             "a_joinable_queue_outlives_producers_killed_mid_put",
             a_joinable_queue_outlives_producers_killed_mid_put,
+        ),
+        test(
+            "a_get_with_no_descriptor_free_leaves_the_item",
+            a_get_with_no_descriptor_free_leaves_the_item,
         ),
     ];
     libtest_mimic::run(&args, trials).exit()

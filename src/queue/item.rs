@@ -2,7 +2,7 @@
 //! ring slot, in a packet, or spilled to a memfd), and taken and decoded on the other side.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -186,10 +186,19 @@ impl Inner {
     /// by its tag and drops it (see [`recv_packet_for`](Self::recv_packet_for)). A marker
     /// whose packet is not in the socket stands for no item (its producer died before it
     /// sent it), and the next slot is taken instead.
+    ///
+    /// A packet may carry descriptors (one always, for an item spilled to a file): in a
+    /// process with none free the kernel drops them, and the item with them. So it first
+    /// makes sure one is free, and fails before the marker is taken, leaving the item in
+    /// the queue, if not.
     pub(super) fn take_locked<T: DeserializeOwned>(
         &self,
         guard: LockGuard<'_>,
     ) -> Result<Taken<T>> {
+        if let Err(e) = sys::descriptor_free(self.rx.as_fd()) {
+            let e = format!("cannot take a queue item that may carry a descriptor: {e}");
+            return Err(std::io::Error::other(format!("{e}; the item stays in the queue")).into());
+        }
         loop {
             let tag = match self.take_slot(true)? {
                 None => return Ok(Taken::Empty),

@@ -447,7 +447,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// [`Error::HandleClosed`] after [`close`](Self::close); [`Error::Decode`] if the item
-    /// is not a `T` (it is consumed); an I/O error.
+    /// is not a `T` (it is consumed); an I/O error, among them one that names the limit
+    /// when this process has no descriptor free to receive an item that travels through
+    /// the socket (the item stays in the queue).
     ///
     /// # Panics
     /// Outside a tokio runtime.

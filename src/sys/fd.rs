@@ -41,6 +41,20 @@ pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
+/// Fails unless this process can open one more descriptor now (a duplicate of `fd`, closed
+/// at once), with an error that names its limit: for a receive that may carry descriptors,
+/// which the kernel would drop, and the message with them.
+pub(crate) fn descriptor_free(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match fd.try_clone_to_owned() {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Err(io::Error::new(
+            e.kind(),
+            format!("no descriptor is free{}", out_of_descriptors()),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// Sends `data`, with `fds` attached to its first byte. Returns how many bytes went out.
 ///
 /// `MSG_NOSIGNAL`: a closed peer is an `EPIPE` error, never a `SIGPIPE`.
