@@ -47,7 +47,6 @@ fn square_where(x: u64) -> (u64, String) {
 const SSHD: &str = "/usr/sbin/sshd";
 const PORT: &str = "2222";
 
-/// A temporary directory, removed when dropped.
 fn run(cmd: &mut Command) -> Result<(), BoxError> {
     let out = cmd.output()?;
     if !out.status.success() {
