@@ -95,7 +95,9 @@ impl From<SocketAddr> for Address {
 /// (`"127.0.0.1:50000"` or `"localhost:50000"` for TCP, a path containing a `/` for a Unix
 /// socket, `"\0name"` for an abstract one), or Python's `(host, port)` pair,
 /// `("localhost", 50000)`. A host name stands for
-/// its first IPv4 address, as in Python's `multiprocessing.connection`.
+/// its first IPv4 address, as in Python's `multiprocessing.connection`. A string is read
+/// as an [`Address`] prints itself, so an address printed (`\0name`, with a backslash and
+/// a zero for an abstract one) and handed to another program names the same socket.
 pub trait ToAddress {
     /// The address.
     ///
@@ -131,6 +133,10 @@ impl ToAddress for PathBuf {
 
 impl ToAddress for str {
     fn to_address(&self) -> Result<Address> {
+        // An abstract name as `Address` prints it: a backslash and a zero before the name.
+        if let Some(name) = self.strip_prefix("\\0") {
+            return Ok(Address::Unix(PathBuf::from(format!("\0{name}"))));
+        }
         if self.contains('/') || self.starts_with('\0') {
             return Ok(Address::Unix(PathBuf::from(self)));
         }
@@ -247,6 +253,20 @@ mod tests {
             "no port here".to_address(),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// An address printed and read back is the same address: before, an abstract one
+    /// printed as `\0name` (a backslash and a zero) was read back as a host name that does
+    /// not resolve.
+    #[test]
+    fn an_address_printed_is_read_back_as_itself() {
+        for a in [
+            Address::Unix("\0tkmp-abstract".into()),
+            Address::Unix("/tmp/x.sock".into()),
+            Address::Tcp("127.0.0.1:50000".parse().unwrap()),
+        ] {
+            assert_eq!(a.to_string().to_address().ok(), Some(a.clone()), "{a}");
+        }
     }
 }
 
