@@ -97,6 +97,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     #[allow(clippy::new_ret_no_self)]
     pub fn new() -> Result<(Connection<T>, Connection<T>)> {
         let (a, b) = sys::socketpair_stream()?;
+        grow_send_buffers(&[&a, &b]);
         Ok((
             Connection::unix(a, true, true)?,
             Connection::unix(b, true, true)?,
@@ -112,10 +113,42 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     pub fn simplex() -> Result<(Connection<T>, Connection<T>)> {
         let (r, w) = sys::socketpair_stream()?;
         sys::shutdown_socket(r.as_fd(), false, true)?;
+        grow_send_buffers(&[&w]);
         Ok((
             Connection::unix(r, true, false)?,
             Connection::unix(w, false, true)?,
         ))
+    }
+}
+
+/// The send buffer a pipe's ends ask for: a message of a megabyte fits in the socket whole,
+/// so that its byte strings go out straight from the value sent (see
+/// [`Connection::send`]), and a sender does not wait for the reader's wake-ups a few hundred
+/// kilobytes at a time. Memory is taken only for bytes in flight.
+const SEND_BUFFER: usize = 2 * 1024 * 1024;
+
+/// Grows the send buffer of each of `ends` to [`SEND_BUFFER`] (as far as the system allows;
+/// a refusal leaves the default, which works, only slower for large messages).
+fn grow_send_buffers(ends: &[&OwnedFd]) {
+    for end in ends {
+        if let Err(e) = sys::grow_send_buffer(end.as_fd(), SEND_BUFFER) {
+            tracing::debug!("cannot grow a pipe's send buffer: {e}");
+        }
+    }
+}
+
+/// A send's outcome, with a peer that is gone (a broken pipe, a reset) as [`Error::Closed`].
+fn closed_if_gone(r: Result<()>) -> Result<()> {
+    match r {
+        Err(Error::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Err(Error::Closed)
+        }
+        r => r,
     }
 }
 
@@ -215,17 +248,7 @@ impl<T> Connection<T> {
     /// Sends one frame. A peer that is gone is [`Error::Closed`].
     async fn send_frame(&self, mut frame: FrameBuf) -> Result<()> {
         self.check_writable()?;
-        match self.link.send(&mut frame).await {
-            Err(Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Err(Error::Closed)
-            }
-            r => r,
-        }
+        closed_if_gone(self.link.send(&mut frame).await)
     }
 
     /// Proves to the other end that it holds `authkey` (Python's
@@ -293,9 +316,8 @@ impl<T> Connection<T> {
     /// mix of two. Until then the peer's `recv` waits for the rest; if this end is dropped
     /// first, the peer's `recv` fails with [`Error::Protocol`].
     pub async fn send_bytes(&self, data: &[u8]) -> Result<()> {
-        let mut frame = FrameBuf::raw(data);
-        frame.check_size()?;
-        self.send_frame(frame).await
+        self.check_writable()?;
+        closed_if_gone(self.link.send_raw(data).await)
     }
 
     /// Receives one message sent by [`send_bytes`](Self::send_bytes) (Python's
@@ -407,9 +429,18 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends a value (Python's `send`). Descriptors inside it (pipe ends, queues...) travel
     /// with it; the value itself stays with the caller.
     ///
+    /// A large byte string inside the value (64 KiB or more that serde hands over whole: a
+    /// `serde_bytes::ByteBuf` or `Bytes`, a `bytes::Bytes`; not a plain `Vec<u8>`) goes to
+    /// the socket straight from the value, as far as the socket takes it at once, rather
+    /// than being copied into the message first; the value is then encoded twice (once to
+    /// measure it), so its `Serialize` should give the same bytes each time.
+    ///
     /// # Errors
     /// [`Error::Closed`] if the other end is gone; [`Error::Encode`] if the value cannot be
-    /// encoded (nothing is sent); [`Error::FrameTooLarge`] above the maximum frame size;
+    /// encoded (nothing is sent; but a value whose second encoding fails, or differs from
+    /// the first, after part of it went out, reaches the peer as a message that fails to
+    /// decode, and the connection stays usable); [`Error::FrameTooLarge`] above the maximum
+    /// frame size;
     /// [`Error::InvalidArgument`] if the value owns descriptors and this end is a TCP
     /// connection (descriptors travel only over Unix sockets; nothing is sent, and the
     /// connection stays usable).
@@ -428,12 +459,42 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     pub async fn send(&self, value: &T) -> Result<()> {
         // What the encoding would tell others (a manager proxy's loan) waits until the frame
         // is known to be one this end sends.
-        let (frame, kept) = codec::held_back(|| FrameBuf::of(value));
-        let mut frame = frame?;
-        frame.check_size()?;
-        self.link.check_fds(&frame)?;
-        kept.done();
-        self.send_frame(frame).await
+        let mut frame = FrameBuf::new();
+        let fits = {
+            let (fits, kept) = codec::held_back(|| frame.push_unless_piece(value, codec::DIRECT));
+            let fits = fits?;
+            if fits {
+                frame.check_size()?;
+                self.link.check_fds(&frame)?;
+                kept.done();
+            }
+            fits
+        };
+        let direct = if fits {
+            None
+        } else {
+            // A large byte string: the value is measured, then encoded as it goes out, the
+            // string sent from where it lies, unless the value holds descriptors (which go
+            // with the frame's first byte, so the frame is encoded whole first).
+            match codec::measure(value)? {
+                (len, 0) => Some(len),
+                _ => {
+                    let (frame, kept) = codec::held_back(|| FrameBuf::of(value));
+                    let mut frame = frame?;
+                    frame.check_size()?;
+                    self.link.check_fds(&frame)?;
+                    kept.done();
+                    return self.send_frame(frame).await;
+                }
+            }
+        };
+        match direct {
+            None => self.send_frame(frame).await,
+            Some(len) => {
+                self.check_writable()?;
+                closed_if_gone(self.link.send_value(value, len).await)
+            }
+        }
     }
 
     /// Receives the next value (Python's `recv`).

@@ -356,6 +356,125 @@ async fn a_send_dropped_midway_leaves_the_stream_whole() -> TestResult {
     Ok(())
 }
 
+/// A value with large byte strings between small fields, as a pipe sends them.
+type Strings = (String, serde_bytes::ByteBuf, u32, serde_bytes::ByteBuf);
+
+fn strings(len: usize, seed: u32) -> Strings {
+    let bytes = |k: u32| {
+        serde_bytes::ByteBuf::from(
+            (0..len)
+                .map(|i| (i as u32).wrapping_mul(31).wrapping_add(k) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    };
+    (format!("head {seed}"), bytes(seed), seed, bytes(seed + 1))
+}
+
+/// Large byte strings inside a value (sent from where they lie while the socket takes them,
+/// copied once it is full) arrive whole: to a peer that reads as they come, and to one that
+/// reads only after a send was dropped midway (the next send finishes that message first).
+async fn large_byte_strings_arrive_whole() -> TestResult {
+    let (a, b) = mp::Pipe::<Strings>::new()?;
+    // Read as they come: each fits the socket, or not, and is followed by a small one.
+    for (i, len) in [64 * 1024, (1 << 20) + 3, 9 << 20].into_iter().enumerate() {
+        let value = strings(len, i as u32);
+        let small = strings(3, 100 + i as u32);
+        let receiving = async {
+            let first = b.recv_timeout(Duration::from_secs(20)).await;
+            (first, b.recv_timeout(Duration::from_secs(20)).await)
+        };
+        let (sent, (first, second)) = tokio::join!(
+            async {
+                a.send(&value).await?;
+                a.send(&small).await
+            },
+            receiving
+        );
+        sent?;
+        ensure!(
+            first? == value,
+            "a value of {len}-byte strings came altered"
+        );
+        ensure!(second? == small, "the small value after {len}-byte strings");
+    }
+    // Dropped midway: a zero timeout polls the send once, to a peer that is not reading.
+    let big = strings(16 << 20, 7);
+    ensure!(
+        tokio::time::timeout(Duration::ZERO, a.send(&big))
+            .await
+            .is_err(),
+        "32 MiB went through a socket no one reads"
+    );
+    let small = strings(1, 8);
+    let receiving = async {
+        let first = b.recv_timeout(Duration::from_secs(20)).await;
+        (first, b.recv_timeout(Duration::from_secs(20)).await)
+    };
+    let (sent, (first, second)) = tokio::join!(a.send(&small), receiving);
+    sent?;
+    ensure!(first? == big, "the dropped send's message came altered");
+    ensure!(second? == small, "the next message");
+    Ok(())
+}
+
+/// A value whose `Serialize` fails on its `fail_on`-th call (counting every call), after its
+/// large byte string.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Flaky {
+    bytes: serde_bytes::ByteBuf,
+    tail: u8,
+    #[serde(skip)]
+    fail_on: std::sync::atomic::AtomicU32,
+    #[serde(skip)]
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl serde::Serialize for Flaky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeTuple};
+        use std::sync::atomic::Ordering::Relaxed;
+        let call = self.calls.fetch_add(1, Relaxed) + 1;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.bytes)?;
+        if call == self.fail_on.load(Relaxed) {
+            return Err(S::Error::custom("fails this time"));
+        }
+        t.serialize_element(&self.tail)?;
+        t.end()
+    }
+}
+
+/// A value whose encoding fails, on the pass that measures it or on the one that sends its
+/// large byte string straight to the socket, fails its send with an encoding error; the
+/// peer receives nothing of it (the first case) or a message that fails to decode (the
+/// second), and the messages after it whole.
+async fn an_encoding_that_fails_midway_spoils_only_its_message() -> TestResult {
+    let (a, b) = mp::Pipe::<Flaky>::new()?;
+    let flaky = |fail_on: u32| Flaky {
+        bytes: serde_bytes::ByteBuf::from(vec![5u8; 1 << 20]),
+        tail: 9,
+        fail_on: fail_on.into(),
+        ..Flaky::default()
+    };
+    for fail_on in [2, 3] {
+        let e = a.send(&flaky(fail_on)).await.unwrap_err();
+        ensure!(matches!(e, mp::Error::Encode { .. }), "{e}");
+        let next = flaky(0);
+        let (sent, got) = tokio::join!(a.send(&next), b.recv_timeout(Duration::from_secs(20)));
+        sent?;
+        let got = match (fail_on, got) {
+            (2, got) => got?,
+            (_, Err(mp::Error::Decode { .. })) => b.recv_timeout(Duration::from_secs(20)).await?,
+            (_, got) => return Err(format!("the spoiled message came as {got:?}").into()),
+        };
+        ensure!(
+            got.bytes.len() == 1 << 20 && got.tail == 9,
+            "the next message"
+        );
+    }
+    Ok(())
+}
+
 /// `_TestConnection.test_large_fd_transfer`-style: a 16 MiB message crosses whole.
 async fn large_message() -> TestResult {
     const LEN: u64 = 16 << 20;
@@ -738,6 +857,14 @@ fn main() {
         ),
         test("garbage_is_a_decode_error", garbage_is_a_decode_error),
         test("large_message", large_message),
+        test(
+            "large_byte_strings_arrive_whole",
+            large_byte_strings_arrive_whole,
+        ),
+        test(
+            "an_encoding_that_fails_midway_spoils_only_its_message",
+            an_encoding_that_fails_midway_spoils_only_its_message,
+        ),
         test(
             "a_send_dropped_midway_leaves_the_stream_whole",
             a_send_dropped_midway_leaves_the_stream_whole,

@@ -128,10 +128,9 @@ impl Encoded {
     /// the kernel is asked to back with huge pages: a first pass counts the bytes (writing
     /// none; descriptors it duplicates are closed again), so the buffer never grows, and it faults in 2 MiB at a time rather than 4 KiB.
     pub(crate) fn large<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
-        let mut counted = Counted(0);
-        encode_pass(&mut counted, &mut Vec::new(), value, false)?;
+        let (len, _) = measure(value)?;
         let mut e = Encoded {
-            bytes: Vec::with_capacity(counted.0),
+            bytes: Vec::with_capacity(len),
             fds: Vec::new(),
         };
         sys::advise_huge_pages(&mut e.bytes);
@@ -143,16 +142,52 @@ impl Encoded {
     /// found out after writing at most `max` bytes of it (the caller encodes it elsewhere).
     pub(crate) fn within<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Option<Encoded>> {
         let mut e = Encoded::default();
-        let mut capped = Capped {
-            buf: &mut e.bytes,
-            max,
-            over: false,
-        };
-        match encode_to(&mut capped, &mut e.fds, value) {
-            Ok(()) => Ok(Some(e)),
-            Err(_) if capped.over => Ok(None),
-            Err(e) => Err(e),
-        }
+        let fits = encode_within(&mut e.bytes, &mut e.fds, value, max, usize::MAX)?;
+        Ok(fits.then_some(e))
+    }
+}
+
+/// The length of `value`'s encoding and the number of descriptors it holds, found by a pass
+/// that writes nothing (the descriptors it duplicates are closed again, and what the value
+/// asks to be done once its encoding is kept is not done).
+pub(crate) fn measure<T: Serialize + ?Sized>(value: &T) -> Result<(usize, usize)> {
+    let mut counted = Counted(0);
+    let mut fds = Vec::new();
+    encode_pass(&mut counted, &mut fds, value, false)?;
+    Ok((counted.0, fds.len()))
+}
+
+/// The size from which a byte string of a value sent whole through a socket goes to the
+/// socket straight from the value, where the socket takes it at once, rather than being
+/// copied into the frame first (see `Framed::send_value`).
+pub(crate) const DIRECT: usize = 64 * 1024;
+
+/// [`encode_into`], unless `buf` would grow past `max` bytes or a single piece written (a
+/// byte string, say) is `piece` bytes or more: `Ok(false)` then, found out on meeting it,
+/// and `buf` and `fds` are left as they were (the caller encodes the value otherwise).
+pub(crate) fn encode_within<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    value: &T,
+    max: usize,
+    piece: usize,
+) -> Result<bool> {
+    let len = buf.len();
+    let mut capped = Capped {
+        buf: &mut *buf,
+        max,
+        piece,
+        over: false,
+    };
+    let res = encode_to(&mut capped, fds, value);
+    let over = capped.over;
+    if res.is_err() {
+        buf.truncate(len);
+    }
+    match res {
+        Ok(()) => Ok(true),
+        Err(_) if over => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -172,10 +207,12 @@ impl std::io::Write for Counted {
     }
 }
 
-/// A buffer that refuses to grow past `max` bytes, and remembers that it refused.
+/// A buffer that refuses to grow past `max` bytes, or by a piece of `piece` bytes or more at
+/// once, and remembers that it refused.
 struct Capped<'a> {
     buf: &'a mut Vec<u8>,
     max: usize,
+    piece: usize,
     over: bool,
 }
 
@@ -183,7 +220,7 @@ impl std::io::Write for Capped<'_> {
     // Inlined into the encoder: serde hands a `Vec<u8>` over one byte per call.
     #[inline]
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + b.len() > self.max {
+        if self.buf.len() + b.len() > self.max || b.len() >= self.piece {
             self.over = true;
             return Err(std::io::Error::other(
                 "the encoding is larger than its budget",

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use super::codec;
 use super::frame::{Frame, FrameBuf, RecvBuf, send_blocking};
 use crate::awake::{self, Recent};
 use crate::error::{Error, Result};
@@ -453,6 +454,82 @@ impl Framed {
         Ok(())
     }
 
+    /// Sends `value`, whose encoding takes `len` bytes and holds no descriptors (as
+    /// [`codec::measure`] found), as one frame, encoding it once the send turn is held: each
+    /// byte string of [`codec::DIRECT`] bytes or more goes to the socket straight from the
+    /// value, as far as the socket takes it at once, rather than being copied into the frame
+    /// first (the rest is copied, and written as [`send`](Self::send) writes).
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] above the maximum frame size (nothing is sent);
+    /// [`Error::Encode`] if the value fails to encode, or its encoding is not the `len`
+    /// bytes measured: nothing is sent if the socket took none of the frame yet, else the
+    /// rest of the frame is filled with bytes that make the peer's decoding fail (the stream
+    /// stays in step); an I/O error from the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// As [`send`](Self::send).
+    pub(crate) async fn send_value<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        len: usize,
+    ) -> Result<()> {
+        let head = FrameBuf::header(len)?;
+        let io = self.io()?;
+        let _turn = self.send_turn.lock().await;
+        self.write_rest(&io).await?;
+        let mut w = Direct::new(self.fd.as_fd(), &head, head.len() + len);
+        let mut fds = Vec::new();
+        let res = codec::encode_to(&mut w, &mut fds, value);
+        self.sent.fetch_add(w.sent as u64, Ordering::Relaxed);
+        if let Some(e) = w.broken.take() {
+            return Err(e.into());
+        }
+        let res = match res {
+            Ok(()) if w.encoded < head.len() + len || !fds.is_empty() => Err(Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                message: "the value's encoding changed between its measure and its encoding".into(),
+            }),
+            r => r,
+        };
+        if let Err(e) = res {
+            if w.sent == 0 {
+                return Err(e);
+            }
+            w.spoil();
+            self.write_all(&io, [&w.pending, &[]], &[], true).await?;
+            return Err(e);
+        }
+        self.write_all(&io, [&w.pending, &[]], &[], w.sent > 0)
+            .await?;
+        self.recent.mark();
+        Ok(())
+    }
+
+    /// Sends `body` as one frame as it is (not MessagePack), without copying it.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] above the maximum frame size (nothing is sent); an I/O error
+    /// from the socket.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// As [`send`](Self::send).
+    pub(crate) async fn send_raw(&self, body: &[u8]) -> Result<()> {
+        let head = FrameBuf::header(body.len())?;
+        let io = self.io()?;
+        let _turn = self.send_turn.lock().await;
+        self.write_rest(&io).await?;
+        self.write_all(&io, [&head, body], &[], false).await?;
+        self.recent.mark();
+        Ok(())
+    }
+
     /// Sends a small frame ([`NOW_MAX`]) at once, from the caller's thread, when no other
     /// send is under way: `Ok(Now::Not)` when the socket took none of it (nothing was
     /// sent), for the caller to send it with [`send`](Self::send). A socket that takes only
@@ -647,8 +724,11 @@ impl AsRawFd for Framed {
     }
 }
 
+mod direct;
 #[cfg(test)]
 mod tests;
+
+use direct::Direct;
 
 /// The largest frame [`Framed::try_send_now`] sends.
 const NOW_MAX: usize = 4 * 1024;

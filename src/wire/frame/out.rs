@@ -131,6 +131,20 @@ impl FrameBuf {
         codec::encode_into(end, &mut self.fds, value)
     }
 
+    /// Appends the encoding of `value` to the body (as [`push`](Self::push)) unless it
+    /// writes a single piece (a byte string, say) of `piece` bytes or more: `Ok(false)` then,
+    /// found out on meeting it, and the frame is left as it was.
+    pub(crate) fn push_unless_piece<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        piece: usize,
+    ) -> Result<bool> {
+        if !self.tail.is_empty() {
+            return Ok(false);
+        }
+        codec::encode_within(&mut self.buf, &mut self.fds, value, usize::MAX, piece)
+    }
+
     /// Appends bytes that are already MessagePack, with their descriptors. Large ones
     /// (from [`HAND_OVER`] bytes) become the tail, without a copy.
     pub(crate) fn push_encoded(&mut self, e: Encoded) {
@@ -187,6 +201,14 @@ impl FrameBuf {
             tail: Tail::Owned(Vec::new()),
             fds: Vec::new(),
         }
+    }
+
+    /// The header of a frame of a `body` bytes long without descriptors; fails if the body
+    /// exceeds the maximum frame size.
+    pub(in crate::wire) fn header(body: usize) -> Result<[u8; HEADER_LEN]> {
+        let mut head = [0; HEADER_LEN];
+        write_header(&mut head, body, 0)?;
+        Ok(head)
     }
 
     /// Fills in the header; fails if the body exceeds the maximum frame size.
