@@ -522,7 +522,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         self.check_readable()?;
         tokio::task::coop::consume_budget().await;
         let frame = self.link.recv_one_awake().await?;
-        let challenge = crate::listener::is_challenge(frame.body());
+        // (A body held apart, one large `bin`, is not a challenge: not joined to look.)
+        let challenge = !frame.is_bin() && crate::listener::is_challenge(frame.body());
         frame.decode().map_err(|e| match challenge {
             true => Error::Authentication {
                 message: "the listener asks for an authentication key (it sent its challenge): \

@@ -417,6 +417,36 @@ async fn large_byte_strings_arrive_whole() -> TestResult {
     Ok(())
 }
 
+/// Receives dropped wherever a short timeout finds them, while a message larger than the
+/// socket holds arrives (its payload read apart from its first bytes), leave the stream
+/// whole: the message arrives whole, and the one after it.
+async fn receives_dropped_in_a_large_message_leave_the_stream_whole() -> TestResult {
+    let (a, b) = mp::Pipe::<serde_bytes::ByteBuf>::new()?;
+    let big =
+        serde_bytes::ByteBuf::from((0..9 << 20).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    let small = serde_bytes::ByteBuf::from(vec![3u8; 10]);
+    let sending = async {
+        a.send(&big).await?;
+        a.send(&small).await
+    };
+    let receiving = async {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match tokio::time::timeout(Duration::from_micros(200), b.recv()).await {
+                Ok(v) => got.push(v?),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        Ok::<_, mp::Error>(got)
+    };
+    let (sent, got) = tokio::join!(sending, receiving);
+    sent?;
+    let got = got?;
+    ensure!(got[0] == big, "the large message came altered");
+    ensure!(got[1] == small, "the message after it");
+    Ok(())
+}
+
 /// A value whose `Serialize` fails on its `fail_on`-th call (counting every call), after its
 /// large byte string.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -860,6 +890,10 @@ fn main() {
         test(
             "large_byte_strings_arrive_whole",
             large_byte_strings_arrive_whole,
+        ),
+        test(
+            "receives_dropped_in_a_large_message_leave_the_stream_whole",
+            receives_dropped_in_a_large_message_leave_the_stream_whole,
         ),
         test(
             "an_encoding_that_fails_midway_spoils_only_its_message",

@@ -341,6 +341,125 @@ pub(crate) fn decode_with<'de, S: DeserializeSeed<'de>>(
     })
 }
 
+/// The marker of a MessagePack `bin` of `len` bytes (`bin 32`, the only one that holds
+/// [`BIN_MIN`] bytes or more), if `len` fits it.
+fn bin_marker(len: usize) -> Option<[u8; BIN_HEAD]> {
+    let len = u32::try_from(len).ok()?.to_be_bytes();
+    Some([0xc6, len[0], len[1], len[2], len[3]])
+}
+
+/// Bytes of a `bin 32` marker: its kind and its length.
+pub(crate) const BIN_HEAD: usize = 5;
+
+/// The smallest `bin` whose payload a receiver reads apart, to hand it over as it is.
+pub(crate) const BIN_MIN: usize = 64 * 1024;
+
+/// If `body` begins a MessagePack body that is one `bin` of [`BIN_MIN`] bytes or more and
+/// nothing else, `body_len` bytes long in all, the length of that `bin`'s payload.
+pub(crate) fn bin_body(body: &[u8], body_len: usize) -> Option<usize> {
+    let payload = body_len.checked_sub(BIN_HEAD)?;
+    (payload >= BIN_MIN && body.get(..BIN_HEAD)? == bin_marker(payload)?).then_some(payload)
+}
+
+/// The MessagePack `bin` that holds `payload`, whole.
+pub(crate) fn bin_of(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BIN_HEAD + payload.len());
+    out.extend_from_slice(&bin_marker(payload.len()).unwrap_or_default());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decodes one `T` from a body that is one MessagePack `bin` holding `payload` (as
+/// [`decode`] would from [`bin_of`]`(payload)`), handing `payload` over as it is to a value
+/// that takes a byte buffer (`serde_bytes::ByteBuf`, `bytes::Bytes`...): no copy.
+pub(crate) fn decode_bin<T: DeserializeOwned>(payload: Vec<u8>, fds: Vec<OwnedFd>) -> Result<T> {
+    let previous = INCOMING.with(|i| i.replace(Some(fds.into_iter().map(Some).collect())));
+    let res = T::deserialize(BinBody(payload));
+    INCOMING.with(|i| i.replace(previous));
+    res.map_err(|e| Error::Decode {
+        type_name: type_name::<T>(),
+        message: e.to_string(),
+    })
+}
+
+/// A body that is one MessagePack `bin`, its payload held apart: handed over whole to a
+/// value that takes a byte buffer (or any value), decoded as MessagePack otherwise.
+struct BinBody(Vec<u8>);
+
+/// Methods of [`BinBody`] that decode its MessagePack as rmp-serde does.
+macro_rules! as_messagepack {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: serde::de::Visitor<'de>>(
+            self,
+            $($arg: $ty,)*
+            visitor: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            let body = bin_of(&self.0);
+            (&mut rmp_serde::Deserializer::new(&body[..])).$method($($arg,)* visitor)
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for BinBody {
+    type Error = rmp_serde::decode::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        visitor.visit_byte_buf(self.0)
+    }
+
+    fn deserialize_bytes<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        visitor.visit_byte_buf(self.0)
+    }
+
+    fn deserialize_byte_buf<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        visitor.visit_byte_buf(self.0)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    as_messagepack! {
+        deserialize_bool();
+        deserialize_i8();
+        deserialize_i16();
+        deserialize_i32();
+        deserialize_i64();
+        deserialize_i128();
+        deserialize_u8();
+        deserialize_u16();
+        deserialize_u32();
+        deserialize_u64();
+        deserialize_u128();
+        deserialize_f32();
+        deserialize_f64();
+        deserialize_char();
+        deserialize_str();
+        deserialize_string();
+        deserialize_option();
+        deserialize_unit();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_seq();
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+        deserialize_identifier();
+        deserialize_ignored_any();
+    }
+}
+
 /// The length in bytes of the one MessagePack value at the front of `b`, or `None` if `b`
 /// does not start with a whole, well-formed value. Linear in the number of items; never
 /// allocates, whatever lengths the bytes claim.

@@ -14,6 +14,11 @@ pub(crate) struct Frame {
     data: Vec<u8>,
     offset: usize,
     pub(crate) fds: Vec<OwnedFd>,
+    /// Whether `data` is the payload of a body that is one MessagePack `bin` (read apart from
+    /// the bytes before it, so that it can be handed over as it is).
+    bin: bool,
+    /// The whole body of a `bin` frame, if something asked for it as one slice.
+    joined: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Drop for Frame {
@@ -68,16 +73,41 @@ pub(super) fn take_kept_buffer(len: usize) -> Option<Vec<u8>> {
 impl Frame {
     /// The frame whose body is `data[offset..]`.
     pub(super) fn new(data: Vec<u8>, offset: usize, fds: Vec<OwnedFd>) -> Frame {
-        Frame { data, offset, fds }
+        Frame {
+            data,
+            offset,
+            fds,
+            bin: false,
+            joined: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The frame whose body is one MessagePack `bin` holding `payload`.
+    pub(super) fn bin(payload: Vec<u8>) -> Frame {
+        let mut frame = Frame::new(payload, 0, Vec::new());
+        frame.bin = true;
+        frame
+    }
+
+    /// Whether the body is one MessagePack `bin`, its payload held apart (see
+    /// [`decode`](Self::decode)); [`body`](Self::body) joins them.
+    pub(crate) fn is_bin(&self) -> bool {
+        self.bin
     }
 
     pub(crate) fn body(&self) -> &[u8] {
+        if self.bin {
+            return self.joined.get_or_init(|| codec::bin_of(&self.data));
+        }
         &self.data[self.offset..]
     }
 
     /// The body as a vector of its own: the frame's buffer, with the header moved out if it
-    /// holds one (no new allocation either way).
+    /// holds one (no new allocation either way; but one copy for a `bin` frame's body).
     pub(crate) fn into_body(mut self) -> Vec<u8> {
+        if self.bin {
+            return self.take_joined();
+        }
         let mut data = std::mem::take(&mut self.data);
         data.drain(..self.offset);
         data
@@ -85,14 +115,31 @@ impl Frame {
 
     /// Decodes the first value of the body, then hands back the rest.
     pub(crate) fn decode_head<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
+        if self.bin {
+            let body = self.take_joined();
+            let fds = std::mem::take(&mut self.fds);
+            *self = Frame::new(body, 0, fds);
+        }
         let (v, used) = codec::decode_prefix::<T>(self.body(), Vec::new())?;
         self.offset += used;
         Ok(v)
     }
 
-    /// Decodes the (rest of the) body as one value, giving it the frame's descriptors.
+    /// A `bin` frame's whole body, joined (the frame keeps its payload otherwise).
+    fn take_joined(&mut self) -> Vec<u8> {
+        self.joined
+            .take()
+            .unwrap_or_else(|| codec::bin_of(&self.data))
+    }
+
+    /// Decodes the (rest of the) body as one value, giving it the frame's descriptors. A
+    /// `bin` frame's payload is handed over as it is to a value that takes a byte buffer
+    /// (a `serde_bytes::ByteBuf`, say).
     pub(crate) fn decode<T: serde::de::DeserializeOwned>(mut self) -> Result<T> {
         let fds = std::mem::take(&mut self.fds);
+        if self.bin {
+            return codec::decode_bin(std::mem::take(&mut self.data), fds);
+        }
         codec::decode(&self.data[self.offset..], fds)
     }
 
@@ -103,6 +150,6 @@ impl Frame {
     ) -> Result<S::Value> {
         let fds = std::mem::take(&mut self.fds);
         let this: &'a Frame = self;
-        codec::decode_with(&this.data[this.offset..], fds, seed)
+        codec::decode_with(this.body(), fds, seed)
     }
 }

@@ -15,7 +15,7 @@ use super::header::{HEADER_LEN, body_len};
 use super::received::{Frame, take_kept_buffer};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::wire::max_frame_size;
+use crate::wire::{codec, max_frame_size};
 
 /// The room a read is given at most (when no large frame is in progress), so that small
 /// frames arrive many per system call.
@@ -50,6 +50,24 @@ pub(crate) struct RecvBuf {
     /// The largest body accepted, when lower than the maximum frame size (an exchange that
     /// expects only short messages refuses a long one as soon as its header arrives).
     limit: Option<usize>,
+    /// The payload read so far of the frame whose first bytes are in `buf` (from `start`,
+    /// [`BIN_PREFIX`] of them) when its body is one large MessagePack `bin`: read apart, into
+    /// a buffer of its own, so that it is handed over without a copy.
+    bin: Option<Vec<u8>>,
+}
+
+/// The bytes before the payload of a frame whose body is one `bin`: the frame's header and
+/// the `bin`'s marker.
+const BIN_PREFIX: usize = HEADER_LEN + codec::BIN_HEAD;
+
+/// The payload length of the frame `h` begins (at least its first [`BIN_PREFIX`] bytes), if
+/// its body is one MessagePack `bin` of [`codec::BIN_MIN`] bytes or more, of at most `max`
+/// bytes, and it carries no descriptors.
+fn bin_frame(h: &[u8], max: usize) -> Option<usize> {
+    if h.len() < BIN_PREFIX || h[4] != 0 || body_len(h) > max {
+        return None;
+    }
+    codec::bin_body(&h[HEADER_LEN..], body_len(h))
 }
 
 impl Default for RecvBuf {
@@ -67,6 +85,7 @@ impl RecvBuf {
             chunk: FIRST_READ_CHUNK,
             offered: 0,
             limit: None,
+            bin: None,
         }
     }
 
@@ -80,7 +99,21 @@ impl RecvBuf {
     /// The bytes read and not yet taken as frames: those of a frame still arriving, once
     /// the whole frames before it are taken.
     pub(crate) fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len() - self.start + self.bin.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The payload length of the frame in progress if it is read apart (see `bin`): its
+    /// first [`BIN_PREFIX`] bytes, and no more, are in `buf`, and announce one.
+    fn bin_ahead(&self) -> Option<usize> {
+        let h = &self.buf[self.start..];
+        if h.len() != BIN_PREFIX {
+            return None;
+        }
+        match self.bin {
+            // Begun: the limit it was begun under holds.
+            Some(_) => Some(body_len(h).saturating_sub(codec::BIN_HEAD)),
+            None => bin_frame(h, self.max_body()),
+        }
     }
 
     /// The capacity of the buffer, for tests of how it grows.
@@ -107,6 +140,18 @@ impl RecvBuf {
 
     /// Takes the next complete frame out of the buffer, if there is one.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if let Some(payload) = &self.bin {
+            if Some(payload.len()) != self.bin_ahead() {
+                return Ok(None);
+            }
+            let payload = self.bin.take().unwrap_or_default();
+            self.start += BIN_PREFIX;
+            if self.start == self.buf.len() {
+                self.start = 0;
+                self.buf.clear();
+            }
+            return Ok(Some(Frame::bin(payload)));
+        }
         let avail = &self.buf[self.start..];
         if avail.len() < HEADER_LEN {
             return Ok(None);
@@ -230,10 +275,10 @@ impl RecvBuf {
     }
 
     pub(crate) fn at_eof(&self) -> Result<Frame> {
-        if self.buf.len() > self.start {
+        if self.pending() > 0 {
             Err(Error::Protocol(format!(
                 "the connection closed in the middle of a frame ({} bytes of it arrived)",
-                self.buf.len() - self.start
+                self.pending()
             )))
         } else {
             Err(Error::Closed)
@@ -246,6 +291,17 @@ impl RecvBuf {
     }
 
     fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
+        if let Some(len) = self.bin_ahead() {
+            // A large `bin` frame's payload goes into a buffer of its own, up to its end.
+            let payload = self.bin.get_or_insert_with(|| {
+                take_kept_buffer(len).unwrap_or_else(|| Vec::with_capacity(len))
+            });
+            let want = len - payload.len();
+            self.offered = want;
+            let n = reset_is_end(sys::recv_appending(fd, payload, want, &mut self.fds))?;
+            self.check_fds()?;
+            return Ok(n);
+        }
         let room = self.room(exact);
         let n = reset_is_end(sys::recv_appending(fd, &mut self.buf, room, &mut self.fds))?;
         self.filled(n);
@@ -290,6 +346,11 @@ impl RecvBuf {
         /// follows it.
         const PEEK_LEN: usize = 1024;
         let pending = self.buf.len() - self.start;
+        if self.bin_ahead().is_some() {
+            let fds_before = self.fds.len();
+            let n = self.read_into_room(fd, None)?;
+            return Ok((n, n < self.offered && self.fds.len() == fds_before));
+        }
         let mut drained_at = None;
         let frame_len = if pending == 0 {
             let mut head = [0u8; PEEK_LEN];
@@ -301,9 +362,13 @@ impl RecvBuf {
                 HEADER_LEN
             } else {
                 let len = body_len(&head);
-                // A header that claims too much is read alone: `next_frame` refuses it.
+                // A header that claims too much is read alone: `next_frame` refuses it. A
+                // large `bin` frame's first bytes are read alone too: its payload is read
+                // apart from them.
                 let n = if len > self.max_body() {
                     HEADER_LEN
+                } else if bin_frame(&head[..seen], self.max_body()).is_some() {
+                    BIN_PREFIX
                 } else {
                     HEADER_LEN + len
                 };
@@ -416,6 +481,73 @@ mod tests {
             });
         }
         assert!(got == [a, b, c, d], "frames changed on the way");
+    }
+
+    #[test]
+    fn a_large_bin_frame_is_read_apart_in_any_pieces() {
+        // Frames whose body is one `bin` just under, at and above the size read apart, each
+        // followed by a small frame, arrive in pieces of odd sizes while exact and plain
+        // reads take turns (as when a receive dropped midway is taken up by the other kind):
+        // each arrives whole, the large ones held apart.
+        let (a, b) = sys::socketpair_stream().unwrap();
+        sys::set_nonblocking(b.as_fd(), true).unwrap();
+        for len in [codec::BIN_MIN - 1, codec::BIN_MIN, (1 << 20) + 1] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            let mut big = FrameBuf::of(&serde_bytes::Bytes::new(&payload)).unwrap();
+            let mut small = FrameBuf::of(&(7u32, "after")).unwrap();
+            let wire = [wire_of(&mut big), wire_of(&mut small)].concat();
+            let mut rb = RecvBuf::new();
+            let mut got = Vec::new();
+            let mut exact = true;
+            for piece in wire.chunks(4093) {
+                send_all_blocking(a.as_fd(), piece);
+                loop {
+                    let r = if exact {
+                        rb.read_frame_once(b.as_fd()).map(|(n, _)| n)
+                    } else {
+                        rb.read_once(b.as_fd())
+                    };
+                    exact = !exact;
+                    match r {
+                        Ok(n) => assert!(n > 0, "the stream ended"),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                    while let Some(f) = rb.next_frame().unwrap() {
+                        got.push(f);
+                    }
+                }
+            }
+            assert_eq!(got.len(), 2, "{len}: both frames");
+            assert_eq!(rb.pending(), 0);
+            let second = got.pop().unwrap();
+            let first = got.pop().unwrap();
+            assert_eq!(first.is_bin(), len >= codec::BIN_MIN, "{len}");
+            assert_eq!(first.body(), &wire_of(&mut big)[HEADER_LEN..], "{len}");
+            assert!(first.decode::<serde_bytes::ByteBuf>().unwrap().into_vec() == payload);
+            assert_eq!(second.decode::<(u32, String)>().unwrap().0, 7);
+        }
+    }
+
+    #[test]
+    fn a_bin_frame_decodes_as_any_type_its_body_does() {
+        // A payload held apart decodes as its MessagePack would: as bytes taken over whole,
+        // as a plain `Vec<u8>`, and as a type it is not (an error, not a panic).
+        let payload: Vec<u8> = (0..codec::BIN_MIN).map(|i| i as u8).collect();
+        let frame = || Frame::bin(payload.clone());
+        assert!(frame().decode::<serde_bytes::ByteBuf>().unwrap().into_vec() == payload);
+        assert!(frame().decode::<Vec<u8>>().unwrap() == payload);
+        assert!(frame().decode::<(u32, String)>().is_err());
+        assert!(frame().decode::<String>().is_err());
+        assert!(frame().into_body() == codec::bin_of(&payload));
+    }
+
+    /// Writes all of `bytes` to a blocking socket.
+    fn send_all_blocking(fd: BorrowedFd<'_>, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = sys::send_with_fds(fd, bytes, &[]).unwrap();
+            bytes = &bytes[n..];
+        }
     }
 
     #[test]
