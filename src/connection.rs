@@ -316,6 +316,12 @@ impl<T> Connection<T> {
     /// mix of two. Until then the peer's `recv` waits for the rest; if this end is dropped
     /// first, the peer's `recv` fails with [`Error::Protocol`].
     pub async fn send_bytes(&self, data: &[u8]) -> Result<()> {
+        if data.len() < codec::DIRECT {
+            // Small: copied into a frame, which a send may write at once from this thread.
+            let mut frame = FrameBuf::raw(data);
+            frame.check_size()?;
+            return self.send_frame(frame).await;
+        }
         self.check_writable()?;
         closed_if_gone(self.link.send_raw(data).await)
     }
