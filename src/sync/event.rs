@@ -17,8 +17,11 @@
 //! A second word holds the set count whose wake-up was written, stored after the write. A
 //! setter killed between raising the flag and writing left every waiter asleep on a set
 //! event for good: a later `set` found the flag up and did nothing, and only waits begun
-//! after it saw the flag. Now a `set` of a set event, and a wait that finds it set, write
-//! the wake-up that the count says is missing.
+//! after it saw the flag. Now a `set` of a set event writes the wake-up that the count says
+//! is missing, and so does a wait that finds it set once [`LATE`] has passed since the set
+//! began (a third word holds when): sooner, its setter is most likely still at its write,
+//! and a wake-up written for it would cost every wait that comes right after a set (a
+//! ping-pong of two processes) a system call and a wake-up more.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -31,12 +34,19 @@ use super::shared_state::{Layout, SharedState};
 use super::{deadline, until};
 use crate::awake;
 use crate::error::{Error, Result};
+use crate::sys;
 
 /// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
 const STATE: usize = 0;
 /// The number of sets (as in the word, bits 1..) whose wake-up was last written.
 const WOKEN: usize = 4;
+/// When the last set began, in [`sys::machine_monotonic_nanos`].
+const SET_AT: usize = 8;
 const SIZE: usize = 64;
+
+/// How long after a set began a wait that finds the event set takes its setter for one that
+/// died before it woke the waiters (see the module docs).
+const LATE: Duration = Duration::from_millis(1);
 
 #[derive(Debug)]
 struct EventLayout;
@@ -94,6 +104,10 @@ impl Event {
     /// nothing (and makes no system call), unless the setter that set it died before it
     /// woke the waiters: then this one wakes them.
     pub fn set(&self) {
+        self.inner
+            .region
+            .u64_at(SET_AT)
+            .store(sys::machine_monotonic_nanos(), SeqCst);
         if self.raise() {
             self.inner.recent.mark();
             self.wake(self.state());
@@ -133,6 +147,10 @@ impl Event {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn __raise_unwoken(&self) {
+        self.inner
+            .region
+            .u64_at(SET_AT)
+            .store(sys::machine_monotonic_nanos(), SeqCst);
         self.raise();
     }
 
@@ -178,7 +196,11 @@ impl Event {
         tokio::task::coop::consume_budget().await;
         let seen = self.state();
         if seen & 1 != 0 {
-            self.wake_if_missed();
+            let since = sys::machine_monotonic_nanos()
+                .saturating_sub(self.inner.region.u64_at(SET_AT).load(SeqCst));
+            if since >= LATE.as_nanos() as u64 {
+                self.wake_if_missed();
+            }
             return Ok(());
         }
         // Set now, or set (and maybe cleared again) since the wait began.

@@ -25,7 +25,7 @@ mod spill;
 pub(crate) use bytes::{
     Number, bytes_of_number, for_each_number, is_number, number_bytes, read_numbers,
 };
-pub(crate) use clock::monotonic_nanos;
+pub(crate) use clock::{machine_monotonic_nanos, monotonic_nanos};
 pub(crate) use constructor::keep_constructor;
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take, is_eventfd};
 pub(crate) use fd::socketpair_seqpacket;
