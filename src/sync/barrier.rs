@@ -10,7 +10,10 @@
 //! A second word holds the generation and broken bit whose wake-up was last written, stored
 //! after the write. A party killed between its change of the word (as the last to arrive,
 //! or breaking the barrier) and its write left the waiters asleep for good, their generation
-//! over; now every wait, `abort` and `reset` writes a wake-up that the word says is missing.
+//! over; now `abort`, `reset` and every wait write a wake-up that the word says is missing
+//! (a wait, only once [`LATE`](super::LATE) has passed since the change began: sooner, its
+//! maker is most likely still at its write, and parties in step would each pay a system
+//! call and a wake-up more per generation). A third word holds when the change began.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -21,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::{deadline, until};
+use super::{deadline, late_since, stamp, until};
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
 use crate::sys::SharedRegion;
@@ -32,7 +35,9 @@ const PARTIES: usize = 8;
 const WOKEN: usize = 12;
 const RING: usize = 16;
 const RING_LEN: u32 = 64;
-const SIZE: usize = RING + 4 * RING_LEN as usize;
+/// When the word's generation or broken bit last began to change (see [`stamp`]).
+const CHANGED_AT: usize = RING + 4 * RING_LEN as usize;
+const SIZE: usize = CHANGED_AT + 8;
 
 const GEN_MASK: u32 = (1 << 31) - 1;
 
@@ -105,6 +110,9 @@ impl Inner {
     }
 
     fn cas(&self, old: State, new: State) -> bool {
+        if new.woken_mark() != old.woken_mark() {
+            stamp(self.region.u64_at(CHANGED_AT));
+        }
         self.word()
             .compare_exchange(old.pack(), new.pack(), SeqCst, Relaxed)
             .is_ok()
@@ -116,10 +124,14 @@ impl Inner {
         self.region.u32_at(WOKEN).store(now.woken_mark(), SeqCst);
     }
 
-    /// Writes the wake-up of the last change of the word if its maker died before it did.
-    fn signal_if_missed(&self) {
+    /// Writes the wake-up of the last change of the word if its maker died before it did:
+    /// at once, or, for a wait, only once [`LATE`](super::LATE) has passed since the change
+    /// began (sooner, its maker is most likely still at its write).
+    fn signal_if_missed(&self, at_once: bool) {
         let now = self.load();
-        if self.region.u32_at(WOKEN).load(SeqCst) != now.woken_mark() {
+        if self.region.u32_at(WOKEN).load(SeqCst) != now.woken_mark()
+            && (at_once || late_since(self.region.u64_at(CHANGED_AT)))
+        {
             self.signal(now);
         }
     }
@@ -243,7 +255,7 @@ impl Barrier {
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         tokio::task::coop::consume_budget().await;
         let inner = &*self.inner;
-        inner.signal_if_missed();
+        inner.signal_if_missed(false);
         let parties = self.parties();
         let (g, index) = loop {
             let s = inner.load();
@@ -303,7 +315,7 @@ impl Barrier {
         loop {
             let s = inner.load();
             if s.broken {
-                inner.signal_if_missed();
+                inner.signal_if_missed(true);
                 return;
             }
             let broken = State { broken: true, ..s };

@@ -18,7 +18,7 @@
 //! setter killed between raising the flag and writing left every waiter asleep on a set
 //! event for good: a later `set` found the flag up and did nothing, and only waits begun
 //! after it saw the flag. Now a `set` of a set event writes the wake-up that the count says
-//! is missing, and so does a wait that finds it set once [`LATE`] has passed since the set
+//! is missing, and so does a wait that finds it set once [`LATE`](super::LATE) has passed since the set
 //! began (a third word holds when): sooner, its setter is most likely still at its write,
 //! and a wake-up written for it would cost every wait that comes right after a set (a
 //! ping-pong of two processes) a system call and a wake-up more.
@@ -31,23 +31,17 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::{deadline, until};
+use super::{deadline, late_since, stamp, until};
 use crate::awake;
 use crate::error::{Error, Result};
-use crate::sys;
 
 /// The word: bit 0 the flag, bits 1.. the number of sets (wrapping).
 const STATE: usize = 0;
 /// The number of sets (as in the word, bits 1..) whose wake-up was last written.
 const WOKEN: usize = 4;
-/// When the last set began, in [`sys::machine_monotonic_nanos`].
+/// When the last set began (see [`stamp`]).
 const SET_AT: usize = 8;
 const SIZE: usize = 64;
-
-/// How long after a set began a wait that finds the event set takes its setter for one that
-/// died before it woke the waiters (see the module docs).
-const LATE: Duration = Duration::from_millis(1);
-
 #[derive(Debug)]
 struct EventLayout;
 
@@ -104,10 +98,7 @@ impl Event {
     /// nothing (and makes no system call), unless the setter that set it died before it
     /// woke the waiters: then this one wakes them.
     pub fn set(&self) {
-        self.inner
-            .region
-            .u64_at(SET_AT)
-            .store(sys::machine_monotonic_nanos(), SeqCst);
+        stamp(self.inner.region.u64_at(SET_AT));
         if self.raise() {
             self.inner.recent.mark();
             self.wake(self.state());
@@ -147,10 +138,7 @@ impl Event {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn __raise_unwoken(&self) {
-        self.inner
-            .region
-            .u64_at(SET_AT)
-            .store(sys::machine_monotonic_nanos(), SeqCst);
+        stamp(self.inner.region.u64_at(SET_AT));
         self.raise();
     }
 
@@ -196,9 +184,7 @@ impl Event {
         tokio::task::coop::consume_budget().await;
         let seen = self.state();
         if seen & 1 != 0 {
-            let since = sys::machine_monotonic_nanos()
-                .saturating_sub(self.inner.region.u64_at(SET_AT).load(SeqCst));
-            if since >= LATE.as_nanos() as u64 {
+            if late_since(self.inner.region.u64_at(SET_AT)) {
                 self.wake_if_missed();
             }
             return Ok(());
