@@ -11,7 +11,7 @@
 //! after the write. A party killed between its change of the word (as the last to arrive,
 //! or breaking the barrier) and its write left the waiters asleep for good, their generation
 //! over; now `abort`, `reset` and every wait write a wake-up that the word says is missing
-//! (a wait, only once [`LATE`](super::LATE) has passed since the change began: sooner, its
+//! (a wait, only once [`LATE`](super::wake::LATE) has passed since the change began: sooner, its
 //! maker is most likely still at its write, and parties in step would each pay a system
 //! call and a wake-up more per generation). A third word holds when the change began.
 
@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::{deadline, late_since, stamp, until};
+use super::wake::Owed;
+use super::{deadline, until};
 use crate::error::{Error, Result};
 use crate::on_drop::OnDrop;
 use crate::sys::SharedRegion;
@@ -35,7 +36,7 @@ const PARTIES: usize = 8;
 const WOKEN: usize = 12;
 const RING: usize = 16;
 const RING_LEN: u32 = 64;
-/// When the word's generation or broken bit last began to change (see [`stamp`]).
+/// When the word's generation or broken bit last began to change (see [`Owed`]).
 const CHANGED_AT: usize = RING + 4 * RING_LEN as usize;
 const SIZE: usize = CHANGED_AT + 8;
 
@@ -111,29 +112,31 @@ impl Inner {
 
     fn cas(&self, old: State, new: State) -> bool {
         if new.woken_mark() != old.woken_mark() {
-            stamp(self.region.u64_at(CHANGED_AT));
+            self.owed().changing();
         }
         self.word()
             .compare_exchange(old.pack(), new.pack(), SeqCst, Relaxed)
             .is_ok()
     }
 
-    /// Wakes every waiter for the change to `now`, and notes it.
-    fn signal(&self, now: State) {
-        self.wake.signal();
-        self.region.u32_at(WOKEN).store(now.woken_mark(), SeqCst);
+    /// The wake-up the word's last change owes the waiters, marked by `State::woken_mark`.
+    fn owed(&self) -> Owed<'_> {
+        Owed {
+            woken: self.region.u32_at(WOKEN),
+            changed_at: self.region.u64_at(CHANGED_AT),
+        }
     }
 
-    /// Writes the wake-up of the last change of the word if its maker died before it did:
-    /// at once, or, for a wait, only once [`LATE`](super::LATE) has passed since the change
-    /// began (sooner, its maker is most likely still at its write).
+    /// Wakes every waiter for the change to `now`, and notes it.
+    fn signal(&self, now: State) {
+        self.owed().wake(&self.wake, now.woken_mark());
+    }
+
+    /// Writes the wake-up of the last change of the word if its maker died before it did,
+    /// as [`Owed::wake_if_missed`] says when.
     fn signal_if_missed(&self, at_once: bool) {
-        let now = self.load();
-        if self.region.u32_at(WOKEN).load(SeqCst) != now.woken_mark()
-            && (at_once || late_since(self.region.u64_at(CHANGED_AT)))
-        {
-            self.signal(now);
-        }
+        self.owed()
+            .wake_if_missed(&self.wake, self.load().woken_mark(), at_once);
     }
 
     fn record(&self, generation: u32, broken: bool) {

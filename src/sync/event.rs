@@ -18,10 +18,11 @@
 //! setter killed between raising the flag and writing left every waiter asleep on a set
 //! event for good: a later `set` found the flag up and did nothing, and only waits begun
 //! after it saw the flag. Now a `set` of a set event writes the wake-up that the count says
-//! is missing, and so does a wait that finds it set once [`LATE`](super::LATE) has passed since the set
-//! began (a third word holds when): sooner, its setter is most likely still at its write,
-//! and a wake-up written for it would cost every wait that comes right after a set (a
-//! ping-pong of two processes) a system call and a wake-up more.
+//! is missing, and so does a wait that finds it set once [`LATE`](super::wake::LATE) has
+//! passed since the set began (a third word holds when): sooner, its setter is most likely
+//! still at its write, and a wake-up written for it would cost every wait that comes right
+//! after a set (a ping-pong of two processes) a system call and a wake-up more (see
+//! [`Owed`], which the `Barrier` shares).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -31,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
-use super::{deadline, late_since, stamp, until};
+use super::wake::Owed;
+use super::{deadline, until};
 use crate::awake;
 use crate::error::{Error, Result};
 
@@ -39,7 +41,7 @@ use crate::error::{Error, Result};
 const STATE: usize = 0;
 /// The number of sets (as in the word, bits 1..) whose wake-up was last written.
 const WOKEN: usize = 4;
-/// When the last set began (see [`stamp`]).
+/// When the last set began (see [`Owed`]).
 const SET_AT: usize = 8;
 const SIZE: usize = 64;
 #[derive(Debug)]
@@ -98,12 +100,20 @@ impl Event {
     /// nothing (and makes no system call), unless the setter that set it died before it
     /// woke the waiters: then this one wakes them.
     pub fn set(&self) {
-        stamp(self.inner.region.u64_at(SET_AT));
+        self.owed().changing();
         if self.raise() {
             self.inner.recent.mark();
-            self.wake(self.state());
+            self.owed().wake(&self.inner.wake, self.state() >> 1);
         } else {
-            self.wake_if_missed();
+            self.wake_if_missed(true);
+        }
+    }
+
+    /// The wake-up the last set owes the waiters, marked by its count of sets.
+    fn owed(&self) -> Owed<'_> {
+        Owed {
+            woken: self.inner.region.u32_at(WOKEN),
+            changed_at: self.inner.region.u64_at(SET_AT),
         }
     }
 
@@ -118,18 +128,13 @@ impl Event {
             .is_ok()
     }
 
-    /// Writes the wake-up of the sets counted in `state`, then notes it.
-    fn wake(&self, state: u32) {
-        self.inner.wake.signal();
-        self.inner.region.u32_at(WOKEN).store(state >> 1, SeqCst);
-    }
-
     /// With the flag up: writes the wake-up of the last set if its setter died before it
-    /// did (no system call otherwise).
-    fn wake_if_missed(&self) {
+    /// did (no system call otherwise), as [`Owed::wake_if_missed`] says when.
+    fn wake_if_missed(&self, at_once: bool) {
         let now = self.state();
-        if now & 1 != 0 && self.inner.region.u32_at(WOKEN).load(SeqCst) != now >> 1 {
-            self.wake(now);
+        if now & 1 != 0 {
+            self.owed()
+                .wake_if_missed(&self.inner.wake, now >> 1, at_once);
         }
     }
 
@@ -138,7 +143,7 @@ impl Event {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn __raise_unwoken(&self) {
-        stamp(self.inner.region.u64_at(SET_AT));
+        self.owed().changing();
         self.raise();
     }
 
@@ -184,9 +189,7 @@ impl Event {
         tokio::task::coop::consume_budget().await;
         let seen = self.state();
         if seen & 1 != 0 {
-            if late_since(self.inner.region.u64_at(SET_AT)) {
-                self.wake_if_missed();
-            }
+            self.wake_if_missed(false);
             return Ok(());
         }
         // Set now, or set (and maybe cleared again) since the wait began.

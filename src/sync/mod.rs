@@ -96,28 +96,6 @@ use crate::error::{Error, Result};
 /// How many times a contended acquirer retries before it sleeps.
 const SPIN: u32 = 200;
 
-/// How long after a process changed a primitive's word (an `Event`'s set, a `Barrier`'s
-/// last arrival or break) a wait that finds the change not yet woken for takes that process
-/// for one that died before its write to the eventfd, and writes it itself. Sooner, the
-/// process is most likely still at its write, and a wake-up written for it would cost every
-/// wait that comes right after a change (processes in step) a system call and a wake-up more.
-const LATE: Duration = Duration::from_millis(1);
-
-/// Whether [`LATE`] has passed since `changed_at` (on [`sys::machine_monotonic_nanos`]).
-fn late_since(changed_at: &std::sync::atomic::AtomicU64) -> bool {
-    let since = crate::sys::machine_monotonic_nanos()
-        .saturating_sub(changed_at.load(std::sync::atomic::Ordering::SeqCst));
-    since >= LATE.as_nanos() as u64
-}
-
-/// Notes now in `changed_at`, before a change that [`late_since`] measures from.
-fn stamp(changed_at: &std::sync::atomic::AtomicU64) {
-    changed_at.store(
-        crate::sys::machine_monotonic_nanos(),
-        std::sync::atomic::Ordering::SeqCst,
-    );
-}
-
 /// The deadline `timeout` from now (`None` when it is too far to represent: wait for ever).
 pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)

@@ -29,8 +29,9 @@
 //! handle keeps in its place; waits still using the one it replaced keep it until they end.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -167,6 +168,53 @@ impl Sleepers<'_> {
     /// The sleepers that raised up to `raised` were woken.
     pub(crate) fn woke(&self, raised: u64) {
         self.woken.fetch_max(raised, SeqCst);
+    }
+}
+
+/// How long after a process began a change of a primitive's word a wait that finds the
+/// change's wake-up missing takes that process for one that died before its write to the
+/// eventfd, and writes it itself (see [`Owed`]). Sooner, the process is most likely still at
+/// its write, and a wake-up written for it would cost every wait that comes right after a
+/// change (processes in step) a system call and a wake-up more.
+pub(crate) const LATE: Duration = Duration::from_millis(1);
+
+/// The wake-up that the last change of a primitive's word owes its sleepers (an `Event`'s
+/// set, a `Barrier`'s last arrival or break): two words in the primitive's segment, when the
+/// last change began (on the machine's monotonic clock, which every process shares) and the
+/// mark of the last change whose wake-up was written, noted after the write. A process
+/// killed between its change and its write leaves an old mark, and the next call that finds
+/// it so writes the wake-up itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Owed<'a> {
+    pub(crate) woken: &'a AtomicU32,
+    pub(crate) changed_at: &'a AtomicU64,
+}
+
+impl Owed<'_> {
+    /// A change of the word is about to be made: notes when.
+    pub(crate) fn changing(&self) {
+        self.changed_at
+            .store(sys::machine_monotonic_nanos(), SeqCst);
+    }
+
+    /// Writes the wake-up of the change marked `mark` on `wake`, then notes it.
+    pub(crate) fn wake(&self, wake: &Wake, mark: u32) {
+        wake.signal();
+        self.woken.store(mark, SeqCst);
+    }
+
+    /// Writes the wake-up of the change marked `mark` if its maker died before it did:
+    /// `at_once`, or (for a wait) only once [`LATE`] has passed since the change began.
+    pub(crate) fn wake_if_missed(&self, wake: &Wake, mark: u32, at_once: bool) {
+        if self.woken.load(SeqCst) != mark && (at_once || self.late()) {
+            self.wake(wake, mark);
+        }
+    }
+
+    /// Whether [`LATE`] has passed since the last change began.
+    fn late(&self) -> bool {
+        let since = sys::machine_monotonic_nanos().saturating_sub(self.changed_at.load(SeqCst));
+        since >= LATE.as_nanos() as u64
     }
 }
 
