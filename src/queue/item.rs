@@ -196,8 +196,11 @@ impl Inner {
         guard: LockGuard<'_>,
     ) -> Result<Taken<T>> {
         if let Err(e) = sys::descriptor_free(self.rx.as_fd()) {
-            let e = format!("cannot take a queue item that may carry a descriptor: {e}");
-            return Err(std::io::Error::other(format!("{e}; the item stays in the queue")).into());
+            return Err(std::io::Error::other(format!(
+                "cannot take a queue item that may carry a descriptor: {e}; the item stays in \
+                 the queue"
+            ))
+            .into());
         }
         loop {
             let tag = match self.take_slot(true)? {
