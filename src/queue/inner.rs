@@ -62,6 +62,8 @@ pub(super) struct Inner {
     pub(super) recent: Recent,
     /// Views of spill files kept for their files' next items.
     pub(super) views: sys::KeptViews,
+    /// Writable views of spill files taken back for reuse, kept for their files' next items.
+    pub(super) writers: sys::KeptViews,
 }
 
 /// The ring's number of slots for a queue of `maxsize` (0: unbounded).
@@ -120,6 +122,7 @@ impl Inner {
             pbuf: Mutex::new(Vec::new()),
             recent: Recent::default(),
             views: sys::KeptViews::default(),
+            writers: sys::KeptViews::default(),
         })
     }
 
@@ -206,6 +209,7 @@ impl<'de> Deserialize<'de> for Inner {
             pbuf: Mutex::new(Vec::new()),
             recent: Recent::default(),
             views: sys::KeptViews::default(),
+            writers: sys::KeptViews::default(),
         })
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct Spilling<'a> {
     inner: &'a Inner,
     /// The file, once the encoding outgrew a packet.
     file: Option<OwnedFd>,
+    /// A writable view of the file, if it is one handed back for reuse.
+    writer: Option<sys::SpillWriter>,
     /// Bytes of the encoding in the file: a multiple of [`ALIGN`] until `finish`.
     in_file: usize,
     /// Bytes of the encoding so far.
@@ -62,6 +64,7 @@ impl<'a> Spilling<'a> {
             buf,
             inner,
             file: None,
+            writer: None,
             in_file: 0,
             total: 0,
             max,
@@ -91,9 +94,12 @@ impl<'a> Spilling<'a> {
             return Ok(());
         }
         self.open()?;
-        if let Some(file) = &self.file {
-            sys::write_at(file.as_fd(), &self.buf[at..at + n], self.in_file)?;
-        }
+        Self::write_at(
+            &self.file,
+            &mut self.writer,
+            &self.buf[at..at + n],
+            self.in_file,
+        )?;
         self.in_file += n;
         self.buf.drain(at..at + n);
         Ok(())
@@ -102,17 +108,42 @@ impl<'a> Spilling<'a> {
     /// Writes `bytes` at the end of the file.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.open()?;
-        if let Some(file) = &self.file {
-            sys::write_at(file.as_fd(), bytes, self.in_file)?;
-        }
+        Self::write_at(&self.file, &mut self.writer, bytes, self.in_file)?;
         self.in_file += bytes.len();
         Ok(())
     }
 
-    /// Makes the spill file (or takes one of those handed back) on first need.
+    /// Writes `bytes` at `offset` of `file`: through `writer` as far as it maps, the rest
+    /// (growing the file) with a system call.
+    fn write_at(
+        file: &Option<OwnedFd>,
+        writer: &mut Option<sys::SpillWriter>,
+        bytes: &[u8],
+        offset: usize,
+    ) -> std::io::Result<()> {
+        let mapped = match writer {
+            Some(writer) => writer.write_at(bytes, offset),
+            None => 0,
+        };
+        match file {
+            Some(file) if mapped < bytes.len() => {
+                sys::write_at(file.as_fd(), &bytes[mapped..], offset + mapped)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes the spill file (or takes one of those handed back, with its writable view) on
+    /// first need.
     fn open(&mut self) -> std::io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(sys::spill_file(self.inner.recycled())?);
+            let reused = self.inner.recycled();
+            if let Some(file) = &reused {
+                // Without a view (no memory left to map, say), the file is written with
+                // system calls.
+                self.writer = self.inner.writers.writer(file.as_fd()).ok().flatten();
+            }
+            self.file = Some(sys::spill_file(reused)?);
         }
         Ok(())
     }
@@ -134,6 +165,9 @@ impl<'a> Spilling<'a> {
         }
         let rest = self.buf.len() - 1;
         self.write_file(1, rest)?;
+        if let Some(writer) = self.writer.take() {
+            self.inner.writers.keep_writer(writer);
+        }
         match self.file.take() {
             Some(file) => Ok(Spilled::File(file, self.in_file)),
             None => Ok(Spilled::Inline),

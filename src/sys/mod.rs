@@ -64,7 +64,7 @@ pub(crate) use shm::{
 pub(crate) use socket_opts::{
     fail_when_silent, grow_send_buffer, set_listen_backlog, shutdown_socket,
 };
-pub(crate) use spill::{KeptViews, RECYCLE_MAX, spill_file, write_at};
+pub(crate) use spill::{KeptViews, RECYCLE_MAX, SpillWriter, spill_file, write_at};
 
 use std::io;
 
