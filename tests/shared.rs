@@ -149,15 +149,21 @@ async fn creator_of(
     .daemon(true)
     .start()
     .await?;
-    ensure!(
-        ready.wait_timeout(LONG).await?,
-        "the child did not create its segment"
-    );
-    let Some(tracker) = tracker_of(p.pid()) else {
-        return Err(format!("no tracker of the child {}", p.pid()).into());
-    };
+    let tracker = tracker_once_made(&p, &ready).await?;
     ensure!(shm_exists(name), "the segment is not there");
     Ok((p, tracker))
+}
+
+/// The tracker of `p`, a child that sets `ready` once it made its segments.
+async fn tracker_once_made(
+    p: &Process,
+    ready: &Event,
+) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
+    ensure!(
+        ready.wait_timeout(LONG).await?,
+        "the child did not create its segments"
+    );
+    tracker_of(p.pid()).ok_or_else(|| format!("no tracker of the child {}", p.pid()).into())
 }
 
 async fn shm_write_then_hang(shm: SharedMemory, ready: Event) {
@@ -610,6 +616,54 @@ async fn kill_creator(p: &mut Process, tracker: u32) -> TestResult {
         eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
         "the tracker {tracker} outlived its creator"
     );
+    Ok(())
+}
+
+/// Makes the segments `names`, the first with its soft limit of open descriptors lowered to a
+/// few more than it has open (so its tracker starts with that limit), the others with its
+/// limit as it was; says so, and waits to be killed.
+async fn shm_create_past_a_lowered_limit(names: Vec<String>, ready: Event) -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| e.to_string())?
+        .count() as u64;
+    let mut held = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if i == 0 {
+            setrlimit(Resource::RLIMIT_NOFILE, open + 16, hard).map_err(|e| e.to_string())?;
+        }
+        held.push(SharedMemory::create(name, 64).map_err(|e| e.to_string())?);
+        if i == 0 {
+            setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(|e| e.to_string())?;
+        }
+    }
+    ready.set();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A creator whose limit of open descriptors was low when it made its first segment (which
+/// started its tracker), and higher when it made the next hundred, leaves none of them once
+/// killed: the tracker kept the limit its creator had at its start, and the segments past
+/// it went untracked.
+async fn a_tracker_holds_segments_past_its_creators_first_limit() -> TestResult {
+    let names: Vec<String> = (0..100).map(|i| unique(&format!("limit{i}"))).collect();
+    let ready = Event::new()?;
+    let mut p = Process::new(
+        shm_create_past_a_lowered_limit,
+        (names.clone(), ready.clone()),
+    )
+    .daemon(true)
+    .start()
+    .await?;
+    let tracker = tracker_once_made(&p, &ready).await?;
+    kill_creator(&mut p, tracker).await?;
+    let left: Vec<&String> = names.iter().filter(|n| shm_exists(n)).collect();
+    for name in &left {
+        let _ = SharedMemory::attach(name)?.unlink();
+    }
+    ensure!(left.is_empty(), "{} of 100 segments left", left.len());
     Ok(())
 }
 
@@ -1096,6 +1150,7 @@ fn main() {
         a_creator_killed_leaves_no_segment,
         a_killed_creators_tracker_leaves_names_not_its_own,
         a_killed_tracker_is_replaced,
+        a_tracker_holds_segments_past_its_creators_first_limit,
         a_creator_killed_between_making_a_segment_and_telling_its_tracker_leaves_no_name,
         example_shared_value_array,
         shareable_list_basics,

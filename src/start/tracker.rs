@@ -16,6 +16,12 @@
 //! segment it was given, not one someone made again under that name, says so on standard
 //! error (as Python's tracker warns of "leaked shared_memory objects"), and exits.
 //!
+//! The tracker holds a descriptor of each segment it holds, as many as its creator has
+//! made and not removed, so it raises its limit of open descriptors as far as it may when
+//! it starts: its creator may raise its own later (or have lowered its soft limit for a
+//! while), and a tracker kept to the limit its creator had at its first segment let the
+//! segments past it go untracked.
+//!
 //! A forked child has its parent's copy of the creator's state; the first segment it makes
 //! starts a tracker of its own (the inherited socket was closed by the fork start method,
 //! and its number may now be another file's, so it is never used or closed).
@@ -215,6 +221,9 @@ pub(super) fn run_from_env() -> ! {
     if let Err(e) = detach() {
         eprintln!("tokio-multiprocessing segment tracker: {e}");
     }
+    // The creator's limit when it made its first segment says nothing of how many it holds
+    // later; if it cannot be raised, the segments past it go untracked as before.
+    let _ = sys::raise_descriptor_limit();
     track_until_end(sock.as_fd(), creator);
     sys::exit_now(0)
 }

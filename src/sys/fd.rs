@@ -376,6 +376,25 @@ fn descriptor_limit() -> Option<u64> {
         .map(|(soft, _)| soft)
 }
 
+/// Raises this process's limit of open descriptors as far as it may: both limits to the
+/// system's most (`/proc/sys/fs/nr_open`) where it may raise its hard limit
+/// (`CAP_SYS_RESOURCE`), else its soft limit to its hard one.
+pub(crate) fn raise_descriptor_limit() -> io::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(most) = most.filter(|&most| most > hard) {
+        if setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
+            return Ok(());
+        }
+    }
+    // A hard limit past the system's most (unlimited) is not a soft limit it takes.
+    let soft = most.map_or(hard, |most| hard.min(most));
+    Ok(setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?)
+}
+
 /// How many more descriptors this process may open before it reaches its limit (the soft
 /// `RLIMIT_NOFILE`), counted now; `None` if it cannot tell.
 pub(crate) fn descriptors_left() -> Option<u64> {
