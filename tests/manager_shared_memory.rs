@@ -55,6 +55,10 @@ fn main() {
             a_terminals_signals_leave_the_server_to_its_owner,
         ),
         test(
+            "a_segment_someone_removed_is_not_listed",
+            a_segment_someone_removed_is_not_listed,
+        ),
+        test(
             "a_refused_segment_leaves_nothing",
             a_refused_segment_leaves_nothing,
         ),
@@ -243,6 +247,32 @@ async fn outlive_handles_until_shutdown(method: StartMethod) -> TestResult {
         other => return Err(format!("a proxy after shutdown gave {other:?}").into()),
     }
     Ok(())
+}
+
+/// `test_shared_memory_SharedMemoryManager_basics` goes on to unlink: a server that made
+/// segments which their users removed once done lists only those still there, however many
+/// it made (it kept every name it ever made, in a list and a ledger that only grew).
+async fn a_segment_someone_removed_is_not_listed() -> TestResult {
+    let smm = SharedMemoryManager::start().await?;
+    let kept = smm.shared_memory(64).await?;
+    for _ in 0..100 {
+        smm.shared_memory(64).await?.unlink()?;
+    }
+    let mut sl = smm.shareable_list([1, 2]).await?;
+    ensure!(
+        smm.segments().await? == [name_of(&kept)?, name_of(sl.shm())?],
+        "segments {:?}",
+        smm.segments().await?
+    );
+    sl.unlink()?;
+    ensure!(
+        smm.segments().await? == [name_of(&kept)?],
+        "segments {:?}",
+        smm.segments().await?
+    );
+    let name = name_of(&kept)?;
+    smm.shutdown().await?;
+    all_gone(&[name])
 }
 
 async fn make_segment(smm: SegmentsProxy) -> mp::Result<()> {

@@ -33,7 +33,7 @@ use super::barrier::BarrierState;
 use super::condition::ConditionState;
 use super::dict::Dict;
 use super::event::EventState;
-use super::ledger::Ledger;
+use super::ledger::{Ledger, Record};
 use super::lock::LockState;
 use super::managed::{Maker, UserObject};
 use super::proto::{
@@ -106,19 +106,50 @@ pub(super) struct State {
 }
 
 /// The segments a `SharedMemoryManager`'s server keeps: their names, in the order they were
-/// made, and the ledger where each name is written down before its segment exists, for the
-/// starting process to remove them if the server is killed.
+/// made, each with where it is written down in the ledger, for the starting process to
+/// remove them if the server is killed.
+///
+/// A name someone removed (`unlink`) is forgotten, from the list and the ledger, when the
+/// server is asked for its names and whenever the list has doubled since it was last looked
+/// over, so that a server that makes and sees removed a segment at a time for ever keeps
+/// as many names as are there.
 pub(super) struct Segments {
-    names: Vec<String>,
+    names: Vec<(String, Record)>,
     ledger: Ledger,
+    /// How many names the list may hold before it is looked over again.
+    look_over_at: usize,
 }
+
+/// The fewest names a list of segments holds before it is looked over.
+const LOOK_OVER_AT_LEAST: usize = 64;
 
 impl Segments {
     pub(super) fn new(ledger: Ledger) -> Segments {
         Segments {
             names: Vec::new(),
             ledger,
+            look_over_at: LOOK_OVER_AT_LEAST,
         }
+    }
+
+    /// Forgets the names no longer in `/dev/shm` (a name the system cannot tell of is
+    /// kept).
+    fn forget_removed(&mut self) {
+        let ledger = &mut self.ledger;
+        self.names.retain(|(name, entry)| {
+            if let Ok(false) = sys::shm_exists(name) {
+                if ledger.forget(*entry).is_ok() {
+                    return false;
+                }
+            }
+            true
+        });
+        self.look_over_at = LOOK_OVER_AT_LEAST.max(2 * self.names.len());
+    }
+
+    /// The names kept, in the order they were made.
+    fn names(&self) -> Vec<String> {
+        self.names.iter().map(|(name, _)| name.clone()).collect()
     }
 }
 
@@ -293,7 +324,10 @@ impl State {
             Request::Barrier(id, op) => reply(object!(self, id, Barrier).map(|b| b.handle(op))),
             Request::User(..) => Reply::message("a call on a user object runs in its own task"),
             Request::CreateSegment(size) => reply(self.create_segment(size)),
-            Request::Segments => reply(self.keeper().map(|kept| Reply::Names(kept.names.clone()))),
+            Request::Segments => reply(self.keeper().map(|kept| {
+                kept.forget_removed();
+                Reply::Names(kept.names())
+            })),
         }
     }
 
@@ -317,14 +351,17 @@ impl State {
         let size = usize::try_from(size)
             .map_err(|_| Failure::Message(format!("a segment of {size} bytes")))?;
         let failed = |e: Error| Failure::Message(e.to_string());
-        let (mut shm, name) = loop {
+        if kept.names.len() >= kept.look_over_at {
+            kept.forget_removed();
+        }
+        let (mut shm, name, entry) = loop {
             let name = crate::shared::generated_name().map_err(failed)?;
-            kept.ledger.note(&name).map_err(failed)?;
+            let entry = kept.ledger.note(&name).map_err(failed)?;
             match crate::shared::SharedMemory::create(&name, size) {
-                Ok(shm) => break (shm, name),
+                Ok(shm) => break (shm, name, entry),
                 Err(e) => {
                     // Not made: the name is someone else's, or no one's.
-                    kept.ledger.retract(&name).map_err(failed)?;
+                    kept.ledger.forget(entry).map_err(failed)?;
                     if !matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists)
                     {
                         return Err(failed(e));
@@ -333,7 +370,7 @@ impl State {
             }
         };
         shm.keep_name();
-        kept.names.push(name.clone());
+        kept.names.push((name.clone(), entry));
         Ok(Reply::Names(vec![name]))
     }
 
@@ -341,7 +378,12 @@ impl State {
     pub(super) fn take_segments(&mut self) -> Vec<String> {
         self.segments
             .as_mut()
-            .map(|kept| std::mem::take(&mut kept.names))
+            .map(|kept| {
+                std::mem::take(&mut kept.names)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -1495,6 +1537,41 @@ mod tests {
             );
         }
         assert!(shared.state().take_segments().is_empty());
+    }
+
+    #[test]
+    fn a_segment_removed_by_someone_is_forgotten() {
+        let ledger = Ledger::new().unwrap();
+        let starter = ledger.try_clone().unwrap();
+        let mut s = State {
+            segments: Some(Segments::new(ledger)),
+            ..State::default()
+        };
+        let make = |s: &mut State| match s.handle(ME, Request::CreateSegment(64)) {
+            Reply::Names(mut n) if n.len() == 1 => n.remove(0),
+            r => panic!("{r:?}"),
+        };
+        let kept = make(&mut s);
+        // A server that makes a segment at a time, each removed by its user once done.
+        for _ in 0..1000 {
+            let name = make(&mut s);
+            crate::shared::SharedMemory::attach(&name)
+                .unwrap()
+                .unlink()
+                .unwrap();
+        }
+        let last = make(&mut s);
+        match s.handle(OTHER, Request::Segments) {
+            Reply::Names(n) => assert_eq!(n, [kept.clone(), last.clone()]),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(starter.names(), [kept.clone(), last.clone()]);
+        // The ledger holds no more records than names were kept at once, however many
+        // were made: 14 bytes each.
+        assert!(starter.len() <= 14 * 66, "{} bytes", starter.len());
+        for name in [kept, last] {
+            crate::sys::shm_remove(&name).unwrap();
+        }
     }
 
     /// A proxy lent by `ME` to a process that connects as `OTHER` and dies: whichever of the

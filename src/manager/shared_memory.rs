@@ -165,13 +165,16 @@ impl SharedMemoryManager {
     }
 
     /// The names of the segments the server keeps, in the order they were made, from
-    /// whichever process (Python's `list_segments`).
+    /// whichever process (Python's `list_segments`). A segment someone removed
+    /// ([`SharedMemory::unlink`]) is no longer kept, and not listed (Python lists it until
+    /// the manager stops); nor is its name kept in memory, here or in the ledger the
+    /// starting process reads if the server is killed.
     ///
     /// # Errors
     /// As [`SegmentsProxy::segments`].
     ///
     /// # Cancel safety
-    /// Cancel safe: it changes nothing.
+    /// Cancel safe: it changes nothing but what the server keeps of removed segments.
     pub async fn segments(&self) -> Result<Vec<String>> {
         self.segments.segments().await
     }
@@ -271,13 +274,16 @@ impl SegmentsProxy {
     }
 
     /// The names of the segments the server keeps, in the order they were made, from
-    /// whichever process (Python's `list_segments`).
+    /// whichever process (Python's `list_segments`). A segment someone removed
+    /// ([`SharedMemory::unlink`]) is no longer kept, and not listed (Python lists it until
+    /// the manager stops); nor is its name kept in memory, here or in the ledger the
+    /// starting process reads if the server is killed.
     ///
     /// # Errors
     /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
     ///
     /// # Cancel safety
-    /// Cancel safe: it changes nothing.
+    /// Cancel safe: it changes nothing but what the server keeps of removed segments.
     pub async fn segments(&self) -> Result<Vec<String>> {
         match self.link.call(Request::Segments).await? {
             Reply::Names(names) => Ok(names),

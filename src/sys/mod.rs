@@ -59,7 +59,7 @@ pub(crate) use ring::{Message, Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{
     SHM_NAME_MAX, SharedRegion, anonymous_file, segment_name, shm_attach, shm_create,
-    shm_create_unnamed, shm_name_segment, shm_remove, shm_remove_own,
+    shm_create_unnamed, shm_exists, shm_name_segment, shm_remove, shm_remove_own,
 };
 pub(crate) use socket_opts::{
     fail_when_silent, grow_send_buffer, set_listen_backlog, shutdown_socket,

@@ -434,6 +434,16 @@ pub(crate) fn shm_remove_own(name: &str, ours: BorrowedFd<'_>) -> io::Result<boo
     Ok(true)
 }
 
+/// Whether the name `name` is in `/dev/shm` (names a segment).
+pub(crate) fn shm_exists(name: &str) -> io::Result<bool> {
+    let cname = shm_name(name)?;
+    match nix::sys::stat::stat(format!("{SHM_DIR}{}", cname.to_string_lossy()).as_str()) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Removes the name `name` from `/dev/shm`; mappings and descriptors stay valid.
 pub(crate) fn shm_remove(name: &str) -> io::Result<()> {
     let cname = shm_name(name)?;
