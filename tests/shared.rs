@@ -667,6 +667,80 @@ async fn a_tracker_holds_segments_past_its_creators_first_limit() -> TestResult 
     Ok(())
 }
 
+/// Adds 1 to the counter and to its own cell of `done`, `n` times, each under the one lock
+/// they share; a lock whose holder died is taken again.
+async fn count_under_a_shared_lock(
+    counter: Value<i64>,
+    done: Array<i64>,
+    me: usize,
+    n: i64,
+) -> Result<(), String> {
+    let mut added = 0;
+    while added < n {
+        let mut g = match counter.lock().await {
+            Ok(g) => g,
+            Err(Error::LockOwnerDied { .. }) => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        g.update(|x| x + 1);
+        let cells = done.get_obj();
+        cells
+            .set(me, cells.get(me).ok_or("no cell")? + 1)
+            .map_err(|e| e.to_string())?;
+        added += 1;
+    }
+    Ok(())
+}
+
+/// `_TestValue.test_getobj_getlock` and `_TestArray.test_getobj_getlock` under contention:
+/// four children count under one lock shared by a `Value` and an `Array`, and one is killed
+/// by SIGKILL midway, holding the lock or not. No one hangs, the lock is free afterwards,
+/// and the counter is the sum of the completed updates (the killed one's last, half done,
+/// at most one more).
+async fn a_holder_killed_mid_update_is_reported_and_counts_stay_exact() -> TestResult {
+    const N: i64 = 100_000;
+    let lock = Lock::new()?;
+    let counter = Value::with_lock(0i64, lock.clone())?;
+    let done = Array::with_lock(&[0i64; 4], lock)?;
+    let mut children = Vec::new();
+    for me in 0..4 {
+        let p = Process::new(
+            count_under_a_shared_lock,
+            (counter.clone(), done.clone(), me, N),
+        )
+        .daemon(true)
+        .start()
+        .await?;
+        children.push(p);
+    }
+    ensure!(
+        eventually(LONG, || done.get_obj().get(0).is_some_and(|d| d > 1000)).await,
+        "the first child did not count"
+    );
+    children[0].kill()?;
+    ensure!(
+        children[0].join().await? == -9,
+        "the first child was not killed"
+    );
+    for p in &mut children[1..] {
+        join_ok(p).await?;
+    }
+    let g = tokio::time::timeout(LONG, counter.lock()).await?;
+    let g = match g {
+        Err(Error::LockOwnerDied { .. }) => counter.lock().await?,
+        other => other?,
+    };
+    let cells = done.get_obj().to_vec();
+    ensure!(cells[1..] == [N; 3], "the survivors counted {cells:?}");
+    let sum: i64 = cells.iter().sum();
+    ensure!(
+        g.get() == sum || g.get() == sum + 1,
+        "the counter is {} for {cells:?}",
+        g.get()
+    );
+    Ok(())
+}
+
 /// Set in a child that stops in `SharedMemory::create` (see [`stop_once_made`]).
 static MADE: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
 
@@ -1151,6 +1225,7 @@ fn main() {
         a_killed_creators_tracker_leaves_names_not_its_own,
         a_killed_tracker_is_replaced,
         a_tracker_holds_segments_past_its_creators_first_limit,
+        a_holder_killed_mid_update_is_reported_and_counts_stay_exact,
         a_creator_killed_between_making_a_segment_and_telling_its_tracker_leaves_no_name,
         example_shared_value_array,
         shareable_list_basics,
