@@ -741,6 +741,40 @@ async fn a_holder_killed_mid_update_is_reported_and_counts_stay_exact() -> TestR
     Ok(())
 }
 
+/// Makes the segment `name`, then drops it with no descriptor left to open (its soft limit
+/// lowered to the descriptors it has open).
+fn shm_drop_at_the_descriptor_limit(name: String) -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let shm = SharedMemory::create(&name, 64).map_err(|e| e.to_string())?;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    // Counting takes a descriptor of its own, closed again.
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| e.to_string())?
+        .count() as u64
+        - 1;
+    setrlimit(Resource::RLIMIT_NOFILE, open, hard).map_err(|e| e.to_string())?;
+    drop(shm);
+    Ok(())
+}
+
+/// A creator at its limit of open descriptors that drops its handle removes the name: the
+/// drop opened the name to check it was still its own, failed for want of a descriptor,
+/// and left the name, which the tracker, told the handle went, left too.
+async fn a_creator_at_its_descriptor_limit_removes_its_name() -> TestResult {
+    let name = unique("at-limit");
+    let mut p = Process::new(shm_drop_at_the_descriptor_limit, (name.clone(),))
+        .start()
+        .await?;
+    let ended = join_ok(&mut p).await;
+    let left = eventually(Duration::from_secs(2), || !shm_exists(&name)).await;
+    if !left {
+        SharedMemory::attach(&name)?.unlink()?;
+    }
+    ended?;
+    ensure!(left, "the name of a dropped creator is left");
+    Ok(())
+}
+
 /// Set in a child that stops in `SharedMemory::create` (see [`stop_once_made`]).
 static MADE: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
 
@@ -1226,6 +1260,7 @@ fn main() {
         a_killed_tracker_is_replaced,
         a_tracker_holds_segments_past_its_creators_first_limit,
         a_holder_killed_mid_update_is_reported_and_counts_stay_exact,
+        a_creator_at_its_descriptor_limit_removes_its_name,
         a_creator_killed_between_making_a_segment_and_telling_its_tracker_leaves_no_name,
         example_shared_value_array,
         shareable_list_basics,

@@ -417,17 +417,16 @@ pub(crate) fn segment_name(fd: BorrowedFd<'_>) -> Option<String> {
 /// name is that segment's. `Ok(false)` if the name is gone or names another segment.
 pub(crate) fn shm_remove_own(name: &str, ours: BorrowedFd<'_>) -> io::Result<bool> {
     let cname = shm_name(name)?;
-    let named = match shm_open(
-        cname.as_c_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
+    // By its path, not a descriptor: a process at its limit of open descriptors (or a
+    // tracker holding many) removes its names all the same.
+    let named = match nix::sys::stat::stat(format!("{SHM_DIR}{}", cname.to_string_lossy()).as_str())
+    {
+        Ok(st) => st,
         Err(nix::errno::Errno::ENOENT) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    let (a, b) = (nix::sys::stat::fstat(&named)?, nix::sys::stat::fstat(ours)?);
-    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+    let ours = nix::sys::stat::fstat(ours)?;
+    if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
         return Ok(false);
     }
     shm_unlink(cname.as_c_str())?;
