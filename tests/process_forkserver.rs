@@ -22,6 +22,7 @@ fn main() {
         killed_fork_server_spares_its_children_and_is_replaced,
         fork_server_ignores_sigint,
         orphans_of_a_killed_fork_server_die_with_the_program,
+        a_stopped_fork_server_holds_up_no_spawn_start,
     ])
 }
 
@@ -98,6 +99,20 @@ async fn orphans_of_a_killed_fork_server_die_with_the_program() -> TestResult {
     Ok(())
 }
 
+async fn a_stopped_fork_server_holds_up_no_spawn_start() -> TestResult {
+    // A fork server that does not answer (stopped here; swapped out, traced) delays the
+    // starts that need it, not those of the spawn method.
+    let (status, out, err) = run_helper("stopped-fork-server", &[]).await?;
+    ensure!(status.success(), "helper failed: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines == ["spawned=0", "forked=5"],
+        "a spawn start should complete while the fork server is stopped, and the fork \
+         server's start once it runs again: {out} {err}"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- helper modes
 
 /// This binary as a parent in a mode of its own; prints what the test reads.
@@ -162,6 +177,35 @@ async fn helper(mode: &str) {
             println!("alive={}", echoes(&mut ours));
             signal(c.pid(), Signal::SIGINT);
             println!("child={}", c.join().await.unwrap());
+        }
+        "stopped-fork-server" => {
+            let mut c = Process::new(exit_with, (0,))
+                .start_method(StartMethod::ForkServer)
+                .start()
+                .await
+                .unwrap();
+            c.join().await.unwrap();
+            let server = only_other_child(c.pid());
+            signal(server, Signal::SIGSTOP);
+            let mut forked = tokio::spawn(
+                Process::new(exit_with, (5,))
+                    .start_method(StartMethod::ForkServer)
+                    .start(),
+            );
+            // The fork server's start asks first (it cannot be answered until the server
+            // runs again); the spawn start comes behind it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                p = Process::new(exit_with, (0,)).start_method(StartMethod::Spawn).start() => {
+                    println!("spawned={}", p.unwrap().join().await.unwrap());
+                }
+                r = &mut forked => println!("forked-first={r:?}"),
+            }
+            signal(server, Signal::SIGCONT);
+            match forked.await.unwrap() {
+                Ok(mut p) => println!("forked={}", p.join().await.unwrap()),
+                Err(e) => println!("forked-error={e}"),
+            }
         }
         other => panic!("unknown helper mode {other}"),
     }

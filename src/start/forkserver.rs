@@ -5,9 +5,10 @@
 //! server forks, and the fork runs the same bootstrap as a re-executed child, without paying
 //! for `exec` and the program's start-up.
 //!
-//! The parent talks to the server from the launcher thread, with blocking I/O bounded by
-//! `poll` deadlines, so the server serves every runtime of the program alike and outlives
-//! any of them. The server ends when the parent does: EOF on its control socket, and the
+//! The server is started from the launcher thread, and the parent talks to it from a thread
+//! of its own (see `launcher.rs`), with blocking I/O bounded by `poll` deadlines, so the
+//! server serves every runtime of the program alike and outlives any of them, and a server
+//! slow to answer holds up no `spawn` start. The server ends when the parent does: EOF on its control socket, and the
 //! parent-death signal. It ignores SIGINT, as CPython's does: a terminal's Ctrl-C goes to the
 //! whole process group, and what the program does about it is the program's business. Its
 //! children get back the disposition the server had before.
@@ -53,7 +54,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::handle::{Child, Unclaimed};
-use super::launcher::on_launcher;
+use super::launcher::{on_fork_server_thread, on_launcher_blocking};
 use super::spawn::spawn_now;
 use super::{Launch, StartMethod, bootstrap, handshake};
 use crate::error::{Error, Result};
@@ -78,7 +79,7 @@ enum ForkReply {
     Failed(String),
 }
 
-/// The parent's handle on the server. Used on the launcher thread only.
+/// The parent's handle on the server. Used on the fork server's thread only.
 struct Server {
     control: OwnedFd,
     rb: RecvBuf,
@@ -109,7 +110,8 @@ fn serve_entry(control: Fd) {
     serve(control.into_owned())
 }
 
-/// Starts the server: a `spawn` child running [`serve`]. On the launcher thread.
+/// Starts the server: a `spawn` child running [`serve`]. On the launcher thread, whose
+/// children die with it (see `launcher.rs`).
 fn start_server() -> Result<Server> {
     let (control, control_theirs) = sys::socketpair_stream()?;
     let mut launch = Launch {
@@ -168,7 +170,7 @@ fn exchange(s: &mut Server, boot: &OwnedFd) -> std::result::Result<ForkReply, Un
 /// Asks the server to fork a child on `boot`, and returns the child's pid and pidfd. Starts
 /// the server on first use, and again if it died: a server found dead before the request,
 /// or one that could not be sent the request, is replaced and asked in its stead. On the
-/// launcher thread.
+/// fork server's thread.
 fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
     let mut guard = SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let mut attempt = 0;
@@ -181,7 +183,7 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
         }
         let server = match guard.as_mut() {
             Some(s) => s,
-            None => guard.insert(start_server()?),
+            None => guard.insert(on_launcher_blocking(start_server)??),
         };
         match exchange(server, &boot) {
             Ok(reply) => break reply,
@@ -232,7 +234,7 @@ pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
         true => Some(frame),
         false => send_early(ours.as_fd(), frame)?,
     };
-    let started = on_launcher(move || request_fork(theirs).map(Unclaimed::new)).await??;
+    let started = on_fork_server_thread(move || request_fork(theirs).map(Unclaimed::new)).await??;
     let (pid, pidfd) = started.claim();
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
     let unstarted = child.kill_unless_started();
