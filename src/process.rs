@@ -394,7 +394,8 @@ impl ProcessBuilder {
     }
 
     /// How long the child may take to complete its bootstrap; the default is
-    /// [`Process::DEFAULT_START_TIMEOUT`].
+    /// [`Process::DEFAULT_START_TIMEOUT`]. A `forkserver` start also waits at most this long
+    /// for the fork server to fork the child.
     pub fn start_timeout(self, timeout: Duration) -> Self {
         self.with(|l| l.start_timeout = timeout)
     }

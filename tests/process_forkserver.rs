@@ -23,6 +23,7 @@ fn main() {
         fork_server_ignores_sigint,
         orphans_of_a_killed_fork_server_die_with_the_program,
         a_stopped_fork_server_holds_up_no_spawn_start,
+        a_start_on_a_stopped_fork_server_fails_within_its_start_timeout,
     ])
 }
 
@@ -53,30 +54,38 @@ fn echo_until_q(sock: mp::Fd, code: i32) {
 
 // ---------------------------------------------------------------- tests
 
-async fn killed_fork_server_spares_its_children_and_is_replaced() -> TestResult {
-    // CPython: a fork server's children do not die with it, and the next start succeeds.
-    let (status, out, err) = run_helper("kill-fork-server", &[]).await?;
+/// Runs the helper `mode` and fails, saying what `should` have happened, unless it
+/// succeeds and prints `lines`.
+async fn helper_prints(mode: &str, lines: &[&str], should: &str) -> TestResult {
+    let (status, out, err) = run_helper(mode, &[]).await?;
     ensure!(status.success(), "helper failed: {out} {err}");
-    let lines: Vec<&str> = out.lines().collect();
     ensure!(
-        lines == ["alive=true", "child=7", "next=5"],
-        "a child of the killed fork server should run on and exit with 7, the next start \
-         should succeed: {out} {err}"
+        out.lines().eq(lines.iter().copied()),
+        "{should}: {out} {err}"
     );
     Ok(())
+}
+
+async fn killed_fork_server_spares_its_children_and_is_replaced() -> TestResult {
+    // CPython: a fork server's children do not die with it, and the next start succeeds.
+    helper_prints(
+        "kill-fork-server",
+        &["alive=true", "child=7", "next=5"],
+        "a child of the killed fork server should run on and exit with 7, the next start \
+         should succeed",
+    )
+    .await
 }
 
 async fn fork_server_ignores_sigint() -> TestResult {
     // CPython's fork server ignores SIGINT (a terminal's Ctrl-C reaches the process group)
     // and its children take the default disposition back.
-    let (status, out, err) = run_helper("sigint-fork-server", &[]).await?;
-    ensure!(status.success(), "helper failed: {out} {err}");
-    let lines: Vec<&str> = out.lines().collect();
-    ensure!(
-        lines == ["next=5", "server-survived=true", "alive=true", "child=-2"],
-        "the fork server should outlive SIGINT, its child should not: {out} {err}"
-    );
-    Ok(())
+    helper_prints(
+        "sigint-fork-server",
+        &["next=5", "server-survived=true", "alive=true", "child=-2"],
+        "the fork server should outlive SIGINT, its child should not",
+    )
+    .await
 }
 
 async fn orphans_of_a_killed_fork_server_die_with_the_program() -> TestResult {
@@ -102,15 +111,25 @@ async fn orphans_of_a_killed_fork_server_die_with_the_program() -> TestResult {
 async fn a_stopped_fork_server_holds_up_no_spawn_start() -> TestResult {
     // A fork server that does not answer (stopped here; swapped out, traced) delays the
     // starts that need it, not those of the spawn method.
-    let (status, out, err) = run_helper("stopped-fork-server", &[]).await?;
-    ensure!(status.success(), "helper failed: {out} {err}");
-    let lines: Vec<&str> = out.lines().collect();
-    ensure!(
-        lines == ["spawned=0", "forked=5"],
+    helper_prints(
+        "stopped-fork-server",
+        &["spawned=0", "forked=5"],
         "a spawn start should complete while the fork server is stopped, and the fork \
-         server's start once it runs again: {out} {err}"
-    );
-    Ok(())
+         server's start once it runs again",
+    )
+    .await
+}
+
+async fn a_start_on_a_stopped_fork_server_fails_within_its_start_timeout() -> TestResult {
+    // The start fails as one whose child does not answer, and leaves no child behind once
+    // the server forks it after all; the server serves the next start.
+    helper_prints(
+        "stopped-fork-server-timeout",
+        &["timed-out=true", "next=5", "left=[]"],
+        "a forkserver start should fail with Error::Start within its start timeout while \
+         the server is stopped, and leave no child",
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- helper modes
@@ -163,12 +182,7 @@ async fn helper(mode: &str) {
             signal(server, Signal::SIGINT);
             // The server answers this start only after the signal was dealt with: it
             // cannot return to its loop with a pending fatal signal.
-            let mut p = Process::new(exit_with, (5,))
-                .start_method(StartMethod::ForkServer)
-                .start()
-                .await
-                .unwrap();
-            println!("next={}", p.join().await.unwrap());
+            print_next_start().await;
             let same = support::live_children_of(std::process::id())
                 .into_iter()
                 .any(|pid| pid == server);
@@ -179,14 +193,7 @@ async fn helper(mode: &str) {
             println!("child={}", c.join().await.unwrap());
         }
         "stopped-fork-server" => {
-            let mut c = Process::new(exit_with, (0,))
-                .start_method(StartMethod::ForkServer)
-                .start()
-                .await
-                .unwrap();
-            c.join().await.unwrap();
-            let server = only_other_child(c.pid());
-            signal(server, Signal::SIGSTOP);
+            let server = stopped_fork_server().await;
             let mut forked = tokio::spawn(
                 Process::new(exit_with, (5,))
                     .start_method(StartMethod::ForkServer)
@@ -207,8 +214,56 @@ async fn helper(mode: &str) {
                 Err(e) => println!("forked-error={e}"),
             }
         }
+        "stopped-fork-server-timeout" => {
+            let server = stopped_fork_server().await;
+            let r = Process::new(exit_with, (0,))
+                .start_method(StartMethod::ForkServer)
+                .start_timeout(Duration::from_millis(500))
+                .start()
+                .await;
+            let timed_out = matches!(&r, Err(mp::Error::Start { message, .. })
+                if message.contains("within 500ms"));
+            println!("timed-out={timed_out}");
+            if !timed_out {
+                eprintln!("start: {r:?}");
+            }
+            signal(server, Signal::SIGCONT);
+            print_next_start().await;
+            // The child forked for the abandoned start is killed and reaped.
+            let others = || -> Vec<u32> {
+                support::live_children_of(std::process::id())
+                    .into_iter()
+                    .filter(|&pid| pid != server)
+                    .collect()
+            };
+            support::eventually(Duration::from_secs(20), || others().is_empty()).await;
+            println!("left={:?}", others());
+        }
         other => panic!("unknown helper mode {other}"),
     }
+}
+
+/// Starts a child through the fork server, and prints its exit code (5) as `next=`.
+async fn print_next_start() {
+    let mut p = Process::new(exit_with, (5,))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .await
+        .unwrap();
+    println!("next={}", p.join().await.unwrap());
+}
+
+/// Starts the fork server (through a start that it serves), stops it, and returns its pid.
+async fn stopped_fork_server() -> u32 {
+    let mut c = Process::new(exit_with, (0,))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .await
+        .unwrap();
+    c.join().await.unwrap();
+    let server = only_other_child(c.pid());
+    signal(server, Signal::SIGSTOP);
+    server
 }
 
 fn fd_of(s: std::os::unix::net::UnixStream) -> mp::Fd {

@@ -234,7 +234,24 @@ pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
         true => Some(frame),
         false => send_early(ours.as_fd(), frame)?,
     };
-    let started = on_fork_server_thread(move || request_fork(theirs).map(Unclaimed::new)).await??;
+    // The server's answer is waited for at most the start's timeout: a server that does
+    // not answer (stopped, swapped out) fails the start as a child that does not answer
+    // would. The request goes on meanwhile; a child the server forks after all is then
+    // killed and reaped when its answer comes (an `Unclaimed` dropped).
+    let ask = on_fork_server_thread(move || request_fork(theirs).map(Unclaimed::new));
+    let started = match tokio::time::timeout(launch.start_timeout, ask).await {
+        Ok(r) => r??,
+        Err(_) => {
+            return Err(Error::Start {
+                name: launch.name.clone(),
+                pid: 0,
+                message: format!(
+                    "the fork server did not fork it within {:?} (the start timeout)",
+                    launch.start_timeout
+                ),
+            });
+        }
+    };
     let (pid, pidfd) = started.claim();
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
     let unstarted = child.kill_unless_started();
