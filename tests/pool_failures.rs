@@ -31,6 +31,7 @@ fn main() {
         imap_unordered_names_the_inputs_of_a_lost_chunk,
         a_worker_death_names_the_task_that_was_running,
         build_succeeds_with_the_workers_that_start_and_the_rest_follow,
+        a_worker_killed_while_it_starts_fails_no_waiting_task,
         a_build_dropped_while_initializers_hang_kills_its_workers,
         maxtasksperchild_of_zero_is_an_error,
         worker_killed_mid_task,
@@ -725,6 +726,69 @@ async fn build_succeeds_with_the_workers_that_start_and_the_rest_follow() -> Tes
     let code = tokio::time::timeout(Duration::from_secs(55), p.join()).await;
     ensure!(matches!(code, Ok(Ok(0))), "the child ended with {code:?}");
     Ok(())
+}
+
+/// Runs in a child, whose children are only its pool's workers: a Pool(1) whose worker
+/// retires after each task, so that the pool has no worker while each replacement starts,
+/// and a thread that SIGKILLs every other new worker as soon as it appears (most often
+/// while it starts; a task it was running is retried). Every one of 20 tasks queued at
+/// once still runs, where each start so killed failed every task queued. Exits 0 if so.
+fn killed_while_starting_probe() {
+    support::process::exit_unless_ok("killed while starting", || async {
+        let pool = Pool::builder()
+            .processes(1)
+            .maxtasksperchild(1)
+            .retries_on_worker_loss(1)
+            .build()
+            .await?;
+        let me = std::process::id();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killer = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let (mut seen, mut kills, mut kill_next) = (HashSet::new(), 0u32, true);
+                while !stop.load(Ordering::Relaxed) {
+                    for child in support::live_children_of(me) {
+                        if seen.insert(child) {
+                            if kill_next && kill9(child).is_ok() {
+                                kills += 1;
+                            }
+                            kill_next = !kill_next;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                kills
+            }
+        });
+        let calls: Vec<_> = (0..20).map(|x| pool.apply_async(sqr, (x,))).collect();
+        let mut failed = Vec::new();
+        for (x, call) in (0..).zip(calls) {
+            match call.await {
+                Ok(y) if y == x * x => {}
+                other => failed.push(format!("{x}: {other:?}")),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let kills = killer.join().map_err(|_| "the killer panicked")?;
+        if !failed.is_empty() {
+            return Err(format!("{} of 20 tasks failed: {failed:?}", failed.len()).into());
+        }
+        if kills < 5 {
+            return Err(format!("only {kills} workers killed").into());
+        }
+        Ok(())
+    });
+}
+
+/// A worker start that fails once while the pool has no worker (its replacement killed as
+/// it starts, the pool's one worker retired by `maxtasksperchild`) fails none of the tasks
+/// queued: they wait for the next start. Each such start failed every task queued.
+async fn a_worker_killed_while_it_starts_fails_no_waiting_task() -> TestResult {
+    let mut p = mp::Process::new(killed_while_starting_probe, ())
+        .start()
+        .await?;
+    support::process::probe_passed(&mut p).await
 }
 
 // test_pool_maxtasksperchild_invalid: Python raises ValueError for 0.

@@ -210,7 +210,11 @@ impl PoolBuilder {
     /// A worker that cannot be started (the system is out of descriptors or processes, say)
     /// is logged and started again later, with a growing delay (from 10 ms up to 5 s), for as
     /// long as the pool lives; the pool serves with the workers it has meanwhile. While the
-    /// pool has no worker at all, each failed start fails the tasks waiting with its error.
+    /// pool has no worker at all and starts have failed three times in a row, each failed
+    /// start fails the tasks waiting with its error; a single failed start (a worker killed
+    /// while it started, say) fails none, though the pool has no worker for a moment (as
+    /// between a worker retired by [`maxtasksperchild`](Self::maxtasksperchild) and its
+    /// replacement).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`;

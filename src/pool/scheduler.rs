@@ -226,6 +226,11 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_millis(10);
 /// The longest delay before a failed worker start is tried again.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 
+/// How many worker starts in a row must fail, while the pool has no worker, before each
+/// further failure fails the tasks waiting: with the delays above, some 30 ms after the
+/// first, for a failure that lasts (no descriptors left, say).
+const FAILED_STARTS_TO_GIVE_UP: u32 = 3;
+
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -768,9 +773,12 @@ impl Scheduler {
                     failures_in_a_row = self.start_failures,
                     "cannot start a pool worker (it will be tried again): {e}"
                 );
-                if self.workers.is_empty() {
-                    // Nothing can run the tasks waiting: they fail with the reason, rather
-                    // than wait for a start that may never succeed.
+                if self.workers.is_empty() && self.start_failures >= FAILED_STARTS_TO_GIVE_UP {
+                    // Nothing can run the tasks waiting, and starts keep failing: they fail
+                    // with the reason, rather than wait for a start that may never succeed.
+                    // One start that failed (a worker killed while it started, by the OOM
+                    // killer say, or a moment out of processes) fails none: a pool between
+                    // a retired worker and its replacement has no worker either.
                     for job in std::mem::take(&mut self.queue) {
                         self.answer_job(job, Err(TaskError::local(e.clone())));
                     }
