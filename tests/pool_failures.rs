@@ -32,6 +32,7 @@ fn main() {
         a_worker_death_names_the_task_that_was_running,
         build_succeeds_with_the_workers_that_start_and_the_rest_follow,
         a_worker_killed_while_it_starts_fails_no_waiting_task,
+        a_worker_killed_in_its_initializer_leaves_the_pool_serving,
         a_build_dropped_while_initializers_hang_kills_its_workers,
         maxtasksperchild_of_zero_is_an_error,
         worker_killed_mid_task,
@@ -728,6 +729,56 @@ async fn build_succeeds_with_the_workers_that_start_and_the_rest_follow() -> Tes
     Ok(())
 }
 
+/// Queues `n` calls at once on `pool`, whose workers are the only children of this process,
+/// while a thread SIGKILLs every other worker once `ripe` holds for it (the first one ripe
+/// is killed if `kill_first`); fails unless every call succeeds and at least `min_kills`
+/// workers were killed.
+async fn every_call_survives_killing_every_other_worker(
+    pool: &Pool,
+    n: i64,
+    kill_first: bool,
+    ripe: impl Fn(u32) -> bool + Send + 'static,
+    min_kills: u32,
+) -> TestResult {
+    let me = std::process::id();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut seen, mut kills, mut kill_next) = (HashSet::new(), 0u32, kill_first);
+            while !stop.load(Ordering::Relaxed) {
+                for child in support::live_children_of(me) {
+                    if ripe(child) && seen.insert(child) {
+                        if kill_next && kill9(child).is_ok() {
+                            kills += 1;
+                        }
+                        kill_next = !kill_next;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            kills
+        }
+    });
+    let calls: Vec<_> = (0..n).map(|x| pool.apply_async(sqr, (x,))).collect();
+    let mut failed = Vec::new();
+    for (x, call) in (0..).zip(calls) {
+        match call.await {
+            Ok(y) if y == x * x => {}
+            other => failed.push(format!("{x}: {other:?}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let kills = killer.join().map_err(|_| "the killer panicked")?;
+    ensure!(
+        failed.is_empty(),
+        "{} of {n} calls failed: {failed:?}",
+        failed.len()
+    );
+    ensure!(kills >= min_kills, "only {kills} workers killed");
+    Ok(())
+}
+
 /// Runs in a child, whose children are only its pool's workers: a Pool(1) whose worker
 /// retires after each task, so that the pool has no worker while each replacement starts,
 /// and a thread that SIGKILLs every other new worker as soon as it appears (most often
@@ -741,44 +792,48 @@ fn killed_while_starting_probe() {
             .retries_on_worker_loss(1)
             .build()
             .await?;
-        let me = std::process::id();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let killer = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let (mut seen, mut kills, mut kill_next) = (HashSet::new(), 0u32, true);
-                while !stop.load(Ordering::Relaxed) {
-                    for child in support::live_children_of(me) {
-                        if seen.insert(child) {
-                            if kill_next && kill9(child).is_ok() {
-                                kills += 1;
-                            }
-                            kill_next = !kill_next;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                kills
-            }
-        });
-        let calls: Vec<_> = (0..20).map(|x| pool.apply_async(sqr, (x,))).collect();
-        let mut failed = Vec::new();
-        for (x, call) in (0..).zip(calls) {
-            match call.await {
-                Ok(y) if y == x * x => {}
-                other => failed.push(format!("{x}: {other:?}")),
-            }
-        }
-        stop.store(true, Ordering::Relaxed);
-        let kills = killer.join().map_err(|_| "the killer panicked")?;
-        if !failed.is_empty() {
-            return Err(format!("{} of 20 tasks failed: {failed:?}", failed.len()).into());
-        }
-        if kills < 5 {
-            return Err(format!("only {kills} workers killed").into());
-        }
-        Ok(())
+        every_call_survives_killing_every_other_worker(&pool, 20, true, |_| true, 5).await
     });
+}
+
+/// Announces this worker's initializer in `dir` (a file named by its pid), then takes
+/// 300 ms.
+fn announce_then_init(dir: String) {
+    let _ = std::fs::write(format!("{dir}/{}", std::process::id()), "");
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Runs in a child, whose children are only its pool's workers: a Pool(1) with an
+/// initializer, whose worker retires after each task, and a thread that SIGKILLs every
+/// other new worker while its initializer runs (as the OOM killer may). Every one of 8
+/// tasks queued at once still runs, where the first such kill was taken for the
+/// initializer's failure: no worker was started again and every task failed with
+/// `InitializerFailed`. Exits 0 if so.
+fn killed_in_initializer_probe() {
+    support::process::exit_unless_ok("killed in its initializer", || async {
+        let dir = temp_path("init-kill");
+        std::fs::create_dir(&dir)?;
+        let pool = Pool::builder()
+            .processes(1)
+            .maxtasksperchild(1)
+            .initializer(announce_then_init, (dir.to_string(),))
+            .build()
+            .await?;
+        // A worker is ripe once its initializer runs; the build's first one is spared.
+        let announced = dir.to_path_buf();
+        let ripe = move |pid: u32| announced.join(pid.to_string()).exists();
+        every_call_survives_killing_every_other_worker(&pool, 8, false, ripe, 3).await
+    });
+}
+
+/// A worker SIGKILLed while its initializer runs is a failed start, started again, not a
+/// failed initializer that stops the pool from starting workers: a pool whose workers
+/// retire keeps serving (each such kill left it with no worker for good).
+async fn a_worker_killed_in_its_initializer_leaves_the_pool_serving() -> TestResult {
+    let mut p = mp::Process::new(killed_in_initializer_probe, ())
+        .start()
+        .await?;
+    support::process::probe_passed(&mut p).await
 }
 
 /// A worker start that fails once while the pool has no worker (its replacement killed as

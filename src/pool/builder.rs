@@ -116,7 +116,9 @@ impl PoolBuilder {
     /// `Err` or a panic), [`build`](Self::build) fails with [`Error::InitializerFailed`],
     /// whose message says how; if it fails in a later
     /// or a replacement worker, no worker is started again, and once no worker is left,
-    /// tasks fail with that error.
+    /// tasks fail with that error. A worker killed by SIGKILL while its initializer runs
+    /// (the OOM killer, say), or lost with its host, is a failed start, not a failed
+    /// initializer: it is started again as any failed start is (see [`build`](Self::build)).
     pub fn initializer<F, A, M>(mut self, f: F, args: A) -> Self
     where
         F: Target<A, M>,

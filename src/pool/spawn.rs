@@ -174,10 +174,13 @@ pub(super) async fn answer_left(link: &Framed) -> Option<SetupReply> {
 const ANSWER_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// The error of worker `name` (`pid`) that ended by `cause` before it answered its setup:
-/// the initializer's failure if the pool has one (it is what runs then).
+/// the initializer's failure if the pool has one (it is what runs then), unless the worker
+/// was killed from outside (SIGKILL: the OOM killer, a `kill -9`) or lost with its host,
+/// which says nothing of the initializer: that start failed, and the next one may succeed.
 pub(super) fn died_in_setup(cfg: &Config, name: String, pid: u32, cause: ExitCause) -> Error {
     let message = format!("the worker died ({cause}) during its setup");
-    if cfg.init.is_some() {
+    let from_outside = matches!(cause, ExitCause::Signal(9) | ExitCause::HostLost);
+    if cfg.init.is_some() && !from_outside {
         Error::InitializerFailed { pid, message }
     } else {
         Error::Start { name, pid, message }
