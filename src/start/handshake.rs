@@ -226,12 +226,31 @@ pub(crate) fn handshake_blocking(
 }
 
 fn exited_early(launch: &Launch, pid: i32, code: i32) -> Error {
-    start_error(
-        launch,
-        pid,
-        format!(
-            "it exited ({}) before completing its bootstrap: {INIT_ADVICE}",
-            ExitCause::from_exitcode(code)
-        ),
-    )
+    start_error(launch, pid, early_exit_message(code))
+}
+
+/// Why a child that ended with `code` before its bootstrap was done never got going: one
+/// that exited may have run `main` instead of its role (hence the advice); one killed by a
+/// signal was most likely killed from outside, and the advice would mislead.
+fn early_exit_message(code: i32) -> String {
+    let cause = ExitCause::from_exitcode(code);
+    match cause {
+        ExitCause::Signal(_) => format!("it was killed by {cause} before completing its bootstrap"),
+        _ => format!("it exited ({cause}) before completing its bootstrap: {INIT_ADVICE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_killed_by_a_signal_during_its_bootstrap_gets_no_advice_about_init() {
+        let killed = early_exit_message(-9);
+        assert!(killed.contains("signal 9 (SIGKILL)"), "{killed}");
+        assert!(!killed.contains("init()"), "{killed}");
+        let exited = early_exit_message(2);
+        assert!(exited.contains("exit code 2"), "{exited}");
+        assert!(exited.contains("init()"), "{exited}");
+    }
 }
