@@ -844,11 +844,22 @@ pub(crate) fn poll_readable(
         .iter()
         .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
         .collect();
-    let timeout = match timeout {
-        None => PollTimeout::NONE,
-        Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
-    };
+    // A signal cuts a wait short: the next waits for what is left, so that a stream of
+    // signals cannot stretch the timeout.
+    let deadline = timeout.map(|d| std::time::Instant::now() + d);
     loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                // Rounded up: a poll for less than a millisecond would not wait at all.
+                PollTimeout::try_from(
+                    left.div_duration_f64(std::time::Duration::from_millis(1))
+                        .ceil() as u64,
+                )
+                .unwrap_or(PollTimeout::MAX)
+            }
+        };
         match poll(&mut pfds, timeout) {
             Ok(_) => break,
             Err(nix::errno::Errno::EINTR) => continue,
@@ -994,5 +1005,52 @@ pub(crate) fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::time::Duration;
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    #[test]
+    fn a_stream_of_signals_does_not_stretch_a_poll_timeout() {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        let action = SigAction::new(
+            SigHandler::Handler(ignore),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, which is async-signal-safe; no one else in this
+        // test binary handles SIGURG.
+        unsafe { sigaction(Signal::SIGURG, &action) }.unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let poller = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let ready = poll_readable(&[r.as_fd()], Some(Duration::from_millis(100)));
+                done.store(true, SeqCst);
+                ready
+            })
+        };
+        let thread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&poller);
+        // Far more signals, over far longer than the timeout, than a poll that starts its
+        // timeout again after each would ever outlast.
+        let mut sent = 0;
+        while !done.load(SeqCst) && sent < 1000 {
+            // SAFETY: the thread is joined only below, so its handle stays valid (a thread
+            // that has ended and is not joined yet gets no signal: ESRCH).
+            unsafe { libc::pthread_kill(thread, libc::SIGURG) };
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let outlasted = !done.load(SeqCst);
+        let ready = poller.join().unwrap().unwrap();
+        assert!(!outlasted, "the poll outlasted {sent} signals over 10 s");
+        assert_eq!(ready, vec![false]);
     }
 }
