@@ -38,6 +38,7 @@ fn main() {
         array_has_a_fixed_length,
         get_by_name_checks_the_proxy_type,
         user_types_run_in_the_server,
+        calls_queued_behind_a_hung_call_hold_up_no_other_object,
         withdrawn_calls_give_back_what_they_took,
         a_withdrawn_condition_wait_leaves_the_lock_released,
         a_barrier_party_that_leaves_breaks_the_barrier,
@@ -797,6 +798,8 @@ enum CounterOp {
     Add(u64),
     Get,
     Panic,
+    /// Returns once a file exists at this path.
+    WaitFor(String),
 }
 
 impl Managed for Counter {
@@ -813,6 +816,12 @@ impl Managed for Counter {
             }
             CounterOp::Get => self.count,
             CounterOp::Panic => panic!("asked to panic"),
+            CounterOp::WaitFor(path) => {
+                while !std::path::Path::new(&path).exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                self.count
+            }
         }
     }
 }
@@ -863,6 +872,47 @@ async fn user_types_run_in_the_server() -> TestResult {
         matches!(plain.managed::<Counter>().await, Err(Error::Manager(_))),
         "an unregistered type was made"
     );
+    Ok(())
+}
+
+/// Calls queued behind a call to one object that does not return hold up no call to another
+/// object, as the `Managed` docs promise: each waits for its turn without a thread of the
+/// server's, where each took one of its blocking pool (512 threads) to wait in, so that 600
+/// of them left none for any other object's call.
+async fn calls_queued_behind_a_hung_call_hold_up_no_other_object() -> TestResult {
+    let m = Manager::builder().register::<Counter>().start().await?;
+    let (stuck, other) = (m.managed::<Counter>().await?, m.managed::<Counter>().await?);
+    let gate = support::temp_path("gate");
+    let sent = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut queued = tokio::task::JoinSet::new();
+    for _ in 0..600 {
+        let (stuck, gate, sent) = (stuck.clone(), gate.to_string(), sent.clone());
+        queued.spawn(async move {
+            let call = stuck.call(CounterOp::WaitFor(gate));
+            tokio::pin!(call);
+            // Polled once, the request is on its way: the calls below go after it.
+            let first = futures::poll!(call.as_mut());
+            sent.add_permits(1);
+            match first {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => call.await,
+            }
+        });
+    }
+    let _all_sent = sent.acquire_many(600).await?;
+    // Answered in order: the server has read the 600 calls by then.
+    m.object_count().await?;
+    let answer = tokio::time::timeout(Duration::from_secs(20), other.call(CounterOp::Add(1))).await;
+    std::fs::write(&gate, b"")?;
+    ensure!(
+        matches!(answer, Ok(Ok(1))),
+        "another object's call behind 600 queued calls gave {answer:?}"
+    );
+    while let Some(r) = queued.join_next().await {
+        r??;
+    }
+    ensure!(other.call(CounterOp::Get).await? == 1, "the other object");
+    m.shutdown().await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@
 //! fingerprint), as a process target does.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -81,12 +81,16 @@ pub(super) fn maker<M: Managed>() -> Box<dyn Erased> {
 }
 
 /// The server's side of a user object: the value, behind a lock that serialises its calls.
-pub(super) type UserObject = Arc<Mutex<Box<dyn Erased>>>;
+/// A call waits for its turn on the runtime, holding no thread, and runs on the blocking
+/// pool once it has the value: calls queued behind a slow or hung call to one object take
+/// none of the threads that the calls to other objects need, and one withdrawn while it
+/// waits never runs.
+pub(super) type UserObject = Arc<tokio::sync::Mutex<Box<dyn Erased>>>;
 
 /// Runs one call on the server's blocking pool; a panic is this call's error.
 pub(super) async fn run(object: UserObject, request: Bytes) -> Reply {
+    let mut value = object.lock_owned().await;
     let r = tokio::task::spawn_blocking(move || {
-        let mut value = object.lock().unwrap_or_else(|p| p.into_inner());
         catch_unwind(AssertUnwindSafe(|| value.call(&request)))
     })
     .await;

@@ -225,7 +225,7 @@ impl State {
             },
             Initial::Barrier { parties } => Object::Barrier(BarrierState::new(parties)),
             Initial::User(name) => match self.types.get(&name) {
-                Some(make) => Object::User(Arc::new(std::sync::Mutex::new(make()))),
+                Some(make) => Object::User(Arc::new(tokio::sync::Mutex::new(make()))),
                 None => {
                     return Reply::message(format!(
                         "the manager serves no type {name:?} (register it on the builder)"
