@@ -39,6 +39,7 @@ fn main() {
         get_by_name_checks_the_proxy_type,
         user_types_run_in_the_server,
         calls_queued_behind_a_hung_call_hold_up_no_other_object,
+        a_type_whose_default_panics_fails_that_call_only,
         withdrawn_calls_give_back_what_they_took,
         a_withdrawn_condition_wait_leaves_the_lock_released,
         a_barrier_party_that_leaves_breaks_the_barrier,
@@ -871,6 +872,45 @@ async fn user_types_run_in_the_server() -> TestResult {
     ensure!(
         matches!(plain.managed::<Counter>().await, Err(Error::Manager(_))),
         "an unregistered type was made"
+    );
+    Ok(())
+}
+
+/// A registered type whose `Default` panics (say, on a missing setting).
+struct Grumpy;
+
+impl Default for Grumpy {
+    fn default() -> Grumpy {
+        panic!("no settings")
+    }
+}
+
+impl Managed for Grumpy {
+    type Request = ();
+    type Reply = ();
+    fn call(&mut self, (): ()) {}
+}
+
+/// `managed()` of a type whose `Default` panics fails with that panic, and the connection
+/// lives on with what it holds, where the panic ended the connection's loop: the call failed
+/// with `ManagerLost` (the server alive), and the server never let go of what the
+/// connection held, so a lock it held stayed held for good and its objects outlived their
+/// proxies.
+async fn a_type_whose_default_panics_fails_that_call_only() -> TestResult {
+    let m = Manager::builder().register::<Grumpy>().start().await?;
+    let (lock, d) = (m.rlock().await?, m.dict::<u8, u8>().await?);
+    lock.lock().await?;
+    match m.managed::<Grumpy>().await {
+        Err(Error::Manager(msg)) => ensure!(msg.contains("no settings"), "{msg}"),
+        other => return Err(format!("a panicking Default gave {:?}", other.map(drop)).into()),
+    }
+    d.insert(1, 2).await?;
+    // The lock is still this task's, on the connection it was taken on.
+    lock.release().await?;
+    drop((lock, d));
+    ensure!(
+        m.object_count().await? == 0,
+        "objects outlived their proxies"
     );
     Ok(())
 }

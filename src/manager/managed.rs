@@ -25,6 +25,9 @@ use crate::error::Result;
 /// A type whose values a manager holds and whose method the server runs for every client
 /// (Python's registered class): requests in, replies out, both serde values.
 ///
+/// The server makes each value with `Default`; a panic there fails only the
+/// [`Manager::managed`](crate::Manager::managed) call that asked for it.
+///
 /// # Examples
 ///
 /// ```
@@ -76,6 +79,19 @@ impl<M: Managed> Erased for M {
 /// Makes a new value of a registered type.
 pub(super) type Maker = fn() -> Box<dyn Erased>;
 
+/// A new user object made by `make`; a panic in the type's `Default` fails this request
+/// only, as one in its `call` does (it ran in the connection's loop, which it ended without
+/// letting go of what the connection held).
+pub(super) fn make(make: Maker) -> std::result::Result<UserObject, Failure> {
+    match catch_unwind(make) {
+        Ok(value) => Ok(Arc::new(tokio::sync::Mutex::new(value))),
+        Err(panic) => Err(Failure::Message(format!(
+            "making the value panicked: {}",
+            crate::task::panic_message(&*panic)
+        ))),
+    }
+}
+
 pub(super) fn maker<M: Managed>() -> Box<dyn Erased> {
     Box::new(M::default())
 }
@@ -97,14 +113,10 @@ pub(super) async fn run(object: UserObject, request: Bytes) -> Reply {
     match r {
         Ok(Ok(Ok(bytes))) => Reply::Item(Some(bytes)),
         Ok(Ok(Err(message))) => Reply::Failed(Failure::Message(message)),
-        Ok(Err(panic)) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_string());
-            Reply::Failed(Failure::Message(format!("the method panicked: {message}")))
-        }
+        Ok(Err(panic)) => Reply::Failed(Failure::Message(format!(
+            "the method panicked: {}",
+            crate::task::panic_message(&*panic)
+        ))),
         Err(e) => Reply::Failed(Failure::Message(format!("the call did not run: {e}"))),
     }
 }

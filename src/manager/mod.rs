@@ -576,8 +576,8 @@ impl Manager {
     /// ([`ManagerBuilder::register`]).
     ///
     /// # Errors
-    /// [`Error::Manager`] if the server does not serve `M`; [`Error::ManagerLost`] if the server
-    /// is gone.
+    /// [`Error::Manager`] if the server does not serve `M`, or `M`'s `Default` panicked there
+    /// (the message says so); [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves at most an unused object in the server.

@@ -225,7 +225,10 @@ impl State {
             },
             Initial::Barrier { parties } => Object::Barrier(BarrierState::new(parties)),
             Initial::User(name) => match self.types.get(&name) {
-                Some(make) => Object::User(Arc::new(tokio::sync::Mutex::new(make()))),
+                Some(&make) => match super::managed::make(make) {
+                    Ok(object) => Object::User(object),
+                    Err(f) => return Reply::Failed(f),
+                },
                 None => {
                     return Reply::message(format!(
                         "the manager serves no type {name:?} (register it on the builder)"
