@@ -40,6 +40,7 @@ fn main() {
         user_types_run_in_the_server,
         calls_queued_behind_a_hung_call_hold_up_no_other_object,
         a_type_whose_default_panics_fails_that_call_only,
+        a_value_whose_drop_panics_leaves_its_connection_serving,
         withdrawn_calls_give_back_what_they_took,
         a_withdrawn_condition_wait_leaves_the_lock_released,
         a_barrier_party_that_leaves_breaks_the_barrier,
@@ -876,16 +877,24 @@ async fn user_types_run_in_the_server() -> TestResult {
     Ok(())
 }
 
-/// A registered type whose `Default` panics (say, on a missing setting).
-struct Grumpy;
+/// A registered type that panics as it is made (`Panics<true>`: say, on a missing setting)
+/// or as it goes (`Panics<false>`).
+struct Panics<const AS_MADE: bool>;
 
-impl Default for Grumpy {
-    fn default() -> Grumpy {
-        panic!("no settings")
+impl<const AS_MADE: bool> Default for Panics<AS_MADE> {
+    fn default() -> Self {
+        assert!(!AS_MADE, "no settings");
+        Panics
     }
 }
 
-impl Managed for Grumpy {
+impl<const AS_MADE: bool> Drop for Panics<AS_MADE> {
+    fn drop(&mut self) {
+        assert!(AS_MADE, "broke as it went");
+    }
+}
+
+impl<const AS_MADE: bool> Managed for Panics<AS_MADE> {
     type Request = ();
     type Reply = ();
     fn call(&mut self, (): ()) {}
@@ -897,10 +906,13 @@ impl Managed for Grumpy {
 /// connection held, so a lock it held stayed held for good and its objects outlived their
 /// proxies.
 async fn a_type_whose_default_panics_fails_that_call_only() -> TestResult {
-    let m = Manager::builder().register::<Grumpy>().start().await?;
+    let m = Manager::builder()
+        .register::<Panics<true>>()
+        .start()
+        .await?;
     let (lock, d) = (m.rlock().await?, m.dict::<u8, u8>().await?);
     lock.lock().await?;
-    match m.managed::<Grumpy>().await {
+    match m.managed::<Panics<true>>().await {
         Err(Error::Manager(msg)) => ensure!(msg.contains("no settings"), "{msg}"),
         other => return Err(format!("a panicking Default gave {:?}", other.map(drop)).into()),
     }
@@ -908,6 +920,31 @@ async fn a_type_whose_default_panics_fails_that_call_only() -> TestResult {
     // The lock is still this task's, on the connection it was taken on.
     lock.release().await?;
     drop((lock, d));
+    ensure!(
+        m.object_count().await? == 0,
+        "objects outlived their proxies"
+    );
+    Ok(())
+}
+
+/// A user value whose `Drop` panics, let go with its last proxy, leaves the connection
+/// serving with what it holds, where the panic ended the connection's loop without letting
+/// go of it: a lock the connection held stayed held for good (an RLock's owner, whose
+/// calls went on a new connection, could no longer release it) and its objects outlived
+/// their proxies.
+async fn a_value_whose_drop_panics_leaves_its_connection_serving() -> TestResult {
+    let m = Manager::builder()
+        .register::<Panics<false>>()
+        .start()
+        .await?;
+    let lock = m.rlock().await?;
+    lock.lock().await?;
+    let b = m.managed::<Panics<false>>().await?;
+    b.call(()).await?;
+    drop(b);
+    // The lock is still this task's, on the connection it was taken on.
+    lock.release().await?;
+    drop(lock);
     ensure!(
         m.object_count().await? == 0,
         "objects outlived their proxies"

@@ -84,7 +84,7 @@ pub(super) type Maker = fn() -> Box<dyn Erased>;
 /// letting go of what the connection held).
 pub(super) fn make(make: Maker) -> std::result::Result<UserObject, Failure> {
     match catch_unwind(make) {
-        Ok(value) => Ok(Arc::new(tokio::sync::Mutex::new(value))),
+        Ok(value) => Ok(Arc::new(tokio::sync::Mutex::new(Value(Some(value))))),
         Err(panic) => Err(Failure::Message(format!(
             "making the value panicked: {}",
             crate::task::panic_message(&*panic)
@@ -101,13 +101,34 @@ pub(super) fn maker<M: Managed>() -> Box<dyn Erased> {
 /// pool once it has the value: calls queued behind a slow or hung call to one object take
 /// none of the threads that the calls to other objects need, and one withdrawn while it
 /// waits never runs.
-pub(super) type UserObject = Arc<tokio::sync::Mutex<Box<dyn Erased>>>;
+pub(super) type UserObject = Arc<tokio::sync::Mutex<Value>>;
+
+/// A user value as the server holds it. Its `Drop` runs where its last holder lets it go
+/// (the connection's loop, when its last proxy goes), and a panic there is caught, as one
+/// in its `call` is: it would otherwise end that loop without letting go of what the
+/// connection held.
+pub(super) struct Value(Option<Box<dyn Erased>>);
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        let value = self.0.take();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+            tracing::debug!(
+                "a user value's drop panicked: {}",
+                crate::task::panic_message(&*panic)
+            );
+        }
+    }
+}
 
 /// Runs one call on the server's blocking pool; a panic is this call's error.
 pub(super) async fn run(object: UserObject, request: Bytes) -> Reply {
     let mut value = object.lock_owned().await;
     let r = tokio::task::spawn_blocking(move || {
-        catch_unwind(AssertUnwindSafe(|| value.call(&request)))
+        catch_unwind(AssertUnwindSafe(|| match value.0.as_mut() {
+            Some(v) => v.call(&request),
+            None => Err("the value is gone".to_string()),
+        }))
     })
     .await;
     match r {
