@@ -159,6 +159,8 @@ enum Server {
     Task(tokio::task::JoinHandle<()>),
     /// A server someone else runs ([`Manager::connect`]).
     Elsewhere,
+    /// A server task of this process that [`Manager::serve_forever`] saw end.
+    Ended,
 }
 
 /// A server holding shared objects (Python's `multiprocessing.Manager()` and
@@ -651,8 +653,12 @@ impl Manager {
             Server::Process(p) => p.join().await.map(drop),
             Server::Task(t) => {
                 let _ = t.await;
+                // A finished task's handle must not be awaited again (by a later
+                // `serve_forever` or `shutdown`).
+                self.server = Server::Ended;
                 Ok(())
             }
+            Server::Ended => Ok(()),
             Server::Elsewhere => std::future::pending().await,
         }
     }
@@ -682,7 +688,7 @@ impl Manager {
                 t.abort();
                 let _ = t.await;
             }
-            Server::Elsewhere => {}
+            Server::Elsewhere | Server::Ended => {}
         }
         self.link.forget_rings();
         Ok(())
@@ -702,7 +708,7 @@ impl Drop for Manager {
                 }
             }
             Server::Task(t) => t.abort(),
-            Server::Elsewhere => {}
+            Server::Elsewhere | Server::Ended => {}
         }
     }
 }
@@ -915,3 +921,23 @@ impl<T> Sealed for JoinableQueueProxy<T> {
     }
 }
 impl<T> SharedProxy for JoinableQueueProxy<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_task_that_ended_can_be_waited_for_again_and_shut_down() {
+        let (ours, _theirs) = crate::sys::socketpair_seqpacket().unwrap();
+        let mut m = Manager {
+            server: Server::Task(tokio::spawn(async {})),
+            link: Link::new(Route::Registration(ours)),
+            address: None,
+            _socket_file: None,
+            ledger: None,
+        };
+        m.serve_forever().await.unwrap();
+        m.serve_forever().await.unwrap();
+        m.shutdown().await.unwrap();
+    }
+}
