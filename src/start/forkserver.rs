@@ -8,10 +8,10 @@
 //! The server is started from the launcher thread, and the parent talks to it from a thread
 //! of its own (see `launcher.rs`), with blocking I/O bounded by `poll` deadlines, so the
 //! server serves every runtime of the program alike and outlives any of them, and a server
-//! slow to answer holds up no `spawn` start. The server ends when the parent does: EOF on its control socket, and the
-//! parent-death signal. It ignores SIGINT, as CPython's does: a terminal's Ctrl-C goes to the
-//! whole process group, and what the program does about it is the program's business. Its
-//! children get back the disposition the server had before.
+//! slow to answer holds up no `spawn` start. The server ends when the parent does: EOF on
+//! its control socket, and the parent-death signal. It ignores SIGINT, as CPython's does: a
+//! terminal's Ctrl-C goes to the whole process group, and what the program does about it is
+//! the program's business. Its children get back the disposition the server had before.
 //!
 //! # The program is the parent of the server's children
 //!
