@@ -395,6 +395,26 @@ async fn shared_memory_bad_and_missing_names() -> TestResult {
         r => return Err(format!("a second create: {:?}", r.map(|s| s.size())).into()),
     }
     drop(first);
+    // A size no file can have: the error says which.
+    let too_large = usize::MAX;
+    for r in [
+        SharedMemory::create_anonymous(too_large),
+        SharedMemory::create(&unique("too-large"), too_large),
+    ] {
+        match r {
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                ensure!(
+                    e.to_string().contains(&too_large.to_string()),
+                    "the error gives no size: {e}"
+                );
+            }
+            r => {
+                return Err(
+                    format!("a segment of {too_large} bytes: {:?}", r.map(|s| s.size())).into(),
+                );
+            }
+        }
+    }
     Ok(())
 }
 

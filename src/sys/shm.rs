@@ -302,7 +302,12 @@ fn invalid(msg: &str) -> io::Error {
 }
 
 fn to_off(len: usize) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(len).map_err(|_| invalid("segment size too large"))
+    libc::off_t::try_from(len).map_err(|_| {
+        invalid(&format!(
+            "a segment of {len} bytes is larger than a file can be ({} bytes at most)",
+            libc::off_t::MAX
+        ))
+    })
 }
 
 /// The longest name a segment can have, after its leading `/`: a file name's longest on
