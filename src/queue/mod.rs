@@ -31,11 +31,13 @@
 //! and hands files of up to 2 MiB back through a second small socket pair; a producer
 //! writes its next large item into a handed-back file when one waits, so its pages are not
 //! allocated and freed again for every item (that allocation was most of the cost of 1 MiB
-//! items), and a consumer keeps its mapping of a few such files for when they come round
-//! again, so it maps and faults in their pages once. A producer never touches a file after
-//! sending it, and gets it back only once a consumer is done with it; a consumer reads a
-//! kept mapping only once its file has come back to it in a packet. The recycling socket's
-//! buffer is kept small, so only a few files wait there.
+//! items), copying it into a writable mapping of the file rather than with `pwrite` (which
+//! looks up and locks each page again). Producers and consumers alike keep their mappings of
+//! a few such files for when they come round again, so they map and fault in their pages
+//! once. A producer never touches a file (nor its mapping of it) after sending it, and gets
+//! it back only once a consumer is done with it; a consumer reads a kept mapping only once
+//! its file has come back to it in a packet. The recycling socket's buffer is kept small,
+//! so only a few files wait there.
 //!
 //! # Waiting, without polling
 //!
