@@ -179,7 +179,10 @@ const ANSWER_AFTER_EXIT: Duration = Duration::from_secs(5);
 /// which says nothing of the initializer: that start failed, and the next one may succeed.
 pub(super) fn died_in_setup(cfg: &Config, name: String, pid: u32, cause: ExitCause) -> Error {
     let message = format!("the worker died ({cause}) during its setup");
-    let from_outside = matches!(cause, ExitCause::Signal(9) | ExitCause::HostLost);
+    let from_outside = matches!(
+        cause,
+        ExitCause::Signal(crate::sys::SIGKILL) | ExitCause::HostLost
+    );
     if cfg.init.is_some() && !from_outside {
         Error::InitializerFailed { pid, message }
     } else {
