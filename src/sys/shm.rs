@@ -369,7 +369,7 @@ pub(crate) fn shm_create_unnamed(len: usize) -> Option<io::Result<SharedRegion>>
 pub(crate) fn shm_name_segment(segment: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let cname = shm_name(name)?;
-    let path = format!("{SHM_DIR}{}", cname.to_string_lossy());
+    let path = shm_path(&cname);
     let by_proc = format!("/proc/self/fd/{}", segment.as_raw_fd());
     let linked = nix::unistd::linkat(
         nix::fcntl::AT_FDCWD,
@@ -424,11 +424,8 @@ pub(crate) fn shm_remove_own(name: &str, ours: BorrowedFd<'_>) -> io::Result<boo
     let cname = shm_name(name)?;
     // By its path, not a descriptor: a process at its limit of open descriptors (or a
     // tracker holding many) removes its names all the same.
-    let named = match nix::sys::stat::stat(format!("{SHM_DIR}{}", cname.to_string_lossy()).as_str())
-    {
-        Ok(st) => st,
-        Err(nix::errno::Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(e.into()),
+    let Some(named) = shm_stat(&cname)? else {
+        return Ok(false);
     };
     let ours = nix::sys::stat::fstat(ours)?;
     if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
@@ -440,10 +437,20 @@ pub(crate) fn shm_remove_own(name: &str, ours: BorrowedFd<'_>) -> io::Result<boo
 
 /// Whether the name `name` is in `/dev/shm` (names a segment).
 pub(crate) fn shm_exists(name: &str) -> io::Result<bool> {
-    let cname = shm_name(name)?;
-    match nix::sys::stat::stat(format!("{SHM_DIR}{}", cname.to_string_lossy()).as_str()) {
-        Ok(_) => Ok(true),
-        Err(nix::errno::Errno::ENOENT) => Ok(false),
+    Ok(shm_stat(&shm_name(name)?)?.is_some())
+}
+
+/// The file in `/dev/shm` of the segment named `cname` (as [`shm_name`] gives it).
+fn shm_path(cname: &std::ffi::CStr) -> String {
+    format!("{SHM_DIR}{}", cname.to_string_lossy())
+}
+
+/// The status of the segment named `cname`, read by its path (no descriptor taken); `None`
+/// if there is none.
+fn shm_stat(cname: &std::ffi::CStr) -> io::Result<Option<nix::sys::stat::FileStat>> {
+    match nix::sys::stat::stat(shm_path(cname).as_str()) {
+        Ok(st) => Ok(Some(st)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
