@@ -41,6 +41,7 @@ fn main() {
         calls_queued_behind_a_hung_call_hold_up_no_other_object,
         a_type_whose_default_panics_fails_that_call_only,
         a_value_whose_drop_panics_leaves_its_connection_serving,
+        a_value_whose_drop_is_slow_holds_up_no_call,
         withdrawn_calls_give_back_what_they_took,
         a_withdrawn_condition_wait_leaves_the_lock_released,
         a_barrier_party_that_leaves_breaks_the_barrier,
@@ -949,6 +950,68 @@ async fn a_value_whose_drop_panics_leaves_its_connection_serving() -> TestResult
         m.object_count().await? == 0,
         "objects outlived their proxies"
     );
+    Ok(())
+}
+
+/// A registered type whose `Drop` waits (say, flushing to a slow disk): until it is given a
+/// gate, a file whose appearance lets it go, and then it writes a file beside the gate.
+#[derive(Default)]
+struct SlowDrop {
+    gate: Option<String>,
+}
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.gate {
+            while !std::path::Path::new(gate).exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = std::fs::write(format!("{gate}.dropped"), b"");
+        }
+    }
+}
+
+impl Managed for SlowDrop {
+    type Request = String;
+    type Reply = ();
+    fn call(&mut self, gate: String) {
+        self.gate = Some(gate);
+    }
+}
+
+/// A user value whose `Drop` is slow holds up no other call, on its connection or any
+/// other, and still runs: it ran under the lock every request takes, so that every client
+/// of the server waited for it.
+async fn a_value_whose_drop_is_slow_holds_up_no_call() -> TestResult {
+    let m = Manager::builder()
+        .register::<SlowDrop>()
+        .address("127.0.0.1:0")
+        .authkey(b"slow drop")
+        .start()
+        .await?;
+    let address = m.address().ok_or("no address")?.clone();
+    let d = m.dict::<String, u32>().await?;
+    let gate = support::temp_path("gate");
+    let dropped = std::path::PathBuf::from(format!("{gate}.dropped"));
+    let slow = m.managed::<SlowDrop>().await?;
+    slow.call(gate.to_string()).await?;
+    drop(slow);
+    let other = Manager::connect(address, b"slow drop").await?;
+    let calls = async {
+        d.insert("a".into(), 1).await?;
+        ensure!(d.get(&"a".into()).await? == Some(1), "the dict's value");
+        ensure!(other.object_count().await? == 1, "the dict alone lives");
+        TestResult::Ok(())
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(20), calls).await;
+    std::fs::write(&gate, b"")?;
+    answered.map_err(|_| "calls waited for a value's drop")??;
+    ensure!(
+        support::eventually(Duration::from_secs(20), || dropped.exists()).await,
+        "the value's drop never ran"
+    );
+    let _ = std::fs::remove_file(&dropped);
+    m.shutdown().await?;
     Ok(())
 }
 

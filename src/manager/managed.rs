@@ -26,7 +26,10 @@ use crate::error::Result;
 /// (Python's registered class): requests in, replies out, both serde values.
 ///
 /// The server makes each value with `Default`; a panic there fails only the
-/// [`Manager::managed`](crate::Manager::managed) call that asked for it.
+/// [`Manager::managed`](crate::Manager::managed) call that asked for it. A value ends when
+/// its last proxy anywhere goes; its `Drop` then runs on a thread of the server's blocking
+/// pool, so a slow one holds up no call, and a panic there is logged and goes no further.
+/// `shutdown` stops the server without running the `Drop` of the values left.
 ///
 /// # Examples
 ///
@@ -103,13 +106,26 @@ pub(super) fn maker<M: Managed>() -> Box<dyn Erased> {
 /// waits never runs.
 pub(super) type UserObject = Arc<tokio::sync::Mutex<Value>>;
 
-/// A user value as the server holds it. Its `Drop` runs where its last holder lets it go
-/// (the connection's loop, when its last proxy goes), and a panic there is caught, as one
-/// in its `call` is: it would otherwise end that loop without letting go of what the
-/// connection held.
+/// A user value as the server holds it. Its `Drop` runs on the server's blocking pool, not
+/// where its last holder lets it go (the server's state, under the lock every request takes,
+/// or a connection's loop): a slow or stuck `Drop` holds up no other call. A panic there is
+/// caught and logged, as one in its `call` is answered.
 pub(super) struct Value(Option<Box<dyn Erased>>);
 
 impl Drop for Value {
+    fn drop(&mut self) {
+        let value = Dropped(self.0.take());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // A runtime shutting down drops the closure unrun, which drops the value here.
+            runtime.spawn_blocking(move || drop(value));
+        }
+    }
+}
+
+/// A user value on its way out, whose `Drop` panicking is caught and logged.
+struct Dropped(Option<Box<dyn Erased>>);
+
+impl Drop for Dropped {
     fn drop(&mut self) {
         let value = self.0.take();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
