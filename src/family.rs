@@ -214,6 +214,15 @@ impl ActiveChild {
         Ok(sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGTERM)?)
     }
 
+    /// Sends SIGINT, as [`Process::interrupt`](crate::Process::interrupt). Pool workers and
+    /// manager servers ignore it (Ctrl-C is their owner's to decide).
+    ///
+    /// # Errors
+    /// As [`terminate`](Self::terminate).
+    pub fn interrupt(&self) -> Result<()> {
+        Ok(sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGINT)?)
+    }
+
     /// Sends SIGKILL, as [`Process::kill`](crate::Process::kill).
     ///
     /// # Errors

@@ -192,6 +192,18 @@ impl Process {
         self.child.signal(sys::SIGTERM)
     }
 
+    /// Sends SIGINT (Python 3.14's `interrupt()`, Ctrl-C for this child alone); does nothing
+    /// if the child has been joined. A child that keeps SIGINT's default action ends with
+    /// exit code -2, where Python's raises `KeyboardInterrupt` and exits with 1; one that
+    /// awaits `tokio::signal::ctrl_c()` (or handles SIGINT otherwise) decides what it means,
+    /// say, finishing its work and exiting 0.
+    ///
+    /// # Errors
+    /// An I/O error from the kernel.
+    pub fn interrupt(&self) -> Result<()> {
+        self.child.signal(sys::SIGINT)
+    }
+
     /// Sends SIGKILL (Python's `kill()`); does nothing if the child has been joined.
     ///
     /// # Errors

@@ -30,6 +30,7 @@ fn main() {
         async_target_runs_on_the_childs_runtime,
         terminate_gives_minus_sigterm,
         kill_gives_minus_sigkill,
+        interrupt_sends_sigint,
         join_timeout_leaves_a_running_child,
         a_process_is_joined_on_another_runtime,
         sentinel_becomes_readable_at_exit,
@@ -153,6 +154,62 @@ async fn terminate_gives_minus_sigterm() -> TestResult {
         p.terminate()?;
         ensure!(p.join().await? == -15, "{m:?}: exit code after SIGTERM");
         p.terminate()?; // a finished process: no error, as in Python
+    }
+    Ok(())
+}
+
+/// Exits 7 once SIGINT arrives, having said on `ready` that it listens for it: a child that
+/// winds down on Ctrl-C.
+async fn exit_7_on_sigint(ready: mp::Connection<u8>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+        std::process::exit(3);
+    };
+    if ready.send(&1).await.is_err() {
+        std::process::exit(4);
+    }
+    interrupts.recv().await;
+    std::process::exit(7);
+}
+
+/// Whether this process ignores SIGINT (`SigIgn` in /proc/self/status), as a job a
+/// non-interactive shell runs in the background does; its children inherit that.
+fn sigint_ignored() -> Result<bool, support::process::BoxError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .ok_or("no SigIgn line")?;
+    Ok(u64::from_str_radix(mask.trim(), 16)? & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+async fn interrupt_sends_sigint() -> TestResult {
+    // _TestProcess.test_interrupt (Python 3.14), where the child's KeyboardInterrupt
+    // exits 1: here SIGINT's default action ends it (-2), or its handler decides.
+    let ignored = sigint_ignored()?;
+    for m in METHODS {
+        let (ready, ready_child) = mp::Pipe::<u8>::new()?;
+        let mut p = Process::new(exit_7_on_sigint, (ready_child,))
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(ready.recv().await? == 1, "{m:?}: the child's word");
+        p.interrupt()?;
+        ensure!(p.join().await? == 7, "{m:?}: a child that handles SIGINT");
+        p.interrupt()?; // a finished process: no error, as terminate()
+        let mut p = support::process::start_sleeper(m).await?;
+        p.interrupt()?;
+        if ignored {
+            // Inherited as ignored, SIGINT leaves the child running.
+            ensure!(
+                p.join_timeout(Duration::from_millis(300)).await?.is_none(),
+                "{m:?}: a child that inherited SIGINT ignored ended"
+            );
+            p.kill()?;
+            p.join().await?;
+        } else {
+            ensure!(p.join().await? == -2, "{m:?}: exit code after SIGINT");
+        }
     }
     Ok(())
 }

@@ -69,7 +69,7 @@ pub(crate) use spill::{KeptViews, RECYCLE_MAX, SpillWriter, spill_file, write_at
 use std::io;
 
 /// Signal numbers the crate sends.
-pub(crate) use libc::{SIGKILL, SIGTERM};
+pub(crate) use libc::{SIGINT, SIGKILL, SIGTERM};
 
 /// Turns a `-1`-means-errno return value into an [`io::Result`].
 fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
