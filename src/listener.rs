@@ -214,7 +214,7 @@ impl Listener {
     ///
     /// # #[tokio::main]
     /// # async fn main() -> mp::Result<()> {
-    /// let l = mp::Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;
+    /// let l = mp::Listener::bind("127.0.0.1:0", Some(b"secret"))?;
     /// let mp::Address::Tcp(address) = l.address().clone() else { unreachable!() };
     /// let mut p = mp::Process::new(client, (address,)).start().await?;
     /// let conn: mp::Connection<String> = l.accept().await?;
@@ -454,7 +454,7 @@ impl Client {
     ///
     /// # #[tokio::main]
     /// # async fn main() -> mp::Result<()> {
-    /// # let l = mp::Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;
+    /// # let l = mp::Listener::bind("127.0.0.1:0", Some(b"secret"))?;
     /// # let mp::Address::Tcp(addr) = l.address().clone() else { unreachable!() };
     /// # tokio::spawn(async move {
     /// #     let conn: mp::Connection<String> = l.accept().await?;

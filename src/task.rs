@@ -353,9 +353,10 @@ where
 }
 
 /// What a pool's or a manager's initializer may return: what `main` may return (`()`, an
-/// [`ExitCode`], or a `Result` of one of these whose error implements `Debug`), read so that
-/// a failure's text reaches the caller, in [`Error::InitializerFailed`](crate::Error::InitializerFailed),
-/// rather than the initializer's stderr.
+/// [`ExitCode`], or a `Result` of one of these whose error implements `Debug`), read so
+/// that a failure's text reaches the caller, in
+/// [`Error::InitializerFailed`](crate::Error::InitializerFailed), rather than the
+/// initializer's stderr.
 ///
 /// Implement it for a [`Termination`] type of your own to return that from an initializer:
 /// [`failure`](Self::failure) says what went wrong, or `None`.

@@ -1,8 +1,9 @@
 //! Start methods: `fork` refused in a multi-threaded process and working from a
 //! single-threaded one, `get_start_method()` in a child naming the method that started it,
 //! the default inherited by children and grandchildren, `try_set_start_method` refusing a
-//! default already set or used, `get_all_start_methods()`, and parsing method names. Cases ported from CPython's `_test_multiprocessing.py`
-//! (`TestStartMethod`, `_TestProcess`) name the Python test they come from.
+//! default already set or used, `get_all_start_methods()`, and parsing method names. Cases
+//! ported from CPython's `_test_multiprocessing.py` (`TestStartMethod`, `_TestProcess`)
+//! name the Python test they come from.
 
 #[macro_use]
 mod support;

@@ -1425,10 +1425,11 @@ async fn producers_killed_mid_put_of_large_items_do_not_stall_or_shift_the_queue
 /// this process marking each item done, while a task of its own keeps filling the queue
 /// with small items: so a large item's marker often finds no room after its packet went
 /// out, and waits for it. Once the producers are gone and the rest is taken and done,
-/// nothing is left unfinished (but for the rare item below), so `join` returns. Before, a producer killed while its marker waited had counted its item
-/// as unfinished, and the producer that published the marker for it counted it again
-/// (and each look for room counted an item for a moment, which a producer killed then
-/// left behind): `join` waited for ever on an empty queue.
+/// nothing is left unfinished (but for the rare item below), so `join` returns. Before, a
+/// producer killed while its marker waited had counted its item as unfinished, and the
+/// producer that published the marker for it counted it again (and each look for room
+/// counted an item for a moment, which a producer killed then left behind): `join` waited
+/// for ever on an empty queue.
 async fn a_joinable_queue_outlives_producers_killed_mid_put() -> TestResult {
     const SLOTS: usize = 4;
     let jq = mp::JoinableQueue::<Vec<u8>>::with_maxsize(SLOTS)?;

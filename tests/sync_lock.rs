@@ -1,4 +1,5 @@
-//! `Lock` and `RLock` between real processes: exclusion, timeouts, re-entrancy and a holder's death.
+//! `Lock` and `RLock` between real processes: exclusion, timeouts, re-entrancy and a
+//! holder's death.
 //!
 //! Each test names the case of CPython's `Lib/test/_test_multiprocessing.py` it comes from,
 //! where there is one. Tests run one at a time (unless `--test-threads` says otherwise),

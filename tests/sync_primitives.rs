@@ -1,4 +1,5 @@
-//! All the synchronisation primitives together: as Pool arguments, bad arguments, and no descriptor left behind.
+//! All the synchronisation primitives together: as Pool arguments, bad arguments, and no
+//! descriptor left behind.
 //!
 //! Each test names the case of CPython's `Lib/test/_test_multiprocessing.py` it comes from,
 //! where there is one. Tests run one at a time (unless `--test-threads` says otherwise),

@@ -629,17 +629,18 @@ impl Cluster {
     }
 
     /// Ends every agent this handle's cluster launched and waits for them (Dask's
-    /// `cluster.close()`): each launched process is sent SIGTERM, with its descendants (an agent
-    /// under a wrapper such as `sh -c '... | tee log'`), and what is left of them a grace period of
-    /// 2 s later SIGKILL; batch jobs are cancelled (`scancel`), 16 at once. The joined agent of
-    /// each launched host is also told to exit, so that one a launch command started in the
-    /// background and left (`setsid -f`, `hq submit`, `docker run -d`) ends too; one that joins
-    /// afterwards is refused, until a [`scale`](Self::scale) launches its host again. The hosts'
-    /// workers end with their agents, so a pool on this cluster loses them: their started tasks
-    /// fail with a [`TaskError`](crate::TaskError) whose
-    /// [`is_worker_lost`](crate::TaskError::is_worker_lost) holds. Agents started by hand (from [`worker_command`](Self::worker_command)) are the
-    /// user's to end, unless they took the id of a launched host; they exit once the head is gone
-    /// for their head deadline. The head itself stops with its last handle.
+    /// `cluster.close()`): each launched process is sent SIGTERM, with its descendants (an
+    /// agent under a wrapper such as `sh -c '... | tee log'`), and what is left of them a
+    /// grace period of 2 s later SIGKILL; batch jobs are cancelled (`scancel`), 16 at once.
+    /// The joined agent of each launched host is also told to exit, so that one a launch
+    /// command started in the background and left (`setsid -f`, `hq submit`, `docker run
+    /// -d`) ends too; one that joins afterwards is refused, until a [`scale`](Self::scale)
+    /// launches its host again. The hosts' workers end with their agents, so a pool on this
+    /// cluster loses them: their started tasks fail with a [`TaskError`](crate::TaskError)
+    /// whose [`is_worker_lost`](crate::TaskError::is_worker_lost) holds. Agents started by
+    /// hand (from [`worker_command`](Self::worker_command)) are the user's to end, unless
+    /// they took the id of a launched host; they exit once the head is gone for their head
+    /// deadline. The head itself stops with its last handle.
     ///
     /// Dropping the last handle ends the agents too, without waiting.
     ///

@@ -9,8 +9,9 @@ use super::proto::{Bytes, DictOp, Reply, Request};
 use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
-/// A dict held by a [`Manager`](crate::Manager) (Python's `DictProxy`). Keys are equal when their encodings
-/// are; items keep their insertion order. Cloning a proxy refers to the same dict.
+/// A dict held by a [`Manager`](crate::Manager) (Python's `DictProxy`). Keys are equal when
+/// their encodings are; items keep their insertion order. Cloning a proxy refers to the
+/// same dict.
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.

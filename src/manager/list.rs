@@ -7,8 +7,9 @@ use super::proto::{ListOp, Reply, Request};
 use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
-/// A list held by a [`Manager`](crate::Manager) (Python's `ListProxy`). Indices follow Python's rules:
-/// negative ones count from the end. Cloning a proxy refers to the same list.
+/// A list held by a [`Manager`](crate::Manager) (Python's `ListProxy`). Indices follow
+/// Python's rules: negative ones count from the end. Cloning a proxy refers to the same
+/// list.
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.
@@ -80,8 +81,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l[index] = value`.
     ///
     /// # Errors
-    /// [`Error::Manager`](crate::Error::Manager) if `index` is out of range (Python's `IndexError`); as
-    /// [`append`](Self::append) otherwise.
+    /// [`Error::Manager`](crate::Error::Manager) if `index` is out of range (Python's
+    /// `IndexError`); as [`append`](Self::append) otherwise.
     ///
     /// # Cancel safety
     /// Cancel safe in this sense: a dropped call may or may not have been carried out by the

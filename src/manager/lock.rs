@@ -13,8 +13,8 @@
 //! When the connection of a holder closes (its process died, dropped every proxy of that
 //! manager, or dropped the runtime it took the lock on), the server releases the lock, and
 //! the next acquirer gets [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) with the
-//! holder's pid; the lock is free again and the acquire after that takes it. This is what the crate's [`Lock`](crate::Lock) does when its holder
-//! dies.
+//! holder's pid; the lock is free again and the acquire after that takes it. This is what
+//! the crate's [`Lock`](crate::Lock) does when its holder dies.
 
 use std::sync::Arc;
 

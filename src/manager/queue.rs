@@ -542,8 +542,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.put_with(item, Wait::For(timeout)).await
     }
 
-    /// Puts `item` if there is room now, else fails with [`Error::Full`](crate::Error::Full) (Python's
-    /// `put_nowait`). It asks the server, so it is async.
+    /// Puts `item` if there is room now, else fails with
+    /// [`Error::Full`](crate::Error::Full) (Python's `put_nowait`). It asks the server, so
+    /// it is async.
     ///
     /// # Errors
     /// As [`put`](Self::put), and [`Error::Full`](crate::Error::Full).
@@ -569,8 +570,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.get_with(Wait::Forever).await
     }
 
-    /// [`get`](Self::get), giving up after `timeout` with [`Error::Empty`](crate::Error::Empty) (Python's
-    /// `get(timeout=...)`). The time is kept by the server.
+    /// [`get`](Self::get), giving up after `timeout` with
+    /// [`Error::Empty`](crate::Error::Empty) (Python's `get(timeout=...)`). The time is
+    /// kept by the server.
     ///
     /// # Errors
     /// As [`get`](Self::get), and [`Error::Empty`](crate::Error::Empty).
@@ -581,8 +583,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.get_with(Wait::For(timeout)).await
     }
 
-    /// Removes and returns an item if one is there now, else fails with [`Error::Empty`](crate::Error::Empty)
-    /// (Python's `get_nowait`).
+    /// Removes and returns an item if one is there now, else fails with
+    /// [`Error::Empty`](crate::Error::Empty) (Python's `get_nowait`).
     ///
     /// # Errors
     /// As [`get`](Self::get), and [`Error::Empty`](crate::Error::Empty).

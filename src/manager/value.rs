@@ -7,7 +7,8 @@ use super::proto::{Reply, Request, ValueOp};
 use super::{Handle, decode, encode, unexpected};
 use crate::error::Result;
 
-/// A value held by a [`Manager`](crate::Manager) (Python's `ValueProxy`, from `manager.Value(...)`).
+/// A value held by a [`Manager`](crate::Manager) (Python's `ValueProxy`, from
+/// `manager.Value(...)`).
 ///
 /// Every method is cancel safe in this sense: a dropped call may or may not have been carried
 /// out by the server, and the proxy stays usable.

@@ -147,11 +147,13 @@ impl PoolBuilder {
     }
 
     /// Kills (and replaces) a worker whose task runs longer than `timeout`; that task fails
-    /// with a [`TaskError`](crate::TaskError) for which [`is_timeout`](crate::TaskError::is_timeout) holds. The clock starts when the pool learns that the worker started the
-    /// task (the answer before it came, or the worker marked it), so a task is never
-    /// blamed for the time of another. For a map, it bounds each chunk.
-    /// [`Pool::apply_timeout`] sets one per call. Other `async fn` tasks running on the
-    /// killed worker fail as their worker lost, as with [`AsyncResult::cancel`](crate::AsyncResult::cancel).
+    /// with a [`TaskError`](crate::TaskError) for which
+    /// [`is_timeout`](crate::TaskError::is_timeout) holds. The clock starts when the pool
+    /// learns that the worker started the task (the answer before it came, or the worker
+    /// marked it), so a task is never blamed for the time of another. For a map, it bounds
+    /// each chunk. [`Pool::apply_timeout`] sets one per call. Other `async fn` tasks
+    /// running on the killed worker fail as their worker lost, as with
+    /// [`AsyncResult::cancel`](crate::AsyncResult::cancel).
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self

@@ -216,9 +216,10 @@ fn checked_job(
 /// ([`is_panic`](TaskError::is_panic)), for that task only.
 ///
 /// `Pool` is a cheap handle: clones share the pool (hand one to each task of a service, as
-/// with an `Arc`). Dropping the last handle terminates the pool (Python's
-/// `with Pool() as p:`): its workers are killed and reaped, tasks still pending fail ([`TaskError::is_pool_closed`]). To let queued tasks
-/// finish, [`close`](Self::close) and [`join`](Self::join) it first.
+/// with an `Arc`). Dropping the last handle terminates the pool (Python's `with Pool() as
+/// p:`): its workers are killed and reaped, tasks still pending fail
+/// ([`TaskError::is_pool_closed`]). To let queued tasks finish, [`close`](Self::close) and
+/// [`join`](Self::join) it first.
 ///
 /// The pool's task runs on the runtime that built it, which must be driven for the pool to
 /// serve. When that runtime ends (a `#[tokio::test]`'s, or one made for a few calls), the

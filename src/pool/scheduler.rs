@@ -198,7 +198,8 @@ struct Running {
     cancel_sent: bool,
 }
 
-/// Worker starts in progress when the scheduler begins, from [`PoolBuilder::build`](super::PoolBuilder::build).
+/// Worker starts in progress when the scheduler begins, from
+/// [`PoolBuilder::build`](super::PoolBuilder::build).
 pub(super) struct Starts {
     /// Starts still running, to be reported on the events channel.
     pub(super) pending: usize,

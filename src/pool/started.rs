@@ -2,14 +2,14 @@
 //!
 //! A worker holds back answers to short tasks to send many in one write, so the answers the
 //! pool has received do not tell it which tasks the worker has started. When a worker dies,
-//! the pool must know: a task the worker may have started is never sent again (it fails with
-//! [`TaskError::is_worker_lost`](crate::TaskError::is_worker_lost)), and only one it provably never started
-//! is sent to another worker. So each worker shares one word of memory with the pool (a
-//! memfd, mapped by both), and writes into it the id of each synchronous task just before
-//! the task starts. It costs one store per task and no system call. Once the worker is dead,
-//! the pool reads the last id written: the worker runs its synchronous tasks in the order
-//! they were sent, so every task sent up to that one may have started, and every task sent
-//! after it never did.
+//! the pool must know: a task the worker may have started is never sent again (it fails
+//! with [`TaskError::is_worker_lost`](crate::TaskError::is_worker_lost)), and only one it
+//! provably never started is sent to another worker. So each worker shares one word of
+//! memory with the pool (a memfd, mapped by both), and writes into it the id of each
+//! synchronous task just before the task starts. It costs one store per task and no system
+//! call. Once the worker is dead, the pool reads the last id written: the worker runs its
+//! synchronous tasks in the order they were sent, so every task sent up to that one may
+//! have started, and every task sent after it never did.
 //!
 //! A second word counts the cancels the pool has sent the worker. A worker that ran a task
 //! outside its runtime has not had its reactor look at its socket since: before it starts

@@ -41,16 +41,17 @@
 //!
 //! # Waiting, without polling
 //!
-//! A consumer that finds the ring empty registers as a waiter in the ring's header and awaits
-//! an eventfd on tokio's reactor; a producer that publishes while someone waits writes that
-//! eventfd once per look the waiters took (a count of looks and the count last woken for
-//! keep it to one write per wake-up, so a busy producer makes no system calls, and a
-//! producer killed between the two leaves no waiter asleep). Producers waiting for room in a full ring do the same with a second eventfd. The
-//! waiter count and the item are ordered by sequentially consistent atomics (each side
-//! writes its own, then reads the other's), so no wake-up is lost. No thread is parked and
-//! nothing is polled on a timer. A `put` or `get` that needs no wait still spends a unit of
-//! its task's budget with tokio's scheduler, as tokio's channels do, so a task that loops on
-//! a queue that never runs dry yields now and then to the other tasks of its worker.
+//! A consumer that finds the ring empty registers as a waiter in the ring's header and
+//! awaits an eventfd on tokio's reactor; a producer that publishes while someone waits
+//! writes that eventfd once per look the waiters took (a count of looks and the count last
+//! woken for keep it to one write per wake-up, so a busy producer makes no system calls,
+//! and a producer killed between the two leaves no waiter asleep). Producers waiting for
+//! room in a full ring do the same with a second eventfd. The waiter count and the item are
+//! ordered by sequentially consistent atomics (each side writes its own, then reads the
+//! other's), so no wake-up is lost. No thread is parked and nothing is polled on a timer. A
+//! `put` or `get` that needs no wait still spends a unit of its task's budget with tokio's
+//! scheduler, as tokio's channels do, so a task that loops on a queue that never runs dry
+//! yields now and then to the other tasks of its worker.
 //!
 //! # No feeder thread
 //!

@@ -42,8 +42,9 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         super::registry::forget_inherited();
         // The runtime the child runs (an async target's, a pool worker's) is built before
         // the parent's descriptors are closed, because tokio's I/O driver clones a
-        // process-wide signal pipe; the descriptors the new runtime opened are kept. (Signals themselves are not delivered
-        // to that runtime: the pipe's sending end was the parent's.)
+        // process-wide signal pipe; the descriptors the new runtime opened are kept.
+        // (Signals themselves are not delivered to that runtime: the pipe's sending end was
+        // the parent's.)
         let runtime = match launch.needs_runtime {
             false => None,
             true => {

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 #[non_exhaustive]
 pub enum StartMethod {
     /// Re-execute this program (`/proc/self/exe`); the child runs `main` up to
-    /// [`init`](crate::init), which runs the target. Safe whatever threads the parent has. The default.
+    /// [`init`](crate::init), which runs the target. Safe whatever threads the parent has.
+    /// The default.
     #[default]
     Spawn,
     /// Ask a fork server to fork a child: the server is this program re-executed once, which

@@ -1,12 +1,12 @@
 //! Start methods and the child bootstrap behind [`init`].
 //!
-//! Every child runs the same executable. `spawn` re-executes it with an environment variable
-//! naming an inherited socket; before `main`, the executable's constructor (and [`init`], its
-//! fallback) finds the variable, reads the bootstrap frame from the socket (handshake, target,
-//! arguments), runs the target and exits. `forkserver` re-executes once into a server that forks children on request;
-//! `fork` forks the caller. The parent races every wait on a child's bootstrap against the
-//! child's pidfd and a deadline, so a child that dies or never reaches `init()` fails the start
-//! instead of hanging it.
+//! Every child runs the same executable. `spawn` re-executes it with an environment
+//! variable naming an inherited socket; before `main`, the executable's constructor (and
+//! [`init`], its fallback) finds the variable, reads the bootstrap frame from the socket
+//! (handshake, target, arguments), runs the target and exits. `forkserver` re-executes once
+//! into a server that forks children on request; `fork` forks the caller. The parent races
+//! every wait on a child's bootstrap against the child's pidfd and a deadline, so a child
+//! that dies or never reaches `init()` fails the start instead of hanging it.
 //!
 //! # Layout
 //!
@@ -99,7 +99,8 @@ pub fn init() {
 
 /// The child's role taken before `main`, from the executable's constructor
 /// (`sys::constructor`): a process started as a child, as a segment tracker, or launched as
-/// a cluster's host agent, runs its role here and exits. Any other process returns at once, untouched.
+/// a cluster's host agent, runs its role here and exits. Any other process returns at once,
+/// untouched.
 pub(crate) fn before_main() {
     if std::env::var_os(ENV_BOOT).is_none()
         && !tracker::launched_as_tracker()

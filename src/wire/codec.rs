@@ -126,7 +126,8 @@ impl Encoded {
 
     /// Encodes `value`, known to be large, into a buffer of exactly its size whose memory
     /// the kernel is asked to back with huge pages: a first pass counts the bytes (writing
-    /// none; descriptors it duplicates are closed again), so the buffer never grows, and it faults in 2 MiB at a time rather than 4 KiB.
+    /// none; descriptors it duplicates are closed again), so the buffer never grows, and it
+    /// faults in 2 MiB at a time rather than 4 KiB.
     pub(crate) fn large<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         let (len, _) = measure(value)?;
         let mut e = Encoded {
