@@ -143,12 +143,15 @@ impl ToAddress for str {
         if let Ok(a) = self.parse::<SocketAddr>() {
             return Ok(Address::Tcp(a));
         }
-        resolve(self, || {
-            format!(
-                "{self:?} is neither a socket path nor a host:port that resolves (a string is \
-                 a socket path when it holds a '/': write one in the current directory as \
-                 \"./{self}\")"
-            )
+        let host_port = self
+            .rsplit_once(':')
+            .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        resolve(self, |failure| match host_port {
+            Some((host, _)) => format!("{self:?}: cannot resolve the host {host:?}{failure}"),
+            None => format!(
+                "{self:?} is neither a socket path nor a host:port (a string is a socket path \
+                 when it holds a '/': write one in the current directory as \"./{self}\")"
+            ),
         })
     }
 }
@@ -167,9 +170,9 @@ impl<A: ToAddress + ?Sized> ToAddress for &A {
 
 impl ToAddress for (&str, u16) {
     fn to_address(&self) -> Result<Address> {
-        resolve(self, || {
+        resolve(self, |failure| {
             format!(
-                "({:?}, {}) is not a host and port that resolves",
+                "({:?}, {}): cannot resolve the host{failure}",
                 self.0, self.1
             )
         })
@@ -182,9 +185,6 @@ impl ToAddress for (String, u16) {
     }
 }
 
-/// The TCP address `host` resolves to: its first IPv4 address, as Python's
-/// `multiprocessing.connection` takes (its sockets for `(host, port)` are `AF_INET`), else
-/// its first; `InvalidArgument` with `why()` if none.
 /// The name of an abstract Unix socket address (the bytes after its leading NUL), `None`
 /// for a path in the file system.
 pub(crate) fn abstract_name(path: &Path) -> Option<&[u8]> {
@@ -216,17 +216,21 @@ pub(crate) fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::Unix
     }
 }
 
-fn resolve(host: impl ToSocketAddrs, why: impl FnOnce() -> String) -> Result<Address> {
-    let all: Vec<SocketAddr> = host
-        .to_socket_addrs()
-        .map(Iterator::collect)
-        .unwrap_or_default();
+/// The TCP address `host` resolves to: its first IPv4 address, as Python's
+/// `multiprocessing.connection` takes (its sockets for `(host, port)` are `AF_INET`), else
+/// its first; `InvalidArgument` with `why(failure)` if none, where `failure` is the
+/// resolver's own words after a colon (`": Name or service not known"`).
+fn resolve(host: impl ToSocketAddrs, why: impl FnOnce(String) -> String) -> Result<Address> {
+    let all: Vec<SocketAddr> = match host.to_socket_addrs() {
+        Ok(all) => all.collect(),
+        Err(e) => return Err(Error::InvalidArgument(why(format!(": {e}")))),
+    };
     all.iter()
         .find(|a| a.is_ipv4())
         .or(all.first())
         .copied()
         .map(Address::Tcp)
-        .ok_or_else(|| Error::InvalidArgument(why()))
+        .ok_or_else(|| Error::InvalidArgument(why(": it has no address".into())))
 }
 
 #[cfg(test)]
@@ -253,6 +257,32 @@ mod tests {
             "no port here".to_address(),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// A `host:port` whose host does not resolve (a typo in a name) is told as that, with
+    /// the resolver's words; before, it was told "neither a socket path nor a host:port" and
+    /// advised to write `"./host:port"`, a socket path. (A NUL byte fails the lookup before
+    /// any query leaves the machine.)
+    #[test]
+    fn an_unresolvable_host_is_named_as_a_host() {
+        let e = "no\0such:5000"
+            .to_address()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot resolve the host \"no\\0such\": "), "{e}");
+        assert!(!e.contains("./"), "{e}");
+        let e = ("no\0such", 5000)
+            .to_address()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot resolve the host: "), "{e}");
+        let e = "app.sock".to_address().map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.contains("write one in the current directory as \"./app.sock\""),
+            "{e}"
+        );
     }
 
     /// An address printed and read back is the same address: before, an abstract one
