@@ -319,6 +319,41 @@ async fn wait_leaves_the_result_in_the_handle() -> TestResult {
     Ok(())
 }
 
+/// In a child whose stderr is the file at `path`: a pool with `print_panics(print)` runs a
+/// task that panics; the panic comes back as the task's error either way.
+async fn panic_in_a_pool_with_stderr_at(path: String, print: bool) -> Result<(), String> {
+    let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    nix::unistd::dup2_stderr(&file).map_err(|e| e.to_string())?;
+    let pool = Pool::builder()
+        .processes(1)
+        .print_panics(print)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    match pool.apply(boom, (3,)).await {
+        Err(e) if e.panic_message() == Some("boom at 3") => {}
+        other => return Err(format!("boom(3): {other:?}")),
+    }
+    pool.terminate().await.map_err(|e| e.to_string())
+}
+
+/// `PoolBuilder::print_panics`: a task's panic is printed on the worker's stderr only when
+/// asked (by default it travels in the error alone, so a progress bar stays whole).
+async fn print_panics_prints_a_task_panic_on_the_worker_stderr_only_when_asked() -> TestResult {
+    for print in [false, true] {
+        let path = temp_path("stderr");
+        let mut p =
+            support::start(panic_in_a_pool_with_stderr_at, (path.to_string(), print)).await?;
+        support::join_ok(&mut p).await?;
+        let stderr = std::fs::read_to_string(&*path)?;
+        ensure!(
+            stderr.contains("boom at 3") == print,
+            "print_panics({print}): the worker's stderr was {stderr:?}"
+        );
+    }
+    Ok(())
+}
+
 // test_traceback / test_wrapped_exception: a panic fails that task only, with its message.
 async fn panic_fails_that_task_only() -> TestResult {
     let pool = Pool::new(2).await?;
@@ -1308,6 +1343,7 @@ fn main() {
         get_timeout_leaves_task_running,
         wait_leaves_the_result_in_the_handle,
         panic_fails_that_task_only,
+        print_panics_prints_a_task_panic_on_the_worker_stderr_only_when_asked,
         large_arguments_and_results,
         large_values_cross_off_the_runtime_thread,
         unencodable_result,
