@@ -638,6 +638,37 @@ async fn an_unbounded_queue_is_full_at_its_capacity() -> TestResult {
     Ok(())
 }
 
+/// A `maxsize` above `Queue::MAX_MAXSIZE` is refused with both numbers, for a queue and a
+/// joinable queue, while a manager's queue takes it (its server keeps the items, as
+/// Python's does); a `maxsize` of 0 is unbounded, as in Python.
+async fn a_maxsize_above_the_most_is_an_invalid_argument() -> TestResult {
+    let over = mp::Queue::<u8>::MAX_MAXSIZE + 1;
+    let said = |r: mp::Result<()>| match r {
+        Err(mp::Error::InvalidArgument(m)) => {
+            m.contains(&over.to_string()) && m.contains(&(over - 1).to_string())
+        }
+        _ => false,
+    };
+    ensure!(said(mp::Queue::<u8>::with_maxsize(over).map(drop)), "Queue");
+    ensure!(
+        said(mp::JoinableQueue::<u8>::with_maxsize(over).map(drop)),
+        "JoinableQueue"
+    );
+    let m = mp::Manager::start().await?;
+    let mq = m.queue_with_maxsize::<u8>(over).await?;
+    mq.put(7).await?;
+    ensure!(mq.get().await? == 7, "a manager's queue of maxsize {over}");
+    let q = mp::Queue::<u8>::with_maxsize(0)?;
+    ensure!(q.maxsize() == 0, "maxsize {}", q.maxsize());
+    for n in 0..mp::Queue::<u8>::UNBOUNDED_CAPACITY {
+        ensure!(
+            q.put_nowait(1).is_ok(),
+            "with_maxsize(0) full after {n} items"
+        );
+    }
+    Ok(())
+}
+
 /// `_TestQueue.test_put` / `test_get`: FIFO order, qsize, empty, full, and the non-blocking
 /// and timed forms raising `Full` / `Empty`.
 async fn put_get_bounded() -> TestResult {
@@ -1574,6 +1605,10 @@ fn main() {
     args.test_threads.get_or_insert(1);
     let trials = vec![
         test("put_get_bounded", put_get_bounded),
+        test(
+            "a_maxsize_above_the_most_is_an_invalid_argument",
+            a_maxsize_above_the_most_is_an_invalid_argument,
+        ),
         support::test_current_thread(
             "a_loop_of_puts_and_gets_lets_other_tasks_run",
             a_loop_of_puts_and_gets_lets_other_tasks_run,

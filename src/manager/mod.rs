@@ -394,7 +394,11 @@ impl Manager {
     }
 
     /// A new queue of at most `maxsize` items, 0 for no bound (Python's
-    /// `manager.Queue(maxsize)`).
+    /// `manager.Queue(maxsize)`). The process that started the manager, and those it
+    /// passes the proxy to, put and get through a shared-memory ring, as a
+    /// [`Queue`](crate::Queue)'s; a `maxsize` above
+    /// [`Queue::MAX_MAXSIZE`](crate::Queue::MAX_MAXSIZE) keeps the items in the server,
+    /// every call a round trip to it.
     ///
     /// # Errors
     /// [`Error::ManagerLost`] if the server is gone.
