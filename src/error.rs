@@ -18,9 +18,15 @@ pub enum ExitCause {
     /// The process was killed by this signal (Python reports it as exit code `-signal`).
     Signal(i32),
     /// The process ran on another host of a [`Cluster`](crate::Cluster) that stopped
-    /// answering (frozen, unplugged, its agent gone): whether the process still runs there
-    /// is unknown, and nothing it sends is taken any more.
+    /// answering (frozen, unplugged) for the cluster's
+    /// [`heartbeat_deadline`](crate::ClusterBuilder::heartbeat_deadline): whether the process
+    /// still runs there is unknown, and nothing it sends is taken any more.
     HostLost,
+    /// The process ran on another host of a [`Cluster`](crate::Cluster) whose agent's
+    /// connection to the head closed (the agent killed or crashed, its machine rebooted):
+    /// the agent's workers end with it, but how this one ended was not reported, and
+    /// nothing it sends is taken any more.
+    HostDisconnected,
 }
 
 impl ExitCause {
@@ -43,6 +49,7 @@ impl fmt::Display for ExitCause {
                 None => write!(f, "signal {s}"),
             },
             ExitCause::HostLost => f.write_str("its host stopped answering"),
+            ExitCause::HostDisconnected => f.write_str("its host's connection closed"),
         }
     }
 }

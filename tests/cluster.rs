@@ -35,6 +35,7 @@ fn main() {
         remote_worker_killed_mid_task,
         frozen_host_is_declared_lost_and_the_other_serves_on,
         host_whose_cable_is_pulled_is_lost_and_its_agent_exits,
+        a_killed_agent_fails_its_tasks_saying_its_connection_closed,
         a_worker_link_gone_dead_fails_its_task_while_its_agent_answers,
         killing_the_head_leaves_no_process_on_the_hosts,
         wrong_key_garbage_and_silence_are_refused_without_harm,
@@ -217,12 +218,13 @@ async fn remote_worker_killed_mid_task() -> TestResult {
 }
 
 /// Runs one long task on each of two hosts' single workers, then `lose` host 0; checks
-/// that its task fails as lost with its host named, the other host's task succeeds and the
-/// pool serves on with the other host.
+/// that its task fails as lost by `cause` with its host named, the other host's task
+/// succeeds and the pool serves on with the other host.
 async fn lose_a_host(
     net: &Net,
     tune: impl FnOnce(mp::ClusterBuilder) -> mp::ClusterBuilder,
     lose: impl FnOnce(&Net) -> Result<(), BoxError>,
+    cause: ExitCause,
 ) -> Result<(), BoxError> {
     let cluster = cluster_on(net, 2, 1, tune).await?;
     let pool = Pool::builder()
@@ -247,7 +249,8 @@ async fn lose_a_host(
     lose(net)?;
     let err = lost.await.err().ok_or("the lost host's task succeeded")?;
     ensure!(err.is_worker_lost(), "{err}");
-    ensure!(err.exit_cause() == Some(ExitCause::HostLost), "{err}");
+    ensure!(err.exit_cause() == Some(cause), "{err}");
+    ensure!(err.to_string().contains(&cause.to_string()), "{err}");
     ensure!(
         err.worker_host().is_some_and(|h| h.contains("10.77.1.2")),
         "the error does not name the host: {err}"
@@ -275,6 +278,7 @@ async fn frozen_host_is_declared_lost_and_the_other_serves_on() -> TestResult {
             net.signal_host(0, Signal::SIGSTOP);
             Ok(())
         },
+        ExitCause::HostLost,
     )
     .await?;
     // Thawed, the host finds its agent's connection closed: it ends, with its workers; the
@@ -299,6 +303,7 @@ async fn host_whose_cable_is_pulled_is_lost_and_its_agent_exits() -> TestResult 
                 .head_deadline(Duration::from_millis(1500))
         },
         |net| Ok(net.cut(0)?),
+        ExitCause::HostLost,
     )
     .await?;
     // Cut off, the agent hears nothing from the head past its deadline: it kills its
@@ -309,6 +314,48 @@ async fn host_whose_cable_is_pulled_is_lost_and_its_agent_exits() -> TestResult 
         net.pids(0)
     );
     Ok(())
+}
+
+/// The agent of a host is killed (SIGKILL) while its worker runs a task: its connection
+/// closes at once, so the task fails saying so, not that its host stopped answering (as it
+/// did before), long before the heartbeat deadline would have declared the host silent.
+async fn a_killed_agent_fails_its_tasks_saying_its_connection_closed() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    lose_a_host(
+        &net,
+        |b| b.heartbeat_deadline(Duration::from_secs(3600)),
+        |net| {
+            let agent = agent_in(net, 0)?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), Signal::SIGKILL)?;
+            Ok(())
+        },
+        ExitCause::HostDisconnected,
+    )
+    .await?;
+    ensure!(
+        eventually(Duration::from_secs(20), || net.pids(0).is_empty()).await,
+        "processes left on the host whose agent was killed: {:?}",
+        net.pids(0)
+    );
+    Ok(())
+}
+
+/// The pid of the host agent in host `i`.
+fn agent_in(net: &Net, i: usize) -> Result<u32, BoxError> {
+    let agents: Vec<u32> = net
+        .pids(i)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(mp::cluster::AGENT_FLAG))
+        })
+        .collect();
+    match agents[..] {
+        [agent] => Ok(agent),
+        _ => Err(format!("agents in host {i}: {agents:?}").into()),
+    }
 }
 
 /// The packets of a worker's link are dropped, both ways, while its agent's connection

@@ -11,7 +11,7 @@ use super::MAX_WORKERS_PER_HOST;
 use super::builder::ClusterBuilder;
 use super::key;
 use super::proto::ToAgent;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitCause, Result};
 use crate::launch::{AgentSpec, Launched, Launcher, shell_word};
 use crate::wire::Framed;
 
@@ -275,18 +275,22 @@ pub(super) struct WorkerEntry {
 /// How a remote worker ended.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RemoteExit {
-    /// Its exit code (Python's convention), or `None` when its host was lost.
-    pub(crate) code: Option<i32>,
+    /// Its exit code (Python's convention), or how its host was lost
+    /// ([`ExitCause::HostLost`] or [`ExitCause::HostDisconnected`]).
+    pub(crate) code: std::result::Result<i32, ExitCause>,
     /// The last task its started mark showed, once it was dead (0: none, or unknown when
     /// its host was lost).
     pub(crate) last_started: u64,
 }
 
 impl RemoteExit {
-    pub(super) const LOST: RemoteExit = RemoteExit {
-        code: None,
-        last_started: 0,
-    };
+    /// The end of a worker whose host was lost by `how`.
+    pub(super) fn lost(how: ExitCause) -> RemoteExit {
+        RemoteExit {
+            code: Err(how),
+            last_started: 0,
+        }
+    }
 }
 
 /// A remote worker started and linked, for the pool to set up.
@@ -422,14 +426,16 @@ impl Table {
             .fold(0, |room, a| room.saturating_add(a.capacity))
     }
 
-    /// Removes an agent that left or was lost: each of its workers ends as lost.
-    pub(super) fn remove_agent(&self, agent: u64) {
+    /// Removes an agent that left or was lost: each of its workers ends as lost by `how`
+    /// ([`ExitCause::HostLost`]: silent; [`ExitCause::HostDisconnected`]: its connection
+    /// closed).
+    pub(super) fn remove_agent(&self, agent: u64, how: ExitCause) {
         let Some(a) = self.lock().agents.remove(&agent) else {
             return;
         };
         for (_, w) in a.workers {
             if let Some(tx) = w.exit {
-                let _ = tx.send(RemoteExit::LOST);
+                let _ = tx.send(RemoteExit::lost(how));
             }
             if let Some(tx) = w.spawned {
                 let _ = tx.send(Err(format!("host {} was lost", a.host)));

@@ -30,10 +30,12 @@
 //!
 //! The head pings each agent; an agent that answers nothing for the cluster's
 //! [`heartbeat_deadline`](ClusterBuilder::heartbeat_deadline) (default 10 s) is declared
-//! lost: its workers' tasks fail ([`ExitCause::HostLost`](crate::ExitCause::HostLost)) and
-//! whatever it sends later is dropped. An agent that hears nothing from the head for the
-//! [`head_deadline`](ClusterBuilder::head_deadline) (default 60 s), or sees its connection
-//! closed, kills its workers and exits; workers also end when their own link closes. A
+//! lost: its workers' tasks fail ([`ExitCause::HostLost`](crate::ExitCause::HostLost), "its
+//! host stopped answering") and whatever it sends later is dropped. An agent whose
+//! connection closes (killed, say) is lost at once, its workers' tasks failing saying so
+//! ([`ExitCause::HostDisconnected`](crate::ExitCause::HostDisconnected)). An agent that
+//! hears nothing from the head for the [`head_deadline`](ClusterBuilder::head_deadline)
+//! (default 60 s), or sees its connection closed, kills its workers and exits; workers also end when their own link closes. A
 //! worker's link that goes dead while its agent answers (its packets lost on the way) fails
 //! on the head's side once silent for the heartbeat deadline (TCP keep-alive probes and
 //! `TCP_USER_TIMEOUT`), and on the worker's once silent for the head deadline: the head

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc::unbounded_channel, watch};
 use super::MAX_WORKERS_PER_HOST;
 use super::head::{RemoteExit, Table};
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitCause, Result};
 use crate::sys;
 use crate::wire::{AcceptRetry, FrameBuf, Framed, HandshakeGate, Transport, Vouch};
 
@@ -251,12 +251,7 @@ async fn agent_session(
                 let mut frame =
                     match tokio::time::timeout(table.heartbeat_deadline, link.recv()).await {
                         Ok(r) => r?,
-                        Err(_) => {
-                            return Err(Error::Protocol(format!(
-                                "host {host} answered nothing for {:?}: it is lost",
-                                table.heartbeat_deadline
-                            )));
-                        }
+                        Err(_) => return Err(Error::Timeout),
                     };
                 on_report(table, agent, frame.decode_head::<FromAgent>()?);
             }
@@ -267,19 +262,27 @@ async fn agent_session(
         }
     }
     .await;
-    table.remove_agent(agent);
+    // A silent host is lost by the heartbeat; any other end closed its connection (the
+    // agent's, or the head's own on a frame it could not read).
+    let how = match outcome {
+        Err(Error::Timeout) => ExitCause::HostLost,
+        _ => ExitCause::HostDisconnected,
+    };
+    table.remove_agent(agent, how);
     // What the host sends from now on is not read: the link closes.
     let _ = sys::shutdown_socket(link.as_fd(), true, true);
     match outcome {
         Err(Error::Closed) | Ok(()) => {
             tracing::warn!(%host, "cluster: host agent left; its workers are lost");
-            Ok(())
         }
-        Err(e) => {
-            tracing::warn!(%host, "cluster: host lost: {e}");
-            Ok(())
-        }
+        Err(Error::Timeout) => tracing::warn!(
+            %host,
+            "cluster: host lost: it answered nothing for {:?}",
+            table.heartbeat_deadline
+        ),
+        Err(e) => tracing::warn!(%host, "cluster: host lost: {e}"),
     }
+    Ok(())
 }
 
 /// Takes in one report of agent `agent`.
@@ -320,7 +323,7 @@ fn on_report(table: &Table, agent: u64, report: FromAgent) {
                 tracing::debug!(host = %a.host, pid = ?w.pid, code, "cluster: worker exited");
                 if let Some(tx) = w.exit.take() {
                     let _ = tx.send(RemoteExit {
-                        code: Some(code),
+                        code: Ok(code),
                         last_started,
                     });
                 }

@@ -127,7 +127,7 @@ pub(super) async fn read_worker(
                     biased;
                     r = rd.recv() => r,
                     ended = life.join() => {
-                        if matches!(ended, Ended::HostLost) {
+                        if matches!(ended, Ended::HostLost(_)) {
                             exited(ended.cause(), None);
                             return;
                         }

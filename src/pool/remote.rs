@@ -42,8 +42,9 @@ pub(super) enum Life {
 pub(super) enum Ended {
     /// It exited with this code (Python's convention); `Err` if it could not be waited for.
     Exited(Result<i32>),
-    /// Its host was declared lost: nothing it sends is to be taken any more.
-    HostLost,
+    /// Its host was lost (silent, or its connection closed: the cause says which):
+    /// nothing it sends is to be taken any more.
+    HostLost(ExitCause),
 }
 
 impl Ended {
@@ -51,33 +52,34 @@ impl Ended {
         match self {
             Ended::Exited(Ok(c)) => ExitCause::from_exitcode(*c),
             Ended::Exited(Err(_)) => ExitCause::Signal(sys::SIGKILL),
-            Ended::HostLost => ExitCause::HostLost,
+            Ended::HostLost(how) => *how,
         }
     }
 }
 
 impl Life {
-    /// Waits for the worker's end. Cancel safe; once it has returned, it returns the same
-    /// for a remote worker's later calls only as [`Ended::HostLost`] (call it once).
+    /// Waits for the worker's end. Cancel safe; once it has returned, a remote worker's
+    /// later calls return [`Ended::HostLost`] (call it once).
     pub(super) async fn join(&mut self) -> Ended {
         match self {
             Life::Local(p) => Ended::Exited(p.join().await),
             Life::Remote { exit, last } => {
                 let Some(rx) = exit.as_mut() else {
-                    return Ended::HostLost;
+                    return Ended::HostLost(ExitCause::HostDisconnected);
                 };
                 let r = rx.await;
                 *exit = None;
                 match r {
                     Ok(RemoteExit {
-                        code: Some(code),
+                        code: Ok(code),
                         last_started,
                     }) => {
                         last.store(last_started, Ordering::Release);
                         Ended::Exited(Ok(code))
                     }
-                    // Lost, or the cluster is gone.
-                    _ => Ended::HostLost,
+                    Ok(RemoteExit { code: Err(how), .. }) => Ended::HostLost(how),
+                    // The cluster is gone, and its connections with it.
+                    Err(_) => Ended::HostLost(ExitCause::HostDisconnected),
                 }
             }
         }
@@ -186,7 +188,7 @@ pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<Work
         ended = life.join() => {
             // Nothing is taken from a host declared lost.
             let left = match ended {
-                Ended::HostLost => None,
+                Ended::HostLost(_) => None,
                 Ended::Exited(_) => answer_left(&link).await,
             };
             match left {

@@ -181,7 +181,7 @@ pub(super) fn died_in_setup(cfg: &Config, name: String, pid: u32, cause: ExitCau
     let message = format!("the worker died ({cause}) during its setup");
     let from_outside = matches!(
         cause,
-        ExitCause::Signal(crate::sys::SIGKILL) | ExitCause::HostLost
+        ExitCause::Signal(crate::sys::SIGKILL) | ExitCause::HostLost | ExitCause::HostDisconnected
     );
     if cfg.init.is_some() && !from_outside {
         Error::InitializerFailed { pid, message }
