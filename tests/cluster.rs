@@ -36,6 +36,7 @@ fn main() {
         frozen_host_is_declared_lost_and_the_other_serves_on,
         host_whose_cable_is_pulled_is_lost_and_its_agent_exits,
         a_killed_agent_fails_its_tasks_saying_its_connection_closed,
+        an_agent_killed_under_load_runs_no_task_twice,
         a_worker_link_gone_dead_fails_its_task_while_its_agent_answers,
         killing_the_head_leaves_no_process_on_the_hosts,
         wrong_key_garbage_and_silence_are_refused_without_harm,
@@ -334,6 +335,86 @@ async fn a_killed_agent_fails_its_tasks_saying_its_connection_closed() -> TestRe
         ExitCause::HostDisconnected,
     )
     .await?;
+    ensure!(
+        eventually(Duration::from_secs(20), || net.pids(0).is_empty()).await,
+        "processes left on the host whose agent was killed: {:?}",
+        net.pids(0)
+    );
+    Ok(())
+}
+
+/// Notes the run of item `x` in the file `log` (one line per run), then returns `x`.
+fn note_run(log: String, x: u64) -> u64 {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("the run log");
+    // One write, so that runs on other workers do not come between its digits and its end.
+    f.write_all(format!("{x}\n").as_bytes())
+        .expect("the run log");
+    std::thread::sleep(Duration::from_millis(2));
+    x
+}
+
+/// A host's agent is killed (SIGKILL) while 3,000 tasks are queued on two hosts: every call
+/// resolves, no task runs twice, each failed one says its host's connection closed, and the
+/// pool serves on from the other host.
+async fn an_agent_killed_under_load_runs_no_task_twice() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 2, 2, |b| b).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    ensure!(all_ready(&pool, 4).await, "workers {:?}", pool.stats());
+    let agent = agent_in(&net, 0)?;
+    let log = temp_path("runs");
+    std::fs::write(&*log, "")?;
+    const N: u64 = 3_000;
+    let calls: Vec<_> = (0..N)
+        .map(|x| pool.apply_async(note_run, (log.to_string(), x)))
+        .collect();
+    let ran = || std::fs::read_to_string(&*log).map_or(0, |l| l.lines().count());
+    ensure!(
+        eventually(Duration::from_secs(30), || ran() >= 300).await,
+        "{} tasks ran",
+        ran()
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), Signal::SIGKILL)?;
+    let (mut ok, mut failed) = (HashSet::new(), 0usize);
+    for (x, call) in calls.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .map_err(|_| format!("call {x} never resolved"))?
+        {
+            Ok(got) => {
+                ensure!(got == x as u64, "call {x} returned {got}");
+                ok.insert(got);
+            }
+            Err(e) => {
+                ensure!(e.is_worker_lost(), "{e}");
+                ensure!(e.exit_cause() == Some(ExitCause::HostDisconnected), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    // The host's two workers held tasks when its agent died (those that never started
+    // among them cannot be told apart, with no agent to report: they fail too).
+    ensure!(failed > 0, "no call failed with the killed host");
+    let runs = std::fs::read_to_string(&*log)?;
+    let mut seen = HashSet::new();
+    for line in runs.lines() {
+        ensure!(seen.insert(line.to_string()), "item {line} ran twice");
+    }
+    for x in &ok {
+        ensure!(
+            seen.contains(&x.to_string()),
+            "item {x} returned but never ran"
+        );
+    }
+    ensure!(
+        pool.apply(sqr, (7,)).await? == 49,
+        "the pool stopped serving"
+    );
     ensure!(
         eventually(Duration::from_secs(20), || net.pids(0).is_empty()).await,
         "processes left on the host whose agent was killed: {:?}",
