@@ -36,6 +36,7 @@ fn main() {
         frozen_host_is_declared_lost_and_the_other_serves_on,
         host_whose_cable_is_pulled_is_lost_and_its_agent_exits,
         a_killed_agent_fails_its_tasks_saying_its_connection_closed,
+        a_scale_relaunches_a_host_whose_agent_died,
         an_agent_killed_under_load_runs_no_task_twice,
         a_worker_link_gone_dead_fails_its_task_while_its_agent_answers,
         killing_the_head_leaves_no_process_on_the_hosts,
@@ -340,6 +341,44 @@ async fn a_killed_agent_fails_its_tasks_saying_its_connection_closed() -> TestRe
         "processes left on the host whose agent was killed: {:?}",
         net.pids(0)
     );
+    Ok(())
+}
+
+/// `scale(n)` brings back a host whose agent was killed: it counts as missing, its old
+/// launch is ended and it is launched anew, and the pool's worker there comes back. Before,
+/// the scale returned `Ok` and launched nothing, as the dead agent's launch was still on
+/// the list, and only a new cluster had both hosts again.
+async fn a_scale_relaunches_a_host_whose_agent_died() -> TestResult {
+    let Some(net) = Net::new(2) else {
+        return Ok(());
+    };
+    let cluster = cluster_on(&net, 2, 1, |b| b).await?;
+    let pool = Pool::builder().cluster(&cluster).build().await?;
+    ensure!(all_ready(&pool, 2).await, "workers {:?}", pool.stats());
+    let agent = agent_in(&net, 0)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), Signal::SIGKILL)?;
+    ensure!(
+        eventually(Duration::from_secs(20), || cluster.hosts() == 1).await,
+        "{} hosts after the kill",
+        cluster.hosts()
+    );
+    // A scale to what is there already launches nothing.
+    cluster.scale(1).await?;
+    cluster.scale(2).await?;
+    cluster.wait_for_hosts(2, Duration::from_secs(30)).await?;
+    let again = agent_in(&net, 0)?;
+    ensure!(again != agent, "host 0's agent is the killed one");
+    ensure!(all_ready(&pool, 2).await, "workers {:?}", pool.stats());
+    let out = pool.map(square_where, 0..2_000u64).await?;
+    let spaces: HashSet<&str> = out.iter().map(|(_, ns)| ns.as_str()).collect();
+    ensure!(spaces.len() == 2, "the items ran in {spaces:?}");
+    // Once back, the host is not launched again.
+    cluster.scale(2).await?;
+    ensure!(
+        agent_in(&net, 0)? == again,
+        "a second scale launched host 0 again"
+    );
+    cluster.shutdown().await?;
     Ok(())
 }
 

@@ -248,6 +248,9 @@ pub(super) struct State {
     /// agent that joins with one of them (one that a launch command started in the
     /// background, late) is refused, and exits.
     retired: std::collections::HashSet<String>,
+    /// The ids of the hosts whose agent joined and then left (killed, its host lost) and
+    /// that no agent joined with since: a scale launches them anew.
+    left: std::collections::HashSet<String>,
 }
 
 /// One connected agent.
@@ -370,6 +373,7 @@ impl Table {
         if s.retired.contains(&launch_id) {
             return None;
         }
+        s.left.remove(&launch_id);
         let id = s.next_agent;
         s.next_agent += 1;
         s.agents.insert(
@@ -412,6 +416,12 @@ impl Table {
         self.lock().retired.remove(&id.to_string());
     }
 
+    /// Takes the ids of the hosts whose agent joined and left since (see [`State::left`]),
+    /// for a scale to launch anew.
+    fn take_left(&self) -> std::collections::HashSet<String> {
+        std::mem::take(&mut self.lock().left)
+    }
+
     /// The ids their launchers gave the agents connected.
     fn launch_ids(&self) -> std::collections::HashSet<String> {
         let s = self.lock();
@@ -430,7 +440,14 @@ impl Table {
     /// ([`ExitCause::HostLost`]: silent; [`ExitCause::HostDisconnected`]: its connection
     /// closed).
     pub(super) fn remove_agent(&self, agent: u64, how: ExitCause) {
-        let Some(a) = self.lock().agents.remove(&agent) else {
+        let Some(a) = ({
+            let mut s = self.lock();
+            let a = s.agents.remove(&agent);
+            if let Some(a) = &a {
+                s.left.insert(a.launch_id.clone());
+            }
+            a
+        }) else {
             return;
         };
         for (_, w) in a.workers {
@@ -592,7 +609,10 @@ impl Cluster {
     }
 
     /// Starts hosts through the launcher until it has started `hosts` in all (Dask's
-    /// `scale`); does nothing when it has started that many already. Pools built on the
+    /// `scale`); does nothing when it has started that many already. A host whose agent
+    /// joined and then left (killed, its host lost) counts as missing: its launch is ended
+    /// (its process given the 2 s grace, its batch job cancelled) and it is launched anew,
+    /// so `scale(n)` brings a cluster that lost hosts back to `n`. Pools built on the
     /// cluster use the new hosts' room for the workers they start from then on. It returns
     /// once the launcher has started them (an ssh session opened, a job submitted), not once
     /// their agents are connected: see [`wait_for_hosts`](Self::wait_for_hosts).
@@ -709,11 +729,19 @@ impl Cluster {
         // This blocking thread's runtime, which watches each launched process for its end.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let interrupted = || self.inner.shutdowns.load(Ordering::Acquire) != epoch;
-        let missing: Vec<usize> = {
-            let launched = self.inner.launched();
+        // A host whose agent joined and left is launched anew, its old launch ended first
+        // (an ssh session or a process killed, a batch job cancelled; one that still runs
+        // is given the grace period), outside the lock.
+        let left = self.inner.table.take_left();
+        let (missing, ended): (Vec<usize>, Vec<Launched>) = {
+            let mut launched = self.inner.launched();
+            let ended = launched
+                .extract_if(.., |l| l.host < hosts && left.contains(&l.host.to_string()))
+                .collect();
             let have: std::collections::HashSet<usize> = launched.iter().map(|l| l.host).collect();
-            (0..hosts).filter(|id| !have.contains(id)).collect()
+            ((0..hosts).filter(|id| !have.contains(id)).collect(), ended)
         };
+        drop(ended);
         let next = AtomicUsize::new(0);
         // Set once a shutdown has stopped a launch from beginning.
         let stopped = AtomicBool::new(false);
