@@ -106,10 +106,10 @@ async fn producer(q: QueueProxy<u64>, n: u32, pipelined: bool) -> mp::Result<()>
     }
     let mut calls = FuturesOrdered::new();
     for i in 0..n {
-        if calls.len() >= IN_FLIGHT {
-            if let Some(r) = calls.next().await {
-                r?;
-            }
+        if calls.len() >= IN_FLIGHT
+            && let Some(r) = calls.next().await
+        {
+            r?;
         }
         let q = q.clone();
         calls.push_back(async move { q.put(u64::from(i)).await.map_err(mp::Error::from) });
@@ -151,10 +151,10 @@ async fn queue_between_processes(q: &QueueProxy<u64>, pipelined: bool) -> mp::Re
         let mut sum = 0u64;
         for _ in 0..ITEMS {
             if pipelined {
-                if calls.len() >= IN_FLIGHT {
-                    if let Some(r) = calls.next().await {
-                        sum += r?;
-                    }
+                if calls.len() >= IN_FLIGHT
+                    && let Some(r) = calls.next().await
+                {
+                    sum += r?;
                 }
                 let q = q.clone();
                 calls.push_back(async move { q.get().await });

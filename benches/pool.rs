@@ -312,7 +312,7 @@ async fn run() -> mp::Result<()> {
     while let Some(r) = s.next().await {
         r?;
         count += 1;
-        if count % 100_000 == 0 {
+        if count.is_multiple_of(100_000) {
             peak = peak.max(rss_kib());
         }
     }

@@ -90,7 +90,7 @@ impl Recent {
     fn hold_nanos(&self) -> u64 {
         let n = self.spins.fetch_add(1, Ordering::Relaxed);
         let here = self.after_yield.load(Ordering::Relaxed) >= PEER_HERE_AFTER;
-        if here && n % PROBE_EVERY != 0 {
+        if here && !n.is_multiple_of(PROBE_EVERY) {
             0
         } else {
             HOLD.as_nanos() as u64

@@ -412,10 +412,10 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Address::Unix(path) = &self.address {
-            if crate::address::abstract_name(path).is_none() {
-                let _ = std::fs::remove_file(path);
-            }
+        if let Address::Unix(path) = &self.address
+            && crate::address::abstract_name(path).is_none()
+        {
+            let _ = std::fs::remove_file(path);
         }
         if let Some(dir) = &self.own_dir {
             let _ = std::fs::remove_dir(dir);

@@ -938,10 +938,10 @@ impl Drop for SharedMemory {
     /// Removes the name it created, unless the name now belongs to another segment (someone
     /// unlinked this one and made another of the same name).
     fn drop(&mut self) {
-        if self.owns_name {
-            if let Some(n) = &self.name {
-                let _ = sys::shm_remove_own(n, self.region.fd());
-            }
+        if self.owns_name
+            && let Some(n) = &self.name
+        {
+            let _ = sys::shm_remove_own(n, self.region.fd());
         }
     }
 }

@@ -41,7 +41,7 @@ pub(super) fn from_hex(text: &str) -> Result<Vec<u8>> {
             "the cluster key is not hex: it must be an even number of digits 0-9, a-f".into(),
         )
     };
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..text.len())

@@ -88,10 +88,12 @@ pub(super) async fn wait(shared: &Shared, id: u64, wait: Wait) -> Reply {
     // A wait withdrawn (or whose connection closed) after it arrived breaks the barrier, as
     // the crate's `Barrier` does: the other parties would otherwise go on with one gone.
     let left = OnDrop::new(|| {
-        if let Ok(b) = object!(shared.state(), id, Barrier) {
-            if b.round == round && b.resets == resets && !b.broken {
-                b.break_it();
-            }
+        if let Ok(b) = object!(shared.state(), id, Barrier)
+            && b.round == round
+            && b.resets == resets
+            && !b.broken
+        {
+            b.break_it();
         }
     });
     let reply = shared

@@ -248,10 +248,10 @@ pub(super) struct Dict {
 
 impl Dict {
     pub(super) fn insert(&mut self, k: Bytes, v: Bytes) -> Option<Bytes> {
-        if let Some(&i) = self.index.get(&k) {
-            if let Some((_, old)) = &mut self.pairs[i] {
-                return Some(std::mem::replace(old, v));
-            }
+        if let Some(&i) = self.index.get(&k)
+            && let Some((_, old)) = &mut self.pairs[i]
+        {
+            return Some(std::mem::replace(old, v));
         }
         self.index.insert(k.clone(), self.pairs.len());
         self.pairs.push(Some((k, v)));

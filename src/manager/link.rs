@@ -542,11 +542,11 @@ impl Link {
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
-        if let (n, Some(e)) = &*self.failures() {
-            if *n != seen {
-                // An attempt made while this call waited for its turn failed.
-                return Err(e.clone());
-            }
+        if let (n, Some(e)) = &*self.failures()
+            && *n != seen
+        {
+            // An attempt made while this call waited for its turn failed.
+            return Err(e.clone());
         }
         let made = self.connect().await;
         let made = made.and_then(|link| Conn::start(link, &self.server).map(Arc::new));
@@ -801,10 +801,10 @@ impl Drop for Withdraw<'_> {
         // The reader has taken the call's reply. Closed now, the receiver either holds it
         // (undone here) or refuses it (undone by the reader).
         self.rx.close();
-        if let Ok(Ok(reply)) = self.rx.try_recv() {
-            if let Some(req) = self.undo.and_then(|u| u.request(reply)) {
-                self.conn.post(req);
-            }
+        if let Ok(Ok(reply)) = self.rx.try_recv()
+            && let Some(req) = self.undo.and_then(|u| u.request(reply))
+        {
+            self.conn.post(req);
         }
     }
 }

@@ -137,10 +137,10 @@ impl Segments {
     fn forget_removed(&mut self) {
         let ledger = &mut self.ledger;
         self.names.retain(|(name, entry)| {
-            if let Ok(false) = sys::shm_exists(name) {
-                if ledger.forget(*entry).is_ok() {
-                    return false;
-                }
+            if let Ok(false) = sys::shm_exists(name)
+                && ledger.forget(*entry).is_ok()
+            {
+                return false;
             }
             true
         });
@@ -431,10 +431,10 @@ impl State {
             return;
         };
         *n -= 1;
-        if *n == 0 {
-            if let Some(h) = self.held.get_mut(&caller.conn) {
-                h.remove(&id);
-            }
+        if *n == 0
+            && let Some(h) = self.held.get_mut(&caller.conn)
+        {
+            h.remove(&id);
         }
         self.drop_refs(id, 1);
     }
@@ -444,12 +444,13 @@ impl State {
     fn drop_refs(&mut self, id: u64, n: u64) {
         if let Some(e) = self.objects.get_mut(&id) {
             e.refs = e.refs.saturating_sub(n);
-            if e.refs == 0 && e.lent <= 0 && !e.named {
-                if let Some(Object::Condition(c)) = self.objects.remove(&id).map(|e| e.object) {
-                    if let Some(lock) = c.shared_lock() {
-                        self.drop_refs(lock, 1);
-                    }
-                }
+            if e.refs == 0
+                && e.lent <= 0
+                && !e.named
+                && let Some(Object::Condition(c)) = self.objects.remove(&id).map(|e| e.object)
+                && let Some(lock) = c.shared_lock()
+            {
+                self.drop_refs(lock, 1);
             }
         }
     }

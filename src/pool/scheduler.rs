@@ -721,22 +721,21 @@ impl Scheduler {
                 slot.asyncs.swap_remove(p);
             }
         }
-        if let Some(run) = self.out_of_flight(id) {
-            if nanos > 0
-                && !run.is_async
-                && let Some(slot) = self.workers.get_mut(&wid)
-            {
-                // It ran (a task dropped on a cancel answers with no run time): the worker
-                // has passed every task sent before it, those taken back included.
-                while slot.taken_back.first().is_some_and(|&s| s < run.seq) {
-                    slot.taken_back.pop_first();
-                }
-                let total = at.saturating_duration_since(run.sent_at).as_nanos();
-                let trip = u64::try_from(total)
-                    .unwrap_or(u64::MAX)
-                    .saturating_sub(nanos);
-                slot.round_trip.sample(trip, run.alone);
+        if let Some(run) = self.out_of_flight(id)
+            && nanos > 0
+            && !run.is_async
+            && let Some(slot) = self.workers.get_mut(&wid)
+        {
+            // It ran (a task dropped on a cancel answers with no run time): the worker
+            // has passed every task sent before it, those taken back included.
+            while slot.taken_back.first().is_some_and(|&s| s < run.seq) {
+                slot.taken_back.pop_first();
             }
+            let total = at.saturating_duration_since(run.sent_at).as_nanos();
+            let trip = u64::try_from(total)
+                .unwrap_or(u64::MAX)
+                .saturating_sub(nanos);
+            slot.round_trip.sample(trip, run.alone);
         }
         self.mark_started(wid);
     }

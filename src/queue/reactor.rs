@@ -42,10 +42,10 @@ impl Inner {
     pub(super) fn registered(&self) -> Result<Arc<Reactor>> {
         let runtime = tokio::runtime::Handle::current().id();
         let mut r = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, r)) = &*r {
-            if *id == runtime {
-                return Ok(r.clone());
-            }
+        if let Some((id, r)) = &*r
+            && *id == runtime
+        {
+            return Ok(r.clone());
         }
         let new = Arc::new(self.register()?);
         if !self.is_closed() {

@@ -65,10 +65,10 @@ impl Inner {
 
     /// Wakes every process awaiting a joinable queue's `join`.
     pub(super) fn wake_joiners(&self) {
-        if let Some(done) = &self.done {
-            if let Err(e) = sys::eventfd_add(done.as_fd(), 1) {
-                tracing::debug!("cannot wake a queue's joiners: {e}");
-            }
+        if let Some(done) = &self.done
+            && let Err(e) = sys::eventfd_add(done.as_fd(), 1)
+        {
+            tracing::debug!("cannot wake a queue's joiners: {e}");
         }
     }
 

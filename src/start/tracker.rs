@@ -152,10 +152,11 @@ fn warn_untracked(e: &dyn std::fmt::Display) {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let State::Running(link) = &*state() {
-            if link.owner == self.owner && self.owner == sys::current_pid() {
-                let _ = sys::send_with_fds(link.sock.as_fd(), &message(b'-', self.id), &[]);
-            }
+        if let State::Running(link) = &*state()
+            && link.owner == self.owner
+            && self.owner == sys::current_pid()
+        {
+            let _ = sys::send_with_fds(link.sock.as_fd(), &message(b'-', self.id), &[]);
         }
     }
 }

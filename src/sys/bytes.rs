@@ -62,7 +62,7 @@ pub(crate) fn read_numbers<T: 'static>(
     bytes: &[u8],
 ) -> Option<impl ExactSizeIterator<Item = T> + '_> {
     let width = std::mem::size_of::<T>();
-    if !is_number::<T>() || bytes.len() % width != 0 {
+    if !is_number::<T>() || !bytes.len().is_multiple_of(width) {
         return None;
     }
     Some(bytes.chunks_exact(width).map(|c| {

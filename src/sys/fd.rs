@@ -321,10 +321,9 @@ pub(crate) fn open_fds() -> io::Result<Vec<RawFd>> {
             .to_str()
             .ok()
             .and_then(|n| n.parse().ok())
+            && fd != own
         {
-            if fd != own {
-                fds.push(fd);
-            }
+            fds.push(fd);
         }
     }
     Ok(fds)
@@ -385,10 +384,10 @@ pub(crate) fn raise_descriptor_limit() -> io::Result<()> {
     let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
-    if let Some(most) = most.filter(|&most| most > hard) {
-        if setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
-            return Ok(());
-        }
+    if let Some(most) = most.filter(|&most| most > hard)
+        && setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok()
+    {
+        return Ok(());
     }
     // A hard limit past the system's most (unlimited) is not a soft limit it takes.
     let soft = most.map_or(hard, |most| hard.min(most));

@@ -185,7 +185,7 @@ impl SharedRegion {
     fn check<T>(&self, offset: usize) {
         let end = offset.checked_add(size_of::<T>());
         assert!(
-            end.is_some_and(|e| e <= self.len) && offset % align_of::<T>() == 0,
+            end.is_some_and(|e| e <= self.len) && offset.is_multiple_of(align_of::<T>()),
             "shared-memory access of {} bytes at offset {offset} outside a {}-byte segment \
              or misaligned",
             size_of::<T>(),
@@ -254,7 +254,7 @@ impl SharedRegion {
         let mut i = 0;
         while i < buf.len() {
             let at = offset + i;
-            if at % 8 == 0 && buf.len() - i >= 8 {
+            if at.is_multiple_of(8) && buf.len() - i >= 8 {
                 // Eight bytes per volatile access where the segment is aligned for it.
                 let word = self.read::<u64>(at).to_ne_bytes();
                 buf[i..i + 8].copy_from_slice(&word);
@@ -275,7 +275,7 @@ impl SharedRegion {
         let mut i = 0;
         while i < data.len() {
             let at = offset + i;
-            if at % 8 == 0 && data.len() - i >= 8 {
+            if at.is_multiple_of(8) && data.len() - i >= 8 {
                 let mut word = [0u8; 8];
                 word.copy_from_slice(&data[i..i + 8]);
                 self.write::<u64>(at, u64::from_ne_bytes(word));

@@ -392,10 +392,11 @@ pub fn connections_on_port(port: u16) -> usize {
                 .and_then(|a| a.rsplit_once(':'))
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
             // State 0A is LISTEN.
-            if local_port == Some(port) && fields.get(3) != Some(&"0A") {
-                if let Some(inode) = fields.get(9) {
-                    inodes.insert(format!("socket:[{inode}]"));
-                }
+            if local_port == Some(port)
+                && fields.get(3) != Some(&"0A")
+                && let Some(inode) = fields.get(9)
+            {
+                inodes.insert(format!("socket:[{inode}]"));
             }
         }
     }
