@@ -707,6 +707,81 @@ async fn lock_locked_2processes() -> TestResult {
     join_ok(&mut p).await
 }
 
+/// `_TestLock._acquire_release` with `n` levels, for the RLock half of `test_repr_rlock`:
+/// takes `n` levels of `rlock`, reads its holder, and releases them.
+async fn hold_levels(rlock: RLock, n: u32) -> mp::Result<Option<(u32, u32)>> {
+    let mut guards = Vec::new();
+    for _ in 0..n {
+        guards.push(rlock.lock().await?);
+    }
+    Ok(rlock.holder())
+}
+
+/// Takes `rlock` once and ends holding it (`_TestLock._acquire`).
+async fn take_rlock_and_end(rlock: RLock) -> TestResult {
+    rlock.lock().await?.forget();
+    Ok(())
+}
+
+/// `_TestLock.test_repr_lock` and `test_repr_rlock`, through `holder()` (CPython reads the
+/// owner from the lock's `repr`): a free lock has none; a lock taken here names this process,
+/// an `RLock` with the levels taken (each of three tasks taking 1, 2 and 3 levels in turn
+/// sees its own count); a lock a child took and kept as it ended still names the child
+/// (CPython's `SomeOtherProcess`) until the next taker is told it died.
+async fn lock_holders_as_repr_shows_them() -> TestResult {
+    let me = std::process::id();
+    let lock = Lock::new()?;
+    ensure!(lock.holder().is_none(), "a new lock: {:?}", lock.holder());
+    let g = lock.lock().await?;
+    ensure!(lock.holder() == Some(me), "held here: {:?}", lock.holder());
+    drop(g);
+    ensure!(lock.holder().is_none(), "released: {:?}", lock.holder());
+
+    let rlock = RLock::new()?;
+    ensure!(
+        rlock.holder().is_none(),
+        "a new rlock: {:?}",
+        rlock.holder()
+    );
+    let mut guards = Vec::new();
+    for _ in 0..3 {
+        guards.push(rlock.lock().await?);
+    }
+    ensure!(
+        rlock.holder() == Some((me, 3)),
+        "3 levels: {:?}",
+        rlock.holder()
+    );
+    drop(guards);
+    ensure!(rlock.holder().is_none(), "released: {:?}", rlock.holder());
+    let tasks: Vec<_> = (1..=3)
+        .map(|n| tokio::spawn(hold_levels(rlock.clone(), n)))
+        .collect();
+    for (n, t) in (1..=3).zip(tasks) {
+        let seen = t.await??;
+        ensure!(seen == Some((me, n)), "a task with {n} levels saw {seen:?}");
+    }
+    ensure!(
+        rlock.holder().is_none(),
+        "after the tasks: {:?}",
+        rlock.holder()
+    );
+
+    let mut p = start(take_rlock_and_end, (rlock.clone(),)).await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        rlock.holder() == Some((p.pid(), 1)),
+        "kept by a child that ended: {:?}",
+        rlock.holder()
+    );
+    let next = rlock.lock_timeout(LONG).await.map(drop);
+    ensure!(
+        matches!(next, Err(Error::LockOwnerDied { pid }) if pid == p.pid()),
+        "the next taker: {next:?}"
+    );
+    Ok(())
+}
+
 // ================================================================ _TestCondition
 
 async fn waitfor_timeout_f(
@@ -3069,6 +3144,395 @@ async fn manager_value_array_namespace_in_a_child() -> TestResult {
     Ok(())
 }
 
+// ================================================================ more ports
+
+/// `TestInvalidFamily.test_invalid_family`: a Windows pipe name is no address on Linux; the
+/// listener is refused (Python's `ValueError`) and makes nothing in the current directory.
+async fn invalid_family() -> TestResult {
+    let name = r"\\.\test";
+    let r = Listener::bind(name, None);
+    ensure!(
+        matches!(&r, Err(Error::InvalidArgument(_))),
+        "bind({name:?}): {:?}",
+        r.as_ref().map(|l| l.address().clone())
+    );
+    ensure!(
+        !std::path::Path::new(name).exists(),
+        "a file named {name:?} was made"
+    );
+    Ok(())
+}
+
+/// `TestTimeouts._test_timeout`: after a second, answers on its pipe end, then connects to
+/// `address` and sends there.
+async fn answer_late(child: Connection<i32>, address: mp::Address) -> TestResult {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    child.send(&123).await?;
+    drop(child);
+    let conn = Client::connect::<i32>(&address, None).await?;
+    conn.send(&456).await?;
+    Ok(())
+}
+
+/// `TestTimeouts.test_timeout`: a pipe's `recv` and a TCP listener's `accept` wait for a
+/// child that takes a second before it answers on each (no socket timeout ends them early).
+async fn late_answers_on_pipe_and_listener() -> TestResult {
+    let (parent, child) = Pipe::<i32>::new()?;
+    let l = Listener::bind("127.0.0.1:0", None)?;
+    let mut p = start(answer_late, (child, l.address().clone())).await?;
+    ensure!(parent.recv().await? == 123, "the pipe's message");
+    drop(parent);
+    let conn = l.accept::<i32>().await?;
+    ensure!(conn.recv().await? == 456, "the listener's message");
+    drop((conn, l));
+    join_ok(&mut p).await
+}
+
+/// A small generator of pseudo-random numbers (xorshift), enough for a stress test's sizes.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A size drawn roughly as CPython's `int(random.lognormvariate(0, 1) * 1000)`: mostly
+    /// hundreds to a few thousand bytes, now and then tens of thousands, sometimes 0.
+    fn size(&mut self) -> usize {
+        let n = self.next();
+        let scale = [1usize, 10, 100, 1000, 1000, 1000, 3000, 20_000][(n % 8) as usize];
+        ((n >> 8) as usize) % (scale + 1)
+    }
+}
+
+/// The number of lines of `/proc/self/maps`: this process's mappings.
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
+}
+
+/// One block of `_TestHeap.test_heap`, made of one of the crate's shared objects.
+enum Block {
+    Raw(RawArray<u8>),
+    Locked(mp::Array<f64>),
+    Value(Value<i64>),
+}
+
+/// `_TestHeap.test_heap`'s body, in a child of its own (so that no other test's descriptors
+/// or mappings come and go meanwhile): makes and drops 3,000 shared blocks of random sizes,
+/// at most 50 alive, each written and read back; once all are dropped, the process holds
+/// the descriptors and mappings it held before.
+async fn heap_churn() -> TestResult {
+    let warm = (RawArray::<u8>::from_elem(0, 1)?, Value::new(0i64)?);
+    drop(warm);
+    let (fds, maps) = (support::open_fds(), mappings());
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    let mut blocks: Vec<Block> = Vec::new();
+    for i in 0..3000u64 {
+        let size = rng.size();
+        let b = match i % 3 {
+            0 => Block::Raw(RawArray::from_elem(i as u8, size)?),
+            1 => Block::Locked(mp::Array::from_elem(i as f64, size / 8)?),
+            _ => Block::Value(Value::new(i as i64)?),
+        };
+        let fine = match &b {
+            Block::Raw(a) => a.len() == size && (size == 0 || a.get(size - 1) == Some(i as u8)),
+            Block::Locked(a) => {
+                a.len() == size / 8 && a.to_vec().await?.iter().all(|&x| x == i as f64)
+            }
+            Block::Value(v) => v.get().await? == i as i64,
+        };
+        ensure!(fine, "block {i} of {size} bytes reads back wrong");
+        blocks.push(b);
+        if blocks.len() > 50 {
+            let at = (rng.next() % 50) as usize;
+            blocks.swap_remove(at);
+        }
+    }
+    while !blocks.is_empty() {
+        let at = (rng.next() as usize) % blocks.len();
+        blocks.swap_remove(at);
+    }
+    ensure!(
+        support::open_fds() == fds,
+        "descriptors: {fds} before, {} after",
+        support::open_fds()
+    );
+    ensure!(
+        mappings() == maps,
+        "mappings: {maps} before, {} after",
+        mappings()
+    );
+    Ok(())
+}
+
+/// `_TestHeap.test_heap`: many shared blocks made and dropped in a random order leave
+/// nothing behind (CPython checks its heap's arenas; the crate maps each block by itself,
+/// so the process's descriptors and mappings are what must come back).
+async fn heap_of_values_and_arrays() -> TestResult {
+    let mut p = start(heap_churn, ()).await?;
+    join_ok(&mut p).await
+}
+
+/// `TestPoolNotLeakOnFailure.test_release_unused_processes`'s body, in a child of its own:
+/// pools of five built and used with fewer and fewer descriptors to spare, so that some
+/// workers' starts fail (the README: the pool serves with those that started, and `build`
+/// fails only if none did). Whatever failed, terminating the pool leaves no worker alive and
+/// gives back every descriptor; the pools that serve give every result. Fails if no limit
+/// made a start fail.
+async fn pools_at_descriptor_limits() -> TestResult {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let me = std::process::id();
+    // What the first pools set up for good (the launcher thread, the runtime's own), first.
+    for _ in 0..2 {
+        Pool::new(5).await?.terminate().await?;
+    }
+    ensure!(
+        support::eventually(LONG, || support::live_children_of(me).is_empty()).await,
+        "a worker outlived terminate: {:?}",
+        support::live_children_of(me)
+    );
+    // The last pool's descriptors may still be closing: the count once it holds still.
+    let mut fds = support::open_fds();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match support::open_fds() {
+            now if now == fds => break,
+            now => fds = now,
+        }
+    }
+    let mut failed = 0;
+    for spare in (0..=12u64).rev() {
+        // New descriptors take the lowest free numbers: about `spare` of them are left.
+        setrlimit(Resource::RLIMIT_NOFILE, fds as u64 + spare, hard)?;
+        let served = match Pool::builder().processes(5).build().await {
+            Ok(pool) => {
+                let squares = pool.map(sqr, 0..20i64).await;
+                pool.terminate().await?;
+                Some(squares)
+            }
+            Err(_) => None,
+        };
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+        match served {
+            Some(squares) => {
+                let squares = squares?;
+                ensure!(
+                    squares == (0..20i64).map(|x| x * x).collect::<Vec<_>>(),
+                    "{spare} spare: {squares:?}"
+                );
+            }
+            None => failed += 1,
+        }
+        ensure!(
+            support::eventually(LONG, || support::live_children_of(me).is_empty()).await,
+            "{spare} descriptors to spare: workers left alive {:?}",
+            support::live_children_of(me)
+        );
+        ensure!(
+            support::eventually(LONG, || support::open_fds() == fds).await,
+            "{spare} descriptors to spare: {fds} descriptors before, {} after",
+            support::open_fds()
+        );
+    }
+    ensure!(failed > 0, "no limit made a pool's start fail");
+    Ok(())
+}
+
+/// `TestPoolNotLeakOnFailure.test_release_unused_processes` (issue 19675): pools whose
+/// workers' starts fail, here for want of descriptors, leave none of the workers they had
+/// started.
+async fn failed_pool_start_leaks_no_worker() -> TestResult {
+    let mut p = start(pools_at_descriptor_limits, ()).await?;
+    join_ok(&mut p).await
+}
+
+/// `_TestSharedMemory.test_invalid_shared_memory_creation`: a segment of size 0 is refused
+/// (Python's `ValueError`), named or anonymous, and no name is left behind.
+async fn invalid_shared_memory_creation() -> TestResult {
+    let name = format!("tkmp-cpy-size0-{}", std::process::id());
+    for (kind, r) in [
+        ("named", SharedMemory::create(&name, 0)),
+        ("anonymous", SharedMemory::create_anonymous(0)),
+    ] {
+        ensure!(
+            matches!(&r, Err(Error::InvalidArgument(_))),
+            "{kind} of size 0: {:?}",
+            r.map(|s| s.size())
+        );
+    }
+    ensure!(
+        !std::path::Path::new("/dev/shm").join(&name).exists(),
+        "a refused create left its name"
+    );
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_basics`, its double unlink: once an attacher has
+/// unlinked the name, the creator's `unlink` fails with `NotFound` (Python's
+/// `FileNotFoundError`), and the memory stays readable to both.
+async fn shared_memory_double_unlink() -> TestResult {
+    let name = format!("tkmp-cpy-dblunlink-{}", std::process::id());
+    let mut uno = SharedMemory::create(&name, 5000)?;
+    ensure!(uno.size() >= 5000, "size {}", uno.size());
+    let mut duo = SharedMemory::attach(&name)?;
+    duo.unlink()?;
+    uno.write(0, b"still")?;
+    let mut buf = [0u8; 5];
+    duo.read(0, &mut buf)?;
+    ensure!(&buf == b"still", "the attacher reads {buf:?}");
+    drop(duo);
+    let again = uno.unlink();
+    ensure!(
+        matches!(&again, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound),
+        "the second unlink: {again:?}"
+    );
+    Ok(())
+}
+
+/// Reads the first six bytes of `shm` and sends them back.
+async fn read_six(shm: SharedMemory, conn: Connection<Vec<u8>>) -> TestResult {
+    let mut buf = vec![0u8; 6];
+    shm.read(0, &mut buf)?;
+    conn.send(&buf).await?;
+    Ok(())
+}
+
+/// Reads the last item of `sl` and sends it back.
+async fn read_last(sl: ShareableList, conn: Connection<ShareableItem>) -> TestResult {
+    conn.send(&sl.get(-1)?).await?;
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_pickle_unpickle_dead_object` and
+/// `test_shared_memory_ShareableList_pickling_dead_object`, as the README's difference
+/// says: a segment or a list sent after its name was unlinked travels with its descriptor,
+/// so the receiver has the same memory (Python pickles the name, and the receiver's attach
+/// fails with `FileNotFoundError`).
+async fn sent_after_unlink_is_the_same_memory() -> TestResult {
+    let mut shm = SharedMemory::create_anonymous(512)?;
+    let name = format!("tkmp-cpy-dead-{}", std::process::id());
+    let mut named = SharedMemory::create(&name, 512)?;
+    for (kind, shm) in [("anonymous", &mut shm), ("named", &mut named)] {
+        shm.write(0, b"pickle")?;
+        shm.unlink()?;
+        let (conn, child_conn) = Pipe::<Vec<u8>>::new()?;
+        let mut p = start(read_six, (shm.try_clone()?, child_conn)).await?;
+        let got = conn.recv_timeout(LONG).await?;
+        ensure!(got == b"pickle", "{kind}: the child read {got:?}");
+        join_ok(&mut p).await?;
+    }
+    let mut sl = ShareableList::create(None::<&str>, 0..10i64)?;
+    sl.unlink()?;
+    let (conn, child_conn) = Pipe::<ShareableItem>::new()?;
+    let mut p = start(read_last, (sl.try_clone()?, child_conn)).await?;
+    let got = conn.recv_timeout(LONG).await?;
+    ensure!(
+        got == ShareableItem::Int(9),
+        "the child read sl[-1] = {got:?}"
+    );
+    join_ok(&mut p).await
+}
+
+/// `TestResourceTracker.test_resource_tracker_blocked_signals`'s body (gh-127586), in a
+/// child: with a signal blocked, making a named segment (which starts this process's
+/// segment tracker) leaves the signal mask as it was, and the segment works.
+fn tracker_keeps_the_mask() -> TestResult {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1] {
+        let mut only = SigSet::empty();
+        only.add(sig);
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&only), None)?;
+        let name = format!("tkmp-cpy-mask-{}-{}", std::process::id(), sig as i32);
+        let shm = SharedMemory::create(&name, 16)?;
+        shm.write(0, b"tracked")?;
+        let mut now = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut now))?;
+        ensure!(
+            now.iter().collect::<Vec<_>>() == vec![sig],
+            "with {sig} blocked, the mask became {:?}",
+            now.iter().collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+/// `TestResourceTracker.test_resource_tracker_blocked_signals`: starting the tracker of a
+/// process that blocks a signal does not change which signals it blocks.
+async fn segment_tracker_leaves_blocked_signals() -> TestResult {
+    let mut p = start(tracker_keeps_the_mask, ()).await?;
+    join_ok(&mut p).await
+}
+
+/// `TestSyncManagerTypes._test_lock`: takes the lock and ends, holding it.
+async fn take_and_keep(l: mp::LockProxy) -> TestResult {
+    l.lock().await?;
+    ensure!(!l.try_lock().await?, "the lock is free after lock()");
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_lock`, with the README's owner death: a lock a child took
+/// and kept when it ended is free again, its next taker told `LockOwnerDied` (Python's
+/// lock stays held, and this process's `release` frees it); then it is taken and released
+/// as usual, and a release too many fails (Python's `RuntimeError`).
+async fn manager_lock_kept_by_a_child_that_ended() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let l = m.lock().await?;
+    let mut p = Process::new(take_and_keep, (l.clone(),))
+        .daemon(true)
+        .start()
+        .await?;
+    let child = p.pid();
+    join_ok(&mut p).await?;
+    let first = l.lock_timeout(LONG).await;
+    ensure!(
+        matches!(first, Err(Error::LockOwnerDied { pid }) if pid == child),
+        "the first lock after the child: {first:?}"
+    );
+    l.lock_timeout(LONG).await?;
+    l.release().await?;
+    let again = l.release().await;
+    ensure!(
+        matches!(again, Err(Error::NotHeld)),
+        "a release too many: {again:?}"
+    );
+    drop(l);
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes._test_rlock` and `_test_condition`: takes and releases each.
+async fn take_and_release(r: mp::RLockProxy, c: mp::ConditionProxy) -> TestResult {
+    r.lock().await?;
+    r.release().await?;
+    c.lock().await?;
+    c.release().await?;
+    Ok(())
+}
+
+/// `TestSyncManagerTypes.test_rlock` and `test_condition`: a child takes and releases a
+/// manager's re-entrant lock and condition and ends; both are free here after.
+async fn manager_rlock_and_condition_in_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let r = m.rlock().await?;
+    let c = m.condition().await?;
+    let mut p = Process::new(take_and_release, (r.clone(), c.clone()))
+        .daemon(true)
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(r.try_lock().await?, "the re-entrant lock is not free");
+    r.release().await?;
+    ensure!(c.try_lock().await?, "the condition's lock is not free");
+    c.release().await?;
+    drop((r, c));
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -3153,5 +3617,16 @@ fn main() {
         manager_semaphores_taken_by_a_child,
         manager_barrier_reset_by_a_child,
         manager_value_array_namespace_in_a_child,
+        invalid_family,
+        late_answers_on_pipe_and_listener,
+        heap_of_values_and_arrays,
+        failed_pool_start_leaks_no_worker,
+        invalid_shared_memory_creation,
+        shared_memory_double_unlink,
+        sent_after_unlink_is_the_same_memory,
+        segment_tracker_leaves_blocked_signals,
+        manager_lock_kept_by_a_child_that_ended,
+        manager_rlock_and_condition_in_a_child,
+        lock_holders_as_repr_shows_them,
     ])
 }

@@ -1024,6 +1024,113 @@ async fn shareable_list_basics() -> TestResult {
     Ok(())
 }
 
+/// `_TestSharedMemory.test_shared_memory_ShareableList_basics`, the steps that change an
+/// item's type and size, in CPython's order with CPython's formats: a string in an
+/// integer's slot, UTF-8 filling a slot to its last byte, one byte too many refused with
+/// nothing spilled to the next item, counts, a copy under a name of its own, a second
+/// handle by name, and an empty list.
+async fn shareable_list_formats_as_items_change() -> TestResult {
+    let list = python_list();
+    let sl = ShareableList::create(None::<&str>, list.clone())?;
+    sl.set(0, "howdy")?;
+    ensure!(
+        sl.format()? == "8s8sdqxxxxxx?xxxxxxxx?q",
+        "format {}",
+        sl.format()?
+    );
+    ensure!(sl.len() == 7, "len {}", sl.len());
+    let r = sl.index(&ShareableItem::from("100"));
+    ensure!(
+        matches!(r, Err(Error::InvalidArgument(_))),
+        "index('100'): {r:?}"
+    );
+    ensure!(sl.index(&ShareableItem::from(100))? == 3, "index(100)");
+    ensure!(sl.get(0)? == ShareableItem::from("howdy"), "sl[0]");
+    ensure!(sl.get(-2)? == ShareableItem::from(true), "sl[-2]");
+    ensure!(sl.to_vec()? == list, "tuple(sl): {sl:?}");
+
+    sl.set(3, 42)?;
+    ensure!(sl.get(3)? == ShareableItem::from(42), "sl[3]");
+    sl.set(4, "some")?;
+    ensure!(sl.get(4)? == ShareableItem::from("some"), "sl[4]");
+    ensure!(
+        sl.format()? == "8s8sdq8sxxxxxxx?q",
+        "format after sl[4] = 'some': {}",
+        sl.format()?
+    );
+    let storage = |r: tokio_multiprocessing::Result<()>| matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("exceeds available storage"));
+    ensure!(storage(sl.set(4, "far too many")), "sl[4] = 'far too many'");
+    ensure!(
+        sl.get(4)? == ShareableItem::from("some"),
+        "sl[4] after a refused set"
+    );
+    sl.set(0, "encodés")?; // exactly 8 bytes of UTF-8
+    ensure!(sl.get(0)? == ShareableItem::from("encodés"), "sl[0]");
+    let howdy = ShareableItem::from(b"HoWdY".as_slice());
+    ensure!(sl.get(1)? == howdy, "sl[1] after sl[0] filled its slot");
+    ensure!(storage(sl.set(0, "encodées")), "sl[0] = 9 bytes of UTF-8");
+    ensure!(sl.get(1)? == howdy, "sl[1] after a refused sl[0]");
+    ensure!(
+        storage(sl.set(1, b"123456789".as_slice())),
+        "sl[1] = 9 bytes"
+    );
+    ensure!(sl.get(1)? == howdy, "sl[1] after a refused set");
+    ensure!(sl.count(&ShareableItem::from(42))? == 2, "count(42)");
+    ensure!(sl.count(&howdy)? == 1, "count(b'HoWdY')");
+    ensure!(
+        sl.count(&ShareableItem::from(b"adios".as_slice()))? == 0,
+        "count(b'adios')"
+    );
+
+    let dup = unique("duplicate");
+    let copy = ShareableList::create(Some(&dup), sl.to_vec()?)?;
+    ensure!(copy.shm().name() == Some(dup.as_str()), "the copy's name");
+    ensure!(copy.to_vec()? == sl.to_vec()?, "the copy's items");
+    // CPython gives a string a slot of its length in characters rounded up, so its copy
+    // has the list's format; the crate counts the string's UTF-8 bytes (see the README), so
+    // `encodés`, 7 characters in 8 bytes, gets 16 bytes where CPython gives it 8.
+    ensure!(
+        copy.format()? == "16s8sdq8sxxxxxxx?q",
+        "the copy's format {}",
+        copy.format()?
+    );
+    copy.set(-1, 77)?;
+    ensure!(copy.get(-1)? == ShareableItem::from(77), "copy[-1]");
+    ensure!(
+        sl.get(-1)? != ShareableItem::from(77),
+        "the copy shares its memory"
+    );
+    drop(copy);
+
+    let tethered = ShareableList::attach(sl.shm().name().ok_or("no name")?)?;
+    tethered.set(-1, 880)?;
+    ensure!(
+        sl.get(-1)? == ShareableItem::from(880),
+        "sl[-1] set through another handle"
+    );
+    drop(tethered);
+
+    let empty = ShareableList::create(None::<&str>, Vec::<ShareableItem>::new())?;
+    ensure!(empty.is_empty(), "len {}", empty.len());
+    ensure!(empty.format()?.is_empty(), "format {:?}", empty.format()?);
+    ensure!(
+        empty.count(&ShareableItem::from("any"))? == 0,
+        "count('any')"
+    );
+    let r = empty.index(&ShareableItem::from(()));
+    ensure!(
+        matches!(r, Err(Error::InvalidArgument(_))),
+        "index(None): {r:?}"
+    );
+    let names = [sl.shm().name(), empty.shm().name()].map(|n| n.unwrap_or("").to_string());
+    drop((sl, empty));
+    ensure!(
+        !shm_exists(&dup) && names.iter().all(|n| !shm_exists(n)),
+        "a segment was left"
+    );
+    Ok(())
+}
+
 /// `ShareableList.count` and `index` compare as Python's `==` does: CPython 3.11 gives these
 /// counts and positions for the same list, where `1`, `1.0` and `True` are equal.
 async fn shareable_list_counts_as_python_compares() -> TestResult {
@@ -1284,6 +1391,7 @@ fn main() {
         a_creator_killed_between_making_a_segment_and_telling_its_tracker_leaves_no_name,
         example_shared_value_array,
         shareable_list_basics,
+        shareable_list_formats_as_items_change,
         shareable_list_counts_as_python_compares,
         shareable_list_reaches_a_child,
         shareable_list_shared_with_cpython,
