@@ -449,7 +449,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// frame size;
     /// [`Error::InvalidArgument`] if the value owns descriptors and this end is a TCP
     /// connection (descriptors travel only over Unix sockets; nothing is sent, and the
-    /// connection stays usable).
+    /// connection stays usable); [`Error::Io`] if this process is out of descriptors for the
+    /// duplicates of those the value owns ("Too many open files"; nothing is sent).
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).

@@ -156,6 +156,33 @@ async fn recv_queue_near_the_limit(
     }
 }
 
+/// With no descriptor to spare (its limit lowered to its lowest free descriptor), sends
+/// `event` through `a`, which fails with the system's error naming the value; then, the
+/// limit restored, sends it again.
+async fn send_event_without_spare_descriptors(
+    a: mp::Connection<mp::Event>,
+    event: mp::Event,
+) -> TestResult {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let lowest_free = std::fs::File::open("/dev/null")?.as_raw_fd() as u64;
+    setrlimit(Resource::RLIMIT_NOFILE, lowest_free, hard)?;
+    let sent = a.send(&event).await;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+    match sent {
+        Err(mp::Error::Io(e)) => {
+            let said = e.to_string();
+            ensure!(
+                said.contains("Too many open files") && said.contains("Event"),
+                "the error: {said}"
+            );
+        }
+        other => return Err(format!("a send with no descriptor to spare: {other:?}").into()),
+    }
+    a.send(&event).await?;
+    Ok(())
+}
+
 // ---- tests ----
 
 /// `_TestConnection.test_connection`: values and bytes go both ways through a child; `poll`
@@ -764,6 +791,26 @@ async fn descriptors_past_the_limit_are_an_error_naming_it() -> TestResult {
     Ok(())
 }
 
+/// A value that owns descriptors, sent by a process with none to spare, fails with the
+/// system's error (`Error::Io`, "Too many open files", as Python's pickling of a connection
+/// raises `OSError`), not as a value that cannot be encoded; nothing is sent, and the same
+/// send succeeds once descriptors are free.
+async fn a_send_out_of_descriptors_is_an_io_error() -> TestResult {
+    let (a, b) = mp::Pipe::<mp::Event>::new()?;
+    let event = mp::Event::new()?;
+    let mut p = start(send_event_without_spare_descriptors, (a, event.clone())).await?;
+    let got = b.recv_timeout(Duration::from_secs(20)).await?;
+    got.set();
+    ensure!(event.is_set(), "the event received is another");
+    ensure!(join_code(&mut p).await? == 0, "the child");
+    let after = b.recv_timeout(Duration::from_secs(20)).await;
+    ensure!(
+        matches!(after, Err(mp::Error::Closed)),
+        "a second message: {after:?}"
+    );
+    Ok(())
+}
+
 /// A message that holds a descriptor and many bytes arrives whole, however the kernel splits
 /// it: a read stops after the bytes that carry the descriptor, which does not mean the rest
 /// is not there.
@@ -880,6 +927,10 @@ fn main() {
             a_pipe_serves_one_runtime_after_another,
         ),
         test("recv_bytes_into_a_buffer", recv_bytes_into_a_buffer),
+        test(
+            "a_send_out_of_descriptors_is_an_io_error",
+            a_send_out_of_descriptors_is_an_io_error,
+        ),
         test("eof_after_writer_exits", eof_after_writer_exits),
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),
         test(

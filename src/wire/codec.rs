@@ -24,6 +24,10 @@ thread_local! {
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
     static KEPT: OnKeptList = const { RefCell::new(None) };
     static HELD_BACK: OnKeptList = const { RefCell::new(None) };
+    /// Why taking a duplicate of a descriptor being encoded failed (out of descriptors,
+    /// say): the system's error, which the encoding reports as such, not as a value that
+    /// cannot be encoded.
+    static DUP_FAILED: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
 }
 
 /// What a value being encoded asked to be done once its encoding is kept ([`when_kept`]).
@@ -278,6 +282,7 @@ fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
     let res = value.serialize(&mut ser);
     *fds = OUTGOING.with(|o| o.replace(previous)).unwrap_or_default();
     let kept = kept.close();
+    let dup_failed = DUP_FAILED.with(|d| d.borrow_mut().take());
     match res {
         Ok(()) => {
             if keep {
@@ -294,9 +299,18 @@ fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
         }
         Err(e) => {
             fds.truncate(nfds);
-            Err(Error::Encode {
-                type_name: type_name::<T>(),
-                message: e.to_string(),
+            Err(match dup_failed {
+                Some(io) => Error::from(std::io::Error::new(
+                    io.kind(),
+                    format!(
+                        "cannot duplicate a descriptor of a `{}` to send it: {io}",
+                        type_name::<T>()
+                    ),
+                )),
+                None => Error::Encode {
+                    type_name: type_name::<T>(),
+                    message: e.to_string(),
+                },
             })
         }
     }
@@ -545,7 +559,12 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
                 sys::MAX_FDS_PER_MESSAGE
             ));
         }
-        list.push(sys::dup_fd(fd).map_err(|e| format!("cannot duplicate a descriptor: {e}"))?);
+        let dup = sys::dup_fd(fd).map_err(|e| {
+            let message = format!("cannot duplicate a descriptor: {e}");
+            DUP_FAILED.with(|d| *d.borrow_mut() = Some(e));
+            message
+        })?;
+        list.push(dup);
         Ok((list.len() - 1) as u32)
     });
     match index {
