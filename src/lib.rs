@@ -51,6 +51,7 @@ pub mod cluster;
 mod connection;
 mod error;
 mod family;
+mod join_handle;
 pub mod launch;
 mod listener;
 mod manager;
@@ -75,6 +76,7 @@ pub use family::{
     ActiveChild, MAIN_PROCESS_NAME, ParentProcess, ProcessInfo, active_children, current_process,
     parent_process,
 };
+pub use join_handle::JoinHandle;
 pub use listener::{AUTH_TIMEOUT, Client, Listener, MAX_HANDSHAKES};
 pub use manager::{
     ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionLock, ConditionProxy, DictProxy,

@@ -1,6 +1,7 @@
 //! `Process`: Python's `multiprocessing.Process`, awaited on tokio.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Termination;
 use std::time::Duration;
 
@@ -8,20 +9,27 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::join_handle::JoinHandle;
 use crate::start::{self, Child, Launch, StartMethod};
 use crate::sys;
-use crate::task::{Target, process_entry};
-use crate::wire::{Encoded, Hello};
+use crate::task::{ProcessEntry, Target, call_entry, process_entry};
+use crate::wire::{Encoded, Fd, Hello};
 
 /// [`Process::DEFAULT_START_TIMEOUT`], for the crate's own defaults.
 pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A process not started yet: its target, arguments and options. Made by [`Process::new`];
 /// [`start`](ProcessBuilder::start) runs it.
+///
+/// `T` is what [`start`](ProcessBuilder::start) gives: a [`Process`], or for
+/// [`Process::call`] a [`JoinHandle`] that also hands back the target's result.
 #[must_use = "a process does nothing until it is started"]
 #[derive(Debug)]
-pub struct ProcessBuilder {
+pub struct ProcessBuilder<T = Process> {
     launch: Result<Launch>,
+    /// [`Process::call`]'s end of the socket the child answers on.
+    answer: Option<OwnedFd>,
+    _start: PhantomData<fn() -> T>,
 }
 
 /// A child process running a target (Python's `multiprocessing.Process`).
@@ -86,25 +94,54 @@ impl Process {
         A: Serialize + DeserializeOwned,
     {
         let _ = target;
-        let identity = crate::family::next_child_identity();
-        let numbers: Vec<String> = identity.iter().map(|n| n.to_string()).collect();
-        ProcessBuilder {
-            launch: Encoded::new(&args).map(|args| Launch {
-                name: format!("Process-{}", numbers.join(":")),
-                identity,
-                entry: process_entry::<F, A, M>(),
-                is_async: F::IS_ASYNC,
-                needs_runtime: F::IS_ASYNC,
-                args,
-                // Python's rule: the flag is inherited from the creating process.
-                daemon: crate::family::current_process().daemon(),
-                method: start::get_start_method(),
-                start_timeout: DEFAULT_START_TIMEOUT,
-                inherit_argv: false,
-                hello: Hello::ours(),
-                track_at_exit: true,
-            }),
-        }
+        ProcessBuilder::describe(
+            process_entry::<F, A, M>(),
+            F::IS_ASYNC,
+            Encoded::new(&args),
+            None,
+        )
+    }
+
+    /// Describes a process that will run `target(args)` and hand its return value back:
+    /// procspawn's `spawn`, aiomultiprocess's `Worker`, pebble's `concurrent.process`, or
+    /// a `ProcessPoolExecutor(max_workers=1, max_tasks_per_child=1).submit`. Its
+    /// [`start`](ProcessBuilder::start) gives a [`JoinHandle`], whose
+    /// [`join`](JoinHandle::join) gives the result.
+    ///
+    /// `target` and `args` are as for [`new`](Self::new), and the builder's options are the
+    /// same; the target returns any serde value (for an `async fn`, its future resolves to
+    /// one), encoded in the child and decoded here, descriptors included. A panic comes
+    /// back as a [`TaskError`](crate::TaskError) carrying its message and location, as a
+    /// pool task's does, and is not printed on the child's stderr.
+    ///
+    /// Every call is a fresh process, with the cost of a start (about a millisecond with
+    /// the `forkserver` method): for many short calls, a [`Pool`](crate::Pool) reuses its
+    /// workers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// fn fib(n: u64) -> u64 {
+    ///     if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+    /// }
+    /// let mut h = tokio_multiprocessing::Process::call(fib, (20,)).start().await?;
+    /// assert_eq!(h.join().await?, 6765);
+    /// # Ok(()) }
+    /// ```
+    pub fn call<F, A, M>(target: F, args: A) -> ProcessBuilder<JoinHandle<F::Output>>
+    where
+        F: Target<A, M>,
+        F::Output: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned,
+    {
+        let _ = target;
+        let (args, answer) = match sys::socketpair_stream() {
+            Ok((ours, theirs)) => (Encoded::new(&(args, Fd::from(theirs))), Some(ours)),
+            Err(e) => (Err(e.into()), None),
+        };
+        ProcessBuilder::describe(call_entry::<F, A, M>, F::IS_ASYNC, args, answer)
     }
 
     /// The process's name (`Process-N`, or `Process-1:N` for a child's child, unless set:
@@ -349,7 +386,7 @@ impl std::fmt::Display for Process {
 }
 
 /// Python's repr of a process not started: `<Process(Process-1, initial)>`.
-impl std::fmt::Display for ProcessBuilder {
+impl<T> std::fmt::Display for ProcessBuilder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.launch {
             Ok(l) => {
@@ -373,7 +410,37 @@ impl AsRawFd for Process {
     }
 }
 
-impl ProcessBuilder {
+impl<T> ProcessBuilder<T> {
+    /// A process that runs `entry` on `args`, with Python's default name and options.
+    fn describe(
+        entry: ProcessEntry,
+        is_async: bool,
+        args: Result<Encoded>,
+        answer: Option<OwnedFd>,
+    ) -> ProcessBuilder<T> {
+        let identity = crate::family::next_child_identity();
+        let numbers: Vec<String> = identity.iter().map(|n| n.to_string()).collect();
+        ProcessBuilder {
+            launch: args.map(|args| Launch {
+                name: format!("Process-{}", numbers.join(":")),
+                identity,
+                entry,
+                is_async,
+                needs_runtime: is_async,
+                args,
+                // Python's rule: the flag is inherited from the creating process.
+                daemon: crate::family::current_process().daemon(),
+                method: start::get_start_method(),
+                start_timeout: DEFAULT_START_TIMEOUT,
+                inherit_argv: false,
+                hello: Hello::ours(),
+                track_at_exit: true,
+            }),
+            answer,
+            _start: PhantomData,
+        }
+    }
+
     fn with(mut self, f: impl FnOnce(&mut Launch)) -> Self {
         if let Ok(l) = &mut self.launch {
             f(l);
@@ -433,6 +500,21 @@ impl ProcessBuilder {
         self.with(|l| l.hello = Hello::with_fingerprint(fingerprint))
     }
 
+    async fn start_process(self) -> Result<(Process, Option<OwnedFd>)> {
+        let launch = self.launch?;
+        let (name, daemon) = (launch.name.clone(), launch.daemon);
+        let child = start::launch(launch).await?;
+        tracing::debug!(pid = child.pid(), %name, "process started");
+        let process = Process {
+            child,
+            name,
+            daemon,
+        };
+        Ok((process, self.answer))
+    }
+}
+
+impl ProcessBuilder {
     /// Starts the child and waits for it to complete its bootstrap (Python's `start()`).
     ///
     /// # Errors
@@ -445,15 +527,27 @@ impl ProcessBuilder {
     /// Not cancel safe: a start dropped midway kills the child it may have started, which
     /// is reaped in the background; its target may have begun to run.
     pub async fn start(self) -> Result<Process> {
-        let launch = self.launch?;
-        let (name, daemon) = (launch.name.clone(), launch.daemon);
-        let child = start::launch(launch).await?;
-        tracing::debug!(pid = child.pid(), %name, "process started");
-        Ok(Process {
-            child,
-            name,
-            daemon,
-        })
+        Ok(self.start_process().await?.0)
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> ProcessBuilder<JoinHandle<R>> {
+    /// Starts the child of a [`Process::call`], as [`ProcessBuilder::start`] starts a
+    /// process, and gives the handle that joins it and hands back its result.
+    ///
+    /// # Errors
+    /// As [`ProcessBuilder::start`], and an I/O error if the kernel refused the socket the
+    /// child answers on (descriptor limit).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, as [`ProcessBuilder::start`].
+    pub async fn start(self) -> Result<JoinHandle<R>> {
+        match self.start_process().await? {
+            (process, Some(answer)) => JoinHandle::new(process, answer),
+            (_, None) => Err(Error::InvalidArgument(
+                "a called process has no socket to answer on".into(),
+            )),
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::process::{ExitCode, Termination};
@@ -20,9 +20,9 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess
 
 use crate::error::{Error, TaskFailure};
 use crate::sys::{self, FnZst};
-use crate::wire::Encoded;
 use crate::wire::codec;
 use crate::wire::plain::{self, AppendItems, ItemsOwned};
+use crate::wire::{Encoded, Fd, FrameBuf, send_blocking};
 
 /// Marks a target that returns its result directly.
 #[doc(hidden)]
@@ -350,6 +350,57 @@ where
         Invoked::Ready(r) => Invoked::Ready(r.map(then)),
         Invoked::Pending(fut) => Invoked::Pending(Box::pin(fut.map(move |r| r.map(then)))),
     }
+}
+
+/// The [`ProcessEntry`] of a [`Process::call`](crate::Process::call) target `F`: decodes
+/// its arguments and the socket its answer goes to (`(A, Fd)`), runs it, and sends back
+/// `Ok(result)` or `Err(TaskFailure)` in one frame. Exit code 0 once a result went out, 1
+/// after a failure (as a panicking `Process` target's).
+pub(crate) fn call_entry<F, A, M>(bytes: &[u8], fds: Vec<OwnedFd>) -> Invoked<Result<i32, Failure>>
+where
+    F: Target<A, M>,
+    F::Output: Serialize,
+    A: DeserializeOwned,
+{
+    let (args, answer): (A, Fd) = match codec::decode(bytes, fds) {
+        Ok(a) => a,
+        Err(e) => return Invoked::Ready(Err(Failure::Args(e))),
+    };
+    let answer = answer.into_owned();
+    // A panic travels to the caller in the answer, as a pool task's does, not to stderr.
+    record_panics(false);
+    match invoke_caught(F::__conjure(), args) {
+        Invoked::Ready(r) => Invoked::Ready(Ok(answer_call(&answer, r))),
+        Invoked::Pending(fut) => {
+            Invoked::Pending(Box::pin(fut.map(move |r| Ok(answer_call(&answer, r)))))
+        }
+    }
+}
+
+/// Sends a call's outcome on `answer`, and gives the child's exit code. A result that cannot
+/// be encoded, or is over the maximum frame size, is sent as that failure. A parent that
+/// is gone cannot be answered: the code says how the call went all the same.
+fn answer_call<R: Serialize>(answer: &OwnedFd, r: Result<R, Failure>) -> i32 {
+    let sized = |f: Result<FrameBuf, Error>| {
+        f.and_then(|mut f| f.check_size().map(|()| f))
+            .map_err(|e| Failure::Args(e).into_task_failure())
+    };
+    let (frame, code) = match r {
+        Ok(v) => match sized(FrameBuf::of(&Ok::<R, TaskFailure>(v))) {
+            Ok(frame) => (Ok(frame), 0),
+            Err(f) => (sized(FrameBuf::of(&Err::<(), TaskFailure>(f))), 1),
+        },
+        Err(f) => (
+            sized(FrameBuf::of(&Err::<(), TaskFailure>(f.into_task_failure()))),
+            1,
+        ),
+    };
+    if let Ok(mut frame) = frame
+        && let Err(e) = send_blocking(answer.as_fd(), &mut frame)
+    {
+        tracing::debug!("a called process could not answer its parent: {e}");
+    }
+    code
 }
 
 /// What a pool's or a manager's initializer may return: what `main` may return (`()`, an

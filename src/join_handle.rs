@@ -1,0 +1,171 @@
+//! `JoinHandle`: a process started by [`Process::call`], which hands back its target's
+//! result (procspawn's `JoinHandle`, aiomultiprocess's `Worker`, pebble's `ProcessFuture`).
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ExitCause, Result, TaskError, TaskFailure};
+use crate::process::Process;
+use crate::wire::Framed;
+
+/// Where the child's answer stands.
+enum Outcome<R> {
+    /// Not received yet.
+    Waiting,
+    /// Received (or known to be lost), not yet handed out.
+    Received(std::result::Result<R, TaskError>),
+    /// Handed out.
+    Taken,
+}
+
+/// A child started by [`Process::call`]: joining it gives what its target returned.
+///
+/// The child answers with its target's result just before it exits; [`join`](Self::join)
+/// receives it (on a socket registered with tokio's reactor) and waits for the exit. The
+/// handle is also a [`Process`] ([`process`](Self::process)): its pid, `kill`, `terminate`,
+/// `is_alive` and exit code.
+///
+/// Dropping a `JoinHandle` does not stop the child (as dropping a [`Process`] does not); its
+/// result is discarded, and the child is reaped when it ends. For pebble's
+/// `concurrent.process(timeout=...)`, which kills the process once the timeout expires, use
+/// [`join_timeout`](Self::join_timeout) and [`kill`](Self::kill):
+///
+/// ```no_run
+/// # async fn f() -> tokio_multiprocessing::Result<()> {
+/// # use std::time::Duration;
+/// fn slow(n: u64) -> u64 { std::thread::sleep(Duration::from_secs(n)); n }
+/// let mut h = tokio_multiprocessing::Process::call(slow, (60,)).start().await?;
+/// if h.join_timeout(Duration::from_secs(1)).await?.is_none() {
+///     h.kill()?; // the next `join` gives `is_worker_lost()`, with the signal
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "dropping a JoinHandle discards the result; the child runs on"]
+pub struct JoinHandle<R> {
+    process: Process,
+    answer: Framed,
+    outcome: Outcome<R>,
+}
+
+impl<R> std::fmt::Debug for JoinHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = match &self.outcome {
+            Outcome::Waiting => "waiting",
+            Outcome::Received(_) => "received",
+            Outcome::Taken => "taken",
+        };
+        f.debug_struct("JoinHandle")
+            .field("process", &self.process)
+            .field("outcome", &outcome)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
+    pub(crate) fn new(process: Process, answer: OwnedFd) -> Result<JoinHandle<R>> {
+        Ok(JoinHandle {
+            process,
+            answer: Framed::unix(answer)?,
+            outcome: Outcome::Waiting,
+        })
+    }
+
+    /// Waits for the child to answer and exit, and gives what its target returned.
+    ///
+    /// # Errors
+    /// A [`TaskError`], as a pool task's: the target panicked ([`TaskError::is_panic`], with
+    /// the panic's message and location); the child died before it answered
+    /// ([`TaskError::is_worker_lost`], with its pid and the signal or exit code, as after
+    /// [`kill`](Self::kill)); its result could not be encoded in the child, or was over
+    /// the maximum frame size ([`TaskError::frame_too_large`]), or could not be decoded
+    /// here ([`TaskError::caller_error`] is [`Error::Decode`]). A join after the result was
+    /// handed out gives one whose `caller_error` is [`Error::InvalidArgument`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: a join dropped before it returned (a `select!`, a
+    /// timeout) leaves the result, if it had arrived, in the handle for the next join.
+    pub async fn join(&mut self) -> std::result::Result<R, TaskError> {
+        if let Outcome::Waiting = self.outcome {
+            let received = match self.answer.recv_one().await {
+                Ok(frame) => match frame.decode::<std::result::Result<R, TaskFailure>>() {
+                    Ok(r) => r.map_err(TaskError::failed),
+                    Err(e) => Err(TaskError::local(e)),
+                },
+                // No answer: the child ended without one.
+                Err(Error::Closed) => {
+                    let code = self.process.join().await.map_err(TaskError::local)?;
+                    let cause = ExitCause::from_exitcode(code);
+                    Err(TaskError::worker_lost_on(None, self.process.pid(), cause))
+                }
+                Err(e) => Err(TaskError::local(e)),
+            };
+            self.outcome = Outcome::Received(received);
+        }
+        if let Outcome::Received(_) = self.outcome {
+            self.process.join().await.map_err(TaskError::local)?;
+        }
+        match std::mem::replace(&mut self.outcome, Outcome::Taken) {
+            Outcome::Received(r) => r,
+            _ => Err(TaskError::local(Error::InvalidArgument(
+                "the result of this process was already taken: a handle hands it out once".into(),
+            ))),
+        }
+    }
+
+    /// [`join`](Self::join), giving up after `timeout` with `Ok(None)`: the child runs on,
+    /// and a later join still gives its result (Python's `join(timeout)`; pebble's timeout
+    /// also kills the process: call [`kill`](Self::kill) then).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`join`](Self::join).
+    pub async fn join_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> std::result::Result<Option<R>, TaskError> {
+        tokio::time::timeout(timeout, self.join())
+            .await
+            .ok()
+            .transpose()
+    }
+}
+
+impl<R> JoinHandle<R> {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends SIGKILL (procspawn's `kill`, pebble's `cancel` of a running call): a join then
+    /// fails with [`TaskError::is_worker_lost`], unless the child had answered already.
+    ///
+    /// # Errors
+    /// An I/O error from the kernel.
+    pub fn kill(&self) -> Result<()> {
+        self.process.kill()
+    }
+
+    /// Sends SIGTERM, as [`Process::terminate`].
+    ///
+    /// # Errors
+    /// An I/O error from the kernel.
+    pub fn terminate(&self) -> Result<()> {
+        self.process.terminate()
+    }
+
+    /// The child as a [`Process`]: its name, `is_alive`, `exitcode` and sentinel. Joining
+    /// it through this reference waits for the exit but leaves the result in the handle.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}

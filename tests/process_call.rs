@@ -1,0 +1,245 @@
+//! `Process::call`: a process whose target's return value comes back (procspawn's `spawn`,
+//! aiomultiprocess's `Worker`, pebble's `concurrent.process`), with each start method:
+//! results of plain and `async fn` targets, panics, deaths, a kill after a join timed out,
+//! results that carry descriptors, joins dropped midway, and no descriptor or child left.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use support::TestResult;
+use support::process::METHODS;
+use tokio_multiprocessing::{self as mp, Error, ExitCause, JoinHandle, Process, StartMethod};
+
+fn main() {
+    mp::init(); // a re-executed child never gets past this line
+    let mut trials = trials![
+        a_call_returns_its_targets_value,
+        an_async_target_returns_its_futures_value,
+        a_panic_comes_back_with_its_message_and_location,
+        a_child_that_exits_without_answering_is_lost_with_its_code,
+        a_call_killed_after_its_join_timed_out_is_lost_with_sigkill,
+        a_result_carries_its_descriptors,
+        a_join_dropped_midway_keeps_the_result_for_the_next,
+        calls_leave_no_descriptor_and_no_child,
+    ];
+    trials.push(support::test_current_thread(
+        "a_call_is_joined_on_a_current_thread_runtime",
+        a_call_returns_its_targets_value,
+    ));
+    // One test at a time: one counts this process's descriptors and children.
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    libtest_mimic::run(&args, trials).exit()
+}
+
+// ---------------------------------------------------------------- targets
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Stats {
+    name: String,
+    sum: u64,
+    pid: u32,
+}
+
+fn stats(name: String, xs: Vec<u64>) -> Stats {
+    Stats {
+        name,
+        sum: xs.iter().sum(),
+        pid: std::process::id(),
+    }
+}
+
+async fn doubled_later(x: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    x * 2
+}
+
+fn panics(message: String) -> u64 {
+    panic!("{message}");
+}
+
+fn exits(code: i32) -> u64 {
+    std::process::exit(code)
+}
+
+/// Says it started, then sleeps far longer than any test.
+fn sleeps(started: mp::Event) -> u64 {
+    started.set();
+    std::thread::sleep(Duration::from_secs(600));
+    0
+}
+
+/// Sends `hello` into a pipe and returns the pipe's receiving end.
+async fn pipe_with_hello() -> Result<mp::Connection<String>, String> {
+    let (rx, tx) = mp::Pipe::<String>::simplex().map_err(|e| e.to_string())?;
+    tx.send(&"hello".to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rx)
+}
+
+fn identity(x: u64) -> u64 {
+    x
+}
+
+// ---------------------------------------------------------------- tests
+
+/// Starts a call of `f(args)` with `method`.
+async fn call<F, A, M>(method: StartMethod, f: F, args: A) -> mp::Result<JoinHandle<F::Output>>
+where
+    F: mp::Target<A, M>,
+    F::Output: serde::Serialize + serde::de::DeserializeOwned,
+    A: serde::Serialize + serde::de::DeserializeOwned,
+{
+    Process::call(f, args).start_method(method).start().await
+}
+
+async fn a_call_returns_its_targets_value() -> TestResult {
+    for method in METHODS {
+        let mut h = call(method, stats, ("sums".to_string(), vec![1, 2, 3])).await?;
+        let pid = h.pid();
+        let got = h.join().await?;
+        ensure!(
+            got == Stats {
+                name: "sums".into(),
+                sum: 6,
+                pid
+            },
+            "{method:?}: {got:?}"
+        );
+        ensure!(h.process().exitcode()? == Some(0), "{method:?}: {h:?}");
+    }
+    Ok(())
+}
+
+async fn an_async_target_returns_its_futures_value() -> TestResult {
+    for method in METHODS {
+        let mut h = call(method, doubled_later, (21,)).await?;
+        ensure!(h.join().await? == 42, "{method:?}");
+    }
+    Ok(())
+}
+
+async fn a_panic_comes_back_with_its_message_and_location() -> TestResult {
+    let mut h = Process::call(panics, ("no luck".to_string(),))
+        .start()
+        .await?;
+    let e = h.join().await.expect_err("the target panicked");
+    ensure!(e.is_panic(), "{e:?}");
+    ensure!(e.panic_message() == Some("no luck"), "{e:?}");
+    let at = e.panic_location().unwrap_or_default();
+    ensure!(at.contains("process_call.rs"), "location {at:?}");
+    ensure!(h.process().exitcode()? == Some(1), "{h:?}");
+    Ok(())
+}
+
+async fn a_child_that_exits_without_answering_is_lost_with_its_code() -> TestResult {
+    for method in METHODS {
+        let mut h = call(method, exits, (3,)).await?;
+        let pid = h.pid();
+        let e = h.join().await.expect_err("the child answered nothing");
+        ensure!(e.is_worker_lost(), "{method:?}: {e:?}");
+        ensure!(e.worker_pid() == Some(pid), "{method:?}: {e:?}");
+        ensure!(
+            e.exit_cause() == Some(ExitCause::Code(3)),
+            "{method:?}: {e:?}"
+        );
+    }
+    Ok(())
+}
+
+/// pebble's `concurrent.process(timeout=...)`: the join gives up, the call is killed.
+async fn a_call_killed_after_its_join_timed_out_is_lost_with_sigkill() -> TestResult {
+    let started = mp::Event::new()?;
+    let mut h = Process::call(sleeps, (started.clone(),)).start().await?;
+    started.wait_timeout(Duration::from_secs(20)).await?;
+    ensure!(
+        h.join_timeout(Duration::from_millis(100)).await?.is_none(),
+        "a sleeping call answered"
+    );
+    ensure!(h.process().is_alive(), "the child ended on a join timeout");
+    h.kill()?;
+    let e = h.join().await.expect_err("the child was killed");
+    ensure!(e.is_worker_lost(), "{e:?}");
+    ensure!(e.exit_cause() == Some(ExitCause::Signal(9)), "{e:?}");
+    ensure!(
+        support::is_zombie_or_gone(h.pid()),
+        "child {} lives",
+        h.pid()
+    );
+    Ok(())
+}
+
+async fn a_result_carries_its_descriptors() -> TestResult {
+    for method in METHODS {
+        let mut h = call(method, pipe_with_hello, ()).await?;
+        let rx = h.join().await??;
+        let got = rx.recv_timeout(Duration::from_secs(10)).await?;
+        ensure!(got == "hello", "{method:?}: {got}");
+        // The child is gone, and so is the sender: end of stream.
+        let end = rx.recv_timeout(Duration::from_secs(10)).await;
+        ensure!(matches!(end, Err(Error::Closed)), "{method:?}: {end:?}");
+    }
+    Ok(())
+}
+
+async fn a_join_dropped_midway_keeps_the_result_for_the_next() -> TestResult {
+    let mut h = Process::call(identity, (7,)).start().await?;
+    // Joins dropped at once, again and again, until one completes.
+    let got = loop {
+        if let Ok(r) = tokio::time::timeout(Duration::ZERO, h.join()).await {
+            break r?;
+        }
+        tokio::task::yield_now().await;
+    };
+    ensure!(got == 7, "{got}");
+    // Waiting for the exit through the process leaves the result to the handle.
+    let mut h = Process::call(identity, (8,)).start().await?;
+    support::join_ok(h.process()).await?;
+    ensure!(
+        h.join().await? == 8,
+        "the result was lost by the process's join"
+    );
+    let again = h.join().await.expect_err("the result was handed out");
+    ensure!(
+        matches!(again.caller_error(), Some(Error::InvalidArgument(_))),
+        "{again:?}"
+    );
+    Ok(())
+}
+
+async fn calls_leave_no_descriptor_and_no_child() -> TestResult {
+    // First calls start what stays for the process's life: a fork server, and the reaper
+    // of dropped handles' children (with an eventfd of its own).
+    for method in METHODS {
+        let mut h = call(method, identity, (0,)).await?;
+        h.join().await?;
+        let running = Process::call(sleeps, (mp::Event::new()?,)).start().await?;
+        running.kill()?;
+        drop(running);
+    }
+    no_children_left().await?;
+    let before = support::open_fds();
+    for method in METHODS {
+        let mut ok = call(method, identity, (1,)).await?;
+        ensure!(ok.join().await? == 1, "{method:?}");
+        let mut failed = call(method, panics, ("x".to_string(),)).await?;
+        ensure!(failed.join().await.is_err(), "{method:?}");
+        // Dropped unjoined: reaped when it ends.
+        drop(call(method, identity, (2,)).await?);
+    }
+    no_children_left().await?;
+    support::fds_return_to(before, Duration::from_secs(10)).await
+}
+
+/// Succeeds once every child this process started has ended and been reaped.
+async fn no_children_left() -> TestResult {
+    ensure!(
+        support::eventually(Duration::from_secs(10), || mp::active_children().is_empty()).await,
+        "children left: {:?}",
+        mp::active_children()
+    );
+    Ok(())
+}
