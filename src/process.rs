@@ -435,6 +435,7 @@ impl<T> ProcessBuilder<T> {
                 inherit_argv: false,
                 hello: Hello::ours(),
                 track_at_exit: true,
+                stdio: start::Stdio::default(),
             }),
             answer,
             _start: PhantomData,
@@ -484,6 +485,42 @@ impl<T> ProcessBuilder<T> {
     /// worker), so that a `fork` child builds it first.
     pub(crate) fn needs_runtime(self) -> Self {
         self.with(|l| l.needs_runtime = true)
+    }
+
+    /// Points the child's stdout at `fd` (procspawn's `Builder::stdout`, subprocess's
+    /// `stdout=`): a file, or the write end of a pipe whose read end this process reads.
+    /// What the target prints, and what the programs it runs print unless told otherwise,
+    /// goes there; by default a child writes to this process's stdout. The child gets its
+    /// own copy: this process's closes when the builder is started or dropped, so the
+    /// reader of a pipe sees its end once the child and its own children are gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::Read;
+    /// let (mut reader, writer) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut p = tokio_multiprocessing::Process::new(|| println!("hello"), ())
+    ///     .stdout(writer)
+    ///     .start()
+    ///     .await?;
+    /// p.join().await?;
+    /// let mut out = String::new();
+    /// reader.read_to_string(&mut out)?; // (a blocking read: the child has ended)
+    /// assert_eq!(out, "hello\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn stdout(self, fd: impl Into<OwnedFd>) -> Self {
+        let fd = fd.into();
+        self.with(|l| l.stdio.stdout = Some(fd))
+    }
+
+    /// Points the child's stderr at `fd`, as [`stdout`](Self::stdout) does its stdout: a
+    /// target's panic message, and what it writes with `eprintln!`, go there.
+    pub fn stderr(self, fd: impl Into<OwnedFd>) -> Self {
+        let fd = fd.into();
+        self.with(|l| l.stdio.stderr = Some(fd))
     }
 
     /// Gives a `spawn` child the parent's command-line arguments (by default it gets only

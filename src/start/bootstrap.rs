@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 
 use super::handshake::{Boot, BootReply, HelloFirst, INIT_ADVICE};
-use super::{ENV_BOOT, StartMethod};
+use super::{ENV_BOOT, StartMethod, Stdio};
 use crate::error::Error;
 use crate::sys;
 use crate::task::{Failure, Invoked, ProcessEntry, call_process};
@@ -83,6 +83,18 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
             BootReply::Refused(format!("unknown start method {}", boot.method)),
         )
     };
+    let Some(stdio) = Stdio::take_targets(boot.stdio, &mut frame.fds) else {
+        refuse(
+            &sock,
+            BootReply::Refused("the bootstrap frame lacks its stdout or stderr".into()),
+        )
+    };
+    if let Err(e) = Stdio::redirect(&stdio) {
+        refuse(
+            &sock,
+            BootReply::Refused(format!("cannot redirect stdout or stderr: {e}")),
+        )
+    }
     // Python's children inherit the method that started them as their default.
     super::set_start_method(method);
     set_max_frame_size(boot.max_frame as usize);

@@ -17,8 +17,10 @@ use crate::sys;
 use crate::task::call_process;
 
 /// Starts a child with the `fork` method.
-pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
+pub(super) fn launch_fork(mut launch: Launch) -> Result<Child> {
+    let stdio = std::mem::take(&mut launch.stdio).into_targets();
     let mut keep: Vec<RawFd> = launch.args.fds.iter().map(|f| f.as_raw_fd()).collect();
+    keep.extend(stdio.iter().map(|(f, _)| f.as_raw_fd()));
     // Where the kernel reaps children itself, a child that ended before this side held its
     // pidfd would be gone, pid and exit status: the child waits for this gate until then.
     let gate = match sys::children_reaped_by_kernel() {
@@ -70,6 +72,11 @@ pub(super) fn launch_fork(launch: Launch) -> Result<Child> {
         if let Err(e) = sys::stdin_from_dev_null() {
             eprintln!("tokio-multiprocessing: forked child cannot redirect stdin: {e}");
         }
+        if let Err(e) = super::Stdio::redirect(&stdio) {
+            eprintln!("tokio-multiprocessing: forked child cannot redirect stdout or stderr: {e}");
+            sys::exit_now(1);
+        }
+        drop(stdio);
         // Python's children inherit the method that started them as their default.
         super::set_start_method(launch.method);
         crate::family::become_child(lineage);

@@ -127,6 +127,7 @@ fn start_server() -> Result<Server> {
         inherit_argv: false,
         hello: Hello::ours(),
         track_at_exit: false,
+        stdio: super::Stdio::default(),
     };
     let frame = handshake::boot_frame(&mut launch)?;
     let (boot_ours, boot_theirs) = sys::socketpair_stream()?;

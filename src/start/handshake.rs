@@ -13,7 +13,7 @@ use crate::error::{Error, ExitCause, Result};
 use crate::family::Lineage;
 use crate::sys;
 use crate::task::process_entry_offset;
-use crate::wire::{FrameBuf, Framed, Hello, RecvBuf, max_frame_size, send_blocking};
+use crate::wire::{Encoded, FrameBuf, Framed, Hello, RecvBuf, max_frame_size, send_blocking};
 
 /// The bootstrap frame's head; the target's encoded arguments follow it in the same frame.
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub(crate) struct Boot {
     pub(crate) max_frame: u64,
     /// The method that starts the child, which becomes its default start method.
     pub(crate) method: u8,
+    /// Which of stdout and stderr the child points at the descriptors that follow its
+    /// arguments' ([`Stdio::flags`](super::Stdio::flags)).
+    pub(crate) stdio: u8,
 }
 
 /// The hello alone of a bootstrap frame's head, the rest skipped: the head of a parent of
@@ -88,8 +91,14 @@ pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
         entry: process_entry_offset(launch.entry),
         max_frame: max_frame_size() as u64,
         method: launch.method.to_u8(),
+        stdio: launch.stdio.flags(),
     })?;
     frame.push_encoded(std::mem::take(&mut launch.args));
+    let stdio = std::mem::take(&mut launch.stdio).into_targets();
+    frame.push_encoded(Encoded {
+        bytes: Vec::new(),
+        fds: stdio.into_iter().map(|(fd, _)| fd).collect(),
+    });
     frame.check_size()?;
     Ok(frame)
 }

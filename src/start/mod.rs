@@ -140,6 +140,58 @@ pub(crate) struct Launch {
     pub(crate) hello: Hello,
     /// Whether the exit handler should wait for (or terminate) this child.
     pub(crate) track_at_exit: bool,
+    /// Where the child's stdout and stderr go, when not to this process's.
+    pub(crate) stdio: Stdio,
+}
+
+/// Where a child's stdout and stderr go: `None` leaves the parent's.
+#[derive(Default)]
+pub(crate) struct Stdio {
+    pub(crate) stdout: Option<std::os::fd::OwnedFd>,
+    pub(crate) stderr: Option<std::os::fd::OwnedFd>,
+}
+
+impl Stdio {
+    /// Which descriptors follow the arguments' in a bootstrap frame: bit 0 stdout, bit 1
+    /// stderr.
+    pub(crate) fn flags(&self) -> u8 {
+        u8::from(self.stdout.is_some()) | (u8::from(self.stderr.is_some()) << 1)
+    }
+
+    /// The descriptors in the order they follow the arguments', with their targets.
+    pub(crate) fn into_targets(self) -> Vec<(std::os::fd::OwnedFd, i32)> {
+        [(self.stdout, 1), (self.stderr, 2)]
+            .into_iter()
+            .filter_map(|(fd, target)| Some((fd?, target)))
+            .collect()
+    }
+
+    /// Takes the descriptors that `flags` says follow the arguments' off the end of `fds`,
+    /// with their targets; `None` if `fds` holds too few.
+    pub(crate) fn take_targets(
+        flags: u8,
+        fds: &mut Vec<std::os::fd::OwnedFd>,
+    ) -> Option<Vec<(std::os::fd::OwnedFd, i32)>> {
+        let count = (flags & 3).count_ones() as usize;
+        let first = fds.len().checked_sub(count)?;
+        let targets = [(1u8, 1), (2, 2)]
+            .into_iter()
+            .filter(|(bit, _)| flags & bit != 0)
+            .map(|(_, target)| target);
+        Some(fds.split_off(first).into_iter().zip(targets).collect())
+    }
+
+    /// Points this process's stdout and stderr where `targets` say.
+    ///
+    /// # Errors
+    /// An I/O error from `dup2`.
+    pub(crate) fn redirect(targets: &[(std::os::fd::OwnedFd, i32)]) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        for (fd, target) in targets {
+            crate::sys::redirect_std(fd.as_fd(), *target)?;
+        }
+        Ok(())
+    }
 }
 
 /// Starts a child as `launch` says.
