@@ -76,12 +76,13 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     ///
     /// # Errors
     /// A [`TaskError`], as a pool task's: the target panicked ([`TaskError::is_panic`], with
-    /// the panic's message and location); the child died before it answered
-    /// ([`TaskError::is_worker_lost`], with its pid and the signal or exit code, as after
-    /// [`kill`](Self::kill)); its result could not be encoded in the child, or was over
-    /// the maximum frame size ([`TaskError::frame_too_large`]), or could not be decoded
-    /// here ([`TaskError::caller_error`] is [`Error::Decode`]). A join after the result was
-    /// handed out gives one whose `caller_error` is [`Error::InvalidArgument`].
+    /// the panic's message and location); the child died before it answered, or midway
+    /// through its answer ([`TaskError::is_worker_lost`], with its pid and the signal or
+    /// exit code, as after [`kill`](Self::kill)); its result could not be encoded in the
+    /// child, or was over the maximum frame size ([`TaskError::frame_too_large`]), or could
+    /// not be decoded here ([`TaskError::caller_error`] is [`Error::Decode`]). A join after
+    /// the result was handed out gives one whose `caller_error` is
+    /// [`Error::InvalidArgument`].
     ///
     /// # Panics
     /// Outside a tokio runtime (the socket is registered with the runtime's reactor).
@@ -96,8 +97,8 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
                     Ok(r) => r.map_err(TaskError::failed),
                     Err(e) => Err(TaskError::local(e)),
                 },
-                // No answer: the child ended without one.
-                Err(Error::Closed) => {
+                // No answer, or part of one: the child ended without answering.
+                Err(Error::Closed | Error::Protocol(_)) => {
                     let code = self.process.join().await.map_err(TaskError::local)?;
                     let cause = ExitCause::from_exitcode(code);
                     Err(TaskError::worker_lost_on(None, self.process.pid(), cause))

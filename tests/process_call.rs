@@ -20,6 +20,7 @@ fn main() {
         a_panic_comes_back_with_its_message_and_location,
         a_child_that_exits_without_answering_is_lost_with_its_code,
         a_call_killed_after_its_join_timed_out_is_lost_with_sigkill,
+        a_call_killed_while_it_answers_is_lost_with_sigkill,
         a_result_carries_its_descriptors,
         a_join_dropped_midway_keeps_the_result_for_the_next,
         calls_leave_no_descriptor_and_no_child,
@@ -69,6 +70,12 @@ fn sleeps(started: mp::Event) -> u64 {
     started.set();
     std::thread::sleep(Duration::from_secs(600));
     0
+}
+
+/// Says it is about to answer, then returns more than a socket holds.
+fn answers_at_length(about_to: mp::Event) -> serde_bytes::ByteBuf {
+    about_to.set();
+    serde_bytes::ByteBuf::from(vec![7u8; 16 << 20])
 }
 
 /// Sends `hello` into a pipe and returns the pipe's receiving end.
@@ -169,6 +176,22 @@ async fn a_call_killed_after_its_join_timed_out_is_lost_with_sigkill() -> TestRe
         "child {} lives",
         h.pid()
     );
+    Ok(())
+}
+
+/// A child killed midway through its answer (the parent reads none of it meanwhile) is
+/// lost, as one killed before it answered: the part of the answer read is no protocol
+/// error of the caller's.
+async fn a_call_killed_while_it_answers_is_lost_with_sigkill() -> TestResult {
+    let about_to = mp::Event::new()?;
+    let mut h = Process::call(answers_at_length, (about_to.clone(),))
+        .start()
+        .await?;
+    support::once_asleep(&about_to).await?;
+    h.kill()?;
+    let e = h.join().await.expect_err("the child was killed");
+    ensure!(e.is_worker_lost(), "{e:?}");
+    ensure!(e.exit_cause() == Some(ExitCause::Signal(9)), "{e:?}");
     Ok(())
 }
 
