@@ -35,12 +35,12 @@
 //! connection closes (killed, say) is lost at once, its workers' tasks failing saying so
 //! ([`ExitCause::HostDisconnected`](crate::ExitCause::HostDisconnected)). An agent that
 //! hears nothing from the head for the [`head_deadline`](ClusterBuilder::head_deadline)
-//! (default 60 s), or sees its connection closed, kills its workers and exits; workers also end when their own link closes. A
-//! worker's link that goes dead while its agent answers (its packets lost on the way) fails
-//! on the head's side once silent for the heartbeat deadline (TCP keep-alive probes and
-//! `TCP_USER_TIMEOUT`), and on the worker's once silent for the head deadline: the head
-//! has the agent kill the worker, and its tasks fail as those of a worker that died, saying
-//! its link went silent.
+//! (default 60 s), or sees its connection closed, kills its workers and exits; workers also
+//! end when their own link closes. A worker's link that goes dead while its agent answers
+//! (its packets lost on the way) fails on the head's side once silent for the heartbeat
+//! deadline (TCP keep-alive probes and `TCP_USER_TIMEOUT`), and on the worker's once silent
+//! for the head deadline: the head has the agent kill the worker, and its tasks fail as
+//! those of a worker that died, saying its link went silent.
 //!
 //! # Trust
 //!
