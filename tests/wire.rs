@@ -156,6 +156,7 @@ fn run_child(feed: Feed) -> Result<Outcome, Box<dyn std::error::Error + Send + S
                 entry,
                 1u64 << 20,
                 0u8, // the start method: spawn
+                0u8, // stdout and stderr as the parent's
             ))?)
         }
         Feed::OtherLayout(fingerprint) => {
