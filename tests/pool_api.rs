@@ -801,6 +801,63 @@ async fn a_stream_made_before_close_runs_every_input() -> TestResult {
     Ok(())
 }
 
+/// Runs in a child (on a multi-thread runtime or a current-thread one), whose descriptors
+/// and children are only its pools': 50 rounds of a Pool(5) that runs a map and has started
+/// all its workers, then ends by `terminate` (or, every other round, by `close` and `join`).
+/// Each time, once that returns, no worker is left, not even a zombie, and every descriptor
+/// of the pool is closed. Exits 0 if so.
+fn pools_one_after_another_probe(multi_thread: bool) {
+    let rt = match multi_thread {
+        true => tokio::runtime::Builder::new_multi_thread(),
+        false => tokio::runtime::Builder::new_current_thread(),
+    };
+    support::process::exit_unless_ok_on(rt, "pools one after another", || async {
+        for _ in 0..2 {
+            Pool::new(5).await?.terminate().await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fds = support::open_fds();
+        for round in 0..50 {
+            let pool = Pool::new(5).await?;
+            pool.map(sqr, 0..10).await?;
+            // Every worker has started: those it killed, not those it never had.
+            let started = eventually(Duration::from_secs(20), || {
+                let now = pool.stats();
+                now.workers_alive == 5 && now.workers_starting == 0
+            });
+            ensure!(
+                started.await,
+                "round {round}: the workers did not all start"
+            );
+            if round % 2 == 0 {
+                pool.terminate().await?;
+            } else {
+                pool.close();
+                pool.join().await?;
+            }
+            let (now, children) = (support::open_fds(), support::all_children());
+            ensure!(
+                now == fds && children.is_empty(),
+                "round {round}: {fds} descriptors before, {now} after; children {children:?}"
+            );
+        }
+        Ok(())
+    });
+}
+
+// TestPoolNotLeakOnFailure, test_terminate: a program that makes pools one after another, as
+// close to its descriptor limit as the pool needs, finds every descriptor of a pool closed
+// (and its workers reaped) once `terminate` or `join` returns. Up to 7 stayed open a while.
+async fn terminate_and_join_return_once_the_workers_descriptors_are_closed() -> TestResult {
+    for multi_thread in [true, false] {
+        let mut p = mp::Process::new(pools_one_after_another_probe, (multi_thread,))
+            .start()
+            .await?;
+        support::process::probe_passed(&mut p).await?;
+    }
+    Ok(())
+}
+
 // test_terminate, test_imap on a closed pool: the tasks a pool refuses end the stream, after
 // an error for each input read.
 async fn a_refused_stream_ends_with_pool_closed_errors() -> TestResult {
@@ -1352,6 +1409,7 @@ fn main() {
         a_large_result_whose_deserialize_panics_panics_its_caller,
         unencodable_argument_and_undecodable_result,
         closed_pool,
+        terminate_and_join_return_once_the_workers_descriptors_are_closed,
         a_stream_made_before_close_runs_every_input,
         a_refused_stream_ends_with_pool_closed_errors,
         join_waits_for_a_stream_made_before_close,

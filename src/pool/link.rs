@@ -59,14 +59,36 @@ const LARGE_FRAME: usize = 1 << 20;
 /// its host's agent). While `spin` allows, it waits actively, up to `limit` after each
 /// answer, for the next one. Nothing from a worker whose host was declared lost is taken
 /// after that: its tasks are failed by then, and a late answer is dropped.
+///
+/// The exit is reported once the worker's descriptors held here (its pidfd, its link) are
+/// closed, so that a pool that hears of its last worker's exit holds none of them any more.
 pub(super) async fn read_worker(
     wid: u64,
     rd: Arc<Framed>,
-    (mut life, killer): (Life, Killer),
+    life: (Life, Killer),
     (events, answers): (UnboundedSender<Event>, Arc<Answered>),
     replies: Replies,
-    (spin, limit): (Arc<AtomicBool>, Duration),
+    spin: (Arc<AtomicBool>, Duration),
 ) {
+    let (cause, killed_because) =
+        watch_worker(wid, rd, life, (&events, answers), replies, spin).await;
+    let _ = events.send(Event::Exited {
+        wid,
+        cause,
+        killed_because,
+    });
+}
+
+/// The body of [`read_worker`], which owns the worker's descriptors held here and drops them
+/// as it returns how the worker ended, and why the pool killed it if it did.
+async fn watch_worker(
+    wid: u64,
+    rd: Arc<Framed>,
+    (mut life, killer): (Life, Killer),
+    (events, answers): (&UnboundedSender<Event>, Arc<Answered>),
+    replies: Replies,
+    (spin, limit): (Arc<AtomicBool>, Duration),
+) -> (ExitCause, Option<Arc<str>>) {
     // `at`: when the answer arrived, for the scheduler's measure of the round trip.
     // `Ok(false)`: the scheduler is gone; `Err`: the answer cannot be read, and why.
     let forward = |mut frame: Frame, at: Instant| -> Result<bool, String> {
@@ -93,13 +115,6 @@ pub(super) async fn read_worker(
             }
             Err(e) => Err(format!("it sent an answer that does not decode: {e}")),
         }
-    };
-    let exited = |cause: ExitCause, killed_because: Option<Arc<str>>| {
-        let _ = events.send(Event::Exited {
-            wid,
-            cause,
-            killed_because,
-        });
     };
     let spinning = |last: Option<Instant>| {
         last.is_some_and(|t| t.elapsed() < limit) && spin.load(Ordering::Relaxed)
@@ -128,8 +143,7 @@ pub(super) async fn read_worker(
                     r = rd.recv() => r,
                     ended = life.join() => {
                         if matches!(ended, Ended::HostLost(_)) {
-                            exited(ended.cause(), None);
-                            return;
+                            return (ended.cause(), None);
                         }
                         // Dead: take in what it sent before dying, then report.
                         while let Ok(Ok(frame)) =
@@ -139,8 +153,7 @@ pub(super) async fn read_worker(
                                 break;
                             }
                         }
-                        exited(ended.cause(), None);
-                        return;
+                        return (ended.cause(), None);
                     }
                 }
             }
@@ -173,8 +186,7 @@ pub(super) async fn read_worker(
         // no use any more, and its tasks fail saying why.
         tracing::debug!("killing a pool worker: {why}");
         life.kill(&killer);
-        exited(life.join().await.cause(), Some(why.into()));
-        return;
+        return (life.join().await.cause(), Some(why.into()));
     }
     let ended = match tokio::time::timeout(Duration::from_secs(5), life.join()).await {
         Ok(r) => r,
@@ -184,5 +196,5 @@ pub(super) async fn read_worker(
             life.join().await
         }
     };
-    exited(ended.cause(), None);
+    (ended.cause(), None)
 }

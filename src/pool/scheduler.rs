@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::answered::{Answer, Answered};
@@ -256,6 +257,12 @@ pub(super) struct Scheduler {
     /// The `imap` streams made while the pool was open that may still submit tasks.
     streams: BTreeSet<u64>,
     workers: IdMap<Slot>,
+    /// The workers' writer tasks. Each holds its worker's link and pidfd; the scheduler
+    /// awaits their end before it answers [`Cmd::Join`] and [`Cmd::Terminate`], so that a
+    /// pool that has ended holds no descriptor of its workers.
+    writers: JoinSet<()>,
+    /// How to end each worker's writer task once the worker has exited.
+    writer_of: IdMap<AbortHandle>,
     next_wid: u64,
     starting: usize,
     in_flight: IdMap<Running>,
@@ -304,6 +311,8 @@ impl Scheduler {
             expected: IdMap::default(),
             streams: BTreeSet::new(),
             workers: IdMap::default(),
+            writers: JoinSet::new(),
+            writer_of: IdMap::default(),
             next_wid: 0,
             starting: starts.pending,
             in_flight: IdMap::default(),
@@ -385,6 +394,9 @@ impl Scheduler {
         for (id, _) in std::mem::take(&mut self.in_flight) {
             self.answer(id, Err(TaskError::pool_closed()));
         }
+        // Each writer task was ended as its worker's exit was taken in; the readers closed
+        // what they held before reporting it.
+        while self.writers.join_next().await.is_some() {}
         for w in self.waiters.drain(..) {
             let _ = w.send(());
         }
@@ -449,7 +461,8 @@ impl Scheduler {
         self.next_wid += 1;
         let (tx, rx) = unbounded_channel();
         let out = Outbox::new(tx, w.writer.clone());
-        tokio::spawn(write_worker(w.writer, rx, out.counter(), w.killer.clone()));
+        let writer = write_worker(w.writer, rx, out.counter(), w.killer.clone());
+        self.writer_of.insert(wid, self.writers.spawn(writer));
         tokio::spawn(read_worker(
             wid,
             w.reader,
@@ -856,6 +869,12 @@ impl Scheduler {
         let Some(slot) = self.workers.remove(&wid) else {
             return;
         };
+        // Nothing more is to be sent to it: its writer task ends now, even one that waits
+        // on a link that takes nothing any more (a lost host's), and drops its descriptors.
+        if let Some(writer) = self.writer_of.remove(&wid) {
+            writer.abort();
+        }
+        while self.writers.try_join_next().is_some() {}
         if slot.draining {
             tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
         } else {

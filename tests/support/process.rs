@@ -50,12 +50,16 @@ pub fn exit_unless_ok<F: Future<Output = Result<(), BoxError>>>(
     what: &str,
     check: impl FnOnce() -> F,
 ) {
-    let run = || -> Result<(), BoxError> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(check())
-    };
+    exit_unless_ok_on(tokio::runtime::Builder::new_current_thread(), what, check)
+}
+
+/// [`exit_unless_ok`] on the runtime that `rt` builds.
+pub fn exit_unless_ok_on<F: Future<Output = Result<(), BoxError>>>(
+    mut rt: tokio::runtime::Builder,
+    what: &str,
+    check: impl FnOnce() -> F,
+) {
+    let run = || -> Result<(), BoxError> { rt.enable_all().build()?.block_on(check()) };
     if let Err(e) = run() {
         eprintln!("{what}: {e}");
         std::process::exit(2);
