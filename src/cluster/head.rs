@@ -416,10 +416,16 @@ impl Table {
         self.lock().retired.remove(&id.to_string());
     }
 
-    /// Takes the ids of the hosts whose agent joined and left since (see [`State::left`]),
-    /// for a scale to launch anew.
-    fn take_left(&self) -> std::collections::HashSet<String> {
-        std::mem::take(&mut self.lock().left)
+    /// Takes, of the hosts `ids`, those whose agent joined and left since (see
+    /// [`State::left`]), for a scale to launch anew; the others stay noted for a later one.
+    fn take_left(&self, ids: std::ops::Range<usize>) -> std::collections::HashSet<String> {
+        let mut s = self.lock();
+        let taken: std::collections::HashSet<String> = ids
+            .map(|id| id.to_string())
+            .filter(|id| s.left.contains(id))
+            .collect();
+        s.left.retain(|id| !taken.contains(id));
+        taken
     }
 
     /// The ids their launchers gave the agents connected.
@@ -732,11 +738,11 @@ impl Cluster {
         // A host whose agent joined and left is launched anew, its old launch ended first
         // (an ssh session or a process killed, a batch job cancelled; one that still runs
         // is given the grace period), outside the lock.
-        let left = self.inner.table.take_left();
+        let left = self.inner.table.take_left(0..hosts);
         let (missing, ended): (Vec<usize>, Vec<Launched>) = {
             let mut launched = self.inner.launched();
             let ended = launched
-                .extract_if(.., |l| l.host < hosts && left.contains(&l.host.to_string()))
+                .extract_if(.., |l| left.contains(&l.host.to_string()))
                 .collect();
             let have: std::collections::HashSet<usize> = launched.iter().map(|l| l.host).collect();
             ((0..hosts).filter(|id| !have.contains(id)).collect(), ended)
