@@ -211,6 +211,109 @@ async fn maxtasksperchild_early_close() -> TestResult {
     Ok(())
 }
 
+// loky's `idle_worker_timeout`: workers with no task for the timeout exit, the pool keeps
+// serving, and the next tasks start workers again, up to the pool's size.
+async fn idle_workers_exit_and_come_back_with_work() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .idle_timeout(Duration::from_millis(100))
+        .build()
+        .await?;
+    let first = worker_pids(&pool).await?;
+    ensure!(first.len() == 2, "both workers served: {first:?}");
+    let idle = eventually(Duration::from_secs(10), || {
+        let s = pool.stats();
+        s.workers_alive == 0 && s.workers_starting == 0
+    })
+    .await;
+    ensure!(idle, "workers left after 10 s idle: {:?}", pool.stats());
+    ensure!(
+        gone(&first).await,
+        "the retired workers still run: {first:?}"
+    );
+    ensure!(
+        pool.stats().workers_lost == 0,
+        "a retirement counted as a loss"
+    );
+    let v = pool.map(sqr, 0..20).chunksize(1).await?;
+    ensure!(
+        v == (0..20).map(|x| x * x).collect::<Vec<_>>(),
+        "map after: {v:?}"
+    );
+    let second = worker_pids(&pool).await?;
+    ensure!(
+        second.len() == 2,
+        "the pool grew back to its size: {second:?}"
+    );
+    ensure!(
+        first.is_disjoint(&second),
+        "new workers: {first:?} {second:?}"
+    );
+    pool.close();
+    tokio::time::timeout(Duration::from_secs(30), pool.join()).await??;
+    ensure!(gone(&second).await, "workers left after join: {second:?}");
+    Ok(())
+}
+
+// A worker running a task longer than the idle timeout is not retired, and tasks that come
+// as workers retire are neither lost nor run twice.
+async fn idle_timeout_loses_no_task() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .idle_timeout(Duration::from_millis(5))
+        .build()
+        .await?;
+    ensure!(
+        pool.apply(sleep_ms, (100,)).await.is_ok(),
+        "a task longer than the timeout"
+    );
+    let log = temp_path("idle-runs");
+    let mut hs = Vec::new();
+    for i in 0..200u32 {
+        hs.push(pool.apply_async(log_run, (log.to_string(), i)));
+        if i % 40 == 39 {
+            // Once the tasks so far have run, the workers retire: the next ones come while
+            // the last may still be exiting, and find a pool to grow back.
+            let retired = eventually(Duration::from_secs(10), || {
+                let s = pool.stats();
+                // The tasks so far and the long one, done (the snapshot lags).
+                let done = s.tasks_done == u64::from(i) + 2;
+                done && s.workers_alive == 0 && s.workers_starting == 0
+            })
+            .await;
+            ensure!(retired, "workers left: {:?}", pool.stats());
+        }
+    }
+    let pids: HashSet<u32> = futures::future::try_join_all(hs)
+        .await?
+        .into_iter()
+        .collect();
+    ensure!(pids.len() >= 5, "each round ran on new workers: {pids:?}");
+    let runs = std::fs::read_to_string(&log)?;
+    let mut ran: Vec<u32> = runs.lines().map(|l| l.parse()).collect::<Result<_, _>>()?;
+    ran.sort();
+    ensure!(
+        ran == (0..200).collect::<Vec<_>>(),
+        "each task ran exactly once: {ran:?}"
+    );
+    ensure!(pool.stats().workers_lost == 0, "lost: {:?}", pool.stats());
+    Ok(())
+}
+
+async fn idle_timeout_of_zero_is_an_error() -> TestResult {
+    let e = Pool::builder()
+        .idle_timeout(Duration::ZERO)
+        .build()
+        .await
+        .err()
+        .ok_or("a pool with an idle timeout of zero was built")?;
+    ensure!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("idle_timeout")),
+        "{e}"
+    );
+    Ok(())
+}
+
 // async fn tasks run on the worker's runtime, several at once when asked.
 async fn async_tasks_and_concurrency() -> TestResult {
     let pool = Pool::new(1).await?;
@@ -470,6 +573,9 @@ fn main() {
         failing_initializer_of_a_replacement,
         maxtasksperchild,
         maxtasksperchild_early_close,
+        idle_workers_exit_and_come_back_with_work,
+        idle_timeout_loses_no_task,
+        idle_timeout_of_zero_is_an_error,
         async_tasks_and_concurrency,
         sync_task_does_not_block_async_tasks,
         sync_task_may_block_on_its_own_runtime,

@@ -33,6 +33,8 @@ pub(super) struct Config {
     pub(super) cluster: Option<Cluster>,
     /// How many times a task may run again when a worker dies while it may run it.
     pub(super) retries_on_worker_loss: u32,
+    /// How long a worker may have no task before it is retired; `None`: for ever.
+    pub(super) idle_timeout: Option<Duration>,
 }
 
 /// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
@@ -51,6 +53,7 @@ pub struct PoolBuilder {
     print_panics: bool,
     cluster: Option<Cluster>,
     retries_on_worker_loss: u32,
+    idle_timeout: Option<Duration>,
 }
 
 impl PoolBuilder {
@@ -68,6 +71,7 @@ impl PoolBuilder {
             print_panics: false,
             cluster: None,
             retries_on_worker_loss: 0,
+            idle_timeout: None,
         }
     }
 
@@ -136,6 +140,49 @@ impl PoolBuilder {
     /// [`build`](Self::build) fail, as Python's `ValueError`.
     pub fn maxtasksperchild(mut self, n: usize) -> Self {
         self.maxtasksperchild = Some(n);
+        self
+    }
+
+    /// Lets a worker that has had no task for `timeout` exit, freeing its memory, as loky's
+    /// `idle_worker_timeout` (and `get_reusable_executor(timeout=)`) does; by default
+    /// workers live as long as the pool. When a task comes to a pool with fewer workers than
+    /// its size, the missing ones are started again, and the task goes to the first worker
+    /// ready: a service idle for the night holds no worker, and its first task of the day
+    /// waits one start.
+    ///
+    /// A worker is retired between `timeout` and a quarter more after its last task ended
+    /// (the pool looks at its workers every quarter of `timeout`, and not at all once none
+    /// is left). A worker that holds a task, or one sent since the last look, is never
+    /// retired, so no task is lost or run twice. [`Pool::stats`] counts the workers alive;
+    /// a retired worker is no loss. A timeout of zero makes [`build`](Self::build) fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// use std::time::Duration;
+    /// use tokio_multiprocessing::Pool;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(2)
+    ///     .idle_timeout(Duration::from_millis(50))
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(pool.apply(square, (3,)).await?, 9);
+    /// while pool.stats().workers_alive > 0 {
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    /// }
+    /// // No worker is left; the next task starts them again.
+    /// assert_eq!(pool.apply(square, (4,)).await?, 16);
+    /// # Ok(()) }
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 
@@ -285,6 +332,11 @@ impl PoolBuilder {
                 "maxtasksperchild must be at least 1 (or not set)".into(),
             ));
         }
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidArgument(
+                "idle_timeout must be more than zero (or not set)".into(),
+            ));
+        }
         let method = self.method.unwrap_or_else(crate::get_start_method);
         if method != StartMethod::Fork && self.cluster.is_none() {
             // Spawned and fork-server workers are started from the launcher thread: it
@@ -308,6 +360,7 @@ impl PoolBuilder {
             print_panics: self.print_panics,
             cluster: self.cluster,
             retries_on_worker_loss: self.retries_on_worker_loss,
+            idle_timeout: self.idle_timeout,
         });
         let remote = cfg.cluster.is_some();
         // All the workers start at once; the pool serves as soon as one is ready, and the

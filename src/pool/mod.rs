@@ -14,6 +14,7 @@ mod answered;
 mod async_result;
 mod builder;
 mod id_map;
+mod idle;
 mod imap;
 mod link;
 mod map;

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use super::answered::{Answer, Answered};
 use super::builder::Config;
 use super::id_map::IdMap;
+use super::idle::{Activity, IdleSweep};
 use super::link::{read_worker, write_worker};
 use super::payload::Payload;
 use super::proto::ToWorker;
@@ -287,6 +288,8 @@ pub(super) struct Scheduler {
     counters: Arc<Counters>,
     /// What happened since the last publication to `counters`.
     tally: Tally,
+    /// The sweeps for idle workers, with an idle timeout.
+    idle: Option<IdleSweep>,
 }
 
 impl Scheduler {
@@ -301,6 +304,7 @@ impl Scheduler {
         starts: Starts,
         counters: Arc<Counters>,
     ) -> Scheduler {
+        let idle = cfg.idle_timeout.map(IdleSweep::new);
         let mut s = Scheduler {
             cfg,
             cmds,
@@ -326,6 +330,7 @@ impl Scheduler {
             spin: Arc::new(AtomicBool::new(false)),
             answered: Arc::default(),
             taken: Vec::new(),
+            idle,
             counters,
             tally: Tally::default(),
         };
@@ -347,6 +352,10 @@ impl Scheduler {
                 break;
             }
             let deadline = self.deadlines.first().map(|(t, _)| *t);
+            let deadline = match (deadline, self.idle.as_ref().and_then(IdleSweep::due)) {
+                (Some(t), Some(u)) => Some(t.min(u)),
+                (t, u) => t.or(u),
+            };
             let woke = tokio::select! {
                 biased;
                 Some(ev) = self.events.recv() => Woke::Event(ev),
@@ -363,7 +372,10 @@ impl Scheduler {
                     self.cmds_open = false;
                     self.terminate();
                 }
-                Woke::Deadline => self.on_deadlines(),
+                Woke::Deadline => {
+                    self.on_deadlines();
+                    self.sweep_idle();
+                }
             }
             // Take in everything else that is ready before dispatching.
             while let Ok(ev) = self.events.try_recv() {
@@ -457,6 +469,10 @@ impl Scheduler {
     }
 
     fn add_worker(&mut self, w: WorkerConn) {
+        let now = Instant::now();
+        if let Some(idle) = &mut self.idle {
+            idle.arm(now);
+        }
         let wid = self.next_wid;
         self.next_wid += 1;
         let (tx, rx) = unbounded_channel();
@@ -487,6 +503,7 @@ impl Scheduler {
                 taken_back: BTreeSet::new(),
                 draining: false,
                 round_trip: RoundTrip::default(),
+                activity: Activity::new(now),
             },
         );
     }
@@ -505,6 +522,7 @@ impl Scheduler {
                     self.answer_job(job, Err(e));
                 } else {
                     self.queue.push_back(job);
+                    self.regrow();
                 }
             }
             Cmd::Expect(id) => {
@@ -527,7 +545,10 @@ impl Scheduler {
                             let e = TaskError::local(e.clone());
                             self.answer_job(job, Err(e));
                         }
-                        _ => self.queue.push_back(job),
+                        _ => {
+                            self.queue.push_back(job);
+                            self.regrow();
+                        }
                     },
                 }
             }
@@ -978,6 +999,9 @@ impl Scheduler {
         let live = self.workers.values().filter(|s| !s.draining).count();
         let wanted = if self.phase != Phase::Open && self.drained() {
             0
+        } else if self.idle.is_some() && self.queue.is_empty() && self.expected.is_empty() {
+            // Idle workers were let go: the pool grows again when tasks come.
+            0
         } else {
             self.cfg.processes
         };
@@ -985,6 +1009,39 @@ impl Scheduler {
             self.starting += 1;
             spawn_start(&self.cfg, &self.events_tx, Duration::ZERO);
         }
+    }
+
+    /// Brings a pool that let idle workers go back to its size, as a task comes: loky's
+    /// executor starts its missing workers at each submission.
+    fn regrow(&mut self) {
+        if self.idle.is_some() {
+            self.replenish();
+        }
+    }
+
+    /// Retires the workers idle for the pool's idle timeout, when a sweep is due.
+    fn sweep_idle(&mut self) {
+        let Some(idle) = &mut self.idle else {
+            return;
+        };
+        let now = Instant::now();
+        if idle.due().is_none_or(|t| t > now) {
+            return;
+        }
+        // A closed pool retires its workers as it drains (see `retire_idle`).
+        let mut left = false;
+        if self.phase == Phase::Open {
+            for slot in self.workers.values_mut().filter(|s| !s.draining) {
+                let (load, sent) = (slot.load(), slot.sent);
+                if idle.expired(&mut slot.activity, load, sent, now) {
+                    tracing::debug!(pid = slot.pid, "retiring an idle pool worker");
+                    slot.retire();
+                } else {
+                    left = true;
+                }
+            }
+        }
+        idle.swept(now, left);
     }
 
     /// The least loaded worker with room for a task of this kind: for a synchronous task,
@@ -1249,10 +1306,7 @@ impl Scheduler {
                 continue;
             }
             if closing || max.is_some_and(|m| slot.sent >= m) {
-                slot.draining = true;
-                if let Ok(f) = FrameBuf::of(&ToWorker::Exit) {
-                    slot.send_now(f);
-                }
+                slot.retire();
             }
         }
     }

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use std::sync::Arc;
 
+use super::idle::Activity;
 use super::proto::ToWorker;
 use super::remote::{Killer, Mark};
 use crate::wire::{FrameBuf, Outbox};
@@ -39,6 +40,8 @@ pub(super) struct Slot {
     pub(super) draining: bool,
     /// The round trip to it, which its prefetch covers.
     pub(super) round_trip: RoundTrip,
+    /// When it last had work, for the pool's idle timeout.
+    pub(super) activity: Activity,
 }
 
 /// The round trip to a worker as the scheduler measures it: from sending a task to its
@@ -154,6 +157,14 @@ impl Slot {
         }
     }
 
+    /// Asks the worker, which must hold no task, to exit; it takes no task from now on.
+    pub(super) fn retire(&mut self) {
+        self.draining = true;
+        if let Ok(f) = FrameBuf::of(&ToWorker::Exit) {
+            self.send_now(f);
+        }
+    }
+
     /// Kills the worker; its exit is reported by its reader, and it is replaced.
     pub(super) fn kill(&mut self) {
         self.draining = true;
@@ -187,6 +198,7 @@ mod tests {
             taken_back: BTreeSet::new(),
             draining: false,
             round_trip: RoundTrip::default(),
+            activity: Activity::new(tokio::time::Instant::now()),
         }
     }
 
