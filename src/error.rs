@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod wire;
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why a child process ended: the code it passed to `exit`, or the signal that killed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitCause {
     /// The process called `exit(code)` (or returned from `main`).
     Code(i32),
@@ -58,7 +60,16 @@ impl fmt::Display for ExitCause {
 ///
 /// The cause of an error is printed by its `Display`; `source()` is only used where the
 /// cause is an error of its own that `Display` does not repeat.
-#[derive(thiserror::Error)]
+///
+/// It is a serde value, so a pool task, a [`Process::call`](crate::Process::call) or a
+/// queue's item may carry a [`Result`] to another process, where the error is the same
+/// variant (as Python pickles an exception): an [`Error::Io`] keeps its kind, and its
+/// `errno` if the system gave one; a type name is kept for the first 512 distinct names a
+/// process decodes, and given as `"(a type named by another process)"` after that.
+///
+/// A clone (for each of several callers one failure fails: the items of a failed chunk, the
+/// tasks queued when no worker can start) shares an [`Error::Io`]'s `io::Error`.
+#[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system error (shared, so that the error can be cloned).
@@ -334,79 +345,6 @@ impl From<io::Error> for Error {
     }
 }
 
-/// A copy of an error, for each of several callers it fails (the items of a failed chunk,
-/// the tasks queued when no worker can start). An [`Error::Io`] shares its `io::Error`.
-impl Clone for Error {
-    fn clone(&self) -> Error {
-        match self {
-            Error::Io(e) => Error::Io(e.clone()),
-            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
-            Error::Encode { type_name, message } => Error::Encode {
-                type_name,
-                message: message.clone(),
-            },
-            Error::Decode { type_name, message } => Error::Decode {
-                type_name,
-                message: message.clone(),
-            },
-            Error::FrameTooLarge { size, max } => Error::FrameTooLarge {
-                size: *size,
-                max: *max,
-            },
-            Error::Protocol(m) => Error::Protocol(m.clone()),
-            Error::BinaryMismatch { ours, theirs } => Error::BinaryMismatch {
-                ours: ours.clone(),
-                theirs: theirs.clone(),
-            },
-            Error::Start { name, pid, message } => Error::Start {
-                name: name.clone(),
-                pid: *pid,
-                message: message.clone(),
-            },
-            Error::Closed => Error::Closed,
-            Error::Timeout => Error::Timeout,
-            Error::Manager(m) => Error::Manager(m.clone()),
-            Error::ManagerLost {
-                address,
-                pid,
-                cause,
-            } => Error::ManagerLost {
-                address: address.clone(),
-                pid: *pid,
-                cause: cause.clone(),
-            },
-            Error::LockOwnerDied { pid } => Error::LockOwnerDied { pid: *pid },
-            Error::NotHeld => Error::NotHeld,
-            Error::NotOwner => Error::NotOwner,
-            Error::SemaphoreOverRelease { bound } => Error::SemaphoreOverRelease { bound: *bound },
-            Error::BrokenBarrier => Error::BrokenBarrier,
-            Error::IndexOutOfRange { index, len } => Error::IndexOutOfRange {
-                index: *index,
-                len: *len,
-            },
-            Error::Task(e) => Error::Task(e.clone()),
-            Error::StartMethodSet { method } => Error::StartMethodSet { method },
-            Error::InitializerFailed { pid, message } => Error::InitializerFailed {
-                pid: *pid,
-                message: message.clone(),
-            },
-            Error::PoolRunning => Error::PoolRunning,
-            Error::ProcessRunning { pid } => Error::ProcessRunning { pid: *pid },
-            Error::Empty => Error::Empty,
-            Error::Full => Error::Full,
-            Error::HandleClosed { object } => Error::HandleClosed { object },
-            Error::TaskDoneTooManyTimes => Error::TaskDoneTooManyTimes,
-            Error::Authentication { message } => Error::Authentication {
-                message: message.clone(),
-            },
-            Error::BufferTooShort { room, message } => Error::BufferTooShort {
-                room: *room,
-                message: message.clone(),
-            },
-        }
-    }
-}
-
 /// " (pid N)" for [`Error::Start`]'s message, or nothing for a child that never existed
 /// (pid 0).
 fn pid_of(pid: u32) -> String {
@@ -445,6 +383,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// [`panic_location`](Self::panic_location), [`worker_pid`](Self::worker_pid),
 /// [`exit_cause`](Self::exit_cause) and, for the items of a map,
 /// [`input_index`](Self::input_index).
+///
+/// Like [`Error`], it is a serde value, and another process that decodes it is told the
+/// same.
 #[derive(Clone)]
 pub struct TaskError {
     repr: Box<Repr>,

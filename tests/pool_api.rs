@@ -491,6 +491,41 @@ async fn large_values_cross_off_the_runtime_thread() -> TestResult {
     Ok(())
 }
 
+/// An item of `q` at once, or `Error::Empty`.
+fn take_now(q: mp::Queue<u32>) -> mp::Result<u32> {
+    q.get_nowait()
+}
+
+/// The size of the file at `path`, or the error of the system.
+fn size_of(path: String) -> mp::Result<u64> {
+    Ok(std::fs::metadata(path)?.len())
+}
+
+// A task may return the crate's own `Result`: an error met in the worker reaches the caller
+// as itself, as Python pickles a worker's exception (a `queue.Empty` in the worker is one
+// in the caller), and `??` gives it.
+async fn a_task_returns_the_crates_errors_as_themselves() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let q = mp::Queue::<u32>::new()?;
+    match pool.apply(take_now, (q.clone(),)).await? {
+        Err(Error::Empty) => {}
+        other => return Err(format!("an empty queue in the worker gave {other:?}").into()),
+    }
+    match pool
+        .apply(size_of, ("/nonexistent/file".to_string(),))
+        .await?
+    {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            ensure!(e.raw_os_error() == Some(2), "errno: {e:?}");
+        }
+        other => return Err(format!("a missing file in the worker gave {other:?}").into()),
+    }
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let len = pool.apply(size_of, (exe.clone(),)).await??;
+    ensure!(len == std::fs::metadata(&exe)?.len(), "the Ok side: {len}");
+    Ok(())
+}
+
 // _TestPoolWorkerErrors.test_unpickleable_result: a result the worker cannot encode fails
 // that task (20 times over) and loses no worker.
 async fn unencodable_result() -> TestResult {
@@ -1404,6 +1439,7 @@ fn main() {
         large_arguments_and_results,
         large_values_cross_off_the_runtime_thread,
         unencodable_result,
+        a_task_returns_the_crates_errors_as_themselves,
         a_panic_crossing_a_value_fails_its_task_alone,
         a_large_argument_whose_serialize_panics_fails_its_call_alone,
         a_large_result_whose_deserialize_panics_panics_its_caller,

@@ -61,9 +61,9 @@ use crate::start::StartMethod;
 ///
 /// // A worker makes a segment through the manager and returns its name; the segment
 /// // outlives the handle the worker dropped.
-/// async fn produce(smm: SegmentsProxy) -> Result<String, String> {
-///     let shm = smm.shared_memory(128).await.map_err(|e| e.to_string())?;
-///     shm.write(0, b"from a worker").map_err(|e| e.to_string())?;
+/// async fn produce(smm: SegmentsProxy) -> tokio_multiprocessing::Result<String> {
+///     let shm = smm.shared_memory(128).await?;
+///     shm.write(0, b"from a worker")?;
 ///     Ok(shm.name().unwrap_or_default().to_string())
 /// }
 ///

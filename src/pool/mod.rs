@@ -200,11 +200,12 @@ fn checked_job(
 /// and rustc reports it as "implementation of `Deserialize` is not general enough" for the
 /// argument tuple. Take `String` (or the owned type) instead.
 ///
-/// The result crosses back the same way, so it is a serde value too. [`Error`] is not one
-/// (it may hold an `io::Error`): a task that uses this crate's objects (a proxy, a queue)
-/// and fails with its errors returns them as text, `Result<T, String>` by
-/// `.map_err(|e| e.to_string())`; rustc's complaint otherwise is that `Error` does not
-/// implement `Serialize`.
+/// The result crosses back the same way, so it is a serde value too. [`Error`] and
+/// [`TaskError`] are, so a task that uses this crate's objects (a proxy, a queue) may return
+/// [`Result<T>`](crate::Result): an error it meets reaches the caller as itself, as Python
+/// pickles a worker's exception (an empty queue's [`Error::Empty`] in the worker is
+/// `Error::Empty` in the caller, an `io::Error` keeps its kind and `errno`), and
+/// `pool.apply(f, args).await??` gives it.
 ///
 /// A worker that dies (a signal, an abort, the OOM killer) fails the task it was running,
 /// with a [`TaskError`] naming its pid and the signal or exit code
