@@ -249,9 +249,27 @@ async fn idle_workers_exit_and_come_back_with_work() -> TestResult {
         first.is_disjoint(&second),
         "new workers: {first:?} {second:?}"
     );
+    // A stream outlives the retirements of the workers it runs on.
+    let mut stream = pool.imap(sleep_ms, [0, 300, 0]).chunksize(1);
+    let mut streamed = 0;
+    while let Some(r) = futures::StreamExt::next(&mut stream).await {
+        r?;
+        streamed += 1;
+    }
+    ensure!(streamed == 3, "{streamed} of 3 items");
+    ensure!(
+        gone(&second).await,
+        "the second workers still run: {second:?}"
+    );
+    // A pool left with no worker closes and joins at once.
+    ensure!(
+        eventually(Duration::from_secs(10), || pool.stats().workers_alive == 0).await,
+        "workers left: {:?}",
+        pool.stats()
+    );
     pool.close();
     tokio::time::timeout(Duration::from_secs(30), pool.join()).await??;
-    ensure!(gone(&second).await, "workers left after join: {second:?}");
+    ensure!(pool.stats().workers_lost == 0, "lost: {:?}", pool.stats());
     Ok(())
 }
 
