@@ -15,9 +15,9 @@ use support::pool::{mul, sqr};
 use support::process::sleep_ms;
 use support::{TestResult, join_code, join_ok, start, temp_path};
 use tokio_multiprocessing::{
-    self as mp, Barrier, Client, Connection, Error, Event, Fd, Listener, Lock, Pipe, Pool, Process,
-    Queue, RLock, RawArray, RawValue, Semaphore, ShareableItem, ShareableList, SharedMemory,
-    SimpleQueue, Value,
+    self as mp, Array, Barrier, Client, Connection, Error, Event, Fd, Listener, Lock, Pipe, Pool,
+    Process, Queue, RLock, RawArray, RawValue, Semaphore, ShareableItem, ShareableList,
+    SharedMemory, SimpleQueue, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -3533,6 +3533,360 @@ async fn manager_rlock_and_condition_in_a_child() -> TestResult {
     Ok(())
 }
 
+// ================================================================ _TestProcess (more)
+
+/// How many [`Target`] values this process has dropped (a counter of its own, as
+/// `release_task_refs` runs beside and counts its `Counted`).
+static TARGET_DROPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An argument that counts its drops (CPython's `DummyCallable`, whose weak reference
+/// tells whether the parent let it go).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Target(u32);
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        TARGET_DROPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `_TestProcess.test_lose_target_ref`'s target: puts 5 once it holds its argument.
+async fn put_five(q: Queue<u32>, c: Target) {
+    q.put(5 + c.0).await.expect("put");
+}
+
+/// `_TestProcess.test_lose_target_ref`: once a process has started, the parent holds no
+/// copy of its arguments (the builder that held them is spent), and the child got them.
+async fn lose_target_ref() -> TestResult {
+    use std::sync::atomic::Ordering::SeqCst;
+    for m in support::process::METHODS {
+        let q = Queue::<u32>::new()?;
+        let before = TARGET_DROPS.load(SeqCst);
+        let mut p = Process::new(put_five, (q.clone(), Target(0)))
+            .start_method(m)
+            .start()
+            .await?;
+        let dropped = TARGET_DROPS.load(SeqCst) - before;
+        ensure!(dropped == 1, "{m:?}: {dropped} drops once started, not 1");
+        join_ok(&mut p).await?;
+        ensure!(q.get_timeout(LONG).await? == 5, "{m:?}: the child's item");
+    }
+    Ok(())
+}
+
+/// `_TestProcess._test_wait_for_threads`: starts a thread that sets `e` after a while; joins
+/// it if `join`, else leaves it parked for good.
+fn thread_sets_event(e: Event, join: bool) {
+    if join {
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            e.set();
+        });
+        t.join().expect("the thread");
+    } else {
+        // Holds the event and never sets it: the process must end all the same.
+        std::thread::spawn(move || {
+            let _e = e;
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+}
+
+/// `_TestProcess.test_wait_for_threads`: a target that joins its thread ends with the
+/// thread's work done (Python waits for a child's non-daemon threads itself); one that does
+/// not ends when it returns, its thread with it (the README's "A child ends when its target
+/// returns").
+async fn wait_for_threads() -> TestResult {
+    let e = Event::new()?;
+    let mut p = start(thread_sets_event, (e.clone(), true)).await?;
+    join_ok(&mut p).await?;
+    ensure!(e.is_set(), "the joined thread's set");
+
+    let e = Event::new()?;
+    let mut p = start(thread_sets_event, (e.clone(), false)).await?;
+    join_ok(&mut p).await?;
+    ensure!(!e.is_set(), "the parked thread set the event");
+    Ok(())
+}
+
+// ================================================================ _TestBarrier (action)
+
+/// `_TestBarrier._test_action_f`: waits `passes` times; the party that gets index 0 runs
+/// the action, adding one to `runs`.
+async fn action_party(b: Barrier, runs: Value<u32>, passes: u32) -> ExitCode {
+    for _ in 0..passes {
+        match b.wait_timeout(LONG).await {
+            Ok(0) => {
+                runs.lock().await.expect("lock").update(|n| n + 1);
+            }
+            Ok(_) => {}
+            Err(_) => return ExitCode::from(3),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `_TestBarrier.test_action`, as the README says to write it: the action runs on the
+/// party that gets index 0, so once per pass whichever process that is.
+async fn barrier_action() -> TestResult {
+    let b = Barrier::new(PARTIES)?;
+    let runs = Value::new(0u32)?;
+    every_party(action_party, (b, runs.clone(), 3)).await?;
+    let n = runs.get().await?;
+    ensure!(n == 3, "the action ran {n} times in 3 passes");
+    Ok(())
+}
+
+// ================================================================ _TestArray (more)
+
+/// `_TestArray.test_getobj_getlock_obj`: an array's lock is its own unless it was given
+/// one, then it is that lock (taking either takes both); its object is the raw array that
+/// holds its items. `RawArray` has neither: it has no `get_lock` to call.
+async fn array_get_obj_and_get_lock() -> TestResult {
+    let items: Vec<i32> = (0..10).collect();
+    let arr1 = Array::from_slice(&items)?;
+    ensure!(arr1.get_obj().to_vec() == items, "arr1's object");
+    let g = arr1
+        .get_lock()
+        .try_lock()?
+        .ok_or("arr1's own lock was held")?;
+    drop(g);
+
+    let lock = Lock::new()?;
+    let arr3 = Array::with_lock(&items, lock.clone())?;
+    ensure!(arr3.get_obj().to_vec() == items, "arr3's object");
+    let held = lock.try_lock()?.ok_or("the given lock was held")?;
+    ensure!(
+        arr3.get_lock().try_lock()?.is_none(),
+        "arr3's lock is not the one it was given"
+    );
+    drop(held);
+    let via_array = arr3.lock().await?;
+    ensure!(lock.try_lock()?.is_none(), "arr3.lock() took another lock");
+    drop(via_array);
+
+    let raw = RawArray::from_slice(&items)?;
+    let arr = Array::from_raw(raw.clone(), Lock::new()?);
+    arr.set(0, 100).await?;
+    ensure!(raw.get(0) == Some(100), "from_raw is not the same memory");
+    Ok(())
+}
+
+// ================================================================ _TestContainers (iter)
+
+/// `_TestContainers.test_list_iter`: a list's items, in order, as they are at the call;
+/// a change made after is seen by the next call. (`to_vec` is a snapshot, Python's `list(a)`,
+/// not a live iterator.)
+async fn manager_list_iter() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let a = m.list(0..10i64).await?;
+    ensure!(
+        a.to_vec().await? == (0..10).collect::<Vec<_>>(),
+        "the items"
+    );
+    let before = a.to_vec().await?;
+    a.set(0, 100).await?;
+    ensure!(before[0] == 0, "a snapshot changed");
+    ensure!(a.get(0).await? == Some(100), "the change");
+    ensure!(a.to_vec().await?[0] == 100, "the next snapshot");
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `_TestContainers.test_dict_iter`: a dict's keys come in the order they were inserted, as
+/// Python's; a snapshot taken before a `clear` keeps them (Python's live iterator raises
+/// `RuntimeError` instead), and the next one is empty.
+async fn manager_dict_iter() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let d = m.dict::<u32, char>().await?;
+    let indices: Vec<u32> = (65..70).rev().collect();
+    for &i in &indices {
+        d.insert(i, char::from_u32(i).ok_or("a char")?).await?;
+    }
+    let keys = d.keys().await?;
+    ensure!(keys == indices, "keys {keys:?}");
+    d.clear().await?;
+    ensure!(keys.len() == 5, "the snapshot");
+    ensure!(d.keys().await?.is_empty(), "keys after clear");
+    m.shutdown().await?;
+    Ok(())
+}
+
+// ================================================================ _TestPool (more)
+
+/// `_TestPool.test_map_async`.
+async fn pool_map_async() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let got = pool.map_async(sqr, (0..10).collect::<Vec<i64>>()).await?;
+    ensure!(got == (0..10).map(sqr).collect::<Vec<_>>(), "{got:?}");
+    Ok(())
+}
+
+/// `_TestPool.test_enter` (bpo-35477): a pool that is no longer running refuses work (its
+/// `with` block refuses to enter), and `join` after `terminate` returns.
+async fn pool_enter_after_terminate() -> TestResult {
+    let pool = Pool::new(1).await?;
+    pool.terminate().await?;
+    ensure!(
+        pool.apply(sqr, (3,))
+            .await
+            .is_err_and(|e| e.is_pool_closed()),
+        "a terminated pool ran a task"
+    );
+    tokio::time::timeout(LONG, pool.join()).await??;
+    Ok(())
+}
+
+/// `_TestPoolWorkerErrors.test_async_error_callback`: a failing task's error reaches the
+/// error callback (here a closure chained on the result) and the awaiting caller both.
+async fn async_error_callback() -> TestResult {
+    use futures::FutureExt;
+    let pool = Pool::new(2).await?;
+    let scratchpad = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = scratchpad.clone();
+    let res = pool
+        .apply_async(support::pool::boom, (3,))
+        .inspect(move |r| {
+            if let Err(e) = r {
+                *support::locked(&seen) = e.panic_message().map(str::to_string);
+            }
+        })
+        .await;
+    ensure!(res.is_err_and(|e| e.is_panic()), "the task did not fail");
+    let got = support::locked(&scratchpad).clone();
+    ensure!(got.is_some(), "the callback saw no panic");
+    pool.close();
+    tokio::time::timeout(LONG, pool.join()).await??;
+    Ok(())
+}
+
+// ================================================================ _TestMyManager
+
+/// `_TestMyManager`'s `FooBar`: `f` answers, `g` fails (Python's `ValueError`).
+#[derive(Default)]
+struct FooBar;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum FooBarCall {
+    F,
+    G,
+}
+
+impl mp::Managed for FooBar {
+    type Request = FooBarCall;
+    type Reply = String;
+    fn call(&mut self, call: FooBarCall) -> String {
+        match call {
+            FooBarCall::F => "f()".to_string(),
+            FooBarCall::G => panic!("ValueError"),
+        }
+    }
+}
+
+/// `_TestMyManager`'s `baz` generator with its `IteratorProxy`: each call the next square,
+/// then `None`.
+#[derive(Default)]
+struct Baz(u64);
+
+impl mp::Managed for Baz {
+    type Request = ();
+    type Reply = Option<u64>;
+    fn call(&mut self, (): ()) -> Option<u64> {
+        let i = self.0;
+        self.0 += 1;
+        (i < 10).then_some(i * i)
+    }
+}
+
+/// `_TestMyManager.common`.
+async fn my_manager_common(m: &mp::Manager) -> TestResult {
+    let foobar = m.managed::<FooBar>().await?;
+    ensure!(foobar.call(FooBarCall::F).await? == "f()", "f()");
+    ensure!(
+        matches!(foobar.call(FooBarCall::G).await, Err(Error::Manager(msg)) if msg.contains("ValueError")),
+        "g() did not fail"
+    );
+    let squares = m.managed::<Baz>().await?;
+    let mut got = Vec::new();
+    while let Some(x) = squares.call(()).await? {
+        got.push(x);
+    }
+    ensure!(got == (0..10).map(|i| i * i).collect::<Vec<_>>(), "{got:?}");
+    Ok(())
+}
+
+/// `_TestMyManager.test_mymanager`, `test_mymanager_context` and
+/// `test_mymanager_context_prestarted`: a manager of registered types serves them, and its
+/// server process ends, reaped, whether it is shut down or its handle dropped (Python's
+/// `with` block).
+async fn my_manager() -> TestResult {
+    for shutdown in [true, false] {
+        let m = mp::Manager::builder()
+            .register::<FooBar>()
+            .register::<Baz>()
+            .start()
+            .await?;
+        let pid = m.pid().ok_or("no server process")?;
+        my_manager_common(&m).await?;
+        if shutdown {
+            m.shutdown().await?;
+        } else {
+            drop(m);
+        }
+        ensure!(
+            support::eventually(LONG, || !support::exists(pid)).await,
+            "server {pid} left behind (shutdown: {shutdown})"
+        );
+        ensure!(
+            !mp::active_children().iter().any(|c| c.pid() == pid),
+            "server {pid} among the active children"
+        );
+    }
+    Ok(())
+}
+
+/// `TestManagerExceptions.test_queue_get` (gh-106558): `get_nowait` on an empty manager
+/// queue fails with `Empty`, and the queue serves on.
+async fn manager_queue_get_nowait_empty() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let q = m.queue::<u8>().await?;
+    ensure!(
+        matches!(q.get_nowait().await, Err(Error::Empty)),
+        "get_nowait of an empty queue"
+    );
+    q.put(1).await?;
+    ensure!(q.get_nowait().await? == 1, "the item");
+    m.shutdown().await?;
+    Ok(())
+}
+
+// ================================================================ TestStartMethod (more)
+
+/// `TestStartMethod.test_mixed_startmethod`'s `close_queue`: takes the item, puts its own.
+async fn take_and_answer(q: Queue<u32>) {
+    let x = q.get_timeout(LONG).await.expect("get");
+    q.put(x + 1).await.expect("put");
+}
+
+/// `TestStartMethod.test_mixed_startmethod`: a queue made here serves children of every
+/// start method (Python refuses a queue made in a `fork` context to a `spawn` child; ours
+/// belong to no context).
+async fn queue_with_mixed_start_methods() -> TestResult {
+    let q = Queue::<u32>::new()?;
+    for m in support::process::METHODS {
+        q.put(1).await?;
+        let mut p = Process::new(take_and_answer, (q.clone(),))
+            .start_method(m)
+            .start()
+            .await?;
+        join_ok(&mut p).await?;
+        ensure!(q.get_timeout(LONG).await? == 2, "{m:?}: the answer");
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -3628,5 +3982,17 @@ fn main() {
         manager_lock_kept_by_a_child_that_ended,
         manager_rlock_and_condition_in_a_child,
         lock_holders_as_repr_shows_them,
+        lose_target_ref,
+        wait_for_threads,
+        barrier_action,
+        array_get_obj_and_get_lock,
+        manager_list_iter,
+        manager_dict_iter,
+        pool_map_async,
+        pool_enter_after_terminate,
+        async_error_callback,
+        my_manager,
+        manager_queue_get_nowait_empty,
+        queue_with_mixed_start_methods,
     ])
 }
