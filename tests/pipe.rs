@@ -707,7 +707,7 @@ async fn recv_in_another_process_takes_one_message() -> TestResult {
 }
 
 /// `OtherTest.test_deliver_challenge_auth_failure` and `test_answer_challenge_auth_failure`,
-/// on a pipe: with the same key, a child answers the parent's challenge and challenges it
+/// and `ChallengeResponseTest.test_challengeresponse`, on a pipe: with the same key, a child answers the parent's challenge and challenges it
 /// in turn, and messages flow after; with another key, each side fails with an
 /// authentication error, and a simplex end is refused.
 async fn challenges_on_a_pipe() -> TestResult {

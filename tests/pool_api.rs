@@ -960,7 +960,8 @@ async fn join_waits_for_a_stream_made_before_close() -> TestResult {
     Ok(())
 }
 
-// test_context: dropping the pool (Python's `with Pool()`) kills its workers, no zombie.
+// test_context and test_resource_warning: dropping the pool (Python's `with Pool()`, or a
+// pool never closed) kills its workers, no zombie.
 async fn drop_terminates_workers() -> TestResult {
     let fds = support::open_fds();
     let pool = Pool::new(2).await?;

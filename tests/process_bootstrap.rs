@@ -75,6 +75,8 @@ async fn forged_fingerprint_is_refused() -> TestResult {
     Ok(())
 }
 
+/// `TestNoForkBomb.test_noforkbomb`: a program that starts a child from `main`, without
+/// `init()` (Python's `__main__` guard), starts it once; the child never runs `main` again.
 async fn children_run_without_init_and_never_run_main() -> TestResult {
     let (status, out, err) = run_helper("no-init", &[]).await?;
     ensure!(status.success(), "helper failed: {out} {err}");

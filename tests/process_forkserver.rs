@@ -67,7 +67,8 @@ async fn helper_prints(mode: &str, lines: &[&str], should: &str) -> TestResult {
 }
 
 async fn killed_fork_server_spares_its_children_and_is_replaced() -> TestResult {
-    // CPython: a fork server's children do not die with it, and the next start succeeds.
+    // CPython's _TestProcess.test_forkserver_sigkill (bpo-31308): a fork server's children
+    // do not die with it, and the next start succeeds.
     helper_prints(
         "kill-fork-server",
         &["alive=true", "child=7", "next=5"],
@@ -78,7 +79,8 @@ async fn killed_fork_server_spares_its_children_and_is_replaced() -> TestResult 
 }
 
 async fn fork_server_ignores_sigint() -> TestResult {
-    // CPython's fork server ignores SIGINT (a terminal's Ctrl-C reaches the process group)
+    // CPython's _TestProcess.test_forkserver_sigint: its fork server ignores SIGINT (a
+    // terminal's Ctrl-C reaches the process group)
     // and its children take the default disposition back.
     helper_prints(
         "sigint-fork-server",

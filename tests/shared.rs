@@ -360,7 +360,8 @@ async fn shared_memory_out_of_range() -> TestResult {
 
 /// A name that cannot be a segment's is an invalid argument, whatever is wrong with it, and a
 /// missing segment's error names it (Python's `FileNotFoundError: ... '/name'`) and keeps its
-/// kind.
+/// kind. Ports `_TestSharedMemory.test_shared_memory_name_with_embedded_null`, the taken name
+/// of `test_shared_memory_recreate` and `TestResourceTracker.test_too_long_name_resource`.
 async fn shared_memory_bad_and_missing_names() -> TestResult {
     let long = "x".repeat(256);
     for name in ["", "/", "a/b", "//a", "a\0b", ".", "/..", long.as_str()] {
@@ -546,7 +547,32 @@ async fn shared_memory_survives_killed_child() -> TestResult {
     Ok(())
 }
 
-/// `_TestSharedMemory.test_shared_memory_cleaned_after_process_termination`: a creator
+/// Ends the creator `p` as `how` says (`"kill"`, else `terminate()`), then checks that its
+/// tracker ends too, having removed the segment `name`.
+async fn end_creator_then_no_segment(
+    p: &mut Process,
+    how: &str,
+    tracker: u32,
+    name: &str,
+) -> TestResult {
+    match how {
+        "kill" => p.kill()?,
+        _ => p.terminate()?,
+    }
+    p.join().await?;
+    ensure!(
+        eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
+        "the tracker {tracker} outlived its creator"
+    );
+    ensure!(
+        !shm_exists(name),
+        "the segment of a creator ended by {how} is left"
+    );
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_cleaned_after_process_termination` and
+/// `TestResourceTracker.test_resource_tracker`: a creator
 /// killed by SIGKILL or ended by SIGTERM (`terminate()`) runs no drop; its tracker removes
 /// the name once it has gone, as Python's resource tracker does. So it does for a creator
 /// that ended without dropping its handle.
@@ -564,19 +590,7 @@ async fn a_creator_killed_leaves_no_segment() -> TestResult {
                 target(fd)
             );
         }
-        match how {
-            "kill" => p.kill()?,
-            _ => p.terminate()?,
-        }
-        p.join().await?;
-        ensure!(
-            eventually(LONG, || support::is_zombie_or_gone(tracker)).await,
-            "the tracker {tracker} outlived its creator"
-        );
-        ensure!(
-            !shm_exists(&name),
-            "the segment of a creator ended by {how} is left"
-        );
+        end_creator_then_no_segment(&mut p, how, tracker, &name).await?;
     }
     let name = unique("forget");
     let mut p = Process::new(shm_create_and_forget, (name.clone(),))
@@ -839,8 +853,34 @@ async fn a_creator_killed_between_making_a_segment_and_telling_its_tracker_leave
     Ok(())
 }
 
-/// A tracker someone killed is replaced at the next segment, which the new one removes once
-/// the creator is killed (the first is lost with the tracker that held it).
+/// `TestResourceTracker.test_resource_tracker_sigint` and `test_resource_tracker_sigterm`
+/// (bpo-31310): the signals sent to a whole program (a terminal's SIGINT, a service manager's
+/// SIGTERM, a hang-up) do not end a tracker, which still removes its creator's segment once
+/// the creator is killed.
+async fn a_tracker_outlives_the_signals_sent_to_a_program() -> TestResult {
+    use nix::sys::signal::{Signal, kill};
+    let name = unique("signalled-tracker");
+    let (mut p, tracker) = creator_of(&name, false).await?;
+    // Its signals are set once it has moved off the program's streams.
+    let null = || {
+        std::fs::read_link(format!("/proc/{tracker}/fd/1"))
+            .is_ok_and(|to| to == std::path::Path::new("/dev/null"))
+    };
+    ensure!(eventually(LONG, null).await, "the tracker never detached");
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        kill(nix::unistd::Pid::from_raw(tracker as i32), sig)?;
+    }
+    end_creator_then_no_segment(&mut p, "kill", tracker, &name).await
+}
+
+/// `TestResourceTracker.test_resource_tracker_sigkill` (bpo-31310): a tracker someone killed
+/// is replaced at the next segment, which the new one removes once the creator is killed (the
+/// first is lost with the tracker that held it).
 async fn a_killed_tracker_is_replaced() -> TestResult {
     let (first, second) = (unique("tracker-first"), unique("tracker-second"));
     let events = [Event::new()?, Event::new()?, Event::new()?];
@@ -1385,6 +1425,7 @@ fn main() {
         a_creator_killed_leaves_no_segment,
         a_killed_creators_tracker_leaves_names_not_its_own,
         a_killed_tracker_is_replaced,
+        a_tracker_outlives_the_signals_sent_to_a_program,
         a_tracker_holds_segments_past_its_creators_first_limit,
         a_holder_killed_mid_update_is_reported_and_counts_stay_exact,
         a_creator_at_its_descriptor_limit_removes_its_name,
