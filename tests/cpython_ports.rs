@@ -3612,6 +3612,71 @@ async fn wait_for_threads() -> TestResult {
     Ok(())
 }
 
+/// `_TestProcess.test_wait_for_threads`, the other side of the difference: a child whose
+/// thread puts `size`-byte items for ever, counting each `put` that returned in `count`; the
+/// target returns (ending the process) while the thread puts.
+fn put_until_the_end(q: mp::JoinableQueue<Vec<u8>>, size: usize, count: RawValue<u64>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            for i in 1.. {
+                if q.put(vec![1u8; size]).await.is_err() {
+                    return;
+                }
+                count.set(i);
+            }
+        })
+    });
+    std::thread::sleep(Duration::from_millis(30));
+}
+
+/// A process that ends while its thread is in a `put` (of an item in shared memory, through
+/// the socket, or in a memfd) leaves the queue whole: every `put` that returned arrives (and
+/// the one cut off at most once more), the queue serves on, and `join` returns once each
+/// item taken is done.
+async fn thread_putting_as_its_process_ends() -> TestResult {
+    for size in [8usize, 500, 100_000] {
+        for round in 0..2 {
+            let q = mp::JoinableQueue::<Vec<u8>>::with_maxsize(64)?;
+            let count = RawValue::new(0u64)?;
+            let mut p = start(put_until_the_end, (q.clone(), size, count.clone())).await?;
+            let mut got = 0u64;
+            loop {
+                match q.get_timeout(Duration::from_millis(500)).await {
+                    Ok(v) => {
+                        ensure!(v == vec![1u8; size], "size {size}: a torn item");
+                        got += 1;
+                        q.task_done()?;
+                    }
+                    Err(Error::Empty) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            join_ok(&mut p).await?;
+            while let Ok(v) = q.get_nowait() {
+                ensure!(v == vec![1u8; size], "size {size}: a torn item");
+                got += 1;
+                q.task_done()?;
+            }
+            let put = count.get();
+            ensure!(
+                got == put || got == put + 1,
+                "size {size}, round {round}: {put} puts returned, {got} items came"
+            );
+            tokio::time::timeout(LONG, q.join()).await??;
+            q.put(vec![2; size]).await?;
+            ensure!(
+                q.get_timeout(LONG).await? == vec![2; size],
+                "size {size}: after"
+            );
+        }
+    }
+    Ok(())
+}
+
 // ================================================================ _TestBarrier (action)
 
 /// `_TestBarrier._test_action_f`: waits `passes` times; the party that gets index 0 runs
@@ -3985,6 +4050,7 @@ fn main() {
         lock_holders_as_repr_shows_them,
         lose_target_ref,
         wait_for_threads,
+        thread_putting_as_its_process_ends,
         barrier_action,
         array_get_obj_and_get_lock,
         manager_list_iter,
