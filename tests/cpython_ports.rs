@@ -3677,6 +3677,31 @@ async fn thread_putting_as_its_process_ends() -> TestResult {
     Ok(())
 }
 
+// ================================================================ _TestEvent
+
+/// `_TestEvent.test_repr`: an event's `Debug` shows whether it is set (Python's
+/// `<Event at ... unset>`), as set and cleared here or by another process.
+async fn event_debug_shows_its_state() -> TestResult {
+    let e = Event::new()?;
+    ensure!(format!("{e:?}") == "Event { set: false }", "{e:?}");
+    e.set();
+    ensure!(format!("{e:?}") == "Event { set: true }", "{e:?}");
+    e.clear();
+    ensure!(format!("{e:?}") == "Event { set: false }", "{e:?}");
+    let mut p = start(set_it, (e.clone(),)).await?;
+    join_ok(&mut p).await?;
+    ensure!(
+        format!("{e:?}") == "Event { set: true }",
+        "set by a child: {e:?}"
+    );
+    Ok(())
+}
+
+/// Sets `e`.
+fn set_it(e: Event) {
+    e.set();
+}
+
 // ================================================================ _TestBarrier (action)
 
 /// `_TestBarrier._test_action_f`: waits `passes` times; the party that gets index 0 runs
@@ -4050,6 +4075,7 @@ fn main() {
         lock_holders_as_repr_shows_them,
         lose_target_ref,
         wait_for_threads,
+        event_debug_shows_its_state,
         thread_putting_as_its_process_ends,
         barrier_action,
         array_get_obj_and_get_lock,

@@ -57,7 +57,8 @@ type Inner = SharedState<EventLayout>;
 /// An event flag between processes (Python's `multiprocessing.Event`).
 ///
 /// `set` wakes every waiter in every process. Clones share the same event, and so does one
-/// sent to another process (a serde type whose descriptors travel by `SCM_RIGHTS`).
+/// sent to another process (a serde type whose descriptors travel by `SCM_RIGHTS`). Its
+/// `Debug` shows whether it is set (Python's `repr`, `<Event at ... set>`): `Event { set: true }`.
 ///
 /// # Examples
 ///
@@ -70,10 +71,18 @@ type Inner = SharedState<EventLayout>;
 /// assert!(e.is_set());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Event {
     #[serde(with = "super::arc")]
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("set", &self.is_set())
+            .finish()
+    }
 }
 
 impl Event {
