@@ -1,7 +1,9 @@
 //! `Process`: Python's `multiprocessing.Process`, awaited on tokio.
 
+use std::ffi::OsStr;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::process::Termination;
 use std::time::Duration;
 
@@ -436,6 +438,7 @@ impl<T> ProcessBuilder<T> {
                 hello: Hello::ours(),
                 track_at_exit: true,
                 stdio: start::Stdio::default(),
+                env: start::Environment::default(),
             }),
             answer,
             _start: PhantomData,
@@ -445,6 +448,17 @@ impl<T> ProcessBuilder<T> {
     fn with(mut self, f: impl FnOnce(&mut Launch)) -> Self {
         if let Ok(l) = &mut self.launch {
             f(l);
+        }
+        self
+    }
+
+    /// As [`with`](Self::with), for a change that may be refused: the builder then holds
+    /// the error, which [`start`](ProcessBuilder::start) returns.
+    fn try_with(mut self, f: impl FnOnce(&mut Launch) -> Result<()>) -> Self {
+        if let Ok(l) = &mut self.launch
+            && let Err(e) = f(l)
+        {
+            self.launch = Err(e);
         }
         self
     }
@@ -523,6 +537,144 @@ impl<T> ProcessBuilder<T> {
         self.with(|l| l.stdio.stderr = Some(fd))
     }
 
+    /// Sets an environment variable in the child (procspawn's `Builder::env`, an entry of
+    /// subprocess's `env=`, `std::process::Command::env`). The child starts from this
+    /// process's environment, edited by [`env`](Self::env), [`envs`](Self::envs),
+    /// [`env_remove`](Self::env_remove) and [`env_clear`](Self::env_clear) in the order they
+    /// are called, as `Command`'s are: the last call for a name wins. This process's own
+    /// environment is left as it is.
+    ///
+    /// Every start method gives the child the same variables. A `spawn` child is executed
+    /// with them, so the dynamic loader (`LD_LIBRARY_PATH`) and the C library see them; a
+    /// `fork` child sets them in its copy of this process's environment before anything
+    /// else; a `forkserver` child in its copy of the fork server's, which is this process's
+    /// environment as it was when the server started (a variable this process set since
+    /// reaches such a child only through these methods). Either way they are in place
+    /// before the target runs. The crate's own variables (its bootstrap's, and glibc's
+    /// allocator tunable `GLIBC_TUNABLES` that a `spawn` child starts with) serve the start
+    /// and do not outlive it where the builder removed or cleared them.
+    ///
+    /// # Errors
+    /// [`start`](ProcessBuilder::start) fails with [`Error::InvalidArgument`], naming the
+    /// variable, if `key` is empty, holds `=` or a NUL byte, or is the crate's own
+    /// `TOKIO_MULTIPROCESSING_BOOT` or `TOKIO_MULTIPROCESSING_TRACKER`, or if `value` holds
+    /// a NUL byte.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// use tokio_multiprocessing::Process;
+    ///
+    /// fn level() -> Option<String> {
+    ///     std::env::var("LOG_LEVEL").ok()
+    /// }
+    /// let mut h = Process::call(level, ()).env("LOG_LEVEL", "debug").start().await?;
+    /// assert_eq!(h.join().await?.as_deref(), Some("debug"));
+    /// assert!(std::env::var_os("LOG_LEVEL").is_none()); // this process's is unchanged
+    ///
+    /// let bad = Process::call(level, ()).env("A=B", "1").start().await;
+    /// assert!(matches!(bad, Err(tokio_multiprocessing::Error::InvalidArgument(_))));
+    /// # Ok(()) }
+    /// ```
+    pub fn env(self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.try_with(|l| l.env.set(key.as_ref(), value.as_ref()))
+    }
+
+    /// Sets several environment variables in the child, as [`env`](Self::env) does each
+    /// (subprocess's `env=` dictionary). With
+    /// [`env_clear`](Self::env_clear) first, they are the child's whole environment, as a
+    /// subprocess's `env=` is.
+    ///
+    /// # Errors
+    /// As [`env`](Self::env), for the first variable refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// fn all_vars() -> Vec<(String, String)> {
+    ///     std::env::vars().collect()
+    /// }
+    /// let mut h = tokio_multiprocessing::Process::call(all_vars, ())
+    ///     .env_clear()
+    ///     .envs([("LANG", "C"), ("MODE", "batch")])
+    ///     .start()
+    ///     .await?;
+    /// let vars = h.join().await?;
+    /// assert_eq!(vars, [("LANG".into(), "C".into()), ("MODE".into(), "batch".into())]);
+    /// # Ok(()) }
+    /// ```
+    pub fn envs<I, K, V>(self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.try_with(|l| {
+            vars.into_iter()
+                .try_for_each(|(k, v)| l.env.set(k.as_ref(), v.as_ref()))
+        })
+    }
+
+    /// Removes an environment variable from the child's environment (procspawn's and
+    /// `Command`'s `env_remove`), whether this process has it or an earlier
+    /// [`env`](Self::env) set it.
+    ///
+    /// # Errors
+    /// [`start`](ProcessBuilder::start) fails with [`Error::InvalidArgument`], naming the
+    /// variable, if `key` is empty or holds `=` or a NUL byte.
+    pub fn env_remove(self, key: impl AsRef<OsStr>) -> Self {
+        self.try_with(|l| l.env.remove(key.as_ref()))
+    }
+
+    /// Leaves the child none of this process's environment variables, nor those set by
+    /// earlier calls: only those set after this call (procspawn's and `Command`'s
+    /// `env_clear`, subprocess's `env={...}`). See [`envs`](Self::envs) for an example.
+    pub fn env_clear(self) -> Self {
+        self.with(|l| l.env.clear())
+    }
+
+    /// Runs the child in directory `dir` (procspawn's and `Command`'s `current_dir`,
+    /// subprocess's `cwd=`): its working directory when the target starts, whatever the
+    /// start method. A relative `dir` is taken from this process's working directory when
+    /// the child is started. By default a `spawn` or `fork` child starts in this process's
+    /// working directory, and a `forkserver` child in the fork server's.
+    ///
+    /// # Errors
+    /// [`start`](ProcessBuilder::start) fails, before any child exists, with an
+    /// [`Error::Io`] that names `dir`, of kind [`NotFound`](std::io::ErrorKind::NotFound)
+    /// if it does not exist, [`NotADirectory`](std::io::ErrorKind::NotADirectory) if it is
+    /// not a directory, [`PermissionDenied`](std::io::ErrorKind::PermissionDenied) if it
+    /// may not be entered (Python's `FileNotFoundError`, `NotADirectoryError`,
+    /// `PermissionError`). A directory removed after that check fails the start with
+    /// [`Error::Start`] (a `fork` child then exits with code 1, naming it on its stderr).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// use tokio_multiprocessing::{Error, Process};
+    ///
+    /// fn cwd() -> std::path::PathBuf {
+    ///     std::env::current_dir().unwrap_or_default()
+    /// }
+    /// let mut h = Process::call(cwd, ()).current_dir("/").start().await?;
+    /// assert_eq!(h.join().await?, std::path::Path::new("/"));
+    ///
+    /// match Process::call(cwd, ()).current_dir("/no/such/dir").start().await {
+    ///     Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn current_dir(self, dir: impl AsRef<Path>) -> Self {
+        self.with(|l| l.env.set_cwd(dir.as_ref()))
+    }
+
     /// Gives a `spawn` child the parent's command-line arguments (by default it gets only
     /// the program name, so that argument parsing before [`init`](crate::init) sees none).
     pub fn inherit_argv(self, inherit: bool) -> Self {
@@ -555,7 +707,10 @@ impl ProcessBuilder {
     /// Starts the child and waits for it to complete its bootstrap (Python's `start()`).
     ///
     /// # Errors
-    /// [`Error::Encode`] if an argument could not be encoded; [`Error::BinaryMismatch`] if
+    /// [`Error::Encode`] if an argument could not be encoded; [`Error::InvalidArgument`] for
+    /// an environment variable the builder refused (see [`env`](Self::env)); an
+    /// [`Error::Io`] naming the directory for a [`current_dir`](Self::current_dir) that
+    /// cannot be entered; [`Error::BinaryMismatch`] if
     /// the child runs another binary; [`Error::Start`] if the child died or timed out before
     /// completing its bootstrap (a `main` that does not call [`init`](crate::init) first is
     /// the usual cause, and the message says so) or if the `fork` method was refused.

@@ -95,6 +95,9 @@ pub(super) fn run_boot(sock: OwnedFd, ppid: i32) -> ! {
             BootReply::Refused(format!("cannot redirect stdout or stderr: {e}")),
         )
     }
+    if let Some(Err(e)) = boot.env.as_ref().map(|env| env.apply_in_child()) {
+        refuse(&sock, BootReply::Refused(e))
+    }
     // Python's children inherit the method that started them as their default.
     super::set_start_method(method);
     set_max_frame_size(boot.max_frame as usize);

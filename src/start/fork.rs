@@ -42,6 +42,12 @@ pub(super) fn launch_fork(mut launch: Launch) -> Result<Child> {
         // defaults take their place, as in a re-executed child.
         sys::default_signal_handlers();
         super::registry::forget_inherited();
+        // Before anything reads the environment or a relative path, and while this is the
+        // only thread (the runtime below starts none, but its blocking pool could).
+        if let Err(e) = launch.env.apply_in_child() {
+            eprintln!("tokio-multiprocessing: forked child: {e}");
+            sys::exit_now(1);
+        }
         // The runtime the child runs (an async target's, a pool worker's) is built before
         // the parent's descriptors are closed, because tokio's I/O driver clones a
         // process-wide signal pipe; the descriptors the new runtime opened are kept.

@@ -128,10 +128,11 @@ fn start_server() -> Result<Server> {
         hello: Hello::ours(),
         track_at_exit: false,
         stdio: super::Stdio::default(),
+        env: super::Environment::default(),
     };
     let frame = handshake::boot_frame(&mut launch)?;
     let (boot_ours, boot_theirs) = sys::socketpair_stream()?;
-    let (pid, pidfd) = spawn_now(boot_theirs, false)?;
+    let (pid, pidfd) = spawn_now(boot_theirs, false, &super::Environment::default())?;
     handshake::handshake_blocking(&boot_ours, pid, &pidfd, &launch, frame)?;
     tracing::debug!(pid, "fork server started");
     Ok(Server {

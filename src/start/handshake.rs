@@ -28,6 +28,10 @@ pub(crate) struct Boot {
     /// Which of stdout and stderr the child points at the descriptors that follow its
     /// arguments' ([`Stdio::flags`](super::Stdio::flags)).
     pub(crate) stdio: u8,
+    /// The child's environment variables and working directory, if the builder set any
+    /// (left out of the frame otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) env: Option<super::Environment>,
 }
 
 /// The hello alone of a bootstrap frame's head, the rest skipped: the head of a parent of
@@ -92,6 +96,7 @@ pub(crate) fn boot_frame(launch: &mut Launch) -> Result<FrameBuf> {
         max_frame: max_frame_size() as u64,
         method: launch.method.to_u8(),
         stdio: launch.stdio.flags(),
+        env: (!launch.env.is_untouched()).then(|| launch.env.clone()),
     })?;
     frame.push_encoded(std::mem::take(&mut launch.args));
     let stdio = std::mem::take(&mut launch.stdio).into_targets();

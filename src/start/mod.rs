@@ -15,11 +15,13 @@
 //! - `launcher.rs`: the long-lived thread re-executed children are started from.
 //! - `handshake.rs`: the bootstrap frame and the parent's side of the conversation.
 //! - `bootstrap.rs`: the child's side: what [`init`] does in a child.
+//! - `environment.rs`: a child's environment variables and working directory.
 //! - `handle.rs`: `Child`, the parent's pidfd handle on a running child.
 //! - `registry.rs`: the children the exit handler terminates (daemons) and waits for.
 //! - `reaper.rs`: the thread that reaps children whose handles were dropped while they ran.
 
 mod bootstrap;
+mod environment;
 mod fork;
 mod forkserver;
 mod handle;
@@ -34,6 +36,7 @@ pub(crate) mod tracker;
 use std::time::Duration;
 
 pub(crate) use bootstrap::fresh_runtime;
+pub(crate) use environment::Environment;
 pub(crate) use handle::Child;
 pub(crate) use launcher::warm_launcher;
 pub use method::{
@@ -142,6 +145,8 @@ pub(crate) struct Launch {
     pub(crate) track_at_exit: bool,
     /// Where the child's stdout and stderr go, when not to this process's.
     pub(crate) stdio: Stdio,
+    /// The child's environment variables and working directory, when not this process's.
+    pub(crate) env: Environment,
 }
 
 /// Where a child's stdout and stderr go: `None` leaves the parent's.
@@ -195,10 +200,11 @@ impl Stdio {
 }
 
 /// Starts a child as `launch` says.
-pub(crate) async fn launch(launch: Launch) -> Result<Child> {
+pub(crate) async fn launch(mut launch: Launch) -> Result<Child> {
     crate::sys::keep_constructor();
     registry::reap_ended();
     bootstrap::refuse_if_uninitialised_child();
+    launch.env.check_cwd(&launch.name)?;
     match launch.method {
         StartMethod::Spawn => spawn::launch_spawn(launch).await,
         StartMethod::ForkServer => forkserver::launch_forkserver(launch).await,

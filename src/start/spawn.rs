@@ -11,14 +11,19 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::handle::{Child, Unclaimed};
 use super::launcher::on_launcher;
-use super::{ENV_BOOT, Launch, handshake, tracker};
+use super::{ENV_BOOT, Environment, Launch, handshake, tracker};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::send_early;
 
-/// Re-executes this program with `child_end` inherited. Returns the pid and its pidfd.
-/// Runs on the launcher thread (the children's parent-death signal is tied to it).
-pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, OwnedFd)> {
+/// Re-executes this program with `child_end` inherited, its environment this program's as
+/// `env` edits it. Returns the pid and its pidfd. Runs on the launcher thread (the
+/// children's parent-death signal is tied to it).
+pub(super) fn spawn_now(
+    child_end: OwnedFd,
+    inherit_argv: bool,
+    env: &Environment,
+) -> Result<(i32, OwnedFd)> {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     if !inherit_argv {
         argv.truncate(1);
@@ -28,11 +33,11 @@ pub(super) fn spawn_now(child_end: OwnedFd, inherit_argv: bool) -> Result<(i32, 
     }
     let child_fd = sys::spawned_fd(child_end.as_raw_fd());
     let boot_value = format!("{child_fd},{}", sys::current_pid());
-    let mut env = environment_for_exec(&[TUNABLES])?;
-    let tunables = std::env::var_os(TUNABLES);
-    env.push(cstring(child_tunables(
-        tunables.as_deref().map(OsStrExt::as_bytes),
-    ))?);
+    let vars = env.exec_vars();
+    let tunables = vars.iter().find(|(k, _)| k == TUNABLES);
+    let tunables = child_tunables(tunables.map(|(_, v)| v.as_bytes()));
+    let mut env = exec_strings(vars.into_iter(), &[TUNABLES])?;
+    env.push(cstring(tunables)?);
     env.push(cstring(format!("{ENV_BOOT}={boot_value}").into_bytes())?);
     let argv = argv
         .into_iter()
@@ -76,17 +81,25 @@ fn child_tunables(own: Option<&[u8]>) -> Vec<u8> {
 /// This program's environment for a process it re-executes, as `NAME=value` strings: every
 /// variable but `except` and those that give a re-executed process its role.
 pub(super) fn environment_for_exec(except: &[&str]) -> Result<Vec<CString>> {
-    std::env::vars_os()
-        .filter(|(k, _)| {
-            k != ENV_BOOT && k != tracker::ENV_TRACKER && !except.iter().any(|e| k == e)
-        })
-        .map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstring(kv)
-        })
-        .collect()
+    exec_strings(std::env::vars_os(), except)
+}
+
+/// `vars` as `NAME=value` strings for an exec: all but `except` and those that give a
+/// re-executed process its role.
+fn exec_strings(
+    vars: impl Iterator<Item = (OsString, OsString)>,
+    except: &[&str],
+) -> Result<Vec<CString>> {
+    vars.filter(|(k, _)| {
+        k != ENV_BOOT && k != tracker::ENV_TRACKER && !except.iter().any(|e| k == e)
+    })
+    .map(|(k, v)| {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        cstring(kv)
+    })
+    .collect()
 }
 
 pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString> {
@@ -105,8 +118,9 @@ pub(super) async fn launch_spawn(mut launch: Launch) -> Result<Child> {
         false => send_early(ours.as_fd(), frame)?,
     };
     let inherit_argv = launch.inherit_argv;
+    let env = std::mem::take(&mut launch.env);
     let started =
-        on_launcher(move || spawn_now(theirs, inherit_argv).map(Unclaimed::new)).await??;
+        on_launcher(move || spawn_now(theirs, inherit_argv, &env).map(Unclaimed::new)).await??;
     let (pid, pidfd) = started.claim();
     let mut child = Child::new(pid, pidfd).inspect_err(|_| sys::kill_and_reap(pid))?;
     let unstarted = child.kill_unless_started();

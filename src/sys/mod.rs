@@ -45,14 +45,15 @@ pub(crate) use pid::{cached_owner, cached_pid};
 #[cfg(feature = "test-hooks")]
 pub(crate) use proc::fork_and_reap;
 pub(crate) use proc::{
-    SavedSignal, adopt_inherited_socket, advise_huge_pages, at_exit, children_reaped_by_kernel,
-    clear_env_var, cpus_allowed, current_pid, default_signal_handlers, descendants_of, exit_now,
-    flush_std_streams, fork_process, fork_sibling, ignore_hangup, ignore_sigint, ignore_sigpipe,
-    ignore_sigterm, ignore_terminal_signals, is_no_child, is_own_child, keep_freed_memory,
-    kill_and_reap, open_closed_standard_fds, parent_pid, pidfd_open, pidfd_send_signal, pipe,
-    poll_readable, readable_now, redirect_std, restore_sigint, set_parent_death_signal,
-    signal_name, sigterm_fd, soften_parent_death_signal, spawn_exe, spawned_fd, start_own_session,
-    stdin_from_dev_null, try_wait_pidfd, wait_pid_blocking, wait_pidfd_blocking,
+    SavedSignal, adopt_inherited_socket, advise_huge_pages, at_exit, check_enterable_dir,
+    children_reaped_by_kernel, clear_env_var, cpus_allowed, current_pid, default_signal_handlers,
+    descendants_of, exit_now, flush_std_streams, fork_process, fork_sibling, ignore_hangup,
+    ignore_sigint, ignore_sigpipe, ignore_sigterm, ignore_terminal_signals, is_no_child,
+    is_own_child, keep_freed_memory, kill_and_reap, open_closed_standard_fds, parent_pid,
+    pidfd_open, pidfd_send_signal, pipe, poll_readable, readable_now, redirect_std, restore_sigint,
+    set_env_var, set_parent_death_signal, signal_name, sigterm_fd, soften_parent_death_signal,
+    spawn_exe, spawned_fd, start_own_session, stdin_from_dev_null, try_wait_pidfd,
+    wait_pid_blocking, wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
 pub(crate) use ring::{Message, Popped, Pushed, SLOT_DATA, ShmRing};

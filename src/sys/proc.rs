@@ -786,15 +786,46 @@ pub(crate) fn exit_now(code: i32) -> ! {
 
 /// Removes an environment variable.
 ///
-/// Called in a child before any code of ours starts a thread: from the executable's
-/// constructor, before `main`, or from `init()`, whose docs ask that it come before the
-/// program starts threads.
+/// Called only in a child, before its target runs and before code of ours starts a thread
+/// in it (see [`set_env_var`] for the three ways a child gets there).
 pub(crate) fn clear_env_var(name: &OsStr) {
-    // SAFETY: no other thread of this process reads or writes the environment at this point:
-    // a child reaches this line before `main` (from the constructor, when the process has
-    // one thread), or from `init()`, which `main` calls before starting any thread (a
-    // documented requirement of `init()`).
+    // SAFETY: no other thread of this process reads or writes the environment at this point,
+    // as argued at `set_env_var`, whose callers are this function's.
     unsafe { std::env::remove_var(name) }
+}
+
+/// Sets an environment variable (`name` non-empty, without `=` or NUL; `value` without NUL:
+/// checked by the caller, so this does not panic).
+///
+/// Called only in a child, before its target runs and before code of ours starts a thread
+/// in it: a re-executed child from the executable's constructor, before `main`, or from
+/// `init()`, whose docs ask that it come before the program starts threads; a child of the
+/// fork server, forked from the server's only thread that runs code of ours; a `fork` child
+/// of a process that `fork_process` found single-threaded, before it builds its runtime.
+pub(crate) fn set_env_var(name: &OsStr, value: &OsStr) {
+    // SAFETY: no other thread of this process reads or writes the environment at this point.
+    // A re-executed child reaches this line before `main` (from the constructor, when the
+    // process has one thread), or from `init()`, which `main` calls before starting any
+    // thread (a documented requirement of `init()`). A forked child (by the fork server or
+    // by `fork_process`) has one thread, as `fork` copies only the calling thread, and none
+    // of the parent's threads held std's environment lock at the fork: `fork_process`'s
+    // parent had no other thread, and the fork server's other threads, if `init()` was
+    // called from an async `main`, are its idle runtime's, which never touch the
+    // environment. The target, which may start threads, runs only after this call.
+    unsafe { std::env::set_var(name, value) }
+}
+
+/// Checks that `dir` is a directory this process may enter (search permission), as a child
+/// will: `NotFound`, `NotADirectory` or `PermissionDenied` otherwise.
+pub(crate) fn check_enterable_dir(dir: &std::path::Path) -> io::Result<()> {
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    nix::unistd::access(dir, nix::unistd::AccessFlags::X_OK)?;
+    Ok(())
 }
 
 /// This process's pid.
