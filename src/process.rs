@@ -583,7 +583,8 @@ impl<T> ProcessBuilder<T> {
     }
 
     /// Sets several environment variables in the child, as [`env`](Self::env) does each
-    /// (subprocess's `env=` dictionary). With
+    /// (subprocess's `env=` dictionary; loky's `env=`, which sets variables in every
+    /// worker, is [`PoolBuilder::envs`](crate::PoolBuilder::envs)). With
     /// [`env_clear`](Self::env_clear) first, they are the child's whole environment, as a
     /// subprocess's `env=` is.
     ///
@@ -673,6 +674,12 @@ impl<T> ProcessBuilder<T> {
     /// ```
     pub fn current_dir(self, dir: impl AsRef<Path>) -> Self {
         self.with(|l| l.env.set_cwd(dir.as_ref()))
+    }
+
+    /// Gives the child `env` (a pool's, for each of its workers) in place of what the
+    /// builder's calls set.
+    pub(crate) fn environment(self, env: start::Environment) -> Self {
+        self.with(|l| l.env = env)
     }
 
     /// Gives a `spawn` child the parent's command-line arguments (by default it gets only

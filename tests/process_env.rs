@@ -3,6 +3,8 @@
 //! and `cwd=`, `std::process::Command`'s), with each start method; a working directory that
 //! cannot be entered and names that cannot be set are refused before any child exists, and
 //! leave no descriptor and no child; this process's own environment is left as it was.
+//! `PoolBuilder::env`, `envs` and `current_dir` (loky's `env=`): every worker of a pool,
+//! replacements included, with each start method; refused for a cluster's workers.
 
 #[macro_use]
 mod support;
@@ -25,6 +27,8 @@ fn main() {
         a_spawned_child_is_executed_with_its_final_environment,
         a_bad_working_directory_fails_the_start_and_leaves_nothing,
         names_and_values_that_cannot_be_set_are_refused_by_name,
+        a_pools_workers_and_their_replacements_see_what_the_builder_set,
+        a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster,
     ];
     // One test at a time: one counts this process's descriptors and children.
     let mut args = libtest_mimic::Arguments::from_args();
@@ -39,6 +43,7 @@ fn main() {
 struct Seen {
     vars: BTreeMap<String, String>,
     cwd: PathBuf,
+    pid: u32,
     /// The environment it was executed with (`/proc/self/environ`), as `NAME=value`.
     exec_env: Vec<String>,
 }
@@ -51,6 +56,7 @@ fn seen() -> Seen {
             .map(|(k, v)| (lossy(k), lossy(v)))
             .collect(),
         cwd: std::env::current_dir().unwrap_or_default(),
+        pid: std::process::id(),
         exec_env: exec_env
             .split(|&b| b == 0)
             .filter(|kv| !kv.is_empty())
@@ -59,14 +65,22 @@ fn seen() -> Seen {
     }
 }
 
+/// [`seen`], as a pool's task.
+fn seen_in_worker(_: u32) -> Seen {
+    seen()
+}
+
 /// Runs in a spawned child, which has a single thread: the checks of
-/// [`what_the_builder_set`] with the `fork` method.
+/// [`what_the_builder_set`] and [`what_the_pool_set`] with the `fork` method.
 fn fork_probe() -> Result<(), String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
-        .block_on(what_the_builder_set(StartMethod::Fork))
+        .block_on(async {
+            what_the_builder_set(StartMethod::Fork).await?;
+            what_the_pool_set(StartMethod::Fork).await
+        })
 }
 
 // ---------------------------------------------------------------- checks
@@ -221,12 +235,110 @@ async fn what_the_builder_set(method: StartMethod) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that every worker of a pool with `method`, the first ones and their
+/// replacements (after `maxtasksperchild`, and after a worker's death), sees the
+/// variables and the directory its builder set.
+async fn what_the_pool_set(method: StartMethod) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| format!("{method:?} pool: {e}");
+    let dir = support::temp_path("pool-cwd");
+    std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+    let pool = mp::Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .maxtasksperchild(1)
+        .env("TKMP_POOL", "yes")
+        .envs([("TKMP_A", "1"), ("TKMP_B", "2")])
+        .current_dir(&dir)
+        .build()
+        .await
+        .map_err(|x| e(&x))?;
+    let check = |s: &Seen| -> Result<(), String> {
+        for (k, v) in [("TKMP_POOL", "yes"), ("TKMP_A", "1"), ("TKMP_B", "2")] {
+            check!(
+                s.vars.get(k).map(String::as_str) == Some(v),
+                "{method:?} pool: worker {} has {k}={:?}",
+                s.pid,
+                s.vars.get(k)
+            );
+        }
+        check!(
+            s.cwd == *dir,
+            "{method:?} pool: worker {} runs in {:?}",
+            s.pid,
+            s.cwd
+        );
+        Ok(())
+    };
+    // One task per worker: each of the six ran in a worker of its own.
+    let seen = pool.map(seen_in_worker, 0..6).await.map_err(|x| e(&x))?;
+    seen.iter().try_for_each(check)?;
+    let pids: std::collections::HashSet<u32> = seen.iter().map(|s| s.pid).collect();
+    check!(
+        pids.len() == 6,
+        "{method:?} pool: replacements reused workers: {pids:?}"
+    );
+    // A worker that dies is replaced by one that sees them too.
+    let died = pool.apply(support::pool::exit_with, (3,)).await;
+    check!(
+        died.is_err(),
+        "{method:?} pool: a worker that exits answered {died:?}"
+    );
+    check(&pool.apply(seen_in_worker, (0,)).await.map_err(|x| e(&x))?)?;
+    pool.terminate().await.map_err(|x| e(&x))?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- tests
 
 async fn spawned_and_fork_server_children_see_what_the_builder_set() -> TestResult {
     for method in METHODS {
         what_the_builder_set(method).await?;
     }
+    Ok(())
+}
+
+async fn a_pools_workers_and_their_replacements_see_what_the_builder_set() -> TestResult {
+    for method in METHODS {
+        what_the_pool_set(method).await?;
+    }
+    Ok(())
+}
+
+async fn a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster() -> TestResult {
+    let children = support::all_children();
+    let built = mp::Pool::builder()
+        .processes(1)
+        .current_dir("/no/such/directory")
+        .build()
+        .await;
+    ensure!(
+        matches!(&built, Err(Error::Io(e))
+            if e.kind() == ErrorKind::NotFound && e.to_string().contains("/no/such/directory")),
+        "{:?}",
+        built.map(drop)
+    );
+    let bad_name = mp::Pool::builder()
+        .processes(1)
+        .envs([("OK", "1"), ("A=B", "2")])
+        .env("FINE", "1");
+    refused(bad_name, "\"A=B\"").await?;
+    ensure!(support::all_children() == children, "a worker was started");
+    let cluster = mp::Cluster::builder().build().await?;
+    let remote = mp::Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .env("TKMP_A", "1");
+    refused(remote, "cluster").await
+}
+
+/// Fails unless `builder` fails to build with an `InvalidArgument` that says `why`.
+async fn refused(builder: mp::PoolBuilder, why: &str) -> TestResult {
+    let built = builder.build().await;
+    ensure!(
+        matches!(&built, Err(Error::InvalidArgument(m)) if m.contains(why)),
+        "{:?}",
+        built.map(drop)
+    );
     Ok(())
 }
 

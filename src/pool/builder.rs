@@ -1,5 +1,7 @@
 //! [`PoolBuilder`]: a pool's options, and how a pool is built from them.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
@@ -12,7 +14,7 @@ use super::stats::{Counters, Tally};
 use super::{LastHandle, Pool, Shared, spawn};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::start::StartMethod;
+use crate::start::{Environment, StartMethod};
 use crate::sys;
 use crate::task::{InitializerEntry, InitializerOutput, Target};
 use crate::wire::Encoded;
@@ -35,6 +37,8 @@ pub(super) struct Config {
     pub(super) retries_on_worker_loss: u32,
     /// How long a worker may have no task before it is retired; `None`: for ever.
     pub(super) idle_timeout: Option<Duration>,
+    /// The workers' environment variables and working directory (absolute).
+    pub(super) env: Environment,
 }
 
 /// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
@@ -54,6 +58,8 @@ pub struct PoolBuilder {
     cluster: Option<Cluster>,
     retries_on_worker_loss: u32,
     idle_timeout: Option<Duration>,
+    /// The workers' environment, or the first variable refused.
+    env: Result<Environment>,
 }
 
 impl PoolBuilder {
@@ -72,7 +78,80 @@ impl PoolBuilder {
             cluster: None,
             retries_on_worker_loss: 0,
             idle_timeout: None,
+            env: Ok(Environment::default()),
         }
+    }
+
+    /// Sets an environment variable in every worker the pool starts, replacements included
+    /// (loky's `get_reusable_executor(env={...})`), as
+    /// [`ProcessBuilder::env`](crate::ProcessBuilder::env) sets it in one child: in place
+    /// before the initializer runs, with every start method, this process's environment
+    /// untouched.
+    ///
+    /// It applies to workers on this machine: a pool on a [`cluster`](Self::cluster) refuses
+    /// it (see [`build`](Self::build)), because a remote host's agent starts the workers
+    /// with its own environment; set the variables where the agents are launched (the
+    /// launcher's command, ssh's `SetEnv`, Slurm's `--export`).
+    ///
+    /// # Errors
+    /// [`build`](Self::build) fails with [`Error::InvalidArgument`], naming the variable, as
+    /// [`ProcessBuilder::env`](crate::ProcessBuilder::env) says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// fn threads(_: u32) -> Option<String> {
+    ///     std::env::var("OMP_NUM_THREADS").ok()
+    /// }
+    /// let pool = tokio_multiprocessing::Pool::builder()
+    ///     .processes(2)
+    ///     .env("OMP_NUM_THREADS", "1")
+    ///     .build()
+    ///     .await?;
+    /// let seen = pool.map(threads, 0..4).await?;
+    /// assert!(seen.iter().all(|s| s.as_deref() == Some("1")));
+    /// # Ok(()) }
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        if let Ok(env) = &mut self.env
+            && let Err(e) = env.set(key.as_ref(), value.as_ref())
+        {
+            self.env = Err(e);
+        }
+        self
+    }
+
+    /// Sets several environment variables in every worker, as [`env`](Self::env) does each
+    /// (loky's `env={...}`).
+    ///
+    /// # Errors
+    /// As [`env`](Self::env), for the first variable refused.
+    pub fn envs<I, K, V>(self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        vars.into_iter().fold(self, |b, (k, v)| b.env(k, v))
+    }
+
+    /// Runs every worker the pool starts, replacements included, in directory `dir`, as
+    /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir) runs one child.
+    /// A relative `dir` is taken from this process's working directory when the pool is
+    /// built, and the workers started later use that same directory. It applies to workers
+    /// on this machine only, as [`env`](Self::env) does.
+    ///
+    /// # Errors
+    /// [`build`](Self::build) fails, before it starts any worker, with an [`Error::Io`]
+    /// that names `dir`, of kind `NotFound`, `NotADirectory` or `PermissionDenied`, as
+    /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir) says.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        if let Ok(env) = &mut self.env {
+            env.set_cwd(dir.as_ref());
+        }
+        self
     }
 
     /// Runs a task again, up to `n` times, when the worker running it dies (or its host
@@ -91,7 +170,8 @@ impl PoolBuilder {
     /// is unchanged. The default number of processes is then the cluster's: its launcher's
     /// hosts times its workers per host (or the room of the agents connected). That room is
     /// shared by every pool on the cluster: a second pool gets what the first leaves. The
-    /// start method does not apply (agents start workers with their own default).
+    /// start method does not apply (agents start workers with their own default), and
+    /// [`env`](Self::env) and [`current_dir`](Self::current_dir) are refused.
     ///
     /// A task whose arguments hold descriptors (a local `Queue`, `Event`, `Pipe` or
     /// [`Fd`](crate::Fd)) fails at submission: descriptors cannot cross to another host
@@ -268,7 +348,10 @@ impl PoolBuilder {
     /// replacement).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`;
+    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`, for an
+    /// environment variable refused (see [`env`](Self::env)), or for `env`, `envs` or
+    /// `current_dir` with a [`cluster`](Self::cluster); an [`Error::Io`] naming the
+    /// directory for a [`current_dir`](Self::current_dir) that cannot be entered;
     /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
     /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
     /// its start; otherwise the error of the last worker to fail, when none could be
@@ -319,6 +402,15 @@ impl PoolBuilder {
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
         };
+        let mut env = self.env?;
+        if self.cluster.is_some() && !env.is_untouched() {
+            return Err(Error::InvalidArgument(
+                "env, envs and current_dir apply to the workers of this machine, not to a \
+                 cluster's, whose agents start them with their own environment"
+                    .into(),
+            ));
+        }
+        env.check_cwd("the pool's workers")?;
         let init = self.init.transpose()?;
         if self.cluster.is_some() && init.as_ref().is_some_and(|(_, a)| !a.fds.is_empty()) {
             return Err(Error::InvalidArgument(
@@ -361,6 +453,7 @@ impl PoolBuilder {
             cluster: self.cluster,
             retries_on_worker_loss: self.retries_on_worker_loss,
             idle_timeout: self.idle_timeout,
+            env,
         });
         let remote = cfg.cluster.is_some();
         // All the workers start at once; the pool serves as soon as one is ready, and the

@@ -84,6 +84,7 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         .needs_runtime()
         .start_method(cfg.method)
         .start_timeout(cfg.start_timeout)
+        .environment(cfg.env.clone())
         .start()
         .await?;
     let pid = process.pid();
