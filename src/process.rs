@@ -641,8 +641,8 @@ impl<T> ProcessBuilder<T> {
     /// Runs the child in directory `dir` (procspawn's and `Command`'s `current_dir`,
     /// subprocess's `cwd=`): its working directory when the target starts, whatever the
     /// start method. A relative `dir` is taken from this process's working directory when
-    /// the child is started. By default a `spawn` or `fork` child starts in this process's
-    /// working directory, and a `forkserver` child in the fork server's.
+    /// the child is started. By default a child starts in this process's working directory,
+    /// whatever the method (a `forkserver` child enters it, as Python's does).
     ///
     /// # Errors
     /// [`start`](ProcessBuilder::start) fails, before any child exists, with an

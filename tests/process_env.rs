@@ -29,6 +29,7 @@ fn main() {
         names_and_values_that_cannot_be_set_are_refused_by_name,
         a_pools_workers_and_their_replacements_see_what_the_builder_set,
         a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster,
+        a_child_starts_in_the_current_directory_of_its_parent_whatever_the_method,
     ];
     // One test at a time: one counts this process's descriptors and children.
     let mut args = libtest_mimic::Arguments::from_args();
@@ -339,6 +340,36 @@ async fn refused(builder: mp::PoolBuilder, why: &str) -> TestResult {
         "{:?}",
         built.map(drop)
     );
+    Ok(())
+}
+
+/// This process's working directory, given back when dropped.
+struct BackTo(PathBuf);
+
+impl Drop for BackTo {
+    fn drop(&mut self) {
+        let _ = std::env::set_current_dir(&self.0);
+    }
+}
+
+async fn a_child_starts_in_the_current_directory_of_its_parent_whatever_the_method() -> TestResult {
+    // The fork server starts (if it has not) in this directory; then this process moves.
+    for method in METHODS {
+        seen_by(method, Process::call(seen, ())).await?;
+    }
+    let dir = support::temp_path("moved");
+    std::fs::create_dir(&dir)?;
+    let _back = BackTo(std::env::current_dir()?);
+    std::env::set_current_dir(&dir)?;
+    for method in METHODS {
+        let s = seen_by(method, Process::call(seen, ())).await?;
+        ensure!(
+            s.cwd == *dir,
+            "{method:?}: it started in {:?}, not {:?}",
+            s.cwd,
+            &*dir
+        );
+    }
     Ok(())
 }
 

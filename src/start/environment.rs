@@ -11,7 +11,8 @@
 //!   glibc's allocator (`GLIBC_TUNABLES`), which reads them as the process starts.
 //! - `fork`: the child applies the edits to the environment it copied, before anything else.
 //! - `forkserver`: the child applies them to the environment it copied from the server,
-//!   which is the program's as it was when the server started.
+//!   which is the program's as it was when the server started; it enters the program's
+//!   current directory unless told another, as a `spawn` child starts in it.
 //!
 //! Every child then applies them (again, for a `spawn` child) in its bootstrap, so that a
 //! variable of the crate's that `env_clear` or `env_remove` took away is gone by the time
@@ -93,6 +94,17 @@ impl Environment {
     /// Sets the child's working directory (`Command::current_dir`).
     pub(crate) fn set_cwd(&mut self, dir: &Path) {
         self.cwd = Some(dir.as_os_str().to_owned());
+    }
+
+    /// Sets the working directory to this process's current one, unless one was set. A
+    /// directory this process cannot name (it was removed) leaves it unset.
+    pub(crate) fn default_cwd_to_current(&mut self) {
+        if self.cwd.is_none() {
+            match std::env::current_dir() {
+                Ok(dir) => self.cwd = Some(dir.into_os_string()),
+                Err(e) => tracing::debug!("a child keeps the fork server's directory: {e}"),
+            }
+        }
     }
 
     /// Makes the working directory absolute (against this process's, now) and checks that

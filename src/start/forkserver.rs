@@ -228,6 +228,10 @@ fn request_fork(boot: OwnedFd) -> Result<(i32, OwnedFd)> {
 
 /// Starts a child with the `forkserver` method.
 pub(super) async fn launch_forkserver(mut launch: Launch) -> Result<Child> {
+    // The server's directory is this process's as it was when the server started: the
+    // child enters this process's current one, as a spawned child starts in it (Python's
+    // forkserver children do the same, from their preparation data).
+    launch.env.default_cwd_to_current();
     let frame = handshake::boot_frame(&mut launch)?;
     let (ours, theirs) = sys::socketpair_stream()?;
     // A child whose frame waits for it could run its target and end before this side holds
