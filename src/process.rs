@@ -544,7 +544,7 @@ impl<T> ProcessBuilder<T> {
     /// are called, as `Command`'s are: the last call for a name wins. This process's own
     /// environment is left as it is.
     ///
-    /// Every start method gives the child the same variables. A `spawn` child is executed
+    /// Every start method makes the same edits. A `spawn` child is executed
     /// with them, so the dynamic loader (`LD_LIBRARY_PATH`) and the C library see them; a
     /// `fork` child sets them in its copy of this process's environment before anything
     /// else; a `forkserver` child in its copy of the fork server's, which is this process's

@@ -10,7 +10,9 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -124,6 +126,7 @@ async fn what_the_builder_set(method: StartMethod) -> Result<(), String> {
         .ok_or("this process has no environment variable")?;
 
     let edited = Process::call(seen, ())
+        .env(OsStr::from_bytes(b"TKMP_\xff"), OsStr::from_bytes(b"\xfe"))
         .env("TKMP_A", "1")
         .env("TKMP_B", "2")
         .env("TKMP_A", "one")
@@ -138,6 +141,12 @@ async fn what_the_builder_set(method: StartMethod) -> Result<(), String> {
     check!(
         !s.vars.contains_key("TKMP_B"),
         "{method:?}: TKMP_B was set then removed"
+    );
+    // Names and values need not be UTF-8 (seen here lossily).
+    check!(
+        s.vars.get("TKMP_\u{fffd}").map(String::as_str) == Some("\u{fffd}"),
+        "{method:?}: a name that is not UTF-8 is {:?}",
+        s.vars.get("TKMP_\u{fffd}")
     );
     check!(
         !s.vars.contains_key(&removed),
