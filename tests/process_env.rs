@@ -23,7 +23,7 @@ use tokio_multiprocessing::{self as mp, Error, JoinHandle, Process, ProcessBuild
 
 fn main() {
     mp::init(); // a re-executed child never gets past this line
-    let trials = trials![
+    let mut trials = trials![
         spawned_and_fork_server_children_see_what_the_builder_set,
         a_forked_child_sees_what_the_builder_set,
         a_spawned_child_is_executed_with_its_final_environment,
@@ -33,6 +33,10 @@ fn main() {
         a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster,
         a_child_starts_in_the_current_directory_of_its_parent_whatever_the_method,
     ];
+    trials.push(support::test_current_thread(
+        "children_see_what_the_builder_set_from_a_current_thread_runtime",
+        spawned_and_fork_server_children_see_what_the_builder_set,
+    ));
     // One test at a time: one counts this process's descriptors and children.
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads.get_or_insert(1);
@@ -210,6 +214,7 @@ async fn what_the_builder_set(method: StartMethod) -> Result<(), String> {
 
     for (bad, kind) in [
         (dir.join("missing"), ErrorKind::NotFound),
+        (PathBuf::new(), ErrorKind::NotFound),
         (PathBuf::from("/proc/self/status"), ErrorKind::NotADirectory),
         (
             PathBuf::from("/proc/self/status/x"),

@@ -127,6 +127,10 @@ impl Environment {
                 ),
             ))
         };
+        if dir.is_empty() {
+            // As chdir("") fails, rather than as `absolute` does (InvalidInput).
+            return Err(fail(std::io::ErrorKind::NotFound.into()));
+        }
         let absolute = std::path::absolute(Path::new(dir)).map_err(fail)?;
         sys::check_enterable_dir(&absolute).map_err(fail)?;
         self.cwd = Some(absolute.into_os_string());
