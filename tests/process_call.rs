@@ -30,9 +30,7 @@ fn main() {
         a_call_returns_its_targets_value,
     ));
     // One test at a time: one counts this process's descriptors and children.
-    let mut args = libtest_mimic::Arguments::from_args();
-    args.test_threads.get_or_insert(1);
-    libtest_mimic::run(&args, trials).exit()
+    support::run_one_at_a_time(trials)
 }
 
 // ---------------------------------------------------------------- targets

@@ -133,6 +133,14 @@ pub fn run(trials: Vec<Trial>) -> ! {
     libtest_mimic::run(&args, trials).exit()
 }
 
+/// Runs the trials as [`run`] does, one at a time unless `--test-threads` says otherwise:
+/// for a file whose tests count this process's descriptors or children.
+pub fn run_one_at_a_time(trials: Vec<Trial>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    libtest_mimic::run(&args, trials).exit()
+}
+
 /// The pids of the live (not zombie) children of `pid`.
 pub fn live_children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
