@@ -842,10 +842,7 @@ async fn a_stream_made_before_close_runs_every_input() -> TestResult {
 /// Each time, once that returns, no worker is left, not even a zombie, and every descriptor
 /// of the pool is closed. Exits 0 if so.
 fn pools_one_after_another_probe(multi_thread: bool) {
-    let rt = match multi_thread {
-        true => tokio::runtime::Builder::new_multi_thread(),
-        false => tokio::runtime::Builder::new_current_thread(),
-    };
+    let rt = probe_runtime(multi_thread);
     support::process::exit_unless_ok_on(rt, "pools one after another", || async {
         for _ in 0..2 {
             Pool::new(5).await?.terminate().await?;
@@ -884,13 +881,76 @@ fn pools_one_after_another_probe(multi_thread: bool) {
 // close to its descriptor limit as the pool needs, finds every descriptor of a pool closed
 // (and its workers reaped) once `terminate` or `join` returns. Up to 7 stayed open a while.
 async fn terminate_and_join_return_once_the_workers_descriptors_are_closed() -> TestResult {
+    passes_on_both_runtimes(pools_one_after_another_probe).await
+}
+
+/// A multi-thread runtime or a current-thread one, for a probe to run on.
+fn probe_runtime(multi_thread: bool) -> tokio::runtime::Builder {
+    match multi_thread {
+        true => tokio::runtime::Builder::new_multi_thread(),
+        false => tokio::runtime::Builder::new_current_thread(),
+    }
+}
+
+/// Runs `probe` in a child on a multi-thread runtime, then in another on a current-thread
+/// one, and fails unless both exit 0.
+async fn passes_on_both_runtimes<F, M>(probe: F) -> TestResult
+where
+    F: mp::Target<(bool,), M, Output = ()> + Copy,
+{
     for multi_thread in [true, false] {
-        let mut p = mp::Process::new(pools_one_after_another_probe, (multi_thread,))
-            .start()
-            .await?;
+        let mut p = mp::Process::new(probe, (multi_thread,)).start().await?;
         support::process::probe_passed(&mut p).await?;
     }
     Ok(())
+}
+
+/// Runs in a child, as [`pools_one_after_another_probe`]: 30 rounds of a pool terminated
+/// while workers are starting, at once after it is made (four of Pool(5) start then) or
+/// every other round while a map runs on a Pool(3) that replaces each worker after a task.
+/// Each time, once `terminate` returns, no worker is left, not even a zombie, and every
+/// descriptor of the pool is closed. Exits 0 if so.
+fn pools_terminated_while_starting_probe(multi_thread: bool) {
+    let rt = probe_runtime(multi_thread);
+    support::process::exit_unless_ok_on(rt, "pools terminated while starting", || async {
+        Pool::new(5).await?.terminate().await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fds = support::open_fds();
+        for round in 0..30 {
+            let pool = match round % 2 {
+                0 => Pool::new(5).await?,
+                _ => {
+                    Pool::builder()
+                        .processes(3)
+                        .maxtasksperchild(1)
+                        .build()
+                        .await?
+                }
+            };
+            let map = pool.map(sqr, 0..1000).chunksize(1).submit();
+            if round % 2 == 1 {
+                let replaced = eventually(Duration::from_secs(20), || {
+                    pool.stats().workers_starting > 0
+                });
+                ensure!(replaced.await, "round {round}: no worker was replaced");
+            }
+            pool.terminate().await?;
+            let (now, children) = (support::open_fds(), support::all_children());
+            ensure!(
+                now == fds && children.is_empty(),
+                "round {round}: {fds} descriptors before, {now} after; children {children:?}"
+            );
+            drop(map);
+        }
+        Ok(())
+    });
+}
+
+// test_terminate: Python's terminate joins every worker of the pool, those its handler was
+// starting included. A worker still starting (Pool(5) terminated at once, or a replacement
+// under maxtasksperchild) lived on, with its descriptors, after terminate returned.
+async fn terminate_returns_once_the_workers_still_starting_are_reaped() -> TestResult {
+    passes_on_both_runtimes(pools_terminated_while_starting_probe).await
 }
 
 // test_terminate, test_imap on a closed pool: the tasks a pool refuses end the stream, after
@@ -1447,6 +1507,7 @@ fn main() {
         unencodable_argument_and_undecodable_result,
         closed_pool,
         terminate_and_join_return_once_the_workers_descriptors_are_closed,
+        terminate_returns_once_the_workers_still_starting_are_reaped,
         a_stream_made_before_close_runs_every_input,
         a_refused_stream_ends_with_pool_closed_errors,
         join_waits_for_a_stream_made_before_close,

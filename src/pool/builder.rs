@@ -39,6 +39,17 @@ pub(super) struct Config {
     pub(super) idle_timeout: Option<Duration>,
     /// The workers' environment variables and working directory (absolute).
     pub(super) env: Environment,
+    /// Set once the pool is terminated: the starts under way cut theirs short (see
+    /// [`spawn_start`](spawn::spawn_start)).
+    pub(super) terminating: tokio::sync::watch::Sender<bool>,
+}
+
+impl Config {
+    /// Returns once the pool is terminated.
+    pub(super) async fn terminated(&self) {
+        // The sender is ours: the wait ends only when the flag is set.
+        let _ = self.terminating.subscribe().wait_for(|t| *t).await;
+    }
 }
 
 /// Options for a [`Pool`], made by [`Pool::builder`]; [`build`](PoolBuilder::build) starts it.
@@ -454,6 +465,7 @@ impl PoolBuilder {
             retries_on_worker_loss: self.retries_on_worker_loss,
             idle_timeout: self.idle_timeout,
             env,
+            terminating: tokio::sync::watch::Sender::new(false),
         });
         let remote = cfg.cluster.is_some();
         // All the workers start at once; the pool serves as soon as one is ready, and the

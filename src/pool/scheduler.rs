@@ -344,11 +344,9 @@ impl Scheduler {
     /// Runs until the pool is closed (or terminated) and every worker is gone.
     pub(super) async fn run(mut self) {
         loop {
-            // A terminated pool does not wait for the workers still starting (on a cluster,
-            // a start may wait for a host's room for long): its end drops their starts,
-            // which kills what they started (see `spawn_start`).
-            let starts_done = self.starting == 0 || self.phase == Phase::Terminating;
-            if self.phase != Phase::Open && self.workers.is_empty() && starts_done {
+            // A terminated pool waits for the workers still starting too, as Python's
+            // terminate joins them: their starts are cut short (see `spawn_start`).
+            if self.phase != Phase::Open && self.workers.is_empty() && self.starting == 0 {
                 break;
             }
             let deadline = self.deadlines.first().map(|(t, _)| *t);
@@ -582,6 +580,7 @@ impl Scheduler {
 
     fn terminate(&mut self) {
         self.phase = Phase::Terminating;
+        self.cfg.terminating.send_replace(true);
         self.streams.clear();
         for job in std::mem::take(&mut self.queue) {
             self.answer_job(job, Err(TaskError::pool_closed()));
@@ -794,6 +793,11 @@ impl Scheduler {
             }
             Event::Started(Err(e)) => {
                 self.starting -= 1;
+                if self.phase == Phase::Terminating {
+                    // Cut short by the termination, or failed with no use any more.
+                    tracing::debug!("a pool worker's start ended with the pool: {e}");
+                    return;
+                }
                 if matches!(e, Error::InitializerFailed { .. }) {
                     tracing::warn!(
                         "a pool worker's initializer failed; no worker is started again: {e}"
@@ -817,11 +821,8 @@ impl Scheduler {
                         self.answer_job(job, Err(TaskError::local(e.clone())));
                     }
                 }
-                let unwanted = match self.phase {
-                    Phase::Open => false,
-                    Phase::Closed => self.drained(),
-                    Phase::Terminating => true,
-                };
+                // A closed pool with nothing left to run needs no worker.
+                let unwanted = self.phase == Phase::Closed && self.drained();
                 if !unwanted {
                     self.start_later();
                 }

@@ -107,6 +107,13 @@ async fn start_worker(cfg: &Config) -> Result<WorkerConn> {
         };
         tokio::select! {
             biased;
+            // The pool was terminated: the worker is killed and reaped here, so that the
+            // pool's `terminate` returns once it is gone.
+            () = cfg.terminated() => {
+                let _ = process.kill();
+                process.join().await?;
+                return Err(Error::Closed);
+            }
             r = setup => Ok(r),
             code = process.join() => Err(code?),
         }
@@ -192,16 +199,28 @@ pub(super) fn died_in_setup(cfg: &Config, name: String, pid: u32, cause: ExitCau
 }
 
 /// Starts a worker after `delay`, in a task of its own, which reports it on `events`.
+///
+/// A pool terminated meanwhile cuts the start short, which then reports
+/// [`Error::Closed`]: during the delay; while a local worker is set up (its initializer may
+/// run for ever), by killing and reaping it; at any point of a start on a cluster's host
+/// (which may wait long for the host's room), by dropping it. A local worker's bootstrap,
+/// bounded by the start timeout, runs to its end, so that its worker is reaped too.
 pub(super) fn spawn_start(cfg: &Arc<Config>, events: &UnboundedSender<Event>, delay: Duration) {
     let (cfg, ev) = (cfg.clone(), events.clone());
     tokio::spawn(async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
         let start = async {
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cfg.terminated() => return Err(Error::Closed),
+                }
+            }
             match &cfg.cluster {
                 None => start_worker(&cfg).await,
-                Some(cluster) => start_remote(&cfg, cluster).await,
+                Some(cluster) => tokio::select! {
+                    started = start_remote(&cfg, cluster) => started,
+                    () = cfg.terminated() => Err(Error::Closed),
+                },
             }
         };
         let started = tokio::select! {
