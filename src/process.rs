@@ -40,7 +40,8 @@ pub struct ProcessBuilder<T = Process> {
 /// thread is parked, no `SIGCHLD` handler installed, nothing polled.
 ///
 /// The child ends when its target returns, as a program ends when `main` does: threads
-/// the target started are not waited for (Python waits for a child's non-daemon threads).
+/// the target started are not waited for, nor the blocking tasks (`spawn_blocking`) an
+/// `async fn` target left running (Python waits for a child's non-daemon threads).
 ///
 /// Dropping a `Process` does not stop the child (as in Python); the child is reaped when it
 /// ends. At normal exit of the program, daemon children are sent SIGTERM and every child is

@@ -17,6 +17,7 @@ fn main() {
     let mut trials = trials![
         a_call_returns_its_targets_value,
         an_async_target_returns_its_futures_value,
+        an_async_target_that_leaves_a_blocking_task_ends_its_process,
         a_panic_comes_back_with_its_message_and_location,
         a_child_that_exits_without_answering_is_lost_with_its_code,
         a_call_killed_after_its_join_timed_out_is_lost_with_sigkill,
@@ -89,7 +90,26 @@ fn identity(x: u64) -> u64 {
     x
 }
 
+/// Leaves a blocking task on its runtime that sleeps far longer than any test, and returns.
+async fn leaves_a_blocking_task(x: u64) -> u64 {
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(600)));
+    x
+}
+
+async fn leaves_a_blocking_task_and_ends() {
+    leaves_a_blocking_task(0).await;
+}
+
 // ---------------------------------------------------------------- tests
+
+/// Waits up to 20 s for `p` to end, and kills it if it did not.
+async fn ended_or_killed(p: &mut Process) -> mp::Result<Option<i32>> {
+    let code = p.join_timeout(Duration::from_secs(20)).await?;
+    if code.is_none() {
+        p.kill()?;
+    }
+    Ok(code)
+}
 
 /// Starts a call of `f(args)` with `method`.
 async fn call<F, A, M>(method: StartMethod, f: F, args: A) -> mp::Result<JoinHandle<F::Output>>
@@ -123,6 +143,32 @@ async fn an_async_target_returns_its_futures_value() -> TestResult {
     for method in METHODS {
         let mut h = call(method, doubled_later, (21,)).await?;
         ensure!(h.join().await? == 42, "{method:?}");
+    }
+    Ok(())
+}
+
+/// The child ends when its target returns, as threads the target started are not waited
+/// for: an `async fn` target's blocking task still running is not either. The child's
+/// runtime waited for it, so a call's join (which had its answer) and a process's never
+/// returned.
+async fn an_async_target_that_leaves_a_blocking_task_ends_its_process() -> TestResult {
+    for method in METHODS {
+        let mut h = call(method, leaves_a_blocking_task, (5,)).await?;
+        let code = ended_or_killed(h.process()).await?;
+        ensure!(
+            code == Some(0),
+            "{method:?}: the call's child ended with {code:?}"
+        );
+        ensure!(h.join().await? == 5, "{method:?}");
+        let mut p = Process::new(leaves_a_blocking_task_and_ends, ())
+            .start_method(method)
+            .start()
+            .await?;
+        let code = ended_or_killed(&mut p).await?;
+        ensure!(
+            code == Some(0),
+            "{method:?}: the process ended with {code:?}"
+        );
     }
     Ok(())
 }

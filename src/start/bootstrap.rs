@@ -178,7 +178,12 @@ pub(crate) fn run_entry(
                         Err(e) => return Err(Failure::Args(Error::from(e))),
                     },
                 };
-                rt.block_on(fut)
+                let result = rt.block_on(fut);
+                // The child ends when its target returns: a blocking task still running is
+                // not waited for, as the threads the target started are not (dropping the
+                // runtime would wait for it, for ever if it never returns).
+                rt.shutdown_background();
+                result
             };
             if tokio::runtime::Handle::try_current().is_ok() {
                 match std::thread::Builder::new().name("target".into()).spawn(run) {
