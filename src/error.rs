@@ -345,6 +345,24 @@ impl From<io::Error> for Error {
     }
 }
 
+impl Error {
+    /// This error, naming `T` if it is an [`Error::Encode`] or [`Error::Decode`]: for a value
+    /// that travels inside a wrapper of ours, whose name means nothing to the caller.
+    pub(crate) fn naming<T: ?Sized>(self) -> Error {
+        match self {
+            Error::Encode { message, .. } => Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                message,
+            },
+            Error::Decode { message, .. } => Error::Decode {
+                type_name: std::any::type_name::<T>(),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
 /// " (pid N)" for [`Error::Start`]'s message, or nothing for a child that never existed
 /// (pid 0).
 fn pid_of(pid: u32) -> String {

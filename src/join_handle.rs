@@ -95,7 +95,7 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
             let received = match self.answer.recv_one().await {
                 Ok(frame) => match frame.decode::<std::result::Result<R, TaskFailure>>() {
                     Ok(r) => r.map_err(TaskError::failed),
-                    Err(e) => Err(TaskError::local(e)),
+                    Err(e) => Err(TaskError::local(e.naming::<R>())),
                 },
                 // No answer, or part of one: the child ended without answering.
                 Err(Error::Closed | Error::Protocol(_)) => {

@@ -381,19 +381,16 @@ where
 /// be encoded, or is over the maximum frame size, is sent as that failure. A parent that
 /// is gone cannot be answered: the code says how the call went all the same.
 fn answer_call<R: Serialize>(answer: &OwnedFd, r: Result<R, Failure>) -> i32 {
-    let sized = |f: Result<FrameBuf, Error>| {
-        f.and_then(|mut f| f.check_size().map(|()| f))
-            .map_err(|e| Failure::Args(e).into_task_failure())
-    };
-    let (frame, code) = match r {
-        Ok(v) => match sized(FrameBuf::of(&Ok::<R, TaskFailure>(v))) {
-            Ok(frame) => (Ok(frame), 0),
-            Err(f) => (sized(FrameBuf::of(&Err::<(), TaskFailure>(f))), 1),
-        },
-        Err(f) => (
-            sized(FrameBuf::of(&Err::<(), TaskFailure>(f.into_task_failure()))),
-            1,
-        ),
+    let (frame, code) = match r.and_then(|v| answer_frame(&v)) {
+        Ok(frame) => (Ok(frame), 0),
+        Err(f) => {
+            let f = f.into_task_failure();
+            let frame = FrameBuf::of(&Err::<(), TaskFailure>(f)).and_then(|mut f| {
+                f.check_size()?;
+                Ok(f)
+            });
+            (frame, 1)
+        }
     };
     if let Ok(mut frame) = frame
         && let Err(e) = send_blocking(answer.as_fd(), &mut frame)
@@ -401,6 +398,17 @@ fn answer_call<R: Serialize>(answer: &OwnedFd, r: Result<R, Failure>) -> i32 {
         tracing::debug!("a called process could not answer its parent: {e}");
     }
     code
+}
+
+/// The answer that carries a call's result `v`. A `Serialize` of the user's that panics
+/// fails the call as a panic of its target does (uncaught, it ended the child unanswered);
+/// one that fails, or a frame over the maximum size, fails it naming `R`, not our wrapper.
+fn answer_frame<R: Serialize>(v: &R) -> Result<FrameBuf, Failure> {
+    let encoded = catch_unwind(AssertUnwindSafe(|| FrameBuf::of(&Ok::<&R, TaskFailure>(v))))
+        .map_err(|p| Failure::Panicked(caught(&*p)))?;
+    encoded
+        .and_then(|mut f| f.check_size().map(|()| f))
+        .map_err(|e| Failure::Args(e.naming::<R>()))
 }
 
 /// What a pool's or a manager's initializer may return: what `main` may return (`()`, an

@@ -549,16 +549,6 @@ async fn unencodable_result() -> TestResult {
     Ok(())
 }
 
-/// Panics when it is encoded: a result whose `Serialize` panics.
-#[derive(Debug, Deserialize)]
-struct PanicsEncoded;
-
-impl Serialize for PanicsEncoded {
-    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
-        panic!("PanicsEncoded will not be encoded");
-    }
-}
-
 /// Panics when it is decoded: an argument whose `Deserialize` panics in the worker.
 #[derive(Debug, Serialize)]
 struct PanicsDecoded(u8);

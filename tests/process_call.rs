@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::TestResult;
+use support::pool::{PanicsEncoded, Undecodable, Unencodable, make_undecodable, make_unencodable};
 use support::process::METHODS;
 use tokio_multiprocessing::{self as mp, Error, ExitCause, JoinHandle, Process, StartMethod};
 
@@ -18,6 +19,7 @@ fn main() {
         a_call_returns_its_targets_value,
         an_async_target_returns_its_futures_value,
         an_async_target_that_leaves_a_blocking_task_ends_its_process,
+        a_result_that_cannot_cross_fails_its_call_naming_its_type,
         a_panic_comes_back_with_its_message_and_location,
         a_child_that_exits_without_answering_is_lost_with_its_code,
         a_call_killed_after_its_join_timed_out_is_lost_with_sigkill,
@@ -88,6 +90,10 @@ async fn pipe_with_hello() -> Result<mp::Connection<String>, String> {
 
 fn identity(x: u64) -> u64 {
     x
+}
+
+fn make_panics_encoded() -> PanicsEncoded {
+    PanicsEncoded
 }
 
 /// Leaves a blocking task on its runtime that sleeps far longer than any test, and returns.
@@ -170,6 +176,37 @@ async fn an_async_target_that_leaves_a_blocking_task_ends_its_process() -> TestR
             "{method:?}: the process ended with {code:?}"
         );
     }
+    Ok(())
+}
+
+/// A result that cannot cross fails the call naming the caller's type, as a pool task's
+/// does; they named a wrapper of the crate's, `Result<_, TaskFailure>`. A `Serialize` that
+/// panics is a panic of the call; it ended the child unanswered (a lost worker).
+async fn a_result_that_cannot_cross_fails_its_call_naming_its_type() -> TestResult {
+    let mut h = Process::call(make_unencodable, ()).start().await?;
+    let text = h.join().await.expect_err("unencodable").to_string();
+    let name = std::any::type_name::<Unencodable>();
+    ensure!(text.contains(&format!("`{name}`")), "{text}");
+    ensure!(!text.contains("TaskFailure"), "{text}");
+
+    let mut h = Process::call(make_undecodable, ()).start().await?;
+    let e = h.join().await.expect_err("undecodable");
+    ensure!(
+        matches!(
+            e.caller_error(),
+            Some(Error::Decode { type_name, .. })
+                if *type_name == std::any::type_name::<Undecodable>()
+        ),
+        "{e:?}"
+    );
+
+    let mut h = Process::call(make_panics_encoded, ()).start().await?;
+    let e = h.join().await.expect_err("a panicking Serialize");
+    ensure!(e.is_panic(), "{e:?}");
+    ensure!(
+        e.panic_message() == Some("PanicsEncoded will not be encoded"),
+        "{e:?}"
+    );
     Ok(())
 }
 

@@ -205,6 +205,16 @@ pub fn take_unencodable(_u: Unencodable) -> u8 {
     1
 }
 
+/// Panics when it is encoded: a result whose `Serialize` panics.
+#[derive(Debug, Deserialize)]
+pub struct PanicsEncoded;
+
+impl Serialize for PanicsEncoded {
+    fn serialize<S: Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        panic!("PanicsEncoded will not be encoded");
+    }
+}
+
 /// Encodes as a string, decodes only from an integer: the parent cannot decode it.
 #[derive(Debug)]
 pub struct Undecodable;
