@@ -821,9 +821,7 @@ impl Scheduler {
                         self.answer_job(job, Err(TaskError::local(e.clone())));
                     }
                 }
-                // A closed pool with nothing left to run needs no worker.
-                let unwanted = self.phase == Phase::Closed && self.drained();
-                if !unwanted {
+                if self.wants_workers() {
                     self.start_later();
                 }
             }
@@ -998,18 +996,25 @@ impl Scheduler {
             return;
         }
         let live = self.workers.values().filter(|s| !s.draining).count();
-        let wanted = if self.phase != Phase::Open && self.drained() {
-            0
-        } else if self.idle.is_some() && self.queue.is_empty() && self.expected.is_empty() {
-            // Idle workers were let go: the pool grows again when tasks come.
-            0
-        } else {
+        let wanted = if self.wants_workers() {
             self.cfg.processes
+        } else {
+            0
         };
         for _ in live + self.starting..wanted {
             self.starting += 1;
             spawn_start(&self.cfg, &self.events_tx, Duration::ZERO);
         }
+    }
+
+    /// Whether the pool wants workers up to its size: not once it is closed and has nothing
+    /// left to run, nor, with an idle timeout, while it has nothing to run (idle workers
+    /// were let go; it grows again when tasks come, see [`Scheduler::regrow`]).
+    fn wants_workers(&self) -> bool {
+        if self.phase != Phase::Open && self.drained() {
+            return false;
+        }
+        self.idle.is_none() || !self.queue.is_empty() || !self.expected.is_empty()
     }
 
     /// Brings a pool that let idle workers go back to its size, as a task comes: loky's
