@@ -1,7 +1,9 @@
 //! `JoinHandle`: a process started by [`Process::call`], which hands back its target's
 //! result (procspawn's `JoinHandle`, aiomultiprocess's `Worker`, pebble's `ProcessFuture`).
 
-use std::os::fd::OwnedFd;
+use std::future::{Future, IntoFuture};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -164,9 +166,46 @@ impl<R> JoinHandle<R> {
         self.process.terminate()
     }
 
+    /// The child's sentinel, as [`Process::sentinel`]: readable once the child has ended.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.process.sentinel()
+    }
+
     /// The child as a [`Process`]: its name, `is_alive`, `exitcode` and sentinel. Joining
     /// it through this reference waits for the exit but leaves the result in the handle.
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
+    }
+}
+
+/// Awaiting a handle joins it, as a tokio `JoinHandle` is awaited:
+/// `Process::call(f, args).start().await?.await?` gives what `f` returned.
+///
+/// # Errors
+/// As [`JoinHandle::join`].
+///
+/// # Cancel safety
+/// The future owns the handle: dropped before it resolves, it drops the handle, and the
+/// child runs on, its result discarded. To keep the result for later, await
+/// [`join`](JoinHandle::join) on a handle of your own instead.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// fn add(a: u64, b: u64) -> u64 {
+///     a + b
+/// }
+/// let sum = tokio_multiprocessing::Process::call(add, (2, 3)).start().await?.await?;
+/// assert_eq!(sum, 5);
+/// # Ok(()) }
+/// ```
+impl<R: DeserializeOwned + Send + 'static> IntoFuture for JoinHandle<R> {
+    type Output = std::result::Result<R, TaskError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move { self.join().await })
     }
 }

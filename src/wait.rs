@@ -11,6 +11,7 @@ use tokio::io::Interest;
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::join_handle::JoinHandle;
 use crate::process::Process;
 use crate::queue::{JoinableQueue, Queue, SimpleQueue};
 use crate::sys;
@@ -117,6 +118,21 @@ async fn readable(fd: BorrowedFd<'_>) -> Result<()> {
 impl Waitable for Process {}
 
 impl Ready for Process {
+    fn ready_now(&self) -> bool {
+        readable_now(self.sentinel())
+    }
+
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(readable(self.sentinel()))
+    }
+}
+
+/// A [`Process::call`](crate::Process::call)'s child: ready once it has ended, its result
+/// then waiting in the handle (the child answers just before it exits), so that a join
+/// returns at once.
+impl<R: Sync> Waitable for JoinHandle<R> {}
+
+impl<R> Ready for JoinHandle<R> {
     fn ready_now(&self) -> bool {
         readable_now(self.sentinel())
     }

@@ -18,6 +18,7 @@ fn main() {
     let mut trials = trials![
         a_call_returns_its_targets_value,
         an_async_target_returns_its_futures_value,
+        a_handle_is_awaited_and_waited_on,
         an_async_target_that_leaves_a_blocking_task_ends_its_process,
         a_result_that_cannot_cross_fails_its_call_naming_its_type,
         a_panic_comes_back_with_its_message_and_location,
@@ -141,6 +142,29 @@ async fn a_call_returns_its_targets_value() -> TestResult {
             "{method:?}: {got:?}"
         );
         ensure!(h.process().exitcode()? == Some(0), "{method:?}: {h:?}");
+    }
+    Ok(())
+}
+
+// A handle is awaited as a tokio `JoinHandle` is, and `mp::wait` takes handles as Python's
+// `wait` takes sentinels: it reports the one whose child ended, not the one still running.
+async fn a_handle_is_awaited_and_waited_on() -> TestResult {
+    for method in METHODS {
+        let sum = call(method, identity, (41,)).await?.await?;
+        ensure!(sum == 41, "{method:?}: awaited {sum}");
+        let started = mp::Event::new()?;
+        let running = call(method, sleeps, (started.clone(),)).await?;
+        let mut done = call(method, identity, (7,)).await?;
+        started.wait().await?;
+        let ready = mp::wait(&[&running, &done], Some(Duration::from_secs(20))).await?;
+        ensure!(ready == vec![1], "{method:?}: ready {ready:?}");
+        ensure!(
+            done.join().await? == 7,
+            "{method:?}: the ended one's result"
+        );
+        running.kill()?;
+        let lost = running.await.err().ok_or("a killed call gave a result")?;
+        ensure!(lost.is_worker_lost(), "{method:?}: {lost}");
     }
     Ok(())
 }
