@@ -1618,6 +1618,14 @@ mod tests {
         Framed::unix(mine).unwrap()
     }
 
+    /// Ends a client's connection as its death, or its client's drop, does: for every
+    /// holder of its socket. (A child that another test of this process is starting holds
+    /// a copy of every descriptor until it runs its program: dropped only, the socket would
+    /// end once that child's copy is closed, later.)
+    fn hang_up(link: Framed) {
+        sys::shutdown_socket(link.as_fd(), true, true).unwrap();
+    }
+
     async fn send(link: &Framed, id: u64, req: Request) {
         link.send(&mut FrameBuf::of(&(id, req)).unwrap())
             .await
@@ -1662,7 +1670,8 @@ mod tests {
     }
 
     /// A condition's waiter whose connection ends as a `notify(1)` comes (the server reads
-    /// both in one turn, the end first) is not the one notified: the waiter after it is.
+    /// both in one turn, the end first: its socket is shut down before the notify is sent)
+    /// is not the one notified: the waiter after it is.
     /// (The dead waiter's task, aborted but not yet dropped, took the notification.)
     #[test]
     fn a_notify_passes_over_a_waiter_whose_connection_ended() {
@@ -1701,7 +1710,7 @@ mod tests {
             assert!(matches!(call(&notifier, 2, lock(3)).await, Reply::Done));
             // Past the time a wait spins: the server sleeps on the reactor.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            drop(dead);
+            hang_up(dead);
             let notify = Request::Condition(c, ConditionOp::Notify { n: 1, owner: 3 });
             assert!(matches!(call(&notifier, 3, notify).await, Reply::Done));
             let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 3 }));
@@ -1749,7 +1758,7 @@ mod tests {
             assert!(matches!(call(&notifier, 3, lock(3)).await, Reply::Done));
             let notify = Request::Condition(c, ConditionOp::Notify { n: 1, owner: 3 });
             assert!(matches!(call(&notifier, 4, notify).await, Reply::Done));
-            drop(dead);
+            hang_up(dead);
             // The marker is free once the server has ended the dead connection.
             let take = Request::Lock(marker, acquire(3));
             let taken = call(&notifier, 5, take).await;
