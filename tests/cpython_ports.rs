@@ -3697,6 +3697,63 @@ async fn event_debug_shows_its_state() -> TestResult {
     Ok(())
 }
 
+// `_TestLock.test_repr_lock`, `test_repr_rlock`, `_TestSemaphore` and `_TestBarrier`'s
+// reprs: each primitive's `Debug` shows its state as Python's `repr` does, as any process
+// left it.
+async fn sync_primitives_show_their_state_in_debug() -> TestResult {
+    let me = std::process::id();
+    let l = Lock::new()?;
+    ensure!(format!("{l:?}") == "Lock { holder: None }", "{l:?}");
+    let g = l.lock().await?;
+    ensure!(
+        format!("{l:?}") == format!("Lock {{ holder: Some({me}) }}"),
+        "{l:?}"
+    );
+    drop(g);
+    let r = RLock::new()?;
+    let (a, b) = (r.lock().await?, r.lock().await?);
+    ensure!(
+        format!("{r:?}") == format!("RLock {{ holder: Some(({me}, 2)) }}"),
+        "{r:?}"
+    );
+    drop((b, a));
+    ensure!(format!("{r:?}") == "RLock { holder: None }", "{r:?}");
+    let s = Semaphore::new(2)?;
+    s.acquire().await?.forget();
+    ensure!(format!("{s:?}") == "Semaphore { value: 1 }", "{s:?}");
+    let bs = mp::BoundedSemaphore::new(3)?;
+    bs.acquire().await?.forget();
+    ensure!(
+        format!("{bs:?}") == "BoundedSemaphore { value: 2, bound: 3 }",
+        "{bs:?}"
+    );
+    let c = mp::Condition::with_lock(l.clone())?;
+    let g = l.lock().await?;
+    ensure!(
+        format!("{c:?}") == format!("Condition {{ lock: Lock(Lock {{ holder: Some({me}) }}) }}"),
+        "{c:?}"
+    );
+    drop(g);
+    let bar = Barrier::new(3)?;
+    let waiting = tokio::spawn({
+        let bar = bar.clone();
+        async move { bar.wait().await }
+    });
+    let one_waits = support::eventually(Duration::from_secs(10), || bar.n_waiting() == 1).await;
+    ensure!(one_waits, "{bar:?}");
+    ensure!(
+        format!("{bar:?}") == "Barrier { parties: 3, n_waiting: 1, broken: false }",
+        "{bar:?}"
+    );
+    bar.abort();
+    ensure!(waiting.await?.is_err(), "an aborted wait gave an index");
+    ensure!(
+        format!("{bar:?}") == "Barrier { parties: 3, n_waiting: 0, broken: true }",
+        "{bar:?}"
+    );
+    Ok(())
+}
+
 /// Sets `e`.
 fn set_it(e: Event) {
     e.set();
@@ -4076,6 +4133,7 @@ fn main() {
         lose_target_ref,
         wait_for_threads,
         event_debug_shows_its_state,
+        sync_primitives_show_their_state_in_debug,
         thread_putting_as_its_process_ends,
         barrier_action,
         array_get_obj_and_get_lock,

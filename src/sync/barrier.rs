@@ -198,10 +198,22 @@ impl Inner {
 /// assert_eq!(b.wait().await?, 0);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Barrier {
     #[serde(with = "super::arc")]
     inner: Arc<Inner>,
+}
+
+/// Shows its parties, how many wait and whether it is broken, as Python's `repr`
+/// (`<Barrier at ...: waiters=N/P>`, or `broken`).
+impl std::fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.broken())
+            .finish()
+    }
 }
 
 impl Barrier {

@@ -257,11 +257,20 @@ impl Inner {
 /// g.notify_all();
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Condition {
     lock: Guarded,
     #[serde(with = "super::arc")]
     inner: Arc<Inner>,
+}
+
+/// Shows its lock and who holds it, as Python's `repr` (`<Condition(<Lock(owner=...)>, N)>`).
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("lock", &self.lock)
+            .finish()
+    }
 }
 
 impl Condition {

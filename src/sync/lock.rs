@@ -237,10 +237,19 @@ impl RawLock {
 /// p.join().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Lock {
     #[serde(with = "super::arc")]
     raw: Arc<RawLock>,
+}
+
+/// Shows who holds it, as Python's `repr` (`<Lock(owner=...)>`): `Lock { holder: Some(pid) }`.
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("holder", &self.holder())
+            .finish()
+    }
 }
 
 impl Lock {
@@ -403,10 +412,20 @@ pub(crate) fn task_token() -> u64 {
 /// drop(a);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RLock {
     #[serde(with = "super::arc")]
     raw: Arc<RawLock>,
+}
+
+/// Shows who holds it and how many times, as Python's `repr` (`<RLock(owner, count)>`):
+/// `RLock { holder: Some((pid, count)) }`.
+impl std::fmt::Debug for RLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RLock")
+            .field("holder", &self.holder())
+            .finish()
+    }
 }
 
 impl RLock {

@@ -212,10 +212,19 @@ impl Drop for SemaphoreGuard<'_> {
 /// s.release()?; // ... and release()
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Semaphore {
     #[serde(with = "super::arc")]
     raw: Arc<RawSemaphore>,
+}
+
+/// Shows its value, as Python's `repr` (`<Semaphore(value=N)>`): `Semaphore { value: N }`.
+impl std::fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("value", &self.get_value())
+            .finish()
+    }
 }
 
 impl Semaphore {
@@ -274,10 +283,27 @@ impl Semaphore {
 /// assert!(s.release().is_err()); // already at its bound
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct BoundedSemaphore {
     #[serde(with = "super::arc")]
     raw: Arc<RawSemaphore>,
+}
+
+/// Shows its value and bound, as Python's `repr` (`<BoundedSemaphore(value=N, maxvalue=M)>`):
+/// `BoundedSemaphore { value: N, bound: M }`.
+impl std::fmt::Debug for BoundedSemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bound = self
+            .raw
+            .region
+            .u32_at(BOUND)
+            .load(Relaxed)
+            .saturating_sub(1);
+        f.debug_struct("BoundedSemaphore")
+            .field("value", &self.get_value())
+            .field("bound", &bound)
+            .finish()
+    }
 }
 
 impl BoundedSemaphore {
