@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Error, ExitCause, Repr, TaskError, TaskFailure};
+use crate::start::StartMethod;
 
 /// How many distinct type names a process keeps from the errors it decodes.
 const MAX_NAMES: usize = 512;
@@ -267,7 +268,7 @@ impl From<ErrorForm> for Error {
             },
             ErrorForm::Task(t) => Error::Task(TaskError::from(t)),
             ErrorForm::StartMethodSet { method } => Error::StartMethodSet {
-                method: one_of(&method, &["spawn", "forkserver", "fork"], "unknown"),
+                method: method.parse().map_or("unknown", StartMethod::name),
             },
             ErrorForm::InitializerFailed { pid, message } => {
                 Error::InitializerFailed { pid, message }
@@ -379,11 +380,6 @@ impl<'de> Deserialize<'de> for TaskError {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TaskError, D::Error> {
         TaskErrorForm::deserialize(d).map(TaskError::from)
     }
-}
-
-/// `name` as one of `known` if it is one, else `other`.
-fn one_of(name: &str, known: &[&'static str], other: &'static str) -> &'static str {
-    known.iter().copied().find(|k| *k == name).unwrap_or(other)
 }
 
 /// A type name decoded from another process, as the `&'static str` the variants hold (see
