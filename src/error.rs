@@ -251,6 +251,12 @@ pub enum Error {
     #[error("the queue is full")]
     Full,
 
+    /// The queue was shut down (Python 3.13's `queue.ShutDown`): a `put` after
+    /// [`Queue::shutdown`](crate::Queue::shutdown), or a `get` once the queue it left is
+    /// empty (at once after [`Queue::shutdown_immediate`](crate::Queue::shutdown_immediate)).
+    #[error("the queue was shut down")]
+    ShutDown,
+
     /// The object was closed by its `close()` in this process and cannot be used any more.
     #[error("this {object} was closed by close() and cannot be used")]
     HandleClosed {
@@ -327,6 +333,7 @@ impl fmt::Debug for Error {
             Error::ProcessRunning { pid } => fields!(f, "ProcessRunning", pid),
             Error::Empty => f.write_str("Empty"),
             Error::Full => f.write_str("Full"),
+            Error::ShutDown => f.write_str("ShutDown"),
             Error::HandleClosed { object } => fields!(f, "HandleClosed", object),
             Error::TaskDoneTooManyTimes => f.write_str("TaskDoneTooManyTimes"),
             Error::Authentication { message } => fields!(f, "Authentication", message),

@@ -20,9 +20,9 @@ use crate::sys;
 type ReadyFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 /// Something [`wait`] can wait on: a [`Connection`] (ready when a message or end of stream
-/// can be received), a [`Queue`] of any kind (ready when an item may be there), a
-/// [`Process`] (ready when it has ended, Python's `sentinel`) or a descriptor, a
-/// [`BorrowedFd`] (ready when readable: a socket, a pipe).
+/// can be received), a [`Queue`] of any kind (ready when an item may be there, or once it
+/// is shut down), a [`Process`] (ready when it has ended, Python's `sentinel`) or a
+/// descriptor, a [`BorrowedFd`] (ready when readable: a socket, a pipe).
 ///
 /// The trait is sealed: the crate's own types implement it, and its hooks are not API.
 ///

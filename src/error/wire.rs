@@ -103,6 +103,7 @@ enum ErrorForm {
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
+    ShutDown,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -218,6 +219,7 @@ impl From<&Error> for ErrorForm {
                 room: wide(*room),
                 message: message.clone(),
             },
+            Error::ShutDown => ErrorForm::ShutDown,
         }
     }
 }
@@ -286,6 +288,7 @@ impl From<ErrorForm> for Error {
                 room: narrow(room),
                 message,
             },
+            ErrorForm::ShutDown => Error::ShutDown,
         }
     }
 }
@@ -561,6 +564,7 @@ mod tests {
                 room: 2,
                 message: vec![1, 2, 3],
             },
+            Error::ShutDown,
         ]
     }
 

@@ -15,7 +15,8 @@ impl<T> PutError<T> {
         PutError { error, item }
     }
 
-    /// Why the put failed: [`Error::Full`], [`Error::HandleClosed`], [`Error::Encode`],
+    /// Why the put failed: [`Error::Full`], [`Error::HandleClosed`], [`Error::ShutDown`],
+    /// [`Error::Encode`],
     /// [`Error::FrameTooLarge`] or an I/O error.
     pub fn error(&self) -> &Error {
         &self.error

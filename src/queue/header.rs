@@ -1,8 +1,9 @@
 //! [`Header`]: a typed view of the queue's words in its ring's header (the words the ring
 //! leaves to the layer above, see `ShmRing::user_word`). Each side (consumers waiting for
 //! items, producers waiting for room) has a waiter count and a wake-up flag on a cache line
-//! of its own; a joinable queue keeps its count of unfinished items on a third. This file
-//! is the only place that knows which word is which.
+//! of its own; a joinable queue keeps its count of unfinished items on a third, and whether
+//! the queue was shut down has a fourth. This file is the only place that knows which word
+//! is which.
 
 use std::sync::atomic::AtomicU64;
 
@@ -19,6 +20,7 @@ const UNFINISHED: usize = 16;
 const PACKET_SENT: usize = 24;
 const NEXT_TAG: usize = 25;
 const SKIP_THROUGH: usize = 32;
+const SHUT_DOWN: usize = 40;
 
 /// Set in [`Header::packet_sent`] beside the holder's pid while its packet may not have
 /// been sent yet.
@@ -28,6 +30,15 @@ pub(super) const SENDING: u64 = 1 << 32;
 /// packet's item as unfinished, before its marker is published: a holder that dies then
 /// leaves its marker to the next holder, which must not count the item again.
 pub(super) const COUNTED: u64 = 1 << 33;
+
+/// [`Header::shut_down`] of a queue that takes puts and gets.
+pub(super) const OPEN: u64 = 0;
+
+/// [`Header::shut_down`] after `shutdown()`: puts fail, gets take what is left.
+pub(super) const DRAINING: u64 = 1;
+
+/// [`Header::shut_down`] after `shutdown_immediate()`: puts and gets fail.
+pub(super) const STOPPED: u64 = 2;
 
 /// See the module docs.
 #[derive(Clone, Copy)]
@@ -93,6 +104,12 @@ impl<'a> Header<'a> {
     /// own marker and those before it stand for no packet (see `packet.rs`).
     pub(super) fn skip_through(self) -> &'a AtomicU64 {
         self.ring.user_word(SKIP_THROUGH)
+    }
+
+    /// Whether the queue was shut down, and how: [`OPEN`], [`DRAINING`] or [`STOPPED`]. It
+    /// only ever grows.
+    pub(super) fn shut_down(self) -> &'a AtomicU64 {
+        self.ring.user_word(SHUT_DOWN)
     }
 
     /// A joinable queue's count of items put and not yet marked done.

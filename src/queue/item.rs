@@ -114,6 +114,7 @@ impl Inner {
     ) -> Result<()> {
         tokio::task::coop::consume_budget().await;
         self.check_open()?;
+        self.check_puts_allowed()?;
         let r = self.reactor()?;
         match item {
             Item::Small(b) => until(deadline, self.push_waiting(&r, Some(b), false)).await,
@@ -123,6 +124,7 @@ impl Inner {
 
     /// Puts an encoded item if there is room now, else fails with [`Error::Full`].
     pub(super) fn put_item_now(self: &Arc<Self>, item: Item) -> Result<()> {
+        self.check_puts_allowed()?;
         match item {
             Item::Small(b) => {
                 if self.try_push(Some(&b)) == Pushed::Done {
@@ -159,10 +161,21 @@ impl Inner {
         })
     }
 
-    /// Takes the oldest item now, if there is one. A packet's marker is taken under the
-    /// take lock (see [`take_locked`](Self::take_locked)); [`Taken::Busy`] if another
-    /// consumer holds it now.
+    /// Takes the oldest item now, if there is one, as a get does: [`Error::ShutDown`] after
+    /// `shutdown_immediate()`, or after `shutdown()` once the queue is empty (see
+    /// `shutdown.rs`); else as [`try_take_any`](Self::try_take_any).
     pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
+        self.check_gets_allowed()?;
+        match self.try_take_any()? {
+            Taken::Empty => self.empty_or_shut_down(),
+            taken => Ok(taken),
+        }
+    }
+
+    /// Takes the oldest item now, if there is one, shut down or not. A packet's marker is
+    /// taken under the take lock (see [`take_locked`](Self::take_locked)); [`Taken::Busy`]
+    /// if another consumer holds it now.
+    pub(super) fn try_take_any<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
         loop {
             match self.take_slot(false)? {
                 None => return Ok(Taken::Empty),
@@ -260,6 +273,7 @@ impl Inner {
                 // Another consumer receives a packet: the next marker waits for the lock.
                 Taken::Busy => match self.take.lock().await {
                     Ok(guard) => {
+                        self.check_gets_allowed()?;
                         if let Taken::Item(v) = self.take_locked(guard)? {
                             return Ok(v);
                         }

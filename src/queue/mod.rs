@@ -118,6 +118,7 @@
 //! - `reactor.rs`: the descriptors' registrations with tokio's reactor.
 //! - `ring.rs`: the ring side: publishing a slot, waiting for room.
 //! - `packet.rs`: the socket side: the packet lock, sending and receiving packets, markers.
+//! - `shutdown.rs`: shutting the queue down for every process.
 //! - `spill.rs`: items spilled to a memfd and the files handed back for reuse.
 //! - `item.rs`: an item as the queue carries it: encoded, sent the way its size calls for,
 //!   taken and decoded.
@@ -132,6 +133,7 @@ mod joinable;
 mod packet;
 mod reactor;
 mod ring;
+mod shutdown;
 mod signal;
 mod simple;
 mod spill;
@@ -326,6 +328,79 @@ impl<T> Queue<T> {
     pub fn is_closed(&self) -> bool {
         self.inner.is_closed()
     }
+
+    /// Shuts the queue down for every process that holds it (Python 3.13's
+    /// `Queue.shutdown()`): puts fail with [`Error::ShutDown`], the items left are still
+    /// taken by gets, and a get that finds the queue empty fails with [`Error::ShutDown`]
+    /// instead of waiting. Every put and get waiting now, in any process, wakes to that. So
+    /// a producer ends its consumers without a sentinel per consumer, as dropping the last
+    /// sender of a tokio channel does: `while let Ok(item) = q.get().await { .. }` takes
+    /// every item, then stops. A shutdown cannot be undone.
+    ///
+    /// A put that was under way as the queue was shut down (one that had found room in it)
+    /// may still land its item: that item is taken by a get like the others.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tokio_multiprocessing as mp;
+    ///
+    /// async fn consumer(q: mp::Queue<u32>) -> mp::Result<u32> {
+    ///     let mut sum = 0;
+    ///     loop {
+    ///         match q.get().await {
+    ///             Ok(v) => sum += v,
+    ///             Err(mp::Error::ShutDown) => return Ok(sum),
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> mp::Result<()> {
+    /// let q = mp::Queue::new()?;
+    /// let consumer = mp::Process::call(consumer, (q.clone(),)).start().await?;
+    /// for i in 1..=10 {
+    ///     q.put(i).await?;
+    /// }
+    /// q.shutdown();
+    /// assert_eq!(consumer.await??, 55);
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown(&self) {
+        self.inner.shut_down(header::DRAINING);
+    }
+
+    /// Whether the queue was shut down, by [`shutdown`](Self::shutdown) or
+    /// [`shutdown_immediate`](Self::shutdown_immediate), in any process.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.is_shut_down()
+    }
+
+    /// Shuts the queue down at once (Python 3.13's `Queue.shutdown(immediate=True)`): as
+    /// [`shutdown`](Self::shutdown), and gets fail with [`Error::ShutDown`] too, in every
+    /// process, whether items are left or not. This call then takes out and drops the
+    /// items left, and returns how many it dropped; in a [`JoinableQueue`] each counts as
+    /// done, so `join` returns once the items that consumers took are done. Items that do
+    /// not decode as what was put are dropped too.
+    ///
+    /// # Errors
+    /// [`Error::HandleClosed`] after [`close`](Self::close) (the queue is not shut down); an
+    /// I/O error if an item could not be taken out (the queue is shut down, and the items
+    /// from that one on are left in it).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// The queue is shut down at the first poll. Dropped midway, this call leaves the items
+    /// it has not taken out yet in the queue, where no get reaches them; another call takes
+    /// them out.
+    pub async fn shutdown_immediate(&self) -> Result<usize> {
+        self.inner.check_open()?;
+        self.inner.shut_down(header::STOPPED);
+        self.inner.drain().await
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
@@ -336,7 +411,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// The item comes back in a [`PutError`] with [`Error::HandleClosed`] after
-    /// [`close`](Self::close), [`Error::Encode`] if it cannot be encoded,
+    /// [`close`](Self::close), [`Error::ShutDown`] once the queue is shut down (see
+    /// [`shutdown`](Self::shutdown)), [`Error::Encode`] if it cannot be encoded,
     /// [`Error::FrameTooLarge`] above the maximum frame size, or an I/O error.
     ///
     /// # Panics
@@ -449,7 +525,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Removes and returns the next item, waiting until one is available (Python's `get()`).
     ///
     /// # Errors
-    /// [`Error::HandleClosed`] after [`close`](Self::close); [`Error::Decode`] if the item
+    /// [`Error::HandleClosed`] after [`close`](Self::close); [`Error::ShutDown`] once the
+    /// queue is shut down and empty (at once after
+    /// [`shutdown_immediate`](Self::shutdown_immediate)); [`Error::Decode`] if the item
     /// is not a `T` (it is consumed); an I/O error, among them one that names the limit
     /// when this process has no descriptor free to receive an item that travels through
     /// the socket (the item stays in the queue).
@@ -497,8 +575,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
+    /// Whether a get would not wait: an item is there, or the queue was shut down.
     pub(crate) fn ready_now(&self) -> bool {
-        !self.empty()
+        !self.empty() || self.is_shut_down()
     }
 
     pub(crate) async fn ready(&self) -> Result<()> {

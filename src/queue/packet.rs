@@ -225,9 +225,11 @@ impl Inner {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<()> {
         let lock = until(deadline, self.lock()).await?;
+        self.check_puts_allowed()?;
         let cap = self.ring.capacity();
         if self.ring.len() >= cap {
             let room = self.wait_until(&r.space, self.header().producers(), || {
+                self.check_puts_allowed()?;
                 Ok(self.ring.len() < cap)
             });
             until(deadline, room).await?;

@@ -95,7 +95,9 @@ impl Inner {
         }
     }
 
-    /// Publishes a slot, waiting for room. While the slot it needs is held by a live
+    /// Publishes a slot, waiting for room; an item (not a marker) fails with
+    /// [`Error::ShutDown`](crate::Error::ShutDown) if the queue is shut down meanwhile. While
+    /// the slot it needs is held by a live
     /// process, it also watches that process: should it die there, its slot is freed by the
     /// next try (see "Owner death" in the ring's docs), and no consumer would wake us.
     ///
@@ -116,6 +118,10 @@ impl Inner {
         let mut watch: Option<Watch> = None;
         loop {
             producers.rearm();
+            // A marker's packet is out already: its marker always follows.
+            if data.is_some() {
+                self.check_puts_allowed()?;
+            }
             match self.try_push_counted(data, counted) {
                 Pushed::Done => return Ok(()),
                 Pushed::Full => watch = None,

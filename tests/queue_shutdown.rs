@@ -1,0 +1,285 @@
+//! `Queue::shutdown` and `Queue::shutdown_immediate` (Python 3.13's `Queue.shutdown`) between
+//! real processes: consumers end without sentinels, waiters in other processes wake, and
+//! nothing put before a plain shutdown is lost.
+//!
+//! Adapted from CPython's `Lib/test/test_queue.py` (`test_shutdown_*`), whose queue is a
+//! thread's; each test names the case it comes from.
+
+#[macro_use]
+mod support;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use support::{TestResult, join_code, join_ok, start, test, test_current_thread};
+use tokio_multiprocessing::{self as mp, Error};
+
+/// An item: its number, and a payload that makes every fifth one travel through the
+/// queue's socket (and every fiftieth through a spill file).
+type Item = (u32, Vec<u8>);
+
+fn item(i: u32) -> Item {
+    let len = match i {
+        i if i % 50 == 0 => 200_000,
+        i if i % 5 == 0 => 2_000,
+        _ => 0,
+    };
+    (i, vec![i as u8; len])
+}
+
+/// Exit code of a child whose loop ended on anything but [`Error::ShutDown`].
+const NOT_SHUT_DOWN: u8 = 4;
+
+/// Takes items until the queue says it was shut down; reports the numbers it took.
+async fn consume_until_shut_down(q: mp::Queue<Item>, out: mp::Queue<Vec<u32>>) -> ExitCode {
+    let mut took = Vec::new();
+    let end = loop {
+        match q.get().await {
+            Ok((i, payload)) if payload == item(i).1 => took.push(i),
+            Ok((i, _)) => {
+                eprintln!("item {i} arrived damaged");
+                break 5;
+            }
+            Err(Error::ShutDown) => break 0,
+            Err(e) => {
+                eprintln!("get failed: {e}");
+                break NOT_SHUT_DOWN;
+            }
+        }
+    };
+    match out.put(took).await {
+        Ok(()) => ExitCode::from(end),
+        Err(_) => ExitCode::from(3),
+    }
+}
+
+/// Puts `item` into a queue that is full; exits 0 once the put fails with
+/// [`Error::ShutDown`] and hands the item back.
+async fn put_into_full(q: mp::Queue<Item>, i: u32, started: mp::Queue<u32>) -> ExitCode {
+    if started.put(i).await.is_err() {
+        return ExitCode::from(3);
+    }
+    let code = match q.put(item(i)).await {
+        Err(e) => match e.into_parts() {
+            (Error::ShutDown, back) if back == item(i) => 0,
+            (e, _) => {
+                eprintln!("put failed otherwise, or its item came back changed: {e}");
+                NOT_SHUT_DOWN
+            }
+        },
+        Ok(()) => {
+            eprintln!("put succeeded into a shut down queue");
+            6
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// Shuts `q` down from this process.
+async fn shut_down(q: mp::Queue<Item>) {
+    q.shutdown();
+}
+
+/// Shuts `q` down immediately from this process: the items left are this call's to drop.
+async fn shut_down_immediately(q: mp::Queue<Item>) -> mp::Result<usize> {
+    q.shutdown_immediate().await
+}
+
+/// Awaits `join` on a joinable queue; exits 0 once it returns.
+async fn join_queue(q: mp::JoinableQueue<Item>, started: mp::Queue<u32>) -> ExitCode {
+    if started.put(0).await.is_err() {
+        return ExitCode::from(3);
+    }
+    match q.join().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("join failed: {e}");
+            ExitCode::from(7)
+        }
+    }
+}
+
+// ---- tests ----
+
+/// `test_shutdown_empty`, `test_shutdown_nonempty` and `test_shutdown_all_methods_in_many_
+/// threads`: consumers in three processes, asleep on an empty queue and then busy with
+/// items small, packeted and spilled, take every item put before the shutdown exactly once,
+/// and then each ends on `ShutDown` rather than waiting for ever.
+async fn consumers_take_every_item_then_end_on_shutdown() -> TestResult {
+    const N: u32 = 600;
+    let q = mp::Queue::<Item>::new()?;
+    let out = mp::Queue::<Vec<u32>>::new()?;
+    let mut consumers = Vec::new();
+    for _ in 0..3 {
+        consumers.push(start(consume_until_shut_down, (q.clone(), out.clone())).await?);
+    }
+    // Asleep first: nothing to take yet.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..N {
+        q.put(item(i)).await?;
+    }
+    q.shutdown();
+    ensure!(q.is_shut_down(), "the queue does not say it was shut down");
+    let refused = q.put(item(N)).await;
+    ensure!(
+        matches!(&refused, Err(e) if matches!(e.error(), Error::ShutDown)),
+        "a put after the shutdown: {refused:?}"
+    );
+    if let Err(e) = refused {
+        ensure!(
+            e.into_inner() == item(N),
+            "the refused item did not come back"
+        );
+    }
+    let mut all = Vec::new();
+    for c in &mut consumers {
+        join_ok(c).await?;
+        all.extend(out.get_timeout(Duration::from_secs(10)).await?);
+    }
+    all.sort_unstable();
+    ensure!(
+        all == (0..N).collect::<Vec<_>>(),
+        "{} items taken of {N}, not each exactly once",
+        all.len()
+    );
+    let got = q.get().await;
+    ensure!(
+        matches!(got, Err(Error::ShutDown)),
+        "a get of the empty shut down queue: {got:?}"
+    );
+    Ok(())
+}
+
+/// `test_shutdown_put_join` (the `put` side): producers in other processes waiting for room
+/// in a full queue, for a slot and for a large item's slot, wake on a shutdown made by a
+/// third process, and fail with `ShutDown`, the item handed back; the items in the queue
+/// are still taken, then gets fail.
+async fn producers_waiting_for_room_wake_on_shutdown() -> TestResult {
+    let q = mp::Queue::<Item>::with_maxsize(2)?;
+    let started = mp::Queue::<u32>::new()?;
+    q.put(item(1)).await?;
+    q.put(item(2)).await?;
+    let mut producers = Vec::new();
+    // 3 fits a slot; 50 travels through the queue's socket, spilled to a file.
+    for i in [3, 50] {
+        producers.push(start(put_into_full, (q.clone(), i, started.clone())).await?);
+        started.get_timeout(Duration::from_secs(10)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut closer = start(shut_down, (q.clone(),)).await?;
+    join_ok(&mut closer).await?;
+    for p in &mut producers {
+        join_ok(p).await?;
+    }
+    ensure!(q.get().await? == item(1), "the first item was not kept");
+    ensure!(q.get().await? == item(2), "the second item was not kept");
+    let got = q.get_nowait();
+    ensure!(matches!(got, Err(Error::ShutDown)), "get_nowait: {got:?}");
+    Ok(())
+}
+
+/// `test_shutdown_immediate_*`: gets fail at once, items or not, in every process; the
+/// items left are dropped (their spill files and descriptors closed), and a joinable
+/// queue's `join` in another process returns once the item a consumer holds is done.
+async fn an_immediate_shutdown_drops_what_is_left_and_join_returns() -> TestResult {
+    let q = mp::JoinableQueue::<Item>::new()?;
+    let started = mp::Queue::<u32>::new()?;
+    let fds_before = support::open_fds();
+    for i in 0..100 {
+        q.put(item(i)).await?;
+    }
+    let held = q.get().await?;
+    ensure!(held == item(0), "the first item was {}", held.0);
+    let mut joiner = start(join_queue, (q.clone(), started.clone())).await?;
+    started.get_timeout(Duration::from_secs(10)).await?;
+    let dropped = q.shutdown_immediate().await?;
+    ensure!(dropped == 99, "{dropped} items dropped of the 99 left");
+    ensure!(q.qsize() == 0, "{} items left", q.qsize());
+    let got = q.get_nowait();
+    ensure!(matches!(got, Err(Error::ShutDown)), "get_nowait: {got:?}");
+    // The joiner still waits for the item taken before the shutdown.
+    ensure!(
+        joiner
+            .join_timeout(Duration::from_millis(200))
+            .await?
+            .is_none(),
+        "join returned while an item was not done"
+    );
+    q.task_done()?;
+    ensure!(join_code(&mut joiner).await? == 0, "the joiner failed");
+    ensure!(q.unfinished() == 0, "{} unfinished", q.unfinished());
+    drop(joiner);
+    support::fds_return_to(fds_before, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// A queue with items still in it, shut down immediately from another process: gets here
+/// fail at once, the timed ones with `ShutDown` rather than `Empty`.
+async fn an_immediate_shutdown_ends_gets_while_items_are_left() -> TestResult {
+    let q = mp::Queue::<Item>::new()?;
+    q.put(item(1)).await?;
+    let mut closer = mp::Process::call(shut_down_immediately, (q.clone(),))
+        .start()
+        .await?;
+    let dropped = closer.join().await??;
+    ensure!(dropped == 1, "{dropped} dropped");
+    for got in [
+        q.get_nowait(),
+        q.get_timeout(Duration::from_secs(5)).await,
+        q.get().await,
+    ] {
+        ensure!(matches!(got, Err(Error::ShutDown)), "a get: {got:?}");
+    }
+    let put = q.put_nowait(item(2));
+    ensure!(
+        matches!(&put, Err(e) if matches!(e.error(), Error::ShutDown)),
+        "put_nowait: {put:?}"
+    );
+    let put = q.put_timeout(item(3), Duration::from_secs(5)).await;
+    ensure!(
+        matches!(&put, Err(e) if matches!(e.error(), Error::ShutDown)),
+        "put_timeout: {put:?}"
+    );
+    Ok(())
+}
+
+/// `mp::wait` on a queue reports it ready once another process shut it down: a get would
+/// not wait.
+async fn wait_reports_a_queue_shut_down_elsewhere() -> TestResult {
+    let q = mp::Queue::<Item>::new()?;
+    let mut closer = start(shut_down, (q.clone(),)).await?;
+    let ready = mp::wait(&[&q as &dyn mp::Waitable], Some(Duration::from_secs(20))).await?;
+    ensure!(ready.len() == 1, "wait did not report the queue");
+    join_ok(&mut closer).await?;
+    Ok(())
+}
+
+fn main() {
+    mp::init();
+    support::run_one_at_a_time(vec![
+        test(
+            "consumers_take_every_item_then_end_on_shutdown",
+            consumers_take_every_item_then_end_on_shutdown,
+        ),
+        test_current_thread(
+            "consumers_take_every_item_then_end_on_shutdown_current_thread",
+            consumers_take_every_item_then_end_on_shutdown,
+        ),
+        test(
+            "producers_waiting_for_room_wake_on_shutdown",
+            producers_waiting_for_room_wake_on_shutdown,
+        ),
+        test(
+            "an_immediate_shutdown_drops_what_is_left_and_join_returns",
+            an_immediate_shutdown_drops_what_is_left_and_join_returns,
+        ),
+        test(
+            "an_immediate_shutdown_ends_gets_while_items_are_left",
+            an_immediate_shutdown_ends_gets_while_items_are_left,
+        ),
+        test(
+            "wait_reports_a_queue_shut_down_elsewhere",
+            wait_reports_a_queue_shut_down_elsewhere,
+        ),
+    ])
+}
