@@ -697,10 +697,16 @@ impl fmt::Display for TaskError {
                 None => write!(f, "task panicked: {message}"),
             },
             Repr::Failed(TaskFailure::BadArgs(m)) => {
-                write!(f, "the worker could not decode the task's arguments: {m}")
+                write!(
+                    f,
+                    "the process that ran the task could not decode its arguments: {m}"
+                )
             }
             Repr::Failed(TaskFailure::BadResult(m)) => {
-                write!(f, "the worker could not encode the task's result: {m}")
+                write!(
+                    f,
+                    "the process that ran the task could not encode its result: {m}"
+                )
             }
             Repr::Failed(TaskFailure::TooLarge { size, max }) => write!(
                 f,

@@ -536,7 +536,7 @@ async fn unencodable_result() -> TestResult {
             Err(e) => {
                 let text = e.to_string();
                 ensure!(
-                    text.contains("could not encode the task's result"),
+                    text.contains("the process that ran the task could not encode its result"),
                     "{text}"
                 );
                 ensure!(text.contains("Unencodable"), "{text}");

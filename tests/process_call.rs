@@ -212,6 +212,10 @@ async fn a_result_that_cannot_cross_fails_its_call_naming_its_type() -> TestResu
     let name = std::any::type_name::<Unencodable>();
     ensure!(text.contains(&format!("`{name}`")), "{text}");
     ensure!(!text.contains("TaskFailure"), "{text}");
+    ensure!(
+        !text.contains("worker"),
+        "a call has no pool worker: {text}"
+    );
 
     let mut h = Process::call(make_undecodable, ()).start().await?;
     let e = h.join().await.expect_err("undecodable");
