@@ -99,6 +99,51 @@ async fn join_queue(q: mp::JoinableQueue<Item>, started: mp::Queue<u32>) -> Exit
     }
 }
 
+const KEY: &str = "abracadabra";
+
+/// Connects to the manager at `address` and takes items from its queue `name` until the
+/// queue says it was shut down; their sum.
+async fn far_consumer(address: String, name: String) -> mp::Result<u64> {
+    let m = mp::Manager::connect(address.as_str(), KEY).await?;
+    let q: mp::QueueProxy<u64> = m.get(&name).await?;
+    let mut sum = 0;
+    loop {
+        match q.get().await {
+            Ok(v) => sum += v,
+            Err(Error::ShutDown) => return Ok(sum),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Starts two [`far_consumer`]s of queue `name`, and gives them time to reach their waits
+/// (the tests hold whether they do or not).
+async fn far_consumers(
+    address: &str,
+    name: &str,
+) -> Result<Vec<mp::JoinHandle<mp::Result<u64>>>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let args = (address.to_string(), name.to_string());
+        consumers.push(mp::Process::call(far_consumer, args).start().await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(consumers)
+}
+
+/// The sums the consumers took, each ended on `ShutDown`.
+async fn sums(
+    consumers: Vec<mp::JoinHandle<mp::Result<u64>>>,
+) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let mut total = 0;
+    for c in consumers {
+        total += tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .map_err(|_| "a consumer did not end")???;
+    }
+    Ok(total)
+}
+
 // ---- tests ----
 
 /// `test_shutdown_empty`, `test_shutdown_nonempty` and `test_shutdown_all_methods_in_many_
@@ -254,6 +299,71 @@ async fn wait_reports_a_queue_shut_down_elsewhere() -> TestResult {
     Ok(())
 }
 
+/// A manager's queue shut down ends its consumers in other processes, connected by address,
+/// whether the server holds the queue's items (only clients by address used it) or the
+/// queue is a ring that a client on this machine uses: each takes the items left, then
+/// ends; puts then fail; an immediate shutdown drops what is left and lets `join` return.
+async fn a_manager_queue_shut_down_ends_consumers_near_and_far() -> TestResult {
+    let m = mp::Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .start()
+        .await?;
+    let address = match m.address() {
+        Some(mp::Address::Tcp(a)) => a.to_string(),
+        other => return Err(format!("no TCP address: {other:?}").into()),
+    };
+    let far = mp::Manager::connect(address.as_str(), KEY).await?;
+
+    // Held by the server: every call, the parent's too, is made by address.
+    m.register("held", &m.queue::<u64>().await?).await?;
+    let held: mp::QueueProxy<u64> = far.get("held").await?;
+    let consumers = far_consumers(&address, "held").await?;
+    for i in 1..=100 {
+        held.put(i).await?;
+    }
+    held.shutdown().await?;
+    ensure!(
+        sums(consumers).await? == 5050,
+        "the server's queue lost items"
+    );
+    let put = held.put(7).await;
+    ensure!(
+        matches!(&put, Err(e) if matches!(e.error(), Error::ShutDown)),
+        "a put after the shutdown: {put:?}"
+    );
+
+    // A ring: the parent puts and shuts down through shared memory.
+    let ring = m.queue::<u64>().await?;
+    m.register("ring", &ring).await?;
+    ring.put(0).await?;
+    let consumers = far_consumers(&address, "ring").await?;
+    for i in 1..=100 {
+        ring.put(i).await?;
+    }
+    ring.shutdown().await?;
+    ensure!(sums(consumers).await? == 5050, "the ring lost items");
+    let got = ring.get_nowait().await;
+    ensure!(matches!(got, Err(Error::ShutDown)), "get_nowait: {got:?}");
+
+    // Immediately, by address, on a joinable queue the server holds.
+    let joinable = m.joinable_queue::<u64>(0).await?;
+    m.register("joinable", &joinable).await?;
+    let joinable: mp::JoinableQueueProxy<u64> = far.get("joinable").await?;
+    for i in 0..10 {
+        joinable.put(i).await?;
+    }
+    ensure!(joinable.get().await? == 0, "the first item");
+    let dropped = joinable.shutdown_immediate().await?;
+    ensure!(dropped == 9, "{dropped} dropped of 9");
+    let got = joinable.get().await;
+    ensure!(matches!(got, Err(Error::ShutDown)), "a get: {got:?}");
+    joinable.task_done().await?;
+    tokio::time::timeout(Duration::from_secs(10), joinable.join()).await??;
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run_one_at_a_time(vec![
@@ -280,6 +390,10 @@ fn main() {
         test(
             "wait_reports_a_queue_shut_down_elsewhere",
             wait_reports_a_queue_shut_down_elsewhere,
+        ),
+        test(
+            "a_manager_queue_shut_down_ends_consumers_near_and_far",
+            a_manager_queue_shut_down_ends_consumers_near_and_far,
         ),
     ])
 }

@@ -132,7 +132,10 @@ impl Request {
         match self {
             Request::Queue(_, op) => matches!(
                 op,
-                QueueOp::Put { .. } | QueueOp::Get { .. } | QueueOp::Join
+                QueueOp::Put { .. }
+                    | QueueOp::Get { .. }
+                    | QueueOp::Join
+                    | QueueOp::Shutdown { immediate: true }
             ),
             Request::User(..)
             | Request::Lock(_, LockOp::Acquire { .. })
@@ -275,6 +278,11 @@ pub(super) enum QueueOp {
     Unget(Bytes),
     /// Asks for the queue's ring, to reach it directly (a client on this machine).
     Attach,
+    /// Shuts the queue down (see [`Queue::shutdown`](crate::Queue::shutdown)); `immediate`
+    /// also drops the items left, and answers how many.
+    Shutdown {
+        immediate: bool,
+    },
 }
 
 /// Operations of a lock. The `owner` of a re-entrant lock is the calling task (see
@@ -408,6 +416,7 @@ pub(super) enum Failure {
         size: u64,
         max: usize,
     },
+    ShutDown,
 }
 
 impl From<Failure> for Error {
@@ -431,6 +440,7 @@ impl From<Failure> for Error {
                 Error::InitializerFailed { pid, message }
             }
             Failure::FrameTooLarge { size, max } => Error::FrameTooLarge { size, max },
+            Failure::ShutDown => Error::ShutDown,
         }
     }
 }
@@ -455,6 +465,7 @@ impl From<Error> for Failure {
                 Failure::InitializerFailed { pid, message }
             }
             Error::FrameTooLarge { size, max } => Failure::FrameTooLarge { size, max },
+            Error::ShutDown => Failure::ShutDown,
             e => Failure::Message(e.to_string()),
         }
     }

@@ -70,6 +70,10 @@ pub(super) struct QueueState {
     done: Arc<Notify>,
     /// Items given back to a full ring, each waiting for room; they end with the queue.
     put_backs: JoinSet<()>,
+    /// Shut down: puts fail, gets fail once the queue is empty.
+    shut_down: bool,
+    /// Shut down immediately: gets fail too.
+    stopped: bool,
 }
 
 fn into_error(e: PutError<Bytes>) -> Error {
@@ -93,6 +97,8 @@ impl QueueState {
             taken: Arc::default(),
             done: Arc::default(),
             put_backs: JoinSet::new(),
+            shut_down: false,
+            stopped: false,
         }
     }
 
@@ -126,8 +132,32 @@ impl QueueState {
                     Reply::Done
                 }
             },
+            QueueOp::Shutdown { immediate: false } => {
+                self.shut_down = true;
+                self.wake_all();
+                Reply::Done
+            }
             op => Reply::message(format!("{op:?} waits: it cannot be answered at once")),
         }
+    }
+
+    /// Wakes every put, get and join waiting on the items the server holds, to look again.
+    fn wake_all(&self) {
+        self.put.notify_waiters();
+        self.taken.notify_waiters();
+        self.done.notify_waiters();
+    }
+
+    /// Shuts the queue the server holds down at once, dropping its items; how many.
+    fn stop(&mut self) -> usize {
+        self.shut_down = true;
+        self.stopped = true;
+        let dropped = std::mem::take(&mut self.items).len();
+        if self.joinable {
+            self.unfinished = self.unfinished.saturating_sub(dropped);
+        }
+        self.wake_all();
+        dropped
     }
 
     fn handle_ring(&mut self, ring: &Ring, op: QueueOp) -> Reply {
@@ -142,6 +172,10 @@ impl QueueState {
                 Err(e) => failed(e),
             },
             (Ring::Plain(_), QueueOp::TaskDone) => not_joinable("task_done()"),
+            (_, QueueOp::Shutdown { immediate: false }) => {
+                ring.queue().shutdown();
+                Reply::Done
+            }
             (_, QueueOp::Unget(item)) => match ring.queue().put_back_nowait(item) {
                 Ok(()) => Reply::Done,
                 Err(e) => match e.into_parts() {
@@ -171,6 +205,9 @@ impl QueueState {
     fn attach(&mut self) -> Reply {
         if let Some(ring) = &self.ring {
             return Reply::Ring(ring.clone());
+        }
+        if self.shut_down {
+            return Reply::message("a queue shut down before it had a ring stays with the server");
         }
         if self.maxsize > Queue::<Bytes>::MAX_MAXSIZE {
             return Reply::message("this queue's maxsize is too large for a ring");
@@ -221,9 +258,7 @@ impl QueueState {
         }
         self.ring = Some(ring.clone());
         // Waits parked on the items held so far go on with the ring.
-        self.put.notify_waiters();
-        self.taken.notify_waiters();
-        self.done.notify_waiters();
+        self.wake_all();
         Reply::Ring(ring)
     }
 
@@ -232,6 +267,9 @@ impl QueueState {
             return attempt_ring(ring, op, timed_out, &self.put);
         }
         match op {
+            QueueOp::Put { .. } if self.shut_down => Step::Done(Reply::Failed(Failure::ShutDown)),
+            QueueOp::Get { .. } if self.stopped => Step::Done(Reply::Failed(Failure::ShutDown)),
+            QueueOp::Shutdown { immediate: true } => Step::Done(Reply::Len(self.stop() as u64)),
             QueueOp::Put { item, .. } => {
                 if self.maxsize > 0 && self.items.len() >= self.maxsize {
                     return match timed_out {
@@ -251,6 +289,7 @@ impl QueueState {
                     self.taken.notify_one();
                     Step::Done(Reply::Item(Some(item)))
                 }
+                None if self.shut_down => Step::Done(Reply::Failed(Failure::ShutDown)),
                 None if timed_out => Step::Done(Reply::Failed(Failure::Empty)),
                 None => Step::Wait(self.put.clone()),
             },
@@ -369,6 +408,11 @@ async fn wait_on_ring(ring: &Ring, op: QueueOp, deadline: Option<tokio::time::In
             Err(e) => failed(e),
         },
         (Ring::Plain(_), QueueOp::Join) => not_joinable("join()"),
+        (_, QueueOp::Shutdown { immediate: true }) => match ring.queue().shutdown_immediate().await
+        {
+            Ok(n) => Reply::Len(n as u64),
+            Err(e) => failed(e),
+        },
         _ => Reply::message("this request does not wait"),
     }
 }
@@ -650,6 +694,41 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
             return Ok(ring.queue().maxsize());
         }
         expect_len(self.op(QueueOp::MaxSize).await?)
+    }
+
+    /// Shuts the queue down for every process that reaches it, as the crate's
+    /// [`Queue::shutdown`] does (Python 3.13's `shutdown()`): puts fail with
+    /// [`Error::ShutDown`](crate::Error::ShutDown), and gets take the items left, then fail
+    /// with it rather than wait. Every put and get waiting now wakes to that.
+    ///
+    /// # Errors
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a dropped call may or may not have shut the queue down.
+    pub async fn shutdown(&self) -> Result<()> {
+        if let Some(ring) = self.ring_at_once().await {
+            ring.queue().shutdown();
+            return Ok(());
+        }
+        expect_done(self.op(QueueOp::Shutdown { immediate: false }).await?)
+    }
+
+    /// Shuts the queue down at once, as the crate's [`Queue::shutdown_immediate`] does:
+    /// gets fail too, the items left are dropped (in a joinable queue, each counts as done),
+    /// and this returns how many.
+    ///
+    /// # Errors
+    /// [`Error::ManagerLost`](crate::Error::ManagerLost) if the server is gone.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a dropped call may or may not have shut the queue down; once it
+    /// has, gets fail whether the items left were dropped or not.
+    pub async fn shutdown_immediate(&self) -> Result<usize> {
+        if let Some(ring) = self.ring().await {
+            return self.on_ring(ring.queue().shutdown_immediate()).await;
+        }
+        expect_len(self.op(QueueOp::Shutdown { immediate: true }).await?)
     }
 }
 
