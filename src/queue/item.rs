@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::SLOT_DATA;
 use super::inner::Inner;
 use super::packet::TAG_LEN;
+use super::shutdown::PutKind;
 use super::spill::{Spilled, Spilling};
 use crate::error::{Error, Result};
 use crate::sync::{LockGuard, until};
@@ -111,20 +112,21 @@ impl Inner {
         self: &Arc<Self>,
         item: &Item,
         deadline: Option<tokio::time::Instant>,
+        kind: PutKind,
     ) -> Result<()> {
         tokio::task::coop::consume_budget().await;
         self.check_open()?;
-        self.check_puts_allowed()?;
+        self.check_put(kind)?;
         let r = self.reactor()?;
         match item {
-            Item::Small(b) => until(deadline, self.push_waiting(&r, Some(b), false)).await,
-            Item::Packet(bytes, fds) => self.put_packet(&r, bytes, fds, deadline).await,
+            Item::Small(b) => until(deadline, self.push_waiting(&r, Some((b, kind)), false)).await,
+            Item::Packet(bytes, fds) => self.put_packet(&r, bytes, fds, deadline, kind).await,
         }
     }
 
     /// Puts an encoded item if there is room now, else fails with [`Error::Full`].
-    pub(super) fn put_item_now(self: &Arc<Self>, item: Item) -> Result<()> {
-        self.check_puts_allowed()?;
+    pub(super) fn put_item_now(self: &Arc<Self>, item: Item, kind: PutKind) -> Result<()> {
+        self.check_put(kind)?;
         match item {
             Item::Small(b) => {
                 if self.try_push(Some(&b)) == Pushed::Done {

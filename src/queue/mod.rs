@@ -156,6 +156,7 @@ pub use simple::SimpleQueue;
 
 use inner::Inner;
 use item::Taken;
+use shutdown::PutKind;
 
 /// The most bytes of MessagePack an item may take to travel in a ring slot; larger items,
 /// and items holding descriptors, travel through the queue's socket.
@@ -423,11 +424,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// is dropped with the future), except a large item whose packet was already sent, which
     /// is always delivered. [`put_timeout`](Self::put_timeout) never loses the item that way.
     pub async fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.put_as(item, PutKind::New).await
+    }
+
+    /// [`put`](Self::put) of a new item, or of one put back.
+    async fn put_as(&self, item: T, kind: PutKind) -> std::result::Result<(), PutError<T>> {
         let e = match self.inner.encode(&item) {
             Ok(e) => e,
             Err(error) => return Err(PutError::new(error, item)),
         };
-        match self.inner.put_item(&e, None).await {
+        match self.inner.put_item(&e, None, kind).await {
             Ok(()) => Ok(()),
             Err(error) => Err(PutError::new(error, item)),
         }
@@ -460,7 +466,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         // large item's put once its packet is sent: a put that gives up hands back an item
         // that is not in the queue.
         let deadline = crate::sync::deadline(timeout);
-        match self.inner.put_item(&e, deadline).await {
+        match self.inner.put_item(&e, deadline, PutKind::New).await {
             Ok(()) => Ok(()),
             Err(Error::Timeout) => Err(PutError::new(Error::Full, item)),
             Err(error) => Err(PutError::new(error, item)),
@@ -473,25 +479,31 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     /// As [`put`](Self::put), and [`Error::Full`], each with the item handed back.
     pub fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.put_nowait_as(item, PutKind::New)
+    }
+
+    /// [`put_nowait`](Self::put_nowait) of a new item, or of one put back.
+    fn put_nowait_as(&self, item: T, kind: PutKind) -> std::result::Result<(), PutError<T>> {
         let res = self
             .inner
             .check_open()
             .and_then(|()| self.inner.encode(&item))
-            .and_then(|e| self.inner.put_item_now(e));
+            .and_then(|e| self.inner.put_item_now(e, kind));
         res.map_err(|error| PutError::new(error, item))
     }
 
     /// [`put`](Self::put) of an item a joinable queue already counts as unfinished (one
-    /// handed back after the get that took it was withdrawn): it is not counted again.
+    /// handed back after the get that took it was withdrawn): it is not counted again, and
+    /// a [`shutdown`](Self::shutdown) does not refuse it (see [`PutKind::PutBack`]).
     pub(crate) async fn put_back(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.put(item).await?;
+        self.put_as(item, PutKind::PutBack).await?;
         self.uncount_one();
         Ok(())
     }
 
     /// [`put_back`](Self::put_back) if there is room now, else [`Error::Full`].
     pub(crate) fn put_back_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.put_nowait(item)?;
+        self.put_nowait_as(item, PutKind::PutBack)?;
         self.uncount_one();
         Ok(())
     }

@@ -35,6 +35,7 @@ use super::INLINE_MAX;
 use super::header::{COUNTED, SENDING};
 use super::inner::Inner;
 use super::reactor::Reactor;
+use super::shutdown::PutKind;
 use crate::error::{Error, Result};
 use crate::sync::{LockGuard, Watch, until};
 use crate::sys::{self, Pushed};
@@ -223,13 +224,14 @@ impl Inner {
         bytes: &[u8],
         fds: &[OwnedFd],
         deadline: Option<tokio::time::Instant>,
+        kind: PutKind,
     ) -> Result<()> {
         let lock = until(deadline, self.lock()).await?;
-        self.check_puts_allowed()?;
+        self.check_put(kind)?;
         let cap = self.ring.capacity();
         if self.ring.len() >= cap {
             let room = self.wait_until(&r.space, self.header().producers(), || {
-                self.check_puts_allowed()?;
+                self.check_put(kind)?;
                 Ok(self.ring.len() < cap)
             });
             until(deadline, room).await?;

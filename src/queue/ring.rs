@@ -11,6 +11,7 @@ use tokio::io::unix::AsyncFdReadyGuard;
 use super::header::COUNTED;
 use super::inner::Inner;
 use super::reactor::Reactor;
+use super::shutdown::PutKind;
 use crate::error::Result;
 use crate::sync::Watch;
 use crate::sys::{self, Message, Pushed};
@@ -95,9 +96,9 @@ impl Inner {
         }
     }
 
-    /// Publishes a slot, waiting for room; an item (not a marker) fails with
-    /// [`Error::ShutDown`](crate::Error::ShutDown) if the queue is shut down meanwhile. While
-    /// the slot it needs is held by a live
+    /// Publishes a slot, waiting for room: an item's bytes, or (`None`) a marker. An item
+    /// fails with [`Error::ShutDown`](crate::Error::ShutDown) if the queue is shut down
+    /// meanwhile so as to refuse its kind of put. While the slot it needs is held by a live
     /// process, it also watches that process: should it die there, its slot is freed by the
     /// next try (see "Owner death" in the ring's docs), and no consumer would wake us.
     ///
@@ -106,9 +107,10 @@ impl Inner {
     pub(super) async fn push_waiting(
         &self,
         r: &Reactor,
-        data: Option<&[u8]>,
+        item: Option<(&[u8], PutKind)>,
         counted: bool,
     ) -> Result<()> {
+        let data = item.map(|(d, _)| d);
         if self.try_push_counted(data, counted) == Pushed::Done {
             return Ok(());
         }
@@ -119,8 +121,8 @@ impl Inner {
         loop {
             producers.rearm();
             // A marker's packet is out already: its marker always follows.
-            if data.is_some() {
-                self.check_puts_allowed()?;
+            if let Some((_, kind)) = item {
+                self.check_put(kind)?;
             }
             match self.try_push_counted(data, counted) {
                 Pushed::Done => return Ok(()),

@@ -3,7 +3,7 @@
 //! [`Header::shut_down`](super::header::Header::shut_down)); it only ever grows, so a queue
 //! shut down stays so.
 //!
-//! - After `shutdown()` ([`DRAINING`](super::header::DRAINING)), puts fail and gets take
+//! - After `shutdown()` ([`DRAINING`]), puts fail and gets take
 //!   what is left, then fail.
 //! - After `shutdown_immediate()` ([`STOPPED`]), gets fail at once too, and the caller takes
 //!   out and drops every item left, counting each done in a joinable queue, so that `join`
@@ -21,15 +21,25 @@ use std::sync::atomic::Ordering;
 
 use serde::de::IgnoredAny;
 
-use super::header::{OPEN, STOPPED};
+use super::header::{DRAINING, OPEN, STOPPED};
 use super::inner::Inner;
 use super::item::Taken;
 use crate::error::{Error, Result};
 use crate::sys;
 
+/// What a put puts, which decides whether a shutdown refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PutKind {
+    /// A new item: refused once the queue is shut down.
+    New,
+    /// An item a get took and gave back (a manager's get withdrawn after it took its item):
+    /// it was in the queue before the shutdown, so a plain shutdown takes it back for the
+    /// gets to come; an immediate one refuses it, as it would have dropped it.
+    PutBack,
+}
+
 impl Inner {
-    /// How the queue was shut down: [`OPEN`], [`DRAINING`](super::header::DRAINING) or
-    /// [`STOPPED`].
+    /// How the queue was shut down: [`OPEN`], [`DRAINING`] or [`STOPPED`].
     fn shut_down_state(&self) -> u64 {
         self.header().shut_down().load(Ordering::SeqCst)
     }
@@ -39,10 +49,10 @@ impl Inner {
         self.shut_down_state() != OPEN
     }
 
-    /// [`Error::ShutDown`] once the queue was shut down: no put may start.
-    pub(super) fn check_puts_allowed(&self) -> Result<()> {
-        match self.shut_down_state() {
-            OPEN => Ok(()),
+    /// [`Error::ShutDown`] if the queue was shut down so as to refuse a put of this kind.
+    pub(super) fn check_put(&self, kind: PutKind) -> Result<()> {
+        match (self.shut_down_state(), kind) {
+            (OPEN, _) | (DRAINING, PutKind::PutBack) => Ok(()),
             _ => Err(Error::ShutDown),
         }
     }
@@ -64,9 +74,8 @@ impl Inner {
         }
     }
 
-    /// Shuts the queue down to `state` ([`DRAINING`](super::header::DRAINING) or
-    /// [`STOPPED`]), unless it was shut down further already, and wakes every waiter on both
-    /// sides.
+    /// Shuts the queue down to `state` ([`DRAINING`] or [`STOPPED`]), unless it was shut
+    /// down further already, and wakes every waiter on both sides.
     pub(super) fn shut_down(&self, state: u64) {
         self.header().shut_down().fetch_max(state, Ordering::SeqCst);
         for fd in [&self.items, &self.space] {
@@ -101,6 +110,48 @@ impl Inner {
                 Ok(Taken::Busy) => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{JoinableQueue, Queue};
+    use crate::error::Error;
+
+    /// An item a get took and gives back (a manager's get withdrawn after it took it) was
+    /// in the queue before a plain shutdown: it goes back in, for the gets to come, small or
+    /// large, where a new item is refused. After an immediate shutdown it is refused too.
+    #[test]
+    fn an_item_put_back_after_a_shutdown_is_kept_unless_immediate() {
+        for len in [1, 1000, 100_000] {
+            let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+            q.put_nowait(vec![1; len]).unwrap();
+            let taken = q.get_nowait().unwrap();
+            q.shutdown();
+            assert!(matches!(
+                q.put_nowait(vec![2; len]).map_err(|e| e.into_parts().0),
+                Err(Error::ShutDown)
+            ));
+            q.put_back_nowait(taken).unwrap();
+            assert_eq!(q.unfinished(), 1, "counted once, {len} bytes");
+            let again = q.get_nowait().unwrap();
+            assert_eq!(again, vec![1; len]);
+            assert!(matches!(q.get_nowait(), Err(Error::ShutDown)));
+
+            let q = Queue::<Vec<u8>>::new().unwrap();
+            q.put_nowait(vec![1; len]).unwrap();
+            let taken = q.get_nowait().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            assert_eq!(rt.block_on(q.shutdown_immediate()).unwrap(), 0);
+            let refused = rt.block_on(q.put_back(taken));
+            assert!(matches!(
+                refused.map_err(|e| e.into_parts().0),
+                Err(Error::ShutDown)
+            ));
         }
     }
 }
