@@ -882,6 +882,31 @@ async fn a_pipe_serves_one_runtime_after_another() -> TestResult {
     support::runtimes::on_runtimes_in_turn(move |rt| pipe_round_trips_on(rt, &a, &b)).await
 }
 
+/// An end awaited by two runtimes at once: a receive waits on A while B polls the end,
+/// and a second receive then waits on A beside the first; both take a message.
+async fn a_pipe_serves_two_runtimes_at_once() -> TestResult {
+    let (a, b) = mp::Pipe::<u32>::new()?;
+    let mut got = tokio::task::spawn_blocking(move || {
+        support::runtimes::a_wait_on_a_beside_a_turn_on_b(
+            || b.recv(),
+            || async {
+                match b.poll(Duration::from_millis(20)).await {
+                    Ok(false) => Ok(()),
+                    other => Err(format!("a poll of an end with nothing sent: {other:?}")),
+                }
+            },
+            || async {
+                a.send(&1).await?;
+                a.send(&2).await
+            },
+        )
+    })
+    .await??;
+    got.sort_unstable();
+    ensure!(got == [1, 2], "A got {got:?}");
+    Ok(())
+}
+
 /// A loop of receives from an end that always has a message waiting (a producer that keeps
 /// up), of polls and of `wait`s on it, lets the runtime's other tasks run: on a
 /// current-thread runtime, a task spawned before the loop runs while the loop goes on, as it
@@ -925,6 +950,10 @@ fn main() {
         test(
             "a_pipe_serves_one_runtime_after_another",
             a_pipe_serves_one_runtime_after_another,
+        ),
+        test(
+            "a_pipe_serves_two_runtimes_at_once",
+            a_pipe_serves_two_runtimes_at_once,
         ),
         test("recv_bytes_into_a_buffer", recv_bytes_into_a_buffer),
         test(

@@ -1183,6 +1183,32 @@ async fn a_queue_serves_one_runtime_after_another() -> TestResult {
     support::runtimes::on_runtimes_in_turn(move |rt| queues_on_a_runtime(rt, &q, &jq)).await
 }
 
+/// A queue awaited by two runtimes at once: a get waits on A while B gets from the empty
+/// queue, and a second get then waits on A beside the first; both take an item, a small
+/// one and a large one.
+async fn a_queue_serves_two_runtimes_at_once() -> TestResult {
+    let q = mp::Queue::<Vec<u8>>::new()?;
+    let mut got = tokio::task::spawn_blocking(move || {
+        support::runtimes::a_wait_on_a_beside_a_turn_on_b(
+            || q.get(),
+            || async {
+                match q.get_timeout(Duration::from_millis(20)).await {
+                    Err(mp::Error::Empty) => Ok(()),
+                    other => Err(format!("a get of the empty queue: {other:?}")),
+                }
+            },
+            || async {
+                q.put(vec![1]).await?;
+                Ok(q.put(vec![2; 1000]).await?)
+            },
+        )
+    })
+    .await??;
+    got.sort();
+    ensure!(got == [vec![1], vec![2; 1000]], "A got {got:?}");
+    Ok(())
+}
+
 /// Large items fill an unbounded queue's socket before its slots (see
 /// `Queue::UNBOUNDED_CAPACITY`): a `put_timeout` past that gives up with `Full` and hands
 /// the item back, and every item put comes out, in order.
@@ -1677,6 +1703,10 @@ fn main() {
         test(
             "a_queue_serves_one_runtime_after_another",
             a_queue_serves_one_runtime_after_another,
+        ),
+        test(
+            "a_queue_serves_two_runtimes_at_once",
+            a_queue_serves_two_runtimes_at_once,
         ),
         test(
             "large_puts_wait_while_too_many_descriptors_are_in_flight",

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{
@@ -285,6 +285,11 @@ pub(crate) fn register_owned(
 
 /// Registers a shared descriptor with the current tokio runtime's reactor.
 ///
+/// A descriptor is registered once per reactor: a handle that registers anew on each
+/// runtime that awaits it, while a wait of an earlier turn on this runtime still holds that
+/// turn's registration, would be refused (`EEXIST`). Then a duplicate of it (the same
+/// socket or eventfd, under another number) is registered instead.
+///
 /// # Panics
 /// Outside a tokio runtime (tokio's own rule).
 pub(crate) fn register_shared(
@@ -293,7 +298,18 @@ pub(crate) fn register_shared(
 ) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
     // SAFETY: the descriptor is closed only when the last `Arc` goes, and the `AsyncFd`
     // holds one; an `Arc<OwnedFd>` always returns the same number.
-    Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
+    let refused = match unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) } {
+        Ok(afd) => return Ok(afd),
+        Err(e) => e.into_parts(),
+    };
+    match refused {
+        (fd, e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let dup = std::sync::Arc::new(dup_fd(fd.as_fd())?);
+            // SAFETY: as above, for the duplicate, which only this `Arc` holds.
+            Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, interest) }?)
+        }
+        (_, e) => Err(e),
+    }
 }
 
 /// What `fd` is, as `/proc/self/fd` names it (`anon_inode:[eventfd]`, `/memfd:name

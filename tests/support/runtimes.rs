@@ -148,3 +148,43 @@ pub async fn on_runtimes_in_turn(
     tokio::task::spawn_blocking(turns).await??;
     Ok(())
 }
+
+/// Plain code: a wait begun on runtime A (`wait`, polled once: it must pend), then `on_b`
+/// driven by runtime B while A's wait pends, then a second `wait` on A beside the first,
+/// which `wake` (run on A once both wait) must end: for handles awaited by two runtimes at
+/// once (a service's and a worker thread's), each of whose turns must leave the other's
+/// waits, begun or to come, working. The two waits' results, in order.
+pub fn a_wait_on_a_beside_a_turn_on_b<T, W, WF, B, BF, K, KF>(
+    wait: W,
+    on_b: B,
+    wake: K,
+) -> Result<[T; 2], String>
+where
+    W: Fn() -> WF,
+    WF: Future<Output = mp::Result<T>>,
+    B: FnOnce() -> BF,
+    BF: Future<Output = Result<(), String>>,
+    K: FnOnce() -> KF,
+    KF: Future<Output = mp::Result<()>>,
+{
+    let a = runtime()?;
+    let b = runtime()?;
+    let mut first = Box::pin(wait());
+    let polled = a.block_on(std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(first.as_mut().poll(cx).is_ready())
+    }));
+    if polled {
+        return Err("the first wait on A ended before B's turn".into());
+    }
+    b.block_on(async { tokio::time::timeout(HUNG, on_b()).await })
+        .map_err(|_| format!("B's turn: no answer in {HUNG:?}"))?
+        .map_err(|e| format!("B's turn: {e}"))?;
+    on(&a, "two waits on A after B's turn", async {
+        let woken = async {
+            tokio::task::yield_now().await;
+            wake().await
+        };
+        let (x, y, ()) = tokio::try_join!(first, wait(), woken)?;
+        Ok([x, y])
+    })
+}
