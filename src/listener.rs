@@ -328,7 +328,8 @@ impl Listener {
     /// # Errors
     /// [`Error::Authentication`] if the connection whose exchange ended first failed it (a
     /// wrong key, garbage, or silence for [`AUTH_TIMEOUT`]; that connection is closed: call
-    /// `accept` again for the next one); an I/O error from the socket.
+    /// `accept` again for the next one); an I/O error from the socket (such as "Too many open
+    /// files" at the descriptor limit) when no connection held is through its exchange.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -343,7 +344,11 @@ impl Listener {
                 // Every connection waiting is taken before an ended exchange is returned, so
                 // that none that waited is left in the backlog, its client's time running,
                 // by an exchange that ended while this task was not running (a thread
-                // preempted, a budget spent).
+                // preempted, a budget spent). A socket that fails to hand one out (no
+                // descriptor free, say) fails the call only when no exchange has ended: a
+                // server at its descriptor limit gets the connections that are through,
+                // which it can serve and close.
+                let mut failed = None;
                 while self.gate.poll_room(cx).is_ready() {
                     match self.poll_take(cx) {
                         Poll::Ready(Ok((fd, transport, peer))) => {
@@ -356,7 +361,10 @@ impl Listener {
                                 Ok(Accepted { link, peer })
                             }));
                         }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
                         Poll::Pending => break,
                     }
                 }
@@ -370,7 +378,9 @@ impl Listener {
                         tracing::debug!("a listener's exchange ended: {e}");
                     }
                     // None under way, or none ended: the socket or the gate wakes this task.
-                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) | Poll::Pending => {
+                        return failed.map_or(Poll::Pending, |e| Poll::Ready(Err(e)));
+                    }
                 }
             }
         })

@@ -672,6 +672,58 @@ async fn garbage_in_place_of_the_challenge() -> TestResult {
     Ok(())
 }
 
+/// Runs in a child of its own, whose descriptor limit it lowers: a listener whose `accept`
+/// took two connections and returned one holds the other, through its exchange, when the
+/// kernel refuses the next connection for want of a descriptor (`EMFILE`). The next
+/// `accept` returns the one held, which a server at its limit can serve and close; only the
+/// one after fails, and once the limit is raised the waiting connection is accepted.
+async fn accept_at_the_descriptor_limit() -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use std::os::fd::AsRawFd;
+    let why = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    let l = mp::Listener::new(None).map_err(|x| why("bind", &x))?;
+    let mp::Address::Unix(path) = l.address().clone() else {
+        return Err("a Unix listener".into());
+    };
+    let connect = || std::os::unix::net::UnixStream::connect(&path);
+    let _clients = [connect(), connect()];
+    let first = l
+        .accept::<u8>()
+        .await
+        .map_err(|x| why("the first accept", &x))?;
+    let _third = connect().map_err(|x| why("the third connect", &x))?;
+    // The reactor, turning while this task sleeps, sees the third connection waiting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|x| why("getrlimit", &x))?;
+    let lowest_free = std::fs::File::open("/dev/null")
+        .map(|f| f.as_raw_fd() as u64)
+        .map_err(|x| why("open", &x))?;
+    setrlimit(Resource::RLIMIT_NOFILE, lowest_free, hard).map_err(|x| why("setrlimit", &x))?;
+    let held = l.accept::<u8>().await;
+    let refused = l.accept::<u8>().await;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(|x| why("setrlimit", &x))?;
+    held.map_err(|x| why("the accept of the connection held at the limit", &x))?;
+    match refused {
+        Err(mp::Error::Io(x)) if x.raw_os_error() == Some(nix::libc::EMFILE) => {}
+        other => return Err(format!("an accept at the limit with none held: {other:?}")),
+    }
+    l.accept::<u8>()
+        .await
+        .map_err(|x| why("the accept once the limit is raised", &x))?;
+    drop(first);
+    Ok(())
+}
+
+/// A listener at its descriptor limit still hands out the connections it holds (see
+/// `accept_at_the_descriptor_limit`).
+async fn a_listener_at_its_descriptor_limit_hands_out_what_it_holds() -> TestResult {
+    let mut p = mp::Process::new(accept_at_the_descriptor_limit, ())
+        .start()
+        .await?;
+    ensure!(join_code(&mut p).await? == 0, "the child failed");
+    Ok(())
+}
+
 /// Connections are authenticated concurrently: with 60 clients connected and silent (they
 /// never answer the challenge), a good client that connects again and again is accepted
 /// each time, long before the silent ones time out; the silent ones cost only themselves.
@@ -1113,6 +1165,10 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads.get_or_insert(1);
     let trials = vec![
+        test(
+            "a_listener_at_its_descriptor_limit_hands_out_what_it_holds",
+            a_listener_at_its_descriptor_limit_hands_out_what_it_holds,
+        ),
         test("unix_path_with_key", unix_path_with_key),
         test(
             "descriptors_during_the_exchange_are_refused_at_once",
