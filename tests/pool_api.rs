@@ -1088,6 +1088,36 @@ async fn a_pool_whose_runtime_ends_kills_its_busy_workers() -> TestResult {
     Ok(())
 }
 
+// The stats of a pool whose runtime ended while its worker ran a task say what is so: no
+// worker alive, no task running, and that task failed (as it did, closed). They showed the
+// worker alive and its task running for good before.
+async fn a_pool_whose_runtime_ended_shows_no_worker_in_its_stats() -> TestResult {
+    for multi in [false, true] {
+        let (worker, pool) = pool_busy_when_its_runtime_ends(multi, true)?;
+        let pool = pool.ok_or("the pool was not handed back")?;
+        let gone = eventually(Duration::from_secs(10), || {
+            support::is_zombie_or_gone(worker)
+        })
+        .await;
+        ensure!(
+            gone,
+            "multi-thread {multi}: worker {worker} still runs its task"
+        );
+        let s = pool.stats();
+        ensure!(
+            (
+                s.workers_alive,
+                s.workers_starting,
+                s.tasks_queued,
+                s.tasks_running
+            ) == (0, 0, 0, 0)
+                && s.tasks_failed == 1,
+            "multi-thread {multi}: {s:?}"
+        );
+    }
+    Ok(())
+}
+
 // A clone shares the pool: dropping the original leaves the clone serving (a task moved into
 // another tokio task included); dropping the last handle terminates the workers.
 async fn clones_share_the_pool_and_the_last_drop_terminates() -> TestResult {
@@ -1469,6 +1499,7 @@ fn main() {
     let mut trials = trials![
         clones_share_the_pool_and_the_last_drop_terminates,
         a_pool_whose_runtime_ends_kills_its_busy_workers,
+        a_pool_whose_runtime_ended_shows_no_worker_in_its_stats,
         imap_chooses_its_chunk_size_unless_told,
         cancel_if_queued_never_kills_a_worker,
         a_task_cancelled_behind_a_running_one_never_runs,

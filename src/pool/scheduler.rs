@@ -398,12 +398,7 @@ impl Scheduler {
             let now = (alive, self.starting, self.queue.len(), self.in_flight.len());
             self.counters.publish(now, &mut self.tally);
         }
-        for job in std::mem::take(&mut self.queue) {
-            self.answer_job(job, Err(TaskError::pool_closed()));
-        }
-        for (id, _) in std::mem::take(&mut self.in_flight) {
-            self.answer(id, Err(TaskError::pool_closed()));
-        }
+        self.fail_unfinished();
         // Each writer task was ended as its worker's exit was taken in; the readers closed
         // what they held before reporting it.
         while self.writers.join_next().await.is_some() {}
@@ -433,6 +428,16 @@ impl Scheduler {
     fn update_spin(&self) {
         self.spin
             .store(self.may_spin(self.busy()), Ordering::Relaxed);
+    }
+
+    /// Fails every task queued or in flight as the pool's end does: closed.
+    fn fail_unfinished(&mut self) {
+        for job in std::mem::take(&mut self.queue) {
+            self.answer_job(job, Err(TaskError::pool_closed()));
+        }
+        for (id, _) in std::mem::take(&mut self.in_flight) {
+            self.answer(id, Err(TaskError::pool_closed()));
+        }
     }
 
     /// Answers a task that is not in flight.
@@ -1322,11 +1327,17 @@ impl Scheduler {
 /// the workers it still holds: nothing serves them any more, and one running a long task
 /// would otherwise live on until that task ends, though its pool was dropped (or is of no
 /// use without its runtime). At its end it holds none.
+///
+/// It also fails the tasks it held, as a terminated pool does, and publishes its last
+/// [`PoolStats`](super::PoolStats): no worker, no task queued or running. A pool whose runtime
+/// ended otherwise showed its workers alive and its tasks running for good.
 impl Drop for Scheduler {
     fn drop(&mut self) {
         for slot in self.workers.values_mut() {
             slot.kill();
         }
+        self.fail_unfinished();
+        self.counters.publish((0, 0, 0, 0), &mut self.tally);
     }
 }
 
