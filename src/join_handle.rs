@@ -4,13 +4,16 @@
 use std::future::{Future, IntoFuture};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 use crate::error::{Error, ExitCause, Result, TaskError, TaskFailure};
 use crate::process::Process;
-use crate::wire::Framed;
+use crate::wire::{Frame, Framed};
 
 /// Where the child's answer stands.
 enum Outcome<R> {
@@ -24,8 +27,9 @@ enum Outcome<R> {
 
 /// A child started by [`Process::call`]: joining it gives what its target returned.
 ///
-/// The child answers with its target's result just before it exits; [`join`](Self::join)
-/// receives it (on a socket registered with tokio's reactor) and waits for the exit. The
+/// The child answers with its target's result just before it exits; a task of the runtime
+/// that started it takes the answer in as it comes, so the child ends whatever the size of its
+/// result, and [`join`](Self::join) hands it out and waits for the exit. The
 /// handle is also a [`Process`] ([`process`](Self::process)): its pid, `kill`, `terminate`,
 /// `is_alive` and exit code.
 ///
@@ -47,8 +51,53 @@ enum Outcome<R> {
 #[must_use = "dropping a JoinHandle discards the result; the child runs on"]
 pub struct JoinHandle<R> {
     process: Process,
-    answer: Framed,
+    answer: Answer,
     outcome: Outcome<R>,
+}
+
+/// The socket the child answers on, and the task of the runtime that started the child that
+/// reads the answer as soon as it comes: a child whose answer is larger than the socket's
+/// buffer can then end before anything joins it, so that a join through
+/// [`JoinHandle::process`] and [`wait`](crate::wait) see it end. (Left to a join, such a
+/// child blocked in its write, and those waited for ever.)
+struct Answer {
+    link: Arc<Framed>,
+    /// What the reader task received; `Err` once the task is gone without an answer (its
+    /// runtime ended): the join then reads the socket itself.
+    read: oneshot::Receiver<Result<Frame>>,
+    reader: AbortHandle,
+}
+
+impl Answer {
+    fn read_ahead(link: Framed) -> Answer {
+        let link = Arc::new(link);
+        let (tx, read) = oneshot::channel();
+        let reader = tokio::spawn({
+            let link = link.clone();
+            async move {
+                let _ = tx.send(link.recv_one().await);
+            }
+        })
+        .abort_handle();
+        Answer { link, read, reader }
+    }
+
+    /// The child's answer frame. Cancel safe: the reader task keeps what it read, and a
+    /// frame begun here stays buffered in the link.
+    async fn recv(&mut self) -> Result<Frame> {
+        match (&mut self.read).await {
+            Ok(r) => r,
+            Err(_) => self.link.recv_one().await,
+        }
+    }
+}
+
+/// The reader task ends with the handle: the child's answer is discarded, and a child still
+/// writing it sees its parent's end closed.
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl<R> std::fmt::Debug for JoinHandle<R> {
@@ -69,7 +118,7 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     pub(crate) fn new(process: Process, answer: OwnedFd) -> Result<JoinHandle<R>> {
         Ok(JoinHandle {
             process,
-            answer: Framed::unix(answer)?,
+            answer: Answer::read_ahead(Framed::unix(answer)?),
             outcome: Outcome::Waiting,
         })
     }
@@ -94,7 +143,7 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     /// timeout) leaves the result, if it had arrived, in the handle for the next join.
     pub async fn join(&mut self) -> std::result::Result<R, TaskError> {
         if let Outcome::Waiting = self.outcome {
-            let received = match self.answer.recv_one().await {
+            let received = match self.answer.recv().await {
                 Ok(frame) => match frame.decode::<std::result::Result<R, TaskFailure>>() {
                     Ok(r) => r.map_err(TaskError::failed),
                     Err(e) => Err(TaskError::local(e.naming::<R>())),

@@ -25,6 +25,7 @@ fn main() {
         a_child_that_exits_without_answering_is_lost_with_its_code,
         a_call_killed_after_its_join_timed_out_is_lost_with_sigkill,
         a_call_killed_while_it_answers_is_lost_with_sigkill,
+        a_call_with_a_large_result_ends_before_it_is_joined,
         a_result_carries_its_descriptors,
         a_join_dropped_midway_keeps_the_result_for_the_next,
         calls_leave_no_descriptor_and_no_child,
@@ -288,19 +289,68 @@ async fn a_call_killed_after_its_join_timed_out_is_lost_with_sigkill() -> TestRe
     Ok(())
 }
 
-/// A child killed midway through its answer (the parent reads none of it meanwhile) is
-/// lost, as one killed before it answered: the part of the answer read is no protocol
-/// error of the caller's.
+/// A child killed midway through its answer is lost, as one killed before it answered: the
+/// part of the answer read is no protocol error of the caller's. The call is started on a
+/// current-thread runtime that is not run afterwards, so that nothing reads the answer
+/// meanwhile (the task that would is that runtime's), then joined on another once that
+/// runtime is gone (the join reads the socket itself).
 async fn a_call_killed_while_it_answers_is_lost_with_sigkill() -> TestResult {
-    let about_to = mp::Event::new()?;
-    let mut h = Process::call(answers_at_length, (about_to.clone(),))
-        .start()
-        .await?;
-    support::once_asleep(&about_to).await?;
-    h.kill()?;
-    let e = h.join().await.expect_err("the child was killed");
-    ensure!(e.is_worker_lost(), "{e:?}");
-    ensure!(e.exit_cause() == Some(ExitCause::Signal(9)), "{e:?}");
+    let killed = std::thread::spawn(|| -> Result<mp::TaskError, String> {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        let (starter, joiner) = (runtime()?, runtime()?);
+        let about_to = mp::Event::new().map_err(|e| e.to_string())?;
+        let mut h = starter
+            .block_on(Process::call(answers_at_length, (about_to.clone(),)).start())
+            .map_err(|e| e.to_string())?;
+        joiner
+            .block_on(support::once_asleep(&about_to))
+            .map_err(|e| e.to_string())?;
+        h.kill().map_err(|e| e.to_string())?;
+        drop(starter);
+        joiner
+            .block_on(h.join())
+            .err()
+            .ok_or_else(|| "the child was killed, yet its call gave a result".to_string())
+    })
+    .join()
+    .map_err(|_| "the test's thread panicked")??;
+    ensure!(killed.is_worker_lost(), "{killed:?}");
+    ensure!(
+        killed.exit_cause() == Some(ExitCause::Signal(9)),
+        "{killed:?}"
+    );
+    Ok(())
+}
+
+// A child whose result is larger than the socket holds ends before anything joins it: its
+// answer is taken in as it comes, so a join through `process()` and `mp::wait` see it end,
+// and the join then hands the result out whole. The child blocked in its write before, and
+// both waited for ever.
+async fn a_call_with_a_large_result_ends_before_it_is_joined() -> TestResult {
+    for method in METHODS {
+        let mut h = call(method, answers_at_length, (mp::Event::new()?,)).await?;
+        let code = h.process().join_timeout(Duration::from_secs(20)).await?;
+        if code.is_none() {
+            h.kill()?;
+        }
+        ensure!(
+            code == Some(0),
+            "{method:?}: the child never ended: {code:?}"
+        );
+        let ready = mp::wait(&[&h], Some(Duration::from_secs(20))).await?;
+        ensure!(ready == vec![0], "{method:?}: wait gave {ready:?}");
+        let got = h.join().await?;
+        ensure!(
+            got.len() == 16 << 20 && got.iter().all(|&b| b == 7),
+            "{method:?}: the result came back altered ({} bytes)",
+            got.len()
+        );
+    }
     Ok(())
 }
 
