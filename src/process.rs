@@ -141,7 +141,11 @@ impl Process {
     {
         let _ = target;
         let (args, answer) = match sys::socketpair_stream() {
-            Ok((ours, theirs)) => (Encoded::new(&(args, Fd::from(theirs))), Some(ours)),
+            // An error names the arguments' type, not the wrapper that carries the socket.
+            Ok((ours, theirs)) => (
+                Encoded::new(&(args, Fd::from(theirs))).map_err(Error::naming::<A>),
+                Some(ours),
+            ),
             Err(e) => (Err(e.into()), None),
         };
         ProcessBuilder::describe(call_entry::<F, A, M>, F::IS_ASYNC, args, answer)

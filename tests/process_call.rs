@@ -9,7 +9,9 @@ mod support;
 use std::time::Duration;
 
 use support::TestResult;
-use support::pool::{PanicsEncoded, Undecodable, Unencodable, make_undecodable, make_unencodable};
+use support::pool::{
+    PanicsEncoded, Undecodable, Unencodable, make_undecodable, make_unencodable, take_unencodable,
+};
 use support::process::METHODS;
 use tokio_multiprocessing::{self as mp, Error, ExitCause, JoinHandle, Process, StartMethod};
 
@@ -21,6 +23,7 @@ fn main() {
         a_handle_is_awaited_and_waited_on,
         an_async_target_that_leaves_a_blocking_task_ends_its_process,
         a_result_that_cannot_cross_fails_its_call_naming_its_type,
+        an_argument_that_cannot_cross_fails_the_start_naming_its_type,
         a_panic_comes_back_with_its_message_and_location,
         a_child_that_exits_without_answering_is_lost_with_its_code,
         a_call_killed_after_its_join_timed_out_is_lost_with_sigkill,
@@ -201,6 +204,24 @@ async fn an_async_target_that_leaves_a_blocking_task_ends_its_process() -> TestR
             "{method:?}: the process ended with {code:?}"
         );
     }
+    Ok(())
+}
+
+// Arguments that cannot cross fail the start naming the caller's type, as a pool task's
+// do; they named a wrapper of the crate's, the arguments beside the answer socket's `Fd`.
+async fn an_argument_that_cannot_cross_fails_the_start_naming_its_type() -> TestResult {
+    let e = Process::call(take_unencodable, (Unencodable,))
+        .start()
+        .await
+        .expect_err("unencodable arguments");
+    ensure!(
+        matches!(
+            &e,
+            Error::Encode { type_name, .. }
+                if *type_name == std::any::type_name::<(Unencodable,)>()
+        ),
+        "{e:?}"
+    );
     Ok(())
 }
 
