@@ -72,6 +72,8 @@ fn main() {
         shutdown_ends_an_agent_launched_under_a_wrapper,
         shutdown_ends_an_agent_its_launch_command_left_in_the_background,
         shutdown_cancels_its_jobs_together,
+        a_cluster_worker_runs_with_the_pools_variables_and_directory,
+        a_directory_missing_on_the_host_fails_the_build_naming_host_and_path,
     ]);
 }
 
@@ -2161,5 +2163,137 @@ async fn shutdown_cancels_its_jobs_together() -> TestResult {
         .build()
         .await?;
     cluster.shutdown().await?;
+    Ok(())
+}
+
+/// What a worker sees: the values of the variables `names` (as bytes, for values that are
+/// not UTF-8), its working directory and its pid.
+fn env_seen(names: Vec<String>) -> (Vec<Option<Vec<u8>>>, std::path::PathBuf, u32) {
+    use std::os::unix::ffi::OsStringExt;
+    let vars = names
+        .iter()
+        .map(|n| std::env::var_os(n).map(OsStringExt::into_vec))
+        .collect();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    (vars, cwd, std::process::id())
+}
+
+/// An initializer that fails unless the variable `name` is set.
+fn require_var(name: String) -> Result<(), String> {
+    match std::env::var_os(&name) {
+        Some(_) => Ok(()),
+        None => Err(format!("{name} is not set for the initializer")),
+    }
+}
+
+/// A pool's variables (new ones, one over the agent's, one that is not UTF-8) and its
+/// directory reach its workers on a cluster's host, replacements included, before their
+/// initializer runs; the agent's own variables stay beside them, and a relative directory
+/// is taken from the agent's. The "host" is an agent on this machine, started by `env` in a
+/// directory of its own with variables of its own (no namespace, no root needed).
+async fn a_cluster_worker_runs_with_the_pools_variables_and_directory() -> TestResult {
+    use std::os::unix::ffi::OsStrExt;
+    let home = temp_path("agent-home");
+    std::fs::create_dir_all(home.join("work"))?;
+    let home_arg = home.to_str().ok_or("a temporary path that is not UTF-8")?;
+    let launcher = mp::launch::Command::argv([
+        "env",
+        "-C",
+        home_arg,
+        "TKMP_AGENT_ONLY=agent",
+        "TKMP_BOTH=agent",
+        "{agent}",
+    ])
+    .hosts(1)
+    .workers_per_host(1);
+    let cluster = Cluster::builder().launcher(launcher).build().await?;
+    let bytes = std::ffi::OsStr::from_bytes(b"\xff=\xfe");
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .maxtasksperchild(1)
+        .initializer(require_var, ("TKMP_POOL_ONLY".to_string(),))
+        .env("TKMP_BOTH", "pool")
+        .envs([("TKMP_POOL_ONLY", "pool")])
+        .env("TKMP_BYTES", bytes)
+        .current_dir("work")
+        .build()
+        .await?;
+    let names: Vec<String> = [
+        "TKMP_AGENT_ONLY",
+        "TKMP_BOTH",
+        "TKMP_POOL_ONLY",
+        "TKMP_BYTES",
+    ]
+    .map(String::from)
+    .to_vec();
+    let want: Vec<Option<Vec<u8>>> = [&b"agent"[..], b"pool", b"pool", bytes.as_bytes()]
+        .map(|v| Some(v.to_vec()))
+        .to_vec();
+    let mut pids = HashSet::new();
+    // With one task per worker, the second runs in the first one's replacement.
+    for _ in 0..2 {
+        let (vars, cwd, pid) = pool.apply(env_seen, (names.clone(),)).await?;
+        ensure!(vars == want, "worker {pid} sees {vars:?}");
+        ensure!(cwd == home.join("work"), "worker {pid} runs in {cwd:?}");
+        pids.insert(pid);
+    }
+    ensure!(pids.len() == 2, "no replacement ran: {pids:?}");
+    ensure!(
+        std::env::var_os("TKMP_BOTH").is_none(),
+        "the head's environment changed"
+    );
+    pool.terminate().await?;
+    Ok(())
+}
+
+/// A directory that a cluster's host lacks (absolute, relative to the agent's, or a file)
+/// fails each start there with the error a local start gives, of the same kind, naming the
+/// host and the directory; a pool that can start no worker fails its build rather than
+/// trying for ever, and the agent serves the next pool. The "host" is an agent on this
+/// machine (no namespace, no root needed).
+async fn a_directory_missing_on_the_host_fails_the_build_naming_host_and_path() -> TestResult {
+    use std::io::ErrorKind;
+    let cluster = one_host_here().await?;
+    cluster.wait_for_hosts(1, Duration::from_secs(30)).await?;
+    let file = temp_path("not-a-dir");
+    std::fs::write(&file, b"")?;
+    let file = file.to_str().ok_or("a temporary path that is not UTF-8")?;
+    // The agent runs in this process's directory, where it was started.
+    let resolved = std::env::current_dir()?.join("no-such-tkmp-dir");
+    let resolved = resolved.to_str().ok_or("a directory that is not UTF-8")?;
+    for (dir, kind, named) in [
+        (
+            "/no/such/tkmp-dir",
+            ErrorKind::NotFound,
+            "/no/such/tkmp-dir",
+        ),
+        ("no-such-tkmp-dir", ErrorKind::NotFound, resolved),
+        (file, ErrorKind::NotADirectory, file),
+    ] {
+        // Two workers for a host with room for one: the second start waits for the room
+        // the first one's failure frees, then fails in its turn.
+        let built = Pool::builder()
+            .cluster(&cluster)
+            .processes(2)
+            .current_dir(dir)
+            .build()
+            .await;
+        match built {
+            Err(mp::Error::Io(e))
+                if e.kind() == kind
+                    && e.to_string().contains("127.0.0.1#0")
+                    && e.to_string().contains(named) => {}
+            other => return Err(format!("{dir}: {:?}", other.map(drop)).into()),
+        }
+    }
+    ensure!(cluster.hosts() == 1, "the agent left");
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .current_dir("/")
+        .build()
+        .await?;
+    ensure!(pool.apply(sqr, (7,)).await? == 49, "the next pool failed");
     Ok(())
 }

@@ -205,7 +205,13 @@ async fn ssh_launcher_copies_the_binary_and_runs_workers_on_the_host() -> TestRe
         std::fs::read(&copies[0])? == std::fs::read(&exe)?,
         "the copy differs from the executable"
     );
-    let pool = Pool::builder().cluster(&cluster).build().await?;
+    // The pool's variable and directory reach the workers over ssh.
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .env("TKMP_OVER_SSH", "yes")
+        .current_dir(&cache)
+        .build()
+        .await?;
     let out = pool.map(square_where, 0..1000u64).await?;
     let here = netns();
     ensure!(
@@ -214,7 +220,18 @@ async fn ssh_launcher_copies_the_binary_and_runs_workers_on_the_host() -> TestRe
             .all(|(i, (sq, ns))| *sq == (i * i) as u64 && *ns != here),
         "the tasks did not all run on the ssh host"
     );
+    let (var, cwd) = pool
+        .apply(var_and_dir, ("TKMP_OVER_SSH".to_string(),))
+        .await?;
+    ensure!(var.as_deref() == Some("yes"), "the worker has {var:?}");
+    ensure!(cwd == cache, "the worker runs in {cwd:?}");
     Ok(())
+}
+
+/// The variable `name` and the working directory of the worker that runs it.
+fn var_and_dir(name: String) -> (Option<String>, PathBuf) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    (std::env::var(name).ok(), cwd)
 }
 
 async fn a_frozen_host_fails_the_build_instead_of_holding_it() -> TestResult {

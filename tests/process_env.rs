@@ -4,7 +4,7 @@
 //! cannot be entered and names that cannot be set are refused before any child exists, and
 //! leave no descriptor and no child; this process's own environment is left as it was.
 //! `PoolBuilder::env`, `envs` and `current_dir` (loky's `env=`): every worker of a pool,
-//! replacements included, with each start method; refused for a cluster's workers.
+//! replacements included, with each start method (a cluster's workers: `tests/cluster.rs`).
 
 #[macro_use]
 mod support;
@@ -30,7 +30,7 @@ fn main() {
         a_bad_working_directory_fails_the_start_and_leaves_nothing,
         names_and_values_that_cannot_be_set_are_refused_by_name,
         a_pools_workers_and_their_replacements_see_what_the_builder_set,
-        a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster,
+        a_pool_refuses_a_bad_directory_and_a_bad_name_on_a_cluster_too,
         a_child_starts_in_the_current_directory_of_its_parent_whatever_the_method,
     ];
     trials.push(support::test_current_thread(
@@ -317,7 +317,7 @@ async fn a_pools_workers_and_their_replacements_see_what_the_builder_set() -> Te
     Ok(())
 }
 
-async fn a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster() -> TestResult {
+async fn a_pool_refuses_a_bad_directory_and_a_bad_name_on_a_cluster_too() -> TestResult {
     let children = support::all_children();
     let built = mp::Pool::builder()
         .processes(1)
@@ -336,12 +336,15 @@ async fn a_pool_refuses_a_bad_directory_a_bad_name_and_a_cluster() -> TestResult
         .env("FINE", "1");
     refused(bad_name, "\"A=B\"").await?;
     ensure!(support::all_children() == children, "a worker was started");
+    // A pool on a cluster refuses it too, before it asks any host for a worker (this
+    // cluster has none, so a start would wait for one).
     let cluster = mp::Cluster::builder().build().await?;
     let remote = mp::Pool::builder()
         .cluster(&cluster)
         .processes(1)
-        .env("TKMP_A", "1");
-    refused(remote, "cluster").await
+        .env("TKMP_A", "1")
+        .env("A\0B", "1");
+    refused(remote, "\"A\\0B\"").await
 }
 
 /// Fails unless `builder` fails to build with an `InvalidArgument` that says `why`.

@@ -20,6 +20,7 @@ use super::key;
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::{Error, Result};
 use crate::process::KillHandle;
+use crate::start::Environment;
 use crate::sys;
 use crate::wire::{FrameBuf, Framed, Hello, Transport};
 
@@ -291,11 +292,10 @@ async fn serve(
             }
         };
         match frame.decode_head::<ToAgent>() {
-            Ok(ToAgent::Spawn { token }) => {
+            Ok(ToAgent::Spawn { token, env }) => {
                 tokio::spawn(run_worker(
                     (address.clone(), key.clone(), head_deadline),
-                    agent,
-                    token,
+                    (agent, token, env.unwrap_or_default()),
                     out.clone(),
                     workers.clone(),
                 ));
@@ -346,16 +346,19 @@ fn lock(w: &Workers) -> std::sync::MutexGuard<'_, HashMap<u64, KillHandle>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts the worker for spawn `token` and reports its pid, then its end. Its link fails
-/// once the head has been unreachable on it for the head deadline, as the agent's own does.
+/// Starts the worker for spawn `token`, with the pool's environment `env` over this
+/// process's, and reports its pid, then its end. Its link fails once the head has been
+/// unreachable on it for the head deadline, as the agent's own does.
 async fn run_worker(
     (address, key, head_deadline): (Arc<str>, Arc<[u8]>, Duration),
-    agent: u64,
-    token: u64,
+    (agent, token, mut env): (u64, u64, Environment),
     out: Outbound,
     workers: Workers,
 ) {
     let started = async {
+        // Checked before the link is dialled: a directory this host lacks costs no
+        // connection (the start checks it again).
+        env.check("a cluster worker")?;
         let link = dial(&address, &key).await?;
         sys::fail_when_silent(link.as_fd(), head_deadline)?;
         link.send(&mut FrameBuf::of(&Dial::Worker { agent, token })?)
@@ -364,7 +367,7 @@ async fn run_worker(
         // its end of stream when the worker dies.
         let fd = sys::dup_fd(link.as_fd())?;
         drop(link);
-        crate::pool::HostWorker::start(fd).await
+        crate::pool::HostWorker::start(fd, env).await
     };
     let mut worker = match started.await {
         Ok(w) => w,
@@ -372,6 +375,7 @@ async fn run_worker(
             let _ = out.control.send(FromAgent::SpawnFailed {
                 token,
                 message: e.to_string(),
+                error: Some(e),
             });
             return;
         }

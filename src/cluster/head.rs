@@ -13,6 +13,7 @@ use super::key;
 use super::proto::ToAgent;
 use crate::error::{Error, ExitCause, Result};
 use crate::launch::{AgentSpec, Launched, Launcher, shell_word};
+use crate::start::Environment;
 use crate::wire::Framed;
 
 /// Hosts that run the workers of [`Pool`](crate::Pool)s, each through a host agent that
@@ -270,9 +271,36 @@ pub(super) struct WorkerEntry {
     /// Where its link goes when it dials.
     pub(super) link: Option<oneshot::Sender<Framed>>,
     /// Where its pid (or why it could not start) goes.
-    pub(super) spawned: Option<oneshot::Sender<std::result::Result<u32, String>>>,
+    pub(super) spawned: Option<oneshot::Sender<std::result::Result<u32, SpawnFailure>>>,
     /// Where its end goes.
     pub(super) exit: Option<oneshot::Sender<RemoteExit>>,
+}
+
+/// Why an agent started no worker: what it said, and its error when it sent one.
+#[derive(Debug)]
+pub(super) struct SpawnFailure {
+    pub(super) message: String,
+    pub(super) error: Option<Error>,
+}
+
+impl SpawnFailure {
+    /// The error of a worker start that failed on `host`: an agent's [`Error::Io`] or
+    /// [`Error::InvalidArgument`] (a directory missing on the host, a variable refused) as
+    /// the same variant, and kind, as a local start's, naming the host; anything else as an
+    /// [`Error::Start`].
+    fn into_error(self, host: &str) -> Error {
+        match self.error {
+            Some(Error::Io(e)) => {
+                Error::from(std::io::Error::new(e.kind(), format!("host {host}: {e}")))
+            }
+            Some(Error::InvalidArgument(m)) => Error::InvalidArgument(format!("host {host}: {m}")),
+            _ => Error::Start {
+                name: format!("cluster worker on host {host}"),
+                pid: 0,
+                message: self.message,
+            },
+        }
+    }
 }
 
 /// How a remote worker ended.
@@ -461,7 +489,10 @@ impl Table {
                 let _ = tx.send(RemoteExit::lost(how));
             }
             if let Some(tx) = w.spawned {
-                let _ = tx.send(Err(format!("host {} was lost", a.host)));
+                let _ = tx.send(Err(SpawnFailure {
+                    message: format!("host {} was lost", a.host),
+                    error: None,
+                }));
             }
         }
         self.changed.notify_waiters();
@@ -883,9 +914,13 @@ impl Cluster {
         self.inner.table.room().max(1)
     }
 
-    /// Starts a worker on the host with the most room, waiting up to `timeout` for room,
-    /// the agent's spawn and the worker's link.
-    pub(crate) async fn start_worker(&self, timeout: Duration) -> Result<RemoteStart> {
+    /// Starts a worker on the host with the most room, with `env` applied by its agent,
+    /// waiting up to `timeout` for room, the agent's spawn and the worker's link.
+    pub(crate) async fn start_worker(
+        &self,
+        timeout: Duration,
+        env: &Environment,
+    ) -> Result<RemoteStart> {
         let table = &*self.inner.table;
         let deadline = crate::sync::deadline_or_never(timeout);
         let timed_out = |what: &str| Error::Start {
@@ -920,7 +955,10 @@ impl Cluster {
                             exit: Some(exit_tx),
                         },
                     );
-                    let _ = a.tx.send(ToAgent::Spawn { token });
+                    let _ = a.tx.send(ToAgent::Spawn {
+                        token,
+                        env: (!env.is_untouched()).then(|| env.clone()),
+                    });
                     let pending = PendingStart {
                         table,
                         agent,
@@ -945,13 +983,7 @@ impl Cluster {
         let both = async {
             let pid = match spawned_rx.await {
                 Ok(Ok(pid)) => pid,
-                Ok(Err(message)) => {
-                    return Err(Error::Start {
-                        name: format!("cluster worker on host {host}"),
-                        pid: 0,
-                        message,
-                    });
-                }
+                Ok(Err(failure)) => return Err(failure.into_error(&host)),
                 Err(_) => {
                     return Err(Error::Start {
                         name: format!("cluster worker on host {host}"),

@@ -14,7 +14,9 @@
 //! When a pool built on the cluster wants a worker, the head asks an agent with room to
 //! spawn one. The agent dials a fresh connection for it (challenge again, then the spawn's
 //! token), starts a pool worker with the local machinery (pidfd, die-with-parent, the
-//! shared started mark) and hands it that socket. So **a worker's frames go to the pool
+//! shared started mark, the pool's [`env`](crate::PoolBuilder::env) and
+//! [`current_dir`](crate::PoolBuilder::current_dir), which the spawn carries) and hands it
+//! that socket. So **a worker's frames go to the pool
 //! directly over TCP**, not relayed through the agent: no extra hop for each task, and the
 //! worker's code is the local worker's, unchanged. The agent stays on its control
 //! connection: it reports each worker's pid, and when one dies its exit cause and the last

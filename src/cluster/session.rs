@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
 use super::MAX_WORKERS_PER_HOST;
-use super::head::{RemoteExit, Table};
+use super::head::{RemoteExit, SpawnFailure, Table};
 use super::proto::{AgentHello, Dial, FromAgent, ToAgent, Welcome};
 use crate::error::{Error, ExitCause, Result};
 use crate::sys;
@@ -305,11 +305,15 @@ fn on_report(table: &Table, agent: u64, report: FromAgent) {
                 }
             }
         }
-        FromAgent::SpawnFailed { token, message } => {
+        FromAgent::SpawnFailed {
+            token,
+            message,
+            error,
+        } => {
             if let Some(mut w) = a.workers.remove(&token)
                 && let Some(tx) = w.spawned.take()
             {
-                let _ = tx.send(Err(message));
+                let _ = tx.send(Err(SpawnFailure { message, error }));
             }
             drop(s);
             table.changed.notify_waiters();

@@ -99,10 +99,10 @@ impl PoolBuilder {
     /// before the initializer runs, with every start method, this process's environment
     /// untouched.
     ///
-    /// It applies to workers on this machine: a pool on a [`cluster`](Self::cluster) refuses
-    /// it (see [`build`](Self::build)), because a remote host's agent starts the workers
-    /// with its own environment; set the variables where the agents are launched (the
-    /// launcher's command, ssh's `SetEnv`, Slurm's `--export`).
+    /// On a [`cluster`](Self::cluster) it applies to the workers on every host (Ray's
+    /// `runtime_env={"env_vars": ...}`, Dask-jobqueue's `job_script_prologue`): each start
+    /// carries the variables to the host's agent, which sets them in the worker it starts,
+    /// over the agent's own environment (what its launcher gave it).
     ///
     /// # Errors
     /// [`build`](Self::build) fails with [`Error::InvalidArgument`], naming the variable, as
@@ -151,13 +151,21 @@ impl PoolBuilder {
     /// Runs every worker the pool starts, replacements included, in directory `dir`, as
     /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir) runs one child.
     /// A relative `dir` is taken from this process's working directory when the pool is
-    /// built, and the workers started later use that same directory. It applies to workers
-    /// on this machine only, as [`env`](Self::env) does.
+    /// built, and the workers started later use that same directory.
+    ///
+    /// On a [`cluster`](Self::cluster) (Ray's `runtime_env={"working_dir": ...}`, though no
+    /// files are copied), `dir` is a path on the hosts, checked by each host's agent when it
+    /// starts a worker, and a relative `dir` is taken from the agent's working directory
+    /// (where its launcher started it: the login's home directory for
+    /// [`Ssh`](crate::launch::Ssh)).
     ///
     /// # Errors
     /// [`build`](Self::build) fails, before it starts any worker, with an [`Error::Io`]
     /// that names `dir`, of kind `NotFound`, `NotADirectory` or `PermissionDenied`, as
-    /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir) says.
+    /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir) says. On a
+    /// cluster, the start of each worker on a host that lacks `dir` fails with that error,
+    /// naming the host too; when no worker can start, `build` returns it (see
+    /// [`build`](Self::build) for the starts that fail later).
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         if let Ok(env) = &mut self.env {
             env.set_cwd(dir.as_ref());
@@ -181,8 +189,8 @@ impl PoolBuilder {
     /// is unchanged. The default number of processes is then the cluster's: its launcher's
     /// hosts times its workers per host (or the room of the agents connected). That room is
     /// shared by every pool on the cluster: a second pool gets what the first leaves. The
-    /// start method does not apply (agents start workers with their own default), and
-    /// [`env`](Self::env) and [`current_dir`](Self::current_dir) are refused.
+    /// start method does not apply (agents start workers with their own default);
+    /// [`env`](Self::env) and [`current_dir`](Self::current_dir) apply on the hosts.
     ///
     /// A task whose arguments hold descriptors (a local `Queue`, `Event`, `Pipe` or
     /// [`Fd`](crate::Fd)) fails at submission: descriptors cannot cross to another host
@@ -360,9 +368,9 @@ impl PoolBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`, for an
-    /// environment variable refused (see [`env`](Self::env)), or for `env`, `envs` or
-    /// `current_dir` with a [`cluster`](Self::cluster); an [`Error::Io`] naming the
-    /// directory for a [`current_dir`](Self::current_dir) that cannot be entered;
+    /// environment variable refused (see [`env`](Self::env)); an [`Error::Io`] naming the
+    /// directory for a [`current_dir`](Self::current_dir) that cannot be entered (on a
+    /// cluster, on the host of each worker, which it names);
     /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
     /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
     /// its start; otherwise the error of the last worker to fail, when none could be
@@ -414,14 +422,10 @@ impl PoolBuilder {
             },
         };
         let mut env = self.env?;
-        if self.cluster.is_some() && !env.is_untouched() {
-            return Err(Error::InvalidArgument(
-                "env, envs and current_dir apply to the workers of this machine, not to a \
-                 cluster's, whose agents start them with their own environment"
-                    .into(),
-            ));
+        // A cluster's hosts check the directory, each against its agent's own.
+        if self.cluster.is_none() {
+            env.check("the pool's workers")?;
         }
-        env.check_cwd("the pool's workers")?;
         let init = self.init.transpose()?;
         if self.cluster.is_some() && init.as_ref().is_some_and(|(_, a)| !a.fds.is_empty()) {
             return Err(Error::InvalidArgument(

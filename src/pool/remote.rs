@@ -25,6 +25,7 @@ use crate::cluster::{Cluster, RemoteExit, RemoteKill};
 use crate::error::{Error, ExitCause, Result};
 use crate::on_drop::OnDrop;
 use crate::process::{KillHandle, Process};
+use crate::start::Environment;
 use crate::sys;
 use crate::wire::Fd;
 
@@ -159,7 +160,7 @@ impl Mark {
 
 /// Starts a worker on a host of `cluster` and sets it up as a local one is.
 pub(super) async fn start_remote(cfg: &Config, cluster: &Cluster) -> Result<WorkerConn> {
-    let w = cluster.start_worker(cfg.start_timeout).await?;
+    let w = cluster.start_worker(cfg.start_timeout, &cfg.env).await?;
     let (pid, host) = (w.pid, w.host.clone());
     let link = Arc::new(w.link);
     let killer = Killer::Remote(w.kill);
@@ -243,8 +244,9 @@ fn host_worker_main(sock: Fd, started: Fd, stdout: Fd, stderr: Fd) {
 }
 
 impl HostWorker {
-    /// Starts a pool worker whose link to the pool is `link` (a connected TCP socket).
-    pub(crate) async fn start(link: OwnedFd) -> Result<HostWorker> {
+    /// Starts a pool worker whose link to the pool is `link` (a connected TCP socket), with
+    /// the pool's environment `env` (see [`PoolBuilder::env`](crate::PoolBuilder::env)).
+    pub(crate) async fn start(link: OwnedFd, env: Environment) -> Result<HostWorker> {
         let mark = StartedMark::new()?;
         let theirs = Fd::from(sys::dup_fd(mark.fd())?);
         let (out_r, out_w) = sys::pipe()?;
@@ -255,6 +257,7 @@ impl HostWorker {
         )
         .name("ClusterWorker")
         .daemon(true)
+        .environment(env)
         .start()
         .await?;
         Ok(HostWorker {

@@ -19,6 +19,10 @@
 //! the target runs, whatever the method. The working directory is made absolute and checked
 //! in the parent before any child exists, and entered by the child in its bootstrap: a
 //! directory that vanishes in between fails the start with the child's error.
+//!
+//! A pool on a cluster sends its edits, as they were made, with each start it asks of a
+//! host's agent; the agent checks them again (they came from another process) and is the
+//! parent of the worker it starts: a relative directory is taken from the agent's.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -56,18 +60,7 @@ impl Environment {
     /// [`Error::InvalidArgument`] naming `key` if it is empty, holds `=` or a NUL byte, or
     /// is one of the crate's own variables, or if `value` holds a NUL byte.
     pub(crate) fn set(&mut self, key: &OsStr, value: &OsStr) -> Result<()> {
-        check_name(key)?;
-        if key == ENV_BOOT || key == tracker::ENV_TRACKER {
-            return Err(Error::InvalidArgument(format!(
-                "environment variable {key:?} is tokio-multiprocessing's own and cannot be set \
-                 for a child"
-            )));
-        }
-        if value.as_bytes().contains(&0) {
-            return Err(Error::InvalidArgument(format!(
-                "the value of environment variable {key:?} holds a NUL byte"
-            )));
-        }
+        check_set(key, value)?;
         self.vars.insert(key.to_owned(), Some(value.to_owned()));
         Ok(())
     }
@@ -107,6 +100,23 @@ impl Environment {
         }
     }
 
+    /// Checks the edits, as [`set`](Self::set) and [`remove`](Self::remove) check each (an
+    /// environment decoded from another process, a cluster's head, was not built by them),
+    /// then the working directory, as [`check_cwd`](Self::check_cwd) does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first variable refused, else as
+    /// [`check_cwd`](Self::check_cwd).
+    pub(crate) fn check(&mut self, name: &str) -> Result<()> {
+        for (key, value) in &self.vars {
+            match value {
+                Some(value) => check_set(key, value)?,
+                None => check_name(key)?,
+            }
+        }
+        self.check_cwd(name)
+    }
+
     /// Makes the working directory absolute (against this process's, now) and checks that
     /// it is a directory the child may enter, for `name`, before any child is started.
     ///
@@ -114,25 +124,31 @@ impl Environment {
     /// An [`Error::Io`] naming the directory and `name`: of kind `NotFound` if it does not
     /// exist, `NotADirectory` if it is something else, `PermissionDenied` if it may not be
     /// entered (Python's `FileNotFoundError`, `NotADirectoryError`, `PermissionError`).
-    pub(crate) fn check_cwd(&mut self, name: &str) -> Result<()> {
+    fn check_cwd(&mut self, name: &str) -> Result<()> {
         let Some(dir) = &self.cwd else {
             return Ok(());
         };
-        let fail = |e: std::io::Error| {
+        let fail = |e: std::io::Error, resolved: Option<&Path>| {
+            // A relative directory is named as given and as resolved.
+            let resolved = resolved.map(|r| format!(" ({})", r.display()));
             Error::from(std::io::Error::new(
                 e.kind(),
                 format!(
-                    "cannot start {name} in directory {:?}: {e}",
-                    Path::new(dir).display()
+                    "cannot start {name} in directory {:?}{}: {e}",
+                    Path::new(dir).display(),
+                    resolved.unwrap_or_default()
                 ),
             ))
         };
         if dir.is_empty() {
             // As chdir("") fails, rather than as `absolute` does (InvalidInput).
-            return Err(fail(std::io::ErrorKind::NotFound.into()));
+            return Err(fail(std::io::ErrorKind::NotFound.into(), None));
         }
-        let absolute = std::path::absolute(Path::new(dir)).map_err(fail)?;
-        sys::check_enterable_dir(&absolute).map_err(fail)?;
+        let absolute = std::path::absolute(Path::new(dir)).map_err(|e| fail(e, None))?;
+        if let Err(e) = sys::check_enterable_dir(&absolute) {
+            let resolved = (absolute.as_os_str() != dir).then_some(&*absolute);
+            return Err(fail(e, resolved));
+        }
         self.cwd = Some(absolute.into_os_string());
         Ok(())
     }
@@ -182,6 +198,24 @@ impl Environment {
             None => Ok(()),
         }
     }
+}
+
+/// Checks a variable set for a child: its name as [`check_name`] does, not one of the
+/// crate's own, and a value without NUL.
+fn check_set(key: &OsStr, value: &OsStr) -> Result<()> {
+    check_name(key)?;
+    if key == ENV_BOOT || key == tracker::ENV_TRACKER {
+        return Err(Error::InvalidArgument(format!(
+            "environment variable {key:?} is tokio-multiprocessing's own and cannot be set \
+             for a child"
+        )));
+    }
+    if value.as_bytes().contains(&0) {
+        return Err(Error::InvalidArgument(format!(
+            "the value of environment variable {key:?} holds a NUL byte"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a variable's name as `setenv` would take it.
@@ -250,5 +284,31 @@ mod tests {
         );
         assert!(env.set(ENV_BOOT.as_ref(), "3,1".as_ref()).is_err());
         assert!(env.is_untouched());
+    }
+
+    #[test]
+    fn edits_from_another_process_are_checked_as_the_builder_checks_them() {
+        let bad: [(&[u8], Option<&[u8]>); 6] = [
+            (b"A=B", Some(b"v")),
+            (b"A\0B", Some(b"v")),
+            (b"", None),
+            (b"K", Some(b"a\0b")),
+            (ENV_BOOT.as_bytes(), Some(b"3,1")),
+            (b"A=B", None),
+        ];
+        for (key, value) in bad {
+            let mut env = Environment::default();
+            env.vars.insert(
+                OsStr::from_bytes(key).to_owned(),
+                value.map(|v| OsStr::from_bytes(v).to_owned()),
+            );
+            let e = env.check("a worker").unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{key:?}: {e}");
+        }
+        // Names and values that are not UTF-8 are the system's to take.
+        let mut env = Environment::default();
+        env.set(OsStr::from_bytes(b"K\xff"), OsStr::from_bytes(b"\xfe"))
+            .unwrap();
+        env.check("a worker").unwrap();
     }
 }

@@ -204,7 +204,7 @@ pub(crate) async fn launch(mut launch: Launch) -> Result<Child> {
     crate::sys::keep_constructor();
     registry::reap_ended();
     bootstrap::refuse_if_uninitialised_child();
-    launch.env.check_cwd(&launch.name)?;
+    launch.env.check(&launch.name)?;
     match launch.method {
         StartMethod::Spawn => spawn::launch_spawn(launch).await,
         StartMethod::ForkServer => forkserver::launch_forkserver(launch).await,
