@@ -74,6 +74,7 @@ fn main() {
         shutdown_cancels_its_jobs_together,
         a_cluster_worker_runs_with_the_pools_variables_and_directory,
         a_directory_missing_on_the_host_fails_the_build_naming_host_and_path,
+        an_environment_too_large_for_a_frame_fails_the_start_not_the_host,
     ]);
 }
 
@@ -2295,5 +2296,49 @@ async fn a_directory_missing_on_the_host_fails_the_build_naming_host_and_path() 
         .build()
         .await?;
     ensure!(pool.apply(sqr, (7,)).await? == 49, "the next pool failed");
+    Ok(())
+}
+
+/// In a process of its own (the frame limit is the process's): with a lowered frame limit,
+/// a pool whose environment makes a worker's start request too large for a frame fails its
+/// build with `FrameTooLarge`; the host stays, and serves the next pool. The request went
+/// out, failed to be sent, and ended the link to the host, which lost it and all its
+/// workers, and so did each retry to the next host.
+async fn start_with_a_large_environment() -> Result<String, String> {
+    mp::set_max_frame_size(4096);
+    let cluster = one_host_here().await.map_err(|e| e.to_string())?;
+    cluster
+        .wait_for_hosts(1, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let built = Pool::builder()
+        .cluster(&cluster)
+        .env("BIG", "x".repeat(5000))
+        .build()
+        .await;
+    if !matches!(built, Err(mp::Error::FrameTooLarge { .. })) {
+        return Err(format!("the build: {:?}", built.map(drop)));
+    }
+    if cluster.hosts() != 1 {
+        return Err("the host was lost".into());
+    }
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .env("SMALL", "1")
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let got = pool.apply(sqr, (7,)).await.map_err(|e| e.to_string())?;
+    Ok(format!("{got}"))
+}
+
+async fn an_environment_too_large_for_a_frame_fails_the_start_not_the_host() -> TestResult {
+    let mut h = mp::Process::call(start_with_a_large_environment, ())
+        .start()
+        .await?;
+    let out = tokio::time::timeout(Duration::from_secs(50), h.join())
+        .await
+        .map_err(|_| "the child did not end")??;
+    ensure!(out == Ok("49".to_string()), "{out:?}");
     Ok(())
 }

@@ -14,7 +14,7 @@ use super::proto::ToAgent;
 use crate::error::{Error, ExitCause, Result};
 use crate::launch::{AgentSpec, Launched, Launcher, shell_word};
 use crate::start::Environment;
-use crate::wire::Framed;
+use crate::wire::{FrameBuf, Framed};
 
 /// Hosts that run the workers of [`Pool`](crate::Pool)s, each through a host agent that
 /// dialled back to this program (see the [module docs](crate::cluster) for the design).
@@ -928,6 +928,14 @@ impl Cluster {
             pid: 0,
             message: format!("{what} within {timeout:?}"),
         };
+        // A request too large for a frame would end the link to whichever host it went
+        // to, and every worker there: it fails this start alone instead.
+        let env = (!env.is_untouched()).then(|| env.clone());
+        let spawn = |token| ToAgent::Spawn {
+            token,
+            env: env.clone(),
+        };
+        FrameBuf::of(&spawn(u64::MAX))?.check_size()?;
         let (mut pending, host, link_rx, spawned_rx, exit_rx) = loop {
             let changed = table.changed.notified();
             tokio::pin!(changed);
@@ -955,10 +963,7 @@ impl Cluster {
                             exit: Some(exit_tx),
                         },
                     );
-                    let _ = a.tx.send(ToAgent::Spawn {
-                        token,
-                        env: (!env.is_untouched()).then(|| env.clone()),
-                    });
+                    let _ = a.tx.send(spawn(token));
                     let pending = PendingStart {
                         table,
                         agent,

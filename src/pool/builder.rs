@@ -106,7 +106,10 @@ impl PoolBuilder {
     ///
     /// # Errors
     /// [`build`](Self::build) fails with [`Error::InvalidArgument`], naming the variable, as
-    /// [`ProcessBuilder::env`](crate::ProcessBuilder::env) says.
+    /// [`ProcessBuilder::env`](crate::ProcessBuilder::env) says. On a cluster, a start
+    /// whose variables make its request to a host larger than the maximum frame size (see
+    /// [`set_max_frame_size`](crate::set_max_frame_size)) fails with
+    /// [`Error::FrameTooLarge`], and the host serves on.
     ///
     /// # Examples
     ///
