@@ -24,6 +24,7 @@ fn main() {
         a_proxy_of_another_manager_cannot_be_registered,
         a_proxy_sent_in_a_large_value_ends_with_its_last_proxy,
         a_proxy_whose_send_is_refused_lends_nothing,
+        a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_child,
     ])
 }
 
@@ -232,15 +233,22 @@ async fn a_proxy_whose_send_is_refused_lends_nothing() -> TestResult {
         matches!(r, Err(Error::Encode { .. })),
         "beside a refusal: {r:?}"
     );
-    // A queue item of as many descriptors as a message carries, one more than an item
-    // may hold (the queue's own packet takes one): each proxy holds its manager's socket.
-    let q = mp::Queue::<Vec<DictProxy<String, u32>>>::new()?;
+    // A queue item of more descriptors than a message carries: the proxy's socket and 252
+    // files.
+    let files = (0..252)
+        .map(|_| {
+            Ok(mp::Fd::from(std::os::fd::OwnedFd::from(
+                std::fs::File::open("/dev/null")?,
+            )))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let q = mp::Queue::<(DictProxy<String, u32>, Vec<mp::Fd>)>::new()?;
     let r = q
-        .put(vec![d.clone(); 253])
+        .put((d.clone(), files))
         .await
         .map_err(|e| e.into_parts().0);
     ensure!(
-        matches!(r, Err(Error::InvalidArgument(_))),
+        matches!(r, Err(Error::Encode { .. })),
         "253 on a queue: {r:?}"
     );
     drop(d);
@@ -296,5 +304,33 @@ async fn nested_proxies_stay_proxies() -> TestResult {
         matches!(r, Err(Error::Encode { .. })),
         "a proxy of another manager: {r:?}"
     );
+    Ok(())
+}
+
+/// Writes its index into each dict, through a proxy it received among many.
+async fn write_each(dicts: Vec<DictProxy<u32, u32>>) -> mp::Result<()> {
+    for (i, d) in dicts.iter().enumerate() {
+        d.insert(0, i as u32).await?;
+    }
+    Ok(())
+}
+
+/// A child given more proxies of a manager in one value than one message carries
+/// descriptors (253): the way to the server travels once for all of them, and the child
+/// uses each. (The value could not be sent:
+/// "one message may carry at most 253 descriptors", as each proxy sent a descriptor of its
+/// own, where Python sends a list of proxies of any length.)
+async fn a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_child() -> TestResult {
+    const N: usize = 300;
+    let m = Manager::start().await?;
+    let mut dicts = Vec::with_capacity(N);
+    for _ in 0..N {
+        dicts.push(m.dict::<u32, u32>().await?);
+    }
+    let mut p = Process::new(write_each, (dicts.clone(),)).start().await?;
+    join_ok(&mut p).await?;
+    for (i, d) in dicts.iter().enumerate() {
+        ensure!(d.get(&0).await? == Some(i as u32), "dict {i}");
+    }
     Ok(())
 }

@@ -75,7 +75,7 @@ use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::start::StartMethod;
 use crate::wire::codec;
-use crate::wire::{Encoded, Fd, FdRef};
+use crate::wire::{Encoded, SharedFd, SharedFdRef};
 use link::{Link, Route};
 use proto::{Bytes, Initial, Reply, Request, Tag};
 
@@ -773,7 +773,8 @@ impl<T> Drop for Handle<T> {
 enum RouteRef<'a> {
     /// Stored inside an object of the same manager: the way is that of whoever fetches it.
     Nested,
-    Local(FdRef<'a>),
+    /// The registration socket: one descriptor for every proxy of the manager in a message.
+    Local(SharedFdRef<'a>),
     Remote {
         address: &'a Address,
         #[serde(with = "serde_bytes")]
@@ -784,7 +785,7 @@ enum RouteRef<'a> {
 #[derive(Deserialize)]
 enum RouteOwned {
     Nested,
-    Local(Fd),
+    Local(SharedFd),
     Remote {
         address: Address,
         #[serde(with = "serde_bytes")]
@@ -798,7 +799,7 @@ impl RouteOwned {
     fn into_route(self) -> Option<Route> {
         match self {
             RouteOwned::Nested => None,
-            RouteOwned::Local(fd) => Some(Route::Registration(fd.into_owned())),
+            RouteOwned::Local(fd) => Some(Route::Registration(fd.0)),
             RouteOwned::Remote { address, authkey } => Some(Route::Address {
                 address,
                 authkey: authkey.map(Arc::from),
@@ -814,7 +815,7 @@ impl Serialize for Way<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.0.route {
             Route::Registration(fd) => {
-                RouteRef::Local(FdRef(std::os::fd::AsFd::as_fd(fd))).serialize(s)
+                RouteRef::Local(SharedFdRef(std::os::fd::AsFd::as_fd(fd))).serialize(s)
             }
             Route::Address { address, authkey } => RouteRef::Remote {
                 address,

@@ -8,7 +8,7 @@
 
 use std::any::type_name;
 use std::cell::RefCell;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use rmp_serde::config::BytesMode;
 use serde::de::DeserializeSeed;
@@ -28,6 +28,10 @@ thread_local! {
     /// say): the system's error, which the encoding reports as such, not as a value that
     /// cannot be encoded.
     static DUP_FAILED: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
+    /// The descriptors of the encoding in progress that travel once however often they
+    /// appear in it ([`serialize_shared_fd`]): each one's number, and its index in the side
+    /// list.
+    static SHARED: RefCell<Vec<(RawFd, u32)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What a value being encoded asked to be done once its encoding is kept ([`when_kept`]).
@@ -277,10 +281,12 @@ fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
 ) -> Result<()> {
     let nfds = fds.len();
     let previous = OUTGOING.with(|o| o.replace(Some(std::mem::take(fds))));
+    let shared = SHARED.with(|s| s.take());
     let kept = Scope::open(&KEPT);
     let mut ser = rmp_serde::Serializer::new(w).with_bytes(BytesMode::ForceIterables);
     let res = value.serialize(&mut ser);
     *fds = OUTGOING.with(|o| o.replace(previous)).unwrap_or_default();
+    SHARED.with(|s| s.replace(shared));
     let kept = kept.close();
     let dup_failed = DUP_FAILED.with(|d| d.borrow_mut().take());
     match res {
@@ -546,7 +552,44 @@ pub(crate) fn value_len(b: &[u8]) -> Option<usize> {
 /// Serialises a descriptor into the side list of the encoding in progress (a duplicate is
 /// taken; `fd` stays with its owner).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
-    let index = OUTGOING.with(|o| -> std::result::Result<u32, String> {
+    match side_index(fd) {
+        Ok(i) => s.serialize_u32(i),
+        Err(m) => Err(S::Error::custom(m)),
+    }
+}
+
+/// Serialises a descriptor that the receiver shares out ([`deserialize_shared_fd`]): one that
+/// appears many times in a value (a manager's way to its server, in each of its proxies)
+/// travels once, where each appearance would take a place of its own among the few that
+/// one message carries.
+///
+/// A descriptor is known again by its number: what is being encoded is borrowed for the
+/// whole encoding, so a descriptor it holds stays open, and its number stays its own.
+pub(crate) fn serialize_shared_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let raw = fd.as_raw_fd();
+    let seen = SHARED.with(|sh| {
+        sh.borrow()
+            .iter()
+            .find(|&&(r, _)| r == raw)
+            .map(|&(_, i)| i)
+    });
+    let index = match seen {
+        Some(i) => i,
+        None => {
+            let i = side_index(fd).map_err(S::Error::custom)?;
+            SHARED.with(|sh| sh.borrow_mut().push((raw, i)));
+            i
+        }
+    };
+    s.serialize_u32(index)
+}
+
+/// Puts a duplicate of `fd` in the side list of the encoding in progress; its index.
+fn side_index(fd: BorrowedFd<'_>) -> std::result::Result<u32, String> {
+    OUTGOING.with(|o| {
         let mut o = o.borrow_mut();
         let list = o.as_mut().ok_or_else(|| {
             "this value holds an operating-system resource and can only be sent to another \
@@ -566,10 +609,27 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
         })?;
         list.push(dup);
         Ok((list.len() - 1) as u32)
+    })
+}
+
+/// Takes a descriptor sent with [`serialize_shared_fd`] out of the decoding in progress: a
+/// duplicate of it, for it may be claimed again (the one that arrived is closed with the
+/// message's unclaimed descriptors).
+pub(crate) fn deserialize_shared_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(d)? as usize;
+    let dup = INCOMING.with(|i| {
+        let i = i.borrow();
+        let fd = i.as_ref()?.get(index)?.as_ref()?;
+        Some(sys::dup_fd(std::os::fd::AsFd::as_fd(fd)))
     });
-    match index {
-        Ok(i) => s.serialize_u32(i),
-        Err(m) => Err(S::Error::custom(m)),
+    match dup {
+        Some(Ok(fd)) => Ok(fd),
+        Some(Err(e)) => Err(D::Error::custom(format!(
+            "cannot duplicate descriptor #{index}: {e}"
+        ))),
+        None => Err(D::Error::custom(format!(
+            "descriptor #{index} did not arrive with the message"
+        ))),
     }
 }
 
@@ -697,6 +757,34 @@ mod tests {
         let (_, fd, s): (u8, crate::wire::Fd, String) = decode(&e.bytes, e.fds).unwrap();
         assert_eq!(s, "x");
         drop(fd);
+    }
+
+    #[test]
+    fn a_shared_descriptor_travels_once_and_arrives_for_each_appearance() {
+        use crate::wire::{SharedFd, SharedFdRef};
+        use std::os::fd::AsFd;
+        let (a, _b) = sys::socketpair_stream().unwrap();
+        let (c, _d) = sys::socketpair_stream().unwrap();
+        // More appearances than one message carries descriptors, and a second descriptor.
+        let mut refs: Vec<SharedFdRef<'_>> = (0..300).map(|_| SharedFdRef(a.as_fd())).collect();
+        refs.push(SharedFdRef(c.as_fd()));
+        let e = Encoded::new(&refs).unwrap();
+        assert_eq!(e.fds.len(), 2);
+        let got: Vec<SharedFd> = decode(&e.bytes, e.fds).unwrap();
+        assert_eq!(got.len(), 301);
+        let ino = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert!(
+            got[..300]
+                .iter()
+                .all(|f| ino(f.0.as_fd()) == ino(a.as_fd()))
+        );
+        assert_eq!(ino(got[300].0.as_fd()), ino(c.as_fd()));
+        let numbers: std::collections::HashSet<_> = got.iter().map(|f| f.0.as_raw_fd()).collect();
+        assert_eq!(
+            numbers.len(),
+            301,
+            "each appearance has a descriptor of its own"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::codec::{deserialize_fd, serialize_fd};
+use super::codec::{deserialize_fd, deserialize_shared_fd, serialize_fd, serialize_shared_fd};
 
 /// A file descriptor (a file, a socket, a pipe end...) that can be passed to a child as an
 /// argument, like Python's `multiprocessing.reduction.send_handle` / `DupFd`.
@@ -90,5 +90,24 @@ pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>);
 impl Serialize for FdRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         serialize_fd(self.0, s)
+    }
+}
+
+/// A borrowed descriptor that travels once however often it appears in the value being
+/// encoded (see [`serialize_shared_fd`]); it arrives as a [`SharedFd`].
+pub(crate) struct SharedFdRef<'a>(pub(crate) BorrowedFd<'a>);
+
+impl Serialize for SharedFdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_shared_fd(self.0, s)
+    }
+}
+
+/// A descriptor sent as a [`SharedFdRef`]: each appearance in the value gets one of its own.
+pub(crate) struct SharedFd(pub(crate) OwnedFd);
+
+impl<'de> Deserialize<'de> for SharedFd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SharedFd, D::Error> {
+        deserialize_shared_fd(d).map(SharedFd)
     }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) use accept_retry::AcceptRetry;
 pub(crate) use codec::Encoded;
 pub use fd::Fd;
-pub(crate) use fd::FdRef;
+pub(crate) use fd::{FdRef, SharedFd, SharedFdRef};
 pub(crate) use frame::{Frame, FrameBuf, RecvBuf, SharedBytes, send_blocking, send_early};
 pub(crate) use framed::{Framed, Now, Transport};
 pub(crate) use gate::{HandshakeGate, Vouch};
