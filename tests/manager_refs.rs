@@ -25,6 +25,7 @@ fn main() {
         a_proxy_sent_in_a_large_value_ends_with_its_last_proxy,
         a_proxy_whose_send_is_refused_lends_nothing,
         a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_child,
+        proxies_sent_in_a_vec_end_with_their_last_proxy,
     ])
 }
 
@@ -333,4 +334,21 @@ async fn a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_chil
         ensure!(d.get(&0).await? == Some(i as u32), "dict {i}");
     }
     Ok(())
+}
+
+/// Proxies sent to a child in a `Vec` end with the parent's last proxy. (The first of
+/// them stayed until the manager stopped: the encoder tries a sequence's first item as a
+/// byte before it writes it, and the proxy lent its object at that try too, a loan that no
+/// receiver settled.)
+async fn proxies_sent_in_a_vec_end_with_their_last_proxy() -> TestResult {
+    let m = Manager::start().await?;
+    let mut dicts = Vec::new();
+    for _ in 0..3 {
+        dicts.push(m.dict::<u32, u32>().await?);
+    }
+    let mut p = Process::new(write_each, (dicts.clone(),)).start().await?;
+    join_ok(&mut p).await?;
+    ensure!(dicts[2].get(&0).await? == Some(2), "the child wrote");
+    drop(dicts);
+    count_becomes(&m, 0).await
 }

@@ -840,18 +840,21 @@ impl<T> Serialize for Handle<T> {
             }
             None => false,
         };
-        // A nested proxy's loan is never settled: its object stays while the manager runs.
-        // Lent once the encoding is kept: one that fails, or that only measures the value
-        // before it is encoded again (a large one), lends nothing.
-        let (link, id) = (self.link.clone(), self.id);
-        crate::wire::codec::when_kept(move || link.lend(id));
         let mut t = s.serialize_tuple(2)?;
         match nested {
             true => t.serialize_element(&RouteRef::Nested)?,
             false => t.serialize_element(&Way(&self.link))?,
         }
         t.serialize_element(&self.id)?;
-        t.end()
+        let done = t.end()?;
+        // A nested proxy's loan is never settled: its object stays while the manager runs.
+        // Lent once the encoding is kept: one that fails, or that only measures the value
+        // before it is encoded again (a large one), lends nothing. And only once this
+        // serializer took the proxy: the encoder tries the first item of a sequence as a
+        // byte (a serializer that refuses anything else) before it writes it for real.
+        let (link, id) = (self.link.clone(), self.id);
+        crate::wire::codec::when_kept(move || link.lend(id));
+        Ok(done)
     }
 }
 
