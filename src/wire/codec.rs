@@ -552,10 +552,22 @@ pub(crate) fn value_len(b: &[u8]) -> Option<usize> {
 /// Serialises a descriptor into the side list of the encoding in progress (a duplicate is
 /// taken; `fd` stays with its owner).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
-    match side_index(fd) {
-        Ok(i) => s.serialize_u32(i),
-        Err(m) => Err(S::Error::custom(m)),
-    }
+    let i = side_index(fd).map_err(S::Error::custom)?;
+    // A serializer that refuses the index takes nothing: rmp-serde tries the first item of
+    // a sequence as a byte before it writes it for real, which would send its descriptor
+    // twice.
+    s.serialize_u32(i).inspect_err(|_| take_back(i))
+}
+
+/// Closes the duplicate at `index` of the side list again, if it is the last one there.
+fn take_back(index: u32) {
+    OUTGOING.with(|o| {
+        if let Some(list) = o.borrow_mut().as_mut()
+            && list.len() == index as usize + 1
+        {
+            list.pop();
+        }
+    });
 }
 
 /// Serialises a descriptor that the receiver shares out ([`deserialize_shared_fd`]): one that
@@ -757,6 +769,21 @@ mod tests {
         let (_, fd, s): (u8, crate::wire::Fd, String) = decode(&e.bytes, e.fds).unwrap();
         assert_eq!(s, "x");
         drop(fd);
+    }
+
+    #[test]
+    fn each_descriptor_of_a_sequence_travels_once() {
+        use std::os::fd::AsFd;
+        let (a, _b) = sys::socketpair_stream().unwrap();
+        let (c, _d) = sys::socketpair_stream().unwrap();
+        let fds = vec![crate::wire::FdRef(a.as_fd()), crate::wire::FdRef(c.as_fd())];
+        let e = Encoded::new(&fds).unwrap();
+        // (The first went twice: once for the encoder's try of it as a byte.)
+        assert_eq!(e.fds.len(), 2);
+        let got: Vec<crate::wire::Fd> = decode(&e.bytes, e.fds).unwrap();
+        let ino = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert_eq!(ino(got[0].as_fd()), ino(a.as_fd()));
+        assert_eq!(ino(got[1].as_fd()), ino(c.as_fd()));
     }
 
     #[test]
