@@ -73,6 +73,30 @@ impl Drop for PacketGuard {
     }
 }
 
+/// The duty to publish the marker of a packet sent, held by the task that waits for room
+/// for it, with the packet lock. If the task is dropped before it is done (its runtime shut
+/// down while this process lives on), a thread takes the duty over: the packet is in the
+/// socket, and consumers wait for its marker while they see this process alive.
+struct MarkerDuty {
+    queue: Arc<Inner>,
+    lock: Option<PacketGuard>,
+}
+
+impl MarkerDuty {
+    /// The marker is out, or left to the next holder: the lock goes.
+    fn done(mut self) {
+        self.lock.take();
+    }
+}
+
+impl Drop for MarkerDuty {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            self.queue.push_marker_on_a_thread(lock);
+        }
+    }
+}
+
 /// The marker of a dead holder's packet, published by whoever took the lock after it: the
 /// task that still waits for room to publish it, if it could not at once.
 type Adopted = Option<tokio::task::JoinHandle<Result<()>>>;
@@ -338,28 +362,47 @@ impl Inner {
         }
         let q = self.clone();
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => Some(h.spawn(async move {
-                let res = match q.registered() {
-                    Ok(r) => q.push_waiting(&r, None, true).await,
-                    Err(e) => Err(e),
+            Ok(h) => {
+                let duty = MarkerDuty {
+                    queue: q.clone(),
+                    lock: Some(lock),
                 };
-                if res.is_err() {
-                    // The next holder publishes the marker, and counts the item then.
-                    q.header()
-                        .packet_sent()
-                        .fetch_and(!COUNTED, Ordering::SeqCst);
-                    q.uncount();
-                }
-                drop(lock);
-                res
-            })),
+                Some(h.spawn(async move {
+                    let res = match q.registered() {
+                        Ok(r) => q.push_waiting(&r, None, true).await,
+                        Err(e) => Err(e),
+                    };
+                    if res.is_err() {
+                        // The next holder publishes the marker, and counts the item then.
+                        q.header()
+                            .packet_sent()
+                            .fetch_and(!COUNTED, Ordering::SeqCst);
+                        q.uncount();
+                    }
+                    duty.done();
+                    res
+                }))
+            }
             Err(_) => {
-                std::thread::spawn(move || {
-                    q.push_marker_blocking();
-                    drop(lock);
-                });
+                q.push_marker_on_a_thread(lock);
                 None
             }
+        }
+    }
+
+    /// Publishes the marker on a thread of its own, holding `lock` until it is out (see
+    /// [`push_marker_blocking`](Self::push_marker_blocking)). Should no thread be had, the
+    /// lock goes, and the next holder publishes the marker.
+    fn push_marker_on_a_thread(self: &Arc<Self>, lock: PacketGuard) {
+        let q = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("queue-marker".into())
+            .spawn(move || {
+                q.push_marker_blocking();
+                drop(lock);
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("no thread to publish a queue marker: {e}");
         }
     }
 
@@ -479,9 +522,9 @@ mod tests {
         vec![byte; 1000]
     }
 
-    /// Sends `large(2)`'s packet and hands its marker to a thread, outside a runtime, in a
-    /// queue whose one slot is taken: the marker waits for room.
-    fn a_large_item_whose_marker_waits(inner: &std::sync::Arc<super::super::inner::Inner>) {
+    /// Sends `large(2)`'s packet under the packet lock, which it hands back with the marker
+    /// still to publish.
+    fn send_large(inner: &std::sync::Arc<super::super::inner::Inner>) -> super::PacketGuard {
         use super::super::item::Item;
         use crate::sys;
         use std::os::fd::AsFd;
@@ -491,10 +534,29 @@ mod tests {
         };
         let guard = inner.try_lock().unwrap().expect("the packet lock is free");
         sys::send_headed_with_fds(inner.tx.as_fd(), &inner.tag(), &bytes, &[]).unwrap();
+        guard
+    }
+
+    /// Sends `large(2)`'s packet and hands its marker to a thread, outside a runtime, in a
+    /// queue whose one slot is taken: the marker waits for room.
+    fn a_large_item_whose_marker_waits(inner: &std::sync::Arc<super::super::inner::Inner>) {
+        let guard = send_large(inner);
         assert!(
             inner.push_marker(guard, false).is_none(),
             "outside a runtime"
         );
+    }
+
+    /// The next item of `q`, looked for every 10 ms for up to 5 s.
+    fn next_item_soon(q: &Queue<Vec<u8>>) -> Option<Vec<u8>> {
+        for _ in 0..500 {
+            match q.get_nowait() {
+                Ok(v) => return Some(v),
+                Err(Error::Empty) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        None
     }
 
     /// A consumer that took a marker and died before it received its packet left that
@@ -563,21 +625,34 @@ mod tests {
             "the waiting thread looked at the full ring {taken} times with nothing changed"
         );
         assert_eq!(q.get_nowait().unwrap(), vec![1]);
-        let mut got = None;
-        for _ in 0..1000 {
-            match q.get_nowait() {
-                Ok(v) => {
-                    got = Some(v);
-                    break;
-                }
-                Err(Error::Empty) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => panic!("{e}"),
-            }
-        }
         assert_eq!(
-            got,
+            next_item_soon(&q),
             Some(large(2)),
             "the marker was published once there was room"
+        );
+    }
+
+    /// A marker left waiting for room by a task whose runtime then shut down, while the
+    /// process lives on, is published by a thread once there is room: its item comes out
+    /// (consumers, seeing its producer alive, waited for the next large put).
+    #[test]
+    fn a_marker_whose_runtime_shut_down_is_still_published() {
+        let q = Queue::<Vec<u8>>::with_maxsize(1).unwrap();
+        q.put_nowait(vec![1]).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Sent as small items took the last slot, its marker handed to a task of `rt`,
+        // which never runs.
+        let marker = rt.block_on(async { q.inner.push_marker(send_large(&q.inner), false) });
+        assert!(marker.is_some(), "a task waits for room");
+        drop(rt);
+        assert_eq!(q.get_nowait().unwrap(), vec![1]);
+        assert_eq!(
+            next_item_soon(&q),
+            Some(large(2)),
+            "the marker was not published"
         );
     }
 
