@@ -111,6 +111,14 @@ impl QueueState {
         }
         match op {
             QueueOp::Len => Reply::Len(self.items.len() as u64),
+            // Shut down immediately since it was taken: dropped, as the items left were, and
+            // done, as no consumer holds it.
+            QueueOp::Unget(_) if self.stopped => {
+                if self.joinable {
+                    self.task_done();
+                }
+                Reply::Failed(Failure::ShutDown)
+            }
             QueueOp::Unget(item) => {
                 // Back where it was taken from; it never stopped counting as unfinished.
                 self.items.push_front(item);
@@ -122,22 +130,27 @@ impl QueueState {
             QueueOp::Full => Reply::Bool(self.maxsize > 0 && self.items.len() >= self.maxsize),
             QueueOp::Unfinished => Reply::Len(self.unfinished as u64),
             QueueOp::TaskDone if !self.joinable => not_joinable("task_done()"),
-            QueueOp::TaskDone => match self.unfinished.checked_sub(1) {
-                None => Reply::Failed(Failure::TaskDoneTooManyTimes),
-                Some(n) => {
-                    self.unfinished = n;
-                    if n == 0 {
-                        self.done.notify_waiters();
-                    }
-                    Reply::Done
-                }
-            },
+            QueueOp::TaskDone => self.task_done(),
             QueueOp::Shutdown { immediate: false } => {
                 self.shut_down = true;
                 self.wake_all();
                 Reply::Done
             }
             op => Reply::message(format!("{op:?} waits: it cannot be answered at once")),
+        }
+    }
+
+    /// Counts one item of a joinable queue done, waking the joiners if none is left.
+    fn task_done(&mut self) -> Reply {
+        match self.unfinished.checked_sub(1) {
+            None => Reply::Failed(Failure::TaskDoneTooManyTimes),
+            Some(n) => {
+                self.unfinished = n;
+                if n == 0 {
+                    self.done.notify_waiters();
+                }
+                Reply::Done
+            }
         }
     }
 
@@ -776,5 +789,62 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
             return self.0.on_ring(q.join()).await;
         }
         expect_done(self.0.op(QueueOp::Join).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Python's `shutdown(immediate=True)` counts each item it drops done, so that `join`
+    /// returns once consumers are done with theirs. A get withdrawn after it took its item
+    /// gives the item back; after an immediate shutdown that item is dropped too and counts
+    /// done, in the server's own items as in a ring, or `join` would wait for ever.
+    #[tokio::test]
+    async fn an_item_given_back_after_an_immediate_shutdown_counts_as_done() {
+        for ring in [false, true] {
+            let mut q = QueueState::new(0, true);
+            for i in 0..2u8 {
+                let put = QueueOp::Put {
+                    item: Bytes::from(vec![i]),
+                    wait: Wait::Forever,
+                };
+                assert!(matches!(q.attempt(&put, false), Step::Done(Reply::Done)));
+            }
+            if ring {
+                assert!(matches!(q.attach(), Reply::Ring(_)));
+            }
+            let get = QueueOp::Get {
+                wait: Wait::Forever,
+            };
+            let taken = match q.attempt(&get, false) {
+                Step::Done(Reply::Item(Some(item))) => item,
+                _ => panic!("no item taken, ring: {ring}"),
+            };
+            let dropped = match &q.ring {
+                Some(r) => match wait_on_ring(r, QueueOp::Shutdown { immediate: true }, None).await
+                {
+                    Reply::Len(n) => n,
+                    _ => panic!("the ring's immediate shutdown failed"),
+                },
+                None => match q.attempt(&QueueOp::Shutdown { immediate: true }, false) {
+                    Step::Done(Reply::Len(n)) => n,
+                    _ => panic!("the immediate shutdown failed"),
+                },
+            };
+            assert_eq!(dropped, 1, "ring: {ring}");
+            assert!(matches!(
+                q.handle(QueueOp::Unget(taken)),
+                Reply::Failed(Failure::ShutDown)
+            ));
+            assert!(
+                matches!(q.handle(QueueOp::Unfinished), Reply::Len(0)),
+                "the item given back still counts, ring: {ring}"
+            );
+            assert!(matches!(
+                q.attempt(&QueueOp::Join, false),
+                Step::Done(Reply::Done)
+            ));
+        }
     }
 }

@@ -494,18 +494,38 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// [`put`](Self::put) of an item a joinable queue already counts as unfinished (one
     /// handed back after the get that took it was withdrawn): it is not counted again, and
-    /// a [`shutdown`](Self::shutdown) does not refuse it (see [`PutKind::PutBack`]).
+    /// a [`shutdown`](Self::shutdown) does not refuse it (see [`PutKind::PutBack`]). One
+    /// refused by a [`shutdown_immediate`](Self::shutdown_immediate) is dropped, as that
+    /// call drops the items left, and counts as done, since no consumer holds it.
     pub(crate) async fn put_back(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.put_as(item, PutKind::PutBack).await?;
-        self.uncount_one();
-        Ok(())
+        let put = self.put_as(item, PutKind::PutBack).await;
+        self.after_put_back(put)
     }
 
     /// [`put_back`](Self::put_back) if there is room now, else [`Error::Full`].
     pub(crate) fn put_back_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.put_nowait_as(item, PutKind::PutBack)?;
-        self.uncount_one();
-        Ok(())
+        let put = self.put_nowait_as(item, PutKind::PutBack);
+        self.after_put_back(put)
+    }
+
+    /// Settles a joinable queue's count after a put back: the item put back was counted
+    /// twice, and one refused by a shutdown is done.
+    fn after_put_back(
+        &self,
+        put: std::result::Result<(), PutError<T>>,
+    ) -> std::result::Result<(), PutError<T>> {
+        match put {
+            Ok(()) => {
+                self.uncount_one();
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e.error(), Error::ShutDown) {
+                    self.inner.uncount();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A joinable queue's count of unfinished items less one (never to zero: the item just

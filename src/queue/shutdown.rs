@@ -34,7 +34,8 @@ pub(super) enum PutKind {
     New,
     /// An item a get took and gave back (a manager's get withdrawn after it took its item):
     /// it was in the queue before the shutdown, so a plain shutdown takes it back for the
-    /// gets to come; an immediate one refuses it, as it would have dropped it.
+    /// gets to come; an immediate one refuses it, as it would have dropped it, and counts it
+    /// done in a joinable queue.
     PutBack,
 }
 
@@ -152,6 +153,37 @@ mod tests {
                 refused.map_err(|e| e.into_parts().0),
                 Err(Error::ShutDown)
             ));
+        }
+    }
+
+    /// An item put back after an immediate shutdown is dropped, as the shutdown dropped the
+    /// items left, and counts as done: no consumer holds it to call `task_done`, so `join`
+    /// returns, whether it is put back at once or after a wait.
+    #[test]
+    fn an_item_refused_after_an_immediate_shutdown_counts_as_done() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for len in [1, 1000, 100_000] {
+            for wait in [false, true] {
+                let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+                q.put_nowait(vec![1; len]).unwrap();
+                q.put_nowait(vec![2; len]).unwrap();
+                let taken = q.get_nowait().unwrap();
+                assert_eq!(rt.block_on(q.shutdown_immediate()).unwrap(), 1);
+                assert_eq!(q.unfinished(), 1, "the item taken, {len} bytes");
+                let refused = match wait {
+                    false => q.put_back_nowait(taken),
+                    true => rt.block_on(q.put_back(taken)),
+                };
+                assert!(matches!(
+                    refused.map_err(|e| e.into_parts().0),
+                    Err(Error::ShutDown)
+                ));
+                assert_eq!(q.unfinished(), 0, "{len} bytes, waiting: {wait}");
+                rt.block_on(q.join()).unwrap();
+            }
         }
     }
 }
