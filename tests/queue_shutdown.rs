@@ -99,6 +99,18 @@ async fn join_queue(q: mp::JoinableQueue<Item>, started: mp::Queue<u32>) -> Exit
     }
 }
 
+/// Sends an item over a slot's size into `q` without publishing its marker, and exits
+/// holding the packet lock: a producer killed between sending its packet and its marker.
+async fn send_then_die(q: mp::JoinableQueue<Item>) -> ExitCode {
+    match q.__send_without_marker(item(5)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("the packet was not sent: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
 const KEY: &str = "abracadabra";
 
 /// Connects to the manager at `address` and takes items from its queue `name` until the
@@ -258,6 +270,33 @@ async fn an_immediate_shutdown_drops_what_is_left_and_join_returns() -> TestResu
     Ok(())
 }
 
+/// A producer killed after it sent a packet and before its marker was in the ring leaves
+/// the marker to the next holder of the packet lock, which, with the ring full, publishes
+/// it from a task once there is room: an item counted as unfinished. An immediate shutdown
+/// that makes that room, dropping the items left, drops that item too once its marker is
+/// out, so that `join` returns and the queue is left empty.
+async fn an_immediate_shutdown_drops_an_item_whose_marker_comes_late() -> TestResult {
+    let q = mp::JoinableQueue::<Item>::with_maxsize(1)?;
+    q.put(item(1)).await?;
+    let mut producer = start(send_then_die, (q.clone(),)).await?;
+    ensure!(join_code(&mut producer).await? == 0, "the producer failed");
+    // Takes the packet lock over from the dead producer: its marker waits for room.
+    let put = q.put_nowait(item(10));
+    ensure!(
+        matches!(&put, Err(e) if matches!(e.error(), Error::Full)),
+        "put_nowait: {put:?}"
+    );
+    ensure!(q.unfinished() == 2, "{} unfinished", q.unfinished());
+    q.shutdown_immediate().await?;
+    tokio::time::timeout(Duration::from_secs(10), q.join())
+        .await
+        .map_err(|_| format!("join still waits: {} unfinished", q.unfinished()))??;
+    ensure!(q.qsize() == 0, "{} items left", q.qsize());
+    let got = q.get_nowait();
+    ensure!(matches!(got, Err(Error::ShutDown)), "get_nowait: {got:?}");
+    Ok(())
+}
+
 /// A queue with items still in it, shut down immediately from another process: gets here
 /// fail at once, the timed ones with `ShutDown` rather than `Empty`.
 async fn an_immediate_shutdown_ends_gets_while_items_are_left() -> TestResult {
@@ -382,6 +421,10 @@ fn main() {
         test(
             "an_immediate_shutdown_drops_what_is_left_and_join_returns",
             an_immediate_shutdown_drops_what_is_left_and_join_returns,
+        ),
+        test(
+            "an_immediate_shutdown_drops_an_item_whose_marker_comes_late",
+            an_immediate_shutdown_drops_an_item_whose_marker_comes_late,
         ),
         test(
             "an_immediate_shutdown_ends_gets_while_items_are_left",

@@ -383,7 +383,8 @@ impl<T> Queue<T> {
     /// process, whether items are left or not. This call then takes out and drops the
     /// items left, and returns how many it dropped; in a [`JoinableQueue`] each counts as
     /// done, so `join` returns once the items that consumers took are done. Items that do
-    /// not decode as what was put are dropped too.
+    /// not decode as what was put are dropped too, and so is the item of a put that was under
+    /// way as the queue was shut down, should it land after this call took out the rest.
     ///
     /// # Errors
     /// [`Error::HandleClosed`] after [`close`](Self::close) (the queue is not shut down); an

@@ -65,6 +65,7 @@ impl Inner {
         if pushed == Pushed::Done {
             self.recent.mark();
             self.notify_consumers();
+            self.drop_if_stopped();
             return pushed;
         }
         match pushed {

@@ -12,8 +12,12 @@
 //! Either way every waiter, in every process, is woken to look again: both sides' eventfds
 //! are written whether anyone waits or not. The word is read where a put or a get looks at
 //! the ring, never under a lock of its own, so a put that read it just before the shutdown
-//! may still land its item after it: that item stays in the queue for a `get`, and is
-//! dropped by a `shutdown_immediate()` that comes after it.
+//! may still land its item after it. After `shutdown()` that item stays in the queue for a
+//! `get`. After `shutdown_immediate()` whoever publishes a slot looks at the word again, and
+//! takes out and drops what is left, as the shutdown did (see
+//! [`drop_if_stopped`](Inner::drop_if_stopped)): so is an item whose put was under way, or
+//! whose marker (a dead producer's, or one that waited for room) came late, and a joinable
+//! queue's `join` is not left waiting for it.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -79,9 +83,34 @@ impl Inner {
     /// down further already, and wakes every waiter on both sides.
     pub(super) fn shut_down(&self, state: u64) {
         self.header().shut_down().fetch_max(state, Ordering::SeqCst);
+        // Ordered before the drain's looks at the ring, as a publisher's slot is before its
+        // look at the word (see `drop_if_stopped`): one of the two sees the other.
+        std::sync::atomic::fence(Ordering::SeqCst);
         for fd in [&self.items, &self.space] {
             if let Err(e) = sys::eventfd_add(fd.as_fd(), 1) {
                 tracing::debug!("cannot wake a queue's waiters for its shutdown: {e}");
+            }
+        }
+    }
+
+    /// Called by whoever just published a slot: once the queue was shut down immediately,
+    /// takes out and drops every item left, this one among them (see the module docs), as
+    /// [`drain`](Self::drain) does. It does not wait: the take lock is held only across
+    /// steps that do not wait, or freed from a dead holder, so it is tried again until had.
+    pub(super) fn drop_if_stopped(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.shut_down_state() != STOPPED {
+            return;
+        }
+        loop {
+            match self.try_take_any::<IgnoredAny>() {
+                Ok(Taken::Empty) => return,
+                Ok(Taken::Item(_)) | Err(Error::Decode { .. }) => self.uncount(),
+                Ok(Taken::Busy) => std::thread::yield_now(),
+                Err(e) => {
+                    tracing::debug!("cannot drop an item put after an immediate shutdown: {e}");
+                    return;
+                }
             }
         }
     }
