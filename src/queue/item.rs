@@ -265,7 +265,10 @@ impl Inner {
                         got = self.try_take()?;
                         Ok(!matches!(got, Taken::Empty))
                     },
-                    || self.sender_to_watch(reactor),
+                    || match self.sender_to_watch(reactor)? {
+                        Some(w) => Ok(Some(w)),
+                        None => self.writer_to_watch(),
+                    },
                 )
                 .await?;
             }

@@ -596,7 +596,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Removes and returns an item if one is there now, else fails at once with
     /// [`Error::Empty`] (Python's `get_nowait`). Needs no runtime. Also [`Error::Empty`]
     /// while another consumer receives an item that travels through the socket and the
-    /// next item does too, as Python's fails when its read lock is held.
+    /// next item does too, as Python's fails when its read lock is held; and after
+    /// [`shutdown`](Self::shutdown), while the oldest item is still being written by its put.
     ///
     /// # Errors
     /// As [`get`](Self::get), and [`Error::Empty`].

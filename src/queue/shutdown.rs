@@ -29,6 +29,7 @@ use super::header::{DRAINING, OPEN, STOPPED};
 use super::inner::Inner;
 use super::item::Taken;
 use crate::error::{Error, Result};
+use crate::sync::Watch;
 use crate::sys;
 
 /// What a put puts, which decides whether a shutdown refuses it.
@@ -71,11 +72,27 @@ impl Inner {
     }
 
     /// What a get that found the queue empty answers: [`Taken::Empty`] to wait for an item,
-    /// or [`Error::ShutDown`] if none will come.
+    /// or [`Error::ShutDown`] if none will come. A get finds nothing while the oldest slot
+    /// is still being written, though items may be published behind it: after `shutdown()`
+    /// it waits for that slot too (see [`writer_to_watch`](Self::writer_to_watch)).
     pub(super) fn empty_or_shut_down<T>(&self) -> Result<Taken<T>> {
         match self.shut_down_state() {
             OPEN => Ok(Taken::Empty),
+            DRAINING if self.ring.oldest_writer().is_some() => Ok(Taken::Empty),
             _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// After `shutdown()`, the process writing the oldest slot, for a get that waits for it
+    /// to wake should it die there (its slot is then freed, and no put comes to wake it);
+    /// `None` if no other process writes it.
+    pub(super) fn writer_to_watch(&self) -> Result<Option<Arc<Watch>>> {
+        if self.shut_down_state() != DRAINING {
+            return Ok(None);
+        }
+        match self.ring.oldest_writer() {
+            Some(pid) if pid != sys::cached_pid() => Ok(Watch::open(u64::from(pid))?.map(Arc::new)),
+            _ => Ok(None),
         }
     }
 
@@ -146,8 +163,10 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use super::super::item::Item;
     use super::super::{JoinableQueue, Queue};
     use crate::error::Error;
+    use crate::sys::{Message, Pushed};
 
     /// An item a get took and gives back (a manager's get withdrawn after it took it) was
     /// in the queue before a plain shutdown: it goes back in, for the gets to come, small or
@@ -183,6 +202,32 @@ mod tests {
                 Err(Error::ShutDown)
             ));
         }
+    }
+
+    /// A get after `shutdown()` that finds the oldest slot still being written (its
+    /// producer, preempted between claiming the slot and publishing it, may have items
+    /// published behind it) waits for it, rather than failing as if the queue were empty:
+    /// consumers that end on `ShutDown` left those items in the queue.
+    #[test]
+    fn a_get_after_a_shutdown_waits_for_a_slot_still_being_written() {
+        let q = Queue::<u32>::new().unwrap();
+        let Ok(Item::Small(first)) = q.inner.encode(&1u32) else {
+            panic!("a u32 fits a slot");
+        };
+        let mut during = None;
+        let pushed = q.inner.ring.try_push_then(Message::Data(&first), || {
+            q.put_nowait(2).unwrap();
+            q.shutdown();
+            during = Some(q.get_nowait());
+        });
+        assert_eq!(pushed, Pushed::Done);
+        assert!(
+            matches!(during, Some(Err(Error::Empty))),
+            "a get while the slot is written: {during:?}"
+        );
+        assert_eq!(q.get_nowait().unwrap(), 1);
+        assert_eq!(q.get_nowait().unwrap(), 2);
+        assert!(matches!(q.get_nowait(), Err(Error::ShutDown)));
     }
 
     /// An item put back after an immediate shutdown is dropped, as the shutdown dropped the

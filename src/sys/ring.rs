@@ -369,6 +369,19 @@ impl ShmRing {
         }
     }
 
+    /// The process writing the oldest slot now, if one is (ours included), by its bare pid:
+    /// the ring is not empty, yet [`try_pop`](Self::try_pop) finds nothing until that
+    /// process publishes the slot, or dies and the slot is freed.
+    pub(crate) fn oldest_writer(&self) -> Option<u32> {
+        let pos = self.word(W_DEQ).load(Ordering::Acquire);
+        let (state, _, _) = self.slot(pos);
+        let w = state.load(Ordering::Acquire);
+        let pid = w & PID_MASK;
+        let writing =
+            lap_order(w, pos / self.capacity) == std::cmp::Ordering::Equal && kind(w) == WRITING;
+        (writing && pid != PID_UNKNOWN).then_some(pid as u32)
+    }
+
     /// A slot found `w`, held (writing or reading) by another process: waits a few spins for
     /// it to move on, then, if the holder has ended, frees the slot for the next lap (see
     /// "Owner death"). `None` if the slot moved on or was freed (look again), else the live
