@@ -339,7 +339,12 @@ impl<T> Queue<T> {
     /// every item, then stops. A shutdown cannot be undone.
     ///
     /// A put that was under way as the queue was shut down (one that had found room in it)
-    /// may still land its item: that item is taken by a get like the others.
+    /// may still land its item, and return `Ok`, after the consumers that found the queue
+    /// empty have ended on [`Error::ShutDown`]: the item stays in the queue for a later get
+    /// (or a [`shutdown_immediate`](Self::shutdown_immediate) to drop). Producers that must
+    /// know their last items were taken stop putting before they shut the queue down, as
+    /// with a tokio channel's last sender. A handle closed by [`close`](Self::close) may
+    /// still shut the queue down.
     ///
     /// # Examples
     ///

@@ -115,7 +115,9 @@ impl Inner {
     /// [`drain`](Self::drain) does. It does not wait: the take lock is held only across
     /// steps that do not wait, or freed from a dead holder, so it is tried again until had.
     pub(super) fn drop_if_stopped(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
+        // No fence needed on this path, which every put takes: the slot was published by a
+        // sequentially consistent store, which comes before this sequentially consistent
+        // load in their single order; the shutdown's fence orders its side.
         if self.shut_down_state() != STOPPED {
             return;
         }
