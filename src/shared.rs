@@ -20,6 +20,7 @@
 
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -38,6 +39,11 @@ const ELEM_SIZE: usize = 0;
 const COUNT: usize = 8;
 const TYPE: usize = 16;
 const DATA: usize = 64;
+
+/// The name the segment of shared cells is made with, which a receiver checks.
+const CELLS_SEGMENT: &str = "tokio-multiprocessing-value";
+/// The name an anonymous [`SharedMemory`] is made with, which a receiver checks.
+const SHM_SEGMENT: &str = "tokio-multiprocessing-shm";
 
 /// The element type `T` as a word in the header (an FNV-1a hash of its name), which a
 /// receiver checks against its own `T`: a `Pod` is valid for the bit patterns that *its own*
@@ -79,7 +85,7 @@ impl<T: Pod> Cells<T> {
             .checked_mul(size_of::<T>())
             .and_then(|b| b.checked_add(DATA))
             .ok_or_else(|| Error::InvalidArgument("shared array too large".into()))?;
-        let region = SharedRegion::anonymous("tokio-multiprocessing-value", bytes)?;
+        let region = SharedRegion::anonymous(CELLS_SEGMENT, bytes)?;
         region
             .u32_at(ELEM_SIZE)
             .store(size_of::<T>() as u32, SeqCst);
@@ -153,6 +159,15 @@ impl<'de, T: Pod> Deserialize<'de> for Cells<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let fd = Fd::deserialize(d)?;
+        // Another anonymous segment is sealed too; a `SharedMemory`'s bytes, written freely by
+        // whoever holds it, would be read as values their type cannot hold (2 as a `bool`).
+        if let Some(name) = sys::segment_name(fd.as_fd())
+            && name != CELLS_SEGMENT
+        {
+            return Err(D::Error::custom(format!(
+                "a shared value was received with the segment of something else ({name})"
+            )));
+        }
         let region = map_received::<D::Error>(fd, DATA, "shared value", false)?;
         let size = region.u32_at(ELEM_SIZE).load(SeqCst) as usize;
         let len = region.u64_at(COUNT).load(SeqCst);
@@ -802,7 +817,7 @@ impl SharedMemory {
     pub fn create_anonymous(size: usize) -> Result<SharedMemory> {
         check_size(size)?;
         Ok(SharedMemory {
-            region: SharedRegion::anonymous("tokio-multiprocessing-shm", size)?,
+            region: SharedRegion::anonymous(SHM_SEGMENT, size)?,
             name: None,
             owns_name: false,
             tracked: None,
@@ -956,6 +971,16 @@ impl<'de> Deserialize<'de> for SharedMemory {
     /// A received segment is an attacher: it never removes the name.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (fd, name) = <(Fd, Option<String>)>::deserialize(d)?;
+        // Any bytes may be written through a `SharedMemory`: the segment of shared cells or of
+        // a primitive, written so, would hold values their types cannot (2 as a `bool`).
+        if let Some(made) = sys::memfd_name(fd.as_fd())
+            && made != SHM_SEGMENT
+        {
+            return Err(serde::de::Error::custom(format!(
+                "a shared memory segment was received with the segment of something else \
+                 ({made})"
+            )));
+        }
         Ok(SharedMemory {
             region: map_received(fd, 1, "shared memory segment", name.is_some())?,
             name,

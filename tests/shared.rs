@@ -1408,6 +1408,48 @@ async fn shared_values_received_as_another_type_are_refused() -> TestResult {
     Ok(())
 }
 
+/// No Python counterpart: a `SharedMemory`, whose bytes anyone holding it writes freely, is
+/// refused where shared cells are expected, and shared cells where a `SharedMemory` is, as
+/// the cells of another type are. The code before took each for the other: a segment
+/// written to look like a `RawValue<bool>` holding 2 was read as a `bool` that cannot
+/// exist, and a `RawValue<bool>`'s cells received as a `SharedMemory` could be written so.
+async fn shared_memory_and_shared_cells_are_not_taken_for_each_other() -> TestResult {
+    // Both cross as a descriptor; the name a `SharedMemory` carries beside it is `None`.
+    type AsShm = (tokio_multiprocessing::Fd, Option<String>);
+    type AsCells = (tokio_multiprocessing::Fd,);
+    let model = RawValue::new(true)?;
+    let (fd,) = send_as::<_, AsCells>(model.clone()).await??;
+    let cells = send_as::<_, SharedMemory>((fd, None::<String>)).await?;
+    ensure!(
+        cells.is_err(),
+        "the cells of a RawValue<bool> received as a SharedMemory"
+    );
+    // A header as the crate writes one for a single `bool` (element size 1, count 1, the
+    // FNV-1a hash of the type's name), and then a byte of 2.
+    let tag = "bool".bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let shm = SharedMemory::create_anonymous(4096)?;
+    shm.write(0, &1u32.to_ne_bytes())?;
+    shm.write(8, &1u64.to_ne_bytes())?;
+    shm.write(16, &tag.to_ne_bytes())?;
+    shm.write(64, &[2])?;
+    let (fd, _) = send_as::<_, AsShm>(shm.try_clone()?).await??;
+    let r = send_as::<_, RawValue<bool>>((fd,)).await?;
+    // Not read if it was taken: reading it would make the `bool` of 2.
+    ensure!(r.is_err(), "a SharedMemory received as a RawValue<bool>");
+    // Each still crosses as itself.
+    let back = send_as::<_, RawValue<bool>>(model.clone()).await??;
+    back.set(false);
+    ensure!(!model.get(), "the value received is another");
+    let back = send_as::<_, SharedMemory>(shm.try_clone()?).await??;
+    back.write(0, b"x")?;
+    let mut b = [0u8];
+    shm.read(0, &mut b)?;
+    ensure!(b == *b"x", "the segment received is another");
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -1439,7 +1481,8 @@ fn main() {
         shareable_list_shared_with_cpython,
         names_of_255_bytes_as_cpython_allows,
         shareable_list_refuses_a_segment_that_is_not_one,
-        shared_values_received_as_another_type_are_refused
+        shared_values_received_as_another_type_are_refused,
+        shared_memory_and_shared_cells_are_not_taken_for_each_other
     ];
     libtest_mimic::run(&args, trials).exit()
 }

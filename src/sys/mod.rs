@@ -59,7 +59,7 @@ pub(crate) use random::fill_random;
 pub(crate) use ring::{Message, Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{
-    SHM_NAME_MAX, SharedRegion, anonymous_file, segment_name, shm_attach, shm_create,
+    SHM_NAME_MAX, SharedRegion, anonymous_file, memfd_name, segment_name, shm_attach, shm_create,
     shm_create_unnamed, shm_exists, shm_name_segment, shm_remove, shm_remove_own,
 };
 pub(crate) use socket_opts::{

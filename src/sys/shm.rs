@@ -417,6 +417,14 @@ pub(crate) fn segment_name(fd: BorrowedFd<'_>) -> Option<String> {
     Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
 }
 
+/// The name an anonymous segment (a memfd) was made with, as `/proc/self/fd` tells it;
+/// `None` for any other file (a named POSIX segment), or if that cannot be read (no `/proc`).
+pub(crate) fn memfd_name(fd: BorrowedFd<'_>) -> Option<String> {
+    let target = super::fd_target(fd)?;
+    let name = target.strip_prefix("/memfd:")?;
+    Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
+}
+
 /// Removes the name `name` from `/dev/shm` if it still names the segment behind `ours` (the
 /// same file): once another process has removed it and made a segment of that name, the
 /// name is that segment's. `Ok(false)` if the name is gone or names another segment.
