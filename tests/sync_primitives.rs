@@ -13,8 +13,8 @@ use std::time::Duration;
 use libtest_mimic::Arguments;
 use support::{TestResult, fds_return_to, join_ok, open_fds, send_as};
 use tokio_multiprocessing::{
-    Barrier, Condition, Error, Event, Fd, Lock, LockGuard, Pool, Process, RLock, Semaphore,
-    SharedMemory, Value,
+    Barrier, BoundedSemaphore, Condition, Error, Event, Fd, Lock, LockGuard, Pool, Process, RLock,
+    Semaphore, SharedMemory, Value,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -349,6 +349,35 @@ async fn a_primitive_received_as_another_kind_is_refused() -> TestResult {
     Ok(())
 }
 
+/// A `BoundedSemaphore` received as a `Semaphore` is refused, and the other way round: the
+/// code before took each for the other, so a `BoundedSemaphore` received as a `Semaphore`
+/// refused a release at its bound (which `Semaphore::release` never does), and a `Semaphore`
+/// received as a `BoundedSemaphore` took any number of releases, bounded by nothing. Each
+/// still crosses as itself, the bound of `u32::MAX` included.
+async fn a_bounded_semaphore_and_a_semaphore_are_not_taken_for_each_other() -> TestResult {
+    let r = send_as::<_, Semaphore>(BoundedSemaphore::new(1)?).await?;
+    ensure!(
+        r.is_err(),
+        "a bounded semaphore was received as a semaphore"
+    );
+    let r = send_as::<_, BoundedSemaphore>(Semaphore::new(1)?).await?;
+    ensure!(
+        r.is_err(),
+        "a semaphore was received as a bounded semaphore"
+    );
+    for bound in [1, u32::MAX] {
+        let back = send_as::<_, BoundedSemaphore>(BoundedSemaphore::new(bound)?).await??;
+        ensure!(
+            matches!(back.release(), Err(Error::SemaphoreOverRelease { bound: b }) if b == bound),
+            "the bound of {bound} was lost on the way"
+        );
+    }
+    let s = Semaphore::new(0)?;
+    send_as::<_, Semaphore>(s.clone()).await??.release()?;
+    ensure!(s.get_value() == 1, "the semaphore received is another");
+    Ok(())
+}
+
 /// Takes the lock, reports it, and holds it until `go` is set.
 async fn hold_until(l: Lock, holding: Event, go: Event) {
     let g = l.lock().await.expect("lock");
@@ -610,6 +639,7 @@ fn main() {
         primitives_serve_one_runtime_after_another,
         a_primitive_whose_wake_up_is_not_an_eventfd_is_refused,
         a_primitive_received_as_another_kind_is_refused,
+        a_bounded_semaphore_and_a_semaphore_are_not_taken_for_each_other,
         many_waiting_tasks_share_their_descriptors,
         idle_waiters_use_no_cpu,
         a_waiter_killed_asleep_costs_later_releases_nothing,

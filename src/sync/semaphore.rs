@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::time::Instant;
 
 use super::shared_state::{Layout, SharedState};
@@ -17,8 +17,8 @@ use super::wake::Sleepers;
 use super::{SPIN, deadline, until};
 use crate::error::{Error, Result};
 
-/// Offsets: the value, the bound plus one (0: unbounded; so that a bound of 0 can be told
-/// from none), and the sleepers' counters ([`Sleepers`]).
+/// Offsets: the value, the bound plus one (a 64-bit word; 0: unbounded, so that a bound of 0,
+/// and one of `u32::MAX`, can be told from none), and the sleepers' counters ([`Sleepers`]).
 const VALUE: usize = 0;
 const BOUND: usize = 8;
 const RAISED: usize = 16;
@@ -37,14 +37,43 @@ impl Layout for SemaphoreLayout {
 type RawSemaphore = SharedState<SemaphoreLayout>;
 
 impl RawSemaphore {
-    /// A semaphore of `value`, bounded by `bound` if given (a bound of `u32::MAX` is the
-    /// counter's own).
+    /// A semaphore of `value`, bounded by `bound` if given.
     fn with_value(value: u32, bound: Option<u32>) -> Result<RawSemaphore> {
         let raw = RawSemaphore::new()?;
         raw.region.u32_at(VALUE).store(value, SeqCst);
-        let stored = bound.and_then(|b| b.checked_add(1)).unwrap_or(0);
-        raw.region.u32_at(BOUND).store(stored, SeqCst);
+        let stored = bound.map_or(0, |b| u64::from(b) + 1);
+        raw.region.u64_at(BOUND).store(stored, SeqCst);
         Ok(raw)
+    }
+
+    /// The bound, if the semaphore is a bounded one.
+    fn bound(&self) -> Option<u32> {
+        let stored = self.region.u64_at(BOUND).load(Relaxed).checked_sub(1)?;
+        Some(u32::try_from(stored).unwrap_or(u32::MAX))
+    }
+
+    /// A semaphore received from another process, checked to be bounded, or not, as
+    /// `bounded` says: each type's `release` keeps its own promise.
+    fn received<'de, D: Deserializer<'de>>(
+        d: D,
+        bounded: bool,
+    ) -> std::result::Result<Arc<Self>, D::Error> {
+        /// Both types' shape as they cross.
+        #[derive(Deserialize)]
+        struct Sent {
+            raw: RawSemaphore,
+        }
+        let raw = Sent::deserialize(d)?.raw;
+        if raw.bound().is_some() != bounded {
+            let (sent, taken) = match bounded {
+                true => ("semaphore", "bounded semaphore"),
+                false => ("bounded semaphore", "semaphore"),
+            };
+            return Err(serde::de::Error::custom(format!(
+                "a {sent} was received as a {taken}"
+            )));
+        }
+        Ok(Arc::new(raw))
     }
 
     fn try_take(&self) -> bool {
@@ -94,7 +123,7 @@ impl RawSemaphore {
     /// Adds `n` units, within the bound.
     fn add(&self, n: u32) -> Result<()> {
         let v = self.region.u32_at(VALUE);
-        let bound = self.region.u32_at(BOUND).load(Relaxed).checked_sub(1);
+        let bound = self.bound();
         let mut cur = v.load(SeqCst);
         loop {
             let next = cur.checked_add(n).filter(|&x| bound.is_none_or(|b| x <= b));
@@ -212,10 +241,19 @@ impl Drop for SemaphoreGuard<'_> {
 /// s.release()?; // ... and release()
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize)]
 pub struct Semaphore {
     #[serde(with = "super::arc")]
     raw: Arc<RawSemaphore>,
+}
+
+impl<'de> Deserialize<'de> for Semaphore {
+    /// Refuses a [`BoundedSemaphore`]'s segment.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(Semaphore {
+            raw: RawSemaphore::received(d, false)?,
+        })
+    }
 }
 
 /// Shows its value, as Python's `repr` (`<Semaphore(value=N)>`): `Semaphore { value: N }`.
@@ -283,22 +321,26 @@ impl Semaphore {
 /// assert!(s.release().is_err()); // already at its bound
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize)]
 pub struct BoundedSemaphore {
     #[serde(with = "super::arc")]
     raw: Arc<RawSemaphore>,
+}
+
+impl<'de> Deserialize<'de> for BoundedSemaphore {
+    /// Refuses a [`Semaphore`]'s segment.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(BoundedSemaphore {
+            raw: RawSemaphore::received(d, true)?,
+        })
+    }
 }
 
 /// Shows its value and bound, as Python's `repr` (`<BoundedSemaphore(value=N, maxvalue=M)>`):
 /// `BoundedSemaphore { value: N, bound: M }`.
 impl std::fmt::Debug for BoundedSemaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bound = self
-            .raw
-            .region
-            .u32_at(BOUND)
-            .load(Relaxed)
-            .saturating_sub(1);
+        let bound = self.raw.bound().unwrap_or(u32::MAX);
         f.debug_struct("BoundedSemaphore")
             .field("value", &self.get_value())
             .field("bound", &bound)
