@@ -378,6 +378,29 @@ async fn a_bounded_semaphore_and_a_semaphore_are_not_taken_for_each_other() -> T
     Ok(())
 }
 
+/// An `RLock` received as a `Lock` is refused, and the other way round: the code before took
+/// each for the other, so an `RLock` held by a task of this process, received elsewhere as a
+/// `Lock`, was freed there by `Lock::release` under its holder, whose `RLock` refuses any
+/// release but its owner's (`Error::NotOwner`). Each still crosses as itself.
+async fn an_rlock_and_a_lock_are_not_taken_for_each_other() -> TestResult {
+    let r = RLock::new()?;
+    let _held = r.lock().await?;
+    let as_lock = send_as::<_, Lock>(r.clone()).await?;
+    if let Ok(l) = &as_lock {
+        let _ = l.release();
+    }
+    ensure!(as_lock.is_err(), "an RLock was received as a Lock");
+    let r = send_as::<_, RLock>(Lock::new()?).await?;
+    ensure!(r.is_err(), "a Lock was received as an RLock");
+    let l = Lock::new()?;
+    let back = send_as::<_, Lock>(l.clone()).await??;
+    let _g = back.try_lock()?.ok_or("the lock received was taken")?;
+    ensure!(l.is_locked(), "the lock received is another");
+    let r = RLock::new()?;
+    send_as::<_, RLock>(r.clone()).await??;
+    Ok(())
+}
+
 /// Takes the lock, reports it, and holds it until `go` is set.
 async fn hold_until(l: Lock, holding: Event, go: Event) {
     let g = l.lock().await.expect("lock");
@@ -640,6 +663,7 @@ fn main() {
         a_primitive_whose_wake_up_is_not_an_eventfd_is_refused,
         a_primitive_received_as_another_kind_is_refused,
         a_bounded_semaphore_and_a_semaphore_are_not_taken_for_each_other,
+        an_rlock_and_a_lock_are_not_taken_for_each_other,
         many_waiting_tasks_share_their_descriptors,
         idle_waiters_use_no_cpu,
         a_waiter_killed_asleep_costs_later_releases_nothing,

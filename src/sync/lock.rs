@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::time::Instant;
 
-use super::shared_state::{Layout, SharedState};
+use super::shared_state::{Layout, SharedState, received_as};
 use super::wake::{Sleepers, Watch};
 use super::{SPIN, deadline, until};
 use crate::awake;
@@ -28,10 +28,12 @@ use crate::error::{Error, Result};
 use crate::sys;
 
 /// Offsets in the segment: the holder's owner word (its pid and start time, see
-/// [`sys::cached_owner`]; 0 when free), for an `RLock` the owning task's token and the
-/// recursion count, and the sleepers' counters ([`Sleepers`]). The start time tells a dead
-/// holder from a later process that took its pid.
+/// [`sys::cached_owner`]; 0 when free), which type the lock is (1 for an `RLock`: a receiver
+/// refuses the other's), for an `RLock` the owning task's token and the recursion count, and
+/// the sleepers' counters ([`Sleepers`]). The start time tells a dead holder from a later
+/// process that took its pid.
 const STATE: usize = 0;
+const REENTRANT: usize = 8;
 const TASK: usize = 16;
 const COUNT: usize = 24;
 const RAISED: usize = 32;
@@ -72,6 +74,11 @@ impl RawLock {
         self.wake.signal();
         sleepers.woke(raised);
         true
+    }
+
+    /// Whether the lock is an `RLock`'s.
+    fn reentrant(&self) -> bool {
+        self.region.u32_at(REENTRANT).load(SeqCst) != 0
     }
 
     /// The holder's owner word; 0 when free.
@@ -237,10 +244,21 @@ impl RawLock {
 /// p.join().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize)]
 pub struct Lock {
     #[serde(with = "super::arc")]
     raw: Arc<RawLock>,
+}
+
+impl<'de> Deserialize<'de> for Lock {
+    /// Refuses an [`RLock`]'s segment: its `release` by anyone would free an `RLock` under
+    /// its owner.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = received_as(d, "a lock", |raw: &RawLock| {
+            raw.reentrant().then_some("a re-entrant lock")
+        })?;
+        Ok(Lock { raw })
+    }
 }
 
 /// Shows who holds it, as Python's `repr` (`<Lock(owner=...)>`): `Lock { holder: Some(pid) }`.
@@ -412,10 +430,20 @@ pub(crate) fn task_token() -> u64 {
 /// drop(a);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize)]
 pub struct RLock {
     #[serde(with = "super::arc")]
     raw: Arc<RawLock>,
+}
+
+impl<'de> Deserialize<'de> for RLock {
+    /// Refuses a [`Lock`]'s segment.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = received_as(d, "a re-entrant lock", |raw: &RawLock| {
+            (!raw.reentrant()).then_some("a lock")
+        })?;
+        Ok(RLock { raw })
+    }
 }
 
 /// Shows who holds it and how many times, as Python's `repr` (`<RLock(owner, count)>`):
@@ -434,9 +462,9 @@ impl RLock {
     /// # Errors
     /// [`Error::Io`] if the shared segment or the eventfd cannot be made.
     pub fn new() -> Result<RLock> {
-        Ok(RLock {
-            raw: Arc::new(RawLock::new()?),
-        })
+        let raw = RawLock::new()?;
+        raw.region.u32_at(REENTRANT).store(1, SeqCst);
+        Ok(RLock { raw: Arc::new(raw) })
     }
 
     fn owned_by_caller(&self) -> bool {

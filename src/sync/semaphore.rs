@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::time::Instant;
 
-use super::shared_state::{Layout, SharedState};
+use super::shared_state::{Layout, SharedState, received_as};
 use super::wake::Sleepers;
 use super::{SPIN, deadline, until};
 use crate::error::{Error, Result};
@@ -50,30 +50,6 @@ impl RawSemaphore {
     fn bound(&self) -> Option<u32> {
         let stored = self.region.u64_at(BOUND).load(Relaxed).checked_sub(1)?;
         Some(u32::try_from(stored).unwrap_or(u32::MAX))
-    }
-
-    /// A semaphore received from another process, checked to be bounded, or not, as
-    /// `bounded` says: each type's `release` keeps its own promise.
-    fn received<'de, D: Deserializer<'de>>(
-        d: D,
-        bounded: bool,
-    ) -> std::result::Result<Arc<Self>, D::Error> {
-        /// Both types' shape as they cross.
-        #[derive(Deserialize)]
-        struct Sent {
-            raw: RawSemaphore,
-        }
-        let raw = Sent::deserialize(d)?.raw;
-        if raw.bound().is_some() != bounded {
-            let (sent, taken) = match bounded {
-                true => ("semaphore", "bounded semaphore"),
-                false => ("bounded semaphore", "semaphore"),
-            };
-            return Err(serde::de::Error::custom(format!(
-                "a {sent} was received as a {taken}"
-            )));
-        }
-        Ok(Arc::new(raw))
     }
 
     fn try_take(&self) -> bool {
@@ -250,9 +226,10 @@ pub struct Semaphore {
 impl<'de> Deserialize<'de> for Semaphore {
     /// Refuses a [`BoundedSemaphore`]'s segment.
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Ok(Semaphore {
-            raw: RawSemaphore::received(d, false)?,
-        })
+        let raw = received_as(d, "a semaphore", |raw: &RawSemaphore| {
+            raw.bound().map(|_| "a bounded semaphore")
+        })?;
+        Ok(Semaphore { raw })
     }
 }
 
@@ -330,9 +307,10 @@ pub struct BoundedSemaphore {
 impl<'de> Deserialize<'de> for BoundedSemaphore {
     /// Refuses a [`Semaphore`]'s segment.
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Ok(BoundedSemaphore {
-            raw: RawSemaphore::received(d, true)?,
-        })
+        let raw = received_as(d, "a bounded semaphore", |raw: &RawSemaphore| {
+            raw.bound().is_none().then_some("a semaphore")
+        })?;
+        Ok(BoundedSemaphore { raw })
     }
 }
 

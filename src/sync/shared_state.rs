@@ -10,6 +10,7 @@
 
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -96,6 +97,29 @@ impl<'de, L: Layout> Deserialize<'de> for SharedState<L> {
             layout: PhantomData,
         })
     }
+}
+
+/// The segment of a primitive received from another process as a `{ raw }` struct (the shape
+/// its derived `Serialize` gives), for one of two types of a kind that share a layout (`Lock`
+/// and `RLock`, say): `sibling` names the other type if the segment says it is that type's.
+pub(crate) fn received_as<'de, L: Layout, D: Deserializer<'de>>(
+    d: D,
+    what: &str,
+    sibling: impl FnOnce(&SharedState<L>) -> Option<&'static str>,
+) -> std::result::Result<Arc<SharedState<L>>, D::Error> {
+    /// The shape of the types as they cross.
+    #[derive(Deserialize)]
+    #[serde(bound = "L: Layout")]
+    struct Sent<L> {
+        raw: SharedState<L>,
+    }
+    let raw = Sent::<L>::deserialize(d)?.raw;
+    if let Some(other) = sibling(&raw) {
+        return Err(serde::de::Error::custom(format!(
+            "{other} was received as {what}"
+        )));
+    }
+    Ok(Arc::new(raw))
 }
 
 /// Maps a segment received from another process, checking that it holds at least `need`
