@@ -61,6 +61,17 @@ async fn semaphore_counts() -> TestResult {
         );
     }
     ensure!(s.get_value() == 2, "guards gave back {}", s.get_value());
+    // `threading.Semaphore.release(0)`: `ValueError`, where the code before released nothing
+    // and said it had.
+    ensure!(
+        matches!(s.release_n(0), Err(Error::InvalidArgument(_))),
+        "a release of 0 units"
+    );
+    ensure!(
+        s.get_value() == 2,
+        "value {} after a release of 0",
+        s.get_value()
+    );
 
     let zero = Semaphore::new(0)?;
     let go = Event::new()?;

@@ -266,8 +266,14 @@ impl Semaphore {
     /// Adds `n` units at once (Python's `release(n)` of `threading.Semaphore`).
     ///
     /// # Errors
-    /// As [`release`](Self::release).
+    /// [`Error::InvalidArgument`] for an `n` of 0 (Python's `ValueError: n must be one or
+    /// more`); otherwise as [`release`](Self::release).
     pub fn release_n(&self, n: u32) -> Result<()> {
+        if n == 0 {
+            return Err(Error::InvalidArgument(
+                "a semaphore's release_n needs an n of one or more".into(),
+            ));
+        }
         self.raw.release(n)
     }
 
