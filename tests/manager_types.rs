@@ -344,6 +344,12 @@ async fn semaphores_count_and_bounded_ones_refuse_over_release() -> TestResult {
         matches!(over, Err(Error::SemaphoreOverRelease { .. })) && s.get_value().await? == 3,
         "a release past u32::MAX: {over:?}"
     );
+    // Python's `release(0)` is a `ValueError`, as the crate's own `Semaphore` says.
+    let none = s.release_n(0).await;
+    ensure!(
+        matches!(none, Err(Error::InvalidArgument(_))) && s.get_value().await? == 3,
+        "a release of 0: {none:?}"
+    );
     let b = m.bounded_semaphore(1).await?;
     b.acquire().await?;
     b.release().await?;

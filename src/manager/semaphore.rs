@@ -154,11 +154,18 @@ impl SemaphoreProxy {
     /// Gives `n` units back (Python's `release(n)`).
     ///
     /// # Errors
-    /// As [`release`](Self::release).
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an `n` of 0 (Python's
+    /// `ValueError`), as the crate's [`Semaphore::release_n`](crate::Semaphore::release_n);
+    /// otherwise as [`release`](Self::release).
     ///
     /// # Cancel safety
     /// As [`release`](Self::release).
     pub async fn release_n(&self, n: u32) -> Result<()> {
+        if n == 0 {
+            return Err(crate::Error::InvalidArgument(
+                "a semaphore's release_n needs an n of one or more".into(),
+            ));
+        }
         let r = self
             .0
             .call(Request::Semaphore(self.0.id, SemaphoreOp::Release(n)))

@@ -139,6 +139,9 @@ fn bytes_for(capacity: u64) -> Option<usize> {
         .checked_add(HEADER_BYTES)
 }
 
+/// The name of a ring's segment (a memfd's), by which a ring received is known for one.
+const RING_SEGMENT: &str = "tokio-mp-ring";
+
 impl ShmRing {
     /// A fresh, empty ring of `capacity` slots.
     pub(crate) fn new(capacity: u64) -> io::Result<ShmRing> {
@@ -146,7 +149,7 @@ impl ShmRing {
             .filter(|_| capacity > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad ring capacity"))?;
         let ring = ShmRing {
-            region: SharedRegion::anonymous("tokio-mp-ring", len)?,
+            region: SharedRegion::anonymous(RING_SEGMENT, len)?,
             capacity,
         };
         ring.word(W_CAPACITY).store(capacity, Ordering::Relaxed);
@@ -154,9 +157,19 @@ impl ShmRing {
         Ok(ring)
     }
 
-    /// Maps a ring received from another process, checking its header against its size.
+    /// Maps a ring received from another process, checking that it is a ring's segment and
+    /// its header against its size. (Another segment written to look like a ring, a
+    /// `SharedMemory`'s, would let its holder write into the queue's slots under it.)
     pub(crate) fn open(fd: OwnedFd) -> io::Result<ShmRing> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+        // Known by its memfd's name, when `/proc` can tell it.
+        if super::fd_target(fd.as_fd()).is_some()
+            && super::memfd_name(fd.as_fd()).as_deref() != Some(RING_SEGMENT)
+        {
+            return Err(bad(
+                "a queue's ring was received with a segment that is not one",
+            ));
+        }
         let size = super::fd::file_size(fd.as_fd())?;
         if size < HEADER_BYTES + SLOT_BYTES {
             return Err(bad("the shared ring is too small"));
@@ -581,6 +594,26 @@ mod tests {
         assert_eq!(r.try_push(Message::Data(b"b")), Pushed::Done);
         assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"b");
+    }
+
+    /// Another segment written to look like a ring (a `SharedMemory`'s, whose holder may
+    /// write any bytes) is refused: its holder could write into the slots under the queue.
+    #[test]
+    fn a_segment_made_for_something_else_is_not_taken_for_a_ring() {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+
+        let real = ShmRing::new(4).unwrap();
+        let mut bytes = Vec::new();
+        std::fs::File::from(real.fd().try_clone_to_owned().unwrap())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let fake = SharedRegion::anonymous("tokio-mp-shm", bytes.len()).unwrap();
+        std::fs::File::from(fake.fd().try_clone_to_owned().unwrap())
+            .write_all_at(&bytes, 0)
+            .unwrap();
+        assert!(ShmRing::open(fake.fd().try_clone_to_owned().unwrap()).is_err());
+        assert!(ShmRing::open(real.fd().try_clone_to_owned().unwrap()).is_ok());
     }
 
     #[test]
