@@ -46,6 +46,7 @@ pub(super) enum PutKind {
 
 impl Inner {
     /// How the queue was shut down: [`OPEN`], [`DRAINING`] or [`STOPPED`].
+    #[inline]
     fn shut_down_state(&self) -> u64 {
         self.header().shut_down().load(Ordering::SeqCst)
     }
@@ -56,6 +57,7 @@ impl Inner {
     }
 
     /// [`Error::ShutDown`] if the queue was shut down so as to refuse a put of this kind.
+    #[inline]
     pub(super) fn check_put(&self, kind: PutKind) -> Result<()> {
         match (self.shut_down_state(), kind) {
             (OPEN, _) | (DRAINING, PutKind::PutBack) => Ok(()),
@@ -64,6 +66,7 @@ impl Inner {
     }
 
     /// [`Error::ShutDown`] once the queue was shut down immediately: no get may take.
+    #[inline]
     pub(super) fn check_gets_allowed(&self) -> Result<()> {
         match self.shut_down_state() {
             STOPPED => Err(Error::ShutDown),
@@ -75,6 +78,7 @@ impl Inner {
     /// or [`Error::ShutDown`] if none will come. A get finds nothing while the oldest slot
     /// is still being written, though items may be published behind it: after `shutdown()`
     /// it waits for that slot too (see [`writer_to_watch`](Self::writer_to_watch)).
+    #[inline]
     pub(super) fn empty_or_shut_down<T>(&self) -> Result<Taken<T>> {
         match self.shut_down_state() {
             OPEN => Ok(Taken::Empty),
@@ -114,13 +118,20 @@ impl Inner {
     /// takes out and drops every item left, this one among them (see the module docs), as
     /// [`drain`](Self::drain) does. It does not wait: the take lock is held only across
     /// steps that do not wait, or freed from a dead holder, so it is tried again until had.
+    #[inline]
     pub(super) fn drop_if_stopped(&self) {
         // No fence needed on this path, which every put takes: the slot was published by a
         // sequentially consistent store, which comes before this sequentially consistent
         // load in their single order; the shutdown's fence orders its side.
-        if self.shut_down_state() != STOPPED {
-            return;
+        if self.shut_down_state() == STOPPED {
+            self.drop_left();
         }
+    }
+
+    /// The body of [`drop_if_stopped`](Self::drop_if_stopped), once the queue was shut down
+    /// immediately.
+    #[cold]
+    fn drop_left(&self) {
         loop {
             match self.try_take_any::<IgnoredAny>() {
                 Ok(Taken::Empty) => return,
