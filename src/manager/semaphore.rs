@@ -161,11 +161,7 @@ impl SemaphoreProxy {
     /// # Cancel safety
     /// As [`release`](Self::release).
     pub async fn release_n(&self, n: u32) -> Result<()> {
-        if n == 0 {
-            return Err(crate::Error::InvalidArgument(
-                "a semaphore's release_n needs an n of one or more".into(),
-            ));
-        }
+        crate::sync::check_release_n(n)?;
         let r = self
             .0
             .call(Request::Semaphore(self.0.id, SemaphoreOp::Release(n)))

@@ -133,15 +133,30 @@ impl Inner {
     #[cold]
     fn drop_left(&self) {
         loop {
-            match self.try_take_any::<IgnoredAny>() {
-                Ok(Taken::Empty) => return,
-                Ok(Taken::Item(_)) | Err(Error::Decode { .. }) => self.uncount(),
-                Ok(Taken::Busy) => std::thread::yield_now(),
+            match self.drop_one(self.try_take_any()) {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => return,
+                Ok(None) => std::thread::yield_now(),
                 Err(e) => {
                     tracing::debug!("cannot drop an item put after an immediate shutdown: {e}");
                     return;
                 }
             }
+        }
+    }
+
+    /// Drops what a take found, counting it done in a joinable queue: `Some(true)` for an
+    /// item (one that does not decode too), `Some(false)` if none was left, `None` if
+    /// another consumer held the take lock.
+    fn drop_one(&self, taken: Result<Taken<IgnoredAny>>) -> Result<Option<bool>> {
+        match taken {
+            Ok(Taken::Item(_)) | Err(Error::Decode { .. }) => {
+                self.uncount();
+                Ok(Some(true))
+            }
+            Ok(Taken::Empty) => Ok(Some(false)),
+            Ok(Taken::Busy) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -161,14 +176,10 @@ impl Inner {
                 },
                 other => other,
             };
-            match taken {
-                Ok(Taken::Empty) => return Ok(dropped),
-                Ok(Taken::Item(_)) | Err(Error::Decode { .. }) => {
-                    dropped += 1;
-                    self.uncount();
-                }
-                Ok(Taken::Busy) => {}
-                Err(e) => return Err(e),
+            match self.drop_one(taken)? {
+                Some(true) => dropped += 1,
+                Some(false) => return Ok(dropped),
+                None => {}
             }
         }
     }

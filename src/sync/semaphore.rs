@@ -242,6 +242,17 @@ impl std::fmt::Debug for Semaphore {
     }
 }
 
+/// [`Error::InvalidArgument`] for a release of no unit (Python's `release(0)` is a
+/// `ValueError`), for every semaphore's `release_n`, the manager's too.
+pub(crate) fn check_release_n(n: u32) -> Result<()> {
+    match n {
+        0 => Err(Error::InvalidArgument(
+            "a semaphore's release_n needs an n of one or more".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Semaphore {
     /// A semaphore with the value `value`.
     ///
@@ -269,11 +280,7 @@ impl Semaphore {
     /// [`Error::InvalidArgument`] for an `n` of 0 (Python's `ValueError: n must be one or
     /// more`); otherwise as [`release`](Self::release).
     pub fn release_n(&self, n: u32) -> Result<()> {
-        if n == 0 {
-            return Err(Error::InvalidArgument(
-                "a semaphore's release_n needs an n of one or more".into(),
-            ));
-        }
+        check_release_n(n)?;
         self.raw.release(n)
     }
 

@@ -163,9 +163,7 @@ impl ShmRing {
     pub(crate) fn open(fd: OwnedFd) -> io::Result<ShmRing> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
         // Known by its memfd's name, when `/proc` can tell it.
-        if super::fd_target(fd.as_fd()).is_some()
-            && super::memfd_name(fd.as_fd()).as_deref() != Some(RING_SEGMENT)
-        {
+        if super::segment_name(fd.as_fd()).is_some_and(|name| name != RING_SEGMENT) {
             return Err(bad(
                 "a queue's ring was received with a segment that is not one",
             ));

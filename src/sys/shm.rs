@@ -412,17 +412,29 @@ pub(crate) fn anonymous_file(name: &str) -> io::Result<OwnedFd> {
 /// tells it: an anonymous segment's ([`SharedRegion::anonymous`]), or what else the
 /// descriptor is; `None` if that cannot be read (no `/proc`).
 pub(crate) fn segment_name(fd: BorrowedFd<'_>) -> Option<String> {
-    let target = super::fd_target(fd)?;
-    let name = target.strip_prefix("/memfd:").unwrap_or(&target);
-    Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
+    Some(name_in_link(&super::fd_target(fd)?).1)
 }
 
 /// The name an anonymous segment (a memfd) was made with, as `/proc/self/fd` tells it;
 /// `None` for any other file (a named POSIX segment), or if that cannot be read (no `/proc`).
 pub(crate) fn memfd_name(fd: BorrowedFd<'_>) -> Option<String> {
-    let target = super::fd_target(fd)?;
-    let name = target.strip_prefix("/memfd:")?;
-    Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
+    match name_in_link(&super::fd_target(fd)?) {
+        (true, name) => Some(name),
+        (false, _) => None,
+    }
+}
+
+/// Whether a `/proc/self/fd` link names a memfd, and the name it gives, without the memfd
+/// prefix and the mark of a removed file.
+fn name_in_link(target: &str) -> (bool, String) {
+    let (memfd, name) = match target.strip_prefix("/memfd:") {
+        Some(name) => (true, name),
+        None => (false, target),
+    };
+    (
+        memfd,
+        name.strip_suffix(" (deleted)").unwrap_or(name).to_string(),
+    )
 }
 
 /// Removes the name `name` from `/dev/shm` if it still names the segment behind `ours` (the
