@@ -23,7 +23,7 @@ use tokio_multiprocessing::{
 const LONG: Duration = Duration::from_secs(20);
 
 fn unique(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("tkmp-cpy-{tag}-{}", std::process::id()))
+    std::env::temp_dir().join(support::unique_name(&format!("tkmp-cpy-{tag}")))
 }
 
 // ================================================================ _TestProcess
@@ -455,7 +455,7 @@ async fn multiple_bind_unix() -> TestResult {
 /// namespace: a client in a child reaches it by the same string, no file is made, and a
 /// manager serves there too.
 async fn abstract_socket() -> TestResult {
-    let name = format!("\0tkmp-cpy-abstract-{}", std::process::id());
+    let name = format!("\0{}", support::unique_name("tkmp-cpy-abstract"));
     let l = Listener::bind(name.as_str(), Some(b"key"))?;
     ensure!(
         *l.address() == mp::Address::Unix(name.clone().into()),

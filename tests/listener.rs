@@ -22,7 +22,7 @@ use tokio_multiprocessing as mp;
 const KEY: &[u8] = b"a shared secret";
 
 fn socket_path(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("tmp-mp-listener-{}-{tag}", std::process::id()))
+    std::env::temp_dir().join(support::unique_name(&format!("tmp-mp-listener-{tag}")))
 }
 
 // ---- child targets ----
@@ -223,7 +223,7 @@ async fn unix_path_with_key() -> TestResult {
 /// travels to a child, which connects by it.
 async fn an_address_of_any_bytes_travels_to_a_child() -> TestResult {
     use std::os::unix::ffi::OsStringExt;
-    let mut name = format!("\0tkmp-listener-{}-", std::process::id()).into_bytes();
+    let mut name = format!("\0{}-", support::unique_name("tkmp-listener")).into_bytes();
     name.extend_from_slice(&[0xff, 0xfe]);
     let path = PathBuf::from(std::ffi::OsString::from_vec(name));
     let l = mp::Listener::bind(path.clone(), Some(KEY))?;

@@ -252,7 +252,7 @@ async fn rapid_restart_on_the_same_address() -> TestResult {
 }
 
 async fn served_in_this_process_over_a_unix_path() -> TestResult {
-    let path = std::env::temp_dir().join(format!("tkmp-manager-{}.sock", std::process::id()));
+    let path = std::env::temp_dir().join(format!("{}.sock", support::unique_name("tkmp-manager")));
     let _ = std::fs::remove_file(&path);
     let m = Manager::builder()
         .address(path.as_path())

@@ -175,14 +175,14 @@ async fn shm_write_then_hang(shm: SharedMemory, ready: Event) {
 /// How many `/dev/shm` segments this test process has made and not removed (other processes
 /// on the machine make and remove their own at any time, so only ours are counted).
 fn our_segments() -> usize {
-    let suffix = format!("-{}", std::process::id());
+    let ours = format!("-{}-", support::unique_stem());
     std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.flatten()
                 .filter(|e| {
                     let n = e.file_name();
                     let n = n.to_string_lossy();
-                    n.starts_with("tmp-sync-") && n.ends_with(&suffix)
+                    n.starts_with("tmp-sync-") && n.contains(&ours)
                 })
                 .count()
         })
@@ -194,7 +194,7 @@ fn shm_exists(name: &str) -> bool {
 }
 
 fn unique(tag: &str) -> String {
-    format!("tmp-sync-{tag}-{}", std::process::id())
+    support::unique_name(&format!("tmp-sync-{tag}"))
 }
 
 /// `_TestValue.test_value` and `_TestArray.test_array`: a child writes values of several

@@ -223,16 +223,43 @@ impl Drop for KilledOnDrop {
     }
 }
 
-/// A fresh path in the temporary directory, unique to this test process (its pid, `tag` and a
-/// counter), that nothing exists at yet. Whatever is made there (a file, a socket, a
+/// A name for something every process on the machine sees (an abstract socket, a shared
+/// memory segment, a temporary file): `tag`, then [`unique_stem`], then a counter.
+pub fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}-{}-{n}", unique_stem())
+}
+
+/// This process's part of every [`unique_name`]: its id and 64 random bits. The random bits
+/// keep it apart from a process of the same id in another pid namespace that shares the
+/// network namespace or the directory (two containers on one host).
+pub fn unique_stem() -> &'static str {
+    use std::io::Read;
+    use std::sync::OnceLock;
+    static STEM: OnceLock<String> = OnceLock::new();
+    STEM.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        let random = match read {
+            Ok(()) => u64::from_ne_bytes(bytes),
+            // Without /dev/urandom the clock's nanoseconds still part two runs.
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        };
+        format!("{}-{random:016x}", std::process::id())
+    })
+}
+
+/// A fresh path in the temporary directory, unique to this test process (see
+/// [`unique_name`]), that nothing exists at yet. Whatever is made there (a file, a socket, a
 /// directory and its contents) is removed when the `TempPath` is dropped, so a test that
 /// fails midway leaves nothing behind either. It derefs to a [`Path`](std::path::Path);
 /// `to_string()` gives the path as a task's `String` argument.
 pub fn temp_path(tag: &str) -> TempPath {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    TempPath(std::env::temp_dir().join(format!("tkmp-{}-{tag}-{n}", std::process::id())))
+    TempPath(std::env::temp_dir().join(unique_name(&format!("tkmp-{tag}"))))
 }
 
 /// A path that [`temp_path`] gave, removed with what is there when dropped.
