@@ -51,9 +51,6 @@ struct MiniSlurm {
 /// Taken by each [`MiniSlurm`] while it runs.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// How many [`MiniSlurm`]s this process has started.
-static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
 impl MiniSlurm {
     fn conf(&self) -> PathBuf {
         self.dir.join("slurm.conf")
@@ -77,9 +74,7 @@ impl MiniSlurm {
             }
         }
         let turn = TURN.lock().await;
-        let pid = std::process::id();
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = PathBuf::from(format!("/tmp/tkmp-slurm-{pid}-{n}"));
+        let dir = std::env::temp_dir().join(support::unique_name("tkmp-slurm"));
         let slurm = MiniSlurm {
             dir: dir.clone(),
             _turn: turn,
@@ -110,13 +105,20 @@ impl MiniSlurm {
             .trim()
             .to_string();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let port = 20_000 + (pid % 10_000) * 4 + (n % 2) * 2;
+        // Two ports the kernel picks free on loopback, let go just before the daemons bind
+        // them: a port derived from the pid would meet a run with the same pid in another
+        // container on the same network.
+        let (ctld_port, d_port) = {
+            let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+            (a.local_addr()?.port(), b.local_addr()?.port())
+        };
         let d = dir.display();
         std::fs::write(
             slurm.conf(),
             format!(
-                "ClusterName=tkmp\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={port}\n\
-                 SlurmdPort={}\nAuthType=auth/munge\nAuthInfo=socket={}\nCredType=cred/munge\n\
+                "ClusterName=tkmp\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={ctld_port}\n\
+                 SlurmdPort={d_port}\nAuthType=auth/munge\nAuthInfo=socket={}\nCredType=cred/munge\n\
                  SlurmUser=root\nSlurmdUser=root\nStateSaveLocation={d}/state\n\
                  SlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/ctld.pid\nSlurmdPidFile={d}/d.pid\n\
                  SlurmctldLogFile={d}/ctld.log\nSlurmdLogFile={d}/d.log\n\
@@ -126,7 +128,6 @@ impl MiniSlurm {
                  AccountingStorageType=accounting_storage/none\n\
                  NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN\n\
                  PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
-                port + 1,
                 m("sock"),
             ),
         )?;
