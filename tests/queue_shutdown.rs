@@ -75,6 +75,33 @@ async fn put_into_full(q: mp::Queue<Item>, i: u32, started: mp::Queue<u32>) -> E
     ExitCode::from(code)
 }
 
+/// Puts items numbered from `first` until a put fails with [`Error::ShutDown`]; reports the
+/// numbers whose put returned `Ok`.
+async fn produce_until_shut_down(
+    q: mp::Queue<Item>,
+    first: u32,
+    out: mp::Queue<Vec<u32>>,
+) -> ExitCode {
+    let mut put = Vec::new();
+    let end = loop {
+        let i = first + put.len() as u32;
+        match q.put(item(i)).await {
+            Ok(()) => put.push(i),
+            Err(e) if matches!(e.error(), Error::ShutDown) => break 0,
+            Err(e) => {
+                eprintln!("put failed: {e}");
+                break NOT_SHUT_DOWN;
+            }
+        }
+        // Consumers keep up: the queue is empty when the shutdown comes, with a put under way.
+        tokio::task::yield_now().await;
+    };
+    match out.put(put).await {
+        Ok(()) => ExitCode::from(end),
+        Err(_) => ExitCode::from(3),
+    }
+}
+
 /// Shuts `q` down from this process.
 async fn shut_down(q: mp::Queue<Item>) {
     q.shutdown();
@@ -204,6 +231,49 @@ async fn consumers_take_every_item_then_end_on_shutdown() -> TestResult {
         matches!(got, Err(Error::ShutDown)),
         "a get of the empty shut down queue: {got:?}"
     );
+    Ok(())
+}
+
+/// `test_shutdown_all_methods_in_many_threads`, with puts racing the shutdown: producers in
+/// two processes put without pause, consumers in two more keep the queue near empty, and
+/// the shutdown comes at varied moments. Every put either failed with `ShutDown` or its item
+/// was taken, exactly once, by a consumer that then ended: none lands after the consumers
+/// ended, and the queue is left empty.
+async fn puts_racing_a_shutdown_fail_or_are_taken() -> TestResult {
+    for round in 0..12u32 {
+        let q = mp::Queue::<Item>::new()?;
+        let put = mp::Queue::<Vec<u32>>::new()?;
+        let took = mp::Queue::<Vec<u32>>::new()?;
+        let mut children = Vec::new();
+        for c in 0..2 {
+            children.push(start(consume_until_shut_down, (q.clone(), took.clone())).await?);
+            let first = 1_000_000 * (c + 1);
+            children.push(start(produce_until_shut_down, (q.clone(), first, put.clone())).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(20 + 9 * u64::from(round))).await;
+        q.shutdown();
+        let (mut puts, mut takes) = (Vec::new(), Vec::new());
+        for c in &mut children {
+            join_ok(c).await?;
+        }
+        for _ in 0..2 {
+            puts.extend(put.get_timeout(Duration::from_secs(10)).await?);
+            takes.extend(took.get_timeout(Duration::from_secs(10)).await?);
+        }
+        puts.sort_unstable();
+        takes.sort_unstable();
+        let left = q.get_nowait().map(|(i, _)| i);
+        ensure!(
+            puts == takes,
+            "round {round}: {} puts returned Ok, {} items taken; left in the queue: {left:?}",
+            puts.len(),
+            takes.len()
+        );
+        ensure!(
+            matches!(left, Err(Error::ShutDown)),
+            "round {round}: left in the queue: {left:?}"
+        );
+    }
     Ok(())
 }
 
@@ -413,6 +483,10 @@ fn main() {
         test_current_thread(
             "consumers_take_every_item_then_end_on_shutdown_current_thread",
             consumers_take_every_item_then_end_on_shutdown,
+        ),
+        test(
+            "puts_racing_a_shutdown_fail_or_are_taken",
+            puts_racing_a_shutdown_fail_or_are_taken,
         ),
         test(
             "producers_waiting_for_room_wake_on_shutdown",

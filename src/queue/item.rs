@@ -128,14 +128,12 @@ impl Inner {
     pub(super) fn put_item_now(self: &Arc<Self>, item: Item, kind: PutKind) -> Result<()> {
         self.check_put(kind)?;
         match item {
-            Item::Small(b) => {
-                if self.try_push(Some(&b)) == Pushed::Done {
-                    Ok(())
-                } else {
-                    Err(Error::Full)
-                }
-            }
-            Item::Packet(bytes, fds) => self.put_packet_now(&bytes, &fds),
+            Item::Small(b) => match self.try_push(Some((&b, kind))) {
+                Pushed::Done => Ok(()),
+                Pushed::Refused => Err(Error::ShutDown),
+                Pushed::Full | Pushed::Held(_) => Err(Error::Full),
+            },
+            Item::Packet(bytes, fds) => self.put_packet_now(&bytes, &fds, kind),
         }
     }
 

@@ -338,13 +338,12 @@ impl<T> Queue<T> {
     /// sender of a tokio channel does: `while let Ok(item) = q.get().await { .. }` takes
     /// every item, then stops. A shutdown cannot be undone.
     ///
-    /// A put that was under way as the queue was shut down (one that had found room in it)
-    /// may still land its item, and return `Ok`, after the consumers that found the queue
-    /// empty have ended on [`Error::ShutDown`]: the item stays in the queue for a later get
-    /// (or a [`shutdown_immediate`](Self::shutdown_immediate) to drop). Producers that must
-    /// know their last items were taken stop putting before they shut the queue down, as
-    /// with a tokio channel's last sender. A handle closed by [`close`](Self::close) may
-    /// still shut the queue down.
+    /// A put under way in another process as the queue is shut down either fails with
+    /// [`Error::ShutDown`], its item handed back, or returns `Ok` with its item taken by a
+    /// get: a get ends on [`Error::ShutDown`] only once no put that returns `Ok` can still
+    /// land an item, so every item a put was told is in the queue reaches a consumer that
+    /// loops until the shutdown. A handle closed by [`close`](Self::close) may still shut
+    /// the queue down.
     ///
     /// # Examples
     ///

@@ -62,13 +62,19 @@ impl PacketGuard {
 
 impl Drop for PacketGuard {
     /// Releases the lock; a put given up before it sent its packet (an error, a timeout, a
-    /// dropped future) first says it sent nothing.
+    /// dropped future, a shutdown) first says it sent nothing, and wakes the gets that wait
+    /// to see what becomes of its packet.
     fn drop(&mut self) {
         let sending = u64::from(sys::cached_pid()) | SENDING;
         let word = self.queue.header().packet_sent();
-        let _ = word.compare_exchange(sending, 0, Ordering::SeqCst, Ordering::SeqCst);
+        let given_up = word
+            .compare_exchange(sending, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
         if let Err(e) = self.queue.lock.release() {
             tracing::debug!("cannot release a queue's packet lock: {e}");
+        }
+        if given_up {
+            self.queue.notify_consumers();
         }
     }
 }
@@ -261,6 +267,9 @@ impl Inner {
             until(deadline, room).await?;
         }
         self.record_sent(SENDING);
+        // Looked at again once the send is recorded: a get that sees the shutdown, then no
+        // send recorded, is sure no packet comes after it (see `shutdown.rs`).
+        self.check_put(kind)?;
         until(deadline, self.send_packet(r, bytes, fds)).await?;
         self.record_sent(0);
         match self.push_marker(lock, false) {
@@ -289,7 +298,12 @@ impl Inner {
 
     /// Puts a packet if the packet lock is free and there is room now, else fails with
     /// [`Error::Full`].
-    pub(super) fn put_packet_now(self: &Arc<Self>, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+    pub(super) fn put_packet_now(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        kind: PutKind,
+    ) -> Result<()> {
         // A producer holding the packet lock may be waiting for room: full.
         let Some(lock) = self.try_lock()? else {
             return Err(Error::Full);
@@ -300,6 +314,7 @@ impl Inner {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let tag = self.tag();
         self.record_sent(SENDING);
+        self.check_put(kind)?;
         loop {
             match sys::send_headed_with_fds(self.tx.as_fd(), &tag, bytes, &raw) {
                 Ok(_) => break,

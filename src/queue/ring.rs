@@ -12,7 +12,7 @@ use super::header::COUNTED;
 use super::inner::Inner;
 use super::reactor::Reactor;
 use super::shutdown::PutKind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sync::Watch;
 use crate::sys::{self, Message, Pushed};
 
@@ -27,7 +27,7 @@ impl Inner {
     /// tag advances leaves the next holder to publish the same marker again, and one that
     /// dies after leaves it to publish a marker for the next tag: a marker too many, whose
     /// consumer finds no packet of its tag and skips it, rather than one too few.
-    pub(super) fn try_push(&self, data: Option<&[u8]>) -> Pushed {
+    pub(super) fn try_push(&self, data: Option<(&[u8], PutKind)>) -> Pushed {
         self.try_push_counted(data, false)
     }
 
@@ -42,21 +42,32 @@ impl Inner {
     /// ([`COUNTED`]) at the same point instead: a holder killed after the marker is out and
     /// before its record is cleared leaves the next holder to publish a marker too many,
     /// which it counts, as the consumer that skips it uncounts it.
-    pub(super) fn try_push_counted(&self, data: Option<&[u8]>, counted: bool) -> Pushed {
+    ///
+    /// An item's bytes are refused once the slot is claimed, if the queue was shut down so
+    /// as to refuse its kind of put ([`Pushed::Refused`]): a get that sees the shutdown,
+    /// then finds the ring empty, is then sure no item comes after it (see `shutdown.rs`).
+    /// A marker is never refused: its packet is in the socket already.
+    pub(super) fn try_push_counted(&self, data: Option<(&[u8], PutKind)>, counted: bool) -> Pushed {
         let header = self.header();
         let joinable = self.done.is_some();
         // Only a marker reads the tag: the word shares its cache line with the packet lock's
         // record, which small items leave alone.
         let message = match data {
-            Some(d) => Message::Data(d),
+            Some((d, _)) => Message::Data(d),
             None => Message::Marker(header.next_tag().load(Ordering::SeqCst)),
         };
         let pushed = self.ring.try_push_then(message, || {
+            if let Some((_, kind)) = data
+                && self.check_put(kind).is_err()
+            {
+                return false;
+            }
             if counted {
                 header.packet_sent().fetch_and(!COUNTED, Ordering::SeqCst);
             } else if joinable {
                 header.unfinished().fetch_add(1, Ordering::SeqCst);
             }
+            true
         });
         if let (Message::Marker(tag), Pushed::Done) = (message, &pushed) {
             header.next_tag().store(tag + 1, Ordering::SeqCst);
@@ -71,6 +82,11 @@ impl Inner {
         match pushed {
             // Our own process (another thread) frees it and wakes us as any consumer does.
             Pushed::Held(pid) if pid == sys::cached_pid() => Pushed::Full,
+            // A get may wait for the slot given up, to see whether it is published.
+            Pushed::Refused => {
+                self.notify_consumers();
+                Pushed::Refused
+            }
             other => other,
         }
     }
@@ -111,9 +127,10 @@ impl Inner {
         item: Option<(&[u8], PutKind)>,
         counted: bool,
     ) -> Result<()> {
-        let data = item.map(|(d, _)| d);
-        if self.try_push_counted(data, counted) == Pushed::Done {
-            return Ok(());
+        match self.try_push_counted(item, counted) {
+            Pushed::Done => return Ok(()),
+            Pushed::Refused => return Err(Error::ShutDown),
+            Pushed::Full | Pushed::Held(_) => {}
         }
         let producers = self.header().producers();
         let _counted = producers.count_waiter();
@@ -125,8 +142,9 @@ impl Inner {
             if let Some((_, kind)) = item {
                 self.check_put(kind)?;
             }
-            match self.try_push_counted(data, counted) {
+            match self.try_push_counted(item, counted) {
                 Pushed::Done => return Ok(()),
+                Pushed::Refused => return Err(Error::ShutDown),
                 Pushed::Full => watch = None,
                 Pushed::Held(pid) => {
                     // A slot's word has room for a bare pid only (see the ring's docs).

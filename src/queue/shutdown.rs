@@ -10,27 +10,32 @@
 //!   returns once the items that consumers hold are done.
 //!
 //! Either way every waiter, in every process, is woken to look again: both sides' eventfds
-//! are written whether anyone waits or not. The word is read where a put or a get looks at
-//! the ring, never under a lock of its own, so a put that read it just before the shutdown
-//! may still land its item after it. After `shutdown()` that item stays in the queue for a
-//! `get`. After `shutdown_immediate()` whoever publishes a slot looks at the word again, and
-//! takes out and drops what is left, as the shutdown did (see
-//! [`drop_if_stopped`](Inner::drop_if_stopped)): so is an item whose put was under way, or
-//! whose marker (a dead producer's, or one that waited for room) came late, and a joinable
-//! queue's `join` is not left waiting for it.
+//! are written whether anyone waits or not.
+//!
+//! A put reads the word again once it holds its place: a small item once its slot is
+//! claimed, a large one once its send is recorded. If the queue was shut down by then, it
+//! gives its place up and fails. So a get that reads the word, then finds the ring empty,
+//! no slot being written and no send recorded, knows no put that returns `Ok` is left to
+//! land an item, and ends (see [`take_while_draining`](Inner::take_while_draining)).
+//! A large item's marker is never refused: its packet is in the socket already. After
+//! `shutdown_immediate()` whoever publishes a slot looks at the word again, and takes out
+//! and drops what is left, as the shutdown did (see
+//! [`drop_if_stopped`](Inner::drop_if_stopped)): so is an item whose marker (a dead
+//! producer's, or one that waited for room) came late, and a joinable queue's `join` is not
+//! left waiting for it.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::header::{DRAINING, OPEN, STOPPED};
 use super::inner::Inner;
 use super::item::Taken;
 use crate::error::{Error, Result};
 use crate::sync::Watch;
-use crate::sys;
+use crate::sys::{self, Head};
 
 /// What a put puts, which decides whether a shutdown refuses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,15 +80,49 @@ impl Inner {
     }
 
     /// What a get that found the queue empty answers: [`Taken::Empty`] to wait for an item,
-    /// or [`Error::ShutDown`] if none will come. A get finds nothing while the oldest slot
-    /// is still being written, though items may be published behind it: after `shutdown()`
-    /// it waits for that slot too (see [`writer_to_watch`](Self::writer_to_watch)).
+    /// or [`Error::ShutDown`] if none will come (see
+    /// [`take_while_draining`](Self::take_while_draining)).
     #[inline]
-    pub(super) fn empty_or_shut_down<T>(&self) -> Result<Taken<T>> {
+    pub(super) fn empty_or_shut_down<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
         match self.shut_down_state() {
             OPEN => Ok(Taken::Empty),
-            DRAINING if self.ring.oldest_writer().is_some() => Ok(Taken::Empty),
+            DRAINING => self.take_while_draining(),
             _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// After `shutdown()`, a get that found the queue empty looks again, now that it knows
+    /// of the shutdown, and ends on [`Error::ShutDown`] only if no item can come:
+    ///
+    /// - A small item's put checks the shutdown word once its slot is claimed, and gives the
+    ///   slot up if it was shut down (see [`ShmRing::try_push_then`]); a large item's put
+    ///   checks it once its send is recorded ([`Header::packet_sent`]). So a put that read
+    ///   "open" there claimed its slot, or recorded its send, before this get read the word.
+    /// - So a send recorded means a marker to come: the get waits ([`Taken::Empty`]), as it
+    ///   waits for a producer that sends (see [`sender_to_watch`](Self::sender_to_watch)).
+    /// - Then it takes again. If the ring is empty, and the slot at its head is not being
+    ///   written, no put claimed a slot in time; one being written is waited for, watching
+    ///   its writer (see [`writer_to_watch`](Self::writer_to_watch)), since items may be
+    ///   published behind it.
+    ///
+    /// [`ShmRing::try_push_then`]: crate::sys::ShmRing::try_push_then
+    /// [`Header::packet_sent`]: super::header::Header::packet_sent
+    #[cold]
+    fn take_while_draining<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
+        if self.header().packet_sent().load(Ordering::SeqCst) != 0 {
+            return Ok(Taken::Empty);
+        }
+        loop {
+            match self.try_take_any()? {
+                Taken::Empty => {}
+                taken => return Ok(taken),
+            }
+            match self.ring.head() {
+                Head::Empty => return Err(Error::ShutDown),
+                Head::Writing(_) => return Ok(Taken::Empty),
+                // Published, or taken, or given up, since the take looked: again.
+                Head::Moved => {}
+            }
         }
     }
 
@@ -94,8 +133,10 @@ impl Inner {
         if self.shut_down_state() != DRAINING {
             return Ok(None);
         }
-        match self.ring.oldest_writer() {
-            Some(pid) if pid != sys::cached_pid() => Ok(Watch::open(u64::from(pid))?.map(Arc::new)),
+        match self.ring.head() {
+            Head::Writing(pid) if pid != sys::cached_pid() => {
+                Ok(Watch::open(u64::from(pid))?.map(Arc::new))
+            }
             _ => Ok(None),
         }
     }
@@ -243,6 +284,7 @@ mod tests {
             q.put_nowait(2).unwrap();
             q.shutdown();
             during = Some(q.get_nowait());
+            true
         });
         assert_eq!(pushed, Pushed::Done);
         assert!(

@@ -56,7 +56,7 @@ pub(crate) use proc::{
     wait_pid_blocking, wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
-pub(crate) use ring::{Message, Popped, Pushed, SLOT_DATA, ShmRing};
+pub(crate) use ring::{Head, Message, Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{
     SHM_NAME_MAX, SharedRegion, anonymous_file, memfd_name, segment_name, shm_attach, shm_create,

@@ -101,6 +101,9 @@ pub(crate) enum Pushed {
     /// The ring is full at a slot that the live process `pid` is still putting into or
     /// taking from: it will free it at once, or, if it dies first, the next try will.
     Held(u32),
+    /// The slot was claimed, and the caller's check then refused the message: the slot was
+    /// given up (see [`ShmRing::try_push_then`]).
+    Refused,
 }
 
 /// What [`ShmRing::try_push`] publishes.
@@ -110,6 +113,19 @@ pub(crate) enum Message<'a> {
     Data(&'a [u8]),
     /// A marker with this tag: the message travels another way, and the tag tells which.
     Marker(u64),
+}
+
+/// What [`ShmRing::head`] found at the dequeue position.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// Nothing was put there on this lap: the ring is empty, and only a later claim fills it.
+    Empty,
+    /// This process (its bare pid, ours included) claimed the slot and writes it: the ring
+    /// is not empty, yet [`ShmRing::try_pop`] finds nothing until the slot is published, or
+    /// freed (its writer gave it up, or died).
+    Writing(u32),
+    /// An item published, or a slot another consumer took or a producer gave up: look again.
+    Moved,
 }
 
 /// What [`ShmRing::try_pop`] found.
@@ -239,7 +255,7 @@ impl ShmRing {
     /// Appends a message: bytes (at most [`SLOT_DATA`]) or a marker.
     #[cfg(test)]
     pub(crate) fn try_push(&self, message: Message<'_>) -> Pushed {
-        self.try_push_then(message, || {})
+        self.try_push_then(message, || true)
     }
 
     /// Appends a message: bytes (at most [`SLOT_DATA`]) or a marker; calls `claimed` once
@@ -247,7 +263,18 @@ impl ShmRing {
     /// what it does happens before any consumer can take the message, and not at all when
     /// there is no room. (A process killed between the two leaves it done for a message
     /// that is lost.)
-    pub(crate) fn try_push_then(&self, message: Message<'_>, claimed: impl FnOnce()) -> Pushed {
+    ///
+    /// Should `claimed` answer `false`, the message is not published: the slot is freed for
+    /// the next lap, as a dead producer's is (see "Owner death"), and consumers step over
+    /// it ([`Pushed::Refused`]). A check made there comes after the claim, a sequentially
+    /// consistent compare-and-swap, in the single order of such operations: a consumer that
+    /// changes what the check reads, then looks at the slot, finds it claimed, or finds that
+    /// the check refused.
+    pub(crate) fn try_push_then(
+        &self,
+        message: Message<'_>,
+        claimed: impl FnOnce() -> bool,
+    ) -> Pushed {
         let me = owner_id();
         let enq = self.word(W_ENQ);
         let mut pos = enq.load(Ordering::Acquire);
@@ -282,7 +309,10 @@ impl ShmRing {
                         Message::Marker(_) => MARKER,
                     };
                     len.store(n, Ordering::Relaxed);
-                    claimed();
+                    if !claimed() {
+                        state.store(word(lap + 1, FREE, 0), Ordering::SeqCst);
+                        return Pushed::Refused;
+                    }
                     state.store(word(lap, READY, 0), Ordering::SeqCst);
                     return Pushed::Done;
                 }
@@ -380,17 +410,17 @@ impl ShmRing {
         }
     }
 
-    /// The process writing the oldest slot now, if one is (ours included), by its bare pid:
-    /// the ring is not empty, yet [`try_pop`](Self::try_pop) finds nothing until that
-    /// process publishes the slot, or dies and the slot is freed.
-    pub(crate) fn oldest_writer(&self) -> Option<u32> {
-        let pos = self.word(W_DEQ).load(Ordering::Acquire);
+    /// What the slot at the dequeue position holds now, on its lap: a consumer that found
+    /// the ring empty tells "nothing was put" from "an item is being written" by it.
+    pub(crate) fn head(&self) -> Head {
+        let pos = self.word(W_DEQ).load(Ordering::SeqCst);
         let (state, _, _) = self.slot(pos);
-        let w = state.load(Ordering::Acquire);
-        let pid = w & PID_MASK;
-        let writing =
-            lap_order(w, pos / self.capacity) == std::cmp::Ordering::Equal && kind(w) == WRITING;
-        (writing && pid != PID_UNKNOWN).then_some(pid as u32)
+        let w = state.load(Ordering::SeqCst);
+        match (lap_order(w, pos / self.capacity), kind(w)) {
+            (std::cmp::Ordering::Equal, FREE) | (std::cmp::Ordering::Less, _) => Head::Empty,
+            (std::cmp::Ordering::Equal, WRITING) => Head::Writing((w & PID_MASK) as u32),
+            _ => Head::Moved,
+        }
     }
 
     /// A slot found `w`, held (writing or reading) by another process: waits a few spins for
