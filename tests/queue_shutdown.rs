@@ -238,8 +238,11 @@ async fn consumers_take_every_item_then_end_on_shutdown() -> TestResult {
 /// two processes put without pause, consumers in two more keep the queue near empty, and
 /// the shutdown comes at varied moments. Every put either failed with `ShutDown` or its item
 /// was taken, exactly once, by a consumer that then ended: none lands after the consumers
-/// ended, and the queue is left empty.
+/// ended, and the queue is left empty. In every other round a third producer is killed
+/// just before the shutdown, wherever its put is: the consumers still end, and take the
+/// other producers' items exactly once.
 async fn puts_racing_a_shutdown_fail_or_are_taken() -> TestResult {
+    const KILLED_FIRST: u32 = 3_000_000;
     for round in 0..12u32 {
         let q = mp::Queue::<Item>::new()?;
         let put = mp::Queue::<Vec<u32>>::new()?;
@@ -250,7 +253,21 @@ async fn puts_racing_a_shutdown_fail_or_are_taken() -> TestResult {
             let first = 1_000_000 * (c + 1);
             children.push(start(produce_until_shut_down, (q.clone(), first, put.clone())).await?);
         }
+        let mut killed = match round % 2 {
+            0 => None,
+            _ => Some(
+                start(
+                    produce_until_shut_down,
+                    (q.clone(), KILLED_FIRST, put.clone()),
+                )
+                .await?,
+            ),
+        };
         tokio::time::sleep(Duration::from_millis(20 + 9 * u64::from(round))).await;
+        if let Some(p) = &mut killed {
+            p.kill()?;
+            p.join().await?;
+        }
         q.shutdown();
         let (mut puts, mut takes) = (Vec::new(), Vec::new());
         for c in &mut children {
@@ -262,6 +279,14 @@ async fn puts_racing_a_shutdown_fail_or_are_taken() -> TestResult {
         }
         puts.sort_unstable();
         takes.sort_unstable();
+        let before = takes.len();
+        takes.dedup();
+        ensure!(
+            takes.len() == before,
+            "round {round}: an item was taken twice"
+        );
+        // The killed producer's items: any number of them, each once.
+        takes.retain(|&i| i < KILLED_FIRST);
         let left = q.get_nowait().map(|(i, _)| i);
         ensure!(
             puts == takes,
