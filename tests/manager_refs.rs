@@ -26,6 +26,8 @@ fn main() {
         a_proxy_whose_send_is_refused_lends_nothing,
         a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_child,
         proxies_sent_in_a_vec_end_with_their_last_proxy,
+        proxies_a_child_receives_share_one_connection,
+        an_object_received_several_times_ends_with_its_last_proxy,
     ])
 }
 
@@ -350,5 +352,83 @@ async fn proxies_sent_in_a_vec_end_with_their_last_proxy() -> TestResult {
     join_ok(&mut p).await?;
     ensure!(dicts[2].get(&0).await? == Some(2), "the child wrote");
     drop(dicts);
+    count_becomes(&m, 0).await
+}
+
+/// Lowers this process's limit of open descriptors to `n` (soft and hard).
+fn limit_fds(n: u64) -> mp::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(|e| mp::Error::from(std::io::Error::from(e)))
+}
+
+/// At a limit of 1,024 descriptors, writes its index into each dict, then counts this
+/// process's open descriptors.
+async fn write_each_then_count_fds(dicts: Vec<DictProxy<u32, u32>>) -> mp::Result<usize> {
+    limit_fds(1024)?;
+    write_each(dicts).await?;
+    Ok(support::open_fds())
+}
+
+/// A child given 600 proxies of one manager, at a descriptor limit of 1,024 (most systems'
+/// default), uses each through one connection, as CPython's proxies share theirs. (Each
+/// received proxy made a connection of its own, two descriptors: the child failed with
+/// "Too many open files".)
+async fn proxies_a_child_receives_share_one_connection() -> TestResult {
+    const N: usize = 600;
+    let m = Manager::start().await?;
+    let mut dicts = Vec::with_capacity(N);
+    for _ in 0..N {
+        dicts.push(m.dict::<u32, u32>().await?);
+    }
+    let mut p = Process::call(write_each_then_count_fds, (dicts.clone(),))
+        .start()
+        .await?;
+    let fds = p.join().await??;
+    ensure!(
+        fds < 64,
+        "the child holds {fds} descriptors for {N} proxies"
+    );
+    for (i, d) in dicts.iter().enumerate() {
+        ensure!(d.get(&0).await? == Some(i as u32), "dict {i}");
+    }
+    Ok(())
+}
+
+/// Uses the first proxy of `first`, then takes three more of the same object from `more`,
+/// received while its connection holds the object already, and uses them.
+async fn use_then_receive_more(
+    first: Vec<DictProxy<String, u32>>,
+    more: mp::Queue<Vec<DictProxy<String, u32>>>,
+) -> mp::Result<()> {
+    first[0].insert("first".into(), first.len() as u32).await?;
+    let more = more.get().await?;
+    for d in &more {
+        d.insert("more".into(), more.len() as u32).await?;
+    }
+    Ok(())
+}
+
+async fn ignore_all(_d: Vec<DictProxy<String, u32>>) {}
+
+/// One object received several times by a child, in one value and in a later one, used
+/// or not: every loan is settled, so the object ends with the parent's last proxy, and
+/// the child's calls reach it meanwhile.
+async fn an_object_received_several_times_ends_with_its_last_proxy() -> TestResult {
+    let m = Manager::start().await?;
+    let d = m.dict::<String, u32>().await?;
+    let more = mp::Queue::new()?;
+    more.put(vec![d.clone(), d.clone(), d.clone()]).await?;
+    let mut p = Process::new(use_then_receive_more, (vec![d.clone(), d.clone()], more))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(d.get(&"first".into()).await? == Some(2), "the first calls");
+    ensure!(d.get(&"more".into()).await? == Some(3), "the later calls");
+    let mut p = Process::new(ignore_all, (vec![d.clone(), d.clone(), d.clone()],))
+        .start()
+        .await?;
+    join_ok(&mut p).await?;
+    ensure!(m.object_count().await? == 1, "the dict ended early");
+    drop(d);
     count_becomes(&m, 0).await
 }

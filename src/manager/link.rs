@@ -148,8 +148,9 @@ const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(10);
 struct Held {
     /// Live proxies, by object id.
     counts: HashMap<u64, usize>,
-    /// Objects received from another process whose loan the first reference settles.
-    borrowed: HashSet<u64>,
+    /// Objects received from another process, with how many of their loans (one per proxy
+    /// received) wait for a connection to settle them.
+    borrowed: HashMap<u64, u32>,
     /// Loans made before this link had a connection, told to the server once it has one.
     lends: Vec<u64>,
     /// Objects this link held when a connection of its was lost: the server let go of
@@ -244,7 +245,107 @@ struct Conn {
     announced: AtomicUsize,
 }
 
+/// Who a server is, for proxies received by this process to share one link to it: its
+/// registration socket (by the socket's identity: every copy of it, received in any number
+/// of values, is the same socket), or its address and key.
+#[derive(PartialEq, Eq)]
+enum ServerKey {
+    Socket(sys::FileId),
+    Address(Address, Option<Arc<[u8]>>),
+}
+
+impl ServerKey {
+    fn of(route: &Route) -> Option<ServerKey> {
+        match route {
+            Route::Registration(fd) => sys::file_id(fd.as_fd()).ok().map(ServerKey::Socket),
+            Route::Address { address, authkey } => {
+                Some(ServerKey::Address(address.clone(), authkey.clone()))
+            }
+        }
+    }
+}
+
+/// The links of proxies received by this process, by server, while a proxy holds them.
+/// Proxies to one server, received in one value or in many, share its connection (one per
+/// runtime), as CPython's proxies share their thread's connection to a manager. Without
+/// it each received proxy made a connection of its own, two descriptors, so that a child
+/// given a few hundred proxies reached its limit of open descriptors.
+static SHARED: Mutex<Vec<SharedLink>> = Mutex::new(Vec::new());
+
+/// A link proxies received by process `pid` share (see [`SHARED`]).
+struct SharedLink {
+    pid: u32,
+    key: ServerKey,
+    link: std::sync::Weak<Link>,
+}
+
+/// Takes one of the loans of `id` waiting in `held`: whether there was one.
+fn take_loan(held: &mut Held, id: u64) -> bool {
+    match held.borrowed.get_mut(&id) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            true
+        }
+        Some(_) => {
+            held.borrowed.remove(&id);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Settles one loan of `id` on `conn`, which holds a reference to it already: a reference
+/// taken, settling the loan, and let go, in that order on the one connection, so the object
+/// is never left without one.
+fn settle_on(conn: &Conn, id: u64) {
+    conn.post(Request::Incref { id, borrowed: true });
+    conn.post(Request::Decref(id));
+}
+
 impl Link {
+    /// The link to the server `route` leads to that proxies received by this process share
+    /// (see [`SHARED`]), made if none is alive and sound.
+    pub(super) fn shared(route: Route) -> Arc<Link> {
+        let Some(key) = ServerKey::of(&route) else {
+            return Link::new(route);
+        };
+        let me = sys::cached_pid();
+        let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        // A `fork` child's copy of its parent's entries leads to links whose ways were
+        // closed in it.
+        shared.retain(|s| s.pid == me && s.link.strong_count() > 0);
+        let found = shared.iter().position(|s| s.key == key);
+        if let Some(link) = found.and_then(|i| shared[i].link.upgrade())
+            && link.sound()
+        {
+            // The way received is dropped: the link has its own.
+            return link;
+        }
+        let link = Link::new(route);
+        let entry = SharedLink {
+            pid: me,
+            key,
+            link: Arc::downgrade(&link),
+        };
+        match found {
+            Some(i) => shared[i] = entry,
+            None => shared.push(entry),
+        }
+        link
+    }
+
+    /// Whether the link may take new proxies: it never lost a connection, nor failed to
+    /// make one. A link that did takes what it held for lost with its server (see
+    /// [`install`](Self::install)), a new proxy among them, where the server that sent it
+    /// may be another, started since at the same address.
+    fn sound(&self) -> bool {
+        self.failures().0 == 0
+            && !self
+                .conns()
+                .iter()
+                .any(|c| c.calls.lost.load(Ordering::Acquire))
+    }
+
     pub(super) fn new(route: Route) -> Arc<Link> {
         Arc::new(Link {
             server: Arc::new(ServerName::of(&route)),
@@ -295,19 +396,27 @@ impl Link {
     /// A proxy to `id` now lives on this link (`borrowed`: received from another process).
     /// The first one is a reference of each connection, told to the server now or when the
     /// connection is made.
+    ///
+    /// A proxy received while the link holds `id` already (one process given the same
+    /// object twice) adds no reference: its loan is settled on its own, by a reference
+    /// taken and let go at once, in order on one connection.
     pub(super) fn hold(&self, id: u64, borrowed: bool) {
         let mut held = self.held();
         if borrowed {
-            held.borrowed.insert(id);
+            *held.borrowed.entry(id).or_default() += 1;
         }
         let n = held.counts.entry(id).or_default();
         *n += 1;
         if *n == 1 {
             for conn in self.live_conns() {
                 // The first reference settles the loan; the others are plain.
-                let borrowed = held.borrowed.remove(&id);
+                let borrowed = take_loan(&mut held, id);
                 conn.post(Request::Incref { id, borrowed });
             }
+        } else if borrowed && let Some(conn) = self.live_conn().or_else(|| self.live_conns().pop())
+        {
+            take_loan(&mut held, id);
+            settle_on(&conn, id);
         }
     }
 
@@ -321,14 +430,16 @@ impl Link {
         if *n == 0 {
             self.rings().remove(&id);
             held.counts.remove(&id);
-            let unsettled = held.borrowed.remove(&id);
+            let unsettled = held.borrowed.remove(&id).unwrap_or(0);
             held.across_loss.remove(&id);
             let conns = self.live_conns();
             for conn in &conns {
                 conn.post(Request::Decref(id));
             }
-            if conns.is_empty() && unsettled {
-                self.settle(id);
+            if conns.is_empty() {
+                for _ in 0..unsettled {
+                    self.settle(id);
+                }
             }
         }
     }
@@ -447,8 +558,14 @@ impl Link {
             held.across_loss.extend(ids.iter().copied());
         }
         for id in ids {
-            let borrowed = held.borrowed.remove(&id);
-            conn.post(Request::Incref { id, borrowed });
+            let loans = held.borrowed.remove(&id).unwrap_or(0);
+            conn.post(Request::Incref {
+                id,
+                borrowed: loans > 0,
+            });
+            for _ in 1..loans {
+                settle_on(&conn, id);
+            }
         }
         for id in std::mem::take(&mut held.lends) {
             conn.post(Request::Lend(id));

@@ -868,7 +868,7 @@ impl<'de, T> Deserialize<'de> for Handle<T> {
             })?;
             return Ok(Handle::holding(link, id, false));
         };
-        Ok(Handle::holding(Link::new(route), id, true))
+        Ok(Handle::holding(Link::shared(route), id, true))
     }
 }
 

@@ -383,6 +383,16 @@ pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ETOOMANYREFS)
 }
 
+/// A file's identity: its device and inode, the same for every descriptor of it, in any
+/// process that holds one.
+pub(crate) type FileId = (u64, u64);
+
+/// The identity of the file behind `fd`.
+pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<FileId> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
+}
+
 /// This process's limit of open descriptors (the soft `RLIMIT_NOFILE`).
 fn descriptor_limit() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit};

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+use super::fd::FileId;
 use super::shm::{sealed_memfd, size_sealed};
 
 use nix::fcntl::SealFlag;
@@ -44,10 +45,6 @@ pub(crate) fn write_at(fd: BorrowedFd<'_>, data: &[u8], offset: usize) -> io::Re
 /// How many views of spill files a queue handle keeps mapped for their files' next items.
 const KEPT: usize = 8;
 
-/// Identifies a file while it lives: its device and inode numbers. A view keeps its file
-/// alive, so no other file takes the same numbers while the view is kept.
-type FileId = (u64, u64);
-
 /// A mapping of the first bytes of a spill file made by [`spill_file`], unmapped when
 /// dropped: read-only and private for a reader, shared and writable for a writer.
 ///
@@ -61,6 +58,8 @@ struct Mapping {
     /// Bytes mapped.
     mapped: usize,
     writable: bool,
+    /// The file's identity: the view keeps the file alive, so no other file takes the same
+    /// numbers while the view is kept.
     file: FileId,
 }
 
