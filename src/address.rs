@@ -2,7 +2,7 @@
 //! can name one (Python's string and `(host, port)` addresses among them).
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,8 @@ impl From<SocketAddr> for Address {
 /// What can name an [`Address`]: a [`SocketAddr`], an [`Address`], a path, a string
 /// (`"127.0.0.1:50000"` or `"localhost:50000"` for TCP, a path containing a `/` for a Unix
 /// socket, `"\0name"` for an abstract one), or Python's `(host, port)` pair,
-/// `("localhost", 50000)`. A host name stands for
+/// `("localhost", 50000)`, or `("", 50000)` for every interface, as Python's `''` (the
+/// address of the CPython docs' remote manager). A host name stands for
 /// its first IPv4 address, as in Python's `multiprocessing.connection`. A string is read
 /// as an [`Address`] prints itself, so an address printed (`\0name`, with a backslash and
 /// a zero for an abstract one) and handed to another program names the same socket.
@@ -170,6 +171,13 @@ impl<A: ToAddress + ?Sized> ToAddress for &A {
 
 impl ToAddress for (&str, u16) {
     fn to_address(&self) -> Result<Address> {
+        // Python's `''`: every IPv4 interface to bind, this machine to connect to.
+        if self.0.is_empty() {
+            return Ok(Address::Tcp(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                self.1,
+            ))));
+        }
         resolve(self, |failure| {
             format!(
                 "({:?}, {}): cannot resolve the host{failure}",
@@ -283,6 +291,15 @@ mod tests {
             e.contains("write one in the current directory as \"./app.sock\""),
             "{e}"
         );
+    }
+
+    /// Python's `('', 50000)`, the address of the CPython docs' remote manager, is every
+    /// IPv4 interface; before, it was refused as a host that does not resolve.
+    #[test]
+    fn an_empty_host_is_every_interface_as_in_python() {
+        let any = Some(Address::Tcp("0.0.0.0:50000".parse().unwrap()));
+        assert_eq!(("", 50000).to_address().ok(), any);
+        assert_eq!((String::new(), 50000).to_address().ok(), any);
     }
 
     /// An address printed and read back is the same address: before, an abstract one
