@@ -464,13 +464,15 @@ impl Client {
     ///
     /// # #[tokio::main]
     /// # async fn main() -> mp::Result<()> {
-    /// # let l = mp::Listener::bind("127.0.0.1:0", Some(b"secret"))?;
-    /// # let mp::Address::Tcp(addr) = l.address().clone() else { unreachable!() };
-    /// # tokio::spawn(async move {
-    /// #     let conn: mp::Connection<String> = l.accept().await?;
-    /// #     conn.send(&"welcome".to_string()).await
-    /// # });
-    /// // A listener (in any process, here at `addr`) waits with the same key.
+    /// // A listener with the same key, in this process here; in any process, on any
+    /// // machine that can reach its address, over TCP.
+    /// let listener = mp::Listener::bind("127.0.0.1:0", Some(b"secret"))?;
+    /// let addr = listener.address().clone();
+    /// tokio::spawn(async move {
+    ///     let conn: mp::Connection<String> = listener.accept().await?;
+    ///     conn.send(&"welcome".to_string()).await
+    /// });
+    ///
     /// let conn = mp::Client::connect::<String>(addr, Some(b"secret")).await?;
     /// assert_eq!(conn.recv().await?, "welcome");
     /// # Ok(()) }

@@ -53,7 +53,7 @@ use serde::de::DeserializeOwned;
 /// let address = m.address().cloned().expect("a served manager has an address");
 /// let c = Manager::connect(address, "abracadabra").await?;
 /// let remote: QueueProxy<String> = c.get("jobs").await?;
-/// remote.put("hello".to_string()).await.map_err(|e| e.into_parts().0)?;
+/// remote.put("hello".to_string()).await?;
 /// assert_eq!(jobs.get().await?, "hello");
 /// # Ok(()) }
 /// ```
