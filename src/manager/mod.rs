@@ -596,12 +596,28 @@ impl Manager {
     /// Names an object of this manager, so that any client can fetch a proxy to it with
     /// [`get`](Self::get) (Python's `BaseManager.register('get_queue', callable=...)`).
     ///
+    /// The object is one the manager holds, made through it ([`queue`](Self::queue),
+    /// [`dict`](Self::dict)...). Python's server may also serve a `multiprocessing.Queue`
+    /// that local processes share (`callable=lambda: queue`); here the manager's own queue
+    /// serves both: pass its proxy to the local processes as well.
+    ///
     /// # Errors
     /// [`Error::Manager`] if the name is taken by another object, or the proxy is not of
     /// this manager's objects; [`Error::ManagerLost`] if the server is gone.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call may or may not have named the object.
+    ///
+    /// # Examples
+    ///
+    /// A local [`Queue`](crate::Queue) is not a manager's object, and does not compile here:
+    ///
+    /// ```compile_fail,E0277
+    /// # async fn f(m: tokio_multiprocessing::Manager) -> tokio_multiprocessing::Result<()> {
+    /// let q = tokio_multiprocessing::Queue::<String>::new()?;
+    /// m.register("get_queue", &q).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn register<P: SharedProxy>(&self, name: &str, proxy: &P) -> Result<()> {
         expect_done(
             self.link
@@ -719,6 +735,14 @@ impl Drop for Manager {
 
 /// A proxy type that a [`Manager`] can hand out by name ([`Manager::get`]): every proxy
 /// type of this crate. Sealed: the manager must know how to serve the type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an object of a manager",
+    label = "not a proxy to an object a manager holds",
+    note = "a manager names and serves its own objects: make one with it (`m.queue()`, \
+            `m.dict()`, `m.lock()`...) and register or get that proxy; a `Queue`, `Lock` or \
+            other object of this crate that is not a proxy reaches only the processes of \
+            this machine it is passed to"
+)]
 pub trait SharedProxy: sealed::Sealed + Sized {}
 
 mod sealed {
