@@ -65,9 +65,12 @@ impl Process {
     /// `target` is a `fn` item or a closure that captures nothing; `args` is a tuple of 0 to
     /// 6 values that implement serde's traits (pipe ends, queues and other objects of this
     /// crate included), passed as Python passes `args=(...)`. An `async fn` target runs on a
-    /// runtime of the child's own. The target returns what `main` may return: `()`, or a
-    /// `Result` whose `Err` is printed on the child's stderr and gives exit code 1. A panic
-    /// prints its message on the child's stderr and gives exit code 1.
+    /// runtime of the child's own. The target returns what `main` may return: `()`, an
+    /// [`ExitCode`](std::process::ExitCode), or a `Result` whose `Err` is printed on the
+    /// child's stderr and gives exit code 1. A panic prints its message on the child's
+    /// stderr and gives exit code 1. A target that returns a value for the caller (a `u64`,
+    /// say, which rustc refuses here as "the trait `Termination` is not implemented for
+    /// `u64`") is started with [`Process::call`], whose handle gives the value back.
     ///
     /// Arguments are encoded here; an argument that cannot be encoded makes
     /// [`start`](ProcessBuilder::start) fail.
