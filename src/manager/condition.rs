@@ -299,16 +299,29 @@ impl ConditionProxy {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn f(m: tokio_multiprocessing::Manager) -> tokio_multiprocessing::Result<()> {
+    /// ```
+    /// use tokio_multiprocessing::{ConditionProxy, Manager, Process, Result, ValueProxy};
+    ///
+    /// /// Sets the value to 4 and notifies, holding the lock.
+    /// async fn reach(cond: ConditionProxy, state: ValueProxy<i32>) -> Result<()> {
+    ///     cond.lock().await?;
+    ///     state.set(4).await?;
+    ///     cond.notify_all().await?;
+    ///     cond.release().await
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<()> {
+    /// let m = Manager::start().await?;
     /// let cond = m.condition().await?;
     /// let state = m.value(0i32).await?;
     /// cond.lock().await?;
-    /// // Another process sets the value to 4 and notifies, holding the lock.
+    /// let mut p = Process::new(reach, (cond.clone(), state.clone())).start().await?;
     /// let state = &state;
     /// let reached = cond.wait_for(|| async move { Ok(state.get().await? == 4) }, None).await?;
     /// assert!(reached);
     /// cond.release().await?;
+    /// assert_eq!(p.join().await?, 0);
     /// # Ok(()) }
     /// ```
     pub async fn wait_for<F, Fut>(
