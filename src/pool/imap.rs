@@ -98,6 +98,10 @@ fn indexed_items<R: Send + 'static>(
 /// The stream of results of [`Pool::imap`](crate::Pool::imap) (input order) and
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (completion order).
 ///
+/// It is a [`futures::Stream`]: read it with `futures::StreamExt::next` (the `futures`
+/// crate as a dependency of your own), `while let Some(r) = stream.next().await`, or with
+/// any stream combinator.
+///
 /// It reads its input lazily, when polled, and keeps at most a bounded window of chunks
 /// submitted and not yet yielded (four per worker), so an endless iterator is fine and
 /// memory stays flat. Its inputs count as submitted when the stream is made: a
