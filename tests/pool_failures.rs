@@ -40,6 +40,7 @@ fn main() {
         worker_killed_with_tasks_waiting_behind,
         a_task_sent_to_a_worker_that_dies_before_starting_it_runs_on_another,
         worker_abort_and_exit_mid_task,
+        a_task_that_overflows_its_stack_aborts_as_a_program_does,
         task_timeout_kills_and_replaces,
         a_timeout_blames_the_task_that_overran,
         a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started,
@@ -1014,6 +1015,34 @@ async fn worker_abort_and_exit_mid_task() -> TestResult {
         e.as_ref()
             .is_err_and(|e| e.exit_cause() == Some(ExitCause::Code(3))),
         "exit: {e:?}"
+    );
+    ensure!(pool.apply(sqr, (3,)).await? == 9, "serves after");
+    Ok(())
+}
+
+// A task that overflows its stack is told as a program's overflow is ("thread 'main' has
+// overflowed its stack", on the worker's stderr), and aborts its worker, on the worker's main
+// thread and on the task thread a synchronous task runs on while an `async fn` task runs;
+// before, the worker died of a bare SIGSEGV with nothing printed, which reads as a bad
+// pointer. The pool serves on.
+async fn a_task_that_overflows_its_stack_aborts_as_a_program_does() -> TestResult {
+    let pool = Pool::builder().processes(1).concurrency(2).build().await?;
+    let aborted = |e: &Result<u64, mp::TaskError>| {
+        e.as_ref()
+            .is_err_and(|e| e.exit_cause() == Some(ExitCause::Signal(6)))
+    };
+    let e = pool.apply(overflow_stack, (0,)).await;
+    ensure!(aborted(&e), "on the main thread: {e:?}");
+    let e = pool.apply(overflow_stack_async, (0,)).await;
+    ensure!(aborted(&e), "async: {e:?}");
+    let (started, gate) = (mp::Event::new()?, mp::Event::new()?);
+    let waiting = pool.apply_async(started_then_wait, (started.clone(), gate.clone()));
+    started.wait().await?;
+    let e = pool.apply(overflow_stack, (0,)).await;
+    ensure!(aborted(&e), "on a task thread: {e:?}");
+    ensure!(
+        waiting.await.is_err(),
+        "the async task died with its worker"
     );
     ensure!(pool.apply(sqr, (3,)).await? == 9, "serves after");
     Ok(())

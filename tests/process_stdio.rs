@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::TestResult;
+use support::pool::{overflow_stack, overflow_stack_async};
 use support::process::METHODS;
 use tokio::io::AsyncReadExt;
 use tokio_multiprocessing::{self as mp, Process, StartMethod};
@@ -20,6 +21,7 @@ fn main() {
         a_panic_message_goes_to_the_stderr_given,
         a_called_process_prints_into_a_pipe_read_to_its_end,
         a_forked_child_prints_where_the_builder_says,
+        a_stack_overflow_is_told_on_the_stderr_given,
     ])
 }
 
@@ -114,6 +116,38 @@ async fn a_panic_message_goes_to_the_stderr_given() -> TestResult {
     ensure!(support::join_code(&mut p).await? == 1, "a panic exits 1");
     let err = std::fs::read_to_string(&err)?;
     ensure!(err.contains("out of luck"), "stderr {err:?}");
+    Ok(())
+}
+
+/// A target that overflows its stack is told as a program's overflow is, on the stderr given,
+/// and aborts the child, a plain target and an `async fn` one, with each start method;
+/// before, the child died of a bare SIGSEGV with nothing printed.
+async fn a_stack_overflow_is_told_on_the_stderr_given() -> TestResult {
+    for method in METHODS {
+        for target in ["plain", "async"] {
+            let err = support::temp_path("overflow");
+            let builder = match target {
+                "plain" => Process::call(overflow_stack, (0,)),
+                _ => Process::call(overflow_stack_async, (0,)),
+            };
+            let mut h = builder
+                .start_method(method)
+                .stderr(std::fs::File::create(&err)?)
+                .start()
+                .await?;
+            let e = tokio::time::timeout(Duration::from_secs(60), h.join()).await?;
+            let cause = e.as_ref().err().and_then(|e| e.exit_cause());
+            ensure!(
+                cause == Some(mp::ExitCause::Signal(6)),
+                "{method:?} {target}: {e:?}"
+            );
+            let err = std::fs::read_to_string(&err)?;
+            ensure!(
+                err.contains("thread 'main' has overflowed its stack"),
+                "{method:?} {target}: stderr {err:?}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -70,8 +70,10 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     let outcome = if tokio::runtime::Handle::try_current().is_ok() {
         match std::thread::Builder::new()
             .name("pool-worker".into())
-            .spawn(run)
-        {
+            .spawn(|| {
+                let _alt = sys::AltStack::for_this_thread("pool-worker");
+                run()
+            }) {
             Ok(t) => t
                 .join()
                 .unwrap_or_else(|_| Err(Error::Protocol("the worker thread panicked".into()))),
@@ -199,6 +201,7 @@ impl Lane {
             std::thread::Builder::new()
                 .name("pool-tasks".into())
                 .spawn(move || {
+                    let _alt = sys::AltStack::for_this_thread("pool-tasks");
                     while let Ok((id, entry, frame)) = rx.recv() {
                         started.mark(id);
                         let (out, nanos) = run_sync(entry, frame);

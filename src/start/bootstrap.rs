@@ -186,7 +186,14 @@ pub(crate) fn run_entry(
                 result
             };
             if tokio::runtime::Handle::try_current().is_ok() {
-                match std::thread::Builder::new().name("target".into()).spawn(run) {
+                let on_thread = || {
+                    let _alt = sys::AltStack::for_this_thread("target");
+                    run()
+                };
+                match std::thread::Builder::new()
+                    .name("target".into())
+                    .spawn(on_thread)
+                {
                     Ok(t) => t.join().unwrap_or_else(|_| {
                         Err(Failure::Panicked("runtime thread panicked".into()))
                     }),

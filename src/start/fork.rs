@@ -41,6 +41,9 @@ pub(super) fn launch_fork(mut launch: Launch) -> Result<Child> {
         // The child. Its parent's signal handlers would not reach the parent's runtime: the
         // defaults take their place, as in a re-executed child.
         sys::default_signal_handlers();
+        // Then the report of a stack overflow, as in a re-executed child: this is the only
+        // thread (a fork with more is refused), so making its alternate stack is safe.
+        sys::report_stack_overflows();
         super::registry::forget_inherited();
         // Before anything reads the environment or a relative path, and while this is the
         // only thread (the runtime below starts none, but its blocking pool could).

@@ -112,13 +112,14 @@ pub(crate) fn before_main() {
         return;
     }
     // Rust's start-up has not given closed standard descriptors /dev/null, nor ignored
-    // SIGPIPE, and will not run in this process.
+    // SIGPIPE, nor set up its report of stack overflows, and will not run in this process.
     if let Err(e) = crate::sys::open_closed_standard_fds() {
         tracing::debug!("cannot open /dev/null on a closed standard descriptor: {e}");
     }
     if let Err(e) = crate::sys::ignore_sigpipe() {
         tracing::debug!("cannot ignore SIGPIPE before main: {e}");
     }
+    crate::sys::report_stack_overflows();
     init()
 }
 

@@ -5,9 +5,9 @@
 //! harness's, not code that a program runs before [`init`](crate::init).
 //!
 //! Rust's own start-up (`std::rt::init`) has not run yet at this point. What a child needs of
-//! it is set up by `before_main` itself: SIGPIPE ignored, as `std` does it. The allocator,
-//! threads, the environment, `std::env::args` (filled from `std`'s own, earlier,
-//! `.init_array.00099` entry) and tokio all work.
+//! it is set up by `before_main` itself: SIGPIPE ignored and stack overflows reported, as
+//! `std` does them. The allocator, threads, the environment, `std::env::args` (filled from
+//! `std`'s own, earlier, `.init_array.00099` entry) and tokio all work.
 
 /// The constructor's entry. The linker places plain `.init_array` entries after those with a
 /// priority, so `std`'s argument capture has run before it.

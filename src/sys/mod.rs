@@ -13,6 +13,7 @@ mod eventfd;
 mod fd;
 mod ident;
 mod load;
+mod overflow;
 mod owner;
 mod pid;
 mod proc;
@@ -41,6 +42,7 @@ pub(crate) use ident::{
     resolve_entry,
 };
 pub(crate) use load::core_spare;
+pub(crate) use overflow::{AltStack, report_stack_overflows};
 pub(crate) use owner::{owner_gone, owner_pid, owner_pidfd};
 pub(crate) use pid::{cached_owner, cached_pid};
 #[cfg(feature = "test-hooks")]

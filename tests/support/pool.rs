@@ -70,6 +70,27 @@ pub fn abort_now() {
     std::process::abort();
 }
 
+/// Recurses until its stack runs out, 4 KiB a frame.
+pub fn overflow_stack(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    let frame = std::hint::black_box([depth; 512]);
+    overflow_stack(depth + 1) + frame[7]
+}
+
+/// [`overflow_stack`] as an `async fn` task or target.
+pub async fn overflow_stack_async(depth: u64) -> u64 {
+    overflow_stack(depth)
+}
+
+/// Sets `started`, then waits for `gate`: an `async fn` task that keeps its worker's later
+/// synchronous tasks on a task thread of the worker's.
+pub async fn started_then_wait(started: mp::Event, gate: mp::Event) -> bool {
+    started.set();
+    gate.wait().await.is_ok()
+}
+
 /// Dies of SIGSEGV, as a worker that dereferenced a bad pointer does. Rust's runtime
 /// catches the first SIGSEGV (to report stack overflows) and restores the default action;
 /// the next one kills.
