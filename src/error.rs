@@ -424,13 +424,16 @@ enum Repr {
     Failed(TaskFailure),
     /// The worker died before it answered; `host` names its host when it ran on another
     /// host of a cluster; `killed_because` says why the pool killed it, if it did;
-    /// `answer_lost` says the task had finished, and only its answer was lost.
+    /// `answer_lost` says the task had finished, and only its answer was lost; `called`
+    /// says the process was no pool's worker but one started for its target's value
+    /// ([`Process::call`](crate::Process::call)).
     WorkerLost {
         pid: u32,
         cause: ExitCause,
         host: Option<Arc<str>>,
         killed_because: Option<Arc<str>>,
         answer_lost: bool,
+        called: bool,
     },
     /// The task ran past its timeout; its worker was killed. `host` names the worker's
     /// host when it ran on another host of a cluster.
@@ -492,6 +495,20 @@ impl TaskError {
             host: host.cloned(),
             killed_because: None,
             answer_lost: false,
+            called: false,
+        })
+    }
+
+    /// The child `pid` started by [`Process::call`](crate::Process::call) died (`cause`)
+    /// before it answered.
+    pub(crate) fn called_process_lost(pid: u32, cause: ExitCause) -> TaskError {
+        TaskError::new(Repr::WorkerLost {
+            pid,
+            cause,
+            host: None,
+            killed_because: None,
+            answer_lost: false,
+            called: true,
         })
     }
 
@@ -720,16 +737,19 @@ impl fmt::Display for TaskError {
                 host,
                 killed_because,
                 answer_lost,
+                called,
             } => {
-                match host {
-                    None => write!(f, "worker process {pid} died ({cause})")?,
-                    Some(host) => {
+                match (host, called) {
+                    (_, true) => write!(f, "process {pid} died ({cause})")?,
+                    (None, false) => write!(f, "worker process {pid} died ({cause})")?,
+                    (Some(host), false) => {
                         write!(f, "worker process {pid} on host {host} was lost ({cause})")?
                     }
                 }
-                f.write_str(match answer_lost {
-                    false => " before the task finished",
-                    true => " after the task finished, before it sent the task's answer",
+                f.write_str(match (answer_lost, called) {
+                    (_, true) => " before its target returned",
+                    (false, false) => " before the task finished",
+                    (true, false) => " after the task finished, before it sent the task's answer",
                 })?;
                 match killed_because {
                     Some(why) => write!(f, ": the pool killed it, as {why}"),
@@ -786,8 +806,17 @@ impl fmt::Debug for TaskError {
                 host,
                 killed_because,
                 answer_lost,
+                called,
             } => {
-                d.field("worker_lost", cause).field("pid", pid);
+                d.field(
+                    if *called {
+                        "process_lost"
+                    } else {
+                        "worker_lost"
+                    },
+                    cause,
+                )
+                .field("pid", pid);
                 if let Some(host) = host {
                     d.field("host", host);
                 }

@@ -152,7 +152,7 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
                 Err(Error::Closed | Error::Protocol(_)) => {
                     let code = self.process.join().await.map_err(TaskError::local)?;
                     let cause = ExitCause::from_exitcode(code);
-                    Err(TaskError::worker_lost_on(None, self.process.pid(), cause))
+                    Err(TaskError::called_process_lost(self.process.pid(), cause))
                 }
                 Err(e) => Err(TaskError::local(e)),
             };

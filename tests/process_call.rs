@@ -169,6 +169,13 @@ async fn a_handle_is_awaited_and_waited_on() -> TestResult {
         running.kill()?;
         let lost = running.await.err().ok_or("a killed call gave a result")?;
         ensure!(lost.is_worker_lost(), "{method:?}: {lost}");
+        // A process started for its value, not a pool's worker.
+        ensure!(
+            lost.to_string()
+                .ends_with("died (signal 9 (SIGKILL)) before its target returned")
+                && !lost.to_string().contains("worker"),
+            "{method:?}: {lost}"
+        );
     }
     Ok(())
 }

@@ -121,6 +121,9 @@ enum TaskReprForm {
         host: Option<String>,
         killed_because: Option<String>,
         answer_lost: bool,
+        /// Last, and absent from the form of a sender that does not know it: `false`.
+        #[serde(default)]
+        called: bool,
     },
     TimedOut {
         pid: u32,
@@ -303,12 +306,14 @@ impl From<&TaskError> for TaskErrorForm {
                 host,
                 killed_because,
                 answer_lost,
+                called,
             } => TaskReprForm::WorkerLost {
                 pid: *pid,
                 cause: *cause,
                 host: host.as_deref().map(str::to_string),
                 killed_because: killed_because.as_deref().map(str::to_string),
                 answer_lost: *answer_lost,
+                called: *called,
             },
             Repr::TimedOut { pid, timeout, host } => TaskReprForm::TimedOut {
                 pid: *pid,
@@ -336,12 +341,14 @@ impl From<TaskErrorForm> for TaskError {
                 host,
                 killed_because,
                 answer_lost,
+                called,
             } => Repr::WorkerLost {
                 pid,
                 cause,
                 host: host.map(Arc::from),
                 killed_because: killed_because.map(Arc::from),
                 answer_lost,
+                called,
             },
             TaskReprForm::TimedOut { pid, timeout, host } => Repr::TimedOut {
                 pid,
@@ -610,6 +617,63 @@ mod tests {
         assert_eq!(back.worker_pid(), Some(42));
         assert_eq!(back.exit_cause(), Some(ExitCause::Signal(9)));
         assert_eq!(back.input_index(), Some(7));
+    }
+
+    /// A `Process::call` child's death says so, not a pool worker's, in this process and
+    /// in another; a form from a sender that does not know the difference reads as a pool
+    /// worker's.
+    #[test]
+    fn a_called_process_lost_is_told_as_such_across_processes() {
+        let e = TaskError::called_process_lost(42, ExitCause::Signal(9));
+        let bytes = rmp_serde::to_vec(&e).unwrap_or_default();
+        let back: TaskError = match rmp_serde::from_slice(&bytes) {
+            Ok(b) => b,
+            Err(err) => panic!("did not decode: {err}"),
+        };
+        for e in [e, back] {
+            assert!(e.is_worker_lost());
+            assert_eq!(
+                e.to_string(),
+                "process 42 died (signal 9 (SIGKILL)) before its target returned"
+            );
+        }
+
+        #[derive(Serialize)]
+        enum OldRepr {
+            #[allow(dead_code)]
+            Failed(TaskFailure),
+            WorkerLost {
+                pid: u32,
+                cause: ExitCause,
+                host: Option<String>,
+                killed_because: Option<String>,
+                answer_lost: bool,
+            },
+        }
+        #[derive(Serialize)]
+        struct OldForm {
+            repr: OldRepr,
+            input: Option<u64>,
+        }
+        let old = OldForm {
+            repr: OldRepr::WorkerLost {
+                pid: 42,
+                cause: ExitCause::Signal(9),
+                host: None,
+                killed_because: None,
+                answer_lost: false,
+            },
+            input: None,
+        };
+        let bytes = rmp_serde::to_vec(&old).unwrap_or_default();
+        let back: TaskError = match rmp_serde::from_slice(&bytes) {
+            Ok(b) => b,
+            Err(err) => panic!("the old form did not decode: {err}"),
+        };
+        assert_eq!(
+            back.to_string(),
+            "worker process 42 died (signal 9 (SIGKILL)) before the task finished"
+        );
     }
 
     #[test]
