@@ -31,6 +31,10 @@ fn main() {
             "an_answer_the_pool_cannot_read_fails_its_tasks_saying_why",
             an_answer_the_pool_cannot_read_fails_its_tasks_saying_why,
         ),
+        test(
+            "an_answer_too_large_for_the_pools_memory_fails_its_task_alone",
+            an_answer_too_large_for_the_pools_memory_fails_its_task_alone,
+        ),
     ]);
 }
 
@@ -147,23 +151,41 @@ fn unreadable_answer_probe() {
         let pool = Pool::new(1).await?;
         let worker = pool.apply(pid, ()).await?;
         mp::set_max_frame_size(64 * 1024);
-        let e = match pool.apply(bytes, (200_000,)).await {
-            Err(e) => e,
-            Ok(b) => return Err(format!("a result of {} bytes was read", b.len()).into()),
-        };
-        let text = e.to_string();
-        let named = text.contains("the pool killed it")
-            && text.contains("could not be read")
-            && text.contains("exceeds the maximum frame size");
-        if !e.is_worker_lost() || !named {
-            return Err(format!("the task failed with: {text}").into());
-        }
-        let next = pool.apply(pid, ()).await?;
-        if next == worker {
-            return Err("the worker that sent it still serves".into());
-        }
-        Ok(())
+        let answer = pool.apply(bytes, (200_000,)).await;
+        let why = ["exceeds the maximum frame size"];
+        killed_for_its_answer(&pool, worker, answer, &why).await
     });
+}
+
+/// Fails unless `answer` failed as the loss of `worker`, which the pool killed because what
+/// it sent could not be read, for a reason that says each of `why`, and another worker now
+/// serves.
+async fn killed_for_its_answer(
+    pool: &Pool,
+    worker: u32,
+    answer: Result<ByteBuf, mp::TaskError>,
+    why: &[&str],
+) -> Result<(), support::process::BoxError> {
+    let e = match answer {
+        Err(e) => e,
+        Ok(b) => return Err(format!("a result of {} bytes was read", b.len()).into()),
+    };
+    let text = e.to_string();
+    let named = text.contains("the pool killed it")
+        && text.contains("could not be read")
+        && why.iter().all(|w| text.contains(w));
+    ensure!(e.is_worker_lost() && named, "the task failed with: {text}");
+    ensure!(
+        pool.apply(pid, ()).await? != worker,
+        "the worker that sent it still serves"
+    );
+    Ok(())
+}
+
+/// Fails unless a child running `probe` (an [`support::process::exit_unless_ok`]) exits 0.
+async fn probe_passes<F: mp::Target<(), M, Output = ()>, M>(probe: F) -> TestResult {
+    let mut p = mp::Process::new(probe, ()).start().await?;
+    support::process::probe_passed(&mut p).await
 }
 
 /// The pool reads no further from a worker whose answer it cannot read (a frame over the
@@ -171,8 +193,55 @@ fn unreadable_answer_probe() {
 /// that worker held fail saying why, where they failed only after the pool had waited 5 s
 /// for the worker to exit, as killed by SIGKILL, the cause unsaid.
 async fn an_answer_the_pool_cannot_read_fails_its_tasks_saying_why() -> TestResult {
-    let mut p = mp::Process::new(unreadable_answer_probe, ())
-        .start()
-        .await?;
-    support::process::probe_passed(&mut p).await
+    probe_passes(unreadable_answer_probe).await
+}
+
+/// This process's address space, in bytes (`VmSize` of `/proc/self/status`).
+fn address_space() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| "no VmSize in /proc/self/status".to_string())
+}
+
+/// Runs in a spawned child, at the default maximum frame size: a pool's worker answers with
+/// 512 MiB, more than the child's address space, limited after its worker started, leaves
+/// room for. The task fails as the worker's loss, saying that the answer could not be
+/// allocated and naming the limit, and a new worker serves. Exits 0 if so.
+fn answer_beyond_memory_probe() {
+    support::process::exit_unless_ok("answer beyond memory probe", || async {
+        use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+        mp::set_max_frame_size(mp::DEFAULT_MAX_FRAME_SIZE);
+        let pool = Pool::new(1).await?;
+        let worker = pool.apply(pid, ()).await?;
+        // A large answer first, so that what it leaves behind (a thread that drops large
+        // frames, a kept buffer) exists before the limit.
+        ensure!(
+            pool.apply(bytes, (4 * MAX,)).await?.len() == 4 * MAX,
+            "4 MiB"
+        );
+        setrlimit(
+            Resource::RLIMIT_AS,
+            address_space()? + (128 << 20),
+            RLIM_INFINITY,
+        )?;
+        let answer = pool.apply(bytes, (512 << 20,)).await;
+        let why = ["cannot allocate", "RLIMIT_AS"];
+        killed_for_its_answer(&pool, worker, answer, &why).await?;
+        ensure!(
+            pool.apply(bytes, (100,)).await?.len() == 100,
+            "a small result"
+        );
+        Ok(())
+    });
+}
+
+/// An answer larger than the memory the pool's process may have (a limit on its address
+/// space) aborted that process ("memory allocation of N bytes failed"); it fails its task
+/// alone, naming the limit, and the pool serves on with a new worker.
+async fn an_answer_too_large_for_the_pools_memory_fails_its_task_alone() -> TestResult {
+    probe_passes(answer_beyond_memory_probe).await
 }

@@ -178,6 +178,11 @@ async fn watch_worker(
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 format!("its link to the pool went silent ({e})")
             }
+            // An answer too large for the memory this process may have: the worker lives,
+            // but what it sends after it cannot be read either.
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                format!("what it sent could not be read: {e}")
+            }
             // A worker that died with frames unread resets its socket: an end, as a close.
             Err(Error::Closed | Error::Io(_)) => break,
             Err(e) => format!("what it sent could not be read: {e}"),

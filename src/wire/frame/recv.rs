@@ -126,7 +126,7 @@ impl RecvBuf {
     /// brought it; returns how much that was. For tests that feed bytes without a socket.
     #[cfg(test)]
     pub(super) fn feed(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.room(None));
+        let n = bytes.len().min(self.room(None).unwrap_or(0));
         self.buf.extend_from_slice(&bytes[..n]);
         self.filled(n);
         n
@@ -199,7 +199,11 @@ impl RecvBuf {
     /// into a kept buffer that holds it whole, if there is one (see [`keep_buffer`]). Given
     /// `exact` (the length, header included, of the frame in progress), the room ends where
     /// that frame ends: not one byte of the next frame.
-    pub(super) fn room(&mut self, exact: Option<usize>) -> usize {
+    ///
+    /// Memory this process cannot have (a limit on its address space, a cgroup's memory
+    /// limit, overcommit turned off) is an error of kind `OutOfMemory` that names the frame's
+    /// length, not an abort: the connection's reader fails, and this process lives on.
+    pub(super) fn room(&mut self, exact: Option<usize>) -> io::Result<usize> {
         if self.start > 0 && self.start == self.buf.len() {
             self.start = 0;
             self.buf.clear();
@@ -246,11 +250,11 @@ impl RecvBuf {
                             .max(RESERVE_AT_ONCE)
                             .min(self.start + n)
                             .max(len);
-                        self.buf.reserve_exact(capacity - self.buf.len());
+                        reserve(&mut self.buf, capacity, Some(n))?;
                         // Faulted in 2 MiB at a time where the kernel allows.
                         sys::advise_huge_pages(&mut self.buf);
                     }
-                    _ => self.buf.reserve_exact(len - self.buf.len()),
+                    _ => reserve(&mut self.buf, len, frame_len)?,
                 }
             }
         }
@@ -263,7 +267,7 @@ impl RecvBuf {
             _ => self.buf.capacity(),
         };
         self.offered = stop - self.buf.len();
-        self.offered
+        Ok(self.offered)
     }
 
     /// Records `n` bytes read into the room [`room`](Self::room) gave; a read that filled
@@ -293,16 +297,25 @@ impl RecvBuf {
     fn read_into_room(&mut self, fd: BorrowedFd<'_>, exact: Option<usize>) -> io::Result<usize> {
         if let Some(len) = self.bin_ahead() {
             // A large `bin` frame's payload goes into a buffer of its own, up to its end.
-            let payload = self.bin.get_or_insert_with(|| {
-                take_kept_buffer(len).unwrap_or_else(|| Vec::with_capacity(len))
-            });
+            if self.bin.is_none() {
+                let payload = match take_kept_buffer(len) {
+                    Some(kept) => kept,
+                    None => {
+                        let mut fresh = Vec::new();
+                        reserve(&mut fresh, len, Some(BIN_PREFIX + len))?;
+                        fresh
+                    }
+                };
+                self.bin = Some(payload);
+            }
+            let payload = self.bin.get_or_insert_default();
             let want = len - payload.len();
             self.offered = want;
             let n = reset_is_end(sys::recv_appending(fd, payload, want, &mut self.fds))?;
             self.check_fds()?;
             return Ok(n);
         }
-        let room = self.room(exact);
+        let room = self.room(exact)?;
         let n = reset_is_end(sys::recv_appending(fd, &mut self.buf, room, &mut self.fds))?;
         self.filled(n);
         self.check_fds()?;
@@ -386,7 +399,7 @@ impl RecvBuf {
             let h = &self.buf[self.start..];
             HEADER_LEN.saturating_add(body_len(h))
         };
-        let room = self.room(Some(frame_len));
+        let room = self.room(Some(frame_len))?;
         let fds_before = self.fds.len();
         let n = self.read_into_room(fd, Some(frame_len))?;
         // A read stops after bytes that carry descriptors, however much follows them: a
@@ -414,6 +427,23 @@ impl RecvBuf {
             }
         }
     }
+}
+
+/// Gives `buf` a capacity of `capacity` bytes at least (it holds no more than that), for a
+/// frame of `frame` bytes (header included) if its length is known; memory this process
+/// cannot have is an error of kind `OutOfMemory` that says so, where `reserve_exact` would
+/// abort the process.
+fn reserve(buf: &mut Vec<u8>, capacity: usize, frame: Option<usize>) -> io::Result<()> {
+    buf.try_reserve_exact(capacity - buf.len()).map_err(|_| {
+        let what = frame.map_or_else(String::new, |n| format!(" for a frame of {n} bytes"));
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "cannot allocate {capacity} bytes{what}: this process is out of memory or at \
+                 its limit (RLIMIT_AS, `ulimit -v`, or its cgroup's)"
+            ),
+        )
+    })
 }
 
 /// A read's outcome, with a connection reset taken for the end of the stream: the kernel
