@@ -72,8 +72,9 @@ impl fmt::Display for ExitCause {
 #[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system error (shared, so that the error can be cloned).
-    #[error(transparent)]
+    /// An operating-system error (shared, so that the error can be cloned). One that
+    /// refused a descriptor for want of one ("Too many open files") names the limit met.
+    #[error("{io}{note}", io = .0, note = crate::sys::descriptor_limit_note(.0))]
     Io(Arc<io::Error>),
 
     /// An argument outside what the function accepts (Python's `ValueError`): a pool of 0

@@ -375,6 +375,20 @@ fn out_of_descriptors() -> String {
     }
 }
 
+/// What to add to the message of `e` when the kernel refused a descriptor because a limit
+/// was met (`EMFILE`, `ENFILE`), naming that limit, so that "Too many open files" says
+/// which; empty for any other error. It names no number: an error decoded from another
+/// process met that process's limit.
+pub(crate) fn descriptor_limit_note(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            ": the process is at its limit of open descriptors (RLIMIT_NOFILE, `ulimit -n`)"
+        }
+        Some(libc::ENFILE) => ": the system is at its limit of open files (`fs.file-max`)",
+        _ => "",
+    }
+}
+
 /// Whether a send failed because its user has too many descriptors in flight
 /// (`ETOOMANYREFS`): without `CAP_SYS_RESOURCE`, the kernel holds at most the sender's limit
 /// of open descriptors (the soft `RLIMIT_NOFILE`) in sockets' queues for its user, sent and

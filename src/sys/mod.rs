@@ -31,9 +31,9 @@ pub(crate) use constructor::keep_constructor;
 pub(crate) use eventfd::{eventfd, eventfd_add, eventfd_take, is_eventfd};
 pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
-    FileId, MAX_FDS_PER_MESSAGE, close_all_except, descriptor_free, descriptors_left, dup_fd,
-    fd_target, file_id, file_size, has_input, is_unix_socket, open_fds, peek,
-    raise_descriptor_limit, recv_appending, recv_with_fds, register_owned, register_shared,
+    FileId, MAX_FDS_PER_MESSAGE, close_all_except, descriptor_free, descriptor_limit_note,
+    descriptors_left, dup_fd, fd_target, file_id, file_size, has_input, is_unix_socket, open_fds,
+    peek, raise_descriptor_limit, recv_appending, recv_with_fds, register_owned, register_shared,
     send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream, too_many_in_flight,
     wait_writable,
 };

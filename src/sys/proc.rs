@@ -202,8 +202,26 @@ pub(crate) fn spawn_exe(
             argv.as_ptr(),
             env.as_ptr(),
         )
-    })?;
+    })
+    .map_err(out_of_processes)?;
     Ok(pid)
+}
+
+/// `e`, the kernel's refusal to make a process, naming the limit it met when that was its
+/// reason (`EAGAIN`: its "Resource temporarily unavailable" says nothing of processes). The
+/// error keeps its kind.
+pub(crate) fn out_of_processes(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => io::Error::new(
+            e.kind(),
+            format!(
+                "cannot make a process ({e}): its user is at its limit of processes \
+                 (RLIMIT_NPROC, `ulimit -u`), or its cgroup at its own (`pids.max`), or the \
+                 system at its most (`kernel.pid_max`, `kernel.threads-max`)"
+            ),
+        ),
+        _ => e,
+    }
 }
 
 /// `strings` as C's null-terminated array of pointers (borrowing them).
@@ -251,7 +269,7 @@ pub(crate) fn fork_process() -> io::Result<Option<i32>> {
     // SAFETY: the process has exactly one thread (checked just above, and nothing of ours
     // can start one in between: the caller holds the only thread), so the child is a
     // complete copy in which any code may run.
-    match unsafe { fork() }? {
+    match unsafe { fork() }.map_err(|e| out_of_processes(e.into()))? {
         ForkResult::Parent { child } => Ok(Some(child.as_raw())),
         ForkResult::Child => Ok(None),
     }
@@ -307,7 +325,7 @@ pub(crate) fn fork_sibling() -> io::Result<Option<i32>> {
                 0 as libc::c_ulong,
             )
         };
-        match cvt(r)? {
+        match cvt(r).map_err(out_of_processes)? {
             0 => {
                 if let Some((head, len)) = robust {
                     // SAFETY: `head` is this thread's robust-list head as glibc registered

@@ -309,8 +309,9 @@ fn encode_pass<W: std::io::Write, T: Serialize + ?Sized>(
                 Some(io) => Error::from(std::io::Error::new(
                     io.kind(),
                     format!(
-                        "cannot duplicate a descriptor of a `{}` to send it: {io}",
-                        type_name::<T>()
+                        "cannot duplicate a descriptor of a `{}` to send it: {io}{}",
+                        type_name::<T>(),
+                        crate::sys::descriptor_limit_note(&io)
                     ),
                 )),
                 None => Error::Encode {
