@@ -20,32 +20,46 @@ use tokio_multiprocessing::{self as mp, Error, ExitCause, Pool};
 
 fn main() {
     mp::init();
-    support::run(trials![
-        a_task_the_worker_started_is_not_sent_again,
-        kill_storm_runs_no_task_twice_and_resolves_every_call,
-        kill_storm_while_tasks_are_taken_back_runs_none_twice,
-        a_task_cancelled_if_queued_either_never_runs_or_gives_its_result,
-        tasks_taken_back_from_a_stalled_worker_never_run,
-        tasks_cancelled_on_a_stalled_worker_that_dies_never_run,
-        imap_yields_one_item_per_input_when_a_chunk_times_out,
-        imap_unordered_names_the_inputs_of_a_lost_chunk,
-        a_worker_death_names_the_task_that_was_running,
-        build_succeeds_with_the_workers_that_start_and_the_rest_follow,
-        a_worker_killed_while_it_starts_fails_no_waiting_task,
-        a_worker_killed_in_its_initializer_leaves_the_pool_serving,
-        a_build_dropped_while_initializers_hang_kills_its_workers,
-        maxtasksperchild_of_zero_is_an_error,
-        worker_killed_mid_task,
-        spinning_pool_notices_a_dead_worker,
-        worker_killed_with_tasks_waiting_behind,
-        a_task_sent_to_a_worker_that_dies_before_starting_it_runs_on_another,
-        worker_abort_and_exit_mid_task,
-        a_task_that_overflows_its_stack_aborts_as_a_program_does,
-        task_timeout_kills_and_replaces,
-        a_timeout_blames_the_task_that_overran,
-        a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started,
-        a_timeout_too_long_to_represent_is_none,
-    ]);
+    support::run(
+        trials![
+            a_task_the_worker_started_is_not_sent_again,
+            kill_storm_runs_no_task_twice_and_resolves_every_call,
+            kill_storm_while_tasks_are_taken_back_runs_none_twice,
+            a_task_cancelled_if_queued_either_never_runs_or_gives_its_result,
+            tasks_taken_back_from_a_stalled_worker_never_run,
+            tasks_cancelled_on_a_stalled_worker_that_dies_never_run,
+            imap_yields_one_item_per_input_when_a_chunk_times_out,
+            imap_unordered_names_the_inputs_of_a_lost_chunk,
+            a_worker_death_names_the_task_that_was_running,
+            build_succeeds_with_the_workers_that_start_and_the_rest_follow,
+            a_worker_killed_while_it_starts_fails_no_waiting_task,
+            a_worker_killed_in_its_initializer_leaves_the_pool_serving,
+            a_build_dropped_while_initializers_hang_kills_its_workers,
+            maxtasksperchild_of_zero_is_an_error,
+            worker_killed_mid_task,
+            spinning_pool_notices_a_dead_worker,
+            worker_killed_with_tasks_waiting_behind,
+            a_task_sent_to_a_worker_that_dies_before_starting_it_runs_on_another,
+            worker_abort_and_exit_mid_task,
+            a_task_that_overflows_its_stack_aborts_as_a_program_does,
+            task_timeout_kills_and_replaces,
+            a_timeout_blames_the_task_that_overran,
+            a_timeout_runs_for_the_task_behind_one_cancelled_before_it_started,
+            a_timeout_too_long_to_represent_is_none,
+        ]
+        .into_iter()
+        .chain([
+            support::test_current_thread(
+                "a_worker_a_send_finds_dead_counts_as_lost",
+                a_worker_a_send_finds_dead_counts_as_lost,
+            ),
+            support::test(
+                "a_worker_a_send_finds_dead_counts_as_lost_multi_thread",
+                a_worker_a_send_finds_dead_counts_as_lost,
+            ),
+        ])
+        .collect(),
+    );
 }
 
 /// The log this worker writes to, kept open so that a logging task stays short (a worker
@@ -1197,5 +1211,35 @@ async fn a_timeout_too_long_to_represent_is_none() -> TestResult {
     ensure!(earlier.await.is_ok(), "the task submitted before");
     ensure!(pool.apply(sqr, (4,)).await? == 16, "serves after");
     ensure!(pool.stats().workers_lost == 0, "{:?}", pool.stats());
+    Ok(())
+}
+
+// A worker killed just before the pool sent it a task, so that the send found it dead before
+// the pool heard of its exit, was taken for one the pool had killed itself: its death was
+// not counted in `stats()` (`workers_lost`, `recent_losses`) nor logged at `warn`. It counts
+// as lost now, and the task sent to it runs on its replacement. On a current-thread
+// runtime the test's thread holds the runtime from the kill to the send, so that the
+// scheduler sends before the worker's reader hears of the exit.
+async fn a_worker_a_send_finds_dead_counts_as_lost() -> TestResult {
+    let pool = Pool::new(1).await?;
+    let worker = pool.apply(pid, ()).await?;
+    kill9(worker)?;
+    // Dead (a zombie, its socket closed), waited for without yielding to the runtime.
+    while !support::is_zombie_or_gone(worker) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ensure!(
+        pool.apply(sqr, (3,)).await? == 9,
+        "the task sent to the dead worker"
+    );
+    let counted = support::eventually(Duration::from_secs(20), || {
+        let s = pool.stats();
+        s.recent_losses.iter().any(|l| l.pid == worker)
+    });
+    ensure!(
+        counted.await && pool.stats().workers_lost == 1,
+        "the death of worker {worker} was not counted: {:?}",
+        pool.stats()
+    );
     Ok(())
 }

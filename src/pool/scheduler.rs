@@ -505,6 +505,7 @@ impl Scheduler {
                 sync_sent: 0,
                 taken_back: BTreeSet::new(),
                 draining: false,
+                send_failed: false,
                 round_trip: RoundTrip::default(),
                 activity: Activity::new(now),
             },
@@ -900,7 +901,7 @@ impl Scheduler {
             writer.abort();
         }
         while self.writers.try_join_next().is_some() {}
-        if slot.draining {
+        if slot.draining && !slot.send_failed {
             tracing::debug!(pid = slot.pid, %cause, "pool worker exited");
         } else {
             tracing::warn!(

@@ -38,6 +38,9 @@ pub(super) struct Slot {
     pub(super) taken_back: BTreeSet<u64>,
     /// No more tasks: it was sent `Exit`, or is being killed.
     pub(super) draining: bool,
+    /// A send to it failed (it had died, or its socket failed) before the pool heard of its
+    /// exit: though the pool then kills it, its end is a loss, not one the pool chose.
+    pub(super) send_failed: bool,
     /// The round trip to it, which its prefetch covers.
     pub(super) round_trip: RoundTrip,
     /// When it last had work, for the pool's idle timeout.
@@ -137,6 +140,7 @@ impl Slot {
                 pid = self.pid,
                 "cannot send to a pool worker, killing it: {e}"
             );
+            self.send_failed = true;
             self.kill();
         }
     }
@@ -197,6 +201,7 @@ mod tests {
             sync_sent: sync.len() as u64,
             taken_back: BTreeSet::new(),
             draining: false,
+            send_failed: false,
             round_trip: RoundTrip::default(),
             activity: Activity::new(tokio::time::Instant::now()),
         }
