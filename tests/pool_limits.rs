@@ -196,17 +196,6 @@ async fn an_answer_the_pool_cannot_read_fails_its_tasks_saying_why() -> TestResu
     probe_passes(unreadable_answer_probe).await
 }
 
-/// This process's address space, in bytes (`VmSize` of `/proc/self/status`).
-fn address_space() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmSize in /proc/self/status".to_string())
-}
-
 /// Runs in a spawned child, at the default maximum frame size: a pool's worker answers with
 /// 512 MiB, more than the child's address space, limited after its worker started, leaves
 /// room for. The task fails as the worker's loss, saying that the answer could not be
@@ -225,7 +214,7 @@ fn answer_beyond_memory_probe() {
         );
         setrlimit(
             Resource::RLIMIT_AS,
-            address_space()? + (128 << 20),
+            support::address_space()? + (128 << 20),
             RLIM_INFINITY,
         )?;
         let answer = pool.apply(bytes, (512 << 20,)).await;

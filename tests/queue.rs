@@ -1625,12 +1625,60 @@ async fn kill_member(members: &mut Vec<mp::Process>, pid: u32) -> TestResult {
     Ok(())
 }
 
+/// Puts `big` bytes, then 10, on `q`.
+async fn put_big_then_small(q: mp::Queue<serde_bytes::ByteBuf>, big: usize) -> Result<(), String> {
+    for n in [big, 10] {
+        let item = serde_bytes::ByteBuf::from(vec![7u8; n]);
+        q.put(item).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs in a child: takes a 200 MiB item with its address space limited to 64 MiB more
+/// than it has, which fails naming the limit; once the limit is gone, the next gets take
+/// that item and then the one behind it. Exits 0 if so.
+fn item_beyond_memory_probe() {
+    support::process::exit_unless_ok("item beyond memory probe", || async {
+        use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+        const BIG: usize = 200 << 20;
+        let q = mp::Queue::<serde_bytes::ByteBuf>::new()?;
+        let mut producer = start(put_big_then_small, (q.clone(), BIG)).await?;
+        join_ok(&mut producer).await?;
+        setrlimit(
+            Resource::RLIMIT_AS,
+            support::address_space()? + (64 << 20),
+            RLIM_INFINITY,
+        )?;
+        let first = q.get().await;
+        setrlimit(Resource::RLIMIT_AS, RLIM_INFINITY, RLIM_INFINITY)?;
+        match first {
+            Err(e) if e.to_string().contains("RLIMIT_AS") => {}
+            other => return Err(format!("under the limit, get gave {other:?}").into()),
+        }
+        ensure!(q.get().await?.len() == BIG, "the large item");
+        ensure!(q.get().await?.len() == 10, "the item behind it");
+        Ok(())
+    });
+}
+
+// A spilled item whose file the consumer had not the memory to map failed its get with
+// "Cannot allocate memory (os error 12)", and the item was lost: the next get returned the
+// one behind it. The get names the limit now, and the item is kept for the next get.
+async fn an_item_too_large_for_the_consumers_memory_is_kept_for_its_next_get() -> TestResult {
+    let mut p = start(item_beyond_memory_probe, ()).await?;
+    support::process::probe_passed(&mut p).await
+}
+
 fn main() {
     mp::init();
     let mut args = Arguments::from_args();
     args.test_threads.get_or_insert(1);
     let trials = vec![
         test("put_get_bounded", put_get_bounded),
+        test(
+            "an_item_too_large_for_the_consumers_memory_is_kept_for_its_next_get",
+            an_item_too_large_for_the_consumers_memory_is_kept_for_its_next_get,
+        ),
         test(
             "a_maxsize_above_the_most_is_an_invalid_argument",
             a_maxsize_above_the_most_is_an_invalid_argument,

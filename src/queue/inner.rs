@@ -3,6 +3,7 @@
 //! state (closed, registrations, receive buffers). It is made fresh by `Queue::new` and
 //! its kin, or from descriptors received from another process (its serde impl).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,7 +65,14 @@ pub(super) struct Inner {
     pub(super) views: sys::KeptViews,
     /// Writable views of spill files taken back for reuse, kept for their files' next items.
     pub(super) writers: sys::KeptViews,
+    /// A spilled item this process took but could not map for want of memory: the next take
+    /// of this handle (or a clone) returns it first.
+    pub(super) kept_back: Mutex<Option<KeptBack>>,
 }
+
+/// A spilled item taken off the queue whose file could not be mapped yet: its length, its
+/// file, and the descriptors it holds.
+pub(super) type KeptBack = (usize, OwnedFd, VecDeque<OwnedFd>);
 
 /// The ring's number of slots for a queue of `maxsize` (0: unbounded).
 fn ring_capacity(maxsize: usize) -> usize {
@@ -123,6 +131,7 @@ impl Inner {
             recent: Recent::default(),
             views: sys::KeptViews::default(),
             writers: sys::KeptViews::default(),
+            kept_back: Mutex::new(None),
         })
     }
 
@@ -210,6 +219,7 @@ impl<'de> Deserialize<'de> for Inner {
             recent: Recent::default(),
             views: sys::KeptViews::default(),
             writers: sys::KeptViews::default(),
+            kept_back: Mutex::new(None),
         })
     }
 }

@@ -176,6 +176,9 @@ impl Inner {
     /// taken under the take lock (see [`take_locked`](Self::take_locked)); [`Taken::Busy`]
     /// if another consumer holds it now.
     pub(super) fn try_take_any<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
+        if let Some(kept) = self.take_kept_back() {
+            return kept.map(Taken::Item);
+        }
         loop {
             match self.take_slot(false)? {
                 None => return Ok(Taken::Empty),
@@ -208,6 +211,9 @@ impl Inner {
         &self,
         guard: LockGuard<'_>,
     ) -> Result<Taken<T>> {
+        if let Some(kept) = self.take_kept_back() {
+            return kept.map(Taken::Item);
+        }
         if let Err(e) = sys::descriptor_free(self.rx.as_fd()) {
             return Err(std::io::Error::other(format!(
                 "cannot take a queue item that may carry a descriptor: {e}; the item stays in \

@@ -199,6 +199,10 @@ impl std::io::Write for Spilling<'_> {
 impl Inner {
     /// Decodes a spilled item of `len` bytes from the file first among `fds`, then hands
     /// the file back.
+    ///
+    /// A file this process has not the memory to map (`ENOMEM`: a limit on its address space,
+    /// or none left) fails the take, and the item is kept back for the next one (see
+    /// [`take_kept_back`](Self::take_kept_back)), not lost.
     pub(super) fn unspill<T: DeserializeOwned>(
         &self,
         len: usize,
@@ -207,11 +211,40 @@ impl Inner {
         let file = fds.pop_front().ok_or_else(|| {
             Error::Protocol("a spilled queue item arrived without its file".into())
         })?;
-        let view = self.views.view(file.as_fd(), len)?;
+        let view = match self.views.view(file.as_fd(), len) {
+            Ok(view) => view,
+            Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                let mut kept = self.kept_back.lock().unwrap_or_else(|p| p.into_inner());
+                *kept = Some((len, file, fds));
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot map a queue item of {len} bytes ({e}): this process is out of \
+                         memory or at its limit (RLIMIT_AS, `ulimit -v`, or its cgroup's); the \
+                         item is kept for the next get of this process"
+                    ),
+                )
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let value = codec::decode(view.bytes(), fds.into());
         self.views.keep(view);
         self.recycle(file);
         value
+    }
+
+    /// The item an earlier take kept back for want of memory, if any, taken again.
+    pub(super) fn take_kept_back<T: DeserializeOwned>(&self) -> Option<Result<T>> {
+        let kept = self
+            .kept_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        kept.map(|(len, file, mut fds)| {
+            fds.push_front(file);
+            self.unspill(len, fds)
+        })
     }
 
     /// A spill file handed back by a consumer, if one waits.

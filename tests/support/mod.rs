@@ -319,6 +319,17 @@ pub fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// This process's address space, in bytes (`VmSize` of `/proc/self/status`).
+pub fn address_space() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| "no VmSize in /proc/self/status".to_string())
+}
+
 /// The number of descriptors this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
