@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ fn main() {
         queues_work_when_descriptors_are_few,
         a_queue_outlives_consumers_killed_while_they_take,
     ];
+    trials.push(support::test_current_thread(
+        "a_lock_taken_again_after_a_withdrawn_condition_wait_is_held",
+        a_lock_taken_again_after_a_withdrawn_condition_wait_is_held,
+    ));
     trials.push(support::test_current_thread(
         "a_loop_of_queue_calls_that_need_no_wait_lets_other_tasks_run",
         a_loop_of_queue_calls_that_need_no_wait_lets_other_tasks_run,
@@ -1180,6 +1185,73 @@ async fn a_withdrawn_condition_wait_leaves_the_lock_released() -> TestResult {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     notifier.await??;
+    Ok(())
+}
+
+/// `f` on a runtime of its own, on a thread of its own: calls made there go through a
+/// connection of their own, and this thread's runtime is not driven until it ends.
+fn on_another_connection<T: Send + 'static>(
+    f: impl Future<Output = mp::Result<T>> + Send + 'static,
+) -> Result<T, String> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), f).await }) {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer in 20 s".into()),
+        }
+    })
+    .join()
+    .map_err(|_| "the thread panicked".to_string())?
+}
+
+/// A condition `wait` dropped once the server had taken the lock back for it, its reply on
+/// the way, gives back the level it took back, not the levels its task takes after the
+/// drop: a task that takes the lock again right after the drop holds it. (The wait's give
+/// back released every level, so the lock taken again was free to another process.)
+async fn a_lock_taken_again_after_a_withdrawn_condition_wait_is_held() -> TestResult {
+    let m = Manager::start().await?;
+    let lock = m.rlock().await?;
+    let c = m.condition_with(&lock).await?;
+    let me = std::process::id();
+    c.lock().await?;
+    {
+        let mut wait = std::pin::pin!(c.wait());
+        ensure!(
+            futures::poll!(wait.as_mut()).is_pending(),
+            "a wait that nothing notified returned"
+        );
+        // Notified from another connection while this runtime stands still: the server
+        // takes the lock back for the wait, and its reply waits unread in the socket.
+        let (c, lock) = (c.clone(), lock.clone());
+        on_another_connection(async move {
+            c.lock().await?;
+            c.notify(1).await?;
+            c.release().await?;
+            while lock.holder().await? != Some(me) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        })?;
+    }
+    // The wait is dropped: the lock is released; this task takes it again.
+    c.lock().await?;
+    let c2 = c.clone();
+    let free = on_another_connection(async move {
+        let taken = c2.try_lock().await?;
+        if taken {
+            c2.release().await?;
+        }
+        Ok(taken)
+    })?;
+    ensure!(
+        !free,
+        "the lock this task took again was free to another connection"
+    );
+    c.release().await?;
+    m.shutdown().await?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::lock::{LockOps, LockState, lock_methods};
 use super::proto::{ConditionOp, Failure, LockOp, Reply, Request, Wait};
 use super::server::{Caller, Shared, State, Step, deadline, object, reply, wrong_type};
-use super::{Handle, expect_bool, expect_done};
+use super::{Handle, expect_done};
 use crate::error::Result;
 use crate::on_drop::OnDrop;
 use crate::sync::task_token;
@@ -209,7 +209,7 @@ pub(super) async fn wait(
     unfinished.defuse();
     end(true);
     match retaken {
-        Reply::Done => Reply::Bool(notified),
+        Reply::Done => Reply::Waited { notified, levels },
         r => r,
     }
 }
@@ -247,7 +247,10 @@ impl ConditionProxy {
                 ConditionOp::Wait { owner, wait },
             ))
             .await?;
-        expect_bool(r)
+        match r {
+            Reply::Waited { notified, .. } => Ok(notified),
+            r => Err(super::unexpected(r)),
+        }
     }
 
     /// Releases the lock, waits for a [`notify`](Self::notify), and takes the lock back
@@ -262,7 +265,8 @@ impl ConditionProxy {
     ///
     /// # Cancel safety
     /// A dropped `wait` is withdrawn from the server and leaves the lock released, wherever
-    /// it was (if it had taken the lock back, that is given back), as the crate's
+    /// it was (if it had taken the lock back, that is given back: the levels it took back,
+    /// so a lock its task takes again after the drop stays held), as the crate's
     /// [`Condition`](crate::Condition) does. A drop after the notification arrived consumes
     /// that notification.
     pub async fn wait(&self) -> Result<()> {

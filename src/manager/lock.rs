@@ -58,10 +58,12 @@ impl LockState {
                 Ok(()) => Reply::Done,
                 Err(f) => Reply::Failed(f),
             },
-            LockOp::ReleaseAll { owner } => match self.release_all(caller, owner) {
-                Ok(_) => Reply::Done,
-                Err(f) => Reply::Failed(f),
-            },
+            LockOp::ReleaseLevels { owner, levels } => {
+                match self.release_levels(caller, owner, levels) {
+                    Ok(()) => Reply::Done,
+                    Err(f) => Reply::Failed(f),
+                }
+            }
             LockOp::Holder => Reply::Len(self.holder.map_or(0, |h| u64::from(h.caller.pid))),
             op @ LockOp::Acquire { .. } => match self.attempt(caller, &op, true) {
                 Step::Done(r) => r,
@@ -133,6 +135,25 @@ impl LockState {
             }
             _ => Err(Failure::NotHeld),
         }
+    }
+
+    /// Releases `levels` levels if `owner` (a task of `caller`) holds the lock; a plain
+    /// lock wholly. What a withdrawn condition wait gives back: the levels it took back,
+    /// while those its task took since stay held.
+    fn release_levels(&mut self, caller: Caller, owner: u64, levels: u32) -> Result<(), Failure> {
+        if !self.held_by(caller, owner) {
+            return Err(Failure::NotHeld);
+        }
+        if let Some(h) = &mut self.holder
+            && self.reentrant
+            && h.count > levels
+        {
+            h.count -= levels;
+            return Ok(());
+        }
+        self.holder = None;
+        self.freed.notify_waiters();
+        Ok(())
     }
 
     /// Whether `owner` on `caller`'s connection holds the lock. A plain lock, which anyone

@@ -296,10 +296,12 @@ pub(super) enum LockOp {
     Release {
         owner: u64,
     },
-    /// Releases every level `owner` holds: what a withdrawn condition `wait` that took the
-    /// lock back gives back.
-    ReleaseAll {
+    /// Releases `levels` levels if `owner` holds the lock (a plain lock wholly): what a
+    /// withdrawn condition `wait` that took the lock back gives back, the levels it took
+    /// back, and not those its task took after it.
+    ReleaseLevels {
         owner: u64,
+        levels: u32,
     },
     Holder,
 }
@@ -353,6 +355,12 @@ pub(super) enum Reply {
     Done,
     Id(u64),
     Bool(bool),
+    /// The answer to a condition's `wait`: whether it was notified, and the levels of the
+    /// lock it took back (what a withdrawn wait gives back, see [`Undo`]).
+    Waited {
+        notified: bool,
+        levels: u32,
+    },
     Len(u64),
     Item(Option<Bytes>),
     /// A position in a list, if the value is there.
@@ -586,11 +594,14 @@ impl Undo {
             (Undo::Semaphore(id), Reply::Bool(true)) => {
                 Some(Request::Semaphore(id, SemaphoreOp::Release(1)))
             }
-            // Notified or timed out, a wait that answered holds the lock again.
-            (Undo::ConditionWait { id, owner }, Reply::Bool(_)) => Some(Request::Condition(
-                id,
-                ConditionOp::Lock(LockOp::ReleaseAll { owner }),
-            )),
+            // Notified or timed out, a wait that answered holds the lock again, at the
+            // levels it took back.
+            (Undo::ConditionWait { id, owner }, Reply::Waited { levels, .. }) => {
+                Some(Request::Condition(
+                    id,
+                    ConditionOp::Lock(LockOp::ReleaseLevels { owner, levels }),
+                ))
+            }
             _ => None,
         }
     }

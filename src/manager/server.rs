@@ -1716,7 +1716,7 @@ mod tests {
             let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 3 }));
             assert!(matches!(call(&notifier, 4, release).await, Reply::Done));
             match reply_to(&live).await {
-                Some((2, Reply::Bool(true))) => {}
+                Some((2, Reply::Waited { notified: true, .. })) => {}
                 other => panic!("the live waiter's wait gave {other:?}"),
             }
         });
@@ -1769,7 +1769,7 @@ mod tests {
             let release = Request::Condition(c, ConditionOp::Lock(LockOp::Release { owner: 3 }));
             assert!(matches!(call(&notifier, 6, release).await, Reply::Done));
             match reply_to(&live).await {
-                Some((2, Reply::Bool(true))) => {}
+                Some((2, Reply::Waited { notified: true, .. })) => {}
                 other => panic!("the live waiter's wait gave {other:?}"),
             }
         });
