@@ -20,9 +20,50 @@ use tokio_multiprocessing::{
 
 const KEY: &str = "abracadabra";
 
+/// A `get` withdrawn while its item was on its way (the server had handed the item out, its
+/// reply not read yet) puts the item back before the next call of its connection on that
+/// queue is carried out: a lone consumer over TCP, whose queue the server keeps, gets the
+/// items in the order they were put. (The next `get` reached the server before the item
+/// came back, and took the item after it.)
+async fn a_get_after_a_withdrawn_get_takes_the_item_given_back() -> TestResult {
+    let m = tcp_manager().await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    // Made and used over TCP only: the server keeps its items (no ring).
+    let q = c.queue::<u32>().await?;
+    // A round trip first: what the connection queued before is written, and the get's
+    // request goes out from this thread at its first poll.
+    ensure!(q.qsize().await? == 0, "items in a new queue");
+    {
+        let mut get = std::pin::pin!(q.get());
+        ensure!(
+            futures::poll!(get.as_mut()).is_pending(),
+            "a get on an empty queue returned"
+        );
+        // Put from another connection while this runtime stands still: the server hands
+        // the first item to the waiting get, and its reply waits unread.
+        let other = q.clone();
+        support::runtimes::on_a_thread_of_its_own(async move {
+            other.put(0).await?;
+            other.put(1).await?;
+            while other.qsize().await? != 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        })?;
+    }
+    let first = q.get_timeout(Duration::from_secs(10)).await?;
+    let second = q.get_timeout(Duration::from_secs(10)).await?;
+    ensure!(
+        (first, second) == (0, 1),
+        "the items came out as {first}, {second}"
+    );
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
-    support::run(trials![
+    let mut trials = trials![
         remote_queue_between_client_processes,
         remote_queue_carries_python_values,
         rapid_restart_on_the_same_address,
@@ -53,7 +94,12 @@ fn main() {
         bad_input_storm_leaves_the_server_serving,
         silent_sockets_lock_no_client_out,
         example_manager_remote,
-    ])
+    ];
+    trials.push(support::test_current_thread(
+        "a_get_after_a_withdrawn_get_takes_the_item_given_back",
+        a_get_after_a_withdrawn_get_takes_the_item_given_back,
+    ));
+    support::run(trials)
 }
 
 /// A manager served by a process of its own on a TCP loopback port, with the key.

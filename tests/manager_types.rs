@@ -6,7 +6,6 @@
 #[macro_use]
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -1188,25 +1187,6 @@ async fn a_withdrawn_condition_wait_leaves_the_lock_released() -> TestResult {
     Ok(())
 }
 
-/// `f` on a runtime of its own, on a thread of its own: calls made there go through a
-/// connection of their own, and this thread's runtime is not driven until it ends.
-fn on_another_connection<T: Send + 'static>(
-    f: impl Future<Output = mp::Result<T>> + Send + 'static,
-) -> Result<T, String> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), f).await }) {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("no answer in 20 s".into()),
-        }
-    })
-    .join()
-    .map_err(|_| "the thread panicked".to_string())?
-}
-
 /// A condition `wait` dropped once the server had taken the lock back for it, its reply on
 /// the way, gives back the level it took back, not the levels its task takes after the
 /// drop: a task that takes the lock again right after the drop holds it. (The wait's give
@@ -1226,7 +1206,7 @@ async fn a_lock_taken_again_after_a_withdrawn_condition_wait_is_held() -> TestRe
         // Notified from another connection while this runtime stands still: the server
         // takes the lock back for the wait, and its reply waits unread in the socket.
         let (c, lock) = (c.clone(), lock.clone());
-        on_another_connection(async move {
+        support::runtimes::on_a_thread_of_its_own(async move {
             c.lock().await?;
             c.notify(1).await?;
             c.release().await?;
@@ -1239,7 +1219,7 @@ async fn a_lock_taken_again_after_a_withdrawn_condition_wait_is_held() -> TestRe
     // The wait is dropped: the lock is released; this task takes it again.
     c.lock().await?;
     let c2 = c.clone();
-    let free = on_another_connection(async move {
+    let free = support::runtimes::on_a_thread_of_its_own(async move {
         let taken = c2.try_lock().await?;
         if taken {
             c2.release().await?;

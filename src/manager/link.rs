@@ -31,7 +31,9 @@
 //! cancelled midway. What a withdrawn `get` or `acquire` was granted all the same
 //! is given back ([`Undo`]): by the server, if the cancel reaches it before the reply goes
 //! out; by this side, for a reply already on its way, until the server's `Withdrawn` says
-//! none can follow.
+//! none can follow. The calls made on the connection meanwhile wait for that `Withdrawn`
+//! (one round trip), so that the server sees the give-back before them: a `get` after a
+//! withdrawn one takes the item given back, not the one after it.
 //!
 //! # Liveness
 //! The server writes a heartbeat on an idle connection every [`HEARTBEAT`], and so does the
@@ -185,6 +187,8 @@ struct Calls {
     server_max: PeerMax,
     /// Wakes those waiting for the server's limit (see [`Calls::hear_server`]).
     heard: tokio::sync::Notify,
+    /// Wakes the calls waiting for the withdrawn calls to be settled (see [`Conn::call`]).
+    settled: tokio::sync::Notify,
     /// What ended the connection, and whether it was something the server sent that could
     /// not be read.
     ended: Mutex<Option<(String, bool)>>,
@@ -760,6 +764,7 @@ impl Conn {
             lost_signal: tokio::sync::Notify::new(),
             server_max: PeerMax::default(),
             heard: tokio::sync::Notify::new(),
+            settled: tokio::sync::Notify::new(),
             ended: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -835,12 +840,29 @@ impl Conn {
         }
         let (tx, rx) = oneshot::channel();
         let undo = Undo::of(req);
+        // A call withdrawn whose reply may still come gives back what that reply granted
+        // when it comes (see `Withdraw`), after the calls sent since: a `get` sent then
+        // would take the item after the one given back, a `lock` of the task whose `wait`
+        // was withdrawn would find the lock its own. So a call waits until the server has
+        // said that nothing of the withdrawn calls is still to come; then what they
+        // granted is given back (queued) before its request.
+        let mut entry = Some((tx, undo));
         // A call alone on the connection writes its request and takes its reply itself; calls
         // in a crowd leave both to the writer and reader tasks, which batch them.
-        let alone = {
-            let mut pending = self.calls.waiting();
-            pending.waiting.insert(id, (tx, undo));
-            pending.waiting.len() == 1
+        let alone = loop {
+            let settled = self.calls.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let mut pending = self.calls.waiting();
+                if pending.withdrawn.is_empty() || self.calls.lost.load(Ordering::Acquire) {
+                    if let Some(entry) = entry.take() {
+                        pending.waiting.insert(id, entry);
+                    }
+                    break pending.waiting.len() == 1;
+                }
+            }
+            settled.await;
         };
         // Registered before the lost flag is read: the reader drains what it finds after
         // setting the flag, so a call is failed by it or sees the flag here.
@@ -1044,7 +1066,12 @@ impl Replies {
             }
             Ok((0, _)) => {}
             Ok((id, Reply::Withdrawn)) => {
-                self.calls.waiting().withdrawn.remove(&id);
+                let mut pending = self.calls.waiting();
+                pending.withdrawn.remove(&id);
+                if pending.withdrawn.is_empty() {
+                    drop(pending);
+                    self.calls.settled.notify_waiters();
+                }
             }
             Ok((id, reply)) => {
                 let mut pending = self.calls.waiting();
@@ -1145,6 +1172,8 @@ impl Drop for End {
         for (_, (tx, _)) in pending.waiting.drain() {
             let _ = tx.send(Err(calls.ended()));
         }
+        drop(pending);
+        calls.settled.notify_waiters();
     }
 }
 

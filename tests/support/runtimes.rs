@@ -26,6 +26,17 @@ fn on<T>(rt: &Runtime, what: &str, f: impl Future<Output = mp::Result<T>>) -> Re
     }
 }
 
+/// `f`, driven by a current-thread runtime of its own on a thread of its own, while the
+/// caller's thread is blocked (so its runtime, if a current-thread one, stands still): a
+/// manager's proxies called in `f` go through a connection of their own.
+pub fn on_a_thread_of_its_own<T: Send + 'static>(
+    f: impl Future<Output = mp::Result<T>> + Send + 'static,
+) -> Result<T, String> {
+    std::thread::spawn(move || on(&runtime()?, "a call on a thread of its own", f))
+        .join()
+        .map_err(|_| "the thread panicked".to_string())?
+}
+
 /// Plain code (each runtime here is a current-thread one, driven only inside its
 /// `block_on`): a manager handle made by `manager` on runtime A, and a dict and a queue of it
 /// used on A; then used on B while A is not driven, on B once A is dropped, and on C while B
