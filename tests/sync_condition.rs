@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use libtest_mimic::Arguments;
 use support::{TestResult, join_ok, start};
-use tokio_multiprocessing::{Condition, ConditionGuard, Error, Lock, Process, RawValue, Semaphore};
+use tokio_multiprocessing::{
+    Condition, ConditionGuard, Error, Lock, Process, RLock, RawValue, Semaphore,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -551,6 +553,50 @@ async fn leave_9000_times_then_notify(c: &Condition, woken: &Semaphore) -> TestR
         .map_err(|e| format!("notify(1) woke no one: {e}").into())
 }
 
+/// No Python counterpart (a thread's wait cannot be dropped): a wait over an `RLock` its
+/// task took twice releases both levels; dropped, it leaves the lock released for good, and
+/// the guard of the outer level holds nothing. Its drop leaves alone the hold that another
+/// task of this process took since (it released that hold).
+async fn a_dropped_wait_leaves_an_outer_rlock_guard_holding_nothing() -> TestResult {
+    let rl = RLock::new()?;
+    let c = Condition::with_rlock(rl.clone())?;
+    let outer = rl.lock().await?;
+    let g = c.lock().await?;
+    let dropped = tokio::time::timeout(Duration::from_millis(20), g.wait()).await;
+    ensure!(dropped.is_err(), "a wait that nothing notified returned");
+    let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let other = {
+        let rl = rl.clone();
+        tokio::spawn(async move {
+            let held = rl.lock_timeout(LONG).await?;
+            let _ = taken_tx.send(());
+            let _ = done_rx.await;
+            drop(held);
+            Ok::<_, Error>(())
+        })
+    };
+    taken_rx.await?;
+    drop(outer);
+    ensure!(
+        rl.holder().is_some(),
+        "the outer guard's drop released the hold another task took"
+    );
+    let _ = done_tx.send(());
+    other.await??;
+    ensure!(
+        rl.holder().is_none(),
+        "the other task's hold was not released"
+    );
+    // The lock serves on: a guard of a hold taken now releases it.
+    drop(c.lock_timeout(LONG).await?);
+    ensure!(
+        rl.holder().is_none(),
+        "a new hold was not released by its guard"
+    );
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     let mut args = Arguments::from_args();
@@ -570,7 +616,8 @@ fn main() {
         a_notification_spent_on_a_waiter_killed_retaking_the_lock_goes_on,
         a_notification_spent_on_a_dropped_wait_goes_on,
         notifications_reach_live_waiters_through_a_kill_storm,
-        a_notify_killed_before_its_wake_up_leaves_it_to_the_next_wait
+        a_notify_killed_before_its_wake_up_leaves_it_to_the_next_wait,
+        a_dropped_wait_leaves_an_outer_rlock_guard_holding_nothing
     ];
     libtest_mimic::run(&args, trials).exit()
 }

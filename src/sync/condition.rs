@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::lock::Guarded;
+use super::lock::{Guarded, Saved};
 use super::shared_state::{Layout, SharedState};
 use super::{deadline, until};
 use crate::error::{Error, Result};
@@ -317,7 +317,7 @@ impl Condition {
     /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
     pub async fn lock(&self) -> Result<ConditionGuard<'_>> {
         self.lock.acquire(None).await?;
-        Ok(ConditionGuard { cond: self })
+        Ok(ConditionGuard::of(self))
     }
 
     /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
@@ -333,7 +333,7 @@ impl Condition {
     /// This method is cancel safe, like [`lock`](Self::lock).
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>> {
         self.lock.acquire(deadline(timeout)).await?;
-        Ok(ConditionGuard { cond: self })
+        Ok(ConditionGuard::of(self))
     }
 
     /// Takes the underlying lock if it is free (or, for an `RLock`, owned by the calling
@@ -342,10 +342,7 @@ impl Condition {
     /// # Errors
     /// As [`Lock::try_lock`] / [`RLock::try_lock`].
     pub fn try_lock(&self) -> Result<Option<ConditionGuard<'_>>> {
-        Ok(self
-            .lock
-            .try_acquire()?
-            .then(|| ConditionGuard { cond: self }))
+        Ok(self.lock.try_acquire()?.then(|| ConditionGuard::of(self)))
     }
 
     /// Releases the lock, waits for a notification (or the deadline), takes the lock again.
@@ -374,7 +371,7 @@ impl Condition {
         }
         let ticket = next.load(SeqCst);
         if full() {
-            self.lock.release();
+            self.lock.release(self.lock.hold());
             return Err(Error::from(std::io::Error::other(format!(
                 "more than {SLOTS} waiters on one condition"
             ))));
@@ -382,7 +379,7 @@ impl Condition {
         let mut listener = match inner.wake.listen() {
             Ok(l) => l,
             Err(e) => {
-                self.lock.release();
+                self.lock.release(self.lock.hold());
                 return Err(e);
             }
         };
@@ -425,7 +422,7 @@ impl Condition {
             Ok(_) => Ok(true),
             Err(Error::Timeout) => Ok(notified),
             Err(e) => {
-                self.lock.release();
+                self.lock.release(self.lock.hold());
                 Err(e)
             }
         }
@@ -445,7 +442,7 @@ impl Condition {
         &self,
         ticket: u64,
         arrived: u64,
-        saved: u32,
+        saved: Saved,
         listener: &mut Listener,
     ) -> Result<Woke> {
         let inner = &*self.inner;
@@ -543,9 +540,20 @@ enum Woke {
 #[derive(Debug)]
 pub struct ConditionGuard<'a> {
     cond: &'a Condition,
+    /// The hold of the lock it is a level of (see [`RLock`]): a guard of a hold that ended
+    /// releases nothing.
+    hold: u64,
 }
 
 impl<'a> ConditionGuard<'a> {
+    /// A guard of a level of the hold of `cond`'s lock there is now (the caller holds it).
+    fn of(cond: &'a Condition) -> ConditionGuard<'a> {
+        ConditionGuard {
+            cond,
+            hold: cond.lock.hold(),
+        }
+    }
+
     /// Releases the lock, waits until notified, and takes the lock again (Python's
     /// `wait()`); returns the guard.
     ///
@@ -559,14 +567,16 @@ impl<'a> ConditionGuard<'a> {
     /// Outside a tokio runtime.
     ///
     /// # Cancel safety
-    /// Dropping the future releases the lock for good (the guard is consumed). A notification
-    /// that arrived before the drop goes on to the next waiter, as one spent on a waiter that
-    /// is killed before its wait returns does.
+    /// Dropping the future releases the lock for good (the guard is consumed), every level of
+    /// an [`RLock`] included: the guards of its outer levels then hold nothing, and their drop
+    /// releases nothing (not the hold another task took since). A notification that arrived
+    /// before the drop goes on to the next waiter, as one spent on a waiter that is killed
+    /// before its wait returns does.
     pub async fn wait(self) -> Result<ConditionGuard<'a>> {
         let cond = self.cond;
         std::mem::forget(self);
         cond.wait_inner(None).await?;
-        Ok(ConditionGuard { cond })
+        Ok(ConditionGuard::of(cond))
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`; also returns whether it was notified
@@ -584,7 +594,7 @@ impl<'a> ConditionGuard<'a> {
         let cond = self.cond;
         std::mem::forget(self);
         let notified = cond.wait_inner(deadline(timeout)).await?;
-        Ok((ConditionGuard { cond }, notified))
+        Ok((ConditionGuard::of(cond), notified))
     }
 
     /// Waits until `predicate()` holds, checking it under the lock before each wait
@@ -617,7 +627,7 @@ impl<'a> ConditionGuard<'a> {
             }
             std::mem::forget(guard);
             cond.wait_inner(end).await?;
-            guard = ConditionGuard { cond };
+            guard = ConditionGuard::of(cond);
         }
     }
 
@@ -643,6 +653,6 @@ impl<'a> ConditionGuard<'a> {
 
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
-        self.cond.lock.release();
+        self.cond.lock.release(self.hold);
     }
 }

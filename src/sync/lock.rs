@@ -30,14 +30,18 @@ use crate::sys;
 /// Offsets in the segment: the holder's owner word (its pid and start time, see
 /// [`sys::cached_owner`]; 0 when free), which type the lock is (1 for an `RLock`: a receiver
 /// refuses the other's), for an `RLock` the owning task's token and the recursion count, and
-/// the sleepers' counters ([`Sleepers`]). The start time tells a dead holder from a later
-/// process that took its pid.
+/// the sleepers' counters ([`Sleepers`]), and for an `RLock` the id of the hold (`HOLD`,
+/// drawn from `HOLDS` each time the lock is taken afresh), by which a guard of a hold that
+/// ended (a `Condition` wait dropped after it released every level) knows it holds nothing.
+/// The start time tells a dead holder from a later process that took its pid.
 const STATE: usize = 0;
 const REENTRANT: usize = 8;
 const TASK: usize = 16;
 const COUNT: usize = 24;
 const RAISED: usize = 32;
 const WOKEN: usize = 40;
+const HOLD: usize = 48;
+const HOLDS: usize = 56;
 const SIZE: usize = 64;
 
 #[derive(Debug)]
@@ -475,10 +479,30 @@ impl RLock {
     fn enter(&self) -> RLockGuard<'_> {
         let count = self.raw.region.u32_at(COUNT);
         count.store(count.load(Relaxed).saturating_add(1), Release);
-        RLockGuard { lock: self }
+        self.guard()
     }
 
-    fn take_ownership(&self, count: u32) {
+    /// A guard of one level of the hold there is now (the caller holds the lock).
+    fn guard(&self) -> RLockGuard<'_> {
+        RLockGuard {
+            lock: self,
+            hold: self.hold(),
+        }
+    }
+
+    /// The id of the hold there is now.
+    pub(crate) fn hold(&self) -> u64 {
+        self.raw.region.u64_at(HOLD).load(Acquire)
+    }
+
+    /// Records the calling task as the owner, at `count` levels, of a hold taken afresh
+    /// (a new id) or given back after a `Condition` wait (`hold`, the id it had).
+    fn take_ownership(&self, count: u32, hold: Option<u64>) {
+        let hold = hold.unwrap_or_else(|| {
+            let holds = self.raw.region.u64_at(HOLDS);
+            holds.fetch_add(1, AcqRel).wrapping_add(1)
+        });
+        self.raw.region.u64_at(HOLD).store(hold, Release);
         self.raw.region.u64_at(TASK).store(task_token(), Release);
         self.raw.region.u32_at(COUNT).store(count, Release);
     }
@@ -497,7 +521,7 @@ impl RLock {
     /// This method is cancel safe: if it loses a `select!` race, the lock was not taken.
     pub async fn lock(&self) -> Result<RLockGuard<'_>> {
         self.acquire_until(None).await?;
-        Ok(RLockGuard { lock: self })
+        Ok(self.guard())
     }
 
     /// Like [`lock`](Self::lock), but gives up after `timeout` (Python's
@@ -513,7 +537,7 @@ impl RLock {
     /// This method is cancel safe, like [`lock`](Self::lock).
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
         self.acquire_until(deadline(timeout)).await?;
-        Ok(RLockGuard { lock: self })
+        Ok(self.guard())
     }
 
     /// Takes the lock if it is free or owned by the calling task (Python's
@@ -527,8 +551,8 @@ impl RLock {
             return Ok(Some(self.enter()));
         }
         if self.raw.try_take_checked(sys::cached_owner())? {
-            self.take_ownership(1);
-            return Ok(Some(RLockGuard { lock: self }));
+            self.take_ownership(1, None);
+            return Ok(Some(self.guard()));
         }
         Ok(None)
     }
@@ -542,7 +566,7 @@ impl RLock {
         if !self.owned_by_caller() {
             return Err(Error::NotOwner);
         }
-        self.leave();
+        self.leave(self.hold());
         Ok(())
     }
 
@@ -561,7 +585,7 @@ impl RLock {
             return Ok(());
         }
         self.raw.acquire(deadline).await?;
-        self.take_ownership(1);
+        self.take_ownership(1, None);
         Ok(())
     }
 
@@ -577,9 +601,10 @@ impl RLock {
         self.raw.acquire(None).await
     }
 
-    /// Releases one level, if this process holds the lock.
-    fn leave(&self) {
-        if self.raw.holder() != sys::cached_owner() {
+    /// Releases one level of hold `hold`, if this process holds the lock and that hold has
+    /// not ended.
+    pub(crate) fn leave(&self, hold: u64) {
+        if self.raw.holder() != sys::cached_owner() || self.hold() != hold {
             return;
         }
         let count = self.raw.region.u32_at(COUNT);
@@ -594,27 +619,37 @@ impl RLock {
         }
     }
 
-    /// Releases every level held by the calling task; returns the count, for
-    /// [`restore`](Self::restore) (a `Condition` wait).
+    /// Releases every level held by the calling task; returns the count and the hold's id,
+    /// for [`restore`](Self::restore) (a `Condition` wait).
     ///
     /// Called through a guard, which proves ownership wherever it has moved, so only the
     /// process is checked.
-    pub(crate) fn release_all(&self) -> Result<u32> {
+    pub(crate) fn release_all(&self) -> Result<Saved> {
         if self.raw.holder() != sys::cached_owner() {
             return Err(Error::NotOwner);
         }
+        let hold = self.hold();
         let n = self.raw.region.u32_at(COUNT).swap(0, AcqRel);
         self.raw.region.u64_at(TASK).store(0, Release);
         self.raw.release();
-        Ok(n)
+        Ok(Saved { count: n, hold })
     }
 
-    /// Acquires again with `count` levels, after [`release_all`](Self::release_all).
-    pub(crate) async fn restore(&self, count: u32) -> Result<()> {
+    /// Acquires again with the levels and the hold of [`release_all`](Self::release_all):
+    /// the guards of that hold hold it again. Until then (and for good if the wait is
+    /// dropped) the hold has ended: a guard of it released nothing when dropped.
+    pub(crate) async fn restore(&self, saved: Saved) -> Result<()> {
         self.raw.acquire(None).await?;
-        self.take_ownership(count.max(1));
+        self.take_ownership(saved.count.max(1), Some(saved.hold));
         Ok(())
     }
+}
+
+/// What a `Condition` wait released of an [`RLock`], to take back: its levels and its hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Saved {
+    count: u32,
+    hold: u64,
 }
 
 /// Holds one level of an [`RLock`]; dropping it releases that level.
@@ -622,6 +657,8 @@ impl RLock {
 #[derive(Debug)]
 pub struct RLockGuard<'a> {
     lock: &'a RLock,
+    /// The hold it is a level of: a guard of a hold that ended releases nothing.
+    hold: u64,
 }
 
 impl RLockGuard<'_> {
@@ -633,7 +670,7 @@ impl RLockGuard<'_> {
 
 impl Drop for RLockGuard<'_> {
     fn drop(&mut self) {
-        self.lock.leave();
+        self.lock.leave(self.hold);
     }
 }
 
@@ -660,25 +697,33 @@ impl Guarded {
         }
     }
 
-    /// Releases one level (a guard's drop).
-    pub(crate) fn release(&self) {
+    /// The id of the hold there is now (0 for a plain lock, whose guards are never stale).
+    pub(crate) fn hold(&self) -> u64 {
+        match self {
+            Guarded::Lock(_) => 0,
+            Guarded::RLock(r) => r.hold(),
+        }
+    }
+
+    /// Releases one level of hold `hold` (a guard's drop).
+    pub(crate) fn release(&self, hold: u64) {
         match self {
             Guarded::Lock(l) => {
                 l.release_raw();
             }
-            Guarded::RLock(r) => r.leave(),
+            Guarded::RLock(r) => r.leave(hold),
         }
     }
 
     /// Releases fully for a wait; what to restore afterwards.
-    pub(crate) fn release_save(&self) -> Result<u32> {
+    pub(crate) fn release_save(&self) -> Result<Saved> {
         match self {
-            Guarded::Lock(l) => l.release().map(|()| 1),
+            Guarded::Lock(l) => l.release().map(|()| Saved { count: 1, hold: 0 }),
             Guarded::RLock(r) => r.release_all(),
         }
     }
 
-    pub(crate) async fn acquire_restore(&self, saved: u32) -> Result<()> {
+    pub(crate) async fn acquire_restore(&self, saved: Saved) -> Result<()> {
         match self {
             Guarded::Lock(l) => l.acquire_until(None).await,
             Guarded::RLock(r) => r.restore(saved).await,
