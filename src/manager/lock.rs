@@ -7,7 +7,8 @@
 //! A re-entrant lock is owned by a *task* on a connection: the same task may take it again,
 //! and only it may release it ([`Error::NotOwner`](crate::Error::NotOwner) otherwise), as
 //! the crate's [`RLock`](crate::RLock). Clones of a proxy share one connection on each
-//! runtime that calls them; a proxy passed to another process has its own.
+//! runtime that calls them, and so do the proxies a process receives from others, one
+//! link per server while any of them lives.
 //!
 //! # Owner death
 //! When the connection of a holder closes (its process died, dropped every proxy of that
