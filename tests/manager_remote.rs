@@ -61,6 +61,103 @@ async fn a_get_after_a_withdrawn_get_takes_the_item_given_back() -> TestResult {
     Ok(())
 }
 
+/// A plain lock's `lock` withdrawn while its grant was on its way gives back only the hold
+/// it was granted. Here that hold was ended by another client's `release` (legal for a plain
+/// lock) and a third `lock` took the lock before the give-back reached the server: the
+/// lock stays held by that third call, and a `try_lock` after the give-back fails. (The
+/// give-back was a plain `release`, which freed the third call's hold: two holders at once.)
+async fn a_withdrawn_lock_gives_back_only_the_hold_it_was_granted() -> TestResult {
+    a_withdrawn_grant_of_a_plain_lock_gives_back_only_its_hold(false).await
+}
+
+/// As [`a_withdrawn_lock_gives_back_only_the_hold_it_was_granted`], for a condition's
+/// `wait` over a plain lock withdrawn while the lock it took back was on its way.
+async fn a_withdrawn_condition_wait_gives_back_only_the_hold_it_took() -> TestResult {
+    a_withdrawn_grant_of_a_plain_lock_gives_back_only_its_hold(true).await
+}
+
+/// A plain lock held by this connection; a `lock` of it (or, `wait`, a condition's `wait`
+/// over it) granted while this runtime stands still, then dropped; the hold it was granted
+/// freed by another connection's `release`, which then takes the lock; once the give-back
+/// has reached the server, the lock is still held.
+async fn a_withdrawn_grant_of_a_plain_lock_gives_back_only_its_hold(wait: bool) -> TestResult {
+    let m = tcp_manager().await?;
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let lock = c.lock().await?;
+    let condition = c.condition_with(&lock).await?;
+    // Held by this connection, so that a `lock` waits at the server (a `wait` releases it).
+    lock.lock().await?;
+    // Another connection: a thread of its own, driven step by step while this runtime
+    // stands still.
+    let (order, orders) = std::sync::mpsc::channel::<u8>();
+    let (answer, answers) = std::sync::mpsc::channel::<mp::Result<bool>>();
+    let (other, other_condition) = (lock.clone(), condition.clone());
+    let thread = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        for step in orders {
+            let r = rt.block_on(async {
+                match step {
+                    // The withdrawn call is granted the lock: this connection's hold freed
+                    // (a `wait` freed it and is notified), and then the call's.
+                    0 => {
+                        if wait {
+                            other.lock().await?;
+                            other_condition.notify(1).await?;
+                        }
+                        other.release().await?;
+                        while other.holder().await?.is_none() {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Ok(true)
+                    }
+                    // Frees the hold granted to the withdrawn call, and takes the lock.
+                    1 => {
+                        other.release().await?;
+                        other.lock().await?;
+                        Ok(true)
+                    }
+                    _ => other.try_lock().await,
+                }
+            });
+            if answer.send(r).is_err() {
+                return;
+            }
+        }
+    });
+    let step = |n| -> Result<bool, String> {
+        order.send(n).map_err(|e| e.to_string())?;
+        match answers.recv() {
+            Ok(r) => r.map_err(|e| format!("step {n}: {e}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    {
+        let mut call: std::pin::Pin<Box<dyn Future<Output = mp::Result<()>>>> = match wait {
+            true => Box::pin(condition.wait()),
+            false => Box::pin(lock.lock()),
+        };
+        ensure!(
+            futures::poll!(call.as_mut()).is_pending(),
+            "the call returned at once"
+        );
+        // Granted while this runtime stands still: its reply waits unread.
+        step(0)?;
+    }
+    step(1)?;
+    // A call of this connection: the give-back of the withdrawn call goes before it.
+    lock.holder().await?;
+    ensure!(!step(2)?, "the lock was taken while another client held it");
+    drop(order);
+    thread.join().map_err(|_| "the thread panicked")?;
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     let mut trials = trials![
@@ -98,6 +195,14 @@ fn main() {
     trials.push(support::test_current_thread(
         "a_get_after_a_withdrawn_get_takes_the_item_given_back",
         a_get_after_a_withdrawn_get_takes_the_item_given_back,
+    ));
+    trials.push(support::test_current_thread(
+        "a_withdrawn_lock_gives_back_only_the_hold_it_was_granted",
+        a_withdrawn_lock_gives_back_only_the_hold_it_was_granted,
+    ));
+    trials.push(support::test_current_thread(
+        "a_withdrawn_condition_wait_gives_back_only_the_hold_it_took",
+        a_withdrawn_condition_wait_gives_back_only_the_hold_it_took,
     ));
     support::run(trials)
 }

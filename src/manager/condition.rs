@@ -209,7 +209,11 @@ pub(super) async fn wait(
     unfinished.defuse();
     end(true);
     match retaken {
-        Reply::Done => Reply::Waited { notified, levels },
+        Reply::Held(hold) => Reply::Waited {
+            notified,
+            levels,
+            hold,
+        },
         r => r,
     }
 }
@@ -266,7 +270,8 @@ impl ConditionProxy {
     /// # Cancel safety
     /// A dropped `wait` is withdrawn from the server and leaves the lock released, wherever
     /// it was (if it had taken the lock back, that is given back: the levels it took back,
-    /// so a lock its task takes again after the drop stays held), as the crate's
+    /// so a lock its task takes again after the drop stays held, and nothing if that hold
+    /// has ended, as a plain lock released by another client), as the crate's
     /// [`Condition`](crate::Condition) does. A drop after the notification arrived consumes
     /// that notification.
     pub async fn wait(&self) -> Result<()> {

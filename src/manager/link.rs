@@ -33,7 +33,9 @@
 //! out; by this side, for a reply already on its way, until the server's `Withdrawn` says
 //! none can follow. The calls made on the connection meanwhile wait for that `Withdrawn`
 //! (one round trip), so that the server sees the give-back before them: a `get` after a
-//! withdrawn one takes the item given back, not the one after it.
+//! withdrawn one takes the item given back, not the one after it. A lock is given back by
+//! the hold its grant names: a hold that has ended meanwhile (a plain lock, which anyone
+//! may release, released by another client and taken by a third) is left alone.
 //!
 //! # Liveness
 //! The server writes a heartbeat on an idle connection every [`HEARTBEAT`], and so does the

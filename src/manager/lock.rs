@@ -32,12 +32,17 @@ struct Holder {
     caller: Caller,
     owner: u64,
     count: u32,
+    /// The number of this hold, from its first level to its release: what a give-back
+    /// names (see [`LockOp::ReleaseLevels`]).
+    hold: u64,
 }
 
 /// The server's side of a lock (and of a condition's lock).
 pub(super) struct LockState {
     reentrant: bool,
     holder: Option<Holder>,
+    /// The number of the last hold begun.
+    holds: u64,
     /// The pid of a holder whose connection closed, until an acquirer has been told.
     abandoned: Option<u32>,
     freed: Arc<Notify>,
@@ -48,6 +53,7 @@ impl LockState {
         LockState {
             reentrant,
             holder: None,
+            holds: 0,
             abandoned: None,
             freed: Arc::default(),
         }
@@ -59,12 +65,14 @@ impl LockState {
                 Ok(()) => Reply::Done,
                 Err(f) => Reply::Failed(f),
             },
-            LockOp::ReleaseLevels { owner, levels } => {
-                match self.release_levels(caller, owner, levels) {
-                    Ok(()) => Reply::Done,
-                    Err(f) => Reply::Failed(f),
-                }
-            }
+            LockOp::ReleaseLevels {
+                owner,
+                levels,
+                hold,
+            } => match self.release_levels(caller, owner, levels, hold) {
+                Ok(()) => Reply::Done,
+                Err(f) => Reply::Failed(f),
+            },
             LockOp::Holder => Reply::Len(self.holder.map_or(0, |h| u64::from(h.caller.pid))),
             op @ LockOp::Acquire { .. } => match self.attempt(caller, &op, true) {
                 Step::Done(r) => r,
@@ -82,17 +90,10 @@ impl LockState {
             return Step::Done(Reply::Failed(Failure::LockOwnerDied { pid }));
         }
         match &mut self.holder {
-            None => {
-                self.holder = Some(Holder {
-                    caller,
-                    owner: *owner,
-                    count: 1,
-                });
-                Step::Done(Reply::Done)
-            }
+            None => Step::Done(self.hold(caller, *owner, 1)),
             Some(h) if self.reentrant && h.caller.conn == caller.conn && h.owner == *owner => {
                 h.count += 1;
-                Step::Done(Reply::Done)
+                Step::Done(Reply::Held(h.hold))
             }
             Some(_) if timed_out => Step::Done(match wait {
                 // `try_lock` answers `false`, a timed lock `Timeout`.
@@ -138,11 +139,33 @@ impl LockState {
         }
     }
 
-    /// Releases `levels` levels if `owner` (a task of `caller`) holds the lock; a plain
-    /// lock wholly. What a withdrawn condition wait gives back: the levels it took back,
-    /// while those its task took since stay held.
-    fn release_levels(&mut self, caller: Caller, owner: u64, levels: u32) -> Result<(), Failure> {
-        if !self.held_by(caller, owner) {
+    /// Begins a hold of `count` levels by `owner` (a task of `caller`) on a free lock,
+    /// answering its number.
+    fn hold(&mut self, caller: Caller, owner: u64, count: u32) -> Reply {
+        self.holds += 1;
+        self.holder = Some(Holder {
+            caller,
+            owner,
+            count,
+            hold: self.holds,
+        });
+        Reply::Held(self.holds)
+    }
+
+    /// Releases `levels` levels of hold number `hold`, if it is still the lock's (and, a
+    /// re-entrant lock, `owner`'s, a task of `caller`); a plain lock wholly. What a
+    /// withdrawn `acquire` or condition wait gives back: the levels it was granted, while
+    /// those its task took since stay held, and a hold begun after its own ended (a plain
+    /// lock released by another client, then taken) is left alone.
+    fn release_levels(
+        &mut self,
+        caller: Caller,
+        owner: u64,
+        levels: u32,
+        hold: u64,
+    ) -> Result<(), Failure> {
+        let ours = self.holder.is_some_and(|h| h.hold == hold);
+        if !ours || !self.held_by(caller, owner) {
             return Err(Failure::NotHeld);
         }
         if let Some(h) = &mut self.holder
@@ -165,9 +188,10 @@ impl LockState {
             .is_some_and(|h| !self.reentrant || (h.caller.conn == caller.conn && h.owner == owner))
     }
 
-    /// Takes the lock back at `count` levels after a condition's wait (answering `Done`), or
-    /// names the wait to do first. A lock whose holder's connection closed is reported
-    /// ([`Failure::LockOwnerDied`]) and left free, as to any acquirer.
+    /// Takes the lock back at `count` levels after a condition's wait (answering the number
+    /// of the hold it begins, [`Reply::Held`]), or names the wait to do first. A lock whose
+    /// holder's connection closed is reported ([`Failure::LockOwnerDied`]) and left free, as
+    /// to any acquirer.
     pub(super) fn retake(&mut self, caller: Caller, owner: u64, count: u32) -> Step {
         if self.holder.is_some() {
             return Step::Wait(self.freed.clone());
@@ -175,12 +199,7 @@ impl LockState {
         if let Some(pid) = self.abandoned.take() {
             return Step::Done(Reply::Failed(Failure::LockOwnerDied { pid }));
         }
-        self.holder = Some(Holder {
-            caller,
-            owner,
-            count,
-        });
-        Step::Done(Reply::Done)
+        Step::Done(self.hold(caller, owner, count))
     }
 
     /// A connection closed: its hold, if any, ends, and the next acquirer is told.
@@ -205,7 +224,7 @@ pub(super) async fn acquire(p: &impl LockOps, owner: u64, wait: Wait) -> Result<
         .call(p.lock_request(LockOp::Acquire { owner, wait }))
         .await?
     {
-        Reply::Done => Ok(true),
+        Reply::Held(_) => Ok(true),
         r => expect_bool(r),
     }
 }
@@ -230,7 +249,9 @@ macro_rules! lock_methods {
         ///
         /// # Cancel safety
         /// Cancel safe: a dropped `lock` is withdrawn from the server, and a lock the server
-        /// had already granted to it is released.
+        /// had already granted to it is released: only the hold granted to it, so that if
+        /// that hold has ended meanwhile (a plain lock released by another), the lock is
+        /// left as it is.
         pub async fn lock(&self) -> Result<()> {
             super::lock::acquire(self, $owner, Wait::Forever)
                 .await

@@ -296,12 +296,15 @@ pub(super) enum LockOp {
     Release {
         owner: u64,
     },
-    /// Releases `levels` levels if `owner` holds the lock (a plain lock wholly): what a
-    /// withdrawn condition `wait` that took the lock back gives back, the levels it took
-    /// back, and not those its task took after it.
+    /// Releases `levels` levels (a plain lock wholly) if the lock's current hold is `hold`:
+    /// what a withdrawn `acquire` (one level) or condition `wait` that took the lock back
+    /// gives back, the levels it was granted, and not those its task took after it, nor a
+    /// hold that began after that one ended (a plain lock's, freed by another client's
+    /// `release`). `owner` is the caller's task, as in `Acquire`.
     ReleaseLevels {
         owner: u64,
         levels: u32,
+        hold: u64,
     },
     Holder,
 }
@@ -353,13 +356,18 @@ pub(super) enum BarrierOp {
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Reply {
     Done,
+    /// A lock's `Acquire` granted: the number of the hold it began or took a level of, which
+    /// a give-back names (see [`Undo`]).
+    Held(u64),
     Id(u64),
     Bool(bool),
     /// The answer to a condition's `wait`: whether it was notified, and the levels of the
-    /// lock it took back (what a withdrawn wait gives back, see [`Undo`]).
+    /// lock it took back and the number of the hold it began (what a withdrawn wait gives
+    /// back, see [`Undo`]).
     Waited {
         notified: bool,
         levels: u32,
+        hold: u64,
     },
     Len(u64),
     Item(Option<Bytes>),
@@ -527,6 +535,9 @@ impl PeerMax {
 /// What a withdrawn request that was carried out all the same must give back: the item a
 /// `get` took, the lock or the unit an `acquire` was granted, the lock a condition's `wait`
 /// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does).
+/// A lock is given back by the number of the hold its grant names, so that only that hold
+/// is released, and nothing if it has ended: a plain lock may be released by anyone, and
+/// taken by another client before the give-back arrives.
 /// The server undoes it when it sees the cancel before replying, and when the reply cannot
 /// be sent (over the client's frame limit); the client, when the reply was already on its
 /// way.
@@ -583,9 +594,13 @@ impl Undo {
                     owner,
                     condition,
                 },
-                Reply::Done,
+                Reply::Held(hold),
             ) => {
-                let op = LockOp::Release { owner };
+                let op = LockOp::ReleaseLevels {
+                    owner,
+                    levels: 1,
+                    hold,
+                };
                 Some(match condition {
                     true => Request::Condition(id, ConditionOp::Lock(op)),
                     false => Request::Lock(id, op),
@@ -596,10 +611,14 @@ impl Undo {
             }
             // Notified or timed out, a wait that answered holds the lock again, at the
             // levels it took back.
-            (Undo::ConditionWait { id, owner }, Reply::Waited { levels, .. }) => {
+            (Undo::ConditionWait { id, owner }, Reply::Waited { levels, hold, .. }) => {
                 Some(Request::Condition(
                     id,
-                    ConditionOp::Lock(LockOp::ReleaseLevels { owner, levels }),
+                    ConditionOp::Lock(LockOp::ReleaseLevels {
+                        owner,
+                        levels,
+                        hold,
+                    }),
                 ))
             }
             _ => None,

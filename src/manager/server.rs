@@ -1702,12 +1702,12 @@ mod tests {
                     },
                 )
             };
-            assert!(matches!(call(&dead, 1, lock(1)).await, Reply::Done));
+            assert!(matches!(call(&dead, 1, lock(1)).await, Reply::Held(_)));
             send(&dead, 2, wait(1)).await;
-            assert!(matches!(call(&live, 1, lock(2)).await, Reply::Done));
+            assert!(matches!(call(&live, 1, lock(2)).await, Reply::Held(_)));
             send(&live, 2, wait(2)).await;
             // Taken once both waits have released it: both wait, the dead one first.
-            assert!(matches!(call(&notifier, 2, lock(3)).await, Reply::Done));
+            assert!(matches!(call(&notifier, 2, lock(3)).await, Reply::Held(_)));
             // Past the time a wait spins: the server sleeps on the reactor.
             tokio::time::sleep(Duration::from_millis(20)).await;
             hang_up(dead);
@@ -1749,13 +1749,13 @@ mod tests {
             };
             assert!(matches!(
                 call(&dead, 1, Request::Lock(marker, acquire(1))).await,
-                Reply::Done
+                Reply::Held(_)
             ));
-            assert!(matches!(call(&dead, 2, lock(1)).await, Reply::Done));
+            assert!(matches!(call(&dead, 2, lock(1)).await, Reply::Held(_)));
             send(&dead, 3, wait(1)).await;
-            assert!(matches!(call(&live, 1, lock(2)).await, Reply::Done));
+            assert!(matches!(call(&live, 1, lock(2)).await, Reply::Held(_)));
             send(&live, 2, wait(2)).await;
-            assert!(matches!(call(&notifier, 3, lock(3)).await, Reply::Done));
+            assert!(matches!(call(&notifier, 3, lock(3)).await, Reply::Held(_)));
             let notify = Request::Condition(c, ConditionOp::Notify { n: 1, owner: 3 });
             assert!(matches!(call(&notifier, 4, notify).await, Reply::Done));
             hang_up(dead);
@@ -1782,7 +1782,7 @@ mod tests {
         let take = Request::Lock(l, acquire(0));
         assert!(matches!(
             s.attempt(ME, &take, false),
-            Step::Done(Reply::Done)
+            Step::Done(Reply::Held(_))
         ));
         assert!(matches!(s.attempt(OTHER, &take, false), Step::Wait(_)));
         s.release(ME);
@@ -1792,7 +1792,7 @@ mod tests {
         ));
         assert!(matches!(
             s.attempt(OTHER, &take, false),
-            Step::Done(Reply::Done)
+            Step::Done(Reply::Held(_))
         ));
     }
 
@@ -1805,7 +1805,7 @@ mod tests {
         // Taken through the lock, the condition's lock waits, and the reverse.
         assert!(matches!(
             s.attempt(ME, &Request::Lock(l, acquire(0)), false),
-            Step::Done(Reply::Done)
+            Step::Done(Reply::Held(_))
         ));
         let through_condition = Request::Condition(c, ConditionOp::Lock(acquire(7)));
         assert!(matches!(
@@ -1819,7 +1819,7 @@ mod tests {
         assert!(matches!(s.handle(OTHER, release), Reply::Done));
         assert!(matches!(
             s.attempt(OTHER, &through_condition, false),
-            Step::Done(Reply::Done)
+            Step::Done(Reply::Held(_))
         ));
         assert!(matches!(
             s.attempt(ME, &Request::Lock(l, acquire(0)), true),
