@@ -311,6 +311,11 @@ impl ShmRing {
                     len.store(n, Ordering::Relaxed);
                     if !claimed() {
                         state.store(word(lap + 1, FREE, 0), Ordering::SeqCst);
+                        // As a consumer that finds the slot given up moves on past it: a
+                        // ring left with nothing but this slot says it is empty.
+                        let deq = self.word(W_DEQ);
+                        let _ =
+                            deq.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
                         return Pushed::Refused;
                     }
                     state.store(word(lap, READY, 0), Ordering::SeqCst);
@@ -530,6 +535,36 @@ mod tests {
         );
         assert_eq!(r.try_pop(&mut out, false).unwrap(), Some(Popped::Data(1)));
         assert_eq!(out, b"b");
+    }
+
+    /// A message the check refuses once its slot is claimed is not published: the ring
+    /// stays empty (its length too, not counting the slot given up), and takes the next
+    /// message in order, on this lap and the next.
+    #[test]
+    fn a_refused_message_leaves_no_trace() {
+        let r = ShmRing::new(2).unwrap();
+        let mut out = Vec::new();
+        for round in 0..3u8 {
+            assert_eq!(
+                r.try_push_then(Message::Data(b"no"), || false),
+                Pushed::Refused
+            );
+            assert_eq!(r.len(), 0, "round {round}");
+            assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
+            assert_eq!(r.try_push(Message::Data(&[round])), Pushed::Done);
+            assert_eq!(r.len(), 1);
+            assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
+            assert_eq!(out, [round]);
+        }
+        // Behind an item not taken yet, the slot given up is stepped over by the consumer.
+        assert_eq!(r.try_push(Message::Data(b"a")), Pushed::Done);
+        assert_eq!(
+            r.try_push_then(Message::Data(b"no"), || false),
+            Pushed::Refused
+        );
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), Some(Popped::Data(1)));
+        assert_eq!(r.try_pop(&mut out, true).unwrap(), None);
+        assert_eq!(r.len(), 0);
     }
 
     #[test]
