@@ -318,18 +318,23 @@ async fn write_each(dicts: Vec<DictProxy<u32, u32>>) -> mp::Result<()> {
     Ok(())
 }
 
+/// A manager, and `n` dicts of it.
+async fn manager_with_dicts(n: usize) -> mp::Result<(Manager, Vec<DictProxy<u32, u32>>)> {
+    let m = Manager::start().await?;
+    let mut dicts = Vec::with_capacity(n);
+    for _ in 0..n {
+        dicts.push(m.dict::<u32, u32>().await?);
+    }
+    Ok((m, dicts))
+}
+
 /// A child given more proxies of a manager in one value than one message carries
 /// descriptors (253): the way to the server travels once for all of them, and the child
 /// uses each. (The value could not be sent:
 /// "one message may carry at most 253 descriptors", as each proxy sent a descriptor of its
 /// own, where Python sends a list of proxies of any length.)
 async fn a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_child() -> TestResult {
-    const N: usize = 300;
-    let m = Manager::start().await?;
-    let mut dicts = Vec::with_capacity(N);
-    for _ in 0..N {
-        dicts.push(m.dict::<u32, u32>().await?);
-    }
+    let (_m, dicts) = manager_with_dicts(300).await?;
     let mut p = Process::new(write_each, (dicts.clone(),)).start().await?;
     join_ok(&mut p).await?;
     for (i, d) in dicts.iter().enumerate() {
@@ -375,11 +380,7 @@ async fn write_each_then_count_fds(dicts: Vec<DictProxy<u32, u32>>) -> mp::Resul
 /// "Too many open files".)
 async fn proxies_a_child_receives_share_one_connection() -> TestResult {
     const N: usize = 600;
-    let m = Manager::start().await?;
-    let mut dicts = Vec::with_capacity(N);
-    for _ in 0..N {
-        dicts.push(m.dict::<u32, u32>().await?);
-    }
+    let (_m, dicts) = manager_with_dicts(N).await?;
     let mut p = Process::call(write_each_then_count_fds, (dicts.clone(),))
         .start()
         .await?;

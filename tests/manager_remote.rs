@@ -93,10 +93,7 @@ async fn a_withdrawn_grant_of_a_plain_lock_gives_back_only_its_hold(wait: bool) 
     let (answer, answers) = std::sync::mpsc::channel::<mp::Result<bool>>();
     let (other, other_condition) = (lock.clone(), condition.clone());
     let thread = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        let Ok(rt) = support::runtimes::runtime() else {
             return;
         };
         for step in orders {

@@ -10,7 +10,8 @@ use tokio_multiprocessing::{self as mp, Manager};
 /// How long one call may take before the test calls it hung.
 const HUNG: Duration = Duration::from_secs(20);
 
-fn runtime() -> Result<Runtime, String> {
+/// A current-thread runtime, driven only inside its `block_on`.
+pub fn runtime() -> Result<Runtime, String> {
     Builder::new_current_thread()
         .enable_all()
         .build()
