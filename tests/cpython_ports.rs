@@ -475,8 +475,15 @@ async fn abstract_socket() -> TestResult {
         "a file was made for an abstract name"
     );
     drop(l);
-    // Its name is free again once its listener is gone.
-    drop(Listener::bind(name.as_str(), None)?);
+    // Its name is free again once its listener is gone. Asked in a child of its own: in
+    // this process, where other tests start children, a child between its clone and its
+    // exec holds a copy of every descriptor for a moment, so the name may still be bound.
+    let rebound = mp::Process::call(bind_drop_bind, (format!("{name}-child"),))
+        .start()
+        .await?
+        .join()
+        .await?;
+    ensure!(rebound.is_ok(), "{rebound:?}");
 
     let manager_name = format!("{name}-manager");
     let manager = mp::Manager::builder()
@@ -491,6 +498,13 @@ async fn abstract_socket() -> TestResult {
     drop(d);
     drop(client);
     manager.shutdown().await?;
+    Ok(())
+}
+
+/// Binds `name`, drops the listener and binds `name` again; the error in words if one fails.
+async fn bind_drop_bind(name: String) -> Result<(), String> {
+    drop(Listener::bind(name.as_str(), None).map_err(|e| format!("first bind: {e}"))?);
+    drop(Listener::bind(name.as_str(), None).map_err(|e| format!("bind after drop: {e}"))?);
     Ok(())
 }
 
