@@ -1548,12 +1548,14 @@ enum Waits {
     BeforeTheSend,
     BeforeTheDeath,
     AfterTheDeath,
+    /// A `get_nowait` after the death.
+    NotAtAll,
 }
 
 /// A producer killed after it sent a large item and before it published its marker left
 /// the item in the socket with the packet lock held: a consumer asleep before the send, one
-/// that falls asleep before the death, and one that comes after, each get such an item
-/// without another large put, and later items keep their order.
+/// that falls asleep before the death, one that comes after, and a `get_nowait` after it,
+/// each get such an item without another large put, and later items keep their order.
 async fn a_producer_dead_before_its_marker_leaves_its_item_to_consumers() -> TestResult {
     let q = mp::Queue::<Vec<u8>>::new()?;
     let getter = || {
@@ -1564,6 +1566,7 @@ async fn a_producer_dead_before_its_marker_leaves_its_item_to_consumers() -> Tes
         Waits::BeforeTheSend,
         Waits::BeforeTheDeath,
         Waits::AfterTheDeath,
+        Waits::NotAtAll,
     ] {
         // A waiting consumer is given time to fall asleep.
         let asleep = Duration::from_millis(100);
@@ -1582,6 +1585,7 @@ async fn a_producer_dead_before_its_marker_leaves_its_item_to_consumers() -> Tes
         ensure!(join_code(&mut p).await? == 0, "the producer sent its item");
         let got = match getter {
             Some(g) => g.await?,
+            None if waits == Waits::NotAtAll => q.get_nowait(),
             None => q.get_timeout(Duration::from_secs(20)).await,
         };
         let got = got.map_err(|e| format!("a consumer that waits {waits:?}: {e}"))?;

@@ -392,6 +392,31 @@ async fn an_immediate_shutdown_drops_an_item_whose_marker_comes_late() -> TestRe
     Ok(())
 }
 
+/// A producer killed after it sent a packet and before its marker was in the ring, then a
+/// plain shutdown: a `get_nowait` takes the dead producer's item (publishing its marker, as
+/// a waiting get would) and only then says `ShutDown`, never `Empty`.
+async fn a_get_nowait_while_draining_takes_a_dead_senders_item() -> TestResult {
+    let q = mp::JoinableQueue::<Item>::new()?;
+    let mut producer = start(send_then_die, (q.clone(),)).await?;
+    ensure!(join_code(&mut producer).await? == 0, "the producer failed");
+    q.shutdown();
+    let got = q.get_nowait();
+    ensure!(
+        matches!(&got, Ok(v) if *v == item(5)),
+        "get_nowait: {got:?}"
+    );
+    q.task_done()?;
+    let got = q.get_nowait();
+    ensure!(
+        matches!(got, Err(Error::ShutDown)),
+        "then get_nowait: {got:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), q.join())
+        .await
+        .map_err(|_| format!("join still waits: {} unfinished", q.unfinished()))??;
+    Ok(())
+}
+
 /// A queue with items still in it, shut down immediately from another process: gets here
 /// fail at once, the timed ones with `ShutDown` rather than `Empty`.
 async fn an_immediate_shutdown_ends_gets_while_items_are_left() -> TestResult {
@@ -524,6 +549,10 @@ fn main() {
         test(
             "an_immediate_shutdown_drops_an_item_whose_marker_comes_late",
             an_immediate_shutdown_drops_an_item_whose_marker_comes_late,
+        ),
+        test(
+            "a_get_nowait_while_draining_takes_a_dead_senders_item",
+            a_get_nowait_while_draining_takes_a_dead_senders_item,
         ),
         test(
             "an_immediate_shutdown_ends_gets_while_items_are_left",

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -164,10 +165,27 @@ impl Inner {
     /// Takes the oldest item now, if there is one, as a get does: [`Error::ShutDown`] after
     /// `shutdown_immediate()`, or after `shutdown()` once the queue is empty (see
     /// `shutdown.rs`); else as [`try_take_any`](Self::try_take_any).
-    pub(super) fn try_take<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
+    pub(super) fn try_take<T: DeserializeOwned>(self: &Arc<Self>) -> Result<Taken<T>> {
         self.check_gets_allowed()?;
         match self.try_take_any()? {
             Taken::Empty => self.empty_or_shut_down(),
+            taken => Ok(taken),
+        }
+    }
+
+    /// [`try_take`](Self::try_take) for a get that does not wait: if it finds the queue
+    /// empty, and a producer that sent a packet died before it published the packet's
+    /// marker, it publishes that marker (see
+    /// [`no_packet_awaits_its_marker`](Self::no_packet_awaits_its_marker)) and takes again,
+    /// as a get that waits does once it sees that producer's death.
+    pub(super) fn try_take_now<T: DeserializeOwned>(self: &Arc<Self>) -> Result<Taken<T>> {
+        match self.try_take()? {
+            Taken::Empty
+                if self.header().packet_sent().load(Ordering::SeqCst) != 0
+                    && self.no_packet_awaits_its_marker()? =>
+            {
+                self.try_take()
+            }
             taken => Ok(taken),
         }
     }

@@ -602,12 +602,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// while another consumer receives an item that travels through the socket and the
     /// next item does too, as Python's fails when its read lock is held; and after
     /// [`shutdown`](Self::shutdown), while the oldest item is still being written by its put.
+    /// A large item whose producer died after sending it and before its marker was in the
+    /// ring is taken as a waiting get takes it.
     ///
     /// # Errors
     /// As [`get`](Self::get), and [`Error::Empty`].
     pub fn get_nowait(&self) -> Result<T> {
         self.inner.check_open()?;
-        match self.inner.try_take()? {
+        match self.inner.try_take_now()? {
             Taken::Item(v) => Ok(v),
             Taken::Empty | Taken::Busy => Err(Error::Empty),
         }

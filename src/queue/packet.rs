@@ -182,21 +182,10 @@ impl Inner {
     ///
     /// [`Header::packet_sent`]: super::header::Header::packet_sent
     pub(super) fn sender_to_watch(self: &Arc<Self>, r: &Reactor) -> Result<Option<Arc<Watch>>> {
-        let sent = self.header().packet_sent().load(Ordering::SeqCst);
-        let pid = (sent & u64::from(u32::MAX)) as u32;
-        // None, or this process's own put, which ends with its marker or with us.
-        if sent == 0 || pid == sys::cached_pid() {
+        let Some(owner) = self.other_sender() else {
             return Ok(None);
-        }
-        let mut kept = r.sender.lock().unwrap_or_else(|p| p.into_inner());
-        // The packet lock's word names the sender with its start time, while it holds the
-        // lock or lies dead holding it.
-        let held = self.lock.holder_word();
-        let owner = if sys::owner_pid(held) == pid {
-            held
-        } else {
-            u64::from(pid)
         };
+        let mut kept = r.sender.lock().unwrap_or_else(|p| p.into_inner());
         let watch = match kept.take().filter(|w| w.owner == owner) {
             Some(w) => Some(w),
             None => Watch::open(owner)?.map(Arc::new),
@@ -215,6 +204,45 @@ impl Inner {
                 Ok(None)
             }
         }
+    }
+
+    /// For a get that does not wait: whether no packet awaits its marker now. If the
+    /// producer that sent one has died, its marker is published first, as
+    /// [`sender_to_watch`](Self::sender_to_watch) does for a get that waits; a live one (or
+    /// this process) publishes its own.
+    pub(super) fn no_packet_awaits_its_marker(self: &Arc<Self>) -> Result<bool> {
+        if let Some(owner) = self.other_sender() {
+            if !sys::owner_gone(owner)? {
+                return Ok(false);
+            }
+            // Taking the lock publishes the dead holder's marker first.
+            if let Some(guard) = self.try_lock()? {
+                drop(guard);
+            }
+        }
+        Ok(self.header().packet_sent().load(Ordering::SeqCst) == 0)
+    }
+
+    /// The owner word of another process recorded as having sent a packet whose marker is
+    /// not out yet ([`Header::packet_sent`]); `None` if there is none, if the record names
+    /// no process, or if it is this process's own put, which ends with its marker or with
+    /// us.
+    ///
+    /// [`Header::packet_sent`]: super::header::Header::packet_sent
+    fn other_sender(&self) -> Option<u64> {
+        let sent = self.header().packet_sent().load(Ordering::SeqCst);
+        let pid = (sent & u64::from(u32::MAX)) as u32;
+        if pid == 0 || pid == sys::cached_pid() {
+            return None;
+        }
+        // The packet lock's word names the sender with its start time, while it holds the
+        // lock or lies dead holding it.
+        let held = self.lock.holder_word();
+        Some(if sys::owner_pid(held) == pid {
+            held
+        } else {
+            u64::from(pid)
+        })
     }
 
     /// The tag the packet sent now carries: the packet lock's holder's.

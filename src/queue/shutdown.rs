@@ -83,7 +83,7 @@ impl Inner {
     /// or [`Error::ShutDown`] if none will come (see
     /// [`take_while_draining`](Self::take_while_draining)).
     #[inline]
-    pub(super) fn empty_or_shut_down<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
+    pub(super) fn empty_or_shut_down<T: DeserializeOwned>(self: &Arc<Self>) -> Result<Taken<T>> {
         match self.shut_down_state() {
             OPEN => Ok(Taken::Empty),
             DRAINING => self.take_while_draining(),
@@ -100,6 +100,9 @@ impl Inner {
     ///   "open" there claimed its slot, or recorded its send, before this get read the word.
     /// - So a send recorded means a marker to come: the get waits ([`Taken::Empty`]), as it
     ///   waits for a producer that sends (see [`sender_to_watch`](Self::sender_to_watch)).
+    ///   A sender that died has its marker published here first (see
+    ///   [`no_packet_awaits_its_marker`](Self::no_packet_awaits_its_marker)), so that a
+    ///   get that does not wait takes its item too.
     /// - Then it takes again. If the ring is empty, and the slot at its head is not being
     ///   written, no put claimed a slot in time; one being written is waited for, watching
     ///   its writer (see [`writer_to_watch`](Self::writer_to_watch)), since items may be
@@ -108,8 +111,8 @@ impl Inner {
     /// [`ShmRing::try_push_then`]: crate::sys::ShmRing::try_push_then
     /// [`Header::packet_sent`]: super::header::Header::packet_sent
     #[cold]
-    fn take_while_draining<T: DeserializeOwned>(&self) -> Result<Taken<T>> {
-        if self.header().packet_sent().load(Ordering::SeqCst) != 0 {
+    fn take_while_draining<T: DeserializeOwned>(self: &Arc<Self>) -> Result<Taken<T>> {
+        if !self.no_packet_awaits_its_marker()? {
             return Ok(Taken::Empty);
         }
         loop {
