@@ -1,6 +1,7 @@
 //! `Manager` figures: a dict call (set or get) to a local server process and over TCP
 //! loopback with a key, queue proxy throughput between two processes (through the queue's
-//! ring, and through the server over TCP), and the time to start
+//! ring, and through the server over TCP), a pool task given a proxy (beside one given a
+//! number), and the time to start
 //! and shut down a manager. Baselines: the same calls to a server in this process (no
 //! process hop), a raw ping-pong of 8 bytes with a child process over a Unix socket pair and
 //! over TCP loopback (the transports' floors, beside the dict calls as `*_vs_raw`), and a
@@ -28,6 +29,7 @@ use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy,
 const FIGURE_TIMEOUT: Duration = Duration::from_secs(300);
 
 const CALLS: u32 = 5_000;
+const TASKS: u32 = 1_000;
 const ITEMS: u32 = 50_000;
 const STARTS: usize = 20;
 const ROUNDS: usize = 3;
@@ -50,6 +52,52 @@ async fn dict_calls(d: &DictProxy<u32, u32>) -> mp::Result<Vec<f64>> {
         }
         out.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(2 * CALLS));
     }
+    Ok(out)
+}
+
+/// Inserts `i` into the dict it is given: a pool task that uses a proxy.
+async fn insert_into(d: DictProxy<u32, u32>, i: u32) -> mp::Result<()> {
+    d.insert(i, i).await.map(drop)
+}
+
+/// Returns `i`: a pool task given no proxy.
+async fn echo(i: u32) -> u32 {
+    i
+}
+
+/// Microseconds per pool task, one worker, one task at a time: each given a dict proxy to
+/// insert into (`with_proxy`), or a number to return.
+async fn pool_tasks(with_proxy: bool) -> mp::Result<Vec<f64>> {
+    let m = Manager::start().await?;
+    let d = m.dict::<u32, u32>().await?;
+    let pool = mp::Pool::new(1).await?;
+    let task = |i: u32| {
+        let (pool, d) = (&pool, d.clone());
+        async move {
+            if with_proxy {
+                pool.apply(insert_into, (d, i)).await?
+            } else {
+                pool.apply(echo, (i,))
+                    .await
+                    .map(drop)
+                    .map_err(mp::Error::from)
+            }
+        }
+    };
+    for i in 0..20 {
+        task(i).await?;
+    }
+    let mut out = Vec::new();
+    for _ in 0..support::runs(ROUNDS) {
+        let t = Instant::now();
+        for i in 0..TASKS {
+            task(i).await?;
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(TASKS));
+    }
+    pool.close();
+    pool.join().await?;
+    m.shutdown().await?;
     Ok(out)
 }
 
@@ -269,6 +317,27 @@ fn main() -> Result<(), BoxError> {
             Figure::new("queue_proxy_pipelined_items_per_s", "items/s", many).baseline(one.clone()),
         );
         report.add(Figure::new("queue_proxy_tcp_items_per_s", "items/s", tcp).baseline(one));
+        let given_a_number = Figure::new(
+            "pool_task_given_a_number_us",
+            "us",
+            bounded(
+                "pool_task_given_a_number_us",
+                FIGURE_TIMEOUT,
+                pool_tasks(false),
+            )
+            .await?,
+        );
+        let given_a_proxy = Figure::new(
+            "pool_task_given_a_proxy_us",
+            "us",
+            bounded(
+                "pool_task_given_a_proxy_us",
+                FIGURE_TIMEOUT,
+                pool_tasks(true),
+            )
+            .await?,
+        );
+        report.add(given_a_proxy.baseline(given_a_number));
         let (here_start, here_stop) = bounded(
             "manager_start_ms",
             FIGURE_TIMEOUT,

@@ -158,6 +158,8 @@ async fn a_withdrawn_grant_of_a_plain_lock_gives_back_only_its_hold(wait: bool) 
 fn main() {
     mp::init();
     let mut trials = trials![
+        a_pool_workers_tasks_reuse_one_connection_to_a_manager,
+        a_lock_a_pool_task_left_held_is_released_with_its_proxies,
         remote_queue_between_client_processes,
         remote_queue_carries_python_values,
         rapid_restart_on_the_same_address,
@@ -218,6 +220,100 @@ fn tcp(m: &Manager) -> Result<SocketAddr, String> {
         Some(Address::Tcp(a)) => Ok(*a),
         other => Err(format!("no TCP address: {other:?}")),
     }
+}
+
+/// The local ports of this process's TCP connections to `port`.
+fn ports_connected_to(port: u16) -> Vec<u16> {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|target| target.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let port_of = |address: Option<&&str>| {
+        address
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode = fields.get(9).map(|i| format!("socket:[{i}]"));
+            if port_of(fields.get(2)) == Some(port)
+                && inode.is_some_and(|i| ours.contains(&i))
+                && let Some(local) = port_of(fields.get(1))
+            {
+                ports.push(local);
+            }
+        }
+    }
+    ports
+}
+
+/// Inserts `i` into `d`, then tells the local ports of this process's connections to the
+/// manager's `port`.
+async fn insert_and_tell_ports(d: DictProxy<u32, u32>, i: u32, port: u16) -> mp::Result<Vec<u16>> {
+    d.insert(i, i).await?;
+    Ok(ports_connected_to(port))
+}
+
+/// A pool worker's tasks, each given a proxy to one manager, use one connection to it
+/// from task to task, as a CPython worker thread keeps its connection to a manager. (Each
+/// task connected, and proved the key, anew.)
+async fn a_pool_workers_tasks_reuse_one_connection_to_a_manager() -> TestResult {
+    let m = tcp_manager().await?;
+    let address = tcp(&m)?;
+    let client = Manager::connect(address, KEY).await?;
+    let d = client.dict::<u32, u32>().await?;
+    let pool = mp::Pool::new(1).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        let ports = pool
+            .apply(insert_and_tell_ports, (d.clone(), i, address.port()))
+            .await??;
+        ensure!(
+            ports.len() == 1,
+            "task {i}: connections from ports {ports:?}"
+        );
+        seen.extend(ports);
+    }
+    ensure!(seen.len() == 1, "the tasks connected from ports {seen:?}");
+    ensure!(d.len().await? == 10, "the tasks' inserts");
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
+/// Takes `lock` and returns holding it.
+async fn take_and_keep(lock: LockProxy) -> mp::Result<()> {
+    lock.lock().await
+}
+
+/// A pool task that returns holding a lock it took through a proxy: once the task's
+/// proxies are gone, the lock is released as its holder's death and the next taker told,
+/// as when a process dies holding it, though the worker lives on. (A worker that kept its
+/// connection open for its next tasks kept the lock held with it.)
+async fn a_lock_a_pool_task_left_held_is_released_with_its_proxies() -> TestResult {
+    let m = Manager::start().await?;
+    let lock = m.lock().await?;
+    let pool = mp::Pool::new(1).await?;
+    pool.apply(take_and_keep, (lock.clone(),)).await??;
+    match tokio::time::timeout(Duration::from_secs(20), lock.lock()).await {
+        Ok(Err(Error::LockOwnerDied { .. })) => {}
+        Err(_) => return Err("the lock is still held 20 s after the task".into()),
+        Ok(other) => return Err(format!("the next lock: {other:?}").into()),
+    }
+    lock.lock().await?;
+    lock.release().await?;
+    pool.close();
+    pool.join().await?;
+    Ok(())
 }
 
 async fn put_round(address: String, n: u32) -> mp::Result<()> {

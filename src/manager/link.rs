@@ -123,6 +123,9 @@ pub struct Link {
     /// The rings of queues this process reaches directly, by object id, while a proxy to
     /// them lives here (see `queue.rs`).
     rings: Mutex<HashMap<u64, Attached>>,
+    /// Whether a lock was asked for through it: it is then not kept open past its last
+    /// proxy (see [`keep_links_open`]).
+    took_a_lock: AtomicBool,
 }
 
 /// A runtime's turn to make a connection (see [`Link::conn`]).
@@ -278,6 +281,55 @@ impl ServerKey {
 /// given a few hundred proxies reached its limit of open descriptors.
 static SHARED: Mutex<Vec<SharedLink>> = Mutex::new(Vec::new());
 
+/// Whether this process keeps the links of the proxies it receives open once no proxy
+/// holds them (see [`keep_links_open`]).
+static KEEP_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// The links kept open in a process that [`keep_links_open`], with the pid of the process
+/// that kept each, the most recently used last.
+static KEPT_OPEN: Mutex<Vec<(u32, Arc<Link>)>> = Mutex::new(Vec::new());
+
+/// The most links [`KEPT_OPEN`] holds: those to the servers the process used last.
+const MOST_KEPT_OPEN: usize = 8;
+
+/// From now on, the links of the proxies this process receives stay open once no proxy
+/// holds them, up to [`MOST_KEPT_OPEN`] of them, for the process's life or until their
+/// connection is lost: a pool worker's next task given a proxy to the same server reuses
+/// the connection, as a CPython worker thread keeps its connection to a manager, rather
+/// than making one (and proving the key again) per task. A link through which a lock was
+/// taken is let go with its last proxy all the same (see [`stop_keeping_open`]).
+pub(crate) fn keep_links_open() {
+    KEEP_OPEN.store(true, Ordering::Relaxed);
+}
+
+/// Keeps `link` open (see [`keep_links_open`]), as the one used last.
+fn keep_open(link: &Arc<Link>, me: u32) {
+    let mut kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.first().is_some_and(|(pid, _)| *pid != me) {
+        // A `fork` child's copies lead to its parent's connections, whose ways were closed
+        // in it and whose tasks run in no runtime of its own: forgotten, not dropped.
+        for (_, copy) in kept.drain(..) {
+            std::mem::forget(copy);
+        }
+    }
+    kept.retain(|(_, l)| !Arc::ptr_eq(l, link) && l.sound());
+    kept.push((me, link.clone()));
+    if kept.len() > MOST_KEPT_OPEN {
+        kept.remove(0);
+    }
+}
+
+/// Takes `link` out of [`KEPT_OPEN`], for the caller to drop: a link through which a lock
+/// was taken closes with its last proxy, as the server then releases a lock left held
+/// through it as its holder's death, and tells the next taker so.
+fn stop_keeping_open(link: &Link) -> Option<Arc<Link>> {
+    let mut kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    let i = kept
+        .iter()
+        .position(|(_, l)| std::ptr::eq(Arc::as_ptr(l), link))?;
+    Some(kept.remove(i).1)
+}
+
 /// A link proxies received by process `pid` share (see [`SHARED`]).
 struct SharedLink {
     pid: u32,
@@ -316,6 +368,15 @@ impl Link {
             return Link::new(route);
         };
         let me = sys::cached_pid();
+        let link = Link::shared_as(route, key, me);
+        if KEEP_OPEN.load(Ordering::Relaxed) {
+            keep_open(&link, me);
+        }
+        link
+    }
+
+    /// [`shared`](Self::shared), for the server `key` names, in process `me`.
+    fn shared_as(route: Route, key: ServerKey, me: u32) -> Arc<Link> {
         let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
         // A `fork` child's copy of its parent's entries leads to links whose ways were
         // closed in it.
@@ -361,6 +422,7 @@ impl Link {
             failed: Mutex::new((0, None)),
             held: Mutex::default(),
             rings: Mutex::default(),
+            took_a_lock: AtomicBool::new(false),
         })
     }
 
@@ -446,6 +508,10 @@ impl Link {
                 for _ in 0..unsettled {
                     self.settle(id);
                 }
+            }
+            if held.counts.is_empty() && self.took_a_lock.load(Ordering::Relaxed) {
+                drop(held);
+                drop(stop_keeping_open(self));
             }
         }
     }
@@ -608,6 +674,9 @@ impl Link {
         // without touching the reactor: the call spends a unit of the task's budget first,
         // so that a task that loops on calls lets the others of its runtime run.
         tokio::task::coop::consume_budget().await;
+        if req.takes_a_lock() {
+            self.took_a_lock.store(true, Ordering::Relaxed);
+        }
         let conn = self.conn().await?;
         match conn.call(&req).await? {
             Reply::Failed(Failure::Missing(id)) if self.held().across_loss.contains(&id) => {

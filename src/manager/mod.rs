@@ -76,6 +76,7 @@ use crate::process::Process;
 use crate::start::StartMethod;
 use crate::wire::codec;
 use crate::wire::{Encoded, SharedFd, SharedFdRef};
+pub(crate) use link::keep_links_open;
 use link::{Link, Route};
 use proto::{Bytes, Initial, Reply, Request, Tag};
 

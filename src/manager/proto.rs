@@ -556,6 +556,17 @@ pub(super) enum Undo {
     },
 }
 
+impl Request {
+    /// Whether it may leave a lock held by its connection: a lock's (or a condition's)
+    /// acquire, or a condition's wait, which takes the lock back.
+    pub(super) fn takes_a_lock(&self) -> bool {
+        matches!(
+            Undo::of(self),
+            Some(Undo::Lock { .. } | Undo::ConditionWait { .. })
+        )
+    }
+}
+
 impl Undo {
     /// The undo a request needs if it is withdrawn, if any.
     pub(super) fn of(req: &Request) -> Option<Undo> {

@@ -56,6 +56,8 @@ const SHORT_TASK_NANOS: u64 = 20_000;
 /// word in which it marks each synchronous task as it starts it (see [`StartedMark`]).
 pub(super) fn worker_main(sock: Fd, started: Fd) {
     sys::keep_freed_memory();
+    // Its tasks' proxies to a server share one connection, from task to task.
+    crate::manager::keep_links_open();
     // A terminal's Ctrl-C (or Ctrl-\, Ctrl-Z) reaches the whole foreground process group:
     // the pool's owner decides what it means (say, a graceful `close()` and `join()`), and
     // the worker dies with its owner if the owner dies of it.
