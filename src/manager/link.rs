@@ -404,13 +404,15 @@ impl Link {
     /// Whether the link may take new proxies: it never lost a connection, nor failed to
     /// make one. A link that did takes what it held for lost with its server (see
     /// [`install`](Self::install)), a new proxy among them, where the server that sent it
-    /// may be another, started since at the same address.
+    /// may be another, started since at the same address. A connection whose server has
+    /// closed it counts as lost before its runtime reads so: a pool worker's connection
+    /// kept open (see [`keep_links_open`]) while a synchronous task holds the runtime.
     fn sound(&self) -> bool {
         self.failures().0 == 0
-            && !self
-                .conns()
-                .iter()
-                .any(|c| c.calls.lost.load(Ordering::Acquire))
+            && !self.conns().iter().any(|c| {
+                c.calls.lost.load(Ordering::Acquire)
+                    || sys::peer_hung_up(c.replies.link.as_fd()).unwrap_or(true)
+            })
     }
 
     pub(super) fn new(route: Route) -> Arc<Link> {

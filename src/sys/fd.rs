@@ -227,6 +227,29 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Whether the peer of a connected socket has closed it, or its end for writing, or the
+/// connection failed: a `poll` for `POLLRDHUP` with no wait, which tells it even while
+/// bytes the peer sent before wait unread.
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // nix knows no `POLLRDHUP`, and hides the events of a poll that reports one.
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is one initialised pollfd, valid for the call, whose descriptor is
+        // borrowed open; a zero timeout never blocks.
+        match cvt(unsafe { libc::poll(&mut pfd, 1, 0) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+            Ok(_) => {
+                return Ok(pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0);
+            }
+        }
+    }
+}
+
 /// Copies the first bytes waiting on a socket into `buf` without taking them (`MSG_PEEK |
 /// MSG_DONTWAIT`, no room for descriptors, so none are received). Returns how many bytes were
 /// copied, 0 at end of stream; `WouldBlock` when nothing waits.
@@ -443,5 +466,32 @@ pub(crate) fn descriptors_left() -> Option<u64> {
         // Counting them takes a descriptor too: failing for want of one, none is left.
         Err(e) if e.raw_os_error() == Some(libc::EMFILE) => Some(0),
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that closes is seen at once, though bytes it sent before wait unread; a live
+    /// one, or one that only shut its reading side, is not.
+    #[test]
+    fn a_peer_that_closed_is_seen_before_its_bytes_are_read() {
+        let (a, b) = socketpair_stream().unwrap();
+        assert!(!peer_hung_up(a.as_fd()).unwrap(), "a live peer");
+        nix::sys::socket::shutdown(b.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
+        assert!(
+            !peer_hung_up(a.as_fd()).unwrap(),
+            "a peer that still writes"
+        );
+        nix::unistd::write(&b, b"last words").unwrap();
+        drop(b);
+        assert!(peer_hung_up(a.as_fd()).unwrap(), "a peer that closed");
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            peek(a.as_fd(), &mut buf).unwrap(),
+            4,
+            "its bytes still wait"
+        );
     }
 }

@@ -33,9 +33,9 @@ pub(crate) use fd::socketpair_seqpacket;
 pub(crate) use fd::{
     FileId, MAX_FDS_PER_MESSAGE, close_all_except, descriptor_free, descriptor_limit_note,
     descriptors_left, dup_fd, fd_target, file_id, file_size, has_input, is_unix_socket, open_fds,
-    peek, raise_descriptor_limit, recv_appending, recv_with_fds, register_owned, register_shared,
-    send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream, too_many_in_flight,
-    wait_writable,
+    peek, peer_hung_up, raise_descriptor_limit, recv_appending, recv_with_fds, register_owned,
+    register_shared, send_headed_with_fds, send_with_fds, set_nonblocking, socketpair_stream,
+    too_many_in_flight, wait_writable,
 };
 pub(crate) use ident::{
     FnZst, SameBinary, executable_path, fingerprint, offset_from_anchor, open_executable,
