@@ -579,9 +579,56 @@ async fn sync_task_may_block_on_its_own_runtime() -> TestResult {
     Ok(())
 }
 
+/// `x + 1`, computed inside `tokio::task::block_in_place`, and whether the task's runtime
+/// has several threads.
+async fn add_one_in_place(x: u32) -> (u32, bool) {
+    let multi = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    (tokio::task::block_in_place(|| x + 1), multi)
+}
+
+/// `worker_threads(2)`: a worker's `async fn` tasks run on a multi-thread runtime, where
+/// `block_in_place` works. By default they run on a current-thread one, where it panics and
+/// the task fails as panicked. With the fork start method the build is refused, naming the
+/// option.
+async fn worker_threads_give_async_tasks_a_multi_thread_runtime() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_threads(2)
+        .build()
+        .await?;
+    ensure!(
+        pool.apply(add_one_in_place, (41,)).await? == (42, true),
+        "a multi-thread worker"
+    );
+    pool.close();
+    pool.join().await?;
+    let pool = Pool::new(1).await?;
+    let r = pool.apply(add_one_in_place, (41,)).await;
+    ensure!(
+        r.as_ref().is_err_and(|e| e.is_panic()),
+        "block_in_place on a current-thread worker: {r:?}"
+    );
+    pool.close();
+    pool.join().await?;
+    let built = Pool::builder()
+        .processes(1)
+        .worker_threads(2)
+        .start_method(mp::StartMethod::Fork)
+        .build()
+        .await;
+    ensure!(
+        matches!(&built, Err(Error::InvalidArgument(m)) if m.contains("worker_threads")),
+        "fork: {:?}",
+        built.err()
+    );
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
+        worker_threads_give_async_tasks_a_multi_thread_runtime,
         ctrl_c_to_the_group_lets_the_owner_drain_the_pool,
         spinning_pool_leaves_its_runtime_free,
         initializer,

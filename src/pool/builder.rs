@@ -31,6 +31,8 @@ pub(super) struct Config {
     /// The CPUs this process may run on: the pool's own processes spin only on spare ones.
     pub(super) cores: usize,
     pub(super) print_panics: bool,
+    /// The threads of each worker's runtime: 1 for a current-thread runtime.
+    pub(super) worker_threads: usize,
     /// The cluster whose hosts run the workers; `None` for workers on this machine.
     pub(super) cluster: Option<Cluster>,
     /// How many times a task may run again when a worker dies while it may run it.
@@ -66,6 +68,7 @@ pub struct PoolBuilder {
     /// `None`: the default for where the workers run.
     spin: Option<Duration>,
     print_panics: bool,
+    worker_threads: usize,
     cluster: Option<Cluster>,
     retries_on_worker_loss: u32,
     idle_timeout: Option<Duration>,
@@ -86,6 +89,7 @@ impl PoolBuilder {
             start_timeout: crate::Process::DEFAULT_START_TIMEOUT,
             spin: None,
             print_panics: false,
+            worker_threads: 1,
             cluster: None,
             retries_on_worker_loss: 0,
             idle_timeout: None,
@@ -357,6 +361,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs each worker's `async fn` tasks on a multi-thread tokio runtime of `n` threads
+    /// (as `#[tokio::main]` does), rather than on the current-thread runtime of the default
+    /// (`n` of 0 or 1; aiomultiprocess's `loop_initializer` chooses a worker's event loop
+    /// the same way). A task may then call `tokio::task::block_in_place`, which panics on
+    /// a current-thread runtime, and the tasks it spawns run on every thread of its
+    /// worker. Synchronous tasks run as before, one at a time per worker.
+    ///
+    /// Not with the [`Fork`](StartMethod::Fork) start method, whose children build their
+    /// runtime before they close their parent's descriptors: [`build`](Self::build) fails.
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.worker_threads = n.max(1);
+        self
+    }
+
     /// Starts the workers, all at once, each through its initializer, and returns the pool
     /// as soon as one is ready; the others take tasks as they become ready.
     ///
@@ -448,6 +466,14 @@ impl PoolBuilder {
             ));
         }
         let method = self.method.unwrap_or_else(crate::get_start_method);
+        if self.worker_threads > 1 && method == StartMethod::Fork && self.cluster.is_none() {
+            return Err(Error::InvalidArgument(
+                "worker_threads needs the spawn or forkserver start method: a fork child \
+                 builds its runtime before it closes its parent's descriptors, as a \
+                 current-thread one"
+                    .into(),
+            ));
+        }
         if method != StartMethod::Fork && self.cluster.is_none() {
             // Spawned and fork-server workers are started from the launcher thread: it
             // starts while the workers' setup is prepared.
@@ -468,6 +494,7 @@ impl PoolBuilder {
             },
             cores,
             print_panics: self.print_panics,
+            worker_threads: self.worker_threads,
             cluster: self.cluster,
             retries_on_worker_loss: self.retries_on_worker_loss,
             idle_timeout: self.idle_timeout,

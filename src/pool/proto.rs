@@ -24,6 +24,14 @@ pub(super) struct Setup {
     /// Whether a task's panic is also printed on the worker's stderr (it always travels in
     /// the task's error).
     pub(super) print_panics: bool,
+    /// The threads of the worker's runtime: 1 for a current-thread runtime (see
+    /// [`PoolBuilder::worker_threads`](super::PoolBuilder::worker_threads)).
+    #[serde(default = "one")]
+    pub(super) worker_threads: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The worker's answer to [`Setup`].

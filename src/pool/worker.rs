@@ -66,7 +66,13 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     }
     let run = move || -> Result<()> {
         let start = setup(sock.into_owned(), started.into_owned())?;
-        let rt = crate::start::fresh_runtime()?;
+        let rt = match start.threads {
+            0 | 1 => crate::start::fresh_runtime()?,
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n as usize)
+                .enable_all()
+                .build()?,
+        };
         serve(&rt, start)
     };
     let outcome = if tokio::runtime::Handle::try_current().is_ok() {
@@ -411,6 +417,8 @@ struct Start {
     spin: Duration,
     /// Where synchronous tasks are marked as they start.
     started: Arc<StartedMark>,
+    /// The threads of its runtime: 1 for a current-thread runtime.
+    threads: u32,
 }
 
 /// Reads the setup frame and checks it, without a runtime (blocking). Without an initializer
@@ -443,6 +451,7 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
         init,
         spin: Duration::from_nanos(setup.spin_nanos),
         started: Arc::new(StartedMark::from_fd(started)?),
+        threads: setup.worker_threads,
     })
 }
 
