@@ -4057,6 +4057,179 @@ async fn queue_with_mixed_start_methods() -> TestResult {
     Ok(())
 }
 
+// ================================================================ _TestQueue (shutdown)
+
+/// `_TestQueue._join_worker`: waits on the joinable queue's `join`.
+async fn join_worker(q: mp::JoinableQueue<String>) -> mp::Result<()> {
+    q.join().await
+}
+
+/// `ProcessFuture.run(q.put, "data")`: a put made in a child.
+async fn put_data(q: Queue<String>) -> mp::Result<()> {
+    q.put("data".into()).await.map_err(|e| e.into_parts().0)
+}
+
+/// `ProcessFuture.run(q.get)`: a get made in a child.
+async fn get_one(q: Queue<String>) -> mp::Result<String> {
+    q.get().await
+}
+
+/// `assertRaisesShutdown` of a put and a get made in a child, and of `put_nowait` and
+/// `get_nowait` made here.
+async fn refuses_puts_and_gets(q: &Queue<String>) -> TestResult {
+    let put = Process::call(put_data, (q.clone(),)).start().await?.await?;
+    ensure!(
+        matches!(put, Err(Error::ShutDown)),
+        "a child's put: {put:?}"
+    );
+    let e = q.put_nowait("data".into()).err().ok_or("put_nowait")?;
+    ensure!(matches!(e.error(), Error::ShutDown), "put_nowait: {e}");
+    let get = Process::call(get_one, (q.clone(),)).start().await?.await?;
+    ensure!(
+        matches!(get, Err(Error::ShutDown)),
+        "a child's get: {get:?}"
+    );
+    let get = q.get_nowait();
+    ensure!(matches!(get, Err(Error::ShutDown)), "get_nowait: {get:?}");
+    Ok(())
+}
+
+/// A queue of `maxsize` holding `items` copies of `"data"`: a plain one, or a joinable one
+/// whose `join` a child is waiting on.
+async fn queue_with_joiner(
+    joinable: bool,
+    maxsize: usize,
+    items: usize,
+) -> Result<
+    (
+        Queue<String>,
+        Option<mp::JoinableQueue<String>>,
+        Option<mp::JoinHandle<mp::Result<()>>>,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let (q, j) = match joinable {
+        true => {
+            let j = mp::JoinableQueue::<String>::with_maxsize(maxsize)?;
+            ((*j).clone(), Some(j))
+        }
+        false => (Queue::<String>::with_maxsize(maxsize)?, None),
+    };
+    for _ in 0..items {
+        q.put("data".into()).await?;
+    }
+    let joiner = match &j {
+        Some(j) => Some(Process::call(join_worker, (j.clone(),)).start().await?),
+        None => None,
+    };
+    Ok((q, j, joiner))
+}
+
+/// Whether the child waiting on `join` still waits; it is given a moment to return.
+async fn still_joining(joiner: &mut mp::JoinHandle<mp::Result<()>>) -> Result<bool, mp::TaskError> {
+    Ok(joiner
+        .join_timeout(Duration::from_millis(100))
+        .await?
+        .is_none())
+}
+
+/// `_TestQueue.test_shutdown_empty`: an empty queue, plain or joinable, shut down: its
+/// size stays 0, a child waiting on `join` returns, and puts and gets fail with `ShutDown`,
+/// here and in children.
+async fn queue_shutdown_empty() -> TestResult {
+    for joinable in [false, true] {
+        let (q, _j, joiner) = queue_with_joiner(joinable, 0, 0).await?;
+        q.shutdown();
+        ensure!(q.qsize() == 0, "joinable {joinable}: qsize {}", q.qsize());
+        if let Some(joiner) = joiner {
+            joiner.await??;
+        }
+        refuses_puts_and_gets(&q).await?;
+    }
+    Ok(())
+}
+
+/// `_TestQueue.test_shutdown_nonempty`: a full queue of one, shut down, keeps its item
+/// for a child's get; then puts and gets fail with `ShutDown`. A joinable queue's `join`
+/// in a child waits until that item is marked done.
+async fn queue_shutdown_nonempty() -> TestResult {
+    for joinable in [false, true] {
+        let (q, j, mut joiner) = queue_with_joiner(joinable, 1, 1).await?;
+        q.shutdown();
+        ensure!(q.qsize() == 1, "joinable {joinable}: qsize {}", q.qsize());
+        let got = Process::call(get_one, (q.clone(),))
+            .start()
+            .await?
+            .await??;
+        ensure!(got == "data", "the item left: {got}");
+        if let Some(joiner) = &mut joiner {
+            ensure!(
+                still_joining(joiner).await?,
+                "join returned with an item not done"
+            );
+        }
+        refuses_puts_and_gets(&q).await?;
+        if let (Some(j), Some(joiner)) = (j, joiner) {
+            j.task_done()?;
+            joiner.await??;
+        }
+    }
+    Ok(())
+}
+
+/// `_TestQueue.test_shutdown_immediate`: an immediate shutdown drops the item left (the
+/// size falls to 0) and counts it done, so a child's `join` returns; puts and gets fail
+/// with `ShutDown`, and a `task_done` more is one too many.
+async fn queue_shutdown_immediate() -> TestResult {
+    for joinable in [false, true] {
+        let (q, j, joiner) = queue_with_joiner(joinable, 0, 1).await?;
+        let dropped = q.shutdown_immediate().await?;
+        ensure!(dropped == 1, "joinable {joinable}: dropped {dropped}");
+        ensure!(q.qsize() == 0, "joinable {joinable}: qsize {}", q.qsize());
+        if let Some(joiner) = joiner {
+            joiner.await??;
+        }
+        refuses_puts_and_gets(&q).await?;
+        if let Some(j) = j {
+            let done = j.task_done();
+            ensure!(
+                matches!(done, Err(Error::TaskDoneTooManyTimes)),
+                "task_done: {done:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `_TestQueue.test_shutdown_immediate_with_unfinished`: of two items, a child took one;
+/// an immediate shutdown drops the other, and a child's `join` waits for the one taken,
+/// until its `task_done`; a second `task_done` is one too many.
+async fn queue_shutdown_immediate_with_unfinished() -> TestResult {
+    let (q, j, joiner) = queue_with_joiner(true, 0, 2).await?;
+    let (j, mut joiner) = (j.ok_or("joinable")?, joiner.ok_or("joiner")?);
+    let got = Process::call(get_one, (q.clone(),))
+        .start()
+        .await?
+        .await??;
+    ensure!(got == "data", "the item taken: {got}");
+    let dropped = q.shutdown_immediate().await?;
+    ensure!(dropped == 1, "dropped {dropped}");
+    ensure!(q.qsize() == 0, "qsize {}", q.qsize());
+    ensure!(
+        still_joining(&mut joiner).await?,
+        "join returned with an item not done"
+    );
+    refuses_puts_and_gets(&q).await?;
+    j.task_done()?;
+    let done = j.task_done();
+    ensure!(
+        matches!(done, Err(Error::TaskDoneTooManyTimes)),
+        "a second task_done: {done:?}"
+    );
+    joiner.await??;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -4167,5 +4340,9 @@ fn main() {
         my_manager,
         manager_queue_get_nowait_empty,
         queue_with_mixed_start_methods,
+        queue_shutdown_empty,
+        queue_shutdown_nonempty,
+        queue_shutdown_immediate,
+        queue_shutdown_immediate_with_unfinished,
     ])
 }
