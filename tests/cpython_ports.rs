@@ -2978,6 +2978,44 @@ async fn manager_nested_queue() -> TestResult {
     Ok(())
 }
 
+/// `_TestContainers.test_namespace`: attributes are set, read and removed, and the
+/// namespace shows as Python's `str(ns)` shows it: only the names that do not start with
+/// `_`, as `name=value` sorted (Python's `Namespace.__repr__`), whatever order they were
+/// set in.
+async fn manager_namespace() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let n = m.namespace().await?;
+    n.set("name", "Bob").await?;
+    n.set("job", "Builder").await?;
+    n.set("_hidden", "hidden").await?;
+    let got = (
+        n.get::<String>("name").await?,
+        n.get::<String>("job").await?,
+    );
+    ensure!(
+        got == ("Bob".into(), "Builder".into()),
+        "(n.name, n.job): {got:?}"
+    );
+    n.remove("job").await?;
+    let shown = n.repr().await?;
+    ensure!(shown == "Namespace(name='Bob')", "str(n): {shown}");
+    ensure!(n.get::<String>("name").await.is_ok(), "hasattr(n, 'name')");
+    let job = n.get::<String>("job").await;
+    ensure!(
+        matches!(job, Err(Error::Manager(_))),
+        "n.job after del: {job:?}"
+    );
+    n.set("age", 42).await?;
+    let shown = n.repr().await?;
+    ensure!(
+        shown == "Namespace(age=42, name='Bob')",
+        "str(n), sorted: {shown}"
+    );
+    drop(n);
+    m.shutdown().await?;
+    Ok(())
+}
+
 // ================================================================ TestSyncManagerTypes
 
 /// `TestSyncManagerTypes._test_queue`: the two items of a full queue of two, taken here.
@@ -4344,5 +4382,6 @@ fn main() {
         queue_shutdown_nonempty,
         queue_shutdown_immediate,
         queue_shutdown_immediate_with_unfinished,
+        manager_namespace,
     ])
 }

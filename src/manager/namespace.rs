@@ -80,7 +80,9 @@ impl NamespaceProxy {
     }
 
     /// Python's `repr(ns)`: `Namespace(a=1, b='x')`, each value as Python would print it
-    /// (strings quoted, `True`, `None`, lists and dicts).
+    /// (strings quoted, `True`, `None`, lists and dicts). As in Python, the attributes whose
+    /// names start with `_` are not shown, and the others are shown as `name=value` sorted,
+    /// whatever order they were set in.
     ///
     /// # Errors
     /// [`Error::ManagerLost`] if the server is gone.
@@ -90,19 +92,16 @@ impl NamespaceProxy {
     pub async fn repr(&self) -> Result<String> {
         match self.op(NamespaceOp::Items).await? {
             Reply::Named(items) => {
-                let mut out = String::from("Namespace(");
-                for (i, (k, v)) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    let shown = match rmp_serde::from_slice::<PyRepr>(v) {
-                        Ok(r) => r.0,
-                        Err(_) => "<?>".to_string(),
-                    };
-                    let _ = write!(out, "{k}={shown}");
-                }
-                out.push(')');
-                Ok(out)
+                let mut shown: Vec<String> = items
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with('_'))
+                    .map(|(k, v)| match rmp_serde::from_slice::<PyRepr>(v) {
+                        Ok(r) => format!("{k}={}", r.0),
+                        Err(_) => format!("{k}=<?>"),
+                    })
+                    .collect();
+                shown.sort();
+                Ok(format!("Namespace({})", shown.join(", ")))
             }
             r => Err(unexpected(r)),
         }
