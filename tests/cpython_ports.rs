@@ -3947,6 +3947,56 @@ async fn pool_enter_after_terminate() -> TestResult {
     Ok(())
 }
 
+/// `_TestPool.test_context`: a pool used as Python's `with` block uses it (work, then
+/// `terminate` on leaving it) refuses every kind of work afterwards with `PoolClosed`, as
+/// Python's `map_async` raises `ValueError` at the call: a map of an empty input too. (A
+/// stream yields one result per input: of an empty input, none.)
+async fn pool_refuses_work_after_its_with_block() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let l: Vec<i64> = (0..10).collect();
+    let got = pool.map_async(sqr, l.clone()).await?;
+    ensure!(
+        got == l.iter().map(|&x| sqr(x)).collect::<Vec<_>>(),
+        "{got:?}"
+    );
+    pool.terminate().await?;
+    tokio::time::timeout(LONG, pool.join()).await??;
+    for input in [l, Vec::new()] {
+        let n = input.len();
+        let r = pool.map_async(sqr, input.clone()).await;
+        ensure!(
+            r.as_ref().is_err_and(|e| e.is_pool_closed()),
+            "map_async of {n}: {r:?}"
+        );
+        let r = pool.map(sqr, input.clone()).await;
+        ensure!(
+            r.as_ref().is_err_and(|e| e.is_pool_closed()),
+            "map of {n}: {r:?}"
+        );
+        let pairs: Vec<(i64, i64)> = input.iter().map(|&x| (x, x)).collect();
+        let r = pool.starmap_async(mul, pairs).await;
+        ensure!(
+            r.as_ref().is_err_and(|e| e.is_pool_closed()),
+            "starmap_async of {n}: {r:?}"
+        );
+        for ordered in [true, false] {
+            let s = match ordered {
+                true => pool.imap(sqr, input.clone()),
+                false => pool.imap_unordered(sqr, input.clone()),
+            };
+            let got: Vec<_> = s.collect().await;
+            ensure!(
+                (n == 0) == got.is_empty()
+                    && got
+                        .iter()
+                        .all(|r| r.as_ref().is_err_and(|e| e.is_pool_closed())),
+                "imap (ordered {ordered}) of {n}: {got:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `_TestPoolWorkerErrors.test_async_error_callback`: a failing task's error reaches the
 /// error callback (here a closure chained on the result) and the awaiting caller both.
 async fn async_error_callback() -> TestResult {
@@ -4383,5 +4433,6 @@ fn main() {
         queue_shutdown_immediate,
         queue_shutdown_immediate_with_unfinished,
         manager_namespace,
+        pool_refuses_work_after_its_with_block,
     ])
 }

@@ -1,5 +1,7 @@
 //! [`Map`]: a map not yet submitted, and how its input is collected and cut into chunks.
 
+use std::sync::atomic::Ordering;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -84,8 +86,13 @@ impl<'p, R: DeserializeOwned + 'static> Map<'p, R> {
     }
 
     /// Submits every chunk now and returns the handle on the results (Python's
-    /// `map_async`).
+    /// `map_async`). A pool that was closed or terminated refuses the map whatever its
+    /// input, an empty one too, as Python's `map_async` raises at the call: the handle
+    /// fails with [`TaskError::is_pool_closed`].
     pub fn submit(self) -> MapResult<R> {
+        if self.pool.shared.closed.load(Ordering::Acquire) {
+            return MapResult::refused(TaskError::pool_closed());
+        }
         let size = self
             .chunksize
             .unwrap_or_else(|| default_chunksize(self.len, self.pool.processes()));

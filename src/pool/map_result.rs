@@ -109,6 +109,14 @@ impl<R: DeserializeOwned + 'static> MapResult<R> {
         }
     }
 
+    /// A map the pool refused: it fails with `e` however many inputs it had, none included.
+    pub(super) fn refused(e: TaskError) -> MapResult<R> {
+        MapResult {
+            failed: Some(e),
+            ..MapResult::new(Vec::new(), 0, 1)
+        }
+    }
+
     /// Whether every chunk has finished (Python's `ready()`).
     pub fn ready(&mut self) -> bool {
         self.chunks.iter_mut().all(|c| c.ready())
