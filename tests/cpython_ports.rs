@@ -1811,6 +1811,253 @@ async fn barrier_timeout_across_processes() -> TestResult {
     Ok(())
 }
 
+// ================================================================ _TestBarrier (manager)
+
+/// What a party of a manager's barrier saw: `[passed, broken, after]`, CPython's
+/// `results1`, `results2` and `results3`.
+type Tally = [u32; 3];
+
+/// `_TestBarrier._test_abort_f` with a manager's barrier: the party with index
+/// `PARTIES / 2` aborts; the others count whether their second wait passed or broke.
+async fn proxy_abort_party(b: mp::BarrierProxy) -> mp::Result<Tally> {
+    if b.wait_timeout(LONG).await? == PARTIES / 2 {
+        b.abort().await?;
+        return Ok([0; 3]);
+    }
+    match b.wait_timeout(LONG).await {
+        Ok(_) => Ok([1, 0, 0]),
+        Err(Error::BrokenBarrier) => Ok([0, 1, 0]),
+        Err(e) => Err(e),
+    }
+}
+
+/// `_TestBarrier._test_reset_f` with a manager's barrier: the party with index
+/// `PARTIES / 2` resets the barrier once the others wait again; they count whether that
+/// wait passed or broke, then every party passes the barrier once more.
+async fn proxy_reset_party(b: mp::BarrierProxy) -> mp::Result<Tally> {
+    let mut t = [0; 3];
+    if b.wait_timeout(LONG).await? == PARTIES / 2 {
+        let deadline = tokio::time::Instant::now() + LONG;
+        while b.n_waiting().await? < PARTIES - 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        b.reset().await?;
+    } else {
+        match b.wait_timeout(LONG).await {
+            Ok(_) => t[0] += 1,
+            Err(Error::BrokenBarrier) => t[1] += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    b.wait_timeout(LONG).await?;
+    t[2] += 1;
+    Ok(t)
+}
+
+/// `_TestBarrier._test_abort_and_reset_f` with managers' barriers: a round of `b` broken by
+/// an abort; all meet at `b2`, whose party `PARTIES / 2` resets `b`; all meet at `b2`
+/// again, then pass `b`.
+async fn proxy_abort_and_reset_party(
+    b: mp::BarrierProxy,
+    b2: mp::BarrierProxy,
+) -> mp::Result<Tally> {
+    let mut t = [0; 3];
+    match b.wait_timeout(LONG).await {
+        Ok(i) if i == PARTIES / 2 => b.abort().await?,
+        Ok(_) => match b.wait_timeout(LONG).await {
+            Ok(_) => t[0] += 1,
+            Err(Error::BrokenBarrier) => t[1] += 1,
+            Err(e) => return Err(e),
+        },
+        Err(Error::BrokenBarrier) => t[1] += 1,
+        Err(e) => return Err(e),
+    }
+    if b2.wait_timeout(LONG).await? == PARTIES / 2 {
+        b.reset().await?;
+    }
+    b2.wait_timeout(LONG).await?;
+    b.wait_timeout(LONG).await?;
+    t[2] += 1;
+    Ok(t)
+}
+
+/// `_TestBarrier._test_wait_return_f` with a manager's barrier: the index `wait` returned,
+/// counted in its slot (`PARTIES` slots would not fit a [`Tally`]: index 0 in slot 0, any
+/// other in slot 1).
+async fn proxy_wait_return_party(b: mp::BarrierProxy) -> mp::Result<Tally> {
+    Ok(match b.wait_timeout(LONG).await? {
+        0 => [1, 0, 0],
+        _ => [0, 1, 0],
+    })
+}
+
+/// CPython's `run_threads` with a manager's barrier: `party` runs in `PARTIES` children at
+/// once; the sum of what they saw.
+async fn every_proxy_party<A, F, M>(
+    party: F,
+    args: A,
+) -> Result<Tally, Box<dyn std::error::Error + Send + Sync>>
+where
+    A: Clone + serde::Serialize + serde::de::DeserializeOwned,
+    F: mp::Target<A, M, Output = mp::Result<Tally>> + Copy,
+{
+    let mut kids = Vec::new();
+    for _ in 0..PARTIES {
+        kids.push(Process::call(party, args.clone()).start().await?);
+    }
+    let mut sum = [0; 3];
+    for k in kids {
+        let t = k.await??;
+        for (s, v) in sum.iter_mut().zip(t) {
+            *s += v;
+        }
+    }
+    Ok(sum)
+}
+
+/// `_TestBarrier` with a manager's barrier (Python's `WithManagerTestBarrier`): `test_abort`
+/// (none passes the aborted round, the four others are broken, and the barrier stays
+/// broken), `test_reset` (the reset breaks the four waiting, then all five pass),
+/// `test_abort_and_reset` (the same through an abort, the reset made between two rounds of a
+/// second barrier), `test_wait_return` (one party gets index 0) and `test_single_thread`.
+async fn manager_barrier_abort_reset_and_wait_return() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let b = m.barrier(PARTIES).await?;
+    let t = every_proxy_party(proxy_abort_party, (b.clone(),)).await?;
+    ensure!(t == [0, PARTIES - 1, 0], "test_abort: passed/broken {t:?}");
+    ensure!(b.broken().await?, "test_abort: the barrier is not broken");
+
+    let b = m.barrier(PARTIES).await?;
+    let t = every_proxy_party(proxy_reset_party, (b.clone(),)).await?;
+    ensure!(
+        t == [0, PARTIES - 1, PARTIES],
+        "test_reset: passed/broken/after {t:?}"
+    );
+
+    let (b, b2) = (m.barrier(PARTIES).await?, m.barrier(PARTIES).await?);
+    let t = every_proxy_party(proxy_abort_and_reset_party, (b.clone(), b2.clone())).await?;
+    ensure!(
+        t == [0, PARTIES - 1, PARTIES],
+        "test_abort_and_reset: {t:?}"
+    );
+
+    let b = m.barrier(PARTIES).await?;
+    let t = every_proxy_party(proxy_wait_return_party, (b.clone(),)).await?;
+    ensure!(
+        t == [1, PARTIES - 1, 0],
+        "test_wait_return: index 0 / others {t:?}"
+    );
+
+    let b = m.barrier(1).await?;
+    ensure!(
+        b.wait().await? == 0 && b.wait().await? == 0,
+        "test_single_thread"
+    );
+    drop((b, b2));
+    m.shutdown().await?;
+    Ok(())
+}
+
+// ================================================================ _TestCondition (manager)
+
+/// `_TestCondition.f` with a manager's condition: takes the lock, says it sleeps, waits
+/// (at most `timeout_ms`, if any), says it woke, and releases the lock.
+async fn proxy_condition_sleeper(
+    cond: mp::ConditionProxy,
+    sleeping: mp::SemaphoreProxy,
+    woken: mp::SemaphoreProxy,
+    timeout_ms: Option<u64>,
+) -> mp::Result<()> {
+    cond.lock().await?;
+    sleeping.release().await?;
+    match timeout_ms {
+        Some(ms) => drop(cond.wait_timeout(Duration::from_millis(ms)).await?),
+        None => cond.wait().await?,
+    }
+    woken.release().await?;
+    cond.release().await
+}
+
+/// CPython's `assertReachesEventually(lambda: get_value(woken), n)`.
+async fn woken_reaches(woken: &mp::SemaphoreProxy, n: u32) -> TestResult {
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut v = woken.get_value().await?;
+    while v != n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        v = woken.get_value().await?;
+    }
+    ensure!(v == n, "woken stayed at {v}, not {n}");
+    Ok(())
+}
+
+/// Starts `n` [`proxy_condition_sleeper`]s and waits until each sleeps.
+async fn start_sleepers(
+    cond: &mp::ConditionProxy,
+    sleeping: &mp::SemaphoreProxy,
+    woken: &mp::SemaphoreProxy,
+    n: usize,
+    timeout_ms: Option<u64>,
+) -> Result<Vec<mp::JoinHandle<mp::Result<()>>>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut kids = Vec::new();
+    for _ in 0..n {
+        let args = (cond.clone(), sleeping.clone(), woken.clone(), timeout_ms);
+        kids.push(Process::call(proxy_condition_sleeper, args).start().await?);
+    }
+    for _ in 0..n {
+        sleeping.acquire_timeout(LONG).await?;
+    }
+    Ok(kids)
+}
+
+/// `_TestCondition.test_notify_all` and `test_notify_n` with a manager's condition (Python's
+/// `WithManagerTestCondition`), the waiters in children: waits with a timeout all end on
+/// it; then `notify(2)` wakes two of five waiters, `notify(4)` the other three, a
+/// `notify(3)` with none left wakes nobody, and `notify_all` wakes three more at once.
+async fn manager_condition_notify_n_and_all() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let cond = m.condition().await?;
+    let (sleeping, woken) = (m.semaphore(0).await?, m.semaphore(0).await?);
+
+    let kids = start_sleepers(&cond, &sleeping, &woken, 3, Some(100)).await?;
+    for _ in 0..3 {
+        woken.acquire_timeout(LONG).await?;
+    }
+    for k in kids {
+        k.await??;
+    }
+    ensure!(woken.get_value().await? == 0, "woken after the timed waits");
+
+    let kids = start_sleepers(&cond, &sleeping, &woken, 5, None).await?;
+    ensure!(woken.get_value().await? == 0, "woken before any notify");
+    for (n, total) in [(2, 2), (4, 5), (3, 5)] {
+        cond.lock().await?;
+        cond.notify(n).await?;
+        cond.release().await?;
+        woken_reaches(&woken, total).await?;
+    }
+    for k in kids {
+        k.await??;
+    }
+    for _ in 0..5 {
+        woken.acquire_timeout(LONG).await?;
+    }
+
+    let kids = start_sleepers(&cond, &sleeping, &woken, 3, None).await?;
+    cond.lock().await?;
+    cond.notify_all().await?;
+    cond.release().await?;
+    for k in kids {
+        k.await??;
+    }
+    ensure!(woken.get_value().await? == 3, "woken by notify_all");
+    drop((cond, sleeping, woken));
+    m.shutdown().await?;
+    Ok(())
+}
+
 // ================================================================ TestWait (more)
 
 /// A pause of 0 to 99 ms that differs from call to call, as CPython's
@@ -4434,5 +4681,7 @@ fn main() {
         queue_shutdown_immediate_with_unfinished,
         manager_namespace,
         pool_refuses_work_after_its_with_block,
+        manager_barrier_abort_reset_and_wait_return,
+        manager_condition_notify_n_and_all,
     ])
 }
