@@ -796,6 +796,65 @@ async fn lock_holders_as_repr_shows_them() -> TestResult {
     Ok(())
 }
 
+/// `_TestLock.test_rlock_context` in a party: `n` times, takes `l` twice over, counts one
+/// under the inner hold, and checks that the outer hold still keeps the lock once the
+/// inner is given back; `[overlaps, holds miscounted]`.
+async fn count_under_rlock(
+    l: RLock,
+    counter: RawValue<u64>,
+    inside: RawValue<u32>,
+    n: u32,
+) -> [u32; 2] {
+    let me = std::process::id();
+    let mut seen = [0; 2];
+    for _ in 0..n {
+        let Ok(outer) = l.lock_timeout(LONG).await else {
+            seen[1] += 1;
+            continue;
+        };
+        {
+            let Ok(_inner) = l.lock_timeout(LONG).await else {
+                seen[1] += 1;
+                continue;
+            };
+            seen[0] += inside.get();
+            inside.set(1);
+            if l.holder() != Some((me, 2)) {
+                seen[1] += 1;
+            }
+            tokio::task::yield_now().await;
+            counter.set(counter.get() + 1);
+        }
+        if l.holder() != Some((me, 1)) {
+            seen[1] += 1;
+        }
+        inside.set(0);
+        drop(outer);
+    }
+    seen
+}
+
+/// `_TestLock.test_rlock_context`, across processes: four children each take a re-entrant
+/// lock twice over, 200 times, and count under it; nobody is ever inside with another,
+/// each hold is counted as it is taken and given back, and no count is lost. The lock
+/// is free at the end.
+async fn rlock_context_across_processes() -> TestResult {
+    let l = RLock::new()?;
+    let (counter, inside) = (RawValue::new(0u64)?, RawValue::new(0u32)?);
+    let mut kids = Vec::new();
+    for _ in 0..4 {
+        let args = (l.clone(), counter.clone(), inside.clone(), 200);
+        kids.push(Process::call(count_under_rlock, args).start().await?);
+    }
+    for k in kids {
+        let seen = k.await?;
+        ensure!(seen == [0, 0], "overlaps, miscounted holds: {seen:?}");
+    }
+    ensure!(counter.get() == 800, "counted {}, want 800", counter.get());
+    ensure!(l.holder().is_none(), "held at the end: {:?}", l.holder());
+    Ok(())
+}
+
 // ================================================================ _TestCondition
 
 async fn waitfor_timeout_f(
@@ -1916,6 +1975,47 @@ where
         }
     }
     Ok(sum)
+}
+
+/// `_TestBarrier.multipass` with a manager's barrier: `passes` rounds, each in two halves,
+/// counting arrivals in shared memory; `[out of step, 0, 0]`, where a party counts each time
+/// it saw a count out of step, or the barrier waiting or broken at the end.
+async fn proxy_multipass(
+    b: mp::BarrierProxy,
+    counts: RawArray<u32>,
+    lock: Lock,
+    passes: u32,
+) -> mp::Result<Tally> {
+    let mut off = 0;
+    for i in 0..passes {
+        bump(&lock, &counts, 0).await;
+        off += u32::from(counts.get(1) != Some(i * PARTIES));
+        b.wait_timeout(LONG).await?;
+        bump(&lock, &counts, 1).await;
+        off += u32::from(counts.get(0) != Some((i + 1) * PARTIES));
+        b.wait_timeout(LONG).await?;
+    }
+    off += u32::from(b.n_waiting().await? != 0 || b.broken().await?);
+    Ok([off, 0, 0])
+}
+
+/// `_TestBarrier.test_barrier` and `test_barrier_10` with a manager's barrier: five
+/// parties in children pass it in lockstep, once and ten times over.
+async fn manager_barrier_in_lockstep() -> TestResult {
+    let m = mp::Manager::start().await?;
+    for passes in [1, 10] {
+        let b = m.barrier(PARTIES).await?;
+        let (counts, lock) = (RawArray::from_elem(0u32, 2)?, Lock::new()?);
+        let t = every_proxy_party(proxy_multipass, (b, counts.clone(), lock, passes)).await?;
+        ensure!(t[0] == 0, "{passes} passes: {} counts out of step", t[0]);
+        let c = counts.to_vec();
+        ensure!(
+            c == vec![passes * PARTIES; 2],
+            "{passes} passes: counts {c:?}"
+        );
+    }
+    m.shutdown().await?;
+    Ok(())
 }
 
 /// `_TestBarrier` with a manager's barrier (Python's `WithManagerTestBarrier`): `test_abort`
@@ -4683,5 +4783,7 @@ fn main() {
         pool_refuses_work_after_its_with_block,
         manager_barrier_abort_reset_and_wait_return,
         manager_condition_notify_n_and_all,
+        rlock_context_across_processes,
+        manager_barrier_in_lockstep,
     ])
 }
