@@ -451,6 +451,50 @@ async fn multiple_bind_unix() -> TestResult {
     Ok(())
 }
 
+/// `_TestListener.test_context` and `_TestConnection.test_context`, for a socket path and an
+/// abstract name: a listener used as Python's `with` block uses it serves a client; the
+/// end of either connection is EOF (`Closed`) to the other; and once the listener is gone,
+/// a client of its address is refused (Python's `accept` after `close` raises `OSError`),
+/// its socket file removed.
+async fn listener_and_connection_after_their_block() -> TestResult {
+    let path = unique("ctx");
+    let abstract_name = format!("\0{}", support::unique_name("tkmp-cpy-ctx"));
+    for address in [
+        mp::Address::Unix(path.clone()),
+        mp::ToAddress::to_address(abstract_name.as_str())?,
+    ] {
+        {
+            let l = Listener::bind(&address, None)?;
+            let c = Client::connect::<u32>(&address, None).await?;
+            let d: Connection<u32> = l.accept().await?;
+            c.send(&1729).await?;
+            ensure!(d.recv().await? == 1729, "{address:?}: d.recv()");
+            d.send(&1730).await?;
+            ensure!(c.recv().await? == 1730, "{address:?}: c.recv()");
+            drop(c);
+            let r = d.recv().await;
+            ensure!(
+                matches!(r, Err(Error::Closed)),
+                "{address:?}: recv after the client: {r:?}"
+            );
+            let c = Client::connect::<u32>(&address, None).await?;
+            drop(l.accept::<u32>().await?);
+            let r = c.recv().await;
+            ensure!(
+                matches!(r, Err(Error::Closed)),
+                "{address:?}: recv after the server: {r:?}"
+            );
+        }
+        let r = Client::connect::<u32>(&address, None).await;
+        ensure!(
+            r.is_err(),
+            "{address:?}: a client of a closed listener connected"
+        );
+    }
+    ensure!(!path.exists(), "the socket file is left");
+    Ok(())
+}
+
 /// `_TestListener.test_abstract_socket`: a listener at `"\0name"` is in Linux's abstract
 /// namespace: a client in a child reaches it by the same string, no file is made, and a
 /// manager serves there too.
@@ -2154,6 +2198,36 @@ async fn manager_condition_notify_n_and_all() -> TestResult {
     }
     ensure!(woken.get_value().await? == 3, "woken by notify_all");
     drop((cond, sleeping, woken));
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// `_TestCondition._test_wait_result` with a manager's condition: notifies once.
+async fn proxy_notify_once(c: mp::ConditionProxy) -> mp::Result<()> {
+    c.lock().await?;
+    c.notify(1).await?;
+    c.release().await
+}
+
+/// `_TestCondition.test_wait_result` and `test_timeout` with a manager's condition: `wait(0)`
+/// and `wait(0.1)` with nobody to notify give false, the lock held again after each; a
+/// notification from a child gives true.
+async fn manager_condition_wait_result() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let c = m.condition().await?;
+    c.lock().await?;
+    ensure!(!c.wait_timeout(Duration::ZERO).await?, "wait(0)");
+    ensure!(
+        !c.wait_timeout(Duration::from_millis(100)).await?,
+        "wait(0.1)"
+    );
+    let child = Process::call(proxy_notify_once, (c.clone(),))
+        .start()
+        .await?;
+    ensure!(c.wait_timeout(LONG).await?, "wait(60) after a notify");
+    c.release().await?;
+    child.await??;
+    drop(c);
     m.shutdown().await?;
     Ok(())
 }
@@ -4785,5 +4859,7 @@ fn main() {
         manager_condition_notify_n_and_all,
         rlock_context_across_processes,
         manager_barrier_in_lockstep,
+        manager_condition_wait_result,
+        listener_and_connection_after_their_block,
     ])
 }
