@@ -4739,6 +4739,101 @@ async fn queue_shutdown_immediate_with_unfinished() -> TestResult {
     Ok(())
 }
 
+/// `_TestQueue._join_worker` for a manager's joinable queue.
+async fn proxy_join_worker(q: mp::JoinableQueueProxy<String>) -> mp::Result<()> {
+    q.join().await
+}
+
+/// `ProcessFuture.run(q.put, "data")` for a manager's queue.
+async fn proxy_put_data(q: mp::QueueProxy<String>) -> mp::Result<()> {
+    q.put("data".into()).await.map_err(|e| e.into_parts().0)
+}
+
+/// `ProcessFuture.run(q.get)` for a manager's queue.
+async fn proxy_get_one(q: mp::QueueProxy<String>) -> mp::Result<String> {
+    q.get().await
+}
+
+/// [`refuses_puts_and_gets`] for a manager's queue.
+async fn proxy_refuses_puts_and_gets(q: &mp::QueueProxy<String>) -> TestResult {
+    let put = Process::call(proxy_put_data, (q.clone(),)).start().await?;
+    let get = Process::call(proxy_get_one, (q.clone(),)).start().await?;
+    let put_nowait = q
+        .put_nowait("data".into())
+        .await
+        .err()
+        .map(|e| e.into_parts().0);
+    for (what, e) in [
+        ("a child's put", put.await?.err()),
+        ("a child's get", get.await?.err()),
+        ("put_nowait", put_nowait),
+        ("get_nowait", q.get_nowait().await.err()),
+    ] {
+        ensure!(matches!(e, Some(Error::ShutDown)), "{what}: {e:?}");
+    }
+    Ok(())
+}
+
+/// `_TestQueue.test_shutdown_nonempty`, `test_shutdown_immediate` and
+/// `test_shutdown_immediate_with_unfinished` with a manager's joinable queue: after a plain
+/// shutdown the item left is still taken, and `join` in a child waits for its `task_done`;
+/// an immediate one drops what is left, counts it done, and a child's `join` waits only for
+/// the item a child took; past that, a `task_done` is one too many.
+async fn manager_queue_shutdown() -> TestResult {
+    let m = mp::Manager::start().await?;
+    for immediate in [false, true] {
+        let q = m.joinable_queue::<String>(2).await?;
+        for _ in 0..2 {
+            q.put("data".into()).await.map_err(|e| e.to_string())?;
+        }
+        let mut joiner = Process::call(proxy_join_worker, (q.clone(),))
+            .start()
+            .await?;
+        let got = Process::call(proxy_get_one, ((*q).clone(),))
+            .start()
+            .await?
+            .await??;
+        ensure!(got == "data", "the item taken: {got}");
+        match immediate {
+            true => {
+                let dropped = q.shutdown_immediate().await?;
+                ensure!(dropped == 1, "dropped {dropped}");
+                ensure!(q.qsize().await? == 0, "qsize after an immediate shutdown");
+            }
+            false => {
+                q.shutdown().await?;
+                ensure!(q.qsize().await? == 1, "qsize after a shutdown");
+                let got = Process::call(proxy_get_one, ((*q).clone(),))
+                    .start()
+                    .await?
+                    .await??;
+                ensure!(got == "data", "the item left: {got}");
+            }
+        }
+        let waiting = joiner
+            .join_timeout(Duration::from_millis(100))
+            .await?
+            .is_none();
+        ensure!(
+            waiting,
+            "immediate {immediate}: join returned with items not done"
+        );
+        proxy_refuses_puts_and_gets(&q).await?;
+        if !immediate {
+            q.task_done().await?;
+        }
+        q.task_done().await?;
+        let done = q.task_done().await;
+        ensure!(
+            matches!(done, Err(Error::TaskDoneTooManyTimes)),
+            "immediate {immediate}: a task_done too many: {done:?}"
+        );
+        joiner.await??;
+    }
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -4861,5 +4956,6 @@ fn main() {
         manager_barrier_in_lockstep,
         manager_condition_wait_result,
         listener_and_connection_after_their_block,
+        manager_queue_shutdown,
     ])
 }
