@@ -4834,6 +4834,109 @@ async fn manager_queue_shutdown() -> TestResult {
     Ok(())
 }
 
+/// `TestSyncManagerTypes._test_dict`, the whole of it that has a counterpart: the child's
+/// checks of a dict holding `{'foo': 5}`; a description of the first that fails.
+async fn whole_dict_check(d: mp::DictProxy<String, i64>) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let s = |k: &str| k.to_string();
+    let got = (
+        d.len().await.map_err(e)?,
+        d.get(&s("foo")).await.map_err(e)?,
+    );
+    if got != (1, Some(5)) {
+        return Err(format!("len(), get('foo'): {got:?}"));
+    }
+    d.update([(s("bar"), 6)]).await.map_err(e)?;
+    let items = d.items().await.map_err(e)?;
+    if items != [(s("foo"), 5), (s("bar"), 6)] {
+        return Err(format!("items after obj |= {{'bar': 6}}: {items:?}"));
+    }
+    let mut keys = d.keys().await.map_err(e)?;
+    keys.reverse();
+    if keys != [s("bar"), s("foo")] {
+        return Err(format!("reversed(obj): {keys:?}"));
+    }
+    let popped = d.popitem().await.map_err(e)?;
+    if popped != Some((s("bar"), 6)) {
+        return Err(format!("popitem(): {popped:?}"));
+    }
+    let set = d.setdefault(s("bar"), 0).await.map_err(e)?;
+    d.update([(s("bar"), 7)]).await.map_err(e)?;
+    let items = d.items().await.map_err(e)?;
+    if set != 0 || items != [(s("foo"), 5), (s("bar"), 7)] {
+        return Err(format!(
+            "setdefault('bar', 0) {set}, then update: {items:?}"
+        ));
+    }
+    let popped = d.remove(&s("bar")).await.map_err(e)?;
+    if popped != Some(7) {
+        return Err(format!("pop('bar'): {popped:?}"));
+    }
+    d.clear().await.map_err(e)?;
+    match d.len().await.map_err(e)? {
+        0 => Ok(()),
+        n => Err(format!("len() after clear(): {n}")),
+    }
+}
+
+/// `TestSyncManagerTypes._test_list`, the part `list_and_dict_methods_in_a_child` (in
+/// `tests/manager.rs`) leaves out: the child's checks of a list holding `[5]` as it grows;
+/// a description of the first that fails.
+async fn whole_list_check(l: mp::ListProxy<i64>) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    l.extend([7]).await.map_err(e)?;
+    l.extend(l.to_vec().await.map_err(e)?).await.map_err(e)?;
+    let twice = l.to_vec().await.map_err(e)?;
+    if twice != [5, 7, 5, 7] {
+        return Err(format!("obj += [7]; obj *= 2: {twice:?}"));
+    }
+    let doubled: Vec<i64> = twice.iter().chain(&twice).copied().collect();
+    l.extend(doubled.iter().chain(&twice).copied())
+        .await
+        .map_err(e)?;
+    let mut sorted = l.to_vec().await.map_err(e)?;
+    sorted.sort();
+    l.clear().await.map_err(e)?;
+    l.extend(sorted).await.map_err(e)?;
+    l.reverse().await.map_err(e)?;
+    let got = (l.len().await.map_err(e)?, l.pop(0).await.map_err(e)?);
+    if got != (16, Some(7)) {
+        return Err(format!(
+            "len() after extend, sort, reverse; pop(0): {got:?}"
+        ));
+    }
+    l.clear().await.map_err(e)?;
+    match l.len().await.map_err(e)? {
+        0 => Ok(()),
+        n => Err(format!("len() after clear(): {n}")),
+    }
+}
+
+/// `TestSyncManagerTypes.test_dict` and `test_list`, the child's checks whole: a dict's
+/// update, its keys reversed, `popitem` taking the latest pair, `setdefault` then
+/// `update` of a key popped, `pop` and `clear`; a list growing by extends (Python's `+=`
+/// and `*=`), its sorted items reversed, `pop(0)` and `clear`. The parent then sees both
+/// empty.
+async fn manager_dict_and_list_whole_in_a_child() -> TestResult {
+    let m = mp::Manager::start().await?;
+    let d = m.dict::<String, i64>().await?;
+    d.insert("foo".into(), 5).await?;
+    Process::call(whole_dict_check, (d.clone(),))
+        .start()
+        .await?
+        .await??;
+    ensure!(d.is_empty().await?, "the dict after the child");
+    let l = m.list([5i64]).await?;
+    Process::call(whole_list_check, (l.clone(),))
+        .start()
+        .await?
+        .await??;
+    ensure!(l.is_empty().await?, "the list after the child");
+    drop((d, l));
+    m.shutdown().await?;
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -4957,5 +5060,6 @@ fn main() {
         manager_condition_wait_result,
         listener_and_connection_after_their_block,
         manager_queue_shutdown,
+        manager_dict_and_list_whole_in_a_child,
     ])
 }
