@@ -3402,7 +3402,7 @@ async fn manager_nested_queue() -> TestResult {
 /// `_TestContainers.test_namespace`: attributes are set, read and removed, and the
 /// namespace shows as Python's `str(ns)` shows it: only the names that do not start with
 /// `_`, as `name=value` sorted (Python's `Namespace.__repr__`), whatever order they were
-/// set in.
+/// set in, each value as Python's `repr` writes it.
 async fn manager_namespace() -> TestResult {
     let m = mp::Manager::start().await?;
     let n = m.namespace().await?;
@@ -3431,6 +3431,13 @@ async fn manager_namespace() -> TestResult {
     ensure!(
         shown == "Namespace(age=42, name='Bob')",
         "str(n), sorted: {shown}"
+    );
+    n.set("scale", 1e16).await?;
+    n.set("unit", "m\r").await?;
+    let shown = n.repr().await?;
+    ensure!(
+        shown == "Namespace(age=42, name='Bob', scale=1e+16, unit='m\\r')",
+        "str(n), values as Python shows them: {shown}"
     );
     drop(n);
     m.shutdown().await?;

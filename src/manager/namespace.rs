@@ -1,7 +1,7 @@
 //! [`NamespaceProxy`]: attributes by name (Python's `manager.Namespace()`), each any serde
 //! value, shown as Python shows a namespace: `Namespace(a=1, b='x')`.
 
-use std::fmt::{self, Write};
+use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::proto::{NamespaceOp, Reply, Request};
 use super::{Handle, decode, encode, expect_done, unexpected};
 use crate::error::{Error, Result};
+use crate::shareable_list::ShareableItem;
 
 /// A namespace held by a [`Manager`](crate::Manager) (Python's `manager.Namespace()`):
 /// named attributes, each of its own type. Attributes keep the order they were first set
@@ -123,30 +124,6 @@ impl<'de> Deserialize<'de> for PyRepr {
 
 struct ReprVisitor;
 
-fn quote(s: &str) -> String {
-    let q = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(q);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c == q => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(q);
-    out
-}
-
 impl<'de> Visitor<'de> for ReprVisitor {
     type Value = String;
 
@@ -162,27 +139,15 @@ impl<'de> Visitor<'de> for ReprVisitor {
     fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<String, E> {
         Ok(v.to_string())
     }
+    // Floats, strings and bytes as a `ShareableItem` shows them, which is Python's `repr`.
     fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<String, E> {
-        Ok(if v.fract() == 0.0 && v.is_finite() {
-            format!("{v:.1}")
-        } else {
-            v.to_string()
-        })
+        Ok(ShareableItem::Float(v).to_string())
     }
     fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<String, E> {
-        Ok(quote(v))
+        Ok(ShareableItem::Str(v.to_string()).to_string())
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> std::result::Result<String, E> {
-        let mut out = String::from("b'");
-        for &b in v {
-            if b.is_ascii_graphic() && b != b'\'' && b != b'\\' || b == b' ' {
-                out.push(b as char);
-            } else {
-                let _ = write!(out, "\\x{b:02x}");
-            }
-        }
-        out.push('\'');
-        Ok(out)
+        Ok(ShareableItem::Bytes(v.to_vec()).to_string())
     }
     fn visit_none<E: de::Error>(self) -> std::result::Result<String, E> {
         Ok("None".to_string())
@@ -231,5 +196,27 @@ mod tests {
         let mut m = std::collections::BTreeMap::new();
         m.insert("k", 1);
         assert_eq!(repr(m), "{'k': 1}");
+    }
+
+    /// Bytes encoded as bytes (serde's `serialize_bytes`), not as a list of numbers.
+    struct Raw(&'static [u8]);
+
+    impl Serialize for Raw {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    #[test]
+    fn floats_strings_and_bytes_are_shown_as_python_shows_them() {
+        assert_eq!(repr(1e16), "1e+16");
+        assert_eq!(repr(1.5e-7), "1.5e-07");
+        assert_eq!(repr(-0.0), "-0.0");
+        assert_eq!(repr(f64::NAN), "nan");
+        assert_eq!(repr(f64::NEG_INFINITY), "-inf");
+        assert_eq!(repr(0.1 + 0.2), "0.30000000000000004");
+        assert_eq!(repr("a\rb\u{0}"), "'a\\rb\\x00'");
+        assert_eq!(repr("both ' and \""), "'both \\' and \"'");
+        assert_eq!(repr(Raw(b"it's\t\xff")), "b\"it's\\t\\xff\"");
     }
 }
