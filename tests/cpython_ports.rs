@@ -1719,9 +1719,10 @@ impl<T: serde::Serialize> serde::Serialize for Picky<T> {
 
 /// `_TestQueue.test_queue_feeder_donot_stop_onexc` (bpo-30414, bpo-33078) and
 /// `test_queue_feeder_on_queue_feeder_error` (bpo-30006): an item that cannot be encoded
-/// fails its own put (with `Error::Encode`, the item handed back: the caller's hook; Python's
-/// feeder thread prints the error or calls `_on_queue_feeder_error` instead) and the queue serves on: the next put arrives,
-/// and in a queue of one the failed put took no room.
+/// fails its own put (with `Error::Encode`, the item handed back: the caller's hook;
+/// Python's feeder thread prints the error or calls `_on_queue_feeder_error` instead) and
+/// the queue serves on: the next put arrives, and in a queue of one the failed put took no
+/// room.
 async fn queue_serves_on_after_an_unencodable_item() -> TestResult {
     let q = Queue::<Picky<bool>>::new()?;
     let e = q
