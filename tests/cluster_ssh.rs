@@ -297,9 +297,10 @@ async fn a_host_frozen_midway_through_the_copy_fails_the_build() -> TestResult {
         "{{ head -c 1000000; ip netns pids {} | xargs kill -STOP; cat; }}",
         sshd.net.host_ns(0)
     );
+    // Long enough for the login before the copy on a loaded machine (3 s was overrun).
     let launcher = sshd
         .launcher_copying_through(&freeze)
-        .probe_timeout(Duration::from_secs(3));
+        .probe_timeout(Duration::from_secs(6));
     let built = tokio::time::timeout(
         Duration::from_secs(60),
         Cluster::builder()
