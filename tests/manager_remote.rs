@@ -222,38 +222,22 @@ fn tcp(m: &Manager) -> Result<SocketAddr, String> {
     }
 }
 
-/// The local ports of this process's TCP connections to `port`.
+/// The local ports of this process's TCP connections to `port` on an IPv4 address, asked
+/// of each of its sockets. (`/proc/net/tcp`, read while other tests open and close
+/// connections, may list a socket twice or not at all.)
 fn ports_connected_to(port: u16) -> Vec<u16> {
-    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+    use nix::sys::socket::{SockaddrIn, getpeername, getsockname};
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|target| target.display().to_string())
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
                 .collect()
         })
         .unwrap_or_default();
-    let port_of = |address: Option<&&str>| {
-        address
-            .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-    };
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let inode = fields.get(9).map(|i| format!("socket:[{i}]"));
-            if port_of(fields.get(2)) == Some(port)
-                && inode.is_some_and(|i| ours.contains(&i))
-                && let Some(local) = port_of(fields.get(1))
-            {
-                ports.push(local);
-            }
-        }
-    }
-    ports
+    fds.into_iter()
+        .filter(|&fd| getpeername::<SockaddrIn>(fd).is_ok_and(|peer| peer.port() == port))
+        .filter_map(|fd| getsockname::<SockaddrIn>(fd).ok().map(|me| me.port()))
+        .collect()
 }
 
 /// Inserts `i` into `d`, then tells the local ports of this process's connections to the
