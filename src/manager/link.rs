@@ -302,9 +302,17 @@ pub(crate) fn keep_links_open() {
     KEEP_OPEN.store(true, Ordering::Relaxed);
 }
 
-/// Keeps `link` open (see [`keep_links_open`]), as the one used last.
+/// Keeps `link` open (see [`keep_links_open`]), as the one used last. The proxies of one
+/// value mostly lead to one server: for each after the first, the link is the last kept
+/// already, and nothing is asked of the others' sockets.
 fn keep_open(link: &Arc<Link>, me: u32) {
     let mut kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    if kept
+        .last()
+        .is_some_and(|(pid, l)| *pid == me && Arc::ptr_eq(l, link))
+    {
+        return;
+    }
     if kept.first().is_some_and(|(pid, _)| *pid != me) {
         // A `fork` child's copies lead to its parent's connections, whose ways were closed
         // in it and whose tasks run in no runtime of its own: forgotten, not dropped.
