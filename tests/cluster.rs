@@ -74,6 +74,7 @@ fn main() {
         shutdown_cancels_its_jobs_together,
         a_cluster_worker_runs_with_the_pools_variables_and_directory,
         a_directory_missing_on_the_host_fails_the_build_naming_host_and_path,
+        starts_go_to_the_host_that_has_the_directory_while_it_has_room,
         an_environment_too_large_for_a_frame_fails_the_start_not_the_host,
     ]);
 }
@@ -2296,6 +2297,59 @@ async fn a_directory_missing_on_the_host_fails_the_build_naming_host_and_path() 
         .build()
         .await?;
     ensure!(pool.apply(sqr, (7,)).await? == 49, "the next pool failed");
+    Ok(())
+}
+
+/// Of two hosts, only the second has the pool's directory: once a start failed on the
+/// first, the next starts go to the second while it has room, so a pool of one worker
+/// renewed after every task runs each task there. The first host connects first (the
+/// second's launch waits a second), so it wins every tie of room; before, each
+/// replacement went to it, failed, and was tried there again, the host with the most
+/// room, and no task after the first ran. The "hosts" are agents on this machine, each
+/// started in a directory of its own (no namespace, no root needed).
+async fn starts_go_to_the_host_that_has_the_directory_while_it_has_room() -> TestResult {
+    let home = temp_path("two-homes");
+    std::fs::create_dir_all(home.join("h0"))?;
+    std::fs::create_dir_all(home.join("h1").join("work"))?;
+    let home_arg = home.to_str().ok_or("a temporary path that is not UTF-8")?;
+    let launcher = mp::launch::Command::argv([
+        "sh",
+        "-c",
+        "sleep \"$1\" && cd \"$2\" && shift 2 && exec \"$@\"",
+        "sh",
+        "{id}",
+        &format!("{home_arg}/h{{id}}"),
+        "{agent}",
+    ])
+    .hosts(2)
+    .workers_per_host(2);
+    let cluster = Cluster::builder().launcher(launcher).build().await?;
+    cluster.wait_for_hosts(2, Duration::from_secs(30)).await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .maxtasksperchild(1)
+        .current_dir("work")
+        .build()
+        .await?;
+    let mut pids = HashSet::new();
+    for i in 0..6 {
+        let (_, cwd, pid) =
+            tokio::time::timeout(Duration::from_secs(60), pool.apply(env_seen, (Vec::new(),)))
+                .await
+                .map_err(|_| format!("task {i} did not run within 60 s"))??;
+        ensure!(
+            cwd == home.join("h1").join("work"),
+            "task {i} ran in {cwd:?}"
+        );
+        pids.insert(pid);
+    }
+    ensure!(
+        pids.len() == 6,
+        "each task had a worker of its own: {pids:?}"
+    );
+    pool.terminate().await?;
+    cluster.shutdown().await?;
     Ok(())
 }
 

@@ -262,6 +262,10 @@ pub(super) struct AgentEntry {
     pub(super) capacity: usize,
     pub(super) tx: UnboundedSender<ToAgent>,
     pub(super) workers: HashMap<u64, WorkerEntry>,
+    /// Its worker starts that failed since its last one that did (a directory or a
+    /// program the host lacks): a start goes to a host without such failures while one has
+    /// room.
+    pub(super) failed_starts: u32,
 }
 
 /// One worker an agent was asked for.
@@ -412,6 +416,7 @@ impl Table {
                 capacity,
                 tx,
                 workers: HashMap::new(),
+                failed_starts: 0,
             },
         );
         drop(s);
@@ -468,6 +473,14 @@ impl Table {
         s.agents
             .values()
             .fold(0, |room, a| room.saturating_add(a.capacity))
+    }
+
+    /// Whether an agent other than those of `tried` has room for a worker now.
+    fn has_room_beside(&self, tried: &[u64]) -> bool {
+        let s = self.lock();
+        s.agents
+            .iter()
+            .any(|(id, a)| !tried.contains(id) && a.workers.len() < a.capacity)
     }
 
     /// Removes an agent that left or was lost: each of its workers ends as lost by `how`
@@ -915,7 +928,11 @@ impl Cluster {
     }
 
     /// Starts a worker on the host with the most room, with `env` applied by its agent,
-    /// waiting up to `timeout` for room, the agent's spawn and the worker's link.
+    /// waiting up to `timeout` for room, the agent's spawn and the worker's link. A host
+    /// whose last start failed comes after every host with room whose last start did not,
+    /// and after those whose last starts failed fewer times in a row; a start its agent
+    /// could not make (the pool's directory is missing there, say) is tried on the next
+    /// host with room, and fails with that error once no host with room is left untried.
     pub(crate) async fn start_worker(
         &self,
         timeout: Duration,
@@ -936,77 +953,100 @@ impl Cluster {
             env: env.clone(),
         };
         FrameBuf::of(&spawn(u64::MAX))?.check_size()?;
-        let (mut pending, host, link_rx, spawned_rx, exit_rx) = loop {
-            let changed = table.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let mut guard = table.lock();
-                let s = &mut *guard;
-                let best = s
-                    .agents
-                    .iter_mut()
-                    .filter(|(_, a)| a.workers.len() < a.capacity)
-                    .max_by_key(|(id, a)| (a.capacity - a.workers.len(), std::cmp::Reverse(**id)));
-                if let Some((&agent, a)) = best {
-                    let token = s.next_token;
-                    s.next_token += 1;
-                    let (link_tx, link_rx) = oneshot::channel();
-                    let (spawned_tx, spawned_rx) = oneshot::channel();
-                    let (exit_tx, exit_rx) = oneshot::channel();
-                    a.workers.insert(
-                        token,
-                        WorkerEntry {
-                            pid: None,
-                            link: Some(link_tx),
-                            spawned: Some(spawned_tx),
-                            exit: Some(exit_tx),
-                        },
-                    );
-                    let _ = a.tx.send(spawn(token));
-                    let pending = PendingStart {
-                        table,
-                        agent,
-                        token,
-                        done: false,
-                    };
-                    break (pending, a.host.clone(), link_rx, spawned_rx, exit_rx);
+        // The agents that failed to start this worker.
+        let mut tried = Vec::new();
+        let (mut pending, host, pid, link, exit_rx) = loop {
+            let (pending, host, link_rx, spawned_rx, exit_rx) = loop {
+                let changed = table.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                {
+                    let mut guard = table.lock();
+                    let s = &mut *guard;
+                    let best = s
+                        .agents
+                        .iter_mut()
+                        .filter(|(_, a)| a.workers.len() < a.capacity)
+                        .max_by_key(|(id, a)| {
+                            (
+                                !tried.contains(*id),
+                                std::cmp::Reverse(a.failed_starts),
+                                a.capacity - a.workers.len(),
+                                std::cmp::Reverse(**id),
+                            )
+                        });
+                    if let Some((&agent, a)) = best {
+                        let token = s.next_token;
+                        s.next_token += 1;
+                        let (link_tx, link_rx) = oneshot::channel();
+                        let (spawned_tx, spawned_rx) = oneshot::channel();
+                        let (exit_tx, exit_rx) = oneshot::channel();
+                        a.workers.insert(
+                            token,
+                            WorkerEntry {
+                                pid: None,
+                                link: Some(link_tx),
+                                spawned: Some(spawned_tx),
+                                exit: Some(exit_tx),
+                            },
+                        );
+                        let _ = a.tx.send(spawn(token));
+                        let pending = PendingStart {
+                            table,
+                            agent,
+                            token,
+                            done: false,
+                        };
+                        break (pending, a.host.clone(), link_rx, spawned_rx, exit_rx);
+                    }
                 }
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let mut e = timed_out(&format!(
-                    "no host of the cluster had room for a worker{}",
-                    table.last_refusal()
-                ));
-                if let Error::Start { message, .. } = &mut e {
-                    message.push_str(&self.inner.launches_not_joined());
-                    message.push_str(&self.inner.launched_jobs().await);
-                }
-                return Err(e);
-            }
-        };
-        let both = async {
-            let pid = match spawned_rx.await {
-                Ok(Ok(pid)) => pid,
-                Ok(Err(failure)) => return Err(failure.into_error(&host)),
-                Err(_) => {
-                    return Err(Error::Start {
-                        name: format!("cluster worker on host {host}"),
-                        pid: 0,
-                        message: "its host was lost".into(),
-                    });
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    let mut e = timed_out(&format!(
+                        "no host of the cluster had room for a worker{}",
+                        table.last_refusal()
+                    ));
+                    if let Error::Start { message, .. } = &mut e {
+                        message.push_str(&self.inner.launches_not_joined());
+                        message.push_str(&self.inner.launched_jobs().await);
+                    }
+                    return Err(e);
                 }
             };
-            let link = link_rx.await.map_err(|_| Error::Start {
-                name: format!("cluster worker on host {host}"),
-                pid,
-                message: "its host was lost before the worker's link came".into(),
-            })?;
-            Ok((pid, link))
+            let both = async {
+                let pid = match spawned_rx.await {
+                    Ok(Ok(pid)) => pid,
+                    // Its agent could not start it there (the directory is missing, say):
+                    // another host may.
+                    Ok(Err(failure)) => return Ok(Err(failure.into_error(&host))),
+                    Err(_) => {
+                        return Err(Error::Start {
+                            name: format!("cluster worker on host {host}"),
+                            pid: 0,
+                            message: "its host was lost".into(),
+                        });
+                    }
+                };
+                let link = link_rx.await.map_err(|_| Error::Start {
+                    name: format!("cluster worker on host {host}"),
+                    pid,
+                    message: "its host was lost before the worker's link came".into(),
+                })?;
+                Ok(Ok((pid, link)))
+            };
+            let started = tokio::time::timeout_at(deadline, both)
+                .await
+                .map_err(|_| timed_out(&format!("the agent on host {host} started no worker")))??;
+            match started {
+                Ok((pid, link)) => break (pending, host, pid, link, exit_rx),
+                Err(e) => {
+                    tried.push(pending.agent);
+                    if !table.has_room_beside(&tried) {
+                        return Err(e);
+                    }
+                    tracing::debug!("trying another host for a cluster worker: {e}");
+                }
+            }
         };
-        let (pid, link) = tokio::time::timeout_at(deadline, both)
-            .await
-            .map_err(|_| timed_out(&format!("the agent on host {host} started no worker")))??;
         pending.done = true;
         let kill = RemoteKill {
             table: Arc::downgrade(&self.inner.table),

@@ -298,6 +298,7 @@ fn on_report(table: &Table, agent: u64, report: FromAgent) {
             tracing::info!(target: "tokio_multiprocessing::worker", host = %a.host, pid, stream, "{line}");
         }
         FromAgent::Spawned { token, pid } => {
+            a.failed_starts = 0;
             if let Some(w) = a.workers.get_mut(&token) {
                 w.pid = Some(pid);
                 if let Some(tx) = w.spawned.take() {
@@ -310,6 +311,7 @@ fn on_report(table: &Table, agent: u64, report: FromAgent) {
             message,
             error,
         } => {
+            a.failed_starts = a.failed_starts.saturating_add(1);
             if let Some(mut w) = a.workers.remove(&token)
                 && let Some(tx) = w.spawned.take()
             {

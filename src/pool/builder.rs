@@ -170,9 +170,11 @@ impl PoolBuilder {
     /// [`build`](Self::build) fails, before it starts any worker, with an [`Error::Io`]
     /// that names `dir`, of kind `NotFound`, `NotADirectory` or `PermissionDenied`, as
     /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir) says. On a
-    /// cluster, the start of each worker on a host that lacks `dir` fails with that error,
-    /// naming the host too; when no worker can start, `build` returns it (see
-    /// [`build`](Self::build) for the starts that fail later).
+    /// cluster, a worker's start on a host that lacks `dir` goes on to the next host with
+    /// room, and the hosts where it failed are tried last by the starts after it; a start
+    /// that no host with room could make fails with the last host's error, which names the
+    /// host too. When no worker can start, `build` returns it (see [`build`](Self::build)
+    /// for the starts that fail later).
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         if let Ok(env) = &mut self.env {
             env.set_cwd(dir.as_ref());
@@ -391,7 +393,7 @@ impl PoolBuilder {
     /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`, for an
     /// environment variable refused (see [`env`](Self::env)); an [`Error::Io`] naming the
     /// directory for a [`current_dir`](Self::current_dir) that cannot be entered (on a
-    /// cluster, on the host of each worker, which it names);
+    /// cluster, on every host with room, naming the last one tried);
     /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
     /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
     /// its start; otherwise the error of the last worker to fail, when none could be
