@@ -943,19 +943,27 @@ async fn terminate_returns_once_the_workers_still_starting_are_reaped() -> TestR
     passes_on_both_runtimes(pools_terminated_while_starting_probe).await
 }
 
-// test_terminate, test_imap on a closed pool: the tasks a pool refuses end the stream, after
-// an error for each input read.
+// test_terminate, test_imap on a closed pool: a stream made after close reads no input and
+// yields the refusal once, an empty input's included (Python raises at the call); the tasks
+// a pool refuses midway end the stream, after an error for each input read.
 async fn a_refused_stream_ends_with_pool_closed_errors() -> TestResult {
     let pool = Pool::new(2).await?;
     pool.close();
-    let after_close: Vec<_> = pool.imap(sqr, 0..50).collect().await;
-    ensure!(
-        !after_close.is_empty()
-            && after_close
-                .iter()
-                .all(|r| r.as_ref().is_err_and(|e| e.is_pool_closed())),
-        "a stream made after close gave {after_close:?}"
-    );
+    let read = Arc::new(AtomicUsize::new(0));
+    let counted = read.clone();
+    let inputs = (0..50i64).inspect(move |_| {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
+    let after_close: Vec<_> = pool.imap(sqr, inputs).collect().await;
+    let empty: Vec<_> = pool.imap_unordered(sqr, Vec::<i64>::new()).collect().await;
+    for (what, got) in [("0..50", &after_close), ("an empty input", &empty)] {
+        ensure!(
+            got.len() == 1 && got[0].as_ref().is_err_and(|e| e.is_pool_closed()),
+            "a stream of {what} made after close gave {got:?}"
+        );
+    }
+    let read = read.load(Ordering::Relaxed);
+    ensure!(read == 0, "a stream made after close read {read} inputs");
     tokio::time::timeout(Duration::from_secs(20), pool.join()).await??;
 
     let pool = Pool::new(2).await?;

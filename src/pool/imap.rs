@@ -110,9 +110,10 @@ fn indexed_items<R: Send + 'static>(
 /// before awaiting `join`).
 ///
 /// It yields exactly one item per input, unless the pool refuses its tasks: a stream made
-/// after the pool was closed, or whose pool is terminated (or dropped) while it runs,
-/// yields the error ([`TaskError::is_pool_closed`]) for each input it had read, then ends
-/// without reading more. An input whose task failed
+/// after the pool was closed reads no input and yields the error
+/// ([`TaskError::is_pool_closed`]) once, even for an empty input (Python's `imap` raises at
+/// the call); one whose pool is terminated (or dropped) while it runs yields that error for
+/// each input it had read, then ends without reading more. An input whose task failed
 /// yields its [`TaskError`], which names the input's index ([`TaskError::input_index`], so
 /// that failures can be placed in [`imap_unordered`](crate::Pool::imap_unordered)'s stream
 /// too); a
@@ -195,9 +196,15 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
     ) -> IMap<R> {
         let window = 4 * shared.processes.max(1);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        // Made after a close: its tasks are refused, as any others.
-        if !shared.closed.load(Ordering::Acquire) {
+        // Made after a close: it reads no input and yields the refusal once, as Python's
+        // `imap` raises at the call.
+        let refused = shared.closed.load(Ordering::Acquire);
+        if !refused {
             let _ = shared.cmds.send(Cmd::StreamOpened(id));
+        }
+        let mut ready = VecDeque::new();
+        if refused {
+            ready.push_back(Err(TaskError::pool_closed()));
         }
         IMap {
             shared,
@@ -207,14 +214,14 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
             chunksize: 1,
             auto_chunksize: true,
             window,
-            exhausted: false,
+            exhausted: refused,
             next_index: 0,
             pending: if ordered {
                 Pending::Ordered(FuturesOrdered::new())
             } else {
                 Pending::Unordered(FuturesUnordered::new())
             },
-            ready: VecDeque::new(),
+            ready,
             input_panic: None,
         }
     }
