@@ -4943,6 +4943,223 @@ async fn manager_dict_and_list_whole_in_a_child() -> TestResult {
     Ok(())
 }
 
+// ================================================================ more ports
+
+/// What `_TestProcess._test` sends back, one item at a time through a queue of one.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Told {
+    Args(i64, i64),
+    Name(String),
+    Pid(u32),
+    Daemon(bool),
+}
+
+/// `_TestProcess._test`: sends its arguments, its name, its pid and its daemon flag, each
+/// waiting for room in a queue of one (so that it is alive while the parent checks).
+async fn tell_about_self(q: Queue<Told>, a: i64, b: i64) {
+    let me = mp::current_process();
+    for t in [
+        Told::Args(a, b),
+        Told::Name(me.name().to_string()),
+        Told::Pid(me.pid()),
+        Told::Daemon(me.daemon()),
+    ] {
+        q.put(t).await.expect("put");
+    }
+}
+
+/// `_TestProcess.test_process`: a named daemon child, once started, has no exit code, is
+/// alive and among the active children while it sends, through a queue of one, its
+/// arguments, its name, its pid and its daemon flag, which are those the parent gave and
+/// sees; joined, it exited with 0, is not alive and no longer an active child. (Python's
+/// checks before `start` have no counterpart: a builder is not a process.)
+async fn process_whole_life() -> TestResult {
+    for m in support::process::METHODS {
+        let q = Queue::<Told>::with_maxsize(1)?;
+        let mut p = Process::new(tell_about_self, (q.clone(), 1, 2))
+            .name("SomeProcess")
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.exitcode()?.is_none(), "{m:?}: exit code while running");
+        ensure!(p.is_alive(), "{m:?}: not alive");
+        ensure!(p.daemon() && p.name() == "SomeProcess", "{m:?}: {p:?}");
+        ensure!(
+            mp::active_children().iter().any(|c| c.pid() == p.pid()),
+            "{m:?}: not among the active children"
+        );
+        let want = [
+            Told::Args(1, 2),
+            Told::Name("SomeProcess".into()),
+            Told::Pid(p.pid()),
+            Told::Daemon(true),
+        ];
+        for w in want {
+            let got = q.get_timeout(LONG).await?;
+            ensure!(got == w, "{m:?}: got {got:?}, want {w:?}");
+        }
+        ensure!(join_code(&mut p).await? == 0, "{m:?}: exit code");
+        ensure!(p.exitcode()? == Some(0), "{m:?}: exitcode() after join");
+        ensure!(!p.is_alive(), "{m:?}: alive after join");
+        ensure!(
+            !mp::active_children().iter().any(|c| c.pid() == p.pid()),
+            "{m:?}: still among the active children"
+        );
+    }
+    Ok(())
+}
+
+/// `_TestProcess._test_process_mainthread_native_id`: sends the kernel's id of the main
+/// thread of this process (which is the thread a target runs on, or not: its id is read
+/// from `/proc`, not from the calling thread).
+async fn send_main_thread_id(q: Queue<u32>) {
+    let tid = std::process::id();
+    let task = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()))
+        .map(|ids| ids.min().unwrap_or(0))
+        .unwrap_or(0);
+    q.put(if task == tid { tid } else { 0 }).await.expect("put");
+}
+
+/// `_TestProcess.test_process_mainthread_native_id`: a child's main thread is not the
+/// parent's (its kernel id is the child's pid, which `/proc` lists as the child's first
+/// thread).
+async fn process_mainthread_native_id() -> TestResult {
+    let q = Queue::<u32>::new()?;
+    let mut p = start(send_main_thread_id, (q.clone(),)).await?;
+    let child_main = q.get_timeout(LONG).await?;
+    join_ok(&mut p).await?;
+    ensure!(child_main != 0, "the child's main thread is not its first");
+    ensure!(
+        child_main != std::process::id(),
+        "the child's main thread is the parent's"
+    );
+    ensure!(child_main == p.pid(), "the child's main thread: {child_main}");
+    Ok(())
+}
+
+async fn wait_for_event(e: Event) {
+    e.wait_timeout(LONG).await.expect("wait");
+}
+
+/// `_TestProcess.test_sentinel`: a running child's sentinel is not ready (`wait` with a
+/// zero timeout gives nothing); once the child ended, it is. (Python's `sentinel` before
+/// `start` raises; here there is no process to ask before `start`.)
+async fn sentinel_ready_once_ended() -> TestResult {
+    for m in support::process::METHODS {
+        let e = Event::new()?;
+        let mut p = Process::new(wait_for_event, (e.clone(),))
+            .start_method(m)
+            .start()
+            .await?;
+        let ready = mp::wait(&[&p.sentinel()], Some(Duration::ZERO)).await?;
+        ensure!(ready.is_empty(), "{m:?}: a running child's sentinel is ready");
+        e.set();
+        join_ok(&mut p).await?;
+        let ready = mp::wait(&[&p.sentinel()], Some(Duration::from_secs(1))).await?;
+        ensure!(ready == [0], "{m:?}: an ended child's sentinel: {ready:?}");
+    }
+    Ok(())
+}
+
+/// `_TestProcess._test_close`: takes one item, then exits with 0.
+async fn take_one_then_exit(q: Queue<()>) {
+    q.get_timeout(LONG).await.expect("get");
+}
+
+/// `_TestProcess.test_close`: closing a running child is refused (Python's `ValueError`),
+/// and gives the process back, still running and usable; once it was joined, it exited with
+/// 0 and `close` succeeds. (Python's `ValueError` on every use after `close`, and the
+/// object's being freed, are the type system's here: `close` consumes the process.)
+async fn close_refused_while_running() -> TestResult {
+    for m in support::process::METHODS {
+        let q = Queue::<()>::new()?;
+        let mut p = Process::new(take_one_then_exit, (q.clone(),))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(p.is_alive(), "{m:?}: not alive");
+        let p_pid = p.pid();
+        let mut p = match p.close() {
+            Ok(()) => return Err(format!("{m:?}: a running child was closed").into()),
+            Err(e) => {
+                ensure!(
+                    matches!(e.error(), Error::ProcessRunning { pid } if *pid == p_pid),
+                    "{m:?}: close of a running child: {:?}",
+                    e.error()
+                );
+                e.into_inner()
+            }
+        };
+        ensure!(p.is_alive(), "{m:?}: not alive after the refused close");
+        q.put(()).await?;
+        ensure!(join_code(&mut p).await? == 0, "{m:?}: exit code");
+        ensure!(!p.is_alive(), "{m:?}: alive after join");
+        ensure!(p.exitcode()? == Some(0), "{m:?}: exitcode()");
+        p.close().map_err(|e| format!("{m:?}: close after join: {:?}", e.error()))?;
+    }
+    Ok(())
+}
+
+/// `_TestSubclassingProcess._test_sys_exit` with a reason: fails with it (Python's
+/// `sys.exit(reason)` with a reason that is not a number).
+fn fail_with(reason: String) -> Result<(), String> {
+    Err(reason)
+}
+
+/// `sys.exit(True)`, `sys.exit(False)`, `sys.exit(8)`, `sys.exit(None)` and `sys.exit()`,
+/// as a target returns them: an exit code.
+fn exit_code_of(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}
+
+fn return_nothing() {}
+
+/// `_TestSubclassingProcess.test_sys_exit` (issue 13854): a child that fails with a reason
+/// exits with 1 and writes the reason to its standard error (here the file it was given as
+/// stderr; Rust's `main` shows an `Err` by its `Debug`, so the string comes quoted where
+/// Python prints `str(reason)`); a child's exit code is its own, 1, 0 or 8, and a target
+/// that returns nothing exits with 0.
+async fn sys_exit_reasons() -> TestResult {
+    for m in support::process::METHODS {
+        for reason in ["[1, 2, 3]", "ignore this"] {
+            let path = unique("sys-exit");
+            let file = std::fs::File::create(&path)?;
+            let mut p = Process::new(fail_with, (reason.to_string(),))
+                .daemon(true)
+                .stderr(file)
+                .start_method(m)
+                .start()
+                .await?;
+            let code = join_code(&mut p).await?;
+            let content = std::fs::read_to_string(&path)?;
+            std::fs::remove_file(&path)?;
+            ensure!(code == 1, "{m:?}: {reason:?}: exit code {code}");
+            ensure!(
+                content.trim_end() == format!("Error: {reason:?}"),
+                "{m:?}: stderr of a child failing with {reason:?}: {content:?}"
+            );
+        }
+        for (code, want) in [(1u8, 1), (0, 0), (8, 8)] {
+            let mut p = Process::new(exit_code_of, (code,))
+                .daemon(true)
+                .start_method(m)
+                .start()
+                .await?;
+            ensure!(join_code(&mut p).await? == want, "{m:?}: exit({code})");
+        }
+        let mut p = Process::new(return_nothing, ())
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        ensure!(join_code(&mut p).await? == 0, "{m:?}: exit()");
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -5067,5 +5284,10 @@ fn main() {
         listener_and_connection_after_their_block,
         manager_queue_shutdown,
         manager_dict_and_list_whole_in_a_child,
+        process_whole_life,
+        process_mainthread_native_id,
+        sentinel_ready_once_ended,
+        close_refused_while_running,
+        sys_exit_reasons,
     ])
 }
