@@ -5035,7 +5035,10 @@ async fn process_mainthread_native_id() -> TestResult {
         child_main != std::process::id(),
         "the child's main thread is the parent's"
     );
-    ensure!(child_main == p.pid(), "the child's main thread: {child_main}");
+    ensure!(
+        child_main == p.pid(),
+        "the child's main thread: {child_main}"
+    );
     Ok(())
 }
 
@@ -5054,7 +5057,10 @@ async fn sentinel_ready_once_ended() -> TestResult {
             .start()
             .await?;
         let ready = mp::wait(&[&p.sentinel()], Some(Duration::ZERO)).await?;
-        ensure!(ready.is_empty(), "{m:?}: a running child's sentinel is ready");
+        ensure!(
+            ready.is_empty(),
+            "{m:?}: a running child's sentinel is ready"
+        );
         e.set();
         join_ok(&mut p).await?;
         let ready = mp::wait(&[&p.sentinel()], Some(Duration::from_secs(1))).await?;
@@ -5098,7 +5104,8 @@ async fn close_refused_while_running() -> TestResult {
         ensure!(join_code(&mut p).await? == 0, "{m:?}: exit code");
         ensure!(!p.is_alive(), "{m:?}: alive after join");
         ensure!(p.exitcode()? == Some(0), "{m:?}: exitcode()");
-        p.close().map_err(|e| format!("{m:?}: close after join: {:?}", e.error()))?;
+        p.close()
+            .map_err(|e| format!("{m:?}: close after join: {:?}", e.error()))?;
     }
     Ok(())
 }
@@ -5158,6 +5165,191 @@ async fn sys_exit_reasons() -> TestResult {
         ensure!(join_code(&mut p).await? == 0, "{m:?}: exit()");
     }
     Ok(())
+}
+
+/// `_TestCondition.f`: takes the lock, says it sleeps, waits (up to `timeout_ms`, or until
+/// notified if 0), says it woke, lets go.
+async fn cond_f(c: mp::Condition, sleeping: Semaphore, woken: Semaphore, timeout_ms: u64) {
+    let g = c.lock().await.expect("lock");
+    sleeping.release().expect("release");
+    let g = if timeout_ms == 0 {
+        g.wait().await.expect("wait")
+    } else {
+        g.wait_timeout(Duration::from_millis(timeout_ms))
+            .await
+            .expect("wait")
+            .0
+    };
+    woken.release().expect("release");
+    drop(g);
+}
+
+/// The waiters of a `_TestCondition` case: children, and threads of this process (Python's
+/// `threading.Thread`s; here each a thread with a runtime of its own).
+struct CondWaiters {
+    kids: Vec<Process>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CondWaiters {
+    /// Starts `n` children and `n` threads running [`cond_f`], as Python's loop does (a
+    /// process, then a thread), and waits until each has said it sleeps.
+    async fn start(
+        n: usize,
+        c: &mp::Condition,
+        sleeping: &Semaphore,
+        woken: &Semaphore,
+        timeout_ms: u64,
+    ) -> Result<CondWaiters, Box<dyn std::error::Error + Send + Sync>> {
+        let mut w = CondWaiters {
+            kids: Vec::new(),
+            threads: Vec::new(),
+        };
+        for _ in 0..n {
+            w.kids.push(
+                Process::new(
+                    cond_f,
+                    (c.clone(), sleeping.clone(), woken.clone(), timeout_ms),
+                )
+                .daemon(true)
+                .start()
+                .await?,
+            );
+            let args = (c.clone(), sleeping.clone(), woken.clone());
+            w.threads.push(std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(cond_f(args.0, args.1, args.2, timeout_ms));
+            }));
+        }
+        for i in 0..2 * n {
+            sleeping
+                .acquire_timeout(LONG)
+                .await
+                .map_err(|e| format!("waiter {i} never slept: {e}"))?
+                .forget();
+        }
+        Ok(w)
+    }
+
+    /// Joins every waiter (each has woken by now).
+    async fn join(self) -> TestResult {
+        for mut k in self.kids {
+            join_ok(&mut k).await?;
+        }
+        for t in self.threads {
+            tokio::task::spawn_blocking(move || t.join())
+                .await?
+                .map_err(|_| "a waiter thread panicked")?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `sem`'s value is `n` (at most 20 s), as CPython's `assertReachesEventually`.
+async fn reaches(sem: &Semaphore, n: u32) -> bool {
+    support::eventually(LONG, || sem.get_value() == n).await
+}
+
+/// `_TestCondition.test_notify`, with its mix: a waiter in a child and one in a thread of
+/// this process. Neither wakes unnotified; each `notify` wakes one.
+async fn condition_notify_process_and_thread() -> TestResult {
+    let c = mp::Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let w = CondWaiters::start(1, &c, &sleeping, &woken, 0).await?;
+    // Taking the lock proves both waiters have released it inside `wait`.
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "woken before any notify");
+    g.notify(1);
+    drop(g);
+    ensure!(
+        reaches(&woken, 1).await,
+        "the first notify: {}",
+        woken.get_value()
+    );
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(
+        woken.get_value() == 1,
+        "one notify woke {}",
+        woken.get_value()
+    );
+    g.notify(1);
+    drop(g);
+    ensure!(
+        reaches(&woken, 2).await,
+        "the second notify: {}",
+        woken.get_value()
+    );
+    w.join().await
+}
+
+/// `_TestCondition.test_notify_all`, with its mix: three children and three threads that
+/// wait with a timeout all time out; three more of each then wait, none wakes unnotified,
+/// and `notify_all` wakes all six.
+async fn condition_notify_all_processes_and_threads() -> TestResult {
+    let c = mp::Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let w = CondWaiters::start(3, &c, &sleeping, &woken, 100).await?;
+    for i in 0..6 {
+        woken
+            .acquire_timeout(LONG)
+            .await
+            .map_err(|e| format!("waiter {i} did not time out: {e}"))?
+            .forget();
+    }
+    ensure!(woken.get_value() == 0, "more woke than waited");
+    w.join().await?;
+    let w = CondWaiters::start(3, &c, &sleeping, &woken, 0).await?;
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "woken before notify_all");
+    g.notify_all();
+    drop(g);
+    ensure!(
+        reaches(&woken, 6).await,
+        "notify_all woke {}",
+        woken.get_value()
+    );
+    w.join().await
+}
+
+/// `_TestCondition.test_notify_n`, with its mix: of three children and three threads,
+/// `notify(2)` wakes two, `notify(4)` the other four, and `notify(3)` then nobody.
+async fn condition_notify_n_processes_and_threads() -> TestResult {
+    let c = mp::Condition::new()?;
+    let sleeping = Semaphore::new(0)?;
+    let woken = Semaphore::new(0)?;
+    let w = CondWaiters::start(3, &c, &sleeping, &woken, 0).await?;
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(woken.get_value() == 0, "woken before any notify");
+    g.notify(2);
+    drop(g);
+    ensure!(
+        reaches(&woken, 2).await,
+        "notify(2) woke {}",
+        woken.get_value()
+    );
+    let g = c.lock_timeout(LONG).await?;
+    ensure!(
+        woken.get_value() == 2,
+        "notify(2) woke {}",
+        woken.get_value()
+    );
+    g.notify(4);
+    drop(g);
+    ensure!(
+        reaches(&woken, 6).await,
+        "notify(4) woke {}",
+        woken.get_value() - 2
+    );
+    let g = c.lock_timeout(LONG).await?;
+    g.notify(3);
+    drop(g);
+    ensure!(woken.get_value() == 6, "notify(3) with nobody waiting");
+    w.join().await
 }
 
 fn main() {
@@ -5289,5 +5481,8 @@ fn main() {
         sentinel_ready_once_ended,
         close_refused_while_running,
         sys_exit_reasons,
+        condition_notify_process_and_thread,
+        condition_notify_all_processes_and_threads,
+        condition_notify_n_processes_and_threads,
     ])
 }
