@@ -5352,6 +5352,70 @@ async fn condition_notify_n_processes_and_threads() -> TestResult {
     w.join().await
 }
 
+/// `_TestSharedMemory._attach_existing_shmem_then_write`, by name: attaches to the segment
+/// and writes `data` at its start.
+fn attach_by_name_then_write(name: String, data: Vec<u8>) -> Result<(), String> {
+    let sms = SharedMemory::attach(&name).map_err(|e| e.to_string())?;
+    sms.write(0, &data).map_err(|e| e.to_string())
+}
+
+/// `_TestSharedMemory._attach_existing_shmem_then_write`, given the segment itself.
+fn write_to_segment(sms: SharedMemory, data: Vec<u8>) -> Result<(), String> {
+    sms.write(0, &data).map_err(|e| e.to_string())
+}
+
+/// `_TestSharedMemory.test_shared_memory_across_processes` (bpo-40135): a child that
+/// attaches to a segment by its name writes where this process reads, and so does a child
+/// given the segment itself.
+async fn shared_memory_across_processes() -> TestResult {
+    let name = support::unique_name("tkmp-cpy-across");
+    let sms = SharedMemory::create(&name, 512)?;
+    for m in support::process::METHODS {
+        let mut p = Process::new(attach_by_name_then_write, (name.clone(), b"howdy".to_vec()))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        join_ok(&mut p).await?;
+        ensure!(sms.to_vec()[..5] == *b"howdy", "{m:?}: by name");
+        let mut p = Process::new(write_to_segment, (sms.try_clone()?, b"HELLO".to_vec()))
+            .daemon(true)
+            .start_method(m)
+            .start()
+            .await?;
+        join_ok(&mut p).await?;
+        ensure!(sms.to_vec()[..5] == *b"HELLO", "{m:?}: the segment sent");
+    }
+    Ok(())
+}
+
+/// `_TestSharedMemory.test_shared_memory_SharedMemoryServer_ignores_sigint` (bpo-36368): a
+/// shared memory manager's server that gets SIGINT serves on and makes another list. (The
+/// case's other half, that this process still takes SIGINT as Python's
+/// `KeyboardInterrupt`, has no counterpart: SIGINT would end the test binary.)
+async fn shared_memory_manager_ignores_sigint() -> TestResult {
+    let smm = mp::SharedMemoryManager::start().await?;
+    let sl = smm.shareable_list(0..10i64).await?;
+    let pid = smm.pid().ok_or("no server process")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let sl2 = tokio::time::timeout(LONG, smm.shareable_list(0..10i64)).await??;
+    ensure!(sl2.to_vec()? == sl.to_vec()?, "the second list: {sl2:?}");
+    ensure!(
+        sl2.get(9)? == ShareableItem::from(9i64),
+        "the second list's last item"
+    );
+    drop((sl, sl2));
+    smm.shutdown().await?;
+    ensure!(
+        support::is_zombie_or_gone(pid),
+        "server {pid} still running after shutdown"
+    );
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -5484,5 +5548,7 @@ fn main() {
         condition_notify_process_and_thread,
         condition_notify_all_processes_and_threads,
         condition_notify_n_processes_and_threads,
+        shared_memory_across_processes,
+        shared_memory_manager_ignores_sigint,
     ])
 }
