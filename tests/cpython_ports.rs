@@ -5416,6 +5416,247 @@ async fn shared_memory_manager_ignores_sigint() -> TestResult {
     Ok(())
 }
 
+/// Runs `fut` to its end on a thread of its own with a runtime of its own, as a Python
+/// test's `threading.Thread` runs its target beside the main thread.
+fn on_thread<F>(fut: F) -> std::thread::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the thread")
+            .block_on(fut)
+    })
+}
+
+/// Joins a thread of [`on_thread`] without blocking the test's runtime.
+async fn join_thread<T: Send + 'static>(
+    t: std::thread::JoinHandle<T>,
+) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(tokio::task::spawn_blocking(move || t.join())
+        .await?
+        .map_err(|_| "a thread panicked")?)
+}
+
+/// `_TestBarrier.test_barrier_10`, which CPython runs once with processes and once with
+/// threads (its `ThreadsMixin`), with both at once: of the five parties, two are children,
+/// two are threads of this process and one is its main task; they pass the barrier in
+/// lockstep fifty times.
+async fn barrier_10_processes_and_threads() -> TestResult {
+    let b = Barrier::new(PARTIES)?;
+    let counts = RawArray::from_elem(0u32, 2)?;
+    let lock = Lock::new()?;
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..2 {
+        kids.push(start(multipass, (b.clone(), counts.clone(), lock.clone(), 50)).await?);
+        threads.push(on_thread(multipass(
+            b.clone(),
+            counts.clone(),
+            lock.clone(),
+            50,
+        )));
+    }
+    let mine = multipass(b.clone(), counts.clone(), lock.clone(), 50).await;
+    ensure!(mine == ExitCode::SUCCESS, "this task's party: {mine:?}");
+    for k in &mut kids {
+        let code = join_code(k).await?;
+        ensure!(code == 0, "a child's party ended with {code}");
+    }
+    for t in threads {
+        let r = join_thread(t).await?;
+        ensure!(r == ExitCode::SUCCESS, "a thread's party: {r:?}");
+    }
+    Ok(())
+}
+
+/// Adds 1 to `v`, `n` times, each a read and a write apart under `l` (with a yield
+/// between, so that a lock that let two in would lose counts).
+async fn add_under_lock(l: Lock, v: RawValue<u64>, n: u32) {
+    for _ in 0..n {
+        let g = l.lock().await.expect("lock");
+        let x = v.get();
+        tokio::task::yield_now().await;
+        v.set(x + 1);
+        drop(g);
+    }
+}
+
+/// As [`add_under_lock`], under a re-entrant lock taken twice over.
+async fn add_under_rlock(l: RLock, v: RawValue<u64>, n: u32) {
+    for _ in 0..n {
+        let outer = l.lock().await.expect("lock");
+        let inner = l.lock().await.expect("lock again");
+        let x = v.get();
+        tokio::task::yield_now().await;
+        v.set(x + 1);
+        drop(inner);
+        drop(outer);
+    }
+}
+
+/// `_TestLock.test_lock_context` and `test_rlock_context`, which CPython runs with
+/// processes and with threads, with both at once and with tasks beside them: two children,
+/// two threads and two tasks of this process each add to a counter 300 times under a
+/// `Lock`, and as many under an `RLock` taken twice; no addition is lost.
+async fn lock_context_processes_threads_and_tasks() -> TestResult {
+    let l = Lock::new()?;
+    let v = RawValue::new(0u64)?;
+    let r = RLock::new()?;
+    let w = RawValue::new(0u64)?;
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        kids.push(start(add_under_lock, (l.clone(), v.clone(), 300)).await?);
+        kids.push(start(add_under_rlock, (r.clone(), w.clone(), 300)).await?);
+        threads.push(on_thread(add_under_lock(l.clone(), v.clone(), 300)));
+        threads.push(on_thread(add_under_rlock(r.clone(), w.clone(), 300)));
+        tasks.push(tokio::spawn(add_under_lock(l.clone(), v.clone(), 300)));
+        tasks.push(tokio::spawn(add_under_rlock(r.clone(), w.clone(), 300)));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    ensure!(v.get() == 1800, "under the lock: {} of 1800", v.get());
+    ensure!(w.get() == 1800, "under the rlock: {} of 1800", w.get());
+    ensure!(
+        !l.is_locked() && r.holder().is_none(),
+        "a lock is still held"
+    );
+    Ok(())
+}
+
+/// `_TestEvent._test_event`: sets the event once `go` says so.
+async fn set_event_when_told(e: Event, go: Event) {
+    go.wait_timeout(LONG).await.expect("wait for go");
+    e.set();
+}
+
+/// Says it waits, then waits for `e` and says it passed.
+async fn wait_event_then_say(e: Event, started: Semaphore, passed: Semaphore) {
+    started.release().expect("release");
+    if e.wait_timeout(LONG).await.expect("wait") {
+        passed.release().expect("release");
+    }
+}
+
+/// `_TestEvent.test_event`, with waiters in children and in threads of this process, as
+/// CPython runs it with processes and with threads: a clear event's `wait(0)` and timed
+/// `wait` give false; set, waits give true at once; cleared, the waiters of both kinds and
+/// this process's main task wait until a child sets it.
+async fn event_with_processes_and_threads() -> TestResult {
+    let e = Event::new()?;
+    ensure!(!e.is_set(), "a new event is set");
+    ensure!(
+        !e.wait_timeout(Duration::ZERO).await?,
+        "wait(0) of a clear event"
+    );
+    ensure!(
+        !e.wait_timeout(Duration::from_millis(100)).await?,
+        "a timed wait of a clear event"
+    );
+    e.set();
+    ensure!(e.is_set(), "a set event is not set");
+    ensure!(e.wait_timeout(LONG).await?, "wait() of a set event");
+    ensure!(
+        e.wait_timeout(Duration::from_millis(100)).await?,
+        "a timed wait of a set event"
+    );
+    e.clear();
+    ensure!(!e.is_set(), "a cleared event is set");
+    let started = Semaphore::new(0)?;
+    let passed = Semaphore::new(0)?;
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        let args = (e.clone(), started.clone(), passed.clone());
+        kids.push(start(wait_event_then_say, args.clone()).await?);
+        threads.push(on_thread(wait_event_then_say(args.0, args.1, args.2)));
+    }
+    for _ in 0..6 {
+        started.acquire_timeout(LONG).await?.forget();
+    }
+    let go = Event::new()?;
+    let mut setter = start(set_event_when_told, (e.clone(), go.clone())).await?;
+    ensure!(passed.get_value() == 0, "a waiter passed a clear event");
+    go.set();
+    ensure!(
+        e.wait_timeout(LONG).await?,
+        "the set of a child did not reach this task"
+    );
+    join_ok(&mut setter).await?;
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    ensure!(
+        passed.get_value() == 6,
+        "{} of 6 waiters passed",
+        passed.get_value()
+    );
+    Ok(())
+}
+
+/// `_TestProcess._test_report_parent_status`: says whether its parent is alive, then waits.
+async fn report_parent_status(w: Connection<String>) {
+    let alive = mp::parent_process().map(|p| p.is_alive());
+    let status = match alive {
+        Some(Ok(true)) => "alive",
+        Some(Ok(false)) => "not alive",
+        _ => "no parent",
+    };
+    w.send(&status.to_string()).await.expect("send");
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}
+
+/// `_TestProcess._test_create_grandchild_process`: starts a grandchild, then sleeps.
+async fn create_grandchild(w: Connection<String>) {
+    let _p = Process::new(report_parent_status, (w,))
+        .start()
+        .await
+        .expect("start the grandchild");
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}
+
+/// `_TestProcess.test_parent_process`: a grandchild finds its parent, the child, alive.
+/// CPython's grandchild then sees the child gone once it is terminated, and says so; here
+/// a child dies with its parent (the README's "children die with their parent"), so the
+/// grandchild ends too, and the pipe it held reports end of stream instead.
+async fn parent_process_of_a_grandchild() -> TestResult {
+    for m in support::process::METHODS {
+        let (r, w) = Pipe::<String>::simplex()?;
+        let mut p = Process::new(create_grandchild, (w,))
+            .start_method(m)
+            .start()
+            .await?;
+        let status = r.recv_timeout(LONG).await?;
+        ensure!(status == "alive", "{m:?}: the grandchild said {status:?}");
+        p.terminate()?;
+        ensure!(
+            join_code(&mut p).await? == -15,
+            "{m:?}: the child's exit code"
+        );
+        let after = r.recv_timeout(LONG).await;
+        ensure!(
+            matches!(after, Err(Error::Closed)),
+            "{m:?}: after its parent ended, the grandchild's pipe gave {after:?}"
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -5550,5 +5791,9 @@ fn main() {
         condition_notify_n_processes_and_threads,
         shared_memory_across_processes,
         shared_memory_manager_ignores_sigint,
+        barrier_10_processes_and_threads,
+        lock_context_processes_threads_and_tasks,
+        event_with_processes_and_threads,
+        parent_process_of_a_grandchild,
     ])
 }
