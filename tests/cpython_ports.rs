@@ -5657,6 +5657,169 @@ async fn parent_process_of_a_grandchild() -> TestResult {
     Ok(())
 }
 
+/// `_TestBarrier._test_abort_f`: the party that gets index `PARTIES / 2` aborts the barrier;
+/// the others find it broken at their second wait (counted on `broken`), or pass it (counted
+/// on `passed`, which must not happen).
+async fn abort_f(b: Barrier, passed: Semaphore, broken: Semaphore) {
+    let r = match b.wait_timeout(LONG).await {
+        Ok(i) if i == PARTIES / 2 => {
+            b.abort();
+            return;
+        }
+        Ok(_) => b.wait_timeout(LONG).await,
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(_) => passed.release().expect("release"),
+        Err(Error::BrokenBarrier) => broken.release().expect("release"),
+        Err(e) => panic!("a wait failed otherwise: {e}"),
+    }
+}
+
+/// `_TestBarrier.test_abort`, with its parties in children, in threads of this process and
+/// in its main task at once (CPython runs it with processes and with threads): the party of
+/// index `PARTIES / 2` aborts; the other four find the barrier broken, none passes it, and
+/// it stays broken.
+async fn barrier_abort_processes_and_threads() -> TestResult {
+    let b = Barrier::new(PARTIES)?;
+    let passed = Semaphore::new(0)?;
+    let broken = Semaphore::new(0)?;
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..2 {
+        kids.push(start(abort_f, (b.clone(), passed.clone(), broken.clone())).await?);
+        threads.push(on_thread(abort_f(
+            b.clone(),
+            passed.clone(),
+            broken.clone(),
+        )));
+    }
+    abort_f(b.clone(), passed.clone(), broken.clone()).await;
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    ensure!(passed.get_value() == 0, "{} passed", passed.get_value());
+    ensure!(
+        broken.get_value() == PARTIES - 1,
+        "{} of {} found it broken",
+        broken.get_value(),
+        PARTIES - 1
+    );
+    ensure!(b.broken(), "the barrier is not broken");
+    Ok(())
+}
+
+/// `_TestBarrier._test_reset_f`: the party of index `PARTIES / 2` waits until the others
+/// wait again, then resets the barrier; they find it broken (counted on `broken`; passing
+/// is counted on `passed`); then all pass it once more (counted on `again`).
+async fn reset_f(b: Barrier, passed: Semaphore, broken: Semaphore, again: Semaphore) {
+    let i = b.wait_timeout(LONG).await.expect("the first wait");
+    if i == PARTIES / 2 {
+        let until = std::time::Instant::now() + LONG;
+        while b.n_waiting() < PARTIES - 1 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        b.reset();
+    } else {
+        match b.wait_timeout(LONG).await {
+            Ok(_) => passed.release().expect("release"),
+            Err(Error::BrokenBarrier) => broken.release().expect("release"),
+            Err(e) => panic!("the second wait failed otherwise: {e}"),
+        }
+    }
+    b.wait_timeout(LONG)
+        .await
+        .expect("the wait after the reset");
+    again.release().expect("release");
+}
+
+/// `_TestBarrier.test_reset`, with its parties in children, threads and this task at once:
+/// a reset while four parties wait frees them with `BrokenBarrier`, none passes, and the
+/// barrier then serves all five again.
+async fn barrier_reset_processes_and_threads() -> TestResult {
+    let b = Barrier::new(PARTIES)?;
+    let counters = (Semaphore::new(0)?, Semaphore::new(0)?, Semaphore::new(0)?);
+    let (passed, broken, again) = counters.clone();
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..2 {
+        let c = counters.clone();
+        kids.push(start(reset_f, (b.clone(), c.0, c.1, c.2)).await?);
+        let c = counters.clone();
+        threads.push(on_thread(reset_f(b.clone(), c.0, c.1, c.2)));
+    }
+    let c = counters.clone();
+    reset_f(b.clone(), c.0, c.1, c.2).await;
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    ensure!(passed.get_value() == 0, "{} passed", passed.get_value());
+    ensure!(
+        broken.get_value() == PARTIES - 1,
+        "{} of {} found it broken",
+        broken.get_value(),
+        PARTIES - 1
+    );
+    ensure!(
+        again.get_value() == PARTIES,
+        "{} passed after the reset",
+        again.get_value()
+    );
+    ensure!(!b.broken(), "the barrier is broken after the reset");
+    Ok(())
+}
+
+/// `_TestQueue._test_task_done`: takes items until `None`, marking each done.
+async fn task_done_worker(q: mp::JoinableQueue<Option<u32>>) {
+    while let Some(_item) = q.get_timeout(LONG).await.expect("get") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        q.task_done().expect("task_done");
+    }
+}
+
+/// `_TestQueue.test_task_done`, with workers in children and in threads of this process at
+/// once (CPython runs it with processes and with threads): ten items, `join` returns once
+/// every one is done; then a `None` for each worker ends it.
+async fn task_done_processes_and_threads() -> TestResult {
+    let q = mp::JoinableQueue::<Option<u32>>::new()?;
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..2 {
+        kids.push(
+            Process::new(task_done_worker, (q.clone(),))
+                .daemon(true)
+                .start()
+                .await?,
+        );
+        threads.push(on_thread(task_done_worker(q.clone())));
+    }
+    for i in 0..10 {
+        q.put(Some(i)).await?;
+    }
+    tokio::time::timeout(LONG, q.join()).await??;
+    ensure!(
+        q.unfinished() == 0,
+        "{} unfinished after join",
+        q.unfinished()
+    );
+    for _ in 0..4 {
+        q.put(None).await?;
+    }
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -5795,5 +5958,8 @@ fn main() {
         lock_context_processes_threads_and_tasks,
         event_with_processes_and_threads,
         parent_process_of_a_grandchild,
+        barrier_abort_processes_and_threads,
+        barrier_reset_processes_and_threads,
+        task_done_processes_and_threads,
     ])
 }
