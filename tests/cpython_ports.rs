@@ -5820,6 +5820,165 @@ async fn task_done_processes_and_threads() -> TestResult {
     Ok(())
 }
 
+/// Puts `(who, 0..n)` in order, waiting for room in a bounded queue.
+async fn put_in_order(q: Queue<(u32, u32)>, who: u32, n: u32) {
+    for i in 0..n {
+        q.put((who, i)).await.expect("put");
+    }
+}
+
+/// `_TestQueue.test_get` and `test_put`, which CPython runs with processes and with threads,
+/// with writers of both kinds at once: two children, two threads and two tasks of this
+/// process each put 200 numbered items into a queue of five; this task takes all 1200, and
+/// each writer's items come in the order it put them.
+async fn queue_writers_in_processes_threads_and_tasks() -> TestResult {
+    let q = Queue::<(u32, u32)>::with_maxsize(5)?;
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    let mut tasks = Vec::new();
+    for w in 0..2 {
+        kids.push(start(put_in_order, (q.clone(), w, 200)).await?);
+        threads.push(on_thread(put_in_order(q.clone(), 2 + w, 200)));
+        tasks.push(tokio::spawn(put_in_order(q.clone(), 4 + w, 200)));
+    }
+    let mut next = [0u32; 6];
+    for _ in 0..1200 {
+        let (who, i) = q.get_timeout(LONG).await?;
+        let slot = next
+            .get_mut(who as usize)
+            .ok_or_else(|| format!("an item of writer {who}"))?;
+        ensure!(
+            i == *slot,
+            "writer {who}: item {i} came where {slot} was due"
+        );
+        *slot += 1;
+    }
+    ensure!(q.empty(), "items left after 1200");
+    for t in tasks {
+        t.await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    Ok(())
+}
+
+/// Enters a section guarded by `s` a hundred times, staying a millisecond, counting those
+/// inside on `inside` (under `l`) and raising `over` if more than two ever are.
+async fn semaphore_section(s: Semaphore, l: Lock, inside: RawValue<u32>, over: RawValue<u32>) {
+    for _ in 0..100 {
+        let g = s.acquire().await.expect("acquire");
+        {
+            let _l = l.lock().await.expect("lock");
+            inside.set(inside.get() + 1);
+            if inside.get() > 2 {
+                over.set(1);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        {
+            let _l = l.lock().await.expect("lock");
+            inside.set(inside.get() - 1);
+        }
+        drop(g);
+    }
+}
+
+/// `_TestSemaphore.test_semaphore`, which CPython runs with processes and with threads, as
+/// contention of both at once: two children, two threads and two tasks of this process
+/// each enter a section of a `Semaphore(2)` a hundred times; never more than two are
+/// inside, and the semaphore is back at 2 at the end.
+async fn semaphore_processes_threads_and_tasks() -> TestResult {
+    let s = Semaphore::new(2)?;
+    let l = Lock::new()?;
+    let inside = RawValue::new(0u32)?;
+    let over = RawValue::new(0u32)?;
+    let args = (s.clone(), l.clone(), inside.clone(), over.clone());
+    let mut kids = Vec::new();
+    let mut threads = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let a = args.clone();
+        kids.push(start(semaphore_section, a).await?);
+        let a = args.clone();
+        threads.push(on_thread(semaphore_section(a.0, a.1, a.2, a.3)));
+        let a = args.clone();
+        tasks.push(tokio::spawn(semaphore_section(a.0, a.1, a.2, a.3)));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    for k in &mut kids {
+        join_ok(k).await?;
+    }
+    ensure!(over.get() == 0, "more than two were inside at once");
+    ensure!(inside.get() == 0, "{} still inside", inside.get());
+    ensure!(
+        s.get_value() == 2,
+        "the semaphore ended at {}",
+        s.get_value()
+    );
+    Ok(())
+}
+
+/// `_TestCondition._test_waitfor_f`: sets the state to 0, notifies, then waits for it to be 4.
+async fn waitfor_f(c: mp::Condition, state: RawValue<i32>) -> ExitCode {
+    let g = c.lock().await.expect("lock");
+    state.set(0);
+    g.notify(1);
+    let (g, ok) = g
+        .wait_for(|| state.get() == 4, Some(LONG))
+        .await
+        .expect("wait_for");
+    drop(g);
+    if ok && state.get() == 4 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `_TestCondition.test_waitfor`, run as CPython runs it, once with the waiter in a child
+/// and once with it in a thread of this process: this task's `wait_for` sees the waiter's
+/// 0, then four notified steps bring the waiter's own `wait_for` to 4.
+async fn condition_waitfor_process_then_thread() -> TestResult {
+    for in_thread in [false, true] {
+        let c = mp::Condition::new()?;
+        let state = RawValue::new(-1i32)?;
+        let mut kid = None;
+        let mut thread = None;
+        if in_thread {
+            thread = Some(on_thread(waitfor_f(c.clone(), state.clone())));
+        } else {
+            kid = Some(start(waitfor_f, (c.clone(), state.clone())).await?);
+        }
+        let g = c.lock_timeout(LONG).await?;
+        let (g, ok) = g.wait_for(|| state.get() == 0, Some(LONG)).await?;
+        ensure!(ok && state.get() == 0, "thread={in_thread}: the waiter's 0");
+        drop(g);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let g = c.lock_timeout(LONG).await?;
+            state.set(state.get() + 1);
+            g.notify(1);
+        }
+        if let Some(mut k) = kid {
+            ensure!(join_code(&mut k).await? == 0, "the child's wait_for");
+        }
+        if let Some(t) = thread {
+            let code = join_thread(t).await?;
+            ensure!(code == ExitCode::SUCCESS, "the thread's wait_for: {code:?}");
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
@@ -5961,5 +6120,8 @@ fn main() {
         barrier_abort_processes_and_threads,
         barrier_reset_processes_and_threads,
         task_done_processes_and_threads,
+        queue_writers_in_processes_threads_and_tasks,
+        semaphore_processes_threads_and_tasks,
+        condition_waitfor_process_then_thread,
     ])
 }
