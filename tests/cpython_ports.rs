@@ -5366,7 +5366,8 @@ fn write_to_segment(sms: SharedMemory, data: Vec<u8>) -> Result<(), String> {
 
 /// `_TestSharedMemory.test_shared_memory_across_processes` (bpo-40135): a child that
 /// attaches to a segment by its name writes where this process reads, and so does a child
-/// given the segment itself.
+/// given the segment itself. CPython's segment has a generated name; the README's
+/// counterpart, `create_anonymous`, has no name to attach by, so this one is named.
 async fn shared_memory_across_processes() -> TestResult {
     let name = support::unique_name("tkmp-cpy-across");
     let sms = SharedMemory::create(&name, 512)?;
