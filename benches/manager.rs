@@ -1,8 +1,8 @@
 //! `Manager` figures: a dict call (set or get) to a local server process and over TCP
 //! loopback with a key, queue proxy throughput between two processes (through the queue's
 //! ring, and through the server over TCP), a pool task given a proxy (beside one given a
-//! number), and the time to start
-//! and shut down a manager. Baselines: the same calls to a server in this process (no
+//! number) and one that inserts holding a lock it is given (beside the first), and the time
+//! to start and shut down a manager. Baselines: the same calls to a server in this process (no
 //! process hop), a raw ping-pong of 8 bytes with a child process over a Unix socket pair and
 //! over TCP loopback (the transports' floors, beside the dict calls as `*_vs_raw`), and a
 //! server in this process started and stopped, and for the server process's start, the floor
@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use support::{BoxError, Figure, Report, bounded};
-use tokio_multiprocessing::{self as mp, DictProxy, Manager, Process, QueueProxy, StartMethod};
+use tokio_multiprocessing::{
+    self as mp, DictProxy, LockProxy, Manager, Process, QueueProxy, StartMethod,
+};
 
 /// The most any one figure (all its runs) may take.
 const FIGURE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -60,6 +62,25 @@ async fn insert_into(d: DictProxy<u32, u32>, i: u32) -> mp::Result<()> {
     d.insert(i, i).await.map(drop)
 }
 
+/// Takes the lock it is given, inserts `i` into the dict, and releases the lock: a pool
+/// task that takes a lock through a proxy.
+async fn insert_locked(lock: LockProxy, d: DictProxy<u32, u32>, i: u32) -> mp::Result<()> {
+    lock.lock().await?;
+    d.insert(i, i).await?;
+    lock.release().await
+}
+
+/// What a pool task of [`pool_tasks`] is given.
+#[derive(Clone, Copy, PartialEq)]
+enum Given {
+    /// A number, which it returns.
+    Number,
+    /// A dict proxy, which it inserts into.
+    Dict,
+    /// A lock proxy and a dict proxy: it inserts holding the lock.
+    Lock,
+}
+
 /// Returns `i`: a pool task given no proxy.
 async fn echo(i: u32) -> u32 {
     i
@@ -67,20 +88,22 @@ async fn echo(i: u32) -> u32 {
 
 /// Microseconds per pool task, one worker, one task at a time: each given a dict proxy to
 /// insert into (`with_proxy`), or a number to return.
-async fn pool_tasks(with_proxy: bool) -> mp::Result<Vec<f64>> {
+async fn pool_tasks(given: Given) -> mp::Result<Vec<f64>> {
     let m = Manager::start().await?;
     let d = m.dict::<u32, u32>().await?;
+    let lock = m.lock().await?;
     let pool = mp::Pool::new(1).await?;
     let task = |i: u32| {
-        let (pool, d) = (&pool, d.clone());
+        let (pool, d, lock) = (&pool, d.clone(), lock.clone());
         async move {
-            if with_proxy {
-                pool.apply(insert_into, (d, i)).await?
-            } else {
-                pool.apply(echo, (i,))
+            match given {
+                Given::Number => pool
+                    .apply(echo, (i,))
                     .await
                     .map(drop)
-                    .map_err(mp::Error::from)
+                    .map_err(mp::Error::from),
+                Given::Dict => pool.apply(insert_into, (d, i)).await?,
+                Given::Lock => pool.apply(insert_locked, (lock, d, i)).await?,
             }
         }
     };
@@ -323,7 +346,7 @@ fn main() -> Result<(), BoxError> {
             bounded(
                 "pool_task_given_a_number_us",
                 FIGURE_TIMEOUT,
-                pool_tasks(false),
+                pool_tasks(Given::Number),
             )
             .await?,
         );
@@ -333,11 +356,22 @@ fn main() -> Result<(), BoxError> {
             bounded(
                 "pool_task_given_a_proxy_us",
                 FIGURE_TIMEOUT,
-                pool_tasks(true),
+                pool_tasks(Given::Dict),
             )
             .await?,
         );
-        report.add(given_a_proxy.baseline(given_a_number));
+        report.add(given_a_proxy.clone().baseline(given_a_number));
+        let taking_a_lock = Figure::new(
+            "pool_task_taking_a_lock_us",
+            "us",
+            bounded(
+                "pool_task_taking_a_lock_us",
+                FIGURE_TIMEOUT,
+                pool_tasks(Given::Lock),
+            )
+            .await?,
+        );
+        report.add(taking_a_lock.baseline(given_a_proxy));
         let (here_start, here_stop) = bounded(
             "manager_start_ms",
             FIGURE_TIMEOUT,

@@ -160,6 +160,7 @@ fn main() {
     let mut trials = trials![
         a_pool_workers_tasks_reuse_one_connection_to_a_manager,
         a_lock_a_pool_task_left_held_is_released_with_its_proxies,
+        a_pool_workers_tasks_that_take_a_lock_reuse_one_connection,
         remote_queue_between_client_processes,
         remote_queue_carries_python_values,
         rapid_restart_on_the_same_address,
@@ -293,6 +294,66 @@ async fn a_lock_a_pool_task_left_held_is_released_with_its_proxies() -> TestResu
         Err(_) => return Err("the lock is still held 20 s after the task".into()),
         Ok(other) => return Err(format!("the next lock: {other:?}").into()),
     }
+    lock.lock().await?;
+    lock.release().await?;
+    pool.close();
+    pool.join().await?;
+    Ok(())
+}
+
+/// Inserts `i` into `d` holding `lock`, keeps the lock held when `keep` says so, then
+/// tells the local ports of this process's connections to the manager's `port`.
+async fn insert_locked_and_tell_ports(
+    lock: LockProxy,
+    d: DictProxy<u32, u32>,
+    i: u32,
+    keep: bool,
+    port: u16,
+) -> mp::Result<Vec<u16>> {
+    lock.lock().await?;
+    d.insert(i, i).await?;
+    if !keep {
+        lock.release().await?;
+    }
+    Ok(ports_connected_to(port))
+}
+
+/// A pool worker's tasks that take a lock through a proxy, and release it, reuse one
+/// connection to the manager too, and a lock a task leaves held is still released once
+/// its proxies are gone, the next taker told, on a connection that stays. (A connection
+/// through which a lock was taken closed with its last proxy, and each such task
+/// connected anew.)
+async fn a_pool_workers_tasks_that_take_a_lock_reuse_one_connection() -> TestResult {
+    let m = tcp_manager().await?;
+    let address = tcp(&m)?;
+    let client = Manager::connect(address, KEY).await?;
+    let d = client.dict::<u32, u32>().await?;
+    let lock = client.lock().await?;
+    let pool = mp::Pool::new(1).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        let keep = i == 5;
+        let ports = pool
+            .apply(
+                insert_locked_and_tell_ports,
+                (lock.clone(), d.clone(), i, keep, address.port()),
+            )
+            .await??;
+        ensure!(
+            ports.len() == 1,
+            "task {i}: connections from ports {ports:?}"
+        );
+        seen.extend(ports);
+        if keep {
+            match tokio::time::timeout(Duration::from_secs(20), lock.lock()).await {
+                Ok(Err(Error::LockOwnerDied { .. })) => {}
+                Err(_) => return Err("the lock is still held 20 s after the task".into()),
+                Ok(other) => return Err(format!("the next lock: {other:?}").into()),
+            }
+        }
+    }
+    ensure!(seen.len() == 1, "the tasks connected from ports {seen:?}");
+    ensure!(d.len().await? == 10, "the tasks' inserts");
     lock.lock().await?;
     lock.release().await?;
     pool.close();

@@ -123,8 +123,9 @@ pub struct Link {
     /// The rings of queues this process reaches directly, by object id, while a proxy to
     /// them lives here (see `queue.rs`).
     rings: Mutex<HashMap<u64, Attached>>,
-    /// Whether a lock was asked for through it: it is then not kept open past its last
-    /// proxy (see [`keep_links_open`]).
+    /// Whether a lock was asked for through it since its last proxy before: if it is kept
+    /// open past its last proxy, the server lets go of its locks then (see
+    /// [`is_kept_open`]).
     took_a_lock: AtomicBool,
 }
 
@@ -296,8 +297,9 @@ const MOST_KEPT_OPEN: usize = 8;
 /// holds them, up to [`MOST_KEPT_OPEN`] of them, for the process's life or until their
 /// connection is lost: a pool worker's next task given a proxy to the same server reuses
 /// the connection, as a CPython worker thread keeps its connection to a manager, rather
-/// than making one (and proving the key again) per task. A link through which a lock was
-/// taken is let go with its last proxy all the same (see [`stop_keeping_open`]).
+/// than making one (and proving the key again) per task. With the last proxy of a link
+/// through which a lock was taken, the server is told to let go of the locks the
+/// connection holds, as it does when a connection closes (see [`is_kept_open`]).
 pub(crate) fn keep_links_open() {
     KEEP_OPEN.store(true, Ordering::Relaxed);
 }
@@ -327,15 +329,14 @@ fn keep_open(link: &Arc<Link>, me: u32) {
     }
 }
 
-/// Takes `link` out of [`KEPT_OPEN`], for the caller to drop: a link through which a lock
-/// was taken closes with its last proxy, as the server then releases a lock left held
-/// through it as its holder's death, and tells the next taker so.
-fn stop_keeping_open(link: &Link) -> Option<Arc<Link>> {
-    let mut kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
-    let i = kept
-        .iter()
-        .position(|(_, l)| std::ptr::eq(Arc::as_ptr(l), link))?;
-    Some(kept.remove(i).1)
+/// Whether `link` is in [`KEPT_OPEN`]. Such a link, through which a lock was taken, asks
+/// the server with its last proxy to let go of the locks its connection holds
+/// ([`Request::LetGoLocks`]): a lock a task left held is then released as its holder's
+/// death and the next taker told, as when the connection closes, and the connection stays
+/// for the next task.
+fn is_kept_open(link: &Link) -> bool {
+    let kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    kept.iter().any(|(_, l)| std::ptr::eq(Arc::as_ptr(l), link))
 }
 
 /// A link proxies received by process `pid` share (see [`SHARED`]).
@@ -519,9 +520,14 @@ impl Link {
                     self.settle(id);
                 }
             }
-            if held.counts.is_empty() && self.took_a_lock.load(Ordering::Relaxed) {
-                drop(held);
-                drop(stop_keeping_open(self));
+            if held.counts.is_empty()
+                && self.took_a_lock.load(Ordering::Relaxed)
+                && is_kept_open(self)
+            {
+                self.took_a_lock.store(false, Ordering::Relaxed);
+                for conn in &conns {
+                    conn.post(Request::LetGoLocks);
+                }
             }
         }
     }

@@ -98,6 +98,10 @@ pub(super) enum Request {
     CreateSegment(u64),
     /// The names of the segments kept, in the order they came (Python's `list_segments`).
     Segments,
+    /// The connection holds no proxy any more, and stays open for the proxies to come (a
+    /// pool worker's, see `keep_links_open`): the locks it holds are released as they are
+    /// when it closes, and their next acquirer is told. Unanswered.
+    LetGoLocks,
 }
 
 impl Request {
@@ -124,6 +128,7 @@ impl Request {
                 | Request::Incref { .. }
                 | Request::Decref(_)
                 | Request::Lend(_)
+                | Request::LetGoLocks
         )
     }
 

@@ -280,6 +280,10 @@ impl State {
                 self.decref(caller, id);
                 Reply::Done
             }
+            Request::LetGoLocks => {
+                self.let_go_locks(caller);
+                Reply::Done
+            }
             Request::Lend(id) => {
                 if let Some(e) = self.objects.get_mut(&id) {
                     e.lent += 1;
@@ -461,6 +465,12 @@ impl State {
         for (id, n) in self.held.remove(&caller.conn).unwrap_or_default() {
             self.drop_refs(id, n);
         }
+        self.let_go_locks(caller);
+    }
+
+    /// Releases the locks a connection holds (and its holds of conditions' locks), as its
+    /// end does: their next acquirer is told.
+    fn let_go_locks(&mut self, caller: Caller) {
         for e in self.objects.values_mut() {
             match &mut e.object {
                 Object::Lock(l) => l.abandon(caller),
@@ -820,7 +830,10 @@ pub(super) async fn serve_connection(link: Framed, shared: Arc<Shared>) {
                 }
                 continue;
             }
-            Request::Incref { .. } | Request::Decref(_) | Request::Lend(_) => {
+            Request::Incref { .. }
+            | Request::Decref(_)
+            | Request::Lend(_)
+            | Request::LetGoLocks => {
                 shared.state().handle(caller, req);
                 continue;
             }
