@@ -5253,6 +5253,35 @@ async fn reaches(sem: &Semaphore, n: u32) -> bool {
     support::eventually(LONG, || sem.get_value() == n).await
 }
 
+/// Takes `c`'s lock (so that every waiter not woken is inside `wait`), checks that
+/// `before` waiters woke so far, notifies `n` of them (`None`: all), and waits until
+/// `after` have woken in all.
+async fn notify_and_see(
+    c: &mp::Condition,
+    woken: &Semaphore,
+    before: u32,
+    n: Option<usize>,
+    after: u32,
+) -> TestResult {
+    let g = c.lock_timeout(LONG).await?;
+    let seen = woken.get_value();
+    ensure!(
+        seen == before,
+        "{seen} woke before notify({n:?}), not {before}"
+    );
+    match n {
+        Some(n) => g.notify(n),
+        None => g.notify_all(),
+    }
+    drop(g);
+    ensure!(
+        reaches(woken, after).await,
+        "after notify({n:?}), {} woke in all, not {after}",
+        woken.get_value()
+    );
+    Ok(())
+}
+
 /// `_TestCondition.test_notify`, with its mix: a waiter in a child and one in a thread of
 /// this process. Neither wakes unnotified; each `notify` wakes one.
 async fn condition_notify_process_and_thread() -> TestResult {
@@ -5260,29 +5289,8 @@ async fn condition_notify_process_and_thread() -> TestResult {
     let sleeping = Semaphore::new(0)?;
     let woken = Semaphore::new(0)?;
     let w = CondWaiters::start(1, &c, &sleeping, &woken, 0).await?;
-    // Taking the lock proves both waiters have released it inside `wait`.
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(woken.get_value() == 0, "woken before any notify");
-    g.notify(1);
-    drop(g);
-    ensure!(
-        reaches(&woken, 1).await,
-        "the first notify: {}",
-        woken.get_value()
-    );
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(
-        woken.get_value() == 1,
-        "one notify woke {}",
-        woken.get_value()
-    );
-    g.notify(1);
-    drop(g);
-    ensure!(
-        reaches(&woken, 2).await,
-        "the second notify: {}",
-        woken.get_value()
-    );
+    notify_and_see(&c, &woken, 0, Some(1), 1).await?;
+    notify_and_see(&c, &woken, 1, Some(1), 2).await?;
     w.join().await
 }
 
@@ -5304,15 +5312,7 @@ async fn condition_notify_all_processes_and_threads() -> TestResult {
     ensure!(woken.get_value() == 0, "more woke than waited");
     w.join().await?;
     let w = CondWaiters::start(3, &c, &sleeping, &woken, 0).await?;
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(woken.get_value() == 0, "woken before notify_all");
-    g.notify_all();
-    drop(g);
-    ensure!(
-        reaches(&woken, 6).await,
-        "notify_all woke {}",
-        woken.get_value()
-    );
+    notify_and_see(&c, &woken, 0, None, 6).await?;
     w.join().await
 }
 
@@ -5323,28 +5323,8 @@ async fn condition_notify_n_processes_and_threads() -> TestResult {
     let sleeping = Semaphore::new(0)?;
     let woken = Semaphore::new(0)?;
     let w = CondWaiters::start(3, &c, &sleeping, &woken, 0).await?;
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(woken.get_value() == 0, "woken before any notify");
-    g.notify(2);
-    drop(g);
-    ensure!(
-        reaches(&woken, 2).await,
-        "notify(2) woke {}",
-        woken.get_value()
-    );
-    let g = c.lock_timeout(LONG).await?;
-    ensure!(
-        woken.get_value() == 2,
-        "notify(2) woke {}",
-        woken.get_value()
-    );
-    g.notify(4);
-    drop(g);
-    ensure!(
-        reaches(&woken, 6).await,
-        "notify(4) woke {}",
-        woken.get_value() - 2
-    );
+    notify_and_see(&c, &woken, 0, Some(2), 2).await?;
+    notify_and_see(&c, &woken, 2, Some(4), 6).await?;
     let g = c.lock_timeout(LONG).await?;
     g.notify(3);
     drop(g);
@@ -5434,6 +5414,33 @@ where
 }
 
 /// Joins a thread of [`on_thread`] without blocking the test's runtime.
+/// Waits for the parties in children (each must exit 0) and in threads (none may panic).
+async fn join_parties(
+    kids: &mut [Process],
+    threads: Vec<std::thread::JoinHandle<()>>,
+) -> TestResult {
+    for k in kids {
+        join_ok(k).await?;
+    }
+    for t in threads {
+        join_thread(t).await?;
+    }
+    Ok(())
+}
+
+/// A barrier broken with all its parties but one waiting: none passed, and each of those
+/// found it broken.
+fn none_passed_all_others_broke(passed: &Semaphore, broken: &Semaphore) -> TestResult {
+    ensure!(passed.get_value() == 0, "{} passed", passed.get_value());
+    ensure!(
+        broken.get_value() == PARTIES - 1,
+        "{} of {} found it broken",
+        broken.get_value(),
+        PARTIES - 1
+    );
+    Ok(())
+}
+
 async fn join_thread<T: Send + 'static>(
     t: std::thread::JoinHandle<T>,
 ) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
@@ -5596,12 +5603,7 @@ async fn event_with_processes_and_threads() -> TestResult {
         "the set of a child did not reach this task"
     );
     join_ok(&mut setter).await?;
-    for k in &mut kids {
-        join_ok(k).await?;
-    }
-    for t in threads {
-        join_thread(t).await?;
-    }
+    join_parties(&mut kids, threads).await?;
     ensure!(
         passed.get_value() == 6,
         "{} of 6 waiters passed",
@@ -5696,19 +5698,8 @@ async fn barrier_abort_processes_and_threads() -> TestResult {
         )));
     }
     abort_f(b.clone(), passed.clone(), broken.clone()).await;
-    for k in &mut kids {
-        join_ok(k).await?;
-    }
-    for t in threads {
-        join_thread(t).await?;
-    }
-    ensure!(passed.get_value() == 0, "{} passed", passed.get_value());
-    ensure!(
-        broken.get_value() == PARTIES - 1,
-        "{} of {} found it broken",
-        broken.get_value(),
-        PARTIES - 1
-    );
+    join_parties(&mut kids, threads).await?;
+    none_passed_all_others_broke(&passed, &broken)?;
     ensure!(b.broken(), "the barrier is not broken");
     Ok(())
 }
@@ -5754,19 +5745,8 @@ async fn barrier_reset_processes_and_threads() -> TestResult {
     }
     let c = counters.clone();
     reset_f(b.clone(), c.0, c.1, c.2).await;
-    for k in &mut kids {
-        join_ok(k).await?;
-    }
-    for t in threads {
-        join_thread(t).await?;
-    }
-    ensure!(passed.get_value() == 0, "{} passed", passed.get_value());
-    ensure!(
-        broken.get_value() == PARTIES - 1,
-        "{} of {} found it broken",
-        broken.get_value(),
-        PARTIES - 1
-    );
+    join_parties(&mut kids, threads).await?;
+    none_passed_all_others_broke(&passed, &broken)?;
     ensure!(
         again.get_value() == PARTIES,
         "{} passed after the reset",
@@ -5812,12 +5792,7 @@ async fn task_done_processes_and_threads() -> TestResult {
     for _ in 0..4 {
         q.put(None).await?;
     }
-    for k in &mut kids {
-        join_ok(k).await?;
-    }
-    for t in threads {
-        join_thread(t).await?;
-    }
+    join_parties(&mut kids, threads).await?;
     Ok(())
 }
 
