@@ -176,7 +176,7 @@ impl Listener {
     /// ```
     pub fn new(authkey: Option<&[u8]>) -> Result<Listener> {
         // Outside a runtime `bind` panics: do so before the directory exists.
-        let _ = tokio::runtime::Handle::current();
+        crate::runtime::current();
         let dir = crate::address::private_dir()?;
         match Listener::bind(dir.join("listener"), authkey) {
             Ok(mut l) => {
@@ -262,7 +262,7 @@ impl Listener {
         let (inner, address) = match address {
             Address::Unix(path) => {
                 // Outside a runtime `from_std` panics: do so before the socket file exists.
-                let _ = tokio::runtime::Handle::current();
+                crate::runtime::current();
                 let l = crate::address::bind_unix(&path).map_err(named)?;
                 let listener = queued(l.as_fd())
                     .and_then(|()| l.set_nonblocking(true))

@@ -872,7 +872,7 @@ impl Conn {
         });
         tokio::spawn(read_replies(replies.clone()));
         Ok(Conn {
-            runtime: tokio::runtime::Handle::current().id(),
+            runtime: crate::runtime::current().id(),
             out,
             calls,
             replies,

@@ -40,7 +40,7 @@ impl Inner {
     /// # Panics
     /// Outside a tokio runtime.
     pub(super) fn registered(&self) -> Result<Arc<Reactor>> {
-        let runtime = tokio::runtime::Handle::current().id();
+        let runtime = crate::runtime::current().id();
         let mut r = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((id, r)) = &*r
             && *id == runtime

@@ -59,7 +59,7 @@ impl Child {
         Ok(Child {
             pid,
             pidfd: sys::register_shared(Arc::new(pidfd), Interest::READABLE)?,
-            runtime: tokio::runtime::Handle::current().id(),
+            runtime: crate::runtime::current().id(),
             code: None,
         })
     }
@@ -137,7 +137,7 @@ impl Child {
         if let Some(c) = self.code {
             return Ok(c);
         }
-        let here = tokio::runtime::Handle::current().id();
+        let here = crate::runtime::current().id();
         if here != self.runtime {
             let pidfd = self.pidfd.get_ref().clone();
             self.pidfd = sys::register_shared(pidfd, Interest::READABLE)?;

@@ -108,7 +108,7 @@ impl Wake {
     /// # Panics
     /// Outside a tokio runtime.
     pub(crate) fn listen(&self) -> Result<Listener> {
-        let runtime = tokio::runtime::Handle::current().id();
+        let runtime = crate::runtime::current().id();
         let mut cache = self
             .cache
             .lock()
@@ -286,7 +286,7 @@ impl Watch {
     pub(crate) fn shared(owner: u64) -> Result<Option<Arc<Watch>>> {
         type Shared = Vec<(tokio::runtime::Id, Weak<Watch>)>;
         static SHARED: Mutex<Shared> = Mutex::new(Vec::new());
-        let runtime = tokio::runtime::Handle::current().id();
+        let runtime = crate::runtime::current().id();
         let mut shared = SHARED
             .lock()
             .map_err(|_| std::io::Error::other("the shared watches' lock is poisoned"))?;

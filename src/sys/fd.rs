@@ -296,11 +296,12 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
 /// Registers a descriptor with the current tokio runtime's reactor.
 ///
 /// # Panics
-/// Outside a tokio runtime (tokio's own rule).
+/// Outside a tokio runtime, saying what to do (see [`crate::runtime::current`]).
 pub(crate) fn register_owned(
     fd: OwnedFd,
     interest: tokio::io::Interest,
 ) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    crate::runtime::current();
     // SAFETY: an `OwnedFd` keeps its descriptor open, and always returns the same number,
     // for as long as it lives, which is as long as the `AsyncFd` that owns it.
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
@@ -314,11 +315,12 @@ pub(crate) fn register_owned(
 /// socket or eventfd, under another number) is registered instead.
 ///
 /// # Panics
-/// Outside a tokio runtime (tokio's own rule).
+/// Outside a tokio runtime, saying what to do (see [`crate::runtime::current`]).
 pub(crate) fn register_shared(
     fd: std::sync::Arc<OwnedFd>,
     interest: tokio::io::Interest,
 ) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    crate::runtime::current();
     // SAFETY: the descriptor is closed only when the last `Arc` goes, and the `AsyncFd`
     // holds one; an `Arc<OwnedFd>` always returns the same number.
     let refused = match unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) } {

@@ -158,7 +158,7 @@ impl Framed {
     /// # Panics
     /// Outside a tokio runtime.
     fn io(&self) -> Result<Arc<Registration>> {
-        let runtime = tokio::runtime::Handle::current().id();
+        let runtime = crate::runtime::current().id();
         let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         match &*io {
             Some((id, reg)) if *id == runtime => Ok(reg.clone()),
