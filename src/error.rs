@@ -447,6 +447,9 @@ enum Repr {
     Cancelled,
     /// The pool was closed or terminated first.
     PoolClosed,
+    /// The pool's scheduler had ended without a close or a terminate: with the tokio
+    /// runtime the pool was built on. Counts as [`PoolClosed`](Repr::PoolClosed).
+    RuntimeGone,
     /// It failed on this side: its arguments could not be encoded or sent, its result not
     /// decoded, or no worker could be started to run it.
     Local(Error),
@@ -551,6 +554,12 @@ impl TaskError {
         TaskError::new(Repr::PoolClosed)
     }
 
+    /// A task the pool could not run because its scheduler ended with the runtime the pool
+    /// was built on; [`is_pool_closed`](Self::is_pool_closed) says yes to it.
+    pub(crate) fn runtime_gone() -> TaskError {
+        TaskError::new(Repr::RuntimeGone)
+    }
+
     /// A task that failed on the caller's side.
     pub(crate) fn local(e: Error) -> TaskError {
         match e {
@@ -616,7 +625,7 @@ impl TaskError {
 
     /// Whether the pool was closed or terminated before the task could finish.
     pub fn is_pool_closed(&self) -> bool {
-        matches!(*self.repr, Repr::PoolClosed)
+        matches!(*self.repr, Repr::PoolClosed | Repr::RuntimeGone)
     }
 
     /// The panic's message, if the task panicked (and its payload was a string).
@@ -770,6 +779,10 @@ impl fmt::Display for TaskError {
                 ),
             },
             Repr::PoolClosed => f.write_str("the pool is closed"),
+            Repr::RuntimeGone => f.write_str(
+                "the pool is closed: the tokio runtime it was built on has ended, and a pool \
+                 serves only while that runtime runs",
+            ),
             Repr::Local(e) => write!(f, "{e}"),
         }
     }
@@ -839,6 +852,10 @@ impl fmt::Debug for TaskError {
             }
             Repr::PoolClosed => {
                 d.field("pool_closed", &true);
+            }
+            Repr::RuntimeGone => {
+                d.field("pool_closed", &true);
+                d.field("runtime_gone", &true);
             }
             Repr::Local(e) => {
                 d.field("local", e);

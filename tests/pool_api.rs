@@ -1098,7 +1098,9 @@ async fn a_pool_whose_runtime_ends_kills_its_busy_workers() -> TestResult {
 
 // The stats of a pool whose runtime ended while its worker ran a task say what is so: no
 // worker alive, no task running, and that task failed (as it did, closed). They showed the
-// worker alive and its task running for good before.
+// worker alive and its task running for good before. A task submitted then fails as closed,
+// its message naming the runtime's end (it said only "the pool is closed" before, though no
+// one had closed it).
 async fn a_pool_whose_runtime_ended_shows_no_worker_in_its_stats() -> TestResult {
     for multi in [false, true] {
         let (worker, pool) = pool_busy_when_its_runtime_ends(multi, true)?;
@@ -1122,6 +1124,10 @@ async fn a_pool_whose_runtime_ended_shows_no_worker_in_its_stats() -> TestResult
                 && s.tasks_failed == 1,
             "multi-thread {multi}: {s:?}"
         );
+        match pool.apply(sqr, (3,)).await {
+            Err(e) if e.is_pool_closed() && e.to_string().contains("runtime it was built on") => {}
+            other => return Err(format!("multi-thread {multi}: a task after: {other:?}").into()),
+        }
     }
     Ok(())
 }

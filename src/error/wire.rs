@@ -321,7 +321,7 @@ impl From<&TaskError> for TaskErrorForm {
                 host: host.as_deref().map(str::to_string),
             },
             Repr::Cancelled => TaskReprForm::Cancelled,
-            Repr::PoolClosed => TaskReprForm::PoolClosed,
+            Repr::PoolClosed | Repr::RuntimeGone => TaskReprForm::PoolClosed,
             Repr::Local(e) => TaskReprForm::Local(Box::new(ErrorForm::from(e))),
         };
         TaskErrorForm {

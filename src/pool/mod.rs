@@ -135,7 +135,11 @@ impl Shared {
             Err((_, e)) => return AsyncResult::failed(e),
         };
         if self.cmds.send(Cmd::Submit(job)).is_err() {
-            return AsyncResult::failed(TaskError::pool_closed());
+            // The scheduler is gone: after a close or a terminate, or with its runtime.
+            return AsyncResult::failed(match self.closed.load(Ordering::Acquire) {
+                true => TaskError::pool_closed(),
+                false => TaskError::runtime_gone(),
+            });
         }
         AsyncResult::waiting(id, rx, self.cmds.clone())
     }
