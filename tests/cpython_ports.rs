@@ -455,44 +455,55 @@ async fn multiple_bind_unix() -> TestResult {
 /// abstract name: a listener used as Python's `with` block uses it serves a client; the
 /// end of either connection is EOF (`Closed`) to the other; and once the listener is gone,
 /// a client of its address is refused (Python's `accept` after `close` raises `OSError`),
-/// its socket file removed.
+/// its socket file removed. Each round runs in a child of its own: in this process, where
+/// other tests start children, a child between its clone and its exec holds a copy of
+/// every descriptor for a moment, the listener's too, so that its name may still be bound.
 async fn listener_and_connection_after_their_block() -> TestResult {
     let path = unique("ctx");
     let abstract_name = format!("\0{}", support::unique_name("tkmp-cpy-ctx"));
-    for address in [
-        mp::Address::Unix(path.clone()),
-        mp::ToAddress::to_address(abstract_name.as_str())?,
-    ] {
+    for address in [path.clone(), std::path::PathBuf::from(abstract_name)] {
+        let round = mp::Process::call(listener_context_round, (address,))
+            .start()
+            .await?
+            .join()
+            .await?;
+        ensure!(round.is_ok(), "{round:?}");
+    }
+    ensure!(!path.exists(), "the socket file is left");
+    Ok(())
+}
+
+/// One round of [`listener_and_connection_after_their_block`] at `address`; what went
+/// wrong in words.
+async fn listener_context_round(address: std::path::PathBuf) -> Result<(), String> {
+    let round = async {
         {
             let l = Listener::bind(&address, None)?;
             let c = Client::connect::<u32>(&address, None).await?;
             let d: Connection<u32> = l.accept().await?;
             c.send(&1729).await?;
-            ensure!(d.recv().await? == 1729, "{address:?}: d.recv()");
+            ensure!(d.recv().await? == 1729, "d.recv()");
             d.send(&1730).await?;
-            ensure!(c.recv().await? == 1730, "{address:?}: c.recv()");
+            ensure!(c.recv().await? == 1730, "c.recv()");
             drop(c);
             let r = d.recv().await;
             ensure!(
                 matches!(r, Err(Error::Closed)),
-                "{address:?}: recv after the client: {r:?}"
+                "recv after the client: {r:?}"
             );
             let c = Client::connect::<u32>(&address, None).await?;
             drop(l.accept::<u32>().await?);
             let r = c.recv().await;
             ensure!(
                 matches!(r, Err(Error::Closed)),
-                "{address:?}: recv after the server: {r:?}"
+                "recv after the server: {r:?}"
             );
         }
         let r = Client::connect::<u32>(&address, None).await;
-        ensure!(
-            r.is_err(),
-            "{address:?}: a client of a closed listener connected"
-        );
-    }
-    ensure!(!path.exists(), "the socket file is left");
-    Ok(())
+        ensure!(r.is_err(), "a client of a closed listener connected");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    };
+    round.await.map_err(|e| format!("{address:?}: {e}"))
 }
 
 /// `_TestListener.test_abstract_socket`: a listener at `"\0name"` is in Linux's abstract
