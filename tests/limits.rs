@@ -28,6 +28,7 @@ fn main() {
         every_start_out_of_descriptors_fails_naming_the_limit_and_leaks_nothing,
         every_start_out_of_processes_fails_naming_the_limit_and_leaks_nothing,
         a_pool_whose_replacements_fail_at_a_limit_fails_its_calls_and_recovers,
+        a_worker_short_of_its_threads_fails_the_build_naming_them,
         a_signalled_service_leaves_no_worker_manager_or_segment,
         nothing_fails_as_interrupted_under_a_storm_of_signals,
     ]);
@@ -333,6 +334,45 @@ fn starts_out_of_processes(dir: String, multi_thread: bool) {
 async fn every_start_out_of_processes_fails_naming_the_limit_and_leaks_nothing() -> TestResult {
     match PidsCgroup::or_say_why("this test") {
         Some(cgroup) => in_child_with_cgroup(starts_out_of_processes, &cgroup.0).await,
+        None => Ok(()),
+    }
+}
+
+/// In a child, in its own pids cgroup: a pool whose worker may make a few threads only,
+/// where its runtime asks for 64.
+fn worker_threads_out_of_processes(dir: String, multi_thread: bool) {
+    exit_unless_ok_on_runtime(multi_thread, "worker threads", || async move {
+        enter(&dir)?;
+        // A pool first, so that what starts workers is running before the limit is set.
+        let pool = Pool::new(1).await?;
+        ensure!(pool.apply(sqr, (3,)).await? == 9, "a pool before the limit");
+        pool.close();
+        pool.join().await?;
+        let _limit = process_limit(&dir, 24)?;
+        let built = Pool::builder()
+            .processes(1)
+            .worker_threads(64)
+            .build()
+            .await;
+        match built {
+            Err(mp::Error::Start { message, .. }) if message.contains("runtime of 64 threads") => {
+                Ok(())
+            }
+            Err(e) => Err(format!("another error: {e}").into()),
+            Ok(pool) => {
+                let r = tokio::time::timeout(Duration::from_secs(20), pool.apply(sqr, (3,))).await;
+                Err(format!("built with its threads short; a task: {r:?}").into())
+            }
+        }
+    })
+}
+
+// A worker that could not make the threads `worker_threads` asked for answered its start
+// as ready all the same: tokio's runtime, short of threads, never ran some tasks, or (none
+// made) panicked, losing the task sent. Its start now fails, naming its runtime.
+async fn a_worker_short_of_its_threads_fails_the_build_naming_them() -> TestResult {
+    match PidsCgroup::or_say_why("this test") {
+        Some(cgroup) => in_child_with_cgroup(worker_threads_out_of_processes, &cgroup.0).await,
         None => Ok(()),
     }
 }

@@ -625,10 +625,26 @@ async fn worker_threads_give_async_tasks_a_multi_thread_runtime() -> TestResult 
     Ok(())
 }
 
+// `worker_threads(usize::MAX)` built a pool whose every worker aborted on the memory to
+// count its threads, each task failing as a worker lost to SIGABRT, and one of 100,000
+// spent minutes making threads before it took a task. More than the most is refused.
+async fn worker_threads_over_the_most_are_refused() -> TestResult {
+    for n in [Pool::MAX_WORKER_THREADS + 1, usize::MAX] {
+        let built = Pool::builder().processes(1).worker_threads(n).build().await;
+        ensure!(
+            matches!(&built, Err(Error::InvalidArgument(m)) if m.contains("worker_threads")),
+            "{n}: {:?}",
+            built.err()
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run(trials![
         worker_threads_give_async_tasks_a_multi_thread_runtime,
+        worker_threads_over_the_most_are_refused,
         ctrl_c_to_the_group_lets_the_owner_drain_the_pool,
         spinning_pool_leaves_its_runtime_free,
         initializer,

@@ -371,7 +371,10 @@ impl PoolBuilder {
     /// worker. Synchronous tasks run as before, one at a time per worker.
     ///
     /// Not with the [`Fork`](StartMethod::Fork) start method, whose children build their
-    /// runtime before they close their parent's descriptors: [`build`](Self::build) fails.
+    /// runtime before they close their parent's descriptors, nor with more than
+    /// [`Pool::MAX_WORKER_THREADS`]: [`build`](Self::build) fails. A worker that cannot make
+    /// its threads (the system refuses them) fails its start, saying so, before it takes a
+    /// task.
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.worker_threads = n.max(1);
         self
@@ -390,10 +393,11 @@ impl PoolBuilder {
     /// replacement).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`, for an
-    /// environment variable refused (see [`env`](Self::env)); an [`Error::Io`] naming the
-    /// directory for a [`current_dir`](Self::current_dir) that cannot be entered (on a
-    /// cluster, on every host with room, naming the last one tried);
+    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`, for
+    /// [`worker_threads`](Self::worker_threads) refused, for an environment variable
+    /// refused (see [`env`](Self::env)); an [`Error::Io`] naming the directory for a
+    /// [`current_dir`](Self::current_dir) that cannot be entered (on a cluster, on every
+    /// host with room, naming the last one tried);
     /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
     /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
     /// its start; otherwise the error of the last worker to fail, when none could be
@@ -466,6 +470,13 @@ impl PoolBuilder {
             return Err(Error::InvalidArgument(
                 "idle_timeout must be more than zero (or not set)".into(),
             ));
+        }
+        if self.worker_threads > Pool::MAX_WORKER_THREADS {
+            return Err(Error::InvalidArgument(format!(
+                "worker_threads may be at most {} (Pool::MAX_WORKER_THREADS), not {}",
+                Pool::MAX_WORKER_THREADS,
+                self.worker_threads
+            )));
         }
         let method = self.method.unwrap_or_else(crate::get_start_method);
         if self.worker_threads > 1 && method == StartMethod::Fork && self.cluster.is_none() {

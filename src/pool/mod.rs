@@ -296,6 +296,11 @@ impl Pool {
     /// [`PoolBuilder::spin`] says otherwise.
     pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+    /// The most threads [`PoolBuilder::worker_threads`] gives a worker's runtime: more are
+    /// refused at [`build`](PoolBuilder::build), where a worker would fail to make them
+    /// (or, for a count near `usize::MAX`, abort on the memory to count them).
+    pub const MAX_WORKER_THREADS: usize = 1024;
+
     /// A builder with Python's defaults: one worker per available core, no initializer,
     /// workers that never retire, no task timeout.
     pub fn builder() -> PoolBuilder {

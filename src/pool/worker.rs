@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -66,14 +67,15 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     }
     let run = move || -> Result<()> {
         let start = setup(sock.into_owned(), started.into_owned())?;
-        let rt = match start.threads {
-            0 | 1 => crate::start::fresh_runtime()?,
-            n => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n as usize)
-                .enable_all()
-                .build()?,
-        };
-        serve(&rt, start)
+        match runtime(start.threads) {
+            Ok(rt) => serve(&rt, start),
+            Err(message) => {
+                // The pool fails this start saying why (a build with no worker ready).
+                let refused = SetupReply::Refused(message);
+                start.link.send_blocking(&mut FrameBuf::of(&refused)?)?;
+                Ok(())
+            }
+        }
     };
     let outcome = if tokio::runtime::Handle::try_current().is_ok() {
         match std::thread::Builder::new()
@@ -106,6 +108,51 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
             sys::flush_std_streams();
             std::process::exit(1);
         }
+    }
+}
+
+/// How long a worker waits for the threads of its runtime to start.
+const THREADS_START: Duration = Duration::from_secs(10);
+
+/// The runtime of a worker's `async fn` tasks: a current-thread one, or a multi-thread one
+/// of `threads` threads (see [`PoolBuilder::worker_threads`](super::PoolBuilder::worker_threads));
+/// why it could not be made otherwise.
+///
+/// A multi-thread one is made on a thread of its own, waited for up to [`THREADS_START`]:
+/// when the system refuses one of its threads after others started (a pids cgroup, say),
+/// tokio panics, and its unwinding waits for ever for the threads that started; the
+/// process, which exits once its start is refused, ends them.
+fn runtime(threads: u32) -> std::result::Result<tokio::runtime::Runtime, String> {
+    let why =
+        |why: String| format!("the worker could not make its runtime of {threads} threads: {why}");
+    if threads <= 1 {
+        return crate::start::fresh_runtime().map_err(|e| why(e.to_string()));
+    }
+    let started = Arc::new(AtomicU32::new(0));
+    let (tx, rx) = mpsc::sync_channel(1);
+    let counted = started.clone();
+    let maker = std::thread::Builder::new()
+        .name("pool-worker-runtime".into())
+        .spawn(move || {
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads as usize)
+                .on_thread_start(move || {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                })
+                .enable_all()
+                .build();
+            let _ = tx.send(built);
+        });
+    if let Err(e) = maker {
+        return Err(why(e.to_string()));
+    }
+    match rx.recv_timeout(THREADS_START) {
+        Ok(Ok(rt)) => Ok(rt),
+        Ok(Err(e)) => Err(why(e.to_string())),
+        Err(_) => Err(why(format!(
+            "{} of them started, then the system refused one (or took over {THREADS_START:?})",
+            started.load(Ordering::Relaxed)
+        ))),
     }
 }
 
@@ -438,13 +485,8 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
             return Err(e);
         }
     };
-    let init = match setup.init {
-        Some(offset) => Some((offset, frame)),
-        None => {
-            reply(&SetupReply::Ready)?;
-            None
-        }
-    };
+    // Ready is answered once the runtime is made (see `serve`).
+    let init = setup.init.map(|offset| (offset, frame));
     Ok(Start {
         link,
         same,
@@ -461,15 +503,16 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
 /// as a `Process` target may: [`Serving::step`] returns each one to run here.
 fn serve(rt: &tokio::runtime::Runtime, start: Start) -> Result<()> {
     let link = start.link;
-    if let Some((offset, frame)) = start.init {
-        let reply = match run_initializer(rt, offset, start.same, frame) {
+    let reply = match start.init {
+        Some((offset, frame)) => match run_initializer(rt, offset, start.same, frame) {
             Ok(()) => SetupReply::Ready,
             Err(message) => SetupReply::InitFailed(message),
-        };
-        rt.block_on(link.send(&mut FrameBuf::of(&reply)?))?;
-        if !matches!(reply, SetupReply::Ready) {
-            return Ok(());
-        }
+        },
+        None => SetupReply::Ready,
+    };
+    rt.block_on(link.send(&mut FrameBuf::of(&reply)?))?;
+    if !matches!(reply, SetupReply::Ready) {
+        return Ok(());
     }
     tracing::debug!(pid = sys::current_pid(), "pool worker ready");
     let started = start.started;
