@@ -172,6 +172,7 @@ fn main() {
         a_remote_proxy_travels_to_a_child,
         a_dead_server_fails_waiting_calls,
         local_and_remote_clients_share_one_queue,
+        an_addressed_client_shuts_down_a_ring_queue_immediately,
         a_queue_keeps_its_items_and_counts_when_local_clients_come,
         a_dead_server_fails_local_waits_on_a_queue,
         local_and_remote_consumers_take_every_item_once,
@@ -1638,6 +1639,33 @@ async fn local_and_remote_clients_share_one_queue() -> TestResult {
         ),
         "a put after shutdown: {after:?}"
     );
+    Ok(())
+}
+
+/// A client that reached the manager by address shuts down immediately a queue that a local
+/// client made a ring of: the items left are dropped and counted, `join` returns, and the
+/// local client's gets end. (It failed with "this request does not wait", the queue left
+/// open.)
+async fn an_addressed_client_shuts_down_a_ring_queue_immediately() -> TestResult {
+    let m = tcp_manager().await?;
+    let q = m.joinable_queue::<u32>(0).await?;
+    m.register("jq", &q).await?;
+    for i in 0..3 {
+        q.put(i).await?;
+    }
+    let c = Manager::connect(tcp(&m)?, KEY).await?;
+    let rq: JoinableQueueProxy<u32> = c.get("jq").await?;
+    let dropped = rq.shutdown_immediate().await;
+    ensure!(
+        matches!(dropped, Ok(3)),
+        "shutdown_immediate over TCP: {dropped:?}"
+    );
+    ensure!(
+        matches!(q.get_nowait().await, Err(Error::ShutDown)),
+        "a local get after it"
+    );
+    tokio::time::timeout(Duration::from_secs(20), rq.join()).await??;
+    m.shutdown().await?;
     Ok(())
 }
 

@@ -361,6 +361,9 @@ fn attempt_ring(ring: &Ring, op: &QueueOp, timed_out: bool, wait: &Arc<Notify>) 
         (Ring::Joinable(q), QueueOp::Join) if q.unfinished() == 0 => Step::Done(Reply::Done),
         (Ring::Joinable(_), QueueOp::Join) => Step::Wait(wait.clone()),
         (Ring::Plain(_), QueueOp::Join) => Step::Done(not_joinable("join()")),
+        // Drained by a wait of its own (see `wait_on_ring`): a drain may wait for the take
+        // lock that a consumer holds.
+        (_, QueueOp::Shutdown { immediate: true }) => Step::Wait(wait.clone()),
         _ => Step::Done(Reply::message("this request does not wait")),
     }
 }
