@@ -520,6 +520,9 @@ impl Link {
                     self.settle(id);
                 }
             }
+            // Posted while `held` is taken, so that a proxy arriving meanwhile, and any lock
+            // taken through it, come after it on the connection. (Nothing takes `held` while
+            // it holds `KEPT_OPEN`.)
             if held.counts.is_empty()
                 && self.took_a_lock.load(Ordering::Relaxed)
                 && is_kept_open(self)
