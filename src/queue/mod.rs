@@ -401,7 +401,9 @@ impl<T> Queue<T> {
     /// # Cancel safety
     /// The queue is shut down at the first poll. Dropped midway, this call leaves the items
     /// it has not taken out yet in the queue, where no get reaches them; another call takes
-    /// them out.
+    /// them out. The same holds for a process killed during the call, and in a
+    /// [`JoinableQueue`] the item it had taken and not yet counted as done stays unfinished,
+    /// as a consumer's killed before its `task_done` does: `join` waits for it.
     pub async fn shutdown_immediate(&self) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.shut_down(header::STOPPED);
