@@ -349,13 +349,17 @@ fn worker_threads_out_of_processes(dir: String, multi_thread: bool) {
         pool.close();
         pool.join().await?;
         let _limit = process_limit(&dir, 24)?;
+        // The worker waits for its threads as long as its start may take.
         let built = Pool::builder()
             .processes(1)
             .worker_threads(64)
+            .start_timeout(Duration::from_secs(5))
             .build()
             .await;
         match built {
-            Err(mp::Error::Start { message, .. }) if message.contains("runtime of 64 threads") => {
+            Err(mp::Error::Start { message, .. })
+                if message.contains("runtime of 64 threads") && message.contains("over 5s") =>
+            {
                 Ok(())
             }
             Err(e) => Err(format!("another error: {e}").into()),
@@ -369,7 +373,8 @@ fn worker_threads_out_of_processes(dir: String, multi_thread: bool) {
 
 // A worker that could not make the threads `worker_threads` asked for answered its start
 // as ready all the same: tokio's runtime, short of threads, never ran some tasks, or (none
-// made) panicked, losing the task sent. Its start now fails, naming its runtime.
+// made) panicked, losing the task sent. Its start now fails, naming its runtime. It waited
+// 10 s for its threads whatever the pool's start timeout; it waits that timeout now.
 async fn a_worker_short_of_its_threads_fails_the_build_naming_them() -> TestResult {
     match PidsCgroup::or_say_why("this test") {
         Some(cgroup) => in_child_with_cgroup(worker_threads_out_of_processes, &cgroup.0).await,

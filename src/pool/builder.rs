@@ -373,7 +373,8 @@ impl PoolBuilder {
     /// Not with the [`Fork`](StartMethod::Fork) start method, whose children build their
     /// runtime before they close their parent's descriptors, nor with more than
     /// [`Pool::MAX_WORKER_THREADS`]: [`build`](Self::build) fails. A worker that cannot make
-    /// its threads (the system refuses them) fails its start, saying so, before it takes a
+    /// its threads (the system refuses them, or they take longer than the
+    /// [`start_timeout`](Self::start_timeout)) fails its start, saying so, before it takes a
     /// task.
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.worker_threads = n.max(1);

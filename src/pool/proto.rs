@@ -28,10 +28,22 @@ pub(super) struct Setup {
     /// [`PoolBuilder::worker_threads`](super::PoolBuilder::worker_threads)).
     #[serde(default = "one")]
     pub(super) worker_threads: u32,
+    /// How long the worker waits for its runtime's threads to start, in nanoseconds: the
+    /// pool's [`start_timeout`](super::PoolBuilder::start_timeout), which covers a worker's
+    /// start up to its initializer.
+    #[serde(default = "default_start_timeout_nanos")]
+    pub(super) start_timeout_nanos: u64,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn default_start_timeout_nanos() -> u64 {
+    crate::process::DEFAULT_START_TIMEOUT
+        .as_nanos()
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 /// The worker's answer to [`Setup`].

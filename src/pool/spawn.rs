@@ -50,6 +50,7 @@ pub(super) fn setup_frame(cfg: &Config) -> Result<FrameBuf> {
         spin_nanos: u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX),
         print_panics: cfg.print_panics,
         worker_threads: u32::try_from(cfg.worker_threads).unwrap_or(u32::MAX),
+        start_timeout_nanos: u64::try_from(cfg.start_timeout.as_nanos()).unwrap_or(u64::MAX),
     })?;
     if let Some((_, args)) = &cfg.init {
         frame.push_encoded(clone_encoded(args)?);

@@ -67,7 +67,7 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     }
     let run = move || -> Result<()> {
         let start = setup(sock.into_owned(), started.into_owned())?;
-        match runtime(start.threads) {
+        match runtime(start.threads, start.threads_within) {
             Ok(rt) => serve(&rt, start),
             Err(message) => {
                 // The pool fails this start saying why (a build with no worker ready).
@@ -111,18 +111,15 @@ pub(super) fn worker_main(sock: Fd, started: Fd) {
     }
 }
 
-/// How long a worker waits for the threads of its runtime to start.
-const THREADS_START: Duration = Duration::from_secs(10);
-
 /// The runtime of a worker's `async fn` tasks: a current-thread one, or a multi-thread one
 /// of `threads` threads (see [`PoolBuilder::worker_threads`](super::PoolBuilder::worker_threads));
 /// why it could not be made otherwise.
 ///
-/// A multi-thread one is made on a thread of its own, waited for up to [`THREADS_START`]:
-/// when the system refuses one of its threads after others started (a pids cgroup, say),
-/// tokio panics, and its unwinding waits for ever for the threads that started; the
-/// process, which exits once its start is refused, ends them.
-fn runtime(threads: u32) -> std::result::Result<tokio::runtime::Runtime, String> {
+/// A multi-thread one is made on a thread of its own, waited for up to `within` (the pool's
+/// start timeout): when the system refuses one of its threads after others started (a pids
+/// cgroup, say), tokio panics, and its unwinding waits for ever for the threads that
+/// started; the process, which exits once its start is refused, ends them.
+fn runtime(threads: u32, within: Duration) -> std::result::Result<tokio::runtime::Runtime, String> {
     let why =
         |why: String| format!("the worker could not make its runtime of {threads} threads: {why}");
     if threads <= 1 {
@@ -146,11 +143,11 @@ fn runtime(threads: u32) -> std::result::Result<tokio::runtime::Runtime, String>
     if let Err(e) = maker {
         return Err(why(e.to_string()));
     }
-    match rx.recv_timeout(THREADS_START) {
+    match rx.recv_timeout(within) {
         Ok(Ok(rt)) => Ok(rt),
         Ok(Err(e)) => Err(why(e.to_string())),
         Err(_) => Err(why(format!(
-            "{} of them started, then the system refused one (or took over {THREADS_START:?})",
+            "{} of them started, then the system refused one (or took over {within:?})",
             started.load(Ordering::Relaxed)
         ))),
     }
@@ -466,10 +463,12 @@ struct Start {
     started: Arc<StartedMark>,
     /// The threads of its runtime: 1 for a current-thread runtime.
     threads: u32,
+    /// How long it waits for them to start.
+    threads_within: Duration,
 }
 
-/// Reads the setup frame and checks it, without a runtime (blocking). Without an initializer
-/// the worker answers `Ready` at once: the pool hears it while the runtime is built.
+/// Reads the setup frame and checks it, without a runtime (blocking). `Ready` is answered
+/// once the runtime is made, and the initializer, if any, has run (see [`serve`]).
 fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
     // A Unix socket from a local pool, or a TCP socket to a cluster's head.
     let transport = Transport::of(sock.as_fd())?;
@@ -494,6 +493,7 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
         spin: Duration::from_nanos(setup.spin_nanos),
         started: Arc::new(StartedMark::from_fd(started)?),
         threads: setup.worker_threads,
+        threads_within: Duration::from_nanos(setup.start_timeout_nanos),
     })
 }
 
