@@ -29,7 +29,7 @@ fn main() {
         Some("cluster-from-env") => run_as_helper(from_env_helper()),
         _ => {}
     }
-    support::run(trials![
+    support::run_mostly_waiting(trials![
         map_of_100_000_items_runs_on_both_hosts,
         a_task_holding_a_descriptor_fails_at_submission,
         remote_worker_killed_mid_task,

@@ -57,6 +57,11 @@ impl MiniSlurm {
     }
 
     async fn start() -> Result<Option<MiniSlurm>, BoxError> {
+        MiniSlurm::start_with("").await
+    }
+
+    /// [`start`](Self::start), with the lines `conf` added to its `slurm.conf`.
+    async fn start_with(conf: &str) -> Result<Option<MiniSlurm>, BoxError> {
         let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
         if uid.ok() != Some(0) {
             println!("skipped: the Slurm test runs slurmd, which needs root");
@@ -127,7 +132,7 @@ impl MiniSlurm {
                  MpiDefault=none\nSwitchType=switch/none\nJobAcctGatherType=jobacct_gather/none\n\
                  AccountingStorageType=accounting_storage/none\n\
                  NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN\n\
-                 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+                 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n{conf}",
                 m("sock"),
             ),
         )?;
@@ -359,7 +364,8 @@ async fn a_pool_without_room_names_the_pending_job_and_its_state() -> TestResult
 
 async fn shutdown_says_which_job_it_could_not_cancel() -> TestResult {
     use nix::sys::signal::Signal;
-    let Some(slurm) = MiniSlurm::start().await? else {
+    // A `scancel` gives up on a controller that does not answer after this (10 s unless told).
+    let Some(slurm) = MiniSlurm::start_with("MessageTimeout=3\n").await? else {
         return Ok(());
     };
     let cluster = Cluster::builder()

@@ -24,7 +24,7 @@ fn main() {
     if support::process::helper_mode().as_deref() == Some("rebuilt-head") {
         support::process::run_as_helper(rebuilt_head());
     }
-    support::run(trials![
+    support::run_mostly_waiting(trials![
         ssh_launcher_copies_the_binary_and_runs_workers_on_the_host,
         a_frozen_host_fails_the_build_instead_of_holding_it,
         a_copy_cut_short_leaves_no_file_to_run,
@@ -242,7 +242,7 @@ async fn a_frozen_host_fails_the_build_instead_of_holding_it() -> TestResult {
     sshd.net.signal_host(0, nix::sys::signal::Signal::SIGSTOP);
     let built = Cluster::builder()
         .listener(sshd.net.listen()?)
-        .launcher(sshd.launcher())
+        .launcher(sshd.launcher().probe_timeout(Duration::from_secs(4)))
         .build()
         .await;
     sshd.net.signal_host(0, nix::sys::signal::Signal::SIGCONT);

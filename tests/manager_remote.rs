@@ -205,7 +205,7 @@ fn main() {
         "a_withdrawn_condition_wait_gives_back_only_the_hold_it_took",
         a_withdrawn_condition_wait_gives_back_only_the_hold_it_took,
     ));
-    support::run(trials)
+    support::run_mostly_waiting(trials)
 }
 
 /// A manager served by a process of its own on a TCP loopback port, with the key.

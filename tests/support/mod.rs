@@ -133,6 +133,19 @@ pub fn run(trials: Vec<Trial>) -> ! {
     libtest_mimic::run(&args, trials).exit()
 }
 
+/// How many trials [`run_mostly_waiting`] runs at once.
+pub const WAITING_AT_ONCE: usize = 8;
+
+/// Runs the trials as [`run`] does, [`WAITING_AT_ONCE`] at a time unless `--test-threads`
+/// says otherwise: for a file whose tests spend most of their time waiting (for a heartbeat
+/// deadline, a peer in another process or network namespace, a timeout), not computing, so
+/// that as many run at once on a machine of two cores as on one of eight.
+pub fn run_mostly_waiting(trials: Vec<Trial>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(WAITING_AT_ONCE);
+    libtest_mimic::run(&args, trials).exit()
+}
+
 /// Runs the trials as [`run`] does, one at a time unless `--test-threads` says otherwise:
 /// for a file whose tests count this process's descriptors or children.
 pub fn run_one_at_a_time(trials: Vec<Trial>) -> ! {
