@@ -184,28 +184,50 @@ async fn run() -> mp::Result<()> {
     let pool = mp::Pool::new(2).await?;
     pool.apply(noop, (1,)).await?;
 
-    // map, chunksize 1, 20,000 tasks.
+    // map, chunksize 1, 20,000 tasks; the same on a pool whose workers read their memory
+    // after their tasks (a limit never reached).
     let n = 20_000u64;
     let mut rates = Vec::new();
+    let mut limited_rates = Vec::new();
     let mut pp_rates = Vec::new();
     let mut pp_us = Vec::new();
+    let limited = mp::Pool::builder()
+        .processes(2)
+        .max_memory_per_child(1 << 40)
+        .build()
+        .await?;
+    limited.apply(noop, (1,)).await?;
     for _ in 0..reps {
         let t = Instant::now();
         let v = pool.map(noop, 0..n).chunksize(1).await?;
         let d = t.elapsed();
         assert_eq!(v.len() as u64, n);
         rates.push(n as f64 / d.as_secs_f64() / 1e3);
+        let t = Instant::now();
+        let v = limited.map(noop, 0..n).chunksize(1).await?;
+        let d = t.elapsed();
+        assert_eq!(v.len() as u64, n);
+        limited_rates.push(n as f64 / d.as_secs_f64() / 1e3);
         let pp = socketpair_ping_pong(20_000).await?;
         pp_rates.push(20_000.0 / pp.as_secs_f64() / 1e3);
         pp_us.push(pp.as_secs_f64() * 1e6 / 20_000.0);
     }
     report.add(
-        Figure::new("map_20k_chunksize_1", "ktasks/s", rates).baseline(Figure::new(
+        Figure::new("map_20k_chunksize_1", "ktasks/s", rates.clone()).baseline(Figure::new(
             "tokio_socketpair_round_trips",
             "k/s",
             pp_rates,
         )),
     );
+    report.add(
+        Figure::new(
+            "map_20k_chunksize_1_max_memory_per_child",
+            "ktasks/s",
+            limited_rates,
+        )
+        .baseline(Figure::new("map_20k_chunksize_1", "ktasks/s", rates)),
+    );
+    drop(limited);
 
     // apply round trip, one at a time.
     for i in 0..1000 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use support::netns::Net;
 use support::pool::{
-    erring_init, pid, pid_to_file_then_sleep, read_pid, sqr, touch, wait_for_file,
+    erring_init, keep_memory, pid, pid_to_file_then_sleep, read_pid, sqr, touch, wait_for_file,
 };
 use support::process::{BoxError, helper_mode, run_as_helper, start_helper_reading};
 use support::{TestResult, eventually, temp_path};
@@ -31,6 +31,7 @@ fn main() {
     }
     support::run_mostly_waiting(trials![
         map_of_100_000_items_runs_on_both_hosts,
+        a_remote_worker_whose_memory_reaches_the_limit_is_replaced,
         a_task_holding_a_descriptor_fails_at_submission,
         remote_worker_killed_mid_task,
         frozen_host_is_declared_lost_and_the_other_serves_on,
@@ -1615,6 +1616,31 @@ async fn one_host_here() -> Result<Cluster, BoxError> {
         )
         .build()
         .await?)
+}
+
+/// A remote worker's answers say when its memory reaches the pool's `max_memory_per_child`,
+/// as a local one's do: it is retired after its task, and its host's agent starts another.
+async fn a_remote_worker_whose_memory_reaches_the_limit_is_replaced() -> TestResult {
+    let cluster = one_host_here().await?;
+    let pool = Pool::builder()
+        .cluster(&cluster)
+        .processes(1)
+        .max_memory_per_child(256 << 20)
+        .build()
+        .await?;
+    let first = pool.apply(keep_memory, (300,)).await?;
+    let next = pool.apply(pid, ()).await?;
+    ensure!(
+        next != first,
+        "the remote worker {first} took another task at 300 MiB of a limit of 256"
+    );
+    ensure!(
+        pool.stats().workers_lost == 0,
+        "a retired worker counted as lost: {:?}",
+        pool.stats()
+    );
+    pool.terminate().await?;
+    Ok(())
 }
 
 /// The "host" is an agent on this machine (no namespace, no root needed).

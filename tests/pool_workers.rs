@@ -196,6 +196,137 @@ async fn maxtasksperchild() -> TestResult {
     Ok(())
 }
 
+/// Logs task `id` to `log` (see `log_run`) after taking `mib` MiB of memory for good (its
+/// pages touched, so resident); returns this worker's pid.
+fn log_run_keeping(log: String, id: u32, mib: usize) -> u32 {
+    keep_memory(mib);
+    log_run(log, id)
+}
+
+/// Takes `mib` MiB of memory for good; returns this worker's pid.
+async fn keep_memory_async(mib: usize) -> u32 {
+    std::mem::forget(vec![1u8; mib << 20]);
+    std::process::id()
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A worker whose task takes its memory past `max_memory_per_child` answers that task and
+/// the tasks already sent to it, each run once, then is retired (not lost) and replaced: the
+/// next task runs on another worker, and the retired one exits.
+async fn a_worker_whose_memory_reaches_the_limit_is_retired_after_its_tasks() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(256 * MIB)
+        .build()
+        .await?;
+    let log = temp_path("memory-runs");
+    let first = pool.apply(log_run_keeping, (log.to_string(), 0, 0)).await?;
+    // The first takes 300 MiB; the rest wait for the one worker, some sent ahead to it.
+    let hs: Vec<_> = (1..=8u32)
+        .map(|i| {
+            let mib = if i == 1 { 300 } else { 0 };
+            pool.apply_async(log_run_keeping, (log.to_string(), i, mib))
+        })
+        .collect();
+    let pids = futures::future::try_join_all(hs).await?;
+    ensure!(
+        pids[0] == first,
+        "the task that took the memory ran on {}, not on the worker {first}",
+        pids[0]
+    );
+    let after = pool.apply(log_run_keeping, (log.to_string(), 9, 0)).await?;
+    ensure!(
+        after != first,
+        "the worker {first}, at 300 MiB of a limit of 256, took another task after its own"
+    );
+    let mut ran: Vec<u32> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(|l| l.parse())
+        .collect::<Result<_, _>>()?;
+    ran.sort();
+    ensure!(
+        ran == (0..=9).collect::<Vec<_>>(),
+        "each task ran exactly once: {ran:?}"
+    );
+    ensure!(
+        gone(&HashSet::from([first])).await,
+        "the retired worker {first} still runs"
+    );
+    let stats = pool.stats();
+    ensure!(
+        stats.workers_lost == 0,
+        "a retired worker counted as lost: {stats:?}"
+    );
+    Ok(())
+}
+
+/// The same for an `async fn` task, which the worker answers from its runtime.
+async fn an_async_task_that_takes_the_memory_past_the_limit_retires_its_worker() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(256 * MIB)
+        .build()
+        .await?;
+    let first = pool.apply(keep_memory_async, (300,)).await?;
+    let next = pool.apply(pid, ()).await?;
+    ensure!(
+        next != first,
+        "the worker {first} took another task at 300 MiB of a limit of 256"
+    );
+    Ok(())
+}
+
+/// Workers whose memory stays under the limit are kept, task after task.
+async fn a_worker_under_its_memory_limit_is_kept() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(1024 * MIB)
+        .build()
+        .await?;
+    let log = temp_path("kept-runs");
+    let mut pids = HashSet::new();
+    for i in 0..20 {
+        pids.insert(pool.apply(log_run_keeping, (log.to_string(), i, 2)).await?);
+    }
+    ensure!(
+        pids.len() == 1,
+        "40 MiB taken of a limit of 1 GiB, yet the tasks ran on {pids:?}"
+    );
+    Ok(())
+}
+
+/// A limit that a fresh worker is over already (it says so on its stderr) retires each
+/// worker after its first task, as `maxtasksperchild(1)` would: every task runs, each on a
+/// worker of its own.
+async fn a_limit_under_a_fresh_workers_memory_retires_it_after_each_task() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(1)
+        .build()
+        .await?;
+    let mut pids = HashSet::new();
+    for _ in 0..4 {
+        pids.insert(pool.apply(pid, ()).await?);
+    }
+    ensure!(pids.len() == 4, "4 tasks ran on {pids:?}");
+    Ok(())
+}
+
+async fn max_memory_per_child_of_zero_is_an_error() -> TestResult {
+    let e = Pool::builder()
+        .max_memory_per_child(0)
+        .build()
+        .await
+        .err()
+        .ok_or("a pool with a memory limit of zero was built")?;
+    ensure!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("max_memory_per_child")),
+        "{e}"
+    );
+    Ok(())
+}
+
 // _TestPoolWorkerLifetime.test_pool_worker_lifetime_early_close
 async fn maxtasksperchild_early_close() -> TestResult {
     let pool = Pool::builder()
@@ -654,6 +785,11 @@ fn main() {
         failing_initializer_of_a_replacement,
         maxtasksperchild,
         maxtasksperchild_early_close,
+        a_worker_whose_memory_reaches_the_limit_is_retired_after_its_tasks,
+        an_async_task_that_takes_the_memory_past_the_limit_retires_its_worker,
+        a_worker_under_its_memory_limit_is_kept,
+        a_limit_under_a_fresh_workers_memory_retires_it_after_each_task,
+        max_memory_per_child_of_zero_is_an_error,
         idle_workers_exit_and_come_back_with_work,
         idle_timeout_loses_no_task,
         idle_timeout_of_zero_is_an_error,

@@ -25,6 +25,8 @@ pub(super) struct Config {
     pub(super) method: StartMethod,
     pub(super) init: Option<(InitializerEntry, Encoded)>,
     pub(super) maxtasksperchild: Option<usize>,
+    /// The resident memory, in bytes, at which a worker is retired.
+    pub(super) max_memory_per_child: Option<u64>,
     pub(super) concurrency: usize,
     pub(super) start_timeout: Duration,
     pub(super) spin: Duration,
@@ -61,6 +63,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<Result<(InitializerEntry, Encoded)>>,
     maxtasksperchild: Option<usize>,
+    max_memory_per_child: Option<u64>,
     method: Option<StartMethod>,
     task_timeout: Option<Duration>,
     concurrency: usize,
@@ -83,6 +86,7 @@ impl PoolBuilder {
             processes: None,
             init: None,
             maxtasksperchild: None,
+            max_memory_per_child: None,
             method: None,
             task_timeout: None,
             concurrency: 1,
@@ -251,6 +255,25 @@ impl PoolBuilder {
         self
     }
 
+    /// Retires a worker whose resident memory (its RSS) has reached `bytes`, replacing it
+    /// with a fresh one, as Celery's `worker_max_memory_per_child` does: a worker that leaks,
+    /// or keeps the memory a large task took, gives it back to the system. The task that
+    /// took it there completes and answers, and so do those already sent to the worker; it
+    /// is sent no more, and stops once it has answered them all, so no task is lost or run
+    /// twice. A retired worker is not a loss ([`PoolStats::workers_lost`]).
+    ///
+    /// A worker reads its memory after a task unless it read it less than a millisecond
+    /// before (tasks of a few microseconds each would feel a system call apiece): so after
+    /// every task that ran a millisecond or more, and otherwise within a millisecond's tasks.
+    /// The memory of a worker started by [`Fork`](StartMethod::Fork) counts the pages it
+    /// still shares with the pool's process. 0 makes [`build`](Self::build) fail.
+    ///
+    /// [`PoolStats::workers_lost`]: crate::PoolStats::workers_lost
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
     /// Lets a worker that has had no task for `timeout` exit, freeing its memory, as loky's
     /// `idle_worker_timeout` (and `get_reusable_executor(timeout=)`) does; by default
     /// workers live as long as the pool. When a task comes to a pool with fewer workers than
@@ -394,11 +417,11 @@ impl PoolBuilder {
     /// replacement).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for `processes(0)` or `maxtasksperchild(0)`, for
-    /// [`worker_threads`](Self::worker_threads) refused, for an environment variable
-    /// refused (see [`env`](Self::env)); an [`Error::Io`] naming the directory for a
-    /// [`current_dir`](Self::current_dir) that cannot be entered (on a cluster, on every
-    /// host with room, naming the last one tried);
+    /// [`Error::InvalidArgument`] for `processes(0)`, `maxtasksperchild(0)` or
+    /// `max_memory_per_child(0)`, for [`worker_threads`](Self::worker_threads) refused, for
+    /// an environment variable refused (see [`env`](Self::env)); an [`Error::Io`] naming the
+    /// directory for a [`current_dir`](Self::current_dir) that cannot be entered (on a
+    /// cluster, on every host with room, naming the last one tried);
     /// [`Error::Encode`] if the initializer's arguments cannot be encoded;
     /// [`Error::InitializerFailed`] if the initializer failed in the first worker to finish
     /// its start; otherwise the error of the last worker to fail, when none could be
@@ -467,6 +490,11 @@ impl PoolBuilder {
                 "maxtasksperchild must be at least 1 (or not set)".into(),
             ));
         }
+        if self.max_memory_per_child == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_memory_per_child must be at least 1 byte (or not set)".into(),
+            ));
+        }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(Error::InvalidArgument(
                 "idle_timeout must be more than zero (or not set)".into(),
@@ -498,6 +526,7 @@ impl PoolBuilder {
             method,
             init,
             maxtasksperchild: self.maxtasksperchild,
+            max_memory_per_child: self.max_memory_per_child,
             concurrency: self.concurrency,
             start_timeout: self.start_timeout,
             // On a single core, a process that spins only delays the one it waits for.

@@ -60,18 +60,31 @@ const LARGE_FRAME: usize = 1 << 20;
 /// answer, for the next one. Nothing from a worker whose host was declared lost is taken
 /// after that: its tasks are failed by then, and a late answer is dropped.
 ///
+/// An answer that says the worker's memory reached the pool's limit sets `over_memory`
+/// before its caller has it, so that the pool sends the worker nothing the caller submits
+/// next.
+///
 /// The exit is reported once the worker's descriptors held here (its pidfd, its link) are
 /// closed, so that a pool that hears of its last worker's exit holds none of them any more.
 pub(super) async fn read_worker(
     wid: u64,
+    over_memory: Arc<AtomicBool>,
     rd: Arc<Framed>,
     life: (Life, Killer),
     (events, answers): (UnboundedSender<Event>, Arc<Answered>),
     replies: Replies,
     spin: (Arc<AtomicBool>, Duration),
 ) {
-    let (cause, killed_because) =
-        watch_worker(wid, rd, life, (&events, answers), replies, spin).await;
+    let (cause, killed_because) = watch_worker(
+        wid,
+        over_memory,
+        rd,
+        life,
+        (&events, answers),
+        replies,
+        spin,
+    )
+    .await;
     let _ = events.send(Event::Exited {
         wid,
         cause,
@@ -83,6 +96,7 @@ pub(super) async fn read_worker(
 /// as it returns how the worker ended, and why the pool killed it if it did.
 async fn watch_worker(
     wid: u64,
+    over_memory: Arc<AtomicBool>,
     rd: Arc<Framed>,
     (mut life, killer): (Life, Killer),
     (events, answers): (&UnboundedSender<Event>, Arc<Answered>),
@@ -93,7 +107,15 @@ async fn watch_worker(
     // `Ok(false)`: the scheduler is gone; `Err`: the answer cannot be read, and why.
     let forward = |mut frame: Frame, at: Instant| -> Result<bool, String> {
         match frame.decode_head::<Reply>() {
-            Ok(Reply { id, nanos, failure }) => {
+            Ok(Reply {
+                id,
+                nanos,
+                failure,
+                over_memory: over,
+            }) => {
+                if over {
+                    over_memory.store(true, Ordering::Release);
+                }
                 let ok = failure.is_none();
                 let answered = take_reply(&replies, id, Some(wid)).map(|tx| {
                     let _ = tx.send(match failure {

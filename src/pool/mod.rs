@@ -19,6 +19,7 @@ mod imap;
 mod link;
 mod map;
 mod map_result;
+mod memory_limit;
 mod off_thread;
 mod payload;
 mod proto;

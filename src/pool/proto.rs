@@ -33,6 +33,10 @@ pub(super) struct Setup {
     /// start up to its initializer.
     #[serde(default = "default_start_timeout_nanos")]
     pub(super) start_timeout_nanos: u64,
+    /// The pool's [`max_memory_per_child`](super::PoolBuilder::max_memory_per_child), in
+    /// bytes: the worker watches its memory against it.
+    #[serde(default)]
+    pub(super) max_memory: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -94,4 +98,8 @@ pub(super) struct Reply {
     pub(super) nanos: u64,
     /// Why the task gave no result; `None` when it succeeded.
     pub(super) failure: Option<TaskFailure>,
+    /// The worker's memory has reached the pool's
+    /// [`max_memory_per_child`](super::PoolBuilder::max_memory_per_child): it is to be sent
+    /// no more tasks, and retired.
+    pub(super) over_memory: bool,
 }

@@ -482,8 +482,10 @@ impl Scheduler {
         let out = Outbox::new(tx, w.writer.clone());
         let writer = write_worker(w.writer, rx, out.counter(), w.killer.clone());
         self.writer_of.insert(wid, self.writers.spawn(writer));
+        let over_memory = Arc::new(AtomicBool::new(false));
         tokio::spawn(read_worker(
             wid,
+            over_memory.clone(),
             w.reader,
             (w.life, w.killer.clone()),
             (self.events_tx.clone(), self.answered.clone()),
@@ -506,6 +508,7 @@ impl Scheduler {
                 taken_back: BTreeSet::new(),
                 draining: false,
                 send_failed: false,
+                over_memory,
                 round_trip: RoundTrip::default(),
                 activity: Activity::new(now),
             },
@@ -729,6 +732,7 @@ impl Scheduler {
             && self.deadlines.is_empty()
             && self.waiters.is_empty()
             && self.cfg.maxtasksperchild.is_none()
+            && self.cfg.max_memory_per_child.is_none()
             && self.workers.values().all(|s| s.load() <= 1 && !s.draining)
     }
 
@@ -1066,7 +1070,7 @@ impl Scheduler {
         let prefetch = |s: &Slot| prefetch_for(self.mean_nanos, s.round_trip.nanos(), fair_share);
         self.workers
             .iter()
-            .filter(|(_, s)| !s.draining && max.is_none_or(|m| s.sent < m))
+            .filter(|(_, s)| !s.draining && !s.spent(max))
             .filter(|(_, s)| {
                 if is_async {
                     s.asyncs.len() < conc
@@ -1127,7 +1131,7 @@ impl Scheduler {
         let mut idle = self
             .workers
             .values()
-            .filter(|s| !s.draining && s.load() == 0 && max.is_none_or(|m| s.sent < m))
+            .filter(|s| !s.draining && s.load() == 0 && !s.spent(max))
             .count();
         let mut tried = Vec::new();
         while idle > 0 {
@@ -1309,7 +1313,8 @@ impl Scheduler {
     }
 
     /// Sends `Exit` to every worker that holds nothing and should stop: it has run its
-    /// `maxtasksperchild`, or the pool is closed and nothing is queued.
+    /// `maxtasksperchild` or reached its `max_memory_per_child`, or the pool is closed and
+    /// nothing is queued.
     fn retire_idle(&mut self) {
         let closing = self.phase != Phase::Open && self.drained();
         let max = self.cfg.maxtasksperchild;
@@ -1317,7 +1322,7 @@ impl Scheduler {
             if slot.draining || slot.load() > 0 {
                 continue;
             }
-            if closing || max.is_some_and(|m| slot.sent >= m) {
+            if closing || slot.spent(max) {
                 slot.retire();
             }
         }

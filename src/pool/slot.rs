@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::idle::Activity;
 use super::proto::ToWorker;
@@ -41,6 +42,10 @@ pub(super) struct Slot {
     /// A send to it failed (it had died, or its socket failed) before the pool heard of its
     /// exit: though the pool then kills it, its end is a loss, not one the pool chose.
     pub(super) send_failed: bool,
+    /// Its memory has reached the pool's
+    /// [`max_memory_per_child`](super::PoolBuilder::max_memory_per_child), as an answer
+    /// said: set by its reader (see [`read_worker`](super::link::read_worker)).
+    pub(super) over_memory: Arc<AtomicBool>,
     /// The round trip to it, which its prefetch covers.
     pub(super) round_trip: RoundTrip,
     /// When it last had work, for the pool's idle timeout.
@@ -89,6 +94,13 @@ impl RoundTrip {
 impl Slot {
     pub(super) fn load(&self) -> usize {
         self.sync.len() + self.asyncs.len()
+    }
+
+    /// Whether it is to be sent no more tasks, and retired once it has answered those it
+    /// holds: it was sent `maxtasks` (the pool's `maxtasksperchild`), or its memory has
+    /// reached the pool's limit.
+    pub(super) fn spent(&self, maxtasks: Option<usize>) -> bool {
+        self.over_memory.load(Ordering::Acquire) || maxtasks.is_some_and(|m| self.sent >= m)
     }
 
     /// Whether the worker may have started synchronous task `id`: it has marked that task,
@@ -202,6 +214,7 @@ mod tests {
             taken_back: BTreeSet::new(),
             draining: false,
             send_failed: false,
+            over_memory: Arc::new(AtomicBool::new(false)),
             round_trip: RoundTrip::default(),
             activity: Activity::new(tokio::time::Instant::now()),
         }

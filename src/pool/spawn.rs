@@ -51,6 +51,7 @@ pub(super) fn setup_frame(cfg: &Config) -> Result<FrameBuf> {
         print_panics: cfg.print_panics,
         worker_threads: u32::try_from(cfg.worker_threads).unwrap_or(u32::MAX),
         start_timeout_nanos: u64::try_from(cfg.start_timeout.as_nanos()).unwrap_or(u64::MAX),
+        max_memory: cfg.max_memory_per_child,
     })?;
     if let Some((_, args)) = &cfg.init {
         frame.push_encoded(clone_encoded(args)?);

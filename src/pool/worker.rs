@@ -164,6 +164,7 @@ fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u
                     id,
                     nanos,
                     failure: None,
+                    over_memory: super::memory_limit::reached(),
                 })
                 .and_then(|()| {
                     frame.push_encoded(enc);
@@ -186,10 +187,12 @@ fn reply_frame(id: u64, outcome: std::result::Result<Encoded, Failure>, nanos: u
 
 /// A frame that answers task `id` with `failure`.
 fn failure_frame(id: u64, failure: TaskFailure, nanos: u64) -> FrameBuf {
+    let over_memory = super::memory_limit::reached();
     let reply = Reply {
         id,
         nanos,
         failure: Some(failure),
+        over_memory,
     };
     FrameBuf::of(&reply).unwrap_or_else(|e| {
         // A failure's text that cannot be encoded (it cannot happen with MessagePack, which
@@ -198,6 +201,7 @@ fn failure_frame(id: u64, failure: TaskFailure, nanos: u64) -> FrameBuf {
             id,
             nanos,
             failure: Some(TaskFailure::Refused(e.to_string())),
+            over_memory,
         };
         FrameBuf::of(&reply).unwrap_or_default()
     })
@@ -476,6 +480,9 @@ fn setup(sock: OwnedFd, started: OwnedFd) -> Result<Start> {
     let mut frame = link.recv_blocking()?;
     let setup: Setup = frame.decode_head()?;
     crate::task::record_panics(setup.print_panics);
+    if let Some(limit) = setup.max_memory {
+        super::memory_limit::watch(limit);
+    }
     let reply = |r: &SetupReply| link.send_blocking(&mut FrameBuf::of(r)?);
     let same = match setup.hello.check() {
         Ok(s) => s,

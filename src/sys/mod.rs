@@ -18,6 +18,7 @@ mod owner;
 mod pid;
 mod proc;
 mod random;
+mod resident;
 mod ring;
 mod shm;
 mod socket_opts;
@@ -59,6 +60,7 @@ pub(crate) use proc::{
     wait_pid_blocking, wait_pidfd_blocking,
 };
 pub(crate) use random::fill_random;
+pub(crate) use resident::ResidentMemory;
 pub(crate) use ring::{Head, Message, Popped, Pushed, SLOT_DATA, ShmRing};
 pub use shm::Pod;
 pub(crate) use shm::{

@@ -133,7 +133,7 @@ impl Drop for AltStack {
     }
 }
 
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     // SAFETY: `sysconf` reads a system value and touches none of our memory.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         n if n > 0 => n as usize,

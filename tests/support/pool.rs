@@ -261,6 +261,13 @@ pub fn make_unencodable() -> Unencodable {
 }
 
 /// Appends `id` to the file at `log` (one line per run), returns this worker's pid.
+/// Takes `mib` MiB of memory for good (its pages touched, so resident); returns this
+/// worker's pid.
+pub fn keep_memory(mib: usize) -> u32 {
+    std::mem::forget(vec![1u8; mib << 20]);
+    std::process::id()
+}
+
 pub fn log_run(log: String, id: u32) -> u32 {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
