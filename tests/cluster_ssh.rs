@@ -109,9 +109,17 @@ impl Sshd {
         let config = configure(&dir, HOST)?;
         // sshd's privilege separation directory, which the package's service makes at start.
         std::fs::create_dir_all("/run/sshd")?;
+        // The host's root logs in to a home of its own, empty as a fresh account's: the
+        // shell files of this machine's root (which may wait, as pyenv's rehash does for a
+        // lock a killed login left) are not the host's. `ip netns exec` gives the host a
+        // mount namespace of its own, where the home is bound over /root.
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home)?;
         let sshd = Command::new("ip")
-            .args(["netns", "exec", &net.host_ns(0), SSHD, "-D", "-e", "-f"])
-            .arg(&config)
+            .args(["netns", "exec", &net.host_ns(0), "sh", "-c"])
+            .arg(r#"mount --bind "$1" /root && exec "$2" -D -e -f "$3""#)
+            .arg("sh")
+            .args([home.as_os_str(), SSHD.as_ref(), config.as_os_str()])
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let sshd = Sshd { sshd, dir, net };
