@@ -5,9 +5,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tokio_multiprocessing::{self as mp, Pool};
+use tokio_multiprocessing::{self as mp, Pool, PoolBuilder};
 
-use super::{eventually, exists, temp_path};
+use super::{TestResult, eventually, exists, temp_path};
+
+/// Fails unless `builder`'s build is refused with an `InvalidArgument` that names `option`.
+pub async fn refused_naming(builder: PoolBuilder, option: &str) -> TestResult {
+    match builder.build().await {
+        Err(mp::Error::InvalidArgument(m)) if m.contains(option) => Ok(()),
+        Err(e) => Err(format!("refused, but not for its {option}: {e}").into()),
+        Ok(_) => Err(format!("a pool was built with that {option}").into()),
+    }
+}
 
 pub fn sqr(x: i64) -> i64 {
     x * x
