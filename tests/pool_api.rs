@@ -175,16 +175,11 @@ async fn imap() -> TestResult {
     Ok(())
 }
 
-// The issue's own: an endless iterator, 1,000 results, a bounded window of inputs read.
-async fn imap_endless_input_is_read_lazily() -> TestResult {
-    let pool = Pool::new(2).await?;
-    let pulled = Arc::new(AtomicUsize::new(0));
-    let p = pulled.clone();
-    let input = (0i64..).inspect(move |_| {
-        p.fetch_add(1, Ordering::Relaxed);
-    });
-    let got: Vec<i64> = pool
-        .imap(sqr, input)
+/// Takes the first 1,000 results of `results`, an imap of `sqr` over 0, 1, 2, ... on a pool
+/// of 2 workers, in chunks of 4, and checks that `read` (its inputs read) stayed at most its
+/// window ahead of them: 4 chunks per worker, of 4 inputs each.
+async fn first_1000_read_a_window_ahead(results: mp::IMap<i64>, read: &AtomicUsize) -> TestResult {
+    let got: Vec<i64> = results
         .chunksize(4)
         .take(1000)
         .map(|r| r.unwrap_or(-1))
@@ -194,9 +189,20 @@ async fn imap_endless_input_is_read_lazily() -> TestResult {
         got == (0..1000).map(|x| x * x).collect::<Vec<_>>(),
         "first 1000"
     );
-    let n = pulled.load(Ordering::Relaxed);
-    // Window: 4 chunks per worker, of 4 inputs each.
+    let n = read.load(Ordering::Relaxed);
     ensure!(n <= 1000 + 4 * 2 * 4, "read {n} inputs for 1000 results");
+    Ok(())
+}
+
+// The issue's own: an endless iterator, 1,000 results, a bounded window of inputs read.
+async fn imap_endless_input_is_read_lazily() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = pulled.clone();
+    let input = (0i64..).inspect(move |_| {
+        p.fetch_add(1, Ordering::Relaxed);
+    });
+    first_1000_read_a_window_ahead(pool.imap(sqr, input), &pulled).await?;
     let mut s = pool.imap_unordered(sqr, 0i64..).take(1000);
     let mut k = 0;
     while let Some(r) = s.next().await {
@@ -204,6 +210,153 @@ async fn imap_endless_input_is_read_lazily() -> TestResult {
         k += 1;
     }
     ensure!(k == 1000, "imap_unordered took {k}");
+    Ok(())
+}
+
+/// A bounded channel whose sender is fed `items` by a task of its own, and its receiver.
+fn fed(items: impl Iterator<Item = i64> + Send + 'static) -> futures::channel::mpsc::Receiver<i64> {
+    use futures::SinkExt;
+    let (mut tx, rx) = futures::channel::mpsc::channel(4);
+    tokio::spawn(async move {
+        for x in items {
+            if tx.send(x).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    rx
+}
+
+// Python's imap over an iterator a thread feeds: an asynchronous input, fed while the
+// results are read, gives each result once, in input order or as they complete.
+async fn imap_stream_yields_a_result_for_each_item_of_its_input() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let want: Vec<i64> = (0..500).map(|x| x * x).collect();
+    let got: Vec<i64> = pool
+        .imap_stream(sqr, fed(0..500))
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    ensure!(got == want, "imap_stream order: {got:?}");
+    let got: Vec<i64> = pool
+        .imap_stream(sqr, fed(0..500))
+        .chunksize(7)
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    ensure!(got == want, "imap_stream chunks of 7: {got:?}");
+    let mut got: Vec<i64> = pool
+        .imap_unordered_stream(sqr, fed(0..500))
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    got.sort();
+    ensure!(got == want, "imap_unordered_stream set: {got:?}");
+    let none = pool
+        .imap_stream(sqr, futures::stream::empty::<i64>())
+        .count()
+        .await;
+    ensure!(none == 0, "an empty input gave {none} results");
+    // A failing item is named by its place in the input.
+    let items = futures::stream::iter(0u8..=255);
+    let got: Vec<_> = pool
+        .imap_stream(byte_or_boom, items)
+        .chunksize(50)
+        .collect()
+        .await;
+    ensure!(got.len() == 256, "{} results", got.len());
+    let failed: Vec<_> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+    ensure!(
+        failed.len() == 1 && failed[0].input_index() == Some(77),
+        "failures: {failed:?}"
+    );
+    Ok(())
+}
+
+// An item that comes alone goes to a worker at once, whatever the chunk size: a caller
+// that sends the next item only after the result of the last one is answered each time.
+async fn imap_stream_sends_an_item_that_comes_alone_at_once() -> TestResult {
+    use futures::SinkExt;
+    let pool = Pool::new(2).await?;
+    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    let mut results = pool.imap_stream(sqr, rx).chunksize(100);
+    for x in 0..20 {
+        tx.send(x).await?;
+        let r = tokio::time::timeout(Duration::from_secs(20), results.next()).await;
+        ensure!(
+            matches!(r, Ok(Some(Ok(y))) if y == x * x),
+            "item {x} alone gave {r:?}"
+        );
+    }
+    drop(tx);
+    ensure!(
+        results.next().await.is_none(),
+        "the results went on past the input's end"
+    );
+    Ok(())
+}
+
+// The input is polled only while the window has room: a fast, endless input is read a
+// bounded window ahead of the results taken, and one with nothing to give is not polled
+// in a loop while it waits.
+async fn imap_stream_polls_its_input_only_as_it_needs() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let polled = Arc::new(AtomicUsize::new(0));
+    let p = polled.clone();
+    let endless = futures::stream::iter(0i64..).inspect(move |_| {
+        p.fetch_add(1, Ordering::Relaxed);
+    });
+    first_1000_read_a_window_ahead(pool.imap_stream(sqr, endless), &polled).await?;
+
+    let polls = Arc::new(AtomicUsize::new(0));
+    let p = polls.clone();
+    let silent = futures::stream::poll_fn(move |_| {
+        p.fetch_add(1, Ordering::Relaxed);
+        std::task::Poll::<Option<i64>>::Pending
+    });
+    let mut results = pool.imap_stream(sqr, silent);
+    let r = tokio::time::timeout(Duration::from_millis(300), results.next()).await;
+    ensure!(r.is_err(), "a silent input gave {r:?}");
+    let n = polls.load(Ordering::Relaxed);
+    ensure!(
+        n <= 2,
+        "a silent input was polled {n} times while the results waited"
+    );
+    Ok(())
+}
+
+// Python's `it = pool.imap(f, xs); pool.close(); list(it); pool.join()` with an input still
+// arriving: the items that come after the close run, and `join` waits for the input's end.
+async fn an_input_stream_made_before_close_runs_every_item() -> TestResult {
+    use futures::SinkExt;
+    let pool = Pool::new(2).await?;
+    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    let mut results = pool.imap_stream(sqr, rx);
+    pool.close();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(r) = results.next().await {
+            got.push(r.unwrap_or(-1));
+        }
+        got
+    });
+    {
+        let join = pool.join();
+        tokio::pin!(join);
+        for x in 0..10 {
+            tx.send(x).await?;
+        }
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut join).await;
+        ensure!(early.is_err(), "join returned while the input was open");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(20), join).await??;
+    }
+    let got = reader.await?;
+    ensure!(
+        got == (0..10).map(|x| x * x).collect::<Vec<_>>(),
+        "after close: {got:?}"
+    );
     Ok(())
 }
 
@@ -1527,6 +1680,10 @@ fn main() {
         starmap,
         imap,
         imap_endless_input_is_read_lazily,
+        imap_stream_yields_a_result_for_each_item_of_its_input,
+        imap_stream_sends_an_item_that_comes_alone_at_once,
+        imap_stream_polls_its_input_only_as_it_needs,
+        an_input_stream_made_before_close_runs_every_item,
         apply_async,
         get_timeout_leaves_task_running,
         wait_leaves_the_result_in_the_handle,

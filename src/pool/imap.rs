@@ -14,15 +14,11 @@ use serde::de::DeserializeOwned;
 
 use super::Shared;
 use super::async_result::{Answer, AsyncResult, decode_outcome};
+use super::imap_input::Input;
 use super::map_result::items;
 use super::scheduler::Cmd;
 use crate::error::TaskError;
 use crate::task::ChunkOut;
-use crate::wire::Encoded;
-
-/// Pulls the next chunk of inputs (at most the given number) and encodes it: how many
-/// inputs it holds, and their encoding; `None` when the input is exhausted.
-pub(super) type NextChunk = Box<dyn FnMut(usize) -> Option<(usize, crate::Result<Encoded>)> + Send>;
 
 /// A chunk of an [`IMap`] in flight: where its inputs start, how many they are, and the
 /// handle on its answer.
@@ -95,8 +91,10 @@ fn indexed_items<R: Send + 'static>(
     }
 }
 
-/// The stream of results of [`Pool::imap`](crate::Pool::imap) (input order) and
-/// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (completion order).
+/// The stream of results of [`Pool::imap`](crate::Pool::imap) and
+/// [`Pool::imap_stream`](crate::Pool::imap_stream) (input order), and of
+/// [`Pool::imap_unordered`](crate::Pool::imap_unordered) and
+/// [`Pool::imap_unordered_stream`](crate::Pool::imap_unordered_stream) (completion order).
 ///
 /// It is a [`futures::Stream`]: read it with `futures::StreamExt::next` (the `futures`
 /// crate as a dependency of your own), `while let Some(r) = stream.next().await`, or with
@@ -104,10 +102,10 @@ fn indexed_items<R: Send + 'static>(
 ///
 /// It reads its input lazily, when polled, and keeps at most a bounded window of chunks
 /// submitted and not yet yielded (four per worker), so an endless iterator is fine and
-/// memory stays flat. Its inputs count as submitted when the stream is made: a
-/// [`close`](crate::Pool::close) after that lets it read and submit them all, and
-/// [`join`](crate::Pool::join) waits until it has (so read it to its end, or drop it,
-/// before awaiting `join`).
+/// memory stays flat; an asynchronous input is polled only while the window has room. Its
+/// inputs count as submitted when the stream is made: a [`close`](crate::Pool::close)
+/// after that lets it read and submit them all, and [`join`](crate::Pool::join) waits
+/// until it has (so read it to its end, or drop it, before awaiting `join`).
 ///
 /// It yields exactly one item per input, unless the pool refuses its tasks: a stream made
 /// after the pool was closed reads no input and yields the error
@@ -125,11 +123,11 @@ fn indexed_items<R: Send + 'static>(
 /// loop over them lets the runtime's other tasks run.
 ///
 /// # Panics
-/// If reading the input panics (the iterator, or an input's `Serialize`), the stream reads
-/// no more and submits nothing more; it yields the results of the chunks read before, then
-/// the poll that would have yielded the failing chunk's results resumes the panic (Python
-/// raises the iterator's exception at the same place; the failing chunk's inputs read
-/// before the panic are lost in both).
+/// If reading the input panics (the iterator or stream, or an input's `Serialize`), the
+/// stream reads no more and submits nothing more; it yields the results of the chunks read
+/// before, then the poll that would have yielded the failing chunk's results resumes the
+/// panic (Python raises the iterator's exception at the same place; the failing chunk's
+/// inputs read before the panic are lost in both).
 ///
 /// # Cancel safety
 /// `next()` is cancel safe: results that arrived stay in the stream. Dropping the stream
@@ -141,7 +139,7 @@ pub struct IMap<R: DeserializeOwned + 'static> {
     /// Its id for the scheduler, which lets it submit after a close if it was made before
     /// (see [`Cmd::StreamOpened`]).
     id: u64,
-    next_chunk: NextChunk,
+    input: Box<dyn Input>,
     entry: super::Entry,
     chunksize: usize,
     /// Whether the stream chooses the chunk size (none was given).
@@ -190,7 +188,7 @@ impl<R: DeserializeOwned + 'static> IMap<R> {
 impl<R: DeserializeOwned + Send + 'static> IMap<R> {
     pub(super) fn new(
         shared: Arc<Shared>,
-        next_chunk: NextChunk,
+        input: Box<dyn Input>,
         entry: super::Entry,
         ordered: bool,
     ) -> IMap<R> {
@@ -209,7 +207,7 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
         IMap {
             shared,
             id,
-            next_chunk,
+            input,
             entry,
             chunksize: 1,
             auto_chunksize: true,
@@ -264,20 +262,30 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
             if let Some(r) = this.ready.pop_front() {
                 return Poll::Ready(Some(r));
             }
+            // Whether the input has nothing ready now (it wakes this task when it has).
+            let mut input_waits = false;
             while !this.exhausted && this.in_flight() < this.window {
-                let chunksize = this.chunksize;
-                let next_chunk = &mut this.next_chunk;
+                let (chunksize, input) = (this.chunksize, &mut this.input);
                 let pulled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    next_chunk(chunksize)
+                    input.next_chunk(chunksize, cx)
                 }));
-                let Ok(Some((len, enc))) = pulled else {
+                let (len, enc) = match pulled {
+                    Ok(Poll::Ready(Some(chunk))) => chunk,
+                    Ok(Poll::Pending) => {
+                        input_waits = true;
+                        break;
+                    }
+                    Ok(Poll::Ready(None)) => {
+                        this.end();
+                        break;
+                    }
                     // The chunk the input panicked in is lost, as in Python, where the
                     // results before the failing chunk come first, then its exception.
-                    if let Err(panic) = pulled {
+                    Err(panic) => {
                         this.input_panic = Some(panic);
+                        this.end();
+                        break;
                     }
-                    this.end();
-                    break;
                 };
                 // A chunk that cannot be encoded fails in the submission, in its place.
                 let chunk = ChunkAt {
@@ -309,6 +317,9 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                     }
                     if this.exhausted {
                         return Poll::Ready(None);
+                    }
+                    if input_waits {
+                        return Poll::Pending;
                     }
                 }
                 Poll::Ready(Some((start, len, took, chunk))) => {

@@ -7,7 +7,8 @@
 //! the answers the readers log for the scheduler;
 //! `worker.rs` the worker's side; `started.rs` how the pool knows which tasks a worker
 //! started; `payload.rs` a task's arguments as they are sent; `map.rs` a map not yet
-//! submitted; `async_result.rs`, `map_result.rs` and `imap.rs` what submissions give back;
+//! submitted; `async_result.rs`, `map_result.rs` and `imap.rs` what submissions give back,
+//! with `imap_input.rs` what an `imap` reads its inputs from;
 //! `proto.rs` the messages between pool and workers.
 
 mod answered;
@@ -16,6 +17,7 @@ mod builder;
 mod id_map;
 mod idle;
 mod imap;
+mod imap_input;
 mod link;
 mod map;
 mod map_result;
@@ -49,7 +51,7 @@ pub use map::Map;
 pub use map_result::MapResult;
 pub(crate) use remote::HostWorker;
 
-use self::imap::NextChunk;
+use self::imap_input::{FromIter, FromStream, Input};
 use self::map::collect_items;
 use self::payload::Payload;
 use self::scheduler::{Cmd, Job};
@@ -57,7 +59,6 @@ use self::stats::Counters;
 pub use self::stats::{PoolStats, WorkerLoss};
 use crate::error::{Error, Result, TaskError};
 use crate::task::{Target, TaskEntry, chunk_entry, chunk_entry1, task_entry};
-use crate::wire::plain::Items;
 
 /// What runs a task (or a map's chunks) in a worker.
 #[derive(Debug, Clone, Copy)]
@@ -499,28 +500,16 @@ impl Pool {
         self.starmap(f, iterable).submit()
     }
 
-    fn imap_inner<F, T, M, I>(&self, f: F, iterable: I, ordered: bool) -> IMap<F::Output>
+    fn imap_of<F, T, M>(&self, f: F, input: Box<dyn Input>, ordered: bool) -> IMap<F::Output>
     where
         F: Target<(T,), M>,
         T: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = T>,
-        I::IntoIter: Send + 'static,
     {
         let _ = f;
-        let mut it = iterable.into_iter();
-        let mut buf: Vec<T> = Vec::new();
-        let next_chunk: NextChunk = Box::new(move |n| {
-            buf.clear();
-            buf.extend(it.by_ref().take(n));
-            if buf.is_empty() {
-                return None;
-            }
-            Some((buf.len(), Items::all(&buf).encode()))
-        });
         IMap::new(
             self.shared.clone(),
-            next_chunk,
+            input,
             Entry::of::<F, (T,), M>(chunk_entry1::<F, T, M>()),
             ordered,
         )
@@ -537,7 +526,7 @@ impl Pool {
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
-        self.imap_inner(f, iterable, true)
+        self.imap_of(f, Box::new(FromIter::new(iterable.into_iter())), true)
     }
 
     /// Like [`imap`](Self::imap), yielding results as they complete (Python's
@@ -569,7 +558,64 @@ impl Pool {
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
-        self.imap_inner(f, iterable, false)
+        self.imap_of(f, Box::new(FromIter::new(iterable.into_iter())), false)
+    }
+
+    /// [`imap`](Self::imap) over an asynchronous input: the results of `f` on the items of
+    /// `input` (any [`futures::Stream`]: a channel's receiver, lines read from a socket), in
+    /// input order.
+    ///
+    /// The stream polls `input` when it is polled itself, and only while it has room in its
+    /// window of chunks submitted and not yet yielded (see [`IMap`]): a producer feeding
+    /// `input` through a bounded channel waits while the workers are behind. A chunk holds
+    /// the items `input` has ready, up to the chunk size: an item that comes alone goes to a
+    /// worker at once, not held back to fill a chunk. The results end after the result of
+    /// `input`'s last item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> tokio_multiprocessing::Result<()> {
+    /// # let pool = &tokio_multiprocessing::Pool::new(2).await?;
+    /// use futures::{SinkExt, StreamExt};
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// // Items that arrive while the results are read, through a bounded channel.
+    /// let (mut tx, rx) = futures::channel::mpsc::channel(16);
+    /// tokio::spawn(async move {
+    ///     for x in 0..100u64 {
+    ///         if tx.send(x).await.is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// });
+    /// let squares: Vec<u64> = pool.imap_stream(square, rx).map(|r| r.unwrap()).collect().await;
+    /// assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_stream<F, T, M, S>(&self, f: F, input: S) -> IMap<F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        S: futures::Stream<Item = T> + Send + 'static,
+    {
+        self.imap_of(f, Box::new(FromStream::new(input)), true)
+    }
+
+    /// [`imap_stream`](Self::imap_stream), yielding results as they complete (Python's
+    /// `imap_unordered`, over an asynchronous input).
+    pub fn imap_unordered_stream<F, T, M, S>(&self, f: F, input: S) -> IMap<F::Output>
+    where
+        F: Target<(T,), M>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        S: futures::Stream<Item = T> + Send + 'static,
+    {
+        self.imap_of(f, Box::new(FromStream::new(input)), false)
     }
 
     /// Stops taking tasks (Python's `close()`): tasks already submitted run to their end,
