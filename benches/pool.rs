@@ -80,6 +80,27 @@ async fn pipe_ping_pong_with_cat(rounds: u32) -> std::io::Result<Duration> {
     Ok(d)
 }
 
+/// A task feeding 0..n into a bounded channel (a service's queue of work), and the channel.
+fn fed_channel(n: u64) -> (futures::channel::mpsc::Receiver<u64>, Feeder) {
+    let (mut tx, rx) = futures::channel::mpsc::channel(1024);
+    let feeder = tokio::spawn(async move {
+        use futures::SinkExt;
+        tx.send_all(&mut futures::stream::iter(0..n).map(Ok)).await
+    });
+    (rx, feeder)
+}
+
+type Feeder = tokio::task::JoinHandle<Result<(), futures::channel::mpsc::SendError>>;
+
+/// Waits for the task of [`fed_channel`] to have fed every item.
+async fn fed(feeder: Feeder) -> mp::Result<()> {
+    feeder
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
 async fn run() -> mp::Result<()> {
     if std::env::var("POOL_BENCH_ONLY").as_deref() == Ok("apply") {
         let pool = mp::Pool::new(2).await?;
@@ -228,6 +249,48 @@ async fn run() -> mp::Result<()> {
         .baseline(Figure::new("map_20k_chunksize_1", "ktasks/s", rates)),
     );
     drop(limited);
+
+    // imap of 1M trivial items whose input is a channel a task feeds (a service's queue of
+    // work), beside the same imap over an iterator.
+    let n = 1_000_000u64;
+    let mut stream_rates = Vec::new();
+    let mut iter_rates = Vec::new();
+    let mut channel_rates = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let (rx, feeder) = fed_channel(n);
+        let count = rx.map(noop).count().await;
+        channel_rates.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        assert_eq!(count as u64, n);
+        fed(feeder).await?;
+        let t = Instant::now();
+        let count = pool.imap(noop, 0..n).count().await;
+        iter_rates.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        assert_eq!(count as u64, n);
+        let t = Instant::now();
+        let (rx, feeder) = fed_channel(n);
+        let count = pool.imap_stream(noop, rx).count().await;
+        stream_rates.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        assert_eq!(count as u64, n);
+        fed(feeder).await?;
+    }
+    report.add(
+        Figure::new(
+            "imap_stream_1M_vs_the_channel",
+            "Mtasks/s",
+            stream_rates.clone(),
+        )
+        .baseline(Figure::new(
+            "the_channel_drained_here",
+            "Mtasks/s",
+            channel_rates,
+        )),
+    );
+    report.add(
+        Figure::new("imap_stream_1M_from_a_channel", "Mtasks/s", stream_rates).baseline(
+            Figure::new("imap_1M_from_an_iterator", "Mtasks/s", iter_rates),
+        ),
+    );
 
     // apply round trip, one at a time.
     for i in 0..1000 {
