@@ -313,6 +313,41 @@ async fn a_limit_under_a_fresh_workers_memory_retires_it_after_each_task() -> Te
     Ok(())
 }
 
+/// Builds a pool of one forked worker whose limit is under a fresh worker's memory, and
+/// gives it four tasks: the number of workers they ran on.
+async fn workers_of_four_tasks_on_a_forked_limited_pool() -> mp::Result<usize> {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(1)
+        .start_method(mp::StartMethod::Fork)
+        .build()
+        .await?;
+    let mut pids = HashSet::new();
+    for _ in 0..4 {
+        pids.insert(pool.apply(pid, ()).await?);
+    }
+    Ok(pids.len())
+}
+
+/// A worker forked from a worker with a memory limit (a pool that a task builds: the fork
+/// start method works in a worker's first task, before it has threads) watches its memory
+/// against its own pool's limit, not its parent's.
+async fn a_pool_built_by_a_limited_worker_keeps_its_own_limit() -> TestResult {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(1 << 40)
+        .build()
+        .await?;
+    let workers = pool
+        .apply(workers_of_four_tasks_on_a_forked_limited_pool, ())
+        .await??;
+    ensure!(
+        workers == 4,
+        "the inner pool's 4 tasks ran on {workers} workers, where its limit retires each"
+    );
+    Ok(())
+}
+
 async fn max_memory_per_child_of_zero_is_an_error() -> TestResult {
     refused_naming(
         Pool::builder().max_memory_per_child(0),
@@ -769,6 +804,7 @@ fn main() {
         a_worker_under_its_memory_limit_is_kept,
         a_limit_under_a_fresh_workers_memory_retires_it_after_each_task,
         max_memory_per_child_of_zero_is_an_error,
+        a_pool_built_by_a_limited_worker_keeps_its_own_limit,
         idle_workers_exit_and_come_back_with_work,
         idle_timeout_loses_no_task,
         idle_timeout_of_zero_is_an_error,
