@@ -188,6 +188,19 @@ async fn maxtasksperchild() -> TestResult {
             "worker {p} ran more than 3"
         );
     }
+    let ran_3 = distinct
+        .iter()
+        .filter(|p| pids.iter().filter(|x| x == p).count() == 3)
+        .count() as u64;
+    let counted = eventually(Duration::from_secs(10), || {
+        pool.stats().workers_retired >= ran_3
+    })
+    .await;
+    let s = pool.stats();
+    ensure!(
+        counted && s.workers_over_memory == 0 && s.workers_lost == 0,
+        "{ran_3} workers ran their 3 tasks: {s:?}"
+    );
     let v = pool.map(sqr, 0..100).chunksize(5).await?;
     ensure!(
         v == (0..100).map(|x| x * x).collect::<Vec<_>>(),
@@ -253,10 +266,15 @@ async fn a_worker_whose_memory_reaches_the_limit_is_retired_after_its_tasks() ->
         gone(&HashSet::from([first])).await,
         "the retired worker {first} still runs"
     );
+    let counted = eventually(Duration::from_secs(10), || {
+        let s = pool.stats();
+        s.workers_retired == 1 && s.workers_over_memory == 1
+    })
+    .await;
     let stats = pool.stats();
     ensure!(
-        stats.workers_lost == 0,
-        "a retired worker counted as lost: {stats:?}"
+        counted && stats.workers_lost == 0,
+        "one worker retired over its memory, none lost: {stats:?}"
     );
     Ok(())
 }
@@ -391,9 +409,10 @@ async fn idle_workers_exit_and_come_back_with_work() -> TestResult {
         gone(&first).await,
         "the retired workers still run: {first:?}"
     );
+    let s = pool.stats();
     ensure!(
-        pool.stats().workers_lost == 0,
-        "a retirement counted as a loss"
+        s.workers_lost == 0 && s.workers_retired == 2 && s.workers_over_memory == 0,
+        "2 idle workers retired, none lost: {s:?}"
     );
     let v = pool.map(sqr, 0..20).chunksize(1).await?;
     ensure!(

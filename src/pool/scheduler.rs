@@ -1052,6 +1052,7 @@ impl Scheduler {
                 if idle.expired(&mut slot.activity, load, sent, now) {
                     tracing::debug!(pid = slot.pid, "retiring an idle pool worker");
                     slot.retire();
+                    self.tally.retired(false);
                 } else {
                     left = true;
                 }
@@ -1322,8 +1323,11 @@ impl Scheduler {
             if slot.draining || slot.load() > 0 {
                 continue;
             }
-            if closing || slot.spent(max) {
+            if closing {
                 slot.retire();
+            } else if slot.spent(max) {
+                slot.retire();
+                self.tally.retired(slot.over_memory());
             }
         }
     }

@@ -100,7 +100,12 @@ impl Slot {
     /// holds: it was sent `maxtasks` (the pool's `maxtasksperchild`), or its memory has
     /// reached the pool's limit.
     pub(super) fn spent(&self, maxtasks: Option<usize>) -> bool {
-        self.over_memory.load(Ordering::Acquire) || maxtasks.is_some_and(|m| self.sent >= m)
+        self.over_memory() || maxtasks.is_some_and(|m| self.sent >= m)
+    }
+
+    /// Whether the worker said that its memory reached the pool's `max_memory_per_child`.
+    pub(super) fn over_memory(&self) -> bool {
+        self.over_memory.load(Ordering::Acquire)
     }
 
     /// Whether the worker may have started synchronous task `id`: it has marked that task,

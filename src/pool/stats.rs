@@ -39,6 +39,13 @@ pub struct PoolStats {
     pub workers_lost: u64,
     /// The latest of those losses, oldest first (at most 16).
     pub recent_losses: Vec<WorkerLoss>,
+    /// Workers the pool let go so far while open, none of them lost: those that ran their
+    /// [`maxtasksperchild`](crate::PoolBuilder::maxtasksperchild) tasks or reached their
+    /// [`max_memory_per_child`](crate::PoolBuilder::max_memory_per_child) (each replaced),
+    /// and those idle for the [`idle_timeout`](crate::PoolBuilder::idle_timeout).
+    pub workers_retired: u64,
+    /// Those of them retired because their memory reached `max_memory_per_child`.
+    pub workers_over_memory: u64,
     /// Tasks waiting for a worker.
     pub tasks_queued: usize,
     /// Tasks sent to a worker and not answered yet.
@@ -63,6 +70,8 @@ pub(super) struct Tally {
     pub(super) done: u64,
     pub(super) failed: u64,
     pub(super) losses: Vec<WorkerLoss>,
+    pub(super) retired: u64,
+    pub(super) over_memory: u64,
 }
 
 impl Tally {
@@ -73,6 +82,12 @@ impl Tally {
         } else {
             self.failed += 1;
         }
+    }
+
+    /// A worker was retired, by its memory or not.
+    pub(super) fn retired(&mut self, over_memory: bool) {
+        self.retired += 1;
+        self.over_memory += u64::from(over_memory);
     }
 }
 
@@ -91,6 +106,8 @@ impl Counters {
         s.tasks_running = running;
         s.tasks_done += std::mem::take(&mut tally.done);
         s.tasks_failed += std::mem::take(&mut tally.failed);
+        s.workers_retired += std::mem::take(&mut tally.retired);
+        s.workers_over_memory += std::mem::take(&mut tally.over_memory);
         for loss in tally.losses.drain(..) {
             s.workers_lost += 1;
             if s.recent_losses.len() == RECENT_LOSSES {
