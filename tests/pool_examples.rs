@@ -211,6 +211,37 @@ async fn tour() -> TestResult {
     Ok(())
 }
 
+/// 2,000 lines through `pool_stdin_lines`, written while it prints: one line of output per
+/// line of input, in order, with its count of words, then the total.
+async fn pool_stdin_lines() -> TestResult {
+    let mut filter = tokio::process::Command::new(example("pool_stdin_lines")?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = filter.stdin.take().ok_or("no stdin")?;
+    let mut stdout = filter.stdout.take().ok_or("no stdout")?;
+    let words = |i: usize| i % 7;
+    let writer = tokio::spawn(async move {
+        for i in 0..2000 {
+            let line = vec!["w"; words(i)].join(" ") + "\n";
+            stdin.write_all(line.as_bytes()).await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(60), stdout.read_to_string(&mut out)).await??;
+    writer.await??;
+    ensure!(filter.wait().await?.success(), "the filter failed");
+    let mut want: Vec<String> = (0..2000)
+        .map(|i| format!("line {}: {} words", i + 1, words(i)))
+        .collect();
+    want.push(format!("{} words", (0..2000).map(words).sum::<usize>()));
+    let got: Vec<&str> = out.lines().collect();
+    ensure!(got == want, "printed {out}");
+    Ok(())
+}
+
 fn main() {
     tokio_multiprocessing::init();
     support::run(vec![
@@ -220,5 +251,6 @@ fn main() {
         test("pool_getpid", pool_getpid),
         test("pool_methods", pool_methods),
         test("axum_offload", axum_offload),
+        test("pool_stdin_lines", pool_stdin_lines),
     ]);
 }
