@@ -560,6 +560,25 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     }
 }
 
+impl<T: Serialize + DeserializeOwned + Send + 'static> Connection<T> {
+    /// What this end receives, as a [`futures::Stream`], each message taken by a
+    /// [`recv`](Self::recv): for `while let Some(msg) = msgs.next().await`, stream
+    /// combinators, or a pool's [`imap_stream`](crate::Pool::imap_stream). It ends when
+    /// every holder of the other end has closed it ([`Error::Closed`], Python's `EOFError`);
+    /// a message that is not a `T` yields its [`Error::Decode`] in its place, and any other
+    /// error is the stream's last item. The stream owns the end: a duplex end sends no more.
+    ///
+    /// # Cancel safety
+    /// `next()` is cancel safe: a receive it began goes on inside the stream, for the next
+    /// call; dropping the stream loses nothing, as a dropped `recv` does.
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
+        crate::receive_stream::receives(self, |c| async move {
+            let r = c.recv().await;
+            (c, r)
+        })
+    }
+}
+
 impl<T> AsFd for Connection<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.link.as_fd()

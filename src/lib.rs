@@ -59,6 +59,7 @@ mod on_drop;
 mod pool;
 mod process;
 mod queue;
+mod receive_stream;
 mod runtime;
 mod shareable_list;
 mod shared;

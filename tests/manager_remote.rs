@@ -162,6 +162,7 @@ fn main() {
         a_lock_a_pool_task_left_held_is_released_with_its_proxies,
         a_pool_workers_tasks_that_take_a_lock_reuse_one_connection,
         remote_queue_between_client_processes,
+        a_queue_proxy_stream_ends_at_shutdown_or_with_the_server,
         remote_queue_carries_python_values,
         rapid_restart_on_the_same_address,
         served_in_this_process_over_a_unix_path,
@@ -1744,6 +1745,57 @@ async fn a_dead_server_fails_local_waits_on_a_queue() -> TestResult {
         matches!(after, Err(Error::ManagerLost { .. })),
         "after: {after:?}"
     );
+    Ok(())
+}
+
+async fn put_then_shut_down_from_afar(address: String, n: u32) -> mp::Result<()> {
+    let m = Manager::connect(address.as_str(), KEY).await?;
+    let q: QueueProxy<u32> = m.get("jobs").await?;
+    for i in 0..n {
+        q.put(i).await?;
+    }
+    q.shutdown().await
+}
+
+/// A queue proxy's stream, over TCP, takes what a client process put before it shut the
+/// queue down, in order, then ends; on a server that dies, its last item is the loss.
+async fn a_queue_proxy_stream_ends_at_shutdown_or_with_the_server() -> TestResult {
+    use futures::StreamExt;
+    let m = tcp_manager().await?;
+    let (jobs, more) = (m.queue::<u32>().await?, m.queue::<u32>().await?);
+    m.register("jobs", &jobs).await?;
+    m.register("more", &more).await?;
+    let address = tcp(&m)?;
+    let client = Manager::connect(address, KEY).await?;
+    let remote: QueueProxy<u32> = client.get("jobs").await?;
+    let mut putter = Process::new(put_then_shut_down_from_afar, (address.to_string(), 100))
+        .start()
+        .await?;
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        remote.into_stream().collect::<Vec<_>>(),
+    )
+    .await?
+    .into_iter()
+    .collect::<mp::Result<Vec<u32>>>()?;
+    join_ok(&mut putter).await?;
+    ensure!(
+        got == (0..100).collect::<Vec<_>>(),
+        "the stream gave {got:?}"
+    );
+
+    let mut items = client.get::<QueueProxy<u32>>("more").await?.into_stream();
+    more.put(7).await?;
+    let first = tokio::time::timeout(Duration::from_secs(20), items.next()).await?;
+    ensure!(matches!(first, Some(Ok(7))), "first: {first:?}");
+    support::pool::kill9(m.pid().ok_or("no server process")?)?;
+    let last = tokio::time::timeout(Duration::from_secs(20), items.next()).await?;
+    ensure!(
+        matches!(last, Some(Err(Error::ManagerLost { .. }))),
+        "after the server's death: {last:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(20), items.next()).await?;
+    ensure!(end.is_none(), "after the loss: {end:?}");
     Ok(())
 }
 

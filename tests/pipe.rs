@@ -9,7 +9,7 @@ mod support;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use support::{TestResult, join_code, run, start, test};
+use support::{TestResult, join_code, join_ok, run, start, test};
 use tokio_multiprocessing as mp;
 
 // ---- child targets ----
@@ -943,6 +943,32 @@ async fn a_loop_on_an_end_with_messages_waiting_lets_other_tasks_run() -> TestRe
     .await
 }
 
+/// Sends `0..n` on `w`, then exits (its end closes).
+async fn send_count(w: mp::Connection<u32>, n: u32) -> mp::Result<()> {
+    for i in 0..n {
+        w.send(&i).await?;
+    }
+    Ok(())
+}
+
+/// An end's stream yields each message the other end sent, in order, then ends once the
+/// writer has exited (Python's `EOFError`), even with messages waiting when it did.
+async fn an_end_as_a_stream_yields_every_message_then_ends_at_eof() -> TestResult {
+    use futures::StreamExt;
+    let (r, w) = mp::Pipe::<u32>::simplex()?;
+    let mut writer = start(send_count, (w, 500)).await?;
+    join_ok(&mut writer).await?;
+    let got = tokio::time::timeout(Duration::from_secs(30), r.into_stream().collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .collect::<mp::Result<Vec<u32>>>()?;
+    ensure!(
+        got == (0..500).collect::<Vec<_>>(),
+        "the stream gave {got:?}"
+    );
+    Ok(())
+}
+
 fn main() {
     mp::init();
     run(vec![
@@ -961,6 +987,10 @@ fn main() {
             a_send_out_of_descriptors_is_an_io_error,
         ),
         test("eof_after_writer_exits", eof_after_writer_exits),
+        test(
+            "an_end_as_a_stream_yields_every_message_then_ends_at_eof",
+            an_end_as_a_stream_yields_every_message_then_ends_at_eof,
+        ),
         test("eof_after_holder_is_killed", eof_after_holder_is_killed),
         test(
             "eof_after_holder_is_killed_with_messages_unread",

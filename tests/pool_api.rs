@@ -326,6 +326,35 @@ async fn imap_stream_polls_its_input_only_as_it_needs() -> TestResult {
     Ok(())
 }
 
+/// Puts `0..n` on `q`, then shuts it down.
+async fn put_then_shut_down(q: mp::Queue<i64>, n: i64) -> mp::Result<()> {
+    for x in 0..n {
+        q.put(x).await?;
+    }
+    q.shutdown();
+    Ok(())
+}
+
+// A queue that another process fills, as a stream, feeds a pool: each item is mapped once,
+// in order, and the results end when the queue is shut down.
+async fn a_queue_filled_by_another_process_feeds_imap_stream() -> TestResult {
+    let pool = Pool::new(2).await?;
+    let q = mp::Queue::<i64>::new()?;
+    let mut producer = support::start(put_then_shut_down, (q.clone(), 300)).await?;
+    let items = q.into_stream().map(|r| r.unwrap_or(-1));
+    let got: Vec<i64> = pool
+        .imap_stream(sqr, items)
+        .map(|r| r.unwrap_or(-1))
+        .collect()
+        .await;
+    support::join_ok(&mut producer).await?;
+    ensure!(
+        got == (0..300).map(|x| x * x).collect::<Vec<_>>(),
+        "got {got:?}"
+    );
+    Ok(())
+}
+
 // Python's `it = pool.imap(f, xs); pool.close(); list(it); pool.join()` with an input still
 // arriving: the items that come after the close run, and `join` waits for the input's end.
 async fn an_input_stream_made_before_close_runs_every_item() -> TestResult {
@@ -1684,6 +1713,7 @@ fn main() {
         imap_stream_sends_an_item_that_comes_alone_at_once,
         imap_stream_polls_its_input_only_as_it_needs,
         an_input_stream_made_before_close_runs_every_item,
+        a_queue_filled_by_another_process_feeds_imap_stream,
         apply_async,
         get_timeout_leaves_task_running,
         wait_leaves_the_result_in_the_handle,

@@ -523,9 +523,51 @@ async fn a_manager_queue_shut_down_ends_consumers_near_and_far() -> TestResult {
     Ok(())
 }
 
+/// Puts items `0..n`, then shuts the queue down.
+async fn put_then_shut_down(q: mp::Queue<Item>, n: u32) -> ExitCode {
+    for i in 0..n {
+        if q.put(item(i)).await.is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    q.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// A queue's stream takes every item another process put before its shutdown, in order
+/// (those through the socket and spill files too), then ends: no sentinel, no error.
+async fn a_queue_stream_takes_every_item_then_ends_at_shutdown() -> TestResult {
+    use futures::StreamExt;
+    const N: u32 = 300;
+    let q = mp::Queue::<Item>::new()?;
+    let mut producer = start(put_then_shut_down, (q.clone(), N)).await?;
+    let items = q.clone().into_stream().collect::<Vec<_>>();
+    let got = tokio::time::timeout(Duration::from_secs(60), items).await?;
+    join_ok(&mut producer).await?;
+    let mut numbers = Vec::new();
+    for r in got {
+        let (i, payload) = r?;
+        ensure!(payload == item(i).1, "item {i} arrived damaged");
+        numbers.push(i);
+    }
+    ensure!(
+        numbers == (0..N).collect::<Vec<_>>(),
+        "the stream gave {numbers:?}"
+    );
+    ensure!(
+        matches!(q.get().await, Err(Error::ShutDown)),
+        "a get after the stream's end"
+    );
+    Ok(())
+}
+
 fn main() {
     mp::init();
     support::run_one_at_a_time(vec![
+        test(
+            "a_queue_stream_takes_every_item_then_ends_at_shutdown",
+            a_queue_stream_takes_every_item_then_ends_at_shutdown,
+        ),
         test(
             "consumers_take_every_item_then_end_on_shutdown",
             consumers_take_every_item_then_end_on_shutdown,

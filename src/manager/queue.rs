@@ -748,6 +748,26 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 }
 
+impl<T: Serialize + DeserializeOwned + Send + 'static> QueueProxy<T> {
+    /// The queue's items as a [`futures::Stream`], each taken by a [`get`](Self::get), for
+    /// `while let Some(item) = items.next().await`, stream combinators, or a pool's
+    /// [`imap_stream`](crate::Pool::imap_stream). It ends once the queue is shut down and
+    /// empty ([`Error::ShutDown`](crate::Error::ShutDown)); an item that is not a `T` yields
+    /// its [`Error::Decode`](crate::Error::Decode) in its place, and any other error (the
+    /// server lost, [`Error::ManagerLost`](crate::Error::ManagerLost)) is the stream's last
+    /// item. Call it on a clone to go on putting through this proxy.
+    ///
+    /// # Cancel safety
+    /// As [`get`](Self::get)'s: `next()` that loses a race leaves the `get` it began going
+    /// on inside the stream, for the next call.
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
+        crate::receive_stream::receives(self, |q| async move {
+            let r = q.get().await;
+            (q, r)
+        })
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
     /// Says that an item taken with `get` is dealt with (Python's `task_done()`).
     ///
@@ -792,6 +812,17 @@ impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
             return self.0.on_ring(q.join()).await;
         }
         expect_done(self.0.op(QueueOp::Join).await?)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> JoinableQueueProxy<T> {
+    /// The queue's items as a [`futures::Stream`]; see [`QueueProxy::into_stream`]. Each
+    /// item taken still wants its [`task_done`](Self::task_done): keep a clone for it.
+    ///
+    /// # Cancel safety
+    /// As [`QueueProxy::into_stream`].
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
+        self.0.into_stream()
     }
 }
 

@@ -7,6 +7,7 @@ use std::ops::Deref;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Queue;
@@ -142,6 +143,18 @@ impl<T> JoinableQueue<T> {
             }
             g.clear_ready();
         }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> JoinableQueue<T> {
+    /// The queue's items as a [`futures::Stream`]; see [`Queue::into_stream`]. Each item
+    /// taken still wants its [`task_done`](Self::task_done): keep a clone for it.
+    ///
+    /// # Cancel safety
+    /// `next()` is cancel safe: a receive it began goes on inside the stream, for the next
+    /// call; dropping the stream loses nothing, as a dropped `get` does.
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
+        self.0.into_stream()
     }
 }
 

@@ -636,6 +636,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+impl<T: Serialize + DeserializeOwned + Send + 'static> Queue<T> {
+    /// The queue's items as a [`futures::Stream`], each taken by a [`get`](Self::get), for
+    /// `while let Some(item) = items.next().await`, stream combinators, or a pool's
+    /// [`imap_stream`](crate::Pool::imap_stream). It ends once the queue is shut down and
+    /// empty ([`Error::ShutDown`], Python 3.13's `ShutDown`) or the handle is closed; an item
+    /// that is not a `T` yields its [`Error::Decode`] in its place, and any other error is the
+    /// stream's last item. Call it on a clone to go on putting through this handle.
+    ///
+    /// # Cancel safety
+    /// `next()` is cancel safe: a receive it began goes on inside the stream, for the next
+    /// call; dropping the stream loses nothing, as a dropped `get` does.
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
+        crate::receive_stream::receives(self, |q| async move {
+            let r = q.get().await;
+            (q, r)
+        })
+    }
+}
+
 impl<T> AsFd for Queue<T> {
     /// The eventfd that wakes consumers waiting for an item.
     fn as_fd(&self) -> BorrowedFd<'_> {

@@ -80,6 +80,17 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     }
 }
 
+impl<T: Serialize + DeserializeOwned + Send + 'static> SimpleQueue<T> {
+    /// The queue's items as a [`futures::Stream`]; see [`Queue::into_stream`].
+    ///
+    /// # Cancel safety
+    /// `next()` is cancel safe: a receive it began goes on inside the stream, for the next
+    /// call; dropping the stream loses nothing, as a dropped `get` does.
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
+        self.0.into_stream()
+    }
+}
+
 impl<T> Serialize for SimpleQueue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         self.0.serialize(s)
