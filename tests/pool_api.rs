@@ -326,6 +326,32 @@ async fn imap_stream_polls_its_input_only_as_it_needs() -> TestResult {
     Ok(())
 }
 
+// A stream waiting for its input, with nothing in flight, hears of its pool's end: it
+// yields the pool's refusal once, then ends, though its input never gives an item.
+async fn an_imap_stream_waiting_for_input_ends_with_its_pool() -> TestResult {
+    for terminate in [true, false] {
+        let pool = Pool::new(1).await?;
+        let (tx, rx) = futures::channel::mpsc::channel::<i64>(1);
+        let mut results = pool.imap_stream(sqr, rx);
+        let early = tokio::time::timeout(Duration::from_millis(100), results.next()).await;
+        ensure!(early.is_err(), "a stream with no input gave {early:?}");
+        if terminate {
+            pool.terminate().await?;
+        } else {
+            drop(pool);
+        }
+        let r = tokio::time::timeout(Duration::from_secs(20), results.next()).await?;
+        ensure!(
+            matches!(&r, Some(Err(e)) if e.is_pool_closed()),
+            "terminate {terminate}: {r:?}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(20), results.next()).await?;
+        ensure!(end.is_none(), "terminate {terminate}, then: {end:?}");
+        drop(tx);
+    }
+    Ok(())
+}
+
 /// Puts `0..n` on `q`, then shuts it down.
 async fn put_then_shut_down(q: mp::Queue<i64>, n: i64) -> mp::Result<()> {
     for x in 0..n {
@@ -1714,6 +1740,7 @@ fn main() {
         imap_stream_polls_its_input_only_as_it_needs,
         an_input_stream_made_before_close_runs_every_item,
         a_queue_filled_by_another_process_feeds_imap_stream,
+        an_imap_stream_waiting_for_input_ends_with_its_pool,
         apply_async,
         get_timeout_leaves_task_running,
         wait_leaves_the_result_in_the_handle,

@@ -111,7 +111,8 @@ fn indexed_items<R: Send + 'static>(
 /// after the pool was closed reads no input and yields the error
 /// ([`TaskError::is_pool_closed`]) once, even for an empty input (Python's `imap` raises at
 /// the call); one whose pool is terminated (or dropped) while it runs yields that error for
-/// each input it had read, then ends without reading more. An input whose task failed
+/// each input it had read, then ends without reading more (one waiting for an asynchronous
+/// input, with no input read and unanswered, yields it once). An input whose task failed
 /// yields its [`TaskError`], which names the input's index ([`TaskError::input_index`], so
 /// that failures can be placed in [`imap_unordered`](crate::Pool::imap_unordered)'s stream
 /// too); a
@@ -153,6 +154,9 @@ pub struct IMap<R: DeserializeOwned + 'static> {
     /// The panic of the input (its iterator, or an input's `Serialize`), caught when the
     /// stream read it and resumed once the results of the chunks before have been yielded.
     input_panic: Option<Box<dyn std::any::Any + Send>>,
+    /// Ready once the pool's scheduler is gone (the pool terminated or dropped): what ends
+    /// a stream that waits for its input with nothing in flight, which no answer would.
+    pool_gone: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 // Nothing in the stream is ever pinned in place.
@@ -200,6 +204,10 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
         if !refused {
             let _ = shared.cmds.send(Cmd::StreamOpened(id));
         }
+        let pool_gone = Box::pin({
+            let cmds = shared.cmds.clone();
+            async move { cmds.closed().await }
+        });
         let mut ready = VecDeque::new();
         if refused {
             ready.push_back(Err(TaskError::pool_closed()));
@@ -221,6 +229,7 @@ impl<R: DeserializeOwned + Send + 'static> IMap<R> {
             },
             ready,
             input_panic: None,
+            pool_gone,
         }
     }
 
@@ -319,6 +328,12 @@ impl<R: DeserializeOwned + Send + 'static> Stream for IMap<R> {
                         return Poll::Ready(None);
                     }
                     if input_waits {
+                        // Nothing in flight: a pool gone meanwhile would not be heard of
+                        // until the input gave an item, which it may never do.
+                        if this.pool_gone.as_mut().poll(cx).is_ready() {
+                            this.end();
+                            return Poll::Ready(Some(Err(TaskError::pool_closed())));
+                        }
                         return Poll::Pending;
                     }
                 }
