@@ -26,6 +26,7 @@ fn main() {
         joinable_queue_join_waits_for_task_done,
         lock_excludes_and_reports_release_of_a_free_lock,
         a_lock_whose_holder_dies_is_reported_then_free,
+        a_dead_holders_news_told_to_a_dropped_lock_goes_to_the_next,
         a_condition_wait_that_retakes_a_dead_holders_lock_says_so,
         rlock_is_reentrant_and_owned_by_its_task,
         semaphores_count_and_bounded_ones_refuse_over_release,
@@ -224,17 +225,24 @@ async fn hold_until_killed(l: LockProxy, held: EventProxy) -> mp::Result<()> {
     Ok(())
 }
 
+/// Starts a child that takes `l`, sets `held` and waits to be killed; returns once it holds
+/// the lock.
+async fn start_holder(l: &LockProxy, held: &EventProxy) -> Result<Process, String> {
+    let p = Process::new(hold_until_killed, (l.clone(), held.clone()))
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    match held.wait_timeout(Duration::from_secs(20)).await {
+        Ok(true) => Ok(p),
+        r => Err(format!("the child never took the lock: {r:?}")),
+    }
+}
+
 async fn a_lock_whose_holder_dies_is_reported_then_free() -> TestResult {
     let m = Manager::start().await?;
     let l = m.lock().await?;
     let held = m.event().await?;
-    let mut p = Process::new(hold_until_killed, (l.clone(), held.clone()))
-        .start()
-        .await?;
-    ensure!(
-        held.wait_timeout(Duration::from_secs(20)).await?,
-        "the child never took the lock"
-    );
+    let mut p = start_holder(&l, &held).await?;
     let waiter = {
         let l = l.clone();
         tokio::spawn(async move { l.lock_timeout(Duration::from_secs(20)).await })
@@ -247,6 +255,49 @@ async fn a_lock_whose_holder_dies_is_reported_then_free() -> TestResult {
     }
     l.lock_timeout(Duration::from_secs(5)).await?;
     l.release().await?;
+    Ok(())
+}
+
+async fn a_dead_holders_news_told_to_a_dropped_lock_goes_to_the_next() -> TestResult {
+    // A `lock()` waiting while its holder dies, dropped as the server tells it of the death:
+    // the news, sent to a call that is gone, goes back to the lock, and the next `lock()`
+    // hears it. (It was lost: the next `lock()` took the lock as if nothing had happened.)
+    // Each round drops the call at another moment of the death: before the child is reaped,
+    // after, and once the server has seen it.
+    let m = Manager::start().await?;
+    let l = m.lock().await?;
+    let held = m.event().await?;
+    for round in 0..9 {
+        held.clear().await?;
+        let mut p = start_holder(&l, &held).await?;
+        let mut waiting = Box::pin(l.lock());
+        ensure!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "round {round}: lock() did not wait for the holder"
+        );
+        p.kill()?;
+        if round % 3 > 0 {
+            p.join().await?;
+        }
+        if round % 3 == 2 {
+            while l.holder().await?.is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(waiting);
+        match l.lock_timeout(Duration::from_secs(20)).await {
+            Err(Error::LockOwnerDied { pid }) => {
+                ensure!(pid == p.pid(), "round {round}: pid {pid}, not {}", p.pid());
+            }
+            other => return Err(format!("round {round}: the next lock got {other:?}").into()),
+        }
+        p.join().await?;
+        l.lock_timeout(Duration::from_secs(5)).await?;
+        l.release().await?;
+    }
     Ok(())
 }
 

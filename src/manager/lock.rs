@@ -15,7 +15,9 @@
 //! manager, or dropped the runtime it took the lock on), the server releases the lock, and
 //! the next acquirer gets [`Error::LockOwnerDied`](crate::Error::LockOwnerDied) with the
 //! holder's pid; the lock is free again and the acquire after that takes it. This is what
-//! the crate's [`Lock`](crate::Lock) does when its holder dies.
+//! the crate's [`Lock`](crate::Lock) does when its holder dies. An acquire dropped as it was
+//! being told (its withdrawal crossing the news on the wire) gives the news back, and the
+//! next acquirer is told instead, unless the lock was taken in between.
 
 use std::sync::Arc;
 
@@ -45,6 +47,9 @@ pub(super) struct LockState {
     holds: u64,
     /// The pid of a holder whose connection closed, until an acquirer has been told.
     abandoned: Option<u32>,
+    /// The last such pid an acquirer was told of, with the number of holds begun then: an
+    /// acquire withdrawn as it was told gives the news back (see [`LockOp::Retell`]).
+    told: Option<(u32, u64)>,
     freed: Arc<Notify>,
 }
 
@@ -55,6 +60,7 @@ impl LockState {
             holder: None,
             holds: 0,
             abandoned: None,
+            told: None,
             freed: Arc::default(),
         }
     }
@@ -74,6 +80,10 @@ impl LockState {
                 Err(f) => Reply::Failed(f),
             },
             LockOp::Holder => Reply::Len(self.holder.map_or(0, |h| u64::from(h.caller.pid))),
+            LockOp::Retell { pid } => {
+                self.retell(pid);
+                Reply::Done
+            }
             op @ LockOp::Acquire { .. } => match self.attempt(caller, &op, true) {
                 Step::Done(r) => r,
                 Step::Wait(_) => Reply::Failed(Failure::Timeout),
@@ -86,8 +96,8 @@ impl LockState {
         let LockOp::Acquire { owner, wait } = op else {
             return Step::Done(Reply::message("this lock request does not wait"));
         };
-        if let Some(pid) = self.abandoned.take() {
-            return Step::Done(Reply::Failed(Failure::LockOwnerDied { pid }));
+        if let Some(reply) = self.tell() {
+            return Step::Done(reply);
         }
         match &mut self.holder {
             None => Step::Done(self.hold(caller, *owner, 1)),
@@ -196,10 +206,27 @@ impl LockState {
         if self.holder.is_some() {
             return Step::Wait(self.freed.clone());
         }
-        if let Some(pid) = self.abandoned.take() {
-            return Step::Done(Reply::Failed(Failure::LockOwnerDied { pid }));
+        if let Some(reply) = self.tell() {
+            return Step::Done(reply);
         }
         Step::Done(self.hold(caller, owner, count))
+    }
+
+    /// Tells an acquirer, if a holder's connection closed since the last was told.
+    fn tell(&mut self) -> Option<Reply> {
+        let pid = self.abandoned.take()?;
+        self.told = Some((pid, self.holds));
+        Some(Reply::Failed(Failure::LockOwnerDied { pid }))
+    }
+
+    /// An acquire that was told of `pid` was withdrawn, its client never to hear it: the
+    /// next acquirer is told instead, unless the lock has been taken since (that taker was
+    /// the one to tell, and the news is lost with the race).
+    fn retell(&mut self, pid: u32) {
+        if self.abandoned.is_none() && self.told == Some((pid, self.holds)) {
+            self.abandoned = Some(pid);
+            self.told = None;
+        }
     }
 
     /// A connection closed: its hold, if any, ends, and the next acquirer is told.

@@ -312,6 +312,12 @@ pub(super) enum LockOp {
         hold: u64,
     },
     Holder,
+    /// Gives back the news that the holder `pid` let go of the lock unreleased, which a
+    /// withdrawn `acquire` (or condition `wait`) was answered with, so that the next
+    /// acquirer hears it: unless the lock was taken since.
+    Retell {
+        pid: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -539,7 +545,8 @@ impl PeerMax {
 
 /// What a withdrawn request that was carried out all the same must give back: the item a
 /// `get` took, the lock or the unit an `acquire` was granted, the lock a condition's `wait`
-/// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does).
+/// took back (a withdrawn wait leaves the lock released, as the crate's `Condition` does),
+/// the news of a dead holder an `acquire` or `wait` was told ([`LockOp::Retell`]).
 /// A lock is given back by the number of the hold its grant names, so that only that hold
 /// is released, and nothing if it has ended: a plain lock may be released by anyone, and
 /// taken by another client before the give-back arrives.
@@ -621,6 +628,20 @@ impl Undo {
                     true => Request::Condition(id, ConditionOp::Lock(op)),
                     false => Request::Lock(id, op),
                 })
+            }
+            // Told that the lock's holder let go of it unreleased: the news goes back, for
+            // the next acquirer.
+            (Undo::Lock { id, condition, .. }, Reply::Failed(Failure::LockOwnerDied { pid })) => {
+                Some(match condition {
+                    true => Request::Condition(id, ConditionOp::Lock(LockOp::Retell { pid })),
+                    false => Request::Lock(id, LockOp::Retell { pid }),
+                })
+            }
+            (Undo::ConditionWait { id, .. }, Reply::Failed(Failure::LockOwnerDied { pid })) => {
+                Some(Request::Condition(
+                    id,
+                    ConditionOp::Lock(LockOp::Retell { pid }),
+                ))
             }
             (Undo::Semaphore(id), Reply::Bool(true)) => {
                 Some(Request::Semaphore(id, SemaphoreOp::Release(1)))

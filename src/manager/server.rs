@@ -1810,6 +1810,43 @@ mod tests {
     }
 
     #[test]
+    fn the_news_of_a_dead_holder_told_to_a_withdrawn_acquire_goes_to_the_next() {
+        let mut s = State::default();
+        let l = create(&mut s, Initial::Lock { reentrant: false });
+        let take = Request::Lock(l, acquire(0));
+        let told = |r: Step| {
+            matches!(
+                r,
+                Step::Done(Reply::Failed(Failure::LockOwnerDied { pid: 100 }))
+            )
+        };
+        let held = |r: Step| matches!(r, Step::Done(Reply::Held(_)));
+        let give_back = |s: &mut State, step: Step| {
+            let Step::Done(reply) = step else {
+                panic!("a wait")
+            };
+            let undo = Undo::of(&take).and_then(|u| u.request(reply));
+            s.handle(OTHER, undo.expect("an undo"));
+        };
+        // Told, then withdrawn: the next acquirer is told.
+        assert!(held(s.attempt(ME, &take, false)));
+        s.release(ME);
+        let step = s.attempt(OTHER, &take, false);
+        give_back(&mut s, step);
+        assert!(told(s.attempt(OTHER, &take, false)));
+        assert!(held(s.attempt(OTHER, &take, false)));
+        // Told, then the lock taken before the news came back: it is not told again.
+        s.handle(OTHER, Request::Lock(l, LockOp::Release { owner: 0 }));
+        assert!(held(s.attempt(ME, &take, false)));
+        s.release(ME);
+        let step = s.attempt(OTHER, &take, false);
+        assert!(held(s.attempt(OTHER, &take, false)));
+        give_back(&mut s, step);
+        s.handle(OTHER, Request::Lock(l, LockOp::Release { owner: 0 }));
+        assert!(held(s.attempt(OTHER, &take, false)));
+    }
+
+    #[test]
     fn a_condition_over_a_lock_shares_it_and_keeps_it() {
         use crate::manager::proto::ConditionOp;
         let mut s = State::default();
