@@ -166,12 +166,19 @@ pub enum Error {
         /// What ended the connection, or why a new one could not be made.
         cause: String,
     },
-    /// A lock's holder died while holding it (like a robust mutex's `EOWNERDEAD`).
+    /// A lock's holder let go of it without releasing it (like a robust mutex's
+    /// `EOWNERDEAD`): the crate's locks, when the holding process died; a manager's, when
+    /// the holder's connection to the manager closed (its process died, or dropped its
+    /// handles to that manager, or a pool task that took it through a worker's proxy
+    /// returned).
     ///
     /// Python leaves such a lock locked for ever; here the acquirer that notices the death
     /// gets this error instead of hanging, and the lock is free again: the next `lock()`
     /// takes it. What the dead holder protected may be half-updated.
-    #[error("the process {pid} that held the lock died without releasing it")]
+    #[error(
+        "the process {pid} that held the lock died or, a manager's lock, closed its \
+         connection without releasing it"
+    )]
     LockOwnerDied {
         /// The pid of the dead holder.
         pid: u32,

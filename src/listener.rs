@@ -704,7 +704,8 @@ async fn read_message(s: &Framed) -> Result<Vec<u8>> {
         Err(Error::FrameTooLarge { size, .. }) => {
             return Err(auth_err(format!(
                 "protocol error: a {size}-byte message where a short challenge message was \
-                 expected"
+                 expected{}",
+                foreign_speech(size)
             )));
         }
         Err(e) => return Err(closed_is_auth(e)),
@@ -717,6 +718,24 @@ async fn read_message(s: &Framed) -> Result<Vec<u8>> {
         )));
     }
     Ok(frame.into_body())
+}
+
+/// What a message's length says of its sender when its four bytes read as text: a peer
+/// that speaks another protocol (an HTTP server answers "HTTP/1.1 ...", an SSH server
+/// "SSH-2.0-..."), whose first bytes were read as a length.
+fn foreign_speech(size: u64) -> String {
+    let Ok(size) = u32::try_from(size) else {
+        return String::new();
+    };
+    let bytes = size.to_be_bytes();
+    match bytes.iter().all(|b| b.is_ascii_graphic()) {
+        true => format!(
+            " (the peer's first bytes are {:?}: it speaks another protocol, it is no manager \
+             or listener of this crate)",
+            String::from_utf8_lossy(&bytes)
+        ),
+        false => String::new(),
+    }
 }
 
 /// An end of stream or a broken connection during the exchange is an authentication

@@ -665,10 +665,29 @@ async fn garbage_in_place_of_the_challenge() -> TestResult {
         matches!(r, Err(mp::Error::Authentication { .. })),
         "client, short message: {r:?}"
     );
+    // A server of another protocol that speaks first, as sshd does: the error says so.
+    let path3 = socket_path("fakeserver3");
+    let _ = std::fs::remove_file(&path3);
+    let fake3 = tokio::net::UnixListener::bind(&path3)?;
+    let server3 = tokio::spawn(async move {
+        if let Ok((mut s, _)) = fake3.accept().await {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        }
+    });
+    let r = mp::Client::connect::<String>(path3.clone(), Some(KEY)).await;
+    ensure!(
+        matches!(&r, Err(mp::Error::Authentication { message })
+            if message.contains("\"SSH-\"") && message.contains("another protocol")),
+        "client, another protocol: {r:?}"
+    );
     server.abort();
     server2.abort();
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(&path2);
+    server3.abort();
+    for p in [&path, &path2, &path3] {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@ fn main() {
         a_client_that_dies_lets_its_references_go,
         a_proxy_a_child_drops_unused_lets_its_object_go,
         nested_proxies_stay_proxies,
-        a_proxy_of_another_manager_cannot_be_registered,
+        a_name_is_given_once_and_only_to_this_managers_objects,
         a_proxy_sent_in_a_large_value_ends_with_its_last_proxy,
         a_proxy_whose_send_is_refused_lends_nothing,
         a_value_with_more_proxies_than_a_message_has_descriptors_reaches_a_child,
@@ -72,7 +72,7 @@ async fn objects_end_with_their_last_proxy() -> TestResult {
     Ok(())
 }
 
-async fn a_proxy_of_another_manager_cannot_be_registered() -> TestResult {
+async fn a_name_is_given_once_and_only_to_this_managers_objects() -> TestResult {
     // Each manager's first dict: the same kind of object, made first in each server.
     let (a, b) = (Manager::start().await?, Manager::start().await?);
     let (ours, theirs) = (a.dict::<u8, u8>().await?, b.dict::<u8, u8>().await?);
@@ -80,6 +80,13 @@ async fn a_proxy_of_another_manager_cannot_be_registered() -> TestResult {
     let r = a.register("foreign", &theirs).await;
     ensure!(matches!(r, Err(Error::Manager(_))), "registered: {r:?}");
     a.register("ours", &ours).await?;
+    // A name is given once: naming it again is no change, naming another object fails.
+    a.register("ours", &ours).await?;
+    let other = a.dict::<u8, u8>().await?;
+    match a.register("ours", &other).await {
+        Err(Error::Manager(m)) => ensure!(m.contains("\"ours\" already names"), "{m}"),
+        r => return Err(format!("a taken name given again: {r:?}").into()),
+    }
     let fetched: DictProxy<u8, u8> = a.get("ours").await?;
     ensure!(
         fetched.get(&1).await? == Some(1),

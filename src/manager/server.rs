@@ -297,9 +297,10 @@ impl State {
                     return Reply::Failed(missing(id));
                 }
                 match self.names.get(&name) {
-                    Some(&other) if other != id => {
-                        Reply::message(format!("the name {name:?} is taken (by #{other})"))
-                    }
+                    Some(&other) if other != id => Reply::message(format!(
+                        "the name {name:?} already names another object of this manager \
+                             (a name is given once)"
+                    )),
                     _ => {
                         self.names.insert(name, id);
                         if let Some(e) = self.objects.get_mut(&id) {

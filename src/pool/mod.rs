@@ -370,7 +370,10 @@ impl Pool {
     /// Runs `f(args)` in a worker, killing (and replacing) the worker if the task runs longer
     /// than `timeout`: the task then fails ([`TaskError::is_timeout`]), and so do other
     /// `async fn` tasks running on that worker, as their worker lost (see
-    /// [`PoolBuilder::task_timeout`](crate::PoolBuilder::task_timeout)).
+    /// [`PoolBuilder::task_timeout`](crate::PoolBuilder::task_timeout)). The clock starts
+    /// when the task starts running, not when it is submitted: time spent queued behind
+    /// other tasks does not count (bound the whole wait with `tokio::time::timeout` or
+    /// [`AsyncResult::get_timeout`]).
     ///
     /// # Errors
     /// As [`AsyncResult`].
