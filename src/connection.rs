@@ -577,6 +577,30 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Connection<T> {
             (c, r)
         })
     }
+
+    /// What this end sends, as a [`futures::Sink`], each value sent by a
+    /// [`send`](Self::send), in order: for `values.map(Ok).forward(conn.into_sink())`. A
+    /// failed send hands its value back in a [`PutError`](crate::PutError), and the sink goes
+    /// on with the next (one value that cannot be encoded costs only itself).
+    /// [`close`](futures::SinkExt::close) lets go of the end: the other end sees the end of
+    /// stream once every other holder of this one has closed it too. The sink owns the end:
+    /// a duplex end receives no more.
+    ///
+    /// # Cancel safety
+    /// See [`PutSink`](crate::PutSink): dropping the sink with a send in progress may lose
+    /// that value, as a dropped `send`; `close().await` first loses nothing.
+    pub fn into_sink(self) -> crate::PutSink<T>
+    where
+        // The value is borrowed by the send, across its waits.
+        T: Sync,
+    {
+        crate::PutSink::new(self, |c, value| async move {
+            match c.send(&value).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(crate::PutError::new(e, value)),
+            }
+        })
+    }
 }
 
 impl<T> AsFd for Connection<T> {

@@ -58,6 +58,7 @@ mod manager;
 mod on_drop;
 mod pool;
 mod process;
+mod put_sink;
 mod queue;
 mod receive_stream;
 mod runtime;
@@ -90,6 +91,7 @@ pub use pool::{
     AbortOnDrop, AsyncResult, IMap, Map, MapResult, Pool, PoolBuilder, PoolStats, WorkerLoss,
 };
 pub use process::{CloseError, Process, ProcessBuilder};
+pub use put_sink::PutSink;
 pub use queue::{JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shareable_list::{ShareableItem, ShareableList};
 pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};

@@ -62,6 +62,9 @@ fn handles_are_send_sync_unpin() {
     all::<mp::JoinableQueue<String>>();
     all::<mp::Connection<String>>();
     all::<mp::Listener>();
+    // A sink is driven through `&mut`, by one task at a time, as a `BoxStream` is.
+    send::<mp::PutSink<String>>();
+    unpin::<mp::PutSink<String>>();
 
     // Synchronisation primitives and their guards.
     all::<mp::Lock>();

@@ -7,12 +7,13 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{TestResult, join_ok};
+use support::{TestResult, join_code, join_ok};
 use tokio_multiprocessing::{
     self as mp, Address, DictProxy, Error, EventProxy, JoinableQueueProxy, LockProxy, Manager,
     NamespaceProxy, Process, QueueProxy,
@@ -163,6 +164,7 @@ fn main() {
         a_pool_workers_tasks_that_take_a_lock_reuse_one_connection,
         remote_queue_between_client_processes,
         a_queue_proxy_stream_ends_at_shutdown_or_with_the_server,
+        a_queue_proxy_sink_puts_in_order_and_hands_back_what_a_lost_server_did_not_take,
         remote_queue_carries_python_values,
         rapid_restart_on_the_same_address,
         served_in_this_process_over_a_unix_path,
@@ -1797,6 +1799,61 @@ async fn a_queue_proxy_stream_ends_at_shutdown_or_with_the_server() -> TestResul
     let end = tokio::time::timeout(Duration::from_secs(20), items.next()).await?;
     ensure!(end.is_none(), "after the loss: {end:?}");
     Ok(())
+}
+
+/// Takes `n` items of the queue named `name` from afar, exiting 0 if they were `0..n` in
+/// order, 4 if not.
+async fn take_in_order_from_afar(address: String, name: String, n: u32) -> ExitCode {
+    let taken = async {
+        let m = Manager::connect(address.as_str(), KEY).await?;
+        let q: QueueProxy<u32> = m.get(&name).await?;
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.push(q.get().await?);
+        }
+        Ok::<_, mp::Error>(got)
+    };
+    match taken.await {
+        Ok(got) if got == (0..n).collect::<Vec<_>>() => ExitCode::SUCCESS,
+        r => {
+            eprintln!("took {r:?}");
+            ExitCode::from(4)
+        }
+    }
+}
+
+/// A queue proxy's sink, over TCP, puts a stream's items in order, waiting for room in a
+/// bounded queue another process empties; once the server is gone, an item sent comes back
+/// with `ManagerLost`.
+async fn a_queue_proxy_sink_puts_in_order_and_hands_back_what_a_lost_server_did_not_take()
+-> TestResult {
+    use futures::{SinkExt, StreamExt};
+    let m = tcp_manager().await?;
+    m.register("jobs", &m.queue_with_maxsize::<u32>(4).await?)
+        .await?;
+    let address = tcp(&m)?;
+    let client = Manager::connect(address, KEY).await?;
+    let remote: QueueProxy<u32> = client.get("jobs").await?;
+    let args = (address.to_string(), "jobs".to_string(), 300);
+    let mut taker = Process::new(take_in_order_from_afar, args).start().await?;
+    let items = futures::stream::iter(0..300).map(Ok);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        items.forward(remote.clone().into_sink()),
+    )
+    .await??;
+    ensure!(
+        join_code(&mut taker).await? == 0,
+        "the taker did not take 0..300 in order"
+    );
+
+    let mut sink = remote.into_sink();
+    support::pool::kill9(m.pid().ok_or("no server process")?)?;
+    let r = tokio::time::timeout(Duration::from_secs(30), sink.send(5)).await?;
+    match r.map_err(|e| e.into_parts()) {
+        Err((Error::ManagerLost { .. }, 5)) => Ok(()),
+        other => Err(format!("a put to a dead server: {other:?}").into()),
+    }
 }
 
 async fn put_range(q: QueueProxy<u32>, from: u32, n: u32) -> mp::Result<()> {

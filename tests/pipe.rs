@@ -969,10 +969,69 @@ async fn an_end_as_a_stream_yields_every_message_then_ends_at_eof() -> TestResul
     Ok(())
 }
 
+/// A `u32` that refuses to be encoded when it is 13.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+struct NotThirteen(u32);
+
+impl serde::Serialize for NotThirteen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            13 => Err(serde::ser::Error::custom("13 is not sent")),
+            n => s.serialize_u32(n),
+        }
+    }
+}
+
+/// Collects what `r` receives until the end of stream, then sends it all back on `back`.
+async fn collect_until_eof(
+    r: mp::Connection<NotThirteen>,
+    back: mp::Connection<Vec<u32>>,
+) -> mp::Result<()> {
+    use futures::StreamExt;
+    let got = r.into_stream().collect::<Vec<_>>().await;
+    let got = got
+        .into_iter()
+        .map(|v| v.map(|v| v.0))
+        .collect::<mp::Result<_>>()?;
+    back.send(&got).await
+}
+
+/// An end as a sink sends each value in order; a value that cannot be encoded comes back
+/// with its error and costs only itself; closing the sink lets go of the end, so the other
+/// process sees the end of stream.
+async fn an_end_as_a_sink_sends_in_order_and_its_close_is_eof() -> TestResult {
+    use futures::SinkExt;
+    let (r, w) = mp::Pipe::<NotThirteen>::simplex()?;
+    let (back_r, back_w) = mp::Pipe::<Vec<u32>>::simplex()?;
+    let mut reader = start(collect_until_eof, (r, back_w)).await?;
+    let mut sink = w.into_sink();
+    for i in 0..20 {
+        match sink.send(NotThirteen(i)).await {
+            Ok(()) => ensure!(i != 13, "13 was sent"),
+            Err(e) => {
+                let (e, value) = e.into_parts();
+                ensure!(
+                    i == 13 && value == NotThirteen(13) && matches!(e, mp::Error::Encode { .. }),
+                    "value {i}: {e:?}, {value:?}"
+                );
+            }
+        }
+    }
+    sink.close().await?;
+    let got = back_r.recv_timeout(Duration::from_secs(30)).await?;
+    let want: Vec<u32> = (0..20).filter(|&i| i != 13).collect();
+    ensure!(got == want, "the other end got {got:?}");
+    join_ok(&mut reader).await
+}
+
 fn main() {
     mp::init();
     run(vec![
         test("duplex_round_trips", duplex_round_trips),
+        test(
+            "an_end_as_a_sink_sends_in_order_and_its_close_is_eof",
+            an_end_as_a_sink_sends_in_order_and_its_close_is_eof,
+        ),
         test(
             "a_pipe_serves_one_runtime_after_another",
             a_pipe_serves_one_runtime_after_another,

@@ -737,6 +737,50 @@ async fn bounded_put_blocks_across_processes() -> TestResult {
     join_ok(&mut p).await
 }
 
+/// Takes `n` items, exiting 0 if they were `0..n` in order, 4 if not.
+async fn take_in_order(q: mp::Queue<u64>, n: u64) -> std::process::ExitCode {
+    for i in 0..n {
+        match q.get().await {
+            Ok(got) if got == i => {}
+            r => {
+                eprintln!("item {i}: {r:?}");
+                return std::process::ExitCode::from(4);
+            }
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// A queue's sink puts every item of a stream, in order, waiting for room in a bounded
+/// queue that a consumer in another process empties; a joinable queue's sink counts each
+/// item put as unfinished.
+async fn a_queue_sink_puts_a_stream_in_order_waiting_for_room() -> TestResult {
+    use futures::{SinkExt, StreamExt};
+    const N: u64 = 2_000;
+    let q = mp::Queue::<u64>::with_maxsize(8)?;
+    let mut consumer = start(take_in_order, (q.clone(), N)).await?;
+    let items = futures::stream::iter(0..N).map(Ok);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        items.forward(q.clone().into_sink()),
+    )
+    .await??;
+    ensure!(
+        join_code(&mut consumer).await? == 0,
+        "the consumer did not take 0..{N} in order"
+    );
+    ensure!(q.empty(), "items left behind");
+
+    let jq = mp::JoinableQueue::<u64>::new()?;
+    let mut sink = jq.clone().into_sink();
+    for i in 0..3 {
+        sink.send(i).await?;
+    }
+    sink.close().await?;
+    ensure!(jq.unfinished() == 3, "unfinished: {}", jq.unfinished());
+    Ok(())
+}
+
 /// Issue 4's load test (after `_TestQueue.test_fork`): 4 producer processes × 100,000 items,
 /// 2 consumer processes; every item is seen exactly once and each producer's order holds.
 async fn many_producers_many_consumers() -> TestResult {
@@ -1694,6 +1738,10 @@ fn main() {
         test(
             "an_unbounded_queue_is_full_at_its_capacity",
             an_unbounded_queue_is_full_at_its_capacity,
+        ),
+        test(
+            "a_queue_sink_puts_a_stream_in_order_waiting_for_room",
+            a_queue_sink_puts_a_stream_in_order_waiting_for_room,
         ),
         test(
             "bounded_put_blocks_across_processes",

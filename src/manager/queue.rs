@@ -766,6 +766,19 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> QueueProxy<T> {
             (q, r)
         })
     }
+
+    /// The queue's sending side as a [`futures::Sink`], each item sent put by a
+    /// [`put`](Self::put), in order: for `items.map(Ok).forward(q.into_sink())`. A failed
+    /// put hands its item back in its [`PutError`], and the sink goes on with the next (the
+    /// server lost, each put fails with [`Error::ManagerLost`](crate::Error::ManagerLost)).
+    /// Call it on a clone to go on getting through this proxy.
+    ///
+    /// # Cancel safety
+    /// See [`PutSink`](crate::PutSink): dropping the sink with a put in progress may lose
+    /// that item, as a dropped `put`; `close().await` first loses nothing.
+    pub fn into_sink(self) -> crate::PutSink<T> {
+        crate::PutSink::new(self, |q, item| async move { q.put(item).await })
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueueProxy<T> {
@@ -823,6 +836,15 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> JoinableQueueProxy<T> {
     /// As [`QueueProxy::into_stream`].
     pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
         self.0.into_stream()
+    }
+
+    /// The queue's sending side as a [`futures::Sink`]; see [`QueueProxy::into_sink`]. Each
+    /// item put counts as unfinished until its [`task_done`](Self::task_done).
+    ///
+    /// # Cancel safety
+    /// As [`QueueProxy::into_sink`].
+    pub fn into_sink(self) -> crate::PutSink<T> {
+        self.0.into_sink()
     }
 }
 

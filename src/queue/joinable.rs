@@ -156,6 +156,15 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> JoinableQueue<T> {
     pub fn into_stream(self) -> futures::stream::BoxStream<'static, Result<T>> {
         self.0.into_stream()
     }
+
+    /// The queue's sending side as a [`futures::Sink`]; see [`Queue::into_sink`]. Each item
+    /// put counts as unfinished until its [`task_done`](Self::task_done).
+    ///
+    /// # Cancel safety
+    /// As [`Queue::into_sink`].
+    pub fn into_sink(self) -> crate::PutSink<T> {
+        self.0.into_sink()
+    }
 }
 
 impl<T> Serialize for JoinableQueue<T> {

@@ -653,6 +653,19 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Queue<T> {
             (q, r)
         })
     }
+
+    /// The queue's sending side as a [`futures::Sink`], each item sent put by a
+    /// [`put`](Self::put), in order: for `items.map(Ok).forward(q.into_sink())` or
+    /// `sink.send(item).await`, which wait for room as `put` does. A failed put hands its
+    /// item back in its [`PutError`], and the sink goes on with the next. Call it on a clone
+    /// to go on getting through this handle.
+    ///
+    /// # Cancel safety
+    /// See [`PutSink`](crate::PutSink): dropping the sink with a put in progress may lose
+    /// that item, as a dropped `put`; `close().await` first loses nothing.
+    pub fn into_sink(self) -> crate::PutSink<T> {
+        crate::PutSink::new(self, |q, item| async move { q.put(item).await })
+    }
 }
 
 impl<T> AsFd for Queue<T> {
